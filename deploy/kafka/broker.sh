@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# A real single-node Kafka broker (KRaft mode) for development and the integration tests.
+#
+#   deploy/kafka/broker.sh fetch           download the broker jars from Maven Central (cached)
+#   deploy/kafka/broker.sh start [DIR]     format KRaft storage in DIR and start on a free port;
+#                                          prints the bootstrap address (host:port)
+#   deploy/kafka/broker.sh stop [DIR]      stop the broker started in DIR and wait for it to exit
+#   deploy/kafka/broker.sh bootstrap [DIR] print the bootstrap address of the broker in DIR
+#
+# DIR defaults to ./var/kafka. The jars are cached in $KAFKA_CACHE_DIR
+# (default ~/.cache/consent-ledger/kafka-<version>), so only the first start downloads.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+kafka_version="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$here/pom.xml")"
+cache="${KAFKA_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/consent-ledger/kafka-$kafka_version}"
+libs="$cache/libs"
+cmd="${1:-}"
+dir="${2:-${KAFKA_RUN_DIR:-./var/kafka}}"
+
+die() { echo "broker.sh: $*" >&2; exit 1; }
+
+fetch() {
+    if [ -f "$libs/.complete" ]; then return 0; fi
+    command -v mvn >/dev/null || die "mvn is not installed: Maven is needed to fetch the broker"
+    command -v java >/dev/null || die "java is not installed: Java 17+ is needed to run the broker"
+    mkdir -p "$libs"
+    mvn -q -B -f "$here/pom.xml" package -Dbroker.libs="$libs" >&2 \
+        || die "could not fetch org.apache.kafka:kafka_2.13:$kafka_version from Maven Central"
+    rm -rf "$here/target"
+    touch "$libs/.complete"
+}
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+port_open() {
+    python3 -c 'import socket,sys; s=socket.socket(); s.settimeout(0.5); sys.exit(s.connect_ex(("127.0.0.1",int(sys.argv[1]))))' "$1"
+}
+
+running_pid() {
+    [ -f "$dir/broker.pid" ] || return 1
+    local pid; pid="$(cat "$dir/broker.pid")"
+    kill -0 "$pid" 2>/dev/null && echo "$pid"
+}
+
+start() {
+    fetch
+    mkdir -p "$dir"
+    dir="$(cd "$dir" && pwd)"
+    if running_pid >/dev/null; then cat "$dir/bootstrap"; return 0; fi
+    rm -rf "$dir/data" "$dir/broker.pid" "$dir/bootstrap"
+    local port cport
+    port="$(free_port)"; cport="$(free_port)"
+    while [ "$cport" = "$port" ]; do cport="$(free_port)"; done
+    cat > "$dir/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$cport
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+log.dirs=$dir/data
+num.partitions=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=3
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=3
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=false
+PROPS
+    cat > "$dir/log4j2.properties" <<'LOG'
+rootLogger.level=WARN
+rootLogger.appenderRef.file.ref=FILE
+appender.file.type=File
+appender.file.name=FILE
+appender.file.fileName=${sys:kafka.logs.dir}/broker.log
+appender.file.layout.type=PatternLayout
+appender.file.layout.pattern=[%d] %p %m (%c)%n
+LOG
+    local cp="$libs/*"
+    local jvm=(-Xms256m -Xmx768m -XX:+UseG1GC -Djava.awt.headless=true
+               "-Dkafka.logs.dir=$dir" "-Dlog4j2.configurationFile=$dir/log4j2.properties")
+    java "${jvm[@]}" -cp "$cp" kafka.tools.StorageTool format \
+        -t "$(python3 -c 'import base64,uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')" \
+        -c "$dir/server.properties" > "$dir/format.log" 2>&1 \
+        || { cat "$dir/format.log" >&2; die "formatting KRaft storage failed"; }
+    nohup java "${jvm[@]}" -cp "$cp" kafka.Kafka "$dir/server.properties" \
+        > "$dir/stdout.log" 2>&1 < /dev/null &
+    echo $! > "$dir/broker.pid"
+    # Readiness: the broker is usable once its client port accepts connections.
+    local deadline=$((SECONDS + 90))
+    until port_open "$port"; do
+        running_pid >/dev/null || { tail -40 "$dir/stdout.log" "$dir/broker.log" >&2 || true; die "broker exited during start"; }
+        [ $SECONDS -lt $deadline ] || { stop; die "broker did not open port $port within 90 s"; }
+        sleep 0.2
+    done
+    echo "127.0.0.1:$port" > "$dir/bootstrap"
+    cat "$dir/bootstrap"
+}
+
+stop() {
+    local pid
+    pid="$(running_pid)" || { rm -f "$dir/broker.pid"; return 0; }
+    kill -TERM "$pid" 2>/dev/null || true
+    local deadline=$((SECONDS + 30))
+    while kill -0 "$pid" 2>/dev/null; do
+        if [ $SECONDS -ge $deadline ]; then kill -KILL "$pid" 2>/dev/null || true; fi
+        sleep 0.2
+    done
+    rm -f "$dir/broker.pid"
+}
+
+case "$cmd" in
+    fetch) fetch ;;
+    start) start ;;
+    stop) stop ;;
+    bootstrap) [ -f "$dir/bootstrap" ] && running_pid >/dev/null && cat "$dir/bootstrap" || die "no broker running in $dir" ;;
+    *) echo "usage: $0 fetch|start|stop|bootstrap [DIR]" >&2; exit 2 ;;
+esac

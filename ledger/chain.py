@@ -1,0 +1,95 @@
+"""Tamper evidence: per-subject hash chains and an RFC 9162 Merkle tree over the whole log.
+
+A fact's hash covers its stored bytes exactly as the recorder writes them (ciphertext
+included, so crypto-shredding leaves every hash intact) and, through the `prev_hash` field
+inside those bytes, the hash of the previous fact of the same aggregate. The Merkle tree's
+leaves are those hashes in log order; its frontier is kept in the log's own transaction so
+removing the newest fact of a subject, which no per-subject chain can notice, changes the root.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from uuid import UUID
+
+from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.persistence import Mapper, StoredEvent
+
+from ledger.codec import TRANSCODER
+
+GENESIS = ""  # prev_hash of an aggregate's first event
+_DOMAIN = b"consent-ledger/fact/v1\x00"
+_MAPPER: Mapper[UUID] = Mapper(transcoder=TRANSCODER)
+
+
+def fact_hash(originator_id: UUID | str, version: int, topic: str, state: bytes) -> str:
+    h = hashlib.sha256(_DOMAIN)
+    h.update(originator_id.bytes if isinstance(originator_id, UUID) else originator_id.encode())
+    h.update(version.to_bytes(8, "big"))
+    h.update(topic.encode())
+    h.update(b"\x00")
+    h.update(state)
+    return h.hexdigest()
+
+
+def stored_hash(stored: StoredEvent) -> str:
+    return fact_hash(stored.originator_id, stored.originator_version, stored.topic, stored.state)
+
+
+def event_hash(event: DomainEventProtocol[UUID]) -> str:
+    """The hash the recorder will compute for this event, from the same mapper and transcoder."""
+    return stored_hash(_MAPPER.to_stored_event(event))
+
+
+# RFC 9162 §2.1.1: leaves and nodes are hashed with distinct prefixes.
+def leaf_hash(fact_hash_hex: str) -> bytes:
+    return hashlib.sha256(b"\x00" + bytes.fromhex(fact_hash_hex)).digest()
+
+
+def node_hash(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+def frontier_append(frontier: list[bytes], size: int, leaf: bytes) -> list[bytes]:
+    """Add a leaf to the compact range of perfect subtrees (one per set bit of `size`)."""
+    node = leaf
+    while size & 1:
+        node = node_hash(frontier.pop(), node)
+        size >>= 1
+    frontier.append(node)
+    return frontier
+
+
+def frontier_root(frontier: list[bytes]) -> bytes:
+    """MTH of the leaves summarised by the frontier (the empty tree hashes to SHA-256(''))."""
+    if not frontier:
+        return hashlib.sha256(b"").digest()
+    root = frontier[-1]
+    for node in reversed(frontier[:-1]):
+        root = node_hash(node, root)
+    return root
+
+
+def pack_frontier(frontier: list[bytes]) -> bytes:
+    return b"".join(frontier)
+
+
+def unpack_frontier(packed: bytes) -> list[bytes]:
+    return [packed[i : i + 32] for i in range(0, len(packed), 32)]
+
+
+def merkle_root(fact_hashes: list[str]) -> bytes:
+    """Root computed the slow, obvious way (RFC 9162 recursion); the reference for tests."""
+    leaves = [leaf_hash(h) for h in fact_hashes]
+
+    def mth(items: list[bytes]) -> bytes:
+        if not items:
+            return hashlib.sha256(b"").digest()
+        if len(items) == 1:
+            return items[0]
+        k = 1
+        while k * 2 < len(items):
+            k *= 2
+        return node_hash(mth(items[:k]), mth(items[k:]))
+
+    return mth(leaves)

@@ -1,0 +1,105 @@
+"""An orjson transcoder for the `eventsourcing` mapper.
+
+The stored bytes of a fact are what its chain hash covers, so encoding must be deterministic
+and decoding must give back exactly what was encoded: datetimes with their own offsets, UUIDs
+and tuples included. orjson alone would turn tuples into lists and datetimes and UUIDs into
+strings, so those are tagged the way the library's JSONTranscoder tags its custom types.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import orjson
+from eventsourcing.persistence import Transcoder, Transcoding
+
+_TUPLE = "tuple_as_list"
+_PLAIN = (str, int, float, bool, type(None))
+
+
+class UUIDAsHex(Transcoding):
+    type = UUID
+    name = "uuid_hex"
+
+    def encode(self, obj: UUID) -> str:
+        return obj.hex
+
+    def decode(self, data: str) -> UUID:
+        return UUID(data)
+
+
+class DatetimeAsISO(Transcoding):
+    type = datetime
+    name = "datetime_iso"
+
+    def encode(self, obj: datetime) -> str:
+        return obj.isoformat()
+
+    def decode(self, data: str) -> datetime:
+        return datetime.fromisoformat(data)
+
+
+class OrjsonTranscoder(Transcoder):
+    """Extensible like the library's JSONTranscoder (`register`), several times faster."""
+
+    def __init__(self) -> None:
+        self.types: dict[type, Transcoding] = {}
+        self.names: dict[str, Transcoding] = {}
+        self.register(UUIDAsHex())
+        self.register(DatetimeAsISO())
+
+    def register(self, transcoding: Transcoding) -> None:
+        self.types[transcoding.type] = transcoding
+        self.names[transcoding.name] = transcoding
+
+    def encode(self, obj: Any) -> bytes:
+        return orjson.dumps(self._encode(obj))
+
+    def decode(self, data: bytes) -> Any:
+        return self._decode(orjson.loads(data))
+
+    def _encode(self, obj: Any) -> Any:
+        cls = type(obj)
+        if cls in _PLAIN:
+            return obj
+        if cls is dict:
+            return {key: self._encode(value) for key, value in obj.items()}
+        if cls is list:
+            return [self._encode(value) for value in obj]
+        if cls is tuple:
+            return {"_type_": _TUPLE, "_data_": [self._encode(value) for value in obj]}
+        transcoding = self.types.get(cls)
+        if transcoding is None:
+            msg = (
+                f"Object of type {cls} is not serializable. Please define and register "
+                "a custom transcoding for this type."
+            )
+            raise TypeError(msg)
+        return {"_type_": transcoding.name, "_data_": self._encode(transcoding.encode(obj))}
+
+    def _decode(self, obj: Any) -> Any:
+        cls = type(obj)
+        if cls is list:
+            return [self._decode(value) for value in obj]
+        if cls is not dict:
+            return obj
+        if len(obj) == 2 and "_type_" in obj and "_data_" in obj:
+            name = obj["_type_"]
+            data = self._decode(obj["_data_"])
+            if name == _TUPLE:
+                return tuple(data)
+            transcoding = self.names.get(name)
+            if transcoding is None:
+                msg = (
+                    f"Data serialized with name '{name}' is not deserializable. "
+                    "Please register a custom transcoding for this type."
+                )
+                raise TypeError(msg)
+            return transcoding.decode(data)
+        return {key: self._decode(value) for key, value in obj.items()}
+
+
+# The ledger's one transcoder instance: the chain hash depends on its exact output.
+TRANSCODER = OrjsonTranscoder()

@@ -1,0 +1,489 @@
+"""The fact envelope of the contract: parse, validate its shape, normalise.
+
+Shape only: whether a fact is *allowed* (tenant known, policy in effect, purpose in force...)
+is the domain's question, asked in `ledger.application` and the aggregates. Every refusal is a
+`FactRejected` with its own code and names the field, never its value, because values may be
+personal data.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from ledger.errors import Code, FactRejected
+from ledger.vocabulary import (
+    CHANNELS,
+    ERASURE_GROUNDS,
+    FACT_TYPES,
+    LEGAL_BASES,
+    PERSONAL_DATA_FIELDS,
+    REQUEST_KINDS,
+    REQUEST_OUTCOMES,
+    TRANSFER_GROUNDS,
+)
+
+MAX_FACT_BYTES = 1024 * 1024
+MAX_TEXT = 2000
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+COMMON_FIELDS = frozenset(
+    {"event_id", "type", "tenant", "subject", "occurred_at", "source", "channel", "evidence"}
+)
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One validated, normalised fact as a publisher stated it (before the ledger accepts it)."""
+
+    event_id: str
+    type: str
+    tenant: str
+    subject: str | None
+    occurred_at: datetime
+    source: str
+    channel: str
+    evidence: dict[str, Any] | None
+    body: dict[str, Any]
+
+    def canonical(self) -> bytes:
+        """Bytes that are equal exactly when two submissions say the same thing.
+
+        Used for idempotency: the same `event_id` with the same canonical bytes is a retry.
+        """
+        return orjson.dumps(
+            {
+                "event_id": self.event_id,
+                "type": self.type,
+                "tenant": self.tenant,
+                "subject": self.subject,
+                "occurred_at": self.occurred_at.isoformat(),
+                "source": self.source,
+                "channel": self.channel,
+                "evidence": self.evidence,
+                "body": self.body,
+            },
+            option=orjson.OPT_SORT_KEYS,
+            default=_iso,
+        )
+
+
+def _iso(obj: object) -> str:
+    if isinstance(obj, datetime):
+        return obj.isoformat()
+    raise TypeError
+
+
+def parse_fact_bytes(data: bytes, tenant: str | None = None) -> Fact:
+    """Parse one fact from JSON bytes (a Kafka record value, an HTTP body, a CLI line)."""
+    if len(data) > MAX_FACT_BYTES:
+        raise FactRejected(Code.OVERSIZE, f"a fact may be at most {MAX_FACT_BYTES} bytes")
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise FactRejected(Code.INVALID_JSON, "the fact is not valid JSON") from None
+    return parse_fact(obj, tenant)
+
+
+def parse_fact(obj: object, tenant: str | None = None) -> Fact:
+    """Validate a decoded JSON value as a fact.
+
+    `tenant`, when given, is the tenant the caller is authenticated as (HTTP): the fact's own
+    `tenant` may be absent and, if present, must match.
+    """
+    if not isinstance(obj, dict):
+        raise FactRejected(Code.NOT_AN_OBJECT, "a fact must be a JSON object")
+    fact_type = obj.get("type")
+    if fact_type is None:
+        raise FactRejected(Code.MISSING_FIELD, "field 'type' is required", "type")
+    if not isinstance(fact_type, str):
+        raise FactRejected(Code.INVALID_FIELD, "field 'type' must be a string", "type")
+    parser = _BODY_PARSERS.get(fact_type)
+    if parser is None:
+        raise FactRejected(
+            Code.UNKNOWN_TYPE, f"type must be one of {', '.join(FACT_TYPES)}", "type"
+        )
+    allowed = COMMON_FIELDS | _BODY_FIELDS[fact_type]
+    for key in obj:
+        if key not in allowed:
+            raise FactRejected(
+                Code.UNKNOWN_FIELD, f"field {_safe_key(key)} is not part of {fact_type}", "body"
+            )
+
+    event_id = _text(obj, "event_id", required=True, max_len=128)
+    assert event_id is not None
+    given_tenant = _text(obj, "tenant", required=tenant is None, max_len=64)
+    if tenant is not None and given_tenant is not None and given_tenant != tenant:
+        raise FactRejected(
+            Code.TENANT_MISMATCH, "field 'tenant' does not match the caller's tenant", "tenant"
+        )
+    resolved_tenant = tenant if tenant is not None else given_tenant
+    assert resolved_tenant is not None
+    if fact_type == "policy.published":
+        if "subject" in obj:
+            raise FactRejected(
+                Code.UNKNOWN_FIELD, "a policy.published fact has no subject", "subject"
+            )
+        subject = None
+    else:
+        subject = _text(obj, "subject", required=True, max_len=256)
+    occurred_at = _time(obj, "occurred_at", required=True)
+    assert occurred_at is not None
+    source = _text(obj, "source", required=True, max_len=128)
+    assert source is not None
+    channel = _text(obj, "channel", required=False, max_len=32) or "api"
+    if channel not in CHANNELS:
+        raise FactRejected(
+            Code.INVALID_FIELD, f"channel must be one of {', '.join(sorted(CHANNELS))}", "channel"
+        )
+    evidence = obj.get("evidence")
+    if evidence is not None:
+        if not isinstance(evidence, dict):
+            raise FactRejected(Code.INVALID_FIELD, "field 'evidence' must be an object", "evidence")
+        if len(orjson.dumps(evidence)) > 16384:
+            raise FactRejected(Code.OVERSIZE, "evidence may be at most 16384 bytes", "evidence")
+    body = parser(obj)
+    return Fact(
+        event_id=event_id,
+        type=fact_type,
+        tenant=resolved_tenant,
+        subject=subject,
+        occurred_at=occurred_at,
+        source=source,
+        channel=channel,
+        evidence=evidence,
+        body=body,
+    )
+
+
+def parse_time(value: object, field: str) -> datetime:
+    """RFC 3339 with an explicit offset; the offset is kept as given."""
+    if not isinstance(value, str):
+        raise FactRejected(Code.INVALID_TIMESTAMP, f"{field} must be an RFC 3339 string", field)
+    if len(value) > 40 or not _RFC3339.match(value):
+        raise FactRejected(
+            Code.INVALID_TIMESTAMP,
+            f"{field} must be RFC 3339 with an offset, e.g. 2025-03-01T10:00:00+05:00",
+            field,
+        )
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise FactRejected(
+            Code.INVALID_TIMESTAMP, f"{field} is not a valid date and time", field
+        ) from None
+    return parsed
+
+
+_RFC3339 = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
+)
+
+
+def _safe_key(key: str) -> str:
+    # Field names are chosen by publishers; quote them only when they look like field names.
+    return repr(key) if _NAME.match(key) else "(unnamed)"
+
+
+def _text(obj: dict[str, Any], field: str, *, required: bool, max_len: int) -> str | None:
+    value = obj.get(field)
+    if value is None:
+        if required:
+            raise FactRejected(Code.MISSING_FIELD, f"field {field!r} is required", field)
+        return None
+    if not isinstance(value, str):
+        raise FactRejected(Code.INVALID_FIELD, f"field {field!r} must be a string", field)
+    if not 1 <= len(value) <= max_len:
+        raise FactRejected(
+            Code.INVALID_FIELD, f"field {field!r} must be 1 to {max_len} characters", field
+        )
+    return value
+
+
+def _time(obj: dict[str, Any], field: str, *, required: bool) -> datetime | None:
+    value = obj.get(field)
+    if value is None:
+        if required:
+            raise FactRejected(Code.MISSING_FIELD, f"field {field!r} is required", field)
+        return None
+    return parse_time(value, field)
+
+
+def _bool(obj: dict[str, Any], field: str) -> bool:
+    value = obj.get(field, False)
+    if not isinstance(value, bool):
+        raise FactRejected(Code.INVALID_FIELD, f"field {field!r} must be true or false", field)
+    return value
+
+
+def _names(obj: dict[str, Any], field: str, *, required: bool, star: bool = False) -> list[str]:
+    value = obj.get(field)
+    if value is None:
+        if required:
+            raise FactRejected(Code.MISSING_FIELD, f"field {field!r} is required", field)
+        return []
+    if not isinstance(value, list) or not value or len(value) > 64:
+        raise FactRejected(
+            Code.INVALID_FIELD, f"field {field!r} must be a list of 1 to 64 names", field
+        )
+    seen: dict[str, None] = {}
+    for item in value:
+        if star and item == "*" and len(value) == 1:
+            return ["*"]
+        if not isinstance(item, str) or not _NAME.match(item):
+            raise FactRejected(
+                Code.INVALID_FIELD,
+                f"field {field!r} must hold names of lower-case letters, digits and '_'",
+                field,
+            )
+        seen.setdefault(item, None)
+    return list(seen)
+
+
+def _choice(obj: dict[str, Any], field: str, allowed: frozenset[str], *, required: bool) -> str:
+    value = obj.get(field)
+    if value is None and not required:
+        return ""
+    if value is None:
+        raise FactRejected(Code.MISSING_FIELD, f"field {field!r} is required", field)
+    if value not in allowed:
+        raise FactRejected(
+            Code.INVALID_FIELD, f"{field} must be one of {', '.join(sorted(allowed))}", field
+        )
+    return str(value)
+
+
+def _object(obj: dict[str, Any], field: str, *, required: bool) -> dict[str, Any] | None:
+    value = obj.get(field)
+    if value is None:
+        if required:
+            raise FactRejected(Code.MISSING_FIELD, f"field {field!r} is required", field)
+        return None
+    if not isinstance(value, dict):
+        raise FactRejected(Code.INVALID_FIELD, f"field {field!r} must be an object", field)
+    return value
+
+
+def _personal_data(obj: dict[str, Any], *, required: bool) -> dict[str, str] | None:
+    value = _object(obj, "personal_data", required=required)
+    if value is None:
+        return None
+    if required and not value:
+        raise FactRejected(
+            Code.INVALID_FIELD, "field 'personal_data' must name at least one field", "personal_data"
+        )
+    for key, item in value.items():
+        if key not in PERSONAL_DATA_FIELDS:
+            raise FactRejected(
+                Code.INVALID_FIELD,
+                f"personal_data fields are {', '.join(sorted(PERSONAL_DATA_FIELDS))}",
+                "personal_data",
+            )
+        if not isinstance(item, str) or len(item) > 1024:
+            raise FactRejected(
+                Code.INVALID_FIELD,
+                f"personal_data.{key} must be a string of at most 1024 characters",
+                "personal_data",
+            )
+    return dict(value)
+
+
+def _policy_published(obj: dict[str, Any]) -> dict[str, Any]:
+    operator = _object(obj, "operator", required=True)
+    assert operator is not None
+    purposes = _object(obj, "purposes", required=True)
+    assert purposes is not None
+    if not purposes:
+        raise FactRejected(Code.INVALID_FIELD, "a policy must define at least one purpose", "purposes")
+    terms: dict[str, Any] = {}
+    for purpose, spec in purposes.items():
+        if not _NAME.match(purpose) or not isinstance(spec, dict):
+            raise FactRejected(
+                Code.INVALID_FIELD, "purposes must map purpose names to their terms", "purposes"
+            )
+        basis = _choice(spec, "legal_basis", LEGAL_BASES, required=True)
+        categories = _names(spec, "categories", required=True)
+        retention = spec.get("retention_days")
+        if retention is not None and (
+            not isinstance(retention, int) or isinstance(retention, bool) or retention < 0
+        ):
+            raise FactRejected(
+                Code.INVALID_FIELD, "retention_days must be a whole number of days or null",
+                "purposes",
+            )
+        terms[purpose] = {
+            "legal_basis": basis,
+            "categories": categories,
+            "retention_days": retention,
+        }
+    text = obj.get("text")
+    if not isinstance(text, str) or not text:
+        raise FactRejected(Code.MISSING_FIELD, "field 'text' (the policy's full text) is required", "text")
+    return {
+        "policy_version": _text(obj, "policy_version", required=True, max_len=64),
+        "effective_at": _time(obj, "effective_at", required=True),
+        "language": _text(obj, "language", required=True, max_len=16),
+        "text": text,
+        "operator": {
+            "name": _text(operator, "name", required=True, max_len=256),
+            "tin": _text(operator, "tin", required=True, max_len=32),
+        },
+        "purposes": terms,
+    }
+
+
+def _consent_granted(obj: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "policy_version": _text(obj, "policy_version", required=True, max_len=64),
+        "purposes": _names(obj, "purposes", required=True),
+        "categories": _names(obj, "categories", required=False),
+        "expires_at": _time(obj, "expires_at", required=False),
+        "third_party_transfer": _bool(obj, "third_party_transfer"),
+        "cross_border_transfer": _bool(obj, "cross_border_transfer"),
+        "publication": _bool(obj, "publication"),
+        "personal_data": _personal_data(obj, required=False),
+    }
+
+
+def _consent_withdrawn(obj: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "purposes": _names(obj, "purposes", required=True, star=True),
+        "reason": _text(obj, "reason", required=False, max_len=MAX_TEXT),
+    }
+
+
+_CHANGE_FIELDS = frozenset({"occurred_at", "purposes", "categories", "expires_at", "policy_version"})
+
+
+def _consent_corrected(obj: dict[str, Any]) -> dict[str, Any]:
+    corrects = _text(obj, "corrects", required=True, max_len=128)
+    reason = _text(obj, "reason", required=True, max_len=MAX_TEXT)
+    void = obj.get("void", False)
+    if not isinstance(void, bool):
+        raise FactRejected(Code.INVALID_FIELD, "field 'void' must be true or false", "void")
+    changes = _object(obj, "changes", required=False)
+    if void == (changes is not None):
+        raise FactRejected(
+            Code.INVALID_FIELD, "a correction has either 'void': true or 'changes', not both",
+            "changes",
+        )
+    normalised: dict[str, Any] = {}
+    if changes is not None:
+        if not changes:
+            raise FactRejected(Code.INVALID_FIELD, "'changes' must change something", "changes")
+        for key in changes:
+            if key not in _CHANGE_FIELDS:
+                raise FactRejected(
+                    Code.UNKNOWN_FIELD,
+                    f"'changes' may hold {', '.join(sorted(_CHANGE_FIELDS))}",
+                    "changes",
+                )
+        if "occurred_at" in changes:
+            normalised["occurred_at"] = _time(changes, "occurred_at", required=True)
+        if "purposes" in changes:
+            normalised["purposes"] = _names(changes, "purposes", required=True)
+        if "categories" in changes:
+            normalised["categories"] = _names(changes, "categories", required=True)
+        if "expires_at" in changes:
+            normalised["expires_at"] = _time(changes, "expires_at", required=False)
+        if "policy_version" in changes:
+            normalised["policy_version"] = _text(changes, "policy_version", required=True, max_len=64)
+    return {"corrects": corrects, "reason": reason, "void": void, "changes": normalised}
+
+
+def _subject_rectified(obj: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "personal_data": _personal_data(obj, required=True),
+        "request_id": _text(obj, "request_id", required=False, max_len=128),
+    }
+
+
+def _subject_erased(obj: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "ground": _choice(obj, "ground", ERASURE_GROUNDS, required=True),
+        "request_id": _text(obj, "request_id", required=False, max_len=128),
+    }
+
+
+def _transfer_recorded(obj: dict[str, Any]) -> dict[str, Any]:
+    recipient = _object(obj, "recipient", required=True)
+    assert recipient is not None
+    return {
+        "recipient": {
+            "name": _text(recipient, "name", required=True, max_len=256),
+            "country": _text(recipient, "country", required=True, max_len=64),
+        },
+        "categories": _names(obj, "categories", required=True),
+        "ground": _choice(obj, "ground", TRANSFER_GROUNDS, required=True),
+        "cross_border": _bool(obj, "cross_border"),
+    }
+
+
+def _request_received(obj: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "request_id": _text(obj, "request_id", required=True, max_len=128),
+        "kind": _choice(obj, "kind", REQUEST_KINDS, required=True),
+        "due_at": _time(obj, "due_at", required=False),
+    }
+
+
+def _request_closed(obj: dict[str, Any]) -> dict[str, Any]:
+    outcome = _choice(obj, "outcome", REQUEST_OUTCOMES, required=True)
+    return {
+        "request_id": _text(obj, "request_id", required=True, max_len=128),
+        "outcome": outcome,
+        "reason": _text(obj, "reason", required=outcome == "refused", max_len=MAX_TEXT),
+    }
+
+
+def _complaint_lodged(obj: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "authority": _text(obj, "authority", required=True, max_len=256),
+        "reference": _text(obj, "reference", required=True, max_len=128),
+        "request_id": _text(obj, "request_id", required=False, max_len=128),
+    }
+
+
+_BODY_PARSERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "policy.published": _policy_published,
+    "consent.granted": _consent_granted,
+    "consent.withdrawn": _consent_withdrawn,
+    "consent.corrected": _consent_corrected,
+    "subject.rectified": _subject_rectified,
+    "subject.erased": _subject_erased,
+    "transfer.recorded": _transfer_recorded,
+    "request.received": _request_received,
+    "request.closed": _request_closed,
+    "complaint.lodged": _complaint_lodged,
+}
+
+_BODY_FIELDS: dict[str, frozenset[str]] = {
+    "policy.published": frozenset(
+        {"policy_version", "effective_at", "language", "text", "operator", "purposes"}
+    ),
+    "consent.granted": frozenset(
+        {
+            "policy_version",
+            "purposes",
+            "categories",
+            "expires_at",
+            "third_party_transfer",
+            "cross_border_transfer",
+            "publication",
+            "personal_data",
+        }
+    ),
+    "consent.withdrawn": frozenset({"purposes", "reason"}),
+    "consent.corrected": frozenset({"corrects", "reason", "void", "changes"}),
+    "subject.rectified": frozenset({"personal_data", "request_id"}),
+    "subject.erased": frozenset({"ground", "request_id"}),
+    "transfer.recorded": frozenset({"recipient", "categories", "ground", "cross_border"}),
+    "request.received": frozenset({"request_id", "kind", "due_at"}),
+    "request.closed": frozenset({"request_id", "outcome", "reason"}),
+    "complaint.lodged": frozenset({"authority", "reference", "request_id"}),
+}

@@ -1,0 +1,209 @@
+"""Per-subject data keys, pseudonyms, and crypto-shredding.
+
+Personal data is sealed with the subject's own AES-256-GCM key; keys are stored wrapped by the
+master key, in a SQLite file apart from the log. Erasure deletes the key row with
+`secure_delete` on, so the wrapped key bytes are overwritten in the file, and records that the
+`sid` was erased so no later write can quietly mint a new key for the same person.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import orjson
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from ledger.settings import Settings, SettingsError
+
+NONCE = 12
+
+
+class ErasedSubjectError(RuntimeError):
+    """A key was requested for a subject whose key was destroyed."""
+
+
+def load_master_key(settings: Settings) -> bytes:
+    """The key that wraps every data key: from LEDGER_MASTER_KEY, else a 0600 file."""
+    if settings.master_key:
+        return _decode_master(settings.master_key, "LEDGER_MASTER_KEY")
+    path = settings.master_key_path
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # Another process created it first; read theirs.
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(base64.b64encode(os.urandom(32)).decode() + "\n")
+    return _decode_master(path.read_text().strip(), str(path))
+
+
+def _decode_master(value: str, where: str) -> bytes:
+    try:
+        key = base64.b64decode(value, validate=True)
+    except ValueError:
+        raise SettingsError(f"{where} must be base64") from None
+    if len(key) != 32:
+        raise SettingsError(f"{where} must hold 32 bytes (base64 of a 256-bit key)")
+    return key
+
+
+class KeyStore:
+    """Data keys by `sid`, the pseudonym key, and the list of erased `sid`s."""
+
+    def __init__(self, path: Path, master_key: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._master = AESGCM(master_key)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        # Overwrite deleted content so an erased key's bytes do not linger in free pages.
+        self._db.execute("PRAGMA secure_delete=ON")
+        self._db.execute("PRAGMA journal_mode=DELETE")
+        self._db.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+            CREATE TABLE IF NOT EXISTS data_keys (
+                sid TEXT PRIMARY KEY, wrapped BLOB NOT NULL, created_at TEXT NOT NULL
+            ) WITHOUT ROWID;
+            CREATE TABLE IF NOT EXISTS erased (
+                sid TEXT PRIMARY KEY, erased_at TEXT NOT NULL
+            ) WITHOUT ROWID;
+            """
+        )
+        self._pseudonym_key = self._load_or_create_pseudonym_key()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _load_or_create_pseudonym_key(self) -> bytes:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute("SELECT value FROM meta WHERE name='pseudonym_key'").fetchone()
+                if row is None:
+                    key = os.urandom(32)
+                    self._db.execute(
+                        "INSERT INTO meta VALUES ('pseudonym_key', ?)", (self._wrap(b"pk", key),)
+                    )
+                else:
+                    key = self._unwrap(b"pk", row[0])
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return key
+
+    def _wrap(self, label: bytes, key: bytes) -> bytes:
+        nonce = os.urandom(NONCE)
+        return nonce + self._master.encrypt(nonce, key, label)
+
+    def _unwrap(self, label: bytes, wrapped: bytes) -> bytes:
+        try:
+            return self._master.decrypt(wrapped[:NONCE], wrapped[NONCE:], label)
+        except Exception:
+            raise SettingsError(
+                "the master key does not open the key store (wrong LEDGER_MASTER_KEY?)"
+            ) from None
+
+    def sid(self, tenant: str, subject: str) -> UUID:
+        """The subject's pseudonym: a keyed hash of tenant and reference, as a UUID.
+
+        Keyed so that nobody without the key store can test a guessed phone number against it.
+        """
+        digest = hmac.new(
+            self._pseudonym_key, tenant.encode() + b"\x00" + subject.encode(), hashlib.sha256
+        ).digest()
+        return UUID(bytes=digest[:16])
+
+    def digest(self, data: bytes) -> str:
+        """A keyed digest of content that may contain personal data (idempotency checks)."""
+        return hmac.new(self._pseudonym_key, data, hashlib.sha256).hexdigest()
+
+    def open_keys(self, sids: Iterable[UUID]) -> dict[UUID, AESGCM]:
+        """The data keys of these subjects that exist (erased subjects have none)."""
+        wanted = {sid.hex: sid for sid in sids}
+        found: dict[UUID, AESGCM] = {}
+        hexes = list(wanted)
+        with self._lock:
+            for i in range(0, len(hexes), 500):
+                chunk = hexes[i : i + 500]
+                rows = self._db.execute(
+                    f"SELECT sid, wrapped FROM data_keys WHERE sid IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                ).fetchall()
+                for sid_hex, wrapped in rows:
+                    found[wanted[sid_hex]] = AESGCM(self._unwrap(sid_hex.encode(), wrapped))
+        return found
+
+    def add_keys(self, keys: dict[UUID, bytes]) -> None:
+        """Store new data keys before any fact sealed with them reaches the log.
+
+        Refuses a key for an erased subject: the pseudonym stays known, so a later publish for
+        the same person cannot silently start a new, readable history.
+        """
+        if not keys:
+            return
+        now = datetime.now(UTC).isoformat()
+        hexes = [sid.hex for sid in keys]
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for i in range(0, len(hexes), 500):
+                    chunk = hexes[i : i + 500]
+                    hit = self._db.execute(
+                        f"SELECT 1 FROM erased WHERE sid IN ({','.join('?' * len(chunk))}) LIMIT 1",
+                        chunk,
+                    ).fetchone()
+                    if hit is not None:
+                        raise ErasedSubjectError("a data key was asked for an erased subject")
+                self._db.executemany(
+                    "INSERT INTO data_keys VALUES (?,?,?)",
+                    [(sid.hex, self._wrap(sid.hex.encode(), key), now) for sid, key in keys.items()],
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def erase(self, sid: UUID, erased_at: datetime) -> None:
+        """Destroy the subject's data key for good (idempotent)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM data_keys WHERE sid=?", (sid.hex,))
+                self._db.execute(
+                    "INSERT OR IGNORE INTO erased VALUES (?, ?)", (sid.hex, erased_at.isoformat())
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def is_erased(self, sid: UUID) -> bool:
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM erased WHERE sid=?", (sid.hex,)).fetchone()
+        return row is not None
+
+
+def seal(key: AESGCM, sid: UUID, value: dict[str, Any]) -> str:
+    """Encrypt personal data for the log; bound to the subject so it cannot be moved."""
+    nonce = os.urandom(NONCE)
+    return base64.b64encode(nonce + key.encrypt(nonce, orjson.dumps(value), sid.bytes)).decode()
+
+
+def unseal(key: AESGCM, sid: UUID, sealed: str) -> dict[str, Any]:
+    raw = base64.b64decode(sealed)
+    value = orjson.loads(key.decrypt(raw[:NONCE], raw[NONCE:], sid.bytes))
+    assert isinstance(value, dict)
+    return value

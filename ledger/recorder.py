@@ -1,0 +1,175 @@
+"""The ledger's application recorder for the SQLite log (embedded mode).
+
+It is the library's SQLite application recorder plus, in the same transaction as the events:
+a fact index (position, hash, and for facts the tenant's `event_id` and content digest, which
+makes idempotency a unique constraint instead of a read-then-write race) and the Merkle
+frontier of the log. Selected through the library's `APPLICATION_RECORDER_TOPIC`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
+
+from ledger.chain import (
+    frontier_append,
+    frontier_root,
+    leaf_hash,
+    pack_frontier,
+    stored_hash,
+    unpack_frontier,
+)
+
+
+@dataclass(frozen=True)
+class FactKey:
+    """What the recorder indexes for one fact: who published it under which id, and its digest."""
+
+    tenant: str
+    event_id: str
+    digest: str
+    recorded_at: str
+
+
+@dataclass(frozen=True)
+class IndexedFact:
+    position: int
+    originator_id: UUID
+    originator_version: int
+    hash: str
+    tenant: str | None
+    event_id: str | None
+    digest: str | None
+    recorded_at: str | None
+
+
+class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
+    def __init__(self, datastore: SQLiteDatastore, events_table_name: str = "stored_events"):
+        self.index_table = f"{events_table_name}_index"
+        self.head_table = f"{events_table_name}_head"
+        super().__init__(datastore, events_table_name)
+
+    def construct_create_table_statements(self) -> list[str]:
+        return [
+            *super().construct_create_table_statements(),
+            f"CREATE TABLE IF NOT EXISTS {self.index_table} ("
+            "position INTEGER PRIMARY KEY, originator_id TEXT NOT NULL, "
+            "originator_version INTEGER NOT NULL, hash TEXT NOT NULL, "
+            "tenant TEXT, event_id TEXT, digest TEXT, recorded_at TEXT, UNIQUE (tenant, event_id))",
+            f"CREATE TABLE IF NOT EXISTS {self.head_table} ("
+            "id INTEGER PRIMARY KEY CHECK (id = 1), size INTEGER NOT NULL, "
+            "frontier BLOB NOT NULL, root TEXT NOT NULL)",
+        ]
+
+    def _insert_events(
+        self,
+        c: SQLiteCursor,
+        stored_events: Sequence[StoredEvent],
+        *,
+        facts: Mapping[tuple[UUID, int], FactKey] | None = None,
+        **kwargs: Any,
+    ) -> Sequence[int] | None:
+        # The inserts come first, so this transaction holds SQLite's write lock before it
+        # reads the head: no other writer can interleave between the read and the update.
+        positions = super()._insert_events(c, stored_events, **kwargs)
+        assert positions is not None
+        c.execute(f"SELECT size, frontier FROM {self.head_table} WHERE id = 1")
+        row = c.fetchone()
+        size, frontier = (row[0], unpack_frontier(row[1])) if row else (0, [])
+        rows = []
+        for position, stored in zip(positions, stored_events, strict=True):
+            digest = stored_hash(stored)
+            frontier = frontier_append(frontier, size, leaf_hash(digest))
+            size += 1
+            key = facts.get((_uuid(stored.originator_id), stored.originator_version)) if facts else None
+            rows.append(
+                (
+                    position,
+                    _hex(stored.originator_id),
+                    stored.originator_version,
+                    digest,
+                    key.tenant if key else None,
+                    key.event_id if key else None,
+                    key.digest if key else None,
+                    key.recorded_at if key else None,
+                )
+            )
+        c.executemany(f"INSERT INTO {self.index_table} VALUES (?,?,?,?,?,?,?,?)", rows)
+        c.execute(
+            f"INSERT OR REPLACE INTO {self.head_table} VALUES (1, ?, ?, ?)",
+            (size, pack_frontier(frontier), frontier_root(frontier).hex()),
+        )
+        return positions
+
+    def find_facts(self, tenant: str, event_ids: Sequence[str]) -> dict[str, IndexedFact]:
+        """The already-recorded facts of a tenant among these event ids."""
+        found: dict[str, IndexedFact] = {}
+        with self.datastore.transaction(commit=False) as c:
+            for i in range(0, len(event_ids), 500):
+                chunk = list(event_ids[i : i + 500])
+                c.execute(
+                    f"SELECT * FROM {self.index_table} WHERE tenant = ? AND event_id IN "
+                    f"({','.join('?' * len(chunk))})",
+                    [tenant, *chunk],
+                )
+                for row in c.fetchall():
+                    found[row["event_id"]] = _indexed(row)
+        return found
+
+    def index_at(self, positions: Sequence[int]) -> dict[int, IndexedFact]:
+        if not positions:
+            return {}
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                f"SELECT * FROM {self.index_table} WHERE position BETWEEN ? AND ?",
+                (min(positions), max(positions)),
+            )
+            return {row["position"]: _indexed(row) for row in c.fetchall()}
+
+    def index_of(self, originator_id: UUID) -> list[IndexedFact]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                f"SELECT * FROM {self.index_table} WHERE originator_id = ? ORDER BY position",
+                (originator_id.hex,),
+            )
+            return [_indexed(row) for row in c.fetchall()]
+
+    def all_index(self) -> list[IndexedFact]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT * FROM {self.index_table} ORDER BY position")
+            return [_indexed(row) for row in c.fetchall()]
+
+    def head(self) -> tuple[int, str]:
+        """(number of events, Merkle root hex) as of the last commit."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT size, root FROM {self.head_table} WHERE id = 1")
+            row = c.fetchone()
+        if row is None:
+            return 0, frontier_root([]).hex()
+        return int(row[0]), str(row[1])
+
+
+def _uuid(originator_id: UUID | str) -> UUID:
+    return originator_id if isinstance(originator_id, UUID) else UUID(originator_id)
+
+
+def _hex(originator_id: UUID | str) -> str:
+    return originator_id.hex if isinstance(originator_id, UUID) else originator_id
+
+
+def _indexed(row: Any) -> IndexedFact:
+    return IndexedFact(
+        position=row["position"],
+        originator_id=UUID(row["originator_id"]),
+        originator_version=row["originator_version"],
+        hash=row["hash"],
+        tenant=row["tenant"],
+        event_id=row["event_id"],
+        digest=row["digest"],
+        recorded_at=row["recorded_at"],
+    )

@@ -1,0 +1,85 @@
+"""The one settings object: every knob the service reads from the environment.
+
+Kept in one place so the README's configuration table and the code cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+BACKENDS = ("embedded", "kafka")
+
+
+class SettingsError(ValueError):
+    """A configuration value is unusable; the message names the variable, never a secret."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Configuration of one ledger process.
+
+    | variable | default | meaning |
+    | --- | --- | --- |
+    | LEDGER_DATA_DIR | ./var | where the log, key store and master key file live |
+    | LEDGER_BACKEND | embedded | `embedded` (SQLite log) or `kafka` |
+    | LEDGER_MASTER_KEY | (file) | base64 of 32 bytes wrapping every data key; if unset, the key
+      is read from (or created in) `$LEDGER_DATA_DIR/master.key` with mode 0600 |
+    | KAFKA_BOOTSTRAP | | Kafka bootstrap servers, `host:port[,host:port]` |
+    | LEDGER_TOPIC_PREFIX | consent | topics `<prefix>.intake`, `<prefix>.ledger`, `<prefix>.rejected` |
+    | LEDGER_MAX_FUTURE_SKEW_S | 300 | how far `occurred_at` may be ahead of the ledger's clock |
+    | LEDGER_AGGREGATE_CACHE | 10000 | subjects kept in memory between writes |
+    """
+
+    data_dir: Path
+    backend: str = "embedded"
+    master_key: str | None = None
+    kafka_bootstrap: str | None = None
+    topic_prefix: str = "consent"
+    max_future_skew_s: int = 300
+    aggregate_cache: int = 10000
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        backend = env.get("LEDGER_BACKEND", "embedded").strip() or "embedded"
+        if backend not in BACKENDS:
+            raise SettingsError(
+                f"LEDGER_BACKEND must be one of {', '.join(BACKENDS)}, not {backend!r}"
+            )
+        return cls(
+            data_dir=Path(env.get("LEDGER_DATA_DIR", "./var") or "./var"),
+            backend=backend,
+            master_key=env.get("LEDGER_MASTER_KEY") or None,
+            kafka_bootstrap=env.get("KAFKA_BOOTSTRAP") or None,
+            topic_prefix=env.get("LEDGER_TOPIC_PREFIX", "consent") or "consent",
+            max_future_skew_s=_int(env, "LEDGER_MAX_FUTURE_SKEW_S", 300),
+            aggregate_cache=_int(env, "LEDGER_AGGREGATE_CACHE", 10000),
+        )
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "ledger.db"
+
+    @property
+    def keystore_path(self) -> Path:
+        return self.data_dir / "keys.db"
+
+    @property
+    def master_key_path(self) -> Path:
+        return self.data_dir / "master.key"
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, not {raw!r}") from None
+    if value < 0:
+        raise SettingsError(f"{name} must not be negative")
+    return value

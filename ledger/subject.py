@@ -1,0 +1,444 @@
+"""A data subject as one tenant knows them, and the rules every fact about them must keep.
+
+The subject is addressed by `sid` (a keyed pseudonym); the reference the publisher used, and
+all other personal data, live only in sealed (`pii`) fields encrypted with the subject's key.
+Each method checks its rule and either records one fact or raises `FactRejected` having
+recorded nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.domain import event
+
+from ledger.chained import ChainedAggregate
+from ledger.consent import (
+    ConsentEntry,
+    Correction,
+    PurposeState,
+    consent_at,
+    entries_as_known,
+    grants_in_force,
+)
+from ledger.envelope import Fact
+from ledger.errors import Code, FactRejected
+from ledger.policy import PolicyVersion
+
+CONSENT_FACTS = ("consent.granted", "consent.withdrawn")
+
+
+class Subject(ChainedAggregate):
+    class Registered(ChainedAggregate.Created):
+        tenant: str
+        pii: str | None  # the publisher's reference for the person, sealed
+
+    @event(Registered)
+    def __init__(self, id: UUID, tenant: str, pii: str | None) -> None:
+        self.tenant = tenant
+        self.fact_types = {}
+        self.entries: list[ConsentEntry] = []
+        self.corrections: list[Correction] = []
+        self.requests: dict[str, dict[str, Any]] = {}
+        self.erased_at: datetime | None = None
+        self.erasure_recorded_at: datetime | None = None
+
+    @property
+    def erased(self) -> bool:
+        return self.erasure_recorded_at is not None
+
+    # ---- facts -------------------------------------------------------------------------
+
+    class ConsentGranted(ChainedAggregate.Fact):
+        fact_type = "consent.granted"
+        pii: str | None
+        policy_version: str
+        purposes: tuple[str, ...]
+        categories: tuple[str, ...]
+        expires_at: datetime | None
+        third_party_transfer: bool
+        cross_border_transfer: bool
+        publication: bool
+
+        def apply_fact(self, aggregate: Any) -> None:
+            aggregate.entries.append(
+                ConsentEntry(
+                    event_id=self.event_id,
+                    kind="grant",
+                    seq=self.originator_version,
+                    recorded_at=self.timestamp,
+                    occurred_at=self.occurred_at,
+                    purposes=self.purposes,
+                    categories=self.categories,
+                    expires_at=self.expires_at,
+                    policy_version=self.policy_version,
+                    third_party_transfer=self.third_party_transfer,
+                    cross_border_transfer=self.cross_border_transfer,
+                    publication=self.publication,
+                )
+            )
+
+    class ConsentWithdrawn(ChainedAggregate.Fact):
+        fact_type = "consent.withdrawn"
+        pii: str | None
+        purposes: tuple[str, ...]
+        all_purposes: bool
+
+        def apply_fact(self, aggregate: Any) -> None:
+            aggregate.entries.append(
+                ConsentEntry(
+                    event_id=self.event_id,
+                    kind="withdrawal",
+                    seq=self.originator_version,
+                    recorded_at=self.timestamp,
+                    occurred_at=self.occurred_at,
+                    purposes=self.purposes,
+                )
+            )
+
+    class ConsentCorrected(ChainedAggregate.Fact):
+        fact_type = "consent.corrected"
+        pii: str | None
+        corrects: str
+        void: bool
+        changes: dict[str, Any]
+
+        def apply_fact(self, aggregate: Any) -> None:
+            changes = {
+                k: tuple(v) if isinstance(v, list) else v for k, v in self.changes.items()
+            }
+            aggregate.corrections.append(
+                Correction(self.event_id, self.timestamp, self.corrects, self.void, changes)
+            )
+
+    class SubjectRectified(ChainedAggregate.Fact):
+        fact_type = "subject.rectified"
+        pii: str | None
+        request_id: str | None
+
+    class SubjectErased(ChainedAggregate.Fact):
+        fact_type = "subject.erased"
+        pii: str | None
+        ground: str
+        request_id: str | None
+
+        def apply_fact(self, aggregate: Any) -> None:
+            if aggregate.erasure_recorded_at is None:
+                aggregate.erased_at = self.occurred_at
+                aggregate.erasure_recorded_at = self.timestamp
+
+    class TransferRecorded(ChainedAggregate.Fact):
+        fact_type = "transfer.recorded"
+        pii: str | None
+        recipient: dict[str, str]
+        categories: tuple[str, ...]
+        ground: str
+        cross_border: bool
+
+    class RequestReceived(ChainedAggregate.Fact):
+        fact_type = "request.received"
+        pii: str | None
+        request_id: str
+        kind: str
+        due_at: datetime | None
+
+        def apply_fact(self, aggregate: Any) -> None:
+            aggregate.requests[self.request_id] = {
+                "kind": self.kind,
+                "received_at": self.occurred_at,
+                "due_at": self.due_at,
+                "outcome": None,
+            }
+
+    class RequestClosed(ChainedAggregate.Fact):
+        fact_type = "request.closed"
+        pii: str | None
+        request_id: str
+        outcome: str
+
+        def apply_fact(self, aggregate: Any) -> None:
+            aggregate.requests[self.request_id]["outcome"] = self.outcome
+
+    class ComplaintLodged(ChainedAggregate.Fact):
+        fact_type = "complaint.lodged"
+        pii: str | None
+        authority: str
+        reference: str
+        request_id: str | None
+
+    # ---- rules -------------------------------------------------------------------------
+
+    def record(self, fact: Fact, pii: str | None, policies: Mapping[str, PolicyVersion]) -> None:
+        """Check `fact` against this subject's rules and record it, or raise FactRejected."""
+        handler = _HANDLERS[fact.type]
+        handler(self, fact, pii, policies)
+
+    def _common(self, fact: Fact, pii: str | None) -> dict[str, Any]:
+        return {
+            "event_id": fact.event_id,
+            "occurred_at": fact.occurred_at,
+            "source": fact.source,
+            "channel": fact.channel,
+            "prev_hash": self.head_hash,
+            "pii": pii,
+        }
+
+    def _grant(self, fact: Fact, pii: str | None, policies: Mapping[str, PolicyVersion]) -> None:
+        body = fact.body
+        if self.erased:
+            raise FactRejected(
+                Code.SUBJECT_ERASED, "the subject was erased; no new consent can be recorded"
+            )
+        policy = _policy(policies, body["policy_version"], fact.occurred_at)
+        purposes = tuple(body["purposes"])
+        _check_purposes(policy, purposes)
+        categories = tuple(body["categories"]) or policy.categories_of(purposes)
+        _check_categories(policy, purposes, categories)
+        expires_at = body["expires_at"]
+        if expires_at is not None and expires_at <= fact.occurred_at:
+            raise FactRejected(
+                Code.EXPIRY_BEFORE_GRANT, "expires_at must be after occurred_at", "expires_at"
+            )
+        self.trigger_event(
+            self.ConsentGranted,
+            **self._common(fact, pii),
+            policy_version=policy.version,
+            purposes=purposes,
+            categories=categories,
+            expires_at=expires_at,
+            third_party_transfer=body["third_party_transfer"],
+            cross_border_transfer=body["cross_border_transfer"],
+            publication=body["publication"],
+        )
+
+    def _withdraw(self, fact: Fact, pii: str | None, _: Mapping[str, PolicyVersion]) -> None:
+        in_force = grants_in_force(self.known_entries(), fact.occurred_at)
+        requested = fact.body["purposes"]
+        all_purposes = requested == ["*"]
+        if all_purposes:
+            if not in_force:
+                raise FactRejected(
+                    Code.PURPOSE_NOT_IN_FORCE,
+                    "no purpose was in force at occurred_at, so nothing can be withdrawn",
+                    "purposes",
+                )
+            purposes = tuple(sorted(in_force))
+        else:
+            for purpose in requested:
+                if purpose not in in_force:
+                    raise FactRejected(
+                        Code.PURPOSE_NOT_IN_FORCE,
+                        f"purpose {purpose!r} was not in force at occurred_at",
+                        "purposes",
+                    )
+            purposes = tuple(requested)
+        self.trigger_event(
+            self.ConsentWithdrawn,
+            **self._common(fact, pii),
+            purposes=purposes,
+            all_purposes=all_purposes,
+        )
+
+    def _correct(self, fact: Fact, pii: str | None, policies: Mapping[str, PolicyVersion]) -> None:
+        body = fact.body
+        target_type = self.fact_types.get(body["corrects"])
+        if target_type is None:
+            raise FactRejected(
+                Code.CORRECTION_TARGET_UNKNOWN,
+                "the subject has no fact with the event id named in 'corrects'",
+                "corrects",
+            )
+        if target_type not in CONSENT_FACTS:
+            raise FactRejected(
+                Code.CORRECTION_TARGET_NOT_CONSENT,
+                "only consent.granted and consent.withdrawn facts can be corrected",
+                "corrects",
+            )
+        changes = dict(body["changes"])
+        if changes:
+            target = next(e for e in self.entries if e.event_id == body["corrects"])
+            current = next(
+                (e for e in entries_as_known(self.entries, self.corrections) if e.event_id == target.event_id),
+                target,
+            )
+            if target.kind == "withdrawal":
+                extra = set(changes) - {"occurred_at", "purposes"}
+                if extra:
+                    raise FactRejected(
+                        Code.INVALID_FIELD,
+                        "a withdrawal's correction may change only occurred_at and purposes",
+                        "changes",
+                    )
+            else:
+                occurred_at = changes.get("occurred_at", current.occurred_at)
+                version = changes.get("policy_version", current.policy_version)
+                policy = _policy(policies, version, occurred_at)
+                purposes = tuple(changes.get("purposes", current.purposes))
+                _check_purposes(policy, purposes)
+                _check_categories(policy, purposes, tuple(changes.get("categories", current.categories)))
+                expires_at = changes.get("expires_at", current.expires_at)
+                if expires_at is not None and expires_at <= occurred_at:
+                    raise FactRejected(
+                        Code.EXPIRY_BEFORE_GRANT, "expires_at must be after occurred_at", "changes"
+                    )
+        self.trigger_event(
+            self.ConsentCorrected,
+            **self._common(fact, pii),
+            corrects=body["corrects"],
+            void=body["void"],
+            changes=changes,
+        )
+
+    def _rectify(self, fact: Fact, pii: str | None, _: Mapping[str, PolicyVersion]) -> None:
+        if self.erased:
+            raise FactRejected(
+                Code.SUBJECT_ERASED, "the subject was erased; there is no data left to rectify"
+            )
+        self.trigger_event(
+            self.SubjectRectified, **self._common(fact, pii), request_id=fact.body["request_id"]
+        )
+
+    def _erase(self, fact: Fact, pii: str | None, _: Mapping[str, PolicyVersion]) -> None:
+        self.trigger_event(
+            self.SubjectErased,
+            **self._common(fact, pii),
+            ground=fact.body["ground"],
+            request_id=fact.body["request_id"],
+        )
+
+    def _transfer(self, fact: Fact, pii: str | None, _: Mapping[str, PolicyVersion]) -> None:
+        body = fact.body
+        if body["ground"] == "explicit_consent":
+            allowed: set[str] = set()
+            for grant in grants_in_force(self.known_entries(), fact.occurred_at).values():
+                if grant.third_party_transfer and (
+                    grant.cross_border_transfer or not body["cross_border"]
+                ):
+                    allowed.update(grant.categories)
+            missing = [c for c in body["categories"] if c not in allowed]
+            if missing:
+                raise FactRejected(
+                    Code.TRANSFER_WITHOUT_CONSENT,
+                    "no consent in force at occurred_at allowed this transfer of "
+                    f"{', '.join(missing)}",
+                    "categories",
+                )
+        self.trigger_event(
+            self.TransferRecorded,
+            **self._common(fact, pii),
+            recipient=body["recipient"],
+            categories=tuple(body["categories"]),
+            ground=body["ground"],
+            cross_border=body["cross_border"],
+        )
+
+    def _receive_request(self, fact: Fact, pii: str | None, _: Mapping[str, PolicyVersion]) -> None:
+        body = fact.body
+        if body["request_id"] in self.requests:
+            raise FactRejected(
+                Code.REQUEST_EXISTS, "a request with this request_id was already received",
+                "request_id",
+            )
+        self.trigger_event(
+            self.RequestReceived,
+            **self._common(fact, pii),
+            request_id=body["request_id"],
+            kind=body["kind"],
+            due_at=body["due_at"],
+        )
+
+    def _close_request(self, fact: Fact, pii: str | None, _: Mapping[str, PolicyVersion]) -> None:
+        request = self.requests.get(fact.body["request_id"])
+        if request is None:
+            raise FactRejected(
+                Code.UNKNOWN_REQUEST, "no request with this request_id was received", "request_id"
+            )
+        if request["outcome"] is not None:
+            raise FactRejected(
+                Code.REQUEST_ALREADY_CLOSED, "this request was already closed", "request_id"
+            )
+        self.trigger_event(
+            self.RequestClosed,
+            **self._common(fact, pii),
+            request_id=fact.body["request_id"],
+            outcome=fact.body["outcome"],
+        )
+
+    def _lodge_complaint(self, fact: Fact, pii: str | None, _: Mapping[str, PolicyVersion]) -> None:
+        body = fact.body
+        if body["request_id"] is not None and body["request_id"] not in self.requests:
+            raise FactRejected(
+                Code.UNKNOWN_REQUEST, "no request with this request_id was received", "request_id"
+            )
+        self.trigger_event(
+            self.ComplaintLodged,
+            **self._common(fact, pii),
+            authority=body["authority"],
+            reference=body["reference"],
+            request_id=body["request_id"],
+        )
+
+    # ---- questions ---------------------------------------------------------------------
+
+    def known_entries(self, known_at: datetime | None = None) -> list[ConsentEntry]:
+        return entries_as_known(self.entries, self.corrections, known_at)
+
+    def consent_at(self, at: datetime, known_at: datetime | None = None) -> dict[str, PurposeState]:
+        return consent_at(self.entries, self.corrections, at, known_at)
+
+
+def _policy(policies: Mapping[str, PolicyVersion], version: str | None, at: datetime) -> PolicyVersion:
+    policy = policies.get(version or "")
+    if policy is None:
+        raise FactRejected(
+            Code.UNKNOWN_POLICY_VERSION, "the tenant has published no such policy version",
+            "policy_version",
+        )
+    if policy.effective_at > at:
+        raise FactRejected(
+            Code.POLICY_NOT_IN_EFFECT,
+            f"policy version {policy.version!r} takes effect only at "
+            f"{policy.effective_at.isoformat()}",
+            "policy_version",
+        )
+    return policy
+
+
+def _check_purposes(policy: PolicyVersion, purposes: tuple[str, ...]) -> None:
+    for purpose in purposes:
+        if purpose not in policy.purposes:
+            raise FactRejected(
+                Code.UNKNOWN_PURPOSE,
+                f"purpose {purpose!r} is not in policy version {policy.version!r}",
+                "purposes",
+            )
+
+
+def _check_categories(
+    policy: PolicyVersion, purposes: tuple[str, ...], categories: tuple[str, ...]
+) -> None:
+    covered = set(policy.categories_of(purposes))
+    for category in categories:
+        if category not in covered:
+            raise FactRejected(
+                Code.UNKNOWN_CATEGORY,
+                f"category {category!r} is not a category of the granted purposes "
+                f"in policy version {policy.version!r}",
+                "categories",
+            )
+
+
+_HANDLERS = {
+    "consent.granted": Subject._grant,
+    "consent.withdrawn": Subject._withdraw,
+    "consent.corrected": Subject._correct,
+    "subject.rectified": Subject._rectify,
+    "subject.erased": Subject._erase,
+    "transfer.recorded": Subject._transfer,
+    "request.received": Subject._receive_request,
+    "request.closed": Subject._close_request,
+    "complaint.lodged": Subject._lodge_complaint,
+}
