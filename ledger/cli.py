@@ -1,0 +1,366 @@
+"""`consent-ledger`: the command line of the contract.
+
+Exit status 0 on success; otherwise non-zero with one line on stderr that says why. Read
+commands print a human table, or with --json the same JSON the HTTP routes return.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import uuid
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any, NoReturn, TextIO
+
+import orjson
+
+from ledger.application import ConsentLedger, Receipt
+from ledger.envelope import Fact, parse_fact, parse_fact_bytes, parse_time
+from ledger.errors import FactRejected
+from ledger.settings import Settings, SettingsError
+
+EXIT_REJECTED = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_BROKEN = 4
+
+
+class CliError(Exception):
+    def __init__(self, message: str, status: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        settings = Settings.from_env()
+        result: int = args.run(args, settings)
+        return result
+    except CliError as e:
+        return _fail(str(e), e.status)
+    except SettingsError as e:
+        return _fail(f"configuration: {e}", EXIT_USAGE)
+    except FactRejected as e:
+        return _fail(f"{e.code.value}: {e.message}", EXIT_REJECTED)
+    except BrokenPipeError:
+        return 0
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"consent-ledger: {message}", file=sys.stderr)
+    return status
+
+
+def _open(settings: Settings) -> ConsentLedger:
+    return ConsentLedger(settings)
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+# ---- commands ----------------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
+    ledger = _open(settings)
+    try:
+        ledger.init_demo()
+    finally:
+        ledger.close()
+    print(f"initialised {settings.data_dir} (tenant 'demo' with the seed policy)")
+    return 0
+
+
+def cmd_tenants_create(args: argparse.Namespace, settings: Settings) -> int:
+    ledger = _open(settings)
+    try:
+        ledger.create_tenant(args.tenant)
+    finally:
+        ledger.close()
+    print(f"created tenant {args.tenant!r}")
+    return 0
+
+
+def cmd_record(args: argparse.Namespace, settings: Settings) -> int:
+    stream = sys.stdin if args.file == "-" else _read_file(args.file)
+    items = list(_read_facts(stream))
+    facts: list[Fact] = []
+    outcomes: list[Receipt | FactRejected | None] = []
+    for item in items:
+        try:
+            facts.append(
+                parse_fact_bytes(item, args.tenant) if isinstance(item, bytes)
+                else parse_fact(item, args.tenant)
+            )
+            outcomes.append(None)
+        except FactRejected as e:
+            outcomes.append(e)
+    ledger = _open(settings)
+    try:
+        recorded = iter(ledger.record(facts) if facts else [])
+    finally:
+        ledger.close()
+    rejected = 0
+    for i, outcome in enumerate(outcomes):
+        final = outcome if outcome is not None else next(recorded)
+        if isinstance(final, FactRejected):
+            rejected += 1
+            line = {"index": i, "rejected": final.as_dict()}
+        else:
+            line = {"index": i, "receipt": final.as_dict()}
+        sys.stdout.write(orjson.dumps(line).decode() + "\n")
+    if rejected:
+        return _fail(f"{rejected} of {len(outcomes)} facts rejected (see stdout)", EXIT_REJECTED)
+    return 0
+
+
+def cmd_trail(args: argparse.Namespace, settings: Settings) -> int:
+    from projections.trail import subject_trail, trail_csv
+
+    ledger = _open(settings)
+    try:
+        trail = subject_trail(ledger, args.tenant, _sid(ledger, args))
+    finally:
+        ledger.close()
+    if trail is None:
+        raise CliError("no such subject in this tenant", EXIT_NOT_FOUND)
+    if args.format == "csv":
+        sys.stdout.write(trail_csv(trail))
+    elif args.json:
+        _print_json(trail)
+    else:
+        _print_trail(trail)
+    return 0
+
+
+def cmd_consents(args: argparse.Namespace, settings: Settings) -> int:
+    from projections.consents import subject_consents
+
+    as_of = parse_time(args.as_of, "--as-of") if args.as_of else None
+    known_at = parse_time(args.known_at, "--known-at") if args.known_at else None
+    ledger = _open(settings)
+    try:
+        view = subject_consents(ledger, args.tenant, _sid(ledger, args), as_of, known_at)
+    finally:
+        ledger.close()
+    if view is None:
+        raise CliError("no such subject in this tenant", EXIT_NOT_FOUND)
+    if args.json:
+        _print_json(view)
+        return 0
+    print(f"subject {view['sid']}  as of {view['as_of']}  known at {view['known_at']}"
+          + ("  (erased)" if view["erased"] else ""))
+    for p in view["purposes"]:
+        print(f"  {p['purpose']:<20} {p['state']:<10} since {p['since'] or '-':<26} "
+              f"policy {p['policy_version'] or '-':<12} fact {p['event_id'] or '-'}")
+    return 0
+
+
+def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
+    fact: dict[str, Any] = {
+        "event_id": args.event_id or f"erasure-{uuid.uuid4()}",
+        "type": "subject.erased",
+        "tenant": args.tenant,
+        "subject": args.subject,
+        "occurred_at": datetime.now(UTC).isoformat(),
+        "source": "consent-ledger-cli",
+        "channel": "api",
+        "ground": args.ground,
+    }
+    if args.request_id:
+        fact["request_id"] = args.request_id
+    ledger = _open(settings)
+    try:
+        if ledger.subject(args.tenant, ledger.sid(args.tenant, args.subject)) is None:
+            raise CliError("no such subject in this tenant", EXIT_NOT_FOUND)
+        outcome = ledger.record([parse_fact(fact)])[0]
+    finally:
+        ledger.close()
+    if isinstance(outcome, FactRejected):
+        raise outcome
+    print(f"erased subject {outcome.sid}: data key destroyed; erasure recorded at position "
+          f"{outcome.position}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from ledger.verify import verify_log
+
+    ledger = _open(settings)
+    try:
+        result = verify_log(ledger.ledger_recorder)
+    finally:
+        ledger.close()
+    if args.json:
+        _print_json(result.as_dict())
+    elif result.ok:
+        print(f"verify: OK, {result.facts_checked} facts, merkle root {result.root}")
+    if not result.ok:
+        first = result.problems[0]
+        return _fail(
+            f"verify: BROKEN at position {first.position} ({first.kind}; sid {first.aggregate} "
+            f"version {first.version}; event_id {first.event_id}): {first.message}",
+            EXIT_BROKEN,
+        )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from ledger.demo import contact, demo_stream
+    from ledger.verify import verify_log
+    from projections.trail import subject_trail
+
+    ledger = _open(settings)
+    try:
+        ledger.init_demo()
+        stream = demo_stream(args.subjects)
+        outcomes = []
+        for i in range(0, len(stream), 500):
+            outcomes += ledger.record([parse_fact(f) for f in stream[i : i + 500]])
+        new = sum(1 for o in outcomes if isinstance(o, Receipt) and not o.duplicate)
+        again = sum(1 for o in outcomes if isinstance(o, Receipt) and o.duplicate)
+        refused = [o for o in outcomes if isinstance(o, FactRejected)]
+        print(f"demo: {len(stream)} facts for {args.subjects} subjects: {new} recorded, "
+              f"{again} already recorded, {len(refused)} refused")
+        print(f"data directory: {settings.data_dir}\n")
+        trail = subject_trail(ledger, "demo", ledger.sid("demo", contact(3)))
+        assert trail is not None
+        _print_trail(trail)
+        erased = subject_trail(ledger, "demo", ledger.sid("demo", contact(7)))
+        assert erased is not None
+        print()
+        _print_trail(erased)
+        result = verify_log(ledger.ledger_recorder)
+    finally:
+        ledger.close()
+    print()
+    if result.ok:
+        print(f"verify: OK, {result.facts_checked} facts, merkle root {result.root}")
+        return 0
+    return _fail(f"verify: BROKEN: {result.problems[0].message}", EXIT_BROKEN)
+
+
+# ---- helpers -------------------------------------------------------------------------------
+
+
+def _sid(ledger: ConsentLedger, args: argparse.Namespace) -> uuid.UUID:
+    if args.sid:
+        try:
+            return uuid.UUID(hex=args.subject)
+        except ValueError:
+            raise CliError("with --sid, SUBJECT must be a sid (32 hex digits)") from None
+    return ledger.sid(args.tenant, args.subject)
+
+
+def _read_file(path: str) -> TextIO:
+    try:
+        return open(path, encoding="utf-8")  # noqa: SIM115 (read whole below)
+    except OSError as e:
+        raise CliError(f"cannot read {path}: {e.strerror}") from None
+
+
+def _read_facts(stream: TextIO) -> Iterator[bytes | Any]:
+    """A JSON object, a JSON array of objects, or JSON Lines; bad lines become rejections."""
+    with stream:
+        text = stream.read()
+    stripped = text.strip()
+    if not stripped:
+        raise CliError("no facts in the input")
+    if stripped[0] == "[" or ("\n" not in stripped):
+        try:
+            whole = orjson.loads(stripped)
+        except orjson.JSONDecodeError:
+            whole = None
+        if isinstance(whole, list):
+            yield from whole
+            return
+        if whole is not None:
+            yield whole
+            return
+    for line in text.splitlines():
+        if line.strip():
+            yield line.encode("utf-8")
+
+
+def _print_trail(trail: dict[str, Any]) -> None:
+    who = trail["subject"] if trail["subject"] else "(erased)"
+    print(f"Audit trail of subject {trail['sid']} [{who}], tenant {trail['tenant']}: "
+          f"{len(trail['facts'])} facts" + ("; ERASED at " + trail["erased_at"] if trail["erased"] else ""))
+    print(f"  {'pos':>5} {'v':>2}  {'occurred_at':<25} {'type':<19} {'event_id':<22} details")
+    for f in trail["facts"]:
+        details = dict(f["details"])
+        if f["personal_data"] is not None:
+            details["personal"] = f["personal_data"]
+        if "corrected_by" in f:
+            details["corrected_by"] = f["corrected_by"]
+        text = orjson.dumps(details).decode()
+        if len(text) > 110:
+            text = text[:107] + "..."
+        print(f"  {f['position'] or '':>5} {f['version']:>2}  {f['occurred_at'][:25]:<25} "
+              f"{f['type']:<19} {(f['event_id'] or '-')[:22]:<22} {text}")
+    if trail["facts"]:
+        print(f"  chain head: {trail['facts'][-1]['hash']}")
+
+
+def _subject_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("subject", metavar="SUBJECT", help="the publisher's reference (or a sid with --sid)")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--sid", action="store_true", help="SUBJECT is a sid, not a reference")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="consent-ledger", description=__doc__)
+    sub = parser.add_subparsers(dest="command")
+
+    p = sub.add_parser("init", help="create the data directory and the demo tenant")
+    p.set_defaults(run=cmd_init)
+
+    p = sub.add_parser("demo", help="load the seed policy and a demo stream, show a trail")
+    p.add_argument("--subjects", type=int, default=300)
+    p.set_defaults(run=cmd_demo)
+
+    p = sub.add_parser("record", help="record facts from a file or stdin (JSON or JSON Lines)")
+    p.add_argument("file", nargs="?", default="-", metavar="FILE|-")
+    p.add_argument("--tenant", help="the tenant, when the facts do not name one")
+    p.set_defaults(run=cmd_record)
+
+    p = sub.add_parser("trail", help="a subject's audit trail")
+    _subject_args(p)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    p.set_defaults(run=cmd_trail)
+
+    p = sub.add_parser("consents", help="a subject's consent per purpose at an instant")
+    _subject_args(p)
+    p.add_argument("--as-of", help="valid time (RFC 3339), default now")
+    p.add_argument("--known-at", help="transaction time (RFC 3339), default now")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_consents)
+
+    p = sub.add_parser("erase", help="erase a subject's personal data (crypto-shredding)")
+    _subject_args(p)
+    p.add_argument("--ground", required=True)
+    p.add_argument("--request-id")
+    p.add_argument("--event-id", help="idempotency key for this erasure")
+    p.set_defaults(run=cmd_erase)
+
+    p = sub.add_parser("verify", help="check the whole log for alteration")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_verify)
+
+    tenants = sub.add_parser("tenants", help="manage tenants").add_subparsers(dest="action")
+    p = tenants.add_parser("create")
+    p.add_argument("tenant", metavar="T")
+    p.set_defaults(run=cmd_tenants_create)
+    return parser
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,142 @@
+"""Walk the whole log and prove it intact, or name the first fact that is not.
+
+Three independent records must agree: the stored bytes (rehashed here), the fact index
+written in the same transaction (position -> aggregate, version, hash), and the Merkle head.
+Inside the bytes, each event's `prev_hash` must equal the rehash of the event before it of
+the same aggregate, and versions must run 1, 2, 3... in log order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+import orjson
+from eventsourcing.persistence import Notification
+
+from ledger.chain import GENESIS, fact_hash, frontier_append, frontier_root, leaf_hash
+from ledger.recorder import IndexedFact, LedgerSQLiteRecorder
+
+
+@dataclass(frozen=True)
+class Problem:
+    position: int
+    kind: str  # altered, removed, inserted, reordered
+    aggregate: str
+    version: int
+    event_id: str | None
+    message: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "position": self.position,
+            "kind": self.kind,
+            "sid": self.aggregate,
+            "version": self.version,
+            "event_id": self.event_id,
+            "message": self.message,
+        }
+
+
+@dataclass
+class VerifyResult:
+    facts_checked: int
+    root: str
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "facts_checked": self.facts_checked,
+            "merkle_root": self.root,
+            "first_broken": self.problems[0].as_dict() if self.problems else None,
+            "problems": len(self.problems),
+        }
+
+
+def verify_log(recorder: LedgerSQLiteRecorder, page: int = 5000) -> VerifyResult:
+    index: dict[int, IndexedFact] = {row.position: row for row in recorder.all_index()}
+    heads: dict[UUID | str, tuple[int, str]] = {}
+    problems: list[Problem] = []
+    frontier: list[bytes] = []
+    size = 0
+    start: int | None = None
+    while True:
+        notifications = recorder.select_notifications(
+            start=start, limit=page, inclusive_of_start=False
+        )
+        if not notifications:
+            break
+        for n in notifications:
+            digest = fact_hash(n.originator_id, n.originator_version, n.topic, n.state)
+            problem = _check(n, digest, index.pop(n.id, None), heads)
+            if problem is not None:
+                problems.append(problem)
+            heads[n.originator_id] = (n.originator_version, digest)
+            frontier = frontier_append(frontier, size, leaf_hash(digest))
+            size += 1
+        start = notifications[-1].id
+    for row in index.values():
+        problems.append(
+            Problem(
+                row.position, "removed", row.originator_id.hex, row.originator_version,
+                row.event_id, "the fact index records a fact at this position that the log no longer holds",
+            )
+        )
+    root = frontier_root(frontier).hex()
+    head_size, head_root = recorder.head()
+    if not problems and (head_size != size or head_root != root):
+        problems.append(
+            Problem(
+                size, "removed" if head_size > size else "altered", "", 0, None,
+                f"the log's Merkle root over {size} facts does not match the recorded head over "
+                f"{head_size} facts: facts were removed, added or altered together with their index",
+            )
+        )
+    problems.sort(key=lambda p: p.position)
+    return VerifyResult(facts_checked=size, root=root, problems=problems)
+
+
+def _check(
+    n: Notification,
+    digest: str,
+    indexed: IndexedFact | None,
+    heads: dict[UUID | str, tuple[int, str]],
+) -> Problem | None:
+    agg = n.originator_id.hex if isinstance(n.originator_id, UUID) else str(n.originator_id)
+    event_id = indexed.event_id if indexed else None
+
+    def problem(kind: str, message: str) -> Problem:
+        return Problem(n.id, kind, agg, n.originator_version, event_id, message)
+
+    if indexed is None:
+        return problem("inserted", "the log holds a fact at this position that was never indexed")
+    if indexed.originator_id.hex != agg or indexed.originator_version != n.originator_version:
+        return problem(
+            "reordered",
+            f"the index records version {indexed.originator_version} of another or the same "
+            "subject at this position",
+        )
+    if indexed.hash != digest:
+        return problem("altered", "the stored bytes do not match the hash recorded when written")
+    last_version, last_hash = heads.get(n.originator_id, (0, GENESIS))
+    if n.originator_version != last_version + 1:
+        kind = "removed" if n.originator_version > last_version + 1 else "reordered"
+        return problem(
+            kind, f"version {n.originator_version} follows version {last_version} of this subject"
+        )
+    try:
+        prev_hash = orjson.loads(n.state).get("prev_hash", GENESIS)
+    except orjson.JSONDecodeError:
+        return problem("altered", "the stored bytes are not the JSON that was written")
+    if prev_hash != last_hash:
+        return problem(
+            "altered",
+            "prev_hash does not match the fact before it: that fact was altered or replaced",
+        )
+    return None

@@ -1,0 +1,114 @@
+"""A subject's complete audit trail: every fact in order, decoded for a person to read.
+
+Personal data is decrypted while the subject's key exists and shows as erased after; every
+row keeps its chain hashes so the reader can check it against `verify`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from ledger.application import ConsentLedger
+from ledger.keystore import unseal
+from ledger.subject import Subject
+
+_HIDDEN = {"originator_id", "originator_version", "timestamp", "pii", "prev_hash", "event_id",
+           "occurred_at", "source", "channel", "originator_topic"}
+
+
+def subject_trail(ledger: ConsentLedger, tenant: str, sid: UUID) -> dict[str, Any] | None:
+    subject = ledger.subject(tenant, sid)
+    if subject is None:
+        return None
+    tenant_agg = ledger.tenant(tenant)
+    policies = tenant_agg.policies if tenant_agg else {}
+    key = ledger.keystore.open_keys([sid]).get(sid)
+    index = {row.originator_version: row for row in ledger.ledger_recorder.index_of(sid)}
+    corrected_by: dict[str, list[str]] = {}
+    for c in subject.corrections:
+        corrected_by.setdefault(c.corrects, []).append(c.event_id)
+
+    reference: str | None = None
+    facts: list[dict[str, Any]] = []
+    for event in ledger.events.get(sid):
+        state = dict(vars(event))
+        sealed = state.get("pii")
+        personal: dict[str, Any] | None = None
+        if sealed is not None and key is not None:
+            personal = unseal(key, sid, sealed)
+        if isinstance(event, Subject.Registered):
+            reference = personal.get("subject") if personal else None
+            fact_type, event_id = "subject.registered", None
+        else:
+            fact_type, event_id = type(event).fact_type, state["event_id"]
+        row = index.get(event.originator_version)
+        details = {k: _plain(v) for k, v in state.items() if k not in _HIDDEN and k != "tenant"}
+        entry: dict[str, Any] = {
+            "position": row.position if row else None,
+            "version": event.originator_version,
+            "type": fact_type,
+            "event_id": event_id,
+            "occurred_at": _plain(state.get("occurred_at", event.timestamp)),
+            "recorded_at": event.timestamp.isoformat(),
+            "source": state.get("source"),
+            "channel": state.get("channel"),
+            "details": details,
+            "personal_data": (
+                None if sealed is None else personal if personal is not None else {"erased": True}
+            ),
+            "prev_hash": state.get("prev_hash", ""),
+            "hash": row.hash if row else None,
+        }
+        if fact_type == "consent.granted":
+            policy = policies.get(state["policy_version"])
+            entry["policy"] = {
+                "version": state["policy_version"],
+                "text_sha256": policy.text_sha256 if policy else None,
+            }
+        if event_id is not None and event_id in corrected_by:
+            entry["corrected_by"] = corrected_by[event_id]
+        if fact_type == "consent.corrected":
+            entry["corrects"] = state["corrects"]
+        facts.append(entry)
+    return {
+        "tenant": tenant,
+        "sid": sid.hex,
+        "subject": reference if key is not None else None,
+        "erased": subject.erased,
+        "erased_at": subject.erased_at.isoformat() if subject.erased_at else None,
+        "facts": facts,
+    }
+
+
+def trail_csv(trail: dict[str, Any]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(
+        ["position", "version", "type", "event_id", "occurred_at", "recorded_at", "source",
+         "channel", "details", "personal_data", "prev_hash", "hash"]
+    )
+    import orjson
+
+    for fact in trail["facts"]:
+        writer.writerow(
+            [fact["position"], fact["version"], fact["type"], fact["event_id"] or "",
+             fact["occurred_at"], fact["recorded_at"], fact["source"] or "", fact["channel"] or "",
+             orjson.dumps(fact["details"]).decode(),
+             orjson.dumps(fact["personal_data"]).decode() if fact["personal_data"] else "",
+             fact["prev_hash"], fact["hash"] or ""]
+        )
+    return out.getvalue()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
