@@ -1,0 +1,51 @@
+"""Shared fixtures: a fresh data directory per test, and one real Kafka broker per session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ledger.application import ConsentLedger
+from ledger.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+BROKER = ROOT / "deploy" / "kafka" / "broker.sh"
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data")
+
+
+@pytest.fixture
+def ledger(settings: Settings) -> Iterator[ConsentLedger]:
+    app = ConsentLedger(settings)
+    app.init_demo()
+    yield app
+    app.close()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real single-node KRaft broker, fetched from Maven Central by deploy/kafka/broker.sh.
+
+    Set KAFKA_BOOTSTRAP to use a broker that is already running instead.
+    """
+    given = os.environ.get("KAFKA_BOOTSTRAP")
+    if given:
+        yield given
+        return
+    run_dir = tmp_path_factory.mktemp("kafka")
+    started = subprocess.run(
+        [str(BROKER), "start", str(run_dir)], capture_output=True, text=True, timeout=300
+    )
+    if started.returncode != 0:
+        raise RuntimeError(f"the Kafka broker did not start:\n{started.stderr}")
+    try:
+        yield started.stdout.strip().splitlines()[-1]
+    finally:
+        subprocess.run([str(BROKER), "stop", str(run_dir)], timeout=120, check=False)

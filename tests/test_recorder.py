@@ -1,0 +1,65 @@
+"""Our SQLite recorder against the library's reusable recorder tests, plus what it adds."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from uuid import uuid4
+
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.sqlite import SQLiteDatastore
+from eventsourcing.tests import persistence as library_tests
+
+from ledger.chain import merkle_root, stored_hash
+from ledger.recorder import FactKey, LedgerSQLiteRecorder
+
+
+class TestLedgerSQLiteRecorder(library_tests.ApplicationRecorderTestCase[LedgerSQLiteRecorder]):
+    def setUp(self) -> None:
+        self._dir = tempfile.TemporaryDirectory()
+        self.db = str(Path(self._dir.name) / "ledger.db")
+
+    def tearDown(self) -> None:
+        self._dir.cleanup()
+
+    def create_recorder(self) -> LedgerSQLiteRecorder:
+        recorder = LedgerSQLiteRecorder(SQLiteDatastore(db_name=self.db, lock_timeout=30))
+        recorder.create_table()
+        return recorder
+
+
+def _event(originator: object = None, version: int = 1, state: bytes = b"{}") -> StoredEvent:
+    return StoredEvent(originator or uuid4(), version, "t", state)  # type: ignore[arg-type]
+
+
+def test_index_and_head_are_written_with_the_events(tmp_path: Path) -> None:
+    recorder = LedgerSQLiteRecorder(SQLiteDatastore(db_name=str(tmp_path / "l.db")))
+    recorder.create_table()
+    first, second = uuid4(), uuid4()
+    events = [_event(first, 1, b'{"a":1}'), _event(second, 1, b'{"b":2}'), _event(first, 2)]
+    facts = {(first, 2): FactKey("demo", "e-1", "digest", "2025-01-01T00:00:00+00:00")}
+    positions = recorder.insert_events(events, facts=facts)
+    assert positions is not None
+    rows = recorder.all_index()
+    assert [r.position for r in rows] == list(positions)
+    assert [r.hash for r in rows] == [stored_hash(e) for e in events]
+    assert rows[2].event_id == "e-1" and rows[0].event_id is None
+    size, root = recorder.head()
+    assert size == 3
+    assert root == merkle_root([stored_hash(e) for e in events]).hex()
+    assert recorder.find_facts("demo", ["e-1", "nope"])["e-1"].originator_id == first
+
+
+def test_same_event_id_twice_is_refused_by_the_store(tmp_path: Path) -> None:
+    recorder = LedgerSQLiteRecorder(SQLiteDatastore(db_name=str(tmp_path / "l.db")))
+    recorder.create_table()
+    a, b = uuid4(), uuid4()
+    key = FactKey("demo", "same", "d", "2025-01-01T00:00:00+00:00")
+    recorder.insert_events([_event(a)], facts={(a, 1): key})
+    try:
+        recorder.insert_events([_event(b)], facts={(b, 1): key})
+    except Exception as e:  # the library wraps sqlite3's IntegrityError
+        assert "UNIQUE" in str(e)
+    else:
+        raise AssertionError("a second fact with the same tenant and event_id was stored")
+    assert recorder.head()[0] == 1
