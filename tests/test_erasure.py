@@ -1,0 +1,109 @@
+"""Crypto-shredding: after `consent-ledger erase`, no byte of the subject's personal data (or of
+its data key) is left in any file under LEDGER_DATA_DIR, and the log still verifies."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+
+from ledger.application import ConsentLedger, Receipt
+from ledger.envelope import parse_fact
+from ledger.settings import Settings
+from projections.trail import subject_trail
+from tests.facts import fact, grant, withdraw
+
+REFERENCE = "+998901112233"
+NAME = "Qodirova Dilnoza Botirovna"
+EMAIL = "dilnoza.qodirova@example.uz"
+PHONE = "+998935554433"
+IP = "84.54.71.203"
+AGENT = "Mozilla/5.0 (X11; Linux x86_64) TestBrowser/117"
+PERSONAL = [REFERENCE, NAME, EMAIL, PHONE, IP, AGENT, "identity proven by passport AB1234567"]
+
+
+def cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "LEDGER_DATA_DIR": str(data_dir)}
+    return subprocess.run(
+        [sys.executable, "-m", "ledger.cli", *args], env=env, capture_output=True, text=True,
+        timeout=60,
+    )
+
+
+def files_containing(root: Path, needle: bytes) -> list[str]:
+    return [
+        str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()
+    ]
+
+
+def test_erase_leaves_no_personal_data_and_keeps_the_trail(settings: Settings) -> None:
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    evidence = {"ip": IP, "user_agent": AGENT, "form_id": "signup"}
+    facts = [
+        grant(REFERENCE, ("marketing", "support"), event_id="g1", evidence=evidence,
+              personal_data={"full_name": NAME, "email": EMAIL, "phone": PHONE}),
+        withdraw(REFERENCE, event_id="w1", occurred_at="2025-03-02T10:00:00+05:00",
+                 reason="identity proven by passport AB1234567"),
+        fact("request.received", REFERENCE, event_id="r1", request_id="REQ-1", kind="erasure",
+             occurred_at="2025-03-03T10:00:00+05:00"),
+        grant("other-person", event_id="g2", personal_data={"full_name": "Other Person"}),
+    ]
+    outcomes = ledger.record([parse_fact(f) for f in facts])
+    assert all(isinstance(o, Receipt) for o in outcomes)
+    sid = ledger.sid("demo", REFERENCE)
+    before = subject_trail(ledger, "demo", sid)
+    assert before is not None and before["subject"] == REFERENCE
+    assert before["facts"][1]["personal_data"]["personal_data"]["full_name"] == NAME
+    ledger.close()
+    with sqlite3.connect(settings.keystore_path) as keys:
+        (wrapped,) = keys.execute("SELECT wrapped FROM data_keys WHERE sid=?", (sid.hex,)).fetchone()
+    assert files_containing(settings.data_dir, wrapped) == ["keys.db"]
+
+    erased = cli(settings.data_dir, "erase", REFERENCE, "--tenant", "demo",
+                 "--ground", "subject_request", "--request-id", "REQ-1")
+    assert erased.returncode == 0, erased.stderr
+
+    for needle in [*PERSONAL, wrapped]:
+        data = needle if isinstance(needle, bytes) else needle.encode()
+        assert files_containing(settings.data_dir, data) == [], "personal data survived erasure"
+
+    verified = cli(settings.data_dir, "verify", "--json")
+    assert verified.returncode == 0, verified.stderr
+    assert orjson.loads(verified.stdout)["ok"] is True
+
+    trail = orjson.loads(cli(settings.data_dir, "trail", sid.hex, "--sid", "--tenant", "demo",
+                             "--json").stdout)
+    assert trail["erased"] is True and trail["subject"] is None
+    assert [f["event_id"] for f in trail["facts"]] == [None, "g1", "w1", "r1", trail["facts"][-1]["event_id"]]
+    assert trail["facts"][-1]["type"] == "subject.erased"
+    assert trail["facts"][1]["personal_data"] == {"erased": True}
+    assert trail["facts"][1]["details"]["purposes"] == ["marketing", "support"]
+
+    # The other subject is untouched.
+    ledger = ConsentLedger(settings)
+    other = subject_trail(ledger, "demo", ledger.sid("demo", "other-person"))
+    assert other is not None and other["subject"] == "other-person"
+    # Grants stay refused for the erased pseudonym, even from a fresh process.
+    [again] = ledger.record([parse_fact(grant(REFERENCE, event_id="g3"))])
+    assert not isinstance(again, Receipt) and again.code.value == "subject_erased"
+    ledger.close()
+    assert files_containing(settings.data_dir, REFERENCE.encode()) == []
+
+
+def test_erasure_reaches_facts_recorded_after_it(settings: Settings) -> None:
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    ledger.record([parse_fact(grant(REFERENCE, event_id="g1")),
+                   parse_fact(fact("subject.erased", REFERENCE, ground="court_decision",
+                                   occurred_at="2025-03-02T10:00:00+05:00"))])
+    [w] = ledger.record([parse_fact(withdraw(REFERENCE, occurred_at="2025-03-03T10:00:00+05:00",
+                                             evidence={"ip": IP}, reason=NAME))])
+    assert isinstance(w, Receipt)
+    ledger.close()
+    assert files_containing(settings.data_dir, IP.encode()) == []
+    assert files_containing(settings.data_dir, NAME.encode()) == []
