@@ -296,8 +296,6 @@ def _print_trail(trail: dict[str, Any]) -> None:
     print(f"  {'pos':>5} {'v':>2}  {'occurred_at':<25} {'type':<19} {'event_id':<22} details")
     for f in trail["facts"]:
         details = dict(f["details"])
-        if f["personal_data"] is not None:
-            details["personal"] = f["personal_data"]
         if "corrected_by" in f:
             details["corrected_by"] = f["corrected_by"]
         text = orjson.dumps(details).decode()
@@ -305,6 +303,9 @@ def _print_trail(trail: dict[str, Any]) -> None:
             text = text[:107] + "..."
         print(f"  {f['position'] or '':>5} {f['version']:>2}  {f['occurred_at'][:25]:<25} "
               f"{f['type']:<19} {(f['event_id'] or '-')[:22]:<22} {text}")
+        if f["personal_data"] is not None:
+            print(f"  {'':>5} {'':>2}  {'':<25} {'':<19} {'':<22} personal data: "
+                  f"{orjson.dumps(f['personal_data']).decode()}")
     if trail["facts"]:
         print(f"  chain head: {trail['facts'][-1]['hash']}")
 

@@ -1,0 +1,31 @@
+"""The incremental Merkle frontier gives exactly the RFC 9162 root computed the slow way."""
+
+from __future__ import annotations
+
+import hashlib
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ledger.chain import frontier_append, frontier_root, leaf_hash, merkle_root
+
+
+def test_empty_tree_hash() -> None:
+    assert frontier_root([]) == hashlib.sha256(b"").digest() == merkle_root([])
+
+
+def test_rfc9162_shape_for_three_leaves() -> None:
+    hashes = [hashlib.sha256(bytes([i])).hexdigest() for i in range(3)]
+    a, b, c = (leaf_hash(h) for h in hashes)
+    ab = hashlib.sha256(b"\x01" + a + b).digest()
+    assert merkle_root(hashes) == hashlib.sha256(b"\x01" + ab + c).digest()
+
+
+@given(st.integers(min_value=0, max_value=300))
+def test_frontier_matches_reference_at_every_size(n: int) -> None:
+    hashes = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(n)]
+    frontier: list[bytes] = []
+    for size, h in enumerate(hashes):
+        frontier = frontier_append(frontier, size, leaf_hash(h))
+    assert frontier_root(frontier) == merkle_root(hashes)
+    assert len(frontier) == bin(n).count("1")

@@ -1,0 +1,128 @@
+"""The `consent-ledger` command, run as a real process against a real data directory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.facts import grant, withdraw
+
+
+def run(data: Path, *args: str, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ledger.cli", *args],
+        env={**os.environ, "LEDGER_DATA_DIR": str(data), **env},
+        input=stdin, capture_output=True, text=True, timeout=120,
+    )
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    out = run(tmp_path / "d", "init")
+    assert out.returncode == 0, out.stderr
+    return tmp_path / "d"
+
+
+def lines(text: str) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_record_json_lines_with_a_bad_line(data: Path, tmp_path: Path) -> None:
+    path = tmp_path / "facts.jsonl"
+    path.write_text(
+        "\n".join([
+            orjson.dumps(grant("c-1", event_id="g1")).decode(),
+            "{this is not json",
+            orjson.dumps(grant("c-1", event_id="g2", purposes=("lottery",))).decode(),
+            orjson.dumps(withdraw("c-1", event_id="w1", occurred_at="2025-03-02T10:00:00+05:00")).decode(),
+        ])
+    )
+    out = run(data, "record", str(path))
+    assert out.returncode == 1
+    assert out.stderr.strip() == "consent-ledger: 2 of 4 facts rejected (see stdout)"
+    result = lines(out.stdout)
+    assert [r["index"] for r in result] == [0, 1, 2, 3]
+    assert result[0]["receipt"]["event_id"] == "g1"
+    assert result[1]["rejected"]["code"] == "invalid_json"
+    assert result[2]["rejected"]["code"] == "unknown_purpose"
+    assert result[3]["receipt"]["sid"] == result[0]["receipt"]["sid"]
+    again = run(data, "record", str(path))
+    assert lines(again.stdout)[0]["receipt"]["duplicate"] is True
+
+
+def test_record_from_stdin_with_tenant_option(data: Path) -> None:
+    fact = grant("c-2", event_id="s1")
+    del fact["tenant"]
+    out = run(data, "record", "--tenant", "demo", stdin=orjson.dumps([fact]).decode())
+    assert out.returncode == 0, out.stderr
+    assert lines(out.stdout)[0]["receipt"]["position"] > 0
+
+
+def test_read_commands(data: Path) -> None:
+    run(data, "record", stdin=orjson.dumps([
+        grant("c-3", event_id="g", personal_data={"full_name": "Aziz Karimov"}),
+        withdraw("c-3", event_id="w", occurred_at="2025-03-05T10:00:00+05:00"),
+    ]).decode())
+    trail = orjson.loads(run(data, "trail", "c-3", "--tenant", "demo", "--json").stdout)
+    assert [f["type"] for f in trail["facts"]] == ["subject.registered", "consent.granted", "consent.withdrawn"]
+    assert trail["facts"][1]["policy"]["text_sha256"]
+    csv = run(data, "trail", "c-3", "--tenant", "demo", "--format", "csv").stdout
+    assert csv.startswith("position,version,type,event_id")
+    table = run(data, "trail", "c-3", "--tenant", "demo").stdout
+    assert "Aziz Karimov" in table and "chain head" in table
+
+    before = orjson.loads(run(data, "consents", "c-3", "--tenant", "demo", "--json",
+                              "--as-of", "2025-03-03T00:00:00+05:00").stdout)
+    states = {p["purpose"]: p["state"] for p in before["purposes"]}
+    assert states["marketing"] == "granted" and states["support"] == "none"
+    after = orjson.loads(run(data, "consents", trail["sid"], "--sid", "--tenant", "demo", "--json").stdout)
+    assert {p["purpose"]: p["state"] for p in after["purposes"]}["marketing"] == "withdrawn"
+    known_then = orjson.loads(run(data, "consents", "c-3", "--tenant", "demo", "--json",
+                                  "--known-at", "2020-01-01T00:00:00Z").stdout)
+    assert {p["purpose"]: p["state"] for p in known_then["purposes"]}["marketing"] == "none"
+
+
+def test_errors_are_one_line_with_status(data: Path) -> None:
+    missing = run(data, "trail", "nobody", "--tenant", "demo")
+    assert missing.returncode == 3 and missing.stderr.count("\n") == 1
+    assert "nobody" not in missing.stderr  # the reference is personal data
+    bad_time = run(data, "consents", "nobody", "--tenant", "demo", "--as-of", "yesterday")
+    assert bad_time.returncode == 1 and "invalid_timestamp" in bad_time.stderr
+    no_file = run(data, "record", str(data / "nope.json"))
+    assert no_file.returncode == 2 and "cannot read" in no_file.stderr
+    empty = run(data, "record", stdin="")
+    assert empty.returncode == 2
+    backend = run(data, "verify", LEDGER_BACKEND="cassandra")
+    assert backend.returncode == 2 and "LEDGER_BACKEND" in backend.stderr
+    assert run(data).returncode == 2
+
+
+def test_erase_and_tenants(data: Path) -> None:
+    run(data, "record", stdin=orjson.dumps(grant("c-4", event_id="g")).decode())
+    bad = run(data, "erase", "c-4", "--tenant", "demo", "--ground", "because")
+    assert bad.returncode == 1 and "invalid_field" in bad.stderr
+    ok = run(data, "erase", "c-4", "--tenant", "demo", "--ground", "subject_request")
+    assert ok.returncode == 0, ok.stderr
+    trail = orjson.loads(run(data, "trail", "c-4", "--tenant", "demo", "--json").stdout)
+    assert trail["erased"] is True
+    assert run(data, "tenants", "create", "acme").returncode == 0
+    again = run(data, "tenants", "create", "acme")
+    assert again.returncode == 1 and "tenant_exists" in again.stderr
+    # Another tenant does not see demo's subject.
+    assert run(data, "trail", "c-4", "--tenant", "acme").returncode == 3
+    verify = run(data, "verify")
+    assert verify.returncode == 0 and verify.stdout.startswith("verify: OK")
+
+
+def test_demo(tmp_path: Path) -> None:
+    out = run(tmp_path / "demo", "demo", "--subjects", "40")
+    assert out.returncode == 0, out.stderr
+    assert "Audit trail of subject" in out.stdout and "verify: OK" in out.stdout
+    rerun = run(tmp_path / "demo", "demo", "--subjects", "40")
+    assert "0 recorded" in rerun.stdout

@@ -1,0 +1,74 @@
+"""The master key, pseudonyms and data keys."""
+
+from __future__ import annotations
+
+import base64
+import os
+import stat
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from ledger.keystore import ErasedSubjectError, KeyStore, load_master_key, seal, unseal
+from ledger.settings import Settings, SettingsError
+
+
+def test_master_key_file_is_created_private_and_reused(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "d")
+    key = load_master_key(settings)
+    assert len(key) == 32
+    assert stat.S_IMODE(os.stat(settings.master_key_path).st_mode) == 0o600
+    assert load_master_key(settings) == key
+
+
+def test_master_key_from_environment(tmp_path: Path) -> None:
+    raw = os.urandom(32)
+    settings = Settings(data_dir=tmp_path, master_key=base64.b64encode(raw).decode())
+    assert load_master_key(settings) == raw
+    assert not settings.master_key_path.exists()
+    with pytest.raises(SettingsError, match="32 bytes"):
+        load_master_key(Settings(data_dir=tmp_path, master_key=base64.b64encode(b"short").decode()))
+    with pytest.raises(SettingsError, match="base64"):
+        load_master_key(Settings(data_dir=tmp_path, master_key="not base64!"))
+
+
+def test_wrong_master_key_is_a_clear_error(tmp_path: Path) -> None:
+    KeyStore(tmp_path / "keys.db", os.urandom(32)).close()
+    with pytest.raises(SettingsError, match="master key does not open"):
+        KeyStore(tmp_path / "keys.db", os.urandom(32))
+
+
+def test_sid_is_keyed_stable_and_tenant_bound(tmp_path: Path) -> None:
+    master = os.urandom(32)
+    store = KeyStore(tmp_path / "keys.db", master)
+    sid = store.sid("demo", "+998901234567")
+    assert sid == store.sid("demo", "+998901234567")
+    assert sid != store.sid("acme", "+998901234567")
+    store.close()
+    assert KeyStore(tmp_path / "keys.db", master).sid("demo", "+998901234567") == sid
+    # Another key store (another deployment) gives another pseudonym: the hash is keyed.
+    assert KeyStore(tmp_path / "other.db", master).sid("demo", "+998901234567") != sid
+
+
+def test_sealed_data_is_bound_to_its_subject(tmp_path: Path) -> None:
+    store = KeyStore(tmp_path / "keys.db", os.urandom(32))
+    a, b = store.sid("demo", "a"), store.sid("demo", "b")
+    store.add_keys({a: os.urandom(32), b: os.urandom(32)})
+    keys = store.open_keys([a, b])
+    sealed = seal(keys[a], a, {"email": "a@example.uz"})
+    assert unseal(keys[a], a, sealed) == {"email": "a@example.uz"}
+    with pytest.raises(Exception):  # noqa: B017 (cryptography's InvalidTag)
+        unseal(keys[a], b, sealed)
+
+
+def test_erased_subject_never_gets_a_key_again(tmp_path: Path) -> None:
+    store = KeyStore(tmp_path / "keys.db", os.urandom(32))
+    sid = store.sid("demo", "gone")
+    store.add_keys({sid: os.urandom(32)})
+    store.erase(sid, datetime.now(UTC))
+    store.erase(sid, datetime.now(UTC))  # idempotent
+    assert store.open_keys([sid]) == {}
+    assert store.is_erased(sid)
+    with pytest.raises(ErasedSubjectError):
+        store.add_keys({sid: os.urandom(32)})
