@@ -71,7 +71,7 @@ def persistence_env(settings: Settings) -> dict[str, str]:
     }
 
 
-class ConsentLedger(Application):
+class ConsentLedger(Application[UUID]):
     name = "ConsentLedger"
 
     def __init__(self, settings: Settings, keystore: KeyStore | None = None) -> None:
@@ -92,7 +92,7 @@ class ConsentLedger(Application):
 
     def tenant(self, name: str) -> Tenant | None:
         try:
-            tenant = self.repository.get(tenant_id(name))
+            tenant: object = self.repository.get(tenant_id(name))
         except AggregateNotFoundError:
             return None
         assert isinstance(tenant, Tenant)
@@ -105,7 +105,9 @@ class ConsentLedger(Application):
         try:
             self.save(tenant)
         except IntegrityError:
-            raise FactRejected(Code.TENANT_EXISTS, "a tenant with this name exists", "tenant") from None
+            raise FactRejected(
+                Code.TENANT_EXISTS, "a tenant with this name exists", "tenant"
+            ) from None
         return tenant
 
     def init_demo(self) -> None:
@@ -143,7 +145,7 @@ class ConsentLedger(Application):
     def subject(self, tenant: str, sid: UUID) -> Subject | None:
         """The subject, or None when unknown or of another tenant (indistinguishable)."""
         try:
-            subject = self.repository.get(sid)
+            subject: object = self.repository.get(sid)
         except AggregateNotFoundError:
             return None
         if not isinstance(subject, Subject) or subject.tenant != tenant:

@@ -26,6 +26,7 @@ class ChainedAggregate(Aggregate):
     class Created(Aggregate.Created):
         def mutate(self, aggregate: Any) -> Any:
             agg = super().mutate(aggregate)
+            assert agg is not None
             agg._last_event = self
             agg._head_hash = None
             return agg

@@ -11,7 +11,7 @@ import sys
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any, NoReturn, TextIO
+from typing import Any, TextIO
 
 import orjson
 
@@ -96,7 +96,8 @@ def cmd_record(args: argparse.Namespace, settings: Settings) -> int:
     for item in items:
         try:
             facts.append(
-                parse_fact_bytes(item, args.tenant) if isinstance(item, bytes)
+                parse_fact_bytes(item, args.tenant)
+                if isinstance(item, bytes)
                 else parse_fact(item, args.tenant)
             )
             outcomes.append(None)
@@ -155,11 +156,15 @@ def cmd_consents(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         _print_json(view)
         return 0
-    print(f"subject {view['sid']}  as of {view['as_of']}  known at {view['known_at']}"
-          + ("  (erased)" if view["erased"] else ""))
+    print(
+        f"subject {view['sid']}  as of {view['as_of']}  known at {view['known_at']}"
+        + ("  (erased)" if view["erased"] else "")
+    )
     for p in view["purposes"]:
-        print(f"  {p['purpose']:<20} {p['state']:<10} since {p['since'] or '-':<26} "
-              f"policy {p['policy_version'] or '-':<12} fact {p['event_id'] or '-'}")
+        print(
+            f"  {p['purpose']:<20} {p['state']:<10} since {p['since'] or '-':<26} "
+            f"policy {p['policy_version'] or '-':<12} fact {p['event_id'] or '-'}"
+        )
     return 0
 
 
@@ -185,8 +190,10 @@ def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
         ledger.close()
     if isinstance(outcome, FactRejected):
         raise outcome
-    print(f"erased subject {outcome.sid}: data key destroyed; erasure recorded at position "
-          f"{outcome.position}")
+    print(
+        f"erased subject {outcome.sid}: data key destroyed; erasure recorded at position "
+        f"{outcome.position}"
+    )
     return 0
 
 
@@ -227,8 +234,10 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         new = sum(1 for o in outcomes if isinstance(o, Receipt) and not o.duplicate)
         again = sum(1 for o in outcomes if isinstance(o, Receipt) and o.duplicate)
         refused = [o for o in outcomes if isinstance(o, FactRejected)]
-        print(f"demo: {len(stream)} facts for {args.subjects} subjects: {new} recorded, "
-              f"{again} already recorded, {len(refused)} refused")
+        print(
+            f"demo: {len(stream)} facts for {args.subjects} subjects: {new} recorded, "
+            f"{again} already recorded, {len(refused)} refused"
+        )
         print(f"data directory: {settings.data_dir}\n")
         trail = subject_trail(ledger, "demo", ledger.sid("demo", contact(3)))
         assert trail is not None
@@ -261,7 +270,7 @@ def _sid(ledger: ConsentLedger, args: argparse.Namespace) -> uuid.UUID:
 
 def _read_file(path: str) -> TextIO:
     try:
-        return open(path, encoding="utf-8")  # noqa: SIM115 (read whole below)
+        return open(path, encoding="utf-8")
     except OSError as e:
         raise CliError(f"cannot read {path}: {e.strerror}") from None
 
@@ -291,8 +300,11 @@ def _read_facts(stream: TextIO) -> Iterator[bytes | Any]:
 
 def _print_trail(trail: dict[str, Any]) -> None:
     who = trail["subject"] if trail["subject"] else "(erased)"
-    print(f"Audit trail of subject {trail['sid']} [{who}], tenant {trail['tenant']}: "
-          f"{len(trail['facts'])} facts" + ("; ERASED at " + trail["erased_at"] if trail["erased"] else ""))
+    print(
+        f"Audit trail of subject {trail['sid']} [{who}], tenant {trail['tenant']}: "
+        f"{len(trail['facts'])} facts"
+        + ("; ERASED at " + trail["erased_at"] if trail["erased"] else "")
+    )
     print(f"  {'pos':>5} {'v':>2}  {'occurred_at':<25} {'type':<19} {'event_id':<22} details")
     for f in trail["facts"]:
         details = dict(f["details"])
@@ -301,17 +313,23 @@ def _print_trail(trail: dict[str, Any]) -> None:
         text = orjson.dumps(details).decode()
         if len(text) > 110:
             text = text[:107] + "..."
-        print(f"  {f['position'] or '':>5} {f['version']:>2}  {f['occurred_at'][:25]:<25} "
-              f"{f['type']:<19} {(f['event_id'] or '-')[:22]:<22} {text}")
+        print(
+            f"  {f['position'] or '':>5} {f['version']:>2}  {f['occurred_at'][:25]:<25} "
+            f"{f['type']:<19} {(f['event_id'] or '-')[:22]:<22} {text}"
+        )
         if f["personal_data"] is not None:
-            print(f"  {'':>5} {'':>2}  {'':<25} {'':<19} {'':<22} personal data: "
-                  f"{orjson.dumps(f['personal_data']).decode()}")
+            print(
+                f"  {'':>5} {'':>2}  {'':<25} {'':<19} {'':<22} personal data: "
+                f"{orjson.dumps(f['personal_data']).decode()}"
+            )
     if trail["facts"]:
         print(f"  chain head: {trail['facts'][-1]['hash']}")
 
 
 def _subject_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("subject", metavar="SUBJECT", help="the publisher's reference (or a sid with --sid)")
+    p.add_argument(
+        "subject", metavar="SUBJECT", help="the publisher's reference (or a sid with --sid)"
+    )
     p.add_argument("--tenant", required=True)
     p.add_argument("--sid", action="store_true", help="SUBJECT is a sid, not a reference")
 

@@ -110,7 +110,11 @@ def state_of(purpose: str, entry: ConsentEntry | None, at: datetime) -> PurposeS
         return PurposeState(purpose, WITHDRAWN, entry.occurred_at, None, entry.event_id, None)
     if entry.expires_at is not None and entry.expires_at <= at:
         return PurposeState(
-            purpose, EXPIRED, entry.expires_at, entry.policy_version, entry.event_id,
+            purpose,
+            EXPIRED,
+            entry.expires_at,
+            entry.policy_version,
+            entry.event_id,
             entry.expires_at,
         )
     return PurposeState(
@@ -131,9 +135,7 @@ def consent_at(
     return {p: state_of(p, deciding.get(p), at) for p in purposes}
 
 
-def grants_in_force(
-    entries: Iterable[ConsentEntry], at: datetime
-) -> dict[str, ConsentEntry]:
+def grants_in_force(entries: Iterable[ConsentEntry], at: datetime) -> dict[str, ConsentEntry]:
     """Purpose -> the grant that is in force at `at` (not withdrawn, not expired)."""
     out: dict[str, ConsentEntry] = {}
     for purpose, entry in deciding_entries(entries, at).items():

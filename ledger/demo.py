@@ -13,13 +13,44 @@ from typing import Any
 from ledger.policy import DEMO_TENANT, SEED_POLICY_VERSION
 
 TASHKENT = timezone(timedelta(hours=5))
-FIRST = ["Aziz", "Dilnoza", "Jasur", "Malika", "Otabek", "Nodira", "Sardor", "Gulnora", "Bekzod",
-         "Shahnoza", "Javlon", "Madina", "Rustam", "Zarina", "Timur", "Laylo"]
-LAST = ["Karimov", "Yusupova", "Rahimov", "Tursunova", "Aliyev", "Saidova", "Qodirov", "Nazarova",
-        "Ergashev", "Mirzayeva", "Xolmatov", "Abdullayeva"]
+FIRST = [
+    "Aziz",
+    "Dilnoza",
+    "Jasur",
+    "Malika",
+    "Otabek",
+    "Nodira",
+    "Sardor",
+    "Gulnora",
+    "Bekzod",
+    "Shahnoza",
+    "Javlon",
+    "Madina",
+    "Rustam",
+    "Zarina",
+    "Timur",
+    "Laylo",
+]
+LAST = [
+    "Karimov",
+    "Yusupova",
+    "Rahimov",
+    "Tursunova",
+    "Aliyev",
+    "Saidova",
+    "Qodirov",
+    "Nazarova",
+    "Ergashev",
+    "Mirzayeva",
+    "Xolmatov",
+    "Abdullayeva",
+]
 FORMS = ["signup", "newsletter", "trial", "webinar"]
-AGENTS = ["Mozilla/5.0 (Windows NT 10.0; Win64; x64)", "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5)",
-          "Mozilla/5.0 (Linux; Android 14; SM-A546E)"]
+AGENTS = [
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64)",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5)",
+    "Mozilla/5.0 (Linux; Android 14; SM-A546E)",
+]
 
 
 def contact(i: int) -> str:

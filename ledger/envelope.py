@@ -275,7 +275,9 @@ def _personal_data(obj: dict[str, Any], *, required: bool) -> dict[str, str] | N
         return None
     if required and not value:
         raise FactRejected(
-            Code.INVALID_FIELD, "field 'personal_data' must name at least one field", "personal_data"
+            Code.INVALID_FIELD,
+            "field 'personal_data' must name at least one field",
+            "personal_data",
         )
     for key, item in value.items():
         if key not in PERSONAL_DATA_FIELDS:
@@ -299,7 +301,9 @@ def _policy_published(obj: dict[str, Any]) -> dict[str, Any]:
     purposes = _object(obj, "purposes", required=True)
     assert purposes is not None
     if not purposes:
-        raise FactRejected(Code.INVALID_FIELD, "a policy must define at least one purpose", "purposes")
+        raise FactRejected(
+            Code.INVALID_FIELD, "a policy must define at least one purpose", "purposes"
+        )
     terms: dict[str, Any] = {}
     for purpose, spec in purposes.items():
         if not _NAME.match(purpose) or not isinstance(spec, dict):
@@ -313,7 +317,8 @@ def _policy_published(obj: dict[str, Any]) -> dict[str, Any]:
             not isinstance(retention, int) or isinstance(retention, bool) or retention < 0
         ):
             raise FactRejected(
-                Code.INVALID_FIELD, "retention_days must be a whole number of days or null",
+                Code.INVALID_FIELD,
+                "retention_days must be a whole number of days or null",
                 "purposes",
             )
         terms[purpose] = {
@@ -323,7 +328,9 @@ def _policy_published(obj: dict[str, Any]) -> dict[str, Any]:
         }
     text = obj.get("text")
     if not isinstance(text, str) or not text:
-        raise FactRejected(Code.MISSING_FIELD, "field 'text' (the policy's full text) is required", "text")
+        raise FactRejected(
+            Code.MISSING_FIELD, "field 'text' (the policy's full text) is required", "text"
+        )
     return {
         "policy_version": _text(obj, "policy_version", required=True, max_len=64),
         "effective_at": _time(obj, "effective_at", required=True),
@@ -357,7 +364,9 @@ def _consent_withdrawn(obj: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-_CHANGE_FIELDS = frozenset({"occurred_at", "purposes", "categories", "expires_at", "policy_version"})
+_CHANGE_FIELDS = frozenset(
+    {"occurred_at", "purposes", "categories", "expires_at", "policy_version"}
+)
 
 
 def _consent_corrected(obj: dict[str, Any]) -> dict[str, Any]:
@@ -369,7 +378,8 @@ def _consent_corrected(obj: dict[str, Any]) -> dict[str, Any]:
     changes = _object(obj, "changes", required=False)
     if void == (changes is not None):
         raise FactRejected(
-            Code.INVALID_FIELD, "a correction has either 'void': true or 'changes', not both",
+            Code.INVALID_FIELD,
+            "a correction has either 'void': true or 'changes', not both",
             "changes",
         )
     normalised: dict[str, Any] = {}
@@ -392,7 +402,9 @@ def _consent_corrected(obj: dict[str, Any]) -> dict[str, Any]:
         if "expires_at" in changes:
             normalised["expires_at"] = _time(changes, "expires_at", required=False)
         if "policy_version" in changes:
-            normalised["policy_version"] = _text(changes, "policy_version", required=True, max_len=64)
+            normalised["policy_version"] = _text(
+                changes, "policy_version", required=True, max_len=64
+            )
     return {"corrects": corrects, "reason": reason, "void": void, "changes": normalised}
 
 

@@ -90,7 +90,9 @@ class KeyStore:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                row = self._db.execute("SELECT value FROM meta WHERE name='pseudonym_key'").fetchone()
+                row = self._db.execute(
+                    "SELECT value FROM meta WHERE name='pseudonym_key'"
+                ).fetchone()
                 if row is None:
                     key = os.urandom(32)
                     self._db.execute(
@@ -138,9 +140,9 @@ class KeyStore:
         with self._lock:
             for i in range(0, len(hexes), 500):
                 chunk = hexes[i : i + 500]
+                marks = ",".join("?" * len(chunk))
                 rows = self._db.execute(
-                    f"SELECT sid, wrapped FROM data_keys WHERE sid IN ({','.join('?' * len(chunk))})",
-                    chunk,
+                    f"SELECT sid, wrapped FROM data_keys WHERE sid IN ({marks})", chunk
                 ).fetchall()
                 for sid_hex, wrapped in rows:
                     found[wanted[sid_hex]] = AESGCM(self._unwrap(sid_hex.encode(), wrapped))
@@ -169,7 +171,10 @@ class KeyStore:
                         raise ErasedSubjectError("a data key was asked for an erased subject")
                 self._db.executemany(
                     "INSERT INTO data_keys VALUES (?,?,?)",
-                    [(sid.hex, self._wrap(sid.hex.encode(), key), now) for sid, key in keys.items()],
+                    [
+                        (sid.hex, self._wrap(sid.hex.encode(), key), now)
+                        for sid, key in keys.items()
+                    ],
                 )
                 self._db.execute("COMMIT")
             except BaseException:

@@ -86,7 +86,11 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
             digest = stored_hash(stored)
             frontier = frontier_append(frontier, size, leaf_hash(digest))
             size += 1
-            key = facts.get((_uuid(stored.originator_id), stored.originator_version)) if facts else None
+            key = (
+                facts.get((_uuid(stored.originator_id), stored.originator_version))
+                if facts
+                else None
+            )
             rows.append(
                 (
                     position,

@@ -28,7 +28,7 @@ class Settings:
     | LEDGER_MASTER_KEY | (file) | base64 of 32 bytes wrapping every data key; if unset, the key
       is read from (or created in) `$LEDGER_DATA_DIR/master.key` with mode 0600 |
     | KAFKA_BOOTSTRAP | | Kafka bootstrap servers, `host:port[,host:port]` |
-    | LEDGER_TOPIC_PREFIX | consent | topics `<prefix>.intake`, `<prefix>.ledger`, `<prefix>.rejected` |
+    | LEDGER_TOPIC_PREFIX | consent | topics `<prefix>.intake`, `.ledger`, `.rejected` |
     | LEDGER_MAX_FUTURE_SKEW_S | 300 | how far `occurred_at` may be ahead of the ledger's clock |
     | LEDGER_AGGREGATE_CACHE | 10000 | subjects kept in memory between writes |
     """

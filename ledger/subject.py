@@ -39,7 +39,7 @@ class Subject(ChainedAggregate):
     @event(Registered)
     def __init__(self, id: UUID, tenant: str, pii: str | None) -> None:
         self.tenant = tenant
-        self.fact_types = {}
+        self.fact_types: dict[str, str] = {}
         self.entries: list[ConsentEntry] = []
         self.corrections: list[Correction] = []
         self.requests: dict[str, dict[str, Any]] = {}
@@ -107,9 +107,7 @@ class Subject(ChainedAggregate):
         changes: dict[str, Any]
 
         def apply_fact(self, aggregate: Any) -> None:
-            changes = {
-                k: tuple(v) if isinstance(v, list) else v for k, v in self.changes.items()
-            }
+            changes = {k: tuple(v) if isinstance(v, list) else v for k, v in self.changes.items()}
             aggregate.corrections.append(
                 Correction(self.event_id, self.timestamp, self.corrects, self.void, changes)
             )
@@ -261,7 +259,11 @@ class Subject(ChainedAggregate):
         if changes:
             target = next(e for e in self.entries if e.event_id == body["corrects"])
             current = next(
-                (e for e in entries_as_known(self.entries, self.corrections) if e.event_id == target.event_id),
+                (
+                    e
+                    for e in entries_as_known(self.entries, self.corrections)
+                    if e.event_id == target.event_id
+                ),
                 target,
             )
             if target.kind == "withdrawal":
@@ -278,7 +280,9 @@ class Subject(ChainedAggregate):
                 policy = _policy(policies, version, occurred_at)
                 purposes = tuple(changes.get("purposes", current.purposes))
                 _check_purposes(policy, purposes)
-                _check_categories(policy, purposes, tuple(changes.get("categories", current.categories)))
+                _check_categories(
+                    policy, purposes, tuple(changes.get("categories", current.categories))
+                )
                 expires_at = changes.get("expires_at", current.expires_at)
                 if expires_at is not None and expires_at <= occurred_at:
                     raise FactRejected(
@@ -339,7 +343,8 @@ class Subject(ChainedAggregate):
         body = fact.body
         if body["request_id"] in self.requests:
             raise FactRejected(
-                Code.REQUEST_EXISTS, "a request with this request_id was already received",
+                Code.REQUEST_EXISTS,
+                "a request with this request_id was already received",
                 "request_id",
             )
         self.trigger_event(
@@ -390,11 +395,14 @@ class Subject(ChainedAggregate):
         return consent_at(self.entries, self.corrections, at, known_at)
 
 
-def _policy(policies: Mapping[str, PolicyVersion], version: str | None, at: datetime) -> PolicyVersion:
+def _policy(
+    policies: Mapping[str, PolicyVersion], version: str | None, at: datetime
+) -> PolicyVersion:
     policy = policies.get(version or "")
     if policy is None:
         raise FactRejected(
-            Code.UNKNOWN_POLICY_VERSION, "the tenant has published no such policy version",
+            Code.UNKNOWN_POLICY_VERSION,
+            "the tenant has published no such policy version",
             "policy_version",
         )
     if policy.effective_at > at:

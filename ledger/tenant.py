@@ -26,7 +26,7 @@ class Tenant(ChainedAggregate):
     def __init__(self, id: UUID, name: str) -> None:
         self.name = name
         self.policies: dict[str, PolicyVersion] = {}
-        self.fact_types = {}
+        self.fact_types: dict[str, str] = {}
 
     @classmethod
     def register(cls, name: str) -> Tenant:

@@ -84,8 +84,12 @@ def verify_log(recorder: LedgerSQLiteRecorder, page: int = 5000) -> VerifyResult
     for row in index.values():
         problems.append(
             Problem(
-                row.position, "removed", row.originator_id.hex, row.originator_version,
-                row.event_id, "the fact index records a fact at this position that the log no longer holds",
+                row.position,
+                "removed",
+                row.originator_id.hex,
+                row.originator_version,
+                row.event_id,
+                "the fact index records a fact at this position that the log no longer holds",
             )
         )
     root = frontier_root(frontier).hex()
@@ -93,9 +97,14 @@ def verify_log(recorder: LedgerSQLiteRecorder, page: int = 5000) -> VerifyResult
     if not problems and (head_size != size or head_root != root):
         problems.append(
             Problem(
-                size, "removed" if head_size > size else "altered", "", 0, None,
-                f"the log's Merkle root over {size} facts does not match the recorded head over "
-                f"{head_size} facts: facts were removed, added or altered together with their index",
+                size,
+                "removed" if head_size > size else "altered",
+                "",
+                0,
+                None,
+                f"the log's Merkle root over {size} facts does not match the recorded head "
+                f"over {head_size} facts: facts were removed, added or altered together with "
+                "their index",
             )
         )
     problems.sort(key=lambda p: p.position)

@@ -24,7 +24,7 @@ def subject_consents(
     at = as_of or now
     states = subject.consent_at(at, known_at)
     tenant_agg = ledger.tenant(tenant)
-    for policy in (tenant_agg.policies.values() if tenant_agg else ()):
+    for policy in tenant_agg.policies.values() if tenant_agg else ():
         for purpose in policy.purposes:
             states.setdefault(purpose, state_of(purpose, None, at))
     erased = (

@@ -16,8 +16,18 @@ from ledger.application import ConsentLedger
 from ledger.keystore import unseal
 from ledger.subject import Subject
 
-_HIDDEN = {"originator_id", "originator_version", "timestamp", "pii", "prev_hash", "event_id",
-           "occurred_at", "source", "channel", "originator_topic"}
+_HIDDEN = {
+    "originator_id",
+    "originator_version",
+    "timestamp",
+    "pii",
+    "prev_hash",
+    "event_id",
+    "occurred_at",
+    "source",
+    "channel",
+    "originator_topic",
+}
 
 
 def subject_trail(ledger: ConsentLedger, tenant: str, sid: UUID) -> dict[str, Any] | None:
@@ -34,7 +44,8 @@ def subject_trail(ledger: ConsentLedger, tenant: str, sid: UUID) -> dict[str, An
 
     reference: str | None = None
     facts: list[dict[str, Any]] = []
-    for event in ledger.events.get(sid):
+    for stored in ledger.events.get(sid):
+        event: Any = stored
         state = dict(vars(event))
         sealed = state.get("pii")
         personal: dict[str, Any] | None = None
@@ -88,18 +99,39 @@ def trail_csv(trail: dict[str, Any]) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(
-        ["position", "version", "type", "event_id", "occurred_at", "recorded_at", "source",
-         "channel", "details", "personal_data", "prev_hash", "hash"]
+        [
+            "position",
+            "version",
+            "type",
+            "event_id",
+            "occurred_at",
+            "recorded_at",
+            "source",
+            "channel",
+            "details",
+            "personal_data",
+            "prev_hash",
+            "hash",
+        ]
     )
     import orjson
 
     for fact in trail["facts"]:
         writer.writerow(
-            [fact["position"], fact["version"], fact["type"], fact["event_id"] or "",
-             fact["occurred_at"], fact["recorded_at"], fact["source"] or "", fact["channel"] or "",
-             orjson.dumps(fact["details"]).decode(),
-             orjson.dumps(fact["personal_data"]).decode() if fact["personal_data"] else "",
-             fact["prev_hash"], fact["hash"] or ""]
+            [
+                fact["position"],
+                fact["version"],
+                fact["type"],
+                fact["event_id"] or "",
+                fact["occurred_at"],
+                fact["recorded_at"],
+                fact["source"] or "",
+                fact["channel"] or "",
+                orjson.dumps(fact["details"]).decode(),
+                orjson.dumps(fact["personal_data"]).decode() if fact["personal_data"] else "",
+                fact["prev_hash"],
+                fact["hash"] or "",
+            ]
         )
     return out.getvalue()
 

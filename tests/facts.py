@@ -24,12 +24,16 @@ def fact(type_: str, subject: str | None = "contact-1", **fields: Any) -> dict[s
     return out
 
 
-def grant(subject: str = "contact-1", purposes: tuple[str, ...] = ("marketing",), **fields: Any) -> dict[str, Any]:
+def grant(
+    subject: str = "contact-1", purposes: tuple[str, ...] = ("marketing",), **fields: Any
+) -> dict[str, Any]:
     fields.setdefault("policy_version", SEED_POLICY_VERSION)
     return fact("consent.granted", subject, purposes=list(purposes), **fields)
 
 
-def withdraw(subject: str = "contact-1", purposes: tuple[str, ...] = ("marketing",), **fields: Any) -> dict[str, Any]:
+def withdraw(
+    subject: str = "contact-1", purposes: tuple[str, ...] = ("marketing",), **fields: Any
+) -> dict[str, Any]:
     return fact("consent.withdrawn", subject, purposes=list(purposes), **fields)
 
 

@@ -14,11 +14,16 @@ import pytest
 from tests.facts import grant, withdraw
 
 
-def run(data: Path, *args: str, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+def run(
+    data: Path, *args: str, stdin: str | None = None, **env: str
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "ledger.cli", *args],
         env={**os.environ, "LEDGER_DATA_DIR": str(data), **env},
-        input=stdin, capture_output=True, text=True, timeout=120,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -36,12 +41,16 @@ def lines(text: str) -> list[dict[str, Any]]:
 def test_record_json_lines_with_a_bad_line(data: Path, tmp_path: Path) -> None:
     path = tmp_path / "facts.jsonl"
     path.write_text(
-        "\n".join([
-            orjson.dumps(grant("c-1", event_id="g1")).decode(),
-            "{this is not json",
-            orjson.dumps(grant("c-1", event_id="g2", purposes=("lottery",))).decode(),
-            orjson.dumps(withdraw("c-1", event_id="w1", occurred_at="2025-03-02T10:00:00+05:00")).decode(),
-        ])
+        "\n".join(
+            [
+                orjson.dumps(grant("c-1", event_id="g1")).decode(),
+                "{this is not json",
+                orjson.dumps(grant("c-1", event_id="g2", purposes=("lottery",))).decode(),
+                orjson.dumps(
+                    withdraw("c-1", event_id="w1", occurred_at="2025-03-02T10:00:00+05:00")
+                ).decode(),
+            ]
+        )
     )
     out = run(data, "record", str(path))
     assert out.returncode == 1
@@ -65,26 +74,58 @@ def test_record_from_stdin_with_tenant_option(data: Path) -> None:
 
 
 def test_read_commands(data: Path) -> None:
-    run(data, "record", stdin=orjson.dumps([
-        grant("c-3", event_id="g", personal_data={"full_name": "Aziz Karimov"}),
-        withdraw("c-3", event_id="w", occurred_at="2025-03-05T10:00:00+05:00"),
-    ]).decode())
+    run(
+        data,
+        "record",
+        stdin=orjson.dumps(
+            [
+                grant("c-3", event_id="g", personal_data={"full_name": "Aziz Karimov"}),
+                withdraw("c-3", event_id="w", occurred_at="2025-03-05T10:00:00+05:00"),
+            ]
+        ).decode(),
+    )
     trail = orjson.loads(run(data, "trail", "c-3", "--tenant", "demo", "--json").stdout)
-    assert [f["type"] for f in trail["facts"]] == ["subject.registered", "consent.granted", "consent.withdrawn"]
+    assert [f["type"] for f in trail["facts"]] == [
+        "subject.registered",
+        "consent.granted",
+        "consent.withdrawn",
+    ]
     assert trail["facts"][1]["policy"]["text_sha256"]
     csv = run(data, "trail", "c-3", "--tenant", "demo", "--format", "csv").stdout
     assert csv.startswith("position,version,type,event_id")
     table = run(data, "trail", "c-3", "--tenant", "demo").stdout
     assert "Aziz Karimov" in table and "chain head" in table
 
-    before = orjson.loads(run(data, "consents", "c-3", "--tenant", "demo", "--json",
-                              "--as-of", "2025-03-03T00:00:00+05:00").stdout)
+    before = orjson.loads(
+        run(
+            data,
+            "consents",
+            "c-3",
+            "--tenant",
+            "demo",
+            "--json",
+            "--as-of",
+            "2025-03-03T00:00:00+05:00",
+        ).stdout
+    )
     states = {p["purpose"]: p["state"] for p in before["purposes"]}
     assert states["marketing"] == "granted" and states["support"] == "none"
-    after = orjson.loads(run(data, "consents", trail["sid"], "--sid", "--tenant", "demo", "--json").stdout)
+    after = orjson.loads(
+        run(data, "consents", trail["sid"], "--sid", "--tenant", "demo", "--json").stdout
+    )
     assert {p["purpose"]: p["state"] for p in after["purposes"]}["marketing"] == "withdrawn"
-    known_then = orjson.loads(run(data, "consents", "c-3", "--tenant", "demo", "--json",
-                                  "--known-at", "2020-01-01T00:00:00Z").stdout)
+    known_then = orjson.loads(
+        run(
+            data,
+            "consents",
+            "c-3",
+            "--tenant",
+            "demo",
+            "--json",
+            "--known-at",
+            "2020-01-01T00:00:00Z",
+        ).stdout
+    )
     assert {p["purpose"]: p["state"] for p in known_then["purposes"]}["marketing"] == "none"
 
 

@@ -39,22 +39,29 @@ class TestOrjsonTranscoder(library_tests.TranscoderTestCase):
         return transcoder
 
 
-offsets = st.integers(min_value=-14 * 60, max_value=14 * 60).map(
+offsets: st.SearchStrategy[Any] = st.integers(min_value=-14 * 60, max_value=14 * 60).map(
     lambda m: timezone(timedelta(minutes=m))
 )
 datetimes = st.datetimes(
     min_value=datetime(1970, 1, 1), max_value=datetime(2200, 1, 1), timezones=offsets | st.none()
 )
 leaves = (
-    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20)
-    | datetimes | st.uuids().map(lambda u: UUID(int=u.int))
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53), 2**53)
+    | st.text(max_size=20)
+    | datetimes
+    | st.uuids().map(lambda u: UUID(int=u.int))
 )
 values = st.recursive(
     leaves,
-    lambda inner: st.lists(inner, max_size=4)
-    | st.lists(inner, max_size=4).map(tuple)
-    | st.dictionaries(st.text(max_size=8).filter(lambda k: k not in ("_type_", "_data_")), inner,
-                      max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.lists(inner, max_size=4).map(tuple)
+        | st.dictionaries(
+            st.text(max_size=8).filter(lambda k: k not in ("_type_", "_data_")), inner, max_size=4
+        )
+    ),
     max_leaves=20,
 )
 

@@ -30,7 +30,9 @@ def test_not_json_not_object_oversize() -> None:
     refused(big, Code.OVERSIZE)
 
 
-@pytest.mark.parametrize("field", ["event_id", "type", "occurred_at", "source", "subject", "tenant"])
+@pytest.mark.parametrize(
+    "field", ["event_id", "type", "occurred_at", "source", "subject", "tenant"]
+)
 def test_required_fields(field: str) -> None:
     fact = grant()
     del fact[field]
@@ -88,11 +90,20 @@ def test_tenant_from_caller() -> None:
 
 
 def test_correction_shapes() -> None:
-    base = {"event_id": "c", "type": "consent.corrected", "tenant": "demo", "subject": "s",
-            "occurred_at": "2025-03-01T10:00:00+05:00", "source": "t", "corrects": "g"}
+    base = {
+        "event_id": "c",
+        "type": "consent.corrected",
+        "tenant": "demo",
+        "subject": "s",
+        "occurred_at": "2025-03-01T10:00:00+05:00",
+        "source": "t",
+        "corrects": "g",
+    }
     refused({**base, "void": True}, Code.MISSING_FIELD)  # reason required
     refused({**base, "reason": "r"}, Code.INVALID_FIELD)  # neither void nor changes
-    refused({**base, "reason": "r", "void": True, "changes": {"purposes": ["a"]}}, Code.INVALID_FIELD)
+    refused(
+        {**base, "reason": "r", "void": True, "changes": {"purposes": ["a"]}}, Code.INVALID_FIELD
+    )
     refused({**base, "reason": "r", "changes": {"colour": "red"}}, Code.UNKNOWN_FIELD)
     ok = parse_fact({**base, "reason": "r", "changes": {"occurred_at": "2025-01-01T00:00:00Z"}})
     assert ok.body["changes"]["occurred_at"].utcoffset().total_seconds() == 0

@@ -29,14 +29,19 @@ PERSONAL = [REFERENCE, NAME, EMAIL, PHONE, IP, AGENT, "identity proven by passpo
 def cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "LEDGER_DATA_DIR": str(data_dir)}
     return subprocess.run(
-        [sys.executable, "-m", "ledger.cli", *args], env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "ledger.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=60,
     )
 
 
 def files_containing(root: Path, needle: bytes) -> list[str]:
     return [
-        str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()
+        str(p.relative_to(root))
+        for p in root.rglob("*")
+        if p.is_file() and needle in p.read_bytes()
     ]
 
 
@@ -45,12 +50,27 @@ def test_erase_leaves_no_personal_data_and_keeps_the_trail(settings: Settings) -
     ledger.init_demo()
     evidence = {"ip": IP, "user_agent": AGENT, "form_id": "signup"}
     facts = [
-        grant(REFERENCE, ("marketing", "support"), event_id="g1", evidence=evidence,
-              personal_data={"full_name": NAME, "email": EMAIL, "phone": PHONE}),
-        withdraw(REFERENCE, event_id="w1", occurred_at="2025-03-02T10:00:00+05:00",
-                 reason="identity proven by passport AB1234567"),
-        fact("request.received", REFERENCE, event_id="r1", request_id="REQ-1", kind="erasure",
-             occurred_at="2025-03-03T10:00:00+05:00"),
+        grant(
+            REFERENCE,
+            ("marketing", "support"),
+            event_id="g1",
+            evidence=evidence,
+            personal_data={"full_name": NAME, "email": EMAIL, "phone": PHONE},
+        ),
+        withdraw(
+            REFERENCE,
+            event_id="w1",
+            occurred_at="2025-03-02T10:00:00+05:00",
+            reason="identity proven by passport AB1234567",
+        ),
+        fact(
+            "request.received",
+            REFERENCE,
+            event_id="r1",
+            request_id="REQ-1",
+            kind="erasure",
+            occurred_at="2025-03-03T10:00:00+05:00",
+        ),
         grant("other-person", event_id="g2", personal_data={"full_name": "Other Person"}),
     ]
     outcomes = ledger.record([parse_fact(f) for f in facts])
@@ -61,11 +81,22 @@ def test_erase_leaves_no_personal_data_and_keeps_the_trail(settings: Settings) -
     assert before["facts"][1]["personal_data"]["personal_data"]["full_name"] == NAME
     ledger.close()
     with sqlite3.connect(settings.keystore_path) as keys:
-        (wrapped,) = keys.execute("SELECT wrapped FROM data_keys WHERE sid=?", (sid.hex,)).fetchone()
+        (wrapped,) = keys.execute(
+            "SELECT wrapped FROM data_keys WHERE sid=?", (sid.hex,)
+        ).fetchone()
     assert files_containing(settings.data_dir, wrapped) == ["keys.db"]
 
-    erased = cli(settings.data_dir, "erase", REFERENCE, "--tenant", "demo",
-                 "--ground", "subject_request", "--request-id", "REQ-1")
+    erased = cli(
+        settings.data_dir,
+        "erase",
+        REFERENCE,
+        "--tenant",
+        "demo",
+        "--ground",
+        "subject_request",
+        "--request-id",
+        "REQ-1",
+    )
     assert erased.returncode == 0, erased.stderr
 
     for needle in [*PERSONAL, wrapped]:
@@ -76,10 +107,17 @@ def test_erase_leaves_no_personal_data_and_keeps_the_trail(settings: Settings) -
     assert verified.returncode == 0, verified.stderr
     assert orjson.loads(verified.stdout)["ok"] is True
 
-    trail = orjson.loads(cli(settings.data_dir, "trail", sid.hex, "--sid", "--tenant", "demo",
-                             "--json").stdout)
+    trail = orjson.loads(
+        cli(settings.data_dir, "trail", sid.hex, "--sid", "--tenant", "demo", "--json").stdout
+    )
     assert trail["erased"] is True and trail["subject"] is None
-    assert [f["event_id"] for f in trail["facts"]] == [None, "g1", "w1", "r1", trail["facts"][-1]["event_id"]]
+    assert [f["event_id"] for f in trail["facts"]] == [
+        None,
+        "g1",
+        "w1",
+        "r1",
+        trail["facts"][-1]["event_id"],
+    ]
     assert trail["facts"][-1]["type"] == "subject.erased"
     assert trail["facts"][1]["personal_data"] == {"erased": True}
     assert trail["facts"][1]["details"]["purposes"] == ["marketing", "support"]
@@ -98,11 +136,31 @@ def test_erase_leaves_no_personal_data_and_keeps_the_trail(settings: Settings) -
 def test_erasure_reaches_facts_recorded_after_it(settings: Settings) -> None:
     ledger = ConsentLedger(settings)
     ledger.init_demo()
-    ledger.record([parse_fact(grant(REFERENCE, event_id="g1")),
-                   parse_fact(fact("subject.erased", REFERENCE, ground="court_decision",
-                                   occurred_at="2025-03-02T10:00:00+05:00"))])
-    [w] = ledger.record([parse_fact(withdraw(REFERENCE, occurred_at="2025-03-03T10:00:00+05:00",
-                                             evidence={"ip": IP}, reason=NAME))])
+    ledger.record(
+        [
+            parse_fact(grant(REFERENCE, event_id="g1")),
+            parse_fact(
+                fact(
+                    "subject.erased",
+                    REFERENCE,
+                    ground="court_decision",
+                    occurred_at="2025-03-02T10:00:00+05:00",
+                )
+            ),
+        ]
+    )
+    [w] = ledger.record(
+        [
+            parse_fact(
+                withdraw(
+                    REFERENCE,
+                    occurred_at="2025-03-03T10:00:00+05:00",
+                    evidence={"ip": IP},
+                    reason=NAME,
+                )
+            )
+        ]
+    )
     assert isinstance(w, Receipt)
     ledger.close()
     assert files_containing(settings.data_dir, IP.encode()) == []

@@ -33,7 +33,9 @@ CATEGORIES = {  # the seed policy's catalogue, as data
 }
 
 hours = st.integers(min_value=0, max_value=24 * 20)
-purpose_sets = st.lists(st.sampled_from([*PURPOSES, "lottery"]), min_size=1, max_size=3, unique=True)
+purpose_sets = st.lists(
+    st.sampled_from([*PURPOSES, "lottery"]), min_size=1, max_size=3, unique=True
+)
 
 
 def at(h: int) -> str:
@@ -44,9 +46,11 @@ def at(h: int) -> str:
 def operations(draw: st.DrawFn) -> list[dict[str, Any]]:
     ops: list[dict[str, Any]] = []
     for n in range(draw(st.integers(min_value=1, max_value=30))):
-        kind = draw(st.sampled_from(
-            ["grant", "grant", "withdraw", "withdraw", "correct", "erase", "transfer", "retry"]
-        ))
+        kind = draw(
+            st.sampled_from(
+                ["grant", "grant", "withdraw", "withdraw", "correct", "erase", "transfer", "retry"]
+            )
+        )
         subject = draw(st.sampled_from(SUBJECTS))
         base = {"event_id": f"e{n}", "tenant": "demo", "subject": subject, "source": "prop"}
         h = draw(hours)
@@ -58,10 +62,15 @@ def operations(draw: st.DrawFn) -> list[dict[str, Any]]:
                 ops.append({**previous, "occurred_at": at(h + 1000)})
             continue
         if kind in ("grant", "retry"):
-            f = {**base, "type": "consent.granted", "occurred_at": at(h),
-                 "policy_version": SEED_POLICY_VERSION, "purposes": draw(purpose_sets),
-                 "third_party_transfer": draw(st.booleans()),
-                 "cross_border_transfer": draw(st.booleans())}
+            f = {
+                **base,
+                "type": "consent.granted",
+                "occurred_at": at(h),
+                "policy_version": SEED_POLICY_VERSION,
+                "purposes": draw(purpose_sets),
+                "third_party_transfer": draw(st.booleans()),
+                "cross_border_transfer": draw(st.booleans()),
+            }
             if draw(st.booleans()):
                 f["expires_at"] = at(h + draw(st.integers(min_value=-2, max_value=200)))
         elif kind == "withdraw":
@@ -69,8 +78,13 @@ def operations(draw: st.DrawFn) -> list[dict[str, Any]]:
             f = {**base, "type": "consent.withdrawn", "occurred_at": at(h), "purposes": purposes}
         elif kind == "correct":
             target = f"e{draw(st.integers(min_value=0, max_value=max(n, 1)))}"
-            f = {**base, "type": "consent.corrected", "occurred_at": at(h), "corrects": target,
-                 "reason": "correction"}
+            f = {
+                **base,
+                "type": "consent.corrected",
+                "occurred_at": at(h),
+                "corrects": target,
+                "reason": "correction",
+            }
             change = draw(st.sampled_from(["void", "occurred_at", "purposes", "expires_at"]))
             if change == "void":
                 f["void"] = True
@@ -81,13 +95,29 @@ def operations(draw: st.DrawFn) -> list[dict[str, Any]]:
             else:
                 f["changes"] = {"expires_at": at(draw(hours))}
         elif kind == "erase":
-            f = {**base, "type": "subject.erased", "occurred_at": at(h), "ground": "subject_request"}
+            f = {
+                **base,
+                "type": "subject.erased",
+                "occurred_at": at(h),
+                "ground": "subject_request",
+            }
         else:
-            f = {**base, "type": "transfer.recorded", "occurred_at": at(h),
-                 "recipient": {"name": "Partner", "country": "KZ"},
-                 "categories": draw(st.lists(st.sampled_from(["email", "phone", "cookies"]),
-                                             min_size=1, max_size=2, unique=True)),
-                 "ground": "explicit_consent", "cross_border": draw(st.booleans())}
+            f = {
+                **base,
+                "type": "transfer.recorded",
+                "occurred_at": at(h),
+                "recipient": {"name": "Partner", "country": "KZ"},
+                "categories": draw(
+                    st.lists(
+                        st.sampled_from(["email", "phone", "cookies"]),
+                        min_size=1,
+                        max_size=2,
+                        unique=True,
+                    )
+                ),
+                "ground": "explicit_consent",
+                "cross_border": draw(st.booleans()),
+            }
         ops.append(f)
     return ops
 
@@ -122,8 +152,13 @@ class Reference:
     def state(self, subject: str, purpose: str, t: datetime) -> str:
         best = None
         for f in self.effective(self.subjects[subject]):
-            if purpose in f["purposes"] and f["occurred_at"] <= t and (
-                best is None or (f["occurred_at"], f["seq"]) > (best["occurred_at"], best["seq"])
+            if (
+                purpose in f["purposes"]
+                and f["occurred_at"] <= t
+                and (
+                    best is None
+                    or (f["occurred_at"], f["seq"]) > (best["occurred_at"], best["seq"])
+                )
             ):
                 best = f
         if best is None:
@@ -178,9 +213,14 @@ class Reference:
                 if "lottery" in merged["purposes"]:
                     return "unknown_purpose"
                 # Categories stay as granted unless corrected; they must fit the new purposes.
-                if not set(merged["categories"]) <= set().union(*(CATEGORIES[p] for p in merged["purposes"])):
+                if not set(merged["categories"]) <= set().union(
+                    *(CATEGORIES[p] for p in merged["purposes"])
+                ):
                     return "unknown_category"
-                if merged["expires_at"] is not None and merged["expires_at"] <= merged["occurred_at"]:
+                if (
+                    merged["expires_at"] is not None
+                    and merged["expires_at"] <= merged["occurred_at"]
+                ):
                     return "expiry_before_grant"
         elif f["type"] == "transfer.recorded":
             allowed: set[str] = set()
@@ -195,8 +235,13 @@ class Reference:
     def deciding(self, subject: str, purpose: str, t: datetime) -> dict[str, Any]:
         best: dict[str, Any] | None = None
         for f in self.effective(self.subjects[subject]):
-            if purpose in f["purposes"] and f["occurred_at"] <= t and (
-                best is None or (f["occurred_at"], f["seq"]) > (best["occurred_at"], best["seq"])
+            if (
+                purpose in f["purposes"]
+                and f["occurred_at"] <= t
+                and (
+                    best is None
+                    or (f["occurred_at"], f["seq"]) > (best["occurred_at"], best["seq"])
+                )
             ):
                 best = f
         assert best is not None
@@ -219,21 +264,38 @@ class Reference:
         if f["type"] == "consent.granted":
             purposes = f["purposes"]
             s.facts[f["event_id"]] = {
-                "id": f["event_id"], "kind": "grant", "seq": self.seq, "occurred_at": t,
+                "id": f["event_id"],
+                "kind": "grant",
+                "seq": self.seq,
+                "occurred_at": t,
                 "purposes": purposes,
-                "expires_at": datetime.fromisoformat(f["expires_at"]) if "expires_at" in f else None,
-                "third_party": f["third_party_transfer"], "cross_border": f["cross_border_transfer"],
+                "expires_at": datetime.fromisoformat(f["expires_at"])
+                if "expires_at" in f
+                else None,
+                "third_party": f["third_party_transfer"],
+                "cross_border": f["cross_border_transfer"],
                 "categories": sorted(set().union(*(CATEGORIES[p] for p in purposes))),
             }
         elif f["type"] == "consent.withdrawn":
-            purposes = sorted(self.in_force(f["subject"], t)) if f["purposes"] == ["*"] else f["purposes"]
+            purposes = (
+                sorted(self.in_force(f["subject"], t)) if f["purposes"] == ["*"] else f["purposes"]
+            )
             s.facts[f["event_id"]] = {
-                "id": f["event_id"], "kind": "withdrawal", "seq": self.seq, "occurred_at": t,
-                "purposes": purposes, "expires_at": None,
+                "id": f["event_id"],
+                "kind": "withdrawal",
+                "seq": self.seq,
+                "occurred_at": t,
+                "purposes": purposes,
+                "expires_at": None,
             }
         elif f["type"] == "consent.corrected":
-            s.corrections.append({"corrects": f["corrects"], "void": f.get("void", False),
-                                  "changes": {k: _parse(k, v) for k, v in f.get("changes", {}).items()}})
+            s.corrections.append(
+                {
+                    "corrects": f["corrects"],
+                    "void": f.get("void", False),
+                    "changes": {k: _parse(k, v) for k, v in f.get("changes", {}).items()},
+                }
+            )
         elif f["type"] == "subject.erased":
             s.erased = True
 
@@ -243,9 +305,14 @@ def _parse(key: str, value: Any) -> Any:
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ops=operations(), cuts=st.lists(st.integers(min_value=1, max_value=6), min_size=30, max_size=30),
-       instants=st.lists(hours, min_size=8, max_size=8))
-def test_ledger_agrees_with_reference(ops: list[dict[str, Any]], cuts: list[int], instants: list[int]) -> None:
+@given(
+    ops=operations(),
+    cuts=st.lists(st.integers(min_value=1, max_value=6), min_size=30, max_size=30),
+    instants=st.lists(hours, min_size=8, max_size=8),
+)
+def test_ledger_agrees_with_reference(
+    ops: list[dict[str, Any]], cuts: list[int], instants: list[int]
+) -> None:
     reference = Reference()
     with tempfile.TemporaryDirectory() as tmp:
         ledger = ConsentLedger(Settings(data_dir=Path(tmp)))
@@ -261,8 +328,11 @@ def test_ledger_agrees_with_reference(ops: list[dict[str, Any]], cuts: list[int]
                 for f, outcome in zip(batch, outcomes, strict=True):
                     expected = reference.apply(f)
                     got = (
-                        outcome.code.value if isinstance(outcome, FactRejected)
-                        else "duplicate" if outcome.duplicate else "accepted"
+                        outcome.code.value
+                        if isinstance(outcome, FactRejected)
+                        else "duplicate"
+                        if outcome.duplicate
+                        else "accepted"
                     )
                     assert got == expected, (f, got, expected)
                     assert isinstance(outcome, Receipt) or expected not in ("accepted", "duplicate")

@@ -50,7 +50,9 @@ def test_unknown_purpose(ledger: ConsentLedger) -> None:
 def test_unknown_category(ledger: ConsentLedger) -> None:
     assert_refused(ledger, grant(categories=["biometrics"]), Code.UNKNOWN_CATEGORY)
     # A category of the policy that the granted purposes do not cover is refused too.
-    assert_refused(ledger, grant(purposes=("marketing",), categories=["cookies"]), Code.UNKNOWN_CATEGORY)
+    assert_refused(
+        ledger, grant(purposes=("marketing",), categories=["cookies"]), Code.UNKNOWN_CATEGORY
+    )
 
 
 def test_policy_not_yet_in_effect(ledger: ConsentLedger) -> None:
@@ -61,13 +63,21 @@ def test_policy_not_yet_in_effect(ledger: ConsentLedger) -> None:
 
 def test_policy_published_later_takes_effect_at_its_instant(ledger: ConsentLedger) -> None:
     policy = fact(
-        "policy.published", None, policy_version="2.0", effective_at="2026-01-01T00:00:00+05:00",
-        language="uz", text="v2", operator={"name": "MEGABITE-CRM LLC", "tin": "309519699"},
-        purposes={"marketing": {"legal_basis": "consent", "categories": ["email"], "retention_days": 365}},
+        "policy.published",
+        None,
+        policy_version="2.0",
+        effective_at="2026-01-01T00:00:00+05:00",
+        language="uz",
+        text="v2",
+        operator={"name": "MEGABITE-CRM LLC", "tin": "309519699"},
+        purposes={
+            "marketing": {"legal_basis": "consent", "categories": ["email"], "retention_days": 365}
+        },
     )
     accepted(ledger, policy)
     assert_refused(
-        ledger, grant(policy_version="2.0", occurred_at="2025-12-31T23:00:00+05:00"),
+        ledger,
+        grant(policy_version="2.0", occurred_at="2025-12-31T23:00:00+05:00"),
         Code.POLICY_NOT_IN_EFFECT,
     )
     accepted(ledger, grant(policy_version="2.0", occurred_at="2026-01-02T00:00:00+05:00"))
@@ -83,7 +93,8 @@ def test_withdrawal_of_purpose_not_in_force(ledger: ConsentLedger) -> None:
     )
     accepted(ledger, withdraw(occurred_at="2025-03-02T10:00:00+05:00"))
     assert_refused(
-        ledger, withdraw(purposes=("*",), occurred_at="2025-03-03T10:00:00+05:00"),
+        ledger,
+        withdraw(purposes=("*",), occurred_at="2025-03-03T10:00:00+05:00"),
         Code.PURPOSE_NOT_IN_FORCE,
     )
 
@@ -93,14 +104,18 @@ def test_withdrawal_of_expired_purpose_is_refused(ledger: ConsentLedger) -> None
     assert_refused(
         ledger, withdraw(occurred_at="2025-03-06T10:00:00+05:00"), Code.PURPOSE_NOT_IN_FORCE
     )
-    assert_refused(ledger, grant(subject="c2", expires_at="2025-03-01T09:00:00+05:00"),
-                   Code.EXPIRY_BEFORE_GRANT)
+    assert_refused(
+        ledger,
+        grant(subject="c2", expires_at="2025-03-01T09:00:00+05:00"),
+        Code.EXPIRY_BEFORE_GRANT,
+    )
 
 
 def test_correction_of_missing_fact(ledger: ConsentLedger) -> None:
     accepted(ledger, grant())
     assert_refused(
-        ledger, fact("consent.corrected", corrects="no-such-fact", reason="typo", void=True),
+        ledger,
+        fact("consent.corrected", corrects="no-such-fact", reason="typo", void=True),
         Code.CORRECTION_TARGET_UNKNOWN,
     )
 
@@ -115,49 +130,91 @@ def test_correction_of_another_subjects_fact(ledger: ConsentLedger) -> None:
 
 
 def test_correction_of_a_non_consent_fact(ledger: ConsentLedger) -> None:
-    accepted(ledger, grant(), fact("request.received", request_id="R1", kind="information", event_id="r-1"))
+    accepted(
+        ledger,
+        grant(),
+        fact("request.received", request_id="R1", kind="information", event_id="r-1"),
+    )
     assert_refused(
-        ledger, fact("consent.corrected", corrects="r-1", reason="x", void=True),
+        ledger,
+        fact("consent.corrected", corrects="r-1", reason="x", void=True),
         Code.CORRECTION_TARGET_NOT_CONSENT,
     )
 
 
 def test_transfer_on_explicit_consent_needs_consent_in_force(ledger: ConsentLedger) -> None:
-    transfer = dict(recipient={"name": "Click LLC", "country": "UZ"}, categories=["email"],
-                    ground="explicit_consent")
+    transfer: dict[str, Any] = dict(
+        recipient={"name": "Click LLC", "country": "UZ"},
+        categories=["email"],
+        ground="explicit_consent",
+    )
     accepted(ledger, grant(third_party_transfer=False))
     assert_refused(ledger, fact("transfer.recorded", **transfer), Code.TRANSFER_WITHOUT_CONSENT)
-    accepted(ledger, grant(subject="c2", third_party_transfer=True,
-                           occurred_at="2025-03-01T10:00:00+05:00"))
+    accepted(
+        ledger,
+        grant(subject="c2", third_party_transfer=True, occurred_at="2025-03-01T10:00:00+05:00"),
+    )
     # Before the grant occurred there was no consent: checked at the transfer's own instant.
     assert_refused(
         ledger,
-        fact("transfer.recorded", subject="c2", occurred_at="2025-02-01T10:00:00+05:00", **transfer),
+        fact(
+            "transfer.recorded", subject="c2", occurred_at="2025-02-01T10:00:00+05:00", **transfer
+        ),
         Code.TRANSFER_WITHOUT_CONSENT,
     )
-    accepted(ledger, fact("transfer.recorded", subject="c2",
-                          occurred_at="2025-03-02T10:00:00+05:00", **transfer))
+    accepted(
+        ledger,
+        fact(
+            "transfer.recorded", subject="c2", occurred_at="2025-03-02T10:00:00+05:00", **transfer
+        ),
+    )
     # Cross-border needs cross-border consent; other grounds need none.
     assert_refused(
         ledger,
         fact("transfer.recorded", subject="c2", cross_border=True, **transfer),
         Code.TRANSFER_WITHOUT_CONSENT,
     )
-    accepted(ledger, fact("transfer.recorded", subject="c3", recipient={"name": "Tax", "country": "UZ"},
-                          categories=["full_name"], ground="legal_requirement"))
+    accepted(
+        ledger,
+        fact(
+            "transfer.recorded",
+            subject="c3",
+            recipient={"name": "Tax", "country": "UZ"},
+            categories=["full_name"],
+            ground="legal_requirement",
+        ),
+    )
 
 
-def test_grant_after_erasure_is_refused_withdrawal_and_objection_kept(ledger: ConsentLedger) -> None:
-    accepted(ledger, grant(purposes=("marketing", "support")), erase(occurred_at="2025-03-05T10:00:00+05:00"))
+def test_grant_after_erasure_is_refused_withdrawal_and_objection_kept(
+    ledger: ConsentLedger,
+) -> None:
+    accepted(
+        ledger,
+        grant(purposes=("marketing", "support")),
+        erase(occurred_at="2025-03-05T10:00:00+05:00"),
+    )
     assert_refused(ledger, grant(occurred_at="2025-03-06T10:00:00+05:00"), Code.SUBJECT_ERASED)
     # Even a late grant (occurred before the erasure) cannot bring the data back.
     assert_refused(ledger, grant(occurred_at="2025-03-02T10:00:00+05:00"), Code.SUBJECT_ERASED)
-    assert_refused(ledger, fact("subject.rectified", personal_data={"email": "x@y.uz"}),
-                   Code.SUBJECT_ERASED)
-    [w] = accepted(ledger, withdraw(occurred_at="2025-03-06T10:00:00+05:00",
-                                    evidence={"ip": "10.1.1.1"}, reason="stop"))
-    [o] = accepted(ledger, fact("request.received", request_id="OBJ-1", kind="objection",
-                                occurred_at="2025-03-07T10:00:00+05:00"))
+    assert_refused(
+        ledger, fact("subject.rectified", personal_data={"email": "x@y.uz"}), Code.SUBJECT_ERASED
+    )
+    [w] = accepted(
+        ledger,
+        withdraw(
+            occurred_at="2025-03-06T10:00:00+05:00", evidence={"ip": "10.1.1.1"}, reason="stop"
+        ),
+    )
+    [o] = accepted(
+        ledger,
+        fact(
+            "request.received",
+            request_id="OBJ-1",
+            kind="objection",
+            occurred_at="2025-03-07T10:00:00+05:00",
+        ),
+    )
     assert w.sid == o.sid
 
 
@@ -175,7 +232,10 @@ def test_same_event_id_same_content_returns_first_receipt(ledger: ConsentLedger)
     [again] = accepted(ledger, dict(first))
     assert again.duplicate and not receipt.duplicate
     assert (again.position, again.hash, again.recorded_at, again.sid) == (
-        receipt.position, receipt.hash, receipt.recorded_at, receipt.sid
+        receipt.position,
+        receipt.hash,
+        receipt.recorded_at,
+        receipt.sid,
     )
     assert ledger.ledger_recorder.head() == head
 
@@ -197,12 +257,22 @@ def test_duplicates_inside_one_batch(ledger: ConsentLedger) -> None:
 
 
 def test_late_fact_is_checked_at_its_own_instant(ledger: ConsentLedger) -> None:
-    accepted(ledger, grant(occurred_at="2025-03-10T10:00:00+05:00"),
-             withdraw(occurred_at="2025-03-20T10:00:00+05:00"))
+    accepted(
+        ledger,
+        grant(occurred_at="2025-03-10T10:00:00+05:00"),
+        withdraw(occurred_at="2025-03-20T10:00:00+05:00"),
+    )
     # Recorded later, occurred in between: marketing was in force then.
-    accepted(ledger, fact("transfer.recorded", occurred_at="2025-03-15T10:00:00+05:00",
-                          recipient={"name": "Partner", "country": "UZ"}, categories=["email"],
-                          ground="contract_performance"))
+    accepted(
+        ledger,
+        fact(
+            "transfer.recorded",
+            occurred_at="2025-03-15T10:00:00+05:00",
+            recipient={"name": "Partner", "country": "UZ"},
+            categories=["email"],
+            ground="contract_performance",
+        ),
+    )
     # A late withdrawal inside the granted window is allowed and changes the past.
     accepted(ledger, withdraw(occurred_at="2025-03-12T10:00:00+05:00"))
     sid = ledger.sid("demo", "contact-1")
@@ -214,11 +284,21 @@ def test_late_fact_is_checked_at_its_own_instant(ledger: ConsentLedger) -> None:
 
 def test_requests_open_and_close_once(ledger: ConsentLedger) -> None:
     accepted(ledger, fact("request.received", request_id="R-1", kind="erasure"))
-    assert_refused(ledger, fact("request.received", request_id="R-1", kind="erasure"), Code.REQUEST_EXISTS)
-    assert_refused(ledger, fact("request.closed", request_id="R-2", outcome="fulfilled"), Code.UNKNOWN_REQUEST)
-    accepted(ledger, fact("request.closed", request_id="R-1", outcome="refused", reason="identity not proven"))
-    assert_refused(ledger, fact("request.closed", request_id="R-1", outcome="fulfilled"),
-                   Code.REQUEST_ALREADY_CLOSED)
+    assert_refused(
+        ledger, fact("request.received", request_id="R-1", kind="erasure"), Code.REQUEST_EXISTS
+    )
+    assert_refused(
+        ledger, fact("request.closed", request_id="R-2", outcome="fulfilled"), Code.UNKNOWN_REQUEST
+    )
+    accepted(
+        ledger,
+        fact("request.closed", request_id="R-1", outcome="refused", reason="identity not proven"),
+    )
+    assert_refused(
+        ledger,
+        fact("request.closed", request_id="R-1", outcome="fulfilled"),
+        Code.REQUEST_ALREADY_CLOSED,
+    )
 
 
 def test_a_refused_first_fact_creates_no_subject(ledger: ConsentLedger) -> None:
@@ -226,22 +306,35 @@ def test_a_refused_first_fact_creates_no_subject(ledger: ConsentLedger) -> None:
     assert ledger.subject("demo", ledger.sid("demo", "never-seen")) is None
 
 
-@pytest.mark.parametrize("changes,code", [
-    ({"purposes": ["lottery"]}, Code.UNKNOWN_PURPOSE),
-    ({"policy_version": "nope"}, Code.UNKNOWN_POLICY_VERSION),
-    ({"occurred_at": "2019-01-01T00:00:00+05:00"}, Code.POLICY_NOT_IN_EFFECT),
-    ({"expires_at": "2025-01-01T00:00:00+05:00"}, Code.EXPIRY_BEFORE_GRANT),
-])
-def test_amendments_keep_the_grant_rules(ledger: ConsentLedger, changes: dict[str, Any], code: Code) -> None:
+@pytest.mark.parametrize(
+    "changes,code",
+    [
+        ({"purposes": ["lottery"]}, Code.UNKNOWN_PURPOSE),
+        ({"policy_version": "nope"}, Code.UNKNOWN_POLICY_VERSION),
+        ({"occurred_at": "2019-01-01T00:00:00+05:00"}, Code.POLICY_NOT_IN_EFFECT),
+        ({"expires_at": "2025-01-01T00:00:00+05:00"}, Code.EXPIRY_BEFORE_GRANT),
+    ],
+)
+def test_amendments_keep_the_grant_rules(
+    ledger: ConsentLedger, changes: dict[str, Any], code: Code
+) -> None:
     accepted(ledger, grant(event_id="g-amend"))
-    assert_refused(ledger, fact("consent.corrected", corrects="g-amend", reason="fix", changes=changes), code)
+    assert_refused(
+        ledger, fact("consent.corrected", corrects="g-amend", reason="fix", changes=changes), code
+    )
 
 
 def test_seed_policy_version_is_the_demo_default(ledger: ConsentLedger) -> None:
     tenant = ledger.tenant("demo")
     assert tenant is not None
     policy = tenant.policies[SEED_POLICY_VERSION]
-    assert set(policy.purposes) == {"service_provision", "contract", "support",
-                                    "service_improvement", "marketing", "legal_compliance"}
+    assert set(policy.purposes) == {
+        "service_provision",
+        "contract",
+        "support",
+        "service_improvement",
+        "marketing",
+        "legal_compliance",
+    }
     assert policy.purposes["marketing"].legal_basis == "consent"
     assert policy.operator_tin == "309519699"

@@ -30,8 +30,13 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     facts = []
     for s in ("a", "b", "c"):
         facts += [
-            grant(s, ("marketing", "support"), event_id=f"{s}-g", evidence={"ip": "10.0.0.1"},
-                  personal_data={"email": f"{s}@example.uz"}),
+            grant(
+                s,
+                ("marketing", "support"),
+                event_id=f"{s}-g",
+                evidence={"ip": "10.0.0.1"},
+                personal_data={"email": f"{s}@example.uz"},
+            ),
             withdraw(s, event_id=f"{s}-w", occurred_at="2025-03-02T10:00:00+05:00"),
             fact("request.received", s, event_id=f"{s}-r", request_id="R", kind="information"),
         ]
@@ -46,7 +51,9 @@ def positions(db: Path) -> list[int]:
         return [r[0] for r in c.execute("SELECT rowid FROM stored_events ORDER BY rowid")]
 
 
-def tampered(pristine: Path, tmp_path: Path, change: Callable[[sqlite3.Connection], None]) -> VerifyResult:
+def tampered(
+    pristine: Path, tmp_path: Path, change: Callable[[sqlite3.Connection], None]
+) -> VerifyResult:
     db = tmp_path / "ledger.db"
     shutil.copy(pristine / "ledger.db", db)
     with sqlite3.connect(db) as c:
@@ -66,6 +73,7 @@ def test_pristine_log_verifies(pristine: Path, tmp_path: Path) -> None:
 
 def test_flipping_one_byte_of_any_fact_is_named(pristine: Path, tmp_path: Path) -> None:
     for position in positions(pristine / "ledger.db"):
+
         def flip(c: sqlite3.Connection, p: int = position) -> None:
             (state,) = c.execute("SELECT state FROM stored_events WHERE rowid=?", (p,)).fetchone()
             i = len(state) // 2
@@ -80,9 +88,11 @@ def test_flipping_one_byte_of_any_fact_is_named(pristine: Path, tmp_path: Path) 
 
 def test_deleting_any_fact_is_named(pristine: Path, tmp_path: Path) -> None:
     for position in positions(pristine / "ledger.db"):
-        result = tampered(
-            pristine, tmp_path, lambda c, p=position: c.execute("DELETE FROM stored_events WHERE rowid=?", (p,))
-        )
+
+        def delete(c: sqlite3.Connection, p: int = position) -> None:
+            c.execute("DELETE FROM stored_events WHERE rowid=?", (p,))
+
+        result = tampered(pristine, tmp_path, delete)
         assert not result.ok
         assert result.problems[0].position == position
         assert result.problems[0].kind == "removed"
@@ -91,6 +101,7 @@ def test_deleting_any_fact_is_named(pristine: Path, tmp_path: Path) -> None:
 def test_swapping_two_facts_is_named(pristine: Path, tmp_path: Path) -> None:
     rows = positions(pristine / "ledger.db")
     for p, q in itertools.combinations(rows, 2):
+
         def swap(c: sqlite3.Connection, p: int = p, q: int = q) -> None:
             c.execute("UPDATE stored_events SET rowid=-1 WHERE rowid=?", (p,))
             c.execute("UPDATE stored_events SET rowid=? WHERE rowid=?", (p, q))
@@ -117,9 +128,14 @@ def test_swapping_contents_of_two_facts_is_named(pristine: Path, tmp_path: Path)
 
 def test_inserting_a_fact_is_named(pristine: Path, tmp_path: Path) -> None:
     def insert(c: sqlite3.Connection) -> None:
-        row = c.execute("SELECT originator_id, topic, state FROM stored_events WHERE rowid=5").fetchone()
-        c.execute("INSERT INTO stored_events (originator_id, originator_version, topic, state) "
-                  "VALUES (?, 99, ?, ?)", row)
+        row = c.execute(
+            "SELECT originator_id, topic, state FROM stored_events WHERE rowid=5"
+        ).fetchone()
+        c.execute(
+            "INSERT INTO stored_events (originator_id, originator_version, topic, state) "
+            "VALUES (?, 99, ?, ?)",
+            row,
+        )
 
     result = tampered(pristine, tmp_path, insert)
     assert not result.ok and result.problems[0].kind == "inserted"
@@ -144,7 +160,12 @@ def test_verify_command_names_the_broken_fact(pristine: Path, tmp_path: Path) ->
     with sqlite3.connect(data / "ledger.db") as c:
         c.execute("UPDATE stored_events SET state=CAST('{}' AS BLOB) WHERE rowid=7")
     env = {**os.environ, "LEDGER_DATA_DIR": str(data)}
-    run = subprocess.run([sys.executable, "-m", "ledger.cli", "verify"], env=env,
-                         capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [sys.executable, "-m", "ledger.cli", "verify"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 4
     assert "position 7" in run.stderr and "altered" in run.stderr
