@@ -19,7 +19,37 @@ from ledger.codec import TRANSCODER
 
 GENESIS = ""  # prev_hash of an aggregate's first event
 _DOMAIN = b"consent-ledger/fact/v1\x00"
-_MAPPER: Mapper[UUID] = Mapper(transcoder=TRANSCODER)
+
+
+class ChainMapper(Mapper[UUID]):
+    """The library's mapper, remembering the stored form of events it hashed before saving.
+
+    A new event's hash is needed as the next event's `prev_hash` before the event is saved;
+    encoding it once for the hash and again for the store would double the hot path's work.
+    Events are immutable, so the remembered form is exactly what would be encoded again.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(transcoder=TRANSCODER)
+        self._memo: dict[int, tuple[object, StoredEvent]] = {}
+
+    def to_stored_event(self, domain_event: DomainEventProtocol[UUID]) -> StoredEvent:
+        hit = self._memo.pop(id(domain_event), None)
+        if hit is not None and hit[0] is domain_event:
+            return hit[1]
+        return super().to_stored_event(domain_event)
+
+    def hash_of(self, domain_event: DomainEventProtocol[UUID]) -> str:
+        stored = super().to_stored_event(domain_event)
+        self._memo[id(domain_event)] = (domain_event, stored)
+        return stored_hash(stored)
+
+    def forget(self) -> None:
+        """Drop remembered forms of events that were never saved (a refused batch)."""
+        self._memo.clear()
+
+
+MAPPER = ChainMapper()
 
 
 def fact_hash(originator_id: UUID | str, version: int, topic: str, state: bytes) -> str:
@@ -38,7 +68,7 @@ def stored_hash(stored: StoredEvent) -> str:
 
 def event_hash(event: DomainEventProtocol[UUID]) -> str:
     """The hash the recorder will compute for this event, from the same mapper and transcoder."""
-    return stored_hash(_MAPPER.to_stored_event(event))
+    return MAPPER.hash_of(event)
 
 
 # RFC 9162 §2.1.1: leaves and nodes are hashed with distinct prefixes.

@@ -15,9 +15,10 @@ from typing import Any, TextIO
 
 import orjson
 
-from ledger.application import ConsentLedger, Receipt
+from ledger.application import ConsentLedger
 from ledger.envelope import Fact, parse_fact, parse_fact_bytes, parse_time
 from ledger.errors import FactRejected
+from ledger.receipt import Receipt
 from ledger.settings import Settings, SettingsError
 
 EXIT_REJECTED = 1

@@ -16,7 +16,7 @@ import orjson
 from eventsourcing.persistence import Transcoder, Transcoding
 
 _TUPLE = "tuple_as_list"
-_PLAIN = (str, int, float, bool, type(None))
+_PLAIN = frozenset({str, int, float, bool, type(None)})
 
 
 class UUIDAsHex(Transcoding):
@@ -65,11 +65,24 @@ class OrjsonTranscoder(Transcoder):
         if cls in _PLAIN:
             return obj
         if cls is dict:
-            return {key: self._encode(value) for key, value in obj.items()}
+            # Plain values are by far the most common: test them inline, not by a call each.
+            out = {}
+            for key, value in obj.items():
+                vcls = type(value)
+                if vcls is str or value is None or vcls is bool or vcls is int:
+                    out[key] = value
+                else:
+                    out[key] = self._encode(value)
+            return out
         if cls is list:
-            return [self._encode(value) for value in obj]
+            return [value if type(value) in _PLAIN else self._encode(value) for value in obj]
         if cls is tuple:
-            return {"_type_": _TUPLE, "_data_": [self._encode(value) for value in obj]}
+            return {
+                "_type_": _TUPLE,
+                "_data_": [
+                    value if type(value) in _PLAIN else self._encode(value) for value in obj
+                ],
+            }
         transcoding = self.types.get(cls)
         if transcoding is None:
             msg = (
@@ -82,7 +95,7 @@ class OrjsonTranscoder(Transcoder):
     def _decode(self, obj: Any) -> Any:
         cls = type(obj)
         if cls is list:
-            return [self._decode(value) for value in obj]
+            return [value if type(value) in _PLAIN else self._decode(value) for value in obj]
         if cls is not dict:
             return obj
         if len(obj) == 2 and "_type_" in obj and "_data_" in obj:
@@ -98,7 +111,10 @@ class OrjsonTranscoder(Transcoder):
                 )
                 raise TypeError(msg)
             return transcoding.decode(data)
-        return {key: self._decode(value) for key, value in obj.items()}
+        return {
+            key: value if type(value) in _PLAIN else self._decode(value)
+            for key, value in obj.items()
+        }
 
 
 # The ledger's one transcoder instance: the chain hash depends on its exact output.

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import orjson
 
-from ledger.application import ConsentLedger, Receipt
+from ledger.application import ConsentLedger
 from ledger.envelope import parse_fact
+from ledger.receipt import Receipt
 from ledger.settings import Settings
 from projections.trail import subject_trail
 from tests.facts import fact, grant, withdraw

@@ -17,10 +17,11 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ledger.application import ConsentLedger, Receipt
+from ledger.application import ConsentLedger
 from ledger.envelope import parse_fact
 from ledger.errors import FactRejected
 from ledger.policy import SEED_POLICY_VERSION
+from ledger.receipt import Receipt
 from ledger.settings import Settings
 
 BASE = datetime.fromisoformat("2025-03-01T00:00:00+05:00")

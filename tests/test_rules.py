@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 
-from ledger.application import ConsentLedger, Receipt
+from ledger.application import ConsentLedger
 from ledger.envelope import parse_fact
 from ledger.errors import Code, FactRejected
 from ledger.policy import SEED_POLICY_VERSION
+from ledger.receipt import Receipt
 from tests.facts import erase, fact, grant, withdraw
 
 

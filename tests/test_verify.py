@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from eventsourcing.sqlite import SQLiteDatastore
 
-from ledger.application import ConsentLedger, Receipt
+from ledger.application import ConsentLedger
 from ledger.envelope import parse_fact
+from ledger.receipt import Receipt
 from ledger.recorder import LedgerSQLiteRecorder
 from ledger.settings import Settings
 from ledger.verify import VerifyResult, verify_log

@@ -1,0 +1,243 @@
+"""One batch of facts through the rules: checked in order, then appended in one transaction.
+
+A batch behaves exactly like the same facts sent one at a time: each fact is checked against
+the state that the facts before it (in this batch too) produced. Only the append is shared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from ledger.chain import fact_hash
+from ledger.envelope import Fact
+from ledger.errors import Code, FactRejected
+from ledger.keystore import seal
+from ledger.receipt import Outcome, Receipt
+from ledger.recorder import FactKey, IndexedFact
+from ledger.subject import Subject
+from ledger.tenant import Tenant
+
+if TYPE_CHECKING:
+    from ledger.application import ConsentLedger
+
+
+class FactBatch:
+    """One attempt at recording a batch: checks in order, then one append."""
+
+    def __init__(self, ledger: ConsentLedger, facts: Sequence[Fact]) -> None:
+        self.ledger = ledger
+        self.facts = facts
+        self.outcomes: list[Outcome | None] = [None] * len(facts)
+        self.now = datetime.now(UTC)
+        self.horizon = self.now + timedelta(seconds=ledger.settings.max_future_skew_s)
+        self.tenants: dict[str, Tenant | None] = {}
+        self.subjects: dict[UUID, Subject] = {}
+        self.fresh: set[UUID] = set()  # subjects first seen in this batch
+        self.new_keys: dict[UUID, bytes] = {}
+        self.keys: dict[UUID, AESGCM] = {}
+        self.fact_keys: dict[tuple[UUID, int], FactKey] = {}
+        self.accepted: dict[int, tuple[UUID, int, str | None]] = {}  # index -> (id, version, sid)
+        self.in_batch: dict[tuple[str, str], tuple[int, str, UUID | None]] = {}
+        self.duplicates_of: dict[int, int] = {}  # index -> index of the same fact in the batch
+        self.erased: list[tuple[UUID, datetime]] = []
+        self.digests = [ledger.keystore.digest(f.canonical()) for f in facts]
+        self.sids: list[UUID | None] = [
+            ledger.keystore.sid(f.tenant, f.subject) if f.subject is not None else None
+            for f in facts
+        ]
+        self.committed = False
+        self.existing = self._find_existing()
+        wanted = {s for s in self.sids if s is not None}
+        self.keys = ledger.keystore.open_keys(wanted)
+        self.erased_keys = ledger.keystore.erased_among(wanted - set(self.keys))
+        self.subjects.update(ledger.load_subjects(wanted))
+
+    def _find_existing(self) -> dict[tuple[str, str], IndexedFact]:
+        by_tenant: dict[str, list[str]] = {}
+        for fact in self.facts:
+            by_tenant.setdefault(fact.tenant, []).append(fact.event_id)
+            if fact.type == "consent.corrected":
+                by_tenant[fact.tenant].append(fact.body["corrects"])
+        found: dict[tuple[str, str], IndexedFact] = {}
+        for tenant, ids in by_tenant.items():
+            for event_id, indexed in self.ledger.ledger_recorder.find_facts(tenant, ids).items():
+                found[(tenant, event_id)] = indexed
+        return found
+
+    def _tenant(self, name: str) -> Tenant | None:
+        if name not in self.tenants:
+            self.tenants[name] = self.ledger.tenant(name)
+        return self.tenants[name]
+
+    def _subject(self, tenant: str, sid: UUID, reference: str) -> Subject:
+        subject = self.subjects.get(sid)
+        if subject is None:
+            # The pseudonym key binds the tenant into the sid, so a sid never names a subject
+            # of another tenant; unknown means new.
+            key = self._key(sid)
+            assert key is not None
+            subject = Subject(id=sid, tenant=tenant, pii=seal(key, sid, {"subject": reference}))
+            self.fresh.add(sid)
+            self.subjects[sid] = subject
+        assert subject.tenant == tenant
+        return subject
+
+    def _key(self, sid: UUID) -> AESGCM | None:
+        key = self.keys.get(sid)
+        if key is None and sid not in self.erased_keys:
+            raw = AESGCM.generate_key(256)
+            self.new_keys[sid] = raw
+            key = self.keys[sid] = AESGCM(raw)
+        return key
+
+    def check_all(self) -> None:
+        for index, fact in enumerate(self.facts):
+            try:
+                self._check(index, fact)
+            except FactRejected as rejected:
+                self.outcomes[index] = rejected
+
+    def _check(self, index: int, fact: Fact) -> None:
+        if fact.occurred_at > self.horizon:
+            raise FactRejected(
+                Code.OCCURRED_IN_FUTURE,
+                "occurred_at is more than "
+                f"{self.ledger.settings.max_future_skew_s} s ahead of the ledger's clock",
+                "occurred_at",
+            )
+        tenant = self._tenant(fact.tenant)
+        if tenant is None:
+            raise FactRejected(Code.UNKNOWN_TENANT, "no such tenant", "tenant")
+        digest = self.digests[index]
+        known = self.existing.get((fact.tenant, fact.event_id))
+        if known is not None:
+            if known.digest != digest:
+                raise FactRejected(
+                    Code.EVENT_ID_CONFLICT,
+                    "this event_id was already recorded with other content",
+                    "event_id",
+                )
+            assert known.recorded_at is not None
+            self.outcomes[index] = Receipt(
+                event_id=fact.event_id,
+                sid=None if fact.subject is None else known.originator_id.hex,
+                position=known.position,
+                recorded_at=known.recorded_at,
+                hash=known.hash,
+                duplicate=True,
+            )
+            return
+        earlier = self.in_batch.get((fact.tenant, fact.event_id))
+        if earlier is not None:
+            if earlier[1] != digest:
+                raise FactRejected(
+                    Code.EVENT_ID_CONFLICT,
+                    "this event_id was already recorded with other content",
+                    "event_id",
+                )
+            self.duplicates_of[index] = earlier[0]
+            return
+
+        if fact.type == "policy.published":
+            tenant.publish_policy(fact)
+            aggregate: Tenant | Subject = tenant
+            sid = None
+        else:
+            sid = self.sids[index]
+            assert sid is not None and fact.subject is not None
+            subject = self._subject(fact.tenant, sid, fact.subject)
+            pii = self._seal(subject, fact)
+            try:
+                subject.record(fact, pii, tenant.policies)
+            except FactRejected as rejected:
+                if rejected.code is Code.CORRECTION_TARGET_UNKNOWN and self._known_elsewhere(
+                    fact.tenant, fact.body["corrects"], sid
+                ):
+                    raise FactRejected(
+                        Code.CORRECTION_TARGET_OTHER_SUBJECT,
+                        "the fact named in 'corrects' belongs to another subject",
+                        "corrects",
+                    ) from None
+                raise
+            aggregate = subject
+            if fact.type == "subject.erased":
+                self.erased.append((sid, fact.occurred_at))
+                self.keys.pop(sid, None)
+        event = aggregate.pending_events[-1]
+        self.fact_keys[(aggregate.id, event.originator_version)] = FactKey(
+            fact.tenant, fact.event_id, digest, event.timestamp.isoformat()
+        )
+        self.accepted[index] = (aggregate.id, event.originator_version, sid.hex if sid else None)
+        self.in_batch[(fact.tenant, fact.event_id)] = (index, digest, sid)
+
+    def _seal(self, subject: Subject, fact: Fact) -> str | None:
+        content: dict[str, Any] = {}
+        if fact.evidence is not None:
+            content["evidence"] = fact.evidence
+        for field in ("personal_data", "reason"):
+            if fact.body.get(field) is not None:
+                content[field] = fact.body[field]
+        if not content or subject.erased:
+            # After erasure there is no key to seal with, and personal data is never stored
+            # in the clear: the fact is kept, its personal data is not.
+            return None
+        key = self._key(subject.id)
+        assert key is not None
+        return seal(key, subject.id, content)
+
+    def _known_elsewhere(self, tenant: str, event_id: str, sid: UUID) -> bool:
+        known = self.existing.get((tenant, event_id))
+        if known is not None:
+            return known.originator_id != sid
+        earlier = self.in_batch.get((tenant, event_id))
+        return earlier is not None and earlier[2] != sid
+
+    def commit(self) -> list[Outcome]:
+        aggregates: list[Tenant | Subject] = [
+            t for t in self.tenants.values() if t is not None and t.pending_events
+        ]
+        accepted_ids = {agg_id for agg_id, _, _ in self.accepted.values()}
+        for sid, subject in self.subjects.items():
+            if sid in self.fresh and sid not in accepted_ids:
+                continue  # every fact about this new subject was refused: record nothing
+            if subject.pending_events:
+                aggregates.append(subject)
+        used_keys = {sid: key for sid, key in self.new_keys.items() if sid in accepted_ids}
+        # (aggregate, version) -> (position, hash of the stored bytes)
+        positions: dict[tuple[UUID, int], tuple[int, str]] = {}
+        if aggregates:
+            self.ledger.keystore.add_keys(used_keys)
+            events = [event for aggregate in aggregates for event in aggregate.collect_events()]
+            recordings = self.ledger.events.put(events, facts=self.fact_keys)
+            self.committed = True
+            self.ledger.remember([a for a in aggregates if isinstance(a, Subject)])
+            for recording in recordings:
+                event = recording.domain_event
+                n = recording.notification
+                positions[(event.originator_id, event.originator_version)] = (
+                    n.id,
+                    fact_hash(n.originator_id, n.originator_version, n.topic, n.state),
+                )
+        self.committed = True
+        for sid, erased_at in self.erased:
+            self.ledger.keystore.erase(sid, erased_at)
+        for i, (agg_id, version, sid_hex) in self.accepted.items():
+            position, digest = positions[(agg_id, version)]
+            self.outcomes[i] = Receipt(
+                event_id=self.facts[i].event_id,
+                sid=sid_hex,
+                position=position,
+                recorded_at=self.fact_keys[(agg_id, version)].recorded_at,
+                hash=digest,
+            )
+        for i, first in self.duplicates_of.items():
+            receipt = self.outcomes[first]
+            assert isinstance(receipt, Receipt)
+            self.outcomes[i] = Receipt(**{**receipt.as_dict(), "duplicate": True})
+        assert all(o is not None for o in self.outcomes)
+        return [o for o in self.outcomes if o is not None]
