@@ -151,17 +151,7 @@ class Reference:
         return [f for f in facts.values() if not f.get("void")]
 
     def state(self, subject: str, purpose: str, t: datetime) -> str:
-        best = None
-        for f in self.effective(self.subjects[subject]):
-            if (
-                purpose in f["purposes"]
-                and f["occurred_at"] <= t
-                and (
-                    best is None
-                    or (f["occurred_at"], f["seq"]) > (best["occurred_at"], best["seq"])
-                )
-            ):
-                best = f
+        best = self.deciding(subject, purpose, t)
         if best is None:
             return "none"
         if best["kind"] == "withdrawal":
@@ -227,13 +217,15 @@ class Reference:
             allowed: set[str] = set()
             for p in self.in_force(f["subject"], t):
                 g = self.deciding(f["subject"], p, t)
+                assert g is not None
                 if g["third_party"] and (g["cross_border"] or not f["cross_border"]):
                     allowed |= set(g["categories"])
             if not set(f["categories"]) <= allowed:
                 return "transfer_without_consent"
         return "accepted"
 
-    def deciding(self, subject: str, purpose: str, t: datetime) -> dict[str, Any]:
+    def deciding(self, subject: str, purpose: str, t: datetime) -> dict[str, Any] | None:
+        """The last grant or withdrawal of `purpose` at or before `t` (ties: recording order)."""
         best: dict[str, Any] | None = None
         for f in self.effective(self.subjects[subject]):
             if (
@@ -245,7 +237,6 @@ class Reference:
                 )
             ):
                 best = f
-        assert best is not None
         return best
 
     def effective_with_void(self, s: RefSubject) -> list[dict[str, Any]]:
