@@ -56,6 +56,7 @@ class Subject(ChainedAggregate):
         fact_type = "consent.granted"
         pii: str | None
         policy_version: str
+        operator: dict[str, str]  # the controller the person consented to (name, TIN)
         purposes: tuple[str, ...]
         categories: tuple[str, ...]
         expires_at: datetime | None
@@ -204,6 +205,7 @@ class Subject(ChainedAggregate):
             self.ConsentGranted,
             **self._common(fact, pii),
             policy_version=policy.version,
+            operator={"name": policy.operator_name, "tin": policy.operator_tin},
             purposes=purposes,
             categories=categories,
             expires_at=expires_at,

@@ -339,3 +339,38 @@ def test_seed_policy_version_is_the_demo_default(ledger: ConsentLedger) -> None:
     }
     assert policy.purposes["marketing"].legal_basis == "consent"
     assert policy.operator_tin == "309519699"
+
+
+def test_a_grant_records_what_a_consent_document_must_say(ledger: ConsentLedger) -> None:
+    """Operator (name, TIN), purposes, categories, duration, transfer and publication flags and
+    the policy version in clear; the person's full name sealed."""
+    accepted(
+        ledger,
+        grant(
+            "doc-1",
+            ("marketing",),
+            expires_at="2026-03-01T10:00:00+05:00",
+            cross_border_transfer=True,
+            publication=True,
+            personal_data={"full_name": "Yusupova Malika"},
+        ),
+    )
+    sid = ledger.sid("demo", "doc-1")
+    granted = list(ledger.events.get(sid))[-1]
+    state = vars(granted)
+    assert state["operator"] == {"name": "MEGABITE-CRM LLC", "tin": "309519699"}
+    assert state["purposes"] == ("marketing",)
+    assert state["categories"] == ("full_name", "email", "phone")
+    assert state["expires_at"].isoformat() == "2026-03-01T10:00:00+05:00"
+    assert (
+        state["third_party_transfer"],
+        state["cross_border_transfer"],
+        state["publication"],
+    ) == (
+        False,
+        True,
+        True,
+    )
+    assert state["policy_version"] == SEED_POLICY_VERSION
+    assert "Yusupova" not in str(state)
+    assert ledger.open_pii(sid, state["pii"]) == {"personal_data": {"full_name": "Yusupova Malika"}}

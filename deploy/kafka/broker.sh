@@ -50,6 +50,17 @@ start() {
     mkdir -p "$dir"
     dir="$(cd "$dir" && pwd)"
     if running_pid >/dev/null; then cat "$dir/bootstrap"; return 0; fi
+    # A free port can be taken by another process between choosing it and binding it; a
+    # broker that exits during start is tried again on fresh ports.
+    local attempt
+    for attempt in 1 2 3; do
+        if start_once; then cat "$dir/bootstrap"; return 0; fi
+        echo "broker.sh: start attempt $attempt failed" >&2
+    done
+    die "the broker did not start (logs in $dir)"
+}
+
+start_once() {
     rm -rf "$dir/data" "$dir/broker.pid" "$dir/bootstrap"
     local port cport
     port="$(free_port)"; cport="$(free_port)"
@@ -90,19 +101,27 @@ LOG
     java "${jvm[@]}" -cp "$cp" kafka.tools.StorageTool format \
         -t "$(python3 -c 'import base64,uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')" \
         -c "$dir/server.properties" > "$dir/format.log" 2>&1 \
-        || { cat "$dir/format.log" >&2; die "formatting KRaft storage failed"; }
+        || { cat "$dir/format.log" >&2; return 1; }
     nohup java "${jvm[@]}" -cp "$cp" kafka.Kafka "$dir/server.properties" \
         > "$dir/stdout.log" 2>&1 < /dev/null &
     echo $! > "$dir/broker.pid"
     # Readiness: the broker is usable once its client port accepts connections.
     local deadline=$((SECONDS + 90))
     until port_open "$port"; do
-        running_pid >/dev/null || { tail -40 "$dir/stdout.log" "$dir/broker.log" >&2 || true; die "broker exited during start"; }
-        [ $SECONDS -lt $deadline ] || { stop; die "broker did not open port $port within 90 s"; }
+        if ! running_pid >/dev/null; then
+            tail -n 40 "$dir/stdout.log" >&2 || true
+            tail -n 40 "$dir/broker.log" >&2 2>/dev/null || true
+            echo "broker.sh: the broker exited during start" >&2
+            return 1
+        fi
+        if [ $SECONDS -ge $deadline ]; then
+            stop
+            echo "broker.sh: the broker did not open port $port within 90 s" >&2
+            return 1
+        fi
         sleep 0.2
     done
     echo "127.0.0.1:$port" > "$dir/bootstrap"
-    cat "$dir/bootstrap"
 }
 
 stop() {
