@@ -215,7 +215,6 @@ class FactBatch:
             events = [event for aggregate in aggregates for event in aggregate.collect_events()]
             recordings = self.ledger.events.put(events, facts=self.fact_keys)
             self.committed = True
-            self.ledger.remember([a for a in aggregates if isinstance(a, Subject)])
             for recording in recordings:
                 event = recording.domain_event
                 n = recording.notification
@@ -223,6 +222,10 @@ class FactBatch:
                     n.id,
                     fact_hash(n.originator_id, n.originator_version, n.topic, n.state),
                 )
+            for aggregate in aggregates:
+                # The next fact's prev_hash is the hash just computed from the stored bytes.
+                aggregate._head_hash = positions[(aggregate.id, aggregate.version)][1]
+            self.ledger.remember([a for a in aggregates if isinstance(a, Subject)])
         self.committed = True
         for sid, erased_at in self.erased:
             self.ledger.keystore.erase(sid, erased_at)

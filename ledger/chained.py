@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate
@@ -20,8 +20,8 @@ class ChainedAggregate(Aggregate):
 
     # Plain class attributes, not annotations: the library turns annotated aggregate
     # attributes into dataclass fields of __init__.
-    _last_event = None
-    _head_hash = None
+    _last_event = cast(Any, None)
+    _head_hash = cast("str | None", None)
 
     class Created(Aggregate.Created):
         def mutate(self, aggregate: Any) -> Any:
