@@ -37,7 +37,7 @@ unit: install
 test: install kafka-fetch lint typecheck unit
 
 bench: install kafka-fetch
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench --phases
 
 kafka-up: kafka-fetch
 	deploy/kafka/broker.sh start $(KAFKA_DIR)

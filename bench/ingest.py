@@ -135,6 +135,41 @@ def bench_ledger_known(root: Path, facts: int) -> tuple[int, float]:
     return result
 
 
+def phases(root: Path, stream: list[dict[str, Any]]) -> dict[str, float]:
+    """Microseconds per fact in each phase of a batch (the same work as `record`)."""
+    from ledger.batch import FactBatch
+
+    ledger = ConsentLedger(Settings(data_dir=root / "ledger-phases"))
+    ledger.init_demo()
+    inserts = 0.0
+    insert_events = ledger.ledger_recorder.insert_events
+
+    def timed_insert(*args: Any, **kwargs: Any) -> Any:
+        nonlocal inserts
+        t = time.perf_counter()
+        result = insert_events(*args, **kwargs)
+        inserts += time.perf_counter() - t
+        return result
+
+    ledger.ledger_recorder.insert_events = timed_insert  # type: ignore[method-assign]
+    spent = {"parse": 0.0, "set-up": 0.0, "rules+sealing": 0.0, "append": 0.0}
+    for i in range(0, len(stream), 1000):
+        t0 = time.perf_counter()
+        facts = [parse_fact(f) for f in stream[i : i + 1000]]
+        t1 = time.perf_counter()
+        batch = FactBatch(ledger, facts)
+        t2 = time.perf_counter()
+        batch.check_all()
+        t3 = time.perf_counter()
+        batch.commit()
+        t4 = time.perf_counter()
+        for name, seconds in zip(spent, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+            spent[name] += seconds
+    spent["(of append: SQLite inserts)"] = inserts
+    ledger.close()
+    return {name: seconds / len(stream) * 1e6 for name, seconds in spent.items()}
+
+
 class Minimal(Aggregate):
     @event("Registered")
     def __init__(self, payload: str) -> None:
@@ -186,6 +221,7 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--facts", type=int, default=30_000, help="facts in the batched runs")
     parser.add_argument("--single", type=int, default=2_000, help="facts one per commit")
+    parser.add_argument("--phases", action="store_true", help="also time each phase of a batch")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -210,6 +246,7 @@ def main(argv: list[str]) -> None:
         n, s = bench_sqlite(root, args.facts, 1000, payload)
         rows.append(("raw sqlite3 executemany, 1,000 per commit", n, s, f"{payload} B rows"))
 
+        split = phases(root, stream) if args.phases else {}
         n, s, events = bench_ledger(root, single_stream, 1)
         ledger_single = n / s
         rows.append(("ledger record(), 1 per commit", n, s, f"{events} log events"))
@@ -226,6 +263,11 @@ def main(argv: list[str]) -> None:
     print(f"{'what':<44} {'facts':>7} {'seconds':>8} {'per second':>11}  note")
     for name, n, s, note in rows:
         print(f"{name:<44} {n:>7} {s:>8.2f} {n / s:>11,.0f}  {note}")
+    if split:
+        print(
+            "ledger, microseconds per fact by phase (1,000 per batch): "
+            + ", ".join(f"{name} {us:.0f}" for name, us in split.items())
+        )
     print(
         f"ledger / plain eventsourcing: {ledger_batched / es_batched:.2f} in batches, "
         f"{ledger_single / es_single:.2f} one per commit "
