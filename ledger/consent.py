@@ -142,3 +142,43 @@ def grants_in_force(entries: Iterable[ConsentEntry], at: datetime) -> dict[str, 
         if entry.kind == "grant" and (entry.expires_at is None or entry.expires_at > at):
             out[purpose] = entry
     return out
+
+
+@dataclass(frozen=True)
+class GrantedInterval:
+    """Valid-time interval [start, end) during which a purpose was granted (end None: open)."""
+
+    purpose: str
+    start: datetime
+    end: datetime | None
+    event_id: str
+    policy_version: str | None
+
+
+def granted_intervals(entries: Iterable[ConsentEntry]) -> list[GrantedInterval]:
+    """Every interval of valid time in which some purpose was granted, given these entries.
+
+    The same fold as `deciding_entries`, unrolled over time: `state_of(p, ...)` is `granted`
+    at `t` exactly when `t` falls in one of the purpose's intervals.
+    """
+    by_purpose: dict[str, list[ConsentEntry]] = {}
+    for entry in sorted(entries, key=lambda e: (e.occurred_at, e.seq)):
+        for purpose in entry.purposes:
+            by_purpose.setdefault(purpose, []).append(entry)
+    out: list[GrantedInterval] = []
+    for purpose, timeline in sorted(by_purpose.items()):
+        for i, entry in enumerate(timeline):
+            following = timeline[i + 1] if i + 1 < len(timeline) else None
+            if entry.kind != "grant":
+                continue
+            if following is not None and following.occurred_at == entry.occurred_at:
+                continue  # superseded at the same instant: never in force
+            end = following.occurred_at if following is not None else None
+            if entry.expires_at is not None and (end is None or entry.expires_at < end):
+                end = entry.expires_at
+            out.append(
+                GrantedInterval(
+                    purpose, entry.occurred_at, end, entry.event_id, entry.policy_version
+                )
+            )
+    return out

@@ -1,0 +1,242 @@
+"""The consent projection: from subject facts in the log to the consent views.
+
+For every grant, withdrawal or correction it recomputes that subject's granted intervals (as
+known after the fact) and records the difference bitemporally: intervals no longer true are
+closed at the fact's `recorded_at` (`known_to`), new ones open there (`known_from`). So the
+question "who had consent at T, as we knew it at K" is one indexed range query.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import orjson
+from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.persistence import Tracking
+from eventsourcing.projection import Projection
+
+from ledger.consent import (
+    ConsentEntry,
+    Correction,
+    GrantedInterval,
+    entries_as_known,
+    granted_intervals,
+)
+from ledger.subject import Subject
+from projections.store import ConsentViews, ViewChanges, parse_utc, utc
+
+IntervalKey = tuple[str, str, str | None, str]  # purpose, valid_from, valid_to, event_id
+
+
+@dataclass
+class SubjectView:
+    tenant: str
+    entries: list[ConsentEntry] = field(default_factory=list)
+    corrections: list[Correction] = field(default_factory=list)
+    open_intervals: set[IntervalKey] = field(default_factory=set)
+
+
+class ConsentProjection(Projection[ConsentViews]):
+    name = "consent"
+
+    def process_event(self, domain_event: Any, tracking: Tracking) -> None:
+        """The library's per-event entry point: a batch of one."""
+        self.process_batch([domain_event], tracking)
+
+    def process_batch(
+        self, events: Iterable[DomainEventProtocol[UUID]], tracking: Tracking
+    ) -> None:
+        """Apply events in log order and commit the views with `tracking` in one transaction."""
+        events = list(events)
+        sids = sorted({e.originator_id.hex for e in events if isinstance(e, _SUBJECT_EVENTS)})
+        state = self._load(sids)
+        changes = ViewChanges()
+        for event in events:
+            if isinstance(event, _SUBJECT_EVENTS):
+                self._apply(event, state, changes)
+        self.view.apply(changes, tracking)
+
+    def _load(self, sids: list[str]) -> dict[str, SubjectView]:
+        views: dict[str, SubjectView] = {}
+        for row in self.view.rows_in(
+            "SELECT sid, tenant FROM view_subjects WHERE sid IN ({})", sids
+        ):
+            views[row[0]] = SubjectView(tenant=row[1])
+        for row in self.view.rows_in("SELECT * FROM view_entries WHERE sid IN ({})", sids):
+            views[row["sid"]].entries.append(entry_from_row(row))
+        for row in self.view.rows_in(
+            "SELECT * FROM view_corrections WHERE sid IN ({}) ORDER BY seq", sids
+        ):
+            views[row["sid"]].corrections.append(correction_from_row(row))
+        for row in self.view.rows_in(
+            "SELECT sid, purpose, valid_from, valid_to, event_id FROM view_intervals "
+            "WHERE sid IN ({}) AND known_to IS NULL",
+            sids,
+        ):
+            views[row[0]].open_intervals.add((row[1], row[2], row[3], row[4]))
+        return views
+
+    def _apply(self, event: Any, state: dict[str, SubjectView], changes: ViewChanges) -> None:
+        sid = event.originator_id.hex
+        recorded = event.timestamp
+        if isinstance(event, Subject.Registered):
+            state[sid] = SubjectView(tenant=event.tenant)
+            changes.subjects.append((sid, event.tenant, utc(recorded)))
+            return
+        view = state[sid]
+        if isinstance(event, Subject.SubjectErased):
+            changes.erasures.append((utc(event.occurred_at), utc(recorded), sid))
+            return
+        if isinstance(event, Subject.ConsentGranted | Subject.ConsentWithdrawn):
+            entry = _entry(event, recorded)
+            view.entries.append(entry)
+            changes.entries.append(entry_row(sid, entry))
+        elif isinstance(event, Subject.ConsentCorrected):
+            correction = Correction(
+                event.event_id,
+                recorded,
+                event.corrects,
+                event.void,
+                {k: tuple(v) if isinstance(v, list) else v for k, v in event.changes.items()},
+            )
+            view.corrections.append(correction)
+            changes.corrections.append(correction_row(sid, event.originator_version, correction))
+        else:
+            return
+        now_true = {
+            _key(i): i for i in granted_intervals(entries_as_known(view.entries, view.corrections))
+        }
+        for key in view.open_intervals - set(now_true):
+            changes.close_interval(utc(recorded), sid, key[0], key[1], key[2], key[3])
+        for key in set(now_true) - view.open_intervals:
+            interval = now_true[key]
+            changes.open_interval(
+                [
+                    view.tenant,
+                    interval.purpose,
+                    sid,
+                    key[1],
+                    key[2],
+                    utc(recorded),
+                    None,
+                    key[3],
+                    interval.policy_version,
+                ]
+            )
+        view.open_intervals = set(now_true)
+
+
+def _entry(event: Any, recorded: datetime) -> ConsentEntry:
+    if isinstance(event, Subject.ConsentWithdrawn):
+        return ConsentEntry(
+            event_id=event.event_id,
+            kind="withdrawal",
+            seq=event.originator_version,
+            recorded_at=recorded,
+            occurred_at=event.occurred_at,
+            purposes=tuple(event.purposes),
+        )
+    return ConsentEntry(
+        event_id=event.event_id,
+        kind="grant",
+        seq=event.originator_version,
+        recorded_at=recorded,
+        occurred_at=event.occurred_at,
+        purposes=tuple(event.purposes),
+        categories=tuple(event.categories),
+        expires_at=event.expires_at,
+        policy_version=event.policy_version,
+        third_party_transfer=event.third_party_transfer,
+        cross_border_transfer=event.cross_border_transfer,
+        publication=event.publication,
+    )
+
+
+_SUBJECT_EVENTS = (
+    Subject.Registered,
+    Subject.ConsentGranted,
+    Subject.ConsentWithdrawn,
+    Subject.ConsentCorrected,
+    Subject.SubjectErased,
+)
+
+
+def _key(interval: GrantedInterval) -> IntervalKey:
+    return (
+        interval.purpose,
+        utc(interval.start),
+        utc(interval.end) if interval.end is not None else None,
+        interval.event_id,
+    )
+
+
+def entry_row(sid: str, e: ConsentEntry) -> tuple[Any, ...]:
+    return (
+        sid,
+        e.event_id,
+        e.kind,
+        e.seq,
+        utc(e.recorded_at),
+        e.occurred_at.isoformat(),
+        orjson.dumps(e.purposes).decode(),
+        orjson.dumps(e.categories).decode(),
+        e.expires_at.isoformat() if e.expires_at else None,
+        e.policy_version,
+        int(e.third_party_transfer),
+        int(e.cross_border_transfer),
+        int(e.publication),
+    )
+
+
+def entry_from_row(row: Any) -> ConsentEntry:
+    return ConsentEntry(
+        event_id=row["event_id"],
+        kind=row["kind"],
+        seq=row["seq"],
+        recorded_at=_required(row["recorded_at"]),
+        occurred_at=_required(row["occurred_at"]),
+        purposes=tuple(orjson.loads(row["purposes"])),
+        categories=tuple(orjson.loads(row["categories"])),
+        expires_at=parse_utc(row["expires_at"]),
+        policy_version=row["policy_version"],
+        third_party_transfer=bool(row["third_party"]),
+        cross_border_transfer=bool(row["cross_border"]),
+        publication=bool(row["publication"]),
+    )
+
+
+def correction_row(sid: str, seq: int, c: Correction) -> tuple[Any, ...]:
+    changes = {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in c.changes.items()}
+    return (
+        sid,
+        c.event_id,
+        seq,
+        utc(c.recorded_at),
+        c.corrects,
+        int(c.void),
+        orjson.dumps(changes).decode(),
+    )
+
+
+def correction_from_row(row: Any) -> Correction:
+    changes: dict[str, Any] = {}
+    for key, value in orjson.loads(row["changes"]).items():
+        if key in ("occurred_at", "expires_at"):
+            changes[key] = parse_utc(value)
+        elif isinstance(value, list):
+            changes[key] = tuple(value)
+        else:
+            changes[key] = value
+    return Correction(
+        row["event_id"], _required(row["recorded_at"]), row["corrects"], bool(row["void"]), changes
+    )
+
+
+def _required(text: str) -> Any:
+    value = parse_utc(text)
+    assert value is not None
+    return value

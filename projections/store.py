@@ -1,0 +1,131 @@
+"""The consent views: SQLite tables kept by a tracking recorder, so every change to a view and
+the log position it reflects are committed in one transaction (the `eventsourcing` idiom).
+
+Instants are stored as fixed-width UTC ISO strings, so SQLite orders them correctly as text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from eventsourcing.persistence import Tracking
+from eventsourcing.sqlite import SQLiteCursor, SQLiteDatastore, SQLiteTrackingRecorder
+
+
+def utc(instant: datetime) -> str:
+    return instant.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def parse_utc(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+class ConsentViews(SQLiteTrackingRecorder):
+    """Subjects, their consent entries and corrections, and bitemporal granted intervals."""
+
+    def construct_create_table_statements(self) -> list[str]:
+        return [
+            *super().construct_create_table_statements(),
+            "CREATE TABLE IF NOT EXISTS view_subjects (sid TEXT PRIMARY KEY, tenant TEXT NOT NULL,"
+            " registered_at TEXT NOT NULL, erased_at TEXT, erasure_recorded_at TEXT)"
+            " WITHOUT ROWID",
+            "CREATE TABLE IF NOT EXISTS view_entries (sid TEXT, event_id TEXT, kind TEXT, seq INT,"
+            " recorded_at TEXT, occurred_at TEXT, purposes TEXT, categories TEXT,"
+            " expires_at TEXT, policy_version TEXT, third_party INT, cross_border INT,"
+            " publication INT, PRIMARY KEY (sid, event_id)) WITHOUT ROWID",
+            "CREATE TABLE IF NOT EXISTS view_corrections (sid TEXT, event_id TEXT, seq INT,"
+            " recorded_at TEXT, corrects TEXT, void INT, changes TEXT,"
+            " PRIMARY KEY (sid, event_id)) WITHOUT ROWID",
+            "CREATE TABLE IF NOT EXISTS view_intervals (tenant TEXT, purpose TEXT, sid TEXT,"
+            " valid_from TEXT, valid_to TEXT, known_from TEXT, known_to TEXT, event_id TEXT,"
+            " policy_version TEXT)",
+            "CREATE INDEX IF NOT EXISTS view_intervals_by_purpose"
+            " ON view_intervals (tenant, purpose, valid_from)",
+            "CREATE INDEX IF NOT EXISTS view_intervals_by_subject"
+            " ON view_intervals (sid, known_to)",
+        ]
+
+    @classmethod
+    def open(cls, path: Path) -> ConsentViews:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        views = cls(SQLiteDatastore(db_name=str(path), lock_timeout=30))
+        views.create_table()
+        return views
+
+    def close(self) -> None:
+        self.datastore.close()
+
+    def apply(self, changes: ViewChanges, tracking: Tracking) -> None:
+        """Write one batch of changes and its log position, atomically."""
+        with self.datastore.transaction(commit=True) as c:
+            changes.write(c)
+            self._insert_tracking(c, tracking)
+
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(sql, params)
+            return list(c.fetchall())
+
+    def rows_in(self, sql: str, keys: Sequence[str]) -> list[Any]:
+        """`sql` has one `IN ({})` placeholder; run it over `keys` in chunks."""
+        out: list[Any] = []
+        with self.datastore.transaction(commit=False) as c:
+            for i in range(0, len(keys), 500):
+                chunk = list(keys[i : i + 500])
+                c.execute(sql.format(",".join("?" * len(chunk))), chunk)
+                out += c.fetchall()
+        return out
+
+
+class ViewChanges:
+    """Rows to write for one batch, collected in memory and written with executemany."""
+
+    def __init__(self) -> None:
+        self.subjects: list[tuple[Any, ...]] = []
+        self.erasures: list[tuple[Any, ...]] = []
+        self.entries: list[tuple[Any, ...]] = []
+        self.corrections: list[tuple[Any, ...]] = []
+        self.closed: list[tuple[Any, ...]] = []
+        # Intervals opened in this batch, by (sid, purpose, valid_from, valid_to, event_id): one
+        # closed later in the same batch is written closed, since its row does not exist yet.
+        self.opened: dict[tuple[str, str, str, str | None, str], list[Any]] = {}
+
+    def open_interval(self, row: list[Any]) -> None:
+        """row: tenant, purpose, sid, valid_from, valid_to, known_from, known_to, event_id, ..."""
+        self.opened[(row[2], row[1], row[3], row[4], row[7])] = row
+
+    def close_interval(
+        self,
+        known_to: str,
+        sid: str,
+        purpose: str,
+        valid_from: str,
+        valid_to: str | None,
+        event_id: str,
+    ) -> None:
+        pending = self.opened.get((sid, purpose, valid_from, valid_to, event_id))
+        if pending is not None and pending[6] is None:
+            pending[6] = known_to
+        else:
+            self.closed.append((known_to, sid, purpose, valid_from, valid_to, event_id))
+
+    def write(self, c: SQLiteCursor) -> None:
+        c.executemany("INSERT INTO view_subjects VALUES (?,?,?,NULL,NULL)", self.subjects)
+        c.executemany(
+            "UPDATE view_subjects SET erased_at=?, erasure_recorded_at=? "
+            "WHERE sid=? AND erasure_recorded_at IS NULL",
+            self.erasures,
+        )
+        c.executemany("INSERT INTO view_entries VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", self.entries)
+        c.executemany("INSERT INTO view_corrections VALUES (?,?,?,?,?,?,?)", self.corrections)
+        c.executemany(
+            "UPDATE view_intervals SET known_to=? WHERE sid=? AND purpose=? AND valid_from=? "
+            "AND valid_to IS ? AND event_id=? AND known_to IS NULL",
+            self.closed,
+        )
+        c.executemany(
+            "INSERT INTO view_intervals VALUES (?,?,?,?,?,?,?,?,?)", list(self.opened.values())
+        )
