@@ -257,6 +257,153 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return _fail(f"verify: BROKEN: {result.problems[0].message}", EXIT_BROKEN)
 
 
+def cmd_project(args: argparse.Namespace, settings: Settings) -> int:
+    import signal
+    import threading
+
+    from projections.views import Views
+
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    ledger = _open(settings)
+    views = Views(ledger)
+    total = 0
+    try:
+        while True:
+            done = views.refresh(page=args.page)
+            total += done
+            if not args.follow or stop.is_set():
+                break
+            if done == 0:
+                stop.wait(args.interval)
+                if stop.is_set():
+                    break
+    finally:
+        views.close()
+        ledger.close()
+    print(f"projected {total} log entries into {settings.views_path}")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from projections.views import Views
+
+    known_at = parse_time(args.known_at, "--known-at") if args.known_at else None
+    target = Path(args.into) / "views.db"
+    if target.exists():
+        raise CliError(f"{target} exists: replay builds a fresh store")
+    ledger = _open(settings)
+    views = Views(ledger, target)
+    try:
+        read = views.refresh(known_at=known_at)
+        counts = {
+            table: views.store.rows(f"SELECT COUNT(*) FROM {table}")[0][0]
+            for table in ("view_subjects", "view_entries", "view_corrections", "view_intervals")
+        }
+    finally:
+        views.close()
+        ledger.close()
+    summary = {"into": str(target), "log_entries_read": read, "known_at": args.known_at, **counts}
+    if args.json:
+        _print_json(summary)
+    else:
+        print(
+            f"replayed {read} log entries into {target}"
+            + (f" as known at {args.known_at}" if args.known_at else "")
+        )
+    return 0
+
+
+def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
+    from projections.queries import check_recipients
+    from projections.views import Views
+
+    at = parse_time(args.at, "--at")
+    known_at = parse_time(args.known_at, "--known-at") if args.known_at else None
+    stream = sys.stdin if args.file == "-" else _read_file(args.file)
+    with stream:
+        lines = [line.strip() for line in stream.read().splitlines() if line.strip()]
+    ledger = _open(settings)
+    views = Views(ledger)
+    try:
+        sids = []
+        for i, line in enumerate(lines):
+            if args.sids:
+                try:
+                    sids.append(uuid.UUID(hex=line).hex)
+                except ValueError:
+                    raise CliError(f"line {i + 1} is not a sid (32 hex digits)") from None
+            else:
+                sids.append(ledger.sid(args.tenant, line).hex)
+        views.refresh()
+        results = check_recipients(views.store, args.tenant, args.purpose, at, sids, known_at)
+    finally:
+        views.close()
+        ledger.close()
+    lacking = [dict(r.as_dict(), index=i) for i, r in enumerate(results) if not r.consent]
+    report = {
+        "purpose": args.purpose,
+        "at": at.isoformat(),
+        "known_at": known_at.isoformat() if known_at else None,
+        "checked": len(results),
+        "with_consent": len(results) - len(lacking),
+        "without_consent": lacking,
+    }
+    if args.json:
+        _print_json(report)
+    else:
+        print(
+            f"{report['with_consent']} of {len(results)} had consent for {args.purpose} "
+            f"at {report['at']}"
+        )
+        for row in lacking:
+            print(
+                f"  line {row['index'] + 1}: sid {row['sid']}: {row['reason']}"
+                + (f" at {row['since']}" if row["since"] else "")
+            )
+    return 0
+
+
+def cmd_who(args: argparse.Namespace, settings: Settings) -> int:
+    from projections.queries import who_had_consent
+    from projections.views import Views
+
+    at = parse_time(args.at, "--at")
+    known_at = parse_time(args.known_at, "--known-at") if args.known_at else None
+    if args.after and not all(c in "0123456789abcdef" for c in args.after):
+        raise CliError("--after takes a sid (the last one of the previous page)")
+    ledger = _open(settings)
+    views = Views(ledger)
+    try:
+        views.refresh()
+        sids = who_had_consent(
+            views.store,
+            args.tenant,
+            args.purpose,
+            at,
+            known_at,
+            after=args.after or "",
+            limit=args.limit,
+        )
+    finally:
+        views.close()
+        ledger.close()
+    page = {
+        "purpose": args.purpose,
+        "at": at.isoformat(),
+        "sids": sids,
+        "next": sids[-1] if len(sids) == args.limit else None,
+    }
+    if args.json:
+        _print_json(page)
+    else:
+        print("\n".join(sids))
+    return 0
+
+
 # ---- helpers -------------------------------------------------------------------------------
 
 
@@ -374,6 +521,44 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="check the whole log for alteration")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_verify)
+
+    p = sub.add_parser("project", help="bring the consent views up to date with the log")
+    p.add_argument("--follow", action="store_true", help="keep following until SIGTERM")
+    p.add_argument("--page", type=int, default=1000, help="log entries per transaction")
+    p.add_argument("--interval", type=float, default=0.5, help="seconds between polls")
+    p.set_defaults(run=cmd_project)
+
+    p = sub.add_parser("replay", help="rebuild the views from the log into a fresh store")
+    p.add_argument("--into", required=True, metavar="DIR")
+    p.add_argument("--known-at", help="only facts recorded up to this instant (RFC 3339)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_replay)
+
+    p = sub.add_parser("check", help="which recipients had consent for a purpose at an instant")
+    p.add_argument(
+        "file",
+        nargs="?",
+        default="-",
+        metavar="FILE|-",
+        help="subject references (or sids with --sids), one per line",
+    )
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--purpose", required=True)
+    p.add_argument("--at", required=True)
+    p.add_argument("--known-at")
+    p.add_argument("--sids", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_check)
+
+    p = sub.add_parser("who", help="subjects with consent for a purpose at an instant (paged)")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--purpose", required=True)
+    p.add_argument("--at", required=True)
+    p.add_argument("--known-at")
+    p.add_argument("--after", help="continue after this sid (the previous page's 'next')")
+    p.add_argument("--limit", type=int, default=1000)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_who)
 
     tenants = sub.add_parser("tenants", help="manage tenants").add_subparsers(dest="action")
     p = tenants.add_parser("create")

@@ -64,6 +64,10 @@ class Settings:
         return self.data_dir / "ledger.db"
 
     @property
+    def views_path(self) -> Path:
+        return self.data_dir / "views.db"
+
+    @property
     def keystore_path(self) -> Path:
         return self.data_dir / "keys.db"
 

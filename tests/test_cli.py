@@ -167,3 +167,77 @@ def test_demo(tmp_path: Path) -> None:
     assert "Audit trail of subject" in out.stdout and "verify: OK" in out.stdout
     rerun = run(tmp_path / "demo", "demo", "--subjects", "40")
     assert "0 recorded" in rerun.stdout
+
+
+def test_views_commands(data: Path, tmp_path: Path) -> None:
+    run(
+        data,
+        "record",
+        stdin=orjson.dumps(
+            [
+                grant("c-5", event_id="g5", occurred_at="2025-03-01T10:00:00+05:00"),
+                grant("c-6", event_id="g6", occurred_at="2025-03-01T10:00:00+05:00"),
+                withdraw("c-6", event_id="w6", occurred_at="2025-03-03T10:00:00+05:00"),
+            ]
+        ).decode(),
+    )
+    check = run(
+        data,
+        "check",
+        "--tenant",
+        "demo",
+        "--purpose",
+        "marketing",
+        "--at",
+        "2025-03-04T00:00:00+05:00",
+        "--json",
+        stdin="c-5\nc-6\nc-7\n",
+    )
+    assert check.returncode == 0, check.stderr
+    report = orjson.loads(check.stdout)
+    assert report["with_consent"] == 1
+    assert [(r["index"], r["reason"]) for r in report["without_consent"]] == [
+        (1, "withdrawn"),
+        (2, "unknown_subject"),
+    ]
+    assert "c-6" not in check.stdout
+    who = orjson.loads(
+        run(
+            data,
+            "who",
+            "--tenant",
+            "demo",
+            "--purpose",
+            "marketing",
+            "--at",
+            "2025-03-02T00:00:00+05:00",
+            "--json",
+            "--limit",
+            "1",
+        ).stdout
+    )
+    assert len(who["sids"]) == 1 and who["next"] == who["sids"][0]
+    rest = orjson.loads(
+        run(
+            data,
+            "who",
+            "--tenant",
+            "demo",
+            "--purpose",
+            "marketing",
+            "--at",
+            "2025-03-02T00:00:00+05:00",
+            "--json",
+            "--after",
+            who["next"],
+        ).stdout
+    )
+    assert len(rest["sids"]) == 1 and rest["sids"][0] > who["next"]
+    replay = run(data, "replay", "--into", str(tmp_path / "r"), "--json")
+    assert replay.returncode == 0 and orjson.loads(replay.stdout)["view_entries"] == 3
+    again = run(data, "replay", "--into", str(tmp_path / "r"))
+    assert again.returncode == 2 and "fresh store" in again.stderr
+    bad = run(
+        data, "check", "--tenant", "demo", "--purpose", "marketing", "--at", "now", stdin="c-5\n"
+    )
+    assert bad.returncode == 1 and "invalid_timestamp" in bad.stderr

@@ -1,0 +1,33 @@
+"""The read side of one data directory: the consent views, kept up to date from the log."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime
+from pathlib import Path
+
+from ledger.application import ConsentLedger
+from projections.consent_projection import ConsentProjection
+from projections.runner import catch_up
+from projections.store import ConsentViews
+
+
+class Views:
+    """Opens the views store next to the log and catches it up before answering.
+
+    Catching up is incremental (only facts after the stored position), so reads see every
+    fact recorded before they were asked, in this process or another.
+    """
+
+    def __init__(self, ledger: ConsentLedger, path: Path | None = None) -> None:
+        self.ledger = ledger
+        self.store = ConsentViews.open(path or ledger.settings.views_path)
+        self.projection = ConsentProjection(view=self.store)
+        self._lock = threading.Lock()
+
+    def refresh(self, *, known_at: datetime | None = None, page: int = 1000) -> int:
+        with self._lock:
+            return catch_up(self.ledger, self.projection, known_at=known_at, page=page)
+
+    def close(self) -> None:
+        self.store.close()
