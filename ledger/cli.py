@@ -404,6 +404,51 @@ def cmd_who(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_due(args: argparse.Namespace, settings: Settings) -> int:
+    from datetime import timedelta
+
+    from projections.due import due_list
+    from projections.views import Views
+
+    now = parse_time(args.as_of, "--as-of") if args.as_of else datetime.now(UTC)
+    if args.within < 0:
+        raise CliError("--within takes a number of days, 0 or more")
+    ledger = _open(settings)
+    views = Views(ledger)
+    try:
+        tenant = ledger.tenant(args.tenant)
+        if tenant is None:
+            raise CliError("no such tenant", EXIT_NOT_FOUND)
+        views.refresh()
+        report = due_list(
+            views.store,
+            args.tenant,
+            now,
+            within=timedelta(days=args.within),
+            request_days=settings.request_due_days,
+            policies=tenant.policies,
+        )
+    finally:
+        views.close()
+        ledger.close()
+    if args.json:
+        _print_json(report)
+        return 0
+    print(f"due for tenant {args.tenant} as of {report['as_of']} (within {args.within} days)")
+    for r in report["requests"]:
+        print(
+            f"  request {r['request_id']} ({r['kind']}) of sid {r['sid']}: due {r['due_at']}"
+            + ("  OVERDUE" if r["overdue"] else "")
+        )
+    for e in report["expiring_consents"]:
+        print(f"  consent {e['purpose']} of sid {e['sid']} expires {e['expires_at']}")
+    for p in report["past_retention"]:
+        print(f"  data of sid {p['sid']} for {p['purpose']} past retention since {p['due_since']}")
+    if not (report["requests"] or report["expiring_consents"] or report["past_retention"]):
+        print("  nothing due")
+    return 0
+
+
 # ---- helpers -------------------------------------------------------------------------------
 
 
@@ -559,6 +604,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=1000)
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_who)
+
+    p = sub.add_parser("due", help="requests near their deadline, expiring consents, retention")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--within", type=int, default=7, help="days ahead to look (default 7)")
+    p.add_argument("--as-of", help="instead of now (RFC 3339)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_due)
 
     tenants = sub.add_parser("tenants", help="manage tenants").add_subparsers(dest="action")
     p = tenants.add_parser("create")

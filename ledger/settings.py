@@ -31,6 +31,7 @@ class Settings:
     | LEDGER_TOPIC_PREFIX | consent | topics `<prefix>.intake`, `.ledger`, `.rejected` |
     | LEDGER_MAX_FUTURE_SKEW_S | 300 | how far `occurred_at` may be ahead of the ledger's clock |
     | LEDGER_AGGREGATE_CACHE | 10000 | subjects kept in memory between writes |
+    | LEDGER_REQUEST_DUE_DAYS | 30 | deadline of a subject request that names no `due_at` |
     """
 
     data_dir: Path
@@ -40,6 +41,7 @@ class Settings:
     topic_prefix: str = "consent"
     max_future_skew_s: int = 300
     aggregate_cache: int = 10000
+    request_due_days: int = 30
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -57,6 +59,7 @@ class Settings:
             topic_prefix=env.get("LEDGER_TOPIC_PREFIX", "consent") or "consent",
             max_future_skew_s=_int(env, "LEDGER_MAX_FUTURE_SKEW_S", 300),
             aggregate_cache=_int(env, "LEDGER_AGGREGATE_CACHE", 10000),
+            request_due_days=_int(env, "LEDGER_REQUEST_DUE_DAYS", 30),
         )
 
     @property

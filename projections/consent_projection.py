@@ -91,6 +91,23 @@ class ConsentProjection(Projection[ConsentViews]):
         if isinstance(event, Subject.SubjectErased):
             changes.erasures.append((utc(event.occurred_at), utc(recorded), sid))
             return
+        if isinstance(event, Subject.RequestReceived):
+            changes.requests.append(
+                (
+                    sid,
+                    event.request_id,
+                    view.tenant,
+                    event.kind,
+                    utc(event.occurred_at),
+                    utc(event.due_at) if event.due_at else None,
+                )
+            )
+            return
+        if isinstance(event, Subject.RequestClosed):
+            changes.closed_requests.append(
+                (utc(event.occurred_at), event.outcome, sid, event.request_id)
+            )
+            return
         if isinstance(event, Subject.ConsentGranted | Subject.ConsentWithdrawn):
             entry = _entry(event, recorded)
             view.entries.append(entry)
@@ -162,6 +179,8 @@ _SUBJECT_EVENTS = (
     Subject.ConsentWithdrawn,
     Subject.ConsentCorrected,
     Subject.SubjectErased,
+    Subject.RequestReceived,
+    Subject.RequestClosed,
 )
 
 

@@ -42,6 +42,10 @@ class ConsentViews(SQLiteTrackingRecorder):
             "CREATE TABLE IF NOT EXISTS view_intervals (tenant TEXT, purpose TEXT, sid TEXT,"
             " valid_from TEXT, valid_to TEXT, known_from TEXT, known_to TEXT, event_id TEXT,"
             " policy_version TEXT)",
+            "CREATE TABLE IF NOT EXISTS view_requests (sid TEXT, request_id TEXT, tenant TEXT,"
+            " kind TEXT, received_at TEXT, due_at TEXT, closed_at TEXT, outcome TEXT,"
+            " PRIMARY KEY (sid, request_id)) WITHOUT ROWID",
+            "CREATE INDEX IF NOT EXISTS view_requests_open ON view_requests (tenant, closed_at)",
             "CREATE INDEX IF NOT EXISTS view_intervals_by_purpose"
             " ON view_intervals (tenant, purpose, valid_from)",
             "CREATE INDEX IF NOT EXISTS view_intervals_by_subject"
@@ -89,6 +93,8 @@ class ViewChanges:
         self.entries: list[tuple[Any, ...]] = []
         self.corrections: list[tuple[Any, ...]] = []
         self.closed: list[tuple[Any, ...]] = []
+        self.requests: list[tuple[Any, ...]] = []
+        self.closed_requests: list[tuple[Any, ...]] = []
         # Intervals opened in this batch, by (sid, purpose, valid_from, valid_to, event_id): one
         # closed later in the same batch is written closed, since its row does not exist yet.
         self.opened: dict[tuple[str, str, str, str | None, str], list[Any]] = {}
@@ -121,6 +127,11 @@ class ViewChanges:
         )
         c.executemany("INSERT INTO view_entries VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", self.entries)
         c.executemany("INSERT INTO view_corrections VALUES (?,?,?,?,?,?,?)", self.corrections)
+        c.executemany("INSERT INTO view_requests VALUES (?,?,?,?,?,?,NULL,NULL)", self.requests)
+        c.executemany(
+            "UPDATE view_requests SET closed_at=?, outcome=? WHERE sid=? AND request_id=?",
+            self.closed_requests,
+        )
         c.executemany(
             "UPDATE view_intervals SET known_to=? WHERE sid=? AND purpose=? AND valid_from=? "
             "AND valid_to IS ? AND event_id=? AND known_to IS NULL",

@@ -241,3 +241,14 @@ def test_views_commands(data: Path, tmp_path: Path) -> None:
         data, "check", "--tenant", "demo", "--purpose", "marketing", "--at", "now", stdin="c-5\n"
     )
     assert bad.returncode == 1 and "invalid_timestamp" in bad.stderr
+
+
+def test_due_command(data: Path) -> None:
+    out = run(data, "due", "--tenant", "demo", "--json", "--as-of", "2025-03-05T00:00:00Z")
+    assert out.returncode == 0, out.stderr
+    report = orjson.loads(out.stdout)
+    assert set(report) >= {"requests", "expiring_consents", "past_retention"}
+    missing = run(data, "due", "--tenant", "nobody")
+    assert missing.returncode == 3
+    text = run(data, "due", "--tenant", "demo")
+    assert "nothing due" in text.stdout

@@ -1,0 +1,99 @@
+"""What is due: subject requests near or past their deadline, consents about to expire, and
+personal data kept past its purpose's retention (§6.3: as long as the purpose needs)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from ledger.policy import PolicyVersion
+from projections.store import ConsentViews, parse_utc, utc
+
+
+def due_list(
+    views: ConsentViews,
+    tenant: str,
+    now: datetime,
+    *,
+    within: timedelta,
+    request_days: int,
+    policies: Mapping[str, PolicyVersion],
+) -> dict[str, Any]:
+    """Requests without their own `due_at` are due `request_days` after they were received.
+
+    Retention counts from the end of the last grant of a purpose (withdrawal or expiry) to
+    the longest retention any published policy version gives that purpose; subjects already
+    erased are not listed.
+    """
+    horizon = now + within
+    requests = []
+    for row in views.rows(
+        "SELECT sid, request_id, kind, received_at, due_at FROM view_requests "
+        "WHERE tenant=? AND closed_at IS NULL ORDER BY received_at, sid",
+        (tenant,),
+    ):
+        received = parse_utc(row["received_at"])
+        assert received is not None
+        due = parse_utc(row["due_at"]) or received + timedelta(days=request_days)
+        if due <= horizon:
+            requests.append(
+                {
+                    "sid": row["sid"],
+                    "request_id": row["request_id"],
+                    "kind": row["kind"],
+                    "received_at": received.isoformat(),
+                    "due_at": due.isoformat(),
+                    "overdue": due <= now,
+                }
+            )
+
+    expiring = []
+    for row in views.rows(
+        "SELECT i.sid, i.purpose, i.valid_to, i.event_id FROM view_intervals i "
+        "JOIN view_entries e ON e.sid = i.sid AND e.event_id = i.event_id "
+        "JOIN view_subjects s ON s.sid = i.sid "
+        "WHERE i.tenant=? AND i.known_to IS NULL AND i.valid_to IS NOT NULL "
+        "AND i.valid_to>? AND i.valid_to<=? AND e.expires_at IS NOT NULL "
+        "AND s.erased_at IS NULL ORDER BY i.valid_to, i.sid, i.purpose",
+        (tenant, utc(now), utc(horizon)),
+    ):
+        expiring.append(
+            {"sid": row[0], "purpose": row[1], "expires_at": row[2], "event_id": row[3]}
+        )
+
+    retention: dict[str, int] = {}
+    for policy in policies.values():
+        for purpose, terms in policy.purposes.items():
+            if terms.retention_days is not None:
+                retention[purpose] = max(retention.get(purpose, 0), terms.retention_days)
+    past = []
+    for purpose, days in sorted(retention.items()):
+        cutoff = utc(now - timedelta(days=days))
+        for row in views.rows(
+            "SELECT i.sid, MAX(i.valid_to) AS ended FROM view_intervals i "
+            "JOIN view_subjects s ON s.sid = i.sid "
+            "WHERE i.tenant=? AND i.purpose=? AND i.known_to IS NULL AND s.erased_at IS NULL "
+            "GROUP BY i.sid HAVING COUNT(*) = COUNT(i.valid_to) AND MAX(i.valid_to)<=? "
+            "ORDER BY i.sid",
+            (tenant, purpose, cutoff),
+        ):
+            ended = parse_utc(row["ended"])
+            assert ended is not None
+            past.append(
+                {
+                    "sid": row["sid"],
+                    "purpose": purpose,
+                    "consent_ended_at": ended.isoformat(),
+                    "retention_days": days,
+                    "due_since": (ended + timedelta(days=days)).isoformat(),
+                }
+            )
+    return {
+        "tenant": tenant,
+        "as_of": now.isoformat(),
+        "within_days": within.days,
+        "requests": requests,
+        "expiring_consents": expiring,
+        "past_retention": past,
+    }
