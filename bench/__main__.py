@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import sys
 
-from bench import ingest
+from bench import ingest, projections
 
 
 def main() -> int:
-    ingest.main(sys.argv[1:])
+    """`python -m bench [ingest|projections] [options]`; with no name, both with defaults."""
+    args = sys.argv[1:]
+    if args and args[0] == "projections":
+        projections.main(args[1:])
+    elif args and args[0] == "ingest":
+        ingest.main(args[1:])
+    else:
+        ingest.main(args)
+        projections.main([])
     return 0
 
 

@@ -150,11 +150,18 @@ class FactBatch:
         else:
             sid = self.sids[index]
             assert sid is not None and fact.subject is not None
+            new_here = sid not in self.subjects
             subject = self._subject(fact.tenant, sid, fact.subject)
             pii = self._seal(subject, fact)
             try:
                 subject.record(fact, pii, tenant.policies)
             except FactRejected as rejected:
+                if new_here:
+                    # A subject is registered by its first accepted fact, not by a refused
+                    # one: the registration's recorded_at must not precede what the ledger
+                    # actually learned.
+                    del self.subjects[sid]
+                    self.fresh.discard(sid)
                 if rejected.code is Code.CORRECTION_TARGET_UNKNOWN and self._known_elsewhere(
                     fact.tenant, fact.body["corrects"], sid
                 ):

@@ -153,6 +153,7 @@ class GrantedInterval:
     end: datetime | None
     event_id: str
     policy_version: str | None
+    expires: bool = False  # the interval ends because the grant expires, not by a later fact
 
 
 def granted_intervals(entries: Iterable[ConsentEntry]) -> list[GrantedInterval]:
@@ -174,11 +175,12 @@ def granted_intervals(entries: Iterable[ConsentEntry]) -> list[GrantedInterval]:
             if following is not None and following.occurred_at == entry.occurred_at:
                 continue  # superseded at the same instant: never in force
             end = following.occurred_at if following is not None else None
+            expires = False
             if entry.expires_at is not None and (end is None or entry.expires_at < end):
-                end = entry.expires_at
+                end, expires = entry.expires_at, True
             out.append(
                 GrantedInterval(
-                    purpose, entry.occurred_at, end, entry.event_id, entry.policy_version
+                    purpose, entry.occurred_at, end, entry.event_id, entry.policy_version, expires
                 )
             )
     return out

@@ -142,6 +142,7 @@ class ConsentProjection(Projection[ConsentViews]):
                     None,
                     key[3],
                     interval.policy_version,
+                    None if interval.end is None else "expiry" if interval.expires else "fact",
                 ]
             )
         view.open_intervals = set(now_true)

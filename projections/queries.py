@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from ledger.consent import EXPIRED, GRANTED, NONE, WITHDRAWN, PurposeState, consent_at
+from ledger.consent import EXPIRED, WITHDRAWN, PurposeState, consent_at
 from projections.consent_projection import correction_from_row, entry_from_row
 from projections.store import ConsentViews, parse_utc, utc
 
@@ -52,8 +52,8 @@ def who_had_consent(
         "WHERE i.tenant=? AND i.purpose=? AND i.valid_from<=? "
         "AND (i.valid_to IS NULL OR i.valid_to>?) AND i.known_from<=? "
         "AND (i.known_to IS NULL OR i.known_to>?) AND i.sid>? "
-        "AND NOT (s.erasure_recorded_at IS NOT NULL AND s.erasure_recorded_at<=? "
-        "AND s.erased_at<=?) ORDER BY i.sid LIMIT ?",
+        "AND NOT EXISTS (SELECT 1 FROM view_erasures e WHERE e.sid = i.sid "
+        "AND e.recorded_at<=? AND e.erased_at<=?) ORDER BY i.sid LIMIT ?",
         (tenant, purpose, t, t, k, k, after, k, t, limit),
     )
     return [r[0] for r in rows]
@@ -64,8 +64,8 @@ class CheckResult:
     sid: str
     consent: bool
     reason: str  # granted, never_granted, withdrawn, expired, erased, unknown_subject
-    since: datetime | None
-    event_id: str | None
+    since: datetime | None  # when the consent began, or when it ended
+    event_id: str | None  # the grant behind the answer (in force, withdrawn or expired)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -85,38 +85,84 @@ def check_recipients(
     sids: Sequence[str],
     known_at: datetime | None = None,
 ) -> list[CheckResult]:
-    """For a campaign's recipients: who had consent for `purpose` at `at`, and why not."""
+    """For a campaign's recipients: who had consent for `purpose` at `at`, and why not.
+
+    Who had consent comes from the granted intervals in one indexed query; only recipients
+    without consent have their facts folded, to say why.
+    """
+    t, kk = utc(at), utc(known_at) if known_at else FAR_FUTURE
     subjects = {
         r["sid"]: r
         for r in views.rows_in("SELECT * FROM view_subjects WHERE sid IN ({})", list(sids))
     }
+    granted: dict[str, Any] = {}
+    for r in views.rows_in(
+        "SELECT sid, valid_from, event_id FROM view_intervals WHERE sid IN ({}) "
+        "AND purpose=? AND valid_from<=? AND (valid_to IS NULL OR valid_to>?) "
+        "AND known_from<=? AND (known_to IS NULL OR known_to>?)",
+        list(sids),
+        (purpose, t, t, kk, kk),
+    ):
+        granted[r["sid"]] = r
+    lacking = [sid for sid in sids if sid not in granted]
+    # For the rest, the last granted interval that began by `at`, as known then: it ended
+    # by expiry or by a later fact (a withdrawal); none at all means never granted.
+    ended: dict[str, Any] = {}
+    for r in views.rows_in(
+        "SELECT sid, MAX(valid_from) AS valid_from, valid_to, ends_by, event_id "
+        "FROM view_intervals WHERE sid IN ({}) AND purpose=? AND valid_from<=? "
+        "AND known_from<=? AND (known_to IS NULL OR known_to>?) GROUP BY sid",
+        lacking,
+        (purpose, t, kk, kk),
+    ):
+        ended[r["sid"]] = r
+    # No interval at all: never granted, or granted and withdrawn at the same instant. Only
+    # these few recipients have their facts folded to tell which.
+    unexplained = [sid for sid in lacking if sid not in ended]
     entries: dict[str, list[Any]] = {}
-    for r in views.rows_in("SELECT * FROM view_entries WHERE sid IN ({})", list(sids)):
+    for r in views.rows_in("SELECT * FROM view_entries WHERE sid IN ({})", unexplained):
         entries.setdefault(r["sid"], []).append(entry_from_row(r))
     corrections: dict[str, list[Any]] = {}
     for r in views.rows_in(
-        "SELECT * FROM view_corrections WHERE sid IN ({}) ORDER BY seq", list(sids)
+        "SELECT * FROM view_corrections WHERE sid IN ({}) ORDER BY seq", unexplained
     ):
         corrections.setdefault(r["sid"], []).append(correction_from_row(r))
     k = known_at or datetime.now(UTC)
+    erasures: dict[str, datetime] = {}
+    for r in views.rows_in(
+        "SELECT sid, MIN(erased_at) FROM view_erasures WHERE sid IN ({}) "
+        "AND erased_at<=? AND recorded_at<=? GROUP BY sid",
+        list(sids),
+        (t, utc(k)),
+    ):
+        erased = parse_utc(r[1])
+        assert erased is not None
+        erasures[r[0]] = erased
     out: list[CheckResult] = []
     for sid in sids:
         subject = subjects.get(sid)
         if subject is None or subject["tenant"] != tenant or subject["registered_at"] > utc(k):
             out.append(CheckResult(sid, False, "unknown_subject", None, None))
             continue
-        erased_at = parse_utc(subject["erased_at"])
-        erasure_known = parse_utc(subject["erasure_recorded_at"])
-        if erased_at and erasure_known and erased_at <= at and erasure_known <= k:
+        erased_at = erasures.get(sid)
+        if erased_at is not None:
             out.append(CheckResult(sid, False, "erased", erased_at, None))
             continue
-        state = consent_at(entries.get(sid, []), corrections.get(sid, []), at, known_at).get(
-            purpose
-        )
-        if state is None or state.state == NONE:
-            out.append(CheckResult(sid, False, "never_granted", None, None))
-        elif state.state == GRANTED:
-            out.append(CheckResult(sid, True, "granted", state.since, state.event_id))
-        elif state.state in (WITHDRAWN, EXPIRED):
-            out.append(CheckResult(sid, False, state.state, state.since, state.event_id))
+        interval = granted.get(sid)
+        if interval is not None:
+            since = parse_utc(interval["valid_from"])
+            out.append(CheckResult(sid, True, "granted", since, interval["event_id"]))
+            continue
+        last = ended.get(sid)
+        if last is None:
+            folded = consent_at(entries.get(sid, []), corrections.get(sid, []), at, known_at)
+            state = folded.get(purpose)
+            if state is not None and state.state == WITHDRAWN:
+                out.append(CheckResult(sid, False, WITHDRAWN, state.since, None))
+            else:
+                out.append(CheckResult(sid, False, "never_granted", None, None))
+        else:
+            reason = EXPIRED if last["ends_by"] == "expiry" else WITHDRAWN
+            ended_at = parse_utc(last["valid_to"])
+            out.append(CheckResult(sid, False, reason, ended_at, last["event_id"]))
     return out

@@ -32,6 +32,8 @@ class ConsentViews(SQLiteTrackingRecorder):
             "CREATE TABLE IF NOT EXISTS view_subjects (sid TEXT PRIMARY KEY, tenant TEXT NOT NULL,"
             " registered_at TEXT NOT NULL, erased_at TEXT, erasure_recorded_at TEXT)"
             " WITHOUT ROWID",
+            "CREATE TABLE IF NOT EXISTS view_erasures (sid TEXT, erased_at TEXT, recorded_at TEXT)",
+            "CREATE INDEX IF NOT EXISTS view_erasures_by_sid ON view_erasures (sid)",
             "CREATE TABLE IF NOT EXISTS view_entries (sid TEXT, event_id TEXT, kind TEXT, seq INT,"
             " recorded_at TEXT, occurred_at TEXT, purposes TEXT, categories TEXT,"
             " expires_at TEXT, policy_version TEXT, third_party INT, cross_border INT,"
@@ -41,7 +43,7 @@ class ConsentViews(SQLiteTrackingRecorder):
             " PRIMARY KEY (sid, event_id)) WITHOUT ROWID",
             "CREATE TABLE IF NOT EXISTS view_intervals (tenant TEXT, purpose TEXT, sid TEXT,"
             " valid_from TEXT, valid_to TEXT, known_from TEXT, known_to TEXT, event_id TEXT,"
-            " policy_version TEXT)",
+            " policy_version TEXT, ends_by TEXT)",
             "CREATE TABLE IF NOT EXISTS view_requests (sid TEXT, request_id TEXT, tenant TEXT,"
             " kind TEXT, received_at TEXT, due_at TEXT, closed_at TEXT, outcome TEXT,"
             " PRIMARY KEY (sid, request_id)) WITHOUT ROWID",
@@ -73,13 +75,13 @@ class ConsentViews(SQLiteTrackingRecorder):
             c.execute(sql, params)
             return list(c.fetchall())
 
-    def rows_in(self, sql: str, keys: Sequence[str]) -> list[Any]:
-        """`sql` has one `IN ({})` placeholder; run it over `keys` in chunks."""
+    def rows_in(self, sql: str, keys: Sequence[str], params: Sequence[Any] = ()) -> list[Any]:
+        """`sql` has one `IN ({})` placeholder, then `params`; run it over `keys` in chunks."""
         out: list[Any] = []
         with self.datastore.transaction(commit=False) as c:
             for i in range(0, len(keys), 500):
                 chunk = list(keys[i : i + 500])
-                c.execute(sql.format(",".join("?" * len(chunk))), chunk)
+                c.execute(sql.format(",".join("?" * len(chunk))), [*chunk, *params])
                 out += c.fetchall()
         return out
 
@@ -97,11 +99,13 @@ class ViewChanges:
         self.closed_requests: list[tuple[Any, ...]] = []
         # Intervals opened in this batch, by (sid, purpose, valid_from, valid_to, event_id): one
         # closed later in the same batch is written closed, since its row does not exist yet.
-        self.opened: dict[tuple[str, str, str, str | None, str], list[Any]] = {}
+        # The same interval can open, close and open again within one batch: keep every row.
+        self.opened: dict[tuple[str, str, str, str | None, str], list[list[Any]]] = {}
 
     def open_interval(self, row: list[Any]) -> None:
-        """row: tenant, purpose, sid, valid_from, valid_to, known_from, known_to, event_id, ..."""
-        self.opened[(row[2], row[1], row[3], row[4], row[7])] = row
+        """row: tenant, purpose, sid, valid_from, valid_to, known_from, known_to, event_id,
+        policy_version, ends_by (`expiry`, `fact` or None while open-ended)"""
+        self.opened.setdefault((row[2], row[1], row[3], row[4], row[7]), []).append(row)
 
     def close_interval(
         self,
@@ -112,9 +116,9 @@ class ViewChanges:
         valid_to: str | None,
         event_id: str,
     ) -> None:
-        pending = self.opened.get((sid, purpose, valid_from, valid_to, event_id))
-        if pending is not None and pending[6] is None:
-            pending[6] = known_to
+        rows = self.opened.get((sid, purpose, valid_from, valid_to, event_id), [])
+        if rows and rows[-1][6] is None:
+            rows[-1][6] = known_to
         else:
             self.closed.append((known_to, sid, purpose, valid_from, valid_to, event_id))
 
@@ -124,6 +128,9 @@ class ViewChanges:
             "UPDATE view_subjects SET erased_at=?, erasure_recorded_at=? "
             "WHERE sid=? AND erasure_recorded_at IS NULL",
             self.erasures,
+        )
+        c.executemany(
+            "INSERT INTO view_erasures VALUES (?,?,?)", [(e[2], e[0], e[1]) for e in self.erasures]
         )
         c.executemany("INSERT INTO view_entries VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", self.entries)
         c.executemany("INSERT INTO view_corrections VALUES (?,?,?,?,?,?,?)", self.corrections)
@@ -138,5 +145,6 @@ class ViewChanges:
             self.closed,
         )
         c.executemany(
-            "INSERT INTO view_intervals VALUES (?,?,?,?,?,?,?,?,?)", list(self.opened.values())
+            "INSERT INTO view_intervals VALUES (?,?,?,?,?,?,?,?,?,?)",
+            [row for rows in self.opened.values() for row in rows],
         )

@@ -22,7 +22,14 @@ from tests.test_properties import BASE, PURPOSES, SUBJECTS, Reference, hours, op
 
 
 def dump(views: ConsentViews) -> dict[str, list[tuple[Any, ...]]]:
-    tables = ["view_subjects", "view_entries", "view_corrections", "view_intervals"]
+    tables = [
+        "view_subjects",
+        "view_erasures",
+        "view_entries",
+        "view_corrections",
+        "view_intervals",
+        "view_requests",
+    ]
     return {
         t: sorted((tuple(r) for r in views.rows(f"SELECT * FROM {t}")), key=repr) for t in tables
     }
@@ -82,10 +89,16 @@ def test_views_answer_as_the_raw_facts_say(
                         and not _erased_by(accepted, s, at, known_at)
                     }
                     assert set(who_had_consent(views, "demo", purpose, at, known_at)) == expected
+                    recipients = [ledger.sid("demo", s).hex for s in SUBJECTS]
                     checked = check_recipients(
-                        views, "demo", purpose, at, sorted(expected | {"0" * 32}), known_at
+                        views, "demo", purpose, at, [*recipients, "0" * 32], known_at
                     )
                     assert {c.sid for c in checked if c.consent} == expected
+                    for subject, result in zip(SUBJECTS, checked, strict=False):
+                        assert result.reason == _reason(
+                            reference, accepted, subject, purpose, at, known_at
+                        ), (subject, purpose, result)
+                    assert checked[-1].reason == "unknown_subject"
 
             # Replay into a fresh store equals the live view; replay up to an instant equals
             # the view the live projection had then.
@@ -116,3 +129,21 @@ def _erased_by(
         and (known_at is None or r <= known_at)
         for r, f in accepted
     )
+
+
+def _reason(
+    reference: Reference,
+    accepted: list[tuple[datetime, dict[str, Any]]],
+    subject: str,
+    purpose: str,
+    at: datetime,
+    known_at: datetime | None,
+) -> str:
+    if not any(
+        f["subject"] == subject and (known_at is None or r <= known_at) for r, f in accepted
+    ):
+        return "unknown_subject"
+    if _erased_by(accepted, subject, at, known_at):
+        return "erased"
+    state = reference.state(subject, purpose, at)
+    return {"none": "never_granted"}.get(state, state)

@@ -1,0 +1,231 @@
+"""Questions about the past, answered from the consent views, next to the same questions
+answered by a plain scan of the raw facts in the log (decode and fold), in the same run.
+
+- as-of: one subject's consent per purpose at a random instant as known at a random instant;
+- who had consent for a purpose at an instant, over every subject;
+- a campaign check of 10,000 recipients;
+- replay: rebuilding the views from the log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from ledger.application import ConsentLedger
+from ledger.consent import GRANTED, ConsentEntry, Correction, consent_at
+from ledger.envelope import parse_fact
+from ledger.policy import SEED_POLICY_VERSION
+from ledger.settings import Settings
+from ledger.subject import Subject
+from projections.queries import check_recipients, consents_at, who_had_consent
+from projections.views import Views
+
+START = datetime(2024, 1, 1, tzinfo=UTC)
+PURPOSES = ["marketing", "service_improvement", "support"]
+
+
+def history(subjects: int, facts: int, seed: int = 9) -> list[dict[str, Any]]:
+    """Per subject, alternating grants and withdrawals over three purposes, spread over a year
+    and interleaved across subjects the way publishers would send them."""
+    rng = random.Random(seed)
+    out: list[dict[str, Any]] = []
+    round_ = -1
+    while len(out) < facts:
+        round_ += 1
+        for s in range(subjects):
+            purpose = PURPOSES[(s + round_ // 2) % len(PURPOSES)]
+            granting = round_ % 2 == 0
+            at = START + timedelta(days=round_ * 30 + rng.randint(0, 29), seconds=s)
+            fact: dict[str, Any] = {
+                "event_id": f"f-{s}-{round_}",
+                "type": "consent.granted" if granting else "consent.withdrawn",
+                "tenant": "demo",
+                "subject": f"contact-{s:07d}",
+                "occurred_at": at.isoformat(),
+                "source": "bench",
+                "purposes": [purpose],
+            }
+            if granting:
+                fact["policy_version"] = SEED_POLICY_VERSION
+                if rng.random() < 0.2:
+                    fact["expires_at"] = (at + timedelta(days=rng.randint(10, 200))).isoformat()
+            elif rng.random() < 0.3:
+                continue  # not every grant is withdrawn
+            out.append(fact)
+    return out[:facts]
+
+
+def percentile(samples: list[float], p: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
+
+
+def raw_subject(ledger: ConsentLedger, sid: Any) -> tuple[list[ConsentEntry], list[Correction]]:
+    """Baseline: a subject's facts straight from the log, decoded and folded."""
+    subject: Any = None
+    for stored in ledger.recorder.select_events(sid):
+        event: Any = ledger.mapper.to_domain_event(stored)
+        subject = event.mutate(subject)
+    assert isinstance(subject, Subject)
+    return subject.entries, subject.corrections
+
+
+def timed(work: Callable[[], Any]) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    result = work()
+    return result, time.perf_counter() - t0
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench projections", description=__doc__)
+    parser.add_argument("--facts", type=int, default=1_000_000)
+    parser.add_argument("--subjects", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=2_000)
+    parser.add_argument("--recipients", type=int, default=10_000)
+    args = parser.parse_args(argv)
+    rng = random.Random(3)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(data_dir=Path(tmp) / "data", aggregate_cache=args.subjects)
+        ledger = ConsentLedger(settings)
+        ledger.init_demo()
+        stream = history(args.subjects, args.facts)
+        t0 = time.perf_counter()
+        for i in range(0, len(stream), 1000):
+            ledger.record([parse_fact(f) for f in stream[i : i + 1000]])
+        ingest = time.perf_counter() - t0
+        log_entries = ledger.recorder.max_notification_id() or 0
+
+        views = Views(ledger, Path(tmp) / "views.db")
+        _, replay = timed(views.refresh)
+
+        def scan_log() -> int:
+            n, start = 0, 0
+            while True:
+                page = ledger.recorder.select_notifications(start, 1000, inclusive_of_start=False)
+                if not page:
+                    return n
+                for notification in page:
+                    ledger.mapper.to_domain_event(notification)
+                n += len(page)
+                start = page[-1].id
+
+        _, scan = timed(scan_log)
+
+        sids = [ledger.sid("demo", f"contact-{s:07d}") for s in range(args.subjects)]
+        end = START + timedelta(days=400)
+        recorded_span = (datetime.now(UTC) - timedelta(seconds=ingest), datetime.now(UTC))
+
+        def instant() -> datetime:
+            return START + timedelta(seconds=rng.uniform(0, (end - START).total_seconds()))
+
+        def known() -> datetime | None:
+            a, b = recorded_span
+            return None if rng.random() < 0.5 else a + (b - a) * rng.random()
+
+        view_ms, raw_ms = [], []
+        for _ in range(args.queries):
+            sid, at, k = rng.choice(sids), instant(), known()
+            t = time.perf_counter()
+            mine = consents_at(views.store, "demo", sid.hex, at, k)
+            view_ms.append((time.perf_counter() - t) * 1000)
+            t = time.perf_counter()
+            entries, corrections = raw_subject(ledger, sid)
+            theirs = consent_at(entries, corrections, at, k)
+            raw_ms.append((time.perf_counter() - t) * 1000)
+            assert mine is not None and {p: s.state for p, s in mine.items()} == {
+                p: s.state for p, s in theirs.items()
+            }
+
+        at = START + timedelta(days=200)
+
+        def who_view() -> set[str]:
+            found: list[str] = []
+            after = ""
+            while True:
+                page = who_had_consent(
+                    views.store, "demo", "marketing", at, after=after, limit=50_000
+                )
+                found += page
+                if len(page) < 50_000:
+                    return set(found)
+                after = page[-1]
+
+        def who_raw() -> set[str]:
+            subjects: dict[Any, Any] = {}
+            start = 0
+            while True:
+                page = ledger.recorder.select_notifications(start, 5000, inclusive_of_start=False)
+                if not page:
+                    break
+                for n in page:
+                    event: Any = ledger.mapper.to_domain_event(n)
+                    subjects[n.originator_id] = event.mutate(subjects.get(n.originator_id))
+                start = page[-1].id
+            return {
+                sid.hex
+                for sid, s in subjects.items()
+                if isinstance(s, Subject)
+                and (state := s.consent_at(at).get("marketing")) is not None
+                and state.state == GRANTED
+            }
+
+        who_mine, who_view_s = timed(who_view)
+        who_theirs, who_raw_s = timed(who_raw)
+        assert who_mine == who_theirs
+
+        recipients = [s.hex for s in rng.sample(sids, min(args.recipients, len(sids)))]
+        checked, check_view_s = timed(
+            lambda: check_recipients(views.store, "demo", "marketing", at, recipients)
+        )
+
+        def check_raw() -> int:
+            granted = 0
+            for hex_ in recipients:
+                entries, corrections = raw_subject(ledger, UUID(hex_))
+                state = consent_at(entries, corrections, at).get("marketing")
+                granted += bool(state and state.state == GRANTED)
+            return granted
+
+        granted_raw, check_raw_s = timed(check_raw)
+        assert sum(c.consent for c in checked) == granted_raw
+        views.close()
+        ledger.close()
+
+    print(
+        f"projections on {platform.node()} ({os.cpu_count()} cores, Python "
+        f"{platform.python_version()}): {len(stream):,} facts, {args.subjects:,} subjects, "
+        f"{log_entries:,} log entries (ingest {len(stream) / ingest:,.0f} facts/s)"
+    )
+    print(f"{'question':<40} {'views':>16} {'raw log scan':>16}  target")
+    print(
+        f"{'as-of, one subject: p50':<40} {statistics.median(view_ms):>13.2f} ms "
+        f"{statistics.median(raw_ms):>13.2f} ms"
+    )
+    print(
+        f"{'as-of, one subject: p99':<40} {percentile(view_ms, 0.99):>13.2f} ms "
+        f"{percentile(raw_ms, 0.99):>13.2f} ms  <= 2 ms"
+    )
+    print(
+        f"{'who had consent (' + str(len(who_mine)) + ' of all)':<40} "
+        f"{who_view_s * 1000:>13.0f} ms {who_raw_s * 1000:>13.0f} ms  <= 300 ms"
+    )
+    print(
+        f"{'campaign check, ' + str(len(recipients)) + ' recipients':<40} "
+        f"{check_view_s * 1000:>13.0f} ms {check_raw_s * 1000:>13.0f} ms  <= 200 ms"
+    )
+    print(
+        f"{'replay (views) / decode-only scan':<40} {log_entries / replay:>11,.0f} /s "
+        f"{log_entries / scan:>11,.0f} /s  >= 100,000 /s"
+    )
