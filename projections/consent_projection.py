@@ -9,7 +9,7 @@ question "who had consent at T, as we knew it at K" is one indexed range query.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -38,6 +38,8 @@ class SubjectView:
     entries: list[ConsentEntry] = field(default_factory=list)
     corrections: list[Correction] = field(default_factory=list)
     open_intervals: set[IntervalKey] = field(default_factory=set)
+    # Grants and withdrawals as known after the last fact processed, corrections applied.
+    known: dict[str, ConsentEntry] = field(default_factory=dict)
 
 
 class ConsentProjection(Projection[ConsentViews]):
@@ -78,6 +80,8 @@ class ConsentProjection(Projection[ConsentViews]):
             sids,
         ):
             views[row[0]].open_intervals.add((row[1], row[2], row[3], row[4]))
+        for view in views.values():
+            view.known = {e.event_id: e for e in entries_as_known(view.entries, view.corrections)}
         return views
 
     def _apply(self, event: Any, state: dict[str, SubjectView], changes: ViewChanges) -> None:
@@ -111,6 +115,8 @@ class ConsentProjection(Projection[ConsentViews]):
         if isinstance(event, Subject.ConsentGranted | Subject.ConsentWithdrawn):
             entry = _entry(event, recorded)
             view.entries.append(entry)
+            view.known[entry.event_id] = entry
+            affected = set(entry.purposes)
             changes.entries.append(entry_row(sid, entry))
         elif isinstance(event, Subject.ConsentCorrected):
             correction = Correction(
@@ -122,14 +128,26 @@ class ConsentProjection(Projection[ConsentViews]):
             )
             view.corrections.append(correction)
             changes.corrections.append(correction_row(sid, event.originator_version, correction))
+            target = view.known.get(correction.corrects)
+            if target is None:
+                return  # the target was voided before: nothing left to change
+            affected = set(target.purposes)
+            if correction.void:
+                del view.known[correction.corrects]
+            else:
+                changed = replace(target, **correction.changes)
+                view.known[correction.corrects] = changed
+                affected |= set(changed.purposes)
         else:
             return
-        now_true = {
-            _key(i): i for i in granted_intervals(entries_as_known(view.entries, view.corrections))
-        }
-        for key in view.open_intervals - set(now_true):
+        # Only the purposes this fact touches can change; the rest keep their intervals.
+        touched = [e for e in view.known.values() if affected.intersection(e.purposes)]
+        now_true = {_key(i): i for i in granted_intervals(touched) if i.purpose in affected}
+        still_open = {key for key in view.open_intervals if key[0] in affected}
+        view.open_intervals -= still_open
+        for key in still_open - set(now_true):
             changes.close_interval(utc(recorded), sid, key[0], key[1], key[2], key[3])
-        for key in set(now_true) - view.open_intervals:
+        for key in set(now_true) - still_open:
             interval = now_true[key]
             changes.open_interval(
                 [
@@ -145,7 +163,7 @@ class ConsentProjection(Projection[ConsentViews]):
                     None if interval.end is None else "expiry" if interval.expires else "fact",
                 ]
             )
-        view.open_intervals = set(now_true)
+        view.open_intervals |= set(now_true)
 
 
 def _entry(event: Any, recorded: datetime) -> ConsentEntry:

@@ -18,6 +18,7 @@ from projections.consent_projection import ConsentProjection
 from projections.queries import check_recipients, consents_at, who_had_consent
 from projections.runner import catch_up
 from projections.store import ConsentViews
+from projections.views import Views
 from tests.test_properties import BASE, PURPOSES, SUBJECTS, Reference, hours, operations
 
 
@@ -147,3 +148,45 @@ def _reason(
         return "erased"
     state = reference.state(subject, purpose, at)
     return {"none": "never_granted"}.get(state, state)
+
+
+def test_amendment_moving_a_grant_to_another_purpose(tmp_path: Path) -> None:
+    """The projection recomputes only the purposes a fact touches: an amendment touches the
+    purposes before and after it."""
+    ledger = ConsentLedger(Settings(data_dir=tmp_path / "data"))
+    ledger.init_demo()
+    base = {
+        "tenant": "demo",
+        "source": "t",
+        "subject": "s0",
+        "occurred_at": "2025-03-01T00:00:00+05:00",
+    }
+    grant = {
+        **base,
+        "event_id": "g",
+        "type": "consent.granted",
+        "purposes": ["marketing"],
+        "policy_version": "crmpro-1.0",
+    }
+    fix = {
+        **base,
+        "event_id": "c",
+        "type": "consent.corrected",
+        "corrects": "g",
+        "reason": "it was support",
+        "changes": {"purposes": ["support"]},
+    }
+    first = ledger.record([parse_fact(grant)])[0]
+    ledger.record([parse_fact(fix)])
+    assert isinstance(first, Receipt)
+    views = Views(ledger, tmp_path / "views.db")
+    views.refresh()
+    at = datetime.fromisoformat("2025-03-02T00:00:00+05:00")
+    sid = ledger.sid("demo", "s0").hex
+    assert who_had_consent(views.store, "demo", "support", at) == [sid]
+    assert who_had_consent(views.store, "demo", "marketing", at) == []
+    before_fix = datetime.fromisoformat(first.recorded_at)
+    assert who_had_consent(views.store, "demo", "marketing", at, before_fix) == [sid]
+    assert who_had_consent(views.store, "demo", "support", at, before_fix) == []
+    views.close()
+    ledger.close()

@@ -78,7 +78,15 @@ def operations(draw: st.DrawFn) -> list[dict[str, Any]]:
             purposes = ["*"] if draw(st.booleans()) else draw(purpose_sets)
             f = {**base, "type": "consent.withdrawn", "occurred_at": at(h), "purposes": purposes}
         elif kind == "correct":
-            target = f"e{draw(st.integers(min_value=0, max_value=max(n, 1)))}"
+            own = [
+                o["event_id"]
+                for o in ops
+                if o["subject"] == subject and o["type"] in ("consent.granted", "consent.withdrawn")
+            ]
+            if own and draw(st.integers(min_value=0, max_value=9)) < 7:
+                target = draw(st.sampled_from(own))  # mostly a fact that can be corrected
+            else:
+                target = f"e{draw(st.integers(min_value=0, max_value=max(n, 1)))}"
             f = {
                 **base,
                 "type": "consent.corrected",
