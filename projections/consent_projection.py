@@ -44,6 +44,15 @@ class SubjectView:
 
 class ConsentProjection(Projection[ConsentViews]):
     name = "consent"
+    cache_size = 200_000
+
+    def __init__(self, view: ConsentViews) -> None:
+        super().__init__(view)
+        # Subjects' view state as committed at `_position`, so consecutive pages do not
+        # reload every subject's history. Dropped when the committed position is not the one
+        # this object last wrote (another writer) or when a page fails.
+        self._cache: dict[str, SubjectView] = {}
+        self._position: int | None = None
 
     def process_event(self, domain_event: Any, tracking: Tracking) -> None:
         """The library's per-event entry point: a batch of one."""
@@ -54,13 +63,25 @@ class ConsentProjection(Projection[ConsentViews]):
     ) -> None:
         """Apply events in log order and commit the views with `tracking` in one transaction."""
         events = list(events)
-        sids = sorted({e.originator_id.hex for e in events if isinstance(e, _SUBJECT_EVENTS)})
-        state = self._load(sids)
+        if self.view.max_tracking_id(tracking.application_name) != self._position:
+            self._cache.clear()
+        sids = {e.originator_id.hex for e in events if isinstance(e, _SUBJECT_EVENTS)}
+        state = {sid: self._cache[sid] for sid in sids if sid in self._cache}
+        state.update(self._load(sorted(sids - set(state))))
         changes = ViewChanges()
-        for event in events:
-            if isinstance(event, _SUBJECT_EVENTS):
-                self._apply(event, state, changes)
-        self.view.apply(changes, tracking)
+        try:
+            for event in events:
+                if isinstance(event, _SUBJECT_EVENTS):
+                    self._apply(event, state, changes)
+            self.view.apply(changes, tracking)
+        except BaseException:
+            self._cache.clear()
+            self._position = None
+            raise
+        self._position = tracking.notification_id
+        if len(self._cache) + len(state) > self.cache_size:
+            self._cache.clear()
+        self._cache.update(state)
 
     def _load(self, sids: list[str]) -> dict[str, SubjectView]:
         views: dict[str, SubjectView] = {}
