@@ -569,7 +569,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("project", help="bring the consent views up to date with the log")
     p.add_argument("--follow", action="store_true", help="keep following until SIGTERM")
-    p.add_argument("--page", type=int, default=1000, help="log entries per transaction")
+    p.add_argument("--page", type=int, default=5000, help="log entries per transaction")
     p.add_argument("--interval", type=float, default=0.5, help="seconds between polls")
     p.set_defaults(run=cmd_project)
 

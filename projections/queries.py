@@ -48,7 +48,7 @@ def who_had_consent(
     """
     t, k = utc(at), utc(known_at) if known_at else FAR_FUTURE
     rows = views.rows(
-        "SELECT DISTINCT i.sid FROM view_intervals i JOIN view_subjects s ON s.sid = i.sid "
+        "SELECT DISTINCT i.sid FROM view_intervals i "
         "WHERE i.tenant=? AND i.purpose=? AND i.valid_from<=? "
         "AND (i.valid_to IS NULL OR i.valid_to>?) AND i.known_from<=? "
         "AND (i.known_to IS NULL OR i.known_to>?) AND i.sid>? "

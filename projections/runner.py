@@ -23,7 +23,7 @@ def catch_up(
     projection: ConsentProjection,
     *,
     known_at: datetime | None = None,
-    page: int = 1000,
+    page: int = 5000,
 ) -> int:
     """Process every notification after the view's position; returns how many were read.
 

@@ -25,7 +25,7 @@ class Views:
         self.projection = ConsentProjection(view=self.store)
         self._lock = threading.Lock()
 
-    def refresh(self, *, known_at: datetime | None = None, page: int = 1000) -> int:
+    def refresh(self, *, known_at: datetime | None = None, page: int = 5000) -> int:
         with self._lock:
             return catch_up(self.ledger, self.projection, known_at=known_at, page=page)
 
