@@ -17,9 +17,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: install
-	$(BIN)/consent-ledger demo
+	$(BIN)/consent-ledger serve --demo
 
-demo: run
+demo: install
+	$(BIN)/consent-ledger demo
 
 lint: install
 	$(BIN)/ruff check ledger projections api tests bench

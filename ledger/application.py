@@ -103,13 +103,17 @@ class ConsentLedger(Application[UUID]):
 
     # ---- writing -----------------------------------------------------------------------
 
-    def record(self, facts: Sequence[Fact]) -> list[Outcome]:
-        """Check and record a batch; one outcome per fact, in order."""
+    def record(self, facts: Sequence[Fact], sids: Sequence[UUID] | None = None) -> list[Outcome]:
+        """Check and record a batch; one outcome per fact, in order.
+
+        `sids` addresses existing subjects by pseudonym when the caller does not hold their
+        reference (an erasure requested by sid); such a fact's `subject` is not used.
+        """
         from ledger.batch import FactBatch
 
         with self.lock:
             for attempt in range(5):
-                batch = FactBatch(self, facts)
+                batch = FactBatch(self, facts, sids)
                 try:
                     batch.check_all()
                     return batch.commit()

@@ -29,7 +29,9 @@ if TYPE_CHECKING:
 class FactBatch:
     """One attempt at recording a batch: checks in order, then one append."""
 
-    def __init__(self, ledger: ConsentLedger, facts: Sequence[Fact]) -> None:
+    def __init__(
+        self, ledger: ConsentLedger, facts: Sequence[Fact], sids: Sequence[UUID] | None = None
+    ) -> None:
         self.ledger = ledger
         self.facts = facts
         self.outcomes: list[Outcome | None] = [None] * len(facts)
@@ -46,10 +48,15 @@ class FactBatch:
         self.duplicates_of: dict[int, int] = {}  # index -> index of the same fact in the batch
         self.erased: list[tuple[UUID, datetime]] = []
         self.digests = [ledger.keystore.digest(f.canonical()) for f in facts]
-        self.sids: list[UUID | None] = [
-            ledger.keystore.sid(f.tenant, f.subject) if f.subject is not None else None
-            for f in facts
-        ]
+        self.sids: list[UUID | None] = (
+            list(sids)
+            if sids is not None
+            else [
+                ledger.keystore.sid(f.tenant, f.subject) if f.subject is not None else None
+                for f in facts
+            ]
+        )
+        self.by_sid = sids is not None
         self.committed = False
         self.existing = self._find_existing()
         wanted = {s for s in self.sids if s is not None}
@@ -76,6 +83,8 @@ class FactBatch:
 
     def _subject(self, tenant: str, sid: UUID, reference: str) -> Subject:
         subject = self.subjects.get(sid)
+        if subject is None and self.by_sid:
+            raise FactRejected(Code.UNKNOWN_SUBJECT, "no such subject")
         if subject is None:
             # The pseudonym key binds the tenant into the sid, so a sid never names a subject
             # of another tenant; unknown means new.

@@ -449,6 +449,96 @@ def cmd_due(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from api.app import create_app, keys_path
+    from api.keys import ApiKeys
+
+    if args.demo:
+        cmd_demo(argparse.Namespace(subjects=args.subjects), settings)
+        keys = ApiKeys(keys_path(settings))
+        try:
+            _, key = keys.create("demo", {"publisher", "compliance", "admin"})
+        finally:
+            keys.close()
+        base = f"http://{args.host}:{args.port}"
+        print(
+            f"""
+serving the demo tenant on {base}  (OpenAPI: {base}/docs)
+API key (demo tenant; publisher, compliance, admin): {key}
+
+record a grant:
+  curl -s -X POST {base}/v1/facts -H 'Authorization: Bearer {key}' \\
+    -H 'Content-Type: application/json' -d '{{"event_id": "curl-1", "type": "consent.granted",
+    "subject": "curl-contact-1", "occurred_at": "2025-06-01T10:00:00+05:00", "source": "curl",
+    "policy_version": "crmpro-1.0", "purposes": ["marketing"]}}'
+read it back (the sid is in the receipt):
+  curl -s {base}/v1/subjects/SID/consents -H 'Authorization: Bearer {key}'
+""",
+            flush=True,
+        )
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
+    from api.app import keys_path
+    from api.keys import ApiKeys, KeyError_
+
+    ledger = _open(settings)
+    try:
+        if ledger.tenant(args.tenant) is None:
+            raise CliError("no such tenant", EXIT_NOT_FOUND)
+    finally:
+        ledger.close()
+    keys = ApiKeys(keys_path(settings))
+    try:
+        key_id, key = keys.create(args.tenant, set(args.role))
+    except KeyError_ as e:
+        raise CliError(str(e)) from None
+    finally:
+        keys.close()
+    print(f"key id {key_id} (tenant {args.tenant}; {', '.join(sorted(set(args.role)))})")
+    print(key)
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    from api.app import keys_path
+    from api.keys import ApiKeys, KeyError_
+
+    keys = ApiKeys(keys_path(settings))
+    try:
+        keys.revoke(args.key_id)
+    except KeyError_ as e:
+        raise CliError(str(e), EXIT_NOT_FOUND) from None
+    finally:
+        keys.close()
+    print(f"revoked key {args.key_id}")
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
+    from api.app import keys_path
+    from api.keys import ApiKeys
+
+    keys = ApiKeys(keys_path(settings))
+    try:
+        listed = keys.list(args.tenant)
+    finally:
+        keys.close()
+    if args.json:
+        _print_json(listed)
+    else:
+        for k in listed:
+            print(
+                f"{k['key_id']}  {k['tenant']:<16} {k['roles']:<30} created {k['created_at']}"
+                + (f"  revoked {k['revoked_at']}" if k["revoked_at"] else "")
+            )
+    return 0
+
+
 # ---- helpers -------------------------------------------------------------------------------
 
 
@@ -611,6 +701,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--as-of", help="instead of now (RFC 3339)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_due)
+
+    p = sub.add_parser("serve", help="the HTTP service (uvicorn)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--demo", action="store_true", help="load the demo and print a key first")
+    p.add_argument("--subjects", type=int, default=300)
+    p.set_defaults(run=cmd_serve)
+
+    keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="action")
+    p = keys.add_parser("create", help="create a key; it is printed once")
+    p.add_argument("--tenant", required=True)
+    p.add_argument(
+        "--role", action="append", required=True, choices=["publisher", "compliance", "admin"]
+    )
+    p.set_defaults(run=cmd_keys_create)
+    p = keys.add_parser("revoke")
+    p.add_argument("key_id", metavar="KEY_ID")
+    p.set_defaults(run=cmd_keys_revoke)
+    p = keys.add_parser("list")
+    p.add_argument("--tenant")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_keys_list)
 
     tenants = sub.add_parser("tenants", help="manage tenants").add_subparsers(dest="action")
     p = tenants.add_parser("create")

@@ -1,0 +1,122 @@
+"""The HTTP service: thin routes over the application service and the consent views."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import orjson
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api import problems
+from api.deps import Service
+from api.keys import ApiKeys
+from api.metrics import Metrics
+from api.routes import compliance, facts, subjects
+from ledger.application import ConsentLedger
+from ledger.errors import FactRejected
+from ledger.settings import Settings
+from projections.views import Views
+
+log = logging.getLogger("consent_ledger.http")
+MAX_BODY = 16 * 1024 * 1024
+
+
+def keys_path(settings: Settings) -> Path:
+    return settings.data_dir / "api_keys.db"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings.from_env()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ledger = ConsentLedger(settings)
+        views = Views(ledger)
+        keys = ApiKeys(keys_path(settings))
+        app.state.service = Service(settings, ledger, views, keys, Metrics())
+        try:
+            yield
+        finally:
+            views.close()
+            keys.close()
+            ledger.close()
+
+    app = FastAPI(
+        title="consent-ledger",
+        version="1",
+        description="Event-sourced consent ledger (contract: shared/CONTRACT.md).",
+        lifespan=lifespan,
+    )
+    app.add_exception_handler(problems.Problem, problems.on_problem)
+    app.add_exception_handler(FactRejected, problems.on_rejected)
+    app.add_exception_handler(RequestValidationError, problems.on_validation)
+    app.add_exception_handler(StarletteHTTPException, problems.on_http)
+    app.add_exception_handler(Exception, problems.on_unexpected)
+
+    @app.middleware("http")
+    async def guard(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.perf_counter()
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+            response: Response = problems.respond(
+                413, "oversize", f"a request body may be at most {MAX_BODY} bytes"
+            )
+        else:
+            try:
+                response = await call_next(request)
+            except Exception as exc:
+                response = await problems.on_unexpected(request, exc)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        seconds = time.perf_counter() - started
+        service: Service | None = getattr(request.app.state, "service", None)
+        if service is not None:
+            service.metrics.observe(path, request.method, response.status_code, seconds)
+        # Structured log line: the route template, never the URL's values or any body.
+        log.info(
+            orjson.dumps(
+                {
+                    "route": path,
+                    "method": request.method,
+                    "status": response.status_code,
+                    "ms": round(seconds * 1000, 2),
+                }
+            ).decode()
+        )
+        return response
+
+    app.include_router(facts.router)
+    app.include_router(subjects.router)
+    app.include_router(compliance.router)
+
+    @app.get("/healthz", tags=["operations"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"], response_model=None)
+    def readyz(request: Request) -> Response:
+        service: Service = request.app.state.service
+        try:
+            service.ledger.ledger_recorder.head()
+            service.views.store.max_tracking_id("ConsentLedger")
+        except Exception as exc:
+            return problems.respond(503, "not_ready", f"store unavailable ({type(exc).__name__})")
+        return JSONResponse({"status": "ready", "backend": settings.backend})
+
+    @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
+    def metrics(request: Request) -> str:
+        service: Service = request.app.state.service
+        head = service.ledger.recorder.max_notification_id() or 0
+        position = service.views.store.max_tracking_id("ConsentLedger") or 0
+        return service.metrics.render(projection_lag=max(0, head - position))
+
+    return app

@@ -1,0 +1,59 @@
+"""What every route needs: the service's parts, and the caller (its key's tenant and roles)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import Depends, Request
+
+from api.keys import ApiKeys, Principal
+from api.metrics import Metrics
+from api.problems import Problem
+from ledger.application import ConsentLedger
+from ledger.settings import Settings
+from projections.views import Views
+
+
+@dataclass
+class Service:
+    settings: Settings
+    ledger: ConsentLedger
+    views: Views
+    keys: ApiKeys
+    metrics: Metrics
+
+
+def service(request: Request) -> Service:
+    found: Service = request.app.state.service
+    return found
+
+
+def caller(request: Request, svc: Annotated[Service, Depends(service)]) -> Principal:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise Problem(401, "unauthorized", "send 'Authorization: Bearer <api key>'")
+    principal = svc.keys.authenticate(token.strip())
+    if principal is None:
+        raise Problem(401, "unauthorized", "the API key is unknown or revoked")
+    return principal
+
+
+def role(*allowed: str) -> Callable[[Principal], Principal]:
+    def check(principal: Annotated[Principal, Depends(caller)]) -> Principal:
+        if not principal.roles.intersection(allowed):
+            raise Problem(403, "forbidden", f"this needs one of the roles: {', '.join(allowed)}")
+        return principal
+
+    return check
+
+
+def parse_sid(sid: str) -> UUID:
+    """A sid in a URL; anything else is simply not a subject of this tenant (404)."""
+    try:
+        return UUID(hex=sid)
+    except ValueError:
+        raise Problem(404, "unknown_subject", "no such subject") from None

@@ -1,0 +1,82 @@
+"""Prometheus text exposition of what the service counts (no client library needed for this)."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests: Counter[tuple[str, str, int]] = Counter()
+        self.latency_buckets: Counter[tuple[str, float]] = Counter()
+        self.latency_sum: dict[str, float] = {}
+        self.latency_count: Counter[str] = Counter()
+        self.accepted: Counter[str] = Counter()
+        self.refused: Counter[str] = Counter()
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        with self._lock:
+            self.requests[(route, method, status)] += 1
+            self.latency_sum[route] = self.latency_sum.get(route, 0.0) + seconds
+            self.latency_count[route] += 1
+            for bound in BUCKETS:
+                if seconds <= bound:
+                    self.latency_buckets[(route, bound)] += 1
+
+    def facts(self, accepted: int, refused_codes: list[str]) -> None:
+        with self._lock:
+            self.accepted["fact"] += accepted
+            for code in refused_codes:
+                self.refused[code] += 1
+
+    def render(self, projection_lag: int) -> str:
+        lines = [
+            "# HELP ledger_http_requests_total HTTP requests by route, method and status.",
+            "# TYPE ledger_http_requests_total counter",
+        ]
+        with self._lock:
+            for (route, method, status), n in sorted(self.requests.items()):
+                lines.append(
+                    f'ledger_http_requests_total{{route="{route}",method="{method}",'
+                    f'status="{status}"}} {n}'
+                )
+            lines += [
+                "# HELP ledger_http_request_seconds Request latency by route.",
+                "# TYPE ledger_http_request_seconds histogram",
+            ]
+            for route in sorted(self.latency_count):
+                for bound in BUCKETS:
+                    lines.append(
+                        f'ledger_http_request_seconds_bucket{{route="{route}",le="{bound}"}} '
+                        f"{self.latency_buckets[(route, bound)]}"
+                    )
+                lines.append(
+                    f'ledger_http_request_seconds_bucket{{route="{route}",le="+Inf"}} '
+                    f"{self.latency_count[route]}"
+                )
+                lines.append(
+                    f'ledger_http_request_seconds_sum{{route="{route}"}} {self.latency_sum[route]}'
+                )
+                lines.append(
+                    f'ledger_http_request_seconds_count{{route="{route}"}} '
+                    f"{self.latency_count[route]}"
+                )
+            lines += [
+                "# HELP ledger_facts_accepted_total Facts recorded.",
+                "# TYPE ledger_facts_accepted_total counter",
+                f"ledger_facts_accepted_total {self.accepted['fact']}",
+                "# HELP ledger_facts_refused_total Facts refused, by code.",
+                "# TYPE ledger_facts_refused_total counter",
+            ]
+            for code, n in sorted(self.refused.items()):
+                lines.append(f'ledger_facts_refused_total{{code="{code}"}} {n}')
+        lines += [
+            "# HELP ledger_projection_lag Log entries the consent views have not applied yet.",
+            "# TYPE ledger_projection_lag gauge",
+            f"ledger_projection_lag {projection_lag}",
+        ]
+        return "\n".join(lines) + "\n"

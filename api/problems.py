@@ -1,0 +1,97 @@
+"""RFC 9457 problem details: every error the API returns, with a stable `code`.
+
+Bodies name fields and rules, never values: a value may be personal data.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ledger.errors import Code, FactRejected
+
+PROBLEM = "application/problem+json"
+TITLES = {
+    400: "Bad request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    413: "Payload too large",
+    415: "Unsupported media type",
+    422: "Unprocessable content",
+    500: "Internal server error",
+}
+
+
+class Problem(Exception):
+    def __init__(self, status: int, code: str, detail: str, field: str | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail, self.field = status, code, detail, field
+
+
+def problem_body(status: int, code: str, detail: str, field: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "type": f"https://consent-ledger.invalid/problems/{code}",
+        "title": TITLES.get(status, "Error"),
+        "status": status,
+        "code": code,
+        "detail": detail,
+    }
+    if field is not None:
+        body["field"] = field
+    return body
+
+
+def respond(status: int, code: str, detail: str, field: str | None = None) -> JSONResponse:
+    return JSONResponse(problem_body(status, code, detail, field), status, media_type=PROBLEM)
+
+
+def status_of(rejected: FactRejected) -> int:
+    if rejected.code is Code.EVENT_ID_CONFLICT:
+        return 409
+    if rejected.code is Code.OVERSIZE:
+        return 413
+    if rejected.code is Code.UNKNOWN_SUBJECT:
+        return 404
+    return 422
+
+
+async def on_problem(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, Problem)
+    return respond(exc.status, exc.code, exc.detail, exc.field)
+
+
+async def on_rejected(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, FactRejected)
+    return respond(status_of(exc), exc.code.value, exc.message, exc.field)
+
+
+async def on_validation(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {}
+    location = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+    field = ".".join(location) or None
+    kind = str(first.get("type", ""))
+    code = (
+        "invalid_json"
+        if kind == "json_invalid"
+        else ("missing_field" if kind == "missing" else "invalid_field")
+    )
+    return respond(422, code, f"{kind or 'invalid'} at {field or 'the body'}", field)
+
+
+async def on_http(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}
+    return respond(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+
+
+async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
+    # The exception text may carry personal data; the log line names only its type.
+    return respond(500, "internal_error", f"unexpected {type(exc).__name__}")

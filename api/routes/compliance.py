@@ -1,0 +1,160 @@
+"""Compliance questions: campaign checks, who had consent, policies, what is due, integrity."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.deps import Service, role, service
+from api.keys import Principal
+from api.problems import Problem
+from ledger.envelope import parse_time
+from ledger.verify import verify_log
+from projections.due import due_list
+from projections.queries import check_recipients, who_had_consent
+
+router = APIRouter(tags=["compliance"])
+READERS = ("compliance", "admin")
+
+
+class Check(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    purpose: str = Field(min_length=1, max_length=64)
+    at: str
+    known_at: str | None = None
+    subjects: list[str] | None = Field(default=None, max_length=10_000)
+    sids: list[str] | None = Field(default=None, max_length=10_000)
+
+
+@router.post("/v1/consents:check")
+def check(
+    body: Check,
+    principal: Annotated[Principal, Depends(role(*READERS))],
+    svc: Annotated[Service, Depends(service)],
+) -> dict[str, Any]:
+    if (body.subjects is None) == (body.sids is None):
+        raise Problem(422, "invalid_field", "give either 'subjects' or 'sids'", "subjects")
+    at = parse_time(body.at, "at")
+    known_at = parse_time(body.known_at, "known_at") if body.known_at else None
+    if body.subjects is not None:
+        for reference in body.subjects:
+            if not 1 <= len(reference) <= 256:
+                raise Problem(422, "invalid_field", "a subject is 1 to 256 characters", "subjects")
+        sids = [svc.ledger.sid(principal.tenant, s).hex for s in body.subjects]
+    else:
+        sids = [s.lower() for s in body.sids or []]
+        if any(len(s) != 32 or not all(c in "0123456789abcdef" for c in s) for s in sids):
+            raise Problem(422, "invalid_field", "a sid is 32 hex digits", "sids")
+    svc.views.refresh()
+    results = check_recipients(svc.views.store, principal.tenant, body.purpose, at, sids, known_at)
+    lacking = [dict(r.as_dict(), index=i) for i, r in enumerate(results) if not r.consent]
+    return {
+        "purpose": body.purpose,
+        "at": at.isoformat(),
+        "known_at": known_at.isoformat() if known_at else None,
+        "checked": len(results),
+        "with_consent": len(results) - len(lacking),
+        "without_consent": lacking,
+    }
+
+
+@router.get("/v1/purposes/{purpose}/subjects")
+def subjects_with_consent(
+    purpose: str,
+    principal: Annotated[Principal, Depends(role(*READERS))],
+    svc: Annotated[Service, Depends(service)],
+    as_of: Annotated[str | None, Query()] = None,
+    known_at: Annotated[str | None, Query()] = None,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> dict[str, Any]:
+    at = parse_time(as_of, "as_of") if as_of else datetime.now(UTC)
+    known = parse_time(known_at, "known_at") if known_at else None
+    if cursor is not None and (
+        len(cursor) != 32 or not all(c in "0123456789abcdef" for c in cursor)
+    ):
+        raise Problem(
+            422, "invalid_cursor", "cursor is the 'next' value of a previous page", "cursor"
+        )
+    svc.views.refresh()
+    sids = who_had_consent(
+        svc.views.store, principal.tenant, purpose, at, known, after=cursor or "", limit=limit
+    )
+    return {
+        "purpose": purpose,
+        "as_of": at.isoformat(),
+        "known_at": known.isoformat() if known else None,
+        "sids": sids,
+        "next": sids[-1] if len(sids) == limit else None,
+    }
+
+
+@router.get("/v1/policies")
+def policies(
+    principal: Annotated[Principal, Depends(role("publisher", *READERS))],
+    svc: Annotated[Service, Depends(service)],
+) -> dict[str, Any]:
+    tenant = svc.ledger.tenant(principal.tenant)
+    versions = tenant.policies.values() if tenant else []
+    return {"policies": [_policy(p) for p in versions]}
+
+
+@router.get("/v1/policies/{version}")
+def policy(
+    version: str,
+    principal: Annotated[Principal, Depends(role("publisher", *READERS))],
+    svc: Annotated[Service, Depends(service)],
+) -> dict[str, Any]:
+    tenant = svc.ledger.tenant(principal.tenant)
+    found = tenant.policies.get(version) if tenant else None
+    if found is None:
+        raise Problem(404, "unknown_policy_version", "no such policy version")
+    return _policy(found)
+
+
+def _policy(p: Any) -> dict[str, Any]:
+    return {
+        "policy_version": p.version,
+        "effective_at": p.effective_at.isoformat(),
+        "language": p.language,
+        "text_sha256": p.text_sha256,
+        "operator": {"name": p.operator_name, "tin": p.operator_tin},
+        "purposes": {
+            name: {
+                "legal_basis": t.legal_basis,
+                "categories": list(t.categories),
+                "retention_days": t.retention_days,
+            }
+            for name, t in p.purposes.items()
+        },
+    }
+
+
+@router.get("/v1/due")
+def due(
+    principal: Annotated[Principal, Depends(role(*READERS))],
+    svc: Annotated[Service, Depends(service)],
+    within_days: Annotated[int, Query(ge=0, le=3650)] = 7,
+) -> dict[str, Any]:
+    tenant = svc.ledger.tenant(principal.tenant)
+    svc.views.refresh()
+    return due_list(
+        svc.views.store,
+        principal.tenant,
+        datetime.now(UTC),
+        within=timedelta(days=within_days),
+        request_days=svc.settings.request_due_days,
+        policies=tenant.policies if tenant else {},
+    )
+
+
+@router.get("/v1/verify")
+def verify(
+    principal: Annotated[Principal, Depends(role(*READERS))],
+    svc: Annotated[Service, Depends(service)],
+) -> dict[str, Any]:
+    with svc.ledger.lock:
+        return verify_log(svc.ledger.ledger_recorder).as_dict()

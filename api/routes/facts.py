@@ -1,0 +1,134 @@
+"""Publishing facts: one, or a batch of up to 1,000, idempotent by event_id."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from api.deps import Service, role, service
+from api.keys import Principal
+from api.problems import Problem, problem_body, status_of
+from ledger.envelope import Fact, parse_fact, parse_fact_bytes
+from ledger.errors import FactRejected
+from ledger.receipt import Receipt
+
+router = APIRouter(tags=["facts"])
+MAX_BATCH = 1000
+
+FACT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["event_id", "type", "occurred_at", "source"],
+    "properties": {
+        "event_id": {"type": "string", "minLength": 1, "maxLength": 128},
+        "type": {"type": "string"},
+        "tenant": {"type": "string"},
+        "subject": {"type": "string", "minLength": 1, "maxLength": 256},
+        "occurred_at": {"type": "string", "format": "date-time"},
+        "source": {"type": "string"},
+        "channel": {"type": "string"},
+        "evidence": {"type": "object"},
+    },
+    "additionalProperties": True,
+}
+
+
+def _record(svc: Service, facts: list[Fact]) -> list[Receipt | FactRejected]:
+    outcomes = svc.ledger.record(facts)
+    svc.metrics.facts(
+        sum(1 for o in outcomes if isinstance(o, Receipt) and not o.duplicate),
+        [o.code.value for o in outcomes if isinstance(o, FactRejected)],
+    )
+    return outcomes
+
+
+@router.post(
+    "/v1/facts",
+    status_code=201,
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"application/json": {"schema": FACT_SCHEMA}}}
+    },
+    responses={
+        200: {"description": "the same fact again: the first receipt"},
+        409: {"description": "the event_id was recorded with other content"},
+        422: {"description": "invalid or refused by a rule"},
+    },
+)
+async def record_fact(
+    request: Request,
+    principal: Annotated[Principal, Depends(role("publisher", "admin"))],
+    svc: Annotated[Service, Depends(service)],
+) -> JSONResponse:
+    body = await request.body()
+    fact = parse_fact_bytes(body, principal.tenant)
+    [outcome] = _record(svc, [fact])
+    if isinstance(outcome, FactRejected):
+        raise outcome
+    return JSONResponse(outcome.as_dict(), 200 if outcome.duplicate else 201)
+
+
+@router.post(
+    "/v1/facts:batch",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["facts"],
+                        "properties": {
+                            "facts": {"type": "array", "items": FACT_SCHEMA, "maxItems": MAX_BATCH}
+                        },
+                    }
+                }
+            },
+        }
+    },
+)
+async def record_batch(
+    request: Request,
+    principal: Annotated[Principal, Depends(role("publisher", "admin"))],
+    svc: Annotated[Service, Depends(service)],
+) -> JSONResponse:
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        raise Problem(422, "invalid_json", "the body is not valid JSON") from None
+    items = body.get("facts") if isinstance(body, dict) else None
+    if not isinstance(items, list):
+        raise Problem(422, "invalid_field", 'the body is {"facts": [...]}', "facts")
+    if not items or len(items) > MAX_BATCH:
+        raise Problem(422, "batch_size", f"a batch holds 1 to {MAX_BATCH} facts", "facts")
+    parsed: list[Fact | FactRejected] = []
+    for item in items:
+        try:
+            parsed.append(parse_fact(item, principal.tenant))
+        except FactRejected as e:
+            parsed.append(e)
+    recorded = iter(_record(svc, [p for p in parsed if isinstance(p, Fact)]))
+    results = []
+    for i, item in enumerate(parsed):
+        outcome = item if isinstance(item, FactRejected) else next(recorded)
+        if isinstance(outcome, FactRejected):
+            status = status_of(outcome)
+            results.append(
+                {
+                    "index": i,
+                    "status": status,
+                    "problem": problem_body(
+                        status, outcome.code.value, outcome.message, outcome.field
+                    ),
+                }
+            )
+        else:
+            results.append(
+                {
+                    "index": i,
+                    "status": 200 if outcome.duplicate else 201,
+                    "receipt": outcome.as_dict(),
+                }
+            )
+    return JSONResponse({"results": results})

@@ -1,0 +1,112 @@
+"""Subjects, addressed by sid: resolve, consent at an instant, audit trail, erasure."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.deps import Service, parse_sid, role, service
+from api.keys import Principal
+from api.problems import Problem
+from ledger.envelope import parse_fact, parse_time
+from ledger.errors import FactRejected
+from projections.consents import subject_consents
+from projections.trail import subject_trail, trail_csv
+
+router = APIRouter(tags=["subjects"])
+
+
+class Resolve(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    subject: str = Field(min_length=1, max_length=256)
+
+
+class Erasure(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ground: str
+    request_id: str | None = Field(default=None, min_length=1, max_length=128)
+    event_id: str | None = Field(default=None, min_length=1, max_length=128)
+
+
+def _instant(value: str | None, name: str) -> datetime | None:
+    return parse_time(value, name) if value is not None else None
+
+
+@router.post("/v1/subjects:resolve")
+def resolve(
+    body: Resolve,
+    principal: Annotated[Principal, Depends(role("publisher", "compliance", "admin"))],
+    svc: Annotated[Service, Depends(service)],
+) -> dict[str, str]:
+    return {"sid": svc.ledger.sid(principal.tenant, body.subject).hex}
+
+
+@router.get("/v1/subjects/{sid}/consents")
+def consents(
+    sid: str,
+    principal: Annotated[Principal, Depends(role("compliance", "admin"))],
+    svc: Annotated[Service, Depends(service)],
+    as_of: Annotated[str | None, Query()] = None,
+    known_at: Annotated[str | None, Query()] = None,
+) -> dict[str, Any]:
+    view = subject_consents(
+        svc.ledger,
+        principal.tenant,
+        parse_sid(sid),
+        _instant(as_of, "as_of"),
+        _instant(known_at, "known_at"),
+    )
+    if view is None:
+        raise Problem(404, "unknown_subject", "no such subject")
+    return view
+
+
+@router.get("/v1/subjects/{sid}/trail", response_model=None)
+def trail(
+    sid: str,
+    principal: Annotated[Principal, Depends(role("compliance", "admin"))],
+    svc: Annotated[Service, Depends(service)],
+    format: Annotated[str, Query(pattern="^(json|csv)$")] = "json",
+) -> Response:
+    found = subject_trail(svc.ledger, principal.tenant, parse_sid(sid))
+    if found is None:
+        raise Problem(404, "unknown_subject", "no such subject")
+    if format == "csv":
+        return PlainTextResponse(trail_csv(found), media_type="text/csv")
+    return JSONResponse(found)
+
+
+@router.post("/v1/subjects/{sid}/erasure", status_code=201)
+def erase(
+    sid: str,
+    body: Erasure,
+    principal: Annotated[Principal, Depends(role("admin"))],
+    svc: Annotated[Service, Depends(service)],
+) -> JSONResponse:
+    subject_id = parse_sid(sid)
+    subject = svc.ledger.subject(principal.tenant, subject_id)
+    if subject is None:
+        raise Problem(404, "unknown_subject", "no such subject")
+    # The publisher's reference is not known here (only its sid), so the erasure fact is
+    # built around the sid through the same rules as any other fact.
+    fact = parse_fact(
+        {
+            "event_id": body.event_id or f"erasure-{uuid.uuid4()}",
+            "type": "subject.erased",
+            "subject": f"sid:{subject_id.hex}",
+            "occurred_at": datetime.now(UTC).isoformat(),
+            "source": "http-api",
+            "ground": body.ground,
+            **({"request_id": body.request_id} if body.request_id else {}),
+        },
+        principal.tenant,
+    )
+    [outcome] = svc.ledger.record([fact], sids=[subject_id])
+    if isinstance(outcome, FactRejected):
+        raise outcome
+    return JSONResponse(outcome.as_dict(), 200 if outcome.duplicate else 201)
