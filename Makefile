@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 KAFKA_DIR ?= ./var/kafka
 
-.PHONY: install run demo test lint typecheck unit bench kafka-fetch kafka-up kafka-down clean
+.PHONY: install run demo openapi test lint typecheck unit bench kafka-fetch kafka-up kafka-down clean
 
 install: $(STAMP)
 
@@ -21,6 +21,9 @@ run: install
 
 demo: install
 	$(BIN)/consent-ledger demo
+
+openapi: install
+	$(BIN)/python -m api.openapi_dump
 
 lint: install
 	$(BIN)/ruff check ledger projections api tests bench

@@ -1,0 +1,279 @@
+"""Every route, every role, own tenant against another tenant: a matrix, not a sample."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app, keys_path
+from api.keys import ApiKeys
+from ledger.application import ConsentLedger
+from ledger.envelope import parse_fact
+from ledger.policy import seed_policy_fact
+from ledger.settings import Settings
+from tests.facts import grant
+
+ROLES = ("publisher", "compliance", "admin")
+
+
+@dataclass
+class World:
+    client: TestClient
+    keys: dict[tuple[str, str], str]  # (tenant, role) -> key
+    sids: dict[str, str]  # tenant -> a sid of that tenant
+    revoked: str
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    settings = Settings(data_dir=tmp_path_factory.mktemp("api") / "data")
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    ledger.create_tenant("acme")
+    ledger.record([parse_fact({**seed_policy_fact("acme-policy"), "tenant": "acme"})])
+    sids = {}
+    for tenant in ("demo", "acme"):
+        [receipt] = ledger.record([parse_fact(grant("person-1", tenant=tenant))])
+        assert not isinstance(receipt, Exception)
+        assert receipt.sid is not None
+        sids[tenant] = receipt.sid
+    ledger.close()
+    store = ApiKeys(keys_path(settings))
+    keys = {(t, r): store.create(t, {r})[1] for t in ("demo", "acme") for r in ROLES}
+    key_id, revoked = store.create("demo", set(ROLES))
+    store.revoke(key_id)
+    store.close()
+    with TestClient(create_app(settings)) as client:
+        yield World(client, keys, sids, revoked)
+
+
+def call(world: World, route: dict[str, Any], key: str | None, sid: str) -> Any:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    path = route["path"].format(sid=sid)
+    body = route.get("body")
+    if callable(body):
+        body = body()
+    return world.client.request(route["method"], path, json=body, headers=headers)
+
+
+_n = iter(range(1_000_000))
+
+
+def fresh_grant() -> dict[str, Any]:
+    fact = grant(f"api-{next(_n)}", event_id=f"api-{next(_n)}")
+    del fact["tenant"]
+    return fact
+
+
+ROUTES: list[dict[str, Any]] = [
+    {
+        "method": "POST",
+        "path": "/v1/facts",
+        "body": fresh_grant,
+        "roles": {"publisher", "admin"},
+        "ok": 201,
+    },
+    {
+        "method": "POST",
+        "path": "/v1/facts:batch",
+        "body": lambda: {"facts": [fresh_grant()]},
+        "roles": {"publisher", "admin"},
+        "ok": 200,
+    },
+    {
+        "method": "POST",
+        "path": "/v1/subjects:resolve",
+        "body": {"subject": "person-1"},
+        "roles": set(ROLES),
+        "ok": 200,
+    },
+    {
+        "method": "GET",
+        "path": "/v1/subjects/{sid}/consents",
+        "roles": {"compliance", "admin"},
+        "ok": 200,
+        "by_sid": True,
+    },
+    {
+        "method": "GET",
+        "path": "/v1/subjects/{sid}/trail",
+        "roles": {"compliance", "admin"},
+        "ok": 200,
+        "by_sid": True,
+    },
+    {
+        "method": "GET",
+        "path": "/v1/subjects/{sid}/trail?format=csv",
+        "roles": {"compliance", "admin"},
+        "ok": 200,
+        "by_sid": True,
+    },
+    {
+        "method": "POST",
+        "path": "/v1/consents:check",
+        "body": {
+            "purpose": "marketing",
+            "at": "2025-03-02T00:00:00+05:00",
+            "subjects": ["person-1"],
+        },
+        "roles": {"compliance", "admin"},
+        "ok": 200,
+    },
+    {
+        "method": "GET",
+        "path": "/v1/purposes/marketing/subjects?as_of=2025-03-02T00:00:00Z",
+        "roles": {"compliance", "admin"},
+        "ok": 200,
+    },
+    {"method": "GET", "path": "/v1/policies", "roles": set(ROLES), "ok": 200},
+    {"method": "GET", "path": "/v1/policies/crmpro-1.0", "roles": set(ROLES), "ok": 200},
+    {"method": "GET", "path": "/v1/due", "roles": {"compliance", "admin"}, "ok": 200},
+    {"method": "GET", "path": "/v1/verify", "roles": {"compliance", "admin"}, "ok": 200},
+]
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=lambda r: f"{r['method']} {r['path']}")
+@pytest.mark.parametrize("role", ROLES)
+def test_role_matrix(world: World, route: dict[str, Any], role: str) -> None:
+    response = call(world, route, world.keys[("demo", role)], world.sids["demo"])
+    if role in route["roles"]:
+        assert response.status_code == route["ok"], response.text
+    else:
+        assert response.status_code == 403
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["code"] == "forbidden"
+
+
+@pytest.mark.parametrize("route", [r for r in ROUTES if r.get("by_sid")], ids=lambda r: r["path"])
+@pytest.mark.parametrize("role", ["compliance", "admin"])
+def test_another_tenants_sid_is_not_found(world: World, route: dict[str, Any], role: str) -> None:
+    response = call(world, route, world.keys[("demo", role)], world.sids["acme"])
+    assert response.status_code == 404
+    assert response.json()["code"] == "unknown_subject"
+    own = call(world, route, world.keys[("acme", role)], world.sids["acme"])
+    assert own.status_code == 200
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=lambda r: f"{r['method']} {r['path']}")
+def test_no_key_bad_key_revoked_key(world: World, route: dict[str, Any]) -> None:
+    for key in (None, "cl_nope_nope", world.revoked, "not-even-a-key"):
+        response = call(world, route, key, world.sids["demo"])
+        assert response.status_code == 401, (key, response.text)
+        assert response.json()["code"] == "unauthorized"
+
+
+def test_erasure_is_admin_only_and_tenant_bound(world: World) -> None:
+    [grant_receipt] = [
+        world.client.post(
+            "/v1/facts",
+            json=fresh_grant(),
+            headers={"Authorization": f"Bearer {world.keys[('demo', 'publisher')]}"},
+        ).json()
+    ]
+    sid = grant_receipt["sid"]
+    path = f"/v1/subjects/{sid}/erasure"
+    body = {"ground": "subject_request"}
+    for role in ("publisher", "compliance"):
+        headers = {"Authorization": f"Bearer {world.keys[('demo', role)]}"}
+        assert world.client.post(path, json=body, headers=headers).status_code == 403
+    other = {"Authorization": f"Bearer {world.keys[('acme', 'admin')]}"}
+    assert world.client.post(path, json=body, headers=other).status_code == 404
+    admin = {"Authorization": f"Bearer {world.keys[('demo', 'admin')]}"}
+    bad = world.client.post(path, json={"ground": "because"}, headers=admin)
+    assert bad.status_code == 422 and bad.json()["code"] == "invalid_field"
+    done = world.client.post(path, json=body, headers=admin)
+    assert done.status_code == 201, done.text
+    trail = world.client.get(f"/v1/subjects/{sid}/trail", headers=admin).json()
+    assert trail["erased"] is True and trail["facts"][-1]["type"] == "subject.erased"
+
+
+def test_publishing_is_idempotent_and_conflicts_are_409(world: World) -> None:
+    headers = {"Authorization": f"Bearer {world.keys[('demo', 'publisher')]}"}
+    fact = fresh_grant()
+    first = world.client.post("/v1/facts", json=fact, headers=headers)
+    again = world.client.post("/v1/facts", json=fact, headers=headers)
+    assert first.status_code == 201 and again.status_code == 200
+    assert {**first.json(), "duplicate": True} == again.json()
+    clash = world.client.post("/v1/facts", json={**fact, "purposes": ["support"]}, headers=headers)
+    assert clash.status_code == 409 and clash.json()["code"] == "event_id_conflict"
+    other_tenant = world.client.post(
+        "/v1/facts", json={**fresh_grant(), "tenant": "acme"}, headers=headers
+    )
+    assert other_tenant.status_code == 422 and other_tenant.json()["code"] == "tenant_mismatch"
+
+
+@pytest.mark.parametrize(
+    "body,code",
+    [
+        (b"{not json", "invalid_json"),
+        (b"[1]", "not_an_object"),
+        (b'{"type": "consent.granted"}', "missing_field"),
+        (
+            b'{"event_id": "x", "type": "nope", "occurred_at": "2025-01-01T00:00:00Z", '
+            b'"source": "s"}',
+            "unknown_type",
+        ),
+    ],
+)
+def test_bad_input_is_a_problem_never_a_500(world: World, body: bytes, code: str) -> None:
+    headers = {
+        "Authorization": f"Bearer {world.keys[('demo', 'publisher')]}",
+        "Content-Type": "application/json",
+    }
+    response = world.client.post("/v1/facts", content=body, headers=headers)
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == code
+
+
+def test_batch_results_in_order(world: World) -> None:
+    headers = {"Authorization": f"Bearer {world.keys[('demo', 'publisher')]}"}
+    good = fresh_grant()
+    bad = {**fresh_grant(), "purposes": ["lottery"]}
+    response = world.client.post(
+        "/v1/facts:batch", json={"facts": [good, bad, good, 5]}, headers=headers
+    )
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == [201, 422, 200, 422]
+    assert results[1]["problem"]["code"] == "unknown_purpose"
+    assert results[3]["problem"]["code"] == "not_an_object"
+    too_many = world.client.post("/v1/facts:batch", json={"facts": [good] * 1001}, headers=headers)
+    assert too_many.status_code == 422 and too_many.json()["code"] == "batch_size"
+
+
+def test_query_errors(world: World) -> None:
+    headers = {"Authorization": f"Bearer {world.keys[('demo', 'compliance')]}"}
+    sid = world.sids["demo"]
+    bad_time = world.client.get(f"/v1/subjects/{sid}/consents?as_of=yesterday", headers=headers)
+    assert bad_time.status_code == 422 and bad_time.json()["code"] == "invalid_timestamp"
+    bad_cursor = world.client.get("/v1/purposes/marketing/subjects?cursor=zz", headers=headers)
+    assert bad_cursor.status_code == 422 and bad_cursor.json()["code"] == "invalid_cursor"
+    check = world.client.post(
+        "/v1/consents:check",
+        headers=headers,
+        json={"purpose": "marketing", "at": "2025-03-02T00:00:00Z"},
+    )
+    assert check.status_code == 422
+    unknown_route = world.client.get("/v1/nothing", headers=headers)
+    assert unknown_route.status_code == 404 and unknown_route.json()["code"] == "not_found"
+
+
+def test_operations(world: World) -> None:
+    assert world.client.get("/healthz").json() == {"status": "ok"}
+    assert world.client.get("/readyz").json()["status"] == "ready"
+    metrics = world.client.get("/metrics").text
+    assert "ledger_facts_accepted_total" in metrics and "ledger_projection_lag" in metrics
+    assert "person-1" not in metrics
+
+
+def test_openapi_is_served_and_kept_in_the_repo(world: World) -> None:
+    import json
+
+    served = world.client.get("/openapi.json").json()
+    kept = json.loads((Path(__file__).parent.parent / "api" / "openapi.json").read_text())
+    assert served == kept, "the API changed: run make openapi and commit api/openapi.json"
