@@ -32,21 +32,27 @@ def keys_path(settings: Settings) -> Path:
     return settings.data_dir / "api_keys.db"
 
 
+def build_service(settings: Settings) -> Service:
+    ledger = ConsentLedger(settings)
+    return Service(settings, ledger, Views(ledger), ApiKeys(keys_path(settings)), Metrics())
+
+
+def close_service(service: Service) -> None:
+    service.views.close()
+    service.keys.close()
+    service.ledger.close()
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        ledger = ConsentLedger(settings)
-        views = Views(ledger)
-        keys = ApiKeys(keys_path(settings))
-        app.state.service = Service(settings, ledger, views, keys, Metrics())
+        app.state.service = service = build_service(settings)
         try:
             yield
         finally:
-            views.close()
-            keys.close()
-            ledger.close()
+            close_service(service)
 
     app = FastAPI(
         title="consent-ledger",
@@ -94,15 +100,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         return response
 
-    app.include_router(facts.router)
-    app.include_router(subjects.router)
-    app.include_router(compliance.router)
+    # Every authenticated route can answer with these problems; bodies over the limit get 413.
+    errors = problems.documented(401, 403, 404, 405, 409, 413, 422, 500)
+    app.include_router(facts.router, responses=errors)
+    app.include_router(subjects.router, responses=errors)
+    app.include_router(compliance.router, responses=errors)
 
     @app.get("/healthz", tags=["operations"])
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["operations"], response_model=None)
+    @app.get(
+        "/readyz", tags=["operations"], response_model=None, responses=problems.documented(503)
+    )
     def readyz(request: Request) -> Response:
         service: Service = request.app.state.service
         try:

@@ -29,6 +29,31 @@ TITLES = {
 }
 
 
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "title", "status", "code", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "code": {"type": "string", "description": "stable, machine-readable: the rule broken"},
+        "detail": {"type": "string"},
+        "field": {"type": "string"},
+    },
+}
+
+
+def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries for problem+json answers."""
+    return {
+        status: {
+            "description": TITLES.get(status, "Error"),
+            "content": {PROBLEM: {"schema": PROBLEM_SCHEMA}},
+        }
+        for status in statuses
+    }
+
+
 class Problem(Exception):
     def __init__(self, status: int, code: str, detail: str, field: str | None = None) -> None:
         super().__init__(detail)
@@ -88,8 +113,14 @@ async def on_validation(_: Request, exc: Exception) -> JSONResponse:
 
 async def on_http(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400:
+        # FastAPI's answer to a body it cannot decode: for this API that is invalid JSON.
+        return respond(422, "invalid_json", "the body is not valid JSON")
     codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}
-    return respond(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+    response = respond(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+    # Keep what the framework says in headers, e.g. `Allow` on a 405 (RFC 9110).
+    response.headers.update(exc.headers or {})
+    return response
 
 
 async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:

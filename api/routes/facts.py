@@ -80,7 +80,15 @@ async def record_fact(
                         "type": "object",
                         "required": ["facts"],
                         "properties": {
-                            "facts": {"type": "array", "items": FACT_SCHEMA, "maxItems": MAX_BATCH}
+                            "facts": {
+                                "type": "array",
+                                "minItems": 1,
+                                "maxItems": MAX_BATCH,
+                                "description": "each item is a fact (as for POST /v1/facts), "
+                                "checked on its own: a malformed item gets its own problem in "
+                                "the results, in order",
+                                "items": {},
+                            }
                         },
                     }
                 }
