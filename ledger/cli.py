@@ -478,7 +478,17 @@ read it back (the sid is in the receipt):
 """,
             flush=True,
         )
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
+    from api.logs import configure
+
+    configure()
+    # uvicorn's own access log would print URLs and client addresses; ours names routes only.
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+    )
     return 0
 
 

@@ -77,6 +77,11 @@ def test_publish_query_erase_verify_over_http(tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+    assert server.stdout is not None
+    logs = server.stdout.read().decode()
+    lines = [line for line in logs.splitlines() if line.startswith("{")]
+    assert any('"route":"/v1/facts"' in line and '"status":201' in line for line in lines)
+    assert "Server Test" not in logs and "+998901112233" not in logs and sid not in logs
     for path in settings.data_dir.rglob("*"):
         if path.is_file():
             assert b"Server Test" not in path.read_bytes()
