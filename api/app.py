@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import problems
 from api.deps import Service
+from api.group_commit import GroupCommitter
 from api.keys import ApiKeys
 from api.metrics import Metrics
 from api.routes import compliance, facts, subjects
@@ -34,10 +35,18 @@ def keys_path(settings: Settings) -> Path:
 
 def build_service(settings: Settings) -> Service:
     ledger = ConsentLedger(settings)
-    return Service(settings, ledger, Views(ledger), ApiKeys(keys_path(settings)), Metrics())
+    return Service(
+        settings,
+        ledger,
+        Views(ledger),
+        ApiKeys(keys_path(settings)),
+        Metrics(),
+        GroupCommitter(ledger),
+    )
 
 
 def close_service(service: Service) -> None:
+    service.writer.close()
     service.views.close()
     service.keys.close()
     service.ledger.close()

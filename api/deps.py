@@ -9,6 +9,7 @@ from uuid import UUID
 
 from fastapi import Depends, Request
 
+from api.group_commit import GroupCommitter
 from api.keys import ApiKeys, Principal
 from api.metrics import Metrics
 from api.problems import Problem
@@ -24,6 +25,7 @@ class Service:
     views: Views
     keys: ApiKeys
     metrics: Metrics
+    writer: GroupCommitter
 
 
 def service(request: Request) -> Service:

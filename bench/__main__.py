@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import sys
 
-from bench import ingest, projections
+from bench import http, ingest, projections
 
 
 def main() -> int:
-    """`python -m bench [ingest|projections] [options]`; with no name, both with defaults."""
+    """`python -m bench [ingest|http|projections] [options]`; with no name, all of them."""
     args = sys.argv[1:]
     if args and args[0] == "projections":
         projections.main(args[1:])
     elif args and args[0] == "ingest":
         ingest.main(args[1:])
+    elif args and args[0] == "http":
+        http.main(args[1:])
     else:
         ingest.main(args)
+        http.main([])
         projections.main([])
     return 0
 

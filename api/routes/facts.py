@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 import orjson
@@ -63,7 +64,11 @@ async def record_fact(
 ) -> JSONResponse:
     body = await request.body()
     fact = parse_fact_bytes(body, principal.tenant)
-    [outcome] = _record(svc, [fact])
+    outcome = await asyncio.wrap_future(svc.writer.submit(fact))
+    svc.metrics.facts(
+        int(isinstance(outcome, Receipt) and not outcome.duplicate),
+        [outcome.code.value] if isinstance(outcome, FactRejected) else [],
+    )
     if isinstance(outcome, FactRejected):
         raise outcome
     return JSONResponse(outcome.as_dict(), 200 if outcome.duplicate else 201)

@@ -1,0 +1,239 @@
+"""HTTP publishing: single facts and batches through `consent-ledger serve`, next to a bare
+FastAPI endpoint answering a constant under the same uvicorn settings, in the same run.
+
+The load generator is a small asyncio HTTP/1.1 client on keep-alive connections, on the same
+machine (it shares the 2 cores with the server: figures are for that setting).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+from api.app import keys_path
+from api.keys import ApiKeys
+from ledger.application import ConsentLedger
+from ledger.settings import Settings
+
+_ids = itertools.count()
+
+
+def fact() -> dict[str, Any]:
+    i = next(_ids)
+    return {
+        "event_id": f"http-{i}",
+        "type": "consent.granted",
+        "subject": f"http-contact-{i}",
+        "occurred_at": "2025-06-01T10:00:00+05:00",
+        "source": "bench",
+        "channel": "web_form",
+        "evidence": {"ip": "84.54.1.2", "user_agent": "Mozilla/5.0", "form_id": "signup"},
+        "policy_version": "crmpro-1.0",
+        "purposes": ["marketing", "support"],
+        "personal_data": {"full_name": f"Karimov Aziz {i}", "email": f"a{i}@example.uz"},
+    }
+
+
+def request(path: str, body: bytes, key: str) -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, data: bytes) -> int:
+    writer.write(data)
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    await reader.readexactly(length)
+    return status
+
+
+async def closed_loop(
+    port: int, make: Callable[[], bytes], total: int, connections: int
+) -> tuple[float, list[float], dict[int, int]]:
+    """`connections` clients sending back to back; returns elapsed, latencies, statuses."""
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    remaining = itertools.count()
+
+    async def client() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while next(remaining) < total:
+            data = make()
+            t = time.perf_counter()
+            status = await exchange(reader, writer, data)
+            latencies.append(time.perf_counter() - t)
+            statuses[status] = statuses.get(status, 0) + 1
+        writer.close()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(connections)))
+    return time.perf_counter() - start, latencies, statuses
+
+
+async def open_loop(
+    port: int, make: Callable[[], bytes], rate: float, seconds: float, connections: int
+) -> tuple[list[float], dict[int, int]]:
+    """Requests scheduled at `rate` per second; latency counts from the scheduled instant,
+    so a server that falls behind shows it (no coordinated omission)."""
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    queue: asyncio.Queue[float] = asyncio.Queue()
+    total = int(rate * seconds)
+
+    async def schedule() -> None:
+        start = time.perf_counter()
+        for i in range(total):
+            due = start + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            queue.put_nowait(due)
+        for _ in range(connections):
+            queue.put_nowait(-1.0)
+
+    async def client() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while (due := await queue.get()) >= 0:
+            status = await exchange(reader, writer, make())
+            latencies.append(time.perf_counter() - due)
+            statuses[status] = statuses.get(status, 0) + 1
+        writer.close()
+
+    await asyncio.gather(schedule(), *(client() for _ in range(connections)))
+    return latencies, statuses
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start(command: list[str], env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    server = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/docs", timeout=1)
+            return server
+        except httpx.TransportError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError("server did not start") from None
+            time.sleep(0.05)
+
+
+def ms(samples: list[float], p: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p))] * 1000
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench http", description=__doc__)
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--rate", type=float, default=1000.0)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(data_dir=Path(tmp) / "data")
+        ConsentLedger(settings).init_demo()
+        store = ApiKeys(keys_path(settings))
+        key = store.create("demo", {"publisher"})[1]
+        store.close()
+        env = {**os.environ, "LEDGER_DATA_DIR": str(settings.data_dir)}
+        single = lambda: request("/v1/facts", orjson.dumps(fact()), key)  # noqa: E731
+        batch = lambda: request(  # noqa: E731
+            "/v1/facts:batch", orjson.dumps({"facts": [fact() for _ in range(1000)]}), key
+        )
+        rows = []
+
+        bare_port = free_port()
+        bare = start(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "bench.bare_app:app",
+                "--port",
+                str(bare_port),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+            ],
+            env,
+            bare_port,
+        )
+        try:
+            elapsed, lat, codes = asyncio.run(
+                closed_loop(bare_port, single, args.requests, args.connections)
+            )
+            bare_rate = args.requests / elapsed
+            rows.append(("bare FastAPI constant, closed loop", bare_rate, lat, codes))
+            lat, codes = asyncio.run(
+                open_loop(bare_port, single, args.rate, args.seconds, args.connections)
+            )
+            rows.append((f"bare FastAPI constant at {args.rate:.0f}/s", args.rate, lat, codes))
+        finally:
+            bare.terminate()
+            bare.wait()
+
+        port = free_port()
+        server = start(
+            [sys.executable, "-m", "ledger.cli", "serve", "--port", str(port)], env, port
+        )
+        try:
+            elapsed, lat, codes = asyncio.run(
+                closed_loop(port, single, args.requests, args.connections)
+            )
+            ledger_rate = args.requests / elapsed
+            rows.append(("ledger POST /v1/facts, closed loop", ledger_rate, lat, codes))
+            lat, codes = asyncio.run(
+                open_loop(port, single, args.rate, args.seconds, args.connections)
+            )
+            rows.append((f"ledger POST /v1/facts at {args.rate:.0f}/s", args.rate, lat, codes))
+            elapsed, lat, codes = asyncio.run(closed_loop(port, batch, args.batches, 2))
+            batch_rate = args.batches * 1000 / elapsed
+            rows.append(("ledger POST /v1/facts:batch (1,000 each)", batch_rate, lat, codes))
+        finally:
+            server.terminate()
+            server.wait()
+
+    print(
+        f"HTTP publishing on {os.uname().nodename} ({os.cpu_count()} cores, server and load "
+        f"generator on the same machine; {args.connections} connections)"
+    )
+    print(f"{'what':<44} {'per second':>12} {'p50 ms':>8} {'p99 ms':>8}  statuses")
+    for name, rate, lat, codes in rows:
+        print(
+            f"{name:<44} {rate:>12,.0f} {ms(lat, 0.5):>8.1f} {ms(lat, 0.99):>8.1f}  "
+            f"{dict(sorted(codes.items()))}"
+        )
+    print(
+        f"single publish / bare endpoint: {ledger_rate / bare_rate:.2f} (target >= 0.60); "
+        f"batch facts/s: {batch_rate:,.0f} (target >= 20,000); "
+        f"p99 at {args.rate:.0f}/s: {ms(rows[3][2], 0.99):.1f} ms (target <= 20 ms)"
+    )
