@@ -318,7 +318,7 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
-    from projections.queries import check_recipients
+    from projections.queries import check_recipients, check_report
     from projections.views import Views
 
     at = parse_time(args.at, "--at")
@@ -343,15 +343,8 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         views.close()
         ledger.close()
-    lacking = [dict(r.as_dict(), index=i) for i, r in enumerate(results) if not r.consent]
-    report = {
-        "purpose": args.purpose,
-        "at": at.isoformat(),
-        "known_at": known_at.isoformat() if known_at else None,
-        "checked": len(results),
-        "with_consent": len(results) - len(lacking),
-        "without_consent": lacking,
-    }
+    report = check_report(args.purpose, at, known_at, results)
+    lacking = report["without_consent"]
     if args.json:
         _print_json(report)
     else:

@@ -166,3 +166,19 @@ def check_recipients(
             ended_at = parse_utc(last["valid_to"])
             out.append(CheckResult(sid, False, reason, ended_at, last["event_id"]))
     return out
+
+
+def check_report(
+    purpose: str, at: datetime, known_at: datetime | None, results: Sequence[CheckResult]
+) -> dict[str, Any]:
+    """The answer to a campaign check, the same for the CLI and HTTP: only who lacked consent
+    is listed (by position in the given list and sid), with the reason."""
+    lacking = [dict(r.as_dict(), index=i) for i, r in enumerate(results) if not r.consent]
+    return {
+        "purpose": purpose,
+        "at": at.isoformat(),
+        "known_at": known_at.isoformat() if known_at else None,
+        "checked": len(results),
+        "with_consent": len(results) - len(lacking),
+        "without_consent": lacking,
+    }

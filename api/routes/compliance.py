@@ -14,7 +14,7 @@ from api.problems import Problem
 from ledger.envelope import parse_time
 from ledger.verify import verify_log
 from projections.due import due_list
-from projections.queries import check_recipients, who_had_consent
+from projections.queries import check_recipients, check_report, who_had_consent
 
 router = APIRouter(tags=["compliance"])
 READERS = ("compliance", "admin")
@@ -50,15 +50,7 @@ def check(
             raise Problem(422, "invalid_field", "a sid is 32 hex digits", "sids")
     svc.views.refresh()
     results = check_recipients(svc.views.store, principal.tenant, body.purpose, at, sids, known_at)
-    lacking = [dict(r.as_dict(), index=i) for i, r in enumerate(results) if not r.consent]
-    return {
-        "purpose": body.purpose,
-        "at": at.isoformat(),
-        "known_at": known_at.isoformat() if known_at else None,
-        "checked": len(results),
-        "with_consent": len(results) - len(lacking),
-        "without_consent": lacking,
-    }
+    return check_report(body.purpose, at, known_at, results)
 
 
 @router.get("/v1/purposes/{purpose}/subjects")
