@@ -8,6 +8,7 @@ are appended in one transaction of the library's event store.
 
 from __future__ import annotations
 
+import copy
 import os
 import sqlite3
 import threading
@@ -172,12 +173,16 @@ class ConsentLedger(Application[UUID]):
         return self.keystore.sid(tenant, subject)
 
     def subject(self, tenant: str, sid: UUID) -> Subject | None:
-        """The subject, or None when unknown or of another tenant (indistinguishable)."""
+        """The subject, or None when unknown or of another tenant (indistinguishable).
+
+        A copy: the cached aggregate is mutated by the next batch (in another thread, for
+        the HTTP service) before that batch commits, and a reader must never see that.
+        """
         with self.lock:
             subject = self.load_subjects([sid]).get(sid)
-        if subject is None or subject.tenant != tenant:
-            return None
-        return subject
+            if subject is None or subject.tenant != tenant:
+                return None
+            return copy.deepcopy(subject)
 
     def open_pii(self, sid: UUID, sealed: str | None) -> dict[str, Any] | None:
         """Decrypt a sealed field; None once the subject's key is destroyed."""
