@@ -1,0 +1,57 @@
+"""Group commit: concurrent single facts share appends but keep their own outcomes."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from api.group_commit import GroupCommitter
+from ledger.application import ConsentLedger
+from ledger.envelope import Fact, parse_fact
+from ledger.errors import FactRejected
+from ledger.receipt import Outcome, Receipt
+from tests.facts import grant
+
+
+def test_concurrent_facts_each_get_their_own_outcome(ledger: ConsentLedger) -> None:
+    writer = GroupCommitter(ledger)
+    facts = [parse_fact(grant(f"g-{i}", event_id=f"g-{i}")) for i in range(300)]
+    twice = parse_fact(grant("twice", event_id="twice"))
+    bad = parse_fact(grant("bad", event_id="bad", purposes=("lottery",)))
+
+    def publish(fact: Fact) -> Outcome:
+        return writer.submit(fact).result(timeout=60)
+
+    try:
+        with ThreadPoolExecutor(max_workers=32) as pool:
+            futures = [pool.submit(publish, f) for f in facts]
+            pair = [pool.submit(publish, twice) for _ in range(2)]
+            refused = pool.submit(publish, bad)
+            outcomes: list[Outcome] = [f.result() for f in futures]
+            both = [f.result() for f in pair]
+            rejected = refused.result()
+    finally:
+        writer.close()
+    receipts = [o for o in outcomes if isinstance(o, Receipt)]
+    assert len(receipts) == 300 and len({r.position for r in receipts}) == 300
+    assert all(isinstance(o, Receipt) for o in both)
+    first, second = sorted(both, key=lambda r: r.duplicate)  # type: ignore[union-attr]
+    assert isinstance(first, Receipt) and isinstance(second, Receipt)
+    assert not first.duplicate and second.duplicate and first.position == second.position
+    assert isinstance(rejected, FactRejected) and rejected.code.value == "unknown_purpose"
+    head, _ = ledger.ledger_recorder.head()
+    assert ledger.ledger_recorder.find_facts("demo", ["twice"])["twice"].position == first.position
+    assert head >= 300
+
+
+def test_a_failed_append_reaches_every_waiter(ledger: ConsentLedger) -> None:
+    writer = GroupCommitter(ledger)
+    ledger.close()  # the store is gone: the append must fail, loudly, for everyone waiting
+    try:
+        futures = [writer.submit(parse_fact(grant(f"x-{i}", event_id=f"x-{i}"))) for i in range(5)]
+        for future in futures:
+            with pytest.raises(Exception):  # noqa: B017 (whatever the store raises)
+                future.result(timeout=60)
+    finally:
+        writer.close()
