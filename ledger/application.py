@@ -186,7 +186,7 @@ class ConsentLedger(Application[UUID]):
 
     def open_pii(self, sid: UUID, sealed: str | None) -> dict[str, Any] | None:
         """Decrypt a sealed field; None once the subject's key is destroyed."""
-        if sealed is None:
+        if sealed is None or self.keystore.is_erased(sid):
             return None
         key = self.keystore.open_keys([sid]).get(sid)
         if key is None:

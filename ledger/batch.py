@@ -63,6 +63,13 @@ class FactBatch:
         self.keys = ledger.keystore.open_keys(wanted)
         self.erased_keys = ledger.keystore.erased_among(wanted - set(self.keys))
         self.subjects.update(ledger.load_subjects(wanted))
+        for sid, subject in self.subjects.items():
+            if subject.erased and sid in self.keys:
+                # The erasure reached the log but the process stopped before the key was
+                # destroyed: finish it now, before anything else touches this subject.
+                assert subject.erased_at is not None
+                ledger.keystore.erase(sid, subject.erased_at)
+                del self.keys[sid]
 
     def _find_existing(self) -> dict[tuple[str, str], IndexedFact]:
         by_tenant: dict[str, list[str]] = {}
@@ -89,11 +96,15 @@ class FactBatch:
             # The pseudonym key binds the tenant into the sid, so a sid never names a subject
             # of another tenant; unknown means new.
             key = self._key(sid)
-            assert key is not None
+            if key is None:
+                # The key store remembers an erasure the log does not (a restored log):
+                # the pseudonym stays erased.
+                raise FactRejected(Code.SUBJECT_ERASED, "the subject was erased")
             subject = Subject(id=sid, tenant=tenant, pii=seal(key, sid, {"subject": reference}))
             self.fresh.add(sid)
             self.subjects[sid] = subject
-        assert subject.tenant == tenant
+        if subject.tenant != tenant:
+            raise FactRejected(Code.UNKNOWN_SUBJECT, "no such subject")
         return subject
 
     def _key(self, sid: UUID) -> AESGCM | None:
@@ -203,7 +214,8 @@ class FactBatch:
             # in the clear: the fact is kept, its personal data is not.
             return None
         key = self._key(subject.id)
-        assert key is not None
+        if key is None:
+            raise FactRejected(Code.SUBJECT_ERASED, "the subject was erased")
         return seal(key, subject.id, content)
 
     def _known_elsewhere(self, tenant: str, event_id: str, sid: UUID) -> bool:

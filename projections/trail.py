@@ -36,7 +36,8 @@ def subject_trail(ledger: ConsentLedger, tenant: str, sid: UUID) -> dict[str, An
         return None
     tenant_agg = ledger.tenant(tenant)
     policies = tenant_agg.policies if tenant_agg else {}
-    key = ledger.keystore.open_keys([sid]).get(sid)
+    # An erased subject's data is never decrypted, even if its key outlived the erasure fact.
+    key = None if subject.erased else ledger.keystore.open_keys([sid]).get(sid)
     index = {row.originator_version: row for row in ledger.ledger_recorder.index_of(sid)}
     corrected_by: dict[str, list[str]] = {}
     for c in subject.corrections:

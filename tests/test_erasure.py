@@ -166,3 +166,24 @@ def test_erasure_reaches_facts_recorded_after_it(settings: Settings) -> None:
     ledger.close()
     assert files_containing(settings.data_dir, IP.encode()) == []
     assert files_containing(settings.data_dir, NAME.encode()) == []
+
+
+def test_an_interrupted_erasure_is_finished_by_the_next_write(settings: Settings) -> None:
+    """The erasure fact reached the log but the key survived (the process stopped between):
+    the trail never decrypts it, and the next write for the subject destroys it."""
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    ledger.record([parse_fact(grant(REFERENCE, event_id="g1", personal_data={"full_name": NAME}))])
+    sid = ledger.sid("demo", REFERENCE)
+    original_erase = ledger.keystore.erase
+    ledger.keystore.erase = lambda *a, **k: None  # type: ignore[method-assign]
+    ledger.record([parse_fact(fact("subject.erased", REFERENCE, ground="subject_request"))])
+    assert ledger.keystore.open_keys([sid]), "the simulated crash left the key"
+    trail = subject_trail(ledger, "demo", sid)
+    assert trail is not None and trail["facts"][1]["personal_data"] == {"erased": True}
+    ledger.keystore.erase = original_erase  # type: ignore[method-assign]
+    [w] = ledger.record([parse_fact(withdraw(REFERENCE, occurred_at="2025-03-05T10:00:00+05:00"))])
+    assert isinstance(w, Receipt)
+    assert ledger.keystore.open_keys([sid]) == {}
+    assert ledger.keystore.is_erased(sid)
+    ledger.close()
