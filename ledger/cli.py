@@ -90,36 +90,41 @@ def cmd_tenants_create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_record(args: argparse.Namespace, settings: Settings) -> int:
+    """Facts are recorded in batches of 1,000 (one transaction each), answered line by line
+    in input order, so a large file neither waits for one huge commit nor holds it in memory
+    longer than a batch."""
     stream = sys.stdin if args.file == "-" else _read_file(args.file)
     items = list(_read_facts(stream))
-    facts: list[Fact] = []
-    outcomes: list[Receipt | FactRejected | None] = []
-    for item in items:
-        try:
-            facts.append(
-                parse_fact_bytes(item, args.tenant)
-                if isinstance(item, bytes)
-                else parse_fact(item, args.tenant)
-            )
-            outcomes.append(None)
-        except FactRejected as e:
-            outcomes.append(e)
     ledger = _open(settings)
+    rejected = 0
     try:
-        recorded = iter(ledger.record(facts) if facts else [])
+        for start in range(0, len(items), 1000):
+            chunk = items[start : start + 1000]
+            facts: list[Fact] = []
+            parsed: list[FactRejected | None] = []
+            for item in chunk:
+                try:
+                    facts.append(
+                        parse_fact_bytes(item, args.tenant)
+                        if isinstance(item, bytes)
+                        else parse_fact(item, args.tenant)
+                    )
+                    parsed.append(None)
+                except FactRejected as e:
+                    parsed.append(e)
+            recorded = iter(ledger.record(facts) if facts else [])
+            for offset, early in enumerate(parsed):
+                final = early if early is not None else next(recorded)
+                if isinstance(final, FactRejected):
+                    rejected += 1
+                    line = {"index": start + offset, "rejected": final.as_dict()}
+                else:
+                    line = {"index": start + offset, "receipt": final.as_dict()}
+                sys.stdout.write(orjson.dumps(line).decode() + "\n")
     finally:
         ledger.close()
-    rejected = 0
-    for i, outcome in enumerate(outcomes):
-        final = outcome if outcome is not None else next(recorded)
-        if isinstance(final, FactRejected):
-            rejected += 1
-            line = {"index": i, "rejected": final.as_dict()}
-        else:
-            line = {"index": i, "receipt": final.as_dict()}
-        sys.stdout.write(orjson.dumps(line).decode() + "\n")
     if rejected:
-        return _fail(f"{rejected} of {len(outcomes)} facts rejected (see stdout)", EXIT_REJECTED)
+        return _fail(f"{rejected} of {len(items)} facts rejected (see stdout)", EXIT_REJECTED)
     return 0
 
 

@@ -252,3 +252,16 @@ def test_due_command(data: Path) -> None:
     assert missing.returncode == 3
     text = run(data, "due", "--tenant", "demo")
     assert "nothing due" in text.stdout
+
+
+def test_record_a_large_file_in_batches(data: Path, tmp_path: Path) -> None:
+    lines = [orjson.dumps(grant(f"bulk-{i}", event_id=f"bulk-{i}")).decode() for i in range(2500)]
+    lines[1700] = "not json"
+    path = tmp_path / "bulk.jsonl"
+    path.write_text("\n".join(lines))
+    out = run(data, "record", str(path))
+    assert out.returncode == 1
+    result = [orjson.loads(x) for x in out.stdout.splitlines()]
+    assert [r["index"] for r in result] == list(range(2500))
+    assert result[1700]["rejected"]["code"] == "invalid_json"
+    assert sum("receipt" in r for r in result) == 2499
