@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
 from uuid import UUID
@@ -28,12 +28,14 @@ class Service:
     writer: GroupCommitter
 
 
-def service(request: Request) -> Service:
+# Dependencies are `async` on purpose: FastAPI runs sync ones in a thread pool, a hop per
+# dependency per request; these do no blocking work beyond one indexed SQLite read.
+async def service(request: Request) -> Service:
     found: Service = request.app.state.service
     return found
 
 
-def caller(request: Request, svc: Annotated[Service, Depends(service)]) -> Principal:
+async def caller(request: Request, svc: Annotated[Service, Depends(service)]) -> Principal:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
@@ -44,8 +46,8 @@ def caller(request: Request, svc: Annotated[Service, Depends(service)]) -> Princ
     return principal
 
 
-def role(*allowed: str) -> Callable[[Principal], Principal]:
-    def check(principal: Annotated[Principal, Depends(caller)]) -> Principal:
+def role(*allowed: str) -> Callable[[Principal], Awaitable[Principal]]:
+    async def check(principal: Annotated[Principal, Depends(caller)]) -> Principal:
         if not principal.roles.intersection(allowed):
             raise Problem(403, "forbidden", f"this needs one of the roles: {', '.join(allowed)}")
         return principal
