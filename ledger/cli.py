@@ -573,17 +573,18 @@ def _read_facts(stream: TextIO) -> Iterator[bytes | Any]:
     stripped = text.strip()
     if not stripped:
         raise CliError("no facts in the input")
-    if stripped[0] == "[" or ("\n" not in stripped):
-        try:
-            whole = orjson.loads(stripped)
-        except orjson.JSONDecodeError:
-            whole = None
-        if isinstance(whole, list):
-            yield from whole
-            return
-        if whole is not None:
-            yield whole
-            return
+    # A whole JSON document first (an object, possibly pretty-printed, or an array of them);
+    # anything else is read as JSON Lines, where a bad line is that line's own rejection.
+    try:
+        whole = orjson.loads(stripped)
+    except orjson.JSONDecodeError:
+        whole = None
+    if isinstance(whole, list):
+        yield from whole
+        return
+    if isinstance(whole, dict):
+        yield whole
+        return
     for line in text.splitlines():
         if line.strip():
             yield line.encode("utf-8")

@@ -265,3 +265,13 @@ def test_record_a_large_file_in_batches(data: Path, tmp_path: Path) -> None:
     assert [r["index"] for r in result] == list(range(2500))
     assert result[1700]["rejected"]["code"] == "invalid_json"
     assert sum("receipt" in r for r in result) == 2499
+
+
+def test_record_a_pretty_printed_object(data: Path, tmp_path: Path) -> None:
+    path = tmp_path / "one.json"
+    path.write_text(
+        orjson.dumps(grant("pretty", event_id="pretty"), option=orjson.OPT_INDENT_2).decode()
+    )
+    out = run(data, "record", str(path))
+    assert out.returncode == 0, out.stdout
+    assert orjson.loads(out.stdout)["receipt"]["event_id"] == "pretty"
