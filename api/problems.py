@@ -5,6 +5,7 @@ Bodies name fields and rules, never values: a value may be personal data.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import Request
@@ -15,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ledger.errors import Code, FactRejected
 
 PROBLEM = "application/problem+json"
+_FIELD = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
 TITLES = {
     400: "Bad request",
     401: "Unauthorized",
@@ -100,7 +102,13 @@ async def on_rejected(_: Request, exc: Exception) -> JSONResponse:
 async def on_validation(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0] if exc.errors() else {}
-    location = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+    # A location part can be a key the client chose (an unknown field): echo only names
+    # that look like field names, since a key may be personal data too.
+    location = [
+        str(p) if isinstance(p, int) or _FIELD.match(str(p)) else "(unnamed)"
+        for p in first.get("loc", ())
+        if p not in ("body", "query", "path")
+    ]
     field = ".".join(location) or None
     kind = str(first.get("type", ""))
     code = (

@@ -277,3 +277,13 @@ def test_openapi_is_served_and_kept_in_the_repo(world: World) -> None:
     served = world.client.get("/openapi.json").json()
     kept = json.loads((Path(__file__).parent.parent / "api" / "openapi.json").read_text())
     assert served == kept, "the API changed: run make openapi and commit api/openapi.json"
+
+
+def test_a_client_chosen_key_is_not_echoed(world: World) -> None:
+    headers = {"Authorization": f"Bearer {world.keys[('demo', 'compliance')]}"}
+    secret = "+998901234567"
+    response = world.client.post(
+        "/v1/subjects:resolve", json={"subject": "x", secret: 1}, headers=headers
+    )
+    assert response.status_code == 422
+    assert secret not in response.text
