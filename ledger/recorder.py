@@ -179,16 +179,6 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
                     found[row["event_id"]] = _indexed(row)
         return found
 
-    def index_at(self, positions: Sequence[int]) -> dict[int, IndexedFact]:
-        if not positions:
-            return {}
-        with self.datastore.transaction(commit=False) as c:
-            c.execute(
-                f"SELECT * FROM {self.index_table} WHERE position BETWEEN ? AND ?",
-                (min(positions), max(positions)),
-            )
-            return {row["position"]: _indexed(row) for row in c.fetchall()}
-
     def index_of(self, originator_id: UUID) -> list[IndexedFact]:
         with self.datastore.transaction(commit=False) as c:
             c.execute(
