@@ -9,6 +9,9 @@ from bench import http, ingest, projections
 
 def main() -> int:
     """`python -m bench [ingest|http|projections] [options]`; with no name, all of them."""
+    from ledger.runtime import tune
+
+    tune()  # the same runtime tuning the consent-ledger command applies
     args = sys.argv[1:]
     if args and args[0] == "projections":
         projections.main(args[1:])

@@ -39,6 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    from ledger.runtime import tune
+
+    tune()
     try:
         settings = Settings.from_env()
         result: int = args.run(args, settings)
