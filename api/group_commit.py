@@ -2,7 +2,7 @@
 
 Each fact is still checked on its own, in arrival order, exactly as if sent alone (a batch
 behaves like the same facts one by one); only the append, and its fsync, is shared. Under
-load this turns N commits into one; alone, a request waits for nothing.
+load this turns N commits into one; alone, a request waits at most LINGER_S for company.
 """
 
 from __future__ import annotations

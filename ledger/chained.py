@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any, cast
-from uuid import UUID
 
 from eventsourcing.domain import Aggregate
 
@@ -58,7 +57,3 @@ class ChainedAggregate(Aggregate):
         if self._head_hash is None:
             self._head_hash = event_hash(self._last_event)
         return self._head_hash
-
-    @property
-    def uuid(self) -> UUID:
-        return self.id

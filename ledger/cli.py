@@ -374,6 +374,8 @@ def cmd_who(args: argparse.Namespace, settings: Settings) -> int:
 
     at = parse_time(args.at, "--at")
     known_at = parse_time(args.known_at, "--known-at") if args.known_at else None
+    if args.limit < 1:
+        raise CliError("--limit takes a whole number of at least 1")
     if args.after and not all(c in "0123456789abcdef" for c in args.after):
         raise CliError("--after takes a sid (the last one of the previous page)")
     ledger = _open(settings)

@@ -187,6 +187,21 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
             )
             return [_indexed(row) for row in c.fetchall()]
 
+    def snapshot(self) -> tuple[list[IndexedFact], tuple[int, str], int]:
+        """Index, Merkle head and last position, read in one transaction.
+
+        What `verify` compares must be one moment of the log: facts appended while it walks
+        lie after the returned position and are left for the next verification.
+        """
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT * FROM {self.index_table} ORDER BY position")
+            index = [_indexed(row) for row in c.fetchall()]
+            c.execute(f"SELECT size, root FROM {self.head_table} WHERE id = 1")
+            row = c.fetchone()
+            head = (int(row[0]), str(row[1])) if row else (0, frontier_root([]).hex())
+            last = self._max_notification_id(c) or 0
+        return index, head, last
+
     def all_index(self) -> list[IndexedFact]:
         with self.datastore.transaction(commit=False) as c:
             c.execute(f"SELECT * FROM {self.index_table} ORDER BY position")

@@ -60,7 +60,8 @@ class VerifyResult:
 
 
 def verify_log(recorder: LedgerSQLiteRecorder, page: int = 5000) -> VerifyResult:
-    index: dict[int, IndexedFact] = {row.position: row for row in recorder.all_index()}
+    rows, (head_size, head_root), last = recorder.snapshot()
+    index: dict[int, IndexedFact] = {row.position: row for row in rows}
     heads: dict[UUID | str, tuple[int, str]] = {}
     problems: list[Problem] = []
     frontier: list[bytes] = []
@@ -68,7 +69,7 @@ def verify_log(recorder: LedgerSQLiteRecorder, page: int = 5000) -> VerifyResult
     start: int | None = None
     while True:
         notifications = recorder.select_notifications(
-            start=start, limit=page, inclusive_of_start=False
+            start=start, limit=page, stop=last, inclusive_of_start=False
         )
         if not notifications:
             break
@@ -93,7 +94,6 @@ def verify_log(recorder: LedgerSQLiteRecorder, page: int = 5000) -> VerifyResult
             )
         )
     root = frontier_root(frontier).hex()
-    head_size, head_root = recorder.head()
     if not problems and (head_size != size or head_root != root):
         problems.append(
             Problem(

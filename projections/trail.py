@@ -12,6 +12,8 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+import orjson
+
 from ledger.application import ConsentLedger
 from ledger.keystore import unseal
 from ledger.subject import Subject
@@ -115,8 +117,6 @@ def trail_csv(trail: dict[str, Any]) -> str:
             "hash",
         ]
     )
-    import orjson
-
     for fact in trail["facts"]:
         writer.writerow(
             [

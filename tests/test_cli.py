@@ -275,3 +275,19 @@ def test_record_a_pretty_printed_object(data: Path, tmp_path: Path) -> None:
     out = run(data, "record", str(path))
     assert out.returncode == 0, out.stdout
     assert orjson.loads(out.stdout)["receipt"]["event_id"] == "pretty"
+
+
+def test_who_refuses_a_limit_below_one(data: Path) -> None:
+    out = run(
+        data,
+        "who",
+        "--tenant",
+        "demo",
+        "--purpose",
+        "marketing",
+        "--at",
+        "2025-03-02T00:00:00Z",
+        "--limit",
+        "0",
+    )
+    assert out.returncode == 2 and "--limit" in out.stderr

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from eventsourcing.sqlite import SQLiteDatastore
@@ -170,3 +171,28 @@ def test_verify_command_names_the_broken_fact(pristine: Path, tmp_path: Path) ->
     )
     assert run.returncode == 4
     assert "position 7" in run.stderr and "altered" in run.stderr
+
+
+def test_facts_appended_while_verifying_are_not_called_inserted(tmp_path: Path) -> None:
+    """verify compares one moment of the log: a writer appending during the walk (another
+    process, or the HTTP service) must not make an intact log look tampered."""
+    ledger = ConsentLedger(Settings(data_dir=tmp_path / "data"))
+    ledger.init_demo()
+    ledger.record([parse_fact(grant("early", event_id="early"))])
+    recorder = ledger.ledger_recorder
+    walk = recorder.select_notifications
+    appended = False
+
+    def walk_while_writing(*args: Any, **kwargs: Any) -> Any:
+        nonlocal appended
+        if not appended:
+            appended = True
+            ledger.record([parse_fact(grant("late", event_id="late"))])
+        return walk(*args, **kwargs)
+
+    recorder.select_notifications = walk_while_writing  # type: ignore[method-assign]
+    result = verify_log(recorder)
+    recorder.select_notifications = walk  # type: ignore[method-assign]
+    assert appended and result.ok, result.problems
+    assert verify_log(recorder).facts_checked == result.facts_checked + 2  # registration + grant
+    ledger.close()
