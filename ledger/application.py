@@ -13,7 +13,7 @@ import os
 import sqlite3
 import threading
 from collections import OrderedDict
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -28,23 +28,38 @@ from ledger.keystore import ErasedSubjectError, KeyStore, load_master_key, unsea
 from ledger.policy import DEMO_TENANT, seed_policy_fact
 from ledger.receipt import Outcome
 from ledger.recorder import LedgerSQLiteRecorder
-from ledger.settings import Settings, SettingsError
+from ledger.settings import Settings
 from ledger.subject import Subject
 from ledger.tenant import Tenant, tenant_id
 
 
 def persistence_env(settings: Settings) -> dict[str, str]:
     """The `eventsourcing` environment for the configured backend."""
-    if settings.backend != "embedded":
-        raise SettingsError("LEDGER_BACKEND=kafka is not available in this version yet")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return {
-        "PERSISTENCE_MODULE": os.environ.get("PERSISTENCE_MODULE", "eventsourcing.sqlite"),
+    common = {
         "SQLITE_DBNAME": str(settings.log_path),
         "SQLITE_LOCK_TIMEOUT": "30",
-        "APPLICATION_RECORDER_TOPIC": "ledger.recorder:LedgerSQLiteRecorder",
         "AGGREGATE_CACHE_MAXSIZE": str(settings.aggregate_cache),
         "IS_SNAPSHOTTING_ENABLED": "n",
+    }
+    if settings.backend == "kafka":
+        # The Kafka module: the ledger topic is the log; SQLite holds the writer's replica.
+        return {
+            **common,
+            "PERSISTENCE_MODULE": os.environ.get(
+                "PERSISTENCE_MODULE", "ledger.kafka.factory:KafkaFactory"
+            ),
+            "KAFKA_BOOTSTRAP": settings.bootstrap(),
+            "LEDGER_TOPIC_PREFIX": settings.topic_prefix,
+            "LEDGER_PARTITIONS": str(settings.partitions),
+            "LEDGER_REPLICATION": str(settings.replication),
+            "LEDGER_MIN_INSYNC": str(settings.min_insync),
+            "LEDGER_REJECTED_RETENTION_MS": str(settings.rejected_retention_ms),
+        }
+    return {
+        **common,
+        "PERSISTENCE_MODULE": os.environ.get("PERSISTENCE_MODULE", "eventsourcing.sqlite"),
+        "APPLICATION_RECORDER_TOPIC": "ledger.recorder:LedgerSQLiteRecorder",
     }
 
 
@@ -104,11 +119,22 @@ class ConsentLedger(Application[UUID]):
 
     # ---- writing -----------------------------------------------------------------------
 
-    def record(self, facts: Sequence[Fact], sids: Sequence[UUID] | None = None) -> list[Outcome]:
+    def record(
+        self,
+        facts: Sequence[Fact],
+        sids: Sequence[UUID] | None = None,
+        *,
+        with_refusals: Callable[[Sequence[Outcome | None]], Any] | None = None,
+    ) -> list[Outcome]:
         """Check and record a batch; one outcome per fact, in order.
 
         `sids` addresses existing subjects by pseudonym when the caller does not hold their
         reference (an erasure requested by sid); such a fact's `subject` is not used.
+
+        `with_refusals` sees the refusals (accepted facts are still None) before anything is
+        written and returns what the log's transaction must carry besides the facts; the
+        Kafka intake writer uses it to commit its rejects and offsets atomically with the
+        appends. The domain does not look inside it.
         """
         from ledger.batch import FactBatch
 
@@ -117,7 +143,8 @@ class ConsentLedger(Application[UUID]):
                 batch = FactBatch(self, facts, sids)
                 try:
                     batch.check_all()
-                    return batch.commit()
+                    extra = with_refusals(batch.outcomes) if with_refusals else None
+                    return batch.commit(extra)
                 except (IntegrityError, sqlite3.IntegrityError, ErasedSubjectError):
                     # Another process wrote the same subject (or tenant, or key) first.
                     # Nothing of this attempt was committed; reload and check every fact again.

@@ -225,7 +225,8 @@ class FactBatch:
         earlier = self.in_batch.get((tenant, event_id))
         return earlier is not None and earlier[2] != sid
 
-    def commit(self) -> list[Outcome]:
+    def commit(self, extra: Any = None) -> list[Outcome]:
+        """Append the accepted facts; `extra` rides in the same log transaction (see record)."""
         aggregates: list[Tenant | Subject] = [
             t for t in self.tenants.values() if t is not None and t.pending_events
         ]
@@ -241,7 +242,10 @@ class FactBatch:
         if aggregates:
             self.ledger.keystore.add_keys(used_keys)
             events = [event for aggregate in aggregates for event in aggregate.collect_events()]
-            recordings = self.ledger.events.put(events, facts=self.fact_keys)
+            put_kwargs: dict[str, Any] = {"facts": self.fact_keys}
+            if extra is not None:
+                put_kwargs["intake"] = extra
+            recordings = self.ledger.events.put(events, **put_kwargs)
             self.committed = True
             for recording in recordings:
                 event = recording.domain_event
@@ -254,6 +258,8 @@ class FactBatch:
                 # The next fact's prev_hash is the hash just computed from the stored bytes.
                 aggregate._head_hash = positions[(aggregate.id, aggregate.version)][1]
             self.ledger.remember([a for a in aggregates if isinstance(a, Subject)])
+        elif extra is not None:
+            self.ledger.ledger_recorder.commit_extra(extra)
         self.committed = True
         for sid, erased_at in self.erased:
             self.ledger.keystore.erase(sid, erased_at)

@@ -46,6 +46,8 @@ class Code(StrEnum):
     EVENT_ID_CONFLICT = "event_id_conflict"
     # Subjects addressed by sid.
     UNKNOWN_SUBJECT = "unknown_subject"
+    # Kafka intake: a record that made the writer fail on its own (never blocks a partition).
+    PROCESSING_FAILED = "processing_failed"
 
 
 class FactRejected(Exception):

@@ -109,6 +109,10 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
         )
         return positions
 
+    def commit_extra(self, extra: object) -> None:
+        """Embedded mode has nothing to commit besides facts (see ConsentLedger.record)."""
+        raise TypeError("the embedded log commits no extra records")
+
     def _insert_rows(self, c: SQLiteCursor, stored_events: Sequence[StoredEvent]) -> list[int]:
         """One executemany instead of a statement per event.
 

@@ -29,6 +29,12 @@ class Settings:
       is read from (or created in) `$LEDGER_DATA_DIR/master.key` with mode 0600 |
     | KAFKA_BOOTSTRAP | | Kafka bootstrap servers, `host:port[,host:port]` |
     | LEDGER_TOPIC_PREFIX | consent | topics `<prefix>.intake`, `.ledger`, `.rejected` |
+    | LEDGER_PARTITIONS | 3 | partitions of the topics the ledger creates |
+    | LEDGER_REPLICATION | 1 | replication factor of the topics it creates (3 in production) |
+    | LEDGER_MIN_INSYNC | 1 | `min.insync.replicas` of the ledger topic (2 in production) |
+    | LEDGER_REJECTED_RETENTION_MS | 604800000 | rejected topic retention (original bytes) |
+    | LEDGER_INTAKE_BATCH | 500 | intake records per writer transaction |
+    | LEDGER_INTAKE_MAX_BYTES | 1048576 | larger intake records are rejected as oversize |
     | LEDGER_MAX_FUTURE_SKEW_S | 300 | how far `occurred_at` may be ahead of the ledger's clock |
     | LEDGER_AGGREGATE_CACHE | 10000 | subjects kept in memory between writes |
     | LEDGER_REQUEST_DUE_DAYS | 30 | deadline of a subject request that names no `due_at` |
@@ -42,6 +48,12 @@ class Settings:
     max_future_skew_s: int = 300
     aggregate_cache: int = 10000
     request_due_days: int = 30
+    partitions: int = 3
+    replication: int = 1
+    min_insync: int = 1
+    rejected_retention_ms: int = 7 * 24 * 3600 * 1000
+    intake_batch: int = 500
+    intake_max_bytes: int = 1024 * 1024
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -60,11 +72,24 @@ class Settings:
             max_future_skew_s=_int(env, "LEDGER_MAX_FUTURE_SKEW_S", 300),
             aggregate_cache=_int(env, "LEDGER_AGGREGATE_CACHE", 10000),
             request_due_days=_int(env, "LEDGER_REQUEST_DUE_DAYS", 30),
+            partitions=max(1, _int(env, "LEDGER_PARTITIONS", 3)),
+            replication=max(1, _int(env, "LEDGER_REPLICATION", 1)),
+            min_insync=max(1, _int(env, "LEDGER_MIN_INSYNC", 1)),
+            rejected_retention_ms=_int(env, "LEDGER_REJECTED_RETENTION_MS", 7 * 24 * 3600 * 1000),
+            intake_batch=max(1, _int(env, "LEDGER_INTAKE_BATCH", 500)),
+            intake_max_bytes=max(1, _int(env, "LEDGER_INTAKE_MAX_BYTES", 1024 * 1024)),
         )
+
+    def bootstrap(self) -> str:
+        """KAFKA_BOOTSTRAP, required in Kafka mode."""
+        if not self.kafka_bootstrap:
+            raise SettingsError("LEDGER_BACKEND=kafka needs KAFKA_BOOTSTRAP (host:port)")
+        return self.kafka_bootstrap
 
     @property
     def log_path(self) -> Path:
-        return self.data_dir / "ledger.db"
+        """The SQLite log (embedded), or the writer's replica of the ledger topic (Kafka)."""
+        return self.data_dir / ("ledger.db" if self.backend == "embedded" else "ledger-replica.db")
 
     @property
     def views_path(self) -> Path:

@@ -48,11 +48,12 @@ class ConsentProjection(Projection[ConsentViews]):
 
     def __init__(self, view: ConsentViews) -> None:
         super().__init__(view)
-        # Subjects' view state as committed at `_position`, so consecutive pages do not
+        # Subjects' view state as committed at `_positions`, so consecutive pages do not
         # reload every subject's history. Dropped when the committed position is not the one
         # this object last wrote (another writer) or when a page fails.
         self._cache: dict[str, SubjectView] = {}
-        self._position: int | None = None
+        # Per tracking name (one per log, or per ledger partition in Kafka mode).
+        self._positions: dict[str, int] = {}
 
     def process_event(self, domain_event: Any, tracking: Tracking) -> None:
         """The library's per-event entry point: a batch of one."""
@@ -63,7 +64,8 @@ class ConsentProjection(Projection[ConsentViews]):
     ) -> None:
         """Apply events in log order and commit the views with `tracking` in one transaction."""
         events = list(events)
-        if self.view.max_tracking_id(tracking.application_name) != self._position:
+        name = tracking.application_name
+        if self.view.max_tracking_id(name) != self._positions.get(name):
             self._cache.clear()
         sids = {e.originator_id.hex for e in events if isinstance(e, _SUBJECT_EVENTS)}
         state = {sid: self._cache[sid] for sid in sids if sid in self._cache}
@@ -76,9 +78,9 @@ class ConsentProjection(Projection[ConsentViews]):
             self.view.apply(changes, tracking)
         except BaseException:
             self._cache.clear()
-            self._position = None
+            self._positions.clear()
             raise
-        self._position = tracking.notification_id
+        self._positions[name] = tracking.notification_id
         if len(self._cache) + len(state) > self.cache_size:
             self._cache.clear()
         self._cache.update(state)

@@ -28,8 +28,21 @@ def catch_up(
     """Process every notification after the view's position; returns how many were read.
 
     With `known_at`, facts recorded after that instant are left out: the view is what the
-    ledger knew then.
+    ledger knew then. In Kafka mode the log is the ledger topic itself, read per partition.
     """
+    from ledger.kafka.recorder import KafkaLedgerRecorder
+
+    if isinstance(ledger.recorder, KafkaLedgerRecorder):
+        from projections.kafka_source import catch_up_from_topic
+
+        return catch_up_from_topic(
+            ledger.recorder.link,
+            ledger.mapper,
+            projection,
+            APPLICATION,
+            known_at=known_at,
+            page=page,
+        )
     position = projection.view.max_tracking_id(APPLICATION) or 0
     processed = 0
     while True:

@@ -5,6 +5,7 @@
 #   deploy/kafka/broker.sh start [DIR]     format KRaft storage in DIR and start on a free port;
 #                                          prints the bootstrap address (host:port)
 #   deploy/kafka/broker.sh stop [DIR]      stop the broker started in DIR and wait for it to exit
+#   deploy/kafka/broker.sh restart [DIR]   stop it and start it again on the same data and port
 #   deploy/kafka/broker.sh bootstrap [DIR] print the bootstrap address of the broker in DIR
 #
 # DIR defaults to ./var/kafka. The jars are cached in $KAFKA_CACHE_DIR
@@ -102,8 +103,15 @@ LOG
         -t "$(python3 -c 'import base64,uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')" \
         -c "$dir/server.properties" > "$dir/format.log" 2>&1 \
         || { cat "$dir/format.log" >&2; return 1; }
+    launch "$port"
+}
+
+launch() {
+    local port="$1" cp="$libs/*"
+    local jvm=(-Xms256m -Xmx768m -XX:+UseG1GC -Djava.awt.headless=true
+               "-Dkafka.logs.dir=$dir" "-Dlog4j2.configurationFile=$dir/log4j2.properties")
     nohup java "${jvm[@]}" -cp "$cp" kafka.Kafka "$dir/server.properties" \
-        > "$dir/stdout.log" 2>&1 < /dev/null &
+        >> "$dir/stdout.log" 2>&1 < /dev/null &
     echo $! > "$dir/broker.pid"
     # Readiness: the broker is usable once its client port accepts connections.
     local deadline=$((SECONDS + 90))
@@ -124,6 +132,18 @@ LOG
     echo "127.0.0.1:$port" > "$dir/bootstrap"
 }
 
+# Start a stopped broker again on its data and ports (a broker restart, not a new cluster).
+restart() {
+    fetch
+    dir="$(cd "$dir" && pwd)"
+    [ -f "$dir/server.properties" ] && [ -d "$dir/data" ] || die "no broker was started in $dir"
+    stop
+    local port
+    port="$(sed -n 's/^listeners=PLAINTEXT:\/\/127.0.0.1:\([0-9]*\),.*/\1/p' "$dir/server.properties")"
+    launch "$port" || die "the broker did not restart (logs in $dir)"
+    cat "$dir/bootstrap"
+}
+
 stop() {
     local pid
     pid="$(running_pid)" || { rm -f "$dir/broker.pid"; return 0; }
@@ -140,6 +160,7 @@ case "$cmd" in
     fetch) fetch ;;
     start) start ;;
     stop) stop ;;
+    restart) restart ;;
     bootstrap) [ -f "$dir/bootstrap" ] && running_pid >/dev/null && cat "$dir/bootstrap" || die "no broker running in $dir" ;;
-    *) echo "usage: $0 fetch|start|stop|bootstrap [DIR]" >&2; exit 2 ;;
+    *) echo "usage: $0 fetch|start|stop|restart|bootstrap [DIR]" >&2; exit 2 ;;
 esac

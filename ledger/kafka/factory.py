@@ -1,0 +1,51 @@
+"""The persistence module of Kafka mode, selected with `PERSISTENCE_MODULE`.
+
+The library's SQLite factory holds the writer's local replica; this factory adds the Kafka
+side: it creates or checks the topics, wires the recorder to the ledger topic and brings the
+replica up to date with the topic before the application reads anything.
+"""
+
+from __future__ import annotations
+
+from eventsourcing.persistence import ApplicationRecorder
+from eventsourcing.sqlite import SQLiteFactory
+from kafka.admin import KafkaAdminClient
+
+from ledger.kafka.recorder import KafkaLedgerRecorder, KafkaLink
+from ledger.kafka.topics import ensure_topics, partition_count
+from ledger.settings import Settings
+
+
+class KafkaFactory(SQLiteFactory):
+    KAFKA_BOOTSTRAP = "KAFKA_BOOTSTRAP"
+    LEDGER_TOPIC_PREFIX = "LEDGER_TOPIC_PREFIX"
+
+    _recorder: KafkaLedgerRecorder | None = None
+
+    def application_recorder(self) -> ApplicationRecorder:
+        settings = Settings.from_env(
+            {
+                **{key: value for key, value in self.env.items() if isinstance(value, str)},
+                "LEDGER_BACKEND": "kafka",
+            }
+        )
+        topics = ensure_topics(settings)
+        admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap())
+        try:
+            partitions = partition_count(admin, topics.ledger)
+        finally:
+            admin.close()
+        recorder = KafkaLedgerRecorder(
+            datastore=self.datastore,
+            link=KafkaLink(settings.bootstrap(), topics, partitions),
+        )
+        if self.env_create_table():
+            recorder.create_table()
+        recorder.catch_up()
+        self._recorder = recorder
+        return recorder
+
+    def close(self) -> None:
+        if self._recorder is not None:
+            self._recorder.close()
+        super().close()

@@ -1,0 +1,269 @@
+"""The intake writer: publishers' facts from the intake topic into the ledger, exactly once.
+
+Each poll is one batch and one Kafka transaction: the accepted facts go to the ledger topic,
+the refused and malformed records to the rejected topic (code, message, where they came from
+and the original bytes), and the intake offsets are committed with them through
+`send_offsets_to_transaction`. A crash anywhere leaves either all of that or none of it; the
+restarted writer fences the dead one, resolves its open transaction and resumes from the
+committed offsets.
+
+Poison never blocks a partition: a record that is not a fact is rejected with its code; a
+record that makes the writer itself fail is isolated (the batch is retried one record at a
+time) and rejected as `processing_failed`.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import KafkaError
+
+from ledger.application import ConsentLedger
+from ledger.envelope import Fact, parse_fact_bytes
+from ledger.errors import Code, FactRejected
+from ledger.kafka.recorder import (
+    IntakeCommit,
+    KafkaLedgerRecorder,
+    LedgerUnavailable,
+    WriterFenced,
+)
+from ledger.receipt import Outcome, Receipt
+
+log = logging.getLogger("consent_ledger.intake")
+
+
+@dataclass
+class IntakeStats:
+    batches: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    retries: int = 0
+
+    def reject(self, code: str) -> None:
+        self.rejected[code] = self.rejected.get(code, 0) + 1
+
+
+def rejected_record(
+    record: ConsumerRecord, refusal: FactRejected, fact: Fact | None
+) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
+    """The rejected topic's record: why, where from, and the original bytes.
+
+    The key is the source coordinates, not the publisher's key (which may be personal data).
+    The original bytes are as sensitive as the intake topic itself, which is why the rejected
+    topic has a finite retention (LEDGER_REJECTED_RETENTION_MS).
+    """
+    body: dict[str, Any] = {
+        **refusal.as_dict(),
+        "source": {"topic": record.topic, "partition": record.partition, "offset": record.offset},
+        "original": base64.b64encode(record.value or b"").decode(),
+    }
+    if fact is not None:
+        body["tenant"] = fact.tenant
+        body["event_id"] = fact.event_id
+    key = f"{record.topic}/{record.partition}/{record.offset}".encode()
+    return key, orjson.dumps(body), [("code", refusal.code.value.encode())]
+
+
+class IntakeWriter:
+    def __init__(
+        self, ledger: ConsentLedger, *, batch: int | None = None, max_bytes: int | None = None
+    ) -> None:
+        recorder = ledger.ledger_recorder
+        if not isinstance(recorder, KafkaLedgerRecorder):
+            raise TypeError("the intake writer needs the ledger in Kafka mode")
+        self.ledger = ledger
+        self.recorder = recorder
+        self.link = recorder.link
+        self.batch = batch or ledger.settings.intake_batch
+        self.max_bytes = max_bytes or ledger.settings.intake_max_bytes
+        self.stats = IntakeStats()
+        self.consumer: KafkaConsumer | None = None
+
+    # ---- life cycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Own the ledger (fencing any earlier writer), then resume from the committed offsets.
+
+        Ownership comes first: it resolves a dead writer's open transaction, so the offsets
+        read next are the ones that really committed.
+        """
+        self.recorder.own()
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.link.bootstrap,
+            group_id=self.link.intake_group,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            auto_offset_reset="earliest",
+            max_poll_records=self.batch,
+            client_id="consent-ledger-intake",
+        )
+        partitions = consumer.partitions_for_topic(self.link.topics.intake) or set()
+        if not partitions:
+            consumer.close()
+            raise LedgerUnavailable(f"topic {self.link.topics.intake} has no partitions")
+        consumer.assign([TopicPartition(self.link.topics.intake, p) for p in sorted(partitions)])
+        self.consumer = consumer
+        self._rewind()
+
+    def close(self) -> None:
+        if self.consumer is not None:
+            self.consumer.close()
+            self.consumer = None
+
+    def run(self, stop: threading.Event, on_batch: Any = None) -> None:
+        """Until `stop` is set: poll, write, commit. A broker outage is waited out, not fatal.
+
+        A fenced writer stops (WriterFenced propagates): another writer owns the ledger now,
+        and coming back would fence it in turn.
+        """
+        backoff = 0.2
+        while not stop.is_set():
+            try:
+                if self.consumer is None:
+                    self.start()
+                done = self.step()
+                backoff = 0.2
+                if on_batch is not None and done:
+                    on_batch(done)
+            except WriterFenced:
+                raise
+            except (LedgerUnavailable, KafkaError) as error:
+                self.stats.retries += 1
+                log.warning("ledger unavailable, retrying", extra={"error": type(error).__name__})
+                self.close()
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    # ---- one batch -----------------------------------------------------------------------
+
+    def step(self, timeout_ms: int = 500) -> int:
+        """Poll one batch and commit it; returns how many intake records it consumed."""
+        assert self.consumer is not None
+        polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=self.batch)
+        records = [r for tp in sorted(polled, key=lambda t: t.partition) for r in polled[tp]]
+        if not records:
+            return 0
+        offsets = {
+            TopicPartition(r.topic, r.partition): r.offset + 1 for r in records
+        }  # the last record of each partition wins: they are in offset order
+        try:
+            self._write(records, offsets)
+        except (LedgerUnavailable, WriterFenced, KafkaError):
+            self._rewind_safely()
+            raise
+        except Exception:
+            # A bug tripped over one of these records: find it, reject it, keep going.
+            log.exception("intake batch failed; isolating the record")
+            self._rewind_safely()
+            self._write_one_by_one(records)
+        self.stats.batches += 1
+        return len(records)
+
+    def _write(self, records: Sequence[ConsumerRecord], offsets: dict[TopicPartition, int]) -> None:
+        facts: list[Fact] = []
+        origin: list[ConsumerRecord] = []
+        rejects: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]] = []
+        codes: list[str] = []
+        for record in records:
+            try:
+                fact = self._parse(record)
+            except FactRejected as refusal:
+                rejects.append(rejected_record(record, refusal, None))
+                codes.append(refusal.code.value)
+                continue
+            facts.append(fact)
+            origin.append(record)
+        group = self._group()
+
+        def with_refusals(outcomes: Sequence[Outcome | None]) -> IntakeCommit:
+            refused = list(rejects)
+            for record, fact, outcome in zip(origin, facts, outcomes, strict=True):
+                if isinstance(outcome, FactRejected):
+                    refused.append(rejected_record(record, outcome, fact))
+            return IntakeCommit(refused, offsets, group)
+
+        outcomes = self.ledger.record(facts, with_refusals=with_refusals) if facts else []
+        if not facts:
+            self.recorder.commit_extra(IntakeCommit(rejects, offsets, group))
+        for code in codes:
+            self.stats.reject(code)
+        for outcome in outcomes:
+            if isinstance(outcome, FactRejected):
+                self.stats.reject(outcome.code.value)
+            elif isinstance(outcome, Receipt) and outcome.duplicate:
+                self.stats.duplicates += 1
+            else:
+                self.stats.accepted += 1
+
+    def _write_one_by_one(self, records: Sequence[ConsumerRecord]) -> None:
+        for record in records:
+            offsets = {TopicPartition(record.topic, record.partition): record.offset + 1}
+            try:
+                self._write([record], offsets)
+            except (LedgerUnavailable, WriterFenced, KafkaError):
+                self._rewind_safely()
+                raise
+            except Exception:
+                log.exception("an intake record made the writer fail; rejected")
+                refusal = FactRejected(
+                    Code.PROCESSING_FAILED, "the ledger failed while processing this record"
+                )
+                self.recorder.commit_extra(
+                    IntakeCommit([rejected_record(record, refusal, None)], offsets, self._group())
+                )
+                self.stats.reject(refusal.code.value)
+
+    def _parse(self, record: ConsumerRecord) -> Fact:
+        value = record.value
+        if value is None:
+            raise FactRejected(Code.INVALID_JSON, "the record has no value")
+        if len(value) > self.max_bytes:
+            raise FactRejected(Code.OVERSIZE, f"a fact may be at most {self.max_bytes} bytes")
+        return parse_fact_bytes(value)
+
+    # ---- positions -----------------------------------------------------------------------
+
+    def _group(self) -> Any:
+        assert self.consumer is not None
+        return self.consumer.group_metadata()
+
+    def _rewind(self) -> None:
+        """Go back to the committed offsets: whatever was polled after them is read again."""
+        consumer = self.consumer
+        assert consumer is not None
+        for tp in consumer.assignment():
+            committed = consumer.committed(tp)
+            if committed is None:
+                consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, committed)
+
+    def _rewind_safely(self) -> None:
+        try:
+            self._rewind()
+        except KafkaError:
+            self.close()  # the next round starts over from the committed offsets
+
+
+def wait_until_consumed(
+    writer: IntakeWriter, ends: dict[TopicPartition, int], timeout: float
+) -> None:
+    """Drive `step` until the committed intake offsets reach `ends` (tests and benchmarks)."""
+    deadline = time.monotonic() + timeout
+    assert writer.consumer is not None
+    while True:
+        if all((writer.consumer.committed(tp) or 0) >= end for tp, end in ends.items()):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError("the intake writer did not reach the end offsets")
+        writer.step()

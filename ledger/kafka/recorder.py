@@ -1,0 +1,299 @@
+"""The ledger's recorder in Kafka mode: the ledger topic is the log of record.
+
+Kafka has no conditional append, so consistency comes from ownership. This recorder becomes
+the one writer of the ledger topic the first time it writes: its transactional producer's
+`init_transactions` fences every earlier producer with the same transactional id (derived from
+the partitions it owns) and aborts whatever transaction such a producer left open; only then
+does it rebuild what it needs from the partitions (read_committed) and append.
+
+What it needs is kept in a local SQLite replica of the topic — the very recorder of embedded
+mode, so the per-subject version index, the fact index (idempotency by `event_id`), the hash
+chain heads and reads of a subject's facts all work unchanged — together with the next offset
+of each partition it has applied. An append writes the replica rows and the Kafka transaction
+inside one SQLite transaction that commits only after Kafka did: if Kafka refuses, nothing is
+kept; if the process dies between the two commits, the next catch-up reads the facts back
+from the topic. The replica is a cache: delete it and it is rebuilt from the partitions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.sqlite import SQLiteCursor, SQLiteDatastore
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import (
+    InvalidProducerEpochError,
+    KafkaError,
+    ProducerFencedError,
+    TransactionalIdAuthorizationFailedError,
+)
+from kafka.structs import OffsetAndMetadata
+
+from ledger.kafka.records import NotALedgerRecord, decode, encode
+from ledger.kafka.topics import Topics
+from ledger.recorder import FactKey, LedgerSQLiteRecorder
+
+log = logging.getLogger("consent_ledger.kafka")
+
+FENCED = (ProducerFencedError, InvalidProducerEpochError, TransactionalIdAuthorizationFailedError)
+
+
+class WriterFenced(RuntimeError):
+    """Another writer took ownership of the ledger partitions; this one may never append again."""
+
+
+class LedgerUnavailable(RuntimeError):
+    """The broker did not take the append; nothing of it was kept, and it may be retried."""
+
+
+@dataclass(frozen=True)
+class KafkaLink:
+    bootstrap: str
+    topics: Topics
+    partitions: int
+    catch_up_timeout_s: float = 120.0
+
+    @property
+    def transactional_id(self) -> str:
+        """One id per set of owned partitions: a second writer for them fences the first."""
+        owned = "-".join(str(p) for p in range(self.partitions))
+        return f"{self.topics.ledger}-writer-p{owned}"
+
+    @property
+    def intake_group(self) -> str:
+        return f"{self.topics.ledger}-writer"
+
+
+@dataclass
+class IntakeCommit:
+    """What an intake batch adds to the ledger's transaction: its rejects and its offsets."""
+
+    rejects: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]] = field(default_factory=list)
+    offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    group: Any = None
+
+
+class KafkaLedgerRecorder(LedgerSQLiteRecorder):
+    def __init__(
+        self,
+        datastore: SQLiteDatastore,
+        events_table_name: str = "stored_events",
+        *,
+        link: KafkaLink,
+    ) -> None:
+        self.positions_table = f"{events_table_name}_kafka_positions"
+        super().__init__(datastore, events_table_name)
+        self.link = link
+        self._producer: KafkaProducer | None = None
+        self._fenced = False
+        self._owning = threading.Lock()
+
+    def construct_create_table_statements(self) -> list[str]:
+        return [
+            *super().construct_create_table_statements(),
+            f"CREATE TABLE IF NOT EXISTS {self.positions_table} ("
+            "partition INTEGER PRIMARY KEY, next_offset INTEGER NOT NULL)",
+        ]
+
+    # ---- reading the partitions ----------------------------------------------------------
+
+    def positions(self) -> dict[int, int]:
+        """The next offset to apply of each partition (a position is partition and offset)."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT partition, next_offset FROM {self.positions_table}")
+            return {int(row[0]): int(row[1]) for row in c.fetchall()}
+
+    def catch_up(self) -> int:
+        """Apply every committed record after the replica's positions; returns how many.
+
+        Reads with read_committed up to each partition's last stable offset. Offsets have
+        gaps (transaction markers, aborted records), so the next position is the consumer's,
+        never the last record's offset plus one assumed contiguous.
+        """
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.link.bootstrap,
+            isolation_level="read_committed",
+            enable_auto_commit=False,
+            client_id="consent-ledger-replica",
+        )
+        applied = 0
+        try:
+            tps = [TopicPartition(self.link.topics.ledger, p) for p in range(self.link.partitions)]
+            consumer.assign(tps)
+            start = self.positions()
+            for tp in tps:
+                if tp.partition in start:
+                    consumer.seek(tp, start[tp.partition])
+                else:
+                    consumer.seek_to_beginning(tp)
+            end = consumer.end_offsets(tps)
+            deadline = time.monotonic() + self.link.catch_up_timeout_s
+            pending = [tp for tp in tps if consumer.position(tp) < end[tp]]
+            while pending:
+                if time.monotonic() > deadline:
+                    raise LedgerUnavailable("the ledger topic could not be read to its end")
+                polled = consumer.poll(timeout_ms=500, max_records=5000)
+                events: list[StoredEvent] = []
+                facts: dict[tuple[UUID, int], FactKey] = {}
+                for tp, records in polled.items():
+                    for record in records:
+                        try:
+                            stored, fact = decode(record.value, dict(record.headers or []))
+                        except NotALedgerRecord:
+                            log.warning(
+                                "skipped a record the ledger did not write",
+                                extra={"partition": tp.partition, "offset": record.offset},
+                            )
+                            continue
+                        events.append(stored)
+                        if fact is not None:
+                            facts[(_uuid(stored.originator_id), stored.originator_version)] = fact
+                next_offsets = {tp.partition: consumer.position(tp) for tp in tps}
+                with self.datastore.transaction(commit=True) as c:
+                    if events:
+                        LedgerSQLiteRecorder._insert_events(self, c, events, facts=facts)
+                    self._set_positions(c, next_offsets)
+                applied += len(events)
+                pending = [tp for tp in pending if consumer.position(tp) < end[tp]]
+        except KafkaError as error:
+            raise LedgerUnavailable(f"the ledger topic could not be read: {error}") from error
+        finally:
+            consumer.close()
+        return applied
+
+    def _set_positions(self, c: SQLiteCursor, offsets: Mapping[int, int]) -> None:
+        c.executemany(
+            f"INSERT INTO {self.positions_table} VALUES (?, ?) ON CONFLICT (partition) "
+            "DO UPDATE SET next_offset = MAX(next_offset, excluded.next_offset)",
+            list(offsets.items()),
+        )
+
+    # ---- owning and writing ----------------------------------------------------------------
+
+    @property
+    def is_owner(self) -> bool:
+        return self._producer is not None
+
+    def own(self) -> None:
+        """Become the writer: fence earlier writers, then catch up with what they committed."""
+        with self._owning:
+            if self._fenced:
+                raise WriterFenced("another writer owns the ledger partitions")
+            if self._producer is not None:
+                return
+            try:
+                producer = KafkaProducer(
+                    bootstrap_servers=self.link.bootstrap,
+                    transactional_id=self.link.transactional_id,
+                    enable_idempotence=True,
+                    acks="all",
+                    linger_ms=0,
+                    max_request_size=4 * 1024 * 1024,
+                    client_id="consent-ledger-writer",
+                )
+                producer.init_transactions()
+            except KafkaError as error:
+                raise LedgerUnavailable(f"could not become the ledger writer: {error}") from error
+            self._producer = producer
+            self.catch_up()
+
+    def _insert_events(
+        self,
+        c: SQLiteCursor,
+        stored_events: Sequence[StoredEvent],
+        *,
+        facts: Mapping[tuple[UUID, int], FactKey] | None = None,
+        intake: IntakeCommit | None = None,
+        **kwargs: Any,
+    ) -> Sequence[int] | None:
+        if self._producer is None:
+            raise LedgerUnavailable("this process is not the ledger writer (call own() first)")
+        positions = super()._insert_events(c, stored_events, facts=facts, **kwargs)
+        records = [
+            encode(
+                s,
+                (facts or {}).get((_uuid(s.originator_id), s.originator_version)),
+                self.link.partitions,
+            )
+            for s in stored_events
+        ]
+        offsets = self._transact(records, intake)
+        self._set_positions(c, offsets)
+        return positions
+
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Any:
+        self.own()
+        return super().insert_events(stored_events, **kwargs)
+
+    def commit_extra(self, extra: object) -> None:
+        """An intake batch that adds no fact: its rejects and offsets, in one transaction."""
+        assert isinstance(extra, IntakeCommit)
+        self.own()
+        self._transact([], extra)
+
+    def _transact(self, records: Sequence[Any], intake: IntakeCommit | None) -> dict[int, int]:
+        producer = self._producer
+        assert producer is not None
+        topics = self.link.topics
+        try:
+            producer.begin_transaction()
+            futures = [
+                producer.send(
+                    topics.ledger,
+                    key=r.key,
+                    value=r.value,
+                    headers=r.headers,
+                    partition=r.partition,
+                )
+                for r in records
+            ]
+            if intake is not None:
+                for key, value, headers in intake.rejects:
+                    producer.send(topics.rejected, key=key, value=value, headers=headers)
+                if intake.offsets:
+                    producer.send_offsets_to_transaction(
+                        {tp: OffsetAndMetadata(o, "", -1) for tp, o in intake.offsets.items()},
+                        intake.group,
+                    )
+            producer.commit_transaction()
+            written: dict[int, int] = {}
+            for future in futures:
+                meta = future.get(timeout=0)
+                written[meta.partition] = max(written.get(meta.partition, 0), meta.offset + 1)
+            return written
+        except FENCED as error:
+            self._fenced = True
+            self._drop_producer()
+            raise WriterFenced("another writer owns the ledger partitions") from error
+        except KafkaError as error:
+            # The outcome of the transaction is unknown only if the commit itself failed;
+            # either way this producer is dropped and the next write fences, resolves the
+            # transaction (commit or abort) and catches up before appending.
+            self._drop_producer(abort=True)
+            raise LedgerUnavailable(f"the broker did not take the append: {error}") from error
+
+    def _drop_producer(self, abort: bool = False) -> None:
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        # The producer is being thrown away: its abort and close may fail like it did.
+        if abort:
+            with contextlib.suppress(Exception):
+                producer.abort_transaction()
+        with contextlib.suppress(Exception):
+            producer.close(timeout=5)
+
+    def close(self) -> None:
+        self._drop_producer(abort=True)
+
+
+def _uuid(originator_id: UUID | str) -> UUID:
+    return originator_id if isinstance(originator_id, UUID) else UUID(originator_id)

@@ -1,0 +1,90 @@
+"""Verify the ledger topic itself, not only the writer's replica of it.
+
+Read with read_committed, each record is rehashed and checked against its subject's chain
+(versions 1, 2, 3... in partition order, `prev_hash` equal to the rehash of the record before)
+and against the hash the writer indexed when it appended. A record the ledger did not write,
+a gap, a swap or changed bytes is named by its partition and offset.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from uuid import UUID
+
+import orjson
+from kafka import KafkaConsumer, TopicPartition
+
+from ledger.chain import GENESIS, stored_hash
+from ledger.kafka.recorder import KafkaLedgerRecorder, LedgerUnavailable
+from ledger.kafka.records import NotALedgerRecord, decode
+from ledger.verify import Problem, VerifyResult
+
+
+def verify_topic(recorder: KafkaLedgerRecorder, timeout_s: float = 300.0) -> VerifyResult:
+    link = recorder.link
+    indexed = {(row.originator_id, row.originator_version): row for row in recorder.all_index()}
+    heads: dict[UUID, tuple[int, str]] = {}
+    problems: list[Problem] = []
+    checked = 0
+    consumer = KafkaConsumer(
+        bootstrap_servers=link.bootstrap,
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+        client_id="consent-ledger-verify",
+    )
+    try:
+        tps = [TopicPartition(link.topics.ledger, p) for p in range(link.partitions)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        deadline = time.monotonic() + timeout_s
+        pending = [tp for tp in tps if consumer.position(tp) < end[tp]]
+        while pending:
+            if time.monotonic() > deadline:
+                raise LedgerUnavailable("the ledger topic could not be read to its end")
+            for tp, records in consumer.poll(timeout_ms=500, max_records=5000).items():
+                for record in records:
+                    if record.offset >= end[tp]:
+                        continue
+                    checked += 1
+                    found = _check(record, heads, indexed)
+                    if found is not None:
+                        problems.append(found)
+            pending = [tp for tp in pending if consumer.position(tp) < end[tp]]
+    finally:
+        consumer.close()
+    return VerifyResult(facts_checked=checked, root=recorder.head()[1], problems=problems)
+
+
+def _check(
+    record: Any, heads: dict[UUID, tuple[int, str]], indexed: dict[tuple[UUID, int], Any]
+) -> Problem | None:
+    where = f"partition {record.partition} offset {record.offset}"
+
+    def problem(kind: str, agg: str, version: int, message: str) -> Problem:
+        return Problem(record.offset, kind, agg, version, None, f"{where}: {message}")
+
+    try:
+        stored, _ = decode(record.value, dict(record.headers or []))
+    except NotALedgerRecord:
+        return problem("inserted", "", 0, "a record the ledger did not write")
+    agg = stored.originator_id
+    assert isinstance(agg, UUID)
+    version = stored.originator_version
+    digest = stored_hash(stored)
+    last_version, last_hash = heads.get(agg, (0, GENESIS))
+    heads[agg] = (version, digest)
+    if version != last_version + 1:
+        kind = "removed" if version > last_version + 1 else "reordered"
+        return problem(kind, agg.hex, version, f"follows version {last_version}")
+    row = indexed.get((agg, version))
+    if row is not None and row.hash != digest:
+        return problem("altered", agg.hex, version, "the bytes differ from those indexed")
+    try:
+        prev = orjson.loads(stored.state).get("prev_hash", GENESIS)
+    except orjson.JSONDecodeError:
+        prev = None
+    if prev != last_hash:
+        return problem("altered", agg.hex, version, "prev_hash breaks the chain")
+    return None

@@ -1,0 +1,80 @@
+"""Projections fed straight from the ledger topic (Kafka mode).
+
+A position is (partition, offset): each ledger partition is tracked on its own, under the
+tracking name `<application>@<topic>/<partition>` with the next offset to read, and each
+page of a partition commits its view changes with that position in one transaction — the
+same exactly-once idiom as embedded mode. Offsets have gaps (transaction markers, aborted
+records), so the position is always the consumer's, never an offset plus one assumed.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from eventsourcing.persistence import Mapper, Tracking
+from kafka import KafkaConsumer, TopicPartition
+
+from ledger.kafka.recorder import KafkaLink
+from ledger.kafka.records import NotALedgerRecord, decode
+from projections.consent_projection import ConsentProjection
+
+log = logging.getLogger("consent_ledger.projections")
+
+
+def tracking_name(application: str, tp: TopicPartition) -> str:
+    return f"{application}@{tp.topic}/{tp.partition}"
+
+
+def catch_up_from_topic(
+    link: KafkaLink,
+    mapper: Mapper[Any],
+    projection: ConsentProjection,
+    application: str,
+    *,
+    known_at: datetime | None = None,
+    page: int = 5000,
+) -> int:
+    """Apply every committed ledger record after the view's positions; returns how many."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=link.bootstrap,
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+        client_id="consent-ledger-projection",
+    )
+    processed = 0
+    try:
+        tps = [TopicPartition(link.topics.ledger, p) for p in range(link.partitions)]
+        consumer.assign(tps)
+        for tp in tps:
+            position = projection.view.max_tracking_id(tracking_name(application, tp))
+            if position:
+                consumer.seek(tp, position)
+            else:
+                consumer.seek_to_beginning(tp)
+        end = consumer.end_offsets(tps)
+        pending = [tp for tp in tps if consumer.position(tp) < end[tp]]
+        while pending:
+            polled = consumer.poll(timeout_ms=500, max_records=page)
+            for tp, records in polled.items():
+                events: list[Any] = []
+                for record in records:
+                    try:
+                        stored, _ = decode(record.value, dict(record.headers or []))
+                    except NotALedgerRecord:
+                        log.warning(
+                            "skipped a record the ledger did not write",
+                            extra={"partition": tp.partition, "offset": record.offset},
+                        )
+                        continue
+                    event: Any = mapper.to_domain_event(stored)
+                    if known_at is None or event.timestamp <= known_at:
+                        events.append(event)
+                position = consumer.position(tp)
+                projection.process_batch(events, Tracking(tracking_name(application, tp), position))
+                processed += len(records)
+            pending = [tp for tp in pending if consumer.position(tp) < end[tp]]
+    finally:
+        consumer.close()
+    return processed
