@@ -153,11 +153,8 @@ class IntakeWriter:
         records = [r for tp in sorted(polled, key=lambda t: t.partition) for r in polled[tp]]
         if not records:
             return 0
-        offsets = {
-            TopicPartition(r.topic, r.partition): r.offset + 1 for r in records
-        }  # the last record of each partition wins: they are in offset order
         try:
-            self._write(records, offsets)
+            self._write(records, _next_offsets(records))
         except (LedgerUnavailable, WriterFenced, KafkaError):
             self._rewind_safely()
             raise
@@ -165,7 +162,7 @@ class IntakeWriter:
             # A bug tripped over one of these records: find it, reject it, keep going.
             log.exception("intake batch failed; isolating the record")
             self._rewind_safely()
-            self._write_one_by_one(records)
+            self._write_isolating(records)
         self.stats.batches += 1
         return len(records)
 
@@ -205,23 +202,31 @@ class IntakeWriter:
             else:
                 self.stats.accepted += 1
 
-    def _write_one_by_one(self, records: Sequence[ConsumerRecord]) -> None:
-        for record in records:
-            offsets = {TopicPartition(record.topic, record.partition): record.offset + 1}
-            try:
-                self._write([record], offsets)
-            except (LedgerUnavailable, WriterFenced, KafkaError):
-                self._rewind_safely()
-                raise
-            except Exception:
-                log.exception("an intake record made the writer fail; rejected")
-                refusal = FactRejected(
-                    Code.PROCESSING_FAILED, "the ledger failed while processing this record"
-                )
-                self.recorder.commit_extra(
-                    IntakeCommit([rejected_record(record, refusal, None)], offsets, self._group())
-                )
-                self.stats.reject(refusal.code.value)
+    def _write_isolating(self, records: Sequence[ConsumerRecord]) -> None:
+        """Retry in halves until the record that fails alone is found; reject just that one."""
+        if len(records) > 1:
+            middle = len(records) // 2
+            for half in (records[:middle], records[middle:]):
+                try:
+                    self._write(half, _next_offsets(half))
+                except (LedgerUnavailable, WriterFenced, KafkaError):
+                    self._rewind_safely()
+                    raise
+                except Exception:
+                    self._rewind_safely()
+                    self._write_isolating(half)
+            return
+        [record] = records
+        log.exception("an intake record made the writer fail; rejected")
+        refusal = FactRejected(
+            Code.PROCESSING_FAILED, "the ledger failed while processing this record"
+        )
+        self.recorder.commit_extra(
+            IntakeCommit(
+                [rejected_record(record, refusal, None)], _next_offsets(records), self._group()
+            )
+        )
+        self.stats.reject(refusal.code.value)
 
     def _parse(self, record: ConsumerRecord) -> Fact:
         value = record.value
@@ -253,6 +258,11 @@ class IntakeWriter:
             self._rewind()
         except KafkaError:
             self.close()  # the next round starts over from the committed offsets
+
+
+def _next_offsets(records: Sequence[ConsumerRecord]) -> dict[TopicPartition, int]:
+    """The intake position after these records (they are in offset order per partition)."""
+    return {TopicPartition(r.topic, r.partition): r.offset + 1 for r in records}
 
 
 def wait_until_consumed(

@@ -95,6 +95,8 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
         self._producer: KafkaProducer | None = None
         self._fenced = False
         self._owning = threading.Lock()
+        # One transaction at a time on the producer, whichever thread asks.
+        self._transacting = threading.Lock()
 
     def construct_create_table_statements(self) -> list[str]:
         return [
@@ -240,8 +242,13 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
         self._transact([], extra)
 
     def _transact(self, records: Sequence[Any], intake: IntakeCommit | None) -> dict[int, int]:
+        with self._transacting:
+            return self._transact_once(records, intake)
+
+    def _transact_once(self, records: Sequence[Any], intake: IntakeCommit | None) -> dict[int, int]:
         producer = self._producer
-        assert producer is not None
+        if producer is None:
+            raise LedgerUnavailable("this process is not the ledger writer")
         topics = self.link.topics
         try:
             producer.begin_transaction()

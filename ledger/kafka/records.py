@@ -36,7 +36,12 @@ def tenant_of(stored: StoredEvent, fact: FactKey | None) -> str:
     """The tenant an event belongs to: facts carry it; other events hold it in their state."""
     if fact is not None:
         return fact.tenant
-    state = orjson.loads(stored.state)
+    try:
+        state = orjson.loads(stored.state)
+    except orjson.JSONDecodeError:
+        return ""
+    if not isinstance(state, dict):
+        return ""
     return str(state.get("tenant") or state.get("name") or "")
 
 

@@ -1,0 +1,176 @@
+"""The Kafka recorder against the library's reusable recorder tests, on the real broker.
+
+Every test of `ApplicationRecorderTestCase` applies: reads are served from the writer's
+replica, which holds exactly what the writer appended to (and read back from) the ledger
+topic. `test_concurrent_no_conflicts` writes 100,000 events in 1,000 Kafka transactions; it
+stays, because concurrent writers in one process are what the HTTP service does.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.sqlite import SQLiteDatastore
+from eventsourcing.tests import persistence as library_tests
+from kafka.admin import KafkaAdminClient
+
+from ledger.kafka.recorder import KafkaLedgerRecorder, KafkaLink, WriterFenced
+from ledger.kafka.topics import Topics, ensure_topics
+from ledger.recorder import FactKey
+from tests.kafka_support import headers, kafka_settings, read_committed
+
+pytestmark = pytest.mark.kafka
+
+
+def new_recorder(db: Path, bootstrap: str, prefix: str, partitions: int = 3) -> KafkaLedgerRecorder:
+    recorder = KafkaLedgerRecorder(
+        SQLiteDatastore(db_name=str(db), lock_timeout=30),
+        link=KafkaLink(bootstrap, Topics.of(prefix), partitions),
+    )
+    recorder.create_table()
+    recorder.catch_up()
+    return recorder
+
+
+@pytest.fixture(scope="class")
+def class_bootstrap(request: pytest.FixtureRequest, kafka_bootstrap: str) -> None:
+    request.cls.bootstrap = kafka_bootstrap
+
+
+@pytest.mark.usefixtures("class_bootstrap")
+class TestKafkaLedgerRecorder(library_tests.ApplicationRecorderTestCase[KafkaLedgerRecorder]):
+    bootstrap: str
+
+    def setUp(self) -> None:
+        self._dir = tempfile.TemporaryDirectory()
+        self.settings = kafka_settings(Path(self._dir.name), self.bootstrap)
+        ensure_topics(self.settings)
+        self.recorders: list[KafkaLedgerRecorder] = []
+
+    def tearDown(self) -> None:
+        for recorder in self.recorders:
+            recorder.close()
+        self._dir.cleanup()
+
+    def create_recorder(self) -> KafkaLedgerRecorder:
+        recorder = new_recorder(
+            Path(self._dir.name) / "replica.db", self.bootstrap, self.settings.topic_prefix
+        )
+        recorder.own()
+        self.recorders.append(recorder)
+        return recorder
+
+
+def _event(originator: uuid.UUID, version: int, state: bytes) -> StoredEvent:
+    return StoredEvent(originator, version, "ledger.subject:Subject.ConsentGranted", state)
+
+
+def test_a_fresh_replica_is_rebuilt_from_the_partitions(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    settings = kafka_settings(tmp_path, kafka_bootstrap)
+    topics = ensure_topics(settings)
+    first = new_recorder(tmp_path / "a.db", kafka_bootstrap, settings.topic_prefix)
+    a, b = uuid.uuid4(), uuid.uuid4()
+    events = [_event(a, 1, b'{"tenant":"demo"}'), _event(b, 1, b'{"tenant":"demo"}')]
+    key = FactKey("demo", "e-1", "digest", "2025-01-01T00:00:00+00:00")
+    first.insert_events(events, facts={(b, 1): key})
+    first.insert_events([_event(a, 2, b'{"tenant":"demo","n":2}')])
+    first.close()
+
+    rebuilt = new_recorder(tmp_path / "b.db", kafka_bootstrap, settings.topic_prefix)
+    try:
+        assert [e.state for e in rebuilt.select_events(a)] == [
+            b'{"tenant":"demo"}',
+            b'{"tenant":"demo","n":2}',
+        ]
+        assert rebuilt.find_facts("demo", ["e-1"])["e-1"].originator_id == b
+        assert rebuilt.versions_of([a, b]) == {a: 2, b: 1}
+        assert rebuilt.head()[0] == 3
+        assert rebuilt.catch_up() == 0  # nothing new: every position was recorded
+    finally:
+        rebuilt.close()
+    # Keys are tenant and sid, never personal data; one subject stays in one partition.
+    records = read_committed(kafka_bootstrap, topics.ledger)
+    assert (
+        sorted(r.key for r in records if headers(r)["aggregate"] == a.hex)
+        == [f"demo/{a.hex}".encode()] * 2
+    )
+    assert len({r.partition for r in records if headers(r)["aggregate"] == a.hex}) == 1
+
+
+def test_a_second_writer_fences_the_first(tmp_path: Path, kafka_bootstrap: str) -> None:
+    settings = kafka_settings(tmp_path, kafka_bootstrap)
+    topics = ensure_topics(settings)
+    old = new_recorder(tmp_path / "old.db", kafka_bootstrap, settings.topic_prefix)
+    subject = uuid.uuid4()
+    old.insert_events([_event(subject, 1, b'{"tenant":"demo","by":"old"}')])
+
+    new = new_recorder(tmp_path / "new.db", kafka_bootstrap, settings.topic_prefix)
+    new.own()  # fences the old writer, then catches up with what it committed
+    assert new.versions_of([subject]) == {subject: 1}
+
+    with pytest.raises(WriterFenced):
+        old.insert_events([_event(subject, 2, b'{"tenant":"demo","by":"stale"}')])
+    # The stale append wrote nothing: not to the topic, not to its own replica.
+    assert old.versions_of([subject]) == {subject: 1}
+    with pytest.raises(WriterFenced):
+        old.insert_events([_event(uuid.uuid4(), 1, b'{"tenant":"demo","by":"stale"}')])
+
+    new.insert_events([_event(subject, 2, b'{"tenant":"demo","by":"new"}')])
+    values = [r.value for r in read_committed(kafka_bootstrap, topics.ledger)]
+    assert sorted(values) == [b'{"tenant":"demo","by":"new"}', b'{"tenant":"demo","by":"old"}']
+    old.close()
+    new.close()
+
+
+def test_topics_are_created_with_the_ledger_settings(tmp_path: Path, kafka_bootstrap: str) -> None:
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    settings = kafka_settings(tmp_path, kafka_bootstrap, partitions=4)
+    topics = ensure_topics(settings)
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        configs = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topics.ledger)], config_filter="all"
+        )["topic"][topics.ledger]
+        assert configs["cleanup.policy"]["value"] == "delete"
+        assert configs["retention.ms"]["value"] == "-1"
+        described = {t["name"]: len(t["partitions"]) for t in admin.describe_topics()}
+        assert described[topics.intake] == described[topics.ledger] == 4
+        assert topics.rejected in described
+    finally:
+        admin.close()
+    assert ensure_topics(settings) == topics  # existing, well-configured topics are accepted
+
+
+@pytest.mark.parametrize(
+    ("configs", "named"),
+    [
+        ({"cleanup.policy": "compact"}, "cleanup.policy=compact"),
+        ({"cleanup.policy": "compact,delete"}, "cleanup.policy=compact,delete"),
+        ({"retention.ms": "604800000"}, "retention.ms=604800000"),
+        ({"retention.ms": "-1", "retention.bytes": "1073741824"}, "retention.bytes=1073741824"),
+    ],
+)
+def test_a_ledger_topic_that_loses_records_is_refused(
+    tmp_path: Path, kafka_bootstrap: str, configs: dict[str, str], named: str
+) -> None:
+    from ledger.kafka.topics import TopicRefused
+
+    settings = kafka_settings(tmp_path, kafka_bootstrap)
+    topics = Topics.of(settings.topic_prefix)
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        admin.create_topics(
+            {topics.ledger: {"num_partitions": 1, "replication_factor": 1, "configs": configs}},
+            wait_for_metadata=True,
+        )
+    finally:
+        admin.close()
+    with pytest.raises(TopicRefused, match=named.replace(".", r"\.")):
+        ensure_topics(settings)
