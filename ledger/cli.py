@@ -556,7 +556,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     stats = writer.stats
     print(
         f"worker: stopped; {stats.accepted} accepted, {stats.duplicates} duplicates, "
-        f"{sum(stats.rejected.values())} rejected in {stats.batches} batches",
+        f"{sum(stats.rejected.values())} rejected in {stats.batches} batches; "
+        f"{stats.retries} retries after the broker was unavailable",
         flush=True,
     )
     return 0

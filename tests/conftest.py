@@ -29,6 +29,24 @@ def ledger(settings: Settings) -> Iterator[ConsentLedger]:
     app.close()
 
 
+@pytest.fixture(params=["embedded", "kafka"])
+def backend_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """Settings of a fresh ledger on each backend: the domain and CLI tests run on both."""
+    if request.param == "kafka":
+        from tests.kafka_support import kafka_settings
+
+        return kafka_settings(tmp_path / "data", request.getfixturevalue("kafka_bootstrap"))
+    return Settings(data_dir=tmp_path / "data")
+
+
+@pytest.fixture
+def backend_ledger(backend_settings: Settings) -> Iterator[ConsentLedger]:
+    app = ConsentLedger(backend_settings)
+    app.init_demo()
+    yield app
+    app.close()
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real single-node KRaft broker, fetched from Maven Central by deploy/kafka/broker.sh.

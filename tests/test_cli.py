@@ -5,13 +5,19 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+from ledger.settings import Settings
 from tests.facts import grant, withdraw
+from tests.kafka_support import kafka_env
+
+# The backend of each data directory: every command runs on the embedded log and on Kafka.
+BACKEND_ENV: dict[Path, dict[str, str]] = {}
 
 
 def run(
@@ -19,7 +25,7 @@ def run(
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "ledger.cli", *args],
-        env={**os.environ, "LEDGER_DATA_DIR": str(data), **env},
+        env={**os.environ, **BACKEND_ENV.get(data, {}), "LEDGER_DATA_DIR": str(data), **env},
         input=stdin,
         capture_output=True,
         text=True,
@@ -28,10 +34,14 @@ def run(
 
 
 @pytest.fixture
-def data(tmp_path: Path) -> Path:
-    out = run(tmp_path / "d", "init")
+def data(backend_settings: Settings) -> Iterator[Path]:
+    path = backend_settings.data_dir
+    if backend_settings.backend == "kafka":
+        BACKEND_ENV[path] = kafka_env(backend_settings)
+    out = run(path, "init")
     assert out.returncode == 0, out.stderr
-    return tmp_path / "d"
+    yield path
+    BACKEND_ENV.pop(path, None)
 
 
 def lines(text: str) -> list[dict[str, Any]]:

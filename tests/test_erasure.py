@@ -13,10 +13,12 @@ import orjson
 
 from ledger.application import ConsentLedger
 from ledger.envelope import parse_fact
+from ledger.kafka.topics import Topics
 from ledger.receipt import Receipt
 from ledger.settings import Settings
 from projections.trail import subject_trail
 from tests.facts import fact, grant, withdraw
+from tests.kafka_support import kafka_env, read_committed
 
 REFERENCE = "+998901112233"
 NAME = "Qodirova Dilnoza Botirovna"
@@ -27,8 +29,12 @@ AGENT = "Mozilla/5.0 (X11; Linux x86_64) TestBrowser/117"
 PERSONAL = [REFERENCE, NAME, EMAIL, PHONE, IP, AGENT, "identity proven by passport AB1234567"]
 
 
+# Kafka-mode settings by data directory, for the test that runs on both backends.
+KAFKA_ENV: dict[Path, dict[str, str]] = {}
+
+
 def cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "LEDGER_DATA_DIR": str(data_dir)}
+    env = {**os.environ, **KAFKA_ENV.get(data_dir, {}), "LEDGER_DATA_DIR": str(data_dir)}
     return subprocess.run(
         [sys.executable, "-m", "ledger.cli", *args],
         env=env,
@@ -46,7 +52,10 @@ def files_containing(root: Path, needle: bytes) -> list[str]:
     ]
 
 
-def test_erase_leaves_no_personal_data_and_keeps_the_trail(settings: Settings) -> None:
+def test_erase_leaves_no_personal_data_and_keeps_the_trail(backend_settings: Settings) -> None:
+    settings = backend_settings
+    if settings.backend == "kafka":
+        KAFKA_ENV[settings.data_dir] = kafka_env(settings)
     ledger = ConsentLedger(settings)
     ledger.init_demo()
     evidence = {"ip": IP, "user_agent": AGENT, "form_id": "signup"}
@@ -132,6 +141,15 @@ def test_erase_leaves_no_personal_data_and_keeps_the_trail(settings: Settings) -
     assert not isinstance(again, Receipt) and again.code.value == "subject_erased"
     ledger.close()
     assert files_containing(settings.data_dir, REFERENCE.encode()) == []
+    if settings.backend == "kafka":
+        # The log of record never held it in the clear: not in values, keys or headers.
+        assert settings.kafka_bootstrap
+        records = read_committed(settings.kafka_bootstrap, Topics.of(settings.topic_prefix).ledger)
+        assert len(records) >= 6
+        for record in records:
+            raw = b"".join([record.key or b"", record.value, *(v for _, v in record.headers)])
+            for needle in PERSONAL:
+                assert needle.encode() not in raw, "personal data in clear on the ledger topic"
 
 
 def test_erasure_reaches_facts_recorded_after_it(settings: Settings) -> None:

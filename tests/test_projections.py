@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -19,6 +20,7 @@ from projections.queries import check_recipients, consents_at, who_had_consent
 from projections.runner import catch_up
 from projections.store import ConsentViews
 from projections.views import Views
+from tests.kafka_support import kafka_settings
 from tests.test_properties import BASE, PURPOSES, SUBJECTS, Reference, hours, operations
 
 
@@ -36,85 +38,115 @@ def dump(views: ConsentViews) -> dict[str, list[tuple[Any, ...]]]:
     }
 
 
+histories = {
+    "ops": operations(),
+    "cuts": st.lists(st.integers(min_value=1, max_value=6), min_size=30, max_size=30),
+    "instants": st.lists(hours, min_size=6, max_size=6),
+    "known": st.lists(st.integers(min_value=0, max_value=40), min_size=6, max_size=6),
+}
+
+
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    ops=operations(),
-    cuts=st.lists(st.integers(min_value=1, max_value=6), min_size=30, max_size=30),
-    instants=st.lists(hours, min_size=6, max_size=6),
-    known=st.lists(st.integers(min_value=0, max_value=40), min_size=6, max_size=6),
-)
+@given(**histories)
 def test_views_answer_as_the_raw_facts_say(
     ops: list[dict[str, Any]], cuts: list[int], instants: list[int], known: list[int]
 ) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        ledger = ConsentLedger(Settings(data_dir=Path(tmp) / "data"))
-        views = ConsentViews.open(Path(tmp) / "views.db")
-        projection = ConsentProjection(view=views)
-        try:
-            ledger.init_demo()
-            accepted: list[tuple[datetime, dict[str, Any]]] = []
-            snapshots: list[tuple[datetime, dict[str, Any]]] = []
-            i = 0
-            for cut in cuts:
-                if i >= len(ops):
-                    break
-                batch = ops[i : i + cut]
-                i += cut
-                outcomes = ledger.record([parse_fact(f) for f in batch])
-                for f, outcome in zip(batch, outcomes, strict=True):
-                    if isinstance(outcome, Receipt) and not outcome.duplicate:
-                        accepted.append((datetime.fromisoformat(outcome.recorded_at), f))
-                catch_up(ledger, projection)  # the live view follows the log batch by batch
-                if accepted:
-                    snapshots.append((accepted[-1][0], dump(views)))
+        views_agree(Settings(data_dir=Path(tmp) / "data"), Path(tmp), ops, cuts, instants, known)
 
-            recorded = [r for r, _ in accepted] or [BASE]
-            for h, k in zip(instants, known, strict=True):
-                at = BASE + timedelta(hours=h)
-                known_at = recorded[k % len(recorded)] if k < 35 else None
-                reference = Reference()
-                for r, f in accepted:
-                    if known_at is None or r <= known_at:
-                        reference.record(f)
-                for subject in SUBJECTS:
-                    sid = ledger.sid("demo", subject).hex
-                    states = consents_at(views, "demo", sid, at, known_at) or {}
-                    for purpose in PURPOSES:
-                        got = states[purpose].state if purpose in states else "none"
-                        assert got == reference.state(subject, purpose, at), (subject, purpose)
+
+@pytest.mark.kafka
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(**histories)
+def test_views_fed_from_the_ledger_topic_answer_the_same(
+    kafka_bootstrap: str,
+    ops: list[dict[str, Any]],
+    cuts: list[int],
+    instants: list[int],
+    known: list[int],
+) -> None:
+    """Kafka mode: the projection reads the ledger topic, position per partition."""
+    with tempfile.TemporaryDirectory() as tmp:
+        settings_ = kafka_settings(Path(tmp) / "data", kafka_bootstrap)
+        views_agree(settings_, Path(tmp), ops, cuts, instants, known)
+
+
+def views_agree(
+    ledger_settings: Settings,
+    tmp: Path,
+    ops: list[dict[str, Any]],
+    cuts: list[int],
+    instants: list[int],
+    known: list[int],
+) -> None:
+    ledger = ConsentLedger(ledger_settings)
+    views = ConsentViews.open(Path(tmp) / "views.db")
+    projection = ConsentProjection(view=views)
+    try:
+        ledger.init_demo()
+        accepted: list[tuple[datetime, dict[str, Any]]] = []
+        snapshots: list[tuple[datetime, dict[str, Any]]] = []
+        i = 0
+        for cut in cuts:
+            if i >= len(ops):
+                break
+            batch = ops[i : i + cut]
+            i += cut
+            outcomes = ledger.record([parse_fact(f) for f in batch])
+            for f, outcome in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, Receipt) and not outcome.duplicate:
+                    accepted.append((datetime.fromisoformat(outcome.recorded_at), f))
+            catch_up(ledger, projection)  # the live view follows the log batch by batch
+            if accepted:
+                snapshots.append((accepted[-1][0], dump(views)))
+
+        recorded = [r for r, _ in accepted] or [BASE]
+        for h, k in zip(instants, known, strict=True):
+            at = BASE + timedelta(hours=h)
+            known_at = recorded[k % len(recorded)] if k < 35 else None
+            reference = Reference()
+            for r, f in accepted:
+                if known_at is None or r <= known_at:
+                    reference.record(f)
+            for subject in SUBJECTS:
+                sid = ledger.sid("demo", subject).hex
+                states = consents_at(views, "demo", sid, at, known_at) or {}
                 for purpose in PURPOSES:
-                    expected = {
-                        ledger.sid("demo", s).hex
-                        for s in SUBJECTS
-                        if reference.state(s, purpose, at) == "granted"
-                        and not _erased_by(accepted, s, at, known_at)
-                    }
-                    assert set(who_had_consent(views, "demo", purpose, at, known_at)) == expected
-                    recipients = [ledger.sid("demo", s).hex for s in SUBJECTS]
-                    checked = check_recipients(
-                        views, "demo", purpose, at, [*recipients, "0" * 32], known_at
-                    )
-                    assert {c.sid for c in checked if c.consent} == expected
-                    for subject, result in zip(SUBJECTS, checked, strict=False):
-                        assert result.reason == _reason(
-                            reference, accepted, subject, purpose, at, known_at
-                        ), (subject, purpose, result)
-                    assert checked[-1].reason == "unknown_subject"
+                    got = states[purpose].state if purpose in states else "none"
+                    assert got == reference.state(subject, purpose, at), (subject, purpose)
+            for purpose in PURPOSES:
+                expected = {
+                    ledger.sid("demo", s).hex
+                    for s in SUBJECTS
+                    if reference.state(s, purpose, at) == "granted"
+                    and not _erased_by(accepted, s, at, known_at)
+                }
+                assert set(who_had_consent(views, "demo", purpose, at, known_at)) == expected
+                recipients = [ledger.sid("demo", s).hex for s in SUBJECTS]
+                checked = check_recipients(
+                    views, "demo", purpose, at, [*recipients, "0" * 32], known_at
+                )
+                assert {c.sid for c in checked if c.consent} == expected
+                for subject, result in zip(SUBJECTS, checked, strict=False):
+                    assert result.reason == _reason(
+                        reference, accepted, subject, purpose, at, known_at
+                    ), (subject, purpose, result)
+                assert checked[-1].reason == "unknown_subject"
 
-            # Replay into a fresh store equals the live view; replay up to an instant equals
-            # the view the live projection had then.
-            fresh = ConsentViews.open(Path(tmp) / "replay.db")
-            catch_up(ledger, ConsentProjection(view=fresh))
-            assert dump(fresh) == dump(views)
-            fresh.close()
-            for n, (instant, snapshot) in enumerate(snapshots[:3]):
-                then = ConsentViews.open(Path(tmp) / f"then-{n}.db")
-                catch_up(ledger, ConsentProjection(view=then), known_at=instant)
-                assert dump(then) == snapshot
-                then.close()
-        finally:
-            views.close()
-            ledger.close()
+        # Replay into a fresh store equals the live view; replay up to an instant equals
+        # the view the live projection had then.
+        fresh = ConsentViews.open(Path(tmp) / "replay.db")
+        catch_up(ledger, ConsentProjection(view=fresh))
+        assert dump(fresh) == dump(views)
+        fresh.close()
+        for n, (instant, snapshot) in enumerate(snapshots[:3]):
+            then = ConsentViews.open(Path(tmp) / f"then-{n}.db")
+            catch_up(ledger, ConsentProjection(view=then), known_at=instant)
+            assert dump(then) == snapshot
+            then.close()
+    finally:
+        views.close()
+        ledger.close()
 
 
 def _erased_by(

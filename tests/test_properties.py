@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,6 +24,7 @@ from ledger.errors import FactRejected
 from ledger.policy import SEED_POLICY_VERSION
 from ledger.receipt import Receipt
 from ledger.settings import Settings
+from tests.kafka_support import kafka_settings
 
 BASE = datetime.fromisoformat("2025-03-01T00:00:00+05:00")
 SUBJECTS = ["s0", "s1", "s2"]
@@ -304,45 +306,65 @@ def _parse(key: str, value: Any) -> Any:
     return datetime.fromisoformat(value) if key in ("occurred_at", "expires_at") else value
 
 
+histories = {
+    "ops": operations(),
+    "cuts": st.lists(st.integers(min_value=1, max_value=6), min_size=30, max_size=30),
+    "instants": st.lists(hours, min_size=8, max_size=8),
+}
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    ops=operations(),
-    cuts=st.lists(st.integers(min_value=1, max_value=6), min_size=30, max_size=30),
-    instants=st.lists(hours, min_size=8, max_size=8),
-)
+@given(**histories)
 def test_ledger_agrees_with_reference(
     ops: list[dict[str, Any]], cuts: list[int], instants: list[int]
 ) -> None:
-    reference = Reference()
     with tempfile.TemporaryDirectory() as tmp:
-        ledger = ConsentLedger(Settings(data_dir=Path(tmp)))
-        try:
-            ledger.init_demo()
-            i = 0
-            for cut in cuts:
-                if i >= len(ops):
-                    break
-                batch = ops[i : i + cut]
-                i += cut
-                outcomes = ledger.record([parse_fact(f) for f in batch])
-                for f, outcome in zip(batch, outcomes, strict=True):
-                    expected = reference.apply(f)
-                    got = (
-                        outcome.code.value
-                        if isinstance(outcome, FactRejected)
-                        else "duplicate"
-                        if outcome.duplicate
-                        else "accepted"
-                    )
-                    assert got == expected, (f, got, expected)
-                    assert isinstance(outcome, Receipt) or expected not in ("accepted", "duplicate")
-            for subject in SUBJECTS:
-                aggregate = ledger.subject("demo", ledger.sid("demo", subject))
-                for h in instants:
-                    t = BASE + timedelta(hours=h)
-                    states = aggregate.consent_at(t) if aggregate else {}
-                    for purpose in PURPOSES:
-                        got = states[purpose].state if purpose in states else "none"
-                        assert got == reference.state(subject, purpose, t), (subject, purpose, h)
-        finally:
-            ledger.close()
+        agrees_with_reference(Settings(data_dir=Path(tmp)), ops, cuts, instants)
+
+
+@pytest.mark.kafka
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(**histories)
+def test_kafka_ledger_agrees_with_reference(
+    kafka_bootstrap: str, ops: list[dict[str, Any]], cuts: list[int], instants: list[int]
+) -> None:
+    """The same rules on the Kafka log (fewer examples: each one is a fresh set of topics)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        agrees_with_reference(kafka_settings(Path(tmp), kafka_bootstrap), ops, cuts, instants)
+
+
+def agrees_with_reference(
+    ledger_settings: Settings, ops: list[dict[str, Any]], cuts: list[int], instants: list[int]
+) -> None:
+    reference = Reference()
+    ledger = ConsentLedger(ledger_settings)
+    try:
+        ledger.init_demo()
+        i = 0
+        for cut in cuts:
+            if i >= len(ops):
+                break
+            batch = ops[i : i + cut]
+            i += cut
+            outcomes = ledger.record([parse_fact(f) for f in batch])
+            for f, outcome in zip(batch, outcomes, strict=True):
+                expected = reference.apply(f)
+                got = (
+                    outcome.code.value
+                    if isinstance(outcome, FactRejected)
+                    else "duplicate"
+                    if outcome.duplicate
+                    else "accepted"
+                )
+                assert got == expected, (f, got, expected)
+                assert isinstance(outcome, Receipt) or expected not in ("accepted", "duplicate")
+        for subject in SUBJECTS:
+            aggregate = ledger.subject("demo", ledger.sid("demo", subject))
+            for h in instants:
+                t = BASE + timedelta(hours=h)
+                states = aggregate.consent_at(t) if aggregate else {}
+                for purpose in PURPOSES:
+                    got = states[purpose].state if purpose in states else "none"
+                    assert got == reference.state(subject, purpose, t), (subject, purpose, h)
+    finally:
+        ledger.close()

@@ -15,6 +15,12 @@ from ledger.receipt import Receipt
 from tests.facts import erase, fact, grant, withdraw
 
 
+@pytest.fixture
+def ledger(backend_ledger: ConsentLedger) -> ConsentLedger:
+    """Every rule, on the embedded log and on the Kafka log."""
+    return backend_ledger
+
+
 def record(ledger: ConsentLedger, *facts: dict[str, Any]) -> list[Receipt | FactRejected]:
     return ledger.record([parse_fact(f) for f in facts])
 

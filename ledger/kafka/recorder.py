@@ -37,6 +37,7 @@ from kafka.errors import (
 )
 from kafka.structs import OffsetAndMetadata
 
+from ledger.failpoints import failpoint
 from ledger.kafka.records import NotALedgerRecord, decode, encode
 from ledger.kafka.topics import Topics
 from ledger.recorder import FactKey, LedgerSQLiteRecorder
@@ -270,7 +271,9 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                         {tp: OffsetAndMetadata(o, "", -1) for tp, o in intake.offsets.items()},
                         intake.group,
                     )
+            failpoint("kafka-sent")
             producer.commit_transaction()
+            failpoint("kafka-committed")
             written: dict[int, int] = {}
             for future in futures:
                 meta = future.get(timeout=0)

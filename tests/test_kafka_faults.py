@@ -1,0 +1,234 @@
+"""Kafka mode under faults, with real processes on the real broker.
+
+- Crash: the worker (intake writer and projections) is SIGKILLed at 20 random points while
+  it consumes 10,500 intake records, and restarted each time; every record ends up exactly
+  once in the ledger or in the rejected topic, each subject's facts in publish order, the
+  log verifies and the projections equal a replay.
+- Broker restart: the broker is stopped and started again mid-stream; the worker resumes by
+  itself and nothing is lost or duplicated.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+
+from ledger.failpoints import EXIT_STATUS
+from ledger.kafka.recorder import KafkaLink
+from ledger.kafka.topics import Topics
+from ledger.settings import Settings
+from tests.conftest import BROKER
+from tests.kafka_support import (
+    OVERSIZE_LIMIT,
+    check_exactly_once,
+    intake_stream,
+    kafka_env,
+    kafka_settings,
+    publish,
+    read_committed,
+)
+
+pytestmark = pytest.mark.kafka
+
+
+def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ledger.cli", *args],
+        env={**os.environ, **kafka_env(settings)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def start_worker(
+    settings: Settings, batch: int = 100, failpoint: str | None = None
+) -> subprocess.Popen[str]:
+    env = {
+        **os.environ,
+        **kafka_env(settings),
+        **({"LEDGER_FAILPOINT": failpoint} if failpoint else {}),
+        "LEDGER_INTAKE_BATCH": str(batch),
+        "LEDGER_INTAKE_MAX_BYTES": str(OVERSIZE_LIMIT),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "ledger.cli", "worker", "--interval", "0.1"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+class Progress:
+    """How many intake records the writer has committed (its group's committed offsets)."""
+
+    def __init__(self, settings: Settings) -> None:
+        assert settings.kafka_bootstrap
+        topics = Topics.of(settings.topic_prefix)
+        link = KafkaLink(settings.kafka_bootstrap, topics, settings.partitions)
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            group_id=link.intake_group,
+            enable_auto_commit=False,
+        )
+        self.tps = [TopicPartition(topics.intake, p) for p in range(settings.partitions)]
+
+    def committed(self) -> int:
+        return sum(self.consumer.committed(tp) or 0 for tp in self.tps)
+
+    def wait_for(self, at_least: int, worker: subprocess.Popen[str], timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while True:
+            done = self.committed()
+            if done >= at_least:
+                return done
+            assert worker.poll() is None, f"the worker died: {worker.communicate()[1][-2000:]}"
+            assert time.monotonic() < deadline, f"stuck at {done} of {at_least}"
+            time.sleep(0.01)  # a condition poll: the offset is read from the broker each round
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+@pytest.fixture
+def progress_of() -> Iterator[list[Progress]]:
+    opened: list[Progress] = []
+    yield opened
+    for p in opened:
+        p.close()
+
+
+def stop_cleanly(worker: subprocess.Popen[str]) -> str:
+    worker.send_signal(signal.SIGTERM)
+    out, err = worker.communicate(timeout=60)
+    assert worker.returncode == 0, err[-2000:]
+    assert "worker: stopped" in out
+    return out
+
+
+def test_sigkill_at_twenty_random_points(
+    tmp_path: Path, kafka_bootstrap: str, progress_of: list[Progress]
+) -> None:
+    settings = kafka_settings(tmp_path / "data", kafka_bootstrap)
+    topics = Topics.of(settings.topic_prefix)
+    init = cli(settings, "init")
+    assert init.returncode == 0, init.stderr
+    items = intake_stream(valid=10_000, bad=500, seed=11)
+    publish(kafka_bootstrap, topics.intake, [(i.key, i.value) for i in items])  # type: ignore[misc]
+    total = len(items)
+    progress = Progress(settings)
+    progress_of.append(progress)
+
+    rng = random.Random(20261125)
+    thresholds = sorted(rng.sample(range(100, total - 1500), 20))
+    kills = 0
+    for threshold in thresholds:
+        worker = start_worker(settings)
+        try:
+            reached = progress.committed()
+            # Kill only once this run has committed something past the threshold, then at a
+            # random instant of whatever it is doing next (polling, checking, appending,
+            # committing, projecting).
+            progress.wait_for(max(threshold, reached + 1), worker, timeout=120)
+            time.sleep(rng.uniform(0, 0.08))
+        finally:
+            worker.kill()
+            worker.communicate(timeout=30)
+        assert worker.returncode == -signal.SIGKILL
+        kills += 1
+    assert kills == 20
+    # And exactly in the narrowest windows: with the transaction sent but not committed, and
+    # committed to Kafka but not yet to the writer's replica.
+    for point in ("kafka-sent:2", "kafka-committed:1", "kafka-committed:3", "kafka-sent:1"):
+        worker = start_worker(settings, failpoint=point)
+        worker.communicate(timeout=120)
+        assert worker.returncode == EXIT_STATUS, f"{point} was not reached"
+        assert progress.committed() < total, "the stream ended before the crash points"
+
+    worker = start_worker(settings)
+    progress.wait_for(total, worker, timeout=300)
+    stop_cleanly(worker)
+
+    check_exactly_once(
+        items,
+        read_committed(kafka_bootstrap, topics.ledger),
+        read_committed(kafka_bootstrap, topics.rejected),
+    )
+    verified = cli(settings, "verify", "--json")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+    # The projections were killed as often as the writer: caught up, they equal a replay.
+    assert cli(settings, "project").returncode == 0
+    replayed = cli(settings, "replay", "--into", str(tmp_path / "replay"))
+    assert replayed.returncode == 0, replayed.stderr
+    assert _views(settings.views_path) == _views(tmp_path / "replay" / "views.db")
+
+
+def _views(path: Path) -> dict[str, list[tuple[object, ...]]]:
+    import sqlite3
+
+    tables = (
+        "view_subjects",
+        "view_erasures",
+        "view_entries",
+        "view_corrections",
+        "view_intervals",
+    )
+    with sqlite3.connect(path) as db:
+        return {t: sorted(db.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in tables}
+
+
+def test_broker_restart_mid_stream(tmp_path: Path, progress_of: list[Progress]) -> None:
+    run_dir = tmp_path / "broker"
+    started = subprocess.run(
+        [str(BROKER), "start", str(run_dir)], capture_output=True, text=True, timeout=300
+    )
+    assert started.returncode == 0, started.stderr
+    bootstrap = started.stdout.strip().splitlines()[-1]
+    worker: subprocess.Popen[str] | None = None
+    try:
+        settings = kafka_settings(tmp_path / "data", bootstrap)
+        topics = Topics.of(settings.topic_prefix)
+        assert cli(settings, "init").returncode == 0
+        items = intake_stream(valid=8_000, bad=400, seed=5)
+        most = len(items) * 3 // 4
+        publish(bootstrap, topics.intake, [(i.key, i.value) for i in items[:most]])  # type: ignore[misc]
+        # Small transactions, so the stream is still being consumed when the broker stops.
+        worker = start_worker(settings, batch=10)
+        progress = Progress(settings)
+        progress_of.append(progress)
+        progress.wait_for(500, worker, timeout=120)
+
+        restarted = subprocess.run(
+            [str(BROKER), "restart", str(run_dir)], capture_output=True, text=True, timeout=300
+        )
+        assert restarted.returncode == 0, restarted.stderr
+        assert restarted.stdout.strip().splitlines()[-1] == bootstrap
+        assert progress.committed() < most, "the writer had finished before the broker stopped"
+
+        # The rest is published after the restart: the writer must also pick up new records.
+        publish(bootstrap, topics.intake, [(i.key, i.value) for i in items[most:]])  # type: ignore[misc]
+        progress.wait_for(len(items), worker, timeout=300)
+        assert worker.poll() is None, "the worker did not survive the broker restart"
+        stop_cleanly(worker)
+        worker = None
+        check_exactly_once(
+            items,
+            read_committed(bootstrap, topics.ledger),
+            read_committed(bootstrap, topics.rejected),
+        )
+    finally:
+        if worker is not None:
+            worker.kill()
+            worker.communicate()
+        subprocess.run([str(BROKER), "stop", str(run_dir)], timeout=120, check=False)
