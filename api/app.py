@@ -35,7 +35,7 @@ def keys_path(settings: Settings) -> Path:
 
 def build_service(settings: Settings) -> Service:
     ledger = ConsentLedger(settings)
-    return Service(
+    service = Service(
         settings,
         ledger,
         Views(ledger),
@@ -43,9 +43,19 @@ def build_service(settings: Settings) -> Service:
         Metrics(),
         GroupCommitter(ledger),
     )
+    if settings.backend == "kafka":
+        from ledger.kafka.intake_thread import IntakeThread
+
+        service.intake = IntakeThread(ledger)
+        service.intake.start()
+    return service
 
 
 def close_service(service: Service) -> None:
+    if service.intake is not None:
+        service.intake.close()
+    if service.admin is not None:
+        service.admin.close()
     service.writer.close()
     service.views.close()
     service.keys.close()
@@ -110,7 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return response
 
     # Every authenticated route can answer with these problems; bodies over the limit get 413.
-    errors = problems.documented(401, 403, 404, 405, 409, 413, 422, 500)
+    errors = problems.documented(401, 403, 404, 405, 409, 413, 422, 500, 503)
     app.include_router(facts.router, responses=errors)
     app.include_router(subjects.router, responses=errors)
     app.include_router(compliance.router, responses=errors)
@@ -129,13 +139,66 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             service.views.store.max_tracking_id("ConsentLedger")
         except Exception as exc:
             return problems.respond(503, "not_ready", f"store unavailable ({type(exc).__name__})")
+        if settings.backend == "kafka":
+            unready = kafka_unready(service)
+            if unready is not None:
+                return problems.respond(503, *unready)
         return JSONResponse({"status": "ready", "backend": settings.backend})
 
     @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
     def metrics(request: Request) -> str:
         service: Service = request.app.state.service
-        head = service.ledger.recorder.max_notification_id() or 0
-        position = service.views.store.max_tracking_id("ConsentLedger") or 0
-        return service.metrics.render(projection_lag=max(0, head - position))
+        return service.metrics.render(projection_lag=projection_lag(service))
 
     return app
+
+
+def projection_lag(service: Service) -> int:
+    """Log entries the views have not applied yet (per ledger partition in Kafka mode)."""
+    store = service.views.store
+    recorder = service.ledger.ledger_recorder
+    if service.settings.backend == "kafka":
+        from kafka import TopicPartition
+
+        from ledger.kafka.recorder import KafkaLedgerRecorder
+        from projections.kafka_source import tracking_name
+
+        assert isinstance(recorder, KafkaLedgerRecorder)
+        lag = 0
+        for partition, offset in recorder.positions().items():
+            tp = TopicPartition(recorder.link.topics.ledger, partition)
+            seen = store.max_tracking_id(tracking_name("ConsentLedger", tp)) or 0
+            lag += max(0, offset - seen)
+        return lag
+    head = recorder.max_notification_id() or 0
+    return max(0, head - (store.max_tracking_id("ConsentLedger") or 0))
+
+
+def kafka_unready(service: Service) -> tuple[str, str] | None:
+    """Why the Kafka side cannot serve writes: fenced, writer stopped, broker or topics gone."""
+    from kafka.admin import KafkaAdminClient
+
+    from ledger.kafka.topics import Topics
+
+    intake = service.intake
+    fenced = getattr(service.ledger.ledger_recorder, "fenced", False)
+    if fenced or (intake is not None and intake.fenced):
+        return "writer_fenced", "another writer owns the ledger partitions"
+    if intake is not None and intake.failed:
+        return "not_ready", f"the intake writer stopped ({intake.failed})"
+    topics = Topics.of(service.settings.topic_prefix)
+    try:
+        if service.admin is None:
+            service.admin = KafkaAdminClient(
+                bootstrap_servers=service.settings.bootstrap(), request_timeout_ms=5000
+            )
+        described = service.admin.describe_topics([topics.intake, topics.ledger, topics.rejected])
+    except Exception as exc:
+        if service.admin is not None:
+            service.admin.close()
+            service.admin = None
+        return "broker_unreachable", f"the Kafka broker did not answer ({type(exc).__name__})"
+    missing = [t["name"] for t in described if t.get("error_code") or not t.get("partitions")]
+    if missing:
+        return "topics_missing", f"topics not available: {', '.join(sorted(missing))}"
+    return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import Depends, Request
@@ -26,6 +26,8 @@ class Service:
     keys: ApiKeys
     metrics: Metrics
     writer: GroupCommitter
+    intake: Any = None  # Kafka mode: the intake writer thread (ledger.kafka.intake_thread)
+    admin: Any = None  # Kafka mode: an admin client kept for readiness checks
 
 
 # Dependencies are `async` on purpose: FastAPI runs sync ones in a thread pool, a hop per

@@ -28,6 +28,7 @@ TITLES = {
     415: "Unsupported media type",
     422: "Unprocessable content",
     500: "Internal server error",
+    503: "Service unavailable (Kafka mode: writer fenced or broker unreachable)",
 }
 
 
@@ -132,5 +133,11 @@ async def on_http(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
+    # Kafka mode's two ways of not writing: both mean "nothing was recorded, try later".
+    kind = type(exc).__name__
+    if kind == "WriterFenced":
+        return respond(503, "writer_fenced", "another writer owns the ledger partitions")
+    if kind == "LedgerUnavailable":
+        return respond(503, "ledger_unavailable", "the Kafka broker did not take the write")
     # The exception text may carry personal data; the log line names only its type.
     return respond(500, "internal_error", f"unexpected {type(exc).__name__}")

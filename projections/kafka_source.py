@@ -27,26 +27,64 @@ def tracking_name(application: str, tp: TopicPartition) -> str:
     return f"{application}@{tp.topic}/{tp.partition}"
 
 
-def catch_up_from_topic(
-    link: KafkaLink,
-    mapper: Mapper[Any],
-    projection: ConsentProjection,
-    application: str,
-    *,
-    known_at: datetime | None = None,
-    page: int = 5000,
-) -> int:
-    """Apply every committed ledger record after the view's positions; returns how many."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=link.bootstrap,
-        isolation_level="read_committed",
-        enable_auto_commit=False,
-        client_id="consent-ledger-projection",
-    )
-    processed = 0
-    try:
-        tps = [TopicPartition(link.topics.ledger, p) for p in range(link.partitions)]
-        consumer.assign(tps)
+class LedgerTopicReader:
+    """One read_committed consumer of the ledger topic, kept between catch-ups.
+
+    Not thread-safe: its owner (Views) calls it under its own lock.
+    """
+
+    def __init__(self, link: KafkaLink) -> None:
+        self.link = link
+        self._consumer: KafkaConsumer | None = None
+
+    def consumer(self) -> KafkaConsumer:
+        if self._consumer is None:
+            self._consumer = KafkaConsumer(
+                bootstrap_servers=self.link.bootstrap,
+                isolation_level="read_committed",
+                enable_auto_commit=False,
+                client_id="consent-ledger-projection",
+            )
+            tps = [TopicPartition(self.link.topics.ledger, p) for p in range(self.link.partitions)]
+            self._consumer.assign(tps)
+        return self._consumer
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+    def catch_up(
+        self,
+        mapper: Mapper[Any],
+        projection: ConsentProjection,
+        application: str,
+        *,
+        known_at: datetime | None = None,
+        page: int = 5000,
+    ) -> int:
+        """Apply every committed ledger record after the view's positions; returns how many.
+
+        The positions come from the view on every call (not from the consumer), so a view
+        written by another process, or rolled back by a failed page, is read from where it
+        really stands.
+        """
+        try:
+            return self._catch_up(mapper, projection, application, known_at, page)
+        except Exception:
+            self.close()  # start over with a fresh consumer next time
+            raise
+
+    def _catch_up(
+        self,
+        mapper: Mapper[Any],
+        projection: ConsentProjection,
+        application: str,
+        known_at: datetime | None,
+        page: int,
+    ) -> int:
+        consumer = self.consumer()
+        tps = sorted(consumer.assignment(), key=lambda tp: tp.partition)
         for tp in tps:
             position = projection.view.max_tracking_id(tracking_name(application, tp))
             if position:
@@ -54,6 +92,7 @@ def catch_up_from_topic(
             else:
                 consumer.seek_to_beginning(tp)
         end = consumer.end_offsets(tps)
+        processed = 0
         pending = [tp for tp in tps if consumer.position(tp) < end[tp]]
         while pending:
             polled = consumer.poll(timeout_ms=500, max_records=page)
@@ -75,6 +114,4 @@ def catch_up_from_topic(
                 projection.process_batch(events, Tracking(tracking_name(application, tp), position))
                 processed += len(records)
             pending = [tp for tp in pending if consumer.position(tp) < end[tp]]
-    finally:
-        consumer.close()
-    return processed
+        return processed

@@ -24,6 +24,7 @@ def catch_up(
     *,
     known_at: datetime | None = None,
     page: int = 5000,
+    reader: Any = None,
 ) -> int:
     """Process every notification after the view's position; returns how many were read.
 
@@ -33,16 +34,17 @@ def catch_up(
     from ledger.kafka.recorder import KafkaLedgerRecorder
 
     if isinstance(ledger.recorder, KafkaLedgerRecorder):
-        from projections.kafka_source import catch_up_from_topic
+        from projections.kafka_source import LedgerTopicReader
 
-        return catch_up_from_topic(
-            ledger.recorder.link,
-            ledger.mapper,
-            projection,
-            APPLICATION,
-            known_at=known_at,
-            page=page,
-        )
+        own_reader = reader is None
+        topic_reader = reader or LedgerTopicReader(ledger.recorder.link)
+        try:
+            return topic_reader.catch_up(
+                ledger.mapper, projection, APPLICATION, known_at=known_at, page=page
+            )
+        finally:
+            if own_reader:
+                topic_reader.close()
     position = projection.view.max_tracking_id(APPLICATION) or 0
     processed = 0
     while True:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from ledger.application import ConsentLedger
 from projections.consent_projection import ConsentProjection
@@ -24,10 +25,22 @@ class Views:
         self.store = ConsentViews.open(path or ledger.settings.views_path)
         self.projection = ConsentProjection(view=self.store)
         self._lock = threading.Lock()
+        self._reader: Any = None  # Kafka mode: one ledger-topic consumer kept between reads
 
     def refresh(self, *, known_at: datetime | None = None, page: int = 5000) -> int:
         with self._lock:
-            return catch_up(self.ledger, self.projection, known_at=known_at, page=page)
+            if self._reader is None and self.ledger.settings.backend == "kafka":
+                from ledger.kafka.recorder import KafkaLedgerRecorder
+                from projections.kafka_source import LedgerTopicReader
+
+                assert isinstance(self.ledger.recorder, KafkaLedgerRecorder)
+                self._reader = LedgerTopicReader(self.ledger.recorder.link)
+            return catch_up(
+                self.ledger, self.projection, known_at=known_at, page=page, reader=self._reader
+            )
 
     def close(self) -> None:
+        with self._lock:
+            if self._reader is not None:
+                self._reader.close()
         self.store.close()

@@ -17,6 +17,7 @@ from ledger.envelope import parse_fact
 from ledger.policy import seed_policy_fact
 from ledger.settings import Settings
 from tests.facts import grant
+from tests.kafka_support import kafka_settings
 
 ROLES = ("publisher", "compliance", "admin")
 
@@ -29,9 +30,16 @@ class World:
     revoked: str
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    settings = Settings(data_dir=tmp_path_factory.mktemp("api") / "data")
+@pytest.fixture(scope="module", params=["embedded", "kafka"])
+def world(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[World]:
+    """The whole matrix on both backends; in Kafka mode the service is the ledger writer."""
+    data_dir = tmp_path_factory.mktemp("api") / "data"
+    if request.param == "kafka":
+        settings = kafka_settings(data_dir, request.getfixturevalue("kafka_bootstrap"))
+    else:
+        settings = Settings(data_dir=data_dir)
     ledger = ConsentLedger(settings)
     ledger.init_demo()
     ledger.create_tenant("acme")

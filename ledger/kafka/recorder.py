@@ -185,6 +185,11 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
     def is_owner(self) -> bool:
         return self._producer is not None
 
+    @property
+    def fenced(self) -> bool:
+        """Known only once a write was refused: Kafka tells a fenced producer when it writes."""
+        return self._fenced
+
     def own(self) -> None:
         """Become the writer: fence earlier writers, then catch up with what they committed."""
         with self._owning:

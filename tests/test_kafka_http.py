@@ -1,0 +1,81 @@
+"""The HTTP service in Kafka mode: receipts after the commit, intake in the same process,
+readiness that knows the broker, and a fenced service that refuses writes with a 503."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app, keys_path
+from api.keys import ApiKeys
+from ledger.application import ConsentLedger
+from ledger.kafka.topics import Topics
+from tests.facts import grant
+from tests.kafka_support import headers, kafka_settings, publish, read_committed
+
+pytestmark = pytest.mark.kafka
+
+
+def test_http_on_the_kafka_log(tmp_path: Path, kafka_bootstrap: str) -> None:
+    settings = kafka_settings(tmp_path / "data", kafka_bootstrap)
+    topics = Topics.of(settings.topic_prefix)
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    ledger.close()
+    store = ApiKeys(keys_path(settings))
+    _, key = store.create("demo", {"publisher", "compliance", "admin"})
+    store.close()
+    auth = {"Authorization": f"Bearer {key}"}
+
+    with TestClient(create_app(settings)) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["backend"] == "kafka"
+
+        body = grant("http-1", event_id="http-g1")
+        del body["tenant"]
+        created = client.post("/v1/facts", json=body, headers=auth)
+        assert created.status_code == 201, created.text
+        # The receipt came back after the commit: the fact is already readable, committed.
+        landed = [
+            headers(r).get("event_id") for r in read_committed(kafka_bootstrap, topics.ledger)
+        ]
+        assert "http-g1" in landed
+
+        # A fact published to the intake topic is written by the service's own intake writer.
+        publish(
+            kafka_bootstrap,
+            topics.intake,
+            [(b"demo/http-2", orjson.dumps(grant("http-2", event_id="intake-g1")))],
+        )
+        sid = client.post("/v1/subjects:resolve", json={"subject": "http-2"}, headers=auth)
+        consents = None
+        for _ in range(600):  # the writer polls every 0.5 s; ask until the fact is there
+            answer = client.get(f"/v1/subjects/{sid.json()['sid']}/consents", headers=auth)
+            if answer.status_code == 200:
+                consents = answer.json()
+                break
+            assert answer.status_code == 404
+            client.app.state.service.intake.stop.wait(0.05)  # type: ignore[attr-defined]
+        assert consents is not None, "the intake fact never reached the ledger"
+        [marketing] = [p for p in consents["purposes"] if p["purpose"] == "marketing"]
+        assert marketing["state"] == "granted"
+
+        # Another writer takes the partitions: this service is fenced and says so.
+        other = ConsentLedger(
+            kafka_settings(tmp_path / "other", kafka_bootstrap, topic_prefix=settings.topic_prefix)
+        )
+        other.ledger_recorder.own()  # type: ignore[attr-defined]
+        body = grant("http-3", event_id="http-g3")
+        del body["tenant"]
+        refused = client.post("/v1/facts", json=body, headers=auth)
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["code"] == "writer_fenced"
+        assert refused.headers["content-type"] == "application/problem+json"
+        unready = client.get("/readyz")
+        assert unready.status_code == 503 and unready.json()["code"] == "writer_fenced"
+        other.close()
+    landed = [headers(r).get("event_id") for r in read_committed(kafka_bootstrap, topics.ledger)]
+    assert "http-g3" not in landed
