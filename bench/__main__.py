@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import sys
 
-from bench import http, ingest, projections
+from bench import http, ingest, kafka, projections
 
 
 def main() -> int:
-    """`python -m bench [ingest|http|projections] [options]`; with no name, all of them."""
+    """`python -m bench [ingest|http|kafka|projections] [options]`; with no name, all of them."""
     from ledger.runtime import tune
 
     tune()  # the same runtime tuning the consent-ledger command applies
@@ -19,9 +19,12 @@ def main() -> int:
         ingest.main(args[1:])
     elif args and args[0] == "http":
         http.main(args[1:])
+    elif args and args[0] == "kafka":
+        kafka.main(args[1:])
     else:
         ingest.main(args)
         http.main([])
+        kafka.main([])
         projections.main([])
     return 0
 

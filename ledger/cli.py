@@ -535,11 +535,10 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     project = threading.Thread(
         target=_follow_views, args=(views, stop, args.interval), name="projections", daemon=True
     )
-    print(
-        f"worker: consuming {writer.link.topics.intake} into {writer.link.topics.ledger}",
-        flush=True,
-    )
+    topics = writer.link.topics
     try:
+        writer.start()  # owns the ledger and has its intake positions: now it is consuming
+        print(f"worker: consuming {topics.intake} into {topics.ledger}", flush=True)
         if views is not None:
             project.start()
         writer.run(stop)

@@ -1,0 +1,419 @@
+"""Kafka mode: the intake writer and the ledger's readers, next to raw kafka-python doing the
+same movement of bytes on the same broker in the same run.
+
+Rows:
+- intake writer: consume the intake topic (read_committed), parse, check the rules, seal
+  personal data, chain, append to the ledger topic and commit the intake offsets, one Kafka
+  transaction per batch of 500;
+- raw consume-transform-produce: kafka-python consuming the same intake records and copying
+  each value to another topic, the intake offsets sent in the same transaction per 500 — the
+  floor of any exactly-once intake on this client;
+- ledger record() in Kafka mode, 1,000 per transaction (the writer without the intake side);
+- raw transactional producer: the same number of records of the ledger's size, 1,000 per
+  transaction;
+- replica rebuild (the writer taking ownership on an empty replica) and the projection
+  replay from the ledger topic, next to a raw read_committed scan of that topic.
+
+The broker is the one deploy/kafka/broker.sh starts (or KAFKA_BOOTSTRAP), on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import KafkaAdminClient
+from kafka.structs import OffsetAndMetadata
+
+from bench.ingest import mixed_stream
+from ledger.application import ConsentLedger
+from ledger.envelope import parse_fact
+from ledger.kafka.intake import IntakeWriter, wait_until_consumed
+from ledger.kafka.recorder import PRODUCER_TUNING
+from ledger.kafka.topics import Topics
+from ledger.settings import Settings
+from projections.consent_projection import ConsentProjection
+from projections.runner import catch_up
+from projections.store import ConsentViews
+
+BROKER = Path(__file__).resolve().parent.parent / "deploy" / "kafka" / "broker.sh"
+
+
+@contextmanager
+def broker(root: Path) -> Iterator[str]:
+    given = os.environ.get("KAFKA_BOOTSTRAP")
+    if given:
+        yield given
+        return
+    run_dir = root / "broker"
+    out = subprocess.run(
+        [str(BROKER), "start", str(run_dir)], capture_output=True, text=True, check=True
+    )
+    try:
+        yield out.stdout.strip().splitlines()[-1]
+    finally:
+        subprocess.run([str(BROKER), "stop", str(run_dir)], check=False)
+
+
+def settings_for(root: Path, bootstrap: str, name: str) -> Settings:
+    return Settings(
+        data_dir=root / name,
+        backend="kafka",
+        kafka_bootstrap=bootstrap,
+        topic_prefix=f"bench-{name}-{uuid.uuid4().hex[:6]}",
+        partitions=3,
+    )
+
+
+def publish(bootstrap: str, topic: str, values: list[bytes]) -> None:
+    """Keyed by the subject reference, as a publisher keeps one person's facts in order."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    for value in values:
+        producer.send(topic, key=orjson.loads(value)["subject"].encode(), value=value)
+    producer.flush()
+    producer.close()
+
+
+def ends(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed")
+    tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+    out: dict[TopicPartition, int] = consumer.end_offsets(tps)
+    consumer.close()
+    return out
+
+
+def bench_intake(root: Path, bootstrap: str, stream: list[bytes]) -> tuple[int, float]:
+    settings = settings_for(root, bootstrap, "intake")
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    topics = Topics.of(settings.topic_prefix)
+    publish(bootstrap, topics.intake, stream)
+    writer = IntakeWriter(ledger, batch=500)
+    writer.start()
+    t0 = time.perf_counter()
+    wait_until_consumed(writer, ends(bootstrap, topics.intake), 600)
+    seconds = time.perf_counter() - t0
+    assert writer.stats.accepted == len(stream), writer.stats
+    writer.close()
+    ledger.close()
+    return len(stream), seconds
+
+
+DEFAULT_PRODUCER: dict[str, object] = {"enable_idempotence": True, "acks": "all"}
+
+
+def bench_raw_ctp(
+    bootstrap: str, stream: list[bytes], producer_settings: dict[str, object]
+) -> tuple[int, float]:
+    prefix = f"bench-raw-{uuid.uuid4().hex[:6]}"
+    source, sink = f"{prefix}.in", f"{prefix}.out"
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics(
+        {t: {"num_partitions": 3, "replication_factor": 1} for t in (source, sink)},
+        wait_for_metadata=True,
+    )
+    admin.close()
+    publish(bootstrap, source, stream)
+    group = f"{prefix}-group"
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        auto_offset_reset="earliest",
+        max_poll_records=500,
+    )
+    tps = [TopicPartition(source, p) for p in range(3)]
+    consumer.assign(tps)
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap,
+        transactional_id=f"{prefix}-tx",
+        **producer_settings,
+    )
+    producer.init_transactions()
+    t0 = time.perf_counter()
+    done = 0
+    while done < len(stream):
+        polled = consumer.poll(timeout_ms=500, max_records=500)
+        records = [r for batch in polled.values() for r in batch]
+        if not records:
+            continue
+        producer.begin_transaction()
+        for r in records:
+            producer.send(sink, key=r.key, value=r.value)
+        offsets = {TopicPartition(r.topic, r.partition): r.offset + 1 for r in records}
+        producer.send_offsets_to_transaction(
+            {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()},
+            consumer.group_metadata(),
+        )
+        producer.commit_transaction()
+        done += len(records)
+    seconds = time.perf_counter() - t0
+    producer.close()
+    consumer.close()
+    return done, seconds
+
+
+def bench_record(
+    root: Path, bootstrap: str, facts: list[dict[str, Any]]
+) -> tuple[int, float, Settings]:
+    settings = settings_for(root, bootstrap, "record")
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    t0 = time.perf_counter()
+    for i in range(0, len(facts), 1000):
+        outcomes = ledger.record([parse_fact(f) for f in facts[i : i + 1000]])
+        assert all(not isinstance(o, Exception) for o in outcomes)
+    seconds = time.perf_counter() - t0
+    ledger.close()
+    return len(facts), seconds, settings
+
+
+def bench_raw_producer(bootstrap: str, count: int, size: int) -> tuple[int, float]:
+    topic = f"bench-rawp-{uuid.uuid4().hex[:6]}"
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics(
+        {topic: {"num_partitions": 3, "replication_factor": 1}}, wait_for_metadata=True
+    )
+    admin.close()
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap,
+        transactional_id=f"{topic}-tx",
+        **PRODUCER_TUNING,
+    )
+    producer.init_transactions()
+    value = b"x" * size
+    t0 = time.perf_counter()
+    for i in range(0, count, 1000):
+        producer.begin_transaction()
+        for j in range(i, min(count, i + 1000)):
+            producer.send(topic, key=f"demo/{j:032x}".encode(), value=value)
+        producer.commit_transaction()
+    seconds = time.perf_counter() - t0
+    producer.close()
+    return count, seconds
+
+
+def bench_raw_scan(bootstrap: str, topic: str) -> tuple[int, float]:
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False
+    )
+    tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    end = consumer.end_offsets(tps)
+    n = 0
+    t0 = time.perf_counter()
+    while any(consumer.position(tp) < end[tp] for tp in tps):
+        for batch in consumer.poll(timeout_ms=500, max_records=5000).values():
+            n += sum(len(r.value) > 0 for r in batch)
+    seconds = time.perf_counter() - t0
+    consumer.close()
+    return n, seconds
+
+
+def bench_rebuild(settings: Settings) -> tuple[int, float]:
+    replica = settings.log_path
+    replica.unlink()
+    for suffix in ("-wal", "-shm"):
+        Path(f"{replica}{suffix}").unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    ledger = ConsentLedger(settings)  # catches the empty replica up from the partitions
+    seconds = time.perf_counter() - t0
+    n = ledger.ledger_recorder.head()[0]
+    ledger.close()
+    return n, seconds
+
+
+def bench_replay(root: Path, settings: Settings) -> tuple[int, float]:
+    ledger = ConsentLedger(settings)
+    views = ConsentViews.open(root / "replay-views.db")
+    t0 = time.perf_counter()
+    n = catch_up(ledger, ConsentProjection(view=views))
+    seconds = time.perf_counter() - t0
+    views.close()
+    ledger.close()
+    return n, seconds
+
+
+def bench_latency(
+    root: Path, bootstrap: str, facts: list[dict[str, Any]], rate: int, warm: int = 1000
+) -> tuple[int, float, float, float]:
+    """Publish at `rate` facts/s to a worker process; time each fact from send to committed.
+
+    The worker is the real `consent-ledger worker` (its own process, as deployed); this
+    process publishes on a fixed schedule and reads the ledger topic with read_committed,
+    so a fact counts as arrived when a reader can see it. Returns sent, p50, p99, max (ms).
+    """
+    import signal
+    import sys
+    import threading
+
+    settings = settings_for(root, bootstrap, "latency")
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    ledger.close()
+    topics = Topics.of(settings.topic_prefix)
+    env = {
+        **os.environ,
+        "LEDGER_BACKEND": "kafka",
+        "KAFKA_BOOTSTRAP": bootstrap,
+        "LEDGER_TOPIC_PREFIX": settings.topic_prefix,
+        "LEDGER_DATA_DIR": str(settings.data_dir),
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "ledger.cli", "worker", "--no-projections"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert worker.stdout is not None
+    worker.stdout.readline()  # "worker: consuming ..." once it owns the ledger
+    sent: dict[str, float] = {}
+    arrived: dict[str, float] = {}
+    reader = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+        fetch_max_wait_ms=10,
+    )
+    tps = [TopicPartition(topics.ledger, p) for p in range(settings.partitions)]
+    reader.assign(tps)
+    reader.seek_to_end(*tps)
+    for tp in tps:
+        reader.position(tp)
+    measured = len(facts) - warm
+    done = threading.Event()
+    started = threading.Event()  # the measured schedule has begun
+
+    def read() -> None:
+        while not done.is_set():
+            for batch in reader.poll(timeout_ms=100).values():
+                now = time.time()
+                for record in batch:
+                    for key, value in record.headers or []:
+                        if key == "event_id":
+                            arrived[value.decode()] = now
+            if started.is_set() and len(arrived) >= measured:
+                done.set()
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+    # Warm-up, not measured: the first transactions look up coordinators and metadata.
+    warmup, facts = facts[:warm], facts[warm:]
+    for fact in warmup:
+        producer.send(topics.intake, key=fact["subject"].encode(), value=orjson.dumps(fact))
+    producer.flush()
+    deadline = time.monotonic() + 120
+    while len(arrived) < len(warmup) and time.monotonic() < deadline:
+        time.sleep(0.01)  # waiting on the reader thread's count, polled
+    arrived.clear()
+    started.set()
+    start = time.time()
+    for i, fact in enumerate(facts):
+        due = start + i / rate
+        delay = due - time.time()
+        if delay > 0:
+            time.sleep(delay)  # the load generator's schedule, not a synchronisation
+        value = orjson.dumps(fact)
+        sent[fact["event_id"]] = time.time()
+        producer.send(topics.intake, key=fact["subject"].encode(), value=value)
+    producer.flush()
+    done.wait(timeout=120)
+    done.set()
+    thread.join()
+    producer.close()
+    reader.close()
+    worker.send_signal(signal.SIGTERM)
+    worker.communicate(timeout=60)
+    latencies = sorted((arrived[e] - sent[e]) * 1000 for e in sent if e in arrived)
+    assert len(latencies) == len(facts), f"{len(facts) - len(latencies)} facts never arrived"
+
+    def pct(q: float) -> float:
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))]
+
+    return len(latencies), pct(0.50), pct(0.99), latencies[-1]
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench kafka", description=__doc__)
+    parser.add_argument("--facts", type=int, default=20_000, help="facts through each path")
+    parser.add_argument("--rate", type=int, default=2_000, help="offered rate, latency run")
+    parser.add_argument(
+        "--latency-facts", type=int, default=21_000, help="latency run (first 1,000 warm up)"
+    )
+    args = parser.parse_args(argv)
+    facts = mixed_stream(args.facts)
+    stream = [orjson.dumps(f) for f in facts]
+    rows: list[tuple[str, int, float, str]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        with broker(root) as bootstrap:
+            n, s = bench_intake(root, bootstrap, stream)
+            intake = n / s
+            rows.append(("intake writer, 500 per transaction", n, s, "rules, sealing, chain, EOS"))
+            n, s = bench_raw_ctp(bootstrap, stream, PRODUCER_TUNING)
+            raw_ctp = n / s
+            rows.append(
+                ("raw consume-transform-produce, 500/txn", n, s, "writer's producer settings")
+            )
+            n, s = bench_raw_ctp(bootstrap, stream, DEFAULT_PRODUCER)
+            raw_default = n / s
+            rows.append(("raw consume-transform-produce, defaults", n, s, "kafka-python defaults"))
+            n, s, settings = bench_record(root, bootstrap, facts)
+            record = n / s
+            rows.append(("ledger record(), Kafka mode, 1,000/txn", n, s, "no intake side"))
+            replica = ConsentLedger(settings)
+            events = replica.ledger_recorder.head()[0]
+            replica.close()
+            avg = sum(len(v) for v in stream) // len(stream)
+            n, s = bench_raw_producer(bootstrap, events, avg)
+            raw_producer = n / s
+            rows.append(("raw transactional producer, 1,000/txn", n, s, f"{avg} B values"))
+            n, s = bench_rebuild(settings)
+            rows.append(("replica rebuild from the ledger topic", n, s, "writer taking ownership"))
+            n, s = bench_replay(root, settings)
+            replay = n / s
+            rows.append(("projection replay from the ledger topic", n, s, "read_committed"))
+            n, s = bench_raw_scan(bootstrap, Topics.of(settings.topic_prefix).ledger)
+            scan = n / s
+            rows.append(("raw read_committed scan of that topic", n, s, "kafka-python consumer"))
+            latency = bench_latency(root, bootstrap, mixed_stream(args.latency_facts), args.rate)
+        shutil.rmtree(root, ignore_errors=True)
+    print(
+        f"Kafka mode on {platform.node()} ({os.cpu_count()} cores, Python "
+        f"{platform.python_version()}, broker and client on the same machine)"
+    )
+    print(f"{'what':<44} {'records':>7} {'seconds':>8} {'per second':>11}  note")
+    for name, n, s, note in rows:
+        print(f"{name:<44} {n:>7} {s:>8.2f} {n / s:>11,.0f}  {note}")
+    n, p50, p99, worst = latency
+    print(
+        f"end to end at {args.rate:,} facts/s offered ({n:,} facts, publisher -> worker process "
+        f"-> read_committed reader): p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {worst:.0f} ms "
+        "(target: p99 under 250 ms at 2,000 facts/s)"
+    )
+    print(
+        f"intake writer / raw loop with the same producer settings: {intake / raw_ctp:.2f}, "
+        f"/ raw loop with kafka-python defaults: {intake / raw_default:.2f} "
+        "(target: at least 0.50, and 10,000 facts/s)"
+    )
+    print(
+        f"intake writer / raw consume-transform-produce: {intake / raw_ctp:.2f}; "
+        f"record() / raw producer: {record / raw_producer:.2f}; "
+        f"projection replay / raw scan: {replay / scan:.2f}"
+    )
