@@ -9,6 +9,7 @@ are appended in one transaction of the library's event store.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import sqlite3
 import threading
@@ -26,7 +27,7 @@ from ledger.envelope import Fact, parse_fact
 from ledger.errors import Code, FactRejected
 from ledger.keystore import ErasedSubjectError, KeyStore, load_master_key, unseal
 from ledger.policy import DEMO_TENANT, seed_policy_fact
-from ledger.receipt import Outcome
+from ledger.receipt import Outcome, Receipt
 from ledger.recorder import LedgerSQLiteRecorder
 from ledger.settings import Settings
 from ledger.subject import Subject
@@ -144,7 +145,7 @@ class ConsentLedger(Application[UUID]):
                 try:
                     batch.check_all()
                     extra = with_refusals(batch.outcomes) if with_refusals else None
-                    return batch.commit(extra)
+                    return self._located(batch.commit(extra))
                 except (IntegrityError, sqlite3.IntegrityError, ErasedSubjectError):
                     # Another process wrote the same subject (or tenant, or key) first.
                     # Nothing of this attempt was committed; reload and check every fact again.
@@ -154,6 +155,20 @@ class ConsentLedger(Application[UUID]):
                     if not batch.committed:
                         self.forget(batch.subjects)
         raise AssertionError("unreachable")
+
+    def _located(self, outcomes: list[Outcome]) -> list[Outcome]:
+        """Receipts name the position in the log of record (in Kafka mode: partition, offset)."""
+        positions = [o.position for o in outcomes if isinstance(o, Receipt)]
+        found = self.ledger_recorder.log_coordinates(positions) if positions else {}
+        if not found:
+            return outcomes
+        located: list[Outcome] = []
+        for outcome in outcomes:
+            if isinstance(outcome, Receipt) and outcome.position in found:
+                partition, offset = found[outcome.position]
+                outcome = dataclasses.replace(outcome, position=offset, partition=partition)
+            located.append(outcome)
+        return located
 
     def forget(self, sids: Collection[UUID]) -> None:
         """Drop subjects from memory (after a failed append they hold unsaved events)."""

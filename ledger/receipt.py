@@ -18,9 +18,11 @@ class Receipt:
     recorded_at: str
     hash: str
     duplicate: bool = False
+    # Kafka mode: the log is a partitioned topic, and `position` is the offset in this partition.
+    partition: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "event_id": self.event_id,
             "sid": self.sid,
             "position": self.position,
@@ -28,6 +30,9 @@ class Receipt:
             "hash": self.hash,
             "duplicate": self.duplicate,
         }
+        if self.partition is not None:
+            out["partition"] = self.partition
+        return out
 
 
 Outcome = Receipt | FactRejected

@@ -109,6 +109,10 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
         )
         return positions
 
+    def log_coordinates(self, positions: Sequence[int]) -> dict[int, tuple[int, int]]:
+        """Where these events are in the log of record, when that is not this table (Kafka)."""
+        return {}
+
     def commit_extra(self, extra: object) -> None:
         """Embedded mode has nothing to commit besides facts (see ConsentLedger.record)."""
         raise TypeError("the embedded log commits no extra records")

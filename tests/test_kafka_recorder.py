@@ -174,3 +174,39 @@ def test_a_ledger_topic_that_loses_records_is_refused(
         admin.close()
     with pytest.raises(TopicRefused, match=named.replace(".", r"\.")):
         ensure_topics(settings)
+
+
+def test_a_receipt_names_the_facts_place_in_the_ledger_topic(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    from ledger.application import ConsentLedger
+    from ledger.envelope import parse_fact
+    from ledger.receipt import Receipt
+    from tests.facts import grant
+
+    settings = kafka_settings(tmp_path / "a", kafka_bootstrap)
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    facts = [parse_fact(grant(f"r-{i}", event_id=f"r-{i}")) for i in range(20)]
+    receipts = ledger.record(facts)
+    ledger.close()
+    placed = {
+        headers(r)["event_id"]: (r.partition, r.offset)
+        for r in read_committed(kafka_bootstrap, Topics.of(settings.topic_prefix).ledger)
+        if "event_id" in headers(r)
+    }
+    for receipt in receipts:
+        assert isinstance(receipt, Receipt)
+        assert (receipt.partition, receipt.position) == placed[receipt.event_id]
+
+    # The replica deleted and rebuilt from the topic: a retry gets the same receipt.
+    for leftover in tmp_path.glob("a/ledger-replica.db*"):
+        leftover.unlink()
+    rebuilt = ConsentLedger(settings)
+    try:
+        again = rebuilt.record(facts[:3])
+    finally:
+        rebuilt.close()
+    for first, retry in zip(receipts[:3], again, strict=True):
+        assert isinstance(first, Receipt) and isinstance(retry, Receipt) and retry.duplicate
+        assert (retry.partition, retry.position) == (first.partition, first.position)

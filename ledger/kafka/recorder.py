@@ -103,6 +103,7 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
         link: KafkaLink,
     ) -> None:
         self.positions_table = f"{events_table_name}_kafka_positions"
+        self.located_table = f"{events_table_name}_kafka_located"
         super().__init__(datastore, events_table_name)
         self.link = link
         self._producer: KafkaProducer | None = None
@@ -116,7 +117,27 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
             *super().construct_create_table_statements(),
             f"CREATE TABLE IF NOT EXISTS {self.positions_table} ("
             "partition INTEGER PRIMARY KEY, next_offset INTEGER NOT NULL)",
+            # Where each replica row is in the ledger topic: receipts name that position.
+            f"CREATE TABLE IF NOT EXISTS {self.located_table} ("
+            "position INTEGER PRIMARY KEY, partition INTEGER NOT NULL, offset INTEGER NOT NULL)",
         ]
+
+    def log_coordinates(self, positions: Sequence[int]) -> dict[int, tuple[int, int]]:
+        found: dict[int, tuple[int, int]] = {}
+        with self.datastore.transaction(commit=False) as c:
+            for i in range(0, len(positions), 500):
+                chunk = list(positions[i : i + 500])
+                c.execute(
+                    f"SELECT position, partition, offset FROM {self.located_table} "
+                    f"WHERE position IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                )
+                for row in c.fetchall():
+                    found[int(row[0])] = (int(row[1]), int(row[2]))
+        return found
+
+    def _locate(self, c: SQLiteCursor, rows: Sequence[tuple[int, int, int]]) -> None:
+        c.executemany(f"INSERT INTO {self.located_table} VALUES (?, ?, ?)", rows)
 
     # ---- reading the partitions ----------------------------------------------------------
 
@@ -157,6 +178,7 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                     raise LedgerUnavailable("the ledger topic could not be read to its end")
                 polled = consumer.poll(timeout_ms=500, max_records=5000)
                 events: list[StoredEvent] = []
+                where: list[tuple[int, int]] = []
                 facts: dict[tuple[UUID, int], FactKey] = {}
                 for tp, records in polled.items():
                     for record in records:
@@ -169,12 +191,15 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                             )
                             continue
                         events.append(stored)
+                        where.append((tp.partition, record.offset))
                         if fact is not None:
                             facts[(_uuid(stored.originator_id), stored.originator_version)] = fact
                 next_offsets = {tp.partition: consumer.position(tp) for tp in tps}
                 with self.datastore.transaction(commit=True) as c:
                     if events:
-                        LedgerSQLiteRecorder._insert_events(self, c, events, facts=facts)
+                        rows = LedgerSQLiteRecorder._insert_events(self, c, events, facts=facts)
+                        assert rows is not None
+                        self._locate(c, [(r, p, o) for r, (p, o) in zip(rows, where, strict=True)])
                     self._set_positions(c, next_offsets)
                 applied += len(events)
                 pending = [tp for tp in pending if consumer.position(tp) < end[tp]]
@@ -242,7 +267,9 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
             )
             for s in stored_events
         ]
-        offsets = self._transact(records, intake)
+        offsets, where = self._transact(records, intake)
+        assert positions is not None
+        self._locate(c, [(r, p, o) for r, (p, o) in zip(positions, where, strict=True)])
         self._set_positions(c, offsets)
         return positions
 
@@ -256,11 +283,16 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
         self.own()
         self._transact([], extra)
 
-    def _transact(self, records: Sequence[Any], intake: IntakeCommit | None) -> dict[int, int]:
+    def _transact(
+        self, records: Sequence[Any], intake: IntakeCommit | None
+    ) -> tuple[dict[int, int], list[tuple[int, int]]]:
+        """Append in one transaction; the next offset per partition, and each record's place."""
         with self._transacting:
             return self._transact_once(records, intake)
 
-    def _transact_once(self, records: Sequence[Any], intake: IntakeCommit | None) -> dict[int, int]:
+    def _transact_once(
+        self, records: Sequence[Any], intake: IntakeCommit | None
+    ) -> tuple[dict[int, int], list[tuple[int, int]]]:
         producer = self._producer
         if producer is None:
             raise LedgerUnavailable("this process is not the ledger writer")
@@ -289,10 +321,12 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
             producer.commit_transaction()
             failpoint("kafka-committed")
             written: dict[int, int] = {}
+            where: list[tuple[int, int]] = []
             for future in futures:
                 meta = future.get(timeout=0)
+                where.append((meta.partition, meta.offset))
                 written[meta.partition] = max(written.get(meta.partition, 0), meta.offset + 1)
-            return written
+            return written, where
         except FENCED as error:
             self._fenced = True
             self._drop_producer()
