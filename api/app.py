@@ -189,8 +189,11 @@ def kafka_unready(service: Service) -> tuple[str, str] | None:
     topics = Topics.of(service.settings.topic_prefix)
     try:
         if service.admin is None:
+            # Bounded: a readiness probe must answer within its own timeout.
             service.admin = KafkaAdminClient(
-                bootstrap_servers=service.settings.bootstrap(), request_timeout_ms=5000
+                bootstrap_servers=service.settings.bootstrap(),
+                request_timeout_ms=3000,
+                bootstrap_timeout_ms=3000,
             )
         described = service.admin.describe_topics([topics.intake, topics.ledger, topics.rejected])
     except Exception as exc:

@@ -79,3 +79,23 @@ def test_http_on_the_kafka_log(tmp_path: Path, kafka_bootstrap: str) -> None:
         other.close()
     landed = [headers(r).get("event_id") for r in read_committed(kafka_bootstrap, topics.ledger)]
     assert "http-g3" not in landed
+
+
+def test_readyz_reports_an_unreachable_broker(tmp_path: Path, kafka_bootstrap: str) -> None:
+    import dataclasses
+    import socket
+
+    settings = kafka_settings(tmp_path / "data", kafka_bootstrap)
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/readyz").status_code == 200
+        service = client.app.state.service  # type: ignore[attr-defined]
+        with socket.socket() as s:  # a port nothing listens on
+            s.bind(("127.0.0.1", 0))
+            dead = f"127.0.0.1:{s.getsockname()[1]}"
+        service.settings = dataclasses.replace(settings, kafka_bootstrap=dead)
+        if service.admin is not None:
+            service.admin.close()
+            service.admin = None
+        answer = client.get("/readyz")
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["code"] == "broker_unreachable"
