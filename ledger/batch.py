@@ -6,6 +6,7 @@ the state that the facts before it (in this batch too) produced. Only the append
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,7 @@ class FactBatch:
         self.now = datetime.now(UTC)
         self.horizon = self.now + timedelta(seconds=ledger.settings.max_future_skew_s)
         self.tenants: dict[str, Tenant | None] = {}
+        self.tenant_copies: set[str] = set()  # tenants this batch changes (own copies)
         self.subjects: dict[UUID, Subject] = {}
         self.fresh: set[UUID] = set()  # subjects first seen in this batch
         self.new_keys: dict[UUID, bytes] = {}
@@ -83,10 +85,15 @@ class FactBatch:
                 found[(tenant, event_id)] = indexed
         return found
 
-    def _tenant(self, name: str) -> Tenant | None:
+    def _tenant(self, name: str, *, to_change: bool = False) -> Tenant | None:
+        """Read-only use shares the ledger's cached tenant; a change works on this batch's copy."""
         if name not in self.tenants:
-            self.tenants[name] = self.ledger.tenant(name)
-        return self.tenants[name]
+            self.tenants[name] = self.ledger.tenant(name, shared=True)
+        tenant = self.tenants[name]
+        if to_change and tenant is not None and name not in self.tenant_copies:
+            tenant = self.tenants[name] = copy.deepcopy(tenant)
+            self.tenant_copies.add(name)
+        return tenant
 
     def _subject(self, tenant: str, sid: UUID, reference: str) -> Subject:
         subject = self.subjects.get(sid)
@@ -164,6 +171,8 @@ class FactBatch:
             return
 
         if fact.type == "policy.published":
+            tenant = self._tenant(fact.tenant, to_change=True)
+            assert tenant is not None
             tenant.publish_policy(fact)
             aggregate: Tenant | Subject = tenant
             sid = None
