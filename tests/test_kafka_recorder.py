@@ -210,3 +210,27 @@ def test_a_receipt_names_the_facts_place_in_the_ledger_topic(
     for first, retry in zip(receipts[:3], again, strict=True):
         assert isinstance(first, Receipt) and isinstance(retry, Receipt) and retry.duplicate
         assert (retry.partition, retry.position) == (first.partition, first.position)
+
+
+def test_a_writer_whose_catch_up_failed_does_not_append(
+    tmp_path: Path, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Appending on a replica that missed committed facts would reuse their versions."""
+    from ledger.kafka.recorder import LedgerUnavailable
+
+    settings = kafka_settings(tmp_path, kafka_bootstrap)
+    ensure_topics(settings)
+    recorder = new_recorder(tmp_path / "r.db", kafka_bootstrap, settings.topic_prefix)
+
+    def unreachable() -> int:
+        raise LedgerUnavailable("the ledger topic could not be read")
+
+    monkeypatch.setattr(recorder, "catch_up", unreachable)
+    with pytest.raises(LedgerUnavailable):
+        recorder.insert_events([_event(uuid.uuid4(), 1, b'{"tenant":"demo"}')])
+    assert not recorder.is_owner
+    assert read_committed(kafka_bootstrap, Topics.of(settings.topic_prefix).ledger) == []
+    monkeypatch.undo()
+    recorder.insert_events([_event(uuid.uuid4(), 1, b'{"tenant":"demo"}')])
+    assert recorder.is_owner
+    recorder.close()

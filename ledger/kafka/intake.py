@@ -168,6 +168,9 @@ class IntakeWriter:
             log.exception("intake batch failed; isolating the record")
             self._rewind_safely()
             self._write_isolating(records)
+            # Every record of the batch is committed now (appended or rejected); the consumer
+            # was rewound for the retries and must move on from the committed offsets.
+            self._rewind_safely()
         self.stats.batches += 1
         return len(records)
 

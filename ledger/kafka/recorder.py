@@ -244,8 +244,15 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                 producer.init_transactions()
             except KafkaError as error:
                 raise LedgerUnavailable(f"could not become the ledger writer: {error}") from error
+            # Writable only once the replica holds everything committed before the fence:
+            # appending on a stale replica would reuse versions the topic already has.
+            try:
+                self.catch_up()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    producer.close(timeout=5)
+                raise
             self._producer = producer
-            self.catch_up()
 
     def _insert_events(
         self,
