@@ -570,8 +570,10 @@ def _follow_views(views: Any, stop: Any, interval: float) -> None:
             done = views.refresh()
         except LedgerUnavailable:
             done = 0
-        except Exception:  # a broker outage surfaces as several kafka errors
-            logging.getLogger("consent_ledger.projections").exception("projection round failed")
+        except Exception as error:  # a broker outage surfaces as several kafka errors
+            logging.getLogger("consent_ledger.projections").error(
+                "projection round failed (%s)", type(error).__name__
+            )
             done = 0
         if done == 0:
             stop.wait(interval)

@@ -163,9 +163,10 @@ class IntakeWriter:
         except (LedgerUnavailable, WriterFenced, KafkaError):
             self._rewind_safely()
             raise
-        except Exception:
-            # A bug tripped over one of these records: find it, reject it, keep going.
-            log.exception("intake batch failed; isolating the record")
+        except Exception as error:
+            # A bug tripped over one of these records: find it, reject it, keep going. The
+            # log names the error's type only: its message might quote the record.
+            log.error("intake batch failed (%s); isolating the record", type(error).__name__)
             self._rewind_safely()
             self._write_isolating(records)
             # Every record of the batch is committed now (appended or rejected); the consumer
@@ -226,7 +227,10 @@ class IntakeWriter:
                     self._write_isolating(half)
             return
         [record] = records
-        log.exception("an intake record made the writer fail; rejected")
+        log.error(
+            "an intake record made the writer fail; rejected",
+            extra={"partition": record.partition, "offset": record.offset},
+        )
         refusal = FactRejected(
             Code.PROCESSING_FAILED, "the ledger failed while processing this record"
         )

@@ -36,7 +36,7 @@ class IntakeThread:
             log.error("fenced: another writer owns the ledger partitions")
         except Exception as error:  # the thread must not die silently
             self.failed = type(error).__name__
-            log.exception("the intake writer stopped")
+            log.error("the intake writer stopped (%s)", self.failed)
         finally:
             self.writer.close()
 
