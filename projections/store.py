@@ -8,15 +8,44 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from eventsourcing.persistence import Tracking
-from eventsourcing.sqlite import SQLiteCursor, SQLiteDatastore, SQLiteTrackingRecorder
+from eventsourcing.sqlite import (
+    SQLiteConnection,
+    SQLiteConnectionPool,
+    SQLiteCursor,
+    SQLiteDatastore,
+    SQLiteTrackingRecorder,
+)
 
 
+@lru_cache(maxsize=1 << 16)
 def utc(instant: datetime) -> str:
+    """Cached: the same instant is written into several rows (entry, intervals, corrections)."""
     return instant.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+class _ViewsConnectionPool(SQLiteConnectionPool):
+    """Connections that do not fsync on every commit (WAL with `synchronous=NORMAL`).
+
+    The views hold nothing the log does not: a commit that a power cut takes away lost the
+    view changes and their log position together (WAL stays consistent), and the projection
+    applies those facts again from the log. The log itself keeps SQLite's full durability.
+    """
+
+    def _create_connection(self) -> SQLiteConnection:
+        connection = super()._create_connection()
+        connection.cursor().execute("PRAGMA synchronous=NORMAL")  # autocommit: outside any BEGIN
+        return connection
+
+
+class ViewsDatastore(SQLiteDatastore):
+    def __init__(self, db_name: str, *, lock_timeout: int | None = None) -> None:
+        super().__init__(db_name, lock_timeout=lock_timeout)
+        self.pool = _ViewsConnectionPool(db_name=db_name, lock_timeout=lock_timeout)
 
 
 def parse_utc(text: str | None) -> datetime | None:
@@ -59,7 +88,7 @@ class ConsentViews(SQLiteTrackingRecorder):
     @classmethod
     def open(cls, path: Path) -> ConsentViews:
         path.parent.mkdir(parents=True, exist_ok=True)
-        views = cls(SQLiteDatastore(db_name=str(path), lock_timeout=30))
+        views = cls(ViewsDatastore(str(path), lock_timeout=30))
         views.create_table()
         return views
 
