@@ -234,3 +234,40 @@ def test_a_writer_whose_catch_up_failed_does_not_append(
     recorder.insert_events([_event(uuid.uuid4(), 1, b'{"tenant":"demo"}')])
     assert recorder.is_owner
     recorder.close()
+
+
+def test_readers_catching_up_share_a_replica_with_a_writer(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """A CLI read while the worker writes: both apply the same records to one replica file."""
+    import threading
+
+    settings = kafka_settings(tmp_path, kafka_bootstrap)
+    ensure_topics(settings)
+    writer = new_recorder(tmp_path / "shared.db", kafka_bootstrap, settings.topic_prefix)
+    reader = new_recorder(tmp_path / "shared.db", kafka_bootstrap, settings.topic_prefix)
+    subjects = [uuid.uuid4() for _ in range(5)]
+    failures: list[BaseException] = []
+    done = threading.Event()
+
+    def read() -> None:
+        try:
+            while not done.is_set():
+                reader.catch_up()
+        except BaseException as error:
+            failures.append(error)
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    try:
+        for version in range(1, 41):
+            writer.insert_events([_event(s, version, b'{"tenant":"demo"}') for s in subjects])
+    finally:
+        done.set()
+        thread.join()
+    assert failures == []
+    reader.catch_up()
+    assert reader.versions_of(subjects) == {s: 40 for s in subjects}
+    assert reader.head()[0] == 200
+    writer.close()
+    reader.close()

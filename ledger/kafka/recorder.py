@@ -196,12 +196,22 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                             facts[(_uuid(stored.originator_id), stored.originator_version)] = fact
                 next_offsets = {tp.partition: consumer.position(tp) for tp in tps}
                 with self.datastore.transaction(commit=True) as c:
-                    if events:
-                        rows = LedgerSQLiteRecorder._insert_events(self, c, events, facts=facts)
+                    # Another process sharing this replica (the writer, or another reader)
+                    # may have applied some of these records since the positions were read:
+                    # take the write lock first, then keep only what is still ahead of it.
+                    c.execute(
+                        f"UPDATE {self.positions_table} SET next_offset = next_offset WHERE 0"
+                    )
+                    c.execute(f"SELECT partition, next_offset FROM {self.positions_table}")
+                    current = {int(row[0]): int(row[1]) for row in c.fetchall()}
+                    ahead = [i for i, (p, o) in enumerate(where) if o >= current.get(p, 0)]
+                    if ahead:
+                        fresh = [events[i] for i in ahead]
+                        rows = LedgerSQLiteRecorder._insert_events(self, c, fresh, facts=facts)
                         assert rows is not None
-                        self._locate(c, [(r, p, o) for r, (p, o) in zip(rows, where, strict=True)])
+                        self._locate(c, [(r, *where[i]) for r, i in zip(rows, ahead, strict=True)])
                     self._set_positions(c, next_offsets)
-                applied += len(events)
+                applied += len(ahead)
                 pending = [tp for tp in pending if consumer.position(tp) < end[tp]]
         except KafkaError as error:
             raise LedgerUnavailable(f"the ledger topic could not be read: {error}") from error
