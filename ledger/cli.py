@@ -142,6 +142,41 @@ def cmd_record(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
+    """Kafka mode: facts to the intake topic, for the running writer (which it does not fence)."""
+    from ledger.kafka.publish import NotConsumed, outcomes, publish
+
+    if settings.backend != "kafka":
+        raise CliError("publish needs Kafka mode (LEDGER_BACKEND=kafka); use record")
+    stream = sys.stdin if args.file == "-" else _read_file(args.file)
+    items = list(_read_facts(stream))
+    ledger = _open(settings)
+    try:
+        published = publish(ledger, items, args.tenant)
+        if args.no_wait:
+            for index, p in enumerate(published):
+                line = {"index": index, "published": {"partition": p.partition, "offset": p.offset}}
+                sys.stdout.write(orjson.dumps(line).decode() + "\n")
+            return 0
+        try:
+            results = outcomes(ledger, published, args.wait)
+        except NotConsumed as e:
+            return _fail(str(e), EXIT_UNAVAILABLE)
+    finally:
+        ledger.close()
+    rejected = 0
+    for index, result in enumerate(results):
+        if isinstance(result, FactRejected):
+            rejected += 1
+            line = {"index": index, "rejected": result.as_dict()}
+        else:
+            line = {"index": index, "receipt": result.as_dict()}
+        sys.stdout.write(orjson.dumps(line).decode() + "\n")
+    if rejected:
+        return _fail(f"{rejected} of {len(items)} facts rejected (see stdout)", EXIT_REJECTED)
+    return 0
+
+
 def cmd_trail(args: argparse.Namespace, settings: Settings) -> int:
     from projections.trail import subject_trail, trail_csv
 
@@ -730,6 +765,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("file", nargs="?", default="-", metavar="FILE|-")
     p.add_argument("--tenant", help="the tenant, when the facts do not name one")
     p.set_defaults(run=cmd_record)
+
+    p = sub.add_parser(
+        "publish", help="Kafka mode: publish facts to the intake topic and wait for outcomes"
+    )
+    p.add_argument("file", nargs="?", default="-", help="JSON or JSON Lines; '-' = stdin")
+    p.add_argument("--tenant", help="tenant of facts that name none")
+    p.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the writer")
+    p.add_argument("--no-wait", action="store_true", help="print where each fact was published")
+    p.set_defaults(run=cmd_publish)
 
     p = sub.add_parser("trail", help="a subject's audit trail")
     _subject_args(p)

@@ -1,0 +1,195 @@
+"""Publishing facts to the intake topic, as a service would, and waiting for their outcomes.
+
+In Kafka mode `consent-ledger record` is a writer (it fences a running worker); `publish`
+is the way in that leaves the running writer alone: the facts go to the intake topic, keyed
+by tenant and `sid` (never the reference itself) so one person's facts keep their order, and
+with a wait the command reports each fact's outcome once the writer has committed it — the
+reason from the rejected topic (matched by the intake partition and offset it was published
+at), or the receipt from the ledger.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from ledger.application import ConsentLedger
+from ledger.errors import FactRejected
+from ledger.kafka.recorder import KafkaLedgerRecorder, KafkaLink
+from ledger.receipt import Receipt
+
+
+class NotConsumed(TimeoutError):
+    """The writer did not commit the published facts in time (is a worker or serve running?)."""
+
+
+@dataclass(frozen=True)
+class Published:
+    partition: int
+    offset: int
+    tenant: str | None
+    event_id: str | None
+
+
+def publish(
+    ledger: ConsentLedger, items: Sequence[bytes | Any], tenant: str | None
+) -> list[Published]:
+    """Send each item (JSON bytes, or an already-decoded object) to the intake topic."""
+    link = _link(ledger)
+    producer = KafkaProducer(
+        bootstrap_servers=link.bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+    )
+    try:
+        futures = []
+        for item in items:
+            value, key, fact_tenant, event_id = _prepare(ledger, item, tenant)
+            futures.append(
+                (producer.send(link.topics.intake, key=key, value=value), fact_tenant, event_id)
+            )
+        producer.flush()
+        published = []
+        for future, fact_tenant, event_id in futures:
+            meta = future.get(timeout=30)
+            published.append(Published(meta.partition, meta.offset, fact_tenant, event_id))
+        return published
+    finally:
+        producer.close()
+
+
+def _prepare(
+    ledger: ConsentLedger, item: bytes | Any, tenant: str | None
+) -> tuple[bytes, bytes | None, str | None, str | None]:
+    """The record's value as given (the writer judges it) and a key free of personal data."""
+    obj: Any = item
+    if isinstance(item, bytes):
+        try:
+            obj = orjson.loads(item)
+        except orjson.JSONDecodeError:
+            return item, None, None, None
+    if not isinstance(obj, dict):
+        return orjson.dumps(obj), None, None, None
+    value = item if isinstance(item, bytes) else orjson.dumps(obj)
+    if tenant is not None and "tenant" not in obj:
+        obj = {**obj, "tenant": tenant}
+        value = orjson.dumps(obj)
+    fact_tenant = obj.get("tenant") if isinstance(obj.get("tenant"), str) else None
+    event_id = obj.get("event_id") if isinstance(obj.get("event_id"), str) else None
+    subject = obj.get("subject")
+    key = None
+    if fact_tenant is not None and isinstance(subject, str):
+        key = f"{fact_tenant}/{ledger.sid(fact_tenant, subject).hex}".encode()
+    return value, key, fact_tenant, event_id
+
+
+def outcomes(
+    ledger: ConsentLedger, published: Sequence[Published], timeout_s: float
+) -> list[Receipt | FactRejected]:
+    """Wait until the writer committed past every published record; then what became of each."""
+    link = _link(ledger)
+    last: dict[TopicPartition, int] = {}
+    for p in published:
+        tp = TopicPartition(link.topics.intake, p.partition)
+        last[tp] = max(last.get(tp, -1), p.offset)
+    _wait_committed(link, last, timeout_s)
+    refused = _rejected_after(link, published, timeout_s)
+    recorder = ledger.ledger_recorder
+    assert isinstance(recorder, KafkaLedgerRecorder)
+    recorder.catch_up()
+    results: list[Receipt | FactRejected] = []
+    for p in published:
+        found = refused.get((p.partition, p.offset))
+        if found is not None:
+            results.append(found)
+            continue
+        results.append(_receipt(ledger, p))
+    return results
+
+
+def _receipt(ledger: ConsentLedger, p: Published) -> Receipt | FactRejected:
+    from ledger.errors import Code
+
+    indexed = (
+        ledger.ledger_recorder.find_facts(p.tenant, [p.event_id]).get(p.event_id)
+        if p.tenant and p.event_id
+        else None
+    )
+    if indexed is None or indexed.recorded_at is None:
+        # Committed past, neither rejected nor in the ledger: only a retry of a fact that
+        # had been refused before can end like that — or the record was not ours to find.
+        return FactRejected(Code.PROCESSING_FAILED, "no outcome was found for this fact")
+    where = ledger.ledger_recorder.log_coordinates([indexed.position]).get(indexed.position)
+    partition, position = where if where is not None else (None, indexed.position)
+    return Receipt(
+        event_id=p.event_id or "",
+        sid=indexed.originator_id.hex,
+        position=position,
+        recorded_at=indexed.recorded_at,
+        hash=indexed.hash,
+        partition=partition,
+    )
+
+
+def _wait_committed(link: KafkaLink, last: dict[TopicPartition, int], timeout_s: float) -> None:
+    consumer = KafkaConsumer(
+        bootstrap_servers=link.bootstrap, group_id=link.intake_group, enable_auto_commit=False
+    )
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            if all((consumer.committed(tp) or 0) > offset for tp, offset in last.items()):
+                return
+            if time.monotonic() > deadline:
+                raise NotConsumed(
+                    f"the ledger writer did not take the facts within {timeout_s:g} s "
+                    "(is `consent-ledger worker` or `serve` running?)"
+                )
+            time.sleep(0.1)  # polling the group's committed offsets on the broker
+    finally:
+        consumer.close()
+
+
+def _rejected_after(
+    link: KafkaLink, published: Sequence[Published], timeout_s: float
+) -> dict[tuple[int, int], FactRejected]:
+    """Rejects of our records, read_committed from the whole rejected topic."""
+    from ledger.errors import Code
+
+    wanted = {(p.partition, p.offset) for p in published}
+    consumer = KafkaConsumer(
+        bootstrap_servers=link.bootstrap, isolation_level="read_committed", enable_auto_commit=False
+    )
+    found: dict[tuple[int, int], FactRejected] = {}
+    try:
+        partitions = consumer.partitions_for_topic(link.topics.rejected) or set()
+        tps = [TopicPartition(link.topics.rejected, p) for p in partitions]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        deadline = time.monotonic() + timeout_s
+        while any(consumer.position(tp) < end[tp] for tp in tps):
+            if time.monotonic() > deadline:
+                raise NotConsumed("the rejected topic could not be read to its end")
+            for records in consumer.poll(timeout_ms=500).values():
+                for record in records:
+                    body = orjson.loads(record.value)
+                    source = body.get("source", {})
+                    place = (source.get("partition"), source.get("offset"))
+                    if source.get("topic") == link.topics.intake and place in wanted:
+                        found[place] = FactRejected(
+                            Code(body["code"]), body["message"], body.get("field")
+                        )
+    finally:
+        consumer.close()
+    return found
+
+
+def _link(ledger: ConsentLedger) -> KafkaLink:
+    recorder = ledger.ledger_recorder
+    if not isinstance(recorder, KafkaLedgerRecorder):
+        raise TypeError("publishing to the intake topic needs the ledger in Kafka mode")
+    return recorder.link

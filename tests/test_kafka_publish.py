@@ -1,0 +1,80 @@
+"""`consent-ledger publish`: facts through the intake topic to a running worker, which it does
+not fence, with each fact's outcome reported once the worker committed it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.facts import grant, withdraw
+from tests.kafka_support import kafka_env, kafka_settings
+
+pytestmark = pytest.mark.kafka
+
+
+def cli(
+    env: dict[str, str], *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ledger.cli", *args],
+        env={**os.environ, **env},
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def test_publish_through_intake_to_a_running_worker(tmp_path: Path, kafka_bootstrap: str) -> None:
+    env = kafka_env(kafka_settings(tmp_path / "data", kafka_bootstrap))
+    assert cli(env, "init").returncode == 0
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "ledger.cli", "worker", "--no-projections"],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert worker.stdout is not None
+        assert worker.stdout.readline().startswith("worker: consuming")
+        facts = [
+            orjson.dumps(grant("pub-1", event_id="p1")).decode(),
+            "{not json",
+            orjson.dumps(withdraw("pub-1", event_id="p2", purposes=("analytics",))).decode(),
+            orjson.dumps(
+                withdraw("pub-1", event_id="p3", occurred_at="2025-03-02T10:00:00+05:00")
+            ).decode(),
+        ]
+        out = cli(env, "publish", "--wait", "120", stdin="\n".join(facts))
+        assert out.returncode == 1, out.stderr
+        assert out.stderr.strip() == "consent-ledger: 2 of 4 facts rejected (see stdout)"
+        lines = [orjson.loads(line) for line in out.stdout.splitlines()]
+        assert [line["index"] for line in lines] == [0, 1, 2, 3]
+        assert lines[0]["receipt"]["event_id"] == "p1" and "partition" in lines[0]["receipt"]
+        assert lines[1]["rejected"]["code"] == "invalid_json"
+        assert lines[2]["rejected"]["code"] == "purpose_not_in_force"
+        assert lines[3]["receipt"]["sid"] == lines[0]["receipt"]["sid"]
+
+        # The worker was not fenced: it keeps consuming.
+        again = cli(env, "publish", stdin=orjson.dumps(grant("pub-2", event_id="p4")).decode())
+        assert again.returncode == 0, again.stderr
+        assert worker.poll() is None
+        trail = cli(env, "trail", "pub-1", "--tenant", "demo", "--json")
+        assert [f["event_id"] for f in orjson.loads(trail.stdout)["facts"]][1:] == ["p1", "p3"]
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.communicate(timeout=60)
+    assert worker.returncode == 0
+
+
+def test_publish_needs_kafka_mode(tmp_path: Path) -> None:
+    out = cli({"LEDGER_DATA_DIR": str(tmp_path)}, "publish", stdin="{}")
+    assert out.returncode == 2
+    assert "Kafka mode" in out.stderr
