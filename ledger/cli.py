@@ -253,18 +253,11 @@ def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
-    from ledger.verify import verify_log
+    from ledger.verify import verify_ledger
 
     ledger = _open(settings)
     try:
-        result = verify_log(ledger.ledger_recorder)
-        if settings.backend == "kafka" and result.ok:
-            # The replica is consistent; now the log of record itself, record by record.
-            from ledger.kafka.recorder import KafkaLedgerRecorder
-            from ledger.kafka.verify import verify_topic
-
-            assert isinstance(ledger.ledger_recorder, KafkaLedgerRecorder)
-            result = verify_topic(ledger.ledger_recorder)
+        result = verify_ledger(ledger.ledger_recorder)
     finally:
         ledger.close()
     if args.json:
@@ -283,7 +276,7 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from ledger.demo import contact, demo_stream
-    from ledger.verify import verify_log
+    from ledger.verify import verify_ledger
     from projections.trail import subject_trail
 
     ledger = _open(settings)
@@ -308,7 +301,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         assert erased is not None
         print()
         _print_trail(erased)
-        result = verify_log(ledger.ledger_recorder)
+        result = verify_ledger(ledger.ledger_recorder)
     finally:
         ledger.close()
     print()

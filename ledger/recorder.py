@@ -109,6 +109,9 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
         )
         return positions
 
+    # True when this SQLite file is a replica and the log of record lives elsewhere (Kafka).
+    log_is_elsewhere = False
+
     def log_coordinates(self, positions: Sequence[int]) -> dict[int, tuple[int, int]]:
         """Where these events are in the log of record, when that is not this table (Kafka)."""
         return {}

@@ -59,6 +59,22 @@ class VerifyResult:
         }
 
 
+def verify_ledger(recorder: LedgerSQLiteRecorder) -> VerifyResult:
+    """The whole check of the configured backend.
+
+    Embedded: the log. Kafka: the writer's replica (index, Merkle head, chains), then, if that
+    holds, the ledger topic itself record by record — the log of record is what must be intact.
+    """
+    result = verify_log(recorder)
+    if result.ok and recorder.log_is_elsewhere:
+        from ledger.kafka.recorder import KafkaLedgerRecorder
+        from ledger.kafka.verify import verify_topic
+
+        assert isinstance(recorder, KafkaLedgerRecorder)
+        result = verify_topic(recorder)
+    return result
+
+
 def verify_log(recorder: LedgerSQLiteRecorder, page: int = 5000) -> VerifyResult:
     rows, (head_size, head_root), last = recorder.snapshot()
     index: dict[int, IndexedFact] = {row.position: row for row in rows}

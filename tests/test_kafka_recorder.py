@@ -271,3 +271,64 @@ def test_readers_catching_up_share_a_replica_with_a_writer(
     assert reader.head()[0] == 200
     writer.close()
     reader.close()
+
+
+@pytest.mark.parametrize("forgery", ["foreign", "replayed-version", "altered-bytes"])
+def test_verify_names_a_forged_record_on_the_ledger_topic(
+    tmp_path: Path, kafka_bootstrap: str, forgery: str
+) -> None:
+    """Kafka cannot alter a record in place, but anyone with write access can append one."""
+    import os
+    import subprocess
+    import sys
+
+    from kafka import KafkaProducer
+
+    from ledger.application import ConsentLedger
+    from ledger.envelope import parse_fact
+    from tests.facts import grant, withdraw
+    from tests.kafka_support import kafka_env
+
+    settings = kafka_settings(tmp_path / "data", kafka_bootstrap, partitions=1)
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    ledger.record([parse_fact(grant("v-1", event_id="v1"))])
+    ledger.close()
+    topic = Topics.of(settings.topic_prefix).ledger
+    [*_, last] = read_committed(kafka_bootstrap, topic)
+    forged_headers = list(last.headers)
+    value = last.value
+    if forgery == "foreign":
+        forged_headers = []
+    elif forgery == "altered-bytes":
+        value = value.replace(b'"marketing"', b'"analytics"')
+        forged_headers = [(k, v) for k, v in last.headers if k != "version"] + [("version", b"3")]
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    forged = producer.send(
+        topic, key=last.key, value=value, headers=forged_headers, partition=0
+    ).get(30)
+    producer.close()
+
+    out = subprocess.run(
+        [sys.executable, "-m", "ledger.cli", "verify"],
+        env={**os.environ, **kafka_env(settings)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 4, out.stdout + out.stderr
+    assert f"partition 0 offset {forged.offset}" in out.stderr
+    kind = {"foreign": "inserted", "replayed-version": "reordered", "altered-bytes": "altered"}
+    assert f"({kind[forgery]};" in out.stderr
+
+    # The ledger keeps working: a fresh replica skips the forged record (it is out of its
+    # subject's sequence, or not the ledger's), and new facts are written and verified
+    # up to it.
+    for leftover in (tmp_path / "data").glob("ledger-replica.db*"):
+        leftover.unlink()
+    ledger = ConsentLedger(settings)
+    [after] = ledger.record(
+        [parse_fact(withdraw("v-1", event_id="v2", occurred_at="2025-03-02T10:00:00+05:00"))]
+    )
+    assert not isinstance(after, Exception), after
+    ledger.close()

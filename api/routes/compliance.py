@@ -12,7 +12,7 @@ from api.deps import Service, role, service
 from api.keys import Principal
 from api.problems import Problem
 from ledger.envelope import parse_time
-from ledger.verify import verify_log
+from ledger.verify import verify_ledger
 from projections.due import due_list
 from projections.queries import check_recipients, check_report, who_had_consent
 
@@ -148,4 +148,4 @@ def verify(
     principal: Annotated[Principal, Depends(role(*READERS))],
     svc: Annotated[Service, Depends(service)],
 ) -> dict[str, Any]:
-    return verify_log(svc.ledger.ledger_recorder).as_dict()
+    return verify_ledger(svc.ledger.ledger_recorder).as_dict()

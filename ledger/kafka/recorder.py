@@ -95,6 +95,8 @@ class IntakeCommit:
 
 
 class KafkaLedgerRecorder(LedgerSQLiteRecorder):
+    log_is_elsewhere = True
+
     def __init__(
         self,
         datastore: SQLiteDatastore,
@@ -205,6 +207,7 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                     c.execute(f"SELECT partition, next_offset FROM {self.positions_table}")
                     current = {int(row[0]): int(row[1]) for row in c.fetchall()}
                     ahead = [i for i, (p, o) in enumerate(where) if o >= current.get(p, 0)]
+                    ahead = self._in_sequence(c, events, where, ahead, facts)
                     if ahead:
                         fresh = [events[i] for i in ahead]
                         rows = LedgerSQLiteRecorder._insert_events(self, c, fresh, facts=facts)
@@ -218,6 +221,69 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
         finally:
             consumer.close()
         return applied
+
+    def _in_sequence(
+        self,
+        c: SQLiteCursor,
+        events: Sequence[StoredEvent],
+        where: Sequence[tuple[int, int]],
+        indices: Sequence[int],
+        facts: Mapping[tuple[UUID, int], FactKey],
+    ) -> list[int]:
+        """The records that continue their aggregate's versions; others are skipped, loudly.
+
+        Only this writer appends to the ledger topic, so a record out of sequence (a version
+        already held, or one skipped) or repeating a recorded `event_id` was put there by
+        someone else. Applying it would stop every later catch-up on the replica's unique
+        constraints, or chain the next fact to it; it is left out, logged by partition and
+        offset, and `verify` names it.
+        """
+        keys = [
+            facts[(_uuid(events[i].originator_id), events[i].originator_version)]
+            for i in indices
+            if (_uuid(events[i].originator_id), events[i].originator_version) in facts
+        ]
+        by_tenant: dict[str, list[str]] = {}
+        for known in keys:
+            by_tenant.setdefault(known.tenant, []).append(known.event_id)
+        seen: set[tuple[str, str]] = set()
+        for tenant, event_ids in by_tenant.items():
+            for chunk in range(0, len(event_ids), 500):
+                part = event_ids[chunk : chunk + 500]
+                c.execute(
+                    f"SELECT event_id FROM {self.index_table} WHERE tenant = ? AND event_id IN "
+                    f"({','.join('?' * len(part))})",
+                    [tenant, *part],
+                )
+                seen.update((tenant, str(row[0])) for row in c.fetchall())
+        aggregates = sorted({_uuid(events[i].originator_id).hex for i in indices})
+        versions: dict[UUID, int] = {}
+        for chunk in range(0, len(aggregates), 500):
+            part = aggregates[chunk : chunk + 500]
+            c.execute(
+                f"SELECT originator_id, MAX(originator_version) FROM {self.events_table_name} "
+                f"WHERE originator_id IN ({','.join('?' * len(part))}) GROUP BY originator_id",
+                part,
+            )
+            versions.update({UUID(row[0]): int(row[1]) for row in c.fetchall()})
+        kept: list[int] = []
+        for i in indices:
+            stored = events[i]
+            aggregate = _uuid(stored.originator_id)
+            key = facts.get((aggregate, stored.originator_version))
+            repeated = key is not None and (key.tenant, key.event_id) in seen
+            if repeated or stored.originator_version != versions.get(aggregate, 0) + 1:
+                partition, offset = where[i]
+                log.warning(
+                    "skipped a ledger record out of its aggregate's sequence",
+                    extra={"partition": partition, "offset": offset},
+                )
+                continue
+            versions[aggregate] = stored.originator_version
+            if key is not None:
+                seen.add((key.tenant, key.event_id))
+            kept.append(i)
+        return kept
 
     def _set_positions(self, c: SQLiteCursor, offsets: Mapping[int, int]) -> None:
         c.executemany(
