@@ -16,8 +16,8 @@ from typing import Any
 from eventsourcing.persistence import Mapper, Tracking
 from kafka import KafkaConsumer, TopicPartition
 
+from ledger.kafka.reading import ledger_events, polls_to_end
 from ledger.kafka.recorder import KafkaLink
-from ledger.kafka.records import NotALedgerRecord, decode
 from projections.consent_projection import ConsentProjection
 
 log = logging.getLogger("consent_ledger.projections")
@@ -91,27 +91,15 @@ class LedgerTopicReader:
                 consumer.seek(tp, position)
             else:
                 consumer.seek_to_beginning(tp)
-        end = consumer.end_offsets(tps)
         processed = 0
-        pending = [tp for tp in tps if consumer.position(tp) < end[tp]]
-        while pending:
-            polled = consumer.poll(timeout_ms=500, max_records=page)
+        for polled in polls_to_end(consumer, tps, timeout_s=float("inf"), max_records=page):
             for tp, records in polled.items():
                 events: list[Any] = []
-                for record in records:
-                    try:
-                        stored, _ = decode(record.value, dict(record.headers or []))
-                    except NotALedgerRecord:
-                        log.warning(
-                            "skipped a record the ledger did not write",
-                            extra={"partition": tp.partition, "offset": record.offset},
-                        )
-                        continue
+                for _, stored, _ in ledger_events(records):
                     event: Any = mapper.to_domain_event(stored)
                     if known_at is None or event.timestamp <= known_at:
                         events.append(event)
                 position = consumer.position(tp)
                 projection.process_batch(events, Tracking(tracking_name(application, tp), position))
                 processed += len(records)
-            pending = [tp for tp in pending if consumer.position(tp) < end[tp]]
         return processed

@@ -20,6 +20,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from ledger.application import ConsentLedger
 from ledger.errors import FactRejected
+from ledger.kafka.reading import ReadTimedOut, polls_to_end
 from ledger.kafka.recorder import KafkaLedgerRecorder, KafkaLink
 from ledger.receipt import Receipt
 
@@ -169,20 +170,19 @@ def _rejected_after(
         tps = [TopicPartition(link.topics.rejected, p) for p in partitions]
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
-        end = consumer.end_offsets(tps)
-        deadline = time.monotonic() + timeout_s
-        while any(consumer.position(tp) < end[tp] for tp in tps):
-            if time.monotonic() > deadline:
-                raise NotConsumed("the rejected topic could not be read to its end")
-            for records in consumer.poll(timeout_ms=500).values():
-                for record in records:
-                    body = orjson.loads(record.value)
-                    source = body.get("source", {})
-                    place = (source.get("partition"), source.get("offset"))
-                    if source.get("topic") == link.topics.intake and place in wanted:
-                        found[place] = FactRejected(
-                            Code(body["code"]), body["message"], body.get("field")
-                        )
+        try:
+            for polled in polls_to_end(consumer, tps, timeout_s=timeout_s):
+                for records in polled.values():
+                    for record in records:
+                        body = orjson.loads(record.value)
+                        source = body.get("source", {})
+                        place = (source.get("partition"), source.get("offset"))
+                        if source.get("topic") == link.topics.intake and place in wanted:
+                            found[place] = FactRejected(
+                                Code(body["code"]), body["message"], body.get("field")
+                            )
+        except ReadTimedOut as error:
+            raise NotConsumed("the rejected topic could not be read to its end") from error
     finally:
         consumer.close()
     return found

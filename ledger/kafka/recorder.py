@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +37,8 @@ from kafka.errors import (
 from kafka.structs import OffsetAndMetadata
 
 from ledger.failpoints import failpoint
-from ledger.kafka.records import NotALedgerRecord, decode, encode
+from ledger.kafka.reading import ReadTimedOut, ledger_events, polls_to_end
+from ledger.kafka.records import encode
 from ledger.kafka.topics import Topics
 from ledger.recorder import FactKey, LedgerSQLiteRecorder
 
@@ -172,30 +172,15 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                     consumer.seek(tp, start[tp.partition])
                 else:
                     consumer.seek_to_beginning(tp)
-            end = consumer.end_offsets(tps)
-            deadline = time.monotonic() + self.link.catch_up_timeout_s
-            pending = [tp for tp in tps if consumer.position(tp) < end[tp]]
-            while pending:
-                if time.monotonic() > deadline:
-                    raise LedgerUnavailable("the ledger topic could not be read to its end")
-                polled = consumer.poll(timeout_ms=500, max_records=5000)
+            for polled in polls_to_end(consumer, tps, timeout_s=self.link.catch_up_timeout_s):
                 events: list[StoredEvent] = []
                 where: list[tuple[int, int]] = []
                 facts: dict[tuple[UUID, int], FactKey] = {}
-                for tp, records in polled.items():
-                    for record in records:
-                        try:
-                            stored, fact = decode(record.value, dict(record.headers or []))
-                        except NotALedgerRecord:
-                            log.warning(
-                                "skipped a record the ledger did not write",
-                                extra={"partition": tp.partition, "offset": record.offset},
-                            )
-                            continue
-                        events.append(stored)
-                        where.append((tp.partition, record.offset))
-                        if fact is not None:
-                            facts[(_uuid(stored.originator_id), stored.originator_version)] = fact
+                for record, stored, fact in ledger_events(r for rs in polled.values() for r in rs):
+                    events.append(stored)
+                    where.append((record.partition, record.offset))
+                    if fact is not None:
+                        facts[(_uuid(stored.originator_id), stored.originator_version)] = fact
                 next_offsets = {tp.partition: consumer.position(tp) for tp in tps}
                 with self.datastore.transaction(commit=True) as c:
                     # Another process sharing this replica (the writer, or another reader)
@@ -215,7 +200,8 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                         self._locate(c, [(r, *where[i]) for r, i in zip(rows, ahead, strict=True)])
                     self._set_positions(c, next_offsets)
                 applied += len(ahead)
-                pending = [tp for tp in pending if consumer.position(tp) < end[tp]]
+        except ReadTimedOut as error:
+            raise LedgerUnavailable(str(error)) from error
         except KafkaError as error:
             raise LedgerUnavailable(f"the ledger topic could not be read: {error}") from error
         finally:

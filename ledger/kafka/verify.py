@@ -8,7 +8,6 @@ a gap, a swap or changed bytes is named by its partition and offset.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 from uuid import UUID
 
@@ -16,6 +15,7 @@ import orjson
 from kafka import KafkaConsumer, TopicPartition
 
 from ledger.chain import GENESIS, stored_hash
+from ledger.kafka.reading import ReadTimedOut, polls_to_end
 from ledger.kafka.recorder import KafkaLedgerRecorder, LedgerUnavailable
 from ledger.kafka.records import NotALedgerRecord, decode
 from ledger.verify import Problem, VerifyResult
@@ -38,12 +38,8 @@ def verify_topic(recorder: KafkaLedgerRecorder, timeout_s: float = 300.0) -> Ver
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
         end = consumer.end_offsets(tps)
-        deadline = time.monotonic() + timeout_s
-        pending = [tp for tp in tps if consumer.position(tp) < end[tp]]
-        while pending:
-            if time.monotonic() > deadline:
-                raise LedgerUnavailable("the ledger topic could not be read to its end")
-            for tp, records in consumer.poll(timeout_ms=500, max_records=5000).items():
+        for polled in polls_to_end(consumer, tps, timeout_s=timeout_s):
+            for tp, records in polled.items():
                 for record in records:
                     if record.offset >= end[tp]:
                         continue
@@ -51,7 +47,8 @@ def verify_topic(recorder: KafkaLedgerRecorder, timeout_s: float = 300.0) -> Ver
                     found = _check(record, heads, indexed)
                     if found is not None:
                         problems.append(found)
-            pending = [tp for tp in pending if consumer.position(tp) < end[tp]]
+    except ReadTimedOut as error:
+        raise LedgerUnavailable(str(error)) from error
     finally:
         consumer.close()
     return VerifyResult(facts_checked=checked, root=recorder.head()[1], problems=problems)

@@ -1,0 +1,58 @@
+"""Reading a topic up to where it ends now, the one loop every Kafka-mode reader shares.
+
+"The end" is the end offset the consumer's isolation level gives (for read_committed, the
+last stable offset) when reading starts; records committed later are left for next time.
+Offsets have gaps (transaction markers, aborted records), so progress is the consumer's
+position, never a record's offset plus one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from eventsourcing.persistence import StoredEvent
+from kafka import KafkaConsumer, TopicPartition
+
+from ledger.kafka.records import NotALedgerRecord, decode
+from ledger.recorder import FactKey
+
+log = logging.getLogger("consent_ledger.kafka")
+
+
+class ReadTimedOut(TimeoutError):
+    """The topic could not be read to its end in time (the broker is slow or unreachable)."""
+
+
+def polls_to_end(
+    consumer: KafkaConsumer,
+    partitions: Sequence[TopicPartition],
+    *,
+    timeout_s: float,
+    max_records: int = 5000,
+) -> Iterator[dict[TopicPartition, list[Any]]]:
+    """Poll from the consumer's current positions until each partition reaches its end."""
+    end = consumer.end_offsets(list(partitions))
+    deadline = time.monotonic() + timeout_s
+    pending = [tp for tp in partitions if consumer.position(tp) < end[tp]]
+    while pending:
+        if time.monotonic() > deadline:
+            raise ReadTimedOut("the topic could not be read to its end")
+        yield consumer.poll(timeout_ms=500, max_records=max_records)
+        pending = [tp for tp in pending if consumer.position(tp) < end[tp]]
+
+
+def ledger_events(records: Iterable[Any]) -> Iterator[tuple[Any, StoredEvent, FactKey | None]]:
+    """Each record the ledger wrote, decoded; any other record is skipped and logged."""
+    for record in records:
+        try:
+            stored, fact = decode(record.value, dict(record.headers or []))
+        except NotALedgerRecord:
+            log.warning(
+                "skipped a record the ledger did not write",
+                extra={"partition": record.partition, "offset": record.offset},
+            )
+            continue
+        yield record, stored, fact
