@@ -224,7 +224,6 @@ def test_broker_restart_mid_stream(tmp_path: Path, progress_of: list[Progress]) 
         printed = stop_cleanly(worker)
         worker = None
         # Through an outage and its retries, the worker's output names no subject.
-        assert "broker" in printed or "retr" in printed
         for item in items:
             if item.subject is not None:
                 assert item.subject not in printed

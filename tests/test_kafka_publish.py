@@ -78,3 +78,29 @@ def test_publish_needs_kafka_mode(tmp_path: Path) -> None:
     out = cli({"LEDGER_DATA_DIR": str(tmp_path)}, "publish", stdin="{}")
     assert out.returncode == 2
     assert "Kafka mode" in out.stderr
+
+
+def test_records_on_the_rejected_topic_that_are_not_ours_are_passed_over() -> None:
+    from ledger.kafka.publish import _refusal
+    from ledger.kafka.recorder import KafkaLink
+    from ledger.kafka.topics import Topics
+
+    link = KafkaLink("unused:9092", Topics.of("p"), 1)
+    source = {"topic": "p.intake", "partition": 0, "offset": 7}
+    ours: dict[str, object] = {
+        "code": "invalid_json",
+        "message": "m",
+        "source": source,
+    }
+    wanted = {(0, 7)}
+    for value in [
+        b"not json",
+        b"[1]",
+        b"{}",
+        None,
+        orjson.dumps({**ours, "code": "no_such_code"}),
+        orjson.dumps({**ours, "source": {**source, "offset": 8}}),
+    ]:
+        assert _refusal(value, link, wanted) is None
+    found = _refusal(orjson.dumps(ours), link, wanted)
+    assert found is not None and found[0] == (0, 7) and found[1].code.value == "invalid_json"

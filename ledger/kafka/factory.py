@@ -17,9 +17,6 @@ from ledger.settings import Settings
 
 
 class KafkaFactory(SQLiteFactory):
-    KAFKA_BOOTSTRAP = "KAFKA_BOOTSTRAP"
-    LEDGER_TOPIC_PREFIX = "LEDGER_TOPIC_PREFIX"
-
     _recorder: KafkaLedgerRecorder | None = None
 
     def application_recorder(self) -> ApplicationRecorder:

@@ -125,7 +125,7 @@ class IntakeWriter:
             self.consumer.close()
             self.consumer = None
 
-    def run(self, stop: threading.Event, on_batch: Any = None) -> None:
+    def run(self, stop: threading.Event) -> None:
         """Until `stop` is set: poll, write, commit. A broker outage is waited out, not fatal.
 
         A fenced writer stops (WriterFenced propagates): another writer owns the ledger now,
@@ -136,10 +136,8 @@ class IntakeWriter:
             try:
                 if self.consumer is None:
                     self.start()
-                done = self.step()
+                self.step()
                 backoff = 0.2
-                if on_batch is not None and done:
-                    on_batch(done)
             except WriterFenced:
                 raise
             except (LedgerUnavailable, KafkaError) as error:

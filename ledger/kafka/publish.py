@@ -19,7 +19,7 @@ import orjson
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from ledger.application import ConsentLedger
-from ledger.errors import FactRejected
+from ledger.errors import Code, FactRejected
 from ledger.kafka.reading import ReadTimedOut, polls_to_end
 from ledger.kafka.recorder import KafkaLedgerRecorder, KafkaLink
 from ledger.receipt import Receipt
@@ -112,8 +112,6 @@ def outcomes(
 
 
 def _receipt(ledger: ConsentLedger, p: Published) -> Receipt | FactRejected:
-    from ledger.errors import Code
-
     indexed = (
         ledger.ledger_recorder.find_facts(p.tenant, [p.event_id]).get(p.event_id)
         if p.tenant and p.event_id
@@ -158,7 +156,6 @@ def _rejected_after(
     link: KafkaLink, published: Sequence[Published], timeout_s: float
 ) -> dict[tuple[int, int], FactRejected]:
     """Rejects of our records, read_committed from the whole rejected topic."""
-    from ledger.errors import Code
 
     wanted = {(p.partition, p.offset) for p in published}
     consumer = KafkaConsumer(
@@ -174,18 +171,29 @@ def _rejected_after(
             for polled in polls_to_end(consumer, tps, timeout_s=timeout_s):
                 for records in polled.values():
                     for record in records:
-                        body = orjson.loads(record.value)
-                        source = body.get("source", {})
-                        place = (source.get("partition"), source.get("offset"))
-                        if source.get("topic") == link.topics.intake and place in wanted:
-                            found[place] = FactRejected(
-                                Code(body["code"]), body["message"], body.get("field")
-                            )
+                        refusal = _refusal(record.value, link, wanted)
+                        if refusal is not None:
+                            found[refusal[0]] = refusal[1]
         except ReadTimedOut as error:
             raise NotConsumed("the rejected topic could not be read to its end") from error
     finally:
         consumer.close()
     return found
+
+
+def _refusal(
+    value: bytes | None, link: KafkaLink, wanted: set[tuple[int, int]]
+) -> tuple[tuple[int, int], FactRejected] | None:
+    """One of our records' refusal, or None (another's, or a record the writer did not write)."""
+    try:
+        body = orjson.loads(value or b"")
+        source = body["source"]
+        place = (source["partition"], source["offset"])
+        if source["topic"] != link.topics.intake or place not in wanted:
+            return None
+        return place, FactRejected(Code(body["code"]), body["message"], body.get("field"))
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
 
 
 def _link(ledger: ConsentLedger) -> KafkaLink:

@@ -32,9 +32,11 @@ def polls_to_end(
     *,
     timeout_s: float,
     max_records: int = 5000,
+    end: dict[TopicPartition, int] | None = None,
 ) -> Iterator[dict[TopicPartition, list[Any]]]:
-    """Poll from the consumer's current positions until each partition reaches its end."""
-    end = consumer.end_offsets(list(partitions))
+    """Poll from the consumer's current positions until each partition reaches its end
+    (`end`, when the caller already asked for it)."""
+    end = end if end is not None else consumer.end_offsets(list(partitions))
     deadline = time.monotonic() + timeout_s
     pending = [tp for tp in partitions if consumer.position(tp) < end[tp]]
     while pending:

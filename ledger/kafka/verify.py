@@ -38,7 +38,7 @@ def verify_topic(recorder: KafkaLedgerRecorder, timeout_s: float = 300.0) -> Ver
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
         end = consumer.end_offsets(tps)
-        for polled in polls_to_end(consumer, tps, timeout_s=timeout_s):
+        for polled in polls_to_end(consumer, tps, timeout_s=timeout_s, end=end):
             for tp, records in polled.items():
                 for record in records:
                     if record.offset >= end[tp]:
