@@ -74,8 +74,7 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
         facts: Mapping[tuple[UUID, int], FactKey] | None = None,
         **kwargs: Any,
     ) -> Sequence[int] | None:
-        # The inserts come first, so this transaction holds SQLite's write lock before it
-        # reads the head: no other writer can interleave between the read and the update.
+        self.take_write_lock(c)
         positions = self._insert_rows(c, stored_events)
         c.execute(f"SELECT size, frontier FROM {self.head_table} WHERE id = 1")
         row = c.fetchone()
@@ -119,6 +118,16 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
     def commit_extra(self, extra: object) -> None:
         """Embedded mode has nothing to commit besides facts (see ConsentLedger.record)."""
         raise TypeError("the embedded log commits no extra records")
+
+    def take_write_lock(self, c: SQLiteCursor) -> None:
+        """Make the open transaction a writer before it reads anything.
+
+        The library begins a deferred transaction. One that reads first holds a snapshot;
+        if another process (the server and a CLI command on one data directory) commits in
+        between, SQLite refuses the upgrade at once ("database is locked") rather than
+        waiting. A write that changes nothing takes the lock, waiting up to the lock timeout.
+        """
+        c.execute(f"UPDATE {self.head_table} SET size = size WHERE 0")
 
     def _insert_rows(self, c: SQLiteCursor, stored_events: Sequence[StoredEvent]) -> list[int]:
         """One executemany instead of a statement per event.

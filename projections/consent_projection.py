@@ -57,12 +57,21 @@ class ConsentProjection(Projection[ConsentViews]):
 
     def process_event(self, domain_event: Any, tracking: Tracking) -> None:
         """The library's per-event entry point: a batch of one."""
-        self.process_batch([domain_event], tracking)
+        after = self.view.max_tracking_id(tracking.application_name)
+        self.process_batch([domain_event], tracking, after=after)
 
     def process_batch(
-        self, events: Iterable[DomainEventProtocol[UUID]], tracking: Tracking
+        self,
+        events: Iterable[DomainEventProtocol[UUID]],
+        tracking: Tracking,
+        *,
+        after: int | None,
     ) -> None:
-        """Apply events in log order and commit the views with `tracking` in one transaction."""
+        """Apply events in log order and commit the views with `tracking` in one transaction.
+
+        `after` is the view's position the events were read from (None: the beginning); if
+        the view has moved since, nothing is written and ViewMovedOn says to read again.
+        """
         events = list(events)
         name = tracking.application_name
         if self.view.max_tracking_id(name) != self._positions.get(name):
@@ -75,7 +84,7 @@ class ConsentProjection(Projection[ConsentViews]):
             for event in events:
                 if isinstance(event, _SUBJECT_EVENTS):
                     self._apply(event, state, changes)
-            self.view.apply(changes, tracking)
+            self.view.apply(changes, tracking, after=after)
         except BaseException:
             self._cache.clear()
             self._positions.clear()

@@ -85,8 +85,11 @@ class LedgerTopicReader:
     ) -> int:
         consumer = self.consumer()
         tps = sorted(consumer.assignment(), key=lambda tp: tp.partition)
+        read_from: dict[TopicPartition, int | None] = {}
         for tp in tps:
-            position = projection.view.max_tracking_id(tracking_name(application, tp))
+            position = read_from[tp] = projection.view.max_tracking_id(
+                tracking_name(application, tp)
+            )
             if position:
                 consumer.seek(tp, position)
             else:
@@ -100,6 +103,9 @@ class LedgerTopicReader:
                     if known_at is None or event.timestamp <= known_at:
                         events.append(event)
                 position = consumer.position(tp)
-                projection.process_batch(events, Tracking(tracking_name(application, tp), position))
+                projection.process_batch(
+                    events, Tracking(tracking_name(application, tp), position), after=read_from[tp]
+                )
+                read_from[tp] = position
                 processed += len(records)
         return processed

@@ -7,6 +7,7 @@ recorder does not, and commits once per event; catching up in pages keeps the sa
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Any
 
@@ -14,8 +15,10 @@ from eventsourcing.persistence import Tracking
 
 from ledger.application import ConsentLedger
 from projections.consent_projection import ConsentProjection
+from projections.store import ViewMovedOn
 
 APPLICATION = ConsentLedger.name
+log = logging.getLogger("consent_ledger.projections")
 
 
 def catch_up(
@@ -30,7 +33,23 @@ def catch_up(
 
     With `known_at`, facts recorded after that instant are left out: the view is what the
     ledger knew then. In Kafka mode the log is the ledger topic itself, read per partition.
+    If another process catching up the same store gets ahead mid-way, reading starts again
+    from where the store now stands.
     """
+    while True:
+        try:
+            return _catch_up(ledger, projection, known_at, page, reader)
+        except ViewMovedOn:
+            log.info("the views were moved on by another process; reading from there")
+
+
+def _catch_up(
+    ledger: ConsentLedger,
+    projection: ConsentProjection,
+    known_at: datetime | None,
+    page: int,
+    reader: Any,
+) -> int:
     from ledger.kafka.recorder import KafkaLedgerRecorder
 
     if isinstance(ledger.recorder, KafkaLedgerRecorder):
@@ -58,6 +77,6 @@ def catch_up(
             event: Any = ledger.mapper.to_domain_event(notification)
             if known_at is None or event.timestamp <= known_at:
                 events.append(event)
-        position = notifications[-1].id
-        projection.process_batch(events, Tracking(APPLICATION, position))
+        after, position = position, notifications[-1].id
+        projection.process_batch(events, Tracking(APPLICATION, position), after=after)
         processed += len(notifications)

@@ -52,6 +52,10 @@ def parse_utc(text: str | None) -> datetime | None:
     return None if text is None else datetime.fromisoformat(text)
 
 
+class ViewMovedOn(Exception):
+    """Another process committed this view past the position a batch was read from."""
+
+
 class ConsentViews(SQLiteTrackingRecorder):
     """Subjects, their consent entries and corrections, and bitemporal granted intervals."""
 
@@ -95,9 +99,25 @@ class ConsentViews(SQLiteTrackingRecorder):
     def close(self) -> None:
         self.datastore.close()
 
-    def apply(self, changes: ViewChanges, tracking: Tracking) -> None:
-        """Write one batch of changes and its log position, atomically."""
+    def apply(self, changes: ViewChanges, tracking: Tracking, *, after: int | None) -> None:
+        """Write one batch of changes and its log position, atomically.
+
+        `after` is the position the batch was read from. Another process catching up the
+        same store (the server and a CLI read on one data directory) may have committed
+        since: then the batch is stale, and is refused rather than applied a second time.
+        The library's own check (a position only moves forward) would let a longer stale
+        batch through.
+        """
         with self.datastore.transaction(commit=True) as c:
+            # Take the write lock before reading, so the check and the write are one step.
+            c.execute("UPDATE tracking SET notification_id = notification_id WHERE 0")
+            c.execute(
+                "SELECT notification_id FROM tracking WHERE application_name = ?",
+                (tracking.application_name,),
+            )
+            row = c.fetchone()
+            if (row[0] if row else 0) != (after or 0):
+                raise ViewMovedOn(tracking.application_name)
             changes.write(c)
             self._insert_tracking(c, tracking)
 

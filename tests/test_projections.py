@@ -222,3 +222,68 @@ def test_amendment_moving_a_grant_to_another_purpose(tmp_path: Path) -> None:
     assert who_had_consent(views.store, "demo", "support", at, before_fix) == []
     views.close()
     ledger.close()
+
+
+def _record_some(ledger: ConsentLedger) -> None:
+    from tests.facts import grant, withdraw
+
+    for n in range(6):
+        for fact in (
+            grant(f"p-{n}", ("marketing", "support")),
+            withdraw(f"p-{n}", occurred_at="2025-03-02T10:00:00+05:00"),
+        ):
+            assert isinstance(ledger.record([parse_fact(fact)])[0], Receipt)
+
+
+def test_a_stale_batch_is_refused_not_applied_twice(tmp_path: Path) -> None:
+    """Two processes on one views store: one commits part of what the other has read."""
+    from eventsourcing.persistence import Tracking
+
+    from projections.store import ViewMovedOn
+
+    ledger = ConsentLedger(Settings(data_dir=tmp_path / "data"))
+    ledger.init_demo()
+    _record_some(ledger)
+    notifications = ledger.recorder.select_notifications(start=0, limit=1000)
+    events = [ledger.mapper.to_domain_event(n) for n in notifications]
+    first = ConsentProjection(ConsentViews.open(tmp_path / "views.db"))
+    second = ConsentProjection(ConsentViews.open(tmp_path / "views.db"))
+    first.process_batch(events[:5], Tracking(ledger.name, notifications[4].id), after=None)
+    before = dump(first.view)
+    with pytest.raises(ViewMovedOn):
+        second.process_batch(events, Tracking(ledger.name, notifications[-1].id), after=None)
+    assert dump(first.view) == before
+    second.process_batch(
+        events[5:], Tracking(ledger.name, notifications[-1].id), after=notifications[4].id
+    )
+    fresh = Views(ledger, tmp_path / "fresh.db")
+    fresh.refresh()
+    assert dump(second.view) == dump(fresh.store)
+    ledger.close()
+
+
+def test_catching_up_while_another_process_does(
+    backend_ledger: ConsentLedger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other process gets ahead between this one's read and its commit: read again."""
+    _record_some(backend_ledger)
+    path = tmp_path / "shared-views.db"
+    mine, theirs = Views(backend_ledger, path), Views(backend_ledger, path)
+    apply = ConsentViews.apply
+    overtaken: list[bool] = []
+
+    def overtaken_once(self: ConsentViews, *args: Any, **kwargs: Any) -> None:
+        if self is mine.store and not overtaken:
+            overtaken.append(True)
+            theirs.refresh(page=3)
+        apply(self, *args, **kwargs)
+
+    monkeypatch.setattr(ConsentViews, "apply", overtaken_once)
+    mine.refresh(page=1000)
+    assert overtaken
+    monkeypatch.undo()
+    fresh = Views(backend_ledger, tmp_path / "fresh.db")
+    fresh.refresh()
+    assert dump(mine.store) == dump(fresh.store)
+    for views in (mine, theirs, fresh):
+        views.close()

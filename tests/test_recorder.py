@@ -63,3 +63,33 @@ def test_same_event_id_twice_is_refused_by_the_store(tmp_path: Path) -> None:
     else:
         raise AssertionError("a second fact with the same tenant and event_id was stored")
     assert recorder.head()[0] == 1
+
+
+def test_two_processes_appending_to_one_file_wait_for_each_other(tmp_path: Path) -> None:
+    """A CLI write while the server writes: each append waits for the other's lock.
+
+    An append that read before it wrote would hold a snapshot the other writer outdates,
+    and SQLite refuses it at once ("database is locked") instead of waiting.
+    """
+    import threading
+
+    db = str(tmp_path / "shared.db")
+    recorders = [LedgerSQLiteRecorder(SQLiteDatastore(db_name=db, lock_timeout=30)) for _ in "ab"]
+    recorders[0].create_table()
+    failures: list[BaseException] = []
+
+    def append(recorder: LedgerSQLiteRecorder) -> None:
+        try:
+            for _ in range(300):
+                recorder.insert_events([_event()])
+        except BaseException as error:
+            failures.append(error)
+
+    threads = [threading.Thread(target=append, args=(r,)) for r in recorders]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert recorders[0].head()[0] == 600
+    assert [r.position for r in recorders[1].all_index()] == list(range(1, 601))

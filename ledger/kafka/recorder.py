@@ -186,9 +186,7 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                     # Another process sharing this replica (the writer, or another reader)
                     # may have applied some of these records since the positions were read:
                     # take the write lock first, then keep only what is still ahead of it.
-                    c.execute(
-                        f"UPDATE {self.positions_table} SET next_offset = next_offset WHERE 0"
-                    )
+                    self.take_write_lock(c)
                     c.execute(f"SELECT partition, next_offset FROM {self.positions_table}")
                     current = {int(row[0]): int(row[1]) for row in c.fetchall()}
                     ahead = [i for i, (p, o) in enumerate(where) if o >= current.get(p, 0)]
