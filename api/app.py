@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import problems
@@ -19,14 +16,13 @@ from api.deps import Service
 from api.group_commit import GroupCommitter
 from api.keys import ApiKeys
 from api.metrics import Metrics
+from api.request_guard import RequestGuard
+from api.responses import OrjsonResponse
 from api.routes import compliance, facts, subjects
 from ledger.application import ConsentLedger
 from ledger.errors import FactRejected
 from ledger.settings import Settings
 from projections.views import Views
-
-log = logging.getLogger("consent_ledger.http")
-MAX_BODY = 16 * 1024 * 1024
 
 
 def keys_path(settings: Settings) -> Path:
@@ -85,39 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, problems.on_http)
     app.add_exception_handler(Exception, problems.on_unexpected)
 
-    @app.middleware("http")
-    async def guard(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        started = time.perf_counter()
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
-            response: Response = problems.respond(
-                413, "oversize", f"a request body may be at most {MAX_BODY} bytes"
-            )
-        else:
-            try:
-                response = await call_next(request)
-            except Exception as exc:
-                response = await problems.on_unexpected(request, exc)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        seconds = time.perf_counter() - started
-        service: Service | None = getattr(request.app.state, "service", None)
-        if service is not None:
-            service.metrics.observe(path, request.method, response.status_code, seconds)
-        # Structured log line: the route template, never the URL's values or any body.
-        log.info(
-            orjson.dumps(
-                {
-                    "route": path,
-                    "method": request.method,
-                    "status": response.status_code,
-                    "ms": round(seconds * 1000, 2),
-                }
-            ).decode()
-        )
-        return response
+    app.add_middleware(RequestGuard)
 
     # Every authenticated route can answer with these problems; bodies over the limit get 413.
     errors = problems.documented(401, 403, 404, 405, 409, 413, 422, 500, 503)
@@ -143,7 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             unready = kafka_unready(service)
             if unready is not None:
                 return problems.respond(503, *unready)
-        return JSONResponse({"status": "ready", "backend": settings.backend})
+        return OrjsonResponse({"status": "ready", "backend": settings.backend})
 
     @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
     def metrics(request: Request) -> str:

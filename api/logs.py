@@ -20,15 +20,20 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
         }
-        message = record.getMessage()
-        try:
-            parsed = orjson.loads(message)
-        except orjson.JSONDecodeError:
-            parsed = None
-        if isinstance(parsed, dict):
-            entry.update(parsed)
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            # Structured by the caller (`extra={"fields": {...}}`): no message text to parse.
+            entry.update(fields)
         else:
-            entry["message"] = message
+            message = record.getMessage()
+            try:
+                parsed = orjson.loads(message)
+            except orjson.JSONDecodeError:
+                parsed = None
+            if isinstance(parsed, dict):
+                entry.update(parsed)
+            else:
+                entry["message"] = message
         if record.exc_info and record.exc_info[0] is not None:
             entry["exception"] = record.exc_info[0].__name__
         return orjson.dumps(entry).decode()

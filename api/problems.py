@@ -10,9 +10,9 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.responses import OrjsonResponse
 from ledger.errors import Code, FactRejected
 
 PROBLEM = "application/problem+json"
@@ -76,8 +76,8 @@ def problem_body(status: int, code: str, detail: str, field: str | None = None) 
     return body
 
 
-def respond(status: int, code: str, detail: str, field: str | None = None) -> JSONResponse:
-    return JSONResponse(problem_body(status, code, detail, field), status, media_type=PROBLEM)
+def respond(status: int, code: str, detail: str, field: str | None = None) -> OrjsonResponse:
+    return OrjsonResponse(problem_body(status, code, detail, field), status, media_type=PROBLEM)
 
 
 def status_of(rejected: FactRejected) -> int:
@@ -90,17 +90,17 @@ def status_of(rejected: FactRejected) -> int:
     return 422
 
 
-async def on_problem(_: Request, exc: Exception) -> JSONResponse:
+async def on_problem(_: Request, exc: Exception) -> OrjsonResponse:
     assert isinstance(exc, Problem)
     return respond(exc.status, exc.code, exc.detail, exc.field)
 
 
-async def on_rejected(_: Request, exc: Exception) -> JSONResponse:
+async def on_rejected(_: Request, exc: Exception) -> OrjsonResponse:
     assert isinstance(exc, FactRejected)
     return respond(status_of(exc), exc.code.value, exc.message, exc.field)
 
 
-async def on_validation(_: Request, exc: Exception) -> JSONResponse:
+async def on_validation(_: Request, exc: Exception) -> OrjsonResponse:
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0] if exc.errors() else {}
     # A location part can be a key the client chose (an unknown field): echo only names
@@ -120,7 +120,7 @@ async def on_validation(_: Request, exc: Exception) -> JSONResponse:
     return respond(422, code, f"{kind or 'invalid'} at {field or 'the body'}", field)
 
 
-async def on_http(_: Request, exc: Exception) -> JSONResponse:
+async def on_http(_: Request, exc: Exception) -> OrjsonResponse:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 400:
         # FastAPI's answer to a body it cannot decode: for this API that is invalid JSON.
@@ -132,7 +132,7 @@ async def on_http(_: Request, exc: Exception) -> JSONResponse:
     return response
 
 
-async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
+async def on_unexpected(_: Request, exc: Exception) -> OrjsonResponse:
     # Kafka mode's two ways of not writing: both mean "nothing was recorded, try later".
     kind = type(exc).__name__
     if kind == "WriterFenced":

@@ -7,11 +7,11 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
 
 from api.deps import Service, role, service
 from api.keys import Principal
 from api.problems import Problem, problem_body, status_of
+from api.responses import OrjsonResponse
 from ledger.envelope import Fact, parse_fact, parse_fact_bytes
 from ledger.errors import FactRejected
 from ledger.receipt import Receipt
@@ -61,7 +61,7 @@ async def record_fact(
     request: Request,
     principal: Annotated[Principal, Depends(role("publisher", "admin"))],
     svc: Annotated[Service, Depends(service)],
-) -> JSONResponse:
+) -> OrjsonResponse:
     body = await request.body()
     fact = parse_fact_bytes(body, principal.tenant)
     outcome = await asyncio.wrap_future(svc.writer.submit(fact))
@@ -71,7 +71,7 @@ async def record_fact(
     )
     if isinstance(outcome, FactRejected):
         raise outcome
-    return JSONResponse(outcome.as_dict(), 200 if outcome.duplicate else 201)
+    return OrjsonResponse(outcome.as_dict(), 200 if outcome.duplicate else 201)
 
 
 @router.post(
@@ -105,7 +105,7 @@ async def record_batch(
     request: Request,
     principal: Annotated[Principal, Depends(role("publisher", "admin"))],
     svc: Annotated[Service, Depends(service)],
-) -> JSONResponse:
+) -> OrjsonResponse:
     try:
         body = orjson.loads(await request.body())
     except orjson.JSONDecodeError:
@@ -144,4 +144,4 @@ async def record_batch(
                     "receipt": outcome.as_dict(),
                 }
             )
-    return JSONResponse({"results": results})
+    return OrjsonResponse({"results": results})

@@ -7,12 +7,13 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import Service, parse_sid, role, service
 from api.keys import Principal
 from api.problems import Problem
+from api.responses import OrjsonResponse
 from ledger.envelope import parse_fact, parse_time
 from ledger.errors import FactRejected
 from projections.consents import subject_consents
@@ -78,7 +79,7 @@ def trail(
         raise Problem(404, "unknown_subject", "no such subject")
     if format == "csv":
         return PlainTextResponse(trail_csv(found), media_type="text/csv")
-    return JSONResponse(found)
+    return OrjsonResponse(found)
 
 
 @router.post("/v1/subjects/{sid}/erasure", status_code=201)
@@ -87,7 +88,7 @@ def erase(
     body: Erasure,
     principal: Annotated[Principal, Depends(role("admin"))],
     svc: Annotated[Service, Depends(service)],
-) -> JSONResponse:
+) -> OrjsonResponse:
     subject_id = parse_sid(sid)
     subject = svc.ledger.subject(principal.tenant, subject_id)
     if subject is None:
@@ -109,4 +110,4 @@ def erase(
     [outcome] = svc.ledger.record([fact], sids=[subject_id])
     if isinstance(outcome, FactRejected):
         raise outcome
-    return JSONResponse(outcome.as_dict(), 200 if outcome.duplicate else 201)
+    return OrjsonResponse(outcome.as_dict(), 200 if outcome.duplicate else 201)
