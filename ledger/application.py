@@ -8,13 +8,14 @@ are appended in one transaction of the library's event store.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import os
 import sqlite3
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -90,12 +91,22 @@ class ConsentLedger(Application[UUID]):
 
     # ---- tenants -----------------------------------------------------------------------
 
-    def tenant(self, name: str, *, shared: bool = False) -> Tenant | None:
+    def tenant(
+        self, name: str, *, shared: bool = False, version: int | None = None
+    ) -> Tenant | None:
         """The tenant; with `shared`, the cached object itself, which the caller must not change.
 
         The library copies a cached aggregate on every read to protect its cache; a tenant
         holds the whole policy catalogue, so that copy was a quarter of a one-fact write.
+        With `version` (read by the caller in its own snapshot), a cached tenant at that
+        version is used as it is, without the library's fast-forward read.
         """
+        cache = self.repository.cache
+        if shared and version is not None and cache is not None:
+            with contextlib.suppress(KeyError):
+                cached = cache.get(tenant_id(name))
+                if isinstance(cached, Tenant) and cached.version == version:
+                    return cached
         try:
             tenant: object = self.repository.get(tenant_id(name), deepcopy_from_cache=not shared)
         except AggregateNotFoundError:
@@ -190,21 +201,28 @@ class ConsentLedger(Application[UUID]):
         while len(self._subjects) > self.settings.aggregate_cache:
             self._subjects.popitem(last=False)
 
-    def load_subjects(self, sids: Collection[UUID]) -> dict[UUID, Subject]:
+    def load_subjects(
+        self, sids: Collection[UUID], versions: Mapping[UUID, int] | None = None
+    ) -> dict[UUID, Subject]:
         """Known subjects among `sids`: from memory if still current, else from the log.
 
         One query checks the versions of those in memory and one loads the rest, so a batch
-        of a thousand facts costs two reads, not a thousand.
+        of a thousand facts costs two reads, not a thousand. With `versions` (the current
+        version of every one of `sids` that exists, read by the caller), the first query is
+        the caller's and subjects without a version are known to be new.
         """
         found: dict[UUID, Subject] = {}
         missing: list[UUID] = []
-        cached = [sid for sid in sids if sid in self._subjects]
-        current = self.ledger_recorder.versions_of(cached) if cached else {}
+        current: Mapping[UUID, int] = {}
+        if versions is not None:
+            current = versions
+        elif cached := [sid for sid in sids if sid in self._subjects]:
+            current = self.ledger_recorder.versions_of(cached)
         for sid in sids:
             subject = self._subjects.get(sid)
             if subject is not None and current.get(sid) == subject.version:
                 found[sid] = subject
-            else:
+            elif versions is None or sid in versions:
                 missing.append(sid)
         for sid, stored in self.ledger_recorder.select_events_of(missing).items():
             aggregate = project_aggregate(None, map(MAPPER.to_domain_event, stored))

@@ -19,9 +19,9 @@ from ledger.envelope import Fact
 from ledger.errors import Code, FactRejected
 from ledger.keystore import seal
 from ledger.receipt import Outcome, Receipt
-from ledger.recorder import FactKey, IndexedFact
+from ledger.recorder import FactKey
 from ledger.subject import Subject
-from ledger.tenant import Tenant
+from ledger.tenant import Tenant, tenant_id
 
 if TYPE_CHECKING:
     from ledger.application import ConsentLedger
@@ -60,11 +60,16 @@ class FactBatch:
         )
         self.by_sid = sids is not None
         self.committed = False
-        self.existing = self._find_existing()
         wanted = {s for s in self.sids if s is not None}
+        tenant_ids = {f.tenant: tenant_id(f.tenant) for f in facts}
+        self.existing, versions = ledger.ledger_recorder.batch_reads(
+            self._event_ids(), [*wanted, *tenant_ids.values()]
+        )
+        # Each tenant's version in the same snapshot: a cached tenant at it is current.
+        self.tenant_versions = {name: versions.get(tid) for name, tid in tenant_ids.items()}
         self.keys = ledger.keystore.open_keys(wanted)
         self.erased_keys = ledger.keystore.erased_among(wanted - set(self.keys))
-        self.subjects.update(ledger.load_subjects(wanted))
+        self.subjects.update(ledger.load_subjects(wanted, versions))
         for sid, subject in self.subjects.items():
             if subject.erased and sid in self.keys:
                 # The erasure reached the log but the process stopped before the key was
@@ -73,22 +78,22 @@ class FactBatch:
                 ledger.keystore.erase(sid, subject.erased_at)
                 del self.keys[sid]
 
-    def _find_existing(self) -> dict[tuple[str, str], IndexedFact]:
+    def _event_ids(self) -> dict[str, list[str]]:
+        """The event ids the checks ask about, by tenant: each fact's, and what it corrects."""
         by_tenant: dict[str, list[str]] = {}
         for fact in self.facts:
             by_tenant.setdefault(fact.tenant, []).append(fact.event_id)
             if fact.type == "consent.corrected":
                 by_tenant[fact.tenant].append(fact.body["corrects"])
-        found: dict[tuple[str, str], IndexedFact] = {}
-        for tenant, ids in by_tenant.items():
-            for event_id, indexed in self.ledger.ledger_recorder.find_facts(tenant, ids).items():
-                found[(tenant, event_id)] = indexed
-        return found
+        return by_tenant
 
     def _tenant(self, name: str, *, to_change: bool = False) -> Tenant | None:
         """Read-only use shares the ledger's cached tenant; a change works on this batch's copy."""
         if name not in self.tenants:
-            self.tenants[name] = self.ledger.tenant(name, shared=True)
+            version = self.tenant_versions.get(name)
+            self.tenants[name] = (
+                None if version is None else self.ledger.tenant(name, shared=True, version=version)
+            )
         tenant = self.tenants[name]
         if to_change and tenant is not None and name not in self.tenant_copies:
             tenant = self.tenants[name] = copy.deepcopy(tenant)
