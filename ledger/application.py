@@ -34,6 +34,8 @@ from ledger.settings import Settings
 from ledger.subject import Subject
 from ledger.tenant import Tenant, tenant_id
 
+RECORD_KEY_ENV = "RECORD_MAC_KEY"  # internal: from the settings to the persistence module
+
 
 def persistence_env(settings: Settings) -> dict[str, str]:
     """The `eventsourcing` environment for the configured backend."""
@@ -45,6 +47,8 @@ def persistence_env(settings: Settings) -> dict[str, str]:
         "IS_SNAPSHOTTING_ENABLED": "n",
     }
     if settings.backend == "kafka":
+        from ledger.kafka.records import record_key
+
         # The Kafka module: the ledger topic is the log; SQLite holds the writer's replica.
         return {
             **common,
@@ -57,6 +61,9 @@ def persistence_env(settings: Settings) -> dict[str, str]:
             "LEDGER_REPLICATION": str(settings.replication),
             "LEDGER_MIN_INSYNC": str(settings.min_insync),
             "LEDGER_REJECTED_RETENTION_MS": str(settings.rejected_retention_ms),
+            # Derived from the master key here, where the settings are at hand; it authenticates
+            # every record on the ledger topic (see ledger.kafka.records).
+            RECORD_KEY_ENV: record_key(load_master_key(settings)).hex(),
         }
     return {
         **common,

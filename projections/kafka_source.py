@@ -5,6 +5,12 @@ tracking name `<application>@<topic>/<partition>` with the next offset to read, 
 page of a partition commits its view changes with that position in one transaction — the
 same exactly-once idiom as embedded mode. Offsets have gaps (transaction markers, aborted
 records), so the position is always the consumer's, never an offset plus one assumed.
+
+Only records the replica accepted are projected. Anyone allowed to write to the topic could
+append a record: one without the ledger's MAC, or a copy of a real one. The replica applies
+only authenticated records that continue their subject's versions with a new event id;
+projecting anything else would put a fact in the views that the ledger does not hold, or
+stop the projection for good on a duplicate.
 """
 
 from __future__ import annotations
@@ -17,10 +23,14 @@ from eventsourcing.persistence import Mapper, Tracking
 from kafka import KafkaConsumer, TopicPartition
 
 from ledger.kafka.reading import ledger_events, polls_to_end
-from ledger.kafka.recorder import KafkaLink
+from ledger.kafka.recorder import KafkaLedgerRecorder
 from projections.consent_projection import ConsentProjection
 
 log = logging.getLogger("consent_ledger.projections")
+
+
+def _offsets(records: list[Any]) -> tuple[int, int]:
+    return min(r.offset for r in records), max(r.offset for r in records)
 
 
 def tracking_name(application: str, tp: TopicPartition) -> str:
@@ -33,8 +43,9 @@ class LedgerTopicReader:
     Not thread-safe: its owner (Views) calls it under its own lock.
     """
 
-    def __init__(self, link: KafkaLink) -> None:
-        self.link = link
+    def __init__(self, recorder: KafkaLedgerRecorder) -> None:
+        self.recorder = recorder
+        self.link = recorder.link
         self._consumer: KafkaConsumer | None = None
 
     def consumer(self) -> KafkaConsumer:
@@ -53,6 +64,22 @@ class LedgerTopicReader:
         if self._consumer is not None:
             self._consumer.close()
             self._consumer = None
+
+    def _accepted(self, partition: int, records: list[Any]) -> set[int]:
+        """The offsets among `records` that the replica accepted as the ledger's records."""
+        if not records:
+            return set()
+        first, last = _offsets(records)
+        if self.recorder.positions().get(partition, 0) <= last:
+            self.recorder.catch_up()
+        accepted = self.recorder.accepted_offsets(partition, first, last)
+        for record in records:
+            if record.offset not in accepted:
+                log.warning(
+                    "left out a record the replica did not accept",
+                    extra={"partition": partition, "offset": record.offset},
+                )
+        return accepted
 
     def catch_up(
         self,
@@ -98,7 +125,10 @@ class LedgerTopicReader:
         for polled in polls_to_end(consumer, tps, timeout_s=float("inf"), max_records=page):
             for tp, records in polled.items():
                 events: list[Any] = []
-                for _, stored, _ in ledger_events(records):
+                accepted = self._accepted(tp.partition, records)
+                for _, stored, _ in ledger_events(
+                    (r for r in records if r.offset in accepted), self.link.record_key
+                ):
                     event: Any = mapper.to_domain_event(stored)
                     if known_at is None or event.timestamp <= known_at:
                         events.append(event)

@@ -56,7 +56,7 @@ def _catch_up(
         from projections.kafka_source import LedgerTopicReader
 
         own_reader = reader is None
-        topic_reader = reader or LedgerTopicReader(ledger.recorder.link)
+        topic_reader = reader or LedgerTopicReader(ledger.recorder)
         try:
             return topic_reader.catch_up(
                 ledger.mapper, projection, APPLICATION, known_at=known_at, page=page

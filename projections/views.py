@@ -34,7 +34,7 @@ class Views:
                 from projections.kafka_source import LedgerTopicReader
 
                 assert isinstance(self.ledger.recorder, KafkaLedgerRecorder)
-                self._reader = LedgerTopicReader(self.ledger.recorder.link)
+                self._reader = LedgerTopicReader(self.ledger.recorder)
             return catch_up(
                 self.ledger, self.projection, known_at=known_at, page=page, reader=self._reader
             )

@@ -75,7 +75,7 @@ class Progress:
     def __init__(self, settings: Settings) -> None:
         assert settings.kafka_bootstrap
         topics = Topics.of(settings.topic_prefix)
-        link = KafkaLink(settings.kafka_bootstrap, topics, settings.partitions)
+        link = KafkaLink(settings.kafka_bootstrap, topics, settings.partitions, b"unused" * 6)
         self.consumer = KafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap,
             group_id=link.intake_group,

@@ -85,7 +85,7 @@ def test_records_on_the_rejected_topic_that_are_not_ours_are_passed_over() -> No
     from ledger.kafka.recorder import KafkaLink
     from ledger.kafka.topics import Topics
 
-    link = KafkaLink("unused:9092", Topics.of("p"), 1)
+    link = KafkaLink("unused:9092", Topics.of("p"), 1, b"k" * 32)
     source = {"topic": "p.intake", "partition": 0, "offset": 7}
     ours: dict[str, object] = {
         "code": "invalid_json",

@@ -12,6 +12,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
+import orjson
 import pytest
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.sqlite import SQLiteDatastore
@@ -26,10 +27,13 @@ from tests.kafka_support import headers, kafka_settings, read_committed
 pytestmark = pytest.mark.kafka
 
 
+TEST_RECORD_KEY = bytes(range(32))
+
+
 def new_recorder(db: Path, bootstrap: str, prefix: str, partitions: int = 3) -> KafkaLedgerRecorder:
     recorder = KafkaLedgerRecorder(
         SQLiteDatastore(db_name=str(db), lock_timeout=30),
-        link=KafkaLink(bootstrap, Topics.of(prefix), partitions),
+        link=KafkaLink(bootstrap, Topics.of(prefix), partitions, TEST_RECORD_KEY),
     )
     recorder.create_table()
     recorder.catch_up()
@@ -273,7 +277,9 @@ def test_readers_catching_up_share_a_replica_with_a_writer(
     reader.close()
 
 
-@pytest.mark.parametrize("forgery", ["foreign", "replayed-version", "altered-bytes"])
+@pytest.mark.parametrize(
+    "forgery", ["foreign", "replayed-version", "altered-bytes", "well-formed-next"]
+)
 def test_verify_names_a_forged_record_on_the_ledger_topic(
     tmp_path: Path, kafka_bootstrap: str, forgery: str
 ) -> None:
@@ -303,6 +309,22 @@ def test_verify_names_a_forged_record_on_the_ledger_topic(
     elif forgery == "altered-bytes":
         value = value.replace(b'"marketing"', b'"analytics"')
         forged_headers = [(k, v) for k, v in last.headers if k != "version"] + [("version", b"3")]
+    elif forgery == "well-formed-next":
+        # What the chain alone cannot catch: the next version, chained to the last record's
+        # hash, a new event id, every header the ledger writes; only its MAC is not the key's.
+        from ledger.chain import stored_hash
+
+        headers = dict(last.headers)
+        version = int(headers["version"])
+        stored = StoredEvent(
+            uuid.UUID(headers["aggregate"].decode()), version, headers["topic"].decode(), last.value
+        )
+        state = orjson.loads(last.value)
+        state.update(prev_hash=stored_hash(stored), event_id="forged")
+        state["purposes"]["_data_"] = ["support"]
+        value = orjson.dumps(state)
+        headers.update(version=str(version + 1).encode(), event_id=b"forged", mac=b"0" * 64)
+        forged_headers = list(headers.items())
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
     forged = producer.send(
         topic, key=last.key, value=value, headers=forged_headers, partition=0
@@ -318,8 +340,9 @@ def test_verify_names_a_forged_record_on_the_ledger_topic(
     )
     assert out.returncode == 4, out.stdout + out.stderr
     assert f"partition 0 offset {forged.offset}" in out.stderr
-    kind = {"foreign": "inserted", "replayed-version": "reordered", "altered-bytes": "altered"}
-    assert f"({kind[forgery]};" in out.stderr
+    # Changed bytes no longer carry the ledger's MAC: the ledger did not write that record.
+    kind = {"replayed-version": "reordered"}.get(forgery, "inserted")
+    assert f"({kind};" in out.stderr
 
     # The ledger keeps working: a fresh replica skips the forged record (it is out of its
     # subject's sequence, or not the ledger's), and new facts are written and verified
@@ -331,4 +354,12 @@ def test_verify_names_a_forged_record_on_the_ledger_topic(
         [parse_fact(withdraw("v-1", event_id="v2", occurred_at="2025-03-02T10:00:00+05:00"))]
     )
     assert not isinstance(after, Exception), after
+    # The projections read the topic too, and leave the forged record out as well.
+    from projections.views import Views
+
+    views = Views(ledger)
+    views.refresh()
+    entries = views.store.rows("SELECT event_id FROM view_entries WHERE sid = ?", (after.sid,))
+    assert sorted(row[0] for row in entries) == ["v1", "v2"]
+    views.close()
     ledger.close()

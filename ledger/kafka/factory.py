@@ -11,9 +11,10 @@ from eventsourcing.persistence import ApplicationRecorder
 from eventsourcing.sqlite import SQLiteFactory
 from kafka.admin import KafkaAdminClient
 
+from ledger.application import RECORD_KEY_ENV
 from ledger.kafka.recorder import KafkaLedgerRecorder, KafkaLink
 from ledger.kafka.topics import ensure_topics, partition_count
-from ledger.settings import Settings
+from ledger.settings import Settings, SettingsError
 
 
 class KafkaFactory(SQLiteFactory):
@@ -32,9 +33,15 @@ class KafkaFactory(SQLiteFactory):
             partitions = partition_count(admin, topics.ledger)
         finally:
             admin.close()
+        mac_key = self.env.get(RECORD_KEY_ENV)
+        if not mac_key:
+            raise SettingsError(
+                f"{RECORD_KEY_ENV} is missing: the Kafka module is configured by "
+                "ledger.application.persistence_env"
+            )
         recorder = KafkaLedgerRecorder(
             datastore=self.datastore,
-            link=KafkaLink(settings.bootstrap(), topics, partitions),
+            link=KafkaLink(settings.bootstrap(), topics, partitions, bytes.fromhex(mac_key)),
         )
         if self.env_create_table():
             recorder.create_table()

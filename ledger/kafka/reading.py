@@ -46,11 +46,13 @@ def polls_to_end(
         pending = [tp for tp in pending if consumer.position(tp) < end[tp]]
 
 
-def ledger_events(records: Iterable[Any]) -> Iterator[tuple[Any, StoredEvent, FactKey | None]]:
+def ledger_events(
+    records: Iterable[Any], mac_key: bytes
+) -> Iterator[tuple[Any, StoredEvent, FactKey | None]]:
     """Each record the ledger wrote, decoded; any other record is skipped and logged."""
     for record in records:
         try:
-            stored, fact = decode(record.value, dict(record.headers or []))
+            stored, fact = decode(record.key, record.value, dict(record.headers or []), mac_key)
         except NotALedgerRecord:
             log.warning(
                 "skipped a record the ledger did not write",

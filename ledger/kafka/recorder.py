@@ -72,6 +72,8 @@ class KafkaLink:
     bootstrap: str
     topics: Topics
     partitions: int
+    # The MAC key of ledger records (records.record_key); never printed.
+    record_key: bytes = field(repr=False)
     catch_up_timeout_s: float = 120.0
 
     @property
@@ -122,6 +124,9 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
             # Where each replica row is in the ledger topic: receipts name that position.
             f"CREATE TABLE IF NOT EXISTS {self.located_table} ("
             "position INTEGER PRIMARY KEY, partition INTEGER NOT NULL, offset INTEGER NOT NULL)",
+            # Which records of the topic are the ledger's: projections read only those.
+            f"CREATE UNIQUE INDEX IF NOT EXISTS {self.located_table}_by_offset "
+            f"ON {self.located_table} (partition, offset)",
         ]
 
     def log_coordinates(self, positions: Sequence[int]) -> dict[int, tuple[int, int]]:
@@ -137,6 +142,16 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                 for row in c.fetchall():
                     found[int(row[0])] = (int(row[1]), int(row[2]))
         return found
+
+    def accepted_offsets(self, partition: int, first: int, last: int) -> set[int]:
+        """The offsets in [first, last] of records this replica applied (the ledger's own)."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                f"SELECT offset FROM {self.located_table} "
+                "WHERE partition = ? AND offset BETWEEN ? AND ?",
+                (partition, first, last),
+            )
+            return {int(row[0]) for row in c.fetchall()}
 
     def _locate(self, c: SQLiteCursor, rows: Sequence[tuple[int, int, int]]) -> None:
         c.executemany(f"INSERT INTO {self.located_table} VALUES (?, ?, ?)", rows)
@@ -176,7 +191,8 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                 events: list[StoredEvent] = []
                 where: list[tuple[int, int]] = []
                 facts: dict[tuple[UUID, int], FactKey] = {}
-                for record, stored, fact in ledger_events(r for rs in polled.values() for r in rs):
+                records = (r for rs in polled.values() for r in rs)
+                for record, stored, fact in ledger_events(records, self.link.record_key):
                     events.append(stored)
                     where.append((record.partition, record.offset))
                     if fact is not None:
@@ -331,6 +347,7 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                 s,
                 (facts or {}).get((_uuid(s.originator_id), s.originator_version)),
                 self.link.partitions,
+                self.link.record_key,
             )
             for s in stored_events
         ]

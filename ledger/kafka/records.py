@@ -5,19 +5,50 @@ sealed), so the hash chain covers exactly what is on the topic. The key is tenan
 id (the subject's `sid`), never personal data; the partition is the Java client's murmur2 of
 the key, so any Kafka client would route the same key to the same partition, and one subject's
 facts stay in one partition, in order.
+
+Every record carries a `mac` header: HMAC-SHA256, under a key derived from the master key,
+of its key, value and other headers. The hash chain shows a record was changed or removed,
+but anyone allowed to write to the topic could compute a well-formed next record; the MAC
+lets every reader (replica, projections, verify) tell the ledger's records from such ones.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
 from uuid import UUID
 
 import orjson
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from eventsourcing.persistence import StoredEvent
 from kafka.partitioner.default import murmur2
 
 from ledger.recorder import FactKey
+
+MAC_HEADER = "mac"
+
+
+def record_key(master_key: bytes) -> bytes:
+    """The MAC key of ledger records, derived so the master key itself is used for one job."""
+    return HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=None, info=b"consent-ledger/ledger-record/v1"
+    ).derive(master_key)
+
+
+def record_mac(mac_key: bytes, key: bytes, value: bytes, headers: Mapping[str, bytes]) -> bytes:
+    """Over the key, the value and every header but the MAC, in name order, length-prefixed."""
+    mac = hmac.new(mac_key, digestmod=hashlib.sha256)
+    parts = [key, value]
+    for name in sorted(headers):
+        if name != MAC_HEADER:
+            parts += [name.encode(), headers[name]]
+    for part in parts:
+        mac.update(len(part).to_bytes(4, "big"))
+        mac.update(part)
+    return mac.hexdigest().encode()
 
 
 @dataclass(frozen=True)
@@ -46,7 +77,11 @@ def tenant_of(stored: StoredEvent, fact: FactKey | None) -> str:
 
 
 def encode(
-    stored: StoredEvent, fact: FactKey | None, partitions: int, tenant: str | None = None
+    stored: StoredEvent,
+    fact: FactKey | None,
+    partitions: int,
+    mac_key: bytes,
+    tenant: str | None = None,
 ) -> LedgerRecord:
     originator = _uuid(stored.originator_id)
     key = f"{tenant if tenant is not None else tenant_of(stored, fact)}/{originator.hex}".encode()
@@ -62,14 +97,22 @@ def encode(
             ("digest", fact.digest.encode()),
             ("recorded_at", fact.recorded_at.encode()),
         ]
+    headers.append((MAC_HEADER, record_mac(mac_key, key, stored.state, dict(headers))))
     return LedgerRecord(key, stored.state, headers, partition_of(key, partitions))
 
 
 class NotALedgerRecord(ValueError):
-    """A record on the ledger topic that this writer did not write (it lacks our headers)."""
+    """A record on the ledger topic that the ledger did not write (no valid MAC, or no headers)."""
 
 
-def decode(value: bytes, headers: Mapping[str, bytes]) -> tuple[StoredEvent, FactKey | None]:
+def decode(
+    key: bytes | None, value: bytes, headers: Mapping[str, bytes], mac_key: bytes
+) -> tuple[StoredEvent, FactKey | None]:
+    given = headers.get(MAC_HEADER)
+    if given is None or not hmac.compare_digest(
+        given, record_mac(mac_key, key or b"", value, headers)
+    ):
+        raise NotALedgerRecord("the record's MAC is missing or wrong")
     try:
         stored = StoredEvent(
             originator_id=UUID(headers["aggregate"].decode()),

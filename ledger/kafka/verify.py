@@ -1,6 +1,7 @@
 """Verify the ledger topic itself, not only the writer's replica of it.
 
-Read with read_committed, each record is rehashed and checked against its subject's chain
+Read with read_committed, each record's MAC is checked (see `records`), then it is rehashed
+and checked against its subject's chain
 (versions 1, 2, 3... in partition order, `prev_hash` equal to the rehash of the record before)
 and against the hash the writer indexed when it appended. A record the ledger did not write,
 a gap, a swap or changed bytes is named by its partition and offset.
@@ -44,7 +45,7 @@ def verify_topic(recorder: KafkaLedgerRecorder, timeout_s: float = 300.0) -> Ver
                     if record.offset >= end[tp]:
                         continue
                     checked += 1
-                    found = _check(record, heads, indexed)
+                    found = _check(record, heads, indexed, link.record_key)
                     if found is not None:
                         problems.append(found)
     except ReadTimedOut as error:
@@ -55,7 +56,10 @@ def verify_topic(recorder: KafkaLedgerRecorder, timeout_s: float = 300.0) -> Ver
 
 
 def _check(
-    record: Any, heads: dict[UUID, tuple[int, str]], indexed: dict[tuple[UUID, int], Any]
+    record: Any,
+    heads: dict[UUID, tuple[int, str]],
+    indexed: dict[tuple[UUID, int], Any],
+    mac_key: bytes,
 ) -> Problem | None:
     where = f"partition {record.partition} offset {record.offset}"
 
@@ -63,9 +67,9 @@ def _check(
         return Problem(record.offset, kind, agg, version, None, f"{where}: {message}")
 
     try:
-        stored, _ = decode(record.value, dict(record.headers or []))
+        stored, _ = decode(record.key, record.value, dict(record.headers or []), mac_key)
     except NotALedgerRecord:
-        return problem("inserted", "", 0, "a record the ledger did not write")
+        return problem("inserted", "", 0, "a record the ledger did not write (no valid MAC)")
     agg = stored.originator_id
     assert isinstance(agg, UUID)
     version = stored.originator_version
