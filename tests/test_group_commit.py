@@ -55,3 +55,40 @@ def test_a_failed_append_reaches_every_waiter(ledger: ConsentLedger) -> None:
                 future.result(timeout=60)
     finally:
         writer.close()
+
+
+def test_batches_and_single_facts_share_groups_and_keep_their_order(
+    ledger: ConsentLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch request is one item of a group; no group grows past MAX_GROUP facts."""
+    import api.group_commit
+
+    monkeypatch.setattr(api.group_commit, "MAX_GROUP", 7)
+    groups: list[int] = []
+    record = ledger.record
+
+    def counted(facts: list[Fact], *args: object, **kwargs: object) -> list[Outcome]:
+        groups.append(len(facts))
+        return record(facts)
+
+    monkeypatch.setattr(ledger, "record", counted)
+    writer = GroupCommitter(ledger)
+    batches = [
+        [parse_fact(grant(f"b{b}-{i}", event_id=f"b{b}-{i}")) for i in range(3)] for b in range(20)
+    ]
+    singles = [parse_fact(grant(f"s-{i}", event_id=f"s-{i}")) for i in range(20)]
+    try:
+        batch_futures = []
+        single_futures = []
+        for batch, single in zip(batches, singles, strict=True):
+            batch_futures.append(writer.submit_all(batch))
+            single_futures.append(writer.submit(single))
+        batch_outcomes = [f.result(timeout=60) for f in batch_futures]
+        single_outcomes = [f.result(timeout=60) for f in single_futures]
+    finally:
+        writer.close()
+    for facts, outcomes in zip(batches, batch_outcomes, strict=True):
+        assert all(isinstance(o, Receipt) for o in outcomes)
+        assert [getattr(o, "event_id", None) for o in outcomes] == [f.event_id for f in facts]
+    assert [getattr(o, "event_id", None) for o in single_outcomes] == [f.event_id for f in singles]
+    assert sum(groups) == 80 and max(groups) <= 7 and len(groups) > 1

@@ -36,8 +36,8 @@ FACT_SCHEMA: dict[str, Any] = {
 }
 
 
-def _record(svc: Service, facts: list[Fact]) -> list[Receipt | FactRejected]:
-    outcomes = svc.ledger.record(facts)
+async def _record(svc: Service, facts: list[Fact]) -> list[Receipt | FactRejected]:
+    outcomes = await asyncio.wrap_future(svc.writer.submit_all(facts)) if facts else []
     svc.metrics.facts(
         sum(1 for o in outcomes if isinstance(o, Receipt) and not o.duplicate),
         [o.code.value for o in outcomes if isinstance(o, FactRejected)],
@@ -121,7 +121,7 @@ async def record_batch(
             parsed.append(parse_fact(item, principal.tenant))
         except FactRejected as e:
             parsed.append(e)
-    recorded = iter(_record(svc, [p for p in parsed if isinstance(p, Fact)]))
+    recorded = iter(await _record(svc, [p for p in parsed if isinstance(p, Fact)]))
     results = []
     for i, item in enumerate(parsed):
         outcome = item if isinstance(item, FactRejected) else next(recorded)
