@@ -29,10 +29,6 @@ from projections.consent_projection import ConsentProjection
 log = logging.getLogger("consent_ledger.projections")
 
 
-def _offsets(records: list[Any]) -> tuple[int, int]:
-    return min(r.offset for r in records), max(r.offset for r in records)
-
-
 def tracking_name(application: str, tp: TopicPartition) -> str:
     return f"{application}@{tp.topic}/{tp.partition}"
 
@@ -69,7 +65,7 @@ class LedgerTopicReader:
         """The offsets among `records` that the replica accepted as the ledger's records."""
         if not records:
             return set()
-        first, last = _offsets(records)
+        first, last = records[0].offset, records[-1].offset  # a partition's, in offset order
         if self.recorder.positions().get(partition, 0) <= last:
             self.recorder.catch_up()
         accepted = self.recorder.accepted_offsets(partition, first, last)
