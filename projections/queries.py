@@ -95,27 +95,25 @@ def check_recipients(
         r["sid"]: r
         for r in views.rows_in("SELECT * FROM view_subjects WHERE sid IN ({})", list(sids))
     }
+    # Every granted interval that began by `at`, as known then, in one indexed read (rows come
+    # in index order: by sid, then valid_from). One still open at `at` means consent; for
+    # the rest, the last one that began (the first of equals) ended by expiry or by a later
+    # fact (a withdrawal); none at all means never granted.
     granted: dict[str, Any] = {}
-    for r in views.rows_in(
-        "SELECT sid, valid_from, event_id FROM view_intervals WHERE sid IN ({}) "
-        "AND purpose=? AND valid_from<=? AND (valid_to IS NULL OR valid_to>?) "
-        "AND known_from<=? AND (known_to IS NULL OR known_to>?)",
-        list(sids),
-        (purpose, t, t, kk, kk),
-    ):
-        granted[r["sid"]] = r
-    lacking = [sid for sid in sids if sid not in granted]
-    # For the rest, the last granted interval that began by `at`, as known then: it ended
-    # by expiry or by a later fact (a withdrawal); none at all means never granted.
     ended: dict[str, Any] = {}
     for r in views.rows_in(
-        "SELECT sid, MAX(valid_from) AS valid_from, valid_to, ends_by, event_id "
-        "FROM view_intervals WHERE sid IN ({}) AND purpose=? AND valid_from<=? "
-        "AND known_from<=? AND (known_to IS NULL OR known_to>?) GROUP BY sid",
-        lacking,
+        "SELECT sid, valid_from, valid_to, ends_by, event_id FROM view_intervals "
+        "WHERE sid IN ({}) AND purpose=? AND valid_from<=? "
+        "AND known_from<=? AND (known_to IS NULL OR known_to>?)",
+        list(sids),
         (purpose, t, kk, kk),
     ):
-        ended[r["sid"]] = r
+        sid = r["sid"]
+        if r["valid_to"] is None or r["valid_to"] > t:
+            granted[sid] = r  # the latest that began, as before
+        elif sid not in ended or r["valid_from"] > ended[sid]["valid_from"]:
+            ended[sid] = r
+    lacking = [sid for sid in sids if sid not in granted]
     # No interval at all: never granted, or granted and withdrawn at the same instant. Only
     # these few recipients have their facts folded to tell which.
     unexplained = [sid for sid in lacking if sid not in ended]
