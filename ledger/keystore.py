@@ -24,6 +24,7 @@ import orjson
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ledger.settings import Settings, SettingsError
+from ledger.sql import rows_in
 
 NONCE = 12
 
@@ -143,16 +144,16 @@ class KeyStore:
         """The data keys of these subjects that exist (erased subjects have none)."""
         wanted = {sid.hex: sid for sid in sids}
         found: dict[UUID, AESGCM] = {}
-        hexes = list(wanted)
         with self._lock:
-            for i in range(0, len(hexes), 500):
-                chunk = hexes[i : i + 500]
-                marks = ",".join("?" * len(chunk))
-                rows = self._db.execute(
-                    f"SELECT sid, wrapped FROM data_keys WHERE sid IN ({marks})", chunk
-                ).fetchall()
-                for sid_hex, wrapped in rows:
-                    found[wanted[sid_hex]] = AESGCM(self._unwrap(sid_hex.encode(), wrapped))
+            rows = list(
+                rows_in(
+                    self._db.cursor(),
+                    "SELECT sid, wrapped FROM data_keys WHERE sid IN ({})",
+                    list(wanted),
+                )
+            )
+        for sid_hex, wrapped in rows:
+            found[wanted[sid_hex]] = AESGCM(self._unwrap(sid_hex.encode(), wrapped))
         return found
 
     def add_keys(self, keys: dict[UUID, bytes]) -> None:
@@ -168,14 +169,8 @@ class KeyStore:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                for i in range(0, len(hexes), 500):
-                    chunk = hexes[i : i + 500]
-                    hit = self._db.execute(
-                        f"SELECT 1 FROM erased WHERE sid IN ({','.join('?' * len(chunk))}) LIMIT 1",
-                        chunk,
-                    ).fetchone()
-                    if hit is not None:
-                        raise ErasedSubjectError("a data key was asked for an erased subject")
+                if any(rows_in(self._db.cursor(), "SELECT 1 FROM erased WHERE sid IN ({})", hexes)):
+                    raise ErasedSubjectError("a data key was asked for an erased subject")
                 self._db.executemany(
                     "INSERT INTO data_keys VALUES (?,?,?)",
                     [
@@ -222,15 +217,11 @@ class KeyStore:
 
     def erased_among(self, sids: Iterable[UUID]) -> set[UUID]:
         wanted = {sid.hex: sid for sid in sids}
-        hexes = list(wanted)
-        found: set[UUID] = set()
         with self._lock:
-            for i in range(0, len(hexes), 500):
-                chunk = hexes[i : i + 500]
-                marks = ",".join("?" * len(chunk))
-                rows = self._db.execute(f"SELECT sid FROM erased WHERE sid IN ({marks})", chunk)
-                found.update(wanted[row[0]] for row in rows)
-        return found
+            rows = list(
+                rows_in(self._db.cursor(), "SELECT sid FROM erased WHERE sid IN ({})", list(wanted))
+            )
+        return {wanted[row[0]] for row in rows}
 
     def is_erased(self, sid: UUID) -> bool:
         with self._lock:

@@ -24,6 +24,7 @@ from ledger.chain import (
     stored_hash,
     unpack_frontier,
 )
+from ledger.sql import rows_in
 
 
 @dataclass(frozen=True)
@@ -156,19 +157,17 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
         if not originator_ids:
             return found
         with self.datastore.transaction(commit=False) as c:
-            for i in range(0, len(originator_ids), 500):
-                chunk = [o.hex for o in originator_ids[i : i + 500]]
-                c.execute(
-                    f"SELECT originator_id, originator_version, topic, state "
-                    f"FROM {self.events_table_name} WHERE originator_id IN "
-                    f"({','.join('?' * len(chunk))}) ORDER BY originator_id, originator_version",
-                    chunk,
+            for row in rows_in(
+                c,
+                f"SELECT originator_id, originator_version, topic, state "
+                f"FROM {self.events_table_name} WHERE originator_id IN ({{}}) "
+                "ORDER BY originator_id, originator_version",
+                [o.hex for o in originator_ids],
+            ):
+                originator = UUID(row[0])
+                found.setdefault(originator, []).append(
+                    StoredEvent(originator, row[1], row[2], row[3])
                 )
-                for row in c.fetchall():
-                    originator = UUID(row[0])
-                    found.setdefault(originator, []).append(
-                        StoredEvent(originator, row[1], row[2], row[3])
-                    )
         return found
 
     def versions_of(self, originator_ids: Sequence[UUID]) -> dict[UUID, int]:
@@ -177,17 +176,13 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
             return self._versions_of(c, originator_ids)
 
     def _versions_of(self, c: SQLiteCursor, originator_ids: Sequence[UUID]) -> dict[UUID, int]:
-        found: dict[UUID, int] = {}
-        for i in range(0, len(originator_ids), 500):
-            chunk = [o.hex for o in originator_ids[i : i + 500]]
-            c.execute(
-                f"SELECT originator_id, MAX(originator_version) FROM {self.events_table_name} "
-                f"WHERE originator_id IN ({','.join('?' * len(chunk))}) GROUP BY originator_id",
-                chunk,
-            )
-            for row in c.fetchall():
-                found[UUID(row[0])] = row[1]
-        return found
+        rows = rows_in(
+            c,
+            f"SELECT originator_id, MAX(originator_version) FROM {self.events_table_name} "
+            "WHERE originator_id IN ({}) GROUP BY originator_id",
+            [o.hex for o in originator_ids],
+        )
+        return {UUID(row[0]): row[1] for row in rows}
 
     def find_facts(self, tenant: str, event_ids: Sequence[str]) -> dict[str, IndexedFact]:
         """The already-recorded facts of a tenant among these event ids."""
@@ -197,17 +192,13 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
     def _find_facts(
         self, c: SQLiteCursor, tenant: str, event_ids: Sequence[str]
     ) -> dict[str, IndexedFact]:
-        found: dict[str, IndexedFact] = {}
-        for i in range(0, len(event_ids), 500):
-            chunk = list(event_ids[i : i + 500])
-            c.execute(
-                f"SELECT * FROM {self.index_table} WHERE tenant = ? AND event_id IN "
-                f"({','.join('?' * len(chunk))})",
-                [tenant, *chunk],
-            )
-            for row in c.fetchall():
-                found[row["event_id"]] = _indexed(row)
-        return found
+        rows = rows_in(
+            c,
+            f"SELECT * FROM {self.index_table} WHERE tenant = ? AND event_id IN ({{}})",
+            event_ids,
+            before=[tenant],
+        )
+        return {row["event_id"]: _indexed(row) for row in rows}
 
     def batch_reads(
         self, event_ids: Mapping[str, Sequence[str]], originator_ids: Sequence[UUID]

@@ -21,6 +21,8 @@ from eventsourcing.sqlite import (
     SQLiteTrackingRecorder,
 )
 
+from ledger.sql import rows_in
+
 
 @lru_cache(maxsize=1 << 16)
 def utc(instant: datetime) -> str:
@@ -135,13 +137,8 @@ class ConsentViews(SQLiteTrackingRecorder):
 
     def rows_in(self, sql: str, keys: Sequence[str], params: Sequence[Any] = ()) -> list[Any]:
         """`sql` has one `IN ({})` placeholder, then `params`; run it over `keys` in chunks."""
-        out: list[Any] = []
         with self.datastore.transaction(commit=False) as c:
-            for i in range(0, len(keys), 500):
-                chunk = list(keys[i : i + 500])
-                c.execute(sql.format(",".join("?" * len(chunk))), [*chunk, *params])
-                out += c.fetchall()
-        return out
+            return list(rows_in(c, sql, keys, after=params))
 
 
 class ViewChanges:

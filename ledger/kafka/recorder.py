@@ -41,6 +41,7 @@ from ledger.kafka.reading import ReadTimedOut, ledger_events, polls_to_end
 from ledger.kafka.records import encode
 from ledger.kafka.topics import Topics
 from ledger.recorder import FactKey, LedgerSQLiteRecorder
+from ledger.sql import rows_in
 
 log = logging.getLogger("consent_ledger.kafka")
 
@@ -132,15 +133,13 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
     def log_coordinates(self, positions: Sequence[int]) -> dict[int, tuple[int, int]]:
         found: dict[int, tuple[int, int]] = {}
         with self.datastore.transaction(commit=False) as c:
-            for i in range(0, len(positions), 500):
-                chunk = list(positions[i : i + 500])
-                c.execute(
-                    f"SELECT position, partition, offset FROM {self.located_table} "
-                    f"WHERE position IN ({','.join('?' * len(chunk))})",
-                    chunk,
-                )
-                for row in c.fetchall():
-                    found[int(row[0])] = (int(row[1]), int(row[2]))
+            for row in rows_in(
+                c,
+                f"SELECT position, partition, offset FROM {self.located_table} "
+                "WHERE position IN ({})",
+                positions,
+            ):
+                found[int(row[0])] = (int(row[1]), int(row[2]))
         return found
 
     def accepted_offsets(self, partition: int, first: int, last: int) -> set[int]:
@@ -248,24 +247,8 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
             by_tenant.setdefault(known.tenant, []).append(known.event_id)
         seen: set[tuple[str, str]] = set()
         for tenant, event_ids in by_tenant.items():
-            for chunk in range(0, len(event_ids), 500):
-                part = event_ids[chunk : chunk + 500]
-                c.execute(
-                    f"SELECT event_id FROM {self.index_table} WHERE tenant = ? AND event_id IN "
-                    f"({','.join('?' * len(part))})",
-                    [tenant, *part],
-                )
-                seen.update((tenant, str(row[0])) for row in c.fetchall())
-        aggregates = sorted({_uuid(events[i].originator_id).hex for i in indices})
-        versions: dict[UUID, int] = {}
-        for chunk in range(0, len(aggregates), 500):
-            part = aggregates[chunk : chunk + 500]
-            c.execute(
-                f"SELECT originator_id, MAX(originator_version) FROM {self.events_table_name} "
-                f"WHERE originator_id IN ({','.join('?' * len(part))}) GROUP BY originator_id",
-                part,
-            )
-            versions.update({UUID(row[0]): int(row[1]) for row in c.fetchall()})
+            seen.update((tenant, event_id) for event_id in self._find_facts(c, tenant, event_ids))
+        versions = self._versions_of(c, sorted({_uuid(events[i].originator_id) for i in indices}))
         kept: list[int] = []
         for i in indices:
             stored = events[i]
