@@ -1,7 +1,8 @@
 """Structured JSON logs for the service: one object per line, never personal data.
 
-Only what the code puts in a record's message (route templates, status, timings, codes) is
-written; exceptions are logged by type, not text, because their text may hold a value.
+Only what the code puts in a record's message and its `extra` fields (route templates,
+status, timings, codes, partitions and offsets) is written; exceptions are logged by type,
+not text, because their text may hold a value.
 """
 
 from __future__ import annotations
@@ -9,8 +10,11 @@ from __future__ import annotations
 import logging
 import sys
 from datetime import UTC, datetime
+from typing import TextIO
 
 import orjson
+
+_STANDARD = {*vars(logging.LogRecord("", 0, "", 0, "", None, None)), "message", "asctime"}
 
 
 class JsonFormatter(logging.Formatter):
@@ -20,27 +24,17 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
         }
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            # Structured by the caller (`extra={"fields": {...}}`): no message text to parse.
-            entry.update(fields)
-        else:
-            message = record.getMessage()
-            try:
-                parsed = orjson.loads(message)
-            except orjson.JSONDecodeError:
-                parsed = None
-            if isinstance(parsed, dict):
-                entry.update(parsed)
-            else:
-                entry["message"] = message
+        entry["message"] = record.getMessage()
+        # What the caller passed as `extra` (route, status, partition, offset...): its own keys.
+        entry.update((k, v) for k, v in vars(record).items() if k not in _STANDARD)
         if record.exc_info and record.exc_info[0] is not None:
             entry["exception"] = record.exc_info[0].__name__
-        return orjson.dumps(entry).decode()
+        return orjson.dumps(entry, default=str).decode()
 
 
-def configure(level: int = logging.INFO) -> None:
-    handler = logging.StreamHandler(sys.stdout)
+def configure(level: int = logging.INFO, stream: TextIO | None = None) -> None:
+    """The service logs to stdout; the worker, whose stdout is for people, to stderr."""
+    handler = logging.StreamHandler(stream or sys.stdout)
     handler.setFormatter(JsonFormatter())
     logger = logging.getLogger("consent_ledger")
     logger.handlers[:] = [handler]

@@ -41,11 +41,12 @@ class RequestGuard:
             await send(message)
 
         length = Headers(scope=scope).get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
-            await problems.respond(
-                413, "oversize", f"a request body may be at most {MAX_BODY} bytes"
-            )(scope, receive, watch)
-        else:
+        try:
+            if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+                await problems.respond(
+                    413, "oversize", f"a request body may be at most {MAX_BODY} bytes"
+                )(scope, receive, watch)
+                return
             try:
                 await self.app(scope, receive, watch)
             except Exception as exc:
@@ -53,7 +54,9 @@ class RequestGuard:
                     raise
                 response = await problems.on_unexpected(Request(scope), exc)
                 await response(scope, receive, watch)
-        self._observe(scope, status, time.perf_counter() - started)
+        finally:
+            # Counted and logged however it ended (a response that broke off midway too).
+            self._observe(scope, status, time.perf_counter() - started)
 
     @staticmethod
     def _observe(scope: Scope, status: int, seconds: float) -> None:
@@ -64,4 +67,4 @@ class RequestGuard:
             service.metrics.observe(path, method, status, seconds)
         # Structured log line: the route template, never the URL's values or any body.
         fields = {"route": path, "method": method, "status": status, "ms": round(seconds * 1000, 2)}
-        log.info("request", extra={"fields": fields})
+        log.info("request", extra=fields)

@@ -315,8 +315,11 @@ def cmd_project(args: argparse.Namespace, settings: Settings) -> int:
     import signal
     import threading
 
+    from api.logs import configure
     from projections.views import Views
 
+    # JSON lines on stderr: what the writer skipped or set aside, by partition and offset.
+    configure(logging.WARNING, sys.stderr)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

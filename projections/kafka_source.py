@@ -72,7 +72,9 @@ class LedgerTopicReader:
         for record in records:
             if record.offset not in accepted:
                 log.warning(
-                    "left out a record the replica did not accept",
+                    "left out a record the replica did not accept (partition %d, offset %d)",
+                    partition,
+                    record.offset,
                     extra={"partition": partition, "offset": record.offset},
                 )
         return accepted

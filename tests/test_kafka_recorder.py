@@ -8,6 +8,7 @@ stays, because concurrent writers in one process are what the HTTP service does.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import uuid
 from pathlib import Path
@@ -281,7 +282,7 @@ def test_readers_catching_up_share_a_replica_with_a_writer(
     "forgery", ["foreign", "replayed-version", "altered-bytes", "well-formed-next"]
 )
 def test_verify_names_a_forged_record_on_the_ledger_topic(
-    tmp_path: Path, kafka_bootstrap: str, forgery: str
+    tmp_path: Path, kafka_bootstrap: str, forgery: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Kafka cannot alter a record in place, but anyone with write access can append one."""
     import os
@@ -349,7 +350,9 @@ def test_verify_names_a_forged_record_on_the_ledger_topic(
     # up to it.
     for leftover in (tmp_path / "data").glob("ledger-replica.db*"):
         leftover.unlink()
-    ledger = ConsentLedger(settings)
+    with caplog.at_level(logging.WARNING, logger="consent_ledger"):
+        ledger = ConsentLedger(settings)
+    assert any(f"(partition 0, offset {forged.offset})" in m for m in caplog.messages)
     [after] = ledger.record(
         [parse_fact(withdraw("v-1", event_id="v2", occurred_at="2025-03-02T10:00:00+05:00"))]
     )

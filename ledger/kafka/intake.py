@@ -142,7 +142,11 @@ class IntakeWriter:
                 raise
             except (LedgerUnavailable, KafkaError) as error:
                 self.stats.retries += 1
-                log.warning("ledger unavailable, retrying", extra={"error": type(error).__name__})
+                log.warning(
+                    "ledger unavailable (%s), retrying",
+                    type(error).__name__,
+                    extra={"error": type(error).__name__},
+                )
                 self.close()
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -226,7 +230,9 @@ class IntakeWriter:
             return
         [record] = records
         log.error(
-            "an intake record made the writer fail; rejected",
+            "an intake record made the writer fail; rejected (partition %d, offset %d)",
+            record.partition,
+            record.offset,
             extra={"partition": record.partition, "offset": record.offset},
         )
         refusal = FactRejected(

@@ -55,7 +55,9 @@ def ledger_events(
             stored, fact = decode(record.key, record.value, dict(record.headers or []), mac_key)
         except NotALedgerRecord:
             log.warning(
-                "skipped a record the ledger did not write",
+                "skipped a record the ledger did not write (partition %d, offset %d)",
+                record.partition,
+                record.offset,
                 extra={"partition": record.partition, "offset": record.offset},
             )
             continue

@@ -258,7 +258,10 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
             if repeated or stored.originator_version != versions.get(aggregate, 0) + 1:
                 partition, offset = where[i]
                 log.warning(
-                    "skipped a ledger record out of its aggregate's sequence",
+                    "skipped a ledger record out of its aggregate's sequence "
+                    "(partition %d, offset %d)",
+                    partition,
+                    offset,
                     extra={"partition": partition, "offset": offset},
                 )
                 continue
