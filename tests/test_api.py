@@ -295,3 +295,39 @@ def test_a_client_chosen_key_is_not_echoed(world: World) -> None:
     )
     assert response.status_code == 422
     assert secret not in response.text
+
+
+def test_a_body_over_the_limit_is_413_before_any_route_reads_it(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import api.request_guard
+
+    monkeypatch.setattr(api.request_guard, "MAX_BODY", 64)
+    response = world.client.post(
+        "/v1/facts",
+        content=b"{" + b" " * 100 + b"}",
+        headers={"Authorization": f"Bearer {world.keys[('demo', 'publisher')]}"},
+    )
+    assert response.status_code == 413
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "oversize"
+
+
+def test_an_unexpected_failure_is_a_500_problem_that_quotes_nothing(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last resort: a bug becomes a problem+json naming only the error's type."""
+    from ledger.application import ConsentLedger
+
+    def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("Karimov Aziz +998901112233")
+
+    monkeypatch.setattr(ConsentLedger, "tenant", broken)
+    response = world.client.get(
+        "/v1/policies", headers={"Authorization": f"Bearer {world.keys[('demo', 'compliance')]}"}
+    )
+    assert response.status_code == 500
+    assert response.json()["code"] == "internal_error"
+    assert "Karimov" not in response.text and "+998" not in response.text
+    metrics = world.client.get("/metrics").text
+    assert 'status="500"' in metrics
