@@ -118,9 +118,11 @@ def check_recipients(
         elif sid not in ended or r["valid_from"] > ended[sid]["valid_from"]:
             ended[sid] = r
     lacking = [sid for sid in sids if sid not in granted]
-    # No interval at all: never granted, or granted and withdrawn at the same instant. Only
-    # these few recipients have their facts folded to tell which.
-    unexplained = [sid for sid in lacking if sid not in ended]
+    # The intervals cannot tell two cases, so these recipients have their facts folded: no
+    # interval at all (never granted, or granted and withdrawn at the same instant), and a
+    # last interval that ended by expiry (a withdrawal after the expiry and by `at` is then
+    # the deciding fact, and the answer is "withdrawn", as `consents_at` says).
+    unexplained = [sid for sid in lacking if sid not in ended or ended[sid]["ends_by"] == "expiry"]
     entries: dict[str, list[Any]] = {}
     for r in views.rows_in("SELECT * FROM view_entries WHERE sid IN ({})", unexplained):
         entries.setdefault(r["sid"], []).append(entry_from_row(r))
@@ -156,17 +158,19 @@ def check_recipients(
             out.append(CheckResult(sid, True, "granted", since, interval["event_id"]))
             continue
         last = ended.get(sid)
-        if last is None:
-            folded = consent_at(entries.get(sid, []), corrections.get(sid, []), at, known_at)
-            state = folded.get(purpose)
-            if state is not None and state.state == WITHDRAWN:
-                out.append(CheckResult(sid, False, WITHDRAWN, state.since, None))
-            else:
-                out.append(CheckResult(sid, False, "never_granted", None, None))
-        else:
-            reason = EXPIRED if last["ends_by"] == "expiry" else WITHDRAWN
+        if last is not None and last["ends_by"] != "expiry":
             ended_at = parse_utc(last["valid_to"])
-            out.append(CheckResult(sid, False, reason, ended_at, last["event_id"]))
+            out.append(CheckResult(sid, False, WITHDRAWN, ended_at, last["event_id"]))
+            continue
+        folded = consent_at(entries.get(sid, []), corrections.get(sid, []), at, known_at)
+        state = folded.get(purpose)
+        if state is not None and state.state == WITHDRAWN:
+            out.append(CheckResult(sid, False, WITHDRAWN, state.since, None))
+        elif last is not None:
+            ended_at = parse_utc(last["valid_to"])
+            out.append(CheckResult(sid, False, EXPIRED, ended_at, last["event_id"]))
+        else:
+            out.append(CheckResult(sid, False, "never_granted", None, None))
     return out
 
 

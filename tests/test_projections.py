@@ -287,3 +287,36 @@ def test_catching_up_while_another_process_does(
     assert dump(mine.store) == dump(fresh.store)
     for views in (mine, theirs, fresh):
         views.close()
+
+
+def test_a_withdrawal_after_an_expiry_is_the_reason_a_recipient_lacks_consent(
+    tmp_path: Path,
+) -> None:
+    """Found by the property test: a late grant that expired, then a withdrawal.
+
+    Granted at 00:00, everything withdrawn at 02:00, then a late grant at 00:00 that expired
+    at 01:00 replaces the first grant's terms. The views' intervals end at the expiry; the
+    deciding fact at 02:00 is the withdrawal, and the campaign check must say so, as
+    consents_at does.
+    """
+    from tests.facts import grant, withdraw
+
+    ledger = ConsentLedger(Settings(data_dir=tmp_path / "data"))
+    ledger.init_demo()
+    day = "2025-03-01T{}:00:00+05:00"
+    for fact in (
+        grant("late", event_id="g1", occurred_at=day.format("00")),
+        withdraw("late", ("*",), event_id="w1", occurred_at=day.format("02")),
+        grant("late", event_id="g2", occurred_at=day.format("00"), expires_at=day.format("01")),
+    ):
+        assert isinstance(ledger.record([parse_fact(fact)])[0], Receipt)
+    views = Views(ledger, tmp_path / "views.db")
+    views.refresh()
+    sid = ledger.sid("demo", "late").hex
+    for hour, reason in (("01", "expired"), ("02", "withdrawn"), ("03", "withdrawn")):
+        at = datetime.fromisoformat(day.format(hour))
+        [checked] = check_recipients(views.store, "demo", "marketing", at, [sid])
+        assert checked.reason == reason, hour
+        assert (consents_at(views.store, "demo", sid, at) or {})["marketing"].state == reason
+    views.close()
+    ledger.close()
