@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from ledger.consent import EXPIRED, WITHDRAWN, PurposeState, consent_at
 from projections.consent_projection import correction_from_row, entry_from_row
 from projections.store import ConsentViews, parse_utc, utc
@@ -123,14 +125,18 @@ def check_recipients(
     # last interval that ended by expiry (a withdrawal after the expiry and by `at` is then
     # the deciding fact, and the answer is "withdrawn", as `consents_at` says).
     unexplained = [sid for sid in lacking if sid not in ended or ended[sid]["ends_by"] == "expiry"]
-    entries: dict[str, list[Any]] = {}
-    for r in views.rows_in("SELECT * FROM view_entries WHERE sid IN ({})", unexplained):
-        entries.setdefault(r["sid"], []).append(entry_from_row(r))
     corrections: dict[str, list[Any]] = {}
     for r in views.rows_in(
         "SELECT * FROM view_corrections WHERE sid IN ({}) ORDER BY seq", unexplained
     ):
         corrections.setdefault(r["sid"], []).append(correction_from_row(r))
+    # Only entries naming the purpose can decide it, unless a correction may have moved one
+    # into it: those subjects keep every entry.
+    named = orjson.dumps(purpose).decode()
+    entries: dict[str, list[Any]] = {}
+    for r in views.rows_in("SELECT * FROM view_entries WHERE sid IN ({})", unexplained):
+        if r["sid"] in corrections or named in r["purposes"]:
+            entries.setdefault(r["sid"], []).append(entry_from_row(r))
     k = known_at or datetime.now(UTC)
     erasures: dict[str, datetime] = {}
     for r in views.rows_in(
