@@ -116,7 +116,7 @@ def check_recipients(
     ):
         sid = r["sid"]
         if r["valid_to"] is None or r["valid_to"] > t:
-            granted[sid] = r  # the latest that began, as before
+            granted[sid] = r  # the latest that began
         elif sid not in ended or r["valid_from"] > ended[sid]["valid_from"]:
             ended[sid] = r
     lacking = [sid for sid in sids if sid not in granted]
