@@ -21,7 +21,15 @@ from projections.runner import catch_up
 from projections.store import ConsentViews
 from projections.views import Views
 from tests.kafka_support import kafka_settings
-from tests.test_properties import BASE, PURPOSES, SUBJECTS, Reference, hours, operations
+from tests.test_properties import (
+    BASE,
+    PURPOSES,
+    SUBJECTS,
+    Reference,
+    hours,
+    in_batches,
+    operations,
+)
 
 
 def dump(views: ConsentViews) -> dict[str, list[tuple[Any, ...]]]:
@@ -86,12 +94,7 @@ def views_agree(
         ledger.init_demo()
         accepted: list[tuple[datetime, dict[str, Any]]] = []
         snapshots: list[tuple[datetime, dict[str, Any]]] = []
-        i = 0
-        for cut in cuts:
-            if i >= len(ops):
-                break
-            batch = ops[i : i + cut]
-            i += cut
+        for batch in in_batches(ops, cuts):
             outcomes = ledger.record([parse_fact(f) for f in batch])
             for f, outcome in zip(batch, outcomes, strict=True):
                 if isinstance(outcome, Receipt) and not outcome.duplicate:

@@ -9,6 +9,7 @@ per purpose at many instants, whatever the batch boundaries.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -333,6 +334,16 @@ def test_kafka_ledger_agrees_with_reference(
         agrees_with_reference(kafka_settings(Path(tmp), kafka_bootstrap), ops, cuts, instants)
 
 
+def in_batches(ops: list[dict[str, Any]], cuts: list[int]) -> Iterator[list[dict[str, Any]]]:
+    """The stream cut into batches of the drawn sizes, until it runs out."""
+    i = 0
+    for cut in cuts:
+        if i >= len(ops):
+            return
+        yield ops[i : i + cut]
+        i += cut
+
+
 def agrees_with_reference(
     ledger_settings: Settings, ops: list[dict[str, Any]], cuts: list[int], instants: list[int]
 ) -> None:
@@ -340,12 +351,7 @@ def agrees_with_reference(
     ledger = ConsentLedger(ledger_settings)
     try:
         ledger.init_demo()
-        i = 0
-        for cut in cuts:
-            if i >= len(ops):
-                break
-            batch = ops[i : i + cut]
-            i += cut
+        for batch in in_batches(ops, cuts):
             outcomes = ledger.record([parse_fact(f) for f in batch])
             for f, outcome in zip(batch, outcomes, strict=True):
                 expected = reference.apply(f)
