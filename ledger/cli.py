@@ -346,23 +346,27 @@ def cmd_project(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from pathlib import Path
 
-    from projections.views import Views
+    from projections.rebuild import rebuild
+    from projections.store import ConsentViews
 
     known_at = parse_time(args.known_at, "--known-at") if args.known_at else None
     target = Path(args.into) / "views.db"
     if target.exists():
         raise CliError(f"{target} exists: replay builds a fresh store")
+    target.parent.mkdir(parents=True, exist_ok=True)
     ledger = _open(settings)
-    views = Views(ledger, target)
     try:
-        read = views.refresh(known_at=known_at)
+        read = rebuild(ledger, target, known_at=known_at)
+    finally:
+        ledger.close()
+    store = ConsentViews.open(target)
+    try:
         counts = {
-            table: views.store.rows(f"SELECT COUNT(*) FROM {table}")[0][0]
+            table: store.rows(f"SELECT COUNT(*) FROM {table}")[0][0]
             for table in ("view_subjects", "view_entries", "view_corrections", "view_intervals")
         }
     finally:
-        views.close()
-        ledger.close()
+        store.close()
     summary = {"into": str(target), "log_entries_read": read, "known_at": args.known_at, **counts}
     if args.json:
         _print_json(summary)

@@ -8,7 +8,8 @@ frontier of the log. Selected through the library's `APPLICATION_RECORDER_TOPIC`
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -169,6 +170,41 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
                     StoredEvent(originator, row[1], row[2], row[3])
                 )
         return found
+
+    @contextmanager
+    def by_aggregate(
+        self, batch: int = 20_000
+    ) -> Iterator[tuple[int, Iterator[list[StoredEvent]]]]:
+        """The whole log as of one moment, aggregate by aggregate, each in version order.
+
+        Yields the last position of that moment and the events in lists of about `batch`,
+        never splitting an aggregate's history, read through the primary key in one read
+        transaction (appends after it lie past the position and are left out).
+        """
+        with self.datastore.transaction(commit=False) as c:
+            upto = self._max_notification_id(c) or 0
+            c.execute(
+                "SELECT originator_id, originator_version, topic, state "
+                f"FROM {self.events_table_name} WHERE rowid <= ? "
+                "ORDER BY originator_id, originator_version",
+                (upto,),
+            )
+            yield upto, self._aggregate_batches(c, batch)
+
+    @staticmethod
+    def _aggregate_batches(c: SQLiteCursor, batch: int) -> Iterator[list[StoredEvent]]:
+        events: list[StoredEvent] = []
+        last = ""
+        while rows := c.sqlite_cursor.fetchmany(1000):
+            for originator, version, topic, state in rows:
+                if originator != last:
+                    if len(events) >= batch:
+                        yield events
+                        events = []
+                    last, originator_id = originator, UUID(originator)
+                events.append(StoredEvent(originator_id, version, topic, state))
+        if events:
+            yield events
 
     def versions_of(self, originator_ids: Sequence[UUID]) -> dict[UUID, int]:
         """The current version of each of these aggregates that exists."""

@@ -94,6 +94,20 @@ class ConsentProjection(Projection[ConsentViews]):
             self._cache.clear()
         self._cache.update(state)
 
+    def project_histories(self, events: Iterable[DomainEventProtocol[UUID]]) -> None:
+        """Whole histories of subjects new to the view, each in version order, written
+        without a log position (`projections.rebuild` positions the store when complete).
+
+        A subject's rows depend only on its own facts, so a whole history folds in memory:
+        an interval opened and closed within it is written once, closed.
+        """
+        state: dict[str, SubjectView] = {}
+        changes = ViewChanges()
+        for event in events:
+            if isinstance(event, _SUBJECT_EVENTS):
+                self._apply(event, state, changes)
+        self.view.write(changes)
+
     def _load(self, sids: list[str]) -> dict[str, SubjectView]:
         views: dict[str, SubjectView] = {}
         for row in self.view.rows_in(

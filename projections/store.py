@@ -132,6 +132,12 @@ class ConsentViews(SQLiteTrackingRecorder):
             changes.write(c)
             self._insert_tracking(c, tracking)
 
+    def write(self, changes: ViewChanges) -> None:
+        """Rows without a log position: only for a store nobody reads until it is complete
+        and positioned (`projections.rebuild`)."""
+        with self.datastore.transaction(commit=True) as c:
+            changes.write(c)
+
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         with self.datastore.transaction(commit=False) as c:
             c.execute(sql, params)

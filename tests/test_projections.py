@@ -17,7 +17,8 @@ from ledger.receipt import Receipt
 from ledger.settings import Settings
 from projections.consent_projection import ConsentProjection
 from projections.queries import check_recipients, consents_at, who_had_consent
-from projections.runner import catch_up
+from projections.rebuild import rebuild
+from projections.runner import APPLICATION, catch_up
 from projections.store import ConsentViews
 from projections.views import Views
 from tests.kafka_support import kafka_settings
@@ -136,15 +137,20 @@ def views_agree(
                     ), (subject, purpose, result)
                 assert checked[-1].reason == "unknown_subject"
 
-        # Replay into a fresh store equals the live view; replay up to an instant equals
-        # the view the live projection had then.
-        fresh = ConsentViews.open(Path(tmp) / "replay.db")
-        catch_up(ledger, ConsentProjection(view=fresh))
-        assert dump(fresh) == dump(views)
-        fresh.close()
+        # Replay into a fresh store (subject by subject) and catching up an empty store (in
+        # log order) both equal the live view at its position; replay up to an instant
+        # equals the view the live projection had then.
+        position = views.max_tracking_id(APPLICATION)
+        rebuild(ledger, Path(tmp) / "replay.db", batch=2)  # never splits a history
+        empty = ConsentViews.open(Path(tmp) / "empty.db")
+        catch_up(ledger, ConsentProjection(view=empty))
+        for fresh in (ConsentViews.open(Path(tmp) / "replay.db"), empty):
+            assert dump(fresh) == dump(views)
+            assert fresh.max_tracking_id(APPLICATION) == position
+            fresh.close()
         for n, (instant, snapshot) in enumerate(snapshots[:3]):
+            rebuild(ledger, Path(tmp) / f"then-{n}.db", known_at=instant)
             then = ConsentViews.open(Path(tmp) / f"then-{n}.db")
-            catch_up(ledger, ConsentProjection(view=then), known_at=instant)
             assert dump(then) == snapshot
             then.close()
     finally:
@@ -236,6 +242,44 @@ def _record_some(ledger: ConsentLedger) -> None:
             withdraw(f"p-{n}", occurred_at="2025-03-02T10:00:00+05:00"),
         ):
             assert isinstance(ledger.record([parse_fact(fact)])[0], Receipt)
+
+
+def test_a_replay_that_dies_leaves_no_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replay builds under a temporary name: a failure part-way leaves nothing at the
+    target, and the next replay starts over instead of finishing a half-built store."""
+    ledger = ConsentLedger(Settings(data_dir=tmp_path / "data"))
+    ledger.init_demo()
+    _record_some(ledger)
+    target = tmp_path / "inquiry" / "views.db"
+    target.parent.mkdir()
+    written = 0
+    project = ConsentProjection.project_histories
+
+    def dies_after_a_batch(self: ConsentProjection, events: Any) -> None:
+        nonlocal written
+        if written:
+            raise KeyboardInterrupt
+        project(self, events)
+        written += 1
+
+    monkeypatch.setattr(ConsentProjection, "project_histories", dies_after_a_batch)
+    with pytest.raises(KeyboardInterrupt):
+        rebuild(ledger, target, batch=2)
+    assert written == 1 and not target.exists()
+    monkeypatch.undo()
+    assert rebuild(ledger, target, batch=2) == ledger.recorder.max_notification_id()
+    assert sorted(p.name for p in target.parent.iterdir()) == ["views.db"]
+    views = Views(ledger, tmp_path / "live.db")
+    views.refresh()
+    replayed = ConsentViews.open(target)
+    assert dump(replayed) == dump(views.store)
+    with pytest.raises(FileExistsError):
+        rebuild(ledger, target)
+    replayed.close()
+    views.close()
+    ledger.close()
 
 
 def test_a_stale_batch_is_refused_not_applied_twice(tmp_path: Path) -> None:
