@@ -96,7 +96,7 @@ def check_recipients(
     # In key order, so each chunk of the IN list reads neighbouring index pages.
     ordered = sorted(set(sids))
     subjects = {
-        r["sid"]: r
+        r[0]: r
         for r in views.rows_in(
             "SELECT sid, tenant, registered_at FROM view_subjects WHERE sid IN ({})", ordered
         )
@@ -107,6 +107,8 @@ def check_recipients(
     # fact (a withdrawal); none at all means never granted.
     granted: dict[str, Any] = {}
     ended: dict[str, Any] = {}
+    # Rows are read by position (sid, valid_from, valid_to, ends_by, event_id): by name costs
+    # a lookup per field, and this loop sees every recipient's intervals.
     for r in views.rows_in(
         "SELECT sid, valid_from, valid_to, ends_by, event_id FROM view_intervals "
         "WHERE sid IN ({}) AND purpose=? AND valid_from<=? "
@@ -114,17 +116,17 @@ def check_recipients(
         ordered,
         (purpose, t, kk, kk),
     ):
-        sid = r["sid"]
-        if r["valid_to"] is None or r["valid_to"] > t:
+        sid, valid_to = r[0], r[2]
+        if valid_to is None or valid_to > t:
             granted[sid] = r  # the latest that began
-        elif sid not in ended or r["valid_from"] > ended[sid]["valid_from"]:
+        elif (last := ended.get(sid)) is None or r[1] > last[1]:
             ended[sid] = r
     lacking = [sid for sid in sids if sid not in granted]
     # The intervals cannot tell two cases, so these recipients have their facts folded: no
     # interval at all (never granted, or granted and withdrawn at the same instant), and a
     # last interval that ended by expiry (a withdrawal after the expiry and by `at` is then
     # the deciding fact, and the answer is "withdrawn", as `consents_at` says).
-    unexplained = [sid for sid in lacking if sid not in ended or ended[sid]["ends_by"] == "expiry"]
+    unexplained = [sid for sid in lacking if sid not in ended or ended[sid][3] == "expiry"]
     corrections: dict[str, list[Any]] = {}
     for r in views.rows_in(
         "SELECT * FROM view_corrections WHERE sid IN ({}) ORDER BY seq", unexplained
@@ -148,10 +150,11 @@ def check_recipients(
         erased = parse_utc(r[1])
         assert erased is not None
         erasures[r[0]] = erased
+    known_then = utc(k)
     out: list[CheckResult] = []
     for sid in sids:
         subject = subjects.get(sid)
-        if subject is None or subject["tenant"] != tenant or subject["registered_at"] > utc(k):
+        if subject is None or subject[1] != tenant or subject[2] > known_then:
             out.append(CheckResult(sid, False, "unknown_subject", None, None))
             continue
         erased_at = erasures.get(sid)
@@ -160,21 +163,19 @@ def check_recipients(
             continue
         interval = granted.get(sid)
         if interval is not None:
-            since = parse_utc(interval["valid_from"])
-            out.append(CheckResult(sid, True, "granted", since, interval["event_id"]))
+            since = parse_utc(interval[1])
+            out.append(CheckResult(sid, True, "granted", since, interval[4]))
             continue
         last = ended.get(sid)
-        if last is not None and last["ends_by"] != "expiry":
-            ended_at = parse_utc(last["valid_to"])
-            out.append(CheckResult(sid, False, WITHDRAWN, ended_at, last["event_id"]))
+        if last is not None and last[3] != "expiry":
+            out.append(CheckResult(sid, False, WITHDRAWN, parse_utc(last[2]), last[4]))
             continue
         folded = consent_at(entries.get(sid, []), corrections.get(sid, []), at, known_at)
         state = folded.get(purpose)
         if state is not None and state.state == WITHDRAWN:
             out.append(CheckResult(sid, False, WITHDRAWN, state.since, None))
         elif last is not None:
-            ended_at = parse_utc(last["valid_to"])
-            out.append(CheckResult(sid, False, EXPIRED, ended_at, last["event_id"]))
+            out.append(CheckResult(sid, False, EXPIRED, parse_utc(last[2]), last[4]))
         else:
             out.append(CheckResult(sid, False, "never_granted", None, None))
     return out

@@ -50,6 +50,7 @@ class _ViewsConnectionPool(SQLiteConnectionPool):
         connection.cursor().execute("PRAGMA synchronous=NORMAL")  # autocommit: outside any BEGIN
         connection.cursor().execute("PRAGMA cache_size=-65536")
         connection.cursor().execute("PRAGMA wal_autocheckpoint=16384")
+        connection.cursor().execute("PRAGMA mmap_size=1073741824")
         return connection
 
 
