@@ -14,7 +14,7 @@ from uuid import UUID
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ledger.chain import fact_hash
+from ledger.chain import MAPPER
 from ledger.envelope import Fact
 from ledger.errors import Code, FactRejected
 from ledger.keystore import seal
@@ -61,7 +61,7 @@ class FactBatch:
         self.by_sid = sids is not None
         self.committed = False
         wanted = {s for s in self.sids if s is not None}
-        tenant_ids = {f.tenant: tenant_id(f.tenant) for f in facts}
+        tenant_ids = {name: tenant_id(name) for name in {f.tenant for f in facts}}
         self.existing, versions = ledger.ledger_recorder.batch_reads(
             self._event_ids(), [*wanted, *tenant_ids.values()]
         )
@@ -251,7 +251,8 @@ class FactBatch:
             if subject.pending_events:
                 aggregates.append(subject)
         used_keys = {sid: key for sid, key in self.new_keys.items() if sid in accepted_ids}
-        # (aggregate, version) -> (position, hash of the stored bytes)
+        # (aggregate, version) -> (position, hash of the stored bytes), from the hashes the
+        # mapper and the recorder already computed for this batch
         positions: dict[tuple[UUID, int], tuple[int, str]] = {}
         if aggregates:
             self.ledger.keystore.add_keys(used_keys)
@@ -266,12 +267,13 @@ class FactBatch:
                 n = recording.notification
                 positions[(event.originator_id, event.originator_version)] = (
                     n.id,
-                    fact_hash(n.originator_id, n.originator_version, n.topic, n.state),
+                    MAPPER.hash_of_stored(n.originator_id, n.originator_version, n.topic, n.state),
                 )
             for aggregate in aggregates:
                 # The next fact's prev_hash is the hash just computed from the stored bytes.
                 aggregate._head_hash = positions[(aggregate.id, aggregate.version)][1]
             self.ledger.remember([a for a in aggregates if isinstance(a, Subject)])
+            MAPPER.forget()
         elif extra is not None:
             self.ledger.ledger_recorder.commit_extra(extra)
         self.committed = True

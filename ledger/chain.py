@@ -32,6 +32,11 @@ class ChainMapper(Mapper[UUID]):
     def __init__(self) -> None:
         super().__init__(transcoder=TRANSCODER)
         self._memo: dict[int, tuple[object, StoredEvent]] = {}
+        # (aggregate, version) -> (topic, stored bytes, hash): a batch needs each new event's
+        # hash three times (the next event's prev_hash, the recorder's index row, the
+        # receipt); the bytes are compared before a remembered hash is used, so an entry
+        # left from a refused batch can only miss, never answer wrongly.
+        self._hashes: dict[tuple[UUID | str, int], tuple[str, bytes, str]] = {}
 
     def to_stored_event(self, domain_event: DomainEventProtocol[UUID]) -> StoredEvent:
         hit = self._memo.pop(id(domain_event), None)
@@ -42,11 +47,26 @@ class ChainMapper(Mapper[UUID]):
     def hash_of(self, domain_event: DomainEventProtocol[UUID]) -> str:
         stored = super().to_stored_event(domain_event)
         self._memo[id(domain_event)] = (domain_event, stored)
-        return stored_hash(stored)
+        return self.hash_of_stored(
+            stored.originator_id, stored.originator_version, stored.topic, stored.state
+        )
+
+    def hash_of_stored(
+        self, originator_id: UUID | str, version: int, topic: str, state: bytes
+    ) -> str:
+        """`fact_hash` of these parts, computed once per batch."""
+        key = (originator_id, version)
+        hit = self._hashes.get(key)
+        if hit is not None and hit[0] == topic and (hit[1] is state or hit[1] == state):
+            return hit[2]
+        digest = fact_hash(originator_id, version, topic, state)
+        self._hashes[key] = (topic, state, digest)
+        return digest
 
     def forget(self) -> None:
-        """Drop remembered forms of events that were never saved (a refused batch)."""
+        """Drop what was remembered for a batch (at its end, or when it was refused)."""
         self._memo.clear()
+        self._hashes.clear()
 
 
 MAPPER = ChainMapper()

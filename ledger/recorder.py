@@ -18,11 +18,11 @@ from eventsourcing.persistence import StoredEvent
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
 
 from ledger.chain import (
+    MAPPER,
     frontier_append,
     frontier_root,
     leaf_hash,
     pack_frontier,
-    stored_hash,
     unpack_frontier,
 )
 from ledger.sql import rows_in
@@ -83,7 +83,9 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
         size, frontier = (row[0], unpack_frontier(row[1])) if row else (0, [])
         rows = []
         for position, stored in zip(positions, stored_events, strict=True):
-            digest = stored_hash(stored)
+            digest = MAPPER.hash_of_stored(
+                stored.originator_id, stored.originator_version, stored.topic, stored.state
+            )
             frontier = frontier_append(frontier, size, leaf_hash(digest))
             size += 1
             key = (
