@@ -32,11 +32,11 @@ class ChainMapper(Mapper[UUID]):
     def __init__(self) -> None:
         super().__init__(transcoder=TRANSCODER)
         self._memo: dict[int, tuple[object, StoredEvent]] = {}
-        # (aggregate, version) -> (topic, stored bytes, hash): a batch needs each new event's
-        # hash three times (the next event's prev_hash, the recorder's index row, the
-        # receipt); the bytes are compared before a remembered hash is used, so an entry
-        # left from a refused batch can only miss, never answer wrongly.
-        self._hashes: dict[tuple[UUID | str, int], tuple[str, bytes, str]] = {}
+        # id(stored bytes) -> (those bytes, aggregate, version, topic, hash): a batch needs
+        # each new event's hash three times (the next event's prev_hash, the recorder's index
+        # row, the receipt), and all three see the one bytes object the mapper made. The
+        # entry holds the bytes, so their id cannot be reused while it is remembered.
+        self._hashes: dict[int, tuple[bytes, UUID | str, int, str, str]] = {}
 
     def to_stored_event(self, domain_event: DomainEventProtocol[UUID]) -> StoredEvent:
         hit = self._memo.pop(id(domain_event), None)
@@ -55,12 +55,16 @@ class ChainMapper(Mapper[UUID]):
         self, originator_id: UUID | str, version: int, topic: str, state: bytes
     ) -> str:
         """`fact_hash` of these parts, computed once per batch."""
-        key = (originator_id, version)
-        hit = self._hashes.get(key)
-        if hit is not None and hit[0] == topic and (hit[1] is state or hit[1] == state):
-            return hit[2]
+        hit = self._hashes.get(id(state))
+        if (
+            hit is not None
+            and hit[2] == version
+            and hit[3] == topic
+            and (hit[1] is originator_id or hit[1] == originator_id)
+        ):
+            return hit[4]
         digest = fact_hash(originator_id, version, topic, state)
-        self._hashes[key] = (topic, state, digest)
+        self._hashes[id(state)] = (state, originator_id, version, topic, digest)
         return digest
 
     def forget(self) -> None:
