@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import sys
 
-from bench import http, ingest, kafka, projections
+from bench import http, ingest, instructions, kafka, projections
 
 
 def main() -> int:
-    """`python -m bench [ingest|http|kafka|projections] [options]`; with no name, all of them."""
+    """`python -m bench [ingest|http|kafka|projections|instructions] [options]`; with no name,
+    the four timed benchmarks (`instructions` needs valgrind and is run on its own)."""
     from ledger.runtime import tune
 
     tune()  # the same runtime tuning the consent-ledger command applies
@@ -21,6 +22,8 @@ def main() -> int:
         http.main(args[1:])
     elif args and args[0] == "kafka":
         kafka.main(args[1:])
+    elif args and args[0] == "instructions":
+        instructions.main(args[1:])
     else:
         ingest.main(args)
         http.main([])

@@ -1,0 +1,87 @@
+"""Instructions per fact on the embedded write path, counted by valgrind's callgrind.
+
+Wall-clock figures on a shared machine drift by tens of percent between runs of the same
+code, which hides a change of a few percent. Instruction counts do not drift: the same code,
+input and environment give the same count within a fraction of a percent, so two commits can
+be compared by running this in each. It counts a whole process recording `--facts` of the
+ingest benchmark's stream in batches of 1,000, minus one recording `--base` facts, so start-up
+and the demo tenant cancel out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+
+def record(facts: int) -> None:
+    """The measured work: `facts` facts of the ingest stream through ConsentLedger.record."""
+    from bench.ingest import mixed_stream
+    from ledger.application import ConsentLedger
+    from ledger.envelope import parse_fact
+    from ledger.runtime import tune
+    from ledger.settings import Settings
+
+    tune()
+    stream = mixed_stream(facts)
+    with tempfile.TemporaryDirectory() as tmp:
+        ledger = ConsentLedger(Settings(data_dir=Path(tmp)))
+        ledger.init_demo()
+        for i in range(0, len(stream), 1000):
+            ledger.record([parse_fact(f) for f in stream[i : i + 1000]])
+        ledger.close()
+
+
+def count(facts: int) -> int:
+    """Instructions of a whole process recording `facts` facts."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        raise SystemExit("python -m bench instructions: valgrind is not installed")
+    out = subprocess.run(
+        [
+            valgrind,
+            "--tool=callgrind",
+            "--callgrind-out-file=/dev/null",
+            sys.executable,
+            "-m",
+            "bench.instructions",
+            "--record",
+            str(facts),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONHASHSEED": "0"},
+    )
+    found = re.search(r"refs:\s*([\d,]+)", out.stderr)
+    if found is None:
+        raise SystemExit(f"no instruction count in valgrind's output:\n{out.stderr[-2000:]}")
+    return int(found.group(1).replace(",", ""))
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench instructions", description=__doc__)
+    parser.add_argument("--facts", type=int, default=3000)
+    parser.add_argument("--base", type=int, default=1000)
+    parser.add_argument("--record", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.record is not None:
+        record(args.record)
+        return
+    if args.facts <= args.base:
+        parser.error("--facts must be more than --base")
+    many, few = count(args.facts), count(args.base)
+    print(
+        f"embedded write path: {(many - few) / (args.facts - args.base):,.0f} instructions "
+        f"per fact ({args.facts} minus {args.base} facts, batches of 1,000, callgrind)"
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
