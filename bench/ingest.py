@@ -7,7 +7,8 @@ Rows:
 - plain eventsourcing: the library's Application on the same SQLite module saving a minimal
   aggregate (one created event with a payload of similar size), with its own JSON transcoder;
 - raw sqlite3: `executemany` of rows shaped like stored events of similar size.
-Each at 1,000 per commit and at one per commit.
+Each at 1,000 per commit and at one per commit, the three taking turns commit by commit (see
+`interleaved`).
 """
 
 from __future__ import annotations
@@ -90,21 +91,124 @@ def timed(work: Callable[[], int]) -> tuple[int, float]:
     return n, time.perf_counter() - t0
 
 
-def bench_ledger(root: Path, stream: list[dict[str, Any]], batch: int) -> tuple[int, float, int]:
-    ledger = ConsentLedger(Settings(data_dir=root / f"ledger-{batch}"))
-    ledger.init_demo()
-    before = ledger.ledger_recorder.head()[0]
+class Run:
+    """One writer of the comparison, advanced a commit at a time by `interleaved`."""
 
-    def work() -> int:
-        for i in range(0, len(stream), batch):
-            outcomes = ledger.record([parse_fact(f) for f in stream[i : i + batch]])
-            assert all(not isinstance(o, Exception) for o in outcomes)
-        return len(stream)
+    steps: int
 
-    n, seconds = timed(work)
-    events = ledger.ledger_recorder.head()[0] - before
-    ledger.close()
-    return n, seconds, events
+    def step(self, i: int) -> int:
+        """Do the i-th commit's work; return how many facts or events it wrote."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what the run holds (outside the timed steps)."""
+
+
+def interleaved(runs: list[Run]) -> list[tuple[int, float]]:
+    """(items, seconds) of each run, timed commit by commit in turns.
+
+    This machine's speed drifts by tens of percent over seconds; runs done one after the
+    other then give ratios that move as much. Taking turns commit by commit puts any drift
+    on every run alike, so their ratio holds still even when the absolute figures move.
+    """
+    done = [0] * len(runs)
+    spent = [0.0] * len(runs)
+    for i in range(max(r.steps for r in runs)):
+        for k, run in enumerate(runs):
+            if i < run.steps:
+                t0 = time.perf_counter()
+                done[k] += run.step(i)
+                spent[k] += time.perf_counter() - t0
+    for run in runs:
+        run.close()
+    return list(zip(done, spent, strict=True))
+
+
+class LedgerRun(Run):
+    """Facts through `ConsentLedger.record` (parsing included), `batch` per commit."""
+
+    def __init__(self, root: Path, stream: list[dict[str, Any]], batch: int) -> None:
+        self.ledger = ConsentLedger(Settings(data_dir=root / f"ledger-{batch}"))
+        self.ledger.init_demo()
+        self.before = self.ledger.ledger_recorder.head()[0]
+        self.stream, self.batch = stream, batch
+        self.steps = -(-len(stream) // batch)
+        self.events = 0
+
+    def step(self, i: int) -> int:
+        chunk = self.stream[i * self.batch : (i + 1) * self.batch]
+        outcomes = self.ledger.record([parse_fact(f) for f in chunk])
+        assert all(not isinstance(o, Exception) for o in outcomes)
+        return len(chunk)
+
+    def close(self) -> None:
+        self.events = self.ledger.ledger_recorder.head()[0] - self.before
+        self.ledger.close()
+
+
+class Minimal(Aggregate):
+    @event("Registered")
+    def __init__(self, payload: str) -> None:
+        self.payload = payload
+
+
+class PlainRun(Run):
+    """The library's Application on its SQLite module saving minimal aggregates."""
+
+    def __init__(self, root: Path, count: int, batch: int, payload: int) -> None:
+        self.app: Application[Any] = Application(
+            env={
+                "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+                "SQLITE_DBNAME": str(root / f"es-{batch}.db"),
+            }
+        )
+        self.body = "x" * payload
+        self.batch = batch
+        self.steps = count // batch
+
+    def step(self, i: int) -> int:
+        self.app.save(*[Minimal(self.body) for _ in range(self.batch)])
+        return self.batch
+
+    def close(self) -> None:
+        self.app.close()
+
+
+class RawRun(Run):
+    """sqlite3 `executemany` of rows shaped like stored events, in WAL mode."""
+
+    def __init__(self, root: Path, count: int, batch: int, payload: int) -> None:
+        self.db = sqlite3.connect(root / f"raw-{batch}.db", isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute(
+            "CREATE TABLE events (originator_id TEXT, originator_version INTEGER, topic TEXT, "
+            "state BLOB, PRIMARY KEY (originator_id, originator_version))"
+        )
+        self.state = os.urandom(payload)
+        self.batch = batch
+        self.steps = count // batch
+
+    def step(self, i: int) -> int:
+        rows = [(uuid4().hex, 1, "bench:Minimal.Registered", self.state) for _ in range(self.batch)]
+        self.db.execute("BEGIN")
+        self.db.executemany("INSERT INTO events VALUES (?,?,?,?)", rows)
+        self.db.execute("COMMIT")
+        return self.batch
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def stored_payload(root: Path, stream: list[dict[str, Any]]) -> int:
+    """The ledger's mean stored event size on this stream, for the baselines' rows."""
+    run = LedgerRun(root / "payload", stream[:3000], 1000)
+    for i in range(run.steps):
+        run.step(i)
+    run.close()
+    db = sqlite3.connect(root / "payload" / "ledger-1000" / "ledger.db")
+    (avg,) = db.execute("SELECT AVG(LENGTH(state)) FROM stored_events").fetchone()
+    db.close()
+    return int(avg)
 
 
 def bench_ledger_known(root: Path, facts: int) -> tuple[int, float]:
@@ -170,53 +274,6 @@ def phases(root: Path, stream: list[dict[str, Any]]) -> dict[str, float]:
     return {name: seconds / len(stream) * 1e6 for name, seconds in spent.items()}
 
 
-class Minimal(Aggregate):
-    @event("Registered")
-    def __init__(self, payload: str) -> None:
-        self.payload = payload
-
-
-def bench_eventsourcing(root: Path, count: int, batch: int, payload: int) -> tuple[int, float]:
-    app: Application[Any] = Application(
-        env={
-            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
-            "SQLITE_DBNAME": str(root / f"es-{batch}.db"),
-        }
-    )
-    body = "x" * payload
-
-    def work() -> int:
-        for _ in range(0, count, batch):
-            app.save(*[Minimal(body) for _ in range(batch)])
-        return count
-
-    result = timed(work)
-    app.close()
-    return result
-
-
-def bench_sqlite(root: Path, count: int, batch: int, payload: int) -> tuple[int, float]:
-    db = sqlite3.connect(root / f"raw-{batch}.db", isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute(
-        "CREATE TABLE events (originator_id TEXT, originator_version INTEGER, topic TEXT, "
-        "state BLOB, PRIMARY KEY (originator_id, originator_version))"
-    )
-    state = os.urandom(payload)
-
-    def work() -> int:
-        for _ in range(0, count, batch):
-            rows = [(uuid4().hex, 1, "bench:Minimal.Registered", state) for _ in range(batch)]
-            db.execute("BEGIN")
-            db.executemany("INSERT INTO events VALUES (?,?,?,?)", rows)
-            db.execute("COMMIT")
-        return count
-
-    result = timed(work)
-    db.close()
-    return result
-
-
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--facts", type=int, default=30_000, help="facts in the batched runs")
@@ -228,33 +285,35 @@ def main(argv: list[str]) -> None:
         root = Path(tmp)
         stream = mixed_stream(args.facts)
         single_stream = mixed_stream(args.single)
+        payload = stored_payload(root, stream)
         rows: list[tuple[str, int, float, str]] = []
 
-        n, s, events = bench_ledger(root, stream, 1000)
-        ledger_batched = n / s
-        rows.append(("ledger record(), 1,000 per commit", n, s, f"{events} log events"))
-        db = sqlite3.connect(root / "ledger-1000" / "ledger.db")
-        (avg,) = db.execute("SELECT AVG(LENGTH(state)) FROM stored_events").fetchone()
-        db.close()
-        payload = int(avg)
-
+        ledger = LedgerRun(root, stream, 1000)
+        (n, s), (es_n, es_s), (raw_n, raw_s) = interleaved(
+            [
+                ledger,
+                PlainRun(root, args.facts, 1000, payload),
+                RawRun(root, args.facts, 1000, payload),
+            ]
+        )
+        ledger_batched, es_batched = n / s, es_n / es_s
+        rows.append(("ledger record(), 1,000 per commit", n, s, f"{ledger.events} log events"))
+        rows.append(("plain eventsourcing, 1,000 per save", es_n, es_s, f"{payload} B payload"))
+        rows.append(
+            ("raw sqlite3 executemany, 1,000 per commit", raw_n, raw_s, f"{payload} B rows")
+        )
         n, s = bench_ledger_known(root, args.facts)
         rows.append(("ledger record(), known subjects, 1,000/commit", n, s, f"{n} log events"))
-        n, s = bench_eventsourcing(root, args.facts, 1000, payload)
-        es_batched = n / s
-        rows.append(("plain eventsourcing, 1,000 per save", n, s, f"{payload} B payload"))
-        n, s = bench_sqlite(root, args.facts, 1000, payload)
-        rows.append(("raw sqlite3 executemany, 1,000 per commit", n, s, f"{payload} B rows"))
 
         split = phases(root, stream) if args.phases else {}
-        n, s, events = bench_ledger(root, single_stream, 1)
-        ledger_single = n / s
-        rows.append(("ledger record(), 1 per commit", n, s, f"{events} log events"))
-        n, s = bench_eventsourcing(root, args.single, 1, payload)
-        es_single = n / s
-        rows.append(("plain eventsourcing, 1 per save", n, s, ""))
-        n, s = bench_sqlite(root, args.single, 1, payload)
-        rows.append(("raw sqlite3, 1 row per commit", n, s, ""))
+        ledger = LedgerRun(root, single_stream, 1)
+        (n, s), (es_n, es_s), (raw_n, raw_s) = interleaved(
+            [ledger, PlainRun(root, args.single, 1, payload), RawRun(root, args.single, 1, payload)]
+        )
+        ledger_single, es_single = n / s, es_n / es_s
+        rows.append(("ledger record(), 1 per commit", n, s, f"{ledger.events} log events"))
+        rows.append(("plain eventsourcing, 1 per save", es_n, es_s, ""))
+        rows.append(("raw sqlite3, 1 row per commit", raw_n, raw_s, ""))
 
     print(
         f"embedded ingest on {platform.node()} ({os.cpu_count()} cores, "
