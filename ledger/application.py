@@ -67,7 +67,10 @@ def persistence_env(settings: Settings) -> dict[str, str]:
         }
     return {
         **common,
-        "PERSISTENCE_MODULE": os.environ.get("PERSISTENCE_MODULE", "eventsourcing.sqlite"),
+        # The library's SQLite module with a working statement cache (ledger.sqlite_factory).
+        "PERSISTENCE_MODULE": os.environ.get(
+            "PERSISTENCE_MODULE", "ledger.sqlite_factory:LedgerSQLiteFactory"
+        ),
         "APPLICATION_RECORDER_TOPIC": "ledger.recorder:LedgerSQLiteRecorder",
     }
 

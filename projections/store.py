@@ -15,13 +15,13 @@ from typing import Any
 from eventsourcing.persistence import Tracking
 from eventsourcing.sqlite import (
     SQLiteConnection,
-    SQLiteConnectionPool,
     SQLiteCursor,
     SQLiteDatastore,
     SQLiteTrackingRecorder,
 )
 
 from ledger.sql import rows_in
+from ledger.sqlite_factory import StatementCachingPool
 
 
 @lru_cache(maxsize=1 << 16)
@@ -30,7 +30,7 @@ def utc(instant: datetime) -> str:
     return instant.astimezone(UTC).isoformat(timespec="microseconds")
 
 
-class _ViewsConnectionPool(SQLiteConnectionPool):
+class _ViewsConnectionPool(StatementCachingPool):
     """Connections that do not fsync on every commit (WAL with `synchronous=NORMAL`).
 
     The views hold nothing the log does not: a commit that a power cut takes away lost the

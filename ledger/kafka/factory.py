@@ -1,23 +1,24 @@
 """The persistence module of Kafka mode, selected with `PERSISTENCE_MODULE`.
 
-The library's SQLite factory holds the writer's local replica; this factory adds the Kafka
-side: it creates or checks the topics, wires the recorder to the ledger topic and brings the
-replica up to date with the topic before the application reads anything.
+The library's SQLite factory (with the statement cache of `ledger.sqlite_factory`) holds the
+writer's local replica; this factory adds the Kafka side: it creates or checks the topics,
+wires the recorder to the ledger topic and brings the replica up to date with the topic
+before the application reads anything.
 """
 
 from __future__ import annotations
 
 from eventsourcing.persistence import ApplicationRecorder
-from eventsourcing.sqlite import SQLiteFactory
 from kafka.admin import KafkaAdminClient
 
 from ledger.application import RECORD_KEY_ENV
 from ledger.kafka.recorder import KafkaLedgerRecorder, KafkaLink
 from ledger.kafka.topics import ensure_topics, partition_count
 from ledger.settings import Settings, SettingsError
+from ledger.sqlite_factory import LedgerSQLiteFactory
 
 
-class KafkaFactory(SQLiteFactory):
+class KafkaFactory(LedgerSQLiteFactory):
     _recorder: KafkaLedgerRecorder | None = None
 
     def application_recorder(self) -> ApplicationRecorder:

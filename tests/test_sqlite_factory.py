@@ -1,0 +1,53 @@
+"""The ledger's and the views' SQLite connections keep their compiled statements.
+
+The library's pool opens connections with a statement cache of one (see
+ledger.sqlite_factory); SQLite's `sqlite_stmt` table lists what a connection holds compiled.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from eventsourcing.sqlite import SQLiteDatastore
+
+from ledger.application import ConsentLedger
+from ledger.settings import Settings
+from projections.store import ViewsDatastore
+
+STATEMENTS = ["SELECT 1", "SELECT 2", "SELECT 3", "SELECT 4"]
+
+
+def compiled_after_running(datastore: SQLiteDatastore) -> set[str]:
+    with datastore.transaction(commit=False) as c:
+        for sql in STATEMENTS:
+            c.execute(sql)
+            c.fetchall()
+        c.execute("SELECT sql FROM sqlite_stmt")
+        return {row[0] for row in c.fetchall()}
+
+
+def test_the_ledgers_connections_keep_compiled_statements(tmp_path: Path) -> None:
+    ledger = ConsentLedger(Settings(data_dir=tmp_path))
+    try:
+        datastore = ledger.factory.datastore  # type: ignore[attr-defined]
+        assert set(STATEMENTS) <= compiled_after_running(datastore)
+    finally:
+        ledger.close()
+
+
+def test_the_views_connections_keep_compiled_statements(tmp_path: Path) -> None:
+    datastore = ViewsDatastore(str(tmp_path / "views.db"))
+    try:
+        assert set(STATEMENTS) <= compiled_after_running(datastore)
+    finally:
+        datastore.close()
+
+
+def test_the_library_pool_alone_keeps_one(tmp_path: Path) -> None:
+    """What the two tests above guard against. When this fails, the library's pool caches
+    statements itself and ledger.sqlite_factory can go."""
+    datastore = SQLiteDatastore(str(tmp_path / "plain.db"))
+    try:
+        assert not set(STATEMENTS) <= compiled_after_running(datastore)
+    finally:
+        datastore.close()
