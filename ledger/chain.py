@@ -21,6 +21,10 @@ GENESIS = ""  # prev_hash of an aggregate's first event
 _DOMAIN = b"consent-ledger/fact/v1\x00"
 
 
+# Hashes the mapper keeps at most: a batch (at most 1,000 facts, two events each) needs 2,000.
+REMEMBERED = 20_000
+
+
 class ChainMapper(Mapper[UUID]):
     """The library's mapper, remembering the stored form of events it hashed before saving.
 
@@ -64,6 +68,10 @@ class ChainMapper(Mapper[UUID]):
         ):
             return hit[4]
         digest = fact_hash(originator_id, version, topic, state)
+        if len(self._hashes) >= REMEMBERED:
+            # Not only batches store events: a Kafka replica catching up a whole topic does
+            # too, and nothing ends it the way a batch's commit does. A miss only recomputes.
+            self._hashes.clear()
         self._hashes[id(state)] = (state, originator_id, version, topic, digest)
         return digest
 

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ledger.chain import (
+    REMEMBERED,
     ChainMapper,
     fact_hash,
     frontier_append,
@@ -55,3 +56,14 @@ def test_a_remembered_hash_answers_only_for_the_same_event() -> None:
         mapper = ChainMapper()
         assert mapper.hash_of_stored(sid, 2, "t", state) == fact_hash(sid, 2, "t", state)
         assert mapper.hash_of_stored(*args) == fact_hash(*args)
+
+
+def test_the_remembered_hashes_stay_bounded() -> None:
+    """A replica catching up a whole topic stores every event without a batch to end it."""
+    mapper = ChainMapper()
+    sid = uuid4()
+    states = [str(i).encode() for i in range(REMEMBERED * 2 + 1)]
+    for version, state in enumerate(states, start=1):
+        expected = fact_hash(sid, version, "t", state)
+        assert mapper.hash_of_stored(sid, version, "t", state) == expected
+        assert len(mapper._hashes) <= REMEMBERED
