@@ -21,7 +21,11 @@ from pathlib import Path
 
 
 def record(facts: int) -> None:
-    """The measured work: `facts` facts of the ingest stream through ConsentLedger.record."""
+    """The measured work: `facts` facts of the ingest stream through ConsentLedger.record.
+
+    Written out rather than through bench.ingest.LedgerRun so that this module, copied into an
+    older tree, measures that tree's code the same way (how a change is compared).
+    """
     from bench.ingest import mixed_stream
     from ledger.application import ConsentLedger
     from ledger.envelope import parse_fact

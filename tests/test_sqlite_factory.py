@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from eventsourcing.sqlite import SQLiteDatastore
+from eventsourcing.sqlite import SQLiteConnectionPool, SQLiteDatastore
 
 from ledger.application import ConsentLedger
 from ledger.settings import Settings
+from ledger.sqlite_factory import StatementCachingPool
 from projections.store import ViewsDatastore
 
 STATEMENTS = ["SELECT 1", "SELECT 2", "SELECT 3", "SELECT 4"]
@@ -51,3 +52,18 @@ def test_the_library_pool_alone_keeps_one(tmp_path: Path) -> None:
         assert not set(STATEMENTS) <= compiled_after_running(datastore)
     finally:
         datastore.close()
+
+
+def test_the_ledgers_pool_keeps_the_librarys_settings(tmp_path: Path) -> None:
+    """Only the statement cache differs from the library's pool (the lock timeout is the
+    ledger's SQLITE_LOCK_TIMEOUT, the rest the library's defaults)."""
+    ledger = ConsentLedger(Settings(data_dir=tmp_path))
+    try:
+        pool = ledger.factory.datastore.pool  # type: ignore[attr-defined]
+        library = SQLiteConnectionPool(db_name=pool.db_name, lock_timeout=30)
+        assert isinstance(pool, StatementCachingPool)
+        for setting in ("lock_timeout", "pool_size", "max_overflow", "pool_timeout", "max_age"):
+            assert getattr(pool, setting) == getattr(library, setting), setting
+        library.close()
+    finally:
+        ledger.close()
