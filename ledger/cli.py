@@ -346,17 +346,19 @@ def cmd_project(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from pathlib import Path
 
-    from projections.rebuild import rebuild
+    from projections.rebuild import MAX_WORKERS, rebuild
     from projections.store import ConsentViews
 
     known_at = parse_time(args.known_at, "--known-at") if args.known_at else None
+    if args.workers is not None and not 1 <= args.workers <= MAX_WORKERS:
+        raise CliError(f"--workers takes a whole number from 1 to {MAX_WORKERS}")
     target = Path(args.into) / "views.db"
     if target.exists():
         raise CliError(f"{target} exists: replay builds a fresh store")
     target.parent.mkdir(parents=True, exist_ok=True)
     ledger = _open(settings)
     try:
-        read = rebuild(ledger, target, known_at=known_at)
+        read = rebuild(ledger, target, known_at=known_at, workers=args.workers)
     finally:
         ledger.close()
     store = ConsentViews.open(target)
@@ -808,6 +810,12 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("replay", help="rebuild the views from the log into a fresh store")
     p.add_argument("--into", required=True, metavar="DIR")
     p.add_argument("--known-at", help="only facts recorded up to this instant (RFC 3339)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="processes sharing the build (default: one per core for a log of 50,000 "
+        "entries or more, else one)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_replay)
 

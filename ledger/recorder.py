@@ -175,21 +175,32 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
 
     @contextmanager
     def by_aggregate(
-        self, batch: int = 20_000
+        self,
+        batch: int = 20_000,
+        *,
+        upto: int | None = None,
+        from_id: str = "",
+        to_id: str | None = None,
     ) -> Iterator[tuple[int, Iterator[list[StoredEvent]]]]:
         """The whole log as of one moment, aggregate by aggregate, each in version order.
 
         Yields the last position of that moment and the events in lists of about `batch`,
         never splitting an aggregate's history, read through the primary key in one read
         transaction (appends after it lie past the position and are left out).
+
+        `upto` fixes the moment (a position read earlier), so that several readers, one per
+        range of aggregate ids (`from_id` inclusive to `to_id` exclusive, as stored: lower-case
+        hex), see the same log between them: rows at or before a position never change.
         """
         with self.datastore.transaction(commit=False) as c:
-            upto = self._max_notification_id(c) or 0
+            if upto is None:
+                upto = self._max_notification_id(c) or 0
+            bounds = "originator_id >= ?" + ("" if to_id is None else " AND originator_id < ?")
             c.execute(
                 "SELECT originator_id, originator_version, topic, state "
-                f"FROM {self.events_table_name} WHERE rowid <= ? "
+                f"FROM {self.events_table_name} WHERE {bounds} AND rowid <= ? "
                 "ORDER BY originator_id, originator_version",
-                (upto,),
+                (from_id, upto) if to_id is None else (from_id, to_id, upto),
             )
             yield upto, self._aggregate_batches(c, batch)
 

@@ -8,6 +8,11 @@ its whole history folds in memory and its rows go in once, next to each other in
 instead of a page of facts scattering writes over all of them and rewriting intervals that a
 later fact closes.
 
+Subjects are independent, so the build is split by range of aggregate id over one process per
+core, all writing into the one temporary store (SQLite takes their transactions in turn) and
+all reading the log as of the same position. Decoding and folding, most of replay's work, run
+side by side; a log too small to repay starting processes is built in this one.
+
 The store is built under a temporary name and takes its real name only once it is complete
 and positioned at the moment of the log it reflects, so a replay that dies leaves nothing
 that looks like a store. In Kafka mode the log of record is the ledger topic, read in its own
@@ -16,14 +21,18 @@ order per partition: the same temporary store is caught up from it instead.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from datetime import datetime
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from eventsourcing.persistence import Tracking
 
 from ledger.application import ConsentLedger
+from ledger.failpoints import failpoint
+from ledger.settings import Settings
 from projections.consent_projection import ConsentProjection
 from projections.runner import APPLICATION, catch_up
 from projections.store import ConsentViews
@@ -31,18 +40,35 @@ from projections.store import ConsentViews
 # Log entries per write transaction: large enough that per-transaction costs vanish, small
 # enough that a batch of decoded events stays a few tens of megabytes.
 BATCH = 20_000
+# Log entries below which the build stays in one process: starting one (a fresh interpreter
+# importing the ledger) costs about as much as replaying a few thousand entries.
+PARALLEL_FROM = 50_000
+# More processes than this would split the id space below one hex byte per range.
+MAX_WORKERS = 64
+
+# A fresh interpreter per worker: forking would copy the parent's open SQLite connections and
+# its threads' locks, which SQLite and Python both forbid using in the child.
+_SPAWN = multiprocessing.get_context("spawn")
 
 
 def rebuild(
-    ledger: ConsentLedger, target: Path, *, known_at: datetime | None = None, batch: int = BATCH
+    ledger: ConsentLedger,
+    target: Path,
+    *,
+    known_at: datetime | None = None,
+    batch: int = BATCH,
+    workers: int | None = None,
 ) -> int:
     """Build the views of the log at `target` (which must not exist); returns entries read.
 
     With `known_at`, facts recorded after that instant are left out: the store is what the
-    ledger knew then, positioned, like a live store, after every entry it read.
+    ledger knew then, positioned, like a live store, after every entry it read. `workers`
+    is how many processes share the build (default: one per core, for a large enough log).
     """
     if target.exists():
         raise FileExistsError(target)
+    if workers is not None and not 1 <= workers <= MAX_WORKERS:
+        raise ValueError(f"workers must be from 1 to {MAX_WORKERS}")
     partial = target.with_name(target.name + ".partial")
     _remove(partial)
     store = ConsentViews.open(partial)
@@ -50,7 +76,7 @@ def rebuild(
         if ledger.settings.backend == "kafka":
             read = catch_up(ledger, ConsentProjection(view=store), known_at=known_at)
         else:
-            read = _by_subject(ledger, store, known_at, batch)
+            read = _by_subject(ledger, store, partial, known_at, batch, workers)
     finally:
         store.close()
     # Closing the last connection moves the write-ahead log into the file and deletes it.
@@ -64,20 +90,111 @@ def rebuild(
 
 
 def _by_subject(
-    ledger: ConsentLedger, store: ConsentViews, known_at: datetime | None, batch: int
+    ledger: ConsentLedger,
+    store: ConsentViews,
+    partial: Path,
+    known_at: datetime | None,
+    batch: int,
+    workers: int | None,
 ) -> int:
+    upto = ledger.recorder.max_notification_id() or 0
+    if workers is None:
+        workers = min(os.cpu_count() or 1, MAX_WORKERS) if upto >= PARALLEL_FROM else 1
+    ranges = id_ranges(workers)
+    started: list[tuple[Any, Connection]] = []
+    try:
+        for from_id, to_id in ranges[1:]:
+            receiver, sender = _SPAWN.Pipe(duplex=False)
+            process = _SPAWN.Process(
+                target=_build_part,
+                args=(ledger.settings, partial, upto, from_id, to_id, known_at, batch, sender),
+                name=f"replay-{from_id}",
+            )
+            process.start()
+            sender.close()
+            started.append((process, receiver))
+        from_id, to_id = ranges[0]
+        read = _fold(ledger, store, upto, from_id, to_id, known_at, batch)
+        for process, receiver in started:
+            read += _result_of(process, receiver)
+    except BaseException:
+        for process, _ in started:
+            process.terminate()
+        raise
+    finally:
+        for process, receiver in started:
+            process.join()
+            receiver.close()
+    if upto:  # an empty log leaves no position, as catching up from it would
+        store.insert_tracking(Tracking(APPLICATION, upto))
+    return read
+
+
+def id_ranges(parts: int) -> list[tuple[str, str | None]]:
+    """`parts` ranges of aggregate ids (stored as lower-case hex) covering every id.
+
+    Subject ids are keyed hashes, so equal ranges of the id space hold about equal shares of
+    the log.
+    """
+    bounds = [f"{i * 256 // parts:02x}" for i in range(1, parts)]
+    return list(zip(["", *bounds], [*bounds, None], strict=True))
+
+
+def _fold(
+    ledger: ConsentLedger,
+    store: ConsentViews,
+    upto: int,
+    from_id: str,
+    to_id: str | None,
+    known_at: datetime | None,
+    batch: int,
+) -> int:
+    """Fold one range of subjects' whole histories into the store; returns entries read."""
     projection = ConsentProjection(view=store)
     read = 0
-    with ledger.ledger_recorder.by_aggregate(batch) as (upto, batches):
+    reading = ledger.ledger_recorder.by_aggregate(batch, upto=upto, from_id=from_id, to_id=to_id)
+    with reading as (_, batches):
         for stored in batches:
             events: list[Any] = [ledger.mapper.to_domain_event(s) for s in stored]
             if known_at is not None:
                 events = [e for e in events if e.timestamp <= known_at]
             projection.project_histories(events)
+            failpoint("replay-part-written")
             read += len(stored)
-    if upto:  # an empty log leaves no position, as catching up from it would
-        store.insert_tracking(Tracking(APPLICATION, upto))
     return read
+
+
+def _build_part(
+    settings: Settings,
+    partial: Path,
+    upto: int,
+    from_id: str,
+    to_id: str | None,
+    known_at: datetime | None,
+    batch: int,
+    results: Connection,
+) -> None:
+    """A worker process: one range of subjects into the shared temporary store."""
+    ledger = ConsentLedger(settings)
+    store = ConsentViews.open(partial)
+    try:
+        results.send(_fold(ledger, store, upto, from_id, to_id, known_at, batch))
+    finally:
+        store.close()
+        ledger.close()
+        results.close()
+
+
+def _result_of(process: Any, receiver: Connection) -> int:
+    """The entries a worker read; a worker that died or failed fails the whole replay."""
+    try:
+        read = receiver.recv()
+    except EOFError:
+        process.join()
+        raise RuntimeError(
+            f"replay worker {process.name} ended without finishing (exit code {process.exitcode})"
+        ) from None
+    return int(read)
 
 
 def _remove(path: Path) -> None:

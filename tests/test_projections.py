@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tempfile
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from ledger.receipt import Receipt
 from ledger.settings import Settings
 from projections.consent_projection import ConsentProjection
 from projections.queries import check_recipients, consents_at, who_had_consent
-from projections.rebuild import rebuild
+from projections.rebuild import MAX_WORKERS, id_ranges, rebuild
 from projections.runner import APPLICATION, catch_up
 from projections.store import ConsentViews
 from projections.views import Views
@@ -367,3 +367,72 @@ def test_a_withdrawal_after_an_expiry_is_the_reason_a_recipient_lacks_consent(
         assert (consents_at(views.store, "demo", sid, at) or {})["marketing"].state == reason
     views.close()
     ledger.close()
+
+
+def test_replay_split_over_processes_writes_what_one_process_would(tmp_path: Path) -> None:
+    """Worker processes each fold one range of subjects into the shared temporary store:
+    together they must write exactly the live view's rows, for every fact type, and up to an
+    instant exactly the rows the live view had then."""
+    from ledger.demo import demo_stream
+
+    ledger = ConsentLedger(Settings(data_dir=tmp_path / "data"))
+    ledger.init_demo()
+    stream = [parse_fact(f) for f in demo_stream(subjects=120)]
+    views = Views(ledger, tmp_path / "live.db")
+    ledger.record(stream[:60])
+    views.refresh()
+    then, snapshot = datetime.now(UTC), dump(views.store)
+    ledger.record(stream[60:])
+    views.refresh()
+    for workers in (1, 3):
+        rebuild(ledger, tmp_path / f"now-{workers}" / "views.db", workers=workers)
+        rebuild(ledger, tmp_path / f"then-{workers}" / "views.db", known_at=then, workers=workers)
+    for workers in (1, 3):
+        now = ConsentViews.open(tmp_path / f"now-{workers}" / "views.db")
+        assert dump(now) == dump(views.store)
+        assert now.max_tracking_id(APPLICATION) == views.store.max_tracking_id(APPLICATION)
+        now.close()
+        earlier = ConsentViews.open(tmp_path / f"then-{workers}" / "views.db")
+        assert dump(earlier) == snapshot
+        earlier.close()
+    views.close()
+    ledger.close()
+
+
+def test_a_replay_worker_that_dies_fails_the_replay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker process killed after writing part of its range: the replay fails with the
+    worker's exit status and leaves no store; the next replay builds a complete one."""
+    from ledger.failpoints import EXIT_STATUS
+    from tests.facts import grant
+
+    ledger = ConsentLedger(Settings(data_dir=tmp_path / "data"))
+    ledger.init_demo()
+    # 40 subjects with keyed-hash ids: each half of the id space holds some of them.
+    ledger.record([parse_fact(grant(f"w-{n}", ("marketing",))) for n in range(40)])
+    target = tmp_path / "inquiry" / "views.db"
+    target.parent.mkdir()
+    # Read when a process imports the ledger: armed in the spawned worker, not in this one.
+    monkeypatch.setenv("LEDGER_FAILPOINT", "replay-part-written:1")
+    with pytest.raises(RuntimeError, match=rf"ended without finishing \(exit code {EXIT_STATUS}\)"):
+        rebuild(ledger, target, batch=2, workers=2)
+    assert not target.exists()
+    monkeypatch.delenv("LEDGER_FAILPOINT")
+    assert rebuild(ledger, target, batch=2, workers=2) == ledger.recorder.max_notification_id()
+    assert sorted(p.name for p in target.parent.iterdir()) == ["views.db"]
+    views = Views(ledger, tmp_path / "live.db")
+    views.refresh()
+    replayed = ConsentViews.open(target)
+    assert dump(replayed) == dump(views.store)
+    replayed.close()
+    views.close()
+    ledger.close()
+
+
+@given(st.integers(min_value=1, max_value=MAX_WORKERS), st.uuids())
+def test_every_aggregate_id_falls_in_exactly_one_replay_range(parts: int, uuid: Any) -> None:
+    ranges = id_ranges(parts)
+    assert len(ranges) == parts
+    holding = [(lo, hi) for lo, hi in ranges if lo <= uuid.hex and (hi is None or uuid.hex < hi)]
+    assert len(holding) == 1
