@@ -40,11 +40,17 @@ class SubjectView:
     open_intervals: set[IntervalKey] = field(default_factory=set)
     # Grants and withdrawals as known after the last fact processed, corrections applied.
     known: dict[str, ConsentEntry] = field(default_factory=dict)
+    # Per purpose, the entry last in valid time (occurred_at, then seq); kept only while the
+    # subject has no corrections, for the in-order case of `ConsentProjection._apply`.
+    latest: dict[str, ConsentEntry] = field(default_factory=dict)
 
 
 class ConsentProjection(Projection[ConsentViews]):
     name = "consent"
     cache_size = 200_000
+    # Whether in-order facts take the local path (`_follow`); off, every fact recomputes its
+    # purposes' intervals. Both write the same rows, which a property test checks.
+    follow_in_order = True
 
     def __init__(self, view: ConsentViews) -> None:
         super().__init__(view)
@@ -128,6 +134,9 @@ class ConsentProjection(Projection[ConsentViews]):
             views[row[0]].open_intervals.add((row[1], row[2], row[3], row[4]))
         for view in views.values():
             view.known = {e.event_id: e for e in entries_as_known(view.entries, view.corrections)}
+            if not view.corrections:
+                for entry in sorted(view.entries, key=lambda e: (e.occurred_at, e.seq)):
+                    view.latest.update(dict.fromkeys(entry.purposes, entry))
         return views
 
     def _apply(self, event: Any, state: dict[str, SubjectView], changes: ViewChanges) -> None:
@@ -164,6 +173,19 @@ class ConsentProjection(Projection[ConsentViews]):
             view.known[entry.event_id] = entry
             affected = set(entry.purposes)
             changes.entries.append(entry_row(sid, entry))
+            if self.follow_in_order and not view.corrections:
+                latest = view.latest
+                if len(affected) == len(entry.purposes) and all(
+                    p not in latest or latest[p].occurred_at < entry.occurred_at for p in affected
+                ):
+                    _follow(view, sid, entry, utc(recorded), changes)
+                    return
+                for p in affected:
+                    if p not in latest or (latest[p].occurred_at, latest[p].seq) < (
+                        entry.occurred_at,
+                        entry.seq,
+                    ):
+                        latest[p] = entry
         elif isinstance(event, Subject.ConsentCorrected):
             correction = Correction(
                 event.event_id,
@@ -210,6 +232,47 @@ class ConsentProjection(Projection[ConsentViews]):
                 ]
             )
         view.open_intervals |= set(now_true)
+
+
+def _follow(
+    view: SubjectView, sid: str, entry: ConsentEntry, known_from: str, changes: ViewChanges
+) -> None:
+    """The intervals' change when `entry` comes after every entry of its purposes in valid
+    time and no correction has touched the subject: publishers send facts in the order they
+    happen, so this is nearly every fact, and it is local. Each purpose's last grant now ends
+    at this entry (unless it expired first) and a grant opens its own interval; every earlier
+    interval stays as it was. The general path (`granted_intervals` over the purposes' whole
+    timelines) gives the same rows; the property tests run both, on in-order and late facts.
+    """
+    at = entry.occurred_at
+    for purpose in entry.purposes:
+        before = view.latest.get(purpose)
+        view.latest[purpose] = entry
+        if before is not None and before.kind == "grant":
+            expires = before.expires_at
+            if expires is None or expires > at:
+                start = utc(before.occurred_at)
+                old = (purpose, start, None if expires is None else utc(expires), before.event_id)
+                new = (purpose, start, utc(at), before.event_id)
+                changes.close_interval(known_from, sid, *old)
+                view.open_intervals.discard(old)
+                view.open_intervals.add(new)
+                changes.open_interval(
+                    [
+                        *(view.tenant, purpose, sid, start, new[2], known_from, None, new[3]),
+                        *(before.policy_version, "fact"),
+                    ]
+                )
+        if entry.kind == "grant":
+            end = None if entry.expires_at is None else utc(entry.expires_at)
+            key = (purpose, utc(at), end, entry.event_id)
+            view.open_intervals.add(key)
+            changes.open_interval(
+                [
+                    *(view.tenant, purpose, sid, key[1], end, known_from, None, entry.event_id),
+                    *(entry.policy_version, None if end is None else "expiry"),
+                ]
+            )
 
 
 def _entry(event: Any, recorded: datetime) -> ConsentEntry:

@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ledger.application import ConsentLedger
 from ledger.envelope import parse_fact
+from ledger.policy import SEED_POLICY_VERSION
 from ledger.receipt import Receipt
 from ledger.settings import Settings
 from projections.consent_projection import ConsentProjection
@@ -31,6 +32,7 @@ from tests.test_properties import (
     in_batches,
     operations,
 )
+from tests.test_properties import at as at_hour
 
 
 def dump(views: ConsentViews) -> dict[str, list[tuple[Any, ...]]]:
@@ -256,6 +258,63 @@ def test_who_had_consent_reads_an_index_in_sid_order(tmp_path: Path) -> None:
     assert "USING COVERING INDEX view_intervals_by_purpose" in known, known
     assert "TEMP B-TREE" not in now + known
     views.close()
+
+
+class _GeneralPathOnly(ConsentProjection):
+    follow_in_order = False
+
+
+def _fact(n: int, kind: str, hour: int, **fields: Any) -> dict[str, Any]:
+    return {
+        "event_id": f"x{n}",
+        "tenant": "demo",
+        "subject": SUBJECTS[0],
+        "source": "prop",
+        "type": kind,
+        "occurred_at": at_hour(hour),
+        "purposes": ["marketing"],
+        **fields,
+    }
+
+
+# The boundary: a grant that expires exactly when the next fact occurs keeps its interval.
+_GRANT = {"policy_version": SEED_POLICY_VERSION}
+_EXPIRES_AS_NEXT_OCCURS = [
+    _fact(0, "consent.granted", 0, expires_at=at_hour(5), **_GRANT),
+    _fact(1, "consent.granted", 5, expires_at=at_hour(9), **_GRANT),
+    _fact(2, "consent.withdrawn", 9),
+]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=operations(), cuts=histories["cuts"], in_order=st.booleans())
+@example(ops=_EXPIRES_AS_NEXT_OCCURS, cuts=[1] * 30, in_order=False)
+@example(ops=_EXPIRES_AS_NEXT_OCCURS, cuts=[3] * 30, in_order=False)
+def test_in_order_facts_change_the_views_as_the_general_path_does(
+    ops: list[dict[str, Any]], cuts: list[int], in_order: bool
+) -> None:
+    """The local path for facts that come after their purposes' last entry writes exactly the
+    rows that recomputing the purposes' whole timelines writes, page by page (catching up)
+    and history by history (replay). Half the streams are sorted by occurred_at, so most of
+    their facts take the local path; the rest mix it with late facts and corrections."""
+    if in_order:
+        ops = sorted(ops, key=lambda f: f.get("occurred_at", ""))
+    with tempfile.TemporaryDirectory() as tmp:
+        ledger = ConsentLedger(Settings(data_dir=Path(tmp) / "data"))
+        ledger.init_demo()
+        local = ConsentProjection(view=ConsentViews.open(Path(tmp) / "local.db"))
+        general = _GeneralPathOnly(view=ConsentViews.open(Path(tmp) / "general.db"))
+        for batch in in_batches(ops, cuts):
+            ledger.record([parse_fact(f) for f in batch])
+            catch_up(ledger, local)
+            catch_up(ledger, general)
+        assert dump(local.view) == dump(general.view)
+        rebuild(ledger, Path(tmp) / "replayed.db", workers=1)
+        replayed = ConsentViews.open(Path(tmp) / "replayed.db")
+        assert dump(replayed) == dump(general.view)
+        for views in (local.view, general.view, replayed):
+            views.close()
+        ledger.close()
 
 
 def _record_some(ledger: ConsentLedger) -> None:
