@@ -4,9 +4,8 @@ had consent for a purpose, and which of a list of recipients did not and why."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -85,8 +84,10 @@ WHO_HAD_CONSENT = (
 )
 
 
-@dataclass(frozen=True)
-class CheckResult:
+class CheckResult(NamedTuple):
+    """One recipient's answer. A tuple, not a dataclass: a campaign makes one per recipient,
+    and a frozen dataclass takes over twice as long to build."""
+
     sid: str
     consent: bool
     reason: str  # granted, never_granted, withdrawn, expired, erased, unknown_subject
@@ -119,10 +120,14 @@ def check_recipients(
     t, kk = utc(at), utc(known_at) if known_at else FAR_FUTURE
     # In key order, so each chunk of the IN list reads neighbouring index pages.
     ordered = sorted(set(sids))
+    # With when the subject's first erasure was recorded, so only erased recipients have
+    # their erasures read.
     subjects = {
         r[0]: r
         for r in views.rows_in(
-            "SELECT sid, tenant, registered_at FROM view_subjects WHERE sid IN ({})", ordered
+            "SELECT sid, tenant, registered_at, erasure_recorded_at FROM view_subjects "
+            "WHERE sid IN ({})",
+            ordered,
         )
     }
     # Every granted interval that began by `at`, as known then, in one indexed read (rows come
@@ -150,7 +155,7 @@ def check_recipients(
     # interval at all (never granted, or granted and withdrawn at the same instant), and a
     # last interval that ended by expiry (a withdrawal after the expiry and by `at` is then
     # the deciding fact, and the answer is "withdrawn", as `consents_at` says).
-    unexplained = [sid for sid in lacking if sid not in ended or ended[sid][3] == "expiry"]
+    unexplained = sorted({sid for sid in lacking if sid not in ended or ended[sid][3] == "expiry"})
     corrections: dict[str, list[Any]] = {}
     for r in views.rows_in(
         "SELECT * FROM view_corrections WHERE sid IN ({}) ORDER BY seq", unexplained
@@ -164,17 +169,18 @@ def check_recipients(
         if r["sid"] in corrections or named in r["purposes"]:
             entries.setdefault(r["sid"], []).append(entry_from_row(r))
     k = known_at or datetime.now(UTC)
+    known_then = utc(k)
+    erased = [sid for sid, r in subjects.items() if r[3] is not None]
     erasures: dict[str, datetime] = {}
     for r in views.rows_in(
         "SELECT sid, MIN(erased_at) FROM view_erasures WHERE sid IN ({}) "
         "AND erased_at<=? AND recorded_at<=? GROUP BY sid",
-        ordered,
-        (t, utc(k)),
+        erased,
+        (t, known_then),
     ):
-        erased = parse_utc(r[1])
-        assert erased is not None
-        erasures[r[0]] = erased
-    known_then = utc(k)
+        erased_at = parse_utc(r[1])
+        assert erased_at is not None
+        erasures[r[0]] = erased_at
     out: list[CheckResult] = []
     for sid in sids:
         subject = subjects.get(sid)
