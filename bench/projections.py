@@ -203,6 +203,13 @@ def main(argv: list[str]) -> None:
 
         granted_raw, check_raw_s = timed(check_raw)
         assert sum(c.consent for c in checked) == granted_raw
+        # The first runs above read a store the process had not read before; asked again, the
+        # pages they need are mapped already (what a server answering all day sees).
+        who_again = statistics.median(timed(who_view)[1] for _ in range(5))
+        check_again = statistics.median(
+            timed(lambda: check_recipients(views.store, "demo", "marketing", at, recipients))[1]
+            for _ in range(5)
+        )
         views.close()
 
         # What a server does with an empty views store: catch up in log order, a page per
@@ -232,10 +239,12 @@ def main(argv: list[str]) -> None:
         f"{'who had consent (' + str(len(who_mine)) + ' of all)':<40} "
         f"{who_view_s * 1000:>13.0f} ms {who_raw_s * 1000:>13.0f} ms  <= 300 ms"
     )
+    print(f"{'  asked again (median of 5)':<40} {who_again * 1000:>13.0f} ms")
     print(
         f"{'campaign check, ' + str(len(recipients)) + ' recipients':<40} "
         f"{check_view_s * 1000:>13.0f} ms {check_raw_s * 1000:>13.0f} ms  <= 200 ms"
     )
+    print(f"{'  asked again (median of 5)':<40} {check_again * 1000:>13.0f} ms")
     print(
         f"{f'replay ({workers} processes) / decode-only scan':<40} "
         f"{log_entries / replay:>11,.0f} /s "

@@ -93,8 +93,9 @@ class ConsentViews(SQLiteTrackingRecorder):
             " kind TEXT, received_at TEXT, due_at TEXT, closed_at TEXT, outcome TEXT,"
             " PRIMARY KEY (sid, request_id)) WITHOUT ROWID",
             "CREATE INDEX IF NOT EXISTS view_requests_open ON view_requests (tenant, closed_at)",
-            # Covering indexes: who-had-consent scans one purpose in sid order (so pages need
-            # no sort), and per-subject questions read one subject's intervals by purpose.
+            # Covering indexes: who-had-consent as known at a past instant scans one purpose
+            # in sid order (so pages need no sort), and per-subject questions read one
+            # subject's intervals by purpose.
             "CREATE INDEX IF NOT EXISTS view_intervals_by_purpose ON view_intervals"
             " (tenant, purpose, sid, valid_from, valid_to, known_from, known_to)",
             "CREATE INDEX IF NOT EXISTS view_intervals_by_subject ON view_intervals"
