@@ -203,8 +203,8 @@ def main(argv: list[str]) -> None:
 
         granted_raw, check_raw_s = timed(check_raw)
         assert sum(c.consent for c in checked) == granted_raw
-        # The first runs above read a store the process had not read before; asked again, the
-        # pages they need are mapped already (what a server answering all day sees).
+        # The first runs above read a store the process had not read before; asked again, they
+        # read pages the process has read already (what a server answering all day sees).
         who_again = statistics.median(timed(who_view)[1] for _ in range(5))
         check_again = statistics.median(
             timed(lambda: check_recipients(views.store, "demo", "marketing", at, recipients))[1]
