@@ -352,6 +352,8 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     known_at = parse_time(args.known_at, "--known-at") if args.known_at else None
     if args.workers is not None and not 1 <= args.workers <= MAX_WORKERS:
         raise CliError(f"--workers takes a whole number from 1 to {MAX_WORKERS}")
+    if args.workers is not None and args.workers > 1 and settings.backend == "kafka":
+        raise CliError("--workers: in Kafka mode replay reads the ledger topic in one process")
     target = Path(args.into) / "views.db"
     if target.exists():
         raise CliError(f"{target} exists: replay builds a fresh store")
@@ -814,7 +816,7 @@ def _parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         help="processes sharing the build (default: one per core for a log of 50,000 "
-        "entries or more, else one)",
+        "entries or more, else one; Kafka mode: one)",
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_replay)

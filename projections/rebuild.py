@@ -70,6 +70,8 @@ def rebuild(
         raise FileExistsError(target)
     if workers is not None and not 1 <= workers <= MAX_WORKERS:
         raise ValueError(f"workers must be from 1 to {MAX_WORKERS}")
+    if workers is not None and workers > 1 and ledger.settings.backend == "kafka":
+        raise ValueError("in Kafka mode replay reads the ledger topic in one process")
     partial = target.with_name(target.name + ".partial")
     _remove(partial)
     store = ConsentViews.open(partial)
