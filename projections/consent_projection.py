@@ -180,11 +180,8 @@ class ConsentProjection(Projection[ConsentViews]):
                 ):
                     _follow(view, sid, entry, utc(recorded), changes)
                     return
-                for p in affected:
-                    if p not in latest or (latest[p].occurred_at, latest[p].seq) < (
-                        entry.occurred_at,
-                        entry.seq,
-                    ):
+                for p in affected:  # a new fact's seq is the subject's highest: it wins ties
+                    if p not in latest or latest[p].occurred_at <= entry.occurred_at:
                         latest[p] = entry
         elif isinstance(event, Subject.ConsentCorrected):
             correction = Correction(

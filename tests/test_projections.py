@@ -286,8 +286,17 @@ _EXPIRES_AS_NEXT_OCCURS = [
 ]
 
 
+# Two grants at one instant (the later recorded decides), then a later fact.
+_SAME_INSTANT_THEN_LATER = [
+    _fact(0, "consent.granted", 0, **_GRANT),
+    _fact(1, "consent.granted", 0, expires_at=at_hour(9), **_GRANT),
+    _fact(2, "consent.withdrawn", 5),
+]
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=operations(), cuts=histories["cuts"], in_order=st.booleans())
+@example(ops=_SAME_INSTANT_THEN_LATER, cuts=[1] * 30, in_order=False)
 @example(ops=_EXPIRES_AS_NEXT_OCCURS, cuts=[1] * 30, in_order=False)
 @example(ops=_EXPIRES_AS_NEXT_OCCURS, cuts=[3] * 30, in_order=False)
 def test_in_order_facts_change_the_views_as_the_general_path_does(
