@@ -1,11 +1,14 @@
-"""Instructions per fact on the embedded write path, counted by valgrind's callgrind.
+"""Instructions per fact on the embedded write path, and per log entry of replay, counted
+by valgrind's callgrind.
 
 Wall-clock figures on a shared machine drift by tens of percent between runs of the same
 code, which hides a change of a few percent. Instruction counts do not drift: the same code,
 input and environment give the same count within a fraction of a percent, so two commits can
 be compared by running this in each. It counts a whole process recording `--facts` of the
 ingest benchmark's stream in batches of 1,000, minus one recording `--base` facts, so start-up
-and the demo tenant cancel out.
+and the demo tenant cancel out. `--replay` counts one-process replay (`consent-ledger replay
+--workers 1`) instead: a process recording the projections benchmark's history of `--facts`
+facts (ten per subject) and replaying it, minus one only recording it, per log entry.
 """
 
 from __future__ import annotations
@@ -42,8 +45,31 @@ def record(facts: int) -> None:
         ledger.close()
 
 
-def count(facts: int) -> int:
-    """Instructions of a whole process recording `facts` facts."""
+def replay(facts: int, *, replaying: bool) -> None:
+    """`facts` of the projections benchmark's history recorded, then (if `replaying`) the
+    views rebuilt from them in this one process; prints the log's entries."""
+    from bench.projections import history
+    from ledger.application import ConsentLedger
+    from ledger.envelope import parse_fact
+    from ledger.runtime import tune
+    from ledger.settings import Settings
+    from projections.rebuild import rebuild
+
+    tune()
+    stream = history(max(1, facts // 10), facts)
+    with tempfile.TemporaryDirectory() as tmp:
+        ledger = ConsentLedger(Settings(data_dir=Path(tmp) / "data"))
+        ledger.init_demo()
+        for i in range(0, len(stream), 1000):
+            ledger.record([parse_fact(f) for f in stream[i : i + 1000]])
+        if replaying:
+            rebuild(ledger, Path(tmp) / "views.db", workers=1)
+        print(ledger.recorder.max_notification_id() or 0)
+        ledger.close()
+
+
+def count(facts: int, work: str = "--record") -> tuple[int, str]:
+    """Instructions of a whole process doing `work` over `facts` facts, and what it printed."""
     valgrind = shutil.which("valgrind")
     if valgrind is None:
         raise SystemExit("python -m bench instructions: valgrind is not installed")
@@ -55,7 +81,7 @@ def count(facts: int) -> int:
             sys.executable,
             "-m",
             "bench.instructions",
-            "--record",
+            work,
             str(facts),
         ],
         capture_output=True,
@@ -66,21 +92,39 @@ def count(facts: int) -> int:
     found = re.search(r"refs:\s*([\d,]+)", out.stderr)
     if found is None:
         raise SystemExit(f"no instruction count in valgrind's output:\n{out.stderr[-2000:]}")
-    return int(found.group(1).replace(",", ""))
+    return int(found.group(1).replace(",", "")), out.stdout
 
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench instructions", description=__doc__)
     parser.add_argument("--facts", type=int, default=3000)
     parser.add_argument("--base", type=int, default=1000)
+    parser.add_argument(
+        "--replay", action="store_true", help="count one-process replay, per log entry"
+    )
     parser.add_argument("--record", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--history", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--history-replayed", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.record is not None:
         record(args.record)
         return
+    if args.history is not None or args.history_replayed is not None:
+        replaying = args.history_replayed is not None
+        replay(args.history_replayed if replaying else args.history, replaying=replaying)
+        return
+    if args.replay:
+        with_replay, printed = count(args.facts, "--history-replayed")
+        without, _ = count(args.facts, "--history")
+        entries = int(printed.split()[-1])
+        print(
+            f"one-process replay: {(with_replay - without) / entries:,.0f} instructions per "
+            f"log entry ({entries} entries from {args.facts} facts, callgrind)"
+        )
+        return
     if args.facts <= args.base:
         parser.error("--facts must be more than --base")
-    many, few = count(args.facts), count(args.base)
+    (many, _), (few, _) = count(args.facts), count(args.base)
     print(
         f"embedded write path: {(many - few) / (args.facts - args.base):,.0f} instructions "
         f"per fact ({args.facts} minus {args.base} facts, batches of 1,000, callgrind)"
