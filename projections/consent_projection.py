@@ -117,7 +117,7 @@ class ConsentProjection(Projection[ConsentViews]):
     def _load(self, sids: list[str]) -> dict[str, SubjectView]:
         views: dict[str, SubjectView] = {}
         for row in self.view.rows_in(
-            "SELECT sid, tenant FROM view_subjects WHERE sid IN ({})", sids
+            "SELECT sid, tenant FROM view_subjects WHERE sid IN ({})", sids, tuples=True
         ):
             views[row[0]] = SubjectView(tenant=row[1])
         for row in self.view.rows_in("SELECT * FROM view_entries WHERE sid IN ({})", sids):
@@ -130,6 +130,7 @@ class ConsentProjection(Projection[ConsentViews]):
             "SELECT sid, purpose, valid_from, valid_to, event_id FROM view_intervals "
             "WHERE sid IN ({}) AND known_to IS NULL",
             sids,
+            tuples=True,
         ):
             views[row[0]].open_intervals.add((row[1], row[2], row[3], row[4]))
         for view in views.values():

@@ -57,10 +57,12 @@ def who_had_consent(
     t = utc(at)
     if known_at is None:
         params: tuple[Any, ...] = (tenant, purpose, t, t, after, FAR_FUTURE, t, limit)
-        rows = views.rows(WHO_HAD_CONSENT_NOW, params)
+        rows = views.rows(WHO_HAD_CONSENT_NOW, params, tuples=True)
     else:
         k = utc(known_at)
-        rows = views.rows(WHO_HAD_CONSENT, (tenant, purpose, t, t, k, k, after, k, t, limit))
+        rows = views.rows(
+            WHO_HAD_CONSENT, (tenant, purpose, t, t, k, k, after, k, t, limit), tuples=True
+        )
     return [r[0] for r in rows]
 
 
@@ -128,6 +130,7 @@ def check_recipients(
             "SELECT sid, tenant, registered_at, erasure_recorded_at FROM view_subjects "
             "WHERE sid IN ({})",
             ordered,
+            tuples=True,
         )
     }
     # Every granted interval that began by `at`, as known then, in one indexed read (rows come
@@ -144,6 +147,7 @@ def check_recipients(
         "AND known_from<=? AND (known_to IS NULL OR known_to>?)",
         ordered,
         (purpose, t, kk, kk),
+        tuples=True,
     ):
         sid, valid_to = r[0], r[2]
         if valid_to is None or valid_to > t:
@@ -177,6 +181,7 @@ def check_recipients(
         "AND erased_at<=? AND recorded_at<=? GROUP BY sid",
         erased,
         (t, known_then),
+        tuples=True,
     ):
         erased_at = parse_utc(r[1])
         assert erased_at is not None

@@ -260,6 +260,21 @@ def test_who_had_consent_reads_an_index_in_sid_order(tmp_path: Path) -> None:
     views.close()
 
 
+def test_rows_as_tuples_only_where_asked(tmp_path: Path) -> None:
+    """The many-row questions read plain tuples (no row-factory call per row); the pooled
+    connection they used still gives named rows to the next reader."""
+    import sqlite3
+
+    views = ConsentViews.open(tmp_path / "views.db")
+    sql = "SELECT ? AS a, ? AS b"
+    assert views.rows(sql, (1, 2), tuples=True) == [(1, 2)]
+    in_list = "SELECT 7 AS a WHERE 1 IN ({}) AND ? = 5"
+    assert views.rows_in(in_list, [1, 2], (5,), tuples=True) == [(7,)]
+    [row] = views.rows(sql, (1, 2))
+    assert isinstance(row, sqlite3.Row) and row["b"] == 2
+    views.close()
+
+
 class _GeneralPathOnly(ConsentProjection):
     follow_in_order = False
 
