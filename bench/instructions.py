@@ -23,8 +23,9 @@ import tempfile
 from pathlib import Path
 
 
-def record(facts: int) -> None:
-    """The measured work: `facts` facts of the ingest stream through ConsentLedger.record.
+def record(facts: int, batch: int = 1000) -> None:
+    """The measured work: `facts` facts of the ingest stream through ConsentLedger.record,
+    `batch` facts per call.
 
     Written out rather than through bench.ingest.LedgerRun so that this module, copied into an
     older tree, measures that tree's code the same way (how a change is compared).
@@ -40,8 +41,8 @@ def record(facts: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ledger = ConsentLedger(Settings(data_dir=Path(tmp)))
         ledger.init_demo()
-        for i in range(0, len(stream), 1000):
-            ledger.record([parse_fact(f) for f in stream[i : i + 1000]])
+        for i in range(0, len(stream), batch):
+            ledger.record([parse_fact(f) for f in stream[i : i + batch]])
         ledger.close()
 
 
@@ -68,7 +69,7 @@ def replay(facts: int, *, replaying: bool) -> None:
         ledger.close()
 
 
-def count(facts: int, work: str = "--record") -> tuple[int, str]:
+def count(facts: int, work: str = "--record", batch: int = 1000) -> tuple[int, str]:
     """Instructions of a whole process doing `work` over `facts` facts, and what it printed."""
     valgrind = shutil.which("valgrind")
     if valgrind is None:
@@ -83,6 +84,7 @@ def count(facts: int, work: str = "--record") -> tuple[int, str]:
             "bench.instructions",
             work,
             str(facts),
+            f"--batch={batch}",
         ],
         capture_output=True,
         text=True,
@@ -100,6 +102,12 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--facts", type=int, default=3000)
     parser.add_argument("--base", type=int, default=1000)
     parser.add_argument(
+        "--batch",
+        type=int,
+        default=1000,
+        help="facts per record() call (1 counts what each commit costs beside its facts)",
+    )
+    parser.add_argument(
         "--replay", action="store_true", help="count one-process replay, per log entry"
     )
     parser.add_argument("--record", type=int, help=argparse.SUPPRESS)
@@ -107,7 +115,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--history-replayed", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.record is not None:
-        record(args.record)
+        record(args.record, args.batch)
         return
     if args.history is not None or args.history_replayed is not None:
         replaying = args.history_replayed is not None
@@ -124,10 +132,10 @@ def main(argv: list[str]) -> None:
         return
     if args.facts <= args.base:
         parser.error("--facts must be more than --base")
-    (many, _), (few, _) = count(args.facts), count(args.base)
+    (many, _), (few, _) = count(args.facts, batch=args.batch), count(args.base, batch=args.batch)
     print(
         f"embedded write path: {(many - few) / (args.facts - args.base):,.0f} instructions "
-        f"per fact ({args.facts} minus {args.base} facts, batches of 1,000, callgrind)"
+        f"per fact ({args.facts} minus {args.base} facts, batches of {args.batch:,}, callgrind)"
     )
 
 
