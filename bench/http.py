@@ -152,6 +152,42 @@ def start(command: list[str], env: dict[str, str], port: int) -> subprocess.Pope
             time.sleep(0.05)
 
 
+def cpu_seconds(pid: int) -> tuple[float, float] | None:
+    """CPU time (user and system) of a process so far: its main thread (the event loop)
+    and all its other threads (the group-commit writer, thread pools); None off Linux.
+
+    Requests per second move with the machine's speed; CPU per request says what each
+    part of the server costs, and the server is bound by one interpreter lock.
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    main = others = 0.0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+        for tid in tids:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            used = (int(fields[11]) + int(fields[12])) / tick
+            if int(tid) == pid:
+                main += used
+            else:
+                others += used
+    except OSError:  # no /proc, or a thread ended while being read
+        return None
+    return main, others
+
+
+def cpu_per_request(
+    before: tuple[float, float] | None, after: tuple[float, float] | None, requests: int
+) -> tuple[float, float] | None:
+    """Milliseconds of CPU per request (main thread, other threads) between two readings."""
+    if before is None or after is None:
+        return None
+    return (
+        (after[0] - before[0]) / requests * 1000,
+        (after[1] - before[1]) / requests * 1000,
+    )
+
+
 def ms(samples: list[float], p: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(len(ordered) * p))] * 1000
@@ -197,9 +233,11 @@ def main(argv: list[str]) -> None:
             bare_port,
         )
         try:
+            before = cpu_seconds(bare.pid)
             elapsed, lat, codes = asyncio.run(
                 closed_loop(bare_port, single, args.requests, args.connections)
             )
+            bare_cpu = cpu_per_request(before, cpu_seconds(bare.pid), args.requests)
             bare_rate = args.requests / elapsed
             rows.append(("bare FastAPI constant, closed loop", bare_rate, lat, codes))
             lat, codes = asyncio.run(
@@ -222,9 +260,11 @@ def main(argv: list[str]) -> None:
             [sys.executable, "-m", "ledger.cli", "serve", "--port", str(port)], env, port
         )
         try:
+            before = cpu_seconds(server.pid)
             elapsed, lat, codes = asyncio.run(
                 closed_loop(port, single, args.requests, args.connections)
             )
+            ledger_cpu = cpu_per_request(before, cpu_seconds(server.pid), args.requests)
             ledger_rate = args.requests / elapsed
             rows.append(("ledger POST /v1/facts, closed loop", ledger_rate, lat, codes))
             for connections in (args.connections, args.open_connections):
@@ -255,6 +295,12 @@ def main(argv: list[str]) -> None:
         print(
             f"{name:<44} {rate:>12,.0f} {ms(lat, 0.5):>8.1f} {ms(lat, 0.99):>8.1f}  "
             f"{dict(sorted(codes.items()))}"
+        )
+    if bare_cpu is not None and ledger_cpu is not None:
+        print(
+            f"server CPU per request, closed loop: bare {sum(bare_cpu):.2f} ms; ledger "
+            f"{sum(ledger_cpu):.2f} ms (event loop thread {ledger_cpu[0]:.2f}, group-commit "
+            f"writer and other threads {ledger_cpu[1]:.2f})"
         )
     print(
         f"single publish / bare endpoint: {ledger_rate / bare_rate:.2f} (target >= 0.60); "
