@@ -50,6 +50,22 @@ class IndexedFact:
     recorded_at: str | None
 
 
+# The index table's columns in their stored order, read by position (see `_tuples`).
+_INDEX_COLUMNS = (
+    "position, originator_id, originator_version, hash, tenant, event_id, digest, recorded_at"
+)
+
+
+def _tuples(c: SQLiteCursor) -> SQLiteCursor:
+    """Rows of this cursor as plain tuples instead of the library's sqlite3.Row.
+
+    SQLite hands each row to the row factory through a Python call; the reads here take
+    their columns by position, and replay and verify read every row of the log.
+    """
+    c.sqlite_cursor.row_factory = None
+    return c
+
+
 class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
     def __init__(self, datastore: SQLiteDatastore, events_table_name: str = "stored_events"):
         self.index_table = f"{events_table_name}_index"
@@ -161,7 +177,7 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
             return found
         with self.datastore.transaction(commit=False) as c:
             for row in rows_in(
-                c,
+                _tuples(c),
                 f"SELECT originator_id, originator_version, topic, state "
                 f"FROM {self.events_table_name} WHERE originator_id IN ({{}}) "
                 "ORDER BY originator_id, originator_version",
@@ -193,6 +209,7 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
         hex), see the same log between them: rows at or before a position never change.
         """
         with self.datastore.transaction(commit=False) as c:
+            _tuples(c)
             if upto is None:
                 upto = self._max_notification_id(c) or 0
             bounds = "originator_id >= ?" + ("" if to_id is None else " AND originator_id < ?")
@@ -243,11 +260,12 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
     ) -> dict[str, IndexedFact]:
         rows = rows_in(
             c,
-            f"SELECT * FROM {self.index_table} WHERE tenant = ? AND event_id IN ({{}})",
+            f"SELECT {_INDEX_COLUMNS} FROM {self.index_table} "
+            "WHERE tenant = ? AND event_id IN ({})",
             event_ids,
             before=[tenant],
         )
-        return {row["event_id"]: _indexed(row) for row in rows}
+        return {row[5]: _indexed(row) for row in rows}
 
     def batch_reads(
         self, event_ids: Mapping[str, Sequence[str]], originator_ids: Sequence[UUID]
@@ -258,6 +276,7 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
         is most of a small batch's fixed cost."""
         found: dict[tuple[str, str], IndexedFact] = {}
         with self.datastore.transaction(commit=False) as c:
+            _tuples(c)
             for tenant, ids in event_ids.items():
                 for event_id, indexed in self._find_facts(c, tenant, ids).items():
                     found[(tenant, event_id)] = indexed
@@ -266,8 +285,9 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
 
     def index_of(self, originator_id: UUID) -> list[IndexedFact]:
         with self.datastore.transaction(commit=False) as c:
-            c.execute(
-                f"SELECT * FROM {self.index_table} WHERE originator_id = ? ORDER BY position",
+            _tuples(c).execute(
+                f"SELECT {_INDEX_COLUMNS} FROM {self.index_table} "
+                "WHERE originator_id = ? ORDER BY position",
                 (originator_id.hex,),
             )
             return [_indexed(row) for row in c.fetchall()]
@@ -279,7 +299,7 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
         lie after the returned position and are left for the next verification.
         """
         with self.datastore.transaction(commit=False) as c:
-            c.execute(f"SELECT * FROM {self.index_table} ORDER BY position")
+            _tuples(c).execute(f"SELECT {_INDEX_COLUMNS} FROM {self.index_table} ORDER BY position")
             index = [_indexed(row) for row in c.fetchall()]
             c.execute(f"SELECT size, root FROM {self.head_table} WHERE id = 1")
             row = c.fetchone()
@@ -289,7 +309,7 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
 
     def all_index(self) -> list[IndexedFact]:
         with self.datastore.transaction(commit=False) as c:
-            c.execute(f"SELECT * FROM {self.index_table} ORDER BY position")
+            _tuples(c).execute(f"SELECT {_INDEX_COLUMNS} FROM {self.index_table} ORDER BY position")
             return [_indexed(row) for row in c.fetchall()]
 
     def head(self) -> tuple[int, str]:
@@ -311,13 +331,5 @@ def _hex(originator_id: UUID | str) -> str:
 
 
 def _indexed(row: Any) -> IndexedFact:
-    return IndexedFact(
-        position=row["position"],
-        originator_id=UUID(row["originator_id"]),
-        originator_version=row["originator_version"],
-        hash=row["hash"],
-        tenant=row["tenant"],
-        event_id=row["event_id"],
-        digest=row["digest"],
-        recorded_at=row["recorded_at"],
-    )
+    """An index row read as `_INDEX_COLUMNS`, by position."""
+    return IndexedFact(row[0], UUID(row[1]), row[2], row[3], row[4], row[5], row[6], row[7])
