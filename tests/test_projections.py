@@ -268,8 +268,8 @@ def test_rows_as_tuples_only_where_asked(tmp_path: Path) -> None:
     views = ConsentViews.open(tmp_path / "views.db")
     sql = "SELECT ? AS a, ? AS b"
     assert views.rows(sql, (1, 2), tuples=True) == [(1, 2)]
-    in_list = "SELECT 7 AS a WHERE 1 IN ({}) AND ? = 5"
-    assert views.rows_in(in_list, [1, 2], (5,), tuples=True) == [(7,)]
+    in_list = "SELECT 7 AS a WHERE 'x' IN ({}) AND ? = 5"
+    assert views.rows_in(in_list, ["x", "y"], (5,), tuples=True) == [(7,)]
     [row] = views.rows(sql, (1, 2))
     assert isinstance(row, sqlite3.Row) and row["b"] == 2
     views.close()
