@@ -5,10 +5,11 @@ Wall-clock figures on a shared machine drift by tens of percent between runs of 
 code, which hides a change of a few percent. Instruction counts do not drift: the same code,
 input and environment give the same count within a fraction of a percent, so two commits can
 be compared by running this in each. It counts a whole process recording `--facts` of the
-ingest benchmark's stream in batches of 1,000, minus one recording `--base` facts, so start-up
-and the demo tenant cancel out. `--replay` counts one-process replay (`consent-ledger replay
---workers 1`) instead: a process recording the projections benchmark's history of `--facts`
-facts (ten per subject) and replaying it, minus one only recording it, per log entry.
+ingest benchmark's stream in batches of `--batch` (1,000), minus one recording `--base`
+facts, so start-up and the demo tenant cancel out. `--replay` counts one-process replay
+(`consent-ledger replay --workers 1`) instead: a process recording the projections
+benchmark's history of `--facts` facts (ten per subject) and replaying it, minus one only
+recording it, per log entry.
 """
 
 from __future__ import annotations
@@ -132,6 +133,8 @@ def main(argv: list[str]) -> None:
         return
     if args.facts <= args.base:
         parser.error("--facts must be more than --base")
+    if args.batch < 1:
+        parser.error("--batch must be at least 1")
     (many, _), (few, _) = count(args.facts, batch=args.batch), count(args.base, batch=args.batch)
     print(
         f"embedded write path: {(many - few) / (args.facts - args.base):,.0f} instructions "
