@@ -25,7 +25,7 @@ from ledger.chain import (
     pack_frontier,
     unpack_frontier,
 )
-from ledger.sql import rows_in
+from ledger.sql import as_tuples, rows_in
 
 
 @dataclass(frozen=True)
@@ -50,20 +50,10 @@ class IndexedFact:
     recorded_at: str | None
 
 
-# The index table's columns in their stored order, read by position (see `_tuples`).
+# The index table's columns in their stored order, read by position (see `as_tuples`).
 _INDEX_COLUMNS = (
     "position, originator_id, originator_version, hash, tenant, event_id, digest, recorded_at"
 )
-
-
-def _tuples(c: SQLiteCursor) -> SQLiteCursor:
-    """Rows of this cursor as plain tuples instead of the library's sqlite3.Row.
-
-    SQLite hands each row to the row factory through a Python call; the reads here take
-    their columns by position, and replay and verify read every row of the log.
-    """
-    c.sqlite_cursor.row_factory = None
-    return c
 
 
 class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
@@ -177,7 +167,7 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
             return found
         with self.datastore.transaction(commit=False) as c:
             for row in rows_in(
-                _tuples(c),
+                as_tuples(c),
                 f"SELECT originator_id, originator_version, topic, state "
                 f"FROM {self.events_table_name} WHERE originator_id IN ({{}}) "
                 "ORDER BY originator_id, originator_version",
@@ -209,7 +199,7 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
         hex), see the same log between them: rows at or before a position never change.
         """
         with self.datastore.transaction(commit=False) as c:
-            _tuples(c)
+            as_tuples(c)
             if upto is None:
                 upto = self._max_notification_id(c) or 0
             bounds = "originator_id >= ?" + ("" if to_id is None else " AND originator_id < ?")
@@ -276,7 +266,7 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
         is most of a small batch's fixed cost."""
         found: dict[tuple[str, str], IndexedFact] = {}
         with self.datastore.transaction(commit=False) as c:
-            _tuples(c)
+            as_tuples(c)
             for tenant, ids in event_ids.items():
                 for event_id, indexed in self._find_facts(c, tenant, ids).items():
                     found[(tenant, event_id)] = indexed
@@ -285,7 +275,7 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
 
     def index_of(self, originator_id: UUID) -> list[IndexedFact]:
         with self.datastore.transaction(commit=False) as c:
-            _tuples(c).execute(
+            as_tuples(c).execute(
                 f"SELECT {_INDEX_COLUMNS} FROM {self.index_table} "
                 "WHERE originator_id = ? ORDER BY position",
                 (originator_id.hex,),
@@ -299,7 +289,9 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
         lie after the returned position and are left for the next verification.
         """
         with self.datastore.transaction(commit=False) as c:
-            _tuples(c).execute(f"SELECT {_INDEX_COLUMNS} FROM {self.index_table} ORDER BY position")
+            as_tuples(c).execute(
+                f"SELECT {_INDEX_COLUMNS} FROM {self.index_table} ORDER BY position"
+            )
             index = [_indexed(row) for row in c.fetchall()]
             c.execute(f"SELECT size, root FROM {self.head_table} WHERE id = 1")
             row = c.fetchone()
@@ -309,7 +301,9 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
 
     def all_index(self) -> list[IndexedFact]:
         with self.datastore.transaction(commit=False) as c:
-            _tuples(c).execute(f"SELECT {_INDEX_COLUMNS} FROM {self.index_table} ORDER BY position")
+            as_tuples(c).execute(
+                f"SELECT {_INDEX_COLUMNS} FROM {self.index_table} ORDER BY position"
+            )
             return [_indexed(row) for row in c.fetchall()]
 
     def head(self) -> tuple[int, str]:

@@ -1,4 +1,5 @@
-"""Queries over an `IN (...)` list of any length, in chunks SQLite accepts.
+"""Queries over an `IN (...)` list of any length, in chunks SQLite accepts, and rows read as
+plain tuples.
 
 SQLite limits the host parameters of one statement (999 before 3.32), and a batch asks
 about up to a thousand subjects, event ids or positions at once.
@@ -28,3 +29,16 @@ def rows_in(
         chunk = list(keys[i : i + CHUNK])
         cursor.execute(sql.format(",".join("?" * len(chunk))), [*before, *chunk, *after])
         yield from cursor.fetchall()
+
+
+def as_tuples(cursor: Any) -> Any:
+    """This cursor's rows as plain tuples instead of the connection's sqlite3.Row.
+
+    The library's connections (and the views') make every row a sqlite3.Row, which SQLite
+    fills through a Python call per row. Reads that take many rows and their columns by
+    position (replay, verify, who had consent, the campaign check) skip it. `cursor` is the
+    library's wrapper of a sqlite3 cursor, made for one transaction, so only that transaction's
+    rows change.
+    """
+    cursor.sqlite_cursor.row_factory = None
+    return cursor
