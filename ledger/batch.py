@@ -100,7 +100,7 @@ class FactBatch:
             self.tenant_copies.add(name)
         return tenant
 
-    def _subject(self, tenant: str, sid: UUID, reference: str) -> Subject:
+    def _subject(self, tenant: str, sid: UUID) -> Subject:
         subject = self.subjects.get(sid)
         if subject is None and self.by_sid:
             raise FactRejected(Code.UNKNOWN_SUBJECT, "no such subject")
@@ -112,7 +112,7 @@ class FactBatch:
                 # The key store remembers an erasure the log does not (a restored log):
                 # the pseudonym stays erased.
                 raise FactRejected(Code.SUBJECT_ERASED, "the subject was erased")
-            subject = Subject(id=sid, tenant=tenant, pii=seal(key, sid, {"subject": reference}))
+            subject = Subject.unregistered(sid, tenant)
             self.fresh.add(sid)
             self.subjects[sid] = subject
         if subject.tenant != tenant:
@@ -185,7 +185,7 @@ class FactBatch:
             sid = self.sids[index]
             assert sid is not None and fact.subject is not None
             new_here = sid not in self.subjects
-            subject = self._subject(fact.tenant, sid, fact.subject)
+            subject = self._subject(fact.tenant, sid)
             pii = self._seal(subject, fact)
             try:
                 subject.record(fact, pii, tenant.policies)
@@ -218,6 +218,9 @@ class FactBatch:
 
     def _seal(self, subject: Subject, fact: Fact) -> str | None:
         content: dict[str, Any] = {}
+        if not subject.version:
+            # The first fact registers the subject: the reference is sealed with it.
+            content["subject"] = fact.subject
         if fact.evidence is not None:
             content["evidence"] = fact.evidence
         for field in ("personal_data", "reason"):

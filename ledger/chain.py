@@ -21,7 +21,7 @@ GENESIS = ""  # prev_hash of an aggregate's first event
 _DOMAIN = b"consent-ledger/fact/v1\x00"
 
 
-# Hashes the mapper keeps at most: a batch (at most 1,000 facts, two events each) needs 2,000.
+# Hashes the mapper keeps at most: a batch (at most 1,000 facts, one event each) needs 1,000.
 REMEMBERED = 20_000
 
 

@@ -9,7 +9,7 @@ recorded nothing.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -38,6 +38,9 @@ class Subject(ChainedAggregate):
 
     @event(Registered)
     def __init__(self, id: UUID, tenant: str, pii: str | None) -> None:
+        self._start(tenant)
+
+    def _start(self, tenant: str) -> None:
         self.tenant = tenant
         self.fact_types: dict[str, str] = {}
         self.entries: list[ConsentEntry] = []
@@ -45,6 +48,32 @@ class Subject(ChainedAggregate):
         self.requests: dict[str, dict[str, Any]] = {}
         self.erased_at: datetime | None = None
         self.erasure_recorded_at: datetime | None = None
+
+    @classmethod
+    def unregistered(cls, id: UUID, tenant: str) -> Subject:
+        """A subject no fact has registered yet, at version 0, with no event.
+
+        The rules run against it like any other subject; its first accepted fact registers
+        it (see `trigger_event`), so a new subject costs one event, not a registration and a
+        fact. A refused first fact leaves nothing to record.
+        """
+        subject = cls.__new__(cls)
+        subject.__base_init__(id, 0, datetime.now(UTC))
+        subject._start(tenant)
+        return subject
+
+    def trigger_event(self, event_class: Any, **kwargs: Any) -> None:
+        if self.version:
+            super().trigger_event(event_class, **kwargs)
+            return
+        # The first fact: one event that both registers the subject and states the fact.
+        # The library builds a new aggregate from a created event; this object, which the
+        # caller holds, takes over its state.
+        first = _FIRST.get(event_class)
+        if first is None:
+            raise AssertionError(f"{event_class.__name__} cannot be a subject's first fact")
+        registered = Subject._create(first, id=self.id, tenant=self.tenant, **kwargs)
+        self.__dict__.update(registered.__dict__)
 
     @property
     def erased(self) -> bool:
@@ -167,6 +196,30 @@ class Subject(ChainedAggregate):
         authority: str
         reference: str
         request_id: str | None
+
+    # ---- a subject's first fact --------------------------------------------------------
+    # Each registers the subject and states the fact in one event: `pii` seals the
+    # publisher's reference ("subject") together with the fact's own personal data. A
+    # withdrawal, a correction or a request's closing is never first: its rule needs a fact
+    # before it. Logs written before these existed hold a Registered event and then the fact.
+
+    class FirstConsentGranted(Registered, ConsentGranted):
+        pass
+
+    class FirstSubjectRectified(Registered, SubjectRectified):
+        pass
+
+    class FirstSubjectErased(Registered, SubjectErased):
+        pass
+
+    class FirstTransferRecorded(Registered, TransferRecorded):
+        pass
+
+    class FirstRequestReceived(Registered, RequestReceived):
+        pass
+
+    class FirstComplaintLodged(Registered, ComplaintLodged):
+        pass
 
     # ---- rules -------------------------------------------------------------------------
 
@@ -440,6 +493,15 @@ def _check_categories(
                 "categories",
             )
 
+
+_FIRST: dict[type, type[Subject.Registered]] = {
+    Subject.ConsentGranted: Subject.FirstConsentGranted,
+    Subject.SubjectRectified: Subject.FirstSubjectRectified,
+    Subject.SubjectErased: Subject.FirstSubjectErased,
+    Subject.TransferRecorded: Subject.FirstTransferRecorded,
+    Subject.RequestReceived: Subject.FirstRequestReceived,
+    Subject.ComplaintLodged: Subject.FirstComplaintLodged,
+}
 
 _HANDLERS = {
     "consent.granted": Subject._grant,

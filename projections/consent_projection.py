@@ -19,6 +19,7 @@ from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import Tracking
 from eventsourcing.projection import Projection
 
+from ledger.chained import ChainedAggregate
 from ledger.consent import (
     ConsentEntry,
     Correction,
@@ -146,7 +147,8 @@ class ConsentProjection(Projection[ConsentViews]):
         if isinstance(event, Subject.Registered):
             state[sid] = SubjectView(tenant=event.tenant)
             changes.subjects.append((sid, event.tenant, utc(recorded)))
-            return
+            if not isinstance(event, ChainedAggregate.Fact):
+                return  # a registration of its own (logs written before first facts)
         view = state[sid]
         if isinstance(event, Subject.SubjectErased):
             changes.erasures.append((utc(event.occurred_at), utc(recorded), sid))

@@ -15,6 +15,7 @@ from uuid import UUID
 import orjson
 
 from ledger.application import ConsentLedger
+from ledger.chained import ChainedAggregate
 from ledger.keystore import unseal
 from ledger.subject import Subject
 
@@ -54,11 +55,17 @@ def subject_trail(ledger: ConsentLedger, tenant: str, sid: UUID) -> dict[str, An
         personal: dict[str, Any] | None = None
         if sealed is not None and key is not None:
             personal = unseal(key, sid, sealed)
-        if isinstance(event, Subject.Registered):
-            reference = personal.get("subject") if personal else None
-            fact_type, event_id = "subject.registered", None
-        else:
+        is_fact = isinstance(event, ChainedAggregate.Fact)
+        if isinstance(event, Subject.Registered) and personal is not None:
+            # The reference is sealed with the subject's first fact (or, in logs written
+            # before first facts registered subjects, in a registration of its own).
+            reference = personal.pop("subject", None)
+            if not personal and is_fact:
+                sealed = None  # the fact itself carried no personal data
+        if is_fact:
             fact_type, event_id = type(event).fact_type, state["event_id"]
+        else:
+            fact_type, event_id = "subject.registered", None
         row = index.get(event.originator_version)
         details = {k: _plain(v) for k, v in state.items() if k not in _HIDDEN and k != "tenant"}
         entry: dict[str, Any] = {

@@ -88,7 +88,7 @@ def test_erase_leaves_no_personal_data_and_keeps_the_trail(backend_settings: Set
     sid = ledger.sid("demo", REFERENCE)
     before = subject_trail(ledger, "demo", sid)
     assert before is not None and before["subject"] == REFERENCE
-    assert before["facts"][1]["personal_data"]["personal_data"]["full_name"] == NAME
+    assert before["facts"][0]["personal_data"]["personal_data"]["full_name"] == NAME
     ledger.close()
     with sqlite3.connect(settings.keystore_path) as keys:
         (wrapped,) = keys.execute(
@@ -122,15 +122,14 @@ def test_erase_leaves_no_personal_data_and_keeps_the_trail(backend_settings: Set
     )
     assert trail["erased"] is True and trail["subject"] is None
     assert [f["event_id"] for f in trail["facts"]] == [
-        None,
         "g1",
         "w1",
         "r1",
         trail["facts"][-1]["event_id"],
     ]
     assert trail["facts"][-1]["type"] == "subject.erased"
-    assert trail["facts"][1]["personal_data"] == {"erased": True}
-    assert trail["facts"][1]["details"]["purposes"] == ["marketing", "support"]
+    assert trail["facts"][0]["personal_data"] == {"erased": True}
+    assert trail["facts"][0]["details"]["purposes"] == ["marketing", "support"]
 
     # The other subject is untouched.
     ledger = ConsentLedger(settings)
@@ -198,7 +197,7 @@ def test_an_interrupted_erasure_is_finished_by_the_next_write(settings: Settings
     ledger.record([parse_fact(fact("subject.erased", REFERENCE, ground="subject_request"))])
     assert ledger.keystore.open_keys([sid]), "the simulated crash left the key"
     trail = subject_trail(ledger, "demo", sid)
-    assert trail is not None and trail["facts"][1]["personal_data"] == {"erased": True}
+    assert trail is not None and trail["facts"][0]["personal_data"] == {"erased": True}
     ledger.keystore.erase = original_erase  # type: ignore[method-assign]
     [w] = ledger.record([parse_fact(withdraw(REFERENCE, occurred_at="2025-03-05T10:00:00+05:00"))])
     assert isinstance(w, Receipt)

@@ -8,10 +8,12 @@ from typing import Any
 import pytest
 
 from ledger.application import ConsentLedger
+from ledger.chained import ChainedAggregate
 from ledger.envelope import parse_fact
 from ledger.errors import Code, FactRejected
 from ledger.policy import SEED_POLICY_VERSION
 from ledger.receipt import Receipt
+from ledger.subject import Subject
 from tests.facts import erase, fact, grant, withdraw
 
 
@@ -379,4 +381,68 @@ def test_a_grant_records_what_a_consent_document_must_say(ledger: ConsentLedger)
     )
     assert state["policy_version"] == SEED_POLICY_VERSION
     assert "Yusupova" not in str(state)
-    assert ledger.open_pii(sid, state["pii"]) == {"personal_data": {"full_name": "Yusupova Malika"}}
+    # The subject's first fact seals the publisher's reference with the fact's personal data.
+    assert ledger.open_pii(sid, state["pii"]) == {
+        "subject": "doc-1",
+        "personal_data": {"full_name": "Yusupova Malika"},
+    }
+
+
+FIRST_FACTS: dict[str, dict[str, Any]] = {
+    "consent.granted": grant(subject="first", evidence={"ip": "10.0.0.1"}),
+    "subject.rectified": fact("subject.rectified", "first", personal_data={"email": "x@y.uz"}),
+    "subject.erased": erase("first"),
+    "transfer.recorded": fact(
+        "transfer.recorded",
+        "first",
+        recipient={"name": "Tax", "country": "UZ"},
+        categories=["full_name"],
+        ground="legal_requirement",
+    ),
+    "request.received": fact("request.received", "first", request_id="R1", kind="information"),
+    "complaint.lodged": fact(
+        "complaint.lodged", "first", authority="Personal data inspection", reference="C-1"
+    ),
+}
+
+
+@pytest.mark.parametrize("type_", sorted(FIRST_FACTS))
+def test_a_new_subjects_first_fact_registers_it_in_one_event(
+    ledger: ConsentLedger, type_: str
+) -> None:
+    """One event both registers the subject and states the fact; the reference is sealed in
+    it, so the trail still names the person while the key exists."""
+    from projections.trail import subject_trail
+
+    [receipt] = accepted(ledger, FIRST_FACTS[type_])
+    sid = ledger.sid("demo", "first")
+    [event] = ledger.events.get(sid)
+    assert isinstance(event, Subject.Registered) and isinstance(event, ChainedAggregate.Fact)
+    assert event.fact_type == type_
+    assert event.originator_version == 1 and event.prev_hash == ""
+    trail = subject_trail(ledger, "demo", sid)
+    assert trail is not None and [f["event_id"] for f in trail["facts"]] == [receipt.event_id]
+    assert trail["subject"] == (None if type_ == "subject.erased" else "first")
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        withdraw(subject="never-seen"),
+        fact("consent.corrected", "never-seen", corrects="g-x", reason="x", void=True),
+        fact("request.closed", "never-seen", request_id="R9", outcome="fulfilled"),
+    ],
+    ids=["withdrawal", "correction", "request-closed"],
+)
+def test_a_fact_that_needs_one_before_it_registers_nobody(
+    ledger: ConsentLedger, first: dict[str, Any]
+) -> None:
+    assert_refused(ledger, first, _REFUSAL[first["type"]])
+    assert list(ledger.events.get(ledger.sid("demo", "never-seen"))) == []
+
+
+_REFUSAL = {
+    "consent.withdrawn": Code.PURPOSE_NOT_IN_FORCE,
+    "consent.corrected": Code.CORRECTION_TARGET_UNKNOWN,
+    "request.closed": Code.UNKNOWN_REQUEST,
+}

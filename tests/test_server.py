@@ -78,7 +78,7 @@ def test_publish_query_erase_verify_over_http(backend_settings: Settings) -> Non
         assert erased.status_code == 201, erased.text
         trail = httpx.get(f"{base}/v1/subjects/{sid}/trail", headers=headers).json()
         assert trail["erased"] is True
-        assert trail["facts"][1]["personal_data"] == {"erased": True}
+        assert trail["facts"][0]["personal_data"] == {"erased": True}
         verify = httpx.get(f"{base}/v1/verify", headers=headers).json()
         assert verify["ok"] is True
         # Kafka mode checks the ledger topic itself: the demo policy, two subject events

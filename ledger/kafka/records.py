@@ -61,8 +61,8 @@ class LedgerRecord:
 
 @lru_cache(maxsize=1 << 16)
 def partition_of(key: bytes, partitions: int) -> int:
-    """Cached: kafka-python's murmur2 is pure Python, and a new subject's registration and
-    first fact (and a batch's facts about one subject) share a key."""
+    """Cached: kafka-python's murmur2 is pure Python, and a batch's facts about one subject
+    (and every later fact about it) share a key."""
     return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
