@@ -7,7 +7,7 @@ The seed policy (crmpro.uz, under ZRU-547) ships as the default version of the `
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import resources
 from typing import Any
@@ -34,17 +34,28 @@ class PolicyVersion:
     operator_name: str
     operator_tin: str
     purposes: dict[str, PurposeTerms]
+    # categories_of's answers: every grant asks twice, and publishers send few combinations.
+    _categories_of: dict[tuple[str, ...], tuple[str, ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @property
     def categories(self) -> frozenset[str]:
         return frozenset(c for terms in self.purposes.values() for c in terms.categories)
 
     def categories_of(self, purposes: tuple[str, ...]) -> tuple[str, ...]:
+        """The categories the purposes cover, in the policy's order, each once."""
+        known = self._categories_of.get(purposes)
+        if known is not None:
+            return known
         seen: dict[str, None] = {}
         for purpose in purposes:
             for category in self.purposes[purpose].categories:
                 seen.setdefault(category, None)
-        return tuple(seen)
+        found = tuple(seen)
+        if len(self._categories_of) < 1024:  # a publisher's odd orderings cannot grow it
+            self._categories_of[purposes] = found
+        return found
 
 
 def text_sha256(text: str) -> str:
