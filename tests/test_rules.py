@@ -14,6 +14,7 @@ from ledger.errors import Code, FactRejected
 from ledger.policy import SEED_POLICY_VERSION
 from ledger.receipt import Receipt
 from ledger.subject import Subject
+from projections.trail import subject_trail
 from tests.facts import erase, fact, grant, withdraw
 
 
@@ -412,8 +413,6 @@ def test_a_new_subjects_first_fact_registers_it_in_one_event(
 ) -> None:
     """One event both registers the subject and states the fact; the reference is sealed in
     it, so the trail still names the person while the key exists."""
-    from projections.trail import subject_trail
-
     [receipt] = accepted(ledger, FIRST_FACTS[type_])
     sid = ledger.sid("demo", "first")
     [event] = ledger.events.get(sid)
@@ -423,6 +422,14 @@ def test_a_new_subjects_first_fact_registers_it_in_one_event(
     trail = subject_trail(ledger, "demo", sid)
     assert trail is not None and [f["event_id"] for f in trail["facts"]] == [receipt.event_id]
     assert trail["subject"] == (None if type_ == "subject.erased" else "first")
+
+
+# Each fact whose rule needs a fact before it, and how it is refused as a subject's first.
+_REFUSAL = {
+    "consent.withdrawn": Code.PURPOSE_NOT_IN_FORCE,
+    "consent.corrected": Code.CORRECTION_TARGET_UNKNOWN,
+    "request.closed": Code.UNKNOWN_REQUEST,
+}
 
 
 @pytest.mark.parametrize(
@@ -439,10 +446,3 @@ def test_a_fact_that_needs_one_before_it_registers_nobody(
 ) -> None:
     assert_refused(ledger, first, _REFUSAL[first["type"]])
     assert list(ledger.events.get(ledger.sid("demo", "never-seen"))) == []
-
-
-_REFUSAL = {
-    "consent.withdrawn": Code.PURPOSE_NOT_IN_FORCE,
-    "consent.corrected": Code.CORRECTION_TARGET_UNKNOWN,
-    "request.closed": Code.UNKNOWN_REQUEST,
-}
