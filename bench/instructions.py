@@ -1,5 +1,5 @@
-"""Instructions per fact on the embedded write path, and per log entry of replay, counted
-by valgrind's callgrind.
+"""Instructions per fact on the embedded write path, and per log entry and per fact of replay,
+counted by valgrind's callgrind.
 
 Wall-clock figures on a shared machine drift by tens of percent between runs of the same
 code, which hides a change of a few percent. Instruction counts do not drift: the same code,
@@ -9,7 +9,7 @@ ingest benchmark's stream in batches of `--batch` (1,000), minus one recording `
 facts, so start-up and the demo tenant cancel out. `--replay` counts one-process replay
 (`consent-ledger replay --workers 1`) instead: a process recording the projections
 benchmark's history of `--facts` facts (ten per subject) and replaying it, minus one only
-recording it, per log entry.
+recording it, per log entry and per fact.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def main(argv: list[str]) -> None:
         help="facts per record() call (1 counts what each commit costs beside its facts)",
     )
     parser.add_argument(
-        "--replay", action="store_true", help="count one-process replay, per log entry"
+        "--replay", action="store_true", help="count one-process replay, per log entry and per fact"
     )
     parser.add_argument("--record", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--history", type=int, help=argparse.SUPPRESS)
@@ -126,9 +126,13 @@ def main(argv: list[str]) -> None:
         with_replay, printed = count(args.facts, "--history-replayed")
         without, _ = count(args.facts, "--history")
         entries = int(printed.split()[-1])
+        # Per fact too: since a subject's first fact registers it (2026-12-01) a log holds
+        # fewer entries for the same facts, so per entry alone would compare unlike things.
+        work = with_replay - without
         print(
-            f"one-process replay: {(with_replay - without) / entries:,.0f} instructions per "
-            f"log entry ({entries} entries from {args.facts} facts, callgrind)"
+            f"one-process replay: {work / entries:,.0f} instructions per log entry, "
+            f"{work / args.facts:,.0f} per fact ({entries} entries from {args.facts} facts, "
+            "callgrind)"
         )
         return
     if args.facts <= args.base:
