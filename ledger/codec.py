@@ -58,7 +58,9 @@ class OrjsonTranscoder(Transcoder):
         return orjson.dumps(self._encode(obj))
 
     def decode(self, data: bytes) -> Any:
-        return self._decode(orjson.loads(data))
+        obj = orjson.loads(data)
+        cls = type(obj)
+        return self._decode(obj) if cls is dict or cls is list else obj
 
     def _encode(self, obj: Any) -> Any:
         cls = type(obj)
@@ -93,14 +95,21 @@ class OrjsonTranscoder(Transcoder):
         return {"_type_": transcoding.name, "_data_": self._encode(transcoding.encode(obj))}
 
     def _decode(self, obj: Any) -> Any:
-        cls = type(obj)
-        if cls is list:
-            return [value if type(value) in _PLAIN else self._decode(value) for value in obj]
-        if cls is not dict:
+        """Decode in place: `obj` is a dict or list orjson has just made, and nobody else holds
+        it. Replacing only the tagged values, instead of copying every dict and list, is most
+        of what decoding costs when it is read back (replay, verify, loading subjects)."""
+        if type(obj) is list:
+            for i, value in enumerate(obj):
+                cls = type(value)
+                if cls is dict or cls is list:
+                    obj[i] = self._decode(value)
             return obj
         if len(obj) == 2 and "_type_" in obj and "_data_" in obj:
             name = obj["_type_"]
-            data = self._decode(obj["_data_"])
+            data = obj["_data_"]
+            cls = type(data)
+            if cls is dict or cls is list:
+                data = self._decode(data)
             if name == _TUPLE:
                 return tuple(data)
             transcoding = self.names.get(name)
@@ -111,10 +120,11 @@ class OrjsonTranscoder(Transcoder):
                 )
                 raise TypeError(msg)
             return transcoding.decode(data)
-        return {
-            key: value if type(value) in _PLAIN else self._decode(value)
-            for key, value in obj.items()
-        }
+        for key, value in obj.items():
+            cls = type(value)
+            if cls is dict or cls is list:
+                obj[key] = self._decode(value)  # a value replaced, no key added: safe
+        return obj
 
 
 # The ledger's one transcoder instance: the chain hash depends on its exact output.
