@@ -150,41 +150,28 @@ class ConsentProjection(Projection[ConsentViews]):
             if not isinstance(event, ChainedAggregate.Fact):
                 return  # a registration of its own (logs written before first facts)
         view = state[sid]
-        if isinstance(event, Subject.SubjectErased):
-            changes.erasures.append((utc(event.occurred_at), utc(recorded), sid))
-            return
-        if isinstance(event, Subject.RequestReceived):
-            changes.requests.append(
-                (
-                    sid,
-                    event.request_id,
-                    view.tenant,
-                    event.kind,
-                    utc(event.occurred_at),
-                    utc(event.due_at) if event.due_at else None,
-                )
-            )
-            return
-        if isinstance(event, Subject.RequestClosed):
-            changes.closed_requests.append(
-                (utc(event.occurred_at), event.outcome, sid, event.request_id)
-            )
-            return
-        if isinstance(event, Subject.ConsentGranted | Subject.ConsentWithdrawn):
+        if isinstance(event, _CONSENT_FACTS):
+            # Grants and withdrawals are nearly every fact: tested first.
             entry = _entry(event, recorded)
+            known_from = utc(recorded)
             view.entries.append(entry)
             view.known[entry.event_id] = entry
-            affected = set(entry.purposes)
-            changes.entries.append(entry_row(sid, entry))
+            purposes = entry.purposes
+            affected = set(purposes)
+            changes.entries.append(entry_row(sid, entry, known_from))
             if self.follow_in_order and not view.corrections:
                 latest = view.latest
-                if len(affected) == len(entry.purposes) and all(
-                    p not in latest or latest[p].occurred_at < entry.occurred_at for p in affected
-                ):
-                    _follow(view, sid, entry, utc(recorded), changes)
-                    return
+                at = entry.occurred_at
+                if len(affected) == len(purposes):
+                    for p in purposes:
+                        last = latest.get(p)
+                        if last is not None and not last.occurred_at < at:
+                            break
+                    else:
+                        _follow(view, sid, entry, known_from, changes)
+                        return
                 for p in affected:  # a new fact's seq is the subject's highest: it wins ties
-                    if p not in latest or latest[p].occurred_at <= entry.occurred_at:
+                    if p not in latest or latest[p].occurred_at <= at:
                         latest[p] = entry
         elif isinstance(event, Subject.ConsentCorrected):
             correction = Correction(
@@ -207,6 +194,7 @@ class ConsentProjection(Projection[ConsentViews]):
                 view.known[correction.corrects] = changed
                 affected |= set(changed.purposes)
         else:
+            _other_fact(event, view, sid, utc(recorded), changes)
             return
         # Only the purposes this fact touches can change; the rest keep their intervals.
         touched = [e for e in view.known.values() if affected.intersection(e.purposes)]
@@ -234,6 +222,29 @@ class ConsentProjection(Projection[ConsentViews]):
         view.open_intervals |= set(now_true)
 
 
+def _other_fact(
+    event: Any, view: SubjectView, sid: str, recorded: str, changes: ViewChanges
+) -> None:
+    """Erasures and subject requests: rows of their own, no consent interval changes."""
+    if isinstance(event, Subject.SubjectErased):
+        changes.erasures.append((utc(event.occurred_at), recorded, sid))
+    elif isinstance(event, Subject.RequestReceived):
+        changes.requests.append(
+            (
+                sid,
+                event.request_id,
+                view.tenant,
+                event.kind,
+                utc(event.occurred_at),
+                utc(event.due_at) if event.due_at else None,
+            )
+        )
+    elif isinstance(event, Subject.RequestClosed):
+        changes.closed_requests.append(
+            (utc(event.occurred_at), event.outcome, sid, event.request_id)
+        )
+
+
 def _follow(
     view: SubjectView, sid: str, entry: ConsentEntry, known_from: str, changes: ViewChanges
 ) -> None:
@@ -245,6 +256,7 @@ def _follow(
     timelines) gives the same rows; the property tests run both, on in-order and late facts.
     """
     at = entry.occurred_at
+    at_utc = utc(at)
     for purpose in entry.purposes:
         before = view.latest.get(purpose)
         view.latest[purpose] = entry
@@ -253,7 +265,7 @@ def _follow(
             if expires is None or expires > at:
                 start = utc(before.occurred_at)
                 old = (purpose, start, None if expires is None else utc(expires), before.event_id)
-                new = (purpose, start, utc(at), before.event_id)
+                new = (purpose, start, at_utc, before.event_id)
                 changes.close_interval(known_from, sid, *old)
                 view.open_intervals.discard(old)
                 view.open_intervals.add(new)
@@ -265,7 +277,7 @@ def _follow(
                 )
         if entry.kind == "grant":
             end = None if entry.expires_at is None else utc(entry.expires_at)
-            key = (purpose, utc(at), end, entry.event_id)
+            key = (purpose, at_utc, end, entry.event_id)
             view.open_intervals.add(key)
             changes.open_interval(
                 [
@@ -301,6 +313,8 @@ def _entry(event: Any, recorded: datetime) -> ConsentEntry:
     )
 
 
+_CONSENT_FACTS = (Subject.ConsentGranted, Subject.ConsentWithdrawn)
+
 _SUBJECT_EVENTS = (
     Subject.Registered,
     Subject.ConsentGranted,
@@ -321,22 +335,37 @@ def _key(interval: GrantedInterval) -> IntervalKey:
     )
 
 
-def entry_row(sid: str, e: ConsentEntry) -> tuple[Any, ...]:
+def entry_row(sid: str, e: ConsentEntry, recorded_at: str | None = None) -> tuple[Any, ...]:
+    """`recorded_at`: `utc(e.recorded_at)`, when the caller has it already."""
     return (
         sid,
         e.event_id,
         e.kind,
         e.seq,
-        utc(e.recorded_at),
+        utc(e.recorded_at) if recorded_at is None else recorded_at,
         e.occurred_at.isoformat(),
-        orjson.dumps(e.purposes).decode(),
-        orjson.dumps(e.categories).decode(),
+        json_list(e.purposes),
+        json_list(e.categories),
         e.expires_at.isoformat() if e.expires_at else None,
         e.policy_version,
         int(e.third_party_transfer),
         int(e.cross_border_transfer),
         int(e.publication),
     )
+
+
+_JSON_LISTS: dict[tuple[str, ...], str] = {}
+
+
+def json_list(values: tuple[str, ...]) -> str:
+    """The JSON text of a tuple of purposes or categories. A catalogue has few, and every
+    entry row writes two, so each is encoded once (at most a few thousand are kept)."""
+    text = _JSON_LISTS.get(values)
+    if text is None:
+        text = orjson.dumps(values).decode()
+        if len(_JSON_LISTS) < 4096:
+            _JSON_LISTS[values] = text
+    return text
 
 
 def entry_from_row(row: Any) -> ConsentEntry:
