@@ -369,19 +369,21 @@ def json_list(values: tuple[str, ...]) -> str:
 
 
 def entry_from_row(row: Any) -> ConsentEntry:
+    """A `SELECT *` row of view_entries, as a plain tuple or a sqlite3.Row: read by position
+    (entry_row's order), which both allow and which costs no lookup by name."""
     return ConsentEntry(
-        event_id=row["event_id"],
-        kind=row["kind"],
-        seq=row["seq"],
-        recorded_at=_required(row["recorded_at"]),
-        occurred_at=_required(row["occurred_at"]),
-        purposes=tuple(orjson.loads(row["purposes"])),
-        categories=tuple(orjson.loads(row["categories"])),
-        expires_at=parse_utc(row["expires_at"]),
-        policy_version=row["policy_version"],
-        third_party_transfer=bool(row["third_party"]),
-        cross_border_transfer=bool(row["cross_border"]),
-        publication=bool(row["publication"]),
+        event_id=row[1],
+        kind=row[2],
+        seq=row[3],
+        recorded_at=_required(row[4]),
+        occurred_at=_required(row[5]),
+        purposes=tuple(orjson.loads(row[6])),
+        categories=tuple(orjson.loads(row[7])),
+        expires_at=parse_utc(row[8]),
+        policy_version=row[9],
+        third_party_transfer=bool(row[10]),
+        cross_border_transfer=bool(row[11]),
+        publication=bool(row[12]),
     )
 
 

@@ -165,13 +165,20 @@ def check_recipients(
         "SELECT * FROM view_corrections WHERE sid IN ({}) ORDER BY seq", unexplained
     ):
         corrections.setdefault(r["sid"], []).append(correction_from_row(r))
-    # Only entries naming the purpose can decide it, unless a correction may have moved one
-    # into it: those subjects keep every entry.
+    # Only entries naming the purpose can decide it (SQLite finds its JSON text in theirs),
+    # unless a correction may have moved one into it: those subjects keep every entry.
     named = orjson.dumps(purpose).decode()
     entries: dict[str, list[Any]] = {}
-    for r in views.rows_in("SELECT * FROM view_entries WHERE sid IN ({})", unexplained):
-        if r["sid"] in corrections or named in r["purposes"]:
-            entries.setdefault(r["sid"], []).append(entry_from_row(r))
+    for sql, keys, params in (
+        (
+            "SELECT * FROM view_entries WHERE sid IN ({}) AND instr(purposes, ?) > 0",
+            [sid for sid in unexplained if sid not in corrections],
+            (named,),
+        ),
+        ("SELECT * FROM view_entries WHERE sid IN ({})", sorted(corrections), ()),
+    ):
+        for r in views.rows_in(sql, keys, params, tuples=True):
+            entries.setdefault(r[0], []).append(entry_from_row(r))
     k = known_at or datetime.now(UTC)
     known_then = utc(k)
     erased = [sid for sid, r in subjects.items() if r[3] is not None]
@@ -187,23 +194,25 @@ def check_recipients(
         assert erased_at is not None
         erasures[r[0]] = erased_at
     out: list[CheckResult] = []
+    # One pass over every recipient: the lookups and the parse are bound once, outside it.
+    add, subject_of, erasure_of = out.append, subjects.get, erasures.get
+    granted_of, ended_of, instant = granted.get, ended.get, datetime.fromisoformat
     for sid in sids:
-        subject = subjects.get(sid)
+        subject = subject_of(sid)
         if subject is None or subject[1] != tenant or subject[2] > known_then:
-            out.append(CheckResult(sid, False, "unknown_subject", None, None))
+            add(CheckResult(sid, False, "unknown_subject", None, None))
             continue
-        erased_at = erasures.get(sid)
+        erased_at = erasure_of(sid)
         if erased_at is not None:
-            out.append(CheckResult(sid, False, "erased", erased_at, None))
+            add(CheckResult(sid, False, "erased", erased_at, None))
             continue
-        interval = granted.get(sid)
+        interval = granted_of(sid)
         if interval is not None:
-            since = parse_utc(interval[1])
-            out.append(CheckResult(sid, True, "granted", since, interval[4]))
+            add(CheckResult(sid, True, "granted", instant(interval[1]), interval[4]))
             continue
-        last = ended.get(sid)
+        last = ended_of(sid)
         if last is not None and last[3] != "expiry":
-            out.append(CheckResult(sid, False, WITHDRAWN, parse_utc(last[2]), last[4]))
+            add(CheckResult(sid, False, WITHDRAWN, instant(last[2]), last[4]))
             continue
         folded = consent_at(entries.get(sid, []), corrections.get(sid, []), at, known_at)
         state = folded.get(purpose)
