@@ -55,8 +55,8 @@ def test_the_library_pool_alone_keeps_one(tmp_path: Path) -> None:
 
 
 def test_the_ledgers_pool_keeps_the_librarys_settings(tmp_path: Path) -> None:
-    """Only the statement cache differs from the library's pool (the lock timeout is the
-    ledger's SQLITE_LOCK_TIMEOUT, the rest the library's defaults)."""
+    """Only the caches and the checkpoint interval differ from the library's pool (the lock
+    timeout is the ledger's SQLITE_LOCK_TIMEOUT, the rest the library's defaults)."""
     ledger = ConsentLedger(Settings(data_dir=tmp_path))
     try:
         pool = ledger.factory.datastore.pool  # type: ignore[attr-defined]
@@ -66,4 +66,30 @@ def test_the_ledgers_pool_keeps_the_librarys_settings(tmp_path: Path) -> None:
             assert getattr(pool, setting) == getattr(library, setting), setting
         library.close()
     finally:
+        ledger.close()
+
+
+def test_the_ledgers_connections_keep_more_pages_and_checkpoint_less_often(
+    tmp_path: Path,
+) -> None:
+    """Read back from SQLite itself, on the log, the views and the key store; durability is
+    the library's on the log (synchronous FULL) and stays FULL on the key store."""
+    ledger = ConsentLedger(Settings(data_dir=tmp_path))
+    views = ViewsDatastore(str(tmp_path / "views.db"))
+    try:
+        for datastore in (ledger.factory.datastore, views):  # type: ignore[attr-defined]
+            with datastore.transaction(commit=False) as c:
+                c.execute("PRAGMA cache_size")
+                assert c.fetchone()[0] == -StatementCachingPool.PAGE_CACHE_KIB
+                c.execute("PRAGMA wal_autocheckpoint")
+                assert c.fetchone()[0] == StatementCachingPool.WAL_CHECKPOINT_PAGES
+        with ledger.factory.datastore.transaction(commit=False) as c:  # type: ignore[attr-defined]
+            c.execute("PRAGMA synchronous")
+            assert c.fetchone()[0] == 2  # FULL
+        keys = ledger.keystore._db
+        assert keys.execute("PRAGMA cache_size").fetchone()[0] == -65536
+        assert keys.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 16384
+        assert keys.execute("PRAGMA synchronous").fetchone()[0] == 2
+    finally:
+        views.close()
         ledger.close()
