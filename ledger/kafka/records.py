@@ -15,6 +15,7 @@ lets every reader (replica, projections, verify) tell the ledger's records from 
 from __future__ import annotations
 
 import hmac
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -38,17 +39,23 @@ def record_key(master_key: bytes) -> bytes:
     ).derive(master_key)
 
 
-def record_mac(mac_key: bytes, key: bytes, value: bytes, headers: Mapping[str, bytes]) -> bytes:
-    """Over the key, the value and every header but the MAC, in name order, length-prefixed.
+_LENGTH = struct.Struct(">I").pack
 
-    One message and one C call: an `update` per part cost more than the hashing itself.
+
+def record_mac(mac_key: bytes, key: bytes, value: bytes, headers: Mapping[str, bytes]) -> bytes:
+    """Over the key, the value and every header but the MAC, in name order, each preceded by
+    its length (4 bytes, big-endian).
+
+    One message and one C call: an `update` per part cost more than the hashing itself. The
+    pieces are joined once (a length and its part were concatenated first, copying the
+    value a second time: 11.5 -> 7.1 us per record, timeit, 2026-12-01).
     """
-    parts = [key, value]
+    pieces = [_LENGTH(len(key)), key, _LENGTH(len(value)), value]
     for name in sorted(headers):
         if name != MAC_HEADER:
-            parts += [name.encode(), headers[name]]
-    message = b"".join(len(part).to_bytes(4, "big") + part for part in parts)
-    return hmac.digest(mac_key, message, "sha256").hex().encode()
+            encoded, part = name.encode(), headers[name]
+            pieces += (_LENGTH(len(encoded)), encoded, _LENGTH(len(part)), part)
+    return hmac.digest(mac_key, b"".join(pieces), "sha256").hex().encode()
 
 
 @dataclass(frozen=True)
