@@ -10,9 +10,8 @@ batch, and every question the views answer too. tests/test_sqlite_factory.py rea
 
 `LedgerSQLiteFactory` is the library's `SQLiteFactory` (selected, like it, with
 `PERSISTENCE_MODULE`) whose datastore uses `StatementCachingPool`; the views' store uses the
-same pool. Its connections also get a larger page cache and a longer checkpoint interval
-(see `StatementCachingPool`). Everything else about the connections is the library's,
-durability included.
+same pool. Its connections also get a larger page cache (see `StatementCachingPool`).
+Everything else about the connections is the library's, durability included.
 """
 
 from __future__ import annotations
@@ -33,20 +32,18 @@ STATEMENT_CACHE = 128
 
 
 class StatementCachingPool(SQLiteConnectionPool):
-    """The library's pool, with SQLite's statement cache, a 64 MiB page cache and a WAL
-    checkpoint every 16,384 pages instead of every 1,000.
+    """The library's pool, with SQLite's statement cache and a 64 MiB page cache.
 
     Stored events are indexed by aggregate id, and a subject's id is a keyed hash: a batch's
-    appends land on index pages all over the file. SQLite's default 2 MiB cache held few of
-    them, so each batch read them from the file again, and each checkpoint wrote them back
-    again soon after the WAL had. A same-process A/B of 200,000 facts of the ingest stream
-    (2026-12-01) recorded 4.6% faster with these settings, where a control pair differed by
-    0.3%; the gap grows with the log. The cache is per connection and filled only as pages
-    are read; a checkpoint still runs, only less often (at most 64 MiB of WAL).
+    appends land on index pages all over the file, which SQLite's default 2 MiB cache
+    mostly did not hold, so each batch read them from the file again. The cache is per
+    connection and filled only as pages are read. The WAL checkpoint interval stays SQLite's
+    (1,000 pages): a longer one (16,384) made batches of 1,000 facts 4% faster but single
+    facts 15% slower and groups of 4 (what HTTP publishing commits) 6% slower, in same-process
+    A/B runs of 2026-12-01, so the views' pool alone checkpoints less often.
     """
 
     PAGE_CACHE_KIB = 65536
-    WAL_CHECKPOINT_PAGES = 16384
 
     def _create_connection(self) -> SQLiteConnection:
         # The library's connection (eventsourcing.sqlite.SQLiteConnectionPool), but for the
@@ -69,7 +66,6 @@ class StatementCachingPool(SQLiteConnectionPool):
                 self.journal_mode_was_changed_to_wal = True
             self.is_journal_mode_wal = True
         c.execute(f"PRAGMA cache_size=-{self.PAGE_CACHE_KIB}")  # autocommit: outside any BEGIN
-        c.execute(f"PRAGMA wal_autocheckpoint={self.WAL_CHECKPOINT_PAGES}")
         c.row_factory = sqlite3.Row
         return SQLiteConnection(sqlite_conn=c, max_age=self.max_age)
 
