@@ -335,17 +335,17 @@ def _key(interval: GrantedInterval) -> IntervalKey:
     )
 
 
-def entry_row(sid: str, e: ConsentEntry, recorded_at: str | None = None) -> tuple[Any, ...]:
-    """`recorded_at`: `utc(e.recorded_at)`, when the caller has it already."""
+def entry_row(sid: str, e: ConsentEntry, recorded_at: str) -> tuple[Any, ...]:
+    """`recorded_at`: `utc(e.recorded_at)`, which the caller has already."""
     return (
         sid,
         e.event_id,
         e.kind,
         e.seq,
-        utc(e.recorded_at) if recorded_at is None else recorded_at,
+        recorded_at,
         e.occurred_at.isoformat(),
-        json_list(e.purposes),
-        json_list(e.categories),
+        _json_list(e.purposes),
+        _json_list(e.categories),
         e.expires_at.isoformat() if e.expires_at else None,
         e.policy_version,
         int(e.third_party_transfer),
@@ -357,7 +357,7 @@ def entry_row(sid: str, e: ConsentEntry, recorded_at: str | None = None) -> tupl
 _JSON_LISTS: dict[tuple[str, ...], str] = {}
 
 
-def json_list(values: tuple[str, ...]) -> str:
+def _json_list(values: tuple[str, ...]) -> str:
     """The JSON text of a tuple of purposes or categories. A catalogue has few, and every
     entry row writes two, so each is encoded once (at most a few thousand are kept)."""
     text = _JSON_LISTS.get(values)
