@@ -30,7 +30,9 @@ from ledger.consent import (
 from ledger.subject import Subject
 from projections.store import ConsentViews, ViewChanges, parse_utc, utc
 
-IntervalKey = tuple[str, str, str | None, str]  # purpose, valid_from, valid_to, event_id
+# purpose, valid_from, valid_to, event_id, ends_by: an interval whose end keeps its instant
+# but changes its reason (a voided fact leaves the expiry ending it) is a change to record.
+IntervalKey = tuple[str, str, str | None, str, str | None]
 
 
 @dataclass
@@ -128,12 +130,12 @@ class ConsentProjection(Projection[ConsentViews]):
         ):
             views[row["sid"]].corrections.append(correction_from_row(row))
         for row in self.view.rows_in(
-            "SELECT sid, purpose, valid_from, valid_to, event_id FROM view_intervals "
+            "SELECT sid, purpose, valid_from, valid_to, event_id, ends_by FROM view_intervals "
             "WHERE sid IN ({}) AND known_to IS NULL",
             sids,
             tuples=True,
         ):
-            views[row[0]].open_intervals.add((row[1], row[2], row[3], row[4]))
+            views[row[0]].open_intervals.add((row[1], row[2], row[3], row[4], row[5]))
         for view in views.values():
             view.known = {e.event_id: e for e in entries_as_known(view.entries, view.corrections)}
             if not view.corrections:
@@ -216,7 +218,7 @@ class ConsentProjection(Projection[ConsentViews]):
                     None,
                     key[3],
                     interval.policy_version,
-                    None if interval.end is None else "expiry" if interval.expires else "fact",
+                    key[4],
                 ]
             )
         view.open_intervals |= set(now_true)
@@ -262,11 +264,16 @@ def _follow(
         view.latest[purpose] = entry
         if before is not None and before.kind == "grant":
             expires = before.expires_at
-            if expires is None or expires > at:
+            # An expiry at this very instant ends the grant by this fact, as in
+            # granted_intervals: the fact decides from that instant on.
+            if expires is None or expires >= at:
                 start = utc(before.occurred_at)
-                old = (purpose, start, None if expires is None else utc(expires), before.event_id)
-                new = (purpose, start, at_utc, before.event_id)
-                changes.close_interval(known_from, sid, *old)
+                old: IntervalKey = (
+                    *(purpose, start, None if expires is None else utc(expires), before.event_id),
+                    None if expires is None else "expiry",
+                )
+                new: IntervalKey = (purpose, start, at_utc, before.event_id, "fact")
+                changes.close_interval(known_from, sid, *old[:4])
                 view.open_intervals.discard(old)
                 view.open_intervals.add(new)
                 changes.open_interval(
@@ -277,12 +284,15 @@ def _follow(
                 )
         if entry.kind == "grant":
             end = None if entry.expires_at is None else utc(entry.expires_at)
-            key = (purpose, at_utc, end, entry.event_id)
+            key: IntervalKey = (
+                *(purpose, at_utc, end, entry.event_id),
+                None if end is None else "expiry",
+            )
             view.open_intervals.add(key)
             changes.open_interval(
                 [
                     *(view.tenant, purpose, sid, key[1], end, known_from, None, entry.event_id),
-                    *(entry.policy_version, None if end is None else "expiry"),
+                    *(entry.policy_version, key[4]),
                 ]
             )
 
@@ -332,6 +342,7 @@ def _key(interval: GrantedInterval) -> IntervalKey:
         utc(interval.start),
         utc(interval.end) if interval.end is not None else None,
         interval.event_id,
+        None if interval.end is None else "expiry" if interval.expires else "fact",
     )
 
 

@@ -477,6 +477,54 @@ def test_a_withdrawal_after_an_expiry_is_the_reason_a_recipient_lacks_consent(
     ledger.close()
 
 
+def test_an_interval_that_comes_to_end_by_expiry_instead_of_by_a_fact_says_so(
+    tmp_path: Path,
+) -> None:
+    """Found by the property test: the same interval, ended for another reason.
+
+    A grant at 02:00; a late grant at 01:00 expiring at 02:00, so its interval ends at 02:00,
+    by the next fact. Voiding the 02:00 grant leaves the late grant's interval where it was
+    (01:00 to 02:00) but ending by its expiry: the views must record that change of reason
+    from the void's recorded_at, or the campaign check, as known after the void, calls the
+    lapse a withdrawal. As known before the void, the 02:00 grant is in force.
+    """
+    from tests.facts import fact, grant
+
+    ledger = ConsentLedger(Settings(data_dir=tmp_path / "data"))
+    ledger.init_demo()
+    day = "2025-03-01T{}:00:00+05:00"
+    recorded = []
+    for f in (
+        grant("tie", event_id="g2", occurred_at=day.format("02")),
+        grant("tie", event_id="g1", occurred_at=day.format("01"), expires_at=day.format("02")),
+        fact("consent.corrected", "tie", event_id="v", corrects="g2", void=True, reason="x"),
+    ):
+        [receipt] = ledger.record([parse_fact(f)])
+        assert isinstance(receipt, Receipt)
+        recorded.append(datetime.fromisoformat(receipt.recorded_at))
+    views = Views(ledger, tmp_path / "views.db")
+    views.refresh()
+    sid = ledger.sid("demo", "tie").hex
+    for hour, known_at, reason in (
+        ("01", None, "granted"),
+        ("02", None, "expired"),
+        ("03", None, "expired"),
+        ("02", recorded[1], "granted"),  # before the void: the 02:00 grant decides
+    ):
+        at = datetime.fromisoformat(day.format(hour))
+        [checked] = check_recipients(views.store, "demo", "marketing", at, [sid], known_at)
+        assert checked.reason == reason, (hour, known_at)
+        states = consents_at(views.store, "demo", sid, at, known_at) or {}
+        assert states["marketing"].state == reason, (hour, known_at)
+    # A replay writes what the live projection wrote.
+    rebuild(ledger, tmp_path / "replayed.db")
+    replayed = ConsentViews.open(tmp_path / "replayed.db")
+    assert dump(replayed) == dump(views.store)
+    replayed.close()
+    views.close()
+    ledger.close()
+
+
 def test_replay_split_over_processes_writes_what_one_process_would(tmp_path: Path) -> None:
     """Worker processes each fold one range of subjects into the shared temporary store:
     together they must write exactly the live view's rows, for every fact type, and up to an
