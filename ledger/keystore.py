@@ -24,7 +24,7 @@ import orjson
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ledger.settings import Settings, SettingsError
-from ledger.sql import rows_in
+from ledger.sql import PAGE_CACHE_KIB, rows_in
 
 NONCE = 12
 
@@ -83,7 +83,7 @@ class KeyStore:
         # cache took inserting a batch's keys from 11.7 to 6.7 us per key at 100,000 keys
         # (2026-12-01). A longer WAL checkpoint interval also cut the commit, but slowed
         # small commits (see ledger.sqlite_factory), so it stays SQLite's.
-        self._db.execute("PRAGMA cache_size=-65536")
+        self._db.execute(f"PRAGMA cache_size=-{PAGE_CACHE_KIB}")
         self._db.executescript(
             """
             CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);

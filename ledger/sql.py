@@ -12,6 +12,11 @@ from typing import Any
 
 CHUNK = 500
 
+# SQLite's page cache for the ledger's own files (log, views, key store), in KiB: each is
+# indexed by a keyed hash, so a batch's writes touch pages all over the file, far more than
+# SQLite's default 2 MiB holds (see ledger.sqlite_factory and ledger.keystore).
+PAGE_CACHE_KIB = 65536
+
 
 def rows_in(
     cursor: Any,

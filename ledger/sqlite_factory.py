@@ -27,6 +27,8 @@ from eventsourcing.sqlite import (
 )
 from eventsourcing.utils import Environment, EnvType
 
+from ledger.sql import PAGE_CACHE_KIB
+
 # Python's own default; comfortably more than the distinct statements one process runs.
 STATEMENT_CACHE = 128
 
@@ -42,8 +44,6 @@ class StatementCachingPool(SQLiteConnectionPool):
     facts 15% slower and groups of 4 (what HTTP publishing commits) 6% slower, in same-process
     A/B runs of 2026-12-01, so the views' pool alone checkpoints less often.
     """
-
-    PAGE_CACHE_KIB = 65536
 
     def _create_connection(self) -> SQLiteConnection:
         # The library's connection (eventsourcing.sqlite.SQLiteConnectionPool), but for the
@@ -65,7 +65,7 @@ class StatementCachingPool(SQLiteConnectionPool):
                 c.execute("PRAGMA journal_mode=WAL;")
                 self.journal_mode_was_changed_to_wal = True
             self.is_journal_mode_wal = True
-        c.execute(f"PRAGMA cache_size=-{self.PAGE_CACHE_KIB}")  # autocommit: outside any BEGIN
+        c.execute(f"PRAGMA cache_size=-{PAGE_CACHE_KIB}")  # autocommit: outside any BEGIN
         c.row_factory = sqlite3.Row
         return SQLiteConnection(sqlite_conn=c, max_age=self.max_age)
 

@@ -217,11 +217,11 @@ def check_recipients(
         folded = consent_at(entries.get(sid, []), corrections.get(sid, []), at, known_at)
         state = folded.get(purpose)
         if state is not None and state.state == WITHDRAWN:
-            out.append(CheckResult(sid, False, WITHDRAWN, state.since, None))
+            add(CheckResult(sid, False, WITHDRAWN, state.since, None))
         elif last is not None:
-            out.append(CheckResult(sid, False, EXPIRED, parse_utc(last[2]), last[4]))
+            add(CheckResult(sid, False, EXPIRED, instant(last[2]), last[4]))
         else:
-            out.append(CheckResult(sid, False, "never_granted", None, None))
+            add(CheckResult(sid, False, "never_granted", None, None))
     return out
 
 

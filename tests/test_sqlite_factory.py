@@ -12,6 +12,7 @@ from eventsourcing.sqlite import SQLiteConnectionPool, SQLiteDatastore
 
 from ledger.application import ConsentLedger
 from ledger.settings import Settings
+from ledger.sql import PAGE_CACHE_KIB
 from ledger.sqlite_factory import StatementCachingPool
 from projections.store import ViewsDatastore
 
@@ -80,13 +81,13 @@ def test_the_ledgers_connections_keep_more_pages(tmp_path: Path) -> None:
         for datastore, checkpoint, synchronous in ((log, 1000, 2), (views, 16384, 1)):
             with datastore.transaction(commit=False) as c:
                 c.execute("PRAGMA cache_size")
-                assert c.fetchone()[0] == -StatementCachingPool.PAGE_CACHE_KIB
+                assert c.fetchone()[0] == -PAGE_CACHE_KIB
                 c.execute("PRAGMA wal_autocheckpoint")
                 assert c.fetchone()[0] == checkpoint
                 c.execute("PRAGMA synchronous")
                 assert c.fetchone()[0] == synchronous
         keys = ledger.keystore._db
-        assert keys.execute("PRAGMA cache_size").fetchone()[0] == -65536
+        assert keys.execute("PRAGMA cache_size").fetchone()[0] == -PAGE_CACHE_KIB
         assert keys.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
         assert keys.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     finally:
