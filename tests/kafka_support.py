@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from ledger.kafka.publish import intake_key
 from ledger.settings import Settings
 from tests.facts import grant, withdraw
 
@@ -132,6 +133,7 @@ def intake_stream(valid: int, bad: int, subjects: int = 400, seed: int = 7) -> l
 
     rng = random.Random(seed)
     run = uuid.uuid4().hex[:8]
+    secret = uuid.uuid4().bytes  # the publishing service's own, for its intake keys
     items: list[IntakeItem] = []
     count: dict[int, int] = {}
     for i in range(valid):
@@ -143,7 +145,13 @@ def intake_stream(valid: int, bad: int, subjects: int = 400, seed: int = 7) -> l
         builder = grant if k % 2 == 0 else withdraw
         body = builder(ref, event_id=f"{run}-{i}", occurred_at=occurred)
         items.append(
-            IntakeItem(ref.encode(), orjson.dumps(body), "accepted", body["event_id"], ref)
+            IntakeItem(
+                intake_key(secret, "demo", ref),
+                orjson.dumps(body),
+                "accepted",
+                body["event_id"],
+                ref,
+            )
         )
     every = max(1, valid // max(1, bad))
     for j in range(bad):
