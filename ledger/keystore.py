@@ -96,6 +96,9 @@ class KeyStore:
             """
         )
         self._pseudonym_key = self._load_or_create_pseudonym_key()
+        # Keyed once: each sid and digest copies this state instead of keying a new HMAC
+        # (2.3 instead of 3.8 us for a sid, timeit, 2026-12-01; two per fact).
+        self._keyed = hmac.new(self._pseudonym_key, digestmod=hashlib.sha256)
 
     def close(self) -> None:
         self._db.close()
@@ -137,14 +140,15 @@ class KeyStore:
 
         Keyed so that nobody without the key store can test a guessed phone number against it.
         """
-        digest = hmac.new(
-            self._pseudonym_key, tenant.encode() + b"\x00" + subject.encode(), hashlib.sha256
-        ).digest()
-        return UUID(bytes=digest[:16])
+        mac = self._keyed.copy()
+        mac.update(tenant.encode() + b"\x00" + subject.encode())
+        return UUID(bytes=mac.digest()[:16])
 
     def digest(self, data: bytes) -> str:
         """A keyed digest of content that may contain personal data (idempotency checks)."""
-        return hmac.new(self._pseudonym_key, data, hashlib.sha256).hexdigest()
+        mac = self._keyed.copy()
+        mac.update(data)
+        return mac.hexdigest()
 
     def open_keys(self, sids: Iterable[UUID]) -> dict[UUID, AESGCM]:
         """The data keys of these subjects that exist (erased subjects have none)."""

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import os
 import stat
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ledger.keystore import ErasedSubjectError, KeyStore, load_master_key, seal, unseal
 from ledger.settings import Settings, SettingsError
@@ -49,6 +53,27 @@ def test_sid_is_keyed_stable_and_tenant_bound(tmp_path: Path) -> None:
     assert KeyStore(tmp_path / "keys.db", master).sid("demo", "+998901234567") == sid
     # Another key store (another deployment) gives another pseudonym: the hash is keyed.
     assert KeyStore(tmp_path / "other.db", master).sid("demo", "+998901234567") != sid
+
+
+def test_sids_and_digests_are_the_keyed_hashes_earlier_versions_computed(tmp_path: Path) -> None:
+    """Every sid and idempotency digest already in a log was computed this way; however the
+    key store computes them, it must give the same values."""
+    store = KeyStore(tmp_path / "keys.db", os.urandom(32))
+    key = store._pseudonym_key  # the reference needs the key itself
+
+    @settings(max_examples=200)
+    @given(
+        tenant=st.text(max_size=20), subject=st.text(max_size=60), content=st.binary(max_size=900)
+    )
+    def same_as_reference(tenant: str, subject: str, content: bytes) -> None:
+        message = tenant.encode() + b"\x00" + subject.encode()
+        assert (
+            store.sid(tenant, subject).bytes == hmac.new(key, message, hashlib.sha256).digest()[:16]
+        )
+        assert store.digest(content) == hmac.new(key, content, hashlib.sha256).hexdigest()
+
+    same_as_reference()
+    store.close()
 
 
 def test_sealed_data_is_bound_to_its_subject(tmp_path: Path) -> None:
