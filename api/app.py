@@ -31,14 +31,20 @@ def keys_path(settings: Settings) -> Path:
 
 def build_service(settings: Settings) -> Service:
     ledger = ConsentLedger(settings)
+    process = None
+    if settings.backend == "embedded" and settings.http_writer == "process":
+        from api.writer_process import WriterProcess
+
+        process = WriterProcess(settings)
     service = Service(
         settings,
         ledger,
         Views(ledger),
         ApiKeys(keys_path(settings)),
         Metrics(),
-        GroupCommitter(ledger),
+        GroupCommitter(process.record if process is not None else ledger.record),
     )
+    service.writer_process = process
     if settings.backend == "kafka":
         from ledger.kafka.intake_thread import IntakeThread
 
@@ -53,6 +59,8 @@ def close_service(service: Service) -> None:
     if service.admin is not None:
         service.admin.close()
     service.writer.close()
+    if service.writer_process is not None:
+        service.writer_process.close()
     service.views.close()
     service.keys.close()
     service.ledger.close()

@@ -27,6 +27,7 @@ class Service:
     metrics: Metrics
     writer: GroupCommitter
     intake: Any = None  # Kafka mode: the intake writer thread (ledger.kafka.intake_thread)
+    writer_process: Any = None  # embedded mode: where `writer` records (api.writer_process)
     admin: Any = None  # Kafka mode: an admin client kept for readiness checks
 
 

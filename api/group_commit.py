@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 
-from ledger.application import ConsentLedger
 from ledger.envelope import Fact
 from ledger.receipt import Outcome
 
@@ -30,8 +29,10 @@ _Item = tuple[Sequence[Fact], "Future[Outcome] | Future[list[Outcome]]", bool]
 
 
 class GroupCommitter:
-    def __init__(self, ledger: ConsentLedger) -> None:
-        self._ledger = ledger
+    """`record` is `ConsentLedger.record` (the writer thread records) or a writer process's."""
+
+    def __init__(self, record: Callable[[Sequence[Fact]], list[Outcome]]) -> None:
+        self._record_facts = record
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
         self._thread.start()
@@ -79,7 +80,7 @@ class GroupCommitter:
 
     def _record(self, group: list[_Item]) -> None:
         try:
-            outcomes = self._ledger.record([fact for facts, _, _ in group for fact in facts])
+            outcomes = self._record_facts([fact for facts, _, _ in group for fact in facts])
         except BaseException as exc:
             for _, future, _ in group:
                 future.set_exception(exc)

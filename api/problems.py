@@ -28,7 +28,8 @@ TITLES = {
     415: "Unsupported media type",
     422: "Unprocessable content",
     500: "Internal server error",
-    503: "Service unavailable (Kafka mode: writer fenced or broker unreachable)",
+    503: "Service unavailable (the writer process stopped; Kafka mode: writer fenced or broker "
+    "unreachable)",
 }
 
 
@@ -139,5 +140,9 @@ async def on_unexpected(_: Request, exc: Exception) -> OrjsonResponse:
         return respond(503, "writer_fenced", "another writer owns the ledger partitions")
     if kind == "LedgerUnavailable":
         return respond(503, "ledger_unavailable", "the Kafka broker did not take the write")
+    if kind == "WriterUnavailable":
+        # The writer process died mid-request: the fact may or may not be recorded; a retry
+        # with the same event_id gets the first receipt if it was.
+        return respond(503, "writer_unavailable", "the ledger's writer stopped; retry the write")
     # The exception text may carry personal data; the log line names only its type.
     return respond(500, "internal_error", f"unexpected {type(exc).__name__}")

@@ -59,6 +59,11 @@ class FactRejected(Exception):
         self.message = message
         self.field = field
 
+    def __reduce__(self) -> tuple[type[FactRejected], tuple[Code, str, str | None]]:
+        # Pickled whole (the HTTP service's writer process sends refusals back by pipe);
+        # the default would rebuild it from `args`, which hold the message only.
+        return (type(self), (self.code, self.message, self.field))
+
     def as_dict(self) -> dict[str, str]:
         out = {"code": self.code.value, "message": self.message}
         if self.field is not None:

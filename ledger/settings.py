@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 BACKENDS = ("embedded", "kafka")
+HTTP_WRITERS = ("process", "thread")
 
 
 class SettingsError(ValueError):
@@ -38,6 +39,9 @@ class Settings:
     | LEDGER_MAX_FUTURE_SKEW_S | 300 | how far `occurred_at` may be ahead of the ledger's clock |
     | LEDGER_AGGREGATE_CACHE | 10000 | subjects kept in memory between writes |
     | LEDGER_REQUEST_DUE_DAYS | 30 | deadline of a subject request that names no `due_at` |
+    | LEDGER_HTTP_WRITER | process | where `serve` records published facts in embedded mode:
+      `process` (a writer process of its own, see api.writer_process) or `thread` (a thread of
+      the service's process); Kafka mode always uses a thread |
     """
 
     data_dir: Path
@@ -54,6 +58,7 @@ class Settings:
     rejected_retention_ms: int = 7 * 24 * 3600 * 1000
     intake_batch: int = 500
     intake_max_bytes: int = 1024 * 1024
+    http_writer: str = "process"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -62,6 +67,11 @@ class Settings:
         if backend not in BACKENDS:
             raise SettingsError(
                 f"LEDGER_BACKEND must be one of {', '.join(BACKENDS)}, not {backend!r}"
+            )
+        http_writer = env.get("LEDGER_HTTP_WRITER", "process").strip() or "process"
+        if http_writer not in HTTP_WRITERS:
+            raise SettingsError(
+                f"LEDGER_HTTP_WRITER must be one of {', '.join(HTTP_WRITERS)}, not {http_writer!r}"
             )
         return cls(
             data_dir=Path(env.get("LEDGER_DATA_DIR", "./var") or "./var"),
@@ -78,6 +88,7 @@ class Settings:
             rejected_retention_ms=_int(env, "LEDGER_REJECTED_RETENTION_MS", 7 * 24 * 3600 * 1000),
             intake_batch=max(1, _int(env, "LEDGER_INTAKE_BATCH", 500)),
             intake_max_bytes=max(1, _int(env, "LEDGER_INTAKE_MAX_BYTES", 1024 * 1024)),
+            http_writer=http_writer,
         )
 
     def bootstrap(self) -> str:

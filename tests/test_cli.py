@@ -153,6 +153,8 @@ def test_errors_are_one_line_with_status(data: Path) -> None:
     assert empty.returncode == 2
     backend = run(data, "verify", LEDGER_BACKEND="cassandra")
     assert backend.returncode == 2 and "LEDGER_BACKEND" in backend.stderr
+    writer = run(data, "verify", LEDGER_HTTP_WRITER="fork")
+    assert writer.returncode == 2 and "LEDGER_HTTP_WRITER" in writer.stderr
     assert run(data).returncode == 2
 
 

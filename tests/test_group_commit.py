@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -15,7 +16,7 @@ from tests.facts import grant
 
 
 def test_concurrent_facts_each_get_their_own_outcome(ledger: ConsentLedger) -> None:
-    writer = GroupCommitter(ledger)
+    writer = GroupCommitter(ledger.record)
     facts = [parse_fact(grant(f"g-{i}", event_id=f"g-{i}")) for i in range(300)]
     twice = parse_fact(grant("twice", event_id="twice"))
     bad = parse_fact(grant("bad", event_id="bad", purposes=("lottery",)))
@@ -46,7 +47,7 @@ def test_concurrent_facts_each_get_their_own_outcome(ledger: ConsentLedger) -> N
 
 
 def test_a_failed_append_reaches_every_waiter(ledger: ConsentLedger) -> None:
-    writer = GroupCommitter(ledger)
+    writer = GroupCommitter(ledger.record)
     ledger.close()  # the store is gone: the append must fail, loudly, for everyone waiting
     try:
         futures = [writer.submit(parse_fact(grant(f"x-{i}", event_id=f"x-{i}"))) for i in range(5)]
@@ -67,12 +68,11 @@ def test_batches_and_single_facts_share_groups_and_keep_their_order(
     groups: list[int] = []
     record = ledger.record
 
-    def counted(facts: list[Fact], *args: object, **kwargs: object) -> list[Outcome]:
+    def counted(facts: Sequence[Fact]) -> list[Outcome]:
         groups.append(len(facts))
         return record(facts)
 
-    monkeypatch.setattr(ledger, "record", counted)
-    writer = GroupCommitter(ledger)
+    writer = GroupCommitter(counted)
     batches = [
         [parse_fact(grant(f"b{b}-{i}", event_id=f"b{b}-{i}")) for i in range(3)] for b in range(20)
     ]

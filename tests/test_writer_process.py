@@ -1,0 +1,118 @@
+"""The HTTP service's writer process: outcomes cross the pipe intact, and a writer that dies
+is replaced without losing or doubling a fact (real child processes, real SQLite files)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app, keys_path
+from api.keys import ApiKeys
+from api.writer_process import WriterProcess, WriterUnavailable, _portable
+from ledger.application import ConsentLedger
+from ledger.envelope import parse_fact
+from ledger.errors import FactRejected
+from ledger.receipt import Receipt
+from ledger.settings import Settings
+from ledger.verify import verify_ledger
+from tests.facts import grant, withdraw
+
+
+def with_demo_tenant(settings: Settings) -> None:
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    ledger.close()
+
+
+@pytest.fixture
+def writer(settings: Settings) -> Iterator[WriterProcess]:
+    with_demo_tenant(settings)
+    process = WriterProcess(settings)
+    yield process
+    process.close()
+
+
+def test_receipts_and_refusals_come_back_in_order(writer: WriterProcess) -> None:
+    facts = [
+        parse_fact(grant("wp-1", event_id="wp-1")),
+        parse_fact(grant("wp-2", event_id="wp-2", purposes=("lottery",))),
+        parse_fact(withdraw("wp-3", event_id="wp-3")),
+        parse_fact(grant("wp-1", event_id="wp-1")),
+    ]
+    first, refused, not_in_force, again = writer.record(facts)
+    assert isinstance(first, Receipt) and not first.duplicate and first.sid
+    assert isinstance(refused, FactRejected)
+    assert (refused.code.value, refused.field) == ("unknown_purpose", "purposes")
+    assert isinstance(not_in_force, FactRejected)
+    assert not_in_force.code.value == "purpose_not_in_force"
+    assert isinstance(again, Receipt) and again.duplicate and again.position == first.position
+
+
+def test_a_writer_that_died_idle_is_replaced_for_the_next_group(writer: WriterProcess) -> None:
+    dead = writer.process
+    os.kill(dead.pid, signal.SIGKILL)
+    dead.join(timeout=30)
+    [receipt] = writer.record([parse_fact(grant("after-kill", event_id="after-kill"))])
+    assert isinstance(receipt, Receipt)
+    assert writer.process is not dead and writer.process.is_alive()
+
+
+def test_a_writer_dying_between_commit_and_answer_loses_and_doubles_nothing(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The group was committed and the answer lost: the caller is told nothing is known, and
+    the retry gets the first receipt from the next writer."""
+    with_demo_tenant(settings)
+    monkeypatch.setenv("LEDGER_FAILPOINT", "writer-recorded:1")
+    writer = WriterProcess(settings)
+    monkeypatch.delenv("LEDGER_FAILPOINT")  # only the first child is armed
+    fact = parse_fact(grant("lost-answer", event_id="lost-answer"))
+    try:
+        with pytest.raises(WriterUnavailable):
+            writer.record([fact])
+        [retry] = writer.record([fact])
+    finally:
+        writer.close()
+    assert isinstance(retry, Receipt) and retry.duplicate
+    ledger = ConsentLedger(settings)
+    try:
+        assert ledger.ledger_recorder.find_facts("demo", ["lost-answer"])["lost-answer"].position
+        assert verify_ledger(ledger.ledger_recorder).ok
+    finally:
+        ledger.close()
+
+
+def test_http_says_writer_unavailable_and_the_retry_gets_the_first_receipt(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with_demo_tenant(settings)
+    store = ApiKeys(keys_path(settings))
+    _, key = store.create("demo", {"publisher"})
+    store.close()
+    headers = {"Authorization": f"Bearer {key}"}
+    monkeypatch.setenv("LEDGER_FAILPOINT", "writer-recorded:1")
+    with TestClient(create_app(settings)) as client:
+        monkeypatch.delenv("LEDGER_FAILPOINT")
+        body = grant("http-lost", event_id="http-lost")
+        lost = client.post("/v1/facts", json=body, headers=headers)
+        assert lost.status_code == 503
+        assert lost.headers["content-type"] == "application/problem+json"
+        assert lost.json()["code"] == "writer_unavailable"
+        retry = client.post("/v1/facts", json=body, headers=headers)
+    assert retry.status_code == 200 and retry.json()["duplicate"] is True
+
+
+class _Unpicklable(Exception):
+    def __init__(self) -> None:
+        super().__init__("+998901234567")
+        self.handle = lambda: None  # a lambda cannot be pickled
+
+
+def test_an_error_that_cannot_cross_the_pipe_keeps_its_name_and_not_its_text() -> None:
+    portable = _portable(_Unpicklable())
+    assert isinstance(portable, RuntimeError)
+    assert "_Unpicklable" in str(portable) and "998" not in str(portable)
