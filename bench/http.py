@@ -228,6 +228,17 @@ def main(argv: list[str]) -> None:
         )
         rows = []
 
+        def closed(
+            port: int, pid: int
+        ) -> tuple[float, list[float], dict[int, int], tuple[float, ...] | None]:
+            """Single publishes in the closed loop: rate, latencies, statuses, CPU/request."""
+            before = cpu_seconds(pid)
+            elapsed, lat, codes = asyncio.run(
+                closed_loop(port, single, args.requests, args.connections)
+            )
+            cpu = cpu_per_request(before, cpu_seconds(pid), args.requests)
+            return args.requests / elapsed, lat, codes, cpu
+
         bare_port = free_port()
         bare = start(
             [
@@ -245,12 +256,7 @@ def main(argv: list[str]) -> None:
             bare_port,
         )
         try:
-            before = cpu_seconds(bare.pid)
-            elapsed, lat, codes = asyncio.run(
-                closed_loop(bare_port, single, args.requests, args.connections)
-            )
-            bare_cpu = cpu_per_request(before, cpu_seconds(bare.pid), args.requests)
-            bare_rate = args.requests / elapsed
+            bare_rate, lat, codes, bare_cpu = closed(bare_port, bare.pid)
             rows.append(("bare FastAPI constant, closed loop", bare_rate, lat, codes))
             lat, codes = asyncio.run(
                 open_loop(bare_port, single, args.rate, args.seconds, args.open_connections)
@@ -276,12 +282,7 @@ def main(argv: list[str]) -> None:
             port,
         )
         try:
-            before = cpu_seconds(server.pid)
-            elapsed, lat, codes = asyncio.run(
-                closed_loop(port, single, args.requests, args.connections)
-            )
-            thread_cpu = cpu_per_request(before, cpu_seconds(server.pid), args.requests)
-            thread_rate = args.requests / elapsed
+            thread_rate, lat, codes, thread_cpu = closed(port, server.pid)
             rows.append(("ledger POST /v1/facts, closed, writer thread", thread_rate, lat, codes))
         finally:
             server.terminate()
@@ -292,12 +293,7 @@ def main(argv: list[str]) -> None:
             [sys.executable, "-m", "ledger.cli", "serve", "--port", str(port)], env, port
         )
         try:
-            before = cpu_seconds(server.pid)
-            elapsed, lat, codes = asyncio.run(
-                closed_loop(port, single, args.requests, args.connections)
-            )
-            ledger_cpu = cpu_per_request(before, cpu_seconds(server.pid), args.requests)
-            ledger_rate = args.requests / elapsed
+            ledger_rate, lat, codes, ledger_cpu = closed(port, server.pid)
             rows.append(("ledger POST /v1/facts, closed loop", ledger_rate, lat, codes))
             open_p99: dict[int, float] = {}
             for connections in (args.connections, args.open_connections):
