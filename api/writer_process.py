@@ -3,20 +3,19 @@
 The event loop (routing, the key check, parsing, responses) and the ledger's writes (rules,
 sealing, hashing, SQLite) are both Python. In one process they take turns on one interpreter
 lock, and every SQLite call the writer makes hands the lock over and waits to get it back
-from a busy event loop; both sides also run slower for sharing a core's caches with the
-other. Here the group-commit thread only hands each group to this process and waits for the
-outcomes, without holding the lock, so the two halves run on two cores. Measured on the
-2-core machine of the README (2026-12-01, a closed loop of 8 clients publishing single facts,
-throwaway harness, alternating runs): 528-529 requests/s with the writer thread, 794-955 with
-the writer process; the event loop's CPU per request fell from 0.96 ms to 0.69-0.77 ms.
+from a busy event loop: a group of 4 facts spent 3.4 ms setting up its batch, 0.8 ms of it
+on the CPU (throwaway profile, 2026-12-01). Here the group-commit thread only hands each
+group to this process and waits for the outcomes without holding the lock, so the two halves
+run on two cores. `python -m bench http`, which runs both in the same run: 637 and 761
+single publishes/s against 481 and 634 with the writer thread (README, "HTTP publishing").
 
 The child owns a `ConsentLedger` on the same settings. Other processes may write the same
 data directory meanwhile (the service's own erasure route, the CLI), as SQLite and the
 ledger's version checks already allow. A group is sent as one list of facts and comes back
 as one list of outcomes, or as the error `ConsentLedger.record` raised. If the child dies,
 the waiting requests get `WriterUnavailable` (their facts may or may not have been recorded;
-a retry with the same `event_id` answers with the first receipt either way) and the next
-group starts a new child.
+a retry with the same `event_id` records the fact, or answers with the first receipt if it
+was) and the next group starts a new child.
 
 Embedded mode only: in Kafka mode the service's intake writer and its HTTP writes share one
 fenced producer, so both stay in the service's process (`ledger.kafka.intake_thread`).
