@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -116,3 +121,69 @@ def test_an_error_that_cannot_cross_the_pipe_keeps_its_name_and_not_its_text() -
     portable = _portable(_Unpicklable())
     assert isinstance(portable, RuntimeError)
     assert "_Unpicklable" in str(portable) and "998" not in str(portable)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Not ended (a zombie has ended: nothing reaps it in some containers)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_the_writer_process_ends_with_the_service(settings: Settings, stop: int) -> None:
+    """Stopped cleanly or killed, the service leaves no writer process behind."""
+    with_demo_tenant(settings)
+    store = ApiKeys(keys_path(settings))
+    _, key = store.create("demo", {"publisher"})
+    store.close()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    server = subprocess.Popen(
+        [sys.executable, "-m", "ledger.cli", "serve", "--port", str(port)],
+        env={**os.environ, "LEDGER_DATA_DIR": str(settings.data_dir)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # readiness: the server answers /readyz (its writer is started by then)
+            assert server.poll() is None and time.monotonic() < deadline
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        published = httpx.post(
+            f"http://127.0.0.1:{port}/v1/facts",
+            json=grant("ends-with-service", event_id="ends-with-service"),
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=30,
+        )
+        assert published.status_code == 201
+        children = _children(server.pid)
+        assert children, "the service runs its writer in a process of its own"
+    finally:
+        server.send_signal(stop)
+        server.wait(timeout=60)
+    deadline = time.monotonic() + 60
+    while any(_running(pid) for pid in children):  # each notices its service is gone
+        assert time.monotonic() < deadline, "a writer process outlived its service"
+        time.sleep(0.05)
