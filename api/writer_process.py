@@ -43,6 +43,10 @@ log = logging.getLogger("consent_ledger.api")
 # Spawned, not forked: the service forks from a process that already runs threads.
 _CONTEXT = multiprocessing.get_context("spawn")
 START_TIMEOUT_S = 120.0
+# A group of at most 1,000 facts takes well under a second; a writer that has not answered
+# in this long is stuck (a lock it waits for, a hung disk) and is replaced, so that one stuck
+# group does not hold every later request forever.
+ANSWER_TIMEOUT_S = 120.0
 
 
 class WriterUnavailable(RuntimeError):
@@ -52,8 +56,9 @@ class WriterUnavailable(RuntimeError):
 class WriterProcess:
     """The parent's end: `record` is called by the group-commit thread, one group at a time."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, answer_timeout_s: float = ANSWER_TIMEOUT_S) -> None:
         self._settings = settings
+        self.answer_timeout_s = answer_timeout_s  # seconds a group's answer may take
         self._lock = threading.Lock()
         self._conn: Connection | None = None
         self._process: Any = None
@@ -68,6 +73,10 @@ class WriterProcess:
             assert self._conn is not None
             try:
                 self._conn.send(list(facts))
+                if not self._conn.poll(self.answer_timeout_s):
+                    self._process.kill()  # stuck: its group may or may not commit
+                    self._process.join(timeout=30)
+                    raise EOFError
                 kind, value = self._conn.recv()
             except (EOFError, OSError):
                 # Gone with the group: whether it was recorded is unknown.

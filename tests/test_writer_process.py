@@ -66,6 +66,25 @@ def test_a_writer_that_died_idle_is_replaced_for_the_next_group(writer: WriterPr
     assert writer.process is not dead and writer.process.is_alive()
 
 
+def test_a_writer_that_does_not_answer_in_time_is_replaced(settings: Settings) -> None:
+    """A stuck writer would hold every later request: past the answer timeout it is killed,
+    the caller is told nothing is known, and the next group goes to a new writer."""
+    with_demo_tenant(settings)
+    writer = WriterProcess(settings, answer_timeout_s=0.001)  # no batch of 500 is that fast
+    stuck = writer.process
+    many = [parse_fact(grant(f"slow-{i}", event_id=f"slow-{i}")) for i in range(500)]
+    try:
+        with pytest.raises(WriterUnavailable):
+            writer.record(many)
+        assert not stuck.is_alive()
+        writer.answer_timeout_s = 120.0
+        outcomes = writer.record(many)  # the first attempt committed or not: either is fine
+        assert writer.process is not stuck and writer.process.is_alive()
+    finally:
+        writer.close()
+    assert all(isinstance(o, Receipt) for o in outcomes)
+
+
 def test_a_writer_dying_between_commit_and_answer_loses_and_doubles_nothing(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
