@@ -120,7 +120,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
     def metrics(request: Request) -> str:
         service: Service = request.app.state.service
-        return service.metrics.render(projection_lag=projection_lag(service))
+        process = service.writer_process
+        return service.metrics.render(
+            projection_lag=projection_lag(service),
+            writer_restarts=None if process is None else process.restarts,
+        )
 
     return app
 

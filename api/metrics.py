@@ -33,7 +33,7 @@ class Metrics:
             for code in refused_codes:
                 self.refused[code] += 1
 
-    def render(self, projection_lag: int) -> str:
+    def render(self, projection_lag: int, writer_restarts: int | None = None) -> str:
         lines = [
             "# HELP ledger_http_requests_total HTTP requests by route, method and status.",
             "# TYPE ledger_http_requests_total counter",
@@ -79,4 +79,10 @@ class Metrics:
             "# TYPE ledger_projection_lag gauge",
             f"ledger_projection_lag {projection_lag}",
         ]
+        if writer_restarts is not None:  # embedded mode's writer process (api.writer_process)
+            lines += [
+                "# HELP ledger_writer_restarts_total Writer processes started after one ended.",
+                "# TYPE ledger_writer_restarts_total counter",
+                f"ledger_writer_restarts_total {writer_restarts}",
+            ]
         return "\n".join(lines) + "\n"

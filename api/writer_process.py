@@ -62,6 +62,7 @@ class WriterProcess:
         self._lock = threading.Lock()
         self._conn: Connection | None = None
         self._process: Any = None
+        self.restarts = 0  # writers started after one ended (ledger_writer_restarts_total)
         self._start()
 
     def record(self, facts: Sequence[Fact]) -> list[Outcome]:
@@ -70,6 +71,7 @@ class WriterProcess:
                 # Gone while idle: nothing was sent to it, so a new one takes this group.
                 self._stopped()
                 self._start()
+                self.restarts += 1
             assert self._conn is not None
             try:
                 self._conn.send(list(facts))

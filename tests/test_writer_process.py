@@ -64,6 +64,7 @@ def test_a_writer_that_died_idle_is_replaced_for_the_next_group(writer: WriterPr
     [receipt] = writer.record([parse_fact(grant("after-kill", event_id="after-kill"))])
     assert isinstance(receipt, Receipt)
     assert writer.process is not dead and writer.process.is_alive()
+    assert writer.restarts == 1
 
 
 def test_a_writer_that_does_not_answer_in_time_is_replaced(settings: Settings) -> None:
@@ -127,7 +128,9 @@ def test_http_says_writer_unavailable_and_the_retry_gets_the_first_receipt(
         assert lost.headers["content-type"] == "application/problem+json"
         assert lost.json()["code"] == "writer_unavailable"
         retry = client.post("/v1/facts", json=body, headers=headers)
+        metrics = client.get("/metrics").text
     assert retry.status_code == 200 and retry.json()["duplicate"] is True
+    assert "ledger_writer_restarts_total 1\n" in metrics
 
 
 class _Unpicklable(Exception):
