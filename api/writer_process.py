@@ -114,14 +114,19 @@ class WriterProcess:
         process.start()
         child.close()
         # Ready once its ledger is open: a store it cannot open fails the service's start.
-        if not parent.poll(START_TIMEOUT_S):
-            process.terminate()
-            raise WriterUnavailable("the ledger's writer process did not start")
         try:
+            if not parent.poll(START_TIMEOUT_S):
+                process.terminate()
+                raise WriterUnavailable("the ledger's writer process did not start")
             kind, value = parent.recv()
         except (EOFError, OSError):
+            parent.close()
             raise WriterUnavailable("the ledger's writer process did not start") from None
+        except WriterUnavailable:
+            parent.close()
+            raise
         if kind == "error":
+            parent.close()
             process.join(timeout=10)
             raise value
         self._conn, self._process = parent, process

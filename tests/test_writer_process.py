@@ -3,6 +3,8 @@ is replaced without losing or doubling a fact (real child processes, real SQLite
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import os
 import signal
 import socket
@@ -22,7 +24,7 @@ from ledger.application import ConsentLedger
 from ledger.envelope import parse_fact
 from ledger.errors import FactRejected
 from ledger.receipt import Receipt
-from ledger.settings import Settings
+from ledger.settings import Settings, SettingsError
 from ledger.verify import verify_ledger
 from tests.facts import grant, withdraw
 
@@ -131,6 +133,15 @@ def test_http_says_writer_unavailable_and_the_retry_gets_the_first_receipt(
         metrics = client.get("/metrics").text
     assert retry.status_code == 200 and retry.json()["duplicate"] is True
     assert "ledger_writer_restarts_total 1\n" in metrics
+
+
+def test_a_writer_that_cannot_open_the_store_fails_the_start_with_its_error(
+    settings: Settings,
+) -> None:
+    with_demo_tenant(settings)
+    wrong = dataclasses.replace(settings, master_key=base64.b64encode(os.urandom(32)).decode())
+    with pytest.raises(SettingsError, match="master key does not open"):
+        WriterProcess(wrong)
 
 
 class _Unpicklable(Exception):
