@@ -273,6 +273,8 @@ def main(argv: list[str]) -> None:
             bare.terminate()
             bare.wait()
 
+        # What the ledger rows run with: the service's default unless the caller set it.
+        writer = os.environ.get("LEDGER_HTTP_WRITER", "process")
         # The same server with its writes in a thread of its own process (the setting
         # before the writer process): what the writer process changes, in the same run.
         port = free_port()
@@ -318,7 +320,8 @@ def main(argv: list[str]) -> None:
 
     print(
         f"HTTP publishing on {os.uname().nodename} ({os.cpu_count()} cores, server and load "
-        f"generator on the same machine; {args.connections} connections)"
+        f"generator on the same machine; {args.connections} connections; the ledger rows but "
+        f"the writer thread's with LEDGER_HTTP_WRITER={writer})"
     )
     print(f"{'what':<44} {'per second':>12} {'p50 ms':>8} {'p99 ms':>8}  statuses")
     for name, rate, lat, codes in rows:
