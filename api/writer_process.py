@@ -19,6 +19,11 @@ was) and the next group starts a new child.
 
 Embedded mode only: in Kafka mode the service's intake writer and its HTTP writes share one
 fenced producer, so both stay in the service's process (`ledger.kafka.intake_thread`).
+
+The child is spawned, so, as with any program using multiprocessing's spawn, a script that
+builds the service itself (`create_app`) must do so under `if __name__ == "__main__":` (the
+child imports the script's module again), or set `LEDGER_HTTP_WRITER=thread`.
+`consent-ledger serve` is such a program already.
 """
 
 from __future__ import annotations
