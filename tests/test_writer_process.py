@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 
@@ -220,3 +221,53 @@ def test_the_writer_process_ends_with_the_service(settings: Settings, stop: int)
     while any(_running(pid) for pid in children):  # each notices its service is gone
         assert time.monotonic() < deadline, "a writer process outlived its service"
         time.sleep(0.05)
+
+
+def test_publishes_racing_erasures_of_the_same_subjects_answer_and_keep_the_log_whole(
+    settings: Settings,
+) -> None:
+    """Publishes go through the writer process while the erasure route writes from the
+    service's own process, on the same subjects: every answer is a receipt or a refusal
+    (never a 5xx), every erasure lands, and the log verifies."""
+    with_demo_tenant(settings)
+    store = ApiKeys(keys_path(settings))
+    _, key = store.create("demo", {"publisher", "admin", "compliance"})
+    store.close()
+    headers = {"Authorization": f"Bearer {key}"}
+    statuses: list[int] = []
+    erasures: list[int] = []
+    with TestClient(create_app(settings)) as client:
+        firsts = [grant(f"race-{s}", event_id=f"first-{s}") for s in range(10)]
+        sids = [client.post("/v1/facts", json=f, headers=headers).json()["sid"] for f in firsts]
+
+        def publish(thread: int) -> None:
+            for i in range(40):
+                build = grant if i % 2 else withdraw
+                body = build(
+                    f"race-{(i + thread) % 10}",
+                    event_id=f"race-{thread}-{i}",
+                    occurred_at=f"2025-02-{1 + i % 27:02d}T10:00:00+05:00",
+                )
+                statuses.append(client.post("/v1/facts", json=body, headers=headers).status_code)
+
+        def erase() -> None:
+            for sid in sids[::2]:
+                body = {"ground": "subject_request"}
+                answer = client.post(f"/v1/subjects/{sid}/erasure", json=body, headers=headers)
+                erasures.append(answer.status_code)
+
+        threads = [threading.Thread(target=publish, args=(t,)) for t in range(3)]
+        threads.append(threading.Thread(target=erase))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        verified = client.get("/v1/verify", headers=headers).json()
+        erased = [
+            client.get(f"/v1/subjects/{sid}/consents", headers=headers).json()["erased"]
+            for sid in sids
+        ]
+    assert len(statuses) == 120 and set(statuses) <= {201, 422}
+    assert erasures == [201] * 5
+    assert verified["ok"] is True
+    assert erased == [True, False] * 5
