@@ -43,8 +43,8 @@ def build_service(settings: Settings) -> Service:
         ApiKeys(keys_path(settings)),
         Metrics(),
         GroupCommitter(process.record if process is not None else ledger.record),
+        writer_process=process,
     )
-    service.writer_process = process
     if settings.backend == "kafka":
         from ledger.kafka.intake_thread import IntakeThread
 

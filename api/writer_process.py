@@ -78,17 +78,20 @@ class WriterProcess:
                 self._start()
                 self.restarts += 1
             assert self._conn is not None
+            # Gone with the group, or stuck on it: whether it was recorded is unknown.
             try:
                 self._conn.send(list(facts))
-                if not self._conn.poll(self.answer_timeout_s):
-                    self._process.kill()  # stuck: its group may or may not commit
-                    self._process.join(timeout=30)
-                    raise EOFError
-                kind, value = self._conn.recv()
+                answered = self._conn.poll(self.answer_timeout_s)
+                if answered:
+                    kind, value = self._conn.recv()
             except (EOFError, OSError):
-                # Gone with the group: whether it was recorded is unknown.
                 self._stopped()
                 raise WriterUnavailable("the ledger's writer process stopped") from None
+            if not answered:
+                self._process.kill()
+                self._process.join(timeout=30)
+                self._stopped()
+                raise WriterUnavailable("the ledger's writer process did not answer")
         if kind == "error":
             raise value
         outcomes: list[Outcome] = value

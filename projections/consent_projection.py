@@ -269,7 +269,10 @@ def _follow(
             if expires is None or expires >= at:
                 start = utc(before.occurred_at)
                 old: IntervalKey = (
-                    *(purpose, start, None if expires is None else utc(expires), before.event_id),
+                    purpose,
+                    start,
+                    None if expires is None else utc(expires),
+                    before.event_id,
                     None if expires is None else "expiry",
                 )
                 new: IntervalKey = (purpose, start, at_utc, before.event_id, "fact")
@@ -285,7 +288,10 @@ def _follow(
         if entry.kind == "grant":
             end = None if entry.expires_at is None else utc(entry.expires_at)
             key: IntervalKey = (
-                *(purpose, at_utc, end, entry.event_id),
+                purpose,
+                at_utc,
+                end,
+                entry.event_id,
                 None if end is None else "expiry",
             )
             view.open_intervals.add(key)
