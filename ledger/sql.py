@@ -24,15 +24,17 @@ def rows_in(
     keys: Sequence[Any],
     before: Sequence[Any] = (),
     after: Sequence[Any] = (),
+    placeholder: str = "?",
 ) -> Iterator[Any]:
     """Every row of `sql`, whose one `{}` is the IN list's place, over all of `keys`.
 
     `cursor` is a DB-API cursor (or the library's wrapper of one); `before` and `after` are
-    the parameters around the list's.
+    the parameters around the list's. `placeholder` is one key's: `(?)` makes the list the
+    rows of a `VALUES` clause, for a query that must also answer for keys with no row.
     """
     for i in range(0, len(keys), CHUNK):
         chunk = list(keys[i : i + CHUNK])
-        cursor.execute(sql.format(",".join("?" * len(chunk))), [*before, *chunk, *after])
+        cursor.execute(sql.format(",".join([placeholder] * len(chunk))), [*before, *chunk, *after])
         yield from cursor.fetchall()
 
 

@@ -120,17 +120,25 @@ def check_recipients(
     without consent have their facts folded, to say why.
     """
     t, kk = utc(at), utc(known_at) if known_at else FAR_FUTURE
+    k = known_at or datetime.now(UTC)
+    known_then = utc(k)
     # In key order, so each chunk of the IN list reads neighbouring index pages.
     ordered = sorted(set(sids))
-    # With when the subject's first erasure was recorded, so only erased recipients have
-    # their erasures read.
-    subjects = {
+    # Only the recipients the intervals cannot answer alone: no subject of this tenant as
+    # known then, or a subject erased at some time. A usual recipient (most of any campaign)
+    # makes no row here, so its subject is looked up but never turned into Python objects.
+    unusual = {
         r[0]: r
         for r in views.rows_in(
-            "SELECT sid, tenant, registered_at, erasure_recorded_at FROM view_subjects "
-            "WHERE sid IN ({})",
+            "WITH recipient(sid) AS (VALUES {}) "
+            "SELECT recipient.sid, s.tenant, s.registered_at, s.erasure_recorded_at "
+            "FROM recipient LEFT JOIN view_subjects s ON s.sid = recipient.sid "
+            "WHERE s.sid IS NULL OR s.tenant != ? OR s.registered_at > ? "
+            "OR s.erasure_recorded_at IS NOT NULL",
             ordered,
+            (tenant, known_then),
             tuples=True,
+            placeholder="(?)",
         )
     }
     # Every granted interval that began by `at`, as known then, in one indexed read (rows come
@@ -165,28 +173,29 @@ def check_recipients(
         "SELECT * FROM view_corrections WHERE sid IN ({}) ORDER BY seq", unexplained
     ):
         corrections.setdefault(r["sid"], []).append(correction_from_row(r))
-    # Only entries naming the purpose can decide it (SQLite finds its JSON text in theirs),
-    # unless a correction may have moved one into it: those subjects keep every entry.
-    named = orjson.dumps(purpose).decode()
     entries: dict[str, list[Any]] = {}
-    for sql, keys, params in (
-        (
-            "SELECT * FROM view_entries WHERE sid IN ({}) AND instr(purposes, ?) > 0",
-            [sid for sid in unexplained if sid not in corrections],
-            (named,),
-        ),
-        ("SELECT * FROM view_entries WHERE sid IN ({})", sorted(corrections), ()),
+    # A correction may move an entry into the purpose or in time: those subjects keep every
+    # entry. For the others only an entry naming the purpose (SQLite finds its JSON text),
+    # by `at`, and not before the grant whose expiry ended the last interval can decide:
+    # that grant is among them and sorts after every entry that occurred before it. An
+    # entry keeps the offset its fact was stated in, so its instant is compared parsed.
+    for r in views.rows_in("SELECT * FROM view_entries WHERE sid IN ({})", sorted(corrections)):
+        entries.setdefault(r[0], []).append(entry_from_row(r))
+    instant = datetime.fromisoformat
+    for r in views.rows_in(
+        "SELECT * FROM view_entries WHERE sid IN ({}) AND instr(purposes, ?) > 0",
+        [sid for sid in unexplained if sid not in corrections],
+        (orjson.dumps(purpose).decode(),),
+        tuples=True,
     ):
-        for r in views.rows_in(sql, keys, params, tuples=True):
+        occurred, expired = instant(r[5]), ended.get(r[0])
+        if occurred <= at and (expired is None or occurred >= instant(expired[1])):
             entries.setdefault(r[0], []).append(entry_from_row(r))
-    k = known_at or datetime.now(UTC)
-    known_then = utc(k)
-    erased = [sid for sid, r in subjects.items() if r[3] is not None]
     erasures: dict[str, datetime] = {}
     for r in views.rows_in(
         "SELECT sid, MIN(erased_at) FROM view_erasures WHERE sid IN ({}) "
         "AND erased_at<=? AND recorded_at<=? GROUP BY sid",
-        erased,
+        sorted(sid for sid, r in unusual.items() if r[3] is not None),
         (t, known_then),
         tuples=True,
     ):
@@ -195,17 +204,19 @@ def check_recipients(
         erasures[r[0]] = erased_at
     out: list[CheckResult] = []
     # One pass over every recipient: the lookups and the parse are bound once, outside it.
-    add, subject_of, erasure_of = out.append, subjects.get, erasures.get
-    granted_of, ended_of, instant = granted.get, ended.get, datetime.fromisoformat
+    add, unusual_of, erasure_of = out.append, unusual.get, erasures.get
+    granted_of, ended_of = granted.get, ended.get
     for sid in sids:
-        subject = subject_of(sid)
-        if subject is None or subject[1] != tenant or subject[2] > known_then:
-            add(CheckResult(sid, False, "unknown_subject", None, None))
-            continue
-        erased_at = erasure_of(sid)
-        if erased_at is not None:
-            add(CheckResult(sid, False, "erased", erased_at, None))
-            continue
+        subject = unusual_of(sid)
+        if subject is not None:
+            # No row (tenant None), another tenant's, or registered after `known_at`.
+            if subject[1] != tenant or subject[2] > known_then:
+                add(CheckResult(sid, False, "unknown_subject", None, None))
+                continue
+            erased_at = erasure_of(sid)
+            if erased_at is not None:
+                add(CheckResult(sid, False, "erased", erased_at, None))
+                continue
         interval = granted_of(sid)
         if interval is not None:
             add(CheckResult(sid, True, "granted", instant(interval[1]), interval[4]))

@@ -151,11 +151,19 @@ class ConsentViews(SQLiteTrackingRecorder):
             return list(c.fetchall())
 
     def rows_in(
-        self, sql: str, keys: Sequence[str], params: Sequence[Any] = (), *, tuples: bool = False
+        self,
+        sql: str,
+        keys: Sequence[str],
+        params: Sequence[Any] = (),
+        *,
+        tuples: bool = False,
+        placeholder: str = "?",
     ) -> list[Any]:
-        """`sql` has one `IN ({})` placeholder, then `params`; run it over `keys` in chunks."""
+        """`sql` has one `IN ({})` placeholder, then `params`; run it over `keys` in chunks
+        (`ledger.sql.rows_in`)."""
         with self.datastore.transaction(commit=False) as c:
-            return list(rows_in(as_tuples(c) if tuples else c, sql, keys, after=params))
+            cursor = as_tuples(c) if tuples else c
+            return list(rows_in(cursor, sql, keys, after=params, placeholder=placeholder))
 
 
 class ViewChanges:
