@@ -167,6 +167,30 @@ def test_another_tenants_sid_is_not_found(world: World, route: dict[str, Any], r
     assert own.status_code == 200
 
 
+def test_a_campaign_check_treats_another_tenants_sid_as_unknown(world: World) -> None:
+    """Both tenants' person-1 granted marketing: each tenant's check sees its own consent and
+    the other's sid as no subject at all, never as granted, withdrawn or erased."""
+    for tenant, other in (("demo", "acme"), ("acme", "demo")):
+        response = world.client.post(
+            "/v1/consents:check",
+            headers={"Authorization": f"Bearer {world.keys[(tenant, 'compliance')]}"},
+            json={
+                "purpose": "marketing",
+                "at": "2025-03-02T00:00:00Z",
+                "sids": [world.sids[tenant], world.sids[other]],
+            },
+        )
+        assert response.status_code == 200, response.text
+        report = response.json()
+        assert (report["checked"], report["with_consent"]) == (2, 1)
+        [lacking] = report["without_consent"]
+        assert (lacking["index"], lacking["sid"], lacking["reason"]) == (
+            1,
+            world.sids[other],
+            "unknown_subject",
+        )
+
+
 @pytest.mark.parametrize("route", ROUTES, ids=lambda r: f"{r['method']} {r['path']}")
 def test_no_key_bad_key_revoked_key(world: World, route: dict[str, Any]) -> None:
     for key in (None, "cl_nope_nope", world.revoked, "not-even-a-key"):
