@@ -86,6 +86,19 @@ WHO_HAD_CONSENT = (
 )
 
 
+# A campaign's recipients' granted intervals that began by an instant (the IN list's place,
+# then the parameters), as known now and as known at a past instant.
+INTERVALS_NOW = (
+    "SELECT sid, valid_from, valid_to, ends_by, event_id FROM view_intervals "
+    "WHERE tenant=? AND purpose=? AND sid IN ({}) AND known_to IS NULL AND valid_from<=?"
+)
+INTERVALS_KNOWN_AT = (
+    "SELECT sid, valid_from, valid_to, ends_by, event_id FROM view_intervals "
+    "WHERE sid IN ({}) AND purpose=? AND valid_from<=? "
+    "AND known_from<=? AND (known_to IS NULL OR known_to>?)"
+)
+
+
 class CheckResult(NamedTuple):
     """One recipient's answer. A tuple, not a dataclass: a campaign makes one per recipient,
     and a frozen dataclass takes over twice as long to build."""
@@ -147,16 +160,17 @@ def check_recipients(
     # fact (a withdrawal); none at all means never granted.
     granted: dict[str, Any] = {}
     ended: dict[str, Any] = {}
+    # As known now, only intervals never closed count, and a partial index holds just those
+    # (`view_intervals_now`); as known at a past instant, the by-subject index has them all.
+    before: tuple[Any, ...]
+    after: tuple[Any, ...]
+    if known_at is None:
+        sql, before, after = INTERVALS_NOW, (tenant, purpose), (t,)
+    else:
+        sql, before, after = INTERVALS_KNOWN_AT, (), (purpose, t, kk, kk)
     # Rows are read by position (sid, valid_from, valid_to, ends_by, event_id): by name costs
     # a lookup per field, and this loop sees every recipient's intervals.
-    for r in views.rows_in(
-        "SELECT sid, valid_from, valid_to, ends_by, event_id FROM view_intervals "
-        "WHERE sid IN ({}) AND purpose=? AND valid_from<=? "
-        "AND known_from<=? AND (known_to IS NULL OR known_to>?)",
-        ordered,
-        (purpose, t, kk, kk),
-        tuples=True,
-    ):
+    for r in views.rows_in(sql, ordered, after, tuples=True, before=before):
         sid, valid_to = r[0], r[2]
         if valid_to is None or valid_to > t:
             granted[sid] = r  # the latest that began

@@ -99,11 +99,16 @@ class ConsentViews(SQLiteTrackingRecorder):
             " (tenant, purpose, sid, valid_from, valid_to, known_from, known_to)",
             "CREATE INDEX IF NOT EXISTS view_intervals_by_subject ON view_intervals"
             " (sid, purpose, valid_from, valid_to, known_from, known_to, event_id, ends_by)",
-            # Who had consent as known now reads only intervals never closed: a partial index
-            # of those (known_to is always NULL in it, but listing it lets SQLite answer from
-            # the index alone).
-            "CREATE INDEX IF NOT EXISTS view_intervals_in_force ON view_intervals"
-            " (tenant, purpose, sid, valid_from, valid_to, known_to) WHERE known_to IS NULL",
+            # Questions as known now (who had consent, the campaign check) read only intervals
+            # never closed: a partial index of those (known_to is always NULL in it, but
+            # listing it, and ends_by and event_id, lets SQLite answer from the index alone).
+            # Well under half the size of the by-subject index, which also holds every
+            # superseded interval, so a campaign check reads far fewer pages.
+            "CREATE INDEX IF NOT EXISTS view_intervals_now ON view_intervals"
+            " (tenant, purpose, sid, valid_from, valid_to, known_to, ends_by, event_id)"
+            " WHERE known_to IS NULL",
+            # Its narrower predecessor, in stores made before it.
+            "DROP INDEX IF EXISTS view_intervals_in_force",
         ]
 
     @classmethod
@@ -158,12 +163,15 @@ class ConsentViews(SQLiteTrackingRecorder):
         *,
         tuples: bool = False,
         placeholder: str = "?",
+        before: Sequence[Any] = (),
     ) -> list[Any]:
-        """`sql` has one `IN ({})` placeholder, then `params`; run it over `keys` in chunks
-        (`ledger.sql.rows_in`)."""
+        """`sql` has `before`'s parameters, one `IN ({})` placeholder, then `params`; run it
+        over `keys` in chunks (`ledger.sql.rows_in`)."""
         with self.datastore.transaction(commit=False) as c:
             cursor = as_tuples(c) if tuples else c
-            return list(rows_in(cursor, sql, keys, after=params, placeholder=placeholder))
+            return list(
+                rows_in(cursor, sql, keys, before=before, after=params, placeholder=placeholder)
+            )
 
 
 class ViewChanges:

@@ -254,9 +254,42 @@ def test_who_had_consent_reads_an_index_in_sid_order(tmp_path: Path) -> None:
         )
     }
     now, known = plans[WHO_HAD_CONSENT_NOW], plans[WHO_HAD_CONSENT]
-    assert "USING COVERING INDEX view_intervals_in_force" in now, now
+    assert "USING COVERING INDEX view_intervals_now" in now, now
     assert "USING COVERING INDEX view_intervals_by_purpose" in known, known
     assert "TEMP B-TREE" not in now + known
+    views.close()
+
+
+def test_a_campaign_checks_intervals_come_from_an_index_alone(tmp_path: Path) -> None:
+    """As known now from the partial index of intervals never closed (well under half the
+    pages of the by-subject one, which also holds every superseded interval); as known at a
+    past instant from the by-subject index. A store made before the partial index had its
+    ends_by and event_id gets the new index and loses the old one when opened."""
+    import sqlite3
+
+    from projections.queries import INTERVALS_KNOWN_AT, INTERVALS_NOW
+
+    path = tmp_path / "views.db"
+    views = ConsentViews.open(path)
+    views.close()
+    old = sqlite3.connect(path)
+    old.execute("DROP INDEX view_intervals_now")
+    old.execute(
+        "CREATE INDEX view_intervals_in_force ON view_intervals"
+        " (tenant, purpose, sid, valid_from, valid_to, known_to) WHERE known_to IS NULL"
+    )
+    old.commit()
+    old.close()
+    views = ConsentViews.open(path)
+    t = "2025-01-01T00:00:00.000000+00:00"
+    now = views.rows(f"EXPLAIN QUERY PLAN {INTERVALS_NOW.format('?,?')}", ("d", "m", "a", "b", t))
+    known = views.rows(
+        f"EXPLAIN QUERY PLAN {INTERVALS_KNOWN_AT.format('?,?')}", ("a", "b", "m", t, t, t)
+    )
+    assert "USING COVERING INDEX view_intervals_now" in str(now[0][3]), now
+    assert "USING COVERING INDEX view_intervals_by_subject" in str(known[0][3]), known
+    indexes = {r[0] for r in views.rows("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert "view_intervals_now" in indexes and "view_intervals_in_force" not in indexes
     views.close()
 
 
