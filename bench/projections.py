@@ -106,6 +106,11 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--subjects", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=2_000)
     parser.add_argument("--recipients", type=int, default=10_000)
+    parser.add_argument(
+        "--campaign-first",
+        action="store_true",
+        help="ask the campaign check before who had consent (which reads the same index)",
+    )
     args = parser.parse_args(argv)
     rng = random.Random(3)
 
@@ -195,14 +200,20 @@ def main(argv: list[str]) -> None:
                 and state.state == GRANTED
             }
 
+        recipients = [s.hex for s in rng.sample(sids, min(args.recipients, len(sids)))]
+
+        def check_view() -> list[Any]:
+            return check_recipients(views.store, "demo", "marketing", at, recipients)
+
+        # Who had consent as known now and the campaign check read the same index: the one
+        # asked first reads more of it from the disk.
+        if args.campaign_first:
+            checked, check_view_s, check_disk = disk_reads(check_view)
         who_mine, who_view_s, who_disk = disk_reads(who_view)
+        if not args.campaign_first:
+            checked, check_view_s, check_disk = disk_reads(check_view)
         who_theirs, who_raw_s = timed(who_raw)
         assert who_mine == who_theirs
-
-        recipients = [s.hex for s in rng.sample(sids, min(args.recipients, len(sids)))]
-        checked, check_view_s, check_disk = disk_reads(
-            lambda: check_recipients(views.store, "demo", "marketing", at, recipients)
-        )
 
         def check_raw() -> int:
             granted = 0
@@ -217,10 +228,7 @@ def main(argv: list[str]) -> None:
         # The first runs above read a store the process had not read before; asked again, they
         # read pages the process has read already (what a server answering all day sees).
         who_again = statistics.median(timed(who_view)[1] for _ in range(5))
-        check_again = statistics.median(
-            timed(lambda: check_recipients(views.store, "demo", "marketing", at, recipients))[1]
-            for _ in range(5)
-        )
+        check_again = statistics.median(timed(check_view)[1] for _ in range(5))
         views.close()
 
         # What a server does with an empty views store: catch up in log order, a page per
