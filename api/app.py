@@ -32,19 +32,27 @@ def keys_path(settings: Settings) -> Path:
 def build_service(settings: Settings) -> Service:
     ledger = ConsentLedger(settings)
     process = None
-    if settings.backend == "embedded" and settings.http_writer == "process":
-        from api.writer_process import WriterProcess
+    try:
+        if settings.backend == "embedded" and settings.http_writer == "process":
+            from api.writer_process import WriterProcess
 
-        process = WriterProcess(settings)
-    service = Service(
-        settings,
-        ledger,
-        Views(ledger),
-        ApiKeys(keys_path(settings)),
-        Metrics(),
-        GroupCommitter(process.record if process is not None else ledger.record),
-        writer_process=process,
-    )
+            process = WriterProcess(settings)
+        service = Service(
+            settings,
+            ledger,
+            Views(ledger),
+            ApiKeys(keys_path(settings)),
+            Metrics(),
+            GroupCommitter(process.record if process is not None else ledger.record),
+            writer_process=process,
+        )
+    except BaseException:
+        # A start that fails midway leaves no writer process or open store behind (a test
+        # or an embedding program goes on running after it).
+        if process is not None:
+            process.close()
+        ledger.close()
+        raise
     if settings.backend == "kafka":
         from ledger.kafka.intake_thread import IntakeThread
 

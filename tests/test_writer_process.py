@@ -145,6 +145,23 @@ def test_a_writer_that_cannot_open_the_store_fails_the_start_with_its_error(
         WriterProcess(wrong)
 
 
+def test_a_start_that_fails_after_the_writer_started_leaves_no_writer_behind(
+    settings: Settings,
+) -> None:
+    """The API key store cannot be opened (a directory where its file belongs): the start
+    fails with that error, and the writer process already started is stopped with it."""
+    import multiprocessing
+    import sqlite3
+
+    from api.app import build_service
+
+    with_demo_tenant(settings)
+    keys_path(settings).mkdir()
+    with pytest.raises(sqlite3.OperationalError):
+        build_service(settings)
+    assert [p for p in multiprocessing.active_children() if p.name == "ledger-writer"] == []
+
+
 class _Unpicklable(Exception):
     def __init__(self) -> None:
         super().__init__("+998901234567")
