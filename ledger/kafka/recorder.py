@@ -51,12 +51,17 @@ FENCED = (ProducerFencedError, InvalidProducerEpochError, TransactionalIdAuthori
 # Every append is a transaction and its commit flushes whatever is buffered, so lingering
 # costs no latency: records fill large batches until the commit instead of one tiny batch
 # (and one sender wake-up) per record, which is what kafka-python does with linger_ms=0.
+# A transaction that starts while the coordinator is still writing the previous one's
+# markers gets CONCURRENT_TRANSACTIONS on its first AddOffsetsToTxn, which kafka-python
+# retries after retry_backoff_ms; at its default of 100 ms every small transaction that
+# follows another closely (the intake writer below its capacity) waited about 100 ms.
 PRODUCER_TUNING: dict[str, object] = {
     "enable_idempotence": True,
     "acks": "all",
     "linger_ms": 1000,
     "batch_size": 1024 * 1024,
     "max_request_size": 4 * 1024 * 1024,
+    "retry_backoff_ms": 10,
 }
 
 
