@@ -24,7 +24,6 @@ from eventsourcing.persistence import IntegrityError, Mapper, Transcoder
 
 from ledger.chain import MAPPER, stored_hash
 from ledger.codec import TRANSCODER
-from ledger.collector import collection_deferred
 from ledger.envelope import Fact, parse_fact
 from ledger.errors import Code, FactRejected
 from ledger.keystore import ErasedSubjectError, KeyStore, load_master_key, unseal
@@ -166,7 +165,7 @@ class ConsentLedger(Application[UUID]):
         """
         from ledger.batch import FactBatch
 
-        with self.lock, collection_deferred():
+        with self.lock:
             for attempt in range(5):
                 batch = FactBatch(self, facts, sids)
                 try:

@@ -22,7 +22,6 @@ from typing import Any
 from eventsourcing.persistence import Mapper, Tracking
 from kafka import KafkaConsumer, TopicPartition
 
-from ledger.collector import collection_deferred
 from ledger.kafka.reading import ledger_events, polls_to_end
 from ledger.kafka.recorder import KafkaLedgerRecorder
 from projections.consent_projection import ConsentProjection
@@ -123,21 +122,18 @@ class LedgerTopicReader:
         processed = 0
         for polled in polls_to_end(consumer, tps, timeout_s=float("inf"), max_records=page):
             for tp, records in polled.items():
-                with collection_deferred():
-                    events: list[Any] = []
-                    accepted = self._accepted(tp.partition, records)
-                    for _, stored, _ in ledger_events(
-                        (r for r in records if r.offset in accepted), self.link.record_key
-                    ):
-                        event: Any = mapper.to_domain_event(stored)
-                        if known_at is None or event.timestamp <= known_at:
-                            events.append(event)
-                    position = consumer.position(tp)
-                    projection.process_batch(
-                        events,
-                        Tracking(tracking_name(application, tp), position),
-                        after=read_from[tp],
-                    )
+                events: list[Any] = []
+                accepted = self._accepted(tp.partition, records)
+                for _, stored, _ in ledger_events(
+                    (r for r in records if r.offset in accepted), self.link.record_key
+                ):
+                    event: Any = mapper.to_domain_event(stored)
+                    if known_at is None or event.timestamp <= known_at:
+                        events.append(event)
+                position = consumer.position(tp)
+                projection.process_batch(
+                    events, Tracking(tracking_name(application, tp), position), after=read_from[tp]
+                )
                 read_from[tp] = position
                 processed += len(records)
         return processed

@@ -31,7 +31,6 @@ from typing import Any
 from eventsourcing.persistence import Tracking
 
 from ledger.application import ConsentLedger
-from ledger.collector import collection_deferred
 from ledger.failpoints import failpoint
 from ledger.settings import Settings
 from projections.consent_projection import ConsentProjection
@@ -159,11 +158,10 @@ def _fold(
     reading = ledger.ledger_recorder.by_aggregate(batch, upto=upto, from_id=from_id, to_id=to_id)
     with reading as (_, batches):
         for stored in batches:
-            with collection_deferred():
-                events: list[Any] = [ledger.mapper.to_domain_event(s) for s in stored]
-                if known_at is not None:
-                    events = [e for e in events if e.timestamp <= known_at]
-                projection.project_histories(events)
+            events: list[Any] = [ledger.mapper.to_domain_event(s) for s in stored]
+            if known_at is not None:
+                events = [e for e in events if e.timestamp <= known_at]
+            projection.project_histories(events)
             failpoint("replay-part-written")
             read += len(stored)
     return read

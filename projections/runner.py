@@ -14,7 +14,6 @@ from typing import Any
 from eventsourcing.persistence import Tracking
 
 from ledger.application import ConsentLedger
-from ledger.collector import collection_deferred
 from projections.consent_projection import ConsentProjection
 from projections.store import ViewMovedOn
 
@@ -68,17 +67,16 @@ def _catch_up(
     position = projection.view.max_tracking_id(APPLICATION) or 0
     processed = 0
     while True:
-        with collection_deferred():
-            notifications = ledger.recorder.select_notifications(
-                start=position, limit=page, inclusive_of_start=False
-            )
-            if not notifications:
-                return processed
-            events: list[Any] = []
-            for notification in notifications:
-                event: Any = ledger.mapper.to_domain_event(notification)
-                if known_at is None or event.timestamp <= known_at:
-                    events.append(event)
-            after, position = position, notifications[-1].id
-            projection.process_batch(events, Tracking(APPLICATION, position), after=after)
+        notifications = ledger.recorder.select_notifications(
+            start=position, limit=page, inclusive_of_start=False
+        )
+        if not notifications:
+            return processed
+        events: list[Any] = []
+        for notification in notifications:
+            event: Any = ledger.mapper.to_domain_event(notification)
+            if known_at is None or event.timestamp <= known_at:
+                events.append(event)
+        after, position = position, notifications[-1].id
+        projection.process_batch(events, Tracking(APPLICATION, position), after=after)
         processed += len(notifications)

@@ -28,7 +28,6 @@ from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
 
 from ledger.application import ConsentLedger
-from ledger.collector import collection_deferred
 from ledger.envelope import Fact, parse_fact_bytes
 from ledger.errors import Code, FactRejected
 from ledger.kafka.recorder import (
@@ -156,26 +155,25 @@ class IntakeWriter:
 
     def step(self, timeout_ms: int = 500) -> int:
         """Poll one batch and commit it; returns how many intake records it consumed."""
-        with collection_deferred():  # the poll's records and the batch, see ledger.collector
-            assert self.consumer is not None
-            polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=self.batch)
-            records = [r for tp in sorted(polled, key=lambda t: t.partition) for r in polled[tp]]
-            if not records:
-                return 0
-            try:
-                self._write(records, _next_offsets(records))
-            except (LedgerUnavailable, WriterFenced, KafkaError):
-                self._rewind_safely()
-                raise
-            except Exception as error:
-                # A bug tripped over one of these records: find it, reject it, keep going. The
-                # log names the error's type only: its message might quote the record.
-                log.error("intake batch failed (%s); isolating the record", type(error).__name__)
-                self._rewind_safely()
-                self._write_isolating(records)
-                # Every record of the batch is committed now (appended or rejected); the consumer
-                # was rewound for the retries and must move on from the committed offsets.
-                self._rewind_safely()
+        assert self.consumer is not None
+        polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=self.batch)
+        records = [r for tp in sorted(polled, key=lambda t: t.partition) for r in polled[tp]]
+        if not records:
+            return 0
+        try:
+            self._write(records, _next_offsets(records))
+        except (LedgerUnavailable, WriterFenced, KafkaError):
+            self._rewind_safely()
+            raise
+        except Exception as error:
+            # A bug tripped over one of these records: find it, reject it, keep going. The
+            # log names the error's type only: its message might quote the record.
+            log.error("intake batch failed (%s); isolating the record", type(error).__name__)
+            self._rewind_safely()
+            self._write_isolating(records)
+            # Every record of the batch is committed now (appended or rejected); the consumer
+            # was rewound for the retries and must move on from the committed offsets.
+            self._rewind_safely()
         self.stats.batches += 1
         return len(records)
 
