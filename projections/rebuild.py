@@ -178,8 +178,11 @@ def _build_part(
     results: Connection,
 ) -> None:
     """A worker process: one range of subjects into the shared temporary store."""
+    from ledger.runtime import tune
+
     ledger = ConsentLedger(settings)
     store = ConsentViews.open(partial)
+    tune()  # spawned, so not tuned like the process that started it
     try:
         results.send(_fold(ledger, store, upto, from_id, to_id, known_at, batch))
     finally:
