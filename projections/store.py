@@ -43,13 +43,18 @@ class _ViewsConnectionPool(StatementCachingPool):
     checkpoints every 16,384 pages (64 MiB of WAL) cut both (`python -m bench projections`,
     replay row). The cache is per connection and the pool opens up to 15, so it stays well
     below what replay alone would take (a 256 MiB cache replayed only a little faster).
+
+    No memory-mapped reads (6715a5b had them): a question asked of a store the OS had not
+    cached read the whole file through the mapping (830 MiB for the first who-had-consent or
+    campaign check in `python -m bench projections --cold`), and on a store it had cached
+    plain reads were as fast.
     """
 
     def _create_connection(self) -> SQLiteConnection:
         connection = super()._create_connection()
         connection.cursor().execute("PRAGMA synchronous=NORMAL")  # autocommit: outside any BEGIN
         connection.cursor().execute("PRAGMA wal_autocheckpoint=16384")
-        connection.cursor().execute("PRAGMA mmap_size=1073741824")
+        connection.cursor().execute("PRAGMA mmap_size=0")  # whatever the build's default
         return connection
 
 
