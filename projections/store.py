@@ -72,17 +72,48 @@ class ViewMovedOn(Exception):
     """Another process committed this view past the position a batch was read from."""
 
 
+_SUBJECTS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS {name} (sid TEXT PRIMARY KEY, tenant TEXT NOT NULL,"
+    " registered_at TEXT NOT NULL, erased_at TEXT, erasure_recorded_at TEXT) WITHOUT ROWID"
+)
+
+
 class ConsentViews(SQLiteTrackingRecorder):
     """Subjects, their consent entries and corrections, and bitemporal granted intervals."""
+
+    # Secondary indexes. A fresh store that `projections.rebuild` fills creates them only once
+    # its rows are in (`open(..., indexes=False)`, then `create_indexes`): see there.
+    INDEXES = (
+        "CREATE INDEX IF NOT EXISTS view_erasures_by_sid ON view_erasures (sid)",
+        "CREATE INDEX IF NOT EXISTS view_requests_open ON view_requests (tenant, closed_at)",
+        # Covering indexes: who-had-consent as known at a past instant scans one purpose
+        # in sid order (so pages need no sort), and per-subject questions read one
+        # subject's intervals by purpose.
+        "CREATE INDEX IF NOT EXISTS view_intervals_by_purpose ON view_intervals"
+        " (tenant, purpose, sid, valid_from, valid_to, known_from, known_to)",
+        "CREATE INDEX IF NOT EXISTS view_intervals_by_subject ON view_intervals"
+        " (sid, purpose, valid_from, valid_to, known_from, known_to, event_id, ends_by)",
+        # Questions as known now (who had consent, the campaign check) read only intervals
+        # never closed: a partial index of those (known_to is always NULL in it, but
+        # listing it, and ends_by and event_id, lets SQLite answer from the index alone).
+        # Well under half the size of the by-subject index, which also holds every
+        # superseded interval, so a campaign check reads far fewer pages.
+        "CREATE INDEX IF NOT EXISTS view_intervals_now ON view_intervals"
+        " (tenant, purpose, sid, valid_from, valid_to, known_to, ends_by, event_id)"
+        " WHERE known_to IS NULL",
+        # Its narrower predecessor, in stores made before it.
+        "DROP INDEX IF EXISTS view_intervals_in_force",
+    )
+
+    def __init__(self, datastore: SQLiteDatastore, *, indexes: bool = True) -> None:
+        self.with_indexes = indexes
+        super().__init__(datastore)
 
     def construct_create_table_statements(self) -> list[str]:
         return [
             *super().construct_create_table_statements(),
-            "CREATE TABLE IF NOT EXISTS view_subjects (sid TEXT PRIMARY KEY, tenant TEXT NOT NULL,"
-            " registered_at TEXT NOT NULL, erased_at TEXT, erasure_recorded_at TEXT)"
-            " WITHOUT ROWID",
+            _SUBJECTS_TABLE.format(name="view_subjects"),
             "CREATE TABLE IF NOT EXISTS view_erasures (sid TEXT, erased_at TEXT, recorded_at TEXT)",
-            "CREATE INDEX IF NOT EXISTS view_erasures_by_sid ON view_erasures (sid)",
             "CREATE TABLE IF NOT EXISTS view_entries (sid TEXT, event_id TEXT, kind TEXT, seq INT,"
             " recorded_at TEXT, occurred_at TEXT, purposes TEXT, categories TEXT,"
             " expires_at TEXT, policy_version TEXT, third_party INT, cross_border INT,"
@@ -96,30 +127,26 @@ class ConsentViews(SQLiteTrackingRecorder):
             "CREATE TABLE IF NOT EXISTS view_requests (sid TEXT, request_id TEXT, tenant TEXT,"
             " kind TEXT, received_at TEXT, due_at TEXT, closed_at TEXT, outcome TEXT,"
             " PRIMARY KEY (sid, request_id)) WITHOUT ROWID",
-            "CREATE INDEX IF NOT EXISTS view_requests_open ON view_requests (tenant, closed_at)",
-            # Covering indexes: who-had-consent as known at a past instant scans one purpose
-            # in sid order (so pages need no sort), and per-subject questions read one
-            # subject's intervals by purpose.
-            "CREATE INDEX IF NOT EXISTS view_intervals_by_purpose ON view_intervals"
-            " (tenant, purpose, sid, valid_from, valid_to, known_from, known_to)",
-            "CREATE INDEX IF NOT EXISTS view_intervals_by_subject ON view_intervals"
-            " (sid, purpose, valid_from, valid_to, known_from, known_to, event_id, ends_by)",
-            # Questions as known now (who had consent, the campaign check) read only intervals
-            # never closed: a partial index of those (known_to is always NULL in it, but
-            # listing it, and ends_by and event_id, lets SQLite answer from the index alone).
-            # Well under half the size of the by-subject index, which also holds every
-            # superseded interval, so a campaign check reads far fewer pages.
-            "CREATE INDEX IF NOT EXISTS view_intervals_now ON view_intervals"
-            " (tenant, purpose, sid, valid_from, valid_to, known_to, ends_by, event_id)"
-            " WHERE known_to IS NULL",
-            # Its narrower predecessor, in stores made before it.
-            "DROP INDEX IF EXISTS view_intervals_in_force",
+            *(self.INDEXES if self.with_indexes else ()),
         ]
 
+    def create_indexes(self) -> None:
+        with self.datastore.transaction(commit=True) as c:
+            for statement in self.INDEXES:
+                c.execute(statement)
+
+    def lay_out_subjects(self) -> None:
+        """Copy the subjects table, in key order, into pages of its own (see rebuild)."""
+        with self.datastore.transaction(commit=True) as c:
+            c.execute(_SUBJECTS_TABLE.format(name="view_subjects_laid_out"))
+            c.execute("INSERT INTO view_subjects_laid_out SELECT * FROM view_subjects ORDER BY sid")
+            c.execute("DROP TABLE view_subjects")
+            c.execute("ALTER TABLE view_subjects_laid_out RENAME TO view_subjects")
+
     @classmethod
-    def open(cls, path: Path) -> ConsentViews:
+    def open(cls, path: Path, *, indexes: bool = True) -> ConsentViews:
         path.parent.mkdir(parents=True, exist_ok=True)
-        views = cls(ViewsDatastore(str(path), lock_timeout=30))
+        views = cls(ViewsDatastore(str(path), lock_timeout=30), indexes=indexes)
         views.create_table()
         return views
 
