@@ -16,6 +16,7 @@ import orjson
 from eventsourcing.persistence import Transcoder, Transcoding
 
 _TUPLE = "tuple_as_list"
+_ISO = "datetime_iso"
 _PLAIN = frozenset({str, int, float, bool, type(None)})
 
 
@@ -32,7 +33,7 @@ class UUIDAsHex(Transcoding):
 
 class DatetimeAsISO(Transcoding):
     type = datetime
-    name = "datetime_iso"
+    name = _ISO
 
     def encode(self, obj: datetime) -> str:
         return obj.isoformat()
@@ -53,6 +54,9 @@ class OrjsonTranscoder(Transcoder):
     def register(self, transcoding: Transcoding) -> None:
         self.types[transcoding.type] = transcoding
         self.names[transcoding.name] = transcoding
+        # The inline datetime branch of `_encode` writes what DatetimeAsISO would; another
+        # transcoding registered for datetime turns it off.
+        self._iso_inline = type(self.types.get(datetime)) is DatetimeAsISO
 
     def encode(self, obj: Any) -> bytes:
         return orjson.dumps(self._encode(obj))
@@ -68,11 +72,23 @@ class OrjsonTranscoder(Transcoder):
             return obj
         if cls is dict:
             # Plain values are by far the most common: test them inline, not by a call each.
+            # A fact's datetimes and tuples come next; they are tagged inline too, exactly as
+            # the branches below would (tests/test_codec.py holds the bytes to a plain
+            # tagging). Encoding a grant's 17 fields: about 1 us less than with a call each,
+            # of 7-8 us (timeit, alternating, 2026-12-01).
             out = {}
+            iso_inline = self._iso_inline
             for key, value in obj.items():
                 vcls = type(value)
                 if vcls is str or value is None or vcls is bool or vcls is int:
                     out[key] = value
+                elif vcls is datetime and iso_inline:
+                    out[key] = {"_type_": _ISO, "_data_": value.isoformat()}
+                elif vcls is tuple:
+                    out[key] = {
+                        "_type_": _TUPLE,
+                        "_data_": [v if type(v) in _PLAIN else self._encode(v) for v in value],
+                    }
                 else:
                     out[key] = self._encode(value)
             return out

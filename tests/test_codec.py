@@ -6,6 +6,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 from uuid import UUID
 
+import orjson
 from eventsourcing.persistence import Transcoder, Transcoding
 from eventsourcing.tests import persistence as library_tests
 from hypothesis import given
@@ -84,3 +85,25 @@ def _types(value: Any) -> Any:
     if isinstance(value, datetime):
         return (datetime, value.utcoffset())
     return type(value)
+
+
+def _tagged(value: Any) -> Any:
+    """The stored format, written the plain way: every tuple, datetime and UUID tagged."""
+    if isinstance(value, dict):
+        return {k: _tagged(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_tagged(v) for v in value]
+    if isinstance(value, tuple):
+        return {"_type_": "tuple_as_list", "_data_": [_tagged(v) for v in value]}
+    if isinstance(value, datetime):
+        return {"_type_": "datetime_iso", "_data_": value.isoformat()}
+    if isinstance(value, UUID):
+        return {"_type_": "uuid_hex", "_data_": value.hex}
+    return value
+
+
+@given(values)
+def test_encoding_is_the_plain_tagging(value: Any) -> None:
+    """The chain hash covers these bytes: the transcoder's shortcuts must not change them."""
+    assert OrjsonTranscoder().encode(value) == orjson.dumps(_tagged(value))
+    assert OrjsonTranscoder().encode({"fact": value}) == orjson.dumps({"fact": _tagged(value)})
