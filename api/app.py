@@ -41,7 +41,7 @@ def build_service(settings: Settings) -> Service:
             settings,
             ledger,
             Views(ledger),
-            ApiKeys(keys_path(settings)),
+            ApiKeys(keys_path(settings), recheck_s=settings.api_key_recheck_ms / 1000),
             Metrics(),
             GroupCommitter(process.record if process is not None else ledger.record),
             writer_process=process,

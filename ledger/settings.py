@@ -42,6 +42,9 @@ class Settings:
     | LEDGER_HTTP_WRITER | process | where `serve` records published facts in embedded mode:
       `process` (a writer process of its own, see api.writer_process) or `thread` (a thread of
       the service's process); Kafka mode always uses a thread |
+    | LEDGER_API_KEY_RECHECK_MS | 1000 | how long `serve` trusts an API key it found valid before
+      reading it from the key table again, so a key revoked by `consent-ledger keys revoke` is
+      refused within this long; 0 reads it on every request |
     """
 
     data_dir: Path
@@ -59,6 +62,7 @@ class Settings:
     intake_batch: int = 500
     intake_max_bytes: int = 1024 * 1024
     http_writer: str = "process"
+    api_key_recheck_ms: int = 1000
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -89,6 +93,7 @@ class Settings:
             intake_batch=max(1, _int(env, "LEDGER_INTAKE_BATCH", 500)),
             intake_max_bytes=max(1, _int(env, "LEDGER_INTAKE_MAX_BYTES", 1024 * 1024)),
             http_writer=http_writer,
+            api_key_recheck_ms=max(0, _int(env, "LEDGER_API_KEY_RECHECK_MS", 1000)),
         )
 
     def bootstrap(self) -> str:
