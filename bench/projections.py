@@ -270,6 +270,16 @@ def main(argv: list[str]) -> None:
         empty = Views(ledger, Path(tmp) / "caught-up.db")
         _, caught_up = timed(empty.refresh)
         empty.close()
+        # The campaign check asked first of that store, laid out in log order as a server's
+        # own store is (replay lays out its store table by table: projections.rebuild).
+        if args.cold:
+            evict_from_page_cache(Path(tmp) / "caught-up.db")
+        served = Views(ledger, Path(tmp) / "caught-up.db")
+        served_checked, served_s, served_disk = disk_reads(
+            lambda: check_recipients(served.store, "demo", "marketing", at, recipients)
+        )
+        served.close()
+        assert served_checked == checked
         # Last, so that the stores it writes do not push the queried one out of the page cache.
         _, replay_alone = timed(lambda: rebuild(ledger, Path(tmp) / "alone.db", workers=1))
         ledger.close()
@@ -301,6 +311,10 @@ def main(argv: list[str]) -> None:
         f"  (first asked{cold}: {check_disk:.1f} MiB read from disk)"
     )
     print(f"{'  asked again (median of 5)':<40} {check_again * 1000:>13.0f} ms")
+    print(
+        f"{'  of a store caught up in log order':<40} {served_s * 1000:>13.0f} ms"
+        f"{'':>17}  <= 200 ms  (first asked{cold}: {served_disk:.1f} MiB read from disk)"
+    )
     print(
         f"{f'replay ({workers} processes) / decode-only scan':<40} "
         f"{log_entries / replay:>11,.0f} /s "
