@@ -84,6 +84,17 @@ def rebuild(
             read = _by_subject(ledger, store, partial, known_at, batch, workers)
         else:
             read = catch_up(ledger, ConsentProjection(view=store), known_at=known_at)
+        # Written batch by batch, each table's and index's pages lie interleaved with every
+        # other's in the file, so reading one in key order hops about it. A campaign check
+        # reads a tenth of all subjects in key order from the subjects table and the partial
+        # interval index: asked of a store the OS had not cached, that took 322 and 46 of its
+        # 472 ms, page by page, with the OS unable to read ahead (a throwaway timing of each
+        # query at 1,000,000 facts, 2026-12-01). Laid out, each fills a run of pages of its
+        # own; the same check then took 117-126 ms (the same timing), and 119-121 ms in
+        # `python -m bench projections --cold`. Caught up in log order (Kafka mode), the
+        # store kept its indexes up as it went and they stay as they are; only the subjects
+        # table is laid out.
+        store.lay_out()
     finally:
         store.close()
     # Closing the last connection moves the write-ahead log into the file and deletes it.
@@ -132,16 +143,6 @@ def _by_subject(
         for process, receiver in started:
             process.join()
             receiver.close()
-    # Written batch by batch, each table's and index's pages lie interleaved with every
-    # other's in the file, so reading one in key order hops about it. A campaign check reads
-    # a tenth of all subjects in key order from the subjects table and the partial interval
-    # index: asked of a store the OS had not cached, that took 322 and 46 of its 472 ms,
-    # page by page, with the OS unable to read ahead (a throwaway timing of each query at
-    # 1,000,000 facts, 2026-12-01). The indexes are made now, by sorting the finished table,
-    # and the subjects table is copied in key order: each fills a run of pages of its own.
-    # The same check then took 117-126 ms (the same timing).
-    store.lay_out_subjects()
-    store.create_indexes()
     if upto:  # an empty log leaves no position, as catching up from it would
         store.insert_tracking(Tracking(APPLICATION, upto))
     return read

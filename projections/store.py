@@ -81,8 +81,8 @@ _SUBJECTS_TABLE = (
 class ConsentViews(SQLiteTrackingRecorder):
     """Subjects, their consent entries and corrections, and bitemporal granted intervals."""
 
-    # Secondary indexes. A fresh store that `projections.rebuild` fills creates them only once
-    # its rows are in (`open(..., indexes=False)`, then `create_indexes`): see there.
+    # Secondary indexes. A fresh store that `projections.rebuild` fills subject by subject
+    # creates them only once its rows are in (`open(..., indexes=False)`, then `lay_out`).
     INDEXES = (
         "CREATE INDEX IF NOT EXISTS view_erasures_by_sid ON view_erasures (sid)",
         "CREATE INDEX IF NOT EXISTS view_requests_open ON view_requests (tenant, closed_at)",
@@ -130,14 +130,18 @@ class ConsentViews(SQLiteTrackingRecorder):
             *(self.INDEXES if self.with_indexes else ()),
         ]
 
-    def create_indexes(self) -> None:
+    def lay_out(self) -> None:
+        """Give each index and the subjects table a run of pages of their own, in a store
+        nobody reads yet (see projections.rebuild).
+
+        Indexes not made yet are made now, by sorting the finished tables; then the subjects
+        table is copied in key order. In that order: SQLite reuses freed pages before it
+        grows the file, so the pages of the table the copy replaces, freed last, are left
+        unused instead of scattered through the first index made after them.
+        """
         with self.datastore.transaction(commit=True) as c:
             for statement in self.INDEXES:
                 c.execute(statement)
-
-    def lay_out_subjects(self) -> None:
-        """Copy the subjects table, in key order, into pages of its own (see rebuild)."""
-        with self.datastore.transaction(commit=True) as c:
             c.execute(_SUBJECTS_TABLE.format(name="view_subjects_laid_out"))
             c.execute("INSERT INTO view_subjects_laid_out SELECT * FROM view_subjects ORDER BY sid")
             c.execute("DROP TABLE view_subjects")
