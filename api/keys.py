@@ -38,9 +38,11 @@ class ApiKeys:
     server's LEDGER_API_KEY_RECHECK_MS): another process that revokes it (`consent-ledger
     keys revoke`) is obeyed within that long. Reading the row on every request took 0.1-0.2
     of the server's 0.6 ms of event-loop time per single publish (two alternating rounds of
-    `python -m bench http`, 2026-12-01). Only keys found valid are remembered, by key id, with
-    the secret's hash, never the secret: a made-up key id is read every time and takes no
-    memory, and a valid key id with a wrong secret is refused from what is remembered.
+    `python -m bench http`, 2026-12-01, this logic wrapped around the old lookup by a
+    throwaway sitecustomize; f2886f0's message has the figures). Only keys found valid are
+    remembered, by key id, with the secret's hash, never the secret: a made-up key id is read
+    every time and takes no memory, and a valid key id with a wrong secret is refused from
+    what is remembered.
     """
 
     def __init__(

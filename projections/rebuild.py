@@ -76,7 +76,7 @@ def rebuild(
     _remove(partial)
     by_subject = ledger.settings.backend != "kafka"
     # Built subject by subject, the store is only ever written, never read, until complete:
-    # its secondary indexes are made once all rows are in (see `_by_subject`). Caught up in
+    # its secondary indexes are made once all rows are in (`lay_out`, below). Caught up in
     # log order, it reads its own intervals to close them, and needs them from the start.
     store = ConsentViews.open(partial, indexes=not by_subject)
     try:
