@@ -15,6 +15,7 @@ from uuid import UUID
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ledger.chain import MAPPER
+from ledger.codec import isoformat
 from ledger.envelope import Fact
 from ledger.errors import Code, FactRejected
 from ledger.keystore import seal
@@ -211,7 +212,7 @@ class FactBatch:
                 self.keys.pop(sid, None)
         event = aggregate.pending_events[-1]
         self.fact_keys[(aggregate.id, event.originator_version)] = FactKey(
-            fact.tenant, fact.event_id, digest, event.timestamp.isoformat()
+            fact.tenant, fact.event_id, digest, isoformat(event.timestamp)
         )
         self.accepted[index] = (aggregate.id, event.originator_version, sid.hex if sid else None)
         self.in_batch[(fact.tenant, fact.event_id)] = (index, digest, sid)

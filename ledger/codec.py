@@ -8,7 +8,7 @@ strings, so those are tagged the way the library's JSONTranscoder tags its custo
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -31,12 +31,34 @@ class UUIDAsHex(Transcoding):
         return UUID(data)
 
 
+def orjson_writes_isoformat(value: datetime) -> bool:
+    """Whether orjson writes this datetime exactly as `isoformat()` does.
+
+    It does unless the offset has seconds or microseconds, which orjson drops; facts' offsets
+    are whole minutes (RFC 3339) and the ledger's own timestamps are UTC. orjson writes a
+    datetime in about a fifth of `isoformat()`'s time, and a fact has three (timeit,
+    2026-12-01: 0.25 against 1.2-2 us).
+    """
+    tz = value.tzinfo
+    if tz is UTC or tz is None:
+        return True
+    offset = value.utcoffset()
+    return offset is None or not (offset.seconds % 60 or offset.microseconds)
+
+
+def isoformat(value: datetime) -> str:
+    """`value.isoformat()`, written by orjson when the two agree."""
+    if orjson_writes_isoformat(value):
+        return orjson.dumps(value)[1:-1].decode()
+    return value.isoformat()
+
+
 class DatetimeAsISO(Transcoding):
     type = datetime
     name = _ISO
 
     def encode(self, obj: datetime) -> str:
-        return obj.isoformat()
+        return isoformat(obj)
 
     def decode(self, data: str) -> datetime:
         return datetime.fromisoformat(data)
@@ -83,7 +105,12 @@ class OrjsonTranscoder(Transcoder):
                 if vcls is str or value is None or vcls is bool or vcls is int:
                     out[key] = value
                 elif vcls is datetime and iso_inline:
-                    out[key] = {"_type_": _ISO, "_data_": value.isoformat()}
+                    # Left as a datetime when orjson, which writes the whole dict, writes
+                    # it as isoformat() would.
+                    out[key] = {
+                        "_type_": _ISO,
+                        "_data_": value if orjson_writes_isoformat(value) else value.isoformat(),
+                    }
                 elif vcls is tuple:
                     out[key] = {
                         "_type_": _TUPLE,

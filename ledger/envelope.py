@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from ledger.codec import orjson_writes_isoformat
 from ledger.errors import Code, FactRejected
 from ledger.vocabulary import (
     CHANNELS,
@@ -62,7 +63,10 @@ class Fact:
                 "type": self.type,
                 "tenant": self.tenant,
                 "subject": self.subject,
-                "occurred_at": self.occurred_at.isoformat(),
+                # orjson writes the datetime itself, as isoformat() would, when it can.
+                "occurred_at": self.occurred_at
+                if orjson_writes_isoformat(self.occurred_at)
+                else self.occurred_at.isoformat(),
                 "source": self.source,
                 "channel": self.channel,
                 "evidence": self.evidence,
