@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import os
 import sqlite3
 import threading
@@ -192,7 +191,7 @@ class ConsentLedger(Application[UUID]):
         for outcome in outcomes:
             if isinstance(outcome, Receipt) and outcome.position in found:
                 partition, offset = found[outcome.position]
-                outcome = dataclasses.replace(outcome, position=offset, partition=partition)
+                outcome = outcome._replace(position=offset, partition=partition)
             located.append(outcome)
         return located
 

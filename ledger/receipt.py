@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ledger.errors import FactRejected
 
 
-@dataclass(frozen=True)
-class Receipt:
-    """Proof of acceptance, returned again unchanged for a retry of the same fact."""
+class Receipt(NamedTuple):
+    """Proof of acceptance, returned again unchanged for a retry of the same fact.
+
+    A NamedTuple, made per fact (see ledger.envelope.Fact).
+    """
 
     event_id: str
     sid: str | None

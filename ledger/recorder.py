@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent
@@ -28,9 +27,11 @@ from ledger.chain import (
 from ledger.sql import as_tuples, rows_in
 
 
-@dataclass(frozen=True)
-class FactKey:
-    """What the recorder indexes for one fact: who published it under which id, and its digest."""
+class FactKey(NamedTuple):
+    """What the recorder indexes for one fact: who published it under which id, and its digest.
+
+    NamedTuples here, made per fact written or read (see ledger.envelope.Fact).
+    """
 
     tenant: str
     event_id: str
@@ -38,8 +39,7 @@ class FactKey:
     recorded_at: str
 
 
-@dataclass(frozen=True)
-class IndexedFact:
+class IndexedFact(NamedTuple):
     position: int
     originator_id: UUID
     originator_version: int

@@ -9,7 +9,7 @@ question "who had consent at T, as we knew it at K" is one indexed range query.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -192,7 +192,7 @@ class ConsentProjection(Projection[ConsentViews]):
             if correction.void:
                 del view.known[correction.corrects]
             else:
-                changed = replace(target, **correction.changes)
+                changed = target._replace(**correction.changes)
                 view.known[correction.corrects] = changed
                 affected |= set(changed.purposes)
         else:
