@@ -8,7 +8,6 @@ it at K" (`known_at`). A correction never edits an entry; it is applied while fo
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -42,8 +41,7 @@ class ConsentEntry(NamedTuple):
     void: bool = False
 
 
-@dataclass(frozen=True)
-class Correction:
+class Correction(NamedTuple):
     event_id: str
     recorded_at: datetime
     corrects: str
@@ -51,8 +49,7 @@ class Correction:
     changes: dict[str, Any]
 
 
-@dataclass(frozen=True)
-class PurposeState:
+class PurposeState(NamedTuple):
     purpose: str
     state: str
     since: datetime | None
@@ -149,8 +146,7 @@ def grants_in_force(entries: Iterable[ConsentEntry], at: datetime) -> dict[str, 
     return out
 
 
-@dataclass(frozen=True)
-class GrantedInterval:
+class GrantedInterval(NamedTuple):
     """Valid-time interval [start, end) during which a purpose was granted (end None: open)."""
 
     purpose: str

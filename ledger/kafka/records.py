@@ -18,8 +18,8 @@ import hashlib
 import hmac
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 from uuid import UUID
 
 import orjson
@@ -68,8 +68,9 @@ def _keyed(mac_key: bytes) -> hmac.HMAC:
     return hmac.new(mac_key, digestmod=hashlib.sha256)
 
 
-@dataclass(frozen=True)
-class LedgerRecord:
+class LedgerRecord(NamedTuple):
+    """One ledger record to send, made per fact (a NamedTuple: see ledger.envelope.Fact)."""
+
     key: bytes
     value: bytes
     headers: list[tuple[str, bytes]]
