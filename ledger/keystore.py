@@ -175,7 +175,8 @@ class KeyStore:
         if not keys:
             return
         now = datetime.now(UTC).isoformat()
-        hexes = [sid.hex for sid in keys]
+        rows = [(sid.hex, key) for sid, key in keys.items()]
+        hexes = [sid_hex for sid_hex, _ in rows]
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -183,10 +184,7 @@ class KeyStore:
                     raise ErasedSubjectError("a data key was asked for an erased subject")
                 self._db.executemany(
                     "INSERT INTO data_keys VALUES (?,?,?)",
-                    [
-                        (sid.hex, self._wrap(sid.hex.encode(), key), now)
-                        for sid, key in keys.items()
-                    ],
+                    [(sid_hex, self._wrap(sid_hex.encode(), key), now) for sid_hex, key in rows],
                 )
                 self._db.execute("COMMIT")
             except BaseException:

@@ -83,12 +83,13 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
         **kwargs: Any,
     ) -> Sequence[int] | None:
         self.take_write_lock(c)
-        positions = self._insert_rows(c, stored_events)
+        hexes = [_hex(s.originator_id) for s in stored_events]
+        positions = self._insert_rows(c, stored_events, hexes)
         c.execute(f"SELECT size, frontier FROM {self.head_table} WHERE id = 1")
         row = c.fetchone()
         size, frontier = (row[0], unpack_frontier(row[1])) if row else (0, [])
         rows = []
-        for position, stored in zip(positions, stored_events, strict=True):
+        for position, stored, originator_hex in zip(positions, stored_events, hexes, strict=True):
             digest = MAPPER.hash_of_stored(
                 stored.originator_id, stored.originator_version, stored.topic, stored.state
             )
@@ -102,7 +103,7 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
             rows.append(
                 (
                     position,
-                    _hex(stored.originator_id),
+                    originator_hex,
                     stored.originator_version,
                     digest,
                     key.tenant if key else None,
@@ -139,7 +140,9 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
         """
         c.execute(f"UPDATE {self.head_table} SET size = size WHERE 0")
 
-    def _insert_rows(self, c: SQLiteCursor, stored_events: Sequence[StoredEvent]) -> list[int]:
+    def _insert_rows(
+        self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], hexes: Sequence[str]
+    ) -> list[int]:
         """One executemany instead of a statement per event.
 
         Inside the write transaction SQLite gives each new row the largest rowid plus one, so
@@ -150,8 +153,8 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
         c.executemany(
             self.insert_events_statement,
             [
-                (_hex(s.originator_id), s.originator_version, s.topic, s.state)
-                for s in stored_events
+                (h, s.originator_version, s.topic, s.state)
+                for h, s in zip(hexes, stored_events, strict=True)
             ],
         )
         c.execute(self.select_max_notification_id_statement)
