@@ -14,6 +14,7 @@ from typing import Any
 from uuid import UUID
 
 from eventsourcing.domain import event
+from eventsourcing.utils import get_topic
 
 from ledger.chained import ChainedAggregate
 from ledger.consent import (
@@ -69,10 +70,22 @@ class Subject(ChainedAggregate):
         # The first fact: one event that both registers the subject and states the fact.
         # The library builds a new aggregate from a created event; this object, which the
         # caller holds, takes over its state.
-        first = _FIRST.get(event_class)
+        first: Any = _FIRST.get(event_class)
         if first is None:
             raise AssertionError(f"{event_class.__name__} cannot be a subject's first fact")
-        registered = Subject._create(first, id=self.id, tenant=self.tenant, **kwargs)
+        # What the library's `_create` does once its id and topic checks are passed (the id
+        # is this subject's, the topic this class's): build the created event, let it make
+        # the aggregate, keep the event pending.
+        created = first(
+            originator_topic=_TOPIC,
+            originator_id=self.id,
+            originator_version=self.INITIAL_VERSION,
+            timestamp=first.create_timestamp(),
+            tenant=self.tenant,
+            **kwargs,
+        )
+        registered = created.mutate(None)
+        registered.pending_events.append(created)
         self.__dict__.update(registered.__dict__)
 
     @property
@@ -493,6 +506,8 @@ def _check_categories(
                 "categories",
             )
 
+
+_TOPIC = get_topic(Subject)
 
 _FIRST: dict[type, type[Subject.Registered]] = {
     Subject.ConsentGranted: Subject.FirstConsentGranted,
