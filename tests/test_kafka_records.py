@@ -1,4 +1,4 @@
-"""Ledger records' MAC: its bytes are a format, fixed by what earlier versions wrote.
+"""Ledger records' MAC and partition: formats fixed by what earlier versions wrote.
 
 Readers check every record's MAC, so a change to how it is computed would make every record
 already on a ledger topic look forged. No broker is needed to pin it down.
@@ -10,8 +10,9 @@ import hmac
 
 from hypothesis import given
 from hypothesis import strategies as st
+from kafka.partitioner.default import murmur2 as kafka_python_murmur2
 
-from ledger.kafka.records import MAC_HEADER, record_mac
+from ledger.kafka.records import MAC_HEADER, murmur2, partition_of, record_mac
 
 
 def as_first_written(key: bytes, value: bytes, headers: dict[str, bytes], mac_key: bytes) -> bytes:
@@ -43,3 +44,16 @@ def test_every_record_gets_the_mac_it_always_had(
     assert record_mac(mac_key, key, value, headers) == as_first_written(
         key, value, headers, mac_key
     )
+
+
+@given(st.binary(max_size=200))
+def test_murmur2_is_the_clients(data: bytes) -> None:
+    """A subject's facts must keep going to the partition that holds its earlier facts."""
+    assert murmur2(data) == kafka_python_murmur2(data)
+
+
+def test_a_known_key_keeps_its_partition() -> None:
+    # As kafka-python (and the Java client: toPositive(murmur2(key)) % partitions) put it.
+    key = b"demo/" + b"0" * 32
+    assert murmur2(key) & 0x7FFFFFFF == 1377360271
+    assert [partition_of(key, n) for n in (1, 3, 12)] == [0, 1, 7]
