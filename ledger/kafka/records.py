@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import NamedTuple
 from uuid import UUID
@@ -44,20 +44,32 @@ _LENGTH = struct.Struct(">I").pack
 
 def record_mac(mac_key: bytes, key: bytes, value: bytes, headers: Mapping[str, bytes]) -> bytes:
     """Over the key, the value and every header but the MAC, in name order, each preceded by
-    its length (4 bytes, big-endian).
+    its length (4 bytes, big-endian)."""
+    return _mac(mac_key, key, value, sorted((n, v) for n, v in headers.items() if n != MAC_HEADER))
+
+
+def _mac(
+    mac_key: bytes, key: bytes, value: bytes, in_name_order: Sequence[tuple[str, bytes]]
+) -> bytes:
+    """`record_mac` of headers given in name order (`encode` knows the order).
 
     One message and one `update`: an `update` per part cost more than the hashing itself. The
     pieces are joined once (a length and its part were concatenated first, copying the
     value a second time: 11.5 -> 7.1 us per record, timeit, 2026-12-01).
     """
     pieces = [_LENGTH(len(key)), key, _LENGTH(len(value)), value]
-    for name in sorted(headers):
-        if name != MAC_HEADER:
-            encoded, part = name.encode(), headers[name]
-            pieces += (_LENGTH(len(encoded)), encoded, _LENGTH(len(part)), part)
+    for name, part in in_name_order:
+        pieces += (_named(name), _LENGTH(len(part)), part)
     mac = _keyed(mac_key).copy()
     mac.update(b"".join(pieces))
     return mac.hexdigest().encode()
+
+
+@lru_cache(maxsize=64)
+def _named(name: str) -> bytes:
+    """A header name as the MAC's message holds it: its length, then its bytes."""
+    encoded = name.encode()
+    return _LENGTH(len(encoded)) + encoded
 
 
 @lru_cache(maxsize=8)
@@ -136,21 +148,37 @@ def encode(
     mac_key: bytes,
     tenant: str | None = None,
 ) -> LedgerRecord:
-    originator = _uuid(stored.originator_id)
-    key = f"{tenant if tenant is not None else tenant_of(stored, fact)}/{originator.hex}".encode()
-    headers = [
-        ("aggregate", originator.hex.encode()),
-        ("version", str(stored.originator_version).encode()),
-        ("topic", stored.topic.encode()),
-    ]
-    if fact is not None:
-        headers += [
+    originator = _uuid(stored.originator_id).hex
+    key = f"{tenant if tenant is not None else tenant_of(stored, fact)}/{originator}".encode()
+    aggregate = originator.encode()
+    version = str(stored.originator_version).encode()
+    topic = stored.topic.encode()
+    # The headers in the order readers have always seen them, and again in name order for
+    # the MAC (sorting them per record cost more than the rest of the MAC's message).
+    headers: list[tuple[str, bytes]]
+    if fact is None:
+        headers = [("aggregate", aggregate), ("version", version), ("topic", topic)]
+        in_name_order = [headers[0], headers[2], headers[1]]
+    else:
+        headers = [
+            ("aggregate", aggregate),
+            ("version", version),
+            ("topic", topic),
             ("tenant", fact.tenant.encode()),
             ("event_id", fact.event_id.encode()),
             ("digest", fact.digest.encode()),
             ("recorded_at", fact.recorded_at.encode()),
         ]
-    headers.append((MAC_HEADER, record_mac(mac_key, key, stored.state, dict(headers))))
+        in_name_order = [
+            headers[0],
+            headers[5],
+            headers[4],
+            headers[6],
+            headers[3],
+            headers[2],
+            headers[1],
+        ]
+    headers.append((MAC_HEADER, _mac(mac_key, key, stored.state, in_name_order)))
     return LedgerRecord(key, stored.state, headers, partition_of(key, partitions))
 
 
