@@ -12,6 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import orjson
 from eventsourcing.persistence import Tracking
 from eventsourcing.sqlite import (
     SQLiteConnection,
@@ -26,8 +27,19 @@ from ledger.sqlite_factory import StatementCachingPool
 
 @lru_cache(maxsize=1 << 16)
 def utc(instant: datetime) -> str:
-    """Cached: the same instant is written into several rows (entry, intervals, corrections)."""
-    return instant.astimezone(UTC).isoformat(timespec="microseconds")
+    """The instant in UTC, always with six fractional digits, so that stored instants compare
+    as text.
+
+    Cached: the same instant is written into several rows (entry, intervals, corrections).
+    Every fact's recorded_at is new, though, so a miss must be cheap too: orjson writes a UTC
+    datetime as isoformat() does but for a zero fraction, which it leaves out (0.46 against
+    1.52 us, timeit, 2026-12-01; `utc` was 8% of a replay's py-spy samples).
+    tests/test_projections.py holds it to `astimezone(UTC).isoformat(timespec=...)`.
+    """
+    if instant.tzinfo is not UTC:
+        instant = instant.astimezone(UTC)
+    text = orjson.dumps(instant)[1:-1].decode()
+    return text if instant.microsecond else f"{text[:19]}.000000{text[19:]}"
 
 
 class _ViewsConnectionPool(StatementCachingPool):

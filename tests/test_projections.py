@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import tempfile
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from projections.consent_projection import ConsentProjection
 from projections.queries import check_recipients, consents_at, who_had_consent
 from projections.rebuild import MAX_WORKERS, id_ranges, rebuild
 from projections.runner import APPLICATION, catch_up
-from projections.store import ConsentViews
+from projections.store import ConsentViews, utc
 from projections.views import Views
 from tests.kafka_support import kafka_settings
 from tests.test_properties import (
@@ -702,3 +702,19 @@ def test_replay_gives_each_index_and_the_subjects_table_one_run_of_pages(
     ]
     assert all(pages[name] > 3 for name in laid_out), pages  # enough to be interleaved
     assert {name: runs[name] for name in laid_out} == dict.fromkeys(laid_out, 1)
+
+
+zones: st.SearchStrategy[Any] = (
+    st.none()
+    | st.just(UTC)
+    | st.timedeltas(
+        min_value=timedelta(hours=-23, minutes=-59), max_value=timedelta(hours=23, minutes=59)
+    ).map(timezone)
+)
+
+
+@given(st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=zones))
+def test_utc_writes_what_isoformat_would(instant: datetime) -> None:
+    """The views compare stored instants as text: each must be written the one same way."""
+    expected = instant.astimezone(UTC).isoformat(timespec="microseconds")
+    assert utc.__wrapped__(instant) == expected
