@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, NamedTuple
 
+from ledger.codec import isoformat
+
 GRANTED = "granted"
 WITHDRAWN = "withdrawn"
 EXPIRED = "expired"
@@ -61,10 +63,10 @@ class PurposeState(NamedTuple):
         return {
             "purpose": self.purpose,
             "state": self.state,
-            "since": self.since.isoformat() if self.since else None,
+            "since": isoformat(self.since) if self.since else None,
             "policy_version": self.policy_version,
             "event_id": self.event_id,
-            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+            "expires_at": isoformat(self.expires_at) if self.expires_at else None,
         }
 
 

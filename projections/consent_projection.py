@@ -20,6 +20,7 @@ from eventsourcing.persistence import Tracking
 from eventsourcing.projection import Projection
 
 from ledger.chained import ChainedAggregate
+from ledger.codec import isoformat
 from ledger.consent import (
     ConsentEntry,
     Correction,
@@ -360,10 +361,10 @@ def entry_row(sid: str, e: ConsentEntry, recorded_at: str) -> tuple[Any, ...]:
         e.kind,
         e.seq,
         recorded_at,
-        e.occurred_at.isoformat(),
+        isoformat(e.occurred_at),
         _json_list(e.purposes),
         _json_list(e.categories),
-        e.expires_at.isoformat() if e.expires_at else None,
+        isoformat(e.expires_at) if e.expires_at else None,
         e.policy_version,
         int(e.third_party_transfer),
         int(e.cross_border_transfer),

@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from ledger.codec import isoformat
 from ledger.consent import EXPIRED, WITHDRAWN, PurposeState, consent_at
 from projections.consent_projection import correction_from_row, entry_from_row
 from projections.store import ConsentViews, parse_utc, utc
@@ -114,7 +115,7 @@ class CheckResult(NamedTuple):
             "sid": self.sid,
             "consent": self.consent,
             "reason": self.reason,
-            "since": self.since.isoformat() if self.since else None,
+            "since": isoformat(self.since) if self.since else None,
             "event_id": self.event_id,
         }
 

@@ -16,6 +16,7 @@ import orjson
 
 from ledger.application import ConsentLedger
 from ledger.chained import ChainedAggregate
+from ledger.codec import isoformat
 from ledger.keystore import unseal
 from ledger.subject import Subject
 
@@ -74,7 +75,7 @@ def subject_trail(ledger: ConsentLedger, tenant: str, sid: UUID) -> dict[str, An
             "type": fact_type,
             "event_id": event_id,
             "occurred_at": _plain(state.get("occurred_at", event.timestamp)),
-            "recorded_at": event.timestamp.isoformat(),
+            "recorded_at": isoformat(event.timestamp),
             "source": state.get("source"),
             "channel": state.get("channel"),
             "details": details,
@@ -146,7 +147,7 @@ def trail_csv(trail: dict[str, Any]) -> str:
 
 def _plain(value: Any) -> Any:
     if isinstance(value, datetime):
-        return value.isoformat()
+        return isoformat(value)
     if isinstance(value, tuple | list):
         return [_plain(v) for v in value]
     if isinstance(value, dict):
