@@ -46,6 +46,12 @@ def orjson_writes_isoformat(value: datetime) -> bool:
     return offset is None or not (offset.seconds % 60 or offset.microseconds)
 
 
+def as_orjson_datetime(value: datetime) -> datetime | str:
+    """What to hand orjson for `value` inside a larger document so it writes `isoformat()`:
+    the datetime itself where orjson writes it so, its `isoformat()` text otherwise."""
+    return value if orjson_writes_isoformat(value) else value.isoformat()
+
+
 def isoformat(value: datetime) -> str:
     """`value.isoformat()`, written by orjson when the two agree."""
     if orjson_writes_isoformat(value):
@@ -107,10 +113,7 @@ class OrjsonTranscoder(Transcoder):
                 elif vcls is datetime and iso_inline:
                     # Left as a datetime when orjson, which writes the whole dict, writes
                     # it as isoformat() would.
-                    out[key] = {
-                        "_type_": _ISO,
-                        "_data_": value if orjson_writes_isoformat(value) else value.isoformat(),
-                    }
+                    out[key] = {"_type_": _ISO, "_data_": as_orjson_datetime(value)}
                 elif vcls is tuple:
                     out[key] = {
                         "_type_": _TUPLE,

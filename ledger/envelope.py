@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from ledger.codec import orjson_writes_isoformat
+from ledger.codec import as_orjson_datetime
 from ledger.errors import Code, FactRejected
 from ledger.vocabulary import (
     CHANNELS,
@@ -65,10 +65,7 @@ class Fact(NamedTuple):
                 "type": self.type,
                 "tenant": self.tenant,
                 "subject": self.subject,
-                # orjson writes the datetime itself, as isoformat() would, when it can.
-                "occurred_at": self.occurred_at
-                if orjson_writes_isoformat(self.occurred_at)
-                else self.occurred_at.isoformat(),
+                "occurred_at": as_orjson_datetime(self.occurred_at),
                 "source": self.source,
                 "channel": self.channel,
                 "evidence": self.evidence,
