@@ -16,7 +16,7 @@ from uuid import UUID
 from eventsourcing.domain import event
 from eventsourcing.utils import get_topic
 
-from ledger.chained import ChainedAggregate
+from ledger.chained import ChainedAggregate, new_event
 from ledger.consent import (
     ConsentEntry,
     Correction,
@@ -76,13 +76,16 @@ class Subject(ChainedAggregate):
         # What the library's `_create` does once its id and topic checks are passed (the id
         # is this subject's, the topic this class's): build the created event, let it make
         # the aggregate, keep the event pending.
-        created = first(
-            originator_topic=_TOPIC,
-            originator_id=self.id,
-            originator_version=self.INITIAL_VERSION,
-            timestamp=first.create_timestamp(),
-            tenant=self.tenant,
-            **kwargs,
+        created = new_event(
+            first,
+            {
+                "originator_topic": _TOPIC,
+                "originator_id": self.id,
+                "originator_version": self.INITIAL_VERSION,
+                "timestamp": first.create_timestamp(),
+                "tenant": self.tenant,
+                **kwargs,
+            },
         )
         registered = created.mutate(None)
         registered.pending_events.append(created)
