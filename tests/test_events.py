@@ -1,6 +1,7 @@
 """Events built by `ledger.chained.new_event` are the events the library's constructor builds:
 equal, with the same instance dict in the same order, so the mapper stores the same bytes and
-the chain hashes what it always hashed; what the constructor refuses is refused too."""
+the chain hashes what it always hashed; what the constructor refuses is refused too. The
+ledger's mapper (`ledger.chain.ChainMapper`) stores them as the library's mapper does."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ from typing import Any
 from uuid import UUID
 
 import pytest
+from eventsourcing.persistence import Mapper, StoredEvent
 from hypothesis import given
 from hypothesis import strategies as st
 
 from ledger.chain import MAPPER
 from ledger.chained import new_event
+from ledger.codec import TRANSCODER
 from ledger.subject import Subject
 from ledger.tenant import Tenant
 
@@ -63,7 +66,10 @@ def test_new_event_is_the_constructors_event(drawn: tuple[type, dict[str, Any]])
     cls, fields = drawn
     built: Any = new_event(cls, dict(fields))
     constructed: Any = cls(**fields)
-    assert MAPPER.to_stored_event(built) == MAPPER.to_stored_event(constructed)
+    # ...and the ledger's mapper stores it as the library's own mapper stores the other.
+    stored = MAPPER.to_stored_event(built)
+    assert stored == Mapper(transcoder=TRANSCODER).to_stored_event(constructed)
+    assert type(stored) is StoredEvent
     assert list(vars(built).items()) == list(vars(constructed).items())
     assert built == constructed
     assert type(built) is cls
