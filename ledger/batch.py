@@ -264,14 +264,16 @@ class FactBatch:
             put_kwargs: dict[str, Any] = {"facts": self.fact_keys}
             if extra is not None:
                 put_kwargs["intake"] = extra
-            recordings = self.ledger.events.put(events, **put_kwargs)
+            # What the library's EventStore.put does, without the Notification and Recording
+            # it makes of every event only to hand back ids this loop reads off directly.
+            stored = [MAPPER.to_stored_event(event) for event in events]
+            ids = self.ledger.ledger_recorder.insert_events(stored, **put_kwargs)
+            assert ids is not None  # the ledger's recorders are application recorders
             self.committed = True
-            for recording in recordings:
-                event = recording.domain_event
-                n = recording.notification
+            for event, s, position in zip(events, stored, ids, strict=True):
                 positions[(event.originator_id, event.originator_version)] = (
-                    n.id,
-                    MAPPER.hash_of_stored(n.originator_id, n.originator_version, n.topic, n.state),
+                    position,
+                    MAPPER.hash_of_stored(s.originator_id, s.originator_version, s.topic, s.state),
                 )
             for aggregate in aggregates:
                 # The next fact's prev_hash is the hash just computed from the stored bytes.

@@ -446,3 +446,21 @@ def test_a_fact_that_needs_one_before_it_registers_nobody(
 ) -> None:
     assert_refused(ledger, first, _REFUSAL[first["type"]])
     assert list(ledger.events.get(ledger.sid("demo", "never-seen"))) == []
+
+
+def test_each_receipt_names_its_own_fact_in_the_log(ledger: ConsentLedger) -> None:
+    """A batch's receipts, one per fact, each name where that fact is: its position (in Kafka
+    mode its partition and offset) and its hash, as the log's own index has them."""
+    facts = [grant("pos-a"), grant("pos-b"), withdraw("pos-a"), grant("pos-c"), grant("pos-b")]
+    receipts = accepted(ledger, *facts)
+    index = ledger.ledger_recorder.find_facts("demo", [f["event_id"] for f in facts])
+    where = ledger.ledger_recorder.log_coordinates([row.position for row in index.values()])
+    for f, receipt in zip(facts, receipts, strict=True):
+        row = index[f["event_id"]]
+        assert receipt.hash == row.hash
+        assert receipt.sid == row.originator_id.hex == ledger.sid("demo", f["subject"]).hex
+        if where:  # Kafka: the receipt names the ledger topic, not the writer's replica
+            assert (receipt.partition, receipt.position) == where[row.position]
+        else:
+            assert receipt.position == row.position
+    assert len({(r.partition, r.position) for r in receipts}) == len(facts)
