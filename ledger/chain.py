@@ -50,23 +50,16 @@ class ChainMapper(Mapper[UUID]):
         return self._stored(domain_event)
 
     def _stored(self, domain_event: DomainEventProtocol[UUID]) -> StoredEvent:
-        """The library's `Mapper.to_stored_event`, with the StoredEvent (a frozen dataclass)
-        given its instance dict instead of set field by field, as `ledger.chained.new_event`
-        does for events. The ledger configures no compressor or cipher (it seals personal
-        data itself); with one, the library's method runs. tests/test_chain.py holds it to
-        the library's."""
+        """The library's `Mapper.to_stored_event`, with the StoredEvent made by `stored_event`.
+        The ledger configures no compressor or cipher (it seals personal data itself); with
+        one, the library's method runs. tests/test_events.py holds it to the library's."""
         if self.compressor or self.cipher or getattr(domain_event, "class_version", 1) > 1:
             return super().to_stored_event(domain_event)
         state = dict(vars(domain_event))
-        fields = {
-            "originator_id": state.pop("originator_id"),
-            "originator_version": state.pop("originator_version"),
-            "topic": get_topic(domain_event.__class__),
-            "state": self.transcoder.encode(state),
-        }
-        stored = object.__new__(StoredEvent)
-        object.__setattr__(stored, "__dict__", fields)
-        return stored
+        originator_id = state.pop("originator_id")
+        version = state.pop("originator_version")
+        topic = get_topic(domain_event.__class__)
+        return stored_event(originator_id, version, topic, self.transcoder.encode(state))
 
     def hash_of(self, domain_event: DomainEventProtocol[UUID]) -> str:
         stored = self._stored(domain_event)
@@ -102,6 +95,28 @@ class ChainMapper(Mapper[UUID]):
 
 
 MAPPER = ChainMapper()
+
+
+def stored_event(
+    originator_id: UUID | str, originator_version: int, topic: str, state: bytes
+) -> StoredEvent:
+    """`StoredEvent(originator_id, originator_version, topic, state)`, given its instance dict
+    as the library's mapper gives a domain event its own (`ledger.chained.new_event` says
+    why): a frozen dataclass's constructor sets each field through `object.__setattr__`, 1.7
+    against 0.4 us here (timeit, 2026-12-01), and every event the ledger stores, reads back,
+    replays or verifies is one. tests/test_chain.py holds it to the constructor."""
+    stored = object.__new__(StoredEvent)
+    object.__setattr__(
+        stored,
+        "__dict__",
+        {
+            "originator_id": originator_id,
+            "originator_version": originator_version,
+            "topic": topic,
+            "state": state,
+        },
+    )
+    return stored
 
 
 def fact_hash(originator_id: UUID | str, version: int, topic: str, state: bytes) -> str:

@@ -22,6 +22,7 @@ from ledger.chain import (
     frontier_root,
     leaf_hash,
     pack_frontier,
+    stored_event,
     unpack_frontier,
 )
 from ledger.sql import as_tuples, rows_in
@@ -178,7 +179,7 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
             ):
                 originator = UUID(row[0])
                 found.setdefault(originator, []).append(
-                    StoredEvent(originator, row[1], row[2], row[3])
+                    stored_event(originator, row[1], row[2], row[3])
                 )
         return found
 
@@ -225,7 +226,7 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
                         yield events
                         events = []
                     last, originator_id = originator, UUID(originator)
-                events.append(StoredEvent(originator_id, version, topic, state))
+                events.append(stored_event(originator_id, version, topic, state))
         if events:
             yield events
 

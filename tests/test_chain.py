@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from uuid import uuid4
 
+from eventsourcing.persistence import StoredEvent
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -17,6 +18,7 @@ from ledger.chain import (
     frontier_root,
     leaf_hash,
     merkle_root,
+    stored_event,
 )
 
 
@@ -67,3 +69,19 @@ def test_the_remembered_hashes_stay_bounded() -> None:
         expected = fact_hash(sid, version, "t", state)
         assert mapper.hash_of_stored(sid, version, "t", state) == expected
         assert len(mapper._hashes) <= REMEMBERED
+
+
+@given(
+    st.uuids() | st.text(max_size=40),
+    st.integers(min_value=0, max_value=2**63 - 1),
+    st.text(max_size=60),
+    st.binary(max_size=200),
+)
+def test_stored_event_is_the_constructors(
+    originator_id: object, version: int, topic: str, state: bytes
+) -> None:
+    built = stored_event(originator_id, version, topic, state)  # type: ignore[arg-type]
+    constructed = StoredEvent(originator_id, version, topic, state)  # type: ignore[arg-type]
+    assert type(built) is StoredEvent
+    assert vars(built) == vars(constructed)
+    assert built == constructed and hash(built) == hash(constructed)

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from eventsourcing.persistence import StoredEvent
 
+from ledger.chain import stored_event
 from ledger.recorder import FactKey
 
 MAC_HEADER = "mac"
@@ -195,11 +196,11 @@ def decode(
     ):
         raise NotALedgerRecord("the record's MAC is missing or wrong")
     try:
-        stored = StoredEvent(
-            originator_id=UUID(headers["aggregate"].decode()),
-            originator_version=int(headers["version"]),
-            topic=headers["topic"].decode(),
-            state=value,
+        stored = stored_event(
+            UUID(headers["aggregate"].decode()),
+            int(headers["version"]),
+            headers["topic"].decode(),
+            value,
         )
     except (KeyError, ValueError) as error:
         raise NotALedgerRecord("the record lacks the ledger's headers") from error
