@@ -8,9 +8,10 @@ frontier of the log. Selected through the library's `APPLICATION_RECORDER_TOPIC`
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent
@@ -26,6 +27,10 @@ from ledger.chain import (
     unpack_frontier,
 )
 from ledger.sql import as_tuples, rows_in
+
+# How much of the log `by_aggregate` maps into memory: all of it, up to SQLite's own cap
+# (SQLITE_MAX_MMAP_SIZE, 2 GiB in common builds); past that, pages are read as usual.
+SCAN_MMAP_BYTES = 1 << 40
 
 
 class FactKey(NamedTuple):
@@ -195,31 +200,55 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
         """The whole log as of one moment, aggregate by aggregate, each in version order.
 
         Yields the last position of that moment and the events in lists of about `batch`,
-        never splitting an aggregate's history, read through the primary key in one read
-        transaction (appends after it lie past the position and are left out).
+        never splitting an aggregate's history, read through the primary key in one statement
+        (appends after the position are left out).
 
         `upto` fixes the moment (a position read earlier), so that several readers, one per
         range of aggregate ids (`from_id` inclusive to `to_id` exclusive, as stored: lower-case
         hex), see the same log between them: rows at or before a position never change.
         """
-        with self.datastore.transaction(commit=False) as c:
-            as_tuples(c)
+        bounds = "originator_id >= ?" + ("" if to_id is None else " AND originator_id < ?")
+        select = (
+            "SELECT originator_id, originator_version, topic, state "
+            f"FROM {self.events_table_name} WHERE {bounds} AND rowid <= ? "
+            "ORDER BY originator_id, originator_version"
+        )
+        with self._scanning() as c:
             if upto is None:
-                upto = self._max_notification_id(c) or 0
-            bounds = "originator_id >= ?" + ("" if to_id is None else " AND originator_id < ?")
-            c.execute(
-                "SELECT originator_id, originator_version, topic, state "
-                f"FROM {self.events_table_name} WHERE {bounds} AND rowid <= ? "
-                "ORDER BY originator_id, originator_version",
-                (from_id, upto) if to_id is None else (from_id, to_id, upto),
-            )
+                c.execute(f"SELECT MAX(rowid) FROM {self.events_table_name}")
+                upto = c.fetchone()[0] or 0
+            c.execute(select, (from_id, upto) if to_id is None else (from_id, to_id, upto))
             yield upto, self._aggregate_batches(c, batch)
 
+    @contextmanager
+    def _scanning(self) -> Iterator[sqlite3.Cursor]:
+        """A cursor for `by_aggregate`'s scan, on a connection of its own whose reads of the
+        log go through a memory mapping.
+
+        In primary-key order the rows lie all over the file, and each page SQLite does not
+        hold is a read() call; through a mapping it is a memory read. The scan of 198,195
+        entries took a median 1.19 against 1.41 s, replay as a whole 13.18 against 13.49 s
+        (four interleaved runs each, a throwaway A/B of 2026-12-01). The pool's connections
+        keep the library's settings (no mapping): a mapping of the log is for this one scan.
+        An in-memory log has no file to map and only the pool's connections see it.
+        """
+        pool = cast(Any, self.datastore).pool
+        if pool.is_sqlite_memory_mode:
+            with self.datastore.transaction(commit=False) as c:
+                yield as_tuples(c).sqlite_cursor
+            return
+        db = sqlite3.connect(pool.db_name, uri=True, timeout=pool.lock_timeout or 5)
+        try:
+            db.execute(f"PRAGMA mmap_size={SCAN_MMAP_BYTES}")
+            yield db.cursor()
+        finally:
+            db.close()
+
     @staticmethod
-    def _aggregate_batches(c: SQLiteCursor, batch: int) -> Iterator[list[StoredEvent]]:
+    def _aggregate_batches(c: sqlite3.Cursor, batch: int) -> Iterator[list[StoredEvent]]:
         events: list[StoredEvent] = []
         last = ""
-        while rows := c.sqlite_cursor.fetchmany(1000):
+        while rows := c.fetchmany(1000):
             for originator, version, topic, state in rows:
                 if originator != last:
                     if len(events) >= batch:

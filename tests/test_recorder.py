@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 from uuid import uuid4
 
+import pytest
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.sqlite import SQLiteDatastore
 from eventsourcing.tests import persistence as library_tests
@@ -48,6 +49,27 @@ def test_index_and_head_are_written_with_the_events(tmp_path: Path) -> None:
     assert size == 3
     assert root == merkle_root([stored_hash(e) for e in events]).hex()
     assert recorder.find_facts("demo", ["e-1", "nope"])["e-1"].originator_id == first
+
+
+@pytest.mark.parametrize("where", ["file", "memory"])
+def test_by_aggregate_reads_each_history_in_order_as_of_one_position(
+    tmp_path: Path, where: str
+) -> None:
+    """Replay's scan (on a memory-mapped connection of its own for a file; on the pool's
+    connection for an in-memory log, which no other connection can see)."""
+    name = str(tmp_path / "l.db") if where == "file" else ":memory:"
+    recorder = LedgerSQLiteRecorder(SQLiteDatastore(db_name=name))
+    recorder.create_table()
+    a, b = sorted((uuid4(), uuid4()), key=lambda u: u.hex)
+    recorder.insert_events([_event(b, 1, b"b1"), _event(a, 1, b"a1"), _event(b, 2, b"b2")])
+    with recorder.by_aggregate(batch=1) as (upto, batches):
+        if where == "file":  # (the library's in-memory pool lets no writer in meanwhile)
+            recorder.insert_events([_event(a, 2, b"a2")])  # after the moment: left out
+        read = [[(e.originator_id, e.originator_version, e.state) for e in x] for x in batches]
+    assert upto == 3
+    assert read == [[(a, 1, b"a1")], [(b, 1, b"b1"), (b, 2, b"b2")]]
+    with recorder.by_aggregate(from_id=b.hex) as (upto, batches):
+        assert [e.originator_id for x in batches for e in x] == [b, b]
 
 
 def test_same_event_id_twice_is_refused_by_the_store(tmp_path: Path) -> None:
