@@ -68,28 +68,42 @@ class Subject(ChainedAggregate):
             super().trigger_event(event_class, **kwargs)
             return
         # The first fact: one event that both registers the subject and states the fact.
-        # The library builds a new aggregate from a created event; this object, which the
-        # caller holds, takes over its state.
         first: Any = _FIRST.get(event_class)
         if first is None:
             raise AssertionError(f"{event_class.__name__} cannot be a subject's first fact")
         # What the library's `_create` does once its id and topic checks are passed (the id
         # is this subject's, the topic this class's): build the created event, let it make
         # the aggregate, keep the event pending.
-        created = new_event(
-            first,
-            {
-                "originator_topic": _TOPIC,
-                "originator_id": self.id,
-                "originator_version": self.INITIAL_VERSION,
-                "timestamp": first.create_timestamp(),
-                "tenant": self.tenant,
-                **kwargs,
-            },
+        self._register(
+            new_event(
+                first,
+                {
+                    "originator_topic": _TOPIC,
+                    "originator_id": self.id,
+                    "originator_version": self.INITIAL_VERSION,
+                    "timestamp": first.create_timestamp(),
+                    "tenant": self.tenant,
+                    **kwargs,
+                },
+            )
         )
-        registered = created.mutate(None)
-        registered.pending_events.append(created)
-        self.__dict__.update(registered.__dict__)
+
+    def _register(self, created: Any) -> None:
+        """What `created.mutate(None)` makes of a new aggregate, made of this one, which the
+        caller holds, with `created` kept pending.
+
+        The library's `CanInitAggregate.mutate` gives a new object the event's id, version
+        and timestamp (`__base_init__`), runs `__init__` with the event's fields, then the
+        event's `apply` (a fact's also points the chain's head at it, which is all that
+        `ChainedAggregate.Created.mutate` adds). Done here step by step on this object, that
+        took 2 us where the library's generic path (resolving the topic, filtering the
+        event's fields for each init) took 12 us, and two facts in three name a new subject
+        (timeit, 2026-12-01). tests/test_events.py holds it to `created.mutate(None)`.
+        """
+        self.__base_init__(created.originator_id, created.originator_version, created.timestamp)
+        self._start(created.tenant)
+        created.apply(self)
+        self._pending_events.append(created)
 
     @property
     def erased(self) -> bool:

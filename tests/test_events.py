@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from ledger.chain import MAPPER
 from ledger.chained import new_event
 from ledger.codec import TRANSCODER
-from ledger.subject import Subject
+from ledger.subject import _FIRST, _TOPIC, Subject
 from ledger.tenant import Tenant
 
 EVENT_CLASSES = sorted(
@@ -88,3 +88,35 @@ def test_new_event_refuses_what_the_constructor_refuses(drawn: tuple[type, dict[
             cls(**bad)
         with pytest.raises(TypeError):
             new_event(cls, bad)
+
+
+FIRST_FACTS = sorted(set(_FIRST.values()), key=lambda cls: cls.__qualname__)
+
+
+@given(st.sampled_from(FIRST_FACTS).flatmap(lambda cls: st.tuples(st.just(cls), fields_of(cls))))
+def test_a_subjects_first_fact_makes_what_the_librarys_mutate_makes(
+    drawn: tuple[type, dict[str, Any]],
+) -> None:
+    """`Subject._register` against `created.mutate(None)`: the same state, or the same error."""
+    cls, fields = drawn
+    created: Any = new_event(cls, {**fields, "originator_topic": _TOPIC})
+    outcomes: list[Any] = []
+    for make in (_by_the_library, _by_register):
+        try:
+            outcomes.append(vars(make(created)))
+        except Exception as error:  # arbitrary field values: apply_fact may refuse them
+            outcomes.append(type(error))
+    assert outcomes[0] == outcomes[1]
+    assert not isinstance(outcomes[1], dict) or outcomes[1]["_pending_events"] == [created]
+
+
+def _by_the_library(created: Any) -> Subject:
+    subject: Subject = created.mutate(None)
+    subject.pending_events.append(created)
+    return subject
+
+
+def _by_register(created: Any) -> Subject:
+    subject = Subject.unregistered(created.originator_id, "another tenant, replaced")
+    subject._register(created)
+    return subject
