@@ -9,7 +9,9 @@ ingest benchmark's stream in batches of `--batch` (1,000), minus one recording `
 facts, so start-up and the demo tenant cancel out. `--replay` counts one-process replay
 (`consent-ledger replay --workers 1`) instead: a process recording the projections
 benchmark's history of `--facts` facts (ten per subject) and replaying it, minus one only
-recording it, per log entry and per fact.
+recording it, per log entry and per fact. `--http` counts the event loop's part of a single
+HTTP publish (`publish`), per request: a process sending `--facts` requests through the
+service's app minus one sending `--base`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
 def record(facts: int, batch: int = 1000) -> None:
@@ -70,6 +73,86 @@ def replay(facts: int, *, replaying: bool) -> None:
         ledger.close()
 
 
+def publish(requests: int) -> None:
+    """`requests` single publishes (POST /v1/facts, one new subject's grant each) through the
+    service's ASGI app in this process, as uvicorn hands a request over, with the writer
+    answered at once by a stub.
+
+    What is counted is the event loop's part of a publish (middleware, routing, the API key
+    and role, parsing the fact, the response, metrics and the log line): in `python -m bench
+    http` the server's event loop thread spends about half a millisecond of CPU on it, more
+    than the writer process. The writer's part is the write path this module counts without
+    `--http`; HTTP parsing by uvicorn is left out.
+    """
+    import asyncio
+    import logging
+    from concurrent.futures import Future
+
+    import orjson
+
+    from api.app import create_app, keys_path
+    from api.keys import ApiKeys
+    from api.logs import configure
+    from bench.http import fact
+    from ledger.application import ConsentLedger
+    from ledger.receipt import Receipt
+    from ledger.runtime import tune
+    from ledger.settings import Settings
+
+    tune()
+
+    async def run(tmp: str) -> None:
+        settings = Settings(data_dir=Path(tmp) / "data", http_writer="thread")
+        ConsentLedger(settings).init_demo()
+        keys = ApiKeys(keys_path(settings))
+        key = keys.create("demo", {"publisher"})[1]
+        keys.close()
+        app = create_app(settings)
+        async with app.router.lifespan_context(app):
+            receipt = Receipt("e", "0" * 32, 1, "2025-06-01T05:00:00+00:00", "0" * 64)
+
+            def answered(_: object) -> Future[Receipt]:
+                future: Future[Receipt] = Future()
+                future.set_result(receipt)
+                return future
+
+            app.state.service.writer.submit = answered
+            for _ in range(requests):
+                status = await _post(app, "/v1/facts", orjson.dumps(fact()), key)
+                assert status == 201, status
+
+    with open(os.devnull, "w") as devnull, tempfile.TemporaryDirectory() as tmp:
+        configure(logging.INFO, devnull)  # the service's log line, written and thrown away
+        asyncio.run(run(tmp))
+
+
+async def _post(app: Any, path: str, body: bytes, key: str) -> int:
+    """One POST through an ASGI app, as a server hands it over; the response's status."""
+    messages: list[dict[str, Any]] = [{"type": "http.request", "body": body, "more_body": False}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop() if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    headers = [
+        (b"host", b"bench"),
+        (b"authorization", f"Bearer {key}".encode()),
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    scope = {
+        **{"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1"},
+        **{"method": "POST", "scheme": "http", "path": path, "raw_path": path.encode()},
+        **{"query_string": b"", "root_path": "", "headers": headers},
+        **{"client": ("127.0.0.1", 1), "server": ("127.0.0.1", 8000), "state": {}},
+    }
+    await app(scope, receive, send)
+    return int(sent[0]["status"])
+
+
 def count(facts: int, work: str = "--record", batch: int = 1000) -> tuple[int, str]:
     """Instructions of a whole process doing `work` over `facts` facts, and what it printed."""
     valgrind = shutil.which("valgrind")
@@ -111,12 +194,22 @@ def main(argv: list[str]) -> None:
     parser.add_argument(
         "--replay", action="store_true", help="count one-process replay, per log entry and per fact"
     )
+    parser.add_argument(
+        "--http",
+        action="store_true",
+        help="count the event loop's part of a single HTTP publish, per request "
+        "(--facts minus --base requests)",
+    )
     parser.add_argument("--record", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--publish", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--history", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--history-replayed", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.record is not None:
         record(args.record, args.batch)
+        return
+    if args.publish is not None:
+        publish(args.publish)
         return
     if args.history is not None or args.history_replayed is not None:
         replaying = args.history_replayed is not None
@@ -137,6 +230,15 @@ def main(argv: list[str]) -> None:
         return
     if args.facts <= args.base:
         parser.error("--facts must be more than --base")
+    if args.http:
+        (many, _), (few, _) = count(args.facts, "--publish"), count(args.base, "--publish")
+        per_request = (many - few) / (args.facts - args.base)
+        print(
+            f"HTTP single publish, event loop's part: {per_request:,.0f} instructions per "
+            f"request ({args.facts} minus {args.base} requests, ASGI app in process, writer "
+            "stubbed, callgrind)"
+        )
+        return
     if args.batch < 1:
         parser.error("--batch must be at least 1")
     (many, _), (few, _) = count(args.facts, batch=args.batch), count(args.base, batch=args.batch)
