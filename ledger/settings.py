@@ -12,6 +12,7 @@ from pathlib import Path
 
 BACKENDS = ("embedded", "kafka")
 HTTP_WRITERS = ("process", "thread")
+SWITCHES = {"on": True, "off": False}
 
 
 class SettingsError(ValueError):
@@ -45,6 +46,9 @@ class Settings:
     | LEDGER_API_KEY_RECHECK_MS | 1000 | how long `serve` trusts an API key it found valid before
       reading it from the key table again, so a key revoked by `consent-ledger keys revoke` is
       refused within this long; 0 reads it on every request |
+    | LEDGER_HTTP_TELEMETRY | off | `on`: FastAPI's native OpenTelemetry in `serve`, which traces
+      and measures requests once the process has OpenTelemetry providers configured; `off`
+      skips its checks on every request (the service's own metrics are at /metrics) |
     """
 
     data_dir: Path
@@ -63,6 +67,7 @@ class Settings:
     intake_max_bytes: int = 1024 * 1024
     http_writer: str = "process"
     api_key_recheck_ms: int = 1000
+    http_telemetry: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -77,6 +82,9 @@ class Settings:
             raise SettingsError(
                 f"LEDGER_HTTP_WRITER must be one of {', '.join(HTTP_WRITERS)}, not {http_writer!r}"
             )
+        telemetry = env.get("LEDGER_HTTP_TELEMETRY", "off").strip().lower() or "off"
+        if telemetry not in SWITCHES:
+            raise SettingsError(f"LEDGER_HTTP_TELEMETRY must be on or off, not {telemetry!r}")
         return cls(
             data_dir=Path(env.get("LEDGER_DATA_DIR", "./var") or "./var"),
             backend=backend,
@@ -94,6 +102,7 @@ class Settings:
             intake_max_bytes=max(1, _int(env, "LEDGER_INTAKE_MAX_BYTES", 1024 * 1024)),
             http_writer=http_writer,
             api_key_recheck_ms=max(0, _int(env, "LEDGER_API_KEY_RECHECK_MS", 1000)),
+            http_telemetry=SWITCHES[telemetry],
         )
 
     def bootstrap(self) -> str:

@@ -355,3 +355,14 @@ def test_an_unexpected_failure_is_a_500_problem_that_quotes_nothing(
     assert "Karimov" not in response.text and "+998" not in response.text
     metrics = world.client.get("/metrics").text
     assert 'status="500"' in metrics
+
+
+@pytest.mark.parametrize(("setting", "on"), [({}, False), ({"LEDGER_HTTP_TELEMETRY": "on"}, True)])
+def test_fastapis_own_telemetry_is_off_unless_asked_for(
+    tmp_path: Path, setting: dict[str, str], on: bool
+) -> None:
+    """Off, FastAPI never asks the OpenTelemetry API whether providers are configured; on,
+    it traces and measures requests once they are (FastAPI's own configuration, read back)."""
+    settings = Settings.from_env({"LEDGER_DATA_DIR": str(tmp_path), **setting})
+    config = create_app(settings)._telemetry
+    assert (config["tracing"], config["metrics"], config["logs"]) == (on, on, on)

@@ -155,6 +155,8 @@ def test_errors_are_one_line_with_status(data: Path) -> None:
     assert backend.returncode == 2 and "LEDGER_BACKEND" in backend.stderr
     writer = run(data, "verify", LEDGER_HTTP_WRITER="fork")
     assert writer.returncode == 2 and "LEDGER_HTTP_WRITER" in writer.stderr
+    telemetry = run(data, "verify", LEDGER_HTTP_TELEMETRY="sometimes")
+    assert telemetry.returncode == 2 and "LEDGER_HTTP_TELEMETRY" in telemetry.stderr
     assert run(data).returncode == 2
 
 
