@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Depends, Request
 
-from api.deps import Service, role, service
+from api.deps import Service, role, service_of
 from api.keys import Principal
 from api.problems import Problem, problem_body, status_of
 from api.responses import OrjsonResponse
@@ -60,8 +60,8 @@ async def _record(svc: Service, facts: list[Fact]) -> list[Receipt | FactRejecte
 async def record_fact(
     request: Request,
     principal: Annotated[Principal, Depends(role("publisher", "admin"))],
-    svc: Annotated[Service, Depends(service)],
 ) -> OrjsonResponse:
+    svc = service_of(request)
     body = await request.body()
     fact = parse_fact_bytes(body, principal.tenant)
     outcome = await asyncio.wrap_future(svc.writer.submit(fact))
@@ -104,8 +104,8 @@ async def record_fact(
 async def record_batch(
     request: Request,
     principal: Annotated[Principal, Depends(role("publisher", "admin"))],
-    svc: Annotated[Service, Depends(service)],
 ) -> OrjsonResponse:
+    svc = service_of(request)
     try:
         body = orjson.loads(await request.body())
     except orjson.JSONDecodeError:
