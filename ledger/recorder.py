@@ -15,7 +15,12 @@ from typing import Any, NamedTuple, cast
 from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent
-from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
+from eventsourcing.sqlite import (
+    SQLITE3_DEFAULT_LOCK_TIMEOUT,
+    SQLiteApplicationRecorder,
+    SQLiteCursor,
+    SQLiteDatastore,
+)
 
 from ledger.chain import (
     MAPPER,
@@ -215,13 +220,12 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
         )
         with self._scanning() as c:
             if upto is None:
-                c.execute(f"SELECT MAX(rowid) FROM {self.events_table_name}")
-                upto = c.fetchone()[0] or 0
+                upto = self._max_notification_id(c) or 0
             c.execute(select, (from_id, upto) if to_id is None else (from_id, to_id, upto))
             yield upto, self._aggregate_batches(c, batch)
 
     @contextmanager
-    def _scanning(self) -> Iterator[sqlite3.Cursor]:
+    def _scanning(self) -> Iterator[SQLiteCursor]:
         """A cursor for `by_aggregate`'s scan, on a connection of its own whose reads of the
         log go through a memory mapping.
 
@@ -235,20 +239,22 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
         pool = cast(Any, self.datastore).pool
         if pool.is_sqlite_memory_mode:
             with self.datastore.transaction(commit=False) as c:
-                yield as_tuples(c).sqlite_cursor
+                yield as_tuples(c)
             return
-        db = sqlite3.connect(pool.db_name, uri=True, timeout=pool.lock_timeout or 5)
+        db = sqlite3.connect(
+            pool.db_name, uri=True, timeout=pool.lock_timeout or SQLITE3_DEFAULT_LOCK_TIMEOUT
+        )
         try:
             db.execute(f"PRAGMA mmap_size={SCAN_MMAP_BYTES}")
-            yield db.cursor()
+            yield SQLiteCursor(db.cursor())  # rows as plain tuples: no row factory here
         finally:
             db.close()
 
     @staticmethod
-    def _aggregate_batches(c: sqlite3.Cursor, batch: int) -> Iterator[list[StoredEvent]]:
+    def _aggregate_batches(c: SQLiteCursor, batch: int) -> Iterator[list[StoredEvent]]:
         events: list[StoredEvent] = []
         last = ""
-        while rows := c.fetchmany(1000):
+        while rows := c.sqlite_cursor.fetchmany(1000):
             for originator, version, topic, state in rows:
                 if originator != last:
                     if len(events) >= batch:
