@@ -72,8 +72,8 @@ class Subject(ChainedAggregate):
         if first is None:
             raise AssertionError(f"{event_class.__name__} cannot be a subject's first fact")
         # What the library's `_create` does once its id and topic checks are passed (the id
-        # is this subject's, the topic this class's): build the created event, let it make
-        # the aggregate, keep the event pending.
+        # is this subject's, the topic this class's): build the created event, then register
+        # this subject with it (`_register`: what the event's mutate would make of a new one).
         self._register(
             new_event(
                 first,
