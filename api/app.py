@@ -46,7 +46,7 @@ def build_service(settings: Settings) -> Service:
             Views(ledger),
             ApiKeys(keys_path(settings), recheck_s=settings.api_key_recheck_ms / 1000),
             Metrics(),
-            GroupCommitter(process.record if process is not None else ledger.record),
+            GroupCommitter(process.record if process is not None else ledger.record_received),
             writer_process=process,
         )
     except BaseException:

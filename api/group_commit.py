@@ -18,26 +18,27 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 
-from ledger.envelope import Fact
+from ledger.envelope import Fact, Received
 from ledger.receipt import Outcome
 
 MAX_GROUP = 1000
 
 # One request's facts and where its outcomes go: one outcome for `submit`, a list for
 # `submit_all`.
-_Item = tuple[Sequence[Fact], "Future[Outcome] | Future[list[Outcome]]", bool]
+_Item = tuple[Sequence[Fact | Received], "Future[Outcome] | Future[list[Outcome]]", bool]
 
 
 class GroupCommitter:
-    """`record` is `ConsentLedger.record` (the writer thread records) or a writer process's."""
+    """`record` is `ConsentLedger.record_received` (the writer thread records) or a writer
+    process's."""
 
-    def __init__(self, record: Callable[[Sequence[Fact]], list[Outcome]]) -> None:
+    def __init__(self, record: Callable[[Sequence[Fact | Received]], list[Outcome]]) -> None:
         self._record_facts = record
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
         self._thread.start()
 
-    def submit(self, fact: Fact) -> Future[Outcome]:
+    def submit(self, fact: Fact | Received) -> Future[Outcome]:
         future: Future[Outcome] = Future()
         self._queue.put(((fact,), future, True))
         return future

@@ -79,10 +79,11 @@ def publish(requests: int) -> None:
     answered at once by a stub.
 
     What is counted is the event loop's part of a publish (middleware, routing, the API key
-    and role, parsing the fact, the response, metrics and the log line): in `python -m bench
-    http` the server's event loop thread spends about half a millisecond of CPU on it, more
-    than the writer process. The writer's part is the write path this module counts without
-    `--http`; HTTP parsing by uvicorn is left out.
+    and role, the response, metrics and the log line): in `python -m bench http` the
+    server's event loop thread spends about half a millisecond of CPU on it, more than the
+    writer process. The writer's part, parsing the fact (since 2026-12-01; before, the event
+    loop parsed it) and the write path this module counts without `--http`, is not; nor is
+    HTTP parsing by uvicorn.
     """
     import asyncio
     import logging

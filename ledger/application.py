@@ -23,7 +23,7 @@ from eventsourcing.persistence import IntegrityError, Mapper, Transcoder
 
 from ledger.chain import MAPPER, stored_hash
 from ledger.codec import TRANSCODER
-from ledger.envelope import Fact, parse_fact
+from ledger.envelope import Fact, Received, parse_fact, parse_fact_bytes
 from ledger.errors import Code, FactRejected
 from ledger.keystore import ErasedSubjectError, KeyStore, load_master_key, unseal
 from ledger.policy import DEMO_TENANT, seed_policy_fact
@@ -144,6 +144,27 @@ class ConsentLedger(Application[UUID]):
             raise outcome
 
     # ---- writing -----------------------------------------------------------------------
+
+    def record_received(self, items: Sequence[Fact | Received]) -> list[Outcome]:
+        """`record`, for facts some of which still have to be parsed; one outcome per item.
+
+        An item that does not parse is refused in its place (as `parse_fact_bytes` refuses
+        it), and the others are recorded as one batch, as if it had not been sent.
+        """
+        parsed: list[Fact | FactRejected] = []
+        for item in items:
+            if isinstance(item, Received):
+                try:
+                    parsed.append(parse_fact_bytes(item.data, item.tenant))
+                except FactRejected as rejected:
+                    parsed.append(rejected)
+            else:
+                parsed.append(item)
+        facts = [p for p in parsed if isinstance(p, Fact)]
+        if len(facts) == len(parsed):
+            return self.record(facts)
+        recorded = iter(self.record(facts) if facts else [])
+        return [p if isinstance(p, FactRejected) else next(recorded) for p in parsed]
 
     def record(
         self,

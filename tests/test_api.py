@@ -278,6 +278,30 @@ def test_batch_results_in_order(world: World) -> None:
     assert too_many.status_code == 422 and too_many.json()["code"] == "batch_size"
 
 
+def refused_total(world: World, code: str) -> int:
+    prefix = f'ledger_facts_refused_total{{code="{code}"}} '
+    for line in world.client.get("/metrics").text.splitlines():
+        if line.startswith(prefix):
+            return int(line.removeprefix(prefix))
+    return 0
+
+
+def test_every_refused_fact_is_counted_by_its_code_one_that_did_not_parse_too(
+    world: World,
+) -> None:
+    """A single publish is parsed by the writer, a batch's items on the event loop: the
+    metrics count a refusal the same wherever it was found."""
+    headers = {"Authorization": f"Bearer {world.keys[('demo', 'publisher')]}"}
+    before = refused_total(world, "not_an_object"), refused_total(world, "unknown_purpose")
+    single = world.client.post("/v1/facts", content=b"[1]", headers=headers)
+    assert single.status_code == 422 and single.json()["code"] == "not_an_object"
+    bad = {**fresh_grant(), "purposes": ["lottery"]}
+    batch = world.client.post("/v1/facts:batch", json={"facts": [5, bad]}, headers=headers)
+    assert [r["status"] for r in batch.json()["results"]] == [422, 422]
+    after = refused_total(world, "not_an_object"), refused_total(world, "unknown_purpose")
+    assert (after[0] - before[0], after[1] - before[1]) == (2, 1)
+
+
 def test_query_errors(world: World) -> None:
     headers = {"Authorization": f"Bearer {world.keys[('demo', 'compliance')]}"}
     sid = world.sids["demo"]

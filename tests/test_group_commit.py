@@ -5,23 +5,31 @@ from __future__ import annotations
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+import orjson
 import pytest
 
 from api.group_commit import GroupCommitter
 from ledger.application import ConsentLedger
-from ledger.envelope import Fact, parse_fact
+from ledger.envelope import Fact, Received, parse_fact
 from ledger.errors import FactRejected
 from ledger.receipt import Outcome, Receipt
 from tests.facts import grant
 
 
 def test_concurrent_facts_each_get_their_own_outcome(ledger: ConsentLedger) -> None:
-    writer = GroupCommitter(ledger.record)
-    facts = [parse_fact(grant(f"g-{i}", event_id=f"g-{i}")) for i in range(300)]
+    writer = GroupCommitter(ledger.record_received)
+    # Half as the HTTP service sends a single publish: the bytes, parsed where recorded.
+    facts: list[Fact | Received] = [
+        parse_fact(grant(f"g-{i}", event_id=f"g-{i}"))
+        if i % 2
+        else Received(orjson.dumps(grant(f"g-{i}", event_id=f"g-{i}")), "demo")
+        for i in range(300)
+    ]
     twice = parse_fact(grant("twice", event_id="twice"))
     bad = parse_fact(grant("bad", event_id="bad", purposes=("lottery",)))
+    malformed = Received(b"[1, 2]", "demo")
 
-    def publish(fact: Fact) -> Outcome:
+    def publish(fact: Fact | Received) -> Outcome:
         return writer.submit(fact).result(timeout=60)
 
     try:
@@ -29,9 +37,11 @@ def test_concurrent_facts_each_get_their_own_outcome(ledger: ConsentLedger) -> N
             futures = [pool.submit(publish, f) for f in facts]
             pair = [pool.submit(publish, twice) for _ in range(2)]
             refused = pool.submit(publish, bad)
+            unparsed = pool.submit(publish, malformed)
             outcomes: list[Outcome] = [f.result() for f in futures]
             both = [f.result() for f in pair]
             rejected = refused.result()
+            not_a_fact = unparsed.result()
     finally:
         writer.close()
     receipts = [o for o in outcomes if isinstance(o, Receipt)]
@@ -41,13 +51,14 @@ def test_concurrent_facts_each_get_their_own_outcome(ledger: ConsentLedger) -> N
     assert isinstance(first, Receipt) and isinstance(second, Receipt)
     assert not first.duplicate and second.duplicate and first.position == second.position
     assert isinstance(rejected, FactRejected) and rejected.code.value == "unknown_purpose"
+    assert isinstance(not_a_fact, FactRejected) and not_a_fact.code.value == "not_an_object"
     head, _ = ledger.ledger_recorder.head()
     assert ledger.ledger_recorder.find_facts("demo", ["twice"])["twice"].position == first.position
     assert head >= 300
 
 
 def test_a_failed_append_reaches_every_waiter(ledger: ConsentLedger) -> None:
-    writer = GroupCommitter(ledger.record)
+    writer = GroupCommitter(ledger.record_received)
     ledger.close()  # the store is gone: the append must fail, loudly, for everyone waiting
     try:
         futures = [writer.submit(parse_fact(grant(f"x-{i}", event_id=f"x-{i}"))) for i in range(5)]
@@ -66,9 +77,9 @@ def test_batches_and_single_facts_share_groups_and_keep_their_order(
 
     monkeypatch.setattr(api.group_commit, "MAX_GROUP", 7)
     groups: list[int] = []
-    record = ledger.record
+    record = ledger.record_received
 
-    def counted(facts: Sequence[Fact]) -> list[Outcome]:
+    def counted(facts: Sequence[Fact | Received]) -> list[Outcome]:
         groups.append(len(facts))
         return record(facts)
 

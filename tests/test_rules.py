@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import UUID
 
+import orjson
 import pytest
 
 from ledger.application import ConsentLedger
 from ledger.chained import ChainedAggregate
-from ledger.envelope import parse_fact
+from ledger.envelope import Fact, Received, parse_fact
 from ledger.errors import Code, FactRejected
 from ledger.policy import SEED_POLICY_VERSION
 from ledger.receipt import Receipt
@@ -464,3 +466,29 @@ def test_each_receipt_names_its_own_fact_in_the_log(ledger: ConsentLedger) -> No
         else:
             assert receipt.position == row.position
     assert len({(r.partition, r.position) for r in receipts}) == len(facts)
+
+
+def test_received_facts_are_parsed_where_recorded_each_refusal_in_its_place(
+    ledger: ConsentLedger,
+) -> None:
+    """What the HTTP service's writer records: facts sent as the bytes received, parsed by
+    the writer. One that does not parse is refused in its own place, with the code parsing
+    it alone gives, and the others are recorded as if it had not been sent."""
+    good = grant("rcv-subject", event_id="rcv-1")
+    later = withdraw("rcv-subject", event_id="rcv-2", occurred_at="2025-03-01T11:00:00+05:00")
+    items: list[Fact | Received] = [
+        Received(orjson.dumps(good), None),
+        Received(b"{not json", "demo"),
+        parse_fact(later),
+        Received(orjson.dumps({**grant("rcv-other"), "tenant": "other"}), "demo"),
+    ]
+    outcomes = ledger.record_received(items)
+    assert [type(o) for o in outcomes] == [Receipt, FactRejected, Receipt, FactRejected]
+    assert isinstance(outcomes[1], FactRejected) and outcomes[1].code is Code.INVALID_JSON
+    assert isinstance(outcomes[3], FactRejected) and outcomes[3].code is Code.TENANT_MISMATCH
+    assert isinstance(outcomes[0], Receipt) and outcomes[0].sid is not None
+    trail = subject_trail(ledger, "demo", UUID(hex=outcomes[0].sid))
+    assert trail is not None and [f["event_id"] for f in trail["facts"]] == ["rcv-1", "rcv-2"]
+    assert ledger.record_received([Received(orjson.dumps(good), "demo")]) == [
+        outcomes[0]._replace(duplicate=True)
+    ]

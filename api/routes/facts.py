@@ -8,13 +8,13 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Depends, Request
 
-from api.deps import Service, role, service_of
+from api.deps import role, service_of
 from api.keys import Principal
 from api.problems import Problem, problem_body, status_of
 from api.responses import OrjsonResponse
-from ledger.envelope import Fact, parse_fact, parse_fact_bytes
+from ledger.envelope import Fact, Received, check_size, parse_fact
 from ledger.errors import FactRejected
-from ledger.receipt import Receipt
+from ledger.receipt import Outcome, Receipt
 
 router = APIRouter(tags=["facts"])
 MAX_BATCH = 1000
@@ -36,15 +36,6 @@ FACT_SCHEMA: dict[str, Any] = {
 }
 
 
-async def _record(svc: Service, facts: list[Fact]) -> list[Receipt | FactRejected]:
-    outcomes = await asyncio.wrap_future(svc.writer.submit_all(facts)) if facts else []
-    svc.metrics.facts(
-        sum(1 for o in outcomes if isinstance(o, Receipt) and not o.duplicate),
-        [o.code.value for o in outcomes if isinstance(o, FactRejected)],
-    )
-    return outcomes
-
-
 @router.post(
     "/v1/facts",
     status_code=201,
@@ -63,8 +54,9 @@ async def record_fact(
 ) -> OrjsonResponse:
     svc = service_of(request)
     body = await request.body()
-    fact = parse_fact_bytes(body, principal.tenant)
-    outcome = await asyncio.wrap_future(svc.writer.submit(fact))
+    check_size(body)
+    # Parsed by the writer, not here: see ledger.envelope.Received.
+    outcome = await asyncio.wrap_future(svc.writer.submit(Received(body, principal.tenant)))
     svc.metrics.facts(
         int(isinstance(outcome, Receipt) and not outcome.duplicate),
         [outcome.code.value] if isinstance(outcome, FactRejected) else [],
@@ -121,10 +113,19 @@ async def record_batch(
             parsed.append(parse_fact(item, principal.tenant))
         except FactRejected as e:
             parsed.append(e)
-    recorded = iter(await _record(svc, [p for p in parsed if isinstance(p, Fact)]))
+    facts = [p for p in parsed if isinstance(p, Fact)]
+    written: list[Outcome] = (
+        await asyncio.wrap_future(svc.writer.submit_all(facts)) if facts else []
+    )
+    recorded = iter(written)
+    outcomes = [item if isinstance(item, FactRejected) else next(recorded) for item in parsed]
+    # Every refusal counts, a fact that did not parse too, as for a single publish.
+    svc.metrics.facts(
+        sum(1 for o in outcomes if isinstance(o, Receipt) and not o.duplicate),
+        [o.code.value for o in outcomes if isinstance(o, FactRejected)],
+    )
     results = []
-    for i, item in enumerate(parsed):
-        outcome = item if isinstance(item, FactRejected) else next(recorded)
+    for i, outcome in enumerate(outcomes):
         if isinstance(outcome, FactRejected):
             status = status_of(outcome)
             results.append(
