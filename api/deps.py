@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -70,12 +70,21 @@ def role(*allowed: str) -> Callable[[Request], Awaitable[Principal]]:
     """
 
     async def check(request: Request) -> Principal:
-        principal = caller(request)
-        if not principal.roles.intersection(allowed):
-            raise Problem(403, "forbidden", f"this needs one of the roles: {', '.join(allowed)}")
-        return principal
+        return authorized(request, allowed)
 
     return check
+
+
+def authorized(request: Request, allowed: Collection[str]) -> Principal:
+    """The caller, if it has one of these roles: what `role`'s dependency checks, for the
+    publishing routes to call themselves. Every publisher calls them for every fact, and
+    FastAPI's resolution of the one dependency was 9% of the event loop's part of a single
+    publish (`python -m bench instructions --http`: 774,187 -> 703,737 instructions per
+    request, 2026-12-01). The other routes keep the dependency."""
+    principal = caller(request)
+    if not principal.roles.intersection(allowed):
+        raise Problem(403, "forbidden", f"this needs one of the roles: {', '.join(allowed)}")
+    return principal
 
 
 def parse_sid(sid: str) -> UUID:

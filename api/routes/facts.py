@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+from typing import Any
 
 import orjson
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 
-from api.deps import role, service_of
-from api.keys import Principal
+from api.deps import authorized, service_of
 from api.problems import Problem, problem_body, status_of
 from api.responses import OrjsonResponse
 from ledger.envelope import Fact, Received, check_size, parse_fact
@@ -18,6 +17,7 @@ from ledger.receipt import Outcome, Receipt
 
 router = APIRouter(tags=["facts"])
 MAX_BATCH = 1000
+PUBLISHERS = ("publisher", "admin")
 
 FACT_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -50,8 +50,8 @@ FACT_SCHEMA: dict[str, Any] = {
 )
 async def record_fact(
     request: Request,
-    principal: Annotated[Principal, Depends(role("publisher", "admin"))],
 ) -> OrjsonResponse:
+    principal = authorized(request, PUBLISHERS)
     svc = service_of(request)
     body = await request.body()
     check_size(body)
@@ -95,8 +95,8 @@ async def record_fact(
 )
 async def record_batch(
     request: Request,
-    principal: Annotated[Principal, Depends(role("publisher", "admin"))],
 ) -> OrjsonResponse:
+    principal = authorized(request, PUBLISHERS)
     svc = service_of(request)
     try:
         body = orjson.loads(await request.body())
