@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from fastapi import Request
+from fastapi import Request, Security
+from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
+from fastapi.security import SecurityScopes
+from fastapi.security.base import SecurityBase
 
 from api.group_commit import GroupCommitter
 from api.keys import ApiKeys, Principal
@@ -59,28 +62,52 @@ def caller(request: Request) -> Principal:
     return principal
 
 
-def role(*allowed: str) -> Callable[[Request], Awaitable[Principal]]:
-    """The dependency of a route open to these roles: the caller, if it has one of them.
+SCHEME = "apiKey"  # the security scheme's name in the OpenAPI document
+
+
+class ApiKey(SecurityBase):
+    """The API key every `/v1` route needs, as a FastAPI security dependency: the OpenAPI
+    document then declares the bearer scheme and, on each operation, the roles it admits
+    (the requirement's list, which OpenAPI 3.1 allows to hold role names for a scheme that
+    is not OAuth2). The roles reach the check as FastAPI's `SecurityScopes`.
 
     One dependency that calls `caller` itself, rather than one that depends on `caller`,
     which depended on `service`: FastAPI resolves each dependency of each request through
-    generic machinery (cache keys, signature checks), and the two it no longer resolves
-    were 11% of the event loop's part of a single publish (`python -m bench instructions
+    generic machinery (cache keys, signature checks), and the two it no longer resolves were
+    11% of the event loop's part of a single publish (`python -m bench instructions
     --http`: 1,090,238 -> 968,991 instructions per request, 2026-12-01).
     """
 
-    async def check(request: Request) -> Principal:
-        return authorized(request, allowed)
+    def __init__(self) -> None:
+        self.model = HTTPBearerModel(
+            description="An API key from `consent-ledger keys create --tenant T --role R`, "
+            "sent as `Authorization: Bearer <key>`. A key reads and writes only its own "
+            "tenant. Each operation lists the roles it admits (publisher: write facts; "
+            "compliance: read, export, check; admin: erase and the rest). No key, or an "
+            "unknown or revoked one: 401; a key without one of the roles: 403."
+        )
+        self.scheme_name = SCHEME
 
-    return check
+    async def __call__(self, request: Request, security_scopes: SecurityScopes) -> Principal:
+        return authorized(request, security_scopes.scopes)
+
+
+API_KEY = ApiKey()
+
+
+def role(*allowed: str) -> Any:
+    """A route's caller, who must have one of these roles:
+    `principal: Annotated[Principal, role("compliance", "admin")]`."""
+    return Security(API_KEY, scopes=list(allowed))
 
 
 def authorized(request: Request, allowed: Collection[str]) -> Principal:
     """The caller, if it has one of these roles: what `role`'s dependency checks, for the
-    publishing routes to call themselves. Every publisher calls them for every fact, and
-    FastAPI's resolution of the one dependency was 9% of the event loop's part of a single
-    publish (`python -m bench instructions --http`: 774,187 -> 703,737 instructions per
-    request, 2026-12-01). The other routes keep the dependency."""
+    publishing routes to call themselves (their decorators declare the same to OpenAPI).
+    Every publisher calls them for every fact, and FastAPI's resolution of the one
+    dependency was 9% of the event loop's part of a single publish (`python -m bench
+    instructions --http`: 774,187 -> 703,737 instructions per request, 2026-12-01). The
+    other routes keep the dependency."""
     principal = caller(request)
     if not principal.roles.intersection(allowed):
         raise Problem(403, "forbidden", f"this needs one of the roles: {', '.join(allowed)}")

@@ -335,6 +335,32 @@ def test_openapi_is_served_and_kept_in_the_repo(world: World) -> None:
     assert served == kept, "the API changed: run make openapi and commit api/openapi.json"
 
 
+def test_the_openapi_document_names_the_key_and_the_roles_of_each_route(world: World) -> None:
+    """The roles each operation declares are the ones the role matrix finds it admits."""
+    served = world.client.get("/openapi.json").json()
+    assert served["components"]["securitySchemes"]["apiKey"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": served["components"]["securitySchemes"]["apiKey"]["description"],
+    }
+    templates = {"marketing": "{purpose}", "crmpro-1.0": "{version}"}
+    expected = {("post", "/v1/subjects/{sid}/erasure"): {"admin"}}  # its own test, above
+    for route in ROUTES:
+        path = route["path"].split("?")[0]
+        for value, template in templates.items():
+            path = path.replace(value, template)
+        expected[(route["method"].lower(), path)] = route["roles"]
+    declared = {}
+    for path, operations in served["paths"].items():
+        for method, operation in operations.items():
+            if path.startswith("/v1/"):
+                [requirement] = operation["security"]
+                declared[(method, path)] = set(requirement["apiKey"])
+            else:
+                assert "security" not in operation, path  # health, readiness, metrics
+    assert declared == expected
+
+
 def test_a_client_chosen_key_is_not_echoed(world: World) -> None:
     headers = {"Authorization": f"Bearer {world.keys[('demo', 'compliance')]}"}
     secret = "+998901234567"

@@ -32,7 +32,7 @@ class Check(BaseModel):
 @router.post("/v1/consents:check")
 def check(
     body: Check,
-    principal: Annotated[Principal, Depends(role(*READERS))],
+    principal: Annotated[Principal, role(*READERS)],
     svc: Annotated[Service, Depends(service)],
 ) -> dict[str, Any]:
     if (body.subjects is None) == (body.sids is None):
@@ -56,7 +56,7 @@ def check(
 @router.get("/v1/purposes/{purpose}/subjects")
 def subjects_with_consent(
     purpose: str,
-    principal: Annotated[Principal, Depends(role(*READERS))],
+    principal: Annotated[Principal, role(*READERS)],
     svc: Annotated[Service, Depends(service)],
     as_of: Annotated[str | None, Query()] = None,
     known_at: Annotated[str | None, Query()] = None,
@@ -86,7 +86,7 @@ def subjects_with_consent(
 
 @router.get("/v1/policies")
 def policies(
-    principal: Annotated[Principal, Depends(role("publisher", *READERS))],
+    principal: Annotated[Principal, role("publisher", *READERS)],
     svc: Annotated[Service, Depends(service)],
 ) -> dict[str, Any]:
     tenant = svc.ledger.tenant(principal.tenant)
@@ -97,7 +97,7 @@ def policies(
 @router.get("/v1/policies/{version}")
 def policy(
     version: str,
-    principal: Annotated[Principal, Depends(role("publisher", *READERS))],
+    principal: Annotated[Principal, role("publisher", *READERS)],
     svc: Annotated[Service, Depends(service)],
 ) -> dict[str, Any]:
     tenant = svc.ledger.tenant(principal.tenant)
@@ -127,7 +127,7 @@ def _policy(p: Any) -> dict[str, Any]:
 
 @router.get("/v1/due")
 def due(
-    principal: Annotated[Principal, Depends(role(*READERS))],
+    principal: Annotated[Principal, role(*READERS)],
     svc: Annotated[Service, Depends(service)],
     within_days: Annotated[int, Query(ge=0, le=3650)] = 7,
 ) -> dict[str, Any]:
@@ -145,7 +145,7 @@ def due(
 
 @router.get("/v1/verify")
 def verify(
-    principal: Annotated[Principal, Depends(role(*READERS))],
+    principal: Annotated[Principal, role(*READERS)],
     svc: Annotated[Service, Depends(service)],
 ) -> dict[str, Any]:
     return verify_ledger(svc.ledger.ledger_recorder).as_dict()

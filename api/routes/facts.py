@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request
 
-from api.deps import authorized, service_of
+from api.deps import SCHEME, authorized, service_of
 from api.problems import Problem, problem_body, status_of
 from api.responses import OrjsonResponse
 from ledger.envelope import Fact, Received, check_size, parse_fact
@@ -40,7 +40,8 @@ FACT_SCHEMA: dict[str, Any] = {
     "/v1/facts",
     status_code=201,
     openapi_extra={
-        "requestBody": {"required": True, "content": {"application/json": {"schema": FACT_SCHEMA}}}
+        "requestBody": {"required": True, "content": {"application/json": {"schema": FACT_SCHEMA}}},
+        "security": [{SCHEME: list(PUBLISHERS)}],  # checked by the route itself
     },
     responses={
         200: {"description": "the same fact again: the first receipt"},
@@ -90,7 +91,8 @@ async def record_fact(
                     }
                 }
             },
-        }
+        },
+        "security": [{SCHEME: list(PUBLISHERS)}],
     },
 )
 async def record_batch(

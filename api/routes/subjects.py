@@ -41,7 +41,7 @@ def _instant(value: str | None, name: str) -> datetime | None:
 @router.post("/v1/subjects:resolve")
 def resolve(
     body: Resolve,
-    principal: Annotated[Principal, Depends(role("publisher", "compliance", "admin"))],
+    principal: Annotated[Principal, role("publisher", "compliance", "admin")],
     svc: Annotated[Service, Depends(service)],
 ) -> dict[str, str]:
     return {"sid": svc.ledger.sid(principal.tenant, body.subject).hex}
@@ -50,7 +50,7 @@ def resolve(
 @router.get("/v1/subjects/{sid}/consents")
 def consents(
     sid: str,
-    principal: Annotated[Principal, Depends(role("compliance", "admin"))],
+    principal: Annotated[Principal, role("compliance", "admin")],
     svc: Annotated[Service, Depends(service)],
     as_of: Annotated[str | None, Query()] = None,
     known_at: Annotated[str | None, Query()] = None,
@@ -70,7 +70,7 @@ def consents(
 @router.get("/v1/subjects/{sid}/trail", response_model=None)
 def trail(
     sid: str,
-    principal: Annotated[Principal, Depends(role("compliance", "admin"))],
+    principal: Annotated[Principal, role("compliance", "admin")],
     svc: Annotated[Service, Depends(service)],
     format: Annotated[str, Query(pattern="^(json|csv)$")] = "json",
 ) -> Response:
@@ -86,7 +86,7 @@ def trail(
 def erase(
     sid: str,
     body: Erasure,
-    principal: Annotated[Principal, Depends(role("admin"))],
+    principal: Annotated[Principal, role("admin")],
     svc: Annotated[Service, Depends(service)],
 ) -> OrjsonResponse:
     subject_id = parse_sid(sid)
