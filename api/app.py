@@ -104,7 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, problems.on_http)
     app.add_exception_handler(Exception, problems.on_unexpected)
 
-    app.add_middleware(RequestGuard)
+    app.add_middleware(RequestGuard, max_body=settings.http_max_body)
 
     # Every authenticated route can answer with these problems; bodies over the limit get 413.
     errors = problems.documented(401, 403, 404, 405, 409, 413, 422, 500, 503)

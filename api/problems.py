@@ -126,7 +126,7 @@ async def on_http(_: Request, exc: Exception) -> OrjsonResponse:
     if exc.status_code == 400:
         # FastAPI's answer to a body it cannot decode: for this API that is invalid JSON.
         return respond(422, "invalid_json", "the body is not valid JSON")
-    codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}
+    codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 413: "oversize"}
     response = respond(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
     # Keep what the framework says in headers, e.g. `Allow` on a 405 (RFC 9110).
     response.headers.update(exc.headers or {})

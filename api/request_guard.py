@@ -13,18 +13,33 @@ import time
 from typing import Any
 
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import problems
 
 log = logging.getLogger("consent_ledger.http")
-MAX_BODY = 16 * 1024 * 1024
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """A body sent without Content-Length grew past the limit while it was read. An HTTP
+    exception, which FastAPI passes on from its own reading of a body (anything else it
+    turns into a 400), so the app's handler answers it as 413 `oversize`."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"a request body may be at most {limit} bytes")
 
 
 class RequestGuard:
-    def __init__(self, app: ASGIApp) -> None:
+    """`max_body` is LEDGER_HTTP_MAX_BODY_BYTES: a body that declares more is refused before
+    the route runs; one that does not declare its length (chunked) is counted as the route
+    reads it and refused once it passes the limit, so no route holds more in memory."""
+
+    def __init__(self, app: ASGIApp, max_body: int) -> None:
         self.app = app
+        self.max_body = max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -42,21 +57,44 @@ class RequestGuard:
 
         length = Headers(scope=scope).get("content-length")
         try:
-            if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
-                await problems.respond(
-                    413, "oversize", f"a request body may be at most {MAX_BODY} bytes"
-                )(scope, receive, watch)
+            if length is not None and (not length.isdigit() or int(length) > self.max_body):
+                await self._oversize()(scope, receive, watch)
                 return
             try:
-                await self.app(scope, receive, watch)
+                await self.app(
+                    scope, receive if length is not None else self._counted(receive), watch
+                )
             except Exception as exc:
                 if answered:  # the response is already on its way: nothing else can be sent
                     raise
+                if isinstance(exc, BodyTooLarge):  # read outside the app's own handlers
+                    await self._oversize()(scope, receive, watch)
+                    return
                 response = await problems.on_unexpected(Request(scope), exc)
                 await response(scope, receive, watch)
         finally:
             # Counted and logged however it ended (a response that broke off midway too).
             self._observe(scope, status, time.perf_counter() - started)
+
+    def _oversize(self) -> Response:
+        return problems.respond(
+            413, "oversize", f"a request body may be at most {self.max_body} bytes"
+        )
+
+    def _counted(self, receive: Receive) -> Receive:
+        """`receive`, refusing a body (sent without its length) once it passes the limit."""
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body:
+                    raise BodyTooLarge(self.max_body)
+            return message
+
+        return counted
 
     @staticmethod
     def _observe(scope: Scope, status: int, seconds: float) -> None:

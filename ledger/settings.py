@@ -46,6 +46,9 @@ class Settings:
     | LEDGER_API_KEY_RECHECK_MS | 1000 | how long `serve` trusts an API key it found valid before
       reading it from the key table again, so a key revoked by `consent-ledger keys revoke` is
       refused within this long; 0 reads it on every request |
+    | LEDGER_HTTP_MAX_BODY_BYTES | 16777216 | `serve`: a request body over this many bytes is
+      refused with 413 `oversize` before any route reads it (a body sent without
+      Content-Length is counted as it arrives); a single fact is further held to 1 MiB |
     | LEDGER_HTTP_TELEMETRY | off | `on`: FastAPI's native OpenTelemetry in `serve`, which traces
       and measures requests once the process has OpenTelemetry providers configured; `off`
       skips its checks on every request (the service's own metrics are at /metrics) |
@@ -68,6 +71,7 @@ class Settings:
     http_writer: str = "process"
     api_key_recheck_ms: int = 1000
     http_telemetry: bool = False
+    http_max_body: int = 16 * 1024 * 1024
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -103,6 +107,7 @@ class Settings:
             http_writer=http_writer,
             api_key_recheck_ms=max(0, _int(env, "LEDGER_API_KEY_RECHECK_MS", 1000)),
             http_telemetry=SWITCHES[telemetry],
+            http_max_body=max(1, _int(env, "LEDGER_HTTP_MAX_BODY_BYTES", 16 * 1024 * 1024)),
         )
 
     def bootstrap(self) -> str:

@@ -371,20 +371,55 @@ def test_a_client_chosen_key_is_not_echoed(world: World) -> None:
     assert secret not in response.text
 
 
-def test_a_body_over_the_limit_is_413_before_any_route_reads_it(
-    world: World, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import api.request_guard
-
-    monkeypatch.setattr(api.request_guard, "MAX_BODY", 64)
-    response = world.client.post(
-        "/v1/facts",
-        content=b"{" + b" " * 100 + b"}",
-        headers={"Authorization": f"Bearer {world.keys[('demo', 'publisher')]}"},
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, str]]:
+    """A service whose bodies may be at most 200 bytes (LEDGER_HTTP_MAX_BODY_BYTES)."""
+    settings = Settings.from_env(
+        {
+            "LEDGER_DATA_DIR": str(tmp_path_factory.mktemp("limited")),
+            "LEDGER_HTTP_MAX_BODY_BYTES": "200",
+            "LEDGER_HTTP_WRITER": "thread",
+        }
     )
-    assert response.status_code == 413
+    ConsentLedger(settings).init_demo()
+    store = ApiKeys(keys_path(settings))
+    key = store.create("demo", set(ROLES))[1]
+    store.close()
+    with TestClient(create_app(settings)) as client:
+        yield client, key
+
+
+def chunks(body: bytes) -> Iterator[bytes]:
+    """A body sent in pieces, without Content-Length (chunked transfer encoding)."""
+    for i in range(0, len(body), 50):
+        yield body[i : i + 50]
+
+
+@pytest.mark.parametrize("path", ["/v1/facts", "/v1/facts:batch", "/v1/subjects:resolve"])
+@pytest.mark.parametrize("sent", ["with its length", "chunked"])
+def test_a_body_over_the_configured_limit_is_413(
+    limited: tuple[TestClient, str], path: str, sent: str
+) -> None:
+    """Refused whether it declares its length (before the route runs) or not (as it is
+    read), from routes that read their body themselves and from one FastAPI reads."""
+    client, key = limited
+    body = b'{"subject": "' + b"x" * 300 + b'"}'
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    content: bytes | Iterator[bytes] = body if sent == "with its length" else chunks(body)
+    response = client.post(path, content=content, headers=headers)
+    assert response.status_code == 413, response.text
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["code"] == "oversize"
+    assert "200 bytes" in response.json()["detail"]
+
+
+def test_a_chunked_body_under_the_limit_is_read_whole(limited: tuple[TestClient, str]) -> None:
+    client, key = limited
+    body = b'{"subject": "' + b"x" * 120 + b'"}'
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    response = client.post("/v1/subjects:resolve", content=chunks(body), headers=headers)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["sid"]) == 32
 
 
 def test_an_unexpected_failure_is_a_500_problem_that_quotes_nothing(

@@ -157,6 +157,8 @@ def test_errors_are_one_line_with_status(data: Path) -> None:
     assert writer.returncode == 2 and "LEDGER_HTTP_WRITER" in writer.stderr
     telemetry = run(data, "verify", LEDGER_HTTP_TELEMETRY="sometimes")
     assert telemetry.returncode == 2 and "LEDGER_HTTP_TELEMETRY" in telemetry.stderr
+    body = run(data, "verify", LEDGER_HTTP_MAX_BODY_BYTES="16MB")
+    assert body.returncode == 2 and "LEDGER_HTTP_MAX_BODY_BYTES" in body.stderr
     assert run(data).returncode == 2
 
 
