@@ -106,7 +106,26 @@ def subject_trail(ledger: ConsentLedger, tenant: str, sid: UUID) -> dict[str, An
     }
 
 
+# What a spreadsheet reads as the start of a formula (OWASP, "CSV Injection").
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _text_cell(value: str | None) -> str:
+    """A publisher's text as a cell a spreadsheet shows as text, never runs.
+
+    The CSV trail is what a compliance officer opens in a spreadsheet; `event_id` and
+    `source` are whatever the publisher sent, and one that begins like a formula
+    (`=HYPERLINK(...)`) would be evaluated there. Such a cell is prefixed with an
+    apostrophe, OWASP's advice; the JSON trail keeps every value exactly.
+    """
+    if not value:
+        return ""
+    return "'" + value if value.startswith(_FORMULA_START) else value
+
+
 def trail_csv(trail: dict[str, Any]) -> str:
+    """The trail as CSV, one fact per row; text a publisher chose is made spreadsheet-safe
+    (`_text_cell`), the rest (positions, times from the ledger, hashes, JSON) is as is."""
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(
@@ -131,11 +150,11 @@ def trail_csv(trail: dict[str, Any]) -> str:
                 fact["position"],
                 fact["version"],
                 fact["type"],
-                fact["event_id"] or "",
+                _text_cell(fact["event_id"]),
                 fact["occurred_at"],
                 fact["recorded_at"],
-                fact["source"] or "",
-                fact["channel"] or "",
+                _text_cell(fact["source"]),
+                _text_cell(fact["channel"]),
                 orjson.dumps(fact["details"]).decode(),
                 orjson.dumps(fact["personal_data"]).decode() if fact["personal_data"] else "",
                 fact["prev_hash"],
