@@ -13,19 +13,24 @@ checked and appended never hold up the event loop that serves every other reques
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import queue
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+from typing import Any, TypeAlias
 
 from ledger.envelope import Fact, Received
 from ledger.receipt import Outcome
 
 MAX_GROUP = 1000
 
-# One request's facts and where its outcomes go: one outcome for `submit`, a list for
-# `submit_all`.
-_Item = tuple[Sequence[Fact | Received], "Future[Outcome] | Future[list[Outcome]]", bool]
+# One request's facts and where its outcomes go (a concurrent Future, or an asyncio future
+# with its loop): one outcome for `submit` and `outcome`, a list for `submit_all`.
+_OnLoop: TypeAlias = tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]
+_Target: TypeAlias = Future[Outcome] | Future[list[Outcome]] | _OnLoop
+_Item = tuple[Sequence[Fact | Received], _Target, bool]
 
 
 class GroupCommitter:
@@ -42,6 +47,18 @@ class GroupCommitter:
         future: Future[Outcome] = Future()
         self._queue.put(((fact,), future, True))
         return future
+
+    async def outcome(self, fact: Fact | Received) -> Outcome:
+        """`submit`, awaited on the caller's event loop.
+
+        The writer settles an asyncio future on that loop itself, instead of a concurrent
+        Future that `asyncio.wrap_future` mirrors into one (a second future, a done-callback
+        and a copy of the state on every request). Every single publish awaits this.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outcome] = loop.create_future()
+        self._queue.put(((fact,), (loop, future), True))
+        return await future
 
     def submit_all(self, facts: Sequence[Fact]) -> Future[list[Outcome]]:
         future: Future[list[Outcome]] = Future()
@@ -84,13 +101,33 @@ class GroupCommitter:
             outcomes = self._record_facts([fact for facts, _, _ in group for fact in facts])
         except BaseException as exc:
             for _, future, _ in group:
-                future.set_exception(exc)
+                _settle(future, None, exc)
             return
         start = 0
         for facts, future, single in group:
             mine = outcomes[start : start + len(facts)]
             start += len(facts)
-            if single:
-                future.set_result(mine[0])  # type: ignore[arg-type]
-            else:
-                future.set_result(mine)  # type: ignore[arg-type]
+            _settle(future, mine[0] if single else mine, None)
+
+
+def _settle(target: _Target, result: Any, error: BaseException | None) -> None:
+    """Hand a request its outcome (or the error): a concurrent Future directly, an asyncio
+    future through its loop (from this thread, only the loop may touch it)."""
+    if isinstance(target, Future):
+        if error is not None:
+            target.set_exception(error)
+        else:
+            target.set_result(result)
+        return
+    loop, future = target
+    with contextlib.suppress(RuntimeError):  # a closed loop: nothing waits on it any more
+        loop.call_soon_threadsafe(_settle_on_loop, future, result, error)
+
+
+def _settle_on_loop(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():  # cancelled: the request went away while its fact was recorded
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)

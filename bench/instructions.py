@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,6 @@ def publish(requests: int) -> None:
     """
     import asyncio
     import logging
-    from concurrent.futures import Future
 
     import orjson
 
@@ -112,12 +112,8 @@ def publish(requests: int) -> None:
         async with app.router.lifespan_context(app):
             receipt = Receipt("e", "0" * 32, 1, "2025-06-01T05:00:00+00:00", "0" * 64)
 
-            def answered(_: object) -> Future[Receipt]:
-                future: Future[Receipt] = Future()
-                future.set_result(receipt)
-                return future
-
-            app.state.service.writer.submit = answered
+            writer = app.state.service.writer
+            writer._queue = Answered(writer._queue, receipt)
             for _ in range(requests):
                 status = await _post(app, "/v1/facts", orjson.dumps(fact()), key)
                 assert status == 201, status
@@ -125,6 +121,28 @@ def publish(requests: int) -> None:
     with open(os.devnull, "w") as devnull, tempfile.TemporaryDirectory() as tmp:
         configure(logging.INFO, devnull)  # the service's log line, written and thrown away
         asyncio.run(run(tmp))
+
+
+class Answered:
+    """The group committer's queue, answering each request at once on the caller's thread
+    as its writer thread would (a concurrent Future's result, or an asyncio future settled
+    through its loop), so the count holds the event loop's whole part and nothing else.
+    At the queue, not a method, so that this module counts an older tree's service too."""
+
+    def __init__(self, queue: Any, receipt: Any) -> None:
+        self.queue, self.receipt = queue, receipt
+
+    def put(self, item: Any) -> None:
+        if item is None:  # closing: the writer thread stops
+            self.queue.put(item)
+            return
+        _, target, single = item
+        outcome = self.receipt if single else [self.receipt]
+        if isinstance(target, Future):
+            target.set_result(outcome)
+        else:
+            loop, future = target
+            loop.call_soon_threadsafe(future.set_result, outcome)
 
 
 async def _post(app: Any, path: str, body: bytes, key: str) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -103,3 +104,45 @@ def test_batches_and_single_facts_share_groups_and_keep_their_order(
         assert [getattr(o, "event_id", None) for o in outcomes] == [f.event_id for f in facts]
     assert [getattr(o, "event_id", None) for o in single_outcomes] == [f.event_id for f in singles]
     assert sum(groups) == 80 and max(groups) <= 7 and len(groups) > 1
+
+
+def test_awaited_outcomes_reach_their_own_requests_on_the_event_loop(
+    ledger: ConsentLedger,
+) -> None:
+    """What a single publish awaits: each request its own outcome, settled on its loop; a
+    request that went away meanwhile (cancelled) does not disturb the others."""
+    writer = GroupCommitter(ledger.record_received)
+
+    async def main() -> tuple[list[Outcome], Outcome]:
+        facts = [
+            Received(orjson.dumps(grant(f"aw-{i}", event_id=f"aw-{i}")), "demo") for i in range(50)
+        ]
+        gone = asyncio.ensure_future(writer.outcome(parse_fact(grant("gone", event_id="gone"))))
+        tasks = [asyncio.ensure_future(writer.outcome(f)) for f in facts]
+        await asyncio.sleep(0)  # one turn of the loop: every task has handed its fact over
+        gone.cancel()
+        refused = await writer.outcome(Received(b"{", "demo"))
+        return list(await asyncio.gather(*tasks)), refused
+
+    try:
+        outcomes, refused = asyncio.run(main())
+    finally:
+        writer.close()
+    assert [getattr(o, "event_id", None) for o in outcomes] == [f"aw-{i}" for i in range(50)]
+    assert isinstance(refused, FactRejected) and refused.code.value == "invalid_json"
+    # The cancelled request's fact was recorded all the same (as a retry would find).
+    assert "gone" in ledger.ledger_recorder.find_facts("demo", ["gone"])
+
+
+def test_an_awaited_request_gets_the_writers_error(ledger: ConsentLedger) -> None:
+    writer = GroupCommitter(ledger.record_received)
+    ledger.close()
+
+    async def main() -> None:
+        await writer.outcome(parse_fact(grant("x", event_id="x")))
+
+    try:
+        with pytest.raises(Exception):  # noqa: B017 (whatever the closed store raises)
+            asyncio.run(main())
+    finally:
+        writer.close()

@@ -57,7 +57,7 @@ async def record_fact(
     body = await request.body()
     check_size(body)
     # Parsed by the writer, not here: see ledger.envelope.Received.
-    outcome = await asyncio.wrap_future(svc.writer.submit(Received(body, principal.tenant)))
+    outcome = await svc.writer.outcome(Received(body, principal.tenant))
     svc.metrics.facts(
         int(isinstance(outcome, Receipt) and not outcome.duplicate),
         [outcome.code.value] if isinstance(outcome, FactRejected) else [],
