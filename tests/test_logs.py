@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from datetime import datetime, timedelta
 
 import orjson
 
@@ -31,3 +32,19 @@ def test_an_exception_is_named_by_its_type_never_its_text() -> None:
     line = JsonFormatter().format(record)
     assert orjson.loads(line)["exception"] == "ValueError"
     assert "+998901112233" not in line
+
+
+def test_extra_fields_given_to_a_logger_are_written_in_name_order() -> None:
+    """As the service logs a request: `extra` through a real logger, after a formatter of
+    another handler has already set the record's `message`."""
+    logger = logging.getLogger("consent_ledger.test_logs")
+    fields = {"status": 201, "route": "/v1/facts", "ms": 1.5, "method": "POST"}
+    record = logger.makeRecord(
+        logger.name, logging.INFO, __file__, 1, "request", (), None, extra=fields
+    )
+    logging.Formatter().format(record)  # sets record.message, as another handler would
+    line = JsonFormatter().format(record)
+    parsed = orjson.loads(line)
+    assert list(parsed) == ["ts", "level", "logger", "message", "method", "ms", "route", "status"]
+    assert parsed["route"] == "/v1/facts" and parsed["status"] == 201
+    assert datetime.fromisoformat(parsed["ts"]).utcoffset() == timedelta(0)
