@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left
 from collections import Counter
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -12,7 +13,10 @@ class Metrics:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.requests: Counter[tuple[str, str, int]] = Counter()
-        self.latency_buckets: Counter[tuple[str, float]] = Counter()
+        # route -> requests per bucket: the first whose bound the latency does not exceed,
+        # or the last (above every bound). Cumulated only when rendered: observing a request
+        # is one increment instead of one per bucket, on every request.
+        self.latency_buckets: dict[str, list[int]] = {}
         self.latency_sum: dict[str, float] = {}
         self.latency_count: Counter[str] = Counter()
         self.accepted: Counter[str] = Counter()
@@ -23,9 +27,10 @@ class Metrics:
             self.requests[(route, method, status)] += 1
             self.latency_sum[route] = self.latency_sum.get(route, 0.0) + seconds
             self.latency_count[route] += 1
-            for bound in BUCKETS:
-                if seconds <= bound:
-                    self.latency_buckets[(route, bound)] += 1
+            counts = self.latency_buckets.get(route)
+            if counts is None:
+                counts = self.latency_buckets[route] = [0] * (len(BUCKETS) + 1)
+            counts[bisect_left(BUCKETS, seconds)] += 1
 
     def facts(self, accepted: int, refused_codes: list[str]) -> None:
         with self._lock:
@@ -49,10 +54,12 @@ class Metrics:
                 "# TYPE ledger_http_request_seconds histogram",
             ]
             for route in sorted(self.latency_count):
-                for bound in BUCKETS:
+                below = 0
+                for bound, count in zip(BUCKETS, self.latency_buckets[route], strict=False):
+                    below += count
                     lines.append(
                         f'ledger_http_request_seconds_bucket{{route="{route}",le="{bound}"}} '
-                        f"{self.latency_buckets[(route, bound)]}"
+                        f"{below}"
                     )
                 lines.append(
                     f'ledger_http_request_seconds_bucket{{route="{route}",le="+Inf"}} '

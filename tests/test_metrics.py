@@ -1,0 +1,42 @@
+"""The Prometheus text /metrics serves: what it counts, rendered as Prometheus reads it."""
+
+from __future__ import annotations
+
+import re
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from api.metrics import BUCKETS, Metrics
+
+_BUCKET = re.compile(r'^ledger_http_request_seconds_bucket\{route="([^"]+)",le="([^"]+)"\} (\d+)$')
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["/v1/facts", "/v1/facts:batch", "unmatched"]),
+            st.one_of(st.sampled_from(BUCKETS), st.floats(0, 5, allow_nan=False)),
+        ),
+        max_size=60,
+    )
+)
+def test_each_latency_bucket_counts_the_requests_at_or_under_its_bound(
+    observed: list[tuple[str, float]],
+) -> None:
+    """Prometheus histogram buckets are cumulative (`le`: at or under the bound)."""
+    metrics = Metrics()
+    for route, seconds in observed:
+        metrics.observe(route, "POST", 201, seconds)
+    rendered: dict[tuple[str, str], int] = {}
+    for line in metrics.render(projection_lag=0).splitlines():
+        found = _BUCKET.match(line)
+        if found:
+            rendered[(found.group(1), found.group(2))] = int(found.group(3))
+    expected: dict[tuple[str, str], int] = {}
+    for route in {r for r, _ in observed}:
+        mine = [s for r, s in observed if r == route]
+        for bound in BUCKETS:
+            expected[(route, str(bound))] = sum(1 for s in mine if s <= bound)
+        expected[(route, "+Inf")] = len(mine)
+    assert rendered == expected
