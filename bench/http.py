@@ -2,7 +2,11 @@
 FastAPI endpoint answering a constant under the same uvicorn settings, in the same run.
 
 The load generator is a small asyncio HTTP/1.1 client on keep-alive connections, on the same
-machine (it shares the 2 cores with the server: figures are for that setting).
+machine (it shares the 2 cores with the server: figures are for that setting). The three
+servers (bare, the ledger with its writer thread, the ledger with its writer process) run
+side by side, and their closed loops take turns in `--rounds` rounds, so that a change in
+the machine's speed during the run falls on all three alike, as `bench ingest` does commit
+by commit.
 
 The open loop (requests at a fixed rate) runs twice for the ledger: on the closed loop's 8
 connections and on `--open-connections` (64). A generator with N connections has at most N
@@ -191,23 +195,56 @@ def _parent(pid: str) -> int | None:
         return None
 
 
-def cpu_per_request(
-    before: tuple[float, ...] | None, after: tuple[float, ...] | None, requests: int
-) -> tuple[float, ...] | None:
-    """Milliseconds of CPU per request (main thread, other threads, child processes)."""
-    if before is None or after is None:
-        return None
-    return tuple((a - b) / requests * 1000 for a, b in zip(after, before, strict=True))
-
-
 def ms(samples: list[float], p: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(len(ordered) * p))] * 1000
 
 
+class Server:
+    """One server of the benchmark and what its closed-loop rounds added up to."""
+
+    def __init__(self, name: str, process: subprocess.Popen[bytes], port: int) -> None:
+        self.name, self.process, self.port = name, process, port
+        self.elapsed = 0.0
+        self.latencies: list[float] = []
+        self.statuses: dict[int, int] = {}
+        self.cpu: list[float] | None = [0.0, 0.0, 0.0]
+
+    def round(self, make: Callable[[], bytes], requests: int, connections: int) -> None:
+        before = cpu_seconds(self.process.pid)
+        elapsed, lat, codes = asyncio.run(closed_loop(self.port, make, requests, connections))
+        after = cpu_seconds(self.process.pid)
+        self.elapsed += elapsed
+        self.latencies += lat
+        for code, n in codes.items():
+            self.statuses[code] = self.statuses.get(code, 0) + n
+        if before is None or after is None or self.cpu is None:
+            self.cpu = None
+        else:
+            self.cpu = [c + a - b for c, a, b in zip(self.cpu, after, before, strict=True)]
+
+    def rate(self) -> float:
+        return len(self.latencies) / self.elapsed
+
+    def cpu_per_request(self) -> tuple[float, ...] | None:
+        if self.cpu is None:
+            return None
+        return tuple(c / len(self.latencies) * 1000 for c in self.cpu)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait()
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench http", description=__doc__)
     parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=6,
+        help="the closed loops take turns, server by server, in this many rounds",
+    )
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--open-connections", type=int, default=64)
     parser.add_argument("--batches", type=int, default=20)
@@ -216,91 +253,75 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(data_dir=Path(tmp) / "data")
-        ConsentLedger(settings).init_demo()
-        store = ApiKeys(keys_path(settings))
-        key = store.create("demo", {"publisher"})[1]
-        store.close()
-        env = {**os.environ, "LEDGER_DATA_DIR": str(settings.data_dir)}
-        single = lambda: request("/v1/facts", orjson.dumps(fact()), key)  # noqa: E731
-        batch = lambda: request(  # noqa: E731
-            "/v1/facts:batch", orjson.dumps({"facts": [fact() for _ in range(1000)]}), key
-        )
-        rows = []
-
-        def closed(
-            port: int, pid: int
-        ) -> tuple[float, list[float], dict[int, int], tuple[float, ...] | None]:
-            """Single publishes in the closed loop: rate, latencies, statuses, CPU/request."""
-            before = cpu_seconds(pid)
-            elapsed, lat, codes = asyncio.run(
-                closed_loop(port, single, args.requests, args.connections)
-            )
-            cpu = cpu_per_request(before, cpu_seconds(pid), args.requests)
-            return args.requests / elapsed, lat, codes, cpu
-
-        bare_port = free_port()
-        bare = start(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "bench.bare_app:app",
-                "--port",
-                str(bare_port),
-                "--log-level",
-                "warning",
-                "--no-access-log",
-            ],
-            env,
-            bare_port,
-        )
+        # What the ledger rows run with: the service's default unless the caller set it.
+        writer = os.environ.get("LEDGER_HTTP_WRITER", "process")
+        servers: list[Server] = []
+        keys: dict[str, str] = {}
         try:
-            bare_rate, lat, codes, bare_cpu = closed(bare_port, bare.pid)
-            rows.append(("bare FastAPI constant, closed loop", bare_rate, lat, codes))
+            bare_port = free_port()
+            command = [sys.executable, "-m", "uvicorn", "bench.bare_app:app"]
+            quiet = ["--log-level", "warning", "--no-access-log"]
+            bare = start([*command, "--port", str(bare_port), *quiet], dict(os.environ), bare_port)
+            servers.append(Server("bare FastAPI constant, closed loop", bare, bare_port))
+            # The same server with its writes in a thread of its own process (the setting
+            # before the writer process): what the writer process changes, in the same run.
+            for name, setting in (
+                ("ledger POST /v1/facts, closed, writer thread", "thread"),
+                ("ledger POST /v1/facts, closed loop", writer),
+            ):
+                settings = Settings(data_dir=Path(tmp) / f"data-{setting}-{len(servers)}")
+                ConsentLedger(settings).init_demo()
+                store = ApiKeys(keys_path(settings))
+                keys[name] = store.create("demo", {"publisher"})[1]
+                store.close()
+                port = free_port()
+                env = {
+                    **os.environ,
+                    "LEDGER_DATA_DIR": str(settings.data_dir),
+                    "LEDGER_HTTP_WRITER": setting,
+                }
+                serve = [sys.executable, "-m", "ledger.cli", "serve", "--port", str(port)]
+                servers.append(Server(name, start(serve, env, port), port))
+            bare_server, _, ledger_server = servers
+            key = keys[ledger_server.name]
+
+            def single_for(server: Server) -> Callable[[], bytes]:
+                key = keys.get(server.name, "none")
+                return lambda: request("/v1/facts", orjson.dumps(fact()), key)
+
+            # Round by round, each server in turn: the machine's speed moves by tens of
+            # percent within minutes, and a baseline measured before the ledger, not
+            # alongside it, carried that drift into the ratio (0.15 to 0.34 of the bare
+            # endpoint for the same code within an hour, 2026-12-01).
+            per_round = max(1, args.requests // args.rounds)
+            for _ in range(args.rounds):
+                for server in servers:
+                    server.round(single_for(server), per_round, args.connections)
+
+            rows = [(s.name, s.rate(), s.latencies, s.statuses) for s in servers]
+            single = single_for(ledger_server)
             lat, codes = asyncio.run(
-                open_loop(bare_port, single, args.rate, args.seconds, args.open_connections)
+                open_loop(
+                    bare_port,
+                    single_for(bare_server),
+                    args.rate,
+                    args.seconds,
+                    args.open_connections,
+                )
             )
-            rows.append(
+            rows.insert(
+                1,
                 (
                     f"bare at {args.rate:.0f}/s, {args.open_connections} connections",
                     args.rate,
                     lat,
                     codes,
-                )
+                ),
             )
-        finally:
-            bare.terminate()
-            bare.wait()
-
-        # What the ledger rows run with: the service's default unless the caller set it.
-        writer = os.environ.get("LEDGER_HTTP_WRITER", "process")
-        # The same server with its writes in a thread of its own process (the setting
-        # before the writer process): what the writer process changes, in the same run.
-        port = free_port()
-        server = start(
-            [sys.executable, "-m", "ledger.cli", "serve", "--port", str(port)],
-            {**env, "LEDGER_HTTP_WRITER": "thread"},
-            port,
-        )
-        try:
-            thread_rate, lat, codes, thread_cpu = closed(port, server.pid)
-            rows.append(("ledger POST /v1/facts, closed, writer thread", thread_rate, lat, codes))
-        finally:
-            server.terminate()
-            server.wait()
-
-        port = free_port()
-        server = start(
-            [sys.executable, "-m", "ledger.cli", "serve", "--port", str(port)], env, port
-        )
-        try:
-            ledger_rate, lat, codes, ledger_cpu = closed(port, server.pid)
-            rows.append(("ledger POST /v1/facts, closed loop", ledger_rate, lat, codes))
             open_p99: dict[int, float] = {}
             for connections in (args.connections, args.open_connections):
                 lat, codes = asyncio.run(
-                    open_loop(port, single, args.rate, args.seconds, connections)
+                    open_loop(ledger_server.port, single, args.rate, args.seconds, connections)
                 )
                 open_p99[connections] = ms(lat, 0.99)
                 rows.append(
@@ -311,12 +332,19 @@ def main(argv: list[str]) -> None:
                         codes,
                     )
                 )
-            elapsed, lat, codes = asyncio.run(closed_loop(port, batch, args.batches, 2))
+            batch = lambda: request(  # noqa: E731
+                "/v1/facts:batch", orjson.dumps({"facts": [fact() for _ in range(1000)]}), key
+            )
+            elapsed, lat, codes = asyncio.run(
+                closed_loop(ledger_server.port, batch, args.batches, 2)
+            )
             batch_rate = args.batches * 1000 / elapsed
             rows.append(("ledger POST /v1/facts:batch (1,000 each)", batch_rate, lat, codes))
         finally:
-            server.terminate()
-            server.wait()
+            for server in servers:
+                server.stop()
+    bare_rate, thread_rate, ledger_rate = (s.rate() for s in servers)
+    bare_cpu, thread_cpu, ledger_cpu = (s.cpu_per_request() for s in servers)
 
     print(
         f"HTTP publishing on {os.uname().nodename} ({os.cpu_count()} cores, server and load "
