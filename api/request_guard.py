@@ -98,7 +98,7 @@ class RequestGuard:
 
     @staticmethod
     def _observe(scope: Scope, status: int, seconds: float) -> None:
-        path = getattr(scope.get("route"), "path", "unmatched")
+        path = _template(scope)
         method = scope["method"]
         service: Any = getattr(scope["app"].state, "service", None)
         if service is not None:
@@ -106,3 +106,20 @@ class RequestGuard:
         # Structured log line: the route template, never the URL's values or any body.
         fields = {"route": path, "method": method, "status": status, "ms": round(seconds * 1000, 2)}
         log.info("request", extra=fields)
+
+
+def _template(scope: Scope) -> str:
+    """The matched route's template, never the URL's values; "unmatched" for no route.
+
+    FastAPI puts its own routes in the scope; Starlette's (the OpenAPI document, the docs
+    pages) leave only their endpoint there, so their template is looked up by it.
+    """
+    route = scope.get("route")
+    if route is not None:
+        return str(route.path)
+    endpoint = scope.get("endpoint")
+    if endpoint is not None:
+        for candidate in scope["app"].routes:
+            if getattr(candidate, "endpoint", None) is endpoint:
+                return str(candidate.path)
+    return "unmatched"

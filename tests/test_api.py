@@ -327,6 +327,20 @@ def test_operations(world: World) -> None:
     assert "person-1" not in metrics
 
 
+def test_requests_are_counted_by_route_template(world: World) -> None:
+    """FastAPI's routes and Starlette's (the OpenAPI document) by their template, a URL that
+    matched nothing as "unmatched"; never a URL's own values."""
+    headers = {"Authorization": f"Bearer {world.keys[('demo', 'compliance')]}"}
+    world.client.get("/openapi.json")
+    world.client.get(f"/v1/subjects/{world.sids['demo']}/consents", headers=headers)
+    world.client.get("/v1/no-such-route-9f3e")
+    metrics = world.client.get("/metrics").text
+    assert 'ledger_http_requests_total{route="/openapi.json",method="GET",status="200"}' in metrics
+    assert 'route="/v1/subjects/{sid}/consents",method="GET",status="200"' in metrics
+    assert 'route="unmatched",method="GET",status="404"' in metrics
+    assert world.sids["demo"] not in metrics and "no-such-route" not in metrics
+
+
 def test_openapi_is_served_and_kept_in_the_repo(world: World) -> None:
     import json
 
