@@ -18,52 +18,47 @@ import contextlib
 import queue
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
-from typing import Any, TypeAlias
+from typing import Any
 
-from ledger.envelope import Fact, Received
+from ledger.envelope import Fact, Item, Received
 from ledger.receipt import Outcome
 
 MAX_GROUP = 1000
 
-# One request's facts and where its outcomes go (a concurrent Future, or an asyncio future
-# with its loop): one outcome for `submit` and `outcome`, a list for `submit_all`.
-_OnLoop: TypeAlias = tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]
-_Target: TypeAlias = Future[Outcome] | Future[list[Outcome]] | _OnLoop
-_Item = tuple[Sequence[Fact | Received], _Target, bool]
+# One request's items, the future its outcomes go to (settled on the request's event loop),
+# and whether it wants one outcome (`outcome`) or a list (`outcomes`).
+_Item = tuple[Sequence[Item], asyncio.AbstractEventLoop, "asyncio.Future[Any]", bool]
 
 
 class GroupCommitter:
     """`record` is `ConsentLedger.record_received` (the writer thread records) or a writer
-    process's."""
+    process's.
 
-    def __init__(self, record: Callable[[Sequence[Fact | Received]], list[Outcome]]) -> None:
+    A request awaits an asyncio future that the writer thread settles through the request's
+    loop (`call_soon_threadsafe`), not a concurrent Future mirrored by `asyncio.wrap_future`
+    (a second future, a done-callback and a copy of the state per request): every single
+    publish awaits one.
+    """
+
+    def __init__(self, record: Callable[[Sequence[Item]], list[Outcome]]) -> None:
         self._record_facts = record
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
         self._thread.start()
 
-    def submit(self, fact: Fact | Received) -> Future[Outcome]:
-        future: Future[Outcome] = Future()
-        self._queue.put(((fact,), future, True))
-        return future
-
     async def outcome(self, fact: Fact | Received) -> Outcome:
-        """`submit`, awaited on the caller's event loop.
-
-        The writer settles an asyncio future on that loop itself, instead of a concurrent
-        Future that `asyncio.wrap_future` mirrors into one (a second future, a done-callback
-        and a copy of the state on every request). Every single publish awaits this.
-        """
+        """One fact's outcome, recorded in the next group."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outcome] = loop.create_future()
-        self._queue.put(((fact,), (loop, future), True))
+        self._queue.put(((fact,), loop, future, True))
         return await future
 
-    def submit_all(self, facts: Sequence[Fact]) -> Future[list[Outcome]]:
-        future: Future[list[Outcome]] = Future()
-        self._queue.put((facts, future, False))
-        return future
+    async def outcomes(self, items: Sequence[Item]) -> list[Outcome]:
+        """A batch's outcomes, one per item in order, its facts recorded in one group."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Outcome]] = loop.create_future()
+        self._queue.put((items, loop, future, False))
+        return await future
 
     def close(self) -> None:
         self._queue.put(None)
@@ -98,34 +93,32 @@ class GroupCommitter:
 
     def _record(self, group: list[_Item]) -> None:
         try:
-            outcomes = self._record_facts([fact for facts, _, _ in group for fact in facts])
+            outcomes = self._record_facts([item for items, _, _, _ in group for item in items])
         except BaseException as exc:
-            for _, future, _ in group:
-                _settle(future, None, exc)
+            for _, loop, future, _ in group:
+                _settle(loop, future, None, exc)
             return
         start = 0
-        for facts, future, single in group:
-            mine = outcomes[start : start + len(facts)]
-            start += len(facts)
-            _settle(future, mine[0] if single else mine, None)
+        for items, loop, future, single in group:
+            mine = outcomes[start : start + len(items)]
+            start += len(items)
+            _settle(loop, future, mine[0] if single else mine, None)
 
 
-def _settle(target: _Target, result: Any, error: BaseException | None) -> None:
-    """Hand a request its outcome (or the error): a concurrent Future directly, an asyncio
-    future through its loop (from this thread, only the loop may touch it)."""
-    if isinstance(target, Future):
-        if error is not None:
-            target.set_exception(error)
-        else:
-            target.set_result(result)
-        return
-    loop, future = target
+def _settle(
+    loop: asyncio.AbstractEventLoop,
+    future: asyncio.Future[Any],
+    result: Any,
+    error: BaseException | None,
+) -> None:
+    """Hand a request its outcome, or the error, on its own loop (from this thread, only
+    the loop may touch the future)."""
     with contextlib.suppress(RuntimeError):  # a closed loop: nothing waits on it any more
         loop.call_soon_threadsafe(_settle_on_loop, future, result, error)
 
 
 def _settle_on_loop(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.done():  # cancelled: the request went away while its fact was recorded
+    if future.done():  # cancelled: the request went away while its facts were recorded
         return
     if error is not None:
         future.set_exception(error)

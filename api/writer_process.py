@@ -11,9 +11,10 @@ single publishes/s against 481 and 634 with the writer thread (README, "HTTP pub
 
 The child owns a `ConsentLedger` on the same settings. Other processes may write the same
 data directory meanwhile (the service's own erasure route, the CLI), as SQLite and the
-ledger's version checks already allow. A group is sent as one list of facts (single
-publishes as the bytes received, `ledger.envelope.Received`, parsed here) and comes back as
-one list of outcomes, or as the error `ConsentLedger.record_received` raised. If the child dies,
+ledger's version checks already allow. A group is sent as one list of items (single
+publishes as the bytes received, `ledger.envelope.Received`, parsed here; a batch's facts,
+and its refused items in their places) and comes back as one list of outcomes, or as the
+error `ConsentLedger.record_received` raised. If the child dies,
 the waiting requests get `WriterUnavailable` (their facts may or may not have been recorded;
 a retry with the same `event_id` records the fact, or answers with the first receipt if it
 was) and the next group starts a new child.
@@ -39,7 +40,7 @@ from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
-from ledger.envelope import Fact, Received
+from ledger.envelope import Item
 from ledger.failpoints import failpoint
 from ledger.receipt import Outcome
 from ledger.settings import Settings
@@ -71,7 +72,7 @@ class WriterProcess:
         self.restarts = 0  # writers started after one ended (ledger_writer_restarts_total)
         self._start()
 
-    def record(self, facts: Sequence[Fact | Received]) -> list[Outcome]:
+    def record(self, facts: Sequence[Item]) -> list[Outcome]:
         with self._lock:
             if self._conn is None or not self._process.is_alive():
                 # Gone while idle: nothing was sent to it, so a new one takes this group.

@@ -136,7 +136,11 @@ class Answered:
         if item is None:  # closing: the writer thread stops
             self.queue.put(item)
             return
-        _, target, single = item
+        if len(item) == 4:  # (items, loop, future, single), since 2026-12-01
+            _, loop, future, single = item
+            target: Any = (loop, future)
+        else:  # (items, a concurrent Future or (loop, future), single), before
+            _, target, single = item
         outcome = self.receipt if single else [self.receipt]
         if isinstance(target, Future):
             target.set_result(outcome)

@@ -23,7 +23,7 @@ from eventsourcing.persistence import IntegrityError, Mapper, Transcoder
 
 from ledger.chain import MAPPER, stored_hash
 from ledger.codec import TRANSCODER
-from ledger.envelope import Fact, Received, parse_fact, parse_fact_bytes
+from ledger.envelope import Fact, Item, Received, parse_fact, parse_fact_bytes
 from ledger.errors import Code, FactRejected
 from ledger.keystore import ErasedSubjectError, KeyStore, load_master_key, unseal
 from ledger.policy import DEMO_TENANT, seed_policy_fact
@@ -145,11 +145,14 @@ class ConsentLedger(Application[UUID]):
 
     # ---- writing -----------------------------------------------------------------------
 
-    def record_received(self, items: Sequence[Fact | Received]) -> list[Outcome]:
-        """`record`, for facts some of which still have to be parsed; one outcome per item.
+    def record_received(self, items: Sequence[Item]) -> list[Outcome]:
+        """`record`, for facts some of which still have to be parsed, or were already
+        refused; one outcome per item, in order.
 
         An item that does not parse is refused in its place (as `parse_fact_bytes` refuses
-        it), and the others are recorded as one batch, as if it had not been sent.
+        it), an item already refused keeps its place, and the facts are recorded as one
+        batch, as if the others had not been sent. The HTTP service's writer records this
+        way: single publishes as the bytes received, a batch's items parsed or refused.
         """
         parsed: list[Fact | FactRejected] = []
         for item in items:

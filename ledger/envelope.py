@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeAlias
 
 import orjson
 
@@ -94,6 +94,11 @@ class Received(NamedTuple):
 
     data: bytes
     tenant: str | None
+
+
+# What `ConsentLedger.record_received` takes: a parsed fact, a fact still to parse, or one
+# already refused (a batch item that did not parse), which keeps its place in the outcomes.
+Item: TypeAlias = Fact | Received | FactRejected
 
 
 def check_size(data: bytes) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import orjson
@@ -13,7 +12,7 @@ from api.problems import Problem, problem_body, status_of
 from api.responses import OrjsonResponse
 from ledger.envelope import Fact, Received, check_size, parse_fact
 from ledger.errors import FactRejected
-from ledger.receipt import Outcome, Receipt
+from ledger.receipt import Receipt
 
 router = APIRouter(tags=["facts"])
 MAX_BATCH = 1000
@@ -115,12 +114,8 @@ async def record_batch(
             parsed.append(parse_fact(item, principal.tenant))
         except FactRejected as e:
             parsed.append(e)
-    facts = [p for p in parsed if isinstance(p, Fact)]
-    written: list[Outcome] = (
-        await asyncio.wrap_future(svc.writer.submit_all(facts)) if facts else []
-    )
-    recorded = iter(written)
-    outcomes = [item if isinstance(item, FactRejected) else next(recorded) for item in parsed]
+    # Items that did not parse keep their places: the writer answers one outcome per item.
+    outcomes = await svc.writer.outcomes(parsed)
     # Every refusal counts, a fact that did not parse too, as for a single publish.
     svc.metrics.facts(
         sum(1 for o in outcomes if isinstance(o, Receipt) and not o.duplicate),
