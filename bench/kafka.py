@@ -322,8 +322,8 @@ def bench_latency(
                 now = time.time()
                 for record in batch:
                     for key, value in record.headers or []:
-                        if key == "event_id":
-                            arrived[value.decode()] = now
+                        if key == "ledger":
+                            arrived[orjson.loads(value)["event_id"]] = now
             if started.is_set() and len(arrived) >= measured:
                 done.set()
 

@@ -98,7 +98,12 @@ def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
 
 
 def headers(record: Any) -> dict[str, str]:
-    return {k: v.decode() for k, v in record.headers or []}
+    """A ledger record's fields, from its `ledger` header (or a header per field, as records
+    were first written), as text."""
+    fields = {k: v.decode() for k, v in record.headers or []}
+    if "ledger" in fields:
+        fields |= {k: str(v) for k, v in orjson.loads(fields.pop("ledger")).items()}
+    return fields
 
 
 # ---- an intake stream: valid facts in per-subject order, with poison interleaved -----------

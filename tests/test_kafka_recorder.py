@@ -305,27 +305,28 @@ def test_verify_names_a_forged_record_on_the_ledger_topic(
     [*_, last] = read_committed(kafka_bootstrap, topic)
     forged_headers = list(last.headers)
     value = last.value
+    described = orjson.loads(dict(last.headers)["ledger"])
     if forgery == "foreign":
         forged_headers = []
     elif forgery == "altered-bytes":
         value = value.replace(b'"marketing"', b'"analytics"')
-        forged_headers = [(k, v) for k, v in last.headers if k != "version"] + [("version", b"3")]
+        forged_headers = [
+            ("ledger", orjson.dumps({**described, "version": 3})),
+            ("mac", dict(last.headers)["mac"]),
+        ]
     elif forgery == "well-formed-next":
         # What the chain alone cannot catch: the next version, chained to the last record's
-        # hash, a new event id, every header the ledger writes; only its MAC is not the key's.
+        # hash, a new event id, every field the ledger writes; only its MAC is not the key's.
         from ledger.chain import stored_hash
 
-        headers = dict(last.headers)
-        version = int(headers["version"])
-        stored = StoredEvent(
-            uuid.UUID(headers["aggregate"].decode()), version, headers["topic"].decode(), last.value
-        )
+        version = described["version"]
+        stored = StoredEvent(uuid.UUID(described["aggregate"]), version, described["topic"], value)
         state = orjson.loads(last.value)
         state.update(prev_hash=stored_hash(stored), event_id="forged")
         state["purposes"]["_data_"] = ["support"]
         value = orjson.dumps(state)
-        headers.update(version=str(version + 1).encode(), event_id=b"forged", mac=b"0" * 64)
-        forged_headers = list(headers.items())
+        described.update(version=version + 1, event_id="forged")
+        forged_headers = [("ledger", orjson.dumps(described)), ("mac", b"0" * 64)]
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
     forged = producer.send(
         topic, key=last.key, value=value, headers=forged_headers, partition=0

@@ -6,10 +6,19 @@ id (the subject's `sid`), never personal data; the partition is the Java client'
 the key, so any Kafka client would route the same key to the same partition, and one subject's
 facts stay in one partition, in order.
 
+What a reader needs without parsing the value (the aggregate and version; for a fact its
+tenant, `event_id`, digest and `recorded_at`) travels in one `ledger` header, a JSON object.
+Records written before 2026-12-02 carry one header per field instead (`aggregate`,
+`version`, ...); readers take both. One header instead of seven: kafka-python encodes and
+parses each header in Python, and seven cost about 19 us more per record to send and 15 us
+more to read (throwaway timing against the local broker, 2026-12-01), on the writer's and
+every reader's path.
+
 Every record carries a `mac` header: HMAC-SHA256, under a key derived from the master key,
-of its key, value and other headers. The hash chain shows a record was changed or removed,
-but anyone allowed to write to the topic could compute a well-formed next record; the MAC
-lets every reader (replica, projections, verify) tell the ledger's records from such ones.
+of its key, value and other headers (`record_mac`, the same rule for both layouts). The hash
+chain shows a record was changed or removed, but anyone allowed to write to the topic could
+compute a well-formed next record; the MAC lets every reader (replica, projections, verify)
+tell the ledger's records from such ones.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from ledger.chain import stored_event
 from ledger.recorder import FactKey
 
 MAC_HEADER = "mac"
+LEDGER_HEADER = "ledger"
 
 
 def record_key(master_key: bytes) -> bytes:
@@ -151,35 +161,19 @@ def encode(
 ) -> LedgerRecord:
     originator = _uuid(stored.originator_id).hex
     key = f"{tenant if tenant is not None else tenant_of(stored, fact)}/{originator}".encode()
-    aggregate = originator.encode()
-    version = str(stored.originator_version).encode()
-    topic = stored.topic.encode()
-    # The headers in the order readers have always seen them, and again in name order for
-    # the MAC (sorting them per record cost more than the rest of the MAC's message).
-    headers: list[tuple[str, bytes]]
-    if fact is None:
-        headers = [("aggregate", aggregate), ("version", version), ("topic", topic)]
-        in_name_order = [headers[0], headers[2], headers[1]]
-    else:
-        headers = [
-            ("aggregate", aggregate),
-            ("version", version),
-            ("topic", topic),
-            ("tenant", fact.tenant.encode()),
-            ("event_id", fact.event_id.encode()),
-            ("digest", fact.digest.encode()),
-            ("recorded_at", fact.recorded_at.encode()),
-        ]
-        in_name_order = [
-            headers[0],
-            headers[5],
-            headers[4],
-            headers[6],
-            headers[3],
-            headers[2],
-            headers[1],
-        ]
-    headers.append((MAC_HEADER, _mac(mac_key, key, stored.state, in_name_order)))
+    meta: dict[str, str | int] = {
+        "aggregate": originator,
+        "version": stored.originator_version,
+        "topic": stored.topic,
+    }
+    if fact is not None:
+        meta["tenant"] = fact.tenant
+        meta["event_id"] = fact.event_id
+        meta["digest"] = fact.digest
+        meta["recorded_at"] = fact.recorded_at
+    described = orjson.dumps(meta)
+    mac = _mac(mac_key, key, stored.state, ((LEDGER_HEADER, described),))
+    headers = [(LEDGER_HEADER, described), (MAC_HEADER, mac)]
     return LedgerRecord(key, stored.state, headers, partition_of(key, partitions))
 
 
@@ -195,15 +189,36 @@ def decode(
         given, record_mac(mac_key, key or b"", value, headers)
     ):
         raise NotALedgerRecord("the record's MAC is missing or wrong")
+    described = headers.get(LEDGER_HEADER)
     try:
+        if described is None:
+            return _first_layout(value, headers)
+        meta = orjson.loads(described)
         stored = stored_event(
-            UUID(headers["aggregate"].decode()),
-            int(headers["version"]),
-            headers["topic"].decode(),
-            value,
+            UUID(meta["aggregate"]), _version(meta["version"]), _text(meta["topic"]), value
         )
-    except (KeyError, ValueError) as error:
-        raise NotALedgerRecord("the record lacks the ledger's headers") from error
+        fact = None
+        if "event_id" in meta:
+            fact = FactKey(
+                tenant=_text(meta["tenant"]),
+                event_id=_text(meta["event_id"]),
+                digest=_text(meta["digest"]),
+                recorded_at=_text(meta["recorded_at"]),
+            )
+    except (KeyError, ValueError, TypeError, AttributeError) as error:
+        # Only a holder of the MAC key could have written it: a bug, or a key misused.
+        raise NotALedgerRecord("the record's ledger header is not the ledger's") from error
+    return stored, fact
+
+
+def _first_layout(value: bytes, headers: Mapping[str, bytes]) -> tuple[StoredEvent, FactKey | None]:
+    """A record as written before the `ledger` header: one header per field."""
+    stored = stored_event(
+        UUID(headers["aggregate"].decode()),
+        int(headers["version"]),
+        headers["topic"].decode(),
+        value,
+    )
     fact = None
     if "event_id" in headers:
         fact = FactKey(
@@ -213,6 +228,18 @@ def decode(
             recorded_at=headers["recorded_at"].decode(),
         )
     return stored, fact
+
+
+def _text(field: object) -> str:
+    if not isinstance(field, str):
+        raise TypeError("a text field of the ledger header is not text")
+    return field
+
+
+def _version(field: object) -> int:
+    if type(field) is not int:  # not a bool either
+        raise TypeError("the ledger header's version is not an integer")
+    return field
 
 
 def _uuid(originator_id: UUID | str) -> UUID:
