@@ -12,7 +12,10 @@ Rows:
 - raw transactional producer: the same number of records of the ledger's size, 1,000 per
   transaction;
 - replica rebuild (the writer taking ownership on an empty replica) and the projection
-  replay from the ledger topic, next to a raw read_committed scan of that topic.
+  replay from the ledger topic, next to a raw read_committed scan of that topic;
+- end to end at `--rate` facts/s: from a publisher's send to a read_committed reader seeing
+  the fact, through the raw loop (`bench.raw_loop`, its own process) and then through
+  `consent-ledger worker`, with the same schedule and reader.
 
 The intake writer and the two raw loops take turns in `--rounds` rounds, each round its own
 topics and a stream of its own (`--facts` split between the rounds), so that a change in
@@ -30,10 +33,11 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -74,13 +78,16 @@ def broker(root: Path) -> Iterator[str]:
         subprocess.run([str(BROKER), "stop", str(run_dir)], check=False)
 
 
+PARTITIONS = 3  # of every topic of the benchmark
+
+
 def settings_for(root: Path, bootstrap: str, name: str) -> Settings:
     return Settings(
         data_dir=root / name,
         backend="kafka",
         kafka_bootstrap=bootstrap,
         topic_prefix=f"bench-{name}-{uuid.uuid4().hex[:6]}",
-        partitions=3,
+        partitions=PARTITIONS,
     )
 
 
@@ -138,7 +145,7 @@ def bench_raw_ctp(
     source, sink = f"{prefix}.in", f"{prefix}.out"
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     admin.create_topics(
-        {t: {"num_partitions": 3, "replication_factor": 1} for t in (source, sink)},
+        {t: {"num_partitions": PARTITIONS, "replication_factor": 1} for t in (source, sink)},
         wait_for_metadata=True,
     )
     admin.close()
@@ -152,7 +159,7 @@ def bench_raw_ctp(
         auto_offset_reset="earliest",
         max_poll_records=500,
     )
-    tps = [TopicPartition(source, p) for p in range(3)]
+    tps = [TopicPartition(source, p) for p in range(PARTITIONS)]
     consumer.assign(tps)
     producer = KafkaProducer(
         bootstrap_servers=bootstrap,
@@ -202,7 +209,7 @@ def bench_raw_producer(bootstrap: str, count: int, size: int) -> tuple[int, floa
     topic = f"bench-rawp-{uuid.uuid4().hex[:6]}"
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     admin.create_topics(
-        {topic: {"num_partitions": 3, "replication_factor": 1}}, wait_for_metadata=True
+        {topic: {"num_partitions": PARTITIONS, "replication_factor": 1}}, wait_for_metadata=True
     )
     admin.close()
     producer = KafkaProducer(
@@ -265,19 +272,18 @@ def bench_replay(root: Path, settings: Settings) -> tuple[int, float]:
     return n, seconds
 
 
+Latency = tuple[int, float, float, float]  # facts timed, p50, p99, max (ms)
+
+
 def bench_latency(
     root: Path, bootstrap: str, facts: list[dict[str, Any]], rate: int, warm: int = 1000
-) -> tuple[int, float, float, float]:
+) -> Latency:
     """Publish at `rate` facts/s to a worker process; time each fact from send to committed.
 
     The worker is the real `consent-ledger worker` (its own process, as deployed); this
     process publishes on a fixed schedule and reads the ledger topic with read_committed,
-    so a fact counts as arrived when a reader can see it. Returns sent, p50, p99, max (ms).
+    so a fact counts as arrived when a reader can see it.
     """
-    import signal
-    import sys
-    import threading
-
     settings = settings_for(root, bootstrap, "latency")
     ledger = ConsentLedger(settings)
     ledger.init_demo()
@@ -290,15 +296,68 @@ def bench_latency(
         "LEDGER_TOPIC_PREFIX": settings.topic_prefix,
         "LEDGER_DATA_DIR": str(settings.data_dir),
     }
+    worker = [sys.executable, "-m", "ledger.cli", "worker", "--no-projections"]
+
+    def event_id(record: Any) -> str | None:
+        for key, value in record.headers or []:
+            if key == "ledger":
+                return str(orjson.loads(value)["event_id"])
+        return None
+
+    flow = (topics.intake, topics.ledger, settings.partitions)
+    return timed_flow(bootstrap, worker, env, flow, event_id, facts, rate, warm)
+
+
+def bench_raw_latency(
+    bootstrap: str, facts: list[dict[str, Any]], rate: int, warm: int = 1000
+) -> Latency:
+    """The same schedule and reader through the raw consume-transform-produce loop
+    (`bench.raw_loop`, a process of its own), on topics of the ledger's partition count:
+    the latency Kafka, the client and this machine give before the ledger adds its own."""
+    prefix = f"bench-raw-latency-{uuid.uuid4().hex[:6]}"
+    source, sink = f"{prefix}.in", f"{prefix}.out"
+    partitions = PARTITIONS
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics(
+        {t: {"num_partitions": partitions, "replication_factor": 1} for t in (source, sink)},
+        wait_for_metadata=True,
+    )
+    admin.close()
+    worker = [sys.executable, "-m", "bench.raw_loop", bootstrap, source, sink]
+
+    def event_id(record: Any) -> str | None:
+        return str(orjson.loads(record.value)["event_id"])
+
+    flow = (source, sink, partitions)
+    return timed_flow(bootstrap, worker, dict(os.environ), flow, event_id, facts, rate, warm)
+
+
+def timed_flow(
+    bootstrap: str,
+    worker_command: list[str],
+    env: dict[str, str],
+    flow: tuple[str, str, int],
+    event_id: Callable[[Any], str | None],
+    facts: list[dict[str, Any]],
+    rate: int,
+    warm: int,
+) -> Latency:
+    """Start the worker (it prints a line once it consumes), publish `facts` to the flow's
+    source on a fixed schedule, the first `warm` unmeasured, and time each from its send
+    to the moment a read_committed reader of the sink sees it."""
+    import signal
+    import threading
+
+    source, sink, partitions = flow
     worker = subprocess.Popen(
-        [sys.executable, "-m", "ledger.cli", "worker", "--no-projections"],
+        worker_command,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
     )
     assert worker.stdout is not None
-    worker.stdout.readline()  # "worker: consuming ..." once it owns the ledger
+    worker.stdout.readline()  # once it owns its partitions and its producer
     sent: dict[str, float] = {}
     arrived: dict[str, float] = {}
     reader = KafkaConsumer(
@@ -307,7 +366,7 @@ def bench_latency(
         enable_auto_commit=False,
         fetch_max_wait_ms=10,
     )
-    tps = [TopicPartition(topics.ledger, p) for p in range(settings.partitions)]
+    tps = [TopicPartition(sink, p) for p in range(partitions)]
     reader.assign(tps)
     reader.seek_to_end(*tps)
     for tp in tps:
@@ -321,9 +380,9 @@ def bench_latency(
             for batch in reader.poll(timeout_ms=100).values():
                 now = time.time()
                 for record in batch:
-                    for key, value in record.headers or []:
-                        if key == "ledger":
-                            arrived[orjson.loads(value)["event_id"]] = now
+                    found = event_id(record)
+                    if found is not None:
+                        arrived[found] = now
             if started.is_set() and len(arrived) >= measured:
                 done.set()
 
@@ -333,7 +392,7 @@ def bench_latency(
     # Warm-up, not measured: the first transactions look up coordinators and metadata.
     warmup, facts = facts[:warm], facts[warm:]
     for fact in warmup:
-        producer.send(topics.intake, key=key_of(fact), value=orjson.dumps(fact))
+        producer.send(source, key=key_of(fact), value=orjson.dumps(fact))
     producer.flush()
     deadline = time.monotonic() + 120
     while len(arrived) < len(warmup) and time.monotonic() < deadline:
@@ -348,7 +407,7 @@ def bench_latency(
             time.sleep(delay)  # the load generator's schedule, not a synchronisation
         value = orjson.dumps(fact)
         sent[fact["event_id"]] = time.time()
-        producer.send(topics.intake, key=key_of(fact), value=value)
+        producer.send(source, key=key_of(fact), value=value)
     producer.flush()
     done.wait(timeout=120)
     done.set()
@@ -427,6 +486,10 @@ def main(argv: list[str]) -> None:
             n, s = bench_raw_scan(bootstrap, Topics.of(settings.topic_prefix).ledger)
             scan = n / s
             rows.append(("raw read_committed scan of that topic", n, s, "kafka-python consumer"))
+            # The raw loop first, then the ledger: a baseline for the same schedule and reader
+            # in the same run, since the latency moves with the machine's load even more
+            # than the rates do.
+            raw_latency = bench_raw_latency(bootstrap, mixed_stream(args.latency_facts), args.rate)
             latency = bench_latency(root, bootstrap, mixed_stream(args.latency_facts), args.rate)
         shutil.rmtree(root, ignore_errors=True)
     print(
@@ -436,11 +499,18 @@ def main(argv: list[str]) -> None:
     print(f"{'what':<44} {'records':>7} {'seconds':>8} {'per second':>11}  note")
     for name, n, s, note in rows:
         print(f"{name:<44} {n:>7} {s:>8.2f} {n / s:>11,.0f}  {note}")
-    n, p50, p99, worst = latency
+    for name, (n, p50, p99, worst) in (
+        ("raw consume-transform-produce loop", raw_latency),
+        ("ledger worker", latency),
+    ):
+        print(
+            f"end to end at {args.rate:,} facts/s offered, {name} ({n:,} facts, publisher -> "
+            f"worker process -> read_committed reader): p50 {p50:.0f} ms, p99 {p99:.0f} ms, "
+            f"max {worst:.0f} ms"
+        )
     print(
-        f"end to end at {args.rate:,} facts/s offered ({n:,} facts, publisher -> worker process "
-        f"-> read_committed reader): p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {worst:.0f} ms "
-        "(target: p99 under 250 ms at 2,000 facts/s)"
+        f"end to end p99, ledger worker: {latency[2]:.0f} ms (target: under 250 ms at 2,000 "
+        f"facts/s); raw loop {raw_latency[2]:.0f} ms"
     )
     print(
         f"intake writer / raw loop with the same producer settings: {intake / raw_ctp:.2f}, "
