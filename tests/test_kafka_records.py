@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from kafka.partitioner.default import murmur2 as kafka_python_murmur2
 
 from ledger.kafka.records import (
-    LEDGER_HEADER,
+    FIELDS_HEADER,
     MAC_HEADER,
     NotALedgerRecord,
     decode,
@@ -98,7 +98,7 @@ def test_an_encoded_record_carries_the_mac_of_its_headers(
     record = encode(stored, fact, 3, mac_key, tenant)
     headers = dict(record.headers)
     assert headers[MAC_HEADER] == record_mac(mac_key, record.key, record.value, headers)
-    assert [name for name, _ in record.headers] == [LEDGER_HEADER, MAC_HEADER]
+    assert [name for name, _ in record.headers] == [FIELDS_HEADER, MAC_HEADER]
     assert decode(record.key, record.value, headers, mac_key) == (stored, fact)
 
 
@@ -142,7 +142,7 @@ def test_a_ledger_header_that_does_not_describe_a_record_is_refused(described: b
     """Even under a valid MAC (a bug, or the key misused), a reader skips and names the
     record rather than failing on it."""
     mac_key = b"m" * 32
-    headers = {LEDGER_HEADER: described}
+    headers = {FIELDS_HEADER: described}
     headers[MAC_HEADER] = record_mac(mac_key, b"k", b"{}", headers)
     with pytest.raises(NotALedgerRecord):
         decode(b"k", b"{}", headers, mac_key)
@@ -152,7 +152,7 @@ def test_the_ledger_header_is_plain_json() -> None:
     """An operator reading the topic with Kafka's console consumer sees what each record is."""
     fact = FactKey("demo", "evt-1", "ab" * 32, "2026-12-01T10:00:00.000000+00:00")
     record = encode(StoredEvent(UUID(int=1), 3, "t", b"{}"), fact, 3, b"m" * 32, "demo")
-    assert orjson.loads(dict(record.headers)[LEDGER_HEADER]) == {
+    assert orjson.loads(dict(record.headers)[FIELDS_HEADER]) == {
         "aggregate": UUID(int=1).hex,
         "version": 3,
         "topic": "t",

@@ -40,7 +40,7 @@ from ledger.chain import stored_event
 from ledger.recorder import FactKey
 
 MAC_HEADER = "mac"
-LEDGER_HEADER = "ledger"
+FIELDS_HEADER = "ledger"
 
 
 def record_key(master_key: bytes) -> bytes:
@@ -172,8 +172,8 @@ def encode(
         meta["digest"] = fact.digest
         meta["recorded_at"] = fact.recorded_at
     described = orjson.dumps(meta)
-    mac = _mac(mac_key, key, stored.state, ((LEDGER_HEADER, described),))
-    headers = [(LEDGER_HEADER, described), (MAC_HEADER, mac)]
+    mac = _mac(mac_key, key, stored.state, ((FIELDS_HEADER, described),))
+    headers = [(FIELDS_HEADER, described), (MAC_HEADER, mac)]
     return LedgerRecord(key, stored.state, headers, partition_of(key, partitions))
 
 
@@ -189,7 +189,7 @@ def decode(
         given, record_mac(mac_key, key or b"", value, headers)
     ):
         raise NotALedgerRecord("the record's MAC is missing or wrong")
-    described = headers.get(LEDGER_HEADER)
+    described = headers.get(FIELDS_HEADER)
     try:
         if described is None:
             return _first_layout(value, headers)
