@@ -8,11 +8,11 @@ facts stay in one partition, in order.
 
 What a reader needs without parsing the value (the aggregate and version; for a fact its
 tenant, `event_id`, digest and `recorded_at`) travels in one `ledger` header, a JSON object.
-Records written before 2026-12-02 carry one header per field instead (`aggregate`,
-`version`, ...); readers take both. One header instead of seven: kafka-python encodes and
-parses each header in Python, and seven cost about 19 us more per record to send and 15 us
-more to read (throwaway timing against the local broker, 2026-12-01), on the writer's and
-every reader's path.
+Records written before commit 2411e37 (2026-12-01) carry one header per field instead
+(`aggregate`, `version`, ...); readers take both. One header instead of seven: kafka-python
+encodes and parses each header in Python, and seven cost about 19 us more per record to
+send and 15-20 us more to read (throwaway timings against the local broker, 2026-12-01), on
+the writer's and every reader's path.
 
 Every record carries a `mac` header: HMAC-SHA256, under a key derived from the master key,
 of its key, value and other headers (`record_mac`, the same rule for both layouts). The hash
@@ -193,21 +193,27 @@ def decode(
     try:
         if described is None:
             return _first_layout(value, headers)
-        meta = orjson.loads(described)
-        stored = stored_event(
-            UUID(meta["aggregate"]), _version(meta["version"]), _text(meta["topic"]), value
+        return _described(value, described)
+    except (KeyError, ValueError, TypeError) as error:
+        # Under a valid MAC only a holder of the key could have written it: a bug, or the
+        # key misused. A reader names it and goes on, as with any record not the ledger's.
+        raise NotALedgerRecord("the record's headers do not describe a ledger record") from error
+
+
+def _described(value: bytes, described: bytes) -> tuple[StoredEvent, FactKey | None]:
+    """A record whose `ledger` header, a JSON object, names what its value is."""
+    meta = orjson.loads(described)
+    stored = stored_event(
+        UUID(meta["aggregate"]), _version(meta["version"]), _text(meta["topic"]), value
+    )
+    fact = None
+    if "event_id" in meta:
+        fact = FactKey(
+            tenant=_text(meta["tenant"]),
+            event_id=_text(meta["event_id"]),
+            digest=_text(meta["digest"]),
+            recorded_at=_text(meta["recorded_at"]),
         )
-        fact = None
-        if "event_id" in meta:
-            fact = FactKey(
-                tenant=_text(meta["tenant"]),
-                event_id=_text(meta["event_id"]),
-                digest=_text(meta["digest"]),
-                recorded_at=_text(meta["recorded_at"]),
-            )
-    except (KeyError, ValueError, TypeError, AttributeError) as error:
-        # Only a holder of the MAC key could have written it: a bug, or a key misused.
-        raise NotALedgerRecord("the record's ledger header is not the ledger's") from error
     return stored, fact
 
 
