@@ -45,9 +45,9 @@ from typing import Any
 import orjson
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient
-from kafka.structs import OffsetAndMetadata
 
 from bench.ingest import mixed_stream
+from bench.raw_loop import copy_in_one_transaction
 from ledger.application import ConsentLedger
 from ledger.envelope import parse_fact
 from ledger.kafka.intake import IntakeWriter, wait_until_consumed
@@ -172,18 +172,7 @@ def bench_raw_ctp(
     while done < len(stream):
         polled = consumer.poll(timeout_ms=500, max_records=500)
         records = [r for batch in polled.values() for r in batch]
-        if not records:
-            continue
-        producer.begin_transaction()
-        for r in records:
-            producer.send(sink, key=r.key, value=r.value)
-        offsets = {TopicPartition(r.topic, r.partition): r.offset + 1 for r in records}
-        producer.send_offsets_to_transaction(
-            {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()},
-            consumer.group_metadata(),
-        )
-        producer.commit_transaction()
-        done += len(records)
+        done += copy_in_one_transaction(records, sink, consumer, producer)
     seconds = time.perf_counter() - t0
     producer.close()
     consumer.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
@@ -40,20 +41,30 @@ def run(bootstrap: str, source: str, sink: str, stop: threading.Event) -> None:
     print("ready", flush=True)
     while not stop.is_set():
         polled = consumer.poll(timeout_ms=100, max_records=500)
-        records = [r for batch in polled.values() for r in batch]
-        if not records:
-            continue
-        producer.begin_transaction()
-        for r in records:
-            producer.send(sink, key=r.key, value=r.value)
-        offsets = {TopicPartition(r.topic, r.partition): r.offset + 1 for r in records}
-        producer.send_offsets_to_transaction(
-            {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()},
-            consumer.group_metadata(),
+        copy_in_one_transaction(
+            [r for batch in polled.values() for r in batch], sink, consumer, producer
         )
-        producer.commit_transaction()
     producer.close()
     consumer.close()
+
+
+def copy_in_one_transaction(
+    records: list[Any], sink: str, consumer: KafkaConsumer, producer: KafkaProducer
+) -> int:
+    """Copy the records' keys and values to `sink` and commit the consumed offsets, in one
+    transaction: the floor of any exactly-once intake on this client. Returns how many."""
+    if not records:
+        return 0
+    producer.begin_transaction()
+    for r in records:
+        producer.send(sink, key=r.key, value=r.value)
+    offsets = {TopicPartition(r.topic, r.partition): r.offset + 1 for r in records}
+    producer.send_offsets_to_transaction(
+        {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()},
+        consumer.group_metadata(),
+    )
+    producer.commit_transaction()
+    return len(records)
 
 
 def main() -> None:
