@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import time
 import uuid
 from collections.abc import Iterable
@@ -95,6 +96,26 @@ def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
         return out
     finally:
         consumer.close()
+
+
+def as_first_written(key: bytes, value: bytes, headers: dict[str, bytes], mac_key: bytes) -> bytes:
+    """The record MAC as the first version of ledger/kafka/records.py computed it, kept here
+    as the reference every later version must agree with."""
+    parts = [key, value]
+    for name in sorted(headers):
+        if name != "mac":
+            parts += [name.encode(), headers[name]]
+    message = b"".join(len(part).to_bytes(4, "big") + part for part in parts)
+    return hmac.digest(mac_key, message, "sha256").hex().encode()
+
+
+def in_first_layout(record: Any, mac_key: bytes) -> list[tuple[str, bytes]]:
+    """A ledger record's headers as the ledger wrote them before its `ledger` header: one
+    header per field, in the order it wrote them, and the MAC as first written."""
+    fields = orjson.loads(dict(record.headers)["ledger"])
+    names = ["aggregate", "version", "topic", "tenant", "event_id", "digest", "recorded_at"]
+    first = {name: str(fields[name]).encode() for name in names if name in fields}
+    return [*first.items(), ("mac", as_first_written(record.key, record.value, first, mac_key))]
 
 
 def headers(record: Any) -> dict[str, str]:

@@ -6,7 +6,6 @@ already on a ledger topic look forged. No broker is needed to pin it down.
 
 from __future__ import annotations
 
-import hmac
 from uuid import UUID
 
 import orjson
@@ -27,16 +26,7 @@ from ledger.kafka.records import (
     record_mac,
 )
 from ledger.recorder import FactKey
-
-
-def as_first_written(key: bytes, value: bytes, headers: dict[str, bytes], mac_key: bytes) -> bytes:
-    """The MAC as the first version of records.py computed it, kept here as the reference."""
-    parts = [key, value]
-    for name in sorted(headers):
-        if name != MAC_HEADER:
-            parts += [name.encode(), headers[name]]
-    message = b"".join(len(part).to_bytes(4, "big") + part for part in parts)
-    return hmac.digest(mac_key, message, "sha256").hex().encode()
+from tests.kafka_support import as_first_written
 
 
 def test_a_known_record_keeps_its_mac() -> None:

@@ -1,0 +1,95 @@
+"""A ledger topic holds records of every layout the ledger ever wrote, and every reader takes
+them all: the log of record is replayed for years, whatever version of the ledger wrote it.
+
+The first layout (one header per field) is written here by hand, record for record as the
+ledger wrote it before its `ledger` header (2411e37), from a log the current code recorded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from kafka import KafkaProducer
+
+from ledger.application import ConsentLedger
+from ledger.envelope import parse_fact
+from ledger.kafka.topics import Topics, ensure_topics
+from ledger.receipt import Receipt
+from projections.trail import subject_trail
+from projections.views import Views
+from tests.facts import grant, withdraw
+from tests.kafka_support import in_first_layout, kafka_env, kafka_settings, read_committed
+
+pytestmark = pytest.mark.kafka
+
+MARCH_2 = "2025-03-02T10:00:00+05:00"
+MARCH_3 = "2025-03-03T10:00:00+05:00"
+
+
+def test_a_topic_of_both_layouts_is_read_by_the_replica_the_projections_and_verify(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    settings = kafka_settings(tmp_path / "data", kafka_bootstrap, partitions=1)
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    first = ledger.record(
+        [
+            parse_fact(grant("layout-1", event_id="lay-1", personal_data={"full_name": "A"})),
+            parse_fact(withdraw("layout-1", event_id="lay-2", occurred_at=MARCH_2)),
+            parse_fact(grant("layout-2", event_id="lay-3")),
+        ]
+    )
+    assert all(isinstance(r, Receipt) for r in first)
+    sid = uuid.UUID(first[0].sid)  # type: ignore[union-attr]
+    before = subject_trail(ledger, "demo", sid)
+    assert before is not None and [f["event_id"] for f in before["facts"]] == ["lay-1", "lay-2"]
+    mac_key = ledger.ledger_recorder.link.record_key  # type: ignore[attr-defined]
+    ledger.close()
+
+    # The same log on a topic of its own, every record but the last in the first layout.
+    records = read_committed(kafka_bootstrap, Topics.of(settings.topic_prefix).ledger)
+    assert len(records) >= 4
+    moved = dataclasses.replace(settings, topic_prefix=f"t{uuid.uuid4().hex[:12]}")
+    ensure_topics(moved)
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    for i, record in enumerate(records):
+        layout = in_first_layout(record, mac_key) if i < len(records) - 1 else record.headers
+        producer.send(
+            Topics.of(moved.topic_prefix).ledger,
+            key=record.key,
+            value=record.value,
+            headers=layout,
+            partition=record.partition,
+        )
+    producer.flush()
+    producer.close()
+    # Nothing of the first topic's reading is kept: the replica and the views are rebuilt.
+    for leftover in settings.data_dir.glob("*"):
+        if leftover.name.startswith(("ledger-replica.db", "views.db")):
+            leftover.unlink()
+
+    ledger = ConsentLedger(moved)  # the replica, rebuilt from the moved topic
+    assert subject_trail(ledger, "demo", sid) == before
+    [after] = ledger.record([parse_fact(grant("layout-1", event_id="lay-4", occurred_at=MARCH_3))])
+    assert isinstance(after, Receipt), after
+    views = Views(ledger)
+    views.refresh()
+    entries = views.store.rows("SELECT event_id FROM view_entries ORDER BY event_id")
+    assert [row[0] for row in entries] == ["lay-1", "lay-2", "lay-3", "lay-4"]
+    views.close()
+    ledger.close()
+
+    verified = subprocess.run(
+        [sys.executable, "-m", "ledger.cli", "verify"],
+        env={**os.environ, **kafka_env(moved)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr
