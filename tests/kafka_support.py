@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hmac
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterable
@@ -42,6 +45,19 @@ def kafka_env(settings: Settings) -> dict[str, str]:
         "LEDGER_PARTITIONS": str(settings.partitions),
         "LEDGER_DATA_DIR": str(settings.data_dir),
     }
+
+
+def kafka_cli(
+    settings: Settings, *args: str, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """`consent-ledger ARGS` in a process of its own, on these Kafka-mode settings."""
+    return subprocess.run(
+        [sys.executable, "-m", "ledger.cli", *args],
+        env={**os.environ, **kafka_env(settings)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def publish(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes]]) -> None:

@@ -31,6 +31,7 @@ from tests.kafka_support import (
     OVERSIZE_LIMIT,
     check_exactly_once,
     intake_stream,
+    kafka_cli,
     kafka_env,
     kafka_settings,
     publish,
@@ -38,16 +39,6 @@ from tests.kafka_support import (
 )
 
 pytestmark = pytest.mark.kafka
-
-
-def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ledger.cli", *args],
-        env={**os.environ, **kafka_env(settings)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def start_worker(
@@ -122,7 +113,7 @@ def test_sigkill_at_twenty_random_points(
 ) -> None:
     settings = kafka_settings(tmp_path / "data", kafka_bootstrap)
     topics = Topics.of(settings.topic_prefix)
-    init = cli(settings, "init")
+    init = kafka_cli(settings, "init")
     assert init.returncode == 0, init.stderr
     items = intake_stream(valid=10_000, bad=500, seed=11)
     publish(kafka_bootstrap, topics.intake, [(i.key, i.value) for i in items])  # type: ignore[misc]
@@ -165,12 +156,12 @@ def test_sigkill_at_twenty_random_points(
         read_committed(kafka_bootstrap, topics.ledger),
         read_committed(kafka_bootstrap, topics.rejected),
     )
-    verified = cli(settings, "verify", "--json")
+    verified = kafka_cli(settings, "verify", "--json")
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
     # The projections were killed as often as the writer: caught up, they equal a replay.
-    assert cli(settings, "project").returncode == 0
-    replayed = cli(settings, "replay", "--into", str(tmp_path / "replay"))
+    assert kafka_cli(settings, "project").returncode == 0
+    replayed = kafka_cli(settings, "replay", "--into", str(tmp_path / "replay"))
     assert replayed.returncode == 0, replayed.stderr
     assert _views(settings.views_path) == _views(tmp_path / "replay" / "views.db")
 
@@ -200,7 +191,7 @@ def test_broker_restart_mid_stream(tmp_path: Path, progress_of: list[Progress]) 
     try:
         settings = kafka_settings(tmp_path / "data", bootstrap)
         topics = Topics.of(settings.topic_prefix)
-        assert cli(settings, "init").returncode == 0
+        assert kafka_cli(settings, "init").returncode == 0
         items = intake_stream(valid=8_000, bad=400, seed=5)
         most = len(items) * 3 // 4
         publish(bootstrap, topics.intake, [(i.key, i.value) for i in items[:most]])  # type: ignore[misc]

@@ -8,9 +8,6 @@ ledger wrote it before its `ledger` header (2411e37), from a log the current cod
 from __future__ import annotations
 
 import dataclasses
-import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -24,7 +21,7 @@ from ledger.receipt import Receipt
 from projections.trail import subject_trail
 from projections.views import Views
 from tests.facts import grant, withdraw
-from tests.kafka_support import in_first_layout, kafka_env, kafka_settings, read_committed
+from tests.kafka_support import in_first_layout, kafka_cli, kafka_settings, read_committed
 
 pytestmark = pytest.mark.kafka
 
@@ -85,11 +82,5 @@ def test_a_topic_of_both_layouts_is_read_by_the_replica_the_projections_and_veri
     views.close()
     ledger.close()
 
-    verified = subprocess.run(
-        [sys.executable, "-m", "ledger.cli", "verify"],
-        env={**os.environ, **kafka_env(moved)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    verified = kafka_cli(moved, "verify", timeout=120)
     assert verified.returncode == 0, verified.stdout + verified.stderr

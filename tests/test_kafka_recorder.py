@@ -285,16 +285,12 @@ def test_verify_names_a_forged_record_on_the_ledger_topic(
     tmp_path: Path, kafka_bootstrap: str, forgery: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Kafka cannot alter a record in place, but anyone with write access can append one."""
-    import os
-    import subprocess
-    import sys
-
     from kafka import KafkaProducer
 
     from ledger.application import ConsentLedger
     from ledger.envelope import parse_fact
     from tests.facts import grant, withdraw
-    from tests.kafka_support import kafka_env
+    from tests.kafka_support import kafka_cli
 
     settings = kafka_settings(tmp_path / "data", kafka_bootstrap, partitions=1)
     ledger = ConsentLedger(settings)
@@ -333,13 +329,7 @@ def test_verify_names_a_forged_record_on_the_ledger_topic(
     ).get(30)
     producer.close()
 
-    out = subprocess.run(
-        [sys.executable, "-m", "ledger.cli", "verify"],
-        env={**os.environ, **kafka_env(settings)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = kafka_cli(settings, "verify", timeout=120)
     assert out.returncode == 4, out.stdout + out.stderr
     assert f"partition 0 offset {forged.offset}" in out.stderr
     # Changed bytes no longer carry the ledger's MAC: the ledger did not write that record.
