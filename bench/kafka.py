@@ -53,6 +53,7 @@ from ledger.envelope import parse_fact
 from ledger.kafka.intake import IntakeWriter, wait_until_consumed
 from ledger.kafka.publish import intake_key
 from ledger.kafka.recorder import PRODUCER_TUNING
+from ledger.kafka.records import FIELDS_HEADER
 from ledger.kafka.topics import Topics
 from ledger.settings import Settings
 from projections.consent_projection import ConsentProjection
@@ -289,7 +290,7 @@ def bench_latency(
 
     def event_id(record: Any) -> str | None:
         for key, value in record.headers or []:
-            if key == "ledger":
+            if key == FIELDS_HEADER:
                 return str(orjson.loads(value)["event_id"])
         return None
 
@@ -305,10 +306,9 @@ def bench_raw_latency(
     the latency Kafka, the client and this machine give before the ledger adds its own."""
     prefix = f"bench-raw-latency-{uuid.uuid4().hex[:6]}"
     source, sink = f"{prefix}.in", f"{prefix}.out"
-    partitions = PARTITIONS
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     admin.create_topics(
-        {t: {"num_partitions": partitions, "replication_factor": 1} for t in (source, sink)},
+        {t: {"num_partitions": PARTITIONS, "replication_factor": 1} for t in (source, sink)},
         wait_for_metadata=True,
     )
     admin.close()
@@ -317,7 +317,7 @@ def bench_raw_latency(
     def event_id(record: Any) -> str | None:
         return str(orjson.loads(record.value)["event_id"])
 
-    flow = (source, sink, partitions)
+    flow = (source, sink, PARTITIONS)
     return timed_flow(bootstrap, worker, dict(os.environ), flow, event_id, facts, rate, warm)
 
 
