@@ -139,10 +139,9 @@ def bench_intake(
 DEFAULT_PRODUCER: dict[str, object] = {"enable_idempotence": True, "acks": "all"}
 
 
-def bench_raw_ctp(
-    bootstrap: str, stream: list[bytes], producer_settings: dict[str, object]
-) -> tuple[int, float]:
-    prefix = f"bench-raw-{uuid.uuid4().hex[:6]}"
+def raw_topics(bootstrap: str, name: str) -> tuple[str, str, str]:
+    """A fresh prefix and its source and sink topics, created, for a raw loop."""
+    prefix = f"{name}-{uuid.uuid4().hex[:6]}"
     source, sink = f"{prefix}.in", f"{prefix}.out"
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     admin.create_topics(
@@ -150,6 +149,13 @@ def bench_raw_ctp(
         wait_for_metadata=True,
     )
     admin.close()
+    return prefix, source, sink
+
+
+def bench_raw_ctp(
+    bootstrap: str, stream: list[bytes], producer_settings: dict[str, object]
+) -> tuple[int, float]:
+    prefix, source, sink = raw_topics(bootstrap, "bench-raw")
     publish(bootstrap, source, stream)
     group = f"{prefix}-group"
     consumer = KafkaConsumer(
@@ -304,14 +310,7 @@ def bench_raw_latency(
     """The same schedule and reader through the raw consume-transform-produce loop
     (`bench.raw_loop`, a process of its own), on topics of the ledger's partition count:
     the latency Kafka, the client and this machine give before the ledger adds its own."""
-    prefix = f"bench-raw-latency-{uuid.uuid4().hex[:6]}"
-    source, sink = f"{prefix}.in", f"{prefix}.out"
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    admin.create_topics(
-        {t: {"num_partitions": PARTITIONS, "replication_factor": 1} for t in (source, sink)},
-        wait_for_metadata=True,
-    )
-    admin.close()
+    _, source, sink = raw_topics(bootstrap, "bench-raw-latency")
     worker = [sys.executable, "-m", "bench.raw_loop", bootstrap, source, sink]
 
     def event_id(record: Any) -> str | None:
