@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
 from ledger.application import ConsentLedger
 from ledger.kafka import intake as intake_module
+from ledger.kafka import recorder as recorder_module
 from ledger.kafka.intake import IntakeWriter, wait_until_consumed
 from ledger.kafka.topics import Topics
 from ledger.settings import Settings
@@ -107,3 +109,65 @@ def test_a_record_that_breaks_the_writer_is_isolated_and_rejected(
     landed = [headers(r).get("event_id") for r in read_committed(kafka_bootstrap, topics.ledger)]
     assert {i.event_id for i in items} <= set(landed)
     assert writer.stats.accepted == 300
+
+
+def test_a_batch_that_fails_mid_transaction_commits_nothing_of_it(
+    kafka_ledger: ConsentLedger, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first batch fails after its facts and offsets went into the open transaction and
+    before the commit: the transaction is aborted, the batch is written again, and every
+    record lands once (the aborted copies invisible to read_committed readers)."""
+    settings = kafka_ledger.settings
+    topics = Topics.of(settings.topic_prefix)
+    items = intake_stream(valid=200, bad=20)
+    publish(kafka_bootstrap, topics.intake, [(i.key, i.value) for i in items])  # type: ignore[misc]
+    failed: list[str] = []
+
+    def fail_once(name: str) -> None:
+        if name == "kafka-sent" and not failed:
+            failed.append(name)
+            raise RuntimeError("a bug between the sends and the commit")
+
+    monkeypatch.setattr(recorder_module, "failpoint", fail_once)
+
+    writer = _drain(kafka_ledger, settings)
+
+    assert failed == ["kafka-sent"]
+    ledger = read_committed(kafka_bootstrap, topics.ledger)
+    rejected = read_committed(kafka_bootstrap, topics.rejected)
+    check_exactly_once(items, ledger, rejected)
+    assert writer.stats.accepted == 200
+    assert not kafka_ledger.ledger_recorder.fenced  # type: ignore[attr-defined]
+
+
+def test_an_abandoned_intake_transaction_commits_no_offsets(
+    kafka_ledger: ConsentLedger, kafka_bootstrap: str
+) -> None:
+    """`open_intake` sends a batch's offsets before the batch is checked; a batch abandoned
+    before its append leaves the group's committed offsets where they were."""
+    settings = kafka_ledger.settings
+    topics = Topics.of(settings.topic_prefix)
+    items = intake_stream(valid=30, bad=0)
+    publish(kafka_bootstrap, topics.intake, [(i.key, i.value) for i in items])  # type: ignore[misc]
+    ends = end_offsets(kafka_bootstrap, topics.intake)
+    writer = IntakeWriter(kafka_ledger)
+    writer.start()
+    try:
+        consumer = writer.consumer
+        assert consumer is not None
+        polled: list[Any] = []
+        while len(polled) < len(items):
+            polled += [r for rs in consumer.poll(timeout_ms=1000).values() for r in rs]
+        offsets = intake_module._next_offsets(polled)
+        assert offsets == {tp: end for tp, end in ends.items() if end}
+        with kafka_ledger.lock:
+            writer.recorder.open_intake(offsets, consumer.group_metadata())
+            writer.recorder.abandon()
+        assert {tp: consumer.committed(tp) for tp in offsets} == dict.fromkeys(offsets)
+        # The same writer goes on: it reads the batch again and commits it.
+        writer._rewind()
+        wait_until_consumed(writer, ends, 120)
+    finally:
+        writer.close()
+    ledger = read_committed(kafka_bootstrap, topics.ledger)
+    check_exactly_once(items, ledger, read_committed(kafka_bootstrap, topics.rejected))

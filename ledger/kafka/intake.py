@@ -3,9 +3,10 @@
 Each poll is one batch and one Kafka transaction: the accepted facts go to the ledger topic,
 the refused and malformed records to the rejected topic (code, message, where they came from
 and the original bytes), and the intake offsets are committed with them through
-`send_offsets_to_transaction`. A crash anywhere leaves either all of that or none of it; the
-restarted writer fences the dead one, resolves its open transaction and resumes from the
-committed offsets.
+`send_offsets_to_transaction`, sent as soon as the batch is polled so that their round trips
+to the broker overlap with its checks (`KafkaLedgerRecorder.open_intake`). A crash anywhere
+leaves either all of that or none of it; the restarted writer fences the dead one, resolves
+its open transaction and resumes from the committed offsets.
 
 Poison never blocks a partition: a record that is not a fact is rejected with its code; a
 record that makes the writer itself fail is isolated (the batch is retried one record at a
@@ -178,6 +179,31 @@ class IntakeWriter:
         return len(records)
 
     def _write(self, records: Sequence[ConsumerRecord], offsets: dict[TopicPartition, int]) -> None:
+        group = self._group()
+        # Under the ledger's lock from the transaction's start to its commit, the order every
+        # append takes the two locks in (an HTTP publish shares the producer in the server).
+        with self.ledger.lock:
+            self.recorder.open_intake(offsets, group)
+            try:
+                outcomes, codes = self._append(records, offsets, group)
+            finally:
+                self.recorder.abandon()  # only if nothing committed it
+        self.committed.update(offsets)
+        for code in codes:
+            self.stats.reject(code)
+        for outcome in outcomes:
+            if isinstance(outcome, FactRejected):
+                self.stats.reject(outcome.code.value)
+            elif isinstance(outcome, Receipt) and outcome.duplicate:
+                self.stats.duplicates += 1
+            else:
+                self.stats.accepted += 1
+
+    def _append(
+        self, records: Sequence[ConsumerRecord], offsets: dict[TopicPartition, int], group: Any
+    ) -> tuple[list[Outcome], list[str]]:
+        """Parse, check and append the batch in the transaction `open_intake` began; the
+        outcomes of the facts and the codes of the records that were not facts."""
         facts: list[Fact] = []
         origin: list[ConsumerRecord] = []
         rejects: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]] = []
@@ -191,7 +217,6 @@ class IntakeWriter:
                 continue
             facts.append(fact)
             origin.append(record)
-        group = self._group()
 
         def with_refusals(outcomes: Sequence[Outcome | None]) -> IntakeCommit:
             refused = list(rejects)
@@ -200,19 +225,10 @@ class IntakeWriter:
                     refused.append(rejected_record(record, outcome, fact))
             return IntakeCommit(refused, offsets, group)
 
-        outcomes = self.ledger.record(facts, with_refusals=with_refusals) if facts else []
         if not facts:
             self.recorder.commit_extra(IntakeCommit(rejects, offsets, group))
-        self.committed.update(offsets)
-        for code in codes:
-            self.stats.reject(code)
-        for outcome in outcomes:
-            if isinstance(outcome, FactRejected):
-                self.stats.reject(outcome.code.value)
-            elif isinstance(outcome, Receipt) and outcome.duplicate:
-                self.stats.duplicates += 1
-            else:
-                self.stats.accepted += 1
+            return [], codes
+        return self.ledger.record(facts, with_refusals=with_refusals), codes
 
     def _write_isolating(self, records: Sequence[ConsumerRecord]) -> None:
         """Retry in halves until the record that fails alone is found; reject just that one."""

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -65,6 +66,11 @@ PRODUCER_TUNING: dict[str, object] = {
 }
 
 
+# How long an append waits for the offsets `open_intake` sent: kafka-python's own wait has no
+# bound, and a broker that has not answered in this long is treated as gone.
+OFFSETS_TIMEOUT_S = 60.0
+
+
 class WriterFenced(RuntimeError):
     """Another writer took ownership of the ledger partitions; this one may never append again."""
 
@@ -91,6 +97,15 @@ class KafkaLink:
     @property
     def intake_group(self) -> str:
         return f"{self.topics.ledger}-writer"
+
+
+@dataclass(frozen=True)
+class _Opened:
+    """A transaction begun ahead of its appends (`open_intake`), its offsets on their way."""
+
+    thread: int
+    offsets: dict[TopicPartition, int]
+    sent: Future[None]
 
 
 @dataclass
@@ -121,6 +136,8 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
         self._owning = threading.Lock()
         # One transaction at a time on the producer, whichever thread asks.
         self._transacting = threading.Lock()
+        # The transaction `open_intake` began, held (with `_transacting`) until the append.
+        self._opened: _Opened | None = None
 
     def construct_create_table_statements(self) -> list[str]:
         return [
@@ -358,22 +375,97 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
         self.own()
         self._transact([], extra)
 
+    def open_intake(self, offsets: Mapping[TopicPartition, int], group: Any) -> None:
+        """Begin the transaction of an intake batch now, and send its offsets meanwhile.
+
+        Adding consumed offsets to a transaction takes two round trips to the broker's
+        coordinators (AddOffsetsToTxn, then TxnOffsetCommit), which kafka-python's
+        `send_offsets_to_transaction` waits out. The offsets are known as soon as the batch is
+        polled, so they are sent from another thread while this one checks and seals the
+        batch. The append (`insert_events` or `commit_extra`, with an IntakeCommit of the same
+        offsets) then joins them before it commits; a batch that will not be appended is
+        `abandon`ed. Call it holding the application's lock, as appends are made: the
+        transaction is held from here to the append.
+        """
+        self.own()
+        self._transacting.acquire()
+        try:
+            producer = self._producer
+            if producer is None:
+                raise LedgerUnavailable("this process is not the ledger writer")
+            to_send = {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
+            try:
+                producer.begin_transaction()
+            except KafkaError as error:
+                raise self._refused(error) from error
+            sent: Future[None] = Future()
+
+            def send_offsets() -> None:
+                try:
+                    producer.send_offsets_to_transaction(to_send, group)
+                except BaseException as error:  # handed to whoever waits for the append
+                    sent.set_exception(error)
+                else:
+                    sent.set_result(None)
+
+            # A thread of its own per batch, not a pool's: if the broker never answers, a
+            # daemon thread left waiting holds up neither later batches nor the exit.
+            threading.Thread(target=send_offsets, name="ledger-offsets", daemon=True).start()
+            self._opened = _Opened(threading.get_ident(), dict(offsets), sent)
+        except BaseException:
+            self._transacting.release()
+            raise
+
+    def abandon(self) -> None:
+        """Abort the transaction this thread opened with `open_intake`, if it is still open."""
+        opened = self._take_opened()
+        if opened is None:
+            return
+        try:
+            with contextlib.suppress(Exception):
+                # An abort must not overtake the offsets in flight.
+                opened.sent.result(timeout=OFFSETS_TIMEOUT_S)
+            if self._producer is not None:
+                self._abort(self._producer)
+        finally:
+            self._transacting.release()
+
+    def _abort(self, producer: KafkaProducer) -> None:
+        try:
+            producer.abort_transaction()
+        except KafkaError as error:
+            # Whatever state the producer is in, it is dropped: the next append fences it.
+            self._refused(error)
+
+    def _take_opened(self) -> _Opened | None:
+        opened = self._opened
+        if opened is None or opened.thread != threading.get_ident():
+            return None
+        self._opened = None
+        return opened
+
     def _transact(
         self, records: Sequence[Any], intake: IntakeCommit | None
     ) -> tuple[dict[int, int], list[tuple[int, int]]]:
         """Append in one transaction; the next offset per partition, and each record's place."""
-        with self._transacting:
-            return self._transact_once(records, intake)
+        opened = self._take_opened()
+        if opened is None:
+            self._transacting.acquire()
+        try:
+            return self._transact_once(records, intake, opened)
+        finally:
+            self._transacting.release()
 
     def _transact_once(
-        self, records: Sequence[Any], intake: IntakeCommit | None
+        self, records: Sequence[Any], intake: IntakeCommit | None, opened: _Opened | None
     ) -> tuple[dict[int, int], list[tuple[int, int]]]:
         producer = self._producer
         if producer is None:
             raise LedgerUnavailable("this process is not the ledger writer")
         topics = self.link.topics
         try:
-            producer.begin_transaction()
+            if opened is None:
+                producer.begin_transaction()
             futures = [
                 producer.send(
                     topics.ledger,
@@ -387,11 +479,19 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
             if intake is not None:
                 for key, value, headers in intake.rejects:
                     producer.send(topics.rejected, key=key, value=value, headers=headers)
-                if intake.offsets:
-                    producer.send_offsets_to_transaction(
-                        {tp: OffsetAndMetadata(o, "", -1) for tp, o in intake.offsets.items()},
-                        intake.group,
-                    )
+            if opened is not None:
+                try:
+                    opened.sent.result(timeout=OFFSETS_TIMEOUT_S)  # raises what sending raised
+                except TimeoutError:
+                    self._drop_producer(abort=True)
+                    raise LedgerUnavailable("the broker did not take the offsets") from None
+                if intake is None or intake.offsets != opened.offsets:
+                    raise AssertionError("an opened intake transaction appended other offsets")
+            elif intake is not None and intake.offsets:
+                producer.send_offsets_to_transaction(
+                    {tp: OffsetAndMetadata(o, "", -1) for tp, o in intake.offsets.items()},
+                    intake.group,
+                )
             failpoint("kafka-sent")
             producer.commit_transaction()
             failpoint("kafka-committed")
@@ -402,16 +502,29 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                 where.append((meta.partition, meta.offset))
                 written[meta.partition] = max(written.get(meta.partition, 0), meta.offset + 1)
             return written, where
-        except FENCED as error:
+        except KafkaError as error:
+            raise self._refused(error) from error
+        except BaseException:
+            # A failure of the ledger's own mid-transaction: abort it, so that nothing of it
+            # commits and the producer can begin the next one.
+            if self._producer is producer:
+                self._abort(producer)
+            raise
+
+    def _refused(self, error: KafkaError) -> Exception:
+        """What the broker's refusal means for this writer, the producer dropped either way.
+
+        Fenced: another writer owns the partitions, and this one may never append again.
+        Otherwise the outcome of the transaction is unknown only if the commit itself failed;
+        either way the next write fences, resolves the transaction (commit or abort) and
+        catches up before appending.
+        """
+        if isinstance(error, FENCED):
             self._fenced = True
             self._drop_producer()
-            raise WriterFenced("another writer owns the ledger partitions") from error
-        except KafkaError as error:
-            # The outcome of the transaction is unknown only if the commit itself failed;
-            # either way this producer is dropped and the next write fences, resolves the
-            # transaction (commit or abort) and catches up before appending.
-            self._drop_producer(abort=True)
-            raise LedgerUnavailable(f"the broker did not take the append: {error}") from error
+            return WriterFenced("another writer owns the ledger partitions")
+        self._drop_producer(abort=True)
+        return LedgerUnavailable(f"the broker did not take the append: {error}")
 
     def _drop_producer(self, abort: bool = False) -> None:
         producer, self._producer = self._producer, None
