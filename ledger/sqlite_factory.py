@@ -71,10 +71,12 @@ class StatementCachingPool(SQLiteConnectionPool):
 
 
 class LedgerSQLiteFactory(SQLiteFactory):
+    pool_class: type[StatementCachingPool] = StatementCachingPool
+
     def __init__(self, env: Environment | EnvType | None):
         super().__init__(env)
         library_pool = self.datastore.pool
-        self.datastore.pool = StatementCachingPool(
+        self.datastore.pool = self.pool_class(
             db_name=library_pool.db_name,
             lock_timeout=library_pool.lock_timeout,
             pool_size=library_pool.pool_size,

@@ -357,3 +357,25 @@ def test_verify_names_a_forged_record_on_the_ledger_topic(
     assert sorted(row[0] for row in entries) == ["v1", "v2"]
     views.close()
     ledger.close()
+
+
+def test_the_replica_syncs_less_than_the_key_store(tmp_path: Path, kafka_bootstrap: str) -> None:
+    """In Kafka mode the replica is a cache of the ledger topic, so its commits do not fsync
+    (WAL keeps them atomic); the key store, which holds what the topic does not, still
+    does. Read back from SQLite itself; embedded mode's log is in test_sqlite_factory."""
+    from ledger.application import ConsentLedger
+    from ledger.kafka.factory import ReplicaConnectionPool
+    from ledger.sql import PAGE_CACHE_KIB
+
+    ledger = ConsentLedger(kafka_settings(tmp_path, kafka_bootstrap))
+    try:
+        datastore = ledger.factory.datastore  # type: ignore[attr-defined]
+        assert isinstance(datastore.pool, ReplicaConnectionPool)
+        with datastore.transaction(commit=False) as c:
+            c.execute("PRAGMA synchronous")
+            assert c.fetchone()[0] == 1  # NORMAL
+            c.execute("PRAGMA cache_size")
+            assert c.fetchone()[0] == -PAGE_CACHE_KIB
+        assert ledger.keystore._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    finally:
+        ledger.close()
