@@ -138,6 +138,10 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
         self._transacting = threading.Lock()
         # The transaction `open_intake` began, held (with `_transacting`) until the append.
         self._opened: _Opened | None = None
+        # The places in the topic of the positions the last committed append wrote, and, per
+        # appending thread, those of the append still in its replica transaction.
+        self._appended: dict[int, tuple[int, int]] = {}
+        self._appending = threading.local()
 
     def construct_create_table_statements(self) -> list[str]:
         return [
@@ -153,15 +157,20 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
         ]
 
     def log_coordinates(self, positions: Sequence[int]) -> dict[int, tuple[int, int]]:
-        found: dict[int, tuple[int, int]] = {}
-        with self.datastore.transaction(commit=False) as c:
-            for row in rows_in(
-                c,
-                f"SELECT position, partition, offset FROM {self.located_table} "
-                "WHERE position IN ({})",
-                positions,
-            ):
-                found[int(row[0])] = (int(row[1]), int(row[2]))
+        # The receipts of an append ask for the places it has just written: those are known
+        # without reading them back (a query per intake batch or HTTP group).
+        appended = self._appended
+        found = {p: appended[p] for p in positions if p in appended}
+        missing = [p for p in positions if p not in found]
+        if missing:
+            with self.datastore.transaction(commit=False) as c:
+                for row in rows_in(
+                    c,
+                    f"SELECT position, partition, offset FROM {self.located_table} "
+                    "WHERE position IN ({})",
+                    missing,
+                ):
+                    found[int(row[0])] = (int(row[1]), int(row[2]))
         return found
 
     def accepted_offsets(self, partition: int, first: int, last: int) -> set[int]:
@@ -361,13 +370,20 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
         ]
         offsets, where = self._transact(records, intake)
         assert positions is not None
-        self._locate(c, [(r, p, o) for r, (p, o) in zip(positions, where, strict=True)])
+        located = [(r, p, o) for r, (p, o) in zip(positions, where, strict=True)]
+        self._locate(c, located)
         self._set_positions(c, offsets)
+        self._appending.located = located
         return positions
 
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Any:
         self.own()
-        return super().insert_events(stored_events, **kwargs)
+        self._appending.located = []
+        positions = super().insert_events(stored_events, **kwargs)
+        # Only now is the replica's transaction committed: until then a position may yet be
+        # rolled back and given to another fact.
+        self._appended = {r: (p, o) for r, p, o in self._appending.located}
+        return positions
 
     def commit_extra(self, extra: object) -> None:
         """An intake batch that adds no fact: its rejects and offsets, in one transaction."""
