@@ -89,7 +89,7 @@ PUBLISHER_LINGER_MS = 5
 # The latency run's publisher wakes this often and sends every fact due by then (at 2,000
 # facts/s, about ten), rather than sleeping until each is due: 2,000 wake-ups a second took
 # about a tenth of a core from the 2 that the worker and the broker share with it (three runs
-# taking turns at ce0d8f7: the load generator's process at 56-71% of a core against 44-56%;
+# taking turns at ce0d8f7: the load generator's process at 53-67% of a core against 42-56%;
 # the ledger worker's p99 194-277 against 159-219 ms). Each fact is timed from when it was due.
 PUBLISH_EVERY_S = 0.005
 
