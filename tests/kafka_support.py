@@ -82,8 +82,20 @@ def end_offsets(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
         consumer.close()
 
 
+# How long `read_committed` waits for transactions still completing before it reads up to
+# where a read_committed reader can read at that moment.
+SETTLE_S = 10.0
+
+
 def read_committed(bootstrap: str, topic: str, timeout: float = 60) -> list[Any]:
-    """Every committed record of a topic, partition by partition in offset order."""
+    """Every committed record of a topic, partition by partition in offset order.
+
+    A transaction's commit returns once it is decided; its markers reach the partitions a
+    moment later, and until then a read_committed reader's end (the last stable offset)
+    stops short of its records. So the end is taken once it has caught up with the high
+    watermark (every transaction written so far completed), or after SETTLE_S, for a topic
+    with one left open on purpose.
+    """
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False
     )
@@ -91,7 +103,7 @@ def read_committed(bootstrap: str, topic: str, timeout: float = 60) -> list[Any]
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
-        end = consumer.end_offsets(tps)
+        end = _settled_end(bootstrap, consumer, tps)
         records: list[Any] = []
         deadline = time.monotonic() + timeout
         while any(consumer.position(tp) < end[tp] for tp in tps):
@@ -101,6 +113,21 @@ def read_committed(bootstrap: str, topic: str, timeout: float = 60) -> list[Any]
         return sorted(records, key=lambda r: (r.partition, r.offset))
     finally:
         consumer.close()
+
+
+def _settled_end(
+    bootstrap: str, committed: KafkaConsumer, tps: list[TopicPartition]
+) -> dict[TopicPartition, int]:
+    written = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        deadline = time.monotonic() + SETTLE_S
+        while True:
+            stable: dict[TopicPartition, int] = committed.end_offsets(tps)
+            # Each round trip to the broker paces the next look; no sleep.
+            if stable == written.end_offsets(tps) or time.monotonic() > deadline:
+                return stable
+    finally:
+        written.close()
 
 
 def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
