@@ -13,10 +13,10 @@ Rows:
   transaction;
 - replica rebuild (the writer taking ownership on an empty replica) and the projection
   replay from the ledger topic, next to a raw read_committed scan of that topic;
-- end to end at `--rate` facts/s: from a publisher's send to a read_committed reader seeing
-  the fact, through the raw loop (`bench.raw_loop`, its own process) and then through
-  `consent-ledger worker`, with the same schedule, publisher (lingering 5 ms, as Kafka 4's
-  Java producer does by default) and reader.
+- end to end at `--rate` facts/s: from the moment a fact is due to be published to a
+  read_committed reader seeing it, through the raw loop (`bench.raw_loop`, its own process)
+  and then through `consent-ledger worker`, with the same schedule, publisher (lingering
+  5 ms, as Kafka 4's Java producer does by default) and reader.
 
 The intake writer and the two raw loops take turns in `--rounds` rounds, each round its own
 topics and a stream of its own (`--facts` split between the rounds), so that a change in
@@ -81,10 +81,12 @@ def broker(root: Path) -> Iterator[str]:
 
 
 PARTITIONS = 3  # of every topic of the benchmark
-# The latency run's publisher: see timed_flow. With kafka-python's 0 (2,000 produce requests a
-# second), four runs taking turns with it gave the ledger worker a p99 of 376-585 ms and p50
-# 184-291 ms, against 204-474 and 75-105 ms with 5; the raw loop's p99 106-126 against 97-149
-# ms (2026-12-01, the code of ce0d8f7).
+# The latency run's publisher lingers 5 ms, the Java client's default since Kafka 4.0
+# (KIP-1030), not kafka-python's 0: one produce request per fact, 2,000 a second, had the load
+# generator and the broker take CPU from the worker on the 2 cores they share. Four runs
+# taking turns gave the ledger worker a p99 of 376-585 ms and p50 184-291 ms with 0, against
+# 204-474 and 75-105 ms with 5; the raw loop's p99 106-126 against 97-149 ms (2026-12-01, the
+# code of ce0d8f7). The linger is inside every timed latency.
 PUBLISHER_LINGER_MS = 5
 # The latency run's publisher wakes this often and sends every fact due by then (at 2,000
 # facts/s, about ten), rather than sleeping until each is due: 2,000 wake-ups a second took
@@ -388,10 +390,6 @@ def timed_flow(
 
     thread = threading.Thread(target=read)
     thread.start()
-    # The publisher lingers 5 ms, the Java client's default since Kafka 4.0 (KIP-1030), not
-    # kafka-python's 0: one produce request per fact made the load generator and the broker
-    # take CPU from the worker on the 2 cores they share. The linger is inside every timed
-    # latency, which runs from when the fact was due.
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=PUBLISHER_LINGER_MS)
     # Warm-up, not measured: the first transactions look up coordinators and metadata.
     warmup, facts = facts[:warm], facts[warm:]
