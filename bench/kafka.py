@@ -287,7 +287,7 @@ Latency = tuple[int, float, float, float]  # facts timed, p50, p99, max (ms)
 
 def bench_latency(
     root: Path, bootstrap: str, facts: list[dict[str, Any]], rate: int, warm: int = 1000
-) -> Latency:
+) -> tuple[Latency, str]:
     """Publish at `rate` facts/s to a worker process; time each fact from send to committed.
 
     The worker is the real `consent-ledger worker` (its own process, as deployed); this
@@ -331,7 +331,7 @@ def bench_raw_latency(
         return str(orjson.loads(record.value)["event_id"])
 
     flow = (source, sink, PARTITIONS)
-    return timed_flow(bootstrap, worker, dict(os.environ), flow, event_id, facts, rate, warm)
+    return timed_flow(bootstrap, worker, dict(os.environ), flow, event_id, facts, rate, warm)[0]
 
 
 def timed_flow(
@@ -343,7 +343,7 @@ def timed_flow(
     facts: list[dict[str, Any]],
     rate: int,
     warm: int,
-) -> Latency:
+) -> tuple[Latency, str]:
     """Start the worker (it prints a line once it consumes), publish `facts` to the flow's
     source on a fixed schedule, the first `warm` unmeasured, and time each from when it was
     due to be sent to the moment a read_committed reader of the sink sees it."""
@@ -422,14 +422,14 @@ def timed_flow(
     producer.close()
     reader.close()
     worker.send_signal(signal.SIGTERM)
-    worker.communicate(timeout=60)
+    said, _ = worker.communicate(timeout=60)
     latencies = sorted((arrived[e] - sent[e]) * 1000 for e in sent if e in arrived)
     assert len(latencies) == len(facts), f"{len(facts) - len(latencies)} facts never arrived"
 
     def pct(q: float) -> float:
         return latencies[min(len(latencies) - 1, int(q * len(latencies)))]
 
-    return len(latencies), pct(0.50), pct(0.99), latencies[-1]
+    return (len(latencies), pct(0.50), pct(0.99), latencies[-1]), said.strip()
 
 
 def main(argv: list[str]) -> None:
@@ -497,7 +497,9 @@ def main(argv: list[str]) -> None:
             # in the same run, since the latency moves with the machine's load even more
             # than the rates do.
             raw_latency = bench_raw_latency(bootstrap, mixed_stream(args.latency_facts), args.rate)
-            latency = bench_latency(root, bootstrap, mixed_stream(args.latency_facts), args.rate)
+            latency, worker_said = bench_latency(
+                root, bootstrap, mixed_stream(args.latency_facts), args.rate
+            )
         shutil.rmtree(root, ignore_errors=True)
     print(
         f"Kafka mode on {platform.node()} ({os.cpu_count()} cores, Python "
@@ -516,6 +518,8 @@ def main(argv: list[str]) -> None:
             f"p50 {p50:.0f} ms, p99 {p99:.0f} ms, "
             f"max {worst:.0f} ms"
         )
+    # What `consent-ledger worker` says of its batches when stopped, warm-up included.
+    print(f"ledger worker in the end-to-end run, as it reported: {worker_said.splitlines()[-1]}")
     print(
         f"end to end p99, ledger worker: {latency[2]:.0f} ms (target: under 250 ms at 2,000 "
         f"facts/s); raw loop {raw_latency[2]:.0f} ms"

@@ -68,6 +68,9 @@ def test_poison_interleaved_with_valid_facts(
     check_exactly_once(items, ledger, rejected)
     assert writer.stats.accepted == 10_000
     assert sum(writer.stats.rejected.values()) == 1_000
+    # The batches' time, split: the transactions are part of the writes.
+    assert writer.stats.poll_s > 0
+    assert 0 < writer.stats.transaction_s < writer.stats.write_s
     for record in rejected:
         body = orjson.loads(record.value)
         assert headers(record)["code"] == body["code"]

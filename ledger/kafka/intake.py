@@ -49,6 +49,14 @@ class IntakeStats:
     duplicates: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     retries: int = 0
+    # Wall-clock seconds of the batches written, by part: the poll that returned them, and
+    # their write, of which the Kafka transaction (sends, the offsets' round trips, the
+    # commit); the rest of the write is parsing, the checks, sealing and the replica. A
+    # batch's latency is their sum, and the part that does not grow with its size is what
+    # the end-to-end latency at a given rate hangs on (README, Kafka mode).
+    poll_s: float = 0.0
+    write_s: float = 0.0
+    transaction_s: float = 0.0
 
     def reject(self, code: str) -> None:
         self.rejected[code] = self.rejected.get(code, 0) + 1
@@ -157,10 +165,12 @@ class IntakeWriter:
     def step(self, timeout_ms: int = 500) -> int:
         """Poll one batch and commit it; returns how many intake records it consumed."""
         assert self.consumer is not None
+        started = time.perf_counter()
         polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=self.batch)
         records = [r for tp in sorted(polled, key=lambda t: t.partition) for r in polled[tp]]
         if not records:
             return 0
+        polled_at = time.perf_counter()
         try:
             self._write(records, _next_offsets(records))
         except (LedgerUnavailable, WriterFenced, KafkaError):
@@ -175,7 +185,10 @@ class IntakeWriter:
             # Every record of the batch is committed now (appended or rejected); the consumer
             # was rewound for the retries and must move on from the committed offsets.
             self._rewind_safely()
-        self.stats.batches += 1
+        stats = self.stats
+        stats.batches += 1
+        stats.poll_s += polled_at - started
+        stats.write_s += time.perf_counter() - polled_at
         return len(records)
 
     def _write(self, records: Sequence[ConsumerRecord], offsets: dict[TopicPartition, int]) -> None:
@@ -183,11 +196,13 @@ class IntakeWriter:
         # Under the ledger's lock from the transaction's start to its commit, the order every
         # append takes the two locks in (an HTTP publish shares the producer in the server).
         with self.ledger.lock:
+            in_transactions = self.recorder.transaction_s
             self.recorder.open_intake(offsets, group)
             try:
                 outcomes, codes = self._append(records, offsets, group)
             finally:
                 self.recorder.abandon()  # only if nothing committed it
+                self.stats.transaction_s += self.recorder.transaction_s - in_transactions
         self.committed.update(offsets)
         for code in codes:
             self.stats.reject(code)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -142,6 +143,9 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
         # appending thread, those of the append still in its replica transaction.
         self._appended: dict[int, tuple[int, int]] = {}
         self._appending = threading.local()
+        # Wall-clock seconds spent in Kafka transactions, from the first send (or the begin)
+        # to the commit's answer: what the intake writer's stats split a batch's time by.
+        self.transaction_s = 0.0
 
     def construct_create_table_statements(self) -> list[str]:
         return [
@@ -467,9 +471,11 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
         opened = self._take_opened()
         if opened is None:
             self._transacting.acquire()
+        started = time.perf_counter()
         try:
             return self._transact_once(records, intake, opened)
         finally:
+            self.transaction_s += time.perf_counter() - started
             self._transacting.release()
 
     def _transact_once(
