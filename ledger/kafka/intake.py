@@ -171,8 +171,9 @@ class IntakeWriter:
         if not records:
             return 0
         polled_at = time.perf_counter()
+        in_transaction = 0.0  # the isolating retries' transactions count in the rest
         try:
-            self._write(records, _next_offsets(records))
+            in_transaction = self._write(records, _next_offsets(records))
         except (LedgerUnavailable, WriterFenced, KafkaError):
             self._rewind_safely()
             raise
@@ -189,9 +190,13 @@ class IntakeWriter:
         stats.batches += 1
         stats.poll_s += polled_at - started
         stats.write_s += time.perf_counter() - polled_at
+        stats.transaction_s += in_transaction
         return len(records)
 
-    def _write(self, records: Sequence[ConsumerRecord], offsets: dict[TopicPartition, int]) -> None:
+    def _write(
+        self, records: Sequence[ConsumerRecord], offsets: dict[TopicPartition, int]
+    ) -> float:
+        """Write one batch in one transaction; returns the seconds that transaction took."""
         group = self._group()
         # Under the ledger's lock from the transaction's start to its commit, the order every
         # append takes the two locks in (an HTTP publish shares the producer in the server).
@@ -202,7 +207,7 @@ class IntakeWriter:
                 outcomes, codes = self._append(records, offsets, group)
             finally:
                 self.recorder.abandon()  # only if nothing committed it
-                self.stats.transaction_s += self.recorder.transaction_s - in_transactions
+            in_transaction = self.recorder.transaction_s - in_transactions
         self.committed.update(offsets)
         for code in codes:
             self.stats.reject(code)
@@ -213,6 +218,7 @@ class IntakeWriter:
                 self.stats.duplicates += 1
             else:
                 self.stats.accepted += 1
+        return in_transaction
 
     def _append(
         self, records: Sequence[ConsumerRecord], offsets: dict[TopicPartition, int], group: Any
