@@ -600,9 +600,9 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     )
     if stats.batches:
         per_batch = 1000 / stats.batches
-        facts = (stats.accepted + stats.duplicates + sum(stats.rejected.values())) / stats.batches
+        records = stats.accepted + stats.duplicates + sum(stats.rejected.values())
         print(
-            f"worker: a batch on average: {facts:.0f} records, poll "
+            f"worker: a batch on average: {records / stats.batches:.0f} records, poll "
             f"{stats.poll_s * per_batch:.1f} ms, parsing, checks, sealing and the replica "
             f"{(stats.write_s - stats.transaction_s) * per_batch:.1f} ms, Kafka transaction "
             f"{stats.transaction_s * per_batch:.1f} ms",
