@@ -121,6 +121,14 @@ def _settle_on_loop(future: asyncio.Future[Any], result: Any, error: BaseExcepti
     if future.done():  # cancelled: the request went away while its facts were recorded
         return
     if error is not None:
-        future.set_exception(error)
+        future.set_exception(settable(error))
     else:
         future.set_result(result)
+
+
+def settable(error: BaseException) -> BaseException:
+    """The error, or one a future can hold: asyncio refuses StopIteration (a bug deep in a
+    write can raise it), and a future left unsettled would hold its request forever."""
+    if isinstance(error, StopIteration | StopAsyncIteration):
+        return RuntimeError(f"the writer failed ({type(error).__name__})")
+    return error

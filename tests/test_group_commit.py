@@ -68,6 +68,29 @@ def test_a_failed_append_reaches_every_waiter(ledger: ConsentLedger) -> None:
     assert len(results) == 5 and all(isinstance(r, Exception) for r in results), results
 
 
+def test_an_error_no_future_can_hold_still_reaches_every_waiter() -> None:
+    """asyncio refuses to put StopIteration in a future; a writer raising it must not leave
+    its requests waiting forever."""
+
+    def broken(items: Sequence[Item]) -> list[Outcome]:
+        raise StopIteration
+
+    writer = GroupCommitter(broken)
+
+    async def main() -> list[Outcome | BaseException]:
+        requests = [
+            writer.outcome(parse_fact(grant(f"s-{i}", event_id=f"s-{i}"))) for i in range(3)
+        ]
+        return list(await asyncio.gather(*requests, return_exceptions=True))
+
+    try:
+        results = asyncio.run(asyncio.wait_for(main(), 20))
+    finally:
+        writer.close()
+    assert [type(r) for r in results] == [RuntimeError] * 3
+    assert all("StopIteration" in str(r) for r in results)
+
+
 def test_batches_and_single_facts_share_groups_and_keep_their_order(
     ledger: ConsentLedger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
