@@ -37,6 +37,7 @@ def build_service(settings: Settings) -> Service:
     process = None
     try:
         if settings.backend == "embedded" and settings.http_writer == "process":
+            from api.process_committer import ProcessCommitter
             from api.writer_process import WriterProcess
 
             process = WriterProcess(settings)
@@ -46,7 +47,9 @@ def build_service(settings: Settings) -> Service:
             Views(ledger),
             ApiKeys(keys_path(settings), recheck_s=settings.api_key_recheck_ms / 1000),
             Metrics(),
-            GroupCommitter(process.record if process is not None else ledger.record_received),
+            ProcessCommitter(process)
+            if process is not None
+            else GroupCommitter(ledger.record_received),
             writer_process=process,
         )
     except BaseException:

@@ -16,6 +16,7 @@ from api.group_commit import GroupCommitter
 from api.keys import ApiKeys, Principal
 from api.metrics import Metrics
 from api.problems import Problem
+from api.process_committer import ProcessCommitter
 from ledger.application import ConsentLedger
 from ledger.settings import Settings
 from projections.views import Views
@@ -28,7 +29,9 @@ class Service:
     views: Views
     keys: ApiKeys
     metrics: Metrics
-    writer: GroupCommitter
+    # Where publishes go: straight to the writer process from the event loop in embedded mode
+    # (api.process_committer), else through a group-commit thread (api.group_commit).
+    writer: GroupCommitter | ProcessCommitter
     intake: Any = None  # Kafka mode: the intake writer thread (ledger.kafka.intake_thread)
     writer_process: Any = None  # embedded mode: where `writer` records (api.writer_process)
     admin: Any = None  # Kafka mode: an admin client kept for readiness checks

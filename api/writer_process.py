@@ -4,9 +4,9 @@ The event loop (routing, the key check, parsing, responses) and the ledger's wri
 sealing, hashing, SQLite) are both Python. In one process they take turns on one interpreter
 lock, and every SQLite call the writer makes hands the lock over and waits to get it back
 from a busy event loop: a group of 4 facts spent 3.4 ms setting up its batch, 0.8 ms of it
-on the CPU (throwaway profile, 2026-12-01). Here the group-commit thread only hands each
-group to this process and waits for the outcomes without holding the lock, so the two halves
-run on two cores. `python -m bench http`, which runs both in the same run: 637 and 761
+on the CPU (throwaway profile, 2026-12-01). Here the event loop only hands each group to
+this process and reads the outcomes when they arrive (`api.process_committer`), so the two
+halves run on two cores. `python -m bench http`, which runs both in the same run: 637 and 761
 single publishes/s against 481 and 634 with the writer thread (README, "HTTP publishing").
 
 The child owns a `ConsentLedger` on the same settings. Other processes may write the same
@@ -61,7 +61,10 @@ class WriterUnavailable(RuntimeError):
 
 
 class WriterProcess:
-    """The parent's end: `record` is called by the group-commit thread, one group at a time."""
+    """The parent's end. The service's event loop drives it through `ProcessCommitter`
+    (`api.process_committer`), which sends groups over `connection` and reads the answers
+    as they come; `record` does the same for one group, blocking, for a caller of its own.
+    One user at a time."""
 
     def __init__(self, settings: Settings, answer_timeout_s: float = ANSWER_TIMEOUT_S) -> None:
         self._settings = settings
@@ -74,11 +77,7 @@ class WriterProcess:
 
     def record(self, facts: Sequence[Item]) -> list[Outcome]:
         with self._lock:
-            if self._conn is None or not self._process.is_alive():
-                # Gone while idle: nothing was sent to it, so a new one takes this group.
-                self._stopped()
-                self._start()
-                self.restarts += 1
+            self._ensure_started()
             assert self._conn is not None
             # Gone with the group, or stuck on it: whether it was recorded is unknown.
             try:
@@ -90,14 +89,45 @@ class WriterProcess:
                 self._stopped()
                 raise WriterUnavailable("the ledger's writer process stopped") from None
             if not answered:
-                self._process.kill()
-                self._process.join(timeout=30)
-                self._stopped()
+                self._kill()
                 raise WriterUnavailable("the ledger's writer process did not answer")
-        if kind == "error":
-            raise value
-        outcomes: list[Outcome] = value
-        return outcomes
+        return answer_of(kind, value)
+
+    def running(self) -> Connection | None:
+        """The connection to the writer if it is running (never blocks on a start)."""
+        conn, process = self._conn, self._process
+        return conn if conn is not None and process is not None and process.is_alive() else None
+
+    def ensure_started(self) -> Connection:
+        """The connection to a running writer, started anew if the last one ended (blocks
+        while a new one starts); raises what its start raised."""
+        with self._lock:
+            self._ensure_started()
+            assert self._conn is not None
+            return self._conn
+
+    def lost(self) -> None:
+        """The writer ended or its answer was lost: let it go; the next group starts another."""
+        with self._lock:
+            self._stopped()
+
+    def kill(self) -> None:
+        """Stop a writer that does not answer (see `answer_timeout_s`)."""
+        with self._lock:
+            if self._process is not None:
+                self._kill()
+
+    def _ensure_started(self) -> None:
+        if self._conn is None or not self._process.is_alive():
+            # Gone while idle: nothing was sent to it, so a new one takes the next group.
+            self._stopped()
+            self._start()
+            self.restarts += 1
+
+    def _kill(self) -> None:
+        self._process.kill()
+        self._process.join(timeout=30)
+        self._stopped()
 
     @property
     def process(self) -> Any:
@@ -148,6 +178,14 @@ class WriterProcess:
         if self._process is not None and not self._process.is_alive():
             self._process.join(timeout=1)
         self._conn, self._process = None, None
+
+
+def answer_of(kind: str, value: Any) -> list[Outcome]:
+    """A group's outcomes from the writer's answer, or the error it answered with, raised."""
+    if kind == "error":
+        raise value
+    outcomes: list[Outcome] = value
+    return outcomes
 
 
 def _serve(conn: Connection, settings: Settings) -> None:

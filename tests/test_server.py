@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import httpx
 
@@ -15,6 +17,7 @@ from api.app import keys_path
 from api.keys import ApiKeys
 from ledger.application import ConsentLedger
 from ledger.settings import Settings
+from tests.facts import grant
 from tests.kafka_support import kafka_env
 
 
@@ -24,15 +27,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_publish_query_erase_verify_over_http(backend_settings: Settings) -> None:
-    """On both backends; in Kafka mode the server process is the ledger writer."""
-    settings = backend_settings
-    ledger = ConsentLedger(settings)
-    ledger.init_demo()
-    ledger.close()
-    store = ApiKeys(keys_path(settings))
-    _, key = store.create("demo", {"publisher", "compliance", "admin"})
-    store.close()
+def serve(settings: Settings) -> tuple[subprocess.Popen[bytes], str]:
+    """`consent-ledger serve` on a free port, once it answers /readyz; and its base URL."""
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "ledger.cli", "serve", "--port", str(port)],
@@ -45,17 +41,31 @@ def test_publish_query_erase_verify_over_http(backend_settings: Settings) -> Non
         stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:  # readiness: the server answers /readyz
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            output = server.stdout.read() if server.stdout else b""
+            raise AssertionError(f"the server did not become ready: {output!r}")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return server, base
+        except httpx.TransportError:
+            time.sleep(0.05)
+
+
+def test_publish_query_erase_verify_over_http(backend_settings: Settings) -> None:
+    """On both backends; in Kafka mode the server process is the ledger writer."""
+    settings = backend_settings
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    ledger.close()
+    store = ApiKeys(keys_path(settings))
+    _, key = store.create("demo", {"publisher", "compliance", "admin"})
+    store.close()
+    server, base = serve(settings)
     headers = {"Authorization": f"Bearer {key}"}
     try:
-        deadline = time.monotonic() + 60
-        while True:  # readiness: the server answers /readyz
-            assert server.poll() is None, server.stdout.read() if server.stdout else ""
-            assert time.monotonic() < deadline, "the server did not become ready"
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.05)
         fact = {
             "event_id": "http-1",
             "type": "consent.granted",
@@ -96,3 +106,60 @@ def test_publish_query_erase_verify_over_http(backend_settings: Settings) -> Non
         if path.is_file():
             assert b"Server Test" not in path.read_bytes()
             assert b"+998901112233" not in path.read_bytes()
+
+
+def test_concurrent_batches_and_single_publishes_through_the_writer_process(
+    settings: Settings,
+) -> None:
+    """The service's own event loop (uvicorn's, uvloop where installed) hands groups to the
+    writer process and reads its answers: batches of 1,000 facts, larger than a socket's
+    buffer both ways, and single publishes arriving meanwhile, each get their own
+    outcomes."""
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    ledger.close()
+    store = ApiKeys(keys_path(settings))
+    _, key = store.create("demo", {"publisher"})
+    store.close()
+    headers = {"Authorization": f"Bearer {key}"}
+    server, base = serve(settings)
+
+    # A fact as a web form sends it: its evidence makes a group of 1,000 about 500 KB, over
+    # twice a socket's default buffer here (212,992 bytes).
+    evidence = {"user_agent": "Mozilla/5.0 " + "x" * 300, "url": "https://crmpro.uz/form"}
+
+    def batch(b: int) -> list[dict[str, Any]]:
+        facts = [
+            grant(f"batch-{b}-{i}", event_id=f"batch-{b}-{i}", evidence=evidence)
+            for i in range(1000)
+        ]
+        response = httpx.post(
+            f"{base}/v1/facts:batch", json={"facts": facts}, headers=headers, timeout=120
+        )
+        assert response.status_code == 200, response.text[:300]
+        results: list[dict[str, Any]] = response.json()["results"]
+        return results
+
+    def single(i: int) -> dict[str, Any]:
+        fact = grant(f"single-{i}", event_id=f"single-{i}")
+        response = httpx.post(f"{base}/v1/facts", json=fact, headers=headers, timeout=120)
+        assert response.status_code == 201, response.text[:300]
+        receipt: dict[str, Any] = response.json()
+        return receipt
+
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            batches = [pool.submit(batch, b) for b in range(3)]
+            singles = [pool.submit(single, i) for i in range(60)]
+            results = [r for f in batches for r in f.result()]
+            receipts = [f.result() for f in singles]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert [r["status"] for r in results] == [201] * 3000
+    assert [r["receipt"]["event_id"] for r in results] == [
+        f"batch-{b}-{i}" for b in range(3) for i in range(1000)
+    ]
+    assert [r["event_id"] for r in receipts] == [f"single-{i}" for i in range(60)]
+    positions = [r["receipt"]["position"] for r in results] + [r["position"] for r in receipts]
+    assert len(set(positions)) == 3060

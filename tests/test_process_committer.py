@@ -1,0 +1,205 @@
+"""The event loop's group commit to the writer process: groups, answers, and a writer that
+dies, hangs, fails or cannot start (real child processes, real SQLite files)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import os
+import signal
+import threading
+from collections.abc import Coroutine, Iterator
+from typing import Any, TypeVar, cast
+
+import pytest
+
+from api.process_committer import ProcessCommitter
+from api.writer_process import WriterProcess, WriterUnavailable
+from ledger.application import ConsentLedger
+from ledger.envelope import Fact, Item, parse_fact
+from ledger.errors import FactRejected
+from ledger.receipt import Outcome, Receipt
+from ledger.settings import Settings, SettingsError
+from tests.facts import grant
+
+T = TypeVar("T")
+
+
+@pytest.fixture
+def writer(settings: Settings) -> Iterator[WriterProcess]:
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    ledger.close()
+    process = WriterProcess(settings)
+    yield process
+    process.close()
+
+
+def run(work: Coroutine[Any, Any, T]) -> T:
+    """A request left waiting for ever fails the test instead of hanging it."""
+    return asyncio.run(asyncio.wait_for(work, 120))
+
+
+def facts(prefix: str, n: int) -> list[Fact]:
+    return [parse_fact(grant(f"{prefix}-{i}", event_id=f"{prefix}-{i}")) for i in range(n)]
+
+
+def test_requests_waiting_together_share_a_group_and_keep_their_outcomes(
+    writer: WriterProcess,
+) -> None:
+    committer = ProcessCommitter(writer)
+    singles = facts("single", 200)
+    refused = parse_fact(grant("refused", event_id="refused", purposes=("lottery",)))
+
+    async def main() -> tuple[list[Outcome], list[Outcome], Outcome]:
+        batch = committer.outcomes(facts("batch", 300))
+        *ones, rejected = await asyncio.gather(*(committer.outcome(f) for f in [*singles, refused]))
+        return await batch, ones, rejected
+
+    try:
+        batch, ones, rejected = run(main())
+    finally:
+        committer.close()
+    assert [getattr(o, "event_id", None) for o in ones] == [f"single-{i}" for i in range(200)]
+    assert [getattr(o, "event_id", None) for o in batch] == [f"batch-{i}" for i in range(300)]
+    assert isinstance(rejected, FactRejected) and rejected.code.value == "unknown_purpose"
+    positions = {o.position for o in [*ones, *batch] if isinstance(o, Receipt)}
+    assert len(positions) == 500
+    assert writer.restarts == 0
+
+
+def test_a_writer_that_died_idle_is_replaced_before_the_next_group(
+    writer: WriterProcess,
+) -> None:
+    committer = ProcessCommitter(writer)
+
+    async def main() -> tuple[Outcome, Outcome]:
+        first = await committer.outcome(facts("before", 1)[0])
+        dead = writer.process
+        os.kill(dead.pid, signal.SIGKILL)
+        await asyncio.get_running_loop().run_in_executor(None, dead.join, 30)
+        return first, await committer.outcome(facts("after", 1)[0])
+
+    try:
+        first, after = run(main())
+    finally:
+        committer.close()
+    assert isinstance(first, Receipt) and isinstance(after, Receipt)
+    assert writer.restarts == 1 and writer.process.is_alive()
+
+
+def test_a_writer_that_does_not_answer_in_time_is_killed_and_replaced(
+    writer: WriterProcess,
+) -> None:
+    committer = ProcessCommitter(writer)
+    stuck = writer.process
+    writer.answer_timeout_s = 0.001  # no group of 500 is that fast
+    many = facts("slow", 500)
+
+    async def main() -> list[Outcome]:
+        with pytest.raises(WriterUnavailable, match="did not answer"):
+            await committer.outcomes(many)
+        writer.answer_timeout_s = 120.0
+        return await committer.outcomes(many)  # committed the first time or not: either
+
+    try:
+        outcomes = run(main())
+    finally:
+        committer.close()
+    assert not stuck.is_alive() and writer.process is not stuck
+    assert all(isinstance(o, Receipt) for o in outcomes)
+
+
+def test_an_error_the_writer_answers_with_reaches_every_request_of_its_group(
+    writer: WriterProcess,
+) -> None:
+    committer = ProcessCommitter(writer)
+    not_an_item = cast(Item, 42)  # the writer's ledger refuses to record it at all
+
+    async def main() -> list[Any]:
+        return list(
+            await asyncio.gather(
+                committer.outcomes([facts("with-it", 1)[0], not_an_item]),
+                committer.outcome(facts("alone", 1)[0]),
+                return_exceptions=True,
+            )
+        )
+
+    try:
+        first, second = run(main())
+        after = run(committer.outcome(facts("later", 1)[0]))
+    finally:
+        committer.close()
+    assert isinstance(first, Exception) and not isinstance(first, WriterUnavailable)
+    # The lone fact was sent with the first group or the next: its own outcome either way.
+    assert isinstance(second, Receipt) or type(second) is type(first)
+    assert isinstance(after, Receipt) and writer.restarts == 0
+
+
+def test_a_writer_that_cannot_start_again_fails_the_waiting_requests_with_why(
+    writer: WriterProcess,
+) -> None:
+    committer = ProcessCommitter(writer)
+    wrong = base64.b64encode(os.urandom(32)).decode()
+    writer._settings = dataclasses.replace(writer._settings, master_key=wrong)
+    dead = writer.process
+    os.kill(dead.pid, signal.SIGKILL)
+    dead.join(timeout=30)
+
+    async def main() -> None:
+        with pytest.raises(SettingsError, match="master key does not open"):
+            await committer.outcome(facts("no-writer", 1)[0])
+
+    try:
+        run(main())
+    finally:
+        committer.close()
+
+
+def test_a_request_on_another_event_loop_is_handed_to_the_serving_one(
+    writer: WriterProcess,
+) -> None:
+    """A test client may run its own loop; while the serving loop has a group out, a request
+    from another loop is recorded through the serving one."""
+    committer = ProcessCommitter(writer)
+    sent = threading.Event()
+    other_done = threading.Event()
+    served: list[list[Outcome]] = []
+
+    async def serving() -> None:
+        loop = asyncio.get_running_loop()
+        batch = asyncio.ensure_future(committer.outcomes(facts("serving", 500)))
+        await asyncio.sleep(0)  # the batch is submitted and sent
+        sent.set()
+        served.append(await batch)
+        await loop.run_in_executor(None, other_done.wait, 60)  # keep serving until then
+
+    thread = threading.Thread(target=asyncio.run, args=(serving(),))
+    thread.start()
+    try:
+        assert sent.wait(60)
+        other = run(committer.outcome(facts("other-loop", 1)[0]))
+    finally:
+        other_done.set()
+        thread.join(timeout=60)
+        committer.close()
+    assert isinstance(other, Receipt) and other.event_id == "other-loop-0"
+    assert len(served) == 1 and all(isinstance(o, Receipt) for o in served[0])
+
+
+def test_closing_tells_the_waiting_requests_the_writer_is_unavailable(
+    writer: WriterProcess,
+) -> None:
+    committer = ProcessCommitter(writer)
+
+    async def main() -> None:
+        waiting = asyncio.ensure_future(committer.outcomes(facts("closing", 500)))
+        await asyncio.sleep(0)  # submitted and sent
+        committer.close()
+        with pytest.raises(WriterUnavailable, match="stopping"):
+            await waiting
+        with pytest.raises(WriterUnavailable, match="stopping"):
+            await committer.outcome(facts("after-close", 1)[0])
+
+    run(main())
