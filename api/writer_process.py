@@ -62,9 +62,9 @@ class WriterUnavailable(RuntimeError):
 
 class WriterProcess:
     """The parent's end. The service's event loop drives it through `ProcessCommitter`
-    (`api.process_committer`), which sends groups over `connection` and reads the answers
-    as they come; `record` does the same for one group, blocking, for a caller of its own.
-    One user at a time."""
+    (`api.process_committer`), which sends groups over the connection `running` or
+    `ensure_started` gives it and reads the answers as they come; `record` does the same for
+    one group, blocking, for a caller of its own. One user at a time."""
 
     def __init__(self, settings: Settings, answer_timeout_s: float = ANSWER_TIMEOUT_S) -> None:
         self._settings = settings
