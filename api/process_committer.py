@@ -118,8 +118,12 @@ class ProcessCommitter:
             return
         try:
             conn.send([item for items, _, _ in group for item in items])
-        except (OSError, ValueError):
+        except OSError:
             self._lost(group, "the ledger's writer process stopped")
+            return
+        except Exception as error:  # not picklable: refused before a byte was written
+            _fail(group, error)
+            self._pump()
             return
         self._sent = group
         assert self._loop is not None

@@ -137,6 +137,35 @@ def test_an_error_the_writer_answers_with_reaches_every_request_of_its_group(
     assert isinstance(after, Receipt) and writer.restarts == 0
 
 
+def test_a_group_that_cannot_be_sent_fails_its_requests_and_not_the_next(
+    writer: WriterProcess,
+) -> None:
+    """An item that cannot be pickled fails the group it was sent with (every request in
+    it, as a failed append would), whether it is sent at once or after the writer's last
+    answer; the writer is untouched and the next group records."""
+    committer = ProcessCommitter(writer)
+    unpicklable = cast(Item, lambda: None)
+
+    async def main() -> tuple[list[Outcome], list[Any], Outcome]:
+        busy = asyncio.ensure_future(committer.outcomes(facts("busy", 300)))
+        await asyncio.sleep(0)  # sent: the next requests wait and go together
+        grouped = await asyncio.gather(
+            committer.outcomes([facts("unsent", 1)[0], unpicklable]),
+            committer.outcome(facts("beside", 1)[0]),
+            return_exceptions=True,
+        )
+        return await busy, list(grouped), await committer.outcome(facts("sent", 1)[0])
+
+    try:
+        busy, grouped, sent = run(main())
+    finally:
+        committer.close()
+    assert all(isinstance(o, Receipt) for o in busy)
+    assert [type(r) for r in grouped] == [type(grouped[0])] * 2
+    assert isinstance(grouped[0], Exception) and not isinstance(grouped[0], WriterUnavailable)
+    assert isinstance(sent, Receipt) and writer.restarts == 0
+
+
 def test_a_writer_that_cannot_start_again_fails_the_waiting_requests_with_why(
     writer: WriterProcess,
 ) -> None:
