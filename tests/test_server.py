@@ -27,6 +27,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def demo_key(settings: Settings, *roles: str) -> str:
+    """The demo tenant loaded into the data directory, and a key of it with these roles."""
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    ledger.close()
+    store = ApiKeys(keys_path(settings))
+    _, key = store.create("demo", set(roles))
+    store.close()
+    return key
+
+
 def serve(settings: Settings) -> tuple[subprocess.Popen[bytes], str]:
     """`consent-ledger serve` on a free port, once it answers /readyz; and its base URL."""
     port = free_port()
@@ -57,12 +68,7 @@ def serve(settings: Settings) -> tuple[subprocess.Popen[bytes], str]:
 def test_publish_query_erase_verify_over_http(backend_settings: Settings) -> None:
     """On both backends; in Kafka mode the server process is the ledger writer."""
     settings = backend_settings
-    ledger = ConsentLedger(settings)
-    ledger.init_demo()
-    ledger.close()
-    store = ApiKeys(keys_path(settings))
-    _, key = store.create("demo", {"publisher", "compliance", "admin"})
-    store.close()
+    key = demo_key(settings, "publisher", "compliance", "admin")
     server, base = serve(settings)
     headers = {"Authorization": f"Bearer {key}"}
     try:
@@ -115,13 +121,7 @@ def test_concurrent_batches_and_single_publishes_through_the_writer_process(
     writer process and reads its answers: batches of 1,000 facts, larger than a socket's
     buffer both ways, and single publishes arriving meanwhile, each get their own
     outcomes."""
-    ledger = ConsentLedger(settings)
-    ledger.init_demo()
-    ledger.close()
-    store = ApiKeys(keys_path(settings))
-    _, key = store.create("demo", {"publisher"})
-    store.close()
-    headers = {"Authorization": f"Bearer {key}"}
+    headers = {"Authorization": f"Bearer {demo_key(settings, 'publisher')}"}
     server, base = serve(settings)
 
     # A fact as a web form sends it: its evidence makes a group of 1,000 about 500 KB, over
