@@ -15,7 +15,8 @@ checked on its own. A writer that died idle is replaced before the next group is
 that dies with a group, or answers nothing within the writer's `answer_timeout_s` (it is
 killed then), gives that group's requests `WriterUnavailable`, and the next group starts a
 new one. Starting one blocks, so it runs in the loop's default executor while requests keep
-arriving and wait.
+arriving and wait; so does writing a group too large for the socket's buffer (a batch), so
+that a writer which stopped reading cannot block the loop and the timer that would kill it.
 
 The committer serves the event loop it first served, and moves to another only while idle
 (a test client may run a loop per request); a request on another loop while a group is out
@@ -31,6 +32,7 @@ import os
 from collections import deque
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 from api.group_commit import MAX_GROUP, settable
@@ -39,6 +41,12 @@ from ledger.envelope import Fact, Item, Received
 from ledger.receipt import Outcome
 
 log = logging.getLogger("consent_ledger.api")
+
+# Groups pickled to at most this many bytes are written from the loop itself: the writer
+# has read everything sent before (one group at a time), so they fit in the socket's buffer
+# (212,992 bytes by default here) and the write returns at once. A single publish is a few
+# hundred bytes; a batch of 1,000 facts, hundreds of kilobytes.
+SENT_ON_THE_LOOP = 64 * 1024
 
 # One request's items, the future its outcomes go to, and whether it wants one outcome.
 _Waiting = tuple[Sequence[Item], "asyncio.Future[Any]", bool]
@@ -117,10 +125,7 @@ class ProcessCommitter:
             self._pump()
             return
         try:
-            conn.send([item for items, _, _ in group for item in items])
-        except OSError:
-            self._lost(group, "the ledger's writer process stopped")
-            return
+            payload = ForkingPickler.dumps([item for items, _, _ in group for item in items])
         except Exception as error:  # not picklable: refused before a byte was written
             _fail(group, error)
             self._pump()
@@ -128,6 +133,23 @@ class ProcessCommitter:
         self._sent = group
         assert self._loop is not None
         self._timer = self._loop.call_later(self._process.answer_timeout_s, self._too_slow, group)
+        if len(payload) <= SENT_ON_THE_LOOP:
+            try:
+                conn.send_bytes(payload)
+            except OSError:
+                self._sent = None
+                self._lost(group, "the ledger's writer process stopped")
+            return
+        # A large group (a batch) leaves the loop free while it is written: a writer that
+        # stopped reading would otherwise block the loop, and with it every request and the
+        # answer timer that is there to kill that writer.
+        sending = self._loop.run_in_executor(None, conn.send_bytes, payload)
+        sending.add_done_callback(lambda done: self._group_written(done, group))
+
+    def _group_written(self, done: asyncio.Future[None], group: list[_Waiting]) -> None:
+        if done.exception() is not None and self._sent is group:
+            self._sent = None
+            self._lost(group, "the ledger's writer process stopped")
 
     def _answered(self) -> None:
         group, self._sent = self._sent, None

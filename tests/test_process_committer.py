@@ -12,6 +12,7 @@ import threading
 from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar, cast
 
+import orjson
 import pytest
 
 from api.process_committer import ProcessCommitter
@@ -109,6 +110,46 @@ def test_a_writer_that_does_not_answer_in_time_is_killed_and_replaced(
         committer.close()
     assert not stuck.is_alive() and writer.process is not stuck
     assert all(isinstance(o, Receipt) for o in outcomes)
+
+
+def test_a_writer_that_stops_reading_leaves_the_event_loop_free(writer: WriterProcess) -> None:
+    """A batch larger than the socket's buffer is written off the loop: with the writer
+    stopped (SIGSTOP) the loop keeps serving, and the answer timer kills that writer."""
+    committer = ProcessCommitter(writer)
+    stuck = writer.process
+    evidence = {"user_agent": "Mozilla/5.0 " + "x" * 300}
+    big = [  # about 500 KB pickled: more than a socket's buffer
+        parse_fact(
+            orjson.loads(orjson.dumps(grant(f"big-{i}", event_id=f"big-{i}", evidence=evidence)))
+        )
+        for i in range(1000)
+    ]
+    writer.answer_timeout_s = 2.0
+    result: dict[str, Any] = {}
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        sending = asyncio.ensure_future(committer.outcomes(big))
+        started = loop.time()
+        await asyncio.sleep(0.2)  # a timer of the loop, due while the group is being written
+        result["lag"] = loop.time() - started
+        with pytest.raises(WriterUnavailable, match="did not answer"):
+            await sending
+        writer.answer_timeout_s = 120.0
+        result["after"] = await committer.outcome(facts("after", 1)[0])
+
+    os.kill(stuck.pid, signal.SIGSTOP)
+    serving = threading.Thread(target=asyncio.run, args=(main(),))
+    serving.start()
+    serving.join(60)
+    blocked = serving.is_alive()
+    if blocked:  # the loop itself is stuck in the write: free it, then fail
+        os.kill(stuck.pid, signal.SIGKILL)
+        serving.join(60)
+    committer.close()
+    assert not blocked, "the event loop was blocked writing to a writer that stopped reading"
+    assert result["lag"] < 1.5
+    assert isinstance(result["after"], Receipt) and not stuck.is_alive()
 
 
 def test_an_error_the_writer_answers_with_reaches_every_request_of_its_group(
