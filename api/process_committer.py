@@ -147,6 +147,8 @@ class ProcessCommitter:
         sending.add_done_callback(lambda done: self._group_written(done, group))
 
     def _group_written(self, done: asyncio.Future[None], group: list[_Waiting]) -> None:
+        if done.cancelled():  # the loop is closing: `close` has answered what waited
+            return
         if done.exception() is not None and self._sent is group:
             self._sent = None
             self._lost(group, "the ledger's writer process stopped")
