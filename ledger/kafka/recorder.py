@@ -413,7 +413,7 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
             producer = self._producer
             if producer is None:
                 raise LedgerUnavailable("this process is not the ledger writer")
-            to_send = {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
+            to_send = _to_commit(offsets)
             try:
                 producer.begin_transaction()
             except KafkaError as error:
@@ -511,7 +511,7 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                     raise AssertionError("an opened intake transaction appended other offsets")
             elif intake is not None and intake.offsets:
                 producer.send_offsets_to_transaction(
-                    {tp: OffsetAndMetadata(o, "", -1) for tp, o in intake.offsets.items()},
+                    _to_commit(intake.offsets),
                     intake.group,
                 )
             failpoint("kafka-sent")
@@ -561,6 +561,11 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
 
     def close(self) -> None:
         self._drop_producer(abort=True)
+
+
+def _to_commit(offsets: Mapping[TopicPartition, int]) -> dict[TopicPartition, OffsetAndMetadata]:
+    """Next offsets to consume, as a transaction commits them for the intake group."""
+    return {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
 
 
 def _uuid(originator_id: UUID | str) -> UUID:
