@@ -15,8 +15,9 @@ Rows:
   replay from the ledger topic, next to a raw read_committed scan of that topic;
 - end to end at `--rate` facts/s: from the moment a fact is due to be published to a
   read_committed reader seeing it, through the raw loop (`bench.raw_loop`, its own process)
-  and then through `consent-ledger worker`, with the same schedule, publisher (lingering
-  5 ms, as Kafka 4's Java producer does by default) and reader.
+  and through `consent-ledger worker`, with the same schedule, publisher (lingering 5 ms, as
+  Kafka 4's Java producer does by default) and reader, taking turns in `--latency-rounds`
+  rounds (each round's pair is printed, and the percentiles of all rounds together).
 
 The intake writer and the two raw loops take turns in `--rounds` rounds, each round its own
 topics and a stream of its own (`--facts` split between the rounds), so that a change in
@@ -285,16 +286,31 @@ def bench_replay(root: Path, settings: Settings) -> tuple[int, float]:
 Latency = tuple[int, float, float, float]  # facts timed, p50, p99, max (ms)
 
 
+def summary(latencies: list[float]) -> Latency:
+    """How many, p50, p99 and the worst of these latencies (ms)."""
+    ordered = sorted(latencies)
+
+    def pct(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return len(ordered), pct(0.50), pct(0.99), ordered[-1]
+
+
 def bench_latency(
-    root: Path, bootstrap: str, facts: list[dict[str, Any]], rate: int, warm: int = 1000
-) -> tuple[Latency, str]:
+    root: Path,
+    bootstrap: str,
+    facts: list[dict[str, Any]],
+    rate: int,
+    warm: int = 1000,
+    name: str = "latency",
+) -> tuple[list[float], str]:
     """Publish at `rate` facts/s to a worker process; time each fact from send to committed.
 
     The worker is the real `consent-ledger worker` (its own process, as deployed); this
     process publishes on a fixed schedule and reads the ledger topic with read_committed,
     so a fact counts as arrived when a reader can see it.
     """
-    settings = settings_for(root, bootstrap, "latency")
+    settings = settings_for(root, bootstrap, name)
     ledger = ConsentLedger(settings)
     ledger.init_demo()
     ledger.close()
@@ -320,7 +336,7 @@ def bench_latency(
 
 def bench_raw_latency(
     bootstrap: str, facts: list[dict[str, Any]], rate: int, warm: int = 1000
-) -> Latency:
+) -> list[float]:
     """The same schedule and reader through the raw consume-transform-produce loop
     (`bench.raw_loop`, a process of its own), on topics of the ledger's partition count:
     the latency Kafka, the client and this machine give before the ledger adds its own."""
@@ -343,7 +359,7 @@ def timed_flow(
     facts: list[dict[str, Any]],
     rate: int,
     warm: int,
-) -> tuple[Latency, str]:
+) -> tuple[list[float], str]:
     """Start the worker (it prints a line once it consumes), publish `facts` to the flow's
     source on a fixed schedule, the first `warm` unmeasured, and time each from when it was
     due to be sent to the moment a read_committed reader of the sink sees it."""
@@ -423,13 +439,9 @@ def timed_flow(
     reader.close()
     worker.send_signal(signal.SIGTERM)
     said, _ = worker.communicate(timeout=60)
-    latencies = sorted((arrived[e] - sent[e]) * 1000 for e in sent if e in arrived)
+    latencies = [(arrived[e] - sent[e]) * 1000 for e in sent if e in arrived]
     assert len(latencies) == len(facts), f"{len(facts) - len(latencies)} facts never arrived"
-
-    def pct(q: float) -> float:
-        return latencies[min(len(latencies) - 1, int(q * len(latencies)))]
-
-    return (len(latencies), pct(0.50), pct(0.99), latencies[-1]), said.strip()
+    return latencies, said.strip()
 
 
 def main(argv: list[str]) -> None:
@@ -443,7 +455,16 @@ def main(argv: list[str]) -> None:
     )
     parser.add_argument("--rate", type=int, default=2_000, help="offered rate, latency run")
     parser.add_argument(
-        "--latency-facts", type=int, default=21_000, help="latency run (first 1,000 warm up)"
+        "--latency-facts",
+        type=int,
+        default=8_000,
+        help="facts through each latency run (the first 1,000 warm up, not timed)",
+    )
+    parser.add_argument(
+        "--latency-rounds",
+        type=int,
+        default=3,
+        help="the raw loop and the ledger worker take turns in this many latency runs each",
     )
     args = parser.parse_args(argv)
     facts = mixed_stream(args.facts)
@@ -493,13 +514,30 @@ def main(argv: list[str]) -> None:
             n, s = bench_raw_scan(bootstrap, Topics.of(settings.topic_prefix).ledger)
             scan = n / s
             rows.append(("raw read_committed scan of that topic", n, s, "kafka-python consumer"))
-            # The raw loop first, then the ledger: a baseline for the same schedule and reader
-            # in the same run, since the latency moves with the machine's load even more
-            # than the rates do.
-            raw_latency = bench_raw_latency(bootstrap, mixed_stream(args.latency_facts), args.rate)
-            latency, worker_said = bench_latency(
-                root, bootstrap, mixed_stream(args.latency_facts), args.rate
-            )
+            # The raw loop and the ledger worker take turns, the one that goes first
+            # alternating from round to round: the latency moves with the machine's load
+            # even more than the rates do, within a minute (the machine's slower moments fell
+            # on one and not the other when each ran once, 2026-12-01 22:50, RESULTS.md),
+            # so each round's pair shares its moment and the rounds pool into one figure.
+            pairs: list[tuple[Latency, Latency]] = []
+            raw_all: list[float] = []
+            worker_all: list[float] = []
+            worker_said = ""
+            latency_stream = mixed_stream(args.latency_facts)
+            for r in range(args.latency_rounds):
+                measured: dict[str, list[float]] = {}
+                order = ("raw", "worker") if r % 2 == 0 else ("worker", "raw")
+                for which in order:
+                    if which == "raw":
+                        measured[which] = bench_raw_latency(bootstrap, latency_stream, args.rate)
+                    else:
+                        measured[which], worker_said = bench_latency(
+                            root, bootstrap, latency_stream, args.rate, name=f"latency-{r}"
+                        )
+                raw_all += measured["raw"]
+                worker_all += measured["worker"]
+                pairs.append((summary(measured["raw"]), summary(measured["worker"])))
+            raw_latency, latency = summary(raw_all), summary(worker_all)
         shutil.rmtree(root, ignore_errors=True)
     print(
         f"Kafka mode on {platform.node()} ({os.cpu_count()} cores, Python "
@@ -513,13 +551,21 @@ def main(argv: list[str]) -> None:
         ("ledger worker", latency),
     ):
         print(
-            f"end to end at {args.rate:,} facts/s offered, {name} ({n:,} facts, publisher "
-            f"lingering {PUBLISHER_LINGER_MS} ms -> worker process -> read_committed reader): "
-            f"p50 {p50:.0f} ms, p99 {p99:.0f} ms, "
+            f"end to end at {args.rate:,} facts/s offered, {name} ({n:,} facts in "
+            f"{len(pairs)} runs, publisher lingering {PUBLISHER_LINGER_MS} ms -> worker "
+            f"process -> read_committed reader): p50 {p50:.0f} ms, p99 {p99:.0f} ms, "
             f"max {worst:.0f} ms"
         )
+    print(
+        "  run by run, raw loop | ledger worker (p50/p99 ms, taking turns): "
+        + "; ".join(
+            f"{raw[1]:.0f}/{raw[2]:.0f} | {worker[1]:.0f}/{worker[2]:.0f}" for raw, worker in pairs
+        )
+    )
     # What `consent-ledger worker` says of its batches when stopped, warm-up included.
-    print(f"ledger worker in the end-to-end run, as it reported: {worker_said.splitlines()[-1]}")
+    print(
+        f"ledger worker in its last end-to-end run, as it reported: {worker_said.splitlines()[-1]}"
+    )
     print(
         f"end to end p99, ledger worker: {latency[2]:.0f} ms (target: under 250 ms at 2,000 "
         f"facts/s); raw loop {raw_latency[2]:.0f} ms"
