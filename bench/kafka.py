@@ -284,6 +284,9 @@ def bench_replay(root: Path, settings: Settings) -> tuple[int, float]:
 
 
 Latency = tuple[int, float, float, float]  # facts timed, p50, p99, max (ms)
+# The first facts of each latency run, published and waited for but not timed: the first
+# transactions look up coordinators and metadata.
+LATENCY_WARM_UP = 1000
 
 
 def summary(latencies: list[float]) -> Latency:
@@ -301,7 +304,7 @@ def bench_latency(
     bootstrap: str,
     facts: list[dict[str, Any]],
     rate: int,
-    warm: int = 1000,
+    warm: int = LATENCY_WARM_UP,
     name: str = "latency",
 ) -> tuple[list[float], str]:
     """Publish at `rate` facts/s to a worker process; time each fact from send to committed.
@@ -335,7 +338,7 @@ def bench_latency(
 
 
 def bench_raw_latency(
-    bootstrap: str, facts: list[dict[str, Any]], rate: int, warm: int = 1000
+    bootstrap: str, facts: list[dict[str, Any]], rate: int, warm: int = LATENCY_WARM_UP
 ) -> list[float]:
     """The same schedule and reader through the raw consume-transform-produce loop
     (`bench.raw_loop`, a process of its own), on topics of the ledger's partition count:
@@ -467,6 +470,10 @@ def main(argv: list[str]) -> None:
         help="the raw loop and the ledger worker take turns in this many latency runs each",
     )
     args = parser.parse_args(argv)
+    if args.latency_rounds < 1 or args.latency_facts <= LATENCY_WARM_UP:
+        parser.error(
+            f"--latency-rounds must be at least 1 and --latency-facts more than {LATENCY_WARM_UP}"
+        )
     facts = mixed_stream(args.facts)
     stream = [orjson.dumps(f) for f in facts]
     rows: list[tuple[str, int, float, str]] = []
