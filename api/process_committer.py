@@ -206,7 +206,7 @@ class ProcessCommitter:
 
     def _writer_started(self, started: asyncio.Future[Connection]) -> None:
         self._starting = False
-        if self._closed:
+        if self._closed or started.cancelled():  # cancelled: the loop is closing, as above
             return
         error = started.exception()
         if error is not None:

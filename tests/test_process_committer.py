@@ -273,3 +273,24 @@ def test_closing_tells_the_waiting_requests_the_writer_is_unavailable(
             await committer.outcome(facts("after-close", 1)[0])
 
     run(main())
+
+
+def test_work_cancelled_with_a_closing_loop_is_left_to_close(writer: WriterProcess) -> None:
+    """A loop shutting down cancels what its executor was doing for the committer (starting a
+    writer, writing a batch); the callbacks must not read a cancelled future for its
+    exception, which raises CancelledError out of the callback."""
+    committer = ProcessCommitter(writer)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for callback in (
+            committer._writer_started,
+            lambda done: committer._group_written(done, []),
+        ):
+            cancelled: asyncio.Future[Any] = loop.create_future()
+            cancelled.cancel()
+            callback(cancelled)  # raises CancelledError if it reads the exception
+        assert not committer._starting
+
+    run(main())
+    committer.close()
