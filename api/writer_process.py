@@ -36,11 +36,9 @@ import multiprocessing
 import pickle
 import signal
 import threading
-from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
-from ledger.envelope import Item
 from ledger.failpoints import failpoint
 from ledger.receipt import Outcome
 from ledger.settings import Settings
@@ -63,8 +61,8 @@ class WriterUnavailable(RuntimeError):
 class WriterProcess:
     """The parent's end. The service's event loop drives it through `ProcessCommitter`
     (`api.process_committer`), which sends groups over the connection `running` or
-    `ensure_started` gives it and reads the answers as they come; `record` does the same for
-    one group, blocking, for a caller of its own. One user at a time."""
+    `ensure_started` gives it and reads the answers as they come (`answer_of`). One user
+    at a time."""
 
     def __init__(self, settings: Settings, answer_timeout_s: float = ANSWER_TIMEOUT_S) -> None:
         self._settings = settings
@@ -75,24 +73,6 @@ class WriterProcess:
         self.restarts = 0  # writers started after one ended (ledger_writer_restarts_total)
         self._start()
 
-    def record(self, facts: Sequence[Item]) -> list[Outcome]:
-        with self._lock:
-            self._ensure_started()
-            assert self._conn is not None
-            # Gone with the group, or stuck on it: whether it was recorded is unknown.
-            try:
-                self._conn.send(list(facts))
-                answered = self._conn.poll(self.answer_timeout_s)
-                if answered:
-                    kind, value = self._conn.recv()
-            except (EOFError, OSError):
-                self._stopped()
-                raise WriterUnavailable("the ledger's writer process stopped") from None
-            if not answered:
-                self._kill()
-                raise WriterUnavailable("the ledger's writer process did not answer")
-        return answer_of(kind, value)
-
     def running(self) -> Connection | None:
         """The connection to the writer if it is running (never blocks on a start)."""
         conn, process = self._conn, self._process
@@ -102,7 +82,11 @@ class WriterProcess:
         """The connection to a running writer, started anew if the last one ended (blocks
         while a new one starts); raises what its start raised."""
         with self._lock:
-            self._ensure_started()
+            if self._conn is None or not self._process.is_alive():
+                # Gone while idle: nothing was sent to it, so a new one takes the next group.
+                self._stopped()
+                self._start()
+                self.restarts += 1
             assert self._conn is not None
             return self._conn
 
@@ -115,19 +99,9 @@ class WriterProcess:
         """Stop a writer that does not answer (see `answer_timeout_s`)."""
         with self._lock:
             if self._process is not None:
-                self._kill()
-
-    def _ensure_started(self) -> None:
-        if self._conn is None or not self._process.is_alive():
-            # Gone while idle: nothing was sent to it, so a new one takes the next group.
-            self._stopped()
-            self._start()
-            self.restarts += 1
-
-    def _kill(self) -> None:
-        self._process.kill()
-        self._process.join(timeout=30)
-        self._stopped()
+                self._process.kill()
+                self._process.join(timeout=30)
+                self._stopped()
 
     @property
     def process(self) -> Any:
