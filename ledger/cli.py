@@ -403,6 +403,7 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
                     raise CliError(f"line {i + 1} is not a sid (32 hex digits)") from None
             else:
                 sids.append(ledger.sid(args.tenant, line).hex)
+        _known_purpose(ledger, args.tenant, args.purpose)
         views.refresh()
         results = check_recipients(views.store, args.tenant, args.purpose, at, sids, known_at)
     finally:
@@ -438,6 +439,7 @@ def cmd_who(args: argparse.Namespace, settings: Settings) -> int:
     ledger = _open(settings)
     views = Views(ledger)
     try:
+        _known_purpose(ledger, args.tenant, args.purpose)
         views.refresh()
         sids = who_had_consent(
             views.store,
@@ -462,6 +464,17 @@ def cmd_who(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print("\n".join(sids))
     return 0
+
+
+def _known_purpose(ledger: ConsentLedger, tenant: str, purpose: str) -> None:
+    """A purpose no policy version names was never granted: a typo, not a finding."""
+    found = ledger.tenant(tenant, shared=True)
+    if found is None:
+        raise CliError("no such tenant", EXIT_NOT_FOUND)
+    if not found.names_purpose(purpose):
+        raise CliError(
+            "unknown_purpose: no policy version of this tenant names this purpose", EXIT_NOT_FOUND
+        )
 
 
 def cmd_due(args: argparse.Namespace, settings: Settings) -> int:

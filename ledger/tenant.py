@@ -93,6 +93,15 @@ class Tenant(ChainedAggregate):
             purposes=body["purposes"],
         )
 
+    def names_purpose(self, purpose: str) -> bool:
+        """Whether any policy version this tenant published names the purpose.
+
+        Only such a purpose can ever have been granted, so a question about another (a typo
+        in a campaign check) is refused instead of answered "nobody had consent", which would
+        read like a finding.
+        """
+        return any(purpose in p.purposes for p in self.policies.values())
+
     def policy(self, version: str) -> PolicyVersion:
         try:
             return self.policies[version]

@@ -315,6 +315,15 @@ def test_query_errors(world: World) -> None:
         json={"purpose": "marketing", "at": "2025-03-02T00:00:00Z"},
     )
     assert check.status_code == 422
+    typo = world.client.post(
+        "/v1/consents:check",
+        headers=headers,
+        json={"purpose": "marketting", "at": "2025-03-02T00:00:00Z", "sids": []},
+    )
+    assert typo.status_code == 422
+    assert (typo.json()["code"], typo.json()["field"]) == ("unknown_purpose", "purpose")
+    no_such = world.client.get("/v1/purposes/marketting/subjects", headers=headers)
+    assert no_such.status_code == 404 and no_such.json()["code"] == "unknown_purpose"
     unknown_route = world.client.get("/v1/nothing", headers=headers)
     assert unknown_route.status_code == 404 and unknown_route.json()["code"] == "not_found"
 

@@ -273,6 +273,20 @@ def test_views_commands(data: Path, tmp_path: Path) -> None:
     assert bad.returncode == 1 and "invalid_timestamp" in bad.stderr
 
 
+def test_check_and_who_refuse_a_purpose_or_tenant_that_names_nothing(data: Path) -> None:
+    """A typo in a purpose would otherwise report that nobody had consent."""
+    at = ("--at", "2025-03-04T00:00:00+05:00")
+    typo = run(data, "check", "--tenant", "demo", "--purpose", "marketting", *at, stdin="c-1\n")
+    assert typo.returncode == 3 and typo.stdout == ""
+    assert typo.stderr.startswith("consent-ledger: unknown_purpose:")
+    who = run(data, "who", "--tenant", "demo", "--purpose", "marketting", *at)
+    assert who.returncode == 3 and "unknown_purpose" in who.stderr
+    nobody = run(data, "check", "--tenant", "nobody", "--purpose", "marketing", *at, stdin="")
+    assert nobody.returncode == 3 and "no such tenant" in nobody.stderr
+    known = run(data, "who", "--tenant", "demo", "--purpose", "marketing", *at, "--json")
+    assert known.returncode == 0 and orjson.loads(known.stdout)["sids"] == []
+
+
 def test_due_command(data: Path) -> None:
     out = run(data, "due", "--tenant", "demo", "--json", "--as-of", "2025-03-05T00:00:00Z")
     assert out.returncode == 0, out.stderr

@@ -96,6 +96,30 @@ def test_policy_published_later_takes_effect_at_its_instant(ledger: ConsentLedge
     assert_refused(ledger, dict(policy, event_id="again", text="other"), Code.POLICY_VERSION_EXISTS)
 
 
+def test_a_tenant_names_the_purposes_of_every_policy_version(ledger: ConsentLedger) -> None:
+    """What the compliance queries refuse a purpose by: named by no version, never granted."""
+    before = ledger.tenant("demo")
+    assert before is not None
+    assert before.names_purpose("marketing") and not before.names_purpose("surveys")
+    policy = fact(
+        "policy.published",
+        None,
+        policy_version="2.0",
+        effective_at="2026-01-01T00:00:00+05:00",
+        language="uz",
+        text="v2",
+        operator={"name": "MEGABITE-CRM LLC", "tin": "309519699"},
+        purposes={
+            "surveys": {"legal_basis": "consent", "categories": ["email"], "retention_days": 90}
+        },
+    )
+    accepted(ledger, policy)
+    after = ledger.tenant("demo")
+    assert after is not None
+    assert after.names_purpose("surveys") and after.names_purpose("marketing")
+    assert not after.names_purpose("Marketing")
+
+
 def test_withdrawal_of_purpose_not_in_force(ledger: ConsentLedger) -> None:
     accepted(ledger, grant(purposes=("marketing",), occurred_at="2025-03-01T10:00:00+05:00"))
     assert_refused(ledger, withdraw(purposes=("support",)), Code.PURPOSE_NOT_IN_FORCE)

@@ -48,6 +48,7 @@ def check(
         sids = [s.lower() for s in body.sids or []]
         if any(len(s) != 32 or not all(c in "0123456789abcdef" for c in s) for s in sids):
             raise Problem(422, "invalid_field", "a sid is 32 hex digits", "sids")
+    _known_purpose(svc, principal.tenant, body.purpose, 422, "purpose")
     svc.views.refresh()
     results = check_recipients(svc.views.store, principal.tenant, body.purpose, at, sids, known_at)
     return check_report(body.purpose, at, known_at, results)
@@ -71,6 +72,7 @@ def subjects_with_consent(
         raise Problem(
             422, "invalid_cursor", "cursor is the 'next' value of a previous page", "cursor"
         )
+    _known_purpose(svc, principal.tenant, purpose, 404, None)
     svc.views.refresh()
     sids = who_had_consent(
         svc.views.store, principal.tenant, purpose, at, known, after=cursor or "", limit=limit
@@ -82,6 +84,15 @@ def subjects_with_consent(
         "sids": sids,
         "next": sids[-1] if len(sids) == limit else None,
     }
+
+
+def _known_purpose(svc: Service, tenant: str, purpose: str, status: int, field: str | None) -> None:
+    """Refuse a purpose no policy version of the tenant names: 422 in a body, 404 in a path."""
+    found = svc.ledger.tenant(tenant, shared=True)
+    if found is None or not found.names_purpose(purpose):
+        raise Problem(
+            status, "unknown_purpose", "no policy version of this tenant names this purpose", field
+        )
 
 
 @router.get("/v1/policies")
