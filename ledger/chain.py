@@ -10,6 +10,7 @@ removing the newest fact of a subject, which no per-subject chain can notice, ch
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Collection, Sequence
 from uuid import UUID
 
 from eventsourcing.domain import DomainEventProtocol
@@ -173,6 +174,60 @@ def pack_frontier(frontier: list[bytes]) -> bytes:
 
 def unpack_frontier(packed: bytes) -> list[bytes]:
     return [packed[i : i + 32] for i in range(0, len(packed), 32)]
+
+
+def inclusion_paths(
+    fact_hashes: Sequence[str], indexes: Collection[int]
+) -> tuple[bytes, dict[int, list[bytes]]]:
+    """The root of the tree of all `fact_hashes` and the RFC 9162 inclusion proofs (§2.1.3.1)
+    of the leaves at `indexes` in it.
+
+    Built bottom up, a level at a time, with a node left without a sibling carried up as it
+    is: the same tree as the RFC's recursion (`merkle_root`), whose proofs leave out the
+    levels such a node skips. Each level is one bytes object of 32-byte hashes, so a log of a
+    million facts costs two million SHA-256 calls and about 64 MiB, not a million objects.
+    """
+    size = len(fact_hashes)
+    if any(not 0 <= i < size for i in indexes):
+        raise IndexError("a leaf index outside the tree")
+    level = b"".join(leaf_hash(h) for h in fact_hashes)
+    paths: dict[int, list[bytes]] = {i: [] for i in indexes}
+    at = {i: i for i in indexes}  # leaf -> its ancestor's index at the current level
+    count = size
+    while count > 1:
+        for leaf, i in at.items():
+            sibling = i ^ 1
+            if sibling < count:
+                paths[leaf].append(level[32 * sibling : 32 * sibling + 32])
+            at[leaf] = i >> 1
+        pairs = count // 2
+        parents = b"".join(
+            hashlib.sha256(b"\x01" + level[64 * k : 64 * k + 64]).digest() for k in range(pairs)
+        )
+        level = parents + level[64 * pairs :] if count & 1 else parents
+        count = pairs + (count & 1)
+    return (level if size else hashlib.sha256(b"").digest()), paths
+
+
+def root_from_inclusion(leaf: bytes, index: int, size: int, path: Sequence[bytes]) -> bytes | None:
+    """The root that `path` proves `leaf` at `index` in a tree of `size` leaves belongs to
+    (RFC 9162 §2.1.3.2), or None when the path cannot be a proof for that index and size."""
+    if not 0 <= index < size:
+        return None
+    fn, sn, node = index, size - 1, leaf
+    for sibling in path:
+        if sn == 0:
+            return None
+        if fn & 1 or fn == sn:
+            node = node_hash(sibling, node)
+            while not fn & 1 and fn != 0:
+                fn >>= 1
+                sn >>= 1
+        else:
+            node = node_hash(node, sibling)
+        fn >>= 1
+        sn >>= 1
+    return node if sn == 0 else None
 
 
 def merkle_root(fact_hashes: list[str]) -> bytes:

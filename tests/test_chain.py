@@ -16,8 +16,10 @@ from ledger.chain import (
     fact_hash,
     frontier_append,
     frontier_root,
+    inclusion_paths,
     leaf_hash,
     merkle_root,
+    root_from_inclusion,
     stored_event,
 )
 
@@ -41,6 +43,37 @@ def test_frontier_matches_reference_at_every_size(n: int) -> None:
         frontier = frontier_append(frontier, size, leaf_hash(h))
     assert frontier_root(frontier) == merkle_root(hashes)
     assert len(frontier) == bin(n).count("1")
+
+
+@given(st.integers(min_value=1, max_value=300), st.data())
+def test_inclusion_proofs_lead_to_the_reference_root_and_nowhere_else(
+    n: int, data: st.DataObject
+) -> None:
+    hashes = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(n)]
+    chosen = data.draw(st.sets(st.integers(min_value=0, max_value=n - 1), min_size=1))
+    root, paths = inclusion_paths(hashes, chosen)
+    assert root == merkle_root(hashes)
+    for i in chosen:
+        leaf = leaf_hash(hashes[i])
+        assert root_from_inclusion(leaf, i, n, paths[i]) == root
+        # The same proof for another leaf or index proves nothing about this root. (Another
+        # size can: a root stands for one size only because the tree head signs both.)
+        assert root_from_inclusion(leaf_hash(hashes[(i + 1) % n]), i, n, paths[i]) != root or n == 1
+        if n > 1:
+            assert root_from_inclusion(leaf, (i + 1) % n, n, paths[i]) != root
+        assert root_from_inclusion(leaf, n, n, paths[i]) is None
+
+
+def test_inclusion_proof_of_rfc9162_shape() -> None:
+    """Five leaves: the fifth is carried up two levels, so its proof is one node long."""
+    hashes = [hashlib.sha256(bytes([i])).hexdigest() for i in range(5)]
+    root, paths = inclusion_paths(hashes, range(5))
+    leaves = [leaf_hash(h) for h in hashes]
+    ab = hashlib.sha256(b"\x01" + leaves[0] + leaves[1]).digest()
+    cd = hashlib.sha256(b"\x01" + leaves[2] + leaves[3]).digest()
+    abcd = hashlib.sha256(b"\x01" + ab + cd).digest()
+    assert paths[4] == [abcd] and paths[0] == [leaves[1], cd, leaves[4]]
+    assert root == hashlib.sha256(b"\x01" + abcd + leaves[4]).digest()
 
 
 def test_a_remembered_hash_answers_only_for_the_same_event() -> None:
