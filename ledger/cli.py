@@ -252,9 +252,89 @@ def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_evidence(args: argparse.Namespace, settings: Settings) -> int:
+    from projections.evidence import LogNotIntact, evidence_package
+
+    ledger = _open(settings)
+    try:
+        package = evidence_package(ledger, args.tenant, _sid(ledger, args))
+    except LogNotIntact as e:
+        raise CliError(
+            f"the log does not verify ({e}); run consent-ledger verify", EXIT_BROKEN
+        ) from None
+    finally:
+        ledger.close()
+    if package is None:
+        raise CliError("no such subject in this tenant", EXIT_NOT_FOUND)
+    data = orjson.dumps(package, option=orjson.OPT_INDENT_2) + b"\n"
+    if args.out in (None, "-"):
+        sys.stdout.buffer.write(data)
+        return 0
+    try:
+        with open(args.out, "xb") as out:
+            out.write(data)
+    except FileExistsError:
+        raise CliError(f"{args.out} exists: an evidence package is never overwritten") from None
+    except OSError as e:
+        raise CliError(f"cannot write {args.out}: {e.strerror}") from None
+    head = package["tree_head"]
+    print(
+        f"evidence: {len(package['chains']['subject'])} facts of sid {package['sid']}, "
+        f"in the log of {head['size']} facts with root {head['root']}, signed by "
+        f"{head['public_key']}; written to {args.out}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_signing_key(args: argparse.Namespace, settings: Settings) -> int:
+    from projections.evidence import public_key_of
+
+    ledger = _open(settings)
+    try:
+        print(public_key_of(ledger))
+    finally:
+        ledger.close()
+    return 0
+
+
+def _verify_evidence(args: argparse.Namespace) -> int:
+    """An evidence package checked from its own contents: no data directory, no ledger."""
+    from projections.evidence import verify_evidence
+
+    with _read_file(args.evidence) as f:
+        text = f.read()
+    try:
+        package = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise CliError(f"{args.evidence} is not JSON") from None
+    result = verify_evidence(package, args.public_key)
+    if args.json:
+        _print_json(result.as_dict())
+    elif result.ok:
+        print(
+            f"evidence: OK, {result.facts_checked} facts of the subject and its tenant, included "
+            f"in the log of "
+            f"{result.tree_size} facts with root {result.root}, signed by {result.public_key}"
+        )
+    if not result.ok:
+        first = result.problems[0]
+        return _fail(
+            f"evidence: BROKEN ({first.kind}; {first.where}"
+            + (f" version {first.version}" if first.version is not None else "")
+            + f"): {first.message}",
+            EXIT_BROKEN,
+        )
+    return 0
+
+
 def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     from ledger.verify import verify_ledger
 
+    if args.evidence is not None:
+        return _verify_evidence(args)
+    if args.public_key is not None:
+        raise CliError("--public-key checks an evidence package: give --evidence FILE")
     ledger = _open(settings)
     try:
         result = verify_ledger(ledger.ledger_recorder)
@@ -822,9 +902,29 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--event-id", help="idempotency key for this erasure")
     p.set_defaults(run=cmd_erase)
 
-    p = sub.add_parser("verify", help="check the whole log for alteration")
+    p = sub.add_parser(
+        "verify", help="check the whole log for alteration, or an evidence package (--evidence)"
+    )
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--evidence", metavar="FILE", help="check this evidence package alone, without the log"
+    )
+    p.add_argument(
+        "--public-key", help="with --evidence: the key (base64) the package must be signed by"
+    )
     p.set_defaults(run=cmd_verify)
+
+    p = sub.add_parser(
+        "evidence", help="a subject's trail with the proofs that let others verify it"
+    )
+    _subject_args(p)
+    p.add_argument("--out", metavar="FILE", help="write it to this new file (default: stdout)")
+    p.set_defaults(run=cmd_evidence)
+
+    p = sub.add_parser(
+        "signing-key", help="the public key (base64) that signs this ledger's evidence packages"
+    )
+    p.set_defaults(run=cmd_signing_key)
 
     p = sub.add_parser("project", help="bring the consent views up to date with the log")
     p.add_argument("--follow", action="store_true", help="keep following until SIGTERM")

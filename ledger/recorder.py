@@ -61,6 +61,15 @@ class IndexedFact(NamedTuple):
     recorded_at: str | None
 
 
+class LogEvidence(NamedTuple):
+    """One moment of the log, as `LedgerSQLiteRecorder.evidence_of` reads it."""
+
+    hashes: list[str]  # every fact's hash, in log order: the Merkle tree's leaves
+    head: tuple[int, str]  # the recorded (size, root hex)
+    events: dict[UUID, list[StoredEvent]]  # the named aggregates' events, by version
+    leaves: dict[tuple[UUID, int], tuple[int, int]]  # (aggregate, version) -> (leaf, position)
+
+
 # The index table's columns in their stored order, read by position (see `as_tuples`).
 _INDEX_COLUMNS = (
     "position, originator_id, originator_version, hash, tenant, event_id, digest, recorded_at"
@@ -337,6 +346,40 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
             head = (int(row[0]), str(row[1])) if row else (0, frontier_root([]).hex())
             last = self._max_notification_id(c) or 0
         return index, head, last
+
+    def evidence_of(self, originator_ids: Sequence[UUID]) -> LogEvidence:
+        """What an evidence package proves these aggregates' events by, read in one moment.
+
+        The hash of every fact in log order (the Merkle tree's leaves), the recorded head,
+        and each named aggregate's stored events with their leaves' indexes. One read
+        transaction, so events appended meanwhile are in none of them.
+        """
+        wanted = {o.hex: o for o in originator_ids}
+        hashes: list[str] = []
+        leaves: dict[tuple[UUID, int], tuple[int, int]] = {}
+        events: dict[UUID, list[StoredEvent]] = {o: [] for o in originator_ids}
+        with self.datastore.transaction(commit=False) as c:
+            as_tuples(c).execute(
+                f"SELECT originator_id, originator_version, hash, position "
+                f"FROM {self.index_table} ORDER BY position"
+            )
+            for leaf, (originator, version, digest, position) in enumerate(c.fetchall()):
+                hashes.append(digest)
+                if originator in wanted:
+                    leaves[(wanted[originator], version)] = (leaf, position)
+            c.execute(f"SELECT size, root FROM {self.head_table} WHERE id = 1")
+            row = c.fetchone()
+            head = (int(row[0]), str(row[1])) if row else (0, frontier_root([]).hex())
+            for originator, version, topic, state in rows_in(
+                as_tuples(c),
+                f"SELECT originator_id, originator_version, topic, state "
+                f"FROM {self.events_table_name} WHERE originator_id IN ({{}}) "
+                "ORDER BY originator_id, originator_version",
+                list(wanted),
+            ):
+                o = wanted[originator]
+                events[o].append(stored_event(o, version, topic, state))
+        return LogEvidence(hashes, head, events, leaves)
 
     def all_index(self) -> list[IndexedFact]:
         with self.datastore.transaction(commit=False) as c:

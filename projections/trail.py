@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -63,26 +64,16 @@ def subject_trail(ledger: ConsentLedger, tenant: str, sid: UUID) -> dict[str, An
             reference = personal.pop("subject", None)
             if not personal and is_fact:
                 sealed = None  # the fact itself carried no personal data
-        if is_fact:
-            fact_type, event_id = type(event).fact_type, state["event_id"]
-        else:
-            fact_type, event_id = "subject.registered", None
+        said = stored_fields(type(event), event.originator_version, state)
+        fact_type, event_id = said["type"], said["event_id"]
         row = index.get(event.originator_version)
-        details = {k: _plain(v) for k, v in state.items() if k not in _HIDDEN and k != "tenant"}
         entry: dict[str, Any] = {
             "position": row.position if row else None,
-            "version": event.originator_version,
-            "type": fact_type,
-            "event_id": event_id,
-            "occurred_at": _plain(state.get("occurred_at", event.timestamp)),
-            "recorded_at": isoformat(event.timestamp),
-            "source": state.get("source"),
-            "channel": state.get("channel"),
-            "details": details,
+            **{name: said[name] for name in _SAID_BEFORE_PERSONAL_DATA},
             "personal_data": (
                 None if sealed is None else personal if personal is not None else {"erased": True}
             ),
-            "prev_hash": state.get("prev_hash", ""),
+            "prev_hash": said["prev_hash"],
             "hash": row.hash if row else None,
         }
         if fact_type == "consent.granted":
@@ -103,6 +94,47 @@ def subject_trail(ledger: ConsentLedger, tenant: str, sid: UUID) -> dict[str, An
         "erased": subject.erased,
         "erased_at": subject.erased_at.isoformat() if subject.erased_at else None,
         "facts": facts,
+    }
+
+
+_SAID_BEFORE_PERSONAL_DATA = (
+    "version",
+    "type",
+    "event_id",
+    "occurred_at",
+    "recorded_at",
+    "source",
+    "channel",
+    "details",
+)
+
+
+def said_type(event_class: type) -> str:
+    if issubclass(event_class, ChainedAggregate.Fact):
+        return event_class.fact_type
+    return "subject.registered"
+
+
+def stored_fields(event_class: type, version: int, state: Mapping[str, Any]) -> dict[str, Any]:
+    """A trail row's fields that the event's stored bytes say by themselves (all but its
+    position, hash, personal data, policy and correction links).
+
+    One function for the trail and for checking an evidence package's trail against the
+    bytes it carries (`projections.evidence`), so the two cannot read a fact differently.
+    `state` is the event's decoded state: its instance dict, less the originator's id and
+    version, which are not in its bytes.
+    """
+    is_fact = issubclass(event_class, ChainedAggregate.Fact)
+    return {
+        "version": version,
+        "type": said_type(event_class),
+        "event_id": state["event_id"] if is_fact else None,
+        "occurred_at": _plain(state.get("occurred_at", state["timestamp"])),
+        "recorded_at": isoformat(state["timestamp"]),
+        "source": state.get("source"),
+        "channel": state.get("channel"),
+        "details": {k: _plain(v) for k, v in state.items() if k not in _HIDDEN and k != "tenant"},
+        "prev_hash": state.get("prev_hash", ""),
     }
 
 

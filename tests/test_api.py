@@ -16,6 +16,7 @@ from ledger.application import ConsentLedger
 from ledger.envelope import parse_fact
 from ledger.policy import seed_policy_fact
 from ledger.settings import Settings
+from projections.evidence import verify_evidence
 from tests.facts import grant
 from tests.kafka_support import kafka_settings
 
@@ -122,6 +123,13 @@ ROUTES: list[dict[str, Any]] = [
         "by_sid": True,
     },
     {
+        "method": "GET",
+        "path": "/v1/subjects/{sid}/evidence",
+        "roles": {"compliance", "admin"},
+        "ok": 200,
+        "by_sid": True,
+    },
+    {
         "method": "POST",
         "path": "/v1/consents:check",
         "body": {
@@ -165,6 +173,17 @@ def test_another_tenants_sid_is_not_found(world: World, route: dict[str, Any], r
     assert response.json()["code"] == "unknown_subject"
     own = call(world, route, world.keys[("acme", role)], world.sids["acme"])
     assert own.status_code == 200
+
+
+def test_an_evidence_package_over_http_verifies_on_its_own(world: World) -> None:
+    headers = {"Authorization": f"Bearer {world.keys[('demo', 'compliance')]}"}
+    sid = world.sids["demo"]
+    package = world.client.get(f"/v1/subjects/{sid}/evidence", headers=headers).json()
+    result = verify_evidence(package)
+    assert result.ok, result.problems
+    trail = world.client.get(f"/v1/subjects/{sid}/trail", headers=headers).json()
+    assert package["trail"]["facts"] == trail["facts"][: len(package["trail"]["facts"])]
+    assert package["sid"] == sid and package["tenant"] == "demo"
 
 
 def test_a_campaign_check_treats_another_tenants_sid_as_unknown(world: World) -> None:

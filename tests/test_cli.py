@@ -287,6 +287,37 @@ def test_check_and_who_refuse_a_purpose_or_tenant_that_names_nothing(data: Path)
     assert known.returncode == 0 and orjson.loads(known.stdout)["sids"] == []
 
 
+def test_evidence_is_written_once_and_verified_without_the_ledger(
+    data: Path, tmp_path: Path
+) -> None:
+    run(data, "record", stdin=orjson.dumps([grant("c-9", event_id="g9")]).decode())
+    package = tmp_path / "evidence.json"
+    made = run(data, "evidence", "c-9", "--tenant", "demo", "--out", str(package))
+    assert made.returncode == 0, made.stderr
+    assert "written to" in made.stderr and "c-9" not in made.stderr
+    again = run(data, "evidence", "c-9", "--tenant", "demo", "--out", str(package))
+    assert again.returncode == 2 and "never overwritten" in again.stderr
+    key = run(data, "signing-key").stdout.strip()
+    assert orjson.loads(package.read_bytes())["tree_head"]["public_key"] == key
+    # Checked with no data directory at all: the package is all the check has.
+    elsewhere = {"LEDGER_DATA_DIR": str(tmp_path / "nothing-here")}
+    checked = run(data, "verify", "--evidence", str(package), "--public-key", key, **elsewhere)
+    assert checked.returncode == 0 and checked.stdout.startswith("evidence: OK"), checked.stderr
+    assert not (tmp_path / "nothing-here").exists()
+    stranger = run(data, "verify", "--evidence", str(package), "--public-key", "A" * 44)
+    assert stranger.returncode == 4 and "untrusted_key" in stranger.stderr
+    tampered = orjson.loads(package.read_bytes())
+    tampered["trail"]["facts"][0]["occurred_at"] = "2020-01-01T00:00:00+05:00"
+    package.write_bytes(orjson.dumps(tampered))
+    broken = run(data, "verify", "--evidence", str(package), "--json")
+    assert broken.returncode == 4
+    assert orjson.loads(broken.stdout)["first_problem"]["kind"] == "trail_mismatch"
+    missing = run(data, "evidence", "nobody", "--tenant", "demo")
+    assert missing.returncode == 3
+    lost = run(data, "verify", "--public-key", key)
+    assert lost.returncode == 2 and "--evidence" in lost.stderr
+
+
 def test_due_command(data: Path) -> None:
     out = run(data, "due", "--tenant", "demo", "--json", "--as-of", "2025-03-05T00:00:00Z")
     assert out.returncode == 0, out.stderr

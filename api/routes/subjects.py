@@ -17,6 +17,7 @@ from api.responses import OrjsonResponse
 from ledger.envelope import parse_fact, parse_time
 from ledger.errors import FactRejected
 from projections.consents import subject_consents
+from projections.evidence import LogNotIntact, evidence_package
 from projections.trail import subject_trail, trail_csv
 
 router = APIRouter(tags=["subjects"])
@@ -79,6 +80,26 @@ def trail(
         raise Problem(404, "unknown_subject", "no such subject")
     if format == "csv":
         return PlainTextResponse(trail_csv(found), media_type="text/csv")
+    return OrjsonResponse(found)
+
+
+@router.get("/v1/subjects/{sid}/evidence")
+def evidence(
+    sid: str,
+    principal: Annotated[Principal, role("compliance", "admin")],
+    svc: Annotated[Service, Depends(service)],
+) -> OrjsonResponse:
+    """The trail with what lets someone without the ledger verify it: the facts' stored
+    bytes, their inclusion proofs in the log's Merkle tree and its head signed with the
+    ledger's Ed25519 key (`consent-ledger verify --evidence FILE` checks one)."""
+    try:
+        found = evidence_package(svc.ledger, principal.tenant, parse_sid(sid))
+    except LogNotIntact:
+        raise Problem(
+            503, "log_not_intact", "the log does not verify: no evidence can be signed for it"
+        ) from None
+    if found is None:
+        raise Problem(404, "unknown_subject", "no such subject")
     return OrjsonResponse(found)
 
 
