@@ -247,6 +247,11 @@ def _verify(package: Any, public_key: str | None, result: EvidenceResult) -> Non
     _check_trail(package, subject, tenant, result)
 
 
+def _instant(text: str) -> str:
+    """An instant as the trail's `erased_at` writes it (Python's isoformat)."""
+    return datetime.fromisoformat(text).isoformat()
+
+
 def _b64(value: Any) -> bytes:
     try:
         return base64.b64decode(str(value), validate=True)
@@ -330,8 +335,23 @@ def _check_trail(
         for _, _, state, _ in tenant
         if "policy_version" in state and "text" in state
     }
+    # What the trail derives from the facts (the links between corrections and what they
+    # correct, and the erasure), derived again from the facts' own bytes.
+    corrected_by: dict[str, list[str]] = {}
+    erased_at: str | None = None
+    for event_class, _, state, _ in subject:
+        if event_class is Subject.ConsentCorrected:
+            corrected_by.setdefault(state["corrects"], []).append(state["event_id"])
+        elif event_class is Subject.SubjectErased and erased_at is None:
+            erased_at = stored_fields(event_class, 0, state)["occurred_at"]
+    if bool(trail["erased"]) != (erased_at is not None) or (
+        erased_at is not None and trail["erased_at"] != _instant(erased_at)
+    ):
+        mismatch(None, "the trail's erasure differs from the facts'")
     for row, (event_class, version, state, digest) in zip(rows, subject, strict=False):
         said = stored_fields(event_class, version, state)
+        said["corrected_by"] = corrected_by.get(said["event_id"])
+        said["corrects"] = state["corrects"] if event_class is Subject.ConsentCorrected else None
         wrong = [name for name, value in said.items() if row.get(name) != value]
         if row.get("hash") != digest:
             wrong.append("hash")

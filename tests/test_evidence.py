@@ -166,6 +166,15 @@ def a_shorter_trail(p: dict[str, Any]) -> None:
     p["trail"]["facts"].pop()
 
 
+def unlink_a_correction(p: dict[str, Any]) -> None:
+    row = p["trail"]["facts"][1]
+    assert row["event_id"] == "g2" and row.pop("corrected_by") == ["c1"]
+
+
+def claim_an_erasure(p: dict[str, Any]) -> None:
+    p["trail"]["erased"], p["trail"]["erased_at"] = True, "2025-03-06T10:00:00+05:00"
+
+
 TAMPERING: list[tuple[Callable[[dict[str, Any]], None], str, str, int | None]] = [
     (flip_a_byte, "altered", "subject", 3),
     (drop_a_fact, "removed", "subject", 3),
@@ -182,6 +191,8 @@ TAMPERING: list[tuple[Callable[[dict[str, Any]], None], str, str, int | None]] =
     (another_leaf, "not_included", "subject", 1),
     (a_trail_of_someone_else, "trail_mismatch", "trail", None),
     (a_shorter_trail, "trail_mismatch", "trail", None),
+    (unlink_a_correction, "trail_mismatch", "trail", 2),
+    (claim_an_erasure, "trail_mismatch", "trail", None),
 ]
 
 
@@ -284,6 +295,9 @@ def test_an_erased_subjects_package_still_verifies_and_holds_no_personal_data(
     assert NAME.encode() not in data and REFERENCE.encode() not in data
     assert package["trail"]["erased"] and package["trail"]["subject"] is None
     assert package["trail"]["facts"][0]["personal_data"] == {"erased": True}
+    hidden = orjson.loads(data)
+    hidden["trail"]["erased"] = False
+    assert [p.kind for p in verify_evidence(hidden).problems] == ["trail_mismatch"]
 
 
 def test_no_package_for_another_tenants_subject(ledger: ConsentLedger) -> None:
