@@ -12,11 +12,13 @@ What a package that verifies proves: every fact listed was in the log of `size` 
 root the key signed, byte for byte as written; each chain runs unbroken from the aggregate's
 first fact, so none was removed or replaced between; the readable trail says what those
 bytes say, and each policy version it names has the text hash its publication recorded.
-What it cannot prove: that the subject had no fact after the last one listed (a walk of the
-whole log, `consent-ledger verify`, proves that), nor that the decrypted personal data is
-what its ciphertext holds (AES-GCM would, with the subject's data key, which the package
-does not carry). The signing key is only as trusted as the operator's publication of its
-public half: pass that to the check (`--public-key`) to hold the package to it.
+That the subject had no fact after the last one listed, no Merkle proof can show (a tree's
+proofs show what it holds, never what it lacks): the ledger signs it instead, as the
+subject's head in that tree, a statement any later walk of the log would prove false. Not
+proven either: that the decrypted personal data is what its ciphertext holds (AES-GCM
+would, with the subject's data key, which the package does not carry). The signing key is
+only as trusted as the operator's publication of its public half: pass that to the check
+(`--public-key`) to hold the package to it.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from projections.trail import stored_fields, subject_trail
 
 FORMAT = "consent-ledger/evidence/v1"
 _TREE_HEAD = b"consent-ledger/tree-head/v1\x00"
+_SUBJECT_HEAD = b"consent-ledger/subject-head/v1\x00"
 
 
 class LogNotIntact(RuntimeError):
@@ -74,6 +77,18 @@ _CLASSES = _event_classes()
 def tree_head_message(size: int, root: str, signed_at: str) -> bytes:
     """The bytes a tree head's signature covers: a domain tag, then size, root and time."""
     return _TREE_HEAD + size.to_bytes(8, "big") + bytes.fromhex(root) + signed_at.encode()
+
+
+def subject_head_message(sid: UUID, size: int, version: int, last_hash: str) -> bytes:
+    """The bytes a subject head's signature covers: the subject, the tree size, and the
+    version and hash of its last fact in that tree."""
+    return (
+        _SUBJECT_HEAD
+        + sid.bytes
+        + size.to_bytes(8, "big")
+        + version.to_bytes(8, "big")
+        + bytes.fromhex(last_hash)
+    )
 
 
 def sign_tree_head(key: Ed25519PrivateKey, size: int, root: str, signed_at: str) -> dict[str, Any]:
@@ -125,11 +140,25 @@ def evidence_package(
         assert trail is not None
     trail["facts"] = [row for row in trail["facts"] if row["version"] <= last]
     signed_at = (now or datetime.now(UTC)).isoformat()
+    key = ledger.keystore.signing_key()
+    last_entry = chains["subject"][-1]
+    # A tree's inclusion proofs show what it holds, never what it lacks; the completeness
+    # of the subject's chain is the ledger's signed word instead, which a later walk of
+    # the log (any fact of the subject in the first `size` left out) would prove false.
+    subject_head = {
+        "tree_size": size,
+        "version": last_entry["version"],
+        "hash": last_entry["hash"],
+        "signature": base64.b64encode(
+            key.sign(subject_head_message(sid, size, last_entry["version"], last_entry["hash"]))
+        ).decode(),
+    }
     return {
         "format": FORMAT,
         "tenant": tenant,
         "sid": sid.hex,
-        "tree_head": sign_tree_head(ledger.keystore.signing_key(), size, root, signed_at),
+        "tree_head": sign_tree_head(key, size, root, signed_at),
+        "subject_head": subject_head,
         "chains": chains,
         "trail": trail,
     }
@@ -159,7 +188,7 @@ def _entry(
 @dataclass(frozen=True)
 class EvidenceProblem:
     kind: str  # malformed, signature, untrusted_key, altered, removed, reordered, ...
-    where: str  # tree_head, subject, tenant, trail
+    where: str  # tree_head, subject_head, subject, tenant, trail
     version: int | None
     message: str
 
@@ -240,11 +269,47 @@ def _verify(package: Any, public_key: str | None, result: EvidenceResult) -> Non
     root_bytes = bytes.fromhex(root)
     sid = UUID(hex=package["sid"])
     chains = package["chains"]
+    _check_subject_head(package["subject_head"], chains["subject"], sid, size, key, result)
     subject = _check_chain(chains["subject"], sid, "subject", size, root_bytes, result)
     tenant = _check_chain(
         chains["tenant"], tenant_id(str(package["tenant"])), "tenant", size, root_bytes, result
     )
     _check_trail(package, subject, tenant, result)
+
+
+def _check_subject_head(
+    head: dict[str, Any],
+    entries: list[Any],
+    sid: UUID,
+    size: int,
+    key: Ed25519PublicKey,
+    result: EvidenceResult,
+) -> None:
+    version, last_hash = int(head["version"]), str(head["hash"])
+    try:
+        key.verify(
+            _b64(head["signature"]),
+            subject_head_message(sid, int(head["tree_size"]), version, last_hash),
+        )
+    except InvalidSignature:
+        result.problems.append(
+            EvidenceProblem(
+                "signature", "subject_head", None, "the subject head's signature does not verify"
+            )
+        )
+    last_version, listed_hash = (
+        (int(entries[-1]["version"]), entries[-1]["hash"]) if entries else (0, None)
+    )
+    if int(head["tree_size"]) != size or (last_version, listed_hash) != (version, last_hash):
+        result.problems.append(
+            EvidenceProblem(
+                "incomplete",
+                "subject_head",
+                version,
+                f"the ledger signed version {version} as the subject's last fact in this tree; "
+                f"the package's chain ends at version {last_version}",
+            )
+        )
 
 
 def _instant(text: str) -> str:

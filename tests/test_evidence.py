@@ -82,6 +82,16 @@ def _restate(entry: dict[str, Any], state: dict[str, Any]) -> None:
     entry["state"] = base64.b64encode(orjson.dumps(state)).decode()
 
 
+def drop_the_last_fact(p: dict[str, Any]) -> None:
+    """What chains and proofs alone cannot see: only the signed subject head shows it."""
+    p["chains"]["subject"].pop()
+    p["trail"]["facts"].pop()
+
+
+def another_subject_head(p: dict[str, Any]) -> None:
+    p["subject_head"]["version"] -= 1
+
+
 def flip_a_byte(p: dict[str, Any]) -> None:
     entry = p["chains"]["subject"][2]
     raw = bytearray(base64.b64decode(entry["state"]))
@@ -177,6 +187,8 @@ def claim_an_erasure(p: dict[str, Any]) -> None:
 
 TAMPERING: list[tuple[Callable[[dict[str, Any]], None], str, str, int | None]] = [
     (flip_a_byte, "altered", "subject", 3),
+    (drop_the_last_fact, "incomplete", "subject_head", 5),
+    (another_subject_head, "signature", "subject_head", None),
     (drop_a_fact, "removed", "subject", 3),
     (swap_two, "reordered", "subject", 3),
     (rewrite_a_fact_and_its_hash, "not_included", "subject", 4),
@@ -224,7 +236,7 @@ def test_a_chain_broken_by_whoever_holds_the_key_still_shows(ledger: ConsentLedg
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from ledger.chain import fact_hash, inclusion_paths
-    from projections.evidence import sign_tree_head
+    from projections.evidence import sign_tree_head, subject_head_message
 
     package = package_of(ledger)
     sid = UUID(hex=package["sid"])
@@ -240,9 +252,18 @@ def test_a_chain_broken_by_whoever_holds_the_key_still_shows(ledger: ConsentLedg
     root, paths = inclusion_paths([e["hash"] for e in entries], range(len(entries)))
     for leaf, e in enumerate(entries):
         e["leaf_index"], e["inclusion_path"] = leaf, [node.hex() for node in paths[leaf]]
+    forger = Ed25519PrivateKey.generate()
     package["tree_head"] = sign_tree_head(
-        Ed25519PrivateKey.generate(), len(entries), root.hex(), "2026-12-02T00:00:00+00:00"
+        forger, len(entries), root.hex(), "2026-12-02T00:00:00+00:00"
     )
+    last = package["chains"]["subject"][-1]
+    signed = forger.sign(subject_head_message(sid, len(entries), last["version"], last["hash"]))
+    package["subject_head"] = {
+        "tree_size": len(entries),
+        "version": last["version"],
+        "hash": last["hash"],
+        "signature": base64.b64encode(signed).decode(),
+    }
     first = verify_evidence(package).problems[0]
     assert (first.kind, first.where, first.version) == ("altered", "subject", 3)
     assert "prev_hash" in first.message
