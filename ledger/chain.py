@@ -230,6 +230,75 @@ def root_from_inclusion(leaf: bytes, index: int, size: int, path: Sequence[bytes
     return node if sn == 0 else None
 
 
+def consistency_path(fact_hashes: Sequence[str], old_size: int) -> list[bytes]:
+    """RFC 9162 consistency proof (§2.1.4.1) that the tree of the first `old_size` hashes is
+    a prefix of the tree of all of them: a checkpoint's holder checks with it that the log
+    only grew since. Empty for an old size of 0 or of the whole tree."""
+    size = len(fact_hashes)
+    if not 0 <= old_size <= size:
+        raise IndexError("the old tree is larger than the tree")
+    if old_size in (0, size):
+        return []
+    level = b"".join(leaf_hash(h) for h in fact_hashes)
+
+    def mth(lo: int, hi: int) -> bytes:
+        if hi - lo == 1:
+            return level[32 * lo : 32 * lo + 32]
+        k = _split(hi - lo)
+        return node_hash(mth(lo, lo + k), mth(lo + k, hi))
+
+    def subproof(m: int, lo: int, hi: int, whole: bool) -> list[bytes]:
+        if m == hi - lo:
+            return [] if whole else [mth(lo, hi)]
+        k = _split(hi - lo)
+        if m <= k:
+            return [*subproof(m, lo, lo + k, whole), mth(lo + k, hi)]
+        return [*subproof(m - k, lo + k, hi, False), mth(lo, lo + k)]
+
+    return subproof(old_size, 0, size, True)
+
+
+def consistent(
+    old_size: int, old_root: bytes, new_size: int, new_root: bytes, path: Sequence[bytes]
+) -> bool:
+    """Whether `path` proves the tree (`old_size`, `old_root`) a prefix of (`new_size`,
+    `new_root`): RFC 9162 §2.1.4.2, with the empty tree a prefix of every tree."""
+    if not 0 <= old_size <= new_size:
+        return False
+    if old_size == 0:
+        return not path and old_root == hashlib.sha256(b"").digest()
+    if old_size == new_size:
+        return not path and old_root == new_root
+    proof = list(path)
+    if old_size & (old_size - 1) == 0:  # a power of two: the old root is a node of the new tree
+        proof.insert(0, old_root)
+    if not proof:
+        return False
+    fn, sn = old_size - 1, new_size - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    fr = sr = proof[0]
+    for c in proof[1:]:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            fr, sr = node_hash(c, fr), node_hash(c, sr)
+            while not fn & 1 and fn != 0:
+                fn >>= 1
+                sn >>= 1
+        else:
+            sr = node_hash(sr, c)
+        fn >>= 1
+        sn >>= 1
+    return sn == 0 and fr == old_root and sr == new_root
+
+
+def _split(n: int) -> int:
+    """The largest power of two smaller than `n` (> 1): where RFC 9162 splits a tree."""
+    return 1 << ((n - 1).bit_length() - 1)
+
+
 def merkle_root(fact_hashes: list[str]) -> bytes:
     """Root computed the slow, obvious way (RFC 9162 recursion); the reference for tests."""
     leaves = [leaf_hash(h) for h in fact_hashes]

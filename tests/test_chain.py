@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from ledger.chain import (
     REMEMBERED,
     ChainMapper,
+    consistency_path,
+    consistent,
     fact_hash,
     frontier_append,
     frontier_root,
@@ -62,6 +64,27 @@ def test_inclusion_proofs_lead_to_the_reference_root_and_nowhere_else(
         if n > 1:
             assert root_from_inclusion(leaf, (i + 1) % n, n, paths[i]) != root
         assert root_from_inclusion(leaf, n, n, paths[i]) is None
+
+
+@given(st.integers(min_value=0, max_value=200), st.data())
+def test_consistency_proofs_link_every_prefix_and_no_rewritten_one(
+    n: int, data: st.DataObject
+) -> None:
+    hashes = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(n)]
+    m = data.draw(st.integers(min_value=0, max_value=n))
+    root, old_root = merkle_root(hashes), merkle_root(hashes[:m])
+    path = consistency_path(hashes, m)
+    assert consistent(m, old_root, n, root, path)
+    if 0 < m < n:
+        changed = data.draw(st.integers(min_value=0, max_value=m - 1))
+        rewritten = [*hashes[:changed], "00" * 32, *hashes[changed + 1 :]]
+        # The old checkpoint against the rewritten log's proof and root, and the other way.
+        assert not consistent(
+            m, old_root, n, merkle_root(rewritten), consistency_path(rewritten, m)
+        )
+        assert not consistent(m, merkle_root(rewritten[:m]), n, root, path)
+        assert not consistent(m, old_root, n, root, path[:-1])
+        assert not consistent(m + 1, old_root, n, root, path)
 
 
 def test_inclusion_proof_of_rfc9162_shape() -> None:
