@@ -5,7 +5,9 @@ Bodies name fields and rules, never values: a value may be personal data.
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from fastapi import Request
@@ -13,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.responses import OrjsonResponse
+from ledger.checkpoint import LogNotIntact, SinceTooLarge
 from ledger.errors import Code, FactRejected
 
 PROBLEM = "application/problem+json"
@@ -146,3 +149,18 @@ async def on_unexpected(_: Request, exc: Exception) -> OrjsonResponse:
         return respond(503, "writer_unavailable", "the ledger's writer stopped; retry the write")
     # The exception text may carry personal data; the log line names only its type.
     return respond(500, "internal_error", f"unexpected {type(exc).__name__}")
+
+
+@contextlib.contextmanager
+def signing_refusals() -> Iterator[None]:
+    """What refuses a signed proof (a checkpoint, an evidence package), as problem+json."""
+    try:
+        yield
+    except LogNotIntact:
+        raise Problem(
+            503, "log_not_intact", "the log does not verify: the ledger signs nothing for it"
+        ) from None
+    except SinceTooLarge:
+        raise Problem(
+            422, "invalid_field", "since_size is larger than the log", "since_size"
+        ) from None

@@ -7,6 +7,7 @@ commands print a human table, or with --json the same JSON the HTTP routes retur
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import uuid
@@ -253,74 +254,158 @@ def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_evidence(args: argparse.Namespace, settings: Settings) -> int:
-    from projections.evidence import LogNotIntact, evidence_package
+    from projections.evidence import evidence_package
 
+    since = _load_json(args.since) if args.since else None
     ledger = _open(settings)
     try:
-        package = evidence_package(ledger, args.tenant, _sid(ledger, args))
-    except LogNotIntact as e:
-        raise CliError(
-            f"the log does not verify ({e}); run consent-ledger verify", EXIT_BROKEN
-        ) from None
+        with _signing(since) as since_size:
+            package = evidence_package(
+                ledger, args.tenant, _sid(ledger, args), since_size=since_size
+            )
+            if package is not None and since is not None:
+                _agrees_with(package, since)
     finally:
         ledger.close()
     if package is None:
         raise CliError("no such subject in this tenant", EXIT_NOT_FOUND)
-    data = orjson.dumps(package, option=orjson.OPT_INDENT_2) + b"\n"
-    if args.out in (None, "-"):
-        sys.stdout.buffer.write(data)
-        return 0
-    try:
-        with open(args.out, "xb") as out:
-            out.write(data)
-    except FileExistsError:
-        raise CliError(f"{args.out} exists: an evidence package is never overwritten") from None
-    except OSError as e:
-        raise CliError(f"cannot write {args.out}: {e.strerror}") from None
     head = package["tree_head"]
-    print(
+    _write_once(
+        package,
+        args.out,
+        "an evidence package",
         f"evidence: {len(package['chains']['subject'])} facts of sid {package['sid']}, "
         f"in the log of {head['size']} facts with root {head['root']}, signed by "
-        f"{head['public_key']}; written to {args.out}",
-        file=sys.stderr,
+        f"{head['public_key']}",
     )
     return 0
 
 
+def cmd_checkpoint(args: argparse.Namespace, settings: Settings) -> int:
+    from ledger.checkpoint import checkpoint
+
+    since = _load_json(args.since) if args.since else None
+    ledger = _open(settings)
+    try:
+        with _signing(since) as since_size:
+            signed = checkpoint(ledger.ledger_recorder, ledger.keystore, since_size=since_size)
+            if since is not None:
+                _agrees_with(signed, since)
+    finally:
+        ledger.close()
+    head = signed["tree_head"]
+    _write_once(
+        signed,
+        args.out,
+        "a checkpoint",
+        f"checkpoint: the log of {head['size']} facts with root {head['root']}, signed by "
+        f"{head['public_key']}",
+    )
+    return 0
+
+
+@contextlib.contextmanager
+def _signing(since: Any) -> Iterator[int | None]:
+    """The earlier checkpoint's size to prove consistency from, and the refusals of signing:
+    a log whose records disagree, or one with fewer facts than the checkpoint."""
+    from ledger.checkpoint import LogNotIntact, SinceTooLarge
+
+    try:
+        size = int(since["tree_head"]["size"]) if since is not None else None
+    except (KeyError, TypeError, ValueError):
+        raise CliError(_NOT_A_CHECKPOINT) from None
+    if size is not None and size < 0:
+        raise CliError(_NOT_A_CHECKPOINT)
+    try:
+        yield size
+    except LogNotIntact as e:
+        raise CliError(
+            f"the log does not verify ({e}); run consent-ledger verify", EXIT_BROKEN
+        ) from None
+    except SinceTooLarge as e:
+        raise CliError(f"--since: {e}", EXIT_BROKEN) from None
+
+
+_NOT_A_CHECKPOINT = "--since takes a checkpoint written by consent-ledger checkpoint"
+
+
+def _agrees_with(signed: dict[str, Any], since: Any) -> None:
+    """Refuse to hand out a proof that the earlier checkpoint does not check against: it is
+    another log's, or this log was rewritten since it was signed."""
+    from ledger.checkpoint import MALFORMED, ProofProblem, check_extends
+
+    problems: list[ProofProblem] = []
+    try:
+        check_extends(signed["tree_head"], signed.get("consistency"), since, None, problems)
+    except MALFORMED:
+        raise CliError(_NOT_A_CHECKPOINT) from None
+    if problems:
+        raise CliError(f"--since: {problems[0].message}", EXIT_BROKEN)
+
+
+def _write_once(value: Any, out: str | None, what: str, summary: str) -> None:
+    data = orjson.dumps(value, option=orjson.OPT_INDENT_2) + b"\n"
+    if out in (None, "-"):
+        sys.stdout.buffer.write(data)
+        return
+    assert out is not None
+    try:
+        with open(out, "xb") as f:
+            f.write(data)
+    except FileExistsError:
+        raise CliError(f"{out} exists: {what} is never overwritten") from None
+    except OSError as e:
+        raise CliError(f"cannot write {out}: {e.strerror}") from None
+    print(f"{summary}; written to {out}", file=sys.stderr)
+
+
+def _load_json(path: str) -> Any:
+    with _read_file(path) as f:
+        text = f.read()
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise CliError(f"{path} is not JSON") from None
+
+
 def cmd_signing_key(args: argparse.Namespace, settings: Settings) -> int:
-    from projections.evidence import public_key_of
+    from ledger.checkpoint import public_key_of
 
     ledger = _open(settings)
     try:
-        print(public_key_of(ledger))
+        print(public_key_of(ledger.keystore))
     finally:
         ledger.close()
     return 0
 
 
-def _verify_evidence(args: argparse.Namespace) -> int:
-    """An evidence package checked from its own contents: no data directory, no ledger."""
+def _verify_signed(args: argparse.Namespace) -> int:
+    """An evidence package or a checkpoint checked from its own contents (and an earlier
+    checkpoint's, with --since): no data directory, no ledger."""
+    from ledger.checkpoint import verify_checkpoint
     from projections.evidence import verify_evidence
 
-    with _read_file(args.evidence) as f:
-        text = f.read()
-    try:
-        package = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        raise CliError(f"{args.evidence} is not JSON") from None
-    result = verify_evidence(package, args.public_key)
+    since = _load_json(args.since) if args.since else None
+    what = "evidence" if args.evidence else "checkpoint"
+    result: Any
+    if args.evidence:
+        result = verify_evidence(_load_json(args.evidence), args.public_key, since)
+        summary = f"{result.facts_checked} facts of the subject and its tenant, included in "
+    else:
+        result = verify_checkpoint(_load_json(args.checkpoint), since, args.public_key)
+        summary = ""
     if args.json:
         _print_json(result.as_dict())
     elif result.ok:
+        extends = f", extending the checkpoint of {since['tree_head']['size']}" if since else ""
         print(
-            f"evidence: OK, {result.facts_checked} facts of the subject and its tenant, included "
-            f"in the log of "
-            f"{result.tree_size} facts with root {result.root}, signed by {result.public_key}"
+            f"{what}: OK, {summary}the log of {result.tree_size} facts with root "
+            f"{result.root}{extends}, signed by {result.public_key}"
         )
     if not result.ok:
         first = result.problems[0]
         return _fail(
-            f"evidence: BROKEN ({first.kind}; {first.where}"
+            f"{what}: BROKEN ({first.kind}; {first.where}"
             + (f" version {first.version}" if first.version is not None else "")
             + f"): {first.message}",
             EXIT_BROKEN,
@@ -331,10 +416,15 @@ def _verify_evidence(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     from ledger.verify import verify_ledger
 
-    if args.evidence is not None:
-        return _verify_evidence(args)
-    if args.public_key is not None:
-        raise CliError("--public-key checks an evidence package: give --evidence FILE")
+    if args.evidence is not None and args.checkpoint is not None:
+        raise CliError("give --evidence or --checkpoint, not both")
+    if args.evidence is not None or args.checkpoint is not None:
+        return _verify_signed(args)
+    if args.public_key is not None or args.since is not None:
+        raise CliError(
+            "--public-key and --since check a package or checkpoint: give --evidence FILE "
+            "or --checkpoint FILE"
+        )
     ledger = _open(settings)
     try:
         result = verify_ledger(ledger.ledger_recorder)
@@ -910,7 +1000,16 @@ def _parser() -> argparse.ArgumentParser:
         "--evidence", metavar="FILE", help="check this evidence package alone, without the log"
     )
     p.add_argument(
-        "--public-key", help="with --evidence: the key (base64) the package must be signed by"
+        "--checkpoint", metavar="FILE", help="check this signed checkpoint alone, without the log"
+    )
+    p.add_argument(
+        "--since",
+        metavar="FILE",
+        help="with --evidence or --checkpoint: an earlier checkpoint its tree must extend",
+    )
+    p.add_argument(
+        "--public-key",
+        help="with --evidence or --checkpoint: the key (base64) it must be signed by",
     )
     p.set_defaults(run=cmd_verify)
 
@@ -919,7 +1018,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     _subject_args(p)
     p.add_argument("--out", metavar="FILE", help="write it to this new file (default: stdout)")
+    p.add_argument(
+        "--since", metavar="FILE", help="a published checkpoint: add the proof the log extends it"
+    )
     p.set_defaults(run=cmd_evidence)
+
+    p = sub.add_parser(
+        "checkpoint", help="the log's Merkle tree head, signed, for the operator to publish"
+    )
+    p.add_argument("--out", metavar="FILE", help="write it to this new file (default: stdout)")
+    p.add_argument(
+        "--since", metavar="FILE", help="an earlier checkpoint: add the proof the log extends it"
+    )
+    p.set_defaults(run=cmd_checkpoint)
 
     p = sub.add_parser(
         "signing-key", help="the public key (base64) that signs this ledger's evidence packages"

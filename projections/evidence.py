@@ -24,23 +24,30 @@ only as trusted as the operator's publication of its public half: pass that to t
 from __future__ import annotations
 
 import base64
-import binascii
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.utils import get_topic
 
 from ledger.application import ConsentLedger
-from ledger.chain import GENESIS, fact_hash, inclusion_paths, leaf_hash, root_from_inclusion
+from ledger.chain import GENESIS, fact_hash, leaf_hash, root_from_inclusion
+from ledger.checkpoint import (
+    MALFORMED,
+    LogNotIntact,
+    ProofProblem,
+    b64,
+    check_extends,
+    check_tree_head,
+    consistency_block,
+    malformed,
+    proven_moment,
+    sign_tree_head,
+)
 from ledger.codec import TRANSCODER
 from ledger.policy import text_sha256
 from ledger.subject import Subject
@@ -48,12 +55,7 @@ from ledger.tenant import Tenant, tenant_id
 from projections.trail import stored_fields, subject_trail
 
 FORMAT = "consent-ledger/evidence/v1"
-_TREE_HEAD = b"consent-ledger/tree-head/v1\x00"
 _SUBJECT_HEAD = b"consent-ledger/subject-head/v1\x00"
-
-
-class LogNotIntact(RuntimeError):
-    """The log's own records disagree: no package can vouch for it (run `verify`)."""
 
 
 def _event_classes() -> dict[str, type]:
@@ -74,11 +76,6 @@ def _event_classes() -> dict[str, type]:
 _CLASSES = _event_classes()
 
 
-def tree_head_message(size: int, root: str, signed_at: str) -> bytes:
-    """The bytes a tree head's signature covers: a domain tag, then size, root and time."""
-    return _TREE_HEAD + size.to_bytes(8, "big") + bytes.fromhex(root) + signed_at.encode()
-
-
 def subject_head_message(sid: UUID, size: int, version: int, last_hash: str) -> bytes:
     """The bytes a subject head's signature covers: the subject, the tree size, and the
     version and hash of its last fact in that tree."""
@@ -91,29 +88,16 @@ def subject_head_message(sid: UUID, size: int, version: int, last_hash: str) -> 
     )
 
 
-def sign_tree_head(key: Ed25519PrivateKey, size: int, root: str, signed_at: str) -> dict[str, Any]:
-    public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-    signature = key.sign(tree_head_message(size, root, signed_at))
-    return {
-        "size": size,
-        "root": root,
-        "signed_at": signed_at,
-        "algorithm": "Ed25519",
-        "public_key": base64.b64encode(public).decode(),
-        "signature": base64.b64encode(signature).decode(),
-    }
-
-
-def public_key_of(ledger: ConsentLedger) -> str:
-    """The base64 public half of the ledger's signing key, for the operator to publish."""
-    key = ledger.keystore.signing_key().public_key()
-    return base64.b64encode(key.public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
-
-
 def evidence_package(
-    ledger: ConsentLedger, tenant: str, sid: UUID, *, now: datetime | None = None
+    ledger: ConsentLedger,
+    tenant: str,
+    sid: UUID,
+    *,
+    since_size: int | None = None,
+    now: datetime | None = None,
 ) -> dict[str, Any] | None:
-    """The subject's evidence package, or None if the tenant has no such subject.
+    """The subject's evidence package, or None if the tenant has no such subject; with
+    `since_size` (a published checkpoint's size), the proof that its tree extends that one.
 
     Costs a pass over every fact's hash (the tree's leaves): about two SHA-256 calls a fact.
     """
@@ -123,11 +107,7 @@ def evidence_package(
     tid = tenant_id(tenant)
     read = ledger.ledger_recorder.evidence_of([sid, tid])
     size, root = read.head
-    if len(read.hashes) != size:
-        raise LogNotIntact(f"the fact index holds {len(read.hashes)} facts, its head {size}")
-    computed, paths = inclusion_paths(read.hashes, [leaf for leaf, _ in read.leaves.values()])
-    if computed.hex() != root:
-        raise LogNotIntact("the fact index does not hash to the log's recorded Merkle root")
+    paths, consistency = proven_moment(read, [leaf for leaf, _ in read.leaves.values()], since_size)
     chains = {
         name: [_entry(stored, read.leaves, read.hashes, paths) for stored in read.events[agg]]
         for name, agg in (("subject", sid), ("tenant", tid))
@@ -153,7 +133,7 @@ def evidence_package(
             key.sign(subject_head_message(sid, size, last_entry["version"], last_entry["hash"]))
         ).decode(),
     }
-    return {
+    package = {
         "format": FORMAT,
         "tenant": tenant,
         "sid": sid.hex,
@@ -162,6 +142,9 @@ def evidence_package(
         "chains": chains,
         "trail": trail,
     }
+    if since_size is not None and consistency is not None:
+        package["consistency"] = consistency_block(since_size, consistency)
+    return package
 
 
 def _entry(
@@ -185,29 +168,13 @@ def _entry(
     }
 
 
-@dataclass(frozen=True)
-class EvidenceProblem:
-    kind: str  # malformed, signature, untrusted_key, altered, removed, reordered, ...
-    where: str  # tree_head, subject_head, subject, tenant, trail
-    version: int | None
-    message: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "where": self.where,
-            "version": self.version,
-            "message": self.message,
-        }
-
-
 @dataclass
 class EvidenceResult:
     facts_checked: int = 0
     tree_size: int | None = None
     root: str | None = None
     public_key: str | None = None
-    problems: list[EvidenceProblem] = field(default_factory=list)
+    problems: list[ProofProblem] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -225,47 +192,34 @@ class EvidenceResult:
         }
 
 
-def verify_evidence(package: Any, public_key: str | None = None) -> EvidenceResult:
-    """Check a package from its own contents; with `public_key`, also that this key signed it.
+def verify_evidence(
+    package: Any, public_key: str | None = None, since: Any = None
+) -> EvidenceResult:
+    """Check a package from its own contents; with `public_key`, also that this key signed
+    it; with `since` (a checkpoint published earlier), also that the package's tree extends
+    that checkpoint's.
 
     Never raises on what the package holds: whatever is wrong with it is a problem named in
     the result, the first of them being the one to report.
     """
     result = EvidenceResult()
     try:
-        _verify(package, public_key, result)
-    except (KeyError, IndexError, TypeError, ValueError, AttributeError, OverflowError) as e:
-        # Missing, mistyped or undecodable parts: not a package this version wrote. The
-        # message names the exception's kind, never the package's values.
-        result.problems.append(
-            EvidenceProblem(
-                "malformed", "package", None, f"not an evidence package ({type(e).__name__})"
-            )
-        )
+        _verify(package, public_key, since, result)
+    except MALFORMED as e:
+        # Missing, mistyped or undecodable parts: not a package this version wrote.
+        result.problems.append(malformed("evidence package", e))
     return result
 
 
-def _verify(package: Any, public_key: str | None, result: EvidenceResult) -> None:
+def _verify(package: Any, public_key: str | None, since: Any, result: EvidenceResult) -> None:
     if not isinstance(package, dict) or package.get("format") != FORMAT:
         raise ValueError("format")
     head = package["tree_head"]
-    size, root, signed_at = int(head["size"]), str(head["root"]), str(head["signed_at"])
+    size, root = int(head["size"]), str(head["root"])
     result.tree_size, result.root, result.public_key = size, root, str(head["public_key"])
-    try:
-        key = Ed25519PublicKey.from_public_bytes(_b64(head["public_key"]))
-        key.verify(_b64(head["signature"]), tree_head_message(size, root, signed_at))
-    except InvalidSignature:
-        result.problems.append(
-            EvidenceProblem(
-                "signature", "tree_head", None, "the tree head's signature does not verify"
-            )
-        )
-    if public_key is not None and public_key.strip() != head["public_key"]:
-        result.problems.append(
-            EvidenceProblem(
-                "untrusted_key", "tree_head", None, "the package is signed by another key"
-            )
-        )
+    key = check_tree_head(head, "tree_head", public_key, result.problems)
+    if since is not None:
+        check_extends(head, package.get("consistency"), since, public_key, result.problems)
     root_bytes = bytes.fromhex(root)
     sid = UUID(hex=package["sid"])
     chains = package["chains"]
@@ -288,12 +242,12 @@ def _check_subject_head(
     version, last_hash = int(head["version"]), str(head["hash"])
     try:
         key.verify(
-            _b64(head["signature"]),
+            b64(head["signature"]),
             subject_head_message(sid, int(head["tree_size"]), version, last_hash),
         )
     except InvalidSignature:
         result.problems.append(
-            EvidenceProblem(
+            ProofProblem(
                 "signature", "subject_head", None, "the subject head's signature does not verify"
             )
         )
@@ -302,7 +256,7 @@ def _check_subject_head(
     )
     if int(head["tree_size"]) != size or (last_version, listed_hash) != (version, last_hash):
         result.problems.append(
-            EvidenceProblem(
+            ProofProblem(
                 "incomplete",
                 "subject_head",
                 version,
@@ -315,13 +269,6 @@ def _check_subject_head(
 def _instant(text: str) -> str:
     """An instant as the trail's `erased_at` writes it (Python's isoformat)."""
     return datetime.fromisoformat(text).isoformat()
-
-
-def _b64(value: Any) -> bytes:
-    try:
-        return base64.b64decode(str(value), validate=True)
-    except binascii.Error:
-        raise ValueError("base64") from None
 
 
 # A fact as the checks read it: its class, version, decoded state and recomputed hash.
@@ -343,7 +290,7 @@ def _check_chain(
         version = int(entry["version"])
 
         def problem(kind: str, message: str, version: int = version) -> None:
-            result.problems.append(EvidenceProblem(kind, where, version, message))
+            result.problems.append(ProofProblem(kind, where, version, message))
 
         if version != number:
             problem(
@@ -351,7 +298,7 @@ def _check_chain(
                 f"version {version} is listed where version {number} belongs",
             )
         topic = str(entry["topic"])
-        state = _b64(entry["state"])
+        state = b64(entry["state"])
         digest = fact_hash(originator, version, topic, state)
         if digest != entry["hash"]:
             problem("altered", "the fact's bytes do not hash to the hash listed for it")
@@ -388,7 +335,7 @@ def _check_trail(
     trail = package["trail"]
 
     def mismatch(version: int | None, message: str) -> None:
-        result.problems.append(EvidenceProblem("trail_mismatch", "trail", version, message))
+        result.problems.append(ProofProblem("trail_mismatch", "trail", version, message))
 
     if trail["sid"] != package["sid"] or trail["tenant"] != package["tenant"]:
         mismatch(None, "the trail is of another subject than the facts")

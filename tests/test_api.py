@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app, keys_path
 from api.keys import ApiKeys
 from ledger.application import ConsentLedger
+from ledger.checkpoint import verify_checkpoint
 from ledger.envelope import parse_fact
 from ledger.policy import seed_policy_fact
 from ledger.settings import Settings
@@ -150,6 +151,7 @@ ROUTES: list[dict[str, Any]] = [
     {"method": "GET", "path": "/v1/policies/crmpro-1.0", "roles": set(ROLES), "ok": 200},
     {"method": "GET", "path": "/v1/due", "roles": {"compliance", "admin"}, "ok": 200},
     {"method": "GET", "path": "/v1/verify", "roles": {"compliance", "admin"}, "ok": 200},
+    {"method": "GET", "path": "/v1/checkpoint", "roles": {"compliance", "admin"}, "ok": 200},
 ]
 
 
@@ -184,6 +186,23 @@ def test_an_evidence_package_over_http_verifies_on_its_own(world: World) -> None
     trail = world.client.get(f"/v1/subjects/{sid}/trail", headers=headers).json()
     assert package["trail"]["facts"] == trail["facts"][: len(package["trail"]["facts"])]
     assert package["sid"] == sid and package["tenant"] == "demo"
+
+
+def test_checkpoints_over_http_prove_the_log_grew(world: World) -> None:
+    headers = {"Authorization": f"Bearer {world.keys[('demo', 'compliance')]}"}
+    old = world.client.get("/v1/checkpoint", headers=headers).json()
+    size = old["tree_head"]["size"]
+    publisher = {"Authorization": f"Bearer {world.keys[('demo', 'publisher')]}"}
+    assert world.client.post("/v1/facts", json=fresh_grant(), headers=publisher).status_code == 201
+    new = world.client.get(f"/v1/checkpoint?since_size={size}", headers=headers).json()
+    assert verify_checkpoint(new, old).ok
+    sid = world.sids["demo"]
+    package = world.client.get(
+        f"/v1/subjects/{sid}/evidence?since_size={size}", headers=headers
+    ).json()
+    assert verify_evidence(package, None, old).ok
+    ahead = world.client.get(f"/v1/checkpoint?since_size={10**9}", headers=headers)
+    assert ahead.status_code == 422 and ahead.json()["field"] == "since_size"
 
 
 def test_a_campaign_check_treats_another_tenants_sid_as_unknown(world: World) -> None:

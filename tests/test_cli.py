@@ -318,6 +318,55 @@ def test_evidence_is_written_once_and_verified_without_the_ledger(
     assert lost.returncode == 2 and "--evidence" in lost.stderr
 
 
+def test_checkpoints_are_published_and_checked_without_the_ledger(
+    data: Path, tmp_path: Path
+) -> None:
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    first = run(data, "checkpoint", "--out", str(old))
+    assert first.returncode == 0 and "written to" in first.stderr, first.stderr
+    run(data, "record", stdin=orjson.dumps([grant("c-10", event_id="g10")]).decode())
+    second = run(data, "checkpoint", "--since", str(old), "--out", str(new))
+    assert second.returncode == 0, second.stderr
+    key = run(data, "signing-key").stdout.strip()
+    elsewhere = {"LEDGER_DATA_DIR": str(tmp_path / "nothing-here")}
+    checked = run(
+        data,
+        "verify",
+        "--checkpoint",
+        str(new),
+        "--since",
+        str(old),
+        "--public-key",
+        key,
+        **elsewhere,
+    )
+    assert checked.returncode == 0 and "extending the checkpoint of" in checked.stdout
+    backwards = run(data, "verify", "--checkpoint", str(old), "--since", str(new), "--json")
+    assert backwards.returncode == 4
+    assert orjson.loads(backwards.stdout)["first_problem"]["kind"] == "inconsistent"
+    package = tmp_path / "evidence.json"
+    made = run(
+        data, "evidence", "c-10", "--tenant", "demo", "--since", str(old), "--out", str(package)
+    )
+    assert made.returncode == 0, made.stderr
+    assert run(data, "verify", "--evidence", str(package), "--since", str(old)).returncode == 0
+    # A checkpoint this log never signed at that size: refused, not proven.
+    forged = orjson.loads(old.read_bytes())
+    forged["tree_head"]["root"] = "ab" * 32
+    (tmp_path / "forged.json").write_bytes(orjson.dumps(forged))
+    refused = run(data, "checkpoint", "--since", str(tmp_path / "forged.json"))
+    assert refused.returncode == 4 and refused.stdout == "", refused.stderr
+    ahead = orjson.loads(old.read_bytes())
+    ahead["tree_head"]["size"] = 10**6
+    (tmp_path / "ahead.json").write_bytes(orjson.dumps(ahead))
+    too_large = run(data, "checkpoint", "--since", str(tmp_path / "ahead.json"))
+    assert too_large.returncode == 4 and "fewer than" in too_large.stderr
+    both = run(data, "verify", "--checkpoint", str(new), "--evidence", str(package))
+    assert both.returncode == 2
+    stray = run(data, "verify", "--since", str(old))
+    assert stray.returncode == 2 and "--checkpoint" in stray.stderr
+
+
 def test_due_command(data: Path) -> None:
     out = run(data, "due", "--tenant", "demo", "--json", "--as-of", "2025-03-05T00:00:00Z")
     assert out.returncode == 0, out.stderr

@@ -11,9 +11,10 @@ import orjson
 import pytest
 
 from ledger.application import ConsentLedger
+from ledger.checkpoint import LogNotIntact, public_key_of
 from ledger.envelope import parse_fact
 from ledger.receipt import Receipt
-from projections.evidence import LogNotIntact, evidence_package, public_key_of, verify_evidence
+from projections.evidence import evidence_package, verify_evidence
 from projections.trail import subject_trail
 from tests.facts import erase, fact, grant, withdraw
 
@@ -58,7 +59,7 @@ def package_of(ledger: ConsentLedger) -> dict[str, Any]:
 
 def test_a_package_verifies_from_its_own_contents(backend_ledger: ConsentLedger) -> None:
     package = package_of(backend_ledger)
-    result = verify_evidence(package, public_key_of(backend_ledger))
+    result = verify_evidence(package, public_key_of(backend_ledger.keystore))
     assert result.ok, result.problems
     subject, tenant = package["chains"]["subject"], package["chains"]["tenant"]
     assert [e["version"] for e in subject] == [1, 2, 3, 4, 5]
@@ -236,7 +237,8 @@ def test_a_chain_broken_by_whoever_holds_the_key_still_shows(ledger: ConsentLedg
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from ledger.chain import fact_hash, inclusion_paths
-    from projections.evidence import sign_tree_head, subject_head_message
+    from ledger.checkpoint import sign_tree_head
+    from projections.evidence import subject_head_message
 
     package = package_of(ledger)
     sid = UUID(hex=package["sid"])
@@ -280,7 +282,7 @@ def test_a_package_signed_by_another_key_is_refused_when_the_key_is_given(
 
     other = ConsentLedger(Settings(data_dir=tmp_path / "other"))
     try:
-        stranger = public_key_of(other)
+        stranger = public_key_of(other.keystore)
     finally:
         other.close()
     package = package_of(ledger)

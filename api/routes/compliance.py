@@ -10,7 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import Service, role, service
 from api.keys import Principal
-from api.problems import Problem
+from api.problems import Problem, signing_refusals
+from ledger.checkpoint import checkpoint
 from ledger.envelope import parse_time
 from ledger.verify import verify_ledger
 from projections.due import due_list
@@ -152,6 +153,19 @@ def due(
         request_days=svc.settings.request_due_days,
         policies=tenant.policies if tenant else {},
     )
+
+
+@router.get("/v1/checkpoint")
+def signed_checkpoint(
+    principal: Annotated[Principal, role(*READERS)],
+    svc: Annotated[Service, Depends(service)],
+    since_size: Annotated[int | None, Query(ge=0)] = None,
+) -> dict[str, Any]:
+    """The log's Merkle tree head, signed with the ledger's Ed25519 key, for the operator to
+    publish; with `since_size` (an earlier checkpoint's size), the RFC 9162 proof that the
+    log only grew since (`consent-ledger verify --checkpoint NEW --since OLD` checks it)."""
+    with signing_refusals():
+        return checkpoint(svc.ledger.ledger_recorder, svc.ledger.keystore, since_size=since_size)
 
 
 @router.get("/v1/verify")

@@ -12,12 +12,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import Service, parse_sid, role, service
 from api.keys import Principal
-from api.problems import Problem
+from api.problems import Problem, signing_refusals
 from api.responses import OrjsonResponse
 from ledger.envelope import parse_fact, parse_time
 from ledger.errors import FactRejected
 from projections.consents import subject_consents
-from projections.evidence import LogNotIntact, evidence_package
+from projections.evidence import evidence_package
 from projections.trail import subject_trail, trail_csv
 
 router = APIRouter(tags=["subjects"])
@@ -88,16 +88,16 @@ def evidence(
     sid: str,
     principal: Annotated[Principal, role("compliance", "admin")],
     svc: Annotated[Service, Depends(service)],
+    since_size: Annotated[int | None, Query(ge=0)] = None,
 ) -> OrjsonResponse:
     """The trail with what lets someone without the ledger verify it: the facts' stored
     bytes, their inclusion proofs in the log's Merkle tree and its head signed with the
-    ledger's Ed25519 key (`consent-ledger verify --evidence FILE` checks one)."""
-    try:
-        found = evidence_package(svc.ledger, principal.tenant, parse_sid(sid))
-    except LogNotIntact:
-        raise Problem(
-            503, "log_not_intact", "the log does not verify: no evidence can be signed for it"
-        ) from None
+    ledger's Ed25519 key (`consent-ledger verify --evidence FILE` checks one); with
+    `since_size`, the proof that the tree extends a checkpoint of that size."""
+    with signing_refusals():
+        found = evidence_package(
+            svc.ledger, principal.tenant, parse_sid(sid), since_size=since_size
+        )
     if found is None:
         raise Problem(404, "unknown_subject", "no such subject")
     return OrjsonResponse(found)

@@ -1,0 +1,112 @@
+"""Signed checkpoints: a later one proves the log only grew; a rewritten history cannot."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from ledger.application import ConsentLedger
+from ledger.checkpoint import SinceTooLarge, checkpoint, public_key_of, verify_checkpoint
+from ledger.envelope import parse_fact
+from ledger.receipt import Receipt
+from ledger.settings import Settings
+from projections.evidence import evidence_package, verify_evidence
+from tests.facts import grant, withdraw
+
+
+def recorded(ledger: ConsentLedger, *facts: dict[str, Any]) -> None:
+    for outcome in ledger.record([parse_fact(f) for f in facts]):
+        assert isinstance(outcome, Receipt), outcome
+
+
+def signed(ledger: ConsentLedger, since_size: int | None = None) -> dict[str, Any]:
+    found = checkpoint(ledger.ledger_recorder, ledger.keystore, since_size=since_size)
+    decoded: dict[str, Any] = orjson.loads(orjson.dumps(found))  # as published
+    return decoded
+
+
+def test_a_later_checkpoint_proves_the_log_only_grew(backend_ledger: ConsentLedger) -> None:
+    recorded(backend_ledger, grant("a", event_id="a1"), grant("b", event_id="b1"))
+    old = signed(backend_ledger)
+    recorded(backend_ledger, withdraw("a", event_id="a2"), grant("c", event_id="c1"))
+    new = signed(backend_ledger, since_size=old["tree_head"]["size"])
+    key = public_key_of(backend_ledger.keystore)
+    result = verify_checkpoint(new, old, key)
+    assert result.ok, result.problems
+    old_size = old["tree_head"]["size"]
+    assert (result.tree_size, result.since_size) == (old_size + 2, old_size)
+    # Without the proof, or the other way round, nothing is shown.
+    bare = signed(backend_ledger)
+    assert [p.kind for p in verify_checkpoint(bare, old).problems] == ["inconsistent"]
+    assert [p.kind for p in verify_checkpoint(old, new).problems] == ["inconsistent"]
+    # The same checkpoint again: a tree extends itself, with an empty proof.
+    assert verify_checkpoint(signed(backend_ledger, since_size=result.tree_size), bare).ok
+
+
+def test_a_rewritten_history_cannot_extend_a_published_checkpoint(
+    ledger: ConsentLedger, tmp_path: Path
+) -> None:
+    """The operator's own key, a log with the same number of facts and different ones: the
+    old checkpoint's holder sees it, whatever the new one claims."""
+    recorded(ledger, grant("a", event_id="a1"), grant("b", event_id="b1"))
+    old = signed(ledger)
+    rewritten_dir = tmp_path / "rewritten"
+    rewritten_dir.mkdir()
+    for name in ("master.key", "keys.db", "keys.db-wal"):  # the same signing key
+        if (ledger.settings.data_dir / name).exists():
+            shutil.copy(ledger.settings.data_dir / name, rewritten_dir / name)
+    rewritten = ConsentLedger(Settings(data_dir=rewritten_dir))
+    try:
+        rewritten.init_demo()
+        recorded(rewritten, grant("a", event_id="a1", occurred_at="2025-03-02T10:00:00+05:00"))
+        recorded(rewritten, grant("b", event_id="b1"), grant("c", event_id="c1"))
+        assert public_key_of(rewritten.keystore) == public_key_of(ledger.keystore)
+        forged = signed(rewritten, since_size=old["tree_head"]["size"])
+    finally:
+        rewritten.close()
+    result = verify_checkpoint(forged, old, public_key_of(ledger.keystore))
+    assert [p.kind for p in result.problems] == ["inconsistent"]
+    assert "changed or removed" in result.problems[0].message
+
+
+def test_an_evidence_package_can_prove_it_extends_a_checkpoint(ledger: ConsentLedger) -> None:
+    recorded(ledger, grant("a", event_id="a1"))
+    old = signed(ledger)
+    recorded(ledger, withdraw("a", event_id="a2"))
+    package = evidence_package(
+        ledger, "demo", ledger.sid("demo", "a"), since_size=old["tree_head"]["size"]
+    )
+    assert package is not None
+    package = orjson.loads(orjson.dumps(package))
+    assert verify_evidence(package, public_key_of(ledger.keystore), old).ok
+    package["consistency"]["path"][0] = "ab" * 32
+    assert [p.kind for p in verify_evidence(package, None, old).problems] == ["inconsistent"]
+
+
+def test_no_proof_from_a_tree_larger_than_the_log(ledger: ConsentLedger) -> None:
+    size = signed(ledger)["tree_head"]["size"]
+    with pytest.raises(SinceTooLarge):
+        checkpoint(ledger.ledger_recorder, ledger.keystore, since_size=size + 1)
+
+
+def test_tampered_or_foreign_checkpoints_are_named(ledger: ConsentLedger, tmp_path: Path) -> None:
+    recorded(ledger, grant("a", event_id="a1"))
+    cp = signed(ledger)
+    assert verify_checkpoint(cp).ok
+    moved = orjson.loads(orjson.dumps(cp))
+    moved["tree_head"]["size"] += 1
+    assert [p.kind for p in verify_checkpoint(moved).problems] == ["signature"]
+    other = ConsentLedger(Settings(data_dir=tmp_path / "other"))
+    try:
+        stranger = public_key_of(other.keystore)
+    finally:
+        other.close()
+    assert [p.kind for p in verify_checkpoint(cp, None, stranger).problems] == ["untrusted_key"]
+    not_checkpoints: list[Any] = [[], {"format": "consent-ledger/checkpoint/v1"}, {"tree_head": 1}]
+    for broken in not_checkpoints:
+        assert [p.kind for p in verify_checkpoint(broken).problems] == ["malformed"]
+    assert [p.kind for p in verify_checkpoint(cp, {"format": "x"}).problems] == ["malformed"]
