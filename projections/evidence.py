@@ -157,6 +157,12 @@ def _entry(
     if found is None:
         raise LogNotIntact("an event of the subject or its tenant is missing from the index")
     leaf, position = found
+    if (
+        fact_hash(stored.originator_id, stored.originator_version, stored.topic, stored.state)
+        != (hashes[leaf])
+    ):
+        # A check would name it; the ledger does not sign what it can see is broken.
+        raise LogNotIntact("a fact of the subject or its tenant no longer has its recorded hash")
     return {
         "version": stored.originator_version,
         "position": position,

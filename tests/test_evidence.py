@@ -342,3 +342,17 @@ def test_no_package_is_signed_for_a_log_whose_records_disagree(ledger: ConsentLe
         )
     with pytest.raises(LogNotIntact):
         evidence_package(ledger, "demo", sid)
+
+
+def test_no_package_is_signed_for_a_subject_whose_bytes_changed(ledger: ConsentLedger) -> None:
+    import sqlite3
+
+    sid = history(ledger)
+    where = "WHERE originator_id = ? AND originator_version = 3"
+    with sqlite3.connect(ledger.settings.log_path) as db:
+        [(state,)] = db.execute(f"SELECT state FROM stored_events {where}", (sid.hex,))
+        changed = bytes(state).replace(b'"test"', b'"tesT"')
+        assert changed != state
+        db.execute(f"UPDATE stored_events SET state = ? {where}", (changed, sid.hex))
+    with pytest.raises(LogNotIntact, match="recorded hash"):
+        evidence_package(ledger, "demo", sid)
