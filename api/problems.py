@@ -162,5 +162,23 @@ def signing_refusals() -> Iterator[None]:
         ) from None
     except SinceTooLarge:
         raise Problem(
-            422, "invalid_field", "since_size is larger than the log", "since_size"
+            422, "invalid_field", "since_sizes name a tree larger than the log's", "since_sizes"
         ) from None
+
+
+def parse_sizes(text: str | None) -> dict[int, int] | None:
+    """`since_sizes`: an earlier checkpoint's tree sizes, comma-separated in partition order."""
+    if text is None:
+        return None
+    try:
+        sizes = [int(part) for part in text.split(",")]
+    except ValueError:
+        sizes = [-1]
+    if any(size < 0 for size in sizes):
+        raise Problem(
+            422,
+            "invalid_field",
+            "since_sizes is whole numbers of at least 0, comma-separated",
+            "since_sizes",
+        )
+    return dict(enumerate(sizes))

@@ -8,15 +8,22 @@ RFC 9162 consistency proof from an earlier tree size. A checkpoint holder then k
 without the log, that nothing recorded by then was changed or removed since: a rewritten
 history has another root at the old size, which no consistency proof links to the old one,
 and the operator's signature on both makes the rewrite its own signed contradiction.
+
+Proofs are given in trees every copy of the log agrees on. Embedded, that is one tree, the
+log's. In Kafka mode a replica's log order interleaves the ledger partitions as its reads
+happened to, so its Merkle head (which `verify` checks) is its own; signed proofs use one
+tree per ledger partition instead, each in offset order, which every replica, and a replica
+rebuilt from the topic, computes alike.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -59,9 +66,17 @@ class ProofProblem:
         }
 
 
-def tree_head_message(size: int, root: str, signed_at: str) -> bytes:
-    """The bytes a tree head's signature covers: a domain tag, then size, root and time."""
-    return _TREE_HEAD + size.to_bytes(8, "big") + bytes.fromhex(root) + signed_at.encode()
+# One Merkle tree per partition of the log: (partition, size, root hex).
+Tree = tuple[int, int, str]
+
+
+def tree_head_message(trees: list[Tree], signed_at: str) -> bytes:
+    """The bytes a tree head's signature covers: a domain tag, every tree's partition, size
+    and root in partition order, then the time."""
+    parts = [_TREE_HEAD, len(trees).to_bytes(4, "big")]
+    for partition, size, root in sorted(trees):
+        parts += [partition.to_bytes(4, "big"), size.to_bytes(8, "big"), bytes.fromhex(root)]
+    return b"".join([*parts, signed_at.encode()])
 
 
 def public_key_text(key: Ed25519PublicKey) -> str:
@@ -73,11 +88,13 @@ def public_key_of(keystore: KeyStore) -> str:
     return public_key_text(keystore.signing_key().public_key())
 
 
-def sign_tree_head(key: Ed25519PrivateKey, size: int, root: str, signed_at: str) -> dict[str, Any]:
-    signature = key.sign(tree_head_message(size, root, signed_at))
+def sign_tree_head(key: Ed25519PrivateKey, trees: list[Tree], signed_at: str) -> dict[str, Any]:
+    signature = key.sign(tree_head_message(trees, signed_at))
     return {
-        "size": size,
-        "root": root,
+        "trees": [
+            {"partition": partition, "size": size, "root": root}
+            for partition, size, root in sorted(trees)
+        ],
         "signed_at": signed_at,
         "algorithm": "Ed25519",
         "public_key": public_key_text(key.public_key()),
@@ -85,69 +102,101 @@ def sign_tree_head(key: Ed25519PrivateKey, size: int, root: str, signed_at: str)
     }
 
 
+class Proven(NamedTuple):
+    """What one moment of the log proves: its trees, the inclusion proofs asked for, and the
+    consistency proofs from an earlier checkpoint's sizes."""
+
+    trees: list[Tree]
+    paths: dict[tuple[int, int], list[bytes]]  # (partition, leaf) -> inclusion proof
+    consistency: list[dict[str, Any]] | None
+
+
 def proven_moment(
-    read: LogEvidence, leaves: list[int], since_size: int | None
-) -> tuple[dict[int, list[bytes]], list[bytes] | None]:
-    """Inclusion proofs of these leaves and, with `since_size`, the consistency proof from
-    that size, for one moment of the log; refused if its index and head disagree."""
+    read: LogEvidence, leaves: list[tuple[int, int]], since_sizes: Mapping[int, int] | None
+) -> Proven:
+    """Inclusion proofs of these (partition, leaf)s and, with `since_sizes` (an earlier
+    checkpoint's size per partition), the consistency proofs from them; refused if the log's
+    records disagree with its recorded head."""
     size, root = read.head
     if len(read.hashes) != size:
         raise LogNotIntact(f"the fact index holds {len(read.hashes)} facts, its head {size}")
-    computed, paths = inclusion_paths(read.hashes, leaves)
-    if computed.hex() != root:
+    recorded, _ = inclusion_paths(read.hashes, [])
+    if recorded.hex() != root:
         raise LogNotIntact("the fact index does not hash to the log's recorded Merkle root")
-    if since_size is None:
-        return paths, None
-    if since_size > size:
-        raise SinceTooLarge(f"the log holds {size} facts, fewer than {since_size}")
-    return paths, consistency_path(read.hashes, since_size)
+    trees: list[Tree] = []
+    paths: dict[tuple[int, int], list[bytes]] = {}
+    for partition, hashes in sorted(read.trees.items()):
+        wanted = [leaf for p, leaf in leaves if p == partition]
+        tree_root, found = inclusion_paths(hashes, wanted)
+        trees.append((partition, len(hashes), tree_root.hex()))
+        paths.update(((partition, leaf), path) for leaf, path in found.items())
+    if since_sizes is None:
+        return Proven(trees, paths, None)
+    consistency = []
+    for partition, old_size in sorted(since_sizes.items()):
+        hashes = read.trees.get(partition, [])
+        if not 0 <= old_size <= len(hashes):
+            raise SinceTooLarge(
+                f"partition {partition} of the log holds {len(hashes)} facts, fewer than {old_size}"
+            )
+        path = consistency_path(hashes, old_size)
+        consistency.append(
+            {"partition": partition, "from_size": old_size, "path": [n.hex() for n in path]}
+        )
+    return Proven(trees, paths, consistency)
 
 
-def consistency_block(since_size: int, path: list[bytes]) -> dict[str, Any]:
-    return {"from_size": since_size, "path": [node.hex() for node in path]}
+def since_sizes_of(since: Any) -> dict[int, int]:
+    """An earlier checkpoint's size per partition (what to prove consistency from)."""
+    return {int(t["partition"]): int(t["size"]) for t in since["tree_head"]["trees"]}
 
 
 def checkpoint(
     recorder: LedgerSQLiteRecorder,
     keystore: KeyStore,
     *,
-    since_size: int | None = None,
+    since_sizes: Mapping[int, int] | None = None,
     now: datetime | None = None,
 ) -> dict[str, Any]:
-    """The log's tree head now, signed; with `since_size` (an earlier checkpoint's size),
-    the proof that today's tree extends that one. Reads every fact's hash once."""
-    read = recorder.evidence_of([])
-    _, path = proven_moment(read, [], since_size)
-    size, root = read.head
+    """The log's tree heads now, signed; with `since_sizes` (an earlier checkpoint's), the
+    proof that today's trees extend those. Reads every fact's hash once."""
+    proven = proven_moment(recorder.evidence_of([]), [], since_sizes)
     signed_at = (now or datetime.now(UTC)).isoformat()
     out: dict[str, Any] = {
         "format": FORMAT,
-        "tree_head": sign_tree_head(keystore.signing_key(), size, root, signed_at),
+        "tree_head": sign_tree_head(keystore.signing_key(), proven.trees, signed_at),
     }
-    if since_size is not None and path is not None:
-        out["consistency"] = consistency_block(since_size, path)
+    if proven.consistency is not None:
+        out["consistency"] = proven.consistency
     return out
 
 
 @dataclass
 class CheckpointResult:
-    tree_size: int | None = None
-    root: str | None = None
+    trees: list[Tree] = field(default_factory=list)
     public_key: str | None = None
-    since_size: int | None = None
+    extends: list[Tree] | None = None
     problems: list[ProofProblem] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
+    @property
+    def size(self) -> int:
+        return sum(size for _, size, _ in self.trees)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
-            "tree_size": self.tree_size,
-            "merkle_root": self.root,
+            "size": self.size,
+            "trees": [{"partition": p, "size": n, "root": r} for p, n, r in self.trees],
             "public_key": self.public_key,
-            "extends_size": self.since_size,
+            "extends": (
+                None
+                if self.extends is None
+                else [{"partition": p, "size": n, "root": r} for p, n, r in self.extends]
+            ),
             "first_problem": self.problems[0].as_dict() if self.problems else None,
             "problems": [p.as_dict() for p in self.problems],
         }
@@ -160,18 +209,19 @@ def verify_checkpoint(
     checkpoint: Any, since: Any = None, public_key: str | None = None
 ) -> CheckpointResult:
     """Check a checkpoint's signature and, given an earlier checkpoint `since`, that its
-    consistency proof links the earlier tree to it. Never raises on what they hold."""
+    consistency proofs link each earlier tree to its own. Never raises on what they hold."""
     result = CheckpointResult()
     try:
         if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
             raise ValueError("format")
         head = checkpoint["tree_head"]
-        result.tree_size, result.root = int(head["size"]), str(head["root"])
+        _, trees = check_tree_head(head, "tree_head", public_key, result.problems)
+        result.trees = [(p, n, r.hex()) for p, (n, r) in sorted(trees.items())]
         result.public_key = str(head["public_key"])
-        check_tree_head(head, "tree_head", public_key, result.problems)
         if since is not None:
-            check_extends(head, checkpoint.get("consistency"), since, public_key, result.problems)
-            result.since_size = int(since["tree_head"]["size"])
+            result.extends = check_extends(
+                head, checkpoint.get("consistency"), since, public_key, result.problems
+            )
     except MALFORMED as e:
         result.problems.append(malformed("checkpoint", e))
     return result
@@ -193,20 +243,25 @@ def b64(value: Any) -> bytes:
 
 def check_tree_head(
     head: dict[str, Any], where: str, public_key: str | None, problems: list[ProofProblem]
-) -> Ed25519PublicKey:
+) -> tuple[Ed25519PublicKey, dict[int, tuple[int, bytes]]]:
     """The signature of a tree head, and its signer if `public_key` names one; returns the
-    head's key, for what else it signed."""
+    head's key, for what else it signed, and its trees: partition -> (size, root)."""
     key = Ed25519PublicKey.from_public_bytes(b64(head["public_key"]))
-    message = tree_head_message(int(head["size"]), str(head["root"]), str(head["signed_at"]))
+    listed: list[Tree] = [
+        (int(t["partition"]), int(t["size"]), str(t["root"])) for t in head["trees"]
+    ]
+    trees = {p: (n, bytes.fromhex(r)) for p, n, r in listed}
+    if len(trees) != len(listed) or any(n < 0 or len(r) != 32 for n, r in trees.values()):
+        raise ValueError("trees")
     try:
-        key.verify(b64(head["signature"]), message)
+        key.verify(b64(head["signature"]), tree_head_message(listed, str(head["signed_at"])))
     except InvalidSignature:
         problems.append(
             ProofProblem("signature", where, None, "the tree head's signature does not verify")
         )
     if public_key is not None and public_key.strip() != head["public_key"]:
         problems.append(ProofProblem("untrusted_key", where, None, "signed by another key"))
-    return key
+    return key, trees
 
 
 def check_extends(
@@ -215,34 +270,43 @@ def check_extends(
     since: Any,
     public_key: str | None,
     problems: list[ProofProblem],
-) -> None:
-    """That the tree of `head` extends the tree of the earlier checkpoint `since`, by the
-    consistency proof given with it. The earlier one is held to the same signer: a rewrite
-    signed by a new key is no extension of what the old key signed."""
+) -> list[Tree]:
+    """That every tree of `head` extends the same partition's tree in the earlier checkpoint
+    `since`, by the consistency proofs given with it; returns the earlier trees. The earlier
+    checkpoint is held to the same signer: a rewrite signed by a new key is no extension of
+    what the old key signed."""
     if not isinstance(since, dict) or since.get("format") != FORMAT:
         raise ValueError("since format")
-    old = since["tree_head"]
-    check_tree_head(old, "since", public_key or str(head["public_key"]), problems)
-    old_size, new_size = int(old["size"]), int(head["size"])
-    if not isinstance(consistency, dict) or int(consistency["from_size"]) != old_size:
-        problems.append(
-            ProofProblem(
-                "inconsistent",
-                "since",
-                None,
-                f"no consistency proof from the earlier tree's size ({old_size}) is given",
+    _, new_trees = check_tree_head(head, "tree_head", None, [])
+    _, old_trees = check_tree_head(
+        since["tree_head"], "since", public_key or str(head["public_key"]), problems
+    )
+    proofs = {
+        int(c["partition"]): (int(c["from_size"]), [bytes.fromhex(n) for n in c["path"]])
+        for c in (consistency if isinstance(consistency, list) else [])
+    }
+    for partition, (old_size, old_root) in sorted(old_trees.items()):
+        new_size, new_root = new_trees.get(partition, (-1, b""))
+        proof = proofs.get(partition)
+        if new_size < 0 or proof is None or proof[0] != old_size:
+            problems.append(
+                ProofProblem(
+                    "inconsistent",
+                    "since",
+                    None,
+                    f"no consistency proof from the earlier tree of partition {partition} "
+                    f"({old_size} facts) is given",
+                )
             )
-        )
-        return
-    path = [bytes.fromhex(node) for node in consistency["path"]]
-    old_root, new_root = bytes.fromhex(str(old["root"])), bytes.fromhex(str(head["root"]))
-    if not consistent(old_size, old_root, new_size, new_root, path):
-        problems.append(
-            ProofProblem(
-                "inconsistent",
-                "since",
-                None,
-                f"the tree of {new_size} facts does not extend the earlier tree of {old_size}: "
-                "what was recorded by then was changed or removed",
+        elif not consistent(old_size, old_root, new_size, new_root, proof[1]):
+            problems.append(
+                ProofProblem(
+                    "inconsistent",
+                    "since",
+                    None,
+                    f"partition {partition}'s tree of {new_size} facts does not extend its "
+                    f"earlier tree of {old_size}: what was recorded by then was changed or "
+                    "removed",
+                )
             )
-        )
+    return [(p, n, r.hex()) for p, (n, r) in sorted(old_trees.items())]

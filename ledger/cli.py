@@ -259,9 +259,9 @@ def cmd_evidence(args: argparse.Namespace, settings: Settings) -> int:
     since = _load_json(args.since) if args.since else None
     ledger = _open(settings)
     try:
-        with _signing(since) as since_size:
+        with _signing(since) as since_sizes:
             package = evidence_package(
-                ledger, args.tenant, _sid(ledger, args), since_size=since_size
+                ledger, args.tenant, _sid(ledger, args), since_sizes=since_sizes
             )
             if package is not None and since is not None:
                 _agrees_with(package, since)
@@ -275,8 +275,7 @@ def cmd_evidence(args: argparse.Namespace, settings: Settings) -> int:
         args.out,
         "an evidence package",
         f"evidence: {len(package['chains']['subject'])} facts of sid {package['sid']}, "
-        f"in the log of {head['size']} facts with root {head['root']}, signed by "
-        f"{head['public_key']}",
+        f"in {_trees(head['trees'])}, signed by {head['public_key']}",
     )
     return 0
 
@@ -287,8 +286,8 @@ def cmd_checkpoint(args: argparse.Namespace, settings: Settings) -> int:
     since = _load_json(args.since) if args.since else None
     ledger = _open(settings)
     try:
-        with _signing(since) as since_size:
-            signed = checkpoint(ledger.ledger_recorder, ledger.keystore, since_size=since_size)
+        with _signing(since) as since_sizes:
+            signed = checkpoint(ledger.ledger_recorder, ledger.keystore, since_sizes=since_sizes)
             if since is not None:
                 _agrees_with(signed, since)
     finally:
@@ -298,26 +297,32 @@ def cmd_checkpoint(args: argparse.Namespace, settings: Settings) -> int:
         signed,
         args.out,
         "a checkpoint",
-        f"checkpoint: the log of {head['size']} facts with root {head['root']}, signed by "
-        f"{head['public_key']}",
+        f"checkpoint: {_trees(head['trees'])}, signed by {head['public_key']}",
     )
     return 0
 
 
+def _trees(trees: Any) -> str:
+    """Signed trees as a line says them: the log of N facts, root R (one per partition)."""
+    parts = [(int(t["partition"]), int(t["size"]), str(t["root"])) for t in trees]
+    if len(parts) == 1:
+        return f"the log of {parts[0][1]} facts with root {parts[0][2]}"
+    listed = "; ".join(f"partition {p}: {n} facts, root {r}" for p, n, r in parts)
+    return f"the log of {sum(n for _, n, _ in parts)} facts ({listed})"
+
+
 @contextlib.contextmanager
-def _signing(since: Any) -> Iterator[int | None]:
-    """The earlier checkpoint's size to prove consistency from, and the refusals of signing:
-    a log whose records disagree, or one with fewer facts than the checkpoint."""
-    from ledger.checkpoint import LogNotIntact, SinceTooLarge
+def _signing(since: Any) -> Iterator[dict[int, int] | None]:
+    """The earlier checkpoint's sizes to prove consistency from, and the refusals of
+    signing: a log whose records disagree, or one with fewer facts than the checkpoint."""
+    from ledger.checkpoint import MALFORMED, LogNotIntact, SinceTooLarge, since_sizes_of
 
     try:
-        size = int(since["tree_head"]["size"]) if since is not None else None
-    except (KeyError, TypeError, ValueError):
+        sizes = since_sizes_of(since) if since is not None else None
+    except MALFORMED:
         raise CliError(_NOT_A_CHECKPOINT) from None
-    if size is not None and size < 0:
-        raise CliError(_NOT_A_CHECKPOINT)
     try:
-        yield size
+        yield sizes
     except LogNotIntact as e:
         raise CliError(
             f"the log does not verify ({e}); run consent-ledger verify", EXIT_BROKEN
@@ -397,11 +402,11 @@ def _verify_signed(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(result.as_dict())
     elif result.ok:
-        extends = f", extending the checkpoint of {since['tree_head']['size']}" if since else ""
-        print(
-            f"{what}: OK, {summary}the log of {result.tree_size} facts with root "
-            f"{result.root}{extends}, signed by {result.public_key}"
-        )
+        trees = [{"partition": p, "size": n, "root": r} for p, n, r in result.trees]
+        extends = ""
+        if since is not None:
+            extends = f", extending the checkpoint of {_trees(since['tree_head']['trees'])}"
+        print(f"{what}: OK, {summary}{_trees(trees)}{extends}, signed by {result.public_key}")
     if not result.ok:
         first = result.problems[0]
         return _fail(

@@ -64,10 +64,16 @@ class IndexedFact(NamedTuple):
 class LogEvidence(NamedTuple):
     """One moment of the log, as `LedgerSQLiteRecorder.evidence_of` reads it."""
 
-    hashes: list[str]  # every fact's hash, in log order: the Merkle tree's leaves
+    hashes: list[str]  # every fact's hash in log order: what the recorded head covers
     head: tuple[int, str]  # the recorded (size, root hex)
+    # The Merkle trees that proofs are given in, by partition: each fact's hash in its
+    # partition's own order. Embedded: one tree, the log. Kafka: one per ledger partition,
+    # in offset order, the same for every replica (their log orders interleave partitions
+    # as their reads happened to).
+    trees: dict[int, list[str]]
     events: dict[UUID, list[StoredEvent]]  # the named aggregates' events, by version
-    leaves: dict[tuple[UUID, int], tuple[int, int]]  # (aggregate, version) -> (leaf, position)
+    # (aggregate, version) -> (partition, leaf index in its tree, position in the log)
+    leaves: dict[tuple[UUID, int], tuple[int, int, int]]
 
 
 # The index table's columns in their stored order, read by position (see `as_tuples`).
@@ -348,28 +354,26 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
         return index, head, last
 
     def evidence_of(self, originator_ids: Sequence[UUID]) -> LogEvidence:
-        """What an evidence package proves these aggregates' events by, read in one moment.
-
-        The hash of every fact in log order (the Merkle tree's leaves), the recorded head,
-        and each named aggregate's stored events with their leaves' indexes. One read
-        transaction, so events appended meanwhile are in none of them.
-        """
+        """What signed proofs about these aggregates' events are made from, read in one
+        moment: every fact's hash in log order and in its tree's, the recorded head, and
+        the named aggregates' stored events. One read transaction, so events appended
+        meanwhile are in none of them."""
         wanted = {o.hex: o for o in originator_ids}
-        hashes: list[str] = []
-        leaves: dict[tuple[UUID, int], tuple[int, int]] = {}
         events: dict[UUID, list[StoredEvent]] = {o: [] for o in originator_ids}
         with self.datastore.transaction(commit=False) as c:
-            as_tuples(c).execute(
-                f"SELECT originator_id, originator_version, hash, position "
-                f"FROM {self.index_table} ORDER BY position"
-            )
-            for leaf, (originator, version, digest, position) in enumerate(c.fetchall()):
-                hashes.append(digest)
-                if originator in wanted:
-                    leaves[(wanted[originator], version)] = (leaf, position)
+            as_tuples(c).execute(f"SELECT hash FROM {self.index_table} ORDER BY position")
+            hashes = [row[0] for row in c.fetchall()]
             c.execute(f"SELECT size, root FROM {self.head_table} WHERE id = 1")
             row = c.fetchone()
             head = (int(row[0]), str(row[1])) if row else (0, frontier_root([]).hex())
+            trees: dict[int, list[str]] = {p: [] for p in self.tree_partitions()}
+            leaves: dict[tuple[UUID, int], tuple[int, int, int]] = {}
+            as_tuples(c).execute(self._tree_order_sql())
+            for originator, version, digest, position, partition in c.fetchall():
+                tree = trees.setdefault(partition, [])
+                if originator in wanted:
+                    leaves[(wanted[originator], version)] = (partition, len(tree), position)
+                tree.append(digest)
             for originator, version, topic, state in rows_in(
                 as_tuples(c),
                 f"SELECT originator_id, originator_version, topic, state "
@@ -379,7 +383,19 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
             ):
                 o = wanted[originator]
                 events[o].append(stored_event(o, version, topic, state))
-        return LogEvidence(hashes, head, events, leaves)
+        return LogEvidence(hashes, head, trees, events, leaves)
+
+    def tree_partitions(self) -> range:
+        """The partitions the log's Merkle trees are kept by: embedded, the one log."""
+        return range(1)
+
+    def _tree_order_sql(self) -> str:
+        """Every fact as (aggregate, version, hash, position, partition), each partition's
+        in its tree's order."""
+        return (
+            f"SELECT originator_id, originator_version, hash, position, 0 "
+            f"FROM {self.index_table} ORDER BY position"
+        )
 
     def all_index(self) -> list[IndexedFact]:
         with self.datastore.transaction(commit=False) as c:

@@ -24,6 +24,7 @@ only as trusted as the operator's publication of its public half: pass that to t
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -40,16 +41,17 @@ from ledger.checkpoint import (
     MALFORMED,
     LogNotIntact,
     ProofProblem,
+    Tree,
     b64,
     check_extends,
     check_tree_head,
-    consistency_block,
     malformed,
     proven_moment,
     sign_tree_head,
 )
 from ledger.codec import TRANSCODER
 from ledger.policy import text_sha256
+from ledger.recorder import LogEvidence
 from ledger.subject import Subject
 from ledger.tenant import Tenant, tenant_id
 from projections.trail import stored_fields, subject_trail
@@ -76,12 +78,15 @@ def _event_classes() -> dict[str, type]:
 _CLASSES = _event_classes()
 
 
-def subject_head_message(sid: UUID, size: int, version: int, last_hash: str) -> bytes:
-    """The bytes a subject head's signature covers: the subject, the tree size, and the
-    version and hash of its last fact in that tree."""
+def subject_head_message(
+    sid: UUID, partition: int, size: int, version: int, last_hash: str
+) -> bytes:
+    """The bytes a subject head's signature covers: the subject, its partition's tree and
+    that tree's size, and the version and hash of the subject's last fact in it."""
     return (
         _SUBJECT_HEAD
         + sid.bytes
+        + partition.to_bytes(4, "big")
         + size.to_bytes(8, "big")
         + version.to_bytes(8, "big")
         + bytes.fromhex(last_hash)
@@ -93,11 +98,12 @@ def evidence_package(
     tenant: str,
     sid: UUID,
     *,
-    since_size: int | None = None,
+    since_sizes: Mapping[int, int] | None = None,
     now: datetime | None = None,
 ) -> dict[str, Any] | None:
     """The subject's evidence package, or None if the tenant has no such subject; with
-    `since_size` (a published checkpoint's size), the proof that its tree extends that one.
+    `since_sizes` (a published checkpoint's tree sizes), the proof that its trees extend
+    those.
 
     Costs a pass over every fact's hash (the tree's leaves): about two SHA-256 calls a fact.
     """
@@ -106,10 +112,10 @@ def evidence_package(
         return None
     tid = tenant_id(tenant)
     read = ledger.ledger_recorder.evidence_of([sid, tid])
-    size, root = read.head
-    paths, consistency = proven_moment(read, [leaf for leaf, _ in read.leaves.values()], since_size)
+    leaves = [(partition, leaf) for partition, leaf, _ in read.leaves.values()]
+    proven = proven_moment(read, leaves, since_sizes)
     chains = {
-        name: [_entry(stored, read.leaves, read.hashes, paths) for stored in read.events[agg]]
+        name: [_entry(stored, read, proven.paths) for stored in read.events[agg]]
         for name, agg in (("subject", sid), ("tenant", tid))
     }
     last = len(chains["subject"])
@@ -125,60 +131,60 @@ def evidence_package(
     # A tree's inclusion proofs show what it holds, never what it lacks; the completeness
     # of the subject's chain is the ledger's signed word instead, which a later walk of
     # the log (any fact of the subject in the first `size` left out) would prove false.
+    partition = last_entry["partition"]
+    size = len(read.trees[partition])
+    message = subject_head_message(sid, partition, size, last_entry["version"], last_entry["hash"])
     subject_head = {
+        "partition": partition,
         "tree_size": size,
         "version": last_entry["version"],
         "hash": last_entry["hash"],
-        "signature": base64.b64encode(
-            key.sign(subject_head_message(sid, size, last_entry["version"], last_entry["hash"]))
-        ).decode(),
+        "signature": base64.b64encode(key.sign(message)).decode(),
     }
-    package = {
+    package: dict[str, Any] = {
         "format": FORMAT,
         "tenant": tenant,
         "sid": sid.hex,
-        "tree_head": sign_tree_head(key, size, root, signed_at),
+        "tree_head": sign_tree_head(key, proven.trees, signed_at),
         "subject_head": subject_head,
         "chains": chains,
         "trail": trail,
     }
-    if since_size is not None and consistency is not None:
-        package["consistency"] = consistency_block(since_size, consistency)
+    if proven.consistency is not None:
+        package["consistency"] = proven.consistency
     return package
 
 
 def _entry(
-    stored: StoredEvent,
-    leaves: dict[tuple[UUID, int], tuple[int, int]],
-    hashes: list[str],
-    paths: dict[int, list[bytes]],
+    stored: StoredEvent, read: LogEvidence, paths: dict[tuple[int, int], list[bytes]]
 ) -> dict[str, Any]:
-    found = leaves.get((UUID(str(stored.originator_id)), stored.originator_version))
+    found = read.leaves.get((UUID(str(stored.originator_id)), stored.originator_version))
     if found is None:
         raise LogNotIntact("an event of the subject or its tenant is missing from the index")
-    leaf, position = found
-    if (
-        fact_hash(stored.originator_id, stored.originator_version, stored.topic, stored.state)
-        != (hashes[leaf])
-    ):
+    partition, leaf, position = found
+    recorded = read.trees[partition][leaf]
+    rehashed = fact_hash(
+        stored.originator_id, stored.originator_version, stored.topic, stored.state
+    )
+    if rehashed != recorded:
         # A check would name it; the ledger does not sign what it can see is broken.
         raise LogNotIntact("a fact of the subject or its tenant no longer has its recorded hash")
     return {
         "version": stored.originator_version,
         "position": position,
+        "partition": partition,
         "leaf_index": leaf,
         "topic": stored.topic,
         "state": base64.b64encode(stored.state).decode(),
-        "hash": hashes[leaf],
-        "inclusion_path": [node.hex() for node in paths[leaf]],
+        "hash": recorded,
+        "inclusion_path": [node.hex() for node in paths[(partition, leaf)]],
     }
 
 
 @dataclass
 class EvidenceResult:
     facts_checked: int = 0
-    tree_size: int | None = None
-    root: str | None = None
+    trees: list[Tree] = field(default_factory=list)
     public_key: str | None = None
     problems: list[ProofProblem] = field(default_factory=list)
 
@@ -186,12 +192,16 @@ class EvidenceResult:
     def ok(self) -> bool:
         return not self.problems
 
+    @property
+    def size(self) -> int:
+        return sum(size for _, size, _ in self.trees)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
             "facts_checked": self.facts_checked,
-            "tree_size": self.tree_size,
-            "merkle_root": self.root,
+            "size": self.size,
+            "trees": [{"partition": p, "size": n, "root": r} for p, n, r in self.trees],
             "public_key": self.public_key,
             "first_problem": self.problems[0].as_dict() if self.problems else None,
             "problems": [p.as_dict() for p in self.problems],
@@ -221,18 +231,17 @@ def _verify(package: Any, public_key: str | None, since: Any, result: EvidenceRe
     if not isinstance(package, dict) or package.get("format") != FORMAT:
         raise ValueError("format")
     head = package["tree_head"]
-    size, root = int(head["size"]), str(head["root"])
-    result.tree_size, result.root, result.public_key = size, root, str(head["public_key"])
-    key = check_tree_head(head, "tree_head", public_key, result.problems)
+    key, trees = check_tree_head(head, "tree_head", public_key, result.problems)
+    result.trees = [(p, n, r.hex()) for p, (n, r) in sorted(trees.items())]
+    result.public_key = str(head["public_key"])
     if since is not None:
         check_extends(head, package.get("consistency"), since, public_key, result.problems)
-    root_bytes = bytes.fromhex(root)
     sid = UUID(hex=package["sid"])
     chains = package["chains"]
-    _check_subject_head(package["subject_head"], chains["subject"], sid, size, key, result)
-    subject = _check_chain(chains["subject"], sid, "subject", size, root_bytes, result)
+    _check_subject_head(package["subject_head"], chains["subject"], sid, trees, key, result)
+    subject = _check_chain(chains["subject"], sid, "subject", trees, result)
     tenant = _check_chain(
-        chains["tenant"], tenant_id(str(package["tenant"])), "tenant", size, root_bytes, result
+        chains["tenant"], tenant_id(str(package["tenant"])), "tenant", trees, result
     )
     _check_trail(package, subject, tenant, result)
 
@@ -241,15 +250,15 @@ def _check_subject_head(
     head: dict[str, Any],
     entries: list[Any],
     sid: UUID,
-    size: int,
+    trees: dict[int, tuple[int, bytes]],
     key: Ed25519PublicKey,
     result: EvidenceResult,
 ) -> None:
     version, last_hash = int(head["version"]), str(head["hash"])
+    partition, size = int(head["partition"]), int(head["tree_size"])
     try:
         key.verify(
-            b64(head["signature"]),
-            subject_head_message(sid, int(head["tree_size"]), version, last_hash),
+            b64(head["signature"]), subject_head_message(sid, partition, size, version, last_hash)
         )
     except InvalidSignature:
         result.problems.append(
@@ -260,7 +269,12 @@ def _check_subject_head(
     last_version, listed_hash = (
         (int(entries[-1]["version"]), entries[-1]["hash"]) if entries else (0, None)
     )
-    if int(head["tree_size"]) != size or (last_version, listed_hash) != (version, last_hash):
+    signed_tree = trees.get(partition)
+    if (
+        signed_tree is None
+        or signed_tree[0] != size
+        or (last_version, listed_hash) != (version, last_hash)
+    ):
         result.problems.append(
             ProofProblem(
                 "incomplete",
@@ -285,12 +299,12 @@ def _check_chain(
     entries: list[Any],
     originator: UUID,
     where: str,
-    size: int,
-    root: bytes,
+    trees: dict[int, tuple[int, bytes]],
     result: EvidenceResult,
 ) -> list[_Read]:
     read: list[_Read] = []
     expected_prev, last_leaf = GENESIS, -1
+    partition = int(entries[0]["partition"]) if entries else 0
     listed = {int(entry["version"]) for entry in entries}
     for number, entry in enumerate(entries, start=1):
         version = int(entry["version"])
@@ -320,10 +334,12 @@ def _check_chain(
             problem("altered", "prev_hash is not the hash of the fact listed before it")
         expected_prev = digest
         leaf = int(entry["leaf_index"])
-        if leaf <= last_leaf:
+        if int(entry["partition"]) != partition or leaf <= last_leaf:
+            # An aggregate's facts share a partition (its key), in order.
             problem("reordered", "the fact lies before the fact listed before it in the log")
         last_leaf = leaf
         path = [bytes.fromhex(node) for node in entry["inclusion_path"]]
+        size, root = trees.get(int(entry["partition"]), (0, b""))
         if root_from_inclusion(leaf_hash(digest), leaf, size, path) != root:
             problem("not_included", "the inclusion proof does not lead to the signed root")
         result.facts_checked += 1

@@ -191,18 +191,20 @@ def test_an_evidence_package_over_http_verifies_on_its_own(world: World) -> None
 def test_checkpoints_over_http_prove_the_log_grew(world: World) -> None:
     headers = {"Authorization": f"Bearer {world.keys[('demo', 'compliance')]}"}
     old = world.client.get("/v1/checkpoint", headers=headers).json()
-    size = old["tree_head"]["size"]
+    sizes = ",".join(str(t["size"]) for t in old["tree_head"]["trees"])
     publisher = {"Authorization": f"Bearer {world.keys[('demo', 'publisher')]}"}
     assert world.client.post("/v1/facts", json=fresh_grant(), headers=publisher).status_code == 201
-    new = world.client.get(f"/v1/checkpoint?since_size={size}", headers=headers).json()
+    new = world.client.get(f"/v1/checkpoint?since_sizes={sizes}", headers=headers).json()
     assert verify_checkpoint(new, old).ok
     sid = world.sids["demo"]
     package = world.client.get(
-        f"/v1/subjects/{sid}/evidence?since_size={size}", headers=headers
+        f"/v1/subjects/{sid}/evidence?since_sizes={sizes}", headers=headers
     ).json()
     assert verify_evidence(package, None, old).ok
-    ahead = world.client.get(f"/v1/checkpoint?since_size={10**9}", headers=headers)
-    assert ahead.status_code == 422 and ahead.json()["field"] == "since_size"
+    ahead = world.client.get(f"/v1/checkpoint?since_sizes={10**9}", headers=headers)
+    assert ahead.status_code == 422 and ahead.json()["field"] == "since_sizes"
+    garbled = world.client.get("/v1/checkpoint?since_sizes=1,x", headers=headers)
+    assert garbled.status_code == 422 and garbled.json()["code"] == "invalid_field"
 
 
 def test_a_campaign_check_treats_another_tenants_sid_as_unknown(world: World) -> None:

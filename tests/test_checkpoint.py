@@ -10,7 +10,13 @@ import orjson
 import pytest
 
 from ledger.application import ConsentLedger
-from ledger.checkpoint import SinceTooLarge, checkpoint, public_key_of, verify_checkpoint
+from ledger.checkpoint import (
+    SinceTooLarge,
+    checkpoint,
+    public_key_of,
+    since_sizes_of,
+    verify_checkpoint,
+)
 from ledger.envelope import parse_fact
 from ledger.receipt import Receipt
 from ledger.settings import Settings
@@ -23,8 +29,9 @@ def recorded(ledger: ConsentLedger, *facts: dict[str, Any]) -> None:
         assert isinstance(outcome, Receipt), outcome
 
 
-def signed(ledger: ConsentLedger, since_size: int | None = None) -> dict[str, Any]:
-    found = checkpoint(ledger.ledger_recorder, ledger.keystore, since_size=since_size)
+def signed(ledger: ConsentLedger, since: dict[str, Any] | None = None) -> dict[str, Any]:
+    sizes = since_sizes_of(since) if since is not None else None
+    found = checkpoint(ledger.ledger_recorder, ledger.keystore, since_sizes=sizes)
     decoded: dict[str, Any] = orjson.loads(orjson.dumps(found))  # as published
     return decoded
 
@@ -33,18 +40,20 @@ def test_a_later_checkpoint_proves_the_log_only_grew(backend_ledger: ConsentLedg
     recorded(backend_ledger, grant("a", event_id="a1"), grant("b", event_id="b1"))
     old = signed(backend_ledger)
     recorded(backend_ledger, withdraw("a", event_id="a2"), grant("c", event_id="c1"))
-    new = signed(backend_ledger, since_size=old["tree_head"]["size"])
+    new = signed(backend_ledger, since=old)
     key = public_key_of(backend_ledger.keystore)
     result = verify_checkpoint(new, old, key)
     assert result.ok, result.problems
-    old_size = old["tree_head"]["size"]
-    assert (result.tree_size, result.since_size) == (old_size + 2, old_size)
+    old_sizes = since_sizes_of(old)
+    assert result.size == sum(old_sizes.values()) + 2
+    assert result.extends is not None
+    assert {p: n for p, n, _ in result.extends} == old_sizes
     # Without the proof, or the other way round, nothing is shown.
     bare = signed(backend_ledger)
-    assert [p.kind for p in verify_checkpoint(bare, old).problems] == ["inconsistent"]
-    assert [p.kind for p in verify_checkpoint(old, new).problems] == ["inconsistent"]
+    assert {p.kind for p in verify_checkpoint(bare, old).problems} == {"inconsistent"}
+    assert {p.kind for p in verify_checkpoint(old, new).problems} == {"inconsistent"}
     # The same checkpoint again: a tree extends itself, with an empty proof.
-    assert verify_checkpoint(signed(backend_ledger, since_size=result.tree_size), bare).ok
+    assert verify_checkpoint(signed(backend_ledger, since=bare), bare).ok
 
 
 def test_a_rewritten_history_cannot_extend_a_published_checkpoint(
@@ -65,7 +74,7 @@ def test_a_rewritten_history_cannot_extend_a_published_checkpoint(
         recorded(rewritten, grant("a", event_id="a1", occurred_at="2025-03-02T10:00:00+05:00"))
         recorded(rewritten, grant("b", event_id="b1"), grant("c", event_id="c1"))
         assert public_key_of(rewritten.keystore) == public_key_of(ledger.keystore)
-        forged = signed(rewritten, since_size=old["tree_head"]["size"])
+        forged = signed(rewritten, since=old)
     finally:
         rewritten.close()
     result = verify_checkpoint(forged, old, public_key_of(ledger.keystore))
@@ -78,19 +87,19 @@ def test_an_evidence_package_can_prove_it_extends_a_checkpoint(ledger: ConsentLe
     old = signed(ledger)
     recorded(ledger, withdraw("a", event_id="a2"))
     package = evidence_package(
-        ledger, "demo", ledger.sid("demo", "a"), since_size=old["tree_head"]["size"]
+        ledger, "demo", ledger.sid("demo", "a"), since_sizes=since_sizes_of(old)
     )
     assert package is not None
     package = orjson.loads(orjson.dumps(package))
     assert verify_evidence(package, public_key_of(ledger.keystore), old).ok
-    package["consistency"]["path"][0] = "ab" * 32
+    package["consistency"][0]["path"][0] = "ab" * 32
     assert [p.kind for p in verify_evidence(package, None, old).problems] == ["inconsistent"]
 
 
 def test_no_proof_from_a_tree_larger_than_the_log(ledger: ConsentLedger) -> None:
-    size = signed(ledger)["tree_head"]["size"]
+    sizes = since_sizes_of(signed(ledger))
     with pytest.raises(SinceTooLarge):
-        checkpoint(ledger.ledger_recorder, ledger.keystore, since_size=size + 1)
+        checkpoint(ledger.ledger_recorder, ledger.keystore, since_sizes={0: sizes[0] + 1})
 
 
 def test_tampered_or_foreign_checkpoints_are_named(ledger: ConsentLedger, tmp_path: Path) -> None:
@@ -98,7 +107,7 @@ def test_tampered_or_foreign_checkpoints_are_named(ledger: ConsentLedger, tmp_pa
     cp = signed(ledger)
     assert verify_checkpoint(cp).ok
     moved = orjson.loads(orjson.dumps(cp))
-    moved["tree_head"]["size"] += 1
+    moved["tree_head"]["trees"][0]["size"] += 1
     assert [p.kind for p in verify_checkpoint(moved).problems] == ["signature"]
     other = ConsentLedger(Settings(data_dir=tmp_path / "other"))
     try:
@@ -110,3 +119,51 @@ def test_tampered_or_foreign_checkpoints_are_named(ledger: ConsentLedger, tmp_pa
     for broken in not_checkpoints:
         assert [p.kind for p in verify_checkpoint(broken).problems] == ["malformed"]
     assert [p.kind for p in verify_checkpoint(cp, {"format": "x"}).problems] == ["malformed"]
+
+
+@pytest.mark.kafka
+def test_a_rebuilt_kafka_replica_signs_the_trees_the_writer_signed(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Replicas order the log as their reads happened to, so their own Merkle heads differ;
+    signed trees are per ledger partition in offset order, the same from any replica."""
+    from ledger.kafka.recorder import KafkaLedgerRecorder
+    from tests.kafka_support import kafka_settings
+
+    settings = kafka_settings(tmp_path / "writer", kafka_bootstrap)
+    writer = ConsentLedger(settings)
+    try:
+        writer.init_demo()
+        for batch in range(3):
+            recorded(
+                writer, *(grant(f"s-{batch}-{i}", event_id=f"g-{batch}-{i}") for i in range(8))
+            )
+        published = signed(writer)
+        writer_head = writer.ledger_recorder.head()
+    finally:
+        writer.close()
+    rebuilt_dir = tmp_path / "rebuilt"
+    rebuilt_dir.mkdir()
+    for name in ("master.key", "keys.db", "keys.db-wal"):  # the same signing key
+        if (settings.data_dir / name).exists():
+            shutil.copy(settings.data_dir / name, rebuilt_dir / name)
+    rebuilt = ConsentLedger(
+        kafka_settings(rebuilt_dir, kafka_bootstrap, topic_prefix=settings.topic_prefix)
+    )
+    try:
+        replica = rebuilt.ledger_recorder
+        assert isinstance(replica, KafkaLedgerRecorder)
+        replica.catch_up()
+        assert rebuilt.ledger_recorder.head()[0] == writer_head[0]
+        assert rebuilt.ledger_recorder.head() != writer_head  # another order of the same facts
+        again = signed(rebuilt, since=published)
+        package = evidence_package(
+            rebuilt, "demo", rebuilt.sid("demo", "s-1-3"), since_sizes=since_sizes_of(published)
+        )
+    finally:
+        rebuilt.close()
+    assert again["tree_head"]["trees"] == published["tree_head"]["trees"]
+    assert len(published["tree_head"]["trees"]) == 3
+    assert verify_checkpoint(again, published).ok
+    assert package is not None
+    assert verify_evidence(orjson.loads(orjson.dumps(package)), None, published).ok

@@ -352,12 +352,12 @@ def test_checkpoints_are_published_and_checked_without_the_ledger(
     assert run(data, "verify", "--evidence", str(package), "--since", str(old)).returncode == 0
     # A checkpoint this log never signed at that size: refused, not proven.
     forged = orjson.loads(old.read_bytes())
-    forged["tree_head"]["root"] = "ab" * 32
+    forged["tree_head"]["trees"][0]["root"] = "ab" * 32
     (tmp_path / "forged.json").write_bytes(orjson.dumps(forged))
     refused = run(data, "checkpoint", "--since", str(tmp_path / "forged.json"))
     assert refused.returncode == 4 and refused.stdout == "", refused.stderr
     ahead = orjson.loads(old.read_bytes())
-    ahead["tree_head"]["size"] = 10**6
+    ahead["tree_head"]["trees"][0]["size"] = 10**6
     (tmp_path / "ahead.json").write_bytes(orjson.dumps(ahead))
     too_large = run(data, "checkpoint", "--since", str(tmp_path / "ahead.json"))
     assert too_large.returncode == 4 and "fewer than" in too_large.stderr

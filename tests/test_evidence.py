@@ -64,7 +64,7 @@ def test_a_package_verifies_from_its_own_contents(backend_ledger: ConsentLedger)
     subject, tenant = package["chains"]["subject"], package["chains"]["tenant"]
     assert [e["version"] for e in subject] == [1, 2, 3, 4, 5]
     assert result.facts_checked == len(subject) + len(tenant)
-    assert result.tree_size == package["tree_head"]["size"] >= 9
+    assert result.size == sum(t["size"] for t in package["tree_head"]["trees"]) >= 9
     assert [e["leaf_index"] for e in subject] == sorted(e["leaf_index"] for e in subject)
     # The trail it carries is the trail, and the policy the grants name is in it, text and all.
     trail = subject_trail(backend_ledger, "demo", backend_ledger.sid("demo", REFERENCE))
@@ -147,11 +147,11 @@ def another_policy_text(p: dict[str, Any]) -> None:
 
 
 def another_root(p: dict[str, Any]) -> None:
-    p["tree_head"]["root"] = "ab" * 32
+    p["tree_head"]["trees"][0]["root"] = "ab" * 32
 
 
 def another_size(p: dict[str, Any]) -> None:
-    p["tree_head"]["size"] += 1
+    p["tree_head"]["trees"][0]["size"] += 1
 
 
 def another_signature(p: dict[str, Any]) -> None:
@@ -254,13 +254,16 @@ def test_a_chain_broken_by_whoever_holds_the_key_still_shows(ledger: ConsentLedg
     root, paths = inclusion_paths([e["hash"] for e in entries], range(len(entries)))
     for leaf, e in enumerate(entries):
         e["leaf_index"], e["inclusion_path"] = leaf, [node.hex() for node in paths[leaf]]
+    for e in entries:
+        e["partition"] = 0
     forger = Ed25519PrivateKey.generate()
     package["tree_head"] = sign_tree_head(
-        forger, len(entries), root.hex(), "2026-12-02T00:00:00+00:00"
+        forger, [(0, len(entries), root.hex())], "2026-12-02T00:00:00+00:00"
     )
     last = package["chains"]["subject"][-1]
-    signed = forger.sign(subject_head_message(sid, len(entries), last["version"], last["hash"]))
+    signed = forger.sign(subject_head_message(sid, 0, len(entries), last["version"], last["hash"]))
     package["subject_head"] = {
+        "partition": 0,
         "tree_size": len(entries),
         "version": last["version"],
         "hash": last["hash"],

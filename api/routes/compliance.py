@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import Service, role, service
 from api.keys import Principal
-from api.problems import Problem, signing_refusals
+from api.problems import Problem, parse_sizes, signing_refusals
 from ledger.checkpoint import checkpoint
 from ledger.envelope import parse_time
 from ledger.verify import verify_ledger
@@ -159,13 +159,16 @@ def due(
 def signed_checkpoint(
     principal: Annotated[Principal, role(*READERS)],
     svc: Annotated[Service, Depends(service)],
-    since_size: Annotated[int | None, Query(ge=0)] = None,
+    since_sizes: Annotated[str | None, Query(max_length=4096)] = None,
 ) -> dict[str, Any]:
-    """The log's Merkle tree head, signed with the ledger's Ed25519 key, for the operator to
-    publish; with `since_size` (an earlier checkpoint's size), the RFC 9162 proof that the
-    log only grew since (`consent-ledger verify --checkpoint NEW --since OLD` checks it)."""
+    """The log's Merkle tree heads (one per ledger partition in Kafka mode), signed with the
+    ledger's Ed25519 key, for the operator to publish; with `since_sizes` (an earlier
+    checkpoint's tree sizes, comma-separated in partition order), the RFC 9162 proofs that
+    the log only grew since (`consent-ledger verify --checkpoint NEW --since OLD`)."""
     with signing_refusals():
-        return checkpoint(svc.ledger.ledger_recorder, svc.ledger.keystore, since_size=since_size)
+        return checkpoint(
+            svc.ledger.ledger_recorder, svc.ledger.keystore, since_sizes=parse_sizes(since_sizes)
+        )
 
 
 @router.get("/v1/verify")

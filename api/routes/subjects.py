@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import Service, parse_sid, role, service
 from api.keys import Principal
-from api.problems import Problem, signing_refusals
+from api.problems import Problem, parse_sizes, signing_refusals
 from api.responses import OrjsonResponse
 from ledger.envelope import parse_fact, parse_time
 from ledger.errors import FactRejected
@@ -88,15 +88,16 @@ def evidence(
     sid: str,
     principal: Annotated[Principal, role("compliance", "admin")],
     svc: Annotated[Service, Depends(service)],
-    since_size: Annotated[int | None, Query(ge=0)] = None,
+    since_sizes: Annotated[str | None, Query(max_length=4096)] = None,
 ) -> OrjsonResponse:
     """The trail with what lets someone without the ledger verify it: the facts' stored
     bytes, their inclusion proofs in the log's Merkle tree and its head signed with the
     ledger's Ed25519 key (`consent-ledger verify --evidence FILE` checks one); with
-    `since_size`, the proof that the tree extends a checkpoint of that size."""
+    `since_sizes` (a checkpoint's tree sizes, comma-separated in partition order), the
+    proofs that the trees extend that checkpoint's."""
     with signing_refusals():
         found = evidence_package(
-            svc.ledger, principal.tenant, parse_sid(sid), since_size=since_size
+            svc.ledger, principal.tenant, parse_sid(sid), since_sizes=parse_sizes(since_sizes)
         )
     if found is None:
         raise Problem(404, "unknown_subject", "no such subject")

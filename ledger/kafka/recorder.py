@@ -187,6 +187,18 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
             )
             return {int(row[0]) for row in c.fetchall()}
 
+    def tree_partitions(self) -> range:
+        return range(self.link.partitions)
+
+    def _tree_order_sql(self) -> str:
+        # The topic's own order, partition by partition: every replica's trees are the same,
+        # and a rebuilt replica signs the roots its predecessor signed.
+        return (
+            f"SELECT i.originator_id, i.originator_version, i.hash, i.position, l.partition "
+            f"FROM {self.index_table} AS i JOIN {self.located_table} AS l "
+            "ON l.position = i.position ORDER BY l.partition, l.offset"
+        )
+
     def _locate(self, c: SQLiteCursor, rows: Sequence[tuple[int, int, int]]) -> None:
         c.executemany(f"INSERT INTO {self.located_table} VALUES (?, ?, ?)", rows)
 
