@@ -53,7 +53,7 @@ class ProofProblem:
     """What a check of signed proofs found wrong, named by kind and place, never by value."""
 
     kind: str  # malformed, signature, untrusted_key, inconsistent, altered, removed, ...
-    where: str  # tree_head, since, subject_head, subject, tenant, trail, package
+    where: str  # tree_head, since, subject_head, subject, tenant, trail, input
     version: int | None
     message: str
 
@@ -120,16 +120,20 @@ def proven_moment(
     size, root = read.head
     if len(read.hashes) != size:
         raise LogNotIntact(f"the fact index holds {len(read.hashes)} facts, its head {size}")
-    recorded, _ = inclusion_paths(read.hashes, [])
-    if recorded.hex() != root:
-        raise LogNotIntact("the fact index does not hash to the log's recorded Merkle root")
     trees: list[Tree] = []
     paths: dict[tuple[int, int], list[bytes]] = {}
+    recorded: str | None = None
     for partition, hashes in sorted(read.trees.items()):
         wanted = [leaf for p, leaf in leaves if p == partition]
         tree_root, found = inclusion_paths(hashes, wanted)
         trees.append((partition, len(hashes), tree_root.hex()))
         paths.update(((partition, leaf), path) for leaf, path in found.items())
+        if hashes == read.hashes:  # embedded: the one tree is the log's own
+            recorded = tree_root.hex()
+    if recorded is None:
+        recorded = inclusion_paths(read.hashes, [])[0].hex()
+    if recorded != root:
+        raise LogNotIntact("the fact index does not hash to the log's recorded Merkle root")
     if since_sizes is None:
         return Proven(trees, paths, None)
     consistency = []
@@ -137,7 +141,8 @@ def proven_moment(
         hashes = read.trees.get(partition, [])
         if not 0 <= old_size <= len(hashes):
             raise SinceTooLarge(
-                f"partition {partition} of the log holds {len(hashes)} facts, fewer than {old_size}"
+                f"partition {partition} of the log holds {len(hashes)} facts, "
+                f"not {old_size} or more"
             )
         path = consistency_path(hashes, old_size)
         consistency.append(
@@ -230,7 +235,7 @@ def verify_checkpoint(
 def malformed(what: str, error: Exception) -> ProofProblem:
     # The message names the exception's kind, never the input's values.
     return ProofProblem(
-        "malformed", "package", None, f"not a {what} this ledger writes ({type(error).__name__})"
+        "malformed", "input", None, f"not a {what} this ledger writes ({type(error).__name__})"
     )
 
 
