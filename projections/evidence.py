@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -39,9 +39,9 @@ from ledger.application import ConsentLedger
 from ledger.chain import GENESIS, fact_hash, leaf_hash, root_from_inclusion
 from ledger.checkpoint import (
     MALFORMED,
+    CheckpointResult,
     LogNotIntact,
     ProofProblem,
-    Tree,
     b64,
     check_extends,
     check_tree_head,
@@ -182,30 +182,14 @@ def _entry(
 
 
 @dataclass
-class EvidenceResult:
+class EvidenceResult(CheckpointResult):
+    """A checkpoint's result (the package's signed trees, and those of `since`) and how
+    many facts the package proves."""
+
     facts_checked: int = 0
-    trees: list[Tree] = field(default_factory=list)
-    public_key: str | None = None
-    problems: list[ProofProblem] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    @property
-    def size(self) -> int:
-        return sum(size for _, size, _ in self.trees)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "facts_checked": self.facts_checked,
-            "size": self.size,
-            "trees": [{"partition": p, "size": n, "root": r} for p, n, r in self.trees],
-            "public_key": self.public_key,
-            "first_problem": self.problems[0].as_dict() if self.problems else None,
-            "problems": [p.as_dict() for p in self.problems],
-        }
+        return {**super().as_dict(), "facts_checked": self.facts_checked}
 
 
 def verify_evidence(
@@ -235,7 +219,9 @@ def _verify(package: Any, public_key: str | None, since: Any, result: EvidenceRe
     result.trees = [(p, n, r.hex()) for p, (n, r) in sorted(trees.items())]
     result.public_key = str(head["public_key"])
     if since is not None:
-        check_extends(head, package.get("consistency"), since, public_key, result.problems)
+        result.extends = check_extends(
+            head, package.get("consistency"), since, public_key, result.problems
+        )
     sid = UUID(hex=package["sid"])
     chains = package["chains"]
     _check_subject_head(package["subject_head"], chains["subject"], sid, trees, key, result)

@@ -160,22 +160,7 @@ def trail_csv(trail: dict[str, Any]) -> str:
     (`_text_cell`), the rest (positions, times from the ledger, hashes, JSON) is as is."""
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(
-        [
-            "position",
-            "version",
-            "type",
-            "event_id",
-            "occurred_at",
-            "recorded_at",
-            "source",
-            "channel",
-            "details",
-            "personal_data",
-            "prev_hash",
-            "hash",
-        ]
-    )
+    writer.writerow(["position", *_SAID_BEFORE_PERSONAL_DATA, "personal_data", "prev_hash", "hash"])
     for fact in trail["facts"]:
         writer.writerow(
             [

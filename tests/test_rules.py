@@ -73,8 +73,9 @@ def test_policy_not_yet_in_effect(ledger: ConsentLedger) -> None:
     )
 
 
-def test_policy_published_later_takes_effect_at_its_instant(ledger: ConsentLedger) -> None:
-    policy = fact(
+def policy_v2(purpose: str, retention_days: int) -> dict[str, Any]:
+    """Version 2.0 of the demo tenant's policy, in effect from 2026, naming one purpose."""
+    return fact(
         "policy.published",
         None,
         policy_version="2.0",
@@ -83,9 +84,17 @@ def test_policy_published_later_takes_effect_at_its_instant(ledger: ConsentLedge
         text="v2",
         operator={"name": "MEGABITE-CRM LLC", "tin": "309519699"},
         purposes={
-            "marketing": {"legal_basis": "consent", "categories": ["email"], "retention_days": 365}
+            purpose: {
+                "legal_basis": "consent",
+                "categories": ["email"],
+                "retention_days": retention_days,
+            }
         },
     )
+
+
+def test_policy_published_later_takes_effect_at_its_instant(ledger: ConsentLedger) -> None:
+    policy = policy_v2("marketing", 365)
     accepted(ledger, policy)
     assert_refused(
         ledger,
@@ -101,19 +110,7 @@ def test_a_tenant_names_the_purposes_of_every_policy_version(ledger: ConsentLedg
     before = ledger.tenant("demo")
     assert before is not None
     assert before.names_purpose("marketing") and not before.names_purpose("surveys")
-    policy = fact(
-        "policy.published",
-        None,
-        policy_version="2.0",
-        effective_at="2026-01-01T00:00:00+05:00",
-        language="uz",
-        text="v2",
-        operator={"name": "MEGABITE-CRM LLC", "tin": "309519699"},
-        purposes={
-            "surveys": {"legal_basis": "consent", "categories": ["email"], "retention_days": 90}
-        },
-    )
-    accepted(ledger, policy)
+    accepted(ledger, policy_v2("surveys", 90))
     after = ledger.tenant("demo")
     assert after is not None
     assert after.names_purpose("surveys") and after.names_purpose("marketing")
