@@ -118,33 +118,35 @@ def proven_moment(
     checkpoint's size per partition), the consistency proofs from them; refused if the log's
     records disagree with its recorded head."""
     size, root = read.head
-    if len(read.hashes) != size:
-        raise LogNotIntact(f"the fact index holds {len(read.hashes)} facts, its head {size}")
+    if len(read.log_leaves) // 32 != size:
+        raise LogNotIntact(
+            f"the fact index holds {len(read.log_leaves) // 32} facts, its head {size}"
+        )
     trees: list[Tree] = []
     paths: dict[tuple[int, int], list[bytes]] = {}
     recorded: str | None = None
-    for partition, hashes in sorted(read.trees.items()):
+    for partition, level in sorted(read.trees.items()):
         wanted = [leaf for p, leaf in leaves if p == partition]
-        tree_root, found = inclusion_paths(hashes, wanted)
-        trees.append((partition, len(hashes), tree_root.hex()))
+        tree_root, found = inclusion_paths(level, wanted)
+        trees.append((partition, len(level) // 32, tree_root.hex()))
         paths.update(((partition, leaf), path) for leaf, path in found.items())
-        if hashes == read.hashes:  # embedded: the one tree is the log's own
+        if level == read.log_leaves:  # embedded: the one tree is the log's own
             recorded = tree_root.hex()
     if recorded is None:
-        recorded = inclusion_paths(read.hashes, [])[0].hex()
+        recorded = inclusion_paths(read.log_leaves, [])[0].hex()
     if recorded != root:
         raise LogNotIntact("the fact index does not hash to the log's recorded Merkle root")
     if since_sizes is None:
         return Proven(trees, paths, None)
     consistency = []
     for partition, old_size in sorted(since_sizes.items()):
-        hashes = read.trees.get(partition, [])
-        if not 0 <= old_size <= len(hashes):
+        level = read.trees.get(partition, b"")
+        if not 0 <= old_size <= len(level) // 32:
             raise SinceTooLarge(
-                f"partition {partition} of the log holds {len(hashes)} facts, "
+                f"partition {partition} of the log holds {len(level) // 32} facts, "
                 f"not {old_size} or more"
             )
-        path = consistency_path(hashes, old_size)
+        path = consistency_path(level, old_size)
         consistency.append(
             {"partition": partition, "from_size": old_size, "path": [n.hex() for n in path]}
         )

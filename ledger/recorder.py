@@ -64,16 +64,16 @@ class IndexedFact(NamedTuple):
 class LogEvidence(NamedTuple):
     """One moment of the log, as `LedgerSQLiteRecorder.evidence_of` reads it."""
 
-    hashes: list[str]  # every fact's hash in log order: what the recorded head covers
+    log_leaves: bytes  # every fact's Merkle leaf hash in log order: what the head covers
     head: tuple[int, str]  # the recorded (size, root hex)
-    # The Merkle trees that proofs are given in, by partition: each fact's hash in its
+    # The Merkle trees that proofs are given in, by partition, as leaf hashes in the
     # partition's own order. Embedded: one tree, the log. Kafka: one per ledger partition,
     # in offset order, the same for every replica (their log orders interleave partitions
     # as their reads happened to).
-    trees: dict[int, list[str]]
+    trees: dict[int, bytes]
     events: dict[UUID, list[StoredEvent]]  # the named aggregates' events, by version
-    # (aggregate, version) -> (partition, leaf index in its tree, position in the log)
-    leaves: dict[tuple[UUID, int], tuple[int, int, int]]
+    # (aggregate, version) -> (partition, leaf index in its tree, position, recorded hash)
+    leaves: dict[tuple[UUID, int], tuple[int, int, int, str]]
 
 
 # The index table's columns in their stored order, read by position (see `as_tuples`).
@@ -355,27 +355,49 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
 
     def evidence_of(self, originator_ids: Sequence[UUID]) -> LogEvidence:
         """What signed proofs about these aggregates' events are made from, read in one
-        moment: every fact's hash in log order and in its tree's, the recorded head, and
-        the named aggregates' stored events. One read transaction, so events appended
-        meanwhile are in none of them."""
+        moment: every fact's leaf hash in log order and in its tree's, the recorded head,
+        and the named aggregates' stored events. One read transaction, so events appended
+        meanwhile are in none of them. Rows are read a page at a time into leaf hashes:
+        32 bytes a fact, never the index as Python objects."""
         wanted = {o.hex: o for o in originator_ids}
         events: dict[UUID, list[StoredEvent]] = {o: [] for o in originator_ids}
+        leaves: dict[tuple[UUID, int], tuple[int, int, int, str]] = {}
+        own_order = self._tree_order_sql()
         with self.datastore.transaction(commit=False) as c:
-            as_tuples(c).execute(f"SELECT hash FROM {self.index_table} ORDER BY position")
-            hashes = [row[0] for row in c.fetchall()]
+            as_tuples(c).execute(
+                f"SELECT originator_id, originator_version, hash, position "
+                f"FROM {self.index_table} ORDER BY position"
+            )
+            log_leaves = bytearray()
+            for originator, version, digest, position in _paged(c):
+                if own_order is None and originator in wanted:
+                    leaves[(wanted[originator], version)] = (
+                        0,
+                        len(log_leaves) // 32,
+                        position,
+                        digest,
+                    )
+                log_leaves += leaf_hash(digest)
+            trees: dict[int, bytes] = {0: bytes(log_leaves)}
+            if own_order is not None:
+                grown: dict[int, bytearray] = {p: bytearray() for p in self.tree_partitions()}
+                c.execute(own_order)
+                for originator, version, digest, position, partition in _paged(c):
+                    tree = grown.setdefault(partition, bytearray())
+                    if originator in wanted:
+                        leaves[(wanted[originator], version)] = (
+                            partition,
+                            len(tree) // 32,
+                            position,
+                            digest,
+                        )
+                    tree += leaf_hash(digest)
+                trees = {p: bytes(tree) for p, tree in grown.items()}
             c.execute(f"SELECT size, root FROM {self.head_table} WHERE id = 1")
             row = c.fetchone()
             head = (int(row[0]), str(row[1])) if row else (0, frontier_root([]).hex())
-            trees: dict[int, list[str]] = {p: [] for p in self.tree_partitions()}
-            leaves: dict[tuple[UUID, int], tuple[int, int, int]] = {}
-            as_tuples(c).execute(self._tree_order_sql())
-            for originator, version, digest, position, partition in c.fetchall():
-                tree = trees.setdefault(partition, [])
-                if originator in wanted:
-                    leaves[(wanted[originator], version)] = (partition, len(tree), position)
-                tree.append(digest)
             for originator, version, topic, state in rows_in(
-                as_tuples(c),
+                c,
                 f"SELECT originator_id, originator_version, topic, state "
                 f"FROM {self.events_table_name} WHERE originator_id IN ({{}}) "
                 "ORDER BY originator_id, originator_version",
@@ -383,19 +405,16 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
             ):
                 o = wanted[originator]
                 events[o].append(stored_event(o, version, topic, state))
-        return LogEvidence(hashes, head, trees, events, leaves)
+        return LogEvidence(bytes(log_leaves), head, trees, events, leaves)
 
     def tree_partitions(self) -> range:
         """The partitions the log's Merkle trees are kept by: embedded, the one log."""
         return range(1)
 
-    def _tree_order_sql(self) -> str:
+    def _tree_order_sql(self) -> str | None:
         """Every fact as (aggregate, version, hash, position, partition), each partition's
-        in its tree's order."""
-        return (
-            f"SELECT originator_id, originator_version, hash, position, 0 "
-            f"FROM {self.index_table} ORDER BY position"
-        )
+        in its tree's order; None where the log in its own order is the one tree."""
+        return None
 
     def all_index(self) -> list[IndexedFact]:
         with self.datastore.transaction(commit=False) as c:
@@ -412,6 +431,13 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
         if row is None:
             return 0, frontier_root([]).hex()
         return int(row[0]), str(row[1])
+
+
+def _paged(c: SQLiteCursor, page: int = 10_000) -> Iterator[Any]:
+    """The rows of the cursor's query, fetched a page at a time (the library's cursor has
+    no fetchmany; its sqlite3 cursor does)."""
+    while rows := c.sqlite_cursor.fetchmany(page):
+        yield from rows
 
 
 def _uuid(originator_id: UUID | str) -> UUID:

@@ -112,7 +112,7 @@ def evidence_package(
         return None
     tid = tenant_id(tenant)
     read = ledger.ledger_recorder.evidence_of([sid, tid])
-    leaves = [(partition, leaf) for partition, leaf, _ in read.leaves.values()]
+    leaves = [(partition, leaf) for partition, leaf, _, _ in read.leaves.values()]
     proven = proven_moment(read, leaves, since_sizes)
     chains = {
         name: [_entry(stored, read, proven.paths) for stored in read.events[agg]]
@@ -132,7 +132,7 @@ def evidence_package(
     # of the subject's chain is the ledger's signed word instead, which a later walk of
     # the log (any fact of the subject in the first `size` left out) would prove false.
     partition = last_entry["partition"]
-    size = len(read.trees[partition])
+    size = len(read.trees[partition]) // 32
     message = subject_head_message(sid, partition, size, last_entry["version"], last_entry["hash"])
     subject_head = {
         "partition": partition,
@@ -161,8 +161,7 @@ def _entry(
     found = read.leaves.get((UUID(str(stored.originator_id)), stored.originator_version))
     if found is None:
         raise LogNotIntact("an event of the subject or its tenant is missing from the index")
-    partition, leaf, position = found
-    recorded = read.trees[partition][leaf]
+    partition, leaf, position, recorded = found
     rehashed = fact_hash(
         stored.originator_id, stored.originator_version, stored.topic, stored.state
     )

@@ -20,6 +20,7 @@ from ledger.chain import (
     frontier_root,
     inclusion_paths,
     leaf_hash,
+    leaf_level,
     merkle_root,
     root_from_inclusion,
     stored_event,
@@ -53,7 +54,7 @@ def test_inclusion_proofs_lead_to_the_reference_root_and_nowhere_else(
 ) -> None:
     hashes = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(n)]
     chosen = data.draw(st.sets(st.integers(min_value=0, max_value=n - 1), min_size=1))
-    root, paths = inclusion_paths(hashes, chosen)
+    root, paths = inclusion_paths(leaf_level(hashes), chosen)
     assert root == merkle_root(hashes)
     for i in chosen:
         leaf = leaf_hash(hashes[i])
@@ -73,14 +74,14 @@ def test_consistency_proofs_link_every_prefix_and_no_rewritten_one(
     hashes = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(n)]
     m = data.draw(st.integers(min_value=0, max_value=n))
     root, old_root = merkle_root(hashes), merkle_root(hashes[:m])
-    path = consistency_path(hashes, m)
+    path = consistency_path(leaf_level(hashes), m)
     assert consistent(m, old_root, n, root, path)
     if 0 < m < n:
         changed = data.draw(st.integers(min_value=0, max_value=m - 1))
         rewritten = [*hashes[:changed], "00" * 32, *hashes[changed + 1 :]]
         # The old checkpoint against the rewritten log's proof and root, and the other way.
         assert not consistent(
-            m, old_root, n, merkle_root(rewritten), consistency_path(rewritten, m)
+            m, old_root, n, merkle_root(rewritten), consistency_path(leaf_level(rewritten), m)
         )
         assert not consistent(m, merkle_root(rewritten[:m]), n, root, path)
         assert not consistent(m, old_root, n, root, path[:-1])
@@ -90,7 +91,7 @@ def test_consistency_proofs_link_every_prefix_and_no_rewritten_one(
 def test_inclusion_proof_of_rfc9162_shape() -> None:
     """Five leaves: the fifth is carried up two levels, so its proof is one node long."""
     hashes = [hashlib.sha256(bytes([i])).hexdigest() for i in range(5)]
-    root, paths = inclusion_paths(hashes, range(5))
+    root, paths = inclusion_paths(leaf_level(hashes), range(5))
     leaves = [leaf_hash(h) for h in hashes]
     ab = hashlib.sha256(b"\x01" + leaves[0] + leaves[1]).digest()
     cd = hashlib.sha256(b"\x01" + leaves[2] + leaves[3]).digest()

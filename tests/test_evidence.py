@@ -236,7 +236,7 @@ def test_a_chain_broken_by_whoever_holds_the_key_still_shows(ledger: ConsentLedg
 
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from ledger.chain import fact_hash, inclusion_paths
+    from ledger.chain import fact_hash, inclusion_paths, leaf_level
     from ledger.checkpoint import sign_tree_head
     from projections.evidence import subject_head_message
 
@@ -251,7 +251,7 @@ def test_a_chain_broken_by_whoever_holds_the_key_still_shows(ledger: ConsentLedg
     entries = sorted(
         package["chains"]["subject"] + package["chains"]["tenant"], key=lambda e: e["leaf_index"]
     )
-    root, paths = inclusion_paths([e["hash"] for e in entries], range(len(entries)))
+    root, paths = inclusion_paths(leaf_level([e["hash"] for e in entries]), range(len(entries)))
     for leaf, e in enumerate(entries):
         e["leaf_index"], e["inclusion_path"] = leaf, [node.hex() for node in paths[leaf]]
     for e in entries:

@@ -190,7 +190,7 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
     def tree_partitions(self) -> range:
         return range(self.link.partitions)
 
-    def _tree_order_sql(self) -> str:
+    def _tree_order_sql(self) -> str | None:
         # The topic's own order, partition by partition: every replica's trees are the same,
         # and a rebuilt replica signs the roots its predecessor signed.
         return (
