@@ -166,6 +166,10 @@ def signing_refusals() -> Iterator[None]:
         ) from None
 
 
+# `since_sizes`, as the OpenAPI document states it.
+SIZES = r"^[0-9]+(,[0-9]+)*$"
+
+
 def parse_sizes(text: str | None) -> dict[int, int] | None:
     """`since_sizes`: an earlier checkpoint's tree sizes, comma-separated in partition order."""
     if text is None:

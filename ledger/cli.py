@@ -998,7 +998,9 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_erase)
 
     p = sub.add_parser(
-        "verify", help="check the whole log for alteration, or an evidence package (--evidence)"
+        "verify",
+        help="check the whole log for alteration, or alone an evidence package (--evidence) "
+        "or a checkpoint (--checkpoint)",
     )
     p.add_argument("--json", action="store_true")
     p.add_argument(

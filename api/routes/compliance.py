@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import Service, role, service
 from api.keys import Principal
-from api.problems import Problem, parse_sizes, signing_refusals
+from api.problems import SIZES, Problem, parse_sizes, signing_refusals
 from ledger.checkpoint import checkpoint
 from ledger.envelope import parse_time
 from ledger.verify import verify_ledger
@@ -159,7 +159,7 @@ def due(
 def signed_checkpoint(
     principal: Annotated[Principal, role(*READERS)],
     svc: Annotated[Service, Depends(service)],
-    since_sizes: Annotated[str | None, Query(max_length=4096)] = None,
+    since_sizes: Annotated[str | None, Query(max_length=4096, pattern=SIZES)] = None,
 ) -> dict[str, Any]:
     """The log's Merkle tree heads (one per ledger partition in Kafka mode), signed with the
     ledger's Ed25519 key, for the operator to publish; with `since_sizes` (an earlier

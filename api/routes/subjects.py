@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import Service, parse_sid, role, service
 from api.keys import Principal
-from api.problems import Problem, parse_sizes, signing_refusals
+from api.problems import SIZES, Problem, parse_sizes, signing_refusals
 from api.responses import OrjsonResponse
 from ledger.envelope import parse_fact, parse_time
 from ledger.errors import FactRejected
@@ -88,7 +88,7 @@ def evidence(
     sid: str,
     principal: Annotated[Principal, role("compliance", "admin")],
     svc: Annotated[Service, Depends(service)],
-    since_sizes: Annotated[str | None, Query(max_length=4096)] = None,
+    since_sizes: Annotated[str | None, Query(max_length=4096, pattern=SIZES)] = None,
 ) -> OrjsonResponse:
     """The trail with what lets someone without the ledger verify it: the facts' stored
     bytes, their inclusion proofs in the log's Merkle tree and its head signed with the
