@@ -363,9 +363,8 @@ def _check_trail(
             corrected_by.setdefault(state["corrects"], []).append(state["event_id"])
         elif event_class is Subject.SubjectErased and erased_at is None:
             erased_at = stored_fields(event_class, 0, state)["occurred_at"]
-    if bool(trail["erased"]) != (erased_at is not None) or (
-        erased_at is not None and trail["erased_at"] != _instant(erased_at)
-    ):
+    expected_at = _instant(erased_at) if erased_at is not None else None
+    if trail["erased"] is not (erased_at is not None) or trail["erased_at"] != expected_at:
         mismatch(None, "the trail's erasure differs from the facts'")
     for row, (event_class, version, state, digest) in zip(rows, subject, strict=False):
         said = stored_fields(event_class, version, state)

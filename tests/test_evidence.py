@@ -359,3 +359,68 @@ def test_no_package_is_signed_for_a_subject_whose_bytes_changed(ledger: ConsentL
         db.execute(f"UPDATE stored_events SET state = ? {where}", (changed, sid.hex))
     with pytest.raises(LogNotIntact, match="recorded hash"):
         evidence_package(ledger, "demo", sid)
+
+
+# What a package carries for the reader that no check binds: the decrypted personal data and
+# the subject's reference (the package holds no key), and the log positions, which are the
+# writing replica's own (what is proven is each fact's leaf in its partition's tree).
+UNCHECKED = (
+    ("trail", "subject"),
+    ("trail", "facts", "*", "personal_data"),
+    ("trail", "facts", "*", "position"),
+    ("chains", "*", "*", "position"),
+    ("tree_head", "algorithm"),
+)
+
+
+def leaf_paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in leaf_paths(v, (*path, k))]
+    if isinstance(value, list) and value:
+        return [p for i, v in enumerate(value) for p in leaf_paths(v, (*path, i))]
+    return [path]
+
+
+def unchecked(path: tuple[Any, ...]) -> bool:
+    return any(
+        len(path) >= len(rule) and all(r == "*" or r == p for r, p in zip(rule, path, strict=False))
+        for rule in UNCHECKED
+    )
+
+
+def changed(value: Any) -> Any:
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, str):
+        return value[:-1] + ("0" if value[-1:] != "0" else "1") if value else "x"
+    if value is None:
+        return "x"
+    return None  # an empty list or object: gone
+
+
+@pytest.mark.parametrize("erased", [False, True], ids=["kept", "erased"])
+def test_every_value_a_package_vouches_for_is_checked(
+    backend_ledger: ConsentLedger, erased: bool
+) -> None:
+    """Every leaf of the package but the few listed as unchecked, changed in turn (a string's
+    last character, a number by one, a flag flipped): not one change goes unnoticed."""
+    sid = history(backend_ledger)
+    if erased:
+        recorded(backend_ledger, erase(REFERENCE, event_id="e1"))
+    found = evidence_package(backend_ledger, "demo", sid)
+    package: dict[str, Any] = orjson.loads(orjson.dumps(found))
+    assert verify_evidence(package).ok
+    paths = [p for p in leaf_paths(package) if not unchecked(p)]
+    assert len(paths) > 150
+    unnoticed = []
+    for path in paths:
+        tampered = copy.deepcopy(package)
+        holder = tampered
+        for step in path[:-1]:
+            holder = holder[step]
+        holder[path[-1]] = changed(holder[path[-1]])
+        if verify_evidence(tampered).ok:
+            unnoticed.append(path)
+    assert unnoticed == []
