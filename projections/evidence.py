@@ -333,6 +333,26 @@ def _check_chain(
     return read
 
 
+# What a trail row may hold (projections.trail writes no other field).
+_ROW_FIELDS = {
+    "position",
+    "version",
+    "type",
+    "event_id",
+    "occurred_at",
+    "recorded_at",
+    "source",
+    "channel",
+    "details",
+    "personal_data",
+    "prev_hash",
+    "hash",
+    "policy",
+    "corrected_by",
+    "corrects",
+}
+
+
 def _check_trail(
     package: dict[str, Any],
     subject: list[_Read],
@@ -346,6 +366,8 @@ def _check_trail(
 
     if trail["sid"] != package["sid"] or trail["tenant"] != package["tenant"]:
         mismatch(None, "the trail is of another subject than the facts")
+    if set(trail) != {"tenant", "sid", "subject", "erased", "erased_at", "facts"}:
+        mismatch(None, "the trail carries fields the ledger does not write, or lacks some")
     rows = trail["facts"]
     if len(rows) != len(subject):
         mismatch(None, f"the trail lists {len(rows)} facts, the package proves {len(subject)}")
@@ -375,14 +397,19 @@ def _check_trail(
             wrong.append("hash")
         if wrong:
             mismatch(version, f"the trail's {', '.join(wrong)} differ from the fact's bytes")
-        policy = row.get("policy")
-        if policy is not None:
-            published = policies.get(policy.get("version"))
-            if published is None:
-                mismatch(version, "the trail names a policy version the package does not prove")
-            elif not (
-                policy.get("text_sha256")
-                == published["text_sha256"]
-                == text_sha256(published["text"])
-            ):
-                mismatch(version, "the policy text hash differs from its publication")
+        if set(row) - _ROW_FIELDS:
+            mismatch(version, "the trail's row carries fields the ledger does not write")
+        if said["type"] != "consent.granted":
+            if "policy" in row:
+                mismatch(version, "the trail names a policy for a fact that is not a grant")
+            continue
+        published = policies.get(state["policy_version"])
+        if published is None:
+            mismatch(version, "the grant names a policy version the package does not prove")
+        elif text_sha256(published["text"]) != published["text_sha256"]:
+            mismatch(version, "the policy's text does not hash to what its publication says")
+        elif row.get("policy") != {
+            "version": state["policy_version"],
+            "text_sha256": published["text_sha256"],
+        }:
+            mismatch(version, "the trail's policy differs from the one the grant names")

@@ -28,9 +28,27 @@ def recorded(ledger: ConsentLedger, *facts: dict[str, Any]) -> None:
 
 
 def history(ledger: ConsentLedger) -> Any:
-    """A subject with five facts among other subjects' facts, so its leaves are scattered."""
+    """A subject with five facts among other subjects' facts, so its leaves are scattered;
+    its tenant has published a second policy version, which the subject never saw."""
     recorded(
         ledger,
+        fact(
+            "policy.published",
+            None,
+            event_id="p2",
+            policy_version="2.0",
+            effective_at="2025-01-01T00:00:00+05:00",
+            language="uz",
+            text="v2",
+            operator={"name": "MEGABITE-CRM LLC", "tin": "309519699"},
+            purposes={
+                "marketing": {
+                    "legal_basis": "consent",
+                    "categories": ["email"],
+                    "retention_days": 1,
+                }
+            },
+        ),
         grant(REFERENCE, event_id="g1", personal_data={"full_name": NAME}),
         grant("someone-else", event_id="o1"),
         grant(REFERENCE, ("support",), event_id="g2", occurred_at="2025-03-02T10:00:00+05:00"),
@@ -182,6 +200,22 @@ def unlink_a_correction(p: dict[str, Any]) -> None:
     assert row["event_id"] == "g2" and row.pop("corrected_by") == ["c1"]
 
 
+def another_real_policy(p: dict[str, Any]) -> None:
+    """A grant's policy swapped for another version the tenant really published, with that
+    version's true text hash."""
+    from ledger.policy import text_sha256
+
+    p["trail"]["facts"][0]["policy"] = {"version": "2.0", "text_sha256": text_sha256("v2")}
+
+
+def a_note_in_a_row(p: dict[str, Any]) -> None:
+    p["trail"]["facts"][2]["note"] = "consent was obtained by phone"
+
+
+def a_policy_on_a_withdrawal(p: dict[str, Any]) -> None:
+    p["trail"]["facts"][2]["policy"] = dict(p["trail"]["facts"][0]["policy"])
+
+
 def claim_an_erasure(p: dict[str, Any]) -> None:
     p["trail"]["erased"], p["trail"]["erased_at"] = True, "2025-03-06T10:00:00+05:00"
 
@@ -206,6 +240,9 @@ TAMPERING: list[tuple[Callable[[dict[str, Any]], None], str, str, int | None]] =
     (a_shorter_trail, "trail_mismatch", "trail", None),
     (unlink_a_correction, "trail_mismatch", "trail", 2),
     (claim_an_erasure, "trail_mismatch", "trail", None),
+    (another_real_policy, "trail_mismatch", "trail", 1),
+    (a_note_in_a_row, "trail_mismatch", "trail", 3),
+    (a_policy_on_a_withdrawal, "trail_mismatch", "trail", 3),
 ]
 
 
