@@ -213,6 +213,15 @@ def verify_evidence(
 def _verify(package: Any, public_key: str | None, since: Any, result: EvidenceResult) -> None:
     if not isinstance(package, dict) or package.get("format") != FORMAT:
         raise ValueError("format")
+    if set(package) - _PACKAGE_FIELDS:
+        result.problems.append(
+            ProofProblem(
+                "unexpected",
+                "package",
+                None,
+                "the package carries fields the ledger does not write",
+            )
+        )
     head = package["tree_head"]
     key, trees = check_tree_head(head, "tree_head", public_key, result.problems)
     result.trees = [(p, n, r.hex()) for p, (n, r) in sorted(trees.items())]
@@ -333,6 +342,16 @@ def _check_chain(
     return read
 
 
+_PACKAGE_FIELDS = {
+    "format",
+    "tenant",
+    "sid",
+    "tree_head",
+    "subject_head",
+    "chains",
+    "trail",
+    "consistency",
+}
 # What a trail row may hold (projections.trail writes no other field).
 _ROW_FIELDS = {
     "position",

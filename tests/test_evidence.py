@@ -216,6 +216,10 @@ def a_policy_on_a_withdrawal(p: dict[str, Any]) -> None:
     p["trail"]["facts"][2]["policy"] = dict(p["trail"]["facts"][0]["policy"])
 
 
+def a_note_in_the_package(p: dict[str, Any]) -> None:
+    p["note"] = "the ledger's operator vouches for this consent"
+
+
 def claim_an_erasure(p: dict[str, Any]) -> None:
     p["trail"]["erased"], p["trail"]["erased_at"] = True, "2025-03-06T10:00:00+05:00"
 
@@ -240,6 +244,7 @@ TAMPERING: list[tuple[Callable[[dict[str, Any]], None], str, str, int | None]] =
     (a_shorter_trail, "trail_mismatch", "trail", None),
     (unlink_a_correction, "trail_mismatch", "trail", 2),
     (claim_an_erasure, "trail_mismatch", "trail", None),
+    (a_note_in_the_package, "unexpected", "package", None),
     (another_real_policy, "trail_mismatch", "trail", 1),
     (a_note_in_a_row, "trail_mismatch", "trail", 3),
     (a_policy_on_a_withdrawal, "trail_mismatch", "trail", 3),
