@@ -54,7 +54,7 @@ from ledger.policy import text_sha256
 from ledger.recorder import LogEvidence
 from ledger.subject import Subject
 from ledger.tenant import Tenant, tenant_id
-from projections.trail import stored_fields, subject_trail
+from projections.trail import ROW_FIELDS, stored_fields, subject_trail
 
 FORMAT = "consent-ledger/evidence/v1"
 _SUBJECT_HEAD = b"consent-ledger/subject-head/v1\x00"
@@ -352,24 +352,6 @@ _PACKAGE_FIELDS = {
     "trail",
     "consistency",
 }
-# What a trail row may hold (projections.trail writes no other field).
-_ROW_FIELDS = {
-    "position",
-    "version",
-    "type",
-    "event_id",
-    "occurred_at",
-    "recorded_at",
-    "source",
-    "channel",
-    "details",
-    "personal_data",
-    "prev_hash",
-    "hash",
-    "policy",
-    "corrected_by",
-    "corrects",
-}
 
 
 def _check_trail(
@@ -416,7 +398,7 @@ def _check_trail(
             wrong.append("hash")
         if wrong:
             mismatch(version, f"the trail's {', '.join(wrong)} differ from the fact's bytes")
-        if set(row) - _ROW_FIELDS:
+        if set(row) - ROW_FIELDS:
             mismatch(version, "the trail's row carries fields the ledger does not write")
         if said["type"] != "consent.granted":
             if "policy" in row:

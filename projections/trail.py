@@ -109,6 +109,14 @@ _SAID_BEFORE_PERSONAL_DATA = (
 )
 
 
+# Every field a trail row may hold: the optional ones are the grant's policy and the links
+# between a correction and what it corrects.
+ROW_FIELDS = frozenset(
+    {"position", *_SAID_BEFORE_PERSONAL_DATA, "personal_data", "prev_hash", "hash"}
+    | {"policy", "corrected_by", "corrects"}
+)
+
+
 def said_type(event_class: type) -> str:
     if issubclass(event_class, ChainedAggregate.Fact):
         return event_class.fact_type
