@@ -130,7 +130,7 @@ def proven_moment(
         tree_root, found = inclusion_paths(level, wanted)
         trees.append((partition, len(level) // 32, tree_root.hex()))
         paths.update(((partition, leaf), path) for leaf, path in found.items())
-        if level == read.log_leaves:  # embedded: the one tree is the log's own
+        if level is read.log_leaves:  # embedded: the one tree is the log's own
             recorded = tree_root.hex()
     if recorded is None:
         recorded = inclusion_paths(read.log_leaves, [])[0].hex()

@@ -378,7 +378,8 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
                         digest,
                     )
                 log_leaves += leaf_hash(digest)
-            trees: dict[int, bytes] = {0: bytes(log_leaves)}
+            in_log_order = bytes(log_leaves)
+            trees: dict[int, bytes] = {0: in_log_order}  # the one tree, unless own_order
             if own_order is not None:
                 grown: dict[int, bytearray] = {p: bytearray() for p in self.tree_partitions()}
                 c.execute(own_order)
@@ -405,7 +406,7 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
             ):
                 o = wanted[originator]
                 events[o].append(stored_event(o, version, topic, state))
-        return LogEvidence(bytes(log_leaves), head, trees, events, leaves)
+        return LogEvidence(in_log_order, head, trees, events, leaves)
 
     def tree_partitions(self) -> range:
         """The partitions the log's Merkle trees are kept by: embedded, the one log."""
