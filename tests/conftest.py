@@ -11,6 +11,7 @@ import pytest
 
 from ledger.application import ConsentLedger
 from ledger.settings import Settings
+from tests.cli_support import BACKEND_ENV, run
 
 ROOT = Path(__file__).resolve().parent.parent
 BROKER = ROOT / "deploy" / "kafka" / "broker.sh"
@@ -45,6 +46,20 @@ def backend_ledger(backend_settings: Settings) -> Iterator[ConsentLedger]:
     app.init_demo()
     yield app
     app.close()
+
+
+@pytest.fixture
+def data(backend_settings: Settings) -> Iterator[Path]:
+    """An initialised data directory on each backend, for `tests.cli_support.run`."""
+    path = backend_settings.data_dir
+    if backend_settings.backend == "kafka":
+        from tests.kafka_support import kafka_env
+
+        BACKEND_ENV[path] = kafka_env(backend_settings)
+    out = run(path, "init")
+    assert out.returncode == 0, out.stderr
+    yield path
+    BACKEND_ENV.pop(path, None)
 
 
 @pytest.fixture(scope="session")

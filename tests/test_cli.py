@@ -2,46 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 
-from ledger.settings import Settings
+from tests.cli_support import BACKEND_ENV, run
 from tests.facts import grant, withdraw
-from tests.kafka_support import kafka_env
-
-# The backend of each data directory: every command runs on the embedded log and on Kafka.
-BACKEND_ENV: dict[Path, dict[str, str]] = {}
-
-
-def run(
-    data: Path, *args: str, stdin: str | None = None, **env: str
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ledger.cli", *args],
-        env={**os.environ, **BACKEND_ENV.get(data, {}), "LEDGER_DATA_DIR": str(data), **env},
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-@pytest.fixture
-def data(backend_settings: Settings) -> Iterator[Path]:
-    path = backend_settings.data_dir
-    if backend_settings.backend == "kafka":
-        BACKEND_ENV[path] = kafka_env(backend_settings)
-    out = run(path, "init")
-    assert out.returncode == 0, out.stderr
-    yield path
-    BACKEND_ENV.pop(path, None)
 
 
 def lines(text: str) -> list[dict[str, Any]]:

@@ -1,0 +1,24 @@
+"""Running `consent-ledger` as a real process against a real data directory, on either backend."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+# The backend of each data directory: every command runs on the embedded log and on Kafka.
+BACKEND_ENV: dict[Path, dict[str, str]] = {}
+
+
+def run(
+    data: Path, *args: str, stdin: str | None = None, **env: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ledger.cli", *args],
+        env={**os.environ, **BACKEND_ENV.get(data, {}), "LEDGER_DATA_DIR": str(data), **env},
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
