@@ -129,6 +129,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             service.views.store.max_tracking_id("ConsentLedger")
         except Exception as exc:
             return problems.respond(503, "not_ready", f"store unavailable ({type(exc).__name__})")
+        if not service.ledger.keystore.holds_store_master_key():
+            return problems.respond(
+                503, "not_ready", "the key store is under another master key: restart"
+            )
         if settings.backend == "kafka":
             unready = kafka_unready(service)
             if unready is not None:

@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from api.responses import OrjsonResponse
 from ledger.checkpoint import LogNotIntact, SinceTooLarge
 from ledger.errors import Code, FactRejected
+from ledger.keystore import MasterKeyMismatch
 
 PROBLEM = "application/problem+json"
 _FIELD = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
@@ -31,8 +32,8 @@ TITLES = {
     415: "Unsupported media type",
     422: "Unprocessable content",
     500: "Internal server error",
-    503: "Service unavailable (the writer process stopped; Kafka mode: writer fenced or broker "
-    "unreachable)",
+    503: "Service unavailable (the writer process stopped, or the key store was rotated to a new "
+    "master key; Kafka mode: writer fenced or broker unreachable)",
 }
 
 
@@ -147,6 +148,12 @@ async def on_unexpected(_: Request, exc: Exception) -> OrjsonResponse:
         # The writer process died mid-request: the fact may or may not be recorded; a retry
         # with the same event_id gets the first receipt if it was.
         return respond(503, "writer_unavailable", "the ledger's writer stopped; retry the write")
+    if isinstance(exc, MasterKeyMismatch):
+        # The key store was rotated under this running process: it refuses to read or write
+        # keys with the retired master key; a restart with the new one serves again.
+        return respond(
+            503, "master_key_mismatch", "the key store is under another master key: restart"
+        )
     # The exception text may carry personal data; the log line names only its type.
     return respond(500, "internal_error", f"unexpected {type(exc).__name__}")
 

@@ -36,7 +36,7 @@ from ledger.tenant import Tenant, tenant_id
 RECORD_KEY_ENV = "RECORD_MAC_KEY"  # internal: from the settings to the persistence module
 
 
-def persistence_env(settings: Settings) -> dict[str, str]:
+def persistence_env(settings: Settings, keystore: KeyStore) -> dict[str, str]:
     """The `eventsourcing` environment for the configured backend."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     common = {
@@ -46,8 +46,6 @@ def persistence_env(settings: Settings) -> dict[str, str]:
         "IS_SNAPSHOTTING_ENABLED": "n",
     }
     if settings.backend == "kafka":
-        from ledger.kafka.records import record_key
-
         # The Kafka module: the ledger topic is the log; SQLite holds the writer's replica.
         return {
             **common,
@@ -60,9 +58,9 @@ def persistence_env(settings: Settings) -> dict[str, str]:
             "LEDGER_REPLICATION": str(settings.replication),
             "LEDGER_MIN_INSYNC": str(settings.min_insync),
             "LEDGER_REJECTED_RETENTION_MS": str(settings.rejected_retention_ms),
-            # Derived from the master key here, where the settings are at hand; it authenticates
-            # every record on the ledger topic (see ledger.kafka.records).
-            RECORD_KEY_ENV: record_key(load_master_key(settings)).hex(),
+            # Kept in the key store (see KeyStore.record_key); it authenticates every record
+            # on the ledger topic (see ledger.kafka.records).
+            RECORD_KEY_ENV: keystore.record_key().hex(),
         }
     return {
         **common,
@@ -79,8 +77,13 @@ class ConsentLedger(Application[UUID]):
 
     def __init__(self, settings: Settings, keystore: KeyStore | None = None) -> None:
         self.settings = settings
-        super().__init__(env=persistence_env(settings))
         self.keystore = keystore or KeyStore(settings.keystore_path, load_master_key(settings))
+        try:
+            super().__init__(env=persistence_env(settings, self.keystore))
+        except BaseException:
+            if keystore is None:
+                self.keystore.close()
+            raise
         assert isinstance(self.recorder, LedgerSQLiteRecorder)
         self.ledger_recorder: LedgerSQLiteRecorder = self.recorder
         # Subjects kept in memory between batches; always brought up to date before use.

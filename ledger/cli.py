@@ -384,6 +384,28 @@ def cmd_signing_key(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_master_key_rotate(args: argparse.Namespace, settings: Settings) -> int:
+    """Only the key store is opened (no log, no broker): rotation touches nothing else."""
+    from ledger.rotation import NEW_KEY_ENV, rotate_master_key
+
+    done = rotate_master_key(settings)
+    if done.already:
+        print(f"the key store was already under the new master key ({settings.keystore_path})")
+    else:
+        print(
+            f"re-wrapped {done.data_keys:,} data keys and the ledger's own keys under the new "
+            "master key"
+        )
+    if done.key_file is not None:
+        print(f"the new master key is in {done.key_file}; the old one is gone from it")
+    else:
+        print(
+            f"now give every process of this deployment LEDGER_MASTER_KEY={NEW_KEY_ENV}'s "
+            "value and restart them; processes still on the old key refuse to write"
+        )
+    return 0
+
+
 def _verify_signed(args: argparse.Namespace) -> int:
     """An evidence package or a checkpoint checked from its own contents (and an earlier
     checkpoint's, with --since): no data directory, no ledger."""
@@ -1043,6 +1065,15 @@ def _parser() -> argparse.ArgumentParser:
         "signing-key", help="the public key (base64) that signs this ledger's evidence packages"
     )
     p.set_defaults(run=cmd_signing_key)
+
+    p = sub.add_parser("master-key", help="the master key that wraps the key store")
+    master = p.add_subparsers(dest="master_command", required=True)
+    q = master.add_parser(
+        "rotate",
+        help="re-wrap the key store under a new master key (stop the service first); the new "
+        "key: master.key's successor, or LEDGER_NEW_MASTER_KEY",
+    )
+    q.set_defaults(run=cmd_master_key_rotate)
 
     p = sub.add_parser("project", help="bring the consent views up to date with the log")
     p.add_argument("--follow", action="store_true", help="keep following until SIGTERM")

@@ -4,6 +4,13 @@ Personal data is sealed with the subject's own AES-256-GCM key; keys are stored 
 master key, in a SQLite file apart from the log. Erasure deletes the key row with
 `secure_delete` on, so the wrapped key bytes are overwritten in the file, and records that the
 `sid` was erased so no later write can quietly mint a new key for the same person.
+
+The ledger's own secrets (the pseudonym key, the record MAC key, the signing key) are kept
+the same way, so the master key only ever wraps: rotating it (`KeyStore.rotate`) re-wraps
+every row and changes nothing the log or a published proof depends on. The store names the
+master key that wraps it (`master_key_id`), and every write of a new key checks that name in
+its own transaction, so a process still running on a retired master key refuses to write
+rather than leave a key only the retired one opens.
 """
 
 from __future__ import annotations
@@ -14,20 +21,28 @@ import hmac
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import orjson
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ledger.settings import Settings, SettingsError
 from ledger.sql import PAGE_CACHE_KIB, rows_in
 
 NONCE = 12
+# The meta table's secrets, each wrapped by the master key with its own label as associated
+# data (so one cannot be swapped for another), and the row naming the master key.
+SECRETS = {"pseudonym_key": b"pk", "signing_key": b"sk", "record_key": b"rk"}
+MASTER_ID = "master_key_id"
+# Data keys re-wrapped per statement during a rotation (bounded memory at any store size).
+_ROTATE_PAGE = 10_000
 
 
 class KeyStoreBusyError(RuntimeError):
@@ -38,10 +53,39 @@ class ErasedSubjectError(RuntimeError):
     """A key was requested for a subject whose key was destroyed."""
 
 
+class MasterKeyMismatch(SettingsError):
+    """The master key this process holds is not the one that wraps the key store: a wrong
+    key, or the store was rotated to a new one after this process started."""
+
+    def __init__(self, message: str = "") -> None:
+        # The message as an argument only so the error pickles (the HTTP writer process).
+        super().__init__(
+            message
+            or "the master key does not open the key store (a wrong LEDGER_MASTER_KEY, or the "
+            "store was rotated to a new master key: restart with it; a rotation that stopped "
+            "half-way is finished by running `consent-ledger master-key rotate` again)"
+        )
+
+
+def master_key_id(master_key: bytes) -> bytes:
+    """A name for a master key that reveals nothing of it (HKDF, its own info string)."""
+    return _derive(master_key, b"consent-ledger/master-key-id/v1", 16)
+
+
+def derived_record_key(master_key: bytes) -> bytes:
+    """The record MAC key as every store made before 2026-12-02 derived it from the master
+    key; a store's `record_key` starts as this, so ledger topics written then still verify."""
+    return _derive(master_key, b"consent-ledger/ledger-record/v1", 32)
+
+
+def _derive(master_key: bytes, info: bytes, length: int) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info).derive(master_key)
+
+
 def load_master_key(settings: Settings) -> bytes:
     """The key that wraps every data key: from LEDGER_MASTER_KEY, else a 0600 file."""
     if settings.master_key:
-        return _decode_master(settings.master_key, "LEDGER_MASTER_KEY")
+        return decode_master_key(settings.master_key, "LEDGER_MASTER_KEY")
     path = settings.master_key_path
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -52,10 +96,10 @@ def load_master_key(settings: Settings) -> bytes:
         else:
             with os.fdopen(fd, "w") as f:
                 f.write(base64.b64encode(os.urandom(32)).decode() + "\n")
-    return _decode_master(path.read_text().strip(), str(path))
+    return decode_master_key(path.read_text().strip(), str(path))
 
 
-def _decode_master(value: str, where: str) -> bytes:
+def decode_master_key(value: str, where: str) -> bytes:
     try:
         key = base64.b64decode(value, validate=True)
     except ValueError:
@@ -71,6 +115,8 @@ class KeyStore:
     def __init__(self, path: Path, master_key: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._master = AESGCM(master_key)
+        self._master_id = master_key_id(master_key)
+        self._master_key = master_key
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         # Overwrite deleted content so an erased key's bytes do not linger in free pages.
@@ -106,7 +152,18 @@ class KeyStore:
         self._db.close()
 
     def _load_or_create_pseudonym_key(self) -> bytes:
-        return self._load_or_create_secret("pseudonym_key", b"pk")
+        return self._load_or_create_secret("pseudonym_key")
+
+    def record_key(self) -> bytes:
+        """The MAC key of ledger records on Kafka (`ledger.kafka.records`).
+
+        Stored, not derived on every start: a master key rotation must not change it, or
+        every record already on the ledger topic would stop verifying. A store that has none
+        yet starts from the derivation earlier versions used (`derived_record_key`).
+        """
+        return self._load_or_create_secret(
+            "record_key", lambda: derived_record_key(self._master_key)
+        )
 
     def signing_key(self) -> Ed25519PrivateKey:
         """The ledger's Ed25519 key, which signs the tree heads of evidence packages.
@@ -116,18 +173,22 @@ class KeyStore:
         one else; the public half goes into every package it signs.
         """
         if self._signing is None:
-            seed = self._load_or_create_secret("signing_key", b"sk")
+            seed = self._load_or_create_secret("signing_key")
             self._signing = Ed25519PrivateKey.from_private_bytes(seed)
         return self._signing
 
-    def _load_or_create_secret(self, name: str, label: bytes) -> bytes:
+    def _load_or_create_secret(
+        self, name: str, make: Callable[[], bytes] = lambda: os.urandom(32)
+    ) -> bytes:
         """A 32-byte secret of the meta table, made once even by processes racing to."""
+        label = SECRETS[name]
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                self._check_master()
                 row = self._db.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()
                 if row is None:
-                    key = os.urandom(32)
+                    key = make()
                     self._db.execute(
                         "INSERT INTO meta VALUES (?, ?)", (name, self._wrap(label, key))
                     )
@@ -139,17 +200,104 @@ class KeyStore:
                 raise
         return key
 
-    def _wrap(self, label: bytes, key: bytes) -> bytes:
+    def _check_master(self) -> None:
+        """In a write transaction: refuse unless this process's master key wraps the store.
+
+        A store made before the row existed gets it here, once its pseudonym key (if any)
+        is shown to open with this master key.
+        """
+        row = self._db.execute("SELECT value FROM meta WHERE name=?", (MASTER_ID,)).fetchone()
+        if row is not None:
+            if row[0] != self._master_id:
+                raise MasterKeyMismatch()
+            return
+        wrapped = self._db.execute("SELECT value FROM meta WHERE name='pseudonym_key'").fetchone()
+        if wrapped is not None:
+            self._unwrap(SECRETS["pseudonym_key"], wrapped[0])
+        self._db.execute("INSERT INTO meta VALUES (?, ?)", (MASTER_ID, self._master_id))
+
+    def _wrap(self, label: bytes, key: bytes, master: AESGCM | None = None) -> bytes:
         nonce = os.urandom(NONCE)
-        return nonce + self._master.encrypt(nonce, key, label)
+        return nonce + (master or self._master).encrypt(nonce, key, label)
 
     def _unwrap(self, label: bytes, wrapped: bytes) -> bytes:
         try:
             return self._master.decrypt(wrapped[:NONCE], wrapped[NONCE:], label)
         except Exception:
-            raise SettingsError(
-                "the master key does not open the key store (wrong LEDGER_MASTER_KEY?)"
-            ) from None
+            raise MasterKeyMismatch() from None
+
+    def rotate(self, new_master_key: bytes) -> int:
+        """Re-wrap every data key and secret under a new master key; the number of data keys.
+
+        One transaction: the store is wholly under the old key or wholly under the new one,
+        whenever the process stops. The keys themselves do not change, so nothing sealed,
+        hashed, MAC'd or signed with them does. Afterwards the old rows' bytes are gone from
+        the file and its WAL (`secure_delete`, then `_shred_wal`), as for an erasure; a copy
+        of the store taken before the rotation still opens with the old master key.
+        """
+        new = AESGCM(new_master_key)
+        new_id = master_key_id(new_master_key)
+        if new_id == self._master_id:
+            raise SettingsError("the new master key is the one the key store is under")
+        rewrapped = 0
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._check_master()
+                for name, value in self._db.execute("SELECT name, value FROM meta").fetchall():
+                    if name in SECRETS:
+                        secret = self._unwrap(SECRETS[name], value)
+                        self._db.execute(
+                            "UPDATE meta SET value=? WHERE name=?",
+                            (self._wrap(SECRETS[name], secret, new), name),
+                        )
+                self._db.execute("UPDATE meta SET value=? WHERE name=?", (new_id, MASTER_ID))
+                after = ""
+                while True:
+                    page = self._db.execute(
+                        "SELECT sid, wrapped FROM data_keys WHERE sid > ? ORDER BY sid LIMIT ?",
+                        (after, _ROTATE_PAGE),
+                    ).fetchall()
+                    if not page:
+                        break
+                    self._db.executemany(
+                        "UPDATE data_keys SET wrapped=? WHERE sid=?",
+                        [
+                            (self._wrap(h.encode(), self._unwrap(h.encode(), w), new), h)
+                            for h, w in page
+                        ],
+                    )
+                    rewrapped += len(page)
+                    after = page[-1][0]
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._master, self._master_id, self._master_key = new, new_id, new_master_key
+            self._shred_wal()
+        return rewrapped
+
+    def holds_store_master_key(self) -> bool:
+        """Whether this process's master key is still the one the store is under (readiness:
+        after a rotation, a process on the old key can neither read nor write keys)."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE name=?", (MASTER_ID,)).fetchone()
+        return row is None or row[0] == self._master_id
+
+    @staticmethod
+    def master_key_id_of(path: Path) -> bytes | None:
+        """The name of the master key a store is under (None: no store, or one made before
+        stores named it), read without opening the store with any key."""
+        if not path.exists():
+            return None
+        db = sqlite3.connect(path, timeout=30)
+        try:
+            row = db.execute("SELECT value FROM meta WHERE name=?", (MASTER_ID,)).fetchone()
+        except sqlite3.OperationalError:
+            return None
+        finally:
+            db.close()
+        return bytes(row[0]) if row is not None else None
 
     def sid(self, tenant: str, subject: str) -> UUID:
         """The subject's pseudonym: a keyed hash of tenant and reference, as a UUID.
@@ -196,6 +344,9 @@ class KeyStore:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                # In this transaction, so a rotation is either before it (and this refuses)
+                # or after it (and re-wraps these keys too).
+                self._check_master()
                 if any(rows_in(self._db.cursor(), "SELECT 1 FROM erased WHERE sid IN ({})", hexes)):
                     raise ErasedSubjectError("a data key was asked for an erased subject")
                 self._db.executemany(

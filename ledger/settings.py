@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 BACKENDS = ("embedded", "kafka")
@@ -29,6 +29,9 @@ class Settings:
     | LEDGER_BACKEND | embedded | `embedded` (SQLite log) or `kafka` |
     | LEDGER_MASTER_KEY | (file) | base64 of 32 bytes wrapping every data key; if unset, the key
       is read from (or created in) `$LEDGER_DATA_DIR/master.key` with mode 0600 |
+    | LEDGER_NEW_MASTER_KEY | | `consent-ledger master-key rotate` only: the key to re-wrap the key
+      store under (base64 of 32 bytes); required with LEDGER_MASTER_KEY, else a new random
+      key replaces master.key |
     | KAFKA_BOOTSTRAP | | Kafka bootstrap servers, `host:port[,host:port]` |
     | LEDGER_TOPIC_PREFIX | consent | topics `<prefix>.intake`, `.ledger`, `.rejected` |
     | LEDGER_PARTITIONS | 3 | partitions of the topics the ledger creates |
@@ -56,7 +59,9 @@ class Settings:
 
     data_dir: Path
     backend: str = "embedded"
-    master_key: str | None = None
+    # Secrets: never in a repr (an exception, a test's failure output).
+    master_key: str | None = field(default=None, repr=False)
+    new_master_key: str | None = field(default=None, repr=False)
     kafka_bootstrap: str | None = None
     topic_prefix: str = "consent"
     max_future_skew_s: int = 300
@@ -93,6 +98,7 @@ class Settings:
             data_dir=Path(env.get("LEDGER_DATA_DIR", "./var") or "./var"),
             backend=backend,
             master_key=env.get("LEDGER_MASTER_KEY") or None,
+            new_master_key=env.get("LEDGER_NEW_MASTER_KEY") or None,
             kafka_bootstrap=env.get("KAFKA_BOOTSTRAP") or None,
             topic_prefix=env.get("LEDGER_TOPIC_PREFIX", "consent") or "consent",
             max_future_skew_s=_int(env, "LEDGER_MAX_FUTURE_SKEW_S", 300),

@@ -85,7 +85,7 @@ class KafkaLink:
     bootstrap: str
     topics: Topics
     partitions: int
-    # The MAC key of ledger records (records.record_key); never printed.
+    # The MAC key of ledger records (KeyStore.record_key); never printed.
     record_key: bytes = field(repr=False)
     catch_up_timeout_s: float = 120.0
 
