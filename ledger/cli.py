@@ -974,6 +974,18 @@ def _subject_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sid", action="store_true", help="SUBJECT is a sid, not a reference")
 
 
+def _demo_subjects(text: str) -> int:
+    from ledger.demo import MIN_SUBJECTS
+
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if count < MIN_SUBJECTS:
+        raise argparse.ArgumentTypeError(f"the demo's story needs at least {MIN_SUBJECTS}")
+    return count
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="consent-ledger", description=__doc__)
     sub = parser.add_subparsers(dest="command")
@@ -982,7 +994,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_init)
 
     p = sub.add_parser("demo", help="load the seed policy and a demo stream, show a trail")
-    p.add_argument("--subjects", type=int, default=300)
+    p.add_argument("--subjects", type=_demo_subjects, default=300, help="at least 8")
     p.set_defaults(run=cmd_demo)
 
     p = sub.add_parser("record", help="record facts from a file or stdin (JSON or JSON Lines)")
@@ -1135,7 +1147,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--demo", action="store_true", help="load the demo and print a key first")
-    p.add_argument("--subjects", type=int, default=300)
+    p.add_argument("--subjects", type=_demo_subjects, default=300, help="at least 8")
     p.set_defaults(run=cmd_serve)
 
     keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="action")

@@ -57,9 +57,16 @@ def contact(i: int) -> str:
     return f"crm-contact-{i:05d}"
 
 
+# The stream's story is told about subjects 3 (corrections, a transfer, a request) and 7
+# (an erasure), so it needs at least this many.
+MIN_SUBJECTS = 8
+
+
 def demo_stream(subjects: int = 300, seed: int = 547) -> list[dict[str, Any]]:
     """Grants for every subject; withdrawals, a late fact, corrections, a transfer, requests
     and an erasure for some. Ordered as publishers would send them."""
+    if subjects < MIN_SUBJECTS:
+        raise ValueError(f"the demo stream needs at least {MIN_SUBJECTS} subjects")
     rng = random.Random(seed)
     start = datetime(2025, 1, 6, 9, 0, tzinfo=TASHKENT)
     facts: list[dict[str, Any]] = []

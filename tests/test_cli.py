@@ -382,3 +382,13 @@ def test_who_refuses_a_limit_below_one(data: Path) -> None:
         "0",
     )
     assert out.returncode == 2 and "--limit" in out.stderr
+
+
+def test_a_demo_too_small_for_its_story_is_refused(tmp_path: Path) -> None:
+    out = run(tmp_path / "d", "demo", "--subjects", "5")
+    assert out.returncode == 2
+    assert "--subjects: the demo's story needs at least 8" in out.stderr
+    assert not (tmp_path / "d").exists()
+    smallest = run(tmp_path / "d", "demo", "--subjects", "8")
+    assert smallest.returncode == 0, smallest.stderr
+    assert "verify: OK" in smallest.stdout
