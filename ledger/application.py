@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import os
 import sqlite3
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -25,7 +27,13 @@ from ledger.chain import MAPPER, stored_hash
 from ledger.codec import TRANSCODER
 from ledger.envelope import Fact, Item, Received, parse_fact, parse_fact_bytes
 from ledger.errors import Code, FactRejected
-from ledger.keystore import ErasedSubjectError, KeyStore, load_master_key, unseal
+from ledger.keystore import (
+    ErasedSubjectError,
+    KeyStore,
+    KeyStoreBusyError,
+    load_master_key,
+    unseal,
+)
 from ledger.policy import DEMO_TENANT, seed_policy_fact
 from ledger.receipt import Outcome, Receipt
 from ledger.recorder import LedgerSQLiteRecorder
@@ -33,6 +41,7 @@ from ledger.settings import Settings
 from ledger.subject import Subject
 from ledger.tenant import Tenant, tenant_id
 
+_log = logging.getLogger("consent_ledger.ledger")
 RECORD_KEY_ENV = "RECORD_MAC_KEY"  # internal: from the settings to the persistence module
 
 
@@ -90,6 +99,33 @@ class ConsentLedger(Application[UUID]):
         self._subjects: OrderedDict[UUID, Subject] = OrderedDict()
         # One batch at a time per process: a batch mutates cached subjects until it commits.
         self.lock = threading.RLock()
+        self.finish_erasures()
+
+    def finish_erasures(self) -> int:
+        """Destroy the data keys of subjects the log says were erased; how many there were.
+
+        An erasure commits its fact, then deletes the key. A key store can still hold the key
+        of an erased subject: the process stopped between the two, or the key store was
+        restored from a backup taken before the erasure (in Kafka mode the topic keeps every
+        erasure, so a restored `keys.db` would otherwise bring erased people's data back).
+        Run whenever a ledger opens: the log's list of erasures is one small table
+        (`LedgerSQLiteRecorder.erased_subjects`), compared with the key store's in one query.
+        """
+        erased = self.ledger_recorder.erased_subjects()
+        unfinished = set(erased) - self.keystore.erased_among(erased) if erased else set()
+        if not unfinished:
+            return 0
+        with self.lock:
+            subjects = self.load_subjects(unfinished)
+        for sid in sorted(unfinished):
+            subject = subjects.get(sid)
+            erased_at = subject.erased_at if subject is not None else None
+            # Busy: the key is deleted, only its page image waits in the WAL for the next
+            # erasure or start to truncate it.
+            with contextlib.suppress(KeyStoreBusyError):
+                self.keystore.erase(sid, erased_at or datetime.now(UTC))
+        _log.warning("finished %d erasures the key store had not applied", len(unfinished))
+        return len(unfinished)
 
     def construct_transcoder(self) -> Transcoder:
         return TRANSCODER

@@ -82,10 +82,19 @@ _INDEX_COLUMNS = (
 )
 
 
+# The topics of the two erasure events (`Subject.SubjectErased`, and `FirstSubjectErased` for
+# a subject the ledger had not seen); tests/test_erasure.py holds these to the classes.
+ERASURE_TOPICS = (
+    "ledger.subject:Subject.SubjectErased",
+    "ledger.subject:Subject.FirstSubjectErased",
+)
+
+
 class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
     def __init__(self, datastore: SQLiteDatastore, events_table_name: str = "stored_events"):
         self.index_table = f"{events_table_name}_index"
         self.head_table = f"{events_table_name}_head"
+        self.erasures_table = f"{events_table_name}_erasures"
         super().__init__(datastore, events_table_name)
 
     def construct_create_table_statements(self) -> list[str]:
@@ -98,7 +107,33 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
             f"CREATE TABLE IF NOT EXISTS {self.head_table} ("
             "id INTEGER PRIMARY KEY CHECK (id = 1), size INTEGER NOT NULL, "
             "frontier BLOB NOT NULL, root TEXT NOT NULL)",
+            # The subjects the log says were erased, so that keys a key store still holds
+            # for them (restored from a backup, or a crash between the erasure's commit and
+            # the key's deletion) are found without reading the log (`erased_subjects`).
+            f"CREATE TABLE IF NOT EXISTS {self.erasures_table} "
+            "(sid TEXT PRIMARY KEY) WITHOUT ROWID",
         ]
+
+    def _create_table(self, c: SQLiteCursor) -> None:
+        """A log written before the erasures table existed gets it filled from its events,
+        once, in the transaction that creates it."""
+        c.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (self.erasures_table,)
+        )
+        had_erasures = c.fetchone() is not None
+        super()._create_table(c)
+        if not had_erasures:
+            c.execute(
+                f"INSERT OR IGNORE INTO {self.erasures_table} SELECT DISTINCT originator_id "
+                f"FROM {self.events_table_name} WHERE topic IN (?, ?)",
+                ERASURE_TOPICS,
+            )
+
+    def erased_subjects(self) -> list[UUID]:
+        """Every subject the log holds an erasure of."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT sid FROM {self.erasures_table}")
+            return [UUID(row[0]) for row in c.fetchall()]
 
     def _insert_events(
         self,
@@ -139,6 +174,11 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
                 )
             )
         c.executemany(f"INSERT INTO {self.index_table} VALUES (?,?,?,?,?,?,?,?)", rows)
+        erased = [
+            (h,) for h, e in zip(hexes, stored_events, strict=True) if e.topic in ERASURE_TOPICS
+        ]
+        if erased:
+            c.executemany(f"INSERT OR IGNORE INTO {self.erasures_table} VALUES (?)", erased)
         c.execute(
             f"INSERT OR REPLACE INTO {self.head_table} VALUES (1, ?, ?, ?)",
             (size, pack_frontier(frontier), frontier_root(frontier).hex()),

@@ -204,3 +204,87 @@ def test_an_interrupted_erasure_is_finished_by_the_next_write(settings: Settings
     assert ledger.keystore.open_keys([sid]) == {}
     assert ledger.keystore.is_erased(sid)
     ledger.close()
+
+
+def test_an_interrupted_erasure_is_finished_when_a_ledger_next_opens(settings: Settings) -> None:
+    """The same crash, then no write for the subject: opening the ledger finishes it."""
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    ledger.record([parse_fact(grant(REFERENCE, event_id="g1", personal_data={"full_name": NAME}))])
+    sid = ledger.sid("demo", REFERENCE)
+    ledger.keystore.erase = lambda *a, **k: None  # type: ignore[method-assign]
+    ledger.record([parse_fact(fact("subject.erased", REFERENCE, ground="subject_request"))])
+    ledger.close()
+    reopened = ConsentLedger(settings)
+    assert reopened.keystore.open_keys([sid]) == {}
+    assert reopened.keystore.is_erased(sid)
+    assert reopened.finish_erasures() == 0  # nothing left to finish
+    reopened.close()
+
+
+def _remove_sqlite(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def test_a_key_store_restored_from_before_an_erasure_loses_the_key_again(
+    backend_settings: Settings,
+) -> None:
+    """Restoring `keys.db` from a backup brings back the keys of everyone erased since. The
+    log (in Kafka mode the topic, which no backup rolls back) still holds their erasures, and
+    the next ledger to open destroys those keys again. Embedded, the log is one written before
+    the ledger listed its erasures (the table is dropped), so the list is rebuilt from its
+    events; in Kafka mode the replica is gone too (a new machine) and rebuilt from the topic."""
+    settings = backend_settings
+    if settings.backend == "kafka":
+        KAFKA_ENV[settings.data_dir] = kafka_env(settings)
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    ledger.record(
+        [
+            parse_fact(grant(REFERENCE, event_id="g1", personal_data={"full_name": NAME})),
+            parse_fact(grant("kept", event_id="g2", personal_data={"full_name": "Kept Person"})),
+        ]
+    )
+    sid, kept = ledger.sid("demo", REFERENCE), ledger.sid("demo", "kept")
+    ledger.close()
+    backup = settings.keystore_path.read_bytes()  # closed: the WAL is checkpointed away
+    with sqlite3.connect(settings.keystore_path) as keys:
+        (wrapped,) = keys.execute(
+            "SELECT wrapped FROM data_keys WHERE sid=?", (sid.hex,)
+        ).fetchone()
+    erased = cli(
+        settings.data_dir, "erase", REFERENCE, "--tenant", "demo", "--ground", "consent_withdrawn"
+    )
+    assert erased.returncode == 0, erased.stderr
+    assert files_containing(settings.data_dir, wrapped) == []
+
+    _remove_sqlite(settings.keystore_path)
+    settings.keystore_path.write_bytes(backup)
+    if settings.backend == "kafka":
+        _remove_sqlite(settings.log_path)
+    else:
+        with sqlite3.connect(settings.log_path) as log:
+            log.execute("DROP TABLE stored_events_erasures")
+    assert files_containing(settings.data_dir, wrapped) == ["keys.db"]
+
+    trail = cli(settings.data_dir, "trail", REFERENCE, "--tenant", "demo", "--json")
+    assert trail.returncode == 0, trail.stderr
+    assert orjson.loads(trail.stdout)["erased"] is True
+    assert files_containing(settings.data_dir, wrapped) == []
+    reopened = ConsentLedger(settings)
+    assert reopened.keystore.is_erased(sid)
+    assert list(reopened.keystore.open_keys([sid, kept])) == [kept]
+    reopened.close()
+
+
+def test_the_recorder_knows_the_erasure_events_by_their_topics() -> None:
+    from eventsourcing.utils import get_topic
+
+    from ledger.recorder import ERASURE_TOPICS
+    from ledger.subject import Subject
+
+    assert (
+        get_topic(Subject.SubjectErased),
+        get_topic(Subject.FirstSubjectErased),
+    ) == ERASURE_TOPICS
