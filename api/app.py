@@ -29,7 +29,7 @@ _NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": Fa
 
 
 def keys_path(settings: Settings) -> Path:
-    return settings.data_dir / "api_keys.db"
+    return settings.api_keys_path
 
 
 def build_service(settings: Settings) -> Service:

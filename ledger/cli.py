@@ -384,6 +384,23 @@ def cmd_signing_key(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
+    """Copies files only (no log opened, no broker): safe while the service runs."""
+    from pathlib import Path
+
+    from ledger.backup import back_up
+
+    into = Path(args.into)
+    for copied in back_up(settings, into):
+        print(f"{copied.name:<16} {copied.bytes:>14,} bytes")
+    if settings.backend == "kafka":
+        print("Kafka mode: the log is the ledger topic; the replica and views are rebuilt from it")
+    if not settings.master_key:
+        print(f"not copied: {settings.master_key_path.name}; keep a copy of it apart from backups")
+    print(f"backup in {into}: restore by copying its files into an empty data directory")
+    return 0
+
+
 def cmd_master_key_rotate(args: argparse.Namespace, settings: Settings) -> int:
     """Only the key store is opened (no log, no broker): rotation touches nothing else."""
     from ledger.rotation import NEW_KEY_ENV, rotate_master_key
@@ -1077,6 +1094,12 @@ def _parser() -> argparse.ArgumentParser:
         "signing-key", help="the public key (base64) that signs this ledger's evidence packages"
     )
     p.set_defaults(run=cmd_signing_key)
+
+    p = sub.add_parser(
+        "backup", help="consistent copies of the data directory's databases (not the master key)"
+    )
+    p.add_argument("--into", required=True, metavar="DIR", help="a new or empty directory")
+    p.set_defaults(run=cmd_backup)
 
     p = sub.add_parser("master-key", help="the master key that wraps the key store")
     master = p.add_subparsers(dest="master_command", required=True)

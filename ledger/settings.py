@@ -139,6 +139,11 @@ class Settings:
     def master_key_path(self) -> Path:
         return self.data_dir / "master.key"
 
+    @property
+    def api_keys_path(self) -> Path:
+        """The HTTP service's API keys (hashes only)."""
+        return self.data_dir / "api_keys.db"
+
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
     raw = env.get(name)

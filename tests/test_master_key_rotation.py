@@ -246,3 +246,8 @@ def test_a_service_left_running_through_a_rotation_refuses_and_says_why(tmp_path
     with TestClient(create_app(restarted)) as client:
         assert client.get("/readyz").status_code == 200
         assert client.post("/v1/facts", json=body, headers=headers).status_code == 201
+
+
+def test_settings_keep_the_master_keys_out_of_their_repr(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, master_key="c2VjcmV0", new_master_key="bmV3")
+    assert "c2VjcmV0" not in repr(settings) and "bmV3" not in repr(settings)

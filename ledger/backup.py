@@ -1,0 +1,87 @@
+"""`consent-ledger backup`: a copy of a data directory that restores to a working ledger.
+
+Copying the files with `cp` while the service runs is not a backup: each is a SQLite
+database in WAL mode, and a copy of the file without its WAL, or taken mid-checkpoint, may
+be missing committed transactions or not open at all. Each file is copied here with SQLite's
+online backup API, a consistent snapshot of that one file, taken in an order that keeps the
+files consistent with each other as well:
+
+1. the views (`views.db`): a projection's position must never be ahead of the log it is
+   restored with; behind it is only a catch-up;
+2. the log (`ledger.db`, embedded mode only: in Kafka mode the topic is the log, and the
+   replica and views are rebuilt from it);
+3. the API keys (`api_keys.db`);
+4. the key store (`keys.db`) last: a key is stored before any fact sealed with it is
+   recorded, so a key store copied after the log holds every key the copied log needs.
+   A subject erased in between has no key in the copy and no erasure in the copied log; on
+   restore the ledger treats it as the subject it was, with its personal data unreadable.
+
+The master key is not copied: a backup that held it would open every subject's data on its
+own. With the key file, keep a copy of `master.key` apart from the backups.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from ledger.settings import Settings, SettingsError
+
+
+@dataclass(frozen=True)
+class Copied:
+    name: str
+    bytes: int
+
+
+def files_to_back_up(settings: Settings) -> list[Path]:
+    """In the order they must be copied (see the module's docstring)."""
+    log = [settings.log_path] if settings.backend == "embedded" else []
+    views = [settings.views_path] if settings.backend == "embedded" else []
+    return [*views, *log, settings.api_keys_path, settings.keystore_path]
+
+
+def back_up(settings: Settings, into: Path) -> list[Copied]:
+    if into.exists() and (not into.is_dir() or any(into.iterdir())):
+        raise SettingsError(f"{into} is not an empty directory: a backup never overwrites")
+    if not settings.keystore_path.exists():
+        raise SettingsError(f"no key store at {settings.keystore_path}: nothing to back up")
+    if into.resolve() == settings.data_dir.resolve():
+        raise SettingsError("the backup must go to another directory than the data directory")
+    into.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for source in files_to_back_up(settings):
+        if source.exists():
+            target = into / source.name
+            _copy(source, target)
+            copied.append(Copied(source.name, target.stat().st_size))
+    _sync(into)
+    return copied
+
+
+def _copy(source: Path, target: Path) -> None:
+    src = sqlite3.connect(source, timeout=30)
+    try:
+        dst = sqlite3.connect(target)
+        try:
+            # One step: the whole file from one snapshot, whatever is written meanwhile.
+            src.backup(dst)
+        finally:
+            dst.close()
+    finally:
+        src.close()
+    fd = os.open(target, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,161 @@
+"""`consent-ledger backup`: copies that restore to a working ledger, taken while it writes.
+
+Real processes on real files (and, parametrised, the real broker).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from ledger import backup as backup_module
+from ledger.settings import Settings
+from tests.cli_support import BACKEND_ENV, run
+from tests.facts import grant
+
+EMAIL = "backup.person@example.uz"
+
+
+def record(data: Path, tmp_path: Path, *facts: dict[str, object]) -> None:
+    path = tmp_path / f"facts-{facts[0]['event_id']}.jsonl"
+    path.write_text("\n".join(orjson.dumps(f).decode() for f in facts))
+    out = run(data, "record", str(path))
+    assert out.returncode == 0, out.stderr
+
+
+def restore(backup: Path, data: Path, into: Path) -> Path:
+    """The documented restore: the backup's files, and the master key kept apart."""
+    shutil.copytree(backup, into)
+    shutil.copy(data / "master.key", into / "master.key")
+    if data in BACKEND_ENV:
+        BACKEND_ENV[into] = BACKEND_ENV[data]
+    return into
+
+
+def test_a_backup_restores_to_the_ledger_as_it_was(data: Path, tmp_path: Path) -> None:
+    record(data, tmp_path, grant("b-1", event_id="b1", personal_data={"email": EMAIL}))
+    keys = run(data, "keys", "create", "--tenant", "demo", "--role", "compliance")
+    assert keys.returncode == 0, keys.stderr
+    out = run(data, "backup", "--into", str(tmp_path / "backup"))
+    assert out.returncode == 0, out.stderr
+    names = sorted(p.name for p in (tmp_path / "backup").iterdir())
+    assert "master.key" not in names and "keys.db" in names and "api_keys.db" in names
+    assert not [n for n in names if n.endswith(("-wal", "-shm"))]
+    record(data, tmp_path, grant("b-2", event_id="b2"))
+
+    restored = restore(tmp_path / "backup", data, tmp_path / "restored")
+    verified = run(restored, "verify", "--json")
+    assert verified.returncode == 0, verified.stderr
+    trail = run(restored, "trail", "b-1", "--tenant", "demo", "--json")
+    assert trail.returncode == 0, trail.stderr
+    facts = orjson.loads(trail.stdout)["facts"]
+    assert facts[0]["personal_data"]["personal_data"]["email"] == EMAIL
+    later = run(restored, "trail", "b-2", "--tenant", "demo")
+    if data in BACKEND_ENV:
+        assert later.returncode == 0  # Kafka: the topic is the log, not the backup
+    else:
+        assert later.returncode == 3  # embedded: the backup's log is the log as it was
+    listed = run(restored, "keys", "list", "--json")
+    assert listed.returncode == 0 and len(orjson.loads(listed.stdout)) == 1
+
+
+@pytest.mark.parametrize("backend_settings", ["embedded"], indirect=True)
+def test_a_backup_taken_while_facts_are_recorded_has_a_key_for_every_subject(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key store is copied after the log, so every subject in the copied log has its
+    key in the copied key store, whatever the writer did meanwhile. The writer is a real
+    process; after each file is copied the backup waits for it to commit again, so the
+    writer always moves on between two copies (as it may, unluckily, in production)."""
+    stream = tmp_path / "stream.jsonl"
+    stream.write_text(
+        "\n".join(
+            orjson.dumps(
+                grant(f"w-{i}", event_id=f"w{i}", personal_data={"email": f"w{i}@example.uz"})
+            ).decode()
+            for i in range(30_000)
+        )
+    )
+    writer = subprocess.Popen(
+        [sys.executable, "-m", "ledger.cli", "record", str(stream)],
+        env={**os.environ, "LEDGER_DATA_DIR": str(data)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+    def wait_for_the_writer(past: int) -> None:
+        deadline = time.monotonic() + 60
+        while subjects_in(data / "ledger.db") <= past:
+            assert time.monotonic() < deadline, "the writer did not commit again"
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                writer.wait(timeout=0.02)
+            assert writer.returncode is None, "the writer stopped before the backup ended"
+
+    copy = backup_module._copy
+
+    def copy_then_let_the_writer_commit(source: Path, target: Path) -> None:
+        copy(source, target)
+        wait_for_the_writer(subjects_in(data / "ledger.db"))
+
+    monkeypatch.setattr(backup_module, "_copy", copy_then_let_the_writer_commit)
+    try:
+        wait_for_the_writer(1_000)  # well under way
+        backup_module.back_up(Settings(data_dir=data), tmp_path / "backup")
+    finally:
+        _, err = writer.communicate(timeout=300)
+    assert writer.returncode == 0, err
+
+    backup = tmp_path / "backup"
+    in_log = subject_ids(backup / "ledger.db")
+    assert 1_000 < len(in_log) < 30_000
+    with sqlite3.connect(backup / "keys.db") as keys:
+        keyed = {row[0] for row in keys.execute("SELECT sid FROM data_keys")}
+    assert in_log - keyed == set()
+    restored = restore(backup, data, tmp_path / "restored")
+    verified = run(restored, "verify")
+    assert verified.returncode == 0, verified.stderr
+
+
+def subject_ids(log: Path) -> set[str]:
+    with sqlite3.connect(log) as db:
+        return {
+            row[0]
+            for row in db.execute(
+                "SELECT DISTINCT originator_id FROM stored_events "
+                "WHERE topic LIKE 'ledger.subject:%'"
+            )
+        }
+
+
+def subjects_in(log: Path) -> int:
+    try:
+        with sqlite3.connect(log, timeout=30) as db:
+            row = db.execute(
+                "SELECT count(*) FROM stored_events WHERE topic LIKE 'ledger.subject:%'"
+            ).fetchone()
+    except sqlite3.OperationalError:  # not created yet
+        return 0
+    return int(row[0])
+
+
+def test_a_backup_never_overwrites_and_needs_a_ledger(tmp_path: Path) -> None:
+    empty = run(tmp_path / "none", "backup", "--into", str(tmp_path / "b"))
+    assert empty.returncode == 2 and "nothing to back up" in empty.stderr
+    data = tmp_path / "data"
+    assert run(data, "init").returncode == 0
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("keep")
+    full = run(data, "backup", "--into", str(tmp_path / "full"))
+    assert full.returncode == 2 and "not an empty directory" in full.stderr
+    assert (tmp_path / "full" / "x").read_text() == "keep"
+    same = run(data, "backup", "--into", str(data))
+    assert same.returncode == 2
