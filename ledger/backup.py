@@ -22,11 +22,11 @@ own. With the key file, keep a copy of `master.key` apart from the backups.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from ledger.fsync import fsync_path
 from ledger.settings import Settings, SettingsError
 
 
@@ -57,7 +57,7 @@ def back_up(settings: Settings, into: Path) -> list[Copied]:
             target = into / source.name
             _copy(source, target)
             copied.append(Copied(source.name, target.stat().st_size))
-    _sync(into)
+    fsync_path(into)
     return copied
 
 
@@ -72,16 +72,4 @@ def _copy(source: Path, target: Path) -> None:
             dst.close()
     finally:
         src.close()
-    fd = os.open(target, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _sync(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(target)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ledger.failpoints import failpoint
+from ledger.fsync import fsync_path
 from ledger.keystore import KeyStore, decode_master_key, load_master_key, master_key_id
 from ledger.settings import Settings, SettingsError
 
@@ -72,7 +73,7 @@ def rotate_master_key(settings: Settings) -> Rotation:
     count = _rewrap(store, load_master_key(settings), new)
     failpoint("rotation.before_key_file")
     os.replace(pending, settings.master_key_path)
-    _sync_directory(settings.master_key_path.parent)
+    fsync_path(settings.master_key_path.parent)
     return Rotation(count or 0, count is None, settings.master_key_path)
 
 
@@ -95,13 +96,4 @@ def _write_private(path: Path, key: bytes) -> None:
         f.write(base64.b64encode(key).decode() + "\n")
         f.flush()
         os.fsync(f.fileno())
-    _sync_directory(path.parent)
-
-
-def _sync_directory(directory: Path) -> None:
-    """Make a file's creation or rename itself durable, not only its contents."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(path.parent)

@@ -32,6 +32,7 @@ from eventsourcing.persistence import Tracking
 
 from ledger.application import ConsentLedger
 from ledger.failpoints import failpoint
+from ledger.fsync import fsync_path
 from ledger.settings import Settings
 from projections.consent_projection import ConsentProjection
 from projections.runner import APPLICATION, catch_up
@@ -101,9 +102,9 @@ def rebuild(
     if Path(f"{partial}-wal").exists():
         raise RuntimeError(f"{partial} kept a write-ahead log after closing")
     _remove(Path(f"{partial}-shm"))
-    _fsync(partial)
+    fsync_path(partial)
     os.replace(partial, target)
-    _fsync(target.parent)
+    fsync_path(target.parent)
     return read
 
 
@@ -221,11 +222,3 @@ def _result_of(process: Any, receiver: Connection) -> int:
 def _remove(path: Path) -> None:
     for leftover in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
         leftover.unlink(missing_ok=True)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
