@@ -321,6 +321,23 @@ class ConsentLedger(Application[UUID]):
                 return None
             return copy.deepcopy(subject)
 
+    def occurred_at_of(self, tenant: str, event_id: str, sid: UUID) -> datetime | None:
+        """When a fact this subject already has under `event_id` occurred, or None.
+
+        A command that builds its fact at "now" (an erasure from the CLI or the HTTP route)
+        repeats a retry with the first attempt's instant, so that the same `event_id` is
+        answered with the first receipt instead of a conflict over a later `occurred_at`.
+        """
+        existing, _ = self.ledger_recorder.batch_reads({tenant: [event_id]}, [])
+        known = existing.get((tenant, event_id))
+        if known is None or known.originator_id != sid:
+            return None
+        for stored in self.ledger_recorder.select_events_of([sid]).get(sid, []):
+            if stored.originator_version == known.originator_version:
+                occurred = getattr(self.mapper.to_domain_event(stored), "occurred_at", None)
+                return occurred if isinstance(occurred, datetime) else None
+        return None
+
     def open_pii(self, sid: UUID, sealed: str | None) -> dict[str, Any] | None:
         """Decrypt a sealed field; None once the subject's key is destroyed."""
         if sealed is None or self.keystore.is_erased(sid):

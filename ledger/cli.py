@@ -225,22 +225,26 @@ def cmd_consents(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
-    fact: dict[str, Any] = {
-        "event_id": args.event_id or f"erasure-{uuid.uuid4()}",
-        "type": "subject.erased",
-        "tenant": args.tenant,
-        "subject": args.subject,
-        "occurred_at": datetime.now(UTC).isoformat(),
-        "source": "consent-ledger-cli",
-        "channel": "api",
-        "ground": args.ground,
-    }
-    if args.request_id:
-        fact["request_id"] = args.request_id
+    event_id = args.event_id or f"erasure-{uuid.uuid4()}"
     ledger = _open(settings)
     try:
-        if ledger.subject(args.tenant, ledger.sid(args.tenant, args.subject)) is None:
+        sid = ledger.sid(args.tenant, args.subject)
+        if ledger.subject(args.tenant, sid) is None:
             raise CliError("no such subject in this tenant", EXIT_NOT_FOUND)
+        # A retry with --event-id repeats the first attempt's instant (see occurred_at_of).
+        occurred_at = ledger.occurred_at_of(args.tenant, event_id, sid) or datetime.now(UTC)
+        fact: dict[str, Any] = {
+            "event_id": event_id,
+            "type": "subject.erased",
+            "tenant": args.tenant,
+            "subject": args.subject,
+            "occurred_at": occurred_at.isoformat(),
+            "source": "consent-ledger-cli",
+            "channel": "api",
+            "ground": args.ground,
+        }
+        if args.request_id:
+            fact["request_id"] = args.request_id
         outcome = ledger.record([parse_fact(fact)])[0]
     finally:
         ledger.close()

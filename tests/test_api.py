@@ -264,6 +264,22 @@ def test_erasure_is_admin_only_and_tenant_bound(world: World) -> None:
     assert trail["erased"] is True and trail["facts"][-1]["type"] == "subject.erased"
 
 
+def test_an_erasure_retried_with_its_event_id_gets_the_first_receipt(world: World) -> None:
+    """The route sets `occurred_at` itself; a retry must not read as other content."""
+    publisher = {"Authorization": f"Bearer {world.keys[('demo', 'publisher')]}"}
+    sid = world.client.post("/v1/facts", json=fresh_grant(), headers=publisher).json()["sid"]
+    admin = {"Authorization": f"Bearer {world.keys[('demo', 'admin')]}"}
+    path = f"/v1/subjects/{sid}/erasure"
+    body = {"ground": "subject_request", "event_id": f"erasure-{sid}"}
+    first = world.client.post(path, json=body, headers=admin)
+    assert first.status_code == 201, first.text
+    again = world.client.post(path, json=body, headers=admin)
+    assert again.status_code == 200, again.text
+    assert again.json() == {**first.json(), "duplicate": True}
+    other = world.client.post(path, json={**body, "ground": "court_decision"}, headers=admin)
+    assert other.status_code == 409 and other.json()["code"] == "event_id_conflict"
+
+
 def test_publishing_is_idempotent_and_conflicts_are_409(world: World) -> None:
     headers = {"Authorization": f"Bearer {world.keys[('demo', 'publisher')]}"}
     fact = fresh_grant()

@@ -392,3 +392,18 @@ def test_a_demo_too_small_for_its_story_is_refused(tmp_path: Path) -> None:
     smallest = run(tmp_path / "d", "demo", "--subjects", "8")
     assert smallest.returncode == 0, smallest.stderr
     assert "verify: OK" in smallest.stdout
+
+
+def test_an_erasure_retried_with_its_event_id_is_recorded_once(data: Path, tmp_path: Path) -> None:
+    facts = tmp_path / "g.jsonl"
+    facts.write_text(orjson.dumps(grant("twice-1", event_id="t1")).decode())
+    assert run(data, "record", str(facts)).returncode == 0
+    erase = ["erase", "twice-1", "--tenant", "demo", "--ground", "subject_request"]
+    first = run(data, *erase, "--event-id", "erase-t1")
+    again = run(data, *erase, "--event-id", "erase-t1")
+    assert first.returncode == 0 and again.returncode == 0, first.stderr + again.stderr
+    assert first.stdout == again.stdout  # the same position: the first erasure's receipt
+    other = run(data, *erase[:-1], "court_decision", "--event-id", "erase-t1")
+    assert other.returncode == 1 and "event_id_conflict" in other.stderr
+    trail = orjson.loads(run(data, "trail", "twice-1", "--tenant", "demo", "--json").stdout)
+    assert [f["type"] for f in trail["facts"]].count("subject.erased") == 1

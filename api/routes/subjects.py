@@ -117,12 +117,15 @@ def erase(
         raise Problem(404, "unknown_subject", "no such subject")
     # The publisher's reference is not known here (only its sid), so the erasure fact is
     # built around the sid through the same rules as any other fact.
+    event_id = body.event_id or f"erasure-{uuid.uuid4()}"
+    # A retry repeats the first attempt's instant: same event_id, same fact, first receipt.
+    occurred_at = svc.ledger.occurred_at_of(principal.tenant, event_id, subject_id)
     fact = parse_fact(
         {
-            "event_id": body.event_id or f"erasure-{uuid.uuid4()}",
+            "event_id": event_id,
             "type": "subject.erased",
             "subject": f"sid:{subject_id.hex}",
-            "occurred_at": datetime.now(UTC).isoformat(),
+            "occurred_at": (occurred_at or datetime.now(UTC)).isoformat(),
             "source": "http-api",
             "ground": body.ground,
             **({"request_id": body.request_id} if body.request_id else {}),
