@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from api.responses import OrjsonResponse
 from ledger.checkpoint import LogNotIntact, SinceTooLarge
 from ledger.errors import Code, FactRejected
-from ledger.keystore import MasterKeyMismatch
+from ledger.keystore import KeyStoreBusyError, MasterKeyMismatch
 
 PROBLEM = "application/problem+json"
 _FIELD = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
@@ -148,6 +148,12 @@ async def on_unexpected(_: Request, exc: Exception) -> OrjsonResponse:
         # The writer process died mid-request: the fact may or may not be recorded; a retry
         # with the same event_id gets the first receipt if it was.
         return respond(503, "writer_unavailable", "the ledger's writer stopped; retry the write")
+    if isinstance(exc, KeyStoreBusyError):
+        # Committed (the erasure is recorded, the key deleted); the WAL's old page images
+        # wait for the next erasure. A retry with the same event_id is answered as a retry.
+        return respond(
+            503, "key_store_busy", "recorded, but another process holds the key store open"
+        )
     if isinstance(exc, MasterKeyMismatch):
         # The key store was rotated under this running process: it refuses to read or write
         # keys with the retired master key; a restart with the new one serves again.

@@ -20,6 +20,7 @@ import orjson
 from ledger.application import ConsentLedger
 from ledger.envelope import Fact, parse_fact, parse_fact_bytes, parse_time
 from ledger.errors import FactRejected
+from ledger.keystore import KeyStoreBusyError
 from ledger.receipt import Receipt
 from ledger.settings import Settings, SettingsError
 
@@ -28,7 +29,7 @@ EXIT_USAGE = 2
 EXIT_NOT_FOUND = 3
 EXIT_BROKEN = 4
 EXIT_FENCED = 5  # Kafka mode: another writer took the ledger partitions
-EXIT_UNAVAILABLE = 6  # Kafka mode: broker unreachable, or a topic refused at start
+EXIT_UNAVAILABLE = 6  # the key store held open elsewhere; Kafka: broker or topic unavailable
 
 
 class CliError(Exception):
@@ -56,6 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"configuration: {e}", EXIT_USAGE)
     except FactRejected as e:
         return _fail(f"{e.code.value}: {e.message}", EXIT_REJECTED)
+    except KeyStoreBusyError as e:
+        return _fail(f"key store busy: {e}", EXIT_UNAVAILABLE)
     except BrokenPipeError:
         return 0
     except Exception as e:

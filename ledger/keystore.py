@@ -43,10 +43,16 @@ SECRETS = {"pseudonym_key": b"pk", "signing_key": b"sk", "record_key": b"rk"}
 MASTER_ID = "master_key_id"
 # Data keys re-wrapped per statement during a rotation (bounded memory at any store size).
 _ROTATE_PAGE = 10_000
+# How long a statement waits for another process's lock; and emptying the WAL after an
+# erasure or rotation: tries, each waiting this long for readers (about 5 s in all).
+_BUSY_MS = 30_000
+_SHRED_TRIES = 50
+_SHRED_TRY_MS = 100
 
 
 class KeyStoreBusyError(RuntimeError):
-    """The erased key's old page image could not be removed from the WAL yet."""
+    """A change is committed, but the old page images (an erased key, rows wrapped by a
+    retired master key) could not be removed from the WAL yet: another process holds it."""
 
 
 class ErasedSubjectError(RuntimeError):
@@ -118,7 +124,9 @@ class KeyStore:
         self._master_id = master_key_id(master_key)
         self._master_key = master_key
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db = sqlite3.connect(
+            path, check_same_thread=False, isolation_level=None, timeout=_BUSY_MS / 1000
+        )
         # Overwrite deleted content so an erased key's bytes do not linger in free pages.
         self._db.execute("PRAGMA secure_delete=ON")
         # WAL: one fsync per new key instead of a rollback journal's several. Old page images
@@ -232,7 +240,7 @@ class KeyStore:
         One transaction: the store is wholly under the old key or wholly under the new one,
         whenever the process stops. The keys themselves do not change, so nothing sealed,
         hashed, MAC'd or signed with them does. Afterwards the old rows' bytes are gone from
-        the file and its WAL (`secure_delete`, then `_shred_wal`), as for an erasure; a copy
+        the file and its WAL (`secure_delete`, then `shred_wal`), as for an erasure; a copy
         of the store taken before the rotation still opens with the old master key.
         """
         new = AESGCM(new_master_key)
@@ -274,7 +282,7 @@ class KeyStore:
                 self._db.execute("ROLLBACK")
                 raise
             self._master, self._master_id, self._master_key = new, new_id, new_master_key
-            self._shred_wal()
+            self.shred_wal()
         return rewrapped
 
     def holds_store_master_key(self) -> bool:
@@ -371,23 +379,30 @@ class KeyStore:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            self._shred_wal()
+            self.shred_wal()
 
-    def _shred_wal(self) -> None:
+    def shred_wal(self) -> None:
         """Copy the zeroed pages into the database file and empty the WAL.
 
         Until this runs, the WAL still holds the page image with the deleted key. A reader in
         another process can hold the WAL open; then the erasure is retried briefly and, if
         still blocked, reported rather than claimed.
+
+        A truncating checkpoint waits on the connection's busy handler for readers of older
+        snapshots to finish, so each try is bounded by a short busy timeout: under the
+        store's 30-second one, the 50 tries took 25 minutes whenever a reader held on.
         """
-        for _ in range(50):
-            busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            if not busy:
-                return
-            threading.Event().wait(0.1)
+        self._db.execute(f"PRAGMA busy_timeout={_SHRED_TRY_MS}")
+        try:
+            for _ in range(_SHRED_TRIES):
+                busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                if not busy:
+                    return
+        finally:
+            self._db.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
         raise KeyStoreBusyError(
-            "the key store is held open by another process; the key is deleted but its "
-            "page image is still in keys.db-wal: run the erasure again when it is closed"
+            "the key store is held open by another process: the change is made, but the old "
+            "page images stay in keys.db-wal until the next erasure or rotation empties it"
         )
 
     def erased_among(self, sids: Iterable[UUID]) -> set[UUID]:

@@ -82,6 +82,12 @@ def _rewrap(store: Path, old: bytes, new: bytes) -> int | None:
     if new == old:
         raise SettingsError("the new master key is the one the key store is under")
     if KeyStore.master_key_id_of(store) == master_key_id(new):
+        # Rotated before; the run that did it may have stopped before emptying the WAL.
+        keystore = KeyStore(store, new)
+        try:
+            keystore.shred_wal()
+        finally:
+            keystore.close()
         return None
     keystore = KeyStore(store, old)
     try:

@@ -1,4 +1,5 @@
-"""Master key rotation: the key store re-wrapped, nothing the log depends on changed.
+"""Master key rotation: the key store re-wrapped, nothing the log depends on changed; and
+what an erasure or a rotation says when another process holds the key store open.
 
 Against real key store files and the real `consent-ledger` process (and, parametrised, the
 real broker: the records on the ledger topic must still verify after the rotation).
@@ -7,9 +8,11 @@ real broker: the records on the ledger topic must still verify after the rotatio
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import sqlite3
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -19,6 +22,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app, keys_path
 from api.keys import ApiKeys
 from ledger.application import ConsentLedger
+from ledger.envelope import parse_fact
 from ledger.failpoints import EXIT_STATUS
 from ledger.keystore import (
     MASTER_ID,
@@ -28,6 +32,7 @@ from ledger.keystore import (
     seal,
     unseal,
 )
+from ledger.receipt import Receipt
 from ledger.settings import Settings, SettingsError
 from tests.cli_support import run
 from tests.facts import grant
@@ -251,3 +256,65 @@ def test_a_service_left_running_through_a_rotation_refuses_and_says_why(tmp_path
 def test_settings_keep_the_master_keys_out_of_their_repr(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, master_key="c2VjcmV0", new_master_key="bmV3")
     assert "c2VjcmV0" not in repr(settings) and "bmV3" not in repr(settings)
+
+
+@contextlib.contextmanager
+def reader_holding(path: Path) -> Iterator[None]:
+    """Another process's read transaction on the key store: its WAL cannot be emptied."""
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("BEGIN")
+    db.execute("SELECT count(*) FROM meta").fetchone()
+    try:
+        yield
+    finally:
+        db.execute("COMMIT")
+        db.close()
+
+
+@pytest.mark.parametrize("backend_settings", ["embedded"], indirect=True)
+def test_a_key_store_held_open_elsewhere_is_named_and_the_next_run_empties_its_wal(
+    recorded: Path,
+) -> None:
+    keys = recorded / "keys.db"
+    # A server's connection, idle: it keeps the WAL from being removed when the reader ends.
+    idle = sqlite3.connect(keys)
+    idle.execute("SELECT count(*) FROM meta").fetchone()
+    with reader_holding(keys):
+        erased = run(recorded, "erase", "rot-1", "--tenant", "demo", "--ground", "subject_request")
+        rotated = run(recorded, "master-key", "rotate")
+    assert erased.returncode == 6, erased.stderr
+    assert rotated.returncode == 6, rotated.stderr
+    for out in (erased, rotated):
+        assert out.stderr.startswith("consent-ledger: key store busy: the key store is held open")
+        assert "Traceback" not in out.stderr
+    wal = recorded / "keys.db-wal"
+    assert wal.exists() and wal.stat().st_size > 0
+    again = run(recorded, "master-key", "rotate")
+    assert again.returncode == 0 and "already under the new master key" in again.stdout
+    assert wal.stat().st_size == 0
+    idle.close()
+    trail = run(recorded, "trail", "rot-1", "--tenant", "demo", "--json")
+    assert orjson.loads(trail.stdout)["erased"] is True
+
+
+def test_an_erasure_over_http_while_the_key_store_is_held_open_is_a_503(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data")
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    [receipt] = ledger.record([parse_fact(grant("held-1", personal_data={"email": EMAIL}))])
+    ledger.close()
+    assert isinstance(receipt, Receipt)
+    api_keys = ApiKeys(keys_path(settings))
+    headers = {"Authorization": f"Bearer {api_keys.create('demo', {'admin'})[1]}"}
+    api_keys.close()
+    erasure = {"ground": "subject_request", "event_id": "held-erasure"}
+    with TestClient(create_app(settings)) as client:
+        path = f"/v1/subjects/{receipt.sid}/erasure"
+        with reader_holding(settings.keystore_path):
+            held = client.post(path, json=erasure, headers=headers)
+        assert held.status_code == 503, held.text
+        assert held.json()["code"] == "key_store_busy"
+        retried = client.post(path, json=erasure, headers=headers)
+        assert retried.status_code == 200 and retried.json()["duplicate"] is True
+        trail = client.get(f"/v1/subjects/{receipt.sid}/trail", headers=headers).json()
+        assert trail["erased"] is True
