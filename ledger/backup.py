@@ -48,8 +48,6 @@ def back_up(settings: Settings, into: Path) -> list[Copied]:
         raise SettingsError(f"{into} is not an empty directory: a backup never overwrites")
     if not settings.keystore_path.exists():
         raise SettingsError(f"no key store at {settings.keystore_path}: nothing to back up")
-    if into.resolve() == settings.data_dir.resolve():
-        raise SettingsError("the backup must go to another directory than the data directory")
     into.mkdir(parents=True, exist_ok=True)
     copied = []
     for source in files_to_back_up(settings):

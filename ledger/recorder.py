@@ -114,20 +114,26 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
             "(sid TEXT PRIMARY KEY) WITHOUT ROWID",
         ]
 
-    def _create_table(self, c: SQLiteCursor) -> None:
+    def create_table(self) -> None:
         """A log written before the erasures table existed gets it filled from its events,
-        once, in the transaction that creates it."""
-        c.execute(
-            "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (self.erasures_table,)
-        )
-        had_erasures = c.fetchone() is not None
-        super()._create_table(c)
-        if not had_erasures:
+        once. The check reads in a transaction of its own and the fill begins with its write:
+        a transaction that read first could not take the write lock if another process
+        (a server and its writer process, starting together) wrote in between. Two processes
+        that both fill it insert the same rows."""
+        with self.datastore.transaction(commit=False) as c:
             c.execute(
-                f"INSERT OR IGNORE INTO {self.erasures_table} SELECT DISTINCT originator_id "
-                f"FROM {self.events_table_name} WHERE topic IN (?, ?)",
-                ERASURE_TOPICS,
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?",
+                (self.erasures_table,),
             )
+            had_erasures = c.fetchone() is not None
+        super().create_table()
+        if not had_erasures:
+            with self.datastore.transaction(commit=True) as c:
+                c.execute(
+                    f"INSERT OR IGNORE INTO {self.erasures_table} SELECT DISTINCT originator_id "
+                    f"FROM {self.events_table_name} WHERE topic IN (?, ?)",
+                    ERASURE_TOPICS,
+                )
 
     def erased_subjects(self) -> list[UUID]:
         """Every subject the log holds an erasure of."""
