@@ -25,7 +25,14 @@ from pathlib import Path
 
 from ledger.failpoints import failpoint
 from ledger.fsync import fsync_path
-from ledger.keystore import KeyStore, decode_master_key, load_master_key, master_key_id
+from ledger.keystore import (
+    KeyStore,
+    KeyStoreBusyError,
+    MasterKeyMismatch,
+    decode_master_key,
+    load_master_key,
+    master_key_id,
+)
 from ledger.settings import Settings, SettingsError
 
 NEW_KEY_ENV = "LEDGER_NEW_MASTER_KEY"
@@ -60,21 +67,35 @@ def rotate_master_key(settings: Settings) -> Rotation:
         return Rotation(count or 0, count is None, None)
 
     pending = next_key_path(settings)
-    if pending.exists():
+    made_here = not pending.exists()
+    if made_here:
+        new = decode_master_key(new_key_text, NEW_KEY_ENV) if new_key_text else os.urandom(32)
+        _write_private(pending, new)
+    else:
         new = decode_master_key(pending.read_text().strip(), str(pending))
         if new_key_text and decode_master_key(new_key_text, NEW_KEY_ENV) != new:
             raise SettingsError(
                 f"{pending} holds the new key of a rotation that stopped half-way: run again "
                 f"without {NEW_KEY_ENV} to finish it"
             )
-    else:
-        new = decode_master_key(new_key_text, NEW_KEY_ENV) if new_key_text else os.urandom(32)
-        _write_private(pending, new)
-    count = _rewrap(store, load_master_key(settings), new)
+    try:
+        count = _rewrap(store, load_master_key(settings), new)
+    except KeyStoreBusyError:
+        # Committed: the store is under the new key; its WAL waits. The key file follows.
+        _install(pending, settings.master_key_path)
+        raise
+    except MasterKeyMismatch:
+        if made_here:  # nothing changed: leave no half-begun rotation behind
+            pending.unlink()
+        raise
     failpoint("rotation.before_key_file")
-    os.replace(pending, settings.master_key_path)
-    fsync_path(settings.master_key_path.parent)
+    _install(pending, settings.master_key_path)
     return Rotation(count or 0, count is None, settings.master_key_path)
+
+
+def _install(pending: Path, key_file: Path) -> None:
+    os.replace(pending, key_file)
+    fsync_path(key_file.parent)
 
 
 def _rewrap(store: Path, old: bytes, new: bytes) -> int | None:

@@ -177,6 +177,9 @@ def test_rotation_with_the_key_file(recorded: Path, tmp_path: Path) -> None:
     refused = run(recorded, "trail", "--tenant", "demo", "rot-1")
     assert refused.returncode == 2
     assert "the master key does not open the key store" in refused.stderr
+    wrong = run(recorded, "master-key", "rotate")
+    assert wrong.returncode == 2 and "does not open the key store" in wrong.stderr
+    assert not (recorded / "master.key.next").exists()  # no half-begun rotation left
 
 
 @pytest.mark.parametrize("backend_settings", ["embedded"], indirect=True)
@@ -289,8 +292,11 @@ def test_a_key_store_held_open_elsewhere_is_named_and_the_next_run_empties_its_w
         assert "Traceback" not in out.stderr
     wal = recorded / "keys.db-wal"
     assert wal.exists() and wal.stat().st_size > 0
+    # The rotation was committed, so its key file is in place all the same.
+    assert not (recorded / "master.key.next").exists()
+    assert run(recorded, "verify").returncode == 0
     again = run(recorded, "master-key", "rotate")
-    assert again.returncode == 0 and "already under the new master key" in again.stdout
+    assert again.returncode == 0 and "re-wrapped" in again.stdout
     assert wal.stat().st_size == 0
     idle.close()
     trail = run(recorded, "trail", "rot-1", "--tenant", "demo", "--json")
