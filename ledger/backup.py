@@ -66,6 +66,10 @@ def _copy(source: Path, target: Path) -> None:
         try:
             # One step: the whole file from one snapshot, whatever is written meanwhile.
             src.backup(dst)
+            # A copy in WAL mode (the source's) grows -wal and -shm files beside it whenever
+            # it is read; a backup is files that stand alone. The ledger sets WAL again on
+            # the first open after a restore.
+            dst.execute("PRAGMA journal_mode=DELETE")
         finally:
             dst.close()
     finally:

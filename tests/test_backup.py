@@ -50,6 +50,10 @@ def test_a_backup_restores_to_the_ledger_as_it_was(data: Path, tmp_path: Path) -
     names = sorted(p.name for p in (tmp_path / "backup").iterdir())
     assert "master.key" not in names and "keys.db" in names and "api_keys.db" in names
     assert not [n for n in names if n.endswith(("-wal", "-shm"))]
+    # The copies stand alone: reading one grows no WAL beside it.
+    with contextlib.closing(sqlite3.connect(tmp_path / "backup" / "keys.db")) as copy:
+        assert copy.execute("SELECT count(*) FROM data_keys").fetchone()[0] == 1
+        assert not (tmp_path / "backup" / "keys.db-wal").exists()
     record(data, tmp_path, grant("b-2", event_id="b2"))
 
     restored = restore(tmp_path / "backup", data, tmp_path / "restored")
@@ -117,7 +121,7 @@ def test_a_backup_taken_while_facts_are_recorded_has_a_key_for_every_subject(
     backup = tmp_path / "backup"
     in_log = subject_ids(backup / "ledger.db")
     assert 1_000 < len(in_log) < 30_000
-    with sqlite3.connect(backup / "keys.db") as keys:
+    with contextlib.closing(sqlite3.connect(backup / "keys.db")) as keys:
         keyed = {row[0] for row in keys.execute("SELECT sid FROM data_keys")}
     assert in_log - keyed == set()
     restored = restore(backup, data, tmp_path / "restored")
@@ -126,7 +130,7 @@ def test_a_backup_taken_while_facts_are_recorded_has_a_key_for_every_subject(
 
 
 def subject_ids(log: Path) -> set[str]:
-    with sqlite3.connect(log) as db:
+    with contextlib.closing(sqlite3.connect(log)) as db:
         return {
             row[0]
             for row in db.execute(
@@ -138,7 +142,7 @@ def subject_ids(log: Path) -> set[str]:
 
 def subjects_in(log: Path) -> int:
     try:
-        with sqlite3.connect(log, timeout=30) as db:
+        with contextlib.closing(sqlite3.connect(log, timeout=30)) as db:
             row = db.execute(
                 "SELECT count(*) FROM stored_events WHERE topic LIKE 'ledger.subject:%'"
             ).fetchone()
