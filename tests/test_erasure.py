@@ -3,6 +3,7 @@ its data key) is left in any file under LEDGER_DATA_DIR, and the log still verif
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import subprocess
@@ -90,7 +91,7 @@ def test_erase_leaves_no_personal_data_and_keeps_the_trail(backend_settings: Set
     assert before is not None and before["subject"] == REFERENCE
     assert before["facts"][0]["personal_data"]["personal_data"]["full_name"] == NAME
     ledger.close()
-    with sqlite3.connect(settings.keystore_path) as keys:
+    with contextlib.closing(sqlite3.connect(settings.keystore_path)) as keys:
         (wrapped,) = keys.execute(
             "SELECT wrapped FROM data_keys WHERE sid=?", (sid.hex,)
         ).fetchone()
@@ -249,7 +250,7 @@ def test_a_key_store_restored_from_before_an_erasure_loses_the_key_again(
     sid, kept = ledger.sid("demo", REFERENCE), ledger.sid("demo", "kept")
     ledger.close()
     backup = settings.keystore_path.read_bytes()  # closed: the WAL is checkpointed away
-    with sqlite3.connect(settings.keystore_path) as keys:
+    with contextlib.closing(sqlite3.connect(settings.keystore_path)) as keys:
         (wrapped,) = keys.execute(
             "SELECT wrapped FROM data_keys WHERE sid=?", (sid.hex,)
         ).fetchone()
@@ -264,7 +265,7 @@ def test_a_key_store_restored_from_before_an_erasure_loses_the_key_again(
     if settings.backend == "kafka":
         _remove_sqlite(settings.log_path)
     else:
-        with sqlite3.connect(settings.log_path) as log:
+        with contextlib.closing(sqlite3.connect(settings.log_path)) as log, log:
             log.execute("DROP TABLE stored_events_erasures")
     assert files_containing(settings.data_dir, wrapped) == ["keys.db"]
 

@@ -82,7 +82,7 @@ def test_no_row_wrapped_by_the_retired_master_key_is_left_in_the_files(tmp_path:
     store.add_keys({store.sid("demo", f"p{i}"): os.urandom(32) for i in range(300)})
     store.signing_key()
     store.record_key()
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db:
         wrapped = [row[0] for row in db.execute("SELECT wrapped FROM data_keys")]
         wrapped += [
             row[0] for row in db.execute("SELECT value FROM meta WHERE name != ?", (MASTER_ID,))
@@ -126,7 +126,7 @@ def test_a_store_made_before_it_named_its_master_key_keeps_its_record_key(
     the key derived from the master key, which the store must go on giving."""
     path, master = tmp_path / "keys.db", os.urandom(32)
     KeyStore(path, master).close()
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db, db:  # commits, then closes
         db.execute("DELETE FROM meta WHERE name IN (?, 'record_key')", (MASTER_ID,))
     assert KeyStore.master_key_id_of(path) is None
     with pytest.raises(MasterKeyMismatch):
