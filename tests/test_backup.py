@@ -163,3 +163,77 @@ def test_a_backup_never_overwrites_and_needs_a_ledger(tmp_path: Path) -> None:
     assert (tmp_path / "full" / "x").read_text() == "keep"
     same = run(data, "backup", "--into", str(data))
     assert same.returncode == 2
+
+
+def log_end(log: Path) -> int:
+    try:
+        with contextlib.closing(sqlite3.connect(log, timeout=30)) as db:
+            row = db.execute("SELECT max(rowid) FROM stored_events").fetchone()
+    except sqlite3.OperationalError:  # not created yet
+        return 0
+    return int(row[0] or 0)
+
+
+def views_at(views: Path) -> int:
+    try:
+        with contextlib.closing(sqlite3.connect(views, timeout=30)) as db:
+            row = db.execute("SELECT max(notification_id) FROM tracking").fetchone()
+    except sqlite3.OperationalError:  # not created yet
+        return 0
+    return int(row[0] or 0)
+
+
+@pytest.mark.parametrize("backend_settings", ["embedded"], indirect=True)
+def test_a_backup_taken_while_the_views_follow_the_log_has_no_view_ahead_of_it(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The views are copied before the log: a restored view may be behind its log (a
+    catch-up), never ahead of it. A real writer and a real `project --follow` run; after
+    each copy the backup waits until the views pass the end the log had then."""
+    stream = tmp_path / "stream.jsonl"
+    stream.write_text(
+        "\n".join(orjson.dumps(grant(f"v-{i}", event_id=f"v{i}")).decode() for i in range(30_000))
+    )
+    env = {**os.environ, "LEDGER_DATA_DIR": str(data)}
+    cli = [sys.executable, "-m", "ledger.cli"]
+    projector = subprocess.Popen(
+        [*cli, "project", "--follow", "--interval", "0.05"], env=env, stderr=subprocess.PIPE
+    )
+    writer = subprocess.Popen(
+        [*cli, "record", str(stream)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+
+    def wait(process: subprocess.Popen[bytes]) -> None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=0.02)
+
+    def wait_until_the_views_reach(end: int) -> None:
+        deadline = time.monotonic() + 120
+        while views_at(data / "views.db") < end:
+            assert time.monotonic() < deadline, "the views did not catch up"
+            wait(projector)
+            assert projector.returncode is None, "the projection stopped"
+
+    copy = backup_module._copy
+    writing_after_copies: list[bool] = []
+
+    def copy_then_let_both_move_on(source: Path, target: Path) -> None:
+        copy(source, target)
+        end = log_end(data / "ledger.db")
+        writing_after_copies.append(writer.poll() is None)
+        while writer.poll() is None and log_end(data / "ledger.db") <= end:
+            wait(writer)  # the writer commits again, if it still writes
+        wait_until_the_views_reach(log_end(data / "ledger.db"))
+
+    monkeypatch.setattr(backup_module, "_copy", copy_then_let_both_move_on)
+    try:
+        wait_until_the_views_reach(1_000)
+        backup_module.back_up(Settings(data_dir=data), tmp_path / "backup")
+    finally:
+        _, err = writer.communicate(timeout=300)
+        projector.terminate()
+        projector.communicate(timeout=60)
+    assert writing_after_copies[0], "the writer had finished before the first copy: no race"
+    assert writer.returncode == 0, err
+    backup = tmp_path / "backup"
+    assert 1_000 < views_at(backup / "views.db") <= log_end(backup / "ledger.db")
