@@ -140,15 +140,18 @@ def subject_ids(log: Path) -> set[str]:
         }
 
 
-def subjects_in(log: Path) -> int:
+def number_in(database: Path, query: str) -> int:
+    """One number read from a live database, 0 before the table exists."""
     try:
-        with contextlib.closing(sqlite3.connect(log, timeout=30)) as db:
-            row = db.execute(
-                "SELECT count(*) FROM stored_events WHERE topic LIKE 'ledger.subject:%'"
-            ).fetchone()
+        with contextlib.closing(sqlite3.connect(database, timeout=30)) as db:
+            row = db.execute(query).fetchone()
     except sqlite3.OperationalError:  # not created yet
         return 0
-    return int(row[0])
+    return int(row[0] or 0)
+
+
+def subjects_in(log: Path) -> int:
+    return number_in(log, "SELECT count(*) FROM stored_events WHERE topic LIKE 'ledger.subject:%'")
 
 
 def test_a_backup_never_overwrites_and_needs_a_ledger(tmp_path: Path) -> None:
@@ -166,21 +169,11 @@ def test_a_backup_never_overwrites_and_needs_a_ledger(tmp_path: Path) -> None:
 
 
 def log_end(log: Path) -> int:
-    try:
-        with contextlib.closing(sqlite3.connect(log, timeout=30)) as db:
-            row = db.execute("SELECT max(rowid) FROM stored_events").fetchone()
-    except sqlite3.OperationalError:  # not created yet
-        return 0
-    return int(row[0] or 0)
+    return number_in(log, "SELECT max(rowid) FROM stored_events")
 
 
 def views_at(views: Path) -> int:
-    try:
-        with contextlib.closing(sqlite3.connect(views, timeout=30)) as db:
-            row = db.execute("SELECT max(notification_id) FROM tracking").fetchone()
-    except sqlite3.OperationalError:  # not created yet
-        return 0
-    return int(row[0] or 0)
+    return number_in(views, "SELECT max(notification_id) FROM tracking")
 
 
 @pytest.mark.parametrize("backend_settings", ["embedded"], indirect=True)
