@@ -14,6 +14,16 @@ log's. In Kafka mode a replica's log order interleaves the ledger partitions as 
 happened to, so its Merkle head (which `verify` checks) is its own; signed proofs use one
 tree per ledger partition instead, each in offset order, which every replica, and a replica
 rebuilt from the topic, computes alike.
+
+The signing key can be replaced (`consent-ledger signing-key rotate`): the retiring key and
+its successor both sign a hand-over naming the two and the instant, and every checkpoint
+and package signed afterwards carries the ledger's hand-overs (`key_transitions`). A holder
+of any one of the ledger's keys (the one published when it took a checkpoint, or today's)
+follows them to every other, so an earlier checkpoint signed by a retired key still proves
+what it proved, and a head a key signed after its own retirement shows as such. Hand-overs
+prove continuity, not safety: whoever holds a retired key can sign a head dated before its
+retirement. After a suspected leak, publish the new key and say from when the old one is
+not to be trusted.
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ from ledger.recorder import LedgerSQLiteRecorder, LogEvidence
 
 FORMAT = "consent-ledger/checkpoint/v1"
 _TREE_HEAD = b"consent-ledger/tree-head/v1\x00"
+_KEY_TRANSITION = b"consent-ledger/key-transition/v1\x00"
 
 
 class LogNotIntact(RuntimeError):
@@ -86,6 +97,158 @@ def public_key_text(key: Ed25519PublicKey) -> str:
 def public_key_of(keystore: KeyStore) -> str:
     """The base64 public half of the ledger's signing key, for the operator to publish."""
     return public_key_text(keystore.signing_key().public_key())
+
+
+def key_transition_message(previous: str, successor: str, rotated_at: str) -> bytes:
+    """The bytes a hand-over's signature covers: both raw public keys, then the instant."""
+    return b"".join([_KEY_TRANSITION, b64(previous), b64(successor), rotated_at.encode()])
+
+
+def hand_over(old: Ed25519PrivateKey, new: Ed25519PrivateKey, rotated_at: str) -> dict[str, Any]:
+    """The word of both keys that `new` signs for the ledger from `rotated_at`: the old
+    key's, so its holders may trust the new one, and the new key's, so its holders may
+    trust what the old one signed before."""
+    previous = public_key_text(old.public_key())
+    successor = public_key_text(new.public_key())
+    message = key_transition_message(previous, successor, rotated_at)
+    return {
+        "previous_key": previous,
+        "public_key": successor,
+        "rotated_at": rotated_at,
+        "algorithm": "Ed25519",
+        "signature": base64.b64encode(old.sign(message)).decode(),
+        "successor_signature": base64.b64encode(new.sign(message)).decode(),
+    }
+
+
+def rotate_signing_key(keystore: KeyStore, now: datetime | None = None) -> dict[str, Any]:
+    """Replace the ledger's signing key; the hand-over its predecessor signed."""
+    rotated_at = (now or datetime.now(UTC)).isoformat()
+    return keystore.rotate_signing_key(lambda old, new: hand_over(old, new, rotated_at))
+
+
+def signed_by_ledger(body: dict[str, Any], transitions: list[dict[str, Any]]) -> dict[str, Any]:
+    """A signed document with the key's hand-overs, when it has any (a ledger whose key
+    never changed writes what it always wrote)."""
+    if transitions:
+        body["key_transitions"] = transitions
+    return body
+
+
+@dataclass(frozen=True)
+class KeyChain:
+    """The keys a head is taken as the ledger's under, oldest first, ending with its
+    signer, and when each retired key handed over."""
+
+    signers: list[str]
+    retired_at: dict[str, datetime]
+
+
+def key_chain(
+    head: dict[str, Any],
+    transitions: Any,
+    public_key: str | None,
+    where: str,
+    problems: list[ProofProblem],
+) -> KeyChain:
+    """The hand-overs that lead to a head's signer, checked: each signed by both its keys,
+    each starting where the one before ended, the last ending at the signer. With
+    `public_key`, that key must be one of the chain's."""
+    signer = str(head["public_key"])
+    if transitions is None:
+        transitions = []
+    if not isinstance(transitions, list):
+        raise ValueError("key_transitions")
+    chain: list[str] = []
+    retired_at: dict[str, datetime] = {}
+    for i, t in enumerate(transitions):
+        previous, successor = str(t["previous_key"]), str(t["public_key"])
+        rotated_at = str(t["rotated_at"])
+        when = datetime.fromisoformat(rotated_at)
+        if when.tzinfo is None:
+            raise ValueError("rotated_at")
+        message = key_transition_message(previous, successor, rotated_at)
+        for key, signature in ((previous, "signature"), (successor, "successor_signature")):
+            try:
+                Ed25519PublicKey.from_public_bytes(b64(key)).verify(b64(t[signature]), message)
+            except InvalidSignature:
+                problems.append(
+                    ProofProblem(
+                        "signature",
+                        "key_transitions",
+                        None,
+                        f"hand-over {i + 1}'s {signature} does not verify",
+                    )
+                )
+        if chain and chain[-1] != previous:
+            problems.append(
+                ProofProblem(
+                    "key_transitions",
+                    "key_transitions",
+                    None,
+                    f"hand-over {i + 1} retires a key that hand-over {i} did not hand over to",
+                )
+            )
+        if not chain:
+            chain.append(previous)
+        chain.append(successor)
+        retired_at[previous] = when
+    if chain and chain[-1] != signer:
+        problems.append(
+            ProofProblem(
+                "key_transitions",
+                where,
+                None,
+                "the key hand-overs given do not end at the key that signed",
+            )
+        )
+        chain.append(signer)
+    if not chain:
+        chain = [signer]
+    if public_key is not None and public_key.strip() not in chain:
+        problems.append(
+            ProofProblem(
+                "untrusted_key",
+                where,
+                None,
+                "signed by another key, which no hand-over given links to the trusted one",
+            )
+        )
+    return KeyChain(chain, retired_at)
+
+
+def check_signer(
+    head: dict[str, Any], chain: KeyChain, where: str, problems: list[ProofProblem]
+) -> None:
+    """That a head's signer is on the chain and had not handed over when it signed."""
+    signer = str(head["public_key"])
+    if signer not in chain.signers:
+        problems.append(
+            ProofProblem(
+                "untrusted_key",
+                where,
+                None,
+                "signed by another key, which no hand-over given links to the signer's",
+            )
+        )
+        return
+    retired = chain.retired_at.get(signer)
+    if retired is not None and _instant(head["signed_at"]) > retired:
+        problems.append(
+            ProofProblem(
+                "retired_key",
+                where,
+                None,
+                "signed by a key after it handed over to its successor",
+            )
+        )
+
+
+def _instant(text: Any) -> datetime:
+    when = datetime.fromisoformat(str(text))
+    if when.tzinfo is None:
+        raise ValueError("signed_at")
+    return when
 
 
 def sign_tree_head(key: Ed25519PrivateKey, trees: list[Tree], signed_at: str) -> dict[str, Any]:
@@ -169,13 +332,14 @@ def checkpoint(
     proof that today's trees extend those. Reads every fact's hash once."""
     proven = proven_moment(recorder.evidence_of([]), [], since_sizes)
     signed_at = (now or datetime.now(UTC)).isoformat()
+    key, transitions = keystore.signer()
     out: dict[str, Any] = {
         "format": FORMAT,
-        "tree_head": sign_tree_head(keystore.signing_key(), proven.trees, signed_at),
+        "tree_head": sign_tree_head(key, proven.trees, signed_at),
     }
     if proven.consistency is not None:
         out["consistency"] = proven.consistency
-    return out
+    return signed_by_ledger(out, transitions)
 
 
 @dataclass
@@ -222,12 +386,15 @@ def verify_checkpoint(
         if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
             raise ValueError("format")
         head = checkpoint["tree_head"]
-        _, trees = check_tree_head(head, "tree_head", public_key, result.problems)
+        chain = key_chain(
+            head, checkpoint.get("key_transitions"), public_key, "tree_head", result.problems
+        )
+        _, trees = check_tree_head(head, "tree_head", result.problems)
         result.trees = [(p, n, r.hex()) for p, (n, r) in sorted(trees.items())]
         result.public_key = str(head["public_key"])
         if since is not None:
             result.extends = check_extends(
-                head, checkpoint.get("consistency"), since, public_key, result.problems
+                head, checkpoint.get("consistency"), since, chain, result.problems
             )
     except MALFORMED as e:
         result.problems.append(malformed("checkpoint", e))
@@ -249,9 +416,9 @@ def b64(value: Any) -> bytes:
 
 
 def check_tree_head(
-    head: dict[str, Any], where: str, public_key: str | None, problems: list[ProofProblem]
+    head: dict[str, Any], where: str, problems: list[ProofProblem]
 ) -> tuple[Ed25519PublicKey, dict[int, tuple[int, bytes]]]:
-    """The signature of a tree head, and its signer if `public_key` names one; returns the
+    """The signature of a tree head (whose key signed it, `key_chain` says); returns the
     head's key, for what else it signed, and its trees: partition -> (size, root)."""
     key = Ed25519PublicKey.from_public_bytes(b64(head["public_key"]))
     listed: list[Tree] = [
@@ -266,8 +433,6 @@ def check_tree_head(
         problems.append(
             ProofProblem("signature", where, None, "the tree head's signature does not verify")
         )
-    if public_key is not None and public_key.strip() != head["public_key"]:
-        problems.append(ProofProblem("untrusted_key", where, None, "signed by another key"))
     return key, trees
 
 
@@ -275,19 +440,18 @@ def check_extends(
     head: dict[str, Any],
     consistency: Any,
     since: Any,
-    public_key: str | None,
+    chain: KeyChain,
     problems: list[ProofProblem],
 ) -> list[Tree]:
     """That every tree of `head` extends the same partition's tree in the earlier checkpoint
     `since`, by the consistency proofs given with it; returns the earlier trees. The earlier
-    checkpoint is held to the same signer: a rewrite signed by a new key is no extension of
-    what the old key signed."""
+    checkpoint is held to the head's signer or a key that handed over to it (`chain`): a
+    rewrite signed by an unrelated key is no extension of what the old key signed."""
     if not isinstance(since, dict) or since.get("format") != FORMAT:
         raise ValueError("since format")
-    _, new_trees = check_tree_head(head, "tree_head", None, [])
-    _, old_trees = check_tree_head(
-        since["tree_head"], "since", public_key or str(head["public_key"]), problems
-    )
+    _, new_trees = check_tree_head(head, "tree_head", [])
+    _, old_trees = check_tree_head(since["tree_head"], "since", problems)
+    check_signer(since["tree_head"], chain, "since", problems)
     proofs = {
         int(c["partition"]): (int(c["from_size"]), [bytes.fromhex(n) for n in c["path"]])
         for c in (consistency if isinstance(consistency, list) else [])

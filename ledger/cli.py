@@ -20,7 +20,7 @@ import orjson
 from ledger.application import ConsentLedger
 from ledger.envelope import Fact, parse_fact, parse_fact_bytes, parse_time
 from ledger.errors import FactRejected
-from ledger.keystore import KeyStoreBusyError
+from ledger.keystore import KeyStore, KeyStoreBusyError
 from ledger.receipt import Receipt
 from ledger.settings import Settings, SettingsError
 
@@ -344,11 +344,13 @@ _NOT_A_CHECKPOINT = "--since takes a checkpoint written by consent-ledger checkp
 def _agrees_with(signed: dict[str, Any], since: Any) -> None:
     """Refuse to hand out a proof that the earlier checkpoint does not check against: it is
     another log's, or this log was rewritten since it was signed."""
-    from ledger.checkpoint import MALFORMED, ProofProblem, check_extends
+    from ledger.checkpoint import MALFORMED, ProofProblem, check_extends, key_chain
 
     problems: list[ProofProblem] = []
+    head = signed["tree_head"]
     try:
-        check_extends(signed["tree_head"], signed.get("consistency"), since, None, problems)
+        chain = key_chain(head, signed.get("key_transitions"), None, "tree_head", problems)
+        check_extends(head, signed.get("consistency"), since, chain, problems)
     except MALFORMED:
         raise CliError(_NOT_A_CHECKPOINT) from None
     if problems:
@@ -389,6 +391,47 @@ def cmd_signing_key(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         ledger.close()
     return 0
+
+
+def cmd_signing_key_rotate(args: argparse.Namespace, settings: Settings) -> int:
+    """Only the key store is opened (no log, no broker); a running service signs with the
+    new key from its next checkpoint or package on."""
+    from ledger.checkpoint import rotate_signing_key
+
+    with contextlib.closing(_key_store(settings)) as keystore:
+        statement = rotate_signing_key(keystore)
+    print(f"retired signing key: {statement['previous_key']}")
+    print(f"new signing key:     {statement['public_key']}")
+    print(
+        f"the retired key signed the hand-over at {statement['rotated_at']}; checkpoints and "
+        "evidence packages carry it from now on. Publish the new key next to the old one "
+        "(consent-ledger signing-key history --json lists every hand-over)"
+    )
+    return 0
+
+
+def cmd_signing_key_history(args: argparse.Namespace, settings: Settings) -> int:
+    from ledger.checkpoint import public_key_text
+
+    with contextlib.closing(_key_store(settings)) as keystore:
+        key, transitions = keystore.signer()
+    if args.json:
+        _print_json(transitions)
+        return 0
+    for t in transitions:
+        print(f"{t['rotated_at']}  {t['previous_key']} -> {t['public_key']}")
+    print(f"signing now: {public_key_text(key.public_key())}")
+    return 0
+
+
+def _key_store(settings: Settings) -> KeyStore:
+    """The key store alone, refused where there is none (a fresh key there would sign for
+    a ledger that is elsewhere)."""
+    from ledger.keystore import load_master_key
+
+    if not settings.keystore_path.exists():
+        raise CliError(f"no key store at {settings.keystore_path}: run consent-ledger init")
+    return KeyStore(settings.keystore_path, load_master_key(settings))
 
 
 def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
@@ -1101,6 +1144,14 @@ def _parser() -> argparse.ArgumentParser:
         "signing-key", help="the public key (base64) that signs this ledger's evidence packages"
     )
     p.set_defaults(run=cmd_signing_key)
+    signing = p.add_subparsers(dest="signing_command")
+    q = signing.add_parser(
+        "rotate", help="replace the signing key; the retiring key signs the hand-over"
+    )
+    q.set_defaults(run=cmd_signing_key_rotate)
+    q = signing.add_parser("history", help="the signing key's hand-overs, oldest first")
+    q.add_argument("--json", action="store_true", help="the signed statements, to publish")
+    q.set_defaults(run=cmd_signing_key_history)
 
     p = sub.add_parser(
         "backup", help="consistent copies of the data directory's databases (not the master key)"

@@ -10,7 +10,8 @@ the same way, so the master key only ever wraps: rotating it (`KeyStore.rotate`)
 every row and changes nothing the log or a published proof depends on. The store names the
 master key that wraps it (`master_key_id`), and every write of a new key checks that name in
 its own transaction, so a process still running on a retired master key refuses to write
-rather than leave a key only the retired one opens.
+rather than leave a key only the retired one opens. The signing key is replaced on its own
+(`rotate_signing_key`), with a record of each hand-over kept beside it.
 """
 
 from __future__ import annotations
@@ -148,9 +149,13 @@ class KeyStore:
             CREATE TABLE IF NOT EXISTS erased (
                 sid TEXT PRIMARY KEY, erased_at TEXT NOT NULL
             ) WITHOUT ROWID;
+            CREATE TABLE IF NOT EXISTS signing_key_transitions (
+                seq INTEGER PRIMARY KEY, statement BLOB NOT NULL
+            );
             """
         )
-        self._signing: Ed25519PrivateKey | None = None
+        # The signing key as last read: its wrapped bytes, and the key they open to.
+        self._signing: tuple[bytes, Ed25519PrivateKey] | None = None
         self._pseudonym_key = self._load_or_create_pseudonym_key()
         # Keyed once: each sid and digest copies this state instead of keying a new HMAC
         # (2.3 instead of 3.8 us for a sid, timeit, 2026-12-01; two per fact).
@@ -174,16 +179,78 @@ class KeyStore:
         )
 
     def signing_key(self) -> Ed25519PrivateKey:
-        """The ledger's Ed25519 key, which signs the tree heads of evidence packages.
+        """The ledger's Ed25519 key, which signs checkpoints and evidence packages."""
+        return self.signer()[0]
+
+    def signer(self) -> tuple[Ed25519PrivateKey, list[dict[str, Any]]]:
+        """The signing key and the signed hand-overs from each earlier one, read together.
 
         Kept like the pseudonym key, wrapped by the master key in this store (created on
         first use), so whoever can read the ledger's personal data can sign for it and no
-        one else; the public half goes into every package it signs.
+        one else; the public half goes into every package it signs. Read again on every
+        call (one small read transaction; signing is rare) rather than held: a rotation by
+        another process takes effect at once, and a retired key signs nothing more.
         """
-        if self._signing is None:
-            seed = self._load_or_create_secret("signing_key")
-            self._signing = Ed25519PrivateKey.from_private_bytes(seed)
-        return self._signing
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                row = self._db.execute("SELECT value FROM meta WHERE name='signing_key'").fetchone()
+                transitions = [
+                    orjson.loads(statement)
+                    for (statement,) in self._db.execute(
+                        "SELECT statement FROM signing_key_transitions ORDER BY seq"
+                    )
+                ]
+            finally:
+                self._db.execute("COMMIT")
+        if row is None:
+            self._load_or_create_secret("signing_key")
+            return self.signer()
+        return self._opened_signing_key(bytes(row[0])), transitions
+
+    def _opened_signing_key(self, wrapped: bytes) -> Ed25519PrivateKey:
+        if self._signing is None or self._signing[0] != wrapped:
+            seed = self._unwrap(SECRETS["signing_key"], wrapped)
+            self._signing = (wrapped, Ed25519PrivateKey.from_private_bytes(seed))
+        return self._signing[1]
+
+    def rotate_signing_key(
+        self, hand_over: Callable[[Ed25519PrivateKey, Ed25519PrivateKey], dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Replace the signing key with a new one; `hand_over(old, new)` is the statement,
+        signed by the old key, that names the new one, kept with the earlier ones.
+
+        One transaction, so a store has either the old key and not the statement or both;
+        the old key's bytes are then removed from the file and its WAL as an erased data
+        key's are. The statements are not secret and not wrapped (a master key rotation
+        leaves them be).
+        """
+        self.signing_key()  # a store that never signed gets its first key
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._check_master()
+                (wrapped,) = self._db.execute(
+                    "SELECT value FROM meta WHERE name='signing_key'"
+                ).fetchone()
+                old = self._opened_signing_key(bytes(wrapped))
+                seed = os.urandom(32)
+                statement = hand_over(old, Ed25519PrivateKey.from_private_bytes(seed))
+                self._db.execute(
+                    "UPDATE meta SET value=? WHERE name='signing_key'",
+                    (self._wrap(SECRETS["signing_key"], seed),),
+                )
+                self._db.execute(
+                    "INSERT INTO signing_key_transitions (statement) VALUES (?)",
+                    (orjson.dumps(statement),),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._signing = None
+            self.shred_wal()
+        return statement
 
     def _load_or_create_secret(
         self, name: str, make: Callable[[], bytes] = lambda: os.urandom(32)

@@ -18,7 +18,8 @@ subject's head in that tree, a statement any later walk of the log would prove f
 proven either: that the decrypted personal data is what its ciphertext holds (AES-GCM
 would, with the subject's data key, which the package does not carry). The signing key is
 only as trusted as the operator's publication of its public half: pass that to the check
-(`--public-key`) to hold the package to it.
+(`--public-key`) to hold the package to it. After a rotation the package carries the key's
+hand-overs (`ledger.checkpoint`), so any key the operator ever published will do.
 """
 
 from __future__ import annotations
@@ -45,9 +46,11 @@ from ledger.checkpoint import (
     b64,
     check_extends,
     check_tree_head,
+    key_chain,
     malformed,
     proven_moment,
     sign_tree_head,
+    signed_by_ledger,
 )
 from ledger.codec import TRANSCODER
 from ledger.policy import text_sha256
@@ -126,7 +129,7 @@ def evidence_package(
         assert trail is not None
     trail["facts"] = [row for row in trail["facts"] if row["version"] <= last]
     signed_at = (now or datetime.now(UTC)).isoformat()
-    key = ledger.keystore.signing_key()
+    key, transitions = ledger.keystore.signer()
     last_entry = chains["subject"][-1]
     # A tree's inclusion proofs show what it holds, never what it lacks; the completeness
     # of the subject's chain is the ledger's signed word instead, which a later walk of
@@ -152,7 +155,7 @@ def evidence_package(
     }
     if proven.consistency is not None:
         package["consistency"] = proven.consistency
-    return package
+    return signed_by_ledger(package, transitions)
 
 
 def _entry(
@@ -223,12 +226,15 @@ def _verify(package: Any, public_key: str | None, since: Any, result: EvidenceRe
             )
         )
     head = package["tree_head"]
-    key, trees = check_tree_head(head, "tree_head", public_key, result.problems)
+    chain = key_chain(
+        head, package.get("key_transitions"), public_key, "tree_head", result.problems
+    )
+    key, trees = check_tree_head(head, "tree_head", result.problems)
     result.trees = [(p, n, r.hex()) for p, (n, r) in sorted(trees.items())]
     result.public_key = str(head["public_key"])
     if since is not None:
         result.extends = check_extends(
-            head, package.get("consistency"), since, public_key, result.problems
+            head, package.get("consistency"), since, chain, result.problems
         )
     sid = UUID(hex=package["sid"])
     chains = package["chains"]
@@ -351,6 +357,7 @@ _PACKAGE_FIELDS = {
     "chains",
     "trail",
     "consistency",
+    "key_transitions",
 }
 
 

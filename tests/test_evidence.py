@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from ledger.application import ConsentLedger
-from ledger.checkpoint import LogNotIntact, public_key_of
+from ledger.checkpoint import LogNotIntact, public_key_of, rotate_signing_key
 from ledger.envelope import parse_fact
 from ledger.receipt import Receipt
 from projections.evidence import evidence_package, verify_evidence
@@ -412,6 +412,7 @@ UNCHECKED = (
     ("trail", "facts", "*", "position"),
     ("chains", "*", "*", "position"),
     ("tree_head", "algorithm"),
+    ("key_transitions", "*", "algorithm"),
 )
 
 
@@ -442,18 +443,23 @@ def changed(value: Any) -> Any:
     return None  # an empty list or object: gone
 
 
-@pytest.mark.parametrize("erased", [False, True], ids=["kept", "erased"])
+@pytest.mark.parametrize("state", ["kept", "erased", "rotated"])
 def test_every_value_a_package_vouches_for_is_checked(
-    backend_ledger: ConsentLedger, erased: bool
+    backend_ledger: ConsentLedger, state: str
 ) -> None:
     """Every leaf of the package but the few listed as unchecked, changed in turn (a string's
-    last character, a number by one, a flag flipped): not one change goes unnoticed."""
+    last character, a number by one, a flag flipped): not one change goes unnoticed. Also
+    with the signing key replaced twice, so the package carries its hand-overs."""
     sid = history(backend_ledger)
-    if erased:
+    if state == "erased":
         recorded(backend_ledger, erase(REFERENCE, event_id="e1"))
+    if state == "rotated":
+        for _ in range(2):
+            rotate_signing_key(backend_ledger.keystore)
     found = evidence_package(backend_ledger, "demo", sid)
     package: dict[str, Any] = orjson.loads(orjson.dumps(found))
     assert verify_evidence(package).ok
+    assert ("key_transitions" in package) == (state == "rotated")
     paths = [p for p in leaf_paths(package) if not unchecked(p)]
     assert len(paths) > 150
     unnoticed = []

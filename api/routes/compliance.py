@@ -164,7 +164,9 @@ def signed_checkpoint(
     """The log's Merkle tree heads (one per ledger partition in Kafka mode), signed with the
     ledger's Ed25519 key, for the operator to publish; with `since_sizes` (an earlier
     checkpoint's tree sizes, comma-separated in partition order), the RFC 9162 proofs that
-    the log only grew since (`consent-ledger verify --checkpoint NEW --since OLD`)."""
+    the log only grew since (`consent-ledger verify --checkpoint NEW --since OLD`). Once the
+    signing key was replaced, `key_transitions` lists its hand-overs, each signed by the
+    retiring key and its successor, so a holder of any of the ledger's keys can check."""
     with signing_refusals():
         return checkpoint(
             svc.ledger.ledger_recorder, svc.ledger.keystore, since_sizes=parse_sizes(since_sizes)
