@@ -22,3 +22,9 @@ def run(
         text=True,
         timeout=120,
     )
+
+
+def verify_elsewhere(data: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`consent-ledger verify ARGS` with no data directory at all: a package or checkpoint
+    is all such a check has."""
+    return run(data, "verify", *args, LEDGER_DATA_DIR=str(tmp_path / "nothing-here"))

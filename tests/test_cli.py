@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from tests.cli_support import BACKEND_ENV, run
+from tests.cli_support import BACKEND_ENV, run, verify_elsewhere
 from tests.facts import grant, withdraw
 
 
@@ -267,8 +267,7 @@ def test_evidence_is_written_once_and_verified_without_the_ledger(
     key = run(data, "signing-key").stdout.strip()
     assert orjson.loads(package.read_bytes())["tree_head"]["public_key"] == key
     # Checked with no data directory at all: the package is all the check has.
-    elsewhere = {"LEDGER_DATA_DIR": str(tmp_path / "nothing-here")}
-    checked = run(data, "verify", "--evidence", str(package), "--public-key", key, **elsewhere)
+    checked = verify_elsewhere(data, tmp_path, "--evidence", str(package), "--public-key", key)
     assert checked.returncode == 0 and checked.stdout.startswith("evidence: OK"), checked.stderr
     assert not (tmp_path / "nothing-here").exists()
     stranger = run(data, "verify", "--evidence", str(package), "--public-key", "A" * 44)
@@ -295,17 +294,8 @@ def test_checkpoints_are_published_and_checked_without_the_ledger(
     second = run(data, "checkpoint", "--since", str(old), "--out", str(new))
     assert second.returncode == 0, second.stderr
     key = run(data, "signing-key").stdout.strip()
-    elsewhere = {"LEDGER_DATA_DIR": str(tmp_path / "nothing-here")}
-    checked = run(
-        data,
-        "verify",
-        "--checkpoint",
-        str(new),
-        "--since",
-        str(old),
-        "--public-key",
-        key,
-        **elsewhere,
+    checked = verify_elsewhere(
+        data, tmp_path, "--checkpoint", str(new), "--since", str(old), "--public-key", key
     )
     assert checked.returncode == 0 and "extending the checkpoint of" in checked.stdout
     backwards = run(data, "verify", "--checkpoint", str(old), "--since", str(new), "--json")

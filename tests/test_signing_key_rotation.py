@@ -29,7 +29,7 @@ from ledger.checkpoint import (
 )
 from ledger.keystore import KeyStore
 from projections.evidence import evidence_package, verify_evidence
-from tests.cli_support import run
+from tests.cli_support import run, verify_elsewhere
 from tests.facts import grant, withdraw
 from tests.test_checkpoint import recorded, signed
 
@@ -209,17 +209,8 @@ def test_the_cli_rotates_lists_and_checks_across_the_hand_over(data: Path, tmp_p
     new = tmp_path / "new.json"
     made = run(data, "checkpoint", "--since", str(old), "--out", str(new))
     assert made.returncode == 0, made.stderr
-    elsewhere = {"LEDGER_DATA_DIR": str(tmp_path / "nothing-here")}
-    checked = run(
-        data,
-        "verify",
-        "--checkpoint",
-        str(new),
-        "--since",
-        str(old),
-        "--public-key",
-        first_key,
-        **elsewhere,
+    checked = verify_elsewhere(
+        data, tmp_path, "--checkpoint", str(new), "--since", str(old), "--public-key", first_key
     )
     assert checked.returncode == 0 and "extending the checkpoint" in checked.stdout, checked.stderr
 
