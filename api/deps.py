@@ -13,7 +13,7 @@ from fastapi.security import SecurityScopes
 from fastapi.security.base import SecurityBase
 
 from api.group_commit import GroupCommitter
-from api.keys import ApiKeys, Principal
+from api.keys import ApiKeys, ExpiredKey, Principal
 from api.metrics import Metrics
 from api.problems import Problem
 from api.process_committer import ProcessCommitter
@@ -59,7 +59,12 @@ def caller(request: Request) -> Principal:
     if scheme.lower() != "bearer" or not token:
         raise Problem(401, "unauthorized", "send 'Authorization: Bearer <api key>'")
     keys: ApiKeys = request.app.state.service.keys
-    principal = keys.authenticate(token.strip())
+    try:
+        principal = keys.authenticate(token.strip())
+    except ExpiredKey as e:
+        raise Problem(
+            401, "api_key_expired", f"the API key expired at {e.expires_at}; ask for a new one"
+        ) from None
     if principal is None:
         raise Problem(401, "unauthorized", "the API key is unknown or revoked")
     return principal
@@ -87,7 +92,8 @@ class ApiKey(SecurityBase):
             "sent as `Authorization: Bearer <key>`. A key reads and writes only its own "
             "tenant. Each operation lists the roles it admits (publisher: write facts; "
             "compliance: read, export, check; admin: erase and the rest). No key, or an "
-            "unknown or revoked one: 401; a key without one of the roles: 403."
+            "unknown or revoked one: 401 `unauthorized`; a key past its expiry: 401 "
+            "`api_key_expired`; a key without one of the roles: 403."
         )
         self.scheme_name = SCHEME
 

@@ -1,11 +1,15 @@
 """API keys: stored only as SHA-256 hashes, each bound to one tenant and a set of roles.
 
 A key is shown once, when created. It is `cl_<key id>_<secret>`; the id lets an operator
-name a key (list, revoke) without holding the secret.
+name a key (list, revoke) without holding the secret. A key may be made to expire (a
+credential handed to a contractor, to an auditor for the weeks of an inquiry): after its
+`expires_at` it is refused as a revoked one is, with its own code, so its holder knows to
+ask for a new one rather than to check the key they typed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import secrets
@@ -22,6 +26,14 @@ ROLES = frozenset({"publisher", "compliance", "admin"})
 
 class KeyError_(ValueError):
     """A key command was given something unusable (unknown role, unknown key id)."""
+
+
+class ExpiredKey(Exception):
+    """The key is right, and past its expiry. Only said to whoever holds the secret."""
+
+    def __init__(self, expires_at: str) -> None:
+        super().__init__(expires_at)
+        self.expires_at = expires_at
 
 
 @dataclass(frozen=True)
@@ -51,40 +63,53 @@ class ApiKeys:
         *,
         recheck_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._recheck_s = recheck_s
         self._clock = clock
-        # key id -> (hash of its secret, who it is, when its row was read)
-        self._valid: dict[str, tuple[str, Principal, float]] = {}
+        self._wall_clock = wall_clock
+        # key id -> (hash of its secret, who it is, its expiry, when its row was read)
+        self._valid: dict[str, tuple[str, Principal, datetime | None, float]] = {}
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS api_keys (key_id TEXT PRIMARY KEY, secret_sha256 TEXT "
             "NOT NULL, tenant TEXT NOT NULL, roles TEXT NOT NULL, created_at TEXT NOT NULL, "
-            "revoked_at TEXT)"
+            "revoked_at TEXT, expires_at TEXT)"
         )
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(api_keys)")}
+        if "expires_at" not in columns:  # a table made before keys could expire
+            with contextlib.suppress(sqlite3.OperationalError):  # another process added it
+                self._db.execute("ALTER TABLE api_keys ADD COLUMN expires_at TEXT")
 
     def close(self) -> None:
         self._db.close()
 
-    def create(self, tenant: str, roles: set[str]) -> tuple[str, str]:
+    def create(
+        self, tenant: str, roles: set[str], expires_at: datetime | None = None
+    ) -> tuple[str, str]:
         """Returns (key id, the key itself); the key is not stored and cannot be shown again."""
         unknown = roles - ROLES
         if unknown or not roles:
             raise KeyError_(f"roles are {', '.join(sorted(ROLES))}")
+        now = self._wall_clock()
+        if expires_at is not None and expires_at <= now:
+            raise KeyError_("a key's expiry must be in the future")
         key_id = secrets.token_hex(6)
         secret = secrets.token_urlsafe(32)
         with self._lock:
             self._db.execute(
-                "INSERT INTO api_keys VALUES (?,?,?,?,?,NULL)",
+                "INSERT INTO api_keys (key_id, secret_sha256, tenant, roles, created_at, "
+                "expires_at) VALUES (?,?,?,?,?,?)",
                 (
                     key_id,
                     _sha256(secret),
                     tenant,
                     ",".join(sorted(roles)),
-                    datetime.now(UTC).isoformat(),
+                    now.isoformat(),
+                    expires_at.astimezone(UTC).isoformat() if expires_at else None,
                 ),
             )
         return key_id, f"cl_{key_id}_{secret}"
@@ -102,27 +127,36 @@ class ApiKeys:
     def list(self, tenant: str | None = None) -> list[dict[str, str | None]]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT key_id, tenant, roles, created_at, revoked_at FROM api_keys "
+                "SELECT key_id, tenant, roles, created_at, revoked_at, expires_at FROM api_keys "
                 + ("WHERE tenant=? " if tenant else "")
                 + "ORDER BY created_at",
                 (tenant,) if tenant else (),
             ).fetchall()
         return [
-            {"key_id": r[0], "tenant": r[1], "roles": r[2], "created_at": r[3], "revoked_at": r[4]}
+            {
+                "key_id": r[0],
+                "tenant": r[1],
+                "roles": r[2],
+                "created_at": r[3],
+                "revoked_at": r[4],
+                "expires_at": r[5],
+            }
             for r in rows
         ]
 
     def authenticate(self, presented: str) -> Principal | None:
+        """Who holds this key; None for no such key, a revoked one or a wrong secret.
+        Raises ExpiredKey for the right secret of a key past its expiry."""
         parts = presented.split("_", 2)
         if len(parts) != 3 or parts[0] != "cl":
             return None
         _, key_id, secret = parts
         now = self._clock()
         known = self._valid.get(key_id)
-        if known is None or now - known[2] >= self._recheck_s:
+        if known is None or now - known[3] >= self._recheck_s:
             with self._lock:
                 row = self._db.execute(
-                    "SELECT secret_sha256, tenant, roles FROM api_keys "
+                    "SELECT secret_sha256, tenant, roles, expires_at FROM api_keys "
                     "WHERE key_id=? AND revoked_at IS NULL",
                     (key_id,),
                 ).fetchone()
@@ -130,11 +164,15 @@ class ApiKeys:
                 self._valid.pop(key_id, None)
                 return None
             principal = Principal(key_id, tenant=row[1], roles=frozenset(row[2].split(",")))
-            known = (row[0], principal, now)
+            expires = datetime.fromisoformat(row[3]) if row[3] else None
+            known = (row[0], principal, expires, now)
             if self._recheck_s > 0:
                 self._valid[key_id] = known
         if not hmac.compare_digest(known[0], _sha256(secret)):
             return None
+        # Against the wall clock on every request: a remembered key expires on time too.
+        if known[2] is not None and self._wall_clock() >= known[2]:
+            raise ExpiredKey(known[2].isoformat())
         return known[1]
 
 

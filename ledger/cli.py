@@ -12,7 +12,7 @@ import logging
 import sys
 import uuid
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 import orjson
@@ -915,14 +915,18 @@ def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
             raise CliError("no such tenant", EXIT_NOT_FOUND)
     finally:
         ledger.close()
+    expires_at = None
+    if args.expires_in_days is not None:
+        expires_at = datetime.now(UTC) + timedelta(days=args.expires_in_days)
     keys = ApiKeys(keys_path(settings))
     try:
-        key_id, key = keys.create(args.tenant, set(args.role))
+        key_id, key = keys.create(args.tenant, set(args.role), expires_at)
     except KeyError_ as e:
         raise CliError(str(e)) from None
     finally:
         keys.close()
-    print(f"key id {key_id} (tenant {args.tenant}; {', '.join(sorted(set(args.role)))})")
+    until = f"; expires {expires_at.isoformat(timespec='seconds')}" if expires_at else ""
+    print(f"key id {key_id} (tenant {args.tenant}; {', '.join(sorted(set(args.role)))}{until})")
     print(key)
     return 0
 
@@ -958,6 +962,7 @@ def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
             print(
                 f"{k['key_id']}  {k['tenant']:<16} {k['roles']:<30} created {k['created_at']}"
                 + (f"  revoked {k['revoked_at']}" if k["revoked_at"] else "")
+                + (f"  expires {k['expires_at']}" if k["expires_at"] else "")
             )
     return 0
 
@@ -1039,6 +1044,16 @@ def _subject_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--tenant", required=True)
     p.add_argument("--sid", action="store_true", help="SUBJECT is a sid, not a reference")
+
+
+def _positive_days(text: str) -> int:
+    try:
+        days = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= days <= 36_500:
+        raise argparse.ArgumentTypeError("from 1 to 36500 days")
+    return days
 
 
 def _demo_subjects(text: str) -> int:
@@ -1236,6 +1251,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tenant", required=True)
     p.add_argument(
         "--role", action="append", required=True, choices=["publisher", "compliance", "admin"]
+    )
+    p.add_argument(
+        "--expires-in-days",
+        type=_positive_days,
+        metavar="N",
+        help="refuse the key N days from now (401 api_key_expired); default: never",
     )
     p.set_defaults(run=cmd_keys_create)
     p = keys.add_parser("revoke")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ class World:
     keys: dict[tuple[str, str], str]  # (tenant, role) -> key
     sids: dict[str, str]  # tenant -> a sid of that tenant
     revoked: str
+    expired: str  # a key with every role, past its expiry
 
 
 @pytest.fixture(scope="module", params=["embedded", "kafka"])
@@ -58,8 +60,12 @@ def world(
     key_id, revoked = store.create("demo", set(ROLES))
     store.revoke(key_id)
     store.close()
+    past = datetime(2026, 1, 1, tzinfo=UTC)  # its expiry has come: the store refuses one past
+    expiring = ApiKeys(keys_path(settings), wall_clock=lambda: past - timedelta(days=1))
+    expired = expiring.create("demo", set(ROLES), expires_at=past)[1]
+    expiring.close()
     with TestClient(create_app(settings)) as client:
-        yield World(client, keys, sids, revoked)
+        yield World(client, keys, sids, revoked, expired)
 
 
 def call(world: World, route: dict[str, Any], key: str | None, sid: str) -> Any:
@@ -237,6 +243,10 @@ def test_no_key_bad_key_revoked_key(world: World, route: dict[str, Any]) -> None
         response = call(world, route, key, world.sids["demo"])
         assert response.status_code == 401, (key, response.text)
         assert response.json()["code"] == "unauthorized"
+    expired = call(world, route, world.expired, world.sids["demo"])
+    assert expired.status_code == 401, expired.text
+    assert expired.json()["code"] == "api_key_expired"
+    assert "2026-01-01T00:00:00+00:00" in expired.json()["detail"]
 
 
 def test_erasure_is_admin_only_and_tenant_bound(world: World) -> None:

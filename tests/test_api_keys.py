@@ -3,9 +3,15 @@ recheck interval, and never because of what a wrong secret did."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import sqlite3
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from api.keys import ApiKeys
+import pytest
+
+from api.keys import ApiKeys, ExpiredKey, KeyError_
 
 
 class Clock:
@@ -71,3 +77,54 @@ def test_unknown_key_ids_are_not_remembered(tmp_path: Path) -> None:
         assert service.authenticate(f"cl_{n:012x}_secret") is None
     assert not service._valid
     service.close()
+
+
+class WallClock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def test_a_key_expires_on_time_even_while_remembered(tmp_path: Path) -> None:
+    wall, clock = WallClock(), Clock()
+    service = ApiKeys(tmp_path / "api_keys.db", recheck_s=3600.0, clock=clock, wall_clock=wall)
+    _, key = service.create("demo", {"compliance"}, wall.now + timedelta(days=30))
+    assert service.authenticate(key) is not None
+    clock.now += 1  # remembered from here on: its row is not read again for an hour
+    wall.now += timedelta(days=30, microseconds=-1)
+    assert service.authenticate(key) is not None
+    wall.now += timedelta(microseconds=1)
+    with pytest.raises(ExpiredKey) as expired:
+        service.authenticate(key)
+    assert expired.value.expires_at == "2027-01-01T09:00:00+00:00"
+    # Only the key's holder learns it expired: a wrong secret is just refused.
+    assert service.authenticate(key[:-1] + ("A" if key[-1] != "A" else "B")) is None
+    [listed] = service.list("demo")
+    assert listed["expires_at"] == "2027-01-01T09:00:00+00:00"
+    with pytest.raises(KeyError_, match="in the future"):
+        service.create("demo", {"compliance"}, wall.now)
+    service.close()
+
+
+def test_a_key_table_from_before_expiry_is_kept_and_extended(tmp_path: Path) -> None:
+    path = tmp_path / "api_keys.db"
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute(
+            "CREATE TABLE api_keys (key_id TEXT PRIMARY KEY, secret_sha256 TEXT NOT NULL, "
+            "tenant TEXT NOT NULL, roles TEXT NOT NULL, created_at TEXT NOT NULL, "
+            "revoked_at TEXT)"
+        )
+        db.execute(
+            "INSERT INTO api_keys VALUES ('0123456789ab', ?, 'demo', 'admin', "
+            "'2026-11-01T00:00:00+00:00', NULL)",
+            (hashlib.sha256(b"old-secret").hexdigest(),),
+        )
+    keys = ApiKeys(path)
+    principal = keys.authenticate("cl_0123456789ab_old-secret")
+    assert principal is not None and principal.roles == frozenset({"admin"})
+    assert keys.list()[0]["expires_at"] is None
+    keys.create("demo", {"publisher"}, datetime.now(UTC) + timedelta(days=1))
+    assert [k["expires_at"] is None for k in keys.list()] == [True, False]
+    keys.close()

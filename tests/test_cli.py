@@ -397,3 +397,31 @@ def test_an_erasure_retried_with_its_event_id_is_recorded_once(data: Path, tmp_p
     assert other.returncode == 1 and "event_id_conflict" in other.stderr
     trail = orjson.loads(run(data, "trail", "twice-1", "--tenant", "demo", "--json").stdout)
     assert [f["type"] for f in trail["facts"]].count("subject.erased") == 1
+
+
+def test_api_keys_are_created_listed_expired_and_revoked(data: Path) -> None:
+    made = run(data, "keys", "create", "--tenant", "demo", "--role", "compliance")
+    assert made.returncode == 0, made.stderr
+    key_id = made.stdout.split()[2]
+    assert made.stdout.splitlines()[1].startswith(f"cl_{key_id}_")
+    expiring = run(
+        data, "keys", "create", "--tenant", "demo", "--role", "admin", "--expires-in-days", "30"
+    )
+    assert expiring.returncode == 0 and "; expires 20" in expiring.stdout, expiring.stderr
+    for days in ("0", "-3", "36501", "soon"):
+        refused = run(
+            data, "keys", "create", "--tenant", "demo", "--role", "admin", "--expires-in-days", days
+        )
+        assert refused.returncode == 2 and "--expires-in-days" in refused.stderr, days
+    nobody = run(data, "keys", "create", "--tenant", "nobody", "--role", "admin")
+    assert nobody.returncode == 3 and "no such tenant" in nobody.stderr
+    assert run(data, "keys", "revoke", key_id).returncode == 0
+    again = run(data, "keys", "revoke", key_id)
+    assert again.returncode == 3 and "no such active key" in again.stderr
+    listed = orjson.loads(run(data, "keys", "list", "--tenant", "demo", "--json").stdout)
+    assert [(k["roles"], k["revoked_at"] is None, k["expires_at"] is None) for k in listed] == [
+        ("compliance", False, True),
+        ("admin", True, False),
+    ]
+    table = run(data, "keys", "list").stdout.splitlines()
+    assert "revoked 20" in table[0] and "expires 20" in table[1]
