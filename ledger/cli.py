@@ -231,7 +231,7 @@ def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
     event_id = args.event_id or f"erasure-{uuid.uuid4()}"
     ledger = _open(settings)
     try:
-        sid = ledger.sid(args.tenant, args.subject)
+        sid = _sid(ledger, args)
         if ledger.subject(args.tenant, sid) is None:
             raise CliError("no such subject in this tenant", EXIT_NOT_FOUND)
         # A retry with --event-id repeats the first attempt's instant (see occurred_at_of).
@@ -240,7 +240,8 @@ def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
             "event_id": event_id,
             "type": "subject.erased",
             "tenant": args.tenant,
-            "subject": args.subject,
+            # By sid (the reference unknown here), the erasure is built as the HTTP route's.
+            "subject": f"sid:{sid.hex}" if args.sid else args.subject,
             "occurred_at": occurred_at.isoformat(),
             "source": "consent-ledger-cli",
             "channel": "api",
@@ -248,7 +249,7 @@ def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
         }
         if args.request_id:
             fact["request_id"] = args.request_id
-        outcome = ledger.record([parse_fact(fact)])[0]
+        outcome = ledger.record([parse_fact(fact)], sids=[sid] if args.sid else None)[0]
     finally:
         ledger.close()
     if isinstance(outcome, FactRejected):

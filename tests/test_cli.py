@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from tests.cli_support import BACKEND_ENV, run, verify_elsewhere
 from tests.facts import grant, withdraw
@@ -384,11 +385,21 @@ def test_a_demo_too_small_for_its_story_is_refused(tmp_path: Path) -> None:
     assert "verify: OK" in smallest.stdout
 
 
-def test_an_erasure_retried_with_its_event_id_is_recorded_once(data: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("by", ["reference", "sid"])
+def test_an_erasure_retried_with_its_event_id_is_recorded_once(
+    data: Path, tmp_path: Path, by: str
+) -> None:
+    """By the publisher's reference or, as the HTTP route, by sid alone."""
     facts = tmp_path / "g.jsonl"
     facts.write_text(orjson.dumps(grant("twice-1", event_id="t1")).decode())
     assert run(data, "record", str(facts)).returncode == 0
-    erase = ["erase", "twice-1", "--tenant", "demo", "--ground", "subject_request"]
+    subject = ["twice-1"]
+    if by == "sid":
+        listed = orjson.loads(run(data, "trail", "twice-1", "--tenant", "demo", "--json").stdout)
+        subject = [listed["sid"], "--sid"]
+        not_a_sid = run(data, "erase", "twice-1", "--sid", "--tenant", "demo", "--ground", "x")
+        assert not_a_sid.returncode == 2 and "32 hex digits" in not_a_sid.stderr
+    erase = ["erase", *subject, "--tenant", "demo", "--ground", "subject_request"]
     first = run(data, *erase, "--event-id", "erase-t1")
     again = run(data, *erase, "--event-id", "erase-t1")
     assert first.returncode == 0 and again.returncode == 0, first.stderr + again.stderr
