@@ -163,6 +163,15 @@ class ConsentLedger(Application[UUID]):
         return tenant
 
     def create_tenant(self, name: str) -> Tenant:
+        """A tenant's name is what every one of its facts carries, so it is held to the
+        envelope's rule for `tenant` (1 to 64 characters), and it is printed in tables and
+        log lines and keys Kafka records: no control characters, no blank name."""
+        if not 1 <= len(name) <= 64 or not name.strip() or not name.isprintable():
+            raise FactRejected(
+                Code.INVALID_FIELD,
+                "a tenant name is 1 to 64 printable characters, not only spaces",
+                "tenant",
+            )
         if self.tenant(name) is not None:
             raise FactRejected(Code.TENANT_EXISTS, "a tenant with this name exists", "tenant")
         tenant = Tenant.register(name)

@@ -13,7 +13,7 @@ import sys
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, TextIO
+from typing import Any
 
 import orjson
 
@@ -111,8 +111,7 @@ def cmd_record(args: argparse.Namespace, settings: Settings) -> int:
     """Facts are recorded in batches of 1,000 (one transaction each), answered line by line
     in input order, so a large file neither waits for one huge commit nor holds it in memory
     longer than a batch."""
-    stream = sys.stdin if args.file == "-" else _read_file(args.file)
-    items = list(_read_facts(stream))
+    items = list(_read_facts(_read_input(args.file)))
     ledger = _open(settings)
     rejected = 0
     try:
@@ -152,8 +151,7 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
 
     if settings.backend != "kafka":
         raise CliError("publish needs Kafka mode (LEDGER_BACKEND=kafka); use record")
-    stream = sys.stdin if args.file == "-" else _read_file(args.file)
-    items = list(_read_facts(stream))
+    items = list(_read_facts(_read_input(args.file)))
     ledger = _open(settings)
     try:
         published = publish(ledger, items, args.tenant)
@@ -375,11 +373,9 @@ def _write_once(value: Any, out: str | None, what: str, summary: str) -> None:
 
 
 def _load_json(path: str) -> Any:
-    with _read_file(path) as f:
-        text = f.read()
     try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
+        return orjson.loads(_read_input(path))
+    except orjson.JSONDecodeError:  # also for bytes that are not UTF-8
         raise CliError(f"{path} is not JSON") from None
 
 
@@ -653,9 +649,11 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
 
     at = parse_time(args.at, "--at")
     known_at = parse_time(args.known_at, "--known-at") if args.known_at else None
-    stream = sys.stdin if args.file == "-" else _read_file(args.file)
-    with stream:
-        lines = [line.strip() for line in stream.read().splitlines() if line.strip()]
+    try:
+        text = _read_input(args.file).decode("utf-8")
+    except UnicodeDecodeError:
+        raise CliError(f"{args.file} is not UTF-8 text") from None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     ledger = _open(settings)
     views = Views(ledger)
     try:
@@ -980,18 +978,21 @@ def _sid(ledger: ConsentLedger, args: argparse.Namespace) -> uuid.UUID:
     return ledger.sid(args.tenant, args.subject)
 
 
-def _read_file(path: str) -> TextIO:
+def _read_input(path: str) -> bytes:
+    """A file's bytes, or stdin's for '-'. Bytes, not text: what is not UTF-8 is refused
+    where it is parsed (a fact's own line, a JSON document), never as a traceback."""
+    if path == "-":
+        return sys.stdin.buffer.read()
     try:
-        return open(path, encoding="utf-8")
+        with open(path, "rb") as f:
+            return f.read()
     except OSError as e:
         raise CliError(f"cannot read {path}: {e.strerror}") from None
 
 
-def _read_facts(stream: TextIO) -> Iterator[bytes | Any]:
+def _read_facts(data: bytes) -> Iterator[bytes | Any]:
     """A JSON object, a JSON array of objects, or JSON Lines; bad lines become rejections."""
-    with stream:
-        text = stream.read()
-    stripped = text.strip()
+    stripped = data.strip()
     if not stripped:
         raise CliError("no facts in the input")
     # A whole JSON document first (an object, possibly pretty-printed, or an array of them);
@@ -1006,9 +1007,9 @@ def _read_facts(stream: TextIO) -> Iterator[bytes | Any]:
     if isinstance(whole, dict):
         yield whole
         return
-    for line in text.splitlines():
+    for line in data.splitlines():
         if line.strip():
-            yield line.encode("utf-8")
+            yield line
 
 
 def _print_trail(trail: dict[str, Any]) -> None:

@@ -147,6 +147,42 @@ def test_erase_and_tenants(data: Path) -> None:
     assert verify.returncode == 0 and verify.stdout.startswith("verify: OK")
 
 
+def test_input_that_is_not_utf8_is_refused_where_it_is_read(data: Path, tmp_path: Path) -> None:
+    """A line that is not UTF-8 is that fact's own rejection; the others are recorded. A
+    checkpoint or a recipients list that is not text is refused by name, never a traceback."""
+    facts = tmp_path / "mixed.jsonl"
+    facts.write_bytes(
+        orjson.dumps(grant("u-1", event_id="u1"))
+        + b"\n\xff\xfe{not text}\n"
+        + orjson.dumps(grant("u-2", event_id="u2"))
+        + b"\n"
+    )
+    recorded = run(data, "record", str(facts))
+    assert recorded.returncode == 1 and "1 of 3 facts rejected" in recorded.stderr
+    lines = [orjson.loads(line) for line in recorded.stdout.splitlines()]
+    assert ["receipt" in line for line in lines] == [True, False, True]
+    assert lines[1]["rejected"]["code"] == "invalid_json"
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"\x00\xff\xfe garbage")
+    for args in (
+        ("evidence", "u-1", "--tenant", "demo", "--since", str(binary)),
+        ("checkpoint", "--since", str(binary)),
+        ("verify", "--checkpoint", str(binary)),
+    ):
+        refused = run(data, *args)
+        assert refused.returncode == 2 and "is not JSON" in refused.stderr, args
+    at = ("--tenant", "demo", "--purpose", "marketing", "--at", "2025-03-01T00:00:00Z")
+    refused = run(data, "check", *at, str(binary))
+    assert refused.returncode == 2 and "is not UTF-8 text" in refused.stderr, refused.stderr
+
+
+@pytest.mark.parametrize("name", ["", "   ", "a\nb", "tab\there", "x" * 65])
+def test_a_tenant_name_no_fact_could_carry_is_refused(tmp_path: Path, name: str) -> None:
+    refused = run(tmp_path / "data", "tenants", "create", name)
+    assert refused.returncode == 1 and "invalid_field" in refused.stderr, refused.stderr
+    assert run(tmp_path / "data", "tenants", "create", "x" * 64).returncode == 0
+
+
 def test_demo(tmp_path: Path) -> None:
     out = run(tmp_path / "demo", "demo", "--subjects", "40")
     assert out.returncode == 0, out.stderr
