@@ -11,7 +11,7 @@ import contextlib
 import logging
 import sys
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -615,10 +615,15 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
         raise CliError(f"--workers takes a whole number from 1 to {MAX_WORKERS}")
     if args.workers is not None and args.workers > 1 and settings.backend == "kafka":
         raise CliError("--workers: in Kafka mode replay reads the ledger topic in one process")
+    if Path(args.into).exists() and not Path(args.into).is_dir():
+        raise CliError(f"--into {args.into} is not a directory")
     target = Path(args.into) / "views.db"
     if target.exists():
         raise CliError(f"{target} exists: replay builds a fresh store")
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file where the directory should be, no permission, ...
+        raise CliError(f"--into {args.into}: {e.strerror}") from None
     ledger = _open(settings)
     try:
         read = rebuild(ledger, target, known_at=known_at, workers=args.workers)
@@ -695,8 +700,6 @@ def cmd_who(args: argparse.Namespace, settings: Settings) -> int:
 
     at = parse_time(args.at, "--at")
     known_at = parse_time(args.known_at, "--known-at") if args.known_at else None
-    if args.limit < 1:
-        raise CliError("--limit takes a whole number of at least 1")
     if args.after and not all(c in "0123456789abcdef" for c in args.after):
         raise CliError("--after takes a sid (the last one of the previous page)")
     ledger = _open(settings)
@@ -747,8 +750,6 @@ def cmd_due(args: argparse.Namespace, settings: Settings) -> int:
     from projections.views import Views
 
     now = parse_time(args.as_of, "--as-of") if args.as_of else datetime.now(UTC)
-    if args.within < 0:
-        raise CliError("--within takes a number of days, 0 or more")
     ledger = _open(settings)
     views = Views(ledger)
     try:
@@ -1048,14 +1049,30 @@ def _subject_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sid", action="store_true", help="SUBJECT is a sid, not a reference")
 
 
-def _positive_days(text: str) -> int:
+def _whole(low: int, high: int) -> Callable[[str], int]:
+    """An argument's whole number, bounded: a number past any sensible size is a usage
+    error, not an OverflowError deep in SQLite or datetime (the HTTP routes' bounds)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"from {low} to {high}")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
     try:
-        days = int(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if not 1 <= days <= 36_500:
-        raise argparse.ArgumentTypeError("from 1 to 36500 days")
-    return days
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value <= 3600:  # also refuses nan
+        raise argparse.ArgumentTypeError("more than 0 and at most 3600 seconds")
+    return value
 
 
 def _demo_subjects(text: str) -> int:
@@ -1187,8 +1204,10 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("project", help="bring the consent views up to date with the log")
     p.add_argument("--follow", action="store_true", help="keep following until SIGTERM")
-    p.add_argument("--page", type=int, default=5000, help="log entries per transaction")
-    p.add_argument("--interval", type=float, default=0.5, help="seconds between polls")
+    p.add_argument(
+        "--page", type=_whole(1, 1_000_000), default=5000, help="log entries per transaction"
+    )
+    p.add_argument("--interval", type=_seconds, default=0.5, help="seconds between polls")
     p.set_defaults(run=cmd_project)
 
     p = sub.add_parser("replay", help="rebuild the views from the log into a fresh store")
@@ -1225,25 +1244,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--at", required=True)
     p.add_argument("--known-at")
     p.add_argument("--after", help="continue after this sid (the previous page's 'next')")
-    p.add_argument("--limit", type=int, default=1000)
+    p.add_argument("--limit", type=_whole(1, 10_000), default=1000)
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_who)
 
     p = sub.add_parser("due", help="requests near their deadline, expiring consents, retention")
     p.add_argument("--tenant", required=True)
-    p.add_argument("--within", type=int, default=7, help="days ahead to look (default 7)")
+    p.add_argument(
+        "--within", type=_whole(0, 3650), default=7, help="days ahead to look (default 7)"
+    )
     p.add_argument("--as-of", help="instead of now (RFC 3339)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_due)
 
     p = sub.add_parser("worker", help="Kafka mode: the intake writer and the projections")
     p.add_argument("--no-projections", action="store_true", help="run only the intake writer")
-    p.add_argument("--interval", type=float, default=0.5, help="projection poll when idle (s)")
+    p.add_argument("--interval", type=_seconds, default=0.5, help="projection poll when idle (s)")
     p.set_defaults(run=cmd_worker)
 
     p = sub.add_parser("serve", help="the HTTP service (uvicorn)")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_whole(0, 65_535), default=8000, help="0: any free port")
     p.add_argument("--demo", action="store_true", help="load the demo and print a key first")
     p.add_argument("--subjects", type=_demo_subjects, default=300, help="at least 8")
     p.set_defaults(run=cmd_serve)
@@ -1256,7 +1277,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--expires-in-days",
-        type=_positive_days,
+        type=_whole(1, 36_500),
         metavar="N",
         help="refuse the key N days from now (401 api_key_expired); default: never",
     )

@@ -183,6 +183,36 @@ def test_a_tenant_name_no_fact_could_carry_is_refused(tmp_path: Path, name: str)
     assert run(tmp_path / "data", "tenants", "create", "x" * 64).returncode == 0
 
 
+AT = ("--tenant", "demo", "--purpose", "marketing", "--at", "2025-03-01T00:00:00Z")
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("who", *AT, "--limit", "0"), "argument --limit: from 1 to 10000"),
+        (("who", *AT, "--limit", "9" * 20), "argument --limit: from 1 to 10000"),
+        (("due", "--tenant", "demo", "--within", "-1"), "argument --within: from 0 to 3650"),
+        (("due", "--tenant", "demo", "--within", "9" * 12), "argument --within: from 0 to"),
+        (("project", "--page", "0"), "argument --page: from 1 to 1000000"),
+        (("project", "--follow", "--interval", "-1"), "argument --interval: more than 0"),
+        (("project", "--follow", "--interval", "nan"), "argument --interval: more than 0"),
+        (("worker", "--interval", "0"), "argument --interval: more than 0"),
+        (("serve", "--port", "99999"), "argument --port: from 0 to 65535"),
+        (("replay", "--into", "{file}"), "is not a directory"),
+    ],
+    ids=lambda v: " ".join(v[:2]) if isinstance(v, tuple) else None,
+)
+def test_numbers_and_places_out_of_range_are_usage_errors(
+    tmp_path: Path, args: tuple[str, ...], says: str
+) -> None:
+    """Each was an OverflowError traceback, a silent no-op or a hang (`serve --port
+    99999` never returned; `project --interval -1` spun)."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    refused = run(tmp_path / "data", *(arg.format(file=a_file) for arg in args))
+    assert refused.returncode == 2 and says in refused.stderr, refused.stderr
+
+
 def test_demo(tmp_path: Path) -> None:
     out = run(tmp_path / "demo", "demo", "--subjects", "40")
     assert out.returncode == 0, out.stderr
