@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, NamedTuple, TypeAlias
 
 import orjson
@@ -30,6 +30,9 @@ from ledger.vocabulary import (
 
 MAX_FACT_BYTES = 1024 * 1024
 MAX_TEXT = 2000
+# A policy's retention of a purpose: a century is past any law's; more would carry the due
+# list's dates past the calendar's end.
+MAX_RETENTION_DAYS = 36_500
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 COMMON_FIELDS = frozenset(
@@ -204,7 +207,23 @@ def parse_time(value: object, field: str) -> datetime:
         raise FactRejected(
             Code.INVALID_TIMESTAMP, f"{field} is not a valid date and time", field
         ) from None
+    try:
+        in_range = EARLIEST <= parsed.astimezone(UTC) < LATEST
+    except OverflowError:  # 0001-01-01T00:00:00+14:00 is before year 1 in UTC
+        in_range = False
+    if not in_range:
+        raise FactRejected(
+            Code.INVALID_TIMESTAMP,
+            f"{field} is outside the years 1 to 9989 (UTC) that the ledger takes",
+            field,
+        )
     return parsed
+
+
+# The instants the ledger takes: every window a question adds to one (up to ten years: a
+# due list's horizon) stays inside the calendar Python can represent.
+EARLIEST = datetime(1, 1, 1, tzinfo=UTC)
+LATEST = datetime(9990, 1, 1, tzinfo=UTC)
 
 
 _RFC3339 = re.compile(
@@ -341,11 +360,14 @@ def _policy_published(obj: dict[str, Any]) -> dict[str, Any]:
         categories = _names(spec, "categories", required=True)
         retention = spec.get("retention_days")
         if retention is not None and (
-            not isinstance(retention, int) or isinstance(retention, bool) or retention < 0
+            not isinstance(retention, int)
+            or isinstance(retention, bool)
+            or not 0 <= retention <= MAX_RETENTION_DAYS
         ):
             raise FactRejected(
                 Code.INVALID_FIELD,
-                "retention_days must be a whole number of days or null",
+                f"retention_days must be a whole number of days from 0 to {MAX_RETENTION_DAYS} "
+                "or null",
                 "purposes",
             )
         terms[purpose] = {

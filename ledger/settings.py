@@ -40,9 +40,11 @@ class Settings:
     | LEDGER_REJECTED_RETENTION_MS | 604800000 | rejected topic retention (original bytes) |
     | LEDGER_INTAKE_BATCH | 500 | intake records per writer transaction |
     | LEDGER_INTAKE_MAX_BYTES | 1048576 | larger intake records are rejected as oversize |
-    | LEDGER_MAX_FUTURE_SKEW_S | 300 | how far `occurred_at` may be ahead of the ledger's clock |
+    | LEDGER_MAX_FUTURE_SKEW_S | 300 | how far `occurred_at` may be ahead of the ledger's clock
+      (at most 86400) |
     | LEDGER_AGGREGATE_CACHE | 10000 | subjects kept in memory between writes |
-    | LEDGER_REQUEST_DUE_DAYS | 30 | deadline of a subject request that names no `due_at` |
+    | LEDGER_REQUEST_DUE_DAYS | 30 | deadline of a subject request that names no `due_at` (at
+      most 3650) |
     | LEDGER_HTTP_WRITER | process | where `serve` records published facts in embedded mode:
       `process` (a writer process of its own, see api.writer_process) or `thread` (a thread of
       the service's process); Kafka mode always uses a thread |
@@ -101,9 +103,9 @@ class Settings:
             new_master_key=env.get("LEDGER_NEW_MASTER_KEY") or None,
             kafka_bootstrap=env.get("KAFKA_BOOTSTRAP") or None,
             topic_prefix=env.get("LEDGER_TOPIC_PREFIX", "consent") or "consent",
-            max_future_skew_s=_int(env, "LEDGER_MAX_FUTURE_SKEW_S", 300),
+            max_future_skew_s=_int(env, "LEDGER_MAX_FUTURE_SKEW_S", 300, maximum=86_400),
             aggregate_cache=_int(env, "LEDGER_AGGREGATE_CACHE", 10000),
-            request_due_days=_int(env, "LEDGER_REQUEST_DUE_DAYS", 30),
+            request_due_days=_int(env, "LEDGER_REQUEST_DUE_DAYS", 30, maximum=3650),
             partitions=max(1, _int(env, "LEDGER_PARTITIONS", 3)),
             replication=max(1, _int(env, "LEDGER_REPLICATION", 1)),
             min_insync=max(1, _int(env, "LEDGER_MIN_INSYNC", 1)),
@@ -145,7 +147,9 @@ class Settings:
         return self.data_dir / "api_keys.db"
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
+def _int(env: Mapping[str, str], name: str, default: int, maximum: int | None = None) -> int:
+    """A whole-number setting; `maximum` where a larger one would carry a time past the
+    calendar's end (OverflowError on every write or query instead of a refused start)."""
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -155,4 +159,6 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise SettingsError(f"{name} must be a whole number, not {raw!r}") from None
     if value < 0:
         raise SettingsError(f"{name} must not be negative")
+    if maximum is not None and value > maximum:
+        raise SettingsError(f"{name} must be at most {maximum}")
     return value

@@ -69,7 +69,10 @@ def due_list(
                 retention[purpose] = max(retention.get(purpose, 0), terms.retention_days)
     past = []
     for purpose, days in sorted(retention.items()):
-        cutoff = utc(now - timedelta(days=days))
+        try:
+            cutoff = utc(now - timedelta(days=days))
+        except OverflowError:  # a policy recorded before retentions were bounded
+            continue  # reaches back past year 1: nothing is past it yet
         for row in views.rows(
             "SELECT i.sid, MAX(i.valid_to) AS ended FROM view_intervals i "
             "JOIN view_subjects s ON s.sid = i.sid "

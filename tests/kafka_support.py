@@ -181,6 +181,7 @@ BAD_KINDS: list[tuple[str, str]] = [
     ("unknown_tenant", "unknown_tenant"),
     ("no_value", "invalid_json"),
     ("rule", "purpose_not_in_force"),
+    ("out_of_calendar", "invalid_timestamp"),
 ]
 OVERSIZE_LIMIT = 8192
 START = datetime.fromisoformat("2025-01-01T00:00:00+05:00")
@@ -247,6 +248,10 @@ def _poison(kind: str, event_id: str) -> bytes | None:
         return orjson.dumps(grant("p-4", event_id=event_id, tenant="no-such-tenant"))
     if kind == "no_value":
         return None
+    if kind == "out_of_calendar":  # before year 1 once in UTC
+        return orjson.dumps(
+            grant("p-6", event_id=event_id, occurred_at="0001-01-01T00:00:00+14:00")
+        )
     return orjson.dumps(withdraw(f"p-5-{event_id}", event_id=event_id, purposes=("analytics",)))
 
 

@@ -373,6 +373,20 @@ def test_query_errors(world: World) -> None:
     sid = world.sids["demo"]
     bad_time = world.client.get(f"/v1/subjects/{sid}/consents?as_of=yesterday", headers=headers)
     assert bad_time.status_code == 422 and bad_time.json()["code"] == "invalid_timestamp"
+    # Valid RFC 3339, but past the calendar once in UTC.
+    for path in (
+        f"/v1/subjects/{sid}/consents?as_of=9999-12-31T23:59:59-14:00",
+        f"/v1/subjects/{sid}/consents?known_at=0001-01-01T00:00:00%2B14:00",
+        "/v1/purposes/marketing/subjects?as_of=9999-12-31T23:59:59-14:00",
+    ):
+        far = world.client.get(path, headers=headers)
+        assert far.status_code == 422 and far.json()["code"] == "invalid_timestamp", path
+    far_check = world.client.post(
+        "/v1/consents:check",
+        headers=headers,
+        json={"purpose": "marketing", "at": "9999-12-31T23:59:59-14:00", "sids": [sid]},
+    )
+    assert far_check.status_code == 422 and far_check.json()["code"] == "invalid_timestamp"
     bad_cursor = world.client.get("/v1/purposes/marketing/subjects?cursor=zz", headers=headers)
     assert bad_cursor.status_code == 422 and bad_cursor.json()["code"] == "invalid_cursor"
     check = world.client.post(

@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
-from ledger.settings import Settings
+from ledger.settings import Settings, SettingsError
 from tests.conftest import ROOT
 
 NAME = re.compile(r"\b(LEDGER_[A-Z_]+|KAFKA_BOOTSTRAP|PERSISTENCE_MODULE)\b")
@@ -44,3 +45,10 @@ def test_the_compose_file_configures_a_three_broker_cluster_and_the_ledger() -> 
     assert settings.backend == "kafka"
     assert settings.replication == 3 and settings.min_insync == 2
     assert Path(ROOT / "deploy" / services["ledger"]["build"]["dockerfile"].split("/")[-1]).exists()
+
+
+def test_settings_that_would_carry_dates_past_the_calendar_are_refused() -> None:
+    for name, limit in (("LEDGER_REQUEST_DUE_DAYS", 3650), ("LEDGER_MAX_FUTURE_SKEW_S", 86_400)):
+        assert getattr(Settings.from_env({name: str(limit)}), name[7:].lower()) == limit
+        with pytest.raises(SettingsError, match=f"{name} must be at most {limit}"):
+            Settings.from_env({name: str(limit + 1)})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from ledger.application import ConsentLedger
@@ -84,3 +85,26 @@ def test_due_list(ledger: ConsentLedger) -> None:
     assert [(p["sid"], p["purpose"]) for p in report["past_retention"]] == [
         (sid["kept"], "marketing")
     ]
+
+
+def test_a_retention_reaching_past_the_calendar_lists_nothing(ledger: ConsentLedger) -> None:
+    """A policy recorded before retentions were bounded (36,500 days) may hold any number:
+    the due list reads it as nothing past retention yet, for its whole tenant, rather than
+    failing on the date arithmetic."""
+    tenant = ledger.tenant("demo")
+    assert tenant is not None
+    [seed] = tenant.policies.values()
+    views = Views(ledger)
+    views.refresh()
+    for days, now in ((10**12, NOW), (36_500, datetime(50, 1, 1, tzinfo=UTC))):
+        terms = {p: replace(t, retention_days=days) for p, t in seed.purposes.items()}
+        report = due_list(
+            views.store,
+            "demo",
+            now,
+            within=timedelta(days=3650),
+            request_days=3650,
+            policies={"old": replace(seed, purposes=terms)},
+        )
+        assert report["past_retention"] == []
+    views.close()
