@@ -13,6 +13,7 @@ from fastapi.telemetry import TelemetryConfig
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import problems
+from api.access_log import AccessLog
 from api.deps import Service
 from api.group_commit import GroupCommitter
 from api.keys import ApiKeys
@@ -51,6 +52,7 @@ def build_service(settings: Settings) -> Service:
             if process is not None
             else GroupCommitter(ledger.record_received),
             writer_process=process,
+            access=AccessLog(settings.access_log_path),
         )
     except BaseException:
         # A start that fails midway leaves no writer process or open store behind (a test
@@ -77,6 +79,8 @@ def close_service(service: Service) -> None:
         service.writer_process.close()
     service.views.close()
     service.keys.close()
+    if service.access is not None:
+        service.access.close()
     service.ledger.close()
 
 

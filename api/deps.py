@@ -12,6 +12,7 @@ from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
 from fastapi.security import SecurityScopes
 from fastapi.security.base import SecurityBase
 
+from api.access_log import AccessLog
 from api.group_commit import GroupCommitter
 from api.keys import ApiKeys, ExpiredKey, Principal
 from api.metrics import Metrics
@@ -35,6 +36,7 @@ class Service:
     intake: Any = None  # Kafka mode: the intake writer thread (ledger.kafka.intake_thread)
     writer_process: Any = None  # embedded mode: where `writer` records (api.writer_process)
     admin: Any = None  # Kafka mode: an admin client kept for readiness checks
+    access: AccessLog | None = None  # who read or erased which subject (api.access_log)
 
 
 # Dependencies are `async` on purpose: FastAPI runs sync ones in a thread pool, a hop per
@@ -67,6 +69,8 @@ def caller(request: Request) -> Principal:
         ) from None
     if principal is None:
         raise Problem(401, "unauthorized", "the API key is unknown or revoked")
+    # For the access log, which the request guard writes as the request completes.
+    request.scope["ledger.principal"] = principal
     return principal
 
 

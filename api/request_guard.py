@@ -19,6 +19,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import problems
+from api.access_log import a_sid
 
 log = logging.getLogger("consent_ledger.http")
 
@@ -105,6 +106,20 @@ class RequestGuard:
             service.metrics.observe(path, method, status, seconds)
         # Structured log line: the route template, never the URL's values or any body.
         fields = {"route": path, "method": method, "status": status, "ms": round(seconds * 1000, 2)}
+        principal = scope.get("ledger.principal")
+        if principal is not None:
+            fields["key_id"] = principal.key_id
+            sid = a_sid(scope.get("path_params", {}).get("sid"))
+            if sid is not None and service is not None and service.access is not None:
+                try:
+                    service.access.record(
+                        principal.tenant, sid, principal.key_id, method, path, status
+                    )
+                except Exception as error:  # the answer stands; the gap is on record
+                    log.error(
+                        "access not recorded",
+                        extra={"route": path, "error": type(error).__name__},
+                    )
         log.info("request", extra=fields)
 
 

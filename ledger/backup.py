@@ -10,7 +10,7 @@ files consistent with each other as well:
    restored with; behind it is only a catch-up;
 2. the log (`ledger.db`, embedded mode only: in Kafka mode the topic is the log, and the
    replica and views are rebuilt from it);
-3. the API keys (`api_keys.db`);
+3. the API keys (`api_keys.db`) and the HTTP access log (`access.db`);
 4. the key store (`keys.db`) last: a key is stored before any fact sealed with it is
    recorded, so a key store copied after the log holds every key the copied log needs.
    A subject erased in between has no key in the copy and no erasure in the copied log; on
@@ -40,7 +40,8 @@ def files_to_back_up(settings: Settings) -> list[Path]:
     """In the order they must be copied (see the module's docstring)."""
     log = [settings.log_path] if settings.backend == "embedded" else []
     views = [settings.views_path] if settings.backend == "embedded" else []
-    return [*views, *log, settings.api_keys_path, settings.keystore_path]
+    extra = [settings.api_keys_path, settings.access_log_path]
+    return [*views, *log, *extra, settings.keystore_path]
 
 
 def back_up(settings: Settings, into: Path) -> list[Copied]:

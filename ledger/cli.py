@@ -905,6 +905,30 @@ def _follow_views(views: Any, stop: Any, interval: float) -> None:
             stop.wait(interval)
 
 
+def cmd_accesses(args: argparse.Namespace, settings: Settings) -> int:
+    """The HTTP access log of one subject (api.access_log); the ledger is opened only to
+    turn a reference into its sid."""
+    from api.access_log import AccessLog
+
+    ledger = _open(settings)
+    try:
+        sid = _sid(ledger, args)
+    finally:
+        ledger.close()
+    if not settings.access_log_path.exists():
+        accesses: list[dict[str, Any]] = []
+    else:
+        with contextlib.closing(AccessLog(settings.access_log_path)) as log:
+            accesses = log.of_subject(args.tenant, sid.hex)
+    if args.json:
+        _print_json({"tenant": args.tenant, "sid": sid.hex, "accesses": accesses})
+        return 0
+    print(f"accesses to subject {sid.hex} over HTTP: {len(accesses)}")
+    for a in accesses:
+        print(f"  {a['at']}  key {a['key_id']}  {a['method']:<5} {a['route']:<34} {a['status']}")
+    return 0
+
+
 def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
     from api.app import keys_path
     from api.keys import ApiKeys, KeyError_
@@ -1268,6 +1292,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--demo", action="store_true", help="load the demo and print a key first")
     p.add_argument("--subjects", type=_demo_subjects, default=300, help="at least 8")
     p.set_defaults(run=cmd_serve)
+
+    p = sub.add_parser(
+        "accesses", help="who read or erased a subject's data over HTTP (key, route, status)"
+    )
+    _subject_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_accesses)
 
     keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="action")
     p = keys.add_parser("create", help="create a key; it is printed once")

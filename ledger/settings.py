@@ -142,6 +142,11 @@ class Settings:
         return self.data_dir / "master.key"
 
     @property
+    def access_log_path(self) -> Path:
+        """Who read or erased which subject's data over HTTP (sids and key ids only)."""
+        return self.data_dir / "access.db"
+
+    @property
     def api_keys_path(self) -> Path:
         """The HTTP service's API keys (hashes only)."""
         return self.data_dir / "api_keys.db"
