@@ -56,6 +56,12 @@ def test_reads_and_erasures_of_a_subject_are_recorded_with_their_key_and_answer(
         )
         assert erased.status_code == 201
 
+        over_http = client.get(f"/v1/subjects/{sid}/accesses", headers=auth("compliance"))
+        assert over_http.status_code == 200, over_http.text
+        assert (
+            client.get(f"/v1/subjects/{sid}/accesses", headers=auth("publisher")).status_code == 403
+        )
+
     with contextlib.closing(AccessLog(settings.access_log_path)) as log:
         accesses = log.of_subject("demo", sid)
         assert log.of_subject("demo", "0" * 32)[0]["status"] == 404
@@ -66,7 +72,11 @@ def test_reads_and_erasures_of_a_subject_are_recorded_with_their_key_and_answer(
         (ids["compliance"], "GET", "/v1/subjects/{sid}/evidence", 200),
         (ids["publisher"], "GET", "/v1/subjects/{sid}/trail", 403),
         (ids["admin"], "POST", "/v1/subjects/{sid}/erasure", 201),
+        (ids["compliance"], "GET", "/v1/subjects/{sid}/accesses", 200),
+        (ids["publisher"], "GET", "/v1/subjects/{sid}/accesses", 403),
     ]
+    # Each request is recorded as it completes: the list read over HTTP ends before it.
+    assert over_http.json() == {"tenant": "demo", "sid": sid, "accesses": accesses[:5]}
     stored = b"".join(p.read_bytes() for p in settings.data_dir.glob("access.db*"))
     assert REFERENCE.encode() not in stored and sid.encode() in stored
 
@@ -75,7 +85,7 @@ def test_reads_and_erasures_of_a_subject_are_recorded_with_their_key_and_answer(
     assert listed.returncode == 0, listed.stderr
     assert orjson.loads(listed.stdout)["accesses"] == accesses
     table = run(settings.data_dir, "accesses", sid, "--sid", "--tenant", "demo")
-    assert table.stdout.startswith(f"accesses to subject {sid} over HTTP: 5")
+    assert table.stdout.startswith(f"accesses to subject {sid} over HTTP: 7")
     # A backup keeps it.
     backed_up = run(settings.data_dir, "backup", "--into", str(tmp_path / "backup"))
     assert backed_up.returncode == 0 and "access.db" in backed_up.stdout, backed_up.stderr

@@ -137,6 +137,13 @@ ROUTES: list[dict[str, Any]] = [
         "by_sid": True,
     },
     {
+        "method": "GET",
+        "path": "/v1/subjects/{sid}/accesses",
+        "roles": {"compliance", "admin"},
+        "ok": 200,
+        "by_sid": True,
+    },
+    {
         "method": "POST",
         "path": "/v1/consents:check",
         "body": {

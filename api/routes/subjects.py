@@ -1,4 +1,5 @@
-"""Subjects, addressed by sid: resolve, consent at an instant, audit trail, erasure."""
+"""Subjects, addressed by sid: resolve, consent at an instant, audit trail, evidence, who
+accessed them, erasure."""
 
 from __future__ import annotations
 
@@ -102,6 +103,23 @@ def evidence(
     if found is None:
         raise Problem(404, "unknown_subject", "no such subject")
     return OrjsonResponse(found)
+
+
+@router.get("/v1/subjects/{sid}/accesses")
+def accesses(
+    sid: str,
+    principal: Annotated[Principal, role("compliance", "admin")],
+    svc: Annotated[Service, Depends(service)],
+) -> dict[str, Any]:
+    """Who read or erased this subject's data over HTTP, oldest first: each request a key
+    made to this subject's routes (refused ones too) with its instant, key id, route
+    template and status (`api.access_log`). This request is recorded as it completes, so
+    it shows from the next one on."""
+    subject_id = parse_sid(sid)
+    if svc.ledger.subject(principal.tenant, subject_id) is None:
+        raise Problem(404, "unknown_subject", "no such subject")
+    found = svc.access.of_subject(principal.tenant, subject_id.hex) if svc.access else []
+    return {"tenant": principal.tenant, "sid": subject_id.hex, "accesses": found}
 
 
 @router.post("/v1/subjects/{sid}/erasure", status_code=201)
