@@ -1073,7 +1073,7 @@ def _subject_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sid", action="store_true", help="SUBJECT is a sid, not a reference")
 
 
-def _whole(low: int, high: int) -> Callable[[str], int]:
+def _whole(low: int, high: int, out_of_range: str = "") -> Callable[[str], int]:
     """An argument's whole number, bounded: a number past any sensible size is a usage
     error, not an OverflowError deep in SQLite or datetime (the HTTP routes' bounds)."""
 
@@ -1083,7 +1083,7 @@ def _whole(low: int, high: int) -> Callable[[str], int]:
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
         if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"from {low} to {high}")
+            raise argparse.ArgumentTypeError(out_of_range or f"from {low} to {high}")
         return value
 
     return parse
@@ -1100,15 +1100,13 @@ def _seconds(text: str) -> float:
 
 
 def _demo_subjects(text: str) -> int:
-    from ledger.demo import MIN_SUBJECTS
+    from ledger.demo import MAX_SUBJECTS, MIN_SUBJECTS
 
-    try:
-        count = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if count < MIN_SUBJECTS:
-        raise argparse.ArgumentTypeError(f"the demo's story needs at least {MIN_SUBJECTS}")
-    return count
+    return _whole(
+        MIN_SUBJECTS,
+        MAX_SUBJECTS,
+        f"the demo's story needs at least {MIN_SUBJECTS}, and tells at most {MAX_SUBJECTS:,}",
+    )(text)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -1119,7 +1117,9 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_init)
 
     p = sub.add_parser("demo", help="load the seed policy and a demo stream, show a trail")
-    p.add_argument("--subjects", type=_demo_subjects, default=300, help="at least 8")
+    p.add_argument(
+        "--subjects", type=_demo_subjects, default=300, help="at least 8, at most 100,000"
+    )
     p.set_defaults(run=cmd_demo)
 
     p = sub.add_parser("record", help="record facts from a file or stdin (JSON or JSON Lines)")
@@ -1290,7 +1290,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=_whole(0, 65_535), default=8000, help="0: any free port")
     p.add_argument("--demo", action="store_true", help="load the demo and print a key first")
-    p.add_argument("--subjects", type=_demo_subjects, default=300, help="at least 8")
+    p.add_argument(
+        "--subjects", type=_demo_subjects, default=300, help="at least 8, at most 100,000"
+    )
     p.set_defaults(run=cmd_serve)
 
     p = sub.add_parser(

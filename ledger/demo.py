@@ -60,6 +60,7 @@ def contact(i: int) -> str:
 # The stream's story is told about subjects 3 (corrections, a transfer, a request) and 7
 # (an erasure), so it needs at least this many.
 MIN_SUBJECTS = 8
+MAX_SUBJECTS = 100_000  # a few minutes of facts; the story is the same at any size
 
 
 def demo_stream(subjects: int = 300, seed: int = 547) -> list[dict[str, Any]]:

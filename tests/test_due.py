@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from ledger.application import ConsentLedger
 from ledger.envelope import parse_fact
+from ledger.policy import PolicyVersion
 from ledger.receipt import Receipt
 from projections.due import due_list
 from projections.views import Views
@@ -17,6 +20,15 @@ NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 
 def at(days: float) -> str:
     return (NOW + timedelta(days=days)).isoformat()
+
+
+def due_at(
+    views: Views, now: datetime, days: int, policies: Mapping[str, PolicyVersion]
+) -> dict[str, Any]:
+    """The demo tenant's due list, looking `days` ahead (requests due 30 days after receipt)."""
+    return due_list(
+        views.store, "demo", now, within=timedelta(days=days), request_days=30, policies=policies
+    )
 
 
 def test_due_list(ledger: ConsentLedger) -> None:
@@ -64,14 +76,7 @@ def test_due_list(ledger: ConsentLedger) -> None:
     views.refresh()
     tenant = ledger.tenant("demo")
     assert tenant is not None
-    report = due_list(
-        views.store,
-        "demo",
-        NOW,
-        within=timedelta(days=7),
-        request_days=30,
-        policies=tenant.policies,
-    )
+    report = due_at(views, NOW, 7, tenant.policies)
     views.close()
     sid = {name: ledger.sid("demo", name).hex for name in ("r-soon", "r-late", "expiring", "kept")}
     assert [(r["request_id"], r["overdue"]) for r in report["requests"]] == [
@@ -98,13 +103,6 @@ def test_a_retention_reaching_past_the_calendar_lists_nothing(ledger: ConsentLed
     views.refresh()
     for days, now in ((10**12, NOW), (36_500, datetime(50, 1, 1, tzinfo=UTC))):
         terms = {p: replace(t, retention_days=days) for p, t in seed.purposes.items()}
-        report = due_list(
-            views.store,
-            "demo",
-            now,
-            within=timedelta(days=3650),
-            request_days=3650,
-            policies={"old": replace(seed, purposes=terms)},
-        )
+        report = due_at(views, now, 3650, {"old": replace(seed, purposes=terms)})
         assert report["past_retention"] == []
     views.close()
