@@ -2,11 +2,12 @@
 
 A data protection officer asked "who at the company looked at this person's data?" needs
 more than the request log, which on purpose names routes and never a subject. Every request
-to a subject's own routes (`/v1/subjects/{sid}/...`: consents, trail, evidence, erasure)
-by an authenticated key is recorded here as it completes: when, the key's id and tenant,
-the sid, the route and the answer's status (a refused or not-found attempt too). Nothing
-else: no reference, no personal data, no query values. `consent-ledger accesses SUBJECT
---tenant T` lists a subject's.
+to a subject's own routes (`/v1/subjects/{sid}/...`: consents, trail, evidence, erasure,
+and this log's own) by an authenticated key is recorded here as it completes: when, the
+key's id and tenant, the sid, the route and the answer's status (a refused or not-found
+attempt too). Nothing else: no reference, no personal data, no query values.
+`consent-ledger accesses SUBJECT --tenant T` and `GET /v1/subjects/{sid}/accesses` list a
+subject's.
 
 Kept apart from the log of record (`access.db`, SQLite, WAL): an access is not a consent
 fact, and a read must not wait on the ledger's writer. Written with `synchronous=NORMAL`,

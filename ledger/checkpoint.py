@@ -122,7 +122,7 @@ def hand_over(old: Ed25519PrivateKey, new: Ed25519PrivateKey, rotated_at: str) -
 
 
 def rotate_signing_key(keystore: KeyStore, now: datetime | None = None) -> dict[str, Any]:
-    """Replace the ledger's signing key; the hand-over its predecessor signed."""
+    """Replace the ledger's signing key; the hand-over both keys signed."""
     rotated_at = (now or datetime.now(UTC)).isoformat()
     return keystore.rotate_signing_key(lambda old, new: hand_over(old, new, rotated_at))
 

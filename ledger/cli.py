@@ -400,7 +400,7 @@ def cmd_signing_key_rotate(args: argparse.Namespace, settings: Settings) -> int:
     print(f"retired signing key: {statement['previous_key']}")
     print(f"new signing key:     {statement['public_key']}")
     print(
-        f"the retired key signed the hand-over at {statement['rotated_at']}; checkpoints and "
+        f"both keys signed the hand-over at {statement['rotated_at']}; checkpoints and "
         "evidence packages carry it from now on. Publish the new key next to the old one "
         "(consent-ledger signing-key history --json lists every hand-over)"
     )
@@ -906,15 +906,15 @@ def _follow_views(views: Any, stop: Any, interval: float) -> None:
 
 
 def cmd_accesses(args: argparse.Namespace, settings: Settings) -> int:
-    """The HTTP access log of one subject (api.access_log); the ledger is opened only to
-    turn a reference into its sid."""
+    """The HTTP access log of one subject (api.access_log). Neither the log nor a broker is
+    opened: a reference's sid needs only the key store's pseudonym key."""
     from api.access_log import AccessLog
 
-    ledger = _open(settings)
-    try:
-        sid = _sid(ledger, args)
-    finally:
-        ledger.close()
+    if args.sid:
+        sid = _given_sid(args.subject)
+    else:
+        with contextlib.closing(_key_store(settings)) as keystore:
+            sid = keystore.sid(args.tenant, args.subject)
     if not settings.access_log_path.exists():
         accesses: list[dict[str, Any]] = []
     else:
@@ -995,12 +995,14 @@ def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _sid(ledger: ConsentLedger, args: argparse.Namespace) -> uuid.UUID:
-    if args.sid:
-        try:
-            return uuid.UUID(hex=args.subject)
-        except ValueError:
-            raise CliError("with --sid, SUBJECT must be a sid (32 hex digits)") from None
-    return ledger.sid(args.tenant, args.subject)
+    return _given_sid(args.subject) if args.sid else ledger.sid(args.tenant, args.subject)
+
+
+def _given_sid(subject: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(hex=subject)
+    except ValueError:
+        raise CliError("with --sid, SUBJECT must be a sid (32 hex digits)") from None
 
 
 def _read_input(path: str) -> bytes:

@@ -218,7 +218,7 @@ class KeyStore:
         self, hand_over: Callable[[Ed25519PrivateKey, Ed25519PrivateKey], dict[str, Any]]
     ) -> dict[str, Any]:
         """Replace the signing key with a new one; `hand_over(old, new)` is the statement,
-        signed by the old key, that names the new one, kept with the earlier ones.
+        signed by both keys, that the new one follows the old, kept with the earlier ones.
 
         One transaction, so a store has either the old key and not the statement or both;
         the old key's bytes are then removed from the file and its WAL as an erased data

@@ -27,7 +27,7 @@ from ledger.checkpoint import (
     since_sizes_of,
     verify_checkpoint,
 )
-from ledger.keystore import KeyStore
+from ledger.keystore import KeyStore, load_master_key
 from projections.evidence import evidence_package, verify_evidence
 from tests.cli_support import run, verify_elsewhere
 from tests.facts import grant, withdraw
@@ -158,7 +158,7 @@ def test_a_running_ledger_signs_with_the_new_key_and_the_old_one_is_gone(
     path = ledger.settings.keystore_path
     first_key = public_key_of(ledger.keystore)
     before = wrapped_signing_key(path)
-    other = KeyStore(path, ledger.keystore._master_key)
+    other = KeyStore(path, load_master_key(ledger.settings))  # another process's
     try:
         statement = rotate_signing_key(other)
     finally:
