@@ -29,7 +29,8 @@ def test_reads_and_erasures_of_a_subject_are_recorded_with_their_key_and_answer(
     tmp_path: Path,
 ) -> None:
     settings = Settings(data_dir=tmp_path / "data")
-    ConsentLedger(settings).init_demo()
+    with contextlib.closing(ConsentLedger(settings)) as ledger:
+        ledger.init_demo()
     with contextlib.closing(ApiKeys(keys_path(settings))) as api_keys:
         ids, keys = {}, {}
         for role in ("publisher", "compliance", "admin"):
@@ -100,7 +101,8 @@ def test_an_access_that_cannot_be_recorded_does_not_undo_the_answer(
     write raises, as a full disk or a failed mount would make them): the reader still gets
     the answer, and the gap is logged."""
     settings = Settings(data_dir=tmp_path / "data")
-    ConsentLedger(settings).init_demo()
+    with contextlib.closing(ConsentLedger(settings)) as ledger:
+        ledger.init_demo()
     with contextlib.closing(ApiKeys(keys_path(settings))) as api_keys:
         key = api_keys.create("demo", {"admin"})[1]
     headers = {"Authorization": f"Bearer {key}"}

@@ -242,7 +242,8 @@ def test_the_service_signs_with_the_key_the_cli_rotated_to(tmp_path: Path) -> No
     from ledger.settings import Settings
 
     settings = Settings(data_dir=tmp_path / "data")
-    ConsentLedger(settings).init_demo()
+    with contextlib.closing(ConsentLedger(settings)) as ledger:
+        ledger.init_demo()
     with contextlib.closing(ApiKeys(keys_path(settings))) as api_keys:
         headers = {"Authorization": f"Bearer {api_keys.create('demo', {'admin'})[1]}"}
     with TestClient(create_app(settings)) as client:
