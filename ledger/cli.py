@@ -923,7 +923,8 @@ def cmd_accesses(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         _print_json({"tenant": args.tenant, "sid": sid.hex, "accesses": accesses})
         return 0
-    print(f"accesses to subject {sid.hex} over HTTP: {len(accesses)}")
+    # The tenant named: a typo in it lists nothing, which must not read as "no one looked".
+    print(f"accesses to subject {sid.hex} of tenant {args.tenant!r} over HTTP: {len(accesses)}")
     for a in accesses:
         print(f"  {a['at']}  key {a['key_id']}  {a['method']:<5} {a['route']:<34} {a['status']}")
     return 0

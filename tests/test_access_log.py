@@ -86,7 +86,7 @@ def test_reads_and_erasures_of_a_subject_are_recorded_with_their_key_and_answer(
     assert listed.returncode == 0, listed.stderr
     assert orjson.loads(listed.stdout)["accesses"] == accesses
     table = run(settings.data_dir, "accesses", sid, "--sid", "--tenant", "demo")
-    assert table.stdout.startswith(f"accesses to subject {sid} over HTTP: 7")
+    assert table.stdout.startswith(f"accesses to subject {sid} of tenant 'demo' over HTTP: 7")
     # A backup keeps it.
     backed_up = run(settings.data_dir, "backup", "--into", str(tmp_path / "backup"))
     assert backed_up.returncode == 0 and "access.db" in backed_up.stdout, backed_up.stderr
