@@ -23,16 +23,20 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-_HEX = frozenset("0123456789abcdef")
+from uuid import UUID
 
 
 def a_sid(text: Any) -> str | None:
-    """The path's sid if it is one (32 lowercase hex digits); a URL may hold anything, and
-    only a sid, which says nothing about the person, is ever written."""
-    if isinstance(text, str) and len(text) == 32 and _HEX.issuperset(text):
-        return text
-    return None
+    """The path's sid, in its one written form, if it is one; a URL may hold anything, and
+    only a sid, which says nothing about the person, is ever written. Read as the routes
+    read it (`api.deps.parse_sid`): a sid in capitals, with hyphens or braces is served,
+    so it must be recorded too, and under the same sid."""
+    if not isinstance(text, str):
+        return None
+    try:
+        return UUID(hex=text).hex
+    except ValueError:
+        return None
 
 
 class AccessLog:
