@@ -6,8 +6,14 @@ to a subject's own routes (`/v1/subjects/{sid}/...`: consents, trail, evidence, 
 and this log's own) by an authenticated key is recorded here as it completes: when, the
 key's id and tenant, the sid, the route and the answer's status (a refused or not-found
 attempt too). Nothing else: no reference, no personal data, no query values.
-`consent-ledger accesses SUBJECT --tenant T` and `GET /v1/subjects/{sid}/accesses` list a
-subject's.
+Routes whose answer names many subjects (the campaign check, who had consent, the due list)
+and the resolution of a reference to its sid record each subject they named, once the answer
+is ready, under the route's template. `consent-ledger accesses SUBJECT --tenant T` and
+`GET /v1/subjects/{sid}/accesses` list a subject's.
+
+`LEDGER_ACCESS_LOG_DAYS` bounds how long an access is kept (unset: for as long as the file
+lives): older ones are deleted when the service starts and then as it records, a bounded
+number at a time, at most once an hour once none are left over.
 
 Kept apart from the log of record (`access.db`, SQLite, WAL): an access is not a consent
 fact, and a read must not wait on the ledger's writer. Written with `synchronous=NORMAL`,
@@ -18,12 +24,21 @@ request log says so (`access not recorded`), and the answer already given stands
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID
+
+log = logging.getLogger("consent_ledger.http")
+
+# How many expired accesses one pruning deletes: a busy service's hour of them must not hold
+# the log's lock (and the request recording behind it) for long.
+PRUNE_BATCH = 5_000
+PRUNE_EVERY = timedelta(hours=1)
 
 
 def a_sid(text: Any) -> str | None:
@@ -40,8 +55,18 @@ def a_sid(text: Any) -> str | None:
 
 
 class AccessLog:
-    def __init__(self, path: Path) -> None:
+    """`keep_days` 0 keeps every access; `clock` is the wall clock (a test's to move)."""
+
+    def __init__(
+        self,
+        path: Path,
+        keep_days: int = 0,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.keep_days = keep_days
+        self._clock = clock
+        self._next_prune: datetime | None = None  # None: prune at the next record
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -54,6 +79,7 @@ class AccessLog:
                 status INTEGER NOT NULL
             );
             CREATE INDEX IF NOT EXISTS accesses_by_subject ON accesses (tenant, sid, at);
+            CREATE INDEX IF NOT EXISTS accesses_by_time ON accesses (at);
             """
         )
 
@@ -63,11 +89,63 @@ class AccessLog:
     def record(
         self, tenant: str, sid: str, key_id: str, method: str, route: str, status: int
     ) -> None:
+        self.record_many(tenant, (sid,), key_id, method, route, status)
+
+    def record_many(
+        self,
+        tenant: str,
+        sids: Sequence[str],
+        key_id: str,
+        method: str,
+        route: str,
+        status: int,
+    ) -> None:
+        """One access per sid, in one transaction: a 10,000-recipient check is one commit."""
         with self._lock:
-            self._db.execute(
-                "INSERT INTO accesses VALUES (?,?,?,?,?,?,?)",
-                (datetime.now(UTC).isoformat(), tenant, sid, key_id, method, route, status),
-            )
+            now = self._clock().astimezone(UTC)
+            at = now.isoformat(timespec="microseconds")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "INSERT INTO accesses VALUES (?,?,?,?,?,?,?)",
+                    [(at, tenant, sid, key_id, method, route, status) for sid in sids],
+                )
+                if self.keep_days and (self._next_prune is None or now >= self._next_prune):
+                    self._prune(now)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def prune(self) -> int:
+        """Delete the accesses older than `keep_days` (none if it is 0), all of them; how
+        many. The service calls it as it starts."""
+        if not self.keep_days:
+            return 0
+        deleted = 0
+        with self._lock:
+            while True:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    batch = self._prune(self._clock().astimezone(UTC))
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                deleted += batch
+                if batch < PRUNE_BATCH:
+                    return deleted
+
+    def _prune(self, now: datetime) -> int:
+        cutoff = (now - timedelta(days=self.keep_days)).isoformat(timespec="microseconds")
+        deleted = self._db.execute(
+            "DELETE FROM accesses WHERE rowid IN "
+            "(SELECT rowid FROM accesses WHERE at < ? ORDER BY at LIMIT ?)",
+            (cutoff, PRUNE_BATCH),
+        ).rowcount
+        # Some left over: the next record deletes more; else none for an hour.
+        self._next_prune = None if deleted == PRUNE_BATCH else now + PRUNE_EVERY
+        return deleted
 
     def of_subject(self, tenant: str, sid: str) -> list[dict[str, Any]]:
         """A subject's accesses, oldest first."""
@@ -81,3 +159,22 @@ class AccessLog:
             {"at": at, "key_id": key_id, "method": method, "route": route, "status": status}
             for at, key_id, method, route, status in rows
         ]
+
+
+def keep(
+    access: AccessLog | None,
+    tenant: str,
+    sids: Sequence[str],
+    key_id: str,
+    method: str,
+    route: str,
+    status: int,
+) -> None:
+    """Record accesses; one that cannot be written leaves the answer as given, and the
+    request log says so (route and error class: no sid)."""
+    if access is None or not sids:
+        return
+    try:
+        access.record_many(tenant, sids, key_id, method, route, status)
+    except Exception as error:
+        log.error("access not recorded", extra={"route": route, "error": type(error).__name__})

@@ -42,6 +42,8 @@ def build_service(settings: Settings) -> Service:
             from api.writer_process import WriterProcess
 
             process = WriterProcess(settings)
+        access = AccessLog(settings.access_log_path, settings.access_log_days)
+        access.prune()  # accesses past LEDGER_ACCESS_LOG_DAYS, kept while it was stopped
         service = Service(
             settings,
             ledger,
@@ -52,7 +54,7 @@ def build_service(settings: Settings) -> Service:
             if process is not None
             else GroupCommitter(ledger.record_received),
             writer_process=process,
-            access=AccessLog(settings.access_log_path),
+            access=access,
         )
     except BaseException:
         # A start that fails midway leaves no writer process or open store behind (a test

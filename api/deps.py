@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -12,7 +12,7 @@ from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
 from fastapi.security import SecurityScopes
 from fastapi.security.base import SecurityBase
 
-from api.access_log import AccessLog
+from api.access_log import AccessLog, keep
 from api.group_commit import GroupCommitter
 from api.keys import ApiKeys, ExpiredKey, Principal
 from api.metrics import Metrics
@@ -52,6 +52,32 @@ def service_of(request: Request) -> Service:
     -> 848,069 instructions per request, 2026-12-01); the other routes keep it."""
     found: Service = request.app.state.service
     return found
+
+
+class Disclosed:
+    """Records in the access log each subject a route's answer names (a campaign check's
+    recipients, a page of who had consent, the due list, a resolved reference), once the
+    answer is ready: the request guard records a subject's own routes by their path."""
+
+    def __init__(self, request: Request) -> None:
+        self._scope = request.scope
+
+    def __call__(self, sids: Iterable[str]) -> None:
+        scope = self._scope
+        principal: Principal = scope["ledger.principal"]
+        keep(
+            scope["app"].state.service.access,
+            principal.tenant,
+            list(dict.fromkeys(sids)),
+            principal.key_id,
+            scope["method"],
+            scope["route"].path,
+            200,
+        )
+
+
+async def disclosed(request: Request) -> Disclosed:
+    return Disclosed(request)
 
 
 def caller(request: Request) -> Principal:

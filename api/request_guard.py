@@ -19,7 +19,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import problems
-from api.access_log import a_sid
+from api.access_log import a_sid, keep
 
 log = logging.getLogger("consent_ledger.http")
 
@@ -110,16 +110,10 @@ class RequestGuard:
         if principal is not None:
             fields["key_id"] = principal.key_id
             sid = a_sid(scope.get("path_params", {}).get("sid"))
-            if sid is not None and service is not None and service.access is not None:
-                try:
-                    service.access.record(
-                        principal.tenant, sid, principal.key_id, method, path, status
-                    )
-                except Exception as error:  # the answer stands; the gap is on record
-                    log.error(
-                        "access not recorded",
-                        extra={"route": path, "error": type(error).__name__},
-                    )
+            if sid is not None and service is not None:
+                keep(
+                    service.access, principal.tenant, [sid], principal.key_id, method, path, status
+                )
         log.info("request", extra=fields)
 
 

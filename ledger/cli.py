@@ -920,11 +920,17 @@ def cmd_accesses(args: argparse.Namespace, settings: Settings) -> int:
     else:
         with contextlib.closing(AccessLog(settings.access_log_path)) as log:
             accesses = log.of_subject(args.tenant, sid.hex)
+    kept = settings.access_log_days or None
     if args.json:
-        _print_json({"tenant": args.tenant, "sid": sid.hex, "accesses": accesses})
+        _print_json(
+            {"tenant": args.tenant, "sid": sid.hex, "accesses": accesses, "kept_days": kept}
+        )
         return 0
     # The tenant named: a typo in it lists nothing, which must not read as "no one looked".
-    print(f"accesses to subject {sid.hex} of tenant {args.tenant!r} over HTTP: {len(accesses)}")
+    print(
+        f"accesses to subject {sid.hex} of tenant {args.tenant!r} over HTTP: {len(accesses)}"
+        + (f" (the last {kept} days are kept)" if kept else "")
+    )
     for a in accesses:
         print(f"  {a['at']}  key {a['key_id']}  {a['method']:<5} {a['route']:<34} {a['status']}")
     return 0

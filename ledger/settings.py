@@ -54,6 +54,9 @@ class Settings:
     | LEDGER_HTTP_MAX_BODY_BYTES | 16777216 | `serve`: a request body over this many bytes is
       refused with 413 `oversize` before any route reads it (a body sent without
       Content-Length is counted as it arrives); a single fact is further held to 1 MiB |
+    | LEDGER_ACCESS_LOG_DAYS | 0 | `serve`: how many days the HTTP access log
+      (`$LEDGER_DATA_DIR/access.db`, who read or erased which subject) keeps an access; older
+      ones are deleted as the service starts and as it runs; 0 keeps them all (at most 36500) |
     | LEDGER_HTTP_TELEMETRY | off | `on`: FastAPI's native OpenTelemetry in `serve`, which traces
       and measures requests once the process has OpenTelemetry providers configured; `off`
       skips its checks on every request (the service's own metrics are at /metrics) |
@@ -79,6 +82,7 @@ class Settings:
     api_key_recheck_ms: int = 1000
     http_telemetry: bool = False
     http_max_body: int = 16 * 1024 * 1024
+    access_log_days: int = 0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -116,6 +120,7 @@ class Settings:
             api_key_recheck_ms=max(0, _int(env, "LEDGER_API_KEY_RECHECK_MS", 1000)),
             http_telemetry=SWITCHES[telemetry],
             http_max_body=max(1, _int(env, "LEDGER_HTTP_MAX_BODY_BYTES", 16 * 1024 * 1024)),
+            access_log_days=_int(env, "LEDGER_ACCESS_LOG_DAYS", 0, maximum=36_500),
         )
 
     def bootstrap(self) -> str:

@@ -7,7 +7,11 @@ Against the real app (FastAPI's test client over the real routes and stores), th
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
+import sqlite3
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import UUID
 
@@ -21,7 +25,7 @@ from api.keys import ApiKeys
 from ledger.application import ConsentLedger
 from ledger.settings import Settings
 from tests.cli_support import run
-from tests.facts import grant
+from tests.facts import fact, grant
 
 REFERENCE = "access.person@example.uz"
 
@@ -80,7 +84,12 @@ def test_reads_and_erasures_of_a_subject_are_recorded_with_their_key_and_answer(
         (ids["publisher"], "GET", "/v1/subjects/{sid}/accesses", 403),
     ]
     # Each request is recorded as it completes: the list read over HTTP ends before it.
-    assert over_http.json() == {"tenant": "demo", "sid": sid, "accesses": accesses[:5]}
+    assert over_http.json() == {
+        "tenant": "demo",
+        "sid": sid,
+        "accesses": accesses[:5],
+        "kept_days": None,
+    }
     stored = b"".join(p.read_bytes() for p in settings.data_dir.glob("access.db*"))
     assert REFERENCE.encode() not in stored and sid.encode() in stored
 
@@ -118,3 +127,180 @@ def test_an_access_that_cannot_be_recorded_does_not_undo_the_answer(
             got = client.get(f"/v1/subjects/{sid}/trail", headers=headers)
         assert got.status_code == 200
     assert any(r.getMessage() == "access not recorded" for r in caplog.records)
+
+
+def _demo_with_keys(settings: Settings) -> dict[str, dict[str, str]]:
+    with contextlib.closing(ConsentLedger(settings)) as ledger:
+        ledger.init_demo()
+    with contextlib.closing(ApiKeys(keys_path(settings))) as api_keys:
+        return {
+            role: {"Authorization": f"Bearer {api_keys.create('demo', {role})[1]}"}
+            for role in ("publisher", "compliance", "admin")
+        }
+
+
+def test_answers_that_name_many_subjects_record_each_subject_they_named(tmp_path: Path) -> None:
+    """The campaign check, who had consent, the due list and a resolved reference each
+    disclose subjects without a sid in their path: each subject named is recorded, once a
+    request, under the route; a refused request names no one and records nothing."""
+    settings = Settings(data_dir=tmp_path / "data")
+    auth = _demo_with_keys(settings)
+    people = ["bulk.one@example.uz", "bulk.two@example.uz"]
+    stranger = "never.granted@example.uz"
+    with TestClient(create_app(settings)) as client:
+        sids = []
+        for person in people:
+            body = {k: v for k, v in grant(person).items() if k != "tenant"}
+            sids.append(
+                client.post("/v1/facts", json=body, headers=auth["publisher"]).json()["sid"]
+            )
+        asked = fact(
+            "request.received",
+            people[1],
+            request_id="r-1",
+            kind="information",
+            occurred_at=datetime.now(UTC).isoformat(),
+        )
+        del asked["tenant"]
+        assert client.post("/v1/facts", json=asked, headers=auth["publisher"]).status_code == 201
+        at = "2025-06-01T00:00:00Z"
+        check = {"purpose": "marketing", "at": at, "subjects": [people[0], stranger, people[0]]}
+        # Refused before any answer: no one is named, nothing recorded.
+        refused = [
+            client.post("/v1/consents:check", json=check, headers=auth["publisher"]),
+            client.post(
+                "/v1/consents:check",
+                json={**check, "purpose": "astrology"},
+                headers=auth["compliance"],
+            ),
+        ]
+        assert [r.status_code for r in refused] == [403, 422]
+        assert client.post("/v1/consents:check", json=check, headers=auth["compliance"]).is_success
+        first = sorted(sids)[0]
+        page = client.get(
+            "/v1/purposes/marketing/subjects",
+            params={"as_of": at, "limit": 1},
+            headers=auth["compliance"],
+        )
+        assert page.json()["sids"] == [first]
+        due = client.get("/v1/due", params={"within_days": 31}, headers=auth["admin"]).json()
+        assert [r["sid"] for r in due["requests"]] == [sids[1]]
+        resolved = client.post(
+            "/v1/subjects:resolve", json={"subject": people[1]}, headers=auth["publisher"]
+        )
+        assert resolved.json() == {"sid": sids[1]}
+        stranger_sid = client.post(
+            "/v1/subjects:resolve", json={"subject": stranger}, headers=auth["compliance"]
+        ).json()["sid"]
+
+    def seen(sid: str) -> list[tuple[str, str, int]]:
+        with contextlib.closing(AccessLog(settings.access_log_path)) as log:
+            return [(a["method"], a["route"], a["status"]) for a in log.of_subject("demo", sid)]
+
+    check_row = ("POST", "/v1/consents:check", 200)
+    who_row = ("GET", "/v1/purposes/{purpose}/subjects", 200)
+    resolve_row = ("POST", "/v1/subjects:resolve", 200)
+    assert seen(sids[0]) == [check_row] + ([who_row] if first == sids[0] else [])
+    assert seen(sids[1]) == ([who_row] if first == sids[1] else []) + [
+        ("GET", "/v1/due", 200),
+        resolve_row,
+    ]
+    assert seen(stranger_sid) == [check_row, resolve_row]
+    stored = b"".join(p.read_bytes() for p in settings.data_dir.glob("access.db*"))
+    assert not any(p.encode() in stored for p in [*people, stranger])
+
+
+def test_accesses_older_than_the_kept_days_are_deleted_at_start_and_as_the_service_runs(
+    tmp_path: Path,
+) -> None:
+    """LEDGER_ACCESS_LOG_DAYS: an access past it is gone when the service starts and, while
+    it runs, once it records again; younger ones stay; the answer says how long is kept."""
+    settings = replace(Settings(data_dir=tmp_path / "data"), access_log_days=30)
+    auth = _demo_with_keys(settings)
+    now = datetime.now(UTC)
+    for name, days in {"a": 31, "b": 29}.items():
+        then = itertools.repeat(now - timedelta(days=days)).__next__
+        with contextlib.closing(AccessLog(settings.access_log_path, clock=then)) as log:
+            log.record("demo", "0" * 32, f"key-{name}", "GET", "/v1/subjects/{sid}/trail", 200)
+
+    def kept() -> list[str]:
+        with contextlib.closing(AccessLog(settings.access_log_path)) as log:
+            return [a["key_id"] for a in log.of_subject("demo", "0" * 32)]
+
+    with TestClient(create_app(settings)) as client:
+        assert kept() == ["key-b"]  # as it started, before recording anything
+        body = {k: v for k, v in grant(REFERENCE).items() if k != "tenant"}
+        sid = client.post("/v1/facts", json=body, headers=auth["publisher"]).json()["sid"]
+        assert client.get(f"/v1/subjects/{sid}/trail", headers=auth["compliance"]).is_success
+        listed = client.get(f"/v1/subjects/{sid}/accesses", headers=auth["compliance"]).json()
+    assert listed["kept_days"] == 30 and len(listed["accesses"]) == 1
+    assert kept() == ["key-b"]
+    # The command line reads the same setting, and says it (as JSON, the route's answer).
+    told = run(
+        settings.data_dir,
+        "accesses",
+        REFERENCE,
+        "--tenant",
+        "demo",
+        "--json",
+        LEDGER_ACCESS_LOG_DAYS="30",
+    )
+    assert orjson.loads(told.stdout)["kept_days"] == 30, told.stderr
+    told = run(
+        settings.data_dir, "accesses", REFERENCE, "--tenant", "demo", LEDGER_ACCESS_LOG_DAYS="30"
+    )
+    assert told.stdout.splitlines()[0].endswith(": 2 (the last 30 days are kept)"), told.stdout
+
+    # A running service: its clock passes the next access's age, and its next record prunes.
+    clock = [now]
+    with contextlib.closing(
+        AccessLog(settings.access_log_path, keep_days=30, clock=lambda: clock[0])
+    ) as log:
+        log.prune()
+        clock[0] = now + timedelta(days=2)  # key-b is 31 days old now
+        log.record("demo", "1" * 32, "key-c", "GET", "/v1/subjects/{sid}/trail", 200)
+        assert [a["key_id"] for a in log.of_subject("demo", "0" * 32)] == []
+        assert [a["key_id"] for a in log.of_subject("demo", "1" * 32)] == ["key-c"]
+
+
+def test_pruning_deletes_a_backlog_in_bounded_batches(tmp_path: Path) -> None:
+    """A backlog larger than one pruning's batch: each record deletes one more batch until
+    none is left; `prune` deletes all of it."""
+    from api import access_log
+
+    now = datetime.now(UTC)
+    old = now - timedelta(days=40)
+    path = tmp_path / "access.db"
+    with contextlib.closing(AccessLog(path, clock=lambda: old)) as log:
+        log.record_many(
+            "demo",
+            [f"{i:032x}" for i in range(2 * access_log.PRUNE_BATCH + 7)],
+            "k",
+            "POST",
+            "/v1/consents:check",
+            200,
+        )
+
+    def left() -> int:
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            return int(db.execute("SELECT COUNT(*) FROM accesses").fetchone()[0])
+
+    with contextlib.closing(AccessLog(path, keep_days=30, clock=lambda: now)) as log:
+        log.record("demo", "f" * 32, "k", "GET", "/v1/subjects/{sid}/trail", 200)
+        assert left() == access_log.PRUNE_BATCH + 7 + 1
+        log.record("demo", "f" * 32, "k", "GET", "/v1/subjects/{sid}/trail", 200)
+        assert left() == 7 + 2
+        log.record("demo", "f" * 32, "k", "GET", "/v1/subjects/{sid}/trail", 200)
+        assert left() == 3
+    with contextlib.closing(AccessLog(path, clock=lambda: old)) as log:
+        log.record_many(
+            "demo",
+            [f"{i:032x}" for i in range(access_log.PRUNE_BATCH + 1)],
+            "k",
+            "POST",
+            "/v1/consents:check",
+            200,
+        )
+    with contextlib.closing(AccessLog(path, keep_days=30, clock=lambda: now)) as log:
+        assert log.prune() == access_log.PRUNE_BATCH + 1
+    assert left() == 3

@@ -48,7 +48,11 @@ def test_the_compose_file_configures_a_three_broker_cluster_and_the_ledger() -> 
 
 
 def test_settings_that_would_carry_dates_past_the_calendar_are_refused() -> None:
-    for name, limit in (("LEDGER_REQUEST_DUE_DAYS", 3650), ("LEDGER_MAX_FUTURE_SKEW_S", 86_400)):
+    for name, limit in (
+        ("LEDGER_REQUEST_DUE_DAYS", 3650),
+        ("LEDGER_MAX_FUTURE_SKEW_S", 86_400),
+        ("LEDGER_ACCESS_LOG_DAYS", 36_500),
+    ):
         assert getattr(Settings.from_env({name: str(limit)}), name[7:].lower()) == limit
         with pytest.raises(SettingsError, match=f"{name} must be at most {limit}"):
             Settings.from_env({name: str(limit + 1)})

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import Service, role, service
+from api.deps import Disclosed, Service, disclosed, role, service
 from api.keys import Principal
 from api.problems import SIZES, Problem, parse_sizes, signing_refusals
 from ledger.checkpoint import checkpoint
@@ -35,6 +35,7 @@ def check(
     body: Check,
     principal: Annotated[Principal, role(*READERS)],
     svc: Annotated[Service, Depends(service)],
+    disclose: Annotated[Disclosed, Depends(disclosed)],
 ) -> dict[str, Any]:
     if (body.subjects is None) == (body.sids is None):
         raise Problem(422, "invalid_field", "give either 'subjects' or 'sids'", "subjects")
@@ -52,6 +53,7 @@ def check(
     _known_purpose(svc, principal.tenant, body.purpose, 422, "purpose")
     svc.views.refresh()
     results = check_recipients(svc.views.store, principal.tenant, body.purpose, at, sids, known_at)
+    disclose(sids)
     return check_report(body.purpose, at, known_at, results)
 
 
@@ -60,6 +62,7 @@ def subjects_with_consent(
     purpose: str,
     principal: Annotated[Principal, role(*READERS)],
     svc: Annotated[Service, Depends(service)],
+    disclose: Annotated[Disclosed, Depends(disclosed)],
     as_of: Annotated[str | None, Query()] = None,
     known_at: Annotated[str | None, Query()] = None,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
@@ -78,6 +81,7 @@ def subjects_with_consent(
     sids = who_had_consent(
         svc.views.store, principal.tenant, purpose, at, known, after=cursor or "", limit=limit
     )
+    disclose(sids)
     return {
         "purpose": purpose,
         "as_of": at.isoformat(),
@@ -141,11 +145,12 @@ def _policy(p: Any) -> dict[str, Any]:
 def due(
     principal: Annotated[Principal, role(*READERS)],
     svc: Annotated[Service, Depends(service)],
+    disclose: Annotated[Disclosed, Depends(disclosed)],
     within_days: Annotated[int, Query(ge=0, le=3650)] = 7,
 ) -> dict[str, Any]:
     tenant = svc.ledger.tenant(principal.tenant)
     svc.views.refresh()
-    return due_list(
+    report = due_list(
         svc.views.store,
         principal.tenant,
         datetime.now(UTC),
@@ -153,6 +158,12 @@ def due(
         request_days=svc.settings.request_due_days,
         policies=tenant.policies if tenant else {},
     )
+    disclose(
+        item["sid"]
+        for part in ("requests", "expiring_consents", "past_retention")
+        for item in report[part]
+    )
+    return report
 
 
 @router.get("/v1/checkpoint")

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import Service, parse_sid, role, service
+from api.deps import Disclosed, Service, disclosed, parse_sid, role, service
 from api.keys import Principal
 from api.problems import SIZES, Problem, parse_sizes, signing_refusals
 from api.responses import OrjsonResponse
@@ -45,8 +45,11 @@ def resolve(
     body: Resolve,
     principal: Annotated[Principal, role("publisher", "compliance", "admin")],
     svc: Annotated[Service, Depends(service)],
+    disclose: Annotated[Disclosed, Depends(disclosed)],
 ) -> dict[str, str]:
-    return {"sid": svc.ledger.sid(principal.tenant, body.subject).hex}
+    sid = svc.ledger.sid(principal.tenant, body.subject).hex
+    disclose([sid])
+    return {"sid": sid}
 
 
 @router.get("/v1/subjects/{sid}/consents")
@@ -112,14 +115,22 @@ def accesses(
     svc: Annotated[Service, Depends(service)],
 ) -> dict[str, Any]:
     """Who read or erased this subject's data over HTTP, oldest first: each request a key
-    made to this subject's routes (refused ones too) with its instant, key id, route
-    template and status (`api.access_log`). This request is recorded as it completes, so
-    it shows from the next one on."""
+    made to this subject's routes (refused ones too), and each answer that named it among
+    others (a campaign check, a page of who had consent, the due list, the resolution of
+    its reference), with its instant, key id, route template and status
+    (`api.access_log`). This request is recorded as it completes, so it shows from the next
+    one on. `kept_days`: how many days of accesses the service keeps
+    (`LEDGER_ACCESS_LOG_DAYS`; null: all), so an empty list is not read as "never"."""
     subject_id = parse_sid(sid)
     if svc.ledger.subject(principal.tenant, subject_id) is None:
         raise Problem(404, "unknown_subject", "no such subject")
     found = svc.access.of_subject(principal.tenant, subject_id.hex) if svc.access else []
-    return {"tenant": principal.tenant, "sid": subject_id.hex, "accesses": found}
+    return {
+        "tenant": principal.tenant,
+        "sid": subject_id.hex,
+        "accesses": found,
+        "kept_days": svc.settings.access_log_days or None,
+    }
 
 
 @router.post("/v1/subjects/{sid}/erasure", status_code=201)
