@@ -905,6 +905,84 @@ def _follow_views(views: Any, stop: Any, interval: float) -> None:
             stop.wait(interval)
 
 
+def cmd_retention(args: argparse.Namespace, settings: Settings) -> int:
+    """The subjects no purpose keeps any longer (projections.due.erasable_past_retention)
+    and, with --erase, their erasure on the ground `retention_expired`, a thousand per
+    commit. Each erasure's event id is the sid's, so a run cut short and run again erases
+    the rest and repeats none."""
+    from projections.due import erasable_past_retention
+    from projections.views import Views
+
+    if args.erase and args.as_of:
+        raise CliError("--erase acts on now; --as-of only lists what would be due then")
+    now = parse_time(args.as_of, "--as-of") if args.as_of else datetime.now(UTC)
+    ledger = _open(settings)
+    views = Views(ledger)
+    try:
+        tenant = ledger.tenant(args.tenant)
+        if tenant is None:
+            raise CliError("no such tenant", EXIT_NOT_FOUND)
+        views.refresh()
+        due = erasable_past_retention(views.store, args.tenant, now, tenant.policies)
+        outcomes = _erase_past_retention(ledger, args.tenant, due) if args.erase else []
+    finally:
+        views.close()
+        ledger.close()
+    refused = [o for o in outcomes if isinstance(o, FactRejected)]
+    if args.json:
+        report: dict[str, Any] = {"tenant": args.tenant, "as_of": now.isoformat(), "subjects": due}
+        if args.erase:
+            report["erased"] = len(outcomes) - len(refused)
+            report["refused"] = [
+                {"sid": d["sid"], "code": o.code.value, "message": str(o)}
+                for d, o in zip(due, outcomes, strict=True)
+                if isinstance(o, FactRejected)
+            ]
+        _print_json(report)
+    else:
+        print(
+            f"subjects of tenant {args.tenant!r} whose every purpose is past its retention "
+            f"as of {now.isoformat()}: {len(due)}"
+        )
+        for d in due:
+            purposes = ", ".join(d["purposes"])
+            print(f"  sid {d['sid']}: {purposes} past retention since {d['due_since']}")
+        if args.erase:
+            print(f"erased {len(outcomes) - len(refused)}: data keys destroyed")
+            for d, o in zip(due, outcomes, strict=True):
+                if isinstance(o, FactRejected):
+                    print(f"  not erased: sid {d['sid']}: {o.code.value}: {o}")
+    return EXIT_REJECTED if refused else 0
+
+
+def _erase_past_retention(
+    ledger: ConsentLedger, tenant: str, due: list[dict[str, Any]]
+) -> list[Any]:
+    outcomes: list[Any] = []
+    for start in range(0, len(due), 1000):
+        sids = [uuid.UUID(hex=d["sid"]) for d in due[start : start + 1000]]
+        facts = []
+        for sid in sids:
+            event_id = f"retention-expired-{sid.hex}"
+            occurred_at = ledger.occurred_at_of(tenant, event_id, sid) or datetime.now(UTC)
+            facts.append(
+                parse_fact(
+                    {
+                        "event_id": event_id,
+                        "type": "subject.erased",
+                        "tenant": tenant,
+                        "subject": f"sid:{sid.hex}",
+                        "occurred_at": occurred_at.isoformat(),
+                        "source": "consent-ledger-cli",
+                        "channel": "api",
+                        "ground": "retention_expired",
+                    }
+                )
+            )
+        outcomes.extend(ledger.record(facts, sids=sids))
+    return outcomes
+
+
 def cmd_accesses(args: argparse.Namespace, settings: Settings) -> int:
     """The HTTP access log of one subject (api.access_log). Neither the log nor a broker is
     opened: a reference's sid needs only the key store's pseudonym key."""
@@ -1289,6 +1367,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--as-of", help="instead of now (RFC 3339)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_due)
+
+    p = sub.add_parser(
+        "retention",
+        help="subjects whose every purpose is past its retention; --erase erases them",
+    )
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--as-of", help="list what is due at this instant instead of now (RFC 3339)")
+    p.add_argument(
+        "--erase",
+        action="store_true",
+        help="erase each listed subject now (ground retention_expired)",
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_retention)
 
     p = sub.add_parser("worker", help="Kafka mode: the intake writer and the projections")
     p.add_argument("--no-projections", action="store_true", help="run only the intake writer")

@@ -62,6 +62,22 @@ def due_list(
             {"sid": row[0], "purpose": row[1], "expires_at": row[2], "event_id": row[3]}
         )
 
+    past = past_retention(views, tenant, now, policies)
+    return {
+        "tenant": tenant,
+        "as_of": now.isoformat(),
+        "within_days": within.days,
+        "requests": requests,
+        "expiring_consents": expiring,
+        "past_retention": past,
+    }
+
+
+def past_retention(
+    views: ConsentViews, tenant: str, now: datetime, policies: Mapping[str, PolicyVersion]
+) -> list[dict[str, Any]]:
+    """Each (subject, purpose) whose consent ended longer ago than the purpose's retention,
+    by purpose, then sid; subjects already erased are not listed."""
     retention: dict[str, int] = {}
     for policy in policies.values():
         for purpose, terms in policy.purposes.items():
@@ -92,11 +108,56 @@ def due_list(
                     "due_since": (ended + timedelta(days=days)).isoformat(),
                 }
             )
-    return {
-        "tenant": tenant,
-        "as_of": now.isoformat(),
-        "within_days": within.days,
-        "requests": requests,
-        "expiring_consents": expiring,
-        "past_retention": past,
+    return past
+
+
+def erasable_past_retention(
+    views: ConsentViews, tenant: str, now: datetime, policies: Mapping[str, PolicyVersion]
+) -> list[dict[str, Any]]:
+    """The subjects whose personal data no purpose keeps any longer, in sid order: every
+    purpose they ever consented to (as known now) is past its retention.
+
+    Erasure destroys all of a subject's personal data, so one purpose past retention is not
+    enough while another still holds it. Not listed: a subject with any purpose whose
+    retention no policy version bounds (kept "as long as the purpose needs", §6.3), and one
+    with a subject request still open (a request being answered needs the data it asks
+    about). The ledger knows purposes through consent only: processing on a contract or a
+    legal obligation that no consent fact records is for whoever runs the erasure to weigh.
+    """
+    by_sid: dict[str, list[dict[str, Any]]] = {}
+    for item in past_retention(views, tenant, now, policies):
+        by_sid.setdefault(item["sid"], []).append(item)
+    if not by_sid:
+        return []
+    sids = sorted(by_sid)
+    purposes: dict[str, set[str]] = {}
+    for sid, purpose in views.rows_in(
+        "SELECT DISTINCT sid, purpose FROM view_intervals "
+        "WHERE sid IN ({}) AND tenant=? AND known_to IS NULL",
+        sids,
+        (tenant,),
+        tuples=True,
+    ):
+        purposes.setdefault(sid, set()).add(purpose)
+    asking = {
+        row[0]
+        for row in views.rows_in(
+            "SELECT sid FROM view_requests WHERE sid IN ({}) AND tenant=? AND closed_at IS NULL",
+            sids,
+            (tenant,),
+            tuples=True,
+        )
     }
+    erasable = []
+    for sid in sids:
+        items = by_sid[sid]
+        if sid in asking or purposes.get(sid) != {i["purpose"] for i in items}:
+            continue
+        erasable.append(
+            {
+                "sid": sid,
+                "purposes": sorted(i["purpose"] for i in items),
+                "due_since": max(i["due_since"] for i in items),
+            }
+        )
+    return erasable

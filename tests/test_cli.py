@@ -402,6 +402,59 @@ def test_due_command(data: Path) -> None:
     assert "nothing due" in text.stdout
 
 
+def test_retention_lists_and_erases_the_subjects_no_purpose_keeps(data: Path) -> None:
+    policy = {
+        "event_id": "policy-2",
+        "type": "policy.published",
+        "tenant": "demo",
+        "occurred_at": "2025-01-01T00:00:00+05:00",
+        "source": "test",
+        "policy_version": "2.0",
+        "effective_at": "2025-01-01T00:00:00+05:00",
+        "language": "uz",
+        "text": "v2",
+        "operator": {"name": "MEGABITE-CRM LLC", "tin": "309519699"},
+        "purposes": {
+            "marketing": {"legal_basis": "consent", "categories": ["email"], "retention_days": 30}
+        },
+    }
+    name = {"full_name": "Retention Person"}
+    facts = [
+        policy,
+        grant("gone", policy_version="2.0", personal_data=name, occurred_at="2025-02-01T00:00:00Z"),
+        withdraw("gone", occurred_at="2025-03-01T00:00:00Z"),
+        # The seed policy bounds no retention: kept.
+        grant("kept", ("service_provision",), occurred_at="2025-02-01T00:00:00Z"),
+        withdraw("kept", ("service_provision",), occurred_at="2025-03-01T00:00:00Z"),
+    ]
+    assert run(data, "record", stdin=orjson.dumps(facts).decode()).returncode == 0
+    before = run(data, "retention", "--tenant", "demo", "--as-of", "2025-03-20T00:00:00Z")
+    assert before.returncode == 0, before.stderr
+    assert before.stdout.splitlines()[0].endswith(": 0")
+    listed = orjson.loads(run(data, "retention", "--tenant", "demo", "--json").stdout)
+    gone = orjson.loads(run(data, "trail", "gone", "--tenant", "demo", "--json").stdout)["sid"]
+    assert listed["subjects"] == [
+        {"sid": gone, "purposes": ["marketing"], "due_since": "2025-03-31T00:00:00+00:00"}
+    ]
+    refused = run(
+        data, "retention", "--tenant", "demo", "--erase", "--as-of", "2030-01-01T00:00:00Z"
+    )
+    assert refused.returncode == 2 and "--as-of" in refused.stderr
+    assert run(data, "retention", "--tenant", "nobody").returncode == 3
+
+    erased = run(data, "retention", "--tenant", "demo", "--erase")
+    assert erased.returncode == 0, erased.stderr
+    assert erased.stdout.splitlines()[-1] == "erased 1: data keys destroyed"
+    trail = orjson.loads(run(data, "trail", "gone", "--tenant", "demo", "--json").stdout)
+    last = trail["facts"][-1]
+    assert (last["type"], last["details"]["ground"]) == ("subject.erased", "retention_expired")
+    assert last["event_id"] == f"retention-expired-{gone}"
+    assert "Retention Person" not in orjson.dumps(trail).decode()
+    after = orjson.loads(run(data, "retention", "--tenant", "demo", "--erase", "--json").stdout)
+    assert (after["subjects"], after["erased"], after["refused"]) == ([], 0, [])
+    assert run(data, "verify").returncode == 0
+
+
 def test_record_a_large_file_in_batches(data: Path, tmp_path: Path) -> None:
     lines = [orjson.dumps(grant(f"bulk-{i}", event_id=f"bulk-{i}")).decode() for i in range(2500)]
     lines[1700] = "not json"

@@ -8,10 +8,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ledger.application import ConsentLedger
+from ledger.cli import _erase_past_retention
 from ledger.envelope import parse_fact
 from ledger.policy import PolicyVersion
 from ledger.receipt import Receipt
-from projections.due import due_list
+from projections.due import due_list, erasable_past_retention
 from projections.views import Views
 from tests.facts import fact, grant, withdraw
 
@@ -106,3 +107,96 @@ def test_a_retention_reaching_past_the_calendar_lists_nothing(ledger: ConsentLed
         report = due_at(views, now, 3650, {"old": replace(seed, purposes=terms)})
         assert report["past_retention"] == []
     views.close()
+
+
+def _policy_with_retention(**days: int | None) -> dict[str, Any]:
+    return fact(
+        "policy.published",
+        None,
+        policy_version="2.0",
+        effective_at="2023-01-01T00:00:00+05:00",
+        occurred_at="2023-01-01T00:00:00+05:00",
+        language="uz",
+        text="v2",
+        operator={"name": "MEGABITE-CRM LLC", "tin": "309519699"},
+        purposes={
+            purpose: {"legal_basis": "consent", "categories": ["email"], "retention_days": kept}
+            for purpose, kept in days.items()
+        },
+    )
+
+
+def test_erasable_subjects_are_those_no_purpose_keeps(ledger: ConsentLedger) -> None:
+    """Erasure destroys all of a subject's data: one purpose past retention is not enough
+    while another keeps it, a purpose without a bounded retention keeps it for good, and
+    an open request keeps it until answered."""
+    both = ("marketing", "service_improvement")
+    facts = [
+        _policy_with_retention(marketing=30, service_improvement=365, support=None),
+        # Listed: its one purpose ended 40 days ago, 30 are kept.
+        grant("gone", policy_version="2.0", occurred_at=at(-100)),
+        withdraw("gone", occurred_at=at(-40)),
+        # Listed: both purposes past, whichever ended last (-400 + 365 = -35) is the due date.
+        grant("both", both, policy_version="2.0", occurred_at=at(-500)),
+        withdraw("both", ("service_improvement",), occurred_at=at(-400)),
+        withdraw("both", ("marketing",), occurred_at=at(-300)),
+        # Not: marketing past, service_improvement ended 40 days ago of its 365.
+        grant("mixed", both, policy_version="2.0", occurred_at=at(-100)),
+        withdraw("mixed", both, occurred_at=at(-40)),
+        # Not: support has no bounded retention.
+        grant("unbounded", ("marketing", "support"), policy_version="2.0", occurred_at=at(-100)),
+        withdraw("unbounded", ("marketing", "support"), occurred_at=at(-40)),
+        # Not: a request open; listed once it is closed.
+        grant("asking", policy_version="2.0", occurred_at=at(-100)),
+        withdraw("asking", occurred_at=at(-40)),
+        fact("request.received", "asking", request_id="Q", kind="information", occurred_at=at(-2)),
+        grant("answered", policy_version="2.0", occurred_at=at(-100)),
+        withdraw("answered", occurred_at=at(-40)),
+        fact("request.received", "answered", request_id="R", kind="erasure", occurred_at=at(-5)),
+        fact(
+            "request.closed",
+            "answered",
+            request_id="R",
+            outcome="refused",
+            reason="contract",
+            occurred_at=at(-4),
+        ),
+        # Not: consent ended 10 days ago; nor one still in force; nor one already erased.
+        grant("recent", policy_version="2.0", occurred_at=at(-100)),
+        withdraw("recent", occurred_at=at(-10)),
+        grant("granted", policy_version="2.0", occurred_at=at(-100)),
+        grant("erased", policy_version="2.0", occurred_at=at(-100)),
+        withdraw("erased", occurred_at=at(-40)),
+        fact("subject.erased", "erased", ground="consent_withdrawn", occurred_at=at(-39)),
+    ]
+    outcomes = ledger.record([parse_fact(f) for f in facts])
+    assert all(isinstance(o, Receipt) for o in outcomes), outcomes
+    tenant = ledger.tenant("demo")
+    assert tenant is not None
+    views = Views(ledger)
+    try:
+        views.refresh()
+        found = erasable_past_retention(views.store, "demo", NOW, tenant.policies)
+        later = erasable_past_retention(
+            views.store, "demo", NOW + timedelta(days=31), tenant.policies
+        )
+    finally:
+        views.close()
+    name = {ledger.sid("demo", s).hex: s for s in ("gone", "both", "answered", "recent")}
+    assert [(name[f["sid"]], f["purposes"], f["due_since"]) for f in found] == sorted(
+        [
+            ("gone", ["marketing"], at(-10)),
+            ("both", ["marketing", "service_improvement"], at(-35)),
+            ("answered", ["marketing"], at(-10)),
+        ],
+        key=lambda e: ledger.sid("demo", e[0]).hex,
+    )
+    # A month on, the recent withdrawal is past its 30 days too.
+    assert {name.get(f["sid"]) for f in later} == {"gone", "both", "answered", "recent"}
+
+    # `consent-ledger retention --erase`, cut short and run again, repeats no erasure: the
+    # same event ids, at the first attempt's instants, answered with the first receipts.
+    first = _erase_past_retention(ledger, "demo", found)
+    again = _erase_past_retention(ledger, "demo", found)
+    assert [o.duplicate for o in first] == [False] * 3
+    assert [(o.duplicate, o.position) for o in again] == [(True, o.position) for o in first]
