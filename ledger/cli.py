@@ -13,7 +13,7 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -23,6 +23,10 @@ from ledger.errors import FactRejected
 from ledger.keystore import KeyStore, KeyStoreBusyError
 from ledger.receipt import Receipt
 from ledger.settings import Settings, SettingsError
+from ledger.tenant import Tenant
+
+if TYPE_CHECKING:  # imported where used: a command that needs no views does not load them
+    from projections.views import Views
 
 EXIT_REJECTED = 1
 EXIT_USAGE = 2
@@ -743,20 +747,31 @@ def _known_purpose(ledger: ConsentLedger, tenant: str, purpose: str) -> None:
         )
 
 
+@contextlib.contextmanager
+def _current_views(settings: Settings, name: str) -> Iterator[tuple[ConsentLedger, Views, Tenant]]:
+    """The ledger, its consent views brought up to date with the log, and the tenant."""
+    from projections.views import Views
+
+    ledger = _open(settings)
+    views = Views(ledger)
+    try:
+        tenant = ledger.tenant(name)
+        if tenant is None:
+            raise CliError("no such tenant", EXIT_NOT_FOUND)
+        views.refresh()
+        yield ledger, views, tenant
+    finally:
+        views.close()
+        ledger.close()
+
+
 def cmd_due(args: argparse.Namespace, settings: Settings) -> int:
     from datetime import timedelta
 
     from projections.due import due_list
-    from projections.views import Views
 
     now = parse_time(args.as_of, "--as-of") if args.as_of else datetime.now(UTC)
-    ledger = _open(settings)
-    views = Views(ledger)
-    try:
-        tenant = ledger.tenant(args.tenant)
-        if tenant is None:
-            raise CliError("no such tenant", EXIT_NOT_FOUND)
-        views.refresh()
+    with _current_views(settings, args.tenant) as (_, views, tenant):
         report = due_list(
             views.store,
             args.tenant,
@@ -765,9 +780,6 @@ def cmd_due(args: argparse.Namespace, settings: Settings) -> int:
             request_days=settings.request_due_days,
             policies=tenant.policies,
         )
-    finally:
-        views.close()
-        ledger.close()
     if args.json:
         _print_json(report)
         return 0
@@ -911,23 +923,13 @@ def cmd_retention(args: argparse.Namespace, settings: Settings) -> int:
     commit. Each erasure's event id is the sid's, so a run cut short and run again erases
     the rest and repeats none."""
     from projections.due import erasable_past_retention
-    from projections.views import Views
 
     if args.erase and args.as_of:
         raise CliError("--erase acts on now; --as-of only lists what would be due then")
     now = parse_time(args.as_of, "--as-of") if args.as_of else datetime.now(UTC)
-    ledger = _open(settings)
-    views = Views(ledger)
-    try:
-        tenant = ledger.tenant(args.tenant)
-        if tenant is None:
-            raise CliError("no such tenant", EXIT_NOT_FOUND)
-        views.refresh()
+    with _current_views(settings, args.tenant) as (ledger, views, tenant):
         due = erasable_past_retention(views.store, args.tenant, now, tenant.policies)
         outcomes = _erase_past_retention(ledger, args.tenant, due) if args.erase else []
-    finally:
-        views.close()
-        ledger.close()
     refused = [o for o in outcomes if isinstance(o, FactRejected)]
     if args.json:
         report: dict[str, Any] = {"tenant": args.tenant, "as_of": now.isoformat(), "subjects": due}

@@ -33,21 +33,8 @@ def due_at(
 
 
 def test_due_list(ledger: ConsentLedger) -> None:
-    policy = fact(
-        "policy.published",
-        None,
-        policy_version="2.0",
-        effective_at="2025-01-01T00:00:00+05:00",
-        occurred_at="2025-01-01T00:00:00+05:00",
-        language="uz",
-        text="v2",
-        operator={"name": "MEGABITE-CRM LLC", "tin": "309519699"},
-        purposes={
-            "marketing": {"legal_basis": "consent", "categories": ["email"], "retention_days": 30}
-        },
-    )
     facts = [
-        policy,
+        _policy_with_retention(marketing=30),
         fact("request.received", "r-soon", request_id="A", kind="information", occurred_at=at(-25)),
         fact(
             "request.received",
