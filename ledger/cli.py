@@ -793,6 +793,11 @@ def cmd_due(args: argparse.Namespace, settings: Settings) -> int:
         print(f"  consent {e['purpose']} of sid {e['sid']} expires {e['expires_at']}")
     for p in report["past_retention"]:
         print(f"  data of sid {p['sid']} for {p['purpose']} past retention since {p['due_since']}")
+    if report["erasable"]:
+        print(
+            f"  {len(report['erasable'])} subjects no purpose keeps any longer: "
+            f"consent-ledger retention --tenant {args.tenant} [--erase]"
+        )
     if not (report["requests"] or report["expiring_consents"] or report["past_retention"]):
         print("  nothing due")
     return 0

@@ -70,6 +70,7 @@ def due_list(
         "requests": requests,
         "expiring_consents": expiring,
         "past_retention": past,
+        "erasable": erasable_past_retention(views, tenant, now, policies, past=past),
     }
 
 
@@ -112,7 +113,12 @@ def past_retention(
 
 
 def erasable_past_retention(
-    views: ConsentViews, tenant: str, now: datetime, policies: Mapping[str, PolicyVersion]
+    views: ConsentViews,
+    tenant: str,
+    now: datetime,
+    policies: Mapping[str, PolicyVersion],
+    *,
+    past: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """The subjects whose personal data no purpose keeps any longer, in sid order: every
     purpose they ever consented to (as known now) is past its retention.
@@ -123,9 +129,10 @@ def erasable_past_retention(
     with a subject request still open (a request being answered needs the data it asks
     about). The ledger knows purposes through consent only: processing on a contract or a
     legal obligation that no consent fact records is for whoever runs the erasure to weigh.
+    `past` is `past_retention`'s answer for the same instant, when the caller has it.
     """
     by_sid: dict[str, list[dict[str, Any]]] = {}
-    for item in past_retention(views, tenant, now, policies):
+    for item in past_retention(views, tenant, now, policies) if past is None else past:
         by_sid.setdefault(item["sid"], []).append(item)
     if not by_sid:
         return []

@@ -78,6 +78,10 @@ def test_due_list(ledger: ConsentLedger) -> None:
     assert [(p["sid"], p["purpose"]) for p in report["past_retention"]] == [
         (sid["kept"], "marketing")
     ]
+    # Its one purpose past retention: the subject may be erased (`consent-ledger retention`).
+    assert report["erasable"] == [
+        {"sid": sid["kept"], "purposes": ["marketing"], "due_since": at(-10)}
+    ]
 
 
 def test_a_retention_reaching_past_the_calendar_lists_nothing(ledger: ConsentLedger) -> None:

@@ -148,6 +148,11 @@ def due(
     disclose: Annotated[Disclosed, Depends(disclosed)],
     within_days: Annotated[int, Query(ge=0, le=3650)] = 7,
 ) -> dict[str, Any]:
+    """Subject requests due within `within_days` (or overdue), consents expiring within it,
+    each subject's data for a purpose kept past that purpose's retention, and `erasable`:
+    the subjects no purpose keeps any longer (every purpose they consented to past its
+    retention, none unbounded, no request open), which `consent-ledger retention --erase`
+    erases on the ground `retention_expired`."""
     tenant = svc.ledger.tenant(principal.tenant)
     svc.views.refresh()
     report = due_list(
