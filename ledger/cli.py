@@ -229,6 +229,88 @@ def cmd_consents(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+    """The answer to a subject's information request (projections.report)."""
+    from projections.report import subject_report
+
+    ledger = _open(settings)
+    try:
+        report = subject_report(ledger, args.tenant, _sid(ledger, args))
+    finally:
+        ledger.close()
+    if report is None:
+        raise CliError("no such subject in this tenant", EXIT_NOT_FOUND)
+    if args.json:
+        _print_json(report)
+        return 0
+    for line in report_lines(report):
+        print(line)
+    return 0
+
+
+def report_lines(report: dict[str, Any]) -> list[str]:
+    """The report as plain text for a person to read (its every part, JSON values as such)."""
+    out = [
+        f"What tenant {report['tenant']!r} holds about subject {report['sid']}, "
+        f"as of {report['as_of']}"
+    ]
+    for o in report["operators"]:
+        out.append(f"operator: {o.get('name')} (TIN {o.get('tin')})")
+    if report["erased"]:
+        out.append(f"personal data: erased at {report['erased_at']}; none is held")
+    else:
+        out.append(f"reference: {report['subject']}")
+        out.append("personal data held:")
+        out += [f"  {k}: {v}" for k, v in sorted(report["personal_data"].items())]
+        out.append("collected with:")
+        out += [
+            f"  {c['occurred_at']} via {c['source']} ({c['channel']}): "
+            + orjson.dumps(c["evidence"]).decode()
+            for c in report["collected_with"]
+        ]
+    out.append("consents:")
+    for c in report["consents"]:
+        days = c["retention_days"]
+        kept = "as long as the purpose needs" if days is None else f"{days} days after it ends"
+        out.append(
+            f"  {c['purpose']}: {c['state']} since {c['since']} (policy {c['granted_under']}; "
+            f"basis {c['legal_basis']}; categories {', '.join(c['categories']) or '-'}; "
+            f"kept {kept}" + (f"; expires {c['expires_at']}" if c["expires_at"] else "") + ")"
+        )
+    policy = report["policy_in_force"]
+    if policy is not None:
+        out.append(
+            f"policy in force: {policy['policy_version']} since {policy['effective_at']} "
+            f"(text SHA-256 {policy['text_sha256']})"
+        )
+        out += [
+            f"  {name}: basis {t['legal_basis']}; categories {', '.join(t['categories'])}"
+            for name, t in policy["purposes"].items()
+        ]
+    out.append("passed to:" if report["transfers"] else "passed to: no one")
+    out += [
+        f"  {t['occurred_at']}: {t['recipient'].get('name')} ({t['recipient'].get('country')}), "
+        f"{', '.join(t['categories'])} on {t['ground']}"
+        + ("; cross-border" if t["cross_border"] else "")
+        for t in report["transfers"]
+    ]
+    out.append("requests:" if report["requests"] else "requests: none")
+    out += [
+        f"  {r['request_id']} ({r['kind']}) received {r['received_at']}: "
+        + (f"{r['outcome']} {r['closed_at']}" if r["closed_at"] else "open")
+        for r in report["requests"]
+    ]
+    out.append("complaints:" if report["complaints"] else "complaints: none")
+    out += [
+        f"  {c['occurred_at']}: {c['authority']}, reference {c['reference']}"
+        for c in report["complaints"]
+    ]
+    out.append(
+        "sources: " + ", ".join(f"{s['source']} ({s['channel']})" for s in report["sources"])
+    )
+    return out
+
+
 def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
     event_id = args.event_id or f"erasure-{uuid.uuid4()}"
     ledger = _open(settings)
@@ -1242,6 +1324,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--known-at", help="transaction time (RFC 3339), default now")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_consents)
+
+    p = sub.add_parser(
+        "report",
+        help="what is held about a subject and done with it: the answer to an information request",
+    )
+    _subject_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_report)
 
     p = sub.add_parser("erase", help="erase a subject's personal data (crypto-shredding)")
     _subject_args(p)

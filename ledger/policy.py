@@ -24,6 +24,13 @@ class PurposeTerms:
     categories: tuple[str, ...]
     retention_days: int | None
 
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "legal_basis": self.legal_basis,
+            "categories": list(self.categories),
+            "retention_days": self.retention_days,
+        }
+
 
 @dataclass(frozen=True)
 class PolicyVersion:
@@ -38,6 +45,17 @@ class PolicyVersion:
     _categories_of: dict[tuple[str, ...], tuple[str, ...]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
+
+    def as_dict(self) -> dict[str, Any]:
+        """As the policy routes answer (`GET /v1/policies/{version}`)."""
+        return {
+            "policy_version": self.version,
+            "effective_at": self.effective_at.isoformat(),
+            "language": self.language,
+            "text_sha256": self.text_sha256,
+            "operator": {"name": self.operator_name, "tin": self.operator_tin},
+            "purposes": {name: t.as_dict() for name, t in self.purposes.items()},
+        }
 
     @property
     def categories(self) -> frozenset[str]:

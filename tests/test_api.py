@@ -138,6 +138,13 @@ ROUTES: list[dict[str, Any]] = [
     },
     {
         "method": "GET",
+        "path": "/v1/subjects/{sid}/report",
+        "roles": {"compliance", "admin"},
+        "ok": 200,
+        "by_sid": True,
+    },
+    {
+        "method": "GET",
         "path": "/v1/subjects/{sid}/accesses",
         "roles": {"compliance", "admin"},
         "ok": 200,

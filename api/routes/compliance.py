@@ -107,7 +107,7 @@ def policies(
 ) -> dict[str, Any]:
     tenant = svc.ledger.tenant(principal.tenant)
     versions = tenant.policies.values() if tenant else []
-    return {"policies": [_policy(p) for p in versions]}
+    return {"policies": [p.as_dict() for p in versions]}
 
 
 @router.get("/v1/policies/{version}")
@@ -120,25 +120,7 @@ def policy(
     found = tenant.policies.get(version) if tenant else None
     if found is None:
         raise Problem(404, "unknown_policy_version", "no such policy version")
-    return _policy(found)
-
-
-def _policy(p: Any) -> dict[str, Any]:
-    return {
-        "policy_version": p.version,
-        "effective_at": p.effective_at.isoformat(),
-        "language": p.language,
-        "text_sha256": p.text_sha256,
-        "operator": {"name": p.operator_name, "tin": p.operator_tin},
-        "purposes": {
-            name: {
-                "legal_basis": t.legal_basis,
-                "categories": list(t.categories),
-                "retention_days": t.retention_days,
-            }
-            for name, t in p.purposes.items()
-        },
-    }
+    return found.as_dict()
 
 
 @router.get("/v1/due")

@@ -19,6 +19,7 @@ from ledger.envelope import parse_fact, parse_time
 from ledger.errors import FactRejected
 from projections.consents import subject_consents
 from projections.evidence import evidence_package
+from projections.report import subject_report
 from projections.trail import subject_trail, trail_csv
 
 router = APIRouter(tags=["subjects"])
@@ -106,6 +107,24 @@ def evidence(
     if found is None:
         raise Problem(404, "unknown_subject", "no such subject")
     return OrjsonResponse(found)
+
+
+@router.get("/v1/subjects/{sid}/report")
+def report(
+    sid: str,
+    principal: Annotated[Principal, role("compliance", "admin")],
+    svc: Annotated[Service, Depends(service)],
+) -> dict[str, Any]:
+    """The answer to the person's information request (§7.1): the personal data held about
+    them now (rectifications applied; none once erased) and what it was collected with,
+    each purpose they consented to with its state, legal basis, categories and retention,
+    the policy in force, every transfer to a third party (cross-border marked), their
+    requests and complaints, the operator and the services the data came from. Built from
+    the trail and the consent state (`projections.report`)."""
+    found = subject_report(svc.ledger, principal.tenant, parse_sid(sid))
+    if found is None:
+        raise Problem(404, "unknown_subject", "no such subject")
+    return found
 
 
 @router.get("/v1/subjects/{sid}/accesses")
