@@ -183,16 +183,26 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _about_subject(
+    settings: Settings,
+    args: argparse.Namespace,
+    question: Callable[[ConsentLedger, str, uuid.UUID], dict[str, Any] | None],
+) -> dict[str, Any]:
+    """A question about the subject the arguments name (SUBJECT or --sid, --tenant)."""
+    ledger = _open(settings)
+    try:
+        answer = question(ledger, args.tenant, _sid(ledger, args))
+    finally:
+        ledger.close()
+    if answer is None:
+        raise CliError("no such subject in this tenant", EXIT_NOT_FOUND)
+    return answer
+
+
 def cmd_trail(args: argparse.Namespace, settings: Settings) -> int:
     from projections.trail import subject_trail, trail_csv
 
-    ledger = _open(settings)
-    try:
-        trail = subject_trail(ledger, args.tenant, _sid(ledger, args))
-    finally:
-        ledger.close()
-    if trail is None:
-        raise CliError("no such subject in this tenant", EXIT_NOT_FOUND)
+    trail = _about_subject(settings, args, subject_trail)
     if args.format == "csv":
         sys.stdout.write(trail_csv(trail))
     elif args.json:
@@ -207,13 +217,11 @@ def cmd_consents(args: argparse.Namespace, settings: Settings) -> int:
 
     as_of = parse_time(args.as_of, "--as-of") if args.as_of else None
     known_at = parse_time(args.known_at, "--known-at") if args.known_at else None
-    ledger = _open(settings)
-    try:
-        view = subject_consents(ledger, args.tenant, _sid(ledger, args), as_of, known_at)
-    finally:
-        ledger.close()
-    if view is None:
-        raise CliError("no such subject in this tenant", EXIT_NOT_FOUND)
+    view = _about_subject(
+        settings,
+        args,
+        lambda ledger, tenant, sid: subject_consents(ledger, tenant, sid, as_of, known_at),
+    )
     if args.json:
         _print_json(view)
         return 0
@@ -233,13 +241,7 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     """The answer to a subject's information request (projections.report)."""
     from projections.report import subject_report
 
-    ledger = _open(settings)
-    try:
-        report = subject_report(ledger, args.tenant, _sid(ledger, args))
-    finally:
-        ledger.close()
-    if report is None:
-        raise CliError("no such subject in this tenant", EXIT_NOT_FOUND)
+    report = _about_subject(settings, args, subject_report)
     if args.json:
         _print_json(report)
         return 0
