@@ -794,6 +794,13 @@ def cmd_who(args: argparse.Namespace, settings: Settings) -> int:
     views = Views(ledger)
     try:
         _known_purpose(ledger, args.tenant, args.purpose)
+        if args.policy_version is not None:
+            tenant = ledger.tenant(args.tenant, shared=True)
+            if tenant is None or args.policy_version not in tenant.policies:
+                raise CliError(
+                    "unknown_policy_version: the tenant has published no such policy version",
+                    EXIT_NOT_FOUND,
+                )
         views.refresh()
         sids = who_had_consent(
             views.store,
@@ -803,15 +810,20 @@ def cmd_who(args: argparse.Namespace, settings: Settings) -> int:
             known_at,
             after=args.after or "",
             limit=args.limit,
+            policy_version=args.policy_version,
         )
     finally:
         views.close()
         ledger.close()
+    # The route's answer (`GET /v1/purposes/{purpose}/subjects`), and `at` as before.
     page = {
         "purpose": args.purpose,
-        "at": at.isoformat(),
+        "as_of": at.isoformat(),
+        "known_at": known_at.isoformat() if known_at else None,
+        "policy_version": args.policy_version,
         "sids": sids,
         "next": sids[-1] if len(sids) == args.limit else None,
+        "at": at.isoformat(),
     }
     if args.json:
         _print_json(page)
@@ -1455,6 +1467,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--known-at")
     p.add_argument("--after", help="continue after this sid (the previous page's 'next')")
     p.add_argument("--limit", type=_whole(1, 10_000), default=1000)
+    p.add_argument(
+        "--policy-version",
+        help="only those whose consent was given under this policy version (re-consent)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_who)
 

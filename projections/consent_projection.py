@@ -33,7 +33,9 @@ from projections.store import ConsentViews, ViewChanges, parse_utc, utc
 
 # purpose, valid_from, valid_to, event_id, ends_by: an interval whose end keeps its instant
 # but changes its reason (a voided fact leaves the expiry ending it) is a change to record.
-IntervalKey = tuple[str, str, str | None, str, str | None]
+# purpose, valid from, valid to, the grant's event id, what ends it (`expiry`, `fact` or None),
+# its policy version: a correction of the version alone must close the row and open another.
+IntervalKey = tuple[str, str, str | None, str, str | None, str | None]
 
 
 @dataclass
@@ -131,12 +133,12 @@ class ConsentProjection(Projection[ConsentViews]):
         ):
             views[row["sid"]].corrections.append(correction_from_row(row))
         for row in self.view.rows_in(
-            "SELECT sid, purpose, valid_from, valid_to, event_id, ends_by FROM view_intervals "
-            "WHERE sid IN ({}) AND known_to IS NULL",
+            "SELECT sid, purpose, valid_from, valid_to, event_id, ends_by, policy_version "
+            "FROM view_intervals WHERE sid IN ({}) AND known_to IS NULL",
             sids,
             tuples=True,
         ):
-            views[row[0]].open_intervals.add((row[1], row[2], row[3], row[4], row[5]))
+            views[row[0]].open_intervals.add((row[1], row[2], row[3], row[4], row[5], row[6]))
         for view in views.values():
             view.known = {e.event_id: e for e in entries_as_known(view.entries, view.corrections)}
             if not view.corrections:
@@ -275,8 +277,16 @@ def _follow(
                     None if expires is None else utc(expires),
                     before.event_id,
                     None if expires is None else "expiry",
+                    before.policy_version,
                 )
-                new: IntervalKey = (purpose, start, at_utc, before.event_id, "fact")
+                new: IntervalKey = (
+                    purpose,
+                    start,
+                    at_utc,
+                    before.event_id,
+                    "fact",
+                    before.policy_version,
+                )
                 changes.close_interval(known_from, sid, *old[:4])
                 view.open_intervals.discard(old)
                 view.open_intervals.add(new)
@@ -294,6 +304,7 @@ def _follow(
                 end,
                 entry.event_id,
                 None if end is None else "expiry",
+                entry.policy_version,
             )
             view.open_intervals.add(key)
             changes.open_interval(
@@ -350,6 +361,7 @@ def _key(interval: GrantedInterval) -> IntervalKey:
         utc(interval.end) if interval.end is not None else None,
         interval.event_id,
         None if interval.end is None else "expiry" if interval.expires else "fact",
+        interval.policy_version,
     )
 
 

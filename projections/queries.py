@@ -43,10 +43,13 @@ def who_had_consent(
     *,
     after: str = "",
     limit: int = 1000,
+    policy_version: str | None = None,
 ) -> list[str]:
     """Sids with `purpose` granted at `at` as known at `known_at`, in sid order, after `after`.
 
     Erased subjects are left out from their erasure on: their data can no longer be used.
+    With `policy_version`, only those whose consent in force was given under that version
+    (as corrected): after a policy changes (§9), who has not consented under the new one.
 
     No DISTINCT: as known at any one instant, a subject's intervals for a purpose do not
     overlap (each grant's ends where the next fact of the purpose begins), so a subject has
@@ -56,15 +59,17 @@ def who_had_consent(
     walk past every superseded interval.
     """
     t = utc(at)
+    version = () if policy_version is None else (policy_version,)
     if known_at is None:
-        params: tuple[Any, ...] = (tenant, purpose, t, t, after, FAR_FUTURE, t, limit)
-        rows = views.rows(WHO_HAD_CONSENT_NOW, params, tuples=True)
+        params: tuple[Any, ...] = (tenant, purpose, t, t, *version, after, FAR_FUTURE, t, limit)
+        sql = WHO_HAD_CONSENT_NOW
     else:
         k = utc(known_at)
-        rows = views.rows(
-            WHO_HAD_CONSENT, (tenant, purpose, t, t, k, k, after, k, t, limit), tuples=True
-        )
-    return [r[0] for r in rows]
+        params = (tenant, purpose, t, t, k, k, *version, after, k, t, limit)
+        sql = WHO_HAD_CONSENT
+    if version:
+        sql = sql.replace(" AND i.sid>? ", " AND i.policy_version=? AND i.sid>? ")
+    return [r[0] for r in views.rows(sql, params, tuples=True)]
 
 
 # Parameters: known at, valid at.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -418,6 +419,24 @@ def test_query_errors(world: World) -> None:
     assert (typo.json()["code"], typo.json()["field"]) == ("unknown_purpose", "purpose")
     no_such = world.client.get("/v1/purposes/marketting/subjects", headers=headers)
     assert no_such.status_code == 404 and no_such.json()["code"] == "unknown_purpose"
+    # A policy version the tenant never published: a typo, not "nobody consented under it".
+    version = world.client.get(
+        "/v1/purposes/marketing/subjects?policy_version=crmpro-9", headers=headers
+    )
+    assert version.status_code == 422
+    assert (version.json()["code"], version.json()["field"]) == (
+        "unknown_policy_version",
+        "policy_version",
+    )
+    under = world.client.get(
+        "/v1/purposes/marketing/subjects?as_of=2025-03-02T00:00:00Z&policy_version=crmpro-1.0",
+        headers=headers,
+    )
+    everyone = world.client.get(
+        "/v1/purposes/marketing/subjects?as_of=2025-03-02T00:00:00Z", headers=headers
+    )
+    assert under.json()["policy_version"] == "crmpro-1.0" and under.json()["sids"]
+    assert under.json()["sids"] == everyone.json()["sids"]  # the seed is its one version
     unknown_route = world.client.get("/v1/nothing", headers=headers)
     assert unknown_route.status_code == 404 and unknown_route.json()["code"] == "not_found"
 
@@ -568,3 +587,38 @@ def test_fastapis_own_telemetry_is_off_unless_asked_for(
     settings = Settings.from_env({"LEDGER_DATA_DIR": str(tmp_path), **setting})
     config = create_app(settings)._telemetry
     assert (config["tracing"], config["metrics"], config["logs"]) == (on, on, on)
+
+
+def test_who_had_consent_under_one_policy_version_over_http(tmp_path: Path) -> None:
+    """After a new policy version: the route names only those still on the old one."""
+    settings = Settings(data_dir=tmp_path / "data")
+    newer = {
+        **seed_policy_fact("policy-crmpro-2.0"),
+        "policy_version": "crmpro-2.0",
+        "effective_at": "2025-01-01T00:00:00+05:00",
+        "occurred_at": "2025-01-01T00:00:00+05:00",
+        "text": "crmpro 2.0",
+    }
+    with contextlib.closing(ConsentLedger(settings)) as ledger:
+        ledger.init_demo()
+        ledger.record(
+            [
+                parse_fact(f)
+                for f in (
+                    newer,
+                    grant("on-old"),
+                    grant("on-new", policy_version="crmpro-2.0"),
+                )
+            ]
+        )
+        old = ledger.sid("demo", "on-old").hex
+    with contextlib.closing(ApiKeys(keys_path(settings))) as keys:
+        key = keys.create("demo", {"compliance"})[1]
+    with TestClient(create_app(settings)) as client:
+        page = client.get(
+            "/v1/purposes/marketing/subjects",
+            params={"as_of": "2025-06-01T00:00:00Z", "policy_version": "crmpro-1.0"},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+    assert page.status_code == 200, page.text
+    assert (page.json()["sids"], page.json()["policy_version"]) == ([old], "crmpro-1.0")

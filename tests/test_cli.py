@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
+from ledger.policy import seed_policy_fact
 from tests.cli_support import BACKEND_ENV, run, verify_elsewhere
 from tests.facts import grant, withdraw
 
@@ -319,6 +320,44 @@ def test_check_and_who_refuse_a_purpose_or_tenant_that_names_nothing(data: Path)
     assert nobody.returncode == 3 and "no such tenant" in nobody.stderr
     known = run(data, "who", "--tenant", "demo", "--purpose", "marketing", *at, "--json")
     assert known.returncode == 0 and orjson.loads(known.stdout)["sids"] == []
+    # One consent, given under a newer version: not among those under the seed's.
+    newer = {
+        **seed_policy_fact("policy-crmpro-2.0"),
+        "policy_version": "crmpro-2.0",
+        "effective_at": "2025-01-01T00:00:00+05:00",
+        "occurred_at": "2025-01-01T00:00:00+05:00",
+        "text": "crmpro 2.0",
+    }
+    facts = [newer, grant("on-new", policy_version="crmpro-2.0")]
+    assert run(data, "record", stdin=orjson.dumps(facts).decode()).returncode == 0
+    version = run(
+        data, "who", "--tenant", "demo", "--purpose", "marketing", *at, "--policy-version", "9"
+    )
+    assert version.returncode == 3 and "unknown_policy_version" in version.stderr
+    # The route's answer (GET /v1/purposes/{purpose}/subjects), with `at` kept from before.
+    page = orjson.loads(
+        run(
+            data,
+            "who",
+            "--tenant",
+            "demo",
+            "--purpose",
+            "marketing",
+            *at,
+            "--json",
+            "--policy-version",
+            "crmpro-1.0",
+        ).stdout
+    )
+    assert page == {
+        "purpose": "marketing",
+        "as_of": "2025-03-04T00:00:00+05:00",
+        "known_at": None,
+        "policy_version": "crmpro-1.0",
+        "sids": [],
+        "next": None,
+        "at": "2025-03-04T00:00:00+05:00",
+    }
 
 
 def test_evidence_is_written_once_and_verified_without_the_ledger(

@@ -23,14 +23,17 @@ from projections.rebuild import MAX_WORKERS, id_ranges, rebuild
 from projections.runner import APPLICATION, catch_up
 from projections.store import ConsentViews, utc
 from projections.views import Views
+from tests import facts as built
 from tests.kafka_support import kafka_settings
 from tests.test_properties import (
     BASE,
     PURPOSES,
     SUBJECTS,
+    VERSIONS,
     Reference,
     hours,
     in_batches,
+    init_ledger,
     operations,
 )
 from tests.test_properties import at as at_hour
@@ -95,7 +98,7 @@ def views_agree(
     views = ConsentViews.open(Path(tmp) / "views.db")
     projection = ConsentProjection(view=views)
     try:
-        ledger.init_demo()
+        init_ledger(ledger)
         accepted: list[tuple[datetime, dict[str, Any]]] = []
         snapshots: list[tuple[datetime, dict[str, Any]]] = []
         for batch in in_batches(ops, cuts):
@@ -121,6 +124,9 @@ def views_agree(
                 for purpose in PURPOSES:
                     got = states[purpose].state if purpose in states else "none"
                     assert got == reference.state(subject, purpose, at), (subject, purpose)
+                    if got == "granted":
+                        version = reference.version(subject, purpose, at)
+                        assert states[purpose].policy_version == version, (subject, purpose)
             for purpose in PURPOSES:
                 expected = {
                     ledger.sid("demo", s).hex
@@ -130,6 +136,16 @@ def views_agree(
                 }
                 # A list: in sid order, each subject once.
                 assert who_had_consent(views, "demo", purpose, at, known_at) == sorted(expected)
+                for version in VERSIONS:
+                    under = {
+                        ledger.sid("demo", s).hex
+                        for s in SUBJECTS
+                        if ledger.sid("demo", s).hex in expected
+                        and reference.version(s, purpose, at) == version
+                    }
+                    assert who_had_consent(
+                        views, "demo", purpose, at, known_at, policy_version=version
+                    ) == sorted(under), (purpose, version)
                 recipients = [ledger.sid("demo", s).hex for s in SUBJECTS]
                 checked = check_recipients(
                     views, "demo", purpose, at, [*recipients, "0" * 32], known_at
@@ -235,6 +251,87 @@ def test_amendment_moving_a_grant_to_another_purpose(tmp_path: Path) -> None:
     assert who_had_consent(views.store, "demo", "support", at, before_fix) == []
     views.close()
     ledger.close()
+
+
+def test_who_had_consent_under_a_policy_version(ledger: ConsentLedger, tmp_path: Path) -> None:
+    """After a new policy version (§9): whose consent in force still rests on the old one,
+    a re-grant moving a subject to the new one and a correction of the version as of its
+    recording."""
+    v2 = "crmpro-2.0"
+    facts = [
+        built.fact(
+            "policy.published",
+            None,
+            policy_version=v2,
+            effective_at="2025-02-01T00:00:00+05:00",
+            occurred_at="2025-02-01T00:00:00+05:00",
+            language="uz",
+            text="v2",
+            operator={"name": "MEGABITE-CRM LLC", "tin": "309519699"},
+            purposes={
+                "marketing": {
+                    "legal_basis": "consent",
+                    "categories": ["full_name", "email", "phone"],
+                    "retention_days": None,
+                }
+            },
+        ),
+        built.grant("a", occurred_at="2025-01-10T00:00:00Z"),
+        built.grant("b", occurred_at="2025-01-10T00:00:00Z"),
+        built.grant("b", policy_version=v2, occurred_at="2025-03-01T00:00:00Z"),
+        built.grant("c", policy_version=v2, occurred_at="2025-03-01T00:00:00Z"),
+        built.grant("d", occurred_at="2025-02-10T00:00:00Z", event_id="d-grant"),
+        built.grant("e", occurred_at="2025-01-10T00:00:00Z"),
+        built.withdraw("e", occurred_at="2025-01-20T00:00:00Z"),
+    ]
+    assert all(isinstance(o, Receipt) for o in ledger.record([parse_fact(f) for f in facts]))
+    fixed = ledger.record(
+        [
+            parse_fact(
+                built.fact(
+                    "consent.corrected",
+                    "d",
+                    corrects="d-grant",
+                    reason="the form showed 2.0",
+                    changes={"policy_version": v2},
+                    occurred_at="2025-03-05T00:00:00Z",
+                )
+            )
+        ]
+    )[0]
+    assert isinstance(fixed, Receipt)
+    before_fix = datetime.fromisoformat(fixed.recorded_at) - timedelta(microseconds=1)
+    sid = {name: ledger.sid("demo", name).hex for name in "abcde"}
+    views = Views(ledger, tmp_path / "views.db")
+    try:
+        views.refresh()
+
+        def who(at: str, version: str | None, known_at: datetime | None = None) -> list[str]:
+            return who_had_consent(
+                views.store,
+                "demo",
+                "marketing",
+                datetime.fromisoformat(at),
+                known_at,
+                policy_version=version,
+            )
+
+        def named(*names: str) -> list[str]:
+            return sorted(sid[n] for n in names)
+
+        april = "2025-04-01T00:00:00+00:00"
+        assert who(april, SEED_POLICY_VERSION) == named("a")
+        assert who(april, v2) == named("b", "c", "d")
+        assert who(april, None) == named("a", "b", "c", "d")
+        assert who(april, SEED_POLICY_VERSION, before_fix) == named("a", "d")
+        assert who(april, v2, before_fix) == named("b", "c")
+        # Before b's re-grant; d's grant is of 2.0 as corrected, of 1.0 as known before.
+        february = "2025-02-15T00:00:00+00:00"
+        assert who(february, SEED_POLICY_VERSION) == named("a", "b")
+        assert who(february, SEED_POLICY_VERSION, before_fix) == named("a", "b", "d")
+        assert who(april, "no-such-version") == []
+    finally:
+        views.close()
 
 
 def test_who_had_consent_reads_an_index_in_sid_order(tmp_path: Path) -> None:

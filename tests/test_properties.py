@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from ledger.application import ConsentLedger
 from ledger.envelope import parse_fact
 from ledger.errors import FactRejected
-from ledger.policy import SEED_POLICY_VERSION
+from ledger.policy import SEED_POLICY_VERSION, seed_policy_fact
 from ledger.receipt import Receipt
 from ledger.settings import Settings
 from tests.kafka_support import kafka_settings
@@ -35,6 +35,27 @@ CATEGORIES = {  # the seed policy's catalogue, as data
     "support": {"full_name", "email", "phone", "user_provided"},
     "service_improvement": {"network_device", "cookies"},
 }
+
+# Two policy versions with the seed's catalogue, both in effect before BASE: grants name
+# either, and corrections move a grant from one to the other (who consented under which).
+VERSIONS = [SEED_POLICY_VERSION, "crmpro-1.1"]
+
+
+def second_policy() -> dict[str, Any]:
+    return {
+        **seed_policy_fact("policy-crmpro-1.1"),
+        "policy_version": VERSIONS[1],
+        "effective_at": "2024-01-01T00:00:00+05:00",
+        "occurred_at": "2024-01-01T00:00:00+05:00",
+        "text": "crmpro 1.1",
+    }
+
+
+def init_ledger(ledger: ConsentLedger) -> None:
+    """The demo tenant with both policy versions."""
+    ledger.init_demo()
+    assert isinstance(ledger.record([parse_fact(second_policy())])[0], Receipt)
+
 
 hours = st.integers(min_value=0, max_value=24 * 20)
 purpose_sets = st.lists(
@@ -70,7 +91,7 @@ def operations(draw: st.DrawFn) -> list[dict[str, Any]]:
                 **base,
                 "type": "consent.granted",
                 "occurred_at": at(h),
-                "policy_version": SEED_POLICY_VERSION,
+                "policy_version": draw(st.sampled_from(VERSIONS)),
                 "purposes": draw(purpose_sets),
                 "third_party_transfer": draw(st.booleans()),
                 "cross_border_transfer": draw(st.booleans()),
@@ -97,13 +118,17 @@ def operations(draw: st.DrawFn) -> list[dict[str, Any]]:
                 "corrects": target,
                 "reason": "correction",
             }
-            change = draw(st.sampled_from(["void", "occurred_at", "purposes", "expires_at"]))
+            change = draw(
+                st.sampled_from(["void", "occurred_at", "purposes", "expires_at", "policy_version"])
+            )
             if change == "void":
                 f["void"] = True
             elif change == "occurred_at":
                 f["changes"] = {"occurred_at": at(draw(hours))}
             elif change == "purposes":
                 f["changes"] = {"purposes": draw(purpose_sets)}
+            elif change == "policy_version":
+                f["changes"] = {"policy_version": draw(st.sampled_from(VERSIONS))}
             else:
                 f["changes"] = {"expires_at": at(draw(hours))}
         elif kind == "erase":
@@ -170,6 +195,14 @@ class Reference:
         if best["expires_at"] is not None and best["expires_at"] <= t:
             return "expired"
         return "granted"
+
+    def version(self, subject: str, purpose: str, t: datetime) -> str | None:
+        """The policy version of the grant in force, as corrected (None if none is)."""
+        if self.state(subject, purpose, t) != "granted":
+            return None
+        best = self.deciding(subject, purpose, t)
+        assert best is not None
+        return str(best["policy_version"])
 
     def in_force(self, subject: str, t: datetime) -> set[str]:
         return {p for p in PURPOSES if self.state(subject, p, t) == "granted"}
@@ -275,6 +308,7 @@ class Reference:
                 "expires_at": datetime.fromisoformat(f["expires_at"])
                 if "expires_at" in f
                 else None,
+                "policy_version": f["policy_version"],
                 "third_party": f["third_party_transfer"],
                 "cross_border": f["cross_border_transfer"],
                 "categories": sorted(set().union(*(CATEGORIES[p] for p in purposes))),
@@ -350,7 +384,7 @@ def agrees_with_reference(
     reference = Reference()
     ledger = ConsentLedger(ledger_settings)
     try:
-        ledger.init_demo()
+        init_ledger(ledger)
         for batch in in_batches(ops, cuts):
             outcomes = ledger.record([parse_fact(f) for f in batch])
             for f, outcome in zip(batch, outcomes, strict=True):
@@ -372,5 +406,8 @@ def agrees_with_reference(
                 for purpose in PURPOSES:
                     got = states[purpose].state if purpose in states else "none"
                     assert got == reference.state(subject, purpose, t), (subject, purpose, h)
+                    if got == "granted":
+                        version = reference.version(subject, purpose, t)
+                        assert states[purpose].policy_version == version, (subject, purpose, h)
     finally:
         ledger.close()

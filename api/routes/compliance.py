@@ -67,7 +67,13 @@ def subjects_with_consent(
     known_at: Annotated[str | None, Query()] = None,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    policy_version: Annotated[str | None, Query(max_length=128)] = None,
 ) -> dict[str, Any]:
+    """The subjects with consent for the purpose at `as_of` (default now) as known at
+    `known_at` (default now), in sid order, `limit` a page; `next` is the cursor of the
+    page after, null on the last. With `policy_version`, only those whose consent in force
+    was given under that version: after a new version (§9), who has not consented under it
+    (an unknown version: 422 `unknown_policy_version`)."""
     at = parse_time(as_of, "as_of") if as_of else datetime.now(UTC)
     known = parse_time(known_at, "known_at") if known_at else None
     if cursor is not None and (
@@ -77,15 +83,32 @@ def subjects_with_consent(
             422, "invalid_cursor", "cursor is the 'next' value of a previous page", "cursor"
         )
     _known_purpose(svc, principal.tenant, purpose, 404, None)
+    if policy_version is not None:
+        tenant = svc.ledger.tenant(principal.tenant, shared=True)
+        if tenant is None or policy_version not in tenant.policies:
+            raise Problem(
+                422,
+                "unknown_policy_version",
+                "the tenant has published no such policy version",
+                "policy_version",
+            )
     svc.views.refresh()
     sids = who_had_consent(
-        svc.views.store, principal.tenant, purpose, at, known, after=cursor or "", limit=limit
+        svc.views.store,
+        principal.tenant,
+        purpose,
+        at,
+        known,
+        after=cursor or "",
+        limit=limit,
+        policy_version=policy_version,
     )
     disclose(sids)
     return {
         "purpose": purpose,
         "as_of": at.isoformat(),
         "known_at": known.isoformat() if known else None,
+        "policy_version": policy_version,
         "sids": sids,
         "next": sids[-1] if len(sids) == limit else None,
     }
