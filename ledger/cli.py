@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import sys
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -24,6 +25,7 @@ from ledger.keystore import KeyStore, KeyStoreBusyError
 from ledger.receipt import Receipt
 from ledger.settings import Settings, SettingsError
 from ledger.tenant import Tenant
+from ledger.vocabulary import ERASURE_GROUNDS
 
 if TYPE_CHECKING:  # imported where used: a command that needs no views does not load them
     from projections.views import Views
@@ -109,6 +111,78 @@ def cmd_tenants_create(args: argparse.Namespace, settings: Settings) -> int:
         ledger.close()
     print(f"created tenant {args.tenant!r}")
     return 0
+
+
+def cmd_tenants_export(args: argparse.Namespace, settings: Settings) -> int:
+    """Every subject's audit trail, one JSON line each in sid order (erased ones too, their
+    personal data marked erased): what a tenant leaving the platform is handed back. Holds
+    personal data in the clear: the file is created for its owner only (0600) and never
+    overwritten."""
+    from projections.trail import subject_trail
+
+    out = None
+    if args.out not in (None, "-"):
+        try:
+            fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise CliError(f"{args.out} exists: an export is never overwritten") from None
+        except OSError as e:
+            raise CliError(f"cannot write {args.out}: {e.strerror}") from None
+        out = os.fdopen(fd, "wb")
+    written = 0
+    try:
+        with _current_views(settings, args.tenant) as (ledger, views, _):
+            for (sid,) in views.store.rows(
+                "SELECT sid FROM view_subjects WHERE tenant=? ORDER BY sid",
+                (args.tenant,),
+                tuples=True,
+            ):
+                trail = subject_trail(ledger, args.tenant, uuid.UUID(hex=sid))
+                if trail is None:
+                    continue
+                (out or sys.stdout.buffer).write(orjson.dumps(trail) + b"\n")
+                written += 1
+    finally:
+        if out is not None:
+            out.close()
+    where = f"; written to {args.out}" if out is not None else ""
+    print(
+        f"exported the trails of {written} subjects of tenant {args.tenant!r}{where}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_tenants_erase_subjects(args: argparse.Namespace, settings: Settings) -> int:
+    """Erase every subject of a tenant not erased yet (a tenant leaving, its data returned):
+    one erasure fact each on the ground given, a thousand per commit. --confirm must repeat
+    the tenant's name: this destroys the personal data of everyone the tenant ever named."""
+    if args.confirm != args.tenant:
+        raise CliError(
+            f"this erases every subject of tenant {args.tenant!r}: "
+            f"repeat its name with --confirm {args.tenant}"
+        )
+    with _current_views(settings, args.tenant) as (ledger, views, _):
+        sids = [
+            row[0]
+            for row in views.store.rows(
+                "SELECT sid FROM view_subjects WHERE tenant=? AND erasure_recorded_at IS NULL "
+                "ORDER BY sid",
+                (args.tenant,),
+                tuples=True,
+            )
+        ]
+        outcomes = _erase_each(ledger, args.tenant, sids, args.ground, "tenant-erasure-")
+    refused = [
+        (sid, o) for sid, o in zip(sids, outcomes, strict=True) if isinstance(o, FactRejected)
+    ]
+    print(
+        f"erased {len(sids) - len(refused)} subjects of tenant {args.tenant!r} "
+        f"(ground {args.ground}): data keys destroyed"
+    )
+    for sid, o in refused:
+        print(f"  not erased: sid {sid}: {o.code.value}: {o}")
+    return EXIT_REJECTED if refused else 0
 
 
 def cmd_record(args: argparse.Namespace, settings: Settings) -> int:
@@ -1030,7 +1104,17 @@ def cmd_retention(args: argparse.Namespace, settings: Settings) -> int:
     now = parse_time(args.as_of, "--as-of") if args.as_of else datetime.now(UTC)
     with _current_views(settings, args.tenant) as (ledger, views, tenant):
         due = erasable_past_retention(views.store, args.tenant, now, tenant.policies)
-        outcomes = _erase_past_retention(ledger, args.tenant, due) if args.erase else []
+        outcomes = (
+            _erase_each(
+                ledger,
+                args.tenant,
+                [d["sid"] for d in due],
+                "retention_expired",
+                "retention-expired-",
+            )
+            if args.erase
+            else []
+        )
     refused = [o for o in outcomes if isinstance(o, FactRejected)]
     if args.json:
         report: dict[str, Any] = {"tenant": args.tenant, "as_of": now.isoformat(), "subjects": due}
@@ -1058,15 +1142,21 @@ def cmd_retention(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_REJECTED if refused else 0
 
 
-def _erase_past_retention(
-    ledger: ConsentLedger, tenant: str, due: list[dict[str, Any]]
+def _erase_each(
+    ledger: ConsentLedger, tenant: str, sids: Sequence[str], ground: str, id_prefix: str
 ) -> list[Any]:
+    """Erase each subject (by sid), a thousand per commit; an outcome per sid, in order.
+
+    Each erasure's event id is `id_prefix` and the sid, at the first attempt's instant on a
+    retry (see occurred_at_of): a run cut short and run again erases the rest and answers
+    the ones it did with their first receipts.
+    """
     outcomes: list[Any] = []
-    for start in range(0, len(due), 1000):
-        sids = [uuid.UUID(hex=d["sid"]) for d in due[start : start + 1000]]
+    for start in range(0, len(sids), 1000):
+        chunk = [uuid.UUID(hex=sid) for sid in sids[start : start + 1000]]
         facts = []
-        for sid in sids:
-            event_id = f"retention-expired-{sid.hex}"
+        for sid in chunk:
+            event_id = f"{id_prefix}{sid.hex}"
             occurred_at = ledger.occurred_at_of(tenant, event_id, sid) or datetime.now(UTC)
             facts.append(
                 parse_fact(
@@ -1078,11 +1168,11 @@ def _erase_past_retention(
                         "occurred_at": occurred_at.isoformat(),
                         "source": "consent-ledger-cli",
                         "channel": "api",
-                        "ground": "retention_expired",
+                        "ground": ground,
                     }
                 )
             )
-        outcomes.extend(ledger.record(facts, sids=sids))
+        outcomes.extend(ledger.record(facts, sids=chunk))
     return outcomes
 
 
@@ -1543,6 +1633,17 @@ def _parser() -> argparse.ArgumentParser:
     p = tenants.add_parser("create")
     p.add_argument("tenant", metavar="T")
     p.set_defaults(run=cmd_tenants_create)
+    p = tenants.add_parser(
+        "export", help="every subject's audit trail as JSON Lines (personal data included)"
+    )
+    p.add_argument("tenant", metavar="T")
+    p.add_argument("--out", help="a new file (mode 0600; default stdout)")
+    p.set_defaults(run=cmd_tenants_export)
+    p = tenants.add_parser("erase-subjects", help="erase every subject of a tenant")
+    p.add_argument("tenant", metavar="T")
+    p.add_argument("--ground", required=True, choices=sorted(ERASURE_GROUNDS))
+    p.add_argument("--confirm", required=True, metavar="T", help="the tenant's name again")
+    p.set_defaults(run=cmd_tenants_erase_subjects)
     return parser
 
 

@@ -494,6 +494,80 @@ def test_retention_lists_and_erases_the_subjects_no_purpose_keeps(data: Path) ->
     assert run(data, "verify").returncode == 0
 
 
+def test_a_tenant_leaving_gets_its_trails_and_then_its_subjects_are_erased(
+    data: Path, tmp_path: Path
+) -> None:
+    names = {"leaving-1": "Yusupov Bekzod", "leaving-2": "Rashidova Kamola"}
+    facts: list[dict[str, Any]] = [
+        grant(ref, personal_data={"full_name": name}) for ref, name in names.items()
+    ]
+    assert run(data, "tenants", "create", "acme").returncode == 0
+    # Another tenant, the same reference: untouched by the first one's leaving.
+    facts += [
+        {**seed_policy_fact("acme-policy"), "tenant": "acme"},
+        grant("leaving-1", tenant="acme", personal_data={"full_name": "Acme Person"}),
+    ]
+    assert run(data, "record", stdin=orjson.dumps(facts).decode()).returncode == 0
+
+    exported = run(data, "tenants", "export", "demo")
+    assert exported.returncode == 0, exported.stderr
+    trails = lines(exported.stdout)
+    assert [t["subject"] for t in trails] == sorted(names, key=lambda r: _sid_of(data, r))
+    assert [t["sid"] for t in trails] == sorted(t["sid"] for t in trails)
+    assert all(name in exported.stdout for name in names.values())
+    assert "Acme Person" not in exported.stdout
+    assert exported.stderr.strip() == "exported the trails of 2 subjects of tenant 'demo'"
+    out = tmp_path / "demo-export.jsonl"
+    assert run(data, "tenants", "export", "demo", "--out", str(out)).returncode == 0
+    assert out.stat().st_mode & 0o777 == 0o600 and lines(out.read_text()) == trails
+    again = run(data, "tenants", "export", "demo", "--out", str(out))
+    assert again.returncode == 2 and "never overwritten" in again.stderr
+
+    unconfirmed = run(
+        data, "tenants", "erase-subjects", "demo", "--ground", "purpose_achieved", "--confirm", "x"
+    )
+    assert unconfirmed.returncode == 2 and "--confirm demo" in unconfirmed.stderr
+    bad_ground = run(
+        data, "tenants", "erase-subjects", "demo", "--ground", "tired", "--confirm", "demo"
+    )
+    assert bad_ground.returncode == 2 and "invalid choice" in bad_ground.stderr
+    assert "Yusupov Bekzod" in run(data, "tenants", "export", "demo").stdout  # nothing erased
+
+    erased = run(
+        data,
+        "tenants",
+        "erase-subjects",
+        "demo",
+        "--ground",
+        "purpose_achieved",
+        "--confirm",
+        "demo",
+    )
+    assert erased.returncode == 0, erased.stderr
+    assert erased.stdout.startswith("erased 2 subjects of tenant 'demo' (ground purpose_achieved)")
+    after = run(data, "tenants", "export", "demo").stdout
+    assert [t["erased"] for t in lines(after)] == [True, True]
+    assert not any(name in after for name in names.values())
+    assert "Acme Person" in run(data, "tenants", "export", "acme").stdout
+    repeat = run(
+        data,
+        "tenants",
+        "erase-subjects",
+        "demo",
+        "--ground",
+        "purpose_achieved",
+        "--confirm",
+        "demo",
+    )
+    assert repeat.stdout.startswith("erased 0 subjects")
+    assert run(data, "verify").returncode == 0
+
+
+def _sid_of(data: Path, reference: str) -> str:
+    trail = orjson.loads(run(data, "trail", reference, "--tenant", "demo", "--json").stdout)
+    return str(trail["sid"])
+
+
 def test_record_a_large_file_in_batches(data: Path, tmp_path: Path) -> None:
     lines = [orjson.dumps(grant(f"bulk-{i}", event_id=f"bulk-{i}")).decode() for i in range(2500)]
     lines[1700] = "not json"
