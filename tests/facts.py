@@ -5,7 +5,7 @@ from __future__ import annotations
 from itertools import count
 from typing import Any
 
-from ledger.policy import SEED_POLICY_VERSION
+from ledger.policy import SEED_POLICY_VERSION, seed_policy_fact
 
 _ids = count()
 
@@ -40,3 +40,33 @@ def withdraw(
 def erase(subject: str = "contact-1", **fields: Any) -> dict[str, Any]:
     fields.setdefault("ground", "subject_request")
     return fact("subject.erased", subject, **fields)
+
+
+def policy(
+    version: str,
+    effective_at: str = "2025-01-01T00:00:00+05:00",
+    purposes: dict[str, Any] | None = None,
+    **fields: Any,
+) -> dict[str, Any]:
+    """A `policy.published` fact of another version of the seed policy, published as it takes
+    effect: the seed's catalogue unless `purposes` is given."""
+    out = {
+        **seed_policy_fact(f"policy-{version}"),
+        "policy_version": version,
+        "effective_at": effective_at,
+        "occurred_at": effective_at,
+        "text": f"policy {version}",
+    }
+    if purposes is not None:
+        out["purposes"] = purposes
+    out.update(fields)
+    return out
+
+
+def terms(retention_days: int | None = None, *categories: str) -> dict[str, Any]:
+    """One purpose of a policy: on consent, for `categories` (default email)."""
+    return {
+        "legal_basis": "consent",
+        "categories": list(categories or ("email",)),
+        "retention_days": retention_days,
+    }

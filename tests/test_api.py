@@ -20,7 +20,7 @@ from ledger.envelope import parse_fact
 from ledger.policy import seed_policy_fact
 from ledger.settings import Settings
 from projections.evidence import verify_evidence
-from tests.facts import grant
+from tests.facts import grant, policy
 from tests.kafka_support import kafka_settings
 
 ROLES = ("publisher", "compliance", "admin")
@@ -592,20 +592,13 @@ def test_fastapis_own_telemetry_is_off_unless_asked_for(
 def test_who_had_consent_under_one_policy_version_over_http(tmp_path: Path) -> None:
     """After a new policy version: the route names only those still on the old one."""
     settings = Settings(data_dir=tmp_path / "data")
-    newer = {
-        **seed_policy_fact("policy-crmpro-2.0"),
-        "policy_version": "crmpro-2.0",
-        "effective_at": "2025-01-01T00:00:00+05:00",
-        "occurred_at": "2025-01-01T00:00:00+05:00",
-        "text": "crmpro 2.0",
-    }
     with contextlib.closing(ConsentLedger(settings)) as ledger:
         ledger.init_demo()
         ledger.record(
             [
                 parse_fact(f)
                 for f in (
-                    newer,
+                    policy("crmpro-2.0"),
                     grant("on-old"),
                     grant("on-new", policy_version="crmpro-2.0"),
                 )

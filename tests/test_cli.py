@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 
 from ledger.policy import seed_policy_fact
 from tests.cli_support import BACKEND_ENV, run, verify_elsewhere
-from tests.facts import grant, withdraw
+from tests.facts import grant, policy, terms, withdraw
 
 
 def lines(text: str) -> list[dict[str, Any]]:
@@ -321,14 +322,7 @@ def test_check_and_who_refuse_a_purpose_or_tenant_that_names_nothing(data: Path)
     known = run(data, "who", "--tenant", "demo", "--purpose", "marketing", *at, "--json")
     assert known.returncode == 0 and orjson.loads(known.stdout)["sids"] == []
     # One consent, given under a newer version: not among those under the seed's.
-    newer = {
-        **seed_policy_fact("policy-crmpro-2.0"),
-        "policy_version": "crmpro-2.0",
-        "effective_at": "2025-01-01T00:00:00+05:00",
-        "occurred_at": "2025-01-01T00:00:00+05:00",
-        "text": "crmpro 2.0",
-    }
-    facts = [newer, grant("on-new", policy_version="crmpro-2.0")]
+    facts = [policy("crmpro-2.0"), grant("on-new", policy_version="crmpro-2.0")]
     assert run(data, "record", stdin=orjson.dumps(facts).decode()).returncode == 0
     version = run(
         data, "who", "--tenant", "demo", "--purpose", "marketing", *at, "--policy-version", "9"
@@ -442,24 +436,9 @@ def test_due_command(data: Path) -> None:
 
 
 def test_retention_lists_and_erases_the_subjects_no_purpose_keeps(data: Path) -> None:
-    policy = {
-        "event_id": "policy-2",
-        "type": "policy.published",
-        "tenant": "demo",
-        "occurred_at": "2025-01-01T00:00:00+05:00",
-        "source": "test",
-        "policy_version": "2.0",
-        "effective_at": "2025-01-01T00:00:00+05:00",
-        "language": "uz",
-        "text": "v2",
-        "operator": {"name": "MEGABITE-CRM LLC", "tin": "309519699"},
-        "purposes": {
-            "marketing": {"legal_basis": "consent", "categories": ["email"], "retention_days": 30}
-        },
-    }
     name = {"full_name": "Retention Person"}
     facts = [
-        policy,
+        policy("2.0", purposes={"marketing": terms(30)}),
         grant("gone", policy_version="2.0", personal_data=name, occurred_at="2025-02-01T00:00:00Z"),
         withdraw("gone", occurred_at="2025-03-01T00:00:00Z"),
         # The seed policy bounds no retention: kept.
@@ -498,6 +477,12 @@ def test_a_tenant_leaving_gets_its_trails_and_then_its_subjects_are_erased(
     data: Path, tmp_path: Path
 ) -> None:
     names = {"leaving-1": "Yusupov Bekzod", "leaving-2": "Rashidova Kamola"}
+
+    def leave(ground: str, confirm: str) -> subprocess.CompletedProcess[str]:
+        return run(
+            data, "tenants", "erase-subjects", "demo", "--ground", ground, "--confirm", confirm
+        )
+
     facts: list[dict[str, Any]] = [
         grant(ref, personal_data={"full_name": name}) for ref, name in names.items()
     ]
@@ -523,42 +508,20 @@ def test_a_tenant_leaving_gets_its_trails_and_then_its_subjects_are_erased(
     again = run(data, "tenants", "export", "demo", "--out", str(out))
     assert again.returncode == 2 and "never overwritten" in again.stderr
 
-    unconfirmed = run(
-        data, "tenants", "erase-subjects", "demo", "--ground", "purpose_achieved", "--confirm", "x"
-    )
+    unconfirmed = leave("purpose_achieved", "x")
     assert unconfirmed.returncode == 2 and "--confirm demo" in unconfirmed.stderr
-    bad_ground = run(
-        data, "tenants", "erase-subjects", "demo", "--ground", "tired", "--confirm", "demo"
-    )
+    bad_ground = leave("tired", "demo")
     assert bad_ground.returncode == 2 and "invalid choice" in bad_ground.stderr
     assert "Yusupov Bekzod" in run(data, "tenants", "export", "demo").stdout  # nothing erased
 
-    erased = run(
-        data,
-        "tenants",
-        "erase-subjects",
-        "demo",
-        "--ground",
-        "purpose_achieved",
-        "--confirm",
-        "demo",
-    )
+    erased = leave("purpose_achieved", "demo")
     assert erased.returncode == 0, erased.stderr
     assert erased.stdout.startswith("erased 2 subjects of tenant 'demo' (ground purpose_achieved)")
     after = run(data, "tenants", "export", "demo").stdout
     assert [t["erased"] for t in lines(after)] == [True, True]
     assert not any(name in after for name in names.values())
     assert "Acme Person" in run(data, "tenants", "export", "acme").stdout
-    repeat = run(
-        data,
-        "tenants",
-        "erase-subjects",
-        "demo",
-        "--ground",
-        "purpose_achieved",
-        "--confirm",
-        "demo",
-    )
+    repeat = leave("purpose_achieved", "demo")
     assert repeat.stdout.startswith("erased 0 subjects")
     assert run(data, "verify").returncode == 0
 

@@ -14,7 +14,7 @@ from ledger.policy import PolicyVersion
 from ledger.receipt import Receipt
 from projections.due import due_list, erasable_past_retention
 from projections.views import Views
-from tests.facts import fact, grant, withdraw
+from tests.facts import fact, grant, policy, terms, withdraw
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -101,19 +101,10 @@ def test_a_retention_reaching_past_the_calendar_lists_nothing(ledger: ConsentLed
 
 
 def _policy_with_retention(**days: int | None) -> dict[str, Any]:
-    return fact(
-        "policy.published",
-        None,
-        policy_version="2.0",
-        effective_at="2023-01-01T00:00:00+05:00",
-        occurred_at="2023-01-01T00:00:00+05:00",
-        language="uz",
-        text="v2",
-        operator={"name": "MEGABITE-CRM LLC", "tin": "309519699"},
-        purposes={
-            purpose: {"legal_basis": "consent", "categories": ["email"], "retention_days": kept}
-            for purpose, kept in days.items()
-        },
+    return policy(
+        "2.0",
+        "2023-01-01T00:00:00+05:00",
+        {purpose: terms(kept) for purpose, kept in days.items()},
     )
 
 

@@ -259,22 +259,10 @@ def test_who_had_consent_under_a_policy_version(ledger: ConsentLedger, tmp_path:
     recording."""
     v2 = "crmpro-2.0"
     facts = [
-        built.fact(
-            "policy.published",
-            None,
-            policy_version=v2,
-            effective_at="2025-02-01T00:00:00+05:00",
-            occurred_at="2025-02-01T00:00:00+05:00",
-            language="uz",
-            text="v2",
-            operator={"name": "MEGABITE-CRM LLC", "tin": "309519699"},
-            purposes={
-                "marketing": {
-                    "legal_basis": "consent",
-                    "categories": ["full_name", "email", "phone"],
-                    "retention_days": None,
-                }
-            },
+        built.policy(
+            v2,
+            "2025-02-01T00:00:00+05:00",
+            {"marketing": built.terms(None, "full_name", "email", "phone")},
         ),
         built.grant("a", occurred_at="2025-01-10T00:00:00Z"),
         built.grant("b", occurred_at="2025-01-10T00:00:00Z"),

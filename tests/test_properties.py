@@ -22,9 +22,10 @@ from hypothesis import strategies as st
 from ledger.application import ConsentLedger
 from ledger.envelope import parse_fact
 from ledger.errors import FactRejected
-from ledger.policy import SEED_POLICY_VERSION, seed_policy_fact
+from ledger.policy import SEED_POLICY_VERSION
 from ledger.receipt import Receipt
 from ledger.settings import Settings
+from tests.facts import policy
 from tests.kafka_support import kafka_settings
 
 BASE = datetime.fromisoformat("2025-03-01T00:00:00+05:00")
@@ -41,20 +42,11 @@ CATEGORIES = {  # the seed policy's catalogue, as data
 VERSIONS = [SEED_POLICY_VERSION, "crmpro-1.1"]
 
 
-def second_policy() -> dict[str, Any]:
-    return {
-        **seed_policy_fact("policy-crmpro-1.1"),
-        "policy_version": VERSIONS[1],
-        "effective_at": "2024-01-01T00:00:00+05:00",
-        "occurred_at": "2024-01-01T00:00:00+05:00",
-        "text": "crmpro 1.1",
-    }
-
-
 def init_ledger(ledger: ConsentLedger) -> None:
     """The demo tenant with both policy versions."""
     ledger.init_demo()
-    assert isinstance(ledger.record([parse_fact(second_policy())])[0], Receipt)
+    second = policy(VERSIONS[1], "2024-01-01T00:00:00+05:00")
+    assert isinstance(ledger.record([parse_fact(second)])[0], Receipt)
 
 
 hours = st.integers(min_value=0, max_value=24 * 20)
