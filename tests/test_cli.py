@@ -329,20 +329,8 @@ def test_check_and_who_refuse_a_purpose_or_tenant_that_names_nothing(data: Path)
     )
     assert version.returncode == 3 and "unknown_policy_version" in version.stderr
     # The route's answer (GET /v1/purposes/{purpose}/subjects), with `at` kept from before.
-    page = orjson.loads(
-        run(
-            data,
-            "who",
-            "--tenant",
-            "demo",
-            "--purpose",
-            "marketing",
-            *at,
-            "--json",
-            "--policy-version",
-            "crmpro-1.0",
-        ).stdout
-    )
+    who_on = ("who", "--tenant", "demo", "--purpose", "marketing", *at, "--json")
+    page = orjson.loads(run(data, *who_on, "--policy-version", "crmpro-1.0").stdout)
     assert page == {
         "purpose": "marketing",
         "as_of": "2025-03-04T00:00:00+05:00",
