@@ -948,6 +948,7 @@ def cmd_due(args: argparse.Namespace, settings: Settings) -> int:
             now,
             within=timedelta(days=args.within),
             request_days=settings.request_due_days,
+            request_days_by_kind=dict(settings.request_due_days_by_kind),
             policies=tenant.policies,
         )
     if args.json:

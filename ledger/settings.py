@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ledger.vocabulary import REQUEST_KINDS
+
 BACKENDS = ("embedded", "kafka")
 HTTP_WRITERS = ("process", "thread")
 SWITCHES = {"on": True, "off": False}
@@ -45,6 +47,9 @@ class Settings:
     | LEDGER_AGGREGATE_CACHE | 10000 | subjects kept in memory between writes |
     | LEDGER_REQUEST_DUE_DAYS | 30 | deadline of a subject request that names no `due_at` (at
       most 3650) |
+    | LEDGER_REQUEST_DUE_DAYS_BY_KIND | | the same for some kinds of request, as
+      `kind=days,...` (for example `information=10,erasure=30`); other kinds keep
+      LEDGER_REQUEST_DUE_DAYS |
     | LEDGER_HTTP_WRITER | process | where `serve` records published facts in embedded mode:
       `process` (a writer process of its own, see api.writer_process) or `thread` (a thread of
       the service's process); Kafka mode always uses a thread |
@@ -72,6 +77,8 @@ class Settings:
     max_future_skew_s: int = 300
     aggregate_cache: int = 10000
     request_due_days: int = 30
+    # (kind, days) pairs, a tuple so that the settings stay hashable.
+    request_due_days_by_kind: tuple[tuple[str, int], ...] = ()
     partitions: int = 3
     replication: int = 1
     min_insync: int = 1
@@ -110,6 +117,7 @@ class Settings:
             max_future_skew_s=_int(env, "LEDGER_MAX_FUTURE_SKEW_S", 300, maximum=86_400),
             aggregate_cache=_int(env, "LEDGER_AGGREGATE_CACHE", 10000),
             request_due_days=_int(env, "LEDGER_REQUEST_DUE_DAYS", 30, maximum=3650),
+            request_due_days_by_kind=_days_by_kind(env, "LEDGER_REQUEST_DUE_DAYS_BY_KIND"),
             partitions=max(1, _int(env, "LEDGER_PARTITIONS", 3)),
             replication=max(1, _int(env, "LEDGER_REPLICATION", 1)),
             min_insync=max(1, _int(env, "LEDGER_MIN_INSYNC", 1)),
@@ -172,3 +180,19 @@ def _int(env: Mapping[str, str], name: str, default: int, maximum: int | None = 
     if maximum is not None and value > maximum:
         raise SettingsError(f"{name} must be at most {maximum}")
     return value
+
+
+def _days_by_kind(env: Mapping[str, str], name: str) -> tuple[tuple[str, int], ...]:
+    """`kind=days,...`: each a kind of subject request, each days a whole number to 3650."""
+    found: dict[str, int] = {}
+    for part in (env.get(name) or "").split(","):
+        if not part.strip():
+            continue
+        kind, sep, days = part.partition("=")
+        kind = kind.strip()
+        if not sep or kind not in REQUEST_KINDS or not days.strip():
+            raise SettingsError(
+                f"{name} is kind=days,... with kinds among {', '.join(sorted(REQUEST_KINDS))}"
+            )
+        found[kind] = _int({name: days}, name, 0, maximum=3650)
+    return tuple(sorted(found.items()))

@@ -19,8 +19,10 @@ def due_list(
     within: timedelta,
     request_days: int,
     policies: Mapping[str, PolicyVersion],
+    request_days_by_kind: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
-    """Requests without their own `due_at` are due `request_days` after they were received.
+    """Requests without their own `due_at` are due `request_days` after they were received,
+    or the days `request_days_by_kind` gives their kind (LEDGER_REQUEST_DUE_DAYS_BY_KIND).
 
     Retention counts from the end of the last grant of a purpose (withdrawal or expiry) to
     the longest retention any published policy version gives that purpose; subjects already
@@ -35,7 +37,8 @@ def due_list(
     ):
         received = parse_utc(row["received_at"])
         assert received is not None
-        due = parse_utc(row["due_at"]) or received + timedelta(days=request_days)
+        days = (request_days_by_kind or {}).get(row["kind"], request_days)
+        due = parse_utc(row["due_at"]) or received + timedelta(days=days)
         if due <= horizon:
             requests.append(
                 {

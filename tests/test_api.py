@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from ledger.envelope import parse_fact
 from ledger.policy import seed_policy_fact
 from ledger.settings import Settings
 from projections.evidence import verify_evidence
-from tests.facts import grant, policy
+from tests.facts import fact, grant, policy
 from tests.kafka_support import kafka_settings
 
 ROLES = ("publisher", "compliance", "admin")
@@ -615,3 +615,21 @@ def test_who_had_consent_under_one_policy_version_over_http(tmp_path: Path) -> N
         )
     assert page.status_code == 200, page.text
     assert (page.json()["sids"], page.json()["policy_version"]) == ([old], "crmpro-1.0")
+
+
+def test_the_due_route_gives_each_kind_of_request_its_deadline(tmp_path: Path) -> None:
+    settings = replace(
+        Settings(data_dir=tmp_path / "data"), request_due_days_by_kind=(("information", 10),)
+    )
+    received = (datetime.now(UTC) - timedelta(days=8)).isoformat()
+    asked = fact(
+        "request.received", "due-1", request_id="R", kind="information", occurred_at=received
+    )
+    with contextlib.closing(ConsentLedger(settings)) as ledger:
+        ledger.init_demo()
+        ledger.record([parse_fact(asked)])
+    with contextlib.closing(ApiKeys(keys_path(settings))) as keys:
+        key = keys.create("demo", {"compliance"})[1]
+    with TestClient(create_app(settings)) as client:
+        due = client.get("/v1/due", headers={"Authorization": f"Bearer {key}"})
+    assert [r["request_id"] for r in due.json()["requests"]] == ["R"]  # in 2 days, not 22

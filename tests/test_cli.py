@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 
 from ledger.policy import seed_policy_fact
 from tests.cli_support import BACKEND_ENV, run, verify_elsewhere
-from tests.facts import grant, policy, terms, withdraw
+from tests.facts import fact, grant, policy, terms, withdraw
 
 
 def lines(text: str) -> list[dict[str, Any]]:
@@ -421,6 +422,25 @@ def test_due_command(data: Path) -> None:
     assert missing.returncode == 3
     text = run(data, "due", "--tenant", "demo")
     assert "nothing due" in text.stdout
+    # An information request received 8 days ago: due in 22 days by default, in 2 by kind.
+    received = (datetime.now(UTC) - timedelta(days=8)).isoformat()
+    asked = fact(
+        "request.received", "c-due", request_id="R", kind="information", occurred_at=received
+    )
+    assert run(data, "record", stdin=orjson.dumps(asked).decode()).returncode == 0
+    by_default = orjson.loads(run(data, "due", "--tenant", "demo", "--json").stdout)
+    assert by_default["requests"] == []
+    by_kind = orjson.loads(
+        run(
+            data,
+            "due",
+            "--tenant",
+            "demo",
+            "--json",
+            LEDGER_REQUEST_DUE_DAYS_BY_KIND="information=10",
+        ).stdout
+    )
+    assert [r["request_id"] for r in by_kind["requests"]] == ["R"]
 
 
 def test_retention_lists_and_erases_the_subjects_no_purpose_keeps(data: Path) -> None:

@@ -56,3 +56,18 @@ def test_settings_that_would_carry_dates_past_the_calendar_are_refused() -> None
         assert getattr(Settings.from_env({name: str(limit)}), name[7:].lower()) == limit
         with pytest.raises(SettingsError, match=f"{name} must be at most {limit}"):
             Settings.from_env({name: str(limit + 1)})
+
+
+def test_request_deadlines_by_kind_are_read_and_checked() -> None:
+    name = "LEDGER_REQUEST_DUE_DAYS_BY_KIND"
+    given = Settings.from_env({name: "information=10, erasure=3650"})
+    assert dict(given.request_due_days_by_kind) == {"information": 10, "erasure": 3650}
+    for bad, said in (
+        ("information", "kind=days"),
+        ("inquiry=3", "kind=days"),
+        ("information=", "kind=days"),
+        ("information=x", "whole number"),
+        ("information=3651", "at most 3650"),
+    ):
+        with pytest.raises(SettingsError, match=said):
+            Settings.from_env({name: bad})

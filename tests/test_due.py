@@ -84,6 +84,45 @@ def test_due_list(ledger: ConsentLedger) -> None:
     ]
 
 
+def test_requests_without_their_own_deadline_are_due_by_their_kind(
+    ledger: ConsentLedger,
+) -> None:
+    """LEDGER_REQUEST_DUE_DAYS_BY_KIND: an information request due in 10 days, an erasure
+    request in the default 30; one that names its own `due_at` keeps it."""
+    facts = [
+        fact("request.received", "asks", request_id="I", kind="information", occurred_at=at(-8)),
+        fact("request.received", "erases", request_id="E", kind="erasure", occurred_at=at(-8)),
+        fact(
+            "request.received",
+            "named",
+            request_id="N",
+            kind="information",
+            occurred_at=at(-8),
+            due_at=at(20),
+        ),
+    ]
+    assert all(isinstance(o, Receipt) for o in ledger.record([parse_fact(f) for f in facts]))
+    views = Views(ledger)
+    try:
+        views.refresh()
+        report = due_list(
+            views.store,
+            "demo",
+            NOW,
+            within=timedelta(days=30),
+            request_days=30,
+            policies={},
+            request_days_by_kind={"information": 10},
+        )
+    finally:
+        views.close()
+    assert {r["request_id"]: r["due_at"] for r in report["requests"]} == {
+        "I": at(2),
+        "E": at(22),
+        "N": at(20),
+    }
+
+
 def test_a_retention_reaching_past_the_calendar_lists_nothing(ledger: ConsentLedger) -> None:
     """A policy recorded before retentions were bounded (36,500 days) may hold any number:
     the due list reads it as nothing past retention yet, for its whole tenant, rather than

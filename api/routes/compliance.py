@@ -166,6 +166,7 @@ def due(
         datetime.now(UTC),
         within=timedelta(days=within_days),
         request_days=svc.settings.request_due_days,
+        request_days_by_kind=dict(svc.settings.request_due_days_by_kind),
         policies=tenant.policies if tenant else {},
     )
     disclose(
