@@ -374,10 +374,19 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
         return found, versions
 
     def index_of(self, originator_id: UUID) -> list[IndexedFact]:
+        """One aggregate's index rows, in log order.
+
+        Found through the events table's unique (originator_id, originator_version) index,
+        whose rowid is the index row's position: the index table has no index by aggregate
+        (one would cost every append), and asking it by aggregate read all of it, the whole
+        log, for every trail (1.6 ms a subject at 10,000 subjects, growing with the log).
+        """
+        columns = ", ".join(f"i.{name.strip()}" for name in _INDEX_COLUMNS.split(","))
         with self.datastore.transaction(commit=False) as c:
             as_tuples(c).execute(
-                f"SELECT {_INDEX_COLUMNS} FROM {self.index_table} "
-                "WHERE originator_id = ? ORDER BY position",
+                f"SELECT {columns} FROM {self.events_table_name} e "
+                f"JOIN {self.index_table} i ON i.position = e.rowid "
+                "WHERE e.originator_id = ? ORDER BY e.originator_version",
                 (originator_id.hex,),
             )
             return [_indexed(row) for row in c.fetchall()]

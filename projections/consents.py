@@ -23,7 +23,7 @@ def subject_consents(
     now = datetime.now(UTC)
     at = as_of or now
     states = subject.consent_at(at, known_at)
-    tenant_agg = ledger.tenant(tenant)
+    tenant_agg = ledger.tenant(tenant, shared=True)  # read only: no copy of the catalogue
     for policy in tenant_agg.policies.values() if tenant_agg else ():
         for purpose in policy.purposes:
             states.setdefault(purpose, state_of(purpose, None, at))

@@ -28,7 +28,7 @@ def subject_report(ledger: ConsentLedger, tenant: str, sid: UUID) -> dict[str, A
     consents = subject_consents(ledger, tenant, sid)
     if trail is None or consents is None:
         return None
-    found = ledger.tenant(tenant)
+    found = ledger.tenant(tenant, shared=True)  # read only: no copy of the catalogue
     policies = found.policies if found else {}
     now = datetime.now(UTC)
 

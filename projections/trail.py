@@ -39,7 +39,7 @@ def subject_trail(ledger: ConsentLedger, tenant: str, sid: UUID) -> dict[str, An
     subject = ledger.subject(tenant, sid)
     if subject is None:
         return None
-    tenant_agg = ledger.tenant(tenant)
+    tenant_agg = ledger.tenant(tenant, shared=True)  # read only: no copy of the catalogue
     policies = tenant_agg.policies if tenant_agg else {}
     # An erased subject's data is never decrypted, even if its key outlived the erasure fact.
     key = None if subject.erased else ledger.keystore.open_keys([sid]).get(sid)

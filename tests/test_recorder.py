@@ -51,6 +51,35 @@ def test_index_and_head_are_written_with_the_events(tmp_path: Path) -> None:
     assert recorder.find_facts("demo", ["e-1", "nope"])["e-1"].originator_id == first
 
 
+def test_one_aggregates_index_rows_are_found_without_reading_the_whole_index(
+    tmp_path: Path,
+) -> None:
+    """A trail reads its subject's index rows; searched through the events table's key, not
+    by scanning the index table (the whole log) for every subject asked about."""
+    recorder = LedgerSQLiteRecorder(SQLiteDatastore(db_name=str(tmp_path / "l.db")))
+    recorder.create_table()
+    first, second = uuid4(), uuid4()
+    events = [_event(first, 1), _event(second, 1), _event(first, 2), _event(second, 2)]
+    positions = recorder.insert_events(events)
+    assert positions is not None
+    with recorder.datastore.transaction(commit=False) as c:
+        connection = c.sqlite_cursor.connection  # the pool's one connection of this thread
+    asked: list[str] = []
+    connection.set_trace_callback(asked.append)
+    rows = recorder.index_of(first)
+    connection.set_trace_callback(None)
+    assert [(r.position, r.originator_version) for r in rows] == [
+        (positions[0], 1),
+        (positions[2], 2),
+    ]
+    assert [r.hash for r in rows] == [stored_hash(events[0]), stored_hash(events[2])]
+    [query] = [sql for sql in asked if sql.lstrip().upper().startswith("SELECT")]
+    plan = " / ".join(
+        str(row[3]) for row in connection.execute(f"EXPLAIN QUERY PLAN {query}").fetchall()
+    )
+    assert "SCAN" not in plan and "TEMP B-TREE" not in plan, plan
+
+
 @pytest.mark.parametrize("where", ["file", "memory"])
 def test_by_aggregate_reads_each_history_in_order_as_of_one_position(
     tmp_path: Path, where: str
