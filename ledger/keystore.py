@@ -22,6 +22,7 @@ import hmac
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,10 +46,12 @@ MASTER_ID = "master_key_id"
 # Data keys re-wrapped per statement during a rotation (bounded memory at any store size).
 _ROTATE_PAGE = 10_000
 # How long a statement waits for another process's lock; and emptying the WAL after an
-# erasure or rotation: tries, each waiting this long for readers (about 5 s in all).
+# erasure or rotation: tries for this long in all, each waiting up to _SHRED_TRY_MS for
+# readers, with a short pause after a try that returned at once.
 _BUSY_MS = 30_000
-_SHRED_TRIES = 50
+_SHRED_WAIT_S = 5.0
 _SHRED_TRY_MS = 100
+_SHRED_PAUSE_S = 0.01
 
 
 class KeyStoreBusyError(RuntimeError):
@@ -460,11 +463,19 @@ class KeyStore:
         store's 30-second one, the 50 tries took 25 minutes whenever a reader held on.
         """
         self._db.execute(f"PRAGMA busy_timeout={_SHRED_TRY_MS}")
+        deadline = time.monotonic() + _SHRED_WAIT_S
         try:
-            for _ in range(_SHRED_TRIES):
+            while True:
                 busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
                 if not busy:
                     return
+                if time.monotonic() >= deadline:
+                    break
+                # A checkpoint running in another process (the writer's automatic ones) makes
+                # a try return at once, without the busy handler's wait: counted in tries,
+                # fifty could pass in milliseconds under load and report a busy store that a
+                # moment later was free (tests/test_writer_process.py, racing erasures).
+                time.sleep(_SHRED_PAUSE_S)
         finally:
             self._db.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
         raise KeyStoreBusyError(
