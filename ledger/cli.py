@@ -142,9 +142,13 @@ def cmd_tenants_export(args: argparse.Namespace, settings: Settings) -> int:
                     continue
                 (out or sys.stdout.buffer).write(orjson.dumps(trail) + b"\n")
                 written += 1
-    finally:
-        if out is not None:
+    except BaseException:
+        if out is not None:  # no partial export left behind to be taken for a whole one
             out.close()
+            os.unlink(args.out)
+        raise
+    if out is not None:
+        out.close()
     where = f"; written to {args.out}" if out is not None else ""
     print(
         f"exported the trails of {written} subjects of tenant {args.tenant!r}{where}",

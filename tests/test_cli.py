@@ -515,6 +515,8 @@ def test_a_tenant_leaving_gets_its_trails_and_then_its_subjects_are_erased(
     assert out.stat().st_mode & 0o777 == 0o600 and lines(out.read_text()) == trails
     again = run(data, "tenants", "export", "demo", "--out", str(out))
     assert again.returncode == 2 and "never overwritten" in again.stderr
+    nobody = run(data, "tenants", "export", "nobody", "--out", str(tmp_path / "nobody.jsonl"))
+    assert nobody.returncode == 3 and not (tmp_path / "nobody.jsonl").exists()
 
     unconfirmed = leave("purpose_achieved", "x")
     assert unconfirmed.returncode == 2 and "--confirm demo" in unconfirmed.stderr
