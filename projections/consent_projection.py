@@ -31,10 +31,9 @@ from ledger.consent import (
 from ledger.subject import Subject
 from projections.store import ConsentViews, ViewChanges, parse_utc, utc
 
-# purpose, valid_from, valid_to, event_id, ends_by: an interval whose end keeps its instant
-# but changes its reason (a voided fact leaves the expiry ending it) is a change to record.
-# purpose, valid from, valid to, the grant's event id, what ends it (`expiry`, `fact` or None),
-# its policy version: a correction of the version alone must close the row and open another.
+# purpose, valid_from, valid_to, event_id, ends_by (`expiry`, `fact` or None), policy_version:
+# an interval whose end keeps its instant but changes its reason (a voided fact leaves the
+# expiry ending it), or whose grant's version alone is corrected, is a change to record.
 IntervalKey = tuple[str, str, str | None, str, str | None, str | None]
 
 
