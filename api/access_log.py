@@ -86,11 +86,6 @@ class AccessLog:
     def close(self) -> None:
         self._db.close()
 
-    def record(
-        self, tenant: str, sid: str, key_id: str, method: str, route: str, status: int
-    ) -> None:
-        self.record_many(tenant, (sid,), key_id, method, route, status)
-
     def record_many(
         self,
         tenant: str,

@@ -874,11 +874,11 @@ def cmd_who(args: argparse.Namespace, settings: Settings) -> int:
         _known_purpose(ledger, args.tenant, args.purpose)
         if args.policy_version is not None:
             tenant = ledger.tenant(args.tenant, shared=True)
-            if tenant is None or args.policy_version not in tenant.policies:
-                raise CliError(
-                    "unknown_policy_version: the tenant has published no such policy version",
-                    EXIT_NOT_FOUND,
-                )
+            assert tenant is not None  # _known_purpose found it
+            try:
+                tenant.policy(args.policy_version)
+            except FactRejected as unknown:
+                raise CliError(f"{unknown.code.value}: {unknown.message}", EXIT_NOT_FOUND) from None
         views.refresh()
         sids = who_had_consent(
             views.store,

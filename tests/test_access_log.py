@@ -221,7 +221,9 @@ def test_accesses_older_than_the_kept_days_are_deleted_at_start_and_as_the_servi
     for name, days in {"a": 31, "b": 29}.items():
         then = itertools.repeat(now - timedelta(days=days)).__next__
         with contextlib.closing(AccessLog(settings.access_log_path, clock=then)) as log:
-            log.record("demo", "0" * 32, f"key-{name}", "GET", "/v1/subjects/{sid}/trail", 200)
+            log.record_many(
+                "demo", ["0" * 32], f"key-{name}", "GET", "/v1/subjects/{sid}/trail", 200
+            )
 
     def kept() -> list[str]:
         with contextlib.closing(AccessLog(settings.access_log_path)) as log:
@@ -258,7 +260,7 @@ def test_accesses_older_than_the_kept_days_are_deleted_at_start_and_as_the_servi
     ) as log:
         log.prune()
         clock[0] = now + timedelta(days=2)  # key-b is 31 days old now
-        log.record("demo", "1" * 32, "key-c", "GET", "/v1/subjects/{sid}/trail", 200)
+        log.record_many("demo", ["1" * 32], "key-c", "GET", "/v1/subjects/{sid}/trail", 200)
         assert [a["key_id"] for a in log.of_subject("demo", "0" * 32)] == []
         assert [a["key_id"] for a in log.of_subject("demo", "1" * 32)] == ["key-c"]
 
@@ -286,11 +288,11 @@ def test_pruning_deletes_a_backlog_in_bounded_batches(tmp_path: Path) -> None:
             return int(db.execute("SELECT COUNT(*) FROM accesses").fetchone()[0])
 
     with contextlib.closing(AccessLog(path, keep_days=30, clock=lambda: now)) as log:
-        log.record("demo", "f" * 32, "k", "GET", "/v1/subjects/{sid}/trail", 200)
+        log.record_many("demo", ["f" * 32], "k", "GET", "/v1/subjects/{sid}/trail", 200)
         assert left() == access_log.PRUNE_BATCH + 7 + 1
-        log.record("demo", "f" * 32, "k", "GET", "/v1/subjects/{sid}/trail", 200)
+        log.record_many("demo", ["f" * 32], "k", "GET", "/v1/subjects/{sid}/trail", 200)
         assert left() == 7 + 2
-        log.record("demo", "f" * 32, "k", "GET", "/v1/subjects/{sid}/trail", 200)
+        log.record_many("demo", ["f" * 32], "k", "GET", "/v1/subjects/{sid}/trail", 200)
         assert left() == 3
     with contextlib.closing(AccessLog(path, clock=lambda: old)) as log:
         log.record_many(

@@ -85,13 +85,8 @@ def subjects_with_consent(
     _known_purpose(svc, principal.tenant, purpose, 404, None)
     if policy_version is not None:
         tenant = svc.ledger.tenant(principal.tenant, shared=True)
-        if tenant is None or policy_version not in tenant.policies:
-            raise Problem(
-                422,
-                "unknown_policy_version",
-                "the tenant has published no such policy version",
-                "policy_version",
-            )
+        assert tenant is not None  # _known_purpose found it
+        tenant.policy(policy_version)  # 422 unknown_policy_version, as for a fact
     svc.views.refresh()
     sids = who_had_consent(
         svc.views.store,
