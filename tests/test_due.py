@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ledger.application import ConsentLedger
-from ledger.cli import _erase_each
+from ledger.cli.erasure import erase_each
 from ledger.envelope import parse_fact
 from ledger.policy import PolicyVersion
 from ledger.receipt import Receipt
@@ -218,7 +218,7 @@ def test_erasable_subjects_are_those_no_purpose_keeps(ledger: ConsentLedger) -> 
     # `consent-ledger retention --erase`, cut short and run again, repeats no erasure: the
     # same event ids, at the first attempt's instants, answered with the first receipts.
     sids = [f["sid"] for f in found]
-    first = _erase_each(ledger, "demo", sids, "retention_expired", "retention-expired-")
-    again = _erase_each(ledger, "demo", sids, "retention_expired", "retention-expired-")
+    first = erase_each(ledger, "demo", sids, "retention_expired", "retention-expired-")
+    again = erase_each(ledger, "demo", sids, "retention_expired", "retention-expired-")
     assert [o.duplicate for o in first] == [False] * 3
     assert [(o.duplicate, o.position) for o in again] == [(True, o.position) for o in first]

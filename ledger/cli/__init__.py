@@ -1,0 +1,67 @@
+"""`consent-ledger`: the command line of the contract.
+
+Exit status 0 on success; otherwise non-zero with one line on stderr that says why. Read
+commands print a human table, or with --json the same JSON the HTTP routes return.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from ledger.cli import admin, erasure, integrity, records, service, subjects, views
+from ledger.cli.common import (
+    EXIT_FENCED,
+    EXIT_REJECTED,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    CliError,
+    fail,
+)
+from ledger.errors import FactRejected
+from ledger.keystore import KeyStoreBusyError
+from ledger.settings import Settings, SettingsError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    from ledger.runtime import tune
+
+    tune()
+    try:
+        settings = Settings.from_env()
+        result: int = args.run(args, settings)
+        return result
+    except CliError as e:
+        return fail(str(e), e.status)
+    except SettingsError as e:
+        return fail(f"configuration: {e}", EXIT_USAGE)
+    except FactRejected as e:
+        return fail(f"{e.code.value}: {e.message}", EXIT_REJECTED)
+    except KeyStoreBusyError as e:
+        return fail(f"key store busy: {e}", EXIT_UNAVAILABLE)
+    except BrokenPipeError:
+        return 0
+    except Exception as e:
+        # Kafka mode's failures, named without importing Kafka in embedded mode.
+        kind = type(e).__name__
+        if kind in ("LedgerUnavailable", "TopicRefused"):
+            return fail(f"kafka: {e}", EXIT_UNAVAILABLE)
+        if kind == "WriterFenced":
+            return fail(f"kafka: {e}", EXIT_FENCED)
+        raise
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="consent-ledger", description=__doc__)
+    sub = parser.add_subparsers(dest="command")
+    # One module a job, each adding its own commands: a command's arguments sit next to
+    # what it does.
+    for module in (records, subjects, erasure, integrity, admin, views, service):
+        module.register(sub)
+    return parser

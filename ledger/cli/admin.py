@@ -1,0 +1,267 @@
+"""Running a deployment: `tenants`, `keys`, `backup`, `master-key`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import orjson
+
+from ledger.cli.common import (
+    EXIT_NOT_FOUND,
+    EXIT_REJECTED,
+    CliError,
+    current_views,
+    open_ledger,
+    print_json,
+    whole,
+)
+from ledger.cli.erasure import erase_each
+from ledger.errors import FactRejected
+from ledger.settings import Settings
+from ledger.vocabulary import ERASURE_GROUNDS
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add this module's commands to the parser's subcommands."""
+    p = sub.add_parser(
+        "backup", help="consistent copies of the data directory's databases (not the master key)"
+    )
+    p.add_argument("--into", required=True, metavar="DIR", help="a new or empty directory")
+    p.set_defaults(run=cmd_backup)
+
+    p = sub.add_parser("master-key", help="the master key that wraps the key store")
+    master = p.add_subparsers(dest="master_command", required=True)
+    q = master.add_parser(
+        "rotate",
+        help="re-wrap the key store under a new master key (stop the service first); the new "
+        "key: master.key's successor, or LEDGER_NEW_MASTER_KEY",
+    )
+    q.set_defaults(run=cmd_master_key_rotate)
+
+    keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="action")
+    p = keys.add_parser("create", help="create a key; it is printed once")
+    p.add_argument("--tenant", required=True)
+    p.add_argument(
+        "--role", action="append", required=True, choices=["publisher", "compliance", "admin"]
+    )
+    p.add_argument(
+        "--expires-in-days",
+        type=whole(1, 36_500),
+        metavar="N",
+        help="refuse the key N days from now (401 api_key_expired); default: never",
+    )
+    p.set_defaults(run=cmd_keys_create)
+    p = keys.add_parser("revoke")
+    p.add_argument("key_id", metavar="KEY_ID")
+    p.set_defaults(run=cmd_keys_revoke)
+    p = keys.add_parser("list")
+    p.add_argument("--tenant")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_keys_list)
+
+    tenants = sub.add_parser("tenants", help="manage tenants").add_subparsers(dest="action")
+    p = tenants.add_parser("create")
+    p.add_argument("tenant", metavar="T")
+    p.set_defaults(run=cmd_tenants_create)
+    p = tenants.add_parser(
+        "export", help="every subject's audit trail as JSON Lines (personal data included)"
+    )
+    p.add_argument("tenant", metavar="T")
+    p.add_argument("--out", help="a new file (mode 0600; default stdout)")
+    p.set_defaults(run=cmd_tenants_export)
+    p = tenants.add_parser("erase-subjects", help="erase every subject of a tenant")
+    p.add_argument("tenant", metavar="T")
+    p.add_argument("--ground", required=True, choices=sorted(ERASURE_GROUNDS))
+    p.add_argument("--confirm", required=True, metavar="T", help="the tenant's name again")
+    p.set_defaults(run=cmd_tenants_erase_subjects)
+
+
+def cmd_tenants_create(args: argparse.Namespace, settings: Settings) -> int:
+    ledger = open_ledger(settings)
+    try:
+        ledger.create_tenant(args.tenant)
+    finally:
+        ledger.close()
+    print(f"created tenant {args.tenant!r}")
+    return 0
+
+
+def cmd_tenants_export(args: argparse.Namespace, settings: Settings) -> int:
+    """Every subject's audit trail, one JSON line each in sid order (erased ones too, their
+    personal data marked erased): what a tenant leaving the platform is handed back. Holds
+    personal data in the clear: the file is created for its owner only (0600) and never
+    overwritten."""
+    from projections.trail import subject_trail
+
+    out = None
+    if args.out not in (None, "-"):
+        try:
+            fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise CliError(f"{args.out} exists: an export is never overwritten") from None
+        except OSError as e:
+            raise CliError(f"cannot write {args.out}: {e.strerror}") from None
+        out = os.fdopen(fd, "wb")
+    written = 0
+    try:
+        with current_views(settings, args.tenant) as (ledger, views, _):
+            for (sid,) in views.store.rows(
+                "SELECT sid FROM view_subjects WHERE tenant=? ORDER BY sid",
+                (args.tenant,),
+                tuples=True,
+            ):
+                trail = subject_trail(ledger, args.tenant, uuid.UUID(hex=sid))
+                if trail is None:
+                    continue
+                (out or sys.stdout.buffer).write(orjson.dumps(trail) + b"\n")
+                written += 1
+    except BaseException:
+        if out is not None:  # no partial export left behind to be taken for a whole one
+            out.close()
+            os.unlink(args.out)
+        raise
+    if out is not None:
+        out.close()
+    where = f"; written to {args.out}" if out is not None else ""
+    print(
+        f"exported the trails of {written} subjects of tenant {args.tenant!r}{where}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_tenants_erase_subjects(args: argparse.Namespace, settings: Settings) -> int:
+    """Erase every subject of a tenant not erased yet (a tenant leaving, its data returned):
+    one erasure fact each on the ground given, a thousand per commit. --confirm must repeat
+    the tenant's name: this destroys the personal data of everyone the tenant ever named."""
+    if args.confirm != args.tenant:
+        raise CliError(
+            f"this erases every subject of tenant {args.tenant!r}: "
+            f"repeat its name with --confirm {args.tenant}"
+        )
+    with current_views(settings, args.tenant) as (ledger, views, _):
+        sids = [
+            row[0]
+            for row in views.store.rows(
+                "SELECT sid FROM view_subjects WHERE tenant=? AND erasure_recorded_at IS NULL "
+                "ORDER BY sid",
+                (args.tenant,),
+                tuples=True,
+            )
+        ]
+        outcomes = erase_each(ledger, args.tenant, sids, args.ground, "tenant-erasure-")
+    refused = [
+        (sid, o) for sid, o in zip(sids, outcomes, strict=True) if isinstance(o, FactRejected)
+    ]
+    print(
+        f"erased {len(sids) - len(refused)} subjects of tenant {args.tenant!r} "
+        f"(ground {args.ground}): data keys destroyed"
+    )
+    for sid, o in refused:
+        print(f"  not erased: sid {sid}: {o.code.value}: {o}")
+    return EXIT_REJECTED if refused else 0
+
+
+def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
+    """Copies files only (no log opened, no broker): safe while the service runs."""
+    from pathlib import Path
+
+    from ledger.backup import back_up
+
+    into = Path(args.into)
+    for copied in back_up(settings, into):
+        print(f"{copied.name:<16} {copied.bytes:>14,} bytes")
+    if settings.backend == "kafka":
+        print("Kafka mode: the log is the ledger topic; the replica and views are rebuilt from it")
+    if not settings.master_key:
+        print(f"not copied: {settings.master_key_path.name}; keep a copy of it apart from backups")
+    print(f"backup in {into}: restore by copying its files into an empty data directory")
+    return 0
+
+
+def cmd_master_key_rotate(args: argparse.Namespace, settings: Settings) -> int:
+    """Only the key store is opened (no log, no broker): rotation touches nothing else."""
+    from ledger.rotation import NEW_KEY_ENV, rotate_master_key
+
+    done = rotate_master_key(settings)
+    if done.already:
+        print(f"the key store was already under the new master key ({settings.keystore_path})")
+    else:
+        print(
+            f"re-wrapped {done.data_keys:,} data keys and the ledger's own keys under the new "
+            "master key"
+        )
+    if done.key_file is not None:
+        print(f"the new master key is in {done.key_file}; the old one is gone from it")
+    else:
+        print(
+            f"now give every process of this deployment LEDGER_MASTER_KEY={NEW_KEY_ENV}'s "
+            "value and restart them; processes still on the old key refuse to write"
+        )
+    return 0
+
+
+def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
+    from api.app import keys_path
+    from api.keys import ApiKeys, KeyError_
+
+    ledger = open_ledger(settings)
+    try:
+        if ledger.tenant(args.tenant) is None:
+            raise CliError("no such tenant", EXIT_NOT_FOUND)
+    finally:
+        ledger.close()
+    expires_at = None
+    if args.expires_in_days is not None:
+        expires_at = datetime.now(UTC) + timedelta(days=args.expires_in_days)
+    keys = ApiKeys(keys_path(settings))
+    try:
+        key_id, key = keys.create(args.tenant, set(args.role), expires_at)
+    except KeyError_ as e:
+        raise CliError(str(e)) from None
+    finally:
+        keys.close()
+    until = f"; expires {expires_at.isoformat(timespec='seconds')}" if expires_at else ""
+    print(f"key id {key_id} (tenant {args.tenant}; {', '.join(sorted(set(args.role)))}{until})")
+    print(key)
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    from api.app import keys_path
+    from api.keys import ApiKeys, KeyError_
+
+    keys = ApiKeys(keys_path(settings))
+    try:
+        keys.revoke(args.key_id)
+    except KeyError_ as e:
+        raise CliError(str(e), EXIT_NOT_FOUND) from None
+    finally:
+        keys.close()
+    print(f"revoked key {args.key_id}")
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
+    from api.app import keys_path
+    from api.keys import ApiKeys
+
+    keys = ApiKeys(keys_path(settings))
+    try:
+        listed = keys.list(args.tenant)
+    finally:
+        keys.close()
+    if args.json:
+        print_json(listed)
+    else:
+        for k in listed:
+            print(
+                f"{k['key_id']}  {k['tenant']:<16} {k['roles']:<30} created {k['created_at']}"
+                + (f"  revoked {k['revoked_at']}" if k["revoked_at"] else "")
+                + (f"  expires {k['expires_at']}" if k["expires_at"] else "")
+            )
+    return 0

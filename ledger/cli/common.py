@@ -1,0 +1,213 @@
+"""What every command shares: exit statuses, errors, opening the ledger, input, JSON out."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from ledger.application import ConsentLedger
+from ledger.keystore import KeyStore
+from ledger.settings import Settings
+from ledger.tenant import Tenant
+
+if TYPE_CHECKING:  # imported where used: a command that needs no views does not load them
+    from projections.views import Views
+
+EXIT_REJECTED = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_BROKEN = 4
+EXIT_FENCED = 5  # Kafka mode: another writer took the ledger partitions
+EXIT_UNAVAILABLE = 6  # the key store held open elsewhere; Kafka: broker or topic unavailable
+
+
+class CliError(Exception):
+    def __init__(self, message: str, status: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def fail(message: str, status: int) -> int:
+    print(f"consent-ledger: {message}", file=sys.stderr)
+    return status
+
+
+def open_ledger(settings: Settings) -> ConsentLedger:
+    return ConsentLedger(settings)
+
+
+def print_json(value: Any) -> None:
+    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def about_subject(
+    settings: Settings,
+    args: argparse.Namespace,
+    question: Callable[[ConsentLedger, str, uuid.UUID], dict[str, Any] | None],
+) -> dict[str, Any]:
+    """A question about the subject the arguments name (SUBJECT or --sid, --tenant)."""
+    ledger = open_ledger(settings)
+    try:
+        answer = question(ledger, args.tenant, subject_sid(ledger, args))
+    finally:
+        ledger.close()
+    if answer is None:
+        raise CliError("no such subject in this tenant", EXIT_NOT_FOUND)
+    return answer
+
+
+def write_once(value: Any, out: str | None, what: str, summary: str) -> None:
+    data = orjson.dumps(value, option=orjson.OPT_INDENT_2) + b"\n"
+    if out in (None, "-"):
+        sys.stdout.buffer.write(data)
+        return
+    assert out is not None
+    try:
+        with open(out, "xb") as f:
+            f.write(data)
+    except FileExistsError:
+        raise CliError(f"{out} exists: {what} is never overwritten") from None
+    except OSError as e:
+        raise CliError(f"cannot write {out}: {e.strerror}") from None
+    print(f"{summary}; written to {out}", file=sys.stderr)
+
+
+def load_json(path: str) -> Any:
+    try:
+        return orjson.loads(read_input(path))
+    except orjson.JSONDecodeError:  # also for bytes that are not UTF-8
+        raise CliError(f"{path} is not JSON") from None
+
+
+def key_store(settings: Settings) -> KeyStore:
+    """The key store alone, refused where there is none (a fresh key there would sign for
+    a ledger that is elsewhere)."""
+    from ledger.keystore import load_master_key
+
+    if not settings.keystore_path.exists():
+        raise CliError(f"no key store at {settings.keystore_path}: run consent-ledger init")
+    return KeyStore(settings.keystore_path, load_master_key(settings))
+
+
+def known_purpose(ledger: ConsentLedger, tenant: str, purpose: str) -> None:
+    """A purpose no policy version names was never granted: a typo, not a finding."""
+    found = ledger.tenant(tenant, shared=True)
+    if found is None:
+        raise CliError("no such tenant", EXIT_NOT_FOUND)
+    if not found.names_purpose(purpose):
+        raise CliError(
+            "unknown_purpose: no policy version of this tenant names this purpose", EXIT_NOT_FOUND
+        )
+
+
+@contextlib.contextmanager
+def current_views(settings: Settings, name: str) -> Iterator[tuple[ConsentLedger, Views, Tenant]]:
+    """The ledger, its consent views brought up to date with the log, and the tenant."""
+    from projections.views import Views
+
+    ledger = open_ledger(settings)
+    views = Views(ledger)
+    try:
+        tenant = ledger.tenant(name)
+        if tenant is None:
+            raise CliError("no such tenant", EXIT_NOT_FOUND)
+        views.refresh()
+        yield ledger, views, tenant
+    finally:
+        views.close()
+        ledger.close()
+
+
+def subject_sid(ledger: ConsentLedger, args: argparse.Namespace) -> uuid.UUID:
+    return given_sid(args.subject) if args.sid else ledger.sid(args.tenant, args.subject)
+
+
+def given_sid(subject: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(hex=subject)
+    except ValueError:
+        raise CliError("with --sid, SUBJECT must be a sid (32 hex digits)") from None
+
+
+def read_input(path: str) -> bytes:
+    """A file's bytes, or stdin's for '-'. Bytes, not text: what is not UTF-8 is refused
+    where it is parsed (a fact's own line, a JSON document), never as a traceback."""
+    if path == "-":
+        return sys.stdin.buffer.read()
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise CliError(f"cannot read {path}: {e.strerror}") from None
+
+
+def read_facts(data: bytes) -> Iterator[bytes | Any]:
+    """A JSON object, a JSON array of objects, or JSON Lines; bad lines become rejections."""
+    stripped = data.strip()
+    if not stripped:
+        raise CliError("no facts in the input")
+    # A whole JSON document first (an object, possibly pretty-printed, or an array of them);
+    # anything else is read as JSON Lines, where a bad line is that line's own rejection.
+    try:
+        whole = orjson.loads(stripped)
+    except orjson.JSONDecodeError:
+        whole = None
+    if isinstance(whole, list):
+        yield from whole
+        return
+    if isinstance(whole, dict):
+        yield whole
+        return
+    for line in data.splitlines():
+        if line.strip():
+            yield line
+
+
+def subject_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "subject", metavar="SUBJECT", help="the publisher's reference (or a sid with --sid)"
+    )
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--sid", action="store_true", help="SUBJECT is a sid, not a reference")
+
+
+def whole(low: int, high: int, out_of_range: str = "") -> Callable[[str], int]:
+    """An argument's whole number, bounded: a number past any sensible size is a usage
+    error, not an OverflowError deep in SQLite or datetime (the HTTP routes' bounds)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(out_of_range or f"from {low} to {high}")
+        return value
+
+    return parse
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value <= 3600:  # also refuses nan
+        raise argparse.ArgumentTypeError("more than 0 and at most 3600 seconds")
+    return value
+
+
+def demo_subjects(text: str) -> int:
+    from ledger.demo import MAX_SUBJECTS, MIN_SUBJECTS
+
+    return whole(
+        MIN_SUBJECTS,
+        MAX_SUBJECTS,
+        f"the demo's story needs at least {MIN_SUBJECTS}, and tells at most {MAX_SUBJECTS:,}",
+    )(text)

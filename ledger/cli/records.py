@@ -1,0 +1,170 @@
+"""Putting facts in: `init`, `demo`, `record` and (Kafka mode) `publish`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import orjson
+
+from ledger.cli.common import (
+    EXIT_BROKEN,
+    EXIT_REJECTED,
+    EXIT_UNAVAILABLE,
+    CliError,
+    demo_subjects,
+    fail,
+    open_ledger,
+    read_facts,
+    read_input,
+)
+from ledger.cli.subjects import print_trail
+from ledger.envelope import Fact, parse_fact, parse_fact_bytes
+from ledger.errors import FactRejected
+from ledger.receipt import Receipt
+from ledger.settings import Settings
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add this module's commands to the parser's subcommands."""
+    p = sub.add_parser("init", help="create the data directory and the demo tenant")
+    p.set_defaults(run=cmd_init)
+
+    p = sub.add_parser("demo", help="load the seed policy and a demo stream, show a trail")
+    p.add_argument(
+        "--subjects", type=demo_subjects, default=300, help="at least 8, at most 100,000"
+    )
+    p.set_defaults(run=cmd_demo)
+
+    p = sub.add_parser("record", help="record facts from a file or stdin (JSON or JSON Lines)")
+    p.add_argument("file", nargs="?", default="-", metavar="FILE|-")
+    p.add_argument("--tenant", help="the tenant, when the facts do not name one")
+    p.set_defaults(run=cmd_record)
+
+    p = sub.add_parser(
+        "publish", help="Kafka mode: publish facts to the intake topic and wait for outcomes"
+    )
+    p.add_argument("file", nargs="?", default="-", help="JSON or JSON Lines; '-' = stdin")
+    p.add_argument("--tenant", help="tenant of facts that name none")
+    p.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the writer")
+    p.add_argument("--no-wait", action="store_true", help="print where each fact was published")
+    p.set_defaults(run=cmd_publish)
+
+
+def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
+    ledger = open_ledger(settings)
+    try:
+        ledger.init_demo()
+    finally:
+        ledger.close()
+    print(f"initialised {settings.data_dir} (tenant 'demo' with the seed policy)")
+    return 0
+
+
+def cmd_record(args: argparse.Namespace, settings: Settings) -> int:
+    """Facts are recorded in batches of 1,000 (one transaction each), answered line by line
+    in input order, so a large file neither waits for one huge commit nor holds it in memory
+    longer than a batch."""
+    items = list(read_facts(read_input(args.file)))
+    ledger = open_ledger(settings)
+    rejected = 0
+    try:
+        for start in range(0, len(items), 1000):
+            chunk = items[start : start + 1000]
+            facts: list[Fact] = []
+            parsed: list[FactRejected | None] = []
+            for item in chunk:
+                try:
+                    facts.append(
+                        parse_fact_bytes(item, args.tenant)
+                        if isinstance(item, bytes)
+                        else parse_fact(item, args.tenant)
+                    )
+                    parsed.append(None)
+                except FactRejected as e:
+                    parsed.append(e)
+            recorded = iter(ledger.record(facts) if facts else [])
+            for offset, early in enumerate(parsed):
+                final = early if early is not None else next(recorded)
+                if isinstance(final, FactRejected):
+                    rejected += 1
+                    line = {"index": start + offset, "rejected": final.as_dict()}
+                else:
+                    line = {"index": start + offset, "receipt": final.as_dict()}
+                sys.stdout.write(orjson.dumps(line).decode() + "\n")
+    finally:
+        ledger.close()
+    if rejected:
+        return fail(f"{rejected} of {len(items)} facts rejected (see stdout)", EXIT_REJECTED)
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
+    """Kafka mode: facts to the intake topic, for the running writer (which it does not fence)."""
+    from ledger.kafka.publish import NotConsumed, outcomes, publish
+
+    if settings.backend != "kafka":
+        raise CliError("publish needs Kafka mode (LEDGER_BACKEND=kafka); use record")
+    items = list(read_facts(read_input(args.file)))
+    ledger = open_ledger(settings)
+    try:
+        published = publish(ledger, items, args.tenant)
+        if args.no_wait:
+            for index, p in enumerate(published):
+                line = {"index": index, "published": {"partition": p.partition, "offset": p.offset}}
+                sys.stdout.write(orjson.dumps(line).decode() + "\n")
+            return 0
+        try:
+            results = outcomes(ledger, published, args.wait)
+        except NotConsumed as e:
+            return fail(str(e), EXIT_UNAVAILABLE)
+    finally:
+        ledger.close()
+    rejected = 0
+    for index, result in enumerate(results):
+        if isinstance(result, FactRejected):
+            rejected += 1
+            line = {"index": index, "rejected": result.as_dict()}
+        else:
+            line = {"index": index, "receipt": result.as_dict()}
+        sys.stdout.write(orjson.dumps(line).decode() + "\n")
+    if rejected:
+        return fail(f"{rejected} of {len(items)} facts rejected (see stdout)", EXIT_REJECTED)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from ledger.demo import contact, demo_stream
+    from ledger.verify import verify_ledger
+    from projections.trail import subject_trail
+
+    ledger = open_ledger(settings)
+    try:
+        ledger.init_demo()
+        stream = demo_stream(args.subjects)
+        outcomes = []
+        for i in range(0, len(stream), 500):
+            outcomes += ledger.record([parse_fact(f) for f in stream[i : i + 500]])
+        new = sum(1 for o in outcomes if isinstance(o, Receipt) and not o.duplicate)
+        again = sum(1 for o in outcomes if isinstance(o, Receipt) and o.duplicate)
+        refused = [o for o in outcomes if isinstance(o, FactRejected)]
+        print(
+            f"demo: {len(stream)} facts for {args.subjects} subjects: {new} recorded, "
+            f"{again} already recorded, {len(refused)} refused"
+        )
+        print(f"data directory: {settings.data_dir}\n")
+        trail = subject_trail(ledger, "demo", ledger.sid("demo", contact(3)))
+        assert trail is not None
+        print_trail(trail)
+        erased = subject_trail(ledger, "demo", ledger.sid("demo", contact(7)))
+        assert erased is not None
+        print()
+        print_trail(erased)
+        result = verify_ledger(ledger.ledger_recorder)
+    finally:
+        ledger.close()
+    print()
+    if result.ok:
+        print(f"verify: OK, {result.facts_checked} facts, merkle root {result.root}")
+        return 0
+    return fail(f"verify: BROKEN: {result.problems[0].message}", EXIT_BROKEN)

@@ -1,0 +1,155 @@
+"""The long-running processes: `serve` (HTTP) and `worker` (Kafka mode)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+from ledger.cli.common import (
+    EXIT_FENCED,
+    CliError,
+    demo_subjects,
+    fail,
+    open_ledger,
+    seconds,
+    whole,
+)
+from ledger.cli.records import cmd_demo
+from ledger.settings import Settings
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add this module's commands to the parser's subcommands."""
+    p = sub.add_parser("worker", help="Kafka mode: the intake writer and the projections")
+    p.add_argument("--no-projections", action="store_true", help="run only the intake writer")
+    p.add_argument("--interval", type=seconds, default=0.5, help="projection poll when idle (s)")
+    p.set_defaults(run=cmd_worker)
+
+    p = sub.add_parser("serve", help="the HTTP service (uvicorn)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=whole(0, 65_535), default=8000, help="0: any free port")
+    p.add_argument("--demo", action="store_true", help="load the demo and print a key first")
+    p.add_argument(
+        "--subjects", type=demo_subjects, default=300, help="at least 8, at most 100,000"
+    )
+    p.set_defaults(run=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from api.app import create_app, keys_path
+    from api.keys import ApiKeys
+
+    if args.demo:
+        cmd_demo(argparse.Namespace(subjects=args.subjects), settings)
+        keys = ApiKeys(keys_path(settings))
+        try:
+            _, key = keys.create("demo", {"publisher", "compliance", "admin"})
+        finally:
+            keys.close()
+        base = f"http://{args.host}:{args.port}"
+        print(
+            f"""
+serving the demo tenant on {base}  (OpenAPI: {base}/docs)
+API key (demo tenant; publisher, compliance, admin): {key}
+
+record a grant:
+  curl -s -X POST {base}/v1/facts -H 'Authorization: Bearer {key}' \\
+    -H 'Content-Type: application/json' -d '{{"event_id": "curl-1", "type": "consent.granted",
+    "subject": "curl-contact-1", "occurred_at": "2025-06-01T10:00:00+05:00", "source": "curl",
+    "policy_version": "crmpro-1.0", "purposes": ["marketing"]}}'
+read it back (the sid is in the receipt):
+  curl -s {base}/v1/subjects/SID/consents -H 'Authorization: Bearer {key}'
+""",
+            flush=True,
+        )
+    from api.logs import configure
+
+    configure()
+    # uvicorn's own access log would print URLs and client addresses; ours names routes only.
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+    )
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    """Kafka mode's long-running process: the intake writer and the projections."""
+    import signal
+    import threading
+
+    from ledger.kafka.intake import IntakeWriter
+    from ledger.kafka.recorder import WriterFenced
+    from projections.views import Views
+
+    if settings.backend != "kafka":
+        raise CliError(
+            "the worker runs in Kafka mode: set LEDGER_BACKEND=kafka and KAFKA_BOOTSTRAP"
+        )
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    ledger = open_ledger(settings)
+    writer = IntakeWriter(ledger)
+    views = None if args.no_projections else Views(ledger)
+    project = threading.Thread(
+        target=follow_views, args=(views, stop, args.interval), name="projections", daemon=True
+    )
+    topics = writer.link.topics
+    try:
+        writer.start()  # owns the ledger and has its intake positions: now it is consuming
+        print(f"worker: consuming {topics.intake} into {topics.ledger}", flush=True)
+        if views is not None:
+            project.start()
+        writer.run(stop)
+    except WriterFenced:
+        return fail("worker: fenced — another writer owns the ledger partitions", EXIT_FENCED)
+    finally:
+        stop.set()
+        if project.is_alive():
+            project.join()
+        writer.close()
+        if views is not None:
+            views.close()
+        ledger.close()
+    stats = writer.stats
+    print(
+        f"worker: stopped; {stats.accepted} accepted, {stats.duplicates} duplicates, "
+        f"{sum(stats.rejected.values())} rejected in {stats.batches} batches; "
+        f"{stats.retries} retries after the broker was unavailable",
+        flush=True,
+    )
+    if stats.batches:
+        per_batch = 1000 / stats.batches
+        records = stats.accepted + stats.duplicates + sum(stats.rejected.values())
+        print(
+            f"worker: a batch on average: {records / stats.batches:.0f} records, poll "
+            f"{stats.poll_s * per_batch:.1f} ms, parsing, checks, sealing and the replica "
+            f"{(stats.write_s - stats.transaction_s) * per_batch:.1f} ms, Kafka transaction "
+            f"{stats.transaction_s * per_batch:.1f} ms",
+            flush=True,
+        )
+    return 0
+
+
+def follow_views(views: Any, stop: Any, interval: float) -> None:
+    from ledger.kafka.recorder import LedgerUnavailable
+
+    while not stop.is_set():
+        try:
+            done = views.refresh()
+        except LedgerUnavailable:
+            done = 0
+        except Exception as error:  # a broker outage surfaces as several kafka errors
+            logging.getLogger("consent_ledger.projections").error(
+                "projection round failed (%s)", type(error).__name__
+            )
+            done = 0
+        if done == 0:
+            stop.wait(interval)

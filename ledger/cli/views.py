@@ -1,0 +1,296 @@
+"""The consent views; questions about many subjects: `project`, `replay`, `check`, `who`, `due`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from ledger.cli.common import (
+    EXIT_NOT_FOUND,
+    CliError,
+    current_views,
+    known_purpose,
+    open_ledger,
+    print_json,
+    read_input,
+    seconds,
+    whole,
+)
+from ledger.envelope import parse_time
+from ledger.errors import FactRejected
+from ledger.settings import Settings
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add this module's commands to the parser's subcommands."""
+    p = sub.add_parser("project", help="bring the consent views up to date with the log")
+    p.add_argument("--follow", action="store_true", help="keep following until SIGTERM")
+    p.add_argument(
+        "--page", type=whole(1, 1_000_000), default=5000, help="log entries per transaction"
+    )
+    p.add_argument("--interval", type=seconds, default=0.5, help="seconds between polls")
+    p.set_defaults(run=cmd_project)
+
+    p = sub.add_parser("replay", help="rebuild the views from the log into a fresh store")
+    p.add_argument("--into", required=True, metavar="DIR")
+    p.add_argument("--known-at", help="only facts recorded up to this instant (RFC 3339)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="processes sharing the build (default: one per core for a log of 50,000 "
+        "entries or more, else one; Kafka mode: one)",
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_replay)
+
+    p = sub.add_parser("check", help="which recipients had consent for a purpose at an instant")
+    p.add_argument(
+        "file",
+        nargs="?",
+        default="-",
+        metavar="FILE|-",
+        help="subject references (or sids with --sids), one per line",
+    )
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--purpose", required=True)
+    p.add_argument("--at", required=True)
+    p.add_argument("--known-at")
+    p.add_argument("--sids", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_check)
+
+    p = sub.add_parser("who", help="subjects with consent for a purpose at an instant (paged)")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--purpose", required=True)
+    p.add_argument("--at", required=True)
+    p.add_argument("--known-at")
+    p.add_argument("--after", help="continue after this sid (the previous page's 'next')")
+    p.add_argument("--limit", type=whole(1, 10_000), default=1000)
+    p.add_argument(
+        "--policy-version",
+        help="only those whose consent was given under this policy version (re-consent)",
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_who)
+
+    p = sub.add_parser("due", help="requests near their deadline, expiring consents, retention")
+    p.add_argument("--tenant", required=True)
+    p.add_argument(
+        "--within", type=whole(0, 3650), default=7, help="days ahead to look (default 7)"
+    )
+    p.add_argument("--as-of", help="instead of now (RFC 3339)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_due)
+
+
+def cmd_project(args: argparse.Namespace, settings: Settings) -> int:
+    import signal
+    import threading
+
+    from api.logs import configure
+    from projections.views import Views
+
+    # JSON lines on stderr: what the writer skipped or set aside, by partition and offset.
+    configure(logging.WARNING, sys.stderr)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    ledger = open_ledger(settings)
+    views = Views(ledger)
+    total = 0
+    try:
+        while True:
+            done = views.refresh(page=args.page)
+            total += done
+            if not args.follow or stop.is_set():
+                break
+            if done == 0:
+                stop.wait(args.interval)
+                if stop.is_set():
+                    break
+    finally:
+        views.close()
+        ledger.close()
+    print(f"projected {total} log entries into {settings.views_path}")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from projections.rebuild import MAX_WORKERS, rebuild
+    from projections.store import ConsentViews
+
+    known_at = parse_time(args.known_at, "--known-at") if args.known_at else None
+    if args.workers is not None and not 1 <= args.workers <= MAX_WORKERS:
+        raise CliError(f"--workers takes a whole number from 1 to {MAX_WORKERS}")
+    if args.workers is not None and args.workers > 1 and settings.backend == "kafka":
+        raise CliError("--workers: in Kafka mode replay reads the ledger topic in one process")
+    if Path(args.into).exists() and not Path(args.into).is_dir():
+        raise CliError(f"--into {args.into} is not a directory")
+    target = Path(args.into) / "views.db"
+    if target.exists():
+        raise CliError(f"{target} exists: replay builds a fresh store")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file where the directory should be, no permission, ...
+        raise CliError(f"--into {args.into}: {e.strerror}") from None
+    ledger = open_ledger(settings)
+    try:
+        read = rebuild(ledger, target, known_at=known_at, workers=args.workers)
+    finally:
+        ledger.close()
+    store = ConsentViews.open(target)
+    try:
+        counts = {
+            table: store.rows(f"SELECT COUNT(*) FROM {table}")[0][0]
+            for table in ("view_subjects", "view_entries", "view_corrections", "view_intervals")
+        }
+    finally:
+        store.close()
+    summary = {"into": str(target), "log_entries_read": read, "known_at": args.known_at, **counts}
+    if args.json:
+        print_json(summary)
+    else:
+        print(
+            f"replayed {read} log entries into {target}"
+            + (f" as known at {args.known_at}" if args.known_at else "")
+        )
+    return 0
+
+
+def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
+    from projections.queries import check_recipients, check_report
+    from projections.views import Views
+
+    at = parse_time(args.at, "--at")
+    known_at = parse_time(args.known_at, "--known-at") if args.known_at else None
+    try:
+        text = read_input(args.file).decode("utf-8")
+    except UnicodeDecodeError:
+        raise CliError(f"{args.file} is not UTF-8 text") from None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    ledger = open_ledger(settings)
+    views = Views(ledger)
+    try:
+        sids = []
+        for i, line in enumerate(lines):
+            if args.sids:
+                try:
+                    sids.append(uuid.UUID(hex=line).hex)
+                except ValueError:
+                    raise CliError(f"line {i + 1} is not a sid (32 hex digits)") from None
+            else:
+                sids.append(ledger.sid(args.tenant, line).hex)
+        known_purpose(ledger, args.tenant, args.purpose)
+        views.refresh()
+        results = check_recipients(views.store, args.tenant, args.purpose, at, sids, known_at)
+    finally:
+        views.close()
+        ledger.close()
+    report = check_report(args.purpose, at, known_at, results)
+    lacking = report["without_consent"]
+    if args.json:
+        print_json(report)
+    else:
+        print(
+            f"{report['with_consent']} of {len(results)} had consent for {args.purpose} "
+            f"at {report['at']}"
+        )
+        for row in lacking:
+            print(
+                f"  line {row['index'] + 1}: sid {row['sid']}: {row['reason']}"
+                + (f" at {row['since']}" if row["since"] else "")
+            )
+    return 0
+
+
+def cmd_who(args: argparse.Namespace, settings: Settings) -> int:
+    from projections.queries import who_had_consent
+    from projections.views import Views
+
+    at = parse_time(args.at, "--at")
+    known_at = parse_time(args.known_at, "--known-at") if args.known_at else None
+    if args.after and not all(c in "0123456789abcdef" for c in args.after):
+        raise CliError("--after takes a sid (the last one of the previous page)")
+    ledger = open_ledger(settings)
+    views = Views(ledger)
+    try:
+        known_purpose(ledger, args.tenant, args.purpose)
+        if args.policy_version is not None:
+            tenant = ledger.tenant(args.tenant, shared=True)
+            assert tenant is not None  # known_purpose found it
+            try:
+                tenant.policy(args.policy_version)
+            except FactRejected as unknown:
+                raise CliError(f"{unknown.code.value}: {unknown.message}", EXIT_NOT_FOUND) from None
+        views.refresh()
+        sids = who_had_consent(
+            views.store,
+            args.tenant,
+            args.purpose,
+            at,
+            known_at,
+            after=args.after or "",
+            limit=args.limit,
+            policy_version=args.policy_version,
+        )
+    finally:
+        views.close()
+        ledger.close()
+    # The route's answer (`GET /v1/purposes/{purpose}/subjects`), and `at` as before.
+    page = {
+        "purpose": args.purpose,
+        "as_of": at.isoformat(),
+        "known_at": known_at.isoformat() if known_at else None,
+        "policy_version": args.policy_version,
+        "sids": sids,
+        "next": sids[-1] if len(sids) == args.limit else None,
+        "at": at.isoformat(),
+    }
+    if args.json:
+        print_json(page)
+    else:
+        print("\n".join(sids))
+    return 0
+
+
+def cmd_due(args: argparse.Namespace, settings: Settings) -> int:
+
+    from projections.due import due_list
+
+    now = parse_time(args.as_of, "--as-of") if args.as_of else datetime.now(UTC)
+    with current_views(settings, args.tenant) as (_, views, tenant):
+        report = due_list(
+            views.store,
+            args.tenant,
+            now,
+            within=timedelta(days=args.within),
+            request_days=settings.request_due_days,
+            request_days_by_kind=dict(settings.request_due_days_by_kind),
+            policies=tenant.policies,
+        )
+    if args.json:
+        print_json(report)
+        return 0
+    print(f"due for tenant {args.tenant} as of {report['as_of']} (within {args.within} days)")
+    for r in report["requests"]:
+        print(
+            f"  request {r['request_id']} ({r['kind']}) of sid {r['sid']}: due {r['due_at']}"
+            + ("  OVERDUE" if r["overdue"] else "")
+        )
+    for e in report["expiring_consents"]:
+        print(f"  consent {e['purpose']} of sid {e['sid']} expires {e['expires_at']}")
+    for p in report["past_retention"]:
+        print(f"  data of sid {p['sid']} for {p['purpose']} past retention since {p['due_since']}")
+    if report["erasable"]:
+        print(
+            f"  {len(report['erasable'])} subjects no purpose keeps any longer: "
+            f"consent-ledger retention --tenant {args.tenant} [--erase]"
+        )
+    if not (report["requests"] or report["expiring_consents"] or report["past_retention"]):
+        print("  nothing due")
+    return 0
