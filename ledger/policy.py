@@ -76,6 +76,76 @@ class PolicyVersion:
         return found
 
 
+def previous_version(
+    policies: dict[str, PolicyVersion], version: PolicyVersion
+) -> PolicyVersion | None:
+    """The version in force just before `version` took effect: the latest to take effect
+    earlier (of two taking effect at once, the later published), None for the first."""
+    earlier = [p for p in policies.values() if p.effective_at < version.effective_at]
+    return max(reversed(earlier), key=lambda p: p.effective_at, default=None)
+
+
+def policy_changes(old: PolicyVersion | None, new: PolicyVersion) -> dict[str, Any]:
+    """What a new policy version changes (§9), and the purposes whose consent given under
+    `old` does not cover what `new` asks: those to ask again (`consent_needed`).
+
+    Consent covers the purpose, the categories and the keeping the person was shown, so a
+    purpose on the consent basis needs it again when it is new, was on another basis
+    before, covers categories it did not, or keeps data longer (or unbounded where it was
+    bounded). Narrowing (a purpose or category removed, a shorter retention) needs none;
+    nor does a purpose on a contract or a legal obligation, whose ground is not consent.
+    A new text alone is reported, not judged: whether it changes what people agreed to is
+    for the people who wrote it.
+    """
+    before = old.purposes if old is not None else {}
+    added = [p for p in new.purposes if p not in before]
+    removed = [p for p in before if p not in new.purposes]
+    changed: list[dict[str, Any]] = []
+    needed: list[dict[str, Any]] = []
+    for purpose, terms in new.purposes.items():
+        reasons: list[str] = []
+        if purpose not in before:
+            if terms.legal_basis == "consent":
+                needed.append({"purpose": purpose, "reasons": ["purpose_added"]})
+            continue
+        was = before[purpose]
+        change: dict[str, Any] = {"purpose": purpose}
+        if was.legal_basis != terms.legal_basis:
+            change["legal_basis"] = {"from": was.legal_basis, "to": terms.legal_basis}
+            reasons.append("basis_now_consent")
+        more = [c for c in terms.categories if c not in was.categories]
+        fewer = [c for c in was.categories if c not in terms.categories]
+        if more:
+            change["categories_added"] = more
+            reasons.append("categories_added")
+        if fewer:
+            change["categories_removed"] = fewer
+        if was.retention_days != terms.retention_days:
+            change["retention_days"] = {"from": was.retention_days, "to": terms.retention_days}
+            if was.retention_days is not None and (
+                terms.retention_days is None or terms.retention_days > was.retention_days
+            ):
+                reasons.append("retention_extended")
+        if len(change) > 1:
+            changed.append(change)
+        if terms.legal_basis == "consent" and reasons:
+            needed.append({"purpose": purpose, "reasons": reasons})
+    return {
+        "policy_version": new.version,
+        "effective_at": new.effective_at.isoformat(),
+        "from": old.version if old is not None else None,
+        "from_effective_at": old.effective_at.isoformat() if old is not None else None,
+        "text_changed": old is None or old.text_sha256 != new.text_sha256,
+        "operator_changed": old is None
+        or (old.operator_name, old.operator_tin) != (new.operator_name, new.operator_tin),
+        "language_changed": old is None or old.language != new.language,
+        "purposes_added": added,
+        "purposes_removed": removed,
+        "purposes_changed": changed,
+        "consent_needed": needed,
+    }
+
+
 def text_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 

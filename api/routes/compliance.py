@@ -13,6 +13,7 @@ from api.keys import Principal
 from api.problems import SIZES, Problem, parse_sizes, signing_refusals
 from ledger.checkpoint import checkpoint
 from ledger.envelope import parse_time
+from ledger.policy import policy_changes, previous_version
 from ledger.verify import verify_ledger
 from projections.due import due_list
 from projections.queries import check_recipients, check_report, who_had_consent
@@ -139,6 +140,33 @@ def policy(
     if found is None:
         raise Problem(404, "unknown_policy_version", "no such policy version")
     return found.as_dict()
+
+
+@router.get("/v1/policies/{version}/changes")
+def policy_version_changes(
+    version: str,
+    principal: Annotated[Principal, role("publisher", *READERS)],
+    svc: Annotated[Service, Depends(service)],
+    since: Annotated[str | None, Query(alias="from", max_length=128)] = None,
+) -> dict[str, Any]:
+    """What this version changes from the one in force before it (or from `from`), and the
+    purposes whose consent under that one does not cover this one: `consent_needed`, each
+    with its reasons (`purpose_added`, `basis_now_consent`, `categories_added`,
+    `retention_extended`). Those to ask again are the subjects the who route lists for such a
+    purpose with `policy_version` the old version. The first version compares with none:
+    `from` null, every purpose added. An unknown version: 404 `unknown_policy_version`; an
+    unknown `from`: 422 `unknown_policy_version`."""
+    tenant = svc.ledger.tenant(principal.tenant, shared=True)
+    found = tenant.policies.get(version) if tenant else None
+    if tenant is None or found is None:
+        raise Problem(404, "unknown_policy_version", "no such policy version")
+    if since is None:
+        old = previous_version(tenant.policies, found)
+    else:
+        old = tenant.policies.get(since)
+        if old is None:
+            raise Problem(422, "unknown_policy_version", "no such policy version", "from")
+    return policy_changes(old, found)
 
 
 @router.get("/v1/due")

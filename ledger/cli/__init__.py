@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ledger.cli import admin, erasure, integrity, records, service, subjects, views
+from ledger.cli import admin, erasure, integrity, policies, records, service, subjects, views
 from ledger.cli.common import (
     EXIT_FENCED,
     EXIT_REJECTED,
@@ -62,6 +62,6 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     # One module a job, each adding its own commands: a command's arguments sit next to
     # what it does.
-    for module in (records, subjects, erasure, integrity, admin, views, service):
+    for module in (records, subjects, erasure, integrity, policies, admin, views, service):
         module.register(sub)
     return parser
