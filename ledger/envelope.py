@@ -33,6 +33,7 @@ MAX_TEXT = 2000
 # A policy's retention of a purpose: a century is past any law's; more would carry the due
 # list's dates past the calendar's end.
 MAX_RETENTION_DAYS = 36_500
+MAX_REQUEST_DUE_DAYS = 3650  # as LEDGER_REQUEST_DUE_DAYS
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 COMMON_FIELDS = frozenset(
@@ -390,7 +391,30 @@ def _policy_published(obj: dict[str, Any]) -> dict[str, Any]:
             "tin": _text(operator, "tin", required=True, max_len=32),
         },
         "purposes": terms,
+        "request_due_days": _request_due_days(obj),
     }
+
+
+def _request_due_days(obj: dict[str, Any]) -> dict[str, int] | None:
+    """The days within which the policy promises to answer each kind of request."""
+    days = _object(obj, "request_due_days", required=False)
+    if days is None:
+        return None
+    for kind, value in days.items():
+        if kind not in REQUEST_KINDS or not isinstance(value, int) or isinstance(value, bool):
+            raise FactRejected(
+                Code.INVALID_FIELD,
+                "request_due_days maps kinds of request "
+                f"({', '.join(sorted(REQUEST_KINDS))}) to whole numbers of days",
+                "request_due_days",
+            )
+        if not 0 <= value <= MAX_REQUEST_DUE_DAYS:
+            raise FactRejected(
+                Code.INVALID_FIELD,
+                f"request_due_days: from 0 to {MAX_REQUEST_DUE_DAYS} days",
+                "request_due_days",
+            )
+    return {kind: days[kind] for kind in sorted(days)}
 
 
 def _consent_granted(obj: dict[str, Any]) -> dict[str, Any]:
@@ -525,7 +549,15 @@ _BODY_PARSERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 
 _BODY_FIELDS: dict[str, frozenset[str]] = {
     "policy.published": frozenset(
-        {"policy_version", "effective_at", "language", "text", "operator", "purposes"}
+        {
+            "policy_version",
+            "effective_at",
+            "language",
+            "text",
+            "operator",
+            "purposes",
+            "request_due_days",
+        }
     ),
     "consent.granted": frozenset(
         {

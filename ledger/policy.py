@@ -7,6 +7,7 @@ The seed policy (crmpro.uz, under ZRU-547) ships as the default version of the `
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import resources
@@ -41,6 +42,10 @@ class PolicyVersion:
     operator_name: str
     operator_tin: str
     purposes: dict[str, PurposeTerms]
+    # The days within which this version promises to answer each kind of subject request.
+    request_due_days: dict[str, int] = field(default_factory=dict)
+    # The full text people were shown (what text_sha256 hashes); kept out of as_dict.
+    text: str = field(default="", repr=False, compare=False)
     # categories_of's answers: every grant asks twice, and publishers send few combinations.
     _categories_of: dict[tuple[str, ...], tuple[str, ...]] = field(
         default_factory=dict, init=False, repr=False, compare=False
@@ -55,6 +60,7 @@ class PolicyVersion:
             "text_sha256": self.text_sha256,
             "operator": {"name": self.operator_name, "tin": self.operator_tin},
             "purposes": {name: t.as_dict() for name, t in self.purposes.items()},
+            "request_due_days": dict(self.request_due_days),
         }
 
     @property
@@ -76,13 +82,31 @@ class PolicyVersion:
         return found
 
 
+def policy_text(policy: PolicyVersion) -> dict[str, Any]:
+    """The text people were shown under this version, with what identifies it."""
+    return {
+        "policy_version": policy.version,
+        "effective_at": policy.effective_at.isoformat(),
+        "language": policy.language,
+        "text_sha256": policy.text_sha256,
+        "text": policy.text,
+    }
+
+
 def previous_version(
-    policies: dict[str, PolicyVersion], version: PolicyVersion
+    policies: Mapping[str, PolicyVersion], version: PolicyVersion
 ) -> PolicyVersion | None:
     """The version in force just before `version` took effect: the latest to take effect
     earlier (of two taking effect at once, the later published), None for the first."""
     earlier = [p for p in policies.values() if p.effective_at < version.effective_at]
     return max(reversed(earlier), key=lambda p: p.effective_at, default=None)
+
+
+def version_in_force(policies: Mapping[str, PolicyVersion], at: datetime) -> PolicyVersion | None:
+    """The version in force at `at`: the latest to have taken effect by then (of two taking
+    effect at once, the later published), None before the first."""
+    taken = [p for p in policies.values() if p.effective_at <= at]
+    return max(reversed(taken), key=lambda p: p.effective_at, default=None)
 
 
 def policy_changes(old: PolicyVersion | None, new: PolicyVersion) -> dict[str, Any]:
@@ -98,6 +122,7 @@ def policy_changes(old: PolicyVersion | None, new: PolicyVersion) -> dict[str, A
     for the people who wrote it.
     """
     before = old.purposes if old is not None else {}
+    was_due = dict(old.request_due_days) if old is not None else {}
     added = [p for p in new.purposes if p not in before]
     removed = [p for p in before if p not in new.purposes]
     changed: list[dict[str, Any]] = []
@@ -139,6 +164,11 @@ def policy_changes(old: PolicyVersion | None, new: PolicyVersion) -> dict[str, A
         "operator_changed": old is None
         or (old.operator_name, old.operator_tin) != (new.operator_name, new.operator_tin),
         "language_changed": old is None or old.language != new.language,
+        "request_due_days": (
+            {"from": was_due, "to": dict(new.request_due_days)}
+            if was_due != new.request_due_days
+            else None
+        ),
         "purposes_added": added,
         "purposes_removed": removed,
         "purposes_changed": changed,

@@ -45,8 +45,8 @@ class Settings:
     | LEDGER_MAX_FUTURE_SKEW_S | 300 | how far `occurred_at` may be ahead of the ledger's clock
       (at most 86400) |
     | LEDGER_AGGREGATE_CACHE | 10000 | subjects kept in memory between writes |
-    | LEDGER_REQUEST_DUE_DAYS | 30 | deadline of a subject request that names no `due_at` (at
-      most 3650) |
+    | LEDGER_REQUEST_DUE_DAYS | 30 | deadline of a subject request that names no `due_at`, where
+      the tenant's policy in force at its receipt gives its kind none (at most 3650) |
     | LEDGER_REQUEST_DUE_DAYS_BY_KIND | | the same for some kinds of request, as
       `kind=days,...` (for example `information=10,erasure=30`); other kinds keep
       LEDGER_REQUEST_DUE_DAYS |

@@ -44,6 +44,8 @@ class Tenant(ChainedAggregate):
         text_sha256: str
         operator: dict[str, str]
         purposes: dict[str, Any]
+        # None where the version states no deadlines, and in events stored before the field.
+        request_due_days: dict[str, int] | None = None
 
         def apply_fact(self, aggregate: Any) -> None:
             aggregate.policies[self.policy_version] = PolicyVersion(
@@ -61,6 +63,8 @@ class Tenant(ChainedAggregate):
                     )
                     for name, terms in self.purposes.items()
                 },
+                request_due_days=dict(self.request_due_days or {}),
+                text=self.text,
             )
 
     def publish_policy(self, fact: Fact) -> None:
@@ -91,6 +95,7 @@ class Tenant(ChainedAggregate):
             text_sha256=text_sha256(body["text"]),
             operator=body["operator"],
             purposes=body["purposes"],
+            request_due_days=body["request_due_days"],
         )
 
     def names_purpose(self, purpose: str) -> bool:

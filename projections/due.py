@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from ledger.policy import PolicyVersion
+from ledger.policy import PolicyVersion, version_in_force
 from projections.store import ConsentViews, parse_utc, utc
 
 
@@ -21,8 +21,11 @@ def due_list(
     policies: Mapping[str, PolicyVersion],
     request_days_by_kind: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
-    """Requests without their own `due_at` are due `request_days` after they were received,
-    or the days `request_days_by_kind` gives their kind (LEDGER_REQUEST_DUE_DAYS_BY_KIND).
+    """A request without its own `due_at` is due the days after it was received that the
+    tenant's policy version in force then gives its kind (`request_due_days`, what the
+    tenant promised its subjects), else those `request_days_by_kind` gives it
+    (LEDGER_REQUEST_DUE_DAYS_BY_KIND), else `request_days`. Each says where its deadline
+    came from (`due_from`: `request`, `policy` with its `policy_version`, or `settings`).
 
     Retention counts from the end of the last grant of a purpose (withdrawal or expiry) to
     the longest retention any published policy version gives that purpose; subjects already
@@ -37,8 +40,17 @@ def due_list(
     ):
         received = parse_utc(row["received_at"])
         assert received is not None
-        days = (request_days_by_kind or {}).get(row["kind"], request_days)
-        due = parse_utc(row["due_at"]) or received + timedelta(days=days)
+        due = parse_utc(row["due_at"])
+        source, version = "request", None
+        if due is None:
+            in_force = version_in_force(policies, received)
+            promised = in_force.request_due_days.get(row["kind"]) if in_force else None
+            if promised is not None and in_force is not None:
+                source, version, days = "policy", in_force.version, promised
+            else:
+                source = "settings"
+                days = (request_days_by_kind or {}).get(row["kind"], request_days)
+            due = received + timedelta(days=days)
         if due <= horizon:
             requests.append(
                 {
@@ -47,6 +59,8 @@ def due_list(
                     "kind": row["kind"],
                     "received_at": received.isoformat(),
                     "due_at": due.isoformat(),
+                    "due_from": source,
+                    "policy_version": version,
                     "overdue": due <= now,
                 }
             )

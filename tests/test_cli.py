@@ -441,6 +441,17 @@ def test_due_command(data: Path) -> None:
         ).stdout
     )
     assert [r["request_id"] for r in by_kind["requests"]] == ["R"]
+    text = run(data, "due", "--tenant", "demo", LEDGER_REQUEST_DUE_DAYS_BY_KIND="information=10")
+    assert "(deadline: settings)" in text.stdout
+    # A policy version in force since before the request promises an answer in 10 days.
+    effective = (datetime.now(UTC) - timedelta(days=9)).isoformat()
+    promised = policy("2.0", effective, request_due_days={"information": 10})
+    assert run(data, "record", stdin=orjson.dumps(promised).decode()).returncode == 0
+    by_policy = orjson.loads(run(data, "due", "--tenant", "demo", "--json").stdout)
+    due = [(r["request_id"], r["due_from"], r["policy_version"]) for r in by_policy["requests"]]
+    assert due == [("R", "policy", "2.0")]
+    text = run(data, "due", "--tenant", "demo")
+    assert "(deadline: policy 2.0)" in text.stdout
 
 
 def test_retention_lists_and_erases_the_subjects_no_purpose_keeps(data: Path) -> None:

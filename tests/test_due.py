@@ -32,6 +32,38 @@ def due_at(
     )
 
 
+def received(subject: str, rid: str, kind: str, days: float, **fields: Any) -> dict[str, Any]:
+    """A `request.received` fact of the demo tenant, `days` from NOW."""
+    when = at(days)
+    return fact("request.received", subject, request_id=rid, kind=kind, occurred_at=when, **fields)
+
+
+def requests_due(
+    ledger: ConsentLedger, facts: list[dict[str, Any]], by_kind: Mapping[str, int]
+) -> list[dict[str, Any]]:
+    """The facts recorded, then the requests of the demo tenant's due list 30 days ahead of
+    NOW (30 days to answer by default), under the policy versions it published."""
+    assert all(isinstance(o, Receipt) for o in ledger.record([parse_fact(f) for f in facts]))
+    tenant = ledger.tenant("demo")
+    assert tenant is not None
+    views = Views(ledger)
+    try:
+        views.refresh()
+        report = due_list(
+            views.store,
+            "demo",
+            NOW,
+            within=timedelta(days=30),
+            request_days=30,
+            policies=tenant.policies,
+            request_days_by_kind=by_kind,
+        )
+    finally:
+        views.close()
+    requests: list[dict[str, Any]] = report["requests"]
+    return requests
+
+
 def test_due_list(ledger: ConsentLedger) -> None:
     facts = [
         _policy_with_retention(marketing=30),
@@ -90,33 +122,12 @@ def test_requests_without_their_own_deadline_are_due_by_their_kind(
     """LEDGER_REQUEST_DUE_DAYS_BY_KIND: an information request due in 10 days, an erasure
     request in the default 30; one that names its own `due_at` keeps it."""
     facts = [
-        fact("request.received", "asks", request_id="I", kind="information", occurred_at=at(-8)),
-        fact("request.received", "erases", request_id="E", kind="erasure", occurred_at=at(-8)),
-        fact(
-            "request.received",
-            "named",
-            request_id="N",
-            kind="information",
-            occurred_at=at(-8),
-            due_at=at(20),
-        ),
+        received("asks", "I", "information", -8),
+        received("erases", "E", "erasure", -8),
+        received("named", "N", "information", -8, due_at=at(20)),
     ]
-    assert all(isinstance(o, Receipt) for o in ledger.record([parse_fact(f) for f in facts]))
-    views = Views(ledger)
-    try:
-        views.refresh()
-        report = due_list(
-            views.store,
-            "demo",
-            NOW,
-            within=timedelta(days=30),
-            request_days=30,
-            policies={},
-            request_days_by_kind={"information": 10},
-        )
-    finally:
-        views.close()
-    assert {r["request_id"]: r["due_at"] for r in report["requests"]} == {
+    due = requests_due(ledger, facts, {"information": 10})
+    assert {r["request_id"]: r["due_at"] for r in due} == {
         "I": at(2),
         "E": at(22),
         "N": at(20),
@@ -222,3 +233,32 @@ def test_erasable_subjects_are_those_no_purpose_keeps(ledger: ConsentLedger) -> 
     again = erase_each(ledger, "demo", sids, "retention_expired", "retention-expired-")
     assert [o.duplicate for o in first] == [False] * 3
     assert [(o.duplicate, o.position) for o in again] == [(True, o.position) for o in first]
+
+
+def test_a_request_is_due_when_the_policy_in_force_at_its_receipt_promised(
+    ledger: ConsentLedger,
+) -> None:
+    """A tenant's policy may say within how many days it answers each kind of request
+    (`request_due_days`): a request received under it and naming no `due_at` is due then;
+    one received before that version took effect, or of a kind it does not name, is due by
+    the settings; one naming its own `due_at` keeps it. Each says where its deadline came from."""
+    facts = [
+        policy("2.0", at(-20), request_due_days={"information": 10, "erasure": 20}),
+        received("before", "B", "information", -25),
+        received("asks", "I", "information", -8),
+        received("at-once", "E", "erasure", -20),  # the instant 2.0 took effect: under 2.0
+        received("objects", "O", "objection", -8),
+        received("named", "N", "erasure", -8, due_at=at(5)),
+    ]
+    due = requests_due(ledger, facts, {"objection": 15})
+    tenant = ledger.tenant("demo")
+    assert tenant is not None
+    assert tenant.policies["2.0"].request_due_days == {"erasure": 20, "information": 10}
+    assert tenant.policies["crmpro-1.0"].request_due_days == {}
+    assert {r["request_id"]: (r["due_at"], r["due_from"], r["policy_version"]) for r in due} == {
+        "B": (at(5), "settings", None),  # received under crmpro-1.0, which promises nothing
+        "I": (at(2), "policy", "2.0"),
+        "E": (at(0), "policy", "2.0"),
+        "O": (at(7), "settings", None),  # 2.0 names no deadline for objections
+        "N": (at(5), "request", None),
+    }

@@ -26,6 +26,7 @@ def test_the_schema_is_valid() -> None:
 
 def test_every_fact_the_parser_accepts_validates() -> None:
     examples = [seed_policy_fact(), *demo_stream(50)]
+    examples.append({**seed_policy_fact(), "request_due_days": {"information": 10, "erasure": 0}})
     examples += [
         fact("consent.corrected", corrects="g", reason="r", void=True),
         fact(
@@ -57,6 +58,12 @@ def test_every_fact_the_parser_accepts_validates() -> None:
         fact("consent.corrected", corrects="g", reason="r", void=True, changes={"purposes": ["a"]}),
         fact("request.closed", request_id="R", outcome="refused"),
         {**seed_policy_fact(), "subject": "someone"},
+        {**seed_policy_fact(), "request_due_days": {"complaint": 10}},
+        {**seed_policy_fact(), "request_due_days": {"erasure": 3651}},
+        {**seed_policy_fact(), "request_due_days": {"erasure": -1}},
+        {**seed_policy_fact(), "request_due_days": {"erasure": True}},
+        {**seed_policy_fact(), "request_due_days": {"erasure": 1.5}},
+        {**seed_policy_fact(), "request_due_days": [10]},
         {**grant(), "type": "consent.given"},
     ],
 )

@@ -13,7 +13,8 @@ from api.keys import Principal
 from api.problems import SIZES, Problem, parse_sizes, signing_refusals
 from ledger.checkpoint import checkpoint
 from ledger.envelope import parse_time
-from ledger.policy import policy_changes, previous_version
+from ledger.policy import PolicyVersion, policy_changes, policy_text, previous_version
+from ledger.tenant import Tenant
 from ledger.verify import verify_ledger
 from projections.due import due_list
 from projections.queries import check_recipients, check_report, who_had_consent
@@ -135,11 +136,18 @@ def policy(
     principal: Annotated[Principal, role("publisher", *READERS)],
     svc: Annotated[Service, Depends(service)],
 ) -> dict[str, Any]:
-    tenant = svc.ledger.tenant(principal.tenant)
-    found = tenant.policies.get(version) if tenant else None
-    if found is None:
-        raise Problem(404, "unknown_policy_version", "no such policy version")
-    return found.as_dict()
+    return _published(svc, principal.tenant, version)[1].as_dict()
+
+
+@router.get("/v1/policies/{version}/text")
+def policy_version_text(
+    version: str,
+    principal: Annotated[Principal, role("publisher", *READERS)],
+    svc: Annotated[Service, Depends(service)],
+) -> dict[str, Any]:
+    """The full text people were shown under this version, as published, with its SHA-256
+    (the hash each grant's trail names): what a subject agreed to, word for word."""
+    return policy_text(_published(svc, principal.tenant, version)[1])
 
 
 @router.get("/v1/policies/{version}/changes")
@@ -156,10 +164,7 @@ def policy_version_changes(
     purpose with `policy_version` the old version. The first version compares with none:
     `from` null, every purpose added. An unknown version: 404 `unknown_policy_version`; an
     unknown `from`: 422 `unknown_policy_version`."""
-    tenant = svc.ledger.tenant(principal.tenant, shared=True)
-    found = tenant.policies.get(version) if tenant else None
-    if tenant is None or found is None:
-        raise Problem(404, "unknown_policy_version", "no such policy version")
+    tenant, found = _published(svc, principal.tenant, version)
     if since is None:
         old = previous_version(tenant.policies, found)
     else:
@@ -167,6 +172,16 @@ def policy_version_changes(
         if old is None:
             raise Problem(422, "unknown_policy_version", "no such policy version", "from")
     return policy_changes(old, found)
+
+
+def _published(svc: Service, name: str, version: str) -> tuple[Tenant, PolicyVersion]:
+    """The caller's tenant and one of its policy versions; 404 for a version it never
+    published."""
+    tenant = svc.ledger.tenant(name, shared=True)
+    found = tenant.policies.get(version) if tenant else None
+    if tenant is None or found is None:
+        raise Problem(404, "unknown_policy_version", "no such policy version")
+    return tenant, found
 
 
 @router.get("/v1/due")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from ledger.cli.common import EXIT_NOT_FOUND, CliError, open_ledger, print_json
-from ledger.policy import PolicyVersion, policy_changes, previous_version
+from ledger.policy import PolicyVersion, policy_changes, policy_text, previous_version
 from ledger.settings import Settings
 from ledger.tenant import Tenant
 
@@ -24,6 +25,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("version", metavar="VERSION")
     p.add_argument("--tenant", required=True)
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--text", action="store_true", help="the full text people were shown, as published"
+    )
     p.set_defaults(run=cmd_policies_show)
     p = policies.add_parser(
         "changes",
@@ -53,6 +57,12 @@ def cmd_policies_list(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_policies_show(args: argparse.Namespace, settings: Settings) -> int:
     found = _version(_tenant(settings, args.tenant), args.version)
+    if args.text:  # as GET /v1/policies/{version}/text; the text alone, byte for byte
+        if args.json:
+            print_json(policy_text(found))
+        else:
+            sys.stdout.write(found.text)
+        return 0
     if args.json:
         print_json(found.as_dict())
         return 0
@@ -61,6 +71,8 @@ def cmd_policies_show(args: argparse.Namespace, settings: Settings) -> int:
         f"effective {found.effective_at.isoformat()}, language {found.language}"
     )
     print(f"  text sha256 {found.text_sha256}")
+    if found.request_due_days:
+        print(f"  answers requests within: {_deadlines(found.request_due_days)}")
     for name, terms in found.purposes.items():
         kept = (
             "as long as the purpose needs"
@@ -114,6 +126,9 @@ def changes_lines(changes: dict[str, Any]) -> list[str]:
             was, now = c["retention_days"]["from"], c["retention_days"]["to"]
             parts.append(f"retention {_days(was)} -> {_days(now)}")
         lines.append(f"  ~ {c['purpose']}: {'; '.join(parts)}")
+    if changes["request_due_days"] is not None:
+        was, now = changes["request_due_days"]["from"], changes["request_due_days"]["to"]
+        lines.append(f"  request deadlines: {_deadlines(was)} -> {_deadlines(now)}")
     if changes["consent_needed"]:
         lines.append("consent to ask again (who --purpose P --policy-version <the old one>):")
         for n in changes["consent_needed"]:
@@ -124,6 +139,10 @@ def changes_lines(changes: dict[str, Any]) -> list[str]:
 
 
 _SAME = ("text_changed", "operator_changed", "language_changed")
+
+
+def _deadlines(days: dict[str, int]) -> str:
+    return ", ".join(f"{kind} {n} days" for kind, n in days.items()) or "none (the settings')"
 
 
 def _days(days: int | None) -> str:

@@ -278,9 +278,12 @@ def cmd_due(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     print(f"due for tenant {args.tenant} as of {report['as_of']} (within {args.within} days)")
     for r in report["requests"]:
+        by = {"request": "its own", "policy": f"policy {r['policy_version']}"}.get(
+            r["due_from"], "settings"
+        )
         print(
             f"  request {r['request_id']} ({r['kind']}) of sid {r['sid']}: due {r['due_at']}"
-            + ("  OVERDUE" if r["overdue"] else "")
+            f" (deadline: {by})" + ("  OVERDUE" if r["overdue"] else "")
         )
     for e in report["expiring_consents"]:
         print(f"  consent {e['purpose']} of sid {e['sid']} expires {e['expires_at']}")

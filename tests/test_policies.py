@@ -1,12 +1,14 @@
-"""What a new policy version changes (§9), and whose consent to ask again.
+"""Policy versions (§9): what a new one changes and whose consent to ask again, and the text
+people were shown.
 
-The rule is held to a plain statement of what consent covers (a property test); the route
+The rule is held to a plain statement of what consent covers (a property test); the routes
 and the CLI (on both backends, the real process) answer the same.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,13 @@ from api.app import create_app, keys_path
 from api.keys import ApiKeys
 from ledger.application import ConsentLedger
 from ledger.envelope import parse_fact
-from ledger.policy import PolicyVersion, PurposeTerms, policy_changes, previous_version
+from ledger.policy import (
+    PolicyVersion,
+    PurposeTerms,
+    policy_changes,
+    previous_version,
+    seed_policy_text,
+)
 from ledger.settings import Settings
 from ledger.vocabulary import LEGAL_BASES
 from tests.cli_support import run
@@ -106,6 +114,17 @@ def test_a_bounded_retention_made_unbounded_asks_again() -> None:
     assert policy_changes(new, old)["consent_needed"] == []
 
 
+def test_a_change_of_the_promised_request_deadlines_is_reported() -> None:
+    old = version("v1", {}, request_due_days={"information": 30})
+    new = version("v2", {}, day=1, request_due_days={"information": 10, "erasure": 30})
+    assert policy_changes(old, new)["request_due_days"] == {
+        "from": {"information": 30},
+        "to": {"information": 10, "erasure": 30},
+    }
+    assert policy_changes(new, new)["request_due_days"] is None
+    assert policy_changes(None, version("v0", {}))["request_due_days"] is None
+
+
 def test_the_first_version_compares_with_none() -> None:
     first = version("v1", {"marketing": on("consent", "email"), "support": on("contract")})
     changes = policy_changes(None, first)
@@ -178,6 +197,7 @@ def second_version() -> dict[str, Any]:
             "support": {"legal_basis": "contract", "categories": ["email"], "retention_days": None},
             "profiling": terms(None, "cookies"),
         },
+        request_due_days={"information": 10},
     )
 
 
@@ -198,10 +218,16 @@ def test_the_route_answers_the_change_from_the_version_before(tmp_path: Path) ->
         first = client.get("/v1/policies/crmpro-1.0/changes", headers=headers)
         unknown = client.get("/v1/policies/crmpro-9/changes", headers=headers)
         unknown_from = client.get("/v1/policies/crmpro-2.0/changes?from=crmpro-9", headers=headers)
+        text = client.get("/v1/policies/crmpro-1.0/text", headers=headers)
+        no_text = client.get("/v1/policies/crmpro-9/text", headers=headers)
     assert got.status_code == 200 and got.json() == expected == named.json()
     assert [n["purpose"] for n in expected["consent_needed"]] == ["marketing", "profiling"]
     assert (first.json()["from"], first.json()["purposes_removed"]) == (None, [])
     assert (unknown.status_code, unknown.json()["code"]) == (404, "unknown_policy_version")
+    seed = seed_policy_text()
+    assert text.status_code == 200 and text.json()["text"] == seed
+    assert text.json()["text_sha256"] == hashlib.sha256(seed.encode()).hexdigest()
+    assert (no_text.status_code, no_text.json()["code"]) == (404, "unknown_policy_version")
     problem = unknown_from.json()
     assert (unknown_from.status_code, problem["code"], problem["field"]) == (
         422,
@@ -230,6 +256,13 @@ def test_policies_from_the_command_line(data: Path) -> None:
         {"purpose": "profiling", "reasons": ["purpose_added"]},
     ]
     text = run(data, "policies", "changes", "crmpro-2.0", "--tenant", "demo").stdout.splitlines()
+    assert "  request deadlines: none (the settings') -> information 10 days" in text
+    published = run(data, "policies", "show", "crmpro-1.0", "--tenant", "demo", "--text")
+    assert published.stdout == seed_policy_text()  # word for word, nothing added
+    text_json = run(data, "policies", "show", "crmpro-2.0", "--tenant=demo", "--text", "--json")
+    assert orjson.loads(text_json.stdout)["text"] == "policy crmpro-2.0"
+    shown_text = run(data, "policies", "show", "crmpro-2.0", "--tenant", "demo").stdout
+    assert "  answers requests within: information 10 days\n" in shown_text
     assert "  + profiling" in text and "  marketing: categories_added" in text
     assert any(line.startswith("  - ") and "legal_compliance" in line for line in text)
     back = run(data, "policies", "changes", "crmpro-1.0", "--tenant=demo", "--from=crmpro-2.0")
