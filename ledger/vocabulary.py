@@ -49,6 +49,9 @@ ERASURE_GROUNDS = frozenset(
 
 # §7.1 subject rights, as requests.
 REQUEST_KINDS = frozenset({"information", "rectification", "erasure", "withdrawal", "objection"})
+# Where a request stands in the register (projections.requests): not closed and not yet
+# due, not closed and past due, closed by its deadline, closed after it.
+REQUEST_STATES = ("open", "overdue", "closed", "closed_late")
 REQUEST_OUTCOMES = frozenset({"fulfilled", "refused"})
 
 FACT_TYPES = (

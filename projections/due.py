@@ -7,7 +7,8 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from ledger.policy import PolicyVersion, version_in_force
+from ledger.policy import PolicyVersion
+from projections.requests import deadline_of, request_entry
 from projections.store import ConsentViews, parse_utc, utc
 
 
@@ -24,8 +25,9 @@ def due_list(
     """A request without its own `due_at` is due the days after it was received that the
     tenant's policy version in force then gives its kind (`request_due_days`, what the
     tenant promised its subjects), else those `request_days_by_kind` gives it
-    (LEDGER_REQUEST_DUE_DAYS_BY_KIND), else `request_days`. Each says where its deadline
-    came from (`due_from`: `request`, `policy` with its `policy_version`, or `settings`).
+    (LEDGER_REQUEST_DUE_DAYS_BY_KIND), else `request_days` (projections.requests.deadline).
+    Each says where its deadline came from (`due_from`: `request`, `policy` with its
+    `policy_version`, or `settings`).
 
     Retention counts from the end of the last grant of a purpose (withdrawal or expiry) to
     the longest retention any published policy version gives that purpose; subjects already
@@ -38,32 +40,12 @@ def due_list(
         "WHERE tenant=? AND closed_at IS NULL ORDER BY received_at, sid",
         (tenant,),
     ):
-        received = parse_utc(row["received_at"])
-        assert received is not None
-        due = parse_utc(row["due_at"])
-        source, version = "request", None
-        if due is None:
-            in_force = version_in_force(policies, received)
-            promised = in_force.request_due_days.get(row["kind"]) if in_force else None
-            if promised is not None and in_force is not None:
-                source, version, days = "policy", in_force.version, promised
-            else:
-                source = "settings"
-                days = (request_days_by_kind or {}).get(row["kind"], request_days)
-            due = received + timedelta(days=days)
+        received, due, source, version = deadline_of(
+            row, policies, request_days, request_days_by_kind or {}
+        )
         if due <= horizon:
-            requests.append(
-                {
-                    "sid": row["sid"],
-                    "request_id": row["request_id"],
-                    "kind": row["kind"],
-                    "received_at": received.isoformat(),
-                    "due_at": due.isoformat(),
-                    "due_from": source,
-                    "policy_version": version,
-                    "overdue": due <= now,
-                }
-            )
+            entry = request_entry(row, received, due, source, version)
+            requests.append({**entry, "overdue": due <= now})
 
     expiring = []
     for row in views.rows(

@@ -70,3 +70,21 @@ def terms(retention_days: int | None = None, *categories: str) -> dict[str, Any]
         "categories": list(categories or ("email",)),
         "retention_days": retention_days,
     }
+
+
+def request(subject: str, rid: str, kind: str, occurred_at: str, **fields: Any) -> dict[str, Any]:
+    """A `request.received` fact of the demo tenant."""
+    when = occurred_at
+    return fact("request.received", subject, request_id=rid, kind=kind, occurred_at=when, **fields)
+
+
+def closed(subject: str, request_id: str, outcome: str, occurred_at: str) -> dict[str, Any]:
+    """A `request.closed` fact of the demo tenant, its reason the outcome's."""
+    return fact(
+        "request.closed",
+        subject,
+        request_id=request_id,
+        outcome=outcome,
+        reason=f"{outcome} as asked",
+        occurred_at=occurred_at,
+    )

@@ -140,9 +140,10 @@ def _demo_with_keys(settings: Settings) -> dict[str, dict[str, str]]:
 
 
 def test_answers_that_name_many_subjects_record_each_subject_they_named(tmp_path: Path) -> None:
-    """The campaign check, who had consent, the due list and a resolved reference each
-    disclose subjects without a sid in their path: each subject named is recorded, once a
-    request, under the route; a refused request names no one and records nothing."""
+    """The campaign check, who had consent, the due list, the request register and a resolved
+    reference each disclose subjects without a sid in their path: each subject named is
+    recorded, once a request, under the route; a refused request names no one and records
+    nothing."""
     settings = Settings(data_dir=tmp_path / "data")
     auth = _demo_with_keys(settings)
     people = ["bulk.one@example.uz", "bulk.two@example.uz"]
@@ -185,6 +186,8 @@ def test_answers_that_name_many_subjects_record_each_subject_they_named(tmp_path
         assert page.json()["sids"] == [first]
         due = client.get("/v1/due", params={"within_days": 31}, headers=auth["admin"]).json()
         assert [r["sid"] for r in due["requests"]] == [sids[1]]
+        register = client.get("/v1/requests", headers=auth["compliance"]).json()
+        assert [r["sid"] for r in register["requests"]] == [sids[1]]
         resolved = client.post(
             "/v1/subjects:resolve", json={"subject": people[1]}, headers=auth["publisher"]
         )
@@ -203,6 +206,7 @@ def test_answers_that_name_many_subjects_record_each_subject_they_named(tmp_path
     assert seen(sids[0]) == [check_row] + ([who_row] if first == sids[0] else [])
     assert seen(sids[1]) == ([who_row] if first == sids[1] else []) + [
         ("GET", "/v1/due", 200),
+        ("GET", "/v1/requests", 200),
         resolve_row,
     ]
     assert seen(stranger_sid) == [check_row, resolve_row]

@@ -173,6 +173,7 @@ ROUTES: list[dict[str, Any]] = [
     {"method": "GET", "path": "/v1/policies/crmpro-1.0/changes", "roles": set(ROLES), "ok": 200},
     {"method": "GET", "path": "/v1/policies/crmpro-1.0/text", "roles": set(ROLES), "ok": 200},
     {"method": "GET", "path": "/v1/due", "roles": {"compliance", "admin"}, "ok": 200},
+    {"method": "GET", "path": "/v1/requests", "roles": {"compliance", "admin"}, "ok": 200},
     {"method": "GET", "path": "/v1/verify", "roles": {"compliance", "admin"}, "ok": 200},
     {"method": "GET", "path": "/v1/checkpoint", "roles": {"compliance", "admin"}, "ok": 200},
 ]

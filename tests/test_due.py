@@ -14,7 +14,7 @@ from ledger.policy import PolicyVersion
 from ledger.receipt import Receipt
 from projections.due import due_list, erasable_past_retention
 from projections.views import Views
-from tests.facts import fact, grant, policy, terms, withdraw
+from tests.facts import fact, grant, policy, request, terms, withdraw
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -30,12 +30,6 @@ def due_at(
     return due_list(
         views.store, "demo", now, within=timedelta(days=days), request_days=30, policies=policies
     )
-
-
-def received(subject: str, rid: str, kind: str, days: float, **fields: Any) -> dict[str, Any]:
-    """A `request.received` fact of the demo tenant, `days` from NOW."""
-    when = at(days)
-    return fact("request.received", subject, request_id=rid, kind=kind, occurred_at=when, **fields)
 
 
 def requests_due(
@@ -122,9 +116,9 @@ def test_requests_without_their_own_deadline_are_due_by_their_kind(
     """LEDGER_REQUEST_DUE_DAYS_BY_KIND: an information request due in 10 days, an erasure
     request in the default 30; one that names its own `due_at` keeps it."""
     facts = [
-        received("asks", "I", "information", -8),
-        received("erases", "E", "erasure", -8),
-        received("named", "N", "information", -8, due_at=at(20)),
+        request("asks", "I", "information", at(-8)),
+        request("erases", "E", "erasure", at(-8)),
+        request("named", "N", "information", at(-8), due_at=at(20)),
     ]
     due = requests_due(ledger, facts, {"information": 10})
     assert {r["request_id"]: r["due_at"] for r in due} == {
@@ -244,11 +238,11 @@ def test_a_request_is_due_when_the_policy_in_force_at_its_receipt_promised(
     the settings; one naming its own `due_at` keeps it. Each says where its deadline came from."""
     facts = [
         policy("2.0", at(-20), request_due_days={"information": 10, "erasure": 20}),
-        received("before", "B", "information", -25),
-        received("asks", "I", "information", -8),
-        received("at-once", "E", "erasure", -20),  # the instant 2.0 took effect: under 2.0
-        received("objects", "O", "objection", -8),
-        received("named", "N", "erasure", -8, due_at=at(5)),
+        request("before", "B", "information", at(-25)),
+        request("asks", "I", "information", at(-8)),
+        request("at-once", "E", "erasure", at(-20)),  # the instant 2.0 took effect: under 2.0
+        request("objects", "O", "objection", at(-8)),
+        request("named", "N", "erasure", at(-8), due_at=at(5)),
     ]
     due = requests_due(ledger, facts, {"objection": 15})
     tenant = ledger.tenant("demo")

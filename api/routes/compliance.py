@@ -18,6 +18,7 @@ from ledger.tenant import Tenant
 from ledger.verify import verify_ledger
 from projections.due import due_list
 from projections.queries import check_recipients, check_report, who_had_consent
+from projections.requests import BadCursor, RequestKind, RequestState, request_register
 
 router = APIRouter(tags=["compliance"])
 READERS = ("compliance", "admin")
@@ -213,6 +214,53 @@ def due(
         for item in report[part]
     )
     return report
+
+
+@router.get("/v1/requests")
+def requests(
+    principal: Annotated[Principal, role(*READERS)],
+    svc: Annotated[Service, Depends(service)],
+    disclose: Annotated[Disclosed, Depends(disclosed)],
+    state: Annotated[RequestState | None, Query()] = None,
+    kind: Annotated[RequestKind | None, Query()] = None,
+    received_from: Annotated[str | None, Query()] = None,
+    received_to: Annotated[str | None, Query()] = None,
+    cursor: Annotated[str | None, Query(max_length=1024)] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> dict[str, Any]:
+    """The register of subject requests (§7.1): each request received in
+    [`received_from`, `received_to`) (default: all), of `kind` if given, in the order
+    received, with its deadline and where it came from (`due_from`: the request's own, the
+    tenant's policy version in force at its receipt, or the settings), when and how it was
+    closed, and its `state`: `open`, `overdue` (not closed, past due), `closed` (by its
+    deadline) or `closed_late`; `state=` keeps one. `counts` counts each state over the
+    period and kind. `next` is the cursor of the page after, null on the last (a cursor
+    that is not: 422 `invalid_cursor`)."""
+    start = parse_time(received_from, "received_from") if received_from else None
+    end = parse_time(received_to, "received_to") if received_to else None
+    tenant = svc.ledger.tenant(principal.tenant, shared=True)
+    svc.views.refresh()
+    try:
+        register = request_register(
+            svc.views.store,
+            principal.tenant,
+            datetime.now(UTC),
+            policies=tenant.policies if tenant else {},
+            request_days=svc.settings.request_due_days,
+            request_days_by_kind=dict(svc.settings.request_due_days_by_kind),
+            state=state,
+            kind=kind,
+            received_from=start,
+            received_to=end,
+            cursor=cursor,
+            limit=limit,
+        )
+    except BadCursor:
+        raise Problem(
+            422, "invalid_cursor", "cursor is the 'next' value of a previous page", "cursor"
+        ) from None
+    disclose(r["sid"] for r in register["requests"])
+    return register
 
 
 @router.get("/v1/checkpoint")

@@ -22,6 +22,7 @@ from ledger.cli.common import (
 from ledger.envelope import parse_time
 from ledger.errors import FactRejected
 from ledger.settings import Settings
+from ledger.vocabulary import REQUEST_KINDS, REQUEST_STATES
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -84,6 +85,59 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--as-of", help="instead of now (RFC 3339)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_due)
+
+    p = sub.add_parser(
+        "requests", help="the register of subject requests: deadlines, answers, lateness"
+    )
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--state", choices=REQUEST_STATES, help="only requests in this state")
+    p.add_argument("--kind", choices=sorted(REQUEST_KINDS), help="only requests of this kind")
+    p.add_argument("--from", dest="received_from", help="received at or after (RFC 3339)")
+    p.add_argument("--to", dest="received_to", help="received before (RFC 3339)")
+    p.add_argument("--after", help="continue after this cursor (the previous page's 'next')")
+    p.add_argument("--limit", type=whole(1, 10_000), default=1000)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_requests)
+
+
+def cmd_requests(args: argparse.Namespace, settings: Settings) -> int:
+    """GET /v1/requests from the command line (projections.requests)."""
+    from projections.requests import BadCursor, request_register
+
+    start = parse_time(args.received_from, "--from") if args.received_from else None
+    end = parse_time(args.received_to, "--to") if args.received_to else None
+    with current_views(settings, args.tenant) as (_, views, tenant):
+        try:
+            register = request_register(
+                views.store,
+                args.tenant,
+                datetime.now(UTC),
+                policies=tenant.policies,
+                request_days=settings.request_due_days,
+                request_days_by_kind=dict(settings.request_due_days_by_kind),
+                state=args.state,
+                kind=args.kind,
+                received_from=start,
+                received_to=end,
+                cursor=args.after,
+                limit=args.limit,
+            )
+        except BadCursor:
+            raise CliError("--after takes the 'next' of a previous page") from None
+    if args.json:
+        print_json(register)
+        return 0
+    counts = ", ".join(f"{n} {state}" for state, n in register["counts"].items())
+    print(f"subject requests of tenant {args.tenant!r}: {counts}")
+    for r in register["requests"]:
+        closed = f"{r['outcome']} {r['closed_at']}" if r["closed_at"] else "not closed"
+        print(
+            f"  {r['request_id']} ({r['kind']}) of sid {r['sid']}: received {r['received_at']}, "
+            f"due {r['due_at']} ({r['due_from']}), {closed}: {r['state'].upper()}"
+        )
+    if register["next"]:
+        print(f"more: --after {register['next']}")
+    return 0
 
 
 def cmd_project(args: argparse.Namespace, settings: Settings) -> int:

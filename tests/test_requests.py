@@ -1,0 +1,190 @@
+"""The register of subject requests: every request, its deadline and whether it was answered
+in time; on the views the log builds, over HTTP and from the CLI (both backends)."""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, get_args
+
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app, keys_path
+from api.keys import ApiKeys
+from ledger.application import ConsentLedger
+from ledger.envelope import parse_fact
+from ledger.receipt import Receipt
+from ledger.settings import Settings
+from ledger.vocabulary import REQUEST_KINDS, REQUEST_STATES
+from projections.requests import BadCursor, RequestKind, RequestState, request_register
+from projections.views import Views
+from tests.cli_support import run
+from tests.facts import closed, policy, request
+
+NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
+
+
+def at(days: float) -> str:
+    return (NOW + timedelta(days=days)).isoformat()
+
+
+def history() -> list[dict[str, Any]]:
+    """Five requests of four people: one answered in time, one late, one overdue, one not
+    yet due, and one under a policy version that promises 10 days for information."""
+    return [
+        policy("2.0", at(-30), request_due_days={"information": 10}),
+        request("ana", "A", "erasure", at(-60)),
+        closed("ana", "A", "fulfilled", at(-50)),
+        request("bob", "B", "objection", at(-90)),
+        closed("bob", "B", "refused", at(-45)),
+        request("cem", "C", "information", at(-12)),
+        request("dan", "D", "erasure", at(-3)),
+        request("dan", "D2", "rectification", at(-2), due_at=at(-1)),
+    ]
+
+
+def register(ledger: ConsentLedger, **kw: Any) -> dict[str, Any]:
+    tenant = ledger.tenant("demo")
+    assert tenant is not None
+    views = Views(ledger)
+    try:
+        views.refresh()
+        return request_register(
+            views.store,
+            "demo",
+            NOW,
+            policies=tenant.policies,
+            request_days=30,
+            request_days_by_kind={},
+            **kw,
+        )
+    finally:
+        views.close()
+
+
+def test_the_register_tells_each_requests_deadline_and_whether_it_was_met(
+    ledger: ConsentLedger,
+) -> None:
+    outcomes = ledger.record([parse_fact(f) for f in history()])
+    assert all(isinstance(o, Receipt) for o in outcomes), outcomes
+    whole = register(ledger)
+    rows = {
+        r["request_id"]: (r["state"], r["due_at"], r["due_from"], r["policy_version"])
+        for r in whole["requests"]
+    }
+    assert rows == {
+        "B": ("closed_late", at(-60), "settings", None),  # 30 days; answered at day 45
+        "A": ("closed", at(-30), "settings", None),
+        "C": ("overdue", at(-2), "policy", "2.0"),  # 2.0 promised 10 days
+        "D": ("open", at(27), "settings", None),
+        "D2": ("overdue", at(-1), "request", None),
+    }
+    assert [r["request_id"] for r in whole["requests"]] == ["B", "A", "C", "D", "D2"]
+    assert whole["counts"] == {"open": 1, "overdue": 2, "closed": 1, "closed_late": 1}
+    bob = next(r for r in whole["requests"] if r["request_id"] == "B")
+    assert (bob["outcome"], bob["closed_at"]) == ("refused", at(-45))
+    assert bob["sid"] == ledger.sid("demo", "bob").hex
+    overdue = register(ledger, state="overdue")
+    assert [r["request_id"] for r in overdue["requests"]] == ["C", "D2"]
+    assert overdue["counts"] == whole["counts"]  # the period's counts, whatever the filter
+    erasures = register(ledger, kind="erasure")
+    assert [r["request_id"] for r in erasures["requests"]] == ["A", "D"]
+    assert erasures["counts"] == {"open": 1, "overdue": 0, "closed": 1, "closed_late": 0}
+    period = register(
+        ledger, received_from=datetime.fromisoformat(at(-60)), received_to=NOW - timedelta(days=3)
+    )
+    assert [r["request_id"] for r in period["requests"]] == ["A", "C"]  # from inclusive, to not
+
+
+def test_the_register_pages_in_the_order_received(ledger: ConsentLedger) -> None:
+    ledger.record([parse_fact(f) for f in history()])
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        page = register(ledger, limit=2, cursor=cursor)
+        seen += [r["request_id"] for r in page["requests"]]
+        pages += 1
+        cursor = page["next"]
+        if cursor is None:
+            break
+    assert (seen, pages) == (["B", "A", "C", "D", "D2"], 3)
+    # A page that ends exactly at the last request has no next.
+    assert register(ledger, limit=5)["next"] is None
+    for bad in ("not-a-cursor", "W10", "WyJhIiwxLCJjIl0"):  # not base64 JSON; []; ["a",1,"c"]
+        with pytest.raises(BadCursor):
+            register(ledger, cursor=bad)
+
+
+def test_the_routes_choices_are_the_vocabularys() -> None:
+    assert get_args(RequestState) == REQUEST_STATES
+    assert set(get_args(RequestKind)) == REQUEST_KINDS
+
+
+def test_the_register_over_http(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data")
+    with contextlib.closing(ConsentLedger(settings)) as ledger:
+        ledger.init_demo()
+        ledger.record([parse_fact(f) for f in history()])
+    with contextlib.closing(ApiKeys(keys_path(settings))) as api_keys:
+        key = api_keys.create("demo", {"compliance"})[1]
+        publisher = api_keys.create("demo", {"publisher"})[1]
+    headers = {"Authorization": f"Bearer {key}"}
+    with TestClient(create_app(settings)) as client:
+        whole = client.get("/v1/requests", headers=headers)
+        late = client.get("/v1/requests", params={"state": "closed_late"}, headers=headers)
+        first = client.get("/v1/requests", params={"limit": 2}, headers=headers).json()
+        second = client.get(
+            "/v1/requests", params={"limit": 2, "cursor": first["next"]}, headers=headers
+        ).json()
+        bad_cursor = client.get("/v1/requests", params={"cursor": "x"}, headers=headers)
+        bad_state = client.get("/v1/requests", params={"state": "lost"}, headers=headers)
+        bad_time = client.get("/v1/requests", params={"received_from": "May"}, headers=headers)
+        forbidden = client.get("/v1/requests", headers={"Authorization": f"Bearer {publisher}"})
+    assert whole.status_code == 200, whole.text
+    # Long after 2025: every request not closed is overdue.
+    assert whole.json()["counts"] == {"open": 0, "overdue": 3, "closed": 1, "closed_late": 1}
+    assert [r["request_id"] for r in late.json()["requests"]] == ["B"]
+    assert [r["request_id"] for r in first["requests"] + second["requests"]] == [
+        "B",
+        "A",
+        "C",
+        "D",
+    ]
+    for response, field in ((bad_cursor, "cursor"), (bad_state, "state"), (bad_time, None)):
+        assert response.status_code == 422, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        if field is not None:
+            assert response.json()["field"] == field
+    assert bad_cursor.json()["code"] == "invalid_cursor"
+    assert forbidden.status_code == 403
+
+
+def test_the_register_from_the_command_line(data: Path) -> None:
+    stored = run(data, "record", stdin=orjson.dumps(history()).decode())
+    assert stored.returncode == 0, stored.stdout
+    as_json = run(data, "requests", "--tenant", "demo", "--json", "--kind", "erasure")
+    assert as_json.returncode == 0, as_json.stderr
+    answer = orjson.loads(as_json.stdout)
+    assert [(r["request_id"], r["state"]) for r in answer["requests"]] == [
+        ("A", "closed"),
+        ("D", "overdue"),
+    ]
+    text = run(data, "requests", "--tenant", "demo", "--limit", "4").stdout.splitlines()
+    assert text[0] == (
+        "subject requests of tenant 'demo': 0 open, 3 overdue, 1 closed, 1 closed_late"
+    )
+    assert text[1].startswith("  B (objection) of sid ") and text[1].endswith(": CLOSED_LATE")
+    assert text[-1].startswith("more: --after ")
+    rest = run(data, "requests", "--tenant", "demo", "--json", "--after", text[-1].split()[-1])
+    assert [r["request_id"] for r in orjson.loads(rest.stdout)["requests"]] == ["D2"]
+    bad = run(data, "requests", "--tenant", "demo", "--after", "x")
+    assert (bad.returncode, bad.stderr.strip()) == (
+        2,
+        "consent-ledger: --after takes the 'next' of a previous page",
+    )
+    nobody = run(data, "requests", "--tenant", "nobody")
+    assert nobody.returncode == 3
