@@ -72,6 +72,33 @@ def who_had_consent(
     return [r[0] for r in views.rows(sql, params, tuples=True)]
 
 
+def consent_summary(
+    views: ConsentViews, tenant: str, purpose: str, at: datetime, known_at: datetime | None = None
+) -> dict[str, Any]:
+    """How many subjects had consent for `purpose` at `at` as known at `known_at`, and under
+    which policy version each was given: after a new version (§9), how many are still on an
+    old one. The same subjects `who_had_consent` lists, counted, not named."""
+    t = utc(at)
+    if known_at is None:
+        params: tuple[Any, ...] = (tenant, purpose, t, t, "", FAR_FUTURE, t)
+        sql = WHO_HAD_CONSENT_NOW
+    else:
+        k = utc(known_at)
+        params = (tenant, purpose, t, t, k, k, "", k, t)
+        sql = WHO_HAD_CONSENT
+    sql = sql.replace("SELECT i.sid FROM", "SELECT i.policy_version, COUNT(*) FROM").replace(
+        " ORDER BY i.sid LIMIT ?", " GROUP BY i.policy_version ORDER BY i.policy_version"
+    )
+    by_version = {str(v): n for v, n in views.rows(sql, params, tuples=True)}
+    return {
+        "purpose": purpose,
+        "as_of": at.isoformat(),
+        "known_at": known_at.isoformat() if known_at else None,
+        "with_consent": sum(by_version.values()),
+        "by_policy_version": by_version,
+    }
+
+
 # Parameters: known at, valid at.
 _NOT_ERASED = (
     "NOT EXISTS (SELECT 1 FROM view_erasures e WHERE e.sid = i.sid "

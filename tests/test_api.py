@@ -172,6 +172,12 @@ ROUTES: list[dict[str, Any]] = [
     {"method": "GET", "path": "/v1/policies/crmpro-1.0", "roles": set(ROLES), "ok": 200},
     {"method": "GET", "path": "/v1/policies/crmpro-1.0/changes", "roles": set(ROLES), "ok": 200},
     {"method": "GET", "path": "/v1/policies/crmpro-1.0/text", "roles": set(ROLES), "ok": 200},
+    {
+        "method": "GET",
+        "path": "/v1/purposes/marketing/summary?as_of=2025-03-02T00:00:00Z",
+        "roles": {"compliance", "admin"},
+        "ok": 200,
+    },
     {"method": "GET", "path": "/v1/due", "roles": {"compliance", "admin"}, "ok": 200},
     {"method": "GET", "path": "/v1/requests", "roles": {"compliance", "admin"}, "ok": 200},
     {"method": "GET", "path": "/v1/verify", "roles": {"compliance", "admin"}, "ok": 200},
@@ -616,8 +622,20 @@ def test_who_had_consent_under_one_policy_version_over_http(tmp_path: Path) -> N
             params={"as_of": "2025-06-01T00:00:00Z", "policy_version": "crmpro-1.0"},
             headers={"Authorization": f"Bearer {key}"},
         )
+        summary = client.get(
+            "/v1/purposes/marketing/summary",
+            params={"as_of": "2025-06-01T00:00:00Z"},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        unknown = client.get(
+            "/v1/purposes/astrology/summary", headers={"Authorization": f"Bearer {key}"}
+        )
     assert page.status_code == 200, page.text
     assert (page.json()["sids"], page.json()["policy_version"]) == ([old], "crmpro-1.0")
+    # Counted, not named: how many are still on the old version.
+    assert summary.json()["with_consent"] == 2
+    assert summary.json()["by_policy_version"] == {"crmpro-1.0": 1, "crmpro-2.0": 1}
+    assert (unknown.status_code, unknown.json()["code"]) == (404, "unknown_purpose")
 
 
 def test_the_due_route_gives_each_kind_of_request_its_deadline(tmp_path: Path) -> None:

@@ -288,6 +288,18 @@ def test_views_commands(data: Path, tmp_path: Path) -> None:
         ).stdout
     )
     assert len(rest["sids"]) == 1 and rest["sids"][0] > who["next"]
+    at = ("--at", "2025-03-02T00:00:00+05:00")
+    counted = run(data, "who", "--tenant", "demo", "--purpose", "marketing", *at, "--summary")
+    assert counted.stdout.splitlines() == [
+        "2 subjects had consent for marketing at 2025-03-02T00:00:00+05:00",
+        "  2 under policy crmpro-1.0",
+    ]
+    summary = orjson.loads(
+        run(data, "who", "--tenant=demo", "--purpose=marketing", *at, "--summary", "--json").stdout
+    )
+    assert (summary["with_consent"], summary["by_policy_version"]) == (2, {"crmpro-1.0": 2})
+    paged = run(data, "who", "--tenant=demo", "--purpose=marketing", *at, "--summary", "--after=a")
+    assert paged.returncode == 2 and "--summary" in paged.stderr
     replay = run(data, "replay", "--into", str(tmp_path / "r"), "--json")
     assert replay.returncode == 0 and orjson.loads(replay.stdout)["view_entries"] == 3
     again = run(data, "replay", "--into", str(tmp_path / "r"))

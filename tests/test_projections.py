@@ -18,7 +18,12 @@ from ledger.policy import SEED_POLICY_VERSION
 from ledger.receipt import Receipt
 from ledger.settings import Settings
 from projections.consent_projection import ConsentProjection
-from projections.queries import check_recipients, consents_at, who_had_consent
+from projections.queries import (
+    check_recipients,
+    consent_summary,
+    consents_at,
+    who_had_consent,
+)
 from projections.rebuild import MAX_WORKERS, id_ranges, rebuild
 from projections.runner import APPLICATION, catch_up
 from projections.store import ConsentViews, utc
@@ -136,6 +141,7 @@ def views_agree(
                 }
                 # A list: in sid order, each subject once.
                 assert who_had_consent(views, "demo", purpose, at, known_at) == sorted(expected)
+                counted: dict[str, int] = {}
                 for version in VERSIONS:
                     under = {
                         ledger.sid("demo", s).hex
@@ -146,6 +152,13 @@ def views_agree(
                     assert who_had_consent(
                         views, "demo", purpose, at, known_at, policy_version=version
                     ) == sorted(under), (purpose, version)
+                    if under:
+                        counted[version] = len(under)
+                summary = consent_summary(views, "demo", purpose, at, known_at)
+                assert (summary["with_consent"], summary["by_policy_version"]) == (
+                    len(expected),
+                    counted,
+                ), purpose
                 recipients = [ledger.sid("demo", s).hex for s in SUBJECTS]
                 checked = check_recipients(
                     views, "demo", purpose, at, [*recipients, "0" * 32], known_at
@@ -318,6 +331,18 @@ def test_who_had_consent_under_a_policy_version(ledger: ConsentLedger, tmp_path:
         assert who(february, SEED_POLICY_VERSION) == named("a", "b")
         assert who(february, SEED_POLICY_VERSION, before_fix) == named("a", "b", "d")
         assert who(april, "no-such-version") == []
+
+        # Counted, not named: the same subjects, by version.
+        def summary(at: str, known_at: datetime | None = None) -> tuple[int, dict[str, int]]:
+            got = consent_summary(
+                views.store, "demo", "marketing", datetime.fromisoformat(at), known_at
+            )
+            return got["with_consent"], got["by_policy_version"]
+
+        assert summary(april) == (4, {SEED_POLICY_VERSION: 1, v2: 3})
+        assert summary(april, before_fix) == (4, {SEED_POLICY_VERSION: 2, v2: 2})
+        assert summary(february) == (3, {SEED_POLICY_VERSION: 2, v2: 1})  # d as corrected
+        assert summary("2025-01-01T00:00:00+00:00") == (0, {})
     finally:
         views.close()
 

@@ -17,7 +17,12 @@ from ledger.policy import PolicyVersion, policy_changes, policy_text, previous_v
 from ledger.tenant import Tenant
 from ledger.verify import verify_ledger
 from projections.due import due_list
-from projections.queries import check_recipients, check_report, who_had_consent
+from projections.queries import (
+    check_recipients,
+    check_report,
+    consent_summary,
+    who_had_consent,
+)
 from projections.requests import BadCursor, RequestKind, RequestState, request_register
 
 router = APIRouter(tags=["compliance"])
@@ -110,6 +115,25 @@ def subjects_with_consent(
         "sids": sids,
         "next": sids[-1] if len(sids) == limit else None,
     }
+
+
+@router.get("/v1/purposes/{purpose}/summary")
+def consent_summary_of_purpose(
+    purpose: str,
+    principal: Annotated[Principal, role(*READERS)],
+    svc: Annotated[Service, Depends(service)],
+    as_of: Annotated[str | None, Query()] = None,
+    known_at: Annotated[str | None, Query()] = None,
+) -> dict[str, Any]:
+    """How many subjects had consent for the purpose at `as_of` (default now) as known at
+    `known_at` (default now), and how many under each policy version: the subjects the
+    route above lists, counted, none named. After a new version (§9), how many are still on
+    an old one."""
+    at = parse_time(as_of, "as_of") if as_of else datetime.now(UTC)
+    known = parse_time(known_at, "known_at") if known_at else None
+    _known_purpose(svc, principal.tenant, purpose, 404, None)
+    svc.views.refresh()
+    return consent_summary(svc.views.store, principal.tenant, purpose, at, known)
 
 
 def _known_purpose(svc: Service, tenant: str, purpose: str, status: int, field: str | None) -> None:

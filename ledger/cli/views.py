@@ -74,6 +74,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--policy-version",
         help="only those whose consent was given under this policy version (re-consent)",
     )
+    p.add_argument(
+        "--summary",
+        action="store_true",
+        help="how many, by policy version, instead of who (GET /v1/purposes/{P}/summary)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_who)
 
@@ -263,17 +268,32 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_who(args: argparse.Namespace, settings: Settings) -> int:
-    from projections.queries import who_had_consent
+    from projections.queries import consent_summary, who_had_consent
     from projections.views import Views
 
     at = parse_time(args.at, "--at")
     known_at = parse_time(args.known_at, "--known-at") if args.known_at else None
     if args.after and not all(c in "0123456789abcdef" for c in args.after):
         raise CliError("--after takes a sid (the last one of the previous page)")
+    if args.summary and (args.after or args.policy_version):
+        raise CliError("--summary counts every version at once: no --after or --policy-version")
     ledger = open_ledger(settings)
     views = Views(ledger)
     try:
         known_purpose(ledger, args.tenant, args.purpose)
+        if args.summary:
+            views.refresh()
+            summary = consent_summary(views.store, args.tenant, args.purpose, at, known_at)
+            if args.json:
+                print_json(summary)
+            else:
+                print(
+                    f"{summary['with_consent']} subjects had consent for {args.purpose} "
+                    f"at {summary['as_of']}"
+                )
+                for version, n in summary["by_policy_version"].items():
+                    print(f"  {n} under policy {version}")
+            return 0
         if args.policy_version is not None:
             tenant = ledger.tenant(args.tenant, shared=True)
             assert tenant is not None  # known_purpose found it
