@@ -381,7 +381,7 @@ def _policy_published(obj: dict[str, Any]) -> dict[str, Any]:
         raise FactRejected(
             Code.MISSING_FIELD, "field 'text' (the policy's full text) is required", "text"
         )
-    return {
+    body = {
         "policy_version": _text(obj, "policy_version", required=True, max_len=64),
         "effective_at": _time(obj, "effective_at", required=True),
         "language": _text(obj, "language", required=True, max_len=16),
@@ -391,8 +391,13 @@ def _policy_published(obj: dict[str, Any]) -> dict[str, Any]:
             "tin": _text(operator, "tin", required=True, max_len=32),
         },
         "purposes": terms,
-        "request_due_days": _request_due_days(obj),
     }
+    # Only when stated: a fact without it keeps the canonical bytes (the idempotency digest)
+    # it had before the field existed, so sending it again is still a retry.
+    deadlines = _request_due_days(obj)
+    if deadlines is not None:
+        body["request_due_days"] = deadlines
+    return body
 
 
 def _request_due_days(obj: dict[str, Any]) -> dict[str, int] | None:

@@ -95,7 +95,7 @@ class Tenant(ChainedAggregate):
             text_sha256=text_sha256(body["text"]),
             operator=body["operator"],
             purposes=body["purposes"],
-            request_due_days=body["request_due_days"],
+            request_due_days=body.get("request_due_days"),
         )
 
     def names_purpose(self, purpose: str) -> bool:

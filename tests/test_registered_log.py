@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ledger.application import ConsentLedger
 from ledger.envelope import parse_fact
+from ledger.policy import seed_policy_fact
 from ledger.receipt import Receipt
 from ledger.settings import Settings
 from ledger.subject import Subject
@@ -102,5 +103,20 @@ def test_a_log_with_registrations_of_their_own_keeps_its_meaning(tmp_path: Path)
         assert who_had_consent(views, "demo", "support", at(9)) == [a.hex]
         assert d.hex in who_had_consent(views, "demo", "marketing", datetime.now().astimezone())
         live.close()
+    finally:
+        ledger.close()
+
+
+def test_an_old_log_takes_the_facts_it_holds_again_as_retries(tmp_path: Path) -> None:
+    """A fact recorded by older code and sent again is a retry, not a conflict: its canonical
+    bytes (the idempotency digest) must not change when a later version of the envelope
+    learns an optional field. `init` sends the seed policy again each time it runs."""
+    data = tmp_path / "data"
+    shutil.copytree(FIXTURE, data)
+    ledger = ConsentLedger(Settings(data_dir=data, master_key=MASTER_KEY))
+    try:
+        again = ledger.record([parse_fact(seed_policy_fact())])[0]
+        assert isinstance(again, Receipt) and again.duplicate, again
+        ledger.init_demo()
     finally:
         ledger.close()
