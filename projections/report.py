@@ -20,6 +20,7 @@ from uuid import UUID
 from ledger.application import ConsentLedger
 from ledger.policy import PolicyVersion
 from projections.consents import subject_consents
+from projections.requests import deadline
 from projections.trail import subject_trail
 
 
@@ -74,10 +75,22 @@ def subject_report(ledger: ConsentLedger, tenant: str, sid: UUID) -> dict[str, A
                 }
             )
         elif kind == "request.received":
+            received = datetime.fromisoformat(fact["occurred_at"])
+            own = details.get("due_at")
+            due, _, _ = deadline(
+                details["kind"],
+                received,
+                datetime.fromisoformat(own) if own else None,
+                policies,
+                ledger.settings.request_due_days,
+                dict(ledger.settings.request_due_days_by_kind),
+            )
             requests[details["request_id"]] = {
                 "request_id": details["request_id"],
                 "kind": details["kind"],
                 "received_at": fact["occurred_at"],
+                # When the person is owed the answer: the register's deadline.
+                "due_at": due.isoformat(),
                 "closed_at": None,
                 "outcome": None,
             }

@@ -137,6 +137,7 @@ def test_a_report_tells_what_is_held_why_on_what_basis_and_who_received_it(
             "request_id": "REQ-1",
             "kind": "rectification",
             "received_at": "2025-03-03T10:00:00+05:00",
+            "due_at": "2025-04-02T10:00:00+05:00",  # the settings' 30 days
             "closed_at": "2025-03-04T11:00:00+05:00",
             "outcome": "fulfilled",
         },
@@ -144,6 +145,7 @@ def test_a_report_tells_what_is_held_why_on_what_basis_and_who_received_it(
             "request_id": "REQ-2",
             "kind": "information",
             "received_at": "2025-03-05T10:00:00+05:00",
+            "due_at": "2025-04-04T10:00:00+05:00",
             "closed_at": None,
             "outcome": None,
         },
@@ -194,7 +196,10 @@ def test_the_report_from_the_command_line_and_over_http(data: Path) -> None:
         "  REQ-1 (rectification) received 2025-03-03T10:00:00+05:00: fulfilled "
         "2025-03-04T11:00:00+05:00" in lines
     )
-    assert "  REQ-2 (information) received 2025-03-05T10:00:00+05:00: open" in lines
+    assert (
+        "  REQ-2 (information) received 2025-03-05T10:00:00+05:00: open, due "
+        "2025-04-04T10:00:00+05:00" in lines
+    )
     missing = run(data, "report", "nobody@example.uz", "--tenant", "demo")
     assert (missing.returncode, missing.stderr.strip()) == (
         3,

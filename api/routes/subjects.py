@@ -119,7 +119,8 @@ def report(
     them now (rectifications applied; none once erased) and what it was collected with,
     each purpose they consented to with its state, legal basis, categories and retention,
     the policy in force, every transfer to a third party (cross-border marked), their
-    requests and complaints, the operator and the services the data came from. Built from
+    requests (each with when it is due, as the request register says) and complaints, the
+    operator and the services the data came from. Built from
     the trail and the consent state (`projections.report`)."""
     found = subject_report(svc.ledger, principal.tenant, parse_sid(sid))
     if found is None:

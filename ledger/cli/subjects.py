@@ -151,7 +151,7 @@ def report_lines(report: dict[str, Any]) -> list[str]:
     out.append("requests:" if report["requests"] else "requests: none")
     out += [
         f"  {r['request_id']} ({r['kind']}) received {r['received_at']}: "
-        + (f"{r['outcome']} {r['closed_at']}" if r["closed_at"] else "open")
+        + (f"{r['outcome']} {r['closed_at']}" if r["closed_at"] else f"open, due {r['due_at']}")
         for r in report["requests"]
     ]
     out.append("complaints:" if report["complaints"] else "complaints: none")
