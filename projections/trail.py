@@ -150,7 +150,7 @@ def stored_fields(event_class: type, version: int, state: Mapping[str, Any]) -> 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
-def _text_cell(value: str | None) -> str:
+def text_cell(value: str | None) -> str:
     """A publisher's text as a cell a spreadsheet shows as text, never runs.
 
     The CSV trail is what a compliance officer opens in a spreadsheet; `event_id` and
@@ -165,7 +165,7 @@ def _text_cell(value: str | None) -> str:
 
 def trail_csv(trail: dict[str, Any]) -> str:
     """The trail as CSV, one fact per row; text a publisher chose is made spreadsheet-safe
-    (`_text_cell`), the rest (positions, times from the ledger, hashes, JSON) is as is."""
+    (`text_cell`), the rest (positions, times from the ledger, hashes, JSON) is as is."""
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["position", *_SAID_BEFORE_PERSONAL_DATA, "personal_data", "prev_hash", "hash"])
@@ -175,11 +175,11 @@ def trail_csv(trail: dict[str, Any]) -> str:
                 fact["position"],
                 fact["version"],
                 fact["type"],
-                _text_cell(fact["event_id"]),
+                text_cell(fact["event_id"]),
                 fact["occurred_at"],
                 fact["recorded_at"],
-                _text_cell(fact["source"]),
-                _text_cell(fact["channel"]),
+                text_cell(fact["source"]),
+                text_cell(fact["channel"]),
                 orjson.dumps(fact["details"]).decode(),
                 orjson.dumps(fact["personal_data"]).decode() if fact["personal_data"] else "",
                 fact["prev_hash"],

@@ -4,6 +4,8 @@ in time; on the views the log builds, over HTTP and from the CLI (both backends)
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, get_args
@@ -19,7 +21,13 @@ from ledger.envelope import parse_fact
 from ledger.receipt import Receipt
 from ledger.settings import Settings
 from ledger.vocabulary import REQUEST_KINDS, REQUEST_STATES
-from projections.requests import BadCursor, RequestKind, RequestState, request_register
+from projections.requests import (
+    BadCursor,
+    RequestKind,
+    RequestState,
+    register_csv,
+    request_register,
+)
 from projections.views import Views
 from tests.cli_support import run
 from tests.facts import closed, policy, request
@@ -119,6 +127,14 @@ def test_the_register_pages_in_the_order_received(ledger: ConsentLedger) -> None
             register(ledger, cursor=bad)
 
 
+def test_a_request_id_that_looks_like_a_formula_is_a_text_cell_in_the_csv() -> None:
+    entry = dict.fromkeys(("sid", "kind", "received_at", "due_at", "due_from", "state"), "x")
+    entry.update(closed_at=None, outcome=None)
+    page = {"requests": [{**entry, "request_id": "=HYPERLINK(1)", "policy_version": None}]}
+    row = next(csv.DictReader(io.StringIO(register_csv(page))))
+    assert (row["request_id"], row["policy_version"]) == ("'=HYPERLINK(1)", "")
+
+
 def test_the_routes_choices_are_the_vocabularys() -> None:
     assert get_args(RequestState) == REQUEST_STATES
     assert set(get_args(RequestKind)) == REQUEST_KINDS
@@ -144,6 +160,8 @@ def test_the_register_over_http(tmp_path: Path) -> None:
         bad_state = client.get("/v1/requests", params={"state": "lost"}, headers=headers)
         bad_time = client.get("/v1/requests", params={"received_from": "May"}, headers=headers)
         forbidden = client.get("/v1/requests", headers={"Authorization": f"Bearer {publisher}"})
+        sheet = client.get("/v1/requests", params={"format": "csv", "limit": 4}, headers=headers)
+        four = client.get("/v1/requests", params={"limit": 4}, headers=headers).json()
     assert whole.status_code == 200, whole.text
     # Long after 2025: every request not closed is overdue.
     assert whole.json()["counts"] == {"open": 0, "overdue": 3, "closed": 1, "closed_late": 1}
@@ -161,6 +179,18 @@ def test_the_register_over_http(tmp_path: Path) -> None:
             assert response.json()["field"] == field
     assert bad_cursor.json()["code"] == "invalid_cursor"
     assert forbidden.status_code == 403
+    assert sheet.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(sheet.text)))
+    assert [(r["request_id"], r["state"], r["closed_at"]) for r in rows] == [
+        ("B", "closed_late", at(-45)),
+        ("A", "closed", at(-50)),
+        ("C", "overdue", ""),
+        ("D", "overdue", ""),
+    ]
+    assert rows[0] == {
+        k: "" if v is None else str(v) for k, v in whole.json()["requests"][0].items()
+    }
+    assert sheet.headers["Next-Cursor"] == four["next"]
 
 
 def test_the_register_from_the_command_line(data: Path) -> None:
@@ -186,5 +216,13 @@ def test_the_register_from_the_command_line(data: Path) -> None:
         2,
         "consent-ledger: --after takes the 'next' of a previous page",
     )
+    sheet = run(data, "requests", "--tenant", "demo", "--format", "csv", "--limit", "4")
+    assert [r["request_id"] for r in csv.DictReader(io.StringIO(sheet.stdout))] == [
+        "B",
+        "A",
+        "C",
+        "D",
+    ]
+    assert sheet.stderr.startswith("more: --after ")
     nobody = run(data, "requests", "--tenant", "nobody")
     assert nobody.returncode == 3

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from ledger.application import ConsentLedger
 from ledger.envelope import parse_fact
 from ledger.receipt import Receipt
-from projections.trail import _FORMULA_START, _text_cell, subject_trail, trail_csv
+from projections.trail import _FORMULA_START, subject_trail, text_cell, trail_csv
 from tests.facts import grant
 
 
@@ -38,7 +38,7 @@ def test_a_publishers_text_that_looks_like_a_formula_is_a_text_cell(
 @settings(max_examples=300)
 @given(st.text())
 def test_a_text_cell_never_starts_a_formula_and_hides_nothing(value: str) -> None:
-    cell = _text_cell(value)
+    cell = text_cell(value)
     assert not cell.startswith(_FORMULA_START)
     assert cell in (value, "'" + value)
     assert cell == value or value.startswith(_FORMULA_START)

@@ -6,11 +6,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
+from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import Disclosed, Service, disclosed, role, service
 from api.keys import Principal
 from api.problems import SIZES, Problem, parse_sizes, signing_refusals
+from api.responses import OrjsonResponse
 from ledger.checkpoint import checkpoint
 from ledger.envelope import parse_time
 from ledger.policy import PolicyVersion, policy_changes, policy_text, previous_version
@@ -23,7 +25,13 @@ from projections.queries import (
     consent_summary,
     who_had_consent,
 )
-from projections.requests import BadCursor, RequestKind, RequestState, request_register
+from projections.requests import (
+    BadCursor,
+    RequestKind,
+    RequestState,
+    register_csv,
+    request_register,
+)
 
 router = APIRouter(tags=["compliance"])
 READERS = ("compliance", "admin")
@@ -240,7 +248,7 @@ def due(
     return report
 
 
-@router.get("/v1/requests")
+@router.get("/v1/requests", response_model=None)
 def requests(
     principal: Annotated[Principal, role(*READERS)],
     svc: Annotated[Service, Depends(service)],
@@ -251,7 +259,8 @@ def requests(
     received_to: Annotated[str | None, Query()] = None,
     cursor: Annotated[str | None, Query(max_length=1024)] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
-) -> dict[str, Any]:
+    format: Annotated[str, Query(pattern="^(json|csv)$")] = "json",
+) -> Response:
     """The register of subject requests (§7.1): each request received in
     [`received_from`, `received_to`) (default: all), of `kind` if given, in the order
     received, with its deadline and where it came from (`due_from`: the request's own, the
@@ -259,7 +268,8 @@ def requests(
     closed, and its `state`: `open`, `overdue` (not closed, past due), `closed` (by its
     deadline) or `closed_late`; `state=` keeps one. `counts` counts each state over the
     period and kind. `next` is the cursor of the page after, null on the last (a cursor
-    that is not: 422 `invalid_cursor`)."""
+    that is not: 422 `invalid_cursor`). `format=csv`: the page as CSV, one request a row,
+    its `next` in the `Next-Cursor` header."""
     start = parse_time(received_from, "received_from") if received_from else None
     end = parse_time(received_to, "received_to") if received_to else None
     tenant = svc.ledger.tenant(principal.tenant, shared=True)
@@ -284,7 +294,10 @@ def requests(
             422, "invalid_cursor", "cursor is the 'next' value of a previous page", "cursor"
         ) from None
     disclose(r["sid"] for r in register["requests"])
-    return register
+    if format == "csv":
+        headers = {"Next-Cursor": register["next"]} if register["next"] else None
+        return PlainTextResponse(register_csv(register), media_type="text/csv", headers=headers)
+    return OrjsonResponse(register)
 
 
 @router.get("/v1/checkpoint")

@@ -102,12 +102,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--after", help="continue after this cursor (the previous page's 'next')")
     p.add_argument("--limit", type=whole(1, 10_000), default=1000)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
     p.set_defaults(run=cmd_requests)
 
 
 def cmd_requests(args: argparse.Namespace, settings: Settings) -> int:
     """GET /v1/requests from the command line (projections.requests)."""
-    from projections.requests import BadCursor, request_register
+    from projections.requests import BadCursor, register_csv, request_register
 
     start = parse_time(args.received_from, "--from") if args.received_from else None
     end = parse_time(args.received_to, "--to") if args.received_to else None
@@ -129,7 +130,12 @@ def cmd_requests(args: argparse.Namespace, settings: Settings) -> int:
             )
         except BadCursor:
             raise CliError("--after takes the 'next' of a previous page") from None
-    if args.json:
+    if args.format == "csv":
+        sys.stdout.write(register_csv(register))
+        if register["next"]:
+            print(f"more: --after {register['next']}", file=sys.stderr)
+        return 0
+    if args.json or args.format == "json":
         print_json(register)
         return 0
     counts = ", ".join(f"{n} {state}" for state, n in register["counts"].items())
