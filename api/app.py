@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
@@ -23,7 +24,9 @@ from api.responses import OrjsonResponse
 from api.routes import compliance, facts, subjects
 from ledger.application import ConsentLedger
 from ledger.errors import FactRejected
+from ledger.policy import PolicyVersion
 from ledger.settings import Settings
+from projections.requests import open_request_counts
 from projections.views import Views
 
 _NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
@@ -152,9 +155,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return service.metrics.render(
             projection_lag=projection_lag(service),
             writer_restarts=None if process is None else process.restarts,
+            open_requests=open_requests(service),
         )
 
     return app
+
+
+def open_requests(service: Service) -> dict[str, dict[str, int]]:
+    """Each tenant's requests not closed yet, open and overdue, from the views as they are
+    (a scrape does not catch them up; `ledger_projection_lag` says how far behind)."""
+    def policies_of(name: str) -> Mapping[str, PolicyVersion]:
+        tenant = service.ledger.tenant(name, shared=True)
+        return tenant.policies if tenant else {}
+
+    return open_request_counts(
+        service.views.store,
+        datetime.now(UTC),
+        policies_of,
+        service.settings.request_due_days,
+        dict(service.settings.request_due_days_by_kind),
+    )
 
 
 def projection_lag(service: Service) -> int:

@@ -38,7 +38,12 @@ class Metrics:
             for code in refused_codes:
                 self.refused[code] += 1
 
-    def render(self, projection_lag: int, writer_restarts: int | None = None) -> str:
+    def render(
+        self,
+        projection_lag: int,
+        writer_restarts: int | None = None,
+        open_requests: dict[str, dict[str, int]] | None = None,
+    ) -> str:
         lines = [
             "# HELP ledger_http_requests_total HTTP requests by route, method and status.",
             "# TYPE ledger_http_requests_total counter",
@@ -86,6 +91,17 @@ class Metrics:
             "# TYPE ledger_projection_lag gauge",
             f"ledger_projection_lag {projection_lag}",
         ]
+        if open_requests is not None:
+            lines += [
+                "# HELP ledger_subject_requests Subject requests not closed yet, by tenant and "
+                "state (open: not yet due; overdue: past due), as the consent views know them.",
+                "# TYPE ledger_subject_requests gauge",
+            ]
+            for tenant, states in sorted(open_requests.items()):
+                for state, n in states.items():
+                    lines.append(
+                        f'ledger_subject_requests{{tenant="{_label(tenant)}",state="{state}"}} {n}'
+                    )
         if writer_restarts is not None:  # embedded mode's writer process (api.writer_process)
             lines += [
                 "# HELP ledger_writer_restarts_total Writer processes started after one ended.",
@@ -93,3 +109,8 @@ class Metrics:
                 f"ledger_writer_restarts_total {writer_restarts}",
             ]
         return "\n".join(lines) + "\n"
+
+
+def _label(value: str) -> str:
+    """A label value as the Prometheus text format escapes it."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

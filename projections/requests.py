@@ -12,7 +12,7 @@ import base64
 import binascii
 import csv
 import io
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -166,6 +166,30 @@ def request_register(
         "requests": page,
         "next": _cursor_of(last) if more and last is not None else None,
     }
+
+
+def open_request_counts(
+    views: ConsentViews,
+    now: datetime,
+    policies_of: Callable[[str], Mapping[str, PolicyVersion]],
+    request_days: int,
+    request_days_by_kind: Mapping[str, int],
+) -> dict[str, dict[str, int]]:
+    """The requests not closed yet, per tenant: how many are `open` (not yet due) and how
+    many `overdue`, by the register's deadlines (for /metrics, to alert on)."""
+    counts: dict[str, dict[str, int]] = {}
+    catalogues: dict[str, Mapping[str, PolicyVersion]] = {}
+    for row in views.rows(
+        "SELECT tenant, sid, request_id, kind, received_at, due_at FROM view_requests "
+        "WHERE closed_at IS NULL"
+    ):
+        tenant = row["tenant"]
+        if tenant not in catalogues:
+            catalogues[tenant] = policies_of(tenant)
+            counts[tenant] = {"open": 0, "overdue": 0}
+        _, due, _, _ = deadline_of(row, catalogues[tenant], request_days, request_days_by_kind)
+        counts[tenant]["overdue" if due <= now else "open"] += 1
+    return counts
 
 
 _COLUMNS = (

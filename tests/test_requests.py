@@ -128,7 +128,9 @@ def test_the_register_pages_in_the_order_received(ledger: ConsentLedger) -> None
 
 
 def test_a_request_id_that_looks_like_a_formula_is_a_text_cell_in_the_csv() -> None:
-    entry = dict.fromkeys(("sid", "kind", "received_at", "due_at", "due_from", "state"), "x")
+    entry: dict[str, str | None] = dict.fromkeys(
+        ("sid", "kind", "received_at", "due_at", "due_from", "state"), "x"
+    )
     entry.update(closed_at=None, outcome=None)
     page = {"requests": [{**entry, "request_id": "=HYPERLINK(1)", "policy_version": None}]}
     row = next(csv.DictReader(io.StringIO(register_csv(page))))
@@ -226,3 +228,31 @@ def test_the_register_from_the_command_line(data: Path) -> None:
     assert sheet.stderr.startswith("more: --after ")
     nobody = run(data, "requests", "--tenant", "nobody")
     assert nobody.returncode == 3
+
+
+def test_metrics_count_each_tenants_open_and_overdue_requests(tmp_path: Path) -> None:
+    """To alert on: requests not closed yet, by tenant, open and overdue by the register's
+    deadlines (closed ones are not counted)."""
+    settings = Settings(data_dir=tmp_path / "data")
+    soon = (datetime.now(UTC) - timedelta(days=1)).isoformat()
+    with contextlib.closing(ConsentLedger(settings)) as ledger:
+        ledger.init_demo()
+        ledger.create_tenant('a"b')  # a name that must be escaped as a label value
+        ledger.record(
+            [
+                *(parse_fact(f) for f in history()),  # 3 overdue (2025), 2 closed
+                parse_fact(request("eve", "E", "information", soon)),  # open: due in 29 days
+                parse_fact({**request("x", "X", "erasure", soon), "tenant": 'a"b'}),
+            ]
+        )
+    with TestClient(create_app(settings)) as client:
+        client.get("/v1/requests", headers=_compliance(settings))  # catches the views up
+        lines = client.get("/metrics").text.splitlines()
+    assert 'ledger_subject_requests{tenant="demo",state="open"} 1' in lines
+    assert 'ledger_subject_requests{tenant="demo",state="overdue"} 3' in lines
+    assert 'ledger_subject_requests{tenant="a\\"b",state="open"} 1' in lines
+
+
+def _compliance(settings: Settings) -> dict[str, str]:
+    with contextlib.closing(ApiKeys(keys_path(settings))) as api_keys:
+        return {"Authorization": f"Bearer {api_keys.create('demo', {'compliance'})[1]}"}
