@@ -97,8 +97,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--tenant", required=True)
     p.add_argument("--state", choices=REQUEST_STATES, help="only requests in this state")
     p.add_argument("--kind", choices=sorted(REQUEST_KINDS), help="only requests of this kind")
-    p.add_argument("--from", dest="received_from", help="received at or after (RFC 3339)")
-    p.add_argument("--to", dest="received_to", help="received before (RFC 3339)")
+    p.add_argument(
+        "--from", dest="received_from", metavar="T", help="received at or after (RFC 3339)"
+    )
+    p.add_argument("--to", dest="received_to", metavar="T", help="received before (RFC 3339)")
     p.add_argument("--after", help="continue after this cursor (the previous page's 'next')")
     p.add_argument("--limit", type=whole(1, 10_000), default=1000)
     p.add_argument("--json", action="store_true")
