@@ -164,6 +164,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def open_requests(service: Service) -> dict[str, dict[str, int]]:
     """Each tenant's requests not closed yet, open and overdue, from the views as they are
     (a scrape does not catch them up; `ledger_projection_lag` says how far behind)."""
+
     def policies_of(name: str) -> Mapping[str, PolicyVersion]:
         tenant = service.ledger.tenant(name, shared=True)
         return tenant.policies if tenant else {}
