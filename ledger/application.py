@@ -22,6 +22,7 @@ from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application, project_aggregate
 from eventsourcing.persistence import IntegrityError, Mapper, Transcoder
+from eventsourcing.utils import get_topic
 
 from ledger.chain import MAPPER, stored_hash
 from ledger.codec import TRANSCODER
@@ -161,6 +162,25 @@ class ConsentLedger(Application[UUID]):
             return None
         assert isinstance(tenant, Tenant)
         return tenant
+
+    def tenant_names(self, page: int = 1000) -> list[str]:
+        """Every tenant registered, in the order registered.
+
+        The library's notification log filtered by the registration's topic: the log has no
+        index on topics, so this reads the whole of it, as an operator's command may.
+        """
+        topic = get_topic(Tenant.Registered)
+        names: list[str] = []
+        start = 1
+        while True:
+            batch = self.recorder.select_notifications(start, page, topics=[topic])
+            for notification in batch:
+                registered = self.mapper.to_domain_event(notification)
+                assert isinstance(registered, Tenant.Registered)
+                names.append(registered.name)
+            if len(batch) < page:
+                return names
+            start = batch[-1].id + 1
 
     def create_tenant(self, name: str) -> Tenant:
         """A tenant's name is what every one of its facts carries, so it is held to the

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
+from ledger.application import ConsentLedger
 from ledger.policy import seed_policy_fact
 from tests.cli_support import BACKEND_ENV, run, verify_elsewhere
 from tests.facts import fact, grant, policy, terms, withdraw
@@ -144,10 +145,28 @@ def test_erase_and_tenants(data: Path) -> None:
     assert run(data, "tenants", "create", "acme").returncode == 0
     again = run(data, "tenants", "create", "acme")
     assert again.returncode == 1 and "tenant_exists" in again.stderr
+    listed = orjson.loads(run(data, "tenants", "list", "--json").stdout)["tenants"]
+    assert listed == [
+        {"tenant": "demo", "policy_versions": ["crmpro-1.0"]},
+        {"tenant": "acme", "policy_versions": []},
+    ]
+    assert run(data, "tenants", "list").stdout.splitlines()[1].endswith("policies: none yet")
     # Another tenant does not see demo's subject.
     assert run(data, "trail", "c-4", "--tenant", "acme").returncode == 3
     verify = run(data, "verify")
     assert verify.returncode == 0 and verify.stdout.startswith("verify: OK")
+
+
+def test_tenants_are_listed_in_the_order_created_page_after_page(
+    backend_ledger: ConsentLedger,
+) -> None:
+    backend_ledger.init_demo()
+    for name in ("acme", "beta", "gamma"):
+        backend_ledger.create_tenant(name)
+    expected = ["demo", "acme", "beta", "gamma"]
+    assert backend_ledger.tenant_names() == expected
+    assert backend_ledger.tenant_names(page=1) == expected
+    assert backend_ledger.tenant_names(page=3) == expected
 
 
 def test_input_that_is_not_utf8_is_refused_where_it_is_read(data: Path, tmp_path: Path) -> None:

@@ -67,6 +67,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = tenants.add_parser("create")
     p.add_argument("tenant", metavar="T")
     p.set_defaults(run=cmd_tenants_create)
+    p = tenants.add_parser("list", help="every tenant, in the order created, with its policies")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_tenants_list)
     p = tenants.add_parser(
         "export", help="every subject's audit trail as JSON Lines (personal data included)"
     )
@@ -87,6 +90,24 @@ def cmd_tenants_create(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         ledger.close()
     print(f"created tenant {args.tenant!r}")
+    return 0
+
+
+def cmd_tenants_list(args: argparse.Namespace, settings: Settings) -> int:
+    ledger = open_ledger(settings)
+    try:
+        listed = []
+        for name in ledger.tenant_names():
+            tenant = ledger.tenant(name, shared=True)
+            versions = list(tenant.policies) if tenant else []
+            listed.append({"tenant": name, "policy_versions": versions})
+    finally:
+        ledger.close()
+    if args.json:
+        print_json({"tenants": listed})
+        return 0
+    for t in listed:
+        print(f"{t['tenant']:<24} policies: {', '.join(t['policy_versions']) or 'none yet'}")
     return 0
 
 
