@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, get_args
@@ -13,6 +14,8 @@ from typing import Any, get_args
 import orjson
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from api.app import create_app, keys_path
 from api.keys import ApiKeys
@@ -256,3 +259,122 @@ def test_metrics_count_each_tenants_open_and_overdue_requests(tmp_path: Path) ->
 def _compliance(settings: Settings) -> dict[str, str]:
     with contextlib.closing(ApiKeys(keys_path(settings))) as api_keys:
         return {"Authorization": f"Bearer {api_keys.create('demo', {'compliance'})[1]}"}
+
+
+kinds = st.sampled_from(sorted(REQUEST_KINDS))
+days = st.integers(min_value=0, max_value=60)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    promises=st.lists(st.dictionaries(kinds, days, max_size=3), min_size=0, max_size=3),
+    asked=st.lists(
+        st.tuples(kinds, days, st.none() | days, st.none() | days), min_size=1, max_size=12
+    ),
+    by_kind=st.dictionaries(kinds, days, max_size=2),
+    page=st.integers(min_value=1, max_value=5),
+)
+# The boundaries: answered at the very instant it was due (on time); due at the very instant
+# asked (overdue, as the due list says).
+@example(
+    promises=[],
+    asked=[("erasure", 10, 5, 5), ("information", 60, 30, None)],
+    by_kind={},
+    page=1,
+)
+def test_the_register_agrees_with_a_plain_reading_of_the_facts(
+    promises: list[dict[str, int]],
+    asked: list[tuple[str, int, int | None, int | None]],
+    by_kind: dict[str, int],
+    page: int,
+) -> None:
+    """Policy versions taking effect 20 days apart, each promising its deadlines; requests
+    received on day N, some naming their own deadline, some closed K days after: each
+    request's deadline, source and state, the counts, and the pages put together, as a
+    plain reading of the facts says (the seed policy, in force from before, promises
+    nothing; the settings give 30 days, or `by_kind`'s)."""
+    start = NOW - timedelta(days=90)
+    facts = [
+        policy(f"v{i}", (start + timedelta(days=20 * i)).isoformat(), request_due_days=p)
+        for i, p in enumerate(promises, start=1)
+    ]
+    expected = {}
+    for n, (kind, day, own, closed_after) in enumerate(asked):
+        received = start + timedelta(days=day)
+        due_at = received + timedelta(days=own) if own is not None else None
+        facts.append(
+            request(
+                f"p{n}",
+                f"R{n}",
+                kind,
+                received.isoformat(),
+                **({"due_at": due_at.isoformat()} if due_at else {}),
+            )
+        )
+        answered = received + timedelta(days=closed_after or 0)
+        if closed_after is not None:
+            facts.append(closed(f"p{n}", f"R{n}", "fulfilled", answered.isoformat()))
+        in_force = [i for i in range(1, len(promises) + 1) if 20 * i <= day]
+        version = in_force[-1] if in_force else None
+        if due_at is not None:
+            due, source, named = due_at, "request", None
+        elif version is not None and kind in promises[version - 1]:
+            due = received + timedelta(days=promises[version - 1][kind])
+            source, named = "policy", f"v{version}"
+        else:
+            due, source, named = received + timedelta(days=by_kind.get(kind, 30)), "settings", None
+        if closed_after is None:
+            state = "overdue" if due <= NOW else "open"
+        else:
+            state = "closed_late" if answered > due else "closed"
+        expected[f"R{n}"] = (due, source, named, state)
+    with tempfile.TemporaryDirectory() as tmp:
+        ledger = ConsentLedger(Settings(data_dir=Path(tmp)))
+        try:
+            ledger.init_demo()
+            outcomes = ledger.record([parse_fact(f) for f in facts])
+            assert all(isinstance(o, Receipt) for o in outcomes), outcomes
+            tenant = ledger.tenant("demo")
+            assert tenant is not None
+            views = Views(ledger)
+            try:
+                views.refresh()
+
+                def read(**kw: Any) -> dict[str, Any]:
+                    return request_register(
+                        views.store,
+                        "demo",
+                        NOW,
+                        policies=tenant.policies,
+                        request_days=30,
+                        request_days_by_kind=by_kind,
+                        **kw,
+                    )
+
+                whole = read()
+                pages: list[dict[str, Any]] = []
+                cursor = None
+                while True:
+                    got = read(limit=page, cursor=cursor)
+                    pages += got["requests"]
+                    cursor = got["next"]
+                    if cursor is None:
+                        break
+            finally:
+                views.close()
+        finally:
+            ledger.close()
+    assert {
+        r["request_id"]: (
+            datetime.fromisoformat(r["due_at"]),
+            r["due_from"],
+            r["policy_version"],
+            r["state"],
+        )
+        for r in whole["requests"]
+    } == expected
+    assert pages == whole["requests"]
+    tally = dict.fromkeys(REQUEST_STATES, 0)
+    for *_, state in expected.values():
+        tally[state] += 1
+    assert whole["counts"] == tally
