@@ -161,8 +161,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def open_requests(service: Service) -> dict[str, dict[str, int]]:
-    """Each tenant's requests not closed yet, open and overdue, from the views as they are
+def open_requests(service: Service) -> dict[str, int]:
+    """The requests not closed yet, open and overdue, from the views as they are
     (a scrape does not catch them up; `ledger_projection_lag` says how far behind)."""
 
     def policies_of(name: str) -> Mapping[str, PolicyVersion]:

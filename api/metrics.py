@@ -42,7 +42,7 @@ class Metrics:
         self,
         projection_lag: int,
         writer_restarts: int | None = None,
-        open_requests: dict[str, dict[str, int]] | None = None,
+        open_requests: dict[str, int] | None = None,
     ) -> str:
         lines = [
             "# HELP ledger_http_requests_total HTTP requests by route, method and status.",
@@ -93,15 +93,15 @@ class Metrics:
         ]
         if open_requests is not None:
             lines += [
-                "# HELP ledger_subject_requests Subject requests not closed yet, by tenant and "
-                "state (open: not yet due; overdue: past due), as the consent views know them.",
+                "# HELP ledger_subject_requests Subject requests not closed yet, all tenants "
+                "together, by state (open: not yet due; overdue: past due), as the consent "
+                "views know them.",
                 "# TYPE ledger_subject_requests gauge",
             ]
-            for tenant, states in sorted(open_requests.items()):
-                for state, n in states.items():
-                    lines.append(
-                        f'ledger_subject_requests{{tenant="{_label(tenant)}",state="{state}"}} {n}'
-                    )
+            lines += [
+                f'ledger_subject_requests{{state="{state}"}} {n}'
+                for state, n in open_requests.items()
+            ]
         if writer_restarts is not None:  # embedded mode's writer process (api.writer_process)
             lines += [
                 "# HELP ledger_writer_restarts_total Writer processes started after one ended.",
@@ -109,8 +109,3 @@ class Metrics:
                 f"ledger_writer_restarts_total {writer_restarts}",
             ]
         return "\n".join(lines) + "\n"
-
-
-def _label(value: str) -> str:
-    """A label value as the Prometheus text format escapes it."""
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

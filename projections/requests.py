@@ -174,10 +174,14 @@ def open_request_counts(
     policies_of: Callable[[str], Mapping[str, PolicyVersion]],
     request_days: int,
     request_days_by_kind: Mapping[str, int],
-) -> dict[str, dict[str, int]]:
-    """The requests not closed yet, per tenant: how many are `open` (not yet due) and how
-    many `overdue`, by the register's deadlines (for /metrics, to alert on)."""
-    counts: dict[str, dict[str, int]] = {}
+) -> dict[str, int]:
+    """The requests not closed yet, all tenants together: how many are `open` (not yet due)
+    and how many `overdue`, each by its tenant's deadlines (for /metrics, to alert on).
+
+    Not by tenant: /metrics is served without a key, and a tenant's name and its count of
+    overdue requests are for that tenant's keys alone (`GET /v1/requests`).
+    """
+    counts = {"open": 0, "overdue": 0}
     catalogues: dict[str, Mapping[str, PolicyVersion]] = {}
     for row in views.rows(
         "SELECT tenant, sid, request_id, kind, received_at, due_at FROM view_requests "
@@ -186,9 +190,8 @@ def open_request_counts(
         tenant = row["tenant"]
         if tenant not in catalogues:
             catalogues[tenant] = policies_of(tenant)
-            counts[tenant] = {"open": 0, "overdue": 0}
         _, due, _, _ = deadline_of(row, catalogues[tenant], request_days, request_days_by_kind)
-        counts[tenant]["overdue" if due <= now else "open"] += 1
+        counts["overdue" if due <= now else "open"] += 1
     return counts
 
 

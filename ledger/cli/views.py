@@ -1,4 +1,5 @@
-"""The consent views; questions about many subjects: `project`, `replay`, `check`, `who`, `due`."""
+"""The consent views and what they answer about many subjects: `project`, `replay`, `check`,
+`who`, `due`, `requests`."""
 
 from __future__ import annotations
 
