@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.deps import Disclosed, Service, disclosed, role, service
 from api.keys import Principal
 from api.problems import SIZES, Problem, parse_sizes, signing_refusals
-from api.responses import OrjsonResponse
+from api.responses import JSON_OR_CSV, OrjsonResponse
 from ledger.checkpoint import checkpoint
 from ledger.envelope import parse_time
 from ledger.policy import PolicyVersion, policy_changes, policy_text, previous_version
@@ -248,7 +248,21 @@ def due(
     return report
 
 
-@router.get("/v1/requests", response_model=None)
+@router.get(
+    "/v1/requests",
+    response_model=None,
+    responses={
+        200: {
+            **JSON_OR_CSV[200],
+            "headers": {
+                "Next-Cursor": {
+                    "description": "format=csv: the cursor of the page after (absent on the last)",
+                    "schema": {"type": "string"},
+                }
+            },
+        }
+    },
+)
 def requests(
     principal: Annotated[Principal, role(*READERS)],
     svc: Annotated[Service, Depends(service)],

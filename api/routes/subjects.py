@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.deps import Disclosed, Service, disclosed, parse_sid, role, service
 from api.keys import Principal
 from api.problems import SIZES, Problem, parse_sizes, signing_refusals
-from api.responses import OrjsonResponse
+from api.responses import JSON_OR_CSV, OrjsonResponse
 from ledger.envelope import parse_fact, parse_time
 from ledger.errors import FactRejected
 from projections.consents import subject_consents
@@ -73,7 +73,7 @@ def consents(
     return view
 
 
-@router.get("/v1/subjects/{sid}/trail", response_model=None)
+@router.get("/v1/subjects/{sid}/trail", response_model=None, responses=JSON_OR_CSV)
 def trail(
     sid: str,
     principal: Annotated[Principal, role("compliance", "admin")],
