@@ -25,6 +25,7 @@ from eventsourcing.persistence import IntegrityError, Mapper, Transcoder
 from eventsourcing.utils import get_topic
 
 from ledger.chain import MAPPER, stored_hash
+from ledger.clock import TRANSACTION_CLOCK
 from ledger.codec import TRANSCODER
 from ledger.envelope import Fact, Item, Received, parse_fact, parse_fact_bytes
 from ledger.errors import Code, FactRejected
@@ -100,6 +101,10 @@ class ConsentLedger(Application[UUID]):
         self._subjects: OrderedDict[UUID, Subject] = OrderedDict()
         # One batch at a time per process: a batch mutates cached subjects until it commits.
         self.lock = threading.RLock()
+        last_recorded = self.ledger_recorder.last_recorded_at()
+        if last_recorded is not None:
+            # Transaction time goes on from the log's, whatever the wall clock says now.
+            TRANSACTION_CLOCK.not_before(datetime.fromisoformat(last_recorded))
         self.finish_erasures()
 
     def finish_erasures(self) -> int:
@@ -357,7 +362,7 @@ class ConsentLedger(Application[UUID]):
         repeats a retry with the first attempt's instant, so that the same `event_id` is
         answered with the first receipt instead of a conflict over a later `occurred_at`.
         """
-        existing, _ = self.ledger_recorder.batch_reads({tenant: [event_id]}, [])
+        existing, _, _ = self.ledger_recorder.batch_reads({tenant: [event_id]}, [])
         known = existing.get((tenant, event_id))
         if known is None or known.originator_id != sid:
             return None

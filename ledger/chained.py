@@ -10,6 +10,7 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate
 
 from ledger.chain import GENESIS, event_hash
+from ledger.clock import TRANSACTION_CLOCK
 
 E = TypeVar("E")
 # Per event class, its dataclass fields in order: the order of the constructor's __dict__.
@@ -56,6 +57,9 @@ class ChainedAggregate(Aggregate):
     _head_hash = cast("str | None", None)
 
     class Created(Aggregate.Created):
+        # Transaction time, which never runs backwards (`ledger.clock`).
+        create_timestamp = staticmethod(TRANSACTION_CLOCK.now)
+
         def mutate(self, aggregate: Any) -> Any:
             agg = super().mutate(aggregate)
             assert agg is not None
@@ -71,6 +75,8 @@ class ChainedAggregate(Aggregate):
         source: str
         channel: str
         prev_hash: str
+
+        create_timestamp = staticmethod(TRANSACTION_CLOCK.now)
 
         def apply(self, aggregate: Any) -> None:
             aggregate._last_event = self

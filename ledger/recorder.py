@@ -359,11 +359,12 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
 
     def batch_reads(
         self, event_ids: Mapping[str, Sequence[str]], originator_ids: Sequence[UUID]
-    ) -> tuple[dict[tuple[str, str], IndexedFact], dict[UUID, int]]:
+    ) -> tuple[dict[tuple[str, str], IndexedFact], dict[UUID, int], str | None]:
         """What a batch must know before its checks, read in one transaction: the facts
-        already recorded among its event ids (by tenant), and the current versions of the
-        aggregates it names. One snapshot instead of a read transaction per question, which
-        is most of a small batch's fixed cost."""
+        already recorded among its event ids (by tenant), the current versions of the
+        aggregates it names, and the `recorded_at` of the log's last fact (the floor of
+        transaction time, `ledger.clock`). One snapshot instead of a read transaction per
+        question, which is most of a small batch's fixed cost."""
         found: dict[tuple[str, str], IndexedFact] = {}
         with self.datastore.transaction(commit=False) as c:
             as_tuples(c)
@@ -371,7 +372,23 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
                 for event_id, indexed in self._find_facts(c, tenant, ids).items():
                     found[(tenant, event_id)] = indexed
             versions = self._versions_of(c, originator_ids)
-        return found, versions
+            last_recorded = self._last_recorded_at(c)
+        return found, versions, last_recorded
+
+    def last_recorded_at(self) -> str | None:
+        """The `recorded_at` of the log's last fact, if it has one."""
+        with self.datastore.transaction(commit=False) as c:
+            return self._last_recorded_at(c)
+
+    def _last_recorded_at(self, c: SQLiteCursor) -> str | None:
+        # Backwards by position (the rowid) to the first row of a fact: a tenant's
+        # registration is the only event without a fact, so this is the last row or next to it.
+        c.execute(
+            f"SELECT recorded_at FROM {self.index_table} "
+            "WHERE recorded_at IS NOT NULL ORDER BY position DESC LIMIT 1"
+        )
+        row = c.fetchone()
+        return None if row is None else str(row[0])
 
     def index_of(self, originator_id: UUID) -> list[IndexedFact]:
         """One aggregate's index rows, in log order.

@@ -25,6 +25,7 @@ from kafka import KafkaConsumer, TopicPartition
 from ledger.kafka.reading import ledger_events, polls_to_end
 from ledger.kafka.recorder import KafkaLedgerRecorder
 from projections.consent_projection import ConsentProjection
+from projections.known import KnownAt
 
 log = logging.getLogger("consent_ledger.projections")
 
@@ -119,6 +120,7 @@ class LedgerTopicReader:
                 consumer.seek(tp, position)
             else:
                 consumer.seek_to_beginning(tp)
+        known = None if known_at is None else KnownAt(known_at)
         processed = 0
         for polled in polls_to_end(consumer, tps, timeout_s=float("inf"), max_records=page):
             for tp, records in polled.items():
@@ -128,7 +130,7 @@ class LedgerTopicReader:
                     (r for r in records if r.offset in accepted), self.link.record_key
                 ):
                     event: Any = mapper.to_domain_event(stored)
-                    if known_at is None or event.timestamp <= known_at:
+                    if known is None or known(event):
                         events.append(event)
                 position = consumer.position(tp)
                 projection.process_batch(

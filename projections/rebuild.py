@@ -35,6 +35,7 @@ from ledger.failpoints import failpoint
 from ledger.fsync import fsync_path
 from ledger.settings import Settings
 from projections.consent_projection import ConsentProjection
+from projections.known import KnownAt
 from projections.runner import APPLICATION, catch_up
 from projections.store import ConsentViews
 
@@ -170,13 +171,14 @@ def _fold(
 ) -> int:
     """Fold one range of subjects' whole histories into the store; returns entries read."""
     projection = ConsentProjection(view=store)
+    known = None if known_at is None else KnownAt(known_at)
     read = 0
     reading = ledger.ledger_recorder.by_aggregate(batch, upto=upto, from_id=from_id, to_id=to_id)
     with reading as (_, batches):
         for stored in batches:
             events: list[Any] = [ledger.mapper.to_domain_event(s) for s in stored]
-            if known_at is not None:
-                events = [e for e in events if e.timestamp <= known_at]
+            if known is not None:
+                events = [e for e in events if known(e)]
             projection.project_histories(events)
             failpoint("replay-part-written")
             read += len(stored)

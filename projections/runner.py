@@ -15,6 +15,7 @@ from eventsourcing.persistence import Tracking
 
 from ledger.application import ConsentLedger
 from projections.consent_projection import ConsentProjection
+from projections.known import KnownAt
 from projections.store import ViewMovedOn
 
 APPLICATION = ConsentLedger.name
@@ -65,6 +66,7 @@ def _catch_up(
             if own_reader:
                 topic_reader.close()
     position = projection.view.max_tracking_id(APPLICATION) or 0
+    known = None if known_at is None else KnownAt(known_at)
     processed = 0
     while True:
         notifications = ledger.recorder.select_notifications(
@@ -75,7 +77,7 @@ def _catch_up(
         events: list[Any] = []
         for notification in notifications:
             event: Any = ledger.mapper.to_domain_event(notification)
-            if known_at is None or event.timestamp <= known_at:
+            if known is None or known(event):
                 events.append(event)
         after, position = position, notifications[-1].id
         projection.process_batch(events, Tracking(APPLICATION, position), after=after)

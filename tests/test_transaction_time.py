@@ -1,0 +1,177 @@
+"""Transaction time never runs backwards (`ledger.clock`): not when the wall clock steps back,
+not across a restart, not when another process wrote the log last."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ledger.application import ConsentLedger
+from ledger.clock import TRANSACTION_CLOCK, TransactionClock
+from ledger.envelope import parse_fact
+from ledger.receipt import Receipt
+from ledger.settings import Settings
+from projections.consent_projection import ConsentProjection
+from projections.queries import consents_at, who_had_consent
+from projections.rebuild import rebuild
+from projections.runner import catch_up
+from projections.store import ConsentViews
+from tests import facts as built
+from tests.test_projections import histories, views_agree
+
+instants = st.datetimes(
+    min_value=datetime(2020, 1, 1), max_value=datetime(2030, 1, 1), timezones=st.just(UTC)
+)
+
+
+@given(st.lists(st.tuples(st.booleans(), instants), min_size=1, max_size=40))
+def test_each_stamp_is_later_than_every_stamp_and_floor_before_it(
+    steps: list[tuple[bool, datetime]],
+) -> None:
+    """Steps: read the clock with the wall at that instant, or raise the floor to it."""
+    readings = iter([instant for is_floor, instant in steps if not is_floor])
+    clock = TransactionClock(wall=lambda: next(readings))
+    before: datetime | None = None
+    for is_floor, instant in steps:
+        if is_floor:
+            clock.not_before(instant)
+            before = instant if before is None else max(before, instant)
+            continue
+        stamp = clock.now()
+        if before is None or instant > before:
+            assert stamp == instant  # the wall clock, when it is ahead
+        else:
+            assert stamp == before + timedelta(microseconds=1)
+        before = stamp
+
+
+@contextmanager
+def wall(reading: Callable[[], datetime], *, fresh_process: bool = False) -> Iterator[None]:
+    """The process's transaction clock reading `reading`; with `fresh_process`, remembering
+    no stamp, as a process that has just started."""
+    saved = TRANSACTION_CLOCK.wall, TRANSACTION_CLOCK._last
+    TRANSACTION_CLOCK.wall = reading
+    if fresh_process:
+        TRANSACTION_CLOCK._last = None
+    try:
+        yield
+    finally:
+        TRANSACTION_CLOCK.wall, TRANSACTION_CLOCK._last = saved
+
+
+def stepped_back(hours: int) -> Callable[[], datetime]:
+    return lambda: datetime.now(UTC) - timedelta(hours=hours)
+
+
+def recorded_at(ledger: ConsentLedger, fact: dict[str, Any]) -> datetime:
+    [receipt] = ledger.record([parse_fact(fact)])
+    assert isinstance(receipt, Receipt), receipt
+    return datetime.fromisoformat(receipt.recorded_at)
+
+
+def test_a_clock_stepped_back_stamps_after_what_was_recorded(backend_settings: Settings) -> None:
+    ledger = ConsentLedger(backend_settings)
+    try:
+        ledger.init_demo()
+        granted = recorded_at(ledger, built.grant("ada", event_id="g1"))
+        with wall(stepped_back(1)):  # in this process: the wall clock an hour behind
+            withdrawn = recorded_at(ledger, built.withdraw("ada", event_id="w1"))
+    finally:
+        ledger.close()
+    assert granted < withdrawn < granted + timedelta(seconds=5)
+    # A restart with the clock further behind: the log's last fact is the floor.
+    with wall(stepped_back(2), fresh_process=True):
+        reopened = ConsentLedger(backend_settings)
+        try:
+            regranted = recorded_at(reopened, built.grant("ada", event_id="g2"))
+        finally:
+            reopened.close()
+    assert withdrawn < regranted < withdrawn + timedelta(seconds=5)
+
+
+def test_a_second_writer_stamps_after_what_the_first_recorded(tmp_path: Path) -> None:
+    """Embedded mode lets two processes write one log (a server and `consent-ledger
+    record`): each takes its floor from the log before each batch."""
+    settings_ = Settings(data_dir=tmp_path / "data")
+    ledger = ConsentLedger(settings_)
+    other = ConsentLedger(settings_)  # opened before the first writer's facts
+    try:
+        ledger.init_demo()
+        granted = recorded_at(ledger, built.grant("ada", event_id="g1"))
+        # The other process's clock an hour behind, and its memory without those stamps.
+        with wall(stepped_back(1), fresh_process=True):
+            withdrawn = recorded_at(other, built.withdraw("ada", event_id="w1"))
+        assert granted < withdrawn < granted + timedelta(seconds=5)
+    finally:
+        other.close()
+        ledger.close()
+
+
+@contextmanager
+def as_before(reading: Callable[[], datetime]) -> Iterator[None]:
+    """The wall clock's reading taken as it is, as the ledger stamped facts before
+    transaction time kept its order."""
+
+    def unfloored() -> datetime:
+        TRANSACTION_CLOCK._last = None  # read by `now` after the wall clock
+        return reading()
+
+    with wall(unfloored):
+        yield
+
+
+def test_replay_up_to_an_instant_of_a_log_stamped_across_a_clock_stepped_back(
+    backend_ledger: ConsentLedger, tmp_path: Path
+) -> None:
+    """Logs written before: what the ledger knew at an instant is a beginning of each
+    subject's history, whatever a later fact's stamp says."""
+    ledger = backend_ledger
+    granted = recorded_at(ledger, built.grant("ada"))
+    with as_before(stepped_back(1)):
+        withdrawn = recorded_at(ledger, built.withdraw("ada"))
+        bob = recorded_at(ledger, built.grant("bob"))
+    assert withdrawn < bob < granted  # as such a clock left the log
+    ada_sid, bob_sid = ledger.sid("demo", "ada").hex, ledger.sid("demo", "bob").hex
+    at = datetime.fromisoformat("2025-03-02T00:00:00+05:00")
+    stores = []
+    for n, known_at in enumerate((bob, granted)):
+        rebuild(ledger, tmp_path / f"replayed-{n}.db", known_at=known_at)
+        stores.append((known_at, ConsentViews.open(tmp_path / f"replayed-{n}.db")))
+        if ledger.settings.backend == "embedded":  # Kafka mode's replay is this catch-up
+            caught_up = ConsentViews.open(tmp_path / f"caught-up-{n}.db")
+            catch_up(ledger, ConsentProjection(view=caught_up), known_at=known_at)
+            stores.append((known_at, caught_up))
+    try:
+        for known_at, views in stores:
+            ada = consents_at(views, "demo", ada_sid, at)
+            if known_at == bob:  # ada's grant not known yet, so neither its withdrawal
+                assert ada is None
+            else:
+                assert ada is not None and ada["marketing"].state == "withdrawn"
+            assert who_had_consent(views, "demo", "marketing", at) == [bob_sid]
+    finally:
+        for _, views in stores:
+            views.close()
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(**histories)
+def test_views_agree_with_the_facts_while_the_clock_keeps_stepping_back(
+    ops: list[dict[str, Any]], cuts: list[int], instants: list[int], known: list[int]
+) -> None:
+    """Every answer as known at an instant, and every replay up to one, against the plain
+    reading of the facts, with the wall clock a minute further behind at every reading."""
+    readings = iter(range(1_000_000))
+    start = datetime.now(UTC)
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        wall(lambda: start - timedelta(minutes=next(readings)), fresh_process=True),
+    ):
+        views_agree(Settings(data_dir=Path(tmp) / "data"), Path(tmp), ops, cuts, instants, known)
