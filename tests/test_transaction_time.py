@@ -98,6 +98,47 @@ def test_a_clock_stepped_back_stamps_after_what_was_recorded(backend_settings: S
     assert withdrawn < registered < regranted < withdrawn + timedelta(seconds=5)
 
 
+def test_every_kind_of_fact_is_stamped_after_the_one_before(ledger: ConsentLedger) -> None:
+    """Each fact type, as a subject's first fact and as a later one, a policy version and a
+    tenant's registration, stamped by the transaction clock: its wall clock a day ahead of
+    the system's (a stamp the library made from the system clock would stand out) and a
+    minute further behind at each reading."""
+    transfer: dict[str, Any] = {
+        "recipient": {"name": "Click LLC", "country": "UZ"},
+        "categories": ["email"],
+        "ground": "contract_performance",
+    }
+    later = "2025-03-02T10:00:00+05:00"
+    firsts = [
+        built.grant(),
+        built.fact("subject.rectified", personal_data={"email": "a@b.uz"}),
+        built.fact("transfer.recorded", **transfer),
+        built.request("x", "r-1", "information", later),
+        built.fact("complaint.lodged", authority="Agency", reference="C-1"),
+        built.erase(),
+    ]
+    stream = [
+        built.policy("crmpro-2.0"),
+        *({**first, "subject": f"first-{n}"} for n, first in enumerate(firsts)),
+        built.grant("ada", event_id="g-ada"),
+        built.withdraw("ada", occurred_at=later),
+        built.fact("consent.corrected", "ada", corrects="g-ada", reason="typo", void=True),
+        built.fact("subject.rectified", "ada", personal_data={"email": "a@b.uz"}),
+        built.fact("transfer.recorded", "ada", **transfer),
+        built.request("ada", "r-2", "erasure", later),
+        built.closed("ada", "r-2", "fulfilled", later),
+        built.fact("complaint.lodged", "ada", authority="Agency", reference="C-2"),
+        built.erase("ada", occurred_at=later),
+    ]
+    readings = iter(range(1, 1_000))
+    ahead = datetime.now(UTC) + timedelta(days=1)
+    with wall(lambda: ahead - timedelta(minutes=next(readings))):
+        stamps = [recorded_at(ledger, fact) for fact in stream]
+        stamps.append(ledger.create_tenant("acme").created_on)  # a tenant's registration
+    assert stamps == sorted(set(stamps)), stamps
+    assert stamps[0] > ahead - timedelta(minutes=2)
+
+
 def test_a_second_writer_stamps_after_what_the_first_recorded(tmp_path: Path) -> None:
     """Embedded mode lets two processes write one log (a server and `consent-ledger
     record`): each takes its floor from the log before each batch."""
