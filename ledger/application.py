@@ -25,7 +25,7 @@ from eventsourcing.persistence import IntegrityError, Mapper, Transcoder
 from eventsourcing.utils import get_topic
 
 from ledger.chain import MAPPER, stored_hash
-from ledger.clock import TRANSACTION_CLOCK
+from ledger.clock import follow_log
 from ledger.codec import TRANSCODER
 from ledger.envelope import Fact, Item, Received, parse_fact, parse_fact_bytes
 from ledger.errors import Code, FactRejected
@@ -101,10 +101,7 @@ class ConsentLedger(Application[UUID]):
         self._subjects: OrderedDict[UUID, Subject] = OrderedDict()
         # One batch at a time per process: a batch mutates cached subjects until it commits.
         self.lock = threading.RLock()
-        last_recorded = self.ledger_recorder.last_recorded_at()
-        if last_recorded is not None:
-            # Transaction time goes on from the log's, whatever the wall clock says now.
-            TRANSACTION_CLOCK.not_before(datetime.fromisoformat(last_recorded))
+        follow_log(self.ledger_recorder.last_recorded_at())  # transaction time goes on from it
         self.finish_erasures()
 
     def finish_erasures(self) -> int:

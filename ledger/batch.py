@@ -15,7 +15,7 @@ from uuid import UUID
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ledger.chain import MAPPER
-from ledger.clock import TRANSACTION_CLOCK
+from ledger.clock import follow_log
 from ledger.codec import isoformat
 from ledger.envelope import Fact
 from ledger.errors import Code, FactRejected
@@ -67,9 +67,7 @@ class FactBatch:
         self.existing, versions, last_recorded = ledger.ledger_recorder.batch_reads(
             self._event_ids(), [*wanted, *tenant_ids.values()]
         )
-        if last_recorded is not None:
-            # Another process may have appended since this one last did (`ledger.clock`).
-            TRANSACTION_CLOCK.not_before(datetime.fromisoformat(last_recorded))
+        follow_log(last_recorded)  # another process may have appended since this one did
         # Each tenant's version in the same snapshot: a cached tenant at it is current.
         self.tenant_versions = {name: versions.get(tid) for name, tid in tenant_ids.items()}
         self.keys = ledger.keystore.open_keys(wanted)

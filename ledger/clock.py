@@ -57,3 +57,10 @@ class TransactionClock:
 
 
 TRANSACTION_CLOCK = TransactionClock()
+
+
+def follow_log(recorded_at: str | None) -> None:
+    """Stamp nothing at or before the `recorded_at` of the log's last fact (None: it has
+    none), whatever the wall clock says."""
+    if recorded_at is not None:
+        TRANSACTION_CLOCK.not_before(datetime.fromisoformat(recorded_at))
