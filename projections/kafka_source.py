@@ -16,7 +16,6 @@ stop the projection for good on a duplicate.
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 from typing import Any
 
 from eventsourcing.persistence import Mapper, Tracking
@@ -86,17 +85,18 @@ class LedgerTopicReader:
         projection: ConsentProjection,
         application: str,
         *,
-        known_at: datetime | None = None,
+        known: KnownAt | None = None,
         page: int = 5000,
     ) -> int:
         """Apply every committed ledger record after the view's positions; returns how many.
 
         The positions come from the view on every call (not from the consumer), so a view
         written by another process, or rolled back by a failed page, is read from where it
-        really stands.
+        really stands. With `known`, only the events it keeps: what the ledger knew at an
+        instant (`projections.known`).
         """
         try:
-            return self._catch_up(mapper, projection, application, known_at, page)
+            return self._catch_up(mapper, projection, application, known, page)
         except Exception:
             self.close()  # start over with a fresh consumer next time
             raise
@@ -106,7 +106,7 @@ class LedgerTopicReader:
         mapper: Mapper[Any],
         projection: ConsentProjection,
         application: str,
-        known_at: datetime | None,
+        known: KnownAt | None,
         page: int,
     ) -> int:
         consumer = self.consumer()
@@ -120,7 +120,6 @@ class LedgerTopicReader:
                 consumer.seek(tp, position)
             else:
                 consumer.seek_to_beginning(tp)
-        known = None if known_at is None else KnownAt(known_at)
         processed = 0
         for polled in polls_to_end(consumer, tps, timeout_s=float("inf"), max_records=page):
             for tp, records in polled.items():

@@ -37,9 +37,12 @@ def catch_up(
     If another process catching up the same store gets ahead mid-way, reading starts again
     from where the store now stands.
     """
+    # One cut for the whole catch-up: a subject found past the instant before a restart
+    # stays past it after.
+    known = None if known_at is None else KnownAt(known_at)
     while True:
         try:
-            return _catch_up(ledger, projection, known_at, page, reader)
+            return _catch_up(ledger, projection, known, page, reader)
         except ViewMovedOn:
             log.info("the views were moved on by another process; reading from there")
 
@@ -47,7 +50,7 @@ def catch_up(
 def _catch_up(
     ledger: ConsentLedger,
     projection: ConsentProjection,
-    known_at: datetime | None,
+    known: KnownAt | None,
     page: int,
     reader: Any,
 ) -> int:
@@ -60,13 +63,12 @@ def _catch_up(
         topic_reader = reader or LedgerTopicReader(ledger.recorder)
         try:
             return topic_reader.catch_up(
-                ledger.mapper, projection, APPLICATION, known_at=known_at, page=page
+                ledger.mapper, projection, APPLICATION, known=known, page=page
             )
         finally:
             if own_reader:
                 topic_reader.close()
     position = projection.view.max_tracking_id(APPLICATION) or 0
-    known = None if known_at is None else KnownAt(known_at)
     processed = 0
     while True:
         notifications = ledger.recorder.select_notifications(

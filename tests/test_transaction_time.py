@@ -22,7 +22,7 @@ from projections.consent_projection import ConsentProjection
 from projections.queries import consents_at, who_had_consent
 from projections.rebuild import rebuild
 from projections.runner import catch_up
-from projections.store import ConsentViews
+from projections.store import ConsentViews, ViewMovedOn
 from tests import facts as built
 from tests.test_projections import histories, views_agree
 
@@ -218,3 +218,43 @@ def test_views_agree_with_the_facts_while_the_clock_keeps_stepping_back(
         wall(lambda: start - timedelta(minutes=next(readings)), fresh_process=True),
     ):
         views_agree(Settings(data_dir=Path(tmp) / "data"), Path(tmp), ops, cuts, instants, known)
+
+
+class MovedOnOnce(ConsentProjection):
+    """A projection told, once, right after a page committed, that another process moved
+    the store on (as `ConsentViews.apply` says it): catching up reads on from the store."""
+
+    def __init__(self, view: ConsentViews, *, after_pages: int) -> None:
+        super().__init__(view)
+        self.pages_left = after_pages
+
+    def process_batch(self, events: Any, tracking: Any, *, after: int | None) -> None:
+        super().process_batch(events, tracking, after=after)
+        self.pages_left -= 1
+        if self.pages_left == 0:
+            raise ViewMovedOn(tracking.application_name)
+
+
+def test_a_catch_up_read_on_after_another_process_keeps_its_cut(
+    ledger: ConsentLedger, tmp_path: Path
+) -> None:
+    """The log stamped the old way, caught up a page a fact as known at an instant between
+    ada's grant and her withdrawal's earlier stamp: ada's grant is past it, and told to read
+    on from the store right after that page, the catch-up still leaves her withdrawal out."""
+    start = ledger.recorder.max_notification_id() or 0
+    granted = recorded_at(ledger, built.grant("ada"))
+    with as_before(stepped_back(1)):
+        recorded_at(ledger, built.withdraw("ada"))
+        bob = recorded_at(ledger, built.grant("bob"))
+    assert bob < granted
+    views = ConsentViews.open(tmp_path / "views.db")
+    try:
+        # Pages of one entry: the log's entries before ada's grant, then her grant.
+        projection = MovedOnOnce(views, after_pages=start + 1)
+        catch_up(ledger, projection, known_at=bob, page=1)
+        assert projection.pages_left < 0  # it read on after being told
+        at = datetime.fromisoformat("2025-03-02T00:00:00+05:00")
+        assert consents_at(views, "demo", ledger.sid("demo", "ada").hex, at) is None
+        assert who_had_consent(views, "demo", "marketing", at) == [ledger.sid("demo", "bob").hex]
+    finally:
+        views.close()
