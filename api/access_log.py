@@ -109,7 +109,8 @@ class AccessLog:
                     self._prune(now)
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # a failed COMMIT may have ended it
+                    self._db.execute("ROLLBACK")
                 raise
 
     def prune(self) -> int:
@@ -125,7 +126,8 @@ class AccessLog:
                     batch = self._prune(self._clock().astimezone(UTC))
                     self._db.execute("COMMIT")
                 except BaseException:
-                    self._db.execute("ROLLBACK")
+                    if self._db.in_transaction:  # a failed COMMIT may have ended it
+                        self._db.execute("ROLLBACK")
                     raise
                 deleted += batch
                 if batch < PRUNE_BATCH:

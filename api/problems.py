@@ -6,6 +6,7 @@ Bodies name fields and rules, never values: a value may be personal data.
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -18,6 +19,9 @@ from api.responses import OrjsonResponse
 from ledger.checkpoint import LogNotIntact, SinceTooLarge
 from ledger.errors import Code, FactRejected
 from ledger.keystore import KeyStoreBusyError, MasterKeyMismatch
+from ledger.storage import storage_failure
+
+log = logging.getLogger("consent_ledger.http")
 
 PROBLEM = "application/problem+json"
 _FIELD = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
@@ -32,8 +36,8 @@ TITLES = {
     415: "Unsupported media type",
     422: "Unprocessable content",
     500: "Internal server error",
-    503: "Service unavailable (the writer process stopped, or the key store was rotated to a new "
-    "master key; Kafka mode: writer fenced or broker unreachable)",
+    503: "Service unavailable (the writer process stopped, the storage failed, or the key store "
+    "was rotated to a new master key; Kafka mode: writer fenced or broker unreachable)",
 }
 
 
@@ -159,6 +163,16 @@ async def on_unexpected(_: Request, exc: Exception) -> OrjsonResponse:
         # keys with the retired master key; a restart with the new one serves again.
         return respond(
             503, "master_key_mismatch", "the key store is under another master key: restart"
+        )
+    failure = storage_failure(exc)
+    if failure is not None:
+        # A full disk or a file locked elsewhere: nothing about the request, and it passes
+        # when an operator acts. A write retried with the same event_id gets the first
+        # receipt of a fact that was recorded (see ledger.storage). The reason is the
+        # ledger's own words, never the request's.
+        log.error("storage unavailable: %s", failure.reason, extra={"error": "StorageUnavailable"})
+        return respond(
+            503, "storage_unavailable", f"the ledger's storage failed ({failure.reason}); retry"
         )
     # The exception text may carry personal data; the log line names only its type.
     return respond(500, "internal_error", f"unexpected {type(exc).__name__}")

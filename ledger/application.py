@@ -40,6 +40,7 @@ from ledger.policy import DEMO_TENANT, seed_policy_fact
 from ledger.receipt import Outcome, Receipt
 from ledger.recorder import LedgerSQLiteRecorder
 from ledger.settings import Settings
+from ledger.storage import storage_failure
 from ledger.subject import Subject
 from ledger.tenant import Tenant, tenant_id
 
@@ -255,24 +256,43 @@ class ConsentLedger(Application[UUID]):
         written and returns what the log's transaction must carry besides the facts; the
         Kafka intake writer uses it to commit its rejects and offsets atomically with the
         appends. The domain does not look inside it.
+
+        Raises `StorageUnavailable` when the storage failed (a full disk, a locked file):
+        retrying the same facts is safe (see ledger.storage).
         """
+        with self.lock:
+            try:
+                return self._record_batch(facts, sids, with_refusals)
+            except Exception as error:
+                # A full disk or a locked file says nothing about the facts: the caller is
+                # told to retry, not that the ledger has a bug (see ledger.storage).
+                failure = storage_failure(error)
+                if failure is None:
+                    raise
+                raise failure from error
+
+    def _record_batch(
+        self,
+        facts: Sequence[Fact],
+        sids: Sequence[UUID] | None,
+        with_refusals: Callable[[Sequence[Outcome | None]], Any] | None,
+    ) -> list[Outcome]:
         from ledger.batch import FactBatch
 
-        with self.lock:
-            for attempt in range(5):
-                batch = FactBatch(self, facts, sids)
-                try:
-                    batch.check_all()
-                    extra = with_refusals(batch.outcomes) if with_refusals else None
-                    return self._located(batch.commit(extra))
-                except (IntegrityError, sqlite3.IntegrityError, ErasedSubjectError):
-                    # Another process wrote the same subject (or tenant, or key) first.
-                    # Nothing of this attempt was committed; reload and check every fact again.
-                    if attempt == 4:
-                        raise
-                finally:
-                    if not batch.committed:
-                        self.forget(batch.subjects)
+        for attempt in range(5):
+            batch = FactBatch(self, facts, sids)
+            try:
+                batch.check_all()
+                extra = with_refusals(batch.outcomes) if with_refusals else None
+                return self._located(batch.commit(extra))
+            except (IntegrityError, sqlite3.IntegrityError, ErasedSubjectError):
+                # Another process wrote the same subject (or tenant, or key) first.
+                # Nothing of this attempt was committed; reload and check every fact again.
+                if attempt == 4:
+                    raise
+            finally:
+                if not batch.committed:
+                    self.forget(batch.subjects)
         raise AssertionError("unreachable")
 
     def _located(self, outcomes: list[Outcome]) -> list[Outcome]:

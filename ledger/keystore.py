@@ -249,7 +249,8 @@ class KeyStore:
                 )
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # a failed COMMIT may have ended it
+                    self._db.execute("ROLLBACK")
                 raise
             self._signing = None
             self.shred_wal()
@@ -274,7 +275,8 @@ class KeyStore:
                     key = self._unwrap(label, row[0])
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # a failed COMMIT may have ended it
+                    self._db.execute("ROLLBACK")
                 raise
         return key
 
@@ -349,7 +351,8 @@ class KeyStore:
                     after = page[-1][0]
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # a failed COMMIT may have ended it
+                    self._db.execute("ROLLBACK")
                 raise
             self._master, self._master_id, self._master_key = new, new_id, new_master_key
             self.shred_wal()
@@ -433,7 +436,8 @@ class KeyStore:
                 )
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # a failed COMMIT may have ended it
+                    self._db.execute("ROLLBACK")
                 raise
 
     def erase(self, sid: UUID, erased_at: datetime) -> None:
@@ -447,7 +451,8 @@ class KeyStore:
                 )
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # a failed COMMIT may have ended it
+                    self._db.execute("ROLLBACK")
                 raise
             self.shred_wal()
 

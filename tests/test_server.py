@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -38,7 +39,9 @@ def demo_key(settings: Settings, *roles: str) -> str:
     return key
 
 
-def serve(settings: Settings) -> tuple[subprocess.Popen[bytes], str]:
+def serve(
+    settings: Settings, preexec_fn: Callable[[], None] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
     """`consent-ledger serve` on a free port, once it answers /readyz; and its base URL."""
     port = free_port()
     server = subprocess.Popen(
@@ -50,6 +53,7 @@ def serve(settings: Settings) -> tuple[subprocess.Popen[bytes], str]:
         },
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        preexec_fn=preexec_fn,
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60

@@ -22,6 +22,7 @@ from ledger.cli.common import (
 from ledger.errors import FactRejected
 from ledger.keystore import KeyStoreBusyError
 from ledger.settings import Settings, SettingsError
+from ledger.storage import storage_failure
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -54,6 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return fail(f"kafka: {e}", EXIT_UNAVAILABLE)
         if kind == "WriterFenced":
             return fail(f"kafka: {e}", EXIT_FENCED)
+        failure = storage_failure(e)
+        if failure is not None:
+            # Nothing about the input: retrying the same command is safe (ledger.storage).
+            return fail(f"storage unavailable: {failure.reason}; retry", EXIT_UNAVAILABLE)
         raise
 
 

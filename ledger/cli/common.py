@@ -24,7 +24,7 @@ EXIT_USAGE = 2
 EXIT_NOT_FOUND = 3
 EXIT_BROKEN = 4
 EXIT_FENCED = 5  # Kafka mode: another writer took the ledger partitions
-EXIT_UNAVAILABLE = 6  # the key store held open elsewhere; Kafka: broker or topic unavailable
+EXIT_UNAVAILABLE = 6  # storage failed, key store held open elsewhere; Kafka: broker or topic
 
 
 class CliError(Exception):

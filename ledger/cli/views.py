@@ -23,7 +23,10 @@ from ledger.cli.common import (
 from ledger.envelope import parse_time
 from ledger.errors import FactRejected
 from ledger.settings import Settings
+from ledger.storage import storage_failure
 from ledger.vocabulary import REQUEST_KINDS, REQUEST_STATES
+
+log = logging.getLogger("consent_ledger.projections")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -171,7 +174,16 @@ def cmd_project(args: argparse.Namespace, settings: Settings) -> int:
     total = 0
     try:
         while True:
-            done = views.refresh(page=args.page)
+            try:
+                done = views.refresh(page=args.page)
+            except Exception as error:
+                failure = storage_failure(error)
+                if failure is None or not args.follow:
+                    raise
+                # A follower waits for the storage as the worker does: the page that failed
+                # was rolled back with its position and is read again.
+                log.error("storage unavailable (%s), retrying", failure.reason)
+                done = 0
             total += done
             if not args.follow or stop.is_set():
                 break

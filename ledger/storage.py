@@ -1,0 +1,71 @@
+"""When the disk, not the fact, is why a write or a read failed.
+
+A full disk, an I/O error, a database another process holds locked past the busy timeout, a
+file made read-only: none of these says anything about the facts being written, and each
+passes once an operator acts. So none may be answered as a bug (a 500, a traceback), nor, in
+Kafka intake, as a record that made the writer fail (rejected for good, a valid consent lost
+to a full disk): each is a `StorageUnavailable`, answered "retry".
+
+A retry is always safe. The log's transaction is all or nothing, so a batch that failed left
+nothing in the log; data keys stored for it are found and reused by the retry; an erasure
+whose fact was committed but whose key could not be destroyed is finished by the next write
+that touches the subject, and its retry with the same `event_id` gets the first receipt.
+"""
+
+from __future__ import annotations
+
+import errno
+import sqlite3
+
+# SQLite's primary result codes (extended codes start with these) that mean the storage, and
+# what an operator is told. SQLITE_CORRUPT is not among them: a corrupt file does not pass.
+_SQLITE: dict[str, str] = {
+    "SQLITE_FULL": "the disk is full",
+    "SQLITE_IOERR": "a disk I/O error",
+    "SQLITE_BUSY": "another process holds the database locked",
+    "SQLITE_LOCKED": "another connection holds the database locked",
+    "SQLITE_READONLY": "the database is read-only",
+    "SQLITE_CANTOPEN": "a database file cannot be opened",
+}
+_OS: dict[int, str] = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exhausted",
+    errno.EFBIG: "a file is at its size limit",
+    errno.EIO: "a disk I/O error",
+    errno.EROFS: "the file system is read-only",
+}
+
+
+class StorageUnavailable(Exception):
+    """The ledger's storage refused a read or a write; nothing about the facts involved."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type[StorageUnavailable], tuple[str]]:
+        # Crosses the HTTP service's pipe from its writer process, where the cause is lost.
+        return (type(self), (self.reason,))
+
+
+def storage_failure(error: BaseException) -> StorageUnavailable | None:
+    """The storage failure behind `error`, if that is what it is.
+
+    Looks down the chain of causes: the `eventsourcing` library wraps SQLite's errors in its
+    own, and a failed COMMIT's cleanup may raise again with the real error as its context.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, StorageUnavailable):
+            return current
+        if isinstance(current, sqlite3.Error):
+            name = getattr(current, "sqlite_errorname", "")
+            for prefix, reason in _SQLITE.items():
+                if name == prefix or name.startswith(prefix + "_"):
+                    return StorageUnavailable(reason)
+        elif isinstance(current, OSError) and current.errno in _OS:
+            return StorageUnavailable(_OS[current.errno])
+        current = current.__cause__ or current.__context__
+    return None

@@ -1,0 +1,269 @@
+"""A full disk or a locked file is the storage's failure, not the facts': it is answered
+"retry" (exit 6, 503 `storage_unavailable`, an intake batch polled again) and once the
+storage takes writes again nothing is lost, refused or recorded twice.
+
+The failures are real: a process under a file-size limit (RLIMIT_FSIZE, its writes past the
+limit failing as on a full disk) and a key store whose SQLite page budget is spent
+(`max_page_count`, SQLite's own SQLITE_FULL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from ledger.application import ConsentLedger
+from ledger.envelope import parse_fact
+from ledger.kafka.verify import verify_topic
+from ledger.receipt import Receipt
+from ledger.settings import Settings
+from ledger.storage import StorageUnavailable, storage_failure
+from ledger.verify import verify_ledger
+from tests.facts import grant, withdraw
+from tests.test_server import demo_key, serve
+
+LIMIT = 1 << 20  # bytes a file may grow to under the limit; the batches below need more
+
+
+def file_size_limit(size: int) -> Callable[[], None]:
+    """For `preexec_fn`: the process (and its children) may not grow a file past `size`."""
+
+    def apply() -> None:
+        # Ignored, SIGXFSZ no longer kills the process: the write fails, as on a full disk.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(
+            resource.RLIMIT_FSIZE, (size, resource.getrlimit(resource.RLIMIT_FSIZE)[1])
+        )
+
+    return apply
+
+
+def big_grants(n: int, prefix: str) -> list[dict[str, Any]]:
+    """Grants of new subjects with a kilobyte of personal data each."""
+    return [
+        grant(f"{prefix}-{i}", event_id=f"{prefix}-{i}", personal_data={"email": "x" * 1024})
+        for i in range(n)
+    ]
+
+
+def cli(data: Path, *args: str, limit: int | None = None, stdin: str | None = None) -> Any:
+    return subprocess.run(
+        [sys.executable, "-m", "ledger.cli", *args],
+        env={**os.environ, "LEDGER_DATA_DIR": str(data)},
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=file_size_limit(limit) if limit else None,
+    )
+
+
+def until(condition: Callable[[], bool], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def facts_checked(data: Path) -> int:
+    out = cli(data, "verify", "--json")
+    assert out.returncode == 0, out.stderr
+    return int(orjson.loads(out.stdout)["facts_checked"])
+
+
+# ---- what a storage failure is -------------------------------------------------------------
+
+
+def test_a_storage_failure_is_found_down_the_chain_of_causes() -> None:
+    full = sqlite3.OperationalError("database or disk is full")
+    full.sqlite_errorname = "SQLITE_FULL"
+    try:
+        try:
+            raise RuntimeError("wrapped") from full
+        except RuntimeError:
+            # A failed COMMIT's cleanup raising again, the real error as its context.
+            raise sqlite3.OperationalError("cannot rollback - no transaction is active")  # noqa: B904
+    except sqlite3.OperationalError as masked:
+        found = storage_failure(masked)
+    assert found is not None and found.reason == "the disk is full"
+    io = sqlite3.OperationalError("disk I/O error")
+    io.sqlite_errorname = "SQLITE_IOERR_WRITE"
+    assert storage_failure(io) is not None
+    assert storage_failure(OSError(28, "No space left on device")) is not None
+    # Not the storage: a constraint, a corrupt file, a bug.
+    unique = sqlite3.IntegrityError("UNIQUE constraint failed")
+    unique.sqlite_errorname = "SQLITE_CONSTRAINT_UNIQUE"
+    corrupt = sqlite3.DatabaseError("database disk image is malformed")
+    corrupt.sqlite_errorname = "SQLITE_CORRUPT"
+    for error in (unique, corrupt, KeyError("x"), OSError(2, "No such file")):
+        assert storage_failure(error) is None
+
+
+# ---- embedded: the CLI, the application service, the HTTP service ------------------------
+
+
+def test_record_on_a_full_disk_exits_6_records_nothing_and_a_retry_records_all(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    assert cli(data, "init").returncode == 0
+    before = facts_checked(data)
+    lines = "\n".join(orjson.dumps(f).decode() for f in big_grants(1000, "full"))
+
+    refused = cli(data, "record", "-", stdin=lines, limit=LIMIT)
+
+    assert refused.returncode == 6, refused.stderr
+    assert refused.stderr.startswith("consent-ledger: storage unavailable: "), refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert refused.stdout == ""  # no receipt for a fact that was not recorded
+    assert facts_checked(data) == before
+    retried = cli(data, "record", "-", stdin=lines)
+    assert retried.returncode == 0, retried.stderr
+    receipts = [orjson.loads(line)["receipt"] for line in retried.stdout.splitlines()]
+    assert len(receipts) == 1000 and not any(r["duplicate"] for r in receipts)
+    assert facts_checked(data) == before + 1000
+
+
+@pytest.fixture
+def full_key_store(backend_ledger: ConsentLedger) -> Iterator[Callable[[bool], None]]:
+    """Spend (True) or restore (False) the key store's page budget: a new subject's data key
+    then fails with SQLite's own SQLITE_FULL."""
+    db = backend_ledger.keystore._db
+
+    def spend(full: bool) -> None:
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        db.execute(f"PRAGMA max_page_count={pages if full else 1 << 30}")
+
+    yield spend
+    spend(False)
+
+
+def test_a_full_key_store_records_nothing_and_the_retry_records_once(
+    backend_ledger: ConsentLedger, full_key_store: Callable[[bool], None]
+) -> None:
+    ledger = backend_ledger
+    [first] = ledger.record([parse_fact(grant("known"))])
+    assert isinstance(first, Receipt)
+    batch = [parse_fact(f) for f in big_grants(200, "new")]
+    full_key_store(True)
+
+    with pytest.raises(StorageUnavailable, match="the disk is full"):
+        ledger.record(batch)
+
+    # The ledger writes on: a known subject's fact needs no new key.
+    [alone] = ledger.record([parse_fact(withdraw("known"))])
+    assert isinstance(alone, Receipt)
+    full_key_store(False)
+    outcomes = ledger.record(batch)
+    assert all(isinstance(o, Receipt) and not o.duplicate for o in outcomes)
+    result = (
+        verify_topic(ledger.ledger_recorder)  # type: ignore[arg-type]
+        if ledger.settings.backend == "kafka"
+        else verify_ledger(ledger.ledger_recorder)
+    )
+    assert result.ok, result.problems
+
+
+def position(db: Path, query: str) -> int:
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)) as c:
+        try:
+            return int(c.execute(query).fetchone()[0] or 0)
+        except sqlite3.OperationalError as error:
+            if "no such table" not in str(error):  # the views' tables are not made yet
+                raise
+            return 0
+
+
+def test_a_following_projection_waits_out_a_full_disk(tmp_path: Path) -> None:
+    """`project` alone exits 6; `project --follow` logs, waits and catches up afterwards."""
+    data = tmp_path / "data"
+    assert cli(data, "init").returncode == 0
+    grants = [grant(f"v-{i}", event_id=f"v-{i}") for i in range(2000)]
+    recorded = cli(data, "record", "-", stdin="\n".join(orjson.dumps(g).decode() for g in grants))
+    assert recorded.returncode == 0, recorded.stderr
+    last = position(data / "ledger.db", "SELECT max(rowid) FROM stored_events")
+    assert last > 2000
+    small = 64 << 10  # the views of 2,000 subjects need more
+
+    once = cli(data, "project", limit=small)
+    assert once.returncode == 6 and "storage unavailable: " in once.stderr, once.stderr
+
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "ledger.cli", "project", "--follow", "--interval", "0.05"],
+        env={**os.environ, "LEDGER_DATA_DIR": str(data)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=file_size_limit(small),
+    )
+    try:
+        assert follower.stderr is not None
+        line = follower.stderr.readline()  # blocks until the follower logs its first failure
+        assert "storage unavailable (" in line and "retrying" in line, line
+        assert follower.poll() is None  # it waits, it does not exit
+        resource.prlimit(follower.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY,) * 2)
+        views = data / "views.db"
+        until(lambda: position(views, "SELECT max(notification_id) FROM tracking") == last)
+        follower.send_signal(signal.SIGTERM)
+        out, _ = follower.communicate(timeout=60)
+    finally:
+        follower.kill()
+    assert follower.returncode == 0
+    assert out.startswith("projected "), out
+    assert cli(data, "project").stdout.startswith("projected 0 log entries")
+
+
+def descendants(pid: int) -> list[int]:
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            found += descendants(int(child))
+    return found
+
+
+def test_the_http_service_answers_503_storage_unavailable_and_the_retry_records_all(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(data_dir=tmp_path / "data")
+    key = demo_key(settings, "publisher", "compliance")
+    server, base = serve(settings, preexec_fn=file_size_limit(LIMIT))
+    auth = {"Authorization": f"Bearer {key}"}
+    batch = {
+        "facts": [{k: v for k, v in f.items() if k != "tenant"} for f in big_grants(1000, "h")]
+    }
+    try:
+        refused = httpx.post(f"{base}/v1/facts:batch", json=batch, headers=auth, timeout=60)
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert refused.json()["code"] == "storage_unavailable"
+        # Served on: reads, and writes that fit.
+        assert httpx.get(f"{base}/readyz", timeout=10).status_code == 200
+        small = {k: v for k, v in grant("small", event_id="small").items() if k != "tenant"}
+        assert (
+            httpx.post(f"{base}/v1/facts", json=small, headers=auth, timeout=60).status_code == 201
+        )
+        for pid in descendants(server.pid):  # the operator frees the disk
+            resource.prlimit(pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY,) * 2)
+        retried = httpx.post(f"{base}/v1/facts:batch", json=batch, headers=auth, timeout=60)
+        assert retried.status_code == 200, retried.text
+        results = retried.json()["results"]
+        assert [r["receipt"]["duplicate"] for r in results] == [False] * 1000
+    finally:
+        server.terminate()
+        output, _ = server.communicate(timeout=60)
+    logged = [orjson.loads(line) for line in output.splitlines() if line.startswith(b"{")]
+    assert any(e["message"].startswith("storage unavailable: ") for e in logged)
+    assert b"x" * 64 not in output  # the personal data is nowhere in the logs
