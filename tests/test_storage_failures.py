@@ -16,6 +16,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,12 +28,24 @@ import pytest
 
 from ledger.application import ConsentLedger
 from ledger.envelope import parse_fact
+from ledger.kafka.intake import IntakeWriter
+from ledger.kafka.topics import Topics
 from ledger.kafka.verify import verify_topic
 from ledger.receipt import Receipt
 from ledger.settings import Settings
 from ledger.storage import StorageUnavailable, storage_failure
 from ledger.verify import verify_ledger
 from tests.facts import grant, withdraw
+from tests.kafka_support import (
+    OVERSIZE_LIMIT,
+    check_exactly_once,
+    end_offsets,
+    headers,
+    intake_stream,
+    kafka_settings,
+    publish,
+    read_committed,
+)
 from tests.test_server import demo_key, serve
 
 LIMIT = 1 << 20  # bytes a file may grow to under the limit; the batches below need more
@@ -267,3 +280,102 @@ def test_the_http_service_answers_503_storage_unavailable_and_the_retry_records_
     logged = [orjson.loads(line) for line in output.splitlines() if line.startswith(b"{")]
     assert any(e["message"].startswith("storage unavailable: ") for e in logged)
     assert b"x" * 64 not in output  # the personal data is nowhere in the logs
+
+
+# ---- Kafka mode: the intake writer, and a replica that failed after Kafka committed -------
+
+
+@pytest.fixture
+def kafka_ledger(tmp_path: Path, kafka_bootstrap: str) -> Iterator[ConsentLedger]:
+    settings = kafka_settings(tmp_path / "data", kafka_bootstrap, intake_max_bytes=OVERSIZE_LIMIT)
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    yield ledger
+    ledger.close()
+
+
+@pytest.mark.kafka
+def test_intake_waits_out_a_full_key_store_and_rejects_nothing(
+    kafka_ledger: ConsentLedger, kafka_bootstrap: str
+) -> None:
+    """Before, every record of the batch was isolated and rejected as processing_failed:
+    valid consents lost to a full disk."""
+    ledger = kafka_ledger
+    topics = Topics.of(ledger.settings.topic_prefix)
+    items = intake_stream(valid=300, bad=30)
+    publish(kafka_bootstrap, topics.intake, [(i.key, i.value) for i in items])  # type: ignore[misc]
+    ends = end_offsets(kafka_bootstrap, topics.intake)
+    db = ledger.keystore._db
+    db.execute(f"PRAGMA max_page_count={db.execute('PRAGMA page_count').fetchone()[0]}")
+    writer = IntakeWriter(ledger)
+    stop = threading.Event()
+    thread = threading.Thread(target=writer.run, args=(stop,))
+    thread.start()
+    try:
+        until(
+            lambda: writer.stats.retries >= 2 or bool(writer.stats.rejected)
+        )  # it failed, waited, and failed again
+        assert writer.stats.accepted == 0 and not writer.stats.rejected
+        assert read_committed(kafka_bootstrap, topics.rejected, timeout=5) == []
+        db.execute("PRAGMA max_page_count=1073741823")
+        until(lambda: all(writer.committed.get(tp, 0) >= end for tp, end in ends.items()))
+    finally:
+        stop.set()
+        thread.join(60)
+        writer.close()
+    assert not thread.is_alive()
+    check_exactly_once(
+        items,
+        read_committed(kafka_bootstrap, topics.ledger),
+        read_committed(kafka_bootstrap, topics.rejected),
+    )
+    assert writer.stats.accepted == 300
+    assert "processing_failed" not in writer.stats.rejected
+
+
+@contextlib.contextmanager
+def files_limited_to(size: int) -> Iterator[None]:
+    """This process may not grow a file past `size` bytes while inside."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+
+
+@pytest.mark.kafka
+def test_a_replica_that_failed_after_kafka_committed_is_caught_up_before_the_next_append(
+    kafka_ledger: ConsentLedger, kafka_bootstrap: str
+) -> None:
+    """SQLite writes a transaction's pages to its WAL file at COMMIT, which the replica runs
+    after Kafka committed: on a full disk the facts are on the ledger topic and not in the
+    replica. Appending on from the replica would give the subject's next fact a version the
+    topic already holds."""
+    ledger = kafka_ledger
+    [first] = ledger.record(
+        [parse_fact(grant("p-1", purposes=("marketing", "service_improvement")))]
+    )
+    assert isinstance(first, Receipt)
+    withdrawal = parse_fact(withdraw("p-1", event_id="w-1"))
+    with files_limited_to(4096), pytest.raises(StorageUnavailable):
+        ledger.record([withdrawal])  # a known subject: no new data key, only the replica
+
+    [later] = ledger.record([parse_fact(withdraw("p-1", ("service_improvement",), event_id="w-2"))])
+    [retried] = ledger.record([withdrawal])
+
+    assert isinstance(later, Receipt) and not later.duplicate
+    assert isinstance(retried, Receipt) and retried.duplicate  # it was on the topic
+    topics = Topics.of(ledger.settings.topic_prefix)
+    records = read_committed(kafka_bootstrap, topics.ledger)
+    versions = [
+        (h["originator_id"], int(h["originator_version"]))
+        for h in map(headers, records)
+        if "originator_version" in h
+    ]
+    assert len(versions) == len(set(versions)), "a version appended twice"
+    assert [h.get("event_id") for h in map(headers, records)].count("w-1") == 1
+    result = verify_topic(ledger.ledger_recorder)  # type: ignore[arg-type]
+    assert result.ok, result.problems

@@ -122,7 +122,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     print(
         f"worker: stopped; {stats.accepted} accepted, {stats.duplicates} duplicates, "
         f"{sum(stats.rejected.values())} rejected in {stats.batches} batches; "
-        f"{stats.retries} retries after the broker was unavailable",
+        f"{stats.retries} retries after the broker or the storage was unavailable",
         flush=True,
     )
     if stats.batches:

@@ -10,7 +10,9 @@ its open transaction and resumes from the committed offsets.
 
 Poison never blocks a partition: a record that is not a fact is rejected with its code; a
 record that makes the writer itself fail is isolated (the batch is retried one record at a
-time) and rejected as `processing_failed`.
+time) and rejected as `processing_failed`. A failure of the writer's storage (a full disk, a
+key store locked by another process) is no record's fault: the batch is read again and the
+writer waits for the storage as it waits for the broker, rejecting nothing.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from ledger.kafka.recorder import (
     WriterFenced,
 )
 from ledger.receipt import Outcome, Receipt
+from ledger.storage import StorageUnavailable
 
 log = logging.getLogger("consent_ledger.intake")
 
@@ -149,6 +152,17 @@ class IntakeWriter:
                 backoff = 0.2
             except WriterFenced:
                 raise
+            except StorageUnavailable as failure:
+                # Nothing was rejected for it: the batch is polled again once the storage
+                # takes writes (an operator frees the disk, a backup lets go of a lock).
+                self.stats.retries += 1
+                log.error(
+                    "storage unavailable (%s), retrying",
+                    failure.reason,
+                    extra={"error": "StorageUnavailable"},
+                )
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
             except (LedgerUnavailable, KafkaError) as error:
                 self.stats.retries += 1
                 log.warning(
@@ -174,7 +188,7 @@ class IntakeWriter:
         in_transaction = 0.0  # the isolating retries' transactions count in the rest
         try:
             in_transaction = self._write(records, _next_offsets(records))
-        except (LedgerUnavailable, WriterFenced, KafkaError):
+        except (LedgerUnavailable, WriterFenced, KafkaError, StorageUnavailable):
             self._rewind_safely()
             raise
         except Exception as error:
@@ -258,7 +272,7 @@ class IntakeWriter:
             for half in (records[:middle], records[middle:]):
                 try:
                     self._write(half, _next_offsets(half))
-                except (LedgerUnavailable, WriterFenced, KafkaError):
+                except (LedgerUnavailable, WriterFenced, KafkaError, StorageUnavailable):
                     self._rewind_safely()
                     raise
                 except Exception:

@@ -387,15 +387,25 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
         offsets, where = self._transact(records, intake)
         assert positions is not None
         located = [(r, p, o) for r, (p, o) in zip(positions, where, strict=True)]
+        self._appending.located = located  # committed to the topic, from here on
         self._locate(c, located)
         self._set_positions(c, offsets)
-        self._appending.located = located
         return positions
 
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Any:
         self.own()
         self._appending.located = []
-        positions = super().insert_events(stored_events, **kwargs)
+        try:
+            positions = super().insert_events(stored_events, **kwargs)
+        except BaseException:
+            if self._appending.located:
+                # Kafka committed, the replica did not (SQLite writes its pages at COMMIT, so
+                # a full disk fails there): the topic holds facts this replica lacks, and
+                # appending on from it would reuse their versions. Let go of the producer;
+                # the next write owns the partitions again, which catches up first.
+                log.error("the replica missed an append that Kafka committed; catching up")
+                self._drop_producer()
+            raise
         # Only now is the replica's transaction committed: until then a position may yet be
         # rolled back and given to another fact.
         self._appended = {r: (p, o) for r, p, o in self._appending.located}
