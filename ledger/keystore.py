@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -106,6 +107,14 @@ def load_master_key(settings: Settings) -> bytes:
         else:
             with os.fdopen(fd, "w") as f:
                 f.write(base64.b64encode(os.urandom(32)).decode() + "\n")
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        # As ssh refuses a private key others can read: whoever reads this file opens every
+        # subject's personal data, so a copy made with the wrong umask must not go unnoticed.
+        raise SettingsError(
+            f"{path} is open to other users (mode {mode:04o}); it opens every subject's "
+            "personal data: chmod 600 it, or give the key in LEDGER_MASTER_KEY"
+        )
     return decode_master_key(path.read_text().strip(), str(path))
 
 

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from ledger.keystore import ErasedSubjectError, KeyStore, load_master_key, seal, unseal
 from ledger.settings import Settings, SettingsError
+from tests.cli_support import run
 
 
 def test_master_key_file_is_created_private_and_reused(tmp_path: Path) -> None:
@@ -24,6 +25,24 @@ def test_master_key_file_is_created_private_and_reused(tmp_path: Path) -> None:
     assert len(key) == 32
     assert stat.S_IMODE(os.stat(settings.master_key_path).st_mode) == 0o600
     assert load_master_key(settings) == key
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o644, 0o660])
+def test_a_master_key_file_others_can_read_is_refused(tmp_path: Path, mode: int) -> None:
+    data = tmp_path / "d"
+    assert run(data, "init").returncode == 0
+    path = Settings(data_dir=data).master_key_path
+    secret = path.read_text().strip()
+    path.chmod(mode)
+
+    with pytest.raises(SettingsError, match=f"mode {mode:04o}"):
+        load_master_key(Settings(data_dir=data))
+    out = run(data, "verify")
+    assert out.returncode == 2
+    assert out.stderr.startswith("consent-ledger: configuration: ") and "chmod 600" in out.stderr
+    assert secret not in out.stderr
+    path.chmod(0o600)
+    assert run(data, "verify").returncode == 0
 
 
 def test_master_key_from_environment(tmp_path: Path) -> None:
