@@ -382,6 +382,7 @@ def test_evidence_is_written_once_and_verified_without_the_ledger(
     made = run(data, "evidence", "c-9", "--tenant", "demo", "--out", str(package))
     assert made.returncode == 0, made.stderr
     assert "written to" in made.stderr and "c-9" not in made.stderr
+    assert package.stat().st_mode & 0o777 == 0o600  # it holds the personal data in the clear
     again = run(data, "evidence", "c-9", "--tenant", "demo", "--out", str(package))
     assert again.returncode == 2 and "never overwritten" in again.stderr
     key = run(data, "signing-key").stdout.strip()

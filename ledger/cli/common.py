@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -63,13 +64,15 @@ def about_subject(
 
 
 def write_once(value: Any, out: str | None, what: str, summary: str) -> None:
+    """A new file only its owner can read (0600, as `tenants export` makes): an evidence
+    package holds the subject's personal data in the clear."""
     data = orjson.dumps(value, option=orjson.OPT_INDENT_2) + b"\n"
     if out in (None, "-"):
         sys.stdout.buffer.write(data)
         return
     assert out is not None
     try:
-        with open(out, "xb") as f:
+        with os.fdopen(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
             f.write(data)
     except FileExistsError:
         raise CliError(f"{out} exists: {what} is never overwritten") from None

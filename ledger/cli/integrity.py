@@ -52,7 +52,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "evidence", help="a subject's trail with the proofs that let others verify it"
     )
     subject_args(p)
-    p.add_argument("--out", metavar="FILE", help="write it to this new file (default: stdout)")
+    p.add_argument(
+        "--out", metavar="FILE", help="write it to this new file (mode 0600; default: stdout)"
+    )
     p.add_argument(
         "--since", metavar="FILE", help="a published checkpoint: add the proof the log extends it"
     )
@@ -61,7 +63,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "checkpoint", help="the log's Merkle tree head, signed, for the operator to publish"
     )
-    p.add_argument("--out", metavar="FILE", help="write it to this new file (default: stdout)")
+    p.add_argument(
+        "--out", metavar="FILE", help="write it to this new file (mode 0600; default: stdout)"
+    )
     p.add_argument(
         "--since", metavar="FILE", help="an earlier checkpoint: add the proof the log extends it"
     )
