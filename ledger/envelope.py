@@ -17,6 +17,7 @@ import orjson
 
 from ledger.codec import as_orjson_datetime
 from ledger.errors import Code, FactRejected
+from ledger.json_names import marked, repeats_a_name
 from ledger.vocabulary import (
     CHANNELS,
     ERASURE_GROUNDS,
@@ -105,6 +106,11 @@ class Received(NamedTuple):
 Item: TypeAlias = Fact | Received | FactRejected
 
 
+def named_twice() -> FactRejected:
+    """The refusal of a fact with an object that names a member twice (ledger.json_names)."""
+    return FactRejected(Code.INVALID_JSON, "an object in the fact names the same member twice")
+
+
 def check_size(data: bytes) -> None:
     """Refuse a fact longer than the contract allows before anything else reads it."""
     if len(data) > MAX_FACT_BYTES:
@@ -118,6 +124,9 @@ def parse_fact_bytes(data: bytes, tenant: str | None = None) -> Fact:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError:
         raise FactRejected(Code.INVALID_JSON, "the fact is not valid JSON") from None
+    exact = marked(data, obj)
+    if exact is not None and repeats_a_name(exact):
+        raise named_twice()
     return parse_fact(obj, tenant)
 
 

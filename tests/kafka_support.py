@@ -182,6 +182,7 @@ BAD_KINDS: list[tuple[str, str]] = [
     ("no_value", "invalid_json"),
     ("rule", "purpose_not_in_force"),
     ("out_of_calendar", "invalid_timestamp"),
+    ("named_twice", "invalid_json"),
 ]
 OVERSIZE_LIMIT = 8192
 START = datetime.fromisoformat("2025-01-01T00:00:00+05:00")
@@ -248,6 +249,8 @@ def _poison(kind: str, event_id: str) -> bytes | None:
         return orjson.dumps(grant("p-4", event_id=event_id, tenant="no-such-tenant"))
     if kind == "no_value":
         return None
+    if kind == "named_twice":  # read as one purpose or the other, by which parser reads it
+        return orjson.dumps(grant("p-7", event_id=event_id))[:-1] + b',"purposes":["support"]}'
     if kind == "out_of_calendar":  # before year 1 once in UTC
         return orjson.dumps(
             grant("p-6", event_id=event_id, occurred_at="0001-01-01T00:00:00+14:00")

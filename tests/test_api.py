@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from fastapi.testclient import TestClient
 
@@ -340,6 +341,10 @@ def test_publishing_is_idempotent_and_conflicts_are_409(world: World) -> None:
             b'"source": "s"}',
             "unknown_type",
         ),
+        (  # a member named twice: one parser reads one value, another the other
+            b'{"event_id": "x", "type": "consent.granted", "event_id": "y"}',
+            "invalid_json",
+        ),
     ],
 )
 def test_bad_input_is_a_problem_never_a_500(world: World, body: bytes, code: str) -> None:
@@ -366,6 +371,22 @@ def test_batch_results_in_order(world: World) -> None:
     assert results[3]["problem"]["code"] == "not_an_object"
     too_many = world.client.post("/v1/facts:batch", json={"facts": [good] * 1001}, headers=headers)
     assert too_many.status_code == 422 and too_many.json()["code"] == "batch_size"
+
+
+def test_a_batch_refuses_a_fact_that_names_a_member_twice_in_its_place(world: World) -> None:
+    headers = {
+        "Authorization": f"Bearer {world.keys[('demo', 'publisher')]}",
+        "Content-Type": "application/json",
+    }
+    good = orjson.dumps(fresh_grant())
+    twice = orjson.dumps(fresh_grant())[:-1] + b', "purposes" : ["service_improvement"]}'
+    body = b'{"facts": [' + good + b"," + twice + b"]}"
+    results = world.client.post("/v1/facts:batch", content=body, headers=headers).json()["results"]
+    assert [r["status"] for r in results] == [201, 422]
+    assert results[1]["problem"]["code"] == "invalid_json"
+    facts_twice = b'{"facts": [' + good + b'], "facts": []}'
+    whole = world.client.post("/v1/facts:batch", content=facts_twice, headers=headers)
+    assert whole.status_code == 422 and whole.json()["code"] == "invalid_json"
 
 
 def refused_total(world: World, code: str) -> int:

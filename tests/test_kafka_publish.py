@@ -65,6 +65,22 @@ def test_publish_through_intake_to_a_running_worker(tmp_path: Path, kafka_bootst
         # The worker was not fenced: it keeps consuming.
         again = cli(env, "publish", stdin=orjson.dumps(grant("pub-2", event_id="p4")).decode())
         assert again.returncode == 0, again.stderr
+        # A document's fact that names a member twice is refused in its place, never sent in
+        # the one reading its decoded form kept; a line of JSON Lines, by the worker.
+        twice = orjson.dumps(grant("pub-3", event_id="p6"))[:-1] + b',"subject":"pub-4"}'
+        document = b"[" + orjson.dumps(grant("pub-3", event_id="p5")) + b"," + twice + b"]"
+        for stdin in (document, twice):
+            mixed = cli(env, "publish", "--wait", "120", stdin=stdin.decode())
+            assert mixed.returncode == 1, mixed.stderr
+            answers = [orjson.loads(line) for line in mixed.stdout.splitlines()]
+            assert answers[-1] == {
+                "index": len(answers) - 1,
+                "rejected": {
+                    "code": "invalid_json",
+                    "message": "an object in the fact names the same member twice",
+                },
+            }
+            assert all("receipt" in answer for answer in answers[:-1])
         assert worker.poll() is None
         trail = cli(env, "trail", "pub-1", "--tenant", "demo", "--json")
         assert [f["event_id"] for f in orjson.loads(trail.stdout)["facts"]] == ["p1", "p3"]

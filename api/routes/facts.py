@@ -10,8 +10,9 @@ from fastapi import APIRouter, Request
 from api.deps import SCHEME, authorized, service_of
 from api.problems import Problem, problem_body, status_of
 from api.responses import OrjsonResponse
-from ledger.envelope import Fact, Received, check_size, parse_fact
+from ledger.envelope import Fact, Received, check_size, named_twice, parse_fact
 from ledger.errors import FactRejected
+from ledger.json_names import Repeated, marked, repeats_a_name
 from ledger.receipt import Receipt
 
 router = APIRouter(tags=["facts"])
@@ -99,18 +100,24 @@ async def record_batch(
 ) -> OrjsonResponse:
     principal = authorized(request, PUBLISHERS)
     svc = service_of(request)
+    raw = await request.body()
     try:
-        body = orjson.loads(await request.body())
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise Problem(422, "invalid_json", "the body is not valid JSON") from None
+    exact = marked(raw, body)  # None unless some object names a member twice
+    if isinstance(exact, Repeated):
+        raise Problem(422, "invalid_json", "the body names the same member twice")
     items = body.get("facts") if isinstance(body, dict) else None
     if not isinstance(items, list):
         raise Problem(422, "invalid_field", 'the body is {"facts": [...]}', "facts")
     if not items or len(items) > MAX_BATCH:
         raise Problem(422, "batch_size", f"a batch holds 1 to {MAX_BATCH} facts", "facts")
     parsed: list[Fact | FactRejected] = []
-    for item in items:
+    for i, item in enumerate(items):
         try:
+            if exact is not None and repeats_a_name(exact["facts"][i]):
+                raise named_twice()
             parsed.append(parse_fact(item, principal.tenant))
         except FactRejected as e:
             parsed.append(e)

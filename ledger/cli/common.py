@@ -13,6 +13,9 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ledger.application import ConsentLedger
+from ledger.envelope import named_twice
+from ledger.errors import FactRejected
+from ledger.json_names import marked, repeats_a_name
 from ledger.keystore import KeyStore
 from ledger.settings import Settings
 from ledger.tenant import Tenant
@@ -150,8 +153,10 @@ def read_input(path: str) -> bytes:
         raise CliError(f"cannot read {path}: {e.strerror}") from None
 
 
-def read_facts(data: bytes) -> Iterator[bytes | Any]:
-    """A JSON object, a JSON array of objects, or JSON Lines; bad lines become rejections."""
+def read_facts(data: bytes) -> Iterator[bytes | FactRejected | Any]:
+    """A JSON object, a JSON array of objects, or JSON Lines; bad lines become rejections,
+    and so does a document's fact with an object that names a member twice (a refusal in
+    its place: the decoded object has lost one of the two)."""
     stripped = data.strip()
     if not stripped:
         raise CliError("no facts in the input")
@@ -161,11 +166,12 @@ def read_facts(data: bytes) -> Iterator[bytes | Any]:
         whole = orjson.loads(stripped)
     except orjson.JSONDecodeError:
         whole = None
-    if isinstance(whole, list):
-        yield from whole
-        return
-    if isinstance(whole, dict):
-        yield whole
+    if isinstance(whole, list | dict):
+        exact = marked(stripped, whole)
+        facts: list[Any] = whole if isinstance(whole, list) else [whole]
+        marks: list[Any] = [exact] if isinstance(whole, dict) else exact or []
+        for i, fact in enumerate(facts):
+            yield named_twice() if exact is not None and repeats_a_name(marks[i]) else fact
         return
     for line in data.splitlines():
         if line.strip():

@@ -75,6 +75,8 @@ def cmd_record(args: argparse.Namespace, settings: Settings) -> int:
             parsed: list[FactRejected | None] = []
             for item in chunk:
                 try:
+                    if isinstance(item, FactRejected):
+                        raise item
                     facts.append(
                         parse_fact_bytes(item, args.tenant)
                         if isinstance(item, bytes)
@@ -106,20 +108,35 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
     if settings.backend != "kafka":
         raise CliError("publish needs Kafka mode (LEDGER_BACKEND=kafka); use record")
     items = list(read_facts(read_input(args.file)))
+    # A fact refused as read (an object naming a member twice) is not sent: its decoded
+    # form has lost one of the two. It is reported in its place.
+    to_send = [item for item in items if not isinstance(item, FactRejected)]
     ledger = open_ledger(settings)
     try:
-        published = publish(ledger, items, args.tenant)
+        published = publish(ledger, to_send, args.tenant) if to_send else []
         if args.no_wait:
-            for index, p in enumerate(published):
-                line = {"index": index, "published": {"partition": p.partition, "offset": p.offset}}
+            sent = iter(published)
+            for index, item in enumerate(items):
+                if isinstance(item, FactRejected):
+                    line = {"index": index, "rejected": item.as_dict()}
+                else:
+                    p = next(sent)
+                    line = {
+                        "index": index,
+                        "published": {"partition": p.partition, "offset": p.offset},
+                    }
                 sys.stdout.write(orjson.dumps(line).decode() + "\n")
+            refused = len(items) - len(to_send)
+            if refused:
+                return fail(f"{refused} of {len(items)} facts rejected (see stdout)", EXIT_REJECTED)
             return 0
         try:
-            results = outcomes(ledger, published, args.wait)
+            answered = iter(outcomes(ledger, published, args.wait) if published else [])
         except NotConsumed as e:
             return fail(str(e), EXIT_UNAVAILABLE)
     finally:
         ledger.close()
+    results = [item if isinstance(item, FactRejected) else next(answered) for item in items]
     rejected = 0
     for index, result in enumerate(results):
         if isinstance(result, FactRejected):
