@@ -17,7 +17,7 @@ import orjson
 
 from ledger.codec import as_orjson_datetime
 from ledger.errors import Code, FactRejected
-from ledger.json_names import marked, repeats_a_name
+from ledger.json_names import MAX_DEPTH, TooDeep, depth_of, marked, repeats_a_name
 from ledger.vocabulary import (
     CHANNELS,
     ERASURE_GROUNDS,
@@ -30,6 +30,7 @@ from ledger.vocabulary import (
 )
 
 MAX_FACT_BYTES = 1024 * 1024
+MAX_EVIDENCE_DEPTH = 16
 MAX_TEXT = 2000
 # A policy's retention of a purpose: a century is past any law's; more would carry the due
 # list's dates past the calendar's end.
@@ -124,7 +125,12 @@ def parse_fact_bytes(data: bytes, tenant: str | None = None) -> Fact:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError:
         raise FactRejected(Code.INVALID_JSON, "the fact is not valid JSON") from None
-    exact = marked(data, obj)
+    try:
+        exact = marked(data, obj)
+    except TooDeep:
+        raise FactRejected(
+            Code.INVALID_JSON, f"the fact nests deeper than {MAX_DEPTH} levels"
+        ) from None
     if exact is not None and repeats_a_name(exact):
         raise named_twice()
     return parse_fact(obj, tenant)
@@ -185,6 +191,12 @@ def parse_fact(obj: object, tenant: str | None = None) -> Fact:
     if evidence is not None:
         if not isinstance(evidence, dict):
             raise FactRejected(Code.INVALID_FIELD, "field 'evidence' must be an object", "evidence")
+        if depth_of(evidence) > MAX_EVIDENCE_DEPTH:  # orjson writes at most 254 levels
+            raise FactRejected(
+                Code.INVALID_FIELD,
+                f"evidence may nest at most {MAX_EVIDENCE_DEPTH} levels of objects and arrays",
+                "evidence",
+            )
         if len(orjson.dumps(evidence)) > 16384:
             raise FactRejected(Code.OVERSIZE, "evidence may be at most 16384 bytes", "evidence")
     body = parser(obj)

@@ -345,6 +345,14 @@ def test_publishing_is_idempotent_and_conflicts_are_409(world: World) -> None:
             b'{"event_id": "x", "type": "consent.granted", "event_id": "y"}',
             "invalid_json",
         ),
+        (  # nested past what any fact needs: was a 500 from 255 levels of evidence on
+            b'{"event_id": "x", "evidence": {"d": ' + b"[" * 300 + b"]" * 300 + b"}}",
+            "invalid_json",
+        ),
+        (
+            orjson.dumps({**grant("deep"), "evidence": {"d": [[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]}}),
+            "invalid_field",
+        ),
     ],
 )
 def test_bad_input_is_a_problem_never_a_500(world: World, body: bytes, code: str) -> None:
@@ -385,8 +393,10 @@ def test_a_batch_refuses_a_fact_that_names_a_member_twice_in_its_place(world: Wo
     assert [r["status"] for r in results] == [201, 422]
     assert results[1]["problem"]["code"] == "invalid_json"
     facts_twice = b'{"facts": [' + good + b'], "facts": []}'
-    whole = world.client.post("/v1/facts:batch", content=facts_twice, headers=headers)
-    assert whole.status_code == 422 and whole.json()["code"] == "invalid_json"
+    too_deep = b'{"facts": [' + good + b"," + b"[" * 100 + b"]" * 100 + b"]}"
+    for body in (facts_twice, too_deep):
+        whole = world.client.post("/v1/facts:batch", content=body, headers=headers)
+        assert whole.status_code == 422 and whole.json()["code"] == "invalid_json"
 
 
 def refused_total(world: World, code: str) -> int:

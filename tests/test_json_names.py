@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ledger.envelope import parse_fact_bytes
+from ledger.envelope import parse_fact, parse_fact_bytes
 from ledger.errors import Code, FactRejected
 from ledger.json_names import marked, repeats_a_name
 from tests.cli_support import run
@@ -95,3 +95,55 @@ def test_record_refuses_such_a_fact_in_its_place(tmp_path: Path) -> None:
         lines = [orjson.loads(line) for line in out.stdout.splitlines()]
         assert lines[-1]["rejected"]["code"] == "invalid_json"
         assert all("receipt" in line for line in lines[:-1])
+
+
+# ---- how deep a fact may nest ---------------------------------------------------------------
+
+
+def nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+@pytest.mark.parametrize("depth", [65, 300, 1023])
+def test_a_fact_nested_past_64_levels_is_invalid_json_never_a_crash(depth: int) -> None:
+    """Before, a document orjson reads (up to 1,024 levels) could crash the check's walk or
+    the standard library's parser, which recurse."""
+    for raw in (
+        orjson.dumps(grant("p-1"))[:-1] + b',"x":' + nested(depth) + b"}",
+        orjson.dumps(grant("p-1", source='"a":'))[:-1] + b',"x":' + nested(depth) + b"}",
+    ):
+        with pytest.raises(FactRejected, match="nests deeper than 64 levels"):
+            parse_fact_bytes(raw)
+
+
+@pytest.mark.parametrize("depth", [17, 40, 300])
+def test_evidence_nested_past_16_levels_is_refused_never_a_crash(depth: int) -> None:
+    """Before, evidence 255 levels deep made orjson fail to write it: a 500 over HTTP."""
+    raw = orjson.dumps(grant("p-1", evidence={"form": "x"}))
+
+    def with_evidence_depth(levels: int) -> bytes:  # the evidence object is the first level
+        return raw.replace(b'"form":"x"', b'"form":"x","d":' + nested(levels - 1))
+
+    assert parse_fact_bytes(with_evidence_depth(16)).evidence is not None
+    with pytest.raises(FactRejected) as as_bytes:
+        parse_fact_bytes(with_evidence_depth(depth))
+    # Past 64 levels in all, the fact is refused as a whole first (above).
+    wanted = Code.INVALID_JSON if 1 + depth > 64 else Code.INVALID_FIELD
+    assert as_bytes.value.code is wanted
+    inner: list[Any] = []
+    for _ in range(depth - 2):
+        inner = [inner]
+    as_read = orjson.loads(raw)  # as a batch's item or a CLI document's fact reaches it
+    as_read["evidence"]["d"] = inner
+    with pytest.raises(FactRejected) as as_object:
+        parse_fact(as_read)
+    assert as_object.value.code is Code.INVALID_FIELD and as_object.value.field == "evidence"
+
+
+def test_a_cli_document_nested_past_64_levels_is_a_cli_error(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    assert run(data, "init").returncode == 0
+    document = b"[" + orjson.dumps(grant("c-1")) + b"," + nested(100) + b"]"
+    out = run(data, "record", "-", stdin=document.decode())
+    assert out.returncode == 2
+    assert out.stderr == "consent-ledger: the input nests deeper than 64 levels\n"

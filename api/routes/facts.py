@@ -12,7 +12,7 @@ from api.problems import Problem, problem_body, status_of
 from api.responses import OrjsonResponse
 from ledger.envelope import Fact, Received, check_size, named_twice, parse_fact
 from ledger.errors import FactRejected
-from ledger.json_names import Repeated, marked, repeats_a_name
+from ledger.json_names import MAX_DEPTH, Repeated, TooDeep, marked, repeats_a_name
 from ledger.receipt import Receipt
 
 router = APIRouter(tags=["facts"])
@@ -105,7 +105,12 @@ async def record_batch(
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise Problem(422, "invalid_json", "the body is not valid JSON") from None
-    exact = marked(raw, body)  # None unless some object names a member twice
+    try:
+        exact = marked(raw, body)  # None unless some object names a member twice
+    except TooDeep:
+        raise Problem(
+            422, "invalid_json", f"the body nests deeper than {MAX_DEPTH} levels"
+        ) from None
     if isinstance(exact, Repeated):
         raise Problem(422, "invalid_json", "the body names the same member twice")
     items = body.get("facts") if isinstance(body, dict) else None

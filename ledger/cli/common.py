@@ -15,7 +15,7 @@ import orjson
 from ledger.application import ConsentLedger
 from ledger.envelope import named_twice
 from ledger.errors import FactRejected
-from ledger.json_names import marked, repeats_a_name
+from ledger.json_names import MAX_DEPTH, TooDeep, marked, repeats_a_name
 from ledger.keystore import KeyStore
 from ledger.settings import Settings
 from ledger.tenant import Tenant
@@ -167,7 +167,10 @@ def read_facts(data: bytes) -> Iterator[bytes | FactRejected | Any]:
     except orjson.JSONDecodeError:
         whole = None
     if isinstance(whole, list | dict):
-        exact = marked(stripped, whole)
+        try:
+            exact = marked(stripped, whole)
+        except TooDeep:
+            raise CliError(f"the input nests deeper than {MAX_DEPTH} levels") from None
         facts: list[Any] = whole if isinstance(whole, list) else [whole]
         marks: list[Any] = [exact] if isinstance(whole, dict) else exact or []
         for i, fact in enumerate(facts):
