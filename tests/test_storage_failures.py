@@ -150,6 +150,34 @@ def test_record_on_a_full_disk_exits_6_records_nothing_and_a_retry_records_all(
     assert facts_checked(data) == before + 1000
 
 
+def test_an_evidence_package_the_disk_could_not_take_is_not_left_half_written(
+    tmp_path: Path,
+) -> None:
+    """Its personal data cut short would be taken for the whole package, and the retry
+    refused because the file exists."""
+    data = tmp_path / "data"
+    assert cli(data, "init").returncode == 0
+    facts = [
+        grant("person-1", event_id=f"g-{i}", personal_data={"email": "x" * 1000})
+        for i in range(400)
+    ]
+    assert cli(data, "record", "-", stdin=orjson.dumps(facts).decode()).returncode == 0
+    command = ("evidence", "person-1", "--tenant", "demo", "--out")
+    assert cli(data, *command, "-").returncode == 0  # the signing key made, the files settled
+    # Room for every file of the data directory to be rewritten, not for the package.
+    limit = max(p.stat().st_size for p in data.iterdir()) + (64 << 10)
+    out = tmp_path / "evidence.json"
+
+    refused = cli(data, *command, str(out), limit=limit)
+
+    assert refused.returncode == 6, refused.stderr
+    assert refused.stderr.startswith("consent-ledger: storage unavailable: "), refused.stderr
+    assert not out.exists()
+    retried = cli(data, *command, str(out))
+    assert retried.returncode == 0, retried.stderr
+    assert out.stat().st_size > limit and out.stat().st_mode & 0o777 == 0o600
+
+
 @pytest.fixture
 def full_key_store(backend_ledger: ConsentLedger) -> Iterator[Callable[[bool], None]]:
     """Spend (True) or restore (False) the key store's page budget: a new subject's data key

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import uuid
@@ -140,13 +141,14 @@ def cmd_tenants_export(args: argparse.Namespace, settings: Settings) -> int:
                     continue
                 (out or sys.stdout.buffer).write(orjson.dumps(trail) + b"\n")
                 written += 1
+        if out is not None:
+            out.close()  # its last writes happen here: a full disk fails here too
     except BaseException:
         if out is not None:  # no partial export left behind to be taken for a whole one
-            out.close()
+            with contextlib.suppress(OSError):
+                out.close()
             os.unlink(args.out)
         raise
-    if out is not None:
-        out.close()
     where = f"; written to {args.out}" if out is not None else ""
     print(
         f"exported the trails of {written} subjects of tenant {args.tenant!r}{where}",

@@ -18,6 +18,7 @@ from ledger.errors import FactRejected
 from ledger.json_names import MAX_DEPTH, TooDeep, marked, repeats_a_name
 from ledger.keystore import KeyStore
 from ledger.settings import Settings
+from ledger.storage import storage_failure
 from ledger.tenant import Tenant
 
 if TYPE_CHECKING:  # imported where used: a command that needs no views does not load them
@@ -75,12 +76,19 @@ def write_once(value: Any, out: str | None, what: str, summary: str) -> None:
         return
     assert out is not None
     try:
-        with os.fdopen(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
-            f.write(data)
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         raise CliError(f"{out} exists: {what} is never overwritten") from None
     except OSError as e:
         raise CliError(f"cannot write {out}: {e.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+    except OSError as e:
+        # A full disk: no partial file left to be taken for the whole one (or to refuse the
+        # retry as existing), and the exit status of every storage failure.
+        os.unlink(out)
+        raise storage_failure(e) or CliError(f"cannot write {out}: {e.strerror}") from None
     print(f"{summary}; written to {out}", file=sys.stderr)
 
 
