@@ -18,10 +18,16 @@ files consistent with each other as well:
 
 The master key is not copied: a backup that held it would open every subject's data on its
 own. With the key file, keep a copy of `master.key` apart from the backups.
+
+The copies are made in a hidden directory beside the target and renamed to it only when all
+are made and on disk: a backup stopped half-way (a full disk, a crash) never leaves a
+directory that looks like a backup and lacks the key store.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,14 +55,22 @@ def back_up(settings: Settings, into: Path) -> list[Copied]:
         raise SettingsError(f"{into} is not an empty directory: a backup never overwrites")
     if not settings.keystore_path.exists():
         raise SettingsError(f"no key store at {settings.keystore_path}: nothing to back up")
-    into.mkdir(parents=True, exist_ok=True)
-    copied = []
-    for source in files_to_back_up(settings):
-        if source.exists():
-            target = into / source.name
-            _copy(source, target)
-            copied.append(Copied(source.name, target.stat().st_size))
-    fsync_path(into)
+    into.parent.mkdir(parents=True, exist_ok=True)
+    making = into.parent / f".{into.name}.incomplete-{os.getpid()}"
+    making.mkdir()
+    try:
+        copied = []
+        for source in files_to_back_up(settings):
+            if source.exists():
+                target = making / source.name
+                _copy(source, target)
+                copied.append(Copied(source.name, target.stat().st_size))
+        fsync_path(making)
+        making.rename(into)  # replaces an empty directory, never a full one
+    except BaseException:
+        shutil.rmtree(making, ignore_errors=True)
+        raise
+    fsync_path(into.parent)
     return copied
 
 

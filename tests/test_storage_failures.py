@@ -178,6 +178,29 @@ def test_an_evidence_package_the_disk_could_not_take_is_not_left_half_written(
     assert out.stat().st_size > limit and out.stat().st_mode & 0o777 == 0o600
 
 
+def test_a_backup_the_disk_could_not_take_leaves_no_directory_that_looks_like_one(
+    tmp_path: Path,
+) -> None:
+    """Before, the files copied until the disk filled stayed in the target: the views and
+    the log without the key store, which is copied last."""
+    data = tmp_path / "data"
+    assert cli(data, "init").returncode == 0
+    facts = [grant(f"b-{i}", personal_data={"email": "x" * 1000}) for i in range(400)]
+    assert cli(data, "record", "-", stdin=orjson.dumps(facts).decode()).returncode == 0
+    log = (data / "ledger.db").stat().st_size
+    into = tmp_path / "backups" / "today"
+
+    refused = cli(data, "backup", "--into", str(into), limit=log // 2)
+
+    assert refused.returncode == 6, refused.stderr
+    assert refused.stderr.startswith("consent-ledger: storage unavailable: "), refused.stderr
+    assert list((tmp_path / "backups").iterdir()) == []  # nothing half-made, not even hidden
+    made = cli(data, "backup", "--into", str(into))
+    assert made.returncode == 0, made.stderr
+    assert {"ledger.db", "keys.db"} <= {p.name for p in into.iterdir()}
+    assert list((tmp_path / "backups").iterdir()) == [into]
+
+
 @pytest.fixture
 def full_key_store(backend_ledger: ConsentLedger) -> Iterator[Callable[[bool], None]]:
     """Spend (True) or restore (False) the key store's page budget: a new subject's data key
