@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from ledger.fsync import fsync_path
 from ledger.settings import Settings, SettingsError
 from ledger.sql import PAGE_CACHE_KIB, rows_in
 
@@ -100,13 +101,7 @@ def load_master_key(settings: Settings) -> bytes:
     path = settings.master_key_path
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass  # Another process created it first; read theirs.
-        else:
-            with os.fdopen(fd, "w") as f:
-                f.write(base64.b64encode(os.urandom(32)).decode() + "\n")
+        _create_master_key_file(path)
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
         # As ssh refuses a private key others can read: whoever reads this file opens every
@@ -116,6 +111,32 @@ def load_master_key(settings: Settings) -> bytes:
             "personal data: chmod 600 it, or give the key in LEDGER_MASTER_KEY"
         )
     return decode_master_key(path.read_text().strip(), str(path))
+
+
+def _create_master_key_file(path: Path) -> None:
+    """A new master key, in place only once whole and on disk.
+
+    Data keys are wrapped with it as soon as it exists, and the key store commits them with
+    an fsync: a key file cut short by a full disk, or lost with the page cache in a power
+    failure, would leave them unopenable for good. So it is written and fsync'd under
+    another name, linked to its own (which fails if another process got there first: its
+    key is the one) and the directory fsync'd.
+    """
+    staged = path.with_name(f".{path.name}.{os.getpid()}")
+    staged.unlink(missing_ok=True)  # left by a process with this pid that stopped
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(base64.b64encode(os.urandom(32)).decode() + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(staged, path)
+        except FileExistsError:
+            return  # another process created it first; theirs is read
+        fsync_path(path.parent)
+    finally:
+        staged.unlink(missing_ok=True)
 
 
 def decode_master_key(value: str, where: str) -> bytes:

@@ -7,6 +7,8 @@ import hashlib
 import hmac
 import os
 import stat
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from hypothesis import strategies as st
 from ledger.keystore import ErasedSubjectError, KeyStore, load_master_key, seal, unseal
 from ledger.settings import Settings, SettingsError
 from tests.cli_support import run
+from tests.test_storage_failures import file_size_limit
 
 
 def test_master_key_file_is_created_private_and_reused(tmp_path: Path) -> None:
@@ -25,6 +28,28 @@ def test_master_key_file_is_created_private_and_reused(tmp_path: Path) -> None:
     assert len(key) == 32
     assert stat.S_IMODE(os.stat(settings.master_key_path).st_mode) == 0o600
     assert load_master_key(settings) == key
+
+
+def test_a_master_key_file_the_disk_could_not_take_is_not_left_cut_short(tmp_path: Path) -> None:
+    """Before, a full disk left master.key with part of a key (here, 10 bytes): every later
+    start failed on it, and had it been cut short after the key store was written, its data
+    keys would have been lost. Now it appears whole or not at all."""
+    data = tmp_path / "d"
+    started = subprocess.run(
+        [sys.executable, "-m", "ledger.cli", "init"],
+        env={**os.environ, "LEDGER_DATA_DIR": str(data)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=file_size_limit(10),
+    )
+    assert started.returncode == 6, started.stderr
+    assert "storage unavailable" in started.stderr
+    assert sorted(p.name for p in data.iterdir()) == []
+    assert run(data, "init").returncode == 0
+    assert sorted(p.name for p in data.iterdir() if p.name.startswith(("master", "."))) == [
+        "master.key"
+    ]
 
 
 @pytest.mark.parametrize("mode", [0o640, 0o604, 0o644, 0o660])
