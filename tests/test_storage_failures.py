@@ -9,6 +9,7 @@ limit failing as on a full disk) and a key store whose SQLite page budget is spe
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import resource
@@ -19,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -430,3 +432,59 @@ def test_a_replica_that_failed_after_kafka_committed_is_caught_up_before_the_nex
     assert [h.get("event_id") for h in map(headers, records)].count("w-1") == 1
     result = verify_topic(ledger.ledger_recorder)  # type: ignore[arg-type]
     assert result.ok, result.problems
+
+
+@pytest.mark.kafka
+def test_a_writer_whose_replica_cannot_catch_up_waits_and_rejects_nothing(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """Taking ownership catches the replica up with what another writer appended, outside
+    the ledger's record(): before, a full disk there sent every record of the batch to
+    isolation and the last one's failure out of the worker, which stopped."""
+    master_key = base64.b64encode(os.urandom(32)).decode()
+    writer_settings = kafka_settings(
+        tmp_path / "w", kafka_bootstrap, master_key=master_key, intake_max_bytes=OVERSIZE_LIMIT
+    )
+    ledger = ConsentLedger(writer_settings)
+    ledger.init_demo()
+    other = ConsentLedger(
+        replace(writer_settings, data_dir=tmp_path / "other")  # same topics, same master key
+    )
+    other.record(
+        [parse_fact(grant(f"o-{i}", personal_data={"email": "x" * 500})) for i in range(300)]
+    )
+    other.close()  # it took ownership: the writer's replica is 300 records behind
+    topics = Topics.of(writer_settings.topic_prefix)
+    items = intake_stream(valid=100, bad=10)
+    publish(kafka_bootstrap, topics.intake, [(i.key, i.value) for i in items])  # type: ignore[misc]
+    ends = end_offsets(kafka_bootstrap, topics.intake)
+    writer = IntakeWriter(ledger)
+    stop = threading.Event()
+    thread = threading.Thread(target=writer.run, args=(stop,))
+    try:
+        with files_limited_to(64 << 10):
+            thread.start()
+            until(
+                lambda: (
+                    writer.stats.retries >= 2
+                    or bool(writer.stats.rejected)
+                    or not thread.is_alive()
+                )
+            )
+            assert thread.is_alive() and not writer.stats.rejected
+        until(lambda: all(writer.committed.get(tp, 0) >= end for tp, end in ends.items()))
+    finally:
+        stop.set()
+        thread.join(60)
+        writer.close()
+        ledger.close()
+    check_exactly_once(
+        items,
+        [
+            r
+            for r in read_committed(kafka_bootstrap, topics.ledger)
+            if not headers(r).get("event_id", "").startswith("ev-")  # the other writer's
+        ],
+        read_committed(kafka_bootstrap, topics.rejected),
+    )
+    assert writer.stats.accepted == 100

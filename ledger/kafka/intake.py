@@ -40,7 +40,7 @@ from ledger.kafka.recorder import (
     WriterFenced,
 )
 from ledger.receipt import Outcome, Receipt
-from ledger.storage import StorageUnavailable
+from ledger.storage import StorageUnavailable, storage_failure
 
 log = logging.getLogger("consent_ledger.intake")
 
@@ -152,17 +152,6 @@ class IntakeWriter:
                 backoff = 0.2
             except WriterFenced:
                 raise
-            except StorageUnavailable as failure:
-                # Nothing was rejected for it: the batch is polled again once the storage
-                # takes writes (an operator frees the disk, a backup lets go of a lock).
-                self.stats.retries += 1
-                log.error(
-                    "storage unavailable (%s), retrying",
-                    failure.reason,
-                    extra={"error": "StorageUnavailable"},
-                )
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
             except (LedgerUnavailable, KafkaError) as error:
                 self.stats.retries += 1
                 log.warning(
@@ -171,6 +160,20 @@ class IntakeWriter:
                     extra={"error": type(error).__name__},
                 )
                 self.close()
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+            except Exception as error:
+                # Nothing was rejected for it: the batch is polled again once the storage
+                # takes writes (an operator frees the disk, a backup lets go of a lock).
+                failure = storage_failure(error)
+                if failure is None:
+                    raise
+                self.stats.retries += 1
+                log.error(
+                    "storage unavailable (%s), retrying",
+                    failure.reason,
+                    extra={"error": "StorageUnavailable"},
+                )
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
 
@@ -192,6 +195,7 @@ class IntakeWriter:
             self._rewind_safely()
             raise
         except Exception as error:
+            self._unless_storage(error)
             # A bug tripped over one of these records: find it, reject it, keep going. The
             # log names the error's type only: its message might quote the record.
             log.error("intake batch failed (%s); isolating the record", type(error).__name__)
@@ -275,7 +279,8 @@ class IntakeWriter:
                 except (LedgerUnavailable, WriterFenced, KafkaError, StorageUnavailable):
                     self._rewind_safely()
                     raise
-                except Exception:
+                except Exception as error:
+                    self._unless_storage(error)
                     self._rewind_safely()
                     self._write_isolating(half)
             return
@@ -296,6 +301,15 @@ class IntakeWriter:
         )
         self.committed.update(_next_offsets(records))
         self.stats.reject(refusal.code.value)
+
+    def _unless_storage(self, error: Exception) -> None:
+        """Raise StorageUnavailable if the storage is why `error` happened (the replica's
+        catch-up as the writer takes ownership, say, which runs outside the ledger's record):
+        that is no record's fault, and none may be rejected for it."""
+        failure = storage_failure(error)
+        if failure is not None:
+            self._rewind_safely()
+            raise failure from error
 
     def _parse(self, record: ConsumerRecord) -> Fact:
         value = record.value
