@@ -45,6 +45,13 @@ def test_record_json_lines_with_a_bad_line(data: Path, tmp_path: Path) -> None:
     assert result[3]["receipt"]["sid"] == result[0]["receipt"]["sid"]
     again = run(data, "record", str(path))
     assert lines(again.stdout)[0]["receipt"]["duplicate"] is True
+    # Saved by an editor that starts UTF-8 with a byte order mark: the first fact is read.
+    marked = tmp_path / "marked.jsonl"
+    marked.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert lines(run(data, "record", str(marked)).stdout)[0]["receipt"]["duplicate"] is True
+    document = tmp_path / "marked.json"
+    document.write_bytes(b"\xef\xbb\xbf" + orjson.dumps([grant("c-1", event_id="g1")]))
+    assert lines(run(data, "record", str(document)).stdout)[0]["receipt"]["duplicate"] is True
 
 
 def test_record_from_stdin_with_tenant_option(data: Path) -> None:
@@ -275,6 +282,10 @@ def test_views_commands(data: Path, tmp_path: Path) -> None:
         (2, "unknown_subject"),
     ]
     assert "c-6" not in check.stdout
+    # As a spreadsheet saves it: a byte order mark first, CRLF line ends. The mark read as
+    # part of the first reference made that recipient unknown.
+    saved = run(data, *check.args[3:], stdin="\ufeffc-5\r\nc-6\r\nc-7\r\n")
+    assert saved.returncode == 0 and orjson.loads(saved.stdout) == report
     who = orjson.loads(
         run(
             data,

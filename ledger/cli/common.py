@@ -165,6 +165,7 @@ def read_facts(data: bytes) -> Iterator[bytes | FactRejected | Any]:
     """A JSON object, a JSON array of objects, or JSON Lines; bad lines become rejections,
     and so does a document's fact with an object that names a member twice (a refusal in
     its place: the decoded object has lost one of the two)."""
+    data = data.removeprefix(b"\xef\xbb\xbf")  # a byte order mark, as some editors save
     stripped = data.strip()
     if not stripped:
         raise CliError("no facts in the input")

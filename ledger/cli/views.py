@@ -249,7 +249,9 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     at = parse_time(args.at, "--at")
     known_at = parse_time(args.known_at, "--known-at") if args.known_at else None
     try:
-        text = read_input(args.file).decode("utf-8")
+        # utf-8-sig: a spreadsheet's "CSV UTF-8" starts with a byte order mark, which read as
+        # part of the first reference would make that recipient unknown.
+        text = read_input(args.file).decode("utf-8-sig")
     except UnicodeDecodeError:
         raise CliError(f"{args.file} is not UTF-8 text") from None
     lines = [line.strip() for line in text.splitlines() if line.strip()]
