@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+from ledger.settings import ensure_dir
+
 log = logging.getLogger("consent_ledger.http")
 
 # How many expired accesses one pruning deletes: a busy service's hour of them must not hold
@@ -63,7 +65,7 @@ class AccessLog:
         keep_days: int = 0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_dir(path.parent)
         self.keep_days = keep_days
         self._clock = clock
         self._next_prune: datetime | None = None  # None: prune at the next record

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ledger.settings import ensure_dir
+
 ROLES = frozenset({"publisher", "compliance", "admin"})
 
 
@@ -65,7 +67,7 @@ class ApiKeys:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_dir(path.parent)
         self._recheck_s = recheck_s
         self._clock = clock
         self._wall_clock = wall_clock

@@ -39,7 +39,7 @@ from ledger.keystore import (
 from ledger.policy import DEMO_TENANT, seed_policy_fact
 from ledger.receipt import Outcome, Receipt
 from ledger.recorder import LedgerSQLiteRecorder
-from ledger.settings import Settings
+from ledger.settings import Settings, ensure_dir
 from ledger.storage import storage_failure
 from ledger.subject import Subject
 from ledger.tenant import Tenant, tenant_id
@@ -50,7 +50,7 @@ RECORD_KEY_ENV = "RECORD_MAC_KEY"  # internal: from the settings to the persiste
 
 def persistence_env(settings: Settings, keystore: KeyStore) -> dict[str, str]:
     """The `eventsourcing` environment for the configured backend."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    ensure_dir(settings.data_dir)
     common = {
         "SQLITE_DBNAME": str(settings.log_path),
         "SQLITE_LOCK_TIMEOUT": "30",

@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ledger.fsync import fsync_path
-from ledger.settings import Settings, SettingsError
+from ledger.settings import Settings, SettingsError, ensure_dir
 from ledger.sql import PAGE_CACHE_KIB, rows_in
 
 NONCE = 12
@@ -100,7 +100,7 @@ def load_master_key(settings: Settings) -> bytes:
         return decode_master_key(settings.master_key, "LEDGER_MASTER_KEY")
     path = settings.master_key_path
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_dir(path.parent)
         _create_master_key_file(path)
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
@@ -153,7 +153,7 @@ class KeyStore:
     """Data keys by `sid`, the pseudonym key, and the list of erased `sid`s."""
 
     def __init__(self, path: Path, master_key: bytes) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_dir(path.parent)
         self._master = AESGCM(master_key)
         self._master_id = master_key_id(master_key)
         self._master_key = master_key

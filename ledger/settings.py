@@ -21,6 +21,18 @@ class SettingsError(ValueError):
     """A configuration value is unusable; the message names the variable, never a secret."""
 
 
+def ensure_dir(path: Path) -> None:
+    """Make the data directory (or another the ledger writes in) if it is missing, or say
+    in one line why it cannot be: a path that names a file, or a place nothing can be made.
+    """
+    if path.exists() and not path.is_dir():
+        raise SettingsError(f"{path} is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SettingsError(f"{path} cannot be made a directory: {e.strerror}") from None
+
+
 @dataclass(frozen=True)
 class Settings:
     """Configuration of one ledger process.

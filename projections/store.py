@@ -21,6 +21,7 @@ from eventsourcing.sqlite import (
     SQLiteTrackingRecorder,
 )
 
+from ledger.settings import ensure_dir
 from ledger.sql import as_tuples, rows_in
 from ledger.sqlite_factory import StatementCachingPool
 
@@ -161,7 +162,7 @@ class ConsentViews(SQLiteTrackingRecorder):
 
     @classmethod
     def open(cls, path: Path, *, indexes: bool = True) -> ConsentViews:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_dir(path.parent)
         views = cls(ViewsDatastore(str(path), lock_timeout=30), indexes=indexes)
         views.create_table()
         return views

@@ -695,3 +695,18 @@ def test_api_keys_are_created_listed_expired_and_revoked(data: Path) -> None:
     ]
     table = run(data, "keys", "list").stdout.splitlines()
     assert "revoked 20" in table[0] and "expires 20" in table[1]
+
+
+def test_a_data_directory_that_cannot_be_one_is_a_configuration_error(tmp_path: Path) -> None:
+    """Each was a traceback (FileExistsError, NotADirectoryError) from the first mkdir."""
+    afile = tmp_path / "a-file"
+    afile.write_text("")
+    for data, args, why in (
+        (afile, ("verify",), "is not a directory"),
+        (afile / "sub", ("init",), "cannot be made a directory: Not a directory"),
+        (afile / "sub", ("keys", "create", "--tenant", "demo", "--role", "admin"), "cannot be"),
+    ):
+        out = run(data, *args)
+        assert out.returncode == 2, out.stderr
+        assert out.stderr.startswith("consent-ledger: configuration: ") and why in out.stderr
+        assert "Traceback" not in out.stderr

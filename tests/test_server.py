@@ -3,6 +3,7 @@ erase, verify."""
 
 from __future__ import annotations
 
+import base64
 import os
 import socket
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -167,3 +169,27 @@ def test_concurrent_batches_and_single_publishes_through_the_writer_process(
     assert [r["event_id"] for r in receipts] == [f"single-{i}" for i in range(60)]
     positions = [r["receipt"]["position"] for r in results] + [r["position"] for r in receipts]
     assert len(set(positions)) == 3060
+
+
+def test_serve_refuses_a_configuration_it_cannot_start_with_in_one_line(tmp_path: Path) -> None:
+    afile = tmp_path / "a-file"
+    afile.write_text("")
+    ok = Settings(data_dir=tmp_path / "data")
+    demo_key(ok, "admin")
+    wrong_key = base64.b64encode(bytes(32)).decode()
+    for env in (
+        {"LEDGER_DATA_DIR": str(afile)},
+        {"LEDGER_DATA_DIR": str(ok.data_dir), "LEDGER_MASTER_KEY": wrong_key},
+    ):
+        out = subprocess.run(
+            [sys.executable, "-m", "ledger.cli", "serve", "--port", str(free_port())],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 2, out.stderr
+        assert (
+            out.stderr.startswith("consent-ledger: configuration: ") and out.stderr.count("\n") == 1
+        )
+        assert wrong_key not in out.stderr

@@ -41,7 +41,12 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     from api.app import create_app, keys_path
     from api.keys import ApiKeys
+    from ledger.keystore import KeyStore, load_master_key
 
+    # What would stop the service as it starts (a data directory that is a file, a master
+    # key that does not open the key store), said in one line with exit 2 rather than in
+    # the traceback of a failed startup that uvicorn prints before exiting 3.
+    KeyStore(settings.keystore_path, load_master_key(settings)).close()
     if args.demo:
         cmd_demo(argparse.Namespace(subjects=args.subjects), settings)
         keys = ApiKeys(keys_path(settings))
