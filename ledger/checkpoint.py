@@ -397,14 +397,14 @@ def verify_checkpoint(
                 head, checkpoint.get("consistency"), since, chain, result.problems
             )
     except MALFORMED as e:
-        result.problems.append(malformed("checkpoint", e))
+        result.problems.append(malformed("a checkpoint", e))
     return result
 
 
 def malformed(what: str, error: Exception) -> ProofProblem:
     # The message names the exception's kind, never the input's values.
     return ProofProblem(
-        "malformed", "input", None, f"not a {what} this ledger writes ({type(error).__name__})"
+        "malformed", "input", None, f"not {what} this ledger writes ({type(error).__name__})"
     )
 
 

@@ -209,7 +209,7 @@ def verify_evidence(
         _verify(package, public_key, since, result)
     except MALFORMED as e:
         # Missing, mistyped or undecodable parts: not a package this version wrote.
-        result.problems.append(malformed("evidence package", e))
+        result.problems.append(malformed("an evidence package", e))
     return result
 
 
