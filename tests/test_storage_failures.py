@@ -13,6 +13,7 @@ import base64
 import contextlib
 import os
 import resource
+import select
 import signal
 import sqlite3
 import subprocess
@@ -277,7 +278,10 @@ def test_a_following_projection_waits_out_a_full_disk(tmp_path: Path) -> None:
     )
     try:
         assert follower.stderr is not None
-        line = follower.stderr.readline()  # blocks until the follower logs its first failure
+        # Its first failure, logged; a follower that never fails must not hang the test.
+        ready, _, _ = select.select([follower.stderr], [], [], 120)
+        assert ready, "the follower logged nothing"
+        line = follower.stderr.readline()
         assert "storage unavailable (" in line and "retrying" in line, line
         assert follower.poll() is None  # it waits, it does not exit
         resource.prlimit(follower.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY,) * 2)
