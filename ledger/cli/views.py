@@ -172,17 +172,21 @@ def cmd_project(args: argparse.Namespace, settings: Settings) -> int:
     ledger = open_ledger(settings)
     views = Views(ledger)
     total = 0
+    pause = args.interval
     try:
         while True:
             try:
                 done = views.refresh(page=args.page)
+                pause = args.interval
             except Exception as error:
                 failure = storage_failure(error)
                 if failure is None or not args.follow:
                     raise
-                # A follower waits for the storage as the worker does: the page that failed
-                # was rolled back with its position and is read again.
+                # A follower waits for the storage as the worker does, pausing longer each
+                # time up to 5 s: the page that failed was rolled back with its position.
                 log.error("storage unavailable (%s), retrying", failure.reason)
+                stop.wait(pause)
+                pause = min(pause * 2, max(args.interval, 5.0))
                 done = 0
             total += done
             if not args.follow or stop.is_set():
