@@ -134,9 +134,24 @@ def _create_master_key_file(path: Path) -> None:
             os.link(staged, path)
         except FileExistsError:
             return  # another process created it first; theirs is read
+        except OSError:
+            # A file system without hard links (vfat, some network shares): created in
+            # place, never over another process's key, and on disk before it is used.
+            _create_in_place(path, staged.read_bytes())
         fsync_path(path.parent)
     finally:
         staged.unlink(missing_ok=True)
+
+
+def _create_in_place(path: Path, content: bytes) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    with os.fdopen(fd, "wb") as f:
+        f.write(content)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def decode_master_key(value: str, where: str) -> bytes:

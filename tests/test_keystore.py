@@ -52,6 +52,22 @@ def test_a_master_key_file_the_disk_could_not_take_is_not_left_cut_short(tmp_pat
     ]
 
 
+def test_a_master_key_file_is_made_where_hard_links_are_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection: the file system refuses hard links, as vfat does."""
+
+    def no_links(*_: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    settings = Settings(data_dir=tmp_path / "d")
+    key = load_master_key(settings)
+    assert load_master_key(settings) == key
+    assert stat.S_IMODE(os.stat(settings.master_key_path).st_mode) == 0o600
+    assert [p.name for p in settings.data_dir.iterdir()] == ["master.key"]
+
+
 @pytest.mark.parametrize("mode", [0o640, 0o604, 0o644, 0o660])
 def test_a_master_key_file_others_can_read_is_refused(tmp_path: Path, mode: int) -> None:
     data = tmp_path / "d"
