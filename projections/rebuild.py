@@ -97,6 +97,12 @@ def rebuild(
         # store kept its indexes up as it went and they stay as they are; only the subjects
         # table is laid out.
         store.lay_out()
+    except BaseException:
+        # Half a store is of no use (the next replay starts it again), and after a full disk
+        # it would keep the space the operator needs to free.
+        store.close()
+        _remove(partial)
+        raise
     finally:
         store.close()
     # Closing the last connection moves the write-ahead log into the file and deletes it.

@@ -204,6 +204,24 @@ def test_a_backup_the_disk_could_not_take_leaves_no_directory_that_looks_like_on
     assert list((tmp_path / "backups").iterdir()) == [into]
 
 
+def test_a_replay_the_disk_could_not_take_leaves_nothing_behind(tmp_path: Path) -> None:
+    """Before, the half-built store stayed as views.db.partial, holding the space an
+    operator had to free for the retry."""
+    data = tmp_path / "data"
+    assert cli(data, "init").returncode == 0
+    grants = [grant(f"r-{i}", event_id=f"r-{i}") for i in range(2000)]
+    assert cli(data, "record", "-", stdin=orjson.dumps(grants).decode()).returncode == 0
+    into = tmp_path / "replayed"
+
+    refused = cli(data, "replay", "--into", str(into), limit=64 << 10)
+
+    assert refused.returncode == 6, refused.stderr
+    assert refused.stderr.startswith("consent-ledger: storage unavailable: "), refused.stderr
+    assert [p.name for p in into.iterdir()] == []
+    assert cli(data, "replay", "--into", str(into)).returncode == 0
+    assert [p.name for p in into.iterdir()] == ["views.db"]
+
+
 @pytest.fixture
 def full_key_store(backend_ledger: ConsentLedger) -> Iterator[Callable[[bool], None]]:
     """Spend (True) or restore (False) the key store's page budget: a new subject's data key
