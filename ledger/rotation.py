@@ -119,8 +119,14 @@ def _rewrap(store: Path, old: bytes, new: bytes) -> int | None:
 
 def _write_private(path: Path, key: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(base64.b64encode(key).decode() + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(base64.b64encode(key).decode() + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        # Cut short (a full disk), it would be taken for the key of a rotation to finish,
+        # and every later run would fail to read it.
+        path.unlink()
+        raise
     fsync_path(path.parent)

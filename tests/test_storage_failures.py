@@ -222,6 +222,24 @@ def test_a_replay_the_disk_could_not_take_leaves_nothing_behind(tmp_path: Path) 
     assert [p.name for p in into.iterdir()] == ["views.db"]
 
 
+def test_a_rotation_the_disk_could_not_begin_leaves_no_next_key(tmp_path: Path) -> None:
+    """Before, master.key.next was left with part of a key: every later rotation took it
+    for the key of one to finish and failed to read it."""
+    data = tmp_path / "data"
+    assert cli(data, "init").returncode == 0
+    old_key = (data / "master.key").read_text()
+
+    refused = cli(data, "master-key", "rotate", limit=10)
+
+    assert refused.returncode == 6, refused.stderr
+    assert not (data / "master.key.next").exists()
+    assert (data / "master.key").read_text() == old_key
+    assert cli(data, "verify").returncode == 0
+    rotated = cli(data, "master-key", "rotate")
+    assert rotated.returncode == 0, rotated.stderr
+    assert (data / "master.key").read_text() != old_key
+
+
 @pytest.fixture
 def full_key_store(backend_ledger: ConsentLedger) -> Iterator[Callable[[bool], None]]:
     """Spend (True) or restore (False) the key store's page budget: a new subject's data key
