@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from ledger.fsync import fsync_path
+from ledger.fsync import fsync_path, write_new_private
 from ledger.settings import Settings, SettingsError, ensure_dir
 from ledger.sql import PAGE_CACHE_KIB, rows_in
 
@@ -124,12 +124,9 @@ def _create_master_key_file(path: Path) -> None:
     """
     staged = path.with_name(f".{path.name}.{os.getpid()}")
     staged.unlink(missing_ok=True)  # left by a process with this pid that stopped
-    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    key_line = (base64.b64encode(os.urandom(32)).decode() + "\n").encode()
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(base64.b64encode(os.urandom(32)).decode() + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        write_new_private(staged, key_line)
         try:
             os.link(staged, path)
         except FileExistsError:
@@ -137,21 +134,13 @@ def _create_master_key_file(path: Path) -> None:
         except OSError:
             # A file system without hard links (vfat, some network shares): created in
             # place, never over another process's key, and on disk before it is used.
-            _create_in_place(path, staged.read_bytes())
+            try:
+                write_new_private(path, key_line)
+            except FileExistsError:
+                return
         fsync_path(path.parent)
     finally:
         staged.unlink(missing_ok=True)
-
-
-def _create_in_place(path: Path, content: bytes) -> None:
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return
-    with os.fdopen(fd, "wb") as f:
-        f.write(content)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def decode_master_key(value: str, where: str) -> bytes:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ledger.failpoints import failpoint
-from ledger.fsync import fsync_path
+from ledger.fsync import fsync_path, write_new_private
 from ledger.keystore import (
     KeyStore,
     KeyStoreBusyError,
@@ -118,15 +118,7 @@ def _rewrap(store: Path, old: bytes, new: bytes) -> int | None:
 
 
 def _write_private(path: Path, key: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(base64.b64encode(key).decode() + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        # Cut short (a full disk), it would be taken for the key of a rotation to finish,
-        # and every later run would fail to read it.
-        path.unlink()
-        raise
+    # Whole or not at all: cut short by a full disk, it would be taken for the key of a
+    # rotation to finish, and every later run would fail to read it.
+    write_new_private(path, (base64.b64encode(key).decode() + "\n").encode())
     fsync_path(path.parent)

@@ -81,6 +81,7 @@ def rebuild(
     # its secondary indexes are made once all rows are in (`lay_out`, below). Caught up in
     # log order, it reads its own intervals to close them, and needs them from the start.
     store = ConsentViews.open(partial, indexes=not by_subject)
+    built = False
     try:
         if by_subject:
             read = _by_subject(ledger, store, partial, known_at, batch, workers)
@@ -97,14 +98,13 @@ def rebuild(
         # store kept its indexes up as it went and they stay as they are; only the subjects
         # table is laid out.
         store.lay_out()
-    except BaseException:
-        # Half a store is of no use (the next replay starts it again), and after a full disk
-        # it would keep the space the operator needs to free.
-        store.close()
-        _remove(partial)
-        raise
+        built = True
     finally:
         store.close()
+        if not built:
+            # Half a store is of no use (the next replay starts it again), and after a full
+            # disk it would keep the space the operator needs to free.
+            _remove(partial)
     # Closing the last connection moves the write-ahead log into the file and deletes it.
     if Path(f"{partial}-wal").exists():
         raise RuntimeError(f"{partial} kept a write-ahead log after closing")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -15,6 +15,7 @@ import orjson
 from ledger.application import ConsentLedger
 from ledger.envelope import named_twice
 from ledger.errors import FactRejected
+from ledger.fsync import write_new_private
 from ledger.json_names import MAX_DEPTH, TooDeep, marked, repeats_a_name
 from ledger.keystore import KeyStore
 from ledger.settings import Settings
@@ -76,18 +77,11 @@ def write_once(value: Any, out: str | None, what: str, summary: str) -> None:
         return
     assert out is not None
     try:
-        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        write_new_private(Path(out), data)
     except FileExistsError:
         raise CliError(f"{out} exists: {what} is never overwritten") from None
     except OSError as e:
-        raise CliError(f"cannot write {out}: {e.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-    except OSError as e:
-        # A full disk: no partial file left to be taken for the whole one (or to refuse the
-        # retry as existing), and the exit status of every storage failure.
-        os.unlink(out)
+        # A full disk has the exit status of every storage failure.
         raise storage_failure(e) or CliError(f"cannot write {out}: {e.strerror}") from None
     print(f"{summary}; written to {out}", file=sys.stderr)
 
