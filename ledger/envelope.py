@@ -218,13 +218,24 @@ def parse_time(value: object, field: str) -> datetime:
     if not isinstance(value, str):
         raise FactRejected(Code.INVALID_TIMESTAMP, f"{field} must be an RFC 3339 string", field)
     if len(value) > 40 or not _RFC3339.match(value):
+        if _PLUS_AS_SPACE.match(value):
+            # An unencoded '+' in a URL's query string arrives as a space: the caller wrote an
+            # offset, and "must have an offset" would send them looking in the wrong place.
+            raise FactRejected(
+                Code.INVALID_TIMESTAMP,
+                f"{field} has a space where its offset's sign belongs: in a URL, write '+' as %2B",
+                field,
+            )
         raise FactRejected(
             Code.INVALID_TIMESTAMP,
             f"{field} must be RFC 3339 with an offset, e.g. 2025-03-01T10:00:00+05:00",
             field,
         )
     try:
-        parsed = datetime.fromisoformat(value)
+        # RFC 3339 lets 'T' and 'Z' be lower case (as the published schema does); Python's
+        # parser takes only upper case. Digits of a second past the sixth (Go and Java write
+        # nine) are dropped: the ledger keeps microseconds, as Python's datetime does.
+        parsed = datetime.fromisoformat(value.upper())
     except ValueError:
         raise FactRejected(
             Code.INVALID_TIMESTAMP, f"{field} is not a valid date and time", field
@@ -251,6 +262,7 @@ LATEST = datetime(9990, 1, 1, tzinfo=UTC)
 _RFC3339 = re.compile(
     r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
 )
+_PLUS_AS_SPACE = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})? \d{2}:\d{2}$")
 
 
 def _safe_key(key: str) -> str:

@@ -428,6 +428,15 @@ def test_query_errors(world: World) -> None:
     sid = world.sids["demo"]
     bad_time = world.client.get(f"/v1/subjects/{sid}/consents?as_of=yesterday", headers=headers)
     assert bad_time.status_code == 422 and bad_time.json()["code"] == "invalid_timestamp"
+    # A '+' left unencoded in the query reaches the ledger as a space; the problem says so.
+    plus = world.client.get(
+        f"/v1/subjects/{sid}/consents?as_of=2025-03-01T10:00:00+05:00", headers=headers
+    )
+    assert plus.status_code == 422 and "%2B" in plus.json()["detail"], plus.json()
+    encoded = world.client.get(
+        f"/v1/subjects/{sid}/consents?as_of=2025-03-01t10:00:00%2B05:00", headers=headers
+    )
+    assert encoded.status_code == 200, encoded.json()
     # Valid RFC 3339, but past the calendar once in UTC.
     for path in (
         f"/v1/subjects/{sid}/consents?as_of=9999-12-31T23:59:59-14:00",

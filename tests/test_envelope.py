@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from datetime import datetime, timedelta, timezone
+from importlib import resources
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from ledger.envelope import MAX_FACT_BYTES, parse_fact, parse_fact_bytes
+from ledger.envelope import _RFC3339, MAX_FACT_BYTES, parse_fact, parse_fact_bytes, parse_time
 from ledger.errors import Code, FactRejected
 from tests.facts import grant
 
@@ -120,3 +125,69 @@ def test_canonical_form_ignores_key_order_and_defaults() -> None:
     b["channel"] = "api"
     assert parse_fact(a).canonical() == parse_fact(b).canonical()
     assert parse_fact(a).canonical() != parse_fact({**a, "purposes": ["support"]}).canonical()
+
+
+def test_the_published_schema_takes_the_timestamps_the_parser_takes() -> None:
+    """A publisher that checks its facts against `fact.schema.json` must not be refused for a
+    timestamp's form: both use one pattern (only the calendar is the parser's own check)."""
+    schema = json.loads((resources.files("ledger") / "schema" / "fact.schema.json").read_text())
+    patterns = set()
+
+    def collect(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("format") == "date-time":
+                patterns.add(node["pattern"])
+            for value in node.values():
+                collect(value)
+        elif isinstance(node, list):
+            for value in node:
+                collect(value)
+
+    collect(schema)
+    assert patterns == {_RFC3339.pattern}
+
+
+@st.composite
+def rfc3339(draw: st.DrawFn) -> tuple[str, datetime]:
+    """Any RFC 3339 date-time with an offset (section 5.6, upper or lower case, the space
+    that section 5.6's note allows), and the instant it names, to the microsecond."""
+    when = draw(
+        st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9989, 12, 30))
+    ).replace(microsecond=0)
+    digits = draw(st.text("0123456789", min_size=0, max_size=9))
+    zulu = draw(st.booleans())
+    minutes = 0 if zulu else draw(st.integers(-(23 * 60 + 59), 23 * 60 + 59))
+    separator = draw(st.sampled_from("Tt "))
+    sign = "-" if minutes < 0 else "+"
+    offset = (
+        draw(st.sampled_from("Zz"))
+        if zulu
+        else f"{sign}{abs(minutes) // 60:02}:{abs(minutes) % 60:02}"
+    )
+    text = (
+        f"{when.year:04}-{when.month:02}-{when.day:02}{separator}"
+        f"{when.hour:02}:{when.minute:02}:{when.second:02}"
+    )
+    if digits:
+        text += "." + digits
+    micro = int((digits + "000000")[:6]) if digits else 0
+    zone = timezone(timedelta(minutes=minutes))
+    return text + offset, when.replace(microsecond=micro, tzinfo=zone)
+
+
+@given(rfc3339())
+def test_every_rfc3339_timestamp_is_taken_to_the_microsecond(case: tuple[str, datetime]) -> None:
+    text, instant = case
+    assert _RFC3339.match(text)
+    parsed = parse_time(text, "occurred_at")
+    assert parsed == instant and parsed.utcoffset() == instant.utcoffset()
+
+
+def test_a_plus_sent_unencoded_in_a_url_is_named() -> None:
+    """`?as_of=2025-03-01T10:00:00+05:00` arrives with a space for the '+'."""
+    with pytest.raises(FactRejected) as info:
+        parse_time("2025-03-01T10:00:00 05:00", "as_of")
+    assert info.value.code is Code.INVALID_TIMESTAMP and "%2B" in info.value.message
+    with pytest.raises(FactRejected) as info:
+        parse_time("2025-03-01T10:00:00", "as_of")
+    assert "%2B" not in info.value.message
