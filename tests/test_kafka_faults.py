@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,7 @@ from ledger.settings import Settings
 from tests.conftest import BROKER
 from tests.kafka_support import (
     OVERSIZE_LIMIT,
+    LateBroker,
     check_exactly_once,
     intake_stream,
     kafka_cli,
@@ -37,6 +39,7 @@ from tests.kafka_support import (
     publish,
     read_committed,
 )
+from tests.server_support import free_port, wait_ready
 
 pytestmark = pytest.mark.kafka
 
@@ -228,3 +231,56 @@ def test_broker_restart_mid_stream(tmp_path: Path, progress_of: list[Progress]) 
             worker.kill()
             worker.communicate()
         subprocess.run([str(BROKER), "stop", str(run_dir)], timeout=120, check=False)
+
+
+def test_a_worker_and_a_server_started_before_their_broker_wait_for_it(
+    tmp_path: Path, kafka_bootstrap: str, progress_of: list[Progress]
+) -> None:
+    """A compose file starts the ledger and the brokers together: `worker` and `serve` say
+    they are waiting and start once a broker answers, where they exited with the client
+    library's traceback; a one-shot command exits 6 in one line."""
+    settings = kafka_settings(tmp_path / "data", kafka_bootstrap)
+    served = kafka_settings(tmp_path / "served", kafka_bootstrap)  # a writer of its own
+    for each in (settings, served):
+        assert kafka_cli(each, "init").returncode == 0
+    late = LateBroker(kafka_bootstrap)
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "ledger.cli", "serve", "--port", str(port)],
+        env={**os.environ, **kafka_env(replace(served, kafka_bootstrap=late.address))},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        early = replace(settings, kafka_bootstrap=late.address)
+        worker = start_worker(early)
+        assert worker.stderr is not None and server.stdout is not None
+        verify = kafka_cli(early, "verify")
+        assert verify.returncode == 6, verify.stderr
+        assert "Traceback" not in verify.stderr
+        assert f"no Kafka broker answered at {late.address} (KAFKA_BOOTSTRAP)" in verify.stderr
+        # Each line is read once the process printed it: its first attempt has failed.
+        for line in (worker.stderr.readline(), server.stdout.readline()):
+            assert "trying again in 1 s: no Kafka broker answered at" in line, line
+        late.open()
+        items = intake_stream(valid=20, bad=2, seed=5)
+        topics = Topics.of(settings.topic_prefix)
+        publish(kafka_bootstrap, topics.intake, [(i.key, i.value) for i in items])  # type: ignore[misc]
+        progress = Progress(settings)
+        progress_of.append(progress)
+        progress.wait_for(len(items), worker, timeout=120)
+        ledger = read_committed(kafka_bootstrap, topics.ledger)
+        rejected = read_committed(kafka_bootstrap, topics.rejected)
+        check_exactly_once(items, ledger, rejected)
+        assert "Traceback" not in stop_cleanly(worker)
+        wait_ready(server, f"http://127.0.0.1:{port}")
+        server.send_signal(signal.SIGTERM)
+        output = server.communicate(timeout=60)[0]
+        # uvicorn shuts down gracefully, then raises the signal again for its default action.
+        assert server.returncode == -signal.SIGTERM and "Traceback" not in output, output
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate()
+        late.close()

@@ -5,70 +5,17 @@ from __future__ import annotations
 
 import base64
 import os
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from api.app import keys_path
-from api.keys import ApiKeys
-from ledger.application import ConsentLedger
 from ledger.settings import Settings
 from tests.facts import grant
-from tests.kafka_support import kafka_env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def demo_key(settings: Settings, *roles: str) -> str:
-    """The demo tenant loaded into the data directory, and a key of it with these roles."""
-    ledger = ConsentLedger(settings)
-    ledger.init_demo()
-    ledger.close()
-    store = ApiKeys(keys_path(settings))
-    _, key = store.create("demo", set(roles))
-    store.close()
-    return key
-
-
-def serve(
-    settings: Settings, preexec_fn: Callable[[], None] | None = None
-) -> tuple[subprocess.Popen[bytes], str]:
-    """`consent-ledger serve` on a free port, once it answers /readyz; and its base URL."""
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "ledger.cli", "serve", "--port", str(port)],
-        env={
-            **os.environ,
-            "LEDGER_DATA_DIR": str(settings.data_dir),
-            **(kafka_env(settings) if settings.backend == "kafka" else {}),
-        },
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        preexec_fn=preexec_fn,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:  # readiness: the server answers /readyz
-        if server.poll() is not None or time.monotonic() > deadline:
-            server.kill()
-            output = server.stdout.read() if server.stdout else b""
-            raise AssertionError(f"the server did not become ready: {output!r}")
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                return server, base
-        except httpx.TransportError:
-            time.sleep(0.05)
+from tests.server_support import demo_key, free_port, serve
 
 
 def test_publish_query_erase_verify_over_http(backend_settings: Settings) -> None:

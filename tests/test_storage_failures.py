@@ -49,7 +49,7 @@ from tests.kafka_support import (
     publish,
     read_committed,
 )
-from tests.test_server import demo_key, serve
+from tests.server_support import demo_key, serve
 
 LIMIT = 1 << 20  # bytes a file may grow to under the limit; the batches below need more
 

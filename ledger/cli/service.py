@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ledger.cli.common import (
@@ -47,6 +52,11 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     # key that does not open the key store), said in one line with exit 2 rather than in
     # the traceback of a failed startup that uvicorn prints before exiting 3.
     KeyStore(settings.keystore_path, load_master_key(settings)).close()
+    if settings.backend == "kafka":
+        with stopped_by_signals() as stop:
+            if not wait_for_brokers(settings, stop, "serve"):
+                print("serve: stopped before a Kafka broker answered", flush=True)
+                return 0
     if args.demo:
         cmd_demo(argparse.Namespace(subjects=args.subjects), settings)
         keys = ApiKeys(keys_path(settings))
@@ -86,9 +96,6 @@ read it back (the sid is in the receipt):
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     """Kafka mode's long-running process: the intake writer and the projections."""
-    import signal
-    import threading
-
     from ledger.kafka.intake import IntakeWriter
     from ledger.kafka.recorder import WriterFenced
     from projections.views import Views
@@ -100,6 +107,9 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    if not wait_for_brokers(settings, stop, "worker"):
+        print("worker: stopped before a Kafka broker answered", flush=True)
+        return 0
     ledger = open_ledger(settings)
     writer = IntakeWriter(ledger)
     views = None if args.no_projections else Views(ledger)
@@ -158,3 +168,44 @@ def follow_views(views: Any, stop: Any, interval: float) -> None:
             done = 0
         if done == 0:
             stop.wait(interval)
+
+
+# Longest pause between two attempts to reach the brokers.
+BROKER_WAIT_MAX_S = 30.0
+
+
+def wait_for_brokers(settings: Settings, stop: threading.Event, who: str) -> bool:
+    """Wait until a broker answers and the topics are as the ledger needs; False if stopped.
+
+    A long-running process starts before its cluster as often as after it (a compose file
+    starts them together; brokers restart one by one): it waits, saying so on stderr, where
+    a one-shot command exits 6 at once. A topic the ledger refuses is not waited for: no
+    retry mends a compacted ledger topic.
+    """
+    from ledger.kafka.topics import BrokersUnreachable, ensure_topics
+
+    pause = 1.0
+    while not stop.is_set():
+        try:
+            ensure_topics(settings)
+            return True
+        except BrokersUnreachable as error:
+            print(f"{who}: trying again in {pause:.0f} s: {error}", file=sys.stderr, flush=True)
+        if stop.wait(pause):
+            break
+        pause = min(pause * 2, BROKER_WAIT_MAX_S)
+    return False
+
+
+@contextmanager
+def stopped_by_signals() -> Iterator[threading.Event]:
+    """An event SIGTERM and SIGINT set, for as long as the block runs (then the handlers
+    before it are put back: uvicorn installs its own)."""
+    stop = threading.Event()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    before = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in signals}
+    try:
+        yield stop
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)

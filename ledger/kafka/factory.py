@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from eventsourcing.persistence import ApplicationRecorder
 from eventsourcing.sqlite import SQLiteConnection
-from kafka.admin import KafkaAdminClient
 
 from ledger.application import RECORD_KEY_ENV
 from ledger.kafka.recorder import KafkaLedgerRecorder, KafkaLink
-from ledger.kafka.topics import ensure_topics, partition_count
+from ledger.kafka.topics import ledger_layout
 from ledger.settings import Settings, SettingsError
 from ledger.sqlite_factory import LedgerSQLiteFactory, StatementCachingPool
 
@@ -47,12 +46,7 @@ class KafkaFactory(LedgerSQLiteFactory):
                 "LEDGER_BACKEND": "kafka",
             }
         )
-        topics = ensure_topics(settings)
-        admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap())
-        try:
-            partitions = partition_count(admin, topics.ledger)
-        finally:
-            admin.close()
+        topics, partitions = ledger_layout(settings)
         mac_key = self.env.get(RECORD_KEY_ENV)
         if not mac_key:
             raise SettingsError(

@@ -11,12 +11,47 @@ from dataclasses import dataclass
 from typing import Any
 
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+from kafka.errors import KafkaConnectionError, KafkaTimeoutError
 
 from ledger.settings import Settings
+
+# How long one attempt to reach the brokers waits for the first to answer. kafka-python's
+# default is 30 s; the long-running processes try again (see ledger.cli.service), and a
+# one-shot command says so sooner.
+BOOTSTRAP_TIMEOUT_MS = 10_000
 
 
 class TopicRefused(RuntimeError):
     """An existing topic's settings would lose or mislay ledger records."""
+
+
+class BrokersUnreachable(RuntimeError):
+    """No broker of KAFKA_BOOTSTRAP answered: the cluster is down, starting, or misnamed.
+
+    Nothing about the ledger is wrong; the same command works once a broker answers. Said in
+    one line, naming the addresses (configuration, never personal data), instead of the
+    traceback of the client library's timeout.
+    """
+
+    def __init__(self, bootstrap: str, error: Exception) -> None:
+        super().__init__(
+            f"no Kafka broker answered at {bootstrap} (KAFKA_BOOTSTRAP) within "
+            f"{BOOTSTRAP_TIMEOUT_MS // 1000} s ({type(error).__name__}): is the cluster up?"
+        )
+        self.bootstrap = bootstrap
+
+
+def admin_client(settings: Settings) -> KafkaAdminClient:
+    """An admin client that has reached a broker, or `BrokersUnreachable`."""
+    bootstrap = settings.bootstrap()
+    try:
+        return KafkaAdminClient(
+            bootstrap_servers=bootstrap,
+            client_id="consent-ledger",
+            bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
+        )
+    except (KafkaTimeoutError, KafkaConnectionError) as error:
+        raise BrokersUnreachable(bootstrap, error) from None
 
 
 @dataclass(frozen=True)
@@ -64,8 +99,13 @@ def topic_specs(settings: Settings) -> dict[str, dict[str, Any]]:
 
 def ensure_topics(settings: Settings) -> Topics:
     """Create missing topics; refuse a ledger topic that would not keep every record forever."""
+    return ledger_layout(settings)[0]
+
+
+def ledger_layout(settings: Settings) -> tuple[Topics, int]:
+    """The topics, created or checked as `ensure_topics` does, and the ledger's partitions."""
     topics = Topics.of(settings.topic_prefix)
-    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap(), client_id="consent-ledger")
+    admin = admin_client(settings)
     try:
         created = admin.create_topics(
             topic_specs(settings), raise_errors=False, wait_for_metadata=True
@@ -76,9 +116,10 @@ def ensure_topics(settings: Settings) -> Topics:
                     f"cannot create topic {result['name']}: {result['error_message']}"
                 )
         check_ledger_topic(admin, topics.ledger)
+        partitions = partition_count(admin, topics.ledger)
     finally:
         admin.close()
-    return topics
+    return topics, partitions
 
 
 def check_ledger_topic(admin: KafkaAdminClient, name: str) -> None:
