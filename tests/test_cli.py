@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -606,6 +609,52 @@ def test_record_a_large_file_in_batches(data: Path, tmp_path: Path) -> None:
     assert [r["index"] for r in result] == list(range(2500))
     assert result[1700]["rejected"]["code"] == "invalid_json"
     assert sum("receipt" in r for r in result) == 2499
+
+
+def test_record_interrupted_by_ctrl_c_says_so_and_finishes_when_run_again(
+    data: Path, tmp_path: Path
+) -> None:
+    """SIGINT mid-file: the batch in hand is finished and answered, then exit 130 with one
+    line naming how many were answered (it was the interpreter's traceback); the log whole,
+    and the same input again records the rest and nothing twice."""
+    total = 10_000
+    path = tmp_path / "bulk.jsonl"
+    path.write_text(
+        "\n".join(
+            orjson.dumps(grant(f"int-{i}", event_id=f"int-{i}")).decode() for i in range(total)
+        )
+    )
+    cut = subprocess.Popen(
+        [sys.executable, "-m", "ledger.cli", "record", str(path)],
+        env={**os.environ, **BACKEND_ENV.get(data, {}), "LEDGER_DATA_DIR": str(data)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert cut.stdout is not None
+    first = cut.stdout.readline()  # printed once the first batch has committed
+    assert "receipt" in first, first
+    cut.send_signal(signal.SIGINT)
+    rest = cut.stdout.read()  # the pipe's reader holds what it read ahead with the first line
+    assert cut.stderr is not None
+    err = cut.stderr.read()
+    assert cut.wait(timeout=120) == 130, err
+    answered = lines(first + rest)
+    assert 0 < len(answered) < total and len(answered) % 1000 == 0  # whole batches
+    assert err == (
+        f"consent-ledger: interrupted after answering {len(answered)} of {total} facts: "
+        "record the same input again to finish (facts already recorded get their first "
+        'receipts, with "duplicate": true)\n'
+    )
+    assert run(data, "verify").returncode == 0
+    again = run(data, "record", str(path))
+    assert again.returncode == 0, again.stderr
+    receipts = [r["receipt"] for r in lines(again.stdout)]
+    assert len(receipts) == total
+    # Exactly the answered facts were recorded by the interrupted run.
+    assert [r["duplicate"] for r in receipts] == [i < len(answered) for i in range(total)]
+    # Each fact recorded once: one place in the log each (Kafka mode: partition and offset).
+    assert len({(r.get("partition"), r["position"]) for r in receipts}) == total
 
 
 def test_record_a_pretty_printed_object(data: Path, tmp_path: Path) -> None:

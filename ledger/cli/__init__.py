@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from ledger.cli import admin, erasure, integrity, policies, records, service, subjects, views
 from ledger.cli.common import (
     EXIT_FENCED,
+    EXIT_INTERRUPTED,
     EXIT_REJECTED,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
@@ -48,6 +49,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(f"key store busy: {e}", EXIT_UNAVAILABLE)
     except BrokenPipeError:
         return 0
+    except KeyboardInterrupt:
+        # Ctrl-C is an answer, not a crash: no traceback. A transaction it cut short was
+        # rolled back whole; what committed before it stays.
+        return fail("interrupted", EXIT_INTERRUPTED)
     except Exception as e:
         # Kafka mode's failures, named without importing Kafka in embedded mode.
         kind = type(e).__name__

@@ -31,6 +31,7 @@ EXIT_NOT_FOUND = 3
 EXIT_BROKEN = 4
 EXIT_FENCED = 5  # Kafka mode: another writer took the ledger partitions
 EXIT_UNAVAILABLE = 6  # storage failed, key store held open elsewhere; Kafka: broker or topic
+EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C), as shells report a process it ended
 
 
 class CliError(Exception):

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 
 import orjson
 
 from ledger.cli.common import (
     EXIT_BROKEN,
+    EXIT_INTERRUPTED,
     EXIT_REJECTED,
     EXIT_UNAVAILABLE,
     CliError,
@@ -64,12 +67,32 @@ def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_record(args: argparse.Namespace, settings: Settings) -> int:
     """Facts are recorded in batches of 1,000 (one transaction each), answered line by line
     in input order, so a large file neither waits for one huge commit nor holds it in memory
-    longer than a batch."""
+    longer than a batch.
+
+    Ctrl-C stops at the next batch boundary, once the batch in hand is committed and
+    answered: the output then says exactly what was recorded, and the same input again
+    finishes the rest. A second Ctrl-C stops at once (the batch in hand is rolled back whole).
+    """
     items = list(read_facts(read_input(args.file)))
     ledger = open_ledger(settings)
     rejected = 0
+    interrupted = threading.Event()
+
+    def on_interrupt(signum: int, frame: object) -> None:
+        if interrupted.is_set():
+            raise KeyboardInterrupt
+        interrupted.set()
+
+    before = signal.signal(signal.SIGINT, on_interrupt)
     try:
         for start in range(0, len(items), 1000):
+            if interrupted.is_set():
+                raise CliError(
+                    f"interrupted after answering {start} of {len(items)} facts: record the "
+                    "same input again to finish (facts already recorded get their first "
+                    'receipts, with "duplicate": true)',
+                    EXIT_INTERRUPTED,
+                )
             chunk = items[start : start + 1000]
             facts: list[Fact] = []
             parsed: list[FactRejected | None] = []
@@ -94,7 +117,9 @@ def cmd_record(args: argparse.Namespace, settings: Settings) -> int:
                 else:
                     line = {"index": start + offset, "receipt": final.as_dict()}
                 sys.stdout.write(orjson.dumps(line).decode() + "\n")
+            sys.stdout.flush()  # a batch's lines are out before the next batch starts
     finally:
+        signal.signal(signal.SIGINT, before)
         ledger.close()
     if rejected:
         return fail(f"{rejected} of {len(items)} facts rejected (see stdout)", EXIT_REJECTED)
