@@ -118,8 +118,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(RequestGuard, max_body=settings.http_max_body)
 
-    # Every authenticated route can answer with these problems; bodies over the limit get 413.
-    errors = problems.documented(401, 403, 404, 405, 409, 413, 422, 500, 503)
+    # Every authenticated route can answer with these problems; bodies over the limit get 413,
+    # bodies declared as anything but JSON 415.
+    errors = problems.documented(401, 403, 404, 405, 409, 413, 415, 422, 500, 503)
     app.include_router(facts.router, responses=errors)
     app.include_router(subjects.router, responses=errors)
     app.include_router(compliance.router, responses=errors)

@@ -56,11 +56,21 @@ class RequestGuard:
                 status, answered = message["status"], True
             await send(message)
 
-        length = Headers(scope=scope).get("content-length")
+        headers = Headers(scope=scope)
+        length = headers.get("content-length")
         try:
             if length is not None and (not length.isdigit() or int(length) > self.max_body):
                 await self._oversize()(scope, receive, watch)
                 return
+            if scope["method"] in _WITH_BODY:
+                media = headers.get("content-type")
+                if media is None:
+                    # Every body this API takes is JSON; a client that names no type (Python's
+                    # `requests` with bytes) gets it read as JSON on every route alike.
+                    scope = {**scope, "headers": [*scope["headers"], _JSON_TYPE]}
+                elif not is_json(media):
+                    await _unsupported()(scope, receive, watch)
+                    return
             try:
                 await self.app(
                     scope, receive if length is not None else self._counted(receive), watch
@@ -115,6 +125,38 @@ class RequestGuard:
                     service.access, principal.tenant, [sid], principal.key_id, method, path, status
                 )
         log.info("request", extra=fields)
+
+
+_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
+_JSON_TYPE = (b"content-type", b"application/json")
+
+
+def is_json(content_type: str) -> bool:
+    """`application/json` or a `+json` type (RFC 6839), in UTF-8 (RFC 8259 requires it)."""
+    media, _, parameters = content_type.partition(";")
+    media = media.strip().lower()
+    if media != "application/json" and not (
+        media.startswith("application/") and media.endswith("+json")
+    ):
+        return False
+    for parameter in parameters.split(";"):
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in (
+            "utf-8",
+            "utf8",
+        ):
+            return False
+    return True
+
+
+def _unsupported() -> Response:
+    # The declared type is not echoed: like every refusal, it names what is expected, never
+    # what the client sent.
+    return problems.respond(
+        415,
+        "unsupported_media_type",
+        "request bodies are JSON in UTF-8: send Content-Type: application/json",
+    )
 
 
 def _template(scope: Scope) -> str:

@@ -607,6 +607,69 @@ def test_a_chunked_body_under_the_limit_is_read_whole(limited: tuple[TestClient,
     assert len(response.json()["sid"]) == 32
 
 
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/json; charset=latin-1",
+        "application/jsonx",
+    ],
+)
+def test_a_body_declared_as_anything_but_json_is_415(world: World, content_type: str) -> None:
+    """Every route with a body answers alike (the publishing routes took any type, the
+    others refused it as `model_attributes_type at the body`), and records nothing."""
+    key = world.keys[("demo", "admin")]
+    fact = grant("media-1", event_id=f"media-{content_type}")  # one per case: a shared world
+    bodies = {
+        "/v1/facts": fact,
+        "/v1/facts:batch": {"facts": [fact]},
+        "/v1/consents:check": {
+            "purpose": "marketing",
+            "at": "2025-03-02T00:00:00Z",
+            "sids": [world.sids["demo"]],
+        },
+        "/v1/subjects:resolve": {"subject": "media-1"},
+    }
+    for path, body in bodies.items():
+        headers = {"Authorization": f"Bearer {key}", "Content-Type": content_type}
+        response = world.client.post(path, content=orjson.dumps(body), headers=headers)
+        assert response.status_code == 415, (path, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["code"] == "unsupported_media_type"
+        assert content_type not in response.text
+    first = world.client.post("/v1/facts", json=fact, headers={"Authorization": f"Bearer {key}"})
+    assert first.status_code == 201, first.text  # not 200, a retry: nothing was recorded
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "application/json; charset=UTF-8", "Application/JSON", "application/fact+json"],
+)
+def test_a_json_body_is_read_on_every_route_whatever_its_json_type_says(
+    world: World, content_type: str | None
+) -> None:
+    """No Content-Type (Python's `requests` posting bytes) is read as JSON too, on the routes
+    FastAPI parses as on those that parse their own body."""
+    key = world.keys[("demo", "admin")]
+    headers = {"Authorization": f"Bearer {key}"}
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    event = f"json-type-{content_type}"
+    fact = grant("json-type-1", event_id=event)
+    published = world.client.post("/v1/facts", content=orjson.dumps(fact), headers=headers)
+    assert published.status_code in (200, 201), published.text
+    check = world.client.post(
+        "/v1/consents:check",
+        content=orjson.dumps(
+            {"purpose": "marketing", "at": "2025-03-02T00:00:00Z", "sids": [world.sids["demo"]]}
+        ),
+        headers=headers,
+    )
+    assert check.status_code == 200, check.text
+
+
 def test_an_unexpected_failure_is_a_500_problem_that_quotes_nothing(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
