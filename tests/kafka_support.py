@@ -63,8 +63,15 @@ def kafka_cli(
     )
 
 
-def publish(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes]]) -> None:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+def publish(
+    bootstrap: str,
+    topic: str,
+    records: Iterable[tuple[bytes | None, bytes]],
+    compression: str | None = None,
+) -> None:
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=5, compression_type=compression
+    )
     try:
         for key, value in records:
             producer.send(topic, key=key, value=value)
