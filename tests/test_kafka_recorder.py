@@ -379,3 +379,37 @@ def test_the_replica_syncs_less_than_the_key_store(tmp_path: Path, kafka_bootstr
         assert ledger.keystore._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     finally:
         ledger.close()
+
+
+def test_a_ledger_topic_given_more_partitions_is_refused(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """Adding partitions to the log of record splits subjects' facts between partitions and
+    gives the next writer a transactional id that does not fence the running one; every
+    process refuses such a topic before reading or writing: one whose replica read the old
+    number (nothing new to read), and one building its replica from the topic."""
+    from ledger.application import ConsentLedger
+    from ledger.envelope import parse_fact
+    from ledger.kafka.topics import TopicRefused
+    from tests.facts import grant
+
+    settings = kafka_settings(tmp_path / "a", kafka_bootstrap)
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    ledger.record([parse_fact(grant(f"p-{i}", event_id=f"p-{i}")) for i in range(40)])
+    ledger.close()
+    again = ConsentLedger(settings)  # as it was: opens, and writes
+    again.record([parse_fact(grant("p-40", event_id="p-40"))])
+    again.close()
+    ledger_topic = Topics.of(settings.topic_prefix).ledger
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        admin.create_partitions({ledger_topic: settings.partitions + 3})
+    finally:
+        admin.close()
+    with pytest.raises(TopicRefused, match="has 6 partitions, but this replica was read from 3"):
+        ConsentLedger(settings)
+    for leftover in tmp_path.glob("a/ledger-replica.db*"):  # rebuilt from the topic
+        leftover.unlink()
+    with pytest.raises(TopicRefused, match="has 6 partitions, but the record at partition"):
+        ConsentLedger(settings)

@@ -40,8 +40,8 @@ from kafka.structs import OffsetAndMetadata
 
 from ledger.failpoints import failpoint
 from ledger.kafka.reading import ReadTimedOut, ledger_events, polls_to_end
-from ledger.kafka.records import encode
-from ledger.kafka.topics import Topics
+from ledger.kafka.records import encode, partition_of
+from ledger.kafka.topics import TopicRefused, Topics
 from ledger.recorder import FactKey, LedgerSQLiteRecorder
 from ledger.sql import rows_in
 
@@ -130,6 +130,7 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
     ) -> None:
         self.positions_table = f"{events_table_name}_kafka_positions"
         self.located_table = f"{events_table_name}_kafka_located"
+        self.layout_table = f"{events_table_name}_kafka_layout"
         super().__init__(datastore, events_table_name)
         self.link = link
         self._producer: KafkaProducer | None = None
@@ -158,6 +159,9 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
             # Which records of the topic are the ledger's: projections read only those.
             f"CREATE UNIQUE INDEX IF NOT EXISTS {self.located_table}_by_offset "
             f"ON {self.located_table} (partition, offset)",
+            # The ledger topic's partition count when the replica first read it: one row.
+            f"CREATE TABLE IF NOT EXISTS {self.layout_table} ("
+            "id INTEGER PRIMARY KEY CHECK (id = 0), partitions INTEGER NOT NULL)",
         ]
 
     def log_coordinates(self, positions: Sequence[int]) -> dict[int, tuple[int, int]]:
@@ -224,10 +228,14 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
             client_id="consent-ledger-replica",
         )
         applied = 0
+        partitions = self.link.partitions
         try:
-            tps = [TopicPartition(self.link.topics.ledger, p) for p in range(self.link.partitions)]
+            tps = [TopicPartition(self.link.topics.ledger, p) for p in range(partitions)]
             consumer.assign(tps)
             start = self.positions()
+            known = self._known_partitions()
+            if known is not None and known != partitions:
+                raise self._partitions_changed(f"this replica was read from {known}")
             for tp in tps:
                 if tp.partition in start:
                     consumer.seek(tp, start[tp.partition])
@@ -239,6 +247,11 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                 facts: dict[tuple[UUID, int], FactKey] = {}
                 records = (r for rs in polled.values() for r in rs)
                 for record, stored, fact in ledger_events(records, self.link.record_key):
+                    if partition_of(record.key, partitions) != record.partition:
+                        raise self._partitions_changed(
+                            f"the record at partition {record.partition}, offset "
+                            f"{record.offset} was written when it had another number"
+                        )
                     events.append(stored)
                     where.append((record.partition, record.offset))
                     if fact is not None:
@@ -260,6 +273,11 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                         self._locate(c, [(r, *where[i]) for r, i in zip(rows, ahead, strict=True)])
                     self._set_positions(c, next_offsets)
                 applied += len(ahead)
+            if known is None:  # every record read sat where its key puts it: the count holds
+                with self.datastore.transaction(commit=True) as c:
+                    c.execute(
+                        f"INSERT OR IGNORE INTO {self.layout_table} VALUES (0, ?)", (partitions,)
+                    )
         except ReadTimedOut as error:
             raise LedgerUnavailable(str(error)) from error
         except KafkaError as error:
@@ -267,6 +285,30 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
         finally:
             consumer.close()
         return applied
+
+    def _known_partitions(self) -> int | None:
+        """How many partitions the ledger topic had when this replica first read it."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT partitions FROM {self.layout_table}")
+            row = c.fetchone()
+        return None if row is None else int(row[0])
+
+    def _partitions_changed(self, evidence: str) -> TopicRefused:
+        """Partitions were added to the ledger topic (Kafka cannot remove them).
+
+        A writer puts each subject's facts in the partition its key hashes to among the
+        topic's partitions, and fences earlier writers by a transactional id naming them all:
+        with more partitions, a subject's next facts land in another partition than its
+        earlier ones (readers that go partition by partition then see them out of order),
+        and a writer started now does not fence one still running with the old number, so
+        both append. Refused before anything is read into the replica or written.
+        """
+        return TopicRefused(
+            f"topic {self.link.topics.ledger} has {self.link.partitions} partitions, but "
+            f"{evidence}: partitions must never be added to the log of record (a subject's "
+            "facts would be split between partitions, and writers would no longer fence "
+            "each other); see deploy/CONFIG.md"
+        )
 
     def _in_sequence(
         self,
