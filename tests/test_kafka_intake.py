@@ -198,3 +198,56 @@ def test_an_abandoned_intake_transaction_commits_no_offsets(
         writer.close()
     ledger = read_committed(kafka_bootstrap, topics.ledger)
     check_exactly_once(items, ledger, read_committed(kafka_bootstrap, topics.rejected))
+
+
+def test_partitions_added_to_the_intake_topic_are_read_without_a_restart(
+    kafka_ledger: ConsentLedger, kafka_bootstrap: str
+) -> None:
+    """The writer assigns itself the intake partitions it finds at start; records published
+    to a partition added later waited, unread and unreported, until it was restarted."""
+    import threading
+
+    from kafka import KafkaProducer, TopicPartition
+    from kafka.admin import KafkaAdminClient
+
+    settings = kafka_ledger.settings
+    topics = Topics.of(settings.topic_prefix)
+    writer = IntakeWriter(kafka_ledger)
+    writer.partitions_recheck_s = 0.5
+    writer.start()  # reading the partitions there are before any is added
+    assert writer.consumer is not None and len(writer.consumer.assignment()) == 3
+    stop = threading.Event()
+    running = threading.Thread(target=writer.run, args=(stop,))
+    running.start()
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        try:
+            admin.create_partitions({topics.intake: settings.partitions + 2})
+        finally:
+            admin.close()
+        items = intake_stream(valid=40, bad=4, subjects=40)
+        added = [TopicPartition(topics.intake, p) for p in (3, 4)]
+        producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+        try:
+            for item in items:  # one person's facts in one partition, as their key keeps them
+                partition = 3 + item.key[-1] % 2
+                producer.send(topics.intake, key=item.key, value=item.value, partition=partition)
+            producer.flush()
+        finally:
+            producer.close()
+        ends = end_offsets(kafka_bootstrap, topics.intake)
+        assert all(ends[tp] > 0 for tp in added)
+        deadline = 60.0
+        while not all(writer.committed.get(tp, 0) >= ends[tp] for tp in added):
+            assert running.is_alive() and deadline > 0, "the added partitions were not read"
+            stop.wait(0.05)  # a condition poll: the writer thread commits as it goes
+            deadline -= 0.05
+    finally:
+        stop.set()
+        running.join(timeout=60)
+        writer.close()
+    check_exactly_once(
+        items,
+        read_committed(kafka_bootstrap, topics.ledger),
+        read_committed(kafka_bootstrap, topics.rejected),
+    )

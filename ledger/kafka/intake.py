@@ -44,6 +44,10 @@ from ledger.storage import StorageUnavailable, storage_failure
 
 log = logging.getLogger("consent_ledger.intake")
 
+# How often a running writer looks for partitions added to the intake topic (its consumer's
+# metadata is refreshed as often): a record in a new partition waits about this long at most.
+PARTITIONS_RECHECK_S = 30.0
+
 
 @dataclass
 class IntakeStats:
@@ -100,6 +104,8 @@ class IntakeWriter:
         self.max_bytes = max_bytes or ledger.settings.intake_max_bytes
         self.stats = IntakeStats()
         self.consumer: KafkaConsumer | None = None
+        self.partitions_recheck_s = PARTITIONS_RECHECK_S
+        self._partitions_checked_at = 0.0
         # The intake offsets committed by this writer's own transactions (and found at start).
         self.committed: dict[TopicPartition, int] = {}
 
@@ -123,6 +129,7 @@ class IntakeWriter:
             # and a fact should not wait half a second for company.
             fetch_max_wait_ms=20,
             client_id="consent-ledger-intake",
+            metadata_max_age_ms=max(1, int(self.partitions_recheck_s * 1000)),
         )
         partitions = consumer.partitions_for_topic(self.link.topics.intake) or set()
         if not partitions:
@@ -130,6 +137,7 @@ class IntakeWriter:
             raise LedgerUnavailable(f"topic {self.link.topics.intake} has no partitions")
         consumer.assign([TopicPartition(self.link.topics.intake, p) for p in sorted(partitions)])
         self.consumer = consumer
+        self._partitions_checked_at = time.monotonic()
         self._rewind()
 
     def close(self) -> None:
@@ -149,6 +157,8 @@ class IntakeWriter:
                 if self.consumer is None:
                     self.start()
                 self.step()
+                if self._partitions_added():
+                    self.close()  # started again next round, on every partition
                 backoff = 0.2
             except WriterFenced:
                 raise
@@ -176,6 +186,29 @@ class IntakeWriter:
                 )
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
+
+    def _partitions_added(self) -> bool:
+        """Whether the intake topic has partitions this writer is not reading (checked every
+        `partitions_recheck_s`).
+
+        Partitions are assigned, not subscribed (the writer's transactions commit offsets of
+        partitions it holds alone), so one added to the topic later is not read until the
+        writer starts again: its records waited, unread and unreported, for a restart.
+        """
+        consumer = self.consumer
+        now = time.monotonic()
+        if consumer is None or now - self._partitions_checked_at < self.partitions_recheck_s:
+            return False
+        self._partitions_checked_at = now
+        found = consumer.partitions_for_topic(self.link.topics.intake) or set()
+        added = found - {tp.partition for tp in consumer.assignment()}
+        if added:
+            log.info(
+                "the intake topic has %d partitions now; reading them all",
+                len(found),
+                extra={"partitions": len(found)},
+            )
+        return bool(added)
 
     # ---- one batch -----------------------------------------------------------------------
 
