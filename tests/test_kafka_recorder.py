@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -413,3 +414,46 @@ def test_a_ledger_topic_given_more_partitions_is_refused(
         leftover.unlink()
     with pytest.raises(TopicRefused, match="has 6 partitions, but the record at partition"):
         ConsentLedger(settings)
+
+
+def test_a_ledger_topic_that_lost_records_is_refused(tmp_path: Path, kafka_bootstrap: str) -> None:
+    """The log of record never loses a record. A ledger topic deleted and made again went on
+    being written as if nothing had happened (the new facts chained to a history the log no
+    longer held); one whose first records were deleted was read from where it began."""
+    from kafka import TopicPartition
+
+    from ledger.application import ConsentLedger
+    from ledger.envelope import parse_fact
+    from ledger.kafka.topics import TopicRefused
+    from tests.facts import grant
+
+    def a_ledger(name: str) -> tuple[ConsentLedger, str]:
+        settings = kafka_settings(tmp_path / name, kafka_bootstrap, partitions=1)
+        ledger = ConsentLedger(settings)
+        ledger.init_demo()
+        ledger.record([parse_fact(grant(f"{name}-{i}", event_id=f"{name}-{i}")) for i in range(5)])
+        return ledger, Topics.of(settings.topic_prefix).ledger
+
+    made_again, made_again_topic = a_ledger("a")
+    cut, cut_topic = a_ledger("b")
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        admin.delete_topics([made_again_topic])
+        admin.delete_records({TopicPartition(cut_topic, 0): 3})
+    finally:
+        admin.close()
+    for ledger in (made_again, cut):
+        ledger.close()
+    # The deleted topic is made again, empty, as opening the ledger creates missing topics
+    # (once the broker has finished deleting it: until then, creating it is refused).
+    deadline = time.monotonic() + 60
+    while True:
+        with pytest.raises(TopicRefused) as refused:
+            ConsentLedger(made_again.settings)
+        if "cannot create topic" not in str(refused.value) or time.monotonic() > deadline:
+            break
+    assert "partition 0 ends at offset 0, short of offset" in str(refused.value)
+    for leftover in tmp_path.glob("b/ledger-replica.db*"):  # built afresh from the topic
+        leftover.unlink()
+    with pytest.raises(TopicRefused, match="partition 0 begins at offset 3: records were deleted"):
+        ConsentLedger(cut.settings)

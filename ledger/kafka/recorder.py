@@ -236,12 +236,15 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
             known = self._known_partitions()
             if known is not None and known != partitions:
                 raise self._partitions_changed(f"this replica was read from {known}")
+            ends = consumer.end_offsets(tps)
+            self._check_nothing_removed(consumer.beginning_offsets(tps), ends, start)
             for tp in tps:
                 if tp.partition in start:
                     consumer.seek(tp, start[tp.partition])
                 else:
                     consumer.seek_to_beginning(tp)
-            for polled in polls_to_end(consumer, tps, timeout_s=self.link.catch_up_timeout_s):
+            reading = polls_to_end(consumer, tps, timeout_s=self.link.catch_up_timeout_s, end=ends)
+            for polled in reading:
                 events: list[StoredEvent] = []
                 where: list[tuple[int, int]] = []
                 facts: dict[tuple[UUID, int], FactKey] = {}
@@ -285,6 +288,38 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
         finally:
             consumer.close()
         return applied
+
+    def _check_nothing_removed(
+        self,
+        firsts: Mapping[TopicPartition, int],
+        ends: Mapping[TopicPartition, int],
+        read: Mapping[int, int],
+    ) -> None:
+        """Refuse a ledger topic that lost records: the log of record keeps every one.
+
+        Its records are never deleted (retention -1, no compaction, checked at start), so a
+        partition that does not begin at offset 0 had records deleted (the DeleteRecords
+        admin call), and one that ends before where this replica read it to was deleted
+        and made again, or cut short. Before this check, a writer carried on appending to
+        a topic made again, empty: the history its next facts chain to was gone from the
+        log, and a replica built afresh from it would have dropped them as out of sequence.
+        """
+        topic = self.link.topics.ledger
+        for tp in sorted(firsts, key=lambda t: t.partition):
+            if firsts[tp] > 0:
+                raise TopicRefused(
+                    f"topic {topic} partition {tp.partition} begins at offset {firsts[tp]}: "
+                    "records were deleted from the log of record; restore the topic from a "
+                    "copy of it before any process of the ledger runs on it"
+                )
+            if read.get(tp.partition, 0) > ends[tp]:
+                raise TopicRefused(
+                    f"topic {topic} partition {tp.partition} ends at offset {ends[tp]}, "
+                    f"short of offset {read[tp.partition]} that this replica read it to: records "
+                    "were removed from the log of record (was the topic deleted and made "
+                    "again?); restore the topic from a copy of it before any process of the "
+                    "ledger runs on it"
+                )
 
     def _known_partitions(self) -> int | None:
         """How many partitions the ledger topic had when this replica first read it."""
