@@ -182,6 +182,34 @@ def test_a_ledger_topic_that_loses_records_is_refused(
         ensure_topics(settings)
 
 
+@pytest.mark.parametrize("policy", ["compact", "delete,compact"])
+def test_an_intake_topic_that_compacts_is_refused(
+    tmp_path: Path, kafka_bootstrap: str, policy: str
+) -> None:
+    """Compaction keeps the last record of each key, and a person's facts share one: their
+    grant could be gone before the writer read it."""
+    from ledger.kafka.topics import TopicRefused
+
+    settings = kafka_settings(tmp_path, kafka_bootstrap)
+    topics = Topics.of(settings.topic_prefix)
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        admin.create_topics(
+            {
+                topics.intake: {
+                    "num_partitions": 1,
+                    "replication_factor": 1,
+                    "configs": {"cleanup.policy": policy},
+                }
+            },
+            wait_for_metadata=True,
+        )
+    finally:
+        admin.close()
+    with pytest.raises(TopicRefused, match=f"{topics.intake} has cleanup.policy={policy}"):
+        ensure_topics(settings)
+
+
 def test_a_receipt_names_the_facts_place_in_the_ledger_topic(
     tmp_path: Path, kafka_bootstrap: str
 ) -> None:

@@ -116,6 +116,7 @@ def ledger_layout(settings: Settings) -> tuple[Topics, int]:
                     f"cannot create topic {result['name']}: {result['error_message']}"
                 )
         check_ledger_topic(admin, topics.ledger)
+        check_intake_topic(admin, topics.intake)
         partitions = partition_count(admin, topics.ledger)
     finally:
         admin.close()
@@ -123,13 +124,10 @@ def ledger_layout(settings: Settings) -> tuple[Topics, int]:
 
 
 def check_ledger_topic(admin: KafkaAdminClient, name: str) -> None:
-    described = admin.describe_configs(
-        [ConfigResource(ConfigResourceType.TOPIC, name)], config_filter="all"
-    )
-    configs = described["topic"][name]
+    configs = _config(admin, name)
 
     def value(key: str) -> str:
-        return str(configs.get(key, {}).get("value", ""))
+        return configs.get(key, "")
 
     policy = {p.strip() for p in value("cleanup.policy").split(",")}
     if "compact" in policy:
@@ -147,6 +145,31 @@ def check_ledger_topic(admin: KafkaAdminClient, name: str) -> None:
             f"topic {name} has retention.bytes={value('retention.bytes')}: facts would be "
             "deleted from the log of record; set retention.bytes=-1"
         )
+
+
+def check_intake_topic(admin: KafkaAdminClient, name: str) -> None:
+    """Refuse an intake topic that compacts: it would drop published facts before they are read.
+
+    Publishers key one person's facts alike (so they stay in order): compaction keeps only
+    the last record of each key, so a person's grant published before their withdrawal
+    could be gone before the writer read it (while it is stopped, or behind), after the
+    broker had acknowledged it to the publisher. Retention is the operator's to choose:
+    records are read within moments while the writer runs.
+    """
+    policy = _config(admin, name).get("cleanup.policy", "")
+    if "compact" in {p.strip() for p in policy.split(",")}:
+        raise TopicRefused(
+            f"topic {name} has cleanup.policy={policy}: compaction keeps only the last of a "
+            "person's facts published under one key and could drop the others before they "
+            "are read; use cleanup.policy=delete"
+        )
+
+
+def _config(admin: KafkaAdminClient, name: str) -> dict[str, str]:
+    described = admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, name)], config_filter="all"
+    )
+    return {key: str(entry.get("value", "")) for key, entry in described["topic"][name].items()}
 
 
 def partition_count(admin: KafkaAdminClient, name: str) -> int:
