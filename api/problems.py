@@ -37,7 +37,8 @@ TITLES = {
     422: "Unprocessable content",
     500: "Internal server error",
     503: "Service unavailable (the writer process stopped, the storage failed, or the key store "
-    "was rotated to a new master key; Kafka mode: writer fenced or broker unreachable)",
+    "was rotated to a new master key; Kafka mode: writer fenced, broker unreachable, or a "
+    "topic refused)",
 }
 
 
@@ -148,6 +149,14 @@ async def on_unexpected(_: Request, exc: Exception) -> OrjsonResponse:
         return respond(503, "writer_fenced", "another writer owns the ledger partitions")
     if kind == "LedgerUnavailable":
         return respond(503, "ledger_unavailable", "the Kafka broker did not take the write")
+    if kind == "TopicRefused":
+        # Met when the writer takes the ledger again after an outage and finds the topics
+        # changed under it (records lost, partitions added): an operator must act. Its
+        # message names topics, partitions, offsets and settings, never a request's values.
+        log.error("Kafka topic refused: %s", exc, extra={"error": kind})
+        return respond(
+            503, "topic_refused", "the Kafka topics are not as the ledger needs them: see its log"
+        )
     if kind == "WriterUnavailable":
         # The writer process died mid-request: the fact may or may not be recorded; a retry
         # with the same event_id gets the first receipt if it was.

@@ -690,6 +690,29 @@ def test_an_unexpected_failure_is_a_500_problem_that_quotes_nothing(
     assert 'status="500"' in metrics
 
 
+def test_a_kafka_topic_refused_while_serving_is_a_503_for_the_operator(
+    world: World, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Met when the writer takes the ledger again after an outage and finds its topic lost
+    records or gained partitions: not a bug (it was a 500 `internal_error`), and the reason
+    is in the log for whoever must act."""
+    from ledger.application import ConsentLedger
+    from ledger.kafka.topics import TopicRefused
+
+    reason = "topic t.ledger partition 0 ends at offset 0, short of offset 7"
+
+    def refused(*_: object, **__: object) -> None:
+        raise TopicRefused(reason)
+
+    monkeypatch.setattr(ConsentLedger, "tenant", refused)
+    response = world.client.get(
+        "/v1/policies", headers={"Authorization": f"Bearer {world.keys[('demo', 'compliance')]}"}
+    )
+    assert response.status_code == 503, response.text
+    assert response.json()["code"] == "topic_refused"
+    assert reason in caplog.text
+
+
 @pytest.mark.parametrize(("setting", "on"), [({}, False), ({"LEDGER_HTTP_TELEMETRY": "on"}, True)])
 def test_fastapis_own_telemetry_is_off_unless_asked_for(
     tmp_path: Path, setting: dict[str, str], on: bool
