@@ -33,6 +33,7 @@ from ledger.keystore import (
     ErasedSubjectError,
     KeyStore,
     KeyStoreBusyError,
+    NotTheLogsKeyStore,
     load_master_key,
     unseal,
 )
@@ -98,6 +99,13 @@ class ConsentLedger(Application[UUID]):
             raise
         assert isinstance(self.recorder, LedgerSQLiteRecorder)
         self.ledger_recorder: LedgerSQLiteRecorder = self.recorder
+        if self.ledger_recorder.holds_subjects() and not self.keystore.holds_subjects():
+            # keys.db lost, or another directory's: its new pseudonym key would give everyone
+            # a new sid (their history split in two) and every seal would read as erased.
+            super().close()
+            if keystore is None:
+                self.keystore.close()
+            raise NotTheLogsKeyStore(str(settings.keystore_path))
         # Subjects kept in memory between batches; always brought up to date before use.
         self._subjects: OrderedDict[UUID, Subject] = OrderedDict()
         # One batch at a time per process: a batch mutates cached subjects until it commits.

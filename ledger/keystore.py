@@ -56,6 +56,18 @@ _SHRED_TRY_MS = 100
 _SHRED_PAUSE_S = 0.01
 
 
+class NotTheLogsKeyStore(SettingsError):
+    """The log holds subjects, and the key store no key of any: it is not theirs."""
+
+    def __init__(self, path: str = "") -> None:
+        super().__init__(
+            f"the key store {path} holds no key of any subject, but the log holds subjects' "
+            "facts: it is not the key store they were sealed and named with (a new one would "
+            "give every person a new sid and read all their data as erased); restore keys.db "
+            "from the backup made with the log, or point LEDGER_DATA_DIR at the right directory"
+        )
+
+
 class KeyStoreBusyError(RuntimeError):
     """A change is committed, but the old page images (an erased key, rows wrapped by a
     retired master key) could not be removed from the WAL yet: another process holds it."""
@@ -521,6 +533,14 @@ class KeyStore:
             "the key store is held open by another process: the change is made, but the old "
             "page images stay in keys.db-wal until the next erasure or rotation empties it"
         )
+
+    def holds_subjects(self) -> bool:
+        """Whether any subject ever had a key here (one still held, or erased)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT EXISTS (SELECT 1 FROM data_keys) OR EXISTS (SELECT 1 FROM erased)"
+            ).fetchone()
+        return bool(row[0])
 
     def erased_among(self, sids: Iterable[UUID]) -> set[UUID]:
         wanted = {sid.hex: sid for sid in sids}

@@ -90,6 +90,10 @@ ERASURE_TOPICS = (
 )
 
 
+# Every event of a subject aggregate (`ledger.subject.Subject`) has a topic of this form.
+SUBJECT_TOPICS = "ledger.subject:Subject.%"
+
+
 class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
     def __init__(self, datastore: SQLiteDatastore, events_table_name: str = "stored_events"):
         self.index_table = f"{events_table_name}_index"
@@ -134,6 +138,15 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
                     f"FROM {self.events_table_name} WHERE topic IN (?, ?)",
                     ERASURE_TOPICS,
                 )
+
+    def holds_subjects(self) -> bool:
+        """Whether the log holds any subject's fact (stops at the first it finds)."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                f"SELECT 1 FROM {self.events_table_name} WHERE topic LIKE ? LIMIT 1",
+                (SUBJECT_TOPICS,),
+            )
+            return c.fetchone() is not None
 
     def erased_subjects(self) -> list[UUID]:
         """Every subject the log holds an erasure of."""

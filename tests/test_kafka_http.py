@@ -3,6 +3,7 @@ readiness that knows the broker, and a fenced service that refuses writes with a
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import orjson
@@ -63,7 +64,12 @@ def test_http_on_the_kafka_log(tmp_path: Path, kafka_bootstrap: str) -> None:
         [marketing] = [p for p in consents["purposes"] if p["purpose"] == "marketing"]
         assert marketing["state"] == "granted"
 
-        # Another writer takes the partitions: this service is fenced and says so.
+        # Another writer of the deployment (its master key and key store) takes the
+        # partitions: this service is fenced and says so.
+        (tmp_path / "other").mkdir()
+        for name in ("master.key", "keys.db", "keys.db-wal"):
+            if (settings.data_dir / name).exists():
+                shutil.copy(settings.data_dir / name, tmp_path / "other" / name)
         other = ConsentLedger(
             kafka_settings(tmp_path / "other", kafka_bootstrap, topic_prefix=settings.topic_prefix)
         )

@@ -485,3 +485,40 @@ def test_a_ledger_topic_that_lost_records_is_refused(tmp_path: Path, kafka_boots
         leftover.unlink()
     with pytest.raises(TopicRefused, match="partition 0 begins at offset 3: records were deleted"):
         ConsentLedger(cut.settings)
+
+
+def test_a_process_with_another_ledgers_keys_is_refused(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """Another master key: every record failed its MAC, so the process saw an empty ledger
+    and would write a second ledger's records into the first one's topic. The same master
+    key without the key store: a new pseudonym key, so new sids for everyone. Both refused,
+    at every start."""
+    import shutil
+    from dataclasses import replace
+
+    from ledger.application import ConsentLedger
+    from ledger.envelope import parse_fact
+    from ledger.kafka.topics import TopicRefused
+    from ledger.keystore import NotTheLogsKeyStore
+    from tests.facts import grant
+
+    settings = kafka_settings(tmp_path / "a", kafka_bootstrap)
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    ledger.record([parse_fact(grant("someone", event_id="g1"))])
+    ledger.close()
+    other_master = replace(settings, data_dir=tmp_path / "b")  # a master.key of its own
+    for _ in range(2):
+        with pytest.raises(TopicRefused, match="none of the 3 records read from topic"):
+            ConsentLedger(other_master)
+    (tmp_path / "c").mkdir()
+    shutil.copy2(tmp_path / "a" / "master.key", tmp_path / "c" / "master.key")
+    same_master = replace(settings, data_dir=tmp_path / "c")
+    for _ in range(2):
+        with pytest.raises(NotTheLogsKeyStore):
+            ConsentLedger(same_master)
+    shutil.copy2(tmp_path / "a" / "keys.db", tmp_path / "c" / "keys.db")
+    with_its_keys = ConsentLedger(same_master)  # the deployment's key store: the same ledger
+    assert with_its_keys.subject("demo", with_its_keys.sid("demo", "someone")) is not None
+    with_its_keys.close()

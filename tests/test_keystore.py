@@ -157,3 +157,42 @@ def test_erased_subject_never_gets_a_key_again(tmp_path: Path) -> None:
     assert store.is_erased(sid)
     with pytest.raises(ErasedSubjectError):
         store.add_keys({sid: os.urandom(32)})
+
+
+def test_a_log_whose_key_store_is_not_its_own_is_refused_by_every_process(
+    tmp_path: Path,
+) -> None:
+    """keys.db lost (or another directory's): a new store's pseudonym key gave every person
+    a new sid, so a withdrawal of a recorded grant was refused as `purpose_not_in_force`
+    and a new grant split a person's history in two, while all their data read as erased.
+    Refused instead, in one line (exit 2), by the CLI and by serve; a store that erased
+    every subject it had is still the log's."""
+    from ledger.application import ConsentLedger
+    from ledger.envelope import parse_fact
+    from ledger.keystore import NotTheLogsKeyStore
+    from tests.facts import erase, grant
+    from tests.server_support import free_port
+
+    data = tmp_path / "data"
+    settings = Settings(data_dir=data)
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    ledger.record([parse_fact(grant("only-one", event_id="g1"))])
+    ledger.record([parse_fact(erase("only-one", event_id="e1"))])
+    ledger.close()
+    ConsentLedger(settings).close()  # every key erased: still the log's store
+    for leftover in data.glob("keys.db*"):
+        leftover.unlink()
+    with pytest.raises(NotTheLogsKeyStore, match="holds no key of any subject"):
+        ConsentLedger(settings)
+    with pytest.raises(NotTheLogsKeyStore):  # refused again: nothing was written
+        ConsentLedger(settings)
+    for args in (
+        ["verify"],
+        ["trail", "only-one", "--tenant", "demo"],
+        ["serve", "--port", str(free_port())],
+    ):
+        out = run(data, *args)
+        assert out.returncode == 2, (args, out.stderr)
+        assert out.stderr.startswith("consent-ledger: configuration: the key store ")
+        assert out.stderr.count("\n") == 1, out.stderr

@@ -57,10 +57,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             if not wait_for_brokers(settings, stop, "serve"):
                 print("serve: stopped before a Kafka broker answered", flush=True)
                 return 0
-        # The replica caught up with the ledger topic, so what the topic's records refuse
-        # (partitions added since they were written) is said here too, not in uvicorn's
-        # traceback; the service's own catch-up then starts from where this one ended.
-        open_ledger(settings).close()
+    # What the log refuses (a key store that is not the log's; Kafka mode: a topic that lost
+    # records or gained partitions, found as the replica catches up) is said here too, not
+    # in uvicorn's traceback; the service's own catch-up then starts where this one ended.
+    open_ledger(settings).close()
     if args.demo:
         cmd_demo(argparse.Namespace(subjects=args.subjects), settings)
         keys = ApiKeys(keys_path(settings))

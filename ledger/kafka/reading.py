@@ -47,13 +47,16 @@ def polls_to_end(
 
 
 def ledger_events(
-    records: Iterable[Any], mac_key: bytes
+    records: Iterable[Any], mac_key: bytes, skipped: list[Any] | None = None
 ) -> Iterator[tuple[Any, StoredEvent, FactKey | None]]:
-    """Each record the ledger wrote, decoded; any other record is skipped and logged."""
+    """Each record the ledger wrote, decoded; any other record is skipped and logged (and
+    added to `skipped`, when given)."""
     for record in records:
         try:
             stored, fact = decode(record.key, record.value, dict(record.headers or []), mac_key)
         except NotALedgerRecord:
+            if skipped is not None:
+                skipped.append(record)
             log.warning(
                 "skipped a record the ledger did not write (partition %d, offset %d)",
                 record.partition,

@@ -244,12 +244,13 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                 else:
                     consumer.seek_to_beginning(tp)
             reading = polls_to_end(consumer, tps, timeout_s=self.link.catch_up_timeout_s, end=ends)
+            foreign: list[Any] = []
             for polled in reading:
                 events: list[StoredEvent] = []
                 where: list[tuple[int, int]] = []
                 facts: dict[tuple[UUID, int], FactKey] = {}
                 records = (r for rs in polled.values() for r in rs)
-                for record, stored, fact in ledger_events(records, self.link.record_key):
+                for record, stored, fact in ledger_events(records, self.link.record_key, foreign):
                     if partition_of(record.key, partitions) != record.partition:
                         raise self._partitions_changed(
                             f"the record at partition {record.partition}, offset "
@@ -259,6 +260,11 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                     where.append((record.partition, record.offset))
                     if fact is not None:
                         facts[(_uuid(stored.originator_id), stored.originator_version)] = fact
+                if not events and not start and not applied:
+                    # Nothing of the ledger's yet in a replica built afresh: its positions wait
+                    # for a record of the ledger's, so that a topic with none under this key
+                    # (`_not_this_ledgers`) is refused again at every start, not only the first.
+                    continue
                 next_offsets = {tp.partition: consumer.position(tp) for tp in tps}
                 with self.datastore.transaction(commit=True) as c:
                     # Another process sharing this replica (the writer, or another reader)
@@ -276,6 +282,8 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                         self._locate(c, [(r, *where[i]) for r, i in zip(rows, ahead, strict=True)])
                     self._set_positions(c, next_offsets)
                 applied += len(ahead)
+            if foreign and not start and not applied:
+                raise self._not_this_ledgers(len(foreign))
             if known is None:  # every record read sat where its key puts it: the count holds
                 with self.datastore.transaction(commit=True) as c:
                     c.execute(
@@ -320,6 +328,22 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                     "again?); restore the topic from a copy of it before any process of the "
                     "ledger runs on it"
                 )
+
+    def _not_this_ledgers(self, records: int) -> TopicRefused:
+        """A replica built afresh found records, and none the ledger's under this key.
+
+        The record key comes from the key store, or from the master key for a new store: a
+        process given another master key (or another ledger's key store) sees every record
+        as foreign and the ledger as empty. It used to carry on, and a write (`init`, a
+        fact) put a second ledger's records into the topic among the first one's. Records
+        that fail among ones that verify are someone else's writes, skipped and named.
+        """
+        return TopicRefused(
+            f"none of the {records} records read from topic {self.link.topics.ledger} was "
+            "written under this process's record key: the topic is another ledger's, or this "
+            "process has another LEDGER_MASTER_KEY or key store (keys.db) than the processes "
+            "that wrote it (every process of one ledger needs the same)"
+        )
 
     def _known_partitions(self) -> int | None:
         """How many partitions the ledger topic had when this replica first read it."""
