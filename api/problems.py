@@ -149,7 +149,7 @@ async def on_unexpected(_: Request, exc: Exception) -> OrjsonResponse:
         return respond(503, "writer_fenced", "another writer owns the ledger partitions")
     if kind == "LedgerUnavailable":
         return respond(503, "ledger_unavailable", "the Kafka broker did not take the write")
-    if kind == "TopicRefused":
+    if kind in ("TopicRefused", "RecordsLost"):
         # Met when the writer takes the ledger again after an outage and finds the topics
         # changed under it (records lost, partitions added): an operator must act. Its
         # message names topics, partitions, offsets and settings, never a request's values.

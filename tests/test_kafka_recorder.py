@@ -24,7 +24,7 @@ from kafka.admin import KafkaAdminClient
 from ledger.kafka.recorder import KafkaLedgerRecorder, KafkaLink, WriterFenced
 from ledger.kafka.topics import Topics, ensure_topics
 from ledger.recorder import FactKey
-from tests.kafka_support import headers, kafka_settings, read_committed
+from tests.kafka_support import headers, kafka_cli, kafka_settings, read_committed
 
 pytestmark = pytest.mark.kafka
 
@@ -485,6 +485,15 @@ def test_a_ledger_topic_that_lost_records_is_refused(tmp_path: Path, kafka_boots
         leftover.unlink()
     with pytest.raises(TopicRefused, match="partition 0 begins at offset 3: records were deleted"):
         ConsentLedger(cut.settings)
+    # The log of record altered: `verify` says BROKEN (exit 4), as for an altered embedded log,
+    # where other commands say the topic is refused (exit 6).
+    checked = kafka_cli(cut.settings, "verify")
+    assert checked.returncode == 4, checked.stderr
+    assert checked.stderr.startswith("consent-ledger: verify: BROKEN (removed): topic ")
+    as_json = kafka_cli(cut.settings, "verify", "--json")
+    assert as_json.returncode == 4
+    assert orjson.loads(as_json.stdout)["first_broken"]["kind"] == "removed"
+    assert kafka_cli(cut.settings, "trail", "b-1", "--tenant", "demo").returncode == 6
 
 
 def test_a_process_with_another_ledgers_keys_is_refused(

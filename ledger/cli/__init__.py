@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:
         # Kafka mode's failures, named without importing Kafka in embedded mode.
         kind = type(e).__name__
-        if kind in ("LedgerUnavailable", "TopicRefused", "BrokersUnreachable"):
+        if kind in ("LedgerUnavailable", "TopicRefused", "RecordsLost", "BrokersUnreachable"):
             return fail(f"kafka: {e}", EXIT_UNAVAILABLE)
         if kind == "WriterFenced":
             return fail(f"kafka: {e}", EXIT_FENCED)

@@ -41,7 +41,7 @@ from kafka.structs import OffsetAndMetadata
 from ledger.failpoints import failpoint
 from ledger.kafka.reading import ReadTimedOut, ledger_events, polls_to_end
 from ledger.kafka.records import encode, partition_of
-from ledger.kafka.topics import TopicRefused, Topics
+from ledger.kafka.topics import RecordsLost, TopicRefused, Topics
 from ledger.recorder import FactKey, LedgerSQLiteRecorder
 from ledger.sql import rows_in
 
@@ -315,13 +315,13 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
         topic = self.link.topics.ledger
         for tp in sorted(firsts, key=lambda t: t.partition):
             if firsts[tp] > 0:
-                raise TopicRefused(
+                raise RecordsLost(
                     f"topic {topic} partition {tp.partition} begins at offset {firsts[tp]}: "
                     "records were deleted from the log of record; restore the topic from a "
                     "copy of it before any process of the ledger runs on it"
                 )
             if read.get(tp.partition, 0) > ends[tp]:
-                raise TopicRefused(
+                raise RecordsLost(
                     f"topic {topic} partition {tp.partition} ends at offset {ends[tp]}, "
                     f"short of offset {read[tp.partition]} that this replica read it to: records "
                     "were removed from the log of record (was the topic deleted and made "

@@ -25,6 +25,11 @@ class TopicRefused(RuntimeError):
     """An existing topic's settings would lose or mislay ledger records."""
 
 
+class RecordsLost(TopicRefused):
+    """The ledger topic lost records (deleted, or the topic made again): the log of record
+    was altered, which `verify` reports as such (exit 4)."""
+
+
 class BrokersUnreachable(RuntimeError):
     """No broker of KAFKA_BOOTSTRAP answered: the cluster is down, starting, or misnamed.
 
