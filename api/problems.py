@@ -20,6 +20,7 @@ from ledger.checkpoint import LogNotIntact, SinceTooLarge
 from ledger.errors import Code, FactRejected
 from ledger.keystore import KeyStoreBusyError, MasterKeyMismatch
 from ledger.storage import storage_failure
+from projections.store import ViewsAheadOfLog
 
 log = logging.getLogger("consent_ledger.http")
 
@@ -36,9 +37,9 @@ TITLES = {
     415: "Unsupported media type",
     422: "Unprocessable content",
     500: "Internal server error",
-    503: "Service unavailable (the writer process stopped, the storage failed, or the key store "
-    "was rotated to a new master key; Kafka mode: writer fenced, broker unreachable, or a "
-    "topic refused)",
+    503: "Service unavailable (the writer process stopped, the storage failed, the key store "
+    "was rotated to a new master key, or the views are of a longer log than this one; Kafka "
+    "mode: writer fenced, broker unreachable, or a topic refused)",
 }
 
 
@@ -166,6 +167,13 @@ async def on_unexpected(_: Request, exc: Exception) -> OrjsonResponse:
         # wait for the next erasure. A retry with the same event_id is answered as a retry.
         return respond(
             503, "key_store_busy", "recorded, but another process holds the key store open"
+        )
+    if isinstance(exc, ViewsAheadOfLog):
+        # Views of a longer log than this one: answering from them would name facts the log
+        # does not hold. An operator rebuilds them (the message in the log says how).
+        log.error("%s", exc, extra={"error": "ViewsAheadOfLog"})
+        return respond(
+            503, "views_ahead_of_log", "the views are not this log's: see the service's log"
         )
     if isinstance(exc, MasterKeyMismatch):
         # The key store was rotated under this running process: it refuses to read or write

@@ -65,6 +65,8 @@ class ConsentProjection(Projection[ConsentViews]):
         self._cache: dict[str, SubjectView] = {}
         # Per tracking name (one per log, or per ledger partition in Kafka mode).
         self._positions: dict[str, int] = {}
+        # Whether the view's position was found within the log (`projections.runner`).
+        self.log_checked = False
 
     def process_event(self, domain_event: Any, tracking: Tracking) -> None:
         """The library's per-event entry point: a batch of one."""

@@ -16,7 +16,7 @@ from eventsourcing.persistence import Tracking
 from ledger.application import ConsentLedger
 from projections.consent_projection import ConsentProjection
 from projections.known import KnownAt
-from projections.store import ViewMovedOn
+from projections.store import ConsentViews, ViewMovedOn, ViewsAheadOfLog
 
 APPLICATION = ConsentLedger.name
 log = logging.getLogger("consent_ledger.projections")
@@ -47,6 +47,15 @@ def catch_up(
             log.info("the views were moved on by another process; reading from there")
 
 
+def check_within_log(ledger: ConsentLedger, view: ConsentViews) -> None:
+    """Refuse views that stand past the end of the embedded log (`ViewsAheadOfLog`)."""
+    position = view.max_tracking_id(APPLICATION) or 0
+    if position:
+        end = ledger.recorder.max_notification_id() or 0
+        if position > end:
+            raise ViewsAheadOfLog(str(view.path or "views.db"), position, end)
+
+
 def _catch_up(
     ledger: ConsentLedger,
     projection: ConsentProjection,
@@ -69,6 +78,11 @@ def _catch_up(
             if own_reader:
                 topic_reader.close()
     position = projection.view.max_tracking_id(APPLICATION) or 0
+    if not projection.log_checked:
+        # Once per projection object (a process's views): a restore, the case this guards
+        # against, happens while the ledger's processes are stopped.
+        check_within_log(ledger, projection.view)
+        projection.log_checked = True
     processed = 0
     while True:
         notifications = ledger.recorder.select_notifications(

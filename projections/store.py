@@ -21,7 +21,7 @@ from eventsourcing.sqlite import (
     SQLiteTrackingRecorder,
 )
 
-from ledger.settings import ensure_dir
+from ledger.settings import SettingsError, ensure_dir
 from ledger.sql import as_tuples, rows_in
 from ledger.sqlite_factory import StatementCachingPool
 
@@ -85,6 +85,23 @@ class ViewMovedOn(Exception):
     """Another process committed this view past the position a batch was read from."""
 
 
+class ViewsAheadOfLog(SettingsError):
+    """The views stand past the end of the log: they were built from a longer log.
+
+    A log restored from an older backup next to the views of the newer one (the backup
+    copies them together; a hand restore may not): the views would answer who had consent
+    with facts the log does not hold, while the trail said the subject did not exist.
+    """
+
+    def __init__(self, path: str = "", position: int = 0, end: int = 0) -> None:
+        super().__init__(
+            f"the views {path} stand at log position {position}, but the log ends at {end}: "
+            "they were built from a longer log than this one (a ledger.db restored without "
+            "its views?); move them away and run `consent-ledger project` to build this "
+            "log's"
+        )
+
+
 _SUBJECTS_TABLE = (
     "CREATE TABLE IF NOT EXISTS {name} (sid TEXT PRIMARY KEY, tenant TEXT NOT NULL,"
     " registered_at TEXT NOT NULL, erased_at TEXT, erasure_recorded_at TEXT) WITHOUT ROWID"
@@ -120,6 +137,7 @@ class ConsentViews(SQLiteTrackingRecorder):
 
     def __init__(self, datastore: SQLiteDatastore, *, indexes: bool = True) -> None:
         self.with_indexes = indexes
+        self.path: Path | None = None  # the file, when opened by `open` (for messages)
         super().__init__(datastore)
 
     def construct_create_table_statements(self) -> list[str]:
@@ -164,6 +182,7 @@ class ConsentViews(SQLiteTrackingRecorder):
     def open(cls, path: Path, *, indexes: bool = True) -> ConsentViews:
         ensure_dir(path.parent)
         views = cls(ViewsDatastore(str(path), lock_timeout=30), indexes=indexes)
+        views.path = path
         views.create_table()
         return views
 

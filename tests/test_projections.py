@@ -828,3 +828,52 @@ def test_utc_writes_what_isoformat_would(instant: datetime) -> None:
     """The views compare stored instants as text: each must be written the one same way."""
     expected = instant.astimezone(UTC).isoformat(timespec="microseconds")
     assert utc.__wrapped__(instant) == expected
+
+
+def test_views_of_a_longer_log_are_refused_not_answered_from(tmp_path: Path) -> None:
+    """A ledger.db restored from an older backup next to the newer views: `who` counted a
+    person the log did not hold (the trail said no such subject) and `project` said it had
+    nothing to do. Every process refuses such views, in one line (exit 2; HTTP 503)."""
+    import shutil
+
+    import orjson
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app, keys_path
+    from api.keys import ApiKeys
+    from tests.cli_support import run
+    from tests.server_support import free_port
+
+    data = tmp_path / "data"
+    settings = Settings(data_dir=data)
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    ledger.record([parse_fact(built.grant("kept", event_id="g1"))])
+    ledger.close()
+    older = tmp_path / "ledger.db"
+    shutil.copy(data / "ledger.db", older)  # the log closed: its WAL is in the file
+    later = run(data, "record", stdin=orjson.dumps(built.grant("later", event_id="g2")).decode())
+    assert later.returncode == 0, later.stderr
+    assert run(data, "project").returncode == 0
+    for leftover in data.glob("ledger.db*"):
+        leftover.unlink()
+    shutil.copy(older, data / "ledger.db")
+    who = ["who", "--purpose", "marketing", "--at", "2025-06-01T00:00:00Z", "--tenant", "demo"]
+    for args in (["project"], who, ["serve", "--port", str(free_port())]):
+        out = run(data, *args)
+        assert out.returncode == 2, (args, out.stdout, out.stderr)
+        assert out.stderr.startswith("consent-ledger: configuration: the views ")
+        assert "stand at log position" in out.stderr and out.stderr.count("\n") == 1
+    store = ApiKeys(keys_path(settings))
+    _, key = store.create("demo", {"compliance"})
+    store.close()
+    with TestClient(create_app(settings)) as client:
+        answer = client.get(
+            "/v1/purposes/marketing/subjects?as_of=2025-06-01T00:00:00Z",
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["code"] == "views_ahead_of_log"
+    (data / "views.db").unlink()  # what the message says to do
+    assert run(data, "project").returncode == 0
+    assert "1 subjects had consent" in run(data, *who, "--summary").stdout

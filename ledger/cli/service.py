@@ -60,7 +60,19 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     # What the log refuses (a key store that is not the log's; Kafka mode: a topic that lost
     # records or gained partitions, found as the replica catches up) is said here too, not
     # in uvicorn's traceback; the service's own catch-up then starts where this one ended.
-    open_ledger(settings).close()
+    ledger = open_ledger(settings)
+    try:
+        if settings.backend != "kafka" and settings.views_path.exists():
+            from projections.runner import check_within_log
+            from projections.store import ConsentViews
+
+            views = ConsentViews.open(settings.views_path)
+            try:
+                check_within_log(ledger, views)  # views of a longer log (a hand restore)
+            finally:
+                views.close()
+    finally:
+        ledger.close()
     if args.demo:
         cmd_demo(argparse.Namespace(subjects=args.subjects), settings)
         keys = ApiKeys(keys_path(settings))
