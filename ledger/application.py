@@ -35,7 +35,7 @@ from ledger.keystore import (
     KeyStoreBusyError,
     NotTheLogsKeyStore,
     load_master_key,
-    unseal,
+    unseal_if_ours,
 )
 from ledger.policy import DEMO_TENANT, seed_policy_fact
 from ledger.receipt import Outcome, Receipt
@@ -404,4 +404,4 @@ class ConsentLedger(Application[UUID]):
         key = self.keystore.open_keys([sid]).get(sid)
         if key is None:
             return None
-        return unseal(key, sid, sealed)
+        return unseal_if_ours(key, sid, sealed)

@@ -1,7 +1,8 @@
 """A subject's complete audit trail: every fact in order, decoded for a person to read.
 
-Personal data is decrypted while the subject's key exists and shows as erased after; every
-row keeps its chain hashes so the reader can check it against `verify`.
+Personal data is decrypted while the subject's key exists and shows as erased after (as a
+missing key, if the log records no erasure); every row keeps its chain hashes so the reader
+can check it against `verify`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import orjson
 from ledger.application import ConsentLedger
 from ledger.chained import ChainedAggregate
 from ledger.codec import isoformat
-from ledger.keystore import unseal
+from ledger.keystore import unseal_if_ours
 from ledger.subject import Subject
 
 _HIDDEN = {
@@ -44,6 +45,10 @@ def subject_trail(ledger: ConsentLedger, tenant: str, sid: UUID) -> dict[str, An
     # An erased subject's data is never decrypted, even if its key outlived the erasure fact.
     key = None if subject.erased else ledger.keystore.open_keys([sid]).get(sid)
     index = {row.originator_version: row for row in ledger.ledger_recorder.index_of(sid)}
+    # Sealed data without its key: erased, if the log says so; otherwise the key is missing
+    # (a key store restored from a backup older than the log), which a trail handed to the
+    # authorised body must not call an erasure.
+    unreadable = {"erased": True} if subject.erased else {"key_missing": True}
     corrected_by: dict[str, list[str]] = {}
     for c in subject.corrections:
         corrected_by.setdefault(c.corrects, []).append(c.event_id)
@@ -56,7 +61,7 @@ def subject_trail(ledger: ConsentLedger, tenant: str, sid: UUID) -> dict[str, An
         sealed = state.get("pii")
         personal: dict[str, Any] | None = None
         if sealed is not None and key is not None:
-            personal = unseal(key, sid, sealed)
+            personal = unseal_if_ours(key, sid, sealed)
         is_fact = isinstance(event, ChainedAggregate.Fact)
         if isinstance(event, Subject.Registered) and personal is not None:
             # The reference is sealed with the subject's first fact (or, in logs written
@@ -71,7 +76,7 @@ def subject_trail(ledger: ConsentLedger, tenant: str, sid: UUID) -> dict[str, An
             "position": row.position if row else None,
             **{name: said[name] for name in _SAID_BEFORE_PERSONAL_DATA},
             "personal_data": (
-                None if sealed is None else personal if personal is not None else {"erased": True}
+                None if sealed is None else personal if personal is not None else unreadable
             ),
             "prev_hash": said["prev_hash"],
             "hash": row.hash if row else None,

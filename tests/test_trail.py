@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import io
+from pathlib import Path
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -42,3 +44,47 @@ def test_a_text_cell_never_starts_a_formula_and_hides_nothing(value: str) -> Non
     assert not cell.startswith(_FORMULA_START)
     assert cell in (value, "'" + value)
     assert cell == value or value.startswith(_FORMULA_START)
+
+
+def test_data_whose_key_is_missing_is_not_called_erased(tmp_path: Path) -> None:
+    """keys.db restored from a backup older than the log: a subject recorded after it has
+    no key. The trail said `(erased)` and `{"erased": true}` for a person never erased (a
+    false statement in what is handed to the authorised body); once a later fact gave them
+    a new key, reading the trail failed on the old facts (InvalidTag, a traceback)."""
+    import orjson
+
+    from tests.cli_support import run
+
+    data = tmp_path / "data"
+    assert run(data, "init").returncode == 0
+    first = grant("first", event_id="g1", personal_data={"email": "a@example.uz"})
+    assert run(data, "record", stdin=orjson.dumps(first).decode()).returncode == 0
+    older = (data / "keys.db").read_bytes()  # every process closed: the WAL is in the file
+    second = grant("second", event_id="g2", personal_data={"email": "b@example.uz"})
+    assert run(data, "record", stdin=orjson.dumps(second).decode()).returncode == 0
+    for leftover in data.glob("keys.db*"):
+        leftover.unlink()
+    (data / "keys.db").write_bytes(older)
+
+    def trail() -> dict[str, Any]:
+        out = run(data, "trail", "second", "--tenant", "demo", "--json")
+        assert out.returncode == 0, out.stderr
+        return dict(orjson.loads(out.stdout))
+
+    before = trail()
+    assert before["erased"] is False and before["subject"] is None
+    assert [f["personal_data"] for f in before["facts"]] == [{"key_missing": True}]
+    table = run(data, "trail", "second", "--tenant", "demo").stdout
+    assert "(key missing: not erased)" in table and "erased" not in table.replace("not erased", "")
+    again = grant(
+        "second",
+        event_id="g3",
+        occurred_at="2025-03-02T10:00:00+05:00",
+        personal_data={"email": "b2@example.uz"},
+    )
+    assert run(data, "record", stdin=orjson.dumps(again).decode()).returncode == 0
+    after = trail()
+    assert [f["personal_data"] for f in after["facts"]] == [
+        {"key_missing": True},
+        {"personal_data": {"email": "b2@example.uz"}},
+    ]

@@ -195,7 +195,7 @@ def cmd_accesses(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def print_trail(trail: dict[str, Any]) -> None:
-    who = trail["subject"] if trail["subject"] else "(erased)"
+    who = trail["subject"] or ("(erased)" if trail["erased"] else "(key missing: not erased)")
     print(
         f"Audit trail of subject {trail['sid']} [{who}], tenant {trail['tenant']}: "
         f"{len(trail['facts'])} facts"
