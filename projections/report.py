@@ -120,6 +120,11 @@ def subject_report(ledger: ConsentLedger, tenant: str, sid: UUID) -> dict[str, A
         ),
         # None once erased: nothing is held (the key that could read it is destroyed).
         "personal_data": None if trail["erased"] else held,
+        # Held, but not readable here: sealed under a key the key store lacks (restored from
+        # a backup older than the log). The answer to the person is then incomplete.
+        "personal_data_unreadable": any(
+            fact["personal_data"] == {"key_missing": True} for fact in trail["facts"]
+        ),
         "collected_with": collected,  # empty once erased: the trail decrypts nothing then
         "consents": [
             {

@@ -76,6 +76,13 @@ def test_data_whose_key_is_missing_is_not_called_erased(tmp_path: Path) -> None:
     assert [f["personal_data"] for f in before["facts"]] == [{"key_missing": True}]
     table = run(data, "trail", "second", "--tenant", "demo").stdout
     assert "(key missing: not erased)" in table and "erased" not in table.replace("not erased", "")
+    report = run(data, "report", "second", "--tenant", "demo")
+    assert report.returncode == 0, report.stderr
+    assert "INCOMPLETE: some of it is sealed under a key the key store does not hold" in (
+        report.stdout
+    )
+    report_json = orjson.loads(run(data, "report", "second", "--tenant", "demo", "--json").stdout)
+    assert report_json["personal_data_unreadable"] is True and report_json["erased"] is False
     again = grant(
         "second",
         event_id="g3",

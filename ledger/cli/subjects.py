@@ -116,6 +116,11 @@ def report_lines(report: dict[str, Any]) -> list[str]:
         out.append(f"reference: {report['subject']}")
         out.append("personal data held:")
         out += [f"  {k}: {v}" for k, v in sorted(report["personal_data"].items())]
+        if report["personal_data_unreadable"]:
+            out.append(
+                "  INCOMPLETE: some of it is sealed under a key the key store does not hold "
+                "(restored from a backup older than the log?)"
+            )
         out.append("collected with:")
         out += [
             f"  {c['occurred_at']} via {c['source']} ({c['channel']}): "
