@@ -535,6 +535,14 @@ class KeyStore:
             "page images stay in keys.db-wal until the next erasure or rotation empties it"
         )
 
+    def subjects_held(self) -> set[str]:
+        """Every sid (hex) with a key here or erased here."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT sid FROM data_keys UNION SELECT sid FROM erased"
+            ).fetchall()
+        return {row[0] for row in rows}
+
     def holds_subjects(self) -> bool:
         """Whether any subject ever had a key here (one still held, or erased)."""
         with self._lock:

@@ -139,6 +139,15 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
                     ERASURE_TOPICS,
                 )
 
+    def subjects(self) -> set[str]:
+        """Every subject's sid (hex) in the log."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                f"SELECT DISTINCT originator_id FROM {self.events_table_name} WHERE topic LIKE ?",
+                (SUBJECT_TOPICS,),
+            )
+            return {UUID(str(row[0])).hex for row in c.fetchall()}
+
     def holds_subjects(self) -> bool:
         """Whether the log holds any subject's fact (stops at the first it finds)."""
         with self.datastore.transaction(commit=False) as c:

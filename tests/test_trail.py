@@ -76,6 +76,12 @@ def test_data_whose_key_is_missing_is_not_called_erased(tmp_path: Path) -> None:
     assert [f["personal_data"] for f in before["facts"]] == [{"key_missing": True}]
     table = run(data, "trail", "second", "--tenant", "demo").stdout
     assert "(key missing: not erased)" in table and "erased" not in table.replace("not erased", "")
+    checked = run(data, "verify")  # the log is intact; the key store's gap is named
+    assert checked.returncode == 0, checked.stderr
+    assert "verify: warning: 1 subjects have neither a key in the key store nor an erasure" in (
+        checked.stderr
+    )
+    assert orjson.loads(run(data, "verify", "--json").stdout)["subjects_without_key"] == 1
     report = run(data, "report", "second", "--tenant", "demo")
     assert report.returncode == 0, report.stderr
     assert "INCOMPLETE: some of it is sealed under a key the key store does not hold" in (

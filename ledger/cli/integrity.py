@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -291,12 +292,21 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
         return fail(f"verify: BROKEN (removed): {error}", EXIT_BROKEN)
     try:
         result = verify_ledger(ledger.ledger_recorder)
+        # Not the log's integrity, but what a restore can leave: subjects whose key the key
+        # store lacks (keys.db older than the log), their personal data unreadable.
+        keyless = len(ledger.ledger_recorder.subjects() - ledger.keystore.subjects_held())
     finally:
         ledger.close()
     if args.json:
-        print_json(result.as_dict())
+        print_json({**result.as_dict(), "subjects_without_key": keyless})
     elif result.ok:
         print(f"verify: OK, {result.facts_checked} facts, merkle root {result.root}")
+    if keyless:
+        print(
+            f"verify: warning: {keyless} subjects have neither a key in the key store nor an "
+            "erasure: their personal data cannot be read (keys.db older than the log?)",
+            file=sys.stderr,
+        )
     if not result.ok:
         first = result.problems[0]
         return fail(
