@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
 from fastapi.telemetry import TelemetryConfig
@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import problems
 from api.access_log import AccessLog
-from api.deps import Service
+from api.deps import Service, strict_query
 from api.group_commit import GroupCommitter
 from api.keys import ApiKeys
 from api.metrics import Metrics
@@ -122,8 +122,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # bodies declared as anything but JSON 415.
     errors = problems.documented(401, 403, 404, 405, 409, 413, 415, 422, 500, 503)
     app.include_router(facts.router, responses=errors)
-    app.include_router(subjects.router, responses=errors)
-    app.include_router(compliance.router, responses=errors)
+    # The routes that ask the ledger questions refuse query parameters they do not take.
+    asking = [Depends(strict_query)]
+    app.include_router(subjects.router, responses=errors, dependencies=asking)
+    app.include_router(compliance.router, responses=errors, dependencies=asking)
 
     @app.get("/healthz", tags=["operations"])
     def healthz() -> dict[str, str]:

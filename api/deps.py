@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -159,3 +160,42 @@ def parse_sid(sid: str) -> UUID:
         return UUID(hex=sid)
     except ValueError:
         raise Problem(404, "unknown_subject", "no such subject") from None
+
+
+# A query parameter's name as a refusal may quote it: only one that looks like a name.
+_QUERY_NAME = re.compile(r"^[a-z][a-z_]{0,31}$")
+_ROUTE_QUERY: dict[int, frozenset[str]] = {}
+
+
+def _query_names(dependant: Any) -> frozenset[str]:
+    names = {param.alias for param in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return frozenset(names)
+
+
+async def strict_query(request: Request) -> None:
+    """Refuse a query parameter the route does not take, or one given twice.
+
+    FastAPI ignores the first and keeps the last of the second: `?as-of=2025-03-01...` (a
+    typo for `as_of`) was answered as of now, and `?as_of=A&as_of=B` as of B, each as if
+    the question had been asked as written. On the routes that ask the ledger questions.
+    """
+    if not request.scope.get("query_string"):
+        return
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    allowed = _ROUTE_QUERY.get(id(route))
+    if allowed is None:
+        allowed = _ROUTE_QUERY[id(route)] = _query_names(dependant)
+    seen: set[str] = set()
+    for name, _ in request.query_params.multi_items():
+        quoted = name if _QUERY_NAME.match(name) else None
+        if name not in allowed:
+            said = repr(quoted) if quoted else "(unnamed)"
+            raise Problem(422, "unknown_field", f"this route takes no query parameter {said}")
+        if name in seen:
+            raise Problem(422, "invalid_field", f"query parameter {name!r} is given twice", name)
+        seen.add(name)

@@ -670,6 +670,33 @@ def test_a_json_body_is_read_on_every_route_whatever_its_json_type_says(
     assert check.status_code == 200, check.text
 
 
+def test_a_query_parameter_mistyped_or_given_twice_is_refused(world: World) -> None:
+    """FastAPI ignored a parameter the route does not take and kept the last of two: a typo
+    for `as_of` was answered as of now, as if the question had been asked as written."""
+    headers = {"Authorization": f"Bearer {world.keys[('demo', 'compliance')]}"}
+    sid = world.sids["demo"]
+    at = "2025-03-01T10:00:00Z"
+    for path, code, said in (
+        (f"/v1/subjects/{sid}/consents?as-of={at}", "unknown_field", "(unnamed)"),
+        (f"/v1/subjects/{sid}/consents?asof={at}", "unknown_field", "'asof'"),
+        (f"/v1/subjects/{sid}/consents?as_of={at}&as_of={at}", "invalid_field", "'as_of'"),
+        (f"/v1/purposes/marketing/subjects?as_of={at}&limits=5", "unknown_field", "'limits'"),
+        (f"/v1/subjects/{sid}/trail?format=csv&format=json", "invalid_field", "'format'"),
+    ):
+        answer = world.client.get(path, headers=headers)
+        assert answer.status_code == 422, (path, answer.text)
+        assert answer.json()["code"] == code and said in answer.json()["detail"], answer.json()
+    for path in (
+        f"/v1/subjects/{sid}/consents?as_of={at}&known_at={at}",
+        f"/v1/purposes/marketing/subjects?as_of={at}&limit=5",
+        "/v1/due?within_days=3",
+        "/v1/policies/crmpro-1.0/changes?from=crmpro-1.0",  # a parameter under an alias
+        "/v1/requests?state=open&limit=2&format=csv",
+    ):
+        answer = world.client.get(path, headers=headers)
+        assert answer.status_code == 200, (path, answer.text)
+
+
 def test_an_unexpected_failure_is_a_500_problem_that_quotes_nothing(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
