@@ -657,6 +657,25 @@ def test_record_interrupted_by_ctrl_c_says_so_and_finishes_when_run_again(
     assert len({(r.get("partition"), r["position"]) for r in receipts}) == total
 
 
+def test_an_option_given_twice_is_refused_where_repeating_it_means_nothing(data: Path) -> None:
+    """argparse keeps the last: `--as-of A --as-of B` was answered as of B, as if asked as
+    written. `--role` appends, and may repeat."""
+    twice = run(
+        data,
+        "consents",
+        "x",
+        "--tenant",
+        "demo",
+        "--as-of",
+        "2025-03-01T00:00:00Z",
+        "--as-of=2025-04-01T00:00:00Z",
+    )
+    assert twice.returncode == 2
+    assert twice.stderr.rstrip().endswith("error: --as-of is given twice"), twice.stderr
+    once = run(data, "keys", "create", "--tenant", "demo", "--role", "publisher", "--role", "admin")
+    assert once.returncode == 0, once.stderr
+
+
 def test_record_a_pretty_printed_object(data: Path, tmp_path: Path) -> None:
     path = tmp_path / "one.json"
     path.write_text(

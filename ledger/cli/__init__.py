@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from ledger.cli import admin, erasure, integrity, policies, records, service, subjects, views
 from ledger.cli.common import (
@@ -67,8 +68,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
 
 
+class _Once(argparse.Action):
+    """argparse's `store`, refusing an option given twice: argparse keeps the last, so
+    `consents S --as-of A --as-of B` answered as of B as if asked as written."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        seen: set[str] = namespace.__dict__.setdefault("_given", set())
+        if self.dest in seen:
+            parser.error(f"{option_string or self.dest} is given twice")
+        seen.add(self.dest)
+        setattr(namespace, self.dest, values)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every command's parser (subcommands are made of the same class): plain options are
+    taken once (`_Once`); `--role`, which appends, may repeat."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register("action", None, _Once)
+        self.register("action", "store", _Once)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="consent-ledger", description=__doc__)
+    parser = _Parser(prog="consent-ledger", description=__doc__)
     sub = parser.add_subparsers(dest="command")
     # One module a job, each adding its own commands: a command's arguments sit next to
     # what it does.
