@@ -237,7 +237,7 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
             if known is not None and known != partitions:
                 raise self._partitions_changed(f"this replica was read from {known}")
             ends = consumer.end_offsets(tps)
-            self._check_nothing_removed(consumer.beginning_offsets(tps), ends, start)
+            self._check_nothing_removed(consumer.beginning_offsets(tps), tps, start)
             for tp in tps:
                 if tp.partition in start:
                     consumer.seek(tp, start[tp.partition])
@@ -300,7 +300,7 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
     def _check_nothing_removed(
         self,
         firsts: Mapping[TopicPartition, int],
-        ends: Mapping[TopicPartition, int],
+        tps: Sequence[TopicPartition],
         read: Mapping[int, int],
     ) -> None:
         """Refuse a ledger topic that lost records: the log of record keeps every one.
@@ -313,6 +313,11 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
         log, and a replica built afresh from it would have dropped them as out of sequence.
         """
         topic = self.link.topics.ledger
+        # Where the partitions end for any reader (the high watermark), not for this
+        # read_committed one: a transaction's markers reach its partitions a moment after
+        # its commit returns, and the writer records its positions in the replica between
+        # the two, so the last stable offset can stand short of them for that moment.
+        ends = self._high_watermarks(tps) if read else {}
         for tp in sorted(firsts, key=lambda t: t.partition):
             if firsts[tp] > 0:
                 raise RecordsLost(
@@ -320,7 +325,7 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                     "records were deleted from the log of record; restore the topic from a "
                     "copy of it before any process of the ledger runs on it"
                 )
-            if read.get(tp.partition, 0) > ends[tp]:
+            if tp.partition in read and read[tp.partition] > ends[tp]:
                 raise RecordsLost(
                     f"topic {topic} partition {tp.partition} ends at offset {ends[tp]}, "
                     f"short of offset {read[tp.partition]} that this replica read it to: records "
@@ -328,6 +333,17 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                     "again?); restore the topic from a copy of it before any process of the "
                     "ledger runs on it"
                 )
+
+    def _high_watermarks(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.link.bootstrap,
+            enable_auto_commit=False,
+            client_id="consent-ledger-replica-ends",
+        )
+        try:
+            return dict(consumer.end_offsets(list(tps)))
+        finally:
+            consumer.close()
 
     def _not_this_ledgers(self, records: int) -> TopicRefused:
         """A replica built afresh found records, and none the ledger's under this key.
