@@ -531,3 +531,21 @@ def test_a_process_with_another_ledgers_keys_is_refused(
     with_its_keys = ConsentLedger(same_master)  # the deployment's key store: the same ledger
     assert with_its_keys.subject("demo", with_its_keys.sid("demo", "someone")) is not None
     with_its_keys.close()
+
+
+def test_a_cluster_gone_after_the_first_answer_is_unreachable_not_a_traceback(
+    tmp_path: Path, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection in the client library: a request after bootstrap times out, as when
+    the brokers go away in between. Every command then says 'try again' (exit 6) and worker
+    and serve wait, as for no answer at all; it was kafka-python's traceback."""
+    from kafka.errors import KafkaTimeoutError
+
+    from ledger.kafka.topics import BrokersUnreachable
+
+    def timed_out(*_: object, **__: object) -> None:
+        raise KafkaTimeoutError("request timed out")
+
+    monkeypatch.setattr(KafkaAdminClient, "create_topics", timed_out)
+    with pytest.raises(BrokersUnreachable, match="while the topics were created or checked"):
+        ensure_topics(kafka_settings(tmp_path, kafka_bootstrap))

@@ -38,10 +38,11 @@ class BrokersUnreachable(RuntimeError):
     traceback of the client library's timeout.
     """
 
-    def __init__(self, bootstrap: str, error: Exception) -> None:
+    def __init__(self, bootstrap: str, error: Exception, when: str = "") -> None:
+        when = when or f"within {BOOTSTRAP_TIMEOUT_MS // 1000} s"
         super().__init__(
-            f"no Kafka broker answered at {bootstrap} (KAFKA_BOOTSTRAP) within "
-            f"{BOOTSTRAP_TIMEOUT_MS // 1000} s ({type(error).__name__}): is the cluster up?"
+            f"no Kafka broker answered at {bootstrap} (KAFKA_BOOTSTRAP) {when} "
+            f"({type(error).__name__}): is the cluster up?"
         )
         self.bootstrap = bootstrap
 
@@ -123,6 +124,12 @@ def ledger_layout(settings: Settings) -> tuple[Topics, int]:
         check_ledger_topic(admin, topics.ledger)
         check_intake_topic(admin, topics.intake)
         partitions = partition_count(admin, topics.ledger)
+    except (KafkaTimeoutError, KafkaConnectionError) as error:
+        # The cluster went away between the first answer and these requests: the same
+        # "try again" as no answer at all, not the client library's traceback.
+        raise BrokersUnreachable(
+            settings.bootstrap(), error, "while the topics were created or checked"
+        ) from None
     finally:
         admin.close()
     return topics, partitions
