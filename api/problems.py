@@ -20,7 +20,7 @@ from ledger.checkpoint import LogNotIntact, SinceTooLarge
 from ledger.errors import Code, FactRejected
 from ledger.keystore import KeyStoreBusyError, MasterKeyMismatch
 from ledger.storage import storage_failure
-from projections.store import ViewsAheadOfLog
+from projections.store import ViewsAheadOfLog, ViewsOfAnotherLog
 
 log = logging.getLogger("consent_ledger.http")
 
@@ -174,6 +174,13 @@ async def on_unexpected(_: Request, exc: Exception) -> OrjsonResponse:
         log.error("%s", exc, extra={"error": "ViewsAheadOfLog"})
         return respond(
             503, "views_ahead_of_log", "the views are not this log's: see the service's log"
+        )
+    if isinstance(exc, ViewsOfAnotherLog):
+        # Views that applied other facts than this log holds at their position: they would
+        # count people the log does not hold and miss facts recorded since.
+        log.error("%s", exc, extra={"error": "ViewsOfAnotherLog"})
+        return respond(
+            503, "views_of_another_log", "the views are not this log's: see the service's log"
         )
     if isinstance(exc, MasterKeyMismatch):
         # The key store was rotated under this running process: it refuses to read or write

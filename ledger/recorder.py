@@ -518,6 +518,13 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
             )
             return [_indexed(row) for row in c.fetchall()]
 
+    def hash_at(self, position: int) -> str | None:
+        """The hash of the fact at this position of the log, if it holds one."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT hash FROM {self.index_table} WHERE position = ?", (position,))
+            row = c.fetchone()
+        return None if row is None else str(row[0])
+
     def head(self) -> tuple[int, str]:
         """(number of events, Merkle root hex) as of the last commit."""
         with self.datastore.transaction(commit=False) as c:

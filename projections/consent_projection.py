@@ -79,11 +79,13 @@ class ConsentProjection(Projection[ConsentViews]):
         tracking: Tracking,
         *,
         after: int | None,
+        mark: tuple[int, str] | None = None,
     ) -> None:
         """Apply events in log order and commit the views with `tracking` in one transaction.
 
         `after` is the view's position the events were read from (None: the beginning); if
         the view has moved since, nothing is written and ViewMovedOn says to read again.
+        `mark`: the position and hash of the last fact read (`ConsentViews.log_mark`).
         """
         events = list(events)
         name = tracking.application_name
@@ -97,7 +99,7 @@ class ConsentProjection(Projection[ConsentViews]):
             for event in events:
                 if isinstance(event, _SUBJECT_EVENTS):
                     self._apply(event, state, changes)
-            self.view.apply(changes, tracking, after=after)
+            self.view.apply(changes, tracking, after=after, mark=mark)
         except BaseException:
             self._cache.clear()
             self._positions.clear()

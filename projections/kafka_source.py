@@ -21,16 +21,49 @@ from typing import Any
 from eventsourcing.persistence import Mapper, Tracking
 from kafka import KafkaConsumer, TopicPartition
 
+from ledger.chain import stored_hash
 from ledger.kafka.reading import ledger_events, polls_to_end
 from ledger.kafka.recorder import KafkaLedgerRecorder
 from projections.consent_projection import ConsentProjection
 from projections.known import KnownAt
+from projections.store import ConsentViews, ViewsOfAnotherLog
 
 log = logging.getLogger("consent_ledger.projections")
 
 
 def tracking_name(application: str, tp: TopicPartition) -> str:
     return f"{application}@{tp.topic}/{tp.partition}"
+
+
+def tracking_names(recorder: KafkaLedgerRecorder, application: str) -> set[str]:
+    """The tracking names of the ledger topic's partitions."""
+    topic = recorder.link.topics.ledger
+    return {
+        tracking_name(application, TopicPartition(topic, p))
+        for p in range(recorder.link.partitions)
+    }
+
+
+def check_marks(recorder: KafkaLedgerRecorder, view: ConsentViews, application: str) -> None:
+    """Refuse views whose last applied record of a partition is not the replica's record
+    at that offset (`ViewsOfAnotherLog`): views of another ledger topic, or of this one
+    before it was deleted and made again, would count people the ledger does not hold.
+    """
+    for partition in range(recorder.link.partitions):
+        tp = TopicPartition(recorder.link.topics.ledger, partition)
+        mark = view.log_mark(tracking_name(application, tp))
+        if mark is None:
+            continue
+        offset, fact_hash = mark
+        if recorder.positions().get(partition, 0) <= offset:
+            recorder.catch_up()
+        if recorder.hash_at_offset(partition, offset) != fact_hash:
+            raise ViewsOfAnotherLog(
+                str(view.path or "views.db"),
+                f"the ledger topic's record at {tp.topic}/{partition} offset {offset} is not "
+                "the one they applied (views of another ledger topic, or of this one before "
+                "it was deleted and made again?)",
+            )
 
 
 class LedgerTopicReader:
@@ -124,16 +157,21 @@ class LedgerTopicReader:
         for polled in polls_to_end(consumer, tps, timeout_s=float("inf"), max_records=page):
             for tp, records in polled.items():
                 events: list[Any] = []
+                mark: tuple[int, str] | None = None
                 accepted = self._accepted(tp.partition, records)
-                for _, stored, _ in ledger_events(
+                for record, stored, _ in ledger_events(
                     (r for r in records if r.offset in accepted), self.link.record_key
                 ):
+                    mark = (record.offset, stored_hash(stored))
                     event: Any = mapper.to_domain_event(stored)
                     if known is None or known(event):
                         events.append(event)
                 position = consumer.position(tp)
                 projection.process_batch(
-                    events, Tracking(tracking_name(application, tp), position), after=read_from[tp]
+                    events,
+                    Tracking(tracking_name(application, tp), position),
+                    after=read_from[tp],
+                    mark=mark,
                 )
                 read_from[tp] = position
                 processed += len(records)

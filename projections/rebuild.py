@@ -152,7 +152,10 @@ def _by_subject(
             process.join()
             receiver.close()
     if upto:  # an empty log leaves no position, as catching up from it would
-        store.insert_tracking(Tracking(APPLICATION, upto))
+        mark = ledger.ledger_recorder.hash_at(upto)
+        if mark is None:  # the log gave this position a moment ago: not expected
+            raise RuntimeError(f"the log holds no fact at its last position {upto}")
+        store.position_at(Tracking(APPLICATION, upto), (upto, mark))
     return read
 
 

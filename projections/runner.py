@@ -14,9 +14,10 @@ from typing import Any
 from eventsourcing.persistence import Tracking
 
 from ledger.application import ConsentLedger
+from ledger.chain import stored_hash
 from projections.consent_projection import ConsentProjection
 from projections.known import KnownAt
-from projections.store import ConsentViews, ViewMovedOn, ViewsAheadOfLog
+from projections.store import ConsentViews, ViewMovedOn, ViewsAheadOfLog, ViewsOfAnotherLog
 
 APPLICATION = ConsentLedger.name
 log = logging.getLogger("consent_ledger.projections")
@@ -48,12 +49,51 @@ def catch_up(
 
 
 def check_within_log(ledger: ConsentLedger, view: ConsentViews) -> None:
-    """Refuse views that stand past the end of the embedded log (`ViewsAheadOfLog`)."""
+    """Refuse views that stand past the end of the embedded log (`ViewsAheadOfLog`), or
+    that applied another fact at their position than the log holds (`ViewsOfAnotherLog`;
+    in Kafka mode, per partition of the ledger topic)."""
+    from ledger.kafka.recorder import KafkaLedgerRecorder
+
+    path = str(view.path or "views.db")
+    if isinstance(ledger.recorder, KafkaLedgerRecorder):
+        from projections.kafka_source import check_marks, tracking_names
+
+        _check_read_only_from(view, tracking_names(ledger.recorder, APPLICATION))
+        check_marks(ledger.recorder, view, APPLICATION)
+        return
+    _check_read_only_from(view, {APPLICATION})
     position = view.max_tracking_id(APPLICATION) or 0
     if position:
         end = ledger.recorder.max_notification_id() or 0
         if position > end:
-            raise ViewsAheadOfLog(str(view.path or "views.db"), position, end)
+            raise ViewsAheadOfLog(path, position, end)
+    mark = view.log_mark(APPLICATION)
+    if mark is not None and ledger.ledger_recorder.hash_at(mark[0]) != mark[1]:
+        raise ViewsOfAnotherLog(
+            path,
+            f"the log's fact at position {mark[0]} is not the one they applied (a ledger.db "
+            "restored from an older backup, without its views, and written to since?)",
+        )
+
+
+def _check_read_only_from(view: ConsentViews, names: set[str]) -> None:
+    """Refuse views that also read another log: one of another backend, or (Kafka mode)
+    another ledger topic. Catching up would add this log's facts to the other's."""
+    other = sorted(view.tracking_names() - names)
+    if other:
+        name = other[0]
+        read = (
+            "the embedded log"
+            if name == APPLICATION
+            else f"the ledger topic {name.partition('@')[2].rpartition('/')[0]}"
+            if name.startswith(f"{APPLICATION}@")
+            else repr(name)
+        )
+        raise ViewsOfAnotherLog(
+            str(view.path or "views.db"),
+            f"they hold facts read from {read}, which this ledger does not read from "
+            "(LEDGER_BACKEND or LEDGER_TOPIC_PREFIX changed?)",
+        )
 
 
 def _catch_up(
@@ -65,6 +105,11 @@ def _catch_up(
 ) -> int:
     from ledger.kafka.recorder import KafkaLedgerRecorder
 
+    if not projection.log_checked:
+        # Once per projection object (a process's views): a restore, the case this guards
+        # against, happens while the ledger's processes are stopped.
+        check_within_log(ledger, projection.view)
+        projection.log_checked = True
     if isinstance(ledger.recorder, KafkaLedgerRecorder):
         from projections.kafka_source import LedgerTopicReader
 
@@ -78,11 +123,6 @@ def _catch_up(
             if own_reader:
                 topic_reader.close()
     position = projection.view.max_tracking_id(APPLICATION) or 0
-    if not projection.log_checked:
-        # Once per projection object (a process's views): a restore, the case this guards
-        # against, happens while the ledger's processes are stopped.
-        check_within_log(ledger, projection.view)
-        projection.log_checked = True
     processed = 0
     while True:
         notifications = ledger.recorder.select_notifications(
@@ -96,5 +136,10 @@ def _catch_up(
             if known is None or known(event):
                 events.append(event)
         after, position = position, notifications[-1].id
-        projection.process_batch(events, Tracking(APPLICATION, position), after=after)
+        projection.process_batch(
+            events,
+            Tracking(APPLICATION, position),
+            after=after,
+            mark=(position, stored_hash(notifications[-1])),
+        )
         processed += len(notifications)

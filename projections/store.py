@@ -108,6 +108,22 @@ _SUBJECTS_TABLE = (
 )
 
 
+class ViewsOfAnotherLog(SettingsError):
+    """The views were not built from this log, though they do not stand past its end.
+
+    A ledger.db restored from an older backup and written to since, next to the views of
+    the newer log; views of another ledger topic; views kept across a change of backend or
+    topic prefix. They would count people the log does not hold, and never show facts the
+    log holds at positions they have passed.
+    """
+
+    def __init__(self, path: str, why: str) -> None:
+        super().__init__(
+            f"the views {path} were built from another log: {why}; move them away and run "
+            "`consent-ledger project` to build this log's"
+        )
+
+
 class ConsentViews(SQLiteTrackingRecorder):
     """Subjects, their consent entries and corrections, and bitemporal granted intervals."""
 
@@ -158,6 +174,10 @@ class ConsentViews(SQLiteTrackingRecorder):
             "CREATE TABLE IF NOT EXISTS view_requests (sid TEXT, request_id TEXT, tenant TEXT,"
             " kind TEXT, received_at TEXT, due_at TEXT, closed_at TEXT, outcome TEXT,"
             " PRIMARY KEY (sid, request_id)) WITHOUT ROWID",
+            # Per tracking name, the position and hash of the last fact applied: what tells
+            # this log from another of the same length or longer (`log_mark`).
+            "CREATE TABLE IF NOT EXISTS view_log_marks (application_name TEXT PRIMARY KEY,"
+            " notification_id INTEGER NOT NULL, fact_hash TEXT NOT NULL) WITHOUT ROWID",
             *(self.INDEXES if self.with_indexes else ()),
         ]
 
@@ -189,14 +209,21 @@ class ConsentViews(SQLiteTrackingRecorder):
     def close(self) -> None:
         self.datastore.close()
 
-    def apply(self, changes: ViewChanges, tracking: Tracking, *, after: int | None) -> None:
+    def apply(
+        self,
+        changes: ViewChanges,
+        tracking: Tracking,
+        *,
+        after: int | None,
+        mark: tuple[int, str] | None = None,
+    ) -> None:
         """Write one batch of changes and its log position, atomically.
 
         `after` is the position the batch was read from. Another process catching up the
         same store (the server and a CLI read on one data directory) may have committed
         since: then the batch is stale, and is refused rather than applied a second time.
         The library's own check (a position only moves forward) would let a longer stale
-        batch through.
+        batch through. `mark` is the position and hash of the batch's last fact (`log_mark`).
         """
         with self.datastore.transaction(commit=True) as c:
             # Take the write lock before reading, so the check and the write are one step.
@@ -210,6 +237,44 @@ class ConsentViews(SQLiteTrackingRecorder):
                 raise ViewMovedOn(tracking.application_name)
             changes.write(c)
             self._insert_tracking(c, tracking)
+            if mark is not None:
+                self._mark(c, tracking, mark)
+
+    def position_at(self, tracking: Tracking, mark: tuple[int, str]) -> None:
+        """Give a store built without a position (`projections.rebuild`) its position."""
+        with self.datastore.transaction(commit=True) as c:
+            self._insert_tracking(c, tracking)
+            self._mark(c, tracking, mark)
+
+    def log_mark(self, application_name: str) -> tuple[int, str] | None:
+        """The position and hash of the last fact the views applied under this tracking name.
+
+        A position alone does not say which log the views were built from: a ledger.db
+        restored from an older backup and written to since has a fact at that position too,
+        another one. In Kafka mode the position is the offset of the record in its
+        partition. Stores written before marks were kept have none until their next page.
+        """
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                "SELECT notification_id, fact_hash FROM view_log_marks WHERE application_name = ?",
+                (application_name,),
+            )
+            row = c.fetchone()
+        return None if row is None else (int(row[0]), str(row[1]))
+
+    def tracking_names(self) -> set[str]:
+        """The logs (or ledger partitions) the views have read from."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute("SELECT application_name FROM tracking")
+            names = {str(row[0]) for row in c.fetchall()}
+        return names - {self.table_migration_identifier}
+
+    @staticmethod
+    def _mark(c: SQLiteCursor, tracking: Tracking, mark: tuple[int, str]) -> None:
+        c.execute(
+            "INSERT OR REPLACE INTO view_log_marks VALUES (?, ?, ?)",
+            (tracking.application_name, *mark),
+        )
 
     def write(self, changes: ViewChanges) -> None:
         """Rows without a log position: only for a store nobody reads until it is complete

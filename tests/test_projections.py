@@ -26,7 +26,7 @@ from projections.queries import (
 )
 from projections.rebuild import MAX_WORKERS, id_ranges, rebuild
 from projections.runner import APPLICATION, catch_up
-from projections.store import ConsentViews, utc
+from projections.store import ConsentViews, ViewsOfAnotherLog, utc
 from projections.views import Views
 from tests import facts as built
 from tests.kafka_support import kafka_settings
@@ -834,9 +834,51 @@ def test_views_of_a_longer_log_are_refused_not_answered_from(tmp_path: Path) -> 
     """A ledger.db restored from an older backup next to the newer views: `who` counted a
     person the log did not hold (the trail said no such subject) and `project` said it had
     nothing to do. Every process refuses such views, in one line (exit 2; HTTP 503)."""
-    import shutil
 
     import orjson
+
+    from tests.cli_support import run
+
+    settings, older = a_log_backed_up(tmp_path)
+    data = settings.data_dir
+    later = run(data, "record", stdin=orjson.dumps(built.grant("later", event_id="g2")).decode())
+    assert later.returncode == 0, later.stderr
+    assert run(data, "project").returncode == 0
+    restore(settings, older)
+    views_refused_everywhere(settings, "stand at log position", "views_ahead_of_log")
+    (data / "views.db").unlink()  # what the message says to do
+    assert run(data, "project").returncode == 0
+    assert "1 subjects had consent" in run(data, *WHO, "--summary").stdout
+
+
+WHO = ["who", "--purpose", "marketing", "--at", "2025-06-01T00:00:00Z", "--tenant", "demo"]
+
+
+def a_log_backed_up(tmp_path: Path) -> tuple[Settings, Path]:
+    """An embedded log with the demo tenant and one grant, and a copy of its ledger.db."""
+    import shutil
+
+    settings = Settings(data_dir=tmp_path / "data")
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    ledger.record([parse_fact(built.grant("kept", event_id="g1"))])
+    ledger.close()
+    older = tmp_path / "ledger.db"
+    shutil.copy(settings.log_path, older)  # the log closed: its WAL is in the file
+    return settings, older
+
+
+def restore(settings: Settings, older: Path) -> None:
+    """ledger.db put back from the copy, by hand: the views left as they are."""
+    import shutil
+
+    for leftover in settings.data_dir.glob("ledger.db*"):
+        leftover.unlink()
+    shutil.copy(older, settings.log_path)
+
+
+def views_refused_everywhere(settings: Settings, says: str, code: str) -> None:
+    """`project`, `who` and `serve` exit 2 with one line that `says`; HTTP answers 503 `code`."""
     from fastapi.testclient import TestClient
 
     from api.app import create_app, keys_path
@@ -844,26 +886,11 @@ def test_views_of_a_longer_log_are_refused_not_answered_from(tmp_path: Path) -> 
     from tests.cli_support import run
     from tests.server_support import free_port
 
-    data = tmp_path / "data"
-    settings = Settings(data_dir=data)
-    ledger = ConsentLedger(settings)
-    ledger.init_demo()
-    ledger.record([parse_fact(built.grant("kept", event_id="g1"))])
-    ledger.close()
-    older = tmp_path / "ledger.db"
-    shutil.copy(data / "ledger.db", older)  # the log closed: its WAL is in the file
-    later = run(data, "record", stdin=orjson.dumps(built.grant("later", event_id="g2")).decode())
-    assert later.returncode == 0, later.stderr
-    assert run(data, "project").returncode == 0
-    for leftover in data.glob("ledger.db*"):
-        leftover.unlink()
-    shutil.copy(older, data / "ledger.db")
-    who = ["who", "--purpose", "marketing", "--at", "2025-06-01T00:00:00Z", "--tenant", "demo"]
-    for args in (["project"], who, ["serve", "--port", str(free_port())]):
-        out = run(data, *args)
+    for args in (["project"], WHO, ["serve", "--port", str(free_port())]):
+        out = run(settings.data_dir, *args)
         assert out.returncode == 2, (args, out.stdout, out.stderr)
         assert out.stderr.startswith("consent-ledger: configuration: the views ")
-        assert "stand at log position" in out.stderr and out.stderr.count("\n") == 1
+        assert says in out.stderr and out.stderr.count("\n") == 1, out.stderr
     store = ApiKeys(keys_path(settings))
     _, key = store.create("demo", {"compliance"})
     store.close()
@@ -873,7 +900,144 @@ def test_views_of_a_longer_log_are_refused_not_answered_from(tmp_path: Path) -> 
             headers={"Authorization": f"Bearer {key}"},
         )
         assert answer.status_code == 503, answer.text
-        assert answer.json()["code"] == "views_ahead_of_log"
+        assert answer.json()["code"] == code
+
+
+def test_views_of_a_log_restored_and_written_since_are_refused(tmp_path: Path) -> None:
+    """The same restore, then a fact recorded before anything read the views: the log is as
+    long as the views again, and `who` named a person the log did not hold while leaving out
+    the one it did, for good (the views stood past her fact). Now every process refuses the
+    views, as it refuses views of a longer log; `replay` and `project` mark them too."""
+    import shutil
+
+    import orjson
+
+    from tests.cli_support import run
+
+    settings, older = a_log_backed_up(tmp_path)
+    data = settings.data_dir
+    lost = orjson.dumps(built.grant("lost", event_id="g2")).decode()
+    assert run(data, "record", stdin=lost).returncode == 0
+    # Views made by a rebuild are marked too: these are the operator's replay, put in place.
+    assert run(data, "replay", "--into", str(tmp_path / "replayed")).returncode == 0
+    shutil.move(tmp_path / "replayed" / "views.db", data / "views.db")
+    restore(settings, older)
+    since = orjson.dumps(built.grant("since", event_id="g3")).decode()
+    assert run(data, "record", stdin=since).returncode == 0  # the log is as long as the views
+    views_refused_everywhere(
+        settings, "were built from another log: the log's fact at position", "views_of_another_log"
+    )
     (data / "views.db").unlink()  # what the message says to do
     assert run(data, "project").returncode == 0
-    assert "1 subjects had consent" in run(data, *who, "--summary").stdout
+    listed = run(data, *WHO).stdout.split()
+    ledger = ConsentLedger(settings)
+    try:
+        assert sorted(listed) == sorted(ledger.sid("demo", s).hex for s in ("kept", "since"))
+    finally:
+        ledger.close()
+
+
+def test_views_caught_up_by_a_process_are_checked_by_the_next(tmp_path: Path) -> None:
+    """Marks written page by page as a process catches up (not only by a rebuild): a
+    restore after them is found by the next process, and views of this log are not refused."""
+    import shutil
+
+    settings = Settings(data_dir=tmp_path / "data")
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    ledger.record([parse_fact(built.grant("kept", event_id="g1"))])
+    ledger.close()
+    shutil.copy(settings.log_path, tmp_path / "older.db")
+    for number in range(3):
+        ledger = ConsentLedger(settings)
+        ledger.record([parse_fact(built.grant(f"s{number}", event_id=f"n{number}"))])
+        views = Views(ledger)
+        assert views.refresh() > 0  # a fresh process each time: the check runs, and passes
+        views.close()
+        ledger.close()
+    for leftover in settings.data_dir.glob("ledger.db*"):
+        leftover.unlink()
+    shutil.copy(tmp_path / "older.db", settings.log_path)
+    ledger = ConsentLedger(settings)
+    try:
+        ledger.record([parse_fact(built.grant(f"other{n}", event_id=f"o{n}")) for n in range(3)])
+        views = Views(ledger)
+        with pytest.raises(ViewsOfAnotherLog, match="fact at position"):
+            views.refresh()
+        views.close()
+    finally:
+        ledger.close()
+
+
+def test_kafka_views_of_another_ledger_topic_are_refused(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """Kafka mode. Views kept while the ledger topic was deleted and made again (and the
+    replica built afresh from it) stood at offsets the new topic filled with other facts;
+    views kept across a change of backend or topic prefix went on adding another log's
+    facts to the ones they held. Each is refused (exit 2; the worker does not start)."""
+    import time
+    from dataclasses import replace
+
+    from kafka.admin import KafkaAdminClient
+
+    from ledger.kafka.topics import TopicRefused, Topics
+    from tests.cli_support import run
+    from tests.kafka_support import kafka_cli
+
+    who = ["who", "--purpose", "marketing", "--at", "2025-06-01T00:00:00Z", "--tenant", "demo"]
+    settings = kafka_settings(tmp_path / "data", kafka_bootstrap, partitions=1)
+
+    def record(names: list[str]) -> None:
+        ledger = ConsentLedger(settings)
+        try:
+            ledger.init_demo()
+            ledger.record([parse_fact(built.grant(n, event_id=n)) for n in names])
+        finally:
+            ledger.close()
+
+    record(["a0", "a1", "a2"])
+    assert kafka_cli(settings, *who).returncode == 0  # views of this topic: marked
+    assert kafka_cli(settings, *who).returncode == 0  # and found to be its own
+
+    # The same data directory, first on another prefix (the replica, which would refuse the
+    # other topic first, deleted: it is rebuilt from the topic), then in embedded mode.
+    for leftover in settings.data_dir.glob("ledger-replica.db*"):
+        leftover.unlink()
+    moved = replace(settings, topic_prefix=f"{settings.topic_prefix}x")
+    out = kafka_cli(moved, "project")
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith("consent-ledger: configuration: the views ")
+    assert f"read from the ledger topic {settings.topic_prefix}.ledger," in out.stderr
+    out = run(settings.data_dir, "project", LEDGER_BACKEND="embedded")
+    assert out.returncode == 2, out.stderr
+    assert "were built from another log: they hold facts read from the ledger topic" in out.stderr
+
+    # The topic deleted and made again, and the replica built afresh from it.
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        admin.delete_topics([Topics.of(settings.topic_prefix).ledger])
+    finally:
+        admin.close()
+    deadline = time.monotonic() + 60
+    while True:
+        for leftover in settings.data_dir.glob("ledger-replica.db*"):
+            leftover.unlink()
+        try:
+            record(["b0", "b1", "b2"])
+            break
+        except TopicRefused as refused:  # the broker has not finished deleting it
+            assert "cannot create topic" in str(refused), refused
+            assert time.monotonic() < deadline, refused
+    for args in (who, ["worker"]):
+        out = kafka_cli(settings, *args, timeout=120)
+        assert out.returncode == 2, (args, out.stdout, out.stderr)
+        assert "were built from another log: the ledger topic's record at" in out.stderr
+        assert out.stderr.count("\n") == 1, out.stderr
+    (settings.data_dir / "views.db").unlink()
+    listed = kafka_cli(settings, *who).stdout.split()
+    ledger = ConsentLedger(settings)
+    try:
+        assert sorted(listed) == sorted(ledger.sid("demo", s).hex for s in ("b0", "b1", "b2"))
+    finally:
+        ledger.close()

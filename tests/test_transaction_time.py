@@ -228,8 +228,10 @@ class MovedOnOnce(ConsentProjection):
         super().__init__(view)
         self.pages_left = after_pages
 
-    def process_batch(self, events: Any, tracking: Any, *, after: int | None) -> None:
-        super().process_batch(events, tracking, after=after)
+    def process_batch(
+        self, events: Any, tracking: Any, *, after: int | None, mark: Any = None
+    ) -> None:
+        super().process_batch(events, tracking, after=after, mark=mark)
         self.pages_left -= 1
         if self.pages_left == 0:
             raise ViewMovedOn(tracking.application_name)

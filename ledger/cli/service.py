@@ -21,7 +21,7 @@ from ledger.cli.common import (
     whole,
 )
 from ledger.cli.records import cmd_demo
-from ledger.settings import Settings
+from ledger.settings import Settings, SettingsError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -62,13 +62,13 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     # in uvicorn's traceback; the service's own catch-up then starts where this one ended.
     ledger = open_ledger(settings)
     try:
-        if settings.backend != "kafka" and settings.views_path.exists():
+        if settings.views_path.exists():
             from projections.runner import check_within_log
             from projections.store import ConsentViews
 
             views = ConsentViews.open(settings.views_path)
             try:
-                check_within_log(ledger, views)  # views of a longer log (a hand restore)
+                check_within_log(ledger, views)  # views of another log (a hand restore)
             finally:
                 views.close()
     finally:
@@ -129,6 +129,15 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     ledger = open_ledger(settings)
     writer = IntakeWriter(ledger)
     views = None if args.no_projections else Views(ledger)
+    if views is not None:
+        from projections.runner import check_within_log
+
+        try:
+            check_within_log(ledger, views.store)  # views of another ledger topic
+        except BaseException:
+            views.close()
+            ledger.close()
+            raise
     project = threading.Thread(
         target=follow_views, args=(views, stop, args.interval), name="projections", daemon=True
     )
@@ -176,6 +185,9 @@ def follow_views(views: Any, stop: Any, interval: float) -> None:
         try:
             done = views.refresh()
         except LedgerUnavailable:
+            done = 0
+        except SettingsError as error:  # views not of this log: what to do is in the message
+            logging.getLogger("consent_ledger.projections").error("%s", error)
             done = 0
         except Exception as error:  # a broker outage surfaces as several kafka errors
             logging.getLogger("consent_ledger.projections").error(

@@ -191,6 +191,18 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
             )
             return {int(row[0]) for row in c.fetchall()}
 
+    def hash_at_offset(self, partition: int, offset: int) -> str | None:
+        """The hash of the ledger's record at this place of the topic, if the replica holds
+        one there."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                f"SELECT i.hash FROM {self.located_table} AS l JOIN {self.index_table} AS i "
+                "ON i.position = l.position WHERE l.partition = ? AND l.offset = ?",
+                (partition, offset),
+            )
+            row = c.fetchone()
+        return None if row is None else str(row[0])
+
     def tree_partitions(self) -> range:
         return range(self.link.partitions)
 
