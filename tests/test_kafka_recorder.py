@@ -549,3 +549,48 @@ def test_a_cluster_gone_after_the_first_answer_is_unreachable_not_a_traceback(
     monkeypatch.setattr(KafkaAdminClient, "create_topics", timed_out)
     with pytest.raises(BrokersUnreachable, match="while the topics were created or checked"):
         ensure_topics(kafka_settings(tmp_path, kafka_bootstrap))
+
+
+def test_a_replica_of_another_topic_is_refused_as_such(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """LEDGER_TOPIC_PREFIX changed on a data directory: its replica, read from the old
+    topic, took the new one for the same log with records lost, and `verify` reported the
+    log BROKEN (removed) — tampering, where nothing was touched. Now a configuration error
+    that names both topics; a replica made before it kept its topic learns it."""
+    import sqlite3
+    from dataclasses import replace
+
+    from ledger.application import ConsentLedger
+    from ledger.envelope import parse_fact
+    from ledger.kafka.recorder import ReplicaOfAnotherTopic
+    from tests.facts import grant
+
+    settings = kafka_settings(tmp_path / "data", kafka_bootstrap, partitions=1)
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    ledger.record([parse_fact(grant("someone", event_id="g1"))])
+    ledger.close()
+    with sqlite3.connect(settings.log_path) as db:  # as a replica made before this change
+        db.execute("DELETE FROM stored_events_kafka_topic")
+    db.close()
+    ConsentLedger(settings).close()  # learns its topic again
+    moved = replace(settings, topic_prefix=f"{settings.topic_prefix}x")
+    old_topic, new_topic = (
+        Topics.of(settings.topic_prefix).ledger,
+        Topics.of(moved.topic_prefix).ledger,
+    )
+    with pytest.raises(ReplicaOfAnotherTopic, match=f"read from topic {old_topic}, but"):
+        ConsentLedger(moved)
+    checked = kafka_cli(moved, "verify")
+    assert checked.returncode == 2, checked.stderr
+    assert checked.stderr.startswith("consent-ledger: configuration: the replica of this data")
+    assert f"the settings name {new_topic} (LEDGER_TOPIC_PREFIX changed?)" in checked.stderr
+    assert kafka_cli(settings, "verify").returncode == 0  # the prefix set back
+    for leftover in settings.data_dir.glob("ledger-replica.db*"):  # what the message says
+        leftover.unlink()
+    (settings.data_dir / "views.db").unlink(missing_ok=True)
+    ledger = ConsentLedger(moved)
+    ledger.init_demo()
+    ledger.close()
+    assert kafka_cli(moved, "verify").returncode == 0

@@ -43,6 +43,7 @@ from ledger.kafka.reading import ReadTimedOut, ledger_events, polls_to_end
 from ledger.kafka.records import encode, partition_of
 from ledger.kafka.topics import RecordsLost, TopicRefused, Topics
 from ledger.recorder import FactKey, LedgerSQLiteRecorder
+from ledger.settings import SettingsError
 from ledger.sql import rows_in
 
 log = logging.getLogger("consent_ledger.kafka")
@@ -118,6 +119,24 @@ class IntakeCommit:
     group: Any = None
 
 
+class ReplicaOfAnotherTopic(SettingsError):
+    """The data directory's replica was read from another ledger topic than the one the
+    settings name (LEDGER_TOPIC_PREFIX changed under it).
+
+    It was taken for this topic's replica: the new topic, shorter, read as a log of record
+    that had lost records (`verify`: BROKEN (removed), a false report of tampering), and the
+    message sent the operator to restore a topic that was never damaged.
+    """
+
+    def __init__(self, read_from: str, named: str) -> None:
+        super().__init__(
+            f"the replica of this data directory (ledger-replica.db) was read from topic "
+            f"{read_from}, but the settings name {named} (LEDGER_TOPIC_PREFIX changed?): set "
+            f"the prefix back, or, to run this data directory on {named}, move its "
+            "ledger-replica.db and views.db away (both are rebuilt from the topic)"
+        )
+
+
 class KafkaLedgerRecorder(LedgerSQLiteRecorder):
     log_is_elsewhere = True
 
@@ -131,6 +150,7 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
         self.positions_table = f"{events_table_name}_kafka_positions"
         self.located_table = f"{events_table_name}_kafka_located"
         self.layout_table = f"{events_table_name}_kafka_layout"
+        self.topic_table = f"{events_table_name}_kafka_topic"
         super().__init__(datastore, events_table_name)
         self.link = link
         self._producer: KafkaProducer | None = None
@@ -162,6 +182,9 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
             # The ledger topic's partition count when the replica first read it: one row.
             f"CREATE TABLE IF NOT EXISTS {self.layout_table} ("
             "id INTEGER PRIMARY KEY CHECK (id = 0), partitions INTEGER NOT NULL)",
+            # The ledger topic the replica was read from: one row (`_known_topic`).
+            f"CREATE TABLE IF NOT EXISTS {self.topic_table} ("
+            "id INTEGER PRIMARY KEY CHECK (id = 0), topic TEXT NOT NULL)",
         ]
 
     def log_coordinates(self, positions: Sequence[int]) -> dict[int, tuple[int, int]]:
@@ -245,6 +268,9 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
             tps = [TopicPartition(self.link.topics.ledger, p) for p in range(partitions)]
             consumer.assign(tps)
             start = self.positions()
+            read_from = self._known_topic()
+            if read_from is not None and read_from != self.link.topics.ledger:
+                raise ReplicaOfAnotherTopic(read_from, self.link.topics.ledger)
             known = self._known_partitions()
             if known is not None and known != partitions:
                 raise self._partitions_changed(f"this replica was read from {known}")
@@ -300,6 +326,12 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                 with self.datastore.transaction(commit=True) as c:
                     c.execute(
                         f"INSERT OR IGNORE INTO {self.layout_table} VALUES (0, ?)", (partitions,)
+                    )
+            if read_from is None and (start or applied):
+                with self.datastore.transaction(commit=True) as c:
+                    c.execute(
+                        f"INSERT OR IGNORE INTO {self.topic_table} VALUES (0, ?)",
+                        (self.link.topics.ledger,),
                     )
         except ReadTimedOut as error:
             raise LedgerUnavailable(str(error)) from error
@@ -372,6 +404,14 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
             "process has another LEDGER_MASTER_KEY or key store (keys.db) than the processes "
             "that wrote it (every process of one ledger needs the same)"
         )
+
+    def _known_topic(self) -> str | None:
+        """The ledger topic this replica was read from (replicas made before it was kept
+        learn it at their next catch-up)."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT topic FROM {self.topic_table}")
+            row = c.fetchone()
+        return None if row is None else str(row[0])
 
     def _known_partitions(self) -> int | None:
         """How many partitions the ledger topic had when this replica first read it."""
