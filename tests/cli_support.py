@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import select
 import subprocess
 import sys
 from pathlib import Path
+from typing import IO
 
 # The backend of each data directory: every command runs on the embedded log and on Kafka.
 BACKEND_ENV: dict[Path, dict[str, str]] = {}
@@ -28,3 +30,12 @@ def verify_elsewhere(data: Path, tmp_path: Path, *args: str) -> subprocess.Compl
     """`consent-ledger verify ARGS` with no data directory at all: a package or checkpoint
     is all such a check has."""
     return run(data, "verify", *args, LEDGER_DATA_DIR=str(tmp_path / "nothing-here"))
+
+
+def line_within(stream: IO[str], timeout: float = 120) -> str:
+    """The next line a process prints, or a failure if it prints none in `timeout` seconds:
+    a process that hangs silently must fail the test, not hang it. Only for a stream whose
+    reader holds nothing read ahead (select sees the pipe, not the reader's buffer)."""
+    ready, _, _ = select.select([stream], [], [], timeout)
+    assert ready, f"the process printed nothing in {timeout} s"
+    return stream.readline()

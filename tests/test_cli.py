@@ -15,7 +15,7 @@ import pytest
 
 from ledger.application import ConsentLedger
 from ledger.policy import seed_policy_fact
-from tests.cli_support import BACKEND_ENV, run, verify_elsewhere
+from tests.cli_support import BACKEND_ENV, line_within, run, verify_elsewhere
 from tests.facts import fact, grant, policy, terms, withdraw
 
 
@@ -632,7 +632,7 @@ def test_record_interrupted_by_ctrl_c_says_so_and_finishes_when_run_again(
         text=True,
     )
     assert cut.stdout is not None
-    first = cut.stdout.readline()  # printed once the first batch has committed
+    first = line_within(cut.stdout)  # printed once the first batch has committed
     assert "receipt" in first, first
     cut.send_signal(signal.SIGINT)
     rest = cut.stdout.read()  # the pipe's reader holds what it read ahead with the first line

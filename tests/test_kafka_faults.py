@@ -27,6 +27,7 @@ from ledger.failpoints import EXIT_STATUS
 from ledger.kafka.recorder import KafkaLink
 from ledger.kafka.topics import Topics
 from ledger.settings import Settings
+from tests.cli_support import line_within
 from tests.conftest import BROKER
 from tests.kafka_support import (
     OVERSIZE_LIMIT,
@@ -261,7 +262,7 @@ def test_a_worker_and_a_server_started_before_their_broker_wait_for_it(
         assert "Traceback" not in verify.stderr
         assert f"no Kafka broker answered at {late.address} (KAFKA_BOOTSTRAP)" in verify.stderr
         # Each line is read once the process printed it: its first attempt has failed.
-        for line in (worker.stderr.readline(), server.stdout.readline()):
+        for line in (line_within(worker.stderr), line_within(server.stdout)):
             assert "trying again in 1 s: no Kafka broker answered at" in line, line
         late.open()
         items = intake_stream(valid=20, bad=2, seed=5)

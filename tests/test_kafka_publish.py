@@ -12,6 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from tests.cli_support import line_within
 from tests.facts import grant, withdraw
 from tests.kafka_support import kafka_env, kafka_settings
 
@@ -43,7 +44,7 @@ def test_publish_through_intake_to_a_running_worker(tmp_path: Path, kafka_bootst
     )
     try:
         assert worker.stdout is not None
-        assert worker.stdout.readline().startswith("worker: consuming")
+        assert line_within(worker.stdout).startswith("worker: consuming")
         facts = [
             orjson.dumps(grant("pub-1", event_id="p1")).decode(),
             "{not json",
