@@ -112,17 +112,20 @@ read it back (the sid is in the receipt):
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     """Kafka mode's long-running process: the intake writer and the projections."""
-    from ledger.kafka.intake import IntakeWriter
-    from ledger.kafka.recorder import WriterFenced
-    from projections.views import Views
-
     if settings.backend != "kafka":
         raise CliError(
             "the worker runs in Kafka mode: set LEDGER_BACKEND=kafka and KAFKA_BOOTSTRAP"
         )
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    with stopped_by_signals() as stop:
+        return _work(args, settings, stop)
+
+
+def _work(args: argparse.Namespace, settings: Settings, stop: threading.Event) -> int:
+    """The worker until `stop` is set (SIGTERM or SIGINT)."""
+    from ledger.kafka.intake import IntakeWriter
+    from ledger.kafka.recorder import WriterFenced
+    from projections.views import Views
+
     if not wait_for_brokers(settings, stop, "worker"):
         print("worker: stopped before a Kafka broker answered", flush=True)
         return 0
