@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import resource
 import select
+import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -39,3 +42,16 @@ def line_within(stream: IO[str], timeout: float = 120) -> str:
     ready, _, _ = select.select([stream], [], [], timeout)
     assert ready, f"the process printed nothing in {timeout} s"
     return stream.readline()
+
+
+def file_size_limit(size: int) -> Callable[[], None]:
+    """For `preexec_fn`: the process (and its children) may not grow a file past `size`."""
+
+    def apply() -> None:
+        # Ignored, SIGXFSZ no longer kills the process: the write fails, as on a full disk.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(
+            resource.RLIMIT_FSIZE, (size, resource.getrlimit(resource.RLIMIT_FSIZE)[1])
+        )
+
+    return apply

@@ -17,23 +17,10 @@ from ledger.checkpoint import (
     since_sizes_of,
     verify_checkpoint,
 )
-from ledger.envelope import parse_fact
-from ledger.receipt import Receipt
 from ledger.settings import Settings
 from projections.evidence import evidence_package, verify_evidence
+from tests.checkpoint_support import recorded, signed
 from tests.facts import grant, withdraw
-
-
-def recorded(ledger: ConsentLedger, *facts: dict[str, Any]) -> None:
-    for outcome in ledger.record([parse_fact(f) for f in facts]):
-        assert isinstance(outcome, Receipt), outcome
-
-
-def signed(ledger: ConsentLedger, since: dict[str, Any] | None = None) -> dict[str, Any]:
-    sizes = since_sizes_of(since) if since is not None else None
-    found = checkpoint(ledger.ledger_recorder, ledger.keystore, since_sizes=sizes)
-    decoded: dict[str, Any] = orjson.loads(orjson.dumps(found))  # as published
-    return decoded
 
 
 def test_a_later_checkpoint_proves_the_log_only_grew(backend_ledger: ConsentLedger) -> None:

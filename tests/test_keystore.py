@@ -18,8 +18,7 @@ from hypothesis import strategies as st
 
 from ledger.keystore import ErasedSubjectError, KeyStore, load_master_key, seal, unseal
 from ledger.settings import Settings, SettingsError
-from tests.cli_support import run
-from tests.test_storage_failures import file_size_limit
+from tests.cli_support import file_size_limit, run
 
 
 def test_master_key_file_is_created_private_and_reused(tmp_path: Path) -> None:

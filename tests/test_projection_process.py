@@ -19,7 +19,7 @@ from ledger.envelope import parse_fact
 from ledger.settings import Settings
 from projections.store import ConsentViews
 from projections.views import Views
-from tests.test_projections import dump
+from tests.views_support import dump
 
 
 def cli(data: Path, *args: str) -> subprocess.Popen[bytes]:

@@ -29,7 +29,7 @@ from projections.trail import subject_trail
 from projections.views import Views
 from tests.facts import grant, withdraw
 from tests.fixtures.write_registered_log import MASTER_KEY
-from tests.test_projections import dump
+from tests.views_support import dump
 
 FIXTURE = Path(__file__).parent / "fixtures" / "registered_log"
 

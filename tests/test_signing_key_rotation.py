@@ -29,9 +29,9 @@ from ledger.checkpoint import (
 )
 from ledger.keystore import KeyStore, load_master_key
 from projections.evidence import evidence_package, verify_evidence
+from tests.checkpoint_support import recorded, signed
 from tests.cli_support import run, verify_elsewhere
 from tests.facts import grant, withdraw
-from tests.test_checkpoint import recorded, signed
 
 
 def kinds(result: Any) -> list[str]:

@@ -37,7 +37,7 @@ from ledger.receipt import Receipt
 from ledger.settings import Settings
 from ledger.storage import StorageUnavailable, storage_failure
 from ledger.verify import verify_ledger
-from tests.cli_support import line_within
+from tests.cli_support import file_size_limit, line_within
 from tests.facts import grant, withdraw
 from tests.kafka_support import (
     OVERSIZE_LIMIT,
@@ -52,19 +52,6 @@ from tests.kafka_support import (
 from tests.server_support import demo_key, serve
 
 LIMIT = 1 << 20  # bytes a file may grow to under the limit; the batches below need more
-
-
-def file_size_limit(size: int) -> Callable[[], None]:
-    """For `preexec_fn`: the process (and its children) may not grow a file past `size`."""
-
-    def apply() -> None:
-        # Ignored, SIGXFSZ no longer kills the process: the write fails, as on a full disk.
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(
-            resource.RLIMIT_FSIZE, (size, resource.getrlimit(resource.RLIMIT_FSIZE)[1])
-        )
-
-    return apply
 
 
 def big_grants(n: int, prefix: str) -> list[dict[str, Any]]:

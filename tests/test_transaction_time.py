@@ -24,7 +24,7 @@ from projections.rebuild import rebuild
 from projections.runner import catch_up
 from projections.store import ConsentViews, ViewMovedOn
 from tests import facts as built
-from tests.test_projections import histories, views_agree
+from tests.views_support import histories, views_agree
 
 instants = st.datetimes(
     min_value=datetime(2020, 1, 1), max_value=datetime(2030, 1, 1), timezones=st.just(UTC)
