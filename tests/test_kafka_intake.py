@@ -15,6 +15,7 @@ from ledger.kafka import recorder as recorder_module
 from ledger.kafka.intake import IntakeWriter, wait_until_consumed
 from ledger.kafka.topics import Topics
 from ledger.settings import Settings
+from tests.facts import grant
 from tests.kafka_support import (
     OVERSIZE_LIMIT,
     check_exactly_once,
@@ -251,3 +252,40 @@ def test_partitions_added_to_the_intake_topic_are_read_without_a_restart(
         read_committed(kafka_bootstrap, topics.ledger),
         read_committed(kafka_bootstrap, topics.rejected),
     )
+
+
+def test_records_keyed_by_their_reference_are_recorded_and_reported(
+    kafka_ledger: ConsentLedger, kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A publisher keying intake records by the person's reference (an email, a phone)
+    puts personal data in Kafka keys, which no erasure reaches; nothing said so. The facts
+    are recorded as any others (refusing them would lose consents); the writer counts them
+    and names the first of each partition in the log by its place, never by the key."""
+    import logging
+
+    from ledger.kafka.publish import intake_key
+
+    settings = kafka_ledger.settings
+    topics = Topics.of(settings.topic_prefix)
+    references = [f"Person.{n}@Example.com" for n in range(6)]
+    keys = [
+        references[0].encode(),  # the reference itself
+        references[1].lower().encode(),  # lower-cased
+        f"demo/{references[2]}".encode(),  # as one part of the key
+        intake_key(b"publisher's secret", "demo", references[3]),  # as the contract asks
+        b"demo",  # by tenant
+        None,  # no key
+    ]
+    published = [
+        (key, orjson.dumps(grant(reference, event_id=f"k{n}")))
+        for n, (key, reference) in enumerate(zip(keys, references, strict=True))
+    ]
+    publish(kafka_bootstrap, topics.intake, published)
+    with caplog.at_level(logging.WARNING, logger="consent_ledger.intake"):
+        writer = _drain(kafka_ledger, settings)
+    assert writer.stats.accepted == 6 and writer.stats.keyed_by_reference == 3
+    warned = [r.getMessage() for r in caplog.records if "keyed by its subject's" in r.getMessage()]
+    assert 1 <= len(warned) <= 3  # the first such record of each partition
+    text = caplog.text.lower()
+    assert not any(reference.lower() in text for reference in references)
+    assert all("partition" in message and "offset" in message for message in warned)

@@ -168,6 +168,12 @@ def _work(args: argparse.Namespace, settings: Settings, stop: threading.Event) -
         f"{stats.retries} retries after the broker or the storage was unavailable",
         flush=True,
     )
+    if stats.keyed_by_reference:
+        print(
+            f"worker: {stats.keyed_by_reference} intake records were keyed by their subject's "
+            "reference in the clear (personal data in Kafka keys; the log names where)",
+            flush=True,
+        )
     if stats.batches:
         per_batch = 1000 / stats.batches
         records = stats.accepted + stats.duplicates + sum(stats.rejected.values())

@@ -33,6 +33,7 @@ from kafka.errors import KafkaError
 from ledger.application import ConsentLedger
 from ledger.envelope import Fact, parse_fact_bytes
 from ledger.errors import Code, FactRejected
+from ledger.kafka.publish import names_the_reference
 from ledger.kafka.recorder import (
     IntakeCommit,
     KafkaLedgerRecorder,
@@ -64,6 +65,8 @@ class IntakeStats:
     poll_s: float = 0.0
     write_s: float = 0.0
     transaction_s: float = 0.0
+    # Records keyed by their subject's reference in the clear (`names_the_reference`).
+    keyed_by_reference: int = 0
 
     def reject(self, code: str) -> None:
         self.rejected[code] = self.rejected.get(code, 0) + 1
@@ -108,6 +111,10 @@ class IntakeWriter:
         self._partitions_checked_at = 0.0
         # The intake offsets committed by this writer's own transactions (and found at start).
         self.committed: dict[TopicPartition, int] = {}
+        # The batch being written: how many of its records were keyed by their reference;
+        # counted in the stats once the batch commits (a retried batch is counted once).
+        self._keyed_in_batch = 0
+        self._keyed_partitions: set[int] = set()  # each is named in the log once
 
     # ---- life cycle ----------------------------------------------------------------------
 
@@ -260,6 +267,7 @@ class IntakeWriter:
                 self.recorder.abandon()  # only if nothing committed it
             in_transaction = self.recorder.transaction_s - in_transactions
         self.committed.update(offsets)
+        self.stats.keyed_by_reference += self._keyed_in_batch
         for code in codes:
             self.stats.reject(code)
         for outcome in outcomes:
@@ -280,6 +288,7 @@ class IntakeWriter:
         origin: list[ConsumerRecord] = []
         rejects: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]] = []
         codes: list[str] = []
+        self._keyed_in_batch = 0
         for record in records:
             try:
                 fact = self._parse(record)
@@ -289,6 +298,10 @@ class IntakeWriter:
                 continue
             facts.append(fact)
             origin.append(record)
+            if fact.subject is not None and names_the_reference(
+                record.key, fact.subject, fact.tenant
+            ):
+                self._keyed_by_reference(record)
 
         def with_refusals(outcomes: Sequence[Outcome | None]) -> IntakeCommit:
             refused = list(rejects)
@@ -301,6 +314,22 @@ class IntakeWriter:
             self.recorder.commit_extra(IntakeCommit(rejects, offsets, group))
             return [], codes
         return self.ledger.record(facts, with_refusals=with_refusals), codes
+
+    def _keyed_by_reference(self, record: ConsumerRecord) -> None:
+        """Count a record whose key is its subject's reference, and name the first of each
+        partition in the log, by place only (the key is the personal data)."""
+        self._keyed_in_batch += 1
+        if record.partition in self._keyed_partitions:
+            return
+        self._keyed_partitions.add(record.partition)
+        log.warning(
+            "an intake record is keyed by its subject's reference in the clear (partition "
+            "%d, offset %d): personal data in a Kafka key, which no erasure reaches; the "
+            "publisher should key by a keyed hash (deploy/CONFIG.md, the intake topic)",
+            record.partition,
+            record.offset,
+            extra={"partition": record.partition, "offset": record.offset},
+        )
 
     def _write_isolating(self, records: Sequence[ConsumerRecord]) -> None:
         """Retry in halves until the record that fails alone is found; reject just that one."""

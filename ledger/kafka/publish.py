@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,6 +50,25 @@ def intake_key(secret: bytes, tenant: str, subject: str) -> bytes:
         .hexdigest()[:32]
         .encode()
     )
+
+
+# What publishers put between parts of a key ("tenant/reference", "crm:reference").
+_KEY_PARTS = re.compile(rb"[/:|,; \x00]")
+
+
+def names_the_reference(key: bytes | None, subject: str, tenant: str) -> bool:
+    """Whether an intake record's key is the subject's reference in the clear, or has it as
+    one of its parts (case aside: an email address lower-cased is the same person).
+
+    The contract keeps personal data out of Kafka keys, which no erasure can reach: a topic
+    keeps them for its retention, and a compacted or copied one for ever. The ledger
+    cannot take a key back once published; it can tell the operator which publisher did it.
+    """
+    if not key or subject.lower() == tenant.lower():  # a key by tenant is no reference
+        return False
+    reference = subject.encode().lower()
+    lowered = key.lower()
+    return lowered == reference or reference in _KEY_PARTS.split(lowered)
 
 
 def publish(
