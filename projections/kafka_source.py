@@ -157,15 +157,16 @@ class LedgerTopicReader:
         for polled in polls_to_end(consumer, tps, timeout_s=float("inf"), max_records=page):
             for tp, records in polled.items():
                 events: list[Any] = []
-                mark: tuple[int, str] | None = None
+                last: tuple[int, Any] | None = None  # the page's last record applied
                 accepted = self._accepted(tp.partition, records)
                 for record, stored, _ in ledger_events(
                     (r for r in records if r.offset in accepted), self.link.record_key
                 ):
-                    mark = (record.offset, stored_hash(stored))
+                    last = (record.offset, stored)
                     event: Any = mapper.to_domain_event(stored)
                     if known is None or known(event):
                         events.append(event)
+                mark = None if last is None else (last[0], stored_hash(last[1]))
                 position = consumer.position(tp)
                 projection.process_batch(
                     events,
