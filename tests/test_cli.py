@@ -730,11 +730,21 @@ def test_an_erasure_retried_with_its_event_id_is_recorded_once(
     first = run(data, *erase, "--event-id", "erase-t1")
     again = run(data, *erase, "--event-id", "erase-t1")
     assert first.returncode == 0 and again.returncode == 0, first.stderr + again.stderr
-    assert first.stdout == again.stdout  # the same position: the first erasure's receipt
+    assert "data key destroyed; erasure recorded at position" in first.stdout
+    position = first.stdout.split()[-1]
+    # The same position: the first erasure's receipt, said as such.
+    assert again.stdout.endswith(
+        f"this erasure was recorded before, at position {position}; nothing new recorded\n"
+    )
     other = run(data, *erase[:-1], "court_decision", "--event-id", "erase-t1")
     assert other.returncode == 1 and "event_id_conflict" in other.stderr
     trail = orjson.loads(run(data, "trail", "twice-1", "--tenant", "demo", "--json").stdout)
     assert [f["type"] for f in trail["facts"]].count("subject.erased") == 1
+    # Another erasure of the erased subject is recorded, but destroys no key: it said it did.
+    later = run(data, *erase[:-1], "court_decision", "--event-id", "erase-t2")
+    assert later.returncode == 0, later.stderr
+    assert "was already erased (" in later.stdout and "data key destroyed" not in later.stdout
+    assert "no data key left to destroy; this erasure recorded too, at position" in later.stdout
 
 
 def test_api_keys_are_created_listed_expired_and_revoked(data: Path) -> None:

@@ -53,8 +53,10 @@ def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
     ledger = open_ledger(settings)
     try:
         sid = subject_sid(ledger, args)
-        if ledger.subject(args.tenant, sid) is None:
+        subject = ledger.subject(args.tenant, sid)
+        if subject is None:
             raise CliError("no such subject in this tenant", EXIT_NOT_FOUND)
+        erased_before = subject.erased_at
         # A retry with --event-id repeats the first attempt's instant (see occurred_at_of).
         occurred_at = ledger.occurred_at_of(args.tenant, event_id, sid) or datetime.now(UTC)
         fact: dict[str, Any] = {
@@ -75,10 +77,23 @@ def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
         ledger.close()
     if isinstance(outcome, FactRejected):
         raise outcome
-    print(
-        f"erased subject {outcome.sid}: data key destroyed; erasure recorded at position "
-        f"{outcome.position}"
-    )
+    if outcome.duplicate:
+        print(
+            f"subject {outcome.sid}: this erasure was recorded before, at position "
+            f"{outcome.position}; nothing new recorded"
+        )
+    elif erased_before is not None:
+        # Recorded all the same (another ground or request may be why it was asked again),
+        # but there was no key left to destroy: saying so would misstate what happened.
+        print(
+            f"subject {outcome.sid} was already erased ({erased_before.isoformat()}): no data "
+            f"key left to destroy; this erasure recorded too, at position {outcome.position}"
+        )
+    else:
+        print(
+            f"erased subject {outcome.sid}: data key destroyed; erasure recorded at position "
+            f"{outcome.position}"
+        )
     return 0
 
 
