@@ -285,3 +285,45 @@ def test_a_worker_and_a_server_started_before_their_broker_wait_for_it(
             server.kill()
             server.communicate()
         late.close()
+
+
+def test_a_worker_left_running_through_a_master_key_rotation_stops_and_rejects_nothing(
+    tmp_path: Path, kafka_bootstrap: str, progress_of: list[Progress]
+) -> None:
+    """`master-key rotate` while a worker runs: the worker, still on the retired key, could
+    not store a new subject's data key, took that for a record's fault, and rejected every
+    new subject's fact as `processing_failed` — consents on the rejected topic, to be found
+    and published again by hand. It stops instead (exit 2, the reason in one line), nothing
+    of the batch committed; restarted, it reads the new key file and records them all."""
+    settings = kafka_settings(tmp_path / "data", kafka_bootstrap)
+    topics = Topics.of(settings.topic_prefix)
+    assert kafka_cli(settings, "init").returncode == 0
+    worker = start_worker(settings)
+    try:
+        assert worker.stdout is not None
+        assert line_within(worker.stdout).startswith("worker: consuming")
+        rotated = kafka_cli(settings, "master-key", "rotate")
+        assert rotated.returncode == 0, rotated.stderr
+        items = intake_stream(valid=30, bad=0, subjects=10, seed=11)
+        publish(kafka_bootstrap, topics.intake, [(i.key, i.value) for i in items])  # type: ignore[misc]
+        _, err = worker.communicate(timeout=120)
+        assert worker.returncode == 2, err[-2000:]
+        assert err.startswith(
+            "consent-ledger: configuration: the master key does not open the key store"
+        )
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.communicate()
+    assert read_committed(kafka_bootstrap, topics.rejected) == []
+    restarted = start_worker(settings)
+    progress = Progress(settings)
+    progress_of.append(progress)
+    progress.wait_for(len(items), restarted, timeout=120)
+    check_exactly_once(
+        items,
+        read_committed(kafka_bootstrap, topics.ledger),
+        read_committed(kafka_bootstrap, topics.rejected),
+    )
+    assert "Traceback" not in stop_cleanly(restarted)

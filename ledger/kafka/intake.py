@@ -41,6 +41,7 @@ from ledger.kafka.recorder import (
     WriterFenced,
 )
 from ledger.receipt import Outcome, Receipt
+from ledger.settings import SettingsError
 from ledger.storage import StorageUnavailable, storage_failure
 
 log = logging.getLogger("consent_ledger.intake")
@@ -231,7 +232,9 @@ class IntakeWriter:
         in_transaction = 0.0  # the isolating retries' transactions count in the rest
         try:
             in_transaction = self._write(records, _next_offsets(records))
-        except (LedgerUnavailable, WriterFenced, KafkaError, StorageUnavailable):
+        except (LedgerUnavailable, WriterFenced, KafkaError, StorageUnavailable, SettingsError):
+            # Not a record's fault: SettingsError is this process's own state (a key store
+            # rotated to a new master key under it), which no record may be rejected for.
             self._rewind_safely()
             raise
         except Exception as error:
@@ -338,7 +341,13 @@ class IntakeWriter:
             for half in (records[:middle], records[middle:]):
                 try:
                     self._write(half, _next_offsets(half))
-                except (LedgerUnavailable, WriterFenced, KafkaError, StorageUnavailable):
+                except (
+                    LedgerUnavailable,
+                    WriterFenced,
+                    KafkaError,
+                    StorageUnavailable,
+                    SettingsError,
+                ):
                     self._rewind_safely()
                     raise
                 except Exception as error:
