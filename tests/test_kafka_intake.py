@@ -289,3 +289,49 @@ def test_records_keyed_by_their_reference_are_recorded_and_reported(
     text = caplog.text.lower()
     assert not any(reference.lower() in text for reference in references)
     assert all("partition" in message and "offset" in message for message in warned)
+
+
+def test_an_erasure_while_the_key_store_is_held_open_rejects_nothing_twice(
+    kafka_ledger: ConsentLedger, kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An erasure committed while another process (a backup, a reader) held the key store
+    open: the key was deleted, but its old page images could not be overwritten yet, and
+    that error came after the Kafka commit. The writer took it for a record's fault and
+    wrote the committed batch again record by record: its poison record was rejected a
+    second time. Now the commit stands and the wait for the key store is logged."""
+    import logging
+    import sqlite3
+
+    from ledger.envelope import parse_fact
+    from tests.facts import fact
+
+    settings = kafka_ledger.settings
+    topics = Topics.of(settings.topic_prefix)
+    kafka_ledger.record([parse_fact(grant("anna", event_id="a1"))])
+    before = len(read_committed(kafka_bootstrap, topics.ledger))
+    erasure = fact("subject.erased", "anna", event_id="e1", ground="subject_request")
+    publish(
+        kafka_bootstrap,
+        topics.intake,
+        [
+            (b"k1", orjson.dumps(erasure)),
+            (b"k1", b"not json"),
+            (b"k2", orjson.dumps(grant("bert", event_id="b1"))),
+        ],
+    )
+    held = sqlite3.connect(settings.keystore_path, isolation_level=None)
+    held.execute("BEGIN")
+    held.execute("SELECT count(*) FROM meta").fetchone()
+    try:
+        with caplog.at_level(logging.WARNING, logger="consent_ledger.intake"):
+            _drain(kafka_ledger, settings)
+    finally:
+        held.execute("COMMIT")
+        held.close()
+    rejected = read_committed(kafka_bootstrap, topics.rejected)
+    assert [headers(r)["code"] for r in rejected] == ["invalid_json"]
+    assert len(read_committed(kafka_bootstrap, topics.ledger)) == before + 2
+    assert "old page images stay in the key store's WAL" in caplog.text
+    assert "isolating" not in caplog.text
+    anna = kafka_ledger.subject("demo", kafka_ledger.sid("demo", "anna"))
+    assert anna is not None and anna.erased

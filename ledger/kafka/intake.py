@@ -40,11 +40,25 @@ from ledger.kafka.recorder import (
     LedgerUnavailable,
     WriterFenced,
 )
+from ledger.keystore import KeyStoreBusyError
 from ledger.receipt import Outcome, Receipt
 from ledger.settings import SettingsError
 from ledger.storage import StorageUnavailable, storage_failure
 
 log = logging.getLogger("consent_ledger.intake")
+
+# What stops a batch without being any record's fault, so no record is rejected for it: the
+# broker or the storage unavailable, the writer fenced, this process's own configuration or
+# state (SettingsError: a key store rotated to a new master key under it), the key store held
+# open by another process. Anything else a batch raises is looked for record by record.
+NOT_A_RECORDS_FAULT = (
+    LedgerUnavailable,
+    WriterFenced,
+    KafkaError,
+    StorageUnavailable,
+    SettingsError,
+    KeyStoreBusyError,
+)
 
 # How often a running writer looks for partitions added to the intake topic (its consumer's
 # metadata is refreshed as often): a record in a new partition waits about this long at most.
@@ -180,6 +194,16 @@ class IntakeWriter:
                 self.close()
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
+            except KeyStoreBusyError:
+                # Finishing an earlier erasure's key before the batch: the key is deleted,
+                # only its old page images wait; the batch is read again, nothing rejected.
+                self.stats.retries += 1
+                log.warning(
+                    "the key store is held open by another process, retrying",
+                    extra={"error": "KeyStoreBusyError"},
+                )
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
             except Exception as error:
                 # Nothing was rejected for it: the batch is polled again once the storage
                 # takes writes (an operator frees the disk, a backup lets go of a lock).
@@ -232,9 +256,7 @@ class IntakeWriter:
         in_transaction = 0.0  # the isolating retries' transactions count in the rest
         try:
             in_transaction = self._write(records, _next_offsets(records))
-        except (LedgerUnavailable, WriterFenced, KafkaError, StorageUnavailable, SettingsError):
-            # Not a record's fault: SettingsError is this process's own state (a key store
-            # rotated to a new master key under it), which no record may be rejected for.
+        except NOT_A_RECORDS_FAULT:
             self._rewind_safely()
             raise
         except Exception as error:
@@ -266,6 +288,17 @@ class IntakeWriter:
             self.recorder.open_intake(offsets, group)
             try:
                 outcomes, codes = self._append(records, offsets, group)
+            except KeyStoreBusyError:
+                if self.recorder.intake_open():
+                    raise  # before the commit: nothing of the batch is in; `run` retries it
+                # Committed, offsets with it: an erasure's key is deleted, and only the
+                # overwriting of its old page images waits for the key store's next erasure.
+                log.warning(
+                    "an erased key's old page images stay in the key store's WAL until the "
+                    "next erasure: another process holds the key store open",
+                    extra={"error": "KeyStoreBusyError"},
+                )
+                outcomes, codes = [], []  # counted as neither accepted nor rejected
             finally:
                 self.recorder.abandon()  # only if nothing committed it
             in_transaction = self.recorder.transaction_s - in_transactions
@@ -341,13 +374,7 @@ class IntakeWriter:
             for half in (records[:middle], records[middle:]):
                 try:
                     self._write(half, _next_offsets(half))
-                except (
-                    LedgerUnavailable,
-                    WriterFenced,
-                    KafkaError,
-                    StorageUnavailable,
-                    SettingsError,
-                ):
+                except NOT_A_RECORDS_FAULT:
                     self._rewind_safely()
                     raise
                 except Exception as error:
