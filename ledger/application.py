@@ -129,13 +129,15 @@ class ConsentLedger(Application[UUID]):
             return 0
         with self.lock:
             subjects = self.load_subjects(unfinished)
+        erasures = []
         for sid in sorted(unfinished):
             subject = subjects.get(sid)
             erased_at = subject.erased_at if subject is not None else None
-            # Busy: the key is deleted, only its page image waits in the WAL for the next
-            # erasure or start to truncate it.
-            with contextlib.suppress(KeyStoreBusyError):
-                self.keystore.erase(sid, erased_at or datetime.now(UTC))
+            erasures.append((sid, erased_at or datetime.now(UTC)))
+        # Busy: the keys are deleted, only their page images wait in the WAL for the next
+        # erasure or start to truncate it.
+        with contextlib.suppress(KeyStoreBusyError):
+            self.keystore.erase_all(erasures)
         _log.warning("finished %d erasures the key store had not applied", len(unfinished))
         return len(unfinished)
 

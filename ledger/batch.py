@@ -73,13 +73,15 @@ class FactBatch:
         self.keys = ledger.keystore.open_keys(wanted)
         self.erased_keys = ledger.keystore.erased_among(wanted - set(self.keys))
         self.subjects.update(ledger.load_subjects(wanted, versions))
+        unfinished: list[tuple[UUID, datetime]] = []
         for sid, subject in self.subjects.items():
             if subject.erased and sid in self.keys:
                 # The erasure reached the log but the process stopped before the key was
                 # destroyed: finish it now, before anything else touches this subject.
                 assert subject.erased_at is not None
-                ledger.keystore.erase(sid, subject.erased_at)
+                unfinished.append((sid, subject.erased_at))
                 del self.keys[sid]
+        ledger.keystore.erase_all(unfinished)
 
     def _event_ids(self) -> dict[str, list[str]]:
         """The event ids the checks ask about, by tenant: each fact's, and what it corrects."""
@@ -285,8 +287,7 @@ class FactBatch:
         elif extra is not None:
             self.ledger.ledger_recorder.commit_extra(extra)
         self.committed = True
-        for sid, erased_at in self.erased:
-            self.ledger.keystore.erase(sid, erased_at)
+        self.ledger.keystore.erase_all(self.erased)
         for i, (agg_id, version, sid_hex) in self.accepted.items():
             position, digest = positions[(agg_id, version)]
             self.outcomes[i] = Receipt(

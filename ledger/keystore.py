@@ -24,7 +24,7 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -489,12 +489,29 @@ class KeyStore:
 
     def erase(self, sid: UUID, erased_at: datetime) -> None:
         """Destroy the subject's data key for good (idempotent)."""
+        self.erase_all([(sid, erased_at)])
+
+    def erase_all(self, erasures: Sequence[tuple[UUID, datetime]]) -> None:
+        """Destroy these subjects' data keys in one transaction, then overwrite their old
+        page images once (idempotent).
+
+        One by one, the first erasure that found the key store held open by another process
+        raised before the next key was deleted: a batch of erasures (`retention --erase`,
+        `tenants erase-subjects`, an intake batch) left every later subject's key readable
+        until something touched that subject again. All keys go first now; only the
+        overwriting of their old page images can wait, and it waits once.
+        """
+        if not erasures:
+            return
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.execute("DELETE FROM data_keys WHERE sid=?", (sid.hex,))
-                self._db.execute(
-                    "INSERT OR IGNORE INTO erased VALUES (?, ?)", (sid.hex, erased_at.isoformat())
+                self._db.executemany(
+                    "DELETE FROM data_keys WHERE sid=?", [(sid.hex,) for sid, _ in erasures]
+                )
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO erased VALUES (?, ?)",
+                    [(sid.hex, at.isoformat()) for sid, at in erasures],
                 )
                 self._db.execute("COMMIT")
             except BaseException:

@@ -11,15 +11,18 @@ import sys
 from pathlib import Path
 
 import orjson
+import pytest
 
 from ledger.application import ConsentLedger
 from ledger.envelope import parse_fact
 from ledger.kafka.topics import Topics
+from ledger.keystore import KeyStoreBusyError
 from ledger.receipt import Receipt
 from ledger.settings import Settings
 from projections.trail import subject_trail
 from tests.facts import fact, grant, withdraw
 from tests.kafka_support import kafka_env, read_committed
+from tests.keystore_support import reader_holding
 
 REFERENCE = "+998901112233"
 NAME = "Qodirova Dilnoza Botirovna"
@@ -193,13 +196,13 @@ def test_an_interrupted_erasure_is_finished_by_the_next_write(settings: Settings
     ledger.init_demo()
     ledger.record([parse_fact(grant(REFERENCE, event_id="g1", personal_data={"full_name": NAME}))])
     sid = ledger.sid("demo", REFERENCE)
-    original_erase = ledger.keystore.erase
-    ledger.keystore.erase = lambda *a, **k: None  # type: ignore[method-assign]
+    original_erase = ledger.keystore.erase_all
+    ledger.keystore.erase_all = lambda *a, **k: None  # type: ignore[method-assign]
     ledger.record([parse_fact(fact("subject.erased", REFERENCE, ground="subject_request"))])
     assert ledger.keystore.open_keys([sid]), "the simulated crash left the key"
     trail = subject_trail(ledger, "demo", sid)
     assert trail is not None and trail["facts"][0]["personal_data"] == {"erased": True}
-    ledger.keystore.erase = original_erase  # type: ignore[method-assign]
+    ledger.keystore.erase_all = original_erase  # type: ignore[method-assign]
     [w] = ledger.record([parse_fact(withdraw(REFERENCE, occurred_at="2025-03-05T10:00:00+05:00"))])
     assert isinstance(w, Receipt)
     assert ledger.keystore.open_keys([sid]) == {}
@@ -213,7 +216,7 @@ def test_an_interrupted_erasure_is_finished_when_a_ledger_next_opens(settings: S
     ledger.init_demo()
     ledger.record([parse_fact(grant(REFERENCE, event_id="g1", personal_data={"full_name": NAME}))])
     sid = ledger.sid("demo", REFERENCE)
-    ledger.keystore.erase = lambda *a, **k: None  # type: ignore[method-assign]
+    ledger.keystore.erase_all = lambda *a, **k: None  # type: ignore[method-assign]
     ledger.record([parse_fact(fact("subject.erased", REFERENCE, ground="subject_request"))])
     ledger.close()
     reopened = ConsentLedger(settings)
@@ -221,6 +224,37 @@ def test_an_interrupted_erasure_is_finished_when_a_ledger_next_opens(settings: S
     assert reopened.keystore.is_erased(sid)
     assert reopened.finish_erasures() == 0  # nothing left to finish
     reopened.close()
+
+
+def test_a_batch_of_erasures_destroys_every_key_with_the_key_store_held_open(
+    settings: Settings,
+) -> None:
+    """Three erasures in one batch while another process held the key store open: the first
+    key's old page images could not be overwritten yet, and that raised before the next key
+    was deleted, so the other two people's data stayed readable until something touched
+    them again. Every key goes first now; only the overwriting waits, and is reported."""
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    references = ["er-1", "er-2", "er-3"]
+    granted = ledger.record(
+        [
+            parse_fact(grant(r, event_id=f"g-{r}", personal_data={"full_name": NAME}))
+            for r in references
+        ]
+    )
+    assert all(isinstance(g, Receipt) for g in granted)
+    sids = [ledger.sid("demo", r) for r in references]
+    erasures = [
+        parse_fact(fact("subject.erased", r, event_id=f"e-{r}", ground="subject_request"))
+        for r in references
+    ]
+    with reader_holding(settings.keystore_path), pytest.raises(KeyStoreBusyError):
+        ledger.record(erasures)
+    assert ledger.keystore.open_keys(sids) == {}
+    assert all(ledger.keystore.is_erased(sid) for sid in sids)
+    retried = ledger.record(erasures)  # they were recorded: answered as retries
+    assert all(isinstance(r, Receipt) and r.duplicate for r in retried), retried
+    ledger.close()
 
 
 def _remove_sqlite(path: Path) -> None:

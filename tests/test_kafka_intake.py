@@ -300,10 +300,10 @@ def test_an_erasure_while_the_key_store_is_held_open_rejects_nothing_twice(
     wrote the committed batch again record by record: its poison record was rejected a
     second time. Now the commit stands and the wait for the key store is logged."""
     import logging
-    import sqlite3
 
     from ledger.envelope import parse_fact
     from tests.facts import fact
+    from tests.keystore_support import reader_holding
 
     settings = kafka_ledger.settings
     topics = Topics.of(settings.topic_prefix)
@@ -319,15 +319,11 @@ def test_an_erasure_while_the_key_store_is_held_open_rejects_nothing_twice(
             (b"k2", orjson.dumps(grant("bert", event_id="b1"))),
         ],
     )
-    held = sqlite3.connect(settings.keystore_path, isolation_level=None)
-    held.execute("BEGIN")
-    held.execute("SELECT count(*) FROM meta").fetchone()
-    try:
-        with caplog.at_level(logging.WARNING, logger="consent_ledger.intake"):
-            _drain(kafka_ledger, settings)
-    finally:
-        held.execute("COMMIT")
-        held.close()
+    with (
+        reader_holding(settings.keystore_path),
+        caplog.at_level(logging.WARNING, logger="consent_ledger.intake"),
+    ):
+        _drain(kafka_ledger, settings)
     rejected = read_committed(kafka_bootstrap, topics.rejected)
     assert [headers(r)["code"] for r in rejected] == ["invalid_json"]
     assert len(read_committed(kafka_bootstrap, topics.ledger)) == before + 2

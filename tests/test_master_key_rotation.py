@@ -12,7 +12,6 @@ import contextlib
 import os
 import sqlite3
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -36,6 +35,7 @@ from ledger.receipt import Receipt
 from ledger.settings import Settings, SettingsError
 from tests.cli_support import run
 from tests.facts import grant
+from tests.keystore_support import reader_holding
 
 EMAIL = "rotation.person@example.uz"
 
@@ -259,19 +259,6 @@ def test_a_service_left_running_through_a_rotation_refuses_and_says_why(tmp_path
 def test_settings_keep_the_master_keys_out_of_their_repr(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, master_key="c2VjcmV0", new_master_key="bmV3")
     assert "c2VjcmV0" not in repr(settings) and "bmV3" not in repr(settings)
-
-
-@contextlib.contextmanager
-def reader_holding(path: Path) -> Iterator[None]:
-    """Another process's read transaction on the key store: its WAL cannot be emptied."""
-    db = sqlite3.connect(path, isolation_level=None)
-    db.execute("BEGIN")
-    db.execute("SELECT count(*) FROM meta").fetchone()
-    try:
-        yield
-    finally:
-        db.execute("COMMIT")
-        db.close()
 
 
 @pytest.mark.parametrize("backend_settings", ["embedded"], indirect=True)
