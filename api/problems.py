@@ -24,6 +24,11 @@ from projections.store import ViewsAheadOfLog, ViewsOfAnotherLog
 
 log = logging.getLogger("consent_ledger.http")
 
+_VIEWS_NOT_THIS_LOGS: dict[type, str] = {
+    ViewsAheadOfLog: "views_ahead_of_log",
+    ViewsOfAnotherLog: "views_of_another_log",
+}
+
 PROBLEM = "application/problem+json"
 _FIELD = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
 TITLES = {
@@ -38,8 +43,8 @@ TITLES = {
     422: "Unprocessable content",
     500: "Internal server error",
     503: "Service unavailable (the writer process stopped, the storage failed, the key store "
-    "was rotated to a new master key, or the views are of a longer log than this one; Kafka "
-    "mode: writer fenced, broker unreachable, or a topic refused)",
+    "was rotated to a new master key, or the views are not this log's; Kafka mode: writer "
+    "fenced, broker unreachable, or a topic refused)",
 }
 
 
@@ -168,20 +173,12 @@ async def on_unexpected(_: Request, exc: Exception) -> OrjsonResponse:
         return respond(
             503, "key_store_busy", "recorded, but another process holds the key store open"
         )
-    if isinstance(exc, ViewsAheadOfLog):
-        # Views of a longer log than this one: answering from them would name facts the log
-        # does not hold. An operator rebuilds them (the message in the log says how).
-        log.error("%s", exc, extra={"error": "ViewsAheadOfLog"})
-        return respond(
-            503, "views_ahead_of_log", "the views are not this log's: see the service's log"
-        )
-    if isinstance(exc, ViewsOfAnotherLog):
-        # Views that applied other facts than this log holds at their position: they would
-        # count people the log does not hold and miss facts recorded since.
-        log.error("%s", exc, extra={"error": "ViewsOfAnotherLog"})
-        return respond(
-            503, "views_of_another_log", "the views are not this log's: see the service's log"
-        )
+    views_code = _VIEWS_NOT_THIS_LOGS.get(type(exc))
+    if views_code is not None:
+        # Views of a longer log, or of another one: answering from them would count people
+        # the log does not hold. An operator rebuilds them (the message in the log says how).
+        log.error("%s", exc, extra={"error": type(exc).__name__})
+        return respond(503, views_code, "the views are not this log's: see the service's log")
     if isinstance(exc, MasterKeyMismatch):
         # The key store was rotated under this running process: it refuses to read or write
         # keys with the retired master key; a restart with the new one serves again.

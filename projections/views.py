@@ -9,7 +9,7 @@ from typing import Any
 
 from ledger.application import ConsentLedger
 from projections.consent_projection import ConsentProjection
-from projections.runner import catch_up
+from projections.runner import catch_up, check_within_log
 from projections.store import ConsentViews
 
 
@@ -26,6 +26,13 @@ class Views:
         self.projection = ConsentProjection(view=self.store)
         self._lock = threading.Lock()
         self._reader: Any = None  # Kafka mode: one ledger-topic consumer kept between reads
+
+    def check(self) -> None:
+        """Refuse views not built from this log now, as their first refresh would
+        (`projections.runner.check_within_log`)."""
+        with self._lock:
+            check_within_log(self.ledger, self.store)
+            self.projection.log_checked = True
 
     def refresh(self, *, known_at: datetime | None = None, page: int = 5000) -> int:
         with self._lock:

@@ -133,10 +133,8 @@ def _work(args: argparse.Namespace, settings: Settings, stop: threading.Event) -
     writer = IntakeWriter(ledger)
     views = None if args.no_projections else Views(ledger)
     if views is not None:
-        from projections.runner import check_within_log
-
         try:
-            check_within_log(ledger, views.store)  # views of another ledger topic
+            views.check()  # views of another ledger topic: exit 2 before consuming anything
         except BaseException:
             views.close()
             ledger.close()

@@ -322,17 +322,17 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                 applied += len(ahead)
             if foreign and not start and not applied:
                 raise self._not_this_ledgers(len(foreign))
-            if known is None:  # every record read sat where its key puts it: the count holds
-                with self.datastore.transaction(commit=True) as c:
-                    c.execute(
-                        f"INSERT OR IGNORE INTO {self.layout_table} VALUES (0, ?)", (partitions,)
-                    )
+            # Remembered once: the count, as every record read sat where its key puts it;
+            # the topic, once it held a record of the ledger's.
+            remember: list[tuple[str, object]] = []
+            if known is None:
+                remember.append((self.layout_table, partitions))
             if read_from is None and (start or applied):
+                remember.append((self.topic_table, self.link.topics.ledger))
+            if remember:
                 with self.datastore.transaction(commit=True) as c:
-                    c.execute(
-                        f"INSERT OR IGNORE INTO {self.topic_table} VALUES (0, ?)",
-                        (self.link.topics.ledger,),
-                    )
+                    for table, value in remember:
+                        c.execute(f"INSERT OR IGNORE INTO {table} VALUES (0, ?)", (value,))
         except ReadTimedOut as error:
             raise LedgerUnavailable(str(error)) from error
         except KafkaError as error:
@@ -408,17 +408,20 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
     def _known_topic(self) -> str | None:
         """The ledger topic this replica was read from (replicas made before it was kept
         learn it at their next catch-up)."""
-        with self.datastore.transaction(commit=False) as c:
-            c.execute(f"SELECT topic FROM {self.topic_table}")
-            row = c.fetchone()
-        return None if row is None else str(row[0])
+        found = self._remembered(self.topic_table, "topic")
+        return None if found is None else str(found)
 
     def _known_partitions(self) -> int | None:
         """How many partitions the ledger topic had when this replica first read it."""
+        found = self._remembered(self.layout_table, "partitions")
+        return None if found is None else int(found)
+
+    def _remembered(self, table: str, column: str) -> Any:
+        """The value of a one-row table of what the replica first read, or None."""
         with self.datastore.transaction(commit=False) as c:
-            c.execute(f"SELECT partitions FROM {self.layout_table}")
+            c.execute(f"SELECT {column} FROM {table}")
             row = c.fetchone()
-        return None if row is None else int(row[0])
+        return None if row is None else row[0]
 
     def _partitions_changed(self, evidence: str) -> TopicRefused:
         """Partitions were added to the ledger topic (Kafka cannot remove them).
