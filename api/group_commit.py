@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ledger.envelope import Fact, Item, Received
-from ledger.receipt import Outcome
+from ledger.receipt import ErasureNotOverwritten, Outcome
 
 MAX_GROUP = 1000
 
@@ -93,16 +93,44 @@ class GroupCommitter:
 
     def _record(self, group: list[_Item]) -> None:
         try:
-            outcomes = self._record_facts([item for items, _, _, _ in group for item in items])
+            recorded: list[Outcome] | ErasureNotOverwritten = self._record_facts(
+                [item for items, _, _, _ in group for item in items]
+            )
+        except ErasureNotOverwritten as busy:
+            recorded = busy
         except BaseException as exc:
             for _, loop, future, _ in group:
                 _settle(loop, future, None, exc)
             return
-        start = 0
-        for items, loop, future, single in group:
-            mine = outcomes[start : start + len(items)]
-            start += len(items)
-            _settle(loop, future, mine[0] if single else mine, None)
+        shares = answers([(len(items), single) for items, _, _, single in group], recorded)
+        for (_, loop, future, _), (result, error) in zip(group, shares, strict=True):
+            _settle(loop, future, result, error)
+
+
+def answers(
+    requests: Sequence[tuple[int, bool]], recorded: list[Outcome] | ErasureNotOverwritten
+) -> list[tuple[Any, BaseException | None]]:
+    """Each request's share of its group's outcomes, given (how many items, whether it wants
+    one outcome) per request in order: (its outcome or outcomes, None), or (None, the error).
+
+    A group whose erasure the key store could not finish was recorded all the same: only a
+    request that asked for an erasure is told (503 `key_store_busy`); the others get their
+    receipts, not an error about someone else's fact.
+    """
+    busy = recorded if isinstance(recorded, ErasureNotOverwritten) else None
+    outcomes = busy.outcomes if busy is not None else recorded
+    assert isinstance(outcomes, list)
+    shares: list[tuple[Any, BaseException | None]] = []
+    start = 0
+    for size, single in requests:
+        end = start + size
+        if busy is not None and any(start <= i < end for i in busy.erasures):
+            shares.append((None, busy))
+        else:
+            mine = outcomes[start:end]
+            shares.append((mine[0] if single else mine, None))
+        start = end
+    return shares
 
 
 def _settle(

@@ -35,10 +35,10 @@ from multiprocessing.connection import Connection
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
-from api.group_commit import MAX_GROUP, settable
+from api.group_commit import MAX_GROUP, answers, settable
 from api.writer_process import WriterProcess, WriterUnavailable, answer_of
 from ledger.envelope import Fact, Item, Received
-from ledger.receipt import Outcome
+from ledger.receipt import ErasureNotOverwritten, Outcome
 
 log = logging.getLogger("consent_ledger.api")
 
@@ -167,16 +167,20 @@ class ProcessCommitter:
                 log.error("the writer process answered a group it was not sent")
                 return
             try:
-                outcomes = answer_of(kind, value)
+                recorded: list[Outcome] | ErasureNotOverwritten = answer_of(kind, value)
+            except ErasureNotOverwritten as busy:
+                recorded = busy
             except Exception as error:
                 _fail(group, error)
                 return
-            start = 0
-            for items, future, single in group:
-                mine = outcomes[start : start + len(items)]
-                start += len(items)
-                if not future.done():  # cancelled: the request went away meanwhile
-                    future.set_result(mine[0] if single else mine)
+            shares = answers([(len(items), single) for items, _, single in group], recorded)
+            for (_, future, _), (result, refused) in zip(group, shares, strict=True):
+                if future.done():  # cancelled: the request went away meanwhile
+                    continue
+                if refused is not None:
+                    future.set_exception(refused)
+                else:
+                    future.set_result(result)
         finally:
             self._pump()
 

@@ -38,7 +38,7 @@ from ledger.keystore import (
     unseal_if_ours,
 )
 from ledger.policy import DEMO_TENANT, seed_policy_fact
-from ledger.receipt import Outcome, Receipt
+from ledger.receipt import ErasureNotOverwritten, Outcome, Receipt
 from ledger.recorder import LedgerSQLiteRecorder
 from ledger.settings import Settings, ensure_dir
 from ledger.storage import storage_failure
@@ -247,7 +247,15 @@ class ConsentLedger(Application[UUID]):
         facts = [p for p in parsed if isinstance(p, Fact)]
         if len(facts) == len(parsed):
             return self.record(facts)
-        recorded = iter(self.record(facts) if facts else [])
+        places = [i for i, p in enumerate(parsed) if isinstance(p, Fact)]
+        try:
+            recorded = iter(self.record(facts) if facts else [])
+        except ErasureNotOverwritten as busy:
+            # Its outcomes and erasures counted among the facts; the caller's are the items'.
+            outcomes = iter(busy.outcomes)
+            busy.outcomes = [p if isinstance(p, FactRejected) else next(outcomes) for p in parsed]
+            busy.erasures = frozenset(places[i] for i in busy.erasures)
+            raise
         return [p if isinstance(p, FactRejected) else next(recorded) for p in parsed]
 
     def record(
@@ -295,6 +303,9 @@ class ConsentLedger(Application[UUID]):
                 batch.check_all()
                 extra = with_refusals(batch.outcomes) if with_refusals else None
                 return self._located(batch.commit(extra))
+            except ErasureNotOverwritten as busy:
+                busy.outcomes = self._located(busy.outcomes)
+                raise
             except (IntegrityError, sqlite3.IntegrityError, ErasedSubjectError):
                 # Another process wrote the same subject (or tenant, or key) first.
                 # Nothing of this attempt was committed; reload and check every fact again.

@@ -7,6 +7,7 @@ the state that the facts before it (in this batch too) produced. Only the append
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -19,11 +20,13 @@ from ledger.clock import follow_log
 from ledger.codec import isoformat
 from ledger.envelope import Fact
 from ledger.errors import Code, FactRejected
-from ledger.keystore import seal
-from ledger.receipt import Outcome, Receipt
+from ledger.keystore import KeyStoreBusyError, seal
+from ledger.receipt import ErasureNotOverwritten, Outcome, Receipt
 from ledger.recorder import FactKey
 from ledger.subject import Subject
 from ledger.tenant import Tenant, tenant_id
+
+_log = logging.getLogger("consent_ledger.ledger")
 
 if TYPE_CHECKING:
     from ledger.application import ConsentLedger
@@ -50,7 +53,7 @@ class FactBatch:
         self.accepted: dict[int, tuple[UUID, int, str | None]] = {}  # index -> (id, version, sid)
         self.in_batch: dict[tuple[str, str], tuple[int, str, UUID | None]] = {}
         self.duplicates_of: dict[int, int] = {}  # index -> index of the same fact in the batch
-        self.erased: list[tuple[UUID, datetime]] = []
+        self.erased: dict[int, tuple[UUID, datetime]] = {}  # index -> (sid, erased at)
         self.digests = [ledger.keystore.digest(f.canonical()) for f in facts]
         self.sids: list[UUID | None] = (
             list(sids)
@@ -81,7 +84,13 @@ class FactBatch:
                 assert subject.erased_at is not None
                 unfinished.append((sid, subject.erased_at))
                 del self.keys[sid]
-        ledger.keystore.erase_all(unfinished)
+        try:
+            ledger.keystore.erase_all(unfinished)
+        except KeyStoreBusyError:
+            # The keys are deleted; only their old page images wait in the WAL for the next
+            # erasure (as when a ledger opens). Raised here, before anything of the batch
+            # was recorded, it was answered "recorded, but ..." for facts never recorded.
+            _log.warning("finished %d erasures; the key store's WAL is held", len(unfinished))
 
     def _event_ids(self) -> dict[str, list[str]]:
         """The event ids the checks ask about, by tenant: each fact's, and what it corrects."""
@@ -212,7 +221,7 @@ class FactBatch:
                 raise
             aggregate = subject
             if fact.type == "subject.erased":
-                self.erased.append((sid, fact.occurred_at))
+                self.erased[index] = (sid, fact.occurred_at)
                 self.keys.pop(sid, None)
         event = aggregate.pending_events[-1]
         self.fact_keys[(aggregate.id, event.originator_version)] = FactKey(
@@ -287,7 +296,6 @@ class FactBatch:
         elif extra is not None:
             self.ledger.ledger_recorder.commit_extra(extra)
         self.committed = True
-        self.ledger.keystore.erase_all(self.erased)
         for i, (agg_id, version, sid_hex) in self.accepted.items():
             position, digest = positions[(agg_id, version)]
             self.outcomes[i] = Receipt(
@@ -302,4 +310,9 @@ class FactBatch:
             assert isinstance(receipt, Receipt)
             self.outcomes[i] = Receipt(**{**receipt.as_dict(), "duplicate": True})
         assert all(o is not None for o in self.outcomes)
-        return [o for o in self.outcomes if o is not None]
+        outcomes = [o for o in self.outcomes if o is not None]
+        try:
+            self.ledger.keystore.erase_all(list(self.erased.values()))
+        except KeyStoreBusyError as busy:
+            raise ErasureNotOverwritten(str(busy), outcomes, frozenset(self.erased)) from None
+        return outcomes

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from ledger.errors import FactRejected
+from ledger.keystore import KeyStoreBusyError
 
 
 class Receipt(NamedTuple):
@@ -37,3 +38,24 @@ class Receipt(NamedTuple):
 
 
 Outcome = Receipt | FactRejected
+
+
+class ErasureNotOverwritten(KeyStoreBusyError):
+    """A batch is recorded and its erasures' keys deleted, but another process held the key
+    store open, so the keys' old page images still wait in its WAL.
+
+    It carries the batch's outcomes: every fact in it was recorded, and only whoever asked
+    for an erasure (`erasures`, indices into the batch) is owed the warning. Raised as a
+    bare KeyStoreBusyError, the HTTP service's group commit answered 503 to every request
+    that shared the erasure's group, though their facts were recorded, and `record` printed
+    no receipt of the batch.
+    """
+
+    def __init__(self, message: str, outcomes: list[Outcome], erasures: frozenset[int]) -> None:
+        super().__init__(message)
+        self.outcomes = outcomes
+        self.erasures = erasures
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Crosses the writer process's pipe whole (an exception pickles its args only).
+        return (type(self), (str(self), self.outcomes, self.erasures))

@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from uuid import UUID
 
 import orjson
 import pytest
@@ -17,7 +18,7 @@ from ledger.application import ConsentLedger
 from ledger.envelope import parse_fact
 from ledger.kafka.topics import Topics
 from ledger.keystore import KeyStoreBusyError
-from ledger.receipt import Receipt
+from ledger.receipt import ErasureNotOverwritten, Receipt
 from ledger.settings import Settings
 from projections.trail import subject_trail
 from tests.facts import fact, grant, withdraw
@@ -189,9 +190,9 @@ def test_erasure_reaches_facts_recorded_after_it(settings: Settings) -> None:
     assert files_containing(settings.data_dir, NAME.encode()) == []
 
 
-def test_an_interrupted_erasure_is_finished_by_the_next_write(settings: Settings) -> None:
-    """The erasure fact reached the log but the key survived (the process stopped between):
-    the trail never decrypts it, and the next write for the subject destroys it."""
+def interrupted_erasure(settings: Settings) -> tuple[ConsentLedger, UUID]:
+    """A ledger whose subject's erasure reached the log but whose key survived, as when the
+    process stops between the two; and the subject's sid."""
     ledger = ConsentLedger(settings)
     ledger.init_demo()
     ledger.record([parse_fact(grant(REFERENCE, event_id="g1", personal_data={"full_name": NAME}))])
@@ -199,10 +200,17 @@ def test_an_interrupted_erasure_is_finished_by_the_next_write(settings: Settings
     original_erase = ledger.keystore.erase_all
     ledger.keystore.erase_all = lambda *a, **k: None  # type: ignore[method-assign]
     ledger.record([parse_fact(fact("subject.erased", REFERENCE, ground="subject_request"))])
+    ledger.keystore.erase_all = original_erase  # type: ignore[method-assign]
     assert ledger.keystore.open_keys([sid]), "the simulated crash left the key"
+    return ledger, sid
+
+
+def test_an_interrupted_erasure_is_finished_by_the_next_write(settings: Settings) -> None:
+    """The erasure fact reached the log but the key survived (the process stopped between):
+    the trail never decrypts it, and the next write for the subject destroys it."""
+    ledger, sid = interrupted_erasure(settings)
     trail = subject_trail(ledger, "demo", sid)
     assert trail is not None and trail["facts"][0]["personal_data"] == {"erased": True}
-    ledger.keystore.erase_all = original_erase  # type: ignore[method-assign]
     [w] = ledger.record([parse_fact(withdraw(REFERENCE, occurred_at="2025-03-05T10:00:00+05:00"))])
     assert isinstance(w, Receipt)
     assert ledger.keystore.open_keys([sid]) == {}
@@ -210,14 +218,28 @@ def test_an_interrupted_erasure_is_finished_by_the_next_write(settings: Settings
     ledger.close()
 
 
+def test_an_interrupted_erasure_finished_with_the_key_store_held_open_records_the_write(
+    settings: Settings,
+) -> None:
+    """The same crash, then the next write for the subject while another process holds the
+    key store open. Finishing the erasure deletes the key; overwriting its old page images
+    has to wait. That wait raised before the write was recorded, and was answered "recorded,
+    but ..." (HTTP 503 `key_store_busy`): a client that trusted it lost the fact."""
+    ledger, sid = interrupted_erasure(settings)
+    withdrawal = parse_fact(withdraw(REFERENCE, occurred_at="2025-03-05T10:00:00+05:00"))
+    with reader_holding(settings.keystore_path):
+        [w] = ledger.record([withdrawal])
+    assert isinstance(w, Receipt) and not w.duplicate
+    assert ledger.keystore.open_keys([sid]) == {}
+    assert ledger.keystore.is_erased(sid)
+    [again] = ledger.record([withdrawal])
+    assert isinstance(again, Receipt) and again.duplicate and again.position == w.position
+    ledger.close()
+
+
 def test_an_interrupted_erasure_is_finished_when_a_ledger_next_opens(settings: Settings) -> None:
     """The same crash, then no write for the subject: opening the ledger finishes it."""
-    ledger = ConsentLedger(settings)
-    ledger.init_demo()
-    ledger.record([parse_fact(grant(REFERENCE, event_id="g1", personal_data={"full_name": NAME}))])
-    sid = ledger.sid("demo", REFERENCE)
-    ledger.keystore.erase_all = lambda *a, **k: None  # type: ignore[method-assign]
-    ledger.record([parse_fact(fact("subject.erased", REFERENCE, ground="subject_request"))])
+    ledger, sid = interrupted_erasure(settings)
     ledger.close()
     reopened = ConsentLedger(settings)
     assert reopened.keystore.open_keys([sid]) == {}
@@ -248,18 +270,58 @@ def test_a_batch_of_erasures_destroys_every_key_with_the_key_store_held_open(
         parse_fact(fact("subject.erased", r, event_id=f"e-{r}", ground="subject_request"))
         for r in references
     ]
-    with reader_holding(settings.keystore_path), pytest.raises(KeyStoreBusyError):
+    with reader_holding(settings.keystore_path), pytest.raises(KeyStoreBusyError) as held:
         ledger.record(erasures)
     assert ledger.keystore.open_keys(sids) == {}
     assert all(ledger.keystore.is_erased(sid) for sid in sids)
+    # The error carries the batch's receipts and says which facts were the erasures.
+    assert isinstance(held.value, ErasureNotOverwritten)
+    assert held.value.erasures == {0, 1, 2}
+    receipts = held.value.outcomes
+    assert all(isinstance(r, Receipt) and not r.duplicate for r in receipts), receipts
     retried = ledger.record(erasures)  # they were recorded: answered as retries
     assert all(isinstance(r, Receipt) and r.duplicate for r in retried), retried
+    assert [getattr(r, "position", None) for r in retried] == [
+        getattr(r, "position", None) for r in receipts
+    ]
     ledger.close()
 
 
 def _remove_sqlite(path: Path) -> None:
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def test_record_answers_every_fact_of_a_batch_whose_erasure_the_key_store_held_up(
+    settings: Settings,
+) -> None:
+    """`consent-ledger record` of a file with an erasure, the key store held open: the batch
+    is recorded, so its receipts are printed (they were not), the rest of the file is
+    recorded too, and the command ends with the key store's state (exit 6)."""
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    ledger.record([parse_fact(grant(REFERENCE, event_id="g1", personal_data={"full_name": NAME}))])
+    sid = ledger.sid("demo", REFERENCE)
+    ledger.close()
+    lines = [
+        fact("subject.erased", REFERENCE, event_id=f"e{i}", ground="subject_request")
+        if i == 1
+        else grant(f"cli-{i}", event_id=f"cli-{i}")
+        for i in range(1500)  # two batches: the erasure in the first
+    ]
+    source = settings.data_dir.parent / "facts.jsonl"
+    source.write_bytes(b"\n".join(orjson.dumps(line) for line in lines))
+    with reader_holding(settings.keystore_path):
+        out = cli(settings.data_dir, "record", str(source))
+    assert out.returncode == 6, out.stderr
+    assert out.stderr.startswith("consent-ledger: key store busy: "), out.stderr
+    answers = [orjson.loads(line) for line in out.stdout.splitlines()]
+    assert [a["index"] for a in answers] == list(range(1500))
+    assert all("receipt" in a and not a["receipt"]["duplicate"] for a in answers)
+    reopened = ConsentLedger(settings)
+    assert reopened.keystore.open_keys([sid]) == {}
+    assert len(reopened.ledger_recorder.find_facts("demo", ["e1", "cli-1499"])) == 2
+    reopened.close()
 
 
 def test_a_key_store_restored_from_before_an_erasure_loses_the_key_again(

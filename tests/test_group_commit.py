@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import pickle
+import threading
 from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
 
 import orjson
 import pytest
 
-from api.group_commit import GroupCommitter
+from api.group_commit import GroupCommitter, answers
+from api.writer_process import _portable
 from ledger.application import ConsentLedger
 from ledger.envelope import Fact, Item, Received, parse_fact
 from ledger.errors import Code, FactRejected
-from ledger.receipt import Outcome, Receipt
-from tests.facts import grant
+from ledger.receipt import ErasureNotOverwritten, Outcome, Receipt
+from ledger.settings import Settings
+from tests.facts import fact, grant
+from tests.keystore_support import reader_holding
 
 
 def test_concurrent_facts_each_get_their_own_outcome(ledger: ConsentLedger) -> None:
@@ -162,3 +169,68 @@ def test_awaited_outcomes_reach_their_own_requests_on_the_event_loop(
     assert isinstance(refused, FactRejected) and refused.code.value == "invalid_json"
     # The cancelled request's fact was recorded all the same (as a retry would find).
     assert "gone" in ledger.ledger_recorder.find_facts("demo", ["gone"])
+
+
+def test_an_unfinished_erasure_is_reported_to_its_own_request_only(
+    ledger: ConsentLedger, settings: Settings
+) -> None:
+    """A grant, a batch with a refused item, and an erasure share a group while another
+    process holds the key store open. All are recorded, and only the erasure's old key pages
+    wait; the grant and the batch used to be answered 503 `key_store_busy` too."""
+    [granted] = ledger.record([parse_fact(grant("to-erase", event_id="g-to-erase"))])
+    assert isinstance(granted, Receipt)
+    entered, gate = threading.Event(), threading.Event()
+    groups: list[int] = []
+
+    def gated(items: Sequence[Item]) -> list[Outcome]:
+        if not groups:
+            entered.set()
+            gate.wait(30)  # the first group holds the writer while the next one queues
+        groups.append(len(items))
+        return ledger.record_received(items)
+
+    writer = GroupCommitter(gated)
+    refused = FactRejected(Code.NOT_AN_OBJECT, "a fact must be a JSON object")
+    batch: list[Item] = [refused, parse_fact(grant("in-batch", event_id="in-batch"))]
+    erasure = parse_fact(fact("subject.erased", "to-erase", event_id="e", ground="subject_request"))
+
+    async def main() -> list[Any]:
+        first = asyncio.ensure_future(writer.outcome(parse_fact(grant("first", event_id="first"))))
+        assert await asyncio.to_thread(entered.wait, 30)  # the writer holds the first group
+        together = [
+            asyncio.ensure_future(writer.outcome(parse_fact(grant("alone", event_id="alone")))),
+            asyncio.ensure_future(writer.outcomes(batch)),
+            asyncio.ensure_future(writer.outcome(erasure)),
+        ]
+        await asyncio.sleep(0)  # and the three that follow are queued behind it
+        gate.set()
+        return list(await asyncio.gather(first, *together, return_exceptions=True))
+
+    try:
+        with reader_holding(settings.keystore_path):
+            first, alone, in_batch, erased = asyncio.run(asyncio.wait_for(main(), 60))
+    finally:
+        writer.close()
+    assert groups == [1, 4]
+    assert isinstance(first, Receipt) and isinstance(alone, Receipt) and not alone.duplicate
+    assert in_batch[0] is refused or in_batch[0].code is Code.NOT_AN_OBJECT
+    assert isinstance(in_batch[1], Receipt) and in_batch[1].event_id == "in-batch"
+    assert isinstance(erased, ErasureNotOverwritten), erased
+    assert erased.erasures == {3}
+    assert ledger.keystore.open_keys([UUID(hex=granted.sid)]) == {}
+    found = ledger.ledger_recorder.find_facts("demo", ["alone", "in-batch", "e"])
+    assert sorted(found) == ["alone", "e", "in-batch"]
+
+
+def test_an_unfinished_erasure_crosses_the_writer_process_pipe_whole() -> None:
+    receipt = Receipt("e", "ab" * 16, 7, "2026-12-02T00:00:00+00:00", "h")
+    refused = FactRejected(Code.NOT_AN_OBJECT, "a fact must be a JSON object")
+    error = ErasureNotOverwritten("held", [refused, receipt], frozenset({1}))
+    back = _portable(error)
+    assert back is error  # it pickles: the writer sends it as it is
+    copy = pickle.loads(pickle.dumps(error))
+    assert isinstance(copy, ErasureNotOverwritten) and str(copy) == "held"
+    assert copy.outcomes[1] == receipt and copy.erasures == {1}
+    assert isinstance(copy.outcomes[0], FactRejected)
+    shares = answers([(1, True), (1, True)], copy)
+    assert shares[0] == (copy.outcomes[0], None) and shares[1] == (None, copy)

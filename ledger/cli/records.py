@@ -24,7 +24,7 @@ from ledger.cli.common import (
 from ledger.cli.subjects import print_trail
 from ledger.envelope import Fact, parse_fact, parse_fact_bytes
 from ledger.errors import FactRejected
-from ledger.receipt import Receipt
+from ledger.receipt import ErasureNotOverwritten, Receipt
 from ledger.settings import Settings
 
 
@@ -76,6 +76,7 @@ def cmd_record(args: argparse.Namespace, settings: Settings) -> int:
     items = list(read_facts(read_input(args.file)))
     ledger = open_ledger(settings)
     rejected = 0
+    busy: ErasureNotOverwritten | None = None
     interrupted = threading.Event()
 
     def on_interrupt(signum: int, frame: object) -> None:
@@ -108,7 +109,12 @@ def cmd_record(args: argparse.Namespace, settings: Settings) -> int:
                     parsed.append(None)
                 except FactRejected as e:
                     parsed.append(e)
-            recorded = iter(ledger.record(facts) if facts else [])
+            try:
+                recorded = iter(ledger.record(facts) if facts else [])
+            except ErasureNotOverwritten as held:
+                # The batch is recorded (its lines follow) and so are the next ones; the
+                # erasures' old key pages wait in the key store's WAL, said at the end.
+                recorded, busy = iter(held.outcomes), held
             for offset, early in enumerate(parsed):
                 final = early if early is not None else next(recorded)
                 if isinstance(final, FactRejected):
@@ -121,6 +127,9 @@ def cmd_record(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         signal.signal(signal.SIGINT, before)
         ledger.close()
+    if busy is not None:
+        also = f"; {rejected} of {len(items)} facts rejected (see stdout)" if rejected else ""
+        return fail(f"key store busy: {busy}{also}", EXIT_UNAVAILABLE)
     if rejected:
         return fail(f"{rejected} of {len(items)} facts rejected (see stdout)", EXIT_REJECTED)
     return 0

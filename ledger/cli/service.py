@@ -63,12 +63,11 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     ledger = open_ledger(settings)
     try:
         if settings.views_path.exists():
-            from projections.runner import check_within_log
-            from projections.store import ConsentViews
+            from projections.views import Views
 
-            views = ConsentViews.open(settings.views_path)
+            views = Views(ledger)
             try:
-                check_within_log(ledger, views)  # views of another log (a hand restore)
+                views.check()  # views of another log (a hand restore), as the worker's
             finally:
                 views.close()
     finally:

@@ -41,7 +41,7 @@ from ledger.kafka.recorder import (
     WriterFenced,
 )
 from ledger.keystore import KeyStoreBusyError
-from ledger.receipt import Outcome, Receipt
+from ledger.receipt import ErasureNotOverwritten, Outcome, Receipt
 from ledger.settings import SettingsError
 from ledger.storage import StorageUnavailable, storage_failure
 
@@ -194,28 +194,23 @@ class IntakeWriter:
                 self.close()
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
-            except KeyStoreBusyError:
-                # Finishing an earlier erasure's key before the batch: the key is deleted,
-                # only its old page images wait; the batch is read again, nothing rejected.
-                self.stats.retries += 1
-                log.warning(
-                    "the key store is held open by another process, retrying",
-                    extra={"error": "KeyStoreBusyError"},
-                )
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
             except Exception as error:
-                # Nothing was rejected for it: the batch is polled again once the storage
-                # takes writes (an operator frees the disk, a backup lets go of a lock).
-                failure = storage_failure(error)
-                if failure is None:
-                    raise
+                # Nothing of the batch was committed or rejected for it: it is polled again
+                # once the storage takes writes (an operator frees the disk, a backup lets go
+                # of a lock or of the key store).
+                if isinstance(error, KeyStoreBusyError):
+                    # Before a commit; none is raised there today (an earlier erasure's key
+                    # finished by a batch is deleted and its wait logged), but one must not
+                    # be taken for a record's fault or stop the writer.
+                    why = "the key store is held open by another process"
+                    kind = "KeyStoreBusyError"
+                else:
+                    failure = storage_failure(error)
+                    if failure is None:
+                        raise
+                    why, kind = f"storage unavailable ({failure.reason})", "StorageUnavailable"
                 self.stats.retries += 1
-                log.error(
-                    "storage unavailable (%s), retrying",
-                    failure.reason,
-                    extra={"error": "StorageUnavailable"},
-                )
+                log.error("%s, retrying", why, extra={"error": kind})
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
 
@@ -288,17 +283,6 @@ class IntakeWriter:
             self.recorder.open_intake(offsets, group)
             try:
                 outcomes, codes = self._append(records, offsets, group)
-            except KeyStoreBusyError:
-                if self.recorder.intake_open():
-                    raise  # before the commit: nothing of the batch is in; `run` retries it
-                # Committed, offsets with it: an erasure's key is deleted, and only the
-                # overwriting of its old page images waits for the key store's next erasure.
-                log.warning(
-                    "an erased key's old page images stay in the key store's WAL until the "
-                    "next erasure: another process holds the key store open",
-                    extra={"error": "KeyStoreBusyError"},
-                )
-                outcomes, codes = [], []  # counted as neither accepted nor rejected
             finally:
                 self.recorder.abandon()  # only if nothing committed it
             in_transaction = self.recorder.transaction_s - in_transactions
@@ -349,7 +333,19 @@ class IntakeWriter:
         if not facts:
             self.recorder.commit_extra(IntakeCommit(rejects, offsets, group))
             return [], codes
-        return self.ledger.record(facts, with_refusals=with_refusals), codes
+        try:
+            return self.ledger.record(facts, with_refusals=with_refusals), codes
+        except ErasureNotOverwritten as busy:
+            # Committed, offsets with it: the erasures' keys are deleted, and only the
+            # overwriting of their old page images waits for the key store's next erasure.
+            # Raised on, the batch was taken for uncommitted and written again, its poison
+            # records rejected twice (6b62446 told the two apart by the transaction's state).
+            log.warning(
+                "an erased key's old page images stay in the key store's WAL until the "
+                "next erasure: another process holds the key store open",
+                extra={"error": "KeyStoreBusyError"},
+            )
+            return busy.outcomes, codes
 
     def _keyed_by_reference(self, record: ConsumerRecord) -> None:
         """Count a record whose key is its subject's reference, and name the first of each

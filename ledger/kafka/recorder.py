@@ -630,12 +630,6 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
             self._transacting.release()
             raise
 
-    def intake_open(self) -> bool:
-        """Whether the transaction this thread opened with `open_intake` is still open: not
-        yet taken by an append, so neither committed nor aborted."""
-        opened = self._opened
-        return opened is not None and opened.thread == threading.get_ident()
-
     def abandon(self) -> None:
         """Abort the transaction this thread opened with `open_intake`, if it is still open."""
         opened = self._take_opened()
