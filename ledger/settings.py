@@ -50,7 +50,8 @@ class Settings:
     | LEDGER_TOPIC_PREFIX | consent | topics `<prefix>.intake`, `.ledger`, `.rejected` |
     | LEDGER_PARTITIONS | 3 | partitions of the topics the ledger creates |
     | LEDGER_REPLICATION | 1 | replication factor of the topics it creates (3 in production) |
-    | LEDGER_MIN_INSYNC | 1 | `min.insync.replicas` of the ledger topic (2 in production) |
+    | LEDGER_MIN_INSYNC | 1 | `min.insync.replicas` of the topics (2 in production); at most
+      LEDGER_REPLICATION |
     | LEDGER_REJECTED_RETENTION_MS | 604800000 | rejected topic retention (original bytes) |
     | LEDGER_INTAKE_BATCH | 500 | intake records per writer transaction |
     | LEDGER_INTAKE_MAX_BYTES | 1048576 | larger intake records are rejected as oversize |
@@ -116,6 +117,16 @@ class Settings:
             raise SettingsError(
                 f"LEDGER_HTTP_WRITER must be one of {', '.join(HTTP_WRITERS)}, not {http_writer!r}"
             )
+        replication = max(1, _int(env, "LEDGER_REPLICATION", 1))
+        min_insync = max(1, _int(env, "LEDGER_MIN_INSYNC", 1))
+        if backend == "kafka" and min_insync > replication:
+            # Kafka caps min.insync.replicas at the replica count (since 3.7): the topics
+            # would be made, and every fact acknowledged with fewer copies than asked.
+            raise SettingsError(
+                f"LEDGER_MIN_INSYNC ({min_insync}) must not exceed LEDGER_REPLICATION "
+                f"({replication}): Kafka would acknowledge a write once {replication} "
+                "replica(s) hold it"
+            )
         telemetry = env.get("LEDGER_HTTP_TELEMETRY", "off").strip().lower() or "off"
         if telemetry not in SWITCHES:
             raise SettingsError(f"LEDGER_HTTP_TELEMETRY must be on or off, not {telemetry!r}")
@@ -131,8 +142,8 @@ class Settings:
             request_due_days=_int(env, "LEDGER_REQUEST_DUE_DAYS", 30, maximum=3650),
             request_due_days_by_kind=_days_by_kind(env, "LEDGER_REQUEST_DUE_DAYS_BY_KIND"),
             partitions=max(1, _int(env, "LEDGER_PARTITIONS", 3)),
-            replication=max(1, _int(env, "LEDGER_REPLICATION", 1)),
-            min_insync=max(1, _int(env, "LEDGER_MIN_INSYNC", 1)),
+            replication=replication,
+            min_insync=min_insync,
             rejected_retention_ms=_int(env, "LEDGER_REJECTED_RETENTION_MS", 7 * 24 * 3600 * 1000),
             intake_batch=max(1, _int(env, "LEDGER_INTAKE_BATCH", 500)),
             intake_max_bytes=max(1, _int(env, "LEDGER_INTAKE_MAX_BYTES", 1024 * 1024)),

@@ -141,6 +141,11 @@ def test_errors_are_one_line_with_status(data: Path) -> None:
     assert telemetry.returncode == 2 and "LEDGER_HTTP_TELEMETRY" in telemetry.stderr
     body = run(data, "verify", LEDGER_HTTP_MAX_BODY_BYTES="16MB")
     assert body.returncode == 2 and "LEDGER_HTTP_MAX_BODY_BYTES" in body.stderr
+    # Kafka caps min.insync.replicas at the replica count: two asked of one is refused.
+    copies = run(
+        data, "verify", LEDGER_BACKEND="kafka", LEDGER_MIN_INSYNC="2", LEDGER_REPLICATION="1"
+    )
+    assert copies.returncode == 2 and "LEDGER_MIN_INSYNC (2) must not exceed" in copies.stderr
     assert run(data).returncode == 2
 
 

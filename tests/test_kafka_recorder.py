@@ -8,6 +8,7 @@ stays, because concurrent writers in one process are what the HTTP service does.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 import time
@@ -24,6 +25,7 @@ from kafka.admin import KafkaAdminClient
 from ledger.kafka.recorder import KafkaLedgerRecorder, KafkaLink, WriterFenced
 from ledger.kafka.topics import Topics, ensure_topics
 from ledger.recorder import FactKey
+from ledger.settings import Settings
 from tests.kafka_support import headers, kafka_cli, kafka_settings, read_committed
 
 pytestmark = pytest.mark.kafka
@@ -161,6 +163,9 @@ def test_topics_are_created_with_the_ledger_settings(tmp_path: Path, kafka_boots
         ({"cleanup.policy": "compact,delete"}, "cleanup.policy=compact,delete"),
         ({"retention.ms": "604800000"}, "retention.ms=604800000"),
         ({"retention.ms": "-1", "retention.bytes": "1073741824"}, "retention.bytes=1073741824"),
+        # Kafka acknowledged with one copy while the topic said two: it caps the setting.
+        ({"min.insync.replicas": "2"}, "min.insync.replicas=2 but 1 replica"),
+        ({"unclean.leader.election.enable": "true"}, "unclean.leader.election.enable=true"),
     ],
 )
 def test_a_ledger_topic_that_loses_records_is_refused(
@@ -180,6 +185,48 @@ def test_a_ledger_topic_that_loses_records_is_refused(
         admin.close()
     with pytest.raises(TopicRefused, match=named.replace(".", r"\.")):
         ensure_topics(settings)
+
+
+def test_a_ledger_topic_with_fewer_replicas_than_the_settings_is_refused(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """Topics made before LEDGER_REPLICATION was raised (or by hand) kept their one replica,
+    and the ledger ran on it: every fact had one copy where the settings asked two."""
+    from ledger.kafka.topics import TopicRefused
+
+    settings = kafka_settings(tmp_path, kafka_bootstrap)
+    topics = ensure_topics(settings)  # one replica, as one broker allows
+    raised = dataclasses.replace(settings, replication=2)
+    with pytest.raises(TopicRefused, match=r"has 1 replica.* but LEDGER_REPLICATION is 2"):
+        ensure_topics(raised)
+    assert ensure_topics(settings) == topics
+
+
+@pytest.mark.parametrize(
+    ("configs", "replicas", "asked", "named"),
+    [
+        ({"min.insync.replicas": "2"}, 3, (3, 2), None),
+        ({"min.insync.replicas": "3"}, 3, (3, 2), None),
+        ({"min.insync.replicas": "1"}, 3, (3, 2), "min.insync.replicas=1, but LEDGER_MIN_INSYNC"),
+        ({"min.insync.replicas": "2"}, 2, (3, 2), "2 replica(s) of a partition, but"),
+        ({"min.insync.replicas": "4"}, 3, (3, 2), "min.insync.replicas=4 but 3 replica(s)"),
+        ({}, 1, (1, 1), None),
+        ({"min.insync.replicas": "2", "unclean.leader.election.enable": "true"}, 3, (3, 2), "un"),
+    ],
+)
+def test_the_ledger_topics_copies_are_held_to_the_settings(
+    configs: dict[str, str], replicas: int, asked: tuple[int, int], named: str | None
+) -> None:
+    """The cases one test broker cannot make: a cluster's replica counts."""
+    from ledger.kafka.topics import durability_refusal
+
+    settings = Settings(Path("unused"), "kafka", replication=asked[0], min_insync=asked[1])
+    refusal = durability_refusal("c.ledger", configs, replicas, settings)
+    if named is None:
+        assert refusal is None
+    else:
+        assert refusal is not None and refusal.startswith("topic c.ledger has ")
+        assert named in refusal, refusal
 
 
 @pytest.mark.parametrize("policy", ["compact", "delete,compact"])

@@ -7,6 +7,7 @@ rather than written to.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,7 +122,7 @@ def ledger_layout(settings: Settings) -> tuple[Topics, int]:
                 raise TopicRefused(
                     f"cannot create topic {result['name']}: {result['error_message']}"
                 )
-        check_ledger_topic(admin, topics.ledger)
+        check_ledger_topic(admin, topics.ledger, settings)
         check_intake_topic(admin, topics.intake)
         partitions = partition_count(admin, topics.ledger)
     except (KafkaTimeoutError, KafkaConnectionError) as error:
@@ -135,8 +136,11 @@ def ledger_layout(settings: Settings) -> tuple[Topics, int]:
     return topics, partitions
 
 
-def check_ledger_topic(admin: KafkaAdminClient, name: str) -> None:
+def check_ledger_topic(admin: KafkaAdminClient, name: str, settings: Settings) -> None:
     configs = _config(admin, name)
+    refusal = durability_refusal(name, configs, fewest_replicas(admin, name), settings)
+    if refusal is not None:
+        raise TopicRefused(refusal)
 
     def value(key: str) -> str:
         return configs.get(key, "")
@@ -157,6 +161,56 @@ def check_ledger_topic(admin: KafkaAdminClient, name: str) -> None:
             f"topic {name} has retention.bytes={value('retention.bytes')}: facts would be "
             "deleted from the log of record; set retention.bytes=-1"
         )
+
+
+def durability_refusal(
+    name: str, configs: Mapping[str, str], replicas: int, settings: Settings
+) -> str | None:
+    """Why the log of record would keep fewer copies of an acknowledged fact than the
+    settings (and the topic's own configuration) say, or None.
+
+    The ledger topic was checked for compaction and retention only: one made by hand, or
+    before LEDGER_REPLICATION and LEDGER_MIN_INSYNC were raised, ran with whatever copies it
+    had. And Kafka (since 3.7) takes min(`min.insync.replicas`, replica count) as the copies
+    an `acks=all` write waits for, so a topic stating 2 with one replica acknowledged every
+    fact with one copy and said nothing. Unclean leader election lets a replica that missed
+    acknowledged facts become leader, which drops them from the log for good.
+    """
+    if configs.get("unclean.leader.election.enable", "false") == "true":
+        return (
+            f"topic {name} has unclean.leader.election.enable=true: a replica that missed "
+            "acknowledged facts could become leader and drop them from the log of record; "
+            "set it to false"
+        )
+    if replicas < settings.replication:
+        return (
+            f"topic {name} has {replicas} replica(s) of a partition, but LEDGER_REPLICATION "
+            f"is {settings.replication}: add replicas (kafka-reassign-partitions) or set "
+            "LEDGER_REPLICATION to what the topic has"
+        )
+    stated = int(configs.get("min.insync.replicas") or "1")
+    if stated > replicas:
+        return (
+            f"topic {name} has min.insync.replicas={stated} but {replicas} replica(s) of a "
+            f"partition: Kafka acknowledges a write once {replicas} hold it, not {stated}; "
+            "add replicas or lower min.insync.replicas to match"
+        )
+    if stated < settings.min_insync:
+        return (
+            f"topic {name} has min.insync.replicas={stated}, but LEDGER_MIN_INSYNC is "
+            f"{settings.min_insync}: a fact would be acknowledged with fewer copies; raise it "
+            "(kafka-configs --alter --add-config min.insync.replicas=...) or set "
+            "LEDGER_MIN_INSYNC to the topic's"
+        )
+    return None
+
+
+def fewest_replicas(admin: KafkaAdminClient, name: str) -> int:
+    """The replica count of the topic's least replicated partition."""
+    for topic in admin.describe_topics([name]):
+        if topic.get("topic", topic.get("name")) == name and topic["partitions"]:
+            return min(len(p["replica_nodes"]) for p in topic["partitions"])
+    raise TopicRefused(f"topic {name} does not exist")
 
 
 def check_intake_topic(admin: KafkaAdminClient, name: str) -> None:
