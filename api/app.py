@@ -159,6 +159,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             projection_lag=projection_lag(service),
             writer_restarts=None if process is None else process.restarts,
             open_requests=open_requests(service),
+            intake_expired_unread=(
+                None if service.intake is None else service.intake.writer.stats.expired_unread
+            ),
         )
 
     return app

@@ -43,6 +43,7 @@ class Metrics:
         projection_lag: int,
         writer_restarts: int | None = None,
         open_requests: dict[str, int] | None = None,
+        intake_expired_unread: int | None = None,
     ) -> str:
         lines = [
             "# HELP ledger_http_requests_total HTTP requests by route, method and status.",
@@ -101,6 +102,13 @@ class Metrics:
             lines += [
                 f'ledger_subject_requests{{state="{state}"}} {n}'
                 for state, n in open_requests.items()
+            ]
+        if intake_expired_unread is not None:  # Kafka mode's intake writer thread
+            lines += [
+                "# HELP ledger_intake_expired_unread_total Intake offsets deleted by the intake "
+                "topic's retention before the writer read them: published facts lost.",
+                "# TYPE ledger_intake_expired_unread_total counter",
+                f"ledger_intake_expired_unread_total {intake_expired_unread}",
             ]
         if writer_restarts is not None:  # embedded mode's writer process (api.writer_process)
             lines += [

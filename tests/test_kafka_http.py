@@ -63,6 +63,8 @@ def test_http_on_the_kafka_log(tmp_path: Path, kafka_bootstrap: str) -> None:
         assert consents is not None, "the intake fact never reached the ledger"
         [marketing] = [p for p in consents["purposes"] if p["purpose"] == "marketing"]
         assert marketing["state"] == "granted"
+        metrics = client.get("/metrics").text
+        assert "\nledger_intake_expired_unread_total 0\n" in metrics
 
         # Another writer of the deployment (its master key and key store) takes the
         # partitions: this service is fenced and says so.

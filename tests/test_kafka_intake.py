@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from kafka import KafkaAdminClient, TopicPartition
 
 from ledger.application import ConsentLedger
 from ledger.kafka import intake as intake_module
@@ -331,3 +333,77 @@ def test_an_erasure_while_the_key_store_is_held_open_rejects_nothing_twice(
     assert "isolating" not in caplog.text
     anna = kafka_ledger.subject("demo", kafka_ledger.sid("demo", "anna"))
     assert anna is not None and anna.erased
+
+
+def _grants(ids: range) -> list[tuple[bytes | None, bytes]]:
+    return [(b"demo/expiry", orjson.dumps(grant(f"expiry-{i}", event_id=f"x{i}"))) for i in ids]
+
+
+def _delete_intake_records(bootstrap: str, topic: str, before: int) -> None:
+    """What the intake topic's retention does to records nobody read in time."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.delete_records({TopicPartition(topic, 0): before})
+    finally:
+        admin.close()
+
+
+@pytest.mark.parametrize("running", [False, True])
+def test_intake_records_deleted_unread_are_reported_not_skipped_in_silence(
+    tmp_path: Path, kafka_bootstrap: str, caplog: pytest.LogCaptureFixture, running: bool
+) -> None:
+    """Five facts published while the writer was stopped (or running behind) were deleted by
+    the intake topic's retention before it read them. The consumer reset itself to the
+    first record kept and nothing said five acknowledged facts were lost; now the log names
+    the partition and offsets, and the stats (worker summary, /metrics) count them once."""
+    settings = kafka_settings(tmp_path / "data", kafka_bootstrap, partitions=1)
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    topics = Topics.of(settings.topic_prefix)
+    writer = IntakeWriter(ledger)
+    writer.start()
+    try:
+        publish(kafka_bootstrap, topics.intake, _grants(range(5)))
+        wait_until_consumed(writer, end_offsets(kafka_bootstrap, topics.intake), 60)
+        if not running:
+            writer.close()
+            writer = IntakeWriter(ledger)
+        publish(kafka_bootstrap, topics.intake, _grants(range(5, 10)))
+        _delete_intake_records(kafka_bootstrap, topics.intake, 10)
+        publish(kafka_bootstrap, topics.intake, _grants(range(10, 13)))
+        with caplog.at_level(logging.WARNING, logger="consent_ledger.intake"):
+            if not running:
+                writer.start()
+            wait_until_consumed(writer, end_offsets(kafka_bootstrap, topics.intake), 60)
+            assert writer.step(timeout_ms=300) == 0
+    finally:
+        writer.close()
+        ledger.close()
+    assert writer.stats.expired_unread == 5
+    assert writer.stats.accepted == (8 if running else 3)
+    said = [r.getMessage() for r in caplog.records if "deleted before" in r.getMessage()]
+    assert len(said) == 1 and "partition 0: offsets 5 to 9" in said[0], said
+    assert not any("expiry-" in r.getMessage() for r in caplog.records)
+    landed = {headers(r).get("event_id") for r in read_committed(kafka_bootstrap, topics.ledger)}
+    assert {f"x{i}" for i in (*range(5), *range(10, 13))} <= landed
+    assert not landed & {f"x{i}" for i in range(5, 10)}
+
+
+def test_a_writer_with_no_committed_position_warns_of_records_before_the_first_kept(
+    tmp_path: Path, kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without a committed position the writer cannot tell records deleted unread from
+    records it read before its group's offsets expired: a warning, not counted as lost."""
+    settings = kafka_settings(tmp_path / "data", kafka_bootstrap, partitions=1)
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    topics = Topics.of(settings.topic_prefix)
+    publish(kafka_bootstrap, topics.intake, _grants(range(3)))
+    _delete_intake_records(kafka_bootstrap, topics.intake, 3)
+    publish(kafka_bootstrap, topics.intake, _grants(range(3, 5)))
+    with caplog.at_level(logging.WARNING, logger="consent_ledger.intake"):
+        writer = _drain(ledger, settings)
+    ledger.close()
+    assert writer.stats.expired_unread == 0 and writer.stats.accepted == 2
+    said = [r.getMessage() for r in caplog.records if "no committed position" in r.getMessage()]
+    assert len(said) == 1 and "begins at offset 3" in said[0], said

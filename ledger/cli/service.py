@@ -171,6 +171,13 @@ def _work(args: argparse.Namespace, settings: Settings, stop: threading.Event) -
             "reference in the clear (personal data in Kafka keys; the log names where)",
             flush=True,
         )
+    if stats.expired_unread:
+        print(
+            f"worker: up to {stats.expired_unread} intake records were deleted by the intake "
+            "topic's retention before they were read (lost; the log names the partitions and "
+            "offsets): keep the retention longer than the writer may be stopped",
+            flush=True,
+        )
     if stats.batches:
         per_batch = 1000 / stats.batches
         records = stats.accepted + stats.duplicates + sum(stats.rejected.values())

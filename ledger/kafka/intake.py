@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, OffsetOutOfRangeError
 
 from ledger.application import ConsentLedger
 from ledger.envelope import Fact, parse_fact_bytes
@@ -82,6 +82,9 @@ class IntakeStats:
     transaction_s: float = 0.0
     # Records keyed by their subject's reference in the clear (`names_the_reference`).
     keyed_by_reference: int = 0
+    # Offsets of intake records deleted by the topic's retention before they were read
+    # (transaction markers among them too: "up to" that many facts).
+    expired_unread: int = 0
 
     def reject(self, code: str) -> None:
         self.rejected[code] = self.rejected.get(code, 0) + 1
@@ -130,6 +133,7 @@ class IntakeWriter:
         # counted in the stats once the batch commits (a retried batch is counted once).
         self._keyed_in_batch = 0
         self._keyed_partitions: set[int] = set()  # each is named in the log once
+        self._expired_reported: dict[TopicPartition, int] = {}  # first offset kept, as said
 
     # ---- life cycle ----------------------------------------------------------------------
 
@@ -145,7 +149,9 @@ class IntakeWriter:
             group_id=self.link.intake_group,
             enable_auto_commit=False,
             isolation_level="read_committed",
-            auto_offset_reset="earliest",
+            # Never "earliest" or "latest": a position whose records were deleted unread
+            # must be said (`_rewind`), not silently moved past.
+            auto_offset_reset="none",
             max_poll_records=self.batch,
             # Fetch what is there rather than waiting for more: a batch is a transaction,
             # and a fact should not wait half a second for company.
@@ -243,7 +249,13 @@ class IntakeWriter:
         """Poll one batch and commit it; returns how many intake records it consumed."""
         assert self.consumer is not None
         started = time.perf_counter()
-        polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=self.batch)
+        try:
+            polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=self.batch)
+        except OffsetOutOfRangeError:
+            # The next records to read were deleted (the intake topic's retention ran past a
+            # writer that fell behind): said and counted by `_rewind`, which moves on.
+            self._rewind()
+            return 0
         records = [r for tp in sorted(polled, key=lambda t: t.partition) for r in polled[tp]]
         if not records:
             return 0
@@ -420,16 +432,63 @@ class IntakeWriter:
         return self.consumer.group_metadata()
 
     def _rewind(self) -> None:
-        """Go back to the committed offsets: whatever was polled after them is read again."""
+        """Go back to the committed offsets: whatever was polled after them is read again.
+
+        A committed offset before the partition's first kept record means records published
+        (and acknowledged to their publishers) were deleted before any writer read them:
+        the intake topic's retention is shorter than the writer was stopped or behind. The
+        consumer reset itself to the earliest record without a word, and those facts were
+        lost with nobody told. They cannot be recovered here, but the loss is now logged
+        by partition and offsets, counted (`IntakeStats.expired_unread`) and printed in
+        the worker's summary, and reading goes on from the first record kept.
+        """
         consumer = self.consumer
         assert consumer is not None
-        for tp in consumer.assignment():
+        assigned = sorted(consumer.assignment(), key=lambda tp: tp.partition)
+        kept_from = consumer.beginning_offsets(assigned) if assigned else {}
+        for tp in assigned:
             committed = consumer.committed(tp)
+            first_kept = kept_from.get(tp, 0)
             if committed is None:
+                if first_kept and tp not in self._expired_reported:
+                    self._expired_reported[tp] = first_kept
+                    # Not counted: the group's committed offsets expire too (Kafka's
+                    # offsets.retention.minutes), so these may have been read long ago.
+                    log.warning(
+                        "intake partition %d has no committed position and begins at offset "
+                        "%d: unless this ledger read the records before it (and its committed "
+                        "offsets expired), they were deleted unread",
+                        tp.partition,
+                        first_kept,
+                        extra={"partition": tp.partition, "error": "IntakeExpiredUnread"},
+                    )
                 consumer.seek_to_beginning(tp)
+                continue
+            if committed < first_kept:
+                self._expired_unread(tp, committed, first_kept)
+                consumer.seek(tp, first_kept)
             else:
                 consumer.seek(tp, committed)
-                self.committed[tp] = committed
+            self.committed[tp] = committed
+
+    def _expired_unread(self, tp: TopicPartition, since: int, first_kept: int) -> None:
+        """Report intake records deleted before this ledger read them (once per gap)."""
+        reported = self._expired_reported.get(tp, 0)
+        if first_kept <= reported:
+            return
+        lost_from = max(since, reported)
+        self._expired_reported[tp] = first_kept
+        self.stats.expired_unread += first_kept - lost_from
+        log.error(
+            "intake partition %d: offsets %d to %d were deleted before the writer read "
+            "them (the intake topic's retention ran out): up to %d published facts are "
+            "lost; their publishers must send them again",
+            tp.partition,
+            lost_from,
+            first_kept - 1,
+            first_kept - lost_from,
+            extra={"partition": tp.partition, "error": "IntakeExpiredUnread"},
+        )
 
     def _rewind_safely(self) -> None:
         try:
