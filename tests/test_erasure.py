@@ -13,7 +13,10 @@ from uuid import UUID
 
 import orjson
 import pytest
+from fastapi.testclient import TestClient
 
+from api.app import create_app, keys_path
+from api.keys import ApiKeys
 from ledger.application import ConsentLedger
 from ledger.envelope import parse_fact
 from ledger.kafka.topics import Topics
@@ -321,6 +324,47 @@ def test_record_answers_every_fact_of_a_batch_whose_erasure_the_key_store_held_u
     reopened = ConsentLedger(settings)
     assert reopened.keystore.open_keys([sid]) == {}
     assert len(reopened.ledger_recorder.find_facts("demo", ["e1", "cli-1499"])) == 2
+    reopened.close()
+
+
+def test_publishing_an_erasure_with_the_key_store_held_open_over_http(settings: Settings) -> None:
+    """Through the service's writer process (the error and the batch's outcomes cross its
+    pipe): the request that carries the erasure is told 503 `key_store_busy`, its facts are
+    recorded, and a retry gets their first receipts."""
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    ledger.record([parse_fact(grant(r, event_id=f"g-{r}")) for r in ("http-1", "http-2")])
+    ledger.close()
+    api_keys = ApiKeys(keys_path(settings))
+    headers = {"Authorization": f"Bearer {api_keys.create('demo', {'publisher'})[1]}"}
+    api_keys.close()
+
+    def erasure(reference: str) -> dict[str, object]:
+        body = fact("subject.erased", reference, event_id=f"e-{reference}", ground="court_decision")
+        del body["tenant"]
+        return body
+
+    later = grant("http-3", event_id="g-http-3")
+    del later["tenant"]
+    with TestClient(create_app(settings)) as client:
+        assert client.app.state.service.writer_process is not None  # type: ignore[attr-defined]
+        with reader_holding(settings.keystore_path):
+            single = client.post("/v1/facts", json=erasure("http-1"), headers=headers)
+            batch = client.post(
+                "/v1/facts:batch", json={"facts": [later, erasure("http-2")]}, headers=headers
+            )
+        assert single.status_code == 503 and single.json()["code"] == "key_store_busy"
+        assert batch.status_code == 503 and batch.json()["code"] == "key_store_busy"
+        again = client.post("/v1/facts", json=erasure("http-1"), headers=headers)
+        assert again.status_code == 200 and again.json()["duplicate"] is True
+        retried = client.post(
+            "/v1/facts:batch", json={"facts": [later, erasure("http-2")]}, headers=headers
+        )
+        assert retried.status_code == 200, retried.text
+        assert [r["status"] for r in retried.json()["results"]] == [200, 200]
+    reopened = ConsentLedger(settings)
+    sids = [reopened.sid("demo", r) for r in ("http-1", "http-2")]
+    assert reopened.keystore.open_keys(sids) == {}
     reopened.close()
 
 
