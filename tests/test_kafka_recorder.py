@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import tempfile
 import time
 import uuid
@@ -156,6 +157,18 @@ def test_topics_are_created_with_the_ledger_settings(tmp_path: Path, kafka_boots
     assert ensure_topics(settings) == topics  # existing, well-configured topics are accepted
 
 
+def made_by_hand(bootstrap: str, topic: str, configs: dict[str, str]) -> None:
+    """A topic an operator made before the ledger first ran (one partition, one replica)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics(
+            {topic: {"num_partitions": 1, "replication_factor": 1, "configs": configs}},
+            wait_for_metadata=True,
+        )
+    finally:
+        admin.close()
+
+
 @pytest.mark.parametrize(
     ("configs", "named"),
     [
@@ -175,14 +188,7 @@ def test_a_ledger_topic_that_loses_records_is_refused(
 
     settings = kafka_settings(tmp_path, kafka_bootstrap)
     topics = Topics.of(settings.topic_prefix)
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    try:
-        admin.create_topics(
-            {topics.ledger: {"num_partitions": 1, "replication_factor": 1, "configs": configs}},
-            wait_for_metadata=True,
-        )
-    finally:
-        admin.close()
+    made_by_hand(kafka_bootstrap, topics.ledger, configs)
     with pytest.raises(TopicRefused, match=named.replace(".", r"\.")):
         ensure_topics(settings)
 
@@ -200,6 +206,33 @@ def test_a_ledger_topic_with_fewer_replicas_than_the_settings_is_refused(
     with pytest.raises(TopicRefused, match=r"has 1 replica.* but LEDGER_REPLICATION is 2"):
         ensure_topics(raised)
     assert ensure_topics(settings) == topics
+
+
+@pytest.mark.parametrize(
+    ("configs", "named"),
+    [
+        ({"retention.ms": "86400000"}, "retention.ms=86400000, but LEDGER_REJECTED_RETENTION_MS"),
+        ({"retention.bytes": "1048576"}, "retention.bytes=1048576"),
+        ({"min.insync.replicas": "2"}, "min.insync.replicas=2 but 1 replica"),
+        ({"unclean.leader.election.enable": "true"}, "unclean.leader.election.enable=true"),
+    ],
+)
+def test_a_rejected_topic_that_keeps_less_than_the_settings_is_refused(
+    tmp_path: Path, kafka_bootstrap: str, configs: dict[str, str], named: str
+) -> None:
+    """A refused record is only on the rejected topic: one made by hand that deletes it
+    sooner than LEDGER_REJECTED_RETENTION_MS, or keeps fewer copies, was never checked."""
+    from ledger.kafka.topics import TopicRefused
+
+    settings = kafka_settings(tmp_path, kafka_bootstrap)
+    topics = Topics.of(settings.topic_prefix)
+    made_by_hand(kafka_bootstrap, topics.rejected, configs)
+    with pytest.raises(TopicRefused, match=re.escape(f"topic {topics.rejected} has {named}")):
+        ensure_topics(settings)
+    # Kept longer than asked (or forever) is no loss.
+    longer = dataclasses.replace(settings, rejected_retention_ms=3_600_000)
+    if "retention.ms" in configs:
+        assert ensure_topics(longer).rejected == topics.rejected
 
 
 @pytest.mark.parametrize(
@@ -239,20 +272,7 @@ def test_an_intake_topic_that_compacts_is_refused(
 
     settings = kafka_settings(tmp_path, kafka_bootstrap)
     topics = Topics.of(settings.topic_prefix)
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    try:
-        admin.create_topics(
-            {
-                topics.intake: {
-                    "num_partitions": 1,
-                    "replication_factor": 1,
-                    "configs": {"cleanup.policy": policy},
-                }
-            },
-            wait_for_metadata=True,
-        )
-    finally:
-        admin.close()
+    made_by_hand(kafka_bootstrap, topics.intake, {"cleanup.policy": policy})
     with pytest.raises(TopicRefused, match=f"{topics.intake} has cleanup.policy={policy}"):
         ensure_topics(settings)
 

@@ -124,6 +124,7 @@ def ledger_layout(settings: Settings) -> tuple[Topics, int]:
                 )
         check_ledger_topic(admin, topics.ledger, settings)
         check_intake_topic(admin, topics.intake)
+        check_rejected_topic(admin, topics.rejected, settings)
         partitions = partition_count(admin, topics.ledger)
     except (KafkaTimeoutError, KafkaConnectionError) as error:
         # The cluster went away between the first answer and these requests: the same
@@ -138,9 +139,7 @@ def ledger_layout(settings: Settings) -> tuple[Topics, int]:
 
 def check_ledger_topic(admin: KafkaAdminClient, name: str, settings: Settings) -> None:
     configs = _config(admin, name)
-    refusal = durability_refusal(name, configs, fewest_replicas(admin, name), settings)
-    if refusal is not None:
-        raise TopicRefused(refusal)
+    check_copies(admin, name, configs, settings)
 
     def value(key: str) -> str:
         return configs.get(key, "")
@@ -163,11 +162,39 @@ def check_ledger_topic(admin: KafkaAdminClient, name: str, settings: Settings) -
         )
 
 
+def check_rejected_topic(admin: KafkaAdminClient, name: str, settings: Settings) -> None:
+    """Refuse a rejected topic that keeps its records for less time, or in fewer copies,
+    than the settings say: a refused record is only there, and an operator reading the
+    rejections of last week must find them (one made by hand was never checked)."""
+    configs = _config(admin, name)
+    check_copies(admin, name, configs, settings)
+    kept_ms = int(configs.get("retention.ms") or "-1")
+    if kept_ms != -1 and kept_ms < settings.rejected_retention_ms:
+        raise TopicRefused(
+            f"topic {name} has retention.ms={kept_ms}, but LEDGER_REJECTED_RETENTION_MS is "
+            f"{settings.rejected_retention_ms}: refused records would be deleted sooner than "
+            "configured; raise its retention.ms or set LEDGER_REJECTED_RETENTION_MS to it"
+        )
+    if configs.get("retention.bytes", "-1") not in ("-1", ""):
+        raise TopicRefused(
+            f"topic {name} has retention.bytes={configs['retention.bytes']}: refused records "
+            "would be deleted by size, not after LEDGER_REJECTED_RETENTION_MS; set it to -1"
+        )
+
+
+def check_copies(
+    admin: KafkaAdminClient, name: str, configs: Mapping[str, str], settings: Settings
+) -> None:
+    refusal = durability_refusal(name, configs, fewest_replicas(admin, name), settings)
+    if refusal is not None:
+        raise TopicRefused(refusal)
+
+
 def durability_refusal(
     name: str, configs: Mapping[str, str], replicas: int, settings: Settings
 ) -> str | None:
-    """Why the log of record would keep fewer copies of an acknowledged fact than the
-    settings (and the topic's own configuration) say, or None.
+    """Why the topic (the log of record, or the rejected records) would keep fewer copies
+    of an acknowledged record than the settings (and its own configuration) say, or None.
 
     The ledger topic was checked for compaction and retention only: one made by hand, or
     before LEDGER_REPLICATION and LEDGER_MIN_INSYNC were raised, ran with whatever copies it
@@ -179,8 +206,7 @@ def durability_refusal(
     if configs.get("unclean.leader.election.enable", "false") == "true":
         return (
             f"topic {name} has unclean.leader.election.enable=true: a replica that missed "
-            "acknowledged facts could become leader and drop them from the log of record; "
-            "set it to false"
+            "acknowledged records could become leader and drop them for good; set it to false"
         )
     if replicas < settings.replication:
         return (
@@ -198,7 +224,7 @@ def durability_refusal(
     if stated < settings.min_insync:
         return (
             f"topic {name} has min.insync.replicas={stated}, but LEDGER_MIN_INSYNC is "
-            f"{settings.min_insync}: a fact would be acknowledged with fewer copies; raise it "
+            f"{settings.min_insync}: a record would be acknowledged with fewer copies; raise it "
             "(kafka-configs --alter --add-config min.insync.replicas=...) or set "
             "LEDGER_MIN_INSYNC to the topic's"
         )
