@@ -41,7 +41,7 @@ from ledger.policy import DEMO_TENANT, seed_policy_fact
 from ledger.receipt import ErasureNotOverwritten, Outcome, Receipt
 from ledger.recorder import LedgerSQLiteRecorder
 from ledger.settings import Settings, ensure_dir
-from ledger.storage import storage_failure
+from ledger.storage import RecordTooLarge, storage_failure
 from ledger.subject import Subject
 from ledger.tenant import Tenant, tenant_id
 
@@ -297,8 +297,10 @@ class ConsentLedger(Application[UUID]):
     ) -> list[Outcome]:
         from ledger.batch import FactBatch
 
-        for attempt in range(5):
-            batch = FactBatch(self, facts, sids)
+        refused: dict[int, FactRejected] = {}
+        attempts = 0
+        while True:
+            batch = FactBatch(self, facts, sids, refused)
             try:
                 batch.check_all()
                 extra = with_refusals(batch.outcomes) if with_refusals else None
@@ -306,15 +308,28 @@ class ConsentLedger(Application[UUID]):
             except ErasureNotOverwritten as busy:
                 busy.outcomes = self._located(busy.outcomes)
                 raise
+            except RecordTooLarge as too_large:
+                # Nothing was sent or committed. The log cannot hold this fact: it is refused
+                # and the batch checked again without it, as if it had not been sent (each
+                # round refuses one fact, so this ends).
+                index = batch.index_of(too_large.aggregate_id, too_large.version)
+                if index is None:
+                    raise
+                refused[index] = FactRejected(
+                    Code.OVERSIZE,
+                    f"the fact's record ({too_large.size} bytes) is larger than the log of "
+                    f"record takes ({too_large.limit} bytes: the ledger topic's "
+                    "max.message.bytes)",
+                )
             except (IntegrityError, sqlite3.IntegrityError, ErasedSubjectError):
                 # Another process wrote the same subject (or tenant, or key) first.
                 # Nothing of this attempt was committed; reload and check every fact again.
-                if attempt == 4:
+                attempts += 1
+                if attempts == 5:
                     raise
             finally:
                 if not batch.committed:
                     self.forget(batch.subjects)
-        raise AssertionError("unreachable")
 
     def _located(self, outcomes: list[Outcome]) -> list[Outcome]:
         """Receipts name the position in the log of record (in Kafka mode: partition, offset)."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -36,11 +36,16 @@ class FactBatch:
     """One attempt at recording a batch: checks in order, then one append."""
 
     def __init__(
-        self, ledger: ConsentLedger, facts: Sequence[Fact], sids: Sequence[UUID] | None = None
+        self,
+        ledger: ConsentLedger,
+        facts: Sequence[Fact],
+        sids: Sequence[UUID] | None = None,
+        refused: Mapping[int, FactRejected] | None = None,
     ) -> None:
         self.ledger = ledger
         self.facts = facts
         self.outcomes: list[Outcome | None] = [None] * len(facts)
+        self.refused = refused or {}
         self.now = datetime.now(UTC)
         self.horizon = self.now + timedelta(seconds=ledger.settings.max_future_skew_s)
         self.tenants: dict[str, Tenant | None] = {}
@@ -143,6 +148,9 @@ class FactBatch:
 
     def check_all(self) -> None:
         for index, fact in enumerate(self.facts):
+            if index in self.refused:  # by the log itself on an earlier attempt: as if unsent
+                self.outcomes[index] = self.refused[index]
+                continue
             try:
                 self._check(index, fact)
             except FactRejected as rejected:
@@ -255,6 +263,13 @@ class FactBatch:
             return known.originator_id != sid
         earlier = self.in_batch.get((tenant, event_id))
         return earlier is not None and earlier[2] != sid
+
+    def index_of(self, aggregate_id: UUID, version: int) -> int | None:
+        """Which fact of the batch became this event, if one did."""
+        for index, (agg_id, agg_version, _) in self.accepted.items():
+            if agg_id == aggregate_id and agg_version == version:
+                return index
+        return None
 
     def commit(self, extra: Any = None) -> list[Outcome]:
         """Append the accepted facts; `extra` rides in the same log transaction (see record)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import sqlite3
+from uuid import UUID
 
 # SQLite's primary result codes (extended codes start with these) that mean the storage, and
 # what an operator is told. SQLITE_CORRUPT is not among them: a corrupt file does not pass.
@@ -69,3 +70,21 @@ def storage_failure(error: BaseException) -> StorageUnavailable | None:
             return StorageUnavailable(_OS[current.errno])
         current = current.__cause__ or current.__context__
     return None
+
+
+class RecordTooLarge(RuntimeError):
+    """A fact's record is larger than the log of record takes (Kafka mode: the ledger
+    topic's `max.message.bytes`; raised by ledger.kafka.recorder).
+
+    Found before anything is sent: sent, the broker refused the whole transaction, which
+    was taken for the broker being unavailable; `record` answered "retry", and the intake
+    writer retried the batch for ever, its partition blocked behind one record. The
+    application refuses that fact (`oversize`) and records the rest of the batch.
+    """
+
+    def __init__(self, aggregate_id: UUID, version: int, size: int, limit: int) -> None:
+        super().__init__(f"a ledger record of {size} bytes; the ledger topic takes {limit}")
+        self.aggregate_id = aggregate_id
+        self.version = version
+        self.size = size
+        self.limit = limit

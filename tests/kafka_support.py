@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hmac
 import os
@@ -18,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
 from ledger.kafka.publish import intake_key
 from ledger.settings import Settings
-from tests.facts import grant, withdraw
+from tests.facts import grant, policy, withdraw
 
 
 def kafka_settings(data_dir: Path, bootstrap: str, **overrides: Any) -> Settings:
@@ -68,14 +69,20 @@ def publish(
     topic: str,
     records: Iterable[tuple[bytes | None, bytes]],
     compression: str | None = None,
+    max_request_size: int = 1024 * 1024,
 ) -> None:
     producer = KafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", linger_ms=5, compression_type=compression
+        bootstrap_servers=bootstrap,
+        acks="all",
+        linger_ms=5,
+        compression_type=compression,
+        max_request_size=max_request_size,
     )
     try:
-        for key, value in records:
-            producer.send(topic, key=key, value=value)
+        sent = [producer.send(topic, key=key, value=value) for key, value in records]
         producer.flush()
+        for future in sent:
+            future.get(timeout=30)  # a record the broker refused fails the test here
     finally:
         producer.close()
 
@@ -342,3 +349,27 @@ class LateBroker:
         for s in self.sockets:
             with contextlib.suppress(OSError):
                 s.close()
+
+
+def largest_policy(version: str, size: int = 1024 * 1024) -> bytes:
+    """A `policy.published` fact of exactly `size` bytes (the envelope's limit by default),
+    its text incompressible: its ledger record is larger than Kafka's default
+    `max.message.bytes` takes."""
+    fact = {**policy(version), "text": ""}
+    room = size - len(orjson.dumps(fact))
+    fact["text"] = base64.b64encode(os.urandom(room)).decode()[:room]
+    data = orjson.dumps(fact)
+    assert len(data) == size
+    return data
+
+
+def made_by_hand(bootstrap: str, topic: str, configs: dict[str, str]) -> None:
+    """A topic an operator made before the ledger first ran (one partition, one replica)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics(
+            {topic: {"num_partitions": 1, "replication_factor": 1, "configs": configs}},
+            wait_for_metadata=True,
+        )
+    finally:
+        admin.close()

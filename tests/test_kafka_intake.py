@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +27,8 @@ from tests.kafka_support import (
     headers,
     intake_stream,
     kafka_settings,
+    largest_policy,
+    made_by_hand,
     publish,
     read_committed,
 )
@@ -407,3 +411,54 @@ def test_a_writer_with_no_committed_position_warns_of_records_before_the_first_k
     assert writer.stats.expired_unread == 0 and writer.stats.accepted == 2
     said = [r.getMessage() for r in caplog.records if "no committed position" in r.getMessage()]
     assert len(said) == 1 and "begins at offset 3" in said[0], said
+
+
+def test_records_near_the_size_limits_are_rejected_without_stopping_the_partition(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """On ledger and rejected topics made by hand with Kafka's default `max.message.bytes`
+    (the intake topic's raised to take facts of the envelope's full 1 MiB): a 900 KB record that
+    is not JSON made a rejected record (its bytes in base64) larger than the rejected topic
+    takes, and a valid 1 MiB policy a ledger record larger than the ledger topic takes. Each
+    failed its whole transaction, taken for the broker being unavailable and retried for
+    ever: the grants published after them were never recorded."""
+    settings = kafka_settings(tmp_path / "data", kafka_bootstrap, partitions=1)
+    topics = Topics.of(settings.topic_prefix)
+    made_by_hand(kafka_bootstrap, topics.ledger, {"retention.ms": "-1"})
+    made_by_hand(kafka_bootstrap, topics.rejected, {})
+    # An intake topic that takes facts of the envelope's full 1 MiB.
+    made_by_hand(kafka_bootstrap, topics.intake, {"max.message.bytes": str(2 * 1024 * 1024)})
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    not_json = b"not json " + bytes(range(256)) * 3600
+    big_policy = largest_policy("big-intake")
+    publish(
+        kafka_bootstrap,
+        topics.intake,
+        [
+            (b"demo/a", not_json),
+            (b"demo/b", orjson.dumps(grant("after-1", event_id="after-1"))),
+            (b"demo/c", big_policy),
+            (b"demo/d", orjson.dumps(grant("after-2", event_id="after-2"))),
+        ],
+        compression="lz4",  # as a publisher must, for the intake topic to take them
+        max_request_size=2 * 1024 * 1024,
+    )
+    writer = _drain(ledger, settings)
+    ledger.close()
+    assert writer.stats.retries == 0
+    assert writer.stats.accepted == 2
+    assert writer.stats.rejected == {"invalid_json": 1, "oversize": 1}
+    landed = {headers(r).get("event_id") for r in read_committed(kafka_bootstrap, topics.ledger)}
+    assert {"after-1", "after-2"} <= landed
+    rejected = {
+        orjson.loads(r.value)["code"]: orjson.loads(r.value)
+        for r in read_committed(kafka_bootstrap, topics.rejected)
+    }
+    for code, original in (("invalid_json", not_json), ("oversize", big_policy)):
+        body = rejected[code]
+        assert body["original_truncated"] is True and body["original_size"] == len(original)
+        assert body["original_sha256"] == hashlib.sha256(original).hexdigest()
+        kept = base64.b64decode(body["original"])
+        assert kept == original[: len(kept)] and 0 < len(kept) < len(original)
+    assert "max.message.bytes" in rejected["oversize"]["message"]

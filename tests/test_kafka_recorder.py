@@ -23,11 +23,24 @@ from eventsourcing.sqlite import SQLiteDatastore
 from eventsourcing.tests import persistence as library_tests
 from kafka.admin import KafkaAdminClient
 
+from ledger.application import ConsentLedger
+from ledger.envelope import parse_fact
+from ledger.errors import Code, FactRejected
 from ledger.kafka.recorder import KafkaLedgerRecorder, KafkaLink, WriterFenced
 from ledger.kafka.topics import Topics, ensure_topics
+from ledger.receipt import Receipt
 from ledger.recorder import FactKey
 from ledger.settings import Settings
-from tests.kafka_support import headers, kafka_cli, kafka_settings, read_committed
+from ledger.verify import verify_ledger
+from tests.facts import grant
+from tests.kafka_support import (
+    headers,
+    kafka_cli,
+    kafka_settings,
+    largest_policy,
+    made_by_hand,
+    read_committed,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -157,18 +170,6 @@ def test_topics_are_created_with_the_ledger_settings(tmp_path: Path, kafka_boots
     assert ensure_topics(settings) == topics  # existing, well-configured topics are accepted
 
 
-def made_by_hand(bootstrap: str, topic: str, configs: dict[str, str]) -> None:
-    """A topic an operator made before the ledger first ran (one partition, one replica)."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        admin.create_topics(
-            {topic: {"num_partitions": 1, "replication_factor": 1, "configs": configs}},
-            wait_for_metadata=True,
-        )
-    finally:
-        admin.close()
-
-
 @pytest.mark.parametrize(
     ("configs", "named"),
     [
@@ -260,6 +261,45 @@ def test_the_ledger_topics_copies_are_held_to_the_settings(
     else:
         assert refusal is not None and refusal.startswith("topic c.ledger has ")
         assert named in refusal, refusal
+
+
+def test_a_fact_the_ledger_topic_cannot_hold_is_refused_and_the_rest_recorded(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """A fact within the envelope's 1 MiB made a ledger record larger than Kafka's default
+    `max.message.bytes`: the broker refused the whole transaction, `record` answered "the
+    broker did not take the append" (exit 6, retry), and every retry failed the same way.
+    On a ledger topic made by hand with the default it is refused as `oversize` and the
+    rest of its batch recorded; on the topics the ledger makes, it is recorded, and read
+    back by a replica built afresh."""
+    from ledger.envelope import parse_fact_bytes
+
+    small = kafka_settings(tmp_path / "small", kafka_bootstrap)
+    made_by_hand(kafka_bootstrap, Topics.of(small.topic_prefix).ledger, {"retention.ms": "-1"})
+    big = parse_fact_bytes(largest_policy("big-1"), None)
+    ledger = ConsentLedger(small)
+    ledger.init_demo()
+    refused, granted = ledger.record([big, parse_fact(grant("after-big", event_id="after"))])
+    ledger.close()
+    assert isinstance(refused, FactRejected) and refused.code is Code.OVERSIZE, refused
+    assert "max.message.bytes" in refused.message
+    assert isinstance(granted, Receipt)
+
+    roomy = kafka_settings(tmp_path / "roomy", kafka_bootstrap)
+    ledger = ConsentLedger(roomy)
+    ledger.init_demo()
+    [recorded] = ledger.record([big])
+    ledger.close()
+    assert isinstance(recorded, Receipt) and recorded.sid is None
+    for replica in (tmp_path / "roomy").glob("ledger-replica.db*"):
+        replica.unlink()
+    again = ConsentLedger(roomy)  # catches the replica up from the topic, the big record too
+    try:
+        tenant = again.tenant("demo")
+        assert tenant is not None and "big-1" in tenant.policies
+        assert verify_ledger(again.ledger_recorder).ok
+    finally:
+        again.close()
 
 
 @pytest.mark.parametrize("policy", ["compact", "delete,compact"])

@@ -46,7 +46,7 @@ class KafkaFactory(LedgerSQLiteFactory):
                 "LEDGER_BACKEND": "kafka",
             }
         )
-        topics, partitions = ledger_layout(settings)
+        layout = ledger_layout(settings)
         mac_key = self.env.get(RECORD_KEY_ENV)
         if not mac_key:
             raise SettingsError(
@@ -55,7 +55,13 @@ class KafkaFactory(LedgerSQLiteFactory):
             )
         recorder = KafkaLedgerRecorder(
             datastore=self.datastore,
-            link=KafkaLink(settings.bootstrap(), topics, partitions, bytes.fromhex(mac_key)),
+            link=KafkaLink(
+                settings.bootstrap(),
+                layout.topics,
+                layout.partitions,
+                bytes.fromhex(mac_key),
+                record_limit=layout.record_limit,
+            ),
         )
         if self.env_create_table():
             recorder.create_table()

@@ -18,6 +18,7 @@ writer waits for the storage as it waits for the broker, rejecting nothing.
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import threading
 import time
@@ -90,6 +91,12 @@ class IntakeStats:
         self.rejected[code] = self.rejected.get(code, 0) + 1
 
 
+# The most of a refused record's bytes its rejected record carries: in base64 with the
+# reasons, well inside Kafka's default `max.message.bytes` (rejected topics made before the
+# ledger made its own with room to spare, ledger.kafka.topics.RECORD_LIMIT).
+ORIGINAL_KEPT = 512 * 1024
+
+
 def rejected_record(
     record: ConsumerRecord, refusal: FactRejected, fact: Fact | None
 ) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
@@ -99,11 +106,20 @@ def rejected_record(
     The original bytes are as sensitive as the intake topic itself, which is why the rejected
     topic has a finite retention (LEDGER_REJECTED_RETENTION_MS).
     """
+    original = record.value or b""
     body: dict[str, Any] = {
         **refusal.as_dict(),
         "source": {"topic": record.topic, "partition": record.partition, "offset": record.offset},
-        "original": base64.b64encode(record.value or b"").decode(),
+        "original": base64.b64encode(original[:ORIGINAL_KEPT]).decode(),
     }
+    if len(original) > ORIGINAL_KEPT:
+        # Whole, a record near the intake topic's limit made a rejected record (base64 and
+        # the reasons) larger than the rejected topic takes: the transaction failed, was
+        # retried for ever, and the partition stopped behind it. The source coordinates
+        # still find the whole record while the intake topic keeps it.
+        body["original_size"] = len(original)
+        body["original_sha256"] = hashlib.sha256(original).hexdigest()
+        body["original_truncated"] = True
     if fact is not None:
         body["tenant"] = fact.tenant
         body["event_id"] = fact.event_id

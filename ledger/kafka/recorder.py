@@ -45,6 +45,7 @@ from ledger.kafka.topics import RecordsLost, TopicRefused, Topics
 from ledger.recorder import FactKey, LedgerSQLiteRecorder
 from ledger.settings import SettingsError
 from ledger.sql import rows_in
+from ledger.storage import RecordTooLarge
 
 log = logging.getLogger("consent_ledger.kafka")
 
@@ -77,6 +78,11 @@ class WriterFenced(RuntimeError):
     """Another writer took ownership of the ledger partitions; this one may never append again."""
 
 
+# What a record batch adds to its one record's key, value and headers (a batch header of 61
+# bytes, the record's own lengths and attributes), rounded up.
+BATCH_OVERHEAD = 128
+
+
 class LedgerUnavailable(RuntimeError):
     """The broker did not take the append; nothing of it was kept, and it may be retried."""
 
@@ -89,6 +95,8 @@ class KafkaLink:
     # The MAC key of ledger records (KeyStore.record_key); never printed.
     record_key: bytes = field(repr=False)
     catch_up_timeout_s: float = 120.0
+    # The ledger topic's `max.message.bytes` (ledger.kafka.topics.ledger_layout).
+    record_limit: int = 1024 * 1024 + 12
 
     @property
     def transactional_id(self) -> str:
@@ -556,6 +564,16 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
             )
             for s in stored_events
         ]
+        for stored, record in zip(stored_events, records, strict=True):
+            size = BATCH_OVERHEAD + len(record.key) + len(record.value)
+            size += sum(len(name) + len(value) for name, value in record.headers)
+            if size > self.link.record_limit:
+                raise RecordTooLarge(
+                    _uuid(stored.originator_id),
+                    stored.originator_version,
+                    size,
+                    self.link.record_limit,
+                )
         offsets, where = self._transact(records, intake)
         assert positions is not None
         located = [(r, p, o) for r, (p, o) in zip(positions, where, strict=True)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 from kafka.errors import KafkaConnectionError, KafkaTimeoutError
@@ -72,6 +72,15 @@ class Topics:
         return cls(f"{prefix}.intake", f"{prefix}.ledger", f"{prefix}.rejected")
 
 
+# `max.message.bytes` of the ledger and rejected topics the ledger creates. A fact may be
+# 1 MiB as published (ledger.envelope.MAX_FACT_BYTES), and its ledger record is larger (its
+# sealed personal data in base64, the envelope the ledger adds); a rejected record carries
+# the original bytes in base64. Kafka's default (1 MiB and 12 bytes) refused both.
+RECORD_LIMIT = 2 * 1024 * 1024
+# Kafka's default `max.message.bytes`, for a topic that does not say.
+KAFKA_DEFAULT_RECORD_LIMIT = 1024 * 1024 + 12
+
+
 def topic_specs(settings: Settings) -> dict[str, dict[str, Any]]:
     topics = Topics.of(settings.topic_prefix)
     replicas = settings.replication
@@ -90,6 +99,7 @@ def topic_specs(settings: Settings) -> dict[str, dict[str, Any]]:
                 "retention.bytes": "-1",
                 "min.insync.replicas": str(settings.min_insync),
                 "unclean.leader.election.enable": "false",
+                "max.message.bytes": str(RECORD_LIMIT),
             },
         },
         topics.rejected: {
@@ -99,18 +109,26 @@ def topic_specs(settings: Settings) -> dict[str, dict[str, Any]]:
                 "cleanup.policy": "delete",
                 "retention.ms": str(settings.rejected_retention_ms),
                 "min.insync.replicas": str(settings.min_insync),
+                "max.message.bytes": str(RECORD_LIMIT),
             },
         },
     }
 
 
+class Layout(NamedTuple):
+    topics: Topics
+    partitions: int  # of the ledger topic
+    record_limit: int  # the ledger topic's `max.message.bytes`
+
+
 def ensure_topics(settings: Settings) -> Topics:
     """Create missing topics; refuse a ledger topic that would not keep every record forever."""
-    return ledger_layout(settings)[0]
+    return ledger_layout(settings).topics
 
 
-def ledger_layout(settings: Settings) -> tuple[Topics, int]:
-    """The topics, created or checked as `ensure_topics` does, and the ledger's partitions."""
+def ledger_layout(settings: Settings) -> Layout:
+    """The topics, created or checked as `ensure_topics` does, the ledger's partitions and
+    the largest record its topic takes."""
     topics = Topics.of(settings.topic_prefix)
     admin = admin_client(settings)
     try:
@@ -122,7 +140,7 @@ def ledger_layout(settings: Settings) -> tuple[Topics, int]:
                 raise TopicRefused(
                     f"cannot create topic {result['name']}: {result['error_message']}"
                 )
-        check_ledger_topic(admin, topics.ledger, settings)
+        record_limit = check_ledger_topic(admin, topics.ledger, settings)
         check_intake_topic(admin, topics.intake)
         check_rejected_topic(admin, topics.rejected, settings)
         partitions = partition_count(admin, topics.ledger)
@@ -134,10 +152,11 @@ def ledger_layout(settings: Settings) -> tuple[Topics, int]:
         ) from None
     finally:
         admin.close()
-    return topics, partitions
+    return Layout(topics, partitions, record_limit)
 
 
-def check_ledger_topic(admin: KafkaAdminClient, name: str, settings: Settings) -> None:
+def check_ledger_topic(admin: KafkaAdminClient, name: str, settings: Settings) -> int:
+    """Refuse a ledger topic that would lose facts; the largest record it takes."""
     configs = _config(admin, name)
     check_copies(admin, name, configs, settings)
 
@@ -160,6 +179,7 @@ def check_ledger_topic(admin: KafkaAdminClient, name: str, settings: Settings) -
             f"topic {name} has retention.bytes={value('retention.bytes')}: facts would be "
             "deleted from the log of record; set retention.bytes=-1"
         )
+    return int(value("max.message.bytes") or KAFKA_DEFAULT_RECORD_LIMIT)
 
 
 def check_rejected_topic(admin: KafkaAdminClient, name: str, settings: Settings) -> None:
