@@ -318,8 +318,7 @@ class ConsentLedger(Application[UUID]):
                 refused[index] = FactRejected(
                     Code.OVERSIZE,
                     f"the fact's record ({too_large.size} bytes) is larger than the log of "
-                    f"record takes ({too_large.limit} bytes: the ledger topic's "
-                    "max.message.bytes)",
+                    f"record takes ({too_large.limit} bytes: {too_large.limited_by})",
                 )
             except (IntegrityError, sqlite3.IntegrityError, ErasedSubjectError):
                 # Another process wrote the same subject (or tenant, or key) first.

@@ -82,9 +82,12 @@ class RecordTooLarge(RuntimeError):
     application refuses that fact (`oversize`) and records the rest of the batch.
     """
 
-    def __init__(self, aggregate_id: UUID, version: int, size: int, limit: int) -> None:
-        super().__init__(f"a ledger record of {size} bytes; the ledger topic takes {limit}")
+    def __init__(
+        self, aggregate_id: UUID, version: int, size: int, limit: int, limited_by: str
+    ) -> None:
+        super().__init__(f"a record of {size} bytes; {limited_by} is {limit}")
         self.aggregate_id = aggregate_id
         self.version = version
         self.size = size
         self.limit = limit
+        self.limited_by = limited_by  # the setting that says so, for the refusal

@@ -573,6 +573,7 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                     stored.originator_version,
                     size,
                     self.link.record_limit,
+                    f"the max.message.bytes of topic {self.link.topics.ledger}",
                 )
         offsets, where = self._transact(records, intake)
         assert positions is not None
