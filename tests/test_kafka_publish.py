@@ -3,10 +3,12 @@ not fence, with each fact's outcome reported once the worker committed it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -14,7 +16,7 @@ import pytest
 
 from tests.cli_support import line_within
 from tests.facts import grant, withdraw
-from tests.kafka_support import kafka_env, kafka_settings
+from tests.kafka_support import kafka_env, kafka_settings, largest_policy
 
 pytestmark = pytest.mark.kafka
 
@@ -32,9 +34,9 @@ def cli(
     )
 
 
-def test_publish_through_intake_to_a_running_worker(tmp_path: Path, kafka_bootstrap: str) -> None:
-    env = kafka_env(kafka_settings(tmp_path / "data", kafka_bootstrap))
-    assert cli(env, "init").returncode == 0
+@contextlib.contextmanager
+def running_worker(env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
+    """`consent-ledger worker` consuming; stopped by SIGTERM, and it must exit 0."""
     worker = subprocess.Popen(
         [sys.executable, "-m", "ledger.cli", "worker", "--no-projections"],
         env={**os.environ, **env},
@@ -45,6 +47,17 @@ def test_publish_through_intake_to_a_running_worker(tmp_path: Path, kafka_bootst
     try:
         assert worker.stdout is not None
         assert line_within(worker.stdout).startswith("worker: consuming")
+        yield worker
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.communicate(timeout=60)
+    assert worker.returncode == 0
+
+
+def test_publish_through_intake_to_a_running_worker(tmp_path: Path, kafka_bootstrap: str) -> None:
+    env = kafka_env(kafka_settings(tmp_path / "data", kafka_bootstrap))
+    assert cli(env, "init").returncode == 0
+    with running_worker(env) as worker:
         facts = [
             orjson.dumps(grant("pub-1", event_id="p1")).decode(),
             "{not json",
@@ -85,10 +98,34 @@ def test_publish_through_intake_to_a_running_worker(tmp_path: Path, kafka_bootst
         assert worker.poll() is None
         trail = cli(env, "trail", "pub-1", "--tenant", "demo", "--json")
         assert [f["event_id"] for f in orjson.loads(trail.stdout)["facts"]] == ["p1", "p3"]
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        worker.communicate(timeout=60)
-    assert worker.returncode == 0
+
+
+def test_publish_sends_the_envelopes_largest_facts_and_refuses_larger_ones(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """A fact of the envelope's full 1 MiB made `publish` exit with kafka-python's traceback
+    (its producer took requests of 1 MiB): sent now, to an intake topic the ledger made to
+    take it, and recorded. A record larger than the topic takes is refused in its place
+    (`oversize`, nothing sent for it), the others published. A policy's receipt has no sid
+    (it gave the tenant's aggregate id as one)."""
+    env = kafka_env(kafka_settings(tmp_path / "data", kafka_bootstrap))
+    assert cli(env, "init").returncode == 0
+    with running_worker(env):
+        too_large = orjson.dumps({**grant("pub-big"), "evidence": {"x": "y" * 3_000_000}})
+        lines = [
+            largest_policy("pub-policy"),
+            too_large,
+            orjson.dumps(grant("pub-after", event_id="pub-after")),
+        ]
+        out = cli(env, "publish", "--wait", "120", stdin=b"\n".join(lines).decode())
+        assert out.returncode == 1, out.stderr
+        answers = [orjson.loads(line) for line in out.stdout.splitlines()]
+        assert answers[0]["receipt"]["event_id"] == "policy-pub-policy"
+        assert answers[0]["receipt"]["sid"] is None
+        assert answers[1]["rejected"]["code"] == "oversize"
+        assert "nothing was published" in answers[1]["rejected"]["message"]
+        assert answers[2]["receipt"]["event_id"] == "pub-after"
+        assert answers[2]["receipt"]["sid"] is not None
 
 
 def test_publish_needs_kafka_mode(tmp_path: Path) -> None:

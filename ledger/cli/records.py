@@ -147,30 +147,31 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
     to_send = [item for item in items if not isinstance(item, FactRejected)]
     ledger = open_ledger(settings)
     try:
-        published = publish(ledger, to_send, args.tenant) if to_send else []
+        sent = iter(publish(ledger, to_send, args.tenant) if to_send else [])
+        # Each item: refused as read, not sent (too large for the topic), or where it went.
+        placed = [item if isinstance(item, FactRejected) else next(sent) for item in items]
         if args.no_wait:
-            sent = iter(published)
-            for index, item in enumerate(items):
-                if isinstance(item, FactRejected):
-                    line = {"index": index, "rejected": item.as_dict()}
+            for index, p in enumerate(placed):
+                if isinstance(p, FactRejected):
+                    line = {"index": index, "rejected": p.as_dict()}
                 else:
-                    p = next(sent)
                     line = {
                         "index": index,
                         "published": {"partition": p.partition, "offset": p.offset},
                     }
                 sys.stdout.write(orjson.dumps(line).decode() + "\n")
-            refused = len(items) - len(to_send)
+            refused = sum(1 for p in placed if isinstance(p, FactRejected))
             if refused:
                 return fail(f"{refused} of {len(items)} facts rejected (see stdout)", EXIT_REJECTED)
             return 0
+        published = [p for p in placed if not isinstance(p, FactRejected)]
         try:
             answered = iter(outcomes(ledger, published, args.wait) if published else [])
         except NotConsumed as e:
             return fail(str(e), EXIT_UNAVAILABLE)
     finally:
         ledger.close()
-    results = [item if isinstance(item, FactRejected) else next(answered) for item in items]
+    results = [p if isinstance(p, FactRejected) else next(answered) for p in placed]
     rejected = 0
     for index, result in enumerate(results):
         if isinstance(result, FactRejected):

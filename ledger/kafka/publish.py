@@ -20,12 +20,15 @@ from typing import Any
 
 import orjson
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import MessageSizeTooLargeError
 
 from ledger.application import ConsentLedger
 from ledger.errors import Code, FactRejected
 from ledger.kafka.reading import ReadTimedOut, polls_to_end
 from ledger.kafka.recorder import KafkaLedgerRecorder, KafkaLink
+from ledger.kafka.topics import RECORD_LIMIT
 from ledger.receipt import Receipt
+from ledger.tenant import tenant_id
 
 
 class NotConsumed(TimeoutError):
@@ -73,27 +76,55 @@ def names_the_reference(key: bytes | None, subject: str, tenant: str) -> bool:
 
 def publish(
     ledger: ConsentLedger, items: Sequence[bytes | Any], tenant: str | None
-) -> list[Published]:
-    """Send each item (JSON bytes, or an already-decoded object) to the intake topic."""
+) -> list[Published | FactRejected]:
+    """Send each item (JSON bytes, or an already-decoded object) to the intake topic; where
+    each went, or why it could not be sent (`oversize`: larger than the topic takes).
+
+    A record too large for the producer or the topic raised out of here as a traceback: a
+    fact of the envelope's full 1 MiB did, with kafka-python's default 1 MiB request.
+    """
     link = _link(ledger)
     producer = KafkaProducer(
-        bootstrap_servers=link.bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+        bootstrap_servers=link.bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        max_request_size=RECORD_LIMIT,
     )
     try:
-        futures = []
+        sending: list[Any] = []
         for item in items:
             value, key, fact_tenant, event_id = _prepare(ledger, item, tenant)
-            futures.append(
-                (producer.send(link.topics.intake, key=key, value=value), fact_tenant, event_id)
-            )
+            try:
+                future = producer.send(link.topics.intake, key=key, value=value)
+            except MessageSizeTooLargeError:
+                sending.append(_too_large(len(value), link))
+                continue
+            sending.append((future, fact_tenant, event_id, len(value)))
         producer.flush()
-        published = []
-        for future, fact_tenant, event_id in futures:
-            meta = future.get(timeout=30)
+        published: list[Published | FactRejected] = []
+        for sent in sending:
+            if isinstance(sent, FactRejected):
+                published.append(sent)
+                continue
+            future, fact_tenant, event_id, size = sent
+            try:
+                meta = future.get(timeout=30)
+            except MessageSizeTooLargeError:  # the broker's refusal: the topic's limit
+                published.append(_too_large(size, link))
+                continue
             published.append(Published(meta.partition, meta.offset, fact_tenant, event_id))
         return published
     finally:
         producer.close()
+
+
+def _too_large(size: int, link: KafkaLink) -> FactRejected:
+    return FactRejected(
+        Code.OVERSIZE,
+        f"the record ({size} bytes) is larger than topic {link.topics.intake} takes "
+        "(its max.message.bytes); nothing was published for it",
+    )
 
 
 def _prepare(
@@ -157,9 +188,12 @@ def _receipt(ledger: ConsentLedger, p: Published) -> Receipt | FactRejected:
         return FactRejected(Code.PROCESSING_FAILED, "no outcome was found for this fact")
     where = ledger.ledger_recorder.log_coordinates([indexed.position]).get(indexed.position)
     partition, position = where if where is not None else (None, indexed.position)
+    # A policy is the tenant's, not a subject's: no sid, as `record` and HTTP answer it
+    # (this gave the tenant's aggregate id as a sid).
+    of_tenant = indexed.originator_id == tenant_id(p.tenant or "")
     return Receipt(
         event_id=p.event_id or "",
-        sid=indexed.originator_id.hex,
+        sid=None if of_tenant else indexed.originator_id.hex,
         position=position,
         recorded_at=indexed.recorded_at,
         hash=indexed.hash,

@@ -72,7 +72,7 @@ class Topics:
         return cls(f"{prefix}.intake", f"{prefix}.ledger", f"{prefix}.rejected")
 
 
-# `max.message.bytes` of the ledger and rejected topics the ledger creates. A fact may be
+# `max.message.bytes` of the topics the ledger creates. A fact may be
 # 1 MiB as published (ledger.envelope.MAX_FACT_BYTES), and its ledger record is larger (its
 # sealed personal data in base64, the envelope the ledger adds); a rejected record carries
 # the original bytes in base64. Kafka's default (1 MiB and 12 bytes) refused both.
@@ -88,7 +88,10 @@ def topic_specs(settings: Settings) -> dict[str, dict[str, Any]]:
         topics.intake: {
             "num_partitions": settings.partitions,
             "replication_factor": replicas,
-            "configs": {"min.insync.replicas": str(settings.min_insync)},
+            "configs": {
+                "min.insync.replicas": str(settings.min_insync),
+                "max.message.bytes": str(RECORD_LIMIT),
+            },
         },
         topics.ledger: {
             "num_partitions": settings.partitions,
