@@ -216,6 +216,8 @@ def test_a_ledger_topic_with_fewer_replicas_than_the_settings_is_refused(
         ({"retention.bytes": "1048576"}, "retention.bytes=1048576"),
         ({"min.insync.replicas": "2"}, "min.insync.replicas=2 but 1 replica"),
         ({"unclean.leader.election.enable": "true"}, "unclean.leader.election.enable=true"),
+        # A rejected record it could not take stopped the intake partition for good.
+        ({"max.message.bytes": "100000"}, "max.message.bytes=100000"),
     ],
 )
 def test_a_rejected_topic_that_keeps_less_than_the_settings_is_refused(

@@ -41,6 +41,7 @@ from ledger.kafka.recorder import (
     LedgerUnavailable,
     WriterFenced,
 )
+from ledger.kafka.topics import ORIGINAL_KEPT
 from ledger.keystore import KeyStoreBusyError
 from ledger.receipt import ErasureNotOverwritten, Outcome, Receipt
 from ledger.settings import SettingsError
@@ -89,12 +90,6 @@ class IntakeStats:
 
     def reject(self, code: str) -> None:
         self.rejected[code] = self.rejected.get(code, 0) + 1
-
-
-# The most of a refused record's bytes its rejected record carries: in base64 with the
-# reasons, well inside Kafka's default `max.message.bytes` (rejected topics made before the
-# ledger made its own with room to spare, ledger.kafka.topics.RECORD_LIMIT).
-ORIGINAL_KEPT = 512 * 1024
 
 
 def rejected_record(

@@ -41,7 +41,7 @@ from kafka.structs import OffsetAndMetadata
 from ledger.failpoints import failpoint
 from ledger.kafka.reading import ReadTimedOut, ledger_events, polls_to_end
 from ledger.kafka.records import encode, partition_of
-from ledger.kafka.topics import RecordsLost, TopicRefused, Topics
+from ledger.kafka.topics import KAFKA_DEFAULT_RECORD_LIMIT, RecordsLost, TopicRefused, Topics
 from ledger.recorder import FactKey, LedgerSQLiteRecorder
 from ledger.settings import SettingsError
 from ledger.sql import rows_in
@@ -96,7 +96,7 @@ class KafkaLink:
     record_key: bytes = field(repr=False)
     catch_up_timeout_s: float = 120.0
     # The ledger topic's `max.message.bytes` (ledger.kafka.topics.ledger_layout).
-    record_limit: int = 1024 * 1024 + 12
+    record_limit: int = KAFKA_DEFAULT_RECORD_LIMIT
 
     @property
     def transactional_id(self) -> str:

@@ -79,6 +79,11 @@ class Topics:
 RECORD_LIMIT = 2 * 1024 * 1024
 # Kafka's default `max.message.bytes`, for a topic that does not say.
 KAFKA_DEFAULT_RECORD_LIMIT = 1024 * 1024 + 12
+# The most of a refused record's bytes its rejected record carries (ledger.kafka.intake), and
+# the smallest `max.message.bytes` a rejected topic may have: that much in base64, with the
+# reasons, key and headers. Kafka's default takes it.
+ORIGINAL_KEPT = 512 * 1024
+REJECTED_RECORD_MAX = ORIGINAL_KEPT * 4 // 3 + 16 * 1024
 
 
 def topic_specs(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -202,6 +207,14 @@ def check_rejected_topic(admin: KafkaAdminClient, name: str, settings: Settings)
         raise TopicRefused(
             f"topic {name} has retention.bytes={configs['retention.bytes']}: refused records "
             "would be deleted by size, not after LEDGER_REJECTED_RETENTION_MS; set it to -1"
+        )
+    takes = int(configs.get("max.message.bytes") or KAFKA_DEFAULT_RECORD_LIMIT)
+    if takes < REJECTED_RECORD_MAX:
+        # A rejected record it cannot take fails the writer's whole transaction, retried
+        # for ever with the intake partition stopped behind it.
+        raise TopicRefused(
+            f"topic {name} has max.message.bytes={takes}: a rejected record may be "
+            f"{REJECTED_RECORD_MAX} bytes; raise it to at least that"
         )
 
 
