@@ -97,8 +97,8 @@ def publish(
             value, key, fact_tenant, event_id = _prepare(ledger, item, tenant)
             try:
                 future = producer.send(link.topics.intake, key=key, value=value)
-            except MessageSizeTooLargeError:
-                sending.append(_too_large(len(value), link))
+            except MessageSizeTooLargeError:  # over the request size this command sends
+                sending.append(_too_large(len(value), f"publish sends ({RECORD_LIMIT} bytes)"))
                 continue
             sending.append((future, fact_tenant, event_id, len(value)))
         producer.flush()
@@ -111,7 +111,9 @@ def publish(
             try:
                 meta = future.get(timeout=30)
             except MessageSizeTooLargeError:  # the broker's refusal: the topic's limit
-                published.append(_too_large(size, link))
+                published.append(
+                    _too_large(size, f"topic {link.topics.intake} takes (its max.message.bytes)")
+                )
                 continue
             published.append(Published(meta.partition, meta.offset, fact_tenant, event_id))
         return published
@@ -119,11 +121,10 @@ def publish(
         producer.close()
 
 
-def _too_large(size: int, link: KafkaLink) -> FactRejected:
+def _too_large(size: int, limit: str) -> FactRejected:
     return FactRejected(
         Code.OVERSIZE,
-        f"the record ({size} bytes) is larger than topic {link.topics.intake} takes "
-        "(its max.message.bytes); nothing was published for it",
+        f"the record ({size} bytes) is larger than {limit}; nothing was published for it",
     )
 
 
