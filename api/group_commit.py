@@ -124,10 +124,12 @@ def answers(
     start = 0
     for size, single in requests:
         end = start + size
+        mine = outcomes[start:end]
         if busy is not None and any(start <= i < end for i in busy.erasures):
-            shares.append((None, busy))
+            # Its own outcomes ride with the error (the service counts them as recorded).
+            erasures = frozenset(i - start for i in busy.erasures if start <= i < end)
+            shares.append((None, ErasureNotOverwritten(str(busy), mine, erasures)))
         else:
-            mine = outcomes[start:end]
             shares.append((mine[0] if single else mine, None))
         start = end
     return shares

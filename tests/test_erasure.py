@@ -330,7 +330,7 @@ def test_record_answers_every_fact_of_a_batch_whose_erasure_the_key_store_held_u
 def test_publishing_an_erasure_with_the_key_store_held_open_over_http(settings: Settings) -> None:
     """Through the service's writer process (the error and the batch's outcomes cross its
     pipe): the request that carries the erasure is told 503 `key_store_busy`, its facts are
-    recorded, and a retry gets their first receipts."""
+    recorded (and counted on /metrics), and a retry gets their first receipts."""
     ledger = ConsentLedger(settings)
     ledger.init_demo()
     ledger.record([parse_fact(grant(r, event_id=f"g-{r}")) for r in ("http-1", "http-2")])
@@ -355,6 +355,8 @@ def test_publishing_an_erasure_with_the_key_store_held_open_over_http(settings: 
             )
         assert single.status_code == 503 and single.json()["code"] == "key_store_busy"
         assert batch.status_code == 503 and batch.json()["code"] == "key_store_busy"
+        # Their three facts were recorded, and /metrics counts them (it counted none).
+        assert "\nledger_facts_accepted_total 3\n" in client.get("/metrics").text
         again = client.post("/v1/facts", json=erasure("http-1"), headers=headers)
         assert again.status_code == 200 and again.json()["duplicate"] is True
         retried = client.post(

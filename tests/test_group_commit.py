@@ -216,7 +216,10 @@ def test_an_unfinished_erasure_is_reported_to_its_own_request_only(
     assert in_batch[0] is refused or in_batch[0].code is Code.NOT_AN_OBJECT
     assert isinstance(in_batch[1], Receipt) and in_batch[1].event_id == "in-batch"
     assert isinstance(erased, ErasureNotOverwritten), erased
-    assert erased.erasures == {3}
+    # It carries its own request's outcome only (counted by the route as recorded).
+    assert erased.erasures == {0}
+    [receipt] = erased.outcomes
+    assert isinstance(receipt, Receipt) and receipt.event_id == "e" and not receipt.duplicate
     assert ledger.keystore.open_keys([UUID(hex=granted.sid)]) == {}
     found = ledger.ledger_recorder.find_facts("demo", ["alone", "in-batch", "e"])
     assert sorted(found) == ["alone", "e", "in-batch"]
@@ -233,4 +236,7 @@ def test_an_unfinished_erasure_crosses_the_writer_process_pipe_whole() -> None:
     assert copy.outcomes[1] == receipt and copy.erasures == {1}
     assert isinstance(copy.outcomes[0], FactRejected)
     shares = answers([(1, True), (1, True)], copy)
-    assert shares[0] == (copy.outcomes[0], None) and shares[1] == (None, copy)
+    assert shares[0] == (copy.outcomes[0], None)
+    result, mine = shares[1]
+    assert result is None and isinstance(mine, ErasureNotOverwritten)
+    assert mine.outcomes == [receipt] and mine.erasures == {0} and str(mine) == "held"

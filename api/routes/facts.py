@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
 
-from api.deps import SCHEME, authorized, service_of
+from api.deps import SCHEME, Service, authorized, service_of
 from api.problems import Problem, problem_body, status_of
 from api.responses import OrjsonResponse
 from ledger.envelope import Fact, Received, check_size, named_twice, parse_fact
 from ledger.errors import FactRejected
 from ledger.json_names import MAX_DEPTH, Repeated, TooDeep, marked, repeats_a_name
-from ledger.receipt import Receipt
+from ledger.receipt import ErasureNotOverwritten, Outcome, Receipt
 
 router = APIRouter(tags=["facts"])
 MAX_BATCH = 1000
@@ -57,11 +58,12 @@ async def record_fact(
     body = await request.body()
     check_size(body)
     # Parsed by the writer, not here: see ledger.envelope.Received.
-    outcome = await svc.writer.outcome(Received(body, principal.tenant))
-    svc.metrics.facts(
-        int(isinstance(outcome, Receipt) and not outcome.duplicate),
-        [outcome.code.value] if isinstance(outcome, FactRejected) else [],
-    )
+    try:
+        outcome = await svc.writer.outcome(Received(body, principal.tenant))
+    except ErasureNotOverwritten as busy:
+        counted(svc, busy.outcomes)  # recorded all the same; the answer is 503
+        raise
+    counted(svc, [outcome])
     if isinstance(outcome, FactRejected):
         raise outcome
     return OrjsonResponse(outcome.as_dict(), 200 if outcome.duplicate else 201)
@@ -127,12 +129,13 @@ async def record_batch(
         except FactRejected as e:
             parsed.append(e)
     # Items that did not parse keep their places: the writer answers one outcome per item.
-    outcomes = await svc.writer.outcomes(parsed)
+    try:
+        outcomes = await svc.writer.outcomes(parsed)
+    except ErasureNotOverwritten as busy:
+        counted(svc, busy.outcomes)  # recorded all the same; the answer is 503
+        raise
     # Every refusal counts, a fact that did not parse too, as for a single publish.
-    svc.metrics.facts(
-        sum(1 for o in outcomes if isinstance(o, Receipt) and not o.duplicate),
-        [o.code.value for o in outcomes if isinstance(o, FactRejected)],
-    )
+    counted(svc, outcomes)
     results = []
     for i, outcome in enumerate(outcomes):
         if isinstance(outcome, FactRejected):
@@ -155,3 +158,11 @@ async def record_batch(
                 }
             )
     return OrjsonResponse({"results": results})
+
+
+def counted(svc: Service, outcomes: Sequence[Outcome]) -> None:
+    """Count facts recorded (not retries) and refused, by code, for /metrics."""
+    svc.metrics.facts(
+        sum(1 for o in outcomes if isinstance(o, Receipt) and not o.duplicate),
+        [o.code.value for o in outcomes if isinstance(o, FactRejected)],
+    )
