@@ -5,24 +5,26 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from kafka import KafkaAdminClient, TopicPartition
+from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
 
 from ledger.application import ConsentLedger
 from ledger.kafka import intake as intake_module
 from ledger.kafka import recorder as recorder_module
 from ledger.kafka.intake import IntakeWriter, wait_until_consumed
-from ledger.kafka.topics import Topics
+from ledger.kafka.topics import TopicRefused, Topics, ensure_topics
 from ledger.settings import Settings
-from tests.facts import grant
+from tests.facts import grant, withdraw
 from tests.kafka_support import (
     OVERSIZE_LIMIT,
     check_exactly_once,
+    committed_offsets,
     end_offsets,
     headers,
     intake_stream,
@@ -462,3 +464,149 @@ def test_records_near_the_size_limits_are_rejected_without_stopping_the_partitio
         kept = base64.b64decode(body["original"])
         assert kept == original[: len(kept)] and 0 < len(kept) < len(original)
     assert "max.message.bytes" in rejected["oversize"]["message"]
+
+
+def _forget_positions(bootstrap: str, group: str) -> None:
+    """What Kafka does to a group's offsets `offsets.retention.minutes` after their last
+    commit (7 days by default): the writer assigns its partitions itself, so a quiet intake
+    partition loses them while the writer runs."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.delete_groups([group])
+    finally:
+        admin.close()
+
+
+def _started(
+    tmp_path: Path, bootstrap: str
+) -> tuple[Settings, Topics, ConsentLedger, IntakeWriter]:
+    """A demo ledger on one intake partition and its writer, started."""
+    settings = kafka_settings(tmp_path / "data", bootstrap, partitions=1)
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    writer = IntakeWriter(ledger)
+    writer.start()
+    return settings, Topics.of(settings.topic_prefix), ledger, writer
+
+
+def _consume(writer: IntakeWriter, bootstrap: str, topic: str, records: list[Any]) -> None:
+    publish(bootstrap, topic, records)
+    wait_until_consumed(writer, end_offsets(bootstrap, topic), 60)
+
+
+@pytest.mark.parametrize("replica", ["kept", "rebuilt"])
+def test_a_writer_whose_intake_offsets_expired_resumes_where_the_ledger_says(
+    tmp_path: Path, kafka_bootstrap: str, caplog: pytest.LogCaptureFixture, replica: str
+) -> None:
+    """A withdrawal refused (no consent in force), then a late grant that put consent in
+    force before it, then a record that is not JSON; the group's committed offsets are then
+    deleted, as Kafka expires them. The restarted writer read the intake from its beginning:
+    the withdrawal, already in the rejected topic, was recorded in the ledger too, and the
+    poison rejected twice. Now it resumes after the last record the ledger and rejected
+    topics say it read, from a replica kept or rebuilt from the topic."""
+    settings, topics, ledger, writer = _started(tmp_path, kafka_bootstrap)
+    late = "2025-02-01T10:00:00+05:00"
+    try:
+        for record in (
+            (b"demo/w", orjson.dumps(withdraw("expired-1", event_id="w-1"))),
+            (b"demo/w", orjson.dumps(grant("expired-1", event_id="g-1", occurred_at=late))),
+            (b"demo/x", b"not json"),
+        ):
+            _consume(writer, kafka_bootstrap, topics.intake, [record])
+    finally:
+        writer.close()
+    assert writer.stats.rejected == {"purpose_not_in_force": 1, "invalid_json": 1}
+    group = writer.link.intake_group
+    _forget_positions(kafka_bootstrap, group)
+    assert committed_offsets(kafka_bootstrap, group, topics.intake) == {0: 0}
+    # Anyone who may write to the rejected topic could claim the writer read further.
+    forged = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    try:
+        forged.send(
+            topics.rejected,
+            key=f"{topics.intake}/0/99".encode(),
+            value=b"{}",
+            headers=[("source_topic_id", writer.intake_id.encode()), ("mac", b"0" * 64)],
+        ).get(timeout=30)
+    finally:
+        forged.close()
+    if replica == "rebuilt":
+        ledger.close()
+        for built in (tmp_path / "data").glob("ledger-replica.db*"):
+            built.unlink()
+        ledger = ConsentLedger(settings)
+    writer = IntakeWriter(ledger)
+    try:
+        with caplog.at_level(logging.WARNING, logger="consent_ledger.intake"):
+            writer.start()
+        assert writer.committed == {TopicPartition(topics.intake, 0): 3}
+        _consume(writer, kafka_bootstrap, topics.intake, [(b"demo/y", orjson.dumps(grant()))])
+        assert writer.step(timeout_ms=300) == 0
+    finally:
+        writer.close()
+        ledger.close()
+    assert writer.stats.accepted == 1 and writer.stats.rejected == {}
+    said = [r.getMessage() for r in caplog.records if "no committed position" in r.getMessage()]
+    assert len(said) == 1 and "resuming at offset 3" in said[0], said
+    landed = [headers(r).get("event_id") for r in read_committed(kafka_bootstrap, topics.ledger)]
+    assert "w-1" not in landed and landed.count("g-1") == 1
+    assert len(read_committed(kafka_bootstrap, topics.rejected)) == 3  # with the forged one
+
+
+def test_a_running_writer_commits_its_positions_again_before_kafka_expires_them(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """A quiet partition's offsets are committed again (every `positions_refresh_s`), so
+    the group keeps them: for restarts, and for whoever watches its lag."""
+    _, topics, ledger, writer = _started(tmp_path, kafka_bootstrap)
+    try:
+        _consume(writer, kafka_bootstrap, topics.intake, [(b"demo/a", orjson.dumps(grant()))])
+        group = writer.link.intake_group
+        _forget_positions(kafka_bootstrap, group)
+        assert writer.step(timeout_ms=100) == 0  # not due yet
+        assert committed_offsets(kafka_bootstrap, group, topics.intake) == {0: 0}
+        writer.positions_refresh_s = 0.0
+        assert writer.step(timeout_ms=100) == 0
+        assert committed_offsets(kafka_bootstrap, group, topics.intake) == {0: 1}
+    finally:
+        writer.close()
+        ledger.close()
+
+
+def test_an_intake_topic_made_again_is_read_from_its_beginning(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """The ledger's record of how far it read names the intake topic by id: a topic deleted
+    and made again under the same name starts its offsets over, and a position read from
+    the old one would skip the new one's first records."""
+    settings, topics, ledger, writer = _started(tmp_path, kafka_bootstrap)
+    try:
+        _consume(writer, kafka_bootstrap, topics.intake, _grants(range(3)))
+    finally:
+        writer.close()
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        admin.delete_topics([topics.intake])
+        # Made again as the ledger makes missing topics, once the broker has let go of it.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                ensure_topics(settings)
+                break
+            except TopicRefused:
+                if time.monotonic() > deadline:
+                    raise
+    finally:
+        admin.close()
+    publish(kafka_bootstrap, topics.intake, _grants(range(3, 4)))
+    writer = IntakeWriter(ledger)
+    writer.start()
+    try:
+        assert writer.committed == {}
+        wait_until_consumed(writer, end_offsets(kafka_bootstrap, topics.intake), 60)
+    finally:
+        writer.close()
+        ledger.close()
+    assert writer.stats.accepted == 1
+    landed = {headers(r).get("event_id") for r in read_committed(kafka_bootstrap, topics.ledger)}
+    assert "x3" in landed

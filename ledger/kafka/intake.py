@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import logging
 import threading
 import time
@@ -35,13 +36,16 @@ from ledger.application import ConsentLedger
 from ledger.envelope import Fact, parse_fact_bytes
 from ledger.errors import Code, FactRejected
 from ledger.kafka.publish import names_the_reference
+from ledger.kafka.reading import ReadTimedOut, polls_to_end
 from ledger.kafka.recorder import (
     IntakeCommit,
     KafkaLedgerRecorder,
+    KafkaLink,
     LedgerUnavailable,
     WriterFenced,
 )
-from ledger.kafka.topics import ORIGINAL_KEPT
+from ledger.kafka.records import MAC_HEADER, record_mac
+from ledger.kafka.topics import ORIGINAL_KEPT, BrokersUnreachable, TopicRefused, topic_id_of
 from ledger.keystore import KeyStoreBusyError
 from ledger.receipt import ErasureNotOverwritten, Outcome, Receipt
 from ledger.settings import SettingsError
@@ -61,6 +65,14 @@ NOT_A_RECORDS_FAULT = (
     SettingsError,
     KeyStoreBusyError,
 )
+
+# The rejected record's header naming the id of the intake topic its source record was in.
+SOURCE_TOPIC_ID_HEADER = "source_topic_id"
+
+# How often a running writer commits its intake positions again, in a transaction of their
+# own: Kafka deletes a group's offsets `offsets.retention.minutes` (7 days by default) after
+# their last commit, and an intake partition may stay quiet longer than that.
+POSITIONS_REFRESH_S = 6 * 3600.0
 
 # How often a running writer looks for partitions added to the intake topic (its consumer's
 # metadata is refreshed as often): a record in a new partition waits about this long at most.
@@ -93,18 +105,32 @@ class IntakeStats:
 
 
 def rejected_record(
-    record: ConsumerRecord, refusal: FactRejected, fact: Fact | None
+    record: ConsumerRecord,
+    refusal: FactRejected,
+    fact: Fact | None,
+    topic_id: str = "",
+    mac_key: bytes = b"",
 ) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
     """The rejected topic's record: why, where from, and the original bytes.
 
     The key is the source coordinates, not the publisher's key (which may be personal data).
     The original bytes are as sensitive as the intake topic itself, which is why the rejected
-    topic has a finite retention (LEDGER_REJECTED_RETENTION_MS).
+    topic has a finite retention (LEDGER_REJECTED_RETENTION_MS). The intake topic's id (a
+    header, and in the source) tells how far the writer read it (`read_positions`), and the
+    `mac` header (the ledger records' rule) that the ledger wrote it: a record appended by
+    anyone else could otherwise move a recovering writer past facts it never read.
     """
     original = record.value or b""
+    source: dict[str, Any] = {
+        "topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+    }
+    if topic_id:
+        source["topic_id"] = topic_id
     body: dict[str, Any] = {
         **refusal.as_dict(),
-        "source": {"topic": record.topic, "partition": record.partition, "offset": record.offset},
+        "source": source,
         "original": base64.b64encode(original[:ORIGINAL_KEPT]).decode(),
     }
     if len(original) > ORIGINAL_KEPT:
@@ -119,7 +145,13 @@ def rejected_record(
         body["tenant"] = fact.tenant
         body["event_id"] = fact.event_id
     key = f"{record.topic}/{record.partition}/{record.offset}".encode()
-    return key, orjson.dumps(body), [("code", refusal.code.value.encode())]
+    value = orjson.dumps(body)
+    headers = [("code", refusal.code.value.encode())]
+    if topic_id:
+        headers.append((SOURCE_TOPIC_ID_HEADER, topic_id.encode()))
+    if mac_key:
+        headers.append((MAC_HEADER, record_mac(mac_key, key, value, dict(headers))))
+    return key, value, headers
 
 
 class IntakeWriter:
@@ -145,6 +177,10 @@ class IntakeWriter:
         self._keyed_in_batch = 0
         self._keyed_partitions: set[int] = set()  # each is named in the log once
         self._expired_reported: dict[TopicPartition, int] = {}  # first offset kept, as said
+        # The intake topic's id (`ledger.kafka.topics.topic_id_of`), read at each start.
+        self.intake_id = ""
+        self.positions_refresh_s = POSITIONS_REFRESH_S
+        self._refreshed_at = time.monotonic()
 
     # ---- life cycle ----------------------------------------------------------------------
 
@@ -175,6 +211,17 @@ class IntakeWriter:
             consumer.close()
             raise LedgerUnavailable(f"topic {self.link.topics.intake} has no partitions")
         consumer.assign([TopicPartition(self.link.topics.intake, p) for p in sorted(partitions)])
+        try:
+            intake_id = topic_id_of(self.ledger.settings, self.link.topics.intake)
+        except (BrokersUnreachable, TopicRefused, KafkaError) as error:
+            consumer.close()
+            raise LedgerUnavailable(str(error)) from error
+        if intake_id != self.intake_id:
+            # Another topic under the name (deleted and made again): its offsets start over,
+            # and what this writer committed of the last one says nothing of it.
+            self.committed.clear()
+            self._expired_reported.clear()
+            self.intake_id = intake_id
         self.consumer = consumer
         self._partitions_checked_at = time.monotonic()
         self._rewind()
@@ -269,6 +316,7 @@ class IntakeWriter:
             return 0
         records = [r for tp in sorted(polled, key=lambda t: t.partition) for r in polled[tp]]
         if not records:
+            self._refresh_positions()
             return 0
         polled_at = time.perf_counter()
         in_transaction = 0.0  # the isolating retries' transactions count in the rest
@@ -292,6 +340,7 @@ class IntakeWriter:
         stats.poll_s += polled_at - started
         stats.write_s += time.perf_counter() - polled_at
         stats.transaction_s += in_transaction
+        self._refresh_positions()
         return len(records)
 
     def _write(
@@ -336,7 +385,7 @@ class IntakeWriter:
             try:
                 fact = self._parse(record)
             except FactRejected as refusal:
-                rejects.append(rejected_record(record, refusal, None))
+                rejects.append(self._rejected(record, refusal, None))
                 codes.append(refusal.code.value)
                 continue
             facts.append(fact)
@@ -350,11 +399,11 @@ class IntakeWriter:
             refused = list(rejects)
             for record, fact, outcome in zip(origin, facts, outcomes, strict=True):
                 if isinstance(outcome, FactRejected):
-                    refused.append(rejected_record(record, outcome, fact))
-            return IntakeCommit(refused, offsets, group)
+                    refused.append(self._rejected(record, outcome, fact))
+            return IntakeCommit(refused, offsets, group, self.intake_id)
 
         if not facts:
-            self.recorder.commit_extra(IntakeCommit(rejects, offsets, group))
+            self.recorder.commit_extra(IntakeCommit(rejects, offsets, group, self.intake_id))
             return [], codes
         try:
             return self.ledger.record(facts, with_refusals=with_refusals), codes
@@ -413,7 +462,10 @@ class IntakeWriter:
         )
         self.recorder.commit_extra(
             IntakeCommit(
-                [rejected_record(record, refusal, None)], _next_offsets(records), self._group()
+                [self._rejected(record, refusal, None)],
+                _next_offsets(records),
+                self._group(),
+                self.intake_id,
             )
         )
         self.committed.update(_next_offsets(records))
@@ -438,6 +490,24 @@ class IntakeWriter:
 
     # ---- positions -----------------------------------------------------------------------
 
+    def _rejected(
+        self, record: ConsumerRecord, refusal: FactRejected, fact: Fact | None
+    ) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
+        return rejected_record(record, refusal, fact, self.intake_id, self.link.record_key)
+
+    def _refresh_positions(self) -> None:
+        """Every `positions_refresh_s`, commit the positions again (nothing else in the
+        transaction), so that a partition quiet for longer than the broker keeps offsets
+        still has them: for the restarted writer, and for whoever watches the group's lag."""
+        now = time.monotonic()
+        if now - self._refreshed_at < self.positions_refresh_s or not self.committed:
+            return
+        with self.ledger.lock:
+            self.recorder.commit_extra(
+                IntakeCommit([], dict(self.committed), self._group(), self.intake_id)
+            )
+        self._refreshed_at = now
+
     def _group(self) -> Any:
         assert self.consumer is not None
         return self.consumer.group_metadata()
@@ -452,23 +522,53 @@ class IntakeWriter:
         lost with nobody told. They cannot be recovered here, but the loss is now logged
         by partition and offsets, counted (`IntakeStats.expired_unread`) and printed in
         the worker's summary, and reading goes on from the first record kept.
+
+        No committed offset at all is what Kafka leaves when it deletes the group's offsets
+        (`offsets.retention.minutes` after the last commit: the writer assigns its own
+        partitions, so a quiet partition loses them while the writer runs). Reading such a
+        partition from its beginning read facts again, and one rejected before could be
+        recorded now. The position is taken instead from what this writer committed, else
+        from the ledger's own records (`read_positions`); only a partition of which the
+        ledger holds nothing is read from its beginning.
         """
         consumer = self.consumer
         assert consumer is not None
         assigned = sorted(consumer.assignment(), key=lambda tp: tp.partition)
         kept_from = consumer.beginning_offsets(assigned) if assigned else {}
+        ends: dict[TopicPartition, int] | None = None
+        recovered: dict[int, int] | None = None
         for tp in assigned:
             committed = consumer.committed(tp)
             first_kept = kept_from.get(tp, 0)
             if committed is None:
+                committed = self.committed.get(tp)
+            if committed is None:
+                ends = ends if ends is not None else consumer.end_offsets(assigned)
+                if ends.get(tp, 0) > first_kept:  # records to read: where were we?
+                    if recovered is None:
+                        recovered = self.read_positions()
+                    committed = recovered.get(tp.partition)
+                    if committed is not None:
+                        self._refreshed_at = 0.0  # committed again at the next step
+                        log.warning(
+                            "intake partition %d has no committed position (the group's "
+                            "offsets expired or were deleted); resuming at offset %d, after "
+                            "the last record the ledger and rejected topics say it read",
+                            tp.partition,
+                            committed,
+                            extra={"partition": tp.partition, "offset": committed},
+                        )
+            if committed is None:
                 if first_kept and tp not in self._expired_reported:
                     self._expired_reported[tp] = first_kept
-                    # Not counted: the group's committed offsets expire too (Kafka's
-                    # offsets.retention.minutes), so these may have been read long ago.
+                    # Not counted: records read by a writer before the ledger said how far
+                    # it read (3 December 2026) leave no trace of it, and a record that was
+                    # a duplicate leaves none either.
                     log.warning(
                         "intake partition %d has no committed position and begins at offset "
-                        "%d: unless this ledger read the records before it (and its committed "
-                        "offsets expired), they were deleted unread",
+                        "%d, and the ledger holds nothing read from it: unless the records "
+                        "before were read before the ledger kept its positions, or were all "
+                        "duplicates, they were deleted unread",
                         tp.partition,
                         first_kept,
                         extra={"partition": tp.partition, "error": "IntakeExpiredUnread"},
@@ -481,6 +581,18 @@ class IntakeWriter:
             else:
                 consumer.seek(tp, committed)
             self.committed[tp] = committed
+
+    def read_positions(self) -> dict[int, int]:
+        """How far the ledger's records say this intake topic was read, per partition: the
+        ledger records' `intake` headers (kept by the replica) and the rejected records'
+        sources, whichever is further. A batch that wrote neither (every fact a duplicate)
+        may be read again, and is again only duplicates."""
+        if not self.intake_id:
+            return {}
+        found = self.recorder.intake_positions(self.intake_id)
+        for partition, offset in rejected_positions(self.link, self.intake_id).items():
+            found[partition] = max(found.get(partition, 0), offset)
+        return found
 
     def _expired_unread(self, tp: TopicPartition, since: int, first_kept: int) -> None:
         """Report intake records deleted before this ledger read them (once per gap)."""
@@ -506,6 +618,48 @@ class IntakeWriter:
             self._rewind()
         except KafkaError:
             self.close()  # the next round starts over from the committed offsets
+
+
+def rejected_positions(link: KafkaLink, intake_id: str) -> dict[int, int]:
+    """Per intake partition, the offset after the last record the rejected topic holds of
+    this intake topic (by id) under the ledger's MAC: the whole topic is read."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=link.bootstrap,
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+        client_id="consent-ledger-intake-positions",
+    )
+    found: dict[int, int] = {}
+    wanted = intake_id.encode()
+    mac_key = link.record_key
+    prefix = f"{link.topics.intake}/".encode()
+    try:
+        partitions = consumer.partitions_for_topic(link.topics.rejected) or set()
+        tps = [TopicPartition(link.topics.rejected, p) for p in sorted(partitions)]
+        if not tps:
+            return found
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        for polled in polls_to_end(consumer, tps, timeout_s=link.catch_up_timeout_s):
+            for record in (r for rs in polled.values() for r in rs):
+                key = record.key or b""
+                if not key.startswith(prefix):
+                    continue
+                said = dict(record.headers or [])
+                if said.get(SOURCE_TOPIC_ID_HEADER) != wanted or not hmac.compare_digest(
+                    said.get(MAC_HEADER, b""), record_mac(mac_key, key, record.value or b"", said)
+                ):
+                    continue
+                try:
+                    partition, offset = (int(n) for n in key[len(prefix) :].split(b"/"))
+                except ValueError:
+                    continue
+                found[partition] = max(found.get(partition, 0), offset + 1)
+    except ReadTimedOut as error:
+        raise LedgerUnavailable(f"the rejected topic could not be read: {error}") from error
+    finally:
+        consumer.close()
+    return found
 
 
 def _next_offsets(records: Sequence[ConsumerRecord]) -> dict[TopicPartition, int]:

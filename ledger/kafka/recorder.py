@@ -40,7 +40,7 @@ from kafka.structs import OffsetAndMetadata
 
 from ledger.failpoints import failpoint
 from ledger.kafka.reading import ReadTimedOut, ledger_events, polls_to_end
-from ledger.kafka.records import encode, partition_of
+from ledger.kafka.records import encode, intake_header, intake_read, partition_of
 from ledger.kafka.topics import KAFKA_DEFAULT_RECORD_LIMIT, RecordsLost, TopicRefused, Topics
 from ledger.recorder import FactKey, LedgerSQLiteRecorder
 from ledger.settings import SettingsError
@@ -125,6 +125,9 @@ class IntakeCommit:
     rejects: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]] = field(default_factory=list)
     offsets: dict[TopicPartition, int] = field(default_factory=dict)
     group: Any = None
+    # The intake topic's id, named with the offsets in the first ledger record's `intake`
+    # header ("" for none: a broker without topic ids).
+    topic_id: str = ""
 
 
 class ReplicaOfAnotherTopic(SettingsError):
@@ -159,6 +162,7 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
         self.located_table = f"{events_table_name}_kafka_located"
         self.layout_table = f"{events_table_name}_kafka_layout"
         self.topic_table = f"{events_table_name}_kafka_topic"
+        self.intake_table = f"{events_table_name}_kafka_intake"
         super().__init__(datastore, events_table_name)
         self.link = link
         self._producer: KafkaProducer | None = None
@@ -193,6 +197,11 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
             # The ledger topic the replica was read from: one row (`_known_topic`).
             f"CREATE TABLE IF NOT EXISTS {self.topic_table} ("
             "id INTEGER PRIMARY KEY CHECK (id = 0), topic TEXT NOT NULL)",
+            # How far the intake writer's transactions read each intake partition, from the
+            # ledger records' `intake` headers (`intake_positions`).
+            f"CREATE TABLE IF NOT EXISTS {self.intake_table} ("
+            "topic_id TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL, "
+            "PRIMARY KEY (topic_id, partition))",
         ]
 
     def log_coordinates(self, positions: Sequence[int]) -> dict[int, tuple[int, int]]:
@@ -249,6 +258,24 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
     def _locate(self, c: SQLiteCursor, rows: Sequence[tuple[int, int, int]]) -> None:
         c.executemany(f"INSERT INTO {self.located_table} VALUES (?, ?, ?)", rows)
 
+    def intake_positions(self, topic_id: str) -> dict[int, int]:
+        """The next offset of each partition of this intake topic that the ledger's records
+        say the intake writer committed (as far as the replica has read the ledger)."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                f"SELECT partition, next_offset FROM {self.intake_table} WHERE topic_id = ?",
+                (topic_id,),
+            )
+            return {int(row[0]): int(row[1]) for row in c.fetchall()}
+
+    def _read_intake(self, c: SQLiteCursor, read: Mapping[tuple[str, int], int]) -> None:
+        c.executemany(
+            f"INSERT INTO {self.intake_table} VALUES (?, ?, ?) "
+            "ON CONFLICT (topic_id, partition) "
+            "DO UPDATE SET next_offset = MAX(next_offset, excluded.next_offset)",
+            [(topic, partition, offset) for (topic, partition), offset in read.items()],
+        )
+
     # ---- reading the partitions ----------------------------------------------------------
 
     def positions(self) -> dict[int, int]:
@@ -295,8 +322,11 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                 events: list[StoredEvent] = []
                 where: list[tuple[int, int]] = []
                 facts: dict[tuple[UUID, int], FactKey] = {}
+                intake_read: dict[tuple[str, int], int] = {}
                 records = (r for rs in polled.values() for r in rs)
                 for record, stored, fact in ledger_events(records, self.link.record_key, foreign):
+                    if len(record.headers) > 2:  # an intake transaction's first record
+                        _intake_read(record.headers, intake_read)
                     if partition_of(record.key, partitions) != record.partition:
                         raise self._partitions_changed(
                             f"the record at partition {record.partition}, offset "
@@ -327,6 +357,7 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                         assert rows is not None
                         self._locate(c, [(r, *where[i]) for r, i in zip(rows, ahead, strict=True)])
                     self._set_positions(c, next_offsets)
+                    self._read_intake(c, intake_read)
                 applied += len(ahead)
             if foreign and not start and not applied:
                 raise self._not_this_ledgers(len(foreign))
@@ -555,14 +586,17 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
         if self._producer is None:
             raise LedgerUnavailable("this process is not the ledger writer (call own() first)")
         positions = super()._insert_events(c, stored_events, facts=facts, **kwargs)
+        read = _read_by(intake)
+        header = intake_header(intake.topic_id, read) if intake is not None and read else None
         records = [
             encode(
                 s,
                 (facts or {}).get((_uuid(s.originator_id), s.originator_version)),
                 self.link.partitions,
                 self.link.record_key,
+                intake=None if i else header,
             )
-            for s in stored_events
+            for i, s in enumerate(stored_events)
         ]
         for stored, record in zip(stored_events, records, strict=True):
             size = BATCH_OVERHEAD + len(record.key) + len(record.value)
@@ -581,6 +615,9 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
         self._appending.located = located  # committed to the topic, from here on
         self._locate(c, located)
         self._set_positions(c, offsets)
+        if read:
+            assert intake is not None
+            self._read_intake(c, {(intake.topic_id, p): o for p, o in read.items()})
         return positions
 
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Any:
@@ -774,6 +811,24 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
 
     def close(self) -> None:
         self._drop_producer(abort=True)
+
+
+def _read_by(intake: IntakeCommit | None) -> dict[int, int]:
+    """The next offset per intake partition an intake transaction commits, if it has a topic
+    id to name them under."""
+    if intake is None or not intake.topic_id:
+        return {}
+    return {tp.partition: offset for tp, offset in intake.offsets.items()}
+
+
+def _intake_read(headers: Sequence[tuple[str, bytes]], into: dict[tuple[str, int], int]) -> None:
+    said = intake_read(headers)
+    if said is None:
+        return
+    topic_id, next_offsets = said
+    for partition, offset in next_offsets.items():
+        key = (topic_id, partition)
+        into[key] = max(into.get(key, 0), offset)
 
 
 def _to_commit(offsets: Mapping[TopicPartition, int]) -> dict[TopicPartition, OffsetAndMetadata]:

@@ -20,6 +20,14 @@ headers (`record_mac`, the same rule for both layouts). The hash chain shows a r
 changed or removed, but anyone allowed to write to the topic could compute a well-formed next
 record; the MAC lets every reader (replica, projections, verify) tell the ledger's records
 from such ones.
+
+The first record of each transaction of the intake writer also carries an `intake` header:
+the intake topic's id and the next offset of each intake partition the transaction read,
+committed with it. Kafka deletes a group's committed offsets after `offsets.retention.minutes`
+(7 days) without a commit, however long the writer runs, since it assigns its partitions
+itself; without them a restarted writer read the intake again, and a fact rejected before
+(a withdrawal of a purpose not yet in force) could be recorded now. The ledger's own records
+say how far it read (ledger.kafka.intake).
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from ledger.recorder import FactKey
 
 MAC_HEADER = "mac"
 FIELDS_HEADER = "ledger"
+INTAKE_HEADER = "intake"
 
 
 _LENGTH = struct.Struct(">I").pack
@@ -150,6 +159,7 @@ def encode(
     partitions: int,
     mac_key: bytes,
     tenant: str | None = None,
+    intake: bytes | None = None,
 ) -> LedgerRecord:
     originator = _uuid(stored.originator_id).hex
     key = f"{tenant if tenant is not None else tenant_of(stored, fact)}/{originator}".encode()
@@ -164,9 +174,35 @@ def encode(
         meta["digest"] = fact.digest
         meta["recorded_at"] = fact.recorded_at
     described = orjson.dumps(meta)
-    mac = _mac(mac_key, key, stored.state, ((FIELDS_HEADER, described),))
-    headers = [(FIELDS_HEADER, described), (MAC_HEADER, mac)]
+    if intake is None:
+        mac = _mac(mac_key, key, stored.state, ((FIELDS_HEADER, described),))
+        headers = [(FIELDS_HEADER, described), (MAC_HEADER, mac)]
+    else:
+        named = ((INTAKE_HEADER, intake), (FIELDS_HEADER, described))  # in name order
+        mac = _mac(mac_key, key, stored.state, named)
+        headers = [*named, (MAC_HEADER, mac)]
     return LedgerRecord(key, stored.state, headers, partition_of(key, partitions))
+
+
+def intake_header(topic_id: str, next_offsets: Mapping[int, int]) -> bytes:
+    """The `intake` header: which intake topic (by id) a transaction read, and the next
+    offset of each of its partitions it read, as committed with it."""
+    return orjson.dumps(
+        {"topic_id": topic_id, "next": {str(p): o for p, o in sorted(next_offsets.items())}}
+    )
+
+
+def intake_read(headers: Sequence[tuple[str, bytes]]) -> tuple[str, dict[int, int]] | None:
+    """The intake topic id and next offsets an `intake` header names, if the record has one
+    (read only from records whose MAC was checked: `ledger_events`)."""
+    for name, value in headers:
+        if name == INTAKE_HEADER:
+            try:
+                said = orjson.loads(value)
+                return str(said["topic_id"]), {int(p): int(o) for p, o in said["next"].items()}
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+                return None
+    return None
 
 
 class NotALedgerRecord(ValueError):

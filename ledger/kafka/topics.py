@@ -300,6 +300,21 @@ def _config(admin: KafkaAdminClient, name: str) -> dict[str, str]:
     return {key: str(entry.get("value", "")) for key, entry in described["topic"][name].items()}
 
 
+def topic_id_of(settings: Settings, name: str) -> str:
+    """The topic's id: it tells this topic from an earlier one of the same name, deleted and
+    made again (whose offsets start over). "" from a broker too old to give one."""
+    admin = admin_client(settings)
+    try:
+        for topic in admin.describe_topics([name]):
+            if topic.get("topic", topic.get("name")) == name:
+                return str(topic.get("topic_id") or "")
+    except (KafkaTimeoutError, KafkaConnectionError) as error:
+        raise BrokersUnreachable(settings.bootstrap(), error, "while a topic was read") from None
+    finally:
+        admin.close()
+    raise TopicRefused(f"topic {name} does not exist")
+
+
 def partition_count(admin: KafkaAdminClient, name: str) -> int:
     for topic in admin.describe_topics([name]):
         if topic.get("topic", topic.get("name")) == name:
