@@ -610,3 +610,33 @@ def test_an_intake_topic_made_again_is_read_from_its_beginning(
     assert writer.stats.accepted == 1
     landed = {headers(r).get("event_id") for r in read_committed(kafka_bootstrap, topics.ledger)}
     assert "x3" in landed
+
+
+def test_an_intake_topic_with_fewer_copies_or_longer_retention_is_warned_of(
+    tmp_path: Path, kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An intake topic made by hand stating two in-sync copies on one replica (Kafka then
+    acknowledges with one), and keeping records for ever while rejections expire in 7 days:
+    the writer runs (the topic may be another team's), saying each once."""
+    settings = kafka_settings(tmp_path / "data", kafka_bootstrap, partitions=1)
+    topics = Topics.of(settings.topic_prefix)
+    made_by_hand(kafka_bootstrap, topics.intake, {"min.insync.replicas": "2", "retention.ms": "-1"})
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    writer = IntakeWriter(ledger)
+    try:
+        with caplog.at_level(logging.WARNING, logger="consent_ledger.intake"):
+            for _ in range(2):
+                writer.start()
+                writer.close()
+            writer.start()
+            _consume(writer, kafka_bootstrap, topics.intake, [(b"demo/a", orjson.dumps(grant()))])
+    finally:
+        writer.close()
+        ledger.close()
+    assert writer.stats.accepted == 1
+    said = [r.getMessage() for r in caplog.records]
+    copies = [m for m in said if "min.insync.replicas=2 but 1 replica(s)" in m]
+    kept = [m for m in said if "keeps records longer (retention.ms=-1)" in m]
+    assert len(copies) == 1 and len(kept) == 1, said
+    assert topics.intake in copies[0] and topics.rejected in kept[0]

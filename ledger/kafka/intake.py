@@ -45,7 +45,7 @@ from ledger.kafka.recorder import (
     WriterFenced,
 )
 from ledger.kafka.records import MAC_HEADER, record_mac
-from ledger.kafka.topics import ORIGINAL_KEPT, BrokersUnreachable, TopicRefused, topic_id_of
+from ledger.kafka.topics import ORIGINAL_KEPT, BrokersUnreachable, TopicRefused, intake_topic
 from ledger.keystore import KeyStoreBusyError
 from ledger.receipt import ErasureNotOverwritten, Outcome, Receipt
 from ledger.settings import SettingsError
@@ -177,8 +177,10 @@ class IntakeWriter:
         self._keyed_in_batch = 0
         self._keyed_partitions: set[int] = set()  # each is named in the log once
         self._expired_reported: dict[TopicPartition, int] = {}  # first offset kept, as said
-        # The intake topic's id (`ledger.kafka.topics.topic_id_of`), read at each start.
+        # The intake topic's id (`ledger.kafka.topics.intake_topic`), read at each start, and its
+        # warnings said (once each).
         self.intake_id = ""
+        self._warned: set[str] = set()
         self.positions_refresh_s = POSITIONS_REFRESH_S
         self._refreshed_at = time.monotonic()
 
@@ -212,10 +214,14 @@ class IntakeWriter:
             raise LedgerUnavailable(f"topic {self.link.topics.intake} has no partitions")
         consumer.assign([TopicPartition(self.link.topics.intake, p) for p in sorted(partitions)])
         try:
-            intake_id = topic_id_of(self.ledger.settings, self.link.topics.intake)
+            intake_id, warnings = intake_topic(self.ledger.settings, self.link.topics)
         except (BrokersUnreachable, TopicRefused, KafkaError) as error:
             consumer.close()
             raise LedgerUnavailable(str(error)) from error
+        for warning in warnings:
+            if warning not in self._warned:
+                self._warned.add(warning)
+                log.warning("%s", warning, extra={"error": "IntakeTopicSettings"})
         if intake_id != self.intake_id:
             # Another topic under the name (deleted and made again): its offsets start over,
             # and what this writer committed of the last one says nothing of it.

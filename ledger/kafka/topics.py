@@ -300,19 +300,50 @@ def _config(admin: KafkaAdminClient, name: str) -> dict[str, str]:
     return {key: str(entry.get("value", "")) for key, entry in described["topic"][name].items()}
 
 
-def topic_id_of(settings: Settings, name: str) -> str:
-    """The topic's id: it tells this topic from an earlier one of the same name, deleted and
-    made again (whose offsets start over). "" from a broker too old to give one."""
+class IntakeTopic(NamedTuple):
+    topic_id: str  # "" from a broker too old to give one
+    warnings: list[str]
+
+
+def intake_topic(settings: Settings, topics: Topics) -> IntakeTopic:
+    """The intake topic's id, and what in its copies or retention the writer warns of.
+
+    The id tells this topic from an earlier one of the same name, deleted and made again
+    (whose offsets start over). The intake topic may be another team's, with its own
+    replication, so it is not refused as the ledger's own topics are; but until the writer
+    reads them its records are the only copy of facts their publishers were told Kafka had,
+    and a rejected record that expires before the intake record it answers no longer tells a
+    writer whose offsets expired that it was read (ledger.kafka.intake, `read_positions`).
+    """
     admin = admin_client(settings)
     try:
-        for topic in admin.describe_topics([name]):
-            if topic.get("topic", topic.get("name")) == name:
-                return str(topic.get("topic_id") or "")
+        found = [
+            t
+            for t in admin.describe_topics([topics.intake])
+            if t.get("topic", t.get("name")) == topics.intake and t["partitions"]
+        ]
+        if not found:
+            raise TopicRefused(f"topic {topics.intake} does not exist")
+        replicas = min(len(p["replica_nodes"]) for p in found[0]["partitions"])
+        configs = _config(admin, topics.intake)
+        rejected_ms = int(_config(admin, topics.rejected).get("retention.ms") or "-1")
     except (KafkaTimeoutError, KafkaConnectionError) as error:
         raise BrokersUnreachable(settings.bootstrap(), error, "while a topic was read") from None
     finally:
         admin.close()
-    raise TopicRefused(f"topic {name} does not exist")
+    warnings = []
+    fewer = durability_refusal(topics.intake, configs, replicas, settings)
+    if fewer is not None:
+        warnings.append(f"published facts wait in the intake topic until read: {fewer}")
+    intake_ms = int(configs.get("retention.ms") or "-1")
+    if rejected_ms != -1 and (intake_ms == -1 or intake_ms > rejected_ms):
+        warnings.append(
+            f"topic {topics.intake} keeps records longer (retention.ms={intake_ms}) than "
+            f"topic {topics.rejected} keeps the rejections of them ({rejected_ms}): a writer "
+            "whose group offsets expired could read a record again whose rejection is gone, "
+            "and refuse it twice; keep the rejected topic's retention at least the intake's"
+        )
+    return IntakeTopic(str(found[0].get("topic_id") or ""), warnings)
 
 
 def partition_count(admin: KafkaAdminClient, name: str) -> int:
