@@ -147,12 +147,13 @@ def _settled_end(
         written.close()
 
 
-def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int | None]:
+    """The group's committed offset of each partition of the topic (None: none committed)."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     try:
         out = {}
         for p in consumer.partitions_for_topic(topic) or ():
-            out[p] = consumer.committed(TopicPartition(topic, p)) or 0
+            out[p] = consumer.committed(TopicPartition(topic, p))
         return out
     finally:
         consumer.close()

@@ -518,7 +518,7 @@ def test_a_writer_whose_intake_offsets_expired_resumes_where_the_ledger_says(
     assert writer.stats.rejected == {"purpose_not_in_force": 1, "invalid_json": 1}
     group = writer.link.intake_group
     _forget_positions(kafka_bootstrap, group)
-    assert committed_offsets(kafka_bootstrap, group, topics.intake) == {0: 0}
+    assert committed_offsets(kafka_bootstrap, group, topics.intake) == {0: None}
     # Anyone who may write to the rejected topic could claim the writer read further.
     forged = KafkaProducer(bootstrap_servers=kafka_bootstrap)
     try:
@@ -556,18 +556,29 @@ def test_a_writer_whose_intake_offsets_expired_resumes_where_the_ledger_says(
 def test_a_running_writer_commits_its_positions_again_before_kafka_expires_them(
     tmp_path: Path, kafka_bootstrap: str
 ) -> None:
-    """A quiet partition's offsets are committed again (every `positions_refresh_s`), so
-    the group keeps them: for restarts, and for whoever watches its lag."""
-    _, topics, ledger, writer = _started(tmp_path, kafka_bootstrap)
+    """Every partition's position is committed again (every `positions_refresh_s`), the one
+    read and the one never read, so the group keeps them: for restarts, and for whoever
+    watches its lag. (The same transaction keeps the writer's transactional id known.)"""
+    settings = kafka_settings(tmp_path / "data", kafka_bootstrap, partitions=2)
+    topics = Topics.of(settings.topic_prefix)
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    writer = IntakeWriter(ledger)
+    writer.start()
     try:
-        _consume(writer, kafka_bootstrap, topics.intake, [(b"demo/a", orjson.dumps(grant()))])
+        read = [(b"demo/a", orjson.dumps(grant(event_id=f"r{i}"))) for i in range(3)]
+        _consume(writer, kafka_bootstrap, topics.intake, read)
         group = writer.link.intake_group
+        committed = committed_offsets(kafka_bootstrap, group, topics.intake)
+        [read_from] = [p for p, offset in committed.items() if offset == 3]
+        assert committed == {read_from: 3, 1 - read_from: None}
         _forget_positions(kafka_bootstrap, group)
         assert writer.step(timeout_ms=100) == 0  # not due yet
-        assert committed_offsets(kafka_bootstrap, group, topics.intake) == {0: 0}
+        assert committed_offsets(kafka_bootstrap, group, topics.intake) == {0: None, 1: None}
         writer.positions_refresh_s = 0.0
         assert writer.step(timeout_ms=100) == 0
-        assert committed_offsets(kafka_bootstrap, group, topics.intake) == {0: 1}
+        refreshed = committed_offsets(kafka_bootstrap, group, topics.intake)
+        assert refreshed == {read_from: 3, 1 - read_from: 0}
     finally:
         writer.close()
         ledger.close()

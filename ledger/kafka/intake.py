@@ -70,9 +70,13 @@ NOT_A_RECORDS_FAULT = (
 SOURCE_TOPIC_ID_HEADER = "source_topic_id"
 
 # How often a running writer commits its intake positions again, in a transaction of their
-# own: Kafka deletes a group's offsets `offsets.retention.minutes` (7 days by default) after
-# their last commit, and an intake partition may stay quiet longer than that.
-POSITIONS_REFRESH_S = 6 * 3600.0
+# own. Kafka deletes a group's offsets `offsets.retention.minutes` (7 days by default) after
+# their last commit, and an intake partition may stay quiet longer than that; it also
+# forgets a transactional id that has not begun a transaction for
+# `transactional.id.expiration.ms` (7 days), and the next append then failed once
+# (InvalidProducerIdMapping: an intake batch retried, an HTTP publish answered 503). An
+# hour is well inside both as operators set them; the transaction costs milliseconds.
+POSITIONS_REFRESH_S = 3600.0
 
 # How often a running writer looks for partitions added to the intake topic (its consumer's
 # metadata is refreshed as often): a record in a new partition waits about this long at most.
@@ -502,16 +506,25 @@ class IntakeWriter:
         return rejected_record(record, refusal, fact, self.intake_id, self.link.record_key)
 
     def _refresh_positions(self) -> None:
-        """Every `positions_refresh_s`, commit the positions again (nothing else in the
-        transaction), so that a partition quiet for longer than the broker keeps offsets
-        still has them: for the restarted writer, and for whoever watches the group's lag."""
+        """Every `positions_refresh_s`, commit the positions of every intake partition again
+        (nothing else in the transaction): a partition quiet for longer than the broker
+        keeps offsets still has them, for the restarted writer and for whoever watches the
+        group's lag, and the broker still knows the writer's transactional id.
+
+        Called between batches, when the consumer's position of each partition is what is
+        committed (or, for one never read, its first record: where reading would begin).
+        """
         now = time.monotonic()
-        if now - self._refreshed_at < self.positions_refresh_s or not self.committed:
+        consumer = self.consumer
+        if now - self._refreshed_at < self.positions_refresh_s or consumer is None:
             return
-        with self.ledger.lock:
-            self.recorder.commit_extra(
-                IntakeCommit([], dict(self.committed), self._group(), self.intake_id)
-            )
+        positions = {tp: consumer.position(tp) for tp in consumer.assignment()}
+        if positions:
+            with self.ledger.lock:
+                self.recorder.commit_extra(
+                    IntakeCommit([], positions, self._group(), self.intake_id)
+                )
+            self.committed.update(positions)
         self._refreshed_at = now
 
     def _group(self) -> Any:
