@@ -66,6 +66,14 @@ PRODUCER_TUNING: dict[str, object] = {
     "batch_size": 1024 * 1024,
     "max_request_size": 4 * 1024 * 1024,
     "retry_backoff_ms": 10,
+    # kafka-python's default is 60 s: a writer paused longer mid-transaction (a VM paused, a
+    # disk or lock stall) had its transaction aborted by the coordinator, which bumps the
+    # epoch, and took the answer for a fence by another writer: it stopped for good (the
+    # worker exited, `serve` answered every write 503 writer_fenced). Nothing else writes
+    # the ledger's topics, so a longer wait holds up no reader; a writer that dies mid-
+    # transaction is aborted at once by its successor's `init_transactions`. Five minutes is
+    # within the broker's `transaction.max.timeout.ms` (15 minutes by default).
+    "transaction_timeout_ms": 300_000,
 }
 
 
