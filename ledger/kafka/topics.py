@@ -340,8 +340,9 @@ def intake_topic(settings: Settings, topics: Topics) -> IntakeTopic:
         warnings.append(
             f"topic {topics.intake} keeps records longer (retention.ms={intake_ms}) than "
             f"topic {topics.rejected} keeps the rejections of them ({rejected_ms}): a writer "
-            "whose group offsets expired could read a record again whose rejection is gone, "
-            "and refuse it twice; keep the rejected topic's retention at least the intake's"
+            "whose group offsets expired could read again a record whose rejection is gone "
+            "and answer it anew (refused twice, or recorded if the ledger changed since); "
+            "keep the rejected topic's retention at least the intake's"
         )
     return IntakeTopic(str(found[0].get("topic_id") or ""), warnings)
 
