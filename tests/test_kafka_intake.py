@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -584,41 +585,54 @@ def test_a_running_writer_commits_its_positions_again_before_kafka_expires_them(
         ledger.close()
 
 
+@pytest.mark.parametrize("running", [False, True])
 def test_an_intake_topic_made_again_is_read_from_its_beginning(
-    tmp_path: Path, kafka_bootstrap: str
+    tmp_path: Path, kafka_bootstrap: str, running: bool
 ) -> None:
     """The ledger's record of how far it read names the intake topic by id: a topic deleted
     and made again under the same name starts its offsets over, and a position read from
-    the old one would skip the new one's first records."""
+    the old one would skip the new one's first records. A writer running through it found
+    its position past the new topic's end and went back to the old topic's (its own)."""
     settings, topics, ledger, writer = _started(tmp_path, kafka_bootstrap)
     try:
         _consume(writer, kafka_bootstrap, topics.intake, _grants(range(3)))
-    finally:
-        writer.close()
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    try:
-        admin.delete_topics([topics.intake])
-        # Made again as the ledger makes missing topics, once the broker has let go of it.
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                ensure_topics(settings)
-                break
-            except TopicRefused:
-                if time.monotonic() > deadline:
-                    raise
-    finally:
-        admin.close()
-    publish(kafka_bootstrap, topics.intake, _grants(range(3, 4)))
-    writer = IntakeWriter(ledger)
-    writer.start()
-    try:
-        assert writer.committed == {}
-        wait_until_consumed(writer, end_offsets(kafka_bootstrap, topics.intake), 60)
+        if not running:
+            writer.close()
+        admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        try:
+            admin.delete_topics([topics.intake])
+            # Made again as the ledger makes missing topics, once the broker let go of it.
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    ensure_topics(settings)
+                    break
+                except TopicRefused:
+                    if time.monotonic() > deadline:
+                        raise
+        finally:
+            admin.close()
+        publish(kafka_bootstrap, topics.intake, _grants(range(3, 4)))
+        if running:
+            # As `worker` runs it: the consumer finds the log behind its position, and the
+            # writer starts again (the broker's answer is a KafkaError, waited out).
+            stop = threading.Event()
+            thread = threading.Thread(target=writer.run, args=(stop,))
+            thread.start()
+            deadline = time.monotonic() + 60
+            while writer.stats.accepted < 4 and time.monotonic() < deadline:
+                stop.wait(0.05)  # polling the writer's count, not standing in for it
+            stop.set()
+            thread.join()
+        else:
+            writer = IntakeWriter(ledger)
+            writer.start()
+            assert writer.committed == {}
+            wait_until_consumed(writer, end_offsets(kafka_bootstrap, topics.intake), 60)
+        assert writer.stats.accepted == (4 if running else 1)
     finally:
         writer.close()
         ledger.close()
-    assert writer.stats.accepted == 1
     landed = {headers(r).get("event_id") for r in read_committed(kafka_bootstrap, topics.ledger)}
     assert "x3" in landed
 

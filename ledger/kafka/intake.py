@@ -321,8 +321,11 @@ class IntakeWriter:
             polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=self.batch)
         except OffsetOutOfRangeError:
             # The next records to read were deleted (the intake topic's retention ran past a
-            # writer that fell behind): said and counted by `_rewind`, which moves on.
-            self._rewind()
+            # writer that fell behind): said and counted by `_rewind`, which moves on. Or the
+            # topic was deleted and made again, its offsets starting over: starting again
+            # reads its id, and what this writer committed of the old one is forgotten.
+            self.close()
+            self.start()
             return 0
         records = [r for tp in sorted(polled, key=lambda t: t.partition) for r in polled[tp]]
         if not records:
