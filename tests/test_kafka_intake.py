@@ -16,10 +16,12 @@ import pytest
 from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
 
 from ledger.application import ConsentLedger
+from ledger.envelope import parse_fact
 from ledger.kafka import intake as intake_module
 from ledger.kafka import recorder as recorder_module
 from ledger.kafka.intake import IntakeWriter, wait_until_consumed
 from ledger.kafka.topics import TopicRefused, Topics, ensure_topics
+from ledger.receipt import Receipt
 from ledger.settings import Settings
 from tests.facts import grant, withdraw
 from tests.kafka_support import (
@@ -665,3 +667,32 @@ def test_an_intake_topic_with_fewer_copies_or_longer_retention_is_warned_of(
     kept = [m for m in said if "keeps records longer (retention.ms=-1)" in m]
     assert len(copies) == 1 and len(kept) == 1, said
     assert topics.intake in copies[0] and topics.rejected in kept[0]
+
+
+def test_clocks_that_run_ahead_of_the_brokers_do_not_stop_the_ledger(
+    tmp_path: Path, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Since Kafka 4.0 a broker refuses a record stamped more than an hour ahead of its own
+    clock. A writer host two hours fast had every append refused, retried for ever (HTTP:
+    503), and a publisher two hours fast had its facts refused by the broker. The ledger's
+    topics stamp with the broker's clock."""
+    ahead_ms = 2 * 3600 * 1000
+    send = KafkaProducer.send
+
+    def two_hours_fast(self: KafkaProducer, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("timestamp_ms", int(time.time() * 1000) + ahead_ms)
+        return send(self, *args, **kwargs)
+
+    monkeypatch.setattr(KafkaProducer, "send", two_hours_fast)  # every producer's host clock
+    _, topics, ledger, writer = _started(tmp_path, kafka_bootstrap)
+    try:
+        [receipt] = ledger.record([parse_fact(grant("fast-writer", event_id="fast-1"))])
+        assert isinstance(receipt, Receipt) and not receipt.duplicate
+        _consume(writer, kafka_bootstrap, topics.intake, [(b"demo/p", orjson.dumps(grant()))])
+    finally:
+        writer.close()
+        ledger.close()
+    assert writer.stats.accepted == 1 and writer.stats.retries == 0
+    for topic in (topics.ledger, topics.intake):
+        for record in read_committed(kafka_bootstrap, topic):
+            assert record.timestamp < time.time() * 1000 + ahead_ms / 2  # the broker's

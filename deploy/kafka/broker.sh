@@ -32,6 +32,18 @@ fetch() {
     touch "$libs/.complete"
 }
 
+# A KRaft cluster id: 16 random bytes in URL-safe base64. Never one that begins with "-":
+# the storage tool takes it for an option and the start attempt failed (1 in 64), as Kafka's
+# own Uuid.randomUuid avoids too.
+cluster_id() {
+    python3 -c 'import base64,uuid
+while True:
+    i = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    if not i.startswith("-"):
+        break
+print(i)'
+}
+
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
@@ -100,7 +112,7 @@ LOG
     local jvm=(-Xms256m -Xmx768m -XX:+UseG1GC -Djava.awt.headless=true
                "-Dkafka.logs.dir=$dir" "-Dlog4j2.configurationFile=$dir/log4j2.properties")
     java "${jvm[@]}" -cp "$cp" kafka.tools.StorageTool format \
-        -t "$(python3 -c 'import base64,uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')" \
+        -t "$(cluster_id)" \
         -c "$dir/server.properties" > "$dir/format.log" 2>&1 \
         || { cat "$dir/format.log" >&2; return 1; }
     launch "$port"

@@ -260,9 +260,13 @@ class IntakeWriter:
                 raise
             except (LedgerUnavailable, KafkaError) as error:
                 self.stats.retries += 1
+                # With the reason: the broker's and the ledger's own words (names of topics
+                # and errors, offsets; never a record's bytes). Without it, a broker that
+                # refused every append for good read like one briefly away.
                 log.warning(
-                    "ledger unavailable (%s), retrying",
+                    "ledger unavailable (%s: %s), retrying",
                     type(error).__name__,
+                    str(error)[:300],
                     extra={"error": type(error).__name__},
                 )
                 self.close()

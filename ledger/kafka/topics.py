@@ -86,6 +86,14 @@ ORIGINAL_KEPT = 512 * 1024
 REJECTED_RECORD_MAX = ORIGINAL_KEPT * 4 // 3 + 16 * 1024
 
 
+# Each topic stamps its records with the broker's clock (LogAppendTime), not the producer's:
+# since Kafka 4.0 a broker refuses a record stamped more than an hour ahead of its own clock
+# (`message.timestamp.after.max.ms`), so a writer host whose clock ran an hour fast had every
+# append refused and retried for ever, and a publisher's record stamped in the past counted
+# its retention from then. The ledger reads no Kafka timestamp: `recorded_at` is its own.
+TIMESTAMPS = {"message.timestamp.type": "LogAppendTime"}
+
+
 def topic_specs(settings: Settings) -> dict[str, dict[str, Any]]:
     topics = Topics.of(settings.topic_prefix)
     replicas = settings.replication
@@ -96,6 +104,7 @@ def topic_specs(settings: Settings) -> dict[str, dict[str, Any]]:
             "configs": {
                 "min.insync.replicas": str(settings.min_insync),
                 "max.message.bytes": str(RECORD_LIMIT),
+                **TIMESTAMPS,
             },
         },
         topics.ledger: {
@@ -108,6 +117,7 @@ def topic_specs(settings: Settings) -> dict[str, dict[str, Any]]:
                 "min.insync.replicas": str(settings.min_insync),
                 "unclean.leader.election.enable": "false",
                 "max.message.bytes": str(RECORD_LIMIT),
+                **TIMESTAMPS,
             },
         },
         topics.rejected: {
@@ -118,6 +128,7 @@ def topic_specs(settings: Settings) -> dict[str, dict[str, Any]]:
                 "retention.ms": str(settings.rejected_retention_ms),
                 "min.insync.replicas": str(settings.min_insync),
                 "max.message.bytes": str(RECORD_LIMIT),
+                **TIMESTAMPS,
             },
         },
     }
