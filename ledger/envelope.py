@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, TypeAlias
 
 import orjson
@@ -251,6 +251,29 @@ def parse_time(value: object, field: str) -> datetime:
             field,
         )
     return parsed
+
+
+def parse_known_at(value: str | None, field: str, slack_s: int) -> datetime | None:
+    """A question's transaction time (None: all the ledger knows). An instant up to `slack_s`
+    ahead (a caller's clock a little fast) is taken as now, so that pages asked with it
+    stay as stable as with any instant past.
+
+    An instant further ahead is refused: what the ledger will know then is not known yet, and
+    an answer labelled "as known at" it changed as facts were recorded, where every answer as
+    known at an instant past is final (a report kept with it could no longer be reproduced).
+    """
+    if value is None:
+        return None
+    known = parse_time(value, field)
+    now = datetime.now(UTC)
+    if known > now + timedelta(seconds=slack_s):
+        raise FactRejected(
+            Code.KNOWN_AT_IN_FUTURE,
+            f"{field} is in the future: what the ledger will know then is not known yet; "
+            "leave it out for what it knows now",
+            field,
+        )
+    return min(known, now)
 
 
 # The instants the ledger takes: every window a question adds to one (up to ten years: a

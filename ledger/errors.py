@@ -46,6 +46,8 @@ class Code(StrEnum):
     EVENT_ID_CONFLICT = "event_id_conflict"
     # Subjects addressed by sid.
     UNKNOWN_SUBJECT = "unknown_subject"
+    # Questions: "as known at" an instant still to come.
+    KNOWN_AT_IN_FUTURE = "known_at_in_future"
     # Kafka intake: a record that made the writer fail on its own (never blocks a partition).
     PROCESSING_FAILED = "processing_failed"
 

@@ -490,6 +490,47 @@ def test_query_errors(world: World) -> None:
     assert unknown_route.status_code == 404 and unknown_route.json()["code"] == "not_found"
 
 
+def test_known_at_still_to_come_is_refused_and_a_fast_clock_is_taken_as_now(
+    world: World,
+) -> None:
+    """ "As known at" an instant still to come was answered with what the ledger knew then,
+    labelled with that instant: the same question asked later (a report reproduced, the
+    next page) got another answer. Refused past the clock skew the ledger allows; within
+    it, answered as now."""
+    headers = {"Authorization": f"Bearer {world.keys[('demo', 'compliance')]}"}
+    sid = world.sids["demo"]
+    later = (datetime.now(UTC) + timedelta(days=30)).isoformat().replace("+", "%2B")
+    soon = (datetime.now(UTC) + timedelta(seconds=60)).isoformat().replace("+", "%2B")
+    asked = [
+        (f"/v1/subjects/{sid}/consents?known_at={{}}", None),
+        ("/v1/purposes/marketing/subjects?known_at={}", None),
+        ("/v1/purposes/marketing/summary?known_at={}", None),
+        ("/v1/consents:check", {"purpose": "marketing", "at": "2025-03-02T00:00:00Z"}),
+    ]
+    for path, body in asked:
+        answers = []
+        for when in (later, soon):
+            if body is None:
+                answers.append(world.client.get(path.format(when), headers=headers))
+            else:
+                known = when.replace("%2B", "+")
+                answers.append(
+                    world.client.post(
+                        path, headers=headers, json={**body, "known_at": known, "sids": [sid]}
+                    )
+                )
+        refused, taken = answers
+        assert refused.status_code == 422, (path, refused.json())
+        assert (refused.json()["code"], refused.json()["field"]) == (
+            "known_at_in_future",
+            "known_at",
+        )
+        assert taken.status_code == 200, (path, taken.json())
+        echoed = taken.json().get("known_at")
+        if echoed is not None:
+            assert datetime.fromisoformat(echoed) <= datetime.now(UTC), path
+
+
 def test_operations(world: World) -> None:
     assert world.client.get("/healthz").json() == {"status": "ok"}
     assert world.client.get("/readyz").json()["status"] == "ready"

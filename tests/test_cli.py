@@ -129,6 +129,19 @@ def test_errors_are_one_line_with_status(data: Path) -> None:
     assert "nobody" not in missing.stderr  # the reference is personal data
     bad_time = run(data, "consents", "nobody", "--tenant", "demo", "--as-of", "yesterday")
     assert bad_time.returncode == 1 and "invalid_timestamp" in bad_time.stderr
+    # "As known at" an instant still to come: not known yet (an answer labelled with it
+    # would change as facts are recorded), for every question that takes it.
+    later = "2999-01-01T00:00:00Z"
+    for asked in (
+        ("consents", "c-3", "--tenant", "demo", "--known-at", later),
+        ("who", "--tenant", "demo", "--purpose", "marketing", "--at", later, "--known-at", later),
+        ("check", "--tenant", "demo", "--purpose", "marketing", "--at", later, "--known-at", later),
+        ("replay", "--into", str(data / "replayed"), "--known-at", later),
+    ):
+        future = run(data, *asked, stdin="c-3\n")
+        assert future.returncode == 1, (asked, future.stderr)
+        assert future.stderr.startswith("consent-ledger: known_at_in_future: --known-at is in")
+    assert not (data / "replayed").exists()
     no_file = run(data, "record", str(data / "nope.json"))
     assert no_file.returncode == 2 and "cannot read" in no_file.stderr
     empty = run(data, "record", stdin="")

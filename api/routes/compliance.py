@@ -14,7 +14,7 @@ from api.keys import Principal
 from api.problems import SIZES, Problem, parse_sizes, signing_refusals
 from api.responses import JSON_OR_CSV, OrjsonResponse
 from ledger.checkpoint import checkpoint
-from ledger.envelope import parse_time
+from ledger.envelope import parse_known_at, parse_time
 from ledger.policy import PolicyVersion, policy_changes, policy_text, previous_version
 from ledger.tenant import Tenant
 from ledger.verify import verify_ledger
@@ -56,7 +56,7 @@ def check(
     if (body.subjects is None) == (body.sids is None):
         raise Problem(422, "invalid_field", "give either 'subjects' or 'sids'", "subjects")
     at = parse_time(body.at, "at")
-    known_at = parse_time(body.known_at, "known_at") if body.known_at else None
+    known_at = parse_known_at(body.known_at, "known_at", svc.ledger.settings.max_future_skew_s)
     if body.subjects is not None:
         for reference in body.subjects:
             if not 1 <= len(reference) <= 256:
@@ -91,7 +91,7 @@ def subjects_with_consent(
     was given under that version: after a new version (§9), who has not consented under it
     (an unknown version: 422 `unknown_policy_version`)."""
     at = parse_time(as_of, "as_of") if as_of else datetime.now(UTC)
-    known = parse_time(known_at, "known_at") if known_at else None
+    known = parse_known_at(known_at, "known_at", svc.ledger.settings.max_future_skew_s)
     if cursor is not None and (
         len(cursor) != 32 or not all(c in "0123456789abcdef" for c in cursor)
     ):
@@ -138,7 +138,7 @@ def consent_summary_of_purpose(
     route above lists, counted, none named. After a new version (§9), how many are still on
     an old one."""
     at = parse_time(as_of, "as_of") if as_of else datetime.now(UTC)
-    known = parse_time(known_at, "known_at") if known_at else None
+    known = parse_known_at(known_at, "known_at", svc.ledger.settings.max_future_skew_s)
     _known_purpose(svc, principal.tenant, purpose, 404, None)
     svc.views.refresh()
     return consent_summary(svc.views.store, principal.tenant, purpose, at, known)

@@ -15,7 +15,7 @@ from api.deps import Disclosed, Service, disclosed, parse_sid, role, service
 from api.keys import Principal
 from api.problems import SIZES, Problem, parse_sizes, signing_refusals
 from api.responses import JSON_OR_CSV, OrjsonResponse
-from ledger.envelope import parse_fact, parse_time
+from ledger.envelope import parse_fact, parse_known_at, parse_time
 from ledger.errors import FactRejected
 from projections.consents import subject_consents
 from projections.evidence import evidence_package
@@ -66,7 +66,7 @@ def consents(
         principal.tenant,
         parse_sid(sid),
         _instant(as_of, "as_of"),
-        _instant(known_at, "known_at"),
+        parse_known_at(known_at, "known_at", svc.ledger.settings.max_future_skew_s),
     )
     if view is None:
         raise Problem(404, "unknown_subject", "no such subject")

@@ -16,7 +16,7 @@ from ledger.cli.common import (
     print_json,
     subject_args,
 )
-from ledger.envelope import parse_time
+from ledger.envelope import parse_known_at, parse_time
 from ledger.settings import Settings
 
 
@@ -68,7 +68,7 @@ def cmd_consents(args: argparse.Namespace, settings: Settings) -> int:
     from projections.consents import subject_consents
 
     as_of = parse_time(args.as_of, "--as-of") if args.as_of else None
-    known_at = parse_time(args.known_at, "--known-at") if args.known_at else None
+    known_at = parse_known_at(args.known_at, "--known-at", settings.max_future_skew_s)
     view = about_subject(
         settings,
         args,

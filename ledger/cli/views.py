@@ -20,7 +20,7 @@ from ledger.cli.common import (
     seconds,
     whole,
 )
-from ledger.envelope import parse_time
+from ledger.envelope import parse_known_at, parse_time
 from ledger.errors import FactRejected
 from ledger.settings import Settings
 from ledger.storage import storage_failure
@@ -208,7 +208,7 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from projections.rebuild import MAX_WORKERS, rebuild
     from projections.store import ConsentViews
 
-    known_at = parse_time(args.known_at, "--known-at") if args.known_at else None
+    known_at = parse_known_at(args.known_at, "--known-at", settings.max_future_skew_s)
     if args.workers is not None and not 1 <= args.workers <= MAX_WORKERS:
         raise CliError(f"--workers takes a whole number from 1 to {MAX_WORKERS}")
     if args.workers is not None and args.workers > 1 and settings.backend == "kafka":
@@ -235,13 +235,14 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
         }
     finally:
         store.close()
-    summary = {"into": str(target), "log_entries_read": read, "known_at": args.known_at, **counts}
+    known = known_at.isoformat() if known_at else None
+    summary = {"into": str(target), "log_entries_read": read, "known_at": known, **counts}
     if args.json:
         print_json(summary)
     else:
         print(
             f"replayed {read} log entries into {target}"
-            + (f" as known at {args.known_at}" if args.known_at else "")
+            + (f" as known at {known}" if known else "")
         )
     return 0
 
@@ -251,7 +252,7 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     from projections.views import Views
 
     at = parse_time(args.at, "--at")
-    known_at = parse_time(args.known_at, "--known-at") if args.known_at else None
+    known_at = parse_known_at(args.known_at, "--known-at", settings.max_future_skew_s)
     try:
         # utf-8-sig: a spreadsheet's "CSV UTF-8" starts with a byte order mark, which read as
         # part of the first reference would make that recipient unknown.
@@ -299,7 +300,7 @@ def cmd_who(args: argparse.Namespace, settings: Settings) -> int:
     from projections.views import Views
 
     at = parse_time(args.at, "--at")
-    known_at = parse_time(args.known_at, "--known-at") if args.known_at else None
+    known_at = parse_known_at(args.known_at, "--known-at", settings.max_future_skew_s)
     if args.after and not all(c in "0123456789abcdef" for c in args.after):
         raise CliError("--after takes a sid (the last one of the previous page)")
     if args.summary and (args.after or args.policy_version):
