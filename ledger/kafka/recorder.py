@@ -77,6 +77,11 @@ PRODUCER_TUNING: dict[str, object] = {
 }
 
 
+# kafka-python's default transaction timeout: the writer's, on brokers that refuse the longer
+# one of PRODUCER_TUNING (`KafkaLedgerRecorder._initialised_producer`).
+FALLBACK_TIMEOUT_MS = 60_000
+
+
 # How long an append waits for the offsets `open_intake` sent: kafka-python's own wait has no
 # bound, and a broker that has not answered in this long is treated as gone.
 OFFSETS_TIMEOUT_S = 60.0
@@ -562,16 +567,7 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                 raise WriterFenced("another writer owns the ledger partitions")
             if self._producer is not None:
                 return
-            try:
-                producer = KafkaProducer(
-                    bootstrap_servers=self.link.bootstrap,
-                    transactional_id=self.link.transactional_id,
-                    **PRODUCER_TUNING,
-                    client_id="consent-ledger-writer",
-                )
-                producer.init_transactions()
-            except KafkaError as error:
-                raise LedgerUnavailable(f"could not become the ledger writer: {error}") from error
+            producer = self._initialised_producer()
             # Writable only once the replica holds everything committed before the fence:
             # appending on a stale replica would reuse versions the topic already has.
             try:
@@ -581,6 +577,41 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                     producer.close(timeout=5)
                 raise
             self._producer = producer
+
+    def _initialised_producer(self) -> KafkaProducer:
+        """The transactional producer, its id registered (which fences earlier writers).
+
+        A broker whose `transaction.max.timeout.ms` is below PRODUCER_TUNING's refuses the
+        id (InvalidTransactionTimeout), where it took kafka-python's 60 s default: the
+        writer then runs with that default, and says what it costs.
+        """
+        timeouts = [int(str(PRODUCER_TUNING["transaction_timeout_ms"])), FALLBACK_TIMEOUT_MS]
+        for timeout_ms in timeouts:
+            producer: KafkaProducer | None = None
+            try:
+                producer = KafkaProducer(
+                    bootstrap_servers=self.link.bootstrap,
+                    transactional_id=self.link.transactional_id,
+                    **{**PRODUCER_TUNING, "transaction_timeout_ms": timeout_ms},
+                    client_id="consent-ledger-writer",
+                )
+                producer.init_transactions()
+                return producer
+            except KafkaError as error:
+                if producer is not None:
+                    with contextlib.suppress(Exception):
+                        producer.close(timeout=5)
+                if "InvalidTransactionTimeout" in str(error) and timeout_ms != timeouts[-1]:
+                    log.warning(
+                        "the brokers' transaction.max.timeout.ms is below %d ms: the writer's "
+                        "transactions time out after %d ms, and a writer paused longer "
+                        "mid-transaction will stop as if fenced",
+                        timeout_ms,
+                        timeouts[-1],
+                    )
+                    continue
+                raise LedgerUnavailable(f"could not become the ledger writer: {error}") from error
+        raise AssertionError("unreachable: the last timeout returns or raises")
 
     def _insert_events(
         self,
