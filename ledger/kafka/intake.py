@@ -17,9 +17,6 @@ writer waits for the storage as it waits for the broker, rejecting nothing.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import logging
 import threading
 import time
@@ -27,7 +24,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError, OffsetOutOfRangeError
@@ -36,16 +32,14 @@ from ledger.application import ConsentLedger
 from ledger.envelope import Fact, parse_fact_bytes
 from ledger.errors import Code, FactRejected
 from ledger.kafka.publish import names_the_reference
-from ledger.kafka.reading import ReadTimedOut, polls_to_end
 from ledger.kafka.recorder import (
     IntakeCommit,
     KafkaLedgerRecorder,
-    KafkaLink,
     LedgerUnavailable,
     WriterFenced,
 )
-from ledger.kafka.records import MAC_HEADER, record_mac
-from ledger.kafka.topics import ORIGINAL_KEPT, BrokersUnreachable, TopicRefused, intake_topic
+from ledger.kafka.rejected import rejected_positions, rejected_record
+from ledger.kafka.topics import BrokersUnreachable, TopicRefused, intake_topic
 from ledger.keystore import KeyStoreBusyError
 from ledger.receipt import ErasureNotOverwritten, Outcome, Receipt
 from ledger.settings import SettingsError
@@ -65,9 +59,6 @@ NOT_A_RECORDS_FAULT = (
     SettingsError,
     KeyStoreBusyError,
 )
-
-# The rejected record's header naming the id of the intake topic its source record was in.
-SOURCE_TOPIC_ID_HEADER = "source_topic_id"
 
 # How often a running writer commits its intake positions again, in a transaction of their
 # own. Kafka deletes a group's offsets `offsets.retention.minutes` (7 days by default) after
@@ -106,56 +97,6 @@ class IntakeStats:
 
     def reject(self, code: str) -> None:
         self.rejected[code] = self.rejected.get(code, 0) + 1
-
-
-def rejected_record(
-    record: ConsumerRecord,
-    refusal: FactRejected,
-    fact: Fact | None,
-    topic_id: str = "",
-    mac_key: bytes = b"",
-) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
-    """The rejected topic's record: why, where from, and the original bytes.
-
-    The key is the source coordinates, not the publisher's key (which may be personal data).
-    The original bytes are as sensitive as the intake topic itself, which is why the rejected
-    topic has a finite retention (LEDGER_REJECTED_RETENTION_MS). The intake topic's id (a
-    header, and in the source) tells how far the writer read it (`read_positions`), and the
-    `mac` header (the ledger records' rule) that the ledger wrote it: a record appended by
-    anyone else could otherwise move a recovering writer past facts it never read.
-    """
-    original = record.value or b""
-    source: dict[str, Any] = {
-        "topic": record.topic,
-        "partition": record.partition,
-        "offset": record.offset,
-    }
-    if topic_id:
-        source["topic_id"] = topic_id
-    body: dict[str, Any] = {
-        **refusal.as_dict(),
-        "source": source,
-        "original": base64.b64encode(original[:ORIGINAL_KEPT]).decode(),
-    }
-    if len(original) > ORIGINAL_KEPT:
-        # Whole, a record near the intake topic's limit made a rejected record (base64 and
-        # the reasons) larger than the rejected topic takes: the transaction failed, was
-        # retried for ever, and the partition stopped behind it. The source coordinates
-        # still find the whole record while the intake topic keeps it.
-        body["original_size"] = len(original)
-        body["original_sha256"] = hashlib.sha256(original).hexdigest()
-        body["original_truncated"] = True
-    if fact is not None:
-        body["tenant"] = fact.tenant
-        body["event_id"] = fact.event_id
-    key = f"{record.topic}/{record.partition}/{record.offset}".encode()
-    value = orjson.dumps(body)
-    headers = [("code", refusal.code.value.encode())]
-    if topic_id:
-        headers.append((SOURCE_TOPIC_ID_HEADER, topic_id.encode()))
-    if mac_key:
-        headers.append((MAC_HEADER, record_mac(mac_key, key, value, dict(headers))))
-    return key, value, headers
 
 
 class IntakeWriter:
@@ -644,48 +585,6 @@ class IntakeWriter:
             self._rewind()
         except KafkaError:
             self.close()  # the next round starts over from the committed offsets
-
-
-def rejected_positions(link: KafkaLink, intake_id: str) -> dict[int, int]:
-    """Per intake partition, the offset after the last record the rejected topic holds of
-    this intake topic (by id) under the ledger's MAC: the whole topic is read."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=link.bootstrap,
-        isolation_level="read_committed",
-        enable_auto_commit=False,
-        client_id="consent-ledger-intake-positions",
-    )
-    found: dict[int, int] = {}
-    wanted = intake_id.encode()
-    mac_key = link.record_key
-    prefix = f"{link.topics.intake}/".encode()
-    try:
-        partitions = consumer.partitions_for_topic(link.topics.rejected) or set()
-        tps = [TopicPartition(link.topics.rejected, p) for p in sorted(partitions)]
-        if not tps:
-            return found
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        for polled in polls_to_end(consumer, tps, timeout_s=link.catch_up_timeout_s):
-            for record in (r for rs in polled.values() for r in rs):
-                key = record.key or b""
-                if not key.startswith(prefix):
-                    continue
-                said = dict(record.headers or [])
-                if said.get(SOURCE_TOPIC_ID_HEADER) != wanted or not hmac.compare_digest(
-                    said.get(MAC_HEADER, b""), record_mac(mac_key, key, record.value or b"", said)
-                ):
-                    continue
-                try:
-                    partition, offset = (int(n) for n in key[len(prefix) :].split(b"/"))
-                except ValueError:
-                    continue
-                found[partition] = max(found.get(partition, 0), offset + 1)
-    except ReadTimedOut as error:
-        raise LedgerUnavailable(f"the rejected topic could not be read: {error}") from error
-    finally:
-        consumer.close()
-    return found
 
 
 def _next_offsets(records: Sequence[ConsumerRecord]) -> dict[TopicPartition, int]:
