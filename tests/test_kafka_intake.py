@@ -543,6 +543,9 @@ def test_a_writer_whose_intake_offsets_expired_resumes_where_the_ledger_says(
         with caplog.at_level(logging.WARNING, logger="consent_ledger.intake"):
             writer.start()
         assert writer.committed == {TopicPartition(topics.intake, 0): 3}
+        # The position found is committed again at once, not an hour later.
+        assert writer.step(timeout_ms=100) == 0
+        assert committed_offsets(kafka_bootstrap, group, topics.intake) == {0: 3}
         _consume(writer, kafka_bootstrap, topics.intake, [(b"demo/y", orjson.dumps(grant()))])
         assert writer.step(timeout_ms=300) == 0
     finally:

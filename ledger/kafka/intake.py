@@ -18,6 +18,7 @@ writer waits for the storage as it waits for the broker, rejecting nothing.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -516,7 +517,7 @@ class IntakeWriter:
                         recovered = self.read_positions()
                     committed = recovered.get(tp.partition)
                     if committed is not None:
-                        self._refreshed_at = 0.0  # committed again at the next step
+                        self._refreshed_at = -math.inf  # committed again at the next step
                         log.warning(
                             "intake partition %d has no committed position (the group's "
                             "offsets expired or were deleted); resuming at offset %d, after "

@@ -24,8 +24,9 @@ from kafka.errors import MessageSizeTooLargeError
 
 from ledger.application import ConsentLedger
 from ledger.errors import Code, FactRejected
-from ledger.kafka.reading import ReadTimedOut, polls_to_end
+from ledger.kafka.reading import ReadTimedOut
 from ledger.kafka.recorder import KafkaLedgerRecorder, KafkaLink
+from ledger.kafka.rejected import rejected_records
 from ledger.kafka.topics import RECORD_LIMIT
 from ledger.receipt import Receipt
 from ledger.tenant import tenant_id
@@ -225,28 +226,15 @@ def _rejected_after(
     link: KafkaLink, published: Sequence[Published], timeout_s: float
 ) -> dict[tuple[int, int], FactRejected]:
     """Rejects of our records, read_committed from the whole rejected topic."""
-
     wanted = {(p.partition, p.offset) for p in published}
-    consumer = KafkaConsumer(
-        bootstrap_servers=link.bootstrap, isolation_level="read_committed", enable_auto_commit=False
-    )
     found: dict[tuple[int, int], FactRejected] = {}
     try:
-        partitions = consumer.partitions_for_topic(link.topics.rejected) or set()
-        tps = [TopicPartition(link.topics.rejected, p) for p in partitions]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        try:
-            for polled in polls_to_end(consumer, tps, timeout_s=timeout_s):
-                for records in polled.values():
-                    for record in records:
-                        refusal = _refusal(record.value, link, wanted)
-                        if refusal is not None:
-                            found[refusal[0]] = refusal[1]
-        except ReadTimedOut as error:
-            raise NotConsumed("the rejected topic could not be read to its end") from error
-    finally:
-        consumer.close()
+        for record in rejected_records(link, timeout_s):
+            refusal = _refusal(record.value, link, wanted)
+            if refusal is not None:
+                found[refusal[0]] = refusal[1]
+    except ReadTimedOut as error:
+        raise NotConsumed("the rejected topic could not be read to its end") from error
     return found
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -80,43 +81,51 @@ def rejected_record(
     return key, value, headers
 
 
-def rejected_positions(link: KafkaLink, intake_id: str) -> dict[int, int]:
-    """Per intake partition, the offset after the last record the rejected topic holds of
-    this intake topic (by id) under the ledger's MAC: the whole topic is read."""
+def rejected_records(link: KafkaLink, timeout_s: float) -> Iterator[ConsumerRecord]:
+    """Every record of the rejected topic, read_committed from its beginning to where it ends
+    now (`ReadTimedOut` past `timeout_s`)."""
     consumer = KafkaConsumer(
         bootstrap_servers=link.bootstrap,
         isolation_level="read_committed",
         enable_auto_commit=False,
-        client_id="consent-ledger-intake-positions",
+        client_id="consent-ledger-rejected",
     )
-    found: dict[int, int] = {}
-    wanted = intake_id.encode()
-    mac_key = link.record_key
-    prefix = f"{link.topics.intake}/".encode()
     try:
         partitions = consumer.partitions_for_topic(link.topics.rejected) or set()
         tps = [TopicPartition(link.topics.rejected, p) for p in sorted(partitions)]
         if not tps:
-            return found
+            return
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
-        for polled in polls_to_end(consumer, tps, timeout_s=link.catch_up_timeout_s):
-            for record in (r for rs in polled.values() for r in rs):
-                key = record.key or b""
-                if not key.startswith(prefix):
-                    continue
-                said = dict(record.headers or [])
-                if said.get(SOURCE_TOPIC_ID_HEADER) != wanted or not hmac.compare_digest(
-                    said.get(MAC_HEADER, b""), record_mac(mac_key, key, record.value or b"", said)
-                ):
-                    continue
-                try:
-                    partition, offset = (int(n) for n in key[len(prefix) :].split(b"/"))
-                except ValueError:
-                    continue
-                found[partition] = max(found.get(partition, 0), offset + 1)
-    except ReadTimedOut as error:
-        raise LedgerUnavailable(f"the rejected topic could not be read: {error}") from error
+        for polled in polls_to_end(consumer, tps, timeout_s=timeout_s):
+            for records in polled.values():
+                yield from records
     finally:
         consumer.close()
+
+
+def rejected_positions(link: KafkaLink, intake_id: str) -> dict[int, int]:
+    """Per intake partition, the offset after the last record the rejected topic holds of
+    this intake topic (by id) under the ledger's MAC: the whole topic is read."""
+    found: dict[int, int] = {}
+    wanted = intake_id.encode()
+    prefix = f"{link.topics.intake}/".encode()
+    try:
+        for record in rejected_records(link, link.catch_up_timeout_s):
+            key = record.key or b""
+            if not key.startswith(prefix):
+                continue
+            said = dict(record.headers or [])
+            if said.get(SOURCE_TOPIC_ID_HEADER) != wanted or not hmac.compare_digest(
+                said.get(MAC_HEADER, b""),
+                record_mac(link.record_key, key, record.value or b"", said),
+            ):
+                continue
+            try:
+                partition, offset = (int(n) for n in key[len(prefix) :].split(b"/"))
+            except ValueError:
+                continue
+            found[partition] = max(found.get(partition, 0), offset + 1)
+    except ReadTimedOut as error:
+        raise LedgerUnavailable(f"the rejected topic could not be read: {error}") from error
     return found

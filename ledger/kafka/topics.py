@@ -232,7 +232,7 @@ def check_rejected_topic(admin: KafkaAdminClient, name: str, settings: Settings)
 def check_copies(
     admin: KafkaAdminClient, name: str, configs: Mapping[str, str], settings: Settings
 ) -> None:
-    refusal = durability_refusal(name, configs, fewest_replicas(admin, name), settings)
+    refusal = durability_refusal(name, configs, fewest_replicas(described(admin, name)), settings)
     if refusal is not None:
         raise TopicRefused(refusal)
 
@@ -278,12 +278,17 @@ def durability_refusal(
     return None
 
 
-def fewest_replicas(admin: KafkaAdminClient, name: str) -> int:
-    """The replica count of the topic's least replicated partition."""
+def described(admin: KafkaAdminClient, name: str) -> dict[str, Any]:
+    """The topic as the brokers describe it (its id, its partitions and their replicas)."""
     for topic in admin.describe_topics([name]):
         if topic.get("topic", topic.get("name")) == name and topic["partitions"]:
-            return min(len(p["replica_nodes"]) for p in topic["partitions"])
+            return dict(topic)
     raise TopicRefused(f"topic {name} does not exist")
+
+
+def fewest_replicas(topic: Mapping[str, Any]) -> int:
+    """The replica count of the topic's least replicated partition (`described`)."""
+    return min(len(p["replica_nodes"]) for p in topic["partitions"])
 
 
 def check_intake_topic(admin: KafkaAdminClient, name: str) -> None:
@@ -328,14 +333,8 @@ def intake_topic(settings: Settings, topics: Topics) -> IntakeTopic:
     """
     admin = admin_client(settings)
     try:
-        found = [
-            t
-            for t in admin.describe_topics([topics.intake])
-            if t.get("topic", t.get("name")) == topics.intake and t["partitions"]
-        ]
-        if not found:
-            raise TopicRefused(f"topic {topics.intake} does not exist")
-        replicas = min(len(p["replica_nodes"]) for p in found[0]["partitions"])
+        intake = described(admin, topics.intake)
+        replicas = fewest_replicas(intake)
         configs = _config(admin, topics.intake)
         rejected_ms = int(_config(admin, topics.rejected).get("retention.ms") or "-1")
     except (KafkaTimeoutError, KafkaConnectionError) as error:
@@ -355,11 +354,8 @@ def intake_topic(settings: Settings, topics: Topics) -> IntakeTopic:
             "and answer it anew (refused twice, or recorded if the ledger changed since); "
             "keep the rejected topic's retention at least the intake's"
         )
-    return IntakeTopic(str(found[0].get("topic_id") or ""), warnings)
+    return IntakeTopic(str(intake.get("topic_id") or ""), warnings)
 
 
 def partition_count(admin: KafkaAdminClient, name: str) -> int:
-    for topic in admin.describe_topics([name]):
-        if topic.get("topic", topic.get("name")) == name:
-            return len(topic["partitions"])
-    raise TopicRefused(f"topic {name} does not exist")
+    return len(described(admin, name)["partitions"])
