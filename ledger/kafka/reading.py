@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from eventsourcing.persistence import StoredEvent
@@ -23,7 +23,8 @@ log = logging.getLogger("consent_ledger.kafka")
 
 
 class ReadTimedOut(TimeoutError):
-    """The topic could not be read to its end in time (the broker is slow or unreachable)."""
+    """A read of a topic to its end made no progress for its timeout (the broker is slow or
+    unreachable)."""
 
 
 def polls_to_end(
@@ -33,17 +34,29 @@ def polls_to_end(
     timeout_s: float,
     max_records: int = 5000,
     end: dict[TopicPartition, int] | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Iterator[dict[TopicPartition, list[Any]]]:
     """Poll from the consumer's current positions until each partition reaches its end
-    (`end`, when the caller already asked for it)."""
+    (`end`, when the caller already asked for it).
+
+    `timeout_s` bounds the time without progress, not the whole read: a total bound failed
+    every read longer than it however well the broker answered, so that `verify` (300 s)
+    could never check a ledger of several million facts, and a replica built afresh for a
+    read command took several runs (`ReadTimedOut` is answered "unavailable, retry").
+    """
     end = end if end is not None else consumer.end_offsets(list(partitions))
-    deadline = time.monotonic() + timeout_s
+    deadline = clock() + timeout_s
     pending = [tp for tp in partitions if consumer.position(tp) < end[tp]]
+    read = sum(consumer.position(tp) for tp in pending)
     while pending:
-        if time.monotonic() > deadline:
+        if clock() > deadline:
             raise ReadTimedOut("the topic could not be read to its end")
         yield consumer.poll(timeout_ms=500, max_records=max_records)
-        pending = [tp for tp in pending if consumer.position(tp) < end[tp]]
+        positions = {tp: consumer.position(tp) for tp in pending}
+        if sum(positions.values()) > read:
+            deadline = clock() + timeout_s
+        pending = [tp for tp in pending if positions[tp] < end[tp]]
+        read = sum(positions[tp] for tp in pending)
 
 
 def ledger_events(
