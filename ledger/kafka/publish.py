@@ -24,9 +24,8 @@ from kafka.errors import MessageSizeTooLargeError
 
 from ledger.application import ConsentLedger
 from ledger.errors import Code, FactRejected
-from ledger.kafka.reading import ReadTimedOut
+from ledger.kafka.reading import ReadTimedOut, from_the_beginning
 from ledger.kafka.recorder import KafkaLedgerRecorder, KafkaLink
-from ledger.kafka.rejected import rejected_records
 from ledger.kafka.topics import RECORD_LIMIT
 from ledger.receipt import Receipt
 from ledger.tenant import tenant_id
@@ -229,7 +228,9 @@ def _rejected_after(
     wanted = {(p.partition, p.offset) for p in published}
     found: dict[tuple[int, int], FactRejected] = {}
     try:
-        for record in rejected_records(link, timeout_s):
+        for record in from_the_beginning(
+            link.bootstrap, link.topics.rejected, timeout_s=timeout_s, client_id="consent-ledger"
+        ):
             refusal = _refusal(record.value, link, wanted)
             if refusal is not None:
                 found[refusal[0]] = refusal[1]

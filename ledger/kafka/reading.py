@@ -59,6 +59,38 @@ def polls_to_end(
         read = sum(positions[tp] for tp in pending)
 
 
+def from_the_beginning(
+    bootstrap: str,
+    topic: str,
+    *,
+    timeout_s: float,
+    client_id: str,
+    partitions: Sequence[int] | None = None,
+) -> Iterator[Any]:
+    """Every committed record of the topic (of `partitions`, default all), from its
+    beginning to where it ends when the read starts, partition by partition as polled."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+        client_id=client_id,
+    )
+    try:
+        if partitions is None:
+            partitions = sorted(consumer.partitions_for_topic(topic) or ())
+        tps = [TopicPartition(topic, p) for p in partitions]
+        if not tps:
+            return
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        for polled in polls_to_end(consumer, tps, timeout_s=timeout_s, end=end):
+            for tp, records in polled.items():
+                yield from (r for r in records if r.offset < end[tp])
+    finally:
+        consumer.close()
+
+
 def ledger_events(
     records: Iterable[Any], mac_key: bytes, skipped: list[Any] | None = None
 ) -> Iterator[tuple[Any, StoredEvent, FactKey | None]]:

@@ -13,16 +13,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
-from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
 from ledger.envelope import Fact
 from ledger.errors import FactRejected
-from ledger.kafka.reading import ReadTimedOut, polls_to_end
+from ledger.kafka.reading import ReadTimedOut, from_the_beginning
 from ledger.kafka.recorder import KafkaLink, LedgerUnavailable
 from ledger.kafka.records import MAC_HEADER, record_mac
 from ledger.kafka.topics import ORIGINAL_KEPT
@@ -81,29 +79,6 @@ def rejected_record(
     return key, value, headers
 
 
-def rejected_records(link: KafkaLink, timeout_s: float) -> Iterator[ConsumerRecord]:
-    """Every record of the rejected topic, read_committed from its beginning to where it ends
-    now (`ReadTimedOut` past `timeout_s`)."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=link.bootstrap,
-        isolation_level="read_committed",
-        enable_auto_commit=False,
-        client_id="consent-ledger-rejected",
-    )
-    try:
-        partitions = consumer.partitions_for_topic(link.topics.rejected) or set()
-        tps = [TopicPartition(link.topics.rejected, p) for p in sorted(partitions)]
-        if not tps:
-            return
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        for polled in polls_to_end(consumer, tps, timeout_s=timeout_s):
-            for records in polled.values():
-                yield from records
-    finally:
-        consumer.close()
-
-
 def rejected_positions(link: KafkaLink, intake_id: str) -> dict[int, int]:
     """Per intake partition, the offset after the last record the rejected topic holds of
     this intake topic (by id) under the ledger's MAC: the whole topic is read."""
@@ -111,7 +86,12 @@ def rejected_positions(link: KafkaLink, intake_id: str) -> dict[int, int]:
     wanted = intake_id.encode()
     prefix = f"{link.topics.intake}/".encode()
     try:
-        for record in rejected_records(link, link.catch_up_timeout_s):
+        for record in from_the_beginning(
+            link.bootstrap,
+            link.topics.rejected,
+            timeout_s=link.catch_up_timeout_s,
+            client_id="consent-ledger-intake-positions",
+        ):
             key = record.key or b""
             if not key.startswith(prefix):
                 continue

@@ -13,10 +13,9 @@ from typing import Any
 from uuid import UUID
 
 import orjson
-from kafka import KafkaConsumer, TopicPartition
 
 from ledger.chain import GENESIS, stored_hash
-from ledger.kafka.reading import ReadTimedOut, polls_to_end
+from ledger.kafka.reading import ReadTimedOut, from_the_beginning
 from ledger.kafka.recorder import KafkaLedgerRecorder, LedgerUnavailable
 from ledger.kafka.records import NotALedgerRecord, decode
 from ledger.verify import Problem, VerifyResult
@@ -28,30 +27,20 @@ def verify_topic(recorder: KafkaLedgerRecorder, timeout_s: float = 300.0) -> Ver
     heads: dict[UUID, tuple[int, str]] = {}
     problems: list[Problem] = []
     checked = 0
-    consumer = KafkaConsumer(
-        bootstrap_servers=link.bootstrap,
-        isolation_level="read_committed",
-        enable_auto_commit=False,
-        client_id="consent-ledger-verify",
-    )
     try:
-        tps = [TopicPartition(link.topics.ledger, p) for p in range(link.partitions)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        end = consumer.end_offsets(tps)
-        for polled in polls_to_end(consumer, tps, timeout_s=timeout_s, end=end):
-            for tp, records in polled.items():
-                for record in records:
-                    if record.offset >= end[tp]:
-                        continue
-                    checked += 1
-                    found = _check(record, heads, indexed, link.record_key)
-                    if found is not None:
-                        problems.append(found)
+        for record in from_the_beginning(
+            link.bootstrap,
+            link.topics.ledger,
+            timeout_s=timeout_s,
+            client_id="consent-ledger-verify",
+            partitions=range(link.partitions),
+        ):
+            checked += 1
+            found = _check(record, heads, indexed, link.record_key)
+            if found is not None:
+                problems.append(found)
     except ReadTimedOut as error:
         raise LedgerUnavailable(str(error)) from error
-    finally:
-        consumer.close()
     return VerifyResult(facts_checked=checked, root=recorder.head()[1], problems=problems)
 
 
