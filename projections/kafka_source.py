@@ -22,8 +22,8 @@ from eventsourcing.persistence import Mapper, Tracking
 from kafka import KafkaConsumer, TopicPartition
 
 from ledger.chain import stored_hash
-from ledger.kafka.reading import ledger_events, polls_to_end
-from ledger.kafka.recorder import KafkaLedgerRecorder
+from ledger.kafka.reading import ReadTimedOut, ledger_events, polls_to_end
+from ledger.kafka.recorder import KafkaLedgerRecorder, LedgerUnavailable
 from projections.consent_projection import ConsentProjection
 from projections.known import KnownAt
 from projections.store import ConsentViews, ViewsOfAnotherLog
@@ -130,6 +130,9 @@ class LedgerTopicReader:
         """
         try:
             return self._catch_up(mapper, projection, application, known, page)
+        except ReadTimedOut as error:
+            self.close()
+            raise LedgerUnavailable(f"the ledger topic could not be read: {error}") from error
         except Exception:
             self.close()  # start over with a fresh consumer next time
             raise
@@ -154,7 +157,13 @@ class LedgerTopicReader:
             else:
                 consumer.seek_to_beginning(tp)
         processed = 0
-        for polled in polls_to_end(consumer, tps, timeout_s=float("inf"), max_records=page):
+        # Bounded by the time without progress, as every reader of the topic is: unbounded,
+        # a broker gone mid-read held the read (and `worker`, waiting for it at SIGTERM)
+        # until the broker came back. What was applied before stays applied.
+        reading = polls_to_end(
+            consumer, tps, timeout_s=self.link.catch_up_timeout_s, max_records=page
+        )
+        for polled in reading:
             for tp, records in polled.items():
                 events: list[Any] = []
                 last: tuple[int, Any] | None = None  # the page's last record applied
