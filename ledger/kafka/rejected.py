@@ -33,8 +33,8 @@ def rejected_record(
     record: ConsumerRecord,
     refusal: FactRejected,
     fact: Fact | None,
-    topic_id: str = "",
-    mac_key: bytes = b"",
+    topic_id: str,
+    mac_key: bytes,
 ) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
     """The rejected topic's record: why, where from, and the original bytes.
 
@@ -74,8 +74,7 @@ def rejected_record(
     headers = [("code", refusal.code.value.encode())]
     if topic_id:
         headers.append((SOURCE_TOPIC_ID_HEADER, topic_id.encode()))
-    if mac_key:
-        headers.append((MAC_HEADER, record_mac(mac_key, key, value, dict(headers))))
+    headers.append((MAC_HEADER, record_mac(mac_key, key, value, dict(headers))))
     return key, value, headers
 
 
