@@ -76,19 +76,22 @@ def verify_ledger(recorder: LedgerSQLiteRecorder) -> VerifyResult:
 
 
 def verify_log(recorder: LedgerSQLiteRecorder, page: int = 5000) -> VerifyResult:
-    rows, (head_size, head_root), last = recorder.snapshot()
-    index: dict[int, IndexedFact] = {row.position: row for row in rows}
+    """Memory grows with the subjects (each one's last version and hash), not with the
+    facts: the log and its index are read a page at a time, side by side."""
+    (head_size, head_root), last, last_indexed = recorder.verify_bounds()
     heads: dict[UUID | str, tuple[int, str]] = {}
     problems: list[Problem] = []
     frontier: list[bytes] = []
     size = 0
-    start: int | None = None
+    start = 0
     while True:
         notifications = recorder.select_notifications(
             start=start, limit=page, stop=last, inclusive_of_start=False
         )
         if not notifications:
             break
+        upto = notifications[-1].id
+        index = {row.position: row for row in recorder.index_between(start, upto)}
         for n in notifications:
             digest = fact_hash(n.originator_id, n.originator_version, n.topic, n.state)
             problem = _check(n, digest, index.pop(n.id, None), heads)
@@ -97,18 +100,11 @@ def verify_log(recorder: LedgerSQLiteRecorder, page: int = 5000) -> VerifyResult
             heads[n.originator_id] = (n.originator_version, digest)
             frontier = frontier_append(frontier, size, leaf_hash(digest))
             size += 1
-        start = notifications[-1].id
-    for row in index.values():
-        problems.append(
-            Problem(
-                row.position,
-                "removed",
-                row.originator_id.hex,
-                row.originator_version,
-                row.event_id,
-                "the fact index records a fact at this position that the log no longer holds",
-            )
-        )
+        problems += map(_unlogged, index.values())
+        start = upto
+    while rows := recorder.index_between(start, last_indexed, page):
+        problems += map(_unlogged, rows)
+        start = rows[-1].position
     root = frontier_root(frontier).hex()
     if not problems and (head_size != size or head_root != root):
         problems.append(
@@ -125,6 +121,17 @@ def verify_log(recorder: LedgerSQLiteRecorder, page: int = 5000) -> VerifyResult
         )
     problems.sort(key=lambda p: p.position)
     return VerifyResult(facts_checked=size, root=root, problems=problems)
+
+
+def _unlogged(row: IndexedFact) -> Problem:
+    return Problem(
+        row.position,
+        "removed",
+        row.originator_id.hex,
+        row.originator_version,
+        row.event_id,
+        "the fact index records a fact at this position that the log no longer holds",
+    )
 
 
 def _check(

@@ -497,6 +497,45 @@ def test_verify_names_a_forged_record_on_the_ledger_topic(
     ledger.close()
 
 
+def test_verify_reads_the_topic_in_chunks_and_names_a_replica_that_misplaces_facts(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """verify asks the replica about the records in hand, a chunk at a time, by their place
+    in the topic: any chunk gives the one answer, and a replica that has two facts at each
+    other's places (receipts and the views read those places) is named."""
+    from ledger.kafka.verify import verify_topic
+
+    ledger = ConsentLedger(kafka_settings(tmp_path / "data", kafka_bootstrap, partitions=2))
+    ledger.init_demo()
+    outcomes = ledger.record([parse_fact(grant(f"c-{i}", event_id=f"c{i}")) for i in range(9)])
+    assert all(isinstance(o, Receipt) for o in outcomes)
+    recorder = ledger.ledger_recorder
+    assert isinstance(recorder, KafkaLedgerRecorder)
+    whole = verify_topic(recorder)
+    assert whole.ok and whole.facts_checked >= 9, whole
+    for chunk in (1, 2, 5):
+        assert verify_topic(recorder, chunk=chunk) == whole, chunk
+
+    with recorder.datastore.transaction(commit=True) as c:
+        c.execute(
+            f"SELECT position, offset FROM {recorder.located_table} "
+            "WHERE partition = 0 ORDER BY offset DESC LIMIT 2"
+        )
+        (p, a), (q, b) = (tuple(row) for row in c.fetchall())
+        table = recorder.located_table
+        c.execute(f"UPDATE {table} SET offset = -1 WHERE position = ?", (p,))
+        c.execute(f"UPDATE {table} SET offset = ? WHERE position = ?", (a, q))
+        c.execute(f"UPDATE {table} SET offset = ? WHERE position = ?", (b, p))
+    for chunk in (1, 5000):
+        result = verify_topic(recorder, chunk=chunk)
+        assert [(problem.position, problem.kind) for problem in result.problems] == [
+            (b, "reordered"),
+            (a, "reordered"),
+        ], chunk
+        assert "partition 0 offset" in result.problems[0].message
+    ledger.close()
+
+
 def test_the_replica_syncs_less_than_the_key_store(tmp_path: Path, kafka_bootstrap: str) -> None:
     """In Kafka mode the replica is a cache of the ledger topic, so its commits do not fsync
     (WAL keeps them atomic); the key store, which holds what the topic does not, still

@@ -63,7 +63,12 @@ def tampered(
     c.close()
     recorder = LedgerSQLiteRecorder(SQLiteDatastore(db_name=str(db)))
     try:
-        return verify_log(recorder)
+        whole = verify_log(recorder, page=10_000)
+        # The walk reads the log and its index a page at a time: any page boundary, next
+        # to a change or not, must give the same answer as one page.
+        for page in (1, 2, 5):
+            assert verify_log(recorder, page=page) == whole, page
+        return whole
     finally:
         recorder.datastore.close()
 
@@ -141,6 +146,18 @@ def test_inserting_a_fact_is_named(pristine: Path, tmp_path: Path) -> None:
 
     result = tampered(pristine, tmp_path, insert)
     assert not result.ok and result.problems[0].kind == "inserted"
+
+
+def test_index_rows_past_the_end_of_the_log_are_named(pristine: Path, tmp_path: Path) -> None:
+    """The last facts deleted from the log but not from the index: rows the walk of the
+    log never reaches, read after it."""
+    rows = positions(pristine / "ledger.db")
+
+    def delete_the_last_three(c: sqlite3.Connection) -> None:
+        c.execute("DELETE FROM stored_events WHERE rowid >= ?", (rows[-3],))
+
+    result = tampered(pristine, tmp_path, delete_the_last_three)
+    assert [(p.position, p.kind) for p in result.problems] == [(p, "removed") for p in rows[-3:]]
 
 
 def test_removing_a_fact_together_with_its_index_row_breaks_the_merkle_head(

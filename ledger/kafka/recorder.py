@@ -44,7 +44,7 @@ from ledger.kafka.records import encode, intake_header, intake_read, partition_o
 from ledger.kafka.topics import KAFKA_DEFAULT_RECORD_LIMIT, RecordsLost, TopicRefused, Topics
 from ledger.recorder import FactKey, LedgerSQLiteRecorder
 from ledger.settings import SettingsError
-from ledger.sql import rows_in
+from ledger.sql import as_tuples, rows_in
 from ledger.storage import RecordTooLarge
 
 log = logging.getLogger("consent_ledger.kafka")
@@ -243,6 +243,21 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                 (partition, first, last),
             )
             return {int(row[0]) for row in c.fetchall()}
+
+    def indexed_between(
+        self, partition: int, first: int, last: int
+    ) -> dict[int, tuple[UUID, int, str]]:
+        """The facts this replica applied from offsets [first, last] of a ledger partition:
+        offset -> (aggregate, version, hash)."""
+        with self.datastore.transaction(commit=False) as c:
+            as_tuples(c).execute(
+                f"SELECT l.offset, i.originator_id, i.originator_version, i.hash "
+                f"FROM {self.located_table} AS l JOIN {self.index_table} AS i "
+                "ON i.position = l.position "
+                "WHERE l.partition = ? AND l.offset BETWEEN ? AND ?",
+                (partition, first, last),
+            )
+            return {int(o): (UUID(a), int(v), str(h)) for o, a, v, h in c.fetchall()}
 
     def hash_at_offset(self, partition: int, offset: int) -> str | None:
         """The hash of the ledger's record at this place of the topic, if the replica holds
