@@ -16,6 +16,7 @@ stop the projection for good on a duplicate.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from eventsourcing.persistence import Mapper, Tracking
@@ -72,9 +73,13 @@ class LedgerTopicReader:
     Not thread-safe: its owner (Views) calls it under its own lock.
     """
 
-    def __init__(self, recorder: KafkaLedgerRecorder) -> None:
+    def __init__(
+        self, recorder: KafkaLedgerRecorder, stopping: Callable[[], bool] | None = None
+    ) -> None:
         self.recorder = recorder
         self.link = recorder.link
+        # Whether the process is stopping: a read in progress then ends (`ReadStopped`).
+        self.stopping = stopping or (lambda: False)
         self._consumer: KafkaConsumer | None = None
 
     def consumer(self) -> KafkaConsumer:
@@ -161,7 +166,11 @@ class LedgerTopicReader:
         # a broker gone mid-read held the read (and `worker`, waiting for it at SIGTERM)
         # until the broker came back. What was applied before stays applied.
         reading = polls_to_end(
-            consumer, tps, timeout_s=self.link.catch_up_timeout_s, max_records=page
+            consumer,
+            tps,
+            timeout_s=self.link.catch_up_timeout_s,
+            max_records=page,
+            stopping=self.stopping,
         )
         for polled in reading:
             for tp, records in polled.items():

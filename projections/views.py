@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,17 @@ class Views:
     fact recorded before they were asked, in this process or another.
     """
 
-    def __init__(self, ledger: ConsentLedger, path: Path | None = None) -> None:
+    def __init__(
+        self,
+        ledger: ConsentLedger,
+        path: Path | None = None,
+        *,
+        stopping: Callable[[], bool] | None = None,
+    ) -> None:
+        """`stopping`: whether the process is stopping, which ends a Kafka-mode catch-up
+        in progress (`LedgerUnavailable`) instead of waiting out a broker that is away."""
         self.ledger = ledger
+        self.stopping = stopping
         self.store = ConsentViews.open(path or ledger.settings.views_path)
         self.projection = ConsentProjection(view=self.store)
         self._lock = threading.Lock()
@@ -41,7 +51,7 @@ class Views:
                 from projections.kafka_source import LedgerTopicReader
 
                 assert isinstance(self.ledger.recorder, KafkaLedgerRecorder)
-                self._reader = LedgerTopicReader(self.ledger.recorder)
+                self._reader = LedgerTopicReader(self.ledger.recorder, self.stopping)
             return catch_up(
                 self.ledger, self.projection, known_at=known_at, page=page, reader=self._reader
             )

@@ -1,15 +1,17 @@
 """The read-to-the-end loop every Kafka-mode reader shares (`polls_to_end`), on a stand-in
 consumer and clock: what is tested is the loop's own timeout, not Kafka (the real-broker
-tests read through the same loop)."""
+tests read through the same loop). The last test asks the real broker for a partition it
+does not have, which it never answers."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
-from kafka import TopicPartition
+from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaTimeoutError
 
-from ledger.kafka.reading import ReadTimedOut, polls_to_end
+from ledger.kafka.reading import STEP_MS, ReadStopped, ReadTimedOut, polls_to_end
 
 TP = TopicPartition("t", 0)
 
@@ -30,10 +32,10 @@ class SlowPartition:
         self.clock, self.end, self.batches, self.seconds = clock, end, list(batches), seconds
         self.at = 0
 
-    def position(self, tp: TopicPartition) -> int:
+    def position(self, tp: TopicPartition, timeout_ms: int) -> int:
         return self.at
 
-    def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+    def end_offsets(self, tps: list[TopicPartition], timeout_ms: int) -> dict[TopicPartition, int]:
         return {tp: self.end for tp in tps}
 
     def poll(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Any]]:
@@ -61,3 +63,85 @@ def test_a_read_that_stops_progressing_times_out_from_its_last_progress() -> Non
             pass
     assert consumer.at == 30
     assert 6.0 <= clock.now <= 7.0  # the last progress at 3 s, then 3 s without
+
+
+class Unanswered(SlowPartition):
+    """A broker gone: each question waits its whole timeout, then times out (end offsets)
+    or comes back without an answer (a position not yet known)."""
+
+    def position(self, tp: TopicPartition, timeout_ms: int) -> Any:
+        self.clock.now += timeout_ms / 1000
+        return None
+
+    def end_offsets(self, tps: list[TopicPartition], timeout_ms: int) -> dict[TopicPartition, int]:
+        self.clock.now += timeout_ms / 1000
+        raise KafkaTimeoutError("no answer")
+
+
+class Stopping:
+    """Says "stop" from its `after`th question on."""
+
+    def __init__(self, after: int) -> None:
+        self.after, self.asked = after, 0
+
+    def __call__(self) -> bool:
+        self.asked += 1
+        return self.asked >= self.after
+
+
+@pytest.mark.parametrize("known_end", [False, True])
+def test_a_broker_that_does_not_answer_times_out_a_step_at_a_time(known_end: bool) -> None:
+    """End offsets (when not given) and positions are asked a step at a time: each question
+    is bounded, the read as a whole by its timeout; kafka-python's own position() waits for
+    ever by default."""
+    clock = Clock()
+    consumer = Unanswered(clock, end=100, batches=[], seconds=1.0)
+    end = {TP: 100} if known_end else None
+    with pytest.raises(ReadTimedOut):
+        list(polls_to_end(consumer, [TP], timeout_s=10, end=end, clock=clock))
+    assert 10.0 < clock.now <= 10.0 + STEP_MS / 1000
+
+
+@pytest.mark.parametrize("known_end", [False, True])
+def test_a_read_of_a_broker_that_does_not_answer_ends_when_its_process_stops(
+    known_end: bool,
+) -> None:
+    """A worker stopped with SIGTERM while its broker was away waited for the projections'
+    read (kafka-python's 30 s request timeout, each time): now within a step."""
+    clock = Clock()
+    consumer = Unanswered(clock, end=100, batches=[], seconds=1.0)
+    stopping = Stopping(after=3)
+    end = {TP: 100} if known_end else None
+    with pytest.raises(ReadStopped):
+        list(polls_to_end(consumer, [TP], timeout_s=120, end=end, clock=clock, stopping=stopping))
+    assert stopping.asked == 3 and clock.now == 2 * STEP_MS / 1000
+
+
+def test_stopping_ends_a_read_that_is_progressing() -> None:
+    clock = Clock()
+    consumer = SlowPartition(clock, end=100, batches=[10] * 10, seconds=1.0)
+    # Asked before the end offsets, the two positions before polling, the first poll and
+    # the position after it: stopped there.
+    stopping = Stopping(after=5)
+    with pytest.raises(ReadStopped):
+        for _ in polls_to_end(consumer, [TP], timeout_s=3, clock=clock, stopping=stopping):
+            pass
+    assert consumer.at == 10
+
+
+@pytest.mark.kafka
+def test_a_partition_the_broker_does_not_have_is_asked_until_the_read_stops(
+    kafka_bootstrap: str,
+) -> None:
+    """The real client against the real broker: the question is asked again a step at a
+    time (the read would otherwise wait out kafka-python's 30 s request timeout)."""
+    consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False)
+    missing = TopicPartition("no-such-topic", 0)
+    consumer.assign([missing])
+    stopping = Stopping(after=3)
+    try:
+        with pytest.raises(ReadStopped):
+            list(polls_to_end(consumer, [missing], timeout_s=120, stopping=stopping))
+    finally:
+        consumer.close()
+    assert stopping.asked == 3

@@ -130,7 +130,7 @@ def _work(args: argparse.Namespace, settings: Settings, stop: threading.Event) -
         return 0
     ledger = open_ledger(settings)
     writer = IntakeWriter(ledger)
-    views = None if args.no_projections else Views(ledger)
+    views = None if args.no_projections else Views(ledger, stopping=stop.is_set)
     if views is not None:
         try:
             views.check()  # views of another ledger topic: exit 2 before consuming anything
@@ -197,7 +197,11 @@ def follow_views(views: Any, stop: Any, interval: float) -> None:
     while not stop.is_set():
         try:
             done = views.refresh()
-        except LedgerUnavailable:
+        except LedgerUnavailable as error:
+            if not stop.is_set():  # a read ended by the stop itself is not news
+                logging.getLogger("consent_ledger.projections").warning(
+                    "views not brought up to date: %s", error
+                )
             done = 0
         except SettingsError as error:  # views not of this log: what to do is in the message
             logging.getLogger("consent_ledger.projections").error("%s", error)

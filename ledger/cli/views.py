@@ -170,7 +170,7 @@ def cmd_project(args: argparse.Namespace, settings: Settings) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     ledger = open_ledger(settings)
-    views = Views(ledger)
+    views = Views(ledger, stopping=stop.is_set)
     total = 0
     pause = args.interval
     try:
@@ -179,6 +179,10 @@ def cmd_project(args: argparse.Namespace, settings: Settings) -> int:
                 done = views.refresh(page=args.page)
                 pause = args.interval
             except Exception as error:
+                from ledger.kafka.recorder import LedgerUnavailable
+
+                if stop.is_set() and isinstance(error, LedgerUnavailable):
+                    break  # a Kafka-mode read ended by the stop; what was read is kept
                 failure = storage_failure(error)
                 if failure is None or not args.follow:
                     raise

@@ -15,6 +15,7 @@ from typing import Any
 
 from eventsourcing.persistence import StoredEvent
 from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaTimeoutError
 
 from ledger.kafka.records import NotALedgerRecord, decode
 from ledger.recorder import FactKey
@@ -27,6 +28,20 @@ class ReadTimedOut(TimeoutError):
     unreachable)."""
 
 
+class ReadStopped(ReadTimedOut):
+    """The reader's process is stopping: the read ended before the topic's end, as one cut
+    short by a broker would (what was applied before stays applied)."""
+
+
+def _never() -> bool:
+    return False
+
+
+# How long one call to the broker may wait before the reader looks at its clock and at
+# whether it is stopping.
+STEP_MS = 1000
+
+
 def polls_to_end(
     consumer: KafkaConsumer,
     partitions: Sequence[TopicPartition],
@@ -35,6 +50,7 @@ def polls_to_end(
     max_records: int = 5000,
     end: dict[TopicPartition, int] | None = None,
     clock: Callable[[], float] = time.monotonic,
+    stopping: Callable[[], bool] = _never,
 ) -> Iterator[dict[TopicPartition, list[Any]]]:
     """Poll from the consumer's current positions until each partition reaches its end
     (`end`, when the caller already asked for it).
@@ -43,20 +59,75 @@ def polls_to_end(
     every read longer than it however well the broker answered, so that `verify` (300 s)
     could never check a ledger of several million facts, and a replica built afresh for a
     read command took several runs (`ReadTimedOut` is answered "unavailable, retry").
+    Every call to the broker waits at most `STEP_MS`, so `stopping` (checked between) ends
+    the read within about a second: the worker's projections, stopped with SIGTERM while
+    the broker was away, held the worker for up to kafka-python's 30 s request timeout.
     """
-    end = end if end is not None else consumer.end_offsets(list(partitions))
     deadline = clock() + timeout_s
-    pending = [tp for tp in partitions if consumer.position(tp) < end[tp]]
-    read = sum(consumer.position(tp) for tp in pending)
+
+    def answered(ask: Callable[[int], Any]) -> Any:
+        return _answered(ask, lambda: deadline, stopping, clock)
+
+    if end is None:
+        end = answered(lambda ms: consumer.end_offsets(list(partitions), timeout_ms=ms))
+    assert end is not None
+
+    def position(tp: TopicPartition) -> int:
+        return int(answered(lambda ms: consumer.position(tp, timeout_ms=ms)))
+
+    pending = [tp for tp in partitions if position(tp) < end[tp]]
+    read = sum(position(tp) for tp in pending)
     while pending:
+        if stopping():
+            raise ReadStopped("the read was stopped")
         if clock() > deadline:
             raise ReadTimedOut("the topic could not be read to its end")
         yield consumer.poll(timeout_ms=500, max_records=max_records)
-        positions = {tp: consumer.position(tp) for tp in pending}
+        positions = {tp: position(tp) for tp in pending}
         if sum(positions.values()) > read:
             deadline = clock() + timeout_s
         pending = [tp for tp in pending if positions[tp] < end[tp]]
         read = sum(positions[tp] for tp in pending)
+
+
+def end_offsets(
+    consumer: KafkaConsumer,
+    partitions: Sequence[TopicPartition],
+    *,
+    timeout_s: float,
+    clock: Callable[[], float] = time.monotonic,
+    stopping: Callable[[], bool] = _never,
+) -> dict[TopicPartition, int]:
+    """The partitions' end offsets, asked a step at a time until `timeout_s` has passed."""
+    deadline = clock() + timeout_s
+    return dict(
+        _answered(
+            lambda ms: consumer.end_offsets(list(partitions), timeout_ms=ms),
+            lambda: deadline,
+            stopping,
+            clock,
+        )
+    )
+
+
+def _answered(
+    ask: Callable[[int], Any],
+    deadline: Callable[[], float],
+    stopping: Callable[[], bool],
+    clock: Callable[[], float],
+) -> Any:
+    """`ask(STEP_MS)` again until it answers (not None, no timeout)."""
+    while True:
+        if stopping():
+            raise ReadStopped("the read was stopped")
+        try:
+            answer = ask(STEP_MS)
+        except KafkaTimeoutError:
+            answer = None
+        if answer is not None:
+            return answer
+        if clock() > deadline():
+            raise ReadTimedOut("the broker did not answer")
 
 
 def from_the_beginning(
@@ -83,7 +154,7 @@ def from_the_beginning(
             return
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
-        end = consumer.end_offsets(tps)
+        end = end_offsets(consumer, tps, timeout_s=timeout_s)
         for polled in polls_to_end(consumer, tps, timeout_s=timeout_s, end=end):
             for tp, records in polled.items():
                 yield from (r for r in records if r.offset < end[tp])
