@@ -207,8 +207,7 @@ def projection_lag(service: Service) -> int:
 
 def kafka_unready(service: Service) -> tuple[str, str] | None:
     """Why the Kafka side cannot serve writes: fenced, writer stopped, broker or topics gone."""
-    from kafka.admin import KafkaAdminClient
-
+    from ledger.kafka.clients import AdminClient
     from ledger.kafka.topics import Topics
 
     intake = service.intake
@@ -221,7 +220,7 @@ def kafka_unready(service: Service) -> tuple[str, str] | None:
     try:
         if service.admin is None:
             # Bounded: a readiness probe must answer within its own timeout.
-            service.admin = KafkaAdminClient(
+            service.admin = AdminClient(
                 bootstrap_servers=service.settings.bootstrap(),
                 request_timeout_ms=3000,
                 bootstrap_timeout_ms=3000,

@@ -23,7 +23,8 @@ from eventsourcing.persistence import Mapper, Tracking
 from kafka import KafkaConsumer, TopicPartition
 
 from ledger.chain import stored_hash
-from ledger.kafka.reading import ReadTimedOut, ledger_events, polls_to_end
+from ledger.kafka.clients import Consumer
+from ledger.kafka.reading import ReadTimedOut, answered, ledger_events, polls_to_end
 from ledger.kafka.recorder import KafkaLedgerRecorder, LedgerUnavailable
 from projections.consent_projection import ConsentProjection
 from projections.known import KnownAt
@@ -84,11 +85,18 @@ class LedgerTopicReader:
 
     def consumer(self) -> KafkaConsumer:
         if self._consumer is None:
-            self._consumer = KafkaConsumer(
-                bootstrap_servers=self.link.bootstrap,
-                isolation_level="read_committed",
-                enable_auto_commit=False,
-                client_id="consent-ledger-projection",
+            # Made a step at a time, as the reads are: with no broker the constructor
+            # waits kafka-python's 30 s (`bootstrap_timeout_ms`), the stop unseen.
+            self._consumer = answered(
+                lambda ms: Consumer(
+                    bootstrap_servers=self.link.bootstrap,
+                    isolation_level="read_committed",
+                    enable_auto_commit=False,
+                    client_id="consent-ledger-projection",
+                    bootstrap_timeout_ms=ms,
+                ),
+                timeout_s=self.link.catch_up_timeout_s,
+                stopping=self.stopping,
             )
             tps = [TopicPartition(self.link.topics.ledger, p) for p in range(self.link.partitions)]
             self._consumer.assign(tps)

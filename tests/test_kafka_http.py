@@ -4,6 +4,7 @@ readiness that knows the broker, and a fenced service that refuses writes with a
 from __future__ import annotations
 
 import shutil
+import threading
 from pathlib import Path
 
 import orjson
@@ -89,6 +90,11 @@ def test_http_on_the_kafka_log(tmp_path: Path, kafka_bootstrap: str) -> None:
     assert "http-g3" not in landed
 
 
+def kafka_threads() -> int:
+    """The Kafka clients' network threads now running in this process."""
+    return sum(t.name.startswith("kafka-io") for t in threading.enumerate())
+
+
 def test_readyz_reports_an_unreachable_broker(tmp_path: Path, kafka_bootstrap: str) -> None:
     import dataclasses
     import socket
@@ -107,3 +113,9 @@ def test_readyz_reports_an_unreachable_broker(tmp_path: Path, kafka_bootstrap: s
         answer = client.get("/readyz")
         assert answer.status_code == 503, answer.text
         assert answer.json()["code"] == "broker_unreachable"
+        # Each probe tries a new client: one that cannot reach a broker leaves no network
+        # thread behind (kafka-python's left one per probe: 11 threads became 29 in 20).
+        threads = kafka_threads()
+        for _ in range(2):
+            assert client.get("/readyz").status_code == 503
+        assert kafka_threads() == threads

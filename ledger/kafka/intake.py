@@ -32,6 +32,7 @@ from kafka.errors import KafkaError, OffsetOutOfRangeError
 from ledger.application import ConsentLedger
 from ledger.envelope import Fact, parse_fact_bytes
 from ledger.errors import Code, FactRejected
+from ledger.kafka.clients import Consumer
 from ledger.kafka.publish import names_the_reference
 from ledger.kafka.recorder import (
     IntakeCommit,
@@ -139,7 +140,7 @@ class IntakeWriter:
         read next are the ones that really committed.
         """
         self.recorder.own()
-        consumer = KafkaConsumer(
+        consumer = Consumer(
             bootstrap_servers=self.link.bootstrap,
             group_id=self.link.intake_group,
             enable_auto_commit=False,

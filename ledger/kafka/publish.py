@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer, TopicPartition
 from kafka.errors import MessageSizeTooLargeError
 
 from ledger.application import ConsentLedger
 from ledger.errors import Code, FactRejected
+from ledger.kafka.clients import Consumer
 from ledger.kafka.reading import ReadTimedOut, from_the_beginning
 from ledger.kafka.recorder import KafkaLedgerRecorder, KafkaLink
 from ledger.kafka.topics import RECORD_LIMIT
@@ -203,7 +204,7 @@ def _receipt(ledger: ConsentLedger, p: Published) -> Receipt | FactRejected:
 
 
 def _wait_committed(link: KafkaLink, last: dict[TopicPartition, int], timeout_s: float) -> None:
-    consumer = KafkaConsumer(
+    consumer = Consumer(
         bootstrap_servers=link.bootstrap, group_id=link.intake_group, enable_auto_commit=False
     )
     deadline = time.monotonic() + timeout_s

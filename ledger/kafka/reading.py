@@ -17,6 +17,7 @@ from eventsourcing.persistence import StoredEvent
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaTimeoutError
 
+from ledger.kafka.clients import Consumer
 from ledger.kafka.records import NotALedgerRecord, decode
 from ledger.recorder import FactKey
 
@@ -95,19 +96,31 @@ def end_offsets(
     partitions: Sequence[TopicPartition],
     *,
     timeout_s: float,
-    clock: Callable[[], float] = time.monotonic,
     stopping: Callable[[], bool] = _never,
 ) -> dict[TopicPartition, int]:
-    """The partitions' end offsets, asked a step at a time until `timeout_s` has passed."""
-    deadline = clock() + timeout_s
+    """The partitions' end offsets, asked a step at a time for up to `timeout_s`."""
     return dict(
-        _answered(
+        answered(
             lambda ms: consumer.end_offsets(list(partitions), timeout_ms=ms),
-            lambda: deadline,
-            stopping,
-            clock,
+            timeout_s=timeout_s,
+            stopping=stopping,
         )
     )
+
+
+def answered(
+    ask: Callable[[int], Any],
+    *,
+    timeout_s: float,
+    stopping: Callable[[], bool] = _never,
+    clock: Callable[[], float] = time.monotonic,
+) -> Any:
+    """`ask(STEP_MS)` again until it answers, for up to `timeout_s` (`ReadTimedOut`) or
+    until `stopping` (`ReadStopped`). `ask` is given the milliseconds it may wait; it answers
+    anything but None, or times out with `KafkaTimeoutError` (as a client that cannot reach
+    a broker does from its constructor)."""
+    deadline = clock() + timeout_s
+    return _answered(ask, lambda: deadline, stopping, clock)
 
 
 def _answered(
@@ -140,7 +153,7 @@ def from_the_beginning(
 ) -> Iterator[Any]:
     """Every committed record of the topic (of `partitions`, default all), from its
     beginning to where it ends when the read starts, partition by partition as polled."""
-    consumer = KafkaConsumer(
+    consumer = Consumer(
         bootstrap_servers=bootstrap,
         isolation_level="read_committed",
         enable_auto_commit=False,

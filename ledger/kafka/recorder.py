@@ -29,7 +29,7 @@ from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.sqlite import SQLiteCursor, SQLiteDatastore
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer, TopicPartition
 from kafka.errors import (
     InvalidProducerEpochError,
     KafkaError,
@@ -39,6 +39,7 @@ from kafka.errors import (
 from kafka.structs import OffsetAndMetadata
 
 from ledger.failpoints import failpoint
+from ledger.kafka.clients import Consumer
 from ledger.kafka.reading import ReadTimedOut, ledger_events, polls_to_end
 from ledger.kafka.records import encode, intake_header, intake_read, partition_of
 from ledger.kafka.topics import KAFKA_DEFAULT_RECORD_LIMIT, RecordsLost, TopicRefused, Topics
@@ -319,7 +320,7 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
         gaps (transaction markers, aborted records), so the next position is the consumer's,
         never the last record's offset plus one assumed contiguous.
         """
-        consumer = KafkaConsumer(
+        consumer = Consumer(
             bootstrap_servers=self.link.bootstrap,
             isolation_level="read_committed",
             enable_auto_commit=False,
@@ -446,7 +447,7 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                 )
 
     def _high_watermarks(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
-        consumer = KafkaConsumer(
+        consumer = Consumer(
             bootstrap_servers=self.link.bootstrap,
             enable_auto_commit=False,
             client_id="consent-ledger-replica-ends",

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 from kafka.errors import KafkaConnectionError, KafkaTimeoutError
 
+from ledger.kafka.clients import AdminClient
 from ledger.settings import Settings
 
 # How long one attempt to reach the brokers waits for the first to answer. kafka-python's
@@ -52,7 +53,7 @@ def admin_client(settings: Settings) -> KafkaAdminClient:
     """An admin client that has reached a broker, or `BrokersUnreachable`."""
     bootstrap = settings.bootstrap()
     try:
-        return KafkaAdminClient(
+        return AdminClient(
             bootstrap_servers=bootstrap,
             client_id="consent-ledger",
             bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,

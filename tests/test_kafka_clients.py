@@ -1,0 +1,37 @@
+"""The Kafka clients the ledger makes (`ledger.kafka.clients`) against an address where no
+broker answers: the real kafka-python clients, which start a network thread before they
+wait for a broker and, failing, left it running."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+from kafka.errors import KafkaTimeoutError
+
+from ledger.kafka.clients import AdminClient, Consumer
+
+
+@pytest.fixture
+def no_broker() -> Iterator[str]:
+    """An address that refuses connections: a port bound here, never listened on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def network_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("kafka-io")]
+
+
+@pytest.mark.parametrize("client", [Consumer, AdminClient])
+def test_a_client_that_reaches_no_broker_leaves_no_thread_running(
+    client: type, no_broker: str
+) -> None:
+    before = network_threads()
+    for _ in range(3):
+        with pytest.raises(KafkaTimeoutError):
+            client(bootstrap_servers=no_broker, bootstrap_timeout_ms=100)
+    assert network_threads() == before
