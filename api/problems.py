@@ -154,7 +154,8 @@ async def on_unexpected(_: Request, exc: Exception) -> OrjsonResponse:
     if kind == "WriterFenced":
         return respond(503, "writer_fenced", "another writer owns the ledger partitions")
     if kind == "LedgerUnavailable":
-        return respond(503, "ledger_unavailable", "the Kafka broker did not take the write")
+        # A write it did not take, or a read (the views catching up) it did not answer.
+        return respond(503, "ledger_unavailable", "the Kafka broker did not answer; retry")
     if kind in ("TopicRefused", "RecordsLost"):
         # Met when the writer takes the ledger again after an outage and finds the topics
         # changed under it (records lost, partitions added): an operator must act. Its

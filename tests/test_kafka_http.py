@@ -119,3 +119,40 @@ def test_readyz_reports_an_unreachable_broker(tmp_path: Path, kafka_bootstrap: s
         for _ in range(2):
             assert client.get("/readyz").status_code == 503
         assert kafka_threads() == threads
+
+
+def test_a_question_whose_views_cannot_reach_the_broker_is_a_503(
+    tmp_path: Path, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The views catch up from the ledger topic before answering: with no broker answering,
+    503 `ledger_unavailable` once the broker has had its time to answer (a 500
+    `internal_error` after kafka-python's 30 s before)."""
+    import dataclasses
+    import socket
+
+    from ledger.kafka import reading
+    from projections.kafka_source import LedgerTopicReader
+
+    settings = kafka_settings(tmp_path / "data", kafka_bootstrap)
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    ledger.close()
+    store = ApiKeys(keys_path(settings))
+    _, key = store.create("demo", {"compliance"})
+    store.close()
+    auth = {"Authorization": f"Bearer {key}"}
+    question = "/v1/purposes/marketing/subjects"
+    with TestClient(create_app(settings)) as client:
+        assert client.get(question, headers=auth).status_code == 200
+        views = client.app.state.service.views  # type: ignore[attr-defined]
+        with socket.socket() as s:  # a port nothing listens on
+            s.bind(("127.0.0.1", 0))
+            dead = f"127.0.0.1:{s.getsockname()[1]}"
+        with views._lock:
+            views._reader.close()
+            views._reader = LedgerTopicReader(views.ledger.recorder)
+            views._reader.link = dataclasses.replace(views._reader.link, bootstrap=dead)
+        monkeypatch.setattr(reading, "ANSWER_TIMEOUT_S", 2.0)
+        answer = client.get(question, headers=auth)
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["code"] == "ledger_unavailable"

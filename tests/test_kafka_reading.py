@@ -11,7 +11,14 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaTimeoutError
 
-from ledger.kafka.reading import STEP_MS, ReadStopped, ReadTimedOut, polls_to_end
+from ledger.kafka.reading import (
+    ANSWER_TIMEOUT_S,
+    STEP_MS,
+    ReadStopped,
+    ReadTimedOut,
+    answered,
+    polls_to_end,
+)
 
 TP = TopicPartition("t", 0)
 
@@ -100,6 +107,21 @@ def test_a_broker_that_does_not_answer_times_out_a_step_at_a_time(known_end: boo
     with pytest.raises(ReadTimedOut):
         list(polls_to_end(consumer, [TP], timeout_s=10, end=end, clock=clock))
     assert 10.0 < clock.now <= 10.0 + STEP_MS / 1000
+
+
+def test_one_question_waits_no_longer_than_a_broker_has_to_answer() -> None:
+    """However long the read may go without progress (the views' 120 s), a question the
+    broker never answers ends at ANSWER_TIMEOUT_S: an HTTP question whose views could not
+    reach the broker waited the whole 120 s."""
+    clock = Clock()
+    consumer = Unanswered(clock, end=100, batches=[], seconds=1.0)
+    with pytest.raises(ReadTimedOut):
+        list(polls_to_end(consumer, [TP], timeout_s=120, clock=clock))
+    assert ANSWER_TIMEOUT_S < clock.now <= ANSWER_TIMEOUT_S + STEP_MS / 1000
+    clock.now = 0.0
+    with pytest.raises(ReadTimedOut):
+        answered(lambda ms: consumer.position(TP, ms), timeout_s=120, clock=clock)
+    assert ANSWER_TIMEOUT_S < clock.now <= ANSWER_TIMEOUT_S + STEP_MS / 1000
 
 
 @pytest.mark.parametrize("known_end", [False, True])

@@ -41,6 +41,11 @@ def _never() -> bool:
 # How long one call to the broker may wait before the reader looks at its clock and at
 # whether it is stopping.
 STEP_MS = 1000
+# How long the broker has to answer one question (a client's first contact, end offsets, a
+# position) however long the read may go on without progress: kafka-python's own request
+# timeout, which bounded these before they were asked a step at a time. An HTTP question
+# whose views could not reach the broker waited the reader's whole 120 s without it.
+ANSWER_TIMEOUT_S = 30.0
 
 
 def polls_to_end(
@@ -115,10 +120,10 @@ def answered(
     stopping: Callable[[], bool] = _never,
     clock: Callable[[], float] = time.monotonic,
 ) -> Any:
-    """`ask(STEP_MS)` again until it answers, for up to `timeout_s` (`ReadTimedOut`) or
-    until `stopping` (`ReadStopped`). `ask` is given the milliseconds it may wait; it answers
-    anything but None, or times out with `KafkaTimeoutError` (as a client that cannot reach
-    a broker does from its constructor)."""
+    """`ask(STEP_MS)` again until it answers, for up to `timeout_s` and `ANSWER_TIMEOUT_S`
+    (`ReadTimedOut`) or until `stopping` (`ReadStopped`). `ask` is given the milliseconds
+    it may wait; it answers anything but None, or times out with `KafkaTimeoutError` (as a
+    client that cannot reach a broker does from its constructor)."""
     deadline = clock() + timeout_s
     return _answered(ask, lambda: deadline, stopping, clock)
 
@@ -129,7 +134,9 @@ def _answered(
     stopping: Callable[[], bool],
     clock: Callable[[], float],
 ) -> Any:
-    """`ask(STEP_MS)` again until it answers (not None, no timeout)."""
+    """`ask(STEP_MS)` again until it answers (not None, no timeout), for up to
+    `ANSWER_TIMEOUT_S` or to the `deadline`, whichever comes first."""
+    asked = clock()
     while True:
         if stopping():
             raise ReadStopped("the read was stopped")
@@ -139,7 +146,7 @@ def _answered(
             answer = None
         if answer is not None:
             return answer
-        if clock() > deadline():
+        if clock() > min(deadline(), asked + ANSWER_TIMEOUT_S):
             raise ReadTimedOut("the broker did not answer")
 
 
