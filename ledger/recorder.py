@@ -436,7 +436,7 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
         What `verify` compares must be one moment of the log: facts appended while it walks
         lie after these positions and are left for the next verification. The rows up to
         them are never rewritten (the log only grows), so the walk reads them a page at a
-        time (`index_between`) instead of holding the index: 1.1 GB at a million facts.
+        time (`index_between`) instead of holding the index: 1,075 MiB at a million facts.
         """
         with self.datastore.transaction(commit=False) as c:
             c.execute(f"SELECT size, root FROM {self.head_table} WHERE id = 1")
