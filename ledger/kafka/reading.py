@@ -70,16 +70,19 @@ def polls_to_end(
     the broker was away, held the worker for up to kafka-python's 30 s request timeout.
     """
     deadline = clock() + timeout_s
-
-    def answered(ask: Callable[[int], Any]) -> Any:
-        return _answered(ask, lambda: deadline, stopping, clock)
-
     if end is None:
-        end = answered(lambda ms: consumer.end_offsets(list(partitions), timeout_ms=ms))
+        end = _answered(
+            lambda ms: consumer.end_offsets(list(partitions), timeout_ms=ms),
+            deadline,
+            stopping,
+            clock,
+        )
     assert end is not None
 
     def position(tp: TopicPartition) -> int:
-        return int(answered(lambda ms: consumer.position(tp, timeout_ms=ms)))
+        return int(
+            _answered(lambda ms: consumer.position(tp, timeout_ms=ms), deadline, stopping, clock)
+        )
 
     pending = [tp for tp in partitions if position(tp) < end[tp]]
     read = sum(position(tp) for tp in pending)
@@ -124,19 +127,18 @@ def answered(
     (`ReadTimedOut`) or until `stopping` (`ReadStopped`). `ask` is given the milliseconds
     it may wait; it answers anything but None, or times out with `KafkaTimeoutError` (as a
     client that cannot reach a broker does from its constructor)."""
-    deadline = clock() + timeout_s
-    return _answered(ask, lambda: deadline, stopping, clock)
+    return _answered(ask, clock() + timeout_s, stopping, clock)
 
 
 def _answered(
     ask: Callable[[int], Any],
-    deadline: Callable[[], float],
+    deadline: float,
     stopping: Callable[[], bool],
     clock: Callable[[], float],
 ) -> Any:
     """`ask(STEP_MS)` again until it answers (not None, no timeout), for up to
     `ANSWER_TIMEOUT_S` or to the `deadline`, whichever comes first."""
-    asked = clock()
+    deadline = min(deadline, clock() + ANSWER_TIMEOUT_S)
     while True:
         if stopping():
             raise ReadStopped("the read was stopped")
@@ -146,7 +148,7 @@ def _answered(
             answer = None
         if answer is not None:
             return answer
-        if clock() > min(deadline(), asked + ANSWER_TIMEOUT_S):
+        if clock() > deadline:
             raise ReadTimedOut("the broker did not answer")
 
 
