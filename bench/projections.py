@@ -106,7 +106,7 @@ def disk_reads(work: Callable[[], Any]) -> tuple[Any, float, float]:
 
 # verify's floor: every stored event read in log order and hashed once, nothing else.
 READ_AND_HASH = """
-import hashlib, sqlite3
+import hashlib, sqlite3, sys
 n = 0
 for (state,) in sqlite3.connect(sys.argv[1]).execute(
     "SELECT state FROM stored_events ORDER BY rowid"
@@ -116,7 +116,7 @@ for (state,) in sqlite3.connect(sys.argv[1]).execute(
 print(n)
 """
 VERIFY = """
-import runpy
+import runpy, sys
 sys.argv = ["consent-ledger", "verify", "--json"]
 runpy.run_module("ledger.cli", run_name="__main__")
 """
@@ -134,7 +134,9 @@ atexit.register(_peak)
 """
 
 
-def in_a_process(program: str, args: list[str], env: dict[str, str] | None = None) -> Any:
+def in_a_process(
+    program: str, args: list[str], env: dict[str, str] | None = None
+) -> tuple[str, float, float]:
     """What a Python program run on its own printed, its seconds and its peak memory (MiB):
     a process of its own, so that the peak is the program's and not this process's."""
     t0 = time.perf_counter()
