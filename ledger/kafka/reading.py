@@ -69,15 +69,9 @@ def polls_to_end(
     the read within about a second: the worker's projections, stopped with SIGTERM while
     the broker was away, held the worker for up to kafka-python's 30 s request timeout.
     """
-    deadline = clock() + timeout_s
     if end is None:
-        end = _answered(
-            lambda ms: consumer.end_offsets(list(partitions), timeout_ms=ms),
-            deadline,
-            stopping,
-            clock,
-        )
-    assert end is not None
+        end = end_offsets(consumer, partitions, timeout_s=timeout_s, stopping=stopping, clock=clock)
+    deadline = clock() + timeout_s
 
     def position(tp: TopicPartition) -> int:
         return int(
@@ -105,6 +99,7 @@ def end_offsets(
     *,
     timeout_s: float,
     stopping: Callable[[], bool] = _never,
+    clock: Callable[[], float] = time.monotonic,
 ) -> dict[TopicPartition, int]:
     """The partitions' end offsets, asked a step at a time for up to `timeout_s`."""
     return dict(
@@ -112,6 +107,7 @@ def end_offsets(
             lambda ms: consumer.end_offsets(list(partitions), timeout_ms=ms),
             timeout_s=timeout_s,
             stopping=stopping,
+            clock=clock,
         )
     )
 
