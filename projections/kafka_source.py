@@ -24,7 +24,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from ledger.chain import stored_hash
 from ledger.kafka.clients import Consumer
-from ledger.kafka.reading import ReadTimedOut, answered, ledger_events, polls_to_end
+from ledger.kafka.reading import ReadTimedOut, answered, ledger_events, never, polls_to_end
 from ledger.kafka.recorder import KafkaLedgerRecorder, LedgerUnavailable
 from projections.consent_projection import ConsentProjection
 from projections.known import KnownAt
@@ -46,7 +46,12 @@ def tracking_names(recorder: KafkaLedgerRecorder, application: str) -> set[str]:
     }
 
 
-def check_marks(recorder: KafkaLedgerRecorder, view: ConsentViews, application: str) -> None:
+def check_marks(
+    recorder: KafkaLedgerRecorder,
+    view: ConsentViews,
+    application: str,
+    stopping: Callable[[], bool] | None = None,
+) -> None:
     """Refuse views whose last applied record of a partition is not the replica's record
     at that offset (`ViewsOfAnotherLog`): views of another ledger topic, or of this one
     before it was deleted and made again, would count people the ledger does not hold.
@@ -58,7 +63,7 @@ def check_marks(recorder: KafkaLedgerRecorder, view: ConsentViews, application: 
             continue
         offset, fact_hash = mark
         if recorder.positions().get(partition, 0) <= offset:
-            recorder.catch_up()
+            recorder.catch_up(stopping or never)
         if recorder.hash_at_offset(partition, offset) != fact_hash:
             raise ViewsOfAnotherLog(
                 str(view.path or "views.db"),
@@ -80,7 +85,7 @@ class LedgerTopicReader:
         self.recorder = recorder
         self.link = recorder.link
         # Whether the process is stopping: a read in progress then ends (`ReadStopped`).
-        self.stopping = stopping or (lambda: False)
+        self.stopping = stopping or never
         self._consumer: KafkaConsumer | None = None
 
     def consumer(self) -> KafkaConsumer:
@@ -113,7 +118,7 @@ class LedgerTopicReader:
             return set()
         first, last = records[0].offset, records[-1].offset  # a partition's, in offset order
         if self.recorder.positions().get(partition, 0) <= last:
-            self.recorder.catch_up()
+            self.recorder.catch_up(self.stopping)
         accepted = self.recorder.accepted_offsets(partition, first, last)
         for record in records:
             if record.offset not in accepted:

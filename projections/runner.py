@@ -8,6 +8,7 @@ recorder does not, and commits once per event; catching up in pages keeps the sa
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -48,7 +49,9 @@ def catch_up(
             log.info("the views were moved on by another process; reading from there")
 
 
-def check_within_log(ledger: ConsentLedger, view: ConsentViews) -> None:
+def check_within_log(
+    ledger: ConsentLedger, view: ConsentViews, stopping: Callable[[], bool] | None = None
+) -> None:
     """Refuse views that stand past the end of the embedded log (`ViewsAheadOfLog`), or
     that applied another fact at their position than the log holds (`ViewsOfAnotherLog`;
     in Kafka mode, per partition of the ledger topic)."""
@@ -59,7 +62,7 @@ def check_within_log(ledger: ConsentLedger, view: ConsentViews) -> None:
         from projections.kafka_source import check_marks, tracking_names
 
         _check_read_only_from(view, tracking_names(ledger.recorder, APPLICATION))
-        check_marks(ledger.recorder, view, APPLICATION)
+        check_marks(ledger.recorder, view, APPLICATION, stopping)
         return
     _check_read_only_from(view, {APPLICATION})
     position = view.max_tracking_id(APPLICATION) or 0
@@ -108,7 +111,7 @@ def _catch_up(
     if not projection.log_checked:
         # Once per projection object (a process's views): a restore, the case this guards
         # against, happens while the ledger's processes are stopped.
-        check_within_log(ledger, projection.view)
+        check_within_log(ledger, projection.view, getattr(reader, "stopping", None))
         projection.log_checked = True
     if isinstance(ledger.recorder, KafkaLedgerRecorder):
         from projections.kafka_source import LedgerTopicReader

@@ -41,7 +41,7 @@ class Views:
         """Refuse views not built from this log now, as their first refresh would
         (`projections.runner.check_within_log`)."""
         with self._lock:
-            check_within_log(self.ledger, self.store)
+            check_within_log(self.ledger, self.store, self.stopping)
             self.projection.log_checked = True
 
     def refresh(self, *, known_at: datetime | None = None, page: int = 5000) -> int:

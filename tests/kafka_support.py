@@ -374,3 +374,14 @@ def made_by_hand(bootstrap: str, topic: str, configs: dict[str, str]) -> None:
         )
     finally:
         admin.close()
+
+
+class Stopping:
+    """Says "stop" from its `after`th question on."""
+
+    def __init__(self, after: int) -> None:
+        self.after, self.asked = after, 0
+
+    def __call__(self) -> bool:
+        self.asked += 1
+        return self.asked >= self.after

@@ -19,6 +19,7 @@ from ledger.kafka.reading import (
     answered,
     polls_to_end,
 )
+from tests.kafka_support import Stopping
 
 TP = TopicPartition("t", 0)
 
@@ -83,17 +84,6 @@ class Unanswered(SlowPartition):
     def end_offsets(self, tps: list[TopicPartition], timeout_ms: int) -> dict[TopicPartition, int]:
         self.clock.now += timeout_ms / 1000
         raise KafkaTimeoutError("no answer")
-
-
-class Stopping:
-    """Says "stop" from its `after`th question on."""
-
-    def __init__(self, after: int) -> None:
-        self.after, self.asked = after, 0
-
-    def __call__(self) -> bool:
-        self.asked += 1
-        return self.asked >= self.after
 
 
 @pytest.mark.parametrize("known_end", [False, True])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+import socket
 import tempfile
 import time
 import uuid
@@ -34,6 +35,7 @@ from ledger.settings import Settings
 from ledger.verify import verify_ledger
 from tests.facts import grant
 from tests.kafka_support import (
+    Stopping,
     headers,
     kafka_cli,
     kafka_settings,
@@ -742,3 +744,46 @@ def test_a_replica_of_another_topic_is_refused_as_such(
     ledger.init_demo()
     ledger.close()
     assert kafka_cli(moved, "verify").returncode == 0
+
+
+def test_a_replica_catching_up_from_a_broker_that_is_away_ends_when_its_process_stops(
+    tmp_path: Path,
+) -> None:
+    """The views' reader catches the replica up when it is behind; a worker stopped with
+    SIGTERM then waited out the consumer's 30 s first contact. Each contact now lasts a
+    step, the stop checked between."""
+    from ledger.kafka.recorder import LedgerUnavailable
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    recorder = KafkaLedgerRecorder(
+        SQLiteDatastore(db_name=str(tmp_path / "r.db"), lock_timeout=30),
+        link=KafkaLink(f"127.0.0.1:{port}", Topics.of("away"), 3, TEST_RECORD_KEY),
+    )
+    recorder.create_table()
+    stopping = Stopping(after=3)
+    with pytest.raises(LedgerUnavailable, match="stopped"):
+        recorder.catch_up(stopping)
+    assert stopping.asked == 3
+    assert recorder.positions() == {}
+
+
+def test_a_replica_whose_end_offsets_never_come_ends_when_its_process_stops(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """The real broker, asked the end offsets of partitions it does not have (as of a topic
+    deleted, or a broker that lost them), never answers: asked a step at a time until the
+    process stops, where kafka-python waited 30 s."""
+    from ledger.kafka.recorder import LedgerUnavailable
+
+    recorder = KafkaLedgerRecorder(
+        SQLiteDatastore(db_name=str(tmp_path / "r.db"), lock_timeout=30),
+        link=KafkaLink(kafka_bootstrap, Topics.of("t" + uuid.uuid4().hex[:12]), 3, TEST_RECORD_KEY),
+    )
+    recorder.create_table()
+    stopping = Stopping(after=4)
+    with pytest.raises(LedgerUnavailable, match="stopped"):
+        recorder.catch_up(stopping)
+    assert stopping.asked == 4
+    recorder.close()

@@ -34,7 +34,8 @@ class ReadStopped(ReadTimedOut):
     short by a broker would (what was applied before stays applied)."""
 
 
-def _never() -> bool:
+def never() -> bool:
+    """A process that is not stopping: the default of every `stopping`."""
     return False
 
 
@@ -56,7 +57,7 @@ def polls_to_end(
     max_records: int = 5000,
     end: dict[TopicPartition, int] | None = None,
     clock: Callable[[], float] = time.monotonic,
-    stopping: Callable[[], bool] = _never,
+    stopping: Callable[[], bool] = never,
 ) -> Iterator[dict[TopicPartition, list[Any]]]:
     """Poll from the consumer's current positions until each partition reaches its end
     (`end`, when the caller already asked for it).
@@ -98,7 +99,7 @@ def end_offsets(
     partitions: Sequence[TopicPartition],
     *,
     timeout_s: float,
-    stopping: Callable[[], bool] = _never,
+    stopping: Callable[[], bool] = never,
     clock: Callable[[], float] = time.monotonic,
 ) -> dict[TopicPartition, int]:
     """The partitions' end offsets, asked a step at a time for up to `timeout_s`."""
@@ -116,7 +117,7 @@ def answered(
     ask: Callable[[int], Any],
     *,
     timeout_s: float,
-    stopping: Callable[[], bool] = _never,
+    stopping: Callable[[], bool] = never,
     clock: Callable[[], float] = time.monotonic,
 ) -> Any:
     """`ask(STEP_MS)` again until it answers, for up to `timeout_s` and `ANSWER_TIMEOUT_S`

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,7 +40,14 @@ from kafka.structs import OffsetAndMetadata
 
 from ledger.failpoints import failpoint
 from ledger.kafka.clients import Consumer
-from ledger.kafka.reading import ReadTimedOut, ledger_events, polls_to_end
+from ledger.kafka.reading import (
+    ReadTimedOut,
+    answered,
+    end_offsets,
+    ledger_events,
+    never,
+    polls_to_end,
+)
 from ledger.kafka.records import encode, intake_header, intake_read, partition_of
 from ledger.kafka.topics import KAFKA_DEFAULT_RECORD_LIMIT, RecordsLost, TopicRefused, Topics
 from ledger.recorder import FactKey, LedgerSQLiteRecorder
@@ -313,19 +320,33 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
             c.execute(f"SELECT partition, next_offset FROM {self.positions_table}")
             return {int(row[0]): int(row[1]) for row in c.fetchall()}
 
-    def catch_up(self) -> int:
+    def catch_up(self, stopping: Callable[[], bool] = never) -> int:
         """Apply every committed record after the replica's positions; returns how many.
 
         Reads with read_committed up to each partition's last stable offset. Offsets have
         gaps (transaction markers, aborted records), so the next position is the consumer's,
         never the last record's offset plus one assumed contiguous.
+
+        Every question to the broker is asked a step at a time, `stopping` checked between
+        (`ledger.kafka.reading`): the views' reader catches the replica up when it is
+        behind, and a worker stopped with SIGTERM in that moment of a broker outage waited
+        for kafka-python's 30 s timeouts (its consumer's first contact, the end offsets).
         """
-        consumer = Consumer(
-            bootstrap_servers=self.link.bootstrap,
-            isolation_level="read_committed",
-            enable_auto_commit=False,
-            client_id="consent-ledger-replica",
-        )
+        timeout = self.link.catch_up_timeout_s
+        try:
+            consumer = answered(
+                lambda ms: Consumer(
+                    bootstrap_servers=self.link.bootstrap,
+                    isolation_level="read_committed",
+                    enable_auto_commit=False,
+                    client_id="consent-ledger-replica",
+                    bootstrap_timeout_ms=ms,
+                ),
+                timeout_s=timeout,
+                stopping=stopping,
+            )
+        except ReadTimedOut as error:
+            raise LedgerUnavailable(str(error)) from error
         applied = 0
         partitions = self.link.partitions
         try:
@@ -338,14 +359,19 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
             known = self._known_partitions()
             if known is not None and known != partitions:
                 raise self._partitions_changed(f"this replica was read from {known}")
-            ends = consumer.end_offsets(tps)
-            self._check_nothing_removed(consumer.beginning_offsets(tps), tps, start)
+            ends = end_offsets(consumer, tps, timeout_s=timeout, stopping=stopping)
+            firsts = answered(
+                lambda ms: consumer.beginning_offsets(tps, timeout_ms=ms),
+                timeout_s=timeout,
+                stopping=stopping,
+            )
+            self._check_nothing_removed(firsts, tps, start, stopping)
             for tp in tps:
                 if tp.partition in start:
                     consumer.seek(tp, start[tp.partition])
                 else:
                     consumer.seek_to_beginning(tp)
-            reading = polls_to_end(consumer, tps, timeout_s=self.link.catch_up_timeout_s, end=ends)
+            reading = polls_to_end(consumer, tps, timeout_s=timeout, end=ends, stopping=stopping)
             foreign: list[Any] = []
             for polled in reading:
                 events: list[StoredEvent] = []
@@ -414,6 +440,7 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
         firsts: Mapping[TopicPartition, int],
         tps: Sequence[TopicPartition],
         read: Mapping[int, int],
+        stopping: Callable[[], bool],
     ) -> None:
         """Refuse a ledger topic that lost records: the log of record keeps every one.
 
@@ -429,7 +456,7 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
         # read_committed one: a transaction's markers reach its partitions a moment after
         # its commit returns, and the writer records its positions in the replica between
         # the two, so the last stable offset can stand short of them for that moment.
-        ends = self._high_watermarks(tps) if read else {}
+        ends = self._high_watermarks(tps, stopping) if read else {}
         for tp in sorted(firsts, key=lambda t: t.partition):
             if firsts[tp] > 0:
                 raise RecordsLost(
@@ -446,14 +473,22 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                     "ledger runs on it"
                 )
 
-    def _high_watermarks(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
-        consumer = Consumer(
-            bootstrap_servers=self.link.bootstrap,
-            enable_auto_commit=False,
-            client_id="consent-ledger-replica-ends",
+    def _high_watermarks(
+        self, tps: Sequence[TopicPartition], stopping: Callable[[], bool]
+    ) -> dict[TopicPartition, int]:
+        timeout = self.link.catch_up_timeout_s
+        consumer = answered(
+            lambda ms: Consumer(
+                bootstrap_servers=self.link.bootstrap,
+                enable_auto_commit=False,
+                client_id="consent-ledger-replica-ends",
+                bootstrap_timeout_ms=ms,
+            ),
+            timeout_s=timeout,
+            stopping=stopping,
         )
         try:
-            return dict(consumer.end_offsets(list(tps)))
+            return end_offsets(consumer, tps, timeout_s=timeout, stopping=stopping)
         finally:
             consumer.close()
 
