@@ -86,7 +86,10 @@ def rebuild(
         if by_subject:
             read = _by_subject(ledger, store, partial, known_at, batch, workers)
         else:
-            read = catch_up(ledger, ConsentProjection(view=store), known_at=known_at)
+            projection = ConsentProjection(
+                view=store, cache_facts=ledger.settings.views_cache_facts
+            )
+            read = catch_up(ledger, projection, known_at=known_at)
         # Written batch by batch, each table's and index's pages lie interleaved with every
         # other's in the file, so reading one in key order hops about it. A campaign check
         # reads a tenth of all subjects in key order from the subjects table and the partial

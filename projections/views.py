@@ -33,7 +33,9 @@ class Views:
         self.ledger = ledger
         self.stopping = stopping
         self.store = ConsentViews.open(path or ledger.settings.views_path)
-        self.projection = ConsentProjection(view=self.store)
+        self.projection = ConsentProjection(
+            view=self.store, cache_facts=ledger.settings.views_cache_facts
+        )
         self._lock = threading.Lock()
         self._reader: Any = None  # Kafka mode: one ledger-topic consumer kept between reads
 
