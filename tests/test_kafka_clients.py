@@ -1,6 +1,7 @@
 """The Kafka clients the ledger makes (`ledger.kafka.clients`) against an address where no
 broker answers: the real kafka-python clients, which start a network thread before they
-wait for a broker and, failing, left it running."""
+wait for a broker and, failing, left it running; and, against the real broker, how soon they
+refresh their metadata."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 from kafka.errors import KafkaTimeoutError
 
-from ledger.kafka.clients import AdminClient, Consumer
+from ledger.kafka.clients import RETRY_BACKOFF_MS, AdminClient, Consumer
 
 
 @pytest.fixture
@@ -35,3 +36,21 @@ def test_a_client_that_reaches_no_broker_leaves_no_thread_running(
         with pytest.raises(KafkaTimeoutError):
             client(bootstrap_servers=no_broker, bootstrap_timeout_ms=100)
     assert network_threads() == before
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("client", [Consumer, AdminClient])
+def test_a_client_refreshes_its_metadata_after_its_own_retry_backoff(
+    client: type, kafka_bootstrap: str
+) -> None:
+    """kafka-python keeps the cluster metadata's wait between refreshes at 100 ms whatever
+    the client is given: a new reader's first end offsets waited for it. Made here, the
+    client's `retry_backoff_ms` (ours by default) is the metadata's too."""
+    made = client(bootstrap_servers=kafka_bootstrap)
+    given = client(bootstrap_servers=kafka_bootstrap, retry_backoff_ms=7)
+    try:
+        assert made._client._manager.cluster.config["retry_backoff_ms"] == RETRY_BACKOFF_MS
+        assert given._client._manager.cluster.config["retry_backoff_ms"] == 7
+    finally:
+        made.close()
+        given.close()

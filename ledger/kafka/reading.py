@@ -47,6 +47,8 @@ STEP_MS = 1000
 # timeout, which bounded these before they were asked a step at a time. An HTTP question
 # whose views could not reach the broker waited the reader's whole 120 s without it.
 ANSWER_TIMEOUT_S = 30.0
+# How long one poll of a read to the end may wait for records (`polls_to_end`).
+POLL_MS = 50
 
 
 def polls_to_end(
@@ -86,7 +88,11 @@ def polls_to_end(
             raise ReadStopped("the read was stopped")
         if clock() > deadline:
             raise ReadTimedOut("the topic could not be read to its end")
-        yield consumer.poll(timeout_ms=500, max_records=max_records)
+        # A short poll: kafka-python's poll waits its whole timeout unless records come,
+        # even once the position has passed the end. A partition whose last records are
+        # a transaction's commit marker has none to give, and every read command in
+        # Kafka mode waited 0.5 s on it (a `consents` after a `record`).
+        yield consumer.poll(timeout_ms=POLL_MS, max_records=max_records)
         positions = {tp: position(tp) for tp in pending}
         if sum(positions.values()) > read:
             deadline = clock() + timeout_s
