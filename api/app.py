@@ -50,7 +50,7 @@ def build_service(settings: Settings) -> Service:
         service = Service(
             settings,
             ledger,
-            Views(ledger),
+            Views(ledger, recheck_s=problems.LEDGER_RETRY_AFTER_S),
             ApiKeys(keys_path(settings), recheck_s=settings.api_key_recheck_ms / 1000),
             Metrics(),
             ProcessCommitter(process)

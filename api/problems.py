@@ -30,6 +30,9 @@ _VIEWS_NOT_THIS_LOGS: dict[type, str] = {
 }
 
 PROBLEM = "application/problem+json"
+# A 503 `ledger_unavailable` says to retry after this many seconds (`Retry-After`); for as
+# long, the service's views do not ask the broker again (projections.views.Views).
+LEDGER_RETRY_AFTER_S = 5
 _FIELD = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
 TITLES = {
     400: "Bad request",
@@ -155,7 +158,9 @@ async def on_unexpected(_: Request, exc: Exception) -> OrjsonResponse:
         return respond(503, "writer_fenced", "another writer owns the ledger partitions")
     if kind == "LedgerUnavailable":
         # A write it did not take, or a read (the views catching up) it did not answer.
-        return respond(503, "ledger_unavailable", "the Kafka broker did not answer; retry")
+        response = respond(503, "ledger_unavailable", "the Kafka broker did not answer; retry")
+        response.headers["Retry-After"] = str(LEDGER_RETRY_AFTER_S)
+        return response
     if kind in ("TopicRefused", "RecordsLost"):
         # Met when the writer takes the ledger again after an outage and finds the topics
         # changed under it (records lost, partitions added): an operator must act. Its

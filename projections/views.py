@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -27,11 +28,22 @@ class Views:
         path: Path | None = None,
         *,
         stopping: Callable[[], bool] | None = None,
+        recheck_s: float = 0.0,
     ) -> None:
         """`stopping`: whether the process is stopping, which ends a Kafka-mode catch-up
-        in progress (`LedgerUnavailable`) instead of waiting out a broker that is away."""
+        in progress (`LedgerUnavailable`) instead of waiting out a broker that is away.
+
+        `recheck_s`: for this long after a Kafka-mode catch-up found the broker away, a
+        refresh says so at once (`LedgerUnavailable`) instead of asking it again. The HTTP
+        service sets it: its questions catch up one at a time, so during an outage each
+        waited out the broker's answer timeout (30 s) after every question ahead of it,
+        the tenth about five minutes.
+        """
         self.ledger = ledger
         self.stopping = stopping
+        self.recheck_s = recheck_s
+        # When the broker was last found away (monotonic), and what was said.
+        self._away: tuple[float, str] | None = None
         self.store = ConsentViews.open(path or ledger.settings.views_path)
         self.projection = ConsentProjection(
             view=self.store, cache_facts=ledger.settings.views_cache_facts
@@ -54,9 +66,24 @@ class Views:
 
                 assert isinstance(self.ledger.recorder, KafkaLedgerRecorder)
                 self._reader = LedgerTopicReader(self.ledger.recorder, self.stopping)
-            return catch_up(
+            if self._reader is None:
+                return catch_up(self.ledger, self.projection, known_at=known_at, page=page)
+            return self._kafka_catch_up(known_at, page)
+
+    def _kafka_catch_up(self, known_at: datetime | None, page: int) -> int:
+        from ledger.kafka.recorder import LedgerUnavailable
+
+        if self._away is not None and time.monotonic() - self._away[0] < self.recheck_s:
+            raise LedgerUnavailable(f"{self._away[1]} (less than {self.recheck_s:g} s ago)")
+        try:
+            read = catch_up(
                 self.ledger, self.projection, known_at=known_at, page=page, reader=self._reader
             )
+        except LedgerUnavailable as error:
+            self._away = (time.monotonic(), str(error))
+            raise
+        self._away = None
+        return read
 
     def close(self) -> None:
         with self._lock:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import orjson
@@ -156,3 +158,18 @@ def test_a_question_whose_views_cannot_reach_the_broker_is_a_503(
         answer = client.get(question, headers=auth)
         assert answer.status_code == 503, answer.text
         assert answer.json()["code"] == "ledger_unavailable"
+        assert answer.headers["Retry-After"] == "5"
+        # Asked again within those 5 s: answered so at once, the broker not asked again.
+        began = time.monotonic()
+        again = client.get(question, headers=auth)
+        assert again.status_code == 503 and again.json()["code"] == "ledger_unavailable"
+        assert time.monotonic() - began < reading.ANSWER_TIMEOUT_S
+        # Questions asked together once that has passed: the first waits for the broker,
+        # the others, which wait for it to finish, are answered with it. Each used to
+        # wait for the broker in turn (the third after three times the timeout).
+        views._away = None
+        began = time.monotonic()
+        with ThreadPoolExecutor(3) as pool:
+            answers = list(pool.map(lambda _: client.get(question, headers=auth), range(3)))
+        assert [a.status_code for a in answers] == [503] * 3
+        assert time.monotonic() - began < 2 * reading.ANSWER_TIMEOUT_S
