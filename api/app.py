@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,7 +36,10 @@ def keys_path(settings: Settings) -> Path:
     return settings.api_keys_path
 
 
-def build_service(settings: Settings) -> Service:
+def build_service(settings: Settings, stopping: Callable[[], bool] | None = None) -> Service:
+    """`stopping`: whether the server is stopping (`consent-ledger serve`'s SIGTERM), which
+    ends a question's Kafka-mode catch-up at once (503) rather than holding the shutdown
+    until the broker's answer timeout."""
     ledger = ConsentLedger(settings)
     process = None
     try:
@@ -50,7 +53,7 @@ def build_service(settings: Settings) -> Service:
         service = Service(
             settings,
             ledger,
-            Views(ledger, recheck_s=problems.LEDGER_RETRY_AFTER_S),
+            Views(ledger, stopping=stopping, recheck_s=problems.UNAVAILABLE_RETRY_AFTER_S),
             ApiKeys(keys_path(settings), recheck_s=settings.api_key_recheck_ms / 1000),
             Metrics(),
             ProcessCommitter(process)
@@ -89,12 +92,14 @@ def close_service(service: Service) -> None:
     service.ledger.close()
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, stopping: Callable[[], bool] | None = None
+) -> FastAPI:
     settings = settings or Settings.from_env()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.service = service = build_service(settings)
+        app.state.service = service = build_service(settings, stopping)
         try:
             yield
         finally:

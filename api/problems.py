@@ -32,7 +32,7 @@ _VIEWS_NOT_THIS_LOGS: dict[type, str] = {
 PROBLEM = "application/problem+json"
 # A 503 `ledger_unavailable` says to retry after this many seconds (`Retry-After`); for as
 # long, the service's views do not ask the broker again (projections.views.Views).
-LEDGER_RETRY_AFTER_S = 5
+UNAVAILABLE_RETRY_AFTER_S = 5
 _FIELD = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
 TITLES = {
     400: "Bad request",
@@ -159,7 +159,7 @@ async def on_unexpected(_: Request, exc: Exception) -> OrjsonResponse:
     if kind == "LedgerUnavailable":
         # A write it did not take, or a read (the views catching up) it did not answer.
         response = respond(503, "ledger_unavailable", "the Kafka broker did not answer; retry")
-        response.headers["Retry-After"] = str(LEDGER_RETRY_AFTER_S)
+        response.headers["Retry-After"] = str(UNAVAILABLE_RETRY_AFTER_S)
         return response
     if kind in ("TopicRefused", "RecordsLost"):
         # Met when the writer takes the ledger again after an outage and finds the topics

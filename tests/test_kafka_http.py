@@ -173,3 +173,44 @@ def test_a_question_whose_views_cannot_reach_the_broker_is_a_503(
             answers = list(pool.map(lambda _: client.get(question, headers=auth), range(3)))
         assert [a.status_code for a in answers] == [503] * 3
         assert time.monotonic() - began < 2 * reading.ANSWER_TIMEOUT_S
+
+
+def test_a_question_waiting_for_the_broker_ends_when_the_server_stops(
+    tmp_path: Path, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`serve` tells the service when a signal stops it (create_app's `stopping`): a question
+    whose views wait for a broker that is away is answered 503 then, where uvicorn, which
+    waits for requests in flight, was held for the broker's answer timeout."""
+    import dataclasses
+    import socket
+
+    from ledger.kafka import reading
+    from projections.kafka_source import LedgerTopicReader
+
+    settings = kafka_settings(tmp_path / "data", kafka_bootstrap)
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    ledger.close()
+    store = ApiKeys(keys_path(settings))
+    _, key = store.create("demo", {"compliance"})
+    store.close()
+    auth = {"Authorization": f"Bearer {key}"}
+    question = "/v1/purposes/marketing/subjects"
+    stop = threading.Event()
+    with TestClient(create_app(settings, stopping=stop.is_set)) as client:
+        assert client.get(question, headers=auth).status_code == 200
+        views = client.app.state.service.views  # type: ignore[attr-defined]
+        assert views.stopping == stop.is_set
+        with socket.socket() as s:  # a port nothing listens on
+            s.bind(("127.0.0.1", 0))
+            dead = f"127.0.0.1:{s.getsockname()[1]}"
+        with views._lock:
+            views._reader.close()
+            views._reader = LedgerTopicReader(views.ledger.recorder, views.stopping)
+            views._reader.link = dataclasses.replace(views._reader.link, bootstrap=dead)
+        monkeypatch.setattr(reading, "ANSWER_TIMEOUT_S", 20.0)
+        stop.set()
+        began = time.monotonic()
+        answer = client.get(question, headers=auth)
+        assert answer.status_code == 503 and answer.json()["code"] == "ledger_unavailable"
+        assert time.monotonic() - began < reading.ANSWER_TIMEOUT_S

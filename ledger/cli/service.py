@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import FrameType
 from typing import Any
 
 from ledger.cli.common import (
@@ -98,14 +100,30 @@ read it back (the sid is in the receipt):
     from api.logs import configure
 
     configure()
+    stopping = threading.Event()
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, telling the service when a signal asks it to stop: uvicorn
+        then waits for the requests in flight, and a question whose views were waiting for
+        a Kafka broker that is away held the shutdown for the broker's 30 s timeout."""
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            stopping.set()
+            super().handle_exit(sig, frame)
+
     # uvicorn's own access log would print URLs and client addresses; ours names routes only.
-    uvicorn.run(
-        create_app(settings),
+    config = uvicorn.Config(
+        create_app(settings, stopping=stopping.is_set),
         host=args.host,
         port=args.port,
         log_level="warning",
         access_log=False,
     )
+    server = Server(config)
+    with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run: a second Ctrl-C
+        server.run()
+    if not server.started:
+        return 3  # as uvicorn.run exits when the server could not start (a port in use)
     return 0
 
 
