@@ -699,3 +699,33 @@ def test_clocks_that_run_ahead_of_the_brokers_do_not_stop_the_ledger(
     for topic in (topics.ledger, topics.intake):
         for record in read_committed(kafka_bootstrap, topic):
             assert record.timestamp < time.time() * 1000 + ahead_ms / 2  # the broker's
+
+
+def test_a_writer_starting_again_while_the_broker_is_away_stops_when_asked(
+    kafka_ledger: ConsentLedger,
+) -> None:
+    """A writer starts again after an outage broke its batch; while the broker is still away,
+    it waits for it there. That wait was kafka-python's 30 s at a time, unseen by the stop
+    (`serve` in Kafka mode, stopped with SIGTERM, waited it out); now it ends with the stop,
+    and the stop itself is not counted as an outage."""
+    import dataclasses
+    import socket
+
+    from ledger.kafka.reading import ANSWER_TIMEOUT_S
+
+    writer = IntakeWriter(kafka_ledger)
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        writer.link = dataclasses.replace(writer.link, bootstrap=f"127.0.0.1:{s.getsockname()[1]}")
+    stop = threading.Event()
+    asked = threading.Timer(1.0, stop.set)
+    began = time.monotonic()
+    asked.start()
+    try:
+        writer.run(stop)
+    finally:
+        asked.cancel()
+        writer.close()
+    assert time.monotonic() - began < ANSWER_TIMEOUT_S
+    assert writer.stats.retries == 0
+    assert writer.consumer is None

@@ -611,8 +611,9 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
         """Known only once a write was refused: Kafka tells a fenced producer when it writes."""
         return self._fenced
 
-    def own(self) -> None:
-        """Become the writer: fence earlier writers, then catch up with what they committed."""
+    def own(self, stopping: Callable[[], bool] = never) -> None:
+        """Become the writer: fence earlier writers, then catch up with what they committed
+        (a catch-up `stopping` ends, as `catch_up`'s)."""
         with self._owning:
             if self._fenced:
                 raise WriterFenced("another writer owns the ledger partitions")
@@ -622,7 +623,7 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
             # Writable only once the replica holds everything committed before the fence:
             # appending on a stale replica would reuse versions the topic already has.
             try:
-                self.catch_up()
+                self.catch_up(stopping)
             except BaseException:
                 with contextlib.suppress(Exception):
                     producer.close(timeout=5)
