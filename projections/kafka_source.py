@@ -23,8 +23,13 @@ from eventsourcing.persistence import Mapper, Tracking
 from kafka import KafkaConsumer, TopicPartition
 
 from ledger.chain import stored_hash
-from ledger.kafka.clients import Consumer
-from ledger.kafka.reading import ReadTimedOut, answered, ledger_events, never, polls_to_end
+from ledger.kafka.reading import (
+    ReadTimedOut,
+    committed_reader,
+    ledger_events,
+    never,
+    polls_to_end,
+)
 from ledger.kafka.recorder import KafkaLedgerRecorder, LedgerUnavailable
 from projections.consent_projection import ConsentProjection
 from projections.known import KnownAt
@@ -90,16 +95,9 @@ class LedgerTopicReader:
 
     def consumer(self) -> KafkaConsumer:
         if self._consumer is None:
-            # Made a step at a time, as the reads are: with no broker the constructor
-            # waits kafka-python's 30 s (`bootstrap_timeout_ms`), the stop unseen.
-            self._consumer = answered(
-                lambda ms: Consumer(
-                    bootstrap_servers=self.link.bootstrap,
-                    isolation_level="read_committed",
-                    enable_auto_commit=False,
-                    client_id="consent-ledger-projection",
-                    bootstrap_timeout_ms=ms,
-                ),
+            self._consumer = committed_reader(
+                self.link.bootstrap,
+                "consent-ledger-projection",
                 timeout_s=self.link.catch_up_timeout_s,
                 stopping=self.stopping,
             )

@@ -8,6 +8,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -17,6 +18,7 @@ from api.app import create_app, keys_path
 from api.keys import ApiKeys
 from ledger.application import ConsentLedger
 from ledger.kafka.topics import Topics
+from ledger.settings import Settings
 from tests.facts import grant
 from tests.kafka_support import headers, kafka_settings, publish, read_committed
 
@@ -123,18 +125,8 @@ def test_readyz_reports_an_unreachable_broker(tmp_path: Path, kafka_bootstrap: s
         assert kafka_threads() == threads
 
 
-def test_a_question_whose_views_cannot_reach_the_broker_is_a_503(
-    tmp_path: Path, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The views catch up from the ledger topic before answering: with no broker answering,
-    503 `ledger_unavailable` once the broker has had its time to answer (a 500
-    `internal_error` after kafka-python's 30 s before)."""
-    import dataclasses
-    import socket
-
-    from ledger.kafka import reading
-    from projections.kafka_source import LedgerTopicReader
-
+def _compliance_key(tmp_path: Path, kafka_bootstrap: str) -> tuple[Settings, dict[str, str]]:
+    """A Kafka-mode ledger with the demo tenant, and a compliance key's header for it."""
     settings = kafka_settings(tmp_path / "data", kafka_bootstrap)
     ledger = ConsentLedger(settings)
     ledger.init_demo()
@@ -142,18 +134,39 @@ def test_a_question_whose_views_cannot_reach_the_broker_is_a_503(
     store = ApiKeys(keys_path(settings))
     _, key = store.create("demo", {"compliance"})
     store.close()
-    auth = {"Authorization": f"Bearer {key}"}
+    return settings, {"Authorization": f"Bearer {key}"}
+
+
+def _views_read_from_nowhere(views: Any) -> None:
+    """The service's views read the ledger topic from a port nothing listens on from now."""
+    import dataclasses
+    import socket
+
+    from projections.kafka_source import LedgerTopicReader
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    with views._lock:
+        views._reader.close()
+        views._reader = LedgerTopicReader(views.ledger.recorder, views.stopping)
+        views._reader.link = dataclasses.replace(views._reader.link, bootstrap=dead)
+
+
+def test_a_question_whose_views_cannot_reach_the_broker_is_a_503(
+    tmp_path: Path, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The views catch up from the ledger topic before answering: with no broker answering,
+    503 `ledger_unavailable` once the broker has had its time to answer (a 500
+    `internal_error` after kafka-python's 30 s before)."""
+    from ledger.kafka import reading
+
+    settings, auth = _compliance_key(tmp_path, kafka_bootstrap)
     question = "/v1/purposes/marketing/subjects"
     with TestClient(create_app(settings)) as client:
         assert client.get(question, headers=auth).status_code == 200
         views = client.app.state.service.views  # type: ignore[attr-defined]
-        with socket.socket() as s:  # a port nothing listens on
-            s.bind(("127.0.0.1", 0))
-            dead = f"127.0.0.1:{s.getsockname()[1]}"
-        with views._lock:
-            views._reader.close()
-            views._reader = LedgerTopicReader(views.ledger.recorder)
-            views._reader.link = dataclasses.replace(views._reader.link, bootstrap=dead)
+        _views_read_from_nowhere(views)
         monkeypatch.setattr(reading, "ANSWER_TIMEOUT_S", 2.0)
         answer = client.get(question, headers=auth)
         assert answer.status_code == 503, answer.text
@@ -181,33 +194,16 @@ def test_a_question_waiting_for_the_broker_ends_when_the_server_stops(
     """`serve` tells the service when a signal stops it (create_app's `stopping`): a question
     whose views wait for a broker that is away is answered 503 then, where uvicorn, which
     waits for requests in flight, was held for the broker's answer timeout."""
-    import dataclasses
-    import socket
-
     from ledger.kafka import reading
-    from projections.kafka_source import LedgerTopicReader
 
-    settings = kafka_settings(tmp_path / "data", kafka_bootstrap)
-    ledger = ConsentLedger(settings)
-    ledger.init_demo()
-    ledger.close()
-    store = ApiKeys(keys_path(settings))
-    _, key = store.create("demo", {"compliance"})
-    store.close()
-    auth = {"Authorization": f"Bearer {key}"}
+    settings, auth = _compliance_key(tmp_path, kafka_bootstrap)
     question = "/v1/purposes/marketing/subjects"
     stop = threading.Event()
     with TestClient(create_app(settings, stopping=stop.is_set)) as client:
         assert client.get(question, headers=auth).status_code == 200
         views = client.app.state.service.views  # type: ignore[attr-defined]
         assert views.stopping == stop.is_set
-        with socket.socket() as s:  # a port nothing listens on
-            s.bind(("127.0.0.1", 0))
-            dead = f"127.0.0.1:{s.getsockname()[1]}"
-        with views._lock:
-            views._reader.close()
-            views._reader = LedgerTopicReader(views.ledger.recorder, views.stopping)
-            views._reader.link = dataclasses.replace(views._reader.link, bootstrap=dead)
+        _views_read_from_nowhere(views)
         monkeypatch.setattr(reading, "ANSWER_TIMEOUT_S", 20.0)
         stop.set()
         began = time.monotonic()

@@ -155,6 +155,24 @@ def _answered(
             raise ReadTimedOut("the broker did not answer")
 
 
+def committed_reader(
+    bootstrap: str, client_id: str, *, timeout_s: float, stopping: Callable[[], bool] = never
+) -> KafkaConsumer:
+    """A read_committed consumer of no group, made a step at a time (`answered`): with no
+    broker, kafka-python's constructor waits 30 s (`bootstrap_timeout_ms`), the stop unseen."""
+    return answered(
+        lambda ms: Consumer(
+            bootstrap_servers=bootstrap,
+            isolation_level="read_committed",
+            enable_auto_commit=False,
+            client_id=client_id,
+            bootstrap_timeout_ms=ms,
+        ),
+        timeout_s=timeout_s,
+        stopping=stopping,
+    )
+
+
 def from_the_beginning(
     bootstrap: str,
     topic: str,

@@ -43,6 +43,7 @@ from ledger.kafka.clients import Consumer
 from ledger.kafka.reading import (
     ReadTimedOut,
     answered,
+    committed_reader,
     end_offsets,
     ledger_events,
     never,
@@ -334,16 +335,8 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
         """
         timeout = self.link.catch_up_timeout_s
         try:
-            consumer = answered(
-                lambda ms: Consumer(
-                    bootstrap_servers=self.link.bootstrap,
-                    isolation_level="read_committed",
-                    enable_auto_commit=False,
-                    client_id="consent-ledger-replica",
-                    bootstrap_timeout_ms=ms,
-                ),
-                timeout_s=timeout,
-                stopping=stopping,
+            consumer = committed_reader(
+                self.link.bootstrap, "consent-ledger-replica", timeout_s=timeout, stopping=stopping
             )
         except ReadTimedOut as error:
             raise LedgerUnavailable(str(error)) from error
