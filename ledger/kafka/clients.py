@@ -39,7 +39,9 @@ class _ClosedIfUnreached:
         except BaseException:
             _close_started(self)
             raise
-        _cluster(self).config["retry_backoff_ms"] = configs["retry_backoff_ms"]
+        cluster = _cluster(self)
+        if cluster is not None:
+            cluster.config["retry_backoff_ms"] = configs["retry_backoff_ms"]
 
 
 class Consumer(_ClosedIfUnreached, KafkaConsumer):  # type: ignore[misc]
@@ -59,5 +61,8 @@ def _close_started(client: Any) -> None:
 
 
 def _cluster(client: Any) -> Any:
-    """The cluster metadata of the client's network manager (kafka-python 3.0.12)."""
-    return client._client._manager.cluster
+    """The cluster metadata of the client's network manager (kafka-python 3.0.12), or None
+    where another version keeps it elsewhere: its clients then wait its own 100 ms again,
+    slower but right (tests/test_kafka_clients.py says so)."""
+    manager = getattr(getattr(client, "_client", None), "_manager", None)
+    return getattr(manager, "cluster", None)

@@ -34,7 +34,7 @@ from ledger.envelope import Fact, parse_fact_bytes
 from ledger.errors import Code, FactRejected
 from ledger.kafka.clients import Consumer
 from ledger.kafka.publish import names_the_reference
-from ledger.kafka.reading import ANSWER_TIMEOUT_S, ReadTimedOut, answered, never
+from ledger.kafka.reading import ReadTimedOut, answered, never
 from ledger.kafka.recorder import (
     IntakeCommit,
     KafkaLedgerRecorder,
@@ -148,7 +148,7 @@ class IntakeWriter:
         try:
             consumer = answered(
                 lambda ms: self._consumer(bootstrap_timeout_ms=ms),
-                timeout_s=ANSWER_TIMEOUT_S,
+                timeout_s=self.link.catch_up_timeout_s,
                 stopping=stopping,
             )
         except ReadTimedOut as error:
