@@ -23,6 +23,7 @@ from eventsourcing.persistence import Mapper, Tracking
 from kafka import KafkaConsumer, TopicPartition
 
 from ledger.chain import stored_hash
+from ledger.kafka.reachable import BrokerWatch
 from ledger.kafka.reading import (
     ReadTimedOut,
     committed_reader,
@@ -100,6 +101,7 @@ class LedgerTopicReader:
                 "consent-ledger-projection",
                 timeout_s=self.link.catch_up_timeout_s,
                 stopping=self.stopping,
+                away=BrokerWatch(self.link.bootstrap),
             )
             tps = [TopicPartition(self.link.topics.ledger, p) for p in range(self.link.partitions)]
             self._consumer.assign(tps)
@@ -182,6 +184,7 @@ class LedgerTopicReader:
             timeout_s=self.link.catch_up_timeout_s,
             max_records=page,
             stopping=self.stopping,
+            away=BrokerWatch(self.link.bootstrap),
         )
         for polled in reading:
             for tp, records in polled.items():

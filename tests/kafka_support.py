@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -385,3 +385,22 @@ class Stopping:
     def __call__(self) -> bool:
         self.asked += 1
         return self.asked >= self.after
+
+
+@contextlib.contextmanager
+def no_broker() -> Iterator[str]:
+    """An address whose connections are refused, as a host with no broker running refuses
+    them: a port bound here, never listened on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield f"127.0.0.1:{s.getsockname()[1]}"
+
+
+@contextlib.contextmanager
+def silent_broker() -> Iterator[str]:
+    """An address that takes connections and never answers a request: a broker too slow to
+    answer, which a client cannot tell from one that will answer in a moment."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(128)
+        yield f"127.0.0.1:{s.getsockname()[1]}"

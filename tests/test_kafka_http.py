@@ -20,7 +20,14 @@ from ledger.application import ConsentLedger
 from ledger.kafka.topics import Topics
 from ledger.settings import Settings
 from tests.facts import grant
-from tests.kafka_support import headers, kafka_settings, publish, read_committed
+from tests.kafka_support import (
+    headers,
+    kafka_settings,
+    no_broker,
+    publish,
+    read_committed,
+    silent_broker,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -137,20 +144,16 @@ def _compliance_key(tmp_path: Path, kafka_bootstrap: str) -> tuple[Settings, dic
     return settings, {"Authorization": f"Bearer {key}"}
 
 
-def _views_read_from_nowhere(views: Any) -> None:
-    """The service's views read the ledger topic from a port nothing listens on from now."""
+def _views_read_from(views: Any, address: str) -> None:
+    """The service's views read the ledger topic from `address` from now."""
     import dataclasses
-    import socket
 
     from projections.kafka_source import LedgerTopicReader
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead = f"127.0.0.1:{s.getsockname()[1]}"
     with views._lock:
         views._reader.close()
         views._reader = LedgerTopicReader(views.ledger.recorder, views.stopping)
-        views._reader.link = dataclasses.replace(views._reader.link, bootstrap=dead)
+        views._reader.link = dataclasses.replace(views._reader.link, bootstrap=address)
 
 
 def test_a_question_whose_views_cannot_reach_the_broker_is_a_503(
@@ -163,10 +166,10 @@ def test_a_question_whose_views_cannot_reach_the_broker_is_a_503(
 
     settings, auth = _compliance_key(tmp_path, kafka_bootstrap)
     question = "/v1/purposes/marketing/subjects"
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings)) as client, silent_broker() as silent:
         assert client.get(question, headers=auth).status_code == 200
         views = client.app.state.service.views  # type: ignore[attr-defined]
-        _views_read_from_nowhere(views)
+        _views_read_from(views, silent)
         monkeypatch.setattr(reading, "ANSWER_TIMEOUT_S", 2.0)
         answer = client.get(question, headers=auth)
         assert answer.status_code == 503, answer.text
@@ -199,14 +202,34 @@ def test_a_question_waiting_for_the_broker_ends_when_the_server_stops(
     settings, auth = _compliance_key(tmp_path, kafka_bootstrap)
     question = "/v1/purposes/marketing/subjects"
     stop = threading.Event()
-    with TestClient(create_app(settings, stopping=stop.is_set)) as client:
+    with TestClient(create_app(settings, stopping=stop.is_set)) as client, silent_broker() as at:
         assert client.get(question, headers=auth).status_code == 200
         views = client.app.state.service.views  # type: ignore[attr-defined]
         assert views.stopping == stop.is_set
-        _views_read_from_nowhere(views)
+        _views_read_from(views, at)
         monkeypatch.setattr(reading, "ANSWER_TIMEOUT_S", 20.0)
         stop.set()
         began = time.monotonic()
         answer = client.get(question, headers=auth)
         assert answer.status_code == 503 and answer.json()["code"] == "ledger_unavailable"
         assert time.monotonic() - began < reading.ANSWER_TIMEOUT_S
+
+
+def test_a_question_whose_broker_refuses_connections_is_a_503_within_seconds(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """With no broker running at the address, its connections refused from the first second,
+    the first question is answered 503 once that has lasted `REFUSED_FOR_S`, where it waited
+    the broker's 30 s answer timeout (past many an HTTP client's own timeout)."""
+    from ledger.kafka import reachable, reading
+
+    settings, auth = _compliance_key(tmp_path, kafka_bootstrap)
+    question = "/v1/purposes/marketing/subjects"
+    with TestClient(create_app(settings)) as client, no_broker() as nowhere:
+        assert client.get(question, headers=auth).status_code == 200
+        _views_read_from(client.app.state.service.views, nowhere)  # type: ignore[attr-defined]
+        began = time.monotonic()
+        answer = client.get(question, headers=auth)
+        took = time.monotonic() - began
+        assert answer.status_code == 503 and answer.json()["code"] == "ledger_unavailable"
+        assert reachable.REFUSED_FOR_S <= took < reading.ANSWER_TIMEOUT_S / 2

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-import socket
 import tempfile
 import time
 import uuid
@@ -41,7 +40,9 @@ from tests.kafka_support import (
     kafka_settings,
     largest_policy,
     made_by_hand,
+    no_broker,
     read_committed,
+    silent_broker,
 )
 
 pytestmark = pytest.mark.kafka
@@ -701,6 +702,24 @@ def test_a_cluster_gone_after_the_first_answer_is_unreachable_not_a_traceback(
         ensure_topics(kafka_settings(tmp_path, kafka_bootstrap))
 
 
+def test_a_command_whose_brokers_refuse_connections_is_told_so_within_seconds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every command reaches the brokers first (its topics checked): with their addresses
+    refusing connections it says so once that has lasted `REFUSED_FOR_S` (exit 6), where it
+    waited the whole first-contact timeout, here raised to 30 s to tell the two apart."""
+    from ledger.kafka import reachable, topics
+    from ledger.kafka.topics import BrokersUnreachable
+
+    monkeypatch.setattr(topics, "BOOTSTRAP_TIMEOUT_MS", 30_000)
+    with no_broker() as address:
+        began = time.monotonic()
+        with pytest.raises(BrokersUnreachable, match="refused connections for 5 s"):
+            ensure_topics(kafka_settings(tmp_path, address))
+        took = time.monotonic() - began
+    assert reachable.REFUSED_FOR_S <= took < 15
+
+
 def test_a_replica_of_another_topic_is_refused_as_such(
     tmp_path: Path, kafka_bootstrap: str
 ) -> None:
@@ -746,6 +765,15 @@ def test_a_replica_of_another_topic_is_refused_as_such(
     assert kafka_cli(moved, "verify").returncode == 0
 
 
+def _replica_of(tmp_path: Path, bootstrap: str) -> KafkaLedgerRecorder:
+    recorder = KafkaLedgerRecorder(
+        SQLiteDatastore(db_name=str(tmp_path / "r.db"), lock_timeout=30),
+        link=KafkaLink(bootstrap, Topics.of("away"), 3, TEST_RECORD_KEY),
+    )
+    recorder.create_table()
+    return recorder
+
+
 def test_a_replica_catching_up_from_a_broker_that_is_away_ends_when_its_process_stops(
     tmp_path: Path,
 ) -> None:
@@ -754,19 +782,50 @@ def test_a_replica_catching_up_from_a_broker_that_is_away_ends_when_its_process_
     step, the stop checked between."""
     from ledger.kafka.recorder import LedgerUnavailable
 
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    recorder = KafkaLedgerRecorder(
-        SQLiteDatastore(db_name=str(tmp_path / "r.db"), lock_timeout=30),
-        link=KafkaLink(f"127.0.0.1:{port}", Topics.of("away"), 3, TEST_RECORD_KEY),
-    )
-    recorder.create_table()
+    with no_broker() as address:
+        recorder = _replica_of(tmp_path, address)
     stopping = Stopping(after=3)
     with pytest.raises(LedgerUnavailable, match="stopped"):
         recorder.catch_up(stopping)
     assert stopping.asked == 3
     assert recorder.positions() == {}
+
+
+def test_a_replica_whose_broker_refuses_connections_is_told_so_within_seconds(
+    tmp_path: Path,
+) -> None:
+    """No broker runs at the address: its connections are refused from the first second,
+    and the catch-up says so once that has lasted `REFUSED_FOR_S`, where it waited out the
+    broker's 30 s answer timeout (an HTTP question, a CLI command, a worker's round)."""
+    from ledger.kafka import reachable, reading
+    from ledger.kafka.recorder import LedgerUnavailable
+
+    with no_broker() as address:
+        recorder = _replica_of(tmp_path, address)
+        began = time.monotonic()
+        with pytest.raises(LedgerUnavailable, match="refused connections"):
+            recorder.catch_up()
+        took = time.monotonic() - began
+    assert reachable.REFUSED_FOR_S <= took < reading.ANSWER_TIMEOUT_S / 2
+    assert recorder.positions() == {}
+
+
+def test_a_broker_that_takes_connections_and_never_answers_is_waited_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broker that accepts connections may only be slow: it has the whole answer timeout
+    however soon the brokers would count as away had it refused them."""
+    from ledger.kafka import reachable, reading
+    from ledger.kafka.recorder import LedgerUnavailable
+
+    monkeypatch.setattr(reachable, "REFUSED_FOR_S", 1.0)
+    monkeypatch.setattr(reading, "ANSWER_TIMEOUT_S", 4.0)
+    with silent_broker() as address:
+        recorder = _replica_of(tmp_path, address)
+        began = time.monotonic()
+        with pytest.raises(LedgerUnavailable, match="did not answer"):
+            recorder.catch_up()
+    assert time.monotonic() - began >= reading.ANSWER_TIMEOUT_S
 
 
 def test_a_replica_whose_end_offsets_never_come_ends_when_its_process_stops(

@@ -34,6 +34,7 @@ from ledger.envelope import Fact, parse_fact_bytes
 from ledger.errors import Code, FactRejected
 from ledger.kafka.clients import Consumer
 from ledger.kafka.publish import names_the_reference
+from ledger.kafka.reachable import BrokerWatch
 from ledger.kafka.reading import ReadTimedOut, answered, never
 from ledger.kafka.recorder import (
     IntakeCommit,
@@ -150,6 +151,7 @@ class IntakeWriter:
                 lambda ms: self._consumer(bootstrap_timeout_ms=ms),
                 timeout_s=self.link.catch_up_timeout_s,
                 stopping=stopping,
+                away=BrokerWatch(self.link.bootstrap),
             )
         except ReadTimedOut as error:
             raise LedgerUnavailable(f"the intake topic could not be read: {error}") from error

@@ -29,6 +29,11 @@ class ReadTimedOut(TimeoutError):
     unreachable)."""
 
 
+class BrokerAway(ReadTimedOut):
+    """Every bootstrap address refused connections while a question went unanswered
+    (`ledger.kafka.reachable`): no broker is running there to wait for."""
+
+
 class ReadStopped(ReadTimedOut):
     """The reader's process is stopping: the read ended before the topic's end, as one cut
     short by a broker would (what was applied before stays applied)."""
@@ -49,6 +54,8 @@ STEP_MS = 1000
 ANSWER_TIMEOUT_S = 30.0
 # How long one poll of a read to the end may wait for records (`polls_to_end`).
 POLL_MS = 50
+# Why a read ended when the broker was found away (`BrokerAway`).
+REFUSED = "the broker refused connections: none is running at the bootstrap addresses"
 
 
 def polls_to_end(
@@ -60,6 +67,7 @@ def polls_to_end(
     end: dict[TopicPartition, int] | None = None,
     clock: Callable[[], float] = time.monotonic,
     stopping: Callable[[], bool] = never,
+    away: Callable[[], bool] = never,
 ) -> Iterator[dict[TopicPartition, list[Any]]]:
     """Poll from the consumer's current positions until each partition reaches its end
     (`end`, when the caller already asked for it).
@@ -71,14 +79,20 @@ def polls_to_end(
     Every call to the broker waits at most `STEP_MS`, so `stopping` (checked between) ends
     the read within about a second: the worker's projections, stopped with SIGTERM while
     the broker was away, held the worker for up to kafka-python's 30 s request timeout.
+    `away` (a `BrokerWatch`) is asked whenever a step brings nothing: a broker gone for good
+    ends the read within seconds of it, not at the timeout (`BrokerAway`).
     """
     if end is None:
-        end = end_offsets(consumer, partitions, timeout_s=timeout_s, stopping=stopping, clock=clock)
+        end = end_offsets(
+            consumer, partitions, timeout_s=timeout_s, stopping=stopping, clock=clock, away=away
+        )
     deadline = clock() + timeout_s
 
     def position(tp: TopicPartition) -> int:
         return int(
-            _answered(lambda ms: consumer.position(tp, timeout_ms=ms), deadline, stopping, clock)
+            _answered(
+                lambda ms: consumer.position(tp, timeout_ms=ms), deadline, stopping, clock, away
+            )
         )
 
     pending = [tp for tp in partitions if position(tp) < end[tp]]
@@ -96,6 +110,8 @@ def polls_to_end(
         positions = {tp: position(tp) for tp in pending}
         if sum(positions.values()) > read:
             deadline = clock() + timeout_s
+        elif away():
+            raise BrokerAway(REFUSED)
         pending = [tp for tp in pending if positions[tp] < end[tp]]
         read = sum(positions[tp] for tp in pending)
 
@@ -107,6 +123,7 @@ def end_offsets(
     timeout_s: float,
     stopping: Callable[[], bool] = never,
     clock: Callable[[], float] = time.monotonic,
+    away: Callable[[], bool] = never,
 ) -> dict[TopicPartition, int]:
     """The partitions' end offsets, asked a step at a time for up to `timeout_s`."""
     return dict(
@@ -115,6 +132,7 @@ def end_offsets(
             timeout_s=timeout_s,
             stopping=stopping,
             clock=clock,
+            away=away,
         )
     )
 
@@ -125,12 +143,14 @@ def answered(
     timeout_s: float,
     stopping: Callable[[], bool] = never,
     clock: Callable[[], float] = time.monotonic,
+    away: Callable[[], bool] = never,
 ) -> Any:
     """`ask(STEP_MS)` again until it answers, for up to `timeout_s` and `ANSWER_TIMEOUT_S`
-    (`ReadTimedOut`) or until `stopping` (`ReadStopped`). `ask` is given the milliseconds
-    it may wait; it answers anything but None, or times out with `KafkaTimeoutError` (as a
-    client that cannot reach a broker does from its constructor)."""
-    return _answered(ask, clock() + timeout_s, stopping, clock)
+    (`ReadTimedOut`), until `stopping` (`ReadStopped`) or until `away` says the broker is
+    away (`BrokerAway`). `ask` is given the milliseconds it may wait; it answers anything
+    but None, or times out with `KafkaTimeoutError` (as a client that cannot reach a broker
+    does from its constructor)."""
+    return _answered(ask, clock() + timeout_s, stopping, clock, away)
 
 
 def _answered(
@@ -138,6 +158,7 @@ def _answered(
     deadline: float,
     stopping: Callable[[], bool],
     clock: Callable[[], float],
+    away: Callable[[], bool],
 ) -> Any:
     """`ask(STEP_MS)` again until it answers (not None, no timeout), for up to
     `ANSWER_TIMEOUT_S` or to the `deadline`, whichever comes first."""
@@ -153,10 +174,17 @@ def _answered(
             return answer
         if clock() > deadline:
             raise ReadTimedOut("the broker did not answer")
+        if away():
+            raise BrokerAway(REFUSED)
 
 
 def committed_reader(
-    bootstrap: str, client_id: str, *, timeout_s: float, stopping: Callable[[], bool] = never
+    bootstrap: str,
+    client_id: str,
+    *,
+    timeout_s: float,
+    stopping: Callable[[], bool] = never,
+    away: Callable[[], bool] = never,
 ) -> KafkaConsumer:
     """A read_committed consumer of no group, made a step at a time (`answered`): with no
     broker, kafka-python's constructor waits 30 s (`bootstrap_timeout_ms`), the stop unseen."""
@@ -170,6 +198,7 @@ def committed_reader(
         ),
         timeout_s=timeout_s,
         stopping=stopping,
+        away=away,
     )
 
 

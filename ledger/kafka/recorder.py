@@ -40,6 +40,7 @@ from kafka.structs import OffsetAndMetadata
 
 from ledger.failpoints import failpoint
 from ledger.kafka.clients import Consumer
+from ledger.kafka.reachable import BrokerWatch
 from ledger.kafka.reading import (
     ReadTimedOut,
     answered,
@@ -334,9 +335,14 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
         for kafka-python's 30 s timeouts (its consumer's first contact, the end offsets).
         """
         timeout = self.link.catch_up_timeout_s
+        away = BrokerWatch(self.link.bootstrap)
         try:
             consumer = committed_reader(
-                self.link.bootstrap, "consent-ledger-replica", timeout_s=timeout, stopping=stopping
+                self.link.bootstrap,
+                "consent-ledger-replica",
+                timeout_s=timeout,
+                stopping=stopping,
+                away=away,
             )
         except ReadTimedOut as error:
             raise LedgerUnavailable(str(error)) from error
@@ -352,19 +358,22 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
             known = self._known_partitions()
             if known is not None and known != partitions:
                 raise self._partitions_changed(f"this replica was read from {known}")
-            ends = end_offsets(consumer, tps, timeout_s=timeout, stopping=stopping)
+            ends = end_offsets(consumer, tps, timeout_s=timeout, stopping=stopping, away=away)
             firsts = answered(
                 lambda ms: consumer.beginning_offsets(tps, timeout_ms=ms),
                 timeout_s=timeout,
                 stopping=stopping,
+                away=away,
             )
-            self._check_nothing_removed(firsts, tps, start, stopping)
+            self._check_nothing_removed(firsts, tps, start, stopping, away)
             for tp in tps:
                 if tp.partition in start:
                     consumer.seek(tp, start[tp.partition])
                 else:
                     consumer.seek_to_beginning(tp)
-            reading = polls_to_end(consumer, tps, timeout_s=timeout, end=ends, stopping=stopping)
+            reading = polls_to_end(
+                consumer, tps, timeout_s=timeout, end=ends, stopping=stopping, away=away
+            )
             foreign: list[Any] = []
             for polled in reading:
                 events: list[StoredEvent] = []
@@ -434,6 +443,7 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
         tps: Sequence[TopicPartition],
         read: Mapping[int, int],
         stopping: Callable[[], bool],
+        away: Callable[[], bool],
     ) -> None:
         """Refuse a ledger topic that lost records: the log of record keeps every one.
 
@@ -449,7 +459,7 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
         # read_committed one: a transaction's markers reach its partitions a moment after
         # its commit returns, and the writer records its positions in the replica between
         # the two, so the last stable offset can stand short of them for that moment.
-        ends = self._high_watermarks(tps, stopping) if read else {}
+        ends = self._high_watermarks(tps, stopping, away) if read else {}
         for tp in sorted(firsts, key=lambda t: t.partition):
             if firsts[tp] > 0:
                 raise RecordsLost(
@@ -467,7 +477,7 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                 )
 
     def _high_watermarks(
-        self, tps: Sequence[TopicPartition], stopping: Callable[[], bool]
+        self, tps: Sequence[TopicPartition], stopping: Callable[[], bool], away: Callable[[], bool]
     ) -> dict[TopicPartition, int]:
         timeout = self.link.catch_up_timeout_s
         consumer = answered(
@@ -479,9 +489,10 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
             ),
             timeout_s=timeout,
             stopping=stopping,
+            away=away,
         )
         try:
-            return end_offsets(consumer, tps, timeout_s=timeout, stopping=stopping)
+            return end_offsets(consumer, tps, timeout_s=timeout, stopping=stopping, away=away)
         finally:
             consumer.close()
 

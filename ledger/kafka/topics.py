@@ -14,7 +14,10 @@ from typing import Any, NamedTuple
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 from kafka.errors import KafkaConnectionError, KafkaTimeoutError
 
+from ledger.kafka import reachable
 from ledger.kafka.clients import AdminClient
+from ledger.kafka.reachable import BrokerWatch
+from ledger.kafka.reading import BrokerAway, ReadTimedOut, answered
 from ledger.settings import Settings
 
 # How long one attempt to reach the brokers waits for the first to answer. kafka-python's
@@ -50,16 +53,24 @@ class BrokersUnreachable(RuntimeError):
 
 
 def admin_client(settings: Settings) -> KafkaAdminClient:
-    """An admin client that has reached a broker, or `BrokersUnreachable`."""
+    """An admin client that has reached a broker, or `BrokersUnreachable`: made a step at a
+    time, so that a broker whose addresses refuse connections is said within seconds
+    (`ledger.kafka.reachable`), not at the timeout."""
     bootstrap = settings.bootstrap()
     try:
-        return AdminClient(
-            bootstrap_servers=bootstrap,
-            client_id="consent-ledger",
-            bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
+        client: KafkaAdminClient = answered(
+            lambda ms: AdminClient(
+                bootstrap_servers=bootstrap, client_id="consent-ledger", bootstrap_timeout_ms=ms
+            ),
+            timeout_s=BOOTSTRAP_TIMEOUT_MS / 1000,
+            away=BrokerWatch(bootstrap),
         )
-    except (KafkaTimeoutError, KafkaConnectionError) as error:
+    except BrokerAway as error:
+        refused = f"and its addresses refused connections for {reachable.REFUSED_FOR_S:g} s"
+        raise BrokersUnreachable(bootstrap, error, refused) from None
+    except (ReadTimedOut, KafkaConnectionError) as error:
         raise BrokersUnreachable(bootstrap, error) from None
+    return client
 
 
 @dataclass(frozen=True)
