@@ -6,17 +6,21 @@
   log verifies and the projections equal a replay.
 - Broker restart: the broker is stopped and started again mid-stream; the worker resumes by
   itself and nothing is lost or duplicated.
+- Broker stopped under a writer: its append and a read are refused within seconds, and it
+  appends again once the broker is back.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,6 +37,7 @@ from tests.kafka_support import (
     OVERSIZE_LIMIT,
     LateBroker,
     check_exactly_once,
+    headers,
     intake_stream,
     kafka_cli,
     kafka_env,
@@ -231,6 +236,82 @@ def test_broker_restart_mid_stream(tmp_path: Path, progress_of: list[Progress]) 
         if worker is not None:
             worker.kill()
             worker.communicate()
+        subprocess.run([str(BROKER), "stop", str(run_dir)], timeout=120, check=False)
+
+
+def _into(attempt: Callable[[], object], outcome: list[BaseException | None]) -> None:
+    try:
+        attempt()
+    except BaseException as error:  # handed to the test's thread
+        outcome.append(error)
+    else:
+        outcome.append(None)
+
+
+def test_a_writer_whose_broker_stopped_is_refused_within_seconds_then_writes_again(
+    tmp_path: Path,
+) -> None:
+    """The writer owns the ledger, then its broker stops. An append then waited for
+    kafka-python's commit, which has no bound (still waiting after minutes: the HTTP
+    service's writer thread, and every publish queued behind it, held for the whole
+    outage), or later in an outage 60 s for the topic's partitions (`max_block_ms`); a read
+    waited the 30 s answer timeout. With the broker's port refusing connections, both now
+    fail once that has lasted `REFUSED_FOR_S`, nothing written; with the broker back, the
+    same ledger appends again by itself, the fact once in the topic."""
+    from ledger.application import ConsentLedger
+    from ledger.envelope import parse_fact
+    from ledger.kafka import reachable
+    from ledger.kafka.reading import ANSWER_TIMEOUT_S
+    from ledger.kafka.recorder import KafkaLedgerRecorder, LedgerUnavailable
+    from tests.facts import grant
+
+    run_dir = tmp_path / "broker"
+    started = subprocess.run(
+        [str(BROKER), "start", str(run_dir)], capture_output=True, text=True, timeout=300
+    )
+    assert started.returncode == 0, started.stderr
+    bootstrap = started.stdout.strip().splitlines()[-1]
+    ledger: ConsentLedger | None = None
+    try:
+        settings = kafka_settings(tmp_path / "data", bootstrap)
+        ledger = ConsentLedger(settings)
+        ledger.init_demo()
+        ledger.record([parse_fact(grant("anna", event_id="a1"))])
+        recorder = ledger.recorder
+        assert isinstance(recorder, KafkaLedgerRecorder)
+        before = recorder.max_notification_id() or 0
+        stopped = subprocess.run([str(BROKER), "stop", str(run_dir)], timeout=120)
+        assert stopped.returncode == 0
+
+        append = functools.partial(ledger.record, [parse_fact(grant("boris", event_id="b1"))])
+        for name, attempt in (("the append", append), ("the catch-up", recorder.catch_up)):
+            began = time.monotonic()
+            # In a thread of its own: the append's commit waited without a bound.
+            outcome: list[BaseException | None] = []
+            waiting = threading.Thread(target=_into, args=(attempt, outcome), daemon=True)
+            waiting.start()
+            waiting.join(ANSWER_TIMEOUT_S * 2)
+            if waiting.is_alive():
+                ledger = None  # held by the attempt: closing it would wait as long
+                raise AssertionError(f"{name} still waits for the broker after 60 s")
+            took = time.monotonic() - began
+            assert isinstance(outcome[0], LedgerUnavailable), (name, outcome)
+            assert "refused connections" in str(outcome[0]), name
+            assert reachable.REFUSED_FOR_S <= took < ANSWER_TIMEOUT_S / 2, (name, took)
+        assert recorder.max_notification_id() == before
+
+        restarted = subprocess.run(
+            [str(BROKER), "restart", str(run_dir)], capture_output=True, text=True, timeout=300
+        )
+        assert restarted.returncode == 0, restarted.stderr
+        ledger.record([parse_fact(grant("boris", event_id="b1"))])
+        assert recorder.max_notification_id() == before + 1
+        ledger_topic = Topics.of(settings.topic_prefix).ledger
+        facts = [headers(r).get("event_id") for r in read_committed(bootstrap, ledger_topic)]
+        assert facts.count("b1") == 1
+    finally:
+        if ledger is not None:
+            ledger.close()
         subprocess.run([str(BROKER), "stop", str(run_dir)], timeout=120, check=False)
 
 

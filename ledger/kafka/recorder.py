@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -42,6 +43,7 @@ from ledger.failpoints import failpoint
 from ledger.kafka.clients import Consumer
 from ledger.kafka.reachable import BrokerWatch
 from ledger.kafka.reading import (
+    STEP_MS,
     ReadTimedOut,
     answered,
     committed_reader,
@@ -623,7 +625,7 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                 raise WriterFenced("another writer owns the ledger partitions")
             if self._producer is not None:
                 return
-            producer = self._initialised_producer()
+            producer = self._initialised_producer(stopping)
             # Writable only once the replica holds everything committed before the fence:
             # appending on a stale replica would reuse versions the topic already has.
             try:
@@ -634,29 +636,25 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                 raise
             self._producer = producer
 
-    def _initialised_producer(self) -> KafkaProducer:
+    def _initialised_producer(self, stopping: Callable[[], bool]) -> KafkaProducer:
         """The transactional producer, its id registered (which fences earlier writers).
 
         A broker whose `transaction.max.timeout.ms` is below PRODUCER_TUNING's refuses the
         id (InvalidTransactionTimeout), where it took kafka-python's 60 s default: the
         writer then runs with that default, and says what it costs.
+
+        Made, and its id registered, a step at a time (`max_block_ms` is the step): with the
+        broker away each waited kafka-python's 30 s and 60 s, the stop and the refused
+        connections unseen. kafka-python documents both as safe to ask again.
         """
         timeouts = [int(str(PRODUCER_TUNING["transaction_timeout_ms"])), FALLBACK_TIMEOUT_MS]
+        away = BrokerWatch(self.link.bootstrap)
         for timeout_ms in timeouts:
-            producer: KafkaProducer | None = None
             try:
-                producer = KafkaProducer(
-                    bootstrap_servers=self.link.bootstrap,
-                    transactional_id=self.link.transactional_id,
-                    **{**PRODUCER_TUNING, "transaction_timeout_ms": timeout_ms},
-                    client_id="consent-ledger-writer",
-                )
-                producer.init_transactions()
-                return producer
+                return self._registered_producer(timeout_ms, stopping, away)
+            except ReadTimedOut as error:
+                raise LedgerUnavailable(f"could not become the ledger writer: {error}") from error
             except KafkaError as error:
-                if producer is not None:
-                    with contextlib.suppress(Exception):
-                        producer.close(timeout=5)
                 if "InvalidTransactionTimeout" in str(error) and timeout_ms != timeouts[-1]:
                     log.warning(
                         "the brokers' transaction.max.timeout.ms is below %d ms: the writer's "
@@ -668,6 +666,37 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                     continue
                 raise LedgerUnavailable(f"could not become the ledger writer: {error}") from error
         raise AssertionError("unreachable: the last timeout returns or raises")
+
+    def _registered_producer(
+        self, timeout_ms: int, stopping: Callable[[], bool], away: Callable[[], bool]
+    ) -> KafkaProducer:
+        """A transactional producer with `timeout_ms` for its transactions, its id
+        registered; closed again if that fails."""
+        producer: KafkaProducer = answered(
+            lambda ms: KafkaProducer(
+                bootstrap_servers=self.link.bootstrap,
+                transactional_id=self.link.transactional_id,
+                **{**PRODUCER_TUNING, "transaction_timeout_ms": timeout_ms},
+                client_id="consent-ledger-writer",
+                bootstrap_timeout_ms=ms,
+                max_block_ms=STEP_MS,
+            ),
+            timeout_s=self.link.catch_up_timeout_s,
+            stopping=stopping,
+            away=away,
+        )
+        try:
+            answered(
+                lambda ms: producer.init_transactions() or True,
+                timeout_s=self.link.catch_up_timeout_s,
+                stopping=stopping,
+                away=away,
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                producer.close(timeout=5)
+            raise
+        return producer
 
     def _insert_events(
         self,
@@ -797,10 +826,12 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
 
     def _abort(self, producer: KafkaProducer) -> None:
         try:
-            producer.abort_transaction()
+            self._settled(producer.abort_transaction)
         except KafkaError as error:
             # Whatever state the producer is in, it is dropped: the next append fences it.
             self._refused(error)
+        except ReadTimedOut:
+            self._drop_producer(close_s=0)
 
     def _take_opened(self) -> _Opened | None:
         opened = self._opened
@@ -831,6 +862,7 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
             raise LedgerUnavailable("this process is not the ledger writer")
         topics = self.link.topics
         try:
+            self._know_partitions(producer, records, intake)
             if opened is None:
                 producer.begin_transaction()
             futures = [
@@ -855,12 +887,10 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                 if intake is None or intake.offsets != opened.offsets:
                     raise AssertionError("an opened intake transaction appended other offsets")
             elif intake is not None and intake.offsets:
-                producer.send_offsets_to_transaction(
-                    _to_commit(intake.offsets),
-                    intake.group,
-                )
+                offsets, group = _to_commit(intake.offsets), intake.group
+                self._settled(lambda: producer.send_offsets_to_transaction(offsets, group))
             failpoint("kafka-sent")
-            producer.commit_transaction()
+            self._commit(producer)
             failpoint("kafka-committed")
             written: dict[int, int] = {}
             where: list[tuple[int, int]] = []
@@ -871,12 +901,85 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
             return written, where
         except KafkaError as error:
             raise self._refused(error) from error
+        except ReadTimedOut as error:  # the partitions or the offsets, not answered
+            # No abort: it would wait for the same broker. The next owner's fence aborts
+            # whatever this transaction holds.
+            self._drop_producer(close_s=0)
+            raise LedgerUnavailable(f"the broker did not take the append: {error}") from error
         except BaseException:
             # A failure of the ledger's own mid-transaction: abort it, so that nothing of it
             # commits and the producer can begin the next one.
             if self._producer is producer:
                 self._abort(producer)
             raise
+
+    def _commit(self, producer: KafkaProducer) -> None:
+        """Commit the transaction (`_settled`). Past the wait, whether the broker committed
+        is unknown: the producer is let go without an abort, and the next write's `own()`
+        settles the transaction (init_transactions completes or aborts it) and catches the
+        replica up with whatever it committed; a publisher that retries the same facts gets
+        their first receipts if it did."""
+        try:
+            self._settled(producer.commit_transaction)
+        except ReadTimedOut as error:
+            self._drop_producer(close_s=0)
+            raise LedgerUnavailable(
+                f"the broker did not confirm the append's commit ({error}); "
+                "the next write settles whether it was committed"
+            ) from error
+
+    def _settled(self, end: Callable[[], None]) -> None:
+        """End the transaction (`end`: the producer's commit or abort), waiting for the
+        broker a step at a time.
+
+        kafka-python waits for either without a bound: a broker stopped while an append was
+        on its way held the append (and the HTTP service's writer thread, and every publish
+        queued behind it) for as long as the broker stayed away, minutes in the test that
+        found it. The call runs in a thread of its own (as `open_intake`'s offsets are
+        sent), waited for up to the answer timeout or until the brokers refuse connections
+        (`ReadTimedOut`); it raises what the call raised.
+        """
+        done: Future[None] = Future()
+
+        def run() -> None:
+            try:
+                end()
+            except BaseException as error:  # raised again below, in the appending thread
+                done.set_exception(error)
+            else:
+                done.set_result(None)
+
+        threading.Thread(target=run, name="ledger-transaction-end", daemon=True).start()
+        answered(
+            lambda ms: bool(futures_wait([done], timeout=ms / 1000).done) or None,
+            timeout_s=self.link.catch_up_timeout_s,
+            away=BrokerWatch(self.link.bootstrap),
+        )
+        done.result()
+
+    def _know_partitions(
+        self, producer: KafkaProducer, records: Sequence[Any], intake: IntakeCommit | None
+    ) -> None:
+        """Wait, a step at a time, until the producer knows the partitions it will send to.
+
+        A send waits for them (kafka-python forgets them when it loses its broker) for
+        `max_block_ms`; at its default of 60 s, a publish during a broker outage was
+        answered after a minute. Known, a send does not wait.
+        """
+        topics = [self.link.topics.ledger] if records else []
+        if intake is not None and intake.rejects:
+            topics.append(self.link.topics.rejected)
+        away = BrokerWatch(self.link.bootstrap)
+        for topic in topics:
+
+            def known(ms: int, topic: str = topic) -> Any:
+                return producer.partitions_for(topic)
+
+            answered(
+                known,
+                timeout_s=self.link.catch_up_timeout_s,
+                away=away,
+            )
 
     def _refused(self, error: KafkaError) -> Exception:
         """What the broker's refusal means for this writer, the producer dropped either way.
@@ -893,16 +996,22 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
         self._drop_producer(abort=True)
         return LedgerUnavailable(f"the broker did not take the append: {error}")
 
-    def _drop_producer(self, abort: bool = False) -> None:
+    def _drop_producer(self, abort: bool = False, close_s: float = 5) -> None:
+        """`close_s`: how long the producer may take to send what it holds; 0 when the
+        broker is known to be away, whose records the next owner's fence aborts anyway."""
         producer, self._producer = self._producer, None
         if producer is None:
             return
         # The producer is being thrown away: its abort and close may fail like it did.
         if abort:
-            with contextlib.suppress(Exception):
-                producer.abort_transaction()
+            try:
+                self._settled(producer.abort_transaction)
+            except ReadTimedOut:
+                close_s = 0
+            except Exception:
+                pass
         with contextlib.suppress(Exception):
-            producer.close(timeout=5)
+            producer.close(timeout=close_s)
 
     def close(self) -> None:
         self._drop_producer(abort=True)
