@@ -299,6 +299,12 @@ def test_a_writer_whose_broker_stopped_is_refused_within_seconds_then_writes_aga
             assert "refused connections" in str(outcome[0]), name
             assert reachable.REFUSED_FOR_S <= took < ANSWER_TIMEOUT_S / 2, (name, took)
         assert recorder.max_notification_id() == before
+        # The producer let go ends its network thread: kafka-python's close raised before
+        # stopping it (records unsent), and each outage left one running for good.
+        for thread in threading.enumerate():
+            if thread.name == "consent-ledger-writer-network-thread":
+                thread.join(ANSWER_TIMEOUT_S)
+                assert not thread.is_alive(), "the dropped producer's network thread runs on"
 
         restarted = subprocess.run(
             [str(BROKER), "restart", str(run_dir)], capture_output=True, text=True, timeout=300

@@ -19,9 +19,10 @@ the high watermarks, the views' reader), so each spent 0.1 s a reader in that wa
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
-from kafka import KafkaConsumer
+from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient
 
 # Between retries and between metadata refreshes, unless a client is given its own.
@@ -66,3 +67,23 @@ def _cluster(client: Any) -> Any:
     slower but right (tests/test_kafka_clients.py says so)."""
     manager = getattr(getattr(client, "_client", None), "_manager", None)
     return getattr(manager, "cluster", None)
+
+
+def close_producer(producer: KafkaProducer, timeout_s: float) -> None:
+    """Close a producer, its network thread included, however its broker is doing.
+
+    kafka-python 3.0.12's `close` first flushes, and a flush that times out (records unsent,
+    their broker away) raises before the network thread is force-closed: each producer the
+    writer let go in an outage kept its thread, and a transaction's commit waiting on it,
+    for the life of the process. When the close fails, the network thread is force-closed
+    (which fails what it held) and the close made again; where another version keeps that
+    thread elsewhere, the failed close is all there is.
+    """
+    try:
+        producer.close(timeout=timeout_s)
+    except Exception:
+        sender = getattr(producer, "_sender", None)
+        if sender is not None and hasattr(sender, "force_close"):
+            sender.force_close()
+            with contextlib.suppress(Exception):
+                producer.close(timeout=0)

@@ -40,7 +40,7 @@ from kafka.errors import (
 from kafka.structs import OffsetAndMetadata
 
 from ledger.failpoints import failpoint
-from ledger.kafka.clients import Consumer
+from ledger.kafka.clients import Consumer, close_producer
 from ledger.kafka.reachable import BrokerWatch
 from ledger.kafka.reading import (
     STEP_MS,
@@ -631,8 +631,7 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
             try:
                 self.catch_up(stopping)
             except BaseException:
-                with contextlib.suppress(Exception):
-                    producer.close(timeout=5)
+                close_producer(producer, 5)
                 raise
             self._producer = producer
 
@@ -693,8 +692,7 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                 away=away,
             )
         except BaseException:
-            with contextlib.suppress(Exception):
-                producer.close(timeout=5)
+            close_producer(producer, 5)
             raise
         return producer
 
@@ -928,22 +926,23 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                 "the next write settles whether it was committed"
             ) from error
 
-    def _settled(self, end: Callable[[], None]) -> None:
-        """End the transaction (`end`: the producer's commit or abort), waiting for the
-        broker a step at a time.
+    def _settled(self, call: Callable[[], None]) -> None:
+        """Make one of the producer's transactional calls (its commit, abort, or the
+        offsets it adds), waiting for the broker a step at a time.
 
-        kafka-python waits for either without a bound: a broker stopped while an append was
+        kafka-python waits for each without a bound: a broker stopped while an append was
         on its way held the append (and the HTTP service's writer thread, and every publish
         queued behind it) for as long as the broker stayed away, minutes in the test that
         found it. The call runs in a thread of its own (as `open_intake`'s offsets are
         sent), waited for up to the answer timeout or until the brokers refuse connections
-        (`ReadTimedOut`); it raises what the call raised.
+        (`ReadTimedOut`: the thread is left to end with the producer or the process); it
+        raises what the call raised.
         """
         done: Future[None] = Future()
 
         def run() -> None:
             try:
-                end()
+                call()
             except BaseException as error:  # raised again below, in the appending thread
                 done.set_exception(error)
             else:
@@ -1010,8 +1009,7 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                 close_s = 0
             except Exception:
                 pass
-        with contextlib.suppress(Exception):
-            producer.close(timeout=close_s)
+        close_producer(producer, close_s)
 
     def close(self) -> None:
         self._drop_producer(abort=True)
