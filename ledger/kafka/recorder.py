@@ -935,8 +935,9 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
         queued behind it) for as long as the broker stayed away, minutes in the test that
         found it. The call runs in a thread of its own (as `open_intake`'s offsets are
         sent), waited for up to the answer timeout or until the brokers refuse connections
-        (`ReadTimedOut`: the thread is left to end with the producer or the process); it
-        raises what the call raised.
+        (`ReadTimedOut`: the thread is left waiting, until the process ends, for a result
+        kafka-python never completes once its producer is closed); it raises what the call
+        raised.
         """
         done: Future[None] = Future()
 
