@@ -19,7 +19,12 @@ class Clock:
 
 def test_the_addresses_of_a_bootstrap_list() -> None:
     assert addresses("kafka-1:9092, kafka-2:9093") == [("kafka-1", 9092), ("kafka-2", 9093)]
-    assert addresses("[::1]:9092,10.0.0.7:19092") == [("::1", 9092), ("10.0.0.7", 19092)]
+    assert addresses("[::1]:9092,10.0.0.7:19092,") == [("::1", 9092), ("10.0.0.7", 19092)]
+    assert addresses("kafka-1") == [("kafka-1", 9092)]  # kafka-python's default port
+    # An address in any other form: no addresses, and a watch that never says "away".
+    for unclear in ("::1", "kafka-1:x", ":9092", "kafka-1:9092,[::1]"):
+        assert addresses(unclear) == []
+        assert not BrokerWatch(unclear)()
 
 
 def test_a_port_listened_on_is_not_refused_one_bound_only_and_an_unknown_host_are() -> None:

@@ -36,11 +36,22 @@ _NOTHING_THERE = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH}
 
 
 def addresses(bootstrap: str) -> list[tuple[str, int]]:
-    """The host and port of each address of a bootstrap list (`host:port,[v6]:port`)."""
+    """The host and port of each address of a bootstrap list (`host:port`, `[v6]:port`, or
+    `host` for kafka-python's default port 9092); none at all if any address is in another
+    form, so that a watch that cannot tell where to look never says the brokers are away."""
     found = []
-    for entry in bootstrap.split(","):
-        host, _, port = entry.strip().rpartition(":")
-        found.append((host.strip("[]"), int(port)))
+    for entry in filter(None, (e.strip() for e in bootstrap.split(","))):
+        if entry.startswith("["):
+            host, _, port = entry[1:].partition("]:")
+        elif entry.count(":") == 1:
+            host, _, port = entry.partition(":")
+        elif ":" not in entry:
+            host, port = entry, "9092"
+        else:  # a bare IPv6 address: its port cannot be told from its last group
+            return []
+        if not host or not port.isdigit():
+            return []
+        found.append((host, int(port)))
     return found
 
 
@@ -68,6 +79,8 @@ class BrokerWatch:
         self._probed_at: float | None = None
 
     def __call__(self) -> bool:
+        if not self.addresses:
+            return False
         now = self.clock()
         if self._probed_at is None or now - self._probed_at >= PROBE_EVERY_S:
             self._probed_at = now
