@@ -26,10 +26,10 @@ from ledger.chain import stored_hash
 from ledger.kafka.reachable import BrokerWatch
 from ledger.kafka.reading import (
     ReadTimedOut,
-    committed_reader,
     ledger_events,
     never,
     polls_to_end,
+    reader,
 )
 from ledger.kafka.recorder import KafkaLedgerRecorder, LedgerUnavailable
 from projections.consent_projection import ConsentProjection
@@ -96,7 +96,7 @@ class LedgerTopicReader:
 
     def consumer(self) -> KafkaConsumer:
         if self._consumer is None:
-            self._consumer = committed_reader(
+            self._consumer = reader(
                 self.link.bootstrap,
                 "consent-ledger-projection",
                 timeout_s=self.link.catch_up_timeout_s,

@@ -178,20 +178,22 @@ def _answered(
             raise BrokerAway(REFUSED)
 
 
-def committed_reader(
+def reader(
     bootstrap: str,
     client_id: str,
     *,
     timeout_s: float,
     stopping: Callable[[], bool] = never,
     away: Callable[[], bool] = never,
+    committed: bool = True,
 ) -> KafkaConsumer:
-    """A read_committed consumer of no group, made a step at a time (`answered`): with no
-    broker, kafka-python's constructor waits 30 s (`bootstrap_timeout_ms`), the stop unseen."""
+    """A consumer of no group, read_committed unless `committed` is False, made a step at a
+    time (`answered`): with no broker, kafka-python's constructor waits 30 s
+    (`bootstrap_timeout_ms`), the stop unseen."""
     return answered(
         lambda ms: Consumer(
             bootstrap_servers=bootstrap,
-            isolation_level="read_committed",
+            isolation_level="read_committed" if committed else "read_uncommitted",
             enable_auto_commit=False,
             client_id=client_id,
             bootstrap_timeout_ms=ms,

@@ -40,17 +40,17 @@ from kafka.errors import (
 from kafka.structs import OffsetAndMetadata
 
 from ledger.failpoints import failpoint
-from ledger.kafka.clients import Consumer, close_producer
+from ledger.kafka.clients import close_producer
 from ledger.kafka.reachable import BrokerWatch
 from ledger.kafka.reading import (
     STEP_MS,
     ReadTimedOut,
     answered,
-    committed_reader,
     end_offsets,
     ledger_events,
     never,
     polls_to_end,
+    reader,
 )
 from ledger.kafka.records import encode, intake_header, intake_read, partition_of
 from ledger.kafka.topics import KAFKA_DEFAULT_RECORD_LIMIT, RecordsLost, TopicRefused, Topics
@@ -339,7 +339,7 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
         timeout = self.link.catch_up_timeout_s
         away = BrokerWatch(self.link.bootstrap)
         try:
-            consumer = committed_reader(
+            consumer = reader(
                 self.link.bootstrap,
                 "consent-ledger-replica",
                 timeout_s=timeout,
@@ -482,16 +482,14 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
         self, tps: Sequence[TopicPartition], stopping: Callable[[], bool], away: Callable[[], bool]
     ) -> dict[TopicPartition, int]:
         timeout = self.link.catch_up_timeout_s
-        consumer = answered(
-            lambda ms: Consumer(
-                bootstrap_servers=self.link.bootstrap,
-                enable_auto_commit=False,
-                client_id="consent-ledger-replica-ends",
-                bootstrap_timeout_ms=ms,
-            ),
+        # read_uncommitted: the high watermark, not the last stable offset.
+        consumer = reader(
+            self.link.bootstrap,
+            "consent-ledger-replica-ends",
             timeout_s=timeout,
             stopping=stopping,
             away=away,
+            committed=False,
         )
         try:
             return end_offsets(consumer, tps, timeout_s=timeout, stopping=stopping, away=away)
