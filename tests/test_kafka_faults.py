@@ -248,6 +248,28 @@ def _into(attempt: Callable[[], object], outcome: list[BaseException | None]) ->
         outcome.append(None)
 
 
+def _refused_within_seconds(name: str, attempt: Callable[[], object]) -> bool:
+    """Whether `attempt` ended within 60 s; if it did, it must have been refused for the
+    brokers' refused connections, in REFUSED_FOR_S to half the answer timeout. Run in a
+    thread of its own: the append's commit waited without a bound."""
+    from ledger.kafka import reachable
+    from ledger.kafka.reading import ANSWER_TIMEOUT_S
+    from ledger.kafka.recorder import LedgerUnavailable
+
+    began = time.monotonic()
+    outcome: list[BaseException | None] = []
+    waiting = threading.Thread(target=_into, args=(attempt, outcome), daemon=True)
+    waiting.start()
+    waiting.join(ANSWER_TIMEOUT_S * 2)
+    if waiting.is_alive():
+        return False
+    took = time.monotonic() - began
+    assert isinstance(outcome[0], LedgerUnavailable), (name, outcome)
+    assert "refused connections" in str(outcome[0]), name
+    assert reachable.REFUSED_FOR_S <= took < ANSWER_TIMEOUT_S / 2, (name, took)
+    return True
+
+
 def test_a_writer_whose_broker_stopped_is_refused_within_seconds_then_writes_again(
     tmp_path: Path,
 ) -> None:
@@ -257,12 +279,12 @@ def test_a_writer_whose_broker_stopped_is_refused_within_seconds_then_writes_aga
     outage), or later in an outage 60 s for the topic's partitions (`max_block_ms`); a read
     waited the 30 s answer timeout. With the broker's port refusing connections, both now
     fail once that has lasted `REFUSED_FOR_S`, nothing written; with the broker back, the
-    same ledger appends again by itself, the fact once in the topic."""
+    same ledger appends again by itself, the fact once in the topic. Stopped again under an
+    intake batch whose offsets are on their way, that batch fails as soon."""
     from ledger.application import ConsentLedger
     from ledger.envelope import parse_fact
-    from ledger.kafka import reachable
     from ledger.kafka.reading import ANSWER_TIMEOUT_S
-    from ledger.kafka.recorder import KafkaLedgerRecorder, LedgerUnavailable
+    from ledger.kafka.recorder import IntakeCommit, KafkaLedgerRecorder
     from tests.facts import grant
 
     run_dir = tmp_path / "broker"
@@ -285,19 +307,9 @@ def test_a_writer_whose_broker_stopped_is_refused_within_seconds_then_writes_aga
 
         append = functools.partial(ledger.record, [parse_fact(grant("boris", event_id="b1"))])
         for name, attempt in (("the append", append), ("the catch-up", recorder.catch_up)):
-            began = time.monotonic()
-            # In a thread of its own: the append's commit waited without a bound.
-            outcome: list[BaseException | None] = []
-            waiting = threading.Thread(target=_into, args=(attempt, outcome), daemon=True)
-            waiting.start()
-            waiting.join(ANSWER_TIMEOUT_S * 2)
-            if waiting.is_alive():
+            if not _refused_within_seconds(name, attempt):
                 ledger = None  # held by the attempt: closing it would wait as long
                 raise AssertionError(f"{name} still waits for the broker after 60 s")
-            took = time.monotonic() - began
-            assert isinstance(outcome[0], LedgerUnavailable), (name, outcome)
-            assert "refused connections" in str(outcome[0]), name
-            assert reachable.REFUSED_FOR_S <= took < ANSWER_TIMEOUT_S / 2, (name, took)
         assert recorder.max_notification_id() == before
         # The producer let go ends its network thread: kafka-python's close raised before
         # stopping it (records unsent), and each outage left one running for good.
@@ -315,6 +327,20 @@ def test_a_writer_whose_broker_stopped_is_refused_within_seconds_then_writes_aga
         ledger_topic = Topics.of(settings.topic_prefix).ledger
         facts = [headers(r).get("event_id") for r in read_committed(bootstrap, ledger_topic)]
         assert facts.count("b1") == 1
+
+        # An intake batch's offsets, sent as its transaction begins, then the broker stops:
+        # its append waited 60 s for them (OFFSETS_TIMEOUT_S), unwatched.
+        intake = {TopicPartition(Topics.of(settings.topic_prefix).intake, 0): 0}
+        recorder.own()
+        subprocess.run([str(BROKER), "stop", str(run_dir)], timeout=120, check=True)
+
+        def intake_batch() -> None:
+            recorder.open_intake(intake, "a-group")
+            recorder.commit_extra(IntakeCommit([], intake, "a-group"))
+
+        if not _refused_within_seconds("the intake batch", intake_batch):
+            ledger = None
+            raise AssertionError("the intake batch still waits for the broker after 60 s")
     finally:
         if ledger is not None:
             ledger.close()

@@ -17,7 +17,6 @@ from the topic. The replica is a cache: delete it and it is rebuilt from the par
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -92,11 +91,6 @@ PRODUCER_TUNING: dict[str, object] = {
 # kafka-python's default transaction timeout: the writer's, on brokers that refuse the longer
 # one of PRODUCER_TUNING (`KafkaLedgerRecorder._initialised_producer`).
 FALLBACK_TIMEOUT_MS = 60_000
-
-
-# How long an append waits for the offsets `open_intake` sent: kafka-python's own wait has no
-# bound, and a broker that has not answered in this long is treated as gone.
-OFFSETS_TIMEOUT_S = 60.0
 
 
 class WriterFenced(RuntimeError):
@@ -812,9 +806,15 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
         if opened is None:
             return
         try:
-            with contextlib.suppress(Exception):
+            try:
                 # An abort must not overtake the offsets in flight.
-                opened.sent.result(timeout=OFFSETS_TIMEOUT_S)
+                self._awaited(opened.sent)
+            except ReadTimedOut:
+                # Nor wait for a broker that did not take them: the next owner's fence
+                # aborts the transaction.
+                self._drop_producer(close_s=0)
+            except Exception:
+                pass
             if self._producer is not None:
                 self._abort(self._producer)
         finally:
@@ -875,11 +875,7 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                 for key, value, headers in intake.rejects:
                     producer.send(topics.rejected, key=key, value=value, headers=headers)
             if opened is not None:
-                try:
-                    opened.sent.result(timeout=OFFSETS_TIMEOUT_S)  # raises what sending raised
-                except TimeoutError:
-                    self._drop_producer(abort=True)
-                    raise LedgerUnavailable("the broker did not take the offsets") from None
+                self._awaited(opened.sent)  # raises what sending raised
                 if intake is None or intake.offsets != opened.offsets:
                     raise AssertionError("an opened intake transaction appended other offsets")
             elif intake is not None and intake.offsets:
@@ -897,7 +893,7 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
             return written, where
         except KafkaError as error:
             raise self._refused(error) from error
-        except ReadTimedOut as error:  # the partitions or the offsets, not answered
+        except ReadTimedOut as error:  # the partitions or the offsets not answered
             # No abort: it would wait for the same broker. The next owner's fence aborts
             # whatever this transaction holds.
             self._drop_producer(close_s=0)
@@ -948,6 +944,12 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                 done.set_result(None)
 
         threading.Thread(target=run, name="ledger-transaction-end", daemon=True).start()
+        self._awaited(done)
+
+    def _awaited(self, done: Future[None]) -> None:
+        """Wait for a transactional call made in a thread of its own (`_settled`, or
+        `open_intake`'s offsets), a step at a time: `ReadTimedOut` past the answer timeout or
+        once the brokers refuse connections; else what the call raised, if it did."""
         answered(
             lambda ms: bool(futures_wait([done], timeout=ms / 1000).done) or None,
             timeout_s=self.link.catch_up_timeout_s,
