@@ -806,3 +806,24 @@ def test_a_data_directory_that_cannot_be_one_is_a_configuration_error(tmp_path: 
         assert out.returncode == 2, out.stderr
         assert out.stderr.startswith("consent-ledger: configuration: ") and why in out.stderr
         assert "Traceback" not in out.stderr
+
+
+def test_an_error_of_the_kafka_client_is_one_line_and_exit_6(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An error of kafka-python out of a wait the ledger does not bound itself (its own are
+    LedgerUnavailable) was a traceback and exit 1, the status of a refused fact: `publish`'s
+    wait for its outcomes raised one when its broker stopped. It stands in for the command's
+    work here; tests/test_kafka_faults.py stops a real broker under `publish`."""
+    from kafka.errors import KafkaConnectionError
+
+    from ledger.cli import main
+    from ledger.settings import Settings
+
+    def broker_gone() -> Settings:
+        raise KafkaConnectionError("111 ECONNREFUSED")
+
+    monkeypatch.setattr(Settings, "from_env", staticmethod(broker_gone))
+    assert main(["verify"]) == 6
+    err = capsys.readouterr().err
+    assert err == "consent-ledger: kafka: KafkaConnectionError: 111 ECONNREFUSED\n"

@@ -7,7 +7,7 @@
 - Broker restart: the broker is stopped and started again mid-stream; the worker resumes by
   itself and nothing is lost or duplicated.
 - Broker stopped under a writer: its append and a read are refused within seconds, and it
-  appends again once the broker is back.
+  appends again once the broker is back; so are `publish`'s waits and the topic readers.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -270,6 +271,14 @@ def _refused_within_seconds(name: str, attempt: Callable[[], object]) -> bool:
     return True
 
 
+def _all_refused_within_seconds(attempts: dict[str, Callable[[], object]]) -> list[str]:
+    """The attempts, run side by side, that did not end within 60 s (each that did must
+    have been refused as `_refused_within_seconds` says)."""
+    with ThreadPoolExecutor(len(attempts)) as pool:
+        ended = pool.map(lambda item: _refused_within_seconds(*item), attempts.items())
+        return [name for name, within in zip(attempts, ended, strict=True) if not within]
+
+
 def test_a_writer_whose_broker_stopped_is_refused_within_seconds_then_writes_again(
     tmp_path: Path,
 ) -> None:
@@ -283,8 +292,12 @@ def test_a_writer_whose_broker_stopped_is_refused_within_seconds_then_writes_aga
     intake batch whose offsets are on their way, that batch fails as soon."""
     from ledger.application import ConsentLedger
     from ledger.envelope import parse_fact
+    from ledger.kafka.publish import Published, outcomes
+    from ledger.kafka.publish import publish as publish_to_intake
     from ledger.kafka.reading import ANSWER_TIMEOUT_S
     from ledger.kafka.recorder import IntakeCommit, KafkaLedgerRecorder
+    from ledger.kafka.rejected import rejected_positions
+    from ledger.kafka.verify import verify_topic
     from tests.facts import grant
 
     run_dir = tmp_path / "broker"
@@ -302,8 +315,33 @@ def test_a_writer_whose_broker_stopped_is_refused_within_seconds_then_writes_aga
         recorder = ledger.recorder
         assert isinstance(recorder, KafkaLedgerRecorder)
         before = recorder.max_notification_id() or 0
+        sent = [
+            p
+            for p in publish_to_intake(ledger, [grant("clara", event_id="c1")], None)
+            if isinstance(p, Published)
+        ]
+        assert len(sent) == 1
         stopped = subprocess.run([str(BROKER), "stop", str(run_dir)], timeout=120)
         assert stopped.returncode == 0
+
+        # The waits of `publish` (its producer, its wait for the writer's offsets and for
+        # the rejected topic) and of the topic readers `verify` and the intake writer's
+        # positions: each waited 30 s, and `publish` then raised kafka-python's own error
+        # (a traceback, exit 1) or, its broker stopped during its wait, at once.
+        waits: dict[str, Callable[[], object]] = {
+            "the publish": functools.partial(
+                publish_to_intake, ledger, [grant("dana", event_id="d1")], None
+            ),
+            "the wait for outcomes": functools.partial(outcomes, ledger, sent, 60.0),
+            "the verify of the topic": functools.partial(verify_topic, recorder),
+            "the intake positions": functools.partial(
+                rejected_positions, recorder.link, "an-intake-topic-id"
+            ),
+        }
+        still_waiting = _all_refused_within_seconds(waits)
+        if still_waiting:
+            ledger = None
+            raise AssertionError(f"still waiting for the broker after 60 s: {still_waiting}")
 
         append = functools.partial(ledger.record, [parse_fact(grant("boris", event_id="b1"))])
         for name, attempt in (("the append", append), ("the catch-up", recorder.catch_up)):

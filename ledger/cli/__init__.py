@@ -61,6 +61,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return fail(f"kafka: {e}", EXIT_UNAVAILABLE)
         if kind == "WriterFenced":
             return fail(f"kafka: {e}", EXIT_FENCED)
+        if type(e).__module__.startswith("kafka.") and isinstance(e, Exception):
+            # kafka-python's own error, out of a wait the ledger did not bound itself: one
+            # line and exit 6 (the broker's trouble, not the input's), never a traceback.
+            # Its messages name brokers, topics and sizes, never a record's values.
+            said = str(e) if str(e).startswith(kind) else f"{kind}: {e}"
+            return fail(f"kafka: {said}", EXIT_UNAVAILABLE)
         failure = storage_failure(e)
         if failure is not None:
             # Nothing about the input: retrying the same command is safe (ledger.storage).

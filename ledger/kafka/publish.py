@@ -10,6 +10,8 @@ at), or the receipt from the ledger.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import hmac
 import re
@@ -19,14 +21,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from kafka import KafkaProducer, TopicPartition
-from kafka.errors import MessageSizeTooLargeError
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
 
 from ledger.application import ConsentLedger
 from ledger.errors import Code, FactRejected
-from ledger.kafka.clients import Consumer
-from ledger.kafka.reading import ReadTimedOut, from_the_beginning
-from ledger.kafka.recorder import KafkaLedgerRecorder, KafkaLink
+from ledger.kafka.clients import Consumer, close_producer
+from ledger.kafka.reachable import BrokerWatch
+from ledger.kafka.reading import (
+    ANSWER_TIMEOUT_S,
+    STEP_MS,
+    BrokerAway,
+    ReadTimedOut,
+    answered,
+    from_the_beginning,
+)
+from ledger.kafka.recorder import KafkaLedgerRecorder, KafkaLink, LedgerUnavailable
 from ledger.kafka.topics import RECORD_LIMIT
 from ledger.receipt import Receipt
 from ledger.tenant import tenant_id
@@ -83,26 +93,51 @@ def publish(
 
     A record too large for the producer or the topic raised out of here as a traceback: a
     fact of the envelope's full 1 MiB did, with kafka-python's default 1 MiB request.
+
+    Everything it waits for is asked a step at a time with a `BrokerWatch`: with the broker
+    gone it waited kafka-python's 30 s to make the producer and 60 s for the topic's
+    partitions, then raised a traceback (`LedgerUnavailable` now, within seconds). A fact
+    the broker did not confirm may or may not have been published; published again, it is
+    taken once (by its `event_id`).
     """
     link = _link(ledger)
-    producer = KafkaProducer(
-        bootstrap_servers=link.bootstrap,
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=5,
-        max_request_size=RECORD_LIMIT,
-    )
+    away = BrokerWatch(link.bootstrap)
+    try:
+        producer: KafkaProducer = answered(
+            lambda ms: KafkaProducer(
+                bootstrap_servers=link.bootstrap,
+                acks="all",
+                enable_idempotence=True,
+                linger_ms=5,
+                max_request_size=RECORD_LIMIT,
+                client_id="consent-ledger-publish",
+                bootstrap_timeout_ms=ms,
+                max_block_ms=STEP_MS,
+            ),
+            timeout_s=ANSWER_TIMEOUT_S,
+            away=away,
+        )
+    except ReadTimedOut as error:
+        raise LedgerUnavailable(f"nothing was published: {error}") from error
+    confirmed = False
     try:
         sending: list[Any] = []
         for item in items:
             value, key, fact_tenant, event_id = _prepare(ledger, item, tenant)
+
+            def send(ms: int, key: bytes | None = key, value: bytes = value) -> Any:
+                return producer.send(link.topics.intake, key=key, value=value)
+
             try:
-                future = producer.send(link.topics.intake, key=key, value=value)
+                # A send waits (up to a step) only for the topic's partitions, and one that
+                # times out has put nothing in the producer's buffer: asked again.
+                future = answered(send, timeout_s=ANSWER_TIMEOUT_S, away=away)
             except MessageSizeTooLargeError:  # over the request size this command sends
                 sending.append(_too_large(len(value), f"publish sends ({RECORD_LIMIT} bytes)"))
                 continue
+            except ReadTimedOut as error:
+                raise LedgerUnavailable(_unconfirmed(error)) from error
             sending.append((future, fact_tenant, event_id, len(value)))
-        producer.flush()
         published: list[Published | FactRejected] = []
         for sent in sending:
             if isinstance(sent, FactRejected):
@@ -110,16 +145,45 @@ def publish(
                 continue
             future, fact_tenant, event_id, size = sent
             try:
-                meta = future.get(timeout=30)
+                meta = answered(
+                    functools.partial(_confirmed, future), timeout_s=ANSWER_TIMEOUT_S, away=away
+                )
             except MessageSizeTooLargeError:  # the broker's refusal: the topic's limit
                 published.append(
                     _too_large(size, f"topic {link.topics.intake} takes (its max.message.bytes)")
                 )
                 continue
+            except (ReadTimedOut, KafkaError) as error:
+                raise LedgerUnavailable(_unconfirmed(error)) from error
             published.append(Published(meta.partition, meta.offset, fact_tenant, event_id))
+        confirmed = True
         return published
     finally:
-        producer.close()
+        # Closed at once when the broker is away: a close flushes what is unsent first.
+        close_producer(producer, 5 if confirmed else 0)
+
+
+def _confirmed(future: Any, ms: int) -> Any:
+    """The record's metadata once the broker confirmed it; None while it may still; what it
+    failed with, if it did (a delivery that timed out is a failure, not a wait)."""
+    if not future.is_done:
+        with contextlib.suppress(KafkaTimeoutError):
+            future.get(timeout=ms / 1000)
+        if not future.is_done:
+            return None
+    if future.failed():
+        exception = future.exception
+        if isinstance(exception, KafkaTimeoutError):  # its delivery timed out
+            raise KafkaError(f"the broker did not take the record: {exception}")
+        raise exception
+    return future.value
+
+
+def _unconfirmed(error: Exception) -> str:
+    return (
+        f"the broker did not confirm every fact ({error}): some may have been published; "
+        "publish them all again (a fact published twice is taken once, by its event_id)"
+    )
 
 
 def _too_large(size: int, limit: str) -> FactRejected:
@@ -204,13 +268,41 @@ def _receipt(ledger: ConsentLedger, p: Published) -> Receipt | FactRejected:
 
 
 def _wait_committed(link: KafkaLink, last: dict[TopicPartition, int], timeout_s: float) -> None:
-    consumer = Consumer(
-        bootstrap_servers=link.bootstrap, group_id=link.intake_group, enable_auto_commit=False
-    )
+    """Until the writer's group has committed past `last`, for up to `timeout_s`.
+
+    The group's offsets are asked a step at a time with a `BrokerWatch`: kafka-python's
+    `committed` has no bound of its own, and with the broker stopped mid-wait it raised
+    its connection error out of the command as a traceback (exit 1).
+    """
+    away = BrokerWatch(link.bootstrap)
     deadline = time.monotonic() + timeout_s
     try:
+        consumer = answered(
+            lambda ms: Consumer(
+                bootstrap_servers=link.bootstrap,
+                group_id=link.intake_group,
+                enable_auto_commit=False,
+                client_id="consent-ledger-publish",
+                bootstrap_timeout_ms=ms,
+            ),
+            timeout_s=timeout_s,
+            away=away,
+        )
+    except ReadTimedOut as error:
+        raise _outcomes_unread(error) from error
+    try:
         while True:
-            if all((consumer.committed(tp) or 0) > offset for tp, offset in last.items()):
+            try:
+                committed = answered(
+                    functools.partial(_committed, consumer, list(last)),
+                    timeout_s=max(deadline - time.monotonic(), 0.0),
+                    away=away,
+                )
+            except BrokerAway as error:
+                raise _outcomes_unread(error) from error
+            except ReadTimedOut:
+                committed = {}
+            if all((committed.get(tp) or 0) > offset for tp, offset in last.items()):
                 return
             if time.monotonic() > deadline:
                 raise NotConsumed(
@@ -222,6 +314,20 @@ def _wait_committed(link: KafkaLink, last: dict[TopicPartition, int], timeout_s:
         consumer.close()
 
 
+def _committed(
+    consumer: KafkaConsumer, partitions: list[TopicPartition], ms: int
+) -> dict[TopicPartition, int | None] | None:
+    """The group's committed offsets, or None if the broker did not answer within `ms`
+    (a refused connection is no answer: the watch says when it is more)."""
+    try:
+        return {tp: consumer.committed(tp, timeout_ms=ms) for tp in partitions}
+    except KafkaError as error:
+        if not error.retriable:
+            raise
+        time.sleep(min(ms / 1000, 0.1))  # not at once: the same refusal again
+        return None
+
+
 def _rejected_after(
     link: KafkaLink, published: Sequence[Published], timeout_s: float
 ) -> dict[tuple[int, int], FactRejected]:
@@ -230,14 +336,27 @@ def _rejected_after(
     found: dict[tuple[int, int], FactRejected] = {}
     try:
         for record in from_the_beginning(
-            link.bootstrap, link.topics.rejected, timeout_s=timeout_s, client_id="consent-ledger"
+            link.bootstrap,
+            link.topics.rejected,
+            timeout_s=timeout_s,
+            client_id="consent-ledger",
+            away=BrokerWatch(link.bootstrap),
         ):
             refusal = _refusal(record.value, link, wanted)
             if refusal is not None:
                 found[refusal[0]] = refusal[1]
+    except BrokerAway as error:
+        raise _outcomes_unread(error) from error
     except ReadTimedOut as error:
         raise NotConsumed("the rejected topic could not be read to its end") from error
     return found
+
+
+def _outcomes_unread(error: Exception) -> LedgerUnavailable:
+    return LedgerUnavailable(
+        f"the facts were published, but their outcomes could not be read ({error}); publish "
+        "them again to learn them (a fact published twice is taken once, by its event_id)"
+    )
 
 
 def _refusal(

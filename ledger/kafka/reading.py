@@ -211,15 +211,18 @@ def from_the_beginning(
     timeout_s: float,
     client_id: str,
     partitions: Sequence[int] | None = None,
+    stopping: Callable[[], bool] = never,
+    away: Callable[[], bool] = never,
 ) -> Iterator[Any]:
     """Every committed record of the topic (of `partitions`, default all), from its
-    beginning to where it ends when the read starts, partition by partition as polled."""
-    consumer = Consumer(
-        bootstrap_servers=bootstrap,
-        isolation_level="read_committed",
-        enable_auto_commit=False,
-        client_id=client_id,
-    )
+    beginning to where it ends when the read starts, partition by partition as polled.
+
+    Asked a step at a time with `away` (a `BrokerWatch`): its consumer was made with
+    kafka-python's 30 s bootstrap wait and its end offsets asked unwatched, so `verify`, a
+    writer finding its intake positions, and `publish` waiting for its outcomes each waited
+    the whole answer timeout for a broker that had stopped.
+    """
+    consumer = reader(bootstrap, client_id, timeout_s=timeout_s, stopping=stopping, away=away)
     try:
         if partitions is None:
             partitions = sorted(consumer.partitions_for_topic(topic) or ())
@@ -228,8 +231,10 @@ def from_the_beginning(
             return
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
-        end = end_offsets(consumer, tps, timeout_s=timeout_s)
-        for polled in polls_to_end(consumer, tps, timeout_s=timeout_s, end=end):
+        end = end_offsets(consumer, tps, timeout_s=timeout_s, stopping=stopping, away=away)
+        for polled in polls_to_end(
+            consumer, tps, timeout_s=timeout_s, end=end, stopping=stopping, away=away
+        ):
             for tp, records in polled.items():
                 yield from (r for r in records if r.offset < end[tp])
     finally:

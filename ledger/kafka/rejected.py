@@ -20,6 +20,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 
 from ledger.envelope import Fact
 from ledger.errors import FactRejected
+from ledger.kafka.reachable import BrokerWatch
 from ledger.kafka.reading import ReadTimedOut, from_the_beginning
 from ledger.kafka.recorder import KafkaLink, LedgerUnavailable
 from ledger.kafka.records import MAC_HEADER, record_mac
@@ -90,6 +91,7 @@ def rejected_positions(link: KafkaLink, intake_id: str) -> dict[int, int]:
             link.topics.rejected,
             timeout_s=link.catch_up_timeout_s,
             client_id="consent-ledger-intake-positions",
+            away=BrokerWatch(link.bootstrap),
         ):
             key = record.key or b""
             if not key.startswith(prefix):

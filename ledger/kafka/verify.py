@@ -16,6 +16,7 @@ from uuid import UUID
 import orjson
 
 from ledger.chain import GENESIS, stored_hash
+from ledger.kafka.reachable import BrokerWatch
 from ledger.kafka.reading import ReadTimedOut, from_the_beginning
 from ledger.kafka.recorder import KafkaLedgerRecorder, LedgerUnavailable
 from ledger.kafka.records import NotALedgerRecord, decode
@@ -37,6 +38,7 @@ def verify_topic(
         timeout_s=timeout_s,
         client_id="consent-ledger-verify",
         partitions=range(link.partitions),
+        away=BrokerWatch(link.bootstrap),
     )
     try:
         while batch := list(islice(records, chunk)):
