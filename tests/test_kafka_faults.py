@@ -355,6 +355,10 @@ def test_a_writer_whose_broker_stopped_is_refused_within_seconds_then_writes_aga
             if thread.name == "consent-ledger-writer-network-thread":
                 thread.join(ANSWER_TIMEOUT_S)
                 assert not thread.is_alive(), "the dropped producer's network thread runs on"
+        # Nor is a transactional call left waiting in a thread of its own: kafka-python never
+        # completes a closed producer's result, and each outage left one for good.
+        waiting = [t.name for t in threading.enumerate() if t.name.startswith("ledger-")]
+        assert not waiting, waiting
 
         restarted = subprocess.run(
             [str(BROKER), "restart", str(run_dir)], capture_output=True, text=True, timeout=300

@@ -21,8 +21,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
-from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -53,6 +51,7 @@ from ledger.kafka.reading import (
 )
 from ledger.kafka.records import encode, intake_header, intake_read, partition_of
 from ledger.kafka.topics import KAFKA_DEFAULT_RECORD_LIMIT, RecordsLost, TopicRefused, Topics
+from ledger.kafka.transaction_calls import Begun, begin_abort, begin_commit, begin_offsets
 from ledger.recorder import FactKey, LedgerSQLiteRecorder
 from ledger.settings import SettingsError
 from ledger.sql import as_tuples, rows_in
@@ -134,7 +133,7 @@ class _Opened:
 
     thread: int
     offsets: dict[TopicPartition, int]
-    sent: Future[None]
+    sent: Begun
 
 
 @dataclass
@@ -780,21 +779,10 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
             to_send = _to_commit(offsets)
             try:
                 producer.begin_transaction()
+                # On their way while the batch is checked and sealed; the append waits.
+                sent = begin_offsets(producer, to_send, group)
             except KafkaError as error:
                 raise self._refused(error) from error
-            sent: Future[None] = Future()
-
-            def send_offsets() -> None:
-                try:
-                    producer.send_offsets_to_transaction(to_send, group)
-                except BaseException as error:  # handed to whoever waits for the append
-                    sent.set_exception(error)
-                else:
-                    sent.set_result(None)
-
-            # A thread of its own per batch, not a pool's: if the broker never answers, a
-            # daemon thread left waiting holds up neither later batches nor the exit.
-            threading.Thread(target=send_offsets, name="ledger-offsets", daemon=True).start()
             self._opened = _Opened(threading.get_ident(), dict(offsets), sent)
         except BaseException:
             self._transacting.release()
@@ -808,7 +796,7 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
         try:
             try:
                 # An abort must not overtake the offsets in flight.
-                self._awaited(opened.sent)
+                self._settled(opened.sent)
             except ReadTimedOut:
                 # Nor wait for a broker that did not take them: the next owner's fence
                 # aborts the transaction.
@@ -822,7 +810,7 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
 
     def _abort(self, producer: KafkaProducer) -> None:
         try:
-            self._settled(producer.abort_transaction)
+            self._settled(begin_abort(producer))
         except KafkaError as error:
             # Whatever state the producer is in, it is dropped: the next append fences it.
             self._refused(error)
@@ -875,12 +863,12 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                 for key, value, headers in intake.rejects:
                     producer.send(topics.rejected, key=key, value=value, headers=headers)
             if opened is not None:
-                self._awaited(opened.sent)  # raises what sending raised
+                self._settled(opened.sent)  # raises what sending raised
                 if intake is None or intake.offsets != opened.offsets:
                     raise AssertionError("an opened intake transaction appended other offsets")
             elif intake is not None and intake.offsets:
                 offsets, group = _to_commit(intake.offsets), intake.group
-                self._settled(lambda: producer.send_offsets_to_transaction(offsets, group))
+                self._settled(begin_offsets(producer, offsets, group))
             failpoint("kafka-sent")
             self._commit(producer)
             failpoint("kafka-committed")
@@ -912,7 +900,7 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
         replica up with whatever it committed; a publisher that retries the same facts gets
         their first receipts if it did."""
         try:
-            self._settled(producer.commit_transaction)
+            self._settled(begin_commit(producer))
         except ReadTimedOut as error:
             self._drop_producer(close_s=0)
             raise LedgerUnavailable(
@@ -920,42 +908,23 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                 "the next write settles whether it was committed"
             ) from error
 
-    def _settled(self, call: Callable[[], None]) -> None:
-        """Make one of the producer's transactional calls (its commit, abort, or the
-        offsets it adds), waiting for the broker a step at a time.
+    def _settled(self, call: Begun) -> None:
+        """Wait for one of the producer's transactional calls (its commit, abort, or the
+        offsets it adds), a step at a time: `ReadTimedOut` past the answer timeout or once
+        the brokers refuse connections; else what the call raised, if it did.
 
         kafka-python waits for each without a bound: a broker stopped while an append was
         on its way held the append (and the HTTP service's writer thread, and every publish
         queued behind it) for as long as the broker stayed away, minutes in the test that
-        found it. The call runs in a thread of its own (as `open_intake`'s offsets are
-        sent), waited for up to the answer timeout or until the brokers refuse connections
-        (`ReadTimedOut`: the thread is left waiting, until the process ends, for a result
-        kafka-python never completes once its producer is closed); it raises what the call
-        raised.
+        found it. The call is begun (`ledger.kafka.transaction_calls`) and its result waited
+        for here, so nothing is left waiting when this gives up.
         """
-        done: Future[None] = Future()
-
-        def run() -> None:
-            try:
-                call()
-            except BaseException as error:  # raised again below, in the appending thread
-                done.set_exception(error)
-            else:
-                done.set_result(None)
-
-        threading.Thread(target=run, name="ledger-transaction-end", daemon=True).start()
-        self._awaited(done)
-
-    def _awaited(self, done: Future[None]) -> None:
-        """Wait for a transactional call made in a thread of its own (`_settled`, or
-        `open_intake`'s offsets), a step at a time: `ReadTimedOut` past the answer timeout or
-        once the brokers refuse connections; else what the call raised, if it did."""
         answered(
-            lambda ms: bool(futures_wait([done], timeout=ms / 1000).done) or None,
+            lambda ms: call.done(ms) or None,
             timeout_s=self.link.catch_up_timeout_s,
             away=BrokerWatch(self.link.bootstrap),
         )
-        done.result()
+        call.result()
 
     def _know_partitions(
         self, producer: KafkaProducer, records: Sequence[Any], intake: IntakeCommit | None
@@ -1005,7 +974,7 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
         # The producer is being thrown away: its abort and close may fail like it did.
         if abort:
             try:
-                self._settled(producer.abort_transaction)
+                self._settled(begin_abort(producer))
             except ReadTimedOut:
                 close_s = 0
             except Exception:
