@@ -764,7 +764,8 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
         Adding consumed offsets to a transaction takes two round trips to the broker's
         coordinators (AddOffsetsToTxn, then TxnOffsetCommit), which kafka-python's
         `send_offsets_to_transaction` waits out. The offsets are known as soon as the batch is
-        polled, so they are sent from another thread while this one checks and seals the
+        polled, so their requests are begun now (`transaction_calls.begin_offsets`: the
+        producer's network thread sends them) while this thread checks and seals the
         batch. The append (`insert_events` or `commit_extra`, with an IntakeCommit of the same
         offsets) then joins them before it commits; a batch that will not be appended is
         `abandon`ed. Call it holding the application's lock, as appends are made: the
