@@ -332,7 +332,7 @@ def test_a_writer_whose_broker_stopped_is_refused_within_seconds_then_writes_aga
             "the publish": functools.partial(
                 publish_to_intake, ledger, [grant("dana", event_id="d1")], None
             ),
-            "the wait for outcomes": functools.partial(outcomes, ledger, sent, 60.0),
+            "the wait for outcomes": functools.partial(outcomes, ledger, sent, 60.0, {}),
             "the verify of the topic": functools.partial(verify_topic, recorder),
             "the intake positions": functools.partial(
                 rejected_positions, recorder.link, "an-intake-topic-id"

@@ -8,8 +8,10 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import orjson
 import pytest
@@ -137,6 +139,7 @@ def test_publish_needs_kafka_mode(tmp_path: Path) -> None:
 def test_records_on_the_rejected_topic_that_are_not_ours_are_passed_over() -> None:
     from ledger.kafka.publish import _refusal
     from ledger.kafka.recorder import KafkaLink
+    from ledger.kafka.records import MAC_HEADER, record_mac
     from ledger.kafka.topics import Topics
 
     link = KafkaLink("unused:9092", Topics.of("p"), 1, b"k" * 32)
@@ -147,6 +150,14 @@ def test_records_on_the_rejected_topic_that_are_not_ours_are_passed_over() -> No
         "source": source,
     }
     wanted = {(0, 7)}
+
+    def record(value: bytes | None, mac_key: bytes = link.record_key) -> SimpleNamespace:
+        """A rejected record as the writer writes it: its key the source, its MAC."""
+        key = b"p.intake/0/7"
+        headers = {"code": b"invalid_json"}
+        mac = record_mac(mac_key, key, value or b"", headers)
+        return SimpleNamespace(key=key, value=value, headers=[*headers.items(), (MAC_HEADER, mac)])
+
     for value in [
         b"not json",
         b"[1]",
@@ -155,6 +166,50 @@ def test_records_on_the_rejected_topic_that_are_not_ours_are_passed_over() -> No
         orjson.dumps({**ours, "code": "no_such_code"}),
         orjson.dumps({**ours, "source": {**source, "offset": 8}}),
     ]:
-        assert _refusal(value, link, wanted) is None
-    found = _refusal(orjson.dumps(ours), link, wanted)
+        assert _refusal(record(value), link, wanted) is None
+    # The refusal of our record, written by anyone but the ledger (another MAC key, or none).
+    assert _refusal(record(orjson.dumps(ours), b"x" * 32), link, wanted) is None
+    unsigned = SimpleNamespace(key=b"p.intake/0/7", value=orjson.dumps(ours), headers=[])
+    assert _refusal(unsigned, link, wanted) is None
+    found = _refusal(record(orjson.dumps(ours)), link, wanted)
     assert found is not None and found[0] == (0, 7) and found[1].code.value == "invalid_json"
+
+
+def test_an_answer_names_no_refusal_of_an_intake_topic_made_before(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """The intake topic deleted and made again starts its offsets over. `publish` read the
+    rejected topic from its beginning and matched refusals by partition and offset: a grant
+    recorded at the place of a fact refused from the earlier topic was answered with that
+    old refusal (exit 1), though the trail lists it."""
+    from kafka.admin import KafkaAdminClient
+
+    settings = kafka_settings(tmp_path / "data", kafka_bootstrap)
+    env = kafka_env(settings)
+    assert cli(env, "init").returncode == 0
+    # Keyed by tenant and sid, both land at offset 0 of the same partition.
+    refused = withdraw("pub-x", event_id="px-1", purposes=("marketing",))
+    recorded = grant("pub-x", event_id="px-2")
+    with running_worker(env):
+        out = cli(env, "publish", "--wait", "120", stdin=orjson.dumps(refused).decode())
+        assert out.returncode == 1, out.stderr
+        assert orjson.loads(out.stdout)["rejected"]["code"] == "purpose_not_in_force"
+    intake = f"{settings.topic_prefix}.intake"
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        admin.delete_topics([intake])
+        deadline = time.monotonic() + 60
+        while intake in admin.list_topics():  # deleted in the background: polled until gone
+            assert time.monotonic() < deadline, "the intake topic was not deleted in 60 s"
+            time.sleep(0.1)
+    finally:
+        admin.close()
+    made = cli(env, "init")  # makes the intake topic again
+    assert made.returncode == 0, made.stderr
+    with running_worker(env):
+        out = cli(env, "publish", "--wait", "120", stdin=orjson.dumps(recorded).decode())
+        assert out.returncode == 0, out.stdout + out.stderr
+        answer = orjson.loads(out.stdout)
+        assert answer["receipt"]["event_id"] == "px-2"
+    trail = cli(env, "trail", "pub-x", "--tenant", "demo", "--json")
+    assert [f["event_id"] for f in orjson.loads(trail.stdout)["facts"]] == ["px-2"]

@@ -5,7 +5,8 @@ is the way in that leaves the running writer alone: the facts go to the intake t
 by tenant and `sid` (never the reference itself) so one person's facts keep their order, and
 with a wait the command reports each fact's outcome once the writer has committed it — the
 reason from the rejected topic (matched by the intake partition and offset it was published
-at), or the receipt from the ledger.
+at, among the refusals the ledger wrote after the command began), or the receipt from the
+ledger.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import hashlib
 import hmac
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,9 +35,12 @@ from ledger.kafka.reading import (
     BrokerAway,
     ReadTimedOut,
     answered,
+    end_offsets,
     from_the_beginning,
+    reader,
 )
 from ledger.kafka.recorder import KafkaLedgerRecorder, KafkaLink, LedgerUnavailable
+from ledger.kafka.records import MAC_HEADER, record_mac
 from ledger.kafka.topics import RECORD_LIMIT
 from ledger.receipt import Receipt
 from ledger.tenant import tenant_id
@@ -218,17 +222,50 @@ def _prepare(
     return value, key, fact_tenant, event_id
 
 
+def rejected_ends(ledger: ConsentLedger) -> dict[int, int]:
+    """Where the rejected topic ends now, per partition: taken before publishing, so that
+    `outcomes` reads only the refusals written after it.
+
+    Read from the topic's beginning, an answer was wrong once the intake topic had been
+    deleted and made again (its offsets start over): a fact recorded at the same partition
+    and offset as one refused before was reported with the old refusal. And every
+    `publish` read the whole topic, as large as a week of refusals.
+    """
+    link = _link(ledger)
+    away = BrokerWatch(link.bootstrap)
+    try:
+        consumer = reader(
+            link.bootstrap, "consent-ledger-publish", timeout_s=ANSWER_TIMEOUT_S, away=away
+        )
+        try:
+            found = consumer.partitions_for_topic(link.topics.rejected) or set()
+            tps = [TopicPartition(link.topics.rejected, p) for p in sorted(found)]
+            ends = end_offsets(consumer, tps, timeout_s=ANSWER_TIMEOUT_S, away=away)
+        finally:
+            consumer.close()
+    except ReadTimedOut as error:
+        raise LedgerUnavailable(
+            f"nothing was published: the rejected topic could not be read ({error})"
+        ) from error
+    return {tp.partition: offset for tp, offset in ends.items()}
+
+
 def outcomes(
-    ledger: ConsentLedger, published: Sequence[Published], timeout_s: float
+    ledger: ConsentLedger,
+    published: Sequence[Published],
+    timeout_s: float,
+    since: Mapping[int, int],
 ) -> list[Receipt | FactRejected]:
-    """Wait until the writer committed past every published record; then what became of each."""
+    """Wait until the writer committed past every published record; then what became of
+    each. `since`: `rejected_ends` as it was before they were published (a partition it does
+    not name is read from its beginning)."""
     link = _link(ledger)
     last: dict[TopicPartition, int] = {}
     for p in published:
         tp = TopicPartition(link.topics.intake, p.partition)
         last[tp] = max(last.get(tp, -1), p.offset)
     _wait_committed(link, last, timeout_s)
-    refused = _rejected_after(link, published, timeout_s)
+    refused = _rejected_after(link, published, timeout_s, since)
     recorder = ledger.ledger_recorder
     assert isinstance(recorder, KafkaLedgerRecorder)
     recorder.catch_up()
@@ -329,9 +366,9 @@ def _committed(
 
 
 def _rejected_after(
-    link: KafkaLink, published: Sequence[Published], timeout_s: float
+    link: KafkaLink, published: Sequence[Published], timeout_s: float, since: Mapping[int, int]
 ) -> dict[tuple[int, int], FactRejected]:
-    """Rejects of our records, read_committed from the whole rejected topic."""
+    """Rejects of our records, read_committed from `since` to the rejected topic's end."""
     wanted = {(p.partition, p.offset) for p in published}
     found: dict[tuple[int, int], FactRejected] = {}
     try:
@@ -340,9 +377,10 @@ def _rejected_after(
             link.topics.rejected,
             timeout_s=timeout_s,
             client_id="consent-ledger",
+            since=since,
             away=BrokerWatch(link.bootstrap),
         ):
-            refusal = _refusal(record.value, link, wanted)
+            refusal = _refusal(record, link, wanted)
             if refusal is not None:
                 found[refusal[0]] = refusal[1]
     except BrokerAway as error:
@@ -360,11 +398,17 @@ def _outcomes_unread(error: Exception) -> LedgerUnavailable:
 
 
 def _refusal(
-    value: bytes | None, link: KafkaLink, wanted: set[tuple[int, int]]
+    record: Any, link: KafkaLink, wanted: set[tuple[int, int]]
 ) -> tuple[tuple[int, int], FactRejected] | None:
-    """One of our records' refusal, or None (another's, or a record the writer did not write)."""
+    """One of our records' refusal, or None (another's, or a record the writer did not
+    write: without the ledger's MAC, anyone who may write to the topic could refuse a fact
+    in the command's answer)."""
+    said = dict(record.headers or [])
+    mac = record_mac(link.record_key, record.key or b"", record.value or b"", said)
+    if not hmac.compare_digest(said.get(MAC_HEADER, b""), mac):
+        return None
     try:
-        body = orjson.loads(value or b"")
+        body = orjson.loads(record.value or b"")
         source = body["source"]
         place = (source["partition"], source["offset"])
         if source["topic"] != link.topics.intake or place not in wanted:

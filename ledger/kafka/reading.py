@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from eventsourcing.persistence import StoredEvent
@@ -211,11 +211,13 @@ def from_the_beginning(
     timeout_s: float,
     client_id: str,
     partitions: Sequence[int] | None = None,
+    since: Mapping[int, int] | None = None,
     stopping: Callable[[], bool] = never,
     away: Callable[[], bool] = never,
 ) -> Iterator[Any]:
     """Every committed record of the topic (of `partitions`, default all), from its
-    beginning to where it ends when the read starts, partition by partition as polled.
+    beginning (or, for a partition in `since`, from that offset) to where it ends when the
+    read starts, partition by partition as polled.
 
     Asked a step at a time with `away` (a `BrokerWatch`): its consumer was made with
     kafka-python's 30 s bootstrap wait and its end offsets asked unwatched, so `verify`, a
@@ -231,6 +233,9 @@ def from_the_beginning(
             return
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
+        for tp in tps:
+            if since and tp.partition in since:
+                consumer.seek(tp, since[tp.partition])
         end = end_offsets(consumer, tps, timeout_s=timeout_s, stopping=stopping, away=away)
         for polled in polls_to_end(
             consumer, tps, timeout_s=timeout_s, end=end, stopping=stopping, away=away
