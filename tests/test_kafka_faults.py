@@ -292,7 +292,7 @@ def test_a_writer_whose_broker_stopped_is_refused_within_seconds_then_writes_aga
     intake batch whose offsets are on their way, that batch fails as soon."""
     from ledger.application import ConsentLedger
     from ledger.envelope import parse_fact
-    from ledger.kafka.publish import Published, outcomes
+    from ledger.kafka.publish import Before, Published, outcomes
     from ledger.kafka.publish import publish as publish_to_intake
     from ledger.kafka.reading import ANSWER_TIMEOUT_S
     from ledger.kafka.recorder import IntakeCommit, KafkaLedgerRecorder
@@ -332,7 +332,9 @@ def test_a_writer_whose_broker_stopped_is_refused_within_seconds_then_writes_aga
             "the publish": functools.partial(
                 publish_to_intake, ledger, [grant("dana", event_id="d1")], None
             ),
-            "the wait for outcomes": functools.partial(outcomes, ledger, sent, 60.0, {}),
+            "the wait for outcomes": functools.partial(
+                outcomes, ledger, sent, 60.0, Before({}, {})
+            ),
             "the verify of the topic": functools.partial(verify_topic, recorder),
             "the intake positions": functools.partial(
                 rejected_positions, recorder.link, "an-intake-topic-id"

@@ -77,6 +77,13 @@ def test_publish_through_intake_to_a_running_worker(tmp_path: Path, kafka_bootst
         assert lines[1]["rejected"]["code"] == "invalid_json"
         assert lines[2]["rejected"]["code"] == "purpose_not_in_force"
         assert lines[3]["receipt"]["sid"] == lines[0]["receipt"]["sid"]
+        assert lines[0]["receipt"]["duplicate"] is False
+
+        # A retry is answered with the first receipt, as a duplicate: as `record` and HTTP
+        # answer it (`publish` said `"duplicate": false`).
+        retry = cli(env, "publish", "--wait", "120", stdin=facts[0])
+        assert retry.returncode == 0, retry.stderr
+        assert orjson.loads(retry.stdout)["receipt"] == {**lines[0]["receipt"], "duplicate": True}
 
         # The worker was not fenced: it keeps consuming.
         again = cli(env, "publish", stdin=orjson.dumps(grant("pub-2", event_id="p4")).decode())

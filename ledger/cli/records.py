@@ -137,7 +137,7 @@ def cmd_record(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
     """Kafka mode: facts to the intake topic, for the running writer (which it does not fence)."""
-    from ledger.kafka.publish import NotConsumed, outcomes, publish, rejected_ends
+    from ledger.kafka.publish import Before, NotConsumed, ends_before, outcomes, publish
 
     if settings.backend != "kafka":
         raise CliError("publish needs Kafka mode (LEDGER_BACKEND=kafka); use record")
@@ -147,8 +147,8 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
     to_send = [item for item in items if not isinstance(item, FactRejected)]
     ledger = open_ledger(settings)
     try:
-        # Refusals of these facts are written after this: only they are read to answer.
-        since = rejected_ends(ledger) if to_send and not args.no_wait else {}
+        # Refusals of these facts, and their first recording, are written after this.
+        before = ends_before(ledger) if to_send and not args.no_wait else Before({}, {})
         sent = iter(publish(ledger, to_send, args.tenant) if to_send else [])
         # Each item: refused as read, not sent (too large for the topic), or where it went.
         placed = [item if isinstance(item, FactRejected) else next(sent) for item in items]
@@ -168,7 +168,7 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
             return 0
         published = [p for p in placed if not isinstance(p, FactRejected)]
         try:
-            answered = iter(outcomes(ledger, published, args.wait, since) if published else [])
+            answered = iter(outcomes(ledger, published, args.wait, before) if published else [])
         except NotConsumed as e:
             return fail(str(e), EXIT_UNAVAILABLE)
     finally:

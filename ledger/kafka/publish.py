@@ -222,50 +222,73 @@ def _prepare(
     return value, key, fact_tenant, event_id
 
 
-def rejected_ends(ledger: ConsentLedger) -> dict[int, int]:
-    """Where the rejected topic ends now, per partition: taken before publishing, so that
-    `outcomes` reads only the refusals written after it.
+@dataclass(frozen=True)
+class Before:
+    """Where the rejected and ledger topics ended, per partition, before the facts were
+    published: what `outcomes` reads of the one, and what it counts as recorded before in
+    the other."""
 
-    Read from the topic's beginning, an answer was wrong once the intake topic had been
-    deleted and made again (its offsets start over): a fact recorded at the same partition
-    and offset as one refused before was reported with the old refusal. And every
-    `publish` read the whole topic, as large as a week of refusals.
+    rejected: dict[int, int]
+    ledger: dict[int, int]
+
+
+def ends_before(ledger: ConsentLedger) -> Before:
+    """The rejected and ledger topics' ends now, taken before publishing.
+
+    Read from the rejected topic's beginning, an answer was wrong once the intake topic had
+    been deleted and made again (its offsets start over): a fact recorded at the same
+    partition and offset as one refused before was reported with the old refusal. Every
+    `publish` read the whole topic, as large as a week of refusals. And a fact the ledger
+    held before (a retry) was answered `"duplicate": false`, where `record` and HTTP answer
+    true. The ends are the brokers' high watermarks: every record committed before now
+    lies below them, and every record written after, above.
     """
     link = _link(ledger)
     away = BrokerWatch(link.bootstrap)
+    topics = (link.topics.rejected, link.topics.ledger)
     try:
         consumer = reader(
-            link.bootstrap, "consent-ledger-publish", timeout_s=ANSWER_TIMEOUT_S, away=away
+            link.bootstrap,
+            "consent-ledger-publish",
+            timeout_s=ANSWER_TIMEOUT_S,
+            away=away,
+            committed=False,
         )
         try:
-            found = consumer.partitions_for_topic(link.topics.rejected) or set()
-            tps = [TopicPartition(link.topics.rejected, p) for p in sorted(found)]
+            tps = [
+                TopicPartition(topic, p)
+                for topic in topics
+                for p in sorted(consumer.partitions_for_topic(topic) or ())
+            ]
             ends = end_offsets(consumer, tps, timeout_s=ANSWER_TIMEOUT_S, away=away)
         finally:
             consumer.close()
     except ReadTimedOut as error:
         raise LedgerUnavailable(
-            f"nothing was published: the rejected topic could not be read ({error})"
+            f"nothing was published: the topics' ends could not be read ({error})"
         ) from error
-    return {tp.partition: offset for tp, offset in ends.items()}
+    rejected, ledger_ends = (
+        {tp.partition: offset for tp, offset in ends.items() if tp.topic == topic}
+        for topic in topics
+    )
+    return Before(rejected, ledger_ends)
 
 
 def outcomes(
     ledger: ConsentLedger,
     published: Sequence[Published],
     timeout_s: float,
-    since: Mapping[int, int],
+    before: Before,
 ) -> list[Receipt | FactRejected]:
     """Wait until the writer committed past every published record; then what became of
-    each. `since`: `rejected_ends` as it was before they were published (a partition it does
-    not name is read from its beginning)."""
+    each. `before`: `ends_before` as it was before they were published."""
     link = _link(ledger)
     last: dict[TopicPartition, int] = {}
     for p in published:
         tp = TopicPartition(link.topics.intake, p.partition)
         last[tp] = max(last.get(tp, -1), p.offset)
     _wait_committed(link, last, timeout_s)
-    refused = _rejected_after(link, published, timeout_s, since)
+    refused = _rejected_after(link, published, timeout_s, before.rejected)
     recorder = ledger.ledger_recorder
     assert isinstance(recorder, KafkaLedgerRecorder)
     recorder.catch_up()
@@ -275,11 +298,13 @@ def outcomes(
         if found is not None:
             results.append(found)
             continue
-        results.append(_receipt(ledger, p))
+        results.append(_receipt(ledger, p, before.ledger))
     return results
 
 
-def _receipt(ledger: ConsentLedger, p: Published) -> Receipt | FactRejected:
+def _receipt(
+    ledger: ConsentLedger, p: Published, ledger_ends: Mapping[int, int]
+) -> Receipt | FactRejected:
     indexed = (
         ledger.ledger_recorder.find_facts(p.tenant, [p.event_id]).get(p.event_id)
         if p.tenant and p.event_id
@@ -301,6 +326,8 @@ def _receipt(ledger: ConsentLedger, p: Published) -> Receipt | FactRejected:
         recorded_at=indexed.recorded_at,
         hash=indexed.hash,
         partition=partition,
+        # In the ledger before this was published: a retry, answered as `record` answers it.
+        duplicate=partition is not None and position < ledger_ends.get(partition, 0),
     )
 
 
