@@ -40,7 +40,7 @@ from ledger.kafka.reading import (
     reader,
 )
 from ledger.kafka.recorder import KafkaLedgerRecorder, KafkaLink, LedgerUnavailable
-from ledger.kafka.records import MAC_HEADER, record_mac
+from ledger.kafka.rejected import by_the_ledger
 from ledger.kafka.topics import RECORD_LIMIT
 from ledger.receipt import Receipt
 from ledger.tenant import tenant_id
@@ -428,11 +428,8 @@ def _refusal(
     record: Any, link: KafkaLink, wanted: set[tuple[int, int]]
 ) -> tuple[tuple[int, int], FactRejected] | None:
     """One of our records' refusal, or None (another's, or a record the writer did not
-    write: without the ledger's MAC, anyone who may write to the topic could refuse a fact
-    in the command's answer)."""
-    said = dict(record.headers or [])
-    mac = record_mac(link.record_key, record.key or b"", record.value or b"", said)
-    if not hmac.compare_digest(said.get(MAC_HEADER, b""), mac):
+    write)."""
+    if not by_the_ledger(record, link.record_key):
         return None
     try:
         body = orjson.loads(record.value or b"")

@@ -79,6 +79,15 @@ def rejected_record(
     return key, value, headers
 
 
+def by_the_ledger(record: Any, mac_key: bytes) -> bool:
+    """Whether a record of the rejected topic carries the ledger's MAC: anyone who may write
+    to the topic could otherwise move a recovering writer past facts it never read, or
+    refuse a fact in `publish`'s answer."""
+    said = dict(record.headers or [])
+    mac = record_mac(mac_key, record.key or b"", record.value or b"", said)
+    return hmac.compare_digest(said.get(MAC_HEADER, b""), mac)
+
+
 def rejected_positions(link: KafkaLink, intake_id: str) -> dict[int, int]:
     """Per intake partition, the offset after the last record the rejected topic holds of
     this intake topic (by id) under the ledger's MAC: the whole topic is read."""
@@ -97,9 +106,8 @@ def rejected_positions(link: KafkaLink, intake_id: str) -> dict[int, int]:
             if not key.startswith(prefix):
                 continue
             said = dict(record.headers or [])
-            if said.get(SOURCE_TOPIC_ID_HEADER) != wanted or not hmac.compare_digest(
-                said.get(MAC_HEADER, b""),
-                record_mac(link.record_key, key, record.value or b"", said),
+            if said.get(SOURCE_TOPIC_ID_HEADER) != wanted or not by_the_ledger(
+                record, link.record_key
             ):
                 continue
             try:
