@@ -382,6 +382,29 @@ def test_a_writer_whose_catch_up_failed_does_not_append(
     recorder.close()
 
 
+def test_a_batch_whose_offsets_are_refused_before_they_leave_leaves_the_writer_appending(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """Offsets refused before they are sent (group metadata kafka-python does not take)
+    are raised by `open_intake` itself, and the transaction begun for them is ended: left
+    open, the writer's next append could not begin its own."""
+    from kafka import TopicPartition
+
+    settings = kafka_settings(tmp_path, kafka_bootstrap)
+    ensure_topics(settings)
+    topics = Topics.of(settings.topic_prefix)
+    recorder = new_recorder(tmp_path / "r.db", kafka_bootstrap, settings.topic_prefix)
+    try:
+        recorder.own()
+        with pytest.raises(TypeError, match="group_metadata"):
+            recorder.open_intake({TopicPartition(topics.intake, 0): 0}, object())
+        recorder.insert_events([_event(uuid.uuid4(), 1, b'{"tenant":"demo"}')])
+        assert recorder.is_owner
+        assert len(read_committed(kafka_bootstrap, topics.ledger)) == 1
+    finally:
+        recorder.close()
+
+
 def test_readers_catching_up_share_a_replica_with_a_writer(
     tmp_path: Path, kafka_bootstrap: str
 ) -> None:

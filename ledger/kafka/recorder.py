@@ -780,10 +780,18 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
             to_send = _to_commit(offsets)
             try:
                 producer.begin_transaction()
+            except KafkaError as error:
+                raise self._refused(error) from error
+            try:
                 # On their way while the batch is checked and sealed; the append waits.
                 sent = begin_offsets(producer, to_send, group)
             except KafkaError as error:
                 raise self._refused(error) from error
+            except BaseException:
+                # Refused before it was sent (the group's metadata): the transaction
+                # begun for it is ended, so that the producer can begin the next one.
+                self._abort(producer)
+                raise
             self._opened = _Opened(threading.get_ident(), dict(offsets), sent)
         except BaseException:
             self._transacting.release()
