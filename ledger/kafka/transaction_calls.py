@@ -5,9 +5,9 @@ kafka-python's `commit_transaction`, `abort_transaction` and `send_offsets_to_tr
 each enqueue a request, wake the sender, and wait for its result without a bound. The
 writer waited for them in a thread of its own per call, so that it could give up on a
 broker gone away; but a result is never completed once its producer is closed, so each
-outage left that thread waiting for good (one a day of outages is a year's 365), and every
-transaction started one or two threads. Begun here, the caller waits on the result itself
-(`Begun.done(ms)`), and nothing is left waiting when it stops.
+outage left that thread waiting for good (a process through a daily outage held 365 after
+a year), and every transaction started one or two threads. Begun here, the caller waits
+on the result itself (`Begun.done(ms)`), and nothing is left waiting when it stops.
 
 This reaches into kafka-python 3.0's producer (`_transaction_manager`, `_sender`), as its
 public calls do in three lines each. Where another version keeps them otherwise, the public
