@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import logging
 import signal
 import sys
@@ -120,7 +121,7 @@ read it back (the sid is in the receipt):
         access_log=False,
     )
     server = Server(config)
-    with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run: a second Ctrl-C
+    with stacks_on_sigusr1(), contextlib.suppress(KeyboardInterrupt):  # uvicorn.run's too
         server.run()
     if not server.started:
         return 3  # as uvicorn.run exits when the server could not start (a port in use)
@@ -133,7 +134,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         raise CliError(
             "the worker runs in Kafka mode: set LEDGER_BACKEND=kafka and KAFKA_BOOTSTRAP"
         )
-    with stopped_by_signals() as stop:
+    with stopped_by_signals() as stop, stacks_on_sigusr1():
         return _work(args, settings, stop)
 
 
@@ -272,3 +273,16 @@ def stopped_by_signals() -> Iterator[threading.Event]:
     finally:
         for signum, handler in before.items():
             signal.signal(signum, handler)
+
+
+@contextmanager
+def stacks_on_sigusr1() -> Iterator[None]:
+    """While the block runs, SIGUSR1 prints every thread's stack to stderr (`faulthandler`)
+    and the process runs on: a worker or server that stops making progress can be asked
+    where it waits without being stopped. The stacks name code only (files, lines,
+    functions), never a value."""
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    try:
+        yield
+    finally:
+        faulthandler.unregister(signal.SIGUSR1)
