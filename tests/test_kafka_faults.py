@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import random
@@ -75,6 +76,7 @@ class Progress:
 
     def __init__(self, settings: Settings) -> None:
         assert settings.kafka_bootstrap
+        self.settings = settings
         topics = Topics.of(settings.topic_prefix)
         link = KafkaLink(settings.kafka_bootstrap, topics, settings.partitions, b"unused" * 6)
         self.consumer = KafkaConsumer(
@@ -94,11 +96,38 @@ class Progress:
             if done >= at_least:
                 return done
             assert worker.poll() is None, f"the worker died: {worker.communicate()[1][-2000:]}"
-            assert time.monotonic() < deadline, f"stuck at {done} of {at_least}"
+            if time.monotonic() >= deadline:
+                raise AssertionError(
+                    f"stuck at {done} of {at_least}: {self._seen_anew()}\n{where_it_waits(worker)}"
+                )
             time.sleep(0.01)  # a condition poll: the offset is read from the broker each round
+
+    def _seen_anew(self) -> str:
+        """What a new consumer reads of the same offsets, and where the ledger topic ends:
+        whether the writer or this consumer is the one that stopped."""
+        anew = Progress(self.settings)
+        try:
+            ledger = Topics.of(self.settings.topic_prefix).ledger
+            tps = [TopicPartition(ledger, p) for p in range(self.settings.partitions)]
+            ends = anew.consumer.end_offsets(tps)
+            return f"a new consumer reads {anew.committed()}, the ledger ends at {ends}"
+        finally:
+            anew.close()
 
     def close(self) -> None:
         self.consumer.close()
+
+
+def where_it_waits(worker: subprocess.Popen[str]) -> str:
+    """A stuck worker's threads' stacks (SIGUSR1, `stopped_by_signals`) and its last log
+    lines; it is killed. The dump is written as the signal arrives: the bounded wait only
+    gives the pipe time to be read before the kill."""
+    for _ in range(2):  # twice, a few seconds apart: whether it moves
+        worker.send_signal(signal.SIGUSR1)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            worker.communicate(timeout=3)
+    worker.kill()
+    return worker.communicate()[1][-30000:]
 
 
 @pytest.fixture
@@ -292,6 +321,7 @@ def test_a_writer_whose_broker_stopped_is_refused_within_seconds_then_writes_aga
     intake batch whose offsets are on their way, that batch fails as soon."""
     from ledger.application import ConsentLedger
     from ledger.envelope import parse_fact
+    from ledger.kafka.intake import IntakeWriter
     from ledger.kafka.publish import Before, Published, outcomes
     from ledger.kafka.publish import publish as publish_to_intake
     from ledger.kafka.reading import ANSWER_TIMEOUT_S
@@ -321,13 +351,18 @@ def test_a_writer_whose_broker_stopped_is_refused_within_seconds_then_writes_aga
             if isinstance(p, Published)
         ]
         assert len(sent) == 1
+        writer = IntakeWriter(ledger)
+        writer.start()
         stopped = subprocess.run([str(BROKER), "stop", str(run_dir)], timeout=120)
         assert stopped.returncode == 0
 
         # The waits of `publish` (its producer, its wait for the writer's offsets and for
         # the rejected topic) and of the topic readers `verify` and the intake writer's
         # positions: each waited 30 s, and `publish` then raised kafka-python's own error
-        # (a traceback, exit 1) or, its broker stopped during its wait, at once.
+        # (a traceback, exit 1) or, its broker stopped during its wait, at once. The intake
+        # writer going back to its committed offsets (after a failed batch, and as it
+        # starts) waited 30 s for the first offsets, then without a bound for the
+        # committed ones.
         waits: dict[str, Callable[[], object]] = {
             "the publish": functools.partial(
                 publish_to_intake, ledger, [grant("dana", event_id="d1")], None
@@ -339,6 +374,7 @@ def test_a_writer_whose_broker_stopped_is_refused_within_seconds_then_writes_aga
             "the intake positions": functools.partial(
                 rejected_positions, recorder.link, "an-intake-topic-id"
             ),
+            "the intake writer's rewind": writer._rewind,
         }
         still_waiting = _all_refused_within_seconds(waits)
         if still_waiting:
@@ -351,6 +387,7 @@ def test_a_writer_whose_broker_stopped_is_refused_within_seconds_then_writes_aga
                 ledger = None  # held by the attempt: closing it would wait as long
                 raise AssertionError(f"{name} still waits for the broker after 60 s")
         assert recorder.max_notification_id() == before
+        writer.close()
         # The producer let go ends its network thread: kafka-python's close raised before
         # stopping it (records unsent), and each outage left one running for good.
         for thread in threading.enumerate():

@@ -20,6 +20,8 @@ from ledger.envelope import parse_fact
 from ledger.kafka import intake as intake_module
 from ledger.kafka import recorder as recorder_module
 from ledger.kafka.intake import IntakeWriter, wait_until_consumed
+from ledger.kafka.reading import ReadTimedOut
+from ledger.kafka.recorder import LedgerUnavailable
 from ledger.kafka.topics import TopicRefused, Topics, ensure_topics
 from ledger.receipt import Receipt
 from ledger.settings import Settings
@@ -208,6 +210,59 @@ def test_an_abandoned_intake_transaction_commits_no_offsets(
         wait_until_consumed(writer, ends, 120)
     finally:
         writer.close()
+    ledger = read_committed(kafka_bootstrap, topics.ledger)
+    check_exactly_once(items, ledger, read_committed(kafka_bootstrap, topics.rejected))
+
+
+class _Unconfirmed:
+    """A commit the broker never confirmed (as when it stops mid-commit): nothing is sent,
+    and the writer gives up on it as `_settled` does past its timeout."""
+
+    def done(self, ms: int) -> bool:
+        raise ReadTimedOut("the broker did not answer")
+
+    def result(self) -> None:
+        raise AssertionError("unreachable: never done")
+
+
+def test_a_writer_that_gave_up_on_a_commit_resumes_without_waiting_for_it(
+    kafka_ledger: ConsentLedger, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit not confirmed leaves its transaction open on the broker, the batch's intake
+    offsets in it. The writer went back to the committed offsets with the same consumer
+    at once, and a read_committed consumer is not told them while a transaction holds
+    offsets of its group: the writer waited for its own transaction until the transaction
+    timeout (300 s; the broker restart test was stuck in CI). It resumes at once now: the
+    run loop owns the ledger again first, which ends that transaction."""
+    settings = kafka_ledger.settings
+    topics = Topics.of(settings.topic_prefix)
+    items = intake_stream(valid=40, bad=4)
+    publish(kafka_bootstrap, topics.intake, [(i.key, i.value) for i in items])  # type: ignore[misc]
+    ends = end_offsets(kafka_bootstrap, topics.intake)
+    writer = IntakeWriter(kafka_ledger)
+    writer.start()
+    stop = threading.Event()
+    running = threading.Thread(target=writer.run, args=(stop,), daemon=True)
+    try:
+        monkeypatch.setattr(recorder_module, "begin_commit", lambda producer: _Unconfirmed())
+        began = time.monotonic()
+        with pytest.raises(LedgerUnavailable, match="did not confirm the append's commit"):
+            writer.step(timeout_ms=5000)
+        monkeypatch.undo()
+        running.start()
+        while not all(writer.committed.get(tp, 0) >= end for tp, end in ends.items()):
+            assert running.is_alive()
+            # Well inside the 30 s a question of the old consumer waits before it is
+            # given up, and the transaction's 300 s.
+            assert time.monotonic() - began < 20, "the writer waits for its own transaction"
+            time.sleep(0.05)  # a condition poll on the writer's committed offsets
+    finally:
+        stop.set()
+        if running.is_alive():
+            running.join(60)
+        writer.close()
+    committed = committed_offsets(kafka_bootstrap, writer.link.intake_group, topics.intake)
+    assert {p: o or 0 for p, o in committed.items()} == {tp.partition: e for tp, e in ends.items()}
     ledger = read_committed(kafka_bootstrap, topics.ledger)
     check_exactly_once(items, ledger, read_committed(kafka_bootstrap, topics.rejected))
 

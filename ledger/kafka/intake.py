@@ -17,11 +17,12 @@ writer waits for the storage as it waits for the broker, rejecting nothing.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -310,8 +311,8 @@ class IntakeWriter:
         in_transaction = 0.0  # the isolating retries' transactions count in the rest
         try:
             in_transaction = self._write(records, _next_offsets(records))
-        except NOT_A_RECORDS_FAULT:
-            self._rewind_safely()
+        except NOT_A_RECORDS_FAULT as error:
+            self._read_again(error)
             raise
         except Exception as error:
             self._unless_storage(error)
@@ -430,8 +431,8 @@ class IntakeWriter:
             for half in (records[:middle], records[middle:]):
                 try:
                     self._write(half, _next_offsets(half))
-                except NOT_A_RECORDS_FAULT:
-                    self._rewind_safely()
+                except NOT_A_RECORDS_FAULT as error:
+                    self._read_again(error)
                     raise
                 except Exception as error:
                     self._unless_storage(error)
@@ -496,7 +497,10 @@ class IntakeWriter:
         consumer = self.consumer
         if now - self._refreshed_at < self.positions_refresh_s or consumer is None:
             return
-        positions = {tp: consumer.position(tp) for tp in consumer.assignment()}
+        positions = {
+            tp: self._asked(functools.partial(_position, consumer, tp))
+            for tp in consumer.assignment()
+        }
         if positions:
             with self.ledger.lock:
                 self.recorder.commit_extra(
@@ -531,16 +535,21 @@ class IntakeWriter:
         consumer = self.consumer
         assert consumer is not None
         assigned = sorted(consumer.assignment(), key=lambda tp: tp.partition)
-        kept_from = consumer.beginning_offsets(assigned) if assigned else {}
+        kept_from: dict[TopicPartition, int] = (
+            self._asked(lambda ms: consumer.beginning_offsets(assigned, timeout_ms=ms))
+            if assigned
+            else {}
+        )
         ends: dict[TopicPartition, int] | None = None
         recovered: dict[int, int] | None = None
         for tp in assigned:
-            committed = consumer.committed(tp)
+            [committed] = self._asked(functools.partial(_committed, consumer, tp))
             first_kept = kept_from.get(tp, 0)
             if committed is None:
                 committed = self.committed.get(tp)
             if committed is None:
-                ends = ends if ends is not None else consumer.end_offsets(assigned)
+                if ends is None:
+                    ends = self._asked(lambda ms: consumer.end_offsets(assigned, timeout_ms=ms))
                 if ends.get(tp, 0) > first_kept:  # records to read: where were we?
                     if recovered is None:
                         recovered = self.read_positions()
@@ -610,11 +619,59 @@ class IntakeWriter:
             extra={"partition": tp.partition, "error": "IntakeExpiredUnread"},
         )
 
+    def _read_again(self, error: Exception) -> None:
+        """Make the batch a failure left uncommitted be read again.
+
+        After the broker's failure (or the writer's, fenced) the consumer is let go: the
+        run loop makes a new one once the writer owns the ledger again, and that one goes
+        back to the committed offsets. Asked there and then, the old one could wait for
+        the writer itself. A transaction given up in an outage (its commit unconfirmed) is
+        left open, and its intake offsets with it; a read_committed consumer asks for the
+        stable committed offsets, which the broker refuses to give (UNSTABLE_OFFSET_COMMIT,
+        retried by kafka-python) until that transaction ends, and only the next owner's
+        fence ends it, or the producer's 300 s transaction timeout. The writer waited out
+        the timeout (the broker restart test, stuck for 300 s in CI). Any other failure
+        (the storage, the key store) aborted its transaction and keeps the consumer, which
+        goes back to the committed offsets now.
+        """
+        if isinstance(error, (LedgerUnavailable, WriterFenced, KafkaError)):
+            self.close()
+        else:
+            self._rewind_safely()
+
     def _rewind_safely(self) -> None:
         try:
             self._rewind()
-        except KafkaError:
+        except (KafkaError, LedgerUnavailable):
             self.close()  # the next round starts over from the committed offsets
+
+    def _asked(self, ask: Callable[[int], Any]) -> Any:
+        """A question about the intake positions, asked a step at a time with the broker
+        watched (`answered`); LedgerUnavailable when it goes unanswered, which the run loop
+        waits out with a new consumer.
+
+        kafka-python asks for a committed offset without a bound (it retries until the
+        group's coordinator gives a stable answer: `_read_again` says when it cannot), and
+        for the first and last offsets for its 30 s request timeout, the broker's refusals
+        unseen.
+        """
+        try:
+            return answered(
+                ask,
+                timeout_s=self.link.catch_up_timeout_s,
+                away=BrokerWatch(self.link.bootstrap),
+            )
+        except ReadTimedOut as error:
+            raise LedgerUnavailable(f"the intake positions were not answered: {error}") from error
+
+
+def _position(consumer: KafkaConsumer, tp: TopicPartition, ms: int) -> int | None:
+    return consumer.position(tp, timeout_ms=ms)  # type: ignore[no-any-return]
+
+
+def _committed(consumer: KafkaConsumer, tp: TopicPartition, ms: int) -> tuple[int | None]:
+    """In a tuple: "no committed offset" (None) is an answer, not its absence."""
+    return (consumer.committed(tp, timeout_ms=ms),)
 
 
 def _next_offsets(records: Sequence[ConsumerRecord]) -> dict[TopicPartition, int]:
