@@ -181,18 +181,25 @@ def test_a_batch_that_fails_mid_transaction_commits_nothing_of_it(
     assert not kafka_ledger.ledger_recorder.fenced  # type: ignore[attr-defined]
 
 
+def _started_on(
+    ledger: ConsentLedger, bootstrap: str, items: list[Any]
+) -> tuple[Topics, dict[TopicPartition, int], IntakeWriter]:
+    """The items published to the intake topic, its end offsets, and a writer started."""
+    topics = Topics.of(ledger.settings.topic_prefix)
+    publish(bootstrap, topics.intake, [(i.key, i.value) for i in items])
+    ends = end_offsets(bootstrap, topics.intake)
+    writer = IntakeWriter(ledger)
+    writer.start()
+    return topics, ends, writer
+
+
 def test_an_abandoned_intake_transaction_commits_no_offsets(
     kafka_ledger: ConsentLedger, kafka_bootstrap: str
 ) -> None:
     """`open_intake` sends a batch's offsets before the batch is checked; a batch abandoned
     before its append leaves the group's committed offsets where they were."""
-    settings = kafka_ledger.settings
-    topics = Topics.of(settings.topic_prefix)
     items = intake_stream(valid=30, bad=0)
-    publish(kafka_bootstrap, topics.intake, [(i.key, i.value) for i in items])  # type: ignore[misc]
-    ends = end_offsets(kafka_bootstrap, topics.intake)
-    writer = IntakeWriter(kafka_ledger)
-    writer.start()
+    topics, ends, writer = _started_on(kafka_ledger, kafka_bootstrap, items)
     try:
         consumer = writer.consumer
         assert consumer is not None
@@ -234,13 +241,8 @@ def test_a_writer_that_gave_up_on_a_commit_resumes_without_waiting_for_it(
     offsets of its group: the writer waited for its own transaction until the transaction
     timeout (300 s; the broker restart test was stuck in CI). It resumes at once now: the
     run loop owns the ledger again first, which ends that transaction."""
-    settings = kafka_ledger.settings
-    topics = Topics.of(settings.topic_prefix)
     items = intake_stream(valid=40, bad=4)
-    publish(kafka_bootstrap, topics.intake, [(i.key, i.value) for i in items])  # type: ignore[misc]
-    ends = end_offsets(kafka_bootstrap, topics.intake)
-    writer = IntakeWriter(kafka_ledger)
-    writer.start()
+    topics, ends, writer = _started_on(kafka_ledger, kafka_bootstrap, items)
     stop = threading.Event()
     running = threading.Thread(target=writer.run, args=(stop,), daemon=True)
     try:
