@@ -361,8 +361,8 @@ def test_a_writer_whose_broker_stopped_is_refused_within_seconds_then_writes_aga
         # positions: each waited 30 s, and `publish` then raised kafka-python's own error
         # (a traceback, exit 1) or, its broker stopped during its wait, at once. The intake
         # writer going back to its committed offsets (after a failed batch, and as it
-        # starts) waited 30 s for the first offsets, then without a bound for the
-        # committed ones.
+        # starts) waited 30 s for the first offsets and raised kafka-python's timeout; the
+        # committed ones it waited for without a bound.
         waits: dict[str, Callable[[], object]] = {
             "the publish": functools.partial(
                 publish_to_intake, ledger, [grant("dana", event_id="d1")], None
