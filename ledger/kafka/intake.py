@@ -36,7 +36,7 @@ from ledger.errors import Code, FactRejected
 from ledger.kafka.clients import Consumer
 from ledger.kafka.publish import names_the_reference
 from ledger.kafka.reachable import BrokerWatch
-from ledger.kafka.reading import ReadTimedOut, answered, never
+from ledger.kafka.reading import ReadTimedOut, answered, committed_offsets, never
 from ledger.kafka.recorder import (
     IntakeCommit,
     KafkaLedgerRecorder,
@@ -540,10 +540,15 @@ class IntakeWriter:
             if assigned
             else {}
         )
+        committed_of: dict[TopicPartition, int | None] = (
+            self._asked(functools.partial(committed_offsets, consumer, assigned))
+            if assigned
+            else {}
+        )
         ends: dict[TopicPartition, int] | None = None
         recovered: dict[int, int] | None = None
         for tp in assigned:
-            [committed] = self._asked(functools.partial(_committed, consumer, tp))
+            committed = committed_of.get(tp)
             first_kept = kept_from.get(tp, 0)
             if committed is None:
                 committed = self.committed.get(tp)
@@ -667,11 +672,6 @@ class IntakeWriter:
 
 def _position(consumer: KafkaConsumer, tp: TopicPartition, ms: int) -> int | None:
     return consumer.position(tp, timeout_ms=ms)  # type: ignore[no-any-return]
-
-
-def _committed(consumer: KafkaConsumer, tp: TopicPartition, ms: int) -> tuple[int | None]:
-    """In a tuple: "no committed offset" (None) is an answer, not its absence."""
-    return (consumer.committed(tp, timeout_ms=ms),)
 
 
 def _next_offsets(records: Sequence[ConsumerRecord]) -> dict[TopicPartition, int]:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer, TopicPartition
 from kafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
 
 from ledger.application import ConsentLedger
@@ -35,6 +35,7 @@ from ledger.kafka.reading import (
     BrokerAway,
     ReadTimedOut,
     answered,
+    committed_offsets,
     end_offsets,
     from_the_beginning,
     reader,
@@ -358,7 +359,7 @@ def _wait_committed(link: KafkaLink, last: dict[TopicPartition, int], timeout_s:
         while True:
             try:
                 committed = answered(
-                    functools.partial(_committed, consumer, list(last)),
+                    functools.partial(committed_offsets, consumer, list(last)),
                     timeout_s=max(deadline - time.monotonic(), 0.0),
                     away=away,
                 )
@@ -376,20 +377,6 @@ def _wait_committed(link: KafkaLink, last: dict[TopicPartition, int], timeout_s:
             time.sleep(0.1)  # polling the group's committed offsets on the broker
     finally:
         consumer.close()
-
-
-def _committed(
-    consumer: KafkaConsumer, partitions: list[TopicPartition], ms: int
-) -> dict[TopicPartition, int | None] | None:
-    """The group's committed offsets, or None if the broker did not answer within `ms`
-    (a refused connection is no answer: the watch says when it is more)."""
-    try:
-        return {tp: consumer.committed(tp, timeout_ms=ms) for tp in partitions}
-    except KafkaError as error:
-        if not error.retriable:
-            raise
-        time.sleep(min(ms / 1000, 0.1))  # not at once: the same refusal again
-        return None
 
 
 def _rejected_after(

@@ -15,7 +15,7 @@ from typing import Any
 
 from eventsourcing.persistence import StoredEvent
 from kafka import KafkaConsumer, TopicPartition
-from kafka.errors import KafkaTimeoutError
+from kafka.errors import KafkaError, KafkaTimeoutError
 
 from ledger.kafka.clients import Consumer
 from ledger.kafka.records import NotALedgerRecord, decode
@@ -135,6 +135,22 @@ def end_offsets(
             away=away,
         )
     )
+
+
+def committed_offsets(
+    consumer: KafkaConsumer, partitions: Sequence[TopicPartition], ms: int
+) -> dict[TopicPartition, int | None] | None:
+    """The consumer's group's committed offsets (None for a partition with none), or None
+    if the broker did not answer within `ms`: an `ask` for `answered`. kafka-python's
+    `committed` has no bound of its own, and raises a refused connection out at once; that
+    is no answer either (the watch says when it is more)."""
+    try:
+        return {tp: consumer.committed(tp, timeout_ms=ms) for tp in partitions}
+    except KafkaError as error:
+        if not error.retriable:
+            raise
+        time.sleep(min(ms / 1000, 0.1))  # not at once: the same refusal again
+        return None
 
 
 def answered(
