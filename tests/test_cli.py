@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
@@ -231,6 +232,39 @@ def test_a_tenant_name_no_fact_could_carry_is_refused(tmp_path: Path, name: str)
     refused = run(tmp_path / "data", "tenants", "create", name)
     assert refused.returncode == 1 and "invalid_field" in refused.stderr, refused.stderr
     assert run(tmp_path / "data", "tenants", "create", "x" * 64).returncode == 0
+
+
+def _command_groups() -> list[tuple[str, ...]]:
+    """Every command that has commands of its own (`keys`, `tenants`, ...), as typed."""
+    from ledger.cli import _parser
+
+    found: list[tuple[str, ...]] = []
+
+    def walk(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                if path:
+                    found.append(path)
+                for name, child in action.choices.items():
+                    walk(child, (*path, name))
+
+    walk(_parser(), ())
+    return found
+
+
+@pytest.mark.parametrize("group", _command_groups(), ids=" ".join)
+def test_a_command_group_typed_alone_says_what_it_lacks(
+    tmp_path: Path, group: tuple[str, ...]
+) -> None:
+    """`keys` and `tenants` alone were an AttributeError traceback: their actions were not
+    required and the group itself does nothing. A group that does something alone
+    (`signing-key` prints the public key) must do it."""
+    alone = run(tmp_path / "data", *group)
+    assert "Traceback" not in alone.stderr, alone.stderr
+    if alone.returncode != 0:
+        assert alone.returncode == 2, alone.stderr
+        assert "error: the following arguments are required" in alone.stderr, alone.stderr
+        assert len(alone.stderr.strip().splitlines()) == 2, alone.stderr  # usage, then why
 
 
 AT = ("--tenant", "demo", "--purpose", "marketing", "--at", "2025-03-01T00:00:00Z")

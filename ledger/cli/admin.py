@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     q.set_defaults(run=cmd_master_key_rotate)
 
-    keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="action")
+    keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="action", required=True)
     p = keys.add_parser("create", help="create a key; it is printed once")
     p.add_argument("--tenant", required=True)
     p.add_argument(
@@ -64,7 +64,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_keys_list)
 
-    tenants = sub.add_parser("tenants", help="manage tenants").add_subparsers(dest="action")
+    tenants = sub.add_parser("tenants", help="manage tenants").add_subparsers(
+        dest="action", required=True
+    )
     p = tenants.add_parser("create")
     p.add_argument("tenant", metavar="T")
     p.set_defaults(run=cmd_tenants_create)
