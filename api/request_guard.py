@@ -63,6 +63,12 @@ class RequestGuard:
                 await self._oversize()(scope, receive, watch)
                 return
             if scope["method"] in _WITH_BODY:
+                coding = headers.get("content-encoding")
+                if coding is not None and coding.strip().lower() not in ("", "identity"):
+                    # Read as it came, a gzip body was refused as `invalid_json`, which sends
+                    # its client looking for a fault in its JSON.
+                    await _not_encoded()(scope, receive, watch)
+                    return
                 media = headers.get("content-type")
                 if media is None:
                     # Every body this API takes is JSON; a client that names no type (Python's
@@ -157,6 +163,18 @@ def _unsupported() -> Response:
         "unsupported_media_type",
         "request bodies are JSON in UTF-8: send Content-Type: application/json",
     )
+
+
+def _not_encoded() -> Response:
+    # RFC 9110 15.5.16: a content coding the server does not take is a 415, with the codings
+    # it does take in Accept-Encoding.
+    response = problems.respond(
+        415,
+        "unsupported_media_type",
+        "request bodies are not content-encoded: send them without Content-Encoding",
+    )
+    response.headers["Accept-Encoding"] = "identity"
+    return response
 
 
 def _template(scope: Scope) -> str:

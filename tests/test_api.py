@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -681,6 +682,34 @@ def test_a_body_declared_as_anything_but_json_is_415(world: World, content_type:
         assert response.json()["code"] == "unsupported_media_type"
         assert content_type not in response.text
     first = world.client.post("/v1/facts", json=fact, headers={"Authorization": f"Bearer {key}"})
+    assert first.status_code == 201, first.text  # not 200, a retry: nothing was recorded
+
+
+@pytest.mark.parametrize("coding", ["gzip", "br", "GZIP", "deflate, gzip"])
+def test_a_content_encoded_body_is_415_not_a_json_error(world: World, coding: str) -> None:
+    """A gzip body was read as it came and refused as `invalid_json` (the body below, sent
+    plain with the label, was even recorded); it is refused for its encoding, on every route
+    with a body, and nothing is recorded."""
+    key = world.keys[("demo", "admin")]
+    fact = grant("coded-1", event_id=f"coded-{coding}")
+    headers = {
+        "Authorization": f"Bearer {key}",
+        "Content-Type": "application/json",
+        "Content-Encoding": coding,
+    }
+    for path, body in (
+        ("/v1/facts", orjson.dumps(fact)),
+        ("/v1/facts", gzip.compress(orjson.dumps(fact))),
+        ("/v1/facts:batch", orjson.dumps({"facts": [fact]})),
+        ("/v1/subjects:resolve", orjson.dumps({"subject": "coded-1"})),
+    ):
+        response = world.client.post(path, content=body, headers=headers)
+        assert response.status_code == 415, (path, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.headers["accept-encoding"] == "identity"
+        assert response.json()["code"] == "unsupported_media_type"
+    plain = {"Authorization": f"Bearer {key}", "Content-Encoding": "identity"}
+    first = world.client.post("/v1/facts", json=fact, headers=plain)
     assert first.status_code == 201, first.text  # not 200, a retry: nothing was recorded
 
 
