@@ -117,8 +117,10 @@ def evidence_package(
     read = ledger.ledger_recorder.evidence_of([sid, tid])
     leaves = [(partition, leaf) for partition, leaf, _, _ in read.leaves.values()]
     proven = proven_moment(read, leaves, since_sizes)
+    # Kafka mode: positions as the receipts and the trail give them, offsets in a partition.
+    placed = ledger.ledger_recorder.log_coordinates([p for _, _, p, _ in read.leaves.values()])
     chains = {
-        name: [_entry(stored, read, proven.paths) for stored in read.events[agg]]
+        name: [_entry(stored, read, proven.paths, placed) for stored in read.events[agg]]
         for name, agg in (("subject", sid), ("tenant", tid))
     }
     last = len(chains["subject"])
@@ -159,7 +161,10 @@ def evidence_package(
 
 
 def _entry(
-    stored: StoredEvent, read: LogEvidence, paths: dict[tuple[int, int], list[bytes]]
+    stored: StoredEvent,
+    read: LogEvidence,
+    paths: dict[tuple[int, int], list[bytes]],
+    placed: Mapping[int, tuple[int, int]],
 ) -> dict[str, Any]:
     found = read.leaves.get((UUID(str(stored.originator_id)), stored.originator_version))
     if found is None:
@@ -173,7 +178,7 @@ def _entry(
         raise LogNotIntact("a fact of the subject or its tenant no longer has its recorded hash")
     return {
         "version": stored.originator_version,
-        "position": position,
+        "position": placed[position][1] if position in placed else position,
         "partition": partition,
         "leaf_index": leaf,
         "topic": stored.topic,
@@ -377,6 +382,7 @@ def _check_trail(
     if set(trail) != {"tenant", "sid", "subject", "erased", "erased_at", "facts"}:
         mismatch(None, "the trail carries fields the ledger does not write, or lacks some")
     rows = trail["facts"]
+    proven_in = {int(entry["partition"]) for entry in package["chains"]["subject"]}
     if len(rows) != len(subject):
         mismatch(None, f"the trail lists {len(rows)} facts, the package proves {len(subject)}")
     policies = {
@@ -407,6 +413,9 @@ def _check_trail(
             mismatch(version, f"the trail's {', '.join(wrong)} differ from the fact's bytes")
         if set(row) - ROW_FIELDS:
             mismatch(version, "the trail's row carries fields the ledger does not write")
+        if "partition" in row and {row["partition"]} != proven_in:
+            # Kafka mode's rows name their partition; the proofs say which it is.
+            mismatch(version, "the trail places the fact in another partition than its proof")
         if said["type"] != "consent.granted":
             if "policy" in row:
                 mismatch(version, "the trail names a policy for a fact that is not a grant")

@@ -45,6 +45,10 @@ def subject_trail(ledger: ConsentLedger, tenant: str, sid: UUID) -> dict[str, An
     # An erased subject's data is never decrypted, even if its key outlived the erasure fact.
     key = None if subject.erased else ledger.keystore.open_keys([sid]).get(sid)
     index = {row.originator_version: row for row in ledger.ledger_recorder.index_of(sid)}
+    # In Kafka mode a fact's place is its partition and offset in the log of record, as its
+    # receipt said: the replica's own numbering follows the order its reads happened in, so
+    # two replicas would hand over the same trail with different positions.
+    placed = ledger.ledger_recorder.log_coordinates([row.position for row in index.values()])
     # Sealed data without its key: erased, if the log says so; otherwise the key is missing
     # (a key store restored from a backup older than the log), which a trail handed to the
     # authorised body must not call an erasure.
@@ -72,15 +76,15 @@ def subject_trail(ledger: ConsentLedger, tenant: str, sid: UUID) -> dict[str, An
         said = stored_fields(type(event), event.originator_version, state)
         fact_type, event_id = said["type"], said["event_id"]
         row = index.get(event.originator_version)
-        entry: dict[str, Any] = {
-            "position": row.position if row else None,
-            **{name: said[name] for name in _SAID_BEFORE_PERSONAL_DATA},
-            "personal_data": (
-                None if sealed is None else personal if personal is not None else unreadable
-            ),
-            "prev_hash": said["prev_hash"],
-            "hash": row.hash if row else None,
-        }
+        entry: dict[str, Any] = {"position": row.position if row else None}
+        if row is not None and row.position in placed:
+            entry["partition"], entry["position"] = placed[row.position]
+        entry.update({name: said[name] for name in _SAID_BEFORE_PERSONAL_DATA})
+        entry["personal_data"] = (
+            None if sealed is None else personal if personal is not None else unreadable
+        )
+        entry["prev_hash"] = said["prev_hash"]
+        entry["hash"] = row.hash if row else None
         if fact_type == "consent.granted":
             policy = policies.get(state["policy_version"])
             entry["policy"] = {
@@ -114,11 +118,11 @@ _SAID_BEFORE_PERSONAL_DATA = (
 )
 
 
-# Every field a trail row may hold: the optional ones are the grant's policy and the links
-# between a correction and what it corrects.
+# Every field a trail row may hold: the optional ones are the partition (Kafka mode), the
+# grant's policy and the links between a correction and what it corrects.
 ROW_FIELDS = frozenset(
     {"position", *_SAID_BEFORE_PERSONAL_DATA, "personal_data", "prev_hash", "hash"}
-    | {"policy", "corrected_by", "corrects"}
+    | {"partition", "policy", "corrected_by", "corrects"}
 )
 
 
@@ -173,11 +177,14 @@ def trail_csv(trail: dict[str, Any]) -> str:
     (`text_cell`), the rest (positions, times from the ledger, hashes, JSON) is as is."""
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["position", *_SAID_BEFORE_PERSONAL_DATA, "personal_data", "prev_hash", "hash"])
+    # Kafka mode's rows say their partition too, in a column embedded mode has no use for.
+    partitioned = any("partition" in fact for fact in trail["facts"])
+    place = ["position", "partition"] if partitioned else ["position"]
+    writer.writerow([*place, *_SAID_BEFORE_PERSONAL_DATA, "personal_data", "prev_hash", "hash"])
     for fact in trail["facts"]:
         writer.writerow(
             [
-                fact["position"],
+                *(fact.get(name) for name in place),
                 fact["version"],
                 fact["type"],
                 text_cell(fact["event_id"]),

@@ -404,8 +404,8 @@ def test_no_package_is_signed_for_a_subject_whose_bytes_changed(ledger: ConsentL
 
 
 # What a package carries for the reader that no check binds: the decrypted personal data and
-# the subject's reference (the package holds no key), and the log positions, which are the
-# writing replica's own (what is proven is each fact's leaf in its partition's tree).
+# the subject's reference (the package holds no key), and the log positions (in Kafka mode
+# offsets, which no proof covers: what is proven is each fact's leaf in its partition's tree).
 UNCHECKED = (
     ("trail", "subject"),
     ("trail", "facts", "*", "personal_data"),

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
+import sqlite3
+from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +17,7 @@ from hypothesis import strategies as st
 from ledger.application import ConsentLedger
 from ledger.envelope import parse_fact
 from ledger.receipt import Receipt
+from projections.evidence import evidence_package
 from projections.trail import _FORMULA_START, subject_trail, text_cell, trail_csv
 from tests.facts import grant
 
@@ -101,3 +106,53 @@ def test_data_whose_key_is_missing_is_not_called_erased(tmp_path: Path) -> None:
         {"key_missing": True},
         {"personal_data": {"email": "b2@example.uz"}},
     ]
+
+
+def test_a_trail_and_its_evidence_place_each_fact_where_its_receipt_did(
+    backend_ledger: ConsentLedger, tmp_path: Path
+) -> None:
+    """In Kafka mode the trail gave the replica's own numbering (its reads' order), which
+    neither the receipts (partition and offset) nor another replica share: the same fact
+    stood at position 360 in a trail and at 115 in the receipt of its erasure."""
+    ledger = backend_ledger
+    facts = [grant(f"placed-{n % 7}", event_id=f"placed-{n}") for n in range(28)]
+    receipts = {
+        r.event_id: r
+        for r in ledger.record([parse_fact(f) for f in facts])
+        if isinstance(r, Receipt)
+    }
+    assert len(receipts) == 28
+    kafka = ledger.settings.backend == "kafka"
+    sid = ledger.sid("demo", "placed-3")
+    trail = subject_trail(ledger, "demo", sid)
+    assert trail is not None
+    rows = [row for row in trail["facts"] if row["event_id"] in receipts]
+    assert len(rows) == 4
+    for row in rows:
+        receipt = receipts[row["event_id"]]
+        assert (row.get("partition"), row["position"]) == (receipt.partition, receipt.position)
+    header = next(csv.reader(io.StringIO(trail_csv(trail))))
+    assert header[:2] == (["position", "partition"] if kafka else ["position", "version"])
+    package = evidence_package(ledger, "demo", sid)
+    assert package is not None
+    entries = {e["version"]: e for e in package["chains"]["subject"]}
+    for row in trail["facts"]:
+        entry = entries[row["version"]]
+        assert entry["position"] == row["position"]
+        assert entry["partition"] == row.get("partition", 0)
+    if kafka:
+        # Another replica, rebuilt from the topic, hands over the same trail.
+        other_dir = tmp_path / "other-replica"
+        other_dir.mkdir()
+        shutil.copy(ledger.settings.master_key_path, other_dir / "master.key")
+        # The key store as it is now, its WAL included (a file copy would miss it).
+        with (
+            closing(sqlite3.connect(ledger.settings.keystore_path)) as kept,
+            closing(sqlite3.connect(other_dir / "keys.db")) as copy,
+        ):
+            kept.backup(copy)
+        other = ConsentLedger(replace(ledger.settings, data_dir=other_dir))
+        try:
+            assert subject_trail(other, "demo", sid) == trail
+        finally:
+            other.close()

@@ -78,23 +78,24 @@ def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
         ledger.close()
     if isinstance(outcome, FactRejected):
         raise outcome
+    # Kafka mode: the partition too, as the receipt and the trail name the fact's place.
+    place = f"position {outcome.position}" + (
+        "" if outcome.partition is None else f" of partition {outcome.partition}"
+    )
     if outcome.duplicate:
         print(
-            f"subject {outcome.sid}: this erasure was recorded before, at position "
-            f"{outcome.position}; nothing new recorded"
+            f"subject {outcome.sid}: this erasure was recorded before, at {place}; "
+            "nothing new recorded"
         )
     elif erased_before is not None:
         # Recorded all the same (another ground or request may be why it was asked again),
         # but there was no key left to destroy: saying so would misstate what happened.
         print(
             f"subject {outcome.sid} was already erased ({erased_before.isoformat()}): no data "
-            f"key left to destroy; this erasure recorded too, at position {outcome.position}"
+            f"key left to destroy; this erasure recorded too, at {place}"
         )
     else:
-        print(
-            f"erased subject {outcome.sid}: data key destroyed; erasure recorded at position "
-            f"{outcome.position}"
-        )
+        print(f"erased subject {outcome.sid}: data key destroyed; erasure recorded at {place}")
     return 0
 
 

@@ -206,8 +206,11 @@ def print_trail(trail: dict[str, Any]) -> None:
         f"{len(trail['facts'])} facts"
         + ("; ERASED at " + trail["erased_at"] if trail["erased"] else "")
     )
-    print(f"  {'pos':>5} {'v':>2}  {'occurred_at':<25} {'type':<19} {'event_id':<22} details")
+    # Kafka mode places a fact by partition and offset ("1:115"), as its receipt does.
+    width = 9 if any("partition" in f for f in trail["facts"]) else 5
+    print(f"  {'pos':>{width}} {'v':>2}  {'occurred_at':<25} {'type':<19} {'event_id':<22} details")
     for f in trail["facts"]:
+        place = f"{f['partition']}:{f['position']}" if "partition" in f else f["position"] or ""
         details = dict(f["details"])
         if "corrected_by" in f:
             details["corrected_by"] = f["corrected_by"]
@@ -215,12 +218,12 @@ def print_trail(trail: dict[str, Any]) -> None:
         if len(text) > 110:
             text = text[:107] + "..."
         print(
-            f"  {f['position'] or '':>5} {f['version']:>2}  {f['occurred_at'][:25]:<25} "
+            f"  {place:>{width}} {f['version']:>2}  {f['occurred_at'][:25]:<25} "
             f"{f['type']:<19} {(f['event_id'] or '-')[:22]:<22} {text}"
         )
         if f["personal_data"] is not None:
             print(
-                f"  {'':>5} {'':>2}  {'':<25} {'':<19} {'':<22} personal data: "
+                f"  {'':>{width}} {'':>2}  {'':<25} {'':<19} {'':<22} personal data: "
                 f"{orjson.dumps(f['personal_data']).decode()}"
             )
     if trail["facts"]:
