@@ -1,0 +1,77 @@
+"""`make bench` keeps working: each benchmark run at a small size, as a real process.
+
+No figure is judged here (speed is measured by `make bench`, never by a test); what is
+checked is that every benchmark still runs to its end and prints the rows and the summary
+line the README and bench/RESULTS.md quote, next to its baseline.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SMALL = {
+    "ingest": (
+        ["--facts", "2000", "--single", "50"],
+        [
+            "plain eventsourcing, 1,000 per save",
+            "raw sqlite3 executemany",
+            "ledger / plain eventsourcing:",
+        ],
+    ),
+    "http": (
+        ["--requests", "200", "--rounds", "1", "--batches", "2", "--seconds", "1", "--rate", "100"],
+        ["bare FastAPI constant, closed loop", "single publish / bare endpoint:"],
+    ),
+    "kafka": (
+        [
+            "--facts",
+            "500",
+            "--rounds",
+            "1",
+            "--rate",
+            "500",
+            "--latency-facts",
+            "1001",
+            "--latency-rounds",
+            "1",
+        ],
+        ["raw consume-transform-produce, 500/txn", "intake writer / raw loop"],
+    ),
+    "projections": (
+        ["--facts", "3000", "--subjects", "300", "--queries", "20", "--recipients", "100"],
+        [
+            "as-of, one subject: p99",
+            "replay (2 processes) / decode-only scan",
+            "verify / read and SHA-256 only",
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+def test_each_benchmark_runs_to_its_end_beside_its_baseline(
+    name: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    args, rows = SMALL[name]
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    if name == "kafka":
+        env["KAFKA_BOOTSTRAP"] = request.getfixturevalue("kafka_bootstrap")
+    ran = subprocess.run(
+        [sys.executable, "-m", "bench", name, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-2000:]
+    for row in rows:
+        assert row in ran.stdout, (row, ran.stdout)
+    assert "Traceback" not in ran.stderr, ran.stderr
