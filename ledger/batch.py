@@ -164,6 +164,21 @@ class FactBatch:
                 f"{self.ledger.settings.max_future_skew_s} s ahead of the ledger's clock",
                 "occurred_at",
             )
+        moved_to = (
+            fact.body.get("changes", {}).get("occurred_at")
+            if fact.type == "consent.corrected"
+            else None
+        )
+        if moved_to is not None and moved_to > self.horizon:
+            # A correction says when the fact really happened: no more in the future than
+            # a fact itself may say (one moved to 2999 was recorded, its consent in force
+            # from then).
+            raise FactRejected(
+                Code.OCCURRED_IN_FUTURE,
+                "changes.occurred_at is more than "
+                f"{self.ledger.settings.max_future_skew_s} s ahead of the ledger's clock",
+                "changes",
+            )
         tenant = self._tenant(fact.tenant)
         if tenant is None:
             raise FactRejected(Code.UNKNOWN_TENANT, "no such tenant", "tenant")

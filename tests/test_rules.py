@@ -258,6 +258,20 @@ def test_occurred_at_more_than_five_minutes_ahead(ledger: ConsentLedger) -> None
     accepted(ledger, grant(occurred_at=soon))
 
 
+def test_a_correction_may_move_a_fact_no_further_ahead_than_a_fact_may_be(
+    ledger: ConsentLedger,
+) -> None:
+    soon = (datetime.now(UTC) + timedelta(minutes=4)).isoformat()
+    late = (datetime.now(UTC) + timedelta(minutes=6)).isoformat()
+    accepted(ledger, grant(event_id="g-ahead"), withdraw(event_id="w-ahead"))
+    for moved in ("g-ahead", "w-ahead"):
+        to_late = {"occurred_at": late}
+        refused = fact("consent.corrected", corrects=moved, reason="x", changes=to_late)
+        assert_refused(ledger, refused, Code.OCCURRED_IN_FUTURE)
+    to_soon = {"occurred_at": soon}
+    accepted(ledger, fact("consent.corrected", corrects="w-ahead", reason="x", changes=to_soon))
+
+
 def test_same_event_id_same_content_returns_first_receipt(ledger: ConsentLedger) -> None:
     first = grant(event_id="idem-1")
     [receipt] = accepted(ledger, first)
@@ -346,6 +360,8 @@ def test_a_refused_first_fact_creates_no_subject(ledger: ConsentLedger) -> None:
         ({"policy_version": "nope"}, Code.UNKNOWN_POLICY_VERSION),
         ({"occurred_at": "2019-01-01T00:00:00+05:00"}, Code.POLICY_NOT_IN_EFFECT),
         ({"expires_at": "2025-01-01T00:00:00+05:00"}, Code.EXPIRY_BEFORE_GRANT),
+        # Moved to 2999, a grant was recorded as in force from then.
+        ({"occurred_at": "2999-01-01T00:00:00Z"}, Code.OCCURRED_IN_FUTURE),
     ],
 )
 def test_amendments_keep_the_grant_rules(
