@@ -55,8 +55,8 @@ class Settings:
     | LEDGER_REJECTED_RETENTION_MS | 604800000 | rejected topic retention (original bytes) |
     | LEDGER_INTAKE_BATCH | 500 | intake records per writer transaction |
     | LEDGER_INTAKE_MAX_BYTES | 1048576 | larger intake records are rejected as oversize |
-    | LEDGER_MAX_FUTURE_SKEW_S | 300 | how far `occurred_at` may be ahead of the ledger's clock
-      (at most 86400) |
+    | LEDGER_MAX_FUTURE_SKEW_S | 300 | how far `occurred_at` (or a correction's
+      `changes.occurred_at`) may be ahead of the ledger's clock (at most 86400) |
     | LEDGER_AGGREGATE_CACHE | 10000 | subjects kept in memory between writes |
     | LEDGER_VIEWS_CACHE_FACTS | 1000000 | how many facts the consent views' subjects kept in
       memory between pages may hold in all (under 1 KiB each); past it, the subjects least
