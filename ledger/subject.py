@@ -343,14 +343,8 @@ class Subject(ChainedAggregate):
         changes = dict(body["changes"])
         if changes:
             target = next(e for e in self.entries if e.event_id == body["corrects"])
-            current = next(
-                (
-                    e
-                    for e in entries_as_known(self.entries, self.corrections)
-                    if e.event_id == target.event_id
-                ),
-                target,
-            )
+            known = entries_as_known(self.entries, self.corrections)
+            current = next((e for e in known if e.event_id == target.event_id), target)
             if target.kind == "withdrawal":
                 extra = set(changes) - {"occurred_at", "purposes"}
                 if extra:
@@ -358,6 +352,12 @@ class Subject(ChainedAggregate):
                         Code.INVALID_FIELD,
                         "a withdrawal's correction may change only occurred_at and purposes",
                         "changes",
+                    )
+                if current in known:  # a voided withdrawal withdraws nothing, moved or not
+                    _check_withdrawable(
+                        [e for e in known if e is not current],
+                        changes.get("occurred_at", current.occurred_at),
+                        tuple(changes.get("purposes", current.purposes)),
                     )
             else:
                 occurred_at = changes.get("occurred_at", current.occurred_at)
@@ -498,6 +498,23 @@ def _policy(
             "policy_version",
         )
     return policy
+
+
+def _check_withdrawable(
+    others: list[ConsentEntry], at: datetime, purposes: tuple[str, ...]
+) -> None:
+    """A withdrawal as corrected withdraws only what was in force at its instant, as the
+    withdrawal itself had to (checked without it): a correction to an unknown purpose was
+    recorded and then answered as that purpose withdrawn, and one moved before its grant
+    withdrew nothing."""
+    in_force = grants_in_force(others, at)
+    for purpose in purposes:
+        if purpose not in in_force:
+            raise FactRejected(
+                Code.PURPOSE_NOT_IN_FORCE,
+                f"purpose {purpose!r} was not in force at the withdrawal's corrected time",
+                "changes",
+            )
 
 
 def _check_purposes(policy: PolicyVersion, purposes: tuple[str, ...]) -> None:

@@ -58,7 +58,7 @@ def at(h: int) -> str:
 KINDS = [
     *["grant"] * 4,
     *["withdraw"] * 3,
-    *["correct"] * 2,
+    *["correct"] * 3,
     "erase",
     *["transfer"] * 2,
     *["retry"] * 2,
@@ -95,6 +95,15 @@ def operations(draw: st.DrawFn) -> list[dict[str, Any]]:
                 f["expires_at"] = at(h + draw(st.integers(min_value=-2, max_value=200)))
         elif kind == "withdraw":
             purposes = ["*"] if draw(st.booleans()) else draw(purpose_sets)
+            grants = [o for o in ops if o["subject"] == subject and o["type"] == "consent.granted"]
+            after_a_grant = draw(st.booleans())
+            if grants and after_a_grant:
+                # After a grant of the subject, of its purposes: drawn blind, a withdrawal
+                # mostly came before any grant and was refused, and so were corrections of it.
+                granted = draw(st.sampled_from(grants))
+                since = datetime.fromisoformat(granted["occurred_at"]) - BASE
+                h = int(since / timedelta(hours=1)) + draw(st.integers(min_value=0, max_value=48))
+                purposes = granted["purposes"][: draw(st.integers(1, len(granted["purposes"])))]
             f = {**base, "type": "consent.withdrawn", "occurred_at": at(h), "purposes": purposes}
         elif kind == "correct":
             own = [
@@ -102,7 +111,14 @@ def operations(draw: st.DrawFn) -> list[dict[str, Any]]:
                 for o in ops
                 if o["subject"] == subject and o["type"] in ("consent.granted", "consent.withdrawn")
             ]
-            if own and draw(st.integers(min_value=0, max_value=9)) < 7:
+            withdrawals = [
+                o["event_id"]
+                for o in ops
+                if o["subject"] == subject and o["type"] == "consent.withdrawn"
+            ]
+            if withdrawals and draw(st.integers(min_value=0, max_value=9)) < 3:
+                target = draw(st.sampled_from(withdrawals))  # rarer, and rarely accepted
+            elif own and draw(st.integers(min_value=0, max_value=9)) < 7:
                 target = draw(st.sampled_from(own))  # mostly a fact that can be corrected
             else:
                 target = f"e{draw(st.integers(min_value=0, max_value=max(n, 1)))}"
@@ -113,8 +129,17 @@ def operations(draw: st.DrawFn) -> list[dict[str, Any]]:
                 "corrects": target,
                 "reason": "correction",
             }
+            # A withdrawal's correction mostly changes what one may change of it (its time,
+            # its purposes), so that the rules of a withdrawal as corrected are reached.
+            of_withdrawal = any(
+                o["event_id"] == target and o["type"] == "consent.withdrawn" for o in ops
+            )
             change = draw(
-                st.sampled_from(["void", "occurred_at", "purposes", "expires_at", "policy_version"])
+                st.sampled_from(
+                    ["void", "occurred_at", "purposes", "occurred_at", "purposes", "expires_at"]
+                    if of_withdrawal
+                    else ["void", "occurred_at", "purposes", "expires_at", "policy_version"]
+                )
             )
             if change == "void":
                 f["void"] = True
@@ -181,8 +206,8 @@ class Reference:
                     facts[c["corrects"]].update(c["changes"])
         return [f for f in facts.values() if not f.get("void")]
 
-    def state(self, subject: str, purpose: str, t: datetime) -> str:
-        best = self.deciding(subject, purpose, t)
+    def state(self, subject: str, purpose: str, t: datetime, leaving_out: str | None = None) -> str:
+        best = self.deciding(subject, purpose, t, leaving_out)
         if best is None:
             return "none"
         if best["kind"] == "withdrawal":
@@ -199,8 +224,8 @@ class Reference:
         assert best is not None
         return str(best["policy_version"])
 
-    def in_force(self, subject: str, t: datetime) -> set[str]:
-        return {p for p in PURPOSES if self.state(subject, p, t) == "granted"}
+    def in_force(self, subject: str, t: datetime, leaving_out: str | None = None) -> set[str]:
+        return {p for p in PURPOSES if self.state(subject, p, t, leaving_out) == "granted"}
 
     def apply(self, f: dict[str, Any]) -> str:
         """Returns 'accepted', 'duplicate' or the refusal code."""
@@ -238,6 +263,15 @@ class Reference:
             if current["kind"] == "withdrawal":
                 if set(changes) - {"occurred_at", "purposes"}:
                     return "invalid_field"
+                voided = any(c["corrects"] == target and c["void"] for c in s.corrections)
+                if not voided:
+                    # As corrected, it withdraws only what the others left in force then.
+                    when = current["occurred_at"]
+                    if "occurred_at" in changes:
+                        when = _parse("occurred_at", changes["occurred_at"])
+                    force = self.in_force(f["subject"], when, leaving_out=target)
+                    if not set(changes.get("purposes", current["purposes"])) <= force:
+                        return "purpose_not_in_force"
             else:
                 merged = {**current, **{k: _parse(k, v) for k, v in changes.items()}}
                 if "lottery" in merged["purposes"]:
@@ -263,12 +297,16 @@ class Reference:
                 return "transfer_without_consent"
         return "accepted"
 
-    def deciding(self, subject: str, purpose: str, t: datetime) -> dict[str, Any] | None:
-        """The last grant or withdrawal of `purpose` at or before `t` (ties: recording order)."""
+    def deciding(
+        self, subject: str, purpose: str, t: datetime, leaving_out: str | None = None
+    ) -> dict[str, Any] | None:
+        """The last grant or withdrawal of `purpose` at or before `t` (ties: recording order),
+        of every fact but `leaving_out`."""
         best: dict[str, Any] | None = None
         for f in self.effective(self.subjects[subject]):
             if (
-                purpose in f["purposes"]
+                f["id"] != leaving_out
+                and purpose in f["purposes"]
                 and f["occurred_at"] <= t
                 and (
                     best is None

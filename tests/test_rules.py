@@ -272,6 +272,45 @@ def test_a_correction_may_move_a_fact_no_further_ahead_than_a_fact_may_be(
     accepted(ledger, fact("consent.corrected", corrects="w-ahead", reason="x", changes=to_soon))
 
 
+def test_a_withdrawal_as_corrected_withdraws_only_what_was_in_force(
+    ledger: ConsentLedger,
+) -> None:
+    """Each was recorded: a withdrawal corrected to a purpose no policy names was then
+    answered as that purpose withdrawn, and one moved before its grant withdrew nothing."""
+    march = "2025-03-01T10:00:00+05:00"
+    accepted(
+        ledger,
+        grant(event_id="g-w", occurred_at=march, purposes=("marketing", "support")),
+        withdraw(event_id="w-w", occurred_at="2025-04-01T10:00:00+05:00", purposes=("marketing",)),
+    )
+
+    def corrected(event_id: str, **changes: Any) -> dict[str, Any]:
+        return fact(
+            "consent.corrected", event_id=event_id, corrects="w-w", reason="x", changes=changes
+        )
+
+    for refused in (
+        corrected("x-1", occurred_at="2025-02-01T10:00:00+05:00"),  # before the grant
+        corrected("x-2", purposes=["lottery"]),  # no policy names it
+        corrected("x-3", purposes=["service_improvement"]),  # never granted
+        corrected("x-4", purposes=["support"], occurred_at="2025-02-01T10:00:00+05:00"),
+    ):
+        assert_refused(ledger, refused, Code.PURPOSE_NOT_IN_FORCE)
+    # Its own effect is left out: moved later, what it withdrew was still in force then.
+    accepted(ledger, corrected("x-5", occurred_at="2025-05-01T10:00:00+05:00"))
+    accepted(ledger, corrected("x-6", purposes=["marketing", "support"]))
+    states = ledger.subject("demo", ledger.sid("demo", "contact-1")).consent_at(  # type: ignore[union-attr]
+        datetime(2025, 6, 1, tzinfo=UTC)
+    )
+    assert {p: states[p].state for p in ("marketing", "support")} == {
+        "marketing": "withdrawn",
+        "support": "withdrawn",
+    }
+    # A voided withdrawal withdraws nothing, wherever it is moved.
+    accepted(ledger, fact("consent.corrected", corrects="w-w", reason="x", void=True))
+    accepted(ledger, corrected("x-7", occurred_at="2025-02-01T10:00:00+05:00"))
+
+
 def test_same_event_id_same_content_returns_first_receipt(ledger: ConsentLedger) -> None:
     first = grant(event_id="idem-1")
     [receipt] = accepted(ledger, first)
