@@ -42,6 +42,8 @@ class Code(StrEnum):
     REQUEST_EXISTS = "request_exists"
     UNKNOWN_REQUEST = "unknown_request"
     REQUEST_ALREADY_CLOSED = "request_already_closed"
+    REQUEST_DUE_BEFORE_RECEIVED = "request_due_before_received"
+    REQUEST_CLOSED_BEFORE_RECEIVED = "request_closed_before_received"
     # Idempotency.
     EVENT_ID_CONFLICT = "event_id_conflict"
     # Subjects addressed by sid.

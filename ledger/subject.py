@@ -432,6 +432,12 @@ class Subject(ChainedAggregate):
                 "a request with this request_id was already received",
                 "request_id",
             )
+        if body["due_at"] is not None and body["due_at"] < fact.occurred_at:
+            # Such a request was overdue before it was received (due at that very instant,
+            # it is overdue from then, as the due list says).
+            raise FactRejected(
+                Code.REQUEST_DUE_BEFORE_RECEIVED, "due_at is before occurred_at", "due_at"
+            )
         self.trigger_event(
             self.RequestReceived,
             **self._common(fact, pii),
@@ -449,6 +455,13 @@ class Subject(ChainedAggregate):
         if request["outcome"] is not None:
             raise FactRejected(
                 Code.REQUEST_ALREADY_CLOSED, "this request was already closed", "request_id"
+            )
+        if fact.occurred_at < request["received_at"]:
+            # The register would show it answered before it was asked.
+            raise FactRejected(
+                Code.REQUEST_CLOSED_BEFORE_RECEIVED,
+                "occurred_at is before the request was received",
+                "occurred_at",
             )
         self.trigger_event(
             self.RequestClosed,

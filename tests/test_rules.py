@@ -17,7 +17,7 @@ from ledger.policy import SEED_POLICY_VERSION
 from ledger.receipt import Receipt
 from ledger.subject import Subject
 from projections.trail import subject_trail
-from tests.facts import erase, fact, grant, withdraw
+from tests.facts import closed, erase, fact, grant, request, withdraw
 
 
 @pytest.fixture
@@ -385,6 +385,27 @@ def test_requests_open_and_close_once(ledger: ConsentLedger) -> None:
         fact("request.closed", request_id="R-1", outcome="fulfilled"),
         Code.REQUEST_ALREADY_CLOSED,
     )
+
+
+def test_a_request_is_due_after_it_is_received_and_closed_no_earlier(
+    ledger: ConsentLedger,
+) -> None:
+    """Both were recorded: a request due a month before it came was overdue at once, and a
+    closing dated a month before the request showed it answered before it was asked."""
+    received = "2025-03-01T10:00:00+05:00"
+    assert_refused(
+        ledger,
+        request("contact-1", "R-due", "information", received, due_at="2025-02-01T10:00:00Z"),
+        Code.REQUEST_DUE_BEFORE_RECEIVED,
+    )
+    # Due at the very instant it came: overdue from then, as the due list says.
+    accepted(ledger, request("contact-1", "R-due", "information", received, due_at=received))
+    assert_refused(
+        ledger,
+        closed("contact-1", "R-due", "fulfilled", "2025-02-01T10:00:00+05:00"),
+        Code.REQUEST_CLOSED_BEFORE_RECEIVED,
+    )
+    accepted(ledger, closed("contact-1", "R-due", "fulfilled", received))  # at once: allowed
 
 
 def test_a_refused_first_fact_creates_no_subject(ledger: ConsentLedger) -> None:
