@@ -398,6 +398,9 @@ def _personal_data(obj: dict[str, Any], *, required: bool) -> dict[str, str] | N
     return dict(value)
 
 
+_TERMS_FIELDS = frozenset({"legal_basis", "categories", "retention_days"})
+
+
 def _policy_published(obj: dict[str, Any]) -> dict[str, Any]:
     operator = _object(obj, "operator", required=True)
     assert operator is not None
@@ -412,6 +415,15 @@ def _policy_published(obj: dict[str, Any]) -> dict[str, Any]:
         if not _NAME.match(purpose) or not isinstance(spec, dict):
             raise FactRejected(
                 Code.INVALID_FIELD, "purposes must map purpose names to their terms", "purposes"
+            )
+        stray = set(spec) - _TERMS_FIELDS
+        if stray:
+            # A misspelt "retention_day" was dropped, and the purpose's data kept forever.
+            raise FactRejected(
+                Code.UNKNOWN_FIELD,
+                f"a purpose's terms hold {', '.join(sorted(_TERMS_FIELDS))}; "
+                f"{', '.join(sorted(stray))} is not one of them",
+                "purposes",
             )
         basis = _choice(spec, "legal_basis", LEGAL_BASES, required=True)
         categories = _names(spec, "categories", required=True)

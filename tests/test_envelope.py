@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 from importlib import resources
 from typing import Any
 
+import jsonschema
 import orjson
 import pytest
 from hypothesis import given
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 
 from ledger.envelope import _RFC3339, MAX_FACT_BYTES, parse_fact, parse_fact_bytes, parse_time
 from ledger.errors import Code, FactRejected
-from tests.facts import grant
+from tests.facts import grant, policy
 
 
 def refused(data: Any, code: Code, tenant: str | None = None) -> FactRejected:
@@ -112,6 +113,20 @@ def test_correction_shapes() -> None:
     refused({**base, "reason": "r", "changes": {"colour": "red"}}, Code.UNKNOWN_FIELD)
     ok = parse_fact({**base, "reason": "r", "changes": {"occurred_at": "2025-01-01T00:00:00Z"}})
     assert ok.body["changes"]["occurred_at"].utcoffset().total_seconds() == 0
+
+
+def test_a_policys_terms_take_no_field_they_do_not_define() -> None:
+    """A misspelt `retention_day` was dropped, and the purpose's data kept forever (its
+    retention read as null); the published schema refuses it too."""
+    terms = {"legal_basis": "consent", "categories": ["email"], "retention_day": 30}
+    published = {**policy("v-typo"), "purposes": {"marketing": terms}}
+    said = refused(published, Code.UNKNOWN_FIELD)
+    assert said.field == "purposes" and "retention_day " in said.message
+    schema = json.loads((resources.files("ledger") / "schema" / "fact.schema.json").read_text())
+    assert not jsonschema.Draft202012Validator(schema).is_valid(published)
+    terms["retention_days"] = terms.pop("retention_day")
+    assert parse_fact(published).body["purposes"]["marketing"]["retention_days"] == 30
+    assert jsonschema.Draft202012Validator(schema).is_valid(published)
 
 
 def test_offsets_are_kept_as_given() -> None:
