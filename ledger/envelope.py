@@ -399,11 +399,29 @@ def _personal_data(obj: dict[str, Any], *, required: bool) -> dict[str, str] | N
 
 
 _TERMS_FIELDS = frozenset({"legal_basis", "categories", "retention_days"})
+_PARTY_FIELDS = {
+    "operator": frozenset({"name", "tin"}),
+    "recipient": frozenset({"name", "country"}),
+}
+
+
+def _holds_only(obj: dict[str, Any], fields: frozenset[str], what: str, field: str) -> None:
+    """A nested object of the envelope is refused for a member it does not define: dropped
+    in silence, what its publisher sent would not be what the ledger recorded."""
+    stray = set(obj) - fields
+    if stray:
+        raise FactRejected(
+            Code.UNKNOWN_FIELD,
+            f"{what} hold {', '.join(sorted(fields))}; "
+            f"{', '.join(sorted(stray))} is not one of them",
+            field,
+        )
 
 
 def _policy_published(obj: dict[str, Any]) -> dict[str, Any]:
     operator = _object(obj, "operator", required=True)
     assert operator is not None
+    _holds_only(operator, _PARTY_FIELDS["operator"], "operator's details", "operator")
     purposes = _object(obj, "purposes", required=True)
     assert purposes is not None
     if not purposes:
@@ -416,15 +434,8 @@ def _policy_published(obj: dict[str, Any]) -> dict[str, Any]:
             raise FactRejected(
                 Code.INVALID_FIELD, "purposes must map purpose names to their terms", "purposes"
             )
-        stray = set(spec) - _TERMS_FIELDS
-        if stray:
-            # A misspelt "retention_day" was dropped, and the purpose's data kept forever.
-            raise FactRejected(
-                Code.UNKNOWN_FIELD,
-                f"a purpose's terms hold {', '.join(sorted(_TERMS_FIELDS))}; "
-                f"{', '.join(sorted(stray))} is not one of them",
-                "purposes",
-            )
+        # A misspelt "retention_day" was dropped, and the purpose's data kept forever.
+        _holds_only(spec, _TERMS_FIELDS, "a purpose's terms", "purposes")
         basis = _choice(spec, "legal_basis", LEGAL_BASES, required=True)
         categories = _names(spec, "categories", required=True)
         retention = spec.get("retention_days")
@@ -571,6 +582,7 @@ def _subject_erased(obj: dict[str, Any]) -> dict[str, Any]:
 def _transfer_recorded(obj: dict[str, Any]) -> dict[str, Any]:
     recipient = _object(obj, "recipient", required=True)
     assert recipient is not None
+    _holds_only(recipient, _PARTY_FIELDS["recipient"], "recipient's details", "recipient")
     return {
         "recipient": {
             "name": _text(recipient, "name", required=True, max_len=256),

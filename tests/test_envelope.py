@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from ledger.envelope import _RFC3339, MAX_FACT_BYTES, parse_fact, parse_fact_bytes, parse_time
 from ledger.errors import Code, FactRejected
-from tests.facts import grant, policy
+from tests.facts import fact, grant, policy
 
 
 def refused(data: Any, code: Code, tenant: str | None = None) -> FactRejected:
@@ -115,9 +115,10 @@ def test_correction_shapes() -> None:
     assert ok.body["changes"]["occurred_at"].utcoffset().total_seconds() == 0
 
 
-def test_a_policys_terms_take_no_field_they_do_not_define() -> None:
+def test_nested_details_take_no_field_they_do_not_define() -> None:
     """A misspelt `retention_day` was dropped, and the purpose's data kept forever (its
-    retention read as null); the published schema refuses it too."""
+    retention read as null); an operator's or recipient's extra detail was dropped too.
+    The published schema refuses them as the parser does."""
     terms = {"legal_basis": "consent", "categories": ["email"], "retention_day": 30}
     published = {**policy("v-typo"), "purposes": {"marketing": terms}}
     said = refused(published, Code.UNKNOWN_FIELD)
@@ -127,6 +128,20 @@ def test_a_policys_terms_take_no_field_they_do_not_define() -> None:
     terms["retention_days"] = terms.pop("retention_day")
     assert parse_fact(published).body["purposes"]["marketing"]["retention_days"] == 30
     assert jsonschema.Draft202012Validator(schema).is_valid(published)
+    # The operator's and a transfer's recipient's details alike.
+    transfer = fact(
+        "transfer.recorded",
+        recipient={"name": "Click LLC", "country": "UZ", "address": "Tashkent"},
+        categories=["email"],
+        ground="legal_requirement",
+        cross_border=False,
+    )
+    for sent, field in (
+        ({**published, "operator": {"name": "A", "tin": "1", "adress": "x"}}, "operator"),
+        (transfer, "recipient"),
+    ):
+        assert refused(sent, Code.UNKNOWN_FIELD).field == field
+        assert not jsonschema.Draft202012Validator(schema).is_valid(sent)
 
 
 def test_offsets_are_kept_as_given() -> None:
