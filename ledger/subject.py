@@ -8,7 +8,7 @@ recorded nothing.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -310,13 +310,7 @@ class Subject(ChainedAggregate):
                 )
             purposes = tuple(sorted(in_force))
         else:
-            for purpose in requested:
-                if purpose not in in_force:
-                    raise FactRejected(
-                        Code.PURPOSE_NOT_IN_FORCE,
-                        f"purpose {purpose!r} was not in force at occurred_at",
-                        "purposes",
-                    )
+            _check_in_force(in_force, requested, "occurred_at", "purposes")
             purposes = tuple(requested)
         self.trigger_event(
             self.ConsentWithdrawn,
@@ -354,10 +348,16 @@ class Subject(ChainedAggregate):
                         "changes",
                     )
                 if current in known:  # a voided withdrawal withdraws nothing, moved or not
-                    _check_withdrawable(
-                        [e for e in known if e is not current],
-                        changes.get("occurred_at", current.occurred_at),
-                        tuple(changes.get("purposes", current.purposes)),
+                    # As corrected, it withdraws only what was in force at its time, as the
+                    # withdrawal itself had to (checked without it): one corrected to an
+                    # unknown purpose was answered as that purpose withdrawn, and one moved
+                    # before its grant withdrew nothing.
+                    others = [e for e in known if e is not current]
+                    _check_in_force(
+                        grants_in_force(others, changes.get("occurred_at", current.occurred_at)),
+                        changes.get("purposes", current.purposes),
+                        "the withdrawal's corrected time",
+                        "changes",
                     )
             else:
                 occurred_at = changes.get("occurred_at", current.occurred_at)
@@ -513,20 +513,15 @@ def _policy(
     return policy
 
 
-def _check_withdrawable(
-    others: list[ConsentEntry], at: datetime, purposes: tuple[str, ...]
+def _check_in_force(
+    in_force: Mapping[str, ConsentEntry], purposes: Iterable[str], when: str, field: str
 ) -> None:
-    """A withdrawal as corrected withdraws only what was in force at its instant, as the
-    withdrawal itself had to (checked without it): a correction to an unknown purpose was
-    recorded and then answered as that purpose withdrawn, and one moved before its grant
-    withdrew nothing."""
-    in_force = grants_in_force(others, at)
+    """A withdrawal withdraws only purposes in force at its time (`when`, as the refusal
+    says it)."""
     for purpose in purposes:
         if purpose not in in_force:
             raise FactRejected(
-                Code.PURPOSE_NOT_IN_FORCE,
-                f"purpose {purpose!r} was not in force at the withdrawal's corrected time",
-                "changes",
+                Code.PURPOSE_NOT_IN_FORCE, f"purpose {purpose!r} was not in force at {when}", field
             )
 
 
