@@ -26,6 +26,7 @@ from kafka.admin import KafkaAdminClient
 from ledger.application import ConsentLedger
 from ledger.envelope import parse_fact
 from ledger.errors import Code, FactRejected
+from ledger.kafka import recorder as recorder_module
 from ledger.kafka.recorder import KafkaLedgerRecorder, KafkaLink, WriterFenced
 from ledger.kafka.topics import Topics, ensure_topics
 from ledger.receipt import Receipt
@@ -129,7 +130,14 @@ def test_a_fresh_replica_is_rebuilt_from_the_partitions(
     assert len({r.partition for r in records if headers(r)["aggregate"] == a.hex}) == 1
 
 
-def test_a_second_writer_fences_the_first(tmp_path: Path, kafka_bootstrap: str) -> None:
+@pytest.mark.parametrize("found", ["by the commit", "before the commit"])
+def test_a_second_writer_fences_the_first(
+    tmp_path: Path, kafka_bootstrap: str, found: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`found`: where the stale writer meets the fence. Before the commit, the producer's
+    sender meets it adding the partition to the transaction, and the commit then raises a
+    plain KafkaError ("in an error state: ProducerFencedError"), which was taken for the
+    broker being unavailable (exit 6, not 5); a CI run met that order by chance."""
     settings = kafka_settings(tmp_path, kafka_bootstrap)
     topics = ensure_topics(settings)
     old = new_recorder(tmp_path / "old.db", kafka_bootstrap, settings.topic_prefix)
@@ -140,6 +148,18 @@ def test_a_second_writer_fences_the_first(tmp_path: Path, kafka_bootstrap: str) 
     new.own()  # fences the old writer, then catches up with what it committed
     assert new.versions_of([subject]) == {subject: 1}
 
+    if found == "before the commit":
+
+        def fence_met_first(name: str) -> None:
+            if name != "kafka-sent" or old._producer is None:
+                return
+            manager = old._producer._transaction_manager
+            deadline = time.monotonic() + 30
+            while not manager.has_error():  # the sender's AddPartitionsToTxn, answered
+                assert time.monotonic() < deadline, "the fence was not met in 30 s"
+                time.sleep(0.01)
+
+        monkeypatch.setattr(recorder_module, "failpoint", fence_met_first)
     with pytest.raises(WriterFenced):
         old.insert_events([_event(subject, 2, b'{"tenant":"demo","by":"stale"}')])
     # The stale append wrote nothing: not to the topic, not to its own replica.

@@ -51,7 +51,13 @@ from ledger.kafka.reading import (
 )
 from ledger.kafka.records import encode, intake_header, intake_read, partition_of
 from ledger.kafka.topics import KAFKA_DEFAULT_RECORD_LIMIT, RecordsLost, TopicRefused, Topics
-from ledger.kafka.transaction_calls import Begun, begin_abort, begin_commit, begin_offsets
+from ledger.kafka.transaction_calls import (
+    Begun,
+    begin_abort,
+    begin_commit,
+    begin_offsets,
+    held_error,
+)
 from ledger.recorder import FactKey, LedgerSQLiteRecorder
 from ledger.settings import SettingsError
 from ledger.sql import as_tuples, rows_in
@@ -967,7 +973,8 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
         either way the next write fences, resolves the transaction (commit or abort) and
         catches up before appending.
         """
-        if isinstance(error, FENCED):
+        held = held_error(self._producer) if self._producer is not None else None
+        if isinstance(error, FENCED) or isinstance(held, FENCED):
             self._fenced = True
             self._drop_producer()
             return WriterFenced("another writer owns the ledger partitions")

@@ -60,6 +60,16 @@ def direct(producer: KafkaProducer) -> bool:
     ) and callable(getattr(getattr(producer, "_sender", None), "wakeup", None))
 
 
+def held_error(producer: KafkaProducer) -> BaseException | None:
+    """The error that put the producer's transactions in an error state, if one did.
+
+    Once the sender has met an error in the background (a fence found while adding a
+    partition to the transaction), every transactional call raises a plain KafkaError that
+    names it in words only: the fenced writer was then told the broker was unavailable."""
+    error = getattr(getattr(producer, "_transaction_manager", None), "last_error", None)
+    return error if isinstance(error, BaseException) else None
+
+
 def _begun(producer: KafkaProducer, begin: str, public: str, *args: Any) -> Begun:
     if direct(producer):
         # What the public call does before it waits: the request enqueued, the sender woken.
