@@ -16,6 +16,7 @@ from typing import Any, NamedTuple, TypeAlias
 import orjson
 
 from ledger.codec import as_orjson_datetime
+from ledger.controls import code_point, first_control
 from ledger.errors import Code, FactRejected
 from ledger.json_names import MAX_DEPTH, TooDeep, depth_of, marked, repeats_a_name
 from ledger.vocabulary import (
@@ -293,7 +294,11 @@ def _safe_key(key: str) -> str:
     return repr(key) if _NAME.match(key) else "(unnamed)"
 
 
-def _text(obj: dict[str, Any], field: str, *, required: bool, max_len: int) -> str | None:
+def _text(
+    obj: dict[str, Any], field: str, *, required: bool, max_len: int, multiline: bool = False
+) -> str | None:
+    """A string field; one line unless `multiline` (free text: a reason), and without the
+    characters that act instead of showing (`ledger.controls`)."""
     value = obj.get(field)
     if value is None:
         if required:
@@ -304,6 +309,15 @@ def _text(obj: dict[str, Any], field: str, *, required: bool, max_len: int) -> s
     if not 1 <= len(value) <= max_len:
         raise FactRejected(
             Code.INVALID_FIELD, f"field {field!r} must be 1 to {max_len} characters", field
+        )
+    control = first_control(value, multiline=multiline)
+    if control is not None:
+        allowed = "tab, newline and carriage return are" if multiline else "nothing is"
+        raise FactRejected(
+            Code.CONTROL_CHARACTER,
+            f"field {field!r} holds {code_point(control)}, a control or bidirectional "
+            f"formatting character ({allowed} allowed)",
+            field,
         )
     return value
 
@@ -517,7 +531,7 @@ def _consent_granted(obj: dict[str, Any]) -> dict[str, Any]:
 def _consent_withdrawn(obj: dict[str, Any]) -> dict[str, Any]:
     return {
         "purposes": _names(obj, "purposes", required=True, star=True),
-        "reason": _text(obj, "reason", required=False, max_len=MAX_TEXT),
+        "reason": _text(obj, "reason", required=False, max_len=MAX_TEXT, multiline=True),
     }
 
 
@@ -528,7 +542,7 @@ _CHANGE_FIELDS = frozenset(
 
 def _consent_corrected(obj: dict[str, Any]) -> dict[str, Any]:
     corrects = _text(obj, "corrects", required=True, max_len=128)
-    reason = _text(obj, "reason", required=True, max_len=MAX_TEXT)
+    reason = _text(obj, "reason", required=True, max_len=MAX_TEXT, multiline=True)
     void = obj.get("void", False)
     if not isinstance(void, bool):
         raise FactRejected(Code.INVALID_FIELD, "field 'void' must be true or false", "void")
@@ -607,7 +621,9 @@ def _request_closed(obj: dict[str, Any]) -> dict[str, Any]:
     return {
         "request_id": _text(obj, "request_id", required=True, max_len=128),
         "outcome": outcome,
-        "reason": _text(obj, "reason", required=outcome == "refused", max_len=MAX_TEXT),
+        "reason": _text(
+            obj, "reason", required=outcome == "refused", max_len=MAX_TEXT, multiline=True
+        ),
     }
 
 

@@ -19,6 +19,7 @@ class Code(StrEnum):
     UNKNOWN_FIELD = "unknown_field"
     UNKNOWN_TYPE = "unknown_type"
     INVALID_TIMESTAMP = "invalid_timestamp"
+    CONTROL_CHARACTER = "control_character"
     # Tenancy.
     UNKNOWN_TENANT = "unknown_tenant"
     TENANT_MISMATCH = "tenant_mismatch"

@@ -211,12 +211,16 @@ _COLUMNS = (
 
 def register_csv(register: dict[str, Any]) -> str:
     """A page of the register as CSV, one request per row, for the auditor's spreadsheet;
-    the publisher's `request_id` made spreadsheet-safe as in the CSV trail."""
+    the publisher's `request_id` and `policy_version` made spreadsheet-safe as in the CSV trail."""
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(_COLUMNS)
     for r in register["requests"]:
-        row = {**r, "request_id": text_cell(r["request_id"])}
+        row = {
+            **r,
+            "request_id": text_cell(r["request_id"]),
+            "policy_version": text_cell(r["policy_version"]) or None,
+        }
         writer.writerow(["" if row[c] is None else row[c] for c in _COLUMNS])
     return out.getvalue()
 

@@ -19,6 +19,7 @@ import orjson
 from ledger.application import ConsentLedger
 from ledger.chained import ChainedAggregate
 from ledger.codec import isoformat
+from ledger.controls import visible
 from ledger.keystore import unseal_if_ours
 from ledger.subject import Subject
 
@@ -165,16 +166,24 @@ def text_cell(value: str | None) -> str:
     The CSV trail is what a compliance officer opens in a spreadsheet; `event_id` and
     `source` are whatever the publisher sent, and one that begins like a formula
     (`=HYPERLINK(...)`) would be evaluated there. Such a cell is prefixed with an
-    apostrophe, OWASP's advice; the JSON trail keeps every value exactly.
+    apostrophe, OWASP's advice; a character that would not show (a control, a
+    bidirectional override: `ledger.controls`) is written as its escape. The JSON trail
+    keeps every value exactly.
     """
     if not value:
         return ""
+    value = visible(value)
     return "'" + value if value.startswith(_FORMULA_START) else value
+
+
+def json_cell(value: Any) -> str:
+    """A JSON value as a cell: the same JSON, with what would not show escaped."""
+    return visible(orjson.dumps(value).decode())
 
 
 def trail_csv(trail: dict[str, Any]) -> str:
     """The trail as CSV, one fact per row; text a publisher chose is made spreadsheet-safe
-    (`text_cell`), the rest (positions, times from the ledger, hashes, JSON) is as is."""
+    (`text_cell`, `json_cell`), the rest (positions, times from the ledger, hashes) is as is."""
     out = io.StringIO()
     writer = csv.writer(out)
     # Kafka mode's rows say their partition too, in a column embedded mode has no use for.
@@ -192,8 +201,8 @@ def trail_csv(trail: dict[str, Any]) -> str:
                 fact["recorded_at"],
                 text_cell(fact["source"]),
                 text_cell(fact["channel"]),
-                orjson.dumps(fact["details"]).decode(),
-                orjson.dumps(fact["personal_data"]).decode() if fact["personal_data"] else "",
+                json_cell(fact["details"]),
+                json_cell(fact["personal_data"]) if fact["personal_data"] else "",
                 fact["prev_hash"],
                 fact["hash"] or "",
             ]

@@ -18,6 +18,7 @@ from ledger.cli.common import (
     current_views,
     open_ledger,
     print_json,
+    say,
     whole,
 )
 from ledger.cli.erasure import erase_each
@@ -92,7 +93,7 @@ def cmd_tenants_create(args: argparse.Namespace, settings: Settings) -> int:
         ledger.create_tenant(args.tenant)
     finally:
         ledger.close()
-    print(f"created tenant {args.tenant!r}")
+    say(f"created tenant {args.tenant!r}")
     return 0
 
 
@@ -110,7 +111,7 @@ def cmd_tenants_list(args: argparse.Namespace, settings: Settings) -> int:
         print_json({"tenants": listed})
         return 0
     for t in listed:
-        print(f"{t['tenant']:<24} policies: {', '.join(t['policy_versions']) or 'none yet'}")
+        say(f"{t['tenant']:<24} policies: {', '.join(t['policy_versions']) or 'none yet'}")
     return 0
 
 
@@ -152,7 +153,7 @@ def cmd_tenants_export(args: argparse.Namespace, settings: Settings) -> int:
             os.unlink(args.out)
         raise
     where = f"; written to {args.out}" if out is not None else ""
-    print(
+    say(
         f"exported the trails of {written} subjects of tenant {args.tenant!r}{where}",
         file=sys.stderr,
     )
@@ -182,12 +183,12 @@ def cmd_tenants_erase_subjects(args: argparse.Namespace, settings: Settings) -> 
     refused = [
         (sid, o) for sid, o in zip(sids, outcomes, strict=True) if isinstance(o, FactRejected)
     ]
-    print(
+    say(
         f"erased {len(sids) - len(refused)} subjects of tenant {args.tenant!r} "
         f"(ground {args.ground}): data keys destroyed"
     )
     for sid, o in refused:
-        print(f"  not erased: sid {sid}: {o.code.value}: {o}")
+        say(f"  not erased: sid {sid}: {o.code.value}: {o}")
     return EXIT_REJECTED if refused else 0
 
 
@@ -199,12 +200,12 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
 
     into = Path(args.into)
     for copied in back_up(settings, into):
-        print(f"{copied.name:<16} {copied.bytes:>14,} bytes")
+        say(f"{copied.name:<16} {copied.bytes:>14,} bytes")
     if settings.backend == "kafka":
-        print("Kafka mode: the log is the ledger topic; the replica and views are rebuilt from it")
+        say("Kafka mode: the log is the ledger topic; the replica and views are rebuilt from it")
     if not settings.master_key:
-        print(f"not copied: {settings.master_key_path.name}; keep a copy of it apart from backups")
-    print(f"backup in {into}: restore by copying its files into an empty data directory")
+        say(f"not copied: {settings.master_key_path.name}; keep a copy of it apart from backups")
+    say(f"backup in {into}: restore by copying its files into an empty data directory")
     return 0
 
 
@@ -214,16 +215,16 @@ def cmd_master_key_rotate(args: argparse.Namespace, settings: Settings) -> int:
 
     done = rotate_master_key(settings)
     if done.already:
-        print(f"the key store was already under the new master key ({settings.keystore_path})")
+        say(f"the key store was already under the new master key ({settings.keystore_path})")
     else:
-        print(
+        say(
             f"re-wrapped {done.data_keys:,} data keys and the ledger's own keys under the new "
             "master key"
         )
     if done.key_file is not None:
-        print(f"the new master key is in {done.key_file}; the old one is gone from it")
+        say(f"the new master key is in {done.key_file}; the old one is gone from it")
     else:
-        print(
+        say(
             f"now give every process of this deployment LEDGER_MASTER_KEY={NEW_KEY_ENV}'s "
             "value and restart them; processes still on the old key refuse to write"
         )
@@ -251,8 +252,8 @@ def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         keys.close()
     until = f"; expires {expires_at.isoformat(timespec='seconds')}" if expires_at else ""
-    print(f"key id {key_id} (tenant {args.tenant}; {', '.join(sorted(set(args.role)))}{until})")
-    print(key)
+    say(f"key id {key_id} (tenant {args.tenant}; {', '.join(sorted(set(args.role)))}{until})")
+    say(key)
     return 0
 
 
@@ -267,7 +268,7 @@ def cmd_keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
         raise CliError(str(e), EXIT_NOT_FOUND) from None
     finally:
         keys.close()
-    print(f"revoked key {args.key_id}")
+    say(f"revoked key {args.key_id}")
     return 0
 
 
@@ -284,7 +285,7 @@ def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
         print_json(listed)
     else:
         for k in listed:
-            print(
+            say(
                 f"{k['key_id']}  {k['tenant']:<16} {k['roles']:<30} created {k['created_at']}"
                 + (f"  revoked {k['revoked_at']}" if k["revoked_at"] else "")
                 + (f"  expires {k['expires_at']}" if k["expires_at"] else "")

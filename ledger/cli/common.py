@@ -8,11 +8,12 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
 
 from ledger.application import ConsentLedger
+from ledger.controls import visible
 from ledger.envelope import named_twice
 from ledger.errors import FactRejected
 from ledger.fsync import write_new_private
@@ -41,8 +42,16 @@ class CliError(Exception):
 
 
 def fail(message: str, status: int) -> int:
-    print(f"consent-ledger: {message}", file=sys.stderr)
+    say(f"consent-ledger: {message}", file=sys.stderr)
     return status
+
+
+def say(line: str = "", *, file: TextIO | None = None, flush: bool = False) -> None:
+    """Print one line for a person. Values in it come from publishers (an `event_id`, a
+    subject's name, a reason): any character in them that would act on the terminal instead
+    of showing, a newline that would forge a row included, is printed as its escape
+    (`ledger.controls.visible`). Every human line of the CLI goes through here."""
+    print(visible(line), file=file, flush=flush)
 
 
 def open_ledger(settings: Settings) -> ConsentLedger:
@@ -50,7 +59,13 @@ def open_ledger(settings: Settings) -> ConsentLedger:
 
 
 def print_json(value: Any) -> None:
-    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+    sys.stdout.write(json_text(orjson.dumps(value, option=orjson.OPT_INDENT_2)) + "\n")
+
+
+def json_text(data: bytes) -> str:
+    """JSON for a terminal: orjson escapes the C0 controls only; the rest that would act
+    (DEL, C1, bidirectional overrides) is escaped too, the same value read back."""
+    return visible(data.decode(), lines=True)
 
 
 def about_subject(
@@ -84,7 +99,7 @@ def write_once(value: Any, out: str | None, what: str, summary: str) -> None:
     except OSError as e:
         # A full disk has the exit status of every storage failure.
         raise storage_failure(e) or CliError(f"cannot write {out}: {e.strerror}") from None
-    print(f"{summary}; written to {out}", file=sys.stderr)
+    say(f"{summary}; written to {out}", file=sys.stderr)
 
 
 def load_json(path: str) -> Any:

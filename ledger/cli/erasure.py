@@ -16,6 +16,7 @@ from ledger.cli.common import (
     current_views,
     open_ledger,
     print_json,
+    say,
     subject_args,
     subject_sid,
 )
@@ -83,19 +84,19 @@ def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
         "" if outcome.partition is None else f" of partition {outcome.partition}"
     )
     if outcome.duplicate:
-        print(
+        say(
             f"subject {outcome.sid}: this erasure was recorded before, at {place}; "
             "nothing new recorded"
         )
     elif erased_before is not None:
         # Recorded all the same (another ground or request may be why it was asked again),
         # but there was no key left to destroy: saying so would misstate what happened.
-        print(
+        say(
             f"subject {outcome.sid} was already erased ({erased_before.isoformat()}): no data "
             f"key left to destroy; this erasure recorded too, at {place}"
         )
     else:
-        print(f"erased subject {outcome.sid}: data key destroyed; erasure recorded at {place}")
+        say(f"erased subject {outcome.sid}: data key destroyed; erasure recorded at {place}")
     return 0
 
 
@@ -134,18 +135,18 @@ def cmd_retention(args: argparse.Namespace, settings: Settings) -> int:
             ]
         print_json(report)
     else:
-        print(
+        say(
             f"subjects of tenant {args.tenant!r} whose every purpose is past its retention "
             f"as of {now.isoformat()}: {len(due)}"
         )
         for d in due:
             purposes = ", ".join(d["purposes"])
-            print(f"  sid {d['sid']}: {purposes} past retention since {d['due_since']}")
+            say(f"  sid {d['sid']}: {purposes} past retention since {d['due_since']}")
         if args.erase:
-            print(f"erased {len(outcomes) - len(refused)}: data keys destroyed")
+            say(f"erased {len(outcomes) - len(refused)}: data keys destroyed")
             for d, o in zip(due, outcomes, strict=True):
                 if isinstance(o, FactRejected):
-                    print(f"  not erased: sid {d['sid']}: {o.code.value}: {o}")
+                    say(f"  not erased: sid {d['sid']}: {o.code.value}: {o}")
     return EXIT_REJECTED if refused else 0
 
 

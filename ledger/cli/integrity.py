@@ -17,6 +17,7 @@ from ledger.cli.common import (
     load_json,
     open_ledger,
     print_json,
+    say,
     subject_args,
     subject_sid,
     write_once,
@@ -188,7 +189,7 @@ def cmd_signing_key(args: argparse.Namespace, settings: Settings) -> int:
 
     ledger = open_ledger(settings)
     try:
-        print(public_key_of(ledger.keystore))
+        say(public_key_of(ledger.keystore))
     finally:
         ledger.close()
     return 0
@@ -201,9 +202,9 @@ def cmd_signing_key_rotate(args: argparse.Namespace, settings: Settings) -> int:
 
     with contextlib.closing(key_store(settings)) as keystore:
         statement = rotate_signing_key(keystore)
-    print(f"retired signing key: {statement['previous_key']}")
-    print(f"new signing key:     {statement['public_key']}")
-    print(
+    say(f"retired signing key: {statement['previous_key']}")
+    say(f"new signing key:     {statement['public_key']}")
+    say(
         f"both keys signed the hand-over at {statement['rotated_at']}; checkpoints and "
         "evidence packages carry it from now on. Publish the new key next to the old one "
         "(consent-ledger signing-key history --json lists every hand-over)"
@@ -220,8 +221,8 @@ def cmd_signing_key_history(args: argparse.Namespace, settings: Settings) -> int
         print_json(transitions)
         return 0
     for t in transitions:
-        print(f"{t['rotated_at']}  {t['previous_key']} -> {t['public_key']}")
-    print(f"signing now: {public_key_text(key.public_key())}")
+        say(f"{t['rotated_at']}  {t['previous_key']} -> {t['public_key']}")
+    say(f"signing now: {public_key_text(key.public_key())}")
     return 0
 
 
@@ -247,7 +248,7 @@ def verify_signed(args: argparse.Namespace) -> int:
         extends = ""
         if since is not None:
             extends = f", extending the checkpoint of {trees_text(since['tree_head']['trees'])}"
-        print(f"{what}: OK, {summary}{trees_text(trees)}{extends}, signed by {result.public_key}")
+        say(f"{what}: OK, {summary}{trees_text(trees)}{extends}, signed by {result.public_key}")
     if not result.ok:
         first = result.problems[0]
         return fail(
@@ -300,9 +301,9 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print_json({**result.as_dict(), "subjects_without_key": keyless})
     elif result.ok:
-        print(f"verify: OK, {result.facts_checked} facts, merkle root {result.root}")
+        say(f"verify: OK, {result.facts_checked} facts, merkle root {result.root}")
     if keyless:
-        print(
+        say(
             f"verify: warning: {keyless} subjects have neither a key in the key store nor an "
             "erasure: their personal data cannot be read (keys.db older than the log?)",
             file=sys.stderr,

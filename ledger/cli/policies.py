@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from ledger.cli.common import EXIT_NOT_FOUND, CliError, open_ledger, print_json
+from ledger.cli.common import EXIT_NOT_FOUND, CliError, open_ledger, print_json, say
 from ledger.policy import PolicyVersion, policy_changes, policy_text, previous_version
 from ledger.settings import Settings
 from ledger.tenant import Tenant
@@ -46,12 +46,12 @@ def cmd_policies_list(args: argparse.Namespace, settings: Settings) -> int:
         print_json({"policies": [p.as_dict() for p in tenant.policies.values()]})
         return 0
     for p in tenant.policies.values():
-        print(
+        say(
             f"{p.version:<20} effective {p.effective_at.isoformat():<26} {p.language:<3} "
             f"{len(p.purposes)} purposes  text sha256 {p.text_sha256}"
         )
     if not tenant.policies:
-        print(f"tenant {args.tenant!r} has published no policy version")
+        say(f"tenant {args.tenant!r} has published no policy version")
     return 0
 
 
@@ -66,20 +66,20 @@ def cmd_policies_show(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print_json(found.as_dict())
         return 0
-    print(
+    say(
         f"policy {found.version} of {found.operator_name} (TIN {found.operator_tin}), "
         f"effective {found.effective_at.isoformat()}, language {found.language}"
     )
-    print(f"  text sha256 {found.text_sha256}")
+    say(f"  text sha256 {found.text_sha256}")
     if found.request_due_days:
-        print(f"  answers requests within: {_deadlines(found.request_due_days)}")
+        say(f"  answers requests within: {_deadlines(found.request_due_days)}")
     for name, terms in found.purposes.items():
         kept = (
             "as long as the purpose needs"
             if terms.retention_days is None
             else (f"{terms.retention_days} days")
         )
-        print(f"  {name:<20} {terms.legal_basis:<17} {', '.join(terms.categories)}; kept {kept}")
+        say(f"  {name:<20} {terms.legal_basis:<17} {', '.join(terms.categories)}; kept {kept}")
     return 0
 
 
@@ -93,7 +93,7 @@ def cmd_policies_changes(args: argparse.Namespace, settings: Settings) -> int:
         print_json(changes)
         return 0
     for line in changes_lines(changes):
-        print(line)
+        say(line)
     return 0
 
 

@@ -17,9 +17,11 @@ from ledger.cli.common import (
     CliError,
     demo_subjects,
     fail,
+    json_text,
     open_ledger,
     read_facts,
     read_input,
+    say,
 )
 from ledger.cli.subjects import print_trail
 from ledger.envelope import Fact, parse_fact, parse_fact_bytes
@@ -60,7 +62,7 @@ def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
         ledger.init_demo()
     finally:
         ledger.close()
-    print(f"initialised {settings.data_dir} (tenant 'demo' with the seed policy)")
+    say(f"initialised {settings.data_dir} (tenant 'demo' with the seed policy)")
     return 0
 
 
@@ -122,7 +124,7 @@ def cmd_record(args: argparse.Namespace, settings: Settings) -> int:
                     line = {"index": start + offset, "rejected": final.as_dict()}
                 else:
                     line = {"index": start + offset, "receipt": final.as_dict()}
-                sys.stdout.write(orjson.dumps(line).decode() + "\n")
+                sys.stdout.write(json_text(orjson.dumps(line)) + "\n")
             sys.stdout.flush()  # a batch's lines are out before the next batch starts
     finally:
         signal.signal(signal.SIGINT, before)
@@ -161,7 +163,7 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
                         "index": index,
                         "published": {"partition": p.partition, "offset": p.offset},
                     }
-                sys.stdout.write(orjson.dumps(line).decode() + "\n")
+                sys.stdout.write(json_text(orjson.dumps(line)) + "\n")
             refused = sum(1 for p in placed if isinstance(p, FactRejected))
             if refused:
                 return fail(f"{refused} of {len(items)} facts rejected (see stdout)", EXIT_REJECTED)
@@ -181,7 +183,7 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
             line = {"index": index, "rejected": result.as_dict()}
         else:
             line = {"index": index, "receipt": result.as_dict()}
-        sys.stdout.write(orjson.dumps(line).decode() + "\n")
+        sys.stdout.write(json_text(orjson.dumps(line)) + "\n")
     if rejected:
         return fail(f"{rejected} of {len(items)} facts rejected (see stdout)", EXIT_REJECTED)
     return 0
@@ -202,23 +204,24 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         new = sum(1 for o in outcomes if isinstance(o, Receipt) and not o.duplicate)
         again = sum(1 for o in outcomes if isinstance(o, Receipt) and o.duplicate)
         refused = [o for o in outcomes if isinstance(o, FactRejected)]
-        print(
+        say(
             f"demo: {len(stream)} facts for {args.subjects} subjects: {new} recorded, "
             f"{again} already recorded, {len(refused)} refused"
         )
-        print(f"data directory: {settings.data_dir}\n")
+        say(f"data directory: {settings.data_dir}")
+        say()
         trail = subject_trail(ledger, "demo", ledger.sid("demo", contact(3)))
         assert trail is not None
         print_trail(trail)
         erased = subject_trail(ledger, "demo", ledger.sid("demo", contact(7)))
         assert erased is not None
-        print()
+        say()
         print_trail(erased)
         result = verify_ledger(ledger.ledger_recorder)
     finally:
         ledger.close()
-    print()
+    say()
     if result.ok:
-        print(f"verify: OK, {result.facts_checked} facts, merkle root {result.root}")
+        say(f"verify: OK, {result.facts_checked} facts, merkle root {result.root}")
         return 0
     return fail(f"verify: BROKEN: {result.problems[0].message}", EXIT_BROKEN)

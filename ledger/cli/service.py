@@ -20,6 +20,7 @@ from ledger.cli.common import (
     demo_subjects,
     fail,
     open_ledger,
+    say,
     seconds,
     whole,
 )
@@ -58,7 +59,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     if settings.backend == "kafka":
         with stopped_by_signals() as stop:
             if not wait_for_brokers(settings, stop, "serve"):
-                print("serve: stopped before a Kafka broker answered", flush=True)
+                say("serve: stopped before a Kafka broker answered", flush=True)
                 return 0
     # What the log refuses (a key store that is not the log's; Kafka mode: a topic that lost
     # records or gained partitions, found as the replica catches up) is said here too, not
@@ -83,7 +84,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         finally:
             keys.close()
         base = f"http://{args.host}:{args.port}"
-        print(
+        say(
             f"""
 serving the demo tenant on {base}  (OpenAPI: {base}/docs)
 API key (demo tenant; publisher, compliance, admin): {key}
@@ -145,7 +146,7 @@ def _work(args: argparse.Namespace, settings: Settings, stop: threading.Event) -
     from projections.views import Views
 
     if not wait_for_brokers(settings, stop, "worker"):
-        print("worker: stopped before a Kafka broker answered", flush=True)
+        say("worker: stopped before a Kafka broker answered", flush=True)
         return 0
     ledger = open_ledger(settings)
     writer = IntakeWriter(ledger)
@@ -163,7 +164,7 @@ def _work(args: argparse.Namespace, settings: Settings, stop: threading.Event) -
     topics = writer.link.topics
     try:
         writer.start()  # owns the ledger and has its intake positions: now it is consuming
-        print(f"worker: consuming {topics.intake} into {topics.ledger}", flush=True)
+        say(f"worker: consuming {topics.intake} into {topics.ledger}", flush=True)
         if views is not None:
             project.start()
         writer.run(stop)
@@ -178,20 +179,20 @@ def _work(args: argparse.Namespace, settings: Settings, stop: threading.Event) -
             views.close()
         ledger.close()
     stats = writer.stats
-    print(
+    say(
         f"worker: stopped; {stats.accepted} accepted, {stats.duplicates} duplicates, "
         f"{sum(stats.rejected.values())} rejected in {stats.batches} batches; "
         f"{stats.retries} retries after the broker or the storage was unavailable",
         flush=True,
     )
     if stats.keyed_by_reference:
-        print(
+        say(
             f"worker: {stats.keyed_by_reference} intake records were keyed by their subject's "
             "reference in the clear (personal data in Kafka keys; the log names where)",
             flush=True,
         )
     if stats.expired_unread:
-        print(
+        say(
             f"worker: up to {stats.expired_unread} intake records were deleted by the intake "
             "topic's retention before they were read (lost; the log names the partitions and "
             "offsets): keep the retention longer than the writer may be stopped",
@@ -200,7 +201,7 @@ def _work(args: argparse.Namespace, settings: Settings, stop: threading.Event) -
     if stats.batches:
         per_batch = 1000 / stats.batches
         records = stats.accepted + stats.duplicates + sum(stats.rejected.values())
-        print(
+        say(
             f"worker: a batch on average: {records / stats.batches:.0f} records, poll "
             f"{stats.poll_s * per_batch:.1f} ms, parsing, checks, sealing and the replica "
             f"{(stats.write_s - stats.transaction_s) * per_batch:.1f} ms, Kafka transaction "
@@ -254,7 +255,7 @@ def wait_for_brokers(settings: Settings, stop: threading.Event, who: str) -> boo
             ensure_topics(settings)
             return True
         except BrokersUnreachable as error:
-            print(f"{who}: trying again in {pause:.0f} s: {error}", file=sys.stderr, flush=True)
+            say(f"{who}: trying again in {pause:.0f} s: {error}", file=sys.stderr, flush=True)
         if stop.wait(pause):
             break
         pause = min(pause * 2, BROKER_WAIT_MAX_S)

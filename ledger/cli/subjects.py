@@ -14,6 +14,7 @@ from ledger.cli.common import (
     given_sid,
     key_store,
     print_json,
+    say,
     subject_args,
 )
 from ledger.envelope import parse_known_at, parse_time
@@ -77,12 +78,12 @@ def cmd_consents(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print_json(view)
         return 0
-    print(
+    say(
         f"subject {view['sid']}  as of {view['as_of']}  known at {view['known_at']}"
         + ("  (erased)" if view["erased"] else "")
     )
     for p in view["purposes"]:
-        print(
+        say(
             f"  {p['purpose']:<20} {p['state']:<10} since {p['since'] or '-':<26} "
             f"policy {p['policy_version'] or '-':<12} fact {p['event_id'] or '-'}"
         )
@@ -98,7 +99,7 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
         print_json(report)
         return 0
     for line in report_lines(report):
-        print(line)
+        say(line)
     return 0
 
 
@@ -190,25 +191,25 @@ def cmd_accesses(args: argparse.Namespace, settings: Settings) -> int:
         print_json({"tenant": args.tenant, "sid": sid.hex, "accesses": accesses, "kept_days": kept})
         return 0
     # The tenant named: a typo in it lists nothing, which must not read as "no one looked".
-    print(
+    say(
         f"accesses to subject {sid.hex} of tenant {args.tenant!r} over HTTP: {len(accesses)}"
         + (f" (the last {kept} days are kept)" if kept else "")
     )
     for a in accesses:
-        print(f"  {a['at']}  key {a['key_id']}  {a['method']:<5} {a['route']:<34} {a['status']}")
+        say(f"  {a['at']}  key {a['key_id']}  {a['method']:<5} {a['route']:<34} {a['status']}")
     return 0
 
 
 def print_trail(trail: dict[str, Any]) -> None:
     who = trail["subject"] or ("(erased)" if trail["erased"] else "(key missing: not erased)")
-    print(
+    say(
         f"Audit trail of subject {trail['sid']} [{who}], tenant {trail['tenant']}: "
         f"{len(trail['facts'])} facts"
         + ("; ERASED at " + trail["erased_at"] if trail["erased"] else "")
     )
     # Kafka mode places a fact by partition and offset ("1:115"), as its receipt does.
     width = 9 if any("partition" in f for f in trail["facts"]) else 5
-    print(f"  {'pos':>{width}} {'v':>2}  {'occurred_at':<25} {'type':<19} {'event_id':<22} details")
+    say(f"  {'pos':>{width}} {'v':>2}  {'occurred_at':<25} {'type':<19} {'event_id':<22} details")
     for f in trail["facts"]:
         place = f"{f['partition']}:{f['position']}" if "partition" in f else f["position"] or ""
         details = dict(f["details"])
@@ -217,14 +218,14 @@ def print_trail(trail: dict[str, Any]) -> None:
         text = orjson.dumps(details).decode()
         if len(text) > 110:
             text = text[:107] + "..."
-        print(
+        say(
             f"  {place:>{width}} {f['version']:>2}  {f['occurred_at'][:25]:<25} "
             f"{f['type']:<19} {(f['event_id'] or '-')[:22]:<22} {text}"
         )
         if f["personal_data"] is not None:
-            print(
+            say(
                 f"  {'':>{width}} {'':>2}  {'':<25} {'':<19} {'':<22} personal data: "
                 f"{orjson.dumps(f['personal_data']).decode()}"
             )
     if trail["facts"]:
-        print(f"  chain head: {trail['facts'][-1]['hash']}")
+        say(f"  chain head: {trail['facts'][-1]['hash']}")

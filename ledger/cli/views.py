@@ -17,6 +17,7 @@ from ledger.cli.common import (
     open_ledger,
     print_json,
     read_input,
+    say,
     seconds,
     whole,
 )
@@ -139,21 +140,21 @@ def cmd_requests(args: argparse.Namespace, settings: Settings) -> int:
     if args.format == "csv":
         sys.stdout.write(register_csv(register))
         if register["next"]:
-            print(f"more: --after {register['next']}", file=sys.stderr)
+            say(f"more: --after {register['next']}", file=sys.stderr)
         return 0
     if args.json or args.format == "json":
         print_json(register)
         return 0
     counts = ", ".join(f"{n} {state}" for state, n in register["counts"].items())
-    print(f"subject requests of tenant {args.tenant!r}: {counts}")
+    say(f"subject requests of tenant {args.tenant!r}: {counts}")
     for r in register["requests"]:
         closed = f"{r['outcome']} {r['closed_at']}" if r["closed_at"] else "not closed"
-        print(
+        say(
             f"  {r['request_id']} ({r['kind']}) of sid {r['sid']}: received {r['received_at']}, "
             f"due {r['due_at']} ({r['due_from']}), {closed}: {r['state'].upper()}"
         )
     if register["next"]:
-        print(f"more: --after {register['next']}")
+        say(f"more: --after {register['next']}")
     return 0
 
 
@@ -202,7 +203,7 @@ def cmd_project(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         views.close()
         ledger.close()
-    print(f"projected {total} log entries into {settings.views_path}")
+    say(f"projected {total} log entries into {settings.views_path}")
     return 0
 
 
@@ -244,7 +245,7 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print_json(summary)
     else:
-        print(
+        say(
             f"replayed {read} log entries into {target}"
             + (f" as known at {known}" if known else "")
         )
@@ -287,12 +288,12 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print_json(report)
     else:
-        print(
+        say(
             f"{report['with_consent']} of {len(results)} had consent for {args.purpose} "
             f"at {report['at']}"
         )
         for row in lacking:
-            print(
+            say(
                 f"  line {row['index'] + 1}: sid {row['sid']}: {row['reason']}"
                 + (f" at {row['since']}" if row["since"] else "")
             )
@@ -319,12 +320,12 @@ def cmd_who(args: argparse.Namespace, settings: Settings) -> int:
             if args.json:
                 print_json(summary)
             else:
-                print(
+                say(
                     f"{summary['with_consent']} subjects had consent for {args.purpose} "
                     f"at {summary['as_of']}"
                 )
                 for version, n in summary["by_policy_version"].items():
-                    print(f"  {n} under policy {version}")
+                    say(f"  {n} under policy {version}")
             return 0
         if args.policy_version is not None:
             tenant = ledger.tenant(args.tenant, shared=True)
@@ -360,7 +361,7 @@ def cmd_who(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print_json(page)
     else:
-        print("\n".join(sids))
+        print("\n".join(sids))  # the views' own hex: nothing in them can act
     return 0
 
 
@@ -382,24 +383,24 @@ def cmd_due(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print_json(report)
         return 0
-    print(f"due for tenant {args.tenant} as of {report['as_of']} (within {args.within} days)")
+    say(f"due for tenant {args.tenant} as of {report['as_of']} (within {args.within} days)")
     for r in report["requests"]:
         by = {"request": "its own", "policy": f"policy {r['policy_version']}"}.get(
             r["due_from"], "settings"
         )
-        print(
+        say(
             f"  request {r['request_id']} ({r['kind']}) of sid {r['sid']}: due {r['due_at']}"
             f" (deadline: {by})" + ("  OVERDUE" if r["overdue"] else "")
         )
     for e in report["expiring_consents"]:
-        print(f"  consent {e['purpose']} of sid {e['sid']} expires {e['expires_at']}")
+        say(f"  consent {e['purpose']} of sid {e['sid']} expires {e['expires_at']}")
     for p in report["past_retention"]:
-        print(f"  data of sid {p['sid']} for {p['purpose']} past retention since {p['due_since']}")
+        say(f"  data of sid {p['sid']} for {p['purpose']} past retention since {p['due_since']}")
     if report["erasable"]:
-        print(
+        say(
             f"  {len(report['erasable'])} subjects no purpose keeps any longer: "
             f"consent-ledger retention --tenant {args.tenant} [--erase]"
         )
     if not (report["requests"] or report["expiring_consents"] or report["past_retention"]):
-        print("  nothing due")
+        say("  nothing due")
     return 0
