@@ -6,6 +6,7 @@ Kept in one place so the README's configuration table and the code cannot drift 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,11 @@ from ledger.vocabulary import REQUEST_KINDS
 BACKENDS = ("embedded", "kafka")
 HTTP_WRITERS = ("process", "thread")
 SWITCHES = {"on": True, "off": False}
+
+
+# The longest topic name Kafka takes, 249, less ".rejected".
+_TOPIC_PREFIX_MAX = 249 - len(".rejected")
+_TOPIC_PREFIX = re.compile(rf"[A-Za-z0-9._-]{{1,{_TOPIC_PREFIX_MAX}}}\Z")
 
 
 class SettingsError(ValueError):
@@ -47,7 +53,8 @@ class Settings:
       store under (base64 of 32 bytes); required with LEDGER_MASTER_KEY, else a new random
       key replaces master.key |
     | KAFKA_BOOTSTRAP | | Kafka bootstrap servers, `host:port[,host:port]` |
-    | LEDGER_TOPIC_PREFIX | consent | topics `<prefix>.intake`, `.ledger`, `.rejected` |
+    | LEDGER_TOPIC_PREFIX | consent | topics `<prefix>.intake`, `.ledger`, `.rejected`; 1 to 240
+      letters, digits, `.`, `_`, `-` (Kafka's topic names) |
     | LEDGER_PARTITIONS | 3 | partitions of the topics the ledger creates |
     | LEDGER_REPLICATION | 1 | replication factor of the topics it creates (3 in production) |
     | LEDGER_MIN_INSYNC | 1 | `min.insync.replicas` of the topics (2 in production); at most
@@ -131,6 +138,16 @@ class Settings:
                 f"({replication}): Kafka would acknowledge a write once {replication} "
                 "replica(s) hold it"
             )
+        topic_prefix = env.get("LEDGER_TOPIC_PREFIX", "consent") or "consent"
+        if backend == "kafka" and not _TOPIC_PREFIX.match(topic_prefix):
+            # Kafka's own rule for a topic name (letters, digits, '.', '_', '-'; at most 249),
+            # with room for ".rejected". A broker refuses such a topic; the client then waited
+            # for it to appear and said no broker had answered.
+            raise SettingsError(
+                f"LEDGER_TOPIC_PREFIX must be 1 to {_TOPIC_PREFIX_MAX} letters, digits, '.', "
+                "'_' or '-' (Kafka's topic names), not "
+                + (repr(topic_prefix) if len(topic_prefix) <= 64 else "that")
+            )
         telemetry = env.get("LEDGER_HTTP_TELEMETRY", "off").strip().lower() or "off"
         if telemetry not in SWITCHES:
             raise SettingsError(f"LEDGER_HTTP_TELEMETRY must be on or off, not {telemetry!r}")
@@ -140,7 +157,7 @@ class Settings:
             master_key=env.get("LEDGER_MASTER_KEY") or None,
             new_master_key=env.get("LEDGER_NEW_MASTER_KEY") or None,
             kafka_bootstrap=env.get("KAFKA_BOOTSTRAP") or None,
-            topic_prefix=env.get("LEDGER_TOPIC_PREFIX", "consent") or "consent",
+            topic_prefix=topic_prefix,
             max_future_skew_s=_int(env, "LEDGER_MAX_FUTURE_SKEW_S", 300, maximum=86_400),
             aggregate_cache=_int(env, "LEDGER_AGGREGATE_CACHE", 10000),
             views_cache_facts=_int(env, "LEDGER_VIEWS_CACHE_FACTS", 1_000_000),

@@ -71,3 +71,17 @@ def test_request_deadlines_by_kind_are_read_and_checked() -> None:
     ):
         with pytest.raises(SettingsError, match=said):
             Settings.from_env({name: bad})
+
+
+def test_a_topic_prefix_kafka_would_refuse_is_a_configuration_error() -> None:
+    """The broker refuses such a topic, and the client waited for it to appear until it
+    said no broker had answered (exit 6, "is the cluster up?") instead of naming the prefix."""
+    kafka = {"LEDGER_BACKEND": "kafka", "KAFKA_BOOTSTRAP": "broker:9092"}
+    for good in ("consent", "crm.prod-2_x", "x" * 240, ".."):
+        prefix = Settings.from_env({**kafka, "LEDGER_TOPIC_PREFIX": good}).topic_prefix
+        assert prefix == good
+    for bad in ("a b", "crm/prod", "consent\n", "x" * 241, "ledger:1", "consentë"):
+        with pytest.raises(SettingsError, match="LEDGER_TOPIC_PREFIX must be 1 to 240"):
+            Settings.from_env({**kafka, "LEDGER_TOPIC_PREFIX": bad})
+    # Embedded mode makes no topic: the variable is not read.
+    assert Settings.from_env({"LEDGER_TOPIC_PREFIX": "a b"}).backend == "embedded"

@@ -218,6 +218,22 @@ def test_a_ledger_topic_that_loses_records_is_refused(
         ensure_topics(settings)
 
 
+def test_topics_the_broker_refuses_to_create_are_named_at_once(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """Kafka takes '.' and '_' alike in a topic's metric names, so "p_x.ledger" collides
+    with an existing "p.x.ledger" and is refused. The client then waited for the topics to
+    appear and the command said no broker had answered (exit 6, "is the cluster up?")."""
+    from ledger.kafka.topics import TopicRefused
+
+    first = kafka_settings(tmp_path / "first", kafka_bootstrap)
+    dotted = dataclasses.replace(first, topic_prefix=f"{first.topic_prefix}.x")
+    ensure_topics(dotted)
+    underscored = dataclasses.replace(dotted, topic_prefix=f"{first.topic_prefix}_x")
+    with pytest.raises(TopicRefused, match=r"cannot create topic .*collides with existing topic"):
+        ensure_topics(underscored)
+
+
 def test_a_ledger_topic_with_fewer_replicas_than_the_settings_is_refused(
     tmp_path: Path, kafka_bootstrap: str
 ) -> None:

@@ -163,14 +163,17 @@ def ledger_layout(settings: Settings) -> Layout:
     topics = Topics.of(settings.topic_prefix)
     admin = admin_client(settings)
     try:
-        created = admin.create_topics(
-            topic_specs(settings), raise_errors=False, wait_for_metadata=True
-        )
+        specs = topic_specs(settings)
+        # The broker's answer is read before waiting for the topics to appear: a topic it
+        # refused (a name colliding with another once '.' and '_' are taken alike) never
+        # appears, and the wait ran out as if no broker had answered.
+        created = admin.create_topics(specs, raise_errors=False, wait_for_metadata=False)
         for result in created["topics"]:
             if result["error_code"] not in (0, 36):  # 36: the topic already exists
                 raise TopicRefused(
                     f"cannot create topic {result['name']}: {result['error_message']}"
                 )
+        admin.wait_for_topics(list(specs))
         record_limit = check_ledger_topic(admin, topics.ledger, settings)
         check_intake_topic(admin, topics.intake)
         check_rejected_topic(admin, topics.rejected, settings)
