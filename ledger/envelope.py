@@ -312,11 +312,11 @@ def _text(
         )
     control = first_control(value, multiline=multiline)
     if control is not None:
-        allowed = "tab, newline and carriage return are" if multiline else "nothing is"
+        only = "; of these it may hold tab, newline and carriage return" if multiline else ""
         raise FactRejected(
             Code.CONTROL_CHARACTER,
             f"field {field!r} holds {code_point(control)}, a control or bidirectional "
-            f"formatting character ({allowed} allowed)",
+            f"formatting character{only}",
             field,
         )
     return value

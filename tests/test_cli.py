@@ -232,6 +232,24 @@ def test_input_that_is_not_utf8_is_refused_where_it_is_read(data: Path, tmp_path
     assert refused.returncode == 2 and "is not UTF-8 text" in refused.stderr, refused.stderr
 
 
+def test_a_campaign_check_names_each_recipient_by_its_line_in_the_file(tmp_path: Path) -> None:
+    """Blank lines are skipped; the lines after them were numbered as if they were not
+    there, so "line 2 lacked consent" sent the officer to another recipient."""
+    data = tmp_path / "data"
+    assert run(data, "init").returncode == 0
+    assert run(data, "record", stdin=orjson.dumps(grant("with-1")).decode()).returncode == 0
+    at = ("--tenant", "demo", "--purpose", "marketing", "--at", "2025-06-01T00:00:00Z")
+    recipients = "\n\nwith-1\n  \nwithout-1\n"  # lines 3 and 5
+    text = run(data, "check", *at, stdin=recipients)
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.splitlines()[1].startswith("  line 5: sid "), text.stdout
+    answer = orjson.loads(run(data, "check", *at, "--json", stdin=recipients).stdout)
+    [lacking] = answer["without_consent"]
+    assert (lacking["index"], lacking["line"], lacking["reason"]) == (1, 5, "unknown_subject")
+    sids = run(data, "check", *at, "--sids", stdin="\n" + "0" * 32 + "\n\nnot-a-sid\n")
+    assert sids.returncode == 2 and "line 4 is not a sid" in sids.stderr, sids.stderr
+
+
 @pytest.mark.parametrize("name", ["", "   ", "a\nb", "tab\there", "x" * 65])
 def test_a_tenant_name_no_fact_could_carry_is_refused(tmp_path: Path, name: str) -> None:
     refused = run(tmp_path / "data", "tenants", "create", name)

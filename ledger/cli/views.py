@@ -264,17 +264,19 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
         text = read_input(args.file).decode("utf-8-sig")
     except UnicodeDecodeError:
         raise CliError(f"{args.file} is not UTF-8 text") from None
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    # Blank lines are skipped, but each reference keeps the number of its line in the file:
+    # counting only the others sent the officer to the wrong recipient's line.
+    numbered = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     ledger = open_ledger(settings)
     views = Views(ledger)
     try:
         sids = []
-        for i, line in enumerate(lines):
+        for n, line in numbered:
             if args.sids:
                 try:
                     sids.append(uuid.UUID(hex=line).hex)
                 except ValueError:
-                    raise CliError(f"line {i + 1} is not a sid (32 hex digits)") from None
+                    raise CliError(f"line {n} is not a sid (32 hex digits)") from None
             else:
                 sids.append(ledger.sid(args.tenant, line).hex)
         known_purpose(ledger, args.tenant, args.purpose)
@@ -285,6 +287,8 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
         ledger.close()
     report = check_report(args.purpose, at, known_at, results)
     lacking = report["without_consent"]
+    for row in lacking:  # the HTTP answer's fields, and the line in the file
+        row["line"] = numbered[row["index"]][0]
     if args.json:
         print_json(report)
     else:
@@ -294,7 +298,7 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
         )
         for row in lacking:
             say(
-                f"  line {row['index'] + 1}: sid {row['sid']}: {row['reason']}"
+                f"  line {row['line']}: sid {row['sid']}: {row['reason']}"
                 + (f" at {row['since']}" if row["since"] else "")
             )
     return 0
