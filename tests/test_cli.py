@@ -232,6 +232,25 @@ def test_input_that_is_not_utf8_is_refused_where_it_is_read(data: Path, tmp_path
     assert refused.returncode == 2 and "is not UTF-8 text" in refused.stderr, refused.stderr
 
 
+def test_a_fact_of_json_lines_is_answered_with_its_line_in_the_file(tmp_path: Path) -> None:
+    """A rejected fact's `index` counts facts; after a blank line that is not its line, and
+    whoever fixes the file needs the line. A JSON document's facts are not lines."""
+    data = tmp_path / "data"
+    assert run(data, "init").returncode == 0
+    good, bad = grant("l-1", event_id="l-g"), grant("l-1", event_id="l-b", purposes=("lottery",))
+    text = f"\n{orjson.dumps(good).decode()}\n\n   \n{orjson.dumps(bad).decode()}\n"
+    out = run(data, "record", stdin=text)
+    assert out.returncode == 1, out.stderr
+    answers = [orjson.loads(line) for line in out.stdout.splitlines()]
+    assert [(a["index"], a["line"]) for a in answers] == [(0, 2), (1, 5)]
+    assert answers[1]["rejected"]["code"] == "unknown_purpose"
+    document = run(data, "record", stdin=orjson.dumps([good, bad]).decode())
+    assert [set(orjson.loads(line)) for line in document.stdout.splitlines()] == [
+        {"index", "receipt"},
+        {"index", "rejected"},
+    ]
+
+
 def test_a_campaign_check_names_each_recipient_by_its_line_in_the_file(tmp_path: Path) -> None:
     """Blank lines are skipped; the lines after them were numbered as if they were not
     there, so "line 2 lacked consent" sent the officer to another recipient."""

@@ -68,11 +68,13 @@ def test_publish_through_intake_to_a_running_worker(tmp_path: Path, kafka_bootst
                 withdraw("pub-1", event_id="p3", occurred_at="2025-03-02T10:00:00+05:00")
             ).decode(),
         ]
-        out = cli(env, "publish", "--wait", "120", stdin="\n".join(facts))
+        # A blank line between two: each answer names its line in the file too.
+        text = "\n".join(facts[:2]) + "\n\n" + "\n".join(facts[2:])
+        out = cli(env, "publish", "--wait", "120", stdin=text)
         assert out.returncode == 1, out.stderr
         assert out.stderr.strip() == "consent-ledger: 2 of 4 facts rejected (see stdout)"
         lines = [orjson.loads(line) for line in out.stdout.splitlines()]
-        assert [line["index"] for line in lines] == [0, 1, 2, 3]
+        assert [(line["index"], line["line"]) for line in lines] == [(0, 1), (1, 2), (2, 4), (3, 5)]
         assert lines[0]["receipt"]["event_id"] == "p1" and "partition" in lines[0]["receipt"]
         assert lines[1]["rejected"]["code"] == "invalid_json"
         assert lines[2]["rejected"]["code"] == "purpose_not_in_force"

@@ -8,7 +8,7 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, NamedTuple, TextIO
 
 import orjson
 
@@ -171,7 +171,21 @@ def read_input(path: str) -> bytes:
         raise CliError(f"cannot read {path}: {e.strerror}") from None
 
 
-def read_facts(data: bytes) -> Iterator[bytes | FactRejected | Any]:
+class InputFacts(NamedTuple):
+    """The facts of an input, and for JSON Lines the line in the file each came from."""
+
+    items: list[bytes | FactRejected | Any]
+    lines: list[int] | None  # None: one JSON document, whose facts are not lines
+
+    def answer(self, index: int, **outcome: Any) -> dict[str, Any]:
+        """A fact's line of output: its `index` among the facts and, for JSON Lines, its
+        `line` in the file (blank lines are skipped, so the two part after one)."""
+        if self.lines is None:
+            return {"index": index, **outcome}
+        return {"index": index, "line": self.lines[index], **outcome}
+
+
+def read_facts(data: bytes) -> InputFacts:
     """A JSON object, a JSON array of objects, or JSON Lines; bad lines become rejections,
     and so does a document's fact with an object that names a member twice (a refusal in
     its place: the decoded object has lost one of the two)."""
@@ -192,12 +206,13 @@ def read_facts(data: bytes) -> Iterator[bytes | FactRejected | Any]:
             raise CliError(f"the input nests deeper than {MAX_DEPTH} levels") from None
         facts: list[Any] = whole if isinstance(whole, list) else [whole]
         marks: list[Any] = [exact] if isinstance(whole, dict) else exact or []
-        for i, fact in enumerate(facts):
-            yield named_twice() if exact is not None and repeats_a_name(marks[i]) else fact
-        return
-    for line in data.splitlines():
-        if line.strip():
-            yield line
+        items = [
+            named_twice() if exact is not None and repeats_a_name(marks[i]) else fact
+            for i, fact in enumerate(facts)
+        ]
+        return InputFacts(items, None)
+    numbered = [(n, line) for n, line in enumerate(data.splitlines(), 1) if line.strip()]
+    return InputFacts([line for _, line in numbered], [n for n, _ in numbered])
 
 
 def subject_args(p: argparse.ArgumentParser) -> None:

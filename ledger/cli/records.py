@@ -75,7 +75,8 @@ def cmd_record(args: argparse.Namespace, settings: Settings) -> int:
     answered: the output then says exactly what was recorded, and the same input again
     finishes the rest. A second Ctrl-C stops at once (the batch in hand is rolled back whole).
     """
-    items = list(read_facts(read_input(args.file)))
+    given = read_facts(read_input(args.file))
+    items = given.items
     ledger = open_ledger(settings)
     rejected = 0
     busy: ErasureNotOverwritten | None = None
@@ -121,9 +122,9 @@ def cmd_record(args: argparse.Namespace, settings: Settings) -> int:
                 final = early if early is not None else next(recorded)
                 if isinstance(final, FactRejected):
                     rejected += 1
-                    line = {"index": start + offset, "rejected": final.as_dict()}
+                    line = given.answer(start + offset, rejected=final.as_dict())
                 else:
-                    line = {"index": start + offset, "receipt": final.as_dict()}
+                    line = given.answer(start + offset, receipt=final.as_dict())
                 sys.stdout.write(json_text(orjson.dumps(line)) + "\n")
             sys.stdout.flush()  # a batch's lines are out before the next batch starts
     finally:
@@ -143,7 +144,8 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
 
     if settings.backend != "kafka":
         raise CliError("publish needs Kafka mode (LEDGER_BACKEND=kafka); use record")
-    items = list(read_facts(read_input(args.file)))
+    given = read_facts(read_input(args.file))
+    items = given.items
     # A fact refused as read (an object naming a member twice) is not sent: its decoded
     # form has lost one of the two. It is reported in its place.
     to_send = [item for item in items if not isinstance(item, FactRejected)]
@@ -157,12 +159,10 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
         if args.no_wait:
             for index, p in enumerate(placed):
                 if isinstance(p, FactRejected):
-                    line = {"index": index, "rejected": p.as_dict()}
+                    line = given.answer(index, rejected=p.as_dict())
                 else:
-                    line = {
-                        "index": index,
-                        "published": {"partition": p.partition, "offset": p.offset},
-                    }
+                    where = {"partition": p.partition, "offset": p.offset}
+                    line = given.answer(index, published=where)
                 sys.stdout.write(json_text(orjson.dumps(line)) + "\n")
             refused = sum(1 for p in placed if isinstance(p, FactRejected))
             if refused:
@@ -180,9 +180,9 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
     for index, result in enumerate(results):
         if isinstance(result, FactRejected):
             rejected += 1
-            line = {"index": index, "rejected": result.as_dict()}
+            line = given.answer(index, rejected=result.as_dict())
         else:
-            line = {"index": index, "receipt": result.as_dict()}
+            line = given.answer(index, receipt=result.as_dict())
         sys.stdout.write(json_text(orjson.dumps(line)) + "\n")
     if rejected:
         return fail(f"{rejected} of {len(items)} facts rejected (see stdout)", EXIT_REJECTED)
