@@ -251,6 +251,28 @@ def test_a_fact_of_json_lines_is_answered_with_its_line_in_the_file(tmp_path: Pa
     ]
 
 
+def test_the_trail_table_shows_each_time_and_event_id_whole(tmp_path: Path) -> None:
+    """The table cut `occurred_at` to 25 characters and `event_id` to 22: a time with a
+    fraction of a second lost its offset (read as local time, or as UTC), and two facts
+    whose ids began alike showed the same id."""
+    data = tmp_path / "data"
+    assert run(data, "init").returncode == 0
+    long_ids = [f"campaign-2025-spring-signup-{n}" for n in (1, 2)]
+    facts = [
+        grant("w-1", event_id=long_ids[0], occurred_at="2025-03-01T10:00:00.123456+05:00"),
+        grant("w-1", event_id=long_ids[1], occurred_at="2025-03-01T11:00:00+05:00"),
+    ]
+    assert run(data, "record", stdin=orjson.dumps(facts).decode()).returncode == 0
+    table = run(data, "trail", "--tenant", "demo", "w-1")
+    assert table.returncode == 0, table.stderr
+    rows = [line.split() for line in table.stdout.splitlines()[2:4]]
+    assert [row[2] for row in rows] == [
+        "2025-03-01T10:00:00.123456+05:00",
+        "2025-03-01T11:00:00+05:00",
+    ]
+    assert [row[4] for row in rows] == long_ids
+
+
 def test_a_campaign_check_names_each_recipient_by_its_line_in_the_file(tmp_path: Path) -> None:
     """Blank lines are skipped; the lines after them were numbered as if they were not
     there, so "line 2 lacked consent" sent the officer to another recipient."""

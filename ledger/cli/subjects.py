@@ -17,6 +17,7 @@ from ledger.cli.common import (
     say,
     subject_args,
 )
+from ledger.controls import visible
 from ledger.envelope import parse_known_at, parse_time
 from ledger.settings import Settings
 
@@ -209,7 +210,14 @@ def print_trail(trail: dict[str, Any]) -> None:
     )
     # Kafka mode places a fact by partition and offset ("1:115"), as its receipt does.
     width = 9 if any("partition" in f for f in trail["facts"]) else 5
-    say(f"  {'pos':>{width}} {'v':>2}  {'occurred_at':<25} {'type':<19} {'event_id':<22} details")
+    # Columns as wide as their longest value: a time cut to 25 characters lost its offset
+    # (and digits of its second), an event_id cut to 22 could be another fact's.
+    when = max([25, *(len(f["occurred_at"]) for f in trail["facts"])])
+    ids = max([22, *(len(visible(f["event_id"] or "-")) for f in trail["facts"])])
+    say(
+        f"  {'pos':>{width}} {'v':>2}  {'occurred_at':<{when}} {'type':<19} "
+        f"{'event_id':<{ids}} details"
+    )
     for f in trail["facts"]:
         place = f"{f['partition']}:{f['position']}" if "partition" in f else f["position"] or ""
         details = dict(f["details"])
@@ -219,12 +227,12 @@ def print_trail(trail: dict[str, Any]) -> None:
         if len(text) > 110:
             text = text[:107] + "..."
         say(
-            f"  {place:>{width}} {f['version']:>2}  {f['occurred_at'][:25]:<25} "
-            f"{f['type']:<19} {(f['event_id'] or '-')[:22]:<22} {text}"
+            f"  {place:>{width}} {f['version']:>2}  {f['occurred_at']:<{when}} "
+            f"{f['type']:<19} {visible(f['event_id'] or '-'):<{ids}} {text}"
         )
         if f["personal_data"] is not None:
             say(
-                f"  {'':>{width}} {'':>2}  {'':<25} {'':<19} {'':<22} personal data: "
+                f"  {'':>{width}} {'':>2}  {'':<{when}} {'':<19} {'':<{ids}} personal data: "
                 f"{orjson.dumps(f['personal_data']).decode()}"
             )
     if trail["facts"]:
