@@ -273,6 +273,22 @@ def test_the_trail_table_shows_each_time_and_event_id_whole(tmp_path: Path) -> N
     assert [row[4] for row in rows] == long_ids
 
 
+def test_who_says_on_stderr_when_a_page_may_not_be_all(tmp_path: Path) -> None:
+    """`who` lists at most --limit sids (default 1,000); its list stopped there without a
+    word, so `who ... | wc -l` counted 1,000 where more had consent."""
+    data = tmp_path / "data"
+    assert run(data, "init").returncode == 0
+    facts = [grant(f"who-{n}") for n in range(3)]
+    assert run(data, "record", stdin=orjson.dumps(facts).decode()).returncode == 0
+    at = ("--tenant", "demo", "--purpose", "marketing", "--at", "2025-06-01T00:00:00Z")
+    first = run(data, "who", *at, "--limit", "2")
+    assert first.returncode == 0, first.stderr
+    [_, two] = first.stdout.split()
+    assert first.stderr == f"more may follow: --after {two}\n"
+    rest = run(data, "who", *at, "--limit", "2", "--after", two)
+    assert len(rest.stdout.split()) == 1 and rest.stderr == ""
+
+
 def test_a_campaign_check_names_each_recipient_by_its_line_in_the_file(tmp_path: Path) -> None:
     """Blank lines are skipped; the lines after them were numbered as if they were not
     there, so "line 2 lacked consent" sent the officer to another recipient."""

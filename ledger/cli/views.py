@@ -366,6 +366,10 @@ def cmd_who(args: argparse.Namespace, settings: Settings) -> int:
         print_json(page)
     else:
         print("\n".join(sids))  # the views' own hex: nothing in them can act
+        if page["next"]:
+            # A full page: more may follow. Said on stderr, so stdout stays a list of sids,
+            # but said: a count of these lines stopped silently at the default 1,000.
+            say(f"more may follow: --after {page['next']}", file=sys.stderr)
     return 0
 
 
