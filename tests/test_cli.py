@@ -289,6 +289,17 @@ def test_who_says_on_stderr_when_a_page_may_not_be_all(tmp_path: Path) -> None:
     assert len(rest.stdout.split()) == 1 and rest.stderr == ""
 
 
+@pytest.mark.parametrize("given", ["", "  \n\n", "[]", " [ ]\n"])
+def test_an_input_without_facts_is_said_so(tmp_path: Path, given: str) -> None:
+    """An empty array was answered with nothing and exit 0, where an empty file was an
+    error: a file that should have held facts and holds none is said so either way."""
+    data = tmp_path / "data"
+    assert run(data, "init").returncode == 0
+    out = run(data, "record", stdin=given)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.startswith("consent-ledger: no facts in the input"), out.stderr
+
+
 def test_a_campaign_check_names_each_recipient_by_its_line_in_the_file(tmp_path: Path) -> None:
     """Blank lines are skipped; the lines after them were numbered as if they were not
     there, so "line 2 lacked consent" sent the officer to another recipient."""

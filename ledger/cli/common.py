@@ -199,6 +199,10 @@ def read_facts(data: bytes) -> InputFacts:
         whole = orjson.loads(stripped)
     except orjson.JSONDecodeError:
         whole = None
+    if whole == []:
+        # As an empty input: a file that should have held facts and holds none is said so,
+        # not answered with nothing and exit 0.
+        raise CliError("no facts in the input (an empty array)")
     if isinstance(whole, list | dict):
         try:
             exact = marked(stripped, whole)
