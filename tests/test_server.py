@@ -140,3 +140,70 @@ def test_serve_refuses_a_configuration_it_cannot_start_with_in_one_line(tmp_path
             out.stderr.startswith("consent-ledger: configuration: ") and out.stderr.count("\n") == 1
         )
         assert wrong_key not in out.stderr
+
+
+def test_serve_demo_prints_an_address_and_a_key_that_work(tmp_path: Path) -> None:
+    """`make run`'s promise: the lines it prints are a working address (the port taken,
+    with --port 0 too, where the banner said ":0") and key, and the curl it shows records a
+    grant and reads it back."""
+    import re
+    import shlex
+    import signal
+
+    from tests.cli_support import line_within
+
+    server = subprocess.Popen(
+        [sys.executable, "-m", "ledger.cli", "serve", "--demo", "--subjects", "8", "--port", "0"],
+        env={**os.environ, "LEDGER_DATA_DIR": str(tmp_path / "data")},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        lines = [line_within(server.stdout).rstrip("\n")]
+        while not lines[-1].startswith("  curl -s http"):  # the banner's last line
+            lines.append(line_within(server.stdout).rstrip("\n"))
+        serving = next(line for line in lines if line.startswith("serving the demo tenant on "))
+        base = serving.split()[5]
+        assert re.fullmatch(r"http://127\.0\.0\.1:[1-9][0-9]*", base), serving
+        key = next(line for line in lines if line.startswith("API key")).rsplit(" ", 1)[1]
+        # The printed curl, as a person would paste it: one command over three lines.
+        start = next(i for i, line in enumerate(lines) if line.startswith("  curl -s -X POST"))
+        words = shlex.split(" ".join(line.rstrip("\\") for line in lines[start : start + 4]))
+        body = words[words.index("-d") + 1]
+        assert words[4] == f"{base}/v1/facts" and f"Authorization: Bearer {key}" in words
+        headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+        recorded = httpx.post(words[4], content=body, headers=headers, timeout=30)
+        assert recorded.status_code == 201, recorded.text
+        sid = recorded.json()["sid"]
+        read = httpx.get(f"{base}/v1/subjects/{sid}/consents", headers=headers, timeout=30)
+        assert read.status_code == 200, read.text
+        marketing = [p for p in read.json()["purposes"] if p["purpose"] == "marketing"]
+        assert marketing[0]["state"] == "granted"
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.communicate(timeout=60)
+
+
+def test_serve_on_a_port_in_use_says_so_before_loading_anything(tmp_path: Path) -> None:
+    """A port in use ended in uvicorn's error and exit 3 (this CLI's "no such subject"),
+    after the demo was loaded and a key made and printed for a service that never ran."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        refused = subprocess.run(
+            [sys.executable, "-m", "ledger.cli", "serve", "--demo", "--port", str(port)],
+            env={**os.environ, "LEDGER_DATA_DIR": str(tmp_path / "data")},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert refused.returncode == 6, refused.stderr
+    assert refused.stdout == ""
+    assert refused.stderr == (
+        f"consent-ledger: serve: cannot listen on 127.0.0.1 port {port}: Address already in use\n"
+    )

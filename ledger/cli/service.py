@@ -7,6 +7,7 @@ import contextlib
 import faulthandler
 import logging
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from typing import Any
 
 from ledger.cli.common import (
     EXIT_FENCED,
+    EXIT_UNAVAILABLE,
     CliError,
     demo_subjects,
     fail,
@@ -76,6 +78,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
                 views.close()
     finally:
         ledger.close()
+    # The address is taken before the demo is loaded and a key made: a port in use ended
+    # in uvicorn's own error and exit 3, this CLI's "no such subject", after both.
+    listening = listening_socket(args.host, args.port)
     if args.demo:
         cmd_demo(argparse.Namespace(subjects=args.subjects), settings)
         keys = ApiKeys(keys_path(settings))
@@ -83,9 +88,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             _, key = keys.create("demo", {"publisher", "compliance", "admin"})
         finally:
             keys.close()
-        base = f"http://{args.host}:{args.port}"
-        say(
-            f"""
+        port = listening.getsockname()[1]  # the one taken, for --port 0 too
+        host = f"[{args.host}]" if ":" in args.host else args.host
+        base = f"http://{host}:{port}"
+        banner = f"""
 serving the demo tenant on {base}  (OpenAPI: {base}/docs)
 API key (demo tenant; publisher, compliance, admin): {key}
 
@@ -96,9 +102,9 @@ record a grant:
     "policy_version": "crmpro-1.0", "purposes": ["marketing"]}}'
 read it back (the sid is in the receipt):
   curl -s {base}/v1/subjects/SID/consents -H 'Authorization: Bearer {key}'
-""",
-            flush=True,
-        )
+"""
+        for line in banner.splitlines():  # say() keeps each line one line
+            say(line, flush=True)
     from api.logs import configure
 
     configure()
@@ -123,10 +129,32 @@ read it back (the sid is in the receipt):
     )
     server = Server(config)
     with stacks_on_sigusr1(), contextlib.suppress(KeyboardInterrupt):  # uvicorn.run's too
-        server.run()
+        server.run(sockets=[listening])
     if not server.started:
-        return 3  # as uvicorn.run exits when the server could not start (a port in use)
+        # The application's startup failed (uvicorn printed why); uvicorn.run exits 3.
+        return fail("serve: the service did not start (the lines above say why)", EXIT_UNAVAILABLE)
     return 0
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to the address `serve` was given, for uvicorn to listen on; an address
+    that cannot be had is one line and exit 6 (in use, not this host's) or 2 (no such host)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as e:
+        raise CliError(f"serve: --host {host!r} names no address here: {e.strerror}") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds its own
+    try:
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        raise CliError(
+            f"serve: cannot listen on {host} port {port}: {e.strerror}", EXIT_UNAVAILABLE
+        ) from None
+    return sock
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
