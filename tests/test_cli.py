@@ -300,6 +300,21 @@ def test_an_input_without_facts_is_said_so(tmp_path: Path, given: str) -> None:
     assert out.stderr.startswith("consent-ledger: no facts in the input"), out.stderr
 
 
+def test_replay_says_what_the_store_holds_as_known_then(tmp_path: Path) -> None:
+    """`replay --known-at` before the facts were recorded reads every entry and keeps none;
+    "replayed 3 log entries" alone read as if the store held them."""
+    data = tmp_path / "data"
+    assert run(data, "init").returncode == 0
+    assert run(data, "record", stdin=orjson.dumps(grant("r-1")).decode()).returncode == 0
+    before = run(
+        data, "replay", "--into", str(tmp_path / "then"), "--known-at", "2001-01-01T00:00:00Z"
+    )
+    assert before.returncode == 0, before.stderr
+    assert before.stdout.rstrip().endswith(": 0 subjects, 0 of their facts"), before.stdout
+    now = run(data, "replay", "--into", str(tmp_path / "now"))
+    assert now.stdout.rstrip().endswith(": 1 subjects, 1 of their facts"), now.stdout
+
+
 def test_a_campaign_check_names_each_recipient_by_its_line_in_the_file(tmp_path: Path) -> None:
     """Blank lines are skipped; the lines after them were numbered as if they were not
     there, so "line 2 lacked consent" sent the officer to another recipient."""
