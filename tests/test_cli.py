@@ -315,6 +315,36 @@ def test_replay_says_what_the_store_holds_as_known_then(tmp_path: Path) -> None:
     assert now.stdout.rstrip().endswith(": 1 subjects, 1 of their facts"), now.stdout
 
 
+def test_a_subject_reference_may_come_from_stdin_not_the_command_line(tmp_path: Path) -> None:
+    """A reference is personal data: as an argument, every user of the machine reads it in
+    the process list. SUBJECT '-' takes it from stdin's first line instead."""
+    data = tmp_path / "data"
+    assert run(data, "init").returncode == 0
+    person = "aziz@example.uz"
+    assert run(data, "record", stdin=orjson.dumps(grant(person)).decode()).returncode == 0
+    for command in (
+        ("consents", "--json"),
+        ("trail", "--json"),
+        ("report", "--json"),
+        ("evidence",),
+    ):
+        named = run(data, command[0], person, "--tenant", "demo", *command[1:])
+        piped = run(data, command[0], "-", "--tenant", "demo", *command[1:], stdin=f"{person}\r\n")
+        assert named.returncode == piped.returncode == 0, (command, piped.stderr)
+        drop = {"as_of", "known_at", "tree_head", "subject_head", "generated_at"}
+        keep = {k: v for k, v in orjson.loads(piped.stdout).items() if k not in drop}
+        assert keep == {k: v for k, v in orjson.loads(named.stdout).items() if k not in drop}
+    erased = run(
+        data, "erase", "-", "--tenant", "demo", "--ground", "subject_request", stdin=person
+    )
+    assert erased.returncode == 0, erased.stderr
+    assert orjson.loads(run(data, "consents", person, "--tenant", "demo", "--json").stdout)[
+        "erased"
+    ]
+    nothing = run(data, "trail", "-", "--tenant", "demo", stdin="")
+    assert nothing.returncode == 2 and "stdin, which gave none" in nothing.stderr
+
+
 def test_a_campaign_check_names_each_recipient_by_its_line_in_the_file(tmp_path: Path) -> None:
     """Blank lines are skipped; the lines after them were numbered as if they were not
     there, so "line 2 lacked consent" sent the officer to another recipient."""

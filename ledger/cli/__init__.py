@@ -20,6 +20,7 @@ from ledger.cli.common import (
     EXIT_USAGE,
     CliError,
     fail,
+    subject_from_stdin,
 )
 from ledger.errors import FactRejected
 from ledger.keystore import KeyStoreBusyError
@@ -38,6 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tune()
     try:
         settings = Settings.from_env()
+        subject_from_stdin(args)
         result: int = args.run(args, settings)
         return result
     except CliError as e:

@@ -148,6 +148,19 @@ def current_views(settings: Settings, name: str) -> Iterator[tuple[ConsentLedger
         ledger.close()
 
 
+def subject_from_stdin(args: argparse.Namespace) -> None:
+    """SUBJECT `-`: the reference is the first line of stdin. A reference is personal data
+    (an email, a phone number); on the command line every user of the machine sees it in
+    the process list, and the shell keeps it in its history."""
+    if getattr(args, "subject", None) != "-":
+        return
+    line = sys.stdin.readline()
+    reference = line.removesuffix("\n").removesuffix("\r")
+    if not reference:
+        raise CliError("SUBJECT '-' reads the subject's reference from stdin, which gave none")
+    args.subject = reference
+
+
 def subject_sid(ledger: ConsentLedger, args: argparse.Namespace) -> uuid.UUID:
     return given_sid(args.subject) if args.sid else ledger.sid(args.tenant, args.subject)
 
@@ -221,7 +234,10 @@ def read_facts(data: bytes) -> InputFacts:
 
 def subject_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "subject", metavar="SUBJECT", help="the publisher's reference (or a sid with --sid)"
+        "subject",
+        metavar="SUBJECT",
+        help="the publisher's reference (or a sid with --sid); '-' reads it from the first "
+        "line of stdin, out of the process list and the shell's history",
     )
     p.add_argument("--tenant", required=True)
     p.add_argument("--sid", action="store_true", help="SUBJECT is a sid, not a reference")
