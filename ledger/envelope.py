@@ -470,7 +470,9 @@ def _policy_published(obj: dict[str, Any]) -> dict[str, Any]:
             "retention_days": retention,
         }
     text = obj.get("text")
-    if not isinstance(text, str) or not text:
+    if text is not None and not isinstance(text, str):
+        raise FactRejected(Code.INVALID_FIELD, "field 'text' must be a string", "text")
+    if not text:
         raise FactRejected(
             Code.MISSING_FIELD, "field 'text' (the policy's full text) is required", "text"
         )

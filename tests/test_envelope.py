@@ -75,6 +75,17 @@ def test_wrong_types_and_values(changes: dict[str, Any], code: Code, field: str)
     assert error.field == field
 
 
+def test_a_policy_text_that_is_not_a_string_is_named_so() -> None:
+    """It was "field 'text' (the policy's full text) is required", for a text that was
+    there, as a number."""
+    from ledger.policy import seed_policy_fact
+
+    for wrong in (5, ["Maxfiylik siyosati"], {"uz": "..."}):
+        assert refused({**seed_policy_fact(), "text": wrong}, Code.INVALID_FIELD).field == "text"
+    for missing in ("", None):
+        assert refused({**seed_policy_fact(), "text": missing}, Code.MISSING_FIELD).field == "text"
+
+
 def test_messages_never_echo_values() -> None:
     secret = "+998901234567"
     for bad in (
