@@ -62,11 +62,15 @@ def visible(text: str, *, lines: bool = False) -> str:
     for char in text:
         if char.isprintable() or (lines and char == "\n"):
             out.append(char)
-        elif char in _SHORT:
-            out.append(_SHORT[char])
-        elif ord(char) > 0xFFFF:
-            high, low = divmod(ord(char) - 0x10000, 0x400)
-            out.append(f"\\u{0xD800 + high:04x}\\u{0xDC00 + low:04x}")
         else:
-            out.append(f"\\u{ord(char):04x}")
+            out.append(_SHORT.get(char) or json_escape(char))
     return "".join(out)
+
+
+def json_escape(char: str) -> str:
+    """`char` as JSON writes it escaped: `\\u001b`, or a surrogate pair above the BMP."""
+    code = ord(char)
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    high, low = divmod(code - 0x10000, 0x400)
+    return f"\\u{0xD800 + high:04x}\\u{0xDC00 + low:04x}"

@@ -345,6 +345,39 @@ def test_a_subject_reference_may_come_from_stdin_not_the_command_line(tmp_path: 
     assert nothing.returncode == 2 and "stdin, which gave none" in nothing.stderr
 
 
+def test_a_terminal_that_is_not_utf8_gets_escapes_not_a_traceback(tmp_path: Path) -> None:
+    """A Cyrillic name on a terminal set to Latin-1 or ASCII (an old server, a C locale
+    without UTF-8 mode) raised UnicodeEncodeError: a traceback, not the trail. Text gets
+    backslash escapes, JSON stays JSON (JSON escapes) and a policy's text its bytes."""
+    import hashlib
+
+    data = tmp_path / "data"
+    assert run(data, "init").returncode == 0
+    name = "Турсунова Азиза O\u02bbg\u02bbil \U0001d49c"  # and a letter beyond the BMP
+    fact = grant("cyr-1", personal_data={"full_name": name})
+    assert run(data, "record", stdin=orjson.dumps(fact).decode()).returncode == 0
+    seed_text = seed_policy_fact()["text"].encode()
+
+    def on(encoding: str, *args: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [sys.executable, "-m", "ledger.cli", *args, "--tenant", "demo"],
+            env={**os.environ, "LEDGER_DATA_DIR": str(data), "PYTHONIOENCODING": encoding},
+            capture_output=True,
+            timeout=120,
+        )
+
+    for encoding in ("latin-1", "ascii", "cp1251"):
+        text = on(encoding, "trail", "cyr-1")
+        assert text.returncode == 0 and text.stderr == b"", (encoding, text.stderr)
+        assert "Audit trail of subject" in text.stdout.decode(encoding)
+        report = on(encoding, "report", "cyr-1", "--json")
+        assert report.returncode == 0, (encoding, report.stderr)
+        assert orjson.loads(report.stdout)["personal_data"] == {"full_name": name}, encoding
+        policy_text = on(encoding, "policies", "show", "crmpro-1.0", "--text")
+        assert policy_text.returncode == 0, (encoding, policy_text.stderr)
+        assert hashlib.sha256(policy_text.stdout).digest() == hashlib.sha256(seed_text).digest()
+
+
 def test_a_campaign_check_names_each_recipient_by_its_line_in_the_file(tmp_path: Path) -> None:
     """Blank lines are skipped; the lines after them were numbered as if they were not
     there, so "line 2 lacked consent" sent the officer to another recipient."""

@@ -29,6 +29,7 @@ from ledger.storage import storage_failure
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    _never_unencodable()
     parser = _parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
@@ -102,6 +103,17 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         self.register("action", None, _Once)
         self.register("action", "store", _Once)
+
+
+def _never_unencodable() -> None:
+    """A terminal whose encoding is not UTF-8 (a server set to CP1251 or Latin-1) cannot
+    show a Cyrillic name; printing one raised UnicodeEncodeError, a traceback. What it
+    cannot encode is written as a backslash escape instead (and JSON as JSON escapes:
+    `common.json_text`)."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
 
 
 def _parser() -> argparse.ArgumentParser:

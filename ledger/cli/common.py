@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import contextlib
 import sys
 import uuid
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TextIO
 import orjson
 
 from ledger.application import ConsentLedger
-from ledger.controls import visible
+from ledger.controls import json_escape, visible
 from ledger.envelope import named_twice
 from ledger.errors import FactRejected
 from ledger.fsync import write_new_private
@@ -64,8 +65,20 @@ def print_json(value: Any) -> None:
 
 def json_text(data: bytes) -> str:
     """JSON for a terminal: orjson escapes the C0 controls only; the rest that would act
-    (DEL, C1, bidirectional overrides) is escaped too, the same value read back."""
-    return visible(data.decode(), lines=True)
+    (DEL, C1, bidirectional overrides) is escaped too, the same value read back. On a
+    stdout that is not UTF-8 every character beyond ASCII is a JSON escape as well: the
+    backslash escapes it would otherwise get are not JSON."""
+    text = visible(data.decode(), lines=True)
+    if _writes_utf8(sys.stdout) or text.isascii():
+        return text
+    return "".join(char if char.isascii() else json_escape(char) for char in text)
+
+
+def _writes_utf8(stream: TextIO) -> bool:
+    try:
+        return codecs.lookup(stream.encoding or "utf-8").name == "utf-8"
+    except LookupError:
+        return False
 
 
 def about_subject(

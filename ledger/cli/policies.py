@@ -61,7 +61,10 @@ def cmd_policies_show(args: argparse.Namespace, settings: Settings) -> int:
         if args.json:
             print_json(policy_text(found))
         else:
-            sys.stdout.write(found.text)
+            # UTF-8 bytes whatever the terminal's encoding: these are what the hash is of.
+            sys.stdout.flush()
+            sys.stdout.buffer.write(found.text.encode())
+            sys.stdout.buffer.flush()
         return 0
     if args.json:
         print_json(found.as_dict())
