@@ -354,7 +354,7 @@ def test_a_terminal_that_is_not_utf8_gets_escapes_not_a_traceback(tmp_path: Path
     data = tmp_path / "data"
     assert run(data, "init").returncode == 0
     name = "Турсунова Азиза O\u02bbg\u02bbil \U0001d49c"  # and a letter beyond the BMP
-    fact = grant("cyr-1", personal_data={"full_name": name})
+    fact = grant("контакт-1", personal_data={"full_name": name})
     assert run(data, "record", stdin=orjson.dumps(fact).decode()).returncode == 0
     seed_text = seed_policy_fact()["text"].encode()
 
@@ -367,12 +367,20 @@ def test_a_terminal_that_is_not_utf8_gets_escapes_not_a_traceback(tmp_path: Path
         )
 
     for encoding in ("latin-1", "ascii", "cp1251"):
-        text = on(encoding, "trail", "cyr-1")
+        text = on(encoding, "trail", "контакт-1")
         assert text.returncode == 0 and text.stderr == b"", (encoding, text.stderr)
         assert "Audit trail of subject" in text.stdout.decode(encoding)
-        report = on(encoding, "report", "cyr-1", "--json")
+        report = on(encoding, "report", "контакт-1", "--json")
         assert report.returncode == 0, (encoding, report.stderr)
         assert orjson.loads(report.stdout)["personal_data"] == {"full_name": name}, encoding
+        piped = subprocess.run(
+            [sys.executable, "-m", "ledger.cli", "consents", "-", "--tenant", "demo", "--json"],
+            env={**os.environ, "LEDGER_DATA_DIR": str(data), "PYTHONIOENCODING": encoding},
+            input="контакт-1\n".encode(),  # UTF-8, whatever the terminal says
+            capture_output=True,
+            timeout=120,
+        )
+        assert piped.returncode == 0, (encoding, piped.stderr)
         policy_text = on(encoding, "policies", "show", "crmpro-1.0", "--text")
         assert policy_text.returncode == 0, (encoding, policy_text.stderr)
         assert hashlib.sha256(policy_text.stdout).digest() == hashlib.sha256(seed_text).digest()

@@ -167,7 +167,12 @@ def subject_from_stdin(args: argparse.Namespace) -> None:
     the process list, and the shell keeps it in its history."""
     if getattr(args, "subject", None) != "-":
         return
-    line = sys.stdin.readline()
+    # Bytes, read as UTF-8 as every input is: decoded in the terminal's encoding, a
+    # reference beyond ASCII would be another reference (another sid), said "no such subject".
+    try:
+        line = sys.stdin.buffer.readline().decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise CliError("SUBJECT '-': stdin's first line is not UTF-8 text") from None
     reference = line.removesuffix("\n").removesuffix("\r")
     if not reference:
         raise CliError("SUBJECT '-' reads the subject's reference from stdin, which gave none")
