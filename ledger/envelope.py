@@ -119,9 +119,20 @@ def check_size(data: bytes) -> None:
         raise FactRejected(Code.OVERSIZE, f"a fact may be at most {MAX_FACT_BYTES} bytes")
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
+def without_bom(data: bytes) -> bytes:
+    """JSON bytes without a leading UTF-8 byte order mark. RFC 8259 forbids writing one
+    and lets a parser ignore it; .NET's and Windows PowerShell's UTF-8 writers add it, and
+    a fact refused as "not valid JSON" for an invisible mark tells its publisher nothing."""
+    return data[3:] if data.startswith(_BOM) else data
+
+
 def parse_fact_bytes(data: bytes, tenant: str | None = None) -> Fact:
     """Parse one fact from JSON bytes (a Kafka record value, an HTTP body, a CLI line)."""
     check_size(data)
+    data = without_bom(data)
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError:

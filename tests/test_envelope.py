@@ -34,6 +34,11 @@ def test_not_json_not_object_oversize() -> None:
     refused(b'"text"', Code.NOT_AN_OBJECT)
     big = orjson.dumps(grant(evidence={"x": "a" * MAX_FACT_BYTES}))
     refused(big, Code.OVERSIZE)
+    # A leading byte order mark is ignored (RFC 8259 allows it); one anywhere else is not.
+    given = grant()
+    fact = orjson.dumps(given)
+    assert parse_fact_bytes(b"\xef\xbb\xbf" + fact).event_id == given["event_id"]
+    refused(b" \xef\xbb\xbf" + fact, Code.INVALID_JSON)
 
 
 @pytest.mark.parametrize(

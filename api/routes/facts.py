@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from api.deps import SCHEME, Service, authorized, service_of
 from api.problems import Problem, problem_body, status_of
 from api.responses import OrjsonResponse
-from ledger.envelope import Fact, Received, check_size, named_twice, parse_fact
+from ledger.envelope import Fact, Received, check_size, named_twice, parse_fact, without_bom
 from ledger.errors import FactRejected
 from ledger.json_names import MAX_DEPTH, Repeated, TooDeep, marked, repeats_a_name
 from ledger.receipt import ErasureNotOverwritten, Outcome, Receipt
@@ -102,7 +102,7 @@ async def record_batch(
 ) -> OrjsonResponse:
     principal = authorized(request, PUBLISHERS)
     svc = service_of(request)
-    raw = await request.body()
+    raw = without_bom(await request.body())
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:

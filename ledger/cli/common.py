@@ -15,7 +15,7 @@ import orjson
 
 from ledger.application import ConsentLedger
 from ledger.controls import json_escape, visible
-from ledger.envelope import named_twice
+from ledger.envelope import named_twice, without_bom
 from ledger.errors import FactRejected
 from ledger.fsync import write_new_private
 from ledger.json_names import MAX_DEPTH, TooDeep, marked, repeats_a_name
@@ -117,7 +117,7 @@ def write_once(value: Any, out: str | None, what: str, summary: str) -> None:
 
 def load_json(path: str) -> Any:
     try:
-        return orjson.loads(read_input(path))
+        return orjson.loads(without_bom(read_input(path)))
     except orjson.JSONDecodeError:  # also for bytes that are not UTF-8
         raise CliError(f"{path} is not JSON") from None
 
@@ -220,7 +220,7 @@ def read_facts(data: bytes) -> InputFacts:
     """A JSON object, a JSON array of objects, or JSON Lines; bad lines become rejections,
     and so does a document's fact with an object that names a member twice (a refusal in
     its place: the decoded object has lost one of the two)."""
-    data = data.removeprefix(b"\xef\xbb\xbf")  # a byte order mark, as some editors save
+    data = without_bom(data)  # as some editors save
     stripped = data.strip()
     if not stripped:
         raise CliError("no facts in the input")

@@ -26,6 +26,7 @@ from kafka import KafkaProducer, TopicPartition
 from kafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
 
 from ledger.application import ConsentLedger
+from ledger.envelope import without_bom
 from ledger.errors import Code, FactRejected
 from ledger.kafka.clients import Consumer, close_producer
 from ledger.kafka.reachable import BrokerWatch
@@ -204,6 +205,7 @@ def _prepare(
     """The record's value as given (the writer judges it) and a key free of personal data."""
     obj: Any = item
     if isinstance(item, bytes):
+        item = without_bom(item)  # as the writer reads it: keyed as any other fact
         try:
             obj = orjson.loads(item)
         except orjson.JSONDecodeError:
