@@ -190,6 +190,15 @@ def parse_fact(obj: object, tenant: str | None = None) -> Fact:
         subject = None
     else:
         subject = _text(obj, "subject", required=True, max_len=256)
+        assert subject is not None
+        if subject != subject.strip():
+            # "ali@example.uz " from a spreadsheet would quietly be another person (another
+            # sid) than "ali@example.uz", and `check` reads its list with lines stripped.
+            raise FactRejected(
+                Code.INVALID_FIELD,
+                "field 'subject' must not begin or end with white space",
+                "subject",
+            )
     occurred_at = _time(obj, "occurred_at", required=True)
     assert occurred_at is not None
     source = _text(obj, "source", required=True, max_len=128)

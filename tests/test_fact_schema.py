@@ -65,6 +65,8 @@ def test_every_fact_the_parser_accepts_validates() -> None:
         {**seed_policy_fact(), "request_due_days": {"erasure": 1.5}},
         {**seed_policy_fact(), "request_due_days": [10]},
         {**grant(), "type": "consent.given"},
+        {**grant(), "subject": "ali@example.uz "},
+        {**grant(), "subject": "\tali@example.uz"},
     ],
 )
 def test_malformed_facts_fail_both(bad: dict[str, Any]) -> None:
