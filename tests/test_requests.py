@@ -169,6 +169,9 @@ def test_the_register_over_http(tmp_path: Path) -> None:
         bad_cursor = client.get("/v1/requests", params={"cursor": "x"}, headers=headers)
         bad_state = client.get("/v1/requests", params={"state": "lost"}, headers=headers)
         bad_time = client.get("/v1/requests", params={"received_from": "May"}, headers=headers)
+        # An inverted period listed nothing, which read as "no requests then".
+        inverted = {"received_from": at(-10), "received_to": at(-20)}
+        backwards = client.get("/v1/requests", params=inverted, headers=headers)
         forbidden = client.get("/v1/requests", headers={"Authorization": f"Bearer {publisher}"})
         sheet = client.get("/v1/requests", params={"format": "csv", "limit": 4}, headers=headers)
         four = client.get("/v1/requests", params={"limit": 4}, headers=headers).json()
@@ -182,6 +185,7 @@ def test_the_register_over_http(tmp_path: Path) -> None:
         "C",
         "D",
     ]
+    assert backwards.status_code == 422 and backwards.json()["field"] == "received_to"
     for response, field in ((bad_cursor, "cursor"), (bad_state, "state"), (bad_time, None)):
         assert response.status_code == 422, response.text
         assert response.headers["content-type"] == "application/problem+json"
@@ -236,6 +240,8 @@ def test_the_register_from_the_command_line(data: Path) -> None:
     assert sheet.stderr.startswith("more: --after ")
     nobody = run(data, "requests", "--tenant", "nobody")
     assert nobody.returncode == 3
+    backwards = run(data, "requests", "--tenant", "demo", "--from", at(-10), "--to", at(-20))
+    assert backwards.returncode == 2 and "--to is before --from" in backwards.stderr
 
 
 def test_metrics_count_open_and_overdue_requests_naming_no_tenant(tmp_path: Path) -> None:

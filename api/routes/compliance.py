@@ -286,6 +286,9 @@ def requests(
     its `next` in the `Next-Cursor` header."""
     start = parse_time(received_from, "received_from") if received_from else None
     end = parse_time(received_to, "received_to") if received_to else None
+    if start is not None and end is not None and end < start:
+        # An empty page would read as "no requests in that period".
+        raise Problem(422, "invalid_field", "received_to is before received_from", "received_to")
     tenant = svc.ledger.tenant(principal.tenant, shared=True)
     svc.views.refresh()
     try:

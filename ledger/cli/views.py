@@ -119,6 +119,8 @@ def cmd_requests(args: argparse.Namespace, settings: Settings) -> int:
 
     start = parse_time(args.received_from, "--from") if args.received_from else None
     end = parse_time(args.received_to, "--to") if args.received_to else None
+    if start is not None and end is not None and end < start:
+        raise CliError("--to is before --from: the register would list nothing")  # not "none"
     with current_views(settings, args.tenant) as (_, views, tenant):
         try:
             register = request_register(
