@@ -1011,6 +1011,13 @@ def test_api_keys_are_created_listed_expired_and_revoked(data: Path) -> None:
     ]
     table = run(data, "keys", "list").stdout.splitlines()
     assert "revoked 20" in table[0] and "expires 20" in table[1]
+    # A misspelt tenant listed nothing, as if it had no keys; one with none says so.
+    typo = run(data, "keys", "list", "--tenant", "demo-uz")
+    assert typo.returncode == 3 and "no such tenant" in typo.stderr
+    assert run(data, "tenants", "create", "keyless").returncode == 0
+    assert run(data, "keys", "list", "--tenant", "keyless").stdout == (
+        "no API keys of tenant 'keyless'\n"
+    )
 
 
 def test_a_data_directory_that_cannot_be_one_is_a_configuration_error(tmp_path: Path) -> None:

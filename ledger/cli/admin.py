@@ -276,6 +276,14 @@ def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
     from api.app import keys_path
     from api.keys import ApiKeys
 
+    if args.tenant is not None:
+        # A misspelt tenant listed no keys, which reads as "this tenant has none".
+        ledger = open_ledger(settings)
+        try:
+            if ledger.tenant(args.tenant) is None:
+                raise CliError("no such tenant", EXIT_NOT_FOUND)
+        finally:
+            ledger.close()
     keys = ApiKeys(keys_path(settings))
     try:
         listed = keys.list(args.tenant)
@@ -284,6 +292,8 @@ def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print_json(listed)
     else:
+        if not listed:
+            say("no API keys" + (f" of tenant {args.tenant!r}" if args.tenant else ""))
         for k in listed:
             say(
                 f"{k['key_id']}  {k['tenant']:<16} {k['roles']:<30} created {k['created_at']}"
