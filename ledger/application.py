@@ -199,10 +199,12 @@ class ConsentLedger(Application[UUID]):
         """A tenant's name is what every one of its facts carries, so it is held to the
         envelope's rule for `tenant` (1 to 64 characters), and it is printed in tables and
         log lines and keys Kafka records: no control characters, no blank name."""
-        if not 1 <= len(name) <= 64 or not name.strip() or not name.isprintable():
+        if not 1 <= len(name) <= 64 or name != name.strip() or not name.isprintable():
+            # Nor spaces at either end: "acme " would be a tenant apart from "acme", each
+            # publisher's facts refused by the other's name.
             raise FactRejected(
                 Code.INVALID_FIELD,
-                "a tenant name is 1 to 64 printable characters, not only spaces",
+                "a tenant name is 1 to 64 printable characters, with no space at either end",
                 "tenant",
             )
         if self.tenant(name) is not None:

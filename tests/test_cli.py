@@ -404,7 +404,7 @@ def test_a_campaign_check_names_each_recipient_by_its_line_in_the_file(tmp_path:
     assert sids.returncode == 2 and "line 4 is not a sid" in sids.stderr, sids.stderr
 
 
-@pytest.mark.parametrize("name", ["", "   ", "a\nb", "tab\there", "x" * 65])
+@pytest.mark.parametrize("name", ["", "   ", "a\nb", "tab\there", "x" * 65, " acme", "acme "])
 def test_a_tenant_name_no_fact_could_carry_is_refused(tmp_path: Path, name: str) -> None:
     refused = run(tmp_path / "data", "tenants", "create", name)
     assert refused.returncode == 1 and "invalid_field" in refused.stderr, refused.stderr
