@@ -231,16 +231,21 @@ def cmd_master_key_rotate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _tenant_exists(settings: Settings, name: str) -> None:
+    """Keys live apart from the log: whether their tenant exists is the log's to say."""
+    ledger = open_ledger(settings)
+    try:
+        if ledger.tenant(name) is None:
+            raise CliError("no such tenant", EXIT_NOT_FOUND)
+    finally:
+        ledger.close()
+
+
 def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
     from api.app import keys_path
     from api.keys import ApiKeys, KeyError_
 
-    ledger = open_ledger(settings)
-    try:
-        if ledger.tenant(args.tenant) is None:
-            raise CliError("no such tenant", EXIT_NOT_FOUND)
-    finally:
-        ledger.close()
+    _tenant_exists(settings, args.tenant)
     expires_at = None
     if args.expires_in_days is not None:
         expires_at = datetime.now(UTC) + timedelta(days=args.expires_in_days)
@@ -278,12 +283,7 @@ def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.tenant is not None:
         # A misspelt tenant listed no keys, which reads as "this tenant has none".
-        ledger = open_ledger(settings)
-        try:
-            if ledger.tenant(args.tenant) is None:
-                raise CliError("no such tenant", EXIT_NOT_FOUND)
-        finally:
-            ledger.close()
+        _tenant_exists(settings, args.tenant)
     keys = ApiKeys(keys_path(settings))
     try:
         listed = keys.list(args.tenant)
