@@ -100,7 +100,9 @@ def test_a_reason_may_span_lines_but_holds_no_other_control() -> None:
 def test_what_is_visible_prints_and_hides_nothing(text: str) -> None:
     shown = visible(text)
     assert shown.isprintable()
-    assert shown == text or first_control(text) is not None or not text.isprintable()
+    # Printable text is shown as it is; any other, a refused character included, never is.
+    assert (shown == text) == text.isprintable()
+    assert first_control(text) is None or shown != text
     # As JSON: the same value read back, whatever it held.
     as_json = visible(orjson.dumps(text).decode())
     assert as_json.isprintable() and orjson.loads(as_json) == text
