@@ -26,10 +26,12 @@ from ledger.chain import stored_hash
 from ledger.kafka.reachable import BrokerWatch
 from ledger.kafka.reading import (
     ReadTimedOut,
+    end_offsets,
     ledger_events,
     never,
     polls_to_end,
     reader,
+    settled_ends,
 )
 from ledger.kafka.recorder import KafkaLedgerRecorder, LedgerUnavailable
 from projections.consent_projection import ConsentProjection
@@ -93,24 +95,36 @@ class LedgerTopicReader:
         # Whether the process is stopping: a read in progress then ends (`ReadStopped`).
         self.stopping = stopping or never
         self._consumer: KafkaConsumer | None = None
+        # read_uncommitted, for the high watermarks a read waits to settle (`settled_ends`).
+        self._watermarks: KafkaConsumer | None = None
 
     def consumer(self) -> KafkaConsumer:
         if self._consumer is None:
-            self._consumer = reader(
-                self.link.bootstrap,
-                "consent-ledger-projection",
-                timeout_s=self.link.catch_up_timeout_s,
-                stopping=self.stopping,
-                away=BrokerWatch(self.link.bootstrap),
-            )
+            self._consumer = self._reader("consent-ledger-projection", committed=True)
             tps = [TopicPartition(self.link.topics.ledger, p) for p in range(self.link.partitions)]
             self._consumer.assign(tps)
         return self._consumer
 
+    def watermarks(self) -> KafkaConsumer:
+        if self._watermarks is None:
+            self._watermarks = self._reader("consent-ledger-projection-ends", committed=False)
+        return self._watermarks
+
+    def _reader(self, client_id: str, *, committed: bool) -> KafkaConsumer:
+        return reader(
+            self.link.bootstrap,
+            client_id,
+            timeout_s=self.link.catch_up_timeout_s,
+            stopping=self.stopping,
+            away=BrokerWatch(self.link.bootstrap),
+            committed=committed,
+        )
+
     def close(self) -> None:
-        if self._consumer is not None:
-            self._consumer.close()
-            self._consumer = None
+        for consumer in (self._consumer, self._watermarks):
+            if consumer is not None:
+                consumer.close()
+        self._consumer = self._watermarks = None
 
     def _accepted(self, partition: int, records: list[Any]) -> set[int]:
         """The offsets among `records` that the replica accepted as the ledger's records."""
@@ -178,13 +192,21 @@ class LedgerTopicReader:
         # Bounded by the time without progress, as every reader of the topic is: unbounded,
         # a broker gone mid-read held the read (and `worker`, waiting for it at SIGTERM)
         # until the broker came back. What was applied before stays applied.
+        away = BrokerWatch(self.link.bootstrap)
+        timeout = self.link.catch_up_timeout_s
+        high = end_offsets(
+            self.watermarks(), tps, timeout_s=timeout, stopping=self.stopping, away=away
+        )
         reading = polls_to_end(
             consumer,
             tps,
-            timeout_s=self.link.catch_up_timeout_s,
+            timeout_s=timeout,
             max_records=page,
+            end=settled_ends(
+                consumer, tps, high, timeout_s=timeout, stopping=self.stopping, away=away
+            ),
             stopping=self.stopping,
-            away=BrokerWatch(self.link.bootstrap),
+            away=away,
         )
         for polled in reading:
             for tp, records in polled.items():

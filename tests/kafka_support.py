@@ -132,19 +132,6 @@ def read_committed(bootstrap: str, topic: str, timeout: float = 60) -> list[Any]
         consumer.close()
 
 
-def wait_settled(bootstrap: str, topic: str) -> None:
-    """Until every transaction written to the topic so far has its markers (or SETTLE_S):
-    then a read_committed reader, such as `verify`, reads all of them (`read_committed`)."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False
-    )
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        _settled_end(bootstrap, consumer, tps)
-    finally:
-        consumer.close()
-
-
 def _settled_end(
     bootstrap: str, committed: KafkaConsumer, tps: list[TopicPartition]
 ) -> dict[TopicPartition, int]:

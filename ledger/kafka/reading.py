@@ -1,7 +1,8 @@
 """Reading a topic up to where it ends now, the one loop every Kafka-mode reader shares.
 
 "The end" is the end offset the consumer's isolation level gives (for read_committed, the
-last stable offset) when reading starts; records committed later are left for next time.
+last stable offset) when reading starts, once it has reached the high watermark of that
+moment (`settled_ends`); records committed later are left for next time.
 Offsets have gaps (transaction markers, aborted records), so progress is the consumer's
 position, never a record's offset plus one.
 """
@@ -54,6 +55,11 @@ STEP_MS = 1000
 ANSWER_TIMEOUT_S = 30.0
 # How long one poll of a read to the end may wait for records (`polls_to_end`).
 POLL_MS = 50
+# How long a read waits for the transactions under the high watermark to end before it
+# reads to where the committed records end then (`settled_ends`), and the pause between
+# its questions.
+SETTLE_S = 2.0
+SETTLE_PAUSE_S = 0.005
 # Why a read ended when the broker was found away (`BrokerAway`).
 REFUSED = "the broker refused connections: none is running at the bootstrap addresses"
 
@@ -135,6 +141,67 @@ def end_offsets(
             away=away,
         )
     )
+
+
+def high_watermarks(
+    bootstrap: str,
+    partitions: Sequence[TopicPartition],
+    *,
+    timeout_s: float,
+    stopping: Callable[[], bool] = never,
+    away: Callable[[], bool] = never,
+) -> dict[TopicPartition, int]:
+    """Where the partitions end for any reader (the high watermark), asked by a
+    read_uncommitted consumer made for it: kafka-python asks end offsets at the consumer's
+    own isolation level, so a read_committed one learns only the last stable offset."""
+    consumer = reader(
+        bootstrap,
+        "consent-ledger-high-watermarks",
+        timeout_s=timeout_s,
+        stopping=stopping,
+        away=away,
+        committed=False,
+    )
+    try:
+        return end_offsets(consumer, partitions, timeout_s=timeout_s, stopping=stopping, away=away)
+    finally:
+        consumer.close()
+
+
+def settled_ends(
+    consumer: KafkaConsumer,
+    partitions: Sequence[TopicPartition],
+    high: Mapping[TopicPartition, int],
+    *,
+    timeout_s: float,
+    stopping: Callable[[], bool] = never,
+    away: Callable[[], bool] = never,
+    settle_s: float = SETTLE_S,
+    pause: Callable[[], None] = lambda: time.sleep(SETTLE_PAUSE_S),
+    clock: Callable[[], float] = time.monotonic,
+) -> dict[TopicPartition, int]:
+    """The read_committed consumer's end offsets once each has reached `high` (the high
+    watermarks asked before), or as they stand after `settle_s`.
+
+    A transaction's commit returns before its markers reach its partitions, and until they
+    do the last stable offset stands short of its records. A process that read right after
+    another's receipt missed the fact it named: a replica built afresh had no such subject,
+    and `publish` answered "no outcome was found" for a fact the writer had taken (its
+    rejections, on the rejected topic, likewise). Waiting for the high watermark of the
+    moment the read began takes in every transaction committed before it. A transaction
+    still open then is waited for `settle_s` at most: a writer that died in one holds the
+    last stable offset until the broker aborts it, and its records were never committed.
+    """
+    deadline = clock() + settle_s
+    while True:
+        ends = end_offsets(
+            consumer, partitions, timeout_s=timeout_s, stopping=stopping, clock=clock, away=away
+        )
+        if all(ends[tp] >= high.get(tp, 0) for tp in partitions) or clock() >= deadline:
+            return ends
+        if stopping():
+            raise ReadStopped("the read was stopped")
+        pause()
 
 
 def committed_offsets(
@@ -252,7 +319,8 @@ def from_the_beginning(
         for tp in tps:
             if since and tp.partition in since:
                 consumer.seek(tp, since[tp.partition])
-        end = end_offsets(consumer, tps, timeout_s=timeout_s, stopping=stopping, away=away)
+        high = high_watermarks(bootstrap, tps, timeout_s=timeout_s, stopping=stopping, away=away)
+        end = settled_ends(consumer, tps, high, timeout_s=timeout_s, stopping=stopping, away=away)
         for polled in polls_to_end(
             consumer, tps, timeout_s=timeout_s, end=end, stopping=stopping, away=away
         ):

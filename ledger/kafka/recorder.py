@@ -43,11 +43,12 @@ from ledger.kafka.reading import (
     STEP_MS,
     ReadTimedOut,
     answered,
-    end_offsets,
+    high_watermarks,
     ledger_events,
     never,
     polls_to_end,
     reader,
+    settled_ends,
 )
 from ledger.kafka.records import encode, intake_header, intake_read, partition_of
 from ledger.kafka.topics import KAFKA_DEFAULT_RECORD_LIMIT, RecordsLost, TopicRefused, Topics
@@ -359,14 +360,19 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
             known = self._known_partitions()
             if known is not None and known != partitions:
                 raise self._partitions_changed(f"this replica was read from {known}")
-            ends = end_offsets(consumer, tps, timeout_s=timeout, stopping=stopping, away=away)
+            high = high_watermarks(
+                self.link.bootstrap, tps, timeout_s=timeout, stopping=stopping, away=away
+            )
+            ends = settled_ends(
+                consumer, tps, high, timeout_s=timeout, stopping=stopping, away=away
+            )
             firsts = answered(
                 lambda ms: consumer.beginning_offsets(tps, timeout_ms=ms),
                 timeout_s=timeout,
                 stopping=stopping,
                 away=away,
             )
-            self._check_nothing_removed(firsts, tps, start, stopping, away)
+            self._check_nothing_removed(firsts, high, start)
             for tp in tps:
                 if tp.partition in start:
                     consumer.seek(tp, start[tp.partition])
@@ -441,10 +447,8 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
     def _check_nothing_removed(
         self,
         firsts: Mapping[TopicPartition, int],
-        tps: Sequence[TopicPartition],
+        ends: Mapping[TopicPartition, int],
         read: Mapping[int, int],
-        stopping: Callable[[], bool],
-        away: Callable[[], bool],
     ) -> None:
         """Refuse a ledger topic that lost records: the log of record keeps every one.
 
@@ -454,13 +458,13 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
         and made again, or cut short. Before this check, a writer carried on appending to
         a topic made again, empty: the history its next facts chain to was gone from the
         log, and a replica built afresh from it would have dropped them as out of sequence.
+
+        `ends` are the high watermarks (where the partitions end for any reader), not the
+        last stable offsets: a transaction's markers reach its partitions a moment after
+        its commit returns, and the writer records its positions in the replica between
+        the two, so the last stable offset can stand short of them for that moment.
         """
         topic = self.link.topics.ledger
-        # Where the partitions end for any reader (the high watermark), not for this
-        # read_committed one: a transaction's markers reach its partitions a moment after
-        # its commit returns, and the writer records its positions in the replica between
-        # the two, so the last stable offset can stand short of them for that moment.
-        ends = self._high_watermarks(tps, stopping, away) if read else {}
         for tp in sorted(firsts, key=lambda t: t.partition):
             if firsts[tp] > 0:
                 raise RecordsLost(
@@ -476,24 +480,6 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                     "again?); restore the topic from a copy of it before any process of the "
                     "ledger runs on it"
                 )
-
-    def _high_watermarks(
-        self, tps: Sequence[TopicPartition], stopping: Callable[[], bool], away: Callable[[], bool]
-    ) -> dict[TopicPartition, int]:
-        timeout = self.link.catch_up_timeout_s
-        # read_uncommitted: the high watermark, not the last stable offset.
-        consumer = reader(
-            self.link.bootstrap,
-            "consent-ledger-replica-ends",
-            timeout_s=timeout,
-            stopping=stopping,
-            away=away,
-            committed=False,
-        )
-        try:
-            return end_offsets(consumer, tps, timeout_s=timeout, stopping=stopping, away=away)
-        finally:
-            consumer.close()
 
     def _not_this_ledgers(self, records: int) -> TopicRefused:
         """A replica built afresh found records, and none the ledger's under this key.

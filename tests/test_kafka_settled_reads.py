@@ -1,0 +1,115 @@
+"""A read waits for the transactions under the high watermark of its start (`settled_ends`),
+on the real broker.
+
+A transaction's commit returns before its markers reach its partitions; until they do, the
+last stable offset stands short of its records. A replica built right after a receipt had no
+such subject (a CI run of test_trail), and `publish` could answer "no outcome was found" for
+a fact the writer had taken. The pause between the read's questions is where these tests
+commit: the order of commit and question is the test's, never a race.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from ledger.kafka.reading import (
+    ReadStopped,
+    end_offsets,
+    from_the_beginning,
+    high_watermarks,
+    reader,
+    settled_ends,
+)
+from tests.kafka_support import Stopping, made_by_hand
+
+pytestmark = pytest.mark.kafka
+
+
+@pytest.fixture
+def open_transaction(kafka_bootstrap: str) -> Iterator[tuple[str, KafkaProducer]]:
+    """A topic whose last record is in a transaction written and not yet committed."""
+    topic = f"consent.test.settle.{uuid.uuid4().hex[:8]}"
+    made_by_hand(kafka_bootstrap, topic, {})
+    producer = KafkaProducer(
+        bootstrap_servers=kafka_bootstrap, transactional_id=f"settle-{uuid.uuid4().hex[:8]}"
+    )
+    producer.init_transactions()
+    producer.begin_transaction()
+    producer.send(topic, value=b"committed once the read began")
+    producer.flush()
+    try:
+        yield topic, producer
+    finally:
+        producer.close()
+
+
+@contextlib.contextmanager
+def read_of(
+    bootstrap: str, topic: str
+) -> Iterator[tuple[TopicPartition, dict[TopicPartition, int], KafkaConsumer]]:
+    """The topic's partition, its high watermark now, and a read_committed consumer."""
+    tp = TopicPartition(topic, 0)
+    high = high_watermarks(bootstrap, [tp], timeout_s=30)
+    consumer = reader(bootstrap, "test-settle", timeout_s=30)
+    try:
+        yield tp, high, consumer
+    finally:
+        consumer.close()
+
+
+def test_a_read_takes_in_a_transaction_committed_after_it_began(
+    kafka_bootstrap: str, open_transaction: tuple[str, KafkaProducer]
+) -> None:
+    topic, producer = open_transaction
+    committed: list[bool] = []
+
+    def commit() -> None:
+        if not committed:
+            producer.commit_transaction()
+            committed.append(True)
+
+    with read_of(kafka_bootstrap, topic) as (tp, high, consumer):
+        stable = end_offsets(consumer, [tp], timeout_s=30)
+        assert stable[tp] < high[tp]  # the open transaction holds the end back
+        ends = settled_ends(consumer, [tp], high, timeout_s=30, settle_s=60, pause=commit)
+    assert committed
+    assert ends[tp] >= high[tp]
+    read = list(from_the_beginning(kafka_bootstrap, topic, timeout_s=30, client_id="test"))
+    assert [r.value for r in read] == [b"committed once the read began"]
+
+
+def test_a_transaction_left_open_is_waited_for_no_longer_than_the_settle_time(
+    kafka_bootstrap: str, open_transaction: tuple[str, KafkaProducer]
+) -> None:
+    """A writer that died in a transaction holds the last stable offset until the broker
+    aborts it: the read goes to where the committed records end, its record left out."""
+    topic, _ = open_transaction
+    pauses: list[int] = []
+    with read_of(kafka_bootstrap, topic) as (tp, high, consumer):
+        ends = settled_ends(
+            consumer, [tp], high, timeout_s=30, settle_s=0.3, pause=lambda: pauses.append(1)
+        )
+    assert pauses  # it did wait
+    assert ends[tp] < high[tp]
+    assert list(from_the_beginning(kafka_bootstrap, topic, timeout_s=30, client_id="test")) == []
+
+
+def test_a_process_that_stops_ends_the_wait(
+    kafka_bootstrap: str, open_transaction: tuple[str, KafkaProducer]
+) -> None:
+    topic, _ = open_transaction
+    with read_of(kafka_bootstrap, topic) as (tp, high, consumer), pytest.raises(ReadStopped):
+        settled_ends(
+            consumer,
+            [tp],
+            high,
+            timeout_s=30,
+            settle_s=600,
+            stopping=Stopping(after=3),
+            pause=lambda: None,
+        )
