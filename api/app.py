@@ -114,6 +114,11 @@ def create_app(
         version="1",
         description="Event-sourced consent ledger (contract: shared/CONTRACT.md).",
         lifespan=lifespan,
+        # A path the contract does not name is a 404 problem, a trailing slash included: a
+        # redirect to the path without it names the host and scheme the service saw, which
+        # behind a TLS proxy that does not say so is http, and a client that followed it sent
+        # its key and the fact in the clear.
+        redirect_slashes=False,
     )
     app.add_exception_handler(problems.Problem, problems.on_problem)
     app.add_exception_handler(FactRejected, problems.on_rejected)

@@ -513,6 +513,30 @@ def test_query_errors(world: World) -> None:
     assert unknown_route.status_code == 404 and unknown_route.json()["code"] == "not_found"
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/verify/"),
+        ("POST", "/v1/facts/"),
+        ("GET", "/v1/policies/"),
+        ("GET", "/healthz/"),
+    ],
+)
+def test_a_path_with_a_slash_the_contract_does_not_name_is_not_found(
+    world: World, method: str, path: str
+) -> None:
+    """Answered with a 307 to the path without it, no body: the redirect named the host and
+    scheme the service saw, so behind a TLS proxy that did not say it was one, a client that
+    follows it sent its key and the fact in the clear. Any path the contract does not name is
+    a 404 problem."""
+    headers = {"Authorization": f"Bearer {world.keys[('demo', 'admin')]}"}
+    answer = world.client.request(method, path, headers=headers, follow_redirects=False)
+    assert answer.status_code == 404, answer.headers
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.json()["code"] == "not_found"
+    assert "location" not in answer.headers
+
+
 def test_known_at_still_to_come_is_refused_and_a_fast_clock_is_taken_as_now(
     world: World,
 ) -> None:
