@@ -81,21 +81,32 @@ async def disclosed(request: Request) -> Disclosed:
     return Disclosed(request)
 
 
+# A 401 names the scheme to use (RFC 9110 15.5.2: it must), and whether the key given was
+# refused (RFC 6750 3.1: `invalid_token`, for a key unknown, revoked or expired).
+ASK_FOR_KEY = {"WWW-Authenticate": 'Bearer realm="consent-ledger"'}
+KEY_REFUSED = {"WWW-Authenticate": 'Bearer realm="consent-ledger", error="invalid_token"'}
+
+
 def caller(request: Request) -> Principal:
     """The caller, from its API key."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
-        raise Problem(401, "unauthorized", "send 'Authorization: Bearer <api key>'")
+        raise Problem(
+            401, "unauthorized", "send 'Authorization: Bearer <api key>'", headers=ASK_FOR_KEY
+        )
     keys: ApiKeys = request.app.state.service.keys
     try:
         principal = keys.authenticate(token.strip())
     except ExpiredKey as e:
         raise Problem(
-            401, "api_key_expired", f"the API key expired at {e.expires_at}; ask for a new one"
+            401,
+            "api_key_expired",
+            f"the API key expired at {e.expires_at}; ask for a new one",
+            headers=KEY_REFUSED,
         ) from None
     if principal is None:
-        raise Problem(401, "unauthorized", "the API key is unknown or revoked")
+        raise Problem(401, "unauthorized", "the API key is unknown or revoked", headers=KEY_REFUSED)
     # For the access log, which the request guard writes as the request completes.
     request.scope["ledger.principal"] = principal
     return principal

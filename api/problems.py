@@ -71,15 +71,33 @@ def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
         status: {
             "description": TITLES.get(status, "Error"),
             "content": {PROBLEM: {"schema": PROBLEM_SCHEMA}},
+            **({"headers": {"WWW-Authenticate": CHALLENGE}} if status == 401 else {}),
         }
         for status in statuses
     }
 
 
+# What every 401 carries (`api.deps.caller`).
+CHALLENGE = {
+    "description": 'The scheme to use: `Bearer realm="consent-ledger"`, with '
+    '`error="invalid_token"` when the key given is unknown, revoked or expired (RFC 6750).',
+    "required": True,
+    "schema": {"type": "string"},
+}
+
+
 class Problem(Exception):
-    def __init__(self, status: int, code: str, detail: str, field: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(detail)
         self.status, self.code, self.detail, self.field = status, code, detail, field
+        self.headers = headers or {}
 
 
 def problem_body(status: int, code: str, detail: str, field: str | None = None) -> dict[str, Any]:
@@ -111,7 +129,9 @@ def status_of(rejected: FactRejected) -> int:
 
 async def on_problem(_: Request, exc: Exception) -> OrjsonResponse:
     assert isinstance(exc, Problem)
-    return respond(exc.status, exc.code, exc.detail, exc.field)
+    response = respond(exc.status, exc.code, exc.detail, exc.field)
+    response.headers.update(exc.headers)
+    return response
 
 
 async def on_rejected(_: Request, exc: Exception) -> OrjsonResponse:

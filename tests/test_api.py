@@ -265,14 +265,20 @@ def test_a_campaign_check_treats_another_tenants_sid_as_unknown(world: World) ->
 
 @pytest.mark.parametrize("route", ROUTES, ids=lambda r: f"{r['method']} {r['path']}")
 def test_no_key_bad_key_revoked_key(world: World, route: dict[str, Any]) -> None:
+    # Every 401 names the scheme to use (RFC 9110 15.5.2: it MUST), and says whether the
+    # key given was refused (RFC 6750 3.1), so a client library can tell the two apart.
+    asked = 'Bearer realm="consent-ledger"'
+    refused = f'{asked}, error="invalid_token"'
     for key in (None, "cl_nope_nope", world.revoked, "not-even-a-key"):
         response = call(world, route, key, world.sids["demo"])
         assert response.status_code == 401, (key, response.text)
         assert response.json()["code"] == "unauthorized"
+        assert response.headers["www-authenticate"] == (asked if key is None else refused)
     expired = call(world, route, world.expired, world.sids["demo"])
     assert expired.status_code == 401, expired.text
     assert expired.json()["code"] == "api_key_expired"
     assert "2026-01-01T00:00:00+00:00" in expired.json()["detail"]
+    assert expired.headers["www-authenticate"] == refused
 
 
 def test_erasure_is_admin_only_and_tenant_bound(world: World) -> None:
