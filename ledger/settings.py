@@ -5,6 +5,7 @@ Kept in one place so the README's configuration table and the code cannot drift 
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Mapping
@@ -21,6 +22,53 @@ SWITCHES = {"on": True, "off": False}
 # The longest topic name Kafka takes, 249, less ".rejected".
 _TOPIC_PREFIX_MAX = 249 - len(".rejected")
 _TOPIC_PREFIX = re.compile(rf"[A-Za-z0-9._-]{{1,{_TOPIC_PREFIX_MAX}}}\Z")
+
+
+# Every LEDGER_ variable the ledger reads: the settings below (the table of `Settings`, which
+# a test holds to this), and the crash tests' failpoints (`ledger.failpoints`).
+VARIABLES = (
+    "LEDGER_DATA_DIR",
+    "LEDGER_BACKEND",
+    "LEDGER_MASTER_KEY",
+    "LEDGER_NEW_MASTER_KEY",
+    "LEDGER_TOPIC_PREFIX",
+    "LEDGER_PARTITIONS",
+    "LEDGER_REPLICATION",
+    "LEDGER_MIN_INSYNC",
+    "LEDGER_REJECTED_RETENTION_MS",
+    "LEDGER_INTAKE_BATCH",
+    "LEDGER_INTAKE_MAX_BYTES",
+    "LEDGER_MAX_FUTURE_SKEW_S",
+    "LEDGER_AGGREGATE_CACHE",
+    "LEDGER_VIEWS_CACHE_FACTS",
+    "LEDGER_REQUEST_DUE_DAYS",
+    "LEDGER_REQUEST_DUE_DAYS_BY_KIND",
+    "LEDGER_HTTP_WRITER",
+    "LEDGER_API_KEY_RECHECK_MS",
+    "LEDGER_HTTP_MAX_BODY_BYTES",
+    "LEDGER_ACCESS_LOG_DAYS",
+    "LEDGER_HTTP_TELEMETRY",
+    "LEDGER_FAILPOINT",
+)
+
+
+def unknown_variables(env: Mapping[str, str]) -> list[str]:
+    """A line for each LEDGER_ variable that the ledger does not read, with the setting it
+    most resembles.
+
+    A misspelt setting was ignored without a word: LEDGER_REQUEST_DUE_DAYS given without its
+    final S, as 15, left subject requests due in 30 days while the operator believed 15,
+    and the due list raised them a fortnight late. Only the name is said, never the value
+    (a master key, a path).
+    """
+    lines = []
+    for name in sorted(n for n in env if n.startswith("LEDGER_") and n not in VARIABLES):
+        near = difflib.get_close_matches(name, VARIABLES, n=1, cutoff=0.75)
+        lines.append(
+            f"{name} is not a setting of the ledger and is ignored"
+            + (f" (did you mean {near[0]}?)" if near else "")
+        )
+    return lines
 
 
 class SettingsError(ValueError):

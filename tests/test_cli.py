@@ -160,6 +160,13 @@ def test_errors_are_one_line_with_status(data: Path) -> None:
     assert telemetry.returncode == 2 and "LEDGER_HTTP_TELEMETRY" in telemetry.stderr
     body = run(data, "verify", LEDGER_HTTP_MAX_BODY_BYTES="16MB")
     assert body.returncode == 2 and "LEDGER_HTTP_MAX_BODY_BYTES" in body.stderr
+    # A misspelt setting is ignored, and said to be: the command runs on the default.
+    misspelt = run(data, "verify", LEDGER_REQUEST_DUE_DAY="15")
+    assert misspelt.returncode == 0, misspelt.stderr
+    assert misspelt.stderr == (
+        "consent-ledger: warning: LEDGER_REQUEST_DUE_DAY is not a setting of the ledger and "
+        "is ignored (did you mean LEDGER_REQUEST_DUE_DAYS?)\n"
+    )
     # Kafka caps min.insync.replicas at the replica count: two asked of one is refused.
     copies = run(
         data, "verify", LEDGER_BACKEND="kafka", LEDGER_MIN_INSYNC="2", LEDGER_REPLICATION="1"

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from ledger.settings import Settings, SettingsError
+from ledger.settings import VARIABLES, Settings, SettingsError, unknown_variables
 from tests.conftest import ROOT
 
 NAME = re.compile(r"\b(LEDGER_[A-Z_]+|KAFKA_BOOTSTRAP|PERSISTENCE_MODULE)\b")
@@ -27,6 +28,33 @@ def test_every_setting_the_code_reads_is_documented() -> None:
     missing = read_by_the_code() - documented
     assert not missing, f"not in deploy/CONFIG.md: {sorted(missing)}"
     assert len(read_by_the_code()) >= 15
+
+
+def test_the_variables_the_ledger_knows_are_the_ones_it_reads() -> None:
+    """A setting added to `from_env` and not to VARIABLES would be read and warned about."""
+    read = set(NAME.findall(inspect.getsource(Settings.from_env)))
+    assert {n for n in read if n.startswith("LEDGER_")} | {"LEDGER_FAILPOINT"} == set(VARIABLES)
+
+
+def test_a_ledger_variable_it_does_not_read_is_named_with_the_setting_it_resembles() -> None:
+    env = {
+        "LEDGER_REQUEST_DUE_DAY": "15",
+        "LEDGER_MASTERKEY": "secret-value",
+        "LEDGER_SOMETHING_ELSE": "1",
+        "LEDGER_DATA_DIR": "/data",
+        "PATH": "/bin",
+        "KAFKA_BOOTSTRAP": "k:9092",
+    }
+    said = unknown_variables(env)
+    assert said == [
+        "LEDGER_MASTERKEY is not a setting of the ledger and is ignored "
+        "(did you mean LEDGER_MASTER_KEY?)",
+        "LEDGER_REQUEST_DUE_DAY is not a setting of the ledger and is ignored "
+        "(did you mean LEDGER_REQUEST_DUE_DAYS?)",
+        "LEDGER_SOMETHING_ELSE is not a setting of the ledger and is ignored",
+    ]
+    assert "secret-value" not in "".join(said)
+    assert unknown_variables({name: "1" for name in VARIABLES}) == []
 
 
 def test_the_compose_file_configures_a_three_broker_cluster_and_the_ledger() -> None:

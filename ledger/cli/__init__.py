@@ -7,6 +7,7 @@ commands print a human table, or with --json the same JSON the HTTP routes retur
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -20,11 +21,12 @@ from ledger.cli.common import (
     EXIT_USAGE,
     CliError,
     fail,
+    say,
     subject_from_stdin,
 )
 from ledger.errors import FactRejected
 from ledger.keystore import KeyStoreBusyError
-from ledger.settings import Settings, SettingsError
+from ledger.settings import Settings, SettingsError, unknown_variables
 from ledger.storage import storage_failure
 
 
@@ -40,6 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     tune()
     try:
         settings = Settings.from_env()
+        for line in unknown_variables(os.environ):
+            say(f"consent-ledger: warning: {line}", file=sys.stderr)
         subject_from_stdin(args)
         result: int = args.run(args, settings)
         return result
