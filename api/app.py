@@ -129,8 +129,9 @@ def create_app(
     app.add_middleware(RequestGuard, max_body=settings.http_max_body)
 
     # Every authenticated route can answer with these problems; bodies over the limit get 413,
-    # bodies declared as anything but JSON 415.
-    errors = problems.documented(401, 403, 404, 405, 409, 413, 415, 422, 500, 503)
+    # bodies declared as anything but JSON 415; bytes the server cannot read as a request,
+    # 400 `malformed_request` (`api.http_protocol`, on any path).
+    errors = problems.documented(400, 401, 403, 404, 405, 409, 413, 415, 422, 500, 503)
     app.include_router(facts.router, responses=errors)
     # The routes that ask the ledger questions refuse query parameters they do not take.
     asking = [Depends(strict_query)]

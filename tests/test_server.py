@@ -4,7 +4,9 @@ erase, verify."""
 from __future__ import annotations
 
 import base64
+import json
 import os
+import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -53,6 +55,17 @@ def test_publish_query_erase_verify_over_http(backend_settings: Settings) -> Non
         # Kafka mode checks the ledger topic itself: the demo policy, two subject events
         # and the erasure at least.
         assert verify["facts_checked"] >= 4
+        # Bytes the server cannot read as a request are refused before the application
+        # sees them: as a problem too (it was uvicorn's `400 text/plain`).
+        for unreadable in (
+            b"GET /v1/verify?x=" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GARBAGE\r\n\r\n",
+            b"GET /v1/verify HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n",
+        ):
+            head, _, body = raw_answer(base, unreadable).partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 400 "), head
+            assert b"content-type: application/problem+json" in head.lower(), head
+            assert json.loads(body)["code"] == "malformed_request"
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -65,6 +78,17 @@ def test_publish_query_erase_verify_over_http(backend_settings: Settings) -> Non
         if path.is_file():
             assert b"Server Test" not in path.read_bytes()
             assert b"+998901112233" not in path.read_bytes()
+
+
+def raw_answer(base: str, request: bytes) -> bytes:
+    """What the server at `base` answers to these bytes, up to its closing the connection."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as connection:
+        connection.sendall(request)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    return answer
 
 
 def test_concurrent_batches_and_single_publishes_through_the_writer_process(

@@ -51,6 +51,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from api.app import create_app, keys_path
+    from api.http_protocol import ProblemHttpToolsProtocol
     from api.keys import ApiKeys
     from ledger.keystore import KeyStore, load_master_key
 
@@ -126,6 +127,8 @@ read it back (the sid is in the receipt):
         port=args.port,
         log_level="warning",
         access_log=False,
+        # uvicorn's parser, with its refusal of an unreadable request as a problem.
+        http=ProblemHttpToolsProtocol,
     )
     server = Server(config)
     with stacks_on_sigusr1(), contextlib.suppress(KeyboardInterrupt):  # uvicorn.run's too
