@@ -113,3 +113,28 @@ def test_a_process_that_stops_ends_the_wait(
             stopping=Stopping(after=3),
             pause=lambda: None,
         )
+
+
+def test_a_read_waits_once_for_a_transaction_left_open_until_it_ends(
+    kafka_bootstrap: str, open_transaction: tuple[str, KafkaProducer]
+) -> None:
+    """Nothing committed after a transaction left open can be read until it ends: a
+    command's replica and its views each waited the whole settle time for it."""
+    topic, producer = open_transaction
+    first: list[int] = []
+    again: list[int] = []
+    with read_of(kafka_bootstrap, topic) as (tp, high, consumer):
+        held = settled_ends(
+            consumer, [tp], high, timeout_s=30, settle_s=0.3, pause=lambda: first.append(1)
+        )
+        assert first and held[tp] < high[tp]
+        # The same end again: no wait, however long this read would allow.
+        ends = settled_ends(
+            consumer, [tp], high, timeout_s=30, settle_s=600, pause=lambda: again.append(1)
+        )
+        assert again == [] and ends == held
+        # Once it ends, reads wait for the transactions under the high watermark again.
+        producer.commit_transaction()
+        after = high_watermarks(kafka_bootstrap, [tp], timeout_s=30)
+        ends = settled_ends(consumer, [tp], after, timeout_s=30, settle_s=600)
+        assert ends[tp] >= after[tp] > high[tp]

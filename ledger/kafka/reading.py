@@ -190,18 +190,34 @@ def settled_ends(
     rejections, on the rejected topic, likewise). Waiting for the high watermark of the
     moment the read began takes in every transaction committed before it. A transaction
     still open then is waited for `settle_s` at most: a writer that died in one holds the
-    last stable offset until the broker aborts it, and its records were never committed.
+    last stable offset until the broker aborts it, and its records were never committed
+    (`_held_at`).
     """
+    cluster = str(consumer.config.get("bootstrap_servers"))
     deadline = clock() + settle_s
     while True:
         ends = end_offsets(
             consumer, partitions, timeout_s=timeout_s, stopping=stopping, clock=clock, away=away
         )
-        if all(ends[tp] >= high.get(tp, 0) for tp in partitions) or clock() >= deadline:
+        short = [tp for tp in partitions if ends[tp] < high.get(tp, 0)]
+        for tp in set(partitions) - set(short):
+            _held_at.pop((cluster, tp), None)
+        if all(_held_at.get((cluster, tp)) == ends[tp] for tp in short):
+            return ends  # settled, or held where a wait already ended in vain
+        if clock() >= deadline:
+            _held_at.update({(cluster, tp): ends[tp] for tp in short})
             return ends
         if stopping():
             raise ReadStopped("the read was stopped")
         pause()
+
+
+# Where a partition's last stable offset stood when a read's wait for it ended in vain (a
+# transaction left open: a writer that died in it), by cluster and partition. Until it
+# moves, nothing committed after that transaction can be read however long one waits, so
+# the process's next reads do not wait again: a command's replica catch-up and its views
+# each waited the whole settle time, `verify` twice.
+_held_at: dict[tuple[str, TopicPartition], int] = {}
 
 
 def committed_offsets(
