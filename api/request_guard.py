@@ -49,6 +49,13 @@ class RequestGuard:
         started = time.perf_counter()
         status = 500
         answered = False
+        method = scope["method"]
+        if method == "HEAD":
+            # Every general-purpose server must answer HEAD as GET without the body (RFC 9110
+            # 9.1, 9.3.2); FastAPI's routes list GET alone, so HEAD was a 405 (`curl -I`, and
+            # monitors that probe /healthz with it). Logged and counted as HEAD.
+            scope = {**scope, "method": "GET"}
+            send = _without_body(send)
 
         async def watch(message: Message) -> None:
             nonlocal status, answered
@@ -91,7 +98,7 @@ class RequestGuard:
                 await response(scope, receive, watch)
         finally:
             # Counted and logged however it ended (a response that broke off midway too).
-            self._observe(scope, status, time.perf_counter() - started)
+            self._observe(scope, method, status, time.perf_counter() - started)
 
     def _oversize(self) -> Response:
         return problems.respond(
@@ -114,9 +121,8 @@ class RequestGuard:
         return counted
 
     @staticmethod
-    def _observe(scope: Scope, status: int, seconds: float) -> None:
+    def _observe(scope: Scope, method: str, status: int, seconds: float) -> None:
         path = _template(scope)
-        method = scope["method"]
         service: Any = getattr(scope["app"].state, "service", None)
         if service is not None:
             service.metrics.observe(path, method, status, seconds)
@@ -153,6 +159,18 @@ def is_json(content_type: str) -> bool:
         ):
             return False
     return True
+
+
+def _without_body(send: Send) -> Send:
+    """`send`, with every part of the response's body left out (its headers kept, the
+    Content-Length of the GET answer included, as RFC 9110 9.3.2 allows)."""
+
+    async def headers_only(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            message = {**message, "body": b""}
+        await send(message)
+
+    return headers_only
 
 
 def _unsupported() -> Response:

@@ -606,6 +606,25 @@ def test_requests_are_counted_by_route_template(world: World) -> None:
     assert world.sids["demo"] not in metrics and "no-such-route" not in metrics
 
 
+def test_head_is_answered_as_get_without_the_body(world: World) -> None:
+    """RFC 9110 9.1: a general-purpose server must answer HEAD. FastAPI's routes list GET
+    alone, so `curl -I` and monitors that probe with HEAD got 405."""
+    headers = {"Authorization": f"Bearer {world.keys[('demo', 'compliance')]}"}
+    consents = f"/v1/subjects/{world.sids['demo']}/consents"
+    for path, given in (("/healthz", {}), ("/v1/verify", headers), (consents, headers)):
+        got = world.client.get(path, headers=given)
+        head = world.client.head(path, headers=given)
+        assert (head.status_code, head.content) == (200, b""), path
+        assert head.headers["content-type"] == got.headers["content-type"]
+    refused = world.client.head("/v1/verify")
+    assert (refused.status_code, refused.content) == (401, b"")
+    assert refused.headers["www-authenticate"] == 'Bearer realm="consent-ledger"'
+    post_only = world.client.head("/v1/facts", headers=headers)
+    assert (post_only.status_code, post_only.headers["allow"]) == (405, "POST")
+    metrics = world.client.get("/metrics").text
+    assert 'route="/v1/subjects/{sid}/consents",method="HEAD",status="200"' in metrics
+
+
 def test_openapi_is_served_and_kept_in_the_repo(world: World) -> None:
     import json
 
