@@ -8,6 +8,7 @@ import select
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -42,6 +43,26 @@ def line_within(stream: IO[str], timeout: float = 120) -> str:
     ready, _, _ = select.select([stream], [], [], timeout)
     assert ready, f"the process printed nothing in {timeout} s"
     return stream.readline()
+
+
+def lines_until(stream: IO[str], last: Callable[[str], bool], timeout: float = 120) -> list[str]:
+    """The lines a process prints up to the one `last` accepts, read from the pipe itself:
+    a burst of lines arrives in one read, and a reader that buffered the rest would wait in
+    select for output that already came. Only for a stream nothing has been read from."""
+    deadline = time.monotonic() + timeout
+    lines: list[str] = []
+    held = b""
+    while not lines or not last(lines[-1]):
+        if b"\n" not in held:
+            ready, _, _ = select.select([stream], [], [], max(0, deadline - time.monotonic()))
+            assert ready, f"the process printed no line in {timeout} s: {lines}"
+            chunk = os.read(stream.fileno(), 65_536)
+            assert chunk, f"the process ended its output: {lines}"
+            held += chunk
+            continue
+        line, held = held.split(b"\n", 1)
+        lines.append(line.decode())
+    return lines
 
 
 def file_size_limit(size: int) -> Callable[[], None]:

@@ -174,7 +174,7 @@ def test_serve_demo_prints_an_address_and_a_key_that_work(tmp_path: Path) -> Non
     import shlex
     import signal
 
-    from tests.cli_support import line_within
+    from tests.cli_support import lines_until
 
     server = subprocess.Popen(
         [sys.executable, "-m", "ledger.cli", "serve", "--demo", "--subjects", "8", "--port", "0"],
@@ -185,9 +185,9 @@ def test_serve_demo_prints_an_address_and_a_key_that_work(tmp_path: Path) -> Non
     )
     try:
         assert server.stdout is not None
-        lines = [line_within(server.stdout).rstrip("\n")]
-        while not lines[-1].startswith("  curl -s http"):  # the banner's last line
-            lines.append(line_within(server.stdout).rstrip("\n"))
+        # Up to the banner's last line; its curl is tried at once, as a person pasting it
+        # would: a banner printed before the service listened showed a refused address.
+        lines = lines_until(server.stdout, lambda line: line.startswith("  curl -s http"))
         serving = next(line for line in lines if line.startswith("serving the demo tenant on "))
         base = serving.split()[5]
         assert re.fullmatch(r"http://127\.0\.0\.1:[1-9][0-9]*", base), serving

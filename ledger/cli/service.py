@@ -104,8 +104,8 @@ record a grant:
 read it back (the sid is in the receipt):
   curl -s {base}/v1/subjects/SID/consents -H 'Authorization: Bearer {key}'
 """
-        for line in banner.splitlines():  # say() keeps each line one line
-            say(line, flush=True)
+    else:
+        banner = ""
     from api.logs import configure
 
     configure()
@@ -119,6 +119,14 @@ read it back (the sid is in the receipt):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             stopping.set()
             super().handle_exit(sig, frame)
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            # The demo's banner once the service answers: printed before, the curl it shows
+            # was refused while the application was still starting.
+            await super().startup(sockets)
+            if self.started:
+                for line in banner.splitlines():  # say() keeps each line one line
+                    say(line, flush=True)
 
     # uvicorn's own access log would print URLs and client addresses; ours names routes only.
     config = uvicorn.Config(
