@@ -191,6 +191,9 @@ def test_serve_demo_prints_an_address_and_a_key_that_work(tmp_path: Path) -> Non
         serving = next(line for line in lines if line.startswith("serving the demo tenant on "))
         base = serving.split()[5]
         assert re.fullmatch(r"http://127\.0\.0\.1:[1-9][0-9]*", base), serving
+        # The service's own log says where it listens, for an operator without the banner.
+        logged = [json.loads(line) for line in lines if line.startswith("{")]
+        assert {"message": "listening", "url": base}.items() <= logged[-1].items(), logged
         key = next(line for line in lines if line.startswith("API key")).rsplit(" ", 1)[1]
         # The printed curl, as a person would paste it: one command over three lines.
         start = next(i for i, line in enumerate(lines) if line.startswith("  curl -s -X POST"))

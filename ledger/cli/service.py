@@ -82,6 +82,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     # The address is taken before the demo is loaded and a key made: a port in use ended
     # in uvicorn's own error and exit 3, this CLI's "no such subject", after both.
     listening = listening_socket(args.host, args.port)
+    port = listening.getsockname()[1]  # the one taken, for --port 0 too
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    base = f"http://{host}:{port}"
     if args.demo:
         cmd_demo(argparse.Namespace(subjects=args.subjects), settings)
         keys = ApiKeys(keys_path(settings))
@@ -89,9 +92,6 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             _, key = keys.create("demo", {"publisher", "compliance", "admin"})
         finally:
             keys.close()
-        port = listening.getsockname()[1]  # the one taken, for --port 0 too
-        host = f"[{args.host}]" if ":" in args.host else args.host
-        base = f"http://{host}:{port}"
         banner = f"""
 serving the demo tenant on {base}  (OpenAPI: {base}/docs)
 API key (demo tenant; publisher, compliance, admin): {key}
@@ -121,10 +121,12 @@ read it back (the sid is in the receipt):
             super().handle_exit(sig, frame)
 
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-            # The demo's banner once the service answers: printed before, the curl it shows
-            # was refused while the application was still starting.
+            # Said once the service answers, for whoever waits on it (uvicorn's own line is
+            # below the log level); the demo's banner too: printed before, the curl it
+            # showed was refused while the application was still starting.
             await super().startup(sockets)
             if self.started:
+                logging.getLogger("consent_ledger.api").info("listening", extra={"url": base})
                 for line in banner.splitlines():  # say() keeps each line one line
                     say(line, flush=True)
 
