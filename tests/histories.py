@@ -264,8 +264,9 @@ class Reference:
                 if set(changes) - {"occurred_at", "purposes"}:
                     return "invalid_field"
                 voided = any(c["corrects"] == target and c["void"] for c in s.corrections)
-                if not voided:
+                if not voided and not f.get("void"):
                     # As corrected, it withdraws only what the others left in force then.
+                    # Voiding it withdraws nothing, so nothing need be in force.
                     when = current["occurred_at"]
                     if "occurred_at" in changes:
                         when = _parse("occurred_at", changes["occurred_at"])
