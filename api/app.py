@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -15,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import problems
 from api.access_log import AccessLog
+from api.answers import answer, with_answers
 from api.deps import Service, strict_query
 from api.group_commit import GroupCommitter
 from api.keys import ApiKeys
@@ -138,12 +140,17 @@ def create_app(
     app.include_router(subjects.router, responses=errors, dependencies=asking)
     app.include_router(compliance.router, responses=errors, dependencies=asking)
 
-    @app.get("/healthz", tags=["operations"])
+    @app.get(
+        "/healthz", tags=["operations"], response_model=None, responses={200: answer("Health")}
+    )
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get(
-        "/readyz", tags=["operations"], response_model=None, responses=problems.documented(503)
+        "/readyz",
+        tags=["operations"],
+        response_model=None,
+        responses={200: answer("Ready"), **problems.documented(503)},
     )
     def readyz(request: Request) -> Response:
         service: Service = request.app.state.service
@@ -175,6 +182,14 @@ def create_app(
             ),
         )
 
+    plain_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = with_answers(plain_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's own way to extend it
     return app
 
 

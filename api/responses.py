@@ -15,10 +15,3 @@ from starlette.responses import JSONResponse
 class OrjsonResponse(JSONResponse):
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)
-
-
-# The 200 of a route that answers JSON, or CSV with `format=csv`: both in its OpenAPI
-# document, so that a client (and schemathesis) knows the CSV answer is one.
-JSON_OR_CSV: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"application/json": {}, "text/csv": {"schema": {"type": "string"}}}}
-}

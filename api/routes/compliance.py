@@ -9,10 +9,11 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.answers import answer, answer_or_csv
 from api.deps import Disclosed, Service, disclosed, role, service
 from api.keys import Principal
 from api.problems import SIZES, Problem, parse_sizes, signing_refusals
-from api.responses import JSON_OR_CSV, OrjsonResponse
+from api.responses import OrjsonResponse
 from ledger.checkpoint import checkpoint
 from ledger.envelope import parse_known_at, parse_time
 from ledger.policy import PolicyVersion, policy_changes, policy_text, previous_version
@@ -46,7 +47,7 @@ class Check(BaseModel):
     sids: list[str] | None = Field(default=None, max_length=10_000)
 
 
-@router.post("/v1/consents:check")
+@router.post("/v1/consents:check", response_model=None, responses={200: answer("CheckResult")})
 def check(
     body: Check,
     principal: Annotated[Principal, role(*READERS)],
@@ -73,7 +74,11 @@ def check(
     return check_report(body.purpose, at, known_at, results)
 
 
-@router.get("/v1/purposes/{purpose}/subjects")
+@router.get(
+    "/v1/purposes/{purpose}/subjects",
+    response_model=None,
+    responses={200: answer("SubjectsWithConsent")},
+)
 def subjects_with_consent(
     purpose: str,
     principal: Annotated[Principal, role(*READERS)],
@@ -125,7 +130,9 @@ def subjects_with_consent(
     }
 
 
-@router.get("/v1/purposes/{purpose}/summary")
+@router.get(
+    "/v1/purposes/{purpose}/summary", response_model=None, responses={200: answer("ConsentSummary")}
+)
 def consent_summary_of_purpose(
     purpose: str,
     principal: Annotated[Principal, role(*READERS)],
@@ -153,7 +160,7 @@ def _known_purpose(svc: Service, tenant: str, purpose: str, status: int, field: 
         )
 
 
-@router.get("/v1/policies")
+@router.get("/v1/policies", response_model=None, responses={200: answer("Policies")})
 def policies(
     principal: Annotated[Principal, role("publisher", *READERS)],
     svc: Annotated[Service, Depends(service)],
@@ -163,7 +170,7 @@ def policies(
     return {"policies": [p.as_dict() for p in versions]}
 
 
-@router.get("/v1/policies/{version}")
+@router.get("/v1/policies/{version}", response_model=None, responses={200: answer("Policy")})
 def policy(
     version: str,
     principal: Annotated[Principal, role("publisher", *READERS)],
@@ -172,7 +179,9 @@ def policy(
     return _published(svc, principal.tenant, version)[1].as_dict()
 
 
-@router.get("/v1/policies/{version}/text")
+@router.get(
+    "/v1/policies/{version}/text", response_model=None, responses={200: answer("PolicyText")}
+)
 def policy_version_text(
     version: str,
     principal: Annotated[Principal, role("publisher", *READERS)],
@@ -183,7 +192,9 @@ def policy_version_text(
     return policy_text(_published(svc, principal.tenant, version)[1])
 
 
-@router.get("/v1/policies/{version}/changes")
+@router.get(
+    "/v1/policies/{version}/changes", response_model=None, responses={200: answer("PolicyChanges")}
+)
 def policy_version_changes(
     version: str,
     principal: Annotated[Principal, role("publisher", *READERS)],
@@ -217,7 +228,7 @@ def _published(svc: Service, name: str, version: str) -> tuple[Tenant, PolicyVer
     return tenant, found
 
 
-@router.get("/v1/due")
+@router.get("/v1/due", response_model=None, responses={200: answer("Due")})
 def due(
     principal: Annotated[Principal, role(*READERS)],
     svc: Annotated[Service, Depends(service)],
@@ -253,7 +264,7 @@ def due(
     response_model=None,
     responses={
         200: {
-            **JSON_OR_CSV[200],
+            **answer_or_csv("RequestRegister"),
             "headers": {
                 "Next-Cursor": {
                     "description": "format=csv: the cursor of the page after (absent on the last)",
@@ -317,7 +328,7 @@ def requests(
     return OrjsonResponse(register)
 
 
-@router.get("/v1/checkpoint")
+@router.get("/v1/checkpoint", response_model=None, responses={200: answer("Checkpoint")})
 def signed_checkpoint(
     principal: Annotated[Principal, role(*READERS)],
     svc: Annotated[Service, Depends(service)],
@@ -335,7 +346,7 @@ def signed_checkpoint(
         )
 
 
-@router.get("/v1/verify")
+@router.get("/v1/verify", response_model=None, responses={200: answer("Verified")})
 def verify(
     principal: Annotated[Principal, role(*READERS)],
     svc: Annotated[Service, Depends(service)],

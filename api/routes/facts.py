@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request
 
+from api.answers import answer
 from api.deps import SCHEME, Service, authorized, service_of
 from api.problems import Problem, problem_body, status_of
 from api.responses import OrjsonResponse
@@ -45,7 +46,8 @@ FACT_SCHEMA: dict[str, Any] = {
         "security": [{SCHEME: list(PUBLISHERS)}],  # checked by the route itself
     },
     responses={
-        200: {"description": "the same fact again: the first receipt"},
+        201: answer("Receipt", "recorded"),
+        200: answer("Receipt", "the same fact again: the first receipt"),
         409: {"description": "the event_id was recorded with other content"},
         422: {"description": "invalid or refused by a rule"},
     },
@@ -96,6 +98,7 @@ async def record_fact(
         },
         "security": [{SCHEME: list(PUBLISHERS)}],
     },
+    responses={200: answer("BatchResults", "a result per fact, in order")},
 )
 async def record_batch(
     request: Request,

@@ -11,10 +11,11 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.answers import answer, answer_or_csv
 from api.deps import Disclosed, Service, disclosed, parse_sid, role, service
 from api.keys import Principal
 from api.problems import SIZES, Problem, parse_sizes, signing_refusals
-from api.responses import JSON_OR_CSV, OrjsonResponse
+from api.responses import OrjsonResponse
 from ledger.envelope import parse_fact, parse_known_at, parse_time
 from ledger.errors import FactRejected
 from projections.consents import subject_consents
@@ -41,7 +42,7 @@ def _instant(value: str | None, name: str) -> datetime | None:
     return parse_time(value, name) if value is not None else None
 
 
-@router.post("/v1/subjects:resolve")
+@router.post("/v1/subjects:resolve", response_model=None, responses={200: answer("Resolved")})
 def resolve(
     body: Resolve,
     principal: Annotated[Principal, role("publisher", "compliance", "admin")],
@@ -53,7 +54,7 @@ def resolve(
     return {"sid": sid}
 
 
-@router.get("/v1/subjects/{sid}/consents")
+@router.get("/v1/subjects/{sid}/consents", response_model=None, responses={200: answer("Consents")})
 def consents(
     sid: str,
     principal: Annotated[Principal, role("compliance", "admin")],
@@ -73,7 +74,9 @@ def consents(
     return view
 
 
-@router.get("/v1/subjects/{sid}/trail", response_model=None, responses=JSON_OR_CSV)
+@router.get(
+    "/v1/subjects/{sid}/trail", response_model=None, responses={200: answer_or_csv("Trail")}
+)
 def trail(
     sid: str,
     principal: Annotated[Principal, role("compliance", "admin")],
@@ -88,7 +91,9 @@ def trail(
     return OrjsonResponse(found)
 
 
-@router.get("/v1/subjects/{sid}/evidence")
+@router.get(
+    "/v1/subjects/{sid}/evidence", response_model=None, responses={200: answer("EvidencePackage")}
+)
 def evidence(
     sid: str,
     principal: Annotated[Principal, role("compliance", "admin")],
@@ -109,7 +114,7 @@ def evidence(
     return OrjsonResponse(found)
 
 
-@router.get("/v1/subjects/{sid}/report")
+@router.get("/v1/subjects/{sid}/report", response_model=None, responses={200: answer("Report")})
 def report(
     sid: str,
     principal: Annotated[Principal, role("compliance", "admin")],
@@ -128,7 +133,7 @@ def report(
     return found
 
 
-@router.get("/v1/subjects/{sid}/accesses")
+@router.get("/v1/subjects/{sid}/accesses", response_model=None, responses={200: answer("Accesses")})
 def accesses(
     sid: str,
     principal: Annotated[Principal, role("compliance", "admin")],
@@ -153,7 +158,15 @@ def accesses(
     }
 
 
-@router.post("/v1/subjects/{sid}/erasure", status_code=201)
+@router.post(
+    "/v1/subjects/{sid}/erasure",
+    status_code=201,
+    response_model=None,
+    responses={
+        201: answer("Receipt", "the erasure recorded"),
+        200: answer("Receipt", "the same erasure again (its event_id): the first receipt"),
+    },
+)
 def erase(
     sid: str,
     body: Erasure,
