@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from datetime import datetime
 from typing import Any
@@ -10,6 +11,46 @@ from typing import Any
 from fastapi.testclient import TestClient
 from httpx import Response
 from jsonschema import Draft202012Validator, FormatChecker
+
+from ledger.application import ConsentLedger
+from ledger.demo import contact, demo_stream
+from ledger.envelope import parse_fact
+from ledger.policy import seed_policy_fact
+from ledger.settings import Settings
+from tests.facts import fact, grant, policy, request, withdraw
+
+V2 = "crmpro-2.0"
+
+
+def rich_ledger(settings: Settings) -> None:
+    """A ledger with every kind of fact, so that every field of every answer shows: the demo
+    stream (corrections, a transfer, requests, an erasure), a complaint, a second policy
+    version that changes a purpose's terms, consent kept past that purpose's retention, and
+    an open request."""
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    purposes = copy.deepcopy(seed_policy_fact("seed")["purposes"])
+    purposes["marketing"]["retention_days"] = 30
+    purposes["marketing"]["categories"].append("cookies")
+    del purposes["service_improvement"]
+    facts = [
+        *demo_stream(40),
+        policy(V2, "2025-02-01T00:00:00+05:00", purposes),
+        # Consent under the second version, withdrawn: kept past its 30 days' retention.
+        grant("kept-too-long", policy_version=V2, occurred_at="2025-02-10T10:00:00+05:00"),
+        withdraw("kept-too-long", occurred_at="2025-02-15T10:00:00+05:00"),
+        request(contact(5), "answers-open", "information", "2025-03-02T10:00:00+05:00"),
+        fact(
+            "complaint.lodged",
+            contact(3),
+            occurred_at="2025-03-01T10:00:00+05:00",
+            authority="Personal data inspection",
+            reference="PDI-2025-17",
+        ),
+    ]
+    for outcome in ledger.record([parse_fact(f) for f in facts]):
+        assert not isinstance(outcome, Exception), outcome
+    ledger.close()
 
 
 def strict(schema: Any, components: dict[str, Any]) -> Any:

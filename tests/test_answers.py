@@ -5,7 +5,6 @@ a second policy version that changes a purpose's terms."""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,44 +15,16 @@ from jsonschema import Draft202012Validator, ValidationError
 from api.answers import SCHEMAS
 from api.app import create_app, keys_path
 from api.keys import ApiKeys
-from ledger.application import ConsentLedger
-from ledger.demo import contact, demo_stream
-from ledger.envelope import parse_fact
-from ledger.policy import seed_policy_fact
+from ledger.demo import contact
 from ledger.settings import Settings
-from tests.answers_support import FORMATS, conforms, strict
-from tests.facts import fact, grant, policy, request, withdraw
-
-V2 = "crmpro-2.0"
+from tests.answers_support import FORMATS, V2, conforms, rich_ledger, strict
+from tests.facts import grant
 
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, str]]:
     settings = Settings(data_dir=tmp_path_factory.mktemp("answers") / "data")
-    ledger = ConsentLedger(settings)
-    ledger.init_demo()
-    purposes = copy.deepcopy(seed_policy_fact("seed")["purposes"])
-    purposes["marketing"]["retention_days"] = 30
-    purposes["marketing"]["categories"].append("cookies")
-    del purposes["service_improvement"]
-    facts = [
-        *demo_stream(40),
-        policy(V2, "2025-02-01T00:00:00+05:00", purposes),
-        # Consent under the second version, withdrawn: kept past its 30 days' retention.
-        grant("kept-too-long", policy_version=V2, occurred_at="2025-02-10T10:00:00+05:00"),
-        withdraw("kept-too-long", occurred_at="2025-02-15T10:00:00+05:00"),
-        request(contact(5), "answers-open", "information", "2025-03-02T10:00:00+05:00"),
-        fact(
-            "complaint.lodged",
-            contact(3),
-            occurred_at="2025-03-01T10:00:00+05:00",
-            authority="Personal data inspection",
-            reference="PDI-2025-17",
-        ),
-    ]
-    for outcome in ledger.record([parse_fact(f) for f in facts]):
-        assert not isinstance(outcome, Exception), outcome
-    ledger.close()
+    rich_ledger(settings)
     keys = ApiKeys(keys_path(settings))
     key = keys.create("demo", {"publisher", "compliance", "admin"})[1]
     keys.close()
