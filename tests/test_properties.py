@@ -90,6 +90,7 @@ def test_ledger_agrees_with_reference(
 @pytest.mark.kafka
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(**histories)
+@example(ops=VOID_OF_A_WITHDRAWAL_WITHDRAWN_AGAIN, cuts=[1] * 30, instants=[0, 1] * 4)
 def test_kafka_ledger_agrees_with_reference(
     kafka_bootstrap: str, ops: list[dict[str, Any]], cuts: list[int], instants: list[int]
 ) -> None:
