@@ -22,7 +22,7 @@ from tests.facts import grant
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, str]]:
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     settings = Settings(data_dir=tmp_path_factory.mktemp("answers") / "data")
     rich_ledger(settings)
     keys = ApiKeys(keys_path(settings))
@@ -30,7 +30,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClien
     keys.close()
     with TestClient(create_app(settings)) as c:
         c.headers["Authorization"] = f"Bearer {key}"
-        yield c, key
+        yield c
 
 
 ANSWERED: set[tuple[str, str]] = set()  # (method, path template) of the answers checked
@@ -46,8 +46,8 @@ def holds(
     return response.json()
 
 
-def test_every_route_answers_as_its_document_says(client: tuple[TestClient, str]) -> None:
-    c, _ = client
+def test_every_route_answers_as_its_document_says(client: TestClient) -> None:
+    c = client
     ANSWERED.clear()
     sids = {
         i: holds(
