@@ -6,15 +6,29 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 KAFKA_DIR ?= ./var/kafka
 
-.PHONY: install run demo openapi test lint typecheck unit bench kafka-fetch kafka-up kafka-down clean
+.PHONY: install constraints run demo openapi test lint typecheck unit bench kafka-fetch kafka-up kafka-down clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Exact versions from constraints.txt, so a clean clone installs what `make test` passed with.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --upgrade pip -c constraints.txt
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
+
+# Re-resolve pyproject.toml's ranges in a throwaway venv and pin what they give today
+# (keeping constraints.txt's header); run `make test` before committing the result.
+constraints:
+	rm -rf .venv-constraints
+	$(PYTHON) -m venv .venv-constraints
+	.venv-constraints/bin/pip install --quiet --upgrade pip
+	.venv-constraints/bin/pip install --quiet -e '.[dev]'
+	{ sed -n '/^#/p' constraints.txt; \
+	  .venv-constraints/bin/pip freeze --all --exclude-editable \
+	    | grep -v -E '^(setuptools|wheel)=='; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf .venv-constraints
 
 run: install
 	$(BIN)/consent-ledger serve --demo
