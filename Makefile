@@ -14,19 +14,22 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip -c constraints.txt
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt --build-constraint constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-# Re-resolve pyproject.toml's ranges in a throwaway venv and pin what they give today
-# (keeping constraints.txt's header); run `make test` before committing the result.
+# Re-resolve pyproject.toml's ranges (the build system's too, which pip's isolated build of
+# the project installs) in a throwaway venv and pin what they give today, keeping
+# constraints.txt's header; run `make test` before committing the result.
 constraints:
 	rm -rf .venv-constraints
 	$(PYTHON) -m venv .venv-constraints
 	.venv-constraints/bin/pip install --quiet --upgrade pip
 	.venv-constraints/bin/pip install --quiet -e '.[dev]'
+	.venv-constraints/bin/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", \
+	    "rb"))["build-system"]["requires"], sep="\n")' \
+	  | xargs -d '\n' .venv-constraints/bin/pip install --quiet --upgrade
 	{ sed -n '/^#/p' constraints.txt; \
-	  .venv-constraints/bin/pip freeze --all --exclude-editable \
-	    | grep -v -E '^(setuptools|wheel)=='; } > constraints.txt.new
+	  .venv-constraints/bin/pip freeze --all --exclude-editable; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt
 	rm -rf .venv-constraints
 

@@ -11,6 +11,7 @@ import tomllib
 from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -32,10 +33,20 @@ def pins() -> dict[str, str]:
     return pinned
 
 
+def _pyproject() -> dict[str, Any]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
 def project_requirements() -> list[Requirement]:
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    project = _pyproject()["project"]
     wanted = list(project["dependencies"]) + list(project["optional-dependencies"]["dev"])
     return [Requirement(r) for r in wanted]
+
+
+def build_requirements() -> list[Requirement]:
+    """What pip installs into its isolated environment to build the project (setuptools and
+    wheel): not in the venv, pinned all the same through `--build-constraint`."""
+    return [Requirement(r) for r in _pyproject()["build-system"]["requires"]]
 
 
 def _applies(requirement: Requirement, extras: Iterable[str]) -> bool:
@@ -66,7 +77,7 @@ def installed_closure() -> dict[str, set[str]]:
 
 def test_every_requirement_of_pyproject_is_pinned_inside_its_range() -> None:
     pinned = pins()
-    for requirement in project_requirements():
+    for requirement in project_requirements() + build_requirements():
         name = canonicalize_name(requirement.name)
         assert name in pinned, f"{requirement.name} has no pin in constraints.txt"
         assert requirement.specifier.contains(pinned[name], prereleases=True), (
@@ -92,5 +103,6 @@ def test_every_package_the_project_pulls_in_is_pinned_and_installed_at_its_pin()
 def test_nothing_is_pinned_that_the_project_does_not_pull_in() -> None:
     # A pin left behind by a dropped requirement would be installed by nothing, but it would
     # read as part of the tested set; `make constraints` never writes one.
-    extra = sorted(set(pins()) - set(installed_closure()) - {"pip"})
+    built_with = {canonicalize_name(r.name) for r in build_requirements()}
+    extra = sorted(set(pins()) - set(installed_closure()) - built_with - {"pip"})
     assert extra == [], f"pinned but pulled in by nothing: {extra}"
