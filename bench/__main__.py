@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import sys
 
-from bench import http, ingest, instructions, kafka, projections
+from bench import http, ingest, instructions, kafka, memory, projections
 
 
 def main() -> int:
-    """`python -m bench [ingest|http|kafka|projections|instructions] [options]`; with no name,
-    the four timed benchmarks (`instructions` needs valgrind and is run on its own)."""
+    """`python -m bench [ingest|http|kafka|projections|instructions|memory] [options]`; with
+    no name, the four timed benchmarks (`instructions` needs valgrind and is run on its own;
+    `memory` measures bytes, not time)."""
     from ledger.runtime import tune
 
     tune()  # the same runtime tuning the consent-ledger command applies
@@ -24,6 +25,8 @@ def main() -> int:
         kafka.main(args[1:])
     elif args and args[0] == "instructions":
         instructions.main(args[1:])
+    elif args and args[0] == "memory":
+        memory.main(args[1:])
     else:
         ingest.main(args)
         http.main([])

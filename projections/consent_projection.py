@@ -128,6 +128,10 @@ class ConsentProjection(Projection[ConsentViews]):
         while self._cached_facts > self.cache_facts and cache:
             self._cached_facts -= _facts_held(cache.popitem(last=False)[1])
 
+    def cache_held(self) -> tuple[int, int]:
+        """The subjects cached and the facts they hold, counted against `cache_facts`."""
+        return len(self._cache), self._cached_facts
+
     def _drop_cache(self) -> None:
         self._cache.clear()
         self._cached_facts = 0

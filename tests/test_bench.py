@@ -52,6 +52,7 @@ SMALL = {
             "verify / read and SHA-256 only",
         ],
     ),
+    "memory": (["--facts", "600"], ["decoded events B/fact", "units: what the cache counts"]),
 }
 
 
