@@ -113,9 +113,10 @@ class Settings:
     | LEDGER_MAX_FUTURE_SKEW_S | 300 | how far `occurred_at` (or a correction's
       `changes.occurred_at`) may be ahead of the ledger's clock (at most 86400) |
     | LEDGER_AGGREGATE_CACHE | 10000 | subjects kept in memory between writes |
-    | LEDGER_VIEWS_CACHE_FACTS | 1000000 | how many facts the consent views' subjects kept in
-      memory between pages may hold in all (under 1 KiB each); past it, the subjects least
-      recently written are read back from views.db when next needed |
+    | LEDGER_VIEWS_CACHE_FACTS | 1200000 | how many facts the consent views' subjects kept in
+      memory between pages may hold in all, each subject counting as one more (0.7 to 1.0
+      KiB each, `python -m bench memory`); past it, the subjects least recently written are
+      read back from views.db when next needed |
     | LEDGER_REQUEST_DUE_DAYS | 30 | deadline of a subject request that names no `due_at`, where
       the tenant's policy in force at its receipt gives its kind none (at most 3650) |
     | LEDGER_REQUEST_DUE_DAYS_BY_KIND | | the same for some kinds of request, as
@@ -147,7 +148,7 @@ class Settings:
     topic_prefix: str = "consent"
     max_future_skew_s: int = 300
     aggregate_cache: int = 10000
-    views_cache_facts: int = 1_000_000
+    views_cache_facts: int = 1_200_000
     request_due_days: int = 30
     # (kind, days) pairs, a tuple so that the settings stay hashable.
     request_due_days_by_kind: tuple[tuple[str, int], ...] = ()
@@ -208,7 +209,7 @@ class Settings:
             topic_prefix=topic_prefix,
             max_future_skew_s=_int(env, "LEDGER_MAX_FUTURE_SKEW_S", 300, maximum=86_400),
             aggregate_cache=_int(env, "LEDGER_AGGREGATE_CACHE", 10000),
-            views_cache_facts=_int(env, "LEDGER_VIEWS_CACHE_FACTS", 1_000_000),
+            views_cache_facts=_int(env, "LEDGER_VIEWS_CACHE_FACTS", 1_200_000),
             request_due_days=_int(env, "LEDGER_REQUEST_DUE_DAYS", 30, maximum=3650),
             request_due_days_by_kind=_days_by_kind(env, "LEDGER_REQUEST_DUE_DAYS_BY_KIND"),
             partitions=max(1, _int(env, "LEDGER_PARTITIONS", 3)),
