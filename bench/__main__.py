@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import sys
 
-from bench import http, ingest, instructions, kafka, memory, projections
+from bench import http, ingest, instructions, kafka, memory, projections, soak
 
 
 def main() -> int:
-    """`python -m bench [ingest|http|kafka|projections|instructions|memory] [options]`; with
-    no name, the four timed benchmarks (`instructions` needs valgrind and is run on its own;
-    `memory` measures bytes, not time)."""
+    """`python -m bench [ingest|http|kafka|projections|instructions|memory|soak] [options]`;
+    with no name, the four timed benchmarks (`instructions` needs valgrind and is run on its
+    own; `memory` and `soak` measure bytes, not time)."""
     from ledger.runtime import tune
 
     tune()  # the same runtime tuning the consent-ledger command applies
@@ -27,6 +27,8 @@ def main() -> int:
         instructions.main(args[1:])
     elif args and args[0] == "memory":
         memory.main(args[1:])
+    elif args and args[0] == "soak":
+        soak.main(args[1:])
     else:
         ingest.main(args)
         http.main([])

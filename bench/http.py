@@ -174,7 +174,7 @@ def cpu_seconds(pid: int) -> tuple[float, float, float] | None:
             else:
                 others += used
         for entry in os.listdir("/proc"):
-            if entry.isdigit() and _parent(entry) == pid:
+            if entry.isdigit() and parent_pid(entry) == pid:
                 children += _cpu(f"/proc/{entry}/stat", tick)
     except OSError:  # no /proc, or a thread ended while being read
         return None
@@ -187,7 +187,7 @@ def _cpu(stat: str, tick: int) -> float:
     return (int(fields[11]) + int(fields[12])) / tick
 
 
-def _parent(pid: str) -> int | None:
+def parent_pid(pid: str) -> int | None:
     try:
         with open(f"/proc/{pid}/stat") as f:
             return int(f.read().rsplit(")", 1)[1].split()[1])

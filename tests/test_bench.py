@@ -53,6 +53,10 @@ SMALL = {
         ],
     ),
     "memory": (["--facts", "600"], ["decoded events B/fact", "units: what the cache counts"]),
+    "soak": (
+        ["--seconds", "2", "--every", "1", "--batch", "10", "--connections", "2"],
+        ["server MiB", "statuses: {200:"],
+    ),
 }
 
 

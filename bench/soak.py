@@ -1,0 +1,170 @@
+"""A `serve` under sustained publishing: its resident memory over time, as an operator sees it.
+
+`python -m bench memory` counts what the consent views' cache holds in Python objects; this
+runs the real service (writer process, uvicorn) on a fresh data directory and publishes new
+subjects' grants in batches from a few connections for minutes, asking for a page of who had
+consent now and then (which brings the server's views up to date with the log, as every
+question does), and samples the resident size of the server and of its writer process. A
+bound that holds shows as a level line once the views' cache is full; growth without end
+would be a leak. The baseline is the same server's size once started, before any request.
+The resident size adds to the cache SQLite's page caches (up to 64 MiB per pooled
+connection) and the allocator's slack. Not part of `make bench`: it measures memory, and
+takes minutes to reach the bound (`--views-cache` lowers it to reach it sooner).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from api.app import keys_path
+from api.keys import ApiKeys
+from bench.http import exchange, free_port, parent_pid, request, start
+from ledger.application import ConsentLedger
+from ledger.policy import SEED_POLICY_VERSION
+from ledger.settings import Settings
+
+PURPOSES = ["service_provision", "support", "marketing"]
+QUESTION_EVERY = 20  # requests: one page of who had consent among them
+
+
+def rss_mib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) // 1024
+    return 0
+
+
+def children(pid: int) -> list[int]:
+    return [int(e) for e in os.listdir("/proc") if e.isdigit() and parent_pid(e) == pid]
+
+
+def batch(first: int, size: int) -> bytes:
+    return orjson.dumps(
+        {
+            "facts": [
+                {
+                    "event_id": f"soak-{i}",
+                    "type": "consent.granted",
+                    "subject": f"soak-contact-{i}",
+                    "occurred_at": "2025-06-01T10:00:00+05:00",
+                    "source": "bench",
+                    "policy_version": SEED_POLICY_VERSION,
+                    "purposes": PURPOSES,
+                    "personal_data": {"full_name": f"Karimov Aziz {i}"},
+                }
+                for i in range(first, first + size)
+            ]
+        }
+    )
+
+
+def question(key: str) -> bytes:
+    return (
+        "GET /v1/purposes/marketing/subjects?as_of=2025-07-01T00:00:00Z HTTP/1.1\r\n"
+        f"Host: bench\r\nAuthorization: Bearer {key}\r\n\r\n"
+    ).encode()
+
+
+async def load(
+    port: int, key: str, seconds: float, size: int, connections: int, sample: Any
+) -> tuple[int, dict[int, int]]:
+    """Publish until `seconds` have passed, calling `sample(facts)` as it goes; returns the
+    facts published and the statuses seen."""
+    published = itertools.count(step=size)
+    requests = itertools.count()
+    statuses: dict[int, int] = {}
+    end = time.monotonic() + seconds
+    done = [0]
+
+    async def client() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while time.monotonic() < end:
+            if next(requests) % QUESTION_EVERY == QUESTION_EVERY - 1:
+                status = await exchange(reader, writer, question(key))
+            else:
+                first = next(published)
+                status = await exchange(
+                    reader, writer, request("/v1/facts:batch", batch(first, size), key)
+                )
+                if status == 200:
+                    done[0] += size
+            statuses[status] = statuses.get(status, 0) + 1
+            sample(done[0])
+        writer.close()
+
+    await asyncio.gather(*(client() for _ in range(connections)))
+    return done[0], statuses
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench soak", description=__doc__)
+    parser.add_argument("--seconds", type=float, default=600, help="how long to publish")
+    parser.add_argument("--every", type=float, default=30, help="seconds between samples")
+    parser.add_argument("--batch", type=int, default=100, help="facts per batch")
+    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument(
+        "--views-cache", type=int, help="LEDGER_VIEWS_CACHE_FACTS for the server (default: its)"
+    )
+    args = parser.parse_args(argv)
+    if not sys.platform.startswith("linux"):
+        parser.error("the soak reads resident sizes from /proc")
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(data_dir=Path(tmp) / "data")
+        ConsentLedger(settings).init_demo()
+        store = ApiKeys(keys_path(settings))
+        key = store.create("demo", {"publisher", "compliance"})[1]
+        store.close()
+        port = free_port()
+        env = {**os.environ, "LEDGER_DATA_DIR": str(settings.data_dir)}
+        if args.views_cache is not None:
+            env["LEDGER_VIEWS_CACHE_FACTS"] = str(args.views_cache)
+        bound = Settings.from_env(env).views_cache_facts
+        serve = [sys.executable, "-m", "ledger.cli", "serve", "--port", str(port)]
+        server = start(serve, env, port)
+        try:
+            pid = server.pid
+            writers = children(pid)
+            print(
+                f"serve under sustained publishing on {platform.node()} (Python "
+                f"{platform.python_version()}): {args.connections} connections, batches of "
+                f"{args.batch} new subjects' grants of {len(PURPOSES)} purposes, one page of "
+                f"who had consent in {QUESTION_EVERY} requests; LEDGER_VIEWS_CACHE_FACTS "
+                f"{bound:,}",
+                flush=True,
+            )
+            print(f"{'seconds':>7} {'facts':>10} {'server MiB':>10} {'writer MiB':>10}")
+
+            def row(elapsed: float, facts: int) -> None:
+                writer = sum(rss_mib(w) for w in writers)
+                print(f"{elapsed:>7.0f} {facts:>10,} {rss_mib(pid):>10} {writer:>10}", flush=True)
+
+            row(0, 0)  # the baseline: started, nothing asked yet
+            started = time.monotonic()
+            due = [started + args.every]
+
+            def sample(facts: int) -> None:
+                now = time.monotonic()
+                if now >= due[0]:
+                    due[0] = now + args.every
+                    row(now - started, facts)
+
+            facts, statuses = asyncio.run(
+                load(port, key, args.seconds, args.batch, args.connections, sample)
+            )
+            row(time.monotonic() - started, facts)
+            print(f"statuses: {dict(sorted(statuses.items()))}")
+        finally:
+            server.terminate()
+            server.wait()
