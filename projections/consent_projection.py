@@ -76,7 +76,7 @@ class ConsentProjection(Projection[ConsentViews]):
         # reload every subject's history. Dropped when the committed position is not the one
         # this object last wrote (another writer) or when a page fails.
         self._cache: OrderedDict[str, SubjectView] = OrderedDict()  # least recent first
-        self._cached_facts = 0
+        self._cached_units = 0
         # Per tracking name (one per log, or per ledger partition in Kafka mode).
         self._positions: dict[str, int] = {}
         # Whether the view's position was found within the log (`projections.runner`).
@@ -110,7 +110,7 @@ class ConsentProjection(Projection[ConsentViews]):
         for sid in sids:
             cached = self._cache.pop(sid, None)
             if cached is not None:
-                self._cached_facts -= cache_units(cached)
+                self._cached_units -= cache_units(cached)
                 state[sid] = cached
         state.update(self._load(sorted(sids - set(state))))
         changes = ViewChanges()
@@ -127,17 +127,17 @@ class ConsentProjection(Projection[ConsentViews]):
         cache = self._cache
         for sid, view in state.items():
             cache[sid] = view
-            self._cached_facts += cache_units(view)
-        while self._cached_facts > self.cache_facts and cache:
-            self._cached_facts -= cache_units(cache.popitem(last=False)[1])
+            self._cached_units += cache_units(view)
+        while self._cached_units > self.cache_facts and cache:
+            self._cached_units -= cache_units(cache.popitem(last=False)[1])
 
     def cache_held(self) -> tuple[int, int]:
         """The subjects cached and the units they count (`cache_units`) against `cache_facts`."""
-        return len(self._cache), self._cached_facts
+        return len(self._cache), self._cached_units
 
     def _drop_cache(self) -> None:
         self._cache.clear()
-        self._cached_facts = 0
+        self._cached_units = 0
 
     def project_histories(self, events: Iterable[DomainEventProtocol[UUID]]) -> None:
         """Whole histories of subjects new to the view, each in version order, written
