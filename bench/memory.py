@@ -31,6 +31,7 @@ from projections.views import Views
 TASHKENT = timezone(timedelta(hours=5))
 WARM_UP = 100  # subjects caught up before measuring
 FIRST_GRANT = ["service_provision", "support", "marketing"]
+SHAPES = (1, 4, 10)  # facts per subject
 
 
 def history(subject: int, facts: int) -> list[dict[str, Any]]:
@@ -81,10 +82,11 @@ def traced(action: Any) -> tuple[int, Any]:
     return held, kept
 
 
-def measure(root: Path, facts: int, per_subject: int) -> tuple[int, int, int, int, int]:
+def measure(root: Path, facts: int, per_subject: int, bound: int) -> tuple[int, int, int, int, int]:
     """(facts, subjects, units, bytes the views' cache gained, bytes as decoded events)."""
     subjects = max(1, facts // per_subject)
-    ledger = ConsentLedger(Settings(data_dir=root / f"per-{per_subject}"))
+    settings = Settings(data_dir=root / f"per-{per_subject}", views_cache_facts=bound)
+    ledger = ConsentLedger(settings)
     ledger.init_demo()
     views = Views(ledger, root / f"per-{per_subject}-views.db")
     record(ledger, interleaved(0, WARM_UP, per_subject))
@@ -113,6 +115,14 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--facts", type=int, default=30_000, help="facts measured per shape")
     args = parser.parse_args(argv)
     bound = Settings.from_env().views_cache_facts
+    # The units each shape caches, warm-up included: the cache must hold them all, or it
+    # would measure what eviction leaves.
+    needed = max((max(1, args.facts // n) + WARM_UP) * (n + 1) for n in SHAPES)
+    if bound < needed:
+        parser.error(
+            f"LEDGER_VIEWS_CACHE_FACTS is {bound:,}: measuring {args.facts:,} facts needs at "
+            f"least {needed:,}; set it higher or measure fewer (--facts)"
+        )
     print(
         f"consent views' cache on {platform.node()} (Python {platform.python_version()}, "
         f"SQLite {sqlite3.sqlite_version}): bytes held after catching up, tracemalloc"
@@ -122,8 +132,10 @@ def main(argv: list[str]) -> None:
         f"{'B/subject':>9}  {'decoded events B/fact':>21}  {'at the bound':>12}"
     )
     with tempfile.TemporaryDirectory() as tmp:
-        for per_subject in (1, 4, 10):
-            facts, subjects, units, held, as_events = measure(Path(tmp), args.facts, per_subject)
+        for per_subject in SHAPES:
+            facts, subjects, units, held, as_events = measure(
+                Path(tmp), args.facts, per_subject, bound
+            )
             print(
                 f"{per_subject:>13} {facts:>7} {units:>7}  {held / units:>7.0f} "
                 f"{held / facts:>7.0f} {held / subjects:>9.0f}  {as_events / facts:>21.0f}  "
