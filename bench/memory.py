@@ -114,6 +114,8 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench memory", description=__doc__)
     parser.add_argument("--facts", type=int, default=30_000, help="facts measured per shape")
     args = parser.parse_args(argv)
+    if args.facts < 1:
+        parser.error("--facts must be at least 1")
     bound = Settings.from_env().views_cache_facts
     # The units each shape caches, warm-up included: the cache must hold them all, or it
     # would measure what eviction leaves.

@@ -32,7 +32,7 @@ from api.keys import ApiKeys
 from bench.http import exchange, free_port, parent_pid, request, start
 from ledger.application import ConsentLedger
 from ledger.policy import SEED_POLICY_VERSION
-from ledger.settings import Settings
+from ledger.settings import Settings, SettingsError
 
 PURPOSES = ["service_provision", "support", "marketing"]
 QUESTION_EVERY = 20  # requests: one page of who had consent among them
@@ -120,6 +120,15 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     if not sys.platform.startswith("linux"):
         parser.error("the soak reads resident sizes from /proc")
+    if args.seconds <= 0 or args.every <= 0 or args.connections < 1:
+        parser.error("--seconds and --every must be positive, --connections at least 1")
+    if not 1 <= args.batch <= 1000:
+        parser.error("--batch must be from 1 to 1000 (the service's batch limit)")
+    if args.views_cache is not None:
+        try:
+            Settings.from_env({"LEDGER_VIEWS_CACHE_FACTS": str(args.views_cache)})
+        except SettingsError as error:
+            parser.error(f"--views-cache: {error}")
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(data_dir=Path(tmp) / "data")
         ConsentLedger(settings).init_demo()
