@@ -7,7 +7,7 @@ it at K" (`known_at`). A correction never edits an entry; it is applied while fo
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -141,8 +141,13 @@ def consent_at(
 
 def grants_in_force(entries: Iterable[ConsentEntry], at: datetime) -> dict[str, ConsentEntry]:
     """Purpose -> the grant that is in force at `at` (not withdrawn, not expired)."""
+    return in_force(deciding_entries(entries, at), at)
+
+
+def in_force(deciding: Mapping[str, ConsentEntry], at: datetime) -> dict[str, ConsentEntry]:
+    """Of the entries deciding each purpose at `at` (`deciding_entries`), the grants in force."""
     out: dict[str, ConsentEntry] = {}
-    for purpose, entry in deciding_entries(entries, at).items():
+    for purpose, entry in deciding.items():
         if entry.kind == "grant" and (entry.expires_at is None or entry.expires_at > at):
             out[purpose] = entry
     return out

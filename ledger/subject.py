@@ -22,8 +22,10 @@ from ledger.consent import (
     Correction,
     PurposeState,
     consent_at,
+    deciding_entries,
     entries_as_known,
     grants_in_force,
+    in_force,
 )
 from ledger.envelope import Fact
 from ledger.errors import Code, FactRejected
@@ -49,6 +51,15 @@ class Subject(ChainedAggregate):
         self.requests: dict[str, dict[str, Any]] = {}
         self.erased_at: datetime | None = None
         self.erasure_recorded_at: datetime | None = None
+        # Each purpose's deciding entry after the last fact in valid time, as known now, and
+        # that fact's time (None: rebuilt when next asked, after a correction). Most facts
+        # come after every fact of the subject before them, and this answers what is in
+        # force then without folding the subject's whole history: a withdrawal's check was
+        # that fold, and a subject granting and withdrawing 20,000 times took 34 s to record
+        # (9 s for 10,000: quadratic; 2026-12-04). Kept from the first entry on: built when
+        # first asked instead, the embedded write path took 0.6% more instructions a fact.
+        self._deciding_last: dict[str, ConsentEntry] | None = {}
+        self._last_occurred_at: datetime | None = None
 
     @classmethod
     def unregistered(cls, id: UUID, tenant: str) -> Subject:
@@ -124,7 +135,7 @@ class Subject(ChainedAggregate):
         publication: bool
 
         def apply_fact(self, aggregate: Any) -> None:
-            aggregate.entries.append(
+            aggregate.add_entry(
                 ConsentEntry(
                     event_id=self.event_id,
                     kind="grant",
@@ -148,7 +159,7 @@ class Subject(ChainedAggregate):
         all_purposes: bool
 
         def apply_fact(self, aggregate: Any) -> None:
-            aggregate.entries.append(
+            aggregate.add_entry(
                 ConsentEntry(
                     event_id=self.event_id,
                     kind="withdrawal",
@@ -171,6 +182,7 @@ class Subject(ChainedAggregate):
             aggregate.corrections.append(
                 Correction(self.event_id, self.timestamp, self.corrects, self.void, changes)
             )
+            aggregate._deciding_last = None  # it may move, void or narrow any entry
 
     class SubjectRectified(ChainedAggregate.Fact):
         fact_type = "subject.rectified"
@@ -298,7 +310,7 @@ class Subject(ChainedAggregate):
         )
 
     def _withdraw(self, fact: Fact, pii: str | None, _: Mapping[str, PolicyVersion]) -> None:
-        in_force = grants_in_force(self.known_entries(), fact.occurred_at)
+        in_force = self.grants_in_force(fact.occurred_at)
         requested = fact.body["purposes"]
         all_purposes = requested == ["*"]
         if all_purposes:
@@ -402,7 +414,7 @@ class Subject(ChainedAggregate):
         body = fact.body
         if body["ground"] == "explicit_consent":
             allowed: set[str] = set()
-            for grant in grants_in_force(self.known_entries(), fact.occurred_at).values():
+            for grant in self.grants_in_force(fact.occurred_at).values():
                 if grant.third_party_transfer and (
                     grant.cross_border_transfer or not body["cross_border"]
                 ):
@@ -485,6 +497,33 @@ class Subject(ChainedAggregate):
         )
 
     # ---- questions ---------------------------------------------------------------------
+
+    def add_entry(self, entry: ConsentEntry) -> None:
+        self.entries.append(entry)
+        deciding = self._deciding_last
+        if deciding is None:
+            return
+        # No correction recorded so far names it (one names a fact already recorded, and
+        # event ids are unique), so it is known as recorded. Recorded last, it follows every
+        # entry of the same valid time (`seq` breaks ties).
+        for purpose in entry.purposes:
+            current = deciding.get(purpose)
+            if current is None or current.occurred_at <= entry.occurred_at:
+                deciding[purpose] = entry
+        if self._last_occurred_at is None or entry.occurred_at > self._last_occurred_at:
+            self._last_occurred_at = entry.occurred_at
+
+    def grants_in_force(self, at: datetime) -> dict[str, ConsentEntry]:
+        """Purpose -> the grant in force at `at`, as known now: `grants_in_force` over
+        `known_entries()`, answered from the kept state when `at` is after every entry."""
+        if self._deciding_last is None:
+            known = self.known_entries()
+            latest = max((e.occurred_at for e in known), default=None)
+            self._deciding_last = {} if latest is None else deciding_entries(known, latest)
+            self._last_occurred_at = latest
+        if self._last_occurred_at is None or at >= self._last_occurred_at:
+            return in_force(self._deciding_last, at)
+        return grants_in_force(self.known_entries(), at)
 
     def known_entries(self, known_at: datetime | None = None) -> list[ConsentEntry]:
         return entries_as_known(self.entries, self.corrections, known_at)

@@ -19,10 +19,12 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ledger.application import ConsentLedger
+from ledger.consent import grants_in_force
 from ledger.envelope import parse_fact
 from ledger.errors import FactRejected
 from ledger.receipt import Receipt
 from ledger.settings import Settings
+from ledger.subject import Subject
 from tests.histories import (
     BASE,
     PURPOSES,
@@ -121,6 +123,8 @@ def agrees_with_reference(
                 assert isinstance(outcome, Receipt) or expected not in ("accepted", "duplicate")
         for subject in SUBJECTS:
             aggregate = ledger.subject("demo", ledger.sid("demo", subject))
+            if aggregate is not None:
+                in_force_agrees_with_fold(aggregate, instants)
             for h in instants:
                 t = BASE + timedelta(hours=h)
                 states = aggregate.consent_at(t) if aggregate else {}
@@ -132,3 +136,13 @@ def agrees_with_reference(
                         assert states[purpose].policy_version == version, (subject, purpose, h)
     finally:
         ledger.close()
+
+
+def in_force_agrees_with_fold(aggregate: Subject, instants: list[int]) -> None:
+    """What the subject keeps to check a withdrawal or a transfer (the grants in force after
+    its last fact) answers as the fold over its whole history does, at each instant asked, at
+    each of its facts' own, and long after them all."""
+    known = aggregate.known_entries()
+    ats = [BASE + timedelta(hours=h) for h in instants]
+    for t in [*ats, *(e.occurred_at for e in known), BASE + timedelta(days=3650)]:
+        assert aggregate.grants_in_force(t) == grants_in_force(known, t), t
