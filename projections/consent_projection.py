@@ -8,6 +8,7 @@ question "who had consent at T, as we knew it at K" is one indexed range query.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -51,6 +52,10 @@ class SubjectView:
     # Per purpose, the entry last in valid time (occurred_at, then seq); kept only while the
     # subject has no corrections, for the in-order case of `ConsentProjection._apply`.
     latest: dict[str, ConsentEntry] = field(default_factory=dict)
+    # Per purpose, its entries in valid time, for the late case (`_late`): built at the
+    # subject's first late fact, kept while it has no corrections, else None. References
+    # to `entries`' own: 8 B an entry and purpose, not counted by `cache_units`.
+    timelines: dict[str, list[ConsentEntry]] | None = None
 
 
 class ConsentProjection(Projection[ConsentViews]):
@@ -210,6 +215,9 @@ class ConsentProjection(Projection[ConsentViews]):
                     else:
                         _follow(view, sid, entry, known_from, changes)
                         return
+                    _late(view, sid, entry, known_from, changes)
+                    return
+                view.timelines = None  # a purpose named twice: the general path, below
                 for p in affected:  # a new fact's seq is the subject's highest: it wins ties
                     if p not in latest or latest[p].occurred_at <= at:
                         latest[p] = entry
@@ -222,6 +230,7 @@ class ConsentProjection(Projection[ConsentViews]):
                 {k: tuple(v) if isinstance(v, list) else v for k, v in event.changes.items()},
             )
             view.corrections.append(correction)
+            view.timelines = None  # from now on, the general path
             changes.corrections.append(correction_row(sid, event.originator_version, correction))
             target = view.known.get(correction.corrects)
             if target is None:
@@ -302,9 +311,12 @@ def _follow(
     """
     at = entry.occurred_at
     at_utc = utc(at)
+    timelines = view.timelines
     for purpose in entry.purposes:
         before = view.latest.get(purpose)
         view.latest[purpose] = entry
+        if timelines is not None:
+            timelines.setdefault(purpose, []).append(entry)
         if before is not None and before.kind == "grant":
             expires = before.expires_at
             # An expiry at this very instant ends the grant by this fact, as in
@@ -353,6 +365,81 @@ def _follow(
                     *(entry.policy_version, key[4]),
                 ]
             )
+
+
+def _late(
+    view: SubjectView, sid: str, entry: ConsentEntry, known_from: str, changes: ViewChanges
+) -> None:
+    """The intervals' change when `entry` comes before some entry of its purposes in valid
+    time, in a subject no correction has touched. A grant's interval depends only on the
+    grant and the entry after it in its purpose's timeline (`granted_intervals`), so
+    slotting `entry` in changes at most two: the entry before it now ends at it, and its own
+    ends where that one did. Recomputing the purposes' whole timelines for each late fact
+    instead made a history sent newest first quadratic: 10,000 grants of one subject took
+    43 s to project (2026-12-04), and the views waited on them.
+    """
+    at = entry.occurred_at
+    timelines = view.timelines
+    if timelines is None:
+        timelines = view.timelines = {}
+        for known in sorted(view.known.values(), key=lambda e: (e.occurred_at, e.seq)):
+            if known is not entry:
+                for purpose in known.purposes:
+                    timelines.setdefault(purpose, []).append(known)
+    for purpose in entry.purposes:
+        timeline = timelines.setdefault(purpose, [])
+        # The entry is the subject's last recorded, so it follows those of its own instant.
+        i = bisect_right(timeline, at, key=_occurred_at)
+        before = timeline[i - 1] if i else None
+        after = timeline[i] if i < len(timeline) else None
+        timeline.insert(i, entry)
+        if after is None:
+            view.latest[purpose] = entry
+        was = _intervals(purpose, (before, after))
+        now = _intervals(purpose, (before, entry), (entry, after))
+        for key in was - now:
+            changes.close_interval(known_from, sid, *key[:4])
+            view.open_intervals.discard(key)
+        for key in now - was:
+            changes.open_interval(
+                [
+                    *(view.tenant, purpose, sid, key[1], key[2], known_from, None, key[3]),
+                    *(key[5], key[4]),
+                ]
+            )
+            view.open_intervals.add(key)
+
+
+def _occurred_at(entry: ConsentEntry) -> datetime:
+    return entry.occurred_at
+
+
+def _intervals(
+    purpose: str, *pairs: tuple[ConsentEntry | None, ConsentEntry | None]
+) -> set[IntervalKey]:
+    """The intervals `granted_intervals` gives each pair's entry for `purpose` when the
+    pair's other comes next in the purpose's timeline (None: the end of it)."""
+    out: set[IntervalKey] = set()
+    for entry, following in pairs:
+        if entry is None or entry.kind != "grant":
+            continue
+        if following is not None and following.occurred_at == entry.occurred_at:
+            continue  # superseded at the same instant: never in force
+        end = None if following is None else following.occurred_at
+        ends_by = None if following is None else "fact"
+        if entry.expires_at is not None and (end is None or entry.expires_at < end):
+            end, ends_by = entry.expires_at, "expiry"
+        out.add(
+            (
+                purpose,
+                utc(entry.occurred_at),
+                None if end is None else utc(end),
+                entry.event_id,
+                ends_by,
+                entry.policy_version,
+            )
+        )
+    return out
 
 
 def _entry(event: Any, recorded: datetime) -> ConsentEntry:

@@ -309,6 +309,52 @@ def test_in_order_facts_change_the_views_as_the_general_path_does(
     dropped and read back from the views as they come and go) writes the same rows too."""
     if in_order:
         ops = sorted(ops, key=lambda f: f.get("occurred_at", ""))
+    local_paths_agree(ops, cuts)
+
+
+@st.composite
+def late_histories(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """One subject's grants and withdrawals at few instants, sent in any order, never
+    corrected: facts land before, between and after the entries of their purposes, which
+    the streams above, corrected now and then (the general path from then on), seldom do."""
+    ops: list[dict[str, Any]] = []
+    for n in range(draw(st.integers(min_value=2, max_value=25))):
+        hour = draw(st.integers(min_value=0, max_value=40))
+        purposes = draw(
+            st.lists(st.sampled_from(["marketing", "support"]), min_size=1, max_size=2, unique=True)
+        )
+        if draw(st.integers(min_value=0, max_value=3)):
+            fields: dict[str, Any] = {**_GRANT, "purposes": purposes}
+            if draw(st.booleans()):
+                fields["expires_at"] = at_hour(hour + draw(st.integers(1, 30)))
+            ops.append(_fact(n, "consent.granted", hour, **fields))
+        else:
+            ops.append(_fact(n, "consent.withdrawn", hour, purposes=purposes))
+    return ops
+
+
+# A grant slotted between two grants of its purpose: the first now ends at it.
+_BETWEEN_TWO_GRANTS = [
+    _fact(0, "consent.granted", 0, **_GRANT),
+    _fact(1, "consent.granted", 10, **_GRANT),
+    _fact(2, "consent.granted", 5, **_GRANT),
+]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=late_histories(), cuts=histories["cuts"])
+@example(ops=_BETWEEN_TWO_GRANTS, cuts=[1] * 30)
+def test_late_facts_change_the_views_as_the_general_path_does(
+    ops: list[dict[str, Any]], cuts: list[int]
+) -> None:
+    """The local path for a fact that comes before an entry of its purposes (`_late`) writes
+    exactly the rows that recomputing the purposes' whole timelines writes."""
+    local_paths_agree(ops, cuts)
+
+
+def local_paths_agree(ops: list[dict[str, Any]], cuts: list[int]) -> None:
+    """Views caught up batch by batch through the local paths, through the general path
+    alone, through a cache of two units, and replayed, hold the same rows."""
     with tempfile.TemporaryDirectory() as tmp:
         ledger = ConsentLedger(Settings(data_dir=Path(tmp) / "data"))
         ledger.init_demo()
