@@ -50,6 +50,7 @@ SMALL = {
         [
             "as-of, one subject: p99",
             "replay (2 processes) / decode-only scan",
+            "catch-up, one subject sent newest first",
             "verify / read and SHA-256 only",
         ],
     ),
