@@ -49,12 +49,12 @@ class SubjectView:
     open_intervals: set[IntervalKey] = field(default_factory=set)
     # Grants and withdrawals as known after the last fact processed, corrections applied.
     known: dict[str, ConsentEntry] = field(default_factory=dict)
-    # Per purpose, the entry last in valid time (occurred_at, then seq); kept only while the
-    # subject has no corrections, for the in-order case of `ConsentProjection._apply`.
+    # Per purpose, the entry of `known` last in valid time (occurred_at, then seq), for the
+    # in-order case of `ConsentProjection._apply`; rebuilt after a correction.
     latest: dict[str, ConsentEntry] = field(default_factory=dict)
-    # Per purpose, its entries in valid time, for the late case (`_late`): built at the
-    # subject's first late fact, kept while it has no corrections, else None. References
-    # to `entries`' own: 8 B an entry and purpose, not counted by `cache_units`.
+    # Per purpose, its entries of `known` in valid time, for the late case (`_late`): built
+    # at a late fact, dropped (None) by a correction. References to `known`'s own: 8 B an
+    # entry and purpose, not counted by `cache_units`.
     timelines: dict[str, list[ConsentEntry]] | None = None
 
 
@@ -181,9 +181,7 @@ class ConsentProjection(Projection[ConsentViews]):
             )
         for view in views.values():
             view.known = {e.event_id: e for e in entries_as_known(view.entries, view.corrections)}
-            if not view.corrections:
-                for entry in sorted(view.entries, key=lambda e: (e.occurred_at, e.seq)):
-                    view.latest.update(dict.fromkeys(entry.purposes, entry))
+            view.latest = _latest_of(view.known.values())
         return views
 
     def _apply(self, event: Any, state: dict[str, SubjectView], changes: ViewChanges) -> None:
@@ -204,7 +202,7 @@ class ConsentProjection(Projection[ConsentViews]):
             purposes = entry.purposes
             affected = set(purposes)
             changes.entries.append(entry_row(sid, entry, known_from))
-            if self.follow_in_order and not view.corrections:
+            if self.follow_in_order:
                 latest = view.latest
                 at = entry.occurred_at
                 if len(affected) == len(purposes):
@@ -230,7 +228,6 @@ class ConsentProjection(Projection[ConsentViews]):
                 {k: tuple(v) if isinstance(v, list) else v for k, v in event.changes.items()},
             )
             view.corrections.append(correction)
-            view.timelines = None  # from now on, the general path
             changes.corrections.append(correction_row(sid, event.originator_version, correction))
             target = view.known.get(correction.corrects)
             if target is None:
@@ -242,6 +239,10 @@ class ConsentProjection(Projection[ConsentViews]):
                 changed = target._replace(**correction.changes)
                 view.known[correction.corrects] = changed
                 affected |= set(changed.purposes)
+            # The local paths read `known`'s order: a subject once corrected took the general
+            # path for every fact after, and 5,000 facts of a subject of 5,500 took 45 s.
+            view.latest = _latest_of(view.known.values())
+            view.timelines = None
         else:
             _other_fact(event, view, sid, utc(recorded), changes)
             return
@@ -303,8 +304,8 @@ def _follow(
     view: SubjectView, sid: str, entry: ConsentEntry, known_from: str, changes: ViewChanges
 ) -> None:
     """The intervals' change when `entry` comes after every entry of its purposes in valid
-    time and no correction has touched the subject: publishers send facts in the order they
-    happen, so this is nearly every fact, and it is local. Each purpose's last grant now ends
+    time, as corrected (`view.known`): publishers send facts in the order they happen, so
+    this is nearly every fact, and it is local. Each purpose's last grant now ends
     at this entry (unless it expired first) and a grant opens its own interval; every earlier
     interval stays as it was. The general path (`granted_intervals` over the purposes' whole
     timelines) gives the same rows; the property tests run both, on in-order and late facts.
@@ -367,11 +368,19 @@ def _follow(
             )
 
 
+def _latest_of(known: Iterable[ConsentEntry]) -> dict[str, ConsentEntry]:
+    """Per purpose, the entry last in valid time (occurred_at, then seq)."""
+    latest: dict[str, ConsentEntry] = {}
+    for entry in sorted(known, key=lambda e: (e.occurred_at, e.seq)):
+        latest.update(dict.fromkeys(entry.purposes, entry))
+    return latest
+
+
 def _late(
     view: SubjectView, sid: str, entry: ConsentEntry, known_from: str, changes: ViewChanges
 ) -> None:
     """The intervals' change when `entry` comes before some entry of its purposes in valid
-    time, in a subject no correction has touched. A grant's interval depends only on the
+    time, as corrected (`view.known`). A grant's interval depends only on the
     grant and the entry after it in its purpose's timeline (`granted_intervals`), so
     slotting `entry` in changes at most two: the entry before it now ends at it, and its own
     ends where that one did. Recomputing the purposes' whole timelines for each late fact

@@ -314,22 +314,36 @@ def test_in_order_facts_change_the_views_as_the_general_path_does(
 
 @st.composite
 def late_histories(draw: st.DrawFn) -> list[dict[str, Any]]:
-    """One subject's grants and withdrawals at few instants, sent in any order, never
-    corrected: facts land before, between and after the entries of their purposes, which
-    the streams above, corrected now and then (the general path from then on), seldom do."""
+    """One subject's grants and withdrawals at few instants, sent in any order, now and then
+    corrected: facts land before, between and after the entries of their purposes, before
+    and after a correction moves, voids or narrows one, which the streams above seldom do."""
     ops: list[dict[str, Any]] = []
+    purpose_lists = st.lists(
+        st.sampled_from(["marketing", "support"]), min_size=1, max_size=2, unique=True
+    )
     for n in range(draw(st.integers(min_value=2, max_value=25))):
         hour = draw(st.integers(min_value=0, max_value=40))
-        purposes = draw(
-            st.lists(st.sampled_from(["marketing", "support"]), min_size=1, max_size=2, unique=True)
-        )
-        if draw(st.integers(min_value=0, max_value=3)):
-            fields: dict[str, Any] = {**_GRANT, "purposes": purposes}
+        kind = draw(st.integers(min_value=0, max_value=7))
+        if kind == 0:
+            ops.append(_fact(n, "consent.withdrawn", hour, purposes=draw(purpose_lists)))
+        elif kind == 1 and ops:
+            target = draw(st.sampled_from(ops))["event_id"]
+            change = draw(st.sampled_from(["void", "occurred_at", "purposes"]))
+            fields: dict[str, Any] = {"corrects": target, "reason": "recorded wrong"}
+            if change == "void":
+                fields["void"] = True
+            elif change == "occurred_at":
+                fields["changes"] = {"occurred_at": at_hour(draw(st.integers(0, 40)))}
+            else:
+                fields["changes"] = {"purposes": draw(purpose_lists)}
+            correction = _fact(n, "consent.corrected", hour, **fields)
+            del correction["purposes"]  # a correction names none of its own
+            ops.append(correction)
+        else:
+            fields = {**_GRANT, "purposes": draw(purpose_lists)}
             if draw(st.booleans()):
                 fields["expires_at"] = at_hour(hour + draw(st.integers(1, 30)))
             ops.append(_fact(n, "consent.granted", hour, **fields))
-        else:
-            ops.append(_fact(n, "consent.withdrawn", hour, purposes=purposes))
     return ops
 
 
@@ -347,8 +361,9 @@ _BETWEEN_TWO_GRANTS = [
 def test_late_facts_change_the_views_as_the_general_path_does(
     ops: list[dict[str, Any]], cuts: list[int]
 ) -> None:
-    """The local path for a fact that comes before an entry of its purposes (`_late`) writes
-    exactly the rows that recomputing the purposes' whole timelines writes."""
+    """The local paths for a fact that comes before an entry of its purposes (`_late`) or
+    after them all (`_follow`), in a subject corrected or not, write exactly the rows that
+    recomputing the purposes' whole timelines writes."""
     local_paths_agree(ops, cuts)
 
 
