@@ -50,7 +50,8 @@ class SubjectView:
     # Grants and withdrawals as known after the last fact processed, corrections applied.
     known: dict[str, ConsentEntry] = field(default_factory=dict)
     # Per purpose, the entry of `known` last in valid time (occurred_at, then seq), for the
-    # in-order case of `ConsentProjection._apply`; rebuilt after a correction.
+    # in-order case of `ConsentProjection._apply`. Empty while `known` is not: to be built
+    # from it (a subject read back from the store, or just corrected).
     latest: dict[str, ConsentEntry] = field(default_factory=dict)
     # Per purpose, its entries of `known` in valid time, for the late case (`_late`): built
     # at a late fact, dropped (None) by a correction. References to `known`'s own: 8 B an
@@ -181,7 +182,6 @@ class ConsentProjection(Projection[ConsentViews]):
             )
         for view in views.values():
             view.known = {e.event_id: e for e in entries_as_known(view.entries, view.corrections)}
-            view.latest = _latest_of(view.known.values())
         return views
 
     def _apply(self, event: Any, state: dict[str, SubjectView], changes: ViewChanges) -> None:
@@ -197,6 +197,8 @@ class ConsentProjection(Projection[ConsentViews]):
             # Grants and withdrawals are nearly every fact: tested first.
             entry = _entry(event, recorded)
             known_from = utc(recorded)
+            if not view.latest and view.known:  # emptied by a correction, or not yet built
+                view.latest = _latest_of(view.known.values())
             view.entries.append(entry)
             view.known[entry.event_id] = entry
             purposes = entry.purposes
@@ -241,7 +243,8 @@ class ConsentProjection(Projection[ConsentViews]):
                 affected |= set(changed.purposes)
             # The local paths read `known`'s order: a subject once corrected took the general
             # path for every fact after, and 5,000 facts of a subject of 5,500 took 45 s.
-            view.latest = _latest_of(view.known.values())
+            # Rebuilt at the next grant or withdrawal, once for corrections in a row.
+            view.latest = {}
             view.timelines = None
         else:
             _other_fact(event, view, sid, utc(recorded), changes)
