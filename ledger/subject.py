@@ -60,6 +60,11 @@ class Subject(ChainedAggregate):
         # first asked instead, the embedded write path took 0.6% more instructions a fact.
         self._deciding_last: dict[str, ConsentEntry] | None = {}
         self._last_occurred_at: datetime | None = None
+        # The grants and withdrawals as known now, by event id (`entries_as_known`): built
+        # when a rule first asks, then kept as entries and corrections are applied. Folded
+        # anew for each correction, 5,000 corrections of a subject of 20,000 facts took 28 s
+        # to record (2026-12-04).
+        self._known: dict[str, ConsentEntry] | None = None
 
     @classmethod
     def unregistered(cls, id: UUID, tenant: str) -> Subject:
@@ -179,10 +184,9 @@ class Subject(ChainedAggregate):
 
         def apply_fact(self, aggregate: Any) -> None:
             changes = {k: tuple(v) if isinstance(v, list) else v for k, v in self.changes.items()}
-            aggregate.corrections.append(
+            aggregate.add_correction(
                 Correction(self.event_id, self.timestamp, self.corrects, self.void, changes)
             )
-            aggregate._deciding_last = None  # it may move, void or narrow any entry
 
     class SubjectRectified(ChainedAggregate.Fact):
         fact_type = "subject.rectified"
@@ -348,10 +352,11 @@ class Subject(ChainedAggregate):
             )
         changes = dict(body["changes"])
         if changes:
-            target = next(e for e in self.entries if e.event_id == body["corrects"])
-            known = entries_as_known(self.entries, self.corrections)
-            current = next((e for e in known if e.event_id == target.event_id), target)
-            if target.kind == "withdrawal":
+            known = self._known_by_id()
+            current = known.get(body["corrects"])
+            if current is None:  # voided by an earlier correction: the entry as recorded
+                current = next(e for e in self.entries if e.event_id == body["corrects"])
+            if current.kind == "withdrawal":
                 extra = set(changes) - {"occurred_at", "purposes"}
                 if extra:
                     raise FactRejected(
@@ -359,12 +364,12 @@ class Subject(ChainedAggregate):
                         "a withdrawal's correction may change only occurred_at and purposes",
                         "changes",
                     )
-                if current in known:  # a voided withdrawal withdraws nothing, moved or not
+                if current.event_id in known:  # a voided withdrawal withdraws nothing
                     # As corrected, it withdraws only what was in force at its time, as the
                     # withdrawal itself had to (checked without it): one corrected to an
                     # unknown purpose was answered as that purpose withdrawn, and one moved
                     # before its grant withdrew nothing.
-                    others = [e for e in known if e is not current]
+                    others = [e for e in known.values() if e is not current]
                     _check_in_force(
                         grants_in_force(others, changes.get("occurred_at", current.occurred_at)),
                         changes.get("purposes", current.purposes),
@@ -500,6 +505,8 @@ class Subject(ChainedAggregate):
 
     def add_entry(self, entry: ConsentEntry) -> None:
         self.entries.append(entry)
+        if self._known is not None:
+            self._known[entry.event_id] = entry
         deciding = self._deciding_last
         if deciding is None:
             return
@@ -512,6 +519,25 @@ class Subject(ChainedAggregate):
                 deciding[purpose] = entry
         if self._last_occurred_at is None or entry.occurred_at > self._last_occurred_at:
             self._last_occurred_at = entry.occurred_at
+
+    def add_correction(self, correction: Correction) -> None:
+        self.corrections.append(correction)
+        known = self._known
+        if known is not None:
+            # As `entries_as_known` applies it: the entry it names is recorded before it (a
+            # correction names a fact already recorded), and one voided stays voided.
+            target = known.get(correction.corrects)
+            if target is not None:
+                if correction.void:
+                    del known[correction.corrects]
+                else:
+                    known[correction.corrects] = target._replace(**correction.changes)
+        self._deciding_last = None  # it may move, void or narrow any entry
+
+    def _known_by_id(self) -> dict[str, ConsentEntry]:
+        if self._known is None:
+            self._known = {e.event_id: e for e in entries_as_known(self.entries, self.corrections)}
+        return self._known
 
     def grants_in_force(self, at: datetime) -> dict[str, ConsentEntry]:
         """Purpose -> the grant in force at `at`, as known now: `grants_in_force` over
@@ -526,6 +552,8 @@ class Subject(ChainedAggregate):
         return grants_in_force(self.known_entries(), at)
 
     def known_entries(self, known_at: datetime | None = None) -> list[ConsentEntry]:
+        if known_at is None:
+            return list(self._known_by_id().values())
         return entries_as_known(self.entries, self.corrections, known_at)
 
     def consent_at(self, at: datetime, known_at: datetime | None = None) -> dict[str, PurposeState]:

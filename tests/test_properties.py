@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ledger.application import ConsentLedger
-from ledger.consent import grants_in_force
+from ledger.consent import entries_as_known, grants_in_force
 from ledger.envelope import parse_fact
 from ledger.errors import FactRejected
 from ledger.receipt import Receipt
@@ -139,10 +139,12 @@ def agrees_with_reference(
 
 
 def in_force_agrees_with_fold(aggregate: Subject, instants: list[int]) -> None:
-    """What the subject keeps to check a withdrawal or a transfer (the grants in force after
-    its last fact) answers as the fold over its whole history does, at each instant asked, at
-    each of its facts' own, and long after them all."""
-    known = aggregate.known_entries()
+    """What the subject keeps to check its rules (its entries as corrected, the grants in
+    force after its last fact) is what folding its whole history gives: its entries as
+    known, and the grants in force at each instant asked, at each of its facts' own, and
+    long after them all."""
+    known = entries_as_known(aggregate.entries, aggregate.corrections)
+    assert aggregate.known_entries() == known
     ats = [BASE + timedelta(hours=h) for h in instants]
     for t in [*ats, *(e.occurred_at for e in known), BASE + timedelta(days=3650)]:
         assert aggregate.grants_in_force(t) == grants_in_force(known, t), t
