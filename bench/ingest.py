@@ -262,16 +262,45 @@ def one_subject_stream(facts: int) -> list[dict[str, Any]]:
     return out
 
 
-def bench_one_subject(root: Path, facts: int) -> tuple[int, float]:
-    """Every fact about one subject, whose history grows as they are recorded."""
+def _a_year_after(instant: str) -> str:
+    return (datetime.fromisoformat(instant) + timedelta(days=365)).isoformat()
+
+
+def bench_one_subject(root: Path, facts: int) -> tuple[tuple[int, float], tuple[int, float]]:
+    """Every fact about one subject, whose history grows as they are recorded; then a
+    correction of each of its grants (5,000 corrections of a subject of 20,000 facts took
+    28 s before the writer kept the subject's entries as corrected)."""
     run = LedgerRun(root / "one-subject", one_subject_stream(facts), 1000)
 
     def work() -> int:
         return sum(run.step(i) for i in range(run.steps))
 
-    result = timed(work)
+    history = timed(work)
+    corrections = [
+        {
+            "event_id": f"fix-{fact['event_id']}",
+            "type": "consent.corrected",
+            "tenant": "demo",
+            "subject": fact["subject"],
+            "occurred_at": fact["occurred_at"],
+            "source": "data-fix",
+            "corrects": fact["event_id"],
+            "reason": "expiry recorded wrong",
+            "changes": {"expires_at": _a_year_after(fact["occurred_at"])},
+        }
+        for fact in run.stream
+        if fact["type"] == "consent.granted"
+    ]
+
+    def correct() -> int:
+        for i in range(0, len(corrections), 1000):
+            outcomes = run.ledger.record([parse_fact(f) for f in corrections[i : i + 1000]])
+            assert all(not isinstance(o, Exception) for o in outcomes)
+        return len(corrections)
+
+    corrected = timed(correct)
     run.close()
-    return result
+    return history, corrected
 
 
 def phases(root: Path, stream: list[dict[str, Any]]) -> dict[str, float]:
@@ -339,10 +368,11 @@ def main(argv: list[str]) -> None:
         )
         n, s = bench_ledger_known(root, args.facts)
         rows.append(("ledger record(), known subjects, 1,000/commit", n, s, f"{n} log events"))
-        n, s = bench_one_subject(root, args.facts // 3)
+        (n, s), (fixes, fixes_s) = bench_one_subject(root, args.facts // 3)
         rows.append(
             ("ledger record(), one subject, 1,000/commit", n, s, "grants, withdrawals in turns")
         )
+        rows.append(("  then its grants corrected, 1,000/commit", fixes, fixes_s, "one each"))
 
         split = phases(root, stream) if args.phases else {}
         ledger = LedgerRun(root, single_stream, 1)

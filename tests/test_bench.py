@@ -23,6 +23,7 @@ SMALL = {
             "plain eventsourcing, 1,000 per save",
             "raw sqlite3 executemany",
             "ledger record(), one subject, 1,000/commit",
+            "  then its grants corrected, 1,000/commit",
             "ledger / plain eventsourcing:",
         ],
     ),
