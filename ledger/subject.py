@@ -354,8 +354,14 @@ class Subject(ChainedAggregate):
         if changes:
             known = self._known_by_id()
             current = known.get(body["corrects"])
-            if current is None:  # voided by an earlier correction: the entry as recorded
+            if current is None:
+                # Voided by an earlier correction: checked against it as corrected since all
+                # the same, as the trail shows it (as recorded, a voided grant whose expiry
+                # was corrected later was refused a change of its time that fit the new one).
                 current = next(e for e in self.entries if e.event_id == body["corrects"])
+                for earlier in self.corrections:
+                    if earlier.corrects == current.event_id and not earlier.void:
+                        current = current._replace(**earlier.changes)
             if current.kind == "withdrawal":
                 extra = set(changes) - {"occurred_at", "purposes"}
                 if extra:

@@ -79,9 +79,34 @@ VOID_OF_A_WITHDRAWAL_WITHDRAWN_AGAIN = [
 ]
 
 
+# Found by a deeper search (3,000 examples): a voided grant's expiry corrected, then its time.
+# A correction is checked against the fact as corrected so far, voided or not (the trail shows
+# every correction); the ledger had checked a voided one's against the fact as recorded, and
+# refused the second as expiring before its grant.
+CORRECTIONS_OF_A_VOIDED_GRANT = [
+    {**_grant("e0"), "expires_at": (BASE + timedelta(hours=1)).isoformat()},
+    _fact("e1", "consent.corrected", corrects="e0", reason="recorded in error", void=True),
+    _fact(
+        "e2",
+        "consent.corrected",
+        corrects="e0",
+        reason="expiry",
+        changes={"expires_at": (BASE + timedelta(hours=2)).isoformat()},
+    ),
+    _fact(
+        "e3",
+        "consent.corrected",
+        corrects="e0",
+        reason="time",
+        changes={"occurred_at": (BASE + timedelta(hours=1)).isoformat()},
+    ),
+]
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(**histories)
 @example(ops=VOID_OF_A_WITHDRAWAL_WITHDRAWN_AGAIN, cuts=[1] * 30, instants=[0, 1] * 4)
+@example(ops=CORRECTIONS_OF_A_VOIDED_GRANT, cuts=[1] * 30, instants=[0, 1] * 4)
 def test_ledger_agrees_with_reference(
     ops: list[dict[str, Any]], cuts: list[int], instants: list[int]
 ) -> None:
