@@ -83,23 +83,16 @@ VOID_OF_A_WITHDRAWAL_WITHDRAWN_AGAIN = [
 # A correction is checked against the fact as corrected so far, voided or not (the trail shows
 # every correction); the ledger had checked a voided one's against the fact as recorded, and
 # refused the second as expiring before its grant.
+def _correction_of_e0(event_id: str, field: str, hours: int) -> dict[str, Any]:
+    at = (BASE + timedelta(hours=hours)).isoformat()
+    return _fact(event_id, "consent.corrected", corrects="e0", reason=field, changes={field: at})
+
+
 CORRECTIONS_OF_A_VOIDED_GRANT = [
     {**_grant("e0"), "expires_at": (BASE + timedelta(hours=1)).isoformat()},
     _fact("e1", "consent.corrected", corrects="e0", reason="recorded in error", void=True),
-    _fact(
-        "e2",
-        "consent.corrected",
-        corrects="e0",
-        reason="expiry",
-        changes={"expires_at": (BASE + timedelta(hours=2)).isoformat()},
-    ),
-    _fact(
-        "e3",
-        "consent.corrected",
-        corrects="e0",
-        reason="time",
-        changes={"occurred_at": (BASE + timedelta(hours=1)).isoformat()},
-    ),
+    _correction_of_e0("e2", "expires_at", 2),
+    _correction_of_e0("e3", "occurred_at", 1),
 ]
 
 
