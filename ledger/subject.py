@@ -355,9 +355,10 @@ class Subject(ChainedAggregate):
             known = self._known_by_id()
             current = known.get(body["corrects"])
             if current is None:
-                # Voided by an earlier correction: checked against it as corrected since all
-                # the same, as the trail shows it (as recorded, a voided grant whose expiry
-                # was corrected later was refused a change of its time that fit the new one).
+                # Voided by an earlier correction. Checked all the same against the fact with
+                # every later correction applied, as the trail shows it: against the fact as
+                # recorded, a voided grant whose expiry was corrected was refused a change of
+                # its time that fitted the corrected expiry.
                 current = next(e for e in self.entries if e.event_id == body["corrects"])
                 for earlier in self.corrections:
                     if earlier.corrects == current.event_id and not earlier.void:

@@ -376,7 +376,7 @@ def _follow(
 def _latest_of(known: Iterable[ConsentEntry]) -> dict[str, ConsentEntry]:
     """Per purpose, the entry last in valid time (occurred_at, then seq)."""
     latest: dict[str, ConsentEntry] = {}
-    for entry in sorted(known, key=lambda e: (e.occurred_at, e.seq)):
+    for entry in sorted(known, key=_order):
         latest.update(dict.fromkeys(entry.purposes, entry))
     return latest
 
