@@ -368,6 +368,47 @@ def test_late_fact_is_checked_at_its_own_instant(ledger: ConsentLedger) -> None:
     assert subject.consent_at(at)["marketing"].state == "withdrawn"
 
 
+def test_withdrawals_sent_after_all_their_grants_are_checked_at_their_own_instants(
+    ledger: ConsentLedger,
+) -> None:
+    """A history migrated as all its grants, then its withdrawals, then corrections: each
+    is late, checked against the purpose's timeline as the subject keeps it from the first
+    late fact on (slotted in, moved by corrections), as a fold of the history would."""
+
+    def day(d: int, hour: int = 10) -> str:
+        return f"2025-03-{d:02d}T{hour:02d}:00:00+05:00"
+
+    def corrected(target: str, **fields: Any) -> dict[str, Any]:
+        return fact("consent.corrected", corrects=target, reason="migrated wrong", **fields)
+
+    accepted(ledger, *(grant(event_id=f"g{d}", occurred_at=day(d)) for d in (1, 3, 5, 7)))
+    accepted(ledger, corrected("g7", changes={"expires_at": day(9)}))
+    accepted(
+        ledger,
+        withdraw(event_id="w6", occurred_at=day(6)),  # the first late fact
+        withdraw(event_id="w2", occurred_at=day(2)),  # before it in valid time
+    )
+    for d in (2, 6):  # withdrawn an hour before
+        assert_refused(ledger, withdraw(occurred_at=day(d, 11)), Code.PURPOSE_NOT_IN_FORCE)
+    accepted(ledger, withdraw(event_id="w4", occurred_at=day(4)))
+    assert_refused(ledger, withdraw(occurred_at=day(4, 11)), Code.PURPOSE_NOT_IN_FORCE)
+    # The grant of the 5th moved past the withdrawal of the 6th: marketing is withdrawn
+    # from the 4th to the 6th at noon, and in force after.
+    accepted(ledger, corrected("g5", changes={"occurred_at": day(6, 12)}))
+    assert_refused(ledger, withdraw(occurred_at=day(5, 11)), Code.PURPOSE_NOT_IN_FORCE)
+    accepted(ledger, withdraw(event_id="w6-13", occurred_at=day(6, 13)))
+    # A withdrawal's correction is checked without itself: moved two hours later, what it
+    # withdrew (the grant of the 3rd) was in force then.
+    accepted(ledger, corrected("w4", changes={"occurred_at": day(4, 12)}))
+    # The withdrawal of the 2nd moved after the grant of the 3rd: in force on the 2nd again.
+    accepted(ledger, corrected("w2", changes={"occurred_at": day(3, 12)}))
+    accepted(ledger, withdraw(event_id="w2-11", occurred_at=day(2, 11)))
+    assert_refused(ledger, withdraw(occurred_at=day(3, 13)), Code.PURPOSE_NOT_IN_FORCE)
+    # The last grant voided: after the last fact, the withdrawal of the 6th decides.
+    accepted(ledger, corrected("g7", void=True))
+    assert_refused(ledger, withdraw(occurred_at=day(8)), Code.PURPOSE_NOT_IN_FORCE)
+
+
 def test_requests_open_and_close_once(ledger: ConsentLedger) -> None:
     accepted(ledger, fact("request.received", request_id="R-1", kind="erasure"))
     assert_refused(
