@@ -8,6 +8,7 @@ and the CLI (on both backends, the real process) answer the same.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -234,6 +235,26 @@ def test_the_route_answers_the_change_from_the_version_before(tmp_path: Path) ->
         "unknown_policy_version",
         "from",
     )
+
+
+def test_a_copy_of_a_tenant_changes_apart_from_it_and_shares_each_published_version(
+    tmp_path: Path,
+) -> None:
+    """A batch publishes on a copy while readers hold the tenant: every mutable mapping of
+    it is the copy's own (a new attribute of one fails here until the copy takes it); the
+    versions, never changed once published, are shared rather than copied again."""
+    with contextlib.closing(ConsentLedger(Settings(data_dir=tmp_path / "data"))) as ledger:
+        ledger.init_demo()
+        ledger.record([parse_fact(second_version())])
+        tenant = ledger.tenant("demo", shared=True)
+        assert tenant is not None
+        copied = copy.deepcopy(tenant)
+        for name, value in vars(tenant).items():
+            if isinstance(value, dict | list | set | bytearray):
+                assert vars(copied)[name] is not value and vars(copied)[name] == value, name
+        assert all(copied.policies[v] is p for v, p in tenant.policies.items())
+        copied.policies["crmpro-3.0"] = copied.policies["crmpro-2.0"]
+        assert "crmpro-3.0" not in tenant.policies
 
 
 def test_policies_from_the_command_line(data: Path) -> None:

@@ -39,7 +39,7 @@ from ledger.settings import Settings
 from ledger.storage import StorageUnavailable, storage_failure
 from ledger.verify import verify_ledger
 from tests.cli_support import file_size_limit, line_within
-from tests.facts import grant, withdraw
+from tests.facts import grant, policy, withdraw
 from tests.kafka_support import (
     OVERSIZE_LIMIT,
     check_exactly_once,
@@ -266,6 +266,30 @@ def test_a_full_key_store_records_nothing_and_the_retry_records_once(
         else verify_ledger(ledger.ledger_recorder)
     )
     assert result.ok, result.problems
+
+
+def test_a_policy_published_in_a_batch_the_storage_refused_is_unknown_to_the_next(
+    backend_ledger: ConsentLedger, full_key_store: Callable[[bool], None]
+) -> None:
+    """The batch publishes on its own copy of the tenant: a reader holding the shared one
+    (the HTTP routes do, on other threads) never sees a version the log does not hold, and
+    the retry is recorded, not refused as a version published with other content."""
+    ledger = backend_ledger
+    held = ledger.tenant("demo", shared=True)
+    assert held is not None
+    publication = parse_fact(policy("2025-06", effective_at="2025-06-01T00:00:00+05:00"))
+    batch = [publication, *(parse_fact(f) for f in big_grants(200, "new"))]
+    full_key_store(True)
+
+    with pytest.raises(StorageUnavailable, match="the disk is full"):
+        ledger.record(batch)
+
+    assert "2025-06" not in held.policies
+    assert "2025-06" not in ledger.tenant("demo").policies  # type: ignore[union-attr]
+    full_key_store(False)
+    [receipt] = ledger.record([publication])
+    assert isinstance(receipt, Receipt) and not receipt.duplicate, receipt
+    assert "2025-06" in ledger.tenant("demo").policies  # type: ignore[union-attr]
 
 
 def position(db: Path, query: str) -> int:
