@@ -117,6 +117,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument(
         "--views-cache", type=int, help="LEDGER_VIEWS_CACHE_FACTS for the server (default: its)"
     )
+    parser.add_argument(
+        "--sqlite-memory", type=int, help="LEDGER_SQLITE_MEMORY_MIB for the server (default: its)"
+    )
     args = parser.parse_args(argv)
     if not sys.platform.startswith("linux"):
         parser.error("the soak reads resident sizes from /proc")
@@ -124,11 +127,15 @@ def main(argv: list[str]) -> None:
         parser.error("--seconds and --every must be positive, --connections at least 1")
     if not 1 <= args.batch <= 1000:
         parser.error("--batch must be from 1 to 1000 (the service's batch limit)")
-    if args.views_cache is not None:
-        try:
-            Settings.from_env({"LEDGER_VIEWS_CACHE_FACTS": str(args.views_cache)})
-        except SettingsError as error:
-            parser.error(f"--views-cache: {error}")
+    for option, name, value in (
+        ("--views-cache", "LEDGER_VIEWS_CACHE_FACTS", args.views_cache),
+        ("--sqlite-memory", "LEDGER_SQLITE_MEMORY_MIB", args.sqlite_memory),
+    ):
+        if value is not None:
+            try:
+                Settings.from_env({name: str(value)})
+            except SettingsError as error:
+                parser.error(f"{option}: {error}")
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(data_dir=Path(tmp) / "data")
         ConsentLedger(settings).init_demo()
@@ -139,7 +146,10 @@ def main(argv: list[str]) -> None:
         env = {**os.environ, "LEDGER_DATA_DIR": str(settings.data_dir)}
         if args.views_cache is not None:
             env["LEDGER_VIEWS_CACHE_FACTS"] = str(args.views_cache)
-        bound = Settings.from_env(env).views_cache_facts
+        if args.sqlite_memory is not None:
+            env["LEDGER_SQLITE_MEMORY_MIB"] = str(args.sqlite_memory)
+        server_settings = Settings.from_env(env)
+        bound = server_settings.views_cache_facts
         serve = [sys.executable, "-m", "ledger.cli", "serve", "--port", str(port)]
         server = start(serve, env, port)
         try:
@@ -150,7 +160,7 @@ def main(argv: list[str]) -> None:
                 f"{platform.python_version()}): {args.connections} connections, batches of "
                 f"{args.batch} new subjects' grants of {len(PURPOSES)} purposes, one page of "
                 f"who had consent in {QUESTION_EVERY} requests; LEDGER_VIEWS_CACHE_FACTS "
-                f"{bound:,}",
+                f"{bound:,}, LEDGER_SQLITE_MEMORY_MIB {server_settings.sqlite_memory_mib}",
                 flush=True,
             )
             print(f"{'seconds':>7} {'facts':>10} {'server MiB':>10} {'writer MiB':>10}")

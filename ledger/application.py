@@ -41,6 +41,7 @@ from ledger.policy import DEMO_TENANT, seed_policy_fact
 from ledger.receipt import ErasureNotOverwritten, Outcome, Receipt
 from ledger.recorder import LedgerSQLiteRecorder
 from ledger.settings import Settings, ensure_dir
+from ledger.sql import bound_sqlite_memory
 from ledger.storage import RecordTooLarge, storage_failure
 from ledger.subject import Subject
 from ledger.tenant import Tenant, tenant_id
@@ -90,6 +91,7 @@ class ConsentLedger(Application[UUID]):
 
     def __init__(self, settings: Settings, keystore: KeyStore | None = None) -> None:
         self.settings = settings
+        bound_sqlite_memory(settings.sqlite_memory_mib)
         self.keystore = keystore or KeyStore(settings.keystore_path, load_master_key(settings))
         try:
             super().__init__(env=persistence_env(settings, self.keystore))

@@ -41,6 +41,7 @@ VARIABLES = (
     "LEDGER_MAX_FUTURE_SKEW_S",
     "LEDGER_AGGREGATE_CACHE",
     "LEDGER_VIEWS_CACHE_FACTS",
+    "LEDGER_SQLITE_MEMORY_MIB",
     "LEDGER_REQUEST_DUE_DAYS",
     "LEDGER_REQUEST_DUE_DAYS_BY_KIND",
     "LEDGER_HTTP_WRITER",
@@ -117,6 +118,10 @@ class Settings:
       memory between pages may hold in all, each subject counting as one more (0.7 to 1.0
       KiB each, `python -m bench memory`); past it, the subjects least recently written are
       read back from views.db when next needed |
+    | LEDGER_SQLITE_MEMORY_MIB | 0 | a soft bound on the memory SQLite holds in each process
+      that opens the ledger (its page caches, up to 64 MiB for each open connection, most of
+      it): past it SQLite frees cached pages first, and reads them again from the file (the
+      OS's page cache) when next needed; 0: no bound |
     | LEDGER_REQUEST_DUE_DAYS | 30 | deadline of a subject request that names no `due_at`, where
       the tenant's policy in force at its receipt gives its kind none (at most 3650) |
     | LEDGER_REQUEST_DUE_DAYS_BY_KIND | | the same for some kinds of request, as
@@ -149,6 +154,7 @@ class Settings:
     max_future_skew_s: int = 300
     aggregate_cache: int = 10000
     views_cache_facts: int = 1_200_000
+    sqlite_memory_mib: int = 0
     request_due_days: int = 30
     # (kind, days) pairs, a tuple so that the settings stay hashable.
     request_due_days_by_kind: tuple[tuple[str, int], ...] = ()
@@ -210,6 +216,7 @@ class Settings:
             max_future_skew_s=_int(env, "LEDGER_MAX_FUTURE_SKEW_S", 300, maximum=86_400),
             aggregate_cache=_int(env, "LEDGER_AGGREGATE_CACHE", 10000),
             views_cache_facts=_int(env, "LEDGER_VIEWS_CACHE_FACTS", 1_200_000),
+            sqlite_memory_mib=_int(env, "LEDGER_SQLITE_MEMORY_MIB", 0, maximum=1 << 20),
             request_due_days=_int(env, "LEDGER_REQUEST_DUE_DAYS", 30, maximum=3650),
             request_due_days_by_kind=_days_by_kind(env, "LEDGER_REQUEST_DUE_DAYS_BY_KIND"),
             partitions=max(1, _int(env, "LEDGER_PARTITIONS", 3)),

@@ -6,13 +6,16 @@ ledger.sqlite_factory); SQLite's `sqlite_stmt` table lists what a connection hol
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from pathlib import Path
 
+import pytest
 from eventsourcing.sqlite import SQLiteConnectionPool, SQLiteDatastore
 
 from ledger.application import ConsentLedger
-from ledger.settings import Settings
-from ledger.sql import PAGE_CACHE_KIB
+from ledger.settings import Settings, SettingsError
+from ledger.sql import PAGE_CACHE_KIB, bound_sqlite_memory
 from ledger.sqlite_factory import StatementCachingPool
 from projections.store import ViewsDatastore
 
@@ -93,3 +96,26 @@ def test_the_ledgers_connections_keep_more_pages(tmp_path: Path) -> None:
     finally:
         views.close()
         ledger.close()
+
+
+def soft_heap_limit() -> int:
+    with contextlib.closing(sqlite3.connect(":memory:")) as c:
+        return int(c.execute("PRAGMA soft_heap_limit").fetchone()[0])
+
+
+def test_a_ledger_bounds_the_sqlite_memory_of_its_process(tmp_path: Path) -> None:
+    """`LEDGER_SQLITE_MEMORY_MIB` is SQLite's soft heap limit, the whole process's: set as
+    each ledger opens (a `serve`, its writer process, each replay worker), 0 lifting it."""
+    assert Settings.from_env({}).sqlite_memory_mib == 0
+    with pytest.raises(SettingsError, match="LEDGER_SQLITE_MEMORY_MIB must not be negative"):
+        Settings.from_env({"LEDGER_SQLITE_MEMORY_MIB": "-1"})
+    bounded = Settings.from_env(
+        {"LEDGER_DATA_DIR": str(tmp_path), "LEDGER_SQLITE_MEMORY_MIB": "48"}
+    )
+    try:
+        ConsentLedger(bounded).close()
+        assert soft_heap_limit() == 48 * 1024 * 1024
+        ConsentLedger(Settings(data_dir=tmp_path)).close()
+        assert soft_heap_limit() == 0
+    finally:
+        bound_sqlite_memory(0)
