@@ -298,7 +298,7 @@ def bench_one_subject(
     """Every fact about one subject, whose history grows as they are recorded; then a
     correction of each fact `change` gives changes for (5,000 corrections of the grants of
     a subject of 20,000 facts took 28 s before the writer kept the subject's entries as
-    corrected, and 5,000 of its withdrawals 36 s before it kept each purpose's timeline)."""
+    corrected, and 5,000 of its withdrawals 56 s before it kept each purpose's timeline)."""
     run = LedgerRun(root / name, stream, 1000)
 
     def work() -> int:
