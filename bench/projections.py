@@ -108,11 +108,15 @@ def decode_scan(ledger: ConsentLedger) -> int:
         start = page[-1].id
 
 
-def catch_up_newest_first(root: Path, facts: int) -> tuple[int, float, float]:
+def catch_up_newest_first(
+    root: Path, facts: int, sqlite_memory: int = 0
+) -> tuple[int, float, float]:
     """(log entries, seconds to catch a live store up, seconds to decode them): the views
     used to recompute the subject's whole timeline for each such fact, quadratic in its
     history (10,000 took 43 s, 2026-12-04)."""
-    ledger = ConsentLedger(Settings(data_dir=root / "newest-first"))
+    ledger = ConsentLedger(
+        Settings(data_dir=root / "newest-first", sqlite_memory_mib=sqlite_memory)
+    )
     ledger.init_demo()
     stream = newest_first(facts)
     for i in range(0, len(stream), 1000):
@@ -250,11 +254,23 @@ def main(argv: list[str]) -> None:
         help="open the views anew and evict their files from the OS page cache before each "
         "of who had consent and the campaign check is first asked",
     )
+    parser.add_argument(
+        "--sqlite-memory",
+        type=int,
+        default=0,
+        help="LEDGER_SQLITE_MEMORY_MIB for every process of the run (default: no bound)",
+    )
     args = parser.parse_args(argv)
+    if args.sqlite_memory < 0:
+        parser.error("--sqlite-memory must not be negative")
     rng = random.Random(3)
 
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(data_dir=Path(tmp) / "data", aggregate_cache=args.subjects)
+        settings = Settings(
+            data_dir=Path(tmp) / "data",
+            aggregate_cache=args.subjects,
+            sqlite_memory_mib=args.sqlite_memory,
+        )
         ledger = ConsentLedger(settings)
         ledger.init_demo()
         stream = history(args.subjects, args.facts)
@@ -379,7 +395,11 @@ def main(argv: list[str]) -> None:
         out, _, caught_up_mib = in_a_process(
             CATCH_UP,
             [str(Path(tmp) / "caught-up.db")],
-            {**os.environ, "LEDGER_DATA_DIR": str(settings.data_dir)},
+            {
+                **os.environ,
+                "LEDGER_DATA_DIR": str(settings.data_dir),
+                "LEDGER_SQLITE_MEMORY_MIB": str(args.sqlite_memory),
+            },
         )
         caught_up = float(out)
         # The campaign check asked first of that store, laid out in log order as a server's
@@ -397,7 +417,13 @@ def main(argv: list[str]) -> None:
         ledger.close()
         # verify in a process of its own (as the command runs), for its peak memory.
         out, verify_s, verify_mib = in_a_process(
-            VERIFY, [], {**os.environ, "LEDGER_DATA_DIR": str(settings.data_dir)}
+            VERIFY,
+            [],
+            {
+                **os.environ,
+                "LEDGER_DATA_DIR": str(settings.data_dir),
+                "LEDGER_SQLITE_MEMORY_MIB": str(args.sqlite_memory),
+            },
         )
         verified = orjson.loads(out)
         assert verified["ok"] and verified["facts_checked"] == log_entries, verified
@@ -405,12 +431,15 @@ def main(argv: list[str]) -> None:
             READ_AND_HASH, [str(settings.data_dir / "ledger.db")]
         )
         assert int(out) == log_entries
-        imported, imported_s, imported_scan = catch_up_newest_first(Path(tmp), args.facts // 100)
+        imported, imported_s, imported_scan = catch_up_newest_first(
+            Path(tmp), args.facts // 100, args.sqlite_memory
+        )
 
     print(
         f"projections on {platform.node()} ({os.cpu_count()} cores, Python "
         f"{platform.python_version()}): {len(stream):,} facts, {args.subjects:,} subjects, "
         f"{log_entries:,} log entries (ingest {len(stream) / ingest:,.0f} facts/s)"
+        + (f", LEDGER_SQLITE_MEMORY_MIB {args.sqlite_memory}" if args.sqlite_memory else "")
     )
     cold = ", views evicted from the page cache" if args.cold else ""
     print(f"{'question':<40} {'views':>16} {'raw log scan':>16}  target")

@@ -49,8 +49,12 @@ SMALL = {
         ["raw consume-transform-produce, 500/txn", "intake writer / raw loop"],
     ),
     "projections": (
-        ["--facts", "3000", "--subjects", "300", "--queries", "20", "--recipients", "100"],
         [
+            *("--facts", "3000", "--subjects", "300", "--queries", "20", "--recipients", "100"),
+            *("--sqlite-memory", "64"),
+        ],
+        [
+            "LEDGER_SQLITE_MEMORY_MIB 64",
             "as-of, one subject: p99",
             "replay (2 processes) / decode-only scan",
             "catch-up, one subject sent newest first",
@@ -59,8 +63,11 @@ SMALL = {
     ),
     "memory": (["--facts", "600"], ["decoded events B/fact", "units: what the cache counts"]),
     "soak": (
-        ["--seconds", "2", "--every", "1", "--batch", "10", "--connections", "2"],
-        ["server MiB", "statuses: {200:"],
+        [
+            *("--seconds", "2", "--every", "1", "--batch", "10", "--connections", "2"),
+            *("--sqlite-memory", "32"),
+        ],
+        ["LEDGER_SQLITE_MEMORY_MIB 32", "server MiB", "statuses: {200:"],
     ),
 }
 
