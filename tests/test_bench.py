@@ -26,6 +26,7 @@ SMALL = {
             "  then its grants corrected, 1,000/commit",
             "ledger record(), one subject, grants first",
             "  then its withdrawals moved, 1,000/commit",
+            "ledger record(), policy versions, 1/commit",
             "ledger / plain eventsourcing:",
         ],
     ),
