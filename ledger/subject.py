@@ -65,8 +65,9 @@ class Subject(ChainedAggregate):
         # correction, or after a correction, then kept as entries and corrections are
         # applied. Each of those was a fold of the subject's whole history: 5,000 late
         # withdrawals of a subject of 5,000 grants took 37 s to record, 5,000 corrections of
-        # its withdrawals 36 s (2026-12-04). Not kept from the first entry on: its lists cost
-        # the write path 0.7% more instructions a fact, and every cached subject memory.
+        # its withdrawals 56 s (`python -m bench ingest`, "grants first", 2026-12-04). Not
+        # kept from the first entry on: its lists cost the write path 0.7% more instructions
+        # a fact (`python -m bench instructions`), and every cached subject memory.
         self._timelines: dict[str, list[ConsentEntry]] | None = None
         # The grants and withdrawals as known now, by event id (`entries_as_known`): built
         # when a rule first asks, then kept as entries and corrections are applied. Folded
