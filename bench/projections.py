@@ -34,7 +34,7 @@ from ledger.application import ConsentLedger
 from ledger.consent import GRANTED, ConsentEntry, Correction, consent_at
 from ledger.envelope import parse_fact
 from ledger.policy import SEED_POLICY_VERSION
-from ledger.settings import Settings
+from ledger.settings import Settings, SettingsError
 from ledger.subject import Subject
 from projections.consent_projection import ConsentProjection
 from projections.queries import check_recipients, consents_at, who_had_consent
@@ -261,8 +261,11 @@ def main(argv: list[str]) -> None:
         help="LEDGER_SQLITE_MEMORY_MIB for every process of the run (default: no bound)",
     )
     args = parser.parse_args(argv)
-    if args.sqlite_memory < 0:
-        parser.error("--sqlite-memory must not be negative")
+    bound = {"LEDGER_SQLITE_MEMORY_MIB": str(args.sqlite_memory)}
+    try:
+        Settings.from_env(bound)
+    except SettingsError as error:
+        parser.error(f"--sqlite-memory: {error}")
     rng = random.Random(3)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -271,6 +274,8 @@ def main(argv: list[str]) -> None:
             aggregate_cache=args.subjects,
             sqlite_memory_mib=args.sqlite_memory,
         )
+        # The settings of the processes the run starts (catch-up, verify).
+        env = {**os.environ, "LEDGER_DATA_DIR": str(settings.data_dir), **bound}
         ledger = ConsentLedger(settings)
         ledger.init_demo()
         stream = history(args.subjects, args.facts)
@@ -395,11 +400,7 @@ def main(argv: list[str]) -> None:
         out, _, caught_up_mib = in_a_process(
             CATCH_UP,
             [str(Path(tmp) / "caught-up.db")],
-            {
-                **os.environ,
-                "LEDGER_DATA_DIR": str(settings.data_dir),
-                "LEDGER_SQLITE_MEMORY_MIB": str(args.sqlite_memory),
-            },
+            env,
         )
         caught_up = float(out)
         # The campaign check asked first of that store, laid out in log order as a server's
@@ -416,15 +417,7 @@ def main(argv: list[str]) -> None:
         _, replay_alone = timed(lambda: rebuild(ledger, Path(tmp) / "alone.db", workers=1))
         ledger.close()
         # verify in a process of its own (as the command runs), for its peak memory.
-        out, verify_s, verify_mib = in_a_process(
-            VERIFY,
-            [],
-            {
-                **os.environ,
-                "LEDGER_DATA_DIR": str(settings.data_dir),
-                "LEDGER_SQLITE_MEMORY_MIB": str(args.sqlite_memory),
-            },
-        )
+        out, verify_s, verify_mib = in_a_process(VERIFY, [], env)
         verified = orjson.loads(out)
         assert verified["ok"] and verified["facts_checked"] == log_entries, verified
         out, hashed_s, hashed_mib = in_a_process(
