@@ -3,6 +3,9 @@ plain tuples.
 
 SQLite limits the host parameters of one statement (999 before 3.32), and a batch asks
 about up to a thousand subjects, event ids or positions at once.
+
+Also what every SQLite file of the ledger shares, whichever module opens it: the size of a
+connection's page cache and the process's bound on SQLite's memory.
 """
 
 from __future__ import annotations
