@@ -76,6 +76,17 @@ def entries_as_known(
     known_at: datetime | None = None,
 ) -> list[ConsentEntry]:
     """Entries with the corrections the ledger had recorded by `known_at` applied."""
+    return [e for e in entries_as_corrected(entries, corrections, known_at).values() if not e.void]
+
+
+def entries_as_corrected(
+    entries: Iterable[ConsentEntry],
+    corrections: Iterable[Correction],
+    known_at: datetime | None = None,
+) -> dict[str, ConsentEntry]:
+    """By event id, every entry recorded by `known_at` with the corrections recorded by then
+    applied, the voided ones too (`void` set, and changed by any later correction, as the
+    trail shows them)."""
     by_id: dict[str, ConsentEntry] = {}
     for entry in entries:
         if known_at is None or entry.recorded_at <= known_at:
@@ -90,7 +101,7 @@ def entries_as_known(
             by_id[correction.corrects] = target._replace(void=True)
         else:
             by_id[correction.corrects] = target._replace(**correction.changes)
-    return [e for e in by_id.values() if not e.void]
+    return by_id
 
 
 def deciding_entries(entries: Iterable[ConsentEntry], at: datetime) -> dict[str, ConsentEntry]:
