@@ -10,6 +10,13 @@ would be a leak. The baseline is the same server's size once started, before any
 The resident size adds to the cache SQLite's page caches (up to 64 MiB per pooled
 connection) and the allocator's slack. Not part of `make bench`: it measures memory, and
 takes minutes to reach the bound (`--views-cache` lowers it to reach it sooner).
+
+With `--kafka` it soaks Kafka mode's long-running process instead: `consent-ledger worker`
+(the intake writer and the consent views in one process) on a broker of its own
+(deploy/kafka/broker.sh, or KAFKA_BOOTSTRAP), with new subjects' grants published to the
+intake topic at `--rate` facts a second, and the ledger topic's offsets since the worker
+started (its facts, and one marker per transaction) counted beside the worker's resident
+size, so that a worker falling behind shows too.
 """
 
 from __future__ import annotations
@@ -19,9 +26,13 @@ import asyncio
 import itertools
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +41,7 @@ import orjson
 from api.app import keys_path
 from api.keys import ApiKeys
 from bench.http import exchange, free_port, parent_pid, request, start
+from bench.kafka import broker, key_of
 from ledger.application import ConsentLedger
 from ledger.policy import SEED_POLICY_VERSION
 from ledger.settings import Settings, SettingsError
@@ -50,24 +62,22 @@ def children(pid: int) -> list[int]:
     return [int(e) for e in os.listdir("/proc") if e.isdigit() and parent_pid(e) == pid]
 
 
+def grant(i: int) -> dict[str, Any]:
+    """A new subject's grant (over HTTP the tenant comes from the key)."""
+    return {
+        "event_id": f"soak-{i}",
+        "type": "consent.granted",
+        "subject": f"soak-contact-{i}",
+        "occurred_at": "2025-06-01T10:00:00+05:00",
+        "source": "bench",
+        "policy_version": SEED_POLICY_VERSION,
+        "purposes": PURPOSES,
+        "personal_data": {"full_name": f"Karimov Aziz {i}"},
+    }
+
+
 def batch(first: int, size: int) -> bytes:
-    return orjson.dumps(
-        {
-            "facts": [
-                {
-                    "event_id": f"soak-{i}",
-                    "type": "consent.granted",
-                    "subject": f"soak-contact-{i}",
-                    "occurred_at": "2025-06-01T10:00:00+05:00",
-                    "source": "bench",
-                    "policy_version": SEED_POLICY_VERSION,
-                    "purposes": PURPOSES,
-                    "personal_data": {"full_name": f"Karimov Aziz {i}"},
-                }
-                for i in range(first, first + size)
-            ]
-        }
-    )
+    return orjson.dumps({"facts": [grant(i) for i in range(first, first + size)]})
 
 
 def question(key: str) -> bytes:
@@ -115,6 +125,12 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--batch", type=int, default=100, help="facts per batch")
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument(
+        "--kafka", action="store_true", help="soak `consent-ledger worker` in Kafka mode instead"
+    )
+    parser.add_argument(
+        "--rate", type=int, default=2000, help="with --kafka: facts published a second"
+    )
+    parser.add_argument(
         "--views-cache", type=int, help="LEDGER_VIEWS_CACHE_FACTS for the server (default: its)"
     )
     parser.add_argument(
@@ -127,6 +143,9 @@ def main(argv: list[str]) -> None:
         parser.error("--seconds and --every must be positive, --connections at least 1")
     if not 1 <= args.batch <= 1000:
         parser.error("--batch must be from 1 to 1000 (the service's batch limit)")
+    if args.rate < 1:
+        parser.error("--rate must be at least 1")
+    bounds: dict[str, str] = {}
     for option, name, value in (
         ("--views-cache", "LEDGER_VIEWS_CACHE_FACTS", args.views_cache),
         ("--sqlite-memory", "LEDGER_SQLITE_MEMORY_MIB", args.sqlite_memory),
@@ -136,6 +155,14 @@ def main(argv: list[str]) -> None:
                 Settings.from_env({name: str(value)})
             except SettingsError as error:
                 parser.error(f"{option}: {error}")
+            bounds[name] = str(value)
+    if args.kafka:
+        soak_worker(args, bounds)
+    else:
+        soak_serve(args, bounds)
+
+
+def soak_serve(args: argparse.Namespace, bounds: dict[str, str]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(data_dir=Path(tmp) / "data")
         ConsentLedger(settings).init_demo()
@@ -143,11 +170,7 @@ def main(argv: list[str]) -> None:
         key = store.create("demo", {"publisher", "compliance"})[1]
         store.close()
         port = free_port()
-        env = {**os.environ, "LEDGER_DATA_DIR": str(settings.data_dir)}
-        if args.views_cache is not None:
-            env["LEDGER_VIEWS_CACHE_FACTS"] = str(args.views_cache)
-        if args.sqlite_memory is not None:
-            env["LEDGER_SQLITE_MEMORY_MIB"] = str(args.sqlite_memory)
+        env = {**os.environ, "LEDGER_DATA_DIR": str(settings.data_dir), **bounds}
         server_settings = Settings.from_env(env)
         bound = server_settings.views_cache_facts
         serve = [sys.executable, "-m", "ledger.cli", "serve", "--port", str(port)]
@@ -187,3 +210,110 @@ def main(argv: list[str]) -> None:
         finally:
             server.terminate()
             server.wait()
+
+
+# Publishing a tenth of a second's facts at a time keeps the schedule within that of the rate.
+PUBLISH_EVERY_S = 0.1
+
+
+def soak_worker(args: argparse.Namespace, bounds: dict[str, str]) -> None:
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+    from ledger.kafka.topics import Topics
+
+    with tempfile.TemporaryDirectory() as tmp, broker(Path(tmp)) as bootstrap:
+        settings = Settings(
+            data_dir=Path(tmp) / "data",
+            backend="kafka",
+            kafka_bootstrap=bootstrap,
+            topic_prefix=f"soak-{uuid.uuid4().hex[:6]}",
+        )
+        ledger = ConsentLedger(settings)
+        ledger.init_demo()
+        ledger.close()
+        topics = Topics.of(settings.topic_prefix)
+        env = {
+            **os.environ,
+            "LEDGER_DATA_DIR": str(settings.data_dir),
+            "LEDGER_BACKEND": "kafka",
+            "KAFKA_BOOTSTRAP": bootstrap,
+            "LEDGER_TOPIC_PREFIX": settings.topic_prefix,
+            **bounds,
+        }
+        worker_settings = Settings.from_env(env)
+        with running_worker(env, Path(tmp) / "worker.log") as worker:
+            print(
+                f"worker under sustained intake on {platform.node()} (Python "
+                f"{platform.python_version()}, broker on the same machine): new subjects' "
+                f"grants of {len(PURPOSES)} purposes published at {args.rate:,}/s; "
+                f"LEDGER_VIEWS_CACHE_FACTS {worker_settings.views_cache_facts:,}, "
+                f"LEDGER_SQLITE_MEMORY_MIB {worker_settings.sqlite_memory_mib}",
+                flush=True,
+            )
+            print(f"{'seconds':>7} {'published':>10} {'ledger offsets':>14} {'worker MiB':>10}")
+            counter = KafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed")
+            ledger_tps = [
+                TopicPartition(topics.ledger, p)
+                for p in counter.partitions_for_topic(topics.ledger) or ()
+            ]
+            at_start = sum(counter.end_offsets(ledger_tps).values())
+
+            def row(elapsed: float, published: int) -> None:
+                # Records the worker committed to the ledger topic since it started: its
+                # facts, and the transactions' markers, which take an offset each.
+                written = sum(counter.end_offsets(ledger_tps).values()) - at_start
+                print(
+                    f"{elapsed:>7.0f} {published:>10,} {written:>14,} {rss_mib(worker.pid):>10}",
+                    flush=True,
+                )
+
+            producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+            row(0, 0)  # the baseline: consuming, nothing published yet
+            started = time.monotonic()
+            due = started + args.every
+            published = 0
+            while (now := time.monotonic()) < started + args.seconds:
+                for i in range(published, int((now - started) * args.rate)):
+                    fact = {**grant(i), "tenant": "demo"}
+                    producer.send(topics.intake, key=key_of(fact), value=orjson.dumps(fact))
+                    published = i + 1
+                if now >= due:
+                    due = now + args.every
+                    row(now - started, published)
+                time.sleep(PUBLISH_EVERY_S)  # the load generator's schedule
+            producer.flush()
+            producer.close()
+            row(time.monotonic() - started, published)
+            counter.close()
+        # The worker's own account, said as it stopped: what it accepted and refused.
+        print(worker.said)
+
+
+class Worker:
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.process = process
+        self.pid = process.pid
+        self.said = ""
+
+
+@contextmanager
+def running_worker(env: dict[str, str], log: Path) -> Iterator[Worker]:
+    """`consent-ledger worker`, once it consumes; stopped by SIGTERM, as an operator stops it,
+    and its closing lines kept (its JSON log goes to `log`, printed if it fails)."""
+    command = [sys.executable, "-m", "ledger.cli", "worker"]
+    with log.open("w") as stderr:
+        process = subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True
+        )
+    assert process.stdout is not None
+    worker = Worker(process)
+    try:
+        if not process.stdout.readline().startswith("worker: consuming"):
+            raise RuntimeError("the worker did not start:\n" + log.read_text()[-2000:])
+        yield worker
+    finally:
+        process.terminate()
+        said, _ = process.communicate(timeout=120)
+        worker.said = said.strip()
+        if process.returncode != 0:
+            raise RuntimeError(f"the worker exited {process.returncode}:\n" + said[-2000:])

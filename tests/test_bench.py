@@ -70,19 +70,27 @@ SMALL = {
         ],
         ["LEDGER_SQLITE_MEMORY_MIB 32", "server MiB", "statuses: {200:"],
     ),
+    "soak --kafka": (
+        [*("--seconds", "2", "--every", "1", "--rate", "200", "--views-cache", "1000")],
+        ["LEDGER_VIEWS_CACHE_FACTS 1,000", "worker MiB", "worker: stopped; "],
+    ),
 }
 
 
-@pytest.mark.parametrize("name", list(SMALL))
+@pytest.mark.parametrize(
+    "name",
+    # Those on Kafka carry its mark, as every test that needs the broker does.
+    [pytest.param(n, marks=pytest.mark.kafka) if "kafka" in n else n for n in SMALL],
+)
 def test_each_benchmark_runs_to_its_end_beside_its_baseline(
     name: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     args, rows = SMALL[name]
     env = {**os.environ, "TMPDIR": str(tmp_path)}
-    if name == "kafka":
+    if "kafka" in name:
         env["KAFKA_BOOTSTRAP"] = request.getfixturevalue("kafka_bootstrap")
     ran = subprocess.run(
-        [sys.executable, "-m", "bench", name, *args],
+        [sys.executable, "-m", "bench", *name.split(), *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
