@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 # The backend of each data directory: every command runs on the embedded log and on Kafka.
 BACKEND_ENV: dict[Path, dict[str, str]] = {}
@@ -45,7 +45,7 @@ def line_within(stream: IO[str], timeout: float = 120) -> str:
     return stream.readline()
 
 
-def lines_until(stream: IO[str], last: Callable[[str], bool], timeout: float = 120) -> list[str]:
+def lines_until(stream: IO[Any], last: Callable[[str], bool], timeout: float = 120) -> list[str]:
     """The lines a process prints up to the one `last` accepts, read from the pipe itself:
     a burst of lines arrives in one read, and a reader that buffered the rest would wait in
     select for output that already came. Only for a stream nothing has been read from."""

@@ -16,7 +16,7 @@ import pytest
 
 from ledger.application import ConsentLedger
 from ledger.policy import seed_policy_fact
-from tests.cli_support import BACKEND_ENV, line_within, run, verify_elsewhere
+from tests.cli_support import BACKEND_ENV, line_within, lines_until, run, verify_elsewhere
 from tests.facts import fact, grant, policy, terms, withdraw
 
 
@@ -847,6 +847,38 @@ def test_record_a_large_file_in_batches(data: Path, tmp_path: Path) -> None:
     assert sum("receipt" in r for r in result) == 2499
 
 
+def test_record_answers_json_lines_from_a_pipe_a_batch_at_a_time(data: Path) -> None:
+    """JSON Lines are read a batch at a time: the first 1,000 facts of a pipe are recorded
+    and answered while the pipe is still open. Read whole, the input was held in memory
+    (1.1 GB for a file of 1,000,000 facts) and a pipe was answered only once it closed."""
+    fed = subprocess.Popen(
+        [sys.executable, "-m", "ledger.cli", "record", "-"],
+        env={**os.environ, **BACKEND_ENV.get(data, {}), "LEDGER_DATA_DIR": str(data)},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert fed.stdin is not None and fed.stdout is not None and fed.stderr is not None
+    # A byte order mark, and blank lines among the facts: each fact is answered with its own
+    # line in the input.
+    facts = [orjson.dumps(grant(f"pipe-{i}", event_id=f"pipe-{i}")) for i in range(1000)]
+    fed.stdin.write(
+        b"\xef\xbb\xbf\n\n" + b"\n".join(facts[:500]) + b"\n\n" + b"\n".join(facts[500:]) + b"\n"
+    )
+    fed.stdin.flush()  # and the pipe stays open, more to come
+    first = lines_until(fed.stdout, lambda line: '"index":999' in line)
+    answers = [orjson.loads(line) for line in first]
+    assert [a["index"] for a in answers] == list(range(1000))
+    assert [a["line"] for a in answers] == [*range(3, 503), *range(504, 1004)]
+    assert all("receipt" in a for a in answers), answers[0]
+    fed.stdin.write(orjson.dumps(grant("pipe-last", event_id="pipe-last")) + b"\n")
+    fed.stdin.close()
+    rest = [orjson.loads(line) for line in fed.stdout.read().splitlines()]
+    assert fed.wait(timeout=120) == 0, fed.stderr.read()
+    assert [(a["index"], a["line"]) for a in rest] == [(1000, 1004)]
+    assert all("receipt" in a for a in rest)
+
+
 def test_record_interrupted_by_ctrl_c_says_so_and_finishes_when_run_again(
     data: Path, tmp_path: Path
 ) -> None:
@@ -878,9 +910,9 @@ def test_record_interrupted_by_ctrl_c_says_so_and_finishes_when_run_again(
     answered = lines(first + rest)
     assert 0 < len(answered) < total and len(answered) % 1000 == 0  # whole batches
     assert err == (
-        f"consent-ledger: interrupted after answering {len(answered)} of {total} facts: "
-        "record the same input again to finish (facts already recorded get their first "
-        'receipts, with "duplicate": true)\n'
+        f"consent-ledger: interrupted after answering the first {len(answered)} facts of the "
+        "input: record the same input again to finish (facts already recorded get their "
+        'first receipts, with "duplicate": true)\n'
     )
     assert run(data, "verify").returncode == 0
     again = run(data, "record", str(path))

@@ -16,6 +16,7 @@ from ledger.cli.common import (
     EXIT_UNAVAILABLE,
     CliError,
     demo_subjects,
+    fact_batches,
     fail,
     json_text,
     open_ledger,
@@ -69,15 +70,15 @@ def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_record(args: argparse.Namespace, settings: Settings) -> int:
     """Facts are recorded in batches of 1,000 (one transaction each), answered line by line
     in input order, so a large file neither waits for one huge commit nor holds it in memory
-    longer than a batch.
+    longer than a batch: JSON Lines are read a batch at a time (`fact_batches`).
 
     Ctrl-C stops at the next batch boundary, once the batch in hand is committed and
     answered: the output then says exactly what was recorded, and the same input again
     finishes the rest. A second Ctrl-C stops at once (the batch in hand is rolled back whole).
     """
-    given = read_facts(read_input(args.file))
-    items = given.items
+    batches = fact_batches(args.file, 1000)  # an input with no facts is refused here
     ledger = open_ledger(settings)
+    answered = 0
     rejected = 0
     busy: ErasureNotOverwritten | None = None
     interrupted = threading.Event()
@@ -89,18 +90,17 @@ def cmd_record(args: argparse.Namespace, settings: Settings) -> int:
 
     before = signal.signal(signal.SIGINT, on_interrupt)
     try:
-        for start in range(0, len(items), 1000):
+        for given in batches:
             if interrupted.is_set():
                 raise CliError(
-                    f"interrupted after answering {start} of {len(items)} facts: record the "
-                    "same input again to finish (facts already recorded get their first "
-                    'receipts, with "duplicate": true)',
+                    f"interrupted after answering the first {answered} facts of the input: "
+                    "record the same input again to finish (facts already recorded get their "
+                    'first receipts, with "duplicate": true)',
                     EXIT_INTERRUPTED,
                 )
-            chunk = items[start : start + 1000]
             facts: list[Fact] = []
             parsed: list[FactRejected | None] = []
-            for item in chunk:
+            for item in given.items:
                 try:
                     if isinstance(item, FactRejected):
                         raise item
@@ -122,19 +122,20 @@ def cmd_record(args: argparse.Namespace, settings: Settings) -> int:
                 final = early if early is not None else next(recorded)
                 if isinstance(final, FactRejected):
                     rejected += 1
-                    line = given.answer(start + offset, rejected=final.as_dict())
+                    line = given.answer(given.first + offset, rejected=final.as_dict())
                 else:
-                    line = given.answer(start + offset, receipt=final.as_dict())
+                    line = given.answer(given.first + offset, receipt=final.as_dict())
                 sys.stdout.write(json_text(orjson.dumps(line)) + "\n")
             sys.stdout.flush()  # a batch's lines are out before the next batch starts
+            answered += len(given.items)
     finally:
         signal.signal(signal.SIGINT, before)
         ledger.close()
     if busy is not None:
-        also = f"; {rejected} of {len(items)} facts rejected (see stdout)" if rejected else ""
+        also = f"; {rejected} of {answered} facts rejected (see stdout)" if rejected else ""
         return fail(f"key store busy: {busy}{also}", EXIT_UNAVAILABLE)
     if rejected:
-        return fail(f"{rejected} of {len(items)} facts rejected (see stdout)", EXIT_REJECTED)
+        return fail(f"{rejected} of {answered} facts rejected (see stdout)", EXIT_REJECTED)
     return 0
 
 
