@@ -8,6 +8,7 @@ recorded nothing.
 
 from __future__ import annotations
 
+import copy
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -93,6 +94,27 @@ class Subject(ChainedAggregate):
         subject.__base_init__(id, 0, datetime.now(UTC))
         subject._start(tenant)
         return subject
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Subject:
+        """A reader's copy (`ConsentLedger.subject`), which the next batch's changes to the
+        cached subject must not reach: its own containers, sharing what never changes once
+        made (entries and corrections, immutable tuples; the last event). Deep, the copy
+        took a third of `tenants export`'s time (7.8 of 25.0 s for 20,000 subjects, under
+        cProfile, 2026-12-04). tests/test_events.py holds it apart from the subject."""
+        copied = copy.copy(self)
+        copied.fact_types = dict(self.fact_types)
+        copied.entries = list(self.entries)
+        copied.corrections = list(self.corrections)
+        copied.requests = {request: dict(state) for request, state in self.requests.items()}
+        copied._pending_events = list(self._pending_events)
+        if self._deciding_last is not None:
+            copied._deciding_last = dict(self._deciding_last)
+        if self._timelines is not None:
+            copied._timelines = {p: list(line) for p, line in self._timelines.items()}
+        if self._known is not None:
+            copied._known = dict(self._known)
+        copied._voided = dict(self._voided)
+        return copied
 
     def trigger_event(self, event_class: Any, **kwargs: Any) -> None:
         if self.version:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -630,3 +631,57 @@ def test_received_facts_are_parsed_where_recorded_each_refusal_in_its_place(
     assert ledger.record_received([Received(orjson.dumps(good), "demo")]) == [
         outcomes[0]._replace(duplicate=True)
     ]
+
+
+def test_a_reader_s_copy_of_a_subject_keeps_what_it_was_while_the_writer_goes_on(
+    ledger: ConsentLedger,
+) -> None:
+    """`ConsentLedger.subject` hands out a copy: the cached subject is changed by the next
+    batch before it commits. The copy owns every mutable container (a new attribute of one
+    fails here until the copy takes it), so nothing the writer does next reaches it: not a
+    new entry, a correction moving an entry in its purposes' timelines, a request closed in
+    place, a void, an erasure."""
+    accepted(
+        ledger,
+        grant("c-copy", event_id="cg-1", occurred_at="2025-01-10T10:00:00+05:00"),
+        grant("c-copy", event_id="cg-2", occurred_at="2025-01-12T10:00:00+05:00"),
+        # Late, so the subject keeps each purpose's timeline; then its entries as known.
+        withdraw("c-copy", event_id="cw-1", occurred_at="2025-01-11T10:00:00+05:00"),
+        fact(
+            "consent.corrected",
+            "c-copy",
+            event_id="cc-1",
+            corrects="cw-1",
+            reason="moved",
+            changes={"occurred_at": "2025-01-11T11:00:00+05:00"},
+        ),
+        request("c-copy", "rq-1", "information", "2025-01-13T10:00:00+05:00"),
+    )
+    sid = ledger.sid("demo", "c-copy")
+    copied = ledger.subject("demo", sid)
+    assert copied is not None
+    assert copied._timelines is not None and copied._known is not None
+    cached = ledger.load_subjects([sid])[sid]
+    for name, value in vars(cached).items():
+        if isinstance(value, dict | list | set | bytearray):
+            assert vars(copied)[name] is not value and vars(copied)[name] == value, name
+    before = {name: copy.deepcopy(value) for name, value in vars(copied).items()}
+    accepted(
+        ledger,
+        grant("c-copy", event_id="cg-3", occurred_at="2025-01-14T10:00:00+05:00"),
+        fact(
+            "consent.corrected",
+            "c-copy",
+            event_id="cc-2",
+            corrects="cg-2",
+            reason="earlier",
+            changes={"occurred_at": "2025-01-09T10:00:00+05:00"},
+        ),
+        fact(
+            "consent.corrected", "c-copy", event_id="cc-3", corrects="cg-1", reason="x", void=True
+        ),
+        closed("c-copy", "rq-1", "fulfilled", "2025-01-15T10:00:00+05:00"),
+        erase("c-copy", event_id="ce-1", occurred_at="2025-01-16T10:00:00+05:00"),
+    )
+    assert ledger.load_subjects([sid])[sid].erased
+    assert vars(copied) == before
