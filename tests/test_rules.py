@@ -641,20 +641,24 @@ def test_a_reader_s_copy_of_a_subject_keeps_what_it_was_while_the_writer_goes_on
     fails here until the copy takes it), so nothing the writer does next reaches it: not a
     new entry, a correction moving an entry in its purposes' timelines, a request closed in
     place, a void, an erasure."""
+
+    def moved(event_id: str, corrects: str, to: str) -> dict[str, Any]:
+        return fact(
+            "consent.corrected",
+            "c-copy",
+            event_id=event_id,
+            corrects=corrects,
+            reason="moved",
+            changes={"occurred_at": to},
+        )
+
     accepted(
         ledger,
         grant("c-copy", event_id="cg-1", occurred_at="2025-01-10T10:00:00+05:00"),
         grant("c-copy", event_id="cg-2", occurred_at="2025-01-12T10:00:00+05:00"),
         # Late, so the subject keeps each purpose's timeline; then its entries as known.
         withdraw("c-copy", event_id="cw-1", occurred_at="2025-01-11T10:00:00+05:00"),
-        fact(
-            "consent.corrected",
-            "c-copy",
-            event_id="cc-1",
-            corrects="cw-1",
-            reason="moved",
-            changes={"occurred_at": "2025-01-11T11:00:00+05:00"},
-        ),
+        moved("cc-1", "cw-1", "2025-01-11T11:00:00+05:00"),
         request("c-copy", "rq-1", "information", "2025-01-13T10:00:00+05:00"),
     )
     sid = ledger.sid("demo", "c-copy")
@@ -669,14 +673,7 @@ def test_a_reader_s_copy_of_a_subject_keeps_what_it_was_while_the_writer_goes_on
     accepted(
         ledger,
         grant("c-copy", event_id="cg-3", occurred_at="2025-01-14T10:00:00+05:00"),
-        fact(
-            "consent.corrected",
-            "c-copy",
-            event_id="cc-2",
-            corrects="cg-2",
-            reason="earlier",
-            changes={"occurred_at": "2025-01-09T10:00:00+05:00"},
-        ),
+        moved("cc-2", "cg-2", "2025-01-09T10:00:00+05:00"),
         fact(
             "consent.corrected", "c-copy", event_id="cc-3", corrects="cg-1", reason="x", void=True
         ),
