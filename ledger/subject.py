@@ -100,7 +100,7 @@ class Subject(ChainedAggregate):
         cached subject must not reach: its own containers, sharing what never changes once
         made (entries and corrections, immutable tuples; the last event). Deep, the copy
         took a third of `tenants export`'s time (7.8 of 25.0 s for 20,000 subjects, under
-        cProfile, 2026-12-04). tests/test_events.py holds it apart from the subject."""
+        cProfile, 2026-12-04). tests/test_rules.py holds it apart from the subject."""
         copied = copy.copy(self)
         copied.fact_types = dict(self.fact_types)
         copied.entries = list(self.entries)
