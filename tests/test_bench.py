@@ -24,6 +24,8 @@ SMALL = {
             "raw sqlite3 executemany",
             "ledger record(), one subject, 1,000/commit",
             "  then its grants corrected, 1,000/commit",
+            "  then voided, 1,000/commit",
+            "  then corrected once voided, 1,000/commit",
             "ledger record(), one subject, grants first",
             "  then its withdrawals moved, 1,000/commit",
             "ledger record(), policy versions, 1/commit",
