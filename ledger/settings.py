@@ -40,6 +40,7 @@ VARIABLES = (
     "LEDGER_INTAKE_MAX_BYTES",
     "LEDGER_MAX_FUTURE_SKEW_S",
     "LEDGER_AGGREGATE_CACHE",
+    "LEDGER_AGGREGATE_CACHE_FACTS",
     "LEDGER_VIEWS_CACHE_FACTS",
     "LEDGER_SQLITE_MEMORY_MIB",
     "LEDGER_REQUEST_DUE_DAYS",
@@ -114,6 +115,9 @@ class Settings:
     | LEDGER_MAX_FUTURE_SKEW_S | 300 | how far `occurred_at` (or a correction's
       `changes.occurred_at`) may be ahead of the ledger's clock (at most 86400) |
     | LEDGER_AGGREGATE_CACHE | 10000 | subjects kept in memory between writes |
+    | LEDGER_AGGREGATE_CACHE_FACTS | 2000000 | how many facts those subjects may hold in all
+      (about 0.6 KiB each); past it, the subjects least recently written are read back from
+      the log when next needed |
     | LEDGER_VIEWS_CACHE_FACTS | 1200000 | how many facts the consent views' subjects kept in
       memory between pages may hold in all, each subject counting as one more (0.7 to 1.0
       KiB each, `python -m bench memory`); past it, the subjects least recently written are
@@ -153,6 +157,7 @@ class Settings:
     topic_prefix: str = "consent"
     max_future_skew_s: int = 300
     aggregate_cache: int = 10000
+    aggregate_cache_facts: int = 2_000_000
     views_cache_facts: int = 1_200_000
     sqlite_memory_mib: int = 0
     request_due_days: int = 30
@@ -215,6 +220,7 @@ class Settings:
             topic_prefix=topic_prefix,
             max_future_skew_s=_int(env, "LEDGER_MAX_FUTURE_SKEW_S", 300, maximum=86_400),
             aggregate_cache=_int(env, "LEDGER_AGGREGATE_CACHE", 10000),
+            aggregate_cache_facts=_int(env, "LEDGER_AGGREGATE_CACHE_FACTS", 2_000_000),
             views_cache_facts=_int(env, "LEDGER_VIEWS_CACHE_FACTS", 1_200_000),
             sqlite_memory_mib=_int(env, "LEDGER_SQLITE_MEMORY_MIB", 0, maximum=1 << 20),
             request_due_days=_int(env, "LEDGER_REQUEST_DUE_DAYS", 30, maximum=3650),

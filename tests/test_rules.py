@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -16,6 +18,7 @@ from ledger.envelope import Fact, Received, parse_fact
 from ledger.errors import Code, FactRejected
 from ledger.policy import SEED_POLICY_VERSION
 from ledger.receipt import Receipt
+from ledger.settings import Settings
 from ledger.subject import Subject
 from projections.trail import subject_trail
 from tests.facts import closed, erase, fact, grant, request, withdraw
@@ -682,3 +685,46 @@ def test_a_reader_s_copy_of_a_subject_keeps_what_it_was_while_the_writer_goes_on
     )
     assert ledger.load_subjects([sid])[sid].erased
     assert vars(copied) == before
+
+
+def test_the_writer_keeps_in_memory_only_as_many_subjects_facts_as_its_bound(
+    tmp_path: Path,
+) -> None:
+    """LEDGER_AGGREGATE_CACHE_FACTS bounds the facts of the subjects the writer keeps between
+    batches (by their events), not only their number: past it the least recently written
+    are dropped, and read back from the log, whole and right, when next written to."""
+    settings = Settings(data_dir=tmp_path / "data", aggregate_cache_facts=50)
+    with contextlib.closing(ConsentLedger(settings)) as ledger:
+        ledger.init_demo()
+
+        def history(subject: str, facts: int) -> list[dict[str, Any]]:
+            start = datetime(2025, 1, 6, 9, 0, tzinfo=UTC)
+            return [
+                (grant if i % 2 == 0 else withdraw)(
+                    subject,
+                    event_id=f"{subject}-{i}",
+                    occurred_at=(start + timedelta(hours=i)).isoformat(),
+                )
+                for i in range(facts)
+            ]
+
+        for subject in ("c-a", "c-b", "c-c"):
+            accepted(ledger, *history(subject, 20))
+        sids = {s: ledger.sid("demo", s) for s in ("c-a", "c-b", "c-c")}
+        assert list(ledger._subjects) == [sids["c-b"], sids["c-c"]]  # 40 facts of 50
+        assert ledger._cached_facts == 40
+        # The first, dropped, is read back: its next withdrawal is checked against its
+        # whole history (its last fact withdrew marketing, so this one is refused).
+        assert_refused(
+            ledger,
+            withdraw("c-a", event_id="c-a-again", occurred_at="2025-01-08T10:00:00+05:00"),
+            Code.PURPOSE_NOT_IN_FORCE,
+        )
+        accepted(ledger, grant("c-a", event_id="c-a-20", occurred_at="2025-01-08T10:00:00+05:00"))
+        assert list(ledger._subjects) == [sids["c-c"], sids["c-a"]]
+        assert ledger._cached_facts == 41
+        # One subject larger than the bound alone is never kept.
+        accepted(ledger, *history("c-long", 60))
+        assert (
+            sids["c-a"] in ledger._subjects and ledger.sid("demo", "c-long") not in ledger._subjects
+        )
