@@ -290,10 +290,9 @@ def soak_worker(args: argparse.Namespace, bounds: dict[str, str]) -> None:
 
 
 class Worker:
-    def __init__(self, process: subprocess.Popen[str]) -> None:
-        self.process = process
-        self.pid = process.pid
-        self.said = ""
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.said = ""  # its closing lines, once stopped
 
 
 @contextmanager
@@ -306,7 +305,7 @@ def running_worker(env: dict[str, str], log: Path) -> Iterator[Worker]:
             command, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True
         )
     assert process.stdout is not None
-    worker = Worker(process)
+    worker = Worker(process.pid)
     try:
         if not process.stdout.readline().startswith("worker: consuming"):
             raise RuntimeError("the worker did not start:\n" + log.read_text()[-2000:])
@@ -315,5 +314,7 @@ def running_worker(env: dict[str, str], log: Path) -> Iterator[Worker]:
         process.terminate()
         said, _ = process.communicate(timeout=120)
         worker.said = said.strip()
-        if process.returncode != 0:
-            raise RuntimeError(f"the worker exited {process.returncode}:\n" + said[-2000:])
+        if process.returncode != 0:  # why is in its log, not in its closing lines
+            raise RuntimeError(
+                f"the worker exited {process.returncode}:\n" + log.read_text()[-2000:]
+            )

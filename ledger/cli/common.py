@@ -248,12 +248,10 @@ def fact_batches(path: str, size: int) -> Iterator[InputFacts]:
         # JSON document: `read_facts` would read the input as JSON Lines.
         if len(numbered) < 2 or not _a_json_value(numbered[0][1]):
             whole = read_facts(b"".join(head) + source.read())
-            if source is not sys.stdin.buffer:
-                source.close()
+            _close(source)
             return _in_batches(whole, size)
     except BaseException:
-        if source is not sys.stdin.buffer:
-            source.close()
+        _close(source)
         raise
     return _lines_in_batches(source, numbered, n, size)
 
@@ -265,6 +263,11 @@ def _open_input(path: str) -> BinaryIO:
         return open(path, "rb")  # closed by fact_batches, or by the iterator it returns
     except OSError as e:
         raise CliError(f"cannot read {path}: {e.strerror}") from None
+
+
+def _close(source: BinaryIO) -> None:
+    if source is not sys.stdin.buffer:  # stdin is the process's, not this reader's
+        source.close()
 
 
 def _a_json_value(line: bytes) -> bool:
@@ -310,8 +313,7 @@ def _lines_in_batches(
         if items:
             yield InputFacts(items, at, first)
     finally:
-        if source is not sys.stdin.buffer:
-            source.close()
+        _close(source)
 
 
 def read_facts(data: bytes) -> InputFacts:
