@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import orjson
 import pytest
 
-from tests.cli_support import line_within
+from tests.cli_support import line_within, lines_until
 from tests.facts import grant, withdraw
 from tests.kafka_support import kafka_env, kafka_settings, largest_policy
 
@@ -109,6 +109,60 @@ def test_publish_through_intake_to_a_running_worker(tmp_path: Path, kafka_bootst
         assert worker.poll() is None
         trail = cli(env, "trail", "pub-1", "--tenant", "demo", "--json")
         assert [f["event_id"] for f in orjson.loads(trail.stdout)["facts"]] == ["p1", "p3"]
+
+
+def test_publish_reads_sends_and_answers_a_batch_at_a_time(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """The input is read and sent 2,000 facts at a time: a pipe's first batch is sent and
+    answered while the pipe is still open. Read whole, 200,000 facts held 326 MB before the
+    first was sent. With a wait, each batch is answered from the refusals and the ledger
+    written after it was sent: a refusal in the second batch is found, and no fact is
+    taken for one the ledger held before."""
+    from ledger.cli.records import PUBLISH_BATCH
+
+    env = kafka_env(kafka_settings(tmp_path / "data", kafka_bootstrap))
+    assert cli(env, "init").returncode == 0
+    facts = [orjson.dumps(grant(f"batch-{i}", event_id=f"batch-{i}")) for i in range(PUBLISH_BATCH)]
+    with running_worker(env):
+        fed = subprocess.Popen(
+            [sys.executable, "-m", "ledger.cli", "publish", "--no-wait", "-"],
+            env={**os.environ, **env},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert fed.stdin is not None and fed.stdout is not None and fed.stderr is not None
+        fed.stdin.write(b"\n".join(facts[:10]) + b"\n\n" + b"\n".join(facts[10:]) + b"\n")
+        fed.stdin.flush()  # and the pipe stays open, more to come
+        last = PUBLISH_BATCH - 1
+        first = lines_until(fed.stdout, lambda line: f'"index":{last},' in line)
+        answers = [orjson.loads(line) for line in first]
+        assert [(a["index"], a["line"]) for a in answers[9:12]] == [(9, 10), (10, 12), (11, 13)]
+        assert all(set(a["published"]) == {"partition", "offset"} for a in answers)
+        fed.stdin.write(orjson.dumps(grant("batch-last", event_id="batch-last")) + b"\n")
+        fed.stdin.close()
+        rest = [orjson.loads(line) for line in fed.stdout.read().splitlines()]
+        assert fed.wait(timeout=120) == 0, fed.stderr.read()
+        assert [(a["index"], a["line"]) for a in rest] == [(PUBLISH_BATCH, PUBLISH_BATCH + 2)]
+
+        # Other facts with a wait: a bad line and a fact in the second batch.
+        again = [
+            orjson.dumps(grant(f"waited-{i}", event_id=f"waited-{i}"))
+            for i in range(PUBLISH_BATCH + 1)
+        ]
+        again.insert(PUBLISH_BATCH + 1, b"{not json")
+        out = cli(env, "publish", "--wait", "120", stdin=b"\n".join(again).decode())
+    assert out.returncode == 1, out.stderr
+    total = PUBLISH_BATCH + 2
+    assert out.stderr.strip() == f"consent-ledger: 1 of {total} facts rejected (see stdout)"
+    answers = [orjson.loads(line) for line in out.stdout.splitlines()]
+    assert [a["index"] for a in answers] == list(range(total))
+    assert answers.pop(PUBLISH_BATCH + 1)["rejected"]["code"] == "invalid_json"
+    assert [a["receipt"]["event_id"] for a in answers] == [
+        f"waited-{i}" for i in range(PUBLISH_BATCH + 1)
+    ]
+    assert not any(a["receipt"]["duplicate"] for a in answers)
 
 
 def test_publish_sends_the_envelopes_largest_facts_and_refuses_larger_ones(

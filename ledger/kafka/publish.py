@@ -94,8 +94,18 @@ def names_the_reference(key: bytes | None, subject: str, tenant: str) -> bool:
 def publish(
     ledger: ConsentLedger, items: Sequence[bytes | Any], tenant: str | None
 ) -> list[Published | FactRejected]:
-    """Send each item (JSON bytes, or an already-decoded object) to the intake topic; where
-    each went, or why it could not be sent (`oversize`: larger than the topic takes).
+    """Send each item to the intake topic with a producer of its own (see `Publisher`)."""
+    with Publisher(ledger, tenant) as publisher:
+        return publisher.send(items)
+
+
+class Publisher:
+    """Sends facts (JSON bytes, or already-decoded objects) to the intake topic, a batch at a
+    time on one producer, and says where each went or why it could not be sent (`oversize`:
+    larger than the topic takes).
+
+    One producer for every batch: `publish` reads its input a batch at a time, and a
+    producer made per batch would cost a connection and the topic's metadata each time.
 
     A record too large for the producer or the topic raised out of here as a traceback: a
     fact of the envelope's full 1 MiB did, with kafka-python's default 1 MiB request.
@@ -106,33 +116,51 @@ def publish(
     the broker did not confirm may or may not have been published; published again, it is
     taken once (by its `event_id`).
     """
-    link = _link(ledger)
-    away = BrokerWatch(link.bootstrap)
-    try:
-        producer: KafkaProducer = answered(
-            lambda ms: KafkaProducer(
-                bootstrap_servers=link.bootstrap,
-                acks="all",
-                enable_idempotence=True,
-                linger_ms=5,
-                max_request_size=RECORD_LIMIT,
-                client_id="consent-ledger-publish",
-                bootstrap_timeout_ms=ms,
-                max_block_ms=STEP_MS,
-            ),
-            timeout_s=ANSWER_TIMEOUT_S,
-            away=away,
-        )
-    except ReadTimedOut as error:
-        raise LedgerUnavailable(f"nothing was published: {error}") from error
-    confirmed = False
-    try:
+
+    def __init__(self, ledger: ConsentLedger, tenant: str | None) -> None:
+        self._ledger = ledger
+        self._tenant = tenant
+        self._link = link = _link(ledger)
+        self._away = away = BrokerWatch(link.bootstrap)
+        self._confirmed = False  # every record sent so far is confirmed
+        try:
+            self._producer: KafkaProducer = answered(
+                lambda ms: KafkaProducer(
+                    bootstrap_servers=link.bootstrap,
+                    acks="all",
+                    enable_idempotence=True,
+                    linger_ms=5,
+                    max_request_size=RECORD_LIMIT,
+                    client_id="consent-ledger-publish",
+                    bootstrap_timeout_ms=ms,
+                    max_block_ms=STEP_MS,
+                ),
+                timeout_s=ANSWER_TIMEOUT_S,
+                away=away,
+            )
+        except ReadTimedOut as error:
+            raise LedgerUnavailable(f"nothing was published: {error}") from error
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        # Closed at once when the broker is away: a close flushes what is unsent first.
+        close_producer(self._producer, 5 if self._confirmed else 0)
+
+    def send(self, items: Sequence[bytes | Any]) -> list[Published | FactRejected]:
+        """Where each item went, once the broker confirmed them all."""
+        self._confirmed = False
+        link, away = self._link, self._away
         sending: list[Any] = []
         for item in items:
-            value, key, fact_tenant, event_id = _prepare(ledger, item, tenant)
+            value, key, fact_tenant, event_id = _prepare(self._ledger, item, self._tenant)
 
             def send(ms: int, key: bytes | None = key, value: bytes = value) -> Any:
-                return producer.send(link.topics.intake, key=key, value=value)
+                return self._producer.send(link.topics.intake, key=key, value=value)
 
             try:
                 # A send waits (up to a step) only for the topic's partitions, and one that
@@ -162,11 +190,8 @@ def publish(
             except (ReadTimedOut, KafkaError) as error:
                 raise LedgerUnavailable(_unconfirmed(error)) from error
             published.append(Published(meta.partition, meta.offset, fact_tenant, event_id))
-        confirmed = True
+        self._confirmed = True
         return published
-    finally:
-        # Closed at once when the broker is away: a close flushes what is unsent first.
-        close_producer(producer, 5 if confirmed else 0)
 
 
 def _confirmed(future: Any, ms: int) -> Any:
