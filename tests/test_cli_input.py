@@ -3,7 +3,9 @@ read the same facts, with the same lines and indexes, as reading it whole (`read
 
 from __future__ import annotations
 
+import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,10 @@ PIECES = [
     b"   ",
     b"not json",
     b"{",  # the start of a document over several lines
+    b"  [",
+    b"\x0c{",  # a form feed: whitespace to bytes.strip, not to JSON
+    b'{"event_id": "e"',
+    b"{not json",
     b'"event_id": "e"',
     b"}",
     b"[",
@@ -77,6 +83,13 @@ def both(data: bytes, size: int) -> tuple[Any, Any]:
     size=1,
 )
 @example(lines=[(b"", b"\r\n"), (FACT, b"\r"), (FACT, b"\n")], last_end=False, bom=False, size=1)
+@example(lines=[(b"  [", b"\n"), (FACT, b"\n"), (b"]", b"\n")], last_end=True, bom=False, size=1)
+@example(
+    lines=[(b"\x0c{", b"\n"), (b'"event_id": "e"', b"\n"), (b"}", b"\n")],
+    last_end=False,
+    bom=False,
+    size=2,
+)
 def test_a_batched_reading_reads_what_a_whole_one_does(
     lines: list[tuple[bytes, bytes]], last_end: bool, bom: bool, size: int
 ) -> None:
@@ -96,3 +109,34 @@ def test_json_lines_come_in_batches_of_the_size_asked(size: int, tmp_path: Path)
     batches = list(fact_batches(str(path), size))
     assert [len(b.items) for b in batches] == [min(size, 5 - i) for i in range(0, 5, size)]
     assert [b.first for b in batches] == list(range(0, 5, size))
+
+
+def test_json_lines_whose_first_line_is_bad_are_read_a_batch_at_a_time(tmp_path: Path) -> None:
+    """A first line that is not JSON, and does not open an object or an array, cannot begin
+    a document: the input is JSON Lines, answered a batch at a time as the pipe is fed (it
+    was read whole, to its end)."""
+    fifo = tmp_path / "facts"
+    os.mkfifo(fifo)
+    more = threading.Event()
+    fed = threading.Event()
+
+    def feed() -> None:
+        with open(fifo, "wb") as pipe:
+            pipe.write(b"not json\n" + FACT + b"\n" + FACT + b"\n")
+            pipe.flush()
+            more.wait(timeout=60)  # the pipe stays open until the first batch is read
+            pipe.write(FACT + b"\n")
+            fed.set()  # before the pipe closes: a reader that waits for its end comes after
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    try:
+        batches = fact_batches(str(fifo), 2)
+        first = next(batches)
+        assert not fed.is_set(), "the input was read to its end before the first batch"
+        assert first.items[0] == b"not json" and first.lines == [1, 2]
+        more.set()
+        assert [b.items for b in batches] == [[FACT, FACT]]
+    finally:
+        more.set()
+        feeder.join()

@@ -225,7 +225,8 @@ def fact_batches(path: str, size: int) -> Iterator[InputFacts]:
     whole, a file of 1,000,000 facts (323 MB) took 1.1 GB before the first was recorded
     (2026-12-04), and a pipe was answered only once it closed. One JSON document (an object
     over several lines, or an array) is read whole, as it must be to be parsed, and so is
-    an input whose first line is not a JSON value of its own. The input's first lines are
+    an input whose first line opens an object or an array and does not close it. The
+    input's first lines are
     read before this returns: an input that cannot be read, or holds no facts, is refused
     before the caller opens anything.
     """
@@ -245,8 +246,10 @@ def fact_batches(path: str, size: int) -> Iterator[InputFacts]:
             if len(numbered) == 2:
                 break
         # A first line that is a JSON value on its own, and a line after it, cannot be one
-        # JSON document: `read_facts` would read the input as JSON Lines.
-        if len(numbered) < 2 or not _a_json_value(numbered[0][1]):
+        # JSON document; nor can an input whose first line does not open an object or an
+        # array (a string or a number never spans lines): `read_facts` would read either
+        # as JSON Lines, and so a bad first line does not make the whole input read.
+        if len(numbered) < 2 or _may_open_a_document(numbered[0][1]):
             whole = read_facts(b"".join(head) + source.read())
             _close(source)
             return _in_batches(whole, size)
@@ -270,12 +273,15 @@ def _close(source: BinaryIO) -> None:
         source.close()
 
 
-def _a_json_value(line: bytes) -> bool:
+def _may_open_a_document(line: bytes) -> bool:
+    """Whether an input's first line may begin a JSON document over several lines."""
+    if line.lstrip()[:1] not in (b"{", b"["):  # as `read_facts` strips the input
+        return False
     try:
         orjson.loads(line)
     except orjson.JSONDecodeError:
-        return False
-    return True
+        return True
+    return False
 
 
 def _in_batches(whole: InputFacts, size: int) -> Iterator[InputFacts]:
