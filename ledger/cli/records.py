@@ -194,7 +194,7 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
     except (LedgerUnavailable, NotConsumed) as e:
         said = f"kafka: {e}" if isinstance(e, LedgerUnavailable) else str(e)
         if answers.answered:
-            said += f" (the first {answers.answered} facts of the input were answered on stdout)"
+            said += f"; the first {answers.answered} facts of the input were answered on stdout"
         return fail(said, EXIT_UNAVAILABLE)
     finally:
         if publisher is not None:
