@@ -115,10 +115,10 @@ def test_publish_reads_sends_and_answers_a_batch_at_a_time(
     tmp_path: Path, kafka_bootstrap: str
 ) -> None:
     """The input is read and sent 2,000 facts at a time: a pipe's first batch is sent and
-    answered while the pipe is still open. Read whole, 200,000 facts held 326 MB before the
-    first was sent. With a wait, each batch is answered from the refusals and the ledger
-    written after it was sent: a refusal in the second batch is found, and no fact is
-    taken for one the ledger held before."""
+    answered while the pipe is still open (read whole, 200,000 facts took 331 MB). With a
+    wait, each batch is answered from the refusals and the ledger written after it was
+    sent: a refusal in the second batch is found, and no fact is taken for one the ledger
+    held before."""
     from ledger.cli.records import PUBLISH_BATCH
 
     env = kafka_env(kafka_settings(tmp_path / "data", kafka_bootstrap))

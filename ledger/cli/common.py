@@ -226,9 +226,8 @@ def fact_batches(path: str, size: int) -> Iterator[InputFacts]:
     (2026-12-04), and a pipe was answered only once it closed. One JSON document (an object
     over several lines, or an array) is read whole, as it must be to be parsed, and so is
     an input whose first line opens an object or an array and does not close it. The
-    input's first lines are
-    read before this returns: an input that cannot be read, or holds no facts, is refused
-    before the caller opens anything.
+    input's first lines are read before this returns: an input that cannot be read, or
+    holds no facts, is refused before the caller opens anything.
     """
     source = _open_input(path)
     try:

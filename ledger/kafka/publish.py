@@ -122,7 +122,8 @@ class Publisher:
         self._tenant = tenant
         self._link = link = _link(ledger)
         self._away = away = BrokerWatch(link.bootstrap)
-        self._confirmed = False  # every record sent so far is confirmed
+        # Whether the broker confirmed every record sent; if not, the close waits for none.
+        self._confirmed = False
         try:
             self._producer: KafkaProducer = answered(
                 lambda ms: KafkaProducer(
@@ -159,13 +160,13 @@ class Publisher:
         for item in items:
             value, key, fact_tenant, event_id = _prepare(self._ledger, item, self._tenant)
 
-            def send(ms: int, key: bytes | None = key, value: bytes = value) -> Any:
+            def send_one(ms: int, key: bytes | None = key, value: bytes = value) -> Any:
                 return self._producer.send(link.topics.intake, key=key, value=value)
 
             try:
                 # A send waits (up to a step) only for the topic's partitions, and one that
                 # times out has put nothing in the producer's buffer: asked again.
-                future = answered(send, timeout_s=ANSWER_TIMEOUT_S, away=away)
+                future = answered(send_one, timeout_s=ANSWER_TIMEOUT_S, away=away)
             except MessageSizeTooLargeError:  # over the request size this command sends
                 sending.append(_too_large(len(value), f"publish sends ({RECORD_LIMIT} bytes)"))
                 continue
