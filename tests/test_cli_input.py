@@ -128,7 +128,9 @@ def test_json_lines_whose_first_line_is_bad_are_read_a_batch_at_a_time(tmp_path:
             pipe.write(FACT + b"\n")
             fed.set()  # before the pipe closes: a reader that waits for its end comes after
 
-    feeder = threading.Thread(target=feed)
+    # A daemon, joined with a bound: a reader that never opened the FIFO leaves the feeder
+    # waiting in its open, which must fail the test, not hang it.
+    feeder = threading.Thread(target=feed, daemon=True)
     feeder.start()
     try:
         batches = fact_batches(str(fifo), 2)
@@ -139,4 +141,4 @@ def test_json_lines_whose_first_line_is_bad_are_read_a_batch_at_a_time(tmp_path:
         assert [b.items for b in batches] == [[FACT, FACT]]
     finally:
         more.set()
-        feeder.join()
+        feeder.join(timeout=60)

@@ -133,17 +133,26 @@ def test_publish_reads_sends_and_answers_a_batch_at_a_time(
             stderr=subprocess.PIPE,
         )
         assert fed.stdin is not None and fed.stdout is not None and fed.stderr is not None
-        fed.stdin.write(b"\n".join(facts[:10]) + b"\n\n" + b"\n".join(facts[10:]) + b"\n")
-        fed.stdin.flush()  # and the pipe stays open, more to come
-        last = PUBLISH_BATCH - 1
-        first = lines_until(fed.stdout, lambda line: f'"index":{last},' in line)
-        answers = [orjson.loads(line) for line in first]
-        assert [(a["index"], a["line"]) for a in answers[9:12]] == [(9, 10), (10, 12), (11, 13)]
-        assert all(set(a["published"]) == {"partition", "offset"} for a in answers)
-        fed.stdin.write(orjson.dumps(grant("batch-last", event_id="batch-last")) + b"\n")
-        fed.stdin.close()
-        rest = [orjson.loads(line) for line in fed.stdout.read().splitlines()]
-        assert fed.wait(timeout=120) == 0, fed.stderr.read()
+        try:
+            fed.stdin.write(b"\n".join(facts[:10]) + b"\n\n" + b"\n".join(facts[10:]) + b"\n")
+            fed.stdin.flush()  # and the pipe stays open, more to come
+            last = PUBLISH_BATCH - 1
+            first = lines_until(fed.stdout, lambda line: f'"index":{last},' in line)
+            answers = [orjson.loads(line) for line in first]
+            assert [(a["index"], a["line"]) for a in answers[9:12]] == [
+                (9, 10),
+                (10, 12),
+                (11, 13),
+            ]
+            assert all(set(a["published"]) == {"partition", "offset"} for a in answers)
+            fed.stdin.write(orjson.dumps(grant("batch-last", event_id="batch-last")) + b"\n")
+            fed.stdin.close()
+            rest = [orjson.loads(line) for line in fed.stdout.read().splitlines()]
+            assert fed.wait(timeout=120) == 0, fed.stderr.read()
+        finally:
+            if fed.poll() is None:  # a failed assertion leaves it waiting on its open pipe
+                fed.kill()
+                fed.wait()
         assert [(a["index"], a["line"]) for a in rest] == [(PUBLISH_BATCH, PUBLISH_BATCH + 2)]
 
         # Other facts with a wait: a bad line and a fact in the second batch.
