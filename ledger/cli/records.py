@@ -6,7 +6,8 @@ import argparse
 import signal
 import sys
 import threading
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -87,8 +88,7 @@ def cmd_record(args: argparse.Namespace, settings: Settings) -> int:
     """
     batches = fact_batches(args.file, 1000)  # an input with no facts is refused here
     ledger = open_ledger(settings)
-    answered = 0
-    rejected = 0
+    answers = _Answers()
     busy: ErasureNotOverwritten | None = None
     interrupted = threading.Event()
 
@@ -102,7 +102,7 @@ def cmd_record(args: argparse.Namespace, settings: Settings) -> int:
         for given in batches:
             if interrupted.is_set():
                 raise CliError(
-                    f"interrupted after answering the first {answered} facts of the input: "
+                    f"interrupted after answering the first {answers.answered} facts of the input: "
                     "record the same input again to finish (facts already recorded get their "
                     'first receipts, with "duplicate": true)',
                     EXIT_INTERRUPTED,
@@ -127,24 +127,16 @@ def cmd_record(args: argparse.Namespace, settings: Settings) -> int:
                 # The batch is recorded (its lines follow) and so are the next ones; the
                 # erasures' old key pages wait in the key store's WAL, said at the end.
                 recorded, busy = iter(held.outcomes), held
-            for offset, early in enumerate(parsed):
-                final = early if early is not None else next(recorded)
-                if isinstance(final, FactRejected):
-                    rejected += 1
-                    line = given.answer(given.first + offset, rejected=final.as_dict())
-                else:
-                    line = given.answer(given.first + offset, receipt=final.as_dict())
-                sys.stdout.write(json_text(orjson.dumps(line)) + "\n")
-            sys.stdout.flush()  # a batch's lines are out before the next batch starts
-            answered += len(given.items)
+            # A batch's lines are out before the next batch starts.
+            answers.batch(given, [p if p is not None else next(recorded) for p in parsed])
     finally:
         signal.signal(signal.SIGINT, before)
         ledger.close()
     if busy is not None:
-        also = f"; {rejected} of {answered} facts rejected (see stdout)" if rejected else ""
+        also = f"; {answers.refused()}" if answers.rejected else ""
         return fail(f"key store busy: {busy}{also}", EXIT_UNAVAILABLE)
-    if rejected:
-        return fail(f"{rejected} of {answered} facts rejected (see stdout)", EXIT_REJECTED)
+    if answers.rejected:
+        return fail(answers.refused(), EXIT_REJECTED)
     return 0
 
 
@@ -169,7 +161,10 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
     batches = fact_batches(args.file, PUBLISH_BATCH)  # an input with no facts is refused here
     ledger = open_ledger(settings)
     publisher: Publisher | None = None
-    answers = _Answers(ledger, args.wait)
+    answers = _Answers()
+    # A batch published and not yet answered: its facts, where each went, and the topics'
+    # ends before it was published.
+    pending: tuple[InputFacts, list[Published | FactRejected], Before] | None = None
     try:
         for given in batches:
             # A fact refused as read (an object naming a member twice) is not sent: its
@@ -186,11 +181,13 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
                 item if isinstance(item, FactRejected) else next(sent) for item in given.items
             ]
             if args.no_wait:
-                answers.where(given, placed)
-            else:
-                answers.finish()  # the batch before this one, published before this one was
-                answers.pending = (given, placed, before)
-        answers.finish()
+                answers.batch(given, placed)
+                continue
+            if pending is not None:  # the batch before this one, published before this one
+                answers.batch(pending[0], _outcomes(ledger, *pending[1:], args.wait))
+            pending = (given, placed, before)
+        if pending is not None:
+            answers.batch(pending[0], _outcomes(ledger, *pending[1:], args.wait))
     except (LedgerUnavailable, NotConsumed) as e:
         said = f"kafka: {e}" if isinstance(e, LedgerUnavailable) else str(e)
         if answers.answered:
@@ -201,57 +198,49 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
             publisher.close()
         ledger.close()
     if answers.rejected:
-        return fail(
-            f"{answers.rejected} of {answers.answered} facts rejected (see stdout)", EXIT_REJECTED
-        )
+        return fail(answers.refused(), EXIT_REJECTED)
     return 0
 
 
-class _Answers:
-    """`publish`'s lines of output, a batch at a time, and how many said what."""
+def _outcomes(
+    ledger: ConsentLedger, placed: list[Published | FactRejected], before: Before, wait: float
+) -> list[Receipt | FactRejected]:
+    """A published batch's outcomes in input order, once the writer has committed it."""
+    from ledger.kafka.publish import outcomes
 
-    def __init__(self, ledger: ConsentLedger, wait: float) -> None:
-        self._ledger = ledger
-        self._wait = wait
+    published = [p for p in placed if not isinstance(p, FactRejected)]
+    found = iter(outcomes(ledger, published, wait, before) if published else [])
+    return [p if isinstance(p, FactRejected) else next(found) for p in placed]
+
+
+class _Answers:
+    """The lines `record` and `publish` print, a batch at a time, and how many said what."""
+
+    def __init__(self) -> None:
         self.answered = 0
         self.rejected = 0
-        # A batch published and not yet answered: its facts, where each went, and the
-        # topics' ends before it was published.
-        self.pending: tuple[InputFacts, list[Published | FactRejected], Before] | None = None
 
-    def where(self, given: InputFacts, placed: list[Published | FactRejected]) -> None:
-        """Each fact's partition and offset in the intake topic, or why it was not sent."""
-        for offset, p in enumerate(placed):
-            if isinstance(p, FactRejected):
-                self._line(given.answer(given.first + offset, rejected=p.as_dict()))
+    def batch(
+        self, given: InputFacts, outcomes: Sequence[Receipt | FactRejected | Published]
+    ) -> None:
+        """A line for each fact of the batch, in input order: its receipt, its refusal, or
+        (`publish --no-wait`) where in the intake topic it was sent."""
+        for offset, outcome in enumerate(outcomes):
+            index = given.first + offset
+            if isinstance(outcome, FactRejected):
+                self.rejected += 1
+                line = given.answer(index, rejected=outcome.as_dict())
+            elif isinstance(outcome, Receipt):
+                line = given.answer(index, receipt=outcome.as_dict())
             else:
-                where = {"partition": p.partition, "offset": p.offset}
-                self._line(given.answer(given.first + offset, published=where))
+                where = {"partition": outcome.partition, "offset": outcome.offset}
+                line = given.answer(index, published=where)
+            sys.stdout.write(json_text(orjson.dumps(line)) + "\n")
+        self.answered += len(outcomes)
         sys.stdout.flush()
 
-    def finish(self) -> None:
-        """The pending batch's outcomes, once the writer has committed it."""
-        from ledger.kafka.publish import outcomes
-
-        if self.pending is None:
-            return
-        given, placed, before = self.pending
-        published = [p for p in placed if not isinstance(p, FactRejected)]
-        found = iter(outcomes(self._ledger, published, self._wait, before) if published else [])
-        for offset, p in enumerate(placed):
-            result = p if isinstance(p, FactRejected) else next(found)
-            if isinstance(result, FactRejected):
-                self._line(given.answer(given.first + offset, rejected=result.as_dict()))
-            else:
-                self._line(given.answer(given.first + offset, receipt=result.as_dict()))
-        sys.stdout.flush()
-        self.pending = None
-
-    def _line(self, line: dict[str, Any]) -> None:
-        if "rejected" in line:
-            self.rejected += 1
-        self.answered += 1
-        sys.stdout.write(json_text(orjson.dumps(line)) + "\n")
+    def refused(self) -> str:
+        return f"{self.rejected} of {self.answered} facts rejected (see stdout)"
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
