@@ -1,4 +1,5 @@
-"""Shared fixtures: a fresh data directory per test, and one real Kafka broker per session."""
+"""Shared fixtures: a fresh data directory per test, and one real Kafka broker per session
+(per test process under `pytest -n`)."""
 
 from __future__ import annotations
 

@@ -3,6 +3,7 @@ schema. Bounded in examples per operation so `make test` stays quick."""
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,9 @@ def test_api_conforms(case: Any) -> None:
 def test_the_cases_above_reached_each_route_with_the_key() -> None:
     """Without the key every /v1 case would be a 401, which the document allows: the checks
     above would pass without testing anything behind the key."""
+    # pytest-xdist tells tests apart by their ids, and every operation's test here has the
+    # same one: under `pytest -n` one operation of them ran, in another process than this.
+    assert "PYTEST_XDIST_WORKER" not in os.environ, "run this file without -n (see Makefile)"
     v1 = {label: codes for label, codes in STATUSES.items() if " /v1/" in label}
     assert len(v1) == 20, sorted(v1)
     for label, codes in v1.items():
