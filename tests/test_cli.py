@@ -850,7 +850,9 @@ def test_record_a_large_file_in_batches(data: Path, tmp_path: Path) -> None:
 def test_record_answers_json_lines_from_a_pipe_a_batch_at_a_time(data: Path) -> None:
     """JSON Lines are read a batch at a time: the first 1,000 facts of a pipe are recorded
     and answered while the pipe is still open. Read whole, the input was held in memory
-    (1.1 GB for a file of 1,000,000 facts) and a pipe was answered only once it closed."""
+    (1.1 GB for a file of 1,000,000 facts) and a pipe was answered only once it closed.
+    A batch also ends where the pipe has no next line yet: one fact, then its answer, then
+    the next (it was answered with the next 999, or at the pipe's end)."""
     fed = subprocess.Popen(
         [sys.executable, "-m", "ledger.cli", "record", "-"],
         env={**os.environ, **BACKEND_ENV.get(data, {}), "LEDGER_DATA_DIR": str(data)},
@@ -859,23 +861,40 @@ def test_record_answers_json_lines_from_a_pipe_a_batch_at_a_time(data: Path) -> 
         stderr=subprocess.PIPE,
     )
     assert fed.stdin is not None and fed.stdout is not None and fed.stderr is not None
-    # A byte order mark, and blank lines among the facts: each fact is answered with its own
-    # line in the input.
-    facts = [orjson.dumps(grant(f"pipe-{i}", event_id=f"pipe-{i}")) for i in range(1000)]
-    fed.stdin.write(
-        b"\xef\xbb\xbf\n\n" + b"\n".join(facts[:500]) + b"\n\n" + b"\n".join(facts[500:]) + b"\n"
-    )
-    fed.stdin.flush()  # and the pipe stays open, more to come
-    first = lines_until(fed.stdout, lambda line: '"index":999' in line)
-    answers = [orjson.loads(line) for line in first]
-    assert [a["index"] for a in answers] == list(range(1000))
-    assert [a["line"] for a in answers] == [*range(3, 503), *range(504, 1004)]
-    assert all("receipt" in a for a in answers), answers[0]
-    fed.stdin.write(orjson.dumps(grant("pipe-last", event_id="pipe-last")) + b"\n")
-    fed.stdin.close()
-    rest = [orjson.loads(line) for line in fed.stdout.read().splitlines()]
-    assert fed.wait(timeout=120) == 0, fed.stderr.read()
-    assert [(a["index"], a["line"]) for a in rest] == [(1000, 1004)]
+    try:
+        # A byte order mark, and blank lines among the facts: each fact is answered with its
+        # own line in the input.
+        facts = [orjson.dumps(grant(f"pipe-{i}", event_id=f"pipe-{i}")) for i in range(1000)]
+        fed.stdin.write(
+            b"\xef\xbb\xbf\n\n"
+            + b"\n".join(facts[:500])
+            + b"\n\n"
+            + b"\n".join(facts[500:])
+            + b"\n"
+        )
+        fed.stdin.flush()  # and the pipe stays open, more to come
+        first = lines_until(fed.stdout, lambda line: '"index":999' in line)
+        answers = [orjson.loads(line) for line in first]
+        assert [a["index"] for a in answers] == list(range(1000))
+        assert [a["line"] for a in answers] == [*range(3, 503), *range(504, 1004)]
+        assert all("receipt" in a for a in answers), answers[0]
+        fed.stdin.write(orjson.dumps(grant("pipe-one", event_id="pipe-one")) + b"\n")
+        fed.stdin.flush()
+        (alone,) = [orjson.loads(x) for x in lines_until(fed.stdout, lambda x: True, timeout=60)]
+        assert (alone["index"], alone["line"], alone["receipt"]["event_id"]) == (
+            1000,
+            1004,
+            "pipe-one",
+        )
+        fed.stdin.write(orjson.dumps(grant("pipe-last", event_id="pipe-last")) + b"\n")
+        fed.stdin.close()
+        rest = [orjson.loads(line) for line in fed.stdout.read().splitlines()]
+        assert fed.wait(timeout=120) == 0, fed.stderr.read()
+    finally:
+        if fed.poll() is None:  # a failed assertion leaves it waiting on its open pipe
+            fed.kill()
+            fed.wait()
+    assert [(a["index"], a["line"]) for a in rest] == [(1001, 1005)]
     assert all("receipt" in a for a in rest)
 
 

@@ -3,17 +3,21 @@ read the same facts, with the same lines and indexes, as reading it whole (`read
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import orjson
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from ledger.cli import pipe_lines
 from ledger.cli.common import CliError, InputFacts, fact_batches, read_facts
 from ledger.errors import FactRejected
 
@@ -67,6 +71,19 @@ def both(data: bytes, size: int) -> tuple[Any, Any]:
         )
 
 
+def from_a_pipe(data: bytes, size: int, chunk: int) -> Any:
+    """What `fact_batches` reads of a pipe that holds `data` and is closed, `chunk` bytes a
+    read: every line is at hand, so no batch ends early and nothing differs from a file."""
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, data)  # smaller than the pipe's buffer
+        os.close(write_end)
+        with mock.patch.object(pipe_lines, "CHUNK", chunk):
+            return outcome(lambda: fact_batches(f"/dev/fd/{read_end}", size))
+    finally:
+        os.close(read_end)
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     lines=st.lists(
@@ -75,23 +92,30 @@ def both(data: bytes, size: int) -> tuple[Any, Any]:
     last_end=st.booleans(),
     bom=st.booleans(),
     size=st.integers(1, 4),
+    chunk=st.integers(1, 9),
 )
 @example(
     lines=[(b"{", b"\n"), (b'"event_id": "e"', b"\n"), (b"}", b"\n")],
     last_end=True,
     bom=True,
     size=1,
+    chunk=2,
 )
-@example(lines=[(b"", b"\r\n"), (FACT, b"\r"), (FACT, b"\n")], last_end=False, bom=False, size=1)
-@example(lines=[(b"  [", b"\n"), (FACT, b"\n"), (b"]", b"\n")], last_end=True, bom=False, size=1)
+@example(
+    lines=[(b"", b"\r\n"), (FACT, b"\r"), (FACT, b"\n")], last_end=False, bom=False, size=1, chunk=1
+)
+@example(
+    lines=[(b"  [", b"\n"), (FACT, b"\n"), (b"]", b"\n")], last_end=True, bom=False, size=1, chunk=3
+)
 @example(
     lines=[(b"\x0c{", b"\n"), (b'"event_id": "e"', b"\n"), (b"}", b"\n")],
     last_end=False,
     bom=False,
     size=2,
+    chunk=9,
 )
 def test_a_batched_reading_reads_what_a_whole_one_does(
-    lines: list[tuple[bytes, bytes]], last_end: bool, bom: bool, size: int
+    lines: list[tuple[bytes, bytes]], last_end: bool, bom: bool, size: int, chunk: int
 ) -> None:
     data = b"".join(text + end for text, end in lines)
     if not last_end and lines:
@@ -100,6 +124,7 @@ def test_a_batched_reading_reads_what_a_whole_one_does(
         data = b"\xef\xbb\xbf" + data
     batched, whole = both(data, size)
     assert batched == whole
+    assert from_a_pipe(data, size, chunk) == whole
 
 
 @pytest.mark.parametrize("size", [1, 2, 1000])
@@ -115,6 +140,60 @@ def test_json_lines_whose_first_line_is_bad_are_read_a_batch_at_a_time(tmp_path:
     """A first line that is not JSON, and does not open an object or an array, cannot begin
     a document: the input is JSON Lines, answered a batch at a time as the pipe is fed (it
     was read whole, to its end)."""
+    with fed_fifo(tmp_path, b"not json\n" + FACT + b"\n" + FACT + b"\n", FACT + b"\n") as (
+        batches,
+        more,
+        fed,
+    ):
+        first = next(batches(2))
+        assert not fed.is_set(), "the input was read to its end before the first batch"
+        assert first.items[0] == b"not json" and first.lines == [1, 2]
+        more.set()
+        rest = list(batches(2))
+    assert [item for batch in rest for item in batch.items] == [FACT, FACT]
+    assert all(len(batch.items) <= 2 for batch in rest)
+
+
+def test_a_pipe_s_batch_ends_where_its_next_line_has_not_come(tmp_path: Path) -> None:
+    """A service that writes a fact and waits for its answer gets it: the batch ends where
+    the pipe has nothing more yet, not at its size (it waited for 1,000 facts or the end)."""
+    with fed_fifo(tmp_path, FACT + b"\n\n" + FACT + b"\r\n" + FACT, b"\n" + FACT + b"\n") as (
+        batches,
+        more,
+        fed,
+    ):
+        reading = batches(1000)
+        first = next(reading)
+        assert not fed.is_set(), "the batch waited for the input's end"
+        # The third line has no end yet: it may go on, so it is not taken.
+        assert (first.items, first.lines, first.idle) == ([FACT, FACT], [1, 3], True)
+        more.set()
+        rest = list(reading)
+    assert [(b.items, b.lines, b.first) for b in rest] == [([FACT, FACT], [4, 5], 2)]
+
+
+def test_a_pipe_s_lone_first_fact_is_answered_before_the_next_comes(tmp_path: Path) -> None:
+    """A first line on its own, the next not come, is not waited on to tell a document from
+    JSON Lines: it cannot begin a document over several lines. Its answer names line 1."""
+    with fed_fifo(tmp_path, FACT + b"\n", FACT + b"\n") as (batches, more, fed):
+        reading = batches(1000)
+        first = next(reading)
+        assert not fed.is_set(), "the first line waited for the next"
+        assert (first.items, first.lines, first.idle) == ([FACT], [1], True)
+        more.set()
+        rest = list(reading)
+    assert [(b.items, b.lines) for b in rest] == [([FACT], [2])]
+
+
+Reading = Callable[[int], Iterator[InputFacts]]  # a FIFO's batches of the size asked
+
+
+@contextlib.contextmanager
+def fed_fifo(
+    tmp_path: Path, first: bytes, then: bytes
+) -> Iterator[tuple[Reading, threading.Event, threading.Event]]:
+    """A FIFO written `first`, held open until the test sets `more`, then written `then`
+    (`fed` is set) and closed; and a way to read it in batches (the reader opens it once)."""
     fifo = tmp_path / "facts"
     os.mkfifo(fifo)
     more = threading.Event()
@@ -122,23 +201,25 @@ def test_json_lines_whose_first_line_is_bad_are_read_a_batch_at_a_time(tmp_path:
 
     def feed() -> None:
         with open(fifo, "wb") as pipe:
-            pipe.write(b"not json\n" + FACT + b"\n" + FACT + b"\n")
+            pipe.write(first)
             pipe.flush()
-            more.wait(timeout=60)  # the pipe stays open until the first batch is read
-            pipe.write(FACT + b"\n")
+            more.wait(timeout=60)  # the pipe stays open until the test has read
+            pipe.write(then)
             fed.set()  # before the pipe closes: a reader that waits for its end comes after
+
+    opened: list[Iterator[InputFacts]] = []
+
+    def batches(size: int) -> Iterator[InputFacts]:
+        if not opened:
+            opened.append(fact_batches(str(fifo), size))
+        return opened[0]
 
     # A daemon, joined with a bound: a reader that never opened the FIFO leaves the feeder
     # waiting in its open, which must fail the test, not hang it.
     feeder = threading.Thread(target=feed, daemon=True)
     feeder.start()
     try:
-        batches = fact_batches(str(fifo), 2)
-        first = next(batches)
-        assert not fed.is_set(), "the input was read to its end before the first batch"
-        assert first.items[0] == b"not json" and first.lines == [1, 2]
-        more.set()
-        assert [b.items for b in batches] == [[FACT, FACT]]
+        yield batches, more, fed
     finally:
         more.set()
         feeder.join(timeout=60)

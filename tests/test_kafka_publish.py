@@ -115,10 +115,10 @@ def test_publish_reads_sends_and_answers_a_batch_at_a_time(
     tmp_path: Path, kafka_bootstrap: str
 ) -> None:
     """The input is read and sent 2,000 facts at a time: a pipe's first batch is sent and
-    answered while the pipe is still open (read whole, 200,000 facts took 331 MB). With a
-    wait, each batch is answered from the refusals and the ledger written after it was
-    sent: a refusal in the second batch is found, and no fact is taken for one the ledger
-    held before."""
+    answered while the pipe is still open (read whole, 200,000 facts took 331 MB), and a
+    fact whose next line has not come is answered before it comes. With a wait, each batch
+    is answered from the refusals and the ledger written after it was sent: a refusal in
+    the second batch is found, and no fact is taken for one the ledger held before."""
     from ledger.cli.records import PUBLISH_BATCH
 
     env = kafka_env(kafka_settings(tmp_path / "data", kafka_bootstrap))
@@ -154,6 +154,29 @@ def test_publish_reads_sends_and_answers_a_batch_at_a_time(
                 fed.kill()
                 fed.wait()
         assert [(a["index"], a["line"]) for a in rest] == [(PUBLISH_BATCH, PUBLISH_BATCH + 2)]
+
+        # With a wait, a fact whose next line has not come is answered with its receipt
+        # before the pipe goes on: it was answered only after the next batch was read.
+        waited = subprocess.Popen(
+            [sys.executable, "-m", "ledger.cli", "publish", "--wait", "60", "-"],
+            env={**os.environ, **env},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert waited.stdin and waited.stdout and waited.stderr
+        try:
+            for i in range(2):
+                waited.stdin.write(orjson.dumps(grant(f"one-{i}", event_id=f"one-{i}")) + b"\n")
+                waited.stdin.flush()
+                (one,) = lines_until(waited.stdout, lambda line: True, timeout=60)
+                assert orjson.loads(one)["receipt"]["event_id"] == f"one-{i}", one
+            waited.stdin.close()
+            assert waited.wait(timeout=120) == 0, waited.stderr.read()
+        finally:
+            if waited.poll() is None:
+                waited.kill()
+                waited.wait()
 
         # Other facts with a wait: a bad line and a fact in the second batch.
         again = [

@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import codecs
 import contextlib
+import errno
+import os
+import stat
 import sys
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple, TextIO
@@ -14,6 +18,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple, TextIO
 import orjson
 
 from ledger.application import ConsentLedger
+from ledger.cli.pipe_lines import PipeLines
 from ledger.controls import json_escape, visible
 from ledger.envelope import named_twice, without_bom
 from ledger.errors import FactRejected
@@ -209,6 +214,9 @@ class InputFacts(NamedTuple):
     items: list[bytes | FactRejected | Any]
     lines: list[int] | None  # None: one JSON document, whose facts are not lines
     first: int = 0
+    # The batch ended because the input's next line had not come (a pipe): a caller that
+    # waits for the next batch before answering this one waits on the input's writer.
+    idle: bool = False
 
     def answer(self, index: int, **outcome: Any) -> dict[str, Any]:
         """A fact's line of output: its `index` among the input's facts and, for JSON Lines,
@@ -228,12 +236,19 @@ def fact_batches(path: str, size: int) -> Iterator[InputFacts]:
     an input whose first line opens an object or an array and does not close it. The
     input's first lines are read before this returns: an input that cannot be read, or
     holds no facts, is refused before the caller opens anything.
+
+    From a pipe, a batch also ends where the next line has not come yet (`idle`), so that a
+    writer that waits for a fact's answer before writing the next gets it. Its first line,
+    if the next has not come, is taken as JSON Lines unless it opens a document (an array on
+    one line is waited on): its answer names line 1, where the same lone line read whole,
+    as a document, has no line.
     """
     source = _open_input(path)
     try:
         head: list[bytes] = []  # the bytes read so far, as read
         numbered: list[tuple[int, bytes]] = []  # the non-blank lines among them
         n = 0
+        waited = False  # a lone first line, the next not come: not read as a document
         for raw in source:
             if not head:
                 raw = without_bom(raw)
@@ -244,11 +259,14 @@ def fact_batches(path: str, size: int) -> Iterator[InputFacts]:
                     numbered.append((n, line))
             if len(numbered) == 2:
                 break
+            if len(numbered) == 1 and not _at_hand(source) and _stands_alone(numbered[0][1]):
+                waited = True
+                break
         # A first line that is a JSON value on its own, and a line after it, cannot be one
         # JSON document; nor can an input whose first line does not open an object or an
         # array (a string or a number never spans lines): `read_facts` would read either
         # as JSON Lines, and so a bad first line does not make the whole input read.
-        if len(numbered) < 2 or _may_open_a_document(numbered[0][1]):
+        if (len(numbered) < 2 and not waited) or _may_open_a_document(numbered[0][1]):
             whole = read_facts(b"".join(head) + source.read())
             _close(source)
             return _in_batches(whole, size)
@@ -258,18 +276,44 @@ def fact_batches(path: str, size: int) -> Iterator[InputFacts]:
     return _lines_in_batches(source, numbered, n, size)
 
 
-def _open_input(path: str) -> BinaryIO:
+def _open_input(path: str) -> BinaryIO | PipeLines:
+    """The input as a file, or, when it is a pipe, a FIFO or a terminal, as `PipeLines`."""
     if path == "-":
-        return sys.stdin.buffer
+        try:
+            fd = sys.stdin.fileno()
+        except (OSError, ValueError):  # stdin replaced by an object in process
+            return sys.stdin.buffer
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            return sys.stdin.buffer
+        return PipeLines(fd, owned=False)  # stdin is the process's, not this reader's
     try:
-        return open(path, "rb")  # closed by fact_batches, or by the iterator it returns
+        fd = os.open(path, os.O_RDONLY)
     except OSError as e:
         raise CliError(f"cannot read {path}: {e.strerror}") from None
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISREG(mode):
+        return open(fd, "rb")  # closed by fact_batches, or by the iterator it returns
+    if stat.S_ISDIR(mode):  # opened, as a directory can be, but not read
+        os.close(fd)
+        raise CliError(f"cannot read {path}: {os.strerror(errno.EISDIR)}")
+    return PipeLines(fd, owned=True)
 
 
-def _close(source: BinaryIO) -> None:
+def _close(source: BinaryIO | PipeLines) -> None:
     if source is not sys.stdin.buffer:  # stdin is the process's, not this reader's
         source.close()
+
+
+def _at_hand(source: BinaryIO | PipeLines) -> bool:
+    """Whether the input's next line (or its end) can be read without waiting: always, but
+    for a pipe."""
+    return source.ready() if isinstance(source, PipeLines) else True
+
+
+def _stands_alone(line: bytes) -> bool:
+    """Whether a first line is read as JSON Lines whatever follows it, but for its answer's
+    `line`: it neither opens a document nor is an array (a document on one line)."""
+    return line.lstrip()[:1] != b"[" and not _may_open_a_document(line)
 
 
 def _may_open_a_document(line: bytes) -> bool:
@@ -290,31 +334,37 @@ def _in_batches(whole: InputFacts, size: int) -> Iterator[InputFacts]:
 
 
 def _lines_in_batches(
-    source: BinaryIO, numbered: list[tuple[int, bytes]], n: int, size: int
+    source: BinaryIO | PipeLines, numbered: list[tuple[int, bytes]], n: int, size: int
 ) -> Iterator[InputFacts]:
     """JSON Lines, read on from `source` after the `numbered` lines already read (`n` lines
     in all, blank ones included)."""
-
-    def lines() -> Iterator[tuple[int, bytes]]:
-        nonlocal n
-        yield from numbered
-        for raw in source:
-            for line in raw.splitlines():
-                n += 1
-                if line.strip():
-                    yield n, line
-
     try:
+        pending = deque(numbered)  # non-blank lines read, not yet in a batch
+        raws = iter(source)
         items: list[bytes | FactRejected | Any] = []
         at: list[int] = []
         first = 0
-        for number, line in lines():
-            items.append(line)
-            at.append(number)
-            if len(items) == size:
-                yield InputFacts(items, at, first)
-                first += size
+        while True:
+            if pending:
+                number, line = pending.popleft()
+                items.append(line)
+                at.append(number)
+                if len(items) == size:
+                    yield InputFacts(items, at, first)
+                    first += size
+                    items, at = [], []
+                continue
+            if items and not _at_hand(source):  # the writer has not sent the next line
+                yield InputFacts(items, at, first, idle=True)
+                first += len(items)
                 items, at = [], []
+            raw = next(raws, None)
+            if raw is None:
+                break
+            for line in raw.splitlines():
+                n += 1
+                if line.strip():
+                    pending.append((n, line))
         if items:
             yield InputFacts(items, at, first)
     finally:

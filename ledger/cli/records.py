@@ -151,7 +151,9 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
     whole, with every record's future kept to the end, 200,000 facts took 331 MB
     (2026-12-04; 78 MB now). With a wait, a batch is answered once the writer has
     committed it, and the next batch is published before that wait, so the writer always
-    has the next facts to take; `--wait` bounds the wait for each batch.
+    has the next facts to take, unless the input's next line has not come (a pipe): then
+    the batch is answered first, for a writer that waits for its answers. `--wait` bounds
+    the wait for each batch.
     """
     from ledger.kafka.publish import Before, NotConsumed, Publisher, ends_before
     from ledger.kafka.recorder import LedgerUnavailable
@@ -185,7 +187,11 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
                 continue
             if pending is not None:  # the batch before this one, published before this one
                 answers.batch(pending[0], _outcomes(ledger, *pending[1:], args.wait))
-            pending = (given, placed, before)
+                pending = None
+            if given.idle:  # the input's next line has not come: its writer may be waiting
+                answers.batch(given, _outcomes(ledger, placed, before, args.wait))
+            else:
+                pending = (given, placed, before)
         if pending is not None:
             answers.batch(pending[0], _outcomes(ledger, *pending[1:], args.wait))
     except (LedgerUnavailable, NotConsumed) as e:
