@@ -322,7 +322,7 @@ def test_a_writer_whose_broker_stopped_is_refused_within_seconds_then_writes_aga
     from ledger.application import ConsentLedger
     from ledger.envelope import parse_fact
     from ledger.kafka.intake import IntakeWriter
-    from ledger.kafka.publish import Before, Published, outcomes
+    from ledger.kafka.publish import Before, Outcomes, Published
     from ledger.kafka.publish import publish as publish_to_intake
     from ledger.kafka.reading import ANSWER_TIMEOUT_S
     from ledger.kafka.recorder import IntakeCommit, KafkaLedgerRecorder
@@ -353,6 +353,9 @@ def test_a_writer_whose_broker_stopped_is_refused_within_seconds_then_writes_aga
         assert len(sent) == 1
         writer = IntakeWriter(ledger)
         writer.start()
+        # As `publish` keeps it from batch to batch: a consumer made with the broker up.
+        kept = Outcomes(ledger)
+        kept.ends_before()
         stopped = subprocess.run([str(BROKER), "stop", str(run_dir)], timeout=120)
         assert stopped.returncode == 0
 
@@ -368,8 +371,9 @@ def test_a_writer_whose_broker_stopped_is_refused_within_seconds_then_writes_aga
                 publish_to_intake, ledger, [grant("dana", event_id="d1")], None
             ),
             "the wait for outcomes": functools.partial(
-                outcomes, ledger, sent, 60.0, Before({}, {})
+                Outcomes(ledger).of, sent, 60.0, Before({}, {})
             ),
+            "the topics' ends, on a consumer kept": kept.ends_before,
             "the verify of the topic": functools.partial(verify_topic, recorder),
             "the intake positions": functools.partial(
                 rejected_positions, recorder.link, "an-intake-topic-id"

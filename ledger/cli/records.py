@@ -32,8 +32,7 @@ from ledger.receipt import ErasureNotOverwritten, Receipt
 from ledger.settings import Settings
 
 if TYPE_CHECKING:
-    from ledger.application import ConsentLedger
-    from ledger.kafka.publish import Before, Published
+    from ledger.kafka.publish import Before, Outcomes, Published
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -155,7 +154,7 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
     the batch is answered first, for a writer that waits for its answers. `--wait` bounds
     the wait for each batch.
     """
-    from ledger.kafka.publish import Before, NotConsumed, Publisher, ends_before
+    from ledger.kafka.publish import Before, NotConsumed, Outcomes, Publisher
     from ledger.kafka.recorder import LedgerUnavailable
 
     if settings.backend != "kafka":
@@ -163,6 +162,7 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
     batches = fact_batches(args.file, PUBLISH_BATCH)  # an input with no facts is refused here
     ledger = open_ledger(settings)
     publisher: Publisher | None = None
+    outcomes = Outcomes(ledger)  # its consumers are made when first asked, and kept
     answers = _Answers()
     # A batch published and not yet answered: its facts, where each went, and the topics'
     # ends before it was published.
@@ -176,7 +176,7 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
                 publisher = Publisher(ledger, args.tenant)
             # Refusals of these facts, and their first recording, are written after this.
             wait = bool(to_send) and not args.no_wait
-            before = ends_before(ledger) if wait else Before({}, {})
+            before = outcomes.ends_before() if wait else Before({}, {})
             sent = iter(publisher.send(to_send) if publisher is not None and to_send else [])
             # Each item: refused as read, not sent (too large for the topic), or where it went.
             placed = [
@@ -186,14 +186,14 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
                 answers.batch(given, placed)
                 continue
             if pending is not None:  # the batch before this one, published before this one
-                answers.batch(pending[0], _outcomes(ledger, *pending[1:], args.wait))
+                answers.batch(pending[0], _outcomes(outcomes, *pending[1:], args.wait))
                 pending = None
             if given.idle:  # the input's next line has not come: its writer may be waiting
-                answers.batch(given, _outcomes(ledger, placed, before, args.wait))
+                answers.batch(given, _outcomes(outcomes, placed, before, args.wait))
             else:
                 pending = (given, placed, before)
         if pending is not None:
-            answers.batch(pending[0], _outcomes(ledger, *pending[1:], args.wait))
+            answers.batch(pending[0], _outcomes(outcomes, *pending[1:], args.wait))
     except (LedgerUnavailable, NotConsumed) as e:
         said = f"kafka: {e}" if isinstance(e, LedgerUnavailable) else str(e)
         if answers.answered:
@@ -202,6 +202,7 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         if publisher is not None:
             publisher.close()
+        outcomes.close()
         ledger.close()
     if answers.rejected:
         return fail(answers.refused(), EXIT_REJECTED)
@@ -209,13 +210,11 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _outcomes(
-    ledger: ConsentLedger, placed: list[Published | FactRejected], before: Before, wait: float
+    outcomes: Outcomes, placed: list[Published | FactRejected], before: Before, wait: float
 ) -> list[Receipt | FactRejected]:
     """A published batch's outcomes in input order, once the writer has committed it."""
-    from ledger.kafka.publish import outcomes
-
     published = [p for p in placed if not isinstance(p, FactRejected)]
-    found = iter(outcomes(ledger, published, wait, before) if published else [])
+    found = iter(outcomes.of(published, wait, before) if published else [])
     return [p if isinstance(p, FactRejected) else next(found) for p in placed]
 
 
