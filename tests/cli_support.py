@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import select
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
+
+import orjson
 
 # The backend of each data directory: every command runs on the embedded log and on Kafka.
 BACKEND_ENV: dict[Path, dict[str, str]] = {}
@@ -34,6 +38,44 @@ def verify_elsewhere(data: Path, tmp_path: Path, *args: str) -> subprocess.Compl
     """`consent-ledger verify ARGS` with no data directory at all: a package or checkpoint
     is all such a check has."""
     return run(data, "verify", *args, LEDGER_DATA_DIR=str(tmp_path / "nothing-here"))
+
+
+@contextlib.contextmanager
+def piped(*args: str, env: Mapping[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    """`consent-ledger ARGS` fed through a pipe the test holds open; killed if the test ends
+    with it still waiting on the pipe (a failed assertion), so that it cannot hang or leak."""
+    fed = subprocess.Popen(
+        [sys.executable, "-m", "ledger.cli", *args],
+        env={**os.environ, **env},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        yield fed
+    finally:
+        if fed.poll() is None:
+            fed.kill()
+            fed.wait()
+
+
+def written_behind(stream: IO[bytes], data: bytes) -> threading.Thread:
+    """`data` written to a process's input (and flushed, the pipe left open) from a thread
+    of its own, while the test reads the answers: a process that answers as it reads fills
+    its output pipe while a test that writes everything first is still writing, and then
+    both wait for ever. Join it before writing more."""
+    writer = threading.Thread(target=lambda: (stream.write(data), stream.flush()), daemon=True)
+    writer.start()
+    return writer
+
+
+def closed(fed: subprocess.Popen[bytes]) -> list[dict[str, Any]]:
+    """The rest of what a `piped` process answers once its input ends; it must exit 0."""
+    assert fed.stdin is not None and fed.stdout is not None and fed.stderr is not None
+    fed.stdin.close()
+    rest = [orjson.loads(line) for line in fed.stdout.read().splitlines()]
+    assert fed.wait(timeout=120) == 0, fed.stderr.read()
+    return rest
 
 
 def line_within(stream: IO[str], timeout: float = 120) -> str:

@@ -16,7 +16,16 @@ import pytest
 
 from ledger.application import ConsentLedger
 from ledger.policy import seed_policy_fact
-from tests.cli_support import BACKEND_ENV, line_within, lines_until, run, verify_elsewhere
+from tests.cli_support import (
+    BACKEND_ENV,
+    closed,
+    line_within,
+    lines_until,
+    piped,
+    run,
+    verify_elsewhere,
+    written_behind,
+)
 from tests.facts import fact, grant, policy, terms, withdraw
 
 
@@ -853,27 +862,16 @@ def test_record_answers_json_lines_from_a_pipe_a_batch_at_a_time(data: Path) -> 
     (1.1 GB for a file of 1,000,000 facts) and a pipe was answered only once it closed.
     A batch also ends where the pipe has no next line yet: one fact, then its answer, then
     the next (it was answered with the next 999, or at the pipe's end)."""
-    fed = subprocess.Popen(
-        [sys.executable, "-m", "ledger.cli", "record", "-"],
-        env={**os.environ, **BACKEND_ENV.get(data, {}), "LEDGER_DATA_DIR": str(data)},
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert fed.stdin is not None and fed.stdout is not None and fed.stderr is not None
-    try:
+    env = {**BACKEND_ENV.get(data, {}), "LEDGER_DATA_DIR": str(data)}
+    with piped("record", "-", env=env) as fed:
+        assert fed.stdin is not None and fed.stdout is not None
         # A byte order mark, and blank lines among the facts: each fact is answered with its
         # own line in the input.
         facts = [orjson.dumps(grant(f"pipe-{i}", event_id=f"pipe-{i}")) for i in range(1000)]
-        fed.stdin.write(
-            b"\xef\xbb\xbf\n\n"
-            + b"\n".join(facts[:500])
-            + b"\n\n"
-            + b"\n".join(facts[500:])
-            + b"\n"
-        )
-        fed.stdin.flush()  # and the pipe stays open, more to come
+        given = b"\n".join(facts[:500]) + b"\n\n" + b"\n".join(facts[500:]) + b"\n"
+        writing = written_behind(fed.stdin, b"\xef\xbb\xbf\n\n" + given)  # the pipe stays open
         first = lines_until(fed.stdout, lambda line: '"index":999' in line)
+        writing.join(timeout=60)
         answers = [orjson.loads(line) for line in first]
         assert [a["index"] for a in answers] == list(range(1000))
         assert [a["line"] for a in answers] == [*range(3, 503), *range(504, 1004)]
@@ -887,13 +885,7 @@ def test_record_answers_json_lines_from_a_pipe_a_batch_at_a_time(data: Path) -> 
             "pipe-one",
         )
         fed.stdin.write(orjson.dumps(grant("pipe-last", event_id="pipe-last")) + b"\n")
-        fed.stdin.close()
-        rest = [orjson.loads(line) for line in fed.stdout.read().splitlines()]
-        assert fed.wait(timeout=120) == 0, fed.stderr.read()
-    finally:
-        if fed.poll() is None:  # a failed assertion leaves it waiting on its open pipe
-            fed.kill()
-            fed.wait()
+        rest = closed(fed)
     assert [(a["index"], a["line"]) for a in rest] == [(1001, 1005)]
     assert all("receipt" in a for a in rest)
 

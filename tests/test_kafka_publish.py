@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import orjson
 import pytest
 
-from tests.cli_support import line_within, lines_until
+from tests.cli_support import closed, line_within, lines_until, piped, written_behind
 from tests.facts import grant, withdraw
 from tests.kafka_support import kafka_env, kafka_settings, largest_policy
 
@@ -125,19 +125,13 @@ def test_publish_reads_sends_and_answers_a_batch_at_a_time(
     assert cli(env, "init").returncode == 0
     facts = [orjson.dumps(grant(f"batch-{i}", event_id=f"batch-{i}")) for i in range(PUBLISH_BATCH)]
     with running_worker(env):
-        fed = subprocess.Popen(
-            [sys.executable, "-m", "ledger.cli", "publish", "--no-wait", "-"],
-            env={**os.environ, **env},
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        assert fed.stdin is not None and fed.stdout is not None and fed.stderr is not None
-        try:
-            fed.stdin.write(b"\n".join(facts[:10]) + b"\n\n" + b"\n".join(facts[10:]) + b"\n")
-            fed.stdin.flush()  # and the pipe stays open, more to come
+        with piped("publish", "--no-wait", "-", env=env) as fed:
+            assert fed.stdin is not None and fed.stdout is not None
+            data = b"\n".join(facts[:10]) + b"\n\n" + b"\n".join(facts[10:]) + b"\n"
+            writing = written_behind(fed.stdin, data)  # and the pipe stays open
             last = PUBLISH_BATCH - 1
             first = lines_until(fed.stdout, lambda line: f'"index":{last},' in line)
+            writing.join(timeout=60)
             answers = [orjson.loads(line) for line in first]
             assert [(a["index"], a["line"]) for a in answers[9:12]] == [
                 (9, 10),
@@ -146,37 +140,19 @@ def test_publish_reads_sends_and_answers_a_batch_at_a_time(
             ]
             assert all(set(a["published"]) == {"partition", "offset"} for a in answers)
             fed.stdin.write(orjson.dumps(grant("batch-last", event_id="batch-last")) + b"\n")
-            fed.stdin.close()
-            rest = [orjson.loads(line) for line in fed.stdout.read().splitlines()]
-            assert fed.wait(timeout=120) == 0, fed.stderr.read()
-        finally:
-            if fed.poll() is None:  # a failed assertion leaves it waiting on its open pipe
-                fed.kill()
-                fed.wait()
+            rest = closed(fed)
         assert [(a["index"], a["line"]) for a in rest] == [(PUBLISH_BATCH, PUBLISH_BATCH + 2)]
 
         # With a wait, a fact whose next line has not come is answered with its receipt
         # before the pipe goes on: it was answered only after the next batch was read.
-        waited = subprocess.Popen(
-            [sys.executable, "-m", "ledger.cli", "publish", "--wait", "60", "-"],
-            env={**os.environ, **env},
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        assert waited.stdin and waited.stdout and waited.stderr
-        try:
+        with piped("publish", "--wait", "60", "-", env=env) as waited:
+            assert waited.stdin is not None and waited.stdout is not None
             for i in range(2):
                 waited.stdin.write(orjson.dumps(grant(f"one-{i}", event_id=f"one-{i}")) + b"\n")
                 waited.stdin.flush()
                 (one,) = lines_until(waited.stdout, lambda line: True, timeout=60)
                 assert orjson.loads(one)["receipt"]["event_id"] == f"one-{i}", one
-            waited.stdin.close()
-            assert waited.wait(timeout=120) == 0, waited.stderr.read()
-        finally:
-            if waited.poll() is None:
-                waited.kill()
-                waited.wait()
+            assert closed(waited) == []
 
         # Other facts with a wait: a bad line and a fact in the second batch.
         again = [
