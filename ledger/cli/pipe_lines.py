@@ -34,8 +34,11 @@ class PipeLines:
         """Whether the next line (or the input's end) can be had without waiting."""
         if self.lines or self.ended:
             return True
-        readable, _, _ = select.select([self.fd], [], [], 0)
-        return bool(readable)
+        # poll, not select: select takes no descriptor past 1023. Any event will do: data,
+        # or the writer gone (POLLHUP), after which a read gives the end at once.
+        watch = select.poll()
+        watch.register(self.fd, select.POLLIN)
+        return bool(watch.poll(0))
 
     def __iter__(self) -> Iterator[bytes]:
         while True:
