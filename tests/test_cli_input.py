@@ -185,6 +185,29 @@ def test_a_pipe_s_lone_first_fact_is_answered_before_the_next_comes(tmp_path: Pa
     assert [(b.items, b.lines) for b in rest] == [([FACT], [2])]
 
 
+def test_a_pipe_is_not_ready_with_only_the_start_of_a_line() -> None:
+    """Bytes there without a line end (a writer that flushed mid-line) are not a line at
+    hand: taken as one, the batch before them waited for the writer to end that line."""
+    read_end, write_end = os.pipe()
+    lines = pipe_lines.PipeLines(read_end, owned=True)
+    try:
+        os.write(write_end, FACT + b"\n")
+        reading = iter(lines)
+        assert next(reading) == FACT + b"\n"
+        os.write(write_end, FACT[:5])
+        assert not lines.ready()
+        os.write(write_end, FACT[5:] + b"\n")
+        assert lines.ready()
+        assert next(reading) == FACT + b"\n"
+        os.close(write_end)
+        write_end = -1
+        assert lines.ready() and list(reading) == []
+    finally:
+        lines.close()
+        if write_end >= 0:
+            os.close(write_end)
+
+
 Reading = Callable[[int], Iterator[InputFacts]]  # a FIFO's batches of the size asked
 
 

@@ -31,14 +31,21 @@ class PipeLines:
         self.ended = False
 
     def ready(self) -> bool:
-        """Whether the next line (or the input's end) can be had without waiting."""
-        if self.lines or self.ended:
-            return True
-        # poll, not select: select takes no descriptor past 1023. Any event will do: data,
-        # or the writer gone (POLLHUP), after which a read gives the end at once.
-        watch = select.poll()
-        watch.register(self.fd, select.POLLIN)
-        return bool(watch.poll(0))
+        """Whether the next whole line (or the input's end) can be had without waiting.
+
+        What is there is read to find out: bytes there but no line end among them (a writer
+        that flushed mid-line) would have the caller wait in the next read, the lines
+        before them held unanswered until the writer ends that line.
+        """
+        while not (self.lines or self.ended):
+            # poll, not select: select takes no descriptor past 1023. Any event will do:
+            # data, or the writer gone (POLLHUP), after which a read gives the end at once.
+            watch = select.poll()
+            watch.register(self.fd, select.POLLIN)
+            if not watch.poll(0):
+                return False
+            self._read()
+        return True
 
     def __iter__(self) -> Iterator[bytes]:
         while True:
