@@ -872,6 +872,7 @@ def test_record_answers_json_lines_from_a_pipe_a_batch_at_a_time(data: Path) -> 
         writing = written_behind(fed.stdin, b"\xef\xbb\xbf\n\n" + given)  # the pipe stays open
         first = lines_until(fed.stdout, lambda line: '"index":999' in line)
         writing.join(timeout=60)
+        assert not writing.is_alive(), "the input was not all written"
         answers = [orjson.loads(line) for line in first]
         assert [a["index"] for a in answers] == list(range(1000))
         assert [a["line"] for a in answers] == [*range(3, 503), *range(504, 1004)]

@@ -384,6 +384,7 @@ def test_a_writer_whose_broker_stopped_is_refused_within_seconds_then_writes_aga
         if still_waiting:
             ledger = None
             raise AssertionError(f"still waiting for the broker after 60 s: {still_waiting}")
+        kept.close()
 
         append = functools.partial(ledger.record, [parse_fact(grant("boris", event_id="b1"))])
         for name, attempt in (("the append", append), ("the catch-up", recorder.catch_up)):

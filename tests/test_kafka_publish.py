@@ -132,6 +132,7 @@ def test_publish_reads_sends_and_answers_a_batch_at_a_time(
             last = PUBLISH_BATCH - 1
             first = lines_until(fed.stdout, lambda line: f'"index":{last},' in line)
             writing.join(timeout=60)
+            assert not writing.is_alive(), "the input was not all written"
             answers = [orjson.loads(line) for line in first]
             assert [(a["index"], a["line"]) for a in answers[9:12]] == [
                 (9, 10),
