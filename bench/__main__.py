@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import sys
 
-from bench import http, ingest, instructions, kafka, memory, projections, soak
+from bench import http, ingest, instructions, kafka, memory, projections, publish, soak
 
 
 def main() -> int:
-    """`python -m bench [ingest|http|kafka|projections|instructions|memory|soak] [options]`;
+    """`python -m bench [ingest|http|kafka|publish|projections|instructions|memory|soak] [options]`;
     with no name, the four timed benchmarks (`instructions` needs valgrind and is run on its
     own; `memory` and `soak` measure bytes, not time)."""
     from ledger.runtime import tune
@@ -23,6 +23,8 @@ def main() -> int:
         http.main(args[1:])
     elif args and args[0] == "kafka":
         kafka.main(args[1:])
+    elif args and args[0] == "publish":
+        publish.main(args[1:])
     elif args and args[0] == "instructions":
         instructions.main(args[1:])
     elif args and args[0] == "memory":

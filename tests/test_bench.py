@@ -64,6 +64,10 @@ SMALL = {
             "verify / read and SHA-256 only",
         ],
     ),
+    "publish": (
+        ["--facts", "3", "--rounds", "1"],
+        ["consent-ledger publish --wait, a pipe", "raw send -> raw loop -> read_committed"],
+    ),
     "memory": (["--facts", "600"], ["decoded events B/fact", "units: what the cache counts"]),
     "soak": (
         [
@@ -77,19 +81,20 @@ SMALL = {
         ["LEDGER_VIEWS_CACHE_FACTS 1,000", "worker MiB", "worker: stopped; "],
     ),
 }
+ON_KAFKA = {"kafka", "publish", "soak --kafka"}
 
 
 @pytest.mark.parametrize(
     "name",
     # Those on Kafka carry its mark, as every test that needs the broker does.
-    [pytest.param(n, marks=pytest.mark.kafka) if "kafka" in n else n for n in SMALL],
+    [pytest.param(n, marks=pytest.mark.kafka) if n in ON_KAFKA else n for n in SMALL],
 )
 def test_each_benchmark_runs_to_its_end_beside_its_baseline(
     name: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     args, rows = SMALL[name]
     env = {**os.environ, "TMPDIR": str(tmp_path)}
-    if "kafka" in name:
+    if name in ON_KAFKA:
         env["KAFKA_BOOTSTRAP"] = request.getfixturevalue("kafka_bootstrap")
     ran = subprocess.run(
         [sys.executable, "-m", "bench", *name.split(), *args],
