@@ -907,3 +907,72 @@ def test_a_replica_whose_end_offsets_never_come_ends_when_its_process_stops(
         recorder.catch_up(stopping)
     assert stopping.asked == 4
     recorder.close()
+
+
+def test_a_replica_caught_up_on_kept_readers_applies_what_came_between_reads(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """`publish --wait` catches its replica up for every batch it answers, on consumers it
+    keeps: each read starts where the replica stands, not where the consumer last polled."""
+    from ledger.kafka.reading import KeptReaders
+
+    settings = kafka_settings(tmp_path, kafka_bootstrap)
+    ensure_topics(settings)
+    writer = new_recorder(tmp_path / "writer.db", kafka_bootstrap, settings.topic_prefix)
+    # The writer's own replica shares its file with a reader, as the worker's does with a
+    # command of the same data directory; the other reader has a file of its own.
+    shared = new_recorder(tmp_path / "writer.db", kafka_bootstrap, settings.topic_prefix)
+    apart = new_recorder(tmp_path / "apart.db", kafka_bootstrap, settings.topic_prefix)
+    kept_shared = KeptReaders(kafka_bootstrap, "test")
+    kept_apart = KeptReaders(kafka_bootstrap, "test")
+    subjects = [uuid.uuid4() for _ in range(4)]
+    try:
+        for version in range(1, 6):
+            writer.insert_events([_event(s, version, b'{"tenant":"demo"}') for s in subjects])
+            assert shared.catch_up(kept=kept_shared) == 0  # the writer applied them
+            assert apart.catch_up(kept=kept_apart) == len(subjects)
+            assert apart.versions_of(subjects) == {s: version for s in subjects}
+            assert apart.positions() == shared.positions()
+        first = kept_apart.committed(timeout_s=30)
+        assert apart.catch_up(kept=kept_apart) == 0
+        assert kept_apart.committed(timeout_s=30) is first  # kept, not made again
+    finally:
+        kept_shared.close()
+        kept_apart.close()
+        for recorder in (writer, shared, apart):
+            recorder.close()
+
+
+def test_kept_readers_are_made_afresh_after_a_catch_up_that_failed(
+    tmp_path: Path, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A consumer left in the middle of a failed read (a broker gone, a stop) is not used
+    again: the next catch-up makes its own and applies what the failed one did not."""
+    from ledger.kafka.reading import KeptReaders, ReadTimedOut
+    from ledger.kafka.recorder import LedgerUnavailable
+
+    settings = kafka_settings(tmp_path, kafka_bootstrap)
+    ensure_topics(settings)
+    writer = new_recorder(tmp_path / "writer.db", kafka_bootstrap, settings.topic_prefix)
+    reader = new_recorder(tmp_path / "reader.db", kafka_bootstrap, settings.topic_prefix)
+    kept = KeptReaders(kafka_bootstrap, "test")
+    subject = uuid.uuid4()
+    try:
+        writer.insert_events([_event(subject, 1, b'{"tenant":"demo"}')])
+        before = kept.committed(timeout_s=30)
+        settled = recorder_module.settled_ends
+
+        def timed_out(*args: object, **kwargs: object) -> object:
+            raise ReadTimedOut("the broker did not answer")
+
+        monkeypatch.setattr(recorder_module, "settled_ends", timed_out)
+        with pytest.raises(LedgerUnavailable, match="did not answer"):
+            reader.catch_up(kept=kept)
+        monkeypatch.setattr(recorder_module, "settled_ends", settled)
+        assert kept.committed(timeout_s=30) is not before
+        assert reader.catch_up(kept=kept) == 1
+        assert reader.versions_of([subject]) == {subject: 1}
+    finally:
+        kept.close()
+        writer.close()
+        reader.close()

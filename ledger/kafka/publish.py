@@ -34,6 +34,7 @@ from ledger.kafka.reading import (
     ANSWER_TIMEOUT_S,
     STEP_MS,
     BrokerAway,
+    KeptReaders,
     ReadTimedOut,
     answered,
     committed_offsets,
@@ -269,13 +270,14 @@ class Outcomes:
 
     Made for each batch, with one more for the rejected topic's high watermarks, they took
     about 170 ms of the 320 ms a fact answered on its own took (2026-12-04), and `publish`
-    answers a pipe's facts as they come.
+    answers a pipe's facts as they come. The replica's catch-up for the receipts keeps its
+    read_committed consumer here too, and shares the topics' ends one (`KeptReaders`).
     """
 
     def __init__(self, ledger: ConsentLedger) -> None:
         self._ledger = ledger
-        self._link = _link(ledger)
-        self._ends: KafkaConsumer | None = None
+        self._link = link = _link(ledger)
+        self._kept = KeptReaders(link.bootstrap, "consent-ledger-publish")
         self._group: KafkaConsumer | None = None
         self._rejected: KafkaConsumer | None = None
 
@@ -286,10 +288,11 @@ class Outcomes:
         self.close()
 
     def close(self) -> None:
-        for consumer in (self._ends, self._group, self._rejected):
+        self._kept.close()
+        for consumer in (self._group, self._rejected):
             if consumer is not None:
                 consumer.close()
-        self._ends = self._group = self._rejected = None
+        self._group = self._rejected = None
 
     def ends_before(self) -> Before:
         """The rejected and ledger topics' ends now, taken before publishing.
@@ -337,7 +340,7 @@ class Outcomes:
         refused = self._rejected_after(published, timeout_s, before.rejected)
         recorder = self._ledger.ledger_recorder
         assert isinstance(recorder, KafkaLedgerRecorder)
-        recorder.catch_up()
+        recorder.catch_up(kept=self._kept)
         results: list[Receipt | FactRejected] = []
         for p in published:
             found = refused.get((p.partition, p.offset))
@@ -348,15 +351,7 @@ class Outcomes:
         return results
 
     def _ends_reader(self, away: BrokerWatch) -> KafkaConsumer:
-        if self._ends is None:
-            self._ends = reader(
-                self._link.bootstrap,
-                "consent-ledger-publish",
-                timeout_s=ANSWER_TIMEOUT_S,
-                away=away,
-                committed=False,
-            )
-        return self._ends
+        return self._kept.uncommitted(timeout_s=ANSWER_TIMEOUT_S, away=away)
 
     def _wait_committed(self, last: dict[TopicPartition, int], timeout_s: float) -> None:
         """Until the writer's group has committed past `last`, for up to `timeout_s`.

@@ -53,8 +53,13 @@ STEP_MS = 1000
 # timeout, which bounded these before they were asked a step at a time. An HTTP question
 # whose views could not reach the broker waited the reader's whole 120 s without it.
 ANSWER_TIMEOUT_S = 30.0
-# How long one poll of a read to the end may wait for records (`polls_to_end`).
-POLL_MS = 50
+# How long one poll of a read to the end may wait for records (`polls_to_end`). A poll
+# that fetches only a transaction's commit marker gets no records and waits its whole
+# timeout, though the position has moved past it. That is every catch-up of a replica the
+# writer shares: the writer records its positions after its last record, before the
+# marker. With 50 ms, `publish --wait`'s catch-up took 51 ms a fact, with 5 ms, 6 ms
+# (2026-12-04, bench/RESULTS.md); a read that waits for records asks every 5 ms instead.
+POLL_MS = 5
 # How long a read waits for the transactions under the high watermark to end before it
 # reads to where the committed records end then (`settled_ends`), and the pause between
 # its questions.
@@ -150,10 +155,15 @@ def high_watermarks(
     timeout_s: float,
     stopping: Callable[[], bool] = never,
     away: Callable[[], bool] = never,
+    kept: KeptReaders | None = None,
 ) -> dict[TopicPartition, int]:
     """Where the partitions end for any reader (the high watermark), asked by a
-    read_uncommitted consumer made for it: kafka-python asks end offsets at the consumer's
-    own isolation level, so a read_committed one learns only the last stable offset."""
+    read_uncommitted consumer (`kept`'s, or one made for it): kafka-python asks end offsets
+    at the consumer's own isolation level, so a read_committed one learns only the last
+    stable offset."""
+    if kept is not None:
+        consumer = kept.uncommitted(timeout_s=timeout_s, stopping=stopping, away=away)
+        return end_offsets(consumer, partitions, timeout_s=timeout_s, stopping=stopping, away=away)
     consumer = reader(
         bootstrap,
         "consent-ledger-high-watermarks",
@@ -166,6 +176,65 @@ def high_watermarks(
         return end_offsets(consumer, partitions, timeout_s=timeout_s, stopping=stopping, away=away)
     finally:
         consumer.close()
+
+
+class KeptReaders:
+    """A read_committed and a read_uncommitted consumer of no group, each made when first
+    asked and kept until `close`, for a process that reads the same topics to their ends
+    again and again.
+
+    Made for each read, the two a replica's catch-up needs took about 100 ms of the 170 ms
+    that `publish --wait` took to answer a fact of a pipe (2026-12-04): a connection, the
+    cluster's metadata and the partitions' leaders, each time. A reader that keeps them must
+    `close` them after a read that failed, so that the next read starts afresh.
+    """
+
+    def __init__(self, bootstrap: str, client_id: str) -> None:
+        self._bootstrap = bootstrap
+        self._client_id = client_id
+        self._made: dict[bool, KafkaConsumer] = {}
+
+    def committed(
+        self,
+        *,
+        timeout_s: float,
+        stopping: Callable[[], bool] = never,
+        away: Callable[[], bool] = never,
+    ) -> KafkaConsumer:
+        return self._consumer(True, timeout_s, stopping, away)
+
+    def uncommitted(
+        self,
+        *,
+        timeout_s: float,
+        stopping: Callable[[], bool] = never,
+        away: Callable[[], bool] = never,
+    ) -> KafkaConsumer:
+        return self._consumer(False, timeout_s, stopping, away)
+
+    def _consumer(
+        self,
+        committed: bool,
+        timeout_s: float,
+        stopping: Callable[[], bool],
+        away: Callable[[], bool],
+    ) -> KafkaConsumer:
+        consumer = self._made.get(committed)
+        if consumer is None:
+            consumer = self._made[committed] = reader(
+                self._bootstrap,
+                self._client_id,
+                timeout_s=timeout_s,
+                stopping=stopping,
+                away=away,
+                committed=committed,
+            )
+        return consumer
+
+    def close(self) -> None:
+        made, self._made = self._made, {}
+        for consumer in made.values():
+            consumer.close()
 
 
 def settled_ends(

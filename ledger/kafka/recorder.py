@@ -41,6 +41,7 @@ from ledger.kafka.clients import close_producer
 from ledger.kafka.reachable import BrokerWatch
 from ledger.kafka.reading import (
     STEP_MS,
+    KeptReaders,
     ReadTimedOut,
     answered,
     high_watermarks,
@@ -324,7 +325,9 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
             c.execute(f"SELECT partition, next_offset FROM {self.positions_table}")
             return {int(row[0]): int(row[1]) for row in c.fetchall()}
 
-    def catch_up(self, stopping: Callable[[], bool] = never) -> int:
+    def catch_up(
+        self, stopping: Callable[[], bool] = never, kept: KeptReaders | None = None
+    ) -> int:
         """Apply every committed record after the replica's positions; returns how many.
 
         Reads with read_committed up to each partition's last stable offset. Offsets have
@@ -335,19 +338,27 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
         (`ledger.kafka.reading`): the views' reader catches the replica up when it is
         behind, and a worker stopped with SIGTERM in that moment of a broker outage waited
         for kafka-python's 30 s timeouts (its consumer's first contact, the end offsets).
+
+        With `kept`, its consumers are used and left open (a caller that catches up again
+        and again), or closed if the read fails; otherwise two are made for this read.
         """
         timeout = self.link.catch_up_timeout_s
         away = BrokerWatch(self.link.bootstrap)
         try:
-            consumer = reader(
-                self.link.bootstrap,
-                "consent-ledger-replica",
-                timeout_s=timeout,
-                stopping=stopping,
-                away=away,
+            consumer = (
+                kept.committed(timeout_s=timeout, stopping=stopping, away=away)
+                if kept is not None
+                else reader(
+                    self.link.bootstrap,
+                    "consent-ledger-replica",
+                    timeout_s=timeout,
+                    stopping=stopping,
+                    away=away,
+                )
             )
         except ReadTimedOut as error:
             raise LedgerUnavailable(str(error)) from error
+        failed = True
         applied = 0
         partitions = self.link.partitions
         try:
@@ -361,7 +372,12 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
             if known is not None and known != partitions:
                 raise self._partitions_changed(f"this replica was read from {known}")
             high = high_watermarks(
-                self.link.bootstrap, tps, timeout_s=timeout, stopping=stopping, away=away
+                self.link.bootstrap,
+                tps,
+                timeout_s=timeout,
+                stopping=stopping,
+                away=away,
+                kept=kept,
             )
             ends = settled_ends(
                 consumer, tps, high, timeout_s=timeout, stopping=stopping, away=away
@@ -436,12 +452,16 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                 with self.datastore.transaction(commit=True) as c:
                     for table, value in remember:
                         c.execute(f"INSERT OR IGNORE INTO {table} VALUES (0, ?)", (value,))
+            failed = False
         except ReadTimedOut as error:
             raise LedgerUnavailable(str(error)) from error
         except KafkaError as error:
             raise LedgerUnavailable(f"the ledger topic could not be read: {error}") from error
         finally:
-            consumer.close()
+            if kept is None:
+                consumer.close()
+            elif failed:
+                kept.close()
         return applied
 
     def _check_nothing_removed(
