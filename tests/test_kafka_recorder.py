@@ -949,6 +949,7 @@ def test_kept_readers_are_made_afresh_after_a_catch_up_that_failed(
     """A consumer left in the middle of a failed read (a broker gone, a stop) is not used
     again: the next catch-up makes its own and applies what the failed one did not."""
     from ledger.kafka.reading import KeptReaders, ReadTimedOut
+    from ledger.kafka.reading import settled_ends as settled
     from ledger.kafka.recorder import LedgerUnavailable
 
     settings = kafka_settings(tmp_path, kafka_bootstrap)
@@ -960,7 +961,6 @@ def test_kept_readers_are_made_afresh_after_a_catch_up_that_failed(
     try:
         writer.insert_events([_event(subject, 1, b'{"tenant":"demo"}')])
         before = kept.committed(timeout_s=30)
-        settled = recorder_module.settled_ends
 
         def timed_out(*args: object, **kwargs: object) -> object:
             raise ReadTimedOut("the broker did not answer")
