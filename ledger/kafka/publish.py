@@ -175,6 +175,12 @@ class Publisher:
             except ReadTimedOut as error:
                 raise LedgerUnavailable(_unconfirmed(error)) from error
             sending.append((future, fact_tenant, event_id, len(value)))
+        if any(not isinstance(sent, FactRejected) for sent in sending):
+            try:
+                # Sent now, not after the producer's linger: the batch is whole.
+                answered(self._flushed, timeout_s=ANSWER_TIMEOUT_S, away=away)
+            except ReadTimedOut as error:
+                raise LedgerUnavailable(_unconfirmed(error)) from error
         published: list[Published | FactRejected] = []
         for sent in sending:
             if isinstance(sent, FactRejected):
@@ -195,6 +201,11 @@ class Publisher:
             published.append(Published(meta.partition, meta.offset, fact_tenant, event_id))
         self._confirmed = True
         return published
+
+    def _flushed(self, ms: int) -> bool:
+        """True once every record sent has its answer (kept or failed), for `answered`."""
+        self._producer.flush(timeout=ms / 1000)  # KafkaTimeoutError: not yet
+        return True
 
 
 def _confirmed(future: Any, ms: int) -> Any:
