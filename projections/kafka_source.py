@@ -25,6 +25,7 @@ from kafka import KafkaConsumer, TopicPartition
 from ledger.chain import stored_hash
 from ledger.kafka.reachable import BrokerWatch
 from ledger.kafka.reading import (
+    KeptReaders,
     ReadTimedOut,
     end_offsets,
     ledger_events,
@@ -95,8 +96,10 @@ class LedgerTopicReader:
         # Whether the process is stopping: a read in progress then ends (`ReadStopped`).
         self.stopping = stopping or never
         self._consumer: KafkaConsumer | None = None
-        # read_uncommitted, for the high watermarks a read waits to settle (`settled_ends`).
-        self._watermarks: KafkaConsumer | None = None
+        # A read_uncommitted consumer, for the high watermarks a read waits to settle
+        # (`settled_ends`), and the replica's read_committed one for when the views read
+        # ahead of it (`_accepted`): made once, as `publish --wait` keeps its own.
+        self._kept: KeptReaders | None = None
 
     def consumer(self) -> KafkaConsumer:
         if self._consumer is None:
@@ -105,10 +108,17 @@ class LedgerTopicReader:
             self._consumer.assign(tps)
         return self._consumer
 
+    def kept(self) -> KeptReaders:
+        if self._kept is None:
+            self._kept = KeptReaders(self.link.bootstrap, "consent-ledger-projection-replica")
+        return self._kept
+
     def watermarks(self) -> KafkaConsumer:
-        if self._watermarks is None:
-            self._watermarks = self._reader("consent-ledger-projection-ends", committed=False)
-        return self._watermarks
+        return self.kept().uncommitted(
+            timeout_s=self.link.catch_up_timeout_s,
+            stopping=self.stopping,
+            away=BrokerWatch(self.link.bootstrap),
+        )
 
     def _reader(self, client_id: str, *, committed: bool) -> KafkaConsumer:
         return reader(
@@ -121,10 +131,12 @@ class LedgerTopicReader:
         )
 
     def close(self) -> None:
-        for consumer in (self._consumer, self._watermarks):
-            if consumer is not None:
-                consumer.close()
-        self._consumer = self._watermarks = None
+        if self._consumer is not None:
+            self._consumer.close()
+        self._consumer = None
+        if self._kept is not None:
+            self._kept.close()
+        self._kept = None
 
     def _accepted(self, partition: int, records: list[Any]) -> set[int]:
         """The offsets among `records` that the replica accepted as the ledger's records."""
@@ -132,7 +144,7 @@ class LedgerTopicReader:
             return set()
         first, last = records[0].offset, records[-1].offset  # a partition's, in offset order
         if self.recorder.positions().get(partition, 0) <= last:
-            self.recorder.catch_up(self.stopping)
+            self.recorder.catch_up(self.stopping, kept=self.kept())
         accepted = self.recorder.accepted_offsets(partition, first, last)
         for record in records:
             if record.offset not in accepted:

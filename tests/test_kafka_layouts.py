@@ -104,3 +104,39 @@ def test_a_topic_of_both_layouts_is_read_by_the_replica_the_projections_and_veri
 
     verified = kafka_cli(moved, "verify", timeout=120)
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_views_ahead_of_their_replica_catch_it_up_on_kept_consumers(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """Views whose data directory is not the writer's (a `serve` beside a `worker`) read
+    facts their replica has not applied yet, and catch it up on consumers they keep from
+    refresh to refresh: each refresh projects what was recorded since the last."""
+    import base64
+    import os
+
+    # One master key, as every process of one ledger has: the reader's key store then
+    # derives the same record key, and accepts the writer's records.
+    master = base64.b64encode(os.urandom(32)).decode()
+    writing = kafka_settings(tmp_path / "writer", kafka_bootstrap, master_key=master)
+    reading = dataclasses.replace(writing, data_dir=tmp_path / "reader")
+    writer = ConsentLedger(writing)
+    writer.init_demo()
+    reader = ConsentLedger(reading)
+    views = Views(reader)
+    try:
+        views.refresh()  # the demo tenant's facts
+        kept = None
+        for n in range(1, 4):
+            recorded = writer.record([parse_fact(grant(f"person-{n}", event_id=f"g-{n}"))])
+            assert isinstance(recorded[0], Receipt)
+            assert views.refresh() == 1  # the replica caught up first, then the views
+            assert reader.ledger_recorder.find_facts("demo", [f"g-{n}"]).keys() == {f"g-{n}"}
+            now = views._reader.kept().committed(timeout_s=30)
+            assert now.assignment(), "the replica's catch-up did not read on this consumer"
+            assert kept is None or now is kept  # made once, kept
+            kept = now
+    finally:
+        views.close()
+        reader.close()
+        writer.close()
