@@ -281,8 +281,9 @@ class Outcomes:
 
     Made for each batch, with one more for the rejected topic's high watermarks, they took
     about 170 ms of the 320 ms a fact answered on its own took (2026-12-04), and `publish`
-    answers a pipe's facts as they come. The replica's catch-up for the receipts keeps its
-    read_committed consumer here too, and shares the topics' ends one (`KeptReaders`).
+    answers a pipe's facts as they come. The replica's catch-up for a small batch's receipts
+    keeps its read_committed consumer here too, and shares the topics' ends one
+    (`KeptReaders`).
     """
 
     def __init__(self, ledger: ConsentLedger) -> None:
@@ -351,7 +352,10 @@ class Outcomes:
         refused = self._rejected_after(published, timeout_s, before.rejected)
         recorder = self._ledger.ledger_recorder
         assert isinstance(recorder, KafkaLedgerRecorder)
-        recorder.catch_up(kept=self._kept)
+        # Kept consumers save about 45 ms a catch-up: most of a lone fact's answer, nothing
+        # to a batch of thousands, and kept through a large file's reads they left the
+        # process 16-30 MB larger at 200,000 facts (bench/RESULTS.md, 2026-12-04).
+        recorder.catch_up(kept=self._kept if len(published) <= KEPT_FOR_UP_TO else None)
         results: list[Receipt | FactRejected] = []
         for p in published:
             found = refused.get((p.partition, p.offset))
@@ -462,6 +466,8 @@ class Outcomes:
 # How often `Outcomes` asks whether the writer's group has committed past a batch: a
 # question on a consumer it keeps, a round trip to the broker.
 COMMITTED_POLL_S = 0.02
+# The largest batch whose replica catch-up reads on the consumers `Outcomes` keeps.
+KEPT_FOR_UP_TO = 100
 
 
 def _receipt(

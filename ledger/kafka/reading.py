@@ -187,6 +187,12 @@ class KeptReaders:
     that `publish --wait` took to answer a fact of a pipe (2026-12-04): a connection, the
     cluster's metadata and the partitions' leaders, each time. A reader that keeps them must
     `close` them after a read that failed, so that the next read starts afresh.
+
+    Kept through a `publish --wait` of 200,000 facts whose replica read them all, the
+    process peaked 30 MB higher than with consumers made per batch (110 against 80 MB; at
+    100,000 facts 81-86 against 70-71), in memory outside Python's allocator (tracemalloc's
+    peak: 22 MiB); made again every 10,000 records read, 98 and 109 MB. So `publish` keeps
+    them for small batches only, where making them was most of a fact's answer.
     """
 
     def __init__(self, bootstrap: str, client_id: str) -> None:
