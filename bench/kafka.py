@@ -353,6 +353,23 @@ def bench_raw_latency(
     return timed_flow(bootstrap, worker, dict(os.environ), flow, event_id, facts, rate, warm)[0]
 
 
+def reader_from_the_end(bootstrap: str, topic: str, partitions: int) -> KafkaConsumer:
+    """A read_committed consumer of every partition of `topic`, positioned at its end now:
+    what the latency runs time a record's arrival with."""
+    reader = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+        fetch_max_wait_ms=10,
+    )
+    tps = [TopicPartition(topic, p) for p in range(partitions)]
+    reader.assign(tps)
+    reader.seek_to_end(*tps)
+    for tp in tps:
+        reader.position(tp)
+    return reader
+
+
 def timed_flow(
     bootstrap: str,
     worker_command: list[str],
@@ -381,17 +398,7 @@ def timed_flow(
     worker.stdout.readline()  # once it owns its partitions and its producer
     sent: dict[str, float] = {}
     arrived: dict[str, float] = {}
-    reader = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        isolation_level="read_committed",
-        enable_auto_commit=False,
-        fetch_max_wait_ms=10,
-    )
-    tps = [TopicPartition(sink, p) for p in range(partitions)]
-    reader.assign(tps)
-    reader.seek_to_end(*tps)
-    for tp in tps:
-        reader.position(tp)
+    reader = reader_from_the_end(bootstrap, sink, partitions)
     measured = len(facts) - warm
     done = threading.Event()
     started = threading.Event()  # the measured schedule has begun

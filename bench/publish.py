@@ -32,10 +32,18 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 
 from bench.ingest import mixed_stream
-from bench.kafka import PARTITIONS, broker, key_of, raw_topics, settings_for, summary
+from bench.kafka import (
+    PARTITIONS,
+    broker,
+    key_of,
+    raw_topics,
+    reader_from_the_end,
+    settings_for,
+    summary,
+)
 from ledger.application import ConsentLedger
 
 # How long either side may take over one fact before the benchmark gives up.
@@ -108,17 +116,7 @@ def raw_round(bootstrap: str, facts: list[dict[str, Any]]) -> list[float]:
     )
     assert loop.stdout is not None
     loop.stdout.readline()  # "ready"
-    reader = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        isolation_level="read_committed",
-        enable_auto_commit=False,
-        fetch_max_wait_ms=10,
-    )
-    tps = [TopicPartition(sink, p) for p in range(PARTITIONS)]
-    reader.assign(tps)
-    reader.seek_to_end(*tps)
-    for tp in tps:
-        reader.position(tp)
+    reader = reader_from_the_end(bootstrap, sink, PARTITIONS)
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
     times: list[float] = []
     try:
