@@ -57,8 +57,8 @@ ANSWER_TIMEOUT_S = 30.0
 # that fetches only a transaction's commit marker gets no records and waits its whole
 # timeout, though the position has moved past it. That is every catch-up of a replica the
 # writer shares: the writer records its positions after its last record, before the
-# marker. With 50 ms, `publish --wait`'s catch-up took 51 ms a fact, with 5 ms, 6 ms
-# (2026-12-04, bench/RESULTS.md); a read that waits for records asks every 5 ms instead.
+# marker. With 50 ms, that poll took 51 ms of each fact `publish --wait` answered, with
+# 5 ms, 5-7 ms (2026-12-04, bench/RESULTS.md); a read that waits for records asks more often.
 POLL_MS = 5
 # How long a read waits for the transactions under the high watermark to end before it
 # reads to where the committed records end then (`settled_ends`), and the pause between
