@@ -17,7 +17,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from ledger.cli import pipe_lines
+from ledger.cli import common, pipe_lines
 from ledger.cli.common import CliError, InputFacts, fact_batches, read_facts
 from ledger.errors import FactRejected
 
@@ -42,6 +42,10 @@ PIECES = [
     b"12",
     b'"a string"',
     orjson.dumps([{"event_id": "a"}, {"event_id": "b"}]),
+    b",",  # lines that make values on lines of their own one document
+    FACT + b",",
+    b"true",
+    b"null",
 ]
 ENDS = [b"\n", b"\r\n", b"\r"]
 
@@ -93,6 +97,7 @@ def from_a_pipe(data: bytes, size: int, chunk: int) -> Any:
     bom=st.booleans(),
     size=st.integers(1, 4),
     chunk=st.integers(1, 9),
+    look=st.integers(1, 12),
 )
 @example(
     lines=[(b"{", b"\n"), (b'"event_id": "e"', b"\n"), (b"}", b"\n")],
@@ -100,12 +105,23 @@ def from_a_pipe(data: bytes, size: int, chunk: int) -> Any:
     bom=True,
     size=1,
     chunk=2,
+    look=12,
 )
 @example(
-    lines=[(b"", b"\r\n"), (FACT, b"\r"), (FACT, b"\n")], last_end=False, bom=False, size=1, chunk=1
+    lines=[(b"", b"\r\n"), (FACT, b"\r"), (FACT, b"\n")],
+    last_end=False,
+    bom=False,
+    size=1,
+    chunk=1,
+    look=12,
 )
 @example(
-    lines=[(b"  [", b"\n"), (FACT, b"\n"), (b"]", b"\n")], last_end=True, bom=False, size=1, chunk=3
+    lines=[(b"  [", b"\n"), (FACT, b"\n"), (b"]", b"\n")],
+    last_end=True,
+    bom=False,
+    size=1,
+    chunk=3,
+    look=12,
 )
 @example(
     lines=[(b"\x0c{", b"\n"), (b'"event_id": "e"', b"\n"), (b"}", b"\n")],
@@ -113,18 +129,38 @@ def from_a_pipe(data: bytes, size: int, chunk: int) -> Any:
     bom=False,
     size=2,
     chunk=9,
+    look=12,
+)
+@example(
+    lines=[(b"[", b"\n"), (FACT, b"\n"), (b",", b"\n"), (b"null", b"\n"), (b"]", b"\n")],
+    last_end=True,
+    bom=False,
+    size=1,
+    chunk=4,
+    look=12,
+)
+@example(
+    lines=[(b"{not json", b"\n"), (b"true", b"\n"), (FACT, b"\n"), (FACT, b"\n")],
+    last_end=True,
+    bom=False,
+    size=1,
+    chunk=5,
+    look=2,
 )
 def test_a_batched_reading_reads_what_a_whole_one_does(
-    lines: list[tuple[bytes, bytes]], last_end: bool, bom: bool, size: int, chunk: int
+    lines: list[tuple[bytes, bytes]], last_end: bool, bom: bool, size: int, chunk: int, look: int
 ) -> None:
+    """Whatever the input, and however far (`look`) a first line that opens a document is
+    looked past for two lines in turn that are each a value."""
     data = b"".join(text + end for text, end in lines)
     if not last_end and lines:
         data = data[: -len(lines[-1][1])]
     if bom:
         data = b"\xef\xbb\xbf" + data
-    batched, whole = both(data, size)
-    assert batched == whole
-    assert from_a_pipe(data, size, chunk) == whole
+    with mock.patch.object(common, "LOOK_AHEAD", look):
+        batched, whole = both(data, size)
+        assert batched == whole
+        assert from_a_pipe(data, size, chunk) == whole
 
 
 @pytest.mark.parametrize("size", [1, 2, 1000])
@@ -152,6 +188,27 @@ def test_json_lines_whose_first_line_is_bad_are_read_a_batch_at_a_time(tmp_path:
         rest = list(batches(2))
     assert [item for batch in rest for item in batch.items] == [FACT, FACT]
     assert all(len(batch.items) <= 2 for batch in rest)
+
+
+def test_json_lines_whose_first_line_opens_an_object_are_read_a_batch_at_a_time(
+    tmp_path: Path,
+) -> None:
+    """A first line cut off in an object may open a document over several lines, but two
+    lines after it that are each a value cannot be in one: the input is JSON Lines, answered
+    a batch at a time as the pipe is fed (it was read whole, to its end)."""
+    cut = FACT[:20]
+    with fed_fifo(tmp_path, cut + b"\n" + FACT + b"\n" + FACT + b"\n", FACT + b"\n") as (
+        batches,
+        more,
+        fed,
+    ):
+        first = next(batches(2))
+        assert not fed.is_set(), "the input was read to its end before the first batch"
+        assert first.items[0] == cut and first.lines == [1, 2]
+        more.set()
+        rest = list(batches(2))
+    assert [item for batch in rest for item in batch.items] == [FACT, FACT]
+    assert [line for batch in rest for line in batch.lines or []] == [3, 4]
 
 
 def test_a_pipe_s_batch_ends_where_its_next_line_has_not_come(tmp_path: Path) -> None:

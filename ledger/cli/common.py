@@ -40,6 +40,13 @@ EXIT_FENCED = 5  # Kafka mode: another writer took the ledger partitions
 EXIT_UNAVAILABLE = 6  # storage failed, key store held open elsewhere; Kafka: broker or topic
 EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C), as shells report a process it ended
 
+# The lines of an input whose first line opens an object or an array looked at to tell JSON
+# Lines (a bad first line) from one document; past them, it is read whole.
+LOOK_AHEAD = 100
+# The last byte of a JSON value on a line of its own: an object, an array, a string, a
+# number, true, false or null.
+VALUE_ENDS = frozenset({b"}", b"]", b'"', b"e", b"l", *(str(d).encode() for d in range(10))})
+
 
 class CliError(Exception):
     def __init__(self, message: str, status: int = EXIT_USAGE) -> None:
@@ -232,10 +239,12 @@ def fact_batches(path: str, size: int) -> Iterator[InputFacts]:
     JSON Lines are read a line at a time, so no more than a batch of them is held: read
     whole, a file of 1,000,000 facts (323 MB) took 1.1 GB before the first was recorded
     (2026-12-04), and a pipe was answered only once it closed. One JSON document (an object
-    over several lines, or an array) is read whole, as it must be to be parsed, and so is
-    an input whose first line opens an object or an array and does not close it. The
-    input's first lines are read before this returns: an input that cannot be read, or
-    holds no facts, is refused before the caller opens anything.
+    over several lines, or an array) is read whole, as it must be to be parsed. An input
+    whose first line opens an object or an array and does not close it may be one; it is
+    taken as JSON Lines as soon as two lines in turn are each a JSON value on its own
+    (which no document holds), looked for among its first `LOOK_AHEAD` lines, and read
+    whole otherwise. The input's first lines are read before this returns: an input that
+    cannot be read, or holds no facts, is refused before the caller opens anything.
 
     From a pipe, a batch also ends where the next line has not come yet (`idle`), so that a
     writer that waits for a fact's answer before writing the next gets it. Its first line,
@@ -248,26 +257,41 @@ def fact_batches(path: str, size: int) -> Iterator[InputFacts]:
         head: list[bytes] = []  # the bytes read so far, as read
         numbered: list[tuple[int, bytes]] = []  # the non-blank lines among them
         n = 0
-        waited = False  # a lone first line, the next not come: not read as a document
+        opens: bool | None = None  # whether the first line may open a document
+        as_lines = False  # decided: JSON Lines, read on a batch at a time
+        value_before = False  # the last non-blank line read is a JSON value on its own
         for raw in source:
             if not head:
                 raw = without_bom(raw)
             head.append(raw)
             for line in raw.splitlines():  # as `read_facts` splits, on \r too
                 n += 1
-                if line.strip():
-                    numbered.append((n, line))
-            if len(numbered) == 2:
+                if not line.strip():
+                    continue
+                numbered.append((n, line))
+                if opens is None:
+                    opens = _may_open_a_document(line)
+                elif opens and not as_lines:
+                    value_now = _is_a_value(line)
+                    as_lines = value_before and value_now
+                    value_before = value_now
+            # An input whose first line does not open an object or an array (a string or a
+            # number never spans lines) cannot be one JSON document, nor can one with two
+            # lines in turn that are each a value (a document has a `,`, `:`, `]` or `}`
+            # after a value, and no token spans lines): `read_facts` would read either as
+            # JSON Lines, and so a bad first line does not make the whole input read.
+            if as_lines or (len(numbered) >= 2 and not opens):
                 break
             if len(numbered) == 1 and not _at_hand(source) and _stands_alone(numbered[0][1]):
-                waited = True
+                break  # a lone first line, the next not come: not read as a document
+            if len(numbered) > LOOK_AHEAD:
+                numbered = []  # read whole: the lines are not needed
+                head.append(source.read())
                 break
-        # A first line that is a JSON value on its own, and a line after it, cannot be one
-        # JSON document; nor can an input whose first line does not open an object or an
-        # array (a string or a number never spans lines): `read_facts` would read either
-        # as JSON Lines, and so a bad first line does not make the whole input read.
-        if (len(numbered) < 2 and not waited) or _may_open_a_document(numbered[0][1]):
-            whole = read_facts(b"".join(head) + source.read())
+        else:
+            numbered = []
+        if not numbered or (opens and not as_lines):
+            whole = read_facts(b"".join(head))
             _close(source)
             return _in_batches(whole, size)
     except BaseException:
@@ -314,6 +338,18 @@ def _stands_alone(line: bytes) -> bool:
     """Whether a first line is read as JSON Lines whatever follows it, but for its answer's
     `line`: it neither opens a document nor is an array (a document on one line)."""
     return line.lstrip()[:1] != b"[" and not _may_open_a_document(line)
+
+
+def _is_a_value(line: bytes) -> bool:
+    """Whether a line is a JSON value on its own. A line that ends in none of the bytes a
+    value can end in (a document's `{...},` line) is not parsed to find out."""
+    if line.rstrip()[-1:] not in VALUE_ENDS:
+        return False
+    try:
+        orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    return True
 
 
 def _may_open_a_document(line: bytes) -> bool:
