@@ -123,3 +123,25 @@ def test_encoding_is_the_plain_tagging(value: Any) -> None:
 )
 def test_isoformat_is_the_standard_one(value: datetime) -> None:
     assert isoformat(value) == value.isoformat()
+
+
+class _ISOAsText(Transcoding):
+    """Another transcoding registered under the datetime's name: its decode must be used."""
+
+    type = datetime
+    name = "datetime_iso"
+
+    def encode(self, obj: datetime) -> str:
+        return obj.isoformat()
+
+    def decode(self, data: str) -> Any:
+        return f"read:{data}"
+
+
+def test_a_transcoding_registered_for_datetime_decodes_it_where_it_is_nested() -> None:
+    transcoder = OrjsonTranscoder()
+    transcoder.register(_ISOAsText())
+    stored = orjson.dumps(
+        {"at": {"_type_": "datetime_iso", "_data_": "2026-01-01T00:00:00+05:00"}, "n": 1}
+    )
+    assert transcoder.decode(stored) == {"at": "read:2026-01-01T00:00:00+05:00", "n": 1}
