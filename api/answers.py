@@ -307,6 +307,7 @@ SCHEMAS: dict[str, Schema] = {
                 )
             ),
             "erasable": array(obj({"sid": SID, "purposes": strings(), "due_since": INSTANT})),
+            "next": nullable({**STRING, "description": "the cursor of the next page"}),
         }
     ),
     "RequestRegister": obj(

@@ -1,15 +1,32 @@
 """What is due: subject requests near or past their deadline, consents about to expire, and
-personal data kept past its purpose's retention (§6.3: as long as the purpose needs)."""
+personal data kept past its purpose's retention (§6.3: as long as the purpose needs).
+
+Data past retention stays listed until the subject is erased, for every purpose whose
+retention passed, so over the years that list grows with the tenant: 10,000 subjects gave
+14,161 rows and 2.5 MB of JSON in 0.34 s (a throwaway script, 2026-12-04). The due list is
+paged on request (`limit`, then the `next` cursor), each list read from where the page
+before left it, in SQL where the list is not bounded by the window or the open requests.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
+
 from ledger.policy import PolicyVersion
-from projections.requests import deadline_of, request_entry
+from projections.requests import BadCursor, deadline_of, request_entry
 from projections.store import ConsentViews, parse_utc, utc
+
+LISTS = ("requests", "expiring_consents", "past_retention", "erasable")
+_DONE: Any = "done"  # in a cursor: a list the pages before gave to its end
+MAX_WITHIN_DAYS = 3650  # the furthest the due list looks ahead (the route's and CLI's bound)
+# Subjects past retention read at a time while looking for a page of erasable ones.
+ERASABLE_CHUNK = 1000
 
 
 def due_list(
@@ -21,6 +38,8 @@ def due_list(
     request_days: int,
     policies: Mapping[str, PolicyVersion],
     request_days_by_kind: Mapping[str, int] | None = None,
+    limit: int | None = None,
+    cursor: str | None = None,
 ) -> dict[str, Any]:
     """A request without its own `due_at` is due the days after it was received that the
     tenant's policy version in force then gives its kind (`request_due_days`, what the
@@ -32,36 +51,87 @@ def due_list(
     Retention counts from the end of the last grant of a purpose (withdrawal or expiry) to
     the longest retention any published policy version gives that purpose; subjects already
     erased are not listed.
+
+    With `limit` (or a `cursor`), each list holds at most `limit` items (1,000 if only a
+    cursor is given), from where the page of the `cursor` left it; `next` is the cursor of
+    the page after while any list has more, null on the last. The cursor holds the first
+    page's instant (`as_of`), so every page answers for that instant, not for a moment that
+    moves between pages. Without either, every list is whole and `next` null.
     """
+    at = _cursor_state(cursor) if cursor is not None else None
+    if at is not None:
+        now = at["as_of"]
+        limit = 1000 if limit is None else limit
     horizon = now + within
-    requests = []
-    for row in views.rows(
-        "SELECT sid, request_id, kind, received_at, due_at FROM view_requests "
-        "WHERE tenant=? AND closed_at IS NULL ORDER BY received_at, sid",
-        (tenant,),
-    ):
-        received, due, source, version = deadline_of(
-            row, policies, request_days, request_days_by_kind or {}
-        )
-        if due <= horizon:
-            entry = request_entry(row, received, due, source, version)
-            requests.append({**entry, "overdue": due <= now})
+    keys: dict[str, Any] = {}
 
-    expiring = []
-    for row in views.rows(
-        "SELECT i.sid, i.purpose, i.valid_to, i.event_id FROM view_intervals i "
-        "JOIN view_entries e ON e.sid = i.sid AND e.event_id = i.event_id "
-        "JOIN view_subjects s ON s.sid = i.sid "
-        "WHERE i.tenant=? AND i.known_to IS NULL AND i.valid_to IS NOT NULL "
-        "AND i.valid_to>? AND i.valid_to<=? AND e.expires_at IS NOT NULL "
-        "AND s.erased_at IS NULL ORDER BY i.valid_to, i.sid, i.purpose",
-        (tenant, utc(now), utc(horizon)),
-    ):
-        expiring.append(
-            {"sid": row[0], "purpose": row[1], "expires_at": row[2], "event_id": row[3]}
-        )
+    after = _after(at, "requests", 3)
+    requests: list[dict[str, Any]] = []
+    request_keys: list[list[str]] = []
+    if after is not _DONE:
+        for row in views.rows(
+            "SELECT sid, request_id, kind, received_at, due_at FROM view_requests "
+            "WHERE tenant=? AND closed_at IS NULL ORDER BY received_at, sid, request_id",
+            (tenant,),
+        ):
+            key = [row["received_at"], row["sid"], row["request_id"]]
+            if after is not None and tuple(key) <= after:
+                continue
+            received, due, source, version = deadline_of(
+                row, policies, request_days, request_days_by_kind or {}
+            )
+            if due <= horizon:
+                entry = request_entry(row, received, due, source, version)
+                requests.append({**entry, "overdue": due <= now})
+                request_keys.append(key)
+                if limit is not None and len(requests) > limit:
+                    break
+    keys["requests"] = _paged(requests, limit, request_keys)
 
-    past = past_retention(views, tenant, now, policies)
+    after = _after(at, "expiring_consents", 3)
+    expiring: list[dict[str, Any]] = []
+    if after is not _DONE:
+        sql = (
+            "SELECT i.sid, i.purpose, i.valid_to, i.event_id FROM view_intervals i "
+            "JOIN view_entries e ON e.sid = i.sid AND e.event_id = i.event_id "
+            "JOIN view_subjects s ON s.sid = i.sid "
+            "WHERE i.tenant=? AND i.known_to IS NULL AND i.valid_to IS NOT NULL "
+            "AND i.valid_to>? AND i.valid_to<=? AND e.expires_at IS NOT NULL "
+            "AND s.erased_at IS NULL"
+        )
+        params: list[Any] = [tenant, utc(now), utc(horizon)]
+        if after is not None:
+            sql += " AND (i.valid_to, i.sid, i.purpose) > (?, ?, ?)"
+            params.extend(after)
+        sql += " ORDER BY i.valid_to, i.sid, i.purpose"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit + 1)
+        for row in views.rows(sql, tuple(params)):
+            expiring.append(
+                {"sid": row[0], "purpose": row[1], "expires_at": row[2], "event_id": row[3]}
+            )
+    keys["expiring_consents"] = _paged(
+        expiring, limit, [[e["expires_at"], e["sid"], e["purpose"]] for e in expiring]
+    )
+
+    after = _after(at, "past_retention", 2)
+    past = (
+        []
+        if after is _DONE
+        else past_retention(views, tenant, now, policies, after=after, limit=limit)
+    )
+    keys["past_retention"] = _paged(past, limit, [[p["purpose"], p["sid"]] for p in past])
+
+    after = _after(at, "erasable", 1)
+    if limit is None:
+        erasable = erasable_past_retention(views, tenant, now, policies, past=past)
+    elif after is _DONE:
+        erasable = []
+    else:
+        erasable = _erasable_page(views, tenant, now, policies, after, limit)
+    keys["erasable"] = _paged(erasable, limit, [[e["sid"]] for e in erasable])
+
     return {
         "tenant": tenant,
         "as_of": now.isoformat(),
@@ -69,46 +139,180 @@ def due_list(
         "requests": requests,
         "expiring_consents": expiring,
         "past_retention": past,
-        "erasable": erasable_past_retention(views, tenant, now, policies, past=past),
+        "erasable": erasable,
+        "next": _cursor_of(now, keys) if any(k != "done" for k in keys.values()) else None,
     }
 
 
+def _paged(items: list[dict[str, Any]], limit: int | None, keys: list[list[str]]) -> Any:
+    """Trims a list read one past `limit` to the page, and returns where the next page
+    starts it: the key of the page's last item (`keys[i]` is item i's), or "done" when
+    nothing is left."""
+    if limit is None or len(items) <= limit:
+        return _DONE
+    del items[limit:]
+    return keys[limit - 1]
+
+
+def _after(state: dict[str, Any] | None, name: str, size: int) -> Any:
+    """Where a list starts on this page: None at its beginning, `_DONE` past its end."""
+    if state is None:
+        return None
+    key = state[name]
+    if key == _DONE:
+        return _DONE
+    if not (isinstance(key, list) and len(key) == size and all(isinstance(k, str) for k in key)):
+        raise BadCursor
+    return tuple(key) if size > 1 else key[0]
+
+
+def _cursor_of(now: datetime, keys: dict[str, Any]) -> str:
+    raw = orjson.dumps({"as_of": utc(now), **keys})
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _cursor_state(cursor: str) -> dict[str, Any]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        state = orjson.loads(raw)
+    except (binascii.Error, ValueError):  # orjson.JSONDecodeError is a ValueError
+        raise BadCursor from None
+    if not isinstance(state, dict) or set(state) != {"as_of", *LISTS}:
+        raise BadCursor
+    try:
+        as_of = parse_utc(state["as_of"]) if isinstance(state["as_of"], str) else None
+        if as_of is None or as_of.tzinfo is None:
+            raise BadCursor
+        # A page's instant is a moment the service lived through: one near the calendar's
+        # ends (a cursor made up) would overflow when the window is added to it.
+        state["as_of"] = as_of.astimezone(UTC)
+        state["as_of"] + timedelta(days=MAX_WITHIN_DAYS)
+    except (ValueError, OverflowError):
+        raise BadCursor from None
+    return state
+
+
 def past_retention(
-    views: ConsentViews, tenant: str, now: datetime, policies: Mapping[str, PolicyVersion]
+    views: ConsentViews,
+    tenant: str,
+    now: datetime,
+    policies: Mapping[str, PolicyVersion],
+    *,
+    after: tuple[str, str] | None = None,
+    limit: int | None = None,
 ) -> list[dict[str, Any]]:
     """Each (subject, purpose) whose consent ended longer ago than the purpose's retention,
-    by purpose, then sid; subjects already erased are not listed."""
+    by purpose, then sid; subjects already erased are not listed. With `after` (a purpose
+    and a sid), only those after it; with `limit`, at most `limit` + 1 (so that the caller
+    knows whether there are more)."""
+    past: list[dict[str, Any]] = []
+    for purpose, days in sorted(_retentions(policies).items()):
+        if after is not None and purpose < after[0]:
+            continue
+        left = None if limit is None else limit + 1 - len(past)
+        past.extend(
+            _past_of(
+                views,
+                tenant,
+                now,
+                purpose,
+                days,
+                after[1] if after and purpose == after[0] else None,
+                left,
+            )
+        )
+        if limit is not None and len(past) > limit:
+            break
+    return past
+
+
+def _retentions(policies: Mapping[str, PolicyVersion]) -> dict[str, int]:
+    """Per purpose, the longest retention any policy version gives it (none: unbounded)."""
     retention: dict[str, int] = {}
     for policy in policies.values():
         for purpose, terms in policy.purposes.items():
             if terms.retention_days is not None:
                 retention[purpose] = max(retention.get(purpose, 0), terms.retention_days)
+    return retention
+
+
+def _past_of(
+    views: ConsentViews,
+    tenant: str,
+    now: datetime,
+    purpose: str,
+    days: int,
+    after_sid: str | None,
+    limit: int | None,
+) -> list[dict[str, Any]]:
+    """The subjects past `purpose`'s retention of `days`, in sid order (after `after_sid`,
+    at most `limit`)."""
+    try:
+        cutoff = utc(now - timedelta(days=days))
+    except OverflowError:  # a policy recorded before retentions were bounded
+        return []  # reaches back past year 1: nothing is past it yet
+    sql = (
+        "SELECT i.sid, MAX(i.valid_to) AS ended FROM view_intervals i "
+        "JOIN view_subjects s ON s.sid = i.sid "
+        "WHERE i.tenant=? AND i.purpose=? AND i.known_to IS NULL AND s.erased_at IS NULL"
+    )
+    params: list[Any] = [tenant, purpose]
+    if after_sid is not None:
+        sql += " AND i.sid>?"
+        params.append(after_sid)
+    sql += " GROUP BY i.sid HAVING COUNT(*) = COUNT(i.valid_to) AND MAX(i.valid_to)<=? "
+    sql += "ORDER BY i.sid"
+    params.append(cutoff)
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit)
     past = []
-    for purpose, days in sorted(retention.items()):
-        try:
-            cutoff = utc(now - timedelta(days=days))
-        except OverflowError:  # a policy recorded before retentions were bounded
-            continue  # reaches back past year 1: nothing is past it yet
-        for row in views.rows(
-            "SELECT i.sid, MAX(i.valid_to) AS ended FROM view_intervals i "
-            "JOIN view_subjects s ON s.sid = i.sid "
-            "WHERE i.tenant=? AND i.purpose=? AND i.known_to IS NULL AND s.erased_at IS NULL "
-            "GROUP BY i.sid HAVING COUNT(*) = COUNT(i.valid_to) AND MAX(i.valid_to)<=? "
-            "ORDER BY i.sid",
-            (tenant, purpose, cutoff),
-        ):
-            ended = parse_utc(row["ended"])
-            assert ended is not None
-            past.append(
-                {
-                    "sid": row["sid"],
-                    "purpose": purpose,
-                    "consent_ended_at": ended.isoformat(),
-                    "retention_days": days,
-                    "due_since": (ended + timedelta(days=days)).isoformat(),
-                }
-            )
+    for row in views.rows(sql, tuple(params)):
+        ended = parse_utc(row["ended"])
+        assert ended is not None
+        past.append(
+            {
+                "sid": row["sid"],
+                "purpose": purpose,
+                "consent_ended_at": ended.isoformat(),
+                "retention_days": days,
+                "due_since": (ended + timedelta(days=days)).isoformat(),
+            }
+        )
     return past
+
+
+def _erasable_page(
+    views: ConsentViews,
+    tenant: str,
+    now: datetime,
+    policies: Mapping[str, PolicyVersion],
+    after: str | None,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """Up to `limit` + 1 erasable subjects after the sid `after`, in sid order, found by
+    reading the subjects past retention a chunk at a time rather than all of them.
+
+    Each round reads, for every purpose, the next `ERASABLE_CHUNK` subjects past its
+    retention; every purpose has then been read through the lowest last sid among those
+    that filled their chunk, so the subjects up to it are judged with all their purposes.
+    """
+    retention = sorted(_retentions(policies).items())
+    found: list[dict[str, Any]] = []
+    while True:
+        items: list[dict[str, Any]] = []
+        bound: str | None = None  # every purpose read through this sid (None: to its end)
+        for purpose, days in retention:
+            rows = _past_of(views, tenant, now, purpose, days, after, ERASABLE_CHUNK)
+            if len(rows) == ERASABLE_CHUNK and (bound is None or rows[-1]["sid"] < bound):
+                bound = rows[-1]["sid"]
+            items.extend(rows)
+        if bound is not None:
+            items = [item for item in items if item["sid"] <= bound]
+        found.extend(erasable_past_retention(views, tenant, now, policies, past=items))
+        if len(found) > limit or bound is None:
+            return found
+        after = bound
 
 
 def erasable_past_retention(

@@ -110,6 +110,9 @@ def test_every_route_answers_as_its_document_says(client: TestClient) -> None:
     assert changes["purposes_changed"] and changes["purposes_removed"]
     due = holds(c, "GET", "/v1/due", "/v1/due?within_days=3650")
     assert due["requests"] and due["past_retention"] and due["erasable"]
+    due_page = holds(c, "GET", "/v1/due", "/v1/due?within_days=3650&limit=1")
+    assert due_page["next"] is not None
+    holds(c, "GET", "/v1/due", f"/v1/due?within_days=3650&limit=1&cursor={due_page['next']}")
     register = holds(c, "GET", "/v1/requests", "/v1/requests?limit=1")
     assert register["next"] is not None
     holds(c, "GET", "/v1/verify", "/v1/verify")

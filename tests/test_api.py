@@ -485,6 +485,8 @@ def test_query_errors(world: World) -> None:
     assert far_check.status_code == 422 and far_check.json()["code"] == "invalid_timestamp"
     bad_cursor = world.client.get("/v1/purposes/marketing/subjects?cursor=zz", headers=headers)
     assert bad_cursor.status_code == 422 and bad_cursor.json()["code"] == "invalid_cursor"
+    bad_due = world.client.get("/v1/due?limit=5&cursor=zz", headers=headers)
+    assert bad_due.status_code == 422 and bad_due.json()["code"] == "invalid_cursor"
     check = world.client.post(
         "/v1/consents:check",
         headers=headers,

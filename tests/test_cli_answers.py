@@ -84,6 +84,13 @@ CASES: list[tuple[str, tuple[str, ...], str, Any, tuple[str, ...]]] = [
         (),
     ),
     ("due", ("due", "--within", "3650"), "/v1/due?within_days=3650", None, ("as_of",)),
+    (
+        "due --limit",
+        ("due", "--within", "3650", "--limit", "1"),
+        "/v1/due?within_days=3650&limit=1",
+        None,
+        ("as_of", "next"),  # the cursor holds the instant of its page
+    ),
     ("requests", ("requests", "--limit", "2"), "/v1/requests?limit=2", None, ("as_of",)),
     ("verify", ("verify",), "/v1/verify", None, ("subjects_without_key",)),
     ("policies list", ("policies", "list"), "/v1/policies", None, ()),

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from unittest import mock
+
+import orjson
+import pytest
 
 from ledger.application import ConsentLedger
 from ledger.cli.erasure import erase_each
 from ledger.envelope import parse_fact
 from ledger.policy import PolicyVersion
 from ledger.receipt import Receipt
+from projections import due
 from projections.due import due_list, erasable_past_retention
+from projections.requests import BadCursor
 from projections.views import Views
 from tests.facts import fact, grant, policy, request, terms, withdraw
 
@@ -256,3 +263,135 @@ def test_a_request_is_due_when_the_policy_in_force_at_its_receipt_promised(
         "O": (at(7), "settings", None),  # 2.0 names no deadline for objections
         "N": (at(5), "request", None),
     }
+
+
+def test_the_due_list_s_pages_make_up_the_whole_list(ledger: ConsentLedger) -> None:
+    """Paged by `limit`, every list comes back whole and in order across the pages, each
+    page holding at most `limit` of each, whatever the chunk erasable subjects are looked
+    for in; the pages answer for the first page's instant, however late they are asked."""
+    both = ("marketing", "service_improvement")
+    facts: list[dict[str, Any]] = [_policy_with_retention(marketing=30, service_improvement=365)]
+    for i in range(14):
+        s = f"subject-{i}"
+        if i % 4 == 0:  # erasable: its one purpose past retention
+            facts += [grant(s, policy_version="2.0", occurred_at=at(-100))]
+            facts += [withdraw(s, occurred_at=at(-40))]
+        elif i % 4 == 1:  # erasable: both purposes past
+            facts += [grant(s, both, policy_version="2.0", occurred_at=at(-500))]
+            facts += [withdraw(s, ("service_improvement",), occurred_at=at(-400))]
+            facts += [withdraw(s, ("marketing",), occurred_at=at(-300))]
+        elif i % 4 == 2:  # marketing past, service_improvement kept
+            facts += [grant(s, both, policy_version="2.0", occurred_at=at(-100))]
+            facts += [withdraw(s, both, occurred_at=at(-40))]
+        else:  # erasable: only service_improvement, past
+            si = ("service_improvement",)
+            facts += [grant(s, si, policy_version="2.0", occurred_at=at(-500))]
+            facts += [withdraw(s, si, occurred_at=at(-400))]
+        if i % 5 == 0:  # a request due within the week keeps the subject's data
+            facts += [
+                fact("request.received", s, request_id=f"Q{i}", kind="erasure", occurred_at=at(-25))
+            ]
+        if i % 2 == 0:
+            facts += [grant(f"expiring-{i}", occurred_at=at(-100), expires_at=at(1 + i % 5))]
+    outcomes = ledger.record([parse_fact(f) for f in facts])
+    assert all(isinstance(o, Receipt) for o in outcomes), outcomes
+    tenant = ledger.tenant("demo")
+    assert tenant is not None
+    views = Views(ledger)
+    lists = ("requests", "expiring_consents", "past_retention", "erasable")
+    try:
+        views.refresh()
+        whole = due_at(views, NOW, 7, tenant.policies)
+        assert whole["next"] is None
+        assert [len(whole[name]) for name in lists] == [3, 7, 18, 9]
+        for chunk in (1, 2, 3, 1000):
+            for limit in (1, 2, 3, 5, 8, 18, 19):
+                with mock.patch.object(due, "ERASABLE_CHUNK", chunk):
+                    pages: list[dict[str, Any]] = []
+                    cursor = None
+                    while True:
+                        page = due_list(
+                            views.store,
+                            "demo",
+                            NOW + timedelta(days=len(pages) * 40),  # asked later each time
+                            within=timedelta(days=7),
+                            request_days=30,
+                            policies=tenant.policies,
+                            limit=limit,
+                            cursor=cursor,
+                        )
+                        pages.append(page)
+                        assert all(len(page[name]) <= limit for name in lists)
+                        assert page["as_of"] == NOW.isoformat()
+                        cursor = page["next"]
+                        if cursor is None:
+                            break
+                        assert len(pages) <= 20, "the pages did not end"
+                for name in lists:
+                    assert [i for p in pages for i in p[name]] == whole[name], (name, limit, chunk)
+                biggest = max(len(whole[name]) for name in lists)
+                assert len(pages) == max(1, -(-biggest // limit)), (limit, chunk)
+    finally:
+        views.close()
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "not a cursor!",
+        base64.urlsafe_b64encode(b"[1, 2]").decode(),
+        base64.urlsafe_b64encode(
+            orjson.dumps(
+                {
+                    "as_of": "2025-06-01T12:00:00",  # without an offset
+                    "requests": "done",
+                    "expiring_consents": "done",
+                    "past_retention": "done",
+                    "erasable": "done",
+                }
+            )
+        ).decode(),
+        base64.urlsafe_b64encode(
+            orjson.dumps(
+                {
+                    "as_of": "9999-12-31T23:59:59+00:00",  # the window would overflow
+                    "requests": "done",
+                    "expiring_consents": "done",
+                    "past_retention": "done",
+                    "erasable": "done",
+                }
+            )
+        ).decode(),
+        base64.urlsafe_b64encode(
+            orjson.dumps(
+                {
+                    "as_of": "2025-06-01T12:00:00+00:00",
+                    "requests": ["a", "b"],  # a key one part short
+                    "expiring_consents": "done",
+                    "past_retention": "done",
+                    "erasable": "done",
+                }
+            )
+        ).decode(),
+    ],
+)
+def test_a_due_list_cursor_that_is_not_a_page_s_next_is_refused(
+    ledger: ConsentLedger, cursor: str
+) -> None:
+    tenant = ledger.tenant("demo")
+    assert tenant is not None
+    views = Views(ledger)
+    try:
+        views.refresh()
+        with pytest.raises(BadCursor):
+            due_list(
+                views.store,
+                "demo",
+                NOW,
+                within=timedelta(days=7),
+                request_days=30,
+                policies=tenant.policies,
+                cursor=cursor,
+            )
+    finally:
+        views.close()

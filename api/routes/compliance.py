@@ -234,26 +234,38 @@ def due(
     svc: Annotated[Service, Depends(service)],
     disclose: Annotated[Disclosed, Depends(disclosed)],
     within_days: Annotated[int, Query(ge=0, le=3650)] = 7,
+    limit: Annotated[int | None, Query(ge=1, le=10_000)] = None,
+    cursor: Annotated[str | None, Query(max_length=1024)] = None,
 ) -> dict[str, Any]:
     """Subject requests due within `within_days` (or overdue), consents expiring within it,
     each subject's data for a purpose kept past that purpose's retention, and `erasable`:
     the subjects no purpose keeps any longer (every purpose they consented to past its
     retention, none unbounded, no request open), which `consent-ledger retention --erase`
-    erases on the ground `retention_expired`."""
+    erases on the ground `retention_expired`. Every list whole, unless `limit` is given:
+    then each holds at most `limit` items, and `next` is the cursor of the page after while
+    any list has more (null on the last; a cursor that is not one: 422 `invalid_cursor`).
+    A cursor's pages answer for the first page's `as_of`; pass the same `within_days`."""
     tenant = svc.ledger.tenant(principal.tenant)
     svc.views.refresh()
-    report = due_list(
-        svc.views.store,
-        principal.tenant,
-        datetime.now(UTC),
-        within=timedelta(days=within_days),
-        request_days=svc.settings.request_due_days,
-        request_days_by_kind=dict(svc.settings.request_due_days_by_kind),
-        policies=tenant.policies if tenant else {},
-    )
+    try:
+        report = due_list(
+            svc.views.store,
+            principal.tenant,
+            datetime.now(UTC),
+            within=timedelta(days=within_days),
+            request_days=svc.settings.request_due_days,
+            request_days_by_kind=dict(svc.settings.request_due_days_by_kind),
+            policies=tenant.policies if tenant else {},
+            limit=limit,
+            cursor=cursor,
+        )
+    except BadCursor:
+        raise Problem(
+            422, "invalid_cursor", "cursor is the 'next' value of a previous page", "cursor"
+        ) from None
     disclose(
         item["sid"]
-        for part in ("requests", "expiring_consents", "past_retention")
+        for part in ("requests", "expiring_consents", "past_retention", "erasable")
         for item in report[part]
     )
     return report

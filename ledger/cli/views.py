@@ -93,6 +93,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--within", type=whole(0, 3650), default=7, help="days ahead to look (default 7)"
     )
     p.add_argument("--as-of", help="instead of now (RFC 3339)")
+    p.add_argument(
+        "--limit",
+        type=whole(1, 10_000),
+        help="at most this many of each list, then a cursor for the rest (default: all)",
+    )
+    p.add_argument(
+        "--after", help="continue after this cursor (the previous page's 'next'; its instant)"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_due)
 
@@ -381,18 +389,26 @@ def cmd_who(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_due(args: argparse.Namespace, settings: Settings) -> int:
 
     from projections.due import due_list
+    from projections.requests import BadCursor
 
+    if args.as_of and args.after:
+        raise CliError("--after continues at its own instant: give it without --as-of")
     now = parse_time(args.as_of, "--as-of") if args.as_of else datetime.now(UTC)
     with current_views(settings, args.tenant) as (_, views, tenant):
-        report = due_list(
-            views.store,
-            args.tenant,
-            now,
-            within=timedelta(days=args.within),
-            request_days=settings.request_due_days,
-            request_days_by_kind=dict(settings.request_due_days_by_kind),
-            policies=tenant.policies,
-        )
+        try:
+            report = due_list(
+                views.store,
+                args.tenant,
+                now,
+                within=timedelta(days=args.within),
+                request_days=settings.request_due_days,
+                request_days_by_kind=dict(settings.request_due_days_by_kind),
+                policies=tenant.policies,
+                limit=args.limit,
+                cursor=args.after,
+            )
+        except BadCursor:
+            raise CliError("--after takes the 'next' of a previous page") from None
     if args.json:
         print_json(report)
         return 0
@@ -415,5 +431,7 @@ def cmd_due(args: argparse.Namespace, settings: Settings) -> int:
             f"consent-ledger retention --tenant {args.tenant} [--erase]"
         )
     if not (report["requests"] or report["expiring_consents"] or report["past_retention"]):
-        say("  nothing due")
+        say("  nothing due" if args.after is None else "  nothing more due")
+    if report["next"]:
+        say(f"more: --after {report['next']}", file=sys.stderr)
     return 0
