@@ -25,6 +25,16 @@ from projections.store import ConsentViews, parse_utc, utc
 LISTS = ("requests", "expiring_consents", "past_retention", "erasable")
 _DONE: Any = "done"  # in a cursor: a list the pages before gave to its end
 MAX_WITHIN_DAYS = 3650  # the furthest the due list looks ahead (the route's and CLI's bound)
+# The purposes each of a chunk of subjects consented to (erasable ones have every one past
+# retention). `+tenant`: not a column for an index to search. With `tenant=?` SQLite chose
+# the index of open intervals by tenant and read every one of the tenant's for each chunk
+# of sids, which made the erasable subjects quadratic: 32 s of the due list of 100,000
+# subjects (1.8 s of it data past retention), where a chunk of 500 sids took 87 ms that way
+# and 4.7 ms through the index by subject (a throwaway script, 2026-12-04).
+PURPOSES_OF_SUBJECTS = (
+    "SELECT DISTINCT sid, purpose FROM view_intervals "
+    "WHERE sid IN ({}) AND +tenant=? AND known_to IS NULL"
+)
 # Subjects past retention read at a time while looking for a page of erasable ones.
 ERASABLE_CHUNK = 1000
 
@@ -342,8 +352,7 @@ def erasable_past_retention(
     sids = sorted(by_sid)
     purposes: dict[str, set[str]] = {}
     for sid, purpose in views.rows_in(
-        "SELECT DISTINCT sid, purpose FROM view_intervals "
-        "WHERE sid IN ({}) AND tenant=? AND known_to IS NULL",
+        PURPOSES_OF_SUBJECTS,
         sids,
         (tenant,),
         tuples=True,

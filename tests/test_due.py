@@ -6,6 +6,7 @@ import base64
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from unittest import mock
 
@@ -20,6 +21,7 @@ from ledger.receipt import Receipt
 from projections import due
 from projections.due import due_list, erasable_past_retention
 from projections.requests import BadCursor
+from projections.store import ConsentViews
 from projections.views import Views
 from tests.facts import fact, grant, policy, request, terms, withdraw
 
@@ -395,3 +397,20 @@ def test_a_due_list_cursor_that_is_not_a_page_s_next_is_refused(
             )
     finally:
         views.close()
+
+
+def test_a_chunk_of_subjects_purposes_is_read_through_the_index_by_subject(
+    tmp_path: Path,
+) -> None:
+    """Read through the index of open intervals by tenant, each chunk of sids read all the
+    tenant's open intervals: the due list of 100,000 subjects took 32 s instead of 4."""
+    views = ConsentViews.open(tmp_path / "views.db")
+    try:
+        plan = views.rows(
+            f"EXPLAIN QUERY PLAN {due.PURPOSES_OF_SUBJECTS.format('?,?')}", ("a", "b", "demo")
+        )
+    finally:
+        views.close()
+    assert [str(row[3]) for row in plan] == [
+        "SEARCH view_intervals USING INDEX view_intervals_by_subject (sid=?)"
+    ], plan
