@@ -125,16 +125,21 @@ def test_record_on_a_full_disk_exits_6_records_nothing_and_a_retry_records_all(
     data = tmp_path / "data"
     assert cli(data, "init").returncode == 0
     before = facts_checked(data)
-    lines = "\n".join(orjson.dumps(f).decode() for f in big_grants(1000, "full"))
+    # A file, not a pipe: from a pipe a batch also ends where the next line has not come
+    # yet, so the facts before a slow write of the pipe's writer were recorded (and
+    # answered) before the disk filled (a CI run of 2026-12-04). From a file the 1,000 are
+    # one batch, recorded in one transaction or not at all.
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text("\n".join(orjson.dumps(f).decode() for f in big_grants(1000, "full")))
 
-    refused = cli(data, "record", "-", stdin=lines, limit=LIMIT)
+    refused = cli(data, "record", str(facts), limit=LIMIT)
 
     assert refused.returncode == 6, refused.stderr
     assert refused.stderr.startswith("consent-ledger: storage unavailable: "), refused.stderr
     assert "Traceback" not in refused.stderr
     assert refused.stdout == ""  # no receipt for a fact that was not recorded
     assert facts_checked(data) == before
-    retried = cli(data, "record", "-", stdin=lines)
+    retried = cli(data, "record", str(facts))
     assert retried.returncode == 0, retried.stderr
     receipts = [orjson.loads(line)["receipt"] for line in retried.stdout.splitlines()]
     assert len(receipts) == 1000 and not any(r["duplicate"] for r in receipts)
