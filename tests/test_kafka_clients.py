@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 from kafka.errors import KafkaTimeoutError
 
-from ledger.kafka.clients import RETRY_BACKOFF_MS, AdminClient, Consumer
+from ledger.kafka.clients import RETRY_BACKOFF_MS, AdminClient, Consumer, Producer
 
 
 @pytest.fixture
@@ -51,6 +51,24 @@ def test_a_client_refreshes_its_metadata_after_its_own_retry_backoff(
     try:
         assert made._client._manager.cluster.config["retry_backoff_ms"] == RETRY_BACKOFF_MS
         assert given._client._manager.cluster.config["retry_backoff_ms"] == 7
+    finally:
+        made.close()
+        given.close()
+
+
+@pytest.mark.kafka
+def test_a_producer_refreshes_its_metadata_after_our_wait_and_retries_after_its_own(
+    kafka_bootstrap: str,
+) -> None:
+    """A producer's first record waited the 100 ms for its topic's leaders too. Its own wait
+    between retries of a send stays kafka-python's (100 ms) unless it is given one."""
+    made = Producer(bootstrap_servers=kafka_bootstrap)
+    given = Producer(bootstrap_servers=kafka_bootstrap, retry_backoff_ms=7)
+    try:
+        assert made._metadata.config["retry_backoff_ms"] == RETRY_BACKOFF_MS
+        assert made.config["retry_backoff_ms"] == 100
+        assert given._metadata.config["retry_backoff_ms"] == 7
+        assert given.config["retry_backoff_ms"] == 7
     finally:
         made.close()
         given.close()

@@ -28,7 +28,7 @@ from kafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
 from ledger.application import ConsentLedger
 from ledger.envelope import without_bom
 from ledger.errors import Code, FactRejected
-from ledger.kafka.clients import Consumer, close_producer
+from ledger.kafka.clients import Consumer, Producer, close_producer
 from ledger.kafka.reachable import BrokerWatch
 from ledger.kafka.reading import (
     ANSWER_TIMEOUT_S,
@@ -128,7 +128,7 @@ class Publisher:
         self._confirmed = False
         try:
             self._producer: KafkaProducer = answered(
-                lambda ms: KafkaProducer(
+                lambda ms: Producer(
                     bootstrap_servers=link.bootstrap,
                     acks="all",
                     enable_idempotence=True,

@@ -37,7 +37,7 @@ from kafka.errors import (
 from kafka.structs import OffsetAndMetadata
 
 from ledger.failpoints import failpoint
-from ledger.kafka.clients import close_producer
+from ledger.kafka.clients import Producer, close_producer
 from ledger.kafka.reachable import BrokerWatch
 from ledger.kafka.reading import (
     STEP_MS,
@@ -675,7 +675,7 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
         """A transactional producer with `timeout_ms` for its transactions, its id
         registered; closed again if that fails."""
         producer: KafkaProducer = answered(
-            lambda ms: KafkaProducer(
+            lambda ms: Producer(
                 bootstrap_servers=self.link.bootstrap,
                 transactional_id=self.link.transactional_id,
                 **{**PRODUCER_TUNING, "transaction_timeout_ms": timeout_ms},
