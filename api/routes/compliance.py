@@ -47,6 +47,11 @@ class Check(BaseModel):
     sids: list[str] | None = Field(default=None, max_length=10_000)
 
 
+def invalid_cursor() -> Problem:
+    """What every paged route answers a cursor that is not a page's `next`."""
+    return Problem(422, "invalid_cursor", "cursor is the 'next' value of a previous page", "cursor")
+
+
 @router.post("/v1/consents:check", response_model=None, responses={200: answer("CheckResult")})
 def check(
     body: Check,
@@ -100,9 +105,7 @@ def subjects_with_consent(
     if cursor is not None and (
         len(cursor) != 32 or not all(c in "0123456789abcdef" for c in cursor)
     ):
-        raise Problem(
-            422, "invalid_cursor", "cursor is the 'next' value of a previous page", "cursor"
-        )
+        raise invalid_cursor()
     _known_purpose(svc, principal.tenant, purpose, 404, None)
     if policy_version is not None:
         tenant = svc.ledger.tenant(principal.tenant, shared=True)
@@ -260,9 +263,7 @@ def due(
             cursor=cursor,
         )
     except BadCursor:
-        raise Problem(
-            422, "invalid_cursor", "cursor is the 'next' value of a previous page", "cursor"
-        ) from None
+        raise invalid_cursor() from None
     disclose(
         item["sid"]
         for part in ("requests", "expiring_consents", "past_retention", "erasable")
@@ -330,9 +331,7 @@ def requests(
             limit=limit,
         )
     except BadCursor:
-        raise Problem(
-            422, "invalid_cursor", "cursor is the 'next' value of a previous page", "cursor"
-        ) from None
+        raise invalid_cursor() from None
     disclose(r["sid"] for r in register["requests"])
     if format == "csv":
         headers = {"Next-Cursor": register["next"]} if register["next"] else None
