@@ -33,11 +33,24 @@ def at(days: float) -> str:
 
 
 def due_at(
-    views: Views, now: datetime, days: int, policies: Mapping[str, PolicyVersion]
+    views: Views,
+    now: datetime,
+    days: int,
+    policies: Mapping[str, PolicyVersion],
+    limit: int | None = None,
+    cursor: str | None = None,
 ) -> dict[str, Any]:
-    """The demo tenant's due list, looking `days` ahead (requests due 30 days after receipt)."""
+    """The demo tenant's due list, looking `days` ahead (requests due 30 days after receipt),
+    a page of it with `limit` or `cursor`."""
     return due_list(
-        views.store, "demo", now, within=timedelta(days=days), request_days=30, policies=policies
+        views.store,
+        "demo",
+        now,
+        within=timedelta(days=days),
+        request_days=30,
+        policies=policies,
+        limit=limit,
+        cursor=cursor,
     )
 
 
@@ -312,16 +325,9 @@ def test_the_due_list_s_pages_make_up_the_whole_list(ledger: ConsentLedger) -> N
                     pages: list[dict[str, Any]] = []
                     cursor = None
                     while True:
-                        page = due_list(
-                            views.store,
-                            "demo",
-                            NOW + timedelta(days=len(pages) * 40),  # asked later each time
-                            within=timedelta(days=7),
-                            request_days=30,
-                            policies=tenant.policies,
-                            limit=limit,
-                            cursor=cursor,
-                        )
+                        # Asked later each time: the pages answer for the first's instant.
+                        later = NOW + timedelta(days=len(pages) * 40)
+                        page = due_at(views, later, 7, tenant.policies, limit, cursor)
                         pages.append(page)
                         assert all(len(page[name]) <= limit for name in lists)
                         assert page["as_of"] == NOW.isoformat()
@@ -386,15 +392,7 @@ def test_a_due_list_cursor_that_is_not_a_page_s_next_is_refused(
     try:
         views.refresh()
         with pytest.raises(BadCursor):
-            due_list(
-                views.store,
-                "demo",
-                NOW,
-                within=timedelta(days=7),
-                request_days=30,
-                policies=tenant.policies,
-                cursor=cursor,
-            )
+            due_at(views, NOW, 7, tenant.policies, cursor=cursor)
     finally:
         views.close()
 
