@@ -99,7 +99,10 @@ def subjects_with_consent(
     `known_at` (default now), in sid order, `limit` a page; `next` is the cursor of the
     page after, null on the last. With `policy_version`, only those whose consent in force
     was given under that version: after a new version (§9), who has not consented under it
-    (an unknown version: 422 `unknown_policy_version`)."""
+    (an unknown version: 422 `unknown_policy_version`). The cursor is a position, not an
+    instant: pages asked without `as_of` (or `known_at`) each answer for the moment they are
+    asked, so to page through one instant, pass the first page's `as_of` (and a
+    `known_at`) with every page."""
     at = parse_time(as_of, "as_of") if as_of else datetime.now(UTC)
     known = parse_known_at(known_at, "known_at", svc.ledger.settings.max_future_skew_s)
     if cursor is not None and (
