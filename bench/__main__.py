@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import sys
 
-from bench import http, ingest, instructions, kafka, memory, projections, publish, soak
+from bench import due, http, ingest, instructions, kafka, memory, projections, publish, soak
 
 
 def main() -> int:
-    """`python -m bench [ingest|http|kafka|publish|projections|instructions|memory|soak] [options]`;
-    with no name, the four timed benchmarks (`instructions` needs valgrind and is run on its
-    own; `memory` and `soak` measure bytes, not time)."""
+    """`python -m bench [NAME] [options]`, NAME one of ingest, http, kafka, publish,
+    projections, due, instructions, memory, soak; with no name, the four timed benchmarks
+    (`instructions` needs valgrind and is run on its own; `memory` and `soak` measure bytes,
+    not time; `publish` and `due` time what no target names)."""
     from ledger.runtime import tune
 
     tune()  # the same runtime tuning the consent-ledger command applies
@@ -31,6 +32,8 @@ def main() -> int:
         memory.main(args[1:])
     elif args and args[0] == "soak":
         soak.main(args[1:])
+    elif args and args[0] == "due":
+        due.main(args[1:])
     else:
         ingest.main(args)
         http.main([])

@@ -68,6 +68,10 @@ SMALL = {
         ["--facts", "3", "--rounds", "1"],
         ["consent-ledger publish --wait, a pipe", "raw send -> raw loop -> read_committed"],
     ),
+    "due": (
+        ["--facts", "3000", "--subjects", "300", "--limit", "50", "--rounds", "1"],
+        ["due list, whole", "due list, pages of 50", "plain sqlite3: open intervals"],
+    ),
     "memory": (["--facts", "600"], ["decoded events B/fact", "units: what the cache counts"]),
     "soak": (
         [
