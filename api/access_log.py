@@ -34,6 +34,7 @@ from typing import Any
 from uuid import UUID
 
 from ledger.settings import ensure_dir
+from ledger.store_format import ACCESS_LOG, StoreOfAnotherFormat, refuse_other_format, stamp_format
 
 log = logging.getLogger("consent_ledger.http")
 
@@ -56,6 +57,15 @@ def a_sid(text: Any) -> str | None:
         return None
 
 
+_TABLES = (
+    "CREATE TABLE IF NOT EXISTS accesses (at TEXT NOT NULL, tenant TEXT NOT NULL, "
+    "sid TEXT NOT NULL, key_id TEXT NOT NULL, method TEXT NOT NULL, route TEXT NOT NULL, "
+    "status INTEGER NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS accesses_by_subject ON accesses (tenant, sid, at)",
+    "CREATE INDEX IF NOT EXISTS accesses_by_time ON accesses (at)",
+)
+
+
 class AccessLog:
     """`keep_days` 0 keeps every access; `clock` is the wall clock (a test's to move)."""
 
@@ -71,19 +81,17 @@ class AccessLog:
         self._next_prune: datetime | None = None  # None: prune at the next record
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        try:
+            stamped = refuse_other_format(self._db.cursor(), str(path), ACCESS_LOG)
+        except StoreOfAnotherFormat:
+            self._db.close()
+            raise
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(
-            """
-            CREATE TABLE IF NOT EXISTS accesses (
-                at TEXT NOT NULL, tenant TEXT NOT NULL, sid TEXT NOT NULL,
-                key_id TEXT NOT NULL, method TEXT NOT NULL, route TEXT NOT NULL,
-                status INTEGER NOT NULL
-            );
-            CREATE INDEX IF NOT EXISTS accesses_by_subject ON accesses (tenant, sid, at);
-            CREATE INDEX IF NOT EXISTS accesses_by_time ON accesses (at);
-            """
-        )
+        for statement in _TABLES:
+            self._db.execute(statement)
+        if not stamped:
+            stamp_format(self._db.cursor(), str(path), ACCESS_LOG, _TABLES)
 
     def close(self) -> None:
         self._db.close()

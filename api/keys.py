@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ledger.settings import ensure_dir
+from ledger.store_format import API_KEYS, StoreOfAnotherFormat, refuse_other_format, stamp_format
 
 ROLES = frozenset({"publisher", "compliance", "admin"})
 
@@ -43,6 +44,13 @@ class Principal:
     key_id: str
     tenant: str
     roles: frozenset[str]
+
+
+_TABLE = (
+    "CREATE TABLE IF NOT EXISTS api_keys (key_id TEXT PRIMARY KEY, secret_sha256 TEXT "
+    "NOT NULL, tenant TEXT NOT NULL, roles TEXT NOT NULL, created_at TEXT NOT NULL, "
+    "revoked_at TEXT, expires_at TEXT)"
+)
 
 
 class ApiKeys:
@@ -75,16 +83,19 @@ class ApiKeys:
         self._valid: dict[str, tuple[str, Principal, datetime | None, float]] = {}
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        try:
+            stamped = refuse_other_format(self._db.cursor(), str(path), API_KEYS)
+        except StoreOfAnotherFormat:
+            self._db.close()
+            raise
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS api_keys (key_id TEXT PRIMARY KEY, secret_sha256 TEXT "
-            "NOT NULL, tenant TEXT NOT NULL, roles TEXT NOT NULL, created_at TEXT NOT NULL, "
-            "revoked_at TEXT, expires_at TEXT)"
-        )
+        self._db.execute(_TABLE)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(api_keys)")}
         if "expires_at" not in columns:  # a table made before keys could expire
             with contextlib.suppress(sqlite3.OperationalError):  # another process added it
                 self._db.execute("ALTER TABLE api_keys ADD COLUMN expires_at TEXT")
+        if not stamped:
+            stamp_format(self._db.cursor(), str(path), API_KEYS, (_TABLE,))
 
     def close(self) -> None:
         self._db.close()

@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from ledger.fsync import fsync_path, write_new_private
 from ledger.settings import Settings, SettingsError, ensure_dir
 from ledger.sql import PAGE_CACHE_KIB, rows_in
+from ledger.store_format import KEYS, StoreOfAnotherFormat, refuse_other_format, stamp_format
 
 NONCE = 12
 # The meta table's secrets, each wrapped by the master key with its own label as associated
@@ -166,6 +167,17 @@ def decode_master_key(value: str, where: str) -> bytes:
     return key
 
 
+_TABLES = (
+    "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS data_keys ("
+    "sid TEXT PRIMARY KEY, wrapped BLOB NOT NULL, created_at TEXT NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS erased ("
+    "sid TEXT PRIMARY KEY, erased_at TEXT NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS signing_key_transitions ("
+    "seq INTEGER PRIMARY KEY, statement BLOB NOT NULL)",
+)
+
+
 class KeyStore:
     """Data keys by `sid`, the pseudonym key, and the list of erased `sid`s."""
 
@@ -178,6 +190,11 @@ class KeyStore:
         self._db = sqlite3.connect(
             path, check_same_thread=False, isolation_level=None, timeout=_BUSY_MS / 1000
         )
+        try:
+            stamped = refuse_other_format(self._db.cursor(), str(path), KEYS)
+        except StoreOfAnotherFormat:
+            self._db.close()
+            raise
         # Overwrite deleted content so an erased key's bytes do not linger in free pages.
         self._db.execute("PRAGMA secure_delete=ON")
         # WAL: one fsync per new key instead of a rollback journal's several. Old page images
@@ -190,20 +207,10 @@ class KeyStore:
         # (2026-12-01). A longer WAL checkpoint interval also cut the commit, but slowed
         # small commits (see ledger.sqlite_factory), so it stays SQLite's.
         self._db.execute(f"PRAGMA cache_size=-{PAGE_CACHE_KIB}")
-        self._db.executescript(
-            """
-            CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
-            CREATE TABLE IF NOT EXISTS data_keys (
-                sid TEXT PRIMARY KEY, wrapped BLOB NOT NULL, created_at TEXT NOT NULL
-            ) WITHOUT ROWID;
-            CREATE TABLE IF NOT EXISTS erased (
-                sid TEXT PRIMARY KEY, erased_at TEXT NOT NULL
-            ) WITHOUT ROWID;
-            CREATE TABLE IF NOT EXISTS signing_key_transitions (
-                seq INTEGER PRIMARY KEY, statement BLOB NOT NULL
-            );
-            """
-        )
+        for statement in _TABLES:
+            self._db.execute(statement)
+        if not stamped:
+            stamp_format(self._db.cursor(), str(path), KEYS, _TABLES)
         # The signing key as last read: its wrapped bytes, and the key they open to.
         self._signing: tuple[bytes, Ed25519PrivateKey] | None = None
         self._pseudonym_key = self._load_or_create_pseudonym_key()

@@ -32,6 +32,7 @@ from ledger.chain import (
     unpack_frontier,
 )
 from ledger.sql import as_tuples, rows_in
+from ledger.store_format import LOG, StoreFormat, refuse_other_format, stamp_format
 
 # How much of the log `by_aggregate` maps into memory: all of it, up to SQLite's own cap
 # (SQLITE_MAX_MMAP_SIZE, 2 GiB in common builds); past that, pages are read as usual.
@@ -95,6 +96,9 @@ SUBJECT_TOPICS = "ledger.subject:Subject.%"
 
 
 class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
+    # Which store its file is, in which format (`ledger.store_format`).
+    store_format: StoreFormat = LOG
+
     def __init__(self, datastore: SQLiteDatastore, events_table_name: str = "stored_events"):
         self.index_table = f"{events_table_name}_index"
         self.head_table = f"{events_table_name}_head"
@@ -124,7 +128,9 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
         a transaction that read first could not take the write lock if another process
         (a server and its writer process, starting together) wrote in between. Two processes
         that both fill it insert the same rows."""
+        path = str(cast(Any, self.datastore).pool.db_name)
         with self.datastore.transaction(commit=False) as c:
+            stamped = refuse_other_format(c, path, self.store_format)
             c.execute(
                 "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?",
                 (self.erasures_table,),
@@ -138,6 +144,9 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
                     f"FROM {self.events_table_name} WHERE topic IN (?, ?)",
                     ERASURE_TOPICS,
                 )
+        if not stamped:
+            with self.datastore.transaction(commit=True) as c:
+                stamp_format(c, path, self.store_format, self.create_table_statements)
 
     def subjects(self) -> set[str]:
         """Every subject's sid (hex) in the log."""

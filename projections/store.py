@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from eventsourcing.persistence import Tracking
@@ -24,6 +24,7 @@ from eventsourcing.sqlite import (
 from ledger.settings import SettingsError, ensure_dir
 from ledger.sql import as_tuples, rows_in
 from ledger.sqlite_factory import StatementCachingPool
+from ledger.store_format import VIEWS, refuse_other_format, stamp_format
 
 
 @lru_cache(maxsize=1 << 16)
@@ -180,6 +181,15 @@ class ConsentViews(SQLiteTrackingRecorder):
             " notification_id INTEGER NOT NULL, fact_hash TEXT NOT NULL) WITHOUT ROWID",
             *(self.INDEXES if self.with_indexes else ()),
         ]
+
+    def create_table(self) -> None:
+        path = str(self.path or cast(Any, self.datastore).pool.db_name)
+        with self.datastore.transaction(commit=False) as c:
+            stamped = refuse_other_format(c, path, VIEWS)
+        super().create_table()
+        if not stamped:
+            with self.datastore.transaction(commit=True) as c:
+                stamp_format(c, path, VIEWS, self.create_table_statements)
 
     def lay_out(self) -> None:
         """Give each index and the subjects table a run of pages of their own, in a store

@@ -64,6 +64,7 @@ from ledger.recorder import FactKey, LedgerSQLiteRecorder
 from ledger.settings import SettingsError
 from ledger.sql import as_tuples, rows_in
 from ledger.storage import RecordTooLarge
+from ledger.store_format import REPLICA
 
 log = logging.getLogger("consent_ledger.kafka")
 
@@ -176,6 +177,7 @@ class ReplicaOfAnotherTopic(SettingsError):
 
 class KafkaLedgerRecorder(LedgerSQLiteRecorder):
     log_is_elsewhere = True
+    store_format = REPLICA
 
     def __init__(
         self,
