@@ -91,7 +91,13 @@ CASES: list[tuple[str, tuple[str, ...], str, Any, tuple[str, ...]]] = [
         None,
         ("as_of", "next"),  # the cursor holds the instant of its page
     ),
-    ("requests", ("requests", "--limit", "2"), "/v1/requests?limit=2", None, ("as_of",)),
+    (
+        "requests",
+        ("requests", "--limit", "2"),
+        "/v1/requests?limit=2",
+        None,
+        ("as_of", "next"),  # the cursor holds the instant of its page
+    ),
     ("verify", ("verify",), "/v1/verify", None, ("subjects_without_key",)),
     ("policies list", ("policies", "list"), "/v1/policies", None, ()),
     ("policies show", ("policies", "show", V2), f"/v1/policies/{V2}", None, ()),

@@ -3,6 +3,7 @@ in time; on the views the log builds, over HTTP and from the CLI (both backends)
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import csv
 import io
@@ -32,6 +33,7 @@ from projections.requests import (
     register_csv,
     request_register,
 )
+from projections.store import utc
 from projections.views import Views
 from tests.cli_support import run
 from tests.facts import closed, policy, request
@@ -59,10 +61,14 @@ def history() -> list[dict[str, Any]]:
 
 
 def register(
-    ledger: ConsentLedger, by_kind: dict[str, int] | None = None, **kw: Any
+    ledger: ConsentLedger,
+    by_kind: dict[str, int] | None = None,
+    *,
+    now: datetime = NOW,
+    **kw: Any,
 ) -> dict[str, Any]:
-    """The demo tenant's register as of NOW, its views caught up first (30 days to answer,
-    or `by_kind`'s)."""
+    """The demo tenant's register as of `now`, its views caught up first (30 days to
+    answer, or `by_kind`'s)."""
     tenant = ledger.tenant("demo")
     assert tenant is not None
     views = Views(ledger)
@@ -71,7 +77,7 @@ def register(
         return request_register(
             views.store,
             "demo",
-            NOW,
+            now,
             policies=tenant.policies,
             request_days=30,
             request_days_by_kind=by_kind or {},
@@ -135,6 +141,64 @@ def test_the_register_pages_in_the_order_received(ledger: ConsentLedger) -> None
             register(ledger, cursor=bad)
 
 
+def test_a_cursor_is_of_its_first_pages_filters(ledger: ConsentLedger) -> None:
+    """Its counts are of the period and kind it was made with: with others it would count
+    the wrong requests, so it is refused."""
+    ledger.record([parse_fact(f) for f in history()])
+    first = register(ledger, limit=1, kind="erasure")
+    assert first["next"] is not None
+    assert register(ledger, limit=1, kind="erasure", cursor=first["next"])["requests"]
+    for other in ({"kind": "objection"}, {}, {"received_from": NOW - timedelta(days=100)}):
+        with pytest.raises(BadCursor):
+            register(ledger, limit=1, cursor=first["next"], **other)
+
+
+def test_the_pages_after_the_first_keep_its_counts(ledger: ConsentLedger) -> None:
+    """Only the first page reads the whole period to count it; the pages after carry its
+    counts in the cursor, while their requests are read on from the views as they are."""
+    ledger.record([parse_fact(f) for f in history()])
+    first = register(ledger, limit=4)
+    ledger.record([parse_fact(request("eve", "E", "objection", at(-1)))])
+    rest = register(ledger, limit=4, cursor=first["next"])
+    assert rest["counts"] == first["counts"]
+    assert [r["request_id"] for r in rest["requests"]] == ["D2", "E"]
+    assert sum(register(ledger)["counts"].values()) == sum(first["counts"].values()) + 1
+
+
+def test_a_cursor_made_before_pages_were_pinned_still_pages(ledger: ConsentLedger) -> None:
+    """The earlier cursor (the last key alone): the page after it counts again, now."""
+    ledger.record([parse_fact(f) for f in history()])
+    whole = register(ledger)
+    keys = [(r["received_at"], r["sid"], r["request_id"]) for r in whole["requests"]]
+    stored = [utc(datetime.fromisoformat(k[0])) for k in keys]
+    old = base64.urlsafe_b64encode(orjson.dumps([stored[1], *keys[1][1:]])).decode().rstrip("=")
+    after = register(ledger, cursor=old)
+    assert after["requests"] == whole["requests"][2:]
+    assert after["counts"] == whole["counts"]
+
+
+def test_a_later_page_reads_on_by_the_registers_index(ledger: ConsentLedger) -> None:
+    """Not the tenant's every request sorted again for each page (quadratic over a
+    register of many pages)."""
+    ledger.record([parse_fact(f) for f in history()])
+    views = Views(ledger)
+    try:
+        views.refresh()
+        plan = " ".join(
+            str(row[3])
+            for row in views.store.rows(
+                "EXPLAIN QUERY PLAN SELECT sid FROM view_requests WHERE tenant=? AND kind=? "
+                "AND (received_at, sid, request_id) > (?, ?, ?) "
+                "ORDER BY received_at, sid, request_id",
+                ("demo", "erasure", "a", "b", "c"),
+            )
+        )
+    finally:
+        views.close()
+    assert "view_requests_received" in plan
+    assert "TEMP B-TREE" not in plan
+
+
 def test_a_request_id_that_looks_like_a_formula_is_a_text_cell_in_the_csv() -> None:
     entry: dict[str, str | None] = dict.fromkeys(
         ("sid", "kind", "received_at", "due_at", "due_from", "state"), "x"
@@ -175,6 +239,11 @@ def test_the_register_over_http(tmp_path: Path) -> None:
         forbidden = client.get("/v1/requests", headers={"Authorization": f"Bearer {publisher}"})
         sheet = client.get("/v1/requests", params={"format": "csv", "limit": 4}, headers=headers)
         four = client.get("/v1/requests", params={"limit": 4}, headers=headers).json()
+        # The cursors hold each page's instant: the two lead to the same page.
+        after_sheet, after_four = (
+            client.get("/v1/requests", params={"limit": 4, "cursor": c}, headers=headers)
+            for c in (sheet.headers["Next-Cursor"], four["next"])
+        )
     assert whole.status_code == 200, whole.text
     # Long after 2025: every request not closed is overdue.
     assert whole.json()["counts"] == {"open": 0, "overdue": 3, "closed": 1, "closed_late": 1}
@@ -204,7 +273,9 @@ def test_the_register_over_http(tmp_path: Path) -> None:
     assert rows[0] == {
         k: "" if v is None else str(v) for k, v in whole.json()["requests"][0].items()
     }
-    assert sheet.headers["Next-Cursor"] == four["next"]
+    assert after_sheet.status_code == 200, after_sheet.text
+    assert after_sheet.json()["requests"] == after_four.json()["requests"]
+    assert [r["request_id"] for r in after_four.json()["requests"]] == ["D2"]
 
 
 def test_the_register_from_the_command_line(data: Path) -> None:
@@ -225,11 +296,16 @@ def test_the_register_from_the_command_line(data: Path) -> None:
     assert text[-1].startswith("more: --after ")
     rest = run(data, "requests", "--tenant", "demo", "--json", "--after", text[-1].split()[-1])
     assert [r["request_id"] for r in orjson.loads(rest.stdout)["requests"]] == ["D2"]
-    bad = run(data, "requests", "--tenant", "demo", "--after", "x")
-    assert (bad.returncode, bad.stderr.strip()) == (
-        2,
-        "consent-ledger: --after takes the 'next' of a previous page",
+    said = (
+        "consent-ledger: --after takes the 'next' of a previous page, with its --kind, --from "
+        "and --to"
     )
+    bad = run(data, "requests", "--tenant", "demo", "--after", "x")
+    assert (bad.returncode, bad.stderr.strip()) == (2, said)
+    other = run(
+        data, "requests", "--tenant", "demo", "--kind", "erasure", "--after", text[-1].split()[-1]
+    )
+    assert (other.returncode, other.stderr.strip()) == (2, said)
     sheet = run(data, "requests", "--tenant", "demo", "--format", "csv", "--limit", "4")
     assert [r["request_id"] for r in csv.DictReader(io.StringIO(sheet.stdout))] == [
         "B",
@@ -288,6 +364,7 @@ days = st.integers(min_value=0, max_value=60)
     ),
     by_kind=st.dictionaries(kinds, days, max_size=2),
     page=st.integers(min_value=1, max_value=5),
+    state=st.none() | st.sampled_from(sorted(REQUEST_STATES)),
 )
 # The boundaries: answered at the very instant it was due (on time); due at the very instant
 # asked (overdue, as the due list says).
@@ -296,12 +373,14 @@ days = st.integers(min_value=0, max_value=60)
     asked=[("erasure", 10, 5, 5), ("information", 60, 30, None)],
     by_kind={},
     page=1,
+    state="overdue",
 )
 def test_the_register_agrees_with_a_plain_reading_of_the_facts(
     promises: list[dict[str, int]],
     asked: list[tuple[str, int, int | None, int | None]],
     by_kind: dict[str, int],
     page: int,
+    state: str | None,
 ) -> None:
     """Policy versions taking effect 20 days apart, each promising its deadlines; requests
     received on day N, some naming their own deadline, some closed K days after: each
@@ -353,8 +432,12 @@ def test_the_register_agrees_with_a_plain_reading_of_the_facts(
             pages: list[dict[str, Any]] = []
             cursor = None
             while True:
-                got = register(ledger, by_kind, limit=page, cursor=cursor)
+                # The pages after the first answer as of its instant, whatever the clock.
+                later = NOW + timedelta(days=len(pages) * 7)
+                got = register(ledger, by_kind, now=later, limit=page, cursor=cursor, state=state)
                 pages += got["requests"]
+                assert got["counts"] == whole["counts"]
+                assert got["as_of"] == NOW.isoformat()
                 cursor = got["next"]
                 if cursor is None:
                     break
@@ -369,7 +452,7 @@ def test_the_register_agrees_with_a_plain_reading_of_the_facts(
         )
         for r in whole["requests"]
     } == expected
-    assert pages == whole["requests"]
+    assert pages == [r for r in whole["requests"] if state is None or r["state"] == state]
     tally = dict.fromkeys(REQUEST_STATES, 0)
     for *_, state in expected.values():
         tally[state] += 1

@@ -309,8 +309,9 @@ def requests(
     closed, and its `state`: `open`, `overdue` (not closed, past due), `closed` (by its
     deadline) or `closed_late`; `state=` keeps one. `counts` counts each state over the
     period and kind. `next` is the cursor of the page after, null on the last (a cursor
-    that is not: 422 `invalid_cursor`). `format=csv`: the page as CSV, one request a row,
-    its `next` in the `Next-Cursor` header."""
+    that is not, or given with another period or kind: 422 `invalid_cursor`); the pages
+    after the first answer as of its `as_of`, with its `counts`. `format=csv`: the page as
+    CSV, one request a row, its `next` in the `Next-Cursor` header."""
     start = parse_time(received_from, "received_from") if received_from else None
     end = parse_time(received_to, "received_to") if received_to else None
     if start is not None and end is not None and end < start:

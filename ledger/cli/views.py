@@ -114,7 +114,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--from", dest="received_from", metavar="T", help="received at or after (RFC 3339)"
     )
     p.add_argument("--to", dest="received_to", metavar="T", help="received before (RFC 3339)")
-    p.add_argument("--after", help="continue after this cursor (the previous page's 'next')")
+    p.add_argument(
+        "--after",
+        help="continue after this cursor (the previous page's 'next', with the same --kind, "
+        "--from and --to; its instant and counts)",
+    )
     p.add_argument("--limit", type=whole(1, 10_000), default=1000)
     p.add_argument("--json", action="store_true")
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
@@ -146,7 +150,9 @@ def cmd_requests(args: argparse.Namespace, settings: Settings) -> int:
                 limit=args.limit,
             )
         except BadCursor:
-            raise CliError("--after takes the 'next' of a previous page") from None
+            raise CliError(
+                "--after takes the 'next' of a previous page, with its --kind, --from and --to"
+            ) from None
     if args.format == "csv":
         sys.stdout.write(register_csv(register))
         if register["next"]:
