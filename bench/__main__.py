@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import sys
 
-from bench import due, http, ingest, instructions, kafka, memory, projections, publish, soak
+from bench import (
+    due,
+    http,
+    ingest,
+    instructions,
+    kafka,
+    memory,
+    projections,
+    publish,
+    register,
+    soak,
+)
 
 
 def main() -> int:
     """`python -m bench [NAME] [options]`, NAME one of ingest, http, kafka, publish,
-    projections, due, instructions, memory, soak; with no name, the four timed benchmarks
-    (`instructions` needs valgrind and is run on its own; `memory` and `soak` measure bytes,
-    not time; `publish` and `due` time what no target names)."""
+    projections, due, register, instructions, memory, soak; with no name, the four timed
+    benchmarks (`instructions` needs valgrind and is run on its own; `memory` and `soak`
+    measure bytes, not time; `publish`, `due` and `register` time what no target names)."""
     from ledger.runtime import tune
 
     tune()  # the same runtime tuning the consent-ledger command applies
@@ -34,6 +45,8 @@ def main() -> int:
         soak.main(args[1:])
     elif args and args[0] == "due":
         due.main(args[1:])
+    elif args and args[0] == "register":
+        register.main(args[1:])
     else:
         ingest.main(args)
         http.main([])

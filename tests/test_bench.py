@@ -72,6 +72,15 @@ SMALL = {
         ["--facts", "3000", "--subjects", "300", "--limit", "50", "--rounds", "1"],
         ["due list, whole", "due list, pages of 50", "plain sqlite3: open intervals"],
     ),
+    "register": (
+        ["--requests", "300", "--limit", "50", "--rounds", "1"],
+        [
+            "register, first page of 50",
+            "register, state=overdue, the ",
+            "plain sqlite3: the tenant's requests in order",
+            "first page / plain query:",
+        ],
+    ),
     "memory": (["--facts", "600"], ["decoded events B/fact", "units: what the cache counts"]),
     "soak": (
         [
