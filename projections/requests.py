@@ -113,11 +113,11 @@ def request_register(
     holds its instant, its counts and its filters, and the pages after answer as of that
     instant with those counts, each reading from where the page before ended (in SQL, by
     the index in the register's order) until it has `limit` requests. Each page counted
-    and read the whole period before: at 100,000 requests, 0.85 to 1.07 s a page, so its
-    100 pages of 1,000 took about 100 s (a throwaway script, 2026-12-04; now the first
-    0.72 to 0.92 s and each after it about 9 ms). Pinned, a request
-    falling due between two pages cannot be listed as open on one and counted overdue on
-    another. A cursor given with other filters than its first page's is refused.
+    and read the whole period before: at 100,000 requests the 99 pages of 1,000 after the
+    first took 68 to 78 s, and now 1.0 to 1.1 s (`python -m bench register`, 2026-12-04).
+    Pinned, a request falling due between two pages cannot be listed as open on one and
+    counted overdue on another. A cursor given with other filters than its first page's is
+    refused.
     """
     filters = [kind, _iso(received_from), _iso(received_to)]
     pinned = _cursor_state(cursor) if cursor is not None else None
