@@ -19,7 +19,7 @@ from typing import Any, Literal, NamedTuple
 import orjson
 
 from ledger.policy import PolicyVersion, version_in_force
-from ledger.vocabulary import REQUEST_STATES
+from ledger.vocabulary import REQUEST_KINDS, REQUEST_STATES
 from projections.store import ConsentViews, parse_utc, utc
 from projections.trail import text_cell
 
@@ -231,19 +231,82 @@ def open_request_counts(
 
     Not by tenant: /metrics is served without a key, and a tenant's name and its count of
     overdue requests are for that tenant's keys alone (`GET /v1/requests`).
+
+    Counted in SQL over ranges of the index of open requests, not request by request (which
+    took 630 ms of every scrape at 100,000 open requests, a throwaway script, 2026-12-04,
+    holding the interpreter the whole time). A request with its own `due_at` is overdue
+    once that is past; one without is due a number of days after its receipt that is the
+    same for every request of its kind received while one policy version was in force
+    (`deadline`), so it is overdue if received at or before `now` less those days.
     """
     counts = {"open": 0, "overdue": 0}
-    catalogues: dict[str, Mapping[str, PolicyVersion]] = {}
-    for row in views.rows(
-        "SELECT tenant, sid, request_id, kind, received_at, due_at FROM view_requests "
-        "WHERE closed_at IS NULL"
-    ):
-        tenant = row["tenant"]
-        if tenant not in catalogues:
-            catalogues[tenant] = policies_of(tenant)
-        _, due, _, _ = deadline_of(row, catalogues[tenant], request_days, request_days_by_kind)
-        counts["overdue" if due <= now else "open"] += 1
+    with views.reading() as c:
+        c.execute(
+            "SELECT tenant, COUNT(*) FROM view_requests WHERE closed_at IS NULL GROUP BY tenant"
+        )
+        for tenant, total in c.fetchall():
+            c.execute(
+                "SELECT COUNT(*) FROM view_requests WHERE closed_at IS NULL AND tenant=? "
+                "AND due_at IS NOT NULL AND due_at<=?",
+                (tenant, utc(now)),
+            )
+            overdue = int(c.fetchone()[0])
+            policies = policies_of(tenant)
+            for start, end, in_force in _periods(policies):
+                # The request kinds (the envelope admits no other), by their days.
+                by_days: dict[int, list[str]] = {}
+                for kind in sorted(REQUEST_KINDS):
+                    promised = in_force.request_due_days.get(kind) if in_force else None
+                    days = (
+                        promised
+                        if promised is not None
+                        else request_days_by_kind.get(kind, request_days)
+                    )
+                    by_days.setdefault(days, []).append(kind)
+                for days, kinds in by_days.items():
+                    try:
+                        latest = utc(now - timedelta(days=days))
+                    except OverflowError:  # due after the calendar's end: none overdue
+                        continue
+                    # By the index of open requests, named: with no statistics SQLite
+                    # took the register's index for the range of receipt and read each
+                    # request's row from the table (133 ms for 100,000 requests; by this
+                    # index every count of a scrape together took 20 ms).
+                    sql = (
+                        "SELECT COUNT(*) FROM view_requests INDEXED BY view_requests_open_by_due "
+                        "WHERE closed_at IS NULL AND tenant=? AND due_at IS NULL AND kind IN "
+                        f"({','.join('?' * len(kinds))}) AND received_at<=?"
+                    )
+                    params: list[Any] = [tenant, *kinds, latest]
+                    if start is not None:
+                        sql += " AND received_at>=?"
+                        params.append(start)
+                    if end is not None:
+                        sql += " AND received_at<?"
+                        params.append(end)
+                    c.execute(sql, params)
+                    overdue += int(c.fetchone()[0])
+            counts["overdue"] += overdue
+            counts["open"] += total - overdue
     return counts
+
+
+def _periods(
+    policies: Mapping[str, PolicyVersion],
+) -> list[tuple[str | None, str | None, PolicyVersion | None]]:
+    """[start, end) of receipt (stored UTC text; None: unbounded) and the policy version in
+    force throughout, as `version_in_force` finds it, covering all time: none before the
+    first, and of versions taking effect at once the later published."""
+    taking_effect: dict[datetime, PolicyVersion] = {}
+    for version in sorted(policies.values(), key=lambda p: p.effective_at):  # stable
+        taking_effect[version.effective_at] = version  # the later published stays
+    starts = [utc(at) for at in taking_effect]
+    periods: list[tuple[str | None, str | None, PolicyVersion | None]] = [
+        (None, starts[0] if starts else None, None)
+    ]
+    for i, version in enumerate(taking_effect.values()):
+        periods.append((starts[i], starts[i + 1] if i + 1 < len(starts) else None, version))
+    return periods
 
 
 _COLUMNS = (

@@ -30,6 +30,7 @@ from projections.requests import (
     BadCursor,
     RequestKind,
     RequestState,
+    open_request_counts,
     register_csv,
     request_register,
 )
@@ -141,6 +142,21 @@ def test_the_register_pages_in_the_order_received(ledger: ConsentLedger) -> None
             register(ledger, cursor=bad)
 
 
+def open_counts(ledger: ConsentLedger, by_kind: dict[str, int]) -> dict[str, int]:
+    """What /metrics counts as of NOW (30 days to answer, or `by_kind`'s)."""
+
+    def policies_of(name: str) -> Any:
+        tenant = ledger.tenant(name)
+        return tenant.policies if tenant else {}
+
+    views = Views(ledger)
+    try:
+        views.refresh()
+        return open_request_counts(views.store, NOW, policies_of, 30, by_kind)
+    finally:
+        views.close()
+
+
 def test_a_cursor_is_of_its_first_pages_filters(ledger: ConsentLedger) -> None:
     """Its counts are of the period and kind it was made with: with others it would count
     the wrong requests, so it is refused."""
@@ -197,6 +213,40 @@ def test_a_later_page_reads_on_by_the_registers_index(ledger: ConsentLedger) -> 
         views.close()
     assert "view_requests_received" in plan
     assert "TEMP B-TREE" not in plan
+
+
+def test_metrics_count_open_requests_from_their_index_alone(ledger: ConsentLedger) -> None:
+    """Each count /metrics makes reads the index of open requests, never a request's row:
+    at 100,000 open requests, judging each took 630 ms of every scrape."""
+    ledger.record([parse_fact(f) for f in history()])
+    views = Views(ledger)
+    try:
+        views.refresh()
+        plans = [
+            " ".join(str(row[3]) for row in views.store.rows(f"EXPLAIN QUERY PLAN {sql}", params))
+            for sql, params in (
+                (
+                    "SELECT tenant, COUNT(*) FROM view_requests WHERE closed_at IS NULL "
+                    "GROUP BY tenant",
+                    (),
+                ),
+                (
+                    "SELECT COUNT(*) FROM view_requests WHERE closed_at IS NULL AND tenant=? "
+                    "AND due_at IS NOT NULL AND due_at<=?",
+                    ("demo", "z"),
+                ),
+                (
+                    "SELECT COUNT(*) FROM view_requests INDEXED BY view_requests_open_by_due "
+                    "WHERE closed_at IS NULL AND tenant=? AND due_at IS NULL AND kind IN (?, ?) "
+                    "AND received_at<=? AND received_at>=? AND received_at<?",
+                    ("demo", "erasure", "objection", "z", "a", "z"),
+                ),
+            )
+        ]
+    finally:
+        views.close()
+    for plan in plans:
+        assert "USING COVERING INDEX" in plan, plan
 
 
 def test_a_request_id_that_looks_like_a_formula_is_a_text_cell_in_the_csv() -> None:
@@ -365,15 +415,26 @@ days = st.integers(min_value=0, max_value=60)
     by_kind=st.dictionaries(kinds, days, max_size=2),
     page=st.integers(min_value=1, max_value=5),
     state=st.none() | st.sampled_from(sorted(REQUEST_STATES)),
+    tied=st.booleans(),
 )
 # The boundaries: answered at the very instant it was due (on time); due at the very instant
-# asked (overdue, as the due list says).
+# asked, by its own due_at and by the settings' days (overdue, as the due list says).
 @example(
     promises=[],
-    asked=[("erasure", 10, 5, 5), ("information", 60, 30, None)],
+    asked=[("erasure", 10, 5, 5), ("information", 60, 30, None), ("objection", 60, None, None)],
     by_kind={},
     page=1,
     state="overdue",
+    tied=False,
+)
+# Two versions taking effect at once: the later published is in force.
+@example(
+    promises=[{"erasure": 5}, {"erasure": 50}],
+    asked=[("erasure", 25, None, None), ("erasure", 50, None, None)],
+    by_kind={},
+    page=1,
+    state=None,
+    tied=True,
 )
 def test_the_register_agrees_with_a_plain_reading_of_the_facts(
     promises: list[dict[str, int]],
@@ -381,15 +442,21 @@ def test_the_register_agrees_with_a_plain_reading_of_the_facts(
     by_kind: dict[str, int],
     page: int,
     state: str | None,
+    tied: bool,
 ) -> None:
-    """Policy versions taking effect 20 days apart, each promising its deadlines; requests
-    received on day N, some naming their own deadline, some closed K days after: each
-    request's deadline, source and state, the counts, and the pages put together, as a
+    """Policy versions taking effect 20 days apart (the last `tied` with the one before),
+    each promising its deadlines; requests received on day N, some naming their own
+    deadline, some closed K days after: each request's deadline, source and state, the
+    counts, the pages put together, and the open and overdue requests /metrics counts, as a
     plain reading of the facts says (the seed policy, in force from before, promises
     nothing; the settings give 30 days, or `by_kind`'s)."""
     start = NOW - timedelta(days=90)
+
+    def effective_day(i: int) -> int:
+        return 20 * (i - 1 if tied and i == len(promises) and i > 1 else i)
+
     facts = [
-        policy(f"v{i}", (start + timedelta(days=20 * i)).isoformat(), request_due_days=p)
+        policy(f"v{i}", (start + timedelta(days=effective_day(i))).isoformat(), request_due_days=p)
         for i, p in enumerate(promises, start=1)
     ]
     expected = {}
@@ -408,7 +475,7 @@ def test_the_register_agrees_with_a_plain_reading_of_the_facts(
         answered = received + timedelta(days=closed_after or 0)
         if closed_after is not None:
             facts.append(closed(f"p{n}", f"R{n}", "fulfilled", answered.isoformat()))
-        in_force = [i for i in range(1, len(promises) + 1) if 20 * i <= day]
+        in_force = [i for i in range(1, len(promises) + 1) if effective_day(i) <= day]
         version = in_force[-1] if in_force else None
         if due_at is not None:
             due, source, named = due_at, "request", None
@@ -418,10 +485,10 @@ def test_the_register_agrees_with_a_plain_reading_of_the_facts(
         else:
             due, source, named = received + timedelta(days=by_kind.get(kind, 30)), "settings", None
         if closed_after is None:
-            state = "overdue" if due <= NOW else "open"
+            now_state = "overdue" if due <= NOW else "open"
         else:
-            state = "closed_late" if answered > due else "closed"
-        expected[f"R{n}"] = (due, source, named, state)
+            now_state = "closed_late" if answered > due else "closed"
+        expected[f"R{n}"] = (due, source, named, now_state)
     with tempfile.TemporaryDirectory() as tmp:
         ledger = ConsentLedger(Settings(data_dir=Path(tmp)))
         try:
@@ -441,6 +508,7 @@ def test_the_register_agrees_with_a_plain_reading_of_the_facts(
                 cursor = got["next"]
                 if cursor is None:
                     break
+            metrics = open_counts(ledger, by_kind)
         finally:
             ledger.close()
     assert {
@@ -454,6 +522,7 @@ def test_the_register_agrees_with_a_plain_reading_of_the_facts(
     } == expected
     assert pages == [r for r in whole["requests"] if state is None or r["state"] == state]
     tally = dict.fromkeys(REQUEST_STATES, 0)
-    for *_, state in expected.values():
-        tally[state] += 1
+    for *_, now_state in expected.values():
+        tally[now_state] += 1
     assert whole["counts"] == tally
+    assert metrics == {"open": tally["open"], "overdue": tally["overdue"]}
