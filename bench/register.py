@@ -11,7 +11,9 @@ Its rows:
 - the same with `state=overdue`, the pages after the first reading on until each has
   `--limit` overdue requests;
 - the baseline: one plain `sqlite3` query of the same views for the tenant's requests in
-  the register's order, fetched without judging them (what counting reads).
+  the register's order, fetched without judging them (what counting reads);
+- what /metrics counts of them (`open_request_counts`: those not closed yet, open and
+  overdue), next to a plain `sqlite3` read of the requests not closed yet.
 
 The run fails unless the pages, joined, are the whole register (one page as large as it)
 and the overdue pages are its overdue requests. The three take turns, round by round. Run
@@ -37,7 +39,7 @@ from ledger.receipt import Receipt
 from ledger.settings import Settings
 from ledger.vocabulary import REQUEST_KINDS
 from projections.rebuild import MAX_WORKERS, rebuild
-from projections.requests import request_register
+from projections.requests import open_request_counts, request_register
 from projections.store import ConsentViews
 
 ASKED_AT = datetime(2026, 12, 4, tzinfo=UTC)
@@ -46,6 +48,10 @@ KINDS = sorted(REQUEST_KINDS)
 PLAIN = (
     "SELECT sid, request_id, kind, received_at, due_at, closed_at, outcome FROM view_requests "
     "WHERE tenant=? ORDER BY received_at, sid, request_id"
+)
+PLAIN_OPEN = (
+    "SELECT tenant, sid, request_id, kind, received_at, due_at FROM view_requests "
+    "WHERE closed_at IS NULL"
 )
 
 
@@ -107,9 +113,9 @@ def paged(
             return pages, seconds
 
 
-def plain(path: Path) -> int:
+def plain(path: Path, sql: str = PLAIN, params: tuple[str, ...] = ("demo",)) -> int:
     with sqlite3.connect(path) as db:
-        return len(db.execute(PLAIN, ("demo",)).fetchall())
+        return len(db.execute(sql, params).fetchall())
 
 
 def main(argv: list[str]) -> None:
@@ -136,6 +142,8 @@ def main(argv: list[str]) -> None:
         slowest: dict[str, list[float]] = {"all": [], "overdue": []}
         counted: dict[str, int] = {}
         plain_s: list[float] = []
+        metrics_s: list[float] = []
+        plain_open_s: list[float] = []
         try:
             whole = paged(views, tenant.policies, args.requests + 1, None)[0][0]
             for _ in range(args.rounds):
@@ -152,6 +160,14 @@ def main(argv: list[str]) -> None:
                 t0 = time.perf_counter()
                 plain_rows = plain(store)
                 plain_s.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                metrics = open_request_counts(views, ASKED_AT, lambda _: tenant.policies, 30, {})
+                metrics_s.append(time.perf_counter() - t0)
+                if metrics != {k: whole["counts"][k] for k in ("open", "overdue")}:
+                    raise SystemExit(f"/metrics counted {metrics}, not the register's counts")
+                t0 = time.perf_counter()
+                open_rows = plain(store, PLAIN_OPEN, ())
+                plain_open_s.append(time.perf_counter() - t0)
         finally:
             views.close()
             ledger.close()
@@ -175,6 +191,8 @@ def main(argv: list[str]) -> None:
             f"slowest {', '.join(f'{s * 1000:.0f}' for s in slowest[name])} ms",
         )
     row("plain sqlite3: the tenant's requests in order", plain_s, f"{plain_rows:,} rows")
+    row("/metrics: open and overdue requests counted", metrics_s, f"{metrics}")
+    row("plain sqlite3: the requests not closed yet", plain_open_s, f"{open_rows:,} rows")
     ratio = statistics.median(firsts["all"]) / statistics.median(plain_s)
     print(
         f"first page / plain query: {ratio:.1f} times (medians); the pages joined are the whole "

@@ -78,6 +78,7 @@ SMALL = {
             "register, first page of 50",
             "register, state=overdue, the ",
             "plain sqlite3: the tenant's requests in order",
+            "/metrics: open and overdue requests counted",
             "first page / plain query:",
         ],
     ),
