@@ -48,6 +48,24 @@ def open_transaction(kafka_bootstrap: str) -> Iterator[tuple[str, KafkaProducer]
         producer.close()
 
 
+class Settling:
+    """A clock for `settled_ends` that moves only when the read pauses, a tenth of a second
+    a pause: the settle time is counted in pauses, whatever the machine's load. On the wall
+    clock, a first question to the broker that took longer than a 0.3 s settle time (a
+    loaded CI run) ended the wait before its first pause, and the test saw none."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.pauses = 0
+
+    def clock(self) -> float:
+        return self.now
+
+    def pause(self) -> None:
+        self.pauses += 1
+        self.now += 0.1
+
+
 @contextlib.contextmanager
 def read_of(
     bootstrap: str, topic: str
@@ -89,12 +107,18 @@ def test_a_transaction_left_open_is_waited_for_no_longer_than_the_settle_time(
     """A writer that died in a transaction holds the last stable offset until the broker
     aborts it: the read goes to where the committed records end, its record left out."""
     topic, _ = open_transaction
-    pauses: list[int] = []
+    settling = Settling()
     with read_of(kafka_bootstrap, topic) as (tp, high, consumer):
         ends = settled_ends(
-            consumer, [tp], high, timeout_s=30, settle_s=0.3, pause=lambda: pauses.append(1)
+            consumer,
+            [tp],
+            high,
+            timeout_s=30,
+            settle_s=0.3,
+            pause=settling.pause,
+            clock=settling.clock,
         )
-    assert pauses  # it did wait
+    assert settling.pauses == 3  # it waited its settle time, and no longer
     assert ends[tp] < high[tp]
     assert list(from_the_beginning(kafka_bootstrap, topic, timeout_s=30, client_id="test")) == []
 
@@ -121,13 +145,19 @@ def test_a_read_waits_once_for_a_transaction_left_open_until_it_ends(
     """Nothing committed after a transaction left open can be read until it ends: a
     command's replica and its views each waited the whole settle time for it."""
     topic, producer = open_transaction
-    first: list[int] = []
+    first = Settling()
     again: list[int] = []
     with read_of(kafka_bootstrap, topic) as (tp, high, consumer):
         held = settled_ends(
-            consumer, [tp], high, timeout_s=30, settle_s=0.3, pause=lambda: first.append(1)
+            consumer,
+            [tp],
+            high,
+            timeout_s=30,
+            settle_s=0.3,
+            pause=first.pause,
+            clock=first.clock,
         )
-        assert first and held[tp] < high[tp]
+        assert first.pauses == 3 and held[tp] < high[tp]
         # The same end again: no wait, however long this read would allow.
         ends = settled_ends(
             consumer, [tp], high, timeout_s=30, settle_s=600, pause=lambda: again.append(1)
