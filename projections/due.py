@@ -19,10 +19,17 @@ from typing import Any
 import orjson
 
 from ledger.policy import PolicyVersion
-from projections.requests import BadCursor, deadline_of, request_entry
+from projections.requests import BadCursor, deadline_of, request_entry, rows_after
 from projections.store import ConsentViews, parse_utc, utc
 
 LISTS = ("requests", "expiring_consents", "past_retention", "erasable")
+# The requests not closed yet, by the index of them in received order (named: without
+# statistics SQLite may take the register's index of every request).
+OPEN_REQUESTS = (
+    "SELECT sid, request_id, kind, received_at, due_at FROM view_requests "
+    "INDEXED BY view_requests_open_in_order WHERE tenant=? AND closed_at IS NULL"
+)
+REQUESTS_CHUNK = 10_000  # open requests read at a time for a whole list
 _DONE: Any = "done"  # in a cursor: a list the pages before gave to its end
 MAX_WITHIN_DAYS = 3650  # the furthest the due list looks ahead (the route's and CLI's bound)
 # The purposes each of a chunk of subjects consented to (erasable ones have every one past
@@ -79,14 +86,20 @@ def due_list(
     requests: list[dict[str, Any]] = []
     request_keys: list[list[str]] = []
     if after is not _DONE:
-        for row in views.rows(
-            "SELECT sid, request_id, kind, received_at, due_at FROM view_requests "
-            "WHERE tenant=? AND closed_at IS NULL ORDER BY received_at, sid, request_id",
+        # Read on from the cursor by the index of open requests in received order, a page
+        # at a time: in that order nearly every one read is due (past its deadline, or
+        # within the window), all but those received in the last days, so a page reads
+        # about its own length. Every page read and judged every open request before: at
+        # 33,334 overdue ones the 34 pages of 1,000 took 6.9 s, and now 0.23 s (`python -m
+        # bench register`, 2026-12-04).
+        for row in rows_after(
+            views,
+            OPEN_REQUESTS,
             (tenant,),
+            after,
+            REQUESTS_CHUNK if limit is None else limit + 1,
         ):
             key = [row["received_at"], row["sid"], row["request_id"]]
-            if after is not None and tuple(key) <= after:
-                continue
             received, due, source, version = deadline_of(
                 row, policies, request_days, request_days_by_kind or {}
             )

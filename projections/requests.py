@@ -12,7 +12,7 @@ import base64
 import binascii
 import csv
 import io
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, NamedTuple
 
@@ -145,7 +145,7 @@ def request_register(
     rows = (
         views.rows(sql + _ORDER, tuple(params))
         if counting
-        else _rows_after(views, sql, params, after, limit + 1 if state is None else _CHUNK)
+        else rows_after(views, sql, params, after, limit + 1 if state is None else _CHUNK)
     )
     counts = dict.fromkeys(REQUEST_STATES, 0) if pinned_counts is None else dict(pinned_counts)
     page: list[dict[str, Any]] = []
@@ -200,15 +200,16 @@ _ORDER = " ORDER BY received_at, sid, request_id"
 _CHUNK = 2000
 
 
-def _rows_after(
+def rows_after(
     views: ConsentViews,
     sql: str,
-    params: list[Any],
+    params: Sequence[Any],
     after: tuple[str, str, str] | None,
     chunk: int,
 ) -> Iterator[Any]:
-    """The period's requests after `after` in the register's order, read `chunk` at a time
-    by its index (`view_requests_received`), for as long as the caller takes them."""
+    """The rows of `sql` (a SELECT of view_requests and its WHERE, without an order) after
+    `after` in the register's order, read `chunk` at a time by an index in that order, for
+    as long as the caller takes them."""
     while True:
         keyset = " AND (received_at, sid, request_id) > (?, ?, ?)" if after is not None else ""
         rows = views.rows(f"{sql}{keyset}{_ORDER} LIMIT ?", (*params, *(after or ()), chunk))
@@ -274,7 +275,7 @@ def open_request_counts(
                     # request's row from the table (133 ms for 100,000 requests; by this
                     # index every count of a scrape together took 20 ms).
                     sql = (
-                        "SELECT COUNT(*) FROM view_requests INDEXED BY view_requests_open_by_due "
+                        "SELECT COUNT(*) FROM view_requests INDEXED BY view_requests_open_in_order "
                         "WHERE closed_at IS NULL AND tenant=? AND due_at IS NULL AND kind IN "
                         f"({','.join('?' * len(kinds))}) AND received_at<=?"
                     )
