@@ -13,7 +13,9 @@ Its rows:
 - the baseline: one plain `sqlite3` query of the same views for the tenant's requests in
   the register's order, fetched without judging them (what counting reads);
 - what /metrics counts of them (`open_request_counts`: those not closed yet, open and
-  overdue), next to a plain `sqlite3` read of the requests not closed yet.
+  overdue), next to a plain `sqlite3` read of the requests not closed yet;
+- the due list of the same views, whole and in pages of `--limit` (its requests: every
+  one not closed yet is overdue by then).
 
 The run fails unless the pages, joined, are the whole register (one page as large as it)
 and the overdue pages are its overdue requests. The three take turns, round by round. Run
@@ -38,6 +40,7 @@ from ledger.envelope import parse_fact
 from ledger.receipt import Receipt
 from ledger.settings import Settings
 from ledger.vocabulary import REQUEST_KINDS
+from projections.due import due_list
 from projections.rebuild import MAX_WORKERS, rebuild
 from projections.requests import open_request_counts, request_register
 from projections.store import ConsentViews
@@ -113,6 +116,20 @@ def paged(
             return pages, seconds
 
 
+def due_of(views: ConsentViews, policies: Any, limit: int | None, cursor: str | None) -> Any:
+    """The due list as of ASKED_AT, a week ahead (30 days to answer a request)."""
+    return due_list(
+        views,
+        "demo",
+        ASKED_AT,
+        within=timedelta(days=7),
+        request_days=30,
+        policies=policies,
+        limit=limit,
+        cursor=cursor,
+    )
+
+
 def plain(path: Path, sql: str = PLAIN, params: tuple[str, ...] = ("demo",)) -> int:
     with sqlite3.connect(path) as db:
         return len(db.execute(sql, params).fetchall())
@@ -143,6 +160,9 @@ def main(argv: list[str]) -> None:
         counted: dict[str, int] = {}
         plain_s: list[float] = []
         metrics_s: list[float] = []
+        due_whole_s: list[float] = []
+        due_paged_s: list[float] = []
+        due_pages = 0
         plain_open_s: list[float] = []
         try:
             whole = paged(views, tenant.policies, args.requests + 1, None)[0][0]
@@ -168,6 +188,21 @@ def main(argv: list[str]) -> None:
                 t0 = time.perf_counter()
                 open_rows = plain(store, PLAIN_OPEN, ())
                 plain_open_s.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                due = due_of(views, tenant.policies, None, None)
+                due_whole_s.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                cursor, joined, due_pages = None, [], 0
+                while True:
+                    page = due_of(views, tenant.policies, args.limit, cursor)
+                    joined += page["requests"]
+                    due_pages += 1
+                    cursor = page["next"]
+                    if cursor is None:
+                        break
+                due_paged_s.append(time.perf_counter() - t0)
+                if joined != due["requests"]:
+                    raise SystemExit("the due list's pages of requests are not its whole list")
         finally:
             views.close()
             ledger.close()
@@ -193,6 +228,8 @@ def main(argv: list[str]) -> None:
     row("plain sqlite3: the tenant's requests in order", plain_s, f"{plain_rows:,} rows")
     row("/metrics: open and overdue requests counted", metrics_s, f"{metrics}")
     row("plain sqlite3: the requests not closed yet", plain_open_s, f"{open_rows:,} rows")
+    row("due list, whole", due_whole_s, f"{len(due['requests']):,} requests")
+    row(f"due list, pages of {args.limit:,}", due_paged_s, f"{due_pages} pages")
     ratio = statistics.median(firsts["all"]) / statistics.median(plain_s)
     print(
         f"first page / plain query: {ratio:.1f} times (medians); the pages joined are the whole "

@@ -79,6 +79,7 @@ SMALL = {
             "register, state=overdue, the ",
             "plain sqlite3: the tenant's requests in order",
             "/metrics: open and overdue requests counted",
+            "due list, pages of 50",
             "first page / plain query:",
         ],
     ),
