@@ -10,16 +10,21 @@ before left it, in SQL where the list is not bounded by the window or the open r
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-import orjson
-
 from ledger.policy import PolicyVersion
-from projections.requests import BadCursor, deadline_of, request_entry, rows_after
+from projections.requests import (
+    MAX_CURSOR_DAYS,
+    BadCursor,
+    cursor_instant,
+    deadline_of,
+    decode_cursor,
+    encode_cursor,
+    request_entry,
+    rows_after,
+)
 from projections.store import ConsentViews, parse_utc, utc
 
 LISTS = ("requests", "expiring_consents", "past_retention", "erasable")
@@ -31,7 +36,9 @@ OPEN_REQUESTS = (
 )
 REQUESTS_CHUNK = 10_000  # open requests read at a time for a whole list
 _DONE: Any = "done"  # in a cursor: a list the pages before gave to its end
-MAX_WITHIN_DAYS = 3650  # the furthest the due list looks ahead (the route's and CLI's bound)
+# The furthest the due list looks ahead (the route's and CLI's bound): within what a
+# cursor's instant is checked for (`cursor_instant`).
+MAX_WITHIN_DAYS = MAX_CURSOR_DAYS
 # The purposes each of a chunk of subjects consented to (erasable ones have every one past
 # retention). `+tenant`: not a column for an index to search. With `tenant=?` SQLite chose
 # the index of open intervals by tenant and read every one of the tenant's for each chunk
@@ -190,28 +197,14 @@ def _after(state: dict[str, Any] | None, name: str, size: int) -> Any:
 
 
 def _cursor_of(now: datetime, keys: dict[str, Any]) -> str:
-    raw = orjson.dumps({"as_of": utc(now), **keys})
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return encode_cursor({"as_of": utc(now), **keys})
 
 
 def _cursor_state(cursor: str) -> dict[str, Any]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        state = orjson.loads(raw)
-    except (binascii.Error, ValueError):  # orjson.JSONDecodeError is a ValueError
-        raise BadCursor from None
+    state = decode_cursor(cursor)
     if not isinstance(state, dict) or set(state) != {"as_of", *LISTS}:
         raise BadCursor
-    try:
-        as_of = parse_utc(state["as_of"]) if isinstance(state["as_of"], str) else None
-        if as_of is None or as_of.tzinfo is None:
-            raise BadCursor
-        # A page's instant is a moment the service lived through: one near the calendar's
-        # ends (a cursor made up) would overflow when the window is added to it.
-        state["as_of"] = as_of.astimezone(UTC)
-        state["as_of"] + timedelta(days=MAX_WITHIN_DAYS)
-    except (ValueError, OverflowError):
-        raise BadCursor from None
+    state["as_of"] = cursor_instant(state["as_of"])
     return state
 
 

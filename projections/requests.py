@@ -33,6 +33,42 @@ class BadCursor(ValueError):
     """A cursor that is not the `next` of an earlier page."""
 
 
+def encode_cursor(state: Any) -> str:
+    """A page's `next`: its state as JSON, in URL-safe base64 without padding."""
+    return base64.urlsafe_b64encode(orjson.dumps(state)).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> Any:
+    """The state a cursor holds (`encode_cursor`), or BadCursor."""
+    try:
+        return orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (binascii.Error, ValueError):  # orjson.JSONDecodeError is a ValueError
+        raise BadCursor from None
+
+
+def cursor_instant(text: Any) -> datetime:
+    """A cursor's instant, in UTC: a page's `as_of`, a moment the service lived through.
+    One made up near the calendar's ends would overflow when moved to UTC or a window
+    added to it, a 500 for a bad cursor, so it is refused."""
+    if not isinstance(text, str):
+        raise BadCursor
+    try:
+        instant = datetime.fromisoformat(text)
+        if instant.tzinfo is None:
+            raise BadCursor
+        instant = instant.astimezone(UTC)
+        instant + timedelta(days=MAX_CURSOR_DAYS)
+        instant - timedelta(days=MAX_CURSOR_DAYS)
+    except (ValueError, OverflowError):
+        raise BadCursor from None
+    return instant
+
+
+# How far from a cursor's instant the answers reach: the due list's widest window, and a
+# register's deadlines of days (both bounded well within this).
+MAX_CURSOR_DAYS = 3650
+
+
 def deadline(
     kind: str,
     received: datetime,
@@ -360,21 +396,16 @@ def _iso(instant: datetime | None) -> str | None:
 def _cursor_of(
     key: tuple[str, str, str], as_of: datetime, counts: dict[str, int], filters: list[str | None]
 ) -> str:
-    raw = orjson.dumps({"after": list(key), "as_of": utc(as_of), "counts": counts, "of": filters})
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return encode_cursor({"after": list(key), "as_of": utc(as_of), "counts": counts, "of": filters})
 
 
 def _cursor_state(cursor: str) -> _Pinned:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        state = orjson.loads(raw)
-    except (binascii.Error, ValueError):  # orjson.JSONDecodeError is a ValueError
-        raise BadCursor from None
+    state = decode_cursor(cursor)
     if isinstance(state, list):  # a cursor of before 2026-12-04: the pages after count again
         return _Pinned(_key(state), None, None, None)
     if not isinstance(state, dict) or set(state) != {"after", "as_of", "counts", "of"}:
         raise BadCursor
-    counts, filters, as_of = state["counts"], state["of"], state["as_of"]
+    counts, filters = state["counts"], state["of"]
     if not (
         isinstance(counts, dict)
         and set(counts) == set(REQUEST_STATES)
@@ -382,16 +413,9 @@ def _cursor_state(cursor: str) -> _Pinned:
         and isinstance(filters, list)
         and len(filters) == 3
         and all(f is None or isinstance(f, str) for f in filters)
-        and isinstance(as_of, str)
     ):
         raise BadCursor
-    try:
-        instant = datetime.fromisoformat(as_of)
-    except ValueError:
-        raise BadCursor from None
-    if instant.tzinfo is None:
-        raise BadCursor
-    return _Pinned(_key(state["after"]), instant.astimezone(UTC), counts, filters)
+    return _Pinned(_key(state["after"]), cursor_instant(state["as_of"]), counts, filters)
 
 
 def _key(key: Any) -> tuple[str, str, str]:

@@ -141,6 +141,12 @@ def test_the_register_pages_in_the_order_received(ledger: ConsentLedger) -> None
     for bad in ("not-a-cursor", "W10", "WyJhIiwxLCJjIl0"):  # not base64 JSON; []; ["a",1,"c"]
         with pytest.raises(BadCursor):
             register(ledger, cursor=bad)
+    # A page's instant made up near the calendar's ends overflowed in UTC: a 500, not 422.
+    first = orjson.loads(base64.urlsafe_b64decode(register(ledger, limit=2)["next"] + "=="))
+    for instant in ("0001-01-01T00:00:00+05:00", "9999-12-31T23:00:00-05:00", "2025-01-01"):
+        made_up = base64.urlsafe_b64encode(orjson.dumps({**first, "as_of": instant})).decode()
+        with pytest.raises(BadCursor):
+            register(ledger, limit=2, cursor=made_up)
 
 
 def open_counts(ledger: ConsentLedger, by_kind: dict[str, int]) -> dict[str, int]:
