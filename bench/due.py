@@ -26,6 +26,7 @@ import sqlite3
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -61,35 +62,52 @@ def kept_days_policy() -> dict[str, Any]:
     return fact
 
 
-def whole(views: ConsentViews, policies: Any) -> dict[str, Any]:
+def due_as_of(
+    views: ConsentViews,
+    policies: Any,
+    at: datetime,
+    limit: int | None = None,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    """The demo tenant's due list as of `at`, a week ahead (30 days to answer a request)."""
     return due_list(
-        views, "demo", ASKED_AT, within=timedelta(days=7), request_days=30, policies=policies
+        views,
+        "demo",
+        at,
+        within=timedelta(days=7),
+        request_days=30,
+        policies=policies,
+        limit=limit,
+        cursor=cursor,
     )
 
 
-def paged(
-    views: ConsentViews, policies: Any, limit: int
+def whole(views: ConsentViews, policies: Any) -> dict[str, Any]:
+    return due_as_of(views, policies, ASKED_AT)
+
+
+def follow_pages(
+    ask: Callable[[str | None], dict[str, Any]],
 ) -> tuple[list[dict[str, Any]], list[float]]:
+    """Every page `ask` gives from the first (cursor None), each page's `next` followed to
+    the last, and each page's seconds."""
     pages: list[dict[str, Any]] = []
     seconds: list[float] = []
     cursor = None
     while True:
         t0 = time.perf_counter()
-        page = due_list(
-            views,
-            "demo",
-            ASKED_AT,
-            within=timedelta(days=7),
-            request_days=30,
-            policies=policies,
-            limit=limit,
-            cursor=cursor,
-        )
+        page = ask(cursor)
         seconds.append(time.perf_counter() - t0)
         pages.append(page)
         cursor = page["next"]
         if cursor is None:
             return pages, seconds
+
+
+def paged(
+    views: ConsentViews, policies: Any, limit: int
+) -> tuple[list[dict[str, Any]], list[float]]:
+    return follow_pages(lambda cursor: due_as_of(views, policies, ASKED_AT, limit, cursor))
 
 
 def plain(path: Path) -> int:

@@ -35,12 +35,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from bench.due import due_as_of, follow_pages
 from ledger.application import ConsentLedger
 from ledger.envelope import parse_fact
 from ledger.receipt import Receipt
 from ledger.settings import Settings
 from ledger.vocabulary import REQUEST_KINDS
-from projections.due import due_list
 from projections.rebuild import MAX_WORKERS, rebuild
 from projections.requests import open_request_counts, request_register
 from projections.store import ConsentViews
@@ -93,12 +93,8 @@ def paged(
     views: ConsentViews, policies: Any, limit: int, state: str | None
 ) -> tuple[list[dict[str, Any]], list[float]]:
     """Every page of the register, and each page's seconds."""
-    pages: list[dict[str, Any]] = []
-    seconds: list[float] = []
-    cursor = None
-    while True:
-        t0 = time.perf_counter()
-        page = request_register(
+    return follow_pages(
+        lambda cursor: request_register(
             views,
             "demo",
             ASKED_AT,
@@ -109,24 +105,6 @@ def paged(
             cursor=cursor,
             limit=limit,
         )
-        seconds.append(time.perf_counter() - t0)
-        pages.append(page)
-        cursor = page["next"]
-        if cursor is None:
-            return pages, seconds
-
-
-def due_of(views: ConsentViews, policies: Any, limit: int | None, cursor: str | None) -> Any:
-    """The due list as of ASKED_AT, a week ahead (30 days to answer a request)."""
-    return due_list(
-        views,
-        "demo",
-        ASKED_AT,
-        within=timedelta(days=7),
-        request_days=30,
-        policies=policies,
-        limit=limit,
-        cursor=cursor,
     )
 
 
@@ -189,19 +167,15 @@ def main(argv: list[str]) -> None:
                 open_rows = plain(store, PLAIN_OPEN, ())
                 plain_open_s.append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
-                due = due_of(views, tenant.policies, None, None)
+                due = due_as_of(views, tenant.policies, ASKED_AT)
                 due_whole_s.append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
-                cursor, joined, due_pages = None, [], 0
-                while True:
-                    page = due_of(views, tenant.policies, args.limit, cursor)
-                    joined += page["requests"]
-                    due_pages += 1
-                    cursor = page["next"]
-                    if cursor is None:
-                        break
+                due_paged, _ = follow_pages(
+                    lambda cursor: due_as_of(views, tenant.policies, ASKED_AT, args.limit, cursor)
+                )
                 due_paged_s.append(time.perf_counter() - t0)
-                if joined != due["requests"]:
+                due_pages = len(due_paged)
+                if [r for page in due_paged for r in page["requests"]] != due["requests"]:
                     raise SystemExit("the due list's pages of requests are not its whole list")
         finally:
             views.close()
