@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-import orjson
 import pytest
 
 from ledger.application import ConsentLedger
@@ -19,8 +18,8 @@ from ledger.envelope import parse_fact
 from ledger.policy import PolicyVersion
 from ledger.receipt import Receipt
 from projections import due
-from projections.due import due_list, erasable_past_retention
-from projections.requests import BadCursor
+from projections.due import LISTS, due_list, erasable_past_retention
+from projections.requests import BadCursor, encode_cursor
 from projections.store import ConsentViews
 from projections.views import Views
 from tests.facts import fact, grant, policy, request, terms, withdraw
@@ -343,44 +342,20 @@ def test_the_due_list_s_pages_make_up_the_whole_list(ledger: ConsentLedger) -> N
         views.close()
 
 
+def made_up(as_of: str, **lists: Any) -> str:
+    """A due-list cursor as a page's `next` is made, every list at its end unless given."""
+    return encode_cursor({"as_of": as_of, **dict.fromkeys(LISTS, "done"), **lists})
+
+
 @pytest.mark.parametrize(
     "cursor",
     [
         "not a cursor!",
         base64.urlsafe_b64encode(b"[1, 2]").decode(),
-        base64.urlsafe_b64encode(
-            orjson.dumps(
-                {
-                    "as_of": "2025-06-01T12:00:00",  # without an offset
-                    "requests": "done",
-                    "expiring_consents": "done",
-                    "past_retention": "done",
-                    "erasable": "done",
-                }
-            )
-        ).decode(),
-        base64.urlsafe_b64encode(
-            orjson.dumps(
-                {
-                    "as_of": "9999-12-31T23:59:59+00:00",  # the window would overflow
-                    "requests": "done",
-                    "expiring_consents": "done",
-                    "past_retention": "done",
-                    "erasable": "done",
-                }
-            )
-        ).decode(),
-        base64.urlsafe_b64encode(
-            orjson.dumps(
-                {
-                    "as_of": "2025-06-01T12:00:00+00:00",
-                    "requests": ["a", "b"],  # a key one part short
-                    "expiring_consents": "done",
-                    "past_retention": "done",
-                    "erasable": "done",
-                }
-            )
-        ).decode(),
+        made_up("2025-06-01T12:00:00"),  # without an offset
+        made_up("9999-12-31T23:59:59+00:00"),  # the window would overflow
+        made_up("0001-01-01T00:00:00+05:00"),  # before the calendar's start in UTC
+        made_up("2025-06-01T12:00:00+00:00", requests=["a", "b"]),  # a key one part short
     ],
 )
 def test_a_due_list_cursor_that_is_not_a_page_s_next_is_refused(
