@@ -15,16 +15,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ledger.policy import PolicyVersion
-from projections.requests import (
+from projections.cursors import (
     MAX_CURSOR_DAYS,
     BadCursor,
     cursor_instant,
-    deadline_of,
     decode_cursor,
     encode_cursor,
-    request_entry,
-    rows_after,
 )
+from projections.requests import deadline_of, request_entry, rows_after
 from projections.store import ConsentViews, parse_utc, utc
 
 LISTS = ("requests", "expiring_consents", "past_retention", "erasable")

@@ -12,6 +12,7 @@ import orjson
 from ledger.codec import isoformat
 from ledger.consent import EXPIRED, WITHDRAWN, PurposeState, consent_at
 from projections.consent_projection import correction_from_row, entry_from_row
+from projections.cursors import BadCursor, cursor_instant, decode_cursor, encode_cursor
 from projections.store import ConsentViews, parse_utc, utc
 
 FAR_FUTURE = "9999-12-31T23:59:59.999999+00:00"
@@ -70,6 +71,94 @@ def who_had_consent(
     if version:
         sql = sql.replace(" AND i.sid>? ", " AND i.policy_version=? AND i.sid>? ")
     return [r[0] for r in views.rows(sql, params, tuples=True)]
+
+
+def who_had_consent_page(
+    views: ConsentViews,
+    tenant: str,
+    purpose: str,
+    at: datetime | None,
+    known_at: datetime | None,
+    *,
+    cursor: str | None,
+    limit: int,
+    policy_version: str | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """A page of who had consent: the answer of `GET /v1/purposes/{purpose}/subjects` and of
+    `consent-ledger who`.
+
+    The first page answers for `at` (default `now`) as known at `known_at` (default: as
+    known now), and its `next` holds its last sid with that instant, the moment it was
+    known at (`now`, the moment the views were read, when none was given), the purpose and
+    the policy version. Every page after it answers that same question. Its pages used to
+    hold a sid alone: a list paged through without `as_of` moved its instant with each
+    page, so a person who withdrew while a campaign's list was fetched was listed by the
+    pages before and left out by those after, and a late withdrawal recorded meanwhile
+    changed the pages after it only. A cursor given with another instant, moment, purpose
+    or version is refused (BadCursor); a sid, the cursor before these, is still a place to
+    go on from, answered for the instants given with it.
+    """
+    after = ""
+    if cursor is not None and _is_sid(cursor):
+        after = cursor
+    elif cursor is not None:
+        state = decode_cursor(cursor)
+        if type(state) is not dict or set(state) != {"after", "as_of", "known_at", "of"}:
+            raise BadCursor
+        if not _is_sid(state["after"]) or state["of"] != [purpose, policy_version]:
+            raise BadCursor
+        pinned_at, pinned_known = (
+            _as_written(state["as_of"]),
+            _as_written(state["known_at"]),
+        )
+        if (at is not None and at != pinned_at) or (
+            known_at is not None and known_at != pinned_known
+        ):
+            raise BadCursor
+        after, at, known_at = state["after"], pinned_at, pinned_known
+    at = now if at is None else at
+    # One more than the page, to know whether another follows: a full last page used to
+    # give a `next` whose page was empty.
+    sids = who_had_consent(
+        views,
+        tenant,
+        purpose,
+        at,
+        known_at,
+        after=after,
+        limit=limit + 1,
+        policy_version=policy_version,
+    )
+    following = None
+    if len(sids) > limit:
+        del sids[limit:]
+        pin = {
+            "after": sids[-1],
+            "as_of": at.isoformat(),
+            "known_at": (known_at or now).isoformat(),
+            "of": [purpose, policy_version],
+        }
+        following = encode_cursor(pin)
+    return {
+        "purpose": purpose,
+        "as_of": at.isoformat(),
+        "known_at": known_at.isoformat() if known_at else None,
+        "policy_version": policy_version,
+        "sids": sids,
+        "next": following,
+    }
+
+
+def _is_sid(value: Any) -> bool:
+    return type(value) is str and len(value) == 32 and all(c in "0123456789abcdef" for c in value)
+
+
+def _as_written(text: Any) -> datetime:
+    """A cursor's instant with the offset its first page was asked in (checked as every
+    cursor's instant is: `cursor_instant`), so that its pages say it as that page did."""
+    cursor_instant(text)
+    return datetime.fromisoformat(text)
 
 
 def consent_summary(

@@ -8,18 +8,15 @@ deadline follows the same rule as the due list (`deadline`), so the two never di
 
 from __future__ import annotations
 
-import base64
-import binascii
 import csv
 import io
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal, NamedTuple
-
-import orjson
 
 from ledger.policy import PolicyVersion, version_in_force
 from ledger.vocabulary import REQUEST_KINDS, REQUEST_STATES
+from projections.cursors import BadCursor, cursor_instant, decode_cursor, encode_cursor
 from projections.store import ConsentViews, parse_utc, utc
 from projections.trail import text_cell
 
@@ -27,46 +24,6 @@ RequestState = Literal["open", "overdue", "closed", "closed_late"]
 RequestKind = Literal["information", "rectification", "erasure", "withdrawal", "objection"]
 # The route's choices, spelled out for the OpenAPI document: the vocabulary's (a test holds
 # them to it).
-
-
-class BadCursor(ValueError):
-    """A cursor that is not the `next` of an earlier page."""
-
-
-def encode_cursor(state: Any) -> str:
-    """A page's `next`: its state as JSON, in URL-safe base64 without padding."""
-    return base64.urlsafe_b64encode(orjson.dumps(state)).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> Any:
-    """The state a cursor holds (`encode_cursor`), or BadCursor."""
-    try:
-        return orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (binascii.Error, ValueError):  # orjson.JSONDecodeError is a ValueError
-        raise BadCursor from None
-
-
-def cursor_instant(text: Any) -> datetime:
-    """A cursor's instant, in UTC: a page's `as_of`, a moment the service lived through.
-    One made up near the calendar's ends would overflow when moved to UTC or a window
-    added to it, a 500 for a bad cursor, so it is refused."""
-    if not isinstance(text, str):
-        raise BadCursor
-    try:
-        instant = datetime.fromisoformat(text)
-        if instant.tzinfo is None:
-            raise BadCursor
-        instant = instant.astimezone(UTC)
-        instant + timedelta(days=MAX_CURSOR_DAYS)
-        instant - timedelta(days=MAX_CURSOR_DAYS)
-    except (ValueError, OverflowError):
-        raise BadCursor from None
-    return instant
-
-
-# How far from a cursor's instant the answers reach: the due list's widest window, and a
-# register's deadlines of days (both bounded well within this).
-MAX_CURSOR_DAYS = 3650
 
 
 def deadline(

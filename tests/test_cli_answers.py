@@ -74,7 +74,7 @@ CASES: list[tuple[str, tuple[str, ...], str, Any, tuple[str, ...]]] = [
         ("who", "--purpose", "marketing", "--at", AT, "--limit", "3"),
         "/v1/purposes/marketing/subjects?as_of=2025-03-01T00:00:00%2B05:00&limit=3",
         None,
-        ("at",),
+        ("at", "next"),  # the cursor holds the moment its first page was asked
     ),
     (
         "who --summary",

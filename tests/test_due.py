@@ -18,8 +18,8 @@ from ledger.envelope import parse_fact
 from ledger.policy import PolicyVersion
 from ledger.receipt import Receipt
 from projections import due
+from projections.cursors import BadCursor, encode_cursor
 from projections.due import LISTS, due_list, erasable_past_retention
-from projections.requests import BadCursor, encode_cursor
 from projections.store import ConsentViews
 from projections.views import Views
 from tests.facts import fact, grant, policy, request, terms, withdraw

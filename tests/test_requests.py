@@ -26,9 +26,9 @@ from ledger.policy import seed_policy_fact
 from ledger.receipt import Receipt
 from ledger.settings import Settings
 from ledger.vocabulary import REQUEST_KINDS, REQUEST_STATES
+from projections.cursors import BadCursor
 from projections.due import OPEN_REQUESTS
 from projections.requests import (
-    BadCursor,
     RequestKind,
     RequestState,
     open_request_counts,

@@ -19,15 +19,15 @@ from ledger.envelope import parse_known_at, parse_time
 from ledger.policy import PolicyVersion, policy_changes, policy_text, previous_version
 from ledger.tenant import Tenant
 from ledger.verify import verify_ledger
+from projections.cursors import BadCursor
 from projections.due import due_list
 from projections.queries import (
     check_recipients,
     check_report,
     consent_summary,
-    who_had_consent,
+    who_had_consent_page,
 )
 from projections.requests import (
-    BadCursor,
     RequestKind,
     RequestState,
     register_csv,
@@ -91,7 +91,7 @@ def subjects_with_consent(
     disclose: Annotated[Disclosed, Depends(disclosed)],
     as_of: Annotated[str | None, Query()] = None,
     known_at: Annotated[str | None, Query()] = None,
-    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    cursor: Annotated[str | None, Query(max_length=1024)] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     policy_version: Annotated[str | None, Query(max_length=128)] = None,
 ) -> dict[str, Any]:
@@ -99,41 +99,35 @@ def subjects_with_consent(
     `known_at` (default now), in sid order, `limit` a page; `next` is the cursor of the
     page after, null on the last. With `policy_version`, only those whose consent in force
     was given under that version: after a new version (§9), who has not consented under it
-    (an unknown version: 422 `unknown_policy_version`). The cursor is a position, not an
-    instant: pages asked without `as_of` (or `known_at`) each answer for the moment they are
-    asked, so to page through one instant, pass the first page's `as_of` (and a
-    `known_at`) with every page."""
-    at = parse_time(as_of, "as_of") if as_of else datetime.now(UTC)
+    (an unknown version: 422 `unknown_policy_version`). Every page after the first answers
+    for the first page's instant as known at the moment the first page was asked (its
+    `known_at` then names that moment), whatever was recorded since: the cursor holds
+    them, its purpose and its `policy_version`. Given with another `as_of`, `known_at` or
+    `policy_version` (or of another purpose), a cursor is refused: 422 `invalid_cursor`."""
+    at = parse_time(as_of, "as_of") if as_of else None
     known = parse_known_at(known_at, "known_at", svc.ledger.settings.max_future_skew_s)
-    if cursor is not None and (
-        len(cursor) != 32 or not all(c in "0123456789abcdef" for c in cursor)
-    ):
-        raise invalid_cursor()
     _known_purpose(svc, principal.tenant, purpose, 404, None)
     if policy_version is not None:
         tenant = svc.ledger.tenant(principal.tenant, shared=True)
         assert tenant is not None  # _known_purpose found it
         tenant.policy(policy_version)  # 422 unknown_policy_version, as for a fact
     svc.views.refresh()
-    sids = who_had_consent(
-        svc.views.store,
-        principal.tenant,
-        purpose,
-        at,
-        known,
-        after=cursor or "",
-        limit=limit,
-        policy_version=policy_version,
-    )
-    disclose(sids)
-    return {
-        "purpose": purpose,
-        "as_of": at.isoformat(),
-        "known_at": known.isoformat() if known else None,
-        "policy_version": policy_version,
-        "sids": sids,
-        "next": sids[-1] if len(sids) == limit else None,
-    }
+    try:
+        page = who_had_consent_page(
+            svc.views.store,
+            principal.tenant,
+            purpose,
+            at,
+            known,
+            cursor=cursor,
+            limit=limit,
+            policy_version=policy_version,
+            now=datetime.now(UTC),
+        )
+    except BadCursor:
+        raise invalid_cursor() from None
+    disclose(page["sids"])
+    return page
 
 
 @router.get(

@@ -73,7 +73,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--purpose", required=True)
     p.add_argument("--at", required=True)
     p.add_argument("--known-at")
-    p.add_argument("--after", help="continue after this sid (the previous page's 'next')")
+    p.add_argument(
+        "--after",
+        help="the previous page's 'next' (its pages answer for its --at and --known-at)",
+    )
     p.add_argument("--limit", type=whole(1, 10_000), default=1000)
     p.add_argument(
         "--policy-version",
@@ -127,7 +130,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def cmd_requests(args: argparse.Namespace, settings: Settings) -> int:
     """GET /v1/requests from the command line (projections.requests)."""
-    from projections.requests import BadCursor, register_csv, request_register
+    from projections.cursors import BadCursor
+    from projections.requests import register_csv, request_register
 
     start = parse_time(args.received_from, "--from") if args.received_from else None
     end = parse_time(args.received_to, "--to") if args.received_to else None
@@ -324,13 +328,12 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_who(args: argparse.Namespace, settings: Settings) -> int:
-    from projections.queries import consent_summary, who_had_consent
+    from projections.cursors import BadCursor
+    from projections.queries import consent_summary, who_had_consent_page
     from projections.views import Views
 
     at = parse_time(args.at, "--at")
     known_at = parse_known_at(args.known_at, "--known-at", settings.max_future_skew_s)
-    if args.after and not all(c in "0123456789abcdef" for c in args.after):
-        raise CliError("--after takes a sid (the last one of the previous page)")
     if args.summary and (args.after or args.policy_version):
         raise CliError("--summary counts every version at once: no --after or --policy-version")
     ledger = open_ledger(settings)
@@ -358,33 +361,32 @@ def cmd_who(args: argparse.Namespace, settings: Settings) -> int:
             except FactRejected as unknown:
                 raise CliError(f"{unknown.code.value}: {unknown.message}", EXIT_NOT_FOUND) from None
         views.refresh()
-        sids = who_had_consent(
-            views.store,
-            args.tenant,
-            args.purpose,
-            at,
-            known_at,
-            after=args.after or "",
-            limit=args.limit,
-            policy_version=args.policy_version,
-        )
+        try:
+            page = who_had_consent_page(
+                views.store,
+                args.tenant,
+                args.purpose,
+                at,
+                known_at,
+                cursor=args.after,
+                limit=args.limit,
+                policy_version=args.policy_version,
+                now=datetime.now(UTC),
+            )
+        except BadCursor:
+            raise CliError(
+                "--after takes the 'next' of a previous page, with its --purpose, --at, "
+                "--known-at and --policy-version"
+            ) from None
     finally:
         views.close()
         ledger.close()
     # The route's answer (`GET /v1/purposes/{purpose}/subjects`), and `at` as before.
-    page = {
-        "purpose": args.purpose,
-        "as_of": at.isoformat(),
-        "known_at": known_at.isoformat() if known_at else None,
-        "policy_version": args.policy_version,
-        "sids": sids,
-        "next": sids[-1] if len(sids) == args.limit else None,
-        "at": at.isoformat(),
-    }
+    page["at"] = page["as_of"]
     if args.json:
         print_json(page)
     else:
-        print("\n".join(sids))  # the views' own hex: nothing in them can act
+        print("\n".join(page["sids"]))  # the views' own hex: nothing in them can act
         if page["next"]:
             # A full page: more may follow. Said on stderr, so stdout stays a list of sids,
             # but said: a count of these lines stopped silently at the default 1,000.
@@ -394,8 +396,8 @@ def cmd_who(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_due(args: argparse.Namespace, settings: Settings) -> int:
 
+    from projections.cursors import BadCursor
     from projections.due import due_list
-    from projections.requests import BadCursor
 
     if args.as_of and args.after:
         raise CliError("--after continues at its own instant: give it without --as-of")
