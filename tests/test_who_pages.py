@@ -5,6 +5,8 @@ HTTP and from the CLI)."""
 from __future__ import annotations
 
 import contextlib
+import itertools
+import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -14,15 +16,24 @@ from urllib.parse import quote
 import orjson
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 from api.app import create_app, keys_path
 from api.keys import ApiKeys
 from ledger.application import ConsentLedger
 from ledger.envelope import parse_fact
+from ledger.receipt import Receipt
 from ledger.settings import Settings
+from projections.consent_projection import ConsentProjection
 from projections.cursors import encode_cursor
+from projections.queries import who_had_consent_page
+from projections.runner import catch_up
+from projections.store import ConsentViews
 from tests.cli_support import run
 from tests.facts import grant, withdraw
+from tests.histories import BASE, PURPOSES, SUBJECTS, Reference, hours, in_batches, init_ledger
+from tests.views_support import erased_by, histories
 
 PEOPLE = [f"page-{n}" for n in range(6)]
 GRANTED_AT = "2025-03-01T10:00:00+05:00"
@@ -211,3 +222,98 @@ def test_who_pages_on_from_the_cursor_it_prints(tmp_path: Path) -> None:
         assert "--after takes the 'next' of a previous page" in refused.stderr
     moved = run(data, "who", *at[:-1], "2025-06-02T00:00:00Z", "--after", cursor)
     assert moved.returncode == 2 and "--after takes" in moved.stderr
+
+
+NO_TRANSFERS = {"third_party_transfer": False, "cross_border_transfer": False}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    ops=histories["ops"],
+    cuts=histories["cuts"],
+    first=st.integers(min_value=0, max_value=3),
+    hour=hours,
+    limit=st.sampled_from([1, 1, 2]),
+    purpose=st.sampled_from(PURPOSES),
+)
+def test_pages_list_who_the_raw_facts_known_at_the_first_page_say(
+    ops: list[dict[str, Any]],
+    cuts: list[int],
+    first: int,
+    hour: int,
+    limit: int,
+    purpose: str,
+) -> None:
+    """Random histories, of which some batches are recorded before the first page and the
+    rest one batch between each page and the next (grants, withdrawals, late facts,
+    corrections, erasures): the pages together list, in sid order and each once, the
+    subjects that a plain fold of the facts recorded before the first page says had
+    consent at its instant."""
+    batches = list(in_batches(ops, cuts))
+    # Each subject granted every purpose at the start, so that most pages list someone and
+    # the random facts after it withdraw, correct, erase and grant again.
+    start = [
+        grant(
+            s, tuple(PURPOSES), occurred_at=BASE.isoformat(), event_id=f"start-{s}", **NO_TRANSFERS
+        )
+        for s in SUBJECTS
+    ]
+    before, between = [start, *batches[:first]], iter(batches[first:])
+    at = BASE + timedelta(hours=hour)
+    with tempfile.TemporaryDirectory() as tmp:
+        ledger = ConsentLedger(Settings(data_dir=Path(tmp) / "data"))
+        views = ConsentViews.open(Path(tmp) / "views.db")
+        projection = ConsentProjection(view=views)
+        accepted: list[tuple[datetime, dict[str, Any]]] = []
+
+        def record(batch: list[dict[str, Any]]) -> None:
+            outcomes = ledger.record([parse_fact(f) for f in batch])
+            for f, outcome in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, Receipt) and not outcome.duplicate:
+                    accepted.append((datetime.fromisoformat(outcome.recorded_at), f))
+            catch_up(ledger, projection)
+
+        try:
+            init_ledger(ledger)
+            for batch in before:
+                record(batch)
+            asked = datetime.now(UTC)
+
+            def page(cursor: str | None) -> dict[str, Any]:
+                return who_had_consent_page(
+                    views,
+                    "demo",
+                    purpose,
+                    at if cursor is None else None,
+                    None,
+                    cursor=cursor,
+                    limit=limit,
+                    policy_version=None,
+                    now=asked if cursor is None else datetime.now(UTC),
+                )
+
+            answer = page(None)
+            listed = list(answer["sids"])
+            recorded_between = 0
+            while answer["next"] is not None:
+                for batch in itertools.islice(between, 1):
+                    record(batch)
+                    recorded_between += 1
+                answer = page(answer["next"])
+                listed += answer["sids"]
+            event(f"batches recorded between pages: {min(recorded_between, 2)}")
+            event(f"listed {len(listed)}")
+            reference = Reference()
+            for recorded, f in accepted:
+                if recorded <= asked:
+                    reference.record(f)
+            expected = {
+                ledger.sid("demo", s).hex
+                for s in SUBJECTS
+                if reference.state(s, purpose, at) == "granted"
+                and not erased_by(accepted, s, at, asked)
+            }
+            assert listed == sorted(expected)
+        finally:
+            views.close()
+            ledger.close()

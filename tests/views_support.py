@@ -105,7 +105,7 @@ def views_agree(
                     ledger.sid("demo", s).hex
                     for s in SUBJECTS
                     if reference.state(s, purpose, at) == "granted"
-                    and not _erased_by(accepted, s, at, known_at)
+                    and not erased_by(accepted, s, at, known_at)
                 }
                 # A list: in sid order, each subject once.
                 assert who_had_consent(views, "demo", purpose, at, known_at) == sorted(expected)
@@ -159,7 +159,7 @@ def views_agree(
         ledger.close()
 
 
-def _erased_by(
+def erased_by(
     accepted: list[tuple[datetime, dict[str, Any]]],
     subject: str,
     at: datetime,
@@ -186,7 +186,7 @@ def _reason(
         f["subject"] == subject and (known_at is None or r <= known_at) for r, f in accepted
     ):
         return "unknown_subject"
-    if _erased_by(accepted, subject, at, known_at):
+    if erased_by(accepted, subject, at, known_at):
         return "erased"
     state = reference.state(subject, purpose, at)
     return {"none": "never_granted"}.get(state, state)
