@@ -100,13 +100,13 @@ def who_had_consent_page(
     go on from, answered for the instants given with it.
     """
     after = ""
-    if cursor is not None and _is_sid(cursor):
+    if cursor is not None and is_sid(cursor):
         after = cursor
     elif cursor is not None:
         state = decode_cursor(cursor)
         if type(state) is not dict or set(state) != {"after", "as_of", "known_at", "of"}:
             raise BadCursor
-        if not _is_sid(state["after"]) or state["of"] != [purpose, policy_version]:
+        if not is_sid(state["after"]) or state["of"] != [purpose, policy_version]:
             raise BadCursor
         pinned_at, pinned_known = (
             _as_written(state["as_of"]),
@@ -150,7 +150,8 @@ def who_had_consent_page(
     }
 
 
-def _is_sid(value: Any) -> bool:
+def is_sid(value: Any) -> bool:
+    """Whether `value` is a sid as the views hold it: 32 lower-case hex digits."""
     return type(value) is str and len(value) == 32 and all(c in "0123456789abcdef" for c in value)
 
 

@@ -483,6 +483,16 @@ def test_query_errors(world: World) -> None:
         json={"purpose": "marketing", "at": "9999-12-31T23:59:59-14:00", "sids": [sid]},
     )
     assert far_check.status_code == 422 and far_check.json()["code"] == "invalid_timestamp"
+    at = "2025-03-02T00:00:00Z"
+    for sids, status in (([sid.upper()], 200), ([sid[:-1] + "g"], 422), ([sid + "0"], 422)):
+        checked = world.client.post(
+            "/v1/consents:check",
+            headers=headers,
+            json={"purpose": "marketing", "at": at, "sids": sids},
+        )
+        assert checked.status_code == status, (sids, checked.text)
+        if status == 422:
+            assert checked.json()["detail"] == "a sid is 32 hex digits", checked.json()
     bad_cursor = world.client.get("/v1/purposes/marketing/subjects?cursor=zz", headers=headers)
     assert bad_cursor.status_code == 422 and bad_cursor.json()["code"] == "invalid_cursor"
     bad_due = world.client.get("/v1/due?limit=5&cursor=zz", headers=headers)

@@ -25,6 +25,7 @@ from projections.queries import (
     check_recipients,
     check_report,
     consent_summary,
+    is_sid,
     who_had_consent_page,
 )
 from projections.requests import (
@@ -70,7 +71,7 @@ def check(
         sids = [svc.ledger.sid(principal.tenant, s).hex for s in body.subjects]
     else:
         sids = [s.lower() for s in body.sids or []]
-        if any(len(s) != 32 or not all(c in "0123456789abcdef" for c in s) for s in sids):
+        if not all(is_sid(s) for s in sids):
             raise Problem(422, "invalid_field", "a sid is 32 hex digits", "sids")
     _known_purpose(svc, principal.tenant, body.purpose, 422, "purpose")
     svc.views.refresh()
