@@ -41,7 +41,9 @@ QUESTION = "/v1/purposes/marketing/subjects"
 
 
 class Asker:
-    def __init__(self, client: TestClient, ledger_sids: dict[str, str], keys: dict[str, str]):
+    def __init__(
+        self, client: TestClient, ledger_sids: dict[str, str], keys: dict[str, str]
+    ) -> None:
         self.client = client
         self.sid = ledger_sids  # person -> sid
         self.reader = {"Authorization": f"Bearer {keys['compliance']}"}
