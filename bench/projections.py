@@ -17,6 +17,7 @@ import os
 import platform
 import random
 import resource
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -181,15 +182,19 @@ import runpy, sys
 sys.argv = ["consent-ledger", "verify", "--json"]
 runpy.run_module("ledger.cli", run_name="__main__")
 """
-# A server's views catching up an empty store, in log order (`Views.refresh`): prints its
-# seconds. In a process of its own for its peak memory, the views' cache's (its bound is
-# LEDGER_VIEWS_CACHE_FACTS, taken from the environment).
+# A server's views bringing an empty store up to date (`Views.refresh`): prints its seconds.
+# In a process of its own for its peak memory, the views' cache's (its bound is
+# LEDGER_VIEWS_CACHE_FACTS, taken from the environment). A second argument sets
+# FILL_BY_REPLAY_FROM: past the log's length, the store is caught up in log order.
 CATCH_UP = """
 import sys, time
 from pathlib import Path
 from ledger.application import ConsentLedger
 from ledger.settings import Settings
+import projections.views
 from projections.views import Views
+if len(sys.argv) > 2:
+    projections.views.FILL_BY_REPLAY_FROM = int(sys.argv[2])
 ledger = ConsentLedger(Settings.from_env())
 views = Views(ledger, Path(sys.argv[1]))
 t0 = time.perf_counter()
@@ -427,14 +432,25 @@ def main(argv: list[str]) -> None:
         check_again = statistics.median(timed(check_view)[1] for _ in range(5))
         views.close()
 
-        # What a server does with an empty views store: catch up in log order, a page per
+        # What a server did with an empty views store before 2026-12-04, and still does
+        # with a log shorter than FILL_BY_REPLAY_FROM: catch up in log order, a page per
         # transaction, the store positioned after each.
         out, _, caught_up_mib = in_a_process(
             CATCH_UP,
-            [str(Path(tmp) / "caught-up.db")],
+            [str(Path(tmp) / "caught-up.db"), str(2**62)],
             env,
         )
         caught_up = float(out)
+        # What it does now with a log this long (and here at any length): fill the store
+        # by replay, copied in.
+        out, _, filled_mib = in_a_process(CATCH_UP, [str(Path(tmp) / "filled.db"), "0"], env)
+        filled = float(out)
+        with sqlite3.connect(Path(tmp) / "filled.db") as db:
+            [(position,)] = db.execute("SELECT MAX(notification_id) FROM tracking").fetchall()
+        db.close()
+        assert position == log_entries, (position, log_entries)
+        for leftover in Path(tmp).glob("filled.db*"):
+            leftover.unlink()
         # The campaign check asked first of that store, laid out in log order as a server's
         # own store is (replay lays out its store table by table: projections.rebuild).
         if args.cold:
@@ -505,6 +521,10 @@ def main(argv: list[str]) -> None:
     print(
         f"{'catch-up of an empty store (views)':<40} {log_entries / caught_up:>11,.0f} /s"
         f"                (peak memory {caught_up_mib:,.0f} MiB)"
+    )
+    print(
+        f"{'  filled by replay (its first question)':<40} {log_entries / filled:>11,.0f} /s"
+        f"                (peak memory {filled_mib:,.0f} MiB, the asking process)"
     )
     print(
         f"{'catch-up, one subject sent newest first':<40} {imported / imported_s:>11,.0f} /s "

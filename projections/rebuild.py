@@ -75,7 +75,7 @@ def rebuild(
     if workers is not None and workers > 1 and ledger.settings.backend == "kafka":
         raise ValueError("in Kafka mode replay reads the ledger topic in one process")
     partial = target.with_name(target.name + ".partial")
-    _remove(partial)
+    remove_store(partial)
     by_subject = ledger.settings.backend != "kafka"
     # Built subject by subject, the store is only ever written, never read, until complete:
     # its secondary indexes are made once all rows are in (`lay_out`, below). Caught up in
@@ -107,11 +107,11 @@ def rebuild(
         if not built:
             # Half a store is of no use (the next replay starts it again), and after a full
             # disk it would keep the space the operator needs to free.
-            _remove(partial)
+            remove_store(partial)
     # Closing the last connection moves the write-ahead log into the file and deletes it.
     if Path(f"{partial}-wal").exists():
         raise RuntimeError(f"{partial} kept a write-ahead log after closing")
-    _remove(Path(f"{partial}-shm"))
+    remove_store(Path(f"{partial}-shm"))
     fsync_path(partial)
     os.replace(partial, target)
     fsync_path(target.parent)
@@ -233,6 +233,7 @@ def _result_of(process: Any, receiver: Connection) -> int:
     return int(read)
 
 
-def _remove(path: Path) -> None:
+def remove_store(path: Path) -> None:
+    """Delete an SQLite file with its write-ahead log and shared-memory index, if there."""
     for leftover in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
         leftover.unlink(missing_ok=True)

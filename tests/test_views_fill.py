@@ -1,0 +1,129 @@
+"""An empty views store over a long embedded log is filled by replay and copied in, not
+caught up fact by fact; the answers are the same, and so are another reader's."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ledger.application import ConsentLedger
+from ledger.demo import demo_stream
+from ledger.envelope import parse_fact
+from ledger.settings import Settings
+from projections import rebuild as rebuild_module
+from projections import views as views_module
+from projections.consent_projection import ConsentProjection
+from projections.runner import APPLICATION, catch_up
+from projections.store import ConsentViews
+from projections.views import Views, fill_by_replay
+from tests.facts import grant, withdraw
+from tests.views_support import dump
+
+PEOPLE = [f"fill-{n}" for n in range(40)]
+
+
+def record(ledger: ConsentLedger, facts: list[dict[str, Any]]) -> None:
+    ledger.record([parse_fact(f) for f in facts])
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Any:
+    app = ConsentLedger(Settings(data_dir=tmp_path / "data"))
+    app.init_demo()
+    record(app, demo_stream(subjects=300))
+    yield app
+    app.close()
+
+
+def caught_up(ledger: ConsentLedger, path: Path) -> tuple[ConsentViews, ConsentProjection]:
+    """The same log's views caught up in log order: what the answers must equal."""
+    store = ConsentViews.open(path)
+    projection = ConsentProjection(view=store)
+    catch_up(ledger, projection)
+    return store, projection
+
+
+def runs_of_pages(path: Path, name: str) -> int:
+    """In how many runs of consecutive pages the table or index `name` lies in the file."""
+    db = sqlite3.connect(path)
+    try:
+        [(runs,)] = db.execute(
+            "WITH p AS (SELECT pageno - ROW_NUMBER() OVER (ORDER BY pageno) AS run FROM dbstat "
+            "WHERE name = ?) SELECT COUNT(DISTINCT run) FROM p",
+            (name,),
+        ).fetchall()
+    finally:
+        db.close()
+    return int(runs)
+
+
+def test_an_empty_store_over_a_long_log_is_filled_by_replay(
+    ledger: ConsentLedger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    monkeypatch.setattr(views_module, "FILL_BY_REPLAY_FROM", 100)
+    monkeypatch.setattr(rebuild_module, "PARALLEL_FROM", 100)  # a process per core, as at scale
+    views = Views(ledger)
+    with caplog.at_level(logging.INFO, logger="consent_ledger.projections"):
+        views.refresh()
+    assert "the empty views were filled by replay" in caplog.text
+    reference, projection = caught_up(ledger, tmp_path / "caught-up.db")
+    assert dump(views.store) == dump(reference)
+    assert views.store.max_tracking_id(APPLICATION) == ledger.recorder.max_notification_id()
+    # Laid out as replay lays a store out, each in one run of pages; caught up in log order,
+    # the same index lies in many.
+    path = ledger.settings.views_path
+    assert runs_of_pages(path, "view_intervals_by_subject") == 1
+    assert runs_of_pages(tmp_path / "caught-up.db", "view_intervals_by_subject") > 1
+    # Facts recorded later are caught up on top, by the same store, without replaying again.
+    record(ledger, [grant(p) for p in PEOPLE])
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="consent_ledger.projections"):
+        assert views.refresh() == len(PEOPLE)
+    assert "filled by replay" not in caplog.text
+    catch_up(ledger, projection)
+    assert dump(views.store) == dump(reference)
+    views.close()
+    reference.close()
+    assert not [p.name for p in path.parent.iterdir() if ".replayed-" in p.name]
+
+
+def test_a_short_log_is_caught_up_in_log_order(
+    ledger: ConsentLedger, tmp_path: Path, caplog: Any
+) -> None:
+    views = Views(ledger)
+    with caplog.at_level(logging.INFO, logger="consent_ledger.projections"):
+        views.refresh()
+    assert "filled by replay" not in caplog.text  # fewer entries than FILL_BY_REPLAY_FROM
+    reference, _ = caught_up(ledger, tmp_path / "caught-up.db")
+    assert dump(views.store) == dump(reference)
+    views.close()
+    reference.close()
+
+
+def test_a_reader_whose_store_was_filled_under_it_reads_on_from_the_fill(
+    ledger: ConsentLedger, tmp_path: Path
+) -> None:
+    """Another process had caught the store up part of the way, holding its subjects'
+    states in its cache, when one that found it empty filled it: the first reads on from
+    the fill's position, its cache dropped. Its cached states were of fewer facts than the
+    fill's: applied on them, the withdrawals after would have written intervals without the
+    second grants."""
+    path = ledger.settings.views_path
+    record(ledger, [grant(p, ("marketing",)) for p in PEOPLE])
+    other = ConsentViews.open(path)
+    projection = ConsentProjection(view=other)
+    catch_up(ledger, projection)
+    assert projection.cache_held()[0] > 0
+    record(ledger, [grant(p, ("support",)) for p in PEOPLE])
+    fill_by_replay(ledger, path)
+    later = "2025-03-02T10:00:00+05:00"
+    record(ledger, [withdraw(p, ("marketing", "support"), occurred_at=later) for p in PEOPLE[::2]])
+    catch_up(ledger, projection)
+    reference, _ = caught_up(ledger, tmp_path / "caught-up.db")
+    assert dump(other) == dump(reference)
+    other.close()
+    reference.close()
