@@ -141,6 +141,7 @@ def fill_by_replay(ledger: ConsentLedger, path: Path) -> int:
     both find the store empty both replay; the later copy stays, each a store of this log at
     a position of it.
     """
+    _remove_abandoned(path)
     replayed = path.with_name(f"{path.name}.replayed-{os.getpid()}")
     remove_store(replayed)
     try:
@@ -154,3 +155,19 @@ def fill_by_replay(ledger: ConsentLedger, path: Path) -> int:
     finally:
         remove_store(replayed)
     return read
+
+
+def _remove_abandoned(path: Path) -> None:
+    """Remove what fills of this store by processes no longer running left (a server
+    killed while filling): a replayed store is as large as the views, and nothing else
+    would ever remove it. A running process's fill is left alone."""
+    for leftover in path.parent.glob(f"{path.name}.replayed-*"):
+        pid = leftover.name.removeprefix(f"{path.name}.replayed-").split(".")[0].split("-")[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            leftover.unlink(missing_ok=True)
+        except PermissionError:
+            pass  # running, as another user

@@ -4,7 +4,10 @@ caught up fact by fact; the answers are the same, and so are another reader's.""
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +130,22 @@ def test_a_reader_whose_store_was_filled_under_it_reads_on_from_the_fill(
     assert dump(other) == dump(reference)
     other.close()
     reference.close()
+
+
+def test_a_fill_removes_what_a_killed_fill_left(ledger: ConsentLedger) -> None:
+    """A server killed while filling left its replayed store (as large as the views) and
+    nothing would ever remove it; a running process's fill is left alone."""
+    ended = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead = int(ended.stdout)
+    path = ledger.settings.views_path
+    ConsentViews.open(path).close()
+    names = [
+        f"{path.name}.replayed-{dead}{end}" for end in ("", "-wal", ".partial", ".partial-shm")
+    ]
+    running = f"{path.name}.replayed-{os.getppid()}.partial"
+    for name in [*names, running]:
+        (path.parent / name).write_bytes(b"left")
+    fill_by_replay(ledger, path)
+    assert sorted(p.name for p in path.parent.glob(f"{path.name}.replayed-*")) == [running]
