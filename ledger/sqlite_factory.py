@@ -45,6 +45,11 @@ class StatementCachingPool(SQLiteConnectionPool):
     A/B runs of 2026-12-01, so the views' pool alone checkpoints less often.
     """
 
+    # Whether the file is put in WAL mode, as the library does. Only a store being built,
+    # which nobody reads and which is deleted if the build fails, goes without
+    # (projections.store.ViewsDatastore).
+    write_ahead_log = True
+
     def _create_connection(self) -> SQLiteConnection:
         # The library's connection (eventsourcing.sqlite.SQLiteConnectionPool), but for the
         # size of the statement cache.
@@ -59,7 +64,7 @@ class StatementCachingPool(SQLiteConnectionPool):
             )
         except (sqlite3.Error, TypeError) as e:
             raise InterfaceError(e) from e
-        if not self.is_sqlite_memory_mode and not self.is_journal_mode_wal:
+        if self.write_ahead_log and not self.is_sqlite_memory_mode and not self.is_journal_mode_wal:
             mode = c.execute("PRAGMA journal_mode;").fetchone()[0]
             if mode.lower() != "wal":
                 c.execute("PRAGMA journal_mode=WAL;")

@@ -10,7 +10,8 @@ later fact closes.
 
 Subjects are independent, so the build is split by range of aggregate id over one process per
 core, all writing into the one temporary store (SQLite takes their transactions in turn) and
-all reading the log as of the same position. Decoding and folding, most of replay's work, run
+all reading the log as of the same position. That store is written without a write-ahead log
+(see `projections.store._unjournaled`). Decoding and folding, most of replay's work, run
 side by side; a log too small to repay starting processes is built in this one.
 
 The store is built under a temporary name and takes its real name only once it is complete
@@ -80,7 +81,7 @@ def rebuild(
     # Built subject by subject, the store is only ever written, never read, until complete:
     # its secondary indexes are made once all rows are in (`lay_out`, below). Caught up in
     # log order, it reads its own intervals to close them, and needs them from the start.
-    store = ConsentViews.open(partial, indexes=not by_subject)
+    store = ConsentViews.open(partial, indexes=not by_subject, building=True)
     built = False
     try:
         if by_subject:
@@ -108,9 +109,10 @@ def rebuild(
             # Half a store is of no use (the next replay starts it again), and after a full
             # disk it would keep the space the operator needs to free.
             remove_store(partial)
-    # Closing the last connection moves the write-ahead log into the file and deletes it.
-    if Path(f"{partial}-wal").exists():
-        raise RuntimeError(f"{partial} kept a write-ahead log after closing")
+    # Built without a write-ahead log or a journal on the disk (`ConsentViews.open`'s
+    # `building`): written with no fsync, so it is flushed here, whole, before its rename.
+    if Path(f"{partial}-wal").exists() or Path(f"{partial}-journal").exists():
+        raise RuntimeError(f"{partial} kept a write-ahead log or journal after closing")
     remove_store(Path(f"{partial}-shm"))
     fsync_path(partial)
     os.replace(partial, target)
@@ -211,7 +213,7 @@ def _build_part(
     from ledger.runtime import tune
 
     ledger = ConsentLedger(settings)
-    store = ConsentViews.open(partial, indexes=False)
+    store = ConsentViews.open(partial, indexes=False, building=True)
     tune()  # spawned, so not tuned like the process that started it
     try:
         results.send(_fold(ledger, store, upto, from_id, to_id, known_at, batch))

@@ -6,6 +6,7 @@ Instants are stored as fixed-width UTC ISO strings, so SQLite orders them correc
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -65,18 +66,61 @@ class _ViewsConnectionPool(StatementCachingPool):
     plain reads were as fast.
     """
 
+    def __init__(self, *, db_name: str, lock_timeout: int | None, building: bool) -> None:
+        super().__init__(db_name=db_name, lock_timeout=lock_timeout)
+        self.building = building
+        self.write_ahead_log = not building
+
     def _create_connection(self) -> SQLiteConnection:
         connection = super()._create_connection()
+        if self.building:
+            _unjournaled(connection)
+            return connection
         connection.cursor().execute("PRAGMA synchronous=NORMAL")  # autocommit: outside any BEGIN
         connection.cursor().execute("PRAGMA wal_autocheckpoint=16384")
         connection.cursor().execute("PRAGMA mmap_size=0")  # whatever the build's default
         return connection
 
 
+def _unjournaled(connection: SQLiteConnection) -> None:
+    """A connection to a store being built (`ConsentViews.open(..., building=True)`).
+
+    Nobody reads such a store until it is complete, a build that fails is deleted, and a
+    complete one is flushed to the disk by the build (`projections.rebuild`) before it takes
+    its name. So it needs neither a write-ahead log nor a journal on the disk: with one,
+    every page was written twice (to the log, then into the file when the log was moved
+    in), and replay's closing of the store moved the log in, page by page, after the last
+    index was made. The rollback journal is kept in memory, so a statement or a
+    transaction that fails still rolls back. The processes of a replay take their turns
+    by SQLite's file locks, as they did with the write-ahead log. The store takes the
+    write-ahead log again when it is first opened in its place.
+
+    Making the secondary indexes, the one step no worker shares, sorts each whole table;
+    SQLite's sorter may use a helper thread per core for that (`PRAGMA threads`).
+
+    At 991,152 entries on 2 processes (2026-12-04, throwaway timings): replay 21.7-23.1 s
+    against 23.8-24.4 s with the write-ahead log; making the indexes and laying out the
+    subjects 3.8 s against 6.0 s.
+    """
+    cursor = connection.cursor()
+    # Autocommit: outside any BEGIN. The file is new, so never in WAL mode, which SQLite
+    # would keep (it leaves WAL mode only when the connection is the file's only one).
+    cursor.execute("PRAGMA journal_mode=MEMORY")
+    (mode,) = cursor.fetchone()
+    if mode.lower() != "memory":
+        raise RuntimeError(f"a store being built is in journal mode {mode}")
+    cursor.execute("PRAGMA synchronous=OFF")
+    cursor.execute(f"PRAGMA threads={min(os.cpu_count() or 1, 8)}")
+
+
 class ViewsDatastore(SQLiteDatastore):
-    def __init__(self, db_name: str, *, lock_timeout: int | None = None) -> None:
+    def __init__(
+        self, db_name: str, *, lock_timeout: int | None = None, building: bool = False
+    ) -> None:
         super().__init__(db_name, lock_timeout=lock_timeout)
-        self.pool = _ViewsConnectionPool(db_name=db_name, lock_timeout=lock_timeout)
+        self.pool = _ViewsConnectionPool(
+            db_name=db_name, lock_timeout=lock_timeout, building=building
+        )
 
 
 def parse_utc(text: str | None) -> datetime | None:
@@ -223,9 +267,12 @@ class ConsentViews(SQLiteTrackingRecorder):
             c.execute("ALTER TABLE view_subjects_laid_out RENAME TO view_subjects")
 
     @classmethod
-    def open(cls, path: Path, *, indexes: bool = True) -> ConsentViews:
+    def open(cls, path: Path, *, indexes: bool = True, building: bool = False) -> ConsentViews:
+        """`building`: a new store that nobody reads until it is complete, flushed to the
+        disk and renamed into place, and that is deleted if not completed
+        (`projections.rebuild`); written without a write-ahead log (see `_unjournaled`)."""
         ensure_dir(path.parent)
-        views = cls(ViewsDatastore(str(path), lock_timeout=30), indexes=indexes)
+        views = cls(ViewsDatastore(str(path), lock_timeout=30, building=building), indexes=indexes)
         views.path = path
         views.create_table()
         return views

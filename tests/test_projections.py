@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from eventsourcing.persistence import IntegrityError
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -688,6 +689,30 @@ def test_every_aggregate_id_falls_in_exactly_one_replay_range(parts: int, uuid: 
     assert len(ranges) == parts
     holding = [(lo, hi) for lo, hi in ranges if lo <= uuid.hex and (hi is None or uuid.hex < hi)]
     assert len(holding) == 1
+
+
+def test_a_store_being_built_has_no_write_ahead_log_and_takes_one_in_its_place(
+    tmp_path: Path,
+) -> None:
+    """Replay's temporary store is written without a write-ahead log or a journal on the
+    disk, while a failed transaction still rolls back; opened in its place, the store is in
+    WAL mode like every live store (which readers beside a writer need)."""
+    path = tmp_path / "views.db.partial"
+    building = ConsentViews.open(path, indexes=False, building=True)
+    assert [tuple(r) for r in building.rows("PRAGMA journal_mode")] == [("memory",)]
+    with pytest.raises(IntegrityError), building.datastore.transaction(commit=True) as c:
+        c.execute("INSERT INTO view_subjects VALUES ('a', 'demo', 'x', NULL, NULL)")
+        c.execute("INSERT INTO view_subjects VALUES ('a', 'demo', 'y', NULL, NULL)")
+    assert building.rows("SELECT COUNT(*) FROM view_subjects")[0][0] == 0
+    with building.datastore.transaction(commit=True) as c:
+        c.execute("INSERT INTO view_subjects VALUES ('b', 'demo', 'x', NULL, NULL)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["views.db.partial"]
+    building.close()
+    path.rename(tmp_path / "views.db")
+    placed = ConsentViews.open(tmp_path / "views.db")
+    assert [tuple(r) for r in placed.rows("PRAGMA journal_mode")] == [("wal",)]
+    assert placed.rows("SELECT sid FROM view_subjects")[0][0] == "b"
+    placed.close()
 
 
 def test_replay_gives_each_index_and_the_subjects_table_one_run_of_pages(
