@@ -420,6 +420,7 @@ def main(argv: list[str]) -> None:
                     limit=1000,
                     policy_version=None,
                     now=datetime.now(UTC),
+                    recorded_through=views.recorded_through,
                 )
                 slowest = max(slowest, time.perf_counter() - t)
                 found += page["sids"]

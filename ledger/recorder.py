@@ -421,6 +421,17 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
         row = c.fetchone()
         return None if row is None else str(row[0])
 
+    def recorded_at_through(self, position: int) -> str | None:
+        """The `recorded_at` of the last fact at or before this position of the log."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                f"SELECT recorded_at FROM {self.index_table} "
+                "WHERE position <= ? AND recorded_at IS NOT NULL ORDER BY position DESC LIMIT 1",
+                (position,),
+            )
+            row = c.fetchone()
+        return None if row is None else str(row[0])
+
     def index_of(self, originator_id: UUID) -> list[IndexedFact]:
         """One aggregate's index rows, in log order.
 

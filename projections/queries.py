@@ -3,7 +3,7 @@ had consent for a purpose, and which of a list of recipients did not and why."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -13,6 +13,7 @@ from ledger.codec import isoformat
 from ledger.consent import EXPIRED, WITHDRAWN, PurposeState, consent_at
 from projections.consent_projection import correction_from_row, entry_from_row
 from projections.cursors import BadCursor, cursor_instant, decode_cursor, encode_cursor
+from projections.runner import APPLICATION
 from projections.store import ConsentViews, parse_utc, utc
 
 FAR_FUTURE = "9999-12-31T23:59:59.999999+00:00"
@@ -59,6 +60,19 @@ def who_had_consent(
     NULL`), which a partial index holds apart from the history, so the question does not
     walk past every superseded interval.
     """
+    sql, params = _who_had_consent_sql(tenant, purpose, at, known_at, after, limit, policy_version)
+    return [r[0] for r in views.rows(sql, params, tuples=True)]
+
+
+def _who_had_consent_sql(
+    tenant: str,
+    purpose: str,
+    at: datetime,
+    known_at: datetime | None,
+    after: str,
+    limit: int,
+    policy_version: str | None,
+) -> tuple[str, tuple[Any, ...]]:
     t = utc(at)
     version = () if policy_version is None else (policy_version,)
     if known_at is None:
@@ -70,7 +84,7 @@ def who_had_consent(
         sql = WHO_HAD_CONSENT
     if version:
         sql = sql.replace(" AND i.sid>? ", " AND i.policy_version=? AND i.sid>? ")
-    return [r[0] for r in views.rows(sql, params, tuples=True)]
+    return sql, params
 
 
 def who_had_consent_page(
@@ -84,20 +98,30 @@ def who_had_consent_page(
     limit: int,
     policy_version: str | None,
     now: datetime,
+    recorded_through: Callable[[int], datetime | None] | None = None,
 ) -> dict[str, Any]:
     """A page of who had consent: the answer of `GET /v1/purposes/{purpose}/subjects` and of
     `consent-ledger who`.
 
     The first page answers for `at` (default `now`) as known at `known_at` (default: as
     known now), and its `next` holds its last sid with that instant, the moment it was
-    known at (`now`, the moment the views were read, when none was given), the purpose and
-    the policy version. Every page after it answers that same question. Its pages used to
-    hold a sid alone: a list paged through without `as_of` moved its instant with each
-    page, so a person who withdrew while a campaign's list was fetched was listed by the
-    pages before and left out by those after, and a late withdrawal recorded meanwhile
-    changed the pages after it only. A cursor given with another instant, moment, purpose
-    or version is refused (BadCursor); a sid, the cursor before these, is still a place to
-    go on from, answered for the instants given with it.
+    known at, the purpose and the policy version. Every page after it answers that same
+    question.
+
+    Asked as known now, the moment is the `recorded_at` of the last fact the views held
+    when the first page was read (`recorded_through` gives it for a position of the views,
+    read with the page in one snapshot): the writer stamps facts in the order it commits
+    them, so the pages after answer exactly what the first page read. Without it (Kafka
+    mode, whose partitions each have a position) the moment is `now`, read after the views
+    were brought up to date: a fact stamped before it but committed after the first page
+    was read (a batch the writer was committing) is counted by the later pages only.
+
+    Its pages used to hold a sid alone: a list paged through without `as_of` moved its instant
+    with each page, so a person who withdrew while a campaign's list was fetched was listed by
+    the pages before and left out by those after, and a late withdrawal recorded meanwhile
+    changed the pages after it only. A cursor given with another instant, moment, purpose or
+    version is refused (BadCursor); a sid, the cursor before these, is still a place to go on
+    from, answered for the instants given with it.
     """
     after = ""
     if cursor is not None and is_sid(cursor):
@@ -120,23 +144,28 @@ def who_had_consent_page(
     at = now if at is None else at
     # One more than the page, to know whether another follows: a full last page used to
     # give a `next` whose page was empty.
-    sids = who_had_consent(
-        views,
-        tenant,
-        purpose,
-        at,
-        known_at,
-        after=after,
-        limit=limit + 1,
-        policy_version=policy_version,
+    sql, params = _who_had_consent_sql(
+        tenant, purpose, at, known_at, after, limit + 1, policy_version
     )
+    moment = known_at or now
+    with views.reading() as c:
+        c.execute(sql, params)
+        sids = [r[0] for r in c.fetchall()]
+        position = (
+            views.position_in(c, APPLICATION)
+            if known_at is None and recorded_through is not None
+            else None
+        )
+    if position:
+        assert recorded_through is not None
+        moment = recorded_through(position) or moment
     following = None
     if len(sids) > limit:
         del sids[limit:]
         pin = {
             "after": sids[-1],
             "as_of": at.isoformat(),
-            "known_at": (known_at or now).isoformat(),
+            "known_at": moment.isoformat(),
             "of": [purpose, policy_version],
         }
         following = encode_cursor(pin)

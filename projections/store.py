@@ -359,6 +359,17 @@ class ConsentViews(SQLiteTrackingRecorder):
             (as_tuples(c) if tuples else c).execute(sql, params)
             return list(c.fetchall())
 
+    @staticmethod
+    def position_in(c: Any, application_name: str) -> int:
+        """The log position these views stand at, read with `c` (a `reading` cursor), so in
+        the same state of the views as its other reads; 0 before the first page."""
+        c.execute(
+            "SELECT notification_id FROM tracking WHERE application_name = ?",
+            (application_name,),
+        )
+        row = c.fetchone()
+        return int(row[0]) if row else 0
+
     @contextmanager
     def reading(self) -> Iterator[Any]:
         """A cursor for several queries that must see one state of the views (rows as

@@ -67,6 +67,15 @@ class Views:
         self._reader: Any = None  # Kafka mode: one ledger-topic consumer kept between reads
         self._fill_checked = False  # whether the first refresh looked for an empty store
 
+    def recorded_through(self, position: int) -> datetime | None:
+        """When the log's last fact at or before this position of the views was recorded:
+        what the views at that position know. Embedded mode only: in Kafka mode the views
+        stand at a position per ledger partition, and None is returned."""
+        if self.ledger.settings.backend == "kafka":
+            return None
+        recorded = self.ledger.ledger_recorder.recorded_at_through(position)
+        return None if recorded is None else datetime.fromisoformat(recorded)
+
     def check(self) -> None:
         """Refuse views not built from this log now, as their first refresh would
         (`projections.runner.check_within_log`)."""

@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 import orjson
@@ -30,6 +30,7 @@ from projections.cursors import encode_cursor
 from projections.queries import who_had_consent_page
 from projections.runner import catch_up
 from projections.store import ConsentViews
+from projections.views import Views
 from tests.cli_support import run
 from tests.facts import grant, withdraw
 from tests.histories import BASE, PURPOSES, SUBJECTS, Reference, hours, in_batches, init_ledger
@@ -42,9 +43,14 @@ QUESTION = "/v1/purposes/marketing/subjects"
 
 class Asker:
     def __init__(
-        self, client: TestClient, ledger_sids: dict[str, str], keys: dict[str, str]
+        self,
+        client: TestClient,
+        ledger_sids: dict[str, str],
+        keys: dict[str, str],
+        last_recorded: datetime,
     ) -> None:
         self.client = client
+        self.last_recorded = last_recorded  # of the facts recorded before the first question
         self.sid = ledger_sids  # person -> sid
         self.reader = {"Authorization": f"Bearer {keys['compliance']}"}
         self.publisher = {"Authorization": f"Bearer {keys['publisher']}"}
@@ -65,12 +71,14 @@ def asker(tmp_path: Path) -> Iterator[Asker]:
     settings = Settings(data_dir=tmp_path / "data")
     with contextlib.closing(ConsentLedger(settings)) as ledger:
         ledger.init_demo()
-        ledger.record([parse_fact(grant(p, occurred_at=GRANTED_AT)) for p in PEOPLE])
+        receipts = ledger.record([parse_fact(grant(p, occurred_at=GRANTED_AT)) for p in PEOPLE])
         sids = {p: ledger.sid("demo", p).hex for p in PEOPLE}
     with contextlib.closing(ApiKeys(keys_path(settings))) as api_keys:
         keys = {role: api_keys.create("demo", {role})[1] for role in ("compliance", "publisher")}
+    last = receipts[-1]
+    assert isinstance(last, Receipt)
     with TestClient(create_app(settings)) as client:
-        yield Asker(client, sids, keys)
+        yield Asker(client, sids, keys, datetime.fromisoformat(last.recorded_at))
 
 
 def in_sid_order(asker: Asker) -> list[str]:
@@ -96,8 +104,8 @@ def test_the_pages_after_the_first_answer_for_its_instant_as_then_known(asker: A
     while cursor is not None:
         page = asker.ask(f"limit=2&cursor={cursor}")
         assert datetime.fromisoformat(page["as_of"]) == asked_at
-        assert page["known_at"] is not None
-        assert asked_at <= datetime.fromisoformat(page["known_at"]) <= datetime.now(UTC)
+        # As known when the last fact the first page read was recorded: what it read.
+        assert datetime.fromisoformat(page["known_at"]) == asker.last_recorded < asked_at
         listed += page["sids"]
         pages.append(page)
         cursor = page["next"]
@@ -112,6 +120,56 @@ def test_the_pages_after_the_first_answer_for_its_instant_as_then_known(asker: A
     # the one made now does not (it came after that instant).
     again = asker.ask(f"as_of={quote(first['as_of'])}&limit=100")
     assert asker.sid[order[3]] in again["sids"] and asker.sid[order[5]] not in again["sids"]
+
+
+def test_a_fact_committed_after_the_first_page_was_read_is_in_no_page(tmp_path: Path) -> None:
+    """The moment the pages after the first answer as known at is the last fact the first
+    page read, not the reader's clock. A reader that read its clock after the writer stamped
+    a withdrawal still being committed (here: a clock read a minute late) pinned the pages
+    after it to a moment that counted the withdrawal, which the first page had not read:
+    the person withdrawing, on a later page, was left out of the list of the first page's
+    instant."""
+    ledger = ConsentLedger(Settings(data_dir=tmp_path / "data"))
+    ledger.init_demo()
+    receipts = ledger.record([parse_fact(grant(p, occurred_at=GRANTED_AT)) for p in PEOPLE])
+    order = sorted(ledger.sid("demo", p).hex for p in PEOPLE)
+    views = Views(ledger, tmp_path / "views.db")
+    views.refresh()
+    late_clock = datetime.now(UTC) + timedelta(minutes=1)
+    at = datetime.fromisoformat(GRANTED_AT) + timedelta(days=30)
+
+    def page(cursor: str | None) -> dict[str, Any]:
+        return who_had_consent_page(
+            views.store,
+            "demo",
+            "marketing",
+            at if cursor is None else None,
+            None,
+            cursor=cursor,
+            limit=2,
+            policy_version=None,
+            now=late_clock,
+            recorded_through=views.recorded_through,
+        )
+
+    first = page(None)
+    assert first["sids"] == order[:2]
+    withdrawing = next(p for p in PEOPLE if ledger.sid("demo", p).hex == order[4])
+    [withdrawal] = ledger.record([parse_fact(withdraw(withdrawing, occurred_at=GRANTED_AT))])
+    assert isinstance(withdrawal, Receipt)
+    assert datetime.fromisoformat(withdrawal.recorded_at) < late_clock
+    views.refresh()
+    listed, cursor = list(first["sids"]), first["next"]
+    while cursor is not None:
+        answer = page(cursor)
+        assert datetime.fromisoformat(answer["known_at"]) == datetime.fromisoformat(
+            cast(Receipt, receipts[-1]).recorded_at
+        )
+        listed += answer["sids"]
+        cursor = answer["next"]
+    assert listed == order
+    views.close()
+    ledger.close()
 
 
 def test_a_cursor_answers_with_the_question_it_was_made_for(asker: Asker) -> None:
@@ -235,6 +293,7 @@ NO_TRANSFERS = {"third_party_transfer": False, "cross_border_transfer": False}
     hour=hours,
     limit=st.sampled_from([1, 1, 2]),
     purpose=st.sampled_from(PURPOSES),
+    by_the_log=st.booleans(),
 )
 def test_pages_list_who_the_raw_facts_known_at_the_first_page_say(
     ops: list[dict[str, Any]],
@@ -243,12 +302,15 @@ def test_pages_list_who_the_raw_facts_known_at_the_first_page_say(
     hour: int,
     limit: int,
     purpose: str,
+    by_the_log: bool,
 ) -> None:
     """Random histories, of which some batches are recorded before the first page and the
     rest one batch between each page and the next (grants, withdrawals, late facts,
     corrections, erasures): the pages together list, in sid order and each once, the
     subjects that a plain fold of the facts recorded before the first page says had
-    consent at its instant."""
+    consent at its instant. The moment the pages are pinned to is the clock's, or
+    (`by_the_log`, as the route and the CLI ask in embedded mode) the last fact's that the
+    first page read."""
     batches = list(in_batches(ops, cuts))
     # Each subject granted every purpose at the start, so that most pages list someone and
     # the random facts after it withdraw, correct, erase and grant again.
@@ -279,6 +341,10 @@ def test_pages_list_who_the_raw_facts_known_at_the_first_page_say(
                 record(batch)
             asked = datetime.now(UTC)
 
+            def recorded_through(position: int) -> datetime | None:
+                recorded = ledger.ledger_recorder.recorded_at_through(position)
+                return None if recorded is None else datetime.fromisoformat(recorded)
+
             def page(cursor: str | None) -> dict[str, Any]:
                 return who_had_consent_page(
                     views,
@@ -290,6 +356,7 @@ def test_pages_list_who_the_raw_facts_known_at_the_first_page_say(
                     limit=limit,
                     policy_version=None,
                     now=asked if cursor is None else datetime.now(UTC),
+                    recorded_through=recorded_through if by_the_log else None,
                 )
 
             answer = page(None)

@@ -101,10 +101,12 @@ def subjects_with_consent(
     page after, null on the last. With `policy_version`, only those whose consent in force
     was given under that version: after a new version (§9), who has not consented under it
     (an unknown version: 422 `unknown_policy_version`). Every page after the first answers
-    for the first page's instant as known at the moment the first page was asked (its
-    `known_at` then names that moment), whatever was recorded since: the cursor holds
-    them, its purpose and its `policy_version`. Given with another `as_of`, `known_at` or
-    `policy_version` (or of another purpose), a cursor is refused: 422 `invalid_cursor`."""
+    for the first page's instant as known when the first page was asked (its `known_at`
+    then names that moment: when the last fact the first page read was recorded, or in
+    Kafka mode the moment the first page was asked), whatever was recorded since: the
+    cursor holds them, its purpose and its `policy_version`. Given with another `as_of`,
+    `known_at` or `policy_version` (or of another purpose), a cursor is refused: 422
+    `invalid_cursor`."""
     at = parse_time(as_of, "as_of") if as_of else None
     known = parse_known_at(known_at, "known_at", svc.ledger.settings.max_future_skew_s)
     _known_purpose(svc, principal.tenant, purpose, 404, None)
@@ -124,6 +126,7 @@ def subjects_with_consent(
             limit=limit,
             policy_version=policy_version,
             now=datetime.now(UTC),
+            recorded_through=svc.views.recorded_through,
         )
     except BadCursor:
         raise invalid_cursor() from None

@@ -372,6 +372,7 @@ def cmd_who(args: argparse.Namespace, settings: Settings) -> int:
                 limit=args.limit,
                 policy_version=args.policy_version,
                 now=datetime.now(UTC),
+                recorded_through=views.recorded_through,
             )
         except BadCursor:
             raise CliError(
