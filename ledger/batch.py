@@ -7,10 +7,11 @@ the state that the facts before it (in this batch too) produced. Only the append
 from __future__ import annotations
 
 import copy
+import heapq
 import logging
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -303,7 +304,13 @@ class FactBatch:
         positions: dict[tuple[UUID, int], tuple[int, str]] = {}
         if aggregates:
             self.ledger.keystore.add_keys(used_keys)
-            events = [event for aggregate in aggregates for event in aggregate.collect_events()]
+            # In the order they were stamped (each aggregate's in its own order, which is the
+            # same): the log's order is then the order of transaction time within a batch
+            # too, so a position's `recorded_at` is the latest of every fact up to it. Taken
+            # aggregate by aggregate, a batch's last position held an earlier stamp than
+            # facts before it, and what the views knew at a position was not the instant
+            # of its fact (`projections.queries.who_had_consent_page`).
+            events = list(heapq.merge(*(a.collect_events() for a in aggregates), key=_stamped_at))
             put_kwargs: dict[str, Any] = {"facts": self.fact_keys}
             if extra is not None:
                 put_kwargs["intake"] = extra
@@ -346,3 +353,7 @@ class FactBatch:
         except KeyStoreBusyError as busy:
             raise ErasureNotOverwritten(str(busy), outcomes, frozenset(self.erased)) from None
         return outcomes
+
+
+def _stamped_at(event: Any) -> datetime:
+    return cast(datetime, event.timestamp)

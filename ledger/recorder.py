@@ -11,6 +11,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any, NamedTuple, cast
 from uuid import UUID
 
@@ -37,6 +38,10 @@ from ledger.store_format import LOG, StoreFormat, refuse_other_format, stamp_for
 # How much of the log `by_aggregate` maps into memory: all of it, up to SQLite's own cap
 # (SQLITE_MAX_MMAP_SIZE, 2 GiB in common builds); past that, pages are read as usual.
 SCAN_MMAP_BYTES = 1 << 40
+
+
+# How many facts back `recorded_at_through` looks for the latest stamp.
+_BATCH_WINDOW = 1000
 
 
 class FactKey(NamedTuple):
@@ -422,15 +427,23 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
         return None if row is None else str(row[0])
 
     def recorded_at_through(self, position: int) -> str | None:
-        """The `recorded_at` of the last fact at or before this position of the log."""
+        """The latest `recorded_at` of the facts up to this position of the log.
+
+        A batch writes its facts in the order they were stamped (ledger.batch), so that is
+        the `recorded_at` of the last fact up to it. Batches written before (2026-12-04)
+        went aggregate by aggregate, so the latest of the last `_BATCH_WINDOW` facts is
+        taken: the same for the log of today, the right one for a last batch of earlier
+        releases that was no longer (HTTP batches are at most 1,000 facts).
+        """
         with self.datastore.transaction(commit=False) as c:
             c.execute(
                 f"SELECT recorded_at FROM {self.index_table} "
-                "WHERE position <= ? AND recorded_at IS NOT NULL ORDER BY position DESC LIMIT 1",
-                (position,),
+                "WHERE position <= ? AND recorded_at IS NOT NULL ORDER BY position DESC LIMIT ?",
+                (position, _BATCH_WINDOW),
             )
-            row = c.fetchone()
-        return None if row is None else str(row[0])
+            stamps = [str(row[0]) for row in c.fetchall()]
+        # As instants: an offset other than UTC's would not compare as text.
+        return max(stamps, key=datetime.fromisoformat) if stamps else None
 
     def index_of(self, originator_id: UUID) -> list[IndexedFact]:
         """One aggregate's index rows, in log order.

@@ -157,6 +157,35 @@ def test_a_second_writer_stamps_after_what_the_first_recorded(tmp_path: Path) ->
         ledger.close()
 
 
+def test_a_batch_is_written_in_the_order_it_was_stamped(tmp_path: Path) -> None:
+    """A batch whose facts alternate between subjects: its positions follow its stamps, so
+    the log's last fact holds its latest stamp. Written subject by subject, the last
+    position held an earlier stamp than the one before it, and a second writer, whose
+    floor is the log's last fact, stamped before a fact already recorded when its clock
+    had stepped back."""
+    settings_ = Settings(data_dir=tmp_path / "data")
+    ledger = ConsentLedger(settings_)
+    other = ConsentLedger(settings_)
+    try:
+        ledger.init_demo()
+        batch = [
+            built.grant("ada", event_id="g-ada"),
+            built.grant("bo", event_id="g-bo"),
+            built.withdraw("ada", event_id="w-ada"),
+        ]
+        receipts = ledger.record([parse_fact(f) for f in batch])
+        assert all(isinstance(r, Receipt) for r in receipts)
+        in_log_order = sorted(receipts, key=lambda r: r.position)  # type: ignore[union-attr]
+        stamps = [datetime.fromisoformat(r.recorded_at) for r in in_log_order]  # type: ignore[union-attr]
+        assert stamps == sorted(stamps)
+        with wall(stepped_back(1), fresh_process=True):
+            later = recorded_at(other, built.withdraw("bo", event_id="w-bo"))
+        assert later > max(stamps)
+    finally:
+        other.close()
+        ledger.close()
+
+
 @contextmanager
 def as_before(reading: Callable[[], datetime]) -> Iterator[None]:
     """The wall clock's reading taken as it is, as the ledger stamped facts before
