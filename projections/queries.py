@@ -14,7 +14,7 @@ from ledger.consent import EXPIRED, WITHDRAWN, PurposeState, consent_at
 from projections.consent_projection import correction_from_row, entry_from_row
 from projections.cursors import BadCursor, cursor_instant, decode_cursor, encode_cursor
 from projections.runner import APPLICATION
-from projections.store import ConsentViews, parse_utc, utc
+from projections.store import ConsentViews, ViewsSnapshot, parse_utc, utc
 
 FAR_FUTURE = "9999-12-31T23:59:59.999999+00:00"
 
@@ -23,6 +23,13 @@ def consents_at(
     views: ConsentViews, tenant: str, sid: str, at: datetime, known_at: datetime | None = None
 ) -> dict[str, PurposeState] | None:
     """Consent per purpose of one subject, or None if the tenant has no such subject."""
+    with views.snapshot() as then:
+        return _consents_at(then, tenant, sid, at, known_at)
+
+
+def _consents_at(
+    views: ViewsSnapshot, tenant: str, sid: str, at: datetime, known_at: datetime | None
+) -> dict[str, PurposeState] | None:
     rows = views.rows("SELECT tenant FROM view_subjects WHERE sid=?", (sid,))
     if not rows or rows[0][0] != tenant:
         return None
@@ -148,13 +155,10 @@ def who_had_consent_page(
         tenant, purpose, at, known_at, after, limit + 1, policy_version
     )
     moment = known_at or now
-    with views.reading() as c:
-        c.execute(sql, params)
-        sids = [r[0] for r in c.fetchall()]
+    with views.snapshot() as then:
+        sids = [r[0] for r in then.rows(sql, params, tuples=True)]
         position = (
-            views.position_in(c, APPLICATION)
-            if known_at is None and recorded_through is not None
-            else None
+            then.position(APPLICATION) if known_at is None and recorded_through is not None else 0
         )
     if position:
         assert recorded_through is not None
@@ -282,8 +286,21 @@ def check_recipients(
     """For a campaign's recipients: who had consent for `purpose` at `at`, and why not.
 
     Who had consent comes from the granted intervals in one indexed query; only recipients
-    without consent have their facts folded, to say why.
+    without consent have their facts folded, to say why. Its reads see one state of the
+    views (`ViewsSnapshot`).
     """
+    with views.snapshot() as then:
+        return _check_recipients(then, tenant, purpose, at, sids, known_at)
+
+
+def _check_recipients(
+    views: ViewsSnapshot,
+    tenant: str,
+    purpose: str,
+    at: datetime,
+    sids: Sequence[str],
+    known_at: datetime | None,
+) -> list[CheckResult]:
     t, kk = utc(at), utc(known_at) if known_at else FAR_FUTURE
     k = known_at or datetime.now(UTC)
     known_then = utc(k)

@@ -7,6 +7,7 @@ Instants are stored as fixed-width UTC ISO strings, so SQLite orders them correc
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -355,20 +356,14 @@ class ConsentViews(SQLiteTrackingRecorder):
 
     # `tuples`: rows as plain tuples, read by position (`ledger.sql.as_tuples`).
     def rows(self, sql: str, params: Sequence[Any] = (), *, tuples: bool = False) -> list[Any]:
-        with self.datastore.transaction(commit=False) as c:
-            (as_tuples(c) if tuples else c).execute(sql, params)
-            return list(c.fetchall())
+        with self.snapshot() as views:
+            return views.rows(sql, params, tuples=tuples)
 
-    @staticmethod
-    def position_in(c: Any, application_name: str) -> int:
-        """The log position these views stand at, read with `c` (a `reading` cursor), so in
-        the same state of the views as its other reads; 0 before the first page."""
-        c.execute(
-            "SELECT notification_id FROM tracking WHERE application_name = ?",
-            (application_name,),
-        )
-        row = c.fetchone()
-        return int(row[0]) if row else 0
+    @contextmanager
+    def snapshot(self) -> Iterator[ViewsSnapshot]:
+        """Reads that see one state of the views (`ViewsSnapshot`)."""
+        with self.datastore.transaction(commit=False) as c:
+            yield ViewsSnapshot(c)
 
     @contextmanager
     def reading(self) -> Iterator[Any]:
@@ -389,11 +384,60 @@ class ConsentViews(SQLiteTrackingRecorder):
     ) -> list[Any]:
         """`sql` has `before`'s parameters, one `IN ({})` placeholder, then `params`; run it
         over `keys` in chunks (`ledger.sql.rows_in`)."""
-        with self.datastore.transaction(commit=False) as c:
-            cursor = as_tuples(c) if tuples else c
-            return list(
-                rows_in(cursor, sql, keys, before=before, after=params, placeholder=placeholder)
+        with self.snapshot() as views:
+            return views.rows_in(
+                sql, keys, params, tuples=tuples, placeholder=placeholder, before=before
             )
+
+
+class ViewsSnapshot:
+    """Reads of the views in one read transaction, so all of them see one state.
+
+    A question answered in several reads (the campaign check, one subject's consent, a
+    page of who had consent and the position it stands at) is asked while other readers
+    catch the views up: the server's requests each bring them up to date first. Each read
+    in a transaction of its own could read some rows before a page of facts was applied
+    and the rest after, an answer of no state the views were ever in.
+    """
+
+    def __init__(self, cursor: Any) -> None:
+        self._cursor = cursor
+
+    def _as(self, tuples: bool) -> Any:
+        # The connection's rows are sqlite3.Row; plain tuples skip a Python call per row.
+        self._cursor.sqlite_cursor.row_factory = None if tuples else sqlite3.Row
+        return self._cursor
+
+    def rows(self, sql: str, params: Sequence[Any] = (), *, tuples: bool = False) -> list[Any]:
+        c = self._as(tuples)
+        c.execute(sql, params)
+        return list(c.fetchall())
+
+    def rows_in(
+        self,
+        sql: str,
+        keys: Sequence[str],
+        params: Sequence[Any] = (),
+        *,
+        tuples: bool = False,
+        placeholder: str = "?",
+        before: Sequence[Any] = (),
+    ) -> list[Any]:
+        """As `ConsentViews.rows_in`."""
+        return list(
+            rows_in(
+                self._as(tuples), sql, keys, before=before, after=params, placeholder=placeholder
+            )
+        )
+
+    def position(self, application_name: str) -> int:
+        """The log position the views stand at in this state; 0 before their first page."""
+        rows = self.rows(
+            "SELECT notification_id FROM tracking WHERE application_name = ?",
+            (application_name,),
+            tuples=True,
+        )
+        return int(rows[0][0]) if rows else 0
 
 
 class ViewChanges:

@@ -1,0 +1,79 @@
+"""A question the views answer in several reads sees one state of them, while another reader
+catches them up between its reads (as the server's requests each do before they ask)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ledger import sql as sql_module
+from ledger.application import ConsentLedger
+from ledger.envelope import parse_fact
+from ledger.settings import Settings
+from projections import store as store_module
+from projections.consent_projection import ConsentProjection
+from projections.queries import check_recipients
+from projections.runner import catch_up
+from projections.store import ConsentViews
+from tests.facts import grant, withdraw
+
+AT = datetime.fromisoformat("2025-06-01T00:00:00+00:00")
+
+
+def test_a_campaign_check_answers_for_one_state_of_the_views(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recipient `a` had consent and `b` was unknown. Right after the check's first read
+    (the recipients' subjects), another reader catches up a withdrawal of `a` and a grant of
+    `b`. Read in a transaction each, the check answered `a` withdrawn (its intervals read
+    after) and `b` unknown (its subject read before): neither state of the views. It must
+    answer as the views stood when it began."""
+    ledger = ConsentLedger(Settings(data_dir=tmp_path / "data"))
+    ledger.init_demo()
+    ledger.record([parse_fact(grant("a", occurred_at="2025-03-01T00:00:00Z"))])
+    path = tmp_path / "views.db"
+    views = ConsentViews.open(path)
+    catch_up(ledger, ConsentProjection(view=views))
+    recipients = [ledger.sid("demo", "a").hex, ledger.sid("demo", "b").hex]
+    before = check_recipients(views, "demo", "marketing", AT, recipients)
+    assert [(r.consent, r.reason) for r in before] == [
+        (True, "granted"),
+        (False, "unknown_subject"),
+    ]
+
+    other = ConsentViews.open(path)
+
+    def another_reader_catches_up() -> None:
+        ledger.record(
+            [
+                parse_fact(withdraw("a", occurred_at="2025-04-01T00:00:00Z")),
+                parse_fact(grant("b", occurred_at="2025-04-01T00:00:00Z")),
+            ]
+        )
+        catch_up(ledger, ConsentProjection(view=other))
+
+    reads = 0
+    real_rows_in = sql_module.rows_in
+
+    def rows_in(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        nonlocal reads
+        yield from real_rows_in(*args, **kwargs)
+        reads += 1
+        if reads == 1:
+            another_reader_catches_up()
+
+    # The views' reads go through ledger.sql.rows_in, bound in their module.
+    monkeypatch.setattr(store_module, "rows_in", rows_in)
+    during = check_recipients(views, "demo", "marketing", AT, recipients)
+    assert reads > 1  # the check read again after the other reader's page
+    assert during == before
+    monkeypatch.undo()
+    after = check_recipients(views, "demo", "marketing", AT, recipients)
+    assert [(r.consent, r.reason) for r in after] == [(False, "withdrawn"), (True, "granted")]
+    other.close()
+    views.close()
+    ledger.close()
