@@ -23,7 +23,7 @@ from projections.cursors import (
     encode_cursor,
 )
 from projections.requests import deadline_of, request_entry, rows_after
-from projections.store import ConsentViews, parse_utc, utc
+from projections.store import ViewReads, in_one_state, parse_utc, utc
 
 LISTS = ("requests", "expiring_consents", "past_retention", "erasable")
 # The requests not closed yet, by the index of them in received order (named: without
@@ -51,8 +51,9 @@ PURPOSES_OF_SUBJECTS = (
 ERASABLE_CHUNK = 1000
 
 
+@in_one_state
 def due_list(
-    views: ConsentViews,
+    views: ViewReads,
     tenant: str,
     now: datetime,
     *,
@@ -206,8 +207,9 @@ def _cursor_state(cursor: str) -> dict[str, Any]:
     return state
 
 
+@in_one_state
 def past_retention(
-    views: ConsentViews,
+    views: ViewReads,
     tenant: str,
     now: datetime,
     policies: Mapping[str, PolicyVersion],
@@ -251,7 +253,7 @@ def _retentions(policies: Mapping[str, PolicyVersion]) -> dict[str, int]:
 
 
 def _past_of(
-    views: ConsentViews,
+    views: ViewReads,
     tenant: str,
     now: datetime,
     purpose: str,
@@ -297,7 +299,7 @@ def _past_of(
 
 
 def _erasable_page(
-    views: ConsentViews,
+    views: ViewReads,
     tenant: str,
     now: datetime,
     policies: Mapping[str, PolicyVersion],
@@ -329,8 +331,9 @@ def _erasable_page(
         after = bound
 
 
+@in_one_state
 def erasable_past_retention(
-    views: ConsentViews,
+    views: ViewReads,
     tenant: str,
     now: datetime,
     policies: Mapping[str, PolicyVersion],

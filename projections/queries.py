@@ -14,22 +14,16 @@ from ledger.consent import EXPIRED, WITHDRAWN, PurposeState, consent_at
 from projections.consent_projection import correction_from_row, entry_from_row
 from projections.cursors import BadCursor, cursor_instant, decode_cursor, encode_cursor
 from projections.runner import APPLICATION
-from projections.store import ConsentViews, ViewsSnapshot, parse_utc, utc
+from projections.store import ConsentViews, ViewReads, in_one_state, parse_utc, utc
 
 FAR_FUTURE = "9999-12-31T23:59:59.999999+00:00"
 
 
+@in_one_state
 def consents_at(
-    views: ConsentViews, tenant: str, sid: str, at: datetime, known_at: datetime | None = None
+    views: ViewReads, tenant: str, sid: str, at: datetime, known_at: datetime | None = None
 ) -> dict[str, PurposeState] | None:
     """Consent per purpose of one subject, or None if the tenant has no such subject."""
-    with views.snapshot() as then:
-        return _consents_at(then, tenant, sid, at, known_at)
-
-
-def _consents_at(
-    views: ViewsSnapshot, tenant: str, sid: str, at: datetime, known_at: datetime | None
-) -> dict[str, PurposeState] | None:
     rows = views.rows("SELECT tenant FROM view_subjects WHERE sid=?", (sid,))
     if not rows or rows[0][0] != tenant:
         return None
@@ -275,8 +269,9 @@ class CheckResult(NamedTuple):
         }
 
 
+@in_one_state
 def check_recipients(
-    views: ConsentViews,
+    views: ViewReads,
     tenant: str,
     purpose: str,
     at: datetime,
@@ -286,21 +281,8 @@ def check_recipients(
     """For a campaign's recipients: who had consent for `purpose` at `at`, and why not.
 
     Who had consent comes from the granted intervals in one indexed query; only recipients
-    without consent have their facts folded, to say why. Its reads see one state of the
-    views (`ViewsSnapshot`).
+    without consent have their facts folded, to say why.
     """
-    with views.snapshot() as then:
-        return _check_recipients(then, tenant, purpose, at, sids, known_at)
-
-
-def _check_recipients(
-    views: ViewsSnapshot,
-    tenant: str,
-    purpose: str,
-    at: datetime,
-    sids: Sequence[str],
-    known_at: datetime | None,
-) -> list[CheckResult]:
     t, kk = utc(at), utc(known_at) if known_at else FAR_FUTURE
     k = known_at or datetime.now(UTC)
     known_then = utc(k)

@@ -17,7 +17,7 @@ from typing import Any, Literal, NamedTuple
 from ledger.policy import PolicyVersion, version_in_force
 from ledger.vocabulary import REQUEST_KINDS, REQUEST_STATES
 from projections.cursors import BadCursor, cursor_instant, decode_cursor, encode_cursor
-from projections.store import ConsentViews, parse_utc, utc
+from projections.store import ConsentViews, ViewReads, in_one_state, parse_utc, utc
 from projections.trail import text_cell
 
 RequestState = Literal["open", "overdue", "closed", "closed_late"]
@@ -81,8 +81,9 @@ def request_entry(
     }
 
 
+@in_one_state
 def request_register(
-    views: ConsentViews,
+    views: ViewReads,
     tenant: str,
     now: datetime,
     *,
@@ -194,7 +195,7 @@ _CHUNK = 2000
 
 
 def rows_after(
-    views: ConsentViews,
+    views: ViewReads,
     sql: str,
     params: Sequence[Any],
     after: tuple[str, str, str] | None,

@@ -6,14 +6,15 @@ Instants are stored as fixed-width UTC ISO strings, so SQLite orders them correc
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, cast
 
 import orjson
 from eventsourcing.persistence import Tracking
@@ -430,6 +431,11 @@ class ViewsSnapshot:
             )
         )
 
+    @contextmanager
+    def snapshot(self) -> Iterator[ViewsSnapshot]:
+        """This one: a question asked within another's snapshot reads in it too."""
+        yield self
+
     def position(self, application_name: str) -> int:
         """The log position the views stand at in this state; 0 before their first page."""
         rows = self.rows(
@@ -502,3 +508,40 @@ class ViewChanges:
             "INSERT INTO view_intervals VALUES (?,?,?,?,?,?,?,?,?,?)",
             [row for rows in self.opened.values() for row in rows],
         )
+
+
+class ViewReads(Protocol):
+    """What the questions read the views through: the store, or one snapshot of it."""
+
+    def rows(self, sql: str, params: Sequence[Any] = (), *, tuples: bool = False) -> list[Any]: ...
+
+    def rows_in(
+        self,
+        sql: str,
+        keys: Sequence[str],
+        params: Sequence[Any] = (),
+        *,
+        tuples: bool = False,
+        placeholder: str = "?",
+        before: Sequence[Any] = (),
+    ) -> list[Any]: ...
+
+    def snapshot(self) -> AbstractContextManager[ViewsSnapshot]: ...
+
+
+_Asked = ParamSpec("_Asked")
+_Answer = TypeVar("_Answer")
+
+
+def in_one_state(
+    question: Callable[Concatenate[ViewReads, _Asked], _Answer],
+) -> Callable[Concatenate[ViewReads, _Asked], _Answer]:
+    """A question whose reads all see one state of the views (`ViewsSnapshot`), however
+    many it makes; asked within another such question, it reads in that one's state."""
+
+    @functools.wraps(question)
+    def asked(views: ViewReads, /, *args: _Asked.args, **kwargs: _Asked.kwargs) -> _Answer:
+        with views.snapshot() as then:
+            return question(then, *args, **kwargs)
+
+    return asked

@@ -4,7 +4,7 @@ catches them up between its reads (as the server's requests each do before they 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +16,11 @@ from ledger.envelope import parse_fact
 from ledger.settings import Settings
 from projections import store as store_module
 from projections.consent_projection import ConsentProjection
+from projections.due import due_list
 from projections.queries import check_recipients
 from projections.runner import catch_up
-from projections.store import ConsentViews
-from tests.facts import grant, withdraw
+from projections.store import ConsentViews, ViewsSnapshot
+from tests.facts import erase, grant, request, withdraw
 
 AT = datetime.fromisoformat("2025-06-01T00:00:00+00:00")
 
@@ -74,6 +75,72 @@ def test_a_campaign_check_answers_for_one_state_of_the_views(
     monkeypatch.undo()
     after = check_recipients(views, "demo", "marketing", AT, recipients)
     assert [(r.consent, r.reason) for r in after] == [(False, "withdrawn"), (True, "granted")]
+    other.close()
+    views.close()
+    ledger.close()
+
+
+def test_the_due_list_answers_for_one_state_of_the_views(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The due list reads its lists one after another: open requests first, consents about
+    to expire next. Right after its first read, another reader catches up the erasure of
+    the subject whose consent expires and a request of another: read in a transaction
+    each, the list left out both the erased subject's expiry (read after) and the new
+    request (read before). It must answer as the views stood when it began."""
+    now = datetime.fromisoformat("2025-06-01T12:00:00+00:00")
+    ledger = ConsentLedger(Settings(data_dir=tmp_path / "data"))
+    ledger.init_demo()
+    expires = (now + timedelta(days=3)).isoformat()
+    ledger.record([parse_fact(grant("x", occurred_at="2025-03-01T00:00:00Z", expires_at=expires))])
+    path = tmp_path / "views.db"
+    views = ConsentViews.open(path)
+    catch_up(ledger, ConsentProjection(view=views))
+    tenant = ledger.tenant("demo")
+    assert tenant is not None
+
+    def due() -> dict[str, Any]:
+        return due_list(
+            views,
+            "demo",
+            now,
+            within=timedelta(days=30),
+            request_days=30,
+            policies=tenant.policies,
+        )
+
+    before = due()
+    assert [e["sid"] for e in before["expiring_consents"]] == [ledger.sid("demo", "x").hex]
+    assert before["requests"] == []
+    other = ConsentViews.open(path)
+
+    def another_reader_catches_up() -> None:
+        ledger.record(
+            [
+                parse_fact(erase("x", occurred_at="2025-05-01T00:00:00Z")),
+                parse_fact(request("y", "r-1", "information", "2025-05-20T00:00:00Z")),
+            ]
+        )
+        catch_up(ledger, ConsentProjection(view=other))
+
+    reads = 0
+    real_rows = ViewsSnapshot.rows
+
+    def rows(self: ViewsSnapshot, *args: Any, **kwargs: Any) -> list[Any]:
+        nonlocal reads
+        found = real_rows(self, *args, **kwargs)
+        reads += 1
+        if reads == 1:
+            another_reader_catches_up()
+        return found
+
+    monkeypatch.setattr(ViewsSnapshot, "rows", rows)
+    during = due()
+    assert reads > 1
+    assert during == before
+    monkeypatch.undo()
+    after = due()
+    assert after["expiring_consents"] == [] and len(after["requests"]) == 1
     other.close()
     views.close()
     ledger.close()
