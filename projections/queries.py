@@ -38,7 +38,7 @@ def consents_at(
 
 
 def who_had_consent(
-    views: ConsentViews,
+    views: ViewReads,
     tenant: str,
     purpose: str,
     at: datetime,
@@ -61,19 +61,6 @@ def who_had_consent(
     NULL`), which a partial index holds apart from the history, so the question does not
     walk past every superseded interval.
     """
-    sql, params = _who_had_consent_sql(tenant, purpose, at, known_at, after, limit, policy_version)
-    return [r[0] for r in views.rows(sql, params, tuples=True)]
-
-
-def _who_had_consent_sql(
-    tenant: str,
-    purpose: str,
-    at: datetime,
-    known_at: datetime | None,
-    after: str,
-    limit: int,
-    policy_version: str | None,
-) -> tuple[str, tuple[Any, ...]]:
     t = utc(at)
     version = () if policy_version is None else (policy_version,)
     if known_at is None:
@@ -85,11 +72,12 @@ def _who_had_consent_sql(
         sql = WHO_HAD_CONSENT
     if version:
         sql = sql.replace(" AND i.sid>? ", " AND i.policy_version=? AND i.sid>? ")
-    return sql, params
+    return [r[0] for r in views.rows(sql, params, tuples=True)]
 
 
+@in_one_state
 def who_had_consent_page(
-    views: ConsentViews,
+    views: ViewReads,
     tenant: str,
     purpose: str,
     at: datetime | None,
@@ -145,18 +133,20 @@ def who_had_consent_page(
     at = now if at is None else at
     # One more than the page, to know whether another follows: a full last page used to
     # give a `next` whose page was empty.
-    sql, params = _who_had_consent_sql(
-        tenant, purpose, at, known_at, after, limit + 1, policy_version
+    sids = who_had_consent(
+        views,
+        tenant,
+        purpose,
+        at,
+        known_at,
+        after=after,
+        limit=limit + 1,
+        policy_version=policy_version,
     )
     moment = known_at or now
-    with views.snapshot() as then:
-        sids = [r[0] for r in then.rows(sql, params, tuples=True)]
-        position = (
-            then.position(APPLICATION) if known_at is None and recorded_through is not None else 0
-        )
-    if position:
-        assert recorded_through is not None
-        moment = recorded_through(position) or moment
+    if known_at is None and recorded_through is not None:
+        position = views.position(APPLICATION)  # in the state the page was read from
+        moment = (recorded_through(position) if position else None) or moment
     following = None
     if len(sids) > limit:
         del sids[limit:]

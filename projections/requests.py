@@ -236,17 +236,17 @@ def open_request_counts(
     those days.
     """
     counts = {"open": 0, "overdue": 0}
-    with views.reading() as c:
-        c.execute(
-            "SELECT tenant, COUNT(*) FROM view_requests WHERE closed_at IS NULL GROUP BY tenant"
-        )
-        for tenant, total in c.fetchall():
-            c.execute(
+    with views.snapshot() as then:
+        for tenant, total in then.rows(
+            "SELECT tenant, COUNT(*) FROM view_requests WHERE closed_at IS NULL GROUP BY tenant",
+            tuples=True,
+        ):
+            [(overdue,)] = then.rows(
                 "SELECT COUNT(*) FROM view_requests WHERE closed_at IS NULL AND tenant=? "
                 "AND due_at IS NOT NULL AND due_at<=?",
                 (tenant, utc(now)),
+                tuples=True,
             )
-            overdue = int(c.fetchone()[0])
             policies = policies_of(tenant)
             for start, end, in_force in _periods(policies):
                 # The request kinds (the envelope admits no other), by their days.
@@ -281,8 +281,7 @@ def open_request_counts(
                     if end is not None:
                         sql += " AND received_at<?"
                         params.append(end)
-                    c.execute(sql, params)
-                    overdue += int(c.fetchone()[0])
+                    overdue += then.rows(sql, params, tuples=True)[0][0]
             counts["overdue"] += overdue
             counts["open"] += total - overdue
     return counts

@@ -357,21 +357,19 @@ class ConsentViews(SQLiteTrackingRecorder):
 
     # `tuples`: rows as plain tuples, read by position (`ledger.sql.as_tuples`).
     def rows(self, sql: str, params: Sequence[Any] = (), *, tuples: bool = False) -> list[Any]:
-        with self.snapshot() as views:
-            return views.rows(sql, params, tuples=tuples)
+        with self.snapshot() as then:
+            return then.rows(sql, params, tuples=tuples)
+
+    def position(self, application_name: str) -> int:
+        """As `ViewsSnapshot.position`."""
+        with self.snapshot() as then:
+            return then.position(application_name)
 
     @contextmanager
     def snapshot(self) -> Iterator[ViewsSnapshot]:
         """Reads that see one state of the views (`ViewsSnapshot`)."""
         with self.datastore.transaction(commit=False) as c:
             yield ViewsSnapshot(c)
-
-    @contextmanager
-    def reading(self) -> Iterator[Any]:
-        """A cursor for several queries that must see one state of the views (rows as
-        plain tuples)."""
-        with self.datastore.transaction(commit=False) as c:
-            yield as_tuples(c)
 
     def rows_in(
         self,
@@ -385,8 +383,8 @@ class ConsentViews(SQLiteTrackingRecorder):
     ) -> list[Any]:
         """`sql` has `before`'s parameters, one `IN ({})` placeholder, then `params`; run it
         over `keys` in chunks (`ledger.sql.rows_in`)."""
-        with self.snapshot() as views:
-            return views.rows_in(
+        with self.snapshot() as then:
+            return then.rows_in(
                 sql, keys, params, tuples=tuples, placeholder=placeholder, before=before
             )
 
@@ -405,8 +403,9 @@ class ViewsSnapshot:
         self._cursor = cursor
 
     def _as(self, tuples: bool) -> Any:
-        # The connection's rows are sqlite3.Row; plain tuples skip a Python call per row.
-        self._cursor.sqlite_cursor.row_factory = None if tuples else sqlite3.Row
+        if tuples:
+            return as_tuples(self._cursor)
+        self._cursor.sqlite_cursor.row_factory = sqlite3.Row  # the connection's, as given
         return self._cursor
 
     def rows(self, sql: str, params: Sequence[Any] = (), *, tuples: bool = False) -> list[Any]:
@@ -525,6 +524,8 @@ class ViewReads(Protocol):
         placeholder: str = "?",
         before: Sequence[Any] = (),
     ) -> list[Any]: ...
+
+    def position(self, application_name: str) -> int: ...
 
     def snapshot(self) -> AbstractContextManager[ViewsSnapshot]: ...
 

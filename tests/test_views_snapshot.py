@@ -4,7 +4,7 @@ catches them up between its reads (as the server's requests each do before they 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +17,10 @@ from ledger.settings import Settings
 from projections import store as store_module
 from projections.consent_projection import ConsentProjection
 from projections.due import due_list
-from projections.queries import check_recipients
+from projections.queries import check_recipients, who_had_consent_page
 from projections.runner import catch_up
 from projections.store import ConsentViews, ViewsSnapshot
+from projections.views import Views
 from tests.facts import erase, grant, request, withdraw
 
 AT = datetime.fromisoformat("2025-06-01T00:00:00+00:00")
@@ -141,6 +142,64 @@ def test_the_due_list_answers_for_one_state_of_the_views(
     monkeypatch.undo()
     after = due()
     assert after["expiring_consents"] == [] and len(after["requests"]) == 1
+    other.close()
+    views.close()
+    ledger.close()
+
+
+def test_a_page_of_who_had_consent_and_its_position_are_read_in_one_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first page pins the pages after it to the last fact the views held when it was
+    read (`who_had_consent_page`). Read apart, the position could come from after another
+    reader caught up a withdrawal that the page had not read: the pages after it would
+    then leave that person out of the list of the first page's state."""
+    people = [f"p-{n}" for n in range(4)]
+    ledger = ConsentLedger(Settings(data_dir=tmp_path / "data"))
+    ledger.init_demo()
+    ledger.record([parse_fact(grant(p, occurred_at="2025-03-01T00:00:00Z")) for p in people])
+    order = sorted(ledger.sid("demo", p).hex for p in people)
+    last = next(p for p in people if ledger.sid("demo", p).hex == order[-1])
+    path = tmp_path / "views.db"
+    views = Views(ledger, path)
+    views.refresh()
+    other = ConsentViews.open(path)
+
+    def another_reader_catches_up() -> None:
+        ledger.record([parse_fact(withdraw(last, occurred_at="2025-04-01T00:00:00Z"))])
+        catch_up(ledger, ConsentProjection(view=other))
+
+    def page(cursor: str | None) -> dict[str, Any]:
+        return who_had_consent_page(
+            views.store,
+            "demo",
+            "marketing",
+            AT if cursor is None else None,
+            None,
+            cursor=cursor,
+            limit=2,
+            policy_version=None,
+            now=datetime.now(UTC),
+            recorded_through=views.recorded_through,
+        )
+
+    reads = 0
+    real_rows = ViewsSnapshot.rows
+
+    def rows(self: ViewsSnapshot, *args: Any, **kwargs: Any) -> list[Any]:
+        nonlocal reads
+        found = real_rows(self, *args, **kwargs)
+        reads += 1
+        if reads == 1:
+            another_reader_catches_up()
+        return found
+
+    monkeypatch.setattr(ViewsSnapshot, "rows", rows)
+    first = page(None)
+    monkeypatch.undo()
+    assert reads > 1 and first["sids"] == order[:2]
+    second = page(first["next"])
+    assert second["sids"] == order[2:]
     other.close()
     views.close()
     ledger.close()
