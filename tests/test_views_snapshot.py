@@ -3,18 +3,16 @@ catches them up between its reads (as the server's requests each do before they 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ledger import sql as sql_module
 from ledger.application import ConsentLedger
 from ledger.envelope import parse_fact
 from ledger.settings import Settings
-from projections import store as store_module
 from projections.consent_projection import ConsentProjection
 from projections.due import due_list
 from projections.queries import check_recipients, who_had_consent_page
@@ -24,6 +22,28 @@ from projections.views import Views
 from tests.facts import erase, grant, request, withdraw
 
 AT = datetime.fromisoformat("2025-06-01T00:00:00+00:00")
+
+
+def after_the_first_read(monkeypatch: pytest.MonkeyPatch, happen: Callable[[], None]) -> list[int]:
+    """Has `happen` run right after the first read of the views (a snapshot's `rows` or
+    `rows_in`, which the store's own reads go through too); the reads are counted in the
+    list returned."""
+    reads = [0]
+    real_rows, real_rows_in = ViewsSnapshot.rows, ViewsSnapshot.rows_in
+
+    def counted(read: Callable[..., list[Any]]) -> Callable[..., list[Any]]:
+        def reading(self: ViewsSnapshot, *args: Any, **kwargs: Any) -> list[Any]:
+            found = read(self, *args, **kwargs)
+            reads[0] += 1
+            if reads[0] == 1:
+                happen()
+            return found
+
+        return reading
+
+    monkeypatch.setattr(ViewsSnapshot, "rows", counted(real_rows))
+    monkeypatch.setattr(ViewsSnapshot, "rows_in", counted(real_rows_in))
+    return reads
 
 
 def test_a_campaign_check_answers_for_one_state_of_the_views(
@@ -58,20 +78,9 @@ def test_a_campaign_check_answers_for_one_state_of_the_views(
         )
         catch_up(ledger, ConsentProjection(view=other))
 
-    reads = 0
-    real_rows_in = sql_module.rows_in
-
-    def rows_in(*args: Any, **kwargs: Any) -> Iterator[Any]:
-        nonlocal reads
-        yield from real_rows_in(*args, **kwargs)
-        reads += 1
-        if reads == 1:
-            another_reader_catches_up()
-
-    # The views' reads go through ledger.sql.rows_in, bound in their module.
-    monkeypatch.setattr(store_module, "rows_in", rows_in)
+    reads = after_the_first_read(monkeypatch, another_reader_catches_up)
     during = check_recipients(views, "demo", "marketing", AT, recipients)
-    assert reads > 1  # the check read again after the other reader's page
+    assert reads[0] > 1  # the check read again after the other reader's page
     assert during == before
     monkeypatch.undo()
     after = check_recipients(views, "demo", "marketing", AT, recipients)
@@ -124,20 +133,9 @@ def test_the_due_list_answers_for_one_state_of_the_views(
         )
         catch_up(ledger, ConsentProjection(view=other))
 
-    reads = 0
-    real_rows = ViewsSnapshot.rows
-
-    def rows(self: ViewsSnapshot, *args: Any, **kwargs: Any) -> list[Any]:
-        nonlocal reads
-        found = real_rows(self, *args, **kwargs)
-        reads += 1
-        if reads == 1:
-            another_reader_catches_up()
-        return found
-
-    monkeypatch.setattr(ViewsSnapshot, "rows", rows)
+    reads = after_the_first_read(monkeypatch, another_reader_catches_up)
     during = due()
-    assert reads > 1
+    assert reads[0] > 1
     assert during == before
     monkeypatch.undo()
     after = due()
@@ -183,21 +181,10 @@ def test_a_page_of_who_had_consent_and_its_position_are_read_in_one_state(
             recorded_through=views.recorded_through,
         )
 
-    reads = 0
-    real_rows = ViewsSnapshot.rows
-
-    def rows(self: ViewsSnapshot, *args: Any, **kwargs: Any) -> list[Any]:
-        nonlocal reads
-        found = real_rows(self, *args, **kwargs)
-        reads += 1
-        if reads == 1:
-            another_reader_catches_up()
-        return found
-
-    monkeypatch.setattr(ViewsSnapshot, "rows", rows)
+    reads = after_the_first_read(monkeypatch, another_reader_catches_up)
     first = page(None)
     monkeypatch.undo()
-    assert reads > 1 and first["sids"] == order[:2]
+    assert reads[0] > 1 and first["sids"] == order[:2]
     second = page(first["next"])
     assert second["sids"] == order[2:]
     other.close()
