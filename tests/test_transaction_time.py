@@ -3,6 +3,8 @@ not across a restart, not when another process wrote the log last."""
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -10,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -184,6 +187,35 @@ def test_a_batch_is_written_in_the_order_it_was_stamped(tmp_path: Path) -> None:
     finally:
         other.close()
         ledger.close()
+
+
+def test_the_latest_stamp_up_to_a_position_of_a_log_written_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A log whose batches were written subject by subject (before 2026-12-04): what the
+    log knew at its last position is the latest stamp of that batch, not the last one's."""
+
+    def subject_by_subject(*lists: Any, key: Any = None) -> Any:
+        return itertools.chain(*lists)
+
+    monkeypatch.setattr(heapq, "merge", subject_by_subject)  # what ledger.batch merges with
+    app = ConsentLedger(Settings(data_dir=tmp_path / "data"))
+    try:
+        app.init_demo()
+        batch = [
+            built.grant("ada", event_id="g-ada"),
+            built.grant("bo", event_id="g-bo"),
+            built.withdraw("ada", event_id="w-ada"),
+        ]
+        receipts = [r for r in app.record([parse_fact(f) for f in batch])]
+        assert all(isinstance(r, Receipt) for r in receipts)
+        last = max(receipts, key=lambda r: r.position)  # type: ignore[union-attr]
+        latest = max(receipts, key=lambda r: r.recorded_at)  # type: ignore[union-attr]
+        assert last is not latest  # written as before: the last position is not the latest
+        through = app.ledger_recorder.recorded_at_through(last.position)  # type: ignore[union-attr]
+        assert through == latest.recorded_at  # type: ignore[union-attr]
+    finally:
+        app.close()
 
 
 @contextmanager
