@@ -160,6 +160,18 @@ def test_a_second_writer_stamps_after_what_the_first_recorded(tmp_path: Path) ->
         ledger.close()
 
 
+def alternating_batch(ledger: ConsentLedger) -> list[Receipt]:
+    """One batch whose facts alternate between two subjects (ada, bo, ada); its receipts."""
+    batch = [
+        built.grant("ada", event_id="g-ada"),
+        built.grant("bo", event_id="g-bo"),
+        built.withdraw("ada", event_id="w-ada"),
+    ]
+    receipts = ledger.record([parse_fact(f) for f in batch])
+    assert all(isinstance(r, Receipt) for r in receipts), receipts
+    return [r for r in receipts if isinstance(r, Receipt)]
+
+
 def test_a_batch_is_written_in_the_order_it_was_stamped(tmp_path: Path) -> None:
     """A batch whose facts alternate between subjects: its positions follow its stamps, so
     the log's last fact holds its latest stamp. Written subject by subject, the last
@@ -171,15 +183,8 @@ def test_a_batch_is_written_in_the_order_it_was_stamped(tmp_path: Path) -> None:
     other = ConsentLedger(settings_)
     try:
         ledger.init_demo()
-        batch = [
-            built.grant("ada", event_id="g-ada"),
-            built.grant("bo", event_id="g-bo"),
-            built.withdraw("ada", event_id="w-ada"),
-        ]
-        receipts = ledger.record([parse_fact(f) for f in batch])
-        assert all(isinstance(r, Receipt) for r in receipts)
-        in_log_order = sorted(receipts, key=lambda r: r.position)  # type: ignore[union-attr]
-        stamps = [datetime.fromisoformat(r.recorded_at) for r in in_log_order]  # type: ignore[union-attr]
+        in_log_order = sorted(alternating_batch(ledger), key=lambda r: r.position)
+        stamps = [datetime.fromisoformat(r.recorded_at) for r in in_log_order]
         assert stamps == sorted(stamps)
         with wall(stepped_back(1), fresh_process=True):
             later = recorded_at(other, built.withdraw("bo", event_id="w-bo"))
@@ -202,18 +207,11 @@ def test_the_latest_stamp_up_to_a_position_of_a_log_written_before(
     app = ConsentLedger(Settings(data_dir=tmp_path / "data"))
     try:
         app.init_demo()
-        batch = [
-            built.grant("ada", event_id="g-ada"),
-            built.grant("bo", event_id="g-bo"),
-            built.withdraw("ada", event_id="w-ada"),
-        ]
-        receipts = [r for r in app.record([parse_fact(f) for f in batch])]
-        assert all(isinstance(r, Receipt) for r in receipts)
-        last = max(receipts, key=lambda r: r.position)  # type: ignore[union-attr]
-        latest = max(receipts, key=lambda r: r.recorded_at)  # type: ignore[union-attr]
+        receipts = alternating_batch(app)
+        last = max(receipts, key=lambda r: r.position)
+        latest = max(receipts, key=lambda r: datetime.fromisoformat(r.recorded_at))
         assert last is not latest  # written as before: the last position is not the latest
-        through = app.ledger_recorder.recorded_at_through(last.position)  # type: ignore[union-attr]
-        assert through == latest.recorded_at  # type: ignore[union-attr]
+        assert app.ledger_recorder.recorded_at_through(last.position) == latest.recorded_at
     finally:
         app.close()
 
