@@ -715,6 +715,21 @@ def test_a_store_being_built_has_no_write_ahead_log_and_takes_one_in_its_place(
     placed.close()
 
 
+def test_a_replay_worker_joins_a_build_while_another_process_writes(tmp_path: Path) -> None:
+    """A replay's worker opens the store being built while the process that made it may be
+    in a write transaction. Left to the library's own opening, its connection asked to put
+    the file in WAL mode, which needs the file to itself: "database is locked", and the
+    replay failed."""
+    path = tmp_path / "views.db.partial"
+    building = ConsentViews.open(path, indexes=False, building=True)
+    with building.datastore.transaction(commit=True) as c:
+        c.execute("INSERT INTO view_subjects VALUES ('a', 'demo', 'x', NULL, NULL)")
+        worker = ConsentViews.open(path, indexes=False, building=True)
+        assert [tuple(r) for r in worker.rows("PRAGMA journal_mode")] == [("memory",)]
+        worker.close()
+    building.close()
+
+
 def test_replay_gives_each_index_and_the_subjects_table_one_run_of_pages(
     tmp_path: Path,
 ) -> None:
