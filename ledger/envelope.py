@@ -315,40 +315,50 @@ def _safe_key(key: str) -> str:
 
 
 def _text(
-    obj: dict[str, Any], field: str, *, required: bool, max_len: int, multiline: bool = False
+    obj: dict[str, Any],
+    field: str,
+    *,
+    required: bool,
+    max_len: int,
+    multiline: bool = False,
+    path: str | None = None,
 ) -> str | None:
     """A string field; one line unless `multiline` (free text: a reason), and without the
     characters that act instead of showing (`ledger.controls`)."""
     value = obj.get(field)
+    named = path or field
     if value is None:
         if required:
-            raise FactRejected(Code.MISSING_FIELD, f"field {field!r} is required", field)
+            raise FactRejected(Code.MISSING_FIELD, f"field {named!r} is required", named)
         return None
     if not isinstance(value, str):
-        raise FactRejected(Code.INVALID_FIELD, f"field {field!r} must be a string", field)
+        raise FactRejected(Code.INVALID_FIELD, f"field {named!r} must be a string", named)
     if not 1 <= len(value) <= max_len:
         raise FactRejected(
-            Code.INVALID_FIELD, f"field {field!r} must be 1 to {max_len} characters", field
+            Code.INVALID_FIELD, f"field {named!r} must be 1 to {max_len} characters", named
         )
     control = first_control(value, multiline=multiline)
     if control is not None:
         only = "; of these it may hold tab, newline and carriage return" if multiline else ""
         raise FactRejected(
             Code.CONTROL_CHARACTER,
-            f"field {field!r} holds {code_point(control)}, a control or bidirectional "
+            f"field {named!r} holds {code_point(control)}, a control or bidirectional "
             f"formatting character{only}",
-            field,
+            named,
         )
     return value
 
 
-def _time(obj: dict[str, Any], field: str, *, required: bool) -> datetime | None:
+def _time(
+    obj: dict[str, Any], field: str, *, required: bool, path: str | None = None
+) -> datetime | None:
     value = obj.get(field)
+    named = path or field
     if value is None:
         if required:
-            raise FactRejected(Code.MISSING_FIELD, f"field {field!r} is required", field)
+            raise FactRejected(Code.MISSING_FIELD, f"field {named!r} is required", named)
         return None
-    return parse_time(value, field)
+    return parse_time(value, named)
 
 
 def _bool(obj: dict[str, Any], field: str) -> bool:
@@ -358,15 +368,23 @@ def _bool(obj: dict[str, Any], field: str) -> bool:
     return value
 
 
-def _names(obj: dict[str, Any], field: str, *, required: bool, star: bool = False) -> list[str]:
+def _names(
+    obj: dict[str, Any],
+    field: str,
+    *,
+    required: bool,
+    star: bool = False,
+    path: str | None = None,
+) -> list[str]:
     value = obj.get(field)
+    named = path or field
     if value is None:
         if required:
-            raise FactRejected(Code.MISSING_FIELD, f"field {field!r} is required", field)
+            raise FactRejected(Code.MISSING_FIELD, f"field {named!r} is required", named)
         return []
     if not isinstance(value, list) or not value or len(value) > 64:
         raise FactRejected(
-            Code.INVALID_FIELD, f"field {field!r} must be a list of 1 to 64 names", field
+            Code.INVALID_FIELD, f"field {named!r} must be a list of 1 to 64 names", named
         )
     seen: dict[str, None] = {}
     for item in value:
@@ -375,22 +393,30 @@ def _names(obj: dict[str, Any], field: str, *, required: bool, star: bool = Fals
         if not isinstance(item, str) or not _NAME.match(item):
             raise FactRejected(
                 Code.INVALID_FIELD,
-                f"field {field!r} must hold names of lower-case letters, digits and '_'",
-                field,
+                f"field {named!r} must hold names of lower-case letters, digits and '_'",
+                named,
             )
         seen.setdefault(item, None)
     return list(seen)
 
 
-def _choice(obj: dict[str, Any], field: str, allowed: frozenset[str], *, required: bool) -> str:
+def _choice(
+    obj: dict[str, Any],
+    field: str,
+    allowed: frozenset[str],
+    *,
+    required: bool,
+    path: str | None = None,
+) -> str:
     value = obj.get(field)
+    named = path or field
     if value is None and not required:
         return ""
     if value is None:
-        raise FactRejected(Code.MISSING_FIELD, f"field {field!r} is required", field)
+        raise FactRejected(Code.MISSING_FIELD, f"field {named!r} is required", named)
     if value not in allowed:
         raise FactRejected(
-            Code.INVALID_FIELD, f"{field} must be one of {', '.join(sorted(allowed))}", field
+            Code.INVALID_FIELD, f"{named} must be one of {', '.join(sorted(allowed))}", named
         )
     return str(value)
 
@@ -427,7 +453,7 @@ def _personal_data(obj: dict[str, Any], *, required: bool) -> dict[str, str] | N
             raise FactRejected(
                 Code.INVALID_FIELD,
                 f"personal_data.{key} must be a string of at most 1024 characters",
-                "personal_data",
+                f"personal_data.{key}",
             )
     return dict(value)
 
@@ -442,12 +468,13 @@ _PARTY_FIELDS = {
 def _holds_only(obj: dict[str, Any], fields: frozenset[str], what: str, field: str) -> None:
     """A nested object of the envelope is refused for a member it does not define: dropped
     in silence, what its publisher sent would not be what the ledger recorded."""
-    stray = set(obj) - fields
+    stray = sorted({_safe_key(key) for key in obj if key not in fields})
     if stray:
+        # Named like a field, or not at all: a member's name is the publisher's to choose,
+        # and one that held a phone number was echoed into the error (and so into the logs).
         raise FactRejected(
             Code.UNKNOWN_FIELD,
-            f"{what} hold {', '.join(sorted(fields))}; "
-            f"{', '.join(sorted(stray))} is not one of them",
+            f"{what} hold {', '.join(sorted(fields))}; {', '.join(stray)} is not one of them",
             field,
         )
 
@@ -469,9 +496,10 @@ def _policy_published(obj: dict[str, Any]) -> dict[str, Any]:
                 Code.INVALID_FIELD, "purposes must map purpose names to their terms", "purposes"
             )
         # A misspelt "retention_day" was dropped, and the purpose's data kept forever.
-        _holds_only(spec, _TERMS_FIELDS, "a purpose's terms", "purposes")
-        basis = _choice(spec, "legal_basis", LEGAL_BASES, required=True)
-        categories = _names(spec, "categories", required=True)
+        at = f"purposes.{purpose}"
+        _holds_only(spec, _TERMS_FIELDS, "a purpose's terms", at)
+        basis = _choice(spec, "legal_basis", LEGAL_BASES, required=True, path=f"{at}.legal_basis")
+        categories = _names(spec, "categories", required=True, path=f"{at}.categories")
         retention = spec.get("retention_days")
         if retention is not None and (
             not isinstance(retention, int)
@@ -480,9 +508,10 @@ def _policy_published(obj: dict[str, Any]) -> dict[str, Any]:
         ):
             raise FactRejected(
                 Code.INVALID_FIELD,
-                f"retention_days must be a whole number of days from 0 to {MAX_RETENTION_DAYS} "
+                f"{at}.retention_days must be a whole number of days from 0 to "
+                f"{MAX_RETENTION_DAYS} "
                 "or null",
-                "purposes",
+                f"{at}.retention_days",
             )
         terms[purpose] = {
             "legal_basis": basis,
@@ -502,8 +531,8 @@ def _policy_published(obj: dict[str, Any]) -> dict[str, Any]:
         "language": _text(obj, "language", required=True, max_len=16),
         "text": text,
         "operator": {
-            "name": _text(operator, "name", required=True, max_len=256),
-            "tin": _text(operator, "tin", required=True, max_len=32),
+            "name": _text(operator, "name", required=True, max_len=256, path="operator.name"),
+            "tin": _text(operator, "tin", required=True, max_len=32, path="operator.tin"),
         },
         "purposes": terms,
     }
@@ -587,16 +616,24 @@ def _consent_corrected(obj: dict[str, Any]) -> dict[str, Any]:
                     "changes",
                 )
         if "occurred_at" in changes:
-            normalised["occurred_at"] = _time(changes, "occurred_at", required=True)
+            normalised["occurred_at"] = _time(
+                changes, "occurred_at", required=True, path="changes.occurred_at"
+            )
         if "purposes" in changes:
-            normalised["purposes"] = _names(changes, "purposes", required=True)
+            normalised["purposes"] = _names(
+                changes, "purposes", required=True, path="changes.purposes"
+            )
         if "categories" in changes:
-            normalised["categories"] = _names(changes, "categories", required=True)
+            normalised["categories"] = _names(
+                changes, "categories", required=True, path="changes.categories"
+            )
         if "expires_at" in changes:
-            normalised["expires_at"] = _time(changes, "expires_at", required=False)
+            normalised["expires_at"] = _time(
+                changes, "expires_at", required=False, path="changes.expires_at"
+            )
         if "policy_version" in changes:
             normalised["policy_version"] = _text(
-                changes, "policy_version", required=True, max_len=64
+                changes, "policy_version", required=True, max_len=64, path="changes.policy_version"
             )
     return {"corrects": corrects, "reason": reason, "void": void, "changes": normalised}
 
@@ -621,8 +658,10 @@ def _transfer_recorded(obj: dict[str, Any]) -> dict[str, Any]:
     _holds_only(recipient, _PARTY_FIELDS["recipient"], "recipient's details", "recipient")
     return {
         "recipient": {
-            "name": _text(recipient, "name", required=True, max_len=256),
-            "country": _text(recipient, "country", required=True, max_len=64),
+            "name": _text(recipient, "name", required=True, max_len=256, path="recipient.name"),
+            "country": _text(
+                recipient, "country", required=True, max_len=64, path="recipient.country"
+            ),
         },
         "categories": _names(obj, "categories", required=True),
         "ground": _choice(obj, "ground", TRANSFER_GROUNDS, required=True),

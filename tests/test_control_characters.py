@@ -79,7 +79,7 @@ def test_an_identifier_holding_a_control_is_refused_by_parser_and_schema(
     with pytest.raises(FactRejected) as refused:
         parse_fact(bad)
     assert refused.value.code is Code.CONTROL_CHARACTER
-    assert refused.value.field == field.split(".")[-1]
+    assert refused.value.field == field
     assert f"U+{ord(char):04X}" in refused.value.message
     assert list(VALIDATOR.iter_errors(bad)), "the schema accepted what the parser refuses"
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from ledger.envelope import _RFC3339, MAX_FACT_BYTES, parse_fact, parse_fact_bytes, parse_time
 from ledger.errors import Code, FactRejected
-from tests.facts import fact, grant, policy
+from tests.facts import fact, grant, policy, terms
 
 
 def refused(data: Any, code: Code, tenant: str | None = None) -> FactRejected:
@@ -74,7 +74,7 @@ def test_required_fields(field: str) -> None:
         ({"purposes": ["Marketing!"]}, Code.INVALID_FIELD, "purposes"),
         ({"third_party_transfer": "yes"}, Code.INVALID_FIELD, "third_party_transfer"),
         ({"personal_data": {"shoe_size": "42"}}, Code.INVALID_FIELD, "personal_data"),
-        ({"personal_data": {"email": 5}}, Code.INVALID_FIELD, "personal_data"),
+        ({"personal_data": {"email": 5}}, Code.INVALID_FIELD, "personal_data.email"),
         ({"expires_at": "soon"}, Code.INVALID_TIMESTAMP, "expires_at"),
         ({"purpose": ["marketing"]}, Code.UNKNOWN_FIELD, "body"),
     ],
@@ -142,7 +142,7 @@ def test_nested_details_take_no_field_they_do_not_define() -> None:
     terms = {"legal_basis": "consent", "categories": ["email"], "retention_day": 30}
     published = {**policy("v-typo"), "purposes": {"marketing": terms}}
     said = refused(published, Code.UNKNOWN_FIELD)
-    assert said.field == "purposes" and "retention_day " in said.message
+    assert said.field == "purposes.marketing" and "'retention_day' is" in said.message
     schema = json.loads((resources.files("ledger") / "schema" / "fact.schema.json").read_text())
     assert not jsonschema.Draft202012Validator(schema).is_valid(published)
     terms["retention_days"] = terms.pop("retention_day")
@@ -241,3 +241,110 @@ def test_a_plus_sent_unencoded_in_a_url_is_named() -> None:
     with pytest.raises(FactRejected) as info:
         parse_time("2025-03-01T10:00:00", "as_of")
     assert "%2B" not in info.value.message
+
+
+def _without(obj: dict[str, Any], *fields: str) -> dict[str, Any]:
+    return {k: v for k, v in obj.items() if k not in fields}
+
+
+def _policy_with(**purpose_terms: Any) -> dict[str, Any]:
+    return policy("v-bad", purposes={"marketing": {**terms(30), **purpose_terms}})
+
+
+def _correction(**fields: Any) -> dict[str, Any]:
+    return fact("consent.corrected", corrects="g", reason="r", **fields)
+
+
+def _transfer(**fields: Any) -> dict[str, Any]:
+    out = fact(
+        "transfer.recorded",
+        recipient={"name": "Click LLC", "country": "UZ"},
+        categories=["email"],
+        ground="legal_requirement",
+    )
+    return {**out, **fields}
+
+
+NAMED_REFUSALS = [
+    (_without(grant(), "purposes"), Code.MISSING_FIELD, "purposes"),
+    ({**grant(), "evidence": {"note": "a" * 17_000}}, Code.OVERSIZE, "evidence"),
+    (_without(policy("v-bad"), "operator"), Code.MISSING_FIELD, "operator"),
+    ({**policy("v-bad"), "operator": {"name": "CRM Pro"}}, Code.MISSING_FIELD, "operator.tin"),
+    ({**policy("v-bad"), "purposes": {}}, Code.INVALID_FIELD, "purposes"),
+    ({**policy("v-bad"), "purposes": {"Marketing": terms()}}, Code.INVALID_FIELD, "purposes"),
+    ({**policy("v-bad"), "purposes": {"marketing": 5}}, Code.INVALID_FIELD, "purposes"),
+    (
+        policy("v-bad", purposes={"marketing": _without(terms(), "legal_basis")}),
+        Code.MISSING_FIELD,
+        "purposes.marketing.legal_basis",
+    ),
+    (_policy_with(legal_basis="whim"), Code.INVALID_FIELD, "purposes.marketing.legal_basis"),
+    (
+        policy("v-bad", purposes={"marketing": _without(terms(), "categories")}),
+        Code.MISSING_FIELD,
+        "purposes.marketing.categories",
+    ),
+    (_policy_with(categories=["E-mail"]), Code.INVALID_FIELD, "purposes.marketing.categories"),
+    (_policy_with(retention_days=-1), Code.INVALID_FIELD, "purposes.marketing.retention_days"),
+    (_policy_with(retention_days=True), Code.INVALID_FIELD, "purposes.marketing.retention_days"),
+    (_policy_with(retention_days=36_501), Code.INVALID_FIELD, "purposes.marketing.retention_days"),
+    (_policy_with(retention_days=1.5), Code.INVALID_FIELD, "purposes.marketing.retention_days"),
+    (fact("subject.rectified"), Code.MISSING_FIELD, "personal_data"),
+    (fact("subject.rectified", personal_data={}), Code.INVALID_FIELD, "personal_data"),
+    (_correction(void="yes"), Code.INVALID_FIELD, "void"),
+    (_correction(changes={}), Code.INVALID_FIELD, "changes"),
+    (_correction(changes={"purposes": []}), Code.INVALID_FIELD, "changes.purposes"),
+    (_correction(changes={"categories": "email"}), Code.INVALID_FIELD, "changes.categories"),
+    (_correction(changes={"occurred_at": None}), Code.MISSING_FIELD, "changes.occurred_at"),
+    (_correction(changes={"expires_at": "soon"}), Code.INVALID_TIMESTAMP, "changes.expires_at"),
+    (_correction(changes={"policy_version": ""}), Code.INVALID_FIELD, "changes.policy_version"),
+    (_correction(changes={"colour": "red"}), Code.UNKNOWN_FIELD, "changes"),
+    (_without(_transfer(), "recipient"), Code.MISSING_FIELD, "recipient"),
+    (_transfer(recipient={"name": "Click LLC"}), Code.MISSING_FIELD, "recipient.country"),
+    (_transfer(recipient={"name": "", "country": "UZ"}), Code.INVALID_FIELD, "recipient.name"),
+    (_without(_transfer(), "ground"), Code.MISSING_FIELD, "ground"),
+    (_transfer(ground="whim"), Code.INVALID_FIELD, "ground"),
+    (_transfer(cross_border="no"), Code.INVALID_FIELD, "cross_border"),
+    (fact("subject.erased"), Code.MISSING_FIELD, "ground"),
+    (fact("request.received", request_id="R"), Code.MISSING_FIELD, "kind"),
+    (fact("request.closed", request_id="R", outcome="maybe"), Code.INVALID_FIELD, "outcome"),
+]
+
+
+@pytest.mark.parametrize(
+    ("bad", "code", "field"),
+    NAMED_REFUSALS,
+    ids=[f"{bad['type']}:{field}:{code.value}" for bad, code, field in NAMED_REFUSALS],
+)
+def test_a_refusal_names_the_member_it_is_about_a_nested_one_by_its_path(
+    bad: dict[str, Any], code: Code, field: str
+) -> None:
+    """A policy whose operator lacked its TIN was refused with the field `tin`, a purpose's
+    terms without a legal basis with `legal_basis`, a correction's `changes.purposes`
+    with `purposes` (which a correction does not have). The published schema refuses each
+    as well, but for evidence past 16 KiB, a size JSON Schema cannot state."""
+    error = refused(bad, code)
+    assert error.field == field, error
+    if code is Code.MISSING_FIELD:
+        assert f"field {field!r} is required" in error.message
+    schema = json.loads((resources.files("ledger") / "schema" / "fact.schema.json").read_text())
+    if code is not Code.OVERSIZE:
+        assert list(jsonschema.Draft202012Validator(schema).iter_errors(bad)), "schema took it"
+
+
+def test_a_stray_member_of_a_nested_object_is_not_echoed_unless_named_like_a_field() -> None:
+    """Its name was put in the message as sent: a phone number given as a recipient's
+    member went into the error, and from there into the service's log."""
+    secret = "+998901234567"
+    for bad, field in (
+        (_transfer(recipient={"name": "Click LLC", "country": "UZ", secret: "x"}), "recipient"),
+        ({**policy("v-bad"), "operator": {"name": "A", "tin": "1", secret: "x"}}, "operator"),
+        (_policy_with(**{secret: 1}), "purposes.marketing"),
+    ):
+        error = refused(bad, Code.UNKNOWN_FIELD)
+        assert error.field == field
+        assert secret not in str(error.as_dict()) and "(unnamed)" in error.message
+    named = refused(
+        _transfer(recipient={"name": "C", "country": "UZ", "adress": "x"}), Code.UNKNOWN_FIELD
+    )
+    assert "'adress' is not one of them" in named.message
