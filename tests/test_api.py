@@ -389,6 +389,22 @@ def test_batch_results_in_order(world: World) -> None:
     assert results[3]["problem"]["code"] == "not_an_object"
     too_many = world.client.post("/v1/facts:batch", json={"facts": [good] * 1001}, headers=headers)
     assert too_many.status_code == 422 and too_many.json()["code"] == "batch_size"
+    # A body that is not {"facts": [1 to 1,000 facts]} is refused whole, each for its reason.
+    for body, code in (
+        (b"{not json", "invalid_json"),
+        (b"[]", "invalid_field"),
+        (b'{"facts": 5}', "invalid_field"),
+        (b'{"fact": []}', "invalid_field"),
+        (b'{"facts": []}', "batch_size"),
+    ):
+        whole = world.client.post(
+            "/v1/facts:batch",
+            content=body,
+            headers={**headers, "Content-Type": "application/json"},
+        )
+        assert whole.headers["content-type"] == "application/problem+json"
+        assert (whole.status_code, whole.json()["code"]) == (422, code), body
+        assert code == "invalid_json" or whole.json()["field"] == "facts"
 
 
 def test_a_body_that_begins_with_a_byte_order_mark_is_read(world: World) -> None:
@@ -493,6 +509,16 @@ def test_query_errors(world: World) -> None:
         assert checked.status_code == status, (sids, checked.text)
         if status == 422:
             assert checked.json()["detail"] == "a sid is 32 hex digits", checked.json()
+            assert checked.json()["field"] == "sids.0"
+    # A reference is 1 to 256 characters; the problem names which, by its place.
+    for subjects in (["c-1", ""], ["c-1", "x" * 257]):
+        checked = world.client.post(
+            "/v1/consents:check",
+            headers=headers,
+            json={"purpose": "marketing", "at": at, "subjects": subjects},
+        )
+        assert checked.status_code == 422 and checked.json()["code"] == "invalid_field"
+        assert checked.json()["field"] == "subjects.1" and "x" * 10 not in checked.text
     bad_cursor = world.client.get("/v1/purposes/marketing/subjects?cursor=zz", headers=headers)
     assert bad_cursor.status_code == 422 and bad_cursor.json()["code"] == "invalid_cursor"
     bad_due = world.client.get("/v1/due?limit=5&cursor=zz", headers=headers)

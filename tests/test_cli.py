@@ -137,6 +137,14 @@ def test_read_commands(data: Path) -> None:
         ).stdout
     )
     assert {p["purpose"]: p["state"] for p in known_then["purposes"]}["marketing"] == "none"
+    # The same answer as a table: the sid, never the reference; a line a purpose.
+    answered = run(data, "consents", "c-3", "--tenant", "demo").stdout.splitlines()
+    assert answered[0].startswith(f"subject {trail['sid']}  as of ")
+    assert "c-3" not in "".join(answered)
+    rows = {line.split()[0]: line.split() for line in answered[1:]}
+    assert set(rows) == {p["purpose"] for p in after["purposes"]}
+    assert rows["marketing"][1:4] == ["withdrawn", "since", "2025-03-05T10:00:00+05:00"]
+    assert rows["marketing"][-2:] == ["fact", "w"] and rows["support"][1] == "none"
 
 
 def test_errors_are_one_line_with_status(data: Path) -> None:

@@ -266,6 +266,17 @@ def test_policies_from_the_command_line(data: Path) -> None:
         "crmpro-1.0",
         "crmpro-2.0",
     ]
+    table = run(data, "policies", "list", "--tenant", "demo").stdout.splitlines()
+    assert [line.split()[:2] for line in table] == [
+        ["crmpro-1.0", "effective"],
+        ["crmpro-2.0", "effective"],
+    ]
+    hashes = [p["text_sha256"] for p in orjson.loads(listed.stdout)["policies"]]
+    assert [line.split()[-1] for line in table] == hashes
+    empty = run(data, "tenants", "create", "acme")
+    assert empty.returncode == 0, empty.stderr
+    none = run(data, "policies", "list", "--tenant", "acme").stdout
+    assert none == "tenant 'acme' has published no policy version\n"
     shown = run(data, "policies", "show", "crmpro-2.0", "--tenant", "demo", "--json")
     assert orjson.loads(shown.stdout)["purposes"]["marketing"]["retention_days"] == 730
     as_json = run(data, "policies", "changes", "crmpro-2.0", "--tenant", "demo", "--json")

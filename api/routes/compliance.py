@@ -65,14 +65,17 @@ def check(
     at = parse_time(body.at, "at")
     known_at = parse_known_at(body.known_at, "known_at", svc.ledger.settings.max_future_skew_s)
     if body.subjects is not None:
-        for reference in body.subjects:
+        for i, reference in enumerate(body.subjects):
             if not 1 <= len(reference) <= 256:
-                raise Problem(422, "invalid_field", "a subject is 1 to 256 characters", "subjects")
+                raise Problem(
+                    422, "invalid_field", "a subject is 1 to 256 characters", f"subjects.{i}"
+                )
         sids = [svc.ledger.sid(principal.tenant, s).hex for s in body.subjects]
     else:
         sids = [s.lower() for s in body.sids or []]
-        if not all(is_sid(s) for s in sids):
-            raise Problem(422, "invalid_field", "a sid is 32 hex digits", "sids")
+        for i, sid in enumerate(sids):
+            if not is_sid(sid):
+                raise Problem(422, "invalid_field", "a sid is 32 hex digits", f"sids.{i}")
     _known_purpose(svc, principal.tenant, body.purpose, 422, "purpose")
     svc.views.refresh()
     results = check_recipients(svc.views.store, principal.tenant, body.purpose, at, sids, known_at)
