@@ -233,6 +233,55 @@ def test_a_rotation_the_disk_could_not_begin_leaves_no_next_key(tmp_path: Path) 
     assert (data / "master.key").read_text() != old_key
 
 
+def test_a_rotation_the_disk_could_not_finish_leaves_every_key_under_the_old_master_key(
+    tmp_path: Path,
+) -> None:
+    """The new master key written, the re-wrapping of 1,500 data keys outgrew what the disk
+    took: the store's one transaction rolls back, the old key still opens every subject's
+    data, and running the rotation again finishes it with the key it began with."""
+    data = tmp_path / "data"
+    assert cli(data, "init").returncode == 0
+    facts = "\n".join(orjson.dumps(f).decode() for f in big_grants(1500, "rot"))
+    assert cli(data, "record", "-", stdin=facts).returncode == 0
+    old_key = (data / "master.key").read_text()
+    assert (data / "keys.db").stat().st_size > 2 * 64 * 1024  # more than the limit takes
+
+    refused = cli(data, "master-key", "rotate", limit=64 * 1024)
+
+    assert refused.returncode == 6 and "storage unavailable" in refused.stderr, refused.stderr
+    assert (data / "master.key").read_text() == old_key
+    begun = (data / "master.key.next").read_text()
+    trail = cli(data, "trail", "rot-7", "--tenant", "demo", "--json")
+    assert trail.returncode == 0 and "x" * 1024 in trail.stdout, trail.stderr
+    assert cli(data, "verify").returncode == 0
+    finished = cli(data, "master-key", "rotate")
+    assert finished.returncode == 0 and "re-wrapped 1,500 data keys" in finished.stdout
+    assert (data / "master.key").read_text() == begun and not (data / "master.key.next").exists()
+    assert "x" * 1024 in cli(data, "trail", "rot-7", "--tenant", "demo", "--json").stdout
+
+
+def test_an_erasure_the_disk_could_not_take_destroys_no_key_and_records_nothing(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    assert cli(data, "init").returncode == 0
+    facts = "\n".join(orjson.dumps(f).decode() for f in big_grants(3, "er"))
+    assert cli(data, "record", "-", stdin=facts).returncode == 0
+    erase = ("erase", "er-1", "--tenant", "demo", "--ground", "subject_request")
+
+    refused = cli(data, *erase, limit=10)
+
+    assert refused.returncode == 6 and "storage unavailable" in refused.stderr, refused.stderr
+    kept = orjson.loads(cli(data, "trail", "er-1", "--tenant", "demo", "--json").stdout)
+    assert [f["type"] for f in kept["facts"]] == ["consent.granted"]
+    assert kept["facts"][0]["personal_data"] == {"personal_data": {"email": "x" * 1024}}
+    assert cli(data, "verify").returncode == 0
+    assert cli(data, *erase).returncode == 0
+    erased = orjson.loads(cli(data, "trail", "er-1", "--tenant", "demo", "--json").stdout)
+    assert [f["type"] for f in erased["facts"]] == ["consent.granted", "subject.erased"]
+    assert "x" * 1024 not in orjson.dumps(erased).decode()
+
+
 @pytest.fixture
 def full_key_store(backend_ledger: ConsentLedger) -> Iterator[Callable[[bool], None]]:
     """Spend (True) or restore (False) the key store's page budget: a new subject's data key
