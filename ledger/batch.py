@@ -224,6 +224,13 @@ class FactBatch:
             assert sid is not None and fact.subject is not None
             new_here = sid not in self.subjects
             subject = self._subject(fact.tenant, sid)
+            if fact.type == "consent.granted" and not subject.erased and sid in self.erased_keys:
+                # The key store lists an erasure the log does not hold (a log restored from a
+                # backup taken before it): a grant after erasure is refused all the same. One
+                # with personal data was (no key to seal with); one without was recorded.
+                raise FactRejected(
+                    Code.SUBJECT_ERASED, "the subject was erased; no new consent can be recorded"
+                )
             pii = self._seal(subject, fact)
             try:
                 subject.record(fact, pii, tenant.policies)

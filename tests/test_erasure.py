@@ -19,6 +19,7 @@ from api.app import create_app, keys_path
 from api.keys import ApiKeys
 from ledger.application import ConsentLedger
 from ledger.envelope import parse_fact
+from ledger.errors import Code
 from ledger.kafka.topics import Topics
 from ledger.keystore import KeyStoreBusyError
 from ledger.receipt import ErasureNotOverwritten, Receipt
@@ -418,6 +419,49 @@ def test_a_key_store_restored_from_before_an_erasure_loses_the_key_again(
     reopened = ConsentLedger(settings)
     assert reopened.keystore.is_erased(sid)
     assert list(reopened.keystore.open_keys([sid, kept])) == [kept]
+    reopened.close()
+
+
+def test_a_log_restored_from_before_an_erasure_takes_no_new_grant_of_the_erased(
+    settings: Settings,
+) -> None:
+    """`ledger.db` alone restored from a backup taken before an erasure: the key store still
+    lists the subject as erased. A grant with personal data was refused (no key to seal it
+    with) and one without was recorded, a consent given after the person was erased. Both
+    are refused now; a withdrawal is still recorded, as after any erasure."""
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    ledger.record([parse_fact(grant(REFERENCE, event_id="g1", personal_data={"full_name": NAME}))])
+    ledger.close()
+    backup = settings.log_path.read_bytes()  # closed: the WAL is checkpointed away
+    erased = cli(
+        settings.data_dir, "erase", REFERENCE, "--tenant", "demo", "--ground", "subject_request"
+    )
+    assert erased.returncode == 0, erased.stderr
+    _remove_sqlite(settings.log_path)
+    settings.log_path.write_bytes(backup)
+
+    reopened = ConsentLedger(settings)
+    later = "2025-03-02T10:00:00+05:00"
+    outcomes = reopened.record(
+        [
+            parse_fact(grant(REFERENCE, event_id="g2", occurred_at=later)),
+            parse_fact(
+                grant(REFERENCE, event_id="g3", occurred_at=later, personal_data={"email": "e"})
+            ),
+            parse_fact(withdraw(REFERENCE, event_id="w1", occurred_at=later)),
+        ]
+    )
+    refusals = [o.code for o in outcomes[:2] if not isinstance(o, Receipt)]
+    assert refusals == [Code.SUBJECT_ERASED] * 2, outcomes
+    assert isinstance(outcomes[2], Receipt)
+    sid = reopened.sid("demo", REFERENCE)
+    trail = subject_trail(reopened, "demo", sid)
+    assert trail is not None
+    assert [f["type"] for f in trail["facts"]] == [
+        "consent.granted",
+        "consent.withdrawn",
+    ]
     reopened.close()
 
 

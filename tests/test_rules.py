@@ -430,6 +430,16 @@ def test_requests_open_and_close_once(ledger: ConsentLedger) -> None:
         fact("request.closed", request_id="R-1", outcome="fulfilled"),
         Code.REQUEST_ALREADY_CLOSED,
     )
+    # A complaint names the request it is about, if any: one received, closed or not.
+    assert_refused(
+        ledger,
+        fact("complaint.lodged", authority="Agency", reference="C-1", request_id="R-2"),
+        Code.UNKNOWN_REQUEST,
+    )
+    accepted(
+        ledger, fact("complaint.lodged", authority="Agency", reference="C-1", request_id="R-1")
+    )
+    accepted(ledger, fact("complaint.lodged", authority="Agency", reference="C-2"))
 
 
 def test_a_request_is_due_after_it_is_received_and_closed_no_earlier(
