@@ -132,6 +132,29 @@ def test_readyz_reports_an_unreachable_broker(tmp_path: Path, kafka_bootstrap: s
         assert kafka_threads() == threads
 
 
+def test_readyz_reports_a_topic_deleted_under_it(tmp_path: Path, kafka_bootstrap: str) -> None:
+    """The broker answers, a topic the ledger needs is gone: not ready, naming the topic
+    (not `broker_unreachable`, which would send an operator to the network)."""
+    from kafka import KafkaAdminClient
+
+    settings = kafka_settings(tmp_path / "data", kafka_bootstrap)
+    topics = Topics.of(settings.topic_prefix)
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/readyz").status_code == 200
+        admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        try:
+            admin.delete_topics([topics.rejected])
+        finally:
+            admin.close()
+        # Deleted once the controller committed it; the broker's metadata follows it.
+        deadline = time.monotonic() + 30
+        while (answer := client.get("/readyz")).status_code == 200:
+            assert time.monotonic() < deadline, "the deleted topic was still described"
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["code"] == "topics_missing", answer.text
+        assert answer.json()["detail"] == f"topics not available: {topics.rejected}"
+
+
 def _compliance_key(tmp_path: Path, kafka_bootstrap: str) -> tuple[Settings, dict[str, str]]:
     """A Kafka-mode ledger with the demo tenant, and a compliance key's header for it."""
     settings = kafka_settings(tmp_path / "data", kafka_bootstrap)
