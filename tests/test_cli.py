@@ -1118,3 +1118,16 @@ def test_an_error_of_the_kafka_client_is_one_line_and_exit_6(
     assert main(["verify"]) == 6
     err = capsys.readouterr().err
     assert err == "consent-ledger: kafka: KafkaConnectionError: 111 ECONNREFUSED\n"
+
+
+def test_the_worker_on_the_embedded_default_says_it_runs_in_kafka_mode(tmp_path: Path) -> None:
+    """Embedded, the writer is every command's own, and the views follow with `project
+    --follow`: a `worker` started there would have nothing to do, and says so."""
+    data = tmp_path / "data"
+    assert run(data, "init").returncode == 0
+    worker = run(data, "worker")
+    assert worker.returncode == 2  # a configuration error
+    assert worker.stderr == (
+        "consent-ledger: the worker runs in Kafka mode: set LEDGER_BACKEND=kafka and "
+        "KAFKA_BOOTSTRAP\n"
+    )
