@@ -68,7 +68,8 @@ test: install kafka-fetch lint typecheck unit
 # tests three to four times slower under measurement). Every Python process the tests start
 # is measured: coverage's .pth starts it wherever COVERAGE_PROCESS_START is set, and each
 # process writes a file of its own into var/coverage. A process killed by SIGKILL (the crash
-# tests') writes nothing, so what only such processes reach reads as not reached.
+# tests') or held under a file-size limit (the storage-failure tests') cannot write its file
+# (coverage warns of it), so what only such processes reach reads as not reached.
 coverage: install kafka-fetch
 	rm -rf var/coverage && mkdir -p var/coverage
 	COVERAGE_PROCESS_START=$(CURDIR)/pyproject.toml COVERAGE_FILE=$(CURDIR)/var/coverage/.coverage \
