@@ -178,7 +178,7 @@ class FactBatch:
                 Code.OCCURRED_IN_FUTURE,
                 "changes.occurred_at is more than "
                 f"{self.ledger.settings.max_future_skew_s} s ahead of the ledger's clock",
-                "changes",
+                "changes.occurred_at",
             )
         tenant = self._tenant(fact.tenant)
         if tenant is None:

@@ -509,8 +509,7 @@ def _policy_published(obj: dict[str, Any]) -> dict[str, Any]:
             raise FactRejected(
                 Code.INVALID_FIELD,
                 f"{at}.retention_days must be a whole number of days from 0 to "
-                f"{MAX_RETENTION_DAYS} "
-                "or null",
+                f"{MAX_RETENTION_DAYS} or null",
                 f"{at}.retention_days",
             )
         terms[purpose] = {

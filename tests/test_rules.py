@@ -41,7 +41,7 @@ def accepted(ledger: ConsentLedger, *facts: dict[str, Any]) -> list[Receipt]:
     return outcomes  # type: ignore[return-value]
 
 
-def assert_refused(ledger: ConsentLedger, bad: dict[str, Any], code: Code) -> None:
+def assert_refused(ledger: ConsentLedger, bad: dict[str, Any], code: Code) -> FactRejected:
     before = ledger.ledger_recorder.head()
     indexed = ledger.ledger_recorder.find_facts(bad["tenant"], [bad["event_id"]])
     [outcome] = record(ledger, bad)
@@ -49,6 +49,7 @@ def assert_refused(ledger: ConsentLedger, bad: dict[str, Any], code: Code) -> No
     assert outcome.code is code
     assert ledger.ledger_recorder.head() == before, "a refused fact changed the log"
     assert ledger.ledger_recorder.find_facts(bad["tenant"], [bad["event_id"]]) == indexed
+    return outcome
 
 
 def test_unknown_tenant(ledger: ConsentLedger) -> None:
@@ -483,9 +484,11 @@ def test_amendments_keep_the_grant_rules(
     ledger: ConsentLedger, changes: dict[str, Any], code: Code
 ) -> None:
     accepted(ledger, grant(event_id="g-amend"))
-    assert_refused(
+    refused = assert_refused(
         ledger, fact("consent.corrected", corrects="g-amend", reason="fix", changes=changes), code
     )
+    if code is Code.OCCURRED_IN_FUTURE:  # the one member at fault, named by its path
+        assert refused.field == "changes.occurred_at"
 
 
 def test_seed_policy_version_is_the_demo_default(ledger: ConsentLedger) -> None:
