@@ -152,8 +152,9 @@ SCHEMAS: dict[str, Schema] = {
             "personal_data": nullable(
                 {
                     **OPEN,
-                    "description": "decrypted; {erased: true} once erased, {key_missing: "
-                    "true} if the key store lacks its key",
+                    "description": "decrypted; {erased: true} once erased; {key_erased: "
+                    "true} if the key store erased its key in an erasure the log does not "
+                    "hold; {key_missing: true} if the key store lacks its key",
                 }
             ),
             "prev_hash": STRING,

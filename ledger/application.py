@@ -148,6 +148,30 @@ class ConsentLedger(Application[UUID]):
         _log.warning("finished %d erasures the key store had not applied", len(unfinished))
         return len(unfinished)
 
+    def erasures_not_in_log(self) -> list[tuple[str, UUID, datetime]]:
+        """The subjects of the log whose key the key store destroyed in an erasure the log
+        does not hold: (tenant, sid, when the key was destroyed), in sid order.
+
+        The other way round from `finish_erasures`, and not finished here: a `ledger.db`
+        restored from a backup taken before an erasure lost its fact (its ground, its
+        request), which only a person can state again (`consent-ledger erase --sid`). Until
+        then the subject's consent reads as the log says and its data as destroyed.
+        """
+        destroyed = self.keystore.erasures()
+        if not destroyed:
+            return []
+        in_log = self.ledger_recorder.subjects() & destroyed.keys()
+        lost = {UUID(sid) for sid in in_log} - set(self.ledger_recorder.erased_subjects())
+        if not lost:
+            return []
+        with self.lock:
+            subjects = self.load_subjects(lost)
+        return [
+            (subjects[sid].tenant, sid, destroyed[sid.hex])
+            for sid in sorted(lost)
+            if sid in subjects
+        ]
+
     def construct_transcoder(self) -> Transcoder:
         return TRANSCODER
 

@@ -588,6 +588,25 @@ class KeyStore:
             row = self._db.execute("SELECT 1 FROM erased WHERE sid=?", (sid.hex,)).fetchone()
         return row is not None
 
+    def erased_at(self, sid: UUID) -> datetime | None:
+        """When this subject's key was destroyed, if it was."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT erased_at FROM erased WHERE sid=?", (sid.hex,)
+            ).fetchone()
+        return None if row is None else datetime.fromisoformat(row[0])
+
+    def erasures(self) -> dict[str, datetime]:
+        """When each subject's key was destroyed, by sid (hex).
+
+        The key store's own record of an erasure, apart from the log's: after a `ledger.db`
+        restored from a backup older than an erasure, the only one left (see
+        `ConsentLedger.erasures_not_in_log`).
+        """
+        with self._lock:
+            rows = self._db.execute("SELECT sid, erased_at FROM erased").fetchall()
+        return {sid: datetime.fromisoformat(at) for sid, at in rows}
+
 
 def seal(key: AESGCM, sid: UUID, value: dict[str, Any]) -> str:
     """Encrypt personal data for the log; bound to the subject so it cannot be moved."""

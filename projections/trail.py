@@ -50,10 +50,18 @@ def subject_trail(ledger: ConsentLedger, tenant: str, sid: UUID) -> dict[str, An
     # receipt said: the replica's own numbering follows the order its reads happened in, so
     # two replicas would hand over the same trail with different positions.
     placed = ledger.ledger_recorder.log_coordinates([row.position for row in index.values()])
-    # Sealed data without its key: erased, if the log says so; otherwise the key is missing
-    # (a key store restored from a backup older than the log), which a trail handed to the
-    # authorised body must not call an erasure.
-    unreadable = {"erased": True} if subject.erased else {"key_missing": True}
+    # Sealed data without its key: erased, if the log says so; destroyed by an erasure the
+    # key store holds and the log does not (a log restored from a backup older than it:
+    # `ConsentLedger.erasures_not_in_log`), which must not read as "not erased"; otherwise
+    # the key is missing (a key store restored from a backup older than the log), which a
+    # trail handed to the authorised body must not call an erasure.
+    unreadable = (
+        {"erased": True}
+        if subject.erased
+        else {"key_erased": True}
+        if key is None and ledger.keystore.is_erased(sid)
+        else {"key_missing": True}
+    )
     corrected_by: dict[str, list[str]] = {}
     for c in subject.corrections:
         corrected_by.setdefault(c.corrects, []).append(c.event_id)

@@ -4,7 +4,8 @@ Each read command is run as a real process on the data directory the app serves,
 answer compared with the route's, whole. Set aside: the instant of asking where the question
 names none (`as_of` of a report, of the due list, of the request register), and what the
 command line adds for its own reader, documented in the README (a campaign check's `line`
-in the file; who had consent's `at`; verify's `subjects_without_key`).
+in the file; who had consent's `at`; verify's `subjects_without_key` and
+`erasures_not_in_log`).
 """
 
 from __future__ import annotations
@@ -98,7 +99,13 @@ CASES: list[tuple[str, tuple[str, ...], str, Any, tuple[str, ...]]] = [
         None,
         ("as_of", "next"),  # the cursor holds the instant of its page
     ),
-    ("verify", ("verify",), "/v1/verify", None, ("subjects_without_key",)),
+    (
+        "verify",
+        ("verify",),
+        "/v1/verify",
+        None,
+        ("subjects_without_key", "erasures_not_in_log"),
+    ),
     ("policies list", ("policies", "list"), "/v1/policies", None, ()),
     ("policies show", ("policies", "show", V2), f"/v1/policies/{V2}", None, ()),
     (

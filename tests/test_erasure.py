@@ -465,6 +465,66 @@ def test_a_log_restored_from_before_an_erasure_takes_no_new_grant_of_the_erased(
     reopened.close()
 
 
+def test_an_erasure_the_restored_log_lost_is_named_and_recorded_again(
+    settings: Settings,
+) -> None:
+    """`ledger.db` alone restored from before an erasure: the key store destroyed the key,
+    the log forgot the erasure. The trail called the person "(key missing: not erased)" and
+    `verify` said nothing. Now the trail says the key was erased, `verify` names the
+    erasure to record again, and `erase --sid` records it at the instant the key went."""
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    ledger.record([parse_fact(grant(REFERENCE, event_id="g1", personal_data={"email": EMAIL}))])
+    sid = ledger.sid("demo", REFERENCE)
+    ledger.close()
+    backup = settings.log_path.read_bytes()  # closed: the WAL is checkpointed away
+    erased = cli(
+        settings.data_dir, "erase", REFERENCE, "--tenant", "demo", "--ground", "subject_request"
+    )
+    assert erased.returncode == 0, erased.stderr
+    trail_then = orjson.loads(
+        cli(settings.data_dir, "trail", REFERENCE, "--tenant", "demo", "--json").stdout
+    )
+    erased_at = trail_then["erased_at"]
+    _remove_sqlite(settings.log_path)
+    settings.log_path.write_bytes(backup)
+
+    checked = cli(settings.data_dir, "verify")
+    assert checked.returncode == 0, checked.stderr  # the log itself is intact
+    assert "1 subjects were erased in the key store but the log holds no erasure" in (
+        checked.stderr
+    )
+    assert f"tenant 'demo' sid {sid.hex}: key erased at {erased_at}" in checked.stderr
+    answer = orjson.loads(cli(settings.data_dir, "verify", "--json").stdout)
+    assert answer["erasures_not_in_log"] == [
+        {"tenant": "demo", "sid": sid.hex, "key_erased_at": erased_at}
+    ]
+    assert answer["subjects_without_key"] == 0
+    trail = orjson.loads(
+        cli(settings.data_dir, "trail", sid.hex, "--sid", "--tenant", "demo", "--json").stdout
+    )
+    assert trail["erased"] is False  # only an erasure in the log says erased
+    assert [f["personal_data"] for f in trail["facts"]] == [{"key_erased": True}]
+    table = cli(settings.data_dir, "trail", sid.hex, "--sid", "--tenant", "demo").stdout
+    assert "(key erased, erasure not in the log)" in table and "not erased" not in table
+
+    again = cli(
+        settings.data_dir,
+        *("erase", sid.hex, "--sid", "--tenant", "demo", "--ground", "subject_request"),
+    )
+    assert again.returncode == 0, again.stderr
+    assert f"destroyed at {erased_at} by an erasure the log did not hold" in again.stdout
+    trail = orjson.loads(
+        cli(settings.data_dir, "trail", sid.hex, "--sid", "--tenant", "demo", "--json").stdout
+    )
+    assert (trail["erased"], trail["erased_at"]) == (True, erased_at)
+    assert trail["facts"][-1]["occurred_at"] == erased_at
+    assert [f["personal_data"] for f in trail["facts"]] == [{"erased": True}, None]
+    checked = cli(settings.data_dir, "verify", "--json")
+    assert checked.returncode == 0 and "warning" not in checked.stderr, checked.stderr
+    assert orjson.loads(checked.stdout)["erasures_not_in_log"] == []
+
+
 def test_the_recorder_knows_the_erasure_events_by_their_topics() -> None:
     from eventsourcing.utils import get_topic
 

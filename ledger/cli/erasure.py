@@ -59,8 +59,13 @@ def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
         if subject is None:
             raise CliError("no such subject in this tenant", EXIT_NOT_FOUND)
         erased_before = subject.erased_at
+        # An erasure the log lost (ledger.db restored from before it) happened when the key
+        # store destroyed the key: recorded again, it says so (`erasures_not_in_log`).
+        lost_at = None if erased_before else ledger.keystore.erased_at(sid)
         # A retry with --event-id repeats the first attempt's instant (see occurred_at_of).
-        occurred_at = ledger.occurred_at_of(args.tenant, event_id, sid) or datetime.now(UTC)
+        occurred_at = (
+            ledger.occurred_at_of(args.tenant, event_id, sid) or lost_at or datetime.now(UTC)
+        )
         fact: dict[str, Any] = {
             "event_id": event_id,
             "type": "subject.erased",
@@ -87,6 +92,11 @@ def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
         say(
             f"subject {outcome.sid}: this erasure was recorded before, at {place}; "
             "nothing new recorded"
+        )
+    elif lost_at is not None:
+        say(
+            f"subject {outcome.sid}: its data key was destroyed at {lost_at.isoformat()} by an "
+            f"erasure the log did not hold; that erasure recorded again, at {place}"
         )
     elif erased_before is not None:
         # Recorded all the same (another ground or request may be why it was asked again),

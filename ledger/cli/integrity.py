@@ -296,10 +296,22 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
         # Not the log's integrity, but what a restore can leave: subjects whose key the key
         # store lacks (keys.db older than the log), their personal data unreadable.
         keyless = len(ledger.ledger_recorder.subjects() - ledger.keystore.subjects_held())
+        # The other way round: the key store destroyed a key in an erasure the log does not
+        # hold (ledger.db older than keys.db), whose fact a person has to record again.
+        lost = ledger.erasures_not_in_log()
     finally:
         ledger.close()
     if args.json:
-        print_json({**result.as_dict(), "subjects_without_key": keyless})
+        print_json(
+            {
+                **result.as_dict(),
+                "subjects_without_key": keyless,
+                "erasures_not_in_log": [
+                    {"tenant": tenant, "sid": sid.hex, "key_erased_at": at.isoformat()}
+                    for tenant, sid, at in lost
+                ],
+            }
+        )
     elif result.ok:
         say(f"verify: OK, {result.facts_checked} facts, merkle root {result.root}")
     if keyless:
@@ -308,6 +320,18 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
             "erasure: their personal data cannot be read (keys.db older than the log?)",
             file=sys.stderr,
         )
+    if lost:
+        say(
+            f"verify: warning: {len(lost)} subjects were erased in the key store but the log "
+            "holds no erasure of them (ledger.db older than keys.db?); record each again with "
+            "`consent-ledger erase SID --sid --tenant TENANT --ground GROUND`:",
+            file=sys.stderr,
+        )
+        for tenant, sid, at in lost:
+            say(
+                f"  tenant {tenant!r} sid {sid.hex}: key erased at {at.isoformat()}",
+                file=sys.stderr,
+            )
     if not result.ok:
         first = result.problems[0]
         return fail(

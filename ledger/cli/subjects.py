@@ -202,7 +202,13 @@ def cmd_accesses(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def print_trail(trail: dict[str, Any]) -> None:
-    who = trail["subject"] or ("(erased)" if trail["erased"] else "(key missing: not erased)")
+    who = trail["subject"] or (
+        "(erased)"
+        if trail["erased"]
+        else "(key erased, erasure not in the log)"
+        if any(f["personal_data"] == {"key_erased": True} for f in trail["facts"])
+        else "(key missing: not erased)"
+    )
     say(
         f"Audit trail of subject {trail['sid']} [{who}], tenant {trail['tenant']}: "
         f"{len(trail['facts'])} facts"
