@@ -406,6 +406,7 @@ SCHEMAS: dict[str, Schema] = {
             "operators": array(OPERATOR),
             "personal_data": nullable(OPEN),
             "personal_data_unreadable": BOOLEAN,
+            "personal_data_key_erased": BOOLEAN,
             "collected_with": array(
                 obj(
                     {

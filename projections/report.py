@@ -125,6 +125,11 @@ def subject_report(ledger: ConsentLedger, tenant: str, sid: UUID) -> dict[str, A
         "personal_data_unreadable": any(
             fact["personal_data"] == {"key_missing": True} for fact in trail["facts"]
         ),
+        # Destroyed, not held: the key store erased the key in an erasure the log does not
+        # hold (a log restored from a backup older than it), which is still to be recorded.
+        "personal_data_key_erased": any(
+            fact["personal_data"] == {"key_erased": True} for fact in trail["facts"]
+        ),
         "collected_with": collected,  # empty once erased: the trail decrypts nothing then
         "consents": [
             {

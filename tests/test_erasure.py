@@ -507,6 +507,13 @@ def test_an_erasure_the_restored_log_lost_is_named_and_recorded_again(
     assert [f["personal_data"] for f in trail["facts"]] == [{"key_erased": True}]
     table = cli(settings.data_dir, "trail", sid.hex, "--sid", "--tenant", "demo").stdout
     assert "(key erased, erasure not in the log)" in table and "not erased" not in table
+    report = orjson.loads(
+        cli(settings.data_dir, "report", sid.hex, "--sid", "--tenant", "demo", "--json").stdout
+    )
+    assert (report["personal_data"], report["personal_data_unreadable"]) == ({}, False)
+    assert report["personal_data_key_erased"] is True
+    text = cli(settings.data_dir, "report", sid.hex, "--sid", "--tenant", "demo").stdout
+    assert "DESTROYED: the key store erased this subject's key" in text
 
     again = cli(
         settings.data_dir,
@@ -518,6 +525,10 @@ def test_an_erasure_the_restored_log_lost_is_named_and_recorded_again(
         cli(settings.data_dir, "trail", sid.hex, "--sid", "--tenant", "demo", "--json").stdout
     )
     assert (trail["erased"], trail["erased_at"]) == (True, erased_at)
+    report = orjson.loads(
+        cli(settings.data_dir, "report", sid.hex, "--sid", "--tenant", "demo", "--json").stdout
+    )
+    assert (report["erased"], report["personal_data_key_erased"]) == (True, False)
     assert trail["facts"][-1]["occurred_at"] == erased_at
     assert [f["personal_data"] for f in trail["facts"]] == [{"erased": True}, None]
     checked = cli(settings.data_dir, "verify", "--json")

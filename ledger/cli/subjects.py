@@ -123,6 +123,12 @@ def report_lines(report: dict[str, Any]) -> list[str]:
                 "  INCOMPLETE: some of it is sealed under a key the key store does not hold "
                 "(restored from a backup older than the log?)"
             )
+        if report["personal_data_key_erased"]:
+            out.append(
+                "  DESTROYED: the key store erased this subject's key in an erasure the log "
+                "does not hold (restored from a backup older than it?): `verify` names it, "
+                "to be recorded again"
+            )
         out.append("collected with:")
         out += [
             f"  {c['occurred_at']} via {c['source']} ({c['channel']}): "
