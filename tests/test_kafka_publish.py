@@ -285,3 +285,57 @@ def test_an_answer_names_no_refusal_of_an_intake_topic_made_before(
         assert answer["receipt"]["event_id"] == "px-2"
     trail = cli(env, "trail", "pub-x", "--tenant", "demo", "--json")
     assert [f["event_id"] for f in orjson.loads(trail.stdout)["facts"]] == ["px-2"]
+
+
+def test_a_fact_larger_than_another_teams_intake_topic_takes_is_refused_alone(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """The intake topic may be another team's, made with its own `max.message.bytes`
+    (`ledger.kafka.topics.intake_topic`), smaller than the envelope's largest fact. The
+    broker refused such a record, and kafka-python's idempotent producer then failed every
+    record after it with the same error: a small fact of the same person, sent with it,
+    was answered `oversize` too. The large one is refused before it is sent now, naming
+    the topic's limit, and the facts around it are published."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    settings = kafka_settings(tmp_path / "data", kafka_bootstrap)
+    env = kafka_env(settings)
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        admin.create_topics(
+            [
+                NewTopic(
+                    f"{settings.topic_prefix}.intake",
+                    num_partitions=settings.partitions,
+                    replication_factor=1,
+                    topic_configs={"max.message.bytes": "65536"},
+                )
+            ]
+        )
+    finally:
+        admin.close()
+    made = cli(env, "init")
+    assert made.returncode == 0, made.stderr
+    # One person's facts: one key, so one partition, and sent together, one batch.
+    reference = "ref-oversize-7731"
+    lines = [
+        orjson.dumps(grant(reference, event_id="small-before")),
+        orjson.dumps({**grant(reference, event_id="large"), "evidence": {"x": "y" * 100_000}}),
+        orjson.dumps(grant(reference, event_id="small-after")),
+        orjson.dumps(grant("someone-else", event_id="small-other")),
+    ]
+    out = cli(env, "publish", "--no-wait", stdin=b"\n".join(lines).decode())
+    assert out.returncode == 1, out.stdout + out.stderr
+    answers = [orjson.loads(line) for line in out.stdout.splitlines()]
+    assert [sorted(a) for a in answers] == [
+        ["index", "line", "published"],
+        ["index", "line", "rejected"],
+        ["index", "line", "published"],
+        ["index", "line", "published"],
+    ], answers
+    assert answers[1]["rejected"]["code"] == "oversize"
+    assert (
+        f"than topic {settings.topic_prefix}.intake takes (65536 bytes)"
+        in (answers[1]["rejected"]["message"])
+    )
+    assert reference not in out.stdout + out.stderr  # no reference echoed

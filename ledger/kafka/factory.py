@@ -61,6 +61,7 @@ class KafkaFactory(LedgerSQLiteFactory):
                 layout.partitions,
                 bytes.fromhex(mac_key),
                 record_limit=layout.record_limit,
+                intake_record_limit=layout.intake_record_limit,
             ),
         )
         if self.env_create_table():

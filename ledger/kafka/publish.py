@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
+from kafka.record.default_records import DefaultRecordBatchBuilder
 
 from ledger.application import ConsentLedger
 from ledger.envelope import without_bom
@@ -161,6 +162,14 @@ class Publisher:
         sending: list[Any] = []
         for item in items:
             value, key, fact_tenant, event_id = _prepare(self._ledger, item, self._tenant)
+            # As the broker counts it: the record in a batch of its own (an upper bound).
+            size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, [])
+            if size > link.intake_record_limit:
+                # Refused here, never sent: the broker's refusal of it would leave this
+                # producer failing every record sent after it (see `_confirmed`).
+                limit = f"topic {link.topics.intake} takes ({link.intake_record_limit} bytes)"
+                sending.append(_too_large(size, limit))
+                continue
 
             def send_one(ms: int, key: bytes | None = key, value: bytes = value) -> Any:
                 return self._producer.send(link.topics.intake, key=key, value=value)
@@ -170,11 +179,11 @@ class Publisher:
                 # times out has put nothing in the producer's buffer: asked again.
                 future = answered(send_one, timeout_s=ANSWER_TIMEOUT_S, away=away)
             except MessageSizeTooLargeError:  # over the request size this command sends
-                sending.append(_too_large(len(value), f"publish sends ({RECORD_LIMIT} bytes)"))
+                sending.append(_too_large(size, f"publish sends ({RECORD_LIMIT} bytes)"))
                 continue
             except ReadTimedOut as error:
                 raise LedgerUnavailable(_unconfirmed(error)) from error
-            sending.append((future, fact_tenant, event_id, len(value)))
+            sending.append((future, fact_tenant, event_id))
         if any(not isinstance(sent, FactRejected) for sent in sending):
             try:
                 # Sent now, not after the producer's linger: the batch is whole.
@@ -186,16 +195,11 @@ class Publisher:
             if isinstance(sent, FactRejected):
                 published.append(sent)
                 continue
-            future, fact_tenant, event_id, size = sent
+            future, fact_tenant, event_id = sent
             try:
                 meta = answered(
                     functools.partial(_confirmed, future), timeout_s=ANSWER_TIMEOUT_S, away=away
                 )
-            except MessageSizeTooLargeError:  # the broker's refusal: the topic's limit
-                published.append(
-                    _too_large(size, f"topic {link.topics.intake} takes (its max.message.bytes)")
-                )
-                continue
             except (ReadTimedOut, KafkaError) as error:
                 raise LedgerUnavailable(_unconfirmed(error)) from error
             published.append(Published(meta.partition, meta.offset, fact_tenant, event_id))
@@ -210,7 +214,15 @@ class Publisher:
 
 def _confirmed(future: Any, ms: int) -> Any:
     """The record's metadata once the broker confirmed it; None while it may still; what it
-    failed with, if it did (a delivery that timed out is a failure, not a wait)."""
+    failed with, if it did (a delivery that timed out is a failure, not a wait).
+
+    A broker's refusal of a record as too large is not that record's answer: kafka-python's
+    idempotent producer (3.0.12) takes it as a fatal error and fails every record it holds
+    or is given after it with the same error, small ones too. `send` refuses a record the
+    intake topic cannot take before sending it; a refusal all the same (the topic's
+    `max.message.bytes` lowered since) ends the command as the broker's other failures do,
+    every fact to be published again, rather than calling facts too large that were not.
+    """
     if not future.is_done:
         with contextlib.suppress(KafkaTimeoutError):
             future.get(timeout=ms / 1000)

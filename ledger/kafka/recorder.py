@@ -124,6 +124,8 @@ class KafkaLink:
     catch_up_timeout_s: float = 120.0
     # The ledger topic's `max.message.bytes` (ledger.kafka.topics.ledger_layout).
     record_limit: int = KAFKA_DEFAULT_RECORD_LIMIT
+    # The intake topic's, which `publish` sends to (ledger.kafka.topics.Layout).
+    intake_record_limit: int = KAFKA_DEFAULT_RECORD_LIMIT
 
     @property
     def transactional_id(self) -> str:

@@ -150,6 +150,9 @@ class Layout(NamedTuple):
     topics: Topics
     partitions: int  # of the ledger topic
     record_limit: int  # the ledger topic's `max.message.bytes`
+    # The intake topic's: it may be another team's, taking less than the envelope's largest
+    # fact (ledger.kafka.publish refuses a larger record before sending it).
+    intake_record_limit: int = KAFKA_DEFAULT_RECORD_LIMIT
 
 
 def ensure_topics(settings: Settings) -> Topics:
@@ -175,7 +178,7 @@ def ledger_layout(settings: Settings) -> Layout:
                 )
         admin.wait_for_topics(list(specs))
         record_limit = check_ledger_topic(admin, topics.ledger, settings)
-        check_intake_topic(admin, topics.intake)
+        intake_limit = check_intake_topic(admin, topics.intake)
         check_rejected_topic(admin, topics.rejected, settings)
         partitions = partition_count(admin, topics.ledger)
     except (KafkaTimeoutError, KafkaConnectionError) as error:
@@ -186,7 +189,7 @@ def ledger_layout(settings: Settings) -> Layout:
         ) from None
     finally:
         admin.close()
-    return Layout(topics, partitions, record_limit)
+    return Layout(topics, partitions, record_limit, intake_limit)
 
 
 def check_ledger_topic(admin: KafkaAdminClient, name: str, settings: Settings) -> int:
@@ -306,8 +309,9 @@ def fewest_replicas(topic: Mapping[str, Any]) -> int:
     return min(len(p["replica_nodes"]) for p in topic["partitions"])
 
 
-def check_intake_topic(admin: KafkaAdminClient, name: str) -> None:
-    """Refuse an intake topic that compacts: it would drop published facts before they are read.
+def check_intake_topic(admin: KafkaAdminClient, name: str) -> int:
+    """Refuse an intake topic that compacts: it would drop published facts before they are
+    read. The largest record it takes.
 
     Publishers key one person's facts alike (so they stay in order): compaction keeps only
     the last record of each key, so a person's grant published before their withdrawal
@@ -315,13 +319,15 @@ def check_intake_topic(admin: KafkaAdminClient, name: str) -> None:
     broker had acknowledged it to the publisher. Retention is the operator's to choose:
     records are read within moments while the writer runs.
     """
-    policy = _config(admin, name).get("cleanup.policy", "")
+    configs = _config(admin, name)
+    policy = configs.get("cleanup.policy", "")
     if "compact" in {p.strip() for p in policy.split(",")}:
         raise TopicRefused(
             f"topic {name} has cleanup.policy={policy}: compaction keeps only the last of a "
             "person's facts published under one key and could drop the others before they "
             "are read; use cleanup.policy=delete"
         )
+    return int(configs.get("max.message.bytes") or KAFKA_DEFAULT_RECORD_LIMIT)
 
 
 def _config(admin: KafkaAdminClient, name: str) -> dict[str, str]:
