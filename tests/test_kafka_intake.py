@@ -703,8 +703,9 @@ def test_an_intake_topic_with_fewer_copies_or_longer_retention_is_warned_of(
     tmp_path: Path, kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An intake topic made by hand stating two in-sync copies on one replica (Kafka then
-    acknowledges with one), and keeping records for ever while rejections expire in 7 days:
-    the writer runs (the topic may be another team's), saying each once."""
+    acknowledges with one), keeping records for ever while rejections expire in 7 days, and
+    taking records of Kafka's default size, too small for the envelope's largest fact: the
+    writer runs (the topic may be another team's), saying each once."""
     settings = kafka_settings(tmp_path / "data", kafka_bootstrap, partitions=1)
     topics = Topics.of(settings.topic_prefix)
     made_by_hand(kafka_bootstrap, topics.intake, {"min.insync.replicas": "2", "retention.ms": "-1"})
@@ -725,8 +726,10 @@ def test_an_intake_topic_with_fewer_copies_or_longer_retention_is_warned_of(
     said = [r.getMessage() for r in caplog.records]
     copies = [m for m in said if "min.insync.replicas=2 but 1 replica(s)" in m]
     kept = [m for m in said if "keeps records longer (retention.ms=-1)" in m]
-    assert len(copies) == 1 and len(kept) == 1, said
+    small = [m for m in said if "takes records of at most 1048588 bytes" in m]
+    assert len(copies) == 1 and len(kept) == 1 and len(small) == 1, said
     assert topics.intake in copies[0] and topics.rejected in kept[0]
+    assert topics.intake in small[0] and "max.message.bytes to 2097152" in small[0]
 
 
 def test_clocks_that_run_ahead_of_the_brokers_do_not_stop_the_ledger(

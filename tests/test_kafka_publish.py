@@ -18,7 +18,7 @@ import pytest
 
 from tests.cli_support import closed, line_within, lines_until, piped, written_behind
 from tests.facts import grant, withdraw
-from tests.kafka_support import kafka_env, kafka_settings, largest_policy
+from tests.kafka_support import kafka_env, kafka_settings, largest_policy, made_by_hand
 
 pytestmark = pytest.mark.kafka
 
@@ -296,27 +296,12 @@ def test_a_fact_larger_than_another_teams_intake_topic_takes_is_refused_alone(
     record after it with the same error: a small fact of the same person, sent with it,
     was answered `oversize` too. The large one is refused before it is sent now, naming
     the topic's limit, and the facts around it are published."""
-    from kafka.admin import KafkaAdminClient, NewTopic
-
     settings = kafka_settings(tmp_path / "data", kafka_bootstrap)
     env = kafka_env(settings)
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    try:
-        admin.create_topics(
-            [
-                NewTopic(
-                    f"{settings.topic_prefix}.intake",
-                    num_partitions=settings.partitions,
-                    replication_factor=1,
-                    topic_configs={"max.message.bytes": "65536"},
-                )
-            ]
-        )
-    finally:
-        admin.close()
+    made_by_hand(kafka_bootstrap, f"{settings.topic_prefix}.intake", {"max.message.bytes": "65536"})
     made = cli(env, "init")
     assert made.returncode == 0, made.stderr
-    # One person's facts: one key, so one partition, and sent together, one batch.
+    # One partition, sent together: one batch.
     reference = "ref-oversize-7731"
     lines = [
         orjson.dumps(grant(reference, event_id="small-before")),

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 from kafka.errors import KafkaConnectionError, KafkaTimeoutError
 
+from ledger.envelope import MAX_FACT_BYTES
 from ledger.kafka import reachable
 from ledger.kafka.clients import AdminClient
 from ledger.kafka.reachable import BrokerWatch
@@ -91,6 +92,9 @@ class Topics:
 RECORD_LIMIT = 2 * 1024 * 1024
 # Kafka's default `max.message.bytes`, for a topic that does not say.
 KAFKA_DEFAULT_RECORD_LIMIT = 1024 * 1024 + 12
+# What an intake topic must take for the envelope's largest fact to be published: the fact,
+# its key (tenant and sid) and a record batch's header, with room to spare.
+INTAKE_RECORD_NEEDED = MAX_FACT_BYTES + 1024
 # The most of a refused record's bytes its rejected record carries (ledger.kafka.intake), and
 # the smallest `max.message.bytes` a rejected topic may have: that much in base64, with the
 # reasons, key and headers. Kafka's default takes it.
@@ -374,6 +378,15 @@ def intake_topic(settings: Settings, topics: Topics) -> IntakeTopic:
             "whose group offsets expired could read again a record whose rejection is gone "
             "and answer it anew (refused twice, or recorded if the ledger changed since); "
             "keep the rejected topic's retention at least the intake's"
+        )
+    takes = int(configs.get("max.message.bytes") or KAFKA_DEFAULT_RECORD_LIMIT)
+    if takes < INTAKE_RECORD_NEEDED:
+        warnings.append(
+            f"topic {topics.intake} takes records of at most {takes} bytes "
+            f"(max.message.bytes), less than the envelope's largest fact ({MAX_FACT_BYTES} "
+            "bytes) with its key: the broker refuses a larger fact to its publisher, so it "
+            "never reaches the ledger or the rejected topic (`publish` answers it "
+            f"`oversize`); set its max.message.bytes to {RECORD_LIMIT}, as the ledger makes it"
         )
     return IntakeTopic(str(intake.get("topic_id") or ""), warnings)
 
