@@ -324,3 +324,38 @@ def test_a_fact_larger_than_another_teams_intake_topic_takes_is_refused_alone(
         in (answers[1]["rejected"]["message"])
     )
     assert reference not in out.stdout + out.stderr  # no reference echoed
+
+
+def test_publish_gives_the_tenant_to_the_facts_that_name_none(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """`publish --tenant`: a fact that names no tenant is published as the tenant's (keyed by
+    it, so a person's facts keep their partition); one that names its own keeps it; without
+    the option, a fact that names none is refused by the worker, as any fact missing it."""
+    env = kafka_env(kafka_settings(tmp_path / "data", kafka_bootstrap))
+    assert cli(env, "init").returncode == 0
+    tenantless = {k: v for k, v in grant("pub-t1", event_id="t1").items() if k != "tenant"}
+    elsewhere = {**grant("pub-t2", event_id="t2"), "tenant": "no-such-tenant"}
+    later = {
+        k: v
+        for k, v in withdraw(
+            "pub-t1", event_id="t3", occurred_at="2025-03-02T10:00:00+05:00"
+        ).items()
+        if k != "tenant"
+    }
+    with running_worker(env):
+        text = "\n".join(orjson.dumps(f).decode() for f in (tenantless, elsewhere, later))
+        out = cli(env, "publish", "--tenant", "demo", "--wait", "120", stdin=text)
+        assert out.returncode == 1, out.stderr
+        answers = [orjson.loads(line) for line in out.stdout.splitlines()]
+        assert answers[0]["receipt"]["event_id"] == "t1"
+        assert answers[1]["rejected"]["code"] == "unknown_tenant"
+        assert answers[2]["receipt"]["sid"] == answers[0]["receipt"]["sid"]
+        assert answers[2]["receipt"]["partition"] == answers[0]["receipt"]["partition"]
+        bare = {**tenantless, "event_id": "t4"}
+        refused = cli(env, "publish", "--wait", "120", stdin=orjson.dumps(bare).decode())
+        assert refused.returncode == 1, refused.stderr
+        rejected = orjson.loads(refused.stdout)["rejected"]
+        assert (rejected["code"], rejected.get("field")) == ("missing_field", "tenant"), rejected
+    trail = cli(env, "trail", "pub-t1", "--tenant", "demo", "--json")
+    assert [f["event_id"] for f in orjson.loads(trail.stdout)["facts"]] == ["t1", "t3"]
