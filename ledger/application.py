@@ -148,9 +148,7 @@ class ConsentLedger(Application[UUID]):
         _log.warning("finished %d erasures the key store had not applied", len(unfinished))
         return len(unfinished)
 
-    def erasures_not_in_log(
-        self, in_log: set[str] | None = None
-    ) -> list[tuple[str, UUID, datetime]]:
+    def erasures_not_in_log(self) -> list[tuple[str, UUID, datetime]]:
         """The subjects of the log whose key the key store destroyed in an erasure the log
         does not hold: (tenant, sid, when the key was destroyed), in sid order.
 
@@ -158,19 +156,19 @@ class ConsentLedger(Application[UUID]):
         restored from a backup taken before an erasure lost its fact (its ground, its
         request), which only a person can state again (`consent-ledger erase --sid`). Until
         then the subject's consent reads as the log says and its data as destroyed.
-        `in_log`: the log's sids (hex), if the caller has read them already.
+
+        Two small lists compared, as `finish_erasures` does (no read of the log's facts),
+        so that `serve` and `worker` can say it at every start: every erasure of the key
+        store came from one in the log, so they differ only after such a restore.
         """
         destroyed = self.keystore.erasures()
-        if not destroyed:
-            return []
-        held = (self.ledger_recorder.subjects() if in_log is None else in_log) & destroyed.keys()
-        lost = {UUID(sid) for sid in held} - set(self.ledger_recorder.erased_subjects())
+        lost = {UUID(sid) for sid in destroyed} - set(self.ledger_recorder.erased_subjects())
         if not lost:
             return []
         with self.lock:
-            subjects = self.load_subjects(lost)
+            subjects = self.load_subjects(lost)  # those the log holds no fact of are not lost
         return [
-            (subjects[sid].tenant, sid, destroyed[sid.hex])
+            (subjects[sid].tenant, sid, datetime.fromisoformat(destroyed[sid.hex]))
             for sid in sorted(lost)
             if sid in subjects
         ]

@@ -596,8 +596,8 @@ class KeyStore:
             ).fetchone()
         return None if row is None else datetime.fromisoformat(row[0])
 
-    def erasures(self) -> dict[str, datetime]:
-        """When each subject's key was destroyed, by sid (hex).
+    def erasures(self) -> dict[str, str]:
+        """When each subject's key was destroyed (as written), by sid (hex).
 
         The key store's own record of an erasure, apart from the log's: after a `ledger.db`
         restored from a backup older than an erasure, the only one left (see
@@ -605,7 +605,7 @@ class KeyStore:
         """
         with self._lock:
             rows = self._db.execute("SELECT sid, erased_at FROM erased").fetchall()
-        return {sid: datetime.fromisoformat(at) for sid, at in rows}
+        return dict(rows)
 
 
 def seal(key: AESGCM, sid: UUID, value: dict[str, Any]) -> str:

@@ -28,6 +28,7 @@ from projections.trail import subject_trail
 from tests.facts import fact, grant, withdraw
 from tests.kafka_support import kafka_env, read_committed
 from tests.keystore_support import reader_holding
+from tests.server_support import serve
 
 REFERENCE = "+998901112233"
 NAME = "Qodirova Dilnoza Botirovna"
@@ -500,6 +501,10 @@ def test_an_erasure_the_restored_log_lost_is_named_and_recorded_again(
         {"tenant": "demo", "sid": sid.hex, "key_erased_at": erased_at}
     ]
     assert answer["subjects_without_key"] == 0
+    server, _ = serve(settings)  # says it at start, and serves
+    server.terminate()
+    said = server.communicate(timeout=60)[0].decode()
+    assert "serve: warning: 1 subjects were erased in the key store but the log" in said, said
     trail = orjson.loads(
         cli(settings.data_dir, "trail", sid.hex, "--sid", "--tenant", "demo", "--json").stdout
     )

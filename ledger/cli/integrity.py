@@ -295,11 +295,10 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
         result = verify_ledger(ledger.ledger_recorder)
         # Not the log's integrity, but what a restore can leave: subjects whose key the key
         # store lacks (keys.db older than the log), their personal data unreadable.
-        in_log = ledger.ledger_recorder.subjects()
-        keyless = len(in_log - ledger.keystore.subjects_held())
+        keyless = len(ledger.ledger_recorder.subjects() - ledger.keystore.subjects_held())
         # The other way round: the key store destroyed a key in an erasure the log does not
         # hold (ledger.db older than keys.db), whose fact a person has to record again.
-        lost = ledger.erasures_not_in_log(in_log)
+        lost = ledger.erasures_not_in_log()
     finally:
         ledger.close()
     if args.json:

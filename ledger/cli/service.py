@@ -77,6 +77,17 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
                 views.check()  # views of another log (a hand restore), as the worker's
             finally:
                 views.close()
+        # A log restored alone from before erasures: the service runs (the data is
+        # destroyed all the same), but the operator is told the facts are to be recorded.
+        lost = len(ledger.erasures_not_in_log())
+        if lost:
+            say(
+                f"serve: warning: {lost} subjects were erased in the key store but the log "
+                "holds no erasure of them (ledger.db older than keys.db?): `consent-ledger "
+                "verify` names them, to record each again",
+                file=sys.stderr,
+                flush=True,
+            )
     finally:
         ledger.close()
     # The address is taken before the demo is loaded and a key made: a port in use ended
