@@ -359,3 +359,42 @@ def test_publish_gives_the_tenant_to_the_facts_that_name_none(
         assert (rejected["code"], rejected.get("field")) == ("missing_field", "tenant"), rejected
     trail = cli(env, "trail", "pub-t1", "--tenant", "demo", "--json")
     assert [f["event_id"] for f in orjson.loads(trail.stdout)["facts"]] == ["t1", "t3"]
+
+
+def test_a_broker_refusal_after_the_limit_was_read_ends_publish_unanswered(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """The intake topic's `max.message.bytes` lowered while `publish` runs: its own check,
+    made with the limit read at start, lets a fact through that the broker now refuses, and
+    kafka-python then fails whatever the producer holds. The command ends as at any broker
+    failure (exit 6: publish everything again), answering no fact `oversize` it was not."""
+    from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+
+    settings = kafka_settings(tmp_path / "data", kafka_bootstrap)
+    env = kafka_env(settings)
+    assert cli(env, "init").returncode == 0
+    first = orjson.dumps(grant("pub-lowered", event_id="lowered-1")) + b"\n"
+    large = orjson.dumps(
+        {**grant("pub-lowered", event_id="lowered-2"), "evidence": {"x": "y" * 100_000}}
+    )
+    with piped("publish", "--no-wait", "-", env=env) as fed:
+        assert fed.stdin is not None and fed.stdout is not None and fed.stderr is not None
+        written_behind(fed.stdin, first).join(timeout=60)
+        answered = lines_until(fed.stdout, lambda line: '"index":0,' in line)
+        assert "published" in orjson.loads(answered[-1]), answered
+        admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        try:
+            topic = f"{settings.topic_prefix}.intake"
+            admin.alter_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": "65536"})]
+            )
+        finally:
+            admin.close()
+        fed.stdin.write(large + b"\n")
+        fed.stdin.close()
+        out, err = fed.stdout.read(), fed.stderr.read()
+        assert fed.wait(timeout=120) == 6, err
+    assert b'"oversize"' not in out, out
+    said = err.decode()
+    assert "the broker did not confirm every fact" in said and "publish them all again" in said
+    assert "the first 1 facts of the input were answered on stdout" in said
