@@ -158,8 +158,8 @@ class ConsentLedger(Application[UUID]):
         then the subject's consent reads as the log says and its data as destroyed.
 
         Two small lists compared, as `finish_erasures` does (no read of the log's facts),
-        so that `serve` and `worker` can say it at every start: every erasure of the key
-        store came from one in the log, so they differ only after such a restore.
+        so that `serve` can say it at every start: every erasure of the key store came
+        from one in the log, so they differ only after such a restore.
         """
         destroyed = self.keystore.erasures()
         lost = {UUID(sid) for sid in destroyed} - set(self.ledger_recorder.erased_subjects())

@@ -584,9 +584,7 @@ class KeyStore:
         return {wanted[row[0]] for row in rows}
 
     def is_erased(self, sid: UUID) -> bool:
-        with self._lock:
-            row = self._db.execute("SELECT 1 FROM erased WHERE sid=?", (sid.hex,)).fetchone()
-        return row is not None
+        return self.erased_at(sid) is not None
 
     def erased_at(self, sid: UUID) -> datetime | None:
         """When this subject's key was destroyed, if it was."""

@@ -156,7 +156,7 @@ class Layout(NamedTuple):
     record_limit: int  # the ledger topic's `max.message.bytes`
     # The intake topic's: it may be another team's, taking less than the envelope's largest
     # fact (ledger.kafka.publish refuses a larger record before sending it).
-    intake_record_limit: int = KAFKA_DEFAULT_RECORD_LIMIT
+    intake_record_limit: int
 
 
 def ensure_topics(settings: Settings) -> Topics:
