@@ -356,6 +356,18 @@ SCHEMAS: dict[str, Schema] = {
                 )
             ),
             "problems": INTEGER,
+            "subjects_without_key": {
+                **INTEGER,
+                "description": "the caller's tenant's subjects whose key the key store holds "
+                "neither of nor an erasure (keys.db older than the log): their personal data "
+                "unreadable",
+            },
+            "erasures_not_in_log": {
+                **array(obj({"tenant": STRING, "sid": SID, "key_erased_at": INSTANT})),
+                "description": "the caller's tenant's subjects whose key the key store "
+                "destroyed in an erasure the log does not hold (ledger.db older than keys.db): "
+                "record each again (POST /v1/subjects/{sid}/erasure)",
+            },
         }
     ),
     "SignedTreeHead": obj(

@@ -148,14 +148,22 @@ class ConsentLedger(Application[UUID]):
         _log.warning("finished %d erasures the key store had not applied", len(unfinished))
         return len(unfinished)
 
-    def erasures_not_in_log(self) -> list[tuple[str, UUID, datetime]]:
+    def subjects_without_key(self, tenant: str | None = None) -> int:
+        """How many subjects of the log (of `tenant`, if given) the key store holds neither
+        a key of nor an erasure: a `keys.db` restored from before they were recorded, their
+        sealed personal data unreadable until the newer key store is found."""
+        held = self.keystore.subjects_held()
+        return len(self.ledger_recorder.subjects(tenant) - held)
+
+    def erasures_not_in_log(self, tenant: str | None = None) -> list[tuple[str, UUID, datetime]]:
         """The subjects of the log whose key the key store destroyed in an erasure the log
         does not hold: (tenant, sid, when the key was destroyed), in sid order.
 
         The other way round from `finish_erasures`, and not finished here: a `ledger.db`
         restored from a backup taken before an erasure lost its fact (its ground, its
         request), which only a person can state again (`consent-ledger erase --sid`). Until
-        then the subject's consent reads as the log says and its data as destroyed.
+        then the subject's consent reads as the log says and its data as destroyed. With
+        `tenant`, that tenant's only (what its compliance officers may see).
 
         Two small lists compared, as `finish_erasures` does (no read of the log's facts),
         so that `serve` can say it at every start: every erasure of the key store came
@@ -170,7 +178,7 @@ class ConsentLedger(Application[UUID]):
         return [
             (subjects[sid].tenant, sid, datetime.fromisoformat(destroyed[sid.hex]))
             for sid in sorted(lost)
-            if sid in subjects
+            if sid in subjects and tenant in (None, subjects[sid].tenant)
         ]
 
     def construct_transcoder(self) -> Transcoder:
@@ -475,6 +483,12 @@ class ConsentLedger(Application[UUID]):
                 occurred = getattr(self.mapper.to_domain_event(stored), "occurred_at", None)
                 return occurred if isinstance(occurred, datetime) else None
         return None
+
+    def lost_erasure_at(self, subject: Subject) -> datetime | None:
+        """When the key store destroyed this subject's key in an erasure the log does not
+        hold (`erasures_not_in_log`), or None. An erasure recorded again (the CLI's `erase`
+        or the HTTP route) occurred then, not at the moment a person noticed the loss."""
+        return None if subject.erased_at else self.keystore.erased_at(subject.id)
 
     def open_pii(self, sid: UUID, sealed: str | None) -> dict[str, Any] | None:
         """Decrypt a sealed field; None once the subject's key is destroyed."""

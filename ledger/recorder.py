@@ -152,13 +152,26 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
             with self.datastore.transaction(commit=True) as c:
                 stamp_format(c, path, self.store_format, self.create_table_statements)
 
-    def subjects(self) -> set[str]:
-        """Every subject's sid (hex) in the log."""
+    def subjects(self, tenant: str | None = None) -> set[str]:
+        """Every subject's sid (hex) in the log; with `tenant`, that tenant's only.
+
+        A subject's facts name their tenant in the index (every fact of a subject is
+        recorded with its key); the tenant's aggregates and policies are not subjects.
+        """
         with self.datastore.transaction(commit=False) as c:
-            c.execute(
-                f"SELECT DISTINCT originator_id FROM {self.events_table_name} WHERE topic LIKE ?",
-                (SUBJECT_TOPICS,),
-            )
+            if tenant is None:
+                c.execute(
+                    f"SELECT DISTINCT originator_id FROM {self.events_table_name} "
+                    "WHERE topic LIKE ?",
+                    (SUBJECT_TOPICS,),
+                )
+            else:
+                c.execute(
+                    f"SELECT DISTINCT i.originator_id FROM {self.index_table} i "
+                    f"JOIN {self.events_table_name} e ON e.rowid = i.position "
+                    "WHERE i.tenant = ? AND e.topic LIKE ?",
+                    (tenant, SUBJECT_TOPICS),
+                )
             return {UUID(str(row[0])).hex for row in c.fetchall()}
 
     def holds_subjects(self) -> bool:

@@ -9,7 +9,7 @@ the same aggregate, and versions must run 1, 2, 3... in log order.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import orjson
@@ -17,6 +17,9 @@ from eventsourcing.persistence import Notification
 
 from ledger.chain import GENESIS, fact_hash, frontier_append, frontier_root, leaf_hash
 from ledger.recorder import IndexedFact, LedgerSQLiteRecorder
+
+if TYPE_CHECKING:
+    from ledger.application import ConsentLedger
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,24 @@ def verify_ledger(recorder: LedgerSQLiteRecorder) -> VerifyResult:
         assert isinstance(recorder, KafkaLedgerRecorder)
         result = verify_topic(recorder)
     return result
+
+
+def key_store_gaps(ledger: ConsentLedger, tenant: str | None = None) -> dict[str, Any]:
+    """What a restore of one store without the other left, beside the log's own verdict.
+
+    Not the log's integrity (a restored file is intact), but what its readers must be told:
+    subjects whose key the key store lacks (`keys.db` older than the log: their personal
+    data unreadable), and keys the key store destroyed in an erasure the log does not hold
+    (`ledger.db` older than `keys.db`: the erasure's fact to record again). With `tenant`,
+    that tenant's subjects only, as its compliance officers may see them (GET /v1/verify).
+    """
+    return {
+        "subjects_without_key": ledger.subjects_without_key(tenant),
+        "erasures_not_in_log": [
+            {"tenant": name, "sid": sid.hex, "key_erased_at": at.isoformat()}
+            for name, sid, at in ledger.erasures_not_in_log(tenant)
+        ],
+    }
 
 
 def verify_log(recorder: LedgerSQLiteRecorder, page: int = 5000) -> VerifyResult:

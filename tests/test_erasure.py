@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from uuid import UUID
 
+import httpx
 import orjson
 import pytest
 from fastapi.testclient import TestClient
@@ -469,42 +470,81 @@ def test_a_log_restored_from_before_an_erasure_takes_no_new_grant_of_the_erased(
 def test_an_erasure_the_restored_log_lost_is_named_and_recorded_again(
     settings: Settings,
 ) -> None:
-    """`ledger.db` alone restored from before an erasure: the key store destroyed the key,
-    the log forgot the erasure. The trail called the person "(key missing: not erased)" and
-    `verify` said nothing. Now the trail says the key was erased, `verify` names the
-    erasure to record again, and `erase --sid` records it at the instant the key went."""
+    """`ledger.db` alone restored from before two erasures: the key store destroyed the keys,
+    the log forgot the erasures. The trail called the person "(key missing: not erased)" and
+    `verify` said nothing. Now the trail says the key was erased, `verify` and GET
+    /v1/verify name the erasures to record again (the route, its caller's tenant's only),
+    and `erase --sid` and the HTTP erasure record each at the instant its key went."""
     ledger = ConsentLedger(settings)
     ledger.init_demo()
-    ledger.record([parse_fact(grant(REFERENCE, event_id="g1", personal_data={"email": EMAIL}))])
-    sid = ledger.sid("demo", REFERENCE)
+    ledger.create_tenant("other")
+    ledger.record(
+        [
+            parse_fact(grant(REFERENCE, event_id="g1", personal_data={"email": EMAIL})),
+            parse_fact(grant(PHONE, event_id="g2")),
+        ]
+    )
+    sid, by_http = ledger.sid("demo", REFERENCE), ledger.sid("demo", PHONE)
     ledger.close()
     backup = settings.log_path.read_bytes()  # closed: the WAL is checkpointed away
-    erased = cli(
-        settings.data_dir, "erase", REFERENCE, "--tenant", "demo", "--ground", "subject_request"
-    )
-    assert erased.returncode == 0, erased.stderr
-    trail_then = orjson.loads(
-        cli(settings.data_dir, "trail", REFERENCE, "--tenant", "demo", "--json").stdout
-    )
-    erased_at = trail_then["erased_at"]
+    erased_at = {}
+    for reference, subject in ((REFERENCE, sid), (PHONE, by_http)):
+        erased = cli(
+            settings.data_dir, "erase", reference, "--tenant", "demo", "--ground", "subject_request"
+        )
+        assert erased.returncode == 0, erased.stderr
+        trail_then = orjson.loads(
+            cli(settings.data_dir, "trail", reference, "--tenant", "demo", "--json").stdout
+        )
+        erased_at[subject] = trail_then["erased_at"]
     _remove_sqlite(settings.log_path)
     settings.log_path.write_bytes(backup)
 
+    lost = [
+        {"tenant": "demo", "sid": s.hex, "key_erased_at": erased_at[s]}
+        for s in sorted((sid, by_http))
+    ]
     checked = cli(settings.data_dir, "verify")
     assert checked.returncode == 0, checked.stderr  # the log itself is intact
-    assert "1 subjects were erased in the key store but the log holds no erasure" in (
+    assert "2 subjects were erased in the key store but the log holds no erasure" in (
         checked.stderr
     )
-    assert f"tenant 'demo' sid {sid.hex}: key erased at {erased_at}" in checked.stderr
+    assert f"tenant 'demo' sid {sid.hex}: key erased at {erased_at[sid]}" in checked.stderr
     answer = orjson.loads(cli(settings.data_dir, "verify", "--json").stdout)
-    assert answer["erasures_not_in_log"] == [
-        {"tenant": "demo", "sid": sid.hex, "key_erased_at": erased_at}
-    ]
+    assert answer["erasures_not_in_log"] == lost
     assert answer["subjects_without_key"] == 0
-    server, _ = serve(settings)  # says it at start, and serves
-    server.terminate()
+    other = cli(settings.data_dir, "verify", "--tenant", "other", "--json")
+    assert other.returncode == 0 and "warning" not in other.stderr, other.stderr
+    assert orjson.loads(other.stdout)["erasures_not_in_log"] == []
+    unknown = cli(settings.data_dir, "verify", "--tenant", "nosuch")
+    assert (unknown.returncode, unknown.stderr.strip()) == (3, "consent-ledger: no such tenant")
+    keys = ApiKeys(keys_path(settings))
+    admin = {"Authorization": f"Bearer {keys.create('demo', {'admin'})[1]}"}
+    stranger = {"Authorization": f"Bearer {keys.create('other', {'compliance'})[1]}"}
+    keys.close()
+    server, base = serve(settings)  # says it at start, and serves
+    try:
+        verified = httpx.get(f"{base}/v1/verify", headers=admin, timeout=30).json()
+        assert (verified["ok"], verified["erasures_not_in_log"]) == (True, lost)
+        elsewhere = httpx.get(f"{base}/v1/verify", headers=stranger, timeout=30).json()
+        assert (elsewhere["erasures_not_in_log"], elsewhere["subjects_without_key"]) == ([], 0)
+        recorded = httpx.post(
+            f"{base}/v1/subjects/{by_http.hex}/erasure",
+            headers=admin,
+            json={"ground": "subject_request"},
+            timeout=30,
+        )
+        assert recorded.status_code == 201, recorded.text
+    finally:
+        server.terminate()
     said = server.communicate(timeout=60)[0].decode()
-    assert "serve: warning: 1 subjects were erased in the key store but the log" in said, said
+    assert "serve: warning: 2 subjects were erased in the key store but the log" in said, said
+    trail = orjson.loads(
+        cli(settings.data_dir, "trail", by_http.hex, "--sid", "--tenant", "demo", "--json").stdout
+    )
+    assert (trail["erased"], trail["erased_at"]) == (True, erased_at[by_http])
+    assert trail["facts"][-1]["occurred_at"] == erased_at[by_http]
+
     trail = orjson.loads(
         cli(settings.data_dir, "trail", sid.hex, "--sid", "--tenant", "demo", "--json").stdout
     )
@@ -525,16 +565,16 @@ def test_an_erasure_the_restored_log_lost_is_named_and_recorded_again(
         *("erase", sid.hex, "--sid", "--tenant", "demo", "--ground", "subject_request"),
     )
     assert again.returncode == 0, again.stderr
-    assert f"destroyed at {erased_at} by an erasure the log did not hold" in again.stdout
+    assert f"destroyed at {erased_at[sid]} by an erasure the log did not hold" in again.stdout
     trail = orjson.loads(
         cli(settings.data_dir, "trail", sid.hex, "--sid", "--tenant", "demo", "--json").stdout
     )
-    assert (trail["erased"], trail["erased_at"]) == (True, erased_at)
+    assert (trail["erased"], trail["erased_at"]) == (True, erased_at[sid])
     report = orjson.loads(
         cli(settings.data_dir, "report", sid.hex, "--sid", "--tenant", "demo", "--json").stdout
     )
     assert (report["erased"], report["personal_data_key_erased"]) == (True, False)
-    assert trail["facts"][-1]["occurred_at"] == erased_at
+    assert trail["facts"][-1]["occurred_at"] == erased_at[sid]
     assert [f["personal_data"] for f in trail["facts"]] == [{"erased": True}, None]
     checked = cli(settings.data_dir, "verify", "--json")
     assert checked.returncode == 0 and "warning" not in checked.stderr, checked.stderr

@@ -90,6 +90,11 @@ def test_data_whose_key_is_missing_is_not_called_erased(tmp_path: Path) -> None:
         checked.stderr
     )
     assert orjson.loads(run(data, "verify", "--json").stdout)["subjects_without_key"] == 1
+    # GET /v1/verify's count, its caller's tenant's subjects only (tests/test_cli_answers.py).
+    assert run(data, "tenants", "create", "other").returncode == 0
+    for tenant, keyless in (("demo", 1), ("other", 0)):
+        scoped = run(data, "verify", "--tenant", tenant, "--json")
+        assert orjson.loads(scoped.stdout)["subjects_without_key"] == keyless, tenant
     report = run(data, "report", "second", "--tenant", "demo")
     assert report.returncode == 0, report.stderr
     assert "INCOMPLETE: some of it is sealed under a key the key store does not hold" in (

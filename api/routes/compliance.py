@@ -18,7 +18,7 @@ from ledger.checkpoint import checkpoint
 from ledger.envelope import parse_known_at, parse_time
 from ledger.policy import PolicyVersion, policy_changes, policy_text, previous_version
 from ledger.tenant import Tenant
-from ledger.verify import verify_ledger
+from ledger.verify import key_store_gaps, verify_ledger
 from projections.cursors import BadCursor
 from projections.due import due_list
 from projections.queries import (
@@ -367,4 +367,9 @@ def verify(
     principal: Annotated[Principal, role(*READERS)],
     svc: Annotated[Service, Depends(service)],
 ) -> dict[str, Any]:
-    return verify_ledger(svc.ledger.ledger_recorder).as_dict()
+    """The whole log's integrity; beside it, what a restore of one store without the other
+    left of the caller's tenant: `subjects_without_key` (their personal data unreadable) and
+    `erasures_not_in_log` (keys destroyed by an erasure whose fact the log lost, each to
+    record again by `POST /v1/subjects/{sid}/erasure`). Other tenants' are never named."""
+    result = verify_ledger(svc.ledger.ledger_recorder).as_dict()
+    return {**result, **key_store_gaps(svc.ledger, principal.tenant)}

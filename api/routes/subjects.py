@@ -181,7 +181,10 @@ def erase(
     # built around the sid through the same rules as any other fact.
     event_id = body.event_id or f"erasure-{uuid.uuid4()}"
     # A retry repeats the first attempt's instant: same event_id, same fact, first receipt.
-    occurred_at = svc.ledger.occurred_at_of(principal.tenant, event_id, subject_id)
+    # An erasure the log lost (GET /v1/verify names it) occurred when its key was destroyed.
+    occurred_at = svc.ledger.occurred_at_of(
+        principal.tenant, event_id, subject_id
+    ) or svc.ledger.lost_erasure_at(subject)
     fact = parse_fact(
         {
             "event_id": event_id,

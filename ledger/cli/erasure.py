@@ -61,7 +61,7 @@ def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
         erased_before = subject.erased_at
         # An erasure the log lost (ledger.db restored from before it) happened when the key
         # store destroyed the key: recorded again, it says so (`erasures_not_in_log`).
-        lost_at = None if erased_before else ledger.keystore.erased_at(sid)
+        lost_at = ledger.lost_erasure_at(subject)
         # A retry with --event-id repeats the first attempt's instant (see occurred_at_of).
         occurred_at = (
             ledger.occurred_at_of(args.tenant, event_id, sid) or lost_at or datetime.now(UTC)

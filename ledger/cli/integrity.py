@@ -48,6 +48,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--public-key",
         help="with --evidence or --checkpoint: the key (base64) it must be signed by",
     )
+    p.add_argument(
+        "--tenant",
+        help="name only this tenant's subjects in the key store's warnings, as GET /v1/verify "
+        "does (the log is checked whole either way)",
+    )
     p.set_defaults(run=cmd_verify)
 
     p = sub.add_parser(
@@ -261,11 +266,13 @@ def verify_signed(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
-    from ledger.verify import verify_ledger
+    from ledger.verify import key_store_gaps, verify_ledger
 
     if args.evidence is not None and args.checkpoint is not None:
         raise CliError("give --evidence or --checkpoint, not both")
     if args.evidence is not None or args.checkpoint is not None:
+        if args.tenant is not None:
+            raise CliError("--tenant names the log's subjects: not with --evidence or --checkpoint")
         return verify_signed(args)
     if args.public_key is not None or args.since is not None:
         raise CliError(
@@ -292,26 +299,15 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
             )
         return fail(f"verify: BROKEN (removed): {error}", EXIT_BROKEN)
     try:
+        if args.tenant is not None and ledger.tenant(args.tenant) is None:
+            raise CliError("no such tenant", EXIT_NOT_FOUND)
         result = verify_ledger(ledger.ledger_recorder)
-        # Not the log's integrity, but what a restore can leave: subjects whose key the key
-        # store lacks (keys.db older than the log), their personal data unreadable.
-        keyless = len(ledger.ledger_recorder.subjects() - ledger.keystore.subjects_held())
-        # The other way round: the key store destroyed a key in an erasure the log does not
-        # hold (ledger.db older than keys.db), whose fact a person has to record again.
-        lost = ledger.erasures_not_in_log()
+        gaps = key_store_gaps(ledger, args.tenant)
     finally:
         ledger.close()
+    keyless, lost = gaps["subjects_without_key"], gaps["erasures_not_in_log"]
     if args.json:
-        print_json(
-            {
-                **result.as_dict(),
-                "subjects_without_key": keyless,
-                "erasures_not_in_log": [
-                    {"tenant": tenant, "sid": sid.hex, "key_erased_at": at.isoformat()}
-                    for tenant, sid, at in lost
-                ],
-            }
-        )
+        print_json({**result.as_dict(), **gaps})
     elif result.ok:
         say(f"verify: OK, {result.facts_checked} facts, merkle root {result.root}")
     if keyless:
@@ -327,9 +323,10 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
             "`consent-ledger erase SID --sid --tenant TENANT --ground GROUND`:",
             file=sys.stderr,
         )
-        for tenant, sid, at in lost:
+        for erasure in lost:
             say(
-                f"  tenant {tenant!r} sid {sid.hex}: key erased at {at.isoformat()}",
+                f"  tenant {erasure['tenant']!r} sid {erasure['sid']}: key erased at "
+                f"{erasure['key_erased_at']}",
                 file=sys.stderr,
             )
     if not result.ok:
