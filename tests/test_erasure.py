@@ -581,6 +581,51 @@ def test_an_erasure_the_restored_log_lost_is_named_and_recorded_again(
     assert orjson.loads(checked.stdout)["erasures_not_in_log"] == []
 
 
+def test_a_tenants_erasure_records_an_erasure_the_restored_log_lost_when_its_key_went(
+    settings: Settings,
+) -> None:
+    """`tenants erase-subjects` after `ledger.db` alone was restored from before an erasure:
+    the subject is erased again, at the instant its key was destroyed (as `erase --sid`
+    does), not at the moment of the bulk erasure; the others at that moment."""
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    ledger.record([parse_fact(grant(REFERENCE, event_id="g1")), parse_fact(grant(PHONE))])
+    sid, other = ledger.sid("demo", REFERENCE), ledger.sid("demo", PHONE)
+    ledger.close()
+    backup = settings.log_path.read_bytes()
+    erased = cli(
+        settings.data_dir, "erase", REFERENCE, "--tenant", "demo", "--ground", "subject_request"
+    )
+    assert erased.returncode == 0, erased.stderr
+    key_erased_at = orjson.loads(
+        cli(settings.data_dir, "trail", REFERENCE, "--tenant", "demo", "--json").stdout
+    )["erased_at"]
+    _remove_sqlite(settings.log_path)
+    settings.log_path.write_bytes(backup)
+    _remove_sqlite(settings.views_path)  # ahead of the restored log: built again from it
+
+    everyone = cli(
+        settings.data_dir,
+        *("tenants", "erase-subjects", "demo", "--ground", "court_decision", "--confirm", "demo"),
+    )
+    assert everyone.returncode == 0, everyone.stderr
+    assert "erased 2 subjects of tenant 'demo'" in everyone.stdout
+    at = {}
+    for subject in (sid, other):
+        trail = orjson.loads(
+            cli(
+                settings.data_dir, "trail", subject.hex, "--sid", "--tenant", "demo", "--json"
+            ).stdout
+        )
+        assert trail["erased"] is True
+        at[subject] = trail["erased_at"]
+    assert at[sid] == key_erased_at
+    assert at[other] > key_erased_at  # erased now, by this command
+    assert (
+        orjson.loads(cli(settings.data_dir, "verify", "--json").stdout)["erasures_not_in_log"] == []
+    )
+
+
 def test_the_recorder_knows_the_erasure_events_by_their_topics() -> None:
     from eventsourcing.utils import get_topic
 

@@ -167,16 +167,20 @@ def erase_each(
 
     Each erasure's event id is `id_prefix` and the sid, at the first attempt's instant on a
     retry (see occurred_at_of): a run cut short and run again erases the rest and answers
-    the ones it did with their first receipts.
+    the ones it did with their first receipts. An erasure the log lost (a restored
+    `ledger.db`) is recorded at the instant the key store destroyed the key, as `erase` does.
     """
     outcomes: list[Any] = []
     busy: ErasureNotOverwritten | None = None
+    lost = {sid: at for _, sid, at in ledger.erasures_not_in_log(tenant)}
     for start in range(0, len(sids), 1000):
         chunk = [uuid.UUID(hex=sid) for sid in sids[start : start + 1000]]
         facts = []
         for sid in chunk:
             event_id = f"{id_prefix}{sid.hex}"
-            occurred_at = ledger.occurred_at_of(tenant, event_id, sid) or datetime.now(UTC)
+            occurred_at = (
+                ledger.occurred_at_of(tenant, event_id, sid) or lost.get(sid) or datetime.now(UTC)
+            )
             facts.append(
                 parse_fact(
                     {
