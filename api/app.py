@@ -26,6 +26,7 @@ from api.responses import OrjsonResponse
 from api.routes import compliance, facts, subjects
 from ledger.application import ConsentLedger
 from ledger.errors import FactRejected
+from ledger.file_identity import files_moved, moved_reason
 from ledger.policy import PolicyVersion
 from ledger.settings import Settings
 from projections.requests import open_request_counts
@@ -159,6 +160,9 @@ def create_app(
             service.views.store.max_tracking_id("ConsentLedger")
         except Exception as exc:
             return problems.respond(503, "not_ready", f"store unavailable ({type(exc).__name__})")
+        moved = files_moved(service.ledger.opened_files)
+        if moved:  # every write would be refused (`ledger.file_identity`)
+            return problems.respond(503, "not_ready", moved_reason(moved))
         if not service.ledger.keystore.holds_store_master_key():
             return problems.respond(
                 503, "not_ready", "the key store is under another master key: restart"

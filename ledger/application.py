@@ -29,6 +29,7 @@ from ledger.clock import follow_log
 from ledger.codec import TRANSCODER
 from ledger.envelope import Fact, Item, Received, parse_fact, parse_fact_bytes
 from ledger.errors import Code, FactRejected
+from ledger.file_identity import OpenedFile, refuse_if_moved
 from ledger.keystore import (
     ErasedSubjectError,
     KeyStore,
@@ -117,6 +118,11 @@ class ConsentLedger(Application[UUID]):
         self._cached_facts = 0
         # One batch at a time per process: a batch mutates cached subjects until it commits.
         self.lock = threading.RLock()
+        # The files a write must find where they were opened (`ledger.file_identity`): the
+        # key store, and the log unless it is a replica the Kafka topic refills.
+        self.opened_files = [OpenedFile(settings.keystore_path)]
+        if not self.ledger_recorder.log_is_elsewhere:
+            self.opened_files.insert(0, OpenedFile(settings.log_path))
         follow_log(self.ledger_recorder.last_recorded_at())  # transaction time goes on from it
         self.finish_erasures()
 
@@ -249,6 +255,7 @@ class ConsentLedger(Application[UUID]):
             )
         if self.tenant(name) is not None:
             raise FactRejected(Code.TENANT_EXISTS, "a tenant with this name exists", "tenant")
+        refuse_if_moved(self.opened_files)
         tenant = Tenant.register(name)
         try:
             self.save(tenant)
@@ -322,6 +329,7 @@ class ConsentLedger(Application[UUID]):
         """
         with self.lock:
             try:
+                refuse_if_moved(self.opened_files)
                 return self._record_batch(facts, sids, with_refusals)
             except Exception as error:
                 # A full disk or a locked file says nothing about the facts: the caller is

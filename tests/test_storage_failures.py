@@ -441,6 +441,55 @@ def test_the_http_service_answers_503_storage_unavailable_and_the_retry_records_
     assert b"x" * 64 not in output  # the personal data is nowhere in the logs
 
 
+@pytest.mark.parametrize("store", ["ledger.db", "keys.db"])
+def test_a_store_moved_away_under_the_service_takes_no_write_and_loses_none(
+    tmp_path: Path, store: str
+) -> None:
+    """The log or the key store moved out of the data directory while `serve` ran: its open
+    connection wrote on into the moved file, every receipt from then on for a fact the
+    directory would not hold at the next start. Now writes are refused (503, "retry"), the
+    service says it is not ready, and with the file back and a restart the retry records."""
+    settings = Settings(data_dir=tmp_path / "data")
+    key = demo_key(settings, "publisher", "compliance")
+    auth = {"Authorization": f"Bearer {key}"}
+    first, second = (
+        {k: v for k, v in grant(f"moved-{i}", event_id=f"moved-{i}").items() if k != "tenant"}
+        for i in (1, 2)
+    )
+    away = tmp_path / "away"
+    away.mkdir()
+    server, base = serve(settings)
+    try:
+        accepted = httpx.post(f"{base}/v1/facts", json=first, headers=auth, timeout=60)
+        assert accepted.status_code == 201, accepted.text
+        for path in settings.data_dir.glob(f"{store}*"):
+            path.rename(away / path.name)
+        refused = httpx.post(f"{base}/v1/facts", json=second, headers=auth, timeout=60)
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["code"] == "storage_unavailable"
+        assert f"{store} was moved or removed from the data directory" in refused.json()["detail"]
+        ready = httpx.get(f"{base}/readyz", timeout=10)
+        assert (ready.status_code, ready.json()["code"]) == (503, "not_ready")
+    finally:
+        server.terminate()
+        server.communicate(timeout=60)
+    for path in away.iterdir():
+        path.rename(settings.data_dir / path.name)
+    server, base = serve(settings)
+    try:
+        retried = httpx.post(f"{base}/v1/facts", json=second, headers=auth, timeout=60)
+        assert retried.status_code == 201, retried.text
+        for fact in (first, second):
+            sid = httpx.post(
+                f"{base}/v1/subjects:resolve", json={"subject": fact["subject"]}, headers=auth
+            ).json()["sid"]
+            trail = httpx.get(f"{base}/v1/subjects/{sid}/trail", headers=auth, timeout=60)
+            assert [f["event_id"] for f in trail.json()["facts"]] == [fact["event_id"]]
+    finally:
+        server.terminate()
+        server.communicate(timeout=60)
+
+
 # ---- Kafka mode: the intake writer, and a replica that failed after Kafka committed -------
 
 
