@@ -305,7 +305,7 @@ def test_a_fact_larger_than_another_teams_intake_topic_takes_is_refused_alone(
     reference = "ref-oversize-7731"
     lines = [
         orjson.dumps(grant(reference, event_id="small-before")),
-        orjson.dumps({**grant(reference, event_id="large"), "evidence": {"x": "y" * 100_000}}),
+        largest_policy("large", 100_000),  # a valid fact, as large as a policy's text makes it
         orjson.dumps(grant(reference, event_id="small-after")),
         orjson.dumps(grant("someone-else", event_id="small-other")),
     ]
@@ -374,9 +374,7 @@ def test_a_broker_refusal_after_the_limit_was_read_ends_publish_unanswered(
     env = kafka_env(settings)
     assert cli(env, "init").returncode == 0
     first = orjson.dumps(grant("pub-lowered", event_id="lowered-1")) + b"\n"
-    large = orjson.dumps(
-        {**grant("pub-lowered", event_id="lowered-2"), "evidence": {"x": "y" * 100_000}}
-    )
+    large = largest_policy("lowered-2", 100_000)
     with piped("publish", "--no-wait", "-", env=env) as fed:
         assert fed.stdin is not None and fed.stdout is not None and fed.stderr is not None
         written_behind(fed.stdin, first).join(timeout=60)
