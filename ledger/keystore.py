@@ -114,6 +114,15 @@ def load_master_key(settings: Settings) -> bytes:
         return decode_master_key(settings.master_key, "LEDGER_MASTER_KEY")
     path = settings.master_key_path
     if not path.exists():
+        if settings.keystore_path.exists():
+            # Not a first run: the store's keys are wrapped by a master key that was here
+            # (or given in the environment), lost or left behind in a restore. A new one
+            # opens none of them, and its file, left in place, would pass for the key.
+            raise SettingsError(
+                f"{path} is missing but the key store {settings.keystore_path.name} exists, "
+                "its keys wrapped by the master key that was there: restore that file (a "
+                "backup never holds it), or give the key in LEDGER_MASTER_KEY as before"
+            )
         ensure_dir(path.parent)
         _create_master_key_file(path)
     mode = stat.S_IMODE(path.stat().st_mode)

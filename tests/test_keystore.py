@@ -96,6 +96,21 @@ def test_master_key_from_environment(tmp_path: Path) -> None:
         load_master_key(Settings(data_dir=tmp_path, master_key="not base64!"))
 
 
+def test_a_missing_master_key_file_is_not_made_anew_for_a_key_store_that_exists(
+    tmp_path: Path,
+) -> None:
+    """A data directory restored without its master key (a backup never holds it), or one
+    whose key came from LEDGER_MASTER_KEY, now unset: a new key file was made, which opened
+    nothing and, left in place, passed for the key. Refused, naming what to restore."""
+    data = tmp_path / "data"
+    assert run(data, "init").returncode == 0
+    (data / "master.key").unlink()
+    refused = run(data, "verify")
+    assert refused.returncode == 2, refused.stderr
+    assert "master.key is missing but the key store keys.db exists" in refused.stderr
+    assert not (data / "master.key").exists()
+
+
 def test_wrong_master_key_is_a_clear_error(tmp_path: Path) -> None:
     KeyStore(tmp_path / "keys.db", os.urandom(32)).close()
     with pytest.raises(SettingsError, match="master key does not open"):
