@@ -34,6 +34,7 @@ from ledger.keystore import (
     ErasedSubjectError,
     KeyStore,
     KeyStoreBusyError,
+    LogMissing,
     NotTheLogsKeyStore,
     load_master_key,
     unseal_if_ours,
@@ -95,6 +96,19 @@ class ConsentLedger(Application[UUID]):
         bound_sqlite_memory(settings.sqlite_memory_mib)
         self.keystore = keystore or KeyStore(settings.keystore_path, load_master_key(settings))
         try:
+            if (
+                settings.backend == "embedded"
+                and not settings.log_path.exists()
+                and self.keystore.holds_subjects()
+            ):
+                # Every subject's key is made for a fact in the log, and the log file is made
+                # (with its tenants and policies) before any: no file means it was lost. In
+                # Kafka mode the file is a replica the topic refills.
+                raise LogMissing(
+                    str(settings.log_path),
+                    str(settings.keystore_path),
+                    kafka=self.keystore.served_kafka(),
+                )
             super().__init__(env=persistence_env(settings, self.keystore))
         except BaseException:
             if keystore is None:

@@ -70,6 +70,25 @@ class NotTheLogsKeyStore(SettingsError):
         )
 
 
+class LogMissing(SettingsError):
+    """Embedded mode: no log file, and a key store that named subjects: the log was lost,
+    or the directory is a Kafka-mode ledger's."""
+
+    def __init__(self, log: str = "", path: str = "", kafka: bool = False) -> None:
+        lost = (
+            "this data directory served Kafka mode (its key store holds the ledger topic's "
+            "record key): set LEDGER_BACKEND=kafka and KAFKA_BOOTSTRAP"
+            if kafka
+            else "the log they were recorded in is gone (a restore without it, or another "
+            "directory's keys.db): restore ledger.db from the backup made with keys.db, or "
+            "point LEDGER_DATA_DIR at the right directory"
+        )
+        super().__init__(
+            f"the log {log} is missing, but the key store {path} holds subjects' keys; a new "
+            f"empty log would verify as intact and start every person's history anew. {lost}"
+        )
+
+
 class KeyStoreBusyError(RuntimeError):
     """A change is committed, but the old page images (an erased key, rows wrapped by a
     retired master key) could not be removed from the WAL yet: another process holds it."""
@@ -575,6 +594,13 @@ class KeyStore:
                 "SELECT sid FROM data_keys UNION SELECT sid FROM erased"
             ).fetchall()
         return {row[0] for row in rows}
+
+    def served_kafka(self) -> bool:
+        """Whether a Kafka-mode ledger used this store (it keeps the record key, made by
+        the first start in Kafka mode and by nothing else)."""
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM meta WHERE name='record_key'").fetchone()
+        return row is not None
 
     def holds_subjects(self) -> bool:
         """Whether any subject ever had a key here (one still held, or erased)."""

@@ -12,6 +12,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 from ledger.keystore import ErasedSubjectError, KeyStore, load_master_key, seal, unseal
 from ledger.settings import Settings, SettingsError
 from tests.cli_support import file_size_limit, run
+from tests.facts import grant
 
 
 def test_master_key_file_is_created_private_and_reused(tmp_path: Path) -> None:
@@ -171,6 +173,32 @@ def test_erased_subject_never_gets_a_key_again(tmp_path: Path) -> None:
     assert store.is_erased(sid)
     with pytest.raises(ErasedSubjectError):
         store.add_keys({sid: os.urandom(32)})
+
+
+def test_a_key_store_whose_log_is_missing_is_refused_by_every_process(tmp_path: Path) -> None:
+    """ledger.db lost (a restore without it), keys.db kept: every command made a new empty
+    log, `verify` said "OK, 0 facts", and `serve` took new facts into it, each person's
+    history started anew. Refused instead (exit 2), and no log file is made."""
+    from tests.server_support import free_port
+
+    data = tmp_path / "data"
+    assert run(data, "init").returncode == 0
+    assert run(data, "record", stdin=orjson.dumps(grant("someone")).decode()).returncode == 0
+    for leftover in data.glob("ledger.db*"):
+        leftover.unlink()
+    for args in (
+        ["verify"],
+        ["init"],
+        ["trail", "someone", "--tenant", "demo"],
+        ["serve", "--port", str(free_port())],
+    ):
+        out = run(data, *args)
+        assert out.returncode == 2, (args, out.stderr)
+        assert out.stderr.startswith("consent-ledger: configuration: the log "), out.stderr
+        assert "holds subjects' keys" in out.stderr and out.stderr.count("\n") == 1
+    assert not list(data.glob("ledger.db*"))
+    fresh = tmp_path / "fresh"  # a first run, by contrast: its key store holds no subject
+    assert run(fresh, "init").returncode == 0 and (fresh / "ledger.db").exists()
 
 
 def test_a_log_whose_key_store_is_not_its_own_is_refused_by_every_process(
