@@ -116,13 +116,18 @@ class ConsentLedger(Application[UUID]):
             raise
         assert isinstance(self.recorder, LedgerSQLiteRecorder)
         self.ledger_recorder: LedgerSQLiteRecorder = self.recorder
-        if self.ledger_recorder.holds_subjects() and not self.keystore.holds_subjects():
-            # keys.db lost, or another directory's: its new pseudonym key would give everyone
-            # a new sid (their history split in two) and every seal would read as erased.
+        first = self.ledger_recorder.first_subject()
+        if first is not None and not self.keystore.holds(first):
+            # keys.db lost, or another directory's: its pseudonym key would give everyone a
+            # new sid (their history split in two) and no seal would open. The log's first
+            # subject tells: its key (or its erasure) is in every key store of this log, one
+            # restored from an older backup too (keys are stored before their facts, never
+            # deleted but by an erasure, which stays recorded here).
+            empty = not self.keystore.holds_subjects()
             super().close()
             if keystore is None:
                 self.keystore.close()
-            raise NotTheLogsKeyStore(str(settings.keystore_path))
+            raise NotTheLogsKeyStore(str(settings.keystore_path), empty=empty)
         # Subjects kept in memory between batches; always brought up to date before use.
         self._subjects: OrderedDict[UUID, Subject] = OrderedDict()
         # Each cached subject's version when last remembered (its events: about its facts),

@@ -59,14 +59,21 @@ _SHRED_PAUSE_S = 0.01
 
 
 class NotTheLogsKeyStore(SettingsError):
-    """The log holds subjects, and the key store no key of any: it is not theirs."""
+    """The log holds subjects, and the key store never held its first one's key: it is not
+    theirs (a new, empty one, or another directory's)."""
 
-    def __init__(self, path: str = "") -> None:
+    def __init__(self, path: str = "", empty: bool = True) -> None:
+        held = (
+            "holds no key of any subject"
+            if empty
+            else "holds other subjects' keys, not the first of the log (nor its erasure)"
+        )
         super().__init__(
-            f"the key store {path} holds no key of any subject, but the log holds subjects' "
-            "facts: it is not the key store they were sealed and named with (a new one would "
-            "give every person a new sid and read all their data as erased); restore keys.db "
-            "from the backup made with the log, or point LEDGER_DATA_DIR at the right directory"
+            f"the key store {path} {held}, but the log holds subjects' "
+            "facts: it is not the key store they were sealed and named with (its pseudonym "
+            "key would give every person a new sid and read all their data as lost); restore "
+            "keys.db from the backup made with the log, or point LEDGER_DATA_DIR at the right "
+            "directory"
         )
 
 
@@ -594,6 +601,16 @@ class KeyStore:
                 "SELECT sid FROM data_keys UNION SELECT sid FROM erased"
             ).fetchall()
         return {row[0] for row in rows}
+
+    def holds(self, sid: UUID) -> bool:
+        """Whether this store ever held the subject's key (still, or erased here)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT EXISTS (SELECT 1 FROM data_keys WHERE sid=?) "
+                "OR EXISTS (SELECT 1 FROM erased WHERE sid=?)",
+                (sid.hex, sid.hex),
+            ).fetchone()
+        return bool(row[0])
 
     def served_kafka(self) -> bool:
         """Whether a Kafka-mode ledger used this store (it keeps the record key, made by

@@ -174,14 +174,17 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
                 )
             return {UUID(str(row[0])).hex for row in c.fetchall()}
 
-    def holds_subjects(self) -> bool:
-        """Whether the log holds any subject's fact (stops at the first it finds)."""
+    def first_subject(self) -> UUID | None:
+        """The subject of the log's first subject fact, if any (stops at the first it finds:
+        the tenants' and policies' facts come before it)."""
         with self.datastore.transaction(commit=False) as c:
             c.execute(
-                f"SELECT 1 FROM {self.events_table_name} WHERE topic LIKE ? LIMIT 1",
+                f"SELECT originator_id FROM {self.events_table_name} WHERE topic LIKE ? "
+                "ORDER BY rowid LIMIT 1",
                 (SUBJECT_TOPICS,),
             )
-            return c.fetchone() is not None
+            row = c.fetchone()
+            return None if row is None else UUID(str(row[0]))
 
     def erased_subjects(self) -> list[UUID]:
         """Every subject the log holds an erasure of."""

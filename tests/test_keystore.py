@@ -238,3 +238,23 @@ def test_a_log_whose_key_store_is_not_its_own_is_refused_by_every_process(
         assert out.returncode == 2, (args, out.stderr)
         assert out.stderr.startswith("consent-ledger: configuration: the key store ")
         assert out.stderr.count("\n") == 1, out.stderr
+
+
+def test_another_directorys_key_store_is_refused_though_it_holds_keys(tmp_path: Path) -> None:
+    """Two ledgers under one LEDGER_MASTER_KEY, and one's keys.db copied over the other's:
+    it held keys, so it passed the check of an empty store, and every person of the log
+    read as "key missing" while a new fact of theirs got a new sid. Refused (exit 2): the
+    store never held the log's first subject."""
+    master = base64.b64encode(os.urandom(32)).decode()
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    for data, reference in ((ours, "ours-1"), (theirs, "theirs-1")):
+        assert run(data, "init", LEDGER_MASTER_KEY=master).returncode == 0
+        fact = orjson.dumps(grant(reference)).decode()
+        assert run(data, "record", stdin=fact, LEDGER_MASTER_KEY=master).returncode == 0
+    for leftover in ours.glob("keys.db*"):
+        leftover.unlink()
+    (ours / "keys.db").write_bytes((theirs / "keys.db").read_bytes())  # closed: no WAL
+    out = run(ours, "verify", LEDGER_MASTER_KEY=master)
+    assert out.returncode == 2, out.stderr
+    assert "holds other subjects' keys, not the first of the log (nor its erasure)" in out.stderr
+    assert run(theirs, "verify", LEDGER_MASTER_KEY=master).returncode == 0
