@@ -55,7 +55,8 @@ def refuse_if_moved(files: list[OpenedFile]) -> None:
 
 def moved_reason(moved: list[str]) -> str:
     """What an operator is told: no retry passes until the process opens the files again."""
+    were, them = ("was", "it") if len(moved) == 1 else ("were", "them")
     return (
-        f"{' and '.join(moved)} was moved or removed from the data directory while this "
-        "process held it open (what it wrote is in that file): restore it and restart"
+        f"{' and '.join(moved)} {were} moved or removed from the data directory while this "
+        f"process held {them} open (what it wrote is there): restore {them} and restart"
     )
