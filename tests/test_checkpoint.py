@@ -55,6 +55,9 @@ def test_a_rewritten_history_cannot_extend_a_published_checkpoint(
     for name in ("master.key", "keys.db", "keys.db-wal"):  # the same signing key
         if (ledger.settings.data_dir / name).exists():
             shutil.copy(ledger.settings.data_dir / name, rewritten_dir / name)
+    # A key store with subjects beside no log is refused (ledger.keystore.LogMissing); the
+    # operator forging a history gets past that with an empty file of their own.
+    (rewritten_dir / "ledger.db").touch()
     rewritten = ConsentLedger(Settings(data_dir=rewritten_dir))
     try:
         rewritten.init_demo()
