@@ -155,8 +155,9 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
     def subjects(self, tenant: str | None = None) -> set[str]:
         """Every subject's sid (hex) in the log; with `tenant`, that tenant's only.
 
-        A subject's facts name their tenant in the index (every fact of a subject is
-        recorded with its key); the tenant's aggregates and policies are not subjects.
+        The index names each fact's tenant (from the `FactKey` every subject fact is
+        recorded with, in both backends); the tenants' and policies' events are not
+        subjects, which the join to their topics leaves out.
         """
         with self.datastore.transaction(commit=False) as c:
             if tenant is None:
