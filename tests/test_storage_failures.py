@@ -651,3 +651,30 @@ def test_a_writer_whose_replica_cannot_catch_up_waits_and_rejects_nothing(
         read_committed(kafka_bootstrap, topics.rejected),
     )
     assert writer.stats.accepted == 100
+
+
+@pytest.mark.parametrize(
+    ("store", "table"), [("views.db", "tracking"), ("ledger.db", "stored_events_head")]
+)
+def test_readyz_says_not_ready_when_a_store_cannot_be_read(
+    tmp_path: Path, store: str, table: str
+) -> None:
+    """A store the service cannot read (here a table of it dropped by another process, as a
+    damaged or half-restored file would be): ready would send it requests it fails."""
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+
+    settings = Settings(data_dir=tmp_path / "data")
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/readyz").status_code == 200
+        with contextlib.closing(sqlite3.connect(settings.data_dir / store)) as damage:
+            damage.execute(f"DROP TABLE {table}")
+            damage.commit()
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.headers["content-type"] == "application/problem+json"
+        assert (ready.json()["code"], ready.json()["detail"]) == (
+            "not_ready",
+            "store unavailable (OperationalError)",
+        )
