@@ -295,6 +295,9 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
                     "merkle_root": None,
                     "problems": 1,
                     "first_broken": {"kind": "removed", "message": str(error)},
+                    # Unknown, not zero: they are found by reading the log, which was not.
+                    "subjects_without_key": None,
+                    "erasures_not_in_log": None,
                 }
             )
         return fail(f"verify: BROKEN (removed): {error}", EXIT_BROKEN)
