@@ -20,6 +20,11 @@ fact, and a read must not wait on the ledger's writer. Written with `synchronous
 so a power cut can lose the last moments of it (never a process crash); written after the
 answer, so a service killed in between loses that one line. If it cannot be written, the
 request log says so (`access not recorded`), and the answer already given stands.
+
+The log is the file at its path: `consent-ledger accesses` reads there, so a file moved away
+or replaced under a running server would have taken every access from then on where that
+command never looks. Each write and read first checks the path still names the opened file
+and opens it again if not (a removed file is made anew and records from then on).
 """
 
 from __future__ import annotations
@@ -33,8 +38,9 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+from ledger.file_identity import OpenedFile, opened_again
 from ledger.settings import ensure_dir
-from ledger.store_format import ACCESS_LOG, StoreOfAnotherFormat, refuse_other_format, stamp_format
+from ledger.store_format import ACCESS_LOG, refuse_other_format, stamp_format
 
 log = logging.getLogger("consent_ledger.http")
 
@@ -76,22 +82,38 @@ class AccessLog:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         ensure_dir(path.parent)
+        self._path = path
         self.keep_days = keep_days
         self._clock = clock
         self._next_prune: datetime | None = None  # None: prune at the next record
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db, self._file = self._open()
+
+    def _open(self) -> tuple[sqlite3.Connection, OpenedFile]:
+        path = self._path
+        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         try:
-            stamped = refuse_other_format(self._db.cursor(), str(path), ACCESS_LOG)
-        except StoreOfAnotherFormat:
-            self._db.close()
+            stamped = refuse_other_format(db.cursor(), str(path), ACCESS_LOG)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            for statement in _TABLES:
+                db.execute(statement)
+            if not stamped:
+                stamp_format(db.cursor(), str(path), ACCESS_LOG, _TABLES)
+        except BaseException:
+            db.close()
             raise
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        for statement in _TABLES:
-            self._db.execute(statement)
-        if not stamped:
-            stamp_format(self._db.cursor(), str(path), ACCESS_LOG, _TABLES)
+        return db, OpenedFile(path)
+
+    def _log(self) -> sqlite3.Connection:
+        """The connection to the file at the path now (called holding the lock)."""
+        if self._file.moved():
+            db, self._file = opened_again(self._path, self._open)
+            self._db.close()
+            self._db = db
+            self._next_prune = None
+            log.warning("access.db was moved, replaced or removed: opened again at its path")
+        return self._db
 
     def close(self) -> None:
         self._db.close()
@@ -107,6 +129,7 @@ class AccessLog:
     ) -> None:
         """One access per sid, in one transaction: a 10,000-recipient check is one commit."""
         with self._lock:
+            self._log()
             now = self._clock().astimezone(UTC)
             at = now.isoformat(timespec="microseconds")
             self._db.execute("BEGIN IMMEDIATE")
@@ -130,6 +153,7 @@ class AccessLog:
             return 0
         deleted = 0
         with self._lock:
+            self._log()
             while True:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
@@ -157,11 +181,15 @@ class AccessLog:
     def of_subject(self, tenant: str, sid: str) -> list[dict[str, Any]]:
         """A subject's accesses, oldest first."""
         with self._lock:
-            rows = self._db.execute(
-                "SELECT at, key_id, method, route, status FROM accesses "
-                "WHERE tenant=? AND sid=? ORDER BY at, rowid",
-                (tenant, sid),
-            ).fetchall()
+            rows = (
+                self._log()
+                .execute(
+                    "SELECT at, key_id, method, route, status FROM accesses "
+                    "WHERE tenant=? AND sid=? ORDER BY at, rowid",
+                    (tenant, sid),
+                )
+                .fetchall()
+            )
         return [
             {"at": at, "key_id": key_id, "method": method, "route": route, "status": status}
             for at, key_id, method, route, status in rows

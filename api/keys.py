@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import logging
 import secrets
 import sqlite3
 import threading
@@ -21,10 +22,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ledger.file_identity import OpenedFile, opened_again
 from ledger.settings import ensure_dir
-from ledger.store_format import API_KEYS, StoreOfAnotherFormat, refuse_other_format, stamp_format
+from ledger.store_format import API_KEYS, refuse_other_format, stamp_format
 
 ROLES = frozenset({"publisher", "compliance", "admin"})
+
+log = logging.getLogger("consent_ledger.http")
 
 
 class KeyError_(ValueError):
@@ -65,6 +69,13 @@ class ApiKeys:
     remembered, by key id, with the secret's hash, never the secret: a made-up key id is read
     every time and takes no memory, and a valid key id with a wrong secret is refused from
     what is remembered.
+
+    The table is the file at `path`, not the one first opened there: `consent-ledger keys`
+    writes to the path, so a file moved away or replaced under a running server (a restore
+    of `api_keys.db`) would take the operator's revocations where the server never reads
+    them, and a revoked key would be served until a restart. Each read of the table first
+    checks the path still names the opened file (two `stat` calls) and opens it again if not;
+    a removed file is made anew, empty, so every key is refused, as at a restart.
     """
 
     def __init__(
@@ -76,26 +87,42 @@ class ApiKeys:
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         ensure_dir(path.parent)
+        self._path = path
         self._recheck_s = recheck_s
         self._clock = clock
         self._wall_clock = wall_clock
         # key id -> (hash of its secret, who it is, its expiry, when its row was read)
         self._valid: dict[str, tuple[str, Principal, datetime | None, float]] = {}
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db, self._file = self._open()
+
+    def _open(self) -> tuple[sqlite3.Connection, OpenedFile]:
+        path = self._path
+        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         try:
-            stamped = refuse_other_format(self._db.cursor(), str(path), API_KEYS)
-        except StoreOfAnotherFormat:
-            self._db.close()
+            stamped = refuse_other_format(db.cursor(), str(path), API_KEYS)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(_TABLE)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(api_keys)")}
+            if "expires_at" not in columns:  # a table made before keys could expire
+                with contextlib.suppress(sqlite3.OperationalError):  # another process added it
+                    db.execute("ALTER TABLE api_keys ADD COLUMN expires_at TEXT")
+            if not stamped:
+                stamp_format(db.cursor(), str(path), API_KEYS, (_TABLE,))
+        except BaseException:
+            db.close()
             raise
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(_TABLE)
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(api_keys)")}
-        if "expires_at" not in columns:  # a table made before keys could expire
-            with contextlib.suppress(sqlite3.OperationalError):  # another process added it
-                self._db.execute("ALTER TABLE api_keys ADD COLUMN expires_at TEXT")
-        if not stamped:
-            stamp_format(self._db.cursor(), str(path), API_KEYS, (_TABLE,))
+        return db, OpenedFile(path)
+
+    def _table(self) -> sqlite3.Connection:
+        """The connection to the file at the path now (called holding the lock)."""
+        if self._file.moved():
+            db, self._file = opened_again(self._path, self._open)
+            self._db.close()
+            self._db = db
+            self._valid.clear()  # read again from the file the operator's commands write
+            log.warning("api_keys.db was moved, replaced or removed: opened again at its path")
+        return self._db
 
     def close(self) -> None:
         self._db.close()
@@ -113,7 +140,7 @@ class ApiKeys:
         key_id = secrets.token_hex(6)
         secret = secrets.token_urlsafe(32)
         with self._lock:
-            self._db.execute(
+            self._table().execute(
                 "INSERT INTO api_keys (key_id, secret_sha256, tenant, roles, created_at, "
                 "expires_at) VALUES (?,?,?,?,?,?)",
                 (
@@ -129,7 +156,7 @@ class ApiKeys:
 
     def revoke(self, key_id: str) -> None:
         with self._lock:
-            cursor = self._db.execute(
+            cursor = self._table().execute(
                 "UPDATE api_keys SET revoked_at=? WHERE key_id=? AND revoked_at IS NULL",
                 (datetime.now(UTC).isoformat(), key_id),
             )
@@ -139,7 +166,8 @@ class ApiKeys:
 
     def list(self, tenant: str | None = None) -> list[dict[str, str | None]]:
         with self._lock:
-            rows = self._db.execute(
+            table = self._table()
+            rows = table.execute(
                 "SELECT key_id, tenant, roles, created_at, revoked_at, expires_at FROM api_keys "
                 + ("WHERE tenant=? " if tenant else "")
                 + "ORDER BY created_at",
@@ -168,7 +196,8 @@ class ApiKeys:
         known = self._valid.get(key_id)
         if known is None or now - known[3] >= self._recheck_s:
             with self._lock:
-                row = self._db.execute(
+                table = self._table()
+                row = table.execute(
                     "SELECT secret_sha256, tenant, roles, expires_at FROM api_keys "
                     "WHERE key_id=? AND revoked_at IS NULL",
                     (key_id,),

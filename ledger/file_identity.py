@@ -15,10 +15,17 @@ caught here; SQLite's own checks and `verify` find what that does to the log.
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from ledger.storage import StorageUnavailable
+from ledger.store_format import StoreOfAnotherFormat
+
+log = logging.getLogger("consent_ledger")
+_Store = TypeVar("_Store")
 
 
 class OpenedFile:
@@ -60,3 +67,17 @@ def moved_reason(moved: list[str]) -> str:
         f"{' and '.join(moved)} {were} moved or removed from the data directory while this "
         f"process held {them} open (what it wrote is there): restore {them} and restart"
     )
+
+
+def opened_again(path: Path, open_store: Callable[[], _Store]) -> _Store:
+    """A side store (API keys, access log) opened again at its path, the one the operator's
+    commands read and write, after the file it had was moved or replaced. A file there that
+    is not such a store is refused as storage unavailable, until the operator mends it; its
+    path is for the process's log only, not for an HTTP answer."""
+    try:
+        return open_store()
+    except StoreOfAnotherFormat as error:
+        log.error("%s", error, extra={"error": "StoreOfAnotherFormat"})
+        raise StorageUnavailable(
+            f"{path.name} was replaced by a file that is not one: see the service's log"
+        ) from None

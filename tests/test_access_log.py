@@ -310,3 +310,30 @@ def test_pruning_deletes_a_backlog_in_bounded_batches(tmp_path: Path) -> None:
     with contextlib.closing(AccessLog(path, keep_days=30, clock=lambda: now)) as log:
         assert log.prune() == access_log.PRUNE_BATCH + 1
     assert left() == 3
+
+
+def test_an_access_log_moved_under_the_service_records_where_the_command_reads(
+    tmp_path: Path,
+) -> None:
+    """`consent-ledger accesses` reads the file at the path: a log moved away while the
+    server ran took every access from then on where no one would look."""
+    settings = Settings(data_dir=tmp_path / "data")
+    keys = _demo_with_keys(settings)
+    away = tmp_path / "away"
+    away.mkdir()
+    with TestClient(create_app(settings)) as client:
+        body = {k: v for k, v in grant(REFERENCE).items() if k != "tenant"}
+        sid = client.post("/v1/facts", json=body, headers=keys["publisher"]).json()["sid"]
+        assert client.get(f"/v1/subjects/{sid}/trail", headers=keys["compliance"]).is_success
+        for path in settings.data_dir.glob("access.db*"):
+            path.rename(away / path.name)
+        assert client.get(f"/v1/subjects/{sid}/consents", headers=keys["compliance"]).is_success
+        listed = client.get(f"/v1/subjects/{sid}/accesses", headers=keys["compliance"])
+    assert [a["route"] for a in listed.json()["accesses"]] == ["/v1/subjects/{sid}/consents"]
+    with contextlib.closing(AccessLog(settings.access_log_path)) as log:
+        assert [a["route"] for a in log.of_subject("demo", sid)] == [
+            "/v1/subjects/{sid}/consents",
+            "/v1/subjects/{sid}/accesses",
+        ]
+    with contextlib.closing(AccessLog(away / "access.db")) as moved:  # what it held stays
+        assert [a["route"] for a in moved.of_subject("demo", sid)] == ["/v1/subjects/{sid}/trail"]

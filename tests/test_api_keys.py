@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from api.keys import ApiKeys, ExpiredKey, KeyError_
+from ledger.storage import StorageUnavailable
 
 
 class Clock:
@@ -128,3 +129,55 @@ def test_a_key_table_from_before_expiry_is_kept_and_extended(tmp_path: Path) -> 
     keys.create("demo", {"publisher"}, datetime.now(UTC) + timedelta(days=1))
     assert [k["expires_at"] is None for k in keys.list()] == [True, False]
     keys.close()
+
+
+def _move_away(store: Path, away: Path) -> None:
+    away.mkdir(exist_ok=True)
+    for path in store.parent.glob(f"{store.name}*"):
+        path.rename(away / path.name)
+
+
+def test_a_key_table_replaced_under_the_service_is_read_where_the_commands_write(
+    tmp_path: Path,
+) -> None:
+    """A restore of api_keys.db while the server runs: `consent-ledger keys revoke` writes to
+    the file at the path, so the server must read there too, or a leaked key it revokes is
+    served until a restart."""
+    path = tmp_path / "api_keys.db"
+    service = ApiKeys(path)
+    with contextlib.closing(ApiKeys(path)) as cli:
+        key_id, key = cli.create("demo", {"publisher"})
+    with (
+        contextlib.closing(sqlite3.connect(path)) as db,
+        contextlib.closing(sqlite3.connect(tmp_path / "backup.db")) as copy,
+    ):
+        db.backup(copy)
+    _move_away(path, tmp_path / "old")
+    (tmp_path / "backup.db").rename(path)
+    assert service.authenticate(key) is not None  # the restored file holds it
+    with contextlib.closing(ApiKeys(path)) as cli:
+        cli.revoke(key_id)
+    assert service.authenticate(key) is None
+
+    # Removed: made anew, empty, as at a restart: every key refused.
+    _move_away(path, tmp_path / "gone")
+    assert service.authenticate(key) is None and path.exists()
+    with contextlib.closing(ApiKeys(path)) as cli:
+        _, new_key = cli.create("demo", {"compliance"})
+    assert service.authenticate(new_key) is not None
+
+    # A file of another kind put there: refused as storage unavailable until it is mended,
+    # named by its file name only (the answer is an HTTP one; the path goes to the log).
+    _move_away(path, tmp_path / "wrong")
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA application_id = 1")
+        db.execute("CREATE TABLE t (x)")
+    with pytest.raises(StorageUnavailable) as refused:
+        service.authenticate(new_key)
+    assert str(refused.value) == (
+        "api_keys.db was replaced by a file that is not one: see the service's log"
+    )
+    path.unlink()
+    _move_away(tmp_path / "wrong" / "api_keys.db", tmp_path)
+    assert service.authenticate(new_key) is not None
+    service.close()
