@@ -116,13 +116,14 @@ class ConsentLedger(Application[UUID]):
             raise
         assert isinstance(self.recorder, LedgerSQLiteRecorder)
         self.ledger_recorder: LedgerSQLiteRecorder = self.recorder
-        first = self.ledger_recorder.first_subject()
-        if first is not None and not self.keystore.holds(first):
+        firsts = self.ledger_recorder.first_subjects()
+        if firsts and not any(self.keystore.holds(first) for first in firsts):
             # keys.db lost, or another directory's: its pseudonym key would give everyone a
             # new sid (their history split in two) and no seal would open. The log's first
             # subject tells: its key (or its erasure) is in every key store of this log, one
             # restored from an older backup too (keys are stored before their facts, never
-            # deleted but by an erasure, which stays recorded here).
+            # deleted but by an erasure, which stays recorded here). In Kafka mode, the subject
+            # recorded first is the first of its ledger partition: one of `firsts`.
             empty = not self.keystore.holds_subjects()
             super().close()
             if keystore is None:

@@ -175,9 +175,10 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
                 )
             return {UUID(str(row[0])).hex for row in c.fetchall()}
 
-    def first_subject(self) -> UUID | None:
+    def first_subjects(self) -> list[UUID]:
         """The subject of the log's first subject fact, if any (stops at the first it finds:
-        the tenants' and policies' facts come before it)."""
+        the tenants' and policies' facts come before it). Every key store of this log holds
+        it: its key was stored before anything else of any subject was recorded."""
         with self.datastore.transaction(commit=False) as c:
             c.execute(
                 f"SELECT originator_id FROM {self.events_table_name} WHERE topic LIKE ? "
@@ -185,7 +186,7 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
                 (SUBJECT_TOPICS,),
             )
             row = c.fetchone()
-            return None if row is None else UUID(str(row[0]))
+            return [] if row is None else [UUID(str(row[0]))]
 
     def erased_subjects(self) -> list[UUID]:
         """Every subject the log holds an erasure of."""

@@ -60,7 +60,7 @@ from ledger.kafka.transaction_calls import (
     begin_offsets,
     held_error,
 )
-from ledger.recorder import FactKey, LedgerSQLiteRecorder
+from ledger.recorder import SUBJECT_TOPICS, FactKey, LedgerSQLiteRecorder
 from ledger.settings import SettingsError
 from ledger.sql import as_tuples, rows_in
 from ledger.storage import RecordTooLarge
@@ -287,6 +287,26 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
             )
             row = c.fetchone()
         return None if row is None else str(row[0])
+
+    def first_subjects(self) -> list[UUID]:
+        """The first subject of each ledger partition. A replica applies the partitions'
+        records interleaved as it polls them, so its first row is not the log's first: a
+        subject recorded after a backup of `keys.db` could come first and refuse that backup.
+        The subject recorded first of all is first in its partition, so every key store of
+        this log holds at least one of these (each lookup stops at the partition's first)."""
+        firsts = []
+        with self.datastore.transaction(commit=False) as c:
+            for partition in range(self.link.partitions):
+                c.execute(
+                    f"SELECT e.originator_id FROM {self.located_table} AS l "
+                    f"JOIN {self.events_table_name} AS e ON e.rowid = l.position "
+                    "WHERE l.partition = ? AND e.topic LIKE ? ORDER BY l.offset LIMIT 1",
+                    (partition, SUBJECT_TOPICS),
+                )
+                row = c.fetchone()
+                if row is not None:
+                    firsts.append(UUID(str(row[0])))
+        return firsts
 
     def tree_partitions(self) -> range:
         return range(self.link.partitions)
