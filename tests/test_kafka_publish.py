@@ -202,6 +202,27 @@ def test_publish_sends_the_envelopes_largest_facts_and_refuses_larger_ones(
         assert answers[2]["receipt"]["sid"] is not None
 
 
+def test_publish_with_no_worker_running_says_so_and_the_fact_is_taken_later(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """The writer not started (or stopped): the wait ends with what to check, not an
+    answer, and the fact, published all the same, is recorded once a worker runs."""
+    env = kafka_env(kafka_settings(tmp_path / "data", kafka_bootstrap))
+    assert cli(env, "init").returncode == 0
+    fact = orjson.dumps(grant("nw-1", event_id="nw1")).decode()
+    out = cli(env, "publish", "--wait", "2", stdin=fact)
+    assert out.returncode == 6, out.stderr
+    assert out.stderr == (
+        "consent-ledger: the ledger writer did not take the facts within 2 s "
+        "(is `consent-ledger worker` or `serve` running?)\n"
+    )
+    assert out.stdout == ""
+    with running_worker(env):
+        retry = cli(env, "publish", "--wait", "120", stdin=fact)
+    assert retry.returncode == 0, retry.stderr
+    assert orjson.loads(retry.stdout)["receipt"]["duplicate"] is True
+
+
 def test_publish_needs_kafka_mode(tmp_path: Path) -> None:
     out = cli({"LEDGER_DATA_DIR": str(tmp_path)}, "publish", stdin="{}")
     assert out.returncode == 2
