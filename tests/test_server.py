@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from ledger.settings import Settings
 from tests.facts import grant
@@ -234,3 +235,26 @@ def test_serve_on_a_port_in_use_says_so_before_loading_anything(tmp_path: Path) 
     assert refused.stderr == (
         f"consent-ledger: serve: cannot listen on 127.0.0.1 port {port}: Address already in use\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("host", "status", "said"),
+    [
+        ("no-such-host.invalid", 2, "serve: --host 'no-such-host.invalid' names no address here: "),
+        ("192.0.2.1", 6, "serve: cannot listen on 192.0.2.1 port 8000: "),  # not this host's
+    ],
+)
+def test_serve_on_an_address_it_cannot_have_says_so_in_one_line(
+    tmp_path: Path, host: str, status: int, said: str
+) -> None:
+    refused = subprocess.run(
+        [sys.executable, "-m", "ledger.cli", "serve", "--demo", "--host", host],
+        env={**os.environ, "LEDGER_DATA_DIR": str(tmp_path / "data")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode == status, refused.stderr
+    assert refused.stdout == ""
+    assert refused.stderr.startswith(f"consent-ledger: {said}")
+    assert refused.stderr.count("\n") == 1
