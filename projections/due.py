@@ -119,6 +119,7 @@ def due_list(
 
     after = _after(at, "expiring_consents", 3)
     expiring: list[dict[str, Any]] = []
+    expiring_keys: list[list[str]] = []
     if after is not _DONE:
         sql = (
             "SELECT i.sid, i.purpose, i.valid_to, i.event_id FROM view_intervals i "
@@ -137,12 +138,15 @@ def due_list(
             sql += " LIMIT ?"
             params.append(limit + 1)
         for row in views.rows(sql, tuple(params)):
+            # The stored text (six fractional digits, to compare as text) pages; the answer
+            # writes the instant as every other answer does, so the same expiry reads the
+            # same here as in the subject's consents and trail.
+            expires_at = datetime.fromisoformat(row[2]).isoformat()
             expiring.append(
-                {"sid": row[0], "purpose": row[1], "expires_at": row[2], "event_id": row[3]}
+                {"sid": row[0], "purpose": row[1], "expires_at": expires_at, "event_id": row[3]}
             )
-    keys["expiring_consents"] = _paged(
-        expiring, limit, [[e["expires_at"], e["sid"], e["purpose"]] for e in expiring]
-    )
+            expiring_keys.append([row[2], row[0], row[1]])
+    keys["expiring_consents"] = _paged(expiring, limit, expiring_keys)
 
     after = _after(at, "past_retention", 2)
     past = (

@@ -758,6 +758,51 @@ def test_due_command(data: Path) -> None:
     assert "(deadline: policy 2.0)" in text.stdout
 
 
+@pytest.mark.parametrize("backend_settings", ["embedded"], indirect=True)
+def test_due_in_text_names_each_kind_of_item_and_refuses_a_bad_page(data: Path) -> None:
+    """What a person reading `due` sees of consents expiring, data past retention and the
+    subjects to erase, a page's continuation, and the two ways of asking for a page wrong."""
+    facts = [
+        policy("2.0", purposes={"marketing": terms(30)}),
+        grant("gone", policy_version="2.0", occurred_at="2025-02-01T00:00:00Z"),
+        withdraw("gone", occurred_at="2025-03-01T00:00:00Z"),
+        grant("soon", occurred_at="2025-03-01T00:00:00Z", expires_at="2025-04-05T00:00:00Z"),
+        grant("next", occurred_at="2025-03-01T00:00:00Z", expires_at="2025-04-06T12:30:00Z"),
+    ]
+    assert run(data, "record", stdin=orjson.dumps(facts).decode()).returncode == 0
+    sid = {
+        s: orjson.loads(run(data, "trail", s, "--tenant", "demo", "--json").stdout)["sid"]
+        for s in ("gone", "soon", "next")
+    }
+    asked = ("due", "--tenant", "demo", "--as-of", "2025-04-01T00:00:00Z")
+    text = run(data, *asked)
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.splitlines()[1:] == [
+        f"  consent marketing of sid {sid['soon']} expires 2025-04-05T00:00:00+00:00",
+        f"  consent marketing of sid {sid['next']} expires 2025-04-06T12:30:00+00:00",
+        f"  data of sid {sid['gone']} for marketing past retention since 2025-03-31T00:00:00+00:00",
+        "  1 subjects no purpose keeps any longer: "
+        "consent-ledger retention --tenant demo [--erase]",
+    ]
+    assert text.stderr == ""
+    first = run(data, *asked, "--limit", "1")
+    cursor = orjson.loads(run(data, *asked, "--limit", "1", "--json").stdout)["next"]
+    assert first.stderr == f"more: --after {cursor}\n"
+    rest = run(data, "due", "--tenant", "demo", "--after", cursor, "--json")
+    assert rest.returncode == 0, rest.stderr
+    assert [e["sid"] for e in orjson.loads(rest.stdout)["expiring_consents"]] == [sid["next"]]
+    both = run(data, *asked, "--after", cursor)
+    assert (both.returncode, both.stderr) == (
+        2,
+        "consent-ledger: --after continues at its own instant: give it without --as-of\n",
+    )
+    bad = run(data, "due", "--tenant", "demo", "--after", "not-a-cursor")
+    assert (bad.returncode, bad.stderr) == (
+        2,
+        "consent-ledger: --after takes the 'next' of a previous page\n",
+    )
+
+
 def test_retention_lists_and_erases_the_subjects_no_purpose_keeps(data: Path) -> None:
     name = {"full_name": "Retention Person"}
     facts = [
