@@ -374,6 +374,34 @@ def test_a_subject_reference_may_come_from_stdin_not_the_command_line(tmp_path: 
     assert nothing.returncode == 2 and "stdin, which gave none" in nothing.stderr
 
 
+def test_stdin_redirected_from_a_file_and_inputs_that_cannot_be_read(tmp_path: Path) -> None:
+    """`record - < facts.jsonl` (stdin a regular file, read whole as a file is, where a pipe
+    is read a batch at a time), and the one-line refusals of input that cannot be read."""
+    data = tmp_path / "data"
+    assert run(data, "init").returncode == 0
+    facts = tmp_path / "facts.jsonl"
+    facts.write_bytes(b"\n".join(orjson.dumps(grant(f"file-{i}")) for i in range(3)))
+    env = {**os.environ, "LEDGER_DATA_DIR": str(data)}
+    cli = [sys.executable, "-m", "ledger.cli"]
+    with facts.open("rb") as stdin:
+        recorded = subprocess.run([*cli, "record", "-"], stdin=stdin, env=env, capture_output=True)
+    assert recorded.returncode == 0, recorded.stderr
+    assert [orjson.loads(line)["index"] for line in recorded.stdout.splitlines()] == [0, 1, 2]
+    not_utf8 = subprocess.run(
+        [*cli, "trail", "-", "--tenant", "demo"], input=b"\xff\xfe\n", env=env, capture_output=True
+    )
+    assert (not_utf8.returncode, not_utf8.stderr) == (
+        2,
+        b"consent-ledger: SUBJECT '-': stdin's first line is not UTF-8 text\n",
+    )
+    at = ("--tenant", "demo", "--purpose", "marketing", "--at", "2025-06-01T00:00:00Z")
+    missing = run(data, "check", *at, str(tmp_path / "nope.txt"))
+    assert (missing.returncode, missing.stderr) == (
+        2,
+        f"consent-ledger: cannot read {tmp_path / 'nope.txt'}: No such file or directory\n",
+    )
+
+
 def test_a_terminal_that_is_not_utf8_gets_escapes_not_a_traceback(tmp_path: Path) -> None:
     """A Cyrillic name on a terminal set to Latin-1 or ASCII (an old server, a C locale
     without UTF-8 mode) raised UnicodeEncodeError: a traceback, not the trail. Text gets
