@@ -376,6 +376,23 @@ def test_bad_input_is_a_problem_never_a_500(world: World, body: bytes, code: str
     assert response.json()["code"] == code
 
 
+def test_evidence_over_its_limit_is_413_oversize_alone_and_in_a_batch(world: World) -> None:
+    """The envelope bounds evidence at 16 KiB inside a body the server takes: the fact is
+    refused as too large (413, naming the field), not as malformed."""
+    headers = {"Authorization": f"Bearer {world.keys[('demo', 'publisher')]}"}
+    large = {k: v for k, v in grant("ev-large", event_id="ev-large").items() if k != "tenant"} | {
+        "evidence": {"form": "x" * 16_400}
+    }
+    single = world.client.post("/v1/facts", json=large, headers=headers)
+    assert single.status_code == 413, single.text
+    assert single.headers["content-type"] == "application/problem+json"
+    assert (single.json()["code"], single.json()["field"]) == ("oversize", "evidence")
+    batch = world.client.post("/v1/facts:batch", json={"facts": [large]}, headers=headers)
+    assert batch.status_code == 200, batch.text
+    (result,) = batch.json()["results"]
+    assert (result["status"], result["problem"]["code"]) == (413, "oversize")
+
+
 def test_batch_results_in_order(world: World) -> None:
     headers = {"Authorization": f"Bearer {world.keys[('demo', 'publisher')]}"}
     good = fresh_grant()
