@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import locale
 import os
 import resource
 import select
+import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -17,6 +23,8 @@ from typing import IO, Any
 
 import orjson
 
+ROOT = Path(__file__).resolve().parent.parent
+
 # The backend of each data directory: every command runs on the embedded log and on Kafka.
 BACKEND_ENV: dict[Path, dict[str, str]] = {}
 
@@ -24,14 +32,159 @@ BACKEND_ENV: dict[Path, dict[str, str]] = {}
 def run(
     data: Path, *args: str, stdin: str | None = None, **env: str
 ) -> subprocess.CompletedProcess[str]:
+    """`consent-ledger ARGS` as a process of its own, forked from a warm one where that runs
+    exactly as a fresh process would (`tests.cli_forker`), else started afresh."""
+    environment = command_env(data, env)
+    warm = forker()
+    if warm is not None and warm.forkable(environment):
+        return warm.run(list(args), environment, stdin, timeout=120)
+    return run_fresh(data, *args, stdin=stdin, **env)
+
+
+def run_fresh(
+    data: Path, *args: str, stdin: str | None = None, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """`consent-ledger ARGS` in a new interpreter, as a user runs it."""
     return subprocess.run(
         [sys.executable, "-m", "ledger.cli", *args],
-        env={**os.environ, **BACKEND_ENV.get(data, {}), "LEDGER_DATA_DIR": str(data), **env},
+        env=command_env(data, env),
         input=stdin,
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def command_env(data: Path, env: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a command run on `data`, with its backend's settings."""
+    return {**os.environ, **BACKEND_ENV.get(data, {}), "LEDGER_DATA_DIR": str(data), **env}
+
+
+class Forker:
+    """This test process's `tests.cli_forker`, started at its first command."""
+
+    # What a process reads from its environment before any command runs: start-up
+    # (`PYTHON*`, the locale), import time (the failpoints) and coverage's measurement of
+    # each process. A command whose environment differs in one of them starts afresh.
+    READ_AT_START = ("PYTHON", "LC_", "LANG", "LEDGER_FAILPOINT", "COVERAGE_")
+
+    def __init__(self) -> None:
+        self.directory = tempfile.mkdtemp(prefix="cli-forker-")
+        self.path = os.path.join(self.directory, "socket")
+        self.env = dict(os.environ)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.cli_forker", self.path],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=self.env,
+            cwd=ROOT,
+        )
+        assert self.process.stdout is not None
+        ready = self.process.stdout.readline()
+        assert ready == b"ready\n", f"the CLI forker did not start: {ready!r}"
+
+    def forkable(self, env: Mapping[str, str]) -> bool:
+        return not any(
+            key.startswith(self.READ_AT_START) and env.get(key) != self.env.get(key)
+            for key in {*env, *self.env}
+        )
+
+    def run(
+        self, args: list[str], env: Mapping[str, str], stdin: str | None, timeout: float
+    ) -> subprocess.CompletedProcess[str]:
+        # Named as `subprocess.run` names the command, which tests read back.
+        command = [sys.executable, "-m", "ledger.cli", *args]
+        deadline = time.monotonic() + timeout
+        encoding = locale.getpreferredencoding(False)
+        in_read, in_write = os.pipe() if stdin is not None else (0, -1)
+        out_read, out_write = os.pipe()
+        err_read, err_write = os.pipe()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+            connection.connect(self.path)
+            request = {"args": args, "env": dict(env), "cwd": os.getcwd()}
+            socket.send_fds(connection, [orjson.dumps(request)], [in_read, out_write, err_write])
+            for fd in (out_write, err_write) + ((in_read,) if stdin is not None else ()):
+                os.close(fd)
+            pid = _int_from(connection)
+            if stdin is not None:
+                feeding = threading.Thread(
+                    target=_feed, args=(in_write, stdin.encode(encoding)), daemon=True
+                )
+                feeding.start()
+            try:
+                out, err = _read_both(out_read, err_read, deadline)
+            except subprocess.TimeoutExpired:
+                os.kill(pid, signal.SIGKILL)
+                raise subprocess.TimeoutExpired(command, timeout) from None
+            finally:
+                os.close(out_read)
+                os.close(err_read)
+            code = _int_from(connection)
+        return subprocess.CompletedProcess(
+            command, code, _text(out, encoding), _text(err, encoding)
+        )
+
+    def close(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        self.process.wait(timeout=30)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+_FORKERS: dict[int, Forker] = {}
+
+
+def forker() -> Forker | None:
+    """The forker of this process (a test worker), if a fork can stand in for a fresh
+    process here: not while coverage measures each process it starts."""
+    if any(key.startswith("COVERAGE_") for key in os.environ):
+        return None
+    pid = os.getpid()
+    if pid not in _FORKERS:
+        _FORKERS[pid] = Forker()
+        atexit.register(_FORKERS[pid].close)
+    return _FORKERS[pid]
+
+
+def _int_from(connection: socket.socket) -> int:
+    data = b""
+    while len(data) < 4:
+        chunk = connection.recv(4 - len(data))
+        assert chunk, "the CLI forker ended a command without its status"
+        data += chunk
+    value: int = struct.unpack("!i", data)[0]
+    return value
+
+
+def _feed(fd: int, data: bytes) -> None:
+    """A command's input, written as `subprocess.run(input=...)` writes it: all of it,
+    then the end; a command that stops reading early is not an error."""
+    try:
+        with open(fd, "wb") as stream:
+            stream.write(data)
+    except BrokenPipeError:
+        pass
+
+
+def _read_both(out: int, err: int, deadline: float) -> tuple[bytes, bytes]:
+    read: dict[int, list[bytes]] = {out: [], err: []}
+    open_fds = [out, err]
+    while open_fds:
+        ready, _, _ = select.select(open_fds, [], [], max(0, deadline - time.monotonic()))
+        if not ready:
+            raise subprocess.TimeoutExpired("consent-ledger", 0)
+        for fd in ready:
+            chunk = os.read(fd, 65_536)
+            if chunk:
+                read[fd].append(chunk)
+            else:
+                open_fds.remove(fd)
+    return b"".join(read[out]), b"".join(read[err])
+
+
+def _text(data: bytes, encoding: str) -> str:
+    # As `subprocess.run(text=True)` decodes: universal newlines.
+    return data.decode(encoding).replace("\r\n", "\n").replace("\r", "\n")
 
 
 def verify_elsewhere(data: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
