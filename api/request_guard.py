@@ -66,7 +66,14 @@ class RequestGuard:
         headers = Headers(scope=scope)
         length = headers.get("content-length")
         try:
-            if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            if length is not None and not (length.isascii() and length.isdigit()):
+                # Not a length at all (`+2`, `1, 2`, `abc`): the real server's parser refuses
+                # such a header before the app sees it (RFC 9112 6.3), and an app reached
+                # without it (an ASGI client) answers as the server would, not with a 413
+                # that names a size limit the request never came near.
+                await _malformed()(scope, receive, watch)
+                return
+            if length is not None and int(length) > self.max_body:
                 await self._oversize()(scope, receive, watch)
                 return
             if scope["method"] in _WITH_BODY:
@@ -171,6 +178,13 @@ def _without_body(send: Send) -> Send:
         await send(message)
 
     return headers_only
+
+
+def _malformed() -> Response:
+    # The code of the server's own refusal of unreadable requests (api.http_protocol).
+    return problems.respond(
+        400, "malformed_request", "the Content-Length header is not a number of bytes"
+    )
 
 
 def _unsupported() -> Response:

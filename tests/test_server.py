@@ -62,6 +62,7 @@ def test_publish_query_erase_verify_over_http(backend_settings: Settings) -> Non
             b"GET /v1/verify?x=" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
             b"GARBAGE\r\n\r\n",
             b"GET /v1/verify HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n",
+            b"GET /v1/verify HTTP/1.1\r\nHost: x\r\nContent-Length: +2jyt\r\n\r\n",
         ):
             head, _, body = raw_answer(base, unreadable).partition(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 400 "), head
