@@ -17,7 +17,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -34,24 +34,36 @@ def run(
 ) -> subprocess.CompletedProcess[str]:
     """`consent-ledger ARGS` as a process of its own, forked from a warm one where that runs
     exactly as a fresh process would (`tests.cli_forker`), else started afresh."""
-    environment = command_env(data, env)
+    return run_with(command_env(data, env), *args, stdin=stdin)
+
+
+def run_with(
+    env: Mapping[str, str], *args: str, stdin: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """`consent-ledger ARGS` in exactly this environment, forked where it can be."""
     warm = forker()
-    if warm is not None and warm.forkable(environment):
-        return warm.run(list(args), environment, stdin, timeout=120)
-    return run_fresh(data, *args, stdin=stdin, **env)
+    if warm is not None and warm.forkable(env):
+        return warm.run(list(args), env, stdin, timeout=timeout)
+    return _fresh(env, args, stdin, timeout)
 
 
 def run_fresh(
     data: Path, *args: str, stdin: str | None = None, **env: str
 ) -> subprocess.CompletedProcess[str]:
     """`consent-ledger ARGS` in a new interpreter, as a user runs it."""
+    return _fresh(command_env(data, env), args, stdin, timeout=120)
+
+
+def _fresh(
+    env: Mapping[str, str], args: Sequence[str], stdin: str | None, timeout: float
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "ledger.cli", *args],
-        env=command_env(data, env),
+        env=env,
         input=stdin,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
     )
 
 

@@ -8,7 +8,6 @@ import hmac
 import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -23,6 +22,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
 from ledger.kafka.publish import intake_key
 from ledger.settings import Settings
+from tests.cli_support import run_with
 from tests.facts import grant, policy, withdraw
 
 
@@ -55,13 +55,7 @@ def kafka_cli(
     settings: Settings, *args: str, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
     """`consent-ledger ARGS` in a process of its own, on these Kafka-mode settings."""
-    return subprocess.run(
-        [sys.executable, "-m", "ledger.cli", *args],
-        env={**os.environ, **kafka_env(settings)},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_with({**os.environ, **kafka_env(settings)}, *args, timeout=timeout)
 
 
 def publish(
