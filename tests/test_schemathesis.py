@@ -3,7 +3,9 @@ schema. Bounded in examples per operation so `make test` stays quick."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,9 @@ from api.app import build_service, create_app
 from ledger.settings import Settings
 
 _data = Path(tempfile.mkdtemp(prefix="schemathesis-"))
+# Made at import (the schema needs the app), so no fixture removes it; under `make test` it is
+# in memory (/dev/shm), where each run's data directory stayed until the machine restarted.
+atexit.register(shutil.rmtree, _data, True)
 _settings = Settings(data_dir=_data)
 app = create_app(_settings)
 app.state.service = build_service(_settings)
