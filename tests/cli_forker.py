@@ -41,6 +41,7 @@ MAX_REQUEST = 1 << 20
 
 def warm() -> None:
     import kafka  # noqa: F401  (Kafka mode's client; imported lazily by the ledger)
+    import uvicorn  # noqa: F401  (`serve`'s server; imported as it starts)
 
     for name in PACKAGES:
         package = importlib.import_module(name)

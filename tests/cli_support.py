@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import io
 import locale
 import os
 import resource
@@ -19,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import orjson
 
@@ -52,6 +53,53 @@ def run_fresh(
 ) -> subprocess.CompletedProcess[str]:
     """`consent-ledger ARGS` in a new interpreter, as a user runs it."""
     return _fresh(command_env(data, env), args, stdin, timeout=120)
+
+
+class Started(Protocol):
+    """What the tests use of a started process, whether `subprocess.Popen` or `Forked`."""
+
+    @property
+    def args(self) -> Any: ...
+    @property
+    def pid(self) -> int: ...
+    @property
+    def returncode(self) -> int | Any: ...
+    @property
+    def stdin(self) -> IO[Any] | None: ...
+    @property
+    def stdout(self) -> IO[Any] | None: ...
+    @property
+    def stderr(self) -> IO[Any] | None: ...
+    def poll(self) -> int | None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
+    def send_signal(self, sig: int) -> None: ...
+    def terminate(self) -> None: ...
+    def kill(self) -> None: ...
+    def communicate(self, input: Any = None, timeout: float | None = None) -> tuple[Any, Any]: ...
+
+
+def start_with(
+    env: Mapping[str, str],
+    *args: str,
+    stdin: int | None = None,
+    stdout: int = subprocess.PIPE,
+    stderr: int = subprocess.PIPE,
+    text: bool = True,
+) -> Started:
+    """`consent-ledger ARGS` started and left running (a worker, a server, a projection),
+    forked where that runs exactly as a fresh process would; its streams as `subprocess.Popen`
+    takes them (PIPE, DEVNULL, and STDOUT for stderr; stdin None inherits the test's)."""
+    warm = forker()
+    if warm is not None and warm.forkable(env):
+        return warm.start(list(args), env, stdin, stdout, stderr, text)
+    return subprocess.Popen(
+        [sys.executable, "-m", "ledger.cli", *args],
+        env=env,
+        stdin=stdin,
+        stdout=stdout,
+        stderr=stderr,
+        text=text,
+    )
 
 
 def _fresh(
@@ -136,11 +184,174 @@ class Forker:
             command, code, _text(out, encoding), _text(err, encoding)
         )
 
+    def start(
+        self,
+        args: list[str],
+        env: Mapping[str, str],
+        stdin: int | None,
+        stdout: int,
+        stderr: int,
+        text: bool,
+    ) -> Forked:
+        command = [sys.executable, "-m", "ledger.cli", *args]
+        ours: list[int] = []  # this process's ends of the pipes
+        theirs: list[int] = []  # the command's, closed here once sent
+
+        def end(kind: int | None, fd: int, reading: bool) -> int:
+            if kind is None:
+                return fd
+            if kind == subprocess.DEVNULL:
+                theirs.append(os.open(os.devnull, os.O_RDWR))
+                return theirs[-1]
+            assert kind == subprocess.PIPE, kind
+            read, write = os.pipe()
+            ours.append(write if reading else read)
+            theirs.append(read if reading else write)
+            return theirs[-1]
+
+        try:
+            fds = [end(stdin, 0, True), end(stdout, 1, False)]
+            fds.append(fds[1] if stderr == subprocess.STDOUT else end(stderr, 2, False))
+            connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                connection.connect(self.path)
+                request = {"args": args, "env": dict(env), "cwd": os.getcwd()}
+                socket.send_fds(connection, [orjson.dumps(request)], fds)
+                pid = _int_from(connection)
+            except BaseException:
+                connection.close()
+                raise
+        except BaseException:
+            for fd in ours:
+                os.close(fd)
+            raise
+        finally:
+            for fd in theirs:
+                os.close(fd)
+        streams = iter(ours)
+        encoding = locale.getpreferredencoding(False)
+
+        def opened(kind: int | None, mode: str) -> IO[Any] | None:
+            if kind != subprocess.PIPE:
+                return None
+            raw = open(next(streams), mode + "b")  # noqa: SIM115 (the process's stream)
+            if not text:
+                return raw
+            return io.TextIOWrapper(raw, encoding=encoding, write_through=mode == "w")
+
+        return Forked(
+            command,
+            pid,
+            connection,
+            opened(stdin, "w"),
+            opened(stdout, "r"),
+            opened(stderr, "r"),
+            encoding if text else None,
+        )
+
     def close(self) -> None:
         assert self.process.stdin is not None
         self.process.stdin.close()
         self.process.wait(timeout=30)
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class Forked:
+    """A command the forker started and left running, with what the tests use of
+    `subprocess.Popen`, and its semantics: `communicate` reads both pipes to their end (keeping
+    what it read across a timeout), then the exit status, which the forker sends as the
+    command ends (a negative signal number when a signal ended it); signals go to the pid
+    only while the command has not been seen to end."""
+
+    def __init__(
+        self,
+        args: list[str],
+        pid: int,
+        connection: socket.socket,
+        stdin: IO[Any] | None,
+        stdout: IO[Any] | None,
+        stderr: IO[Any] | None,
+        encoding: str | None,
+    ) -> None:
+        self.args = args
+        self.pid = pid
+        self.returncode: int | None = None
+        self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
+        self._connection = connection
+        self._status = b""
+        self._encoding = encoding
+        self._read: dict[int, list[bytes]] = {
+            s.fileno(): [] for s in (stdout, stderr) if s is not None
+        }
+        self._communicated: tuple[Any, Any] | None = None
+
+    def poll(self) -> int | None:
+        self._status_by(time.monotonic())
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._status_by(deadline):
+            raise subprocess.TimeoutExpired(self.args, timeout or 0)
+        assert self.returncode is not None
+        return self.returncode
+
+    def _status_by(self, deadline: float | None) -> bool:
+        while self.returncode is None:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select([self._connection], [], [], wait)
+            if not ready:
+                return False
+            chunk = self._connection.recv(4 - len(self._status))
+            assert chunk, "the CLI forker ended a command without its status"
+            self._status += chunk
+            if len(self._status) == 4:
+                self.returncode = struct.unpack("!i", self._status)[0]
+                self._connection.close()
+        return True
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def communicate(self, input: Any = None, timeout: float | None = None) -> tuple[Any, Any]:
+        assert input is None, "not used by the tests"
+        if self._communicated is not None:
+            return self._communicated
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self.stdin is not None and not self.stdin.closed:
+            self.stdin.close()
+        open_fds = [fd for fd in self._read if not self._ended(fd)]
+        while open_fds:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select(open_fds, [], [], wait)
+            if not ready:
+                raise subprocess.TimeoutExpired(self.args, timeout or 0)
+            for fd in ready:
+                chunk = os.read(fd, 65_536)
+                self._read[fd].append(chunk)
+                if not chunk:
+                    open_fds.remove(fd)
+        if not self._status_by(deadline):
+            raise subprocess.TimeoutExpired(self.args, timeout or 0)
+        self._communicated = self._output(self.stdout), self._output(self.stderr)
+        return self._communicated
+
+    def _ended(self, fd: int) -> bool:
+        return bool(self._read[fd]) and self._read[fd][-1] == b""
+
+    def _output(self, stream: IO[Any] | None) -> Any:
+        if stream is None:
+            return None
+        data = b"".join(self._read[stream.fileno()])
+        stream.close()
+        return data if self._encoding is None else _text(data, self._encoding)
 
 
 _FORKERS: dict[int, Forker] = {}

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
 
 import httpx
 
@@ -16,6 +15,7 @@ from api.app import keys_path
 from api.keys import ApiKeys
 from ledger.application import ConsentLedger
 from ledger.settings import Settings
+from tests.cli_support import Started, start_with
 from tests.kafka_support import kafka_env
 
 
@@ -36,28 +36,32 @@ def demo_key(settings: Settings, *roles: str) -> str:
     return key
 
 
-def serve(
-    settings: Settings, preexec_fn: Callable[[], None] | None = None
-) -> tuple[subprocess.Popen[bytes], str]:
+def serve(settings: Settings, preexec_fn: Callable[[], None] | None = None) -> tuple[Started, str]:
     """`consent-ledger serve` on a free port, once it answers /readyz; and its base URL."""
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "ledger.cli", "serve", "--port", str(port)],
-        env={
-            **os.environ,
-            "LEDGER_DATA_DIR": str(settings.data_dir),
-            **(kafka_env(settings) if settings.backend == "kafka" else {}),
-        },
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        preexec_fn=preexec_fn,
-    )
+    env = {
+        **os.environ,
+        "LEDGER_DATA_DIR": str(settings.data_dir),
+        **(kafka_env(settings) if settings.backend == "kafka" else {}),
+    }
+    args = ("serve", "--port", str(port))
+    server: Started
+    if preexec_fn is None:
+        server = start_with(env, *args, stderr=subprocess.STDOUT, text=False)
+    else:  # run before the command: only a fresh process can
+        server = subprocess.Popen(
+            [sys.executable, "-m", "ledger.cli", *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            preexec_fn=preexec_fn,
+        )
     base = f"http://127.0.0.1:{port}"
     wait_ready(server, base)
     return server, base
 
 
-def wait_ready(server: subprocess.Popen[Any], base: str, timeout: float = 60) -> None:
+def wait_ready(server: Started, base: str, timeout: float = 60) -> None:
     """Until the server answers /readyz with 200; fails with its output if it exits first."""
     deadline = time.monotonic() + timeout
     while True:

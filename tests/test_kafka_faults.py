@@ -18,7 +18,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,7 +32,7 @@ from ledger.failpoints import EXIT_STATUS
 from ledger.kafka.recorder import KafkaLink
 from ledger.kafka.topics import Topics
 from ledger.settings import Settings
-from tests.cli_support import line_within
+from tests.cli_support import Started, line_within, start_with
 from tests.conftest import BROKER
 from tests.kafka_support import (
     OVERSIZE_LIMIT,
@@ -52,9 +51,7 @@ from tests.server_support import free_port, wait_ready
 pytestmark = pytest.mark.kafka
 
 
-def start_worker(
-    settings: Settings, batch: int = 100, failpoint: str | None = None
-) -> subprocess.Popen[str]:
+def start_worker(settings: Settings, batch: int = 100, failpoint: str | None = None) -> Started:
     env = {
         **os.environ,
         **kafka_env(settings),
@@ -62,13 +59,7 @@ def start_worker(
         "LEDGER_INTAKE_BATCH": str(batch),
         "LEDGER_INTAKE_MAX_BYTES": str(OVERSIZE_LIMIT),
     }
-    return subprocess.Popen(
-        [sys.executable, "-m", "ledger.cli", "worker", "--interval", "0.1"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return start_with(env, "worker", "--interval", "0.1")
 
 
 class Progress:
@@ -89,7 +80,7 @@ class Progress:
     def committed(self) -> int:
         return sum(self.consumer.committed(tp) or 0 for tp in self.tps)
 
-    def wait_for(self, at_least: int, worker: subprocess.Popen[str], timeout: float) -> int:
+    def wait_for(self, at_least: int, worker: Started, timeout: float) -> int:
         deadline = time.monotonic() + timeout
         while True:
             done = self.committed()
@@ -118,7 +109,7 @@ class Progress:
         self.consumer.close()
 
 
-def where_it_waits(worker: subprocess.Popen[str]) -> str:
+def where_it_waits(worker: Started) -> str:
     """A stuck worker's threads' stacks (SIGUSR1, `stopped_by_signals`) and its last log
     lines; it is killed. The dump is written as the signal arrives: the bounded wait only
     gives the pipe time to be read before the kill."""
@@ -127,7 +118,8 @@ def where_it_waits(worker: subprocess.Popen[str]) -> str:
         with contextlib.suppress(subprocess.TimeoutExpired):
             worker.communicate(timeout=3)
     worker.kill()
-    return worker.communicate()[1][-30000:]
+    err: str = worker.communicate()[1]
+    return err[-30000:]
 
 
 @pytest.fixture
@@ -138,9 +130,11 @@ def progress_of() -> Iterator[list[Progress]]:
         p.close()
 
 
-def stop_cleanly(worker: subprocess.Popen[str]) -> str:
+def stop_cleanly(worker: Started) -> str:
     """SIGTERM, a clean exit; returns everything the worker printed (stdout and stderr)."""
     worker.send_signal(signal.SIGTERM)
+    out: str
+    err: str
     out, err = worker.communicate(timeout=60)
     assert worker.returncode == 0, err[-2000:]
     assert "worker: stopped" in out
@@ -226,7 +220,7 @@ def test_broker_restart_mid_stream(tmp_path: Path, progress_of: list[Progress]) 
     )
     assert started.returncode == 0, started.stderr
     bootstrap = started.stdout.strip().splitlines()[-1]
-    worker: subprocess.Popen[str] | None = None
+    worker: Started | None = None
     try:
         settings = kafka_settings(tmp_path / "data", bootstrap)
         topics = Topics.of(settings.topic_prefix)
@@ -447,12 +441,10 @@ def test_a_worker_and_a_server_started_before_their_broker_wait_for_it(
         assert kafka_cli(each, "init").returncode == 0
     late = LateBroker(kafka_bootstrap)
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "ledger.cli", "serve", "--port", str(port)],
-        env={**os.environ, **kafka_env(replace(served, kafka_bootstrap=late.address))},
-        stdout=subprocess.PIPE,
+    server = start_with(
+        {**os.environ, **kafka_env(replace(served, kafka_bootstrap=late.address))},
+        *("serve", "--port", str(port)),
         stderr=subprocess.STDOUT,
-        text=True,
     )
     try:
         early = replace(settings, kafka_bootstrap=late.address)

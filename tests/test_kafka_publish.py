@@ -16,7 +16,15 @@ from types import SimpleNamespace
 import orjson
 import pytest
 
-from tests.cli_support import closed, line_within, lines_until, piped, written_behind
+from tests.cli_support import (
+    Started,
+    closed,
+    line_within,
+    lines_until,
+    piped,
+    start_with,
+    written_behind,
+)
 from tests.facts import grant, withdraw
 from tests.kafka_support import kafka_env, kafka_settings, largest_policy, made_by_hand
 
@@ -37,15 +45,9 @@ def cli(
 
 
 @contextlib.contextmanager
-def running_worker(env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
+def running_worker(env: dict[str, str]) -> Iterator[Started]:
     """`consent-ledger worker` consuming; stopped by SIGTERM, and it must exit 0."""
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "ledger.cli", "worker", "--no-projections"],
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    worker = start_with({**os.environ, **env}, "worker", "--no-projections")
     try:
         assert worker.stdout is not None
         assert line_within(worker.stdout).startswith("worker: consuming")

@@ -8,7 +8,6 @@ import random
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,17 +18,13 @@ from ledger.envelope import parse_fact
 from ledger.settings import Settings
 from projections.store import ConsentViews
 from projections.views import Views
+from tests.cli_support import Started, start_with
 from tests.views_support import dump
 
 
-def cli(data: Path, *args: str) -> subprocess.Popen[bytes]:
+def cli(data: Path, *args: str) -> Started:
     env = {**os.environ, "LEDGER_DATA_DIR": str(data)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "ledger.cli", *args],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    return start_with(env, *args, stdout=subprocess.DEVNULL, text=False)
 
 
 def position(views_db: Path) -> int:
