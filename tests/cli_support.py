@@ -82,13 +82,13 @@ def start_with(
     env: Mapping[str, str],
     *args: str,
     stdin: int | None = None,
-    stdout: int = subprocess.PIPE,
-    stderr: int = subprocess.PIPE,
+    stdout: int | None = subprocess.PIPE,
+    stderr: int | None = subprocess.PIPE,
     text: bool = True,
 ) -> Started:
     """`consent-ledger ARGS` started and left running (a worker, a server, a projection),
     forked where that runs exactly as a fresh process would; its streams as `subprocess.Popen`
-    takes them (PIPE, DEVNULL, and STDOUT for stderr; stdin None inherits the test's)."""
+    takes them (PIPE, DEVNULL, a file descriptor, STDOUT for stderr, None for the test's own)."""
     warm = forker()
     if warm is not None and warm.forkable(env):
         return warm.start(list(args), env, stdin, stdout, stderr, text)
@@ -189,8 +189,8 @@ class Forker:
         args: list[str],
         env: Mapping[str, str],
         stdin: int | None,
-        stdout: int,
-        stderr: int,
+        stdout: int | None,
+        stderr: int | None,
         text: bool,
     ) -> Forked:
         command = [sys.executable, "-m", "ledger.cli", *args]
@@ -198,8 +198,8 @@ class Forker:
         theirs: list[int] = []  # the command's, closed here once sent
 
         def end(kind: int | None, fd: int, reading: bool) -> int:
-            if kind is None:
-                return fd
+            if kind is None or kind >= 0:  # the test's own, or a file it opened
+                return fd if kind is None else kind
             if kind == subprocess.DEVNULL:
                 theirs.append(os.open(os.devnull, os.O_RDWR))
                 return theirs[-1]
@@ -417,16 +417,10 @@ def verify_elsewhere(data: Path, tmp_path: Path, *args: str) -> subprocess.Compl
 
 
 @contextlib.contextmanager
-def piped(*args: str, env: Mapping[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+def piped(*args: str, env: Mapping[str, str]) -> Iterator[Started]:
     """`consent-ledger ARGS` fed through a pipe the test holds open; killed if the test ends
     with it still waiting on the pipe (a failed assertion), so that it cannot hang or leak."""
-    fed = subprocess.Popen(
-        [sys.executable, "-m", "ledger.cli", *args],
-        env={**os.environ, **env},
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    fed = start_with({**os.environ, **env}, *args, stdin=subprocess.PIPE, text=False)
     try:
         yield fed
     finally:
@@ -445,7 +439,7 @@ def written_behind(stream: IO[bytes], data: bytes) -> threading.Thread:
     return writer
 
 
-def closed(fed: subprocess.Popen[bytes]) -> list[dict[str, Any]]:
+def closed(fed: Started) -> list[dict[str, Any]]:
     """The rest of what a `piped` process answers once its input ends; it must exit 0."""
     assert fed.stdin is not None and fed.stdout is not None and fed.stderr is not None
     fed.stdin.close()

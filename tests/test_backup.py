@@ -10,7 +10,6 @@ import os
 import shutil
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pytest
 
 from ledger import backup as backup_module
 from ledger.settings import Settings
-from tests.cli_support import BACKEND_ENV, run
+from tests.cli_support import BACKEND_ENV, Started, run, start_with
 from tests.facts import grant
 
 EMAIL = "backup.person@example.uz"
@@ -123,12 +122,8 @@ def test_a_backup_taken_while_facts_are_recorded_has_a_key_for_every_subject(
             for i in range(30_000)
         )
     )
-    writer = subprocess.Popen(
-        [sys.executable, "-m", "ledger.cli", "record", str(stream)],
-        env={**os.environ, "LEDGER_DATA_DIR": str(data)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    env = {**os.environ, "LEDGER_DATA_DIR": str(data)}
+    writer = start_with(env, "record", str(stream), stdout=subprocess.DEVNULL, text=False)
 
     def wait_for_the_writer(past: int) -> None:
         deadline = time.monotonic() + 60
@@ -222,15 +217,12 @@ def test_a_backup_taken_while_the_views_follow_the_log_has_no_view_ahead_of_it(
         "\n".join(orjson.dumps(grant(f"v-{i}", event_id=f"v{i}")).decode() for i in range(30_000))
     )
     env = {**os.environ, "LEDGER_DATA_DIR": str(data)}
-    cli = [sys.executable, "-m", "ledger.cli"]
-    projector = subprocess.Popen(
-        [*cli, "project", "--follow", "--interval", "0.05"], env=env, stderr=subprocess.PIPE
+    projector = start_with(
+        env, "project", "--follow", "--interval", "0.05", stdout=None, text=False
     )
-    writer = subprocess.Popen(
-        [*cli, "record", str(stream)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    writer = start_with(env, "record", str(stream), stdout=subprocess.DEVNULL, text=False)
 
-    def wait(process: subprocess.Popen[bytes]) -> None:
+    def wait(process: Started) -> None:
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=0.02)
 

@@ -20,10 +20,12 @@ from ledger.policy import seed_policy_fact
 from tests.cli_support import (
     BACKEND_ENV,
     closed,
+    command_env,
     line_within,
     lines_until,
     piped,
     run,
+    start_with,
     verify_elsewhere,
     written_behind,
 )
@@ -990,13 +992,7 @@ def test_record_interrupted_by_ctrl_c_says_so_and_finishes_when_run_again(
             orjson.dumps(grant(f"int-{i}", event_id=f"int-{i}")).decode() for i in range(total)
         )
     )
-    cut = subprocess.Popen(
-        [sys.executable, "-m", "ledger.cli", "record", str(path)],
-        env={**os.environ, **BACKEND_ENV.get(data, {}), "LEDGER_DATA_DIR": str(data)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    cut = start_with(command_env(data, {}), "record", str(path))
     assert cut.stdout is not None
     first = line_within(cut.stdout)  # printed once the first batch has committed
     assert "receipt" in first, first

@@ -176,14 +176,12 @@ def test_serve_demo_prints_an_address_and_a_key_that_work(tmp_path: Path) -> Non
     import shlex
     import signal
 
-    from tests.cli_support import lines_until
+    from tests.cli_support import lines_until, start_with
 
-    server = subprocess.Popen(
-        [sys.executable, "-m", "ledger.cli", "serve", "--demo", "--subjects", "8", "--port", "0"],
-        env={**os.environ, "LEDGER_DATA_DIR": str(tmp_path / "data")},
-        stdout=subprocess.PIPE,
+    server = start_with(
+        {**os.environ, "LEDGER_DATA_DIR": str(tmp_path / "data")},
+        *("serve", "--demo", "--subjects", "8", "--port", "0"),
         stderr=subprocess.STDOUT,
-        text=True,
     )
     try:
         assert server.stdout is not None

@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -29,6 +28,7 @@ from ledger.errors import FactRejected
 from ledger.receipt import Outcome, Receipt
 from ledger.settings import Settings, SettingsError
 from ledger.verify import verify_ledger
+from tests.cli_support import start_with
 from tests.facts import grant, withdraw
 
 
@@ -197,11 +197,11 @@ def test_the_writer_process_ends_with_the_service(settings: Settings, stop: int)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
-    server = subprocess.Popen(
-        [sys.executable, "-m", "ledger.cli", "serve", "--port", str(port)],
-        env={**os.environ, "LEDGER_DATA_DIR": str(settings.data_dir)},
+    server = start_with(
+        {**os.environ, "LEDGER_DATA_DIR": str(settings.data_dir)},
+        *("serve", "--port", str(port)),
         stdout=subprocess.DEVNULL,
-        stderr=(stderr := (settings.data_dir / "serve.stderr").open("wb")),
+        stderr=(stderr := (settings.data_dir / "serve.stderr").open("wb")).fileno(),
     )
     try:
         deadline = time.monotonic() + 60
