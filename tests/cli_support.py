@@ -152,36 +152,25 @@ class Forker:
     def run(
         self, args: list[str], env: Mapping[str, str], stdin: str | None, timeout: float
     ) -> subprocess.CompletedProcess[str]:
-        # Named as `subprocess.run` names the command, which tests read back.
-        command = [sys.executable, "-m", "ledger.cli", *args]
-        deadline = time.monotonic() + timeout
         encoding = locale.getpreferredencoding(False)
-        in_read, in_write = os.pipe() if stdin is not None else (0, -1)
-        out_read, out_write = os.pipe()
-        err_read, err_write = os.pipe()
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
-            connection.connect(self.path)
-            request = {"args": args, "env": dict(env), "cwd": os.getcwd()}
-            socket.send_fds(connection, [orjson.dumps(request)], [in_read, out_write, err_write])
-            for fd in (out_write, err_write) + ((in_read,) if stdin is not None else ()):
-                os.close(fd)
-            pid = _int_from(connection)
-            if stdin is not None:
-                feeding = threading.Thread(
-                    target=_feed, args=(in_write, stdin.encode(encoding)), daemon=True
-                )
-                feeding.start()
-            try:
-                out, err = _read_both(out_read, err_read, deadline)
-            except subprocess.TimeoutExpired:
-                os.kill(pid, signal.SIGKILL)
-                raise subprocess.TimeoutExpired(command, timeout) from None
-            finally:
-                os.close(out_read)
-                os.close(err_read)
-            code = _int_from(connection)
+        pipe = subprocess.PIPE
+        process = self.start(args, env, None if stdin is None else pipe, pipe, pipe, text=False)
+        if process.stdin is not None:
+            # Written from a thread of its own, as `subprocess.run(input=...)` writes it
+            # while reading the answers; `communicate` then leaves the input alone.
+            feeding = threading.Thread(
+                target=_feed, args=(process.stdin, stdin or "", encoding), daemon=True
+            )
+            process.stdin = None
+            feeding.start()
+        try:
+            out, err = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise subprocess.TimeoutExpired(process.args, timeout) from None
+        # Named as `subprocess.run` names the command, which tests read back.
         return subprocess.CompletedProcess(
-            command, code, _text(out, encoding), _text(err, encoding)
+            process.args, process.wait(), _text(out, encoding), _text(err, encoding)
         )
 
     def start(
@@ -379,30 +368,14 @@ def _int_from(connection: socket.socket) -> int:
     return value
 
 
-def _feed(fd: int, data: bytes) -> None:
+def _feed(stream: IO[bytes], data: str, encoding: str) -> None:
     """A command's input, written as `subprocess.run(input=...)` writes it: all of it,
     then the end; a command that stops reading early is not an error."""
     try:
-        with open(fd, "wb") as stream:
-            stream.write(data)
+        with stream:
+            stream.write(data.encode(encoding))
     except BrokenPipeError:
         pass
-
-
-def _read_both(out: int, err: int, deadline: float) -> tuple[bytes, bytes]:
-    read: dict[int, list[bytes]] = {out: [], err: []}
-    open_fds = [out, err]
-    while open_fds:
-        ready, _, _ = select.select(open_fds, [], [], max(0, deadline - time.monotonic()))
-        if not ready:
-            raise subprocess.TimeoutExpired("consent-ledger", 0)
-        for fd in ready:
-            chunk = os.read(fd, 65_536)
-            if chunk:
-                read[fd].append(chunk)
-            else:
-                open_fds.remove(fd)
-    return b"".join(read[out]), b"".join(read[err])
 
 
 def _text(data: bytes, encoding: str) -> str:
