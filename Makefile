@@ -7,11 +7,11 @@ STAMP := $(VENV)/.installed
 KAFKA_DIR ?= ./var/kafka
 
 # Machines of this kind set PYTHONDONTWRITEBYTECODE (CI's may too), so every Python process
-# compiled the project's modules afresh, and the tests start one for each server, worker and
-# benchmark (and for each CLI command, before tests/cli_forker.py forked them). With the
-# compiled modules kept, `pytest -n 2 tests/test_cli.py -k embedded` took 51 s against 71 s,
-# and 58 s against 85 s in a second pair (28-32% less). The __pycache__ directories this
-# writes are ignored by git.
+# compiled the project's modules afresh, and the tests start one for each benchmark, each
+# command with a failpoint and each test process's forker (and for every CLI command, worker
+# and server, before tests/cli_forker.py forked them). With the compiled modules kept,
+# `pytest -n 2 tests/test_cli.py -k embedded` took 51 s against 71 s, and 58 s against 85 s
+# in a second pair (28-32% less). The __pycache__ directories this writes are ignored by git.
 unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: install constraints run demo openapi test coverage lint typecheck unit bench kafka-fetch kafka-up kafka-down clean

@@ -46,13 +46,14 @@ fetch_libs() {
 }
 
 # The JVM's class-data-sharing archive of the classes a broker loads as it starts, made once
-# by starting and stopping a broker (about 15 s). Each JVM of the broker (the storage format
+# by starting and stopping a broker (17 s here). Each JVM of the broker (the storage format
 # and the broker itself) then maps those classes instead of loading, verifying and parsing
 # some 7,000 of them from the jars: measured on this machine kind, a start to the port open
 # took 11.6 s without it and 7.3 s with it, the storage format 3.2 s and 1.7 s. The tests
 # start a broker or restart one about ten times. An archive that failed to build is not
-# used (the brokers start as before); one the JVM cannot use (another JVM's) it ignores, but
-# a truncated one crashes it, so the archive is checked before it is put in place.
+# used (the brokers start as before); one the JVM was not made for (another JDK's, by the
+# JDK's documentation; another classpath's, tried) it ignores, but a truncated one crashed
+# it (SIGBUS, tried), so the archive is checked before it is put in place.
 build_archive() {
     if [ -f "$archive" ]; then return 0; fi
     local work made
