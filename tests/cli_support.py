@@ -92,6 +92,19 @@ def start_with(
     warm = forker()
     if warm is not None and warm.forkable(env):
         return warm.start(list(args), env, stdin, stdout, stderr, text)
+    return start_fresh(env, *args, stdin=stdin, stdout=stdout, stderr=stderr, text=text)
+
+
+def start_fresh(
+    env: Mapping[str, str],
+    *args: str,
+    stdin: int | None = None,
+    stdout: int | None = subprocess.PIPE,
+    stderr: int | None = subprocess.PIPE,
+    text: bool = True,
+) -> subprocess.Popen[Any]:
+    """`consent-ledger ARGS` started in a new interpreter and left running, as a user starts
+    it; its streams as `start_with` takes them."""
     return subprocess.Popen(
         [sys.executable, "-m", "ledger.cli", *args],
         env=env,

@@ -7,14 +7,21 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
 
-from tests.cli_support import Forker, Started, command_env, forker, line_within, run_fresh
+from tests.cli_support import (
+    Forker,
+    Started,
+    command_env,
+    forker,
+    line_within,
+    run_fresh,
+    start_fresh,
+)
 from tests.facts import grant, withdraw
 
 
@@ -86,14 +93,7 @@ def test_a_forked_process_left_running_behaves_as_a_started_one(data: Path, warm
     pipe = subprocess.PIPE
 
     def both(stderr: int, text: bool) -> list[Started]:
-        fresh = subprocess.Popen(
-            [sys.executable, "-m", "ledger.cli", *args],
-            env=env,
-            stdin=pipe,
-            stdout=pipe,
-            stderr=stderr,
-            text=text,
-        )
+        fresh = start_fresh(env, *args, stdin=pipe, stderr=stderr, text=text)
         return [warm.start(args, env, pipe, pipe, stderr, text), fresh]
 
     # Its input held open: still running, a wait that times out, its answer to a line, and
