@@ -8,6 +8,8 @@
   itself and nothing is lost or duplicated.
 - Broker stopped under a writer: its append and a read are refused within seconds, and it
   appends again once the broker is back; so are `publish`'s waits and the topic readers.
+- Fenced: a running worker fenced by a CLI write exits with status 5 and, restarted,
+  resumes exactly where its committed transactions left off.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
+import orjson
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
@@ -34,6 +37,7 @@ from ledger.kafka.topics import Topics
 from ledger.settings import Settings
 from tests.cli_support import Started, line_within, start_with
 from tests.conftest import BROKER
+from tests.facts import grant
 from tests.kafka_support import (
     OVERSIZE_LIMIT,
     LateBroker,
@@ -324,7 +328,6 @@ def test_a_writer_whose_broker_stopped_is_refused_within_seconds_then_writes_aga
     from ledger.kafka.recorder import IntakeCommit, KafkaLedgerRecorder
     from ledger.kafka.rejected import rejected_positions
     from ledger.kafka.verify import verify_topic
-    from tests.facts import grant
 
     run_dir = tmp_path / "broker"
     started = subprocess.run(
@@ -520,3 +523,49 @@ def test_a_worker_left_running_through_a_master_key_rotation_stops_and_rejects_n
         read_committed(kafka_bootstrap, topics.rejected),
     )
     assert "Traceback" not in stop_cleanly(restarted)
+
+
+def test_a_worker_fenced_by_a_cli_write_exits_5_and_resumes_where_it_left_off(
+    tmp_path: Path, kafka_bootstrap: str, progress_of: list[Progress]
+) -> None:
+    """The README's promise for a CLI write while a worker runs: `record` takes the ledger
+    partitions for its run, so the worker meets the fence at its next batch and exits with
+    status 5 and a one-line reason, its batch uncommitted; restarted (as a supervisor
+    would), it resumes from its committed offsets, every intake record once in the ledger or
+    the rejected topic, the CLI's fact once beside them."""
+    settings = kafka_settings(tmp_path / "data", kafka_bootstrap)
+    topics = Topics.of(settings.topic_prefix)
+    assert kafka_cli(settings, "init").returncode == 0
+    items = intake_stream(valid=200, bad=20, subjects=40, seed=13)
+    half = len(items) // 2
+    publish(kafka_bootstrap, topics.intake, [(i.key, i.value) for i in items[:half]])  # type: ignore[misc]
+    progress = Progress(settings)
+    progress_of.append(progress)
+    worker = start_worker(settings, batch=10)
+    try:
+        progress.wait_for(half, worker, timeout=120)
+        by_hand = tmp_path / "by-hand.json"
+        by_hand.write_bytes(orjson.dumps(grant("by-hand", event_id="by-hand-1")))
+        recorded = kafka_cli(settings, "record", str(by_hand))
+        assert recorded.returncode == 0, recorded.stderr
+        publish(kafka_bootstrap, topics.intake, [(i.key, i.value) for i in items[half:]])  # type: ignore[misc]
+        out, err = worker.communicate(timeout=120)
+        assert worker.returncode == 5, (out[-2000:], err[-2000:])
+        assert "worker: fenced — another writer owns the ledger partitions\n" in err, err
+        assert "Traceback" not in out + err
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.communicate()
+    assert progress.committed() < len(items), "the fenced worker committed every batch"
+    restarted = start_worker(settings)
+    progress.wait_for(len(items), restarted, timeout=120)
+    assert "Traceback" not in stop_cleanly(restarted)
+    ledger = read_committed(kafka_bootstrap, topics.ledger)
+    by_cli = [r for r in ledger if headers(r).get("event_id") == "by-hand-1"]
+    assert len(by_cli) == 1
+    check_exactly_once(
+        items,
+        [r for r in ledger if r not in by_cli],
+        read_committed(kafka_bootstrap, topics.rejected),
+    )
