@@ -90,7 +90,7 @@ test: install kafka-fetch lint typecheck unit
 coverage: install kafka-fetch
 	rm -rf var/coverage && mkdir -p var/coverage
 	$(TEST_ENV) COVERAGE_PROCESS_START=$(CURDIR)/pyproject.toml COVERAGE_FILE=$(CURDIR)/var/coverage/.coverage \
-	  $(BIN)/pytest -q -n $(TEST_PROCESSES) --dist worksteal --ignore tests/test_schemathesis.py
+	  $(BIN)/pytest -q -n $(TEST_PROCESSES) --dist worksteal
 	COVERAGE_FILE=$(CURDIR)/var/coverage/.coverage $(BIN)/coverage combine -q var/coverage
 	COVERAGE_FILE=$(CURDIR)/var/coverage/.coverage $(BIN)/coverage report
 
