@@ -10,6 +10,7 @@
   appends again once the broker is back; so are `publish`'s waits and the topic readers.
 - Fenced: a running worker fenced by a CLI write exits with status 5 and, restarted,
   resumes exactly where its committed transactions left off.
+- Stopped before any broker answered: a waiting worker or server ends cleanly on SIGTERM.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from tests.kafka_support import (
     kafka_cli,
     kafka_env,
     kafka_settings,
+    no_broker,
     publish,
     read_committed,
 )
@@ -570,3 +572,29 @@ def test_a_worker_fenced_by_a_cli_write_exits_5_and_resumes_where_it_left_off(
         [r for r in ledger if r not in by_cli],
         read_committed(kafka_bootstrap, topics.rejected),
     )
+
+
+@pytest.mark.parametrize("command", ["worker", "serve"])
+def test_a_worker_or_server_waiting_for_its_broker_stops_cleanly_when_asked(
+    tmp_path: Path, command: str
+) -> None:
+    """A supervisor stopping the ledger while its brokers are still down (a compose file
+    taken down before Kafka came up): SIGTERM during the wait ends the process at once with
+    status 0 and a line saying it never reached a broker, no traceback."""
+    with no_broker() as nowhere:
+        settings = kafka_settings(tmp_path / "data", nowhere)
+        args = ["worker"] if command == "worker" else ["serve", "--port", str(free_port())]
+        waiting = start_with({**os.environ, **kafka_env(settings)}, *args)
+        try:
+            assert waiting.stderr is not None
+            said = line_within(waiting.stderr)
+            assert f"{command}: trying again in 1 s: no Kafka broker answered at" in said, said
+            waiting.send_signal(signal.SIGTERM)
+            out, err = waiting.communicate(timeout=30)
+        finally:
+            if waiting.poll() is None:
+                waiting.kill()
+                waiting.communicate()
+    assert waiting.returncode == 0, err[-2000:]
+    assert f"{command}: stopped before a Kafka broker answered" in out, (out, err)
+    assert "Traceback" not in out + err
