@@ -579,8 +579,11 @@ def test_a_worker_or_server_waiting_for_its_broker_stops_cleanly_when_asked(
     tmp_path: Path, command: str
 ) -> None:
     """A supervisor stopping the ledger while its brokers are still down (a compose file
-    taken down before Kafka came up): SIGTERM during the wait ends the process at once with
+    taken down before Kafka came up): SIGTERM during the wait ends the process within
+    seconds (an attempt under way, refused for up to `REFUSED_FOR_S`, ends first) with
     status 0 and a line saying it never reached a broker, no traceback."""
+    from ledger.kafka.reachable import REFUSED_FOR_S
+
     with no_broker() as nowhere:
         settings = kafka_settings(tmp_path / "data", nowhere)
         args = ["worker"] if command == "worker" else ["serve", "--port", str(free_port())]
@@ -589,12 +592,15 @@ def test_a_worker_or_server_waiting_for_its_broker_stops_cleanly_when_asked(
             assert waiting.stderr is not None
             said = line_within(waiting.stderr)
             assert f"{command}: trying again in 1 s: no Kafka broker answered at" in said, said
+            asked = time.monotonic()
             waiting.send_signal(signal.SIGTERM)
             out, err = waiting.communicate(timeout=30)
+            took = time.monotonic() - asked
         finally:
             if waiting.poll() is None:
                 waiting.kill()
                 waiting.communicate()
     assert waiting.returncode == 0, err[-2000:]
     assert f"{command}: stopped before a Kafka broker answered" in out, (out, err)
+    assert took < REFUSED_FOR_S + 5, f"{command} took {took:.1f} s to stop"
     assert "Traceback" not in out + err
