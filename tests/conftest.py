@@ -9,13 +9,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from ledger.application import ConsentLedger
 from ledger.settings import Settings
 from tests.cli_support import BACKEND_ENV, run
+from tests.examples import SCALE, examples
 
 ROOT = Path(__file__).resolve().parent.parent
 BROKER = ROOT / "deploy" / "kafka" / "broker.sh"
+
+if SCALE != 1:
+    # The property-based tests that name no number of examples take hypothesis's 100, scaled
+    # like the others (`tests.examples`); a longer search is for rare inputs, not for timing,
+    # so no example's time is held to hypothesis's deadline then.
+    hypothesis_settings.register_profile("scaled", max_examples=examples(100), deadline=None)
+    hypothesis_settings.load_profile("scaled")
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from ledger.cli import common, pipe_lines
 from ledger.cli.common import CliError, InputFacts, fact_batches, read_facts
 from ledger.errors import FactRejected
+from tests.examples import examples
 
 FACT = orjson.dumps({"event_id": "e", "type": "consent.granted", "subject": "s"})
 PIECES = [
@@ -88,7 +89,7 @@ def from_a_pipe(data: bytes, size: int, chunk: int) -> Any:
         os.close(read_end)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     lines=st.lists(
         st.tuples(st.sampled_from(PIECES), st.sampled_from(ENDS)), min_size=0, max_size=12

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from ledger.keystore import ErasedSubjectError, KeyStore, load_master_key, seal, unseal
 from ledger.settings import Settings, SettingsError
 from tests.cli_support import file_size_limit, run
+from tests.examples import examples
 from tests.facts import grant
 
 
@@ -137,7 +138,7 @@ def test_sids_and_digests_are_the_keyed_hashes_earlier_versions_computed(tmp_pat
     store = KeyStore(tmp_path / "keys.db", os.urandom(32))
     key = store._pseudonym_key  # the reference needs the key itself
 
-    @settings(max_examples=200)
+    @settings(max_examples=examples(200))
     @given(
         tenant=st.text(max_size=20), subject=st.text(max_size=60), content=st.binary(max_size=900)
     )

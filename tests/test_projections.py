@@ -30,6 +30,7 @@ from projections.runner import APPLICATION, catch_up
 from projections.store import ConsentViews, ViewsOfAnotherLog, utc
 from projections.views import Views
 from tests import facts as built
+from tests.examples import examples
 from tests.histories import (
     SUBJECTS,
     in_batches,
@@ -40,7 +41,7 @@ from tests.kafka_support import kafka_settings
 from tests.views_support import dump, histories, views_agree
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(80), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(**histories)
 def test_views_answer_as_the_raw_facts_say(
     ops: list[dict[str, Any]], cuts: list[int], instants: list[int], known: list[int]
@@ -50,7 +51,7 @@ def test_views_answer_as_the_raw_facts_say(
 
 
 @pytest.mark.kafka
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(8), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(**histories)
 def test_views_fed_from_the_ledger_topic_answer_the_same(
     kafka_bootstrap: str,
@@ -294,7 +295,7 @@ _SAME_INSTANT_THEN_LATER = [
 ]
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=operations(), cuts=histories["cuts"], in_order=st.booleans())
 @example(ops=_SAME_INSTANT_THEN_LATER, cuts=[1] * 30, in_order=False)
 @example(ops=_EXPIRES_AS_NEXT_OCCURS, cuts=[1] * 30, in_order=False)
@@ -356,7 +357,7 @@ _BETWEEN_TWO_GRANTS = [
 ]
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=late_histories(), cuts=histories["cuts"])
 @example(ops=_BETWEEN_TWO_GRANTS, cuts=[1] * 30)
 def test_late_facts_change_the_views_as_the_general_path_does(

@@ -25,6 +25,7 @@ from ledger.errors import FactRejected
 from ledger.receipt import Receipt
 from ledger.settings import Settings
 from ledger.subject import Subject
+from tests.examples import examples
 from tests.histories import (
     BASE,
     PURPOSES,
@@ -96,7 +97,7 @@ CORRECTIONS_OF_A_VOIDED_GRANT = [
 ]
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(200), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(**histories)
 @example(ops=VOID_OF_A_WITHDRAWAL_WITHDRAWN_AGAIN, cuts=[1] * 30, instants=[0, 1] * 4)
 @example(ops=CORRECTIONS_OF_A_VOIDED_GRANT, cuts=[1] * 30, instants=[0, 1] * 4)
@@ -108,7 +109,7 @@ def test_ledger_agrees_with_reference(
 
 
 @pytest.mark.kafka
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(15), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(**histories)
 @example(ops=VOID_OF_A_WITHDRAWAL_WITHDRAWN_AGAIN, cuts=[1] * 30, instants=[0, 1] * 4)
 def test_kafka_ledger_agrees_with_reference(

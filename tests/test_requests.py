@@ -38,6 +38,7 @@ from projections.requests import (
 from projections.store import utc
 from projections.views import Views
 from tests.cli_support import run
+from tests.examples import examples
 from tests.facts import closed, policy, request
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
@@ -421,7 +422,7 @@ kinds = st.sampled_from(sorted(REQUEST_KINDS))
 days = st.integers(min_value=0, max_value=60)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     promises=st.lists(st.dictionaries(kinds, days, max_size=3), min_size=0, max_size=3),
     asked=st.lists(

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, settings
 
 from api.app import build_service, create_app
 from ledger.settings import Settings
+from tests.examples import examples
 
 _data = Path(tempfile.mkdtemp(prefix="schemathesis-"))
 # Made at import (the schema needs the app), so no fixture removes it; under `make test` it is
@@ -72,7 +73,7 @@ def answers(request: pytest.FixtureRequest) -> Iterator[set[tuple[int, str]]]:
 
 
 @schema.parametrize()
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=list(HealthCheck))
 def test_api_conforms(case: Any, answers: set[tuple[int, str]]) -> None:
     # Schema-valid is not rule-valid: a well-formed grant for an unknown purpose is refused
     # with 422 by design, so "schema-valid data must be accepted" does not apply here.

@@ -20,6 +20,7 @@ from ledger.envelope import parse_fact
 from ledger.receipt import Receipt
 from projections.evidence import evidence_package
 from projections.trail import _FORMULA_START, subject_trail, text_cell, trail_csv
+from tests.examples import examples
 from tests.facts import grant
 
 
@@ -43,7 +44,7 @@ def test_a_publishers_text_that_looks_like_a_formula_is_a_text_cell(
     assert cells["type"] == "consent.granted"  # the ledger's own words are as they are
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(st.text())
 def test_a_text_cell_never_starts_a_formula_and_hides_nothing(value: str) -> None:
     cell = text_cell(value)

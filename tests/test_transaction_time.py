@@ -27,6 +27,7 @@ from projections.rebuild import rebuild
 from projections.runner import catch_up
 from projections.store import ConsentViews, ViewMovedOn
 from tests import facts as built
+from tests.examples import examples
 from tests.views_support import histories, views_agree
 
 instants = st.datetimes(
@@ -263,7 +264,7 @@ def test_replay_up_to_an_instant_of_a_log_stamped_across_a_clock_stepped_back(
             views.close()
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(20), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(**histories)
 def test_views_agree_with_the_facts_while_the_clock_keeps_stepping_back(
     ops: list[dict[str, Any]], cuts: list[int], instants: list[int], known: list[int]

@@ -32,6 +32,7 @@ from projections.runner import catch_up
 from projections.store import ConsentViews
 from projections.views import Views
 from tests.cli_support import run
+from tests.examples import examples
 from tests.facts import grant, withdraw
 from tests.histories import BASE, PURPOSES, SUBJECTS, Reference, hours, in_batches, init_ledger
 from tests.views_support import erased_by, histories
@@ -285,7 +286,7 @@ def test_who_pages_on_from_the_cursor_it_prints(data: Path) -> None:
 NO_TRANSFERS = {"third_party_transfer": False, "cross_border_transfer": False}
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     ops=histories["ops"],
     cuts=histories["cuts"],
