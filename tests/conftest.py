@@ -14,7 +14,7 @@ from hypothesis import settings as hypothesis_settings
 from ledger.application import ConsentLedger
 from ledger.settings import Settings
 from tests.cli_support import BACKEND_ENV, run
-from tests.examples import SCALE, examples
+from tests.examples import REFUSED, SCALE, examples
 
 ROOT = Path(__file__).resolve().parent.parent
 BROKER = ROOT / "deploy" / "kafka" / "broker.sh"
@@ -25,6 +25,11 @@ if SCALE != 1:
     # so no example's time is held to hypothesis's deadline then.
     hypothesis_settings.register_profile("scaled", max_examples=examples(100), deadline=None)
     hypothesis_settings.load_profile("scaled")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if REFUSED:  # a TEST_EXAMPLES_SCALE that is not a positive number
+        raise pytest.UsageError(REFUSED)
 
 
 @pytest.fixture

@@ -25,7 +25,12 @@ def scale_from(given: str) -> float:
     return scale
 
 
-SCALE = scale_from(os.environ.get("TEST_EXAMPLES_SCALE", "1"))
+try:
+    SCALE, REFUSED = scale_from(os.environ.get("TEST_EXAMPLES_SCALE", "1")), ""
+except ValueError as refused:
+    # Said by tests/conftest.py as pytest's usage error (one line, before any test runs): an
+    # error raised while pytest imports its conftest comes with a traceback.
+    SCALE, REFUSED = 1.0, str(refused)
 
 
 def examples(n: int, scale: float = SCALE) -> int:
