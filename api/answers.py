@@ -365,8 +365,8 @@ SCHEMAS: dict[str, Schema] = {
             "erasures_not_in_log": {
                 **array(obj({"tenant": STRING, "sid": SID, "key_erased_at": INSTANT})),
                 "description": "the caller's tenant's subjects whose key the key store "
-                "destroyed in an erasure the log does not hold (ledger.db older than keys.db): "
-                "record each again (POST /v1/subjects/{sid}/erasure)",
+                "destroyed in an erasure the log does not hold (a ledger.db restored from "
+                "before the erasure): record each again (POST /v1/subjects/{sid}/erasure)",
             },
         }
     ),

@@ -28,6 +28,7 @@ from ledger.chain import MAPPER, stored_hash
 from ledger.clock import follow_log
 from ledger.codec import TRANSCODER
 from ledger.envelope import Fact, Item, Received, parse_fact, parse_fact_bytes
+from ledger.erasure_journal import ErasureJournalError
 from ledger.errors import Code, FactRejected
 from ledger.file_identity import OpenedFile, refuse_if_moved
 from ledger.keystore import (
@@ -94,7 +95,9 @@ class ConsentLedger(Application[UUID]):
     def __init__(self, settings: Settings, keystore: KeyStore | None = None) -> None:
         self.settings = settings
         bound_sqlite_memory(settings.sqlite_memory_mib)
-        self.keystore = keystore or KeyStore(settings.keystore_path, load_master_key(settings))
+        self.keystore = keystore or KeyStore(
+            settings.keystore_path, load_master_key(settings), settings.erasure_journal
+        )
         try:
             if (
                 settings.backend == "embedded"
@@ -144,7 +147,13 @@ class ConsentLedger(Application[UUID]):
         if not self.ledger_recorder.log_is_elsewhere:
             self.opened_files.insert(0, OpenedFile(settings.log_path))
         follow_log(self.ledger_recorder.last_recorded_at())  # transaction time goes on from it
-        self.finish_erasures()
+        try:
+            self.finish_erasures()
+        except ErasureJournalError:  # a journal this ledger cannot trust: said in one line
+            super().close()
+            if keystore is None:
+                self.keystore.close()
+            raise
 
     def finish_erasures(self) -> int:
         """Destroy the data keys of subjects the log says were erased; how many there were.
@@ -156,6 +165,12 @@ class ConsentLedger(Application[UUID]):
         Run whenever a ledger opens: the log's list of erasures is one small table
         (`LedgerSQLiteRecorder.erased_subjects`), compared with the key store's in one query.
         """
+        try:
+            journalled = self.keystore.replay_journal()
+        except KeyStoreBusyError:
+            journalled = 0  # destroyed; only their old page images wait in the WAL
+        if journalled:
+            _log.warning("applied %d erasures of the erasure journal", journalled)
         erased = self.ledger_recorder.erased_subjects()
         unfinished = set(erased) - self.keystore.erased_among(erased) if erased else set()
         if not unfinished:

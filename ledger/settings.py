@@ -31,6 +31,7 @@ VARIABLES = (
     "LEDGER_BACKEND",
     "LEDGER_MASTER_KEY",
     "LEDGER_NEW_MASTER_KEY",
+    "LEDGER_ERASURE_JOURNAL",
     "LEDGER_TOPIC_PREFIX",
     "LEDGER_PARTITIONS",
     "LEDGER_REPLICATION",
@@ -102,6 +103,11 @@ class Settings:
     | LEDGER_NEW_MASTER_KEY | | `consent-ledger master-key rotate` only: the key to re-wrap the key
       store under (base64 of 32 bytes); required with LEDGER_MASTER_KEY, else a new random
       key replaces master.key |
+    | LEDGER_ERASURE_JOURNAL | | a file, best on another disk than the data directory and
+      never in its backups, where every erasure is also written (the `sid` and when its key
+      was destroyed, sealed: no personal data); each time a ledger opens it destroys the key
+      of every subject listed there, so a backup restored from before an erasure brings no
+      erased person's data back (see the README's "Backups"); unset: no journal |
     | KAFKA_BOOTSTRAP | | Kafka bootstrap servers, `host:port[,host:port]` |
     | LEDGER_TOPIC_PREFIX | consent | topics `<prefix>.intake`, `.ledger`, `.rejected`; 1 to 240
       letters, digits, `.`, `_`, `-` (Kafka's topic names) |
@@ -174,6 +180,7 @@ class Settings:
     http_telemetry: bool = False
     http_max_body: int = 16 * 1024 * 1024
     access_log_days: int = 0
+    erasure_journal: Path | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -236,6 +243,9 @@ class Settings:
             http_telemetry=SWITCHES[telemetry],
             http_max_body=max(1, _int(env, "LEDGER_HTTP_MAX_BODY_BYTES", 16 * 1024 * 1024)),
             access_log_days=_int(env, "LEDGER_ACCESS_LOG_DAYS", 0, maximum=36_500),
+            erasure_journal=Path(journal)
+            if (journal := env.get("LEDGER_ERASURE_JOURNAL"))
+            else None,
         )
 
     def bootstrap(self) -> str:

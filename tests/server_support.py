@@ -43,6 +43,11 @@ def serve(settings: Settings, preexec_fn: Callable[[], None] | None = None) -> t
         **os.environ,
         "LEDGER_DATA_DIR": str(settings.data_dir),
         **(kafka_env(settings) if settings.backend == "kafka" else {}),
+        **(
+            {"LEDGER_ERASURE_JOURNAL": str(settings.erasure_journal)}
+            if settings.erasure_journal
+            else {}
+        ),
     }
     args = ("serve", "--port", str(port))
     server: Started

@@ -322,8 +322,8 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     if lost:
         say(
             f"verify: warning: {len(lost)} subjects were erased in the key store but the log "
-            "holds no erasure of them (ledger.db older than keys.db?); record each again with "
-            "`consent-ledger erase SID --sid --tenant TENANT --ground GROUND`:",
+            "holds no erasure of them (a ledger.db restored from before the erasures?); record "
+            "each again with `consent-ledger erase SID --sid --tenant TENANT --ground GROUND`:",
             file=sys.stderr,
         )
         for erasure in lost:

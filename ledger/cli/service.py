@@ -83,8 +83,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         if lost:
             say(
                 f"serve: warning: {lost} subjects were erased in the key store but the log "
-                "holds no erasure of them (ledger.db older than keys.db?): `consent-ledger "
-                "verify` names them, to record each again",
+                "holds no erasure of them (a ledger.db restored from before the erasures?): "
+                "`consent-ledger verify` names them, to record each again",
                 file=sys.stderr,
                 flush=True,
             )

@@ -1,0 +1,372 @@
+"""The erasure journal (`LEDGER_ERASURE_JOURNAL`): a backup restored from before an erasure
+brings no erased person's data back, in embedded mode, where the log and the key store are
+restored together and neither remembers the erasure."""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import shutil
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+from uuid import UUID, uuid4
+
+import httpx
+import orjson
+import pytest
+
+from api.app import keys_path
+from api.keys import ApiKeys
+from ledger.application import ConsentLedger
+from ledger.envelope import parse_fact
+from ledger.erasure_journal import ErasureJournal
+from ledger.keystore import KeyStore
+from ledger.settings import Settings
+from tests.cli_support import run
+from tests.facts import grant
+from tests.server_support import serve
+
+NAME = "Yusupova Madina Rustamovna"
+REFERENCE = "+998977654321"
+KEPT = "+998971112233"
+
+
+def record(data: Path, *facts: dict[str, object], **env: str) -> None:
+    out = run(data, "record", "-", stdin="\n".join(orjson.dumps(f).decode() for f in facts), **env)
+    assert out.returncode == 0, out.stderr
+
+
+def wrapped_key(data: Path, sid: str) -> bytes:
+    with contextlib.closing(sqlite3.connect(data / "keys.db")) as keys:
+        (wrapped,) = keys.execute("SELECT wrapped FROM data_keys WHERE sid=?", (sid,)).fetchone()
+    return bytes(wrapped)
+
+
+def files_containing(root: Path, needle: bytes) -> list[str]:
+    return sorted(
+        str(p.relative_to(root))
+        for p in root.rglob("*")
+        if p.is_file() and needle in p.read_bytes()
+    )
+
+
+def trail(data: Path, reference: str, **env: str) -> dict[str, object]:
+    out = run(data, "trail", reference, "--tenant", "demo", "--json", **env)
+    assert out.returncode == 0, out.stderr
+    answer = orjson.loads(out.stdout)
+    assert isinstance(answer, dict)
+    return answer
+
+
+def restore(backup: Path, data: Path, into: Path) -> Path:
+    """The README's restore: the backup's files, and the master key kept apart."""
+    shutil.copytree(backup, into)
+    shutil.copy(data / "master.key", into / "master.key")
+    return into
+
+
+def backed_up_then_erased(tmp_path: Path, **env: str) -> tuple[Path, Path, str, bytes]:
+    """A ledger of two people backed up, then one of them erased: (data, backup, sid, the
+    erased person's wrapped data key as the backup holds it)."""
+    data = tmp_path / "data"
+    assert run(data, "init", **env).returncode == 0
+    record(
+        data,
+        grant(REFERENCE, event_id="g1", personal_data={"full_name": NAME}),
+        grant(KEPT, event_id="g2", personal_data={"full_name": "Kept Person"}),
+        **env,
+    )
+    sid = str(trail(data, REFERENCE, **env)["sid"])
+    wrapped = wrapped_key(data, sid)
+    backup = tmp_path / "backup"
+    assert run(data, "backup", "--into", str(backup), **env).returncode == 0
+    erased = run(
+        data, "erase", REFERENCE, "--tenant", "demo", "--ground", "consent_withdrawn", **env
+    )
+    assert erased.returncode == 0, erased.stderr
+    assert files_containing(data, wrapped) == []
+    assert files_containing(backup, wrapped) == ["keys.db"]
+    return data, backup, sid, wrapped
+
+
+def test_a_backup_restored_from_before_an_erasure_brings_no_erased_data_back(
+    tmp_path: Path,
+) -> None:
+    """Restored with the journal kept, the erased person's key is destroyed as the ledger
+    opens: their trail reads as a key erased, `verify` names the erasure the log lost, a new
+    grant of theirs is refused, and `erase --sid` records it again. The other person's data
+    reads as before. Restored without the journal, the name was readable again."""
+    journal = tmp_path / "elsewhere" / "erasures.jsonl"
+    journal.parent.mkdir()
+    env = {"LEDGER_ERASURE_JOURNAL": str(journal)}
+    data, backup, sid, wrapped = backed_up_then_erased(tmp_path, **env)
+    assert NAME.encode() not in journal.read_bytes()
+    assert REFERENCE.encode() not in journal.read_bytes()
+    assert [orjson.loads(line)["sid"] for line in journal.read_bytes().splitlines()] == [sid]
+
+    unprotected = restore(backup, data, tmp_path / "without-journal")
+    before = trail(unprotected, REFERENCE)
+    assert before["facts"][0]["personal_data"] == {"personal_data": {"full_name": NAME}}  # type: ignore[index]
+
+    restored = restore(backup, data, tmp_path / "restored")
+    after = trail(restored, REFERENCE, **env)
+    assert (after["sid"], after["subject"], after["erased"]) == (sid, None, False)
+    assert after["facts"][0]["personal_data"] == {"key_erased": True}  # type: ignore[index]
+    assert files_containing(restored, wrapped) == []
+    kept = trail(restored, KEPT, **env)
+    assert kept["facts"][0]["personal_data"] == {"personal_data": {"full_name": "Kept Person"}}  # type: ignore[index]
+
+    checked = run(restored, "verify", "--json", **env)
+    assert checked.returncode == 0, checked.stderr
+    lost = orjson.loads(checked.stdout)["erasures_not_in_log"]
+    assert [(e["tenant"], e["sid"]) for e in lost] == [("demo", sid)]
+    regrant = run(
+        restored,
+        "record",
+        "-",
+        stdin=orjson.dumps(
+            grant(REFERENCE, event_id="g3", occurred_at="2025-03-02T10:00:00+05:00")
+        ).decode(),
+        **env,
+    )
+    assert "subject_erased" in regrant.stdout + regrant.stderr, regrant
+    again = run(
+        restored,
+        *("erase", sid, "--sid", "--tenant", "demo", "--ground", "consent_withdrawn"),
+        **env,
+    )
+    assert again.returncode == 0, again.stderr
+    assert trail(restored, REFERENCE, **env)["erased"] is True
+    assert (
+        orjson.loads(run(restored, "verify", "--json", **env).stdout)["erasures_not_in_log"] == []
+    )
+
+
+def test_an_erasure_over_http_is_journalled_by_the_services_writer(tmp_path: Path) -> None:
+    """`serve` records published facts in a writer process of its own: the erasure it
+    records there reaches the journal before its key goes."""
+    journal = tmp_path / "erasures.jsonl"
+    settings = Settings(data_dir=tmp_path / "data", erasure_journal=journal)
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    ledger.record([parse_fact(grant(REFERENCE, event_id="g1", personal_data={"full_name": NAME}))])
+    sid = ledger.sid("demo", REFERENCE)
+    ledger.close()
+    keys = ApiKeys(keys_path(settings))
+    admin = {"Authorization": f"Bearer {keys.create('demo', {'admin'})[1]}"}
+    keys.close()
+    server, base = serve(settings)
+    try:
+        erased = httpx.post(
+            f"{base}/v1/subjects/{sid.hex}/erasure",
+            headers=admin,
+            json={"ground": "subject_request"},
+            timeout=30,
+        )
+        assert erased.status_code == 201, erased.text
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    assert [orjson.loads(line)["sid"] for line in journal.read_bytes().splitlines()] == [sid.hex]
+
+
+def test_a_journal_configured_later_takes_in_the_erasures_made_before_it(tmp_path: Path) -> None:
+    """Erasures made before the journal was set are the key store's only: the first ledger
+    to open with the journal writes them there, so a restore after that forgets none."""
+    data, backup, sid, wrapped = backed_up_then_erased(tmp_path)
+    journal = tmp_path / "erasures.jsonl"
+    assert run(data, "verify", LEDGER_ERASURE_JOURNAL=str(journal)).returncode == 0
+    assert [orjson.loads(line)["sid"] for line in journal.read_bytes().splitlines()] == [sid]
+    restored = restore(backup, data, tmp_path / "restored")
+    after = trail(restored, REFERENCE, LEDGER_ERASURE_JOURNAL=str(journal))
+    assert after["facts"][0]["personal_data"] == {"key_erased": True}  # type: ignore[index]
+    assert files_containing(restored, wrapped) == []
+
+
+@pytest.mark.parametrize("alteration", ["erased_at", "sid", "mac", "not json", "another ledger"])
+def test_a_journal_line_that_does_not_verify_stops_the_ledger(
+    tmp_path: Path, alteration: str
+) -> None:
+    """A line the key store did not seal is neither obeyed (anyone who can write the file
+    would destroy people's keys) nor skipped (an erasure it hides would bring data back):
+    every command stops in one line naming it, exit 2, with no key destroyed."""
+    journal = tmp_path / "erasures.jsonl"
+    env = {"LEDGER_ERASURE_JOURNAL": str(journal)}
+    data, backup, sid, wrapped = backed_up_then_erased(tmp_path, **env)
+    (line,) = journal.read_bytes().splitlines()
+    entry = orjson.loads(line)
+    if alteration == "another ledger":
+        other = tmp_path / "other"
+        assert run(other, "init").returncode == 0
+        foreign = ErasureJournal(tmp_path / "foreign.jsonl", b"\x01" * 32)
+        foreign.append([(UUID(sid), datetime.now(UTC))])
+        forged = (tmp_path / "foreign.jsonl").read_bytes().strip()
+    elif alteration == "not json":
+        forged = b"{" + line
+    else:
+        entry[alteration] = {
+            "erased_at": "2020-01-01T00:00:00+00:00",
+            "sid": uuid4().hex,
+            "mac": "0" * 64,
+        }[alteration]
+        forged = orjson.dumps(entry)
+    journal.write_bytes(line + b"\n" + forged + b"\n")
+    restored = restore(backup, data, tmp_path / "restored")
+
+    out = run(restored, "trail", REFERENCE, "--tenant", "demo", "--json", **env)
+    assert out.returncode == 2, out
+    assert out.stderr.strip().splitlines() == [
+        f"consent-ledger: configuration: LEDGER_ERASURE_JOURNAL: line 2 of {journal} is not an "
+        "erasure this ledger's key store sealed (altered, or another ledger's journal)"
+    ]
+    assert files_containing(restored, wrapped) == ["keys.db"]
+
+
+def test_a_journal_that_cannot_be_made_stops_the_ledger_at_start(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    journal = tmp_path / "no such directory" / "erasures.jsonl"
+    out = run(data, "init", LEDGER_ERASURE_JOURNAL=str(journal))
+    assert out.returncode == 2, out
+    assert out.stderr.strip() == (
+        f"consent-ledger: configuration: LEDGER_ERASURE_JOURNAL: {journal} cannot be opened: "
+        "No such file or directory"
+    )
+
+
+def test_an_append_cut_short_is_ignored_then_cut(tmp_path: Path) -> None:
+    """A crash in the middle of an append leaves a last line without its newline: reading
+    ignores it (its erasure is still in the log, which finishes it again), and the next
+    append cuts it rather than glue it to its own first line."""
+    path = tmp_path / "erasures.jsonl"
+    journal = ErasureJournal(path, b"k" * 32)
+    first, second = (uuid4(), datetime(2026, 1, 1, tzinfo=UTC)), (uuid4(), datetime.now(UTC))
+    journal.append([first])
+    whole = path.read_bytes()
+    path.write_bytes(whole + whole[: len(whole) // 2])
+    assert journal.read().erased == {first[0].hex: first[1].isoformat()}
+    journal.append([second])
+    assert path.read_bytes().count(b"\n") == 2
+    assert journal.read().erased == {s.hex: at.isoformat() for s, at in (first, second)}
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def _append_many(path: Path, sids: list[str]) -> None:
+    journal = ErasureJournal(path, b"k" * 32)
+    for sid in sids:
+        journal.append([(UUID(sid), datetime.now(UTC))])
+
+
+def test_processes_appending_at_once_lose_no_line(tmp_path: Path) -> None:
+    """The service's writer process, `worker` and a CLI `erase` may erase at the same
+    instant: each append is whole, between the others'."""
+    path = tmp_path / "erasures.jsonl"
+    batches = [[uuid4().hex for _ in range(150)] for _ in range(3)]
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_append_many, args=(path, b)) for b in batches]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+        assert worker.exitcode == 0
+    assert set(ErasureJournal(path, b"k" * 32).read().erased) == {s for b in batches for s in b}
+
+
+def test_a_master_key_rotation_keeps_the_journal_valid(tmp_path: Path) -> None:
+    """Sealed under the pseudonym key, which a rotation re-wraps and keeps: the journal
+    written before a rotation still verifies after it, and still destroys the key in a
+    backup from before both (restored with the master key it was made under)."""
+    journal = tmp_path / "erasures.jsonl"
+    env = {"LEDGER_ERASURE_JOURNAL": str(journal)}
+    data, backup, _, wrapped = backed_up_then_erased(tmp_path, **env)
+    old_key = (data / "master.key").read_bytes()
+    rotated = run(data, "master-key", "rotate", **env)
+    assert rotated.returncode == 0, rotated.stderr
+    assert (data / "master.key").read_bytes() != old_key
+    checked = run(data, "verify", **env)
+    assert checked.returncode == 0, checked.stderr
+    restored = restore(backup, data, tmp_path / "restored")
+    (restored / "master.key").write_bytes(old_key)
+    after = trail(restored, REFERENCE, **env)
+    assert after["facts"][0]["personal_data"] == {"key_erased": True}  # type: ignore[index]
+    assert files_containing(restored, wrapped) == []
+
+
+def replayed(store: Path, master: bytes, journal: Path) -> int:
+    """What a ledger does with its key store as it opens (`ConsentLedger.finish_erasures`)."""
+    keys = KeyStore(store, master, journal)
+    try:
+        return keys.replay_journal()
+    finally:
+        keys.close()
+
+
+def test_a_restored_key_store_reads_the_journal_on_from_where_it_was_backed_up(
+    tmp_path: Path,
+) -> None:
+    """Every ledger that opens replays the journal, so the key store remembers how far it
+    applied it and reads only what came after; a restored store remembers where its backup
+    was, so it reads the erasures made since, which are the ones it lacks."""
+    master, journal = os.urandom(32), tmp_path / "erasures.jsonl"
+    store = tmp_path / "keys.db"
+    keys = KeyStore(store, master, journal)
+    first, second = uuid4(), uuid4()
+    keys.add_keys({first: os.urandom(32), second: os.urandom(32)})
+    keys.erase(first, datetime.now(UTC))
+    keys.close()
+    replayed(store, master, journal)  # a ledger opening: applied up to here
+    with contextlib.closing(sqlite3.connect(store)) as db:
+        (applied,) = db.execute(
+            "SELECT value FROM meta WHERE name='erasure_journal_applied'"
+        ).fetchone()
+    assert int(bytes(applied).split(b":")[0]) == journal.stat().st_size
+    backup = tmp_path / "backup.db"
+    shutil.copy(store, backup)
+    keys = KeyStore(store, master, journal)
+    keys.erase(second, datetime.now(UTC))
+    keys.close()
+
+    store.unlink()
+    shutil.copy(backup, store)
+    with contextlib.closing(KeyStore(store, master)) as restored:
+        assert restored.open_keys([second]) != {}  # the backup's key, again
+    assert replayed(store, master, journal) == 1
+    keys = KeyStore(store, master, journal)
+    assert keys.open_keys([first, second]) == {}
+    keys.close()
+    assert replayed(store, master, journal) == 0
+
+
+def test_a_journal_put_in_place_of_the_one_applied_is_read_whole(tmp_path: Path) -> None:
+    """Where the store's journal was replaced (by another copy of the same ledger's, its
+    lines in another order), the point it remembers is no longer the end of its last line:
+    reading on from there would skip an erasure the new file holds before it."""
+    master, journal = os.urandom(32), tmp_path / "erasures.jsonl"
+    store, twin = tmp_path / "keys.db", tmp_path / "twin.db"
+    keys = KeyStore(store, master, journal)
+    first, second, third = uuid4(), uuid4(), uuid4()
+    keys.add_keys({sid: os.urandom(32) for sid in (first, second, third)})
+    keys.close()
+    shutil.copy(store, twin)  # the same pseudonym key: its journal lines verify here
+    keys = KeyStore(store, master, journal)
+    keys.erase(first, datetime.now(UTC))
+    keys.erase(second, datetime.now(UTC))
+    keys.close()
+    replayed(store, master, journal)  # applied up to the end of both lines
+    other = tmp_path / "other.jsonl"
+    keys = KeyStore(twin, master, other)
+    keys.erase(third, datetime.now(UTC))
+    keys.close()
+    journal.write_bytes(other.read_bytes() + journal.read_bytes())
+
+    keys = KeyStore(store, master, journal)
+    assert keys.replay_journal() == 1
+    assert keys.open_keys([first, second, third]) == {}
+    keys.close()
+
+
+def test_the_setting_reads_a_path_or_nothing() -> None:
+    assert Settings.from_env({}).erasure_journal is None
+    assert Settings.from_env({"LEDGER_ERASURE_JOURNAL": ""}).erasure_journal is None
+    assert Settings.from_env({"LEDGER_ERASURE_JOURNAL": "/j/e"}).erasure_journal == Path("/j/e")
