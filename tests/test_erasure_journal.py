@@ -366,6 +366,35 @@ def test_a_journal_put_in_place_of_the_one_applied_is_read_whole(tmp_path: Path)
     keys.close()
 
 
+def test_a_backup_says_what_its_restore_will_do_with_later_erasures(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    assert run(data, "init").returncode == 0
+    said = {}
+    for name, journal in (
+        ("none", ""),
+        ("inside", str(data / "erasures.jsonl")),
+        ("apart", str(tmp_path / "erasures.jsonl")),
+    ):
+        out = run(data, "backup", "--into", str(tmp_path / name), LEDGER_ERASURE_JOURNAL=journal)
+        assert out.returncode == 0, out.stderr
+        said[name] = [line for line in out.stdout.splitlines() if "erasure" in line]
+    assert said == {
+        "none": [
+            "erasures made after this backup are forgotten by a restore of it: set "
+            "LEDGER_ERASURE_JOURNAL to a file on another disk to keep them"
+        ],
+        "inside": [
+            f"the erasure journal {data / 'erasures.jsonl'} is in the data directory: a restore "
+            "that replaces the directory loses it and the erasures made after this backup; "
+            "keep it on another disk"
+        ],
+        "apart": [
+            f"not copied: the erasure journal {tmp_path / 'erasures.jsonl'}; a restore of this "
+            "backup reads it to destroy the keys of people erased after it"
+        ],
+    }
+
+
 def test_the_setting_reads_a_path_or_nothing() -> None:
     assert Settings.from_env({}).erasure_journal is None
     assert Settings.from_env({"LEDGER_ERASURE_JOURNAL": ""}).erasure_journal is None

@@ -205,8 +205,31 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
         say("Kafka mode: the log is the ledger topic; the replica and views are rebuilt from it")
     if not settings.master_key:
         say(f"not copied: {settings.master_key_path.name}; keep a copy of it apart from backups")
+    if settings.backend == "embedded":
+        say(_journal_advice(settings))
     say(f"backup in {into}: restore by copying its files into an empty data directory")
     return 0
+
+
+def _journal_advice(settings: Settings) -> str:
+    """What a restore of this backup will do with the erasures made after it: said at the
+    moment a backup is made, when an operator can still set the journal that keeps them."""
+    journal = settings.erasure_journal
+    if journal is None:
+        return (
+            "erasures made after this backup are forgotten by a restore of it: set "
+            "LEDGER_ERASURE_JOURNAL to a file on another disk to keep them"
+        )
+    if journal.resolve().is_relative_to(settings.data_dir.resolve()):
+        return (
+            f"the erasure journal {journal} is in the data directory: a restore that "
+            "replaces the directory loses it and the erasures made after this backup; "
+            "keep it on another disk"
+        )
+    return (
+        f"not copied: the erasure journal {journal}; a restore of this backup reads it "
+        "to destroy the keys of people erased after it"
+    )
 
 
 def cmd_master_key_rotate(args: argparse.Namespace, settings: Settings) -> int:
