@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import os
 import sqlite3
 import stat
@@ -38,6 +39,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ledger.erasure_journal import ErasureJournal
+from ledger.failpoints import failpoint
 from ledger.fsync import fsync_path, write_new_private
 from ledger.settings import Settings, SettingsError, ensure_dir
 from ledger.sql import PAGE_CACHE_KIB, rows_in
@@ -48,6 +50,7 @@ NONCE = 12
 # data (so one cannot be swapped for another), and the row naming the master key.
 SECRETS = {"pseudonym_key": b"pk", "signing_key": b"sk", "record_key": b"rk"}
 MASTER_ID = "master_key_id"
+_log = logging.getLogger("consent_ledger.ledger")
 # The erasure journal's MAC key, derived from the pseudonym key (`ledger.erasure_journal`).
 _JOURNAL_INFO = b"consent-ledger/erasure-journal/v1"
 # The meta row of how far this store applied the journal: "END:MAC" of its last line.
@@ -561,7 +564,16 @@ class KeyStore:
             return
         if self._journal is not None:
             # Before the keys go: an erasure the key store holds is always in the journal.
-            self._journal.append(erasures)
+            try:
+                self._journal.append(erasures)
+            except OSError:
+                # A full disk under the journal must not keep the keys readable: they go
+                # all the same, and the store forgets how far it applied the journal, so the
+                # next ledger to open reads it whole and adds these erasures to it. Raised
+                # on, as the storage failure it is (the erasure's caller is told to retry).
+                self._destroy(erasures, forget_journal_point=True)
+                raise
+            failpoint("erasure.journalled")
         self._destroy(erasures)
 
     def replay_journal(self) -> int:
@@ -596,11 +608,17 @@ class KeyStore:
         else:
             erasures = self.erasures()
             held = set(erasures)
-            self._journal.append(
-                (UUID(sid), datetime.fromisoformat(at))
-                for sid, at in sorted(erasures.items())
-                if sid not in read.erased
-            )
+            try:
+                self._journal.append(
+                    (UUID(sid), datetime.fromisoformat(at))
+                    for sid, at in sorted(erasures.items())
+                    if sid not in read.erased
+                )
+            except OSError as error:
+                # This store's keys are destroyed already; only the journal lacks them. The
+                # ledger opens, and the next one to open tries again (no point remembered).
+                _log.warning("the erasure journal could not be written: %s", error.strerror)
+                read = read._replace(end=start)
         lost = [
             (UUID(sid), datetime.fromisoformat(at))
             for sid, at in sorted(read.erased.items())
@@ -615,12 +633,16 @@ class KeyStore:
                 )
         return len(lost)
 
-    def _destroy(self, erasures: Sequence[tuple[UUID, datetime]]) -> None:
+    def _destroy(
+        self, erasures: Sequence[tuple[UUID, datetime]], forget_journal_point: bool = False
+    ) -> None:
         if not erasures:
             return
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                if forget_journal_point:
+                    self._db.execute("DELETE FROM meta WHERE name=?", (_JOURNAL_APPLIED,))
                 self._db.executemany(
                     "DELETE FROM data_keys WHERE sid=?", [(sid.hex,) for sid, _ in erasures]
                 )

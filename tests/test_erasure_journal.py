@@ -5,10 +5,12 @@ restored together and neither remembers the erasure."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import multiprocessing
 import os
 import shutil
 import sqlite3
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from uuid import UUID, uuid4
@@ -393,6 +395,77 @@ def test_a_backup_says_what_its_restore_will_do_with_later_erasures(tmp_path: Pa
             "backup reads it to destroy the keys of people erased after it"
         ],
     }
+
+
+def test_an_erasure_stopped_after_its_journal_line_is_finished_from_it(tmp_path: Path) -> None:
+    """The line is on disk before the key goes: a process killed between the two leaves the
+    key in the key store and the erasure in the journal, and the next ledger to open
+    finishes it."""
+    journal = tmp_path / "erasures.jsonl"
+    env = {"LEDGER_ERASURE_JOURNAL": str(journal)}
+    data = tmp_path / "data"
+    assert run(data, "init", **env).returncode == 0
+    record(data, grant(REFERENCE, event_id="g1", personal_data={"full_name": NAME}), **env)
+    sid = str(trail(data, REFERENCE, **env)["sid"])
+    wrapped = wrapped_key(data, sid)
+    stopped = run(
+        data,
+        *("erase", REFERENCE, "--tenant", "demo", "--ground", "consent_withdrawn"),
+        LEDGER_FAILPOINT="erasure.journalled:1",
+        **env,
+    )
+    assert stopped.returncode == 99, stopped
+    assert [orjson.loads(line)["sid"] for line in journal.read_bytes().splitlines()] == [sid]
+    assert files_containing(data, wrapped) != []
+    assert trail(data, REFERENCE, **env)["erased"] is True
+    assert files_containing(data, wrapped) == []
+
+
+def _full_disk(times: int) -> Callable[[ErasureJournal, Iterable[object]], None]:
+    """`ErasureJournal.append` with its disk full the next `times` calls (an OSError, as
+    os.write raises it): the key store's own code runs, only the file under it fails."""
+    real, left = ErasureJournal.append, [times]
+
+    def append(journal: ErasureJournal, erasures: Iterable[object]) -> None:
+        if left[0]:
+            left[0] -= 1
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(journal, erasures)  # type: ignore[arg-type]
+
+    return append
+
+
+def test_a_journal_that_cannot_be_written_keeps_no_key_readable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk under the journal: the keys are destroyed all the same and the storage
+    failure raised (the caller is told to retry); the store forgets how far it applied the
+    journal, so the next ledger to open reads it whole and writes the missing erasure."""
+    master, journal = os.urandom(32), tmp_path / "erasures.jsonl"
+    store = tmp_path / "keys.db"
+    first, second = uuid4(), uuid4()
+    keys = KeyStore(store, master, journal)
+    keys.add_keys({first: os.urandom(32), second: os.urandom(32)})
+    keys.erase(first, datetime.now(UTC))
+    keys.close()
+    assert replayed(store, master, journal) == 0  # applied up to the first erasure
+
+    keys = KeyStore(store, master, journal)
+    monkeypatch.setattr(ErasureJournal, "append", _full_disk(1))
+    with pytest.raises(OSError) as raised:
+        keys.erase(second, datetime.now(UTC))
+    assert raised.value.errno == errno.ENOSPC
+    assert keys.open_keys([second]) == {}
+    keys.close()
+    assert journal.read_bytes().count(b"\n") == 1  # the first erasure's line only
+
+    monkeypatch.setattr(ErasureJournal, "append", _full_disk(1))  # full at the next open too
+    assert replayed(store, master, journal) == 0  # opens all the same
+    assert journal.read_bytes().count(b"\n") == 1
+    monkeypatch.undo()
+    assert replayed(store, master, journal) == 0
+    lines = [orjson.loads(line)["sid"] for line in journal.read_bytes().splitlines()]
+    assert sorted(lines) == sorted([first.hex, second.hex])
 
 
 def test_the_setting_reads_a_path_or_nothing() -> None:
