@@ -174,6 +174,24 @@ def test_an_erasure_over_http_is_journalled_by_the_services_writer(tmp_path: Pat
     assert [orjson.loads(line)["sid"] for line in journal.read_bytes().splitlines()] == [sid.hex]
 
 
+def test_an_erasure_is_journalled_on_either_backend(data: Path, tmp_path: Path) -> None:
+    """Kafka mode keeps every erasure in its topic; the journal, if set, is written there
+    too (one setting for a deployment that changes backend), and opening beside it costs
+    the Kafka-mode ledger nothing it did not do."""
+    journal = tmp_path / "erasures.jsonl"
+    record(data, grant(REFERENCE, event_id="g1", personal_data={"full_name": NAME}))
+    sid = str(trail(data, REFERENCE)["sid"])
+    erased = run(
+        data,
+        *("erase", REFERENCE, "--tenant", "demo", "--ground", "subject_request"),
+        LEDGER_ERASURE_JOURNAL=str(journal),
+    )
+    assert erased.returncode == 0, erased.stderr
+    assert [orjson.loads(line)["sid"] for line in journal.read_bytes().splitlines()] == [sid]
+    after = trail(data, REFERENCE, LEDGER_ERASURE_JOURNAL=str(journal))
+    assert (after["erased"], after["facts"][0]["personal_data"]) == (True, {"erased": True})  # type: ignore[index]
+
+
 def test_a_journal_configured_later_takes_in_the_erasures_made_before_it(tmp_path: Path) -> None:
     """Erasures made before the journal was set are the key store's only: the first ledger
     to open with the journal writes them there, so a restore after that forgets none."""
