@@ -10,14 +10,18 @@ import multiprocessing
 import os
 import shutil
 import sqlite3
+import tempfile
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
+from unittest import mock
 from uuid import UUID, uuid4
 
 import httpx
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from api.app import keys_path
 from api.keys import ApiKeys
@@ -27,6 +31,7 @@ from ledger.erasure_journal import ErasureJournal
 from ledger.keystore import KeyStore
 from ledger.settings import Settings
 from tests.cli_support import run
+from tests.examples import examples
 from tests.facts import grant
 from tests.server_support import serve
 
@@ -490,3 +495,94 @@ def test_the_setting_reads_a_path_or_nothing() -> None:
     assert Settings.from_env({}).erasure_journal is None
     assert Settings.from_env({"LEDGER_ERASURE_JOURNAL": ""}).erasure_journal is None
     assert Settings.from_env({"LEDGER_ERASURE_JOURNAL": "/j/e"}).erasure_journal == Path("/j/e")
+
+
+# ---- a property: whatever the order of erasures, backups, restores, crashes and full disks,
+# ---- no key of a subject the journal lists is readable once a ledger has opened
+
+# (what, which subject or copy, whether the journal's disk is full, whether the command
+# that does it opens a ledger first: most do, and opening replays the journal).
+_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["add", "erase", "crash", "backup", "restore", "open", "tear"]),
+        st.integers(0, 50),
+        st.booleans(),
+        st.booleans(),
+    ),
+    max_size=25,
+)
+
+
+def _journalled(journal: Path) -> set[str]:
+    """The sids of the journal's complete lines, as the file holds them."""
+    if not journal.exists():
+        return set()
+    return {orjson.loads(line)["sid"] for line in journal.read_bytes().split(b"\n")[:-1]}
+
+
+@settings(max_examples=examples(200), deadline=None)
+@given(ops=_OPS)
+def test_no_journalled_subject_has_a_readable_key_after_any_history(
+    ops: list[tuple[str, int, bool, bool]],
+) -> None:
+    """Key-store level, real files. `erase` with a full disk under the journal destroys the
+    key without its line; `crash` writes the line and stops before the key goes; `restore`
+    puts back any earlier copy of the key store; `tear` leaves half a line at the end. After
+    every `open` (a ledger opening: the journal replayed, its own append possibly failing),
+    no subject the journal lists has a key; and an erasure whose line was written is never
+    lost from the journal."""
+    with tempfile.TemporaryDirectory() as directory:
+        root = Path(directory)
+        master, journal, store = os.urandom(32), root / "erasures.jsonl", root / "keys.db"
+        subjects: list[UUID] = []
+        copies: list[bytes] = []
+        written: set[str] = set()  # erasures whose journal line was written
+        KeyStore(store, master, journal).close()
+        for what, which, full, opens in ops:
+            keys = KeyStore(store, master, journal)
+            try:
+                if opens:
+                    keys.replay_journal()
+                    listed = _journalled(journal)
+                    assert {s.hex for s in keys.open_keys(subjects)}.isdisjoint(listed)
+                    assert set(keys.erasures()) <= listed
+                held = sorted(keys.open_keys(subjects))
+                if what == "add":
+                    subjects.append(uuid4())
+                    keys.add_keys({subjects[-1]: os.urandom(32)})
+                elif what == "erase" and held:
+                    sid = held[which % len(held)]
+                    if full:
+                        with (
+                            mock.patch.object(ErasureJournal, "append", _full_disk(1)),
+                            pytest.raises(OSError),
+                        ):
+                            keys.erase(sid, datetime.now(UTC))
+                    else:
+                        keys.erase(sid, datetime.now(UTC))
+                        written.add(sid.hex)
+                elif what == "crash" and held:
+                    sid = held[which % len(held)]
+                    assert keys._journal is not None
+                    keys._journal.append([(sid, datetime.now(UTC))])  # then the process died
+                    written.add(sid.hex)
+                elif what == "open":
+                    if full:
+                        with mock.patch.object(ErasureJournal, "append", _full_disk(1)):
+                            keys.replay_journal()
+                    else:
+                        keys.replay_journal()
+                    listed = _journalled(journal)
+                    assert {s.hex for s in keys.open_keys(subjects)}.isdisjoint(listed)
+                    if not full:
+                        assert set(keys.erasures()) <= listed
+                elif what == "tear":
+                    with open(journal, "ab") as f:
+                        f.write(b'{"sid":"' + uuid4().hex.encode()[:20])
+            finally:
+                keys.close()
+            if what == "backup":
+                copies.append(store.read_bytes())  # closed: no WAL beside it
+            elif what == "restore" and copies:
+                store.write_bytes(copies[which % len(copies)])
+            assert written <= _journalled(journal)
