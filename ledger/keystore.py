@@ -53,8 +53,10 @@ MASTER_ID = "master_key_id"
 _log = logging.getLogger("consent_ledger.ledger")
 # The erasure journal's MAC key, derived from the pseudonym key (`ledger.erasure_journal`).
 _JOURNAL_INFO = b"consent-ledger/erasure-journal/v1"
-# The meta row of how far this store applied the journal: "END:MAC" of its last line.
+# The meta row of how far this store applied the journal: "END:MAC" of its last line; and
+# how many times an erasure's line could not be written (see `KeyStore.replay_journal`).
 _JOURNAL_APPLIED = "erasure_journal_applied"
+_JOURNAL_GAPS = "erasure_journal_gaps"
 # Data keys re-wrapped per statement during a rotation (bounded memory at any store size).
 _ROTATE_PAGE = 10_000
 # How long a statement waits for another process's lock; and emptying the WAL after an
@@ -594,6 +596,8 @@ class KeyStore:
         if self._journal is None:
             return 0
         with self._lock:
+            # Read before the store's erasures: a gap made after this is seen at the end.
+            gaps = self._journal_gaps()
             row = self._db.execute(
                 "SELECT value FROM meta WHERE name=?", (_JOURNAL_APPLIED,)
             ).fetchone()
@@ -627,11 +631,25 @@ class KeyStore:
         self._destroy(lost)
         if read.end > start:
             with self._lock:
-                self._db.execute(
-                    "INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                    (_JOURNAL_APPLIED, f"{read.end}:{read.last_mac}".encode()),
-                )
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    # An erasure of another process whose line failed meanwhile is in neither
+                    # what was read nor the journal: no point is remembered past it.
+                    if self._journal_gaps() == gaps:
+                        self._db.execute(
+                            "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                            (_JOURNAL_APPLIED, f"{read.end}:{read.last_mac}".encode()),
+                        )
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
         return len(lost)
+
+    def _journal_gaps(self) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE name=?", (_JOURNAL_GAPS,)).fetchone()
+        return 0 if row is None else int(bytes(row[0]))
 
     def _destroy(
         self, erasures: Sequence[tuple[UUID, datetime]], forget_journal_point: bool = False
@@ -643,6 +661,10 @@ class KeyStore:
             try:
                 if forget_journal_point:
                     self._db.execute("DELETE FROM meta WHERE name=?", (_JOURNAL_APPLIED,))
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                        (_JOURNAL_GAPS, str(self._journal_gaps() + 1).encode()),
+                    )
                 self._db.executemany(
                     "DELETE FROM data_keys WHERE sid=?", [(sid.hex,) for sid, _ in erasures]
                 )

@@ -27,7 +27,7 @@ from api.app import keys_path
 from api.keys import ApiKeys
 from ledger.application import ConsentLedger
 from ledger.envelope import parse_fact
-from ledger.erasure_journal import ErasureJournal
+from ledger.erasure_journal import ErasureJournal, Read
 from ledger.keystore import KeyStore
 from ledger.settings import Settings
 from tests.cli_support import run
@@ -489,6 +489,43 @@ def test_a_journal_that_cannot_be_written_keeps_no_key_readable(
     assert replayed(store, master, journal) == 0
     lines = [orjson.loads(line)["sid"] for line in journal.read_bytes().splitlines()]
     assert sorted(lines) == sorted([first.hex, second.hex])
+
+
+def test_an_erasure_whose_line_failed_while_another_ledger_opened_is_journalled_later(
+    tmp_path: Path,
+) -> None:
+    """Two processes: one opens (reading the journal) while the other's erasure finds the
+    journal's disk full. The opening one must not remember a point past that erasure, or
+    every later open would read on from there and the erasure would never reach the
+    journal."""
+    master, journal = os.urandom(32), tmp_path / "erasures.jsonl"
+    store = tmp_path / "keys.db"
+    first, second, third = uuid4(), uuid4(), uuid4()
+    keys = KeyStore(store, master, journal)
+    keys.add_keys({sid: os.urandom(32) for sid in (first, second, third)})
+    keys.erase(first, datetime.now(UTC))
+    replayed(store, master, journal)  # applied up to the first erasure: the next reads on
+    keys.erase(third, datetime.now(UTC))  # and finds this one after it
+    keys.close()
+    opening, other = KeyStore(store, master, journal), KeyStore(store, master, journal)
+    real_read = ErasureJournal.read
+
+    def read_while_the_other_erases(journal: ErasureJournal, start: int = 0) -> Read:
+        read = real_read(journal, start)
+        with (
+            mock.patch.object(ErasureJournal, "append", _full_disk(1)),
+            pytest.raises(OSError),
+        ):
+            other.erase(second, datetime.now(UTC))
+        return read
+
+    with mock.patch.object(ErasureJournal, "read", read_while_the_other_erases):
+        opening.replay_journal()
+    opening.close()
+    other.close()
+    assert _journalled(journal) == {first.hex, third.hex}
+    assert replayed(store, master, journal) == 0
+    assert _journalled(journal) == {first.hex, second.hex, third.hex}
 
 
 def test_the_setting_reads_a_path_or_nothing() -> None:
