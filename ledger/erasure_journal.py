@@ -37,12 +37,18 @@ import orjson
 
 from ledger.fsync import fsync_path
 from ledger.settings import SettingsError
+from ledger.storage import StorageUnavailable
 
 _FIELDS = {"sid", "erased_at", "mac"}
 
 
 class ErasureJournalError(SettingsError):
     """The journal cannot be opened, or holds a line this ledger did not write."""
+
+
+class JournalUnwritable(StorageUnavailable):
+    """An erasure's line could not be written (see `KeyStore.erase_all`). Made from its
+    reason alone, as every `StorageUnavailable`, to cross the writer process's pipe."""
 
 
 class Read(NamedTuple):
@@ -80,10 +86,15 @@ class ErasureJournal:
 
         The first line of a sid wins: an erasure finished again appends its instant again.
         """
-        with open(self.path, "rb") as f:
-            fcntl.flock(f, fcntl.LOCK_SH)
-            f.seek(start)
-            data = f.read()
+        try:
+            with open(self.path, "rb") as f:
+                fcntl.flock(f, fcntl.LOCK_SH)
+                f.seek(start)
+                data = f.read()
+        except OSError as error:
+            raise StorageUnavailable(
+                f"the erasure journal cannot be read: {error.strerror}"
+            ) from error
         lines = data.split(b"\n")
         lines.pop()  # after the last newline: nothing, or an append cut short
         erased: dict[str, str] = {}
@@ -107,9 +118,12 @@ class ErasureJournal:
         tail = f'"mac":"{mac}"}}\n'.encode()
         if end < len(tail):
             return False
-        with open(self.path, "rb") as f:
-            f.seek(end - len(tail))
-            return f.read(len(tail)) == tail
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(end - len(tail))
+                return f.read(len(tail)) == tail
+        except OSError:
+            return False  # read whole, which says why it cannot be
 
     def _verified(self, line: bytes) -> tuple[str, str, str] | None:
         try:
@@ -133,16 +147,23 @@ class ErasureJournal:
         )
         if not lines:
             return
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # one appender at a time: the tail check below
-            _drop_torn_tail(fd)
-            view = memoryview(lines)
-            while view:  # a regular file takes it whole, unless a full disk raises
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)  # releases the lock
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # one appender at a time: the tail check below
+                _drop_torn_tail(fd)
+                view = memoryview(lines)
+                while view:  # a regular file takes it whole, unless a full disk raises
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)  # releases the lock
+        except OSError as error:
+            # Whatever the cause (a full disk, its directory gone with an unmounted volume),
+            # the storage failed, not the erasure: answered "retry", never a 500.
+            raise JournalUnwritable(
+                f"the erasure journal cannot be written: {error.strerror}"
+            ) from error
 
 
 def _drop_torn_tail(fd: int) -> None:

@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from ledger.erasure_journal import ErasureJournal
+from ledger.erasure_journal import ErasureJournal, JournalUnwritable
 from ledger.failpoints import failpoint
 from ledger.fsync import fsync_path, write_new_private
 from ledger.settings import Settings, SettingsError, ensure_dir
@@ -568,7 +568,7 @@ class KeyStore:
             # Before the keys go: an erasure the key store holds is always in the journal.
             try:
                 self._journal.append(erasures)
-            except OSError:
+            except JournalUnwritable:
                 # A full disk under the journal must not keep the keys readable: they go
                 # all the same, and the store forgets how far it applied the journal, so the
                 # next ledger to open reads it whole and adds these erasures to it. Raised
@@ -618,10 +618,10 @@ class KeyStore:
                     for sid, at in sorted(erasures.items())
                     if sid not in read.erased
                 )
-            except OSError as error:
+            except JournalUnwritable as error:
                 # This store's keys are destroyed already; only the journal lacks them. The
                 # ledger opens, and the next one to open tries again (no point remembered).
-                _log.warning("the erasure journal could not be written: %s", error.strerror)
+                _log.warning("%s", error.reason)
                 read = read._replace(end=start)
         lost = [
             (UUID(sid), datetime.fromisoformat(at))

@@ -5,6 +5,7 @@ restored together and neither remembers the erasure."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import multiprocessing
 import os
@@ -20,19 +21,22 @@ from uuid import UUID, uuid4
 import httpx
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from api.app import keys_path
 from api.keys import ApiKeys
 from ledger.application import ConsentLedger
 from ledger.envelope import parse_fact
-from ledger.erasure_journal import ErasureJournal, Read
-from ledger.keystore import KeyStore
+from ledger.erasure_journal import ErasureJournal, JournalUnwritable, Read
+from ledger.keystore import KeyStore, load_master_key
+from ledger.receipt import Receipt
 from ledger.settings import Settings
+from ledger.storage import StorageUnavailable
 from tests.cli_support import run
 from tests.examples import examples
-from tests.facts import grant
+from tests.facts import erase, grant
 from tests.server_support import serve
 
 NAME = "Yusupova Madina Rustamovna"
@@ -195,6 +199,42 @@ def test_an_erasure_is_journalled_on_either_backend(data: Path, tmp_path: Path) 
     assert [orjson.loads(line)["sid"] for line in journal.read_bytes().splitlines()] == [sid]
     after = trail(data, REFERENCE, LEDGER_ERASURE_JOURNAL=str(journal))
     assert (after["erased"], after["facts"][0]["personal_data"]) == (True, {"erased": True})  # type: ignore[index]
+
+
+def test_an_erasure_over_http_whose_journal_went_away_is_answered_503(tmp_path: Path) -> None:
+    """The failure crosses the writer process's pipe as what it is: 503
+    `storage_unavailable` (retry), the key destroyed all the same; the retry, once the
+    volume is back, gets the first receipt."""
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    settings = Settings(data_dir=tmp_path / "data", erasure_journal=volume / "erasures.jsonl")
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    ledger.record([parse_fact(grant(REFERENCE, event_id="g1", personal_data={"full_name": NAME}))])
+    sid = ledger.sid("demo", REFERENCE)
+    ledger.close()
+    keys = ApiKeys(keys_path(settings))
+    publisher = {"Authorization": f"Bearer {keys.create('demo', {'publisher'})[1]}"}
+    keys.close()
+    server, base = serve(settings)
+    try:
+        shutil.rmtree(volume)
+        body = erase(REFERENCE, event_id="x1")
+        failed = httpx.post(f"{base}/v1/facts", headers=publisher, json=body, timeout=30)
+        assert failed.status_code == 503, failed.text
+        assert failed.headers["content-type"] == "application/problem+json"
+        assert failed.json()["code"] == "storage_unavailable"
+        assert "the erasure journal cannot be written" in failed.json()["detail"]
+        with contextlib.closing(KeyStore(settings.keystore_path, load_master_key(settings))) as k:
+            assert k.open_keys([sid]) == {}
+        volume.mkdir()
+        again = httpx.post(f"{base}/v1/facts", headers=publisher, json=body, timeout=30)
+        assert again.status_code == 200, again.text
+        assert again.json()["duplicate"] is True
+    finally:
+        server.terminate()
+        said = server.communicate(timeout=60)[0].decode()
+    assert REFERENCE not in said and NAME not in said
 
 
 def test_a_journal_configured_later_takes_in_the_erasures_made_before_it(tmp_path: Path) -> None:
@@ -445,14 +485,16 @@ def test_an_erasure_stopped_after_its_journal_line_is_finished_from_it(tmp_path:
 
 
 def _full_disk(times: int) -> Callable[[ErasureJournal, Iterable[object]], None]:
-    """`ErasureJournal.append` with its disk full the next `times` calls (an OSError, as
-    os.write raises it): the key store's own code runs, only the file under it fails."""
+    """`ErasureJournal.append` with its disk full the next `times` calls (as it reports
+    os.write's ENOSPC): the key store's own code runs, only the file under it fails."""
     real, left = ErasureJournal.append, [times]
 
     def append(journal: ErasureJournal, erasures: Iterable[object]) -> None:
         if left[0]:
             left[0] -= 1
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            raise JournalUnwritable(
+                f"the erasure journal cannot be written: {os.strerror(errno.ENOSPC)}"
+            )
         real(journal, erasures)  # type: ignore[arg-type]
 
     return append
@@ -475,9 +517,9 @@ def test_a_journal_that_cannot_be_written_keeps_no_key_readable(
 
     keys = KeyStore(store, master, journal)
     monkeypatch.setattr(ErasureJournal, "append", _full_disk(1))
-    with pytest.raises(OSError) as raised:
+    with pytest.raises(JournalUnwritable) as raised:
         keys.erase(second, datetime.now(UTC))
-    assert raised.value.errno == errno.ENOSPC
+    assert raised.value.reason == "the erasure journal cannot be written: No space left on device"
     assert keys.open_keys([second]) == {}
     keys.close()
     assert journal.read_bytes().count(b"\n") == 1  # the first erasure's line only
@@ -489,6 +531,38 @@ def test_a_journal_that_cannot_be_written_keeps_no_key_readable(
     assert replayed(store, master, journal) == 0
     lines = [orjson.loads(line)["sid"] for line in journal.read_bytes().splitlines()]
     assert sorted(lines) == sorted([first.hex, second.hex])
+
+
+def test_a_journal_whose_directory_went_away_is_a_storage_failure_and_the_key_goes(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The journal's volume unmounted under a running ledger: the erasure's fact is
+    recorded, its key destroyed, and the caller told the storage failed (retry: the same
+    event_id gets the first receipt), not an error of the ledger; the next ledger to open
+    with the volume back writes the line."""
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    journal = volume / "erasures.jsonl"
+    settings = dataclasses.replace(settings, erasure_journal=journal)
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    ledger.record([parse_fact(grant(REFERENCE, event_id="g1", personal_data={"full_name": NAME}))])
+    sid = ledger.sid("demo", REFERENCE)
+    shutil.rmtree(volume)
+    erasure = parse_fact(erase(REFERENCE, event_id="x1"))
+    with pytest.raises(StorageUnavailable) as raised:
+        ledger.record([erasure])
+    assert raised.value.reason == (
+        "the erasure journal cannot be written: No such file or directory"
+    )
+    assert ledger.keystore.open_keys([sid]) == {}
+    volume.mkdir()
+    (again,) = ledger.record([erasure])
+    assert isinstance(again, Receipt) and again.duplicate
+    ledger.close()
+    reopened = ConsentLedger(settings)
+    reopened.close()
+    assert _journalled(journal) == {sid.hex}
 
 
 def test_an_erasure_whose_line_failed_while_another_ledger_opened_is_journalled_later(
@@ -514,7 +588,7 @@ def test_an_erasure_whose_line_failed_while_another_ledger_opened_is_journalled_
         read = real_read(journal, start)
         with (
             mock.patch.object(ErasureJournal, "append", _full_disk(1)),
-            pytest.raises(OSError),
+            pytest.raises(JournalUnwritable),
         ):
             other.erase(second, datetime.now(UTC))
         return read
@@ -557,7 +631,7 @@ def _journalled(journal: Path) -> set[str]:
     return {orjson.loads(line)["sid"] for line in journal.read_bytes().split(b"\n")[:-1]}
 
 
-@settings(max_examples=examples(200), deadline=None)
+@hypothesis_settings(max_examples=examples(200), deadline=None)
 @given(ops=_OPS)
 def test_no_journalled_subject_has_a_readable_key_after_any_history(
     ops: list[tuple[str, int, bool, bool]],
@@ -592,7 +666,7 @@ def test_no_journalled_subject_has_a_readable_key_after_any_history(
                     if full:
                         with (
                             mock.patch.object(ErasureJournal, "append", _full_disk(1)),
-                            pytest.raises(OSError),
+                            pytest.raises(JournalUnwritable),
                         ):
                             keys.erase(sid, datetime.now(UTC))
                     else:
