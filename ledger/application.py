@@ -169,6 +169,8 @@ class ConsentLedger(Application[UUID]):
             journalled = self.keystore.replay_journal()
         except KeyStoreBusyError:
             journalled = 0  # destroyed; only their old page images wait in the WAL
+        # What `restore` reports: the erasures a restored key store had lost.
+        self.erasures_from_journal = journalled
         if journalled:
             _log.warning("applied %d erasures of the erasure journal", journalled)
         erased = self.ledger_recorder.erased_subjects()

@@ -12,10 +12,12 @@ from datetime import UTC, datetime, timedelta
 import orjson
 
 from ledger.cli.common import (
+    EXIT_BROKEN,
     EXIT_NOT_FOUND,
     EXIT_REJECTED,
     CliError,
     current_views,
+    fail,
     open_ledger,
     print_json,
     say,
@@ -34,6 +36,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--into", required=True, metavar="DIR", help="a new or empty directory")
     p.set_defaults(run=cmd_backup)
+
+    p = sub.add_parser(
+        "restore",
+        help="a backup put back as LEDGER_DATA_DIR (missing or empty), opened and verified first",
+    )
+    p.add_argument("backup", metavar="DIR", help="a directory `backup --into` made")
+    p.add_argument(
+        "--master-key",
+        metavar="FILE",
+        help="the copy of master.key kept apart from backups (unless LEDGER_MASTER_KEY is set)",
+    )
+    p.set_defaults(run=cmd_restore)
 
     p = sub.add_parser("master-key", help="the master key that wraps the key store")
     master = p.add_subparsers(dest="master_command", required=True)
@@ -208,6 +222,49 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
     if settings.backend == "embedded":
         say(_journal_advice(settings))
     say(f"backup in {into}: restore by copying its files into an empty data directory")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from ledger.restore import BackupBroken, restore
+
+    master_key = Path(args.master_key) if args.master_key else None
+    try:
+        restored = restore(settings, Path(args.backup), master_key)
+    except BackupBroken as broken:
+        return fail(f"restore: {broken}; nothing restored", EXIT_BROKEN)
+    for copied in restored.copied:
+        say(f"{copied.name:<16} {copied.bytes:>14,} bytes")
+    if master_key is not None:
+        say(f"master.key       from {master_key}")
+    if restored.verified is not None:
+        v = restored.verified
+        say(f"verify: OK, {v.facts_checked} facts, merkle root {v.root}")
+    else:
+        say(
+            "Kafka mode: the replica and views are rebuilt from the ledger topic when a "
+            "ledger next opens"
+        )
+    if settings.erasure_journal is not None:
+        say(
+            f"erasure journal: {restored.erasures_from_journal} keys of subjects erased after "
+            "this backup destroyed again"
+        )
+    if restored.erasures_not_in_log:
+        say(
+            f"restore: warning: the log lacks {restored.erasures_not_in_log} erasures the key "
+            "store holds: `consent-ledger verify` names them, to record each again",
+            file=sys.stderr,
+        )
+    if restored.subjects_without_key:
+        say(
+            f"restore: warning: {restored.subjects_without_key} subjects have neither a key "
+            "nor an erasure in the key store: their personal data cannot be read",
+            file=sys.stderr,
+        )
+    say(f"restored into {settings.data_dir}")
     return 0
 
 

@@ -1,0 +1,182 @@
+"""`consent-ledger restore`: a backup put back as the data directory, opened and verified
+before it takes the directory's name; every refusal leaves nothing behind."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.cli_support import run
+from tests.facts import grant
+
+NAME = "Karimov Jasur Anvarovich"
+REFERENCE = "+998909998877"
+
+
+def record(data: Path, *facts: dict[str, object], **env: str) -> None:
+    out = run(data, "record", "-", stdin="\n".join(orjson.dumps(f).decode() for f in facts), **env)
+    assert out.returncode == 0, out.stderr
+
+
+@pytest.fixture
+def backed_up(tmp_path: Path) -> tuple[Path, Path]:
+    """A data directory with two people's grants, and a backup of it."""
+    data = tmp_path / "data"
+    assert run(data, "init").returncode == 0
+    record(
+        data,
+        grant(REFERENCE, event_id="g1", personal_data={"full_name": NAME}),
+        grant("other", event_id="g2"),
+    )
+    backup = tmp_path / "backup"
+    out = run(data, "backup", "--into", str(backup))
+    assert out.returncode == 0, out.stderr
+    return data, backup
+
+
+def leftovers(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if ".restoring-" in p.name)
+
+
+def test_a_backup_restores_opened_and_verified(backed_up: tuple[Path, Path]) -> None:
+    data, backup = backed_up
+    root = orjson.loads(run(data, "verify", "--json").stdout)["merkle_root"]
+    record(data, grant("later", event_id="g3"))  # after the backup: not in the restore
+    restored = data.parent / "restored"
+    out = run(restored, "restore", str(backup), "--master-key", str(data / "master.key"))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert [line.split()[0] for line in lines[:2]] == ["ledger.db", "keys.db"]
+    assert f"master.key       from {data / 'master.key'}" in lines
+    assert f"verify: OK, 4 facts, merkle root {root}" in lines
+    assert lines[-1] == f"restored into {restored}"
+    assert (restored / "master.key").stat().st_mode & 0o777 == 0o600
+    trail = orjson.loads(run(restored, "trail", REFERENCE, "--tenant", "demo", "--json").stdout)
+    assert trail["facts"][0]["personal_data"] == {"personal_data": {"full_name": NAME}}
+    absent = run(restored, "trail", "later", "--tenant", "demo", "--json")
+    assert absent.returncode == 3, absent
+    assert leftovers(data.parent) == []
+
+
+def test_a_restore_replays_the_erasure_journal(backed_up: tuple[Path, Path]) -> None:
+    data, backup = backed_up
+    journal = data.parent / "erasures.jsonl"
+    erased = run(
+        data,
+        *("erase", REFERENCE, "--tenant", "demo", "--ground", "subject_request"),
+        LEDGER_ERASURE_JOURNAL=str(journal),
+    )
+    assert erased.returncode == 0, erased.stderr
+    restored = data.parent / "restored"
+    out = run(
+        restored,
+        *("restore", str(backup), "--master-key", str(data / "master.key")),
+        LEDGER_ERASURE_JOURNAL=str(journal),
+    )
+    assert out.returncode == 0, out.stderr
+    assert (
+        "erasure journal: 1 keys of subjects erased after this backup destroyed again"
+        in out.stdout.splitlines()
+    )
+    assert (
+        "restore: warning: the log lacks 1 erasures the key store holds: `consent-ledger "
+        "verify` names them, to record each again" in out.stderr
+    )
+    trail = orjson.loads(run(restored, "trail", REFERENCE, "--tenant", "demo", "--json").stdout)
+    assert trail["facts"][0]["personal_data"] == {"key_erased": True}
+
+
+def test_a_backup_whose_log_was_altered_is_not_restored(backed_up: tuple[Path, Path]) -> None:
+    data, backup = backed_up
+    with sqlite3.connect(backup / "ledger.db") as db:
+        (position, state) = db.execute(
+            "SELECT rowid, state FROM stored_events ORDER BY rowid DESC LIMIT 1"
+        ).fetchone()
+        i = len(state) // 2
+        db.execute(
+            "UPDATE stored_events SET state=? WHERE rowid=?",
+            (state[:i] + bytes([state[i] ^ 0x01]) + state[i + 1 :], position),
+        )
+    db.close()
+    restored = data.parent / "restored"
+    out = run(restored, "restore", str(backup), "--master-key", str(data / "master.key"))
+    assert (out.returncode, out.stderr.strip()) == (
+        4,
+        f"consent-ledger: restore: the backup's log is BROKEN (altered) at position {position}; "
+        "nothing restored",
+    )
+    assert not restored.exists() and leftovers(data.parent) == []
+
+
+@pytest.mark.parametrize(
+    "case", ["not empty", "not a backup", "no master key", "both", "another master key", "no file"]
+)
+def test_a_restore_refused_leaves_nothing(backed_up: tuple[Path, Path], case: str) -> None:
+    data, backup = backed_up
+    restored = data.parent / "restored"
+    key = str(data / "master.key")
+    env: dict[str, str] = {}
+    args = ["restore", str(backup), "--master-key", key]
+    expected = ""
+    if case == "not empty":
+        restored.mkdir()
+        (restored / "notes.txt").write_text("kept")
+        expected = f"{restored} is not an empty directory: a restore never overwrites"
+    elif case == "not a backup":
+        args[1] = str(data.parent)
+        expected = f"{data.parent} holds no keys.db: not a backup `consent-ledger backup` made"
+    elif case == "no master key":
+        args = args[:2]
+        expected = (
+            "a backup holds no master key: give --master-key FILE (the copy of master.key "
+            "kept apart from backups) or set LEDGER_MASTER_KEY"
+        )
+    elif case == "both":
+        env["LEDGER_MASTER_KEY"] = "A" * 43 + "="
+        expected = "--master-key FILE and LEDGER_MASTER_KEY both name the master key"
+    elif case == "another master key":
+        other = data.parent / "other"
+        assert run(other, "init").returncode == 0
+        args[3] = str(other / "master.key")
+        expected = "does not open"
+    elif case == "no file":
+        args[3] = str(data.parent / "missing.key")
+        expected = f"--master-key {data.parent / 'missing.key'}: No such file or directory"
+    out = run(restored, *args, **env)
+    assert out.returncode == 2, out
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith("consent-ledger: configuration: ") and expected in line, line
+    assert leftovers(data.parent) == []
+    if case == "not empty":
+        assert sorted(p.name for p in restored.iterdir()) == ["notes.txt"]
+    else:
+        assert not restored.exists()
+
+
+def test_a_kafka_mode_restore_opens_the_key_store_alone(backed_up: tuple[Path, Path]) -> None:
+    """In Kafka mode a backup is the key store, API keys and access log (the topic is the
+    log): no broker is needed to put it back, and an embedded backup is refused."""
+    data, backup = backed_up
+    kafka = {"LEDGER_BACKEND": "kafka", "KAFKA_BOOTSTRAP": "127.0.0.1:1"}
+    key_store_only = data.parent / "kafka-backup"
+    key_store_only.mkdir()
+    (key_store_only / "keys.db").write_bytes((backup / "keys.db").read_bytes())
+    restored = data.parent / "restored"
+    key = str(data / "master.key")
+    out = run(restored, "restore", str(key_store_only), "--master-key", key, **kafka)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[2:] == [
+        "Kafka mode: the replica and views are rebuilt from the ledger topic when a ledger "
+        "next opens",
+        f"restored into {restored}",
+    ]
+    assert sorted(p.name for p in restored.iterdir()) == ["keys.db", "master.key"]
+    embedded = run(data.parent / "elsewhere", "restore", str(backup), "--master-key", key, **kafka)
+    assert (embedded.returncode, embedded.stderr.strip()) == (
+        2,
+        f"consent-ledger: configuration: {backup} holds ledger.db, the log of an embedded "
+        "ledger: restore it with LEDGER_BACKEND=embedded",
+    )
