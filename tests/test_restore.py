@@ -180,3 +180,25 @@ def test_a_kafka_mode_restore_opens_the_key_store_alone(backed_up: tuple[Path, P
         f"consent-ledger: configuration: {backup} holds ledger.db, the log of an embedded "
         "ledger: restore it with LEDGER_BACKEND=embedded",
     )
+
+
+def test_a_restore_says_how_many_api_keys_it_brings_back_valid(
+    backed_up: tuple[Path, Path],
+) -> None:
+    """A revocation made after the backup is undone by restoring it: said, with how many
+    keys the restored directory accepts, so that the operator revokes again."""
+    data, _ = backed_up
+    made = [run(data, "keys", "create", "--tenant", "demo", "--role", "publisher") for _ in "abc"]
+    assert all(out.returncode == 0 for out in made), made
+    listed = orjson.loads(run(data, "keys", "list", "--json").stdout)
+    assert run(data, "keys", "revoke", listed[2]["key_id"]).returncode == 0  # stays revoked
+    backup = data.parent / "with-keys"
+    assert run(data, "backup", "--into", str(backup)).returncode == 0
+    assert run(data, "keys", "revoke", listed[0]["key_id"]).returncode == 0  # undone
+    restored = data.parent / "restored"
+    out = run(restored, "restore", str(backup), "--master-key", str(data / "master.key"))
+    assert out.returncode == 0, out.stderr
+    assert (
+        "API keys: 2 active as at the backup: any revoked since are valid again; "
+        "`consent-ledger keys list` shows them, `keys revoke` revokes one"
+    ) in out.stdout.splitlines()

@@ -264,8 +264,35 @@ def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
             "nor an erasure in the key store: their personal data cannot be read",
             file=sys.stderr,
         )
+    active = _active_api_keys(settings)
+    if active:
+        say(
+            f"API keys: {active} active as at the backup: any revoked since are valid again; "
+            "`consent-ledger keys list` shows them, `keys revoke` revokes one"
+        )
     say(f"restored into {settings.data_dir}")
     return 0
+
+
+def _active_api_keys(settings: Settings) -> int:
+    """The API keys the restored directory accepts (neither revoked nor expired): the ones
+    an operator must check, since a revocation made after the backup is undone."""
+    if not settings.api_keys_path.exists():
+        return 0
+    from api.keys import ApiKeys
+
+    now = datetime.now(UTC)
+    keys = ApiKeys(settings.api_keys_path)
+    try:
+        listed = keys.list()
+    finally:
+        keys.close()
+    return sum(
+        1
+        for key in listed
+        if key["revoked_at"] is None
+        and (key["expires_at"] is None or datetime.fromisoformat(key["expires_at"]) > now)
+    )
 
 
 def _journal_advice(settings: Settings) -> str:
