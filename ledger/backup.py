@@ -19,6 +19,9 @@ files consistent with each other as well:
 The master key is not copied: a backup that held it would open every subject's data on its
 own. With the key file, keep a copy of `master.key` apart from the backups.
 
+`manifest.json` lists each copied file with its SHA-256, signed with the ledger's Ed25519
+key (`ledger.backup_manifest`): `restore` refuses a backup whose files were changed since.
+
 The copies are made in a hidden directory beside the target and renamed to it only when all
 are made and on disk: a backup stopped half-way (a full disk, a crash) never leaves a
 directory that looks like a backup and lacks the key store.
@@ -32,7 +35,9 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from ledger.backup_manifest import write_manifest
 from ledger.fsync import fsync_path
+from ledger.keystore import KeyStore, load_master_key
 from ledger.settings import Settings, SettingsError
 
 
@@ -55,6 +60,13 @@ def back_up(settings: Settings, into: Path) -> list[Copied]:
         raise SettingsError(f"{into} is not an empty directory: a backup never overwrites")
     if not settings.keystore_path.exists():
         raise SettingsError(f"no key store at {settings.keystore_path}: nothing to back up")
+    # The key that signs the manifest, made now if the ledger has none yet, so that the
+    # key store copied below holds it (restore checks the signature against that copy).
+    keys = KeyStore(settings.keystore_path, load_master_key(settings))
+    try:
+        signing_key = keys.signing_key()
+    finally:
+        keys.close()
     into.parent.mkdir(parents=True, exist_ok=True)
     making = into.parent / f".{into.name}.incomplete-{os.getpid()}"
     making.mkdir()
@@ -65,6 +77,9 @@ def back_up(settings: Settings, into: Path) -> list[Copied]:
                 target = making / source.name
                 _copy(source, target)
                 copied.append(Copied(source.name, target.stat().st_size))
+        manifest = write_manifest(making, [c.name for c in copied], signing_key)
+        fsync_path(manifest)
+        copied.append(Copied(manifest.name, manifest.stat().st_size))
         fsync_path(making)
         making.rename(into)  # replaces an empty directory, never a full one
     except BaseException:

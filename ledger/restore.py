@@ -17,11 +17,18 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ledger.backup import Copied
+from ledger.backup_manifest import ManifestMismatch, check_signature, read_manifest
 from ledger.fsync import fsync_path, write_new_private
 from ledger.settings import Settings, SettingsError
 from ledger.verify import VerifyResult
+
+if TYPE_CHECKING:
+    from ledger.keystore import KeyStore
+
+__all__ = ["BackupBroken", "ManifestMismatch", "Restored", "restore"]
 
 # What `backup` writes, in either mode (the master key never).
 BACKED_UP = ("views.db", "ledger.db", "api_keys.db", "access.db", "keys.db")
@@ -43,6 +50,7 @@ class Restored:
     erasures_from_journal: int  # keys of people erased since the backup, destroyed again
     erasures_not_in_log: int  # their erasures, which the restored log lacks
     subjects_without_key: int
+    manifest_made_at: str | None  # None: a backup made before manifests, taken as it is
 
 
 def restore(settings: Settings, backup: Path, master_key_file: Path | None) -> Restored:
@@ -64,6 +72,7 @@ def restore(settings: Settings, backup: Path, master_key_file: Path | None) -> R
         )
     if master_key_file is not None and settings.master_key is not None:
         raise SettingsError("--master-key FILE and LEDGER_MASTER_KEY both name the master key")
+    manifest = read_manifest(backup)  # the files as the backup wrote them, or refused
     target.parent.mkdir(parents=True, exist_ok=True)
     making = target.parent / f".{target.name}.restoring-{os.getpid()}"
     making.mkdir()
@@ -80,7 +89,7 @@ def restore(settings: Settings, backup: Path, master_key_file: Path | None) -> R
             except OSError as e:
                 raise SettingsError(f"--master-key {master_key_file}: {e.strerror}") from None
             write_new_private(making / "master.key", key)
-        restored = _checked(dataclasses.replace(settings, data_dir=making), copied)
+        restored = _checked(dataclasses.replace(settings, data_dir=making), copied, manifest)
         fsync_path(making)
         if target.exists():
             target.rmdir()  # empty, checked above
@@ -92,8 +101,10 @@ def restore(settings: Settings, backup: Path, master_key_file: Path | None) -> R
     return restored
 
 
-def _checked(settings: Settings, copied: list[Copied]) -> Restored:
-    """Opened as every command opens it, and its log verified."""
+def _checked(settings: Settings, copied: list[Copied], manifest: dict[str, Any] | None) -> Restored:
+    """Opened as every command opens it, its manifest's signature checked against its own
+    key store, and its log verified."""
+    made_at = None if manifest is None else str(manifest["made_at"])
     if settings.backend == "kafka":
         # The topic is the log, read once a ledger opens with the broker; here, the key
         # store alone: the master key opens it, and the journal's erasures are applied.
@@ -101,15 +112,19 @@ def _checked(settings: Settings, copied: list[Copied]) -> Restored:
 
         keys = KeyStore(settings.keystore_path, load_master_key(settings), settings.erasure_journal)
         try:
+            if manifest is not None:
+                check_signature(manifest, _signers(keys))
             again = keys.replay_journal()
         finally:
             keys.close()
-        return Restored(copied, None, again, 0, 0)
+        return Restored(copied, None, again, 0, 0, made_at)
     from ledger.application import ConsentLedger
     from ledger.verify import key_store_gaps, verify_ledger
 
     ledger = ConsentLedger(settings)
     try:
+        if manifest is not None:
+            check_signature(manifest, _signers(ledger.keystore))
         if settings.views_path.exists():
             from projections.views import Views
 
@@ -128,6 +143,15 @@ def _checked(settings: Settings, copied: list[Copied]) -> Restored:
             ledger.erasures_from_journal,
             len(gaps["erasures_not_in_log"]),
             gaps["subjects_without_key"],
+            made_at,
         )
     finally:
         ledger.close()
+
+
+def _signers(keys: KeyStore) -> list[str]:
+    """The store's signing key and every key it took over from."""
+    from ledger.checkpoint import public_key_text
+
+    key, transitions = keys.signer()
+    return [public_key_text(key.public_key()), *(t["previous_key"] for t in transitions)]

@@ -3,6 +3,7 @@ before it takes the directory's name; every refusal leaves nothing behind."""
 
 from __future__ import annotations
 
+import base64
 import sqlite3
 from pathlib import Path
 
@@ -90,7 +91,10 @@ def test_a_restore_replays_the_erasure_journal(backed_up: tuple[Path, Path]) -> 
 
 
 def test_a_backup_whose_log_was_altered_is_not_restored(backed_up: tuple[Path, Path]) -> None:
+    """Its log verified, whatever its manifest says: here a backup made before manifests
+    (none), whose log a byte was flipped in."""
     data, backup = backed_up
+    (backup / "manifest.json").unlink()
     with sqlite3.connect(backup / "ledger.db") as db:
         (position, state) = db.execute(
             "SELECT rowid, state FROM stored_events ORDER BY rowid DESC LIMIT 1"
@@ -169,6 +173,7 @@ def test_a_kafka_mode_restore_opens_the_key_store_alone(backed_up: tuple[Path, P
     out = run(restored, "restore", str(key_store_only), "--master-key", key, **kafka)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[2:] == [
+        "no manifest.json (a backup made before manifests): its files are taken as they are",
         "Kafka mode: the replica and views are rebuilt from the ledger topic when a ledger "
         "next opens",
         f"restored into {restored}",
@@ -202,3 +207,79 @@ def test_a_restore_says_how_many_api_keys_it_brings_back_valid(
         "API keys: 2 active as at the backup: any revoked since are valid again; "
         "`consent-ledger keys list` shows them, `keys revoke` revokes one"
     ) in out.stdout.splitlines()
+
+
+def test_a_backup_is_restored_only_as_its_signed_manifest_says(
+    backed_up: tuple[Path, Path],
+) -> None:
+    data, backup = backed_up
+    manifest = orjson.loads((backup / "manifest.json").read_bytes())
+    assert [f["name"] for f in manifest["files"]] == ["ledger.db", "keys.db"]
+    key = str(data / "master.key")
+    restored = data.parent / "restored"
+    out = run(restored, "restore", str(backup), "--master-key", key)
+    assert out.returncode == 0, out.stderr
+    assert (
+        f"manifest: every file as the backup of {manifest['made_at']} wrote it, signed"
+        in out.stdout.splitlines()
+    )
+
+
+def _re_signed(manifest: dict[str, object]) -> dict[str, object]:
+    """The manifest signed again by a key of the attacker's: files changed to match."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from ledger.backup_manifest import _message
+    from ledger.checkpoint import public_key_text
+
+    key = Ed25519PrivateKey.generate()
+    body = {k: v for k, v in manifest.items() if k != "signature"}
+    body["public_key"] = public_key_text(key.public_key())
+    return {**body, "signature": base64.b64encode(key.sign(_message(body))).decode()}
+
+
+@pytest.mark.parametrize(
+    "change", ["a key added to api_keys.db", "keys.db altered", "extra file", "re-signed", "forged"]
+)
+def test_a_backup_changed_since_it_was_made_is_refused(
+    backed_up: tuple[Path, Path], change: str
+) -> None:
+    """An API key slipped into a backup would work once it is restored; a key store with a
+    flipped bit makes people's data unreadable. Each is refused, exit 4, nothing left."""
+    data, _ = backed_up
+    assert run(data, "keys", "create", "--tenant", "demo", "--role", "admin").returncode == 0
+    backup = data.parent / "signed"
+    assert run(data, "backup", "--into", str(backup)).returncode == 0
+    manifest_path = backup / "manifest.json"
+    manifest = orjson.loads(manifest_path.read_bytes())
+    said = ""
+    if change == "a key added to api_keys.db":
+        with sqlite3.connect(backup / "api_keys.db") as db:
+            db.execute(
+                "INSERT INTO api_keys SELECT 'intruder', secret_sha256, tenant, roles, "
+                "created_at, NULL, expires_at FROM api_keys LIMIT 1"
+            )
+        db.close()
+        said = "api_keys.db is not the file manifest.json lists (its SHA-256 differs)"
+    elif change == "keys.db altered":
+        raw = bytearray((backup / "keys.db").read_bytes())
+        raw[len(raw) // 2] ^= 0x01
+        (backup / "keys.db").write_bytes(bytes(raw))
+        said = "keys.db is not the file manifest.json lists (its SHA-256 differs)"
+    elif change == "extra file":
+        (backup / "views.db").write_bytes(b"")
+        said = "views.db is not listed in manifest.json"
+    elif change == "re-signed":
+        manifest_path.write_bytes(orjson.dumps(_re_signed(manifest)))
+        said = "manifest.json is signed by a key this backup's key store never held"
+    elif change == "forged":
+        manifest["made_at"] = "2020-01-01T00:00:00+00:00"
+        manifest_path.write_bytes(orjson.dumps(manifest))
+        said = "manifest.json's signature does not verify"
+    restored = data.parent / "restored"
+    out = run(restored, "restore", str(backup), "--master-key", str(data / "master.key"))
+    assert (out.returncode, out.stderr.strip()) == (
+        4,
+        f"consent-ledger: restore: the backup is not as it was made: {said}; nothing restored",
+    )
+    assert not restored.exists() and leftovers(data.parent) == []

@@ -228,17 +228,26 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
     from pathlib import Path
 
-    from ledger.restore import BackupBroken, restore
+    from ledger.restore import BackupBroken, ManifestMismatch, restore
 
     master_key = Path(args.master_key) if args.master_key else None
     try:
         restored = restore(settings, Path(args.backup), master_key)
     except BackupBroken as broken:
         return fail(f"restore: {broken}; nothing restored", EXIT_BROKEN)
+    except ManifestMismatch as mismatch:
+        return fail(
+            f"restore: the backup is not as it was made: {mismatch}; nothing restored",
+            EXIT_BROKEN,
+        )
     for copied in restored.copied:
         say(f"{copied.name:<16} {copied.bytes:>14,} bytes")
     if master_key is not None:
         say(f"master.key       from {master_key}")
+    if restored.manifest_made_at is not None:
+        say(f"manifest: every file as the backup of {restored.manifest_made_at} wrote it, signed")
+    else:
+        say("no manifest.json (a backup made before manifests): its files are taken as they are")
     if restored.verified is not None:
         v = restored.verified
         say(f"verify: OK, {v.facts_checked} facts, merkle root {v.root}")
