@@ -207,7 +207,8 @@ def cmd_tenants_erase_subjects(args: argparse.Namespace, settings: Settings) -> 
 
 
 def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
-    """Copies files only (no log opened, no broker): safe while the service runs."""
+    """Copies files, and opens the key store only to sign the manifest (no log, no broker):
+    safe while the service runs."""
     from pathlib import Path
 
     from ledger.backup import back_up
