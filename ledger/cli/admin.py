@@ -222,7 +222,7 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
         say(f"not copied: {settings.master_key_path.name}; keep a copy of it apart from backups")
     if settings.backend == "embedded":
         say(_journal_advice(settings))
-    say(f"backup in {into}: restore by copying its files into an empty data directory")
+    say(f"backup in {into}: put it back with `consent-ledger restore {into}`")
     return 0
 
 
