@@ -28,6 +28,8 @@ from ledger.checkpoint import public_key_text
 
 NAME = "manifest.json"
 FORMAT = 1
+# The manifest's members that must be text for it to be checked at all.
+_SIGNED_TEXTS = ("made_at", "public_key", "signature")
 
 
 class ManifestMismatch(Exception):
@@ -71,7 +73,8 @@ def read_manifest(directory: Path) -> dict[str, Any] | None:
     try:
         manifest = orjson.loads(path.read_bytes())
         files = {f["name"]: f["sha256"] for f in manifest["files"]}
-        if manifest["format"] != FORMAT or not isinstance(manifest["signature"], str):
+        texts = [*files, *files.values(), *(manifest[k] for k in _SIGNED_TEXTS)]
+        if manifest["format"] != FORMAT or not all(isinstance(t, str) for t in texts):
             raise ValueError
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         raise ManifestMismatch(f"{NAME} is not a manifest `consent-ledger backup` wrote") from None

@@ -283,3 +283,30 @@ def test_a_backup_changed_since_it_was_made_is_refused(
         f"consent-ledger: restore: the backup is not as it was made: {said}; nothing restored",
     )
     assert not restored.exists() and leftovers(data.parent) == []
+
+
+@pytest.mark.parametrize(
+    "manifest",
+    [
+        b"not json",
+        b"[]",
+        b'{"format": 1}',
+        b'{"format": 1, "files": [{"name": 5, "sha256": "x"}],'
+        b' "made_at": "t", "public_key": "k", "signature": "s"}',
+        b'{"format": 1, "files": [], "public_key": "k", "signature": "s"}',
+    ],
+    ids=["not json", "not an object", "no files", "a name not text", "no made_at"],
+)
+def test_a_manifest_that_is_not_one_is_refused_in_one_line(
+    backed_up: tuple[Path, Path], manifest: bytes
+) -> None:
+    data, backup = backed_up
+    (backup / "manifest.json").write_bytes(manifest)
+    restored = data.parent / "restored"
+    out = run(restored, "restore", str(backup), "--master-key", str(data / "master.key"))
+    assert (out.returncode, out.stderr.strip()) == (
+        4,
+        "consent-ledger: restore: the backup is not as it was made: manifest.json is not a "
+        "manifest `consent-ledger backup` wrote; nothing restored",
+    )
+    assert not restored.exists() and leftovers(data.parent) == []
