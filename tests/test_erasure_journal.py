@@ -155,19 +155,25 @@ def test_a_backup_restored_from_before_an_erasure_brings_no_erased_data_back(
     )
 
 
-def test_an_erasure_over_http_is_journalled_by_the_services_writer(tmp_path: Path) -> None:
-    """`serve` records published facts in a writer process of its own: the erasure it
-    records there reaches the journal before its key goes."""
-    journal = tmp_path / "erasures.jsonl"
-    settings = Settings(data_dir=tmp_path / "data", erasure_journal=journal)
+def _granted_with_a_key(settings: Settings, role: str) -> tuple[UUID, dict[str, str]]:
+    """A ledger holding one person's grant, and the headers of an API key of `role`."""
     ledger = ConsentLedger(settings)
     ledger.init_demo()
     ledger.record([parse_fact(grant(REFERENCE, event_id="g1", personal_data={"full_name": NAME}))])
     sid = ledger.sid("demo", REFERENCE)
     ledger.close()
     keys = ApiKeys(keys_path(settings))
-    admin = {"Authorization": f"Bearer {keys.create('demo', {'admin'})[1]}"}
+    headers = {"Authorization": f"Bearer {keys.create('demo', {role})[1]}"}
     keys.close()
+    return sid, headers
+
+
+def test_an_erasure_over_http_is_journalled_by_the_services_writer(tmp_path: Path) -> None:
+    """`serve` records published facts in a writer process of its own: the erasure it
+    records there reaches the journal before its key goes."""
+    journal = tmp_path / "erasures.jsonl"
+    settings = Settings(data_dir=tmp_path / "data", erasure_journal=journal)
+    sid, admin = _granted_with_a_key(settings, "admin")
     server, base = serve(settings)
     try:
         erased = httpx.post(
@@ -208,14 +214,7 @@ def test_an_erasure_over_http_whose_journal_went_away_is_answered_503(tmp_path: 
     volume = tmp_path / "volume"
     volume.mkdir()
     settings = Settings(data_dir=tmp_path / "data", erasure_journal=volume / "erasures.jsonl")
-    ledger = ConsentLedger(settings)
-    ledger.init_demo()
-    ledger.record([parse_fact(grant(REFERENCE, event_id="g1", personal_data={"full_name": NAME}))])
-    sid = ledger.sid("demo", REFERENCE)
-    ledger.close()
-    keys = ApiKeys(keys_path(settings))
-    publisher = {"Authorization": f"Bearer {keys.create('demo', {'publisher'})[1]}"}
-    keys.close()
+    sid, publisher = _granted_with_a_key(settings, "publisher")
     server, base = serve(settings)
     try:
         shutil.rmtree(volume)
