@@ -6,6 +6,7 @@ import sys
 
 from bench import (
     due,
+    erasure_journal,
     http,
     ingest,
     instructions,
@@ -20,9 +21,10 @@ from bench import (
 
 def main() -> int:
     """`python -m bench [NAME] [options]`, NAME one of ingest, http, kafka, publish,
-    projections, due, register, instructions, memory, soak; with no name, the four timed
-    benchmarks (`instructions` needs valgrind and is run on its own; `memory` and `soak`
-    measure bytes, not time; `publish`, `due` and `register` time what no target names)."""
+    projections, due, register, journal, instructions, memory, soak; with no name, the four
+    timed benchmarks (`instructions` needs valgrind and is run on its own; `memory` and
+    `soak` measure bytes, not time; `publish`, `due`, `register` and `journal` time what no
+    target names)."""
     from ledger.runtime import tune
 
     tune()  # the same runtime tuning the consent-ledger command applies
@@ -47,6 +49,8 @@ def main() -> int:
         due.main(args[1:])
     elif args and args[0] == "register":
         register.main(args[1:])
+    elif args and args[0] == "journal":
+        erasure_journal.main(args[1:])
     else:
         ingest.main(args)
         http.main([])

@@ -83,6 +83,15 @@ SMALL = {
             "first page / plain query:",
         ],
     ),
+    "journal": (
+        ["--single", "5", "--batch", "10", "--journalled", "200", "--rounds", "1"],
+        [
+            "erasure, one per record(), no journal",
+            "key store opened, journal read on from its point",
+            "the journal's bytes read, unchecked",
+            "journal / no journal:",
+        ],
+    ),
     "memory": (["--facts", "600"], ["decoded events B/fact", "units: what the cache counts"]),
     "soak": (
         [
