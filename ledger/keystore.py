@@ -169,7 +169,13 @@ def load_master_key(settings: Settings) -> bytes:
             f"{path} is open to other users (mode {mode:04o}); it opens every subject's "
             "personal data: chmod 600 it, or give the key in LEDGER_MASTER_KEY"
         )
-    return decode_master_key(path.read_text().strip(), str(path))
+    try:
+        text = path.read_bytes().decode("ascii")
+    except UnicodeDecodeError:
+        # Not text at all (a file of raw bytes, another file put in its place): said as
+        # the base64 it must be, not as a traceback of every command.
+        text = "\x00"
+    return decode_master_key(text.strip(), str(path))
 
 
 def _create_master_key_file(path: Path) -> None:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from ledger.backup import Copied
 from ledger.backup_manifest import ManifestMismatch, check_signature, read_manifest
 from ledger.fsync import fsync_path, write_new_private
+from ledger.keystore import decode_master_key
 from ledger.settings import Settings, SettingsError
 from ledger.verify import VerifyResult
 
@@ -88,6 +89,11 @@ def restore(settings: Settings, backup: Path, master_key_file: Path | None) -> R
                 key = master_key_file.read_bytes()
             except OSError as e:
                 raise SettingsError(f"--master-key {master_key_file}: {e.strerror}") from None
+            # Checked here, so that a file that is no key is named as given, not as the
+            # hidden copy the ledger would open.
+            decode_master_key(
+                key.decode("ascii", "replace").strip(), f"--master-key {master_key_file}"
+            )
             write_new_private(making / "master.key", key)
         restored = _checked(dataclasses.replace(settings, data_dir=making), copied, manifest)
         fsync_path(making)

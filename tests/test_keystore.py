@@ -88,6 +88,26 @@ def test_a_master_key_file_others_can_read_is_refused(tmp_path: Path, mode: int)
     assert run(data, "verify").returncode == 0
 
 
+@pytest.mark.parametrize("content", [os.urandom(32), b"\xff\xfe not text", b"short"])
+def test_a_master_key_file_that_is_no_key_is_said_in_one_line(
+    tmp_path: Path, content: bytes
+) -> None:
+    """Raw bytes in master.key (the key written undecoded, another file put in its place)
+    were a UnicodeDecodeError traceback from every command; they are a configuration error
+    like any key that is not base64 of 32 bytes."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "master.key").write_bytes(content)
+    (data / "master.key").chmod(0o600)
+    out = run(data, "verify")
+    assert out.returncode == 2, out
+    assert out.stderr.strip() in (
+        f"consent-ledger: configuration: {data / 'master.key'} must be base64",
+        f"consent-ledger: configuration: {data / 'master.key'} must hold 32 bytes "
+        "(base64 of a 256-bit key)",
+    )
+
+
 def test_master_key_from_environment(tmp_path: Path) -> None:
     raw = os.urandom(32)
     settings = Settings(data_dir=tmp_path, master_key=base64.b64encode(raw).decode())

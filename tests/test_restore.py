@@ -116,7 +116,16 @@ def test_a_backup_whose_log_was_altered_is_not_restored(backed_up: tuple[Path, P
 
 
 @pytest.mark.parametrize(
-    "case", ["not empty", "not a backup", "no master key", "both", "another master key", "no file"]
+    "case",
+    [
+        "not empty",
+        "not a backup",
+        "no master key",
+        "both",
+        "another master key",
+        "no file",
+        "not a key",
+    ],
 )
 def test_a_restore_refused_leaves_nothing(backed_up: tuple[Path, Path], case: str) -> None:
     data, backup = backed_up
@@ -146,6 +155,10 @@ def test_a_restore_refused_leaves_nothing(backed_up: tuple[Path, Path], case: st
         assert run(other, "init").returncode == 0
         args[3] = str(other / "master.key")
         expected = "does not open"
+    elif case == "not a key":
+        (data.parent / "raw.key").write_bytes(b"\xe2" + bytes(31))
+        args[3] = str(data.parent / "raw.key")
+        expected = f"--master-key {data.parent / 'raw.key'} must be base64"
     elif case == "no file":
         args[3] = str(data.parent / "missing.key")
         expected = f"--master-key {data.parent / 'missing.key'}: No such file or directory"
