@@ -126,6 +126,25 @@ SCHEMAS: dict[str, Schema] = {
             )
         }
     ),
+    "Receipts": obj(
+        {
+            "results": array(
+                obj(
+                    {
+                        "index": INTEGER,
+                        "event_id": STRING,
+                        "recorded": BOOLEAN,
+                        "receipt": ref("Receipt"),
+                    },
+                    "receipt",
+                    description="One per event_id asked, in order: the fact's receipt as "
+                    "first given (duplicate: false) when it is recorded.",
+                )
+            ),
+            "recorded": INTEGER,
+            "not_recorded": INTEGER,
+        }
+    ),
     "Resolved": obj({"sid": SID}),
     "ConsentState": obj(CONSENT_STATE),
     "Consents": obj(

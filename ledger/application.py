@@ -431,6 +431,31 @@ class ConsentLedger(Application[UUID]):
             located.append(outcome)
         return located
 
+    def receipts(self, tenant: str, event_ids: Sequence[str]) -> dict[str, Receipt]:
+        """The receipts of the facts of `tenant` recorded under these event ids, as they
+        were first given (`duplicate` false), by event id; an event id not recorded (or
+        another tenant's, indistinguishable) is not among them.
+
+        A publisher that lost its answers (its process died, a connection broke) learns
+        which facts landed without sending them again, and a Kafka publisher, which gets no
+        answer at all, reconciles its event ids with the log.
+        """
+        found = self.ledger_recorder.find_facts(tenant, list(dict.fromkeys(event_ids)))
+        of_tenant = tenant_id(tenant)
+        receipts = [
+            Receipt(
+                event_id=event_id,
+                # A policy is the tenant's, not a subject's: no sid, as its receipt has none.
+                sid=None if indexed.originator_id == of_tenant else indexed.originator_id.hex,
+                position=indexed.position,
+                recorded_at=indexed.recorded_at,
+                hash=indexed.hash,
+            )
+            for event_id, indexed in found.items()
+            if indexed.recorded_at is not None  # a fact indexed with its event id has one
+        ]
+        return {r.event_id: r for r in self._located(list(receipts)) if isinstance(r, Receipt)}
+
     def forget(self, sids: Collection[UUID]) -> None:
         """Drop subjects from memory (after a failed append they hold unsaved events)."""
         for sid in sids:

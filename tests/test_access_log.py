@@ -140,8 +140,9 @@ def _demo_with_keys(settings: Settings) -> dict[str, dict[str, str]]:
 
 
 def test_answers_that_name_many_subjects_record_each_subject_they_named(tmp_path: Path) -> None:
-    """The campaign check, who had consent, the due list, the request register and a resolved
-    reference each disclose subjects without a sid in their path: each subject named is
+    """The campaign check, who had consent, the due list, the request register, a resolved
+    reference and a receipt looked up by event id each disclose subjects without a sid in
+    their path: each subject named is
     recorded, once a request, under the route; a refused request names no one and records
     nothing."""
     settings = Settings(data_dir=tmp_path / "data")
@@ -149,9 +150,10 @@ def test_answers_that_name_many_subjects_record_each_subject_they_named(tmp_path
     people = ["bulk.one@example.uz", "bulk.two@example.uz"]
     stranger = "never.granted@example.uz"
     with TestClient(create_app(settings)) as client:
-        sids = []
+        sids, event_ids = [], []
         for person in people:
             body = {k: v for k, v in grant(person).items() if k != "tenant"}
+            event_ids.append(body["event_id"])
             sids.append(
                 client.post("/v1/facts", json=body, headers=auth["publisher"]).json()["sid"]
             )
@@ -195,6 +197,12 @@ def test_answers_that_name_many_subjects_record_each_subject_they_named(tmp_path
         stranger_sid = client.post(
             "/v1/subjects:resolve", json={"subject": stranger}, headers=auth["compliance"]
         ).json()["sid"]
+        looked_up = client.post(
+            "/v1/facts:lookup",
+            json={"event_ids": [event_ids[1], "never-sent"]},
+            headers=auth["publisher"],
+        )
+        assert looked_up.json()["results"][0]["receipt"]["sid"] == sids[1]
 
     def seen(sid: str) -> list[tuple[str, str, int]]:
         with contextlib.closing(AccessLog(settings.access_log_path)) as log:
@@ -208,6 +216,7 @@ def test_answers_that_name_many_subjects_record_each_subject_they_named(tmp_path
         ("GET", "/v1/due", 200),
         ("GET", "/v1/requests", 200),
         resolve_row,
+        ("POST", "/v1/facts:lookup", 200),
     ]
     assert seen(stranger_sid) == [check_row, resolve_row]
     stored = b"".join(p.read_bytes() for p in settings.data_dir.glob("access.db*"))

@@ -66,6 +66,10 @@ def test_every_route_answers_as_its_document_says(client: TestClient) -> None:
         json={"facts": [new, {**new, "purposes": ["lottery"], "event_id": "answers-2"}, 7]},
     )
     assert [r["status"] for r in batch["results"]] == [200, 422, 422]
+    looked_up = holds(
+        c, "POST", "/v1/facts:lookup", "/v1/facts:lookup", json={"event_ids": ["answers-1", "x"]}
+    )
+    assert [r["recorded"] for r in looked_up["results"]] == [True, False]
     for sid in sids.values():
         for route in ("consents", "trail", "report", "evidence", "accesses"):
             holds(c, "GET", f"/v1/subjects/{{sid}}/{route}", f"/v1/subjects/{sid}/{route}")

@@ -54,7 +54,8 @@ def world(
     ledger.record([parse_fact({**seed_policy_fact("acme-policy"), "tenant": "acme"})])
     sids = {}
     for tenant in ("demo", "acme"):
-        [receipt] = ledger.record([parse_fact(grant("person-1", tenant=tenant))])
+        person = grant("person-1", tenant=tenant, event_id="person-1-grant")
+        [receipt] = ledger.record([parse_fact(person)])
         assert not isinstance(receipt, Exception)
         assert receipt.sid is not None
         sids[tenant] = receipt.sid
@@ -103,6 +104,13 @@ ROUTES: list[dict[str, Any]] = [
         "path": "/v1/facts:batch",
         "body": lambda: {"facts": [fresh_grant()]},
         "roles": {"publisher", "admin"},
+        "ok": 200,
+    },
+    {
+        "method": "POST",
+        "path": "/v1/facts:lookup",
+        "body": {"event_ids": ["person-1-grant", "never-sent"]},
+        "roles": set(ROLES),
         "ok": 200,
     },
     {
@@ -338,6 +346,43 @@ def test_publishing_is_idempotent_and_conflicts_are_409(world: World) -> None:
         "/v1/facts", json={**fresh_grant(), "tenant": "acme"}, headers=headers
     )
     assert other_tenant.status_code == 422 and other_tenant.json()["code"] == "tenant_mismatch"
+
+
+def test_receipts_are_looked_up_by_event_id_within_the_tenant(world: World) -> None:
+    """A publisher that lost its answers learns which facts landed, each receipt as first
+    given, on both backends; another tenant's event ids read as never recorded."""
+    publisher = {"Authorization": f"Bearer {world.keys[('demo', 'publisher')]}"}
+    facts = [fresh_grant(), fresh_grant()]
+    results = world.client.post("/v1/facts:batch", json={"facts": facts}, headers=publisher)
+    first = [r["receipt"] for r in results.json()["results"]]
+    asked = [facts[1]["event_id"], "never-sent", facts[0]["event_id"], facts[1]["event_id"]]
+    for role in ROLES:
+        headers = {"Authorization": f"Bearer {world.keys[('demo', role)]}"}
+        found = world.client.post("/v1/facts:lookup", json={"event_ids": asked}, headers=headers)
+        assert found.status_code == 200, found.text
+        answer = found.json()
+        assert (answer["recorded"], answer["not_recorded"]) == (3, 1)
+        assert answer["results"] == [
+            {"index": 0, "event_id": asked[0], "recorded": True, "receipt": first[1]},
+            {"index": 1, "event_id": "never-sent", "recorded": False},
+            {"index": 2, "event_id": asked[2], "recorded": True, "receipt": first[0]},
+            {"index": 3, "event_id": asked[3], "recorded": True, "receipt": first[1]},
+        ]
+    acme = {"Authorization": f"Bearer {world.keys[('acme', 'publisher')]}"}
+    theirs = world.client.post("/v1/facts:lookup", json={"event_ids": asked}, headers=acme).json()
+    assert [r["recorded"] for r in theirs["results"]] == [False] * 4
+    for body, code, field in [
+        ({"event_ids": []}, "invalid_field", "event_ids"),
+        ({"event_ids": ["x"] * 1001}, "invalid_field", "event_ids"),
+        ({"event_ids": ["x" * 129]}, "invalid_field", "event_ids.0"),
+        ({"event_ids": [5]}, "invalid_field", "event_ids.0"),
+        ({}, "missing_field", "event_ids"),
+        ({"event_ids": ["x"], "tenant": "acme"}, "invalid_field", "tenant"),
+    ]:
+        refused = world.client.post("/v1/facts:lookup", json=body, headers=publisher)
+        assert refused.status_code == 422, refused.text
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert (refused.json()["code"], refused.json().get("field")) == (code, field)
 
 
 @pytest.mark.parametrize(

@@ -1200,3 +1200,53 @@ def test_the_worker_on_the_embedded_default_says_it_runs_in_kafka_mode(tmp_path:
         "consent-ledger: the worker runs in Kafka mode: set LEDGER_BACKEND=kafka and "
         "KAFKA_BOOTSTRAP\n"
     )
+
+
+def test_receipts_are_found_again_by_event_id_without_sending_the_facts(data: Path) -> None:
+    """A publisher that lost its answers asks by event id: each recorded fact's receipt, as
+    first given, and which ids were never recorded (refused, or another tenant's), exit 3."""
+    assert run(data, "tenants", "create", "acme").returncode == 0
+    facts = [
+        grant("rc-1", event_id="rc-grant"),
+        withdraw("rc-1", event_id="rc-withdraw", occurred_at="2025-03-02T10:00:00+05:00"),
+        policy("crmpro-9.0", event_id="rc-policy"),
+        grant("rc-2", event_id="rc-refused", purposes=("lottery",)),
+        grant("rc-3", event_id="rc-acme", tenant="acme", policy_version="none-such"),
+    ]
+    recorded = run(data, "record", stdin="\n".join(orjson.dumps(f).decode() for f in facts))
+    assert recorded.returncode == 1, recorded.stderr
+    answers = {a["index"]: a for a in lines(recorded.stdout)}
+    receipts = {facts[i]["event_id"]: answers[i]["receipt"] for i in (0, 1, 2)}
+    assert receipts["rc-policy"]["sid"] is None  # the tenant's fact, not a subject's
+    asked = ["rc-grant", "rc-policy", "rc-refused", "rc-acme", "never-sent", "rc-withdraw"]
+    out = run(data, "receipts", "--tenant", "demo", "--json", stdin="\n".join(asked) + "\n")
+    assert out.returncode == 3, out.stderr
+    assert out.stderr.strip() == "consent-ledger: 3 of 6 event ids not recorded"
+    answer = orjson.loads(out.stdout)
+    assert (answer["recorded"], answer["not_recorded"]) == (3, 3)
+    assert [(r["index"], r["line"], r["event_id"]) for r in answer["results"]] == [
+        (i, i + 1, e) for i, e in enumerate(asked)
+    ]
+    found = {r["event_id"]: r.get("receipt") for r in answer["results"] if r["recorded"]}
+    assert found == receipts
+    assert [r["recorded"] for r in answer["results"]] == [True, True, False, False, False, True]
+    # Blank lines are skipped, each id keeps its line; all found: exit 0, a line each.
+    text = run(data, "receipts", "--tenant", "demo", stdin="rc-grant\n\nrc-withdraw\r\n")
+    assert text.returncode == 0, text.stderr
+    said = text.stdout.splitlines()
+    assert said[0].startswith(
+        f"line 1: rc-grant: recorded at {receipts['rc-grant']['recorded_at']}"
+    )
+    assert said[1].startswith("line 3: rc-withdraw: recorded at ")
+    assert said[0].endswith(f"sid {receipts['rc-grant']['sid']}")
+    # Another tenant's key to the same ids finds none of the demo tenant's facts.
+    other = run(data, "receipts", "--tenant", "acme", stdin="rc-grant\n")
+    assert other.returncode == 3 and "rc-grant: not recorded" in other.stdout
+    for stdin, args, status, said_so in [
+        ("x\n", ("--tenant", "nobody"), 3, "no such tenant"),
+        ("\n\n", ("--tenant", "demo"), 2, "- holds no event ids (one per line)"),
+        ("ok\n" + "x" * 129, ("--tenant", "demo"), 2, "line 2 is not an event id"),
+    ]:
+        refused = run(data, "receipts", *args, stdin=stdin)
+        assert refused.returncode == status and said_so in refused.stderr, refused.stderr
+        assert len(refused.stderr.splitlines()) == 1

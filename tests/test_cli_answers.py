@@ -3,9 +3,9 @@
 Each read command is run as a real process on the data directory the app serves, and its
 answer compared with the route's, whole. Set aside: the instant of asking where the question
 names none (`as_of` of a report, of the due list, of the request register), and what the
-command line adds for its own reader, documented in the README (a campaign check's `line`
-in the file; who had consent's `at`). `verify` is asked with `--tenant`, as the route
-answers for its caller's tenant.
+command line adds for its own reader, documented in the README (a campaign check's and a
+receipts lookup's `line` in the file; who had consent's `at`). `verify` is asked with
+`--tenant`, as the route answers for its caller's tenant.
 """
 
 from __future__ import annotations
@@ -99,6 +99,13 @@ CASES: list[tuple[str, tuple[str, ...], str, Any, tuple[str, ...]]] = [
         None,
         ("as_of", "next"),  # the cursor holds the instant of its page
     ),
+    (
+        "receipts",
+        ("receipts", "-"),
+        "/v1/facts:lookup",
+        {"event_ids": ["grant-00000", "fix-00003", "erase-00007", "grant-00000"]},
+        ("line",),
+    ),
     ("verify", ("verify",), "/v1/verify", None, ()),
     ("policies list", ("policies", "list"), "/v1/policies", None, ()),
     ("policies show", ("policies", "show", V2), f"/v1/policies/{V2}", None, ()),
@@ -126,7 +133,8 @@ def test_a_read_command_prints_its_routes_answer(
     data, client, sid = served
     args = [a.format(sid=sid) for a in command]
     args += ["--tenant", "demo"]
-    printed = run(data, *args, "--json", stdin="\n".join(RECIPIENTS) + "\n" if body else None)
+    given = (body.get("subjects") or body.get("event_ids")) if body else None
+    printed = run(data, *args, "--json", stdin="\n".join(given) + "\n" if given else None)
     assert printed.returncode == 0, printed.stderr
     path = route.format(sid=sid)
     answered = client.post(path, json=body) if body is not None else client.get(path)

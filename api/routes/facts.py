@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.answers import answer
-from api.deps import SCHEME, Service, authorized, service_of
+from api.deps import SCHEME, Disclosed, Service, authorized, disclosed, role, service, service_of
+from api.keys import Principal
 from api.problems import Problem, problem_body, status_of
 from api.responses import OrjsonResponse
 from ledger.envelope import Fact, Received, check_size, named_twice, parse_fact, without_bom
@@ -161,6 +163,40 @@ async def record_batch(
                 }
             )
     return OrjsonResponse({"results": results})
+
+
+class Lookup(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    event_ids: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
+        min_length=1, max_length=MAX_BATCH
+    )
+
+
+@router.post("/v1/facts:lookup", response_model=None, responses={200: answer("Receipts")})
+def lookup(
+    body: Lookup,
+    principal: Annotated[Principal, role("publisher", "compliance", "admin")],
+    svc: Annotated[Service, Depends(service)],
+    disclose: Annotated[Disclosed, Depends(disclosed)],
+) -> OrjsonResponse:
+    """The receipts of facts of the key's tenant, by `event_id` (up to 1,000), as they were
+    first given: a publisher that lost its answers, or published to the Kafka intake topic
+    and got none, learns which facts the ledger recorded without sending them again. An
+    `event_id` not recorded (not yet, refused, or another tenant's) reads `recorded: false`;
+    a refusal's reason is in the answer that refused it, or on the rejected topic."""
+    found = svc.ledger.receipts(principal.tenant, body.event_ids)
+    results = []
+    for i, event_id in enumerate(body.event_ids):
+        receipt = found.get(event_id)
+        result: dict[str, Any] = {"index": i, "event_id": event_id, "recorded": bool(receipt)}
+        if receipt is not None:
+            result["receipt"] = receipt.as_dict()
+        results.append(result)
+    disclose(r.sid for r in found.values() if r.sid is not None)
+    recorded = sum(1 for r in results if r["recorded"])
+    return OrjsonResponse(
+        {"results": results, "recorded": recorded, "not_recorded": len(results) - recorded}
+    )
 
 
 def counted(svc: Service, outcomes: Sequence[Outcome]) -> None:

@@ -7,13 +7,14 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from ledger.cli.common import (
     EXIT_BROKEN,
     EXIT_INTERRUPTED,
+    EXIT_NOT_FOUND,
     EXIT_REJECTED,
     EXIT_UNAVAILABLE,
     CliError,
@@ -23,6 +24,8 @@ from ledger.cli.common import (
     fail,
     json_text,
     open_ledger,
+    print_json,
+    read_input,
     say,
 )
 from ledger.cli.subjects import print_trail
@@ -64,6 +67,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--no-wait", action="store_true", help="print where each fact was published")
     p.set_defaults(run=cmd_publish)
+
+    p = sub.add_parser(
+        "receipts", help="the receipts of recorded facts, by event_id; which were not recorded"
+    )
+    p.add_argument("file", nargs="?", default="-", metavar="FILE|-", help="event ids, one per line")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_receipts)
 
 
 def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
@@ -207,6 +218,71 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
     if answers.rejected:
         return fail(answers.refused(), EXIT_REJECTED)
     return 0
+
+
+# Event ids looked up at a time, as `POST /v1/facts:lookup` takes them.
+LOOKUP_BATCH = 1000
+
+
+def cmd_receipts(args: argparse.Namespace, settings: Settings) -> int:
+    """A publisher that lost its answers (or published to Kafka, which gives none) learns
+    which of its facts the ledger recorded, with their receipts, without sending them again.
+
+    Each line is an event id exactly as published (only the line break is not part of it):
+    trimmed, an id with a space at either end would be reported not recorded. Exit status
+    3 when any is not recorded, so a script can publish those again.
+    """
+    try:
+        text = read_input(args.file).decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise CliError(f"{args.file} is not UTF-8 text") from None
+    numbered = [(n, line.rstrip("\r")) for n, line in enumerate(text.split("\n"), 1)]
+    numbered = [(n, line) for n, line in numbered if line.strip()]
+    if not numbered:
+        raise CliError(f"{args.file} holds no event ids (one per line)")
+    for n, line in numbered:
+        if len(line) > 128:
+            raise CliError(f"line {n} is not an event id (1 to 128 characters)")
+    ledger = open_ledger(settings)
+    try:
+        if ledger.tenant(args.tenant, shared=True) is None:
+            raise CliError("no such tenant", EXIT_NOT_FOUND)
+        ids = [line for _, line in numbered]
+        found: dict[str, Receipt] = {}
+        for start in range(0, len(ids), LOOKUP_BATCH):
+            found.update(ledger.receipts(args.tenant, ids[start : start + LOOKUP_BATCH]))
+    finally:
+        ledger.close()
+    results: list[dict[str, Any]] = []
+    for i, (n, event_id) in enumerate(numbered):
+        receipt = found.get(event_id)
+        result: dict[str, Any] = {"index": i, "line": n, "event_id": event_id}
+        result["recorded"] = receipt is not None
+        if receipt is not None:
+            result["receipt"] = receipt.as_dict()
+        results.append(result)
+        if not args.json:
+            say(f"line {n}: {event_id}: {_where(receipt)}")
+    missing = sum(1 for r in results if not r["recorded"])
+    if args.json:
+        print_json(
+            {"results": results, "recorded": len(results) - missing, "not_recorded": missing}
+        )
+    if missing:
+        return fail(f"{missing} of {len(results)} event ids not recorded", EXIT_NOT_FOUND)
+    return 0
+
+
+def _where(receipt: Receipt | None) -> str:
+    if receipt is None:
+        return "not recorded"
+    place = (
+        f"position {receipt.position}"
+        if receipt.partition is None
+        else f"partition {receipt.partition} offset {receipt.position}"
+    )
+    of = f", sid {receipt.sid}" if receipt.sid is not None else ""  # a policy has none
+    return f"recorded at {receipt.recorded_at}, {place}{of}"
 
 
 def _outcomes(

@@ -48,7 +48,6 @@ from ledger.kafka.recorder import KafkaLedgerRecorder, KafkaLink, LedgerUnavaila
 from ledger.kafka.rejected import by_the_ledger
 from ledger.kafka.topics import RECORD_LIMIT
 from ledger.receipt import Receipt
-from ledger.tenant import tenant_id
 
 
 class NotConsumed(TimeoutError):
@@ -485,29 +484,17 @@ KEPT_FOR_UP_TO = 100
 def _receipt(
     ledger: ConsentLedger, p: Published, ledger_ends: Mapping[int, int]
 ) -> Receipt | FactRejected:
-    indexed = (
-        ledger.ledger_recorder.find_facts(p.tenant, [p.event_id]).get(p.event_id)
-        if p.tenant and p.event_id
-        else None
+    found = (
+        ledger.receipts(p.tenant, [p.event_id]).get(p.event_id) if p.tenant and p.event_id else None
     )
-    if indexed is None or indexed.recorded_at is None:
+    if found is None:
         # Committed past, neither rejected nor in the ledger: only a retry of a fact that
         # had been refused before can end like that — or the record was not ours to find.
         return FactRejected(Code.PROCESSING_FAILED, "no outcome was found for this fact")
-    where = ledger.ledger_recorder.log_coordinates([indexed.position]).get(indexed.position)
-    partition, position = where if where is not None else (None, indexed.position)
-    # A policy is the tenant's, not a subject's: no sid, as `record` and HTTP answer it
-    # (this gave the tenant's aggregate id as a sid).
-    of_tenant = indexed.originator_id == tenant_id(p.tenant or "")
-    return Receipt(
-        event_id=p.event_id or "",
-        sid=None if of_tenant else indexed.originator_id.hex,
-        position=position,
-        recorded_at=indexed.recorded_at,
-        hash=indexed.hash,
-        partition=partition,
-        # In the ledger before this was published: a retry, answered as `record` answers it.
-        duplicate=partition is not None and position < ledger_ends.get(partition, 0),
+    # In the ledger before this was published: a retry, answered as `record` answers it.
+    return found._replace(
+        duplicate=found.partition is not None
+        and found.position < ledger_ends.get(found.partition, 0)
     )
 
 
