@@ -1242,6 +1242,9 @@ def test_receipts_are_found_again_by_event_id_without_sending_the_facts(data: Pa
     # Another tenant's key to the same ids finds none of the demo tenant's facts.
     other = run(data, "receipts", "--tenant", "acme", stdin="rc-grant\n")
     assert other.returncode == 3 and "rc-grant: not recorded" in other.stdout
+    # An id is shown, never obeyed: a terminal escape in the input is written escaped.
+    escaped = run(data, "receipts", "--tenant", "demo", stdin="\x1b[2Jrc\n")
+    assert escaped.stdout == "line 1: \\u001b[2Jrc: not recorded\n"
     for stdin, args, status, said_so in [
         ("x\n", ("--tenant", "nobody"), 3, "no such tenant"),
         ("\n\n", ("--tenant", "demo"), 2, "- holds no event ids (one per line)"),
