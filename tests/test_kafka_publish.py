@@ -112,6 +112,23 @@ def test_publish_through_intake_to_a_running_worker(tmp_path: Path, kafka_bootst
         trail = cli(env, "trail", "pub-1", "--tenant", "demo", "--json")
         assert [f["event_id"] for f in orjson.loads(trail.stdout)["facts"]] == ["p1", "p3"]
 
+        # Asked later by event id: what landed, and why the intake writer refused the rest.
+        asked = cli(env, "receipts", "--tenant", "demo", "--json", stdin="p1\np2\np3\nnever\n")
+        assert asked.returncode == 3, asked.stderr
+        assert asked.stderr.strip() == (
+            "consent-ledger: 2 of 4 event ids not recorded (1 refused by the intake writer: "
+            "see stdout)"
+        )
+        results = orjson.loads(asked.stdout)["results"]
+        assert results[0]["receipt"] == lines[0]["receipt"]
+        assert results[2]["receipt"] == lines[3]["receipt"]
+        refused = results[1]["refused"]
+        assert {k: refused[k] for k in ("code", "message", "field")} == lines[2]["rejected"]
+        assert refused["source"]["partition"] == lines[0]["receipt"]["partition"]  # one subject
+        assert results[3] == {"index": 3, "line": 4, "event_id": "never", "recorded": False}
+        told = cli(env, "receipts", "--tenant", "demo", stdin="p2\n").stdout
+        assert told.startswith("line 1: p2: not recorded: refused, purpose_not_in_force: ")
+
 
 def test_publish_reads_sends_and_answers_a_batch_at_a_time(
     tmp_path: Path, kafka_bootstrap: str
@@ -268,6 +285,54 @@ def test_records_on_the_rejected_topic_that_are_not_ours_are_passed_over() -> No
     assert _refusal(unsigned, link, wanted) is None
     found = _refusal(record(orjson.dumps(ours)), link, wanted)
     assert found is not None and found[0] == (0, 7) and found[1].code.value == "invalid_json"
+
+
+def test_a_refusal_found_by_event_id_is_the_ledgers_of_that_tenant_and_intake_topic() -> None:
+    from ledger.kafka.recorder import KafkaLink
+    from ledger.kafka.records import MAC_HEADER, record_mac
+    from ledger.kafka.rejected import _refusal_of
+    from ledger.kafka.topics import Topics
+
+    link = KafkaLink("unused:9092", Topics.of("p"), 1, b"k" * 32)
+    source = {"topic": "p.intake", "partition": 2, "offset": 7}
+    ours = {
+        "code": "unknown_purpose",
+        "message": "m",
+        "field": "purposes",
+        "source": source,
+        "tenant": "demo",
+        "event_id": "e1",
+    }
+
+    def record(body: object, mac_key: bytes = link.record_key) -> SimpleNamespace:
+        key, value, headers = b"p.intake/2/7", orjson.dumps(body), {"code": b"unknown_purpose"}
+        mac = record_mac(mac_key, key, value, headers)
+        return SimpleNamespace(
+            key=key, value=value, headers=[*headers.items(), (MAC_HEADER, mac)], timestamp=5
+        )
+
+    for body in [
+        "not an object",
+        [1],
+        {**ours, "tenant": "acme"},  # another tenant's fact of the same event id
+        {**ours, "event_id": "e2"},
+        {**ours, "event_id": ["e1"]},
+        {**ours, "source": {**source, "topic": "q.intake"}},  # another intake topic
+        {**ours, "code": "no_such_code"},
+        {k: v for k, v in ours.items() if k != "source"},
+    ]:
+        assert _refusal_of(record(body), link, "demo", {"e1"}) is None, body
+    assert _refusal_of(record(ours, b"x" * 32), link, "demo", {"e1"}) is None  # not the ledger's
+    found = _refusal_of(record(ours), link, "demo", {"e1"})
+    assert found is not None
+    event_id, refusal = found
+    assert event_id == "e1" and refusal.as_dict() == {
+        "code": "unknown_purpose",
+        "message": "m",
+        "field": "purposes",
+        "source": {"partition": 2, "offset": 7},
+        "rejected_at": "1970-01-01T00:00:00.005000+00:00",
+    }
 
 
 def test_an_answer_names_no_refusal_of_an_intake_topic_made_before(

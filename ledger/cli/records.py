@@ -35,7 +35,9 @@ from ledger.receipt import ErasureNotOverwritten, Receipt
 from ledger.settings import Settings
 
 if TYPE_CHECKING:
+    from ledger.application import ConsentLedger
     from ledger.kafka.publish import Before, Outcomes, Published
+    from ledger.kafka.rejected import Refusal
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -69,7 +71,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(run=cmd_publish)
 
     p = sub.add_parser(
-        "receipts", help="the receipts of recorded facts, by event_id; which were not recorded"
+        "receipts",
+        help="the receipts of recorded facts, by event_id; which were not recorded (Kafka "
+        "mode: and why the intake writer refused them)",
     )
     p.add_argument("file", nargs="?", default="-", metavar="FILE|-", help="event ids, one per line")
     p.add_argument("--tenant", required=True)
@@ -251,29 +255,54 @@ def cmd_receipts(args: argparse.Namespace, settings: Settings) -> int:
         found: dict[str, Receipt] = {}
         for start in range(0, len(ids), LOOKUP_BATCH):
             found.update(ledger.receipts(args.tenant, ids[start : start + LOOKUP_BATCH]))
+        refusals = _refusals(ledger, args.tenant, [i for i in ids if i not in found])
     finally:
         ledger.close()
     results: list[dict[str, Any]] = []
     for i, (n, event_id) in enumerate(numbered):
-        receipt = found.get(event_id)
+        receipt, refusal = found.get(event_id), refusals.get(event_id)
         result: dict[str, Any] = {"index": i, "line": n, "event_id": event_id}
         result["recorded"] = receipt is not None
         if receipt is not None:
             result["receipt"] = receipt.as_dict()
+        elif refusal is not None:
+            result["refused"] = refusal.as_dict()
         results.append(result)
         if not args.json:
-            say(f"line {n}: {event_id}: {_where(receipt)}")
+            say(f"line {n}: {event_id}: {_where(receipt, refusal)}")
     missing = sum(1 for r in results if not r["recorded"])
     if args.json:
         print_json(
             {"results": results, "recorded": len(results) - missing, "not_recorded": missing}
         )
     if missing:
-        return fail(f"{missing} of {len(results)} event ids not recorded", EXIT_NOT_FOUND)
+        refused = sum(1 for r in results if "refused" in r)
+        said = f" ({refused} refused by the intake writer: see stdout)" if refused else ""
+        return fail(f"{missing} of {len(results)} event ids not recorded{said}", EXIT_NOT_FOUND)
     return 0
 
 
-def _where(receipt: Receipt | None) -> str:
+def _refusals(ledger: ConsentLedger, tenant: str, missing: list[str]) -> dict[str, Refusal]:
+    """Kafka mode: why the intake writer refused those of the missing facts that were
+    published to the intake topic, while the rejected topic keeps them. Embedded mode keeps
+    no refusal: each was in the answer that refused it."""
+    from ledger.kafka.recorder import KafkaLedgerRecorder
+    from ledger.kafka.rejected import refusals_of
+
+    recorder = ledger.ledger_recorder
+    if not missing or not isinstance(recorder, KafkaLedgerRecorder):
+        return {}
+    return refusals_of(recorder.link, tenant, missing)
+
+
+def _where(receipt: Receipt | None, refusal: Refusal | None = None) -> str:
+    if receipt is None and refusal is not None:
+        why = refusal.refused
+        at = refusal.as_dict()["rejected_at"]
+        return (
+            f"not recorded: refused, {why.code.value}: {why.message} (intake partition "
+            f"{refusal.partition} offset {refusal.offset}, at {at})"
+        )
     if receipt is None:
         return "not recorded"
     place = (

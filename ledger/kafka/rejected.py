@@ -13,13 +13,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from typing import Any
+from collections.abc import Collection, Iterator
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
 
 import orjson
 from kafka.consumer.fetcher import ConsumerRecord
 
 from ledger.envelope import Fact
-from ledger.errors import FactRejected
+from ledger.errors import Code, FactRejected
 from ledger.kafka.reachable import BrokerWatch
 from ledger.kafka.reading import ReadTimedOut, from_the_beginning
 from ledger.kafka.recorder import KafkaLink, LedgerUnavailable
@@ -94,27 +96,88 @@ def rejected_positions(link: KafkaLink, intake_id: str) -> dict[int, int]:
     found: dict[int, int] = {}
     wanted = intake_id.encode()
     prefix = f"{link.topics.intake}/".encode()
+    for record in _every_rejected(link, "consent-ledger-intake-positions"):
+        key = record.key or b""
+        if not key.startswith(prefix):
+            continue
+        said = dict(record.headers or [])
+        if said.get(SOURCE_TOPIC_ID_HEADER) != wanted or not by_the_ledger(record, link.record_key):
+            continue
+        try:
+            partition, offset = (int(n) for n in key[len(prefix) :].split(b"/"))
+        except ValueError:
+            continue
+        found[partition] = max(found.get(partition, 0), offset + 1)
+    return found
+
+
+def _every_rejected(link: KafkaLink, client_id: str) -> Iterator[Any]:
+    """Every committed record of the rejected topic, from its beginning to where it ended
+    when the read started; a broker that does not answer is the ledger unavailable."""
     try:
-        for record in from_the_beginning(
+        yield from from_the_beginning(
             link.bootstrap,
             link.topics.rejected,
             timeout_s=link.catch_up_timeout_s,
-            client_id="consent-ledger-intake-positions",
+            client_id=client_id,
             away=BrokerWatch(link.bootstrap),
-        ):
-            key = record.key or b""
-            if not key.startswith(prefix):
-                continue
-            said = dict(record.headers or [])
-            if said.get(SOURCE_TOPIC_ID_HEADER) != wanted or not by_the_ledger(
-                record, link.record_key
-            ):
-                continue
-            try:
-                partition, offset = (int(n) for n in key[len(prefix) :].split(b"/"))
-            except ValueError:
-                continue
-            found[partition] = max(found.get(partition, 0), offset + 1)
+        )
     except ReadTimedOut as error:
         raise LedgerUnavailable(f"the rejected topic could not be read: {error}") from error
+
+
+class Refusal(NamedTuple):
+    """The intake writer's refusal of a fact, as the rejected topic holds it."""
+
+    refused: FactRejected
+    partition: int  # of the intake topic, where the refused record was
+    offset: int
+    rejected_ms: int  # when the rejected topic took it (LogAppendTime), ms since the epoch
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            **self.refused.as_dict(),
+            "source": {"partition": self.partition, "offset": self.offset},
+            "rejected_at": datetime.fromtimestamp(self.rejected_ms / 1000, UTC).isoformat(),
+        }
+
+
+def refusals_of(link: KafkaLink, tenant: str, event_ids: Collection[str]) -> dict[str, Refusal]:
+    """The latest refusal the rejected topic holds (under the ledger's MAC) of a fact of
+    `tenant` published to this intake topic under each of these event ids: the whole topic
+    is read, as far back as its retention keeps (LEDGER_REJECTED_RETENTION_MS). A record
+    that did not parse names no tenant or event id, and is found by its place only."""
+    wanted = set(event_ids)
+    found: dict[str, Refusal] = {}
+    if not wanted:
+        return found
+    for record in _every_rejected(link, "consent-ledger-receipts"):
+        refusal = _refusal_of(record, link, tenant, wanted)
+        if refusal is None:
+            continue
+        event_id, said = refusal
+        earlier = found.get(event_id)
+        if earlier is None or said.rejected_ms >= earlier.rejected_ms:
+            found[event_id] = said
     return found
+
+
+def _refusal_of(
+    record: Any, link: KafkaLink, tenant: str, wanted: set[str]
+) -> tuple[str, Refusal] | None:
+    if not by_the_ledger(record, link.record_key):
+        return None  # anyone who may write to the topic could otherwise refuse a fact here
+    try:
+        body = orjson.loads(record.value or b"")
+        event_id = body.get("event_id")
+        source = body["source"]
+        if body.get("tenant") != tenant or event_id not in wanted:
+            return None
+        if source["topic"] != link.topics.intake:
+            return None
+        refused = FactRejected(Code(body["code"]), body["message"], body.get("field"))
+        return event_id, Refusal(
+            refused, int(source["partition"]), int(source["offset"]), int(record.timestamp)
+        )
+    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
+        return None
