@@ -181,9 +181,7 @@ def create_app(
             projection_lag=projection_lag(service),
             writer_restarts=None if process is None else process.restarts,
             open_requests=open_requests(service),
-            intake_expired_unread=(
-                None if service.intake is None else service.intake.writer.stats.expired_unread
-            ),
+            intake=None if service.intake is None else service.intake.writer.stats,
         )
 
     plain_openapi = app.openapi

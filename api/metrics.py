@@ -5,6 +5,10 @@ from __future__ import annotations
 import threading
 from bisect import bisect_left
 from collections import Counter
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ledger.kafka.intake import IntakeStats
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -43,7 +47,7 @@ class Metrics:
         projection_lag: int,
         writer_restarts: int | None = None,
         open_requests: dict[str, int] | None = None,
-        intake_expired_unread: int | None = None,
+        intake: IntakeStats | None = None,
     ) -> str:
         lines = [
             "# HELP ledger_http_requests_total HTTP requests by route, method and status.",
@@ -79,10 +83,11 @@ class Metrics:
                     f"{self.latency_count[route]}"
                 )
             lines += [
-                "# HELP ledger_facts_accepted_total Facts recorded.",
+                "# HELP ledger_facts_accepted_total Facts published over HTTP and recorded "
+                "(retries answered with their first receipt not counted).",
                 "# TYPE ledger_facts_accepted_total counter",
                 f"ledger_facts_accepted_total {self.accepted['fact']}",
-                "# HELP ledger_facts_refused_total Facts refused, by code.",
+                "# HELP ledger_facts_refused_total Facts published over HTTP and refused, by code.",
                 "# TYPE ledger_facts_refused_total counter",
             ]
             for code, n in sorted(self.refused.items()):
@@ -103,13 +108,8 @@ class Metrics:
                 f'ledger_subject_requests{{state="{state}"}} {n}'
                 for state, n in open_requests.items()
             ]
-        if intake_expired_unread is not None:  # Kafka mode's intake writer thread
-            lines += [
-                "# HELP ledger_intake_expired_unread_total Intake offsets deleted by the intake "
-                "topic's retention before the writer read them: published facts lost.",
-                "# TYPE ledger_intake_expired_unread_total counter",
-                f"ledger_intake_expired_unread_total {intake_expired_unread}",
-            ]
+        if intake is not None:  # Kafka mode's intake writer thread
+            lines += intake_lines(intake)
         if writer_restarts is not None:  # embedded mode's writer process (api.writer_process)
             lines += [
                 "# HELP ledger_writer_restarts_total Writer processes started after one ended.",
@@ -117,3 +117,40 @@ class Metrics:
                 f"ledger_writer_restarts_total {writer_restarts}",
             ]
         return "\n".join(lines) + "\n"
+
+
+def intake_lines(intake: IntakeStats) -> list[str]:
+    """What the intake writer counts of the facts it took from the intake topic, and how far
+    behind the topic's end it is: the HTTP counters above see none of those facts."""
+    lines = [
+        "# HELP ledger_intake_facts_accepted_total Facts taken from the intake topic and recorded.",
+        "# TYPE ledger_intake_facts_accepted_total counter",
+        f"ledger_intake_facts_accepted_total {intake.accepted}",
+        "# HELP ledger_intake_facts_duplicate_total Facts taken from the intake topic that "
+        "the ledger already held under their event_id: recorded once, before.",
+        "# TYPE ledger_intake_facts_duplicate_total counter",
+        f"ledger_intake_facts_duplicate_total {intake.duplicates}",
+        "# HELP ledger_intake_facts_refused_total Records of the intake topic refused (to "
+        "the rejected topic), by code.",
+        "# TYPE ledger_intake_facts_refused_total counter",
+    ]
+    for code, n in sorted(dict(intake.rejected).items()):
+        lines.append(f'ledger_intake_facts_refused_total{{code="{code}"}} {n}')
+    lines += [
+        "# HELP ledger_intake_keyed_by_reference_total Intake records keyed by their "
+        "subject's reference in the clear (recorded all the same; the publisher should key "
+        "by a hash).",
+        "# TYPE ledger_intake_keyed_by_reference_total counter",
+        f"ledger_intake_keyed_by_reference_total {intake.keyed_by_reference}",
+        "# HELP ledger_intake_expired_unread_total Intake offsets deleted by the intake "
+        "topic's retention before the writer read them: published facts lost.",
+        "# TYPE ledger_intake_expired_unread_total counter",
+        f"ledger_intake_expired_unread_total {intake.expired_unread}",
+        "# HELP ledger_intake_lag Offsets of the intake topic the writer has not committed "
+        "yet, by partition, as of its last poll (records not taken yet, and any transaction "
+        "markers among them).",
+        "# TYPE ledger_intake_lag gauge",
+    ]
+    for partition, n in sorted(intake.lag.items()):
+        lines.append(f'ledger_intake_lag{{partition="{partition}"}} {n}')
+    return lines

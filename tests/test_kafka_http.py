@@ -57,11 +57,16 @@ def test_http_on_the_kafka_log(tmp_path: Path, kafka_bootstrap: str) -> None:
         ]
         assert "http-g1" in landed
 
-        # A fact published to the intake topic is written by the service's own intake writer.
+        # A fact published to the intake topic is written by the service's own intake writer,
+        # after (under one key, so in order) a retry of the HTTP fact and a refused one.
         publish(
             kafka_bootstrap,
             topics.intake,
-            [(b"demo/http-2", orjson.dumps(grant("http-2", event_id="intake-g1")))],
+            [
+                (b"demo/http-2", orjson.dumps(grant("http-1", event_id="http-g1"))),
+                (b"demo/http-2", orjson.dumps(grant("http-2", purposes=("astrology",)))),
+                (b"demo/http-2", orjson.dumps(grant("http-2", event_id="intake-g1"))),
+            ],
         )
         sid = client.post("/v1/subjects:resolve", json={"subject": "http-2"}, headers=auth)
         consents = None
@@ -77,6 +82,19 @@ def test_http_on_the_kafka_log(tmp_path: Path, kafka_bootstrap: str) -> None:
         assert marketing["state"] == "granted"
         metrics = client.get("/metrics").text
         assert "\nledger_intake_expired_unread_total 0\n" in metrics
+        # Counted apart from what was published over HTTP.
+        for line in [
+            "ledger_facts_accepted_total 1",
+            "ledger_intake_facts_accepted_total 1",
+            "ledger_intake_facts_duplicate_total 1",
+            'ledger_intake_facts_refused_total{code="unknown_purpose"} 1',
+            # The key names http-2's reference, the subject of the last two.
+            "ledger_intake_keyed_by_reference_total 2",
+        ]:
+            assert f"\n{line}\n" in metrics, line
+        # Every record taken: no partition behind (measured after the poll that took them).
+        lag = [line for line in metrics.splitlines() if line.startswith("ledger_intake_lag{")]
+        assert lag and all(line.endswith(" 0") for line in lag), lag
 
         # Another writer of the deployment (its master key and key store) takes the
         # partitions: this service is fenced and says so.

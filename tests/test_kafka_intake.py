@@ -789,3 +789,28 @@ def test_a_writer_starting_again_while_the_broker_is_away_stops_when_asked(
     assert time.monotonic() - began < ANSWER_TIMEOUT_S
     assert writer.stats.retries == 0
     assert writer.consumer is None
+
+
+def test_the_writer_measures_how_far_behind_the_intake_topic_it_is(
+    kafka_ledger: ConsentLedger, kafka_bootstrap: str
+) -> None:
+    """What /metrics gives as `ledger_intake_lag`: per partition, the records published and
+    not yet committed, as of the writer's last poll."""
+    topics = Topics.of(kafka_ledger.settings.topic_prefix)
+    key = b"demo/lag-key"  # one key: one partition
+    facts = [(key, orjson.dumps(grant(f"lag-{i}", event_id=f"lag-{i}"))) for i in range(30)]
+    publish(kafka_bootstrap, topics.intake, facts)
+    writer = IntakeWriter(kafka_ledger, batch=10)
+    writer.start()
+    try:
+        # The first polls may only find the partitions and their positions.
+        taken = next((n for _ in range(20) if (n := writer.step(timeout_ms=5000))), 0)
+        assert taken == 10
+        behind = {p: n for p, n in writer.stats.lag.items() if n}
+        assert list(behind.values()) == [20], writer.stats.lag
+        [partition] = behind
+        wait_until_consumed(writer, end_offsets(kafka_bootstrap, topics.intake), 120)
+        assert writer.stats.lag[partition] == 0
+        assert writer.stats.accepted == 30
+    finally:
+        writer.close()

@@ -99,6 +99,10 @@ class IntakeStats:
     # Offsets of intake records deleted by the topic's retention before they were read
     # (transaction markers among them too: "up to" that many facts).
     expired_unread: int = 0
+    # Per intake partition, the offsets between what the writer committed and the end the
+    # broker last gave (records not taken yet, and any transaction markers among them),
+    # measured after each poll; replaced whole, as /metrics reads it from another thread.
+    lag: dict[int, int] = field(default_factory=dict)
 
     def reject(self, code: str) -> None:
         self.rejected[code] = self.rejected.get(code, 0) + 1
@@ -306,6 +310,7 @@ class IntakeWriter:
         records = [r for tp in sorted(polled, key=lambda t: t.partition) for r in polled[tp]]
         if not records:
             self._refresh_positions()
+            self._measure_lag()
             return 0
         polled_at = time.perf_counter()
         in_transaction = 0.0  # the isolating retries' transactions count in the rest
@@ -330,7 +335,22 @@ class IntakeWriter:
         stats.write_s += time.perf_counter() - polled_at
         stats.transaction_s += in_transaction
         self._refresh_positions()
+        self._measure_lag()
         return len(records)
+
+    def _measure_lag(self) -> None:
+        """How far each partition's committed offset is behind the end the last fetch
+        saw (`KafkaConsumer.highwater`: no round trip); a partition not yet fetched or
+        committed is left out."""
+        consumer = self.consumer
+        if consumer is None:
+            return
+        lag = {}
+        for tp in consumer.assignment():
+            end, at = consumer.highwater(tp), self.committed.get(tp)
+            if end is not None and at is not None:
+                lag[tp.partition] = max(end - at, 0)
+        self.stats.lag = lag
 
     def _write(
         self, records: Sequence[ConsumerRecord], offsets: dict[TopicPartition, int]
