@@ -51,6 +51,8 @@ VARIABLES = (
     "LEDGER_HTTP_MAX_BODY_BYTES",
     "LEDGER_ACCESS_LOG_DAYS",
     "LEDGER_HTTP_TELEMETRY",
+    "LEDGER_TLS_CERT",
+    "LEDGER_TLS_KEY",
     "LEDGER_FAILPOINT",
 )
 
@@ -152,6 +154,11 @@ class Settings:
     | LEDGER_HTTP_TELEMETRY | off | `on`: FastAPI's native OpenTelemetry in `serve`, which traces
       and measures requests once the process has OpenTelemetry providers configured; `off`
       skips its checks on every request (the service's own metrics are at /metrics) |
+    | LEDGER_TLS_CERT | | `serve`: a PEM file of the service's certificate (and the chain to
+      its CA after it): the service answers HTTPS only; with LEDGER_TLS_KEY; unset: plain
+      HTTP, for loopback or behind a proxy that terminates TLS |
+    | LEDGER_TLS_KEY | | `serve`: the PEM file of that certificate's private key, not
+      encrypted (keep it 0600); with LEDGER_TLS_CERT |
     """
 
     data_dir: Path
@@ -181,6 +188,8 @@ class Settings:
     http_max_body: int = 16 * 1024 * 1024
     access_log_days: int = 0
     erasure_journal: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -215,6 +224,12 @@ class Settings:
                 "'_' or '-' (Kafka's topic names), not "
                 + (repr(topic_prefix) if len(topic_prefix) <= 64 else "that")
             )
+        tls_cert, tls_key = env.get("LEDGER_TLS_CERT") or None, env.get("LEDGER_TLS_KEY") or None
+        if (tls_cert is None) != (tls_key is None):
+            # One without the other would serve plain HTTP where HTTPS was meant.
+            raise SettingsError(
+                "LEDGER_TLS_CERT and LEDGER_TLS_KEY go together: set both or neither"
+            )
         telemetry = env.get("LEDGER_HTTP_TELEMETRY", "off").strip().lower() or "off"
         if telemetry not in SWITCHES:
             raise SettingsError(f"LEDGER_HTTP_TELEMETRY must be on or off, not {telemetry!r}")
@@ -246,6 +261,8 @@ class Settings:
             erasure_journal=Path(journal)
             if (journal := env.get("LEDGER_ERASURE_JOURNAL"))
             else None,
+            tls_cert=None if tls_cert is None else Path(tls_cert),
+            tls_key=None if tls_key is None else Path(tls_key),
         )
 
     def bootstrap(self) -> str:

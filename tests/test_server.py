@@ -213,6 +213,98 @@ def test_serve_demo_prints_an_address_and_a_key_that_work(tmp_path: Path) -> Non
         server.communicate(timeout=60)
 
 
+def test_serve_with_a_certificate_answers_https_only(tmp_path: Path) -> None:
+    """LEDGER_TLS_CERT and LEDGER_TLS_KEY: the banner's address and curl are HTTPS and
+    work as printed; plain HTTP, or a client that does not trust the certificate, gets
+    nothing."""
+    import shlex
+    import signal
+    import ssl
+
+    from tests.cli_support import lines_until, start_with
+    from tests.tls_support import self_signed
+
+    pem = self_signed(tmp_path)
+    env = {"LEDGER_TLS_CERT": str(pem.cert), "LEDGER_TLS_KEY": str(pem.key)}
+    server = start_with(
+        {**os.environ, "LEDGER_DATA_DIR": str(tmp_path / "data"), **env},
+        *("serve", "--demo", "--subjects", "8", "--port", "0"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        assert server.stdout is not None
+        lines = lines_until(server.stdout, lambda line: "/consents" in line)  # its last line
+        base = next(line for line in lines if line.startswith("serving the demo")).split()[5]
+        assert base.startswith("https://127.0.0.1:"), base
+        start = next(i for i, line in enumerate(lines) if " -X POST " in line)
+        words = shlex.split(" ".join(line.rstrip("\\") for line in lines[start : start + 4]))
+        assert words[:4] == ["curl", "-s", "--cacert", str(pem.cert)]
+        body, key = words[words.index("-d") + 1], next(w for w in words if "Bearer" in w)
+        trusting = ssl.create_default_context(cafile=str(pem.cert))
+        headers = {"Authorization": key.split(": ", 1)[1], "Content-Type": "application/json"}
+        recorded = httpx.post(words[6], content=body, headers=headers, verify=trusting)
+        assert words[6] == f"{base}/v1/facts" and recorded.status_code == 201, recorded.text
+        sid = recorded.json()["sid"]
+        read = httpx.get(f"{base}/v1/subjects/{sid}/consents", headers=headers, verify=trusting)
+        assert read.status_code == 200, read.text
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            httpx.get(f"{base}/healthz")  # the system's CAs do not know it
+        with pytest.raises(httpx.TransportError):  # TLS is not optional on this port
+            httpx.get(base.replace("https://", "http://") + "/healthz")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.communicate(timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("host", "warned"), [("127.0.0.1", False), ("127.0.0.2", False), ("0.0.0.0", True)]
+)
+def test_plain_http_off_this_host_is_warned_of(host: str, warned: bool) -> None:
+    """`serve` says at start that keys would cross the network in the clear, unless it
+    listens on this host only."""
+    from ledger.cli.service import listening_socket, loopback
+
+    with listening_socket(host, 0) as listening:
+        assert loopback(listening) is not warned
+
+
+def test_serve_refuses_a_certificate_it_cannot_serve_with_in_one_line(tmp_path: Path) -> None:
+    from tests.tls_support import self_signed
+
+    pem = self_signed(tmp_path)
+    data = str(tmp_path / "data")
+    for tls, said in [
+        ({"LEDGER_TLS_CERT": str(pem.cert)}, "LEDGER_TLS_CERT and LEDGER_TLS_KEY go together"),
+        (
+            {"LEDGER_TLS_CERT": str(pem.cert), "LEDGER_TLS_KEY": str(tmp_path / "none.pem")},
+            f"LEDGER_TLS_KEY: cannot read {tmp_path / 'none.pem'}: No such file",
+        ),
+        (
+            {"LEDGER_TLS_CERT": str(pem.cert), "LEDGER_TLS_KEY": str(pem.other_key)},
+            "LEDGER_TLS_CERT and LEDGER_TLS_KEY are not a PEM certificate and its private key",
+        ),
+        (
+            {"LEDGER_TLS_CERT": str(pem.key), "LEDGER_TLS_KEY": str(pem.key)},
+            "LEDGER_TLS_CERT and LEDGER_TLS_KEY are not a PEM certificate and its private key",
+        ),
+        (  # OpenSSL would ask for the passphrase on the terminal of a service
+            {"LEDGER_TLS_CERT": str(pem.cert), "LEDGER_TLS_KEY": str(pem.encrypted_key)},
+            "LEDGER_TLS_KEY is encrypted",
+        ),
+    ]:
+        out = subprocess.run(
+            [sys.executable, "-m", "ledger.cli", "serve", "--port", str(free_port())],
+            env={**os.environ, "LEDGER_DATA_DIR": data, **tls},
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 2, out.stderr
+        assert out.stderr.startswith(f"consent-ledger: configuration: {said}"), out.stderr
+        assert out.stderr.count("\n") == 1
+
+
 def test_serve_on_a_port_in_use_says_so_before_loading_anything(tmp_path: Path) -> None:
     """A port in use ended in uvicorn's error and exit 3 (this CLI's "no such subject"),
     after the demo was loaded and a key made and printed for a service that never ran."""

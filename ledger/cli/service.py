@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import faulthandler
+import ipaddress
 import logging
 import signal
 import socket
+import ssl
 import sys
 import threading
 from collections.abc import Iterator
@@ -56,8 +58,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from ledger.keystore import KeyStore, load_master_key
 
     # What would stop the service as it starts (a data directory that is a file, a master
-    # key that does not open the key store), said in one line with exit 2 rather than in
-    # the traceback of a failed startup that uvicorn prints before exiting 3.
+    # key that does not open the key store, a certificate that is not one), said in one
+    # line with exit 2 rather than in the traceback of a failed startup that uvicorn prints
+    # before exiting 3.
+    tls_checked(settings)
     KeyStore(settings.keystore_path, load_master_key(settings)).close()
     if settings.backend == "kafka":
         with stopped_by_signals() as stop:
@@ -95,7 +99,18 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     listening = listening_socket(args.host, args.port)
     port = listening.getsockname()[1]  # the one taken, for --port 0 too
     host = f"[{args.host}]" if ":" in args.host else args.host
-    base = f"http://{host}:{port}"
+    base = f"{'https' if settings.tls_cert else 'http'}://{host}:{port}"
+    if settings.tls_cert is None and not loopback(listening):
+        say(
+            f"serve: warning: plain HTTP on {args.host}: API keys and personal data cross the "
+            "network in the clear unless a proxy in front terminates TLS (or set "
+            "LEDGER_TLS_CERT and LEDGER_TLS_KEY)",
+            file=sys.stderr,
+            flush=True,
+        )
+    # curl trusts the service's own certificate file (as a partial chain: a self-signed
+    # certificate, or one a CA issued with its chain after it).
+    curl = f"curl -s --cacert {settings.tls_cert}" if settings.tls_cert else "curl -s"
     if args.demo:
         cmd_demo(argparse.Namespace(subjects=args.subjects), settings)
         keys = ApiKeys(keys_path(settings))
@@ -108,12 +123,12 @@ serving the demo tenant on {base}  (OpenAPI: {base}/docs)
 API key (demo tenant; publisher, compliance, admin): {key}
 
 record a grant:
-  curl -s -X POST {base}/v1/facts -H 'Authorization: Bearer {key}' \\
+  {curl} -X POST {base}/v1/facts -H 'Authorization: Bearer {key}' \\
     -H 'Content-Type: application/json' -d '{{"event_id": "curl-1", "type": "consent.granted",
     "subject": "curl-contact-1", "occurred_at": "2025-06-01T10:00:00+05:00", "source": "curl",
     "policy_version": "crmpro-1.0", "purposes": ["marketing"]}}'
 read it back (the sid is in the receipt):
-  curl -s {base}/v1/subjects/SID/consents -H 'Authorization: Bearer {key}'
+  {curl} {base}/v1/subjects/SID/consents -H 'Authorization: Bearer {key}'
 """
     else:
         banner = ""
@@ -150,6 +165,8 @@ read it back (the sid is in the receipt):
         access_log=False,
         # uvicorn's parser, with its refusal of an unreadable request as a problem.
         http=ProblemHttpToolsProtocol,
+        ssl_certfile=None if settings.tls_cert is None else str(settings.tls_cert),
+        ssl_keyfile=None if settings.tls_key is None else str(settings.tls_key),
     )
     server = Server(config)
     with stacks_on_sigusr1(), contextlib.suppress(KeyboardInterrupt):  # uvicorn.run's too
@@ -158,6 +175,47 @@ read it back (the sid is in the receipt):
         # The application's startup failed (uvicorn printed why); uvicorn.run exits 3.
         return fail("serve: the service did not start (the lines above say why)", EXIT_UNAVAILABLE)
     return 0
+
+
+def tls_checked(settings: Settings) -> None:
+    """The certificate and key are readable and belong together, or one line and exit 2.
+
+    Loaded by uvicorn only as the server starts, a key that does not match ended in its
+    traceback, and an encrypted key in OpenSSL asking for a passphrase on the terminal of a
+    service that has none.
+    """
+    if settings.tls_cert is None or settings.tls_key is None:
+        return
+    for name, path in (
+        ("LEDGER_TLS_CERT", settings.tls_cert),
+        ("LEDGER_TLS_KEY", settings.tls_key),
+    ):
+        try:
+            path.open("rb").close()
+        except OSError as e:
+            raise SettingsError(f"{name}: cannot read {path}: {e.strerror}") from None
+    if b"ENCRYPTED" in settings.tls_key.read_bytes():
+        raise SettingsError(
+            "LEDGER_TLS_KEY is encrypted, and a service has no one to give its passphrase: "
+            "keep it decrypted, readable by the service's user only"
+        )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key, password=lambda: b"")
+    except ssl.SSLError as e:
+        raise SettingsError(
+            "LEDGER_TLS_CERT and LEDGER_TLS_KEY are not a PEM certificate and its private key, "
+            f"not encrypted ({e.reason or e.strerror or 'refused by OpenSSL'})"
+        ) from None
+
+
+def loopback(listening: socket.socket) -> bool:
+    """Whether the service listens on this host only (127.0.0.0/8, ::1)."""
+    address = listening.getsockname()[0]
+    try:
+        return ipaddress.ip_address(address.split("%")[0]).is_loopback
+    except ValueError:
+        return False
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
