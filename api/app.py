@@ -235,7 +235,7 @@ def projection_lag(service: Service) -> int:
 
 def kafka_unready(service: Service) -> tuple[str, str] | None:
     """Why the Kafka side cannot serve writes: fenced, writer stopped, broker or topics gone."""
-    from ledger.kafka.clients import AdminClient
+    from ledger.kafka.clients import AdminClient, secured
     from ledger.kafka.topics import Topics
 
     intake = service.intake
@@ -249,7 +249,7 @@ def kafka_unready(service: Service) -> tuple[str, str] | None:
         if service.admin is None:
             # Bounded: a readiness probe must answer within its own timeout.
             service.admin = AdminClient(
-                bootstrap_servers=service.settings.bootstrap(),
+                bootstrap_servers=secured(service.settings),
                 request_timeout_ms=3000,
                 bootstrap_timeout_ms=3000,
             )

@@ -70,6 +70,7 @@ def persistence_env(settings: Settings, keystore: KeyStore) -> dict[str, str]:
                 "PERSISTENCE_MODULE", "ledger.kafka.factory:KafkaFactory"
             ),
             "KAFKA_BOOTSTRAP": settings.bootstrap(),
+            **kafka_security_env(settings),
             "LEDGER_TOPIC_PREFIX": settings.topic_prefix,
             "LEDGER_PARTITIONS": str(settings.partitions),
             "LEDGER_REPLICATION": str(settings.replication),
@@ -87,6 +88,22 @@ def persistence_env(settings: Settings, keystore: KeyStore) -> dict[str, str]:
         ),
         "APPLICATION_RECORDER_TOPIC": "ledger.recorder:LedgerSQLiteRecorder",
     }
+
+
+def kafka_security_env(settings: Settings) -> dict[str, str]:
+    """The settings' KAFKA_SECURITY_PROTOCOL and the rest, as the Kafka module reads them
+    again (`ledger.kafka.factory`): settings made in code, not from the environment, would
+    otherwise lose them on the way."""
+    values = {
+        "KAFKA_SECURITY_PROTOCOL": settings.kafka_security_protocol,
+        "KAFKA_SSL_CAFILE": settings.kafka_ssl_cafile,
+        "KAFKA_SSL_CERTFILE": settings.kafka_ssl_certfile,
+        "KAFKA_SSL_KEYFILE": settings.kafka_ssl_keyfile,
+        "KAFKA_SASL_MECHANISM": settings.kafka_sasl_mechanism,
+        "KAFKA_SASL_USERNAME": settings.kafka_sasl_username,
+        "KAFKA_SASL_PASSWORD": settings.kafka_sasl_password,
+    }
+    return {name: str(value) for name, value in values.items() if value is not None}
 
 
 class ConsentLedger(Application[UUID]):

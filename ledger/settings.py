@@ -11,10 +11,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ledger.vocabulary import REQUEST_KINDS
 
 BACKENDS = ("embedded", "kafka")
+KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 HTTP_WRITERS = ("process", "thread")
 SWITCHES = {"on": True, "off": False}
 
@@ -111,6 +114,17 @@ class Settings:
       of every subject listed there, so a backup restored from before an erasure brings no
       erased person's data back (see the README's "Backups"); unset: no journal |
     | KAFKA_BOOTSTRAP | | Kafka bootstrap servers, `host:port[,host:port]` |
+    | KAFKA_SECURITY_PROTOCOL | PLAINTEXT | how every Kafka client of the ledger reaches the
+      brokers: `PLAINTEXT`, `SSL` (TLS), `SASL_PLAINTEXT` or `SASL_SSL` (TLS, then SASL) |
+    | KAFKA_SSL_CAFILE | | with SSL or SASL_SSL: a PEM file of the CAs that sign the brokers'
+      certificates (unset: the system's); the brokers' names are checked against them |
+    | KAFKA_SSL_CERTFILE | | with SSL or SASL_SSL: the ledger's own certificate (PEM), for a
+      cluster that authenticates clients by TLS; with KAFKA_SSL_KEYFILE |
+    | KAFKA_SSL_KEYFILE | | that certificate's private key (PEM, not encrypted) |
+    | KAFKA_SASL_MECHANISM | | with SASL_PLAINTEXT or SASL_SSL (required then): `PLAIN`,
+      `SCRAM-SHA-256` or `SCRAM-SHA-512` |
+    | KAFKA_SASL_USERNAME | | with a SASL mechanism (required then): the ledger's user |
+    | KAFKA_SASL_PASSWORD | | its password (never printed) |
     | LEDGER_TOPIC_PREFIX | consent | topics `<prefix>.intake`, `.ledger`, `.rejected`; 1 to 240
       letters, digits, `.`, `_`, `-` (Kafka's topic names) |
     | LEDGER_PARTITIONS | 3 | partitions of the topics the ledger creates |
@@ -167,6 +181,13 @@ class Settings:
     master_key: str | None = field(default=None, repr=False)
     new_master_key: str | None = field(default=None, repr=False)
     kafka_bootstrap: str | None = None
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = field(default=None, repr=False)
     topic_prefix: str = "consent"
     max_future_skew_s: int = 300
     aggregate_cache: int = 10000
@@ -230,6 +251,7 @@ class Settings:
             raise SettingsError(
                 "LEDGER_TLS_CERT and LEDGER_TLS_KEY go together: set both or neither"
             )
+        kafka_security = _kafka_security(env)
         telemetry = env.get("LEDGER_HTTP_TELEMETRY", "off").strip().lower() or "off"
         if telemetry not in SWITCHES:
             raise SettingsError(f"LEDGER_HTTP_TELEMETRY must be on or off, not {telemetry!r}")
@@ -239,6 +261,7 @@ class Settings:
             master_key=env.get("LEDGER_MASTER_KEY") or None,
             new_master_key=env.get("LEDGER_NEW_MASTER_KEY") or None,
             kafka_bootstrap=env.get("KAFKA_BOOTSTRAP") or None,
+            **kafka_security,
             topic_prefix=topic_prefix,
             max_future_skew_s=_int(env, "LEDGER_MAX_FUTURE_SKEW_S", 300, maximum=86_400),
             aggregate_cache=_int(env, "LEDGER_AGGREGATE_CACHE", 10000),
@@ -297,6 +320,53 @@ class Settings:
     def api_keys_path(self) -> Path:
         """The HTTP service's API keys (hashes only)."""
         return self.data_dir / "api_keys.db"
+
+
+def _kafka_security(env: Mapping[str, str]) -> dict[str, Any]:
+    """How the Kafka clients reach the brokers. A setting that the protocol does not use
+    is refused, not ignored: a CA file given with PLAINTEXT meant TLS, and the ledger would
+    have sent its facts in the clear."""
+    protocol = env.get("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT").strip().upper() or "PLAINTEXT"
+    if protocol not in KAFKA_PROTOCOLS:
+        raise SettingsError(
+            f"KAFKA_SECURITY_PROTOCOL must be one of {', '.join(KAFKA_PROTOCOLS)}, not "
+            + (repr(protocol) if len(protocol) <= 32 else "that")
+        )
+    given = {name: env.get(name) or None for name in _KAFKA_TLS + _KAFKA_SASL}
+    tls, sasl = protocol in ("SSL", "SASL_SSL"), protocol.startswith("SASL_")
+    for name in (_KAFKA_TLS if not tls else ()) + (_KAFKA_SASL if not sasl else ()):
+        if given[name] is not None:
+            raise SettingsError(f"{name} is not used with KAFKA_SECURITY_PROTOCOL={protocol}")
+    if (given["KAFKA_SSL_CERTFILE"] is None) != (given["KAFKA_SSL_KEYFILE"] is None):
+        raise SettingsError("KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE go together")
+    mechanism = (given["KAFKA_SASL_MECHANISM"] or "").strip().upper() or None
+    if sasl:
+        if mechanism not in KAFKA_SASL_MECHANISMS:
+            raise SettingsError(
+                f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_MECHANISM, one of "
+                + ", ".join(KAFKA_SASL_MECHANISMS)
+            )
+        for name in ("KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD"):
+            if given[name] is None:
+                raise SettingsError(f"KAFKA_SECURITY_PROTOCOL={protocol} needs {name}")
+
+    def path(name: str) -> Path | None:
+        value = given[name]
+        return None if value is None else Path(value)
+
+    return {
+        "kafka_security_protocol": protocol,
+        "kafka_ssl_cafile": path("KAFKA_SSL_CAFILE"),
+        "kafka_ssl_certfile": path("KAFKA_SSL_CERTFILE"),
+        "kafka_ssl_keyfile": path("KAFKA_SSL_KEYFILE"),
+        "kafka_sasl_mechanism": mechanism,
+        "kafka_sasl_username": given["KAFKA_SASL_USERNAME"],
+        "kafka_sasl_password": given["KAFKA_SASL_PASSWORD"],
+    }
+
+
+_KAFKA_TLS = ("KAFKA_SSL_CAFILE", "KAFKA_SSL_CERTFILE", "KAFKA_SSL_KEYFILE")
+_KAFKA_SASL = ("KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD")
 
 
 def _int(env: Mapping[str, str], name: str, default: int, maximum: int | None = None) -> int:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from collections.abc import Iterator
@@ -87,13 +88,38 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if given:
         yield given
         return
-    run_dir = tmp_path_factory.mktemp("kafka")
+    with started_broker(tmp_path_factory.mktemp("kafka")) as run_dir:
+        bootstrap = (run_dir / "bootstrap").read_text().strip()
+        _BROKER_DIRS[bootstrap] = run_dir
+        yield bootstrap
+
+
+_BROKER_DIRS: dict[str, Path] = {}  # bootstrap -> the directory broker.sh started it in
+
+
+@pytest.fixture(scope="session")
+def kafka_sasl_ssl(
+    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Path]]:
+    """The address of a broker's SASL_SSL listener (TLS, then SASL PLAIN as `ledger` with
+    password `ledger-secret`) and the certificate to trust: the session's broker's, or,
+    where KAFKA_BOOTSTRAP named a broker of its own, a broker started for it."""
+    run_dir = _BROKER_DIRS.get(kafka_bootstrap)
+    if run_dir is not None:
+        yield (run_dir / "bootstrap-sasl-ssl").read_text().strip(), run_dir / "ca.pem"
+        return
+    with started_broker(tmp_path_factory.mktemp("kafka-secured")) as own:
+        yield (own / "bootstrap-sasl-ssl").read_text().strip(), own / "ca.pem"
+
+
+@contextlib.contextmanager
+def started_broker(run_dir: Path) -> Iterator[Path]:
     started = subprocess.run(
         [str(BROKER), "start", str(run_dir)], capture_output=True, text=True, timeout=300
     )
     if started.returncode != 0:
         raise RuntimeError(f"the Kafka broker did not start:\n{started.stderr}")
     try:
-        yield started.stdout.strip().splitlines()[-1]
+        yield run_dir
     finally:
         subprocess.run([str(BROKER), "stop", str(run_dir)], timeout=120, check=False)

@@ -12,7 +12,10 @@ import yaml
 from ledger.settings import VARIABLES, Settings, SettingsError, unknown_variables
 from tests.conftest import ROOT
 
-NAME = re.compile(r"\b(LEDGER_[A-Z_]+|KAFKA_BOOTSTRAP|PERSISTENCE_MODULE)\b")
+NAME = re.compile(
+    r"\b(LEDGER_[A-Z_]+|PERSISTENCE_MODULE"
+    r"|KAFKA_(?:BOOTSTRAP|SECURITY_PROTOCOL|SSL_[A-Z]+FILE|SASL_(?:MECHANISM|USERNAME|PASSWORD)))\b"
+)
 
 
 def read_by_the_code() -> set[str]:

@@ -8,6 +8,12 @@
 #   deploy/kafka/broker.sh restart [DIR]   stop it and start it again on the same data and port
 #   deploy/kafka/broker.sh bootstrap [DIR] print the bootstrap address of the broker in DIR
 #
+# Besides its PLAINTEXT listener, the broker has a SASL_SSL one (TLS, then SASL PLAIN with
+# the user `ledger`, password `ledger-secret`: a development broker's, never a real one's),
+# for the tests of the ledger against a secured cluster: its address is in DIR/bootstrap-
+# sasl-ssl, and the certificate to trust in DIR/ca.pem (self-signed for 127.0.0.1, made once
+# per cache with the JDK's keytool).
+#
 # DIR defaults to ./var/kafka. The jars are cached in $KAFKA_CACHE_DIR
 # (default ~/.cache/consent-ledger/kafka-<version>), so only the first start downloads; so is
 # the broker's class-data-sharing archive, which `fetch` makes once (see build_archive).
@@ -18,6 +24,8 @@ kafka_version="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$her
 cache="${KAFKA_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/consent-ledger/kafka-$kafka_version}"
 libs="$cache/libs"
 archive="$cache/classes.jsa"
+tls="$cache/tls"
+tls_password="broker-keystore"  # of a development broker's self-signed key, in its cache
 cmd="${1:-}"
 dir="${2:-${KAFKA_RUN_DIR:-./var/kafka}}"
 
@@ -30,8 +38,26 @@ fetch() {
     exec 9>"$cache/.lock"
     flock 9
     fetch_libs
+    make_tls
     build_archive
     exec 9>&-
+}
+
+# The SASL_SSL listener's key and self-signed certificate (PKCS12, which the broker reads),
+# and the certificate alone (PEM, which clients trust), made once per cache.
+make_tls() {
+    if [ -f "$tls/.complete" ]; then return 0; fi
+    command -v keytool >/dev/null || die "keytool is not installed: it comes with the JDK"
+    rm -rf "$tls" && mkdir -p "$tls"
+    keytool -genkeypair -alias broker -keyalg EC -groupname secp256r1 -validity 3650 \
+        -dname "CN=localhost" -ext "SAN=ip:127.0.0.1,dns:localhost" -ext "BC:c=ca:true" \
+        -keystore "$tls/broker.p12" -storetype PKCS12 \
+        -storepass "$tls_password" -keypass "$tls_password" > "$tls/keytool.log" 2>&1 \
+        || { cat "$tls/keytool.log" >&2; die "keytool could not make the broker's TLS key"; }
+    keytool -exportcert -rfc -alias broker -keystore "$tls/broker.p12" -storetype PKCS12 \
+        -storepass "$tls_password" -file "$tls/ca.pem" >> "$tls/keytool.log" 2>&1 \
+        || { cat "$tls/keytool.log" >&2; die "keytool could not export the broker's certificate"; }
+    touch "$tls/.complete"
 }
 
 fetch_libs() {
@@ -116,21 +142,29 @@ start_once() {
     configure && format && launch "$(listener_port)"
 }
 
-# A fresh data directory and configuration in $dir, on two free ports.
+# A fresh data directory and configuration in $dir, on three free ports.
 configure() {
-    rm -rf "$dir/data" "$dir/broker.pid" "$dir/bootstrap"
-    local port cport
-    port="$(free_port)"; cport="$(free_port)"
+    rm -rf "$dir/data" "$dir/broker.pid" "$dir/bootstrap" "$dir/bootstrap-sasl-ssl"
+    local port cport sport
+    port="$(free_port)"; cport="$(free_port)"; sport="$(free_port)"
     while [ "$cport" = "$port" ]; do cport="$(free_port)"; done
+    while [ "$sport" = "$port" ] || [ "$sport" = "$cport" ]; do sport="$(free_port)"; done
+    cp "$tls/ca.pem" "$dir/ca.pem"
     cat > "$dir/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$cport
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport,SASL_SSL://127.0.0.1:$sport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_SSL://127.0.0.1:$sport
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL
 inter.broker.listener.name=PLAINTEXT
+listener.name.sasl_ssl.sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_ledger="ledger-secret";
+listener.name.sasl_ssl.ssl.keystore.type=PKCS12
+listener.name.sasl_ssl.ssl.keystore.location=$tls/broker.p12
+listener.name.sasl_ssl.ssl.keystore.password=$tls_password
+listener.name.sasl_ssl.ssl.key.password=$tls_password
 log.dirs=$dir/data
 num.partitions=1
 offsets.topic.replication.factor=1
@@ -198,6 +232,8 @@ launch() {
         sleep 0.2
     done
     echo "127.0.0.1:$port" > "$dir/bootstrap"
+    sed -n 's/^listeners=.*,SASL_SSL:\/\/\(127.0.0.1:[0-9]*\)$/\1/p' "$dir/server.properties" \
+        > "$dir/bootstrap-sasl-ssl"
 }
 
 # Start a stopped broker again on its data and ports (a broker restart, not a new cluster).

@@ -24,14 +24,89 @@ between retries of a send as given (kafka-python's 100 ms by default).
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import logging
+import re
+import time
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient
 
+from ledger.settings import Settings
+
 # Between retries and between metadata refreshes, unless a client is given its own.
 RETRY_BACKOFF_MS = 20
+
+# Per bootstrap list, how the clients made for it reach its brokers (`secured`).
+_SECURITY: dict[str, dict[str, Any]] = {}
+
+
+def secured(settings: Settings) -> str:
+    """KAFKA_BOOTSTRAP, its clients' security registered: every consumer, producer and
+    admin client made here for that bootstrap list then reaches the brokers as the
+    settings say (TLS, SASL), without each of the places that make one, and each function
+    that passes a bootstrap list on, carrying the settings too."""
+    bootstrap = settings.bootstrap()
+    _SECURITY[bootstrap] = security_configs(settings)
+    return bootstrap
+
+
+def security_configs(settings: Settings) -> dict[str, Any]:
+    """kafka-python's configuration for the settings' KAFKA_SECURITY_PROTOCOL and the rest
+    (its SCRAM mechanisms take the `sasl_plain_*` user and password too)."""
+    configs: dict[str, Any] = {"security_protocol": settings.kafka_security_protocol}
+    if settings.kafka_ssl_cafile is not None:
+        configs["ssl_cafile"] = str(settings.kafka_ssl_cafile)
+    if settings.kafka_ssl_certfile is not None and settings.kafka_ssl_keyfile is not None:
+        configs["ssl_certfile"] = str(settings.kafka_ssl_certfile)
+        configs["ssl_keyfile"] = str(settings.kafka_ssl_keyfile)
+    if settings.kafka_sasl_mechanism is not None:
+        configs["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        configs["sasl_plain_username"] = settings.kafka_sasl_username
+        configs["sasl_plain_password"] = settings.kafka_sasl_password
+    return configs
+
+
+def _with_security(configs: dict[str, Any]) -> dict[str, Any]:
+    return {**_SECURITY.get(str(configs.get("bootstrap_servers")), {}), **configs}
+
+
+class _BootstrapFailures(logging.Handler):
+    """Why kafka-python's last bootstrap connection failed, which it logs and does not
+    raise: a client refused by the brokers' SASL (a wrong password) or whose TLS did not
+    trust them waited out its bootstrap timeout like one whose cluster was down, and the
+    ledger said "is the cluster up?" (`ledger.kafka.topics.BrokersUnreachable`)."""
+
+    _FAILED = re.compile(r"Bootstrap connection to \S+ failed: (.+?)(?: \(backoff [^)]*\))?$")
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.recent: collections.deque[tuple[float, str]] = collections.deque(maxlen=32)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        found = self._FAILED.match(record.getMessage())
+        if found:
+            self.recent.append((time.monotonic(), found.group(1)))
+
+
+_failures = _BootstrapFailures()
+logging.getLogger("kafka.net.manager").addHandler(_failures)
+# What says why a broker refused the client, among the failures of a bootstrap: a refused
+# SASL login alternates with the disconnects and timeouts that follow it.
+_TELLING = re.compile(r"Authentication|Sasl|SSL|Handshake|Unsupported", re.IGNORECASE)
+
+
+def last_bootstrap_failure(within_s: float) -> str | None:
+    """Why this process's bootstrap connections failed in the last `within_s` seconds, if
+    they did: the latest refusal of the login or of TLS among them, else the latest failure
+    (kafka-python's words, the brokers' for a refused login; no credentials)."""
+    since = time.monotonic() - within_s
+    recent = [reason for at, reason in list(_failures.recent) if at >= since]
+    telling = [reason for reason in recent if _TELLING.search(reason)]
+    chosen = telling or recent
+    return chosen[-1] if chosen else None
 
 
 class _ClosedIfUnreached:
@@ -39,6 +114,7 @@ class _ClosedIfUnreached:
     then `retry_backoff_ms` given to the cluster metadata too."""
 
     def __init__(self, **configs: Any) -> None:
+        configs = _with_security(configs)
         configs.setdefault("retry_backoff_ms", RETRY_BACKOFF_MS)
         try:
             super().__init__(**configs)
@@ -63,6 +139,7 @@ class Producer(KafkaProducer):  # type: ignore[misc]
     the `retry_backoff_ms` it is given)."""
 
     def __init__(self, **configs: Any) -> None:
+        configs = _with_security(configs)
         super().__init__(**configs)
         config = getattr(getattr(self, "_metadata", None), "config", None)
         if isinstance(config, dict):  # kafka-python 3.0.12 keeps it there

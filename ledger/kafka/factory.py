@@ -12,6 +12,7 @@ from eventsourcing.persistence import ApplicationRecorder
 from eventsourcing.sqlite import SQLiteConnection
 
 from ledger.application import RECORD_KEY_ENV
+from ledger.kafka.clients import secured
 from ledger.kafka.recorder import KafkaLedgerRecorder, KafkaLink
 from ledger.kafka.topics import ledger_layout
 from ledger.settings import Settings, SettingsError
@@ -56,7 +57,7 @@ class KafkaFactory(LedgerSQLiteFactory):
         recorder = KafkaLedgerRecorder(
             datastore=self.datastore,
             link=KafkaLink(
-                settings.bootstrap(),
+                secured(settings),
                 layout.topics,
                 layout.partitions,
                 bytes.fromhex(mac_key),

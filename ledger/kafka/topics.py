@@ -16,7 +16,7 @@ from kafka.errors import KafkaConnectionError, KafkaTimeoutError
 
 from ledger.envelope import MAX_FACT_BYTES
 from ledger.kafka import reachable
-from ledger.kafka.clients import AdminClient
+from ledger.kafka.clients import AdminClient, last_bootstrap_failure, secured
 from ledger.kafka.reachable import BrokerWatch
 from ledger.kafka.reading import BrokerAway, ReadTimedOut, answered
 from ledger.settings import Settings
@@ -46,9 +46,12 @@ class BrokersUnreachable(RuntimeError):
 
     def __init__(self, bootstrap: str, error: Exception, when: str = "") -> None:
         when = when or f"within {BOOTSTRAP_TIMEOUT_MS // 1000} s"
+        # A broker that answered and refused (SASL credentials, TLS trust) is named too.
+        failed = last_bootstrap_failure(within_s=BOOTSTRAP_TIMEOUT_MS / 1000 + 5)
         super().__init__(
             f"no Kafka broker answered at {bootstrap} (KAFKA_BOOTSTRAP) {when} "
             f"({type(error).__name__}): is the cluster up?"
+            + (f" The last connection failed: {failed}" if failed else "")
         )
         self.bootstrap = bootstrap
 
@@ -57,7 +60,7 @@ def admin_client(settings: Settings) -> KafkaAdminClient:
     """An admin client that has reached a broker, or `BrokersUnreachable`: made a step at a
     time, so that a broker whose addresses refuse connections is said within seconds
     (`ledger.kafka.reachable`), not at the timeout."""
-    bootstrap = settings.bootstrap()
+    bootstrap = secured(settings)
     try:
         client: KafkaAdminClient = answered(
             lambda ms: AdminClient(

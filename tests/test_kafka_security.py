@@ -1,0 +1,135 @@
+"""Kafka mode on a cluster that asks for TLS and a SASL login (the broker's SASL_SSL
+listener, `deploy/kafka/broker.sh`): every client of the ledger reaches it as configured,
+and a login or a certificate the brokers refuse is said in one line."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app, keys_path
+from api.keys import ApiKeys
+from ledger.application import ConsentLedger
+from ledger.kafka.topics import Topics
+from ledger.settings import Settings, SettingsError
+from tests.cli_support import run_with
+from tests.facts import grant
+from tests.kafka_support import headers, kafka_env, kafka_settings, read_committed
+
+pytestmark = pytest.mark.kafka
+
+SASL_SSL = {
+    "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+    "KAFKA_SASL_MECHANISM": "PLAIN",
+    "KAFKA_SASL_USERNAME": "ledger",
+    "KAFKA_SASL_PASSWORD": "ledger-secret",
+}
+
+
+@pytest.fixture
+def secured(kafka_sasl_ssl: tuple[str, Path], tmp_path: Path) -> Iterator[dict[str, str]]:
+    """The environment of a CLI process on the SASL_SSL listener, on topics of its own."""
+    bootstrap, ca = kafka_sasl_ssl
+    settings = kafka_settings(tmp_path / "data", bootstrap)
+    yield {**os.environ, **kafka_env(settings), **SASL_SSL, "KAFKA_SSL_CAFILE": str(ca)}
+
+
+def test_the_ledger_records_and_reads_through_tls_and_a_sasl_login(
+    secured: dict[str, str], kafka_bootstrap: str
+) -> None:
+    assert run_with(secured, "init").returncode == 0
+    fact = orjson.dumps(grant("sec-1", event_id="sec-g1")).decode()
+    recorded = run_with(secured, "record", stdin=fact)
+    assert recorded.returncode == 0, recorded.stderr
+    verified = run_with(secured, "verify")
+    assert verified.returncode == 0 and verified.stdout.startswith("verify: OK"), verified.stderr
+    trail = run_with(secured, "trail", "sec-1", "--tenant", "demo", "--json")
+    assert [f["event_id"] for f in orjson.loads(trail.stdout)["facts"]] == ["sec-g1"]
+    # On the cluster itself: the same topic, read through the broker's PLAINTEXT listener.
+    topics = Topics.of(secured["LEDGER_TOPIC_PREFIX"])
+    landed = [headers(r).get("event_id") for r in read_committed(kafka_bootstrap, topics.ledger)]
+    assert "sec-g1" in landed
+
+
+def test_the_http_service_writes_and_answers_through_tls_and_a_sasl_login(
+    kafka_sasl_ssl: tuple[str, Path], tmp_path: Path
+) -> None:
+    bootstrap, ca = kafka_sasl_ssl
+    settings = Settings.from_env(
+        {
+            **kafka_env(kafka_settings(tmp_path / "data", bootstrap)),
+            **SASL_SSL,
+            "KAFKA_SSL_CAFILE": str(ca),
+        }
+    )
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    ledger.close()
+    keys = ApiKeys(keys_path(settings))
+    key = keys.create("demo", {"publisher"})[1]
+    keys.close()
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/readyz").status_code == 200  # its admin client reached the broker
+        body = {k: v for k, v in grant("sec-2").items() if k != "tenant"}
+        created = client.post("/v1/facts", json=body, headers={"Authorization": f"Bearer {key}"})
+        assert created.status_code == 201, created.text
+
+
+def test_a_refused_login_or_an_untrusted_broker_is_said_in_one_line(
+    secured: dict[str, str],
+) -> None:
+    for changed, said in [
+        ({"KAFKA_SASL_PASSWORD": "not-the-password"}, "Authentication failed"),
+        ({"KAFKA_SSL_CAFILE": ""}, "CERTIFICATE_VERIFY_FAILED"),  # the system's CAs
+    ]:
+        refused = run_with({**secured, **changed}, "init")
+        assert refused.returncode == 6, refused.stderr
+        assert refused.stderr.count("\n") == 1 and said in refused.stderr, refused.stderr
+        assert "not-the-password" not in refused.stderr + refused.stdout
+
+
+@pytest.mark.parametrize(
+    ("env", "said"),
+    [
+        ({"KAFKA_SECURITY_PROTOCOL": "TLS"}, "KAFKA_SECURITY_PROTOCOL must be one of"),
+        (  # a CA file meant TLS: the facts would have gone in the clear
+            {"KAFKA_SSL_CAFILE": "/ca.pem"},
+            "KAFKA_SSL_CAFILE is not used with KAFKA_SECURITY_PROTOCOL=PLAINTEXT",
+        ),
+        (
+            {"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SASL_USERNAME": "u"},
+            "KAFKA_SASL_USERNAME is not used with KAFKA_SECURITY_PROTOCOL=SSL",
+        ),
+        (
+            {"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CERTFILE": "/c.pem"},
+            "KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE go together",
+        ),
+        ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "needs KAFKA_SASL_MECHANISM"),
+        (
+            {"KAFKA_SECURITY_PROTOCOL": "sasl_plaintext", "KAFKA_SASL_MECHANISM": "GSSAPI"},
+            "needs KAFKA_SASL_MECHANISM, one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512",
+        ),
+        (
+            {**SASL_SSL, "KAFKA_SASL_PASSWORD": ""},
+            "KAFKA_SECURITY_PROTOCOL=SASL_SSL needs KAFKA_SASL_PASSWORD",
+        ),
+    ],
+)
+def test_a_kafka_security_setting_that_does_not_fit_is_refused(
+    env: dict[str, str], said: str
+) -> None:
+    with pytest.raises(SettingsError, match=said) as refused:
+        Settings.from_env(env)
+    assert "ledger-secret" not in str(refused.value)
+
+
+def test_the_password_is_never_in_the_settings_repr() -> None:
+    settings = Settings.from_env({**SASL_SSL, "KAFKA_SECURITY_PROTOCOL": "sasl_plaintext"})
+    assert settings.kafka_security_protocol == "SASL_PLAINTEXT"
+    assert settings.kafka_sasl_password == "ledger-secret"
+    assert "ledger-secret" not in repr(settings)
