@@ -8,6 +8,7 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from hypothesis import settings as hypothesis_settings
@@ -97,19 +98,32 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 _BROKER_DIRS: dict[str, Path] = {}  # bootstrap -> the directory broker.sh started it in
 
 
+class SecuredBroker(NamedTuple):
+    sasl_ssl: str  # the address of its SASL_SSL listener
+    ca: Path  # the certificate to trust
+    plaintext: str  # the address of the same broker's PLAINTEXT listener
+
+
 @pytest.fixture(scope="session")
 def kafka_sasl_ssl(
     kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[str, Path]]:
-    """The address of a broker's SASL_SSL listener (TLS, then SASL PLAIN as `ledger` with
-    password `ledger-secret`) and the certificate to trust: the session's broker's, or,
-    where KAFKA_BOOTSTRAP named a broker of its own, a broker started for it."""
+) -> Iterator[SecuredBroker]:
+    """A broker's SASL_SSL listener (TLS, then SASL PLAIN or SCRAM as `ledger` with password
+    `ledger-secret`): the session's broker's, or, where KAFKA_BOOTSTRAP named a broker of its
+    own, a broker started for it."""
     run_dir = _BROKER_DIRS.get(kafka_bootstrap)
     if run_dir is not None:
-        yield (run_dir / "bootstrap-sasl-ssl").read_text().strip(), run_dir / "ca.pem"
+        yield _secured(run_dir)
         return
     with started_broker(tmp_path_factory.mktemp("kafka-secured")) as own:
-        yield (own / "bootstrap-sasl-ssl").read_text().strip(), own / "ca.pem"
+        yield _secured(own)
+
+
+def _secured(run_dir: Path) -> SecuredBroker:
+    def read(name: str) -> str:
+        return (run_dir / name).read_text().strip()
+
+    return SecuredBroker(read("bootstrap-sasl-ssl"), run_dir / "ca.pem", read("bootstrap"))
 
 
 @contextlib.contextmanager

@@ -1,5 +1,6 @@
 """Kafka mode on a cluster that asks for TLS and a SASL login (the broker's SASL_SSL
-listener, `deploy/kafka/broker.sh`): every client of the ledger reaches it as configured,
+listener, `deploy/kafka/broker.sh`, with PLAIN and SCRAM users): every client of the ledger
+reaches it as configured,
 and a login or a certificate the brokers refuse is said in one line."""
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ledger.application import ConsentLedger
 from ledger.kafka.topics import Topics
 from ledger.settings import Settings, SettingsError
 from tests.cli_support import run_with
+from tests.conftest import SecuredBroker
 from tests.facts import grant
 from tests.kafka_support import headers, kafka_env, kafka_settings, read_committed
 
@@ -32,16 +34,18 @@ SASL_SSL = {
 
 
 @pytest.fixture
-def secured(kafka_sasl_ssl: tuple[str, Path], tmp_path: Path) -> Iterator[dict[str, str]]:
+def secured(kafka_sasl_ssl: SecuredBroker, tmp_path: Path) -> Iterator[dict[str, str]]:
     """The environment of a CLI process on the SASL_SSL listener, on topics of its own."""
-    bootstrap, ca = kafka_sasl_ssl
-    settings = kafka_settings(tmp_path / "data", bootstrap)
-    yield {**os.environ, **kafka_env(settings), **SASL_SSL, "KAFKA_SSL_CAFILE": str(ca)}
+    settings = kafka_settings(tmp_path / "data", kafka_sasl_ssl.sasl_ssl)
+    ca = str(kafka_sasl_ssl.ca)
+    yield {**os.environ, **kafka_env(settings), **SASL_SSL, "KAFKA_SSL_CAFILE": ca}
 
 
+@pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
 def test_the_ledger_records_and_reads_through_tls_and_a_sasl_login(
-    secured: dict[str, str], kafka_bootstrap: str
+    secured: dict[str, str], kafka_sasl_ssl: SecuredBroker, mechanism: str
 ) -> None:
+    secured = {**secured, "KAFKA_SASL_MECHANISM": mechanism}
     assert run_with(secured, "init").returncode == 0
     fact = orjson.dumps(grant("sec-1", event_id="sec-g1")).decode()
     recorded = run_with(secured, "record", stdin=fact)
@@ -52,19 +56,19 @@ def test_the_ledger_records_and_reads_through_tls_and_a_sasl_login(
     assert [f["event_id"] for f in orjson.loads(trail.stdout)["facts"]] == ["sec-g1"]
     # On the cluster itself: the same topic, read through the broker's PLAINTEXT listener.
     topics = Topics.of(secured["LEDGER_TOPIC_PREFIX"])
-    landed = [headers(r).get("event_id") for r in read_committed(kafka_bootstrap, topics.ledger)]
+    on_the_topic = read_committed(kafka_sasl_ssl.plaintext, topics.ledger)
+    landed = [headers(r).get("event_id") for r in on_the_topic]
     assert "sec-g1" in landed
 
 
 def test_the_http_service_writes_and_answers_through_tls_and_a_sasl_login(
-    kafka_sasl_ssl: tuple[str, Path], tmp_path: Path
+    kafka_sasl_ssl: SecuredBroker, tmp_path: Path
 ) -> None:
-    bootstrap, ca = kafka_sasl_ssl
     settings = Settings.from_env(
         {
-            **kafka_env(kafka_settings(tmp_path / "data", bootstrap)),
+            **kafka_env(kafka_settings(tmp_path / "data", kafka_sasl_ssl.sasl_ssl)),
             **SASL_SSL,
-            "KAFKA_SSL_CAFILE": str(ca),
+            "KAFKA_SSL_CAFILE": str(kafka_sasl_ssl.ca),
         }
     )
     ledger = ConsentLedger(settings)

@@ -8,8 +8,9 @@
 #   deploy/kafka/broker.sh restart [DIR]   stop it and start it again on the same data and port
 #   deploy/kafka/broker.sh bootstrap [DIR] print the bootstrap address of the broker in DIR
 #
-# Besides its PLAINTEXT listener, the broker has a SASL_SSL one (TLS, then SASL PLAIN with
-# the user `ledger`, password `ledger-secret`: a development broker's, never a real one's),
+# Besides its PLAINTEXT listener, the broker has a SASL_SSL one (TLS, then SASL PLAIN or
+# SCRAM-SHA-256/512 with the user `ledger`, password `ledger-secret`: a development broker's,
+# never a real one's),
 # for the tests of the ledger against a secured cluster: its address is in DIR/bootstrap-
 # sasl-ssl, and the certificate to trust in DIR/ca.pem (self-signed for 127.0.0.1, made once
 # per cache with the JDK's keytool).
@@ -159,8 +160,10 @@ advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_SSL://127.0.0.1:$sport
 controller.listener.names=CONTROLLER
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL
 inter.broker.listener.name=PLAINTEXT
-listener.name.sasl_ssl.sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_ssl.sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
 listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_ledger="ledger-secret";
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 listener.name.sasl_ssl.ssl.keystore.type=PKCS12
 listener.name.sasl_ssl.ssl.keystore.location=$tls/broker.p12
 listener.name.sasl_ssl.ssl.keystore.password=$tls_password
@@ -192,6 +195,8 @@ format() {
     jvm_options
     java "${jvm[@]}" -cp "$libs/*" kafka.tools.StorageTool format \
         -t "$(cluster_id)" \
+        -S "SCRAM-SHA-256=[name=ledger,password=ledger-secret]" \
+        -S "SCRAM-SHA-512=[name=ledger,password=ledger-secret]" \
         -c "$dir/server.properties" > "$dir/format.log" 2>&1 \
         || { cat "$dir/format.log" >&2; return 1; }
 }
