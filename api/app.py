@@ -214,23 +214,7 @@ def open_requests(service: Service) -> dict[str, int]:
 
 def projection_lag(service: Service) -> int:
     """Log entries the views have not applied yet (per ledger partition in Kafka mode)."""
-    store = service.views.store
-    recorder = service.ledger.ledger_recorder
-    if service.settings.backend == "kafka":
-        from kafka import TopicPartition
-
-        from ledger.kafka.recorder import KafkaLedgerRecorder
-        from projections.kafka_source import tracking_name
-
-        assert isinstance(recorder, KafkaLedgerRecorder)
-        lag = 0
-        for partition, offset in recorder.positions().items():
-            tp = TopicPartition(recorder.link.topics.ledger, partition)
-            seen = store.max_tracking_id(tracking_name("ConsentLedger", tp)) or 0
-            lag += max(0, offset - seen)
-        return lag
-    head = recorder.max_notification_id() or 0
-    return max(0, head - (store.max_tracking_id("ConsentLedger") or 0))
+    return service.views.lag()
 
 
 def kafka_unready(service: Service) -> tuple[str, str] | None:

@@ -92,11 +92,7 @@ class Metrics:
             ]
             for code, n in sorted(self.refused.items()):
                 lines.append(f'ledger_facts_refused_total{{code="{code}"}} {n}')
-        lines += [
-            "# HELP ledger_projection_lag Log entries the consent views have not applied yet.",
-            "# TYPE ledger_projection_lag gauge",
-            f"ledger_projection_lag {projection_lag}",
-        ]
+        lines += projection_lag_lines(projection_lag)
         if open_requests is not None:
             lines += [
                 "# HELP ledger_subject_requests Subject requests not closed yet, all tenants "
@@ -154,3 +150,19 @@ def intake_lines(intake: IntakeStats) -> list[str]:
     for partition, n in sorted(intake.lag.items()):
         lines.append(f'ledger_intake_lag{{partition="{partition}"}} {n}')
     return lines
+
+
+def projection_lag_lines(lag: int) -> list[str]:
+    return [
+        "# HELP ledger_projection_lag Log entries the consent views have not applied yet.",
+        "# TYPE ledger_projection_lag gauge",
+        f"ledger_projection_lag {lag}",
+    ]
+
+
+def worker_metrics(projection_lag: int | None, intake: IntakeStats) -> str:
+    """What a Kafka-mode `worker` serves at /metrics (`worker --metrics-port`): the intake
+    writer's counts and lag and, unless it runs without projections, the views' lag. It has
+    no HTTP API, so none of the service's request and publish counters."""
+    lines = [] if projection_lag is None else projection_lag_lines(projection_lag)
+    return "\n".join(lines + intake_lines(intake)) + "\n"

@@ -76,6 +76,27 @@ class Views:
         recorded = self.ledger.ledger_recorder.recorded_at_through(position)
         return None if recorded is None else datetime.fromisoformat(recorded)
 
+    def lag(self) -> int:
+        """Log entries the views have not applied yet: in Kafka mode, summed over the ledger
+        partitions, from what the replica holds. For /metrics (the service's and the
+        worker's); nothing is read from the broker."""
+        store = self.store
+        recorder = self.ledger.ledger_recorder
+        if self.ledger.settings.backend != "kafka":
+            head = recorder.max_notification_id() or 0
+            return max(0, head - (store.max_tracking_id(APPLICATION) or 0))
+        from kafka import TopicPartition
+
+        from ledger.kafka.recorder import KafkaLedgerRecorder
+        from projections.kafka_source import tracking_name
+
+        assert isinstance(recorder, KafkaLedgerRecorder)
+        lag = 0
+        for partition, offset in recorder.positions().items():
+            tp = TopicPartition(recorder.link.topics.ledger, partition)
+            lag += max(0, offset - (store.max_tracking_id(tracking_name(APPLICATION, tp)) or 0))
+        return lag
+
     def check(self) -> None:
         """Refuse views not built from this log now, as their first refresh would
         (`projections.runner.check_within_log`)."""

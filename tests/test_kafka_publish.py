@@ -484,3 +484,58 @@ def test_a_broker_refusal_after_the_limit_was_read_ends_publish_unanswered(
     said = err.decode()
     assert "the broker did not confirm every fact" in said and "publish them all again" in said
     assert "the first 1 facts of the input were answered on stdout" in said
+
+
+def test_a_worker_serves_its_metrics_on_the_port_asked(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """A worker has no HTTP API: `--metrics-port` gives Prometheus what the intake writer
+    counts, and the views' lag, on a port of its own."""
+    import httpx
+
+    env = kafka_env(kafka_settings(tmp_path / "data", kafka_bootstrap))
+    assert cli(env, "init").returncode == 0
+    worker = start_with({**os.environ, **env}, "worker", "--metrics-port", "0")
+    try:
+        assert worker.stdout is not None
+        said = line_within(worker.stdout)
+        assert said.startswith("worker: metrics on http://127.0.0.1:"), said
+        url = said.split()[-1]
+        assert line_within(worker.stdout).startswith("worker: consuming")
+        facts = [grant("met-1", event_id="met-1"), grant("met-2", purposes=("astrology",))]
+        stdin = "\n".join(orjson.dumps(f).decode() for f in facts)
+        assert cli(env, "publish", "--wait", "120", stdin=stdin).returncode == 1
+        # Committed, then counted: asked until counted, within the publish's own bound.
+        deadline = time.monotonic() + 120
+        while "\nledger_intake_facts_accepted_total 1\n" not in (text := httpx.get(url).text):
+            assert time.monotonic() < deadline and worker.poll() is None, text
+            time.sleep(0.05)  # a poll of the endpoint for a count, not a wait for it
+        assert 'ledger_intake_facts_refused_total{code="unknown_purpose"} 1' in text
+        assert "\nledger_projection_lag " in text and "ledger_intake_lag{" in text
+        assert "ledger_http_requests_total" not in text  # no HTTP API to count
+        assert httpx.get(url.removesuffix("/metrics") + "/healthz").json() == {"status": "ok"}
+        assert httpx.get(url.removesuffix("/metrics") + "/other").status_code == 404
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.communicate(timeout=60)
+    assert worker.returncode == 0
+
+
+def test_a_worker_whose_metrics_port_is_taken_says_so_at_once(tmp_path: Path) -> None:
+    import socket
+
+    env = {**os.environ, "LEDGER_BACKEND": "kafka", "KAFKA_BOOTSTRAP": "127.0.0.1:1"}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        refused = cli(
+            {**env, "LEDGER_DATA_DIR": str(tmp_path / "data")},
+            "worker",
+            "--metrics-port",
+            str(port),
+        )
+    assert refused.returncode == 6, refused.stderr
+    assert refused.stderr == (
+        f"consent-ledger: worker: cannot listen on 127.0.0.1 port {port}: Address already in use\n"
+    )

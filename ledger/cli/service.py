@@ -37,6 +37,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("worker", help="Kafka mode: the intake writer and the projections")
     p.add_argument("--no-projections", action="store_true", help="run only the intake writer")
     p.add_argument("--interval", type=seconds, default=0.5, help="projection poll when idle (s)")
+    p.add_argument(
+        "--metrics-port",
+        type=whole(0, 65_535),
+        help="serve /metrics (Prometheus) and /healthz on this port (0: any free one)",
+    )
+    p.add_argument("--metrics-host", default="127.0.0.1", help="the address to serve them on")
     p.set_defaults(run=cmd_worker)
 
     p = sub.add_parser("serve", help="the HTTP service (uvicorn)")
@@ -218,15 +224,16 @@ def loopback(listening: socket.socket) -> bool:
         return False
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
-    """A socket bound to the address `serve` was given, for uvicorn to listen on; an address
-    that cannot be had is one line and exit 6 (in use, not this host's) or 2 (no such host)."""
+def listening_socket(host: str, port: int, who: str = "serve") -> socket.socket:
+    """A socket bound to the address `serve` (or the worker's metrics) was given, to listen
+    on; an address that cannot be had is one line and exit 6 (in use, not this host's) or 2
+    (no such host)."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
     except socket.gaierror as e:
-        raise CliError(f"serve: --host {host!r} names no address here: {e.strerror}") from None
+        raise CliError(f"{who}: --host {host!r} names no address here: {e.strerror}") from None
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds its own
     try:
@@ -234,7 +241,7 @@ def listening_socket(host: str, port: int) -> socket.socket:
     except OSError as e:
         sock.close()
         raise CliError(
-            f"serve: cannot listen on {host} port {port}: {e.strerror}", EXIT_UNAVAILABLE
+            f"{who}: cannot listen on {host} port {port}: {e.strerror}", EXIT_UNAVAILABLE
         ) from None
     return sock
 
@@ -255,6 +262,12 @@ def _work(args: argparse.Namespace, settings: Settings, stop: threading.Event) -
     from ledger.kafka.recorder import WriterFenced
     from projections.views import Views
 
+    # The metrics address is taken first: one in use is said at once, exit 6, as `serve`.
+    listening = (
+        None
+        if args.metrics_port is None
+        else listening_socket(args.metrics_host, args.metrics_port, "worker")
+    )
     if not wait_for_brokers(settings, stop, "worker"):
         say("worker: stopped before a Kafka broker answered", flush=True)
         return 0
@@ -268,6 +281,7 @@ def _work(args: argparse.Namespace, settings: Settings, stop: threading.Event) -
             views.close()
             ledger.close()
             raise
+    metrics = None if listening is None else _serve_metrics(listening, writer, views)
     project = threading.Thread(
         target=follow_views, args=(views, stop, args.interval), name="projections", daemon=True
     )
@@ -282,6 +296,8 @@ def _work(args: argparse.Namespace, settings: Settings, stop: threading.Event) -
         return fail("worker: fenced — another writer owns the ledger partitions", EXIT_FENCED)
     finally:
         stop.set()
+        if metrics is not None:
+            metrics.close()
         if project.is_alive():
             project.join()
         writer.close()
@@ -319,6 +335,22 @@ def _work(args: argparse.Namespace, settings: Settings, stop: threading.Event) -
             flush=True,
         )
     return 0
+
+
+def _serve_metrics(listening: socket.socket, writer: Any, views: Any) -> Any:
+    """The worker's /metrics on its own thread: the intake writer's counts and lag, and the
+    views' lag (read from the replica and the views' store, nothing from the broker)."""
+    from api.metrics import worker_metrics
+    from api.metrics_server import MetricsServer
+
+    def render() -> str:
+        return worker_metrics(None if views is None else views.lag(), writer.stats)
+
+    server = MetricsServer(listening, render)
+    host, port = server.address[:2]
+    shown = f"[{host}]" if ":" in host else host
+    say(f"worker: metrics on http://{shown}:{port}/metrics", flush=True)
+    return server
 
 
 def follow_views(views: Any, stop: Any, interval: float) -> None:

@@ -1,0 +1,57 @@
+"""The Kafka-mode worker's /metrics: a Prometheus endpoint for a process with no HTTP API.
+
+A worker has no FastAPI app to put the route on, and one endpoint read every few seconds by
+a scraper needs no more than the standard library's threaded HTTP server, on a thread of its
+own beside the intake writer and the projections.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class MetricsServer:
+    """`GET /metrics` (what `render` gives) and `GET /healthz`, on an already bound socket,
+    until `close`."""
+
+    def __init__(self, listening: socket.socket, render: Callable[[], str]) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path == "/metrics":
+                    self._answer(200, PROMETHEUS_TEXT, render().encode())
+                elif self.path == "/healthz":
+                    self._answer(200, "application/json", b'{"status":"ok"}')
+                else:
+                    self._answer(404, "text/plain; charset=utf-8", b"not found\n")
+
+            def _answer(self, status: int, kind: str, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass  # client addresses and paths: nothing the service's logs should hold
+
+        self._server = ThreadingHTTPServer(
+            listening.getsockname()[:2], Handler, bind_and_activate=False
+        )
+        self._server.socket.close()
+        self._server.socket = listening
+        self._server.server_activate()
+        self.address = listening.getsockname()
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="metrics", daemon=True
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
