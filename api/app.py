@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import PlainTextResponse
 from fastapi.telemetry import TelemetryConfig
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -130,6 +131,18 @@ def create_app(
     app.add_exception_handler(Exception, problems.on_unexpected)
 
     app.add_middleware(RequestGuard, max_body=settings.http_max_body)
+    if settings.http_cors_origins:
+        # Outermost: a browser's preflight is answered here, before the guard and the routes
+        # (which would answer OPTIONS with 405). No cookies: the key travels in a header the
+        # page sets, so no credentials mode.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.http_cors_origins),
+            allow_methods=["GET", "HEAD", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+            expose_headers=["Next-Cursor", "Retry-After", "WWW-Authenticate"],
+            max_age=600,
+        )
 
     # Every authenticated route can answer with these problems; bodies over the limit get 413,
     # bodies declared as anything but JSON 415; bytes the server cannot read as a request,

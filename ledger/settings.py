@@ -56,6 +56,7 @@ VARIABLES = (
     "LEDGER_HTTP_TELEMETRY",
     "LEDGER_TLS_CERT",
     "LEDGER_TLS_KEY",
+    "LEDGER_HTTP_CORS_ORIGINS",
     "LEDGER_FAILPOINT",
 )
 
@@ -173,6 +174,9 @@ class Settings:
       HTTP, for loopback or behind a proxy that terminates TLS |
     | LEDGER_TLS_KEY | | `serve`: the PEM file of that certificate's private key, not
       encrypted (keep it 0600); with LEDGER_TLS_CERT |
+    | LEDGER_HTTP_CORS_ORIGINS | | `serve`: the web origins (`https://host[:port]`, comma-separated)
+      whose pages may call the API from a browser (CORS); unset: none, only the service's own
+      pages (/docs) |
     """
 
     data_dir: Path
@@ -211,6 +215,7 @@ class Settings:
     erasure_journal: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    http_cors_origins: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -286,6 +291,7 @@ class Settings:
             else None,
             tls_cert=None if tls_cert is None else Path(tls_cert),
             tls_key=None if tls_key is None else Path(tls_key),
+            http_cors_origins=_origins(env, "LEDGER_HTTP_CORS_ORIGINS"),
         )
 
     def bootstrap(self) -> str:
@@ -363,6 +369,25 @@ def _kafka_security(env: Mapping[str, str]) -> dict[str, Any]:
         "kafka_sasl_username": given["KAFKA_SASL_USERNAME"],
         "kafka_sasl_password": given["KAFKA_SASL_PASSWORD"],
     }
+
+
+_ORIGIN = re.compile(
+    r"https?://[a-z0-9.\-]+(?::[0-9]{1,5})?|https?://\[[0-9a-f:.]+\](?::[0-9]{1,5})?"
+)
+
+
+def _origins(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """Web origins as a browser sends them (`Origin`): scheme, host and port, nothing else.
+    `*` is refused: which pages may hold a key to this ledger is named, not everyone."""
+    raw = env.get(name) or ""
+    origins = tuple(o.strip().lower().rstrip("/") for o in raw.split(",") if o.strip())
+    for origin in origins:
+        if not _ORIGIN.fullmatch(origin):
+            raise SettingsError(
+                f"{name} takes origins as scheme://host[:port], comma-separated, not "
+                + (repr(origin) if len(origin) <= 80 else "that")
+            )
+    return origins
 
 
 _KAFKA_TLS = ("KAFKA_SSL_CAFILE", "KAFKA_SSL_CERTFILE", "KAFKA_SSL_KEYFILE")

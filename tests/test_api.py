@@ -1069,3 +1069,62 @@ def test_the_due_route_gives_each_kind_of_request_its_deadline(tmp_path: Path) -
     with TestClient(create_app(settings)) as client:
         due = client.get("/v1/due", headers={"Authorization": f"Bearer {key}"})
     assert [r["request_id"] for r in due.json()["requests"]] == ["R"]  # in 2 days, not 22
+
+
+def test_pages_of_the_configured_origins_may_call_the_api_from_a_browser(
+    tmp_path: Path, world: World
+) -> None:
+    """LEDGER_HTTP_CORS_ORIGINS: a browser's preflight from a named origin is answered with
+    the methods and headers a page needs (the key travels in Authorization); any other
+    origin, or a service with none configured, gets no CORS header at all."""
+    settings = Settings.from_env(
+        {
+            "LEDGER_DATA_DIR": str(tmp_path / "data"),
+            "LEDGER_HTTP_WRITER": "thread",
+            "LEDGER_HTTP_CORS_ORIGINS": "https://compliance.example.uz, http://localhost:5173/",
+        }
+    )
+    assert settings.http_cors_origins == ("https://compliance.example.uz", "http://localhost:5173")
+    ConsentLedger(settings).init_demo()
+    store = ApiKeys(keys_path(settings))
+    key = store.create("demo", {"compliance"})[1]
+    store.close()
+    page = "https://compliance.example.uz"
+    asking = {"Access-Control-Request-Method": "POST"}
+    with TestClient(create_app(settings)) as client:
+        preflight = client.options(
+            "/v1/consents:check",
+            headers={
+                "Origin": page,
+                **asking,
+                "Access-Control-Request-Headers": "authorization,content-type",
+            },
+        )
+        assert preflight.status_code == 200, preflight.text
+        assert preflight.headers["access-control-allow-origin"] == page
+        allowed = preflight.headers["access-control-allow-headers"].lower()
+        assert "authorization" in allowed and "content-type" in allowed
+        answered = client.get(
+            "/v1/verify", headers={"Origin": page, "Authorization": f"Bearer {key}"}
+        )
+        assert answered.status_code == 200
+        assert answered.headers["access-control-allow-origin"] == page
+        assert "Next-Cursor" in answered.headers["access-control-expose-headers"]
+        other = {"Origin": "https://elsewhere.example.com"}
+        refused = client.options("/v1/consents:check", headers={**other, **asking})
+        assert refused.status_code == 400
+        assert "access-control-allow-origin" not in refused.headers
+        plain = client.get("/v1/verify", headers={**other, "Authorization": f"Bearer {key}"})
+        assert "access-control-allow-origin" not in plain.headers
+    unset = world.client.get("/healthz", headers={"Origin": page})
+    assert "access-control-allow-origin" not in unset.headers
+
+
+@pytest.mark.parametrize(
+    "origins", ["*", "https://app.example.uz/path", "ftp://app.example.uz", "app.example.uz"]
+)
+def test_an_origin_that_is_not_scheme_host_and_port_is_refused(origins: str) -> None:
+    from ledger.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="LEDGER_HTTP_CORS_ORIGINS takes origins as"):
+        Settings.from_env({"LEDGER_HTTP_CORS_ORIGINS": origins})
