@@ -7,12 +7,14 @@ own beside the intake writer and the projections.
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+log = logging.getLogger("consent_ledger.metrics")
 
 
 class MetricsServer:
@@ -23,7 +25,13 @@ class MetricsServer:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 if self.path == "/metrics":
-                    self._answer(200, PROMETHEUS_TEXT, render().encode())
+                    try:
+                        text = render()
+                    except Exception as error:  # the views' store away: said, not a traceback
+                        log.error("metrics not rendered (%s)", type(error).__name__)
+                        self._answer(503, "text/plain; charset=utf-8", b"unavailable\n")
+                        return
+                    self._answer(200, PROMETHEUS_TEXT, text.encode())
                 elif self.path == "/healthz":
                     self._answer(200, "application/json", b'{"status":"ok"}')
                 else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -40,3 +41,38 @@ def test_each_latency_bucket_counts_the_requests_at_or_under_its_bound(
             expected[(route, str(bound))] = sum(1 for s in mine if s <= bound)
         expected[(route, "+Inf")] = len(mine)
     assert rendered == expected
+
+
+def test_the_workers_metrics_server_answers_and_survives_a_failed_render() -> None:
+    """`worker --metrics-port`'s endpoint: what the render gives, a 503 (not a traceback,
+    not a dead thread) when it fails, /healthz, and 404 for anything else."""
+    import socket
+
+    import httpx
+
+    from api.metrics_server import PROMETHEUS_TEXT, MetricsServer
+
+    answers: Iterator[str | Exception] = iter(
+        ["ledger_projection_lag 3\n", RuntimeError("views away"), "ok 1\n"]
+    )
+
+    def render() -> str:
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    server = MetricsServer(listening, render)
+    base = f"http://127.0.0.1:{server.address[1]}"
+    try:
+        first = httpx.get(f"{base}/metrics")
+        assert (first.status_code, first.text) == (200, "ledger_projection_lag 3\n")
+        assert first.headers["content-type"] == PROMETHEUS_TEXT
+        assert httpx.get(f"{base}/metrics").status_code == 503
+        assert httpx.get(f"{base}/metrics").text == "ok 1\n"
+        assert httpx.get(f"{base}/healthz").json() == {"status": "ok"}
+        assert httpx.get(f"{base}/metrics/").status_code == 404
+    finally:
+        server.close()
