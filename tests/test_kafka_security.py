@@ -64,13 +64,14 @@ def test_the_ledger_records_and_reads_through_tls_and_a_sasl_login(
 def test_the_http_service_writes_and_answers_through_tls_and_a_sasl_login(
     kafka_sasl_ssl: SecuredBroker, tmp_path: Path
 ) -> None:
-    settings = Settings.from_env(
-        {
-            **kafka_env(kafka_settings(tmp_path / "data", kafka_sasl_ssl.sasl_ssl)),
-            **SASL_SSL,
-            "KAFKA_SSL_CAFILE": str(kafka_sasl_ssl.ca),
-        }
-    )
+    """The service's writer and admin client, and its intake writer taking what `publish`
+    sends (its producer, and its reads of the writer's progress and the rejected topic)."""
+    env = {
+        **kafka_env(kafka_settings(tmp_path / "data", kafka_sasl_ssl.sasl_ssl)),
+        **SASL_SSL,
+        "KAFKA_SSL_CAFILE": str(kafka_sasl_ssl.ca),
+    }
+    settings = Settings.from_env(env)
     ledger = ConsentLedger(settings)
     ledger.init_demo()
     ledger.close()
@@ -82,6 +83,16 @@ def test_the_http_service_writes_and_answers_through_tls_and_a_sasl_login(
         body = {k: v for k, v in grant("sec-2").items() if k != "tenant"}
         created = client.post("/v1/facts", json=body, headers={"Authorization": f"Bearer {key}"})
         assert created.status_code == 201, created.text
+        facts = [grant("sec-3", event_id="sec-p1"), grant("sec-3", purposes=("astrology",))]
+        published = run_with(
+            {**os.environ, **env},
+            *("publish", "--wait", "120"),
+            stdin="\n".join(orjson.dumps(f).decode() for f in facts),
+        )
+        assert published.returncode == 1, published.stderr  # the second refused
+        answers = [orjson.loads(line) for line in published.stdout.splitlines()]
+        assert answers[0]["receipt"]["event_id"] == "sec-p1"
+        assert answers[1]["rejected"]["code"] == "unknown_purpose"
 
 
 def test_a_refused_login_or_an_untrusted_broker_is_said_in_one_line(
