@@ -102,15 +102,17 @@ class SecuredBroker(NamedTuple):
     sasl_ssl: str  # the address of its SASL_SSL listener
     ca: Path  # the certificate to trust
     plaintext: str  # the address of the same broker's PLAINTEXT listener
+    ssl: str  # the address of its SSL listener, which asks for a client certificate
+    client: Path  # one its CA signed, with its key (PKCS12, password `broker-keystore`)
 
 
 @pytest.fixture(scope="session")
 def kafka_sasl_ssl(
     kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[SecuredBroker]:
-    """A broker's SASL_SSL listener (TLS, then SASL PLAIN or SCRAM as `ledger` with password
-    `ledger-secret`): the session's broker's, or, where KAFKA_BOOTSTRAP named a broker of its
-    own, a broker started for it."""
+    """A broker's secured listeners (SASL_SSL: TLS, then SASL PLAIN or SCRAM as `ledger` with
+    password `ledger-secret`; SSL: mutual TLS): the session's broker's, or, where
+    KAFKA_BOOTSTRAP named a broker of its own, a broker started for it."""
     run_dir = _BROKER_DIRS.get(kafka_bootstrap)
     if run_dir is not None:
         yield _secured(run_dir)
@@ -123,7 +125,13 @@ def _secured(run_dir: Path) -> SecuredBroker:
     def read(name: str) -> str:
         return (run_dir / name).read_text().strip()
 
-    return SecuredBroker(read("bootstrap-sasl-ssl"), run_dir / "ca.pem", read("bootstrap"))
+    return SecuredBroker(
+        read("bootstrap-sasl-ssl"),
+        run_dir / "ca.pem",
+        read("bootstrap"),
+        read("bootstrap-ssl"),
+        run_dir / "client.p12",
+    )
 
 
 @contextlib.contextmanager

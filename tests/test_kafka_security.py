@@ -1,6 +1,6 @@
-"""Kafka mode on a cluster that asks for TLS and a SASL login (the broker's SASL_SSL
-listener, `deploy/kafka/broker.sh`, with PLAIN and SCRAM users): every client of the ledger
-reaches it as configured,
+"""Kafka mode on a cluster that asks for TLS and a SASL login, or for a client certificate
+(the broker's SASL_SSL listener, with PLAIN and SCRAM users, and its SSL listener,
+`deploy/kafka/broker.sh`): every client of the ledger reaches it as configured,
 and a login or a certificate the brokers refuse is said in one line."""
 
 from __future__ import annotations
@@ -93,6 +93,46 @@ def test_the_http_service_writes_and_answers_through_tls_and_a_sasl_login(
         answers = [orjson.loads(line) for line in published.stdout.splitlines()]
         assert answers[0]["receipt"]["event_id"] == "sec-p1"
         assert answers[1]["rejected"]["code"] == "unknown_purpose"
+
+
+def test_the_ledger_records_and_reads_with_a_client_certificate(
+    kafka_sasl_ssl: SecuredBroker, tmp_path: Path
+) -> None:
+    """Mutual TLS (KAFKA_SECURITY_PROTOCOL=SSL with a certificate and key): the listener
+    refuses a client without one."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    key, cert, _ = pkcs12.load_key_and_certificates(
+        kafka_sasl_ssl.client.read_bytes(), b"broker-keystore"
+    )
+    assert key is not None and cert is not None
+    key_pem, cert_pem = tmp_path / "client-key.pem", tmp_path / "client-cert.pem"
+    key_pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    env = {
+        **os.environ,
+        **kafka_env(kafka_settings(tmp_path / "data", kafka_sasl_ssl.ssl)),
+        "KAFKA_SECURITY_PROTOCOL": "SSL",
+        "KAFKA_SSL_CAFILE": str(kafka_sasl_ssl.ca),
+        "KAFKA_SSL_CERTFILE": str(cert_pem),
+        "KAFKA_SSL_KEYFILE": str(key_pem),
+    }
+    assert run_with(env, "init").returncode == 0
+    fact = orjson.dumps(grant("mtls-1", event_id="mtls-g1")).decode()
+    assert run_with(env, "record", stdin=fact).returncode == 0
+    trail = run_with(env, "trail", "mtls-1", "--tenant", "demo", "--json")
+    assert [f["event_id"] for f in orjson.loads(trail.stdout)["facts"]] == ["mtls-g1"]
+    without = {k: v for k, v in env.items() if k not in ("KAFKA_SSL_CERTFILE", "KAFKA_SSL_KEYFILE")}
+    refused = run_with(without, "verify")
+    assert refused.returncode == 6 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "CERTIFICATE" in refused.stderr  # the broker's TLS alert, named
 
 
 def test_a_refused_login_or_an_untrusted_broker_is_said_in_one_line(

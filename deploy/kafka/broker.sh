@@ -8,12 +8,14 @@
 #   deploy/kafka/broker.sh restart [DIR]   stop it and start it again on the same data and port
 #   deploy/kafka/broker.sh bootstrap [DIR] print the bootstrap address of the broker in DIR
 #
-# Besides its PLAINTEXT listener, the broker has a SASL_SSL one (TLS, then SASL PLAIN or
-# SCRAM-SHA-256/512 with the user `ledger`, password `ledger-secret`: a development broker's,
-# never a real one's),
-# for the tests of the ledger against a secured cluster: its address is in DIR/bootstrap-
-# sasl-ssl, and the certificate to trust in DIR/ca.pem (self-signed for 127.0.0.1, made once
-# per cache with the JDK's keytool).
+# Besides its PLAINTEXT listener the broker has two secured ones, for the tests of the
+# ledger against a secured cluster (a development broker's keys and passwords, never a real
+# one's), both trusting and trusted through a development CA (DIR/ca.pem; made once per cache
+# with the JDK's keytool):
+#   SASL_SSL (DIR/bootstrap-sasl-ssl): TLS, then SASL PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512
+#     as user `ledger`, password `ledger-secret`;
+#   SSL (DIR/bootstrap-ssl): mutual TLS, a client certificate the CA signed required (one is
+#     in DIR/client.p12, PKCS12, password `broker-keystore`).
 #
 # DIR defaults to ./var/kafka. The jars are cached in $KAFKA_CACHE_DIR
 # (default ~/.cache/consent-ledger/kafka-<version>), so only the first start downloads; so is
@@ -25,8 +27,8 @@ kafka_version="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$her
 cache="${KAFKA_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/consent-ledger/kafka-$kafka_version}"
 libs="$cache/libs"
 archive="$cache/classes.jsa"
-tls="$cache/tls"
-tls_password="broker-keystore"  # of a development broker's self-signed key, in its cache
+tls="$cache/tls-2"  # -2: a CA and a client key (the first held one self-signed key)
+tls_password="broker-keystore"  # of a development broker's keys, in its cache
 cmd="${1:-}"
 dir="${2:-${KAFKA_RUN_DIR:-./var/kafka}}"
 
@@ -44,21 +46,43 @@ fetch() {
     exec 9>&-
 }
 
-# The SASL_SSL listener's key and self-signed certificate (PKCS12, which the broker reads),
-# and the certificate alone (PEM, which clients trust), made once per cache.
+# The TLS listeners' keys: a development CA, the broker's key and certificate signed by it
+# (for 127.0.0.1), a client's (CN=ledger) for the listener that asks for one, and the CA as
+# the broker's truststore (all PKCS12, which the broker reads; the CA's certificate also as
+# PEM, which clients trust). Made once per cache with the JDK's keytool (9 s here).
 make_tls() {
     if [ -f "$tls/.complete" ]; then return 0; fi
     command -v keytool >/dev/null || die "keytool is not installed: it comes with the JDK"
     rm -rf "$tls" && mkdir -p "$tls"
-    keytool -genkeypair -alias broker -keyalg EC -groupname secp256r1 -validity 3650 \
-        -dname "CN=localhost" -ext "SAN=ip:127.0.0.1,dns:localhost" -ext "BC:c=ca:true" \
-        -keystore "$tls/broker.p12" -storetype PKCS12 \
-        -storepass "$tls_password" -keypass "$tls_password" > "$tls/keytool.log" 2>&1 \
-        || { cat "$tls/keytool.log" >&2; die "keytool could not make the broker's TLS key"; }
-    keytool -exportcert -rfc -alias broker -keystore "$tls/broker.p12" -storetype PKCS12 \
-        -storepass "$tls_password" -file "$tls/ca.pem" >> "$tls/keytool.log" 2>&1 \
-        || { cat "$tls/keytool.log" >&2; die "keytool could not export the broker's certificate"; }
+    ( cd "$tls" && make_tls_files ) > "$tls/keytool.log" 2>&1 \
+        || { cat "$tls/keytool.log" >&2; die "keytool could not make the brokers' TLS keys"; }
     touch "$tls/.complete"
+}
+
+make_tls_files() {
+    local who cn san
+    kt -genkeypair -alias ca -dname "CN=consent-ledger development CA" -ext "BC:c=ca:true" \
+        -keystore ca.p12
+    kt -exportcert -rfc -alias ca -keystore ca.p12 -file ca.pem
+    for who in broker client; do
+        cn=localhost; san=(-ext "SAN=ip:127.0.0.1,dns:localhost")
+        if [ "$who" = client ]; then cn=ledger; san=(); fi
+        kt -genkeypair -alias "$who" -dname "CN=$cn" -keystore "$who.p12"
+        kt -certreq -alias "$who" -keystore "$who.p12" -file "$who.csr"
+        kt -gencert -alias ca -keystore ca.p12 -infile "$who.csr" -outfile "$who.crt" -rfc \
+            "${san[@]}"
+        kt -importcert -alias ca -file ca.pem -keystore "$who.p12" -noprompt
+        kt -importcert -alias "$who" -file "$who.crt" -keystore "$who.p12"
+    done
+    kt -importcert -alias ca -file ca.pem -keystore trust.p12 -noprompt
+}
+
+# keytool with this cache's store type, password and key kind; stops make_tls_files on failure.
+kt() {
+    local extra=()
+    case "$1" in -genkeypair) extra=(-keyalg EC -groupname secp256r1 -validity 3650 -keypass "$tls_password") ;; esac
+    case "$1" in -gencert) extra=(-validity 3650) ;; esac
+    keytool "$@" "${extra[@]}" -storetype PKCS12 -storepass "$tls_password" || exit 1
 }
 
 fetch_libs() {
@@ -145,21 +169,34 @@ start_once() {
 
 # A fresh data directory and configuration in $dir, on three free ports.
 configure() {
-    rm -rf "$dir/data" "$dir/broker.pid" "$dir/bootstrap" "$dir/bootstrap-sasl-ssl"
-    local port cport sport
-    port="$(free_port)"; cport="$(free_port)"; sport="$(free_port)"
+    rm -rf "$dir/data" "$dir/broker.pid" "$dir/bootstrap" "$dir/bootstrap-sasl-ssl" \
+        "$dir/bootstrap-ssl"
+    local port cport sport mport
+    port="$(free_port)"; cport="$(free_port)"; sport="$(free_port)"; mport="$(free_port)"
     while [ "$cport" = "$port" ]; do cport="$(free_port)"; done
     while [ "$sport" = "$port" ] || [ "$sport" = "$cport" ]; do sport="$(free_port)"; done
+    while [ "$mport" = "$port" ] || [ "$mport" = "$cport" ] || [ "$mport" = "$sport" ]; do
+        mport="$(free_port)"
+    done
     cp "$tls/ca.pem" "$dir/ca.pem"
+    cp "$tls/client.p12" "$dir/client.p12"
     cat > "$dir/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$cport
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport,SASL_SSL://127.0.0.1:$sport
-advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_SSL://127.0.0.1:$sport
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport,SSL://127.0.0.1:$mport,SASL_SSL://127.0.0.1:$sport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port,SSL://127.0.0.1:$mport,SASL_SSL://127.0.0.1:$sport
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SSL:SSL,SASL_SSL:SASL_SSL
 inter.broker.listener.name=PLAINTEXT
+listener.name.ssl.ssl.client.auth=required
+listener.name.ssl.ssl.keystore.type=PKCS12
+listener.name.ssl.ssl.keystore.location=$tls/broker.p12
+listener.name.ssl.ssl.keystore.password=$tls_password
+listener.name.ssl.ssl.key.password=$tls_password
+listener.name.ssl.ssl.truststore.type=PKCS12
+listener.name.ssl.ssl.truststore.location=$tls/trust.p12
+listener.name.ssl.ssl.truststore.password=$tls_password
 listener.name.sasl_ssl.sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
 listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_ledger="ledger-secret";
 listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
@@ -239,6 +276,8 @@ launch() {
     echo "127.0.0.1:$port" > "$dir/bootstrap"
     sed -n 's/^listeners=.*,SASL_SSL:\/\/\(127.0.0.1:[0-9]*\)$/\1/p' "$dir/server.properties" \
         > "$dir/bootstrap-sasl-ssl"
+    sed -n 's/^listeners=.*,SSL:\/\/\(127.0.0.1:[0-9]*\),SASL_SSL.*$/\1/p' "$dir/server.properties" \
+        > "$dir/bootstrap-ssl"
 }
 
 # Start a stopped broker again on its data and ports (a broker restart, not a new cluster).
