@@ -191,7 +191,7 @@ def create_app(
         service: Service = request.app.state.service
         process = service.writer_process
         return service.metrics.render(
-            projection_lag=projection_lag(service),
+            projection_lag=service.views.lag(),
             writer_restarts=None if process is None else process.restarts,
             open_requests=open_requests(service),
             intake=None if service.intake is None else service.intake.writer.stats,
@@ -223,11 +223,6 @@ def open_requests(service: Service) -> dict[str, int]:
         service.settings.request_due_days,
         dict(service.settings.request_due_days_by_kind),
     )
-
-
-def projection_lag(service: Service) -> int:
-    """Log entries the views have not applied yet (per ledger partition in Kafka mode)."""
-    return service.views.lag()
 
 
 def kafka_unready(service: Service) -> tuple[str, str] | None:
