@@ -49,7 +49,7 @@ fetch() {
 # The TLS listeners' keys: a development CA, the broker's key and certificate signed by it
 # (for 127.0.0.1), a client's (CN=ledger) for the listener that asks for one, and the CA as
 # the broker's truststore (all PKCS12, which the broker reads; the CA's certificate also as
-# PEM, which clients trust). Made once per cache with the JDK's keytool (9 s here).
+# PEM, which clients trust). Made once per cache with the JDK's keytool.
 make_tls() {
     if [ -f "$tls/.complete" ]; then return 0; fi
     command -v keytool >/dev/null || die "keytool is not installed: it comes with the JDK"
