@@ -228,7 +228,7 @@ def open_requests(service: Service) -> dict[str, int]:
 def kafka_unready(service: Service) -> tuple[str, str] | None:
     """Why the Kafka side cannot serve writes: fenced, writer stopped, broker or topics gone."""
     from ledger.kafka.clients import AdminClient, secured
-    from ledger.kafka.topics import Topics
+    from ledger.kafka.names import Topics
 
     intake = service.intake
     fenced = getattr(service.ledger.ledger_recorder, "fenced", False)

@@ -53,10 +53,10 @@ from bench.raw_loop import copy_in_one_transaction
 from ledger.application import ConsentLedger
 from ledger.envelope import parse_fact
 from ledger.kafka.intake import IntakeWriter, wait_until_consumed
+from ledger.kafka.names import Topics
 from ledger.kafka.publish import intake_key
 from ledger.kafka.recorder import PRODUCER_TUNING
 from ledger.kafka.records import FIELDS_HEADER
-from ledger.kafka.topics import Topics
 from ledger.settings import Settings
 from projections.consent_projection import ConsentProjection
 from projections.runner import catch_up

@@ -219,7 +219,7 @@ PUBLISH_EVERY_S = 0.1
 def soak_worker(args: argparse.Namespace, bounds: dict[str, str]) -> None:
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-    from ledger.kafka.topics import Topics
+    from ledger.kafka.names import Topics
 
     with tempfile.TemporaryDirectory() as tmp, broker(Path(tmp)) as bootstrap:
         settings = Settings(

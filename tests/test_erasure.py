@@ -21,7 +21,7 @@ from api.keys import ApiKeys
 from ledger.application import ConsentLedger
 from ledger.envelope import parse_fact
 from ledger.errors import Code
-from ledger.kafka.topics import Topics
+from ledger.kafka.names import Topics
 from ledger.keystore import KeyStoreBusyError
 from ledger.receipt import ErasureNotOverwritten, Receipt
 from ledger.settings import Settings

@@ -33,8 +33,8 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from ledger.failpoints import EXIT_STATUS
+from ledger.kafka.names import Topics
 from ledger.kafka.recorder import KafkaLink
-from ledger.kafka.topics import Topics
 from ledger.settings import Settings
 from tests.cli_support import Started, line_within, start_with
 from tests.conftest import BROKER

@@ -20,9 +20,10 @@ from ledger.envelope import parse_fact
 from ledger.kafka import intake as intake_module
 from ledger.kafka import recorder as recorder_module
 from ledger.kafka.intake import IntakeWriter, wait_until_consumed
+from ledger.kafka.names import Topics
 from ledger.kafka.reading import ReadTimedOut
 from ledger.kafka.recorder import LedgerUnavailable
-from ledger.kafka.topics import TopicRefused, Topics, ensure_topics
+from ledger.kafka.topics import TopicRefused, ensure_topics
 from ledger.receipt import Receipt
 from ledger.settings import Settings
 from tests.facts import grant, withdraw

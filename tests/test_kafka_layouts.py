@@ -17,7 +17,8 @@ from kafka import KafkaProducer
 
 from ledger.application import ConsentLedger
 from ledger.envelope import parse_fact
-from ledger.kafka.topics import Topics, ensure_topics
+from ledger.kafka.names import Topics
+from ledger.kafka.topics import ensure_topics
 from ledger.receipt import Receipt
 from ledger.settings import Settings
 from projections.trail import subject_trail

@@ -249,10 +249,10 @@ def test_publish_needs_kafka_mode(tmp_path: Path) -> None:
 
 
 def test_records_on_the_rejected_topic_that_are_not_ours_are_passed_over() -> None:
+    from ledger.kafka.names import Topics
     from ledger.kafka.publish import _refusal
     from ledger.kafka.recorder import KafkaLink
     from ledger.kafka.records import MAC_HEADER, record_mac
-    from ledger.kafka.topics import Topics
 
     link = KafkaLink("unused:9092", Topics.of("p"), 1, b"k" * 32)
     source = {"topic": "p.intake", "partition": 0, "offset": 7}
@@ -288,10 +288,10 @@ def test_records_on_the_rejected_topic_that_are_not_ours_are_passed_over() -> No
 
 
 def test_a_refusal_found_by_event_id_is_the_ledgers_of_that_tenant_and_intake_topic() -> None:
+    from ledger.kafka.names import Topics
     from ledger.kafka.recorder import KafkaLink
     from ledger.kafka.records import MAC_HEADER, record_mac
     from ledger.kafka.rejected import _refusal_of
-    from ledger.kafka.topics import Topics
 
     link = KafkaLink("unused:9092", Topics.of("p"), 1, b"k" * 32)
     source = {"topic": "p.intake", "partition": 2, "offset": 7}

@@ -27,8 +27,9 @@ from ledger.application import ConsentLedger
 from ledger.envelope import parse_fact
 from ledger.errors import Code, FactRejected
 from ledger.kafka import recorder as recorder_module
+from ledger.kafka.names import Topics
 from ledger.kafka.recorder import KafkaLedgerRecorder, KafkaLink, WriterFenced
-from ledger.kafka.topics import Topics, ensure_topics
+from ledger.kafka.topics import ensure_topics
 from ledger.receipt import Receipt
 from ledger.recorder import FactKey
 from ledger.settings import Settings

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app, keys_path
 from api.keys import ApiKeys
 from ledger.application import ConsentLedger
-from ledger.kafka.topics import Topics
+from ledger.kafka.names import Topics
 from ledger.settings import Settings, SettingsError
 from tests.cli_support import run_with
 from tests.conftest import SecuredBroker

@@ -930,7 +930,8 @@ def test_kafka_views_of_another_ledger_topic_are_refused(
 
     from kafka.admin import KafkaAdminClient
 
-    from ledger.kafka.topics import TopicRefused, Topics
+    from ledger.kafka.names import Topics
+    from ledger.kafka.topics import TopicRefused
     from tests.cli_support import run
     from tests.kafka_support import kafka_cli
 

@@ -31,8 +31,8 @@ import pytest
 from ledger.application import ConsentLedger
 from ledger.envelope import parse_fact
 from ledger.kafka.intake import IntakeWriter
+from ledger.kafka.names import Topics
 from ledger.kafka.recorder import KafkaLedgerRecorder
-from ledger.kafka.topics import Topics
 from ledger.kafka.verify import verify_topic
 from ledger.receipt import Receipt
 from ledger.settings import Settings

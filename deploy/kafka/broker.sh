@@ -16,6 +16,10 @@
 #     as user `ledger`, password `ledger-secret`;
 #   SSL (DIR/bootstrap-ssl): mutual TLS, a client certificate the CA signed required (one is
 #     in DIR/client.p12, PKCS12, password `broker-keystore`).
+# It runs Kafka's StandardAuthorizer. Super users: ANONYMOUS (the PLAINTEXT listener and the
+# controller's), `ledger` and the client certificate's CN=ledger; two SCRAM-SHA-512 and PLAIN
+# users are not, `acl-ledger` and `acl-publisher` (passwords `<user>-secret`), so that a test
+# can grant them ACLs and see what each needs (tests/test_kafka_acls.py).
 #
 # DIR defaults to ./var/kafka. The jars are cached in $KAFKA_CACHE_DIR
 # (default ~/.cache/consent-ledger/kafka-<version>), so only the first start downloads; so is
@@ -198,7 +202,7 @@ listener.name.ssl.ssl.truststore.type=PKCS12
 listener.name.ssl.ssl.truststore.location=$tls/trust.p12
 listener.name.ssl.ssl.truststore.password=$tls_password
 listener.name.sasl_ssl.sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
-listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_ledger="ledger-secret";
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_ledger="ledger-secret" user_acl-ledger="acl-ledger-secret" user_acl-publisher="acl-publisher-secret";
 listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 listener.name.sasl_ssl.ssl.keystore.type=PKCS12
@@ -216,6 +220,8 @@ share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=false
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:ANONYMOUS;User:ledger;User:CN=ledger
 PROPS
     cat > "$dir/log4j2.properties" <<'LOG'
 rootLogger.level=WARN
@@ -234,6 +240,8 @@ format() {
         -t "$(cluster_id)" \
         -S "SCRAM-SHA-256=[name=ledger,password=ledger-secret]" \
         -S "SCRAM-SHA-512=[name=ledger,password=ledger-secret]" \
+        -S "SCRAM-SHA-512=[name=acl-ledger,password=acl-ledger-secret]" \
+        -S "SCRAM-SHA-512=[name=acl-publisher,password=acl-publisher-secret]" \
         -c "$dir/server.properties" > "$dir/format.log" 2>&1 \
         || { cat "$dir/format.log" >&2; return 1; }
 }

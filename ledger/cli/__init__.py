@@ -25,6 +25,7 @@ from ledger.cli.common import (
     subject_from_stdin,
 )
 from ledger.errors import FactRejected
+from ledger.kafka.acls import refused_access
 from ledger.keystore import KeyStoreBusyError
 from ledger.settings import Settings, SettingsError, unknown_variables
 from ledger.storage import storage_failure
@@ -64,7 +65,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:
         # Kafka mode's failures, named without importing Kafka in embedded mode.
         kind = type(e).__name__
-        if kind in ("LedgerUnavailable", "TopicRefused", "RecordsLost", "BrokersUnreachable"):
+        refused = None if kind == "AccessRefused" else refused_access(e)
+        if refused is not None:
+            # An ACL the cluster refused, out of any client of the ledger: what to grant,
+            # where kafka-python's own words named only its error class.
+            return fail(f"kafka: {refused}", EXIT_UNAVAILABLE)
+        if kind in (
+            "LedgerUnavailable",
+            "AccessRefused",
+            "TopicRefused",
+            "RecordsLost",
+            "BrokersUnreachable",
+        ):
             return fail(f"kafka: {e}", EXIT_UNAVAILABLE)
         if kind == "WriterFenced":
             return fail(f"kafka: {e}", EXIT_FENCED)

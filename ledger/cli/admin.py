@@ -1,4 +1,4 @@
-"""Running a deployment: `tenants`, `keys`, `backup`, `master-key`."""
+"""Running a deployment: `tenants`, `keys`, `backup`, `master-key`, `kafka-acls`."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from ledger.cli.common import (
     EXIT_BROKEN,
     EXIT_NOT_FOUND,
     EXIT_REJECTED,
+    EXIT_USAGE,
     CliError,
     current_views,
     fail,
@@ -25,6 +26,12 @@ from ledger.cli.common import (
 )
 from ledger.cli.erasure import erase_each
 from ledger.errors import FactRejected
+from ledger.kafka.acls import (
+    kafka_acls_commands,
+    principal_error,
+    publisher_grants,
+    writer_grants,
+)
 from ledger.settings import Settings
 from ledger.vocabulary import ERASURE_GROUNDS
 
@@ -79,6 +86,31 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_keys_list)
 
+    p = sub.add_parser(
+        "kafka-acls",
+        help="the Kafka ACLs a principal needs on a cluster with an authorizer, as "
+        "kafka-acls.sh commands (topics of LEDGER_TOPIC_PREFIX)",
+    )
+    p.add_argument(
+        "--principal",
+        required=True,
+        metavar="TYPE:NAME",
+        help="as the cluster names it: User:<SASL user>, or User:<the client certificate's "
+        "distinguished name>",
+    )
+    p.add_argument(
+        "--publisher",
+        action="store_true",
+        help="a service publishing facts to the intake topic with a client of its own",
+    )
+    p.add_argument(
+        "--topics-made",
+        action="store_true",
+        help="the operator made the three topics: the ledger needs no ACL Create",
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_kafka_acls)
+
     tenants = sub.add_parser("tenants", help="manage tenants").add_subparsers(
         dest="action", required=True
     )
@@ -99,6 +131,32 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--ground", required=True, choices=sorted(ERASURE_GROUNDS))
     p.add_argument("--confirm", required=True, metavar="T", help="the tenant's name again")
     p.set_defaults(run=cmd_tenants_erase_subjects)
+
+
+def cmd_kafka_acls(args: argparse.Namespace, settings: Settings) -> int:
+    """Printed from the lists the tests grant (`ledger.kafka.acls`); asks no broker."""
+    wrong = principal_error(args.principal)
+    if wrong is not None:
+        return fail(f"kafka-acls: {wrong}", EXIT_USAGE)
+    if args.publisher and args.topics_made:
+        return fail(
+            "kafka-acls: --topics-made is of the ledger's principal, not --publisher's", EXIT_USAGE
+        )
+    prefix = settings.topic_prefix
+    if args.publisher:
+        grants = publisher_grants(prefix)
+    else:
+        grants = writer_grants(prefix, create_topics=not args.topics_made)
+    if args.json:
+        print_json({"principal": args.principal, "grants": [g.as_json() for g in grants]})
+        return 0
+    bootstrap = settings.kafka_bootstrap or "BROKER:9092"
+    for grant, command in zip(
+        grants, kafka_acls_commands(args.principal, grants, bootstrap), strict=True
+    ):
+        say(f"# {grant.why}")
+        say(command)
+    return 0
 
 
 def cmd_tenants_create(args: argparse.Namespace, settings: Settings) -> int:

@@ -32,12 +32,13 @@ from kafka.errors import (
     InvalidProducerEpochError,
     KafkaError,
     ProducerFencedError,
-    TransactionalIdAuthorizationFailedError,
 )
 from kafka.structs import OffsetAndMetadata
 
 from ledger.failpoints import failpoint
+from ledger.kafka.acls import refused_access
 from ledger.kafka.clients import Producer, close_producer
+from ledger.kafka.names import Topics, intake_group, transactional_id
 from ledger.kafka.reachable import BrokerWatch
 from ledger.kafka.reading import (
     STEP_MS,
@@ -52,7 +53,7 @@ from ledger.kafka.reading import (
     settled_ends,
 )
 from ledger.kafka.records import encode, intake_header, intake_read, partition_of
-from ledger.kafka.topics import KAFKA_DEFAULT_RECORD_LIMIT, RecordsLost, TopicRefused, Topics
+from ledger.kafka.topics import KAFKA_DEFAULT_RECORD_LIMIT, RecordsLost, TopicRefused
 from ledger.kafka.transaction_calls import (
     Begun,
     begin_abort,
@@ -68,7 +69,7 @@ from ledger.store_format import REPLICA
 
 log = logging.getLogger("consent_ledger.kafka")
 
-FENCED = (ProducerFencedError, InvalidProducerEpochError, TransactionalIdAuthorizationFailedError)
+FENCED = (ProducerFencedError, InvalidProducerEpochError)
 
 
 # Every append is a transaction and its commit flushes whatever is buffered, so lingering
@@ -114,6 +115,12 @@ class LedgerUnavailable(RuntimeError):
     """The broker did not take the append; nothing of it was kept, and it may be retried."""
 
 
+class AccessRefused(LedgerUnavailable):
+    """The cluster refused the writer an ACL (its transactional id's, a topic's): nothing was
+    kept, and the same append works once the operator grants it. Until 2026-12-06 a refused
+    transactional id read as fenced by another writer (exit 5), which it is not."""
+
+
 @dataclass(frozen=True)
 class KafkaLink:
     bootstrap: str
@@ -129,13 +136,11 @@ class KafkaLink:
 
     @property
     def transactional_id(self) -> str:
-        """One id per set of owned partitions: a second writer for them fences the first."""
-        owned = "-".join(str(p) for p in range(self.partitions))
-        return f"{self.topics.ledger}-writer-p{owned}"
+        return transactional_id(self.topics, self.partitions)
 
     @property
     def intake_group(self) -> str:
-        return f"{self.topics.ledger}-writer"
+        return intake_group(self.topics)
 
 
 @dataclass(frozen=True)
@@ -681,6 +686,12 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
             except ReadTimedOut as error:
                 raise LedgerUnavailable(f"could not become the ledger writer: {error}") from error
             except KafkaError as error:
+                refused = refused_access(error)
+                if refused is not None:
+                    raise AccessRefused(
+                        f"could not become the ledger writer (transactional id "
+                        f"{self.link.transactional_id}): {refused}"
+                    ) from error
                 if "InvalidTransactionTimeout" in str(error) and timeout_ms != timeouts[-1]:
                     log.warning(
                         "the brokers' transaction.max.timeout.ms is below %d ms: the writer's "
@@ -1009,6 +1020,9 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
             self._drop_producer()
             return WriterFenced("another writer owns the ledger partitions")
         self._drop_producer(abort=True)
+        refused = refused_access(error) or (refused_access(held) if held is not None else None)
+        if refused is not None:
+            return AccessRefused(refused)
         return LedgerUnavailable(f"the broker did not take the append: {error}")
 
     def _drop_producer(self, abort: bool = False, close_s: float = 5) -> None:

@@ -8,15 +8,21 @@ rather than written to.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
-from kafka.errors import KafkaConnectionError, KafkaTimeoutError
+from kafka.errors import (
+    BrokerResponseError,
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
+)
 
 from ledger.envelope import MAX_FACT_BYTES
 from ledger.kafka import reachable
 from ledger.kafka.clients import AdminClient, last_bootstrap_failure, secured
+from ledger.kafka.names import Topics
 from ledger.kafka.reachable import BrokerWatch
 from ledger.kafka.reading import BrokerAway, ReadTimedOut, answered
 from ledger.settings import Settings
@@ -75,17 +81,6 @@ def admin_client(settings: Settings) -> KafkaAdminClient:
     except (ReadTimedOut, KafkaConnectionError) as error:
         raise BrokersUnreachable(bootstrap, error) from None
     return client
-
-
-@dataclass(frozen=True)
-class Topics:
-    intake: str
-    ledger: str
-    rejected: str
-
-    @classmethod
-    def of(cls, prefix: str) -> Topics:
-        return cls(f"{prefix}.intake", f"{prefix}.ledger", f"{prefix}.rejected")
 
 
 # `max.message.bytes` of the topics the ledger creates. A fact may be
@@ -179,10 +174,20 @@ def ledger_layout(settings: Settings) -> Layout:
         # appears, and the wait ran out as if no broker had answered.
         created = admin.create_topics(specs, raise_errors=False, wait_for_metadata=False)
         for result in created["topics"]:
-            if result["error_code"] not in (0, 36):  # 36: the topic already exists
+            if result["error_code"] in (0, TopicAlreadyExistsError.errno):
+                continue
+            if result["error_code"] == TopicAuthorizationFailedError.errno:
+                # A principal without the ACL Create is refused even a topic that exists: one
+                # the operator made is checked below like any other.
+                if _visible(admin, result["name"]):
+                    continue
                 raise TopicRefused(
-                    f"cannot create topic {result['name']}: {result['error_message']}"
+                    f"cannot create topic {result['name']}: the Kafka cluster refused this "
+                    "client the ACL Create for it, and it does not exist or this client may "
+                    "not see it; `consent-ledger kafka-acls --principal User:NAME` lists what "
+                    "the ledger's principal needs"
                 )
+            raise TopicRefused(f"cannot create topic {result['name']}: {result['error_message']}")
         admin.wait_for_topics(list(specs))
         record_limit = check_ledger_topic(admin, topics.ledger, settings)
         intake_limit = check_intake_topic(admin, topics.intake)
@@ -311,6 +316,15 @@ def described(admin: KafkaAdminClient, name: str) -> dict[str, Any]:
     raise TopicRefused(f"topic {name} does not exist")
 
 
+def _visible(admin: KafkaAdminClient, name: str) -> bool:
+    """Whether the topic exists and this client may describe it."""
+    try:
+        described(admin, name)
+    except (TopicRefused, BrokerResponseError):
+        return False
+    return True
+
+
 def fewest_replicas(topic: Mapping[str, Any]) -> int:
     """The replica count of the topic's least replicated partition (`described`)."""
     return min(len(p["replica_nodes"]) for p in topic["partitions"])
@@ -341,7 +355,17 @@ def _config(admin: KafkaAdminClient, name: str) -> dict[str, str]:
     described = admin.describe_configs(
         [ConfigResource(ConfigResourceType.TOPIC, name)], config_filter="all"
     )
-    return {key: str(entry.get("value", "")) for key, entry in described["topic"][name].items()}
+    configs = described.get("topic", {}).get(name, {})
+    if "cleanup.policy" not in configs:
+        # kafka-python drops the error of a resource the broker would not describe: every
+        # topic has a cleanup.policy, so an answer without one is a refusal, which read as
+        # a topic with retention.ms="" and was refused for it.
+        raise TopicRefused(
+            f"the Kafka cluster gave no settings of topic {name}: this client needs the ACL "
+            "DescribeConfigs on it; `consent-ledger kafka-acls --principal User:NAME` lists "
+            "what the ledger's principal needs"
+        )
+    return {key: str(entry.get("value", "")) for key, entry in configs.items()}
 
 
 class IntakeTopic(NamedTuple):

@@ -1,0 +1,293 @@
+"""Kafka mode on a cluster with an authorizer (the development broker runs Kafka's
+`StandardAuthorizer`; `deploy/kafka/broker.sh`): the ACLs `consent-ledger kafka-acls`
+prints are enough for the ledger's principal and for a publishing service's, nothing less is,
+and a refused ACL is said in one line that says where the list is."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from kafka import KafkaProducer
+from kafka.admin import (
+    ACL,
+    ACLFilter,
+    ACLOperation,
+    ACLPermissionType,
+    ACLResourcePatternType,
+    KafkaAdminClient,
+    ResourcePattern,
+    ResourcePatternFilter,
+    ResourceType,
+)
+from kafka.errors import TopicAuthorizationFailedError
+
+from ledger.kafka.names import Topics, intake_group
+from ledger.kafka.topics import ensure_topics
+from ledger.settings import Settings
+from tests.cli_support import line_within, run_with, start_with
+from tests.conftest import SecuredBroker
+from tests.facts import grant
+from tests.kafka_support import (
+    committed_offsets,
+    end_offsets,
+    kafka_env,
+    kafka_settings,
+    read_committed,
+)
+
+pytestmark = pytest.mark.kafka
+
+# Users of the development broker that are not super users (`deploy/kafka/broker.sh`).
+LEDGER_USER = "acl-ledger"
+PUBLISHER_USER = "acl-publisher"
+
+_RESOURCE = {
+    "topic": ResourceType.TOPIC,
+    "group": ResourceType.GROUP,
+    "transactional-id": ResourceType.TRANSACTIONAL_ID,
+}
+_OPERATION = {
+    "Create": ACLOperation.CREATE,
+    "Read": ACLOperation.READ,
+    "Write": ACLOperation.WRITE,
+    "DescribeConfigs": ACLOperation.DESCRIBE_CONFIGS,
+}
+
+
+def login(user: str) -> dict[str, str]:
+    return {
+        "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+        "KAFKA_SASL_USERNAME": user,
+        "KAFKA_SASL_PASSWORD": f"{user}-secret",
+    }
+
+
+def as_ledger(broker: SecuredBroker, settings: Settings) -> dict[str, str]:
+    """The environment of a CLI process logged in as the ledger's restricted user."""
+    return {
+        **os.environ,
+        **kafka_env(settings),
+        **login(LEDGER_USER),
+        "KAFKA_SSL_CAFILE": str(broker.ca),
+    }
+
+
+@pytest.fixture
+def admin(kafka_sasl_ssl: SecuredBroker) -> Iterator[KafkaAdminClient]:
+    """An admin client on the PLAINTEXT listener (a super user of the development broker);
+    every ACL of the two restricted users is deleted again after the test."""
+    client = KafkaAdminClient(bootstrap_servers=kafka_sasl_ssl.plaintext)
+    try:
+        yield client
+    finally:
+        client.delete_acls(
+            [
+                ACLFilter(
+                    f"User:{user}",
+                    "*",
+                    ACLOperation.ANY,
+                    ACLPermissionType.ANY,
+                    ResourcePatternFilter(ResourceType.ANY, None, ACLResourcePatternType.ANY),
+                )
+                for user in (LEDGER_USER, PUBLISHER_USER)
+            ]
+        )
+        client.close()
+
+
+def listed(env: dict[str, str], principal: str, *options: str) -> list[dict[str, Any]]:
+    """The grants `consent-ledger kafka-acls --json` lists."""
+    out = run_with(env, "kafka-acls", "--principal", principal, "--json", *options)
+    assert out.returncode == 0, out.stderr
+    answer = orjson.loads(out.stdout)
+    assert answer["principal"] == principal
+    grants: list[dict[str, Any]] = answer["grants"]
+    return grants
+
+
+def granted(admin: KafkaAdminClient, principal: str, grants: list[dict[str, Any]]) -> None:
+    acls = [
+        ACL(
+            principal,
+            "*",
+            _OPERATION[operation],
+            ACLPermissionType.ALLOW,
+            ResourcePattern(
+                _RESOURCE[g["resource_type"]],
+                g["name"],
+                ACLResourcePatternType.PREFIXED
+                if g["pattern"] == "prefixed"
+                else ACLResourcePatternType.LITERAL,
+            ),
+        )
+        for g in grants
+        for operation in g["operations"]
+    ]
+    result = admin.create_acls(acls)
+    assert not result["failed"], result["failed"]
+
+
+def producer(kafka_sasl_ssl: SecuredBroker, user: str) -> KafkaProducer:
+    """A publishing service's own client: kafka-python, idempotent, as its defaults say."""
+    return KafkaProducer(
+        bootstrap_servers=kafka_sasl_ssl.sasl_ssl,
+        security_protocol="SASL_SSL",
+        ssl_cafile=str(kafka_sasl_ssl.ca),
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_plain_username=user,
+        sasl_plain_password=f"{user}-secret",
+        enable_idempotence=True,
+        acks="all",
+    )
+
+
+@pytest.mark.parametrize("topics_made", [False, True], ids=["ledger-creates", "operator-made"])
+def test_the_listed_acls_are_enough_for_the_ledger_and_a_publisher(
+    kafka_sasl_ssl: SecuredBroker, admin: KafkaAdminClient, tmp_path: Path, topics_made: bool
+) -> None:
+    settings = kafka_settings(tmp_path / "data", kafka_sasl_ssl.sasl_ssl)
+    topics = Topics.of(settings.topic_prefix)
+    env = as_ledger(kafka_sasl_ssl, settings)
+    options = ("--topics-made",) if topics_made else ()
+    writer = listed(env, f"User:{LEDGER_USER}", *options)
+    assert all("Create" not in g["operations"] for g in writer) is topics_made
+    granted(admin, f"User:{LEDGER_USER}", writer)
+    granted(admin, f"User:{PUBLISHER_USER}", listed(env, f"User:{PUBLISHER_USER}", "--publisher"))
+    if topics_made:  # by the operator, as a super user, with the settings the ledger checks
+        ensure_topics(replace(settings, kafka_bootstrap=kafka_sasl_ssl.plaintext))
+
+    assert run_with(env, "init").returncode == 0
+    fact = orjson.dumps(grant("acl-1", event_id="acl-g1")).decode()
+    recorded = run_with(env, "record", stdin=fact)
+    assert recorded.returncode == 0, recorded.stderr
+
+    worker = start_with(env, "worker")
+    try:
+        assert worker.stdout is not None
+        said = line_within(worker.stdout)
+        assert said.startswith("worker: consuming"), said
+        # A CRM's own client, with nothing but the publisher's ACL: a fact and a poison.
+        crm = producer(kafka_sasl_ssl, PUBLISHER_USER)
+        try:
+            value = orjson.dumps(grant("acl-2", event_id="acl-g2"))
+            crm.send(topics.intake, key=b"demo", value=value).get(timeout=60)
+            crm.send(topics.intake, key=b"demo", value=b"{not json").get(timeout=60)
+            # ... and no more: the ledger topic is the ledger's alone.
+            with pytest.raises(TopicAuthorizationFailedError):
+                crm.send(topics.ledger, value=b"{}").get(timeout=60)
+        finally:
+            crm.close()
+        # `publish` as the ledger's principal: its producer, and its waits on the writer's
+        # group offsets and the rejected topic.
+        third = orjson.dumps(grant("acl-3", event_id="acl-g3")).decode()
+        published = run_with(env, "publish", "--wait", "120", stdin=third)
+        assert published.returncode == 0, published.stderr
+        ends = end_offsets(kafka_sasl_ssl.plaintext, topics.intake)
+        deadline = time.monotonic() + 120
+        while True:  # each round trip to the broker paces the next look
+            done = committed_offsets(kafka_sasl_ssl.plaintext, intake_group(topics), topics.intake)
+            if all((done.get(tp.partition) or 0) >= end for tp, end in ends.items()):
+                break
+            assert time.monotonic() < deadline, (done, ends)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.communicate(timeout=60)
+    assert worker.returncode == 0
+
+    receipts = run_with(env, "receipts", "--tenant", "demo", stdin="acl-g1\nacl-g2\nacl-g3\n")
+    assert receipts.returncode == 0, receipts.stderr
+    verified = run_with(env, "verify")
+    assert verified.returncode == 0 and verified.stdout.startswith("verify: OK"), verified.stderr
+    consents = run_with(env, "consents", "acl-2", "--tenant", "demo", "--json")
+    assert consents.returncode == 0, consents.stderr
+    replayed = run_with(env, "replay", "--into", str(tmp_path / "inquiry"))
+    assert replayed.returncode == 0, replayed.stderr
+    refused = read_committed(kafka_sasl_ssl.plaintext, topics.rejected)
+    assert [orjson.loads(r.value)["code"] for r in refused] == ["invalid_json"]
+
+
+@pytest.mark.parametrize("left_out", range(5), ids=["intake", "ledger", "rejected", "group", "id"])
+def test_each_acl_left_out_is_said_in_one_line(
+    kafka_sasl_ssl: SecuredBroker, admin: KafkaAdminClient, tmp_path: Path, left_out: int
+) -> None:
+    """Every grant of the list is needed: without it `init` (or, for the group, the
+    worker) exits 6 with one line naming what the cluster refused and where the list is,
+    nothing written to the ledger topic. A refused transactional id read as fenced."""
+    settings = kafka_settings(tmp_path / "data", kafka_sasl_ssl.sasl_ssl)
+    env = as_ledger(kafka_sasl_ssl, settings)
+    grants = listed(env, f"User:{LEDGER_USER}")
+    assert len(grants) == 5
+    granted(admin, f"User:{LEDGER_USER}", grants[:left_out] + grants[left_out + 1 :])
+    out = run_with(env, "init")
+    if grants[left_out]["resource_type"] == "group":
+        assert out.returncode == 0, out.stderr
+        worker = start_with(env, "worker")
+        stdout, stderr = worker.communicate(timeout=120)
+        out = type(out)(["worker"], worker.returncode, stdout, stderr)
+    assert out.returncode == 6, (out.stdout, out.stderr)
+    assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "consent-ledger kafka-acls" in out.stderr, out.stderr
+    assert "refused this client the ACL Create" in out.stderr or (
+        "refused this client an ACL" in out.stderr
+    ), out.stderr
+    assert "fenced" not in out.stderr
+    ledger_topic = Topics.of(settings.topic_prefix).ledger
+    if grants[left_out]["resource_type"] == "group":
+        return  # `init` wrote the demo tenant's policy; the worker wrote nothing
+    if ledger_topic in admin.list_topics():
+        assert read_committed(kafka_sasl_ssl.plaintext, ledger_topic) == []
+
+
+def test_kafka_acls_prints_kafka_acls_commands_and_refuses_a_bad_principal(
+    tmp_path: Path,
+) -> None:
+    env = {**os.environ, "LEDGER_DATA_DIR": str(tmp_path), "LEDGER_TOPIC_PREFIX": "crm"}
+    out = run_with(env, "kafka-acls", "--principal", "User:crm-service", "--publisher")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[1] == (
+        "kafka-acls.sh --bootstrap-server BROKER:9092 --add --allow-principal "
+        "User:crm-service --operation Write --topic crm.intake"
+    )
+    elsewhere = {**env, "KAFKA_BOOTSTRAP": "kafka-1:9093"}
+    out = run_with(elsewhere, "kafka-acls", "--principal", "User:l")
+    commands = [line for line in out.stdout.splitlines() if not line.startswith("#")]
+    assert commands[-1] == (
+        "kafka-acls.sh --bootstrap-server kafka-1:9093 --add --allow-principal User:l "
+        "--operation Write --transactional-id crm.ledger-writer-p --resource-pattern-type prefixed"
+    )
+    assert len(commands) == 5
+    for bad in ("ledger", "User:", "User:a b"):
+        refused = run_with(env, "kafka-acls", "--principal", bad)
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+        assert "kafka-acls: principal" in refused.stderr
+
+
+def test_a_topic_whose_settings_the_cluster_does_not_describe_is_said_so(
+    kafka_sasl_ssl: SecuredBroker, admin: KafkaAdminClient, tmp_path: Path
+) -> None:
+    """kafka-python drops the error of a topic the broker would not describe: the ledger
+    read it as a topic with no retention.ms and refused it for losing facts."""
+    settings = kafka_settings(tmp_path / "data", kafka_sasl_ssl.sasl_ssl)
+    env = as_ledger(kafka_sasl_ssl, settings)
+    grants = listed(env, f"User:{LEDGER_USER}")
+    ledger_topic = Topics.of(settings.topic_prefix).ledger
+    for g in grants:
+        if g["name"] == ledger_topic:
+            g["operations"] = [o for o in g["operations"] if o != "DescribeConfigs"]
+    granted(admin, f"User:{LEDGER_USER}", grants)
+    out = run_with(env, "init")
+    assert out.returncode == 6, out.stderr
+    assert out.stderr == (
+        f"consent-ledger: kafka: the Kafka cluster gave no settings of topic {ledger_topic}: "
+        "this client needs the ACL DescribeConfigs on it; `consent-ledger kafka-acls "
+        "--principal User:NAME` lists what the ledger's principal needs\n"
+    )
