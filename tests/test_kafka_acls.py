@@ -150,6 +150,18 @@ def producer(kafka_sasl_ssl: SecuredBroker, user: str) -> KafkaProducer:
     )
 
 
+def taken_all(bootstrap: str, topics: Topics) -> None:
+    """Wait until the intake writer's committed offsets reach the intake topic's ends as of
+    now: every fact published so far recorded or refused."""
+    ends = end_offsets(bootstrap, topics.intake)
+    deadline = time.monotonic() + 120
+    while True:  # each round trip to the broker paces the next look
+        done = committed_offsets(bootstrap, intake_group(topics), topics.intake)
+        if all((done.get(tp.partition) or 0) >= end for tp, end in ends.items()):
+            return
+        assert time.monotonic() < deadline, (done, ends)
+
+
 @pytest.mark.parametrize("topics_made", [False, True], ids=["ledger-creates", "operator-made"])
 def test_the_listed_acls_are_enough_for_the_ledger_and_a_publisher(
     kafka_sasl_ssl: SecuredBroker, admin: KafkaAdminClient, tmp_path: Path, topics_made: bool
@@ -191,13 +203,7 @@ def test_the_listed_acls_are_enough_for_the_ledger_and_a_publisher(
         third = orjson.dumps(grant("acl-3", event_id="acl-g3")).decode()
         published = run_with(env, "publish", "--wait", "120", stdin=third)
         assert published.returncode == 0, published.stderr
-        ends = end_offsets(kafka_sasl_ssl.plaintext, topics.intake)
-        deadline = time.monotonic() + 120
-        while True:  # each round trip to the broker paces the next look
-            done = committed_offsets(kafka_sasl_ssl.plaintext, intake_group(topics), topics.intake)
-            if all((done.get(tp.partition) or 0) >= end for tp, end in ends.items()):
-                break
-            assert time.monotonic() < deadline, (done, ends)
+        taken_all(kafka_sasl_ssl.plaintext, topics)
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.communicate(timeout=60)
@@ -291,3 +297,53 @@ def test_a_topic_whose_settings_the_cluster_does_not_describe_is_said_so(
         "this client needs the ACL DescribeConfigs on it; `consent-ledger kafka-acls "
         "--principal User:NAME` lists what the ledger's principal needs\n"
     )
+
+
+def test_a_worker_whose_transactional_id_is_revoked_waits_and_resumes_when_granted(
+    kafka_sasl_ssl: SecuredBroker, admin: KafkaAdminClient, tmp_path: Path
+) -> None:
+    """An ACL revoked under a running worker: its append is refused, which it says and
+    retries (a refused transactional id used to read as fenced by another writer, and the
+    worker exited 5 for good); granted again, it records the fact by itself."""
+    settings = kafka_settings(tmp_path / "data", kafka_sasl_ssl.sasl_ssl)
+    topics = Topics.of(settings.topic_prefix)
+    env = as_ledger(kafka_sasl_ssl, settings)
+    grants = listed(env, f"User:{LEDGER_USER}")
+    granted(admin, f"User:{LEDGER_USER}", grants)
+    assert run_with(env, "init").returncode == 0
+    worker = start_with(env, "worker", "--no-projections")
+    try:
+        assert worker.stdout is not None and worker.stderr is not None
+        assert line_within(worker.stdout).startswith("worker: consuming")
+        the_id = [g for g in grants if g["resource_type"] == "transactional-id"]
+        revoked = admin.delete_acls(
+            [
+                ACLFilter(
+                    f"User:{LEDGER_USER}",
+                    "*",
+                    ACLOperation.ANY,
+                    ACLPermissionType.ANY,
+                    ResourcePatternFilter(
+                        ResourceType.TRANSACTIONAL_ID,
+                        the_id[0]["name"],
+                        ACLResourcePatternType.PREFIXED,
+                    ),
+                )
+            ]
+        )
+        assert len(revoked[0][1]) == 1, revoked
+        crm = KafkaProducer(bootstrap_servers=kafka_sasl_ssl.plaintext)
+        value = orjson.dumps(grant("acl-late", event_id="acl-late"))
+        crm.send(topics.intake, key=b"demo", value=value).get(timeout=60)
+        crm.close()
+        said = line_within(worker.stderr)
+        assert "ledger unavailable (AccessRefused: " in said, said
+        assert "TransactionalIdAuthorizationFailedError" in said and "kafka-acls" in said, said
+        granted(admin, f"User:{LEDGER_USER}", the_id)
+        taken_all(kafka_sasl_ssl.plaintext, topics)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.communicate(timeout=60)
+    assert worker.returncode == 0
+    receipts = run_with(env, "receipts", "--tenant", "demo", stdin="acl-late\n")
+    assert receipts.returncode == 0, receipts.stderr
