@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 import pytest
+from fastapi.testclient import TestClient
 from kafka import KafkaProducer
 from kafka.admin import (
     ACL,
@@ -29,6 +30,8 @@ from kafka.admin import (
 )
 from kafka.errors import TopicAuthorizationFailedError
 
+from api.app import create_app, keys_path
+from api.keys import ApiKeys
 from ledger.kafka.names import Topics, intake_group
 from ledger.kafka.topics import ensure_topics
 from ledger.settings import Settings
@@ -209,7 +212,21 @@ def test_the_listed_acls_are_enough_for_the_ledger_and_a_publisher(
         worker.communicate(timeout=60)
     assert worker.returncode == 0
 
-    receipts = run_with(env, "receipts", "--tenant", "demo", stdin="acl-g1\nacl-g2\nacl-g3\n")
+    # The HTTP service, as the same principal: its writer, its admin client's readiness
+    # check and its own intake writer (the worker stopped: one writer at a time).
+    own = {k: v for k, v in env.items() if k.startswith(("LEDGER_", "KAFKA_"))}
+    served = Settings.from_env(own)
+    keys = ApiKeys(keys_path(served))
+    key = keys.create("demo", {"publisher"})[1]
+    keys.close()
+    with TestClient(create_app(served)) as client:
+        assert client.get("/readyz").status_code == 200
+        body = {k: v for k, v in grant("acl-4", event_id="acl-g4").items() if k != "tenant"}
+        created = client.post("/v1/facts", json=body, headers={"Authorization": f"Bearer {key}"})
+        assert created.status_code == 201, created.text
+
+    asked = "acl-g1\nacl-g2\nacl-g3\nacl-g4\n"
+    receipts = run_with(env, "receipts", "--tenant", "demo", stdin=asked)
     assert receipts.returncode == 0, receipts.stderr
     verified = run_with(env, "verify")
     assert verified.returncode == 0 and verified.stdout.startswith("verify: OK"), verified.stderr
