@@ -225,6 +225,11 @@ def open_requests(service: Service) -> dict[str, int]:
     )
 
 
+# Kafka's TOPIC_AUTHORIZATION_FAILED, as a described topic's error code (kafka-python's
+# TopicAuthorizationFailedError.errno; named here so that embedded mode imports no Kafka).
+TOPIC_ACCESS_REFUSED = 29
+
+
 def kafka_unready(service: Service) -> tuple[str, str] | None:
     """Why the Kafka side cannot serve writes: fenced, writer stopped, broker or topics gone."""
     from ledger.kafka.clients import AdminClient, secured
@@ -251,6 +256,14 @@ def kafka_unready(service: Service) -> tuple[str, str] | None:
             service.admin.close()
             service.admin = None
         return "broker_unreachable", f"the Kafka broker did not answer ({type(exc).__name__})"
+    refused = [t["name"] for t in described if t.get("error_code") == TOPIC_ACCESS_REFUSED]
+    if refused:
+        return (
+            "kafka_access_refused",
+            f"the Kafka cluster refused this client the ACLs of topics {', '.join(sorted(refused))}"
+            "; `consent-ledger kafka-acls --principal User:NAME` lists what the ledger's "
+            "principal needs",
+        )
     missing = [t["name"] for t in described if t.get("error_code") or not t.get("partitions")]
     if missing:
         return "topics_missing", f"topics not available: {', '.join(sorted(missing))}"

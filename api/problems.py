@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from api.responses import OrjsonResponse
 from ledger.checkpoint import LogNotIntact, SinceTooLarge
 from ledger.errors import Code, FactRejected
+from ledger.kafka.acls import refused_access
 from ledger.keystore import KeyStoreBusyError, MasterKeyMismatch
 from ledger.storage import storage_failure
 from projections.store import ViewsAheadOfLog, ViewsOfAnotherLog
@@ -176,6 +177,17 @@ async def on_unexpected(_: Request, exc: Exception) -> OrjsonResponse:
     kind = type(exc).__name__
     if kind == "WriterFenced":
         return respond(503, "writer_fenced", "another writer owns the ledger partitions")
+    refused = str(exc) if kind == "AccessRefused" else refused_access(exc)
+    if refused is not None:
+        # An ACL the cluster refused the ledger (revoked under the running service, say):
+        # nothing was recorded, and a retry works once the operator grants it. The log line
+        # names the topic, group or transactional id; the answer, only what happened.
+        log.error("Kafka ACL refused: %s", refused, extra={"error": kind})
+        response = respond(
+            503, "kafka_access_refused", "the Kafka cluster refused the ledger an ACL: see its log"
+        )
+        response.headers["Retry-After"] = str(UNAVAILABLE_RETRY_AFTER_S)
+        return response
     if kind == "LedgerUnavailable":
         # A write it did not take, or a read (the views catching up) it did not answer.
         response = respond(503, "ledger_unavailable", "the Kafka broker did not answer; retry")

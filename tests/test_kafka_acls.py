@@ -84,6 +84,11 @@ def as_ledger(broker: SecuredBroker, settings: Settings) -> dict[str, str]:
     }
 
 
+def settings_of(env: dict[str, str]) -> Settings:
+    """The settings a `serve` started in `env` reads."""
+    return Settings.from_env({k: v for k, v in env.items() if k.startswith(("LEDGER_", "KAFKA_"))})
+
+
 @pytest.fixture
 def admin(kafka_sasl_ssl: SecuredBroker) -> Iterator[KafkaAdminClient]:
     """An admin client on the PLAINTEXT listener (a super user of the development broker);
@@ -214,8 +219,7 @@ def test_the_listed_acls_are_enough_for_the_ledger_and_a_publisher(
 
     # The HTTP service, as the same principal: its writer, its admin client's readiness
     # check and its own intake writer (the worker stopped: one writer at a time).
-    own = {k: v for k, v in env.items() if k.startswith(("LEDGER_", "KAFKA_"))}
-    served = Settings.from_env(own)
+    served = settings_of(env)
     keys = ApiKeys(keys_path(served))
     key = keys.create("demo", {"publisher"})[1]
     keys.close()
@@ -333,22 +337,7 @@ def test_a_worker_whose_transactional_id_is_revoked_waits_and_resumes_when_grant
         assert worker.stdout is not None and worker.stderr is not None
         assert line_within(worker.stdout).startswith("worker: consuming")
         the_id = [g for g in grants if g["resource_type"] == "transactional-id"]
-        revoked = admin.delete_acls(
-            [
-                ACLFilter(
-                    f"User:{LEDGER_USER}",
-                    "*",
-                    ACLOperation.ANY,
-                    ACLPermissionType.ANY,
-                    ResourcePatternFilter(
-                        ResourceType.TRANSACTIONAL_ID,
-                        the_id[0]["name"],
-                        ACLResourcePatternType.PREFIXED,
-                    ),
-                )
-            ]
-        )
-        assert len(revoked[0][1]) == 1, revoked
+        revoke(admin, ResourceType.TRANSACTIONAL_ID, the_id[0]["name"], prefixed=True)
         crm = KafkaProducer(bootstrap_servers=kafka_sasl_ssl.plaintext)
         value = orjson.dumps(grant("acl-late", event_id="acl-late"))
         crm.send(topics.intake, key=b"demo", value=value).get(timeout=60)
@@ -364,3 +353,72 @@ def test_a_worker_whose_transactional_id_is_revoked_waits_and_resumes_when_grant
     assert worker.returncode == 0
     receipts = run_with(env, "receipts", "--tenant", "demo", stdin="acl-late\n")
     assert receipts.returncode == 0, receipts.stderr
+
+
+def test_the_service_answers_an_acl_revoked_under_it_with_a_503_that_names_it(
+    kafka_sasl_ssl: SecuredBroker, admin: KafkaAdminClient, tmp_path: Path
+) -> None:
+    """A publish whose transactional id was revoked answered 500 `internal_error`; now 503
+    `kafka_access_refused` (nothing recorded, retry later), and once granted again the same
+    service records. A topic the principal may no longer see made /readyz say
+    `topics_missing`: the topic was there."""
+    settings = kafka_settings(tmp_path / "data", kafka_sasl_ssl.sasl_ssl)
+    rejected = Topics.of(settings.topic_prefix).rejected
+    env = as_ledger(kafka_sasl_ssl, settings)
+    grants = listed(env, f"User:{LEDGER_USER}")
+    granted(admin, f"User:{LEDGER_USER}", grants)
+    assert run_with(env, "init").returncode == 0
+    served = settings_of(env)
+    keys = ApiKeys(keys_path(served))
+    auth = {"Authorization": f"Bearer {keys.create('demo', {'publisher'})[1]}"}
+    keys.close()
+    the_id = [g for g in grants if g["resource_type"] == "transactional-id"]
+    with TestClient(create_app(served)) as client:
+        assert client.get("/readyz").status_code == 200
+
+        def publish(n: int) -> Any:
+            body = grant(f"acl-h{n}", event_id=f"acl-h{n}")
+            return client.post("/v1/facts", json=body, headers=auth)
+
+        assert publish(0).status_code == 201
+        revoke(admin, ResourceType.TRANSACTIONAL_ID, the_id[0]["name"], prefixed=True)
+        # The broker's authorizer takes the change from its metadata a moment later.
+        deadline = time.monotonic() + 30
+        n = 1
+        while (answer := publish(n)).status_code == 201:
+            assert time.monotonic() < deadline, "the revoked transactional id still wrote"
+            n += 1
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["code"] == "kafka_access_refused", answer.text
+        assert answer.headers["Retry-After"]
+        granted(admin, f"User:{LEDGER_USER}", the_id)
+        deadline = time.monotonic() + 30
+        while (again := publish(n)).status_code != 201:
+            assert again.json()["code"] == "kafka_access_refused", again.text
+            assert time.monotonic() < deadline, "the granted transactional id was refused"
+
+        revoke(admin, ResourceType.TOPIC, rejected, prefixed=False)
+        deadline = time.monotonic() + 30
+        while (ready := client.get("/readyz")).status_code == 200:
+            assert time.monotonic() < deadline, "the revoked topic was still described"
+        assert ready.status_code == 503, ready.text
+        assert ready.json()["code"] == "kafka_access_refused", ready.text
+        assert ready.json()["detail"].startswith(
+            f"the Kafka cluster refused this client the ACLs of topics {rejected}; "
+        )
+
+
+def revoke(admin: KafkaAdminClient, kind: ResourceType, name: str, *, prefixed: bool) -> None:
+    pattern = ACLResourcePatternType.PREFIXED if prefixed else ACLResourcePatternType.LITERAL
+    deleted = admin.delete_acls(
+        [
+            ACLFilter(
+                f"User:{LEDGER_USER}",
+                "*",
+                ACLOperation.ANY,
+                ACLPermissionType.ANY,
+                ResourcePatternFilter(kind, name, pattern),
+            )
+        ]
+    )
+    assert deleted[0][1], deleted
