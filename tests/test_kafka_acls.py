@@ -422,3 +422,52 @@ def revoke(admin: KafkaAdminClient, kind: ResourceType, name: str, *, prefixed: 
         ]
     )
     assert deleted[0][1], deleted
+
+
+class _Stop:
+    """The worker's stop event, as `follow_views` uses it: each pause it asks for is kept,
+    and the sixth ends the loop."""
+
+    def __init__(self) -> None:
+        self.pauses: list[float] = []
+
+    def is_set(self) -> bool:
+        return len(self.pauses) >= 6
+
+    def wait(self, seconds: float) -> bool:
+        self.pauses.append(seconds)
+        return self.is_set()
+
+
+class _RefusedViews:
+    """Views whose first five rounds the cluster refuses, then up to date."""
+
+    def __init__(self) -> None:
+        self.rounds = 0
+
+    def refresh(self) -> int:
+        self.rounds += 1
+        if self.rounds <= 5:
+            raise TopicAuthorizationFailedError({"crm.ledger"})
+        return 0
+
+
+def test_the_workers_views_say_a_refused_acl_and_back_off_while_it_lasts(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Logged twice a second as `projection round failed (TopicAuthorizationFailedError)`
+    for as long as the ACL stayed revoked; now each round's line says which ACL and where the
+    list is, and the rounds back off to every 5 s, back to the idle poll once one passes."""
+    from ledger.cli.service import follow_views
+
+    stop = _Stop()
+    with caplog.at_level("ERROR", logger="consent_ledger.projections"):
+        follow_views(_RefusedViews(), stop, 0.5)
+    assert stop.pauses == [0.5, 1.0, 2.0, 4.0, 5.0, 0.5]
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 5
+    assert said[0] == (
+        "projection round failed (the Kafka cluster refused this client an ACL "
+        "(TopicAuthorizationFailedError: {'crm.ledger'}): `consent-ledger kafka-acls "
+        "--principal User:NAME` lists what the ledger's principal needs)"
+    )

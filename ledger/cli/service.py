@@ -353,28 +353,42 @@ def _serve_metrics(listening: socket.socket, writer: Any, views: Any) -> Any:
     return server
 
 
+# Longest pause between two projection rounds that failed in a row.
+VIEWS_RETRY_MAX_S = 5.0
+
+
 def follow_views(views: Any, stop: Any, interval: float) -> None:
+    """Keep the views up with the ledger topic until stopped. A round that fails is logged
+    and tried again after a pause that doubles while they go on failing (to
+    VIEWS_RETRY_MAX_S): a revoked ACL logged its line twice a second for as long as it
+    lasted."""
+    from ledger.kafka.acls import refused_access
     from ledger.kafka.recorder import LedgerUnavailable
 
+    log = logging.getLogger("consent_ledger.projections")
+    pause = interval
     while not stop.is_set():
+        failed = True
         try:
             done = views.refresh()
+            failed = False
         except LedgerUnavailable as error:
             if not stop.is_set():  # a read ended by the stop itself is not news
-                logging.getLogger("consent_ledger.projections").warning(
-                    "views not brought up to date: %s", error
-                )
+                log.warning("views not brought up to date: %s", error)
             done = 0
         except SettingsError as error:  # views not of this log: what to do is in the message
-            logging.getLogger("consent_ledger.projections").error("%s", error)
+            log.error("%s", error)
             done = 0
         except Exception as error:  # a broker outage surfaces as several kafka errors
-            logging.getLogger("consent_ledger.projections").error(
-                "projection round failed (%s)", type(error).__name__
+            refused = refused_access(error)  # an ACL: the words say which and what to do
+            log.error(
+                "projection round failed (%s)",
+                type(error).__name__ if refused is None else refused,
             )
             done = 0
         if done == 0:
-            stop.wait(interval)
+            stop.wait(pause if failed else interval)
+        pause = min(pause * 2, VIEWS_RETRY_MAX_S) if failed else interval
 
 
 # Longest pause between two attempts to reach the brokers.
