@@ -102,6 +102,7 @@ def kafka_security_env(settings: Settings) -> dict[str, str]:
         "KAFKA_SASL_MECHANISM": settings.kafka_sasl_mechanism,
         "KAFKA_SASL_USERNAME": settings.kafka_sasl_username,
         "KAFKA_SASL_PASSWORD": settings.kafka_sasl_password,
+        "KAFKA_SASL_OAUTH_TOKEN_FILE": settings.kafka_sasl_oauth_token_file,
     }
     return {name: str(value) for name, value in values.items() if value is not None}
 

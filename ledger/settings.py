@@ -17,7 +17,7 @@ from ledger.vocabulary import REQUEST_KINDS
 
 BACKENDS = ("embedded", "kafka")
 KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
-KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
 HTTP_WRITERS = ("process", "thread")
 SWITCHES = {"on": True, "off": False}
 
@@ -123,9 +123,13 @@ class Settings:
       cluster that authenticates clients by TLS; with KAFKA_SSL_KEYFILE |
     | KAFKA_SSL_KEYFILE | | that certificate's private key (PEM, not encrypted) |
     | KAFKA_SASL_MECHANISM | | with SASL_PLAINTEXT or SASL_SSL (required then): `PLAIN`,
-      `SCRAM-SHA-256` or `SCRAM-SHA-512` |
-    | KAFKA_SASL_USERNAME | | with a SASL mechanism (required then): the ledger's user |
+      `SCRAM-SHA-256`, `SCRAM-SHA-512` or `OAUTHBEARER` |
+    | KAFKA_SASL_USERNAME | | with PLAIN or SCRAM (required then): the ledger's user |
     | KAFKA_SASL_PASSWORD | | its password (never printed) |
+    | KAFKA_SASL_OAUTH_TOKEN_FILE | | with OAUTHBEARER (required then): a file holding the
+      ledger's access token (a JWT from the cluster's identity provider), read again at every
+      connection, so whatever renews it (a sidecar, a projected service-account token) only
+      rewrites the file; never printed |
     | LEDGER_TOPIC_PREFIX | consent | topics `<prefix>.intake`, `.ledger`, `.rejected`; 1 to 240
       letters, digits, `.`, `_`, `-` (Kafka's topic names) |
     | LEDGER_PARTITIONS | 3 | partitions of the topics the ledger creates |
@@ -192,6 +196,7 @@ class Settings:
     kafka_sasl_mechanism: str | None = None
     kafka_sasl_username: str | None = None
     kafka_sasl_password: str | None = field(default=None, repr=False)
+    kafka_sasl_oauth_token_file: Path | None = None
     topic_prefix: str = "consent"
     max_future_skew_s: int = 300
     aggregate_cache: int = 10000
@@ -352,9 +357,14 @@ def _kafka_security(env: Mapping[str, str]) -> dict[str, Any]:
                 f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_MECHANISM, one of "
                 + ", ".join(KAFKA_SASL_MECHANISMS)
             )
-        for name in ("KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD"):
+        oauth = mechanism == "OAUTHBEARER"
+        needed = ["KAFKA_SASL_OAUTH_TOKEN_FILE"] if oauth else [_KAFKA_SASL[1], _KAFKA_SASL[2]]
+        for name in needed:
             if given[name] is None:
                 raise SettingsError(f"KAFKA_SECURITY_PROTOCOL={protocol} needs {name}")
+        for name in _KAFKA_SASL[1:]:
+            if name not in needed and given[name] is not None:
+                raise SettingsError(f"{name} is not used with KAFKA_SASL_MECHANISM={mechanism}")
 
     def path(name: str) -> Path | None:
         value = given[name]
@@ -368,6 +378,7 @@ def _kafka_security(env: Mapping[str, str]) -> dict[str, Any]:
         "kafka_sasl_mechanism": mechanism,
         "kafka_sasl_username": given["KAFKA_SASL_USERNAME"],
         "kafka_sasl_password": given["KAFKA_SASL_PASSWORD"],
+        "kafka_sasl_oauth_token_file": path("KAFKA_SASL_OAUTH_TOKEN_FILE"),
     }
 
 
@@ -391,7 +402,12 @@ def _origins(env: Mapping[str, str], name: str) -> tuple[str, ...]:
 
 
 _KAFKA_TLS = ("KAFKA_SSL_CAFILE", "KAFKA_SSL_CERTFILE", "KAFKA_SSL_KEYFILE")
-_KAFKA_SASL = ("KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD")
+_KAFKA_SASL = (
+    "KAFKA_SASL_MECHANISM",
+    "KAFKA_SASL_USERNAME",
+    "KAFKA_SASL_PASSWORD",
+    "KAFKA_SASL_OAUTH_TOKEN_FILE",
+)
 
 
 def _int(env: Mapping[str, str], name: str, default: int, maximum: int | None = None) -> int:

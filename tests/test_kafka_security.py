@@ -5,7 +5,9 @@ and a login or a certificate the brokers refuse is said in one line."""
 
 from __future__ import annotations
 
+import base64
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -173,6 +175,22 @@ def test_a_refused_login_or_an_untrusted_broker_is_said_in_one_line(
             {**SASL_SSL, "KAFKA_SASL_PASSWORD": ""},
             "KAFKA_SECURITY_PROTOCOL=SASL_SSL needs KAFKA_SASL_PASSWORD",
         ),
+        (
+            {"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "OAUTHBEARER"},
+            "KAFKA_SECURITY_PROTOCOL=SASL_SSL needs KAFKA_SASL_OAUTH_TOKEN_FILE",
+        ),
+        (  # a password given with a token: which one logs in was not what the operator meant
+            {**SASL_SSL, "KAFKA_SASL_MECHANISM": "OAUTHBEARER", "KAFKA_SASL_OAUTH_TOKEN_FILE": "t"},
+            "KAFKA_SASL_USERNAME is not used with KAFKA_SASL_MECHANISM=OAUTHBEARER",
+        ),
+        (
+            {**SASL_SSL, "KAFKA_SASL_OAUTH_TOKEN_FILE": "t"},
+            "KAFKA_SASL_OAUTH_TOKEN_FILE is not used with KAFKA_SASL_MECHANISM=PLAIN",
+        ),
+        (
+            {"KAFKA_SASL_OAUTH_TOKEN_FILE": "t"},
+            "KAFKA_SASL_OAUTH_TOKEN_FILE is not used with KAFKA_SECURITY_PROTOCOL=PLAINTEXT",
+        ),
     ],
 )
 def test_a_kafka_security_setting_that_does_not_fit_is_refused(
@@ -188,3 +206,79 @@ def test_the_password_is_never_in_the_settings_repr() -> None:
     assert settings.kafka_security_protocol == "SASL_PLAINTEXT"
     assert settings.kafka_sasl_password == "ledger-secret"
     assert "ledger-secret" not in repr(settings)
+
+
+def unsecured_token(principal: str, lifetime_s: int = 3600) -> str:
+    """A JWT with no signature (`alg: none`), which the development broker's OAUTHBEARER
+    takes as Kafka's default validator does: `sub` is the principal. A real cluster checks
+    its identity provider's signature; the ledger only hands the token over."""
+
+    def part(value: dict[str, object]) -> str:
+        return base64.urlsafe_b64encode(orjson.dumps(value)).rstrip(b"=").decode()
+
+    now = int(time.time())
+    claims = {"sub": principal, "iat": now, "exp": now + lifetime_s}
+    return f"{part({'alg': 'none'})}.{part(claims)}."
+
+
+def test_the_ledger_logs_in_with_an_oauth_token_read_from_a_file(
+    kafka_sasl_ssl: SecuredBroker, tmp_path: Path
+) -> None:
+    """OAUTHBEARER (managed clusters behind an OIDC identity provider): the token file is
+    read at each connection, so a renewed token is used without a restart; the principal is
+    the token's, as the cluster's ACLs see it; a file that cannot be read or holds no token
+    is said at once in one line (exit 2), never its contents."""
+    token = tmp_path / "token"
+    token.write_text(unsecured_token("ledger") + "\n")
+    settings = kafka_settings(tmp_path / "data", kafka_sasl_ssl.sasl_ssl)
+    env = {
+        **os.environ,
+        **kafka_env(settings),
+        "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "KAFKA_SASL_MECHANISM": "OAUTHBEARER",
+        "KAFKA_SASL_OAUTH_TOKEN_FILE": str(token),
+        "KAFKA_SSL_CAFILE": str(kafka_sasl_ssl.ca),
+    }
+    assert run_with(env, "init").returncode == 0
+    fact = orjson.dumps(grant("oauth-1", event_id="oauth-g1")).decode()
+    recorded = run_with(env, "record", stdin=fact)
+    assert recorded.returncode == 0, recorded.stderr
+    verified = run_with(env, "verify")
+    assert verified.returncode == 0 and verified.stdout.startswith("verify: OK"), verified.stderr
+
+    # A token of a principal the cluster grants nothing (tests/test_kafka_acls.py's user):
+    # the ledger connects as the token says, and is refused its ACLs.
+    token.write_text(unsecured_token("acl-ledger"))
+    refused = run_with(env, "verify")
+    assert refused.returncode == 6, refused.stderr
+    assert "refused this client" in refused.stderr and "kafka-acls" in refused.stderr
+
+    for content, said in [(None, "No such file or directory"), ("", "holds no token")]:
+        if content is None:
+            token.unlink()
+        else:
+            token.write_text(content)
+        out = run_with(env, "verify")
+        assert out.returncode == 2, out.stderr
+        assert out.stderr.count("\n") == 1 and said in out.stderr, out.stderr
+        assert out.stderr.startswith(
+            f"consent-ledger: configuration: KAFKA_SASL_OAUTH_TOKEN_FILE {token}"
+        ), out.stderr
+
+
+def test_the_token_file_is_read_again_for_each_connection(tmp_path: Path) -> None:
+    """kafka-python asks its token provider at each connection's login: a token renewed in
+    the file is the next connection's, in the same process; the token is never in a repr."""
+    from ledger.kafka.clients import TokenFile
+
+    path = tmp_path / "token"
+    path.write_text(unsecured_token("first"))
+    tokens = TokenFile(path)
+    assert tokens.token() == path.read_text()
+    renewed = unsecured_token("renewed")
+    path.write_text(f"  {renewed}\n")
+    assert tokens.token() == renewed
+    assert renewed not in repr(tokens) and str(path) in repr(tokens)
+    path.write_text(f"{renewed} {renewed}")  # two tokens, or a token and something else
+    with pytest.raises(ValueError, match="holds no token"):
+        tokens.token()

@@ -13,7 +13,8 @@
 # one's), both trusting and trusted through a development CA (DIR/ca.pem; made once per cache
 # with the JDK's keytool):
 #   SASL_SSL (DIR/bootstrap-sasl-ssl): TLS, then SASL PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512
-#     as user `ledger`, password `ledger-secret`;
+#     as user `ledger`, password `ledger-secret`, or OAUTHBEARER with an unsigned JWT (`alg`
+#     `none`, Kafka's default validator: for development only) whose `sub` is the user;
 #   SSL (DIR/bootstrap-ssl): mutual TLS, a client certificate the CA signed required (one is
 #     in DIR/client.p12, PKCS12, password `broker-keystore`).
 # It runs Kafka's StandardAuthorizer. Super users: ANONYMOUS (the PLAINTEXT listener and the
@@ -201,10 +202,11 @@ listener.name.ssl.ssl.key.password=$tls_password
 listener.name.ssl.ssl.truststore.type=PKCS12
 listener.name.ssl.ssl.truststore.location=$tls/trust.p12
 listener.name.ssl.ssl.truststore.password=$tls_password
-listener.name.sasl_ssl.sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
+listener.name.sasl_ssl.sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512,OAUTHBEARER
 listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_ledger="ledger-secret" user_acl-ledger="acl-ledger-secret" user_acl-publisher="acl-publisher-secret";
 listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.oauthbearer.sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required;
 listener.name.sasl_ssl.ssl.keystore.type=PKCS12
 listener.name.sasl_ssl.ssl.keystore.location=$tls/broker.p12
 listener.name.sasl_ssl.ssl.keystore.password=$tls_password

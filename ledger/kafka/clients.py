@@ -29,12 +29,14 @@ import contextlib
 import logging
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient
+from kafka.net.sasl.oauth import AbstractTokenProvider
 
-from ledger.settings import Settings
+from ledger.settings import Settings, SettingsError
 
 # Between retries and between metadata refreshes, unless a client is given its own.
 RETRY_BACKOFF_MS = 20
@@ -64,9 +66,51 @@ def security_configs(settings: Settings) -> dict[str, Any]:
         configs["ssl_keyfile"] = str(settings.kafka_ssl_keyfile)
     if settings.kafka_sasl_mechanism is not None:
         configs["sasl_mechanism"] = settings.kafka_sasl_mechanism
+    if settings.kafka_sasl_oauth_token_file is not None:
+        tokens = TokenFile(settings.kafka_sasl_oauth_token_file)
+        try:
+            # Read once now: a file that is not there or holds no token is the operator's to
+            # mend, said at once (exit 2), where each connection failed in turn until the
+            # bootstrap timeout said "is the cluster up?".
+            tokens.token()
+        except ValueError as error:
+            raise SettingsError(str(error)) from None
+        configs["sasl_oauth_token_provider"] = tokens
+    elif settings.kafka_sasl_mechanism is not None:
         configs["sasl_plain_username"] = settings.kafka_sasl_username
         configs["sasl_plain_password"] = settings.kafka_sasl_password
     return configs
+
+
+class TokenFile(AbstractTokenProvider):  # type: ignore[misc]
+    """OAUTHBEARER's access token, read from KAFKA_SASL_OAUTH_TOKEN_FILE at each connection.
+
+    The identity provider's tokens expire (minutes to hours); whatever renews them (a
+    sidecar, Kubernetes' projected service-account token) rewrites the file, and the next
+    connection takes the new one: the ledger holds no OAuth client secret and speaks to no
+    identity provider itself. A file that cannot be read, or holds no token, fails that
+    connection with its reason, which the one-line "no Kafka broker answered" names.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+
+    def token(self) -> str:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            reason = getattr(error, "strerror", None) or type(error).__name__
+            raise ValueError(f"KAFKA_SASL_OAUTH_TOKEN_FILE {self.path}: {reason}") from None
+        token = text.strip()
+        if not token or any(c.isspace() for c in token):
+            raise ValueError(
+                f"KAFKA_SASL_OAUTH_TOKEN_FILE {self.path} holds no token (one JWT, nothing else)"
+            )
+        return token
+
+    def __repr__(self) -> str:  # the token is a credential: its path only
+        return f"TokenFile({str(self.path)!r})"
 
 
 def _with_security(configs: dict[str, Any]) -> dict[str, Any]:
