@@ -9,7 +9,6 @@ import os
 import signal
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from kafka.admin import (
     ACLPermissionType,
     ACLResourcePatternType,
     KafkaAdminClient,
+    NewTopic,
     ResourcePattern,
     ResourcePatternFilter,
     ResourceType,
@@ -33,7 +33,6 @@ from kafka.errors import TopicAuthorizationFailedError
 from api.app import create_app, keys_path
 from api.keys import ApiKeys
 from ledger.kafka.names import Topics, intake_group
-from ledger.kafka.topics import ensure_topics
 from ledger.settings import Settings
 from tests.cli_support import line_within, run_with, start_with
 from tests.conftest import SecuredBroker
@@ -182,8 +181,20 @@ def test_the_listed_acls_are_enough_for_the_ledger_and_a_publisher(
     assert all("Create" not in g["operations"] for g in writer) is topics_made
     granted(admin, f"User:{LEDGER_USER}", writer)
     granted(admin, f"User:{PUBLISHER_USER}", listed(env, f"User:{PUBLISHER_USER}", "--publisher"))
-    if topics_made:  # by the operator, as a super user, with the settings the ledger checks
-        ensure_topics(replace(settings, kafka_bootstrap=kafka_sasl_ssl.plaintext))
+    if topics_made:  # by the operator, as a super user, as `kafka-topics --json` says
+        printed = run_with(env, "kafka-topics", "--json")
+        assert printed.returncode == 0, printed.stderr
+        specs = orjson.loads(printed.stdout)["topics"]
+        assert [t["name"] for t in specs] == [topics.intake, topics.ledger, topics.rejected]
+        made = admin.create_topics(
+            [
+                NewTopic(
+                    t["name"], t["partitions"], t["replication_factor"], topic_configs=t["configs"]
+                )
+                for t in specs
+            ]
+        )
+        assert all(result["error_code"] == 0 for result in made["topics"]), made
 
     assert run_with(env, "init").returncode == 0
     fact = orjson.dumps(grant("acl-1", event_id="acl-g1")).decode()
@@ -292,6 +303,15 @@ def test_kafka_acls_prints_kafka_acls_commands_and_refuses_a_bad_principal(
         "--operation Write --transactional-id crm.ledger-writer-p --resource-pattern-type prefixed"
     )
     assert len(commands) == 5
+    topics = run_with(elsewhere, "kafka-topics")
+    assert topics.returncode == 0, topics.stderr
+    assert topics.stdout.splitlines()[1] == (
+        "kafka-topics.sh --bootstrap-server kafka-1:9093 --create --topic crm.ledger "
+        "--partitions 3 --replication-factor 1 --config cleanup.policy=delete --config "
+        "retention.ms=-1 --config retention.bytes=-1 --config min.insync.replicas=1 --config "
+        "unclean.leader.election.enable=false --config max.message.bytes=2097152 --config "
+        "message.timestamp.type=LogAppendTime"
+    )
     for bad in ("ledger", "User:", "User:a b"):
         refused = run_with(env, "kafka-acls", "--principal", bad)
         assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr

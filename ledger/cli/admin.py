@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shlex
 import sys
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -111,6 +112,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_kafka_acls)
 
+    p = sub.add_parser(
+        "kafka-topics",
+        help="the three topics as the ledger would create them, as kafka-topics.sh commands, "
+        "for an operator who makes them (LEDGER_TOPIC_PREFIX, _PARTITIONS, _REPLICATION, ...)",
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_kafka_topics)
+
     tenants = sub.add_parser("tenants", help="manage tenants").add_subparsers(
         dest="action", required=True
     )
@@ -156,6 +165,37 @@ def cmd_kafka_acls(args: argparse.Namespace, settings: Settings) -> int:
     ):
         say(f"# {grant.why}")
         say(command)
+    return 0
+
+
+def cmd_kafka_topics(args: argparse.Namespace, settings: Settings) -> int:
+    """The specs `ensure_topics` creates with, which its checks accept; asks no broker."""
+    from ledger.kafka.topics import topic_specs
+
+    specs = topic_specs(settings)
+    if args.json:
+        print_json(
+            {
+                "topics": [
+                    {
+                        "name": name,
+                        "partitions": spec["num_partitions"],
+                        "replication_factor": spec["replication_factor"],
+                        "configs": spec["configs"],
+                    }
+                    for name, spec in specs.items()
+                ]
+            }
+        )
+        return 0
+    bootstrap = settings.kafka_bootstrap or "BROKER:9092"
+    for name, spec in specs.items():
+        words = ["kafka-topics.sh", "--bootstrap-server", bootstrap, "--create", "--topic", name]
+        words += ["--partitions", str(spec["num_partitions"])]
+        words += ["--replication-factor", str(spec["replication_factor"])]
+        for key, value in spec["configs"].items():
+            words += ["--config", f"{key}={value}"]
+        say(shlex.join(words))
     return 0
 
 
