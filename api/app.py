@@ -241,6 +241,9 @@ def kafka_unready(service: Service) -> tuple[str, str] | None:
         return "writer_fenced", "another writer owns the ledger partitions"
     if intake is not None and intake.failed:
         return "not_ready", f"the intake writer stopped ({intake.failed})"
+    refused = getattr(service.ledger.ledger_recorder, "access_refused", None)
+    if refused:  # the writer's last append or taking of the partitions: no write can pass
+        return "kafka_access_refused", refused
     topics = Topics.of(service.settings.topic_prefix)
     try:
         if service.admin is None:

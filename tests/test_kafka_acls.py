@@ -411,11 +411,17 @@ def test_the_service_answers_an_acl_revoked_under_it_with_a_503_that_names_it(
         assert answer.status_code == 503, answer.text
         assert answer.json()["code"] == "kafka_access_refused", answer.text
         assert answer.headers["Retry-After"]
+        # Not ready while no write can pass, though every topic is still described.
+        unready = client.get("/readyz")
+        assert unready.status_code == 503, unready.text
+        assert unready.json()["code"] == "kafka_access_refused", unready.text
+        assert "TransactionalIdAuthorizationFailedError" in unready.json()["detail"]
         granted(admin, f"User:{LEDGER_USER}", the_id)
         deadline = time.monotonic() + 30
         while (again := publish(n)).status_code != 201:
             assert again.json()["code"] == "kafka_access_refused", again.text
             assert time.monotonic() < deadline, "the granted transactional id was refused"
+        assert client.get("/readyz").status_code == 200
 
         revoke(admin, ResourceType.TOPIC, rejected, prefixed=False)
         deadline = time.monotonic() + 30

@@ -202,6 +202,8 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
         self.link = link
         self._producer: KafkaProducer | None = None
         self._fenced = False
+        # The last ACL refusal of an append or of taking the partitions, until one succeeds.
+        self._access_refused: str | None = None
         self._owning = threading.Lock()
         # One transaction at a time on the producer, whichever thread asks.
         self._transacting = threading.Lock()
@@ -645,6 +647,12 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
         return self._producer is not None
 
     @property
+    def access_refused(self) -> str | None:
+        """Why the cluster refused this writer an ACL at its last attempt to write or to take
+        the partitions, if it did and none has succeeded since (/readyz says it)."""
+        return self._access_refused
+
+    @property
     def fenced(self) -> bool:
         """Known only once a write was refused: Kafka tells a fenced producer when it writes."""
         return self._fenced
@@ -658,6 +666,7 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
             if self._producer is not None:
                 return
             producer = self._initialised_producer(stopping)
+            self._access_refused = None
             # Writable only once the replica holds everything committed before the fence:
             # appending on a stale replica would reuse versions the topic already has.
             try:
@@ -688,10 +697,11 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
             except KafkaError as error:
                 refused = refused_access(error)
                 if refused is not None:
-                    raise AccessRefused(
+                    self._access_refused = (
                         f"could not become the ledger writer (transactional id "
                         f"{self.link.transactional_id}): {refused}"
-                    ) from error
+                    )
+                    raise AccessRefused(self._access_refused) from error
                 if "InvalidTransactionTimeout" in str(error) and timeout_ms != timeouts[-1]:
                     log.warning(
                         "the brokers' transaction.max.timeout.ms is below %d ms: the writer's "
@@ -957,6 +967,7 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
         their first receipts if it did."""
         try:
             self._settled(begin_commit(producer))
+            self._access_refused = None
         except ReadTimedOut as error:
             self._drop_producer(close_s=0)
             raise LedgerUnavailable(
@@ -1022,6 +1033,7 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
         self._drop_producer(abort=True)
         refused = refused_access(error) or (refused_access(held) if held is not None else None)
         if refused is not None:
+            self._access_refused = refused
             return AccessRefused(refused)
         return LedgerUnavailable(f"the broker did not take the append: {error}")
 
