@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
+import sys
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,11 +19,24 @@ PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 log = logging.getLogger("consent_ledger.metrics")
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        """One line, not the standard library's traceback on stderr: a client that spoke
+        plain HTTP to the TLS port, or hung up mid-answer."""
+        error = sys.exc_info()[1]
+        log.warning("metrics: a connection failed (%s)", type(error).__name__)
+
+
 class MetricsServer:
     """`GET /metrics` (what `render` gives) and `GET /healthz`, on an already bound socket,
     until `close`."""
 
-    def __init__(self, listening: socket.socket, render: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        listening: socket.socket,
+        render: Callable[[], str],
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 if self.path == "/metrics":
@@ -47,13 +62,18 @@ class MetricsServer:
             def log_message(self, format: str, *args: object) -> None:
                 pass  # client addresses and paths: nothing the service's logs should hold
 
-        self._server = ThreadingHTTPServer(
-            listening.getsockname()[:2], Handler, bind_and_activate=False
-        )
+        self._server = _Server(listening.getsockname()[:2], Handler, bind_and_activate=False)
         self._server.socket.close()
-        self._server.socket = listening
+        # With TLS (LEDGER_TLS_CERT and LEDGER_TLS_KEY, as `serve`), each connection's
+        # handshake happens in its own thread, at its first read: a client that never
+        # finishes one holds its thread, not the accepting loop.
+        self._server.socket = (
+            listening
+            if tls is None
+            else tls.wrap_socket(listening, server_side=True, do_handshake_on_connect=False)
+        )
         self._server.server_activate()
-        self.address = listening.getsockname()
+        self.address = self._server.socket.getsockname()
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="metrics", daemon=True
         )

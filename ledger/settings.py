@@ -173,9 +173,9 @@ class Settings:
     | LEDGER_HTTP_TELEMETRY | off | `on`: FastAPI's native OpenTelemetry in `serve`, which traces
       and measures requests once the process has OpenTelemetry providers configured; `off`
       skips its checks on every request (the service's own metrics are at /metrics) |
-    | LEDGER_TLS_CERT | | `serve`: a PEM file of the service's certificate (and the chain to
-      its CA after it): the service answers HTTPS only; with LEDGER_TLS_KEY; unset: plain
-      HTTP, for loopback or behind a proxy that terminates TLS |
+    | LEDGER_TLS_CERT | | `serve` (and `worker --metrics-port`): a PEM file of the service's
+      certificate (and the chain to its CA after it): the service answers HTTPS only; with
+      LEDGER_TLS_KEY; unset: plain HTTP, for loopback or behind a proxy that terminates TLS |
     | LEDGER_TLS_KEY | | `serve`: the PEM file of that certificate's private key, not
       encrypted (keep it 0600); with LEDGER_TLS_CERT |
     | LEDGER_HTTP_CORS_ORIGINS | | `serve`: the web origins (`https://host[:port]`, comma-separated)

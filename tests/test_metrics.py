@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -74,5 +76,43 @@ def test_the_workers_metrics_server_answers_and_survives_a_failed_render() -> No
         assert httpx.get(f"{base}/metrics").text == "ok 1\n"
         assert httpx.get(f"{base}/healthz").json() == {"status": "ok"}
         assert httpx.get(f"{base}/metrics/").status_code == 404
+    finally:
+        server.close()
+
+
+def test_the_workers_metrics_server_speaks_tls_with_the_services_certificate(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With LEDGER_TLS_CERT and LEDGER_TLS_KEY the worker's /metrics is HTTPS, as `serve`
+    is; a client speaking plain HTTP to it fails its own connection, one line in the log,
+    and the next scrape is answered."""
+    import socket
+    import ssl
+
+    import httpx
+
+    from api.metrics_server import MetricsServer
+    from tests.tls_support import self_signed
+
+    pem = self_signed(tmp_path)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(pem.cert, pem.key)
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    server = MetricsServer(listening, lambda: "ledger_projection_lag 0\n", tls)
+    port = server.address[1]
+    trusted = ssl.create_default_context(cafile=str(pem.cert))
+    try:
+        assert httpx.get(f"https://127.0.0.1:{port}/metrics", verify=trusted).status_code == 200
+        with caplog.at_level("WARNING", logger="consent_ledger.metrics"):
+            with pytest.raises(httpx.HTTPError):
+                httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
+            with pytest.raises(httpx.HTTPError):  # nor a client that does not trust it
+                httpx.get(f"https://127.0.0.1:{port}/metrics", timeout=10)
+            again = httpx.get(f"https://127.0.0.1:{port}/healthz", verify=trusted)
+        assert again.json() == {"status": "ok"}
+        assert [r.getMessage() for r in caplog.records][:1] == [
+            "metrics: a connection failed (SSLError)"
+        ]
     finally:
         server.close()

@@ -262,6 +262,8 @@ def _work(args: argparse.Namespace, settings: Settings, stop: threading.Event) -
     from ledger.kafka.recorder import WriterFenced
     from projections.views import Views
 
+    if args.metrics_port is not None:
+        tls_checked(settings)  # its certificate and key, before anything starts: exit 2
     # The metrics address is taken first: one in use is said at once, exit 6, as `serve`.
     listening = (
         None
@@ -281,7 +283,7 @@ def _work(args: argparse.Namespace, settings: Settings, stop: threading.Event) -
             views.close()
             ledger.close()
             raise
-    metrics = None if listening is None else _serve_metrics(listening, writer, views)
+    metrics = None if listening is None else _serve_metrics(listening, writer, views, settings)
     project = threading.Thread(
         target=follow_views, args=(views, stop, args.interval), name="projections", daemon=True
     )
@@ -337,19 +339,25 @@ def _work(args: argparse.Namespace, settings: Settings, stop: threading.Event) -
     return 0
 
 
-def _serve_metrics(listening: socket.socket, writer: Any, views: Any) -> Any:
+def _serve_metrics(listening: socket.socket, writer: Any, views: Any, settings: Settings) -> Any:
     """The worker's /metrics on its own thread: the intake writer's counts and lag, and the
-    views' lag (read from the replica and the views' store, nothing from the broker)."""
+    views' lag (read from the replica and the views' store, nothing from the broker); over
+    TLS with `serve`'s certificate when LEDGER_TLS_CERT and LEDGER_TLS_KEY are set."""
     from api.metrics import worker_metrics
     from api.metrics_server import MetricsServer
 
     def render() -> str:
         return worker_metrics(None if views is None else views.lag(), writer.stats)
 
-    server = MetricsServer(listening, render)
+    tls = None
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(settings.tls_cert, settings.tls_key)
+    server = MetricsServer(listening, render, tls)
     host, port = server.address[:2]
     shown = f"[{host}]" if ":" in host else host
-    say(f"worker: metrics on http://{shown}:{port}/metrics", flush=True)
+    scheme = "http" if tls is None else "https"
+    say(f"worker: metrics on {scheme}://{shown}:{port}/metrics", flush=True)
     return server
 
 
