@@ -225,13 +225,11 @@ def open_requests(service: Service) -> dict[str, int]:
     )
 
 
-# Kafka's TOPIC_AUTHORIZATION_FAILED, as a described topic's error code (kafka-python's
-# TopicAuthorizationFailedError.errno; named here so that embedded mode imports no Kafka).
-TOPIC_ACCESS_REFUSED = 29
-
-
 def kafka_unready(service: Service) -> tuple[str, str] | None:
     """Why the Kafka side cannot serve writes: fenced, writer stopped, broker or topics gone."""
+    from kafka.errors import TopicAuthorizationFailedError
+
+    from ledger.kafka.acls import WHERE_LISTED
     from ledger.kafka.clients import AdminClient, secured
     from ledger.kafka.names import Topics
 
@@ -259,13 +257,14 @@ def kafka_unready(service: Service) -> tuple[str, str] | None:
             service.admin.close()
             service.admin = None
         return "broker_unreachable", f"the Kafka broker did not answer ({type(exc).__name__})"
-    refused = [t["name"] for t in described if t.get("error_code") == TOPIC_ACCESS_REFUSED]
-    if refused:
+    hidden = [
+        t["name"] for t in described if t.get("error_code") == TopicAuthorizationFailedError.errno
+    ]
+    if hidden:
         return (
             "kafka_access_refused",
-            f"the Kafka cluster refused this client the ACLs of topics {', '.join(sorted(refused))}"
-            "; `consent-ledger kafka-acls --principal User:NAME` lists what the ledger's "
-            "principal needs",
+            "the Kafka cluster refused this client the ACLs of topics "
+            f"{', '.join(sorted(hidden))}; {WHERE_LISTED}",
         )
     missing = [t["name"] for t in described if t.get("error_code") or not t.get("partitions")]
     if missing:

@@ -23,6 +23,11 @@ from ledger.kafka.names import Topics, intake_group, transactional_id_prefix
 
 Resource = Literal["topic", "group", "transactional-id"]
 
+# How every refusal of an ACL ends: where the operator finds what to grant.
+WHERE_LISTED = (
+    "`consent-ledger kafka-acls --principal User:NAME` lists what the ledger's principal needs"
+)
+
 
 @dataclass(frozen=True)
 class Grant:
@@ -154,11 +159,8 @@ def refused_access(error: BaseException) -> str | None:
         seen.add(id(current))
         names = {(c.__module__, c.__name__) for c in type(current).__mro__}
         if ("kafka.errors", "AuthorizationError") in names:
-            return (
-                f"the Kafka cluster refused this client an ACL ({_detail(current)}): "
-                "`consent-ledger kafka-acls --principal User:NAME` "
-                "lists what the ledger's principal needs"
-            )
+            detail = _detail(current)
+            return f"the Kafka cluster refused this client an ACL ({detail}): {WHERE_LISTED}"
         current = current.__cause__ or current.__context__
     return None
 

@@ -21,6 +21,7 @@ from kafka.errors import (
 
 from ledger.envelope import MAX_FACT_BYTES
 from ledger.kafka import reachable
+from ledger.kafka.acls import WHERE_LISTED
 from ledger.kafka.clients import AdminClient, last_bootstrap_failure, secured
 from ledger.kafka.names import Topics
 from ledger.kafka.reachable import BrokerWatch
@@ -184,8 +185,7 @@ def ledger_layout(settings: Settings) -> Layout:
                 raise TopicRefused(
                     f"cannot create topic {result['name']}: the Kafka cluster refused this "
                     "client the ACL Create for it, and it does not exist or this client may "
-                    "not see it; `consent-ledger kafka-acls --principal User:NAME` lists what "
-                    "the ledger's principal needs"
+                    f"not see it; {WHERE_LISTED}"
                 )
             raise TopicRefused(f"cannot create topic {result['name']}: {result['error_message']}")
         admin.wait_for_topics(list(specs))
@@ -362,8 +362,7 @@ def _config(admin: KafkaAdminClient, name: str) -> dict[str, str]:
         # a topic with retention.ms="" and was refused for it.
         raise TopicRefused(
             f"the Kafka cluster gave no settings of topic {name}: this client needs the ACL "
-            "DescribeConfigs on it; `consent-ledger kafka-acls --principal User:NAME` lists "
-            "what the ledger's principal needs"
+            f"DescribeConfigs on it; {WHERE_LISTED}"
         )
     return {key: str(entry.get("value", "")) for key, entry in configs.items()}
 
