@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +141,35 @@ def granted(admin: KafkaAdminClient, principal: str, grants: list[dict[str, Any]
     ]
     result = admin.create_acls(acls)
     assert not result["failed"], result["failed"]
+    wanted = {_key(acl) for acl in acls}
+    in_force(admin, principal, lambda held: wanted <= held)
+
+
+def _key(acl: ACL) -> tuple[Any, str, Any, Any]:
+    pattern = acl.resource_pattern
+    return (pattern.resource_type, pattern.resource_name, pattern.pattern_type, acl.operation)
+
+
+def in_force(admin: KafkaAdminClient, principal: str, settled: Callable[[set[Any]], bool]) -> None:
+    """Wait until the broker's authorizer holds the principal's ACLs as `settled` wants.
+
+    The controller commits a change before it answers; the broker's authorizer applies it
+    from the metadata log a moment later, and describes what it enforces: a command started
+    at once could meet the ACLs of before."""
+    deadline = time.monotonic() + 30
+    while True:  # each round trip to the broker paces the next look
+        held, _ = admin.describe_acls(
+            ACLFilter(
+                principal,
+                "*",
+                ACLOperation.ANY,
+                ACLPermissionType.ANY,
+                ResourcePatternFilter(ResourceType.ANY, None, ACLResourcePatternType.ANY),
+            )
+        )
+        if settled({_key(acl) for acl in held}):
+            return
+        assert time.monotonic() < deadline, "the broker's authorizer did not take the change"
 
 
 def producer(kafka_sasl_ssl: SecuredBroker, user: str) -> KafkaProducer:
@@ -448,6 +477,8 @@ def revoke(admin: KafkaAdminClient, kind: ResourceType, name: str, *, prefixed: 
         ]
     )
     assert deleted[0][1], deleted
+    gone = {_key(acl) for acl in deleted[0][1]}
+    in_force(admin, f"User:{LEDGER_USER}", lambda held: not gone & held)
 
 
 class _Stop:
