@@ -88,6 +88,12 @@ def settings_of(env: dict[str, str]) -> Settings:
     return Settings.from_env({k: v for k, v in env.items() if k.startswith(("LEDGER_", "KAFKA_"))})
 
 
+def acls_of(principal: str, resources: ResourcePatternFilter | None = None) -> ACLFilter:
+    """Every ACL of the principal (on `resources`, if given)."""
+    every = ResourcePatternFilter(ResourceType.ANY, None, ACLResourcePatternType.ANY)
+    return ACLFilter(principal, "*", ACLOperation.ANY, ACLPermissionType.ANY, resources or every)
+
+
 @pytest.fixture
 def admin(kafka_sasl_ssl: SecuredBroker) -> Iterator[KafkaAdminClient]:
     """An admin client on the PLAINTEXT listener (a super user of the development broker);
@@ -96,18 +102,7 @@ def admin(kafka_sasl_ssl: SecuredBroker) -> Iterator[KafkaAdminClient]:
     try:
         yield client
     finally:
-        client.delete_acls(
-            [
-                ACLFilter(
-                    f"User:{user}",
-                    "*",
-                    ACLOperation.ANY,
-                    ACLPermissionType.ANY,
-                    ResourcePatternFilter(ResourceType.ANY, None, ACLResourcePatternType.ANY),
-                )
-                for user in (LEDGER_USER, PUBLISHER_USER)
-            ]
-        )
+        client.delete_acls([acls_of(f"User:{user}") for user in (LEDGER_USER, PUBLISHER_USER)])
         client.close()
 
 
@@ -158,15 +153,7 @@ def in_force(admin: KafkaAdminClient, principal: str, settled: Callable[[set[Any
     at once could meet the ACLs of before."""
     deadline = time.monotonic() + 30
     while True:  # each round trip to the broker paces the next look
-        held, _ = admin.describe_acls(
-            ACLFilter(
-                principal,
-                "*",
-                ACLOperation.ANY,
-                ACLPermissionType.ANY,
-                ResourcePatternFilter(ResourceType.ANY, None, ACLResourcePatternType.ANY),
-            )
-        )
+        held, _ = admin.describe_acls(acls_of(principal))
         if settled({_key(acl) for acl in held}):
             return
         assert time.monotonic() < deadline, "the broker's authorizer did not take the change"
@@ -466,15 +453,7 @@ def test_the_service_answers_an_acl_revoked_under_it_with_a_503_that_names_it(
 def revoke(admin: KafkaAdminClient, kind: ResourceType, name: str, *, prefixed: bool) -> None:
     pattern = ACLResourcePatternType.PREFIXED if prefixed else ACLResourcePatternType.LITERAL
     deleted = admin.delete_acls(
-        [
-            ACLFilter(
-                f"User:{LEDGER_USER}",
-                "*",
-                ACLOperation.ANY,
-                ACLPermissionType.ANY,
-                ResourcePatternFilter(kind, name, pattern),
-            )
-        ]
+        [acls_of(f"User:{LEDGER_USER}", ResourcePatternFilter(kind, name, pattern))]
     )
     assert deleted[0][1], deleted
     gone = {_key(acl) for acl in deleted[0][1]}
