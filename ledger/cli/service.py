@@ -183,15 +183,16 @@ read it back (the sid is in the receipt):
     return 0
 
 
-def tls_checked(settings: Settings) -> None:
-    """The certificate and key are readable and belong together, or one line and exit 2.
+def tls_checked(settings: Settings) -> ssl.SSLContext | None:
+    """The certificate and key are readable and belong together, or one line and exit 2;
+    the server context they make (None without them).
 
     Loaded by uvicorn only as the server starts, a key that does not match ended in its
     traceback, and an encrypted key in OpenSSL asking for a passphrase on the terminal of a
     service that has none.
     """
     if settings.tls_cert is None or settings.tls_key is None:
-        return
+        return None
     for name, path in (
         ("LEDGER_TLS_CERT", settings.tls_cert),
         ("LEDGER_TLS_KEY", settings.tls_key),
@@ -213,6 +214,7 @@ def tls_checked(settings: Settings) -> None:
             "LEDGER_TLS_CERT and LEDGER_TLS_KEY are not a PEM certificate and its private key, "
             f"not encrypted ({e.reason or e.strerror or 'refused by OpenSSL'})"
         ) from None
+    return context
 
 
 def loopback(listening: socket.socket) -> bool:
@@ -262,8 +264,8 @@ def _work(args: argparse.Namespace, settings: Settings, stop: threading.Event) -
     from ledger.kafka.recorder import WriterFenced
     from projections.views import Views
 
-    if args.metrics_port is not None:
-        tls_checked(settings)  # its certificate and key, before anything starts: exit 2
+    # The metrics endpoint's certificate and key, checked before anything starts: exit 2.
+    tls = None if args.metrics_port is None else tls_checked(settings)
     # The metrics address is taken first: one in use is said at once, exit 6, as `serve`.
     listening = (
         None
@@ -283,7 +285,7 @@ def _work(args: argparse.Namespace, settings: Settings, stop: threading.Event) -
             views.close()
             ledger.close()
             raise
-    metrics = None if listening is None else _serve_metrics(listening, writer, views, settings)
+    metrics = None if listening is None else _serve_metrics(listening, writer, views, tls)
     project = threading.Thread(
         target=follow_views, args=(views, stop, args.interval), name="projections", daemon=True
     )
@@ -339,7 +341,9 @@ def _work(args: argparse.Namespace, settings: Settings, stop: threading.Event) -
     return 0
 
 
-def _serve_metrics(listening: socket.socket, writer: Any, views: Any, settings: Settings) -> Any:
+def _serve_metrics(
+    listening: socket.socket, writer: Any, views: Any, tls: ssl.SSLContext | None
+) -> Any:
     """The worker's /metrics on its own thread: the intake writer's counts and lag, and the
     views' lag (read from the replica and the views' store, nothing from the broker); over
     TLS with `serve`'s certificate when LEDGER_TLS_CERT and LEDGER_TLS_KEY are set."""
@@ -349,10 +353,6 @@ def _serve_metrics(listening: socket.socket, writer: Any, views: Any, settings: 
     def render() -> str:
         return worker_metrics(None if views is None else views.lag(), writer.stats)
 
-    tls = None
-    if settings.tls_cert is not None and settings.tls_key is not None:
-        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        tls.load_cert_chain(settings.tls_cert, settings.tls_key)
     server = MetricsServer(listening, render, tls)
     host, port = server.address[:2]
     shown = f"[{host}]" if ":" in host else host
