@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 KAFKA_DIR ?= ./var/kafka
+CLUSTER_DIR ?= ./var/cluster
 
 # Machines of this kind set PYTHONDONTWRITEBYTECODE (CI's may too), so every Python process
 # compiled the project's modules afresh, and the tests start one for each benchmark, each
@@ -14,7 +15,7 @@ KAFKA_DIR ?= ./var/kafka
 # in a second pair (28-32% less). The __pycache__ directories this writes are ignored by git.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: install constraints run demo openapi test coverage lint typecheck unit bench kafka-fetch kafka-up kafka-down clean
+.PHONY: install constraints run demo openapi test coverage lint typecheck unit bench kafka-fetch kafka-up kafka-down cluster-up cluster-down clean
 
 install: $(STAMP)
 
@@ -51,11 +52,12 @@ openapi: install
 	$(BIN)/python -m api.openapi_dump
 
 lint: install
-	$(BIN)/ruff check ledger projections api tests bench
-	$(BIN)/ruff format --check ledger projections api tests bench
+	$(BIN)/ruff check ledger projections api tests bench deploy
+	$(BIN)/ruff format --check ledger projections api tests bench deploy
 
 typecheck: install
 	$(BIN)/mypy
+	$(BIN)/mypy deploy/kafka/cluster.py
 
 kafka-fetch:
 	deploy/kafka/broker.sh fetch
@@ -102,6 +104,15 @@ kafka-up: kafka-fetch
 
 kafka-down:
 	deploy/kafka/broker.sh stop $(KAFKA_DIR)
+
+# deploy/compose.yaml's three brokers, each as the apache/kafka image would configure it from
+# its environment, on this machine without Docker (deploy/kafka/cluster.py); prints the
+# bootstrap list.
+cluster-up: install kafka-fetch
+	$(BIN)/python deploy/kafka/cluster.py start $(CLUSTER_DIR)
+
+cluster-down: install
+	$(BIN)/python deploy/kafka/cluster.py stop $(CLUSTER_DIR)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -7,6 +7,8 @@
 #   deploy/kafka/broker.sh stop [DIR]      stop the broker started in DIR and wait for it to exit
 #   deploy/kafka/broker.sh restart [DIR]   stop it and start it again on the same data and port
 #   deploy/kafka/broker.sh bootstrap [DIR] print the bootstrap address of the broker in DIR
+#   deploy/kafka/broker.sh cache           fetch, then print the cache directory (its libs/
+#                                          and classes.jsa; deploy/kafka/cluster.py uses them)
 #
 # Besides its PLAINTEXT listener the broker has two secured ones, for the tests of the
 # ledger against a secured cluster (a development broker's keys and passwords, never a real
@@ -317,6 +319,7 @@ case "$cmd" in
     start) start ;;
     stop) stop ;;
     restart) restart ;;
+    cache) fetch && echo "$cache" ;;
     bootstrap) [ -f "$dir/bootstrap" ] && running_pid >/dev/null && cat "$dir/bootstrap" || die "no broker running in $dir" ;;
-    *) echo "usage: $0 fetch|start|stop|restart|bootstrap [DIR]" >&2; exit 2 ;;
+    *) echo "usage: $0 fetch|start|stop|restart|bootstrap|cache [DIR]" >&2; exit 2 ;;
 esac
