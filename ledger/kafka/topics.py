@@ -7,6 +7,7 @@ rather than written to.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -17,6 +18,8 @@ from kafka.errors import (
     KafkaTimeoutError,
     TopicAlreadyExistsError,
     TopicAuthorizationFailedError,
+    UnknownTopicOrPartitionError,
+    for_code,
 )
 
 from ledger.envelope import MAX_FACT_BYTES
@@ -351,20 +354,57 @@ def check_intake_topic(admin: KafkaAdminClient, name: str) -> int:
     return int(configs.get("max.message.bytes") or KAFKA_DEFAULT_RECORD_LIMIT)
 
 
+# How long a topic's settings are asked again while the broker asked does not know the topic
+# yet. Each broker learns of a topic from the controller's metadata in its own time: on the
+# compose file's three brokers, a broker asked for the settings of a topic made a moment
+# before answered UNKNOWN_TOPIC_OR_PARTITION 8 times in 10 (a throwaway script, 2026-12-06),
+# and `consent-ledger init` failed, saying an ACL was missing.
+SETTLE_S = 10.0
+SETTLE_STEP_S = 0.05
+
+
 def _config(admin: KafkaAdminClient, name: str) -> dict[str, str]:
-    described = admin.describe_configs(
-        [ConfigResource(ConfigResourceType.TOPIC, name)], config_filter="all"
-    )
-    configs = described.get("topic", {}).get(name, {})
-    if "cleanup.policy" not in configs:
-        # kafka-python drops the error of a resource the broker would not describe: every
-        # topic has a cleanup.policy, so an answer without one is a refusal, which read as
-        # a topic with retention.ms="" and was refused for it.
+    deadline = time.monotonic() + SETTLE_S
+    while True:
+        error, configs = _described_configs(admin, name)
+        if error is not UnknownTopicOrPartitionError or time.monotonic() >= deadline:
+            break
+        time.sleep(SETTLE_STEP_S)  # the broker's metadata, asked again: a condition poll
+    if error is TopicAuthorizationFailedError:
         raise TopicRefused(
             f"the Kafka cluster gave no settings of topic {name}: this client needs the ACL "
             f"DescribeConfigs on it; {WHERE_LISTED}"
         )
+    if error is not None:
+        raise TopicRefused(f"the Kafka cluster gave no settings of topic {name} ({error.__name__})")
     return {key: str(entry.get("value", "")) for key, entry in configs.items()}
+
+
+def _described_configs(
+    admin: KafkaAdminClient, name: str
+) -> tuple[type[BrokerResponseError] | None, dict[str, Any]]:
+    """The broker's error for the topic's settings (None if it gave them), and the settings.
+
+    kafka-python 3.0.12's `describe_configs` drops a resource's error, so that a refused
+    ACL, a topic the broker asked has not heard of yet and any other refusal all read as a
+    topic without settings; its own request and answer are used here to tell them apart.
+    """
+    request = admin._describe_configs_request(
+        [ConfigResource(ConfigResourceType.TOPIC, name)], False
+    )
+
+    async def send() -> Any:
+        return await admin._manager.send(request)
+
+    response = admin._manager.run(send)
+    for result in response.results:
+        if result.resource_name == name and result.error_code:
+            return for_code(result.error_code), {}
+    described = admin._describe_configs_process_responses([response], "all")
+    configs: dict[str, Any] = described.get("topic", {}).get(name, {})
+    if "cleanup.policy" not in configs:  # every topic has one: not an answer
+        return BrokerResponseError, {}
+    return None, configs
 
 
 class IntakeTopic(NamedTuple):
