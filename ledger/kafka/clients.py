@@ -34,6 +34,7 @@ from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient
+from kafka.net.compat import KafkaNetClient
 from kafka.net.sasl.oauth import AbstractTokenProvider
 
 from ledger.settings import Settings, SettingsError
@@ -178,12 +179,56 @@ class AdminClient(_ClosedIfUnreached, KafkaAdminClient):  # type: ignore[misc]
     pass
 
 
+class _PacedNetClient(KafkaNetClient):  # type: ignore[misc]
+    """kafka-python's network client, for a producer whose sender must not spin while the
+    records it holds cannot be sent.
+
+    The sender of kafka-python 3.0.12 polls its connections with a timeout of 0 whenever a
+    broker has records ready, and for as many milliseconds as `connection_delay` says when
+    the broker cannot take them yet. On the compose file's three brokers with two of them
+    SIGKILLed, the writer's append waited out its 30 s for an answer with the sender's
+    thread at 100% of a core (29-30 s of CPU in 30 s, four runs of five, 2026-12-06), two
+    ways: `connection_delay` gives the reconnect back-off in seconds (kafka-python's own
+    metadata code multiplies it by 1000), so the wait for a broker that was down lasted at
+    most a millisecond; and with records of partitions not yet added to the transaction
+    (their coordinator down), the surviving broker counted as ready though none of them
+    could be drained, so the sender polled with 0 some 19,000 times a second. Here the
+    delay is in milliseconds (a connection being made counts one reconnect back-off), and a
+    0 poll that follows no request sent since the last poll waits up to `retry_backoff_ms`
+    instead: the poll still returns at once when a socket has data or a record is added
+    (the producer wakes it), so a wait is only ever added to a loop that sent nothing.
+    """
+
+    def __init__(self, **configs: Any) -> None:
+        super().__init__(**configs)
+        self._idle_poll_ms = float(configs.get("retry_backoff_ms", 100))
+        self._sent_since_poll = True
+
+    def connection_delay(self, node_id: Any) -> float:
+        connection = self._manager._conns.get(node_id)
+        if connection is not None and connection.initializing:
+            return float(self._manager.config["reconnect_backoff_ms"])
+        return float(super().connection_delay(node_id)) * 1000
+
+    def send(self, node_id: Any, request: Any, **kwargs: Any) -> Any:
+        self._sent_since_poll = True
+        return super().send(node_id, request, **kwargs)
+
+    def poll(self, timeout_ms: float | None = None, future: Any = None) -> Any:
+        if timeout_ms == 0 and future is None and not self._sent_since_poll:
+            timeout_ms = self._idle_poll_ms
+        self._sent_since_poll = False
+        return super().poll(timeout_ms=timeout_ms, future=future)
+
+
 class Producer(KafkaProducer):  # type: ignore[misc]
     """A producer whose cluster metadata waits `RETRY_BACKOFF_MS` between refreshes (or
-    the `retry_backoff_ms` it is given)."""
+    the `retry_backoff_ms` it is given), and whose sender does not spin while a broker it
+    has records for is down (`_PacedNetClient`)."""
 
     def __init__(self, **configs: Any) -> None:
         configs = _with_security(configs)
+        configs.setdefault("kafka_client", _PacedNetClient)
         super().__init__(**configs)
         config = getattr(getattr(self, "_metadata", None), "config", None)
         if isinstance(config, dict):  # kafka-python 3.0.12 keeps it there
