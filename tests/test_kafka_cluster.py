@@ -1,0 +1,327 @@
+"""The compose file's three-broker cluster, run for real (`deploy/kafka/cluster.py`), and the
+ledger on it with the compose file's own ledger settings.
+
+- The brokers' properties are what the apache/kafka image makes of their environment, moved
+  onto this machine and nothing else.
+- The ledger creates its topics as compose configures them: 6 partitions, 3 replicas, at
+  least 2 in sync; and checks topics just made whichever broker answers, one that has not
+  heard of them yet included.
+- A worker consuming intake while each broker in turn is SIGKILLed (the controller, the
+  transaction and group coordinators and every partition leader among them) and started
+  again loses and duplicates nothing, and keeps writing while one broker is down.
+- With one broker of three left, an append is refused, never acknowledged, and the wait
+  costs next to no CPU; started again, the same facts land once.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import yaml
+from kafka import KafkaAdminClient
+from kafka.admin import ConfigResource, ConfigResourceType
+
+from ledger.application import ConsentLedger
+from ledger.envelope import parse_fact
+from ledger.kafka.names import Topics
+from ledger.kafka.recorder import LedgerUnavailable
+from ledger.kafka.topics import ensure_topics
+from ledger.receipt import Receipt
+from ledger.settings import Settings
+from tests.cli_support import run_with, start_with
+from tests.facts import grant
+from tests.kafka_support import (
+    OVERSIZE_LIMIT,
+    check_exactly_once,
+    headers,
+    intake_stream,
+    publish,
+    read_committed,
+)
+from tests.test_kafka_faults import Progress, stop_cleanly
+
+pytestmark = pytest.mark.kafka
+
+ROOT = Path(__file__).resolve().parent.parent
+CLUSTER = ROOT / "deploy" / "kafka" / "cluster.py"
+COMPOSE = ROOT / "deploy" / "compose.yaml"
+
+
+def _cluster_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("deploy_kafka_cluster", CLUSTER)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+cluster_py = _cluster_module()
+
+
+@dataclass
+class ComposeCluster:
+    root: Path
+    bootstrap: str
+    services: list[str]
+
+    def command(self, *args: str) -> None:
+        done = subprocess.run(
+            [sys.executable, str(CLUSTER), *args], capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr
+
+    def kill(self, service: str) -> None:
+        self.command("stop-node", str(self.root), service, "--kill")
+
+    def start(self, service: str) -> None:
+        self.command("start-node", str(self.root), service)
+
+    def wait_fully_replicated(self, topics: list[str], timeout: float = 180) -> None:
+        """Until every partition of `topics` has all its replicas in sync again: a broker
+        started again catches up before the next one may be stopped."""
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                lagging = [
+                    (t["name"], p["partition_index"])
+                    for t in admin.describe_topics(topics)
+                    for p in t["partitions"]
+                    if len(p["isr_nodes"]) < len(p["replica_nodes"]) or p["leader_id"] < 0
+                ]
+                if not lagging:
+                    return
+                assert time.monotonic() < deadline, f"not in sync: {lagging}"
+                time.sleep(0.2)  # a condition poll: the brokers' metadata, asked each round
+        finally:
+            admin.close()
+
+
+@pytest.fixture(scope="module")
+def compose_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeCluster]:
+    root = tmp_path_factory.mktemp("compose-cluster")
+    started = subprocess.run(
+        [sys.executable, str(CLUSTER), "start", str(root)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert started.returncode == 0, started.stderr
+    services = list(cluster_py.brokers(yaml.safe_load(COMPOSE.read_text())))
+    try:
+        yield ComposeCluster(root, started.stdout.strip().splitlines()[-1], services)
+    finally:
+        subprocess.run([sys.executable, str(CLUSTER), "stop", str(root)], timeout=300)
+
+
+def compose_ledger_env(cluster: ComposeCluster, data_dir: Path) -> dict[str, str]:
+    """The compose file's ledger service's environment, pointed at these brokers, a data
+    directory and topics of its own, with a master key of its own."""
+    compose = yaml.safe_load(COMPOSE.read_text())
+    env = {k: str(v) for k, v in compose["services"]["ledger"]["environment"].items()}
+    env.update(
+        KAFKA_BOOTSTRAP=cluster.bootstrap,
+        LEDGER_DATA_DIR=str(data_dir),
+        LEDGER_TOPIC_PREFIX=f"c{uuid.uuid4().hex[:12]}",
+        LEDGER_MASTER_KEY=base64.b64encode(os.urandom(32)).decode(),
+    )
+    return env
+
+
+def replicated_topics(settings: Settings) -> list[str]:
+    topics = Topics.of(settings.topic_prefix)
+    return [
+        topics.intake,
+        topics.ledger,
+        topics.rejected,
+        "__consumer_offsets",
+        "__transaction_state",
+    ]
+
+
+def test_the_image_s_rule_names_each_property() -> None:
+    name = cluster_py.property_name
+    assert name("KAFKA_NODE_ID") == "node.id"
+    assert name("KAFKA_LISTENER_SECURITY_PROTOCOL_MAP") == "listener.security.protocol.map"
+    assert (
+        name("KAFKA_LISTENER_NAME_SASL__SSL_SCRAM___SHA___512_SASL_JAAS_CONFIG")
+        == "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config"
+    )
+
+
+def test_each_broker_s_properties_are_its_compose_environment_moved_onto_this_machine(
+    tmp_path: Path,
+) -> None:
+    compose = yaml.safe_load(COMPOSE.read_text())
+    services = cluster_py.brokers(compose)
+    assert list(services) == ["kafka-1", "kafka-2", "kafka-3"]
+    ports = {
+        (s, port): 10000 + 10 * i + port % 10
+        for i, s in enumerate(services)
+        for port in cluster_py.container_ports(services[s])
+    }
+    props = cluster_py.render(compose, "kafka-2", ports, tmp_path / "data")
+    env = services["kafka-2"]
+    # Every KAFKA_ variable became a property, and nothing else did.
+    assert len(props) == len([v for v in env if v.startswith("KAFKA_")])
+    assert props["node.id"] == "2"
+    assert props["process.roles"] == "broker,controller"
+    assert props["listeners"] == "PLAINTEXT://127.0.0.1:10012,CONTROLLER://127.0.0.1:10013"
+    assert props["advertised.listeners"] == "PLAINTEXT://127.0.0.1:10012"
+    assert props["controller.quorum.voters"] == (
+        "1@127.0.0.1:10003,2@127.0.0.1:10013,3@127.0.0.1:10023"
+    )
+    assert props["log.dirs"] == str(tmp_path / "data")
+    # The settings that make the cluster durable pass through unchanged.
+    assert props["min.insync.replicas"] == "2"
+    assert props["default.replication.factor"] == "3"
+    assert props["transaction.state.log.min.isr"] == "2"
+    assert props["unclean.leader.election.enable"] == "false"
+    assert props["auto.create.topics.enable"] == "false"
+
+
+def test_the_ledger_makes_its_topics_as_the_compose_file_configures_them(
+    tmp_path: Path, compose_cluster: ComposeCluster
+) -> None:
+    env = compose_ledger_env(compose_cluster, tmp_path / "data")
+    init = run_with({**os.environ, **env}, "init")
+    assert init.returncode == 0, init.stderr
+    settings = Settings.from_env(env)
+    assert (settings.partitions, settings.replication, settings.min_insync) == (6, 3, 2)
+    topics = Topics.of(settings.topic_prefix)
+    admin = KafkaAdminClient(bootstrap_servers=compose_cluster.bootstrap)
+    try:
+        names = [topics.intake, topics.ledger, topics.rejected]
+        described = {t["name"]: t for t in admin.describe_topics(names)}
+        configs = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topics.ledger)], config_filter="all"
+        )["topic"][topics.ledger]
+    finally:
+        admin.close()
+    for topic in names:
+        partitions = described[topic]["partitions"]
+        assert len(partitions) == 6, topic
+        # Spread over the three brokers, each partition on all three.
+        assert all(sorted(p["replica_nodes"]) == [1, 2, 3] for p in partitions), topic
+        assert len({p["leader_id"] for p in partitions}) == 3, topic
+    ledger_config = {key: str(entry.get("value")) for key, entry in configs.items()}
+    assert ledger_config["min.insync.replicas"] == "2"
+    assert ledger_config["retention.ms"] == "-1"
+    assert ledger_config["cleanup.policy"] == "delete"
+
+
+def test_topics_just_made_are_checked_whichever_broker_answers(
+    tmp_path: Path, compose_cluster: ComposeCluster
+) -> None:
+    # A broker asked for the settings of a topic made a moment before may not know it yet
+    # (8 times in 10 here): the check waits for it rather than refusing the topics.
+    for _ in range(5):
+        settings = Settings.from_env(compose_ledger_env(compose_cluster, tmp_path / "data"))
+        assert ensure_topics(settings) == Topics.of(settings.topic_prefix)
+
+
+def test_a_worker_loses_and_duplicates_nothing_while_each_broker_in_turn_is_killed(
+    tmp_path: Path, compose_cluster: ComposeCluster
+) -> None:
+    env = compose_ledger_env(compose_cluster, tmp_path / "data")
+    assert run_with({**os.environ, **env}, "init").returncode == 0
+    settings = Settings.from_env(env)
+    topics = Topics.of(settings.topic_prefix)
+    items = intake_stream(valid=3_000, bad=150, seed=17)
+    most = len(items) * 3 // 4
+    bootstrap = compose_cluster.bootstrap
+    publish(bootstrap, topics.intake, [(i.key, i.value) for i in items[:most]])  # type: ignore[misc]
+    # Small transactions, so that the stream is still being consumed through every kill.
+    worker = start_with(
+        {
+            **os.environ,
+            **env,
+            "LEDGER_INTAKE_BATCH": "10",
+            "LEDGER_INTAKE_MAX_BYTES": str(OVERSIZE_LIMIT),
+        },
+        "worker",
+        "--interval",
+        "0.1",
+    )
+    progress = Progress(settings)
+    try:
+        done = progress.wait_for(200, worker, timeout=120)
+        for service in compose_cluster.services:
+            compose_cluster.kill(service)
+            # While it is down, the writer goes on with the other two.
+            done = progress.wait_for(done + 200, worker, timeout=180)
+            compose_cluster.start(service)
+            compose_cluster.wait_fully_replicated(replicated_topics(settings))
+        assert done < most, "the writer had finished before the last broker was killed"
+        publish(bootstrap, topics.intake, [(i.key, i.value) for i in items[most:]])  # type: ignore[misc]
+        progress.wait_for(len(items), worker, timeout=300)
+        assert worker.poll() is None, "the worker did not survive the brokers' deaths"
+        printed = stop_cleanly(worker)
+    finally:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGKILL)
+            worker.communicate()
+        progress.close()
+    for item in items:
+        if item.subject is not None:
+            assert item.subject not in printed
+    check_exactly_once(
+        items, read_committed(bootstrap, topics.ledger), read_committed(bootstrap, topics.rejected)
+    )
+    verified = run_with({**os.environ, **env}, "verify", "--json")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_with_one_broker_of_three_left_an_append_is_refused_then_lands_once(
+    tmp_path: Path, compose_cluster: ComposeCluster
+) -> None:
+    env = compose_ledger_env(compose_cluster, tmp_path / "data")
+    settings = Settings.from_env(env)
+    ledger = ConsentLedger(settings)
+    try:
+        ledger.init_demo()
+        before = [grant(subject=f"before-{i}", event_id=f"before-{i}") for i in range(50)]
+        ledger.record([parse_fact(f) for f in before])
+        down = compose_cluster.services[:2]
+        for service in down:
+            compose_cluster.kill(service)
+        during = [grant(subject=f"during-{i}", event_id=f"during-{i}") for i in range(50)]
+        try:
+            began, cpu = time.monotonic(), time.process_time()
+            with pytest.raises(LedgerUnavailable):
+                ledger.record([parse_fact(f) for f in during])
+            waited, used = time.monotonic() - began, time.process_time() - cpu
+            # Waiting for brokers that are down costs next to no CPU: kafka-python's sender
+            # spun a core for the whole wait (29-30 s of CPU in 30 s) before
+            # `ledger.kafka.clients._PacedNetClient` (0.5 s).
+            assert used < waited / 4, f"{used:.1f} s of CPU in {waited:.1f} s of waiting"
+        finally:
+            for service in down:
+                compose_cluster.start(service)
+        compose_cluster.wait_fully_replicated(replicated_topics(settings))
+        # The same facts again: whatever the refused attempt left undecided is settled,
+        # and each lands once.
+        receipts = ledger.record([parse_fact(f) for f in during])
+        assert all(isinstance(r, Receipt) for r in receipts), receipts
+        assert [getattr(r, "event_id", None) for r in receipts] == [f["event_id"] for f in during]
+    finally:
+        ledger.close()
+    ledger_topic = Topics.of(settings.topic_prefix).ledger
+    landed = [
+        headers(r).get("event_id", "seed-policy-")
+        for r in read_committed(compose_cluster.bootstrap, ledger_topic)
+    ]
+    wanted = [f["event_id"] for f in before + during]
+    assert sorted(e for e in landed if not e.startswith("seed-policy-")) == sorted(wanted)
