@@ -187,7 +187,7 @@ class _PacedNetClient(KafkaNetClient):  # type: ignore[misc]
     broker has records ready, and for as many milliseconds as `connection_delay` says when
     the broker cannot take them yet. On the compose file's three brokers with two of them
     SIGKILLed, the writer's append waited out its 30 s for an answer with the sender's
-    thread at 100% of a core (29-30 s of CPU in 30 s, four runs of five, 2026-12-06), two
+    thread at 100% of a core (29-32 s of CPU in 30 s, in 10 runs of 15 on 2026-12-06), two
     ways: `connection_delay` gives the reconnect back-off in seconds (kafka-python's own
     metadata code multiplies it by 1000), so the wait for a broker that was down lasted at
     most a millisecond; and with records of partitions not yet added to the transaction
