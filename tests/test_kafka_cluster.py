@@ -31,13 +31,12 @@ from types import ModuleType
 import pytest
 import yaml
 from kafka import KafkaAdminClient
-from kafka.admin import ConfigResource, ConfigResourceType
 
 from ledger.application import ConsentLedger
 from ledger.envelope import parse_fact
 from ledger.kafka.names import Topics
 from ledger.kafka.recorder import LedgerUnavailable
-from ledger.kafka.topics import ensure_topics
+from ledger.kafka.topics import _config, ensure_topics
 from ledger.receipt import Receipt
 from ledger.settings import Settings
 from tests.cli_support import run_with, start_with
@@ -201,13 +200,18 @@ def test_the_ledger_makes_its_topics_as_the_compose_file_configures_them(
     settings = Settings.from_env(env)
     assert (settings.partitions, settings.replication, settings.min_insync) == (6, 3, 2)
     topics = Topics.of(settings.topic_prefix)
+    names = [topics.intake, topics.ledger, topics.rejected]
     admin = KafkaAdminClient(bootstrap_servers=compose_cluster.bootstrap)
     try:
-        names = [topics.intake, topics.ledger, topics.rejected]
-        described = {t["name"]: t for t in admin.describe_topics(names)}
-        configs = admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, topics.ledger)], config_filter="all"
-        )["topic"][topics.ledger]
+        # The broker asked may not have heard of the topics yet (they were made a moment
+        # ago): asked again until it has, as the ledger's own check does.
+        ledger_config = _config(admin, topics.ledger)
+        deadline = time.monotonic() + 10
+        while True:
+            described = {t["name"]: t for t in admin.describe_topics(names) if t["partitions"]}
+            if len(described) == len(names) or time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)  # a condition poll: the broker's metadata, asked again
     finally:
         admin.close()
     for topic in names:
@@ -216,7 +220,6 @@ def test_the_ledger_makes_its_topics_as_the_compose_file_configures_them(
         # Spread over the three brokers, each partition on all three.
         assert all(sorted(p["replica_nodes"]) == [1, 2, 3] for p in partitions), topic
         assert len({p["leader_id"] for p in partitions}) == 3, topic
-    ledger_config = {key: str(entry.get("value")) for key, entry in configs.items()}
     assert ledger_config["min.insync.replicas"] == "2"
     assert ledger_config["retention.ms"] == "-1"
     assert ledger_config["cleanup.policy"] == "delete"
