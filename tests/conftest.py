@@ -34,21 +34,6 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(REFUSED)
 
 
-# Modules run first: each takes minutes on one test process, one test after another around
-# a fixture of its own (tests/test_kafka_cluster.py: three brokers, about 165 s). In the
-# middle of the collection, the compose cluster's tests started when the other process had
-# little left to do, and `make test` on a clean clone took 514 and 555 s against 372 before
-# they were added (2026-12-06).
-LONGEST_FIRST = ("tests/test_kafka_cluster.py",)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    def first(item: pytest.Item) -> bool:
-        return item.nodeid.split("::")[0] in LONGEST_FIRST
-
-    items.sort(key=lambda item: not first(item))  # stable: the rest keep their order
-
-
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings(data_dir=tmp_path / "data")
