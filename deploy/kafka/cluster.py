@@ -25,8 +25,10 @@ broker.pid, broker.log); DIR/bootstrap holds the bootstrap list.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -207,11 +209,16 @@ class Cluster:
     def stop_node(self, service: str, kill: bool = False) -> None:
         pid = self._running(service)
         if pid is not None:
-            os.kill(pid, signal.SIGKILL if kill else signal.SIGTERM)
+            # It may exit between the check and each signal: a stop that finds it gone is done.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL if kill else signal.SIGTERM)
             deadline = time.monotonic() + STOP_TIMEOUT_S
+            killed = kill
             while _alive(pid):
-                if time.monotonic() >= deadline:
-                    os.kill(pid, signal.SIGKILL)
+                if not killed and time.monotonic() >= deadline:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                    killed = True
                 time.sleep(0.1)
         (self.node(service) / "broker.pid").unlink(missing_ok=True)
 
@@ -235,9 +242,7 @@ class Cluster:
         }
         for service in self.services:
             node = self.node(service)
-            if node.exists():
-                for leftover in sorted(node.rglob("*"), reverse=True):
-                    leftover.rmdir() if leftover.is_dir() else leftover.unlink()
+            shutil.rmtree(node, ignore_errors=True)
             node.mkdir(parents=True, exist_ok=True)
             props = render(self.compose, service, ports, node / "data")
             (node / "server.properties").write_text("".join(f"{k}={v}\n" for k, v in props.items()))
