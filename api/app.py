@@ -226,12 +226,18 @@ def open_requests(service: Service) -> dict[str, int]:
 
 
 def kafka_unready(service: Service) -> tuple[str, str] | None:
-    """Why the Kafka side cannot serve writes: fenced, writer stopped, broker or topics gone."""
+    """Why the Kafka side cannot serve writes: fenced, writer stopped, broker or topics gone,
+    ledger partitions without enough replicas, or the controllers without a quorum."""
     from kafka.errors import TopicAuthorizationFailedError
 
     from ledger.kafka.acls import WHERE_LISTED
     from ledger.kafka.clients import AdminClient, secured
     from ledger.kafka.names import Topics
+    from ledger.kafka.readiness import (
+        asked_of_some_broker,
+        quorum_problem,
+        unwritable_partitions,
+    )
 
     intake = service.intake
     fenced = getattr(service.ledger.ledger_recorder, "fenced", False)
@@ -251,7 +257,10 @@ def kafka_unready(service: Service) -> tuple[str, str] | None:
                 request_timeout_ms=3000,
                 bootstrap_timeout_ms=3000,
             )
-        described = service.admin.describe_topics([topics.intake, topics.ledger, topics.rejected])
+        described = asked_of_some_broker(
+            service.admin,
+            lambda: service.admin.describe_topics([topics.intake, topics.ledger, topics.rejected]),
+        )
     except Exception as exc:
         if service.admin is not None:
             service.admin.close()
@@ -269,4 +278,8 @@ def kafka_unready(service: Service) -> tuple[str, str] | None:
     missing = [t["name"] for t in described if t.get("error_code") or not t.get("partitions")]
     if missing:
         return "topics_missing", f"topics not available: {', '.join(sorted(missing))}"
-    return None
+    unwritable = unwritable_partitions(described, topics.ledger, service.settings.min_insync)
+    if unwritable is not None:
+        return unwritable
+    # Last: when the quorum is lost the metadata above is a surviving broker's stale cache.
+    return quorum_problem(service.admin)

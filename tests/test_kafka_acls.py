@@ -5,6 +5,7 @@ and a refused ACL is said in one line that says where the list is."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
@@ -28,10 +29,11 @@ from kafka.admin import (
     ResourcePatternFilter,
     ResourceType,
 )
-from kafka.errors import TopicAuthorizationFailedError
+from kafka.errors import ClusterAuthorizationFailedError, TopicAuthorizationFailedError
 
 from api.app import create_app, keys_path
 from api.keys import ApiKeys
+from ledger.kafka import readiness
 from ledger.kafka.names import Topics, intake_group
 from ledger.settings import Settings
 from tests.cli_support import line_within, run_with, start_with
@@ -55,12 +57,14 @@ _RESOURCE = {
     "topic": ResourceType.TOPIC,
     "group": ResourceType.GROUP,
     "transactional-id": ResourceType.TRANSACTIONAL_ID,
+    "cluster": ResourceType.CLUSTER,
 }
 _OPERATION = {
     "Create": ACLOperation.CREATE,
     "Read": ACLOperation.READ,
     "Write": ACLOperation.WRITE,
     "DescribeConfigs": ACLOperation.DESCRIBE_CONFIGS,
+    "Describe": ACLOperation.DESCRIBE,
 }
 
 
@@ -252,6 +256,8 @@ def test_the_listed_acls_are_enough_for_the_ledger_and_a_publisher(
     keys.close()
     with TestClient(create_app(served)) as client:
         assert client.get("/readyz").status_code == 200
+        # Readiness asked the controllers' quorum: the grant listed for it is enough.
+        client.app.state.service.admin.describe_metadata_quorum()  # type: ignore[attr-defined]
         body = {k: v for k, v in grant("acl-4", event_id="acl-g4").items() if k != "tenant"}
         created = client.post("/v1/facts", json=body, headers={"Authorization": f"Bearer {key}"})
         assert created.status_code == 201, created.text
@@ -279,7 +285,7 @@ def test_each_acl_left_out_is_said_in_one_line(
     settings = kafka_settings(tmp_path / "data", kafka_sasl_ssl.sasl_ssl)
     env = as_ledger(kafka_sasl_ssl, settings)
     grants = listed(env, f"User:{LEDGER_USER}")
-    assert len(grants) == 5
+    assert len(grants) == 6 and grants[5]["resource_type"] == "cluster"  # readiness's
     granted(admin, f"User:{LEDGER_USER}", grants[:left_out] + grants[left_out + 1 :])
     out = run_with(env, "init")
     if grants[left_out]["resource_type"] == "group":
@@ -301,6 +307,32 @@ def test_each_acl_left_out_is_said_in_one_line(
         assert read_committed(kafka_sasl_ssl.plaintext, ledger_topic) == []
 
 
+def test_without_describe_on_the_cluster_the_service_is_ready_and_says_what_it_cannot_tell(
+    kafka_sasl_ssl: SecuredBroker,
+    admin: KafkaAdminClient,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The one grant that writes do not need: an operator who granted the list of before
+    (five grants) gets a ready service, and a warning that `/readyz` cannot tell a cluster
+    whose controllers lost their quorum."""
+    settings = kafka_settings(tmp_path / "data", kafka_sasl_ssl.sasl_ssl)
+    env = as_ledger(kafka_sasl_ssl, settings)
+    grants = listed(env, f"User:{LEDGER_USER}")
+    granted(admin, f"User:{LEDGER_USER}", [g for g in grants if g["resource_type"] != "cluster"])
+    assert run_with(env, "init").returncode == 0
+    monkeypatch.setattr(readiness, "_refusal_logged", False)  # once a process: this test's
+    with TestClient(create_app(settings_of(env))) as client:
+        with caplog.at_level(logging.WARNING, logger=readiness.__name__):
+            for _ in range(2):
+                assert client.get("/readyz").status_code == 200
+        with pytest.raises(ClusterAuthorizationFailedError):  # the question was refused
+            client.app.state.service.admin.describe_metadata_quorum()  # type: ignore[attr-defined]
+    said = [r.getMessage() for r in caplog.records if r.name == readiness.__name__]
+    assert len(said) == 1 and "cannot tell" in said[0] and "kafka-acls" in said[0], said
+
+
 def test_kafka_acls_prints_kafka_acls_commands_and_refuses_a_bad_principal(
     tmp_path: Path,
 ) -> None:
@@ -314,11 +346,15 @@ def test_kafka_acls_prints_kafka_acls_commands_and_refuses_a_bad_principal(
     elsewhere = {**env, "KAFKA_BOOTSTRAP": "kafka-1:9093"}
     out = run_with(elsewhere, "kafka-acls", "--principal", "User:l")
     commands = [line for line in out.stdout.splitlines() if not line.startswith("#")]
-    assert commands[-1] == (
+    assert commands[-2] == (
         "kafka-acls.sh --bootstrap-server kafka-1:9093 --add --allow-principal User:l "
         "--operation Write --transactional-id crm.ledger-writer-p --resource-pattern-type prefixed"
     )
-    assert len(commands) == 5
+    assert commands[-1] == (
+        "kafka-acls.sh --bootstrap-server kafka-1:9093 --add --allow-principal User:l "
+        "--operation Describe --cluster"
+    )
+    assert len(commands) == 6
     topics = run_with(elsewhere, "kafka-topics")
     assert topics.returncode == 0, topics.stderr
     assert topics.stdout.splitlines()[1] == (

@@ -11,6 +11,8 @@ ledger on it with the compose file's own ledger settings.
   again loses and duplicates nothing, and keeps writing while one broker is down.
 - With one broker of three left, an append is refused, never acknowledged, and the wait
   costs next to no CPU; started again, the same facts land once.
+- `/readyz` stays ready with one broker down, says the quorum lost with two, and ready again
+  once they are back.
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ from types import ModuleType
 
 import pytest
 import yaml
+from fastapi.testclient import TestClient
 from kafka import KafkaAdminClient
 
+from api.app import create_app
 from ledger.application import ConsentLedger
 from ledger.envelope import parse_fact
 from ledger.kafka.names import Topics
@@ -329,3 +333,43 @@ def test_with_one_broker_of_three_left_an_append_is_refused_then_lands_once(
     ]
     wanted = [f["event_id"] for f in before + during]
     assert sorted(e for e in landed if not e.startswith("seed-policy-")) == sorted(wanted)
+
+
+def test_readyz_says_a_lost_quorum_and_ready_again_once_it_is_back(
+    tmp_path: Path, compose_cluster: ComposeCluster
+) -> None:
+    """With two brokers of three SIGKILLed the one left answers metadata from its cache,
+    naming the dead as leaders and in sync: `/readyz` said ready while every write waited
+    out its 30 s and was refused. It asks the controllers' quorum too now."""
+    settings = Settings.from_env(compose_ledger_env(compose_cluster, tmp_path / "data"))
+    first, second = compose_cluster.services[:2]
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/readyz").status_code == 200
+        killed = []
+        try:
+            compose_cluster.kill(first)
+            killed.append(first)
+            # One down: the quorum stands and the partitions move their leaders.
+            ready_within(client, 60)
+            compose_cluster.kill(second)
+            killed.append(second)
+            deadline = time.monotonic() + 60
+            while (answer := client.get("/readyz")).status_code == 200:
+                assert time.monotonic() < deadline, "still ready with two brokers of three down"
+            assert answer.status_code == 503, answer.text
+            assert answer.json()["code"] == "kafka_quorum_lost", answer.text
+            # And stays so, whichever broker each probe asks first.
+            for _ in range(2):
+                assert client.get("/readyz").json()["code"] == "kafka_quorum_lost"
+        finally:
+            with ThreadPoolExecutor(2) as pool:  # side by side: each takes seconds
+                list(pool.map(compose_cluster.start, killed))
+        ready_within(client, 120)
+    compose_cluster.wait_fully_replicated(replicated_topics(settings))
+
+
+def ready_within(client: TestClient, seconds: float) -> None:
+    """Until `/readyz` answers 200; each probe's own round trip paces the next."""
+    deadline = time.monotonic() + seconds
+    while (answer := client.get("/readyz")).status_code != 200:
+        assert time.monotonic() < deadline, answer.text

@@ -21,7 +21,10 @@ from typing import Literal
 
 from ledger.kafka.names import Topics, intake_group, transactional_id_prefix
 
-Resource = Literal["topic", "group", "transactional-id"]
+Resource = Literal["topic", "group", "transactional-id", "cluster"]
+
+# The name Kafka gives the one cluster resource (`kafka-acls.sh --cluster`).
+CLUSTER = "kafka-cluster"
 
 # How every refusal of an ACL ends: where the operator finds what to grant.
 WHERE_LISTED = (
@@ -96,6 +99,14 @@ def writer_grants(prefix: str, *, create_topics: bool = True) -> list[Grant]:
             ("Write",),
             "the writer's transactional id, one per set of ledger partitions it owns",
         ),
+        Grant(
+            "cluster",
+            CLUSTER,
+            False,
+            ("Describe",),
+            "/readyz asks whether the controllers have a quorum (without it, readiness cannot "
+            "tell a cluster that lost its quorum: writes wait and are refused)",
+        ),
     ]
 
 
@@ -117,6 +128,7 @@ _OPTION: dict[Resource, str] = {
     "topic": "--topic",
     "group": "--group",
     "transactional-id": "--transactional-id",
+    "cluster": "--cluster",
 }
 
 
@@ -128,7 +140,9 @@ def kafka_acls_commands(principal: str, grants: list[Grant], bootstrap: str) -> 
         words += ["--allow-principal", principal]
         for operation in grant.operations:
             words += ["--operation", operation]
-        words += [_OPTION[grant.resource], grant.name]
+        words += [_OPTION[grant.resource]]
+        if grant.resource != "cluster":  # the one cluster resource has no name to give
+            words.append(grant.name)
         if grant.prefixed:
             words += ["--resource-pattern-type", "prefixed"]
         lines.append(shlex.join(words))
