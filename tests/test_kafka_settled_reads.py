@@ -168,3 +168,37 @@ def test_a_read_waits_once_for_a_transaction_left_open_until_it_ends(
         after = high_watermarks(kafka_bootstrap, [tp], timeout_s=30)
         ends = settled_ends(consumer, [tp], after, timeout_s=30, settle_s=600)
         assert ends[tp] >= after[tp] > high[tp]
+
+
+def test_a_read_from_given_offsets_never_skips_a_record_it_has_not_read(
+    kafka_bootstrap: str,
+) -> None:
+    """`since` (where a reader got to, as the HTTP service's refusals keep it): read on from
+    there; from the beginning when the offset is past the topic's end (a topic deleted and
+    made again under the name) or before it (records retention deleted unread). The
+    consumer's default, kafka-python's `auto_offset_reset="latest"`, skipped to the end."""
+    from kafka.admin import KafkaAdminClient
+
+    from tests.kafka_support import publish
+
+    topic = f"consent.test.since.{uuid.uuid4().hex[:8]}"
+    made_by_hand(kafka_bootstrap, topic, {})
+    publish(kafka_bootstrap, topic, [(None, f"r{i}".encode()) for i in range(6)])
+
+    def values(since: dict[int, int]) -> list[bytes]:
+        read = from_the_beginning(
+            kafka_bootstrap, topic, timeout_s=30, client_id="since-test", since=since
+        )
+        return [r.value for r in read]
+
+    everything = [f"r{i}".encode() for i in range(6)]
+    assert values({}) == everything
+    assert values({0: 4}) == everything[4:]
+    assert values({0: 6}) == []
+    assert values({0: 60}) == everything  # past the end: another topic of the same name
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        admin.delete_records({TopicPartition(topic, 0): 3})
+    finally:
+        admin.close()
+    assert values({0: 1}) == everything[3:]  # deleted unread: on from the beginning

@@ -369,6 +369,9 @@ def reader(
             bootstrap_servers=bootstrap,
             isolation_level="read_committed" if committed else "read_uncommitted",
             enable_auto_commit=False,
+            # Every read seeks where it starts; an offset retention deleted under it is
+            # read on from the topic's beginning, never skipped to its end.
+            auto_offset_reset="earliest",
             client_id=client_id,
             bootstrap_timeout_ms=ms,
         ),
@@ -407,11 +410,15 @@ def from_the_beginning(
             return
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
-        for tp in tps:
-            if since and tp.partition in since:
-                consumer.seek(tp, since[tp.partition])
         high = high_watermarks(bootstrap, tps, timeout_s=timeout_s, stopping=stopping, away=away)
         end = settled_ends(consumer, tps, high, timeout_s=timeout_s, stopping=stopping, away=away)
+        for tp in tps:
+            # Past the end, `since` was of a topic deleted and made again under the same
+            # name: its records are all new. Before the topic's beginning (retention
+            # deleted records not read yet), the consumer resets to the beginning
+            # (`auto_offset_reset`), never to the end.
+            if since and tp.partition in since and since[tp.partition] <= end[tp]:
+                consumer.seek(tp, since[tp.partition])
         for polled in polls_to_end(
             consumer, tps, timeout_s=timeout_s, end=end, stopping=stopping, away=away
         ):
