@@ -135,10 +135,27 @@ SCHEMAS: dict[str, Schema] = {
                         "event_id": STRING,
                         "recorded": BOOLEAN,
                         "receipt": ref("Receipt"),
+                        "refused": obj(
+                            {
+                                "code": STRING,
+                                "message": STRING,
+                                "field": STRING,
+                                "source": obj({"partition": INTEGER, "offset": INTEGER}),
+                                "rejected_at": INSTANT,
+                            },
+                            "field",
+                            description="Kafka mode: the intake writer's latest refusal of "
+                            "a fact of this event_id published to the intake topic, while the "
+                            "rejected topic keeps it (LEDGER_REJECTED_RETENTION_MS): its code "
+                            "and message as a refusal over HTTP gives them, the intake "
+                            "partition and offset it was read from, when it was refused.",
+                        ),
                     },
                     "receipt",
+                    "refused",
                     description="One per event_id asked, in order: the fact's receipt as "
-                    "first given (duplicate: false) when it is recorded.",
+                    "first given (duplicate: false) when it is recorded; else, in Kafka "
+                    "mode, the intake writer's refusal of it, if any.",
                 )
             ),
             "recorded": INTEGER,

@@ -75,7 +75,14 @@ def build_service(settings: Settings, stopping: Callable[[], bool] | None = None
         raise
     if settings.backend == "kafka":
         from ledger.kafka.intake_thread import IntakeThread
+        from ledger.kafka.recorder import KafkaLedgerRecorder
+        from ledger.kafka.refusal_index import RefusalIndex
 
+        recorder = ledger.ledger_recorder
+        assert isinstance(recorder, KafkaLedgerRecorder)
+        service.refusals = RefusalIndex(
+            settings.refusals_path, recorder.link, settings.rejected_retention_ms
+        )
         service.intake = IntakeThread(ledger)
         service.intake.start()
     return service
@@ -86,6 +93,8 @@ def close_service(service: Service) -> None:
         service.intake.close()
     if service.admin is not None:
         service.admin.close()
+    if service.refusals is not None:
+        service.refusals.close()
     service.writer.close()
     if service.writer_process is not None:
         service.writer_process.close()

@@ -37,6 +37,7 @@ class Service:
     intake: Any = None  # Kafka mode: the intake writer thread (ledger.kafka.intake_thread)
     writer_process: Any = None  # embedded mode: where `writer` records (api.writer_process)
     admin: Any = None  # Kafka mode: an admin client kept for readiness checks
+    refusals: Any = None  # Kafka mode: the intake writer's refusals (ledger.kafka.refusal_index)
     access: AccessLog | None = None  # who read or erased which subject (api.access_log)
 
 

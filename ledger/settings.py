@@ -328,6 +328,12 @@ class Settings:
         return self.data_dir / "access.db"
 
     @property
+    def refusals_path(self) -> Path:
+        """Kafka mode: the rejected topic's refusals as far as the HTTP service read them
+        (ledger.kafka.refusal_index), a cache of the topic."""
+        return self.data_dir / "refusals.db"
+
+    @property
     def api_keys_path(self) -> Path:
         """The HTTP service's API keys (hashes only)."""
         return self.data_dir / "api_keys.db"

@@ -1,15 +1,15 @@
 """Which store a SQLite file of the ledger is, and in which format, stamped in its header.
 
 Each file a release opens (the log, its Kafka replica, the key store, the views, the access
-log, the API keys) is stamped with SQLite's `application_id` (which store) and
-`user_version` (its format) when first opened. A later release that changes a file's tables
-or what their rows mean gives it a new format number, and a release meets a stamp it does
-not know with `StoreOfAnotherFormat` (configuration, exit 2), which says what to do with
-that store, before it writes anything in the file. Unstamped, a release from before a
-change read the file as if nothing had changed: a views store whose rows meant something
-else answered wrongly without a word (views built before f6471fb, README), and one whose
-columns differed failed every write with a SQLite error that named neither the file nor the
-remedy.
+log, the API keys, the HTTP service's index of refusals in Kafka mode) is stamped with
+SQLite's `application_id` (which store) and `user_version` (its format) when first opened.
+A later release that changes a file's tables or what their rows mean gives it a new format
+number, and a release meets a stamp it does not know with `StoreOfAnotherFormat`
+(configuration, exit 2), which says what to do with that store, before it writes anything
+in the file. Unstamped, a release from before a change read the file as if nothing had
+changed: a views store whose rows meant something else answered wrongly without a word
+(views built before f6471fb, README), and one whose columns differed failed every write
+with a SQLite error that named neither the file nor the remedy.
 
 A file made before stamps existed is taken as format 1 if each of its tables has the
 columns this release makes; then it is stamped. One whose tables differ is refused, naming
@@ -86,7 +86,14 @@ API_KEYS = StoreFormat(
     "the API keys", 6, 1, f"{_BY_ANOTHER_RELEASE}, or move it away and create new keys"
 )
 
-FORMATS = (LOG, REPLICA, KEYS, VIEWS, ACCESS_LOG, API_KEYS)
+REFUSALS = StoreFormat(
+    "the intake writer's refusals",
+    7,
+    1,
+    "it is a cache of the rejected topic: move it away (with its -wal and -shm files) and "
+    "the HTTP service reads the topic again",
+)
+FORMATS = (LOG, REPLICA, KEYS, VIEWS, ACCESS_LOG, API_KEYS, REFUSALS)
 
 
 class StoreOfAnotherFormat(SettingsError):

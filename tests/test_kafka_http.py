@@ -37,9 +37,11 @@ def test_http_on_the_kafka_log(tmp_path: Path, kafka_bootstrap: str) -> None:
     topics = Topics.of(settings.topic_prefix)
     ledger = ConsentLedger(settings)
     ledger.init_demo()
+    ledger.create_tenant("acme")
     ledger.close()
     store = ApiKeys(keys_path(settings))
     _, key = store.create("demo", {"publisher", "compliance", "admin"})
+    _, acme_key = store.create("acme", {"publisher"})
     store.close()
     auth = {"Authorization": f"Bearer {key}"}
 
@@ -64,7 +66,10 @@ def test_http_on_the_kafka_log(tmp_path: Path, kafka_bootstrap: str) -> None:
             topics.intake,
             [
                 (b"demo/http-2", orjson.dumps(grant("http-1", event_id="http-g1"))),
-                (b"demo/http-2", orjson.dumps(grant("http-2", purposes=("astrology",)))),
+                (
+                    b"demo/http-2",
+                    orjson.dumps(grant("http-2", event_id="intake-bad", purposes=("astrology",))),
+                ),
                 (b"demo/http-2", orjson.dumps(grant("http-2", event_id="intake-g1"))),
             ],
         )
@@ -95,6 +100,40 @@ def test_http_on_the_kafka_log(tmp_path: Path, kafka_bootstrap: str) -> None:
         # Every record taken: no partition behind (measured after the poll that took them).
         lag = [line for line in metrics.splitlines() if line.startswith("ledger_intake_lag{")]
         assert lag and all(line.endswith(" 0") for line in lag), lag
+
+        # Asked by event id, as a publisher to the intake topic asks: what landed, and why
+        # the intake writer refused the rest (it answered `recorded: false` alone).
+        asked = {"event_ids": ["intake-g1", "intake-bad", "never", "http-g1"]}
+        looked = client.post("/v1/facts:lookup", json=asked, headers=auth)
+        assert looked.status_code == 200, looked.text
+        results = looked.json()["results"]
+        assert [r["recorded"] for r in results] == [True, False, False, True]
+        refused = results[1]["refused"]
+        assert (refused["code"], refused["field"]) == ("unknown_purpose", "purposes")
+        assert refused["source"]["offset"] == 1  # the second of the three records of its key
+        assert refused["message"] == "purpose 'astrology' is not in policy version 'crmpro-1.0'"
+        assert refused["rejected_at"]
+        assert "refused" not in results[2] and "refused" not in results[0]
+        # Asked again, the service reads on from where it got to; a refusal published since
+        # is found, and another tenant's key learns nothing of demo's.
+        publish(
+            kafka_bootstrap,
+            topics.intake,
+            [(b"demo/http-2", orjson.dumps(grant("http-2", event_id="never", channel="fax")))],
+        )
+        for _ in range(600):  # the writer polls every 0.5 s; ask until it took the record
+            again = client.post("/v1/facts:lookup", json=asked, headers=auth).json()["results"]
+            if "refused" in again[2]:
+                break
+            client.app.state.service.intake.stop.wait(0.05)  # type: ignore[attr-defined]
+        assert again[2]["refused"]["code"] == "invalid_field", again
+        assert again[1] == results[1]
+        theirs = client.post(
+            "/v1/facts:lookup", json=asked, headers={"Authorization": f"Bearer {acme_key}"}
+        ).json()["results"]
+        assert theirs == [
+            {"index": i, "event_id": e, "recorded": False} for i, e in enumerate(asked["event_ids"])
+        ]
 
         # Another writer of the deployment (its master key and key store) takes the
         # partitions: this service is fenced and says so.

@@ -183,14 +183,19 @@ def lookup(
     first given: a publisher that lost its answers, or published to the Kafka intake topic
     and got none, learns which facts the ledger recorded without sending them again. An
     `event_id` not recorded (not yet, refused, or another tenant's) reads `recorded: false`;
-    a refusal's reason is in the answer that refused it, or on the rejected topic."""
+    in Kafka mode one the intake writer refused says why (`refused`), from the rejected
+    topic, so the publisher can tell a fact to correct from one to wait for."""
     found = svc.ledger.receipts(principal.tenant, body.event_ids)
+    missing = [e for e in body.event_ids if e not in found]
+    refusals = svc.refusals.of(principal.tenant, missing) if svc.refusals and missing else {}
     results = []
     for i, event_id in enumerate(body.event_ids):
         receipt = found.get(event_id)
         result: dict[str, Any] = {"index": i, "event_id": event_id, "recorded": bool(receipt)}
         if receipt is not None:
             result["receipt"] = receipt.as_dict()
+        elif event_id in refusals:
+            result["refused"] = refusals[event_id].as_dict()
         results.append(result)
     disclose(r.sid for r in found.values() if r.sid is not None)
     recorded = sum(1 for r in results if r["recorded"])

@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -69,9 +69,9 @@ def rejected_record(
         body["original_size"] = len(original)
         body["original_sha256"] = hashlib.sha256(original).hexdigest()
         body["original_truncated"] = True
-    if fact is not None:
-        body["tenant"] = fact.tenant
-        body["event_id"] = fact.event_id
+    named = (fact.tenant, fact.event_id) if fact is not None else stated_ids(original, refusal)
+    if named is not None:
+        body["tenant"], body["event_id"] = named
     key = f"{record.topic}/{record.partition}/{record.offset}".encode()
     value = orjson.dumps(body)
     headers = [("code", refusal.code.value.encode())]
@@ -79,6 +79,35 @@ def rejected_record(
         headers.append((SOURCE_TOPIC_ID_HEADER, topic_id.encode()))
     headers.append((MAC_HEADER, record_mac(mac_key, key, value, dict(headers))))
     return key, value, headers
+
+
+# Refusals of records that are not one JSON object, or too large to be read as one.
+_UNREAD = {Code.INVALID_JSON, Code.NOT_AN_OBJECT, Code.OVERSIZE}
+# The longest event id and tenant the envelope takes (ledger.envelope).
+_EVENT_ID_MAX, _TENANT_MAX = 128, 64
+
+
+def stated_ids(original: bytes, refusal: FactRejected) -> tuple[str, str] | None:
+    """The tenant and event id a fact refused before it parsed (a field missing or
+    invalid, an unknown type) states, so that its publisher finds the refusal by event id
+    (`receipts`, `POST /v1/facts:lookup`): it named neither, and read as a fact never
+    sent. None for a record that is not one JSON object or names either other than as a
+    string of its length; the intake topic lets any publisher name any tenant, so this
+    says no more than the fact did."""
+    if refusal.code in _UNREAD:
+        return None
+    try:
+        parsed = orjson.loads(original)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(parsed, dict):
+        return None
+    tenant, event_id = parsed.get("tenant"), parsed.get("event_id")
+    if not isinstance(tenant, str) or not 0 < len(tenant) <= _TENANT_MAX:
+        return None
+    if not isinstance(event_id, str) or not 0 < len(event_id) <= _EVENT_ID_MAX:
+        return None
+    return tenant, event_id
 
 
 def by_the_ledger(record: Any, mac_key: bytes) -> bool:
@@ -114,12 +143,21 @@ def rejected_positions(link: KafkaLink, intake_id: str) -> dict[int, int]:
 def _every_rejected(link: KafkaLink, client_id: str) -> Iterator[Any]:
     """Every committed record of the rejected topic, from its beginning to where it ended
     when the read started; a broker that does not answer is the ledger unavailable."""
+    return rejected_since(link, {}, client_id)
+
+
+def rejected_since(
+    link: KafkaLink, since: Mapping[int, int], client_id: str = "consent-ledger-refusals"
+) -> Iterator[Any]:
+    """The committed records of the rejected topic from `since` (partition -> offset; a
+    partition not in it from its beginning) to where it ended when the read started."""
     try:
         yield from from_the_beginning(
             link.bootstrap,
             link.topics.rejected,
             timeout_s=link.catch_up_timeout_s,
             client_id=client_id,
+            since=since,
             away=BrokerWatch(link.bootstrap),
         )
     except ReadTimedOut as error:
@@ -165,19 +203,33 @@ def refusals_of(link: KafkaLink, tenant: str, event_ids: Collection[str]) -> dic
 def _refusal_of(
     record: Any, link: KafkaLink, tenant: str, wanted: set[str]
 ) -> tuple[str, Refusal] | None:
+    parsed = parsed_refusal(record, link)
+    if parsed is None or parsed[0] != tenant or parsed[1] not in wanted:
+        return None
+    return parsed[1], parsed[2]
+
+
+def parsed_refusal(record: Any, link: KafkaLink) -> tuple[str, str, Refusal] | None:
+    """The tenant, event id and refusal a rejected record of the ledger's says, of a fact
+    published to this intake topic; None for any other record (one that did not parse names
+    no tenant or event id)."""
     if not by_the_ledger(record, link.record_key):
         return None  # anyone who may write to the topic could otherwise refuse a fact here
     try:
         body = orjson.loads(record.value or b"")
-        event_id = body.get("event_id")
+        tenant, event_id = body.get("tenant"), body.get("event_id")
         source = body["source"]
-        if body.get("tenant") != tenant or event_id not in wanted:
+        if not isinstance(tenant, str) or not isinstance(event_id, str):
             return None
         if source["topic"] != link.topics.intake:
             return None
         refused = FactRejected(Code(body["code"]), body["message"], body.get("field"))
-        return event_id, Refusal(
-            refused, int(source["partition"]), int(source["offset"]), int(record.timestamp)
+        return (
+            tenant,
+            event_id,
+            Refusal(
+                refused, int(source["partition"]), int(source["offset"]), int(record.timestamp)
+            ),
         )
     except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
         return None

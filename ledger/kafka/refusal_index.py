@@ -1,0 +1,154 @@
+"""The intake writer's refusals by tenant and event id, for the HTTP service's receipts
+lookup (`POST /v1/facts:lookup`) in Kafka mode.
+
+A publisher that published to the intake topic gets no answer from Kafka: the lookup is
+how it learns what became of its facts. It answered `recorded: false` for a fact the
+writer refused, the same as for one not taken yet, so the publisher could not tell a fact
+to correct from one to wait for; the reason was on the rejected topic, which only the
+command line's `receipts` read, whole, each time. Reading the whole topic on a request
+would cost a request as much as the topic holds (a week of refusals by default), so the
+service keeps what it read in a SQLite file beside the replica, `refusals.db`, with where
+it got to in each partition, and each lookup that finds ids not recorded first reads on
+from there to the topic's end. The file is a cache of the topic: deleted, it is read again
+from the topic's beginning.
+
+Only records under the ledger's MAC count (`rejected.by_the_ledger`), as for `receipts`.
+A refusal is kept as long as `LEDGER_REJECTED_RETENTION_MS`, the topic's own retention.
+The file holds what the rejected records' bodies say beyond their original bytes: tenant,
+event id, code, message and field (the messages name no personal data: the README's
+"Refusals"), the intake partition and offset, when it was refused.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Collection
+from pathlib import Path
+
+from ledger.errors import Code, FactRejected
+from ledger.kafka.recorder import KafkaLink
+from ledger.kafka.rejected import Refusal, parsed_refusal, rejected_since
+from ledger.store_format import REFUSALS, refuse_other_format, stamp_format
+
+# Ids asked of SQLite at a time (its default limit of bound parameters is 32,766).
+_ASKED_AT_A_TIME = 500
+
+_TABLES = (
+    """CREATE TABLE IF NOT EXISTS refusals (
+    tenant TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    code TEXT NOT NULL,
+    message TEXT NOT NULL,
+    field TEXT,
+    partition INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    rejected_ms INTEGER NOT NULL,
+    PRIMARY KEY (tenant, event_id)
+) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS positions (
+    topic TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    next_offset INTEGER NOT NULL,
+    PRIMARY KEY (topic, partition)
+) WITHOUT ROWID""",
+)
+_AGE_INDEX = "CREATE INDEX IF NOT EXISTS refusals_by_age ON refusals (rejected_ms)"
+
+
+class RefusalIndex:
+    """The rejected topic's refusals of facts, by tenant and event id, read on when asked."""
+
+    def __init__(
+        self,
+        path: Path,
+        link: KafkaLink,
+        retention_ms: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._link = link
+        self._retention_ms = retention_ms
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        try:
+            stamped = refuse_other_format(self._db.cursor(), str(path), REFUSALS)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            for statement in (*_TABLES, _AGE_INDEX):
+                self._db.execute(statement)
+            if not stamped:
+                stamp_format(self._db.cursor(), str(path), REFUSALS, _TABLES)
+        except BaseException:
+            self._db.close()
+            raise
+
+    def of(self, tenant: str, event_ids: Collection[str]) -> dict[str, Refusal]:
+        """The latest refusal of each of these event ids of `tenant` the rejected topic
+        held, read up to where it ends now; a broker that does not answer is
+        `LedgerUnavailable`, as for any read."""
+        wanted = list(dict.fromkeys(event_ids))
+        if not wanted:
+            return {}
+        with self._lock:
+            self._read_on()
+            return self._found(tenant, wanted)
+
+    def _read_on(self) -> None:
+        topic = self._link.topics.rejected
+        since = dict(
+            self._db.execute(
+                "SELECT partition, next_offset FROM positions WHERE topic = ?", (topic,)
+            ).fetchall()
+        )
+        rows, reached = [], dict(since)
+        for record in rejected_since(self._link, since):
+            reached[record.partition] = record.offset + 1
+            parsed = parsed_refusal(record, self._link)
+            if parsed is not None:
+                tenant, event_id, said = parsed
+                why, at = said.refused, (said.partition, said.offset, said.rejected_ms)
+                rows.append((tenant, event_id, why.code.value, why.message, why.field, *at))
+        horizon = self._horizon_ms()
+        with self._db:  # one transaction: the refusals and how far they were read
+            self._db.execute("BEGIN")
+            # A later refusal of the same id replaces an earlier one (records of a partition
+            # come in order; across partitions, the later refusal wins).
+            self._db.executemany(
+                "INSERT INTO refusals VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (tenant, event_id) DO UPDATE SET code = excluded.code, "
+                "message = excluded.message, field = excluded.field, "
+                "partition = excluded.partition, offset = excluded.offset, "
+                "rejected_ms = excluded.rejected_ms "
+                "WHERE excluded.rejected_ms >= refusals.rejected_ms",
+                rows,
+            )
+            self._db.executemany(
+                "INSERT OR REPLACE INTO positions VALUES (?, ?, ?)",
+                [(topic, p, o) for p, o in reached.items() if since.get(p) != o],
+            )
+            self._db.execute("DELETE FROM refusals WHERE rejected_ms < ?", (horizon,))
+
+    def _horizon_ms(self) -> int:
+        """Refusals before this instant are past the topic's retention."""
+        return int(self._clock() * 1000) - self._retention_ms
+
+    def _found(self, tenant: str, wanted: list[str]) -> dict[str, Refusal]:
+        horizon = self._horizon_ms()
+        found: dict[str, Refusal] = {}
+        for start in range(0, len(wanted), _ASKED_AT_A_TIME):
+            asked = wanted[start : start + _ASKED_AT_A_TIME]
+            marks = ", ".join("?" * len(asked))
+            for event_id, code, message, field, partition, offset, at in self._db.execute(
+                "SELECT event_id, code, message, field, partition, offset, rejected_ms "
+                f"FROM refusals WHERE tenant = ? AND event_id IN ({marks}) "
+                "AND rejected_ms >= ?",
+                (tenant, *asked, horizon),
+            ):
+                refused = FactRejected(Code(code), message, field)
+                found[event_id] = Refusal(refused, partition, offset, at)
+        return found
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
