@@ -75,13 +75,18 @@ def build_service(settings: Settings, stopping: Callable[[], bool] | None = None
         raise
     if settings.backend == "kafka":
         from ledger.kafka.intake_thread import IntakeThread
+        from ledger.kafka.reading import never
         from ledger.kafka.recorder import KafkaLedgerRecorder
         from ledger.kafka.refusal_index import RefusalIndex
 
         recorder = ledger.ledger_recorder
         assert isinstance(recorder, KafkaLedgerRecorder)
         service.refusals = RefusalIndex(
-            settings.refusals_path, recorder.link, settings.rejected_retention_ms
+            settings.refusals_path,
+            recorder.link,
+            settings.rejected_retention_ms,
+            stopping=stopping or never,
+            recheck_s=problems.UNAVAILABLE_RETRY_AFTER_S,
         )
         service.intake = IntakeThread(ledger)
         service.intake.start()

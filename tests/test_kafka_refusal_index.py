@@ -4,6 +4,8 @@ on the real broker: rejected records written as the intake writer writes them
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import sqlite3
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,7 +22,7 @@ from ledger.kafka.refusal_index import RefusalIndex
 from ledger.kafka.rejected import rejected_record
 from ledger.store_format import REFUSALS, StoreOfAnotherFormat
 from projections.store import ConsentViews
-from tests.kafka_support import end_offsets, kafka_settings
+from tests.kafka_support import end_offsets, kafka_settings, no_broker
 
 pytestmark = pytest.mark.kafka
 
@@ -50,7 +52,7 @@ def refuse(
 
 
 def test_refusals_are_found_by_tenant_and_event_id_read_on_and_expire(
-    tmp_path: Path, kafka_bootstrap: str
+    tmp_path: Path, kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     ledger = ConsentLedger(kafka_settings(tmp_path / "data", kafka_bootstrap))
     ledger.init_demo()
@@ -79,6 +81,19 @@ def test_refusals_are_found_by_tenant_and_event_id_read_on_and_expire(
         assert index.of("demo", ["a1"])["a1"].offset == 4
     finally:
         index.close()
+    # With no broker to read on from, what was read is the answer (the receipts beside it
+    # come from the replica, which needs none), said in the log, and the broker is not asked
+    # again until `recheck_s` has passed.
+    with no_broker() as dead:
+        away = RefusalIndex(path, dataclasses.replace(link, bootstrap=dead), WEEK_MS, recheck_s=60)
+        try:
+            with caplog.at_level(logging.WARNING, logger="consent_ledger.kafka"):
+                assert away.of("demo", ["a1"])["a1"].offset == 4
+                assert away.of("acme", ["a1"])["a1"].refused.code == Code.MISSING_FIELD
+        finally:
+            away.close()
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refusals:")]
+    assert len(said) == 1 and "answering from what was read before" in said[0], said
     # Past the topic's retention a refusal is no longer said, nor kept.
     later = RefusalIndex(path, link, WEEK_MS, clock=lambda: 4_000_000_000.0)
     try:

@@ -21,6 +21,7 @@ event id, code, message and field (the messages name no personal data: the READM
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -28,9 +29,12 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 
 from ledger.errors import Code, FactRejected
-from ledger.kafka.recorder import KafkaLink
+from ledger.kafka.reading import never
+from ledger.kafka.recorder import KafkaLink, LedgerUnavailable
 from ledger.kafka.rejected import Refusal, parsed_refusal, rejected_since
 from ledger.store_format import REFUSALS, refuse_other_format, stamp_format
+
+log = logging.getLogger("consent_ledger.kafka")
 
 # Ids asked of SQLite at a time (its default limit of bound parameters is 32,766).
 _ASKED_AT_A_TIME = 500
@@ -65,11 +69,21 @@ class RefusalIndex:
         path: Path,
         link: KafkaLink,
         retention_ms: int,
+        *,
         clock: Callable[[], float] = time.time,
+        stopping: Callable[[], bool] = never,
+        recheck_s: float = 0.0,
     ) -> None:
+        """`stopping`: whether the service is stopping, which ends a read at once.
+        `recheck_s`: for this long after a read found the broker away, lookups answer from
+        what was read without asking it again (as the views do: during an outage each
+        lookup would otherwise wait out the broker's answer timeout behind the one before)."""
         self._link = link
         self._retention_ms = retention_ms
         self._clock = clock
+        self._stopping = stopping
+        self._recheck_s = recheck_s
+        self._away_since: float | None = None  # monotonic, when a read last failed
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         try:
@@ -85,13 +99,25 @@ class RefusalIndex:
 
     def of(self, tenant: str, event_ids: Collection[str]) -> dict[str, Refusal]:
         """The latest refusal of each of these event ids of `tenant` the rejected topic
-        held, read up to where it ends now; a broker that does not answer is
-        `LedgerUnavailable`, as for any read."""
+        held, read up to where it ends now.
+
+        When the broker cannot be read, the answer is what was read before, logged: the
+        receipts beside it come from the writer's replica, which answers without the
+        broker, and during an outage the intake writer refuses nothing new either (its
+        refusals are written in its transactions). A 503 would have taken from a publisher
+        the receipts a lookup answered before the refusals were read."""
         wanted = list(dict.fromkeys(event_ids))
         if not wanted:
             return {}
         with self._lock:
-            self._read_on()
+            away = self._away_since
+            if away is None or time.monotonic() - away >= self._recheck_s:
+                try:
+                    self._read_on()
+                    self._away_since = None
+                except LedgerUnavailable as error:
+                    self._away_since = time.monotonic()
+                    log.warning("refusals: %s; answering from what was read before", error)
             return self._found(tenant, wanted)
 
     def _read_on(self) -> None:
@@ -102,7 +128,7 @@ class RefusalIndex:
             ).fetchall()
         )
         rows, reached = [], dict(since)
-        for record in rejected_since(self._link, since):
+        for record in rejected_since(self._link, since, stopping=self._stopping):
             reached[record.partition] = record.offset + 1
             parsed = parsed_refusal(record, self._link)
             if parsed is not None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -23,7 +23,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 from ledger.envelope import Fact
 from ledger.errors import Code, FactRejected
 from ledger.kafka.reachable import BrokerWatch
-from ledger.kafka.reading import ReadTimedOut, from_the_beginning
+from ledger.kafka.reading import ReadTimedOut, from_the_beginning, never
 from ledger.kafka.recorder import KafkaLink, LedgerUnavailable
 from ledger.kafka.records import MAC_HEADER, record_mac
 from ledger.kafka.topics import ORIGINAL_KEPT
@@ -147,7 +147,10 @@ def _every_rejected(link: KafkaLink, client_id: str) -> Iterator[Any]:
 
 
 def rejected_since(
-    link: KafkaLink, since: Mapping[int, int], client_id: str = "consent-ledger-refusals"
+    link: KafkaLink,
+    since: Mapping[int, int],
+    client_id: str = "consent-ledger-refusals",
+    stopping: Callable[[], bool] = never,
 ) -> Iterator[Any]:
     """The committed records of the rejected topic from `since` (partition -> offset; a
     partition not in it from its beginning) to where it ended when the read started."""
@@ -158,6 +161,7 @@ def rejected_since(
             timeout_s=link.catch_up_timeout_s,
             client_id=client_id,
             since=since,
+            stopping=stopping,
             away=BrokerWatch(link.bootstrap),
         )
     except ReadTimedOut as error:
