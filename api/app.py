@@ -81,13 +81,17 @@ def build_service(settings: Settings, stopping: Callable[[], bool] | None = None
 
         recorder = ledger.ledger_recorder
         assert isinstance(recorder, KafkaLedgerRecorder)
-        service.refusals = RefusalIndex(
-            settings.refusals_path,
-            recorder.link,
-            settings.rejected_retention_ms,
-            stopping=stopping or never,
-            recheck_s=problems.UNAVAILABLE_RETRY_AFTER_S,
-        )
+        try:
+            service.refusals = RefusalIndex(
+                settings.refusals_path,
+                recorder.link,
+                settings.rejected_retention_ms,
+                stopping=stopping or never,
+                recheck_s=problems.UNAVAILABLE_RETRY_AFTER_S,
+            )
+        except BaseException:  # a refusals.db of another store: nothing left open behind
+            close_service(service)
+            raise
         service.intake = IntakeThread(ledger)
         service.intake.start()
     return service

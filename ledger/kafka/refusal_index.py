@@ -36,6 +36,8 @@ from ledger.store_format import REFUSALS, refuse_other_format, stamp_format
 
 log = logging.getLogger("consent_ledger.kafka")
 
+# Refusals written to the file at a time as a read goes on.
+_KEPT_AT_A_TIME = 5000
 # Ids asked of SQLite at a time (its default limit of bound parameters is 32,766).
 _ASKED_AT_A_TIME = 500
 
@@ -127,7 +129,9 @@ class RefusalIndex:
                 "SELECT partition, next_offset FROM positions WHERE topic = ?", (topic,)
             ).fetchall()
         )
-        rows, reached = [], dict(since)
+        rows: list[tuple[object, ...]] = []
+        reached = dict(since)
+        kept = dict(since)  # where the file says the read got to
         for record in rejected_since(self._link, since, stopping=self._stopping):
             reached[record.partition] = record.offset + 1
             parsed = parsed_refusal(record, self._link)
@@ -135,8 +139,22 @@ class RefusalIndex:
                 tenant, event_id, said = parsed
                 why, at = said.refused, (said.partition, said.offset, said.rejected_ms)
                 rows.append((tenant, event_id, why.code.value, why.message, why.field, *at))
-        horizon = self._horizon_ms()
-        with self._db:  # one transaction: the refusals and how far they were read
+            if len(rows) >= _KEPT_AT_A_TIME:
+                # A first read of a week of refusals is not held in memory whole, and a read
+                # the broker cuts short keeps what it got.
+                self._keep(topic, rows, reached, kept)
+                rows, kept = [], dict(reached)
+        self._keep(topic, rows, reached, kept)
+
+    def _keep(
+        self,
+        topic: str,
+        rows: list[tuple[object, ...]],
+        reached: dict[int, int],
+        kept: dict[int, int],
+    ) -> None:
+        """Refusals read and how far, in one transaction; refusals past retention dropped."""
+        with self._db:
             self._db.execute("BEGIN")
             # A later refusal of the same id replaces an earlier one (records of a partition
             # come in order; across partitions, the later refusal wins).
@@ -151,9 +169,9 @@ class RefusalIndex:
             )
             self._db.executemany(
                 "INSERT OR REPLACE INTO positions VALUES (?, ?, ?)",
-                [(topic, p, o) for p, o in reached.items() if since.get(p) != o],
+                [(topic, p, o) for p, o in reached.items() if kept.get(p) != o],
             )
-            self._db.execute("DELETE FROM refusals WHERE rejected_ms < ?", (horizon,))
+            self._db.execute("DELETE FROM refusals WHERE rejected_ms < ?", (self._horizon_ms(),))
 
     def _horizon_ms(self) -> int:
         """Refusals before this instant are past the topic's retention."""
