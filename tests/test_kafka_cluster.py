@@ -8,7 +8,8 @@ ledger on it with the compose file's own ledger settings.
   heard of them yet included.
 - A worker consuming intake while each broker in turn is SIGKILLed (the controller, the
   transaction and group coordinators and every partition leader among them) and started
-  again loses and duplicates nothing, and keeps writing while one broker is down.
+  again loses and duplicates nothing, and keeps writing while one broker is down; then two
+  at once (the quorum lost): it says so, retries, and goes on once they are back.
 - With one broker of three left, an append is refused, never acknowledged, and the wait
   costs next to no CPU; started again, the same facts land once.
 - `/readyz` stays ready with one broker down, says the quorum lost with two, and ready again
@@ -20,6 +21,7 @@ from __future__ import annotations
 import base64
 import importlib.util
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -30,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import IO
 
 import pytest
 import yaml
@@ -44,7 +47,7 @@ from ledger.kafka.recorder import LedgerUnavailable
 from ledger.kafka.topics import _config, ensure_topics
 from ledger.receipt import Receipt
 from ledger.settings import Settings
-from tests.cli_support import run_with, start_with
+from tests.cli_support import lines_until, run_with, start_with
 from tests.facts import grant
 from tests.kafka_support import (
     OVERSIZE_LIMIT,
@@ -54,7 +57,7 @@ from tests.kafka_support import (
     publish,
     read_committed,
 )
-from tests.test_kafka_faults import Progress, stop_cleanly
+from tests.test_kafka_faults import Progress, stop_cleanly, where_it_waits
 
 pytestmark = pytest.mark.kafka
 
@@ -273,10 +276,30 @@ def test_a_worker_loses_and_duplicates_nothing_while_each_broker_in_turn_is_kill
             compose_cluster.start(service)
             compose_cluster.wait_fully_replicated(replicated_topics(settings))
         assert done < most, "the writer had finished before the last broker was killed"
+        progress.wait_for(most, worker, timeout=300)
+        # Then two at once, while it takes the rest: the controllers lose their quorum and
+        # no transaction commits until they are back. The writer says so and retries, and
+        # goes on by itself. (With nothing left to take it had nothing to say: a first run
+        # of this test killed them after the writer had finished.)
+        assert worker.stderr is not None
+        said = available(worker.stderr)  # what it printed before: not this outage
         publish(bootstrap, topics.intake, [(i.key, i.value) for i in items[most:]])  # type: ignore[misc]
+        down = compose_cluster.services[:2]
+        for service in down:
+            compose_cluster.kill(service)
+        try:
+            said += "\n".join(
+                lines_until(worker.stderr, lambda line: "ledger unavailable" in line, 180)
+            )
+        except AssertionError as silent:  # where it waits instead, for the failure
+            raise AssertionError(f"{silent}\n{where_it_waits(worker)}") from None
+        finally:
+            with ThreadPoolExecutor(len(down)) as pool:  # side by side: each takes seconds
+                list(pool.map(compose_cluster.start, down))
+        compose_cluster.wait_fully_replicated(replicated_topics(settings))
         progress.wait_for(len(items), worker, timeout=300)
         assert worker.poll() is None, "the worker did not survive the brokers' deaths"
-        printed = stop_cleanly(worker)
+        printed = said + stop_cleanly(worker)
     finally:
         if worker.poll() is None:
             worker.send_signal(signal.SIGKILL)
@@ -290,6 +313,18 @@ def test_a_worker_loses_and_duplicates_nothing_while_each_broker_in_turn_is_kill
     )
     verified = run_with({**os.environ, **env}, "verify", "--json")
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def available(stream: IO[str]) -> str:
+    """What a process has printed to `stream` and nobody read yet, read from the pipe itself
+    without waiting (as `lines_until` reads it)."""
+    held = b""
+    while select.select([stream], [], [], 0)[0]:
+        chunk = os.read(stream.fileno(), 65_536)
+        if not chunk:
+            break
+        held += chunk
+    return held.decode()
 
 
 def test_with_one_broker_of_three_left_an_append_is_refused_then_lands_once(
