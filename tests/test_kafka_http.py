@@ -19,6 +19,7 @@ from api.keys import ApiKeys
 from ledger.application import ConsentLedger
 from ledger.kafka.names import Topics
 from ledger.settings import Settings
+from tests.answers_support import conforms
 from tests.facts import grant
 from tests.kafka_support import (
     headers,
@@ -113,6 +114,8 @@ def test_http_on_the_kafka_log(tmp_path: Path, kafka_bootstrap: str) -> None:
         assert refused["source"]["offset"] == 1  # the second of the three records of its key
         assert refused["message"] == "purpose 'astrology' is not in policy version 'crmpro-1.0'"
         assert refused["rejected_at"]
+        # As the OpenAPI document says it, nothing it does not name.
+        assert conforms(client, looked) == "/v1/facts:lookup"
         assert "refused" not in results[2] and "refused" not in results[0]
         # Asked again, the service reads on from where it got to; a refusal published since
         # is found, and another tenant's key learns nothing of demo's.
