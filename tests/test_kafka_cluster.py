@@ -13,7 +13,8 @@ ledger on it with the compose file's own ledger settings.
 - With one broker of three left, an append is refused, never acknowledged, and the wait
   costs next to no CPU; started again, the same facts land once.
 - `/readyz` stays ready with one broker down, says the quorum lost with two, and ready again
-  once they are back.
+  once they are back; for a ledger whose topics need both of two replicas in sync, it names
+  the partitions one broker down leaves short.
 """
 
 from __future__ import annotations
@@ -399,6 +400,35 @@ def test_readyz_says_a_lost_quorum_and_ready_again_once_it_is_back(
         finally:
             with ThreadPoolExecutor(2) as pool:  # side by side: each takes seconds
                 list(pool.map(compose_cluster.start, killed))
+        ready_within(client, 120)
+    compose_cluster.wait_fully_replicated(replicated_topics(settings))
+
+
+def test_readyz_names_ledger_partitions_with_too_few_replicas_in_sync(
+    tmp_path: Path, compose_cluster: ComposeCluster
+) -> None:
+    """A ledger whose topics have two replicas, both needed in sync (LEDGER_REPLICATION=2,
+    LEDGER_MIN_INSYNC=2): with one broker of three down the quorum stands, and the partitions
+    with a replica on it take no write once the controller drops it from their in-sync
+    replicas. The metadata says so, and `/readyz` names them."""
+    env = compose_ledger_env(compose_cluster, tmp_path / "data")
+    env.update(LEDGER_REPLICATION="2", LEDGER_MIN_INSYNC="2")
+    settings = Settings.from_env(env)
+    down = compose_cluster.services[0]
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/readyz").status_code == 200
+        compose_cluster.kill(down)
+        try:
+            deadline = time.monotonic() + 60
+            while (answer := client.get("/readyz")).status_code == 200:
+                assert time.monotonic() < deadline, "still ready with partitions short of replicas"
+            assert answer.json()["code"] == "kafka_partitions_unwritable", answer.text
+            detail = answer.json()["detail"]
+            ledger_topic = Topics.of(settings.topic_prefix).ledger
+            assert detail.startswith(f"topic {ledger_topic}: partitions "), detail
+            assert detail.endswith("have fewer than 2 replicas in sync (LEDGER_MIN_INSYNC)"), detail
+        finally:
+            compose_cluster.start(down)
         ready_within(client, 120)
     compose_cluster.wait_fully_replicated(replicated_topics(settings))
 
