@@ -311,18 +311,37 @@ def durability_refusal(
     return None
 
 
-def described(admin: KafkaAdminClient, name: str) -> dict[str, Any]:
-    """The topic as the brokers describe it (its id, its partitions and their replicas)."""
-    for topic in admin.describe_topics([name]):
-        if topic.get("topic", topic.get("name")) == name and topic["partitions"]:
-            return dict(topic)
-    raise TopicRefused(f"topic {name} does not exist")
+# How long a topic (its settings, its partitions) is asked of again while the broker asked
+# does not know the topic yet. Each broker learns of a topic from the controller's metadata
+# in its own time: on the compose file's three brokers, a broker asked for the settings of a
+# topic made a moment before answered UNKNOWN_TOPIC_OR_PARTITION 8 times in 10 (a throwaway
+# script, 2026-12-06), and `consent-ledger init` failed, saying an ACL was missing.
+SETTLE_S = 10.0
+SETTLE_STEP_S = 0.05
+
+
+def described(admin: KafkaAdminClient, name: str, settle_s: float = SETTLE_S) -> dict[str, Any]:
+    """The topic as the brokers describe it (its id, its partitions and their replicas).
+
+    A topic just made is not in every broker's metadata at once: `wait_for_topics` saw it
+    on the broker it asked, and the next question may go to another that has not heard of
+    it yet (a three-broker cluster refused its own new ledger topic so, once in CI). So the
+    question is asked again, as `_config` does, for up to `settle_s`.
+    """
+    deadline = time.monotonic() + settle_s
+    while True:
+        for topic in admin.describe_topics([name]):
+            if topic.get("topic", topic.get("name")) == name and topic["partitions"]:
+                return dict(topic)
+        if time.monotonic() >= deadline:
+            raise TopicRefused(f"topic {name} does not exist")
+        time.sleep(SETTLE_STEP_S)  # the broker's metadata, asked again: a condition poll
 
 
 def _visible(admin: KafkaAdminClient, name: str) -> bool:
     """Whether the topic exists and this client may describe it."""
     try:
-        described(admin, name)
+        described(admin, name, settle_s=0.0)
     except (TopicRefused, BrokerResponseError):
         return False
     return True
@@ -352,15 +371,6 @@ def check_intake_topic(admin: KafkaAdminClient, name: str) -> int:
             "are read; use cleanup.policy=delete"
         )
     return int(configs.get("max.message.bytes") or KAFKA_DEFAULT_RECORD_LIMIT)
-
-
-# How long a topic's settings are asked again while the broker asked does not know the topic
-# yet. Each broker learns of a topic from the controller's metadata in its own time: on the
-# compose file's three brokers, a broker asked for the settings of a topic made a moment
-# before answered UNKNOWN_TOPIC_OR_PARTITION 8 times in 10 (a throwaway script, 2026-12-06),
-# and `consent-ledger init` failed, saying an ACL was missing.
-SETTLE_S = 10.0
-SETTLE_STEP_S = 0.05
 
 
 def _config(admin: KafkaAdminClient, name: str) -> dict[str, str]:
