@@ -323,13 +323,16 @@ def test_a_writer_whose_broker_stopped_is_refused_within_seconds_then_writes_aga
     intake batch whose offsets are on their way, that batch fails as soon."""
     from ledger.application import ConsentLedger
     from ledger.envelope import parse_fact
+    from ledger.errors import Code
     from ledger.kafka.intake import IntakeWriter
     from ledger.kafka.publish import Before, Outcomes, Published
     from ledger.kafka.publish import publish as publish_to_intake
     from ledger.kafka.reading import ANSWER_TIMEOUT_S
     from ledger.kafka.recorder import IntakeCommit, KafkaLedgerRecorder
+    from ledger.kafka.refusal_index import RefusalIndex
     from ledger.kafka.rejected import rejected_positions
     from ledger.kafka.verify import verify_topic
+    from tests.test_kafka_refusal_index import refuse
 
     run_dir = tmp_path / "broker"
     started = subprocess.run(
@@ -357,6 +360,9 @@ def test_a_writer_whose_broker_stopped_is_refused_within_seconds_then_writes_aga
         # As `publish` keeps it from batch to batch: a consumer made with the broker up.
         kept = Outcomes(ledger)
         kept.ends_before()
+        # The HTTP service's refusals for its receipts lookup, read by consumers it keeps.
+        refusals = RefusalIndex(tmp_path / "refusals.db", recorder.link, 7 * 24 * 3600 * 1000)
+        assert refusals.of("demo", ["r1"]) == {}
         stopped = subprocess.run([str(BROKER), "stop", str(run_dir)], timeout=120)
         assert stopped.returncode == 0
 
@@ -386,6 +392,10 @@ def test_a_writer_whose_broker_stopped_is_refused_within_seconds_then_writes_aga
             ledger = None
             raise AssertionError(f"still waiting for the broker after 60 s: {still_waiting}")
         kept.close()
+        # A lookup in the outage answers from what was read, within seconds.
+        began = time.monotonic()
+        assert refusals.of("demo", ["r1"]) == {}
+        assert time.monotonic() - began < ANSWER_TIMEOUT_S / 2
 
         append = functools.partial(ledger.record, [parse_fact(grant("boris", event_id="b1"))])
         for name, attempt in (("the append", append), ("the catch-up", recorder.catch_up)):
@@ -414,6 +424,10 @@ def test_a_writer_whose_broker_stopped_is_refused_within_seconds_then_writes_aga
         ledger_topic = Topics.of(settings.topic_prefix).ledger
         facts = [headers(r).get("event_id") for r in read_committed(bootstrap, ledger_topic)]
         assert facts.count("b1") == 1
+        # The consumers the outage broke are made again: a refusal written since is read.
+        refuse(recorder.link, 0, Code.INVALID_FIELD, {"tenant": "demo", "event_id": "r1"})
+        assert refusals.of("demo", ["r1"])["r1"].refused.code == Code.INVALID_FIELD
+        refusals.close()
 
         # An intake batch's offsets, sent as its transaction begins, then the broker stops:
         # its append waited 60 s for them (OFFSETS_TIMEOUT_S), unwatched.

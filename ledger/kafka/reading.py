@@ -391,6 +391,7 @@ def from_the_beginning(
     since: Mapping[int, int] | None = None,
     stopping: Callable[[], bool] = never,
     away: Callable[[], bool] = never,
+    kept: KeptReaders | None = None,
 ) -> Iterator[Any]:
     """Every committed record of the topic (of `partitions`, default all), from its
     beginning (or, for a partition in `since`, from that offset) to where it ends when the
@@ -400,17 +401,28 @@ def from_the_beginning(
     kafka-python's 30 s bootstrap wait and its end offsets asked unwatched, so `verify`, a
     writer finding its intake positions, and `publish` waiting for its outcomes each waited
     the whole answer timeout for a broker that had stopped.
+
+    With `kept`, its consumers are used and left open for the next read (closed if this
+    one fails or is left unfinished); otherwise two are made for this read.
     """
-    consumer = reader(bootstrap, client_id, timeout_s=timeout_s, stopping=stopping, away=away)
+    consumer = (
+        kept.committed(timeout_s=timeout_s, stopping=stopping, away=away)
+        if kept is not None
+        else reader(bootstrap, client_id, timeout_s=timeout_s, stopping=stopping, away=away)
+    )
+    finished = False
     try:
         if partitions is None:
             partitions = sorted(consumer.partitions_for_topic(topic) or ())
         tps = [TopicPartition(topic, p) for p in partitions]
         if not tps:
+            finished = True
             return
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
-        high = high_watermarks(bootstrap, tps, timeout_s=timeout_s, stopping=stopping, away=away)
+        high = high_watermarks(
+            bootstrap, tps, timeout_s=timeout_s, stopping=stopping, away=away, kept=kept
+        )
         end = settled_ends(consumer, tps, high, timeout_s=timeout_s, stopping=stopping, away=away)
         for tp in tps:
             # Past the end, `since` was of a topic deleted and made again under the same
@@ -424,8 +436,12 @@ def from_the_beginning(
         ):
             for tp, records in polled.items():
                 yield from (r for r in records if r.offset < end[tp])
+        finished = True
     finally:
-        consumer.close()
+        if kept is None:
+            consumer.close()
+        elif not finished:
+            kept.close()
 
 
 def ledger_events(

@@ -29,7 +29,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 
 from ledger.errors import Code, FactRejected
-from ledger.kafka.reading import never
+from ledger.kafka.reading import KeptReaders, never
 from ledger.kafka.recorder import KafkaLink, LedgerUnavailable
 from ledger.kafka.rejected import Refusal, parsed_refusal, rejected_since
 from ledger.store_format import REFUSALS, refuse_other_format, stamp_format
@@ -86,6 +86,10 @@ class RefusalIndex:
         self._stopping = stopping
         self._recheck_s = recheck_s
         self._away_since: float | None = None  # monotonic, when a read last failed
+        # Made for each lookup, the reader's consumers were most of its answer: 73 ms
+        # against 1.9 ms for ids the replica answered (2026-12-06); kept, a lookup asks
+        # where the topic ends and reads nothing more when the file has got there.
+        self._kept = KeptReaders(link.bootstrap, "consent-ledger-refusals")
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         try:
@@ -132,7 +136,7 @@ class RefusalIndex:
         rows: list[tuple[object, ...]] = []
         reached = dict(since)
         kept = dict(since)  # where the file says the read got to
-        for record in rejected_since(self._link, since, stopping=self._stopping):
+        for record in rejected_since(self._link, since, stopping=self._stopping, kept=self._kept):
             reached[record.partition] = record.offset + 1
             parsed = parsed_refusal(record, self._link)
             if parsed is not None:
@@ -195,4 +199,5 @@ class RefusalIndex:
 
     def close(self) -> None:
         with self._lock:
+            self._kept.close()
             self._db.close()

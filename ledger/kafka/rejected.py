@@ -23,7 +23,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 from ledger.envelope import Fact
 from ledger.errors import Code, FactRejected
 from ledger.kafka.reachable import BrokerWatch
-from ledger.kafka.reading import ReadTimedOut, from_the_beginning, never
+from ledger.kafka.reading import KeptReaders, ReadTimedOut, from_the_beginning, never
 from ledger.kafka.recorder import KafkaLink, LedgerUnavailable
 from ledger.kafka.records import MAC_HEADER, record_mac
 from ledger.kafka.topics import ORIGINAL_KEPT
@@ -151,9 +151,11 @@ def rejected_since(
     since: Mapping[int, int],
     client_id: str = "consent-ledger-refusals",
     stopping: Callable[[], bool] = never,
+    kept: KeptReaders | None = None,
 ) -> Iterator[Any]:
     """The committed records of the rejected topic from `since` (partition -> offset; a
-    partition not in it from its beginning) to where it ended when the read started."""
+    partition not in it from its beginning) to where it ended when the read started, by
+    `kept`'s consumers when given (`from_the_beginning`)."""
     try:
         yield from from_the_beginning(
             link.bootstrap,
@@ -163,6 +165,7 @@ def rejected_since(
             since=since,
             stopping=stopping,
             away=BrokerWatch(link.bootstrap),
+            kept=kept,
         )
     except ReadTimedOut as error:
         raise LedgerUnavailable(f"the rejected topic could not be read: {error}") from error
