@@ -11,6 +11,7 @@ from bench import (
     ingest,
     instructions,
     kafka,
+    lookup,
     memory,
     projections,
     publish,
@@ -21,10 +22,10 @@ from bench import (
 
 def main() -> int:
     """`python -m bench [NAME] [options]`, NAME one of ingest, http, kafka, publish,
-    projections, due, register, journal, instructions, memory, soak; with no name, the four
+    projections, due, register, journal, lookup, instructions, memory, soak; with no name, the four
     timed benchmarks (`instructions` needs valgrind and is run on its own; `memory` and
-    `soak` measure bytes, not time; `publish`, `due`, `register` and `journal` time what no
-    target names)."""
+    `soak` measure bytes, not time; `publish`, `due`, `register`, `journal` and `lookup` time
+    what no target names)."""
     from ledger.runtime import tune
 
     tune()  # the same runtime tuning the consent-ledger command applies
@@ -49,6 +50,8 @@ def main() -> int:
         due.main(args[1:])
     elif args and args[0] == "register":
         register.main(args[1:])
+    elif args and args[0] == "lookup":
+        lookup.main(args[1:])
     elif args and args[0] == "journal":
         erasure_journal.main(args[1:])
     else:
