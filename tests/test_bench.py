@@ -92,6 +92,15 @@ SMALL = {
             "journal / no journal:",
         ],
     ),
+    "lookup": (
+        ["--lookups", "5", "--refusals", "20"],
+        [
+            "ledger, first lookup (file filled)",
+            "ledger, one not recorded",
+            "raw, a consumer per question (read to end)",
+            "raw, a consumer kept (end offsets)",
+        ],
+    ),
     "memory": (["--facts", "600"], ["decoded events B/fact", "units: what the cache counts"]),
     "soak": (
         [
@@ -105,7 +114,7 @@ SMALL = {
         ["LEDGER_VIEWS_CACHE_FACTS 1,000", "worker MiB", "worker: stopped; "],
     ),
 }
-ON_KAFKA = {"kafka", "publish", "soak --kafka"}
+ON_KAFKA = {"kafka", "publish", "lookup", "soak --kafka"}
 
 
 @pytest.mark.parametrize(
