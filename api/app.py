@@ -29,6 +29,7 @@ from ledger.application import ConsentLedger
 from ledger.errors import FactRejected
 from ledger.file_identity import files_moved, moved_reason
 from ledger.policy import PolicyVersion
+from ledger.receipt import Outcome
 from ledger.settings import Settings
 from projections.requests import open_request_counts
 from projections.views import Views
@@ -38,6 +39,17 @@ _NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": Fa
 
 def keys_path(settings: Settings) -> Path:
     return settings.api_keys_path
+
+
+def _writes(settings: Settings, ledger: ConsentLedger) -> Callable[..., list[Outcome]]:
+    """The group commit's writer: in Kafka mode, refused at once for a few seconds after
+    the broker did not take a write (`api.write_window`; imported only there, as kafka-python
+    is)."""
+    if settings.backend != "kafka":
+        return ledger.record_received
+    from api.write_window import WriteWindow
+
+    return WriteWindow(ledger.record_received, problems.UNAVAILABLE_RETRY_AFTER_S)
 
 
 def build_service(settings: Settings, stopping: Callable[[], bool] | None = None) -> Service:
@@ -62,7 +74,7 @@ def build_service(settings: Settings, stopping: Callable[[], bool] | None = None
             Metrics(),
             ProcessCommitter(process)
             if process is not None
-            else GroupCommitter(ledger.record_received),
+            else GroupCommitter(_writes(settings, ledger)),
             writer_process=process,
             access=access,
         )

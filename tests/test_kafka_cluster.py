@@ -13,8 +13,9 @@ ledger on it with the compose file's own ledger settings.
 - With one broker of three left, an append is refused, never acknowledged, and the wait
   costs next to no CPU; started again, the same facts land once.
 - `/readyz` stays ready with one broker down, says the quorum lost with two, and ready again
-  once they are back; for a ledger whose topics need both of two replicas in sync, it names
-  the partitions one broker down leaves short.
+  once they are back; a publish then is refused, the next at once, and the same fact is
+  recorded once the cluster is back; for a ledger whose topics need both of two replicas
+  in sync, it names the partitions one broker down leaves short.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ import yaml
 from fastapi.testclient import TestClient
 from kafka import KafkaAdminClient
 
-from api.app import create_app
+from api.app import create_app, keys_path
+from api.keys import ApiKeys
 from ledger.application import ConsentLedger
 from ledger.envelope import parse_fact
 from ledger.kafka.names import Topics
@@ -376,8 +378,19 @@ def test_readyz_says_a_lost_quorum_and_ready_again_once_it_is_back(
 ) -> None:
     """With two brokers of three SIGKILLed the one left answers metadata from its cache,
     naming the dead as leaders and in sync: `/readyz` said ready while every write waited
-    out its 30 s and was refused. It asks the controllers' quorum too now."""
+    out its 30 s and was refused. It asks the controllers' quorum too now.
+
+    A publish then is refused once the broker has had its time to answer; the next, within
+    the `Retry-After` it names, at once (it waited its own 30 s, behind the first); and the
+    same fact, published again once the cluster is back, is recorded."""
     settings = Settings.from_env(compose_ledger_env(compose_cluster, tmp_path / "data"))
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    ledger.close()
+    keys = ApiKeys(keys_path(settings))
+    auth = {"Authorization": f"Bearer {keys.create('demo', {'publisher'})[1]}"}
+    keys.close()
+    fact = {k: v for k, v in grant("quorum-1", event_id="quorum-1").items() if k != "tenant"}
     first, second = compose_cluster.services[:2]
     with TestClient(create_app(settings)) as client:
         assert client.get("/readyz").status_code == 200
@@ -397,10 +410,24 @@ def test_readyz_says_a_lost_quorum_and_ready_again_once_it_is_back(
             # And stays so, whichever broker each probe asks first.
             for _ in range(2):
                 assert client.get("/readyz").json()["code"] == "kafka_quorum_lost"
+            refused = client.post("/v1/facts", json=fact, headers=auth)
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["code"] == "ledger_unavailable"
+            retry_after = int(refused.headers["Retry-After"])
+            began = time.monotonic()
+            again = client.post("/v1/facts", json=fact, headers=auth)
+            assert again.status_code == 503 and again.json()["code"] == "ledger_unavailable"
+            assert time.monotonic() - began < retry_after, "the broker was asked again"
         finally:
             with ThreadPoolExecutor(2) as pool:  # side by side: each takes seconds
                 list(pool.map(compose_cluster.start, killed))
         ready_within(client, 120)
+        # Published again as `Retry-After` says, until the window has passed.
+        deadline = time.monotonic() + 60
+        while (taken := client.post("/v1/facts", json=fact, headers=auth)).status_code == 503:
+            assert time.monotonic() < deadline, taken.text
+            time.sleep(0.05)  # a condition poll: the service's window, asked again
+        assert taken.status_code == 201, taken.text
     compose_cluster.wait_fully_replicated(replicated_topics(settings))
 
 
