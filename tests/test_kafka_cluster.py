@@ -46,6 +46,7 @@ from api.keys import ApiKeys
 from ledger.application import ConsentLedger
 from ledger.envelope import parse_fact
 from ledger.kafka.names import Topics
+from ledger.kafka.reading import ANSWER_TIMEOUT_S
 from ledger.kafka.recorder import LedgerUnavailable
 from ledger.kafka.topics import _config, ensure_topics
 from ledger.receipt import Receipt
@@ -353,6 +354,9 @@ def test_with_one_broker_of_three_left_an_append_is_refused_then_lands_once(
             # spun a core for the whole wait (29-32 s of CPU in 30 s) before
             # `ledger.kafka.clients._PacedNetClient` (0.5 s).
             assert used < waited / 4, f"{used:.1f} s of CPU in {waited:.1f} s of waiting"
+            # And ends once the quorum is said lost twice (`ledger.kafka.write_watch`), not
+            # at the answer timeout (30 s).
+            assert waited < ANSWER_TIMEOUT_S * 2 / 3, f"refused after {waited:.1f} s"
         finally:
             with ThreadPoolExecutor(len(down)) as pool:  # side by side: each takes seconds
                 list(pool.map(compose_cluster.start, down))

@@ -104,8 +104,9 @@ def writer_grants(prefix: str, *, create_topics: bool = True) -> list[Grant]:
             CLUSTER,
             False,
             ("Describe",),
-            "/readyz asks whether the controllers have a quorum (without it, readiness cannot "
-            "tell a cluster that lost its quorum: writes wait and are refused)",
+            "/readyz, and a write waiting for its answer, ask whether the controllers have a "
+            "quorum (without it neither can tell a cluster that lost its quorum: a write then "
+            "waits its whole 30 s)",
         ),
     ]
 

@@ -78,6 +78,11 @@ class BrokerWatch:
         self._refused_since: float | None = None
         self._probed_at: float | None = None
 
+    @property
+    def refusing(self) -> bool:
+        """Whether every address refused connections when last probed."""
+        return self._refused_since is not None
+
     def __call__(self) -> bool:
         if not self.addresses:
             return False

@@ -76,8 +76,8 @@ def quorum_problem(admin: Any) -> tuple[str, str] | None:
             _refusal_logged = True
             logger.warning(
                 "the Kafka cluster refused this principal Describe on the cluster: "
-                "/readyz cannot tell a cluster whose controllers lost their quorum "
-                "(`consent-ledger kafka-acls` lists the grant)"
+                "/readyz and a write waiting for its answer cannot tell a cluster whose "
+                "controllers lost their quorum (`consent-ledger kafka-acls` lists the grant)"
             )
         return None
     except kafka_errors.UnsupportedVersionError:

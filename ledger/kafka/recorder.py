@@ -17,6 +17,7 @@ from the topic. The replica is a cache: delete it and it is rebuilt from the par
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -61,6 +62,7 @@ from ledger.kafka.transaction_calls import (
     begin_offsets,
     held_error,
 )
+from ledger.kafka.write_watch import WriteWatch
 from ledger.recorder import SUBJECT_TOPICS, FactKey, LedgerSQLiteRecorder
 from ledger.settings import SettingsError
 from ledger.sql import as_tuples, rows_in
@@ -688,7 +690,12 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
         connections unseen. kafka-python documents both as safe to ask again.
         """
         timeouts = [int(str(PRODUCER_TUNING["transaction_timeout_ms"])), FALLBACK_TIMEOUT_MS]
-        away = BrokerWatch(self.link.bootstrap)
+        with contextlib.closing(WriteWatch(self.link.bootstrap)) as away:
+            return self._initialised_with(timeouts, stopping, away)
+
+    def _initialised_with(
+        self, timeouts: list[int], stopping: Callable[[], bool], away: Callable[[], bool]
+    ) -> KafkaProducer:
         for timeout_ms in timeouts:
             try:
                 return self._registered_producer(timeout_ms, stopping, away)
@@ -986,11 +993,12 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
         found it. The call is begun (`ledger.kafka.transaction_calls`) and its result waited
         for here, so nothing is left waiting when this gives up.
         """
-        answered(
-            lambda ms: call.done(ms) or None,
-            timeout_s=self.link.catch_up_timeout_s,
-            away=BrokerWatch(self.link.bootstrap),
-        )
+        with contextlib.closing(WriteWatch(self.link.bootstrap)) as watch:
+            answered(
+                lambda ms: call.done(ms) or None,
+                timeout_s=self.link.catch_up_timeout_s,
+                away=watch,
+            )
         call.result()
 
     def _know_partitions(
@@ -1005,17 +1013,13 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
         topics = [self.link.topics.ledger] if records else []
         if intake is not None and intake.rejects:
             topics.append(self.link.topics.rejected)
-        away = BrokerWatch(self.link.bootstrap)
-        for topic in topics:
+        with contextlib.closing(WriteWatch(self.link.bootstrap)) as away:
+            for topic in topics:
 
-            def known(ms: int, topic: str = topic) -> Any:
-                return producer.partitions_for(topic)
+                def known(ms: int, topic: str = topic) -> Any:
+                    return producer.partitions_for(topic)
 
-            answered(
-                known,
-                timeout_s=self.link.catch_up_timeout_s,
-                away=away,
-            )
+                answered(known, timeout_s=self.link.catch_up_timeout_s, away=away)
 
     def _refused(self, error: KafkaError) -> Exception:
         """What the broker's refusal means for this writer, the producer dropped either way.
