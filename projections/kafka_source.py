@@ -209,19 +209,26 @@ class LedgerTopicReader:
         high = end_offsets(
             self.watermarks(), tps, timeout_s=timeout, stopping=self.stopping, away=away
         )
+        # Read to where each partition ended as the read began, and no further: a
+        # transaction committed during the read would otherwise be applied on the
+        # partitions read after its commit and not on those read before, and the views hold
+        # part of it (who had consent's pages take the moment of the last fact they hold
+        # as the divide between what the first page read and what it did not).
+        ends = settled_ends(
+            consumer, tps, high, timeout_s=timeout, stopping=self.stopping, away=away
+        )
         reading = polls_to_end(
             consumer,
             tps,
             timeout_s=timeout,
             max_records=page,
-            end=settled_ends(
-                consumer, tps, high, timeout_s=timeout, stopping=self.stopping, away=away
-            ),
+            end=ends,
             stopping=self.stopping,
             away=away,
         )
         for polled in reading:
-            for tp, records in polled.items():
+            for tp, polled_records in polled.items():
+                records = [r for r in polled_records if r.offset < ends[tp]]
                 events: list[Any] = []
                 last: tuple[int, Any] | None = None  # the page's last record applied
                 accepted = self._accepted(tp.partition, records)
@@ -233,7 +240,9 @@ class LedgerTopicReader:
                     if known is None or known(event):
                         events.append(event)
                 mark = None if last is None else (last[0], stored_hash(last[1]))
-                position = consumer.position(tp)
+                # Past the end, the next read starts from it (it seeks to the views'
+                # positions), where the records left out are.
+                position = min(consumer.position(tp), ends[tp])
                 projection.process_batch(
                     events,
                     Tracking(tracking_name(application, tp), position),

@@ -13,7 +13,6 @@ from ledger.codec import isoformat
 from ledger.consent import EXPIRED, WITHDRAWN, PurposeState, consent_at
 from projections.consent_projection import correction_from_row, entry_from_row
 from projections.cursors import BadCursor, cursor_instant, decode_cursor, encode_cursor
-from projections.runner import APPLICATION
 from projections.store import ConsentViews, ViewReads, in_one_state, parse_utc, utc
 
 FAR_FUTURE = "9999-12-31T23:59:59.999999+00:00"
@@ -87,7 +86,7 @@ def who_had_consent_page(
     limit: int,
     policy_version: str | None,
     now: datetime,
-    recorded_through: Callable[[int], datetime | None] | None = None,
+    recorded_through: Callable[[ViewReads], datetime | None] | None = None,
 ) -> dict[str, Any]:
     """A page of who had consent: the answer of `GET /v1/purposes/{purpose}/subjects` and of
     `consent-ledger who`.
@@ -98,12 +97,13 @@ def who_had_consent_page(
     question.
 
     Asked as known now, the moment is the `recorded_at` of the last fact the views held
-    when the first page was read (`recorded_through` gives it for a position of the views,
-    read with the page in one snapshot): the writer stamps facts in the order it commits
-    them, so the pages after answer exactly what the first page read. Without it (Kafka
-    mode, whose partitions each have a position) the moment is `now`, read after the views
-    were brought up to date: a fact stamped before it but committed after the first page
-    was read (a batch the writer was committing) is counted by the later pages only.
+    when the first page was read (`recorded_through` gives it for a state of the views,
+    read with the page in one snapshot; in Kafka mode from their position in each ledger
+    partition): the writer stamps facts in the order it commits them, so the pages after
+    answer exactly what the first page read. Without it the moment is `now`, read after the
+    views were brought up to date: a fact stamped before it but committed after the first
+    page was read (a batch the writer was committing) would be counted by the later pages
+    only.
 
     Its pages used to hold a sid alone: a list paged through without `as_of` moved its instant
     with each page, so a person who withdrew while a campaign's list was fetched was listed by
@@ -145,8 +145,7 @@ def who_had_consent_page(
     )
     moment = known_at or now
     if known_at is None and recorded_through is not None:
-        position = views.position(APPLICATION)  # in the state the page was read from
-        moment = (recorded_through(position) if position else None) or moment
+        moment = recorded_through(views) or moment  # the state the page was read from
     following = None
     if len(sids) > limit:
         del sids[limit:]

@@ -16,7 +16,7 @@ from ledger.application import ConsentLedger
 from projections.consent_projection import ConsentProjection
 from projections.rebuild import rebuild, remove_store
 from projections.runner import APPLICATION, catch_up, check_within_log
-from projections.store import ConsentViews
+from projections.store import ConsentViews, ViewReads
 
 log = logging.getLogger("consent_ledger.projections")
 
@@ -67,13 +67,31 @@ class Views:
         self._reader: Any = None  # Kafka mode: one ledger-topic consumer kept between reads
         self._fill_checked = False  # whether the first refresh looked for an empty store
 
-    def recorded_through(self, position: int) -> datetime | None:
-        """When the log's last fact at or before this position of the views was recorded:
-        what the views at that position know. Embedded mode only: in Kafka mode the views
-        stand at a position per ledger partition, and None is returned."""
-        if self.ledger.settings.backend == "kafka":
-            return None
-        recorded = self.ledger.ledger_recorder.recorded_at_through(position)
+    def recorded_through(self, reads: ViewReads) -> datetime | None:
+        """When the last fact the views know in this state of them (`reads`) was recorded:
+        the moment the pages of who had consent after the first answer as known at.
+
+        In Kafka mode the views stand at a position per ledger partition, and the replica
+        says when the last fact before each was recorded (`recorded_at_before`); it took the
+        reader's clock until 2026-12-06, which counted on later pages a fact stamped before
+        the clock and committed after the first page was read."""
+        recorder = self.ledger.ledger_recorder
+        if self.ledger.settings.backend != "kafka":
+            position = reads.position(APPLICATION)
+            recorded = recorder.recorded_at_through(position) if position else None
+        else:
+            from kafka import TopicPartition
+
+            from ledger.kafka.recorder import KafkaLedgerRecorder
+            from projections.kafka_source import tracking_name
+
+            assert isinstance(recorder, KafkaLedgerRecorder)
+            topic = recorder.link.topics.ledger
+            positions = {
+                p: reads.position(tracking_name(APPLICATION, TopicPartition(topic, p)))
+                for p in range(recorder.link.partitions)
+            }
+            recorded = recorder.recorded_at_before({p: o for p, o in positions.items() if o})
         return None if recorded is None else datetime.fromisoformat(recorded)
 
     def lag(self) -> int:

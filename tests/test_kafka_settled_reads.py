@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -25,6 +27,7 @@ from ledger.kafka.reading import (
     reader,
     settled_ends,
 )
+from projections.queries import who_had_consent
 from tests.kafka_support import Stopping, made_by_hand
 
 pytestmark = pytest.mark.kafka
@@ -202,3 +205,45 @@ def test_a_read_from_given_offsets_never_skips_a_record_it_has_not_read(
     finally:
         admin.close()
     assert values({0: 1}) == everything[3:]  # deleted unread: on from the beginning
+
+
+def test_the_views_take_no_record_past_where_their_read_began(
+    tmp_path: Path, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The views' catch-up reads to the ends of its start and no further, so that they hold
+    whole transactions, all committed before the read began: a transaction committed during
+    the read was applied on the partitions polled after its commit and not on those polled
+    before. Here the ends of the read's start are those of before a second batch (the
+    batch committed "during" the read): its facts are left for the next read, which takes
+    them from where the first stopped."""
+    from ledger.application import ConsentLedger
+    from ledger.envelope import parse_fact
+    from ledger.kafka.names import Topics
+    from projections import kafka_source
+    from projections.views import Views
+    from tests.facts import grant
+    from tests.kafka_support import end_offsets as committed_ends
+    from tests.kafka_support import kafka_settings
+
+    settings = kafka_settings(tmp_path / "data", kafka_bootstrap)
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    first = [f"first-{i}" for i in range(6)]
+    later = [f"later-{i}" for i in range(6)]
+    ledger.record([parse_fact(grant(p)) for p in first])
+    began = committed_ends(kafka_bootstrap, Topics.of(settings.topic_prefix).ledger)
+    ledger.record([parse_fact(grant(p)) for p in later])
+    monkeypatch.setattr(kafka_source, "settled_ends", lambda consumer, tps, *a, **k: began)
+    views = Views(ledger, tmp_path / "views.db")
+    try:
+        views.refresh()
+        at = datetime.now(UTC)
+        listed = set(who_had_consent(views.store, "demo", "marketing", at, None))
+        assert listed == {ledger.sid("demo", p).hex for p in first}
+        monkeypatch.undo()
+        views.refresh()
+        listed = set(who_had_consent(views.store, "demo", "marketing", at, None))
+        assert listed == {ledger.sid("demo", p).hex for p in first + later}
+    finally:
+        views.close()
+        ledger.close()

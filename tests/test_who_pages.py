@@ -28,8 +28,8 @@ from ledger.settings import Settings
 from projections.consent_projection import ConsentProjection
 from projections.cursors import encode_cursor
 from projections.queries import who_had_consent_page
-from projections.runner import catch_up
-from projections.store import ConsentViews
+from projections.runner import APPLICATION, catch_up
+from projections.store import ConsentViews, ViewReads
 from projections.views import Views
 from tests.cli_support import run
 from tests.examples import examples
@@ -123,15 +123,17 @@ def test_the_pages_after_the_first_answer_for_its_instant_as_then_known(asker: A
     assert asker.sid[order[3]] in again["sids"] and asker.sid[order[5]] not in again["sids"]
 
 
-def test_a_fact_committed_after_the_first_page_was_read_is_in_no_page(tmp_path: Path) -> None:
+def test_a_fact_committed_after_the_first_page_was_read_is_in_no_page(
+    tmp_path: Path, backend_ledger: ConsentLedger
+) -> None:
     """The moment the pages after the first answer as known at is the last fact the first
     page read, not the reader's clock. A reader that read its clock after the writer stamped
     a withdrawal still being committed (here: a clock read a minute late) pinned the pages
     after it to a moment that counted the withdrawal, which the first page had not read:
     the person withdrawing, on a later page, was left out of the list of the first page's
-    instant."""
-    ledger = ConsentLedger(Settings(data_dir=tmp_path / "data"))
-    ledger.init_demo()
+    instant. In Kafka mode too (the clock until 2026-12-06), where the views stand at a
+    position in each ledger partition."""
+    ledger = backend_ledger
     receipts = ledger.record([parse_fact(grant(p, occurred_at=GRANTED_AT)) for p in PEOPLE])
     order = sorted(ledger.sid("demo", p).hex for p in PEOPLE)
     views = Views(ledger, tmp_path / "views.db")
@@ -170,7 +172,6 @@ def test_a_fact_committed_after_the_first_page_was_read_is_in_no_page(tmp_path: 
         cursor = answer["next"]
     assert listed == order
     views.close()
-    ledger.close()
 
 
 def test_a_cursor_answers_with_the_question_it_was_made_for(asker: Asker) -> None:
@@ -342,7 +343,8 @@ def test_pages_list_who_the_raw_facts_known_at_the_first_page_say(
                 record(batch)
             asked = datetime.now(UTC)
 
-            def recorded_through(position: int) -> datetime | None:
+            def recorded_through(reads: ViewReads) -> datetime | None:
+                position = reads.position(APPLICATION)
                 recorded = ledger.ledger_recorder.recorded_at_through(position)
                 return None if recorded is None else datetime.fromisoformat(recorded)
 

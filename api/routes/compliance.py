@@ -105,9 +105,9 @@ def subjects_with_consent(
     was given under that version: after a new version (§9), who has not consented under it
     (an unknown version: 422 `unknown_policy_version`). Every page after the first answers
     for the first page's instant as known when the first page was asked (its `known_at`
-    then names that moment: when the last fact the first page read was recorded, or in
-    Kafka mode the moment the first page was asked), whatever was recorded since: the
-    cursor holds them, its purpose and its `policy_version`. Given with another `as_of`,
+    then names that moment: when the last fact the first page read was recorded),
+    whatever was recorded since: the cursor holds them, its purpose and its
+    `policy_version`. Given with another `as_of`,
     `known_at` or `policy_version` (or of another purpose), a cursor is refused: 422
     `invalid_cursor`."""
     at = parse_time(as_of, "as_of") if as_of else None

@@ -63,7 +63,7 @@ from ledger.kafka.transaction_calls import (
     held_error,
 )
 from ledger.kafka.write_watch import WriteWatch
-from ledger.recorder import SUBJECT_TOPICS, FactKey, LedgerSQLiteRecorder
+from ledger.recorder import _BATCH_WINDOW, SUBJECT_TOPICS, FactKey, LedgerSQLiteRecorder
 from ledger.settings import SettingsError
 from ledger.sql import as_tuples, rows_in
 from ledger.storage import RecordTooLarge
@@ -259,6 +259,29 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                 ):
                     found[int(row[0])] = (int(row[1]), int(row[2]))
         return found
+
+    def recorded_at_before(self, positions: Mapping[int, int]) -> str | None:
+        """The latest `recorded_at` of the facts before these positions (partition -> next
+        offset) of the ledger topic: what views standing there know (`recorded_at_through`
+        of embedded mode, for a position per partition).
+
+        Within a partition the writer's records follow its stamps, so the last fact before a
+        position is its latest; the last `_BATCH_WINDOW` are looked at, as embedded mode
+        does for batches written before their facts were in stamp order."""
+        latest: str | None = None
+        with self.datastore.transaction(commit=False) as c:
+            for partition, offset in positions.items():
+                c.execute(
+                    f"SELECT MAX(recorded_at) FROM (SELECT i.recorded_at FROM "
+                    f"{self.located_table} AS l JOIN {self.index_table} AS i "
+                    "ON i.position = l.position WHERE l.partition = ? AND l.offset < ? "
+                    "AND i.recorded_at IS NOT NULL ORDER BY l.offset DESC LIMIT ?)",
+                    (partition, offset, _BATCH_WINDOW),
+                )
+                row = c.fetchone()
+                if row is not None and row[0] is not None and (latest is None or row[0] > latest):
+                    latest = str(row[0])  # UTC isoformat stamps sort as their instants
+        return latest
 
     def accepted_offsets(self, partition: int, first: int, last: int) -> set[int]:
         """The offsets in [first, last] of records this replica applied (the ledger's own)."""
