@@ -229,6 +229,17 @@ class LedgerTopicReader:
         for polled in reading:
             for tp, polled_records in polled.items():
                 records = [r for r in polled_records if r.offset < ends[tp]]
+                if len(records) == len(polled_records):
+                    position = consumer.position(tp)
+                elif records:
+                    # Those past the end are left for the next read, which starts after
+                    # the last one taken (it seeks to the views' positions).
+                    position = records[-1].offset + 1
+                else:
+                    # Nothing before the end: a partition read to its end, or one whose
+                    # views another process had taken past this read's end, polled with
+                    # the others. Its position stays where the views have it.
+                    continue
                 events: list[Any] = []
                 last: tuple[int, Any] | None = None  # the page's last record applied
                 accepted = self._accepted(tp.partition, records)
@@ -240,9 +251,6 @@ class LedgerTopicReader:
                     if known is None or known(event):
                         events.append(event)
                 mark = None if last is None else (last[0], stored_hash(last[1]))
-                # Past the end, the next read starts from it (it seeks to the views'
-                # positions), where the records left out are.
-                position = min(consumer.position(tp), ends[tp])
                 projection.process_batch(
                     events,
                     Tracking(tracking_name(application, tp), position),

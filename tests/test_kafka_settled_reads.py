@@ -247,3 +247,64 @@ def test_the_views_take_no_record_past_where_their_read_began(
     finally:
         views.close()
         ledger.close()
+
+
+def test_views_another_reader_took_past_this_read_s_end_stay_where_they_are(
+    tmp_path: Path, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A partition whose views stand past this read's end (another process read later) is
+    still polled with the others, and what it gives is all past the end: its views are left
+    where they stand, never moved back to the end, whose facts they hold already and would
+    take again."""
+    from kafka import TopicPartition as Partition
+
+    from ledger.application import ConsentLedger
+    from ledger.envelope import parse_fact
+    from ledger.kafka.names import Topics
+    from projections import kafka_source
+    from projections.kafka_source import tracking_name
+    from projections.runner import APPLICATION
+    from projections.views import Views
+    from tests.facts import grant
+    from tests.kafka_support import end_offsets as committed_ends
+    from tests.kafka_support import kafka_settings
+
+    settings = kafka_settings(tmp_path / "data", kafka_bootstrap)
+    topic = Topics.of(settings.topic_prefix).ledger
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    views = Views(ledger, tmp_path / "views.db")
+
+    def standing() -> dict[int, int]:
+        return {
+            tp.partition: views.store.position(tracking_name(APPLICATION, tp))
+            for tp in (Partition(topic, p) for p in range(settings.partitions))
+        }
+
+    try:
+        ledger.record([parse_fact(grant(f"a-{i}")) for i in range(12)])
+        after_a = committed_ends(kafka_bootstrap, topic)
+        ledger.record([parse_fact(grant(f"b-{i}")) for i in range(12)])
+        views.refresh()
+        after_b = standing()
+        ledger.record([parse_fact(grant(f"c-{i}")) for i in range(12)])
+        after_c = committed_ends(kafka_bootstrap, topic)
+        grew = [tp for tp in after_c if after_c[tp] > after_b[tp.partition]]
+        assert len(grew) >= 2, "the test needs the last batch on two partitions"
+        low, high = grew[0], grew[1]
+        # This read's end: the first batch's on one partition, the last's on another.
+        ends = {tp: after_a[tp] if tp == low else after_c[tp] for tp in after_c}
+        monkeypatch.setattr(kafka_source, "settled_ends", lambda consumer, tps, *a, **k: ends)
+        views.refresh()
+        now = standing()
+        assert now[low.partition] == after_b[low.partition]  # not moved back to its end
+        assert now[high.partition] > after_b[high.partition]  # read on to its end
+        monkeypatch.undo()
+        views.refresh()
+        at = datetime.now(UTC)
+        listed = set(who_had_consent(views.store, "demo", "marketing", at, None))
+        everyone = [f"{b}-{i}" for b in "abc" for i in range(12)]
+        assert listed == {ledger.sid("demo", p).hex for p in everyone}
+    finally:
+        views.close()
+        ledger.close()
