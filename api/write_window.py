@@ -2,8 +2,9 @@
 refuses writes at once (503 `ledger_unavailable`, `Retry-After`) rather than asking again.
 
 A write the cluster cannot commit (its quorum lost, say, while its brokers still answer)
-waits out the producer's answer timeout, 30 s; the group commit's requests that came
-meanwhile formed the next group, which waited its own 30 s, and so on: a publisher was
+waited out the producer's answer timeout, 30 s (about 11 s since `ledger.kafka.write_watch`
+asks the quorum); the group commit's requests that came meanwhile formed the next group,
+which waited as long again, and so on: a publisher was
 answered after up to twice the timeout, and every connection of a busy service was held for
 the outage. Refused at once, the requests of that group and those of the next seconds are
 told to retry after the time the answer names, as the service's views already do for a
