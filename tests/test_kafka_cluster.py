@@ -46,6 +46,7 @@ from api.keys import ApiKeys
 from ledger.application import ConsentLedger
 from ledger.envelope import parse_fact
 from ledger.kafka.names import Topics
+from ledger.kafka.publish import publish as publish_to_intake
 from ledger.kafka.reading import ANSWER_TIMEOUT_S
 from ledger.kafka.recorder import LedgerUnavailable
 from ledger.kafka.topics import _config, ensure_topics
@@ -357,6 +358,13 @@ def test_with_one_broker_of_three_left_an_append_is_refused_then_lands_once(
             # And ends once the quorum is said lost twice (`ledger.kafka.write_watch`), not
             # at the answer timeout (30 s).
             assert waited < ANSWER_TIMEOUT_S * 2 / 3, f"refused after {waited:.1f} s"
+            # As does a publish to the intake topic (`consent-ledger publish`), whose
+            # records the broker left alive takes and confirms none of.
+            began = time.monotonic()
+            with pytest.raises(LedgerUnavailable):
+                publish_to_intake(ledger, [grant(subject="intake-0", event_id="intake-0")], None)
+            waited = time.monotonic() - began
+            assert waited < ANSWER_TIMEOUT_S * 2 / 3, f"publish refused after {waited:.1f} s"
         finally:
             with ThreadPoolExecutor(len(down)) as pool:  # side by side: each takes seconds
                 list(pool.map(compose_cluster.start, down))

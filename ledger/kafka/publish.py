@@ -47,6 +47,7 @@ from ledger.kafka.reading import (
 from ledger.kafka.recorder import KafkaLedgerRecorder, KafkaLink, LedgerUnavailable
 from ledger.kafka.rejected import by_the_ledger
 from ledger.kafka.topics import RECORD_LIMIT
+from ledger.kafka.write_watch import WriteWatch
 from ledger.receipt import Receipt
 
 
@@ -123,7 +124,7 @@ class Publisher:
         self._ledger = ledger
         self._tenant = tenant
         self._link = link = _link(ledger)
-        self._away = away = BrokerWatch(link.bootstrap)
+        away = BrokerWatch(link.bootstrap)
         # Whether the broker confirmed every record sent; if not, the close waits for none.
         self._confirmed = False
         try:
@@ -155,9 +156,19 @@ class Publisher:
         close_producer(self._producer, 5 if self._confirmed else 0)
 
     def send(self, items: Sequence[bytes | Any]) -> list[Published | FactRejected]:
-        """Where each item went, once the broker confirmed them all."""
+        """Where each item went, once the broker confirmed them all.
+
+        Its waits ask a `WriteWatch`: with the cluster's quorum lost the broker left alive
+        took the records and confirmed none, and a batch waited out the 30 s answer
+        timeout, as the ledger's own writes did (`ledger.kafka.write_watch`)."""
+        with contextlib.closing(WriteWatch(self._link.bootstrap)) as away:
+            return self._sent(items, away)
+
+    def _sent(
+        self, items: Sequence[bytes | Any], away: WriteWatch
+    ) -> list[Published | FactRejected]:
         self._confirmed = False
-        link, away = self._link, self._away
+        link = self._link
         sending: list[Any] = []
         for item in items:
             value, key, fact_tenant, event_id = _prepare(self._ledger, item, self._tenant)
