@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
@@ -112,11 +112,34 @@ class ConsentProjection(Projection[ConsentViews]):
         the view has moved since, nothing is written and ViewMovedOn says to read again.
         `mark`: the position and hash of the last fact read (`ConsentViews.log_mark`).
         """
-        events = list(events)
-        name = tracking.application_name
-        if self.view.max_tracking_id(name) != self._positions.get(name):
+        self.process_read([(events, tracking, after, mark)])
+
+    def process_read(
+        self,
+        pages: Sequence[
+            tuple[
+                Iterable[DomainEventProtocol[UUID]],
+                Tracking,
+                int | None,
+                tuple[int, str] | None,
+            ]
+        ],
+    ) -> None:
+        """`process_batch` for pages of several logs (the ledger topic's partitions, whose
+        subjects are apart) read together: committed in one transaction, each with its
+        (tracking, after, mark)."""
+        read = [(list(events), tracking, after, mark) for events, tracking, after, mark in pages]
+        if any(
+            self.view.max_tracking_id(t.application_name) != self._positions.get(t.application_name)
+            for _, t, _, _ in read
+        ):
             self._drop_cache()
-        sids = {e.originator_id.hex for e in events if isinstance(e, _SUBJECT_EVENTS)}
+        sids = {
+            e.originator_id.hex
+            for events, *_ in read
+            for e in events
+            if isinstance(e, _SUBJECT_EVENTS)
+        }
         state: dict[str, SubjectView] = {}
         for sid in sids:
             cached = self._cache.pop(sid, None)
@@ -126,15 +149,17 @@ class ConsentProjection(Projection[ConsentViews]):
         state.update(self._load(sorted(sids - set(state))))
         changes = ViewChanges()
         try:
-            for event in events:
-                if isinstance(event, _SUBJECT_EVENTS):
-                    self._apply(event, state, changes)
-            self.view.apply(changes, tracking, after=after, mark=mark)
+            for events, *_ in read:
+                for event in events:
+                    if isinstance(event, _SUBJECT_EVENTS):
+                        self._apply(event, state, changes)
+            self.view.apply_read(changes, [(t, after, mark) for _, t, after, mark in read])
         except BaseException:
             self._drop_cache()
             self._positions.clear()
             raise
-        self._positions[name] = tracking.notification_id
+        for _, tracking, _, _ in read:
+            self._positions[tracking.application_name] = tracking.notification_id
         cache = self._cache
         for sid, view in state.items():
             cache[sid] = view

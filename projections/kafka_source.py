@@ -1,10 +1,11 @@
 """Projections fed straight from the ledger topic (Kafka mode).
 
 A position is (partition, offset): each ledger partition is tracked on its own, under the
-tracking name `<application>@<topic>/<partition>` with the next offset to read, and each
-page of a partition commits its view changes with that position in one transaction — the
-same exactly-once idiom as embedded mode. Offsets have gaps (transaction markers, aborted
-records), so the position is always the consumer's, never an offset plus one assumed.
+tracking name `<application>@<topic>/<partition>` with the next offset to read, and the
+view changes a read makes commit with the positions of every partition it read in one
+transaction — the same exactly-once idiom as embedded mode. Offsets have gaps (transaction
+markers, aborted records), so the position is always the consumer's, never an offset plus
+one assumed.
 
 Only records the replica accepted are projected. Anyone allowed to write to the topic could
 append a record: one without the ledger's MAC, or a copy of a real one. The replica applies
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from eventsourcing.persistence import Mapper, Tracking
@@ -40,6 +42,11 @@ from projections.known import KnownAt
 from projections.store import ConsentViews, ViewsOfAnotherLog
 
 log = logging.getLogger("consent_ledger.projections")
+
+# Offsets (records, and the transaction markers among them) a catch-up may span and still
+# apply all it reads in one transaction: its decoded events are held until then, a few
+# tens of megabytes at this many.
+WHOLE_READ = 20_000
 
 
 def tracking_name(application: str, tp: TopicPartition) -> str:
@@ -82,6 +89,22 @@ def check_marks(
             )
 
 
+@dataclass
+class _Page:
+    """What a read took of one partition: from `after` (the views' position before it) to
+    `position`, the events to apply, and the last fact's offset and stored event (the
+    views' `log_mark`)."""
+
+    after: int | None
+    position: int = 0
+    events: list[Any] = field(default_factory=list)
+    last: tuple[int, Any] | None = None
+
+    @property
+    def mark(self) -> tuple[int, str] | None:
+        return None if self.last is None else (self.last[0], stored_hash(self.last[1]))
+
+
 class LedgerTopicReader:
     """One read_committed consumer of the ledger topic, kept between catch-ups.
 
@@ -100,6 +123,8 @@ class LedgerTopicReader:
         # (`settled_ends`), and the replica's read_committed one for when the views read
         # ahead of it (`_accepted`): made once, as `publish --wait` keeps its own.
         self._kept: KeptReaders | None = None
+        # The most offsets a read applies in one transaction at its end (see `_catch_up`).
+        self.whole_read = WHOLE_READ
 
     def consumer(self) -> KafkaConsumer:
         if self._consumer is None:
@@ -137,6 +162,24 @@ class LedgerTopicReader:
         if self._kept is not None:
             self._kept.close()
         self._kept = None
+
+    def _apply(
+        self,
+        projection: ConsentProjection,
+        application: str,
+        pages: dict[TopicPartition, _Page],
+    ) -> None:
+        projection.process_read(
+            [
+                (
+                    page.events,
+                    Tracking(tracking_name(application, tp), page.position),
+                    page.after,
+                    page.mark,
+                )
+                for tp, page in sorted(pages.items(), key=lambda item: item[0].partition)
+            ]
+        )
 
     def _accepted(self, partition: int, records: list[Any]) -> set[int]:
         """The offsets among `records` that the replica accepted as the ledger's records."""
@@ -203,7 +246,8 @@ class LedgerTopicReader:
         processed = 0
         # Bounded by the time without progress, as every reader of the topic is: unbounded,
         # a broker gone mid-read held the read (and `worker`, waiting for it at SIGTERM)
-        # until the broker came back. What was applied before stays applied.
+        # until the broker came back. What was committed before stays applied (a read held
+        # whole, below, commits nothing until its end, and is read again).
         away = BrokerWatch(self.link.bootstrap)
         timeout = self.link.catch_up_timeout_s
         high = end_offsets(
@@ -226,6 +270,13 @@ class LedgerTopicReader:
             stopping=self.stopping,
             away=away,
         )
+        # A read small enough to hold is applied in one transaction at its end: another
+        # process applying the same views (a `worker` or `project --follow` beside the
+        # service) then only ever finds them at the end of a read, which holds whole
+        # transactions. A larger one (a first catch-up) commits poll by poll, all the
+        # partitions a poll gave in one transaction.
+        whole = sum(ends[tp] - (read_from[tp] or 0) for tp in tps) <= self.whole_read
+        pages: dict[TopicPartition, _Page] = {}
         for polled in reading:
             for tp, polled_records in polled.items():
                 records = [r for r in polled_records if r.offset < ends[tp]]
@@ -240,23 +291,22 @@ class LedgerTopicReader:
                     # views another process had taken past this read's end, polled with
                     # the others. Its position stays where the views have it.
                     continue
-                events: list[Any] = []
-                last: tuple[int, Any] | None = None  # the page's last record applied
+                taken = pages.setdefault(tp, _Page(after=read_from[tp]))
                 accepted = self._accepted(tp.partition, records)
                 for record, stored, _ in ledger_events(
                     (r for r in records if r.offset in accepted), self.link.record_key
                 ):
-                    last = (record.offset, stored)
+                    taken.last = (record.offset, stored)
                     event: Any = mapper.to_domain_event(stored)
                     if known is None or known(event):
-                        events.append(event)
-                mark = None if last is None else (last[0], stored_hash(last[1]))
-                projection.process_batch(
-                    events,
-                    Tracking(tracking_name(application, tp), position),
-                    after=read_from[tp],
-                    mark=mark,
-                )
-                read_from[tp] = position
+                        taken.events.append(event)
+                taken.position = position
                 processed += len(records)
+            if not whole and pages:
+                self._apply(projection, application, pages)
+                for tp, taken in pages.items():
+                    read_from[tp] = taken.position
+                pages = {}
+        if pages:
+            self._apply(projection, application, pages)
         return processed

@@ -282,36 +282,38 @@ class ConsentViews(SQLiteTrackingRecorder):
     def close(self) -> None:
         self.datastore.close()
 
-    def apply(
+    def apply_read(
         self,
         changes: ViewChanges,
-        tracking: Tracking,
-        *,
-        after: int | None,
-        mark: tuple[int, str] | None = None,
+        positions: Sequence[tuple[Tracking, int | None, tuple[int, str] | None]],
     ) -> None:
-        """Write one batch of changes and its log position, atomically.
+        """Write a read's changes and the log positions it read to, atomically: one
+        (tracking, after, mark) per log read, several for the ledger topic's partitions, so
+        that another process never finds one partition's part of a read applied and not
+        another's.
 
-        `after` is the position the batch was read from. Another process catching up the
-        same store (the server and a CLI read on one data directory) may have committed
-        since: then the batch is stale, and is refused rather than applied a second time.
-        The library's own check (a position only moves forward) would let a longer stale
-        batch through. `mark` is the position and hash of the batch's last fact (`log_mark`).
+        `after` is the position the read began at. Another process catching up the same
+        store (the server and a CLI read on one data directory) may have committed since:
+        then the read is stale, and is refused rather than applied a second time. The
+        library's own check (a position only moves forward) would let a longer stale read
+        through. `mark` is the position and hash of the last fact read (`log_mark`).
         """
         with self.datastore.transaction(commit=True) as c:
             # Take the write lock before reading, so the check and the write are one step.
             c.execute("UPDATE tracking SET notification_id = notification_id WHERE 0")
-            c.execute(
-                "SELECT notification_id FROM tracking WHERE application_name = ?",
-                (tracking.application_name,),
-            )
-            row = c.fetchone()
-            if (row[0] if row else 0) != (after or 0):
-                raise ViewMovedOn(tracking.application_name)
+            for tracking, after, _ in positions:
+                c.execute(
+                    "SELECT notification_id FROM tracking WHERE application_name = ?",
+                    (tracking.application_name,),
+                )
+                row = c.fetchone()
+                if (row[0] if row else 0) != (after or 0):
+                    raise ViewMovedOn(tracking.application_name)
             changes.write(c)
-            self._insert_tracking(c, tracking)
-            if mark is not None:
-                self._mark(c, tracking, mark)
+            for tracking, _, mark in positions:
+                self._insert_tracking(c, tracking)
+                if mark is not None:
+                    self._mark(c, tracking, mark)
 
     def position_at(self, tracking: Tracking, mark: tuple[int, str]) -> None:
         """Give a store built without a position (`projections.rebuild`) its position."""

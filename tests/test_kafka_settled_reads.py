@@ -308,3 +308,99 @@ def test_views_another_reader_took_past_this_read_s_end_stay_where_they_are(
     finally:
         views.close()
         ledger.close()
+
+
+def _observed_reads(
+    tmp_path: Path, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch, whole_read: int
+) -> tuple[list[frozenset[tuple[str, int]]], frozenset[tuple[str, int]], bool]:
+    """One catch-up of a fresh store over a transaction that spans the ledger's three
+    partitions, polled a record at a time. Between polls, a connection of its own (as
+    another process would) reads the positions the store holds; returns what it saw at
+    each poll, the positions at the end, and whether the views' rows are those of another
+    store caught up from the same ledger as a whole read."""
+    import sqlite3
+
+    from ledger.application import ConsentLedger
+    from ledger.envelope import parse_fact
+    from ledger.kafka import reading
+    from projections import kafka_source
+    from projections.consent_projection import ConsentProjection
+    from projections.runner import catch_up
+    from projections.store import ConsentViews
+    from tests.facts import grant
+    from tests.kafka_support import kafka_settings
+
+    settings = kafka_settings(tmp_path / "data", kafka_bootstrap)
+    ledger = ConsentLedger(settings)
+    store = ConsentViews.open(tmp_path / "views.db")
+    reader = kafka_source.LedgerTopicReader(ledger.ledger_recorder)  # type: ignore[arg-type]
+    reader.whole_read = whole_read
+    seen: list[frozenset[tuple[str, int]]] = []
+    other = sqlite3.connect(tmp_path / "views.db")
+
+    def positions() -> frozenset[tuple[str, int]]:
+        rows = other.execute("SELECT application_name, notification_id FROM tracking")
+        return frozenset((str(n), int(i)) for n, i in rows if "@" in str(n))
+
+    polls = reading.polls_to_end  # the function kafka_source calls, watched in its place
+
+    def watched(*args: object, **kwargs: object) -> Iterator[dict[TopicPartition, list[object]]]:
+        for polled in polls(*args, **kwargs):  # type: ignore[arg-type]
+            yield polled
+            seen.append(positions())  # resumed: what the read made of that poll is written
+
+    monkeypatch.setattr(kafka_source, "polls_to_end", watched)
+    try:
+        ledger.init_demo()
+        ledger.record([parse_fact(grant(f"whole-{i}")) for i in range(12)])
+        catch_up(ledger, ConsentProjection(store), page=1, reader=reader)
+        monkeypatch.undo()
+        reference = ConsentViews.open(tmp_path / "reference.db")
+        try:
+            catch_up(ledger, ConsentProjection(reference))
+        finally:
+            reference.close()
+        return seen, positions(), _rows(tmp_path / "views.db") == _rows(tmp_path / "reference.db")
+    finally:
+        other.close()
+        reader.close()
+        store.close()
+        ledger.close()
+
+
+def _rows(path: Path) -> dict[str, list[object]]:
+    """The views' rows and marks. Not their positions: a read polled a record at a time
+    stops at the last record, short of the transaction marker after it, which a read of
+    larger polls steps past; both are positions after the same facts."""
+    import sqlite3
+
+    tables = ("view_subjects", "view_entries", "view_intervals", "view_log_marks")
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return {t: sorted(db.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in tables}
+
+
+def test_another_process_finds_the_views_before_a_read_or_after_it_never_within(
+    tmp_path: Path, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The catch-up applied each partition's page in a transaction of its own: a `worker`
+    applying the views beside the service committed the first partition's part of a ledger
+    transaction before the others', and the service's question in between found part of
+    it (the moment of who had consent's pages, the latest fact the views hold, then
+    divided nothing). A read of up to `WHOLE_READ` offsets is applied in one transaction at
+    its end."""
+    seen, end, same = _observed_reads(tmp_path, kafka_bootstrap, monkeypatch, 20_000)
+    assert len(seen) >= 12  # a record a poll: the read was watched between its polls
+    assert len(end) == 3  # the transaction spans the partitions
+    assert set(seen) <= {frozenset(), end}, "the store held part of the read"
+    assert same
+
+
+def test_a_read_too_large_to_hold_commits_a_poll_at_a_time_to_the_same_views(
+    tmp_path: Path, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past `WHOLE_READ`, a read's events are not all held: each poll's partitions commit
+    together, and the views come out as a read applied whole makes them."""
+    seen, end, same = _observed_reads(tmp_path, kafka_bootstrap, monkeypatch, 0)
+    assert len(end) == 3
+    assert set(seen) - {frozenset(), end}, "no poll was committed before the read's end"
+    assert same

@@ -522,7 +522,7 @@ def test_catching_up_while_another_process_does(
     _record_some(backend_ledger)
     path = tmp_path / "shared-views.db"
     mine, theirs = Views(backend_ledger, path), Views(backend_ledger, path)
-    apply = ConsentViews.apply
+    apply = ConsentViews.apply_read  # every commit of a read's changes and positions
     overtaken: list[bool] = []
 
     def overtaken_once(self: ConsentViews, *args: Any, **kwargs: Any) -> None:
@@ -531,7 +531,7 @@ def test_catching_up_while_another_process_does(
             theirs.refresh(page=3)
         apply(self, *args, **kwargs)
 
-    monkeypatch.setattr(ConsentViews, "apply", overtaken_once)
+    monkeypatch.setattr(ConsentViews, "apply_read", overtaken_once)
     mine.refresh(page=1000)
     assert overtaken
     monkeypatch.undo()
