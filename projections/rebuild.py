@@ -62,12 +62,20 @@ def rebuild(
     known_at: datetime | None = None,
     batch: int = BATCH,
     workers: int | None = None,
+    from_replica: bool = False,
 ) -> int:
     """Build the views of the log at `target` (which must not exist); returns entries read.
 
     With `known_at`, facts recorded after that instant are left out: the store is what the
     ledger knew then, positioned, like a live store, after every entry it read. `workers`
     is how many processes share the build (default: one per core, for a large enough log).
+
+    `from_replica` (Kafka mode): built subject by subject from this process's replica of the
+    ledger topic, in this process, positioned where the replica stands in each partition,
+    instead of caught up from the topic in its order. For filling an empty store, a cache
+    built from a cache that every live read trusts already (`kafka_source`: only the
+    records the replica accepted are applied); `consent-ledger replay`, an inquiry's
+    rebuild, reads the topic itself.
     """
     if target.exists():
         raise FileExistsError(target)
@@ -77,14 +85,17 @@ def rebuild(
         raise ValueError("in Kafka mode replay reads the ledger topic in one process")
     partial = target.with_name(target.name + ".partial")
     remove_store(partial)
-    by_subject = ledger.settings.backend != "kafka"
+    kafka = ledger.settings.backend == "kafka"
+    by_subject = not kafka or from_replica
     # Built subject by subject, the store is only ever written, never read, until complete:
     # its secondary indexes are made once all rows are in (`lay_out`, below). Caught up in
     # log order, it reads its own intervals to close them, and needs them from the start.
     store = ConsentViews.open(partial, indexes=not by_subject, building=True)
     built = False
     try:
-        if by_subject:
+        if kafka and from_replica:
+            read = _from_replica(ledger, store, known_at, batch)
+        elif by_subject:
             read = _by_subject(ledger, store, partial, known_at, batch, workers)
         else:
             projection = ConsentProjection(
@@ -161,6 +172,26 @@ def _by_subject(
         if mark is None:  # the log gave this position a moment ago: not expected
             raise RuntimeError(f"the log holds no fact at its last position {upto}")
         store.position_at(Tracking(APPLICATION, upto), (upto, mark))
+    return read
+
+
+def _from_replica(
+    ledger: ConsentLedger, store: ConsentViews, known_at: datetime | None, batch: int
+) -> int:
+    """The replica's whole log, subject by subject, into the store (Kafka mode), which then
+    stands in each partition where the replica did, with the mark of its last record."""
+    from kafka import TopicPartition
+
+    from ledger.kafka.recorder import KafkaLedgerRecorder
+    from projections.kafka_source import tracking_name
+
+    recorder = ledger.ledger_recorder
+    assert isinstance(recorder, KafkaLedgerRecorder)
+    upto, positions, marks = recorder.replica_state()
+    read = _fold(ledger, store, upto, "", None, known_at, batch)
+    for partition, offset in sorted(positions.items()):
+        tp = TopicPartition(recorder.link.topics.ledger, partition)
+        store.position_at(Tracking(tracking_name(APPLICATION, tp), offset), marks.get(partition))
     return read
 
 

@@ -315,11 +315,14 @@ class ConsentViews(SQLiteTrackingRecorder):
                 if mark is not None:
                     self._mark(c, tracking, mark)
 
-    def position_at(self, tracking: Tracking, mark: tuple[int, str]) -> None:
-        """Give a store built without a position (`projections.rebuild`) its position."""
+    def position_at(self, tracking: Tracking, mark: tuple[int, str] | None) -> None:
+        """Give a store built without a position (`projections.rebuild`) its position (and
+        the mark of the last fact before it, unless no fact is: a ledger partition that
+        holds none of the ledger's records)."""
         with self.datastore.transaction(commit=True) as c:
             self._insert_tracking(c, tracking)
-            self._mark(c, tracking, mark)
+            if mark is not None:
+                self._mark(c, tracking, mark)
 
     def log_mark(self, application_name: str) -> tuple[int, str] | None:
         """The position and hash of the last fact the views applied under this tracking name.

@@ -138,11 +138,13 @@ class Views:
             return self._kafka_catch_up(known_at, page)
 
     def _fill_if_empty(self) -> None:
-        """Fill an empty store over a long embedded log by replay (FILL_BY_REPLAY_FROM).
+        """Fill an empty store over a long log by replay (FILL_BY_REPLAY_FROM).
 
-        In Kafka mode replay reads the ledger topic in log order too: nothing to gain.
+        In Kafka mode the replay is of the process's replica of the ledger topic
+        (`rebuild`'s `from_replica`), subject by subject: caught up from the topic, an
+        empty store took the log in its order, a page at a time.
         """
-        if self.ledger.settings.backend == "kafka" or self.store.max_tracking_id(APPLICATION):
+        if self.store.tracking_names():
             return
         if (self.ledger.recorder.max_notification_id() or 0) < FILL_BY_REPLAY_FROM:
             return
@@ -193,7 +195,7 @@ def fill_by_replay(ledger: ConsentLedger, path: Path) -> int:
     replayed = path.with_name(f"{path.name}.replayed-{os.getpid()}")
     remove_store(replayed)
     try:
-        read = rebuild(ledger, replayed)
+        read = rebuild(ledger, replayed, from_replica=True)
         source, target = sqlite3.connect(replayed), sqlite3.connect(path, timeout=30)
         try:
             source.backup(target)

@@ -49,7 +49,11 @@ SMALL = {
             "--latency-rounds",
             "1",
         ],
-        ["raw consume-transform-produce, 500/txn", "intake writer / raw loop"],
+        [
+            "raw consume-transform-produce, 500/txn",
+            "views filled from the replica",
+            "intake writer / raw loop",
+        ],
     ),
     "projections": (
         [

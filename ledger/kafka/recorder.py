@@ -283,6 +283,28 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                     latest = str(row[0])  # UTC isoformat stamps sort as their instants
         return latest
 
+    def replica_state(self) -> tuple[int, dict[int, int], dict[int, tuple[int, str]]]:
+        """In one read: the replica's last position, the next offset of each partition, and
+        each partition's last record of the ledger's, with its hash (a views' `log_mark`).
+        What views built from the replica up to that position stand at
+        (`projections.rebuild`, filling an empty store)."""
+        with self.datastore.transaction(commit=False) as c:
+            upto = self._max_notification_id(c) or 0
+            c.execute(f"SELECT partition, next_offset FROM {self.positions_table}")
+            positions = {int(row[0]): int(row[1]) for row in c.fetchall()}
+            marks: dict[int, tuple[int, str]] = {}
+            for partition in positions:
+                c.execute(
+                    f"SELECT l.offset, i.hash FROM {self.located_table} AS l "
+                    f"JOIN {self.index_table} AS i ON i.position = l.position "
+                    "WHERE l.partition = ? AND l.position <= ? ORDER BY l.offset DESC LIMIT 1",
+                    (partition, upto),
+                )
+                row = c.fetchone()
+                if row is not None:
+                    marks[partition] = (int(row[0]), str(row[1]))
+        return upto, positions, marks
+
     def accepted_offsets(self, partition: int, first: int, last: int) -> set[int]:
         """The offsets in [first, last] of records this replica applied (the ledger's own)."""
         with self.datastore.transaction(commit=False) as c:
