@@ -275,7 +275,7 @@ class LedgerTopicReader:
         # service) then only ever finds them at the end of a read, which holds whole
         # transactions. A larger one (a first catch-up) commits poll by poll, all the
         # partitions a poll gave in one transaction.
-        whole = sum(ends[tp] - (read_from[tp] or 0) for tp in tps) <= self.whole_read
+        whole = sum(max(0, ends[tp] - (read_from[tp] or 0)) for tp in tps) <= self.whole_read
         pages: dict[TopicPartition, _Page] = {}
         for polled in reading:
             for tp, polled_records in polled.items():
