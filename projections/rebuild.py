@@ -17,7 +17,9 @@ side by side; a log too small to repay starting processes is built in this one.
 The store is built under a temporary name and takes its real name only once it is complete
 and positioned at the moment of the log it reflects, so a replay that dies leaves nothing
 that looks like a store. In Kafka mode the log of record is the ledger topic, read in its own
-order per partition: the same temporary store is caught up from it instead.
+order per partition: the same temporary store is caught up from it instead, but for an
+empty store filled on a first question (`from_replica`), which is built subject by subject
+from the process's replica of the topic, a file as the embedded log is.
 """
 
 from __future__ import annotations
@@ -30,12 +32,17 @@ from pathlib import Path
 from typing import Any
 
 from eventsourcing.persistence import Tracking
+from kafka import TopicPartition
 
 from ledger.application import ConsentLedger
+from ledger.chain import MAPPER
 from ledger.failpoints import failpoint
 from ledger.fsync import fsync_path
+from ledger.kafka.recorder import KafkaLedgerRecorder
+from ledger.recorder import LedgerSQLiteRecorder
 from ledger.settings import Settings
 from projections.consent_projection import ConsentProjection
+from projections.kafka_source import tracking_name
 from projections.known import KnownAt
 from projections.runner import APPLICATION, catch_up
 from projections.store import ConsentViews
@@ -71,21 +78,21 @@ def rebuild(
     is how many processes share the build (default: one per core, for a large enough log).
 
     `from_replica` (Kafka mode): built subject by subject from this process's replica of the
-    ledger topic, in this process, positioned where the replica stands in each partition,
-    instead of caught up from the topic in its order. For filling an empty store, a cache
-    built from a cache that every live read trusts already (`kafka_source`: only the
-    records the replica accepted are applied); `consent-ledger replay`, an inquiry's
-    rebuild, reads the topic itself.
+    ledger topic (by `workers` processes, each reading the replica's file), positioned where
+    the replica stands in each partition, instead of caught up from the topic in its order.
+    For filling an empty store, a cache built from a cache that every live read trusts
+    already (`kafka_source`: only the records the replica accepted are applied);
+    `consent-ledger replay`, an inquiry's rebuild, reads the topic itself.
     """
     if target.exists():
         raise FileExistsError(target)
     if workers is not None and not 1 <= workers <= MAX_WORKERS:
         raise ValueError(f"workers must be from 1 to {MAX_WORKERS}")
-    if workers is not None and workers > 1 and ledger.settings.backend == "kafka":
+    kafka = ledger.settings.backend == "kafka"
+    if workers is not None and workers > 1 and kafka and not from_replica:
         raise ValueError("in Kafka mode replay reads the ledger topic in one process")
     partial = target.with_name(target.name + ".partial")
     remove_store(partial)
-    kafka = ledger.settings.backend == "kafka"
     by_subject = not kafka or from_replica
     # Built subject by subject, the store is only ever written, never read, until complete:
     # its secondary indexes are made once all rows are in (`lay_out`, below). Caught up in
@@ -93,10 +100,8 @@ def rebuild(
     store = ConsentViews.open(partial, indexes=not by_subject, building=True)
     built = False
     try:
-        if kafka and from_replica:
-            read = _from_replica(ledger, store, known_at, batch)
-        elif by_subject:
-            read = _by_subject(ledger, store, partial, known_at, batch, workers)
+        if by_subject:
+            read = _by_subject(ledger, store, partial, known_at, batch, workers, replica=kafka)
         else:
             projection = ConsentProjection(
                 view=store, cache_facts=ledger.settings.views_cache_facts
@@ -138,8 +143,22 @@ def _by_subject(
     known_at: datetime | None,
     batch: int,
     workers: int | None,
+    replica: bool = False,
 ) -> int:
-    upto = ledger.recorder.max_notification_id() or 0
+    """The log subject by subject into the store, in ranges of subjects over `workers`
+    processes; positioned after the last entry read. With `replica` (Kafka mode), the log is
+    this process's replica of the ledger topic, which the workers read as a file (no
+    broker), and the store stands in each partition where the replica did, with the mark of
+    its last record there."""
+    positions: dict[int, int] = {}
+    marks: dict[int, tuple[int, str]] = {}
+    if replica:
+        recorder = ledger.ledger_recorder
+        assert isinstance(recorder, KafkaLedgerRecorder)
+        topic = recorder.link.topics.ledger
+        upto, positions, marks = recorder.replica_state()
+    else:
+        upto = ledger.recorder.max_notification_id() or 0
     if workers is None:
         workers = min(os.cpu_count() or 1, MAX_WORKERS) if upto >= PARALLEL_FROM else 1
     ranges = id_ranges(workers)
@@ -149,14 +168,24 @@ def _by_subject(
             receiver, sender = _SPAWN.Pipe(duplex=False)
             process = _SPAWN.Process(
                 target=_build_part,
-                args=(ledger.settings, partial, upto, from_id, to_id, known_at, batch, sender),
+                args=(
+                    ledger.settings,
+                    partial,
+                    upto,
+                    from_id,
+                    to_id,
+                    known_at,
+                    batch,
+                    sender,
+                    replica,
+                ),
                 name=f"replay-{from_id}",
             )
             process.start()
             sender.close()
             started.append((process, receiver))
         from_id, to_id = ranges[0]
-        read = _fold(ledger, store, upto, from_id, to_id, known_at, batch)
+        read = _fold(ledger.ledger_recorder, store, upto, from_id, to_id, known_at, batch)
         for process, receiver in started:
             read += _result_of(process, receiver)
     except BaseException:
@@ -167,31 +196,17 @@ def _by_subject(
         for process, receiver in started:
             process.join()
             receiver.close()
-    if upto:  # an empty log leaves no position, as catching up from it would
+    if replica:
+        for partition, offset in sorted(positions.items()):
+            tracking = Tracking(
+                tracking_name(APPLICATION, TopicPartition(topic, partition)), offset
+            )
+            store.position_at(tracking, marks.get(partition))
+    elif upto:  # an empty log leaves no position, as catching up from it would
         mark = ledger.ledger_recorder.hash_at(upto)
         if mark is None:  # the log gave this position a moment ago: not expected
             raise RuntimeError(f"the log holds no fact at its last position {upto}")
         store.position_at(Tracking(APPLICATION, upto), (upto, mark))
-    return read
-
-
-def _from_replica(
-    ledger: ConsentLedger, store: ConsentViews, known_at: datetime | None, batch: int
-) -> int:
-    """The replica's whole log, subject by subject, into the store (Kafka mode), which then
-    stands in each partition where the replica did, with the mark of its last record."""
-    from kafka import TopicPartition
-
-    from ledger.kafka.recorder import KafkaLedgerRecorder
-    from projections.kafka_source import tracking_name
-
-    recorder = ledger.ledger_recorder
-    assert isinstance(recorder, KafkaLedgerRecorder)
-    upto, positions, marks = recorder.replica_state()
-    read = _fold(ledger, store, upto, "", None, known_at, batch)
-    for partition, offset in sorted(positions.items()):
-        tp = TopicPartition(recorder.link.topics.ledger, partition)
-        store.position_at(Tracking(tracking_name(APPLICATION, tp), offset), marks.get(partition))
     return read
 
 
@@ -206,7 +221,7 @@ def id_ranges(parts: int) -> list[tuple[str, str | None]]:
 
 
 def _fold(
-    ledger: ConsentLedger,
+    recorder: LedgerSQLiteRecorder,
     store: ConsentViews,
     upto: int,
     from_id: str,
@@ -218,10 +233,10 @@ def _fold(
     projection = ConsentProjection(view=store)
     known = None if known_at is None else KnownAt(known_at)
     read = 0
-    reading = ledger.ledger_recorder.by_aggregate(batch, upto=upto, from_id=from_id, to_id=to_id)
+    reading = recorder.by_aggregate(batch, upto=upto, from_id=from_id, to_id=to_id)
     with reading as (_, batches):
         for stored in batches:
-            events: list[Any] = [ledger.mapper.to_domain_event(s) for s in stored]
+            events: list[Any] = [MAPPER.to_domain_event(s) for s in stored]
             if known is not None:
                 events = [e for e in events if known(e)]
             projection.project_histories(events)
@@ -239,18 +254,29 @@ def _build_part(
     known_at: datetime | None,
     batch: int,
     results: Connection,
+    replica: bool = False,
 ) -> None:
-    """A worker process: one range of subjects into the shared temporary store."""
+    """A worker process: one range of subjects into the shared temporary store.
+
+    It reads the log's file (the embedded log, or in Kafka mode with `replica` the replica
+    of the ledger topic) and nothing else: the process that started it opened the ledger,
+    and up to `upto` the file's rows never change. Opening a Kafka-mode ledger here would
+    reach for the broker and catch the replica up from a second process.
+    """
+    from eventsourcing.sqlite import SQLiteDatastore
+
     from ledger.runtime import tune
 
-    ledger = ConsentLedger(settings)
+    assert replica == (settings.backend == "kafka")
+    datastore = SQLiteDatastore(str(settings.log_path), lock_timeout=30)
+    recorder = LedgerSQLiteRecorder(datastore)
     store = ConsentViews.open(partial, indexes=False, building=True)
     tune()  # spawned, so not tuned like the process that started it
     try:
-        results.send(_fold(ledger, store, upto, from_id, to_id, known_at, batch))
+        results.send(_fold(recorder, store, upto, from_id, to_id, known_at, batch))
     finally:
         store.close()
-        ledger.close()
+        datastore.close()
         results.close()
 
 

@@ -182,8 +182,9 @@ def test_an_empty_store_over_a_long_kafka_log_is_filled_from_the_replica(
     """In Kafka mode an empty store took the ledger topic in its order, a page at a time
     (9,000 facts/s in `python -m bench kafka`'s replay row, against 24,000 for a replay
     subject by subject in one process). Filled from the process's replica, subject by
-    subject, it holds what catching up from the topic gives, stands where the replica
-    stood with the marks of the same records, and is caught up from the topic on top."""
+    subject (its worker processes reading the replica's file), it holds what catching up
+    from the topic gives, stands where the replica stood with the marks of the same
+    records, and is caught up from the topic on top."""
     from tests.kafka_support import kafka_settings
 
     ledger = ConsentLedger(kafka_settings(tmp_path / "data", kafka_bootstrap))
@@ -191,6 +192,8 @@ def test_an_empty_store_over_a_long_kafka_log_is_filled_from_the_replica(
         ledger.init_demo()
         record(ledger, demo_stream(subjects=300))
         monkeypatch.setattr(views_module, "FILL_BY_REPLAY_FROM", 100)
+        # A process per core, as at scale: the others read the replica's file, no broker.
+        monkeypatch.setattr(rebuild_module, "PARALLEL_FROM", 100)
         views = filled(ledger, caplog)
         reference, projection = caught_up(ledger, tmp_path / "caught-up.db")
         assert dump(views.store) == dump(reference)
