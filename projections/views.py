@@ -28,7 +28,7 @@ log = logging.getLogger("consent_ledger.projections")
 # an old log, views moved away after an upgrade) waited minutes. Below it, catching up
 # takes seconds and starting replay's processes is not repaid. In Kafka mode, since
 # 2026-12-06, over a replica of the ledger topic at least this long, built from the replica
-# in this process (`python -m bench kafka`: 21,940 entries a second, against 12,244 caught up
+# (`python -m bench kafka`, in one process: 21,940 entries a second, against 12,244 caught up
 # from the topic).
 FILL_BY_REPLAY_FROM = 50_000
 
