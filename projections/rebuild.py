@@ -32,17 +32,14 @@ from pathlib import Path
 from typing import Any
 
 from eventsourcing.persistence import Tracking
-from kafka import TopicPartition
 
 from ledger.application import ConsentLedger
 from ledger.chain import MAPPER
 from ledger.failpoints import failpoint
 from ledger.fsync import fsync_path
-from ledger.kafka.recorder import KafkaLedgerRecorder
 from ledger.recorder import LedgerSQLiteRecorder
 from ledger.settings import Settings
 from projections.consent_projection import ConsentProjection
-from projections.kafka_source import tracking_name
 from projections.known import KnownAt
 from projections.runner import APPLICATION, catch_up
 from projections.store import ConsentViews
@@ -150,13 +147,23 @@ def _by_subject(
     this process's replica of the ledger topic, which the workers read as a file (no
     broker), and the store stands in each partition where the replica did, with the mark of
     its last record there."""
-    positions: dict[int, int] = {}
-    marks: dict[int, tuple[int, str]] = {}
+    # Where the store will stand in each ledger partition, and the mark of its last record.
+    partitions: list[tuple[Tracking, tuple[int, str] | None]] = []
     if replica:
+        # Kafka's modules only where Kafka is: an embedded ledger's processes never load them.
+        from kafka import TopicPartition
+
+        from ledger.kafka.recorder import KafkaLedgerRecorder
+        from projections.kafka_source import tracking_name
+
         recorder = ledger.ledger_recorder
         assert isinstance(recorder, KafkaLedgerRecorder)
         topic = recorder.link.topics.ledger
         upto, positions, marks = recorder.replica_state()
+        partitions = [
+            (Tracking(tracking_name(APPLICATION, TopicPartition(topic, p)), offset), marks.get(p))
+            for p, offset in sorted(positions.items())
+        ]
     else:
         upto = ledger.recorder.max_notification_id() or 0
     if workers is None:
@@ -197,11 +204,8 @@ def _by_subject(
             process.join()
             receiver.close()
     if replica:
-        for partition, offset in sorted(positions.items()):
-            tracking = Tracking(
-                tracking_name(APPLICATION, TopicPartition(topic, partition)), offset
-            )
-            store.position_at(tracking, marks.get(partition))
+        for tracking, last in partitions:
+            store.position_at(tracking, last)
     elif upto:  # an empty log leaves no position, as catching up from it would
         mark = ledger.ledger_recorder.hash_at(upto)
         if mark is None:  # the log gave this position a moment ago: not expected
