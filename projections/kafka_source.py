@@ -53,13 +53,14 @@ def tracking_name(application: str, tp: TopicPartition) -> str:
     return f"{application}@{tp.topic}/{tp.partition}"
 
 
+def partition_name(recorder: KafkaLedgerRecorder, application: str, partition: int) -> str:
+    """The tracking name of one partition of the recorder's ledger topic."""
+    return tracking_name(application, TopicPartition(recorder.link.topics.ledger, partition))
+
+
 def tracking_names(recorder: KafkaLedgerRecorder, application: str) -> set[str]:
     """The tracking names of the ledger topic's partitions."""
-    topic = recorder.link.topics.ledger
-    return {
-        tracking_name(application, TopicPartition(topic, p))
-        for p in range(recorder.link.partitions)
-    }
+    return {partition_name(recorder, application, p) for p in range(recorder.link.partitions)}
 
 
 def check_marks(

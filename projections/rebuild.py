@@ -151,17 +151,14 @@ def _by_subject(
     partitions: list[tuple[Tracking, tuple[int, str] | None]] = []
     if replica:
         # Kafka's modules only where Kafka is: an embedded ledger's processes never load them.
-        from kafka import TopicPartition
-
         from ledger.kafka.recorder import KafkaLedgerRecorder
-        from projections.kafka_source import tracking_name
+        from projections.kafka_source import partition_name
 
         recorder = ledger.ledger_recorder
         assert isinstance(recorder, KafkaLedgerRecorder)
-        topic = recorder.link.topics.ledger
         upto, positions, marks = recorder.replica_state()
         partitions = [
-            (Tracking(tracking_name(APPLICATION, TopicPartition(topic, p)), offset), marks.get(p))
+            (Tracking(partition_name(recorder, APPLICATION, p), offset), marks.get(p))
             for p, offset in sorted(positions.items())
         ]
     else:

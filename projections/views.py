@@ -83,15 +83,12 @@ class Views:
             position = reads.position(APPLICATION)
             recorded = recorder.recorded_at_through(position) if position else None
         else:
-            from kafka import TopicPartition
-
             from ledger.kafka.recorder import KafkaLedgerRecorder
-            from projections.kafka_source import tracking_name
+            from projections.kafka_source import partition_name
 
             assert isinstance(recorder, KafkaLedgerRecorder)
-            topic = recorder.link.topics.ledger
             positions = {
-                p: reads.position(tracking_name(APPLICATION, TopicPartition(topic, p)))
+                p: reads.position(partition_name(recorder, APPLICATION, p))
                 for p in range(recorder.link.partitions)
             }
             recorded = recorder.recorded_at_before({p: o for p, o in positions.items() if o})
@@ -106,16 +103,14 @@ class Views:
         if self.ledger.settings.backend != "kafka":
             head = recorder.max_notification_id() or 0
             return max(0, head - (store.max_tracking_id(APPLICATION) or 0))
-        from kafka import TopicPartition
-
         from ledger.kafka.recorder import KafkaLedgerRecorder
-        from projections.kafka_source import tracking_name
+        from projections.kafka_source import partition_name
 
         assert isinstance(recorder, KafkaLedgerRecorder)
         lag = 0
         for partition, offset in recorder.positions().items():
-            tp = TopicPartition(recorder.link.topics.ledger, partition)
-            lag += max(0, offset - (store.max_tracking_id(tracking_name(APPLICATION, tp)) or 0))
+            read = store.max_tracking_id(partition_name(recorder, APPLICATION, partition))
+            lag += max(0, offset - (read or 0))
         return lag
 
     def check(self) -> None:
