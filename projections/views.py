@@ -26,10 +26,8 @@ log = logging.getLogger("consent_ledger.projections")
 # bench projections` the catch-up ran at 4,925-7,133 entries a second and replay at
 # 20,000-46,344, so a first question on a data directory without views (a new server over
 # an old log, views moved away after an upgrade) waited minutes. Below it, catching up
-# takes seconds and starting replay's processes is not repaid. In Kafka mode, since
-# 2026-12-06, over a replica of the ledger topic at least this long, built from the replica
-# (`python -m bench kafka`, in one process: 21,940 entries a second, against 12,244 caught up
-# from the topic).
+# takes seconds and starting replay's processes is not repaid. Kafka mode has a bound of its
+# own (`Views._long_enough_to_fill`).
 FILL_BY_REPLAY_FROM = 50_000
 
 
@@ -122,9 +120,6 @@ class Views:
 
     def refresh(self, *, known_at: datetime | None = None, page: int = 5000) -> int:
         with self._lock:
-            if not self._fill_checked and known_at is None:
-                self._fill_checked = True
-                self._fill_if_empty()
             if self._reader is None and self.ledger.settings.backend == "kafka":
                 from ledger.kafka.recorder import KafkaLedgerRecorder
                 from projections.kafka_source import LedgerTopicReader
@@ -132,8 +127,18 @@ class Views:
                 assert isinstance(self.ledger.recorder, KafkaLedgerRecorder)
                 self._reader = LedgerTopicReader(self.ledger.recorder, self.stopping)
             if self._reader is None:
+                self._fill_once(known_at)
                 return catch_up(self.ledger, self.projection, known_at=known_at, page=page)
             return self._kafka_catch_up(known_at, page)
+
+    def _fill_once(self, known_at: datetime | None) -> None:
+        """On the first refresh of the present (not of what the ledger knew at an instant),
+        fill the store if it is empty and the log long. Marked done only once done: a fill
+        that the broker's absence ended is tried again with the next question."""
+        if self._fill_checked or known_at is not None:
+            return
+        self._fill_if_empty()
+        self._fill_checked = True
 
     def _fill_if_empty(self) -> None:
         """Fill an empty store over a long log by replay (FILL_BY_REPLAY_FROM).
@@ -142,9 +147,7 @@ class Views:
         (`rebuild`'s `from_replica`), subject by subject: caught up from the topic, an
         empty store took the log in its order, a page at a time.
         """
-        if self.store.tracking_names():
-            return
-        if (self.ledger.recorder.max_notification_id() or 0) < FILL_BY_REPLAY_FROM:
+        if self.store.tracking_names() or not self._long_enough_to_fill():
             return
         began = time.monotonic()
         assert self.store.path is not None  # opened by ConsentViews.open
@@ -156,12 +159,37 @@ class Views:
             extra={"entries": read},
         )
 
+    def _long_enough_to_fill(self) -> bool:
+        """Whether an empty store is filled rather than caught up.
+
+        Embedded: from `FILL_BY_REPLAY_FROM` entries, where replay repays its processes. In
+        Kafka mode, whenever catching up from the topic would be a read longer than one
+        transaction of the views holds (`kafka_source.WHOLE_READ` offsets): such a read
+        commits poll by poll, so another process applying the same views (a `worker` beside
+        the service) could find part of a ledger transaction applied, while a fill is copied
+        in whole; it is faster too (`python -m bench kafka`, 2026-12-06: 21,940 entries a
+        second from the replica in one process, 12,244 from the topic). The replica is
+        caught up first, as the read from the topic would have it: counted stale, a fresh
+        data directory's replica would send a long log's catch-up to the topic.
+        """
+        recorder = self.ledger.ledger_recorder
+        if self.ledger.settings.backend != "kafka":
+            return (recorder.max_notification_id() or 0) >= FILL_BY_REPLAY_FROM
+        from ledger.kafka.reading import never
+        from ledger.kafka.recorder import KafkaLedgerRecorder
+        from projections import kafka_source
+
+        assert isinstance(recorder, KafkaLedgerRecorder)
+        recorder.catch_up(self.stopping or never)
+        return sum(recorder.positions().values()) > kafka_source.WHOLE_READ
+
     def _kafka_catch_up(self, known_at: datetime | None, page: int) -> int:
         from ledger.kafka.recorder import LedgerUnavailable
 
         if self._away is not None and time.monotonic() - self._away[0] < self.recheck_s:
             raise LedgerUnavailable(f"{self._away[1]} (less than {self.recheck_s:g} s ago)")
         try:
+            self._fill_once(known_at)
             read = catch_up(
                 self.ledger, self.projection, known_at=known_at, page=page, reader=self._reader
             )

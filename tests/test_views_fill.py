@@ -17,6 +17,7 @@ from ledger.application import ConsentLedger
 from ledger.demo import demo_stream
 from ledger.envelope import parse_fact
 from ledger.settings import Settings
+from projections import kafka_source
 from projections import rebuild as rebuild_module
 from projections import views as views_module
 from projections.consent_projection import ConsentProjection
@@ -191,7 +192,7 @@ def test_an_empty_store_over_a_long_kafka_log_is_filled_from_the_replica(
     try:
         ledger.init_demo()
         record(ledger, demo_stream(subjects=300))
-        monkeypatch.setattr(views_module, "FILL_BY_REPLAY_FROM", 100)
+        monkeypatch.setattr(kafka_source, "WHOLE_READ", 100)
         # A process per core, as at scale: the others read the replica's file, no broker.
         monkeypatch.setattr(rebuild_module, "PARALLEL_FROM", 100)
         views = filled(ledger, caplog)
@@ -211,5 +212,114 @@ def test_an_empty_store_over_a_long_kafka_log_is_filled_from_the_replica(
         assert again.refresh() == 0
         again.close()
         reference.close()
+    finally:
+        ledger.close()
+
+
+@pytest.mark.kafka
+def test_a_kafka_store_is_filled_when_its_catch_up_would_not_be_one_read(
+    tmp_path: Path, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """An empty store is caught up from the topic while that is one read, applied in one
+    transaction (`WHOLE_READ` offsets), and filled from the replica once it would be more:
+    a longer read commits poll by poll, and another process applying the same views could
+    find part of a ledger transaction applied. The bound is counted on the replica caught
+    up first: the reader's data directory here is not the writer's, and its replica has
+    only what it read when it opened; counted as it stood, the log looked short."""
+    import base64
+    import dataclasses
+
+    from ledger.kafka.recorder import KafkaLedgerRecorder
+    from tests.kafka_support import kafka_settings
+
+    # One master key, as every process of one ledger has (the reader accepts the records).
+    master = base64.b64encode(os.urandom(32)).decode()
+    writing = kafka_settings(tmp_path / "writer", kafka_bootstrap, master_key=master)
+    writer = ConsentLedger(writing)
+    writer.init_demo()
+    readers: list[ConsentLedger] = []
+    try:
+        for n in range(2):
+            readers.append(
+                ConsentLedger(dataclasses.replace(writing, data_dir=tmp_path / f"reader-{n}"))
+            )
+        # After the readers' replicas were read (as a `serve` beside a `worker` on another
+        # data directory, opened before the facts came; a key store of its own is refused
+        # over a log that already holds subjects).
+        record(writer, demo_stream(subjects=100))
+        offsets = topic_offsets(writer.settings)  # its records and transaction markers
+        for reader, whole_read in zip(readers, [offsets, offsets - 1], strict=True):
+            replica = reader.ledger_recorder
+            assert isinstance(replica, KafkaLedgerRecorder)
+            assert sum(replica.positions().values()) < whole_read  # as it opened
+            monkeypatch.setattr(kafka_source, "WHOLE_READ", whole_read)
+            views = Views(reader)
+            caplog.clear()
+            with caplog.at_level(logging.INFO, logger="consent_ledger.projections"):
+                views.refresh()
+            fill = "the empty views were filled by replay" in caplog.text
+            assert fill == (whole_read < offsets), whole_read
+            reference, _ = caught_up(writer, tmp_path / f"caught-up-{whole_read}.db")
+            assert dump(views.store) == dump(reference)
+            assert marks(views.store) == marks(reference)
+            views.close()
+            reference.close()
+    finally:
+        for reader in readers:
+            reader.close()
+        writer.close()
+
+
+def topic_offsets(settings: Settings) -> int:
+    """The offsets of the ledger topic's partitions, summed: what a catch-up of an empty
+    store reads."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        topic = f"{settings.topic_prefix}.ledger"
+        ends = consumer.end_offsets([TopicPartition(topic, p) for p in range(settings.partitions)])
+    finally:
+        consumer.close()
+    return sum(ends.values())
+
+
+@pytest.mark.kafka
+def test_a_kafka_fill_the_broker_ended_is_tried_again(
+    tmp_path: Path, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """The fill's first step, catching the replica up, fails while the broker is away (here
+    the recorder says so once: the step under test is what the views do after). The
+    question fails as any would; the next fills the store, where marking the fill looked
+    for before it was done had it caught up from the topic poll by poll."""
+    from ledger.kafka.recorder import KafkaLedgerRecorder, LedgerUnavailable
+    from tests.kafka_support import kafka_settings
+
+    ledger = ConsentLedger(kafka_settings(tmp_path / "data", kafka_bootstrap))
+    try:
+        ledger.init_demo()
+        record(ledger, demo_stream(subjects=100))
+        monkeypatch.setattr(kafka_source, "WHOLE_READ", 100)
+        catch_up_replica = KafkaLedgerRecorder.catch_up
+        calls = []
+
+        def away_once(self: KafkaLedgerRecorder, *args: Any, **kwargs: Any) -> int:
+            calls.append(1)
+            if len(calls) == 1:
+                raise LedgerUnavailable("the broker is away (a stand-in)")
+            return catch_up_replica(self, *args, **kwargs)
+
+        monkeypatch.setattr(KafkaLedgerRecorder, "catch_up", away_once)
+        views = Views(ledger)
+        with pytest.raises(LedgerUnavailable):
+            views.refresh()
+        assert views.store.tracking_names() == set()
+        with caplog.at_level(logging.INFO, logger="consent_ledger.projections"):
+            views.refresh()
+        assert "the empty views were filled by replay" in caplog.text
+        replica = ledger.ledger_recorder
+        assert isinstance(replica, KafkaLedgerRecorder)
+        assert views.store.tracking_names() == kafka_source.tracking_names(replica, APPLICATION)
+        views.close()
     finally:
         ledger.close()
