@@ -180,7 +180,8 @@ class Views:
         from projections import kafka_source
 
         assert isinstance(recorder, KafkaLedgerRecorder)
-        recorder.catch_up(self.stopping or never)
+        # On the consumers the views' reads keep (made in `refresh`), not two more.
+        recorder.catch_up(self.stopping or never, kept=self._reader.kept())
         return sum(recorder.positions().values()) > kafka_source.WHOLE_READ
 
     def _kafka_catch_up(self, known_at: datetime | None, page: int) -> int:
