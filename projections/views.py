@@ -141,7 +141,7 @@ class Views:
         self._fill_checked = True
 
     def _fill_if_empty(self) -> None:
-        """Fill an empty store over a long log by replay (FILL_BY_REPLAY_FROM).
+        """Fill an empty store over a long log by replay (how long: `_long_enough_to_fill`).
 
         In Kafka mode the replay is of the process's replica of the ledger topic
         (`rebuild`'s `from_replica`), subject by subject: caught up from the topic, an
