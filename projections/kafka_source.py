@@ -3,7 +3,8 @@
 A position is (partition, offset): each ledger partition is tracked on its own, under the
 tracking name `<application>@<topic>/<partition>` with the next offset to read, and the
 view changes a read makes commit with the positions of every partition it read in one
-transaction — the same exactly-once idiom as embedded mode. Offsets have gaps (transaction
+transaction — the same exactly-once idiom as embedded mode; a read too long to hold whole
+commits as it goes, at instants of transaction time (`_Read`). Offsets have gaps (transaction
 markers, aborted records), so the position is always the consumer's, never an offset plus
 one assumed.
 
@@ -17,14 +18,14 @@ stop the projection for good on a duplicate.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from eventsourcing.persistence import Mapper, Tracking
 from kafka import KafkaConsumer, TopicPartition
 
-from ledger.chain import stored_hash
 from ledger.kafka.reachable import BrokerWatch
 from ledger.kafka.reading import (
     KeptReaders,
@@ -37,6 +38,7 @@ from ledger.kafka.reading import (
     settled_ends,
 )
 from ledger.kafka.recorder import KafkaLedgerRecorder, LedgerUnavailable
+from ledger.recorder import FactKey
 from projections.consent_projection import ConsentProjection
 from projections.known import KnownAt
 from projections.store import ConsentViews, ViewsOfAnotherLog
@@ -93,17 +95,124 @@ def check_marks(
 @dataclass
 class _Page:
     """What a read took of one partition: from `after` (the views' position before it) to
-    `position`, the events to apply, and the last fact's offset and stored event (the
-    views' `log_mark`)."""
+    `position`, the events to apply, and the offset and hash of the last record of the
+    ledger's among them (the views' `log_mark`)."""
 
     after: int | None
     position: int = 0
     events: list[Any] = field(default_factory=list)
-    last: tuple[int, Any] | None = None
+    mark: tuple[int, str] | None = None
 
-    @property
-    def mark(self) -> tuple[int, str] | None:
-        return None if self.last is None else (self.last[0], stored_hash(self.last[1]))
+
+class _Read:
+    """The records one catch-up has read and not applied yet, partition by partition, and
+    which of them may be applied together (`settled`)."""
+
+    def __init__(
+        self,
+        tps: list[TopicPartition],
+        read_from: dict[TopicPartition, int | None],
+        ends: dict[TopicPartition, int],
+        hash_at: Callable[[int, int], str | None],
+    ) -> None:
+        """`hash_at(partition, offset)`: the hash of the ledger's record there, for the
+        views' mark (`KafkaLedgerRecorder.hash_at_offset`: the replica accepted every record
+        a read applies, and holds its hash)."""
+        self.tps = tps
+        self.hash_at = hash_at
+        self.after = dict(read_from)  # where the views stand in each partition
+        self.ends = ends
+        # How far each partition was read (its consumer's position after the last poll).
+        self.read_to: dict[TopicPartition, int] = {tp: read_from[tp] or 0 for tp in tps}
+        # The records read and not applied yet, in three lists a partition (no object a
+        # record: held for every record of a read held whole, a tuple each, or its stored
+        # event, cost the catch-up about 5%, the garbage collector's): their offsets, their
+        # transaction times as recorded (an event that is not a fact has that of the fact
+        # before it in the partition; None before any), and the events to apply (None: left
+        # out by `known`). The views' mark takes the replica's hash of the last one.
+        self.offsets: dict[TopicPartition, list[int]] = {tp: [] for tp in tps}
+        self.recorded: dict[TopicPartition, list[str | None]] = {tp: [] for tp in tps}
+        self.events: dict[TopicPartition, list[Any]] = {tp: [] for tp in tps}
+        self.latest: dict[TopicPartition, str | None] = dict.fromkeys(tps)
+
+    def take(
+        self,
+        tp: TopicPartition,
+        decoded: Iterable[tuple[int, FactKey | None, Any]],
+        position: int,
+    ) -> None:
+        """Hold what a poll gave of a partition, (offset, fact, event to apply or None) in
+        offset order, read to `position`."""
+        offsets, recorded, events = self.offsets[tp], self.recorded[tp], self.events[tp]
+        latest = self.latest[tp]
+        for offset, fact, event in decoded:
+            if fact is not None:
+                latest = fact.recorded_at
+            offsets.append(offset)
+            recorded.append(latest)
+            events.append(event)
+        self.latest[tp] = latest
+        self.read_to[tp] = position
+
+    def settled(self, *, final: bool) -> dict[TopicPartition, _Page]:
+        """The pages to apply now, taken out of what is held: everything at the read's end
+        (`final`); before it, the facts recorded up to the earliest of the latest
+        instants read in the partitions not read to their end yet.
+
+        Each partition holds its facts in the order of their transaction time (the writer
+        stamps a batch in log order, and no later than the log's last fact), so a partition
+        read to instant T has nothing unread recorded at T or before: up to the earliest
+        such T, the facts of every partition are all read. Committed poll by poll instead,
+        one partition's facts of a transaction stood applied without another's, and the
+        instant of the latest fact the views held divided nothing.
+        """
+        cut: datetime | None = None
+        if not final:
+            unread = [self.latest[tp] for tp in self.tps if self.read_to[tp] < self.ends[tp]]
+            if None in unread:
+                cut = _NOTHING  # a partition not read yet could hold any instant after
+            elif unread:
+                cut = min(_instant(t) for t in unread)
+        pages: dict[TopicPartition, _Page] = {}
+        for tp in self.tps:
+            offsets, recorded, events = self.offsets[tp], self.recorded[tp], self.events[tp]
+            n = len(offsets)
+            if cut is not None:
+                n = 0
+                while n < len(offsets) and _instant(recorded[n]) <= cut:
+                    n += 1
+            position = offsets[n] if n < len(offsets) else self.read_to[tp]
+            if position <= (self.after[tp] or 0):
+                continue
+            last = offsets[n - 1] if n else None
+            fact_hash = None if last is None else self.hash_at(tp.partition, last)
+            pages[tp] = _Page(
+                after=self.after[tp],
+                position=position,
+                events=[e for e in events[:n] if e is not None],
+                mark=None if last is None or fact_hash is None else (last, fact_hash),
+            )
+            del offsets[:n], recorded[:n], events[:n]
+            self.after[tp] = position
+        return pages
+
+
+# Before any instant: what a record without one (nothing of its partition read before it
+# but events that are not facts) is taken to have been recorded at.
+_NOTHING = datetime.min.replace(tzinfo=UTC)
+
+
+def _instant(recorded_at: str | None) -> datetime:
+    return _NOTHING if recorded_at is None else datetime.fromisoformat(recorded_at)
+
+
+def _to_apply(
+    decoded: Iterable[tuple[Any, Any, FactKey | None]], mapper: Mapper[Any], known: KnownAt | None
+) -> Iterator[tuple[int, FactKey | None, Any]]:
+    """(offset, fact, the event to apply or None: one `known` leaves out)."""
+    for record, stored, fact in decoded:
+        event = mapper.to_domain_event(stored)
+        yield record.offset, fact, event if known is None or known(event) else None
 
 
 class LedgerTopicReader:
@@ -170,6 +279,8 @@ class LedgerTopicReader:
         application: str,
         pages: dict[TopicPartition, _Page],
     ) -> None:
+        if not pages:
+            return
         projection.process_read(
             [
                 (
@@ -274,10 +385,12 @@ class LedgerTopicReader:
         # A read small enough to hold is applied in one transaction at its end: another
         # process applying the same views (a `worker` or `project --follow` beside the
         # service) then only ever finds them at the end of a read, which holds whole
-        # transactions. A larger one (a first catch-up) commits poll by poll, all the
-        # partitions a poll gave in one transaction.
+        # transactions. A larger one (views far behind) commits as it goes, at instants of
+        # transaction time (`_Read.settled`): each commit holds every fact recorded up to
+        # the latest it holds and none after, which is what the moment of who had
+        # consent's pages needs of them.
         whole = sum(max(0, ends[tp] - (read_from[tp] or 0)) for tp in tps) <= self.whole_read
-        pages: dict[TopicPartition, _Page] = {}
+        read = _Read(tps, read_from, ends, self.recorder.hash_at_offset)
         for polled in reading:
             for tp, polled_records in polled.items():
                 records = [r for r in polled_records if r.offset < ends[tp]]
@@ -292,22 +405,13 @@ class LedgerTopicReader:
                     # views another process had taken past this read's end, polled with
                     # the others. Its position stays where the views have it.
                     continue
-                taken = pages.setdefault(tp, _Page(after=read_from[tp]))
                 accepted = self._accepted(tp.partition, records)
-                for record, stored, _ in ledger_events(
+                decoded = ledger_events(
                     (r for r in records if r.offset in accepted), self.link.record_key
-                ):
-                    taken.last = (record.offset, stored)
-                    event: Any = mapper.to_domain_event(stored)
-                    if known is None or known(event):
-                        taken.events.append(event)
-                taken.position = position
+                )
+                read.take(tp, _to_apply(decoded, mapper, known), position)
                 processed += len(records)
-            if not whole and pages:
-                self._apply(projection, application, pages)
-                for tp, taken in pages.items():
-                    read_from[tp] = taken.position
-                pages = {}
-        if pages:
-            self._apply(projection, application, pages)
+            if not whole:
+                self._apply(projection, application, read.settled(final=False))
+        self._apply(projection, application, read.settled(final=True))
         return processed

@@ -165,10 +165,11 @@ class Views:
         Embedded: from `FILL_BY_REPLAY_FROM` entries, where replay repays its processes. In
         Kafka mode, whenever catching up from the topic would be a read longer than one
         transaction of the views holds (`kafka_source.WHOLE_READ` offsets): such a read
-        commits poll by poll, so another process applying the same views (a `worker` beside
-        the service) could find part of a ledger transaction applied, while a fill is copied
-        in whole; it is faster too (`python -m bench kafka`, 2026-12-06: 21,940 entries a
-        second from the replica in one process, 12,244 from the topic). The replica is
+        commits as it goes (at instants of transaction time), so another process applying
+        the same views (a `worker` beside the service) could find part of a ledger
+        transaction applied, while a fill is copied in whole; it is faster too (`python -m
+        bench kafka`, 2026-12-06: 21,940 entries a second from the replica in one process,
+        12,244 from the topic). The replica is
         caught up first, as the read from the topic would have it: counted stale, a fresh
         data directory's replica would send a long log's catch-up to the topic.
         """

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -310,14 +311,34 @@ def test_views_another_reader_took_past_this_read_s_end_stay_where_they_are(
         ledger.close()
 
 
+class Observed(NamedTuple):
+    """What `_observed_reads` saw: the positions the store held at each poll, those at the
+    end, whether its rows came out as a whole read's, and at each poll the facts (event id,
+    recorded_at) it held, with those the ledger holds."""
+
+    seen: list[frozenset[tuple[str, int]]]
+    end: frozenset[tuple[str, int]]
+    same: bool
+    held: list[frozenset[tuple[str, str]]]
+    facts: frozenset[tuple[str, str]]
+
+
+def time_prefix(held: frozenset[tuple[str, str]], facts: frozenset[tuple[str, str]]) -> bool:
+    """Whether the views hold every fact recorded up to the latest they hold (and so none
+    is applied later with an instant the first page of who had consent took as the
+    divide)."""
+    latest = max((datetime.fromisoformat(at) for _, at in held), default=None)
+    if latest is None:
+        return True
+    return held == {f for f in facts if datetime.fromisoformat(f[1]) <= latest}
+
+
 def _observed_reads(
     tmp_path: Path, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch, whole_read: int
-) -> tuple[list[frozenset[tuple[str, int]]], frozenset[tuple[str, int]], bool]:
+) -> Observed:
     """One catch-up of a fresh store over a transaction that spans the ledger's three
     partitions, polled a record at a time. Between polls, a connection of its own (as
-    another process would) reads the positions the store holds; returns what it saw at
-    each poll, the positions at the end, and whether the views' rows are those of another
-    store caught up from the same ledger as a whole read."""
+    another process would) reads the positions and facts the store holds."""
     import sqlite3
 
     from ledger.application import ConsentLedger
@@ -336,18 +357,26 @@ def _observed_reads(
     reader = kafka_source.LedgerTopicReader(ledger.ledger_recorder)  # type: ignore[arg-type]
     reader.whole_read = whole_read
     seen: list[frozenset[tuple[str, int]]] = []
+    held: list[frozenset[tuple[str, str]]] = []
     other = sqlite3.connect(tmp_path / "views.db")
 
     def positions() -> frozenset[tuple[str, int]]:
         rows = other.execute("SELECT application_name, notification_id FROM tracking")
         return frozenset((str(n), int(i)) for n, i in rows if "@" in str(n))
 
+    def facts(db: sqlite3.Connection) -> frozenset[tuple[str, str]]:
+        return frozenset(db.execute("SELECT event_id, recorded_at FROM view_entries"))
+
     polls = reading.polls_to_end  # the function kafka_source calls, watched in its place
 
     def watched(*args: object, **kwargs: object) -> Iterator[dict[TopicPartition, list[object]]]:
         for polled in polls(*args, **kwargs):  # type: ignore[arg-type]
             yield polled
-            seen.append(positions())  # resumed: what the read made of that poll is written
+            # Resumed: what the read made of that poll is written (one read transaction).
+            other.execute("BEGIN")
+            seen.append(positions())
+            held.append(facts(other))
+            other.execute("COMMIT")
 
     monkeypatch.setattr(kafka_source, "polls_to_end", watched)
     try:
@@ -360,7 +389,10 @@ def _observed_reads(
             catch_up(ledger, ConsentProjection(reference))
         finally:
             reference.close()
-        return seen, positions(), _rows(tmp_path / "views.db") == _rows(tmp_path / "reference.db")
+        with contextlib.closing(sqlite3.connect(tmp_path / "reference.db")) as db:
+            every = facts(db)
+        same = _rows(tmp_path / "views.db") == _rows(tmp_path / "reference.db")
+        return Observed(seen, positions(), same, held, every)
     finally:
         other.close()
         reader.close()
@@ -388,19 +420,26 @@ def test_another_process_finds_the_views_before_a_read_or_after_it_never_within(
     it (the moment of who had consent's pages, the latest fact the views hold, then
     divided nothing). A read of up to `WHOLE_READ` offsets is applied in one transaction at
     its end."""
-    seen, end, same = _observed_reads(tmp_path, kafka_bootstrap, monkeypatch, 20_000)
-    assert len(seen) >= 12  # a record a poll: the read was watched between its polls
-    assert len(end) == 3  # the transaction spans the partitions
-    assert set(seen) <= {frozenset(), end}, "the store held part of the read"
-    assert same
+    read = _observed_reads(tmp_path, kafka_bootstrap, monkeypatch, 20_000)
+    assert len(read.seen) >= 12  # a record a poll: the read was watched between its polls
+    assert len(read.end) == 3  # the transaction spans the partitions
+    assert set(read.seen) <= {frozenset(), read.end}, "the store held part of the read"
+    assert read.same
 
 
 def test_a_read_too_large_to_hold_commits_a_poll_at_a_time_to_the_same_views(
     tmp_path: Path, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Past `WHOLE_READ`, a read's events are not all held: each poll's partitions commit
-    together, and the views come out as a read applied whole makes them."""
-    seen, end, same = _observed_reads(tmp_path, kafka_bootstrap, monkeypatch, 0)
-    assert len(end) == 3
-    assert set(seen) - {frozenset(), end}, "no poll was committed before the read's end"
-    assert same
+    """Past `WHOLE_READ`, a read's events are not all held: it commits as it goes, the
+    partitions it read together, and the views come out as a read applied whole makes
+    them. Each commit is an instant of transaction time: the views hold every fact
+    recorded up to the latest they hold. Committed poll by poll, as until 2026-12-06, the
+    first partition's facts of the transaction stood applied before the second's, and who
+    had consent's first page took the latest of them as the divide of its pages, before
+    which facts were still to be applied."""
+    read = _observed_reads(tmp_path, kafka_bootstrap, monkeypatch, 0)
+    assert len(read.end) == 3
+    assert set(read.seen) - {frozenset(), read.end}, "no poll was committed before the read's end"
+    assert len(read.facts) == 12  # the grants (the views hold subjects' facts)
+    assert all(time_prefix(held, read.facts) for held in read.held), "not an instant"
+    assert read.same

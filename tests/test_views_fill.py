@@ -222,7 +222,7 @@ def test_a_kafka_store_is_filled_when_its_catch_up_would_not_be_one_read(
 ) -> None:
     """An empty store is caught up from the topic while that is one read, applied in one
     transaction (`WHOLE_READ` offsets), and filled from the replica once it would be more:
-    a longer read commits poll by poll, and another process applying the same views could
+    a longer read commits as it goes, and another process applying the same views could
     find part of a ledger transaction applied. The bound is counted on the replica caught
     up first: the reader's data directory here is not the writer's, and its replica has
     only what it read when it opened; counted as it stood, the log looked short."""
@@ -291,7 +291,7 @@ def test_a_kafka_fill_the_broker_ended_is_tried_again(
     """The fill's first step, catching the replica up, fails while the broker is away (here
     the recorder says so once: the step under test is what the views do after). The
     question fails as any would; the next fills the store, where marking the fill looked
-    for before it was done had it caught up from the topic poll by poll."""
+    for before it was done had it caught up from the topic in many commits."""
     from ledger.kafka.recorder import KafkaLedgerRecorder, LedgerUnavailable
     from tests.kafka_support import kafka_settings
 
