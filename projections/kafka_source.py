@@ -50,6 +50,10 @@ log = logging.getLogger("consent_ledger.projections")
 # tens of megabytes at this many.
 WHOLE_READ = 20_000
 
+# The most records a longer read holds for a later commit, all partitions together
+# (`_Read.settled`): as many as a read held whole.
+HOLD = 20_000
+
 
 def tracking_name(application: str, tp: TopicPartition) -> str:
     return f"{application}@{tp.topic}/{tp.partition}"
@@ -114,12 +118,14 @@ class _Read:
         read_from: dict[TopicPartition, int | None],
         ends: dict[TopicPartition, int],
         hash_at: Callable[[int, int], str | None],
+        hold: int = HOLD,
     ) -> None:
         """`hash_at(partition, offset)`: the hash of the ledger's record there, for the
         views' mark (`KafkaLedgerRecorder.hash_at_offset`: the replica accepted every record
         a read applies, and holds its hash)."""
         self.tps = tps
         self.hash_at = hash_at
+        self.hold = hold
         self.after = dict(read_from)  # where the views stand in each partition
         self.ends = ends
         # How far each partition was read (its consumer's position after the last poll).
@@ -154,6 +160,12 @@ class _Read:
         self.latest[tp] = latest
         self.read_to[tp] = position
 
+    def reached(self, tp: TopicPartition, position: int) -> None:
+        """The partition's consumer stands at `position` (at most the read's end): every
+        record before it has been given to `take`."""
+        if position > self.read_to[tp]:
+            self.read_to[tp] = position
+
     def settled(self, *, final: bool) -> dict[TopicPartition, _Page]:
         """The pages to apply now, taken out of what is held: everything at the read's end
         (`final`); before it, the facts recorded up to the earliest of the latest
@@ -173,6 +185,16 @@ class _Read:
                 cut = _NOTHING  # a partition not read yet could hold any instant after
             elif unread:
                 cut = min(_instant(t) for t in unread)
+            if cut is not None and sum(len(o) for o in self.offsets.values()) > self.hold:
+                # Partitions fetched far apart (their leaders on brokers of unequal speed):
+                # bounded as a read held whole is, at the price of one commit that is not
+                # an instant.
+                log.warning(
+                    "the views' catch-up held more than %d records for a later commit: "
+                    "committed what it read, part of a ledger transaction maybe among it",
+                    self.hold,
+                )
+                cut = None
         pages: dict[TopicPartition, _Page] = {}
         for tp in self.tps:
             offsets, recorded, events = self.offsets[tp], self.recorded[tp], self.events[tp]
@@ -235,6 +257,8 @@ class LedgerTopicReader:
         self._kept: KeptReaders | None = None
         # The most offsets a read applies in one transaction at its end (see `_catch_up`).
         self.whole_read = WHOLE_READ
+        # The most records a longer read holds for a later commit (`_Read.settled`).
+        self.hold = HOLD
 
     def consumer(self) -> KafkaConsumer:
         if self._consumer is None:
@@ -390,7 +414,7 @@ class LedgerTopicReader:
         # the latest it holds and none after, which is what the moment of who had
         # consent's pages needs of them.
         whole = sum(max(0, ends[tp] - (read_from[tp] or 0)) for tp in tps) <= self.whole_read
-        read = _Read(tps, read_from, ends, self.recorder.hash_at_offset)
+        read = _Read(tps, read_from, ends, self.recorder.hash_at_offset, self.hold)
         for polled in reading:
             for tp, polled_records in polled.items():
                 records = [r for r in polled_records if r.offset < ends[tp]]
@@ -411,6 +435,11 @@ class LedgerTopicReader:
                 )
                 read.take(tp, _to_apply(decoded, mapper, known), position)
                 processed += len(records)
+            for tp in tps:
+                # A poll that reached a transaction's marker gives no record of it, only a
+                # position past it: without it a partition read to its end stood short of
+                # it, and the partitions ahead were held until the read's end.
+                read.reached(tp, min(consumer.position(tp), ends[tp]))
             if not whole:
                 self._apply(projection, application, read.settled(final=False))
         self._apply(projection, application, read.settled(final=True))

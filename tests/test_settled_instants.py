@@ -5,6 +5,7 @@ every record once, in its partition's order."""
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -87,8 +88,36 @@ def test_every_commit_of_a_long_read_is_an_instant(
             position,
         )
         commit(final=False)
+    # Every partition's consumer past its last marker (a poll that gave no record): nothing
+    # is held back any more, before the read's end is called.
+    for tp in tps:
+        read.reached(tp, ends[tp])
+    commit(final=False)
+    assert not any(read.offsets.values()), "held with every partition read to its end"
     commit(final=True)
     for tp, records in zip(tps, partitions, strict=True):
         assert applied[tp] == [index for _, index, _, kept in records if kept]
         if records:
             assert standing[tp] >= records[-1][0] + 1
+
+
+def test_a_read_holding_more_than_its_bound_commits_what_it_read(caplog: Any) -> None:
+    """Partitions fetched far apart: one read far ahead of another that has given nothing
+    yet. Past `hold` records held, the read commits them rather than hold the partition
+    whole, and says so."""
+    ahead, behind = TopicPartition("ledger", 0), TopicPartition("ledger", 1)
+    records = [(offset, fact_key(offset), offset) for offset in range(5)]
+    for hold, applied in ((10, []), (3, [0, 1, 2, 3, 4])):
+        read = _Read(
+            [ahead, behind],
+            {ahead: None, behind: None},
+            {ahead: 5, behind: 7},
+            lambda p, offset: f"{p}@{offset}",
+            hold,
+        )
+        read.take(ahead, records, 5)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="consent_ledger.projections"):
+            pages = read.settled(final=False)
+        assert (pages[ahead].events if pages else []) == applied
+        assert ("held more than 3 records" in caplog.text) == bool(applied)
