@@ -133,12 +133,25 @@ class Views:
 
     def _fill_once(self, known_at: datetime | None) -> None:
         """On the first refresh of the present (not of what the ledger knew at an instant),
-        fill the store if it is empty and the log long. Marked done only once done: a fill
-        that the broker's absence ended is tried again with the next question."""
+        fill the store if it is empty and the log long. A fill that the broker's absence
+        ended (Kafka mode) is tried again with the next question; one that failed otherwise
+        (a full disk) is not, so that every question does not replay the log to fail again:
+        they catch up as the store stands."""
         if self._fill_checked or known_at is not None:
             return
-        self._fill_if_empty()
+        try:
+            self._fill_if_empty()
+        except Exception as error:
+            self._fill_checked = not self._broker_away(error)
+            raise
         self._fill_checked = True
+
+    def _broker_away(self, error: Exception) -> bool:
+        if self._reader is None:  # embedded: no broker
+            return False
+        from ledger.kafka.recorder import LedgerUnavailable
+
+        return isinstance(error, LedgerUnavailable)
 
     def _fill_if_empty(self) -> None:
         """Fill an empty store over a long log by replay (how long: `_long_enough_to_fill`).
@@ -169,9 +182,9 @@ class Views:
         the same views (a `worker` beside the service) could find part of a ledger
         transaction applied, while a fill is copied in whole; it is faster too (`python -m
         bench kafka`, 2026-12-06: 21,940 entries a second from the replica in one process,
-        12,244 from the topic). The replica is
-        caught up first, as the read from the topic would have it: counted stale, a fresh
-        data directory's replica would send a long log's catch-up to the topic.
+        12,244 from the topic). The replica is caught up first, as the read from the topic
+        would have it: counted stale, a fresh data directory's replica would send a long
+        log's catch-up to the topic.
         """
         recorder = self.ledger.ledger_recorder
         if self.ledger.settings.backend != "kafka":

@@ -323,3 +323,27 @@ def test_a_kafka_fill_the_broker_ended_is_tried_again(
         views.close()
     finally:
         ledger.close()
+
+
+def test_a_fill_that_failed_is_not_tried_again_by_every_question(
+    ledger: ConsentLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fill that failed for a cause of its own (here a full disk, said by the copy) is
+    not tried again by the next question, which would replay the whole log to fail again:
+    that question catches the store up as it stands."""
+    monkeypatch.setattr(views_module, "FILL_BY_REPLAY_FROM", 100)
+    fills = []
+
+    def full_disk(ledger: ConsentLedger, path: Path) -> int:
+        fills.append(path)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(views_module, "fill_by_replay", full_disk)
+    views = Views(ledger)
+    try:
+        with pytest.raises(OSError):
+            views.refresh()
+        assert views.refresh() > 0  # caught up, not filled
+        assert len(fills) == 1
+    finally:
+        views.close()
