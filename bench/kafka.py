@@ -55,11 +55,11 @@ from ledger.envelope import parse_fact
 from ledger.kafka.intake import IntakeWriter, wait_until_consumed
 from ledger.kafka.names import Topics
 from ledger.kafka.publish import intake_key
-from ledger.kafka.recorder import PRODUCER_TUNING
+from ledger.kafka.recorder import PRODUCER_TUNING, KafkaLedgerRecorder
 from ledger.kafka.records import FIELDS_HEADER
 from ledger.settings import Settings
 from projections.consent_projection import ConsentProjection
-from projections.rebuild import rebuild
+from projections.rebuild import KAFKA_PARALLEL_FROM, partition_workers, rebuild
 from projections.runner import catch_up
 from projections.store import ConsentViews
 
@@ -282,6 +282,22 @@ def bench_fill(root: Path, settings: Settings) -> tuple[int, float]:
     seconds = time.perf_counter() - t0
     ledger.close()
     return n, seconds
+
+
+def bench_inquiry_replay(root: Path, settings: Settings) -> tuple[int, float, int]:
+    """`consent-ledger replay`: a fresh store caught up from the ledger topic, its partitions
+    shared among processes (`projections.rebuild.partition_workers`); also returns how many
+    processes."""
+    ledger = ConsentLedger(settings)
+    recorder = ledger.ledger_recorder
+    assert isinstance(recorder, KafkaLedgerRecorder)
+    partitions = recorder.link.partitions
+    long = sum(recorder.positions().values()) >= KAFKA_PARALLEL_FROM  # offsets, as rebuild counts
+    t0 = time.perf_counter()
+    n = rebuild(ledger, root / "inquiry" / "views.db")
+    seconds = time.perf_counter() - t0
+    ledger.close()
+    return n, seconds, partition_workers(partitions, os.cpu_count() or 1) if long else 1
 
 
 def bench_replay(root: Path, settings: Settings) -> tuple[int, float]:
@@ -537,6 +553,11 @@ def main(argv: list[str]) -> None:
             n, s = bench_replay(root, settings)
             replay = n / s
             rows.append(("projection replay from the ledger topic", n, s, "read_committed"))
+            n, s, processes = bench_inquiry_replay(root, settings)
+            inquiry = n / s
+            rows.append(
+                ("consent-ledger replay from the ledger topic", n, s, f"{processes} processes")
+            )
             n, s = bench_fill(root, settings)
             fill = n / s
             rows.append(("views filled from the replica", n, s, "subject by subject"))
@@ -607,6 +628,6 @@ def main(argv: list[str]) -> None:
     print(
         f"intake writer / raw consume-transform-produce: {intake / raw_ctp:.2f}; "
         f"record() / raw producer: {record / raw_producer:.2f}; "
-        f"projection replay / raw scan: {replay / scan:.2f}; views filled from the replica / "
-        f"raw scan: {fill / scan:.2f}"
+        f"projection replay / raw scan: {replay / scan:.2f}; inquiry replay / raw scan: "
+        f"{inquiry / scan:.2f}; views filled from the replica / raw scan: {fill / scan:.2f}"
     )

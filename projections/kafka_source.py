@@ -18,7 +18,7 @@ stop the projection for good on a duplicate.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -244,10 +244,18 @@ class LedgerTopicReader:
     """
 
     def __init__(
-        self, recorder: KafkaLedgerRecorder, stopping: Callable[[], bool] | None = None
+        self,
+        recorder: KafkaLedgerRecorder,
+        stopping: Callable[[], bool] | None = None,
+        partitions: Sequence[int] | None = None,
     ) -> None:
+        """`partitions`: the ledger partitions this reader reads (default: all), for a
+        replay split over processes by partition (`projections.rebuild`)."""
         self.recorder = recorder
         self.link = recorder.link
+        self.partitions = list(
+            range(recorder.link.partitions) if partitions is None else partitions
+        )
         # Whether the process is stopping: a read in progress then ends (`ReadStopped`).
         self.stopping = stopping or never
         self._consumer: KafkaConsumer | None = None
@@ -263,7 +271,7 @@ class LedgerTopicReader:
     def consumer(self) -> KafkaConsumer:
         if self._consumer is None:
             self._consumer = self._reader("consent-ledger-projection", committed=True)
-            tps = [TopicPartition(self.link.topics.ledger, p) for p in range(self.link.partitions)]
+            tps = [TopicPartition(self.link.topics.ledger, p) for p in self.partitions]
             self._consumer.assign(tps)
         return self._consumer
 
@@ -317,6 +325,34 @@ class LedgerTopicReader:
             ]
         )
 
+    def ends(self) -> dict[int, int]:
+        """Where each partition of this reader's ends now (offset by partition), as a
+        catch-up reads to it: for the processes of a split replay to read to."""
+        consumer = self.consumer()
+        tps = sorted(consumer.assignment(), key=lambda tp: tp.partition)
+        try:
+            ends = self._ends(consumer, tps, BrokerWatch(self.link.bootstrap))
+        except ReadTimedOut as error:
+            self.close()
+            raise LedgerUnavailable(f"the ledger topic could not be read: {error}") from error
+        return {tp.partition: end for tp, end in ends.items()}
+
+    def _ends(
+        self, consumer: KafkaConsumer, tps: list[TopicPartition], away: BrokerWatch
+    ) -> dict[TopicPartition, int]:
+        timeout = self.link.catch_up_timeout_s
+        high = end_offsets(
+            self.watermarks(), tps, timeout_s=timeout, stopping=self.stopping, away=away
+        )
+        # Read to where each partition ended as the read began, and no further: a
+        # transaction committed during the read would otherwise be applied on the
+        # partitions read after its commit and not on those read before, and the views hold
+        # part of it (who had consent's pages take the moment of the last fact they hold
+        # as the divide between what the first page read and what it did not).
+        return settled_ends(
+            consumer, tps, high, timeout_s=timeout, stopping=self.stopping, away=away
+        )
+
     def _accepted(self, partition: int, records: list[Any]) -> set[int]:
         """The offsets among `records` that the replica accepted as the ledger's records."""
         if not records:
@@ -343,16 +379,19 @@ class LedgerTopicReader:
         *,
         known: KnownAt | None = None,
         page: int = 5000,
+        upto: Mapping[int, int] | None = None,
     ) -> int:
         """Apply every committed ledger record after the view's positions; returns how many.
 
         The positions come from the view on every call (not from the consumer), so a view
         written by another process, or rolled back by a failed page, is read from where it
         really stands. With `known`, only the events it keeps: what the ledger knew at an
-        instant (`projections.known`).
+        instant (`projections.known`). With `upto` (offset by partition, from `ends` and
+        with the replica caught up to it), the read ends there instead of where the topic
+        ends as it begins: each process of a split replay reads to the same ends.
         """
         try:
-            return self._catch_up(mapper, projection, application, known, page)
+            return self._catch_up(mapper, projection, application, known, page, upto)
         except ReadTimedOut as error:
             self.close()
             raise LedgerUnavailable(f"the ledger topic could not be read: {error}") from error
@@ -367,6 +406,7 @@ class LedgerTopicReader:
         application: str,
         known: KnownAt | None,
         page: int,
+        upto: Mapping[int, int] | None,
     ) -> int:
         consumer = self.consumer()
         tps = sorted(consumer.assignment(), key=lambda tp: tp.partition)
@@ -386,17 +426,10 @@ class LedgerTopicReader:
         # whole, below, commits nothing until its end, and is read again).
         away = BrokerWatch(self.link.bootstrap)
         timeout = self.link.catch_up_timeout_s
-        high = end_offsets(
-            self.watermarks(), tps, timeout_s=timeout, stopping=self.stopping, away=away
-        )
-        # Read to where each partition ended as the read began, and no further: a
-        # transaction committed during the read would otherwise be applied on the
-        # partitions read after its commit and not on those read before, and the views hold
-        # part of it (who had consent's pages take the moment of the last fact they hold
-        # as the divide between what the first page read and what it did not).
-        ends = settled_ends(
-            consumer, tps, high, timeout_s=timeout, stopping=self.stopping, away=away
-        )
+        if upto is None:
+            ends = self._ends(consumer, tps, away)
+        else:
+            ends = {tp: upto.get(tp.partition, 0) for tp in tps}
         reading = polls_to_end(
             consumer,
             tps,

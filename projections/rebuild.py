@@ -17,19 +17,24 @@ side by side; a log too small to repay starting processes is built in this one.
 The store is built under a temporary name and takes its real name only once it is complete
 and positioned at the moment of the log it reflects, so a replay that dies leaves nothing
 that looks like a store. In Kafka mode the log of record is the ledger topic, read in its own
-order per partition: the same temporary store is caught up from it instead, but for an
-empty store filled on a first question (`from_replica`), which is built subject by subject
-from the process's replica of the topic, a file as the embedded log is.
+order per partition: the same temporary store is caught up from it instead, its partitions
+shared among processes as the ranges of subjects are (`_by_partition`), but for an empty
+store filled on a first question (`from_replica`), which is built subject by subject from
+the process's replica of the topic, a file as the embedded log is.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eventsourcing.persistence import Tracking
 
@@ -41,8 +46,11 @@ from ledger.recorder import LedgerSQLiteRecorder
 from ledger.settings import Settings
 from projections.consent_projection import ConsentProjection
 from projections.known import KnownAt
-from projections.runner import APPLICATION, catch_up
+from projections.runner import APPLICATION
 from projections.store import ConsentViews
+
+if TYPE_CHECKING:
+    from ledger.kafka.recorder import KafkaLedgerRecorder, KafkaLink
 
 # Log entries per write transaction: large enough that per-transaction costs vanish, small
 # enough that a batch of decoded events stays a few tens of megabytes.
@@ -51,6 +59,12 @@ BATCH = 20_000
 # interpreter importing the ledger) takes about 0.4 s here, the time of replaying a few
 # thousand entries.
 PARALLEL_FROM = 50_000
+# Offsets of the ledger topic from which a Kafka-mode replay is split over processes: a
+# record read from the topic costs about three times a log entry of the embedded build, so
+# starting a process repays itself sooner. A throwaway timing (2026-12-06, 3 partitions,
+# 20,002 offsets, nothing else running): 2.07-2.11 s in one process, 1.30-1.33 s in two,
+# 1.48-1.51 s in three.
+KAFKA_PARALLEL_FROM = 20_000
 # A cap on processes, well below the 256 ranges that two hex digits of id can make.
 MAX_WORKERS = 64
 
@@ -72,7 +86,8 @@ def rebuild(
 
     With `known_at`, facts recorded after that instant are left out: the store is what the
     ledger knew then, positioned, like a live store, after every entry it read. `workers`
-    is how many processes share the build (default: one per core, for a large enough log).
+    is how many processes share the build (default: one per core, for a large enough log;
+    caught up from the ledger topic, at most one a partition, `partition_workers`).
 
     `from_replica` (Kafka mode): built subject by subject from this process's replica of the
     ledger topic (by `workers` processes, each reading the replica's file), positioned where
@@ -86,8 +101,6 @@ def rebuild(
     if workers is not None and not 1 <= workers <= MAX_WORKERS:
         raise ValueError(f"workers must be from 1 to {MAX_WORKERS}")
     kafka = ledger.settings.backend == "kafka"
-    if workers is not None and workers > 1 and kafka and not from_replica:
-        raise ValueError("in Kafka mode replay reads the ledger topic in one process")
     partial = target.with_name(target.name + ".partial")
     remove_store(partial)
     by_subject = not kafka or from_replica
@@ -100,10 +113,7 @@ def rebuild(
         if by_subject:
             read = _by_subject(ledger, store, partial, known_at, batch, workers, replica=kafka)
         else:
-            projection = ConsentProjection(
-                view=store, cache_facts=ledger.settings.views_cache_facts
-            )
-            read = catch_up(ledger, projection, known_at=known_at)
+            read = _by_partition(ledger, store, partial, known_at, workers)
         # Written batch by batch, each table's and index's pages lie interleaved with every
         # other's in the file, so reading one in key order hops about it. A campaign check
         # reads a tenth of all subjects in key order from the subjects table and the partial
@@ -166,30 +176,95 @@ def _by_subject(
     if workers is None:
         workers = min(os.cpu_count() or 1, MAX_WORKERS) if upto >= PARALLEL_FROM else 1
     ranges = id_ranges(workers)
+    from_id, to_id = ranges[0]
+    read = _shared_out(
+        [
+            (
+                _build_part,
+                (ledger.settings, partial, upto, lo, hi, known_at, batch, replica),
+                f"replay-{lo}",
+            )
+            for lo, hi in ranges[1:]
+        ],
+        lambda: _fold(ledger.ledger_recorder, store, upto, from_id, to_id, known_at, batch),
+    )
+    if replica:
+        for tracking, last in partitions:
+            store.position_at(tracking, last)
+    elif upto:  # an empty log leaves no position, as catching up from it would
+        mark = ledger.ledger_recorder.hash_at(upto)
+        if mark is None:  # the log gave this position a moment ago: not expected
+            raise RuntimeError(f"the log holds no fact at its last position {upto}")
+        store.position_at(Tracking(APPLICATION, upto), (upto, mark))
+    return read
+
+
+def _by_partition(
+    ledger: ConsentLedger,
+    store: ConsentViews,
+    partial: Path,
+    known_at: datetime | None,
+    workers: int | None,
+) -> int:
+    """Kafka mode: the ledger topic caught up into the store in its order, its partitions
+    shared among `workers` processes (at most one a partition), each reading its own from
+    the topic to the same ends, taken before any starts. A subject's facts all lie in one
+    partition, so the processes fold apart, as the ranges of subjects of an embedded
+    replay do; each commits its partitions' positions with their rows."""
+    from ledger.kafka.recorder import KafkaLedgerRecorder
+    from projections.kafka_source import LedgerTopicReader
+
+    recorder = ledger.ledger_recorder
+    assert isinstance(recorder, KafkaLedgerRecorder)
+    partitions = list(range(recorder.link.partitions))
+    reader = LedgerTopicReader(recorder)
+    try:
+        ends = reader.ends()
+        # Every record before the ends applied by the replica first: the processes consult
+        # it for the records it accepted, and one that found it short would catch it up
+        # beside another doing the same.
+        if any(recorder.positions().get(p, 0) < end for p, end in ends.items()):
+            recorder.catch_up(kept=reader.kept())
+    finally:
+        reader.close()
+    short = {p: end for p, end in ends.items() if recorder.positions().get(p, 0) < end}
+    if short:  # the replica reads to the end as it begins, past these: not expected
+        raise RuntimeError(f"the replica stands before the replay's ends in partitions {short}")
+    if workers is None:
+        long = sum(ends.values()) >= KAFKA_PARALLEL_FROM
+        workers = partition_workers(len(partitions), os.cpu_count() or 1) if long else 1
+    workers = min(workers, len(partitions))
+    shares = [partitions[i::workers] for i in range(workers)]
+    return _shared_out(
+        [
+            (
+                _read_part,
+                (ledger.settings, recorder.link, partial, share, ends, known_at),
+                f"replay-partitions-{'-'.join(map(str, share))}",
+            )
+            for share in shares[1:]
+        ],
+        lambda: _read_partitions(
+            recorder, store, shares[0], ends, known_at, ledger.settings.views_cache_facts
+        ),
+    )
+
+
+def _shared_out(
+    workers: list[tuple[Callable[..., None], tuple[Any, ...], str]], own: Callable[[], int]
+) -> int:
+    """Starts a worker process for each (target, its arguments but the pipe it answers on,
+    name), does `own` share meanwhile, and returns the entries all read. A failure anywhere
+    stops the rest and fails the replay."""
     started: list[tuple[Any, Connection]] = []
     try:
-        for from_id, to_id in ranges[1:]:
+        for target, args, name in workers:
             receiver, sender = _SPAWN.Pipe(duplex=False)
-            process = _SPAWN.Process(
-                target=_build_part,
-                args=(
-                    ledger.settings,
-                    partial,
-                    upto,
-                    from_id,
-                    to_id,
-                    known_at,
-                    batch,
-                    sender,
-                    replica,
-                ),
-                name=f"replay-{from_id}",
-            )
+            process = _SPAWN.Process(target=target, args=(*args, sender), name=name)
             process.start()
             sender.close()
             started.append((process, receiver))
-        from_id, to_id = ranges[0]
-        read = _fold(ledger.ledger_recorder, store, upto, from_id, to_id, known_at, batch)
+        read = own()
         for process, receiver in started:
             read += _result_of(process, receiver)
     except BaseException:
@@ -200,15 +275,87 @@ def _by_subject(
         for process, receiver in started:
             process.join()
             receiver.close()
-    if replica:
-        for tracking, last in partitions:
-            store.position_at(tracking, last)
-    elif upto:  # an empty log leaves no position, as catching up from it would
-        mark = ledger.ledger_recorder.hash_at(upto)
-        if mark is None:  # the log gave this position a moment ago: not expected
-            raise RuntimeError(f"the log holds no fact at its last position {upto}")
-        store.position_at(Tracking(APPLICATION, upto), (upto, mark))
     return read
+
+
+def partition_workers(partitions: int, cores: int) -> int:
+    """How many processes a long Kafka-mode replay shares its partitions among.
+
+    A partition is read whole by one process, so with more partitions than cores and not a
+    multiple of them, one process a core leaves one with a partition more than the others
+    to finish alone: 3 partitions on 2 cores gave one process two thirds of the work (a
+    throwaway timing at 60,002 offsets, 2026-12-06, three rounds: 7.00-7.70 s in one
+    process, 5.86-6.24 s in two, 5.31-5.99 s in three). So, while they are few, one process
+    a partition, the cores shared among them by the system; from twice the cores, one a
+    core (a partition more for some is then a smaller share of their work)."""
+    cores = max(1, min(cores, MAX_WORKERS))
+    if partitions <= cores or partitions % cores == 0:
+        return min(partitions, cores)
+    if partitions < 2 * cores:
+        return partitions
+    return cores
+
+
+def _read_partitions(
+    recorder: KafkaLedgerRecorder,
+    store: ConsentViews,
+    partitions: list[int],
+    ends: dict[int, int],
+    known_at: datetime | None,
+    cache_facts: int | None,
+) -> int:
+    """Some partitions of the ledger topic caught up into the store, to `ends`."""
+    from projections.kafka_source import LedgerTopicReader
+
+    projection = ConsentProjection(view=store, cache_facts=cache_facts)
+    known = None if known_at is None else KnownAt(known_at)
+    reader = LedgerTopicReader(recorder, partitions=partitions)
+    try:
+        read = reader.catch_up(MAPPER, projection, APPLICATION, known=known, upto=ends)
+    finally:
+        reader.close()
+    failpoint("replay-part-written")
+    return read
+
+
+def _read_part(
+    settings: Settings,
+    link: KafkaLink,
+    partial: Path,
+    partitions: list[int],
+    ends: dict[int, int],
+    known_at: datetime | None,
+    results: Connection,
+) -> None:
+    """A worker process: some partitions of the ledger topic into the shared temporary
+    store, each record's acceptance read from the replica's file, which the process that
+    started it caught up to the ends (so this one never writes it)."""
+    from eventsourcing.sqlite import SQLiteDatastore
+
+    from ledger.kafka.clients import secured
+    from ledger.kafka.recorder import KafkaLedgerRecorder
+    from ledger.runtime import tune
+
+    def work() -> int:
+        # The clients' TLS and login, registered for the bootstrap list as the parent's were.
+        if secured(settings) != link.bootstrap:
+            raise RuntimeError("the settings name another bootstrap list than the replay's")
+        datastore = SQLiteDatastore(str(settings.log_path), lock_timeout=30)
+        recorder = KafkaLedgerRecorder(datastore, link=link)
+        try:
+            store = ConsentViews.open(partial, building=True)
+            tune()  # spawned, so not tuned like the process that started it
+            try:
+                return _read_partitions(
+                    recorder, store, partitions, ends, known_at, settings.views_cache_facts
+                )
+            finally:
+                store.close()
+        finally:
+            recorder.close()
+            datastore.close()
+
+    _answer(results, work)
 
 
 def id_ranges(parts: int) -> list[tuple[str, str | None]]:
@@ -254,8 +401,8 @@ def _build_part(
     to_id: str | None,
     known_at: datetime | None,
     batch: int,
+    replica: bool,
     results: Connection,
-    replica: bool = False,
 ) -> None:
     """A worker process: one range of subjects into the shared temporary store.
 
@@ -268,16 +415,56 @@ def _build_part(
 
     from ledger.runtime import tune
 
-    assert replica == (settings.backend == "kafka")
-    datastore = SQLiteDatastore(str(settings.log_path), lock_timeout=30)
-    recorder = LedgerSQLiteRecorder(datastore)
-    store = ConsentViews.open(partial, indexes=False, building=True)
-    tune()  # spawned, so not tuned like the process that started it
+    def work() -> int:
+        assert replica == (settings.backend == "kafka")
+        datastore = SQLiteDatastore(str(settings.log_path), lock_timeout=30)
+        try:
+            recorder = LedgerSQLiteRecorder(datastore)
+            store = ConsentViews.open(partial, indexes=False, building=True)
+            tune()  # spawned, so not tuned like the process that started it
+            try:
+                return _fold(recorder, store, upto, from_id, to_id, known_at, batch)
+            finally:
+                store.close()
+        finally:
+            datastore.close()
+
+    _answer(results, work)
+
+
+class WorkerFailure(Exception):
+    """The traceback of a replay worker's exception, raised again by the process that
+    started it as its own, as the cause of that."""
+
+
+@dataclass(frozen=True)
+class _Failed:
+    error: BaseException
+    traceback: str
+
+
+def _answer(results: Connection, work: Callable[[], int]) -> None:
+    """A worker process's part: sends the entries `work` read, or the exception that ended
+    it, which the process that started the worker raises (`_result_of`). A broker gone or a
+    full disk in a worker then ends `replay` as in its own process, said in one line (exit
+    6), where the worker printed a traceback and the replay failed as a worker that ended."""
     try:
-        results.send(_fold(recorder, store, upto, from_id, to_id, known_at, batch))
+        try:
+            read = work()
+        except Exception as error:
+            failed = _Failed(error, traceback.format_exc())
+            try:
+                # Sent only if the other end can make it again: an exception whose
+                # constructor takes other arguments than its message pickles, then fails
+                # to unpickle there.
+                pickle.loads(pickle.dumps(failed))
+            except Exception:  # its name and words instead
+                said = RuntimeError(f"{type(error).__name__}: {error}")
+                failed = _Failed(said, failed.traceback)
+            results.send(failed)
+        else:
+            results.send(read)
     finally:
-        store.close()
-        datastore.close()
         results.close()
 
 
@@ -290,6 +477,8 @@ def _result_of(process: Any, receiver: Connection) -> int:
         raise RuntimeError(
             f"replay worker {process.name} ended without finishing (exit code {process.exitcode})"
         ) from None
+    if isinstance(read, _Failed):
+        raise read.error from WorkerFailure(f"in replay worker {process.name}:\n{read.traceback}")
     return int(read)
 
 

@@ -52,6 +52,7 @@ SMALL = {
         [
             "raw consume-transform-produce, 500/txn",
             "views filled from the replica",
+            "consent-ledger replay from the ledger topic",
             "intake writer / raw loop",
         ],
     ),

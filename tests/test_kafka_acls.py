@@ -269,8 +269,15 @@ def test_the_listed_acls_are_enough_for_the_ledger_and_a_publisher(
     assert verified.returncode == 0 and verified.stdout.startswith("verify: OK"), verified.stderr
     consents = run_with(env, "consents", "acl-2", "--tenant", "demo", "--json")
     assert consents.returncode == 0, consents.stderr
-    replayed = run_with(env, "replay", "--into", str(tmp_path / "inquiry"))
+    replayed = run_with(env, "replay", "--into", str(tmp_path / "inquiry"), "--json")
     assert replayed.returncode == 0, replayed.stderr
+    # Its worker processes log in and read the topic as the ledger's principal too.
+    split = run_with(env, "replay", "--into", str(tmp_path / "split"), "--workers", "2", "--json")
+    assert split.returncode == 0, split.stderr
+    assert orjson.loads(split.stdout) == {
+        **orjson.loads(replayed.stdout),
+        "into": str(tmp_path / "split" / "views.db"),
+    }
     refused = read_committed(kafka_sasl_ssl.plaintext, topics.rejected)
     assert [orjson.loads(r.value)["code"] for r in refused] == ["invalid_json"]
 

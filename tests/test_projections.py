@@ -17,7 +17,7 @@ from ledger.application import ConsentLedger
 from ledger.envelope import parse_fact
 from ledger.policy import SEED_POLICY_VERSION
 from ledger.receipt import Receipt
-from ledger.settings import Settings
+from ledger.settings import Settings, SettingsError
 from projections.consent_projection import ConsentProjection
 from projections.queries import (
     check_recipients,
@@ -25,7 +25,7 @@ from projections.queries import (
     consents_at,
     who_had_consent,
 )
-from projections.rebuild import MAX_WORKERS, id_ranges, rebuild
+from projections.rebuild import MAX_WORKERS, id_ranges, partition_workers, rebuild
 from projections.runner import APPLICATION, catch_up
 from projections.store import ConsentViews, ViewsOfAnotherLog, utc
 from projections.views import Views
@@ -653,6 +653,78 @@ def test_replay_split_over_processes_writes_what_one_process_would(tmp_path: Pat
     ledger.close()
 
 
+def test_a_kafka_replay_split_by_partition_writes_what_one_process_would(
+    tmp_path: Path, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kafka mode: worker processes each read some partitions of the ledger topic into the
+    shared temporary store: together they must write exactly the live view's rows, stand
+    where it stands in every partition (positions and marks), and up to an instant write
+    the rows the live view had then. More workers than partitions get one partition each;
+    a worker that dies fails the replay and leaves no store."""
+    from ledger.demo import demo_stream
+    from ledger.failpoints import EXIT_STATUS
+    from ledger.kafka.recorder import KafkaLedgerRecorder
+    from projections.kafka_source import tracking_names
+
+    ledger = ConsentLedger(kafka_settings(tmp_path / "data", kafka_bootstrap))
+    ledger.init_demo()
+    stream = [parse_fact(f) for f in demo_stream(subjects=120)]
+    views = Views(ledger, tmp_path / "live.db")
+    ledger.record(stream[:60])
+    views.refresh()
+    then, snapshot = datetime.now(UTC), dump(views.store)
+    ledger.record(stream[60:])
+    views.refresh()
+    recorder = ledger.ledger_recorder
+    assert isinstance(recorder, KafkaLedgerRecorder)
+    names = sorted(tracking_names(recorder, APPLICATION))
+
+    def positions(store: ConsentViews) -> list[tuple[int | None, tuple[int, str] | None]]:
+        return [(store.max_tracking_id(name), store.log_mark(name)) for name in names]
+
+    live = positions(views.store)
+    assert all(position for position, _ in live)  # every partition holds facts
+    for workers in (1, 2, 3, 5):
+        read = rebuild(ledger, tmp_path / f"now-{workers}" / "views.db", workers=workers)
+        rebuild(ledger, tmp_path / f"then-{workers}" / "views.db", known_at=then, workers=workers)
+        now = ConsentViews.open(tmp_path / f"now-{workers}" / "views.db")
+        assert dump(now) == dump(views.store), workers
+        assert positions(now) == live, workers
+        assert read >= len(stream), workers
+        now.close()
+        earlier = ConsentViews.open(tmp_path / f"then-{workers}" / "views.db")
+        assert dump(earlier) == snapshot, workers
+        assert positions(earlier) == live, workers  # read to the end, facts after `then` left
+        earlier.close()
+    target = tmp_path / "inquiry" / "views.db"
+    target.parent.mkdir()
+    # Read when a process imports the ledger: armed in the spawned worker, not in this one.
+    monkeypatch.setenv("LEDGER_FAILPOINT", "replay-part-written:1")
+    with pytest.raises(RuntimeError, match=rf"ended without finishing \(exit code {EXIT_STATUS}\)"):
+        rebuild(ledger, target, workers=2)
+    assert list(target.parent.iterdir()) == []
+    views.close()
+    ledger.close()
+
+
+@given(st.integers(min_value=1, max_value=200), st.integers(min_value=1, max_value=128))
+def test_a_kafka_replay_takes_a_process_a_core_unless_partitions_would_be_left_over(
+    partitions: int, cores: int
+) -> None:
+    """Never more processes than partitions, or cores beyond the cap; one a core when the
+    partitions share out evenly; fewer partitions than twice the cores (and more than
+    them) and not a multiple: one process a partition."""
+    workers = partition_workers(partitions, cores)
+    usable = min(cores, MAX_WORKERS)
+    assert 1 <= workers <= partitions
+    if partitions <= usable:
+        assert workers == partitions
+    elif partitions % usable == 0 or partitions >= 2 * usable:
+        assert workers == usable
+    else:
+        assert workers == partitions
+
+
 def test_a_replay_worker_that_dies_fails_the_replay(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -682,6 +754,50 @@ def test_a_replay_worker_that_dies_fails_the_replay(
     replayed.close()
     views.close()
     ledger.close()
+
+
+def test_a_replay_workers_exception_is_raised_by_the_replay_as_its_own(tmp_path: Path) -> None:
+    """A worker process that fails (here its store's directory is a file) sends its
+    exception to the process that started it, which raises it as its own (so `replay` says a
+    broker gone or a full disk in one line, exit 6), the worker's traceback as its cause."""
+    from projections import rebuild as rebuild_module
+
+    ledger = ConsentLedger(Settings(data_dir=tmp_path / "data"))
+    ledger.init_demo()
+    (tmp_path / "a-file").write_text("")
+    partial = tmp_path / "a-file" / "views.db"
+    args = (ledger.settings, partial, 1, "", None, None, 10, False)
+    with pytest.raises(SettingsError, match="a-file is not a directory") as raised:
+        rebuild_module._shared_out([(rebuild_module._build_part, args, "replay-test")], lambda: 0)
+    assert isinstance(raised.value.__cause__, rebuild_module.WorkerFailure)
+    assert "in replay worker replay-test:" in str(raised.value.__cause__)
+    assert "ensure_dir" in str(raised.value.__cause__)  # where the worker failed
+    ledger.close()
+
+
+def test_a_replay_workers_exception_that_cannot_be_made_again_is_said_by_name() -> None:
+    """An exception whose constructor takes more than its message pickles but cannot be
+    unpickled: sent by its name and words instead of failing the receiving end."""
+    from types import SimpleNamespace
+
+    from projections import rebuild as rebuild_module
+
+    class Particular(Exception):
+        def __init__(self, size: int, limit: int) -> None:
+            super().__init__(f"{size} over {limit}")
+
+    def work() -> int:
+        raise Particular(3, 2)
+
+    receiver, sender = rebuild_module._SPAWN.Pipe(duplex=False)
+    rebuild_module._answer(sender, work)
+    with pytest.raises(RuntimeError, match=r"^Particular: 3 over 2$"):
+        rebuild_module._result_of(SimpleNamespace(name="replay-test"), receiver)
+    receiver.close()
+    answered, sender = rebuild_module._SPAWN.Pipe(duplex=False)
+    rebuild_module._answer(sender, lambda: 7)
+    assert rebuild_module._result_of(SimpleNamespace(name="replay-test"), answered) == 7
+    answered.close()
 
 
 @given(st.integers(min_value=1, max_value=MAX_WORKERS), st.uuids())

@@ -47,7 +47,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--workers",
         type=int,
         help="processes sharing the build (default: one per core for a log of 50,000 "
-        "entries or more, else one; Kafka mode: one)",
+        "entries or more, else one; Kafka mode: counted in offsets, and at most one per "
+        "partition of the ledger topic)",
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_replay)
@@ -236,8 +237,6 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     known_at = parse_known_at(args.known_at, "--known-at", settings.max_future_skew_s)
     if args.workers is not None and not 1 <= args.workers <= MAX_WORKERS:
         raise CliError(f"--workers takes a whole number from 1 to {MAX_WORKERS}")
-    if args.workers is not None and args.workers > 1 and settings.backend == "kafka":
-        raise CliError("--workers: in Kafka mode replay reads the ledger topic in one process")
     if Path(args.into).exists() and not Path(args.into).is_dir():
         raise CliError(f"--into {args.into} is not a directory")
     target = Path(args.into) / "views.db"
