@@ -326,8 +326,8 @@ class LedgerTopicReader:
         )
 
     def ends(self) -> dict[int, int]:
-        """Where each partition of this reader's ends now (offset by partition), as a
-        catch-up reads to it: for the processes of a split replay to read to."""
+        """Where each of this reader's partitions ends now (offset by partition), as a
+        catch-up takes its end: for the processes of a split replay to read to."""
         consumer = self.consumer()
         tps = sorted(consumer.assignment(), key=lambda tp: tp.partition)
         try:

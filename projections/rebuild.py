@@ -60,8 +60,9 @@ BATCH = 20_000
 # thousand entries.
 PARALLEL_FROM = 50_000
 # Offsets of the ledger topic from which a Kafka-mode replay is split over processes: a
-# record read from the topic costs about three times a log entry of the embedded build, so
-# starting a process repays itself sooner. A throwaway timing (2026-12-06, 3 partitions,
+# record caught up from the topic costs more than twice a log entry of the embedded build
+# (8,000-9,000 a second in one process against about 22,000), so starting a process repays
+# itself sooner. A throwaway timing (2026-12-06, 3 partitions,
 # 20,002 offsets, nothing else running): 2.07-2.11 s in one process, 1.30-1.33 s in two,
 # 1.48-1.51 s in three.
 KAFKA_PARALLEL_FROM = 20_000
@@ -235,18 +236,19 @@ def _by_partition(
         workers = partition_workers(len(partitions), os.cpu_count() or 1) if long else 1
     workers = min(workers, len(partitions))
     shares = [partitions[i::workers] for i in range(workers)]
+    # LEDGER_VIEWS_CACHE_FACTS bounds the memory of the views' catch-up: shared among the
+    # processes, each holding a cache of its own, they hold no more together than one would.
+    cache = ledger.settings.views_cache_facts // workers
     return _shared_out(
         [
             (
                 _read_part,
-                (ledger.settings, recorder.link, partial, share, ends, known_at),
+                (ledger.settings, recorder.link, partial, share, ends, known_at, cache),
                 f"replay-partitions-{'-'.join(map(str, share))}",
             )
             for share in shares[1:]
         ],
-        lambda: _read_partitions(
-            recorder, store, shares[0], ends, known_at, ledger.settings.views_cache_facts
-        ),
+        lambda: _read_partitions(recorder, store, shares[0], ends, known_at, cache),
     )
 
 
@@ -302,7 +304,7 @@ def _read_partitions(
     partitions: list[int],
     ends: dict[int, int],
     known_at: datetime | None,
-    cache_facts: int | None,
+    cache_facts: int,
 ) -> int:
     """Some partitions of the ledger topic caught up into the store, to `ends`."""
     from projections.kafka_source import LedgerTopicReader
@@ -325,6 +327,7 @@ def _read_part(
     partitions: list[int],
     ends: dict[int, int],
     known_at: datetime | None,
+    cache_facts: int,
     results: Connection,
 ) -> None:
     """A worker process: some partitions of the ledger topic into the shared temporary
@@ -346,9 +349,7 @@ def _read_part(
             store = ConsentViews.open(partial, building=True)
             tune()  # spawned, so not tuned like the process that started it
             try:
-                return _read_partitions(
-                    recorder, store, partitions, ends, known_at, settings.views_cache_facts
-                )
+                return _read_partitions(recorder, store, partitions, ends, known_at, cache_facts)
             finally:
                 store.close()
         finally:
