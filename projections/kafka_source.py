@@ -328,13 +328,16 @@ class LedgerTopicReader:
     def ends(self) -> dict[int, int]:
         """Where each of this reader's partitions ends now (offset by partition), as a
         catch-up takes its end: for the processes of a split replay to read to."""
-        consumer = self.consumer()
-        tps = sorted(consumer.assignment(), key=lambda tp: tp.partition)
         try:
+            consumer = self.consumer()
+            tps = sorted(consumer.assignment(), key=lambda tp: tp.partition)
             ends = self._ends(consumer, tps, BrokerWatch(self.link.bootstrap))
         except ReadTimedOut as error:
             self.close()
             raise LedgerUnavailable(f"the ledger topic could not be read: {error}") from error
+        except Exception:
+            self.close()  # start over with a fresh consumer next time, as `catch_up` does
+            raise
         return {tp.partition: end for tp, end in ends.items()}
 
     def _ends(

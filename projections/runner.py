@@ -8,7 +8,7 @@ recorder does not, and commits once per event; catching up in pages keeps the sa
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -31,11 +31,13 @@ def catch_up(
     known_at: datetime | None = None,
     page: int = 5000,
     reader: Any = None,
+    upto: Mapping[int, int] | None = None,
 ) -> int:
     """Process every notification after the view's position; returns how many were read.
 
     With `known_at`, facts recorded after that instant are left out: the view is what the
-    ledger knew then. In Kafka mode the log is the ledger topic itself, read per partition.
+    ledger knew then. In Kafka mode the log is the ledger topic itself, read per partition
+    (to `upto`, offset by partition, when given: `LedgerTopicReader.catch_up`).
     If another process catching up the same store gets ahead mid-way, reading starts again
     from where the store now stands.
     """
@@ -44,7 +46,7 @@ def catch_up(
     known = None if known_at is None else KnownAt(known_at)
     while True:
         try:
-            return _catch_up(ledger, projection, known, page, reader)
+            return _catch_up(ledger, projection, known, page, reader, upto)
         except ViewMovedOn:
             log.info("the views were moved on by another process; reading from there")
 
@@ -105,6 +107,7 @@ def _catch_up(
     known: KnownAt | None,
     page: int,
     reader: Any,
+    upto: Mapping[int, int] | None,
 ) -> int:
     from ledger.kafka.recorder import KafkaLedgerRecorder
 
@@ -120,7 +123,7 @@ def _catch_up(
         topic_reader = reader or LedgerTopicReader(ledger.recorder)
         try:
             return topic_reader.catch_up(
-                ledger.mapper, projection, APPLICATION, known=known, page=page
+                ledger.mapper, projection, APPLICATION, known=known, page=page, upto=upto
             )
         finally:
             if own_reader:

@@ -27,8 +27,19 @@ log = logging.getLogger("consent_ledger.projections")
 # 20,000-46,344, so a first question on a data directory without views (a new server over
 # an old log, views moved away after an upgrade) waited minutes. Below it, catching up
 # takes seconds and starting replay's processes is not repaid. Kafka mode has a bound of its
-# own (`Views._long_enough_to_fill`).
+# own (`Views._worth_filling`).
 FILL_BY_REPLAY_FROM = 50_000
+# A store that is not empty is filled again by replay, rather than caught up, once at least
+# that many entries and this share of the log are unread (a store whose process was stopped
+# while the log grew, or a bulk `record` beside a running service): in the runs above, the
+# catch-up applied 0.19 to 0.21 times as many entries a second as replay read (5,864 against
+# 29,878, 5,515 against 27,172, 6,157 against 29,557), so replaying the whole log took less
+# time than catching up a quarter of it.
+REFILL_BEHIND_SHARE = 4
+# In Kafka mode the share is a half: both catch the replica up with what is unread first,
+# and the views caught up from the topic applied 9,000 to 12,000 records a second where a
+# fill from the replica read 18,000 to 22,000 in one process (`python -m bench kafka`).
+KAFKA_REFILL_BEHIND_SHARE = 2
 
 
 class Views:
@@ -66,7 +77,7 @@ class Views:
         )
         self._lock = threading.Lock()
         self._reader: Any = None  # Kafka mode: one ledger-topic consumer kept between reads
-        self._fill_checked = False  # whether the first refresh looked for an empty store
+        self._fill_off = False  # after a fill failed for a cause of its own (`_fill_if_worth_it`)
 
     def recorded_through(self, reads: ViewReads) -> datetime | None:
         """When the last fact the views know in this state of them (`reads`) was recorded:
@@ -127,24 +138,40 @@ class Views:
                 assert isinstance(self.ledger.recorder, KafkaLedgerRecorder)
                 self._reader = LedgerTopicReader(self.ledger.recorder, self.stopping)
             if self._reader is None:
-                self._fill_once(known_at)
+                if known_at is None:
+                    self._fill_if_worth_it(self._embedded_unread)
                 return catch_up(self.ledger, self.projection, known_at=known_at, page=page)
             return self._kafka_catch_up(known_at, page)
 
-    def _fill_once(self, known_at: datetime | None) -> None:
-        """On the first refresh of the present (not of what the ledger knew at an instant),
-        fill the store if it is empty and the log long. A fill that the broker's absence
-        ended (Kafka mode) is tried again with the next question; one that failed otherwise
-        (a full disk) is not, so that every question does not replay the log to fail again:
-        they catch up as the store stands."""
-        if self._fill_checked or known_at is not None:
+    def _fill_if_worth_it(self, unread: Callable[[], tuple[int, int] | None]) -> None:
+        """Fill the store by replay if that is worth it (`_worth_filling`); `unread` counts
+        what a catch-up would read and the whole log, or says None (no fill).
+
+        A fill that the broker's absence ended (Kafka mode) is tried again with the next
+        question; one that failed otherwise (a full disk) is not tried again by this
+        process, so that every question does not replay the log to fail again: they catch
+        up as the store stands."""
+        if self._fill_off:
             return
         try:
-            self._fill_if_empty()
+            counted = unread()
+            if counted is None or not self._worth_filling(*counted):
+                return
+            began = time.monotonic()
+            assert self.store.path is not None  # opened by ConsentViews.open
+            read = fill_by_replay(self.ledger, self.store.path)
         except Exception as error:
-            self._fill_checked = not self._broker_away(error)
+            self._fill_off = not self._broker_away(error)
             raise
-        self._fill_checked = True
+        log.info(
+            "%s filled by replay: %d log entries in %.1f s",
+            "the empty views were"
+            if counted[0] == counted[1]
+            else f"the views, {counted[0]} log entries behind, were",
+            read,
+            time.monotonic() - began,
+            extra={"entries": read, "behind": counted[0]},
+        )
 
     def _broker_away(self, error: Exception) -> bool:
         if self._reader is None:  # embedded: no broker
@@ -153,50 +180,37 @@ class Views:
 
         return isinstance(error, LedgerUnavailable)
 
-    def _fill_if_empty(self) -> None:
-        """Fill an empty store over a long log by replay (how long: `_long_enough_to_fill`).
+    def _worth_filling(self, unread: int, log_length: int) -> bool:
+        """Whether the store is filled by replay (from the embedded log, or in Kafka mode
+        from the process's replica of the ledger topic, subject by subject) rather than
+        caught up, with `unread` of the log's `log_length` entries (Kafka mode: offsets,
+        records and transaction markers) still to read.
 
-        In Kafka mode the replay is of the process's replica of the ledger topic
-        (`rebuild`'s `from_replica`), subject by subject: caught up from the topic, an
-        empty store took the log in its order, a page at a time.
+        Embedded: an empty store from `FILL_BY_REPLAY_FROM` entries, where replay repays its
+        processes; one that is not empty once it is that far behind and at least a
+        `REFILL_BEHIND_SHARE` of the log. In Kafka mode, whenever catching up from the topic
+        would be a read longer than one transaction of the views holds
+        (`kafka_source.WHOLE_READ` offsets): such a read commits as it goes (at instants of
+        transaction time), so another process applying the same views (a `worker` beside
+        the service) could find part of a ledger transaction applied, while a fill is copied
+        in whole, and it is faster too (`python -m bench kafka`, 2026-12-06: 21,940 entries
+        a second from the replica in one process, 12,244 from the topic); for a store that
+        is not empty, once that is at least a `KAFKA_REFILL_BEHIND_SHARE` of the log.
         """
-        if self.store.tracking_names() or not self._long_enough_to_fill():
-            return
-        began = time.monotonic()
-        assert self.store.path is not None  # opened by ConsentViews.open
-        read = fill_by_replay(self.ledger, self.store.path)
-        log.info(
-            "the empty views were filled by replay: %d log entries in %.1f s",
-            read,
-            time.monotonic() - began,
-            extra={"entries": read},
-        )
-
-    def _long_enough_to_fill(self) -> bool:
-        """Whether an empty store is filled rather than caught up.
-
-        Embedded: from `FILL_BY_REPLAY_FROM` entries, where replay repays its processes. In
-        Kafka mode, whenever catching up from the topic would be a read longer than one
-        transaction of the views holds (`kafka_source.WHOLE_READ` offsets): such a read
-        commits as it goes (at instants of transaction time), so another process applying
-        the same views (a `worker` beside the service) could find part of a ledger
-        transaction applied, while a fill is copied in whole; it is faster too (`python -m
-        bench kafka`, 2026-12-06: 21,940 entries a second from the replica in one process,
-        12,244 from the topic). The replica is caught up first, as the read from the topic
-        would have it: counted stale, a fresh data directory's replica would send a long
-        log's catch-up to the topic.
-        """
-        recorder = self.ledger.ledger_recorder
+        empty = not self.store.tracking_names()
         if self.ledger.settings.backend != "kafka":
-            return (recorder.max_notification_id() or 0) >= FILL_BY_REPLAY_FROM
-        from ledger.kafka.reading import never
-        from ledger.kafka.recorder import KafkaLedgerRecorder
+            if empty:
+                return log_length >= FILL_BY_REPLAY_FROM
+            return unread >= FILL_BY_REPLAY_FROM and unread * REFILL_BEHIND_SHARE >= log_length
         from projections import kafka_source
 
-        assert isinstance(recorder, KafkaLedgerRecorder)
-        # On the consumers the views' reads keep (made in `refresh`), not two more.
-        recorder.catch_up(self.stopping or never, kept=self._reader.kept())
-        return sum(recorder.positions().values()) > kafka_source.WHOLE_READ
+        if unread <= kafka_source.WHOLE_READ:
+            return False
+        return empty or unread * KAFKA_REFILL_BEHIND_SHARE >= log_length
+
+    def _embedded_unread(self) -> tuple[int, int]:
+        head = self.ledger.ledger_recorder.max_notification_id() or 0
+        return max(0, head - (self.store.max_tracking_id(APPLICATION) or 0)), head
 
     def _kafka_catch_up(self, known_at: datetime | None, page: int) -> int:
         from ledger.kafka.recorder import LedgerUnavailable
@@ -204,15 +218,45 @@ class Views:
         if self._away is not None and time.monotonic() - self._away[0] < self.recheck_s:
             raise LedgerUnavailable(f"{self._away[1]} (less than {self.recheck_s:g} s ago)")
         try:
-            self._fill_once(known_at)
+            # Where the topic ends, asked once: what the views have not read of it decides
+            # whether they are filled, and the catch-up reads to the same ends.
+            ends = self._reader.ends()
+            if known_at is None:
+                self._fill_if_worth_it(lambda: self._kafka_unread(ends))
             read = catch_up(
-                self.ledger, self.projection, known_at=known_at, page=page, reader=self._reader
+                self.ledger,
+                self.projection,
+                known_at=known_at,
+                page=page,
+                reader=self._reader,
+                upto=ends,
             )
         except LedgerUnavailable as error:
             self._away = (time.monotonic(), str(error))
             raise
         self._away = None
         return read
+
+    def _kafka_unread(self, ends: dict[int, int]) -> tuple[int, int] | None:
+        """The offsets of the ledger topic the views have not read, and all of them, to
+        `ends`; None where a fill could not help (too few unread). Past that, the replica
+        is caught up to the ends first: a fill builds from it."""
+        from ledger.kafka.reading import never
+        from ledger.kafka.recorder import KafkaLedgerRecorder
+        from projections import kafka_source
+
+        recorder = self.ledger.ledger_recorder
+        assert isinstance(recorder, KafkaLedgerRecorder)
+        unread = 0
+        for partition, end in ends.items():
+            name = kafka_source.partition_name(recorder, APPLICATION, partition)
+            unread += max(0, end - (self.store.max_tracking_id(name) or 0))
+        if unread <= kafka_source.WHOLE_READ:
+            return None
+        if any(recorder.positions().get(p, 0) < end for p, end in ends.items()):
+            # On the consumers the views' reads keep, not two more.
+            recorder.catch_up(self.stopping or never, kept=self._reader.kept())
+        return unread, sum(ends.values())
 
     def close(self) -> None:
         with self._lock:
@@ -237,6 +281,12 @@ def fill_by_replay(ledger: ConsentLedger, path: Path) -> int:
     remove_store(replayed)
     try:
         read = rebuild(ledger, replayed, from_replica=True)
+        if _ahead(path, replayed):
+            log.info(
+                "the views were caught up past the fill by another process meanwhile: "
+                "kept as they stand"
+            )
+            return read
         source, target = sqlite3.connect(replayed), sqlite3.connect(path, timeout=30)
         try:
             source.backup(target)
@@ -246,6 +296,26 @@ def fill_by_replay(ledger: ConsentLedger, path: Path) -> int:
     finally:
         remove_store(replayed)
     return read
+
+
+def _ahead(path: Path, replayed: Path) -> bool:
+    """Whether the store at `path` stands past the replayed one in any log or partition:
+    another process caught it up while this one replayed (a fill takes seconds to minutes),
+    and copied in, the replayed store would take facts back out of the answers."""
+
+    def positions(store: Path) -> dict[str, int]:
+        db = sqlite3.connect(store, timeout=30)
+        try:
+            rows = db.execute(
+                "SELECT application_name, MAX(notification_id) FROM tracking "
+                "WHERE application_name != '__migration__' GROUP BY application_name"
+            ).fetchall()
+        finally:
+            db.close()
+        return {str(name): int(position) for name, position in rows}
+
+    built = positions(replayed)
+    return any(position > built.get(name, 0) for name, position in positions(path).items())
 
 
 def _remove_abandoned(path: Path) -> None:

@@ -347,3 +347,111 @@ def test_a_fill_that_failed_is_not_tried_again_by_every_question(
         assert len(fills) == 1
     finally:
         views.close()
+
+
+def refreshed(views: Views, caplog: Any) -> str:
+    """What a refresh of the views logged."""
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="consent_ledger.projections"):
+        views.refresh()
+    return str(caplog.text)
+
+
+def test_a_store_far_behind_a_long_log_is_filled_again(
+    ledger: ConsentLedger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """A store that is not empty, with at least `FILL_BY_REPLAY_FROM` entries and a quarter
+    of the log unread (its service stopped while the log grew, a bulk `record` beside it),
+    is filled again by replay, where catching it up took longer than replaying the whole
+    log; one behind by less than a quarter is caught up. The answers are the same."""
+    monkeypatch.setattr(views_module, "FILL_BY_REPLAY_FROM", 100)
+    views = Views(ledger)
+    assert "the empty views were filled by replay" in refreshed(views, caplog)
+    head = ledger.recorder.max_notification_id()
+    assert head is not None and head > 300
+    # As many facts again as the log holds: half of it unread.
+    record(ledger, [grant(f"behind-{n}", ("marketing",)) for n in range(head)])
+    said = refreshed(views, caplog)
+    assert f"the views, {head} log entries behind, were filled by replay" in said, said
+    reference, projection = caught_up(ledger, tmp_path / "caught-up.db")
+    assert dump(views.store) == dump(reference)
+    # Just short of a quarter of the log unread, and more than FILL_BY_REPLAY_FROM: caught up.
+    head = ledger.recorder.max_notification_id() or 0
+    short = (head - 1) // 3  # short * 4 < head + short
+    assert short >= 100
+    record(ledger, [withdraw(f"behind-{n}", ("marketing",)) for n in range(short)])
+    assert "filled by replay" not in refreshed(views, caplog)
+    catch_up(ledger, projection)
+    assert dump(views.store) == dump(reference)
+    assert views.store.max_tracking_id(APPLICATION) == ledger.recorder.max_notification_id()
+    views.close()
+    reference.close()
+
+
+@pytest.mark.kafka
+def test_a_kafka_store_far_behind_is_filled_again_from_the_replica(
+    tmp_path: Path, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """In Kafka mode a store that is not empty is filled again from the replica once more
+    than `WHOLE_READ` offsets and half of the topic are unread: caught up, such a read
+    commits at instants rather than whole, and takes longer than the fill. Behind by less
+    than half, it is caught up from the topic."""
+    from tests.kafka_support import kafka_settings
+
+    ledger = ConsentLedger(kafka_settings(tmp_path / "data", kafka_bootstrap))
+    try:
+        ledger.init_demo()
+        record(ledger, demo_stream(subjects=100))
+        monkeypatch.setattr(kafka_source, "WHOLE_READ", 50)
+        views = Views(ledger)
+        assert "the empty views were filled by replay" in refreshed(views, caplog)
+        before = topic_offsets(ledger.settings)
+        record(ledger, [grant(f"behind-{n}", ("marketing",)) for n in range(before)])
+        behind = topic_offsets(ledger.settings) - before
+        said = refreshed(views, caplog)
+        assert f"the views, {behind} log entries behind, were filled by replay" in said, said
+        reference, projection = caught_up(ledger, tmp_path / "caught-up.db")
+        assert dump(views.store) == dump(reference)
+        assert marks(views.store) == marks(reference)
+        # Less than half of the topic unread, more than WHOLE_READ: caught up from the topic.
+        total = topic_offsets(ledger.settings)
+        record(ledger, [withdraw(f"behind-{n}", ("marketing",)) for n in range(total // 3)])
+        assert topic_offsets(ledger.settings) - total > kafka_source.WHOLE_READ
+        assert "filled by replay" not in refreshed(views, caplog)
+        catch_up(ledger, projection)
+        assert dump(views.store) == dump(reference)
+        assert marks(views.store) == marks(reference)
+        views.close()
+        reference.close()
+    finally:
+        ledger.close()
+
+
+def test_a_fill_does_not_take_back_what_another_process_caught_up_meanwhile(
+    ledger: ConsentLedger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """While one process replayed (seconds to minutes), another caught the store up past
+    the log the replay read: copied in, the replayed store took the facts recorded
+    meanwhile back out of the answers until the next catch-up. The store is kept as it
+    stands instead."""
+    path = ledger.settings.views_path
+    other = ConsentViews.open(path)
+    projection = ConsentProjection(view=other)
+    catch_up(ledger, projection)
+    replay = rebuild_module.rebuild
+
+    def meanwhile(*args: Any, **kwargs: Any) -> int:
+        read = replay(*args, **kwargs)
+        record(ledger, [grant(p, ("support",)) for p in PEOPLE])  # after the replay read
+        catch_up(ledger, projection)
+        return read
+
+    monkeypatch.setattr(views_module, "rebuild", meanwhile)
+    with caplog.at_level(logging.INFO, logger="consent_ledger.projections"):
+        fill_by_replay(ledger, path)
+    assert "caught up past the fill by another process meanwhile" in caplog.text
+    reference, _ = caught_up(ledger, tmp_path / "caught-up.db")
+    assert dump(other) == dump(reference)
+    assert not [p.name for p in path.parent.iterdir() if ".replayed-" in p.name]
+    other.close()
+    reference.close()
