@@ -360,10 +360,10 @@ def refreshed(views: Views, caplog: Any) -> str:
 def test_a_store_far_behind_a_long_log_is_filled_again(
     ledger: ConsentLedger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: Any
 ) -> None:
-    """A store that is not empty, with at least `FILL_BY_REPLAY_FROM` entries and a quarter
-    of the log unread (its service stopped while the log grew, a bulk `record` beside it),
-    is filled again by replay, where catching it up took longer than replaying the whole
-    log; one behind by less than a quarter is caught up. The answers are the same."""
+    """A store that is not empty, with at least `FILL_BY_REPLAY_FROM` entries and half of
+    the log unread (its service stopped while the log grew, a bulk `record` beside it), is
+    filled again by replay, which took no longer than catching it up; one behind by less
+    than half is caught up. The answers are the same."""
     monkeypatch.setattr(views_module, "FILL_BY_REPLAY_FROM", 100)
     views = Views(ledger)
     assert "the empty views were filled by replay" in refreshed(views, caplog)
@@ -375,9 +375,9 @@ def test_a_store_far_behind_a_long_log_is_filled_again(
     assert f"the views, {head} log entries behind, were filled by replay" in said, said
     reference, projection = caught_up(ledger, tmp_path / "caught-up.db")
     assert dump(views.store) == dump(reference)
-    # Just short of a quarter of the log unread, and more than FILL_BY_REPLAY_FROM: caught up.
+    # Short of half the log unread, and more than FILL_BY_REPLAY_FROM: caught up.
     head = ledger.recorder.max_notification_id() or 0
-    short = (head - 1) // 3  # short * 4 < head + short
+    short = head // 2  # short * 2 < head + short
     assert short >= 100
     record(ledger, [withdraw(f"behind-{n}", ("marketing",)) for n in range(short)])
     assert "filled by replay" not in refreshed(views, caplog)
