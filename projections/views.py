@@ -140,25 +140,28 @@ class Views:
                 assert isinstance(self.ledger.recorder, KafkaLedgerRecorder)
                 self._reader = LedgerTopicReader(self.ledger.recorder, self.stopping)
             if self._reader is None:
-                if known_at is None:
-                    self._fill_if_worth_it(self._embedded_unread)
-                return catch_up(self.ledger, self.projection, known_at=known_at, page=page)
+                filled = (
+                    0 if known_at is not None else self._fill_if_worth_it(self._embedded_unread)
+                )
+                return filled + catch_up(self.ledger, self.projection, known_at=known_at, page=page)
             return self._kafka_catch_up(known_at, page)
 
-    def _fill_if_worth_it(self, unread: Callable[[], tuple[int, int] | None]) -> None:
+    def _fill_if_worth_it(self, unread: Callable[[], tuple[int, int] | None]) -> int:
         """Fill the store by replay if that is worth it (`_worth_filling`); `unread` counts
-        what a catch-up would read and the whole log, or says None (no fill).
+        what a catch-up would read and the whole log, or says None (no fill). Returns the
+        log entries the fill read (0: none), which the refresh counts with what it caught
+        up: `project` said it projected 0 entries into a store it had filled.
 
         A fill that the broker's absence ended (Kafka mode) is tried again with the next
         question; one that failed otherwise (a full disk) is not tried again by this
         process, so that every question does not replay the log to fail again: they catch
         up as the store stands."""
         if self._fill_off:
-            return
+            return 0
         try:
             counted = unread()
             if counted is None or not self._worth_filling(*counted):
-                return
+                return 0
             began = time.monotonic()
             assert self.store.path is not None  # opened by ConsentViews.open
             read = fill_by_replay(self.ledger, self.store.path)
@@ -174,6 +177,7 @@ class Views:
             time.monotonic() - began,
             extra={"entries": read, "behind": counted[0]},
         )
+        return read
 
     def _broker_away(self, error: Exception) -> bool:
         if self._reader is None:  # embedded: no broker
@@ -223,9 +227,10 @@ class Views:
             # Where the topic ends, asked once: what the views have not read of it decides
             # whether they are filled, and the catch-up reads to the same ends.
             ends = self._reader.ends()
+            filled = 0
             if known_at is None:
-                self._fill_if_worth_it(lambda: self._kafka_unread(ends))
-            read = catch_up(
+                filled = self._fill_if_worth_it(lambda: self._kafka_unread(ends))
+            read = filled + catch_up(
                 self.ledger,
                 self.projection,
                 known_at=known_at,

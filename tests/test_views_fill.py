@@ -51,13 +51,14 @@ def caught_up(ledger: ConsentLedger, path: Path) -> tuple[ConsentViews, ConsentP
     return store, projection
 
 
-def filled(ledger: ConsentLedger, caplog: Any) -> Views:
-    """The ledger's views, whose first refresh filled the empty store by replay."""
+def filled(ledger: ConsentLedger, caplog: Any) -> tuple[Views, int]:
+    """The ledger's views, whose first refresh filled the empty store by replay, and the
+    entries that refresh said it read."""
     views = Views(ledger)
     with caplog.at_level(logging.INFO, logger="consent_ledger.projections"):
-        views.refresh()
+        read = views.refresh()
     assert "the empty views were filled by replay" in caplog.text
-    return views
+    return views, read
 
 
 def caught_up_on_top(
@@ -93,7 +94,9 @@ def test_an_empty_store_over_a_long_log_is_filled_by_replay(
 ) -> None:
     monkeypatch.setattr(views_module, "FILL_BY_REPLAY_FROM", 100)
     monkeypatch.setattr(rebuild_module, "PARALLEL_FROM", 100)  # a process per core, as at scale
-    views = filled(ledger, caplog)
+    views, read = filled(ledger, caplog)
+    # What the fill read counts as refreshed (`project` said 0 entries into a filled store).
+    assert read == ledger.recorder.max_notification_id()
     reference, projection = caught_up(ledger, tmp_path / "caught-up.db")
     assert dump(views.store) == dump(reference)
     assert views.store.max_tracking_id(APPLICATION) == ledger.recorder.max_notification_id()
@@ -195,7 +198,8 @@ def test_an_empty_store_over_a_long_kafka_log_is_filled_from_the_replica(
         monkeypatch.setattr(kafka_source, "WHOLE_READ", 100)
         # A process per core, as at scale: the others read the replica's file, no broker.
         monkeypatch.setattr(rebuild_module, "PARALLEL_FROM", 100)
-        views = filled(ledger, caplog)
+        views, read = filled(ledger, caplog)
+        assert read == ledger.ledger_recorder.head()[0]  # the replica's entries, all read
         reference, projection = caught_up(ledger, tmp_path / "caught-up.db")
         assert dump(views.store) == dump(reference)
         assert marks(views.store) == marks(reference)
