@@ -168,6 +168,8 @@ class Views:
         except Exception as error:
             self._fill_off = not self._broker_away(error)
             raise
+        if read is None:  # another process caught the store up past it meanwhile
+            return 0
         log.info(
             "%s filled by replay: %d log entries in %.1f s",
             "the empty views were"
@@ -203,16 +205,14 @@ class Views:
         a second from the replica in one process, 12,244 from the topic); for a store that
         is not empty, once that is at least half the topic (`REFILL_BEHIND_SHARE`).
         """
-        empty = not self.store.tracking_names()
+        # An empty store has the whole log unread, so one rule says both.
         if self.ledger.settings.backend != "kafka":
-            if empty:
-                return log_length >= FILL_BY_REPLAY_FROM
-            return unread >= FILL_BY_REPLAY_FROM and unread * REFILL_BEHIND_SHARE >= log_length
-        from projections import kafka_source
+            long = unread >= FILL_BY_REPLAY_FROM
+        else:
+            from projections import kafka_source
 
-        if unread <= kafka_source.WHOLE_READ:
-            return False
-        return empty or unread * REFILL_BEHIND_SHARE >= log_length
+            long = unread > kafka_source.WHOLE_READ
+        return long and unread * REFILL_BEHIND_SHARE >= log_length
 
     def _embedded_unread(self) -> tuple[int, int]:
         head = self.ledger.ledger_recorder.max_notification_id() or 0
@@ -272,9 +272,9 @@ class Views:
         self.store.close()
 
 
-def fill_by_replay(ledger: ConsentLedger, path: Path) -> int:
+def fill_by_replay(ledger: ConsentLedger, path: Path) -> int | None:
     """Replace the views store at `path` with the log's views built by replay; returns the
-    log entries read.
+    log entries read, or None if the store was left as it stands (`_ahead`).
 
     The replayed store is copied in by SQLite's backup API, which replaces the store's pages
     in one write transaction: other processes reading it see it as it was or whole, never
@@ -293,7 +293,7 @@ def fill_by_replay(ledger: ConsentLedger, path: Path) -> int:
                 "the views were caught up past the fill by another process meanwhile: "
                 "kept as they stand"
             )
-            return read
+            return None
         source, target = sqlite3.connect(replayed), sqlite3.connect(path, timeout=30)
         try:
             source.backup(target)

@@ -452,7 +452,7 @@ def test_a_fill_does_not_take_back_what_another_process_caught_up_meanwhile(
 
     monkeypatch.setattr(views_module, "rebuild", meanwhile)
     with caplog.at_level(logging.INFO, logger="consent_ledger.projections"):
-        fill_by_replay(ledger, path)
+        assert fill_by_replay(ledger, path) is None  # nothing copied in
     assert "caught up past the fill by another process meanwhile" in caplog.text
     reference, _ = caught_up(ledger, tmp_path / "caught-up.db")
     assert dump(other) == dump(reference)
