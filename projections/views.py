@@ -160,8 +160,17 @@ class Views:
             return 0
         try:
             counted = unread()
-            if counted is None or not self._worth_filling(*counted):
-                return 0
+        except Exception as error:
+            self._fill_off = not self._broker_away(error)
+            raise
+        if counted is None or not self._worth_filling(*counted):
+            return 0
+        if counted[0] != counted[1] and not self.projection.log_checked:
+            # Views of another log (a hand restore) are refused as their catch-up refuses
+            # them (`views_of_another_log`), not replaced without a word.
+            check_within_log(self.ledger, self.store, self.stopping)
+            self.projection.log_checked = True
+        try:
             began = time.monotonic()
             assert self.store.path is not None  # opened by ConsentViews.open
             read = fill_by_replay(self.ledger, self.store.path)

@@ -459,3 +459,40 @@ def test_a_fill_does_not_take_back_what_another_process_caught_up_meanwhile(
     assert not [p.name for p in path.parent.iterdir() if ".replayed-" in p.name]
     other.close()
     reference.close()
+
+
+def test_views_of_another_log_far_behind_are_refused_not_filled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Views kept over a ledger.db restored from an older backup and written to since are
+    refused (`ViewsOfAnotherLog`) by their catch-up. Far enough behind to be filled again,
+    they were replaced without a word, and the restore that broke them went unsaid; they
+    are refused the same way."""
+    import shutil
+
+    from projections.store import ViewsOfAnotherLog
+
+    monkeypatch.setattr(views_module, "FILL_BY_REPLAY_FROM", 100)
+    settings = Settings(data_dir=tmp_path / "data")
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    ledger.close()
+    shutil.copy(settings.log_path, tmp_path / "older.db")
+    ledger = ConsentLedger(settings)
+    record(ledger, [grant(f"then-{n}", ("marketing",)) for n in range(20)])
+    views = Views(ledger)
+    views.refresh()
+    views.close()
+    ledger.close()
+    for leftover in settings.data_dir.glob("ledger.db*"):
+        leftover.unlink()
+    shutil.copy(tmp_path / "older.db", settings.log_path)
+    ledger = ConsentLedger(settings)
+    try:
+        record(ledger, [grant(f"since-{n}", ("marketing",)) for n in range(300)])
+        views = Views(ledger)
+        with pytest.raises(ViewsOfAnotherLog, match="fact at position"):
+            views.refresh()
+        views.close()
+    finally:
+        ledger.close()
