@@ -234,11 +234,12 @@ def _by_partition(
     if workers is None:
         long = sum(ends.values()) >= KAFKA_PARALLEL_FROM
         workers = partition_workers(len(partitions), os.cpu_count() or 1) if long else 1
-    workers = min(workers, len(partitions))
-    shares = [partitions[i::workers] for i in range(workers)]
+    shares = partition_shares(
+        {p: ends.get(p, 0) for p in partitions}, min(workers, len(partitions))
+    )
     # LEDGER_VIEWS_CACHE_FACTS bounds the memory of the views' catch-up: shared among the
     # processes, each holding a cache of its own, they hold no more together than one would.
-    cache = ledger.settings.views_cache_facts // workers
+    cache = ledger.settings.views_cache_facts // len(shares)
     return _shared_out(
         [
             (
@@ -296,6 +297,21 @@ def partition_workers(partitions: int, cores: int) -> int:
     if partitions < 2 * cores:
         return partitions
     return cores
+
+
+def partition_shares(ends: dict[int, int], workers: int) -> list[list[int]]:
+    """The partitions (with their offsets to read, `ends`) shared among `workers`
+    processes, each largest partition to the process with the fewest offsets so far: a
+    partition with more records than the others (its subjects' keys hashed there, or
+    partitions added to the topic later) does not leave one process finishing alone behind
+    two large ones. Equal partitions (empty ones too) go round, one each in turn."""
+    shares: list[list[int]] = [[] for _ in range(workers)]
+    loads = [0] * workers
+    for partition in sorted(ends, key=lambda p: (-ends[p], p)):
+        lightest = min(range(workers), key=lambda i: (loads[i], len(shares[i])))
+        shares[lightest].append(partition)
+        loads[lightest] += ends[partition]
+    return [sorted(share) for share in shares]
 
 
 def _read_partitions(

@@ -25,7 +25,13 @@ from projections.queries import (
     consents_at,
     who_had_consent,
 )
-from projections.rebuild import MAX_WORKERS, id_ranges, partition_workers, rebuild
+from projections.rebuild import (
+    MAX_WORKERS,
+    id_ranges,
+    partition_shares,
+    partition_workers,
+    rebuild,
+)
 from projections.runner import APPLICATION, catch_up
 from projections.store import ConsentViews, ViewsOfAnotherLog, utc
 from projections.views import Views
@@ -723,6 +729,24 @@ def test_a_kafka_replay_takes_a_process_a_core_unless_partitions_would_be_left_o
         assert workers == usable
     else:
         assert workers == partitions
+
+
+@given(
+    st.lists(st.integers(min_value=0, max_value=10**6), min_size=1, max_size=40),
+    st.integers(min_value=1, max_value=40),
+)
+def test_a_kafka_replays_partitions_are_shared_out_whole_and_evenly(
+    sizes: list[int], workers: int
+) -> None:
+    """Every partition read by exactly one process, every process given one, and no
+    process left with more offsets than another by more than the largest partition."""
+    workers = min(workers, len(sizes))
+    ends = dict(enumerate(sizes))
+    shares = partition_shares(ends, workers)
+    assert len(shares) == workers and all(shares)
+    assert sorted(p for share in shares for p in share) == list(ends)
+    loads = [sum(ends[p] for p in share) for share in shares]
+    assert max(loads) - min(loads) <= max(sizes)
 
 
 def test_a_replay_worker_that_dies_fails_the_replay(
