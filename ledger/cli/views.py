@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--workers",
         type=int,
         help="processes sharing the build (default: one per core for a log of 50,000 "
-        "entries or more, else one; Kafka mode: counted in offsets, and at most one per "
+        "entries or more, else one; Kafka mode: from 20,000 offsets, and at most one per "
         "partition of the ledger topic)",
     )
     p.add_argument("--json", action="store_true")
