@@ -15,6 +15,7 @@ from bench import (
     memory,
     projections,
     publish,
+    refill,
     register,
     soak,
 )
@@ -22,10 +23,10 @@ from bench import (
 
 def main() -> int:
     """`python -m bench [NAME] [options]`, NAME one of ingest, http, kafka, publish,
-    projections, due, register, journal, lookup, instructions, memory, soak; with no name, the four
-    timed benchmarks (`instructions` needs valgrind and is run on its own; `memory` and
-    `soak` measure bytes, not time; `publish`, `due`, `register`, `journal` and `lookup` time
-    what no target names)."""
+    projections, due, register, journal, lookup, refill, instructions, memory, soak; with no
+    name, the four timed benchmarks (`instructions` needs valgrind and is run on its own;
+    `memory` and `soak` measure bytes, not time; `publish`, `due`, `register`, `journal`,
+    `lookup` and `refill` time what no target names)."""
     from ledger.runtime import tune
 
     tune()  # the same runtime tuning the consent-ledger command applies
@@ -52,6 +53,8 @@ def main() -> int:
         register.main(args[1:])
     elif args and args[0] == "lookup":
         lookup.main(args[1:])
+    elif args and args[0] == "refill":
+        refill.main(args[1:])
     elif args and args[0] == "journal":
         erasure_journal.main(args[1:])
     else:

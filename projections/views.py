@@ -30,18 +30,18 @@ log = logging.getLogger("consent_ledger.projections")
 # own (`Views._worth_filling`).
 FILL_BY_REPLAY_FROM = 50_000
 # A store that is not empty is filled again by replay, rather than caught up, once at least
-# half the log is unread (and, embedded, `FILL_BY_REPLAY_FROM` entries; Kafka mode, more than
-# `WHOLE_READ` offsets): a store whose process was stopped while the log grew, or a bulk
-# `record` beside a running service. How much faster replay is depends on the history: over
-# `python -m bench projections`' million facts (subjects' facts interleaved, corrections)
-# the catch-up applied 0.19 to 0.21 times as many entries a second as replay read; a
-# throwaway timing (2026-12-06, `/tmp/s70/refill_probe.py`: 100,000 `mixed_stream` facts
-# unread of 200,002, two rounds taking turns) gave a refill of 7.53-8.08 s against 7.82-8.26
-# s caught up. At half the log, then, a fill is never slower in what was measured. In Kafka
-# mode both catch the replica up first, and a fill from the replica read 18,000 to 22,000
-# records a second in one process where the views caught up from the topic applied 9,000 to
-# 12,000 (`python -m bench kafka`), and it is copied in whole.
-REFILL_BEHIND_SHARE = 2
+# a quarter of the log is unread (and, embedded, `FILL_BY_REPLAY_FROM` entries; Kafka mode,
+# more than `WHOLE_READ` offsets): a store whose process was stopped while the log grew, or a
+# bulk `record` beside a running service. `python -m bench refill` (2026-12-06, 200,000
+# facts, two rounds taking turns, nothing else running) filled again in 7.48-8.62 s whatever
+# the share, against 17.75-18.14 s caught up with half the log unread, 10.42-10.54 s with a
+# quarter, 5.75-6.43 s with 15% (the ingest benchmark's stream); over the projections
+# benchmark's history (`--history projections`, subjects' facts interleaved) 4.90-5.80 s
+# against 15.15-15.89 s and 8.80-8.97 s. So from a quarter the fill was the faster in both. In
+# Kafka mode both catch the replica up first, and a fill from the replica read 18,000 to
+# 22,000 records a second in one process where the views caught up from the topic applied
+# 9,000 to 12,000 (`python -m bench kafka`), and it is copied in whole.
+REFILL_BEHIND_SHARE = 4
 
 
 class Views:
@@ -204,15 +204,15 @@ class Views:
         records and transaction markers) still to read.
 
         Embedded: an empty store from `FILL_BY_REPLAY_FROM` entries, where replay repays its
-        processes; one that is not empty once it is that far behind and at least half the
-        log (`REFILL_BEHIND_SHARE`). In Kafka mode, whenever catching up from the topic
+        processes; one that is not empty once it is that far behind and at least a quarter
+        of the log (`REFILL_BEHIND_SHARE`). In Kafka mode, whenever catching up from the topic
         would be a read longer than one transaction of the views holds
         (`kafka_source.WHOLE_READ` offsets): such a read commits as it goes (at instants of
         transaction time), so another process applying the same views (a `worker` beside
         the service) could find part of a ledger transaction applied, while a fill is copied
         in whole, and it is faster too (`python -m bench kafka`, 2026-12-06: 21,940 entries
         a second from the replica in one process, 12,244 from the topic); for a store that
-        is not empty, once that is at least half the topic (`REFILL_BEHIND_SHARE`).
+        is not empty, once that is at least a quarter of the topic (`REFILL_BEHIND_SHARE`).
         """
         # An empty store has the whole log unread, so one rule says both.
         if self.ledger.settings.backend != "kafka":

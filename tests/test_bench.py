@@ -77,6 +77,16 @@ SMALL = {
         ["--facts", "3000", "--subjects", "300", "--limit", "50", "--rounds", "1"],
         ["due list, whole", "due list, pages of 50", "plain sqlite3: open intervals"],
     ),
+    "refill": (
+        ["--facts", "2000", "--rounds", "1", "--behind", "0.5,0.25"],
+        [
+            "50% of ",
+            "entries unread, filled again",
+            "25% of ",
+            "entries unread, caught up",
+            "Views fills a store again from 1/4 of the log unread",
+        ],
+    ),
     "register": (
         ["--requests", "300", "--limit", "50", "--rounds", "1"],
         [

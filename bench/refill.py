@@ -1,0 +1,137 @@
+"""A views store far behind its log: filled again by replay, against caught up in log order.
+
+A store that is not empty is filled again once half the log or more is unread
+(`projections.views.REFILL_BEHIND_SHARE`): a service stopped while the log grew, or a bulk
+`record` beside it. This times the question that finds it so behind, both ways, on one
+embedded log: `--facts` facts recorded, a store caught up after the first of them, the rest
+recorded, then for each share of the log left unread (`--behind`) a copy of a store caught
+up to that point refreshed by `Views` filled again by replay and caught up in log order
+(whatever the bound would choose), the two taking turns, round by round. The baseline is
+the catch-up itself: the same question answered by the path a store took before fills of
+stores that are not empty.
+
+`--history projections` takes the projections benchmark's history (every subject's facts
+interleaved with all the others', withdrawals, expiries), `mixed` (the default) the ingest
+benchmark's stream (two facts in three are new subjects' grants). Run on its own
+(`python -m bench refill`): no issue target names it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.ingest import mixed_stream
+from bench.projections import history
+from ledger.application import ConsentLedger
+from ledger.envelope import parse_fact
+from ledger.settings import Settings
+from projections import views as views_module
+from projections.runner import APPLICATION
+from projections.views import Views
+
+
+def stream_of(kind: str, facts: int) -> list[dict[str, Any]]:
+    if kind == "projections":
+        return history(subjects=max(1, facts // 10), facts=facts)
+    return mixed_stream(facts)
+
+
+def record(ledger: ConsentLedger, facts: list[dict[str, Any]]) -> None:
+    for i in range(0, len(facts), 1000):
+        ledger.record([parse_fact(f) for f in facts[i : i + 1000]])
+
+
+def timed_refresh(ledger: ConsentLedger, path: Path, *, fill: bool) -> float:
+    """Seconds for one refresh of the store at `path`, filled again by replay (`fill`) or
+    caught up in log order, whatever the share unread; the run fails if the refresh did not
+    take the way asked (a fill reads the whole log, a catch-up what was unread)."""
+    share = views_module.REFILL_BEHIND_SHARE
+    # unread * share >= the log's length: always, or never.
+    views_module.REFILL_BEHIND_SHARE = 10**9 if fill else 0
+    try:
+        views = Views(ledger, path)
+        try:
+            head = ledger.recorder.max_notification_id() or 0
+            unread = head - (views.store.max_tracking_id(APPLICATION) or 0)
+            t0 = time.perf_counter()
+            read = views.refresh()
+            seconds = time.perf_counter() - t0
+        finally:
+            views.close()
+        if read != (head if fill else unread):
+            raise RuntimeError(f"asked to {'fill' if fill else 'catch up'}, read {read}")
+        return seconds
+    finally:
+        views_module.REFILL_BEHIND_SHARE = share
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench refill", description=__doc__)
+    parser.add_argument("--facts", type=int, default=200_000, help="facts in the log")
+    parser.add_argument(
+        "--behind",
+        default="0.5,0.25",
+        help="shares of the log left unread, comma-separated (default 0.5,0.25)",
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of the two, taking turns")
+    parser.add_argument("--history", choices=["mixed", "projections"], default="mixed")
+    args = parser.parse_args(argv)
+    shares = [float(x) for x in args.behind.split(",")]
+    if args.facts < 1 or args.rounds < 1 or not all(0 < x < 1 for x in shares):
+        parser.error("--facts and --rounds at least 1, and every --behind between 0 and 1")
+    facts = stream_of(args.history, args.facts)
+    rows: list[tuple[str, list[float]]] = []
+    root = Path(tempfile.mkdtemp(prefix="bench-refill-"))
+    # Small logs too: the bound on entries is for replay's processes to repay themselves.
+    views_module.FILL_BY_REPLAY_FROM = min(views_module.FILL_BY_REPLAY_FROM, args.facts // 10)
+    try:
+        ledger = ConsentLedger(Settings(data_dir=root / "data"))
+        ledger.init_demo()
+        recorded = 0
+        caught: dict[float, Path] = {}
+        for share in sorted(shares, reverse=True):  # the store furthest behind first
+            upto = int(args.facts * (1 - share))
+            record(ledger, facts[recorded:upto])
+            recorded = upto
+            path = root / f"caught-up-{share}.db"
+            views = Views(ledger, path)
+            views.refresh()
+            views.close()
+            caught[share] = path
+        record(ledger, facts[recorded:])
+        head = ledger.recorder.max_notification_id() or 0
+        for share in shares:
+            times: dict[str, list[float]] = {"filled again": [], "caught up": []}
+            for r in range(args.rounds):
+                order = (
+                    ("filled again", "caught up") if r % 2 == 0 else ("caught up", "filled again")
+                )
+                for how in order:
+                    copy = root / f"round-{r}-{how.replace(' ', '-')}.db"
+                    shutil.copy(caught[share], copy)
+                    times[how].append(timed_refresh(ledger, copy, fill=how == "filled again"))
+                    for leftover in root.glob(f"{copy.name}*"):
+                        leftover.unlink()
+            for how, seconds in times.items():
+                rows.append((f"{share:.0%} of {head:,} entries unread, {how}", seconds))
+        ledger.close()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(
+        f"A views store behind its log on {platform.node()} ({os.cpu_count()} cores, Python "
+        f"{platform.python_version()}), history {args.history}, {args.rounds} rounds taking turns"
+    )
+    print(f"{'what':<58} {'seconds, each round':>26}")
+    for name, seconds in rows:
+        print(f"{name:<58} {', '.join(f'{s:.2f}' for s in seconds):>26}")
+    print(
+        f"Views fills a store again from 1/{views_module.REFILL_BEHIND_SHARE} of the log unread "
+        "(REFILL_BEHIND_SHARE), and catches it up below that"
+    )
