@@ -38,9 +38,9 @@ FILL_BY_REPLAY_FROM = 50_000
 # quarter, 5.75-6.43 s with 15% (the ingest benchmark's stream); over the projections
 # benchmark's history (`--history projections`, subjects' facts interleaved) 4.90-5.80 s
 # against 15.15-15.89 s and 8.80-8.97 s. So from a quarter the fill was the faster in both. In
-# Kafka mode both catch the replica up first, and a fill from the replica read 18,000 to
-# 22,000 records a second in one process where the views caught up from the topic applied
-# 9,000 to 12,000 (`python -m bench kafka`), and it is copied in whole.
+# Kafka mode (`--kafka`, 100,000 facts) a fill from the replica took 3.97-4.71 s against
+# 10.11-10.29 s caught up from the topic at a half, 4.95-5.34 s at a quarter, 2.98-3.12 s at
+# 15%; and a fill is copied in whole, where a catch-up that long commits at instants.
 REFILL_BEHIND_SHARE = 4
 
 

@@ -80,12 +80,14 @@ SMALL = {
     "refill": (
         ["--facts", "2000", "--rounds", "1", "--behind", "0.5,0.25"],
         [
-            "50% of ",
-            "entries unread, filled again",
-            "25% of ",
-            "entries unread, caught up",
+            "50% of 2,000 facts unread, filled again",
+            "25% of 2,000 facts unread, caught up",
             "Views fills a store again from 1/4 of the log unread",
         ],
+    ),
+    "refill --kafka": (
+        ["--facts", "2000", "--rounds", "1", "--behind", "0.5,0.25"],
+        ["50% of 2,000 facts unread, filled again", "25% of 2,000 facts unread, caught up"],
     ),
     "register": (
         ["--requests", "300", "--limit", "50", "--rounds", "1"],
@@ -129,7 +131,7 @@ SMALL = {
         ["LEDGER_VIEWS_CACHE_FACTS 1,000", "worker MiB", "worker: stopped; "],
     ),
 }
-ON_KAFKA = {"kafka", "publish", "lookup", "soak --kafka"}
+ON_KAFKA = {"kafka", "publish", "lookup", "soak --kafka", "refill --kafka"}
 
 
 @pytest.mark.parametrize(
