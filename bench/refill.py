@@ -1,19 +1,20 @@
 """A views store far behind its log: filled again by replay, against caught up in log order.
 
-A store that is not empty is filled again once half the log or more is unread
+A store that is not empty is filled again once a quarter of the log or more is unread
 (`projections.views.REFILL_BEHIND_SHARE`): a service stopped while the log grew, or a bulk
-`record` beside it. This times the question that finds it so behind, both ways, on one
-embedded log: `--facts` facts recorded, a store caught up after the first of them, the rest
-recorded, then for each share of the log left unread (`--behind`) a copy of a store caught
-up to that point refreshed by `Views` filled again by replay and caught up in log order
-(whatever the bound would choose), the two taking turns, round by round. The baseline is
-the catch-up itself: the same question answered by the path a store took before fills of
-stores that are not empty.
+`record` beside it. This times the question that finds it so behind, both ways, on one log:
+`--facts` facts recorded with a store caught up along the way for each share of the log to
+leave unread (`--behind`), the rest recorded, then for each share a copy of its store
+refreshed by `Views` filled again by replay and caught up in log order (whatever the bound
+would choose), the two taking turns, round by round; the run fails if a refresh did not take
+the way asked. The baseline is the catch-up itself: the same question answered the way a
+store took before stores that are not empty were filled.
 
 `--history projections` takes the projections benchmark's history (every subject's facts
 interleaved with all the others', withdrawals, expiries), `mixed` (the default) the ingest
-benchmark's stream (two facts in three are new subjects' grants). Run on its own
-(`python -m bench refill`): no issue target names it.
+benchmark's stream (two facts in three are new subjects' grants). `--kafka`: in Kafka mode,
+on a broker of its own (filled again from the replica, caught up from the ledger topic).
+Run on its own (`python -m bench refill`): no issue target names it.
 """
 
 from __future__ import annotations
