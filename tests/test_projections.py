@@ -33,7 +33,7 @@ from projections.rebuild import (
     rebuild,
 )
 from projections.runner import APPLICATION, catch_up
-from projections.store import ConsentViews, ViewsOfAnotherLog, utc
+from projections.store import ConsentViews, utc
 from projections.views import Views
 from tests import facts as built
 from tests.examples import examples
@@ -44,7 +44,7 @@ from tests.histories import (
 )
 from tests.histories import at as at_hour
 from tests.kafka_support import kafka_settings
-from tests.views_support import dump, histories, views_agree
+from tests.views_support import dump, histories, refused_after_a_restore, views_agree
 
 
 @settings(max_examples=examples(80), deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -1044,18 +1044,8 @@ def test_views_caught_up_by_a_process_are_checked_by_the_next(tmp_path: Path) ->
         assert views.refresh() > 0  # a fresh process each time: the check runs, and passes
         views.close()
         ledger.close()
-    for leftover in settings.data_dir.glob("ledger.db*"):
-        leftover.unlink()
-    shutil.copy(tmp_path / "older.db", settings.log_path)
-    ledger = ConsentLedger(settings)
-    try:
-        ledger.record([parse_fact(built.grant(f"other{n}", event_id=f"o{n}")) for n in range(3)])
-        views = Views(ledger)
-        with pytest.raises(ViewsOfAnotherLog, match="fact at position"):
-            views.refresh()
-        views.close()
-    finally:
-        ledger.close()
+    others = [built.grant(f"other{n}", event_id=f"o{n}") for n in range(3)]
+    refused_after_a_restore(settings, tmp_path / "older.db", others)
 
 
 def test_kafka_views_of_another_ledger_topic_are_refused(

@@ -25,7 +25,7 @@ from projections.runner import APPLICATION, catch_up
 from projections.store import ConsentViews
 from projections.views import Views, fill_by_replay
 from tests.facts import grant, withdraw
-from tests.views_support import dump
+from tests.views_support import dump, refused_after_a_restore
 
 PEOPLE = [f"fill-{n}" for n in range(40)]
 
@@ -472,8 +472,6 @@ def test_views_of_another_log_far_behind_are_refused_not_filled(
     are refused the same way."""
     import shutil
 
-    from projections.store import ViewsOfAnotherLog
-
     monkeypatch.setattr(views_module, "FILL_BY_REPLAY_FROM", 100)
     settings = Settings(data_dir=tmp_path / "data")
     ledger = ConsentLedger(settings)
@@ -486,15 +484,5 @@ def test_views_of_another_log_far_behind_are_refused_not_filled(
     views.refresh()
     views.close()
     ledger.close()
-    for leftover in settings.data_dir.glob("ledger.db*"):
-        leftover.unlink()
-    shutil.copy(tmp_path / "older.db", settings.log_path)
-    ledger = ConsentLedger(settings)
-    try:
-        record(ledger, [grant(f"since-{n}", ("marketing",)) for n in range(300)])
-        views = Views(ledger)
-        with pytest.raises(ViewsOfAnotherLog, match="fact at position"):
-            views.refresh()
-        views.close()
-    finally:
-        ledger.close()
+    since = [grant(f"since-{n}", ("marketing",)) for n in range(300)]
+    refused_after_a_restore(settings, tmp_path / "older.db", since)

@@ -190,3 +190,28 @@ def _reason(
         return "erased"
     state = reference.state(subject, purpose, at)
     return {"none": "never_granted"}.get(state, state)
+
+
+def refused_after_a_restore(settings: Settings, backup: Path, facts: list[dict[str, Any]]) -> None:
+    """`ledger.db` restored by hand from `backup` (its write-ahead log and index removed
+    first, the ledger's processes stopped), `facts` recorded on it since: the views kept
+    from before are refused as another log's, by their first refresh."""
+    import shutil
+
+    import pytest
+
+    from projections.store import ViewsOfAnotherLog
+    from projections.views import Views
+
+    for leftover in settings.data_dir.glob("ledger.db*"):
+        leftover.unlink()
+    shutil.copy(backup, settings.log_path)
+    ledger = ConsentLedger(settings)
+    try:
+        ledger.record([parse_fact(f) for f in facts])
+        views = Views(ledger)
+        with pytest.raises(ViewsOfAnotherLog, match="fact at position"):
+            views.refresh()
+        views.close()
+    finally:
+        ledger.close()
