@@ -59,7 +59,7 @@ from ledger.kafka.recorder import PRODUCER_TUNING, KafkaLedgerRecorder
 from ledger.kafka.records import FIELDS_HEADER
 from ledger.settings import Settings
 from projections.consent_projection import ConsentProjection
-from projections.rebuild import KAFKA_PARALLEL_FROM, partition_workers, rebuild
+from projections.rebuild import kafka_workers, rebuild
 from projections.runner import catch_up
 from projections.store import ConsentViews
 
@@ -292,12 +292,12 @@ def bench_inquiry_replay(root: Path, settings: Settings) -> tuple[int, float, in
     recorder = ledger.ledger_recorder
     assert isinstance(recorder, KafkaLedgerRecorder)
     partitions = recorder.link.partitions
-    long = sum(recorder.positions().values()) >= KAFKA_PARALLEL_FROM  # offsets, as rebuild counts
+    processes = kafka_workers(sum(recorder.positions().values()), partitions)  # as rebuild
     t0 = time.perf_counter()
     n = rebuild(ledger, root / "inquiry" / "views.db")
     seconds = time.perf_counter() - t0
     ledger.close()
-    return n, seconds, partition_workers(partitions, os.cpu_count() or 1) if long else 1
+    return n, seconds, processes
 
 
 def bench_replay(root: Path, settings: Settings) -> tuple[int, float]:

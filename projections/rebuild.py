@@ -62,9 +62,9 @@ PARALLEL_FROM = 50_000
 # Offsets of the ledger topic from which a Kafka-mode replay is split over processes: a
 # record caught up from the topic costs more than twice a log entry of the embedded build
 # (8,000-9,000 a second in one process against about 22,000), so starting a process repays
-# itself sooner. A throwaway timing (2026-12-06, 3 partitions,
-# 20,002 offsets, nothing else running): 2.07-2.11 s in one process, 1.30-1.33 s in two,
-# 1.48-1.51 s in three.
+# itself sooner. At 20,002 offsets `python -m bench kafka` (2026-12-06 11:57 UTC,
+# `bench/RESULTS.md`) replayed on 3 processes in 1.62 s, where one process caught the views
+# up from the topic in 2.19 s.
 KAFKA_PARALLEL_FROM = 20_000
 # A cap on processes, well below the 256 ranges that two hex digits of id can make.
 MAX_WORKERS = 64
@@ -232,8 +232,7 @@ def _by_partition(
     if short:  # the replica reads to the end as it begins, past these: not expected
         raise RuntimeError(f"the replica stands before the replay's ends in partitions {short}")
     if workers is None:
-        long = sum(ends.values()) >= KAFKA_PARALLEL_FROM
-        workers = partition_workers(len(partitions), os.cpu_count() or 1) if long else 1
+        workers = kafka_workers(sum(ends.values()), len(partitions))
     shares = partition_shares(
         {p: ends.get(p, 0) for p in partitions}, min(workers, len(partitions))
     )
@@ -279,6 +278,13 @@ def _shared_out(
             process.join()
             receiver.close()
     return read
+
+
+def kafka_workers(offsets: int, partitions: int) -> int:
+    """The processes a Kafka-mode replay of `offsets` over `partitions` takes by default."""
+    if offsets < KAFKA_PARALLEL_FROM:
+        return 1
+    return partition_workers(partitions, os.cpu_count() or 1)
 
 
 def partition_workers(partitions: int, cores: int) -> int:
