@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import IO
+from typing import IO, Any
 
 import pytest
 import yaml
@@ -48,7 +48,7 @@ from ledger.envelope import parse_fact
 from ledger.kafka.names import Topics
 from ledger.kafka.publish import publish as publish_to_intake
 from ledger.kafka.reading import ANSWER_TIMEOUT_S
-from ledger.kafka.recorder import LedgerUnavailable
+from ledger.kafka.recorder import KafkaLedgerRecorder, LedgerUnavailable
 from ledger.kafka.topics import _config, ensure_topics
 from ledger.receipt import Receipt
 from ledger.settings import Settings
@@ -387,6 +387,45 @@ def test_with_one_broker_of_three_left_an_append_is_refused_then_lands_once(
     ]
     wanted = [f["event_id"] for f in before + during]
     assert sorted(e for e in landed if not e.startswith("seed-policy-")) == sorted(wanted)
+
+
+def test_a_writer_whose_quorum_is_lost_as_it_takes_ownership_is_refused_as_a_write_is(
+    tmp_path: Path, compose_cluster: ComposeCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two brokers of three SIGKILLed between the fence (the transactional id registered)
+    and the catch-up that follows it: the catch-up waited out its 30 s answer timeout, and
+    every write of the process queued behind it. It is a write's wait now, ended once the
+    quorum is said lost, as a commit's is."""
+    env = compose_ledger_env(compose_cluster, tmp_path / "data")
+    settings = Settings.from_env(env)
+    ledger = ConsentLedger(settings)
+    down = compose_cluster.services[:2]
+    registered = KafkaLedgerRecorder._initialised_producer
+
+    def registered_then_quorum_lost(self: KafkaLedgerRecorder, stopping: Any) -> Any:
+        producer = registered(self, stopping)
+        for service in down:
+            compose_cluster.kill(service)
+        return producer
+
+    try:
+        monkeypatch.setattr(
+            KafkaLedgerRecorder, "_initialised_producer", registered_then_quorum_lost
+        )
+        began = time.monotonic()
+        try:
+            with pytest.raises(LedgerUnavailable, match="quorum"):
+                ledger.init_demo()  # its first write takes ownership
+            waited = time.monotonic() - began
+        finally:
+            with ThreadPoolExecutor(len(down)) as pool:  # side by side: each takes seconds
+                list(pool.map(compose_cluster.start, down))
+        assert waited < ANSWER_TIMEOUT_S * 2 / 3, f"refused after {waited:.1f} s"
+        monkeypatch.undo()
+        compose_cluster.wait_fully_replicated(replicated_topics(settings))
+        ledger.init_demo()  # and once they are back, it owns and writes
+    finally:
+        ledger.close()
 
 
 def test_readyz_says_a_lost_quorum_and_ready_again_once_it_is_back(

@@ -405,7 +405,7 @@ def test_a_writer_whose_catch_up_failed_does_not_append(
     ensure_topics(settings)
     recorder = new_recorder(tmp_path / "r.db", kafka_bootstrap, settings.topic_prefix)
 
-    def unreachable(stopping: object = None) -> int:
+    def unreachable(stopping: object = None, away: object = None) -> int:
         raise LedgerUnavailable("the ledger topic could not be read")
 
     monkeypatch.setattr(recorder, "catch_up", unreachable)

@@ -404,7 +404,10 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
             return {int(row[0]): int(row[1]) for row in c.fetchall()}
 
     def catch_up(
-        self, stopping: Callable[[], bool] = never, kept: KeptReaders | None = None
+        self,
+        stopping: Callable[[], bool] = never,
+        kept: KeptReaders | None = None,
+        away: Callable[[], bool] | None = None,
     ) -> int:
         """Apply every committed record after the replica's positions; returns how many.
 
@@ -419,9 +422,12 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
 
         With `kept`, its consumers are used and left open (a caller that catches up again
         and again), or closed if the read fails; otherwise two are made for this read.
+        `away` ends the read as one whose brokers are away (default: every bootstrap
+        address refused connections for seconds, `BrokerWatch`).
         """
         timeout = self.link.catch_up_timeout_s
-        away = BrokerWatch(self.link.bootstrap)
+        if away is None:
+            away = BrokerWatch(self.link.bootstrap)
         try:
             consumer = (
                 kept.committed(timeout_s=timeout, stopping=stopping, away=away)
@@ -715,9 +721,15 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
             producer = self._initialised_producer(stopping)
             self._access_refused = None
             # Writable only once the replica holds everything committed before the fence:
-            # appending on a stale replica would reuse versions the topic already has.
+            # appending on a stale replica would reuse versions the topic already has. A
+            # write's own wait (`WriteWatch`): with the controllers' quorum lost just after
+            # the fence (two brokers of the compose file's three SIGKILLed), this catch-up
+            # waited out its 30 s answer timeout, and every write queued behind the owning
+            # with it (an HTTP publish refused after 27 s), where a write is refused once
+            # the quorum is said lost, about 11 s.
             try:
-                self.catch_up(stopping)
+                with contextlib.closing(WriteWatch(self.link.bootstrap)) as watch:
+                    self.catch_up(stopping, away=watch)
             except BaseException:
                 close_producer(producer, 5)
                 raise
