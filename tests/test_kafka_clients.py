@@ -8,11 +8,18 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from kafka.errors import KafkaTimeoutError
 
-from ledger.kafka.clients import RETRY_BACKOFF_MS, AdminClient, Consumer, Producer
+from ledger.kafka.clients import (
+    RECONNECT_BACKOFF_MAX_MS,
+    RETRY_BACKOFF_MS,
+    AdminClient,
+    Consumer,
+    Producer,
+)
 
 
 @pytest.fixture
@@ -72,3 +79,30 @@ def test_a_producer_refreshes_its_metadata_after_our_wait_and_retries_after_its_
     finally:
         made.close()
         given.close()
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("client", [Consumer, AdminClient, Producer])
+def test_a_client_tries_a_broker_that_went_away_again_within_a_second(
+    client: type, kafka_bootstrap: str
+) -> None:
+    """kafka-python backs its attempts to reconnect off to 30 s, and learns that a dead
+    leader's partitions moved only from the metadata refresh a failed attempt asks for (see
+    `RECONNECT_BACKOFF_MAX_MS`); made here, a client waits at most a second between them,
+    as the Java client does, unless it is given its own."""
+    made = client(bootstrap_servers=kafka_bootstrap)
+    given = client(bootstrap_servers=kafka_bootstrap, reconnect_backoff_max_ms=7_000)
+    try:
+        assert RECONNECT_BACKOFF_MAX_MS <= 1000
+        assert network(made).config["reconnect_backoff_max_ms"] == RECONNECT_BACKOFF_MAX_MS
+        assert network(given).config["reconnect_backoff_max_ms"] == 7_000
+    finally:
+        made.close()
+        given.close()
+
+
+def network(client: Any) -> Any:
+    """The connection manager of a client's network thread (kafka-python 3.0.12), whose
+    configuration its reconnects follow."""
+    net = client._sender._client if isinstance(client, Producer) else client._client
+    return net._manager

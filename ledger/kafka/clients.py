@@ -42,6 +42,17 @@ from ledger.settings import Settings, SettingsError
 
 # Between retries and between metadata refreshes, unless a client is given its own.
 RETRY_BACKOFF_MS = 20
+# The longest wait between attempts to reconnect to a broker, unless a client is given its
+# own: the Java client's `reconnect.backoff.max.ms`, where kafka-python's is 30 s. A client
+# learns that a partition's leader moved from the metadata refresh a failed reconnect asks
+# for, and kafka-python's attempts to a broker that died back off towards 30 s: a reader
+# went on waiting for a dead leader after the controller had moved its partitions. A
+# read_committed consumer of a 6-partition topic on the compose cluster's three brokers,
+# one SIGKILLed in each run (a throwaway probe, 2026-12-06): every partition waited until
+# the controller fenced the dead broker (5.8 to 10.8 s; it was in every in-sync set), and
+# the last to go on did so 5.2 to 7.1 s after the first in 3 runs of 5 (1.8 and 2.6 s in
+# the others) with kafka-python's back-off, 1.5 to 2.6 s after it in 7 runs of 7 with this.
+RECONNECT_BACKOFF_MAX_MS = 1000
 
 # Per bootstrap list, how the clients made for it reach its brokers (`secured`).
 _SECURITY: dict[str, dict[str, Any]] = {}
@@ -157,11 +168,13 @@ def last_bootstrap_failure(within_s: float) -> str | None:
 
 class _ClosedIfUnreached:
     """Put before the client's class: its constructor, and on failure `_close_started`;
-    then `retry_backoff_ms` given to the cluster metadata too."""
+    then `retry_backoff_ms` given to the cluster metadata too. A broker that went away is
+    tried again at least every `RECONNECT_BACKOFF_MAX_MS`."""
 
     def __init__(self, **configs: Any) -> None:
         configs = _with_security(configs)
         configs.setdefault("retry_backoff_ms", RETRY_BACKOFF_MS)
+        configs.setdefault("reconnect_backoff_max_ms", RECONNECT_BACKOFF_MAX_MS)
         try:
             super().__init__(**configs)
         except BaseException:
@@ -244,12 +257,14 @@ class _PacedNetClient(KafkaNetClient):  # type: ignore[misc]
 
 class Producer(KafkaProducer):  # type: ignore[misc]
     """A producer whose cluster metadata waits `RETRY_BACKOFF_MS` between refreshes (or
-    the `retry_backoff_ms` it is given), and whose sender does not spin while a broker it
-    has records for is down (`_PacedNetClient`)."""
+    the `retry_backoff_ms` it is given), which tries a broker that went away again at least
+    every `RECONNECT_BACKOFF_MAX_MS`, and whose sender does not spin while a broker it has
+    records for is down (`_PacedNetClient`)."""
 
     def __init__(self, **configs: Any) -> None:
         configs = _with_security(configs)
         configs.setdefault("kafka_client", _PacedNetClient)
+        configs.setdefault("reconnect_backoff_max_ms", RECONNECT_BACKOFF_MAX_MS)
         super().__init__(**configs)
         config = getattr(getattr(self, "_metadata", None), "config", None)
         if isinstance(config, dict):  # kafka-python 3.0.12 keeps it there
