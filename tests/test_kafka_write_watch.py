@@ -1,7 +1,8 @@
 """What a write waiting for the broker asks while it goes unanswered
-(`ledger.kafka.write_watch`): the quorum, asked as `/readyz` asks it, its answers as
-kafka-python gives them. The compose cluster with two brokers of three SIGKILLed says the
-same of a real write (`tests/test_kafka_cluster.py`)."""
+(`ledger.kafka.write_watch`): the quorum, asked as `/readyz` asks it. Here the question's
+verdicts are given (`ledger.kafka.readiness.quorum_verdict`, whose answers
+`tests/test_kafka_readiness.py` takes as kafka-python gives them); the compose cluster with
+two brokers of three SIGKILLed says the same of a real write (`tests/test_kafka_cluster.py`)."""
 
 from __future__ import annotations
 
@@ -13,20 +14,37 @@ import pytest
 from kafka import errors as kafka_errors
 
 from ledger.kafka import write_watch
+from ledger.kafka.readiness import lost
 from ledger.kafka.reading import BrokerAway, ReadTimedOut, answered
 from ledger.kafka.write_watch import LOST_ANSWERS, QuorumLost, WriteWatch
-from tests.test_kafka_readiness import Cluster, quorum
 
-TIMED_OUT = kafka_errors.KafkaTimeoutError("no controller answered")
+TIMED_OUT = lost("no controller answered within the request timeout")
 
 
-class Admin(Cluster):
-    """The quorum question's answers, from an admin client the watch closes."""
+class Admin:
+    """The quorum question's verdicts in turn (an exception is raised), from an admin
+    client the watch closes."""
 
     closed = False
 
+    def __init__(self, *verdicts: Any) -> None:
+        self.verdicts = list(verdicts)
+        self.asked = 0
+
+    def verdict(self) -> Any:
+        self.asked += 1
+        verdict = self.verdicts.pop(0)
+        if isinstance(verdict, BaseException):
+            raise verdict
+        return verdict
+
     def close(self) -> None:
         self.closed = True
+
+
+@pytest.fixture(autouse=True)
+def verdicts_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(write_watch, "quorum_problem", lambda admin, **_: admin.verdict())
 
 
 class Clock:
@@ -68,26 +86,26 @@ def test_a_lost_quorum_ends_the_wait_after_answers_in_a_row(listening: str) -> N
 
 
 def test_a_quorum_that_answers_between_says_nothing(listening: str) -> None:
-    answers = [TIMED_OUT, quorum(2), TIMED_OUT, quorum(3)]
+    answers = [TIMED_OUT, None, TIMED_OUT, None]
     clock, cluster = Clock(), Admin(*answers)
     watch = WriteWatch(listening, clock=clock, admin=lambda: cluster)
     watch()
     for _ in answers:
         clock.now += write_watch.ASK_AFTER_S
         assert watch() is False
-    assert cluster.answers == []
+    assert cluster.verdicts == []
 
 
 @pytest.mark.parametrize(
     "answer",
     [
-        kafka_errors.ClusterAuthorizationFailedError(),  # `Describe` on the cluster not granted
-        kafka_errors.UnsupportedVersionError(),  # not a KRaft cluster
+        None,  # `Describe` on the cluster not granted, or not a KRaft cluster
+        ("broker_unreachable", "no Kafka broker took the question"),
         kafka_errors.KafkaConnectionError("no broker took it"),
     ],
 )
 def test_a_question_without_an_answer_leaves_the_answer_timeout_to_stand(
-    listening: str, answer: BaseException
+    listening: str, answer: Any
 ) -> None:
     clock = Clock()
     clusters: list[Admin] = []

@@ -62,7 +62,7 @@ from ledger.kafka.transaction_calls import (
     begin_offsets,
     held_error,
 )
-from ledger.kafka.write_watch import WriteWatch
+from ledger.kafka.write_watch import WriteWatch, know_the_quorum
 from ledger.recorder import _BATCH_WINDOW, SUBJECT_TOPICS, FactKey, LedgerSQLiteRecorder
 from ledger.settings import SettingsError
 from ledger.sql import as_tuples, rows_in
@@ -720,6 +720,7 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                 return
             producer = self._initialised_producer(stopping)
             self._access_refused = None
+            know_the_quorum(self.link.bootstrap)
             # Writable only once the replica holds everything committed before the fence:
             # appending on a stale replica would reuse versions the topic already has. A
             # write's own wait (`WriteWatch`): with the controllers' quorum lost just after

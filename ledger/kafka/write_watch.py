@@ -19,6 +19,7 @@ answer timeout stands, as before.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -99,14 +100,50 @@ class WriteWatch:
         return said[1]
 
     def _admin_client(self) -> Any:
-        return AdminClient(
-            bootstrap_servers=self._bootstrap,
-            request_timeout_ms=ANSWER_MS,
-            bootstrap_timeout_ms=ANSWER_MS,
-            client_id="consent-ledger-write-watch",
-        )
+        return _admin_client(self._bootstrap)
 
     def close(self) -> None:
         admin, self._admin = self._admin, None
         if admin is not None:
             admin.close()
+
+
+def _admin_client(bootstrap: str) -> Any:
+    return AdminClient(
+        bootstrap_servers=bootstrap,
+        request_timeout_ms=ANSWER_MS,
+        bootstrap_timeout_ms=ANSWER_MS,
+        client_id="consent-ledger-write-watch",
+    )
+
+
+_QUORUM_KNOWN: set[str] = set()
+
+
+def know_the_quorum(bootstrap: str) -> None:
+    """Ask the quorum once per bootstrap list in this process, on a thread of its own while
+    nothing waits on it, so that a write's later silence is read knowing the quorum's
+    voters (`readiness.quorum_verdict`): whether they are the brokers, whose answers then
+    say they run. A cluster that does not answer now is asked again next time."""
+    if bootstrap in _QUORUM_KNOWN:
+        return
+    threading.Thread(
+        target=_ask_the_quorum, args=(bootstrap,), name="consent-ledger-quorum", daemon=True
+    ).start()
+
+
+def _ask_the_quorum(bootstrap: str) -> None:
+    try:
+        admin = _admin_client(bootstrap)
+    except Exception:
+        return
+    try:
+        # Every answer waited for: closed with a question unanswered, kafka-python logs
+        # the connection's abort as an error.
+        said = quorum_problem(admin, every_answer=True)
+    except Exception:
+        return
+    finally:
+        admin.close()
+    if said is None:
+        _QUORUM_KNOWN.add(bootstrap)
