@@ -10,6 +10,9 @@ ledger on it with the compose file's own ledger settings.
   transaction and group coordinators and every partition leader among them) and started
   again loses and duplicates nothing, and keeps writing while one broker is down; then two
   at once (the quorum lost): it says so, retries, and goes on once they are back.
+- A broker that hangs (SIGSTOP) and leads ledger partitions: writes go on once the others
+  have fenced it, none refused; while the active controller hangs, the quorum is not said
+  lost (two of three hung, it is).
 - With one broker of three left, an append is refused, never acknowledged, and the wait
   costs next to no CPU; started again, the same facts land once.
 - `/readyz` stays ready with one broker down, says the quorum lost with two, and ready again
@@ -29,6 +32,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -45,8 +49,10 @@ from api.app import create_app, keys_path
 from api.keys import ApiKeys
 from ledger.application import ConsentLedger
 from ledger.envelope import parse_fact
+from ledger.kafka.clients import AdminClient
 from ledger.kafka.names import Topics
 from ledger.kafka.publish import publish as publish_to_intake
+from ledger.kafka.readiness import ask_quorum, quorum_problem
 from ledger.kafka.reading import ANSWER_TIMEOUT_S
 from ledger.kafka.recorder import KafkaLedgerRecorder, LedgerUnavailable
 from ledger.kafka.topics import _config, ensure_topics
@@ -99,6 +105,24 @@ class ComposeCluster:
 
     def start(self, service: str) -> None:
         self.command("start-node", str(self.root), service)
+
+    def hang(self, service: str) -> None:
+        """SIGSTOP the broker: its connections stay open and nothing is answered, as when a
+        process, its disk or its VM freezes."""
+        os.kill(self._pid(service), signal.SIGSTOP)
+
+    def resume(self, service: str) -> None:
+        os.kill(self._pid(service), signal.SIGCONT)
+
+    def _pid(self, service: str) -> int:
+        return int((self.root / service / "broker.pid").read_text())
+
+    def service_of(self, node_id: int) -> str:
+        compose = yaml.safe_load(COMPOSE.read_text())
+        for service in self.services:
+            if str(compose["services"][service]["environment"]["KAFKA_NODE_ID"]) == str(node_id):
+                return service
+        raise AssertionError(f"no broker service has node id {node_id}")
 
     def wait_fully_replicated(self, topics: list[str], timeout: float = 180) -> None:
         """Until every partition of `topics` has all its replicas in sync again: a broker
@@ -426,6 +450,139 @@ def test_a_writer_whose_quorum_is_lost_as_it_takes_ownership_is_refused_as_a_wri
         ledger.init_demo()  # and once they are back, it owns and writes
     finally:
         ledger.close()
+
+
+# How long the test keeps a broker hung: longer than the controller takes to fence it (9 s)
+# and move its partitions and coordinators (writes went on after 8 to 15 s in a throwaway
+# probe), shorter than the clients' request timeout (30 s), which ended the wait before.
+HANG_S = 25.0
+
+
+def quorum_leader(bootstrap: str) -> int:
+    admin = AdminClient(bootstrap_servers=bootstrap)
+    try:
+        answers = ask_quorum(admin, every_answer=True).answers
+    finally:
+        admin.close()
+    described = next(a for a in answers if isinstance(a, dict))
+    leader: int = described["topics"][0]["partitions"][0]["leader_id"]
+    return leader
+
+
+def test_a_writer_goes_on_while_a_broker_it_writes_to_hangs(
+    tmp_path: Path, compose_cluster: ComposeCluster
+) -> None:
+    """One broker of three SIGSTOPped (a frozen process: connections open, nothing
+    answered), the writer's transaction coordinator (and a leader of ledger partitions):
+    the controller fences it and moves them, and writes go on. They waited on the requests
+    already sent to it until it came back or the request timeout (30 s) passed, after which
+    kafka-python failed the transaction of a transactional request:
+    `ledger.kafka.clients._PacedNetClient` now lets go of a broker the cluster fenced. The
+    active controller is left running: its hang is the next test's, and the cluster's own
+    failover from it takes longer."""
+    env = compose_ledger_env(compose_cluster, tmp_path / "data")
+    settings = Settings.from_env(env)
+    ledger = ConsentLedger(settings)
+    ledger_topic = Topics.of(settings.topic_prefix).ledger
+    run = uuid.uuid4().hex[:6]
+    try:
+        ledger.init_demo()
+        controller = quorum_leader(compose_cluster.bootstrap)
+        recorder = ledger.ledger_recorder
+        assert isinstance(recorder, KafkaLedgerRecorder)
+        admin = AdminClient(bootstrap_servers=compose_cluster.bootstrap)
+        try:
+            described = {
+                t["name"]: t for t in admin.describe_topics([ledger_topic, "__transaction_state"])
+            }
+        finally:
+            admin.close()
+        # The writer's transaction coordinator, unless it is the active controller: then a
+        # broker leading the most ledger partitions. Kafka keeps a transactional id's state
+        # in partition abs(Java hashCode) % 50 of __transaction_state, whose leader is the
+        # coordinator.
+        txn_id = recorder.link.transactional_id
+        java_hash = 0
+        for char in txn_id:
+            java_hash = (31 * java_hash + ord(char)) & 0xFFFFFFFF
+        states = described["__transaction_state"]["partitions"]
+        state = (java_hash & 0x7FFFFFFF) % len(states)
+        coordinator = next(p["leader_id"] for p in states if p["partition_index"] == state)
+        leaders = Counter(p["leader_id"] for p in described[ledger_topic]["partitions"])
+        candidates = [coordinator] + [n for n, _ in leaders.most_common()]
+        hung = compose_cluster.service_of(next(n for n in candidates if n != controller))
+        written: list[tuple[float, float]] = []  # each write's start and end, from the hang
+        refused: list[str] = []
+        # Once every transaction's markers are written (read_committed reads to the end):
+        # markers on their way to the broker as it hangs hold the next transaction until
+        # the brokers' own request timeout (30 s), which no client can shorten.
+        read_committed(compose_cluster.bootstrap, ledger_topic)
+        compose_cluster.hang(hung)
+        began = time.monotonic()
+        try:
+            i = 0
+            while time.monotonic() - began < HANG_S:
+                facts = [
+                    parse_fact(grant(subject=f"{run}-{i + k}", event_id=f"{run}-{i + k}"))
+                    for k in range(10)
+                ]
+                start = time.monotonic() - began
+                try:
+                    ledger.record(facts)
+                except LedgerUnavailable as error:
+                    refused.append(f"{start:.1f} s in: {error}")
+                    continue  # the same facts again
+                written.append((start, time.monotonic() - began))
+                i += 10
+        finally:
+            compose_cluster.resume(hung)
+            compose_cluster.wait_fully_replicated(replicated_topics(settings))
+        assert not refused, refused
+        # The first write to wait on the hung broker ends while it still hangs, and others
+        # are made after it: waiting on the hung broker itself, it ended at the resume.
+        first_stall = min((end for start, end in written if end - start > 2), default=0.0)
+        went_on = [end for start, end in written if first_stall <= start and end < HANG_S]
+        assert went_on, f"no write after the stall that ended {first_stall:.1f} s in: {written}"
+    finally:
+        ledger.close()
+    landed = [
+        headers(r).get("event_id", "")
+        for r in read_committed(compose_cluster.bootstrap, ledger_topic)
+    ]
+    assert len([e for e in landed if e.startswith(run)]) == i  # each once
+
+
+def test_the_quorum_is_not_said_lost_while_its_active_controller_hangs(
+    compose_cluster: ComposeCluster,
+) -> None:
+    """Every broker forwards the quorum question to the active controller: when that one
+    hangs, every broker is silent (about 30 s), while the others elect a new leader within
+    seconds. Asked of one broker, the silence read as a lost quorum, and a write waiting on
+    the hung broker was refused so; `/readyz` said 503. The brokers answering otherwise
+    tell that most voters run (`ledger.kafka.readiness.quorum_verdict`)."""
+    admin = AdminClient(bootstrap_servers=compose_cluster.bootstrap, request_timeout_ms=3000)
+    try:
+        assert quorum_problem(admin) is None  # learns the voters, as a writer does
+        hung = compose_cluster.service_of(quorum_leader(compose_cluster.bootstrap))
+        compose_cluster.hang(hung)
+        try:
+            said = [quorum_problem(admin) for _ in range(2)]
+        finally:
+            compose_cluster.resume(hung)
+        assert said == [None, None], said
+        down = [s for s in compose_cluster.services if s != hung]
+        for service in down:
+            compose_cluster.hang(service)
+        try:
+            said = [quorum_problem(admin) for _ in range(2)]  # and two of three do lose it
+        finally:
+            for service in down:
+                compose_cluster.resume(service)
+        assert [s and s[0] for s in said] == ["kafka_quorum_lost"] * 2, said
+    finally:
+        admin.close()
+    ledger_topics = ["__consumer_offsets", "__transaction_state"]
+    compose_cluster.wait_fully_replicated(ledger_topics)
 
 
 def test_readyz_says_a_lost_quorum_and_ready_again_once_it_is_back(

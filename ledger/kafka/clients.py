@@ -54,6 +54,14 @@ RETRY_BACKOFF_MS = 20
 # the others) with kafka-python's back-off, 1.5 to 2.6 s after it in 7 runs of 7 with this.
 RECONNECT_BACKOFF_MAX_MS = 1000
 
+# A producer's request unanswered this long has its broker looked for in the cluster's
+# metadata, refreshed for it at most every `STALLED_CHECK_S` while the request waits
+# (`_PacedNetClient._leave_fenced_brokers`).
+STALLED_S = 2.0
+STALLED_CHECK_S = 0.5
+
+log = logging.getLogger("consent_ledger.kafka")
+
 # Per bootstrap list, how the clients made for it reach its brokers (`secured`).
 _SECURITY: dict[str, dict[str, Any]] = {}
 
@@ -217,6 +225,8 @@ class _PacedNetClient(KafkaNetClient):  # type: ignore[misc]
         super().__init__(**configs)
         self._idle_poll_ms = float(configs.get("retry_backoff_ms", 100))
         self._sent_since_poll = True
+        self._stalls_checked_at = 0.0
+        self._asking: set[Any] = set()  # brokers asked for the metadata, not answered yet
 
     def connection_delay(self, node_id: Any) -> float:
         connection = self._manager._conns.get(node_id)
@@ -251,8 +261,114 @@ class _PacedNetClient(KafkaNetClient):  # type: ignore[misc]
     def poll(self, timeout_ms: float | None = None, future: Any = None) -> Any:
         if timeout_ms == 0 and future is None and not self._sent_since_poll:
             timeout_ms = self._idle_poll_ms
+        if future is None and (timeout_ms is None or timeout_ms > STALLED_CHECK_S * 1000):
+            # The sender otherwise sleeps until its next deadline (a whole request timeout
+            # while it only waits for answers), and the stalls would go unchecked.
+            timeout_ms = STALLED_CHECK_S * 1000
         self._sent_since_poll = False
-        return super().poll(timeout_ms=timeout_ms, future=future)
+        polled = super().poll(timeout_ms=timeout_ms, future=future)
+        self._leave_fenced_brokers()
+        return polled
+
+    def _leave_fenced_brokers(self) -> None:
+        """Fail the requests waiting on a broker that the cluster no longer lists.
+
+        A broker that hangs (a stopped process, a frozen VM, a stalled disk) keeps its
+        connections open and answers nothing. The controller fences it once its heartbeats
+        stop (`broker.session.timeout.ms`, 9 s by default) and moves its partitions and
+        transaction coordinators to live brokers, but a request already sent to it waits
+        out the request timeout (30 s), after which kafka-python closes the connection,
+        refreshes its metadata and retries elsewhere; and its metadata refresh itself may
+        be the request waiting, when it went to the hung broker. With one of the compose
+        file's three brokers SIGSTOPped for 25 s under a writer committing ten facts at a
+        time (a throwaway probe, 2026-12-06), a produce request sent to it waited the whole
+        25 s.
+
+        Here, on the sender's own thread (the one that drives these connections), while a
+        request has gone unanswered for `STALLED_S`, every `STALLED_CHECK_S` each broker it
+        is not waiting on (a broker answers a connection's requests in turn) is asked for the
+        cluster's metadata, and the
+        first answer is taken as kafka-python's own refresh would take it (so the producer
+        also learns the partitions' new leaders at once). Once an answer no longer lists
+        the broker of a waiting request (fenced brokers are left out of it), that
+        connection is closed as a lost connection (`BrokerFenced`), on which the producer
+        retries: its produce requests (idempotent), and a transactional request once it has
+        looked the coordinator up again. Not as a request timeout: kafka-python 3.0.12
+        retries a produce request that timed out but fails the transaction of a
+        transactional one ("for unknown reasons"; the Java client retries both), so a
+        commit whose coordinator hung was refused at the timeout even when the controller
+        had moved the coordinator long before.
+        """
+        now = time.monotonic()
+        if now - self._stalls_checked_at < STALLED_CHECK_S:
+            return
+        self._stalls_checked_at = now
+        manager = getattr(self, "_manager", None)
+        conns = getattr(manager, "_conns", None)
+        if manager is None or not isinstance(conns, dict):
+            return  # another kafka-python: its request timeout stands
+        stalled = _stalled(manager, now)
+        if not stalled:
+            return
+        cluster = manager.cluster
+        suspects = {_address(cluster, node_id) for node_id in stalled}
+        for broker in cluster.brokers():
+            # Connected or not: once a hung broker was let go of, its partitions' leaders
+            # moved to the others, and those this client had no connection to lead nothing
+            # it writes; all it was connected to could be waiting then (a throwaway probe
+            # had every connection waiting for 25 s, and no broker asked).
+            if broker.node_id in self._asking or (broker.host, broker.port) in suspects:
+                continue
+            self._asking.add(broker.node_id)
+            asked = manager.send(cluster.metadata_request(), node_id=broker.node_id)
+            asked.add_callback(self._brokers_said, broker.node_id)
+            asked.add_errback(lambda _error, node_id=broker.node_id: self._asking.discard(node_id))
+
+    def _brokers_said(self, node_id: Any, response: Any) -> None:
+        self._asking.discard(node_id)
+        manager = self._manager
+        cluster = manager.cluster
+        cluster.update_metadata(response)
+        live = {(broker.host, broker.port) for broker in cluster.brokers()}
+        if not live:
+            return
+        now = time.monotonic()
+        for stalled_id, waited_s in _stalled(manager, now).items():
+            # A broker the metadata no longer names at all (its node id) is unknown here.
+            address = _address(cluster, stalled_id)
+            conn = manager._conns.get(stalled_id)
+            if address in live or conn is None:
+                continue
+            log.warning(
+                "Kafka broker %s left the cluster's metadata (fenced) with a request "
+                "unanswered for %.1f s; retrying it on the live brokers",
+                stalled_id if address is None else f"{address[0]}:{address[1]}",
+                waited_s,
+                extra={"error": "BrokerFenced"},
+            )
+            conn.close(
+                BrokerFenced(f"no answer in {waited_s:.1f} s from a broker the cluster fenced")
+            )
+
+
+class BrokerFenced(KafkaConnectionError):  # type: ignore[misc]
+    """A connection closed because its broker left the cluster's metadata while a request
+    waited on it (`_PacedNetClient._leave_fenced_brokers`)."""
+
+
+def _stalled(manager: Any, now: float) -> dict[Any, float]:
+    """The connections with a request unanswered for `STALLED_S`, and for how long."""
+    return {
+        node_id: now - conn.in_flight_requests[0][2]
+        for node_id, conn in list(manager._conns.items())
+        if conn.in_flight_requests and now - conn.in_flight_requests[0][2] >= STALLED_S
+    }
+
+
+def _address(cluster: Any, node_id: Any) -> tuple[str, int] | None:
+    """The broker's host and port (a coordinator's connection has a node id of its own)."""
+    broker = cluster.broker_metadata(node_id)
+    return None if broker is None else (broker.host, broker.port)
 
 
 class Producer(KafkaProducer):  # type: ignore[misc]
