@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -106,3 +107,33 @@ def network(client: Any) -> Any:
     configuration its reconnects follow."""
     net = client._sender._client if isinstance(client, Producer) else client._client
     return net._manager
+
+
+def test_a_stall_check_that_fails_leaves_the_writer_s_sender_polling(
+    kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The check for hung brokers (`_PacedNetClient._leave_fenced_brokers`) reads
+    kafka-python's connections as 3.0.12 keeps them; when it fails, the sender's thread goes
+    on (the request timeout stands), and it is said, then not checked again."""
+    calls: list[int] = []
+
+    def fails() -> None:
+        calls.append(1)
+        raise AttributeError("in_flight_requests")
+
+    def said() -> int:
+        message = "left to the request timeout (AttributeError)"
+        return sum(message in r.getMessage() for r in caplog.records)
+
+    with caplog.at_level("WARNING", logger="consent_ledger.kafka"):
+        producer = Producer(bootstrap_servers=kafka_bootstrap)
+        try:
+            monkeypatch.setattr(producer._sender._client, "_leave_fenced_brokers", fails)
+            deadline = time.monotonic() + 10
+            while not said():
+                assert time.monotonic() < deadline, "the sender's polls never checked"
+                time.sleep(0.05)  # a condition poll: the sender polls on its own thread
+            assert said() == 1 and len(calls) == 1  # not checked again once it failed
+            assert producer._sender.is_alive()
+        finally:
+            producer.close()

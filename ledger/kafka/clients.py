@@ -226,6 +226,7 @@ class _PacedNetClient(KafkaNetClient):  # type: ignore[misc]
         self._idle_poll_ms = float(configs.get("retry_backoff_ms", 100))
         self._sent_since_poll = True
         self._stalls_checked_at = 0.0
+        self._stalls_unchecked = False  # set once the check failed (`poll`)
         self._asking: set[Any] = set()  # brokers asked for the metadata, not answered yet
 
     def connection_delay(self, node_id: Any) -> float:
@@ -267,7 +268,18 @@ class _PacedNetClient(KafkaNetClient):  # type: ignore[misc]
             timeout_ms = STALLED_CHECK_S * 1000
         self._sent_since_poll = False
         polled = super().poll(timeout_ms=timeout_ms, future=future)
-        self._leave_fenced_brokers()
+        if not self._stalls_unchecked:
+            try:
+                self._leave_fenced_brokers()
+            except Exception as error:
+                # It reads kafka-python's connections as 3.0.12 keeps them; another version
+                # must not have the sender's thread die of it: its request timeout stands.
+                self._stalls_unchecked = True
+                log.warning(
+                    "hung Kafka brokers are left to the request timeout (%s)",
+                    type(error).__name__,
+                    extra={"error": type(error).__name__},
+                )
         return polled
 
     def _leave_fenced_brokers(self) -> None:
