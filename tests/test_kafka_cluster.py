@@ -461,7 +461,7 @@ HANG_S = 25.0
 def quorum_leader(bootstrap: str) -> int:
     admin = AdminClient(bootstrap_servers=bootstrap)
     try:
-        answers = ask_quorum(admin, every_answer=True).answers
+        answers = ask_quorum(admin).answers
     finally:
         admin.close()
     described = next(a for a in answers if isinstance(a, dict))
@@ -581,8 +581,7 @@ def test_the_quorum_is_not_said_lost_while_its_active_controller_hangs(
         assert [s and s[0] for s in said] == ["kafka_quorum_lost"] * 2, said
     finally:
         admin.close()
-    ledger_topics = ["__consumer_offsets", "__transaction_state"]
-    compose_cluster.wait_fully_replicated(ledger_topics)
+    compose_cluster.wait_fully_replicated(["__consumer_offsets", "__transaction_state"])
 
 
 def test_readyz_says_a_lost_quorum_and_ready_again_once_it_is_back(

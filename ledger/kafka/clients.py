@@ -298,27 +298,24 @@ class _PacedNetClient(KafkaNetClient):  # type: ignore[misc]
 
         Here, on the sender's own thread (the one that drives these connections), while a
         request has gone unanswered for `STALLED_S`, every `STALLED_CHECK_S` each broker it
-        is not waiting on (a broker answers a connection's requests in turn) is asked for the
-        cluster's metadata, and the
-        first answer is taken as kafka-python's own refresh would take it (so the producer
-        also learns the partitions' new leaders at once). Once an answer no longer lists
-        the broker of a waiting request (fenced brokers are left out of it), that
-        connection is closed as a lost connection (`BrokerFenced`), on which the producer
-        retries: its produce requests (idempotent), and a transactional request once it has
-        looked the coordinator up again. Not as a request timeout: kafka-python 3.0.12
-        retries a produce request that timed out but fails the transaction of a
-        transactional one ("for unknown reasons"; the Java client retries both), so a
-        commit whose coordinator hung was refused at the timeout even when the controller
-        had moved the coordinator long before.
+        is not waiting on (a broker answers a connection's requests in turn) is asked for
+        the cluster's metadata, and each answer is taken as kafka-python's own refresh would
+        take it (so the producer also learns the partitions' new leaders at once). Once an
+        answer no longer lists the broker of a waiting request (fenced brokers are left out
+        of it), that connection is closed as a lost connection (`BrokerFenced`), on which
+        the producer retries: its produce requests (idempotent), and a transactional request
+        once it has looked the coordinator up again. Not as a request timeout: kafka-python
+        3.0.12 retries a produce request that timed out but fails the transaction of a
+        transactional one ("for unknown reasons"; the Java client retries both), so a commit
+        whose coordinator hung was refused at the timeout even when the controller had moved
+        the coordinator long before.
         """
         now = time.monotonic()
         if now - self._stalls_checked_at < STALLED_CHECK_S:
             return
         self._stalls_checked_at = now
-        manager = getattr(self, "_manager", None)
-        conns = getattr(manager, "_conns", None)
-        if manager is None or not isinstance(conns, dict):
-            return  # another kafka-python: its request timeout stands
+        # kafka-python 3.0.12's own; where another keeps them otherwise, `poll` says so once.
+        manager = self._manager
         stalled = _stalled(manager, now)
         if not stalled:
             return

@@ -68,13 +68,13 @@ def asked_of_some_broker(admin: Any, question: Callable[[], T]) -> T:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def quorum_problem(admin: Any, *, every_answer: bool = False) -> tuple[str, str] | None:
+def quorum_problem(admin: Any) -> tuple[str, str] | None:
     """`(code, message)` when the controllers have no quorum, or no broker could be asked;
     None when the quorum answered with a leader, when it cannot be told (below), or when
     the cluster refused this principal the question (logged once: the operator did not
     grant `Describe` on the cluster, and readiness cannot tell a lost quorum then, as
     before it asked)."""
-    return quorum_verdict(ask_quorum(admin, every_answer=every_answer))
+    return quorum_verdict(ask_quorum(admin))
 
 
 @dataclass(frozen=True)
@@ -159,18 +159,19 @@ def _learn_voters(asked: QuorumAsked, answer: Mapping[str, Any]) -> None:
         _COMBINED_VOTERS.pop(asked.cluster_id, None)
 
 
-def ask_quorum(admin: Any, *, every_answer: bool = False) -> QuorumAsked:
+def ask_quorum(admin: Any) -> QuorumAsked:
     """Every broker the admin client knows, asked at once for the quorum and for the
-    cluster's metadata, until one names the quorum's leader (unless `every_answer`), every
-    one has answered both, or the client's request timeout passes."""
+    cluster's metadata, until one names the quorum's leader, every one has answered both,
+    or the client's request timeout passes. The connections of questions left unanswered
+    then are closed (below), so an admin client closed after it has none in flight."""
     manager = admin._manager
     asked: QuorumAsked = manager.run(
-        _asked_of_every_broker, manager, admin.config["request_timeout_ms"], every_answer
+        _asked_of_every_broker, manager, admin.config["request_timeout_ms"]
     )
     return asked
 
 
-async def _asked_of_every_broker(manager: Any, timeout_ms: int, every_answer: bool) -> QuorumAsked:
+async def _asked_of_every_broker(manager: Any, timeout_ms: int) -> QuorumAsked:
     """On the admin client's own IO thread, as its questions are asked."""
     brokers = [broker.node_id for broker in manager.cluster.brokers()]
     # First: a broker answers the requests of a connection in turn, and a question
@@ -207,9 +208,7 @@ async def _asked_of_every_broker(manager: Any, timeout_ms: int, every_answer: bo
     decided = Future()
 
     def settle(_: Any = None) -> None:
-        named = not every_answer and any(
-            f.succeeded() and _names_leader(_answer(f)) for f in quorum
-        )
+        named = any(f.succeeded() and _names_leader(_answer(f)) for f in quorum)
         if not decided.is_done and (named or all(f.is_done for f in quorum + alive)):
             decided.success(None)
 

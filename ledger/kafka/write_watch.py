@@ -138,9 +138,7 @@ def _ask_the_quorum(bootstrap: str) -> None:
     except Exception:
         return
     try:
-        # Every answer waited for: closed with a question unanswered, kafka-python logs
-        # the connection's abort as an error.
-        said = quorum_problem(admin, every_answer=True)
+        said = quorum_problem(admin)
     except Exception:
         return
     finally:
