@@ -19,6 +19,7 @@ from ledger.kafka.clients import (
     RETRY_BACKOFF_MS,
     AdminClient,
     Consumer,
+    FencedBrokers,
     Producer,
 )
 
@@ -112,7 +113,7 @@ def network(client: Any) -> Any:
 def test_a_stall_check_that_fails_leaves_the_writer_s_sender_polling(
     kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The check for hung brokers (`_PacedNetClient._leave_fenced_brokers`) reads
+    """The check for hung brokers (`FencedBrokers.leave`) reads
     kafka-python's connections as 3.0.12 keeps them; when it fails, the sender's thread goes
     on (the request timeout stands), and it is said, then not checked again."""
     calls: list[int] = []
@@ -128,7 +129,7 @@ def test_a_stall_check_that_fails_leaves_the_writer_s_sender_polling(
     with caplog.at_level("WARNING", logger="consent_ledger.kafka"):
         producer = Producer(bootstrap_servers=kafka_bootstrap)
         try:
-            monkeypatch.setattr(producer._sender._client, "_leave_fenced_brokers", fails)
+            monkeypatch.setattr(producer._sender._client._fenced, "leave", fails)
             deadline = time.monotonic() + 10
             while not said():
                 assert time.monotonic() < deadline, "the sender's polls never checked"
@@ -137,3 +138,35 @@ def test_a_stall_check_that_fails_leaves_the_writer_s_sender_polling(
             assert producer._sender.is_alive()
         finally:
             producer.close()
+
+
+def test_a_reader_checks_for_hung_brokers_on_its_network_thread_until_the_check_fails(
+    kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A consumer's requests are sent by its own network thread, so its check for hung
+    brokers (`FencedBrokers`) runs there, again and again; when it fails it is said once and
+    not run again, and the thread goes on serving the consumer."""
+    threads: list[str] = []
+
+    def second_fails(self: FencedBrokers) -> None:
+        threads.append(threading.current_thread().name)
+        if len(threads) == 2:
+            raise AttributeError("in_flight_requests")
+
+    def said() -> int:
+        message = "left to the request timeout (AttributeError)"
+        return sum(message in r.getMessage() for r in caplog.records)
+
+    monkeypatch.setattr(FencedBrokers, "leave", second_fails)
+    with caplog.at_level("WARNING", logger="consent_ledger.kafka"):
+        consumer = Consumer(bootstrap_servers=kafka_bootstrap)
+        try:
+            deadline = time.monotonic() + 10
+            while not said():
+                assert time.monotonic() < deadline, "the check was not run twice"
+                time.sleep(0.05)  # a condition poll: the check runs on the network thread
+            assert consumer.topics() is not None  # a round trip: the thread still serves it
+            assert said() == 1 and len(threads) == 2
+            assert all(name.startswith("kafka-io") for name in threads), threads
+        finally:
+            consumer.close()

@@ -24,6 +24,7 @@ ledger on it with the compose file's own ledger settings.
 from __future__ import annotations
 
 import base64
+import contextlib
 import importlib.util
 import os
 import select
@@ -43,7 +44,7 @@ from typing import IO, Any
 import pytest
 import yaml
 from fastapi.testclient import TestClient
-from kafka import KafkaAdminClient
+from kafka import KafkaAdminClient, TopicPartition
 
 from api.app import create_app, keys_path
 from api.keys import ApiKeys
@@ -53,7 +54,7 @@ from ledger.kafka.clients import AdminClient
 from ledger.kafka.names import Topics
 from ledger.kafka.publish import publish as publish_to_intake
 from ledger.kafka.readiness import ask_quorum, quorum_problem
-from ledger.kafka.reading import ANSWER_TIMEOUT_S
+from ledger.kafka.reading import ANSWER_TIMEOUT_S, reader
 from ledger.kafka.recorder import KafkaLedgerRecorder, LedgerUnavailable
 from ledger.kafka.topics import _config, ensure_topics
 from ledger.receipt import Receipt
@@ -550,6 +551,76 @@ def test_a_writer_goes_on_while_a_broker_it_writes_to_hangs(
         for r in read_committed(compose_cluster.bootstrap, ledger_topic)
     ]
     assert len([e for e in landed if e.startswith(run)]) == i  # each once
+
+
+def test_a_reader_goes_on_while_the_leader_of_its_partitions_hangs(
+    tmp_path: Path, compose_cluster: ComposeCluster
+) -> None:
+    """A read_committed reader of the ledger topic (as the projections, replay and verify
+    read it), and the broker leading the most of its partitions SIGSTOPped while the writer
+    appends: the controller moves those partitions and the writer goes on, and the reader
+    reads what is appended to them while the broker still hangs. Its fetch to that broker
+    waited until the broker came back (none of their facts read in a 40 s hang, a throwaway
+    probe): `ledger.kafka.clients.Consumer` now lets go of a broker the cluster fenced."""
+    env = compose_ledger_env(compose_cluster, tmp_path / "data")
+    settings = Settings.from_env(env)
+    ledger = ConsentLedger(settings)
+    ledger_topic = Topics.of(settings.topic_prefix).ledger
+    run = uuid.uuid4().hex[:6]
+    try:
+        ledger.init_demo()
+        controller = quorum_leader(compose_cluster.bootstrap)
+        admin = AdminClient(bootstrap_servers=compose_cluster.bootstrap)
+        try:
+            [described] = admin.describe_topics([ledger_topic])
+        finally:
+            admin.close()
+        leaders = Counter(p["leader_id"] for p in described["partitions"])
+        hung_id = next(n for n, _ in leaders.most_common() if n != controller)
+        led = {p["partition_index"] for p in described["partitions"] if p["leader_id"] == hung_id}
+        read_committed(compose_cluster.bootstrap, ledger_topic)  # every marker written
+        consumer = reader(compose_cluster.bootstrap, "hang-reader", timeout_s=30)
+        try:
+            tps = [
+                TopicPartition(ledger_topic, p["partition_index"]) for p in described["partitions"]
+            ]
+            consumer.assign(tps)
+            consumer.seek_to_end(*tps)
+            for tp in tps:
+                consumer.position(tp)  # its fetches start at the end, before the hang
+            written: dict[str, int] = {}  # event_id -> partition
+            read_while_hung: set[str] = set()
+            hung = compose_cluster.service_of(hung_id)
+            compose_cluster.hang(hung)
+            began = time.monotonic()
+            try:
+                i = 0
+                while time.monotonic() - began < HANG_S:
+                    facts = [
+                        parse_fact(grant(subject=f"{run}-{i + k}", event_id=f"{run}-{i + k}"))
+                        for k in range(10)
+                    ]
+                    with contextlib.suppress(LedgerUnavailable):  # the same facts again
+                        for receipt in ledger.record(facts):
+                            assert isinstance(receipt, Receipt) and receipt.partition is not None
+                            written[receipt.event_id] = receipt.partition
+                        i += 10
+                    for batch in consumer.poll(timeout_ms=200).values():
+                        if time.monotonic() - began < HANG_S:
+                            read_while_hung |= {headers(r)["event_id"] for r in batch}
+            finally:
+                compose_cluster.resume(hung)
+        finally:
+            consumer.close()
+        compose_cluster.wait_fully_replicated(replicated_topics(settings))
+    finally:
+        ledger.close()
+    of_moved = {e for e, partition in written.items() if partition in led}
+    assert of_moved, f"nothing was written to partitions {sorted(led)} while they moved"
+    assert of_moved & read_while_hung, (
+        f"of {len(of_moved)} facts written to partitions {sorted(led)} while their leader "
+        "hung, none was read before it came back"
+    )
 
 
 def test_the_quorum_is_not_said_lost_while_its_active_controller_hangs(

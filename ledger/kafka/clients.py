@@ -54,9 +54,9 @@ RETRY_BACKOFF_MS = 20
 # the others) with kafka-python's back-off, 1.5 to 2.6 s after it in 7 runs of 7 with this.
 RECONNECT_BACKOFF_MAX_MS = 1000
 
-# A producer's request unanswered this long has its broker looked for in the cluster's
+# A client's request unanswered this long has its broker looked for in the cluster's
 # metadata, refreshed for it at most every `STALLED_CHECK_S` while the request waits
-# (`_PacedNetClient._leave_fenced_brokers`).
+# (`FencedBrokers`).
 STALLED_S = 2.0
 STALLED_CHECK_S = 0.5
 
@@ -194,7 +194,21 @@ class _ClosedIfUnreached:
 
 
 class Consumer(_ClosedIfUnreached, KafkaConsumer):  # type: ignore[misc]
-    pass
+    """A consumer whose fetches let go of a broker the cluster fenced (`FencedBrokers`).
+
+    Its requests are sent by the network thread kafka-python starts for it, not by a poll
+    of ours, so the check runs there, as a task of that thread's loop, every
+    `STALLED_CHECK_S`. Without it, a reader of the ledger topic read nothing of the
+    partitions a hung broker had led for as long as the broker stayed hung, although the
+    cluster had moved them and the writer appended to them: with one of the compose file's
+    three brokers SIGSTOPped for 40 s under a writer appending ten facts every 0.2 s (a
+    throwaway probe, 2026-12-06), the facts of its two partitions written 15 s and more into
+    the hang were read 0 of 355 while it lasted, the other four partitions' within 0.2 s.
+    """
+
+    def __init__(self, **configs: Any) -> None:
+        super().__init__(**configs)
+        _watch_fenced_brokers(self._client._manager)
 
 
 class AdminClient(_ClosedIfUnreached, KafkaAdminClient):  # type: ignore[misc]
@@ -225,9 +239,7 @@ class _PacedNetClient(KafkaNetClient):  # type: ignore[misc]
         super().__init__(**configs)
         self._idle_poll_ms = float(configs.get("retry_backoff_ms", 100))
         self._sent_since_poll = True
-        self._stalls_checked_at = 0.0
-        self._stalls_unchecked = False  # set once the check failed (`poll`)
-        self._asking: set[Any] = set()  # brokers asked for the metadata, not answered yet
+        self._fenced = FencedBrokers(self._manager)
 
     def connection_delay(self, node_id: Any) -> float:
         connection = self._manager._conns.get(node_id)
@@ -268,52 +280,64 @@ class _PacedNetClient(KafkaNetClient):  # type: ignore[misc]
             timeout_ms = STALLED_CHECK_S * 1000
         self._sent_since_poll = False
         polled = super().poll(timeout_ms=timeout_ms, future=future)
-        if not self._stalls_unchecked:
-            try:
-                self._leave_fenced_brokers()
-            except Exception as error:
-                # It reads kafka-python's connections as 3.0.12 keeps them; another version
-                # must not have the sender's thread die of it: its request timeout stands.
-                self._stalls_unchecked = True
-                log.warning(
-                    "hung Kafka brokers are left to the request timeout (%s)",
-                    type(error).__name__,
-                    extra={"error": type(error).__name__},
-                )
+        self._fenced.check()  # the sender's thread drives these connections
         return polled
 
-    def _leave_fenced_brokers(self) -> None:
-        """Fail the requests waiting on a broker that the cluster no longer lists.
 
-        A broker that hangs (a stopped process, a frozen VM, a stalled disk) keeps its
-        connections open and answers nothing. The controller fences it once its heartbeats
-        stop (`broker.session.timeout.ms`, 9 s by default) and moves its partitions and
-        transaction coordinators to live brokers, but a request already sent to it waits
-        out the request timeout (30 s), after which kafka-python closes the connection,
-        refreshes its metadata and retries elsewhere; and its metadata refresh itself may
-        be the request waiting, when it went to the hung broker. With one of the compose
-        file's three brokers SIGSTOPped for 25 s under a writer committing ten facts at a
-        time (a throwaway probe, 2026-12-06), a produce request sent to it waited the whole
-        25 s.
+class FencedBrokers:
+    """Fails the requests of one client that wait on a broker the cluster no longer lists.
 
-        Here, on the sender's own thread (the one that drives these connections), while a
-        request has gone unanswered for `STALLED_S`, every `STALLED_CHECK_S` each broker it
-        is not waiting on (a broker answers a connection's requests in turn) is asked for
-        the cluster's metadata, and each answer is taken as kafka-python's own refresh would
-        take it (so the producer also learns the partitions' new leaders at once). Once an
-        answer no longer lists the broker of a waiting request (fenced brokers are left out
-        of it), that connection is closed as a lost connection (`BrokerFenced`), on which
-        the producer retries: its produce requests (idempotent), and a transactional request
-        once it has looked the coordinator up again. Not as a request timeout: kafka-python
-        3.0.12 retries a produce request that timed out but fails the transaction of a
-        transactional one ("for unknown reasons"; the Java client retries both), so a commit
-        whose coordinator hung was refused at the timeout even when the controller had moved
-        the coordinator long before.
-        """
-        now = time.monotonic()
-        if now - self._stalls_checked_at < STALLED_CHECK_S:
+    A broker that hangs (a stopped process, a frozen VM, a stalled disk) keeps its
+    connections open and answers nothing. The controller fences it once its heartbeats
+    stop (`broker.session.timeout.ms`, 9 s by default) and moves its partitions and
+    transaction coordinators to live brokers, but a request already sent to it waits
+    out the request timeout (30 s), after which kafka-python closes the connection,
+    refreshes its metadata and retries elsewhere; and its metadata refresh itself may
+    be the request waiting, when it went to the hung broker. With one of the compose
+    file's three brokers SIGSTOPped for 25 s under a writer committing ten facts at a
+    time (a throwaway probe, 2026-12-06), a produce request sent to it waited the whole
+    25 s.
+
+    Here, on the thread that drives the client's connections (a producer's sender, a
+    consumer's network thread), while a request has gone unanswered for `STALLED_S`, every
+    `STALLED_CHECK_S` each broker it is not waiting on (a broker answers a connection's
+    requests in turn) is asked for the cluster's metadata, and each answer is taken as
+    kafka-python's own refresh would take it (so the client also learns the partitions'
+    new leaders at once). Once an answer no longer lists the broker of a waiting request
+    (fenced brokers are left out of it), that connection is closed as a lost connection
+    (`BrokerFenced`), on which a consumer fetches from the partitions' new leaders, and a
+    producer retries: its produce requests (idempotent), and a transactional request
+    once it has looked the coordinator up again. Not as a request timeout: kafka-python
+    3.0.12 retries a produce request that timed out but fails the transaction of a
+    transactional one ("for unknown reasons"; the Java client retries both), so a commit
+    whose coordinator hung was refused at the timeout even when the controller had moved
+    the coordinator long before. A consumer's fetch waited the same way (`Consumer`).
+    """
+
+    def __init__(self, manager: Any) -> None:
+        self._manager = manager
+        self._checked_at = 0.0
+        self.unchecked = False  # set once the check failed (`check`)
+        self._asking: set[Any] = set()  # brokers asked for the metadata, not answered yet
+
+    def check(self) -> None:
+        """`leave`, at most every `STALLED_CHECK_S`, on the thread that drives the client's
+        connections; said once and not done again if it fails."""
+        if self.unchecked:
             return
-        self._stalls_checked_at = now
+        try:
+            self.leave()
+        except Exception as error:
+            # It reads kafka-python's connections as 3.0.12 keeps them; another version
+            # must not have the client's thread die of it: its request timeout stands.
+            self.unchecked = True
+            _unchecked(error)
+
+    def leave(self) -> None:
+        now = time.monotonic()
+        if now - self._checked_at < STALLED_CHECK_S:
+            return
+        self._checked_at = now
         # kafka-python 3.0.12's own; where another keeps them otherwise, `poll` says so once.
         manager = self._manager
         stalled = _stalled(manager, now)
@@ -362,7 +386,33 @@ class _PacedNetClient(KafkaNetClient):  # type: ignore[misc]
 
 class BrokerFenced(KafkaConnectionError):  # type: ignore[misc]
     """A connection closed because its broker left the cluster's metadata while a request
-    waited on it (`_PacedNetClient._leave_fenced_brokers`)."""
+    waited on it (`FencedBrokers`)."""
+
+
+def _unchecked(error: Exception) -> None:
+    log.warning(
+        "hung Kafka brokers are left to the request timeout (%s)",
+        type(error).__name__,
+        extra={"error": type(error).__name__},
+    )
+
+
+def _watch_fenced_brokers(manager: Any) -> None:
+    """`FencedBrokers.check` every `STALLED_CHECK_S`, as a task of the loop of the client's
+    network thread (kafka-python 3.0.12's; where it is otherwise, said once, and the
+    client is left to its request timeout). The task ends with the loop, as the client
+    closes."""
+    fenced = FencedBrokers(manager)
+
+    async def every_check() -> None:
+        while not fenced.unchecked:
+            await manager._net.sleep(STALLED_CHECK_S)
+            fenced.check()
+
+    try:
+        manager.call_soon(every_check)
+    except Exception as error:
+        _unchecked(error)
 
 
 def _stalled(manager: Any, now: float) -> dict[Any, float]:
