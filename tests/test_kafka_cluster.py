@@ -49,7 +49,7 @@ from kafka import KafkaAdminClient, TopicPartition
 from api.app import create_app, keys_path
 from api.keys import ApiKeys
 from ledger.application import ConsentLedger
-from ledger.envelope import parse_fact
+from ledger.envelope import Fact, parse_fact
 from ledger.kafka.clients import AdminClient
 from ledger.kafka.names import Topics
 from ledger.kafka.publish import publish as publish_to_intake
@@ -470,6 +470,22 @@ def quorum_leader(bootstrap: str) -> int:
     return leader
 
 
+def described_topics(bootstrap: str, topics: list[str]) -> dict[str, Any]:
+    admin = AdminClient(bootstrap_servers=bootstrap)
+    try:
+        return {t["name"]: t for t in admin.describe_topics(topics)}
+    finally:
+        admin.close()
+
+
+def ten_grants(run: str, first: int) -> list[Fact]:
+    """Ten new subjects' grants, numbered from `first`: the writes made while a broker hangs."""
+    return [
+        parse_fact(grant(subject=f"{run}-{first + k}", event_id=f"{run}-{first + k}"))
+        for k in range(10)
+    ]
+
+
 def test_a_writer_goes_on_while_a_broker_it_writes_to_hangs(
     tmp_path: Path, compose_cluster: ComposeCluster
 ) -> None:
@@ -491,13 +507,9 @@ def test_a_writer_goes_on_while_a_broker_it_writes_to_hangs(
         controller = quorum_leader(compose_cluster.bootstrap)
         recorder = ledger.ledger_recorder
         assert isinstance(recorder, KafkaLedgerRecorder)
-        admin = AdminClient(bootstrap_servers=compose_cluster.bootstrap)
-        try:
-            described = {
-                t["name"]: t for t in admin.describe_topics([ledger_topic, "__transaction_state"])
-            }
-        finally:
-            admin.close()
+        described = described_topics(
+            compose_cluster.bootstrap, [ledger_topic, "__transaction_state"]
+        )
         # The writer's transaction coordinator, unless it is the active controller: then a
         # broker leading the most ledger partitions. Kafka keeps a transactional id's state
         # in partition abs(Java hashCode) % 50 of __transaction_state, whose leader is the
@@ -523,10 +535,7 @@ def test_a_writer_goes_on_while_a_broker_it_writes_to_hangs(
         try:
             i = 0
             while time.monotonic() - began < HANG_S:
-                facts = [
-                    parse_fact(grant(subject=f"{run}-{i + k}", event_id=f"{run}-{i + k}"))
-                    for k in range(10)
-                ]
+                facts = ten_grants(run, i)
                 start = time.monotonic() - began
                 try:
                     ledger.record(facts)
@@ -570,11 +579,7 @@ def test_a_reader_goes_on_while_the_leader_of_its_partitions_hangs(
     try:
         ledger.init_demo()
         controller = quorum_leader(compose_cluster.bootstrap)
-        admin = AdminClient(bootstrap_servers=compose_cluster.bootstrap)
-        try:
-            [described] = admin.describe_topics([ledger_topic])
-        finally:
-            admin.close()
+        described = described_topics(compose_cluster.bootstrap, [ledger_topic])[ledger_topic]
         leaders = Counter(p["leader_id"] for p in described["partitions"])
         hung_id = next(n for n, _ in leaders.most_common() if n != controller)
         led = {p["partition_index"] for p in described["partitions"] if p["leader_id"] == hung_id}
@@ -596,12 +601,8 @@ def test_a_reader_goes_on_while_the_leader_of_its_partitions_hangs(
             try:
                 i = 0
                 while time.monotonic() - began < HANG_S:
-                    facts = [
-                        parse_fact(grant(subject=f"{run}-{i + k}", event_id=f"{run}-{i + k}"))
-                        for k in range(10)
-                    ]
                     with contextlib.suppress(LedgerUnavailable):  # the same facts again
-                        for receipt in ledger.record(facts):
+                        for receipt in ledger.record(ten_grants(run, i)):
                             assert isinstance(receipt, Receipt) and receipt.partition is not None
                             written[receipt.event_id] = receipt.partition
                         i += 10
