@@ -41,17 +41,19 @@ from pathlib import Path
 from types import ModuleType
 from typing import IO, Any
 
+import orjson
 import pytest
 import yaml
 from fastapi.testclient import TestClient
-from kafka import KafkaAdminClient, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from api.app import create_app, keys_path
 from api.keys import ApiKeys
 from ledger.application import ConsentLedger
 from ledger.envelope import Fact, parse_fact
-from ledger.kafka.clients import AdminClient
+from ledger.kafka.clients import AdminClient, Producer
 from ledger.kafka.names import Topics
+from ledger.kafka.publish import intake_key
 from ledger.kafka.publish import publish as publish_to_intake
 from ledger.kafka.readiness import ask_quorum, quorum_problem
 from ledger.kafka.reading import ANSWER_TIMEOUT_S, reader
@@ -562,6 +564,33 @@ def test_a_writer_goes_on_while_a_broker_it_writes_to_hangs(
     assert len([e for e in landed if e.startswith(run)]) == i  # each once
 
 
+def hung_leader(bootstrap: str, topic: str) -> tuple[int, set[int]]:
+    """The broker to hang: the one leading the most partitions of `topic` but the active
+    controller (whose hang is another test's), and the partitions it leads."""
+    controller = quorum_leader(bootstrap)
+    described = described_topics(bootstrap, [topic])[topic]
+    leaders = Counter(p["leader_id"] for p in described["partitions"])
+    node = next(n for n, _ in leaders.most_common() if n != controller)
+    return node, {p["partition_index"] for p in described["partitions"] if p["leader_id"] == node}
+
+
+def reader_at_end(bootstrap: str, topic: str) -> KafkaConsumer:
+    """A read_committed reader (`ledger.kafka.reading.reader`) of every partition of
+    `topic`, from its end, once every transaction's markers are written."""
+    read_committed(bootstrap, topic)
+    consumer = reader(bootstrap, "hang-reader", timeout_s=30)
+    tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+    consumer.assign(tps)
+    consumer.seek_to_end(*tps)
+    for tp in tps:
+        consumer.position(tp)  # its fetches start at the end, before the hang
+    return consumer
+
+
+def event_ids_read(consumer: KafkaConsumer) -> set[str]:
+    return {headers(r)["event_id"] for b in consumer.poll(timeout_ms=200).values() for r in b}
+
+
 def test_a_reader_goes_on_while_the_leader_of_its_partitions_hangs(
     tmp_path: Path, compose_cluster: ComposeCluster
 ) -> None:
@@ -576,25 +605,13 @@ def test_a_reader_goes_on_while_the_leader_of_its_partitions_hangs(
     ledger = ConsentLedger(settings)
     ledger_topic = Topics.of(settings.topic_prefix).ledger
     run = uuid.uuid4().hex[:6]
+    written: dict[str, int] = {}  # event_id -> ledger partition
+    read_while_hung: set[str] = set()
     try:
         ledger.init_demo()
-        controller = quorum_leader(compose_cluster.bootstrap)
-        described = described_topics(compose_cluster.bootstrap, [ledger_topic])[ledger_topic]
-        leaders = Counter(p["leader_id"] for p in described["partitions"])
-        hung_id = next(n for n, _ in leaders.most_common() if n != controller)
-        led = {p["partition_index"] for p in described["partitions"] if p["leader_id"] == hung_id}
-        read_committed(compose_cluster.bootstrap, ledger_topic)  # every marker written
-        consumer = reader(compose_cluster.bootstrap, "hang-reader", timeout_s=30)
+        hung_id, led = hung_leader(compose_cluster.bootstrap, ledger_topic)
+        consumer = reader_at_end(compose_cluster.bootstrap, ledger_topic)
         try:
-            tps = [
-                TopicPartition(ledger_topic, p["partition_index"]) for p in described["partitions"]
-            ]
-            consumer.assign(tps)
-            consumer.seek_to_end(*tps)
-            for tp in tps:
-                consumer.position(tp)  # its fetches start at the end, before the hang
-            written: dict[str, int] = {}  # event_id -> partition
-            read_while_hung: set[str] = set()
             hung = compose_cluster.service_of(hung_id)
             compose_cluster.hang(hung)
             began = time.monotonic()
@@ -606,9 +623,9 @@ def test_a_reader_goes_on_while_the_leader_of_its_partitions_hangs(
                             assert isinstance(receipt, Receipt) and receipt.partition is not None
                             written[receipt.event_id] = receipt.partition
                         i += 10
-                    for batch in consumer.poll(timeout_ms=200).values():
-                        if time.monotonic() - began < HANG_S:
-                            read_while_hung |= {headers(r)["event_id"] for r in batch}
+                    read = event_ids_read(consumer)
+                    if time.monotonic() - began < HANG_S:
+                        read_while_hung |= read
             finally:
                 compose_cluster.resume(hung)
         finally:
@@ -621,6 +638,83 @@ def test_a_reader_goes_on_while_the_leader_of_its_partitions_hangs(
     assert of_moved & read_while_hung, (
         f"of {len(of_moved)} facts written to partitions {sorted(led)} while their leader "
         "hung, none was read before it came back"
+    )
+
+
+def test_the_intake_writer_goes_on_while_the_leader_of_intake_partitions_hangs(
+    tmp_path: Path, compose_cluster: ComposeCluster
+) -> None:
+    """The worker consuming the intake topic, and the broker leading the most intake
+    partitions SIGSTOPped while a service publishes: once the controller has moved them,
+    what is published to them reaches the ledger while the broker still hangs. The intake
+    consumer's fetch waited on the hung broker, and the whole intake stalled: facts of
+    every partition 23 to 25 s late in a 40 s hang, in 2 runs of a throwaway probe, those
+    of the hung broker's partitions not taken until it came back in one; 0.6 s at most in
+    2 runs with `ledger.kafka.clients.Consumer` letting go of a broker the cluster fenced."""
+    env = compose_ledger_env(compose_cluster, tmp_path / "data")
+    assert run_with({**os.environ, **env}, "init").returncode == 0
+    topics = Topics.of(Settings.from_env(env).topic_prefix)
+    bootstrap = compose_cluster.bootstrap
+    hung_id, led = hung_leader(bootstrap, topics.intake)
+    secret = os.urandom(32)  # the publishing service's, for its keys
+    published: dict[str, int] = {}  # event_id -> intake partition
+    in_ledger_while_hung: set[str] = set()
+
+    def publish_ten(first: int) -> set[str]:
+        facts = [
+            grant(subject=f"{run}-{first + k}", event_id=f"{run}-{first + k}") for k in range(10)
+        ]
+        sent = [
+            (
+                f["event_id"],
+                producer.send(
+                    topics.intake,
+                    key=intake_key(secret, f["tenant"], f["subject"]),
+                    value=orjson.dumps(f),
+                ),
+            )
+            for f in facts
+        ]
+        producer.flush(timeout=60)
+        published.update((e, future.get(timeout=0).partition) for e, future in sent)
+        return {e for e, _ in sent}
+
+    run = uuid.uuid4().hex[:6]
+    consumer = reader_at_end(bootstrap, topics.ledger)
+    producer = Producer(bootstrap_servers=bootstrap, acks="all")
+    worker = start_with({**os.environ, **env}, "worker", "--interval", "0.1")
+    try:
+        first, seen = publish_ten(0), set[str]()
+        deadline = time.monotonic() + 60
+        while not first <= seen:  # the worker runs and takes what is published
+            assert time.monotonic() < deadline and worker.poll() is None, "the worker took nothing"
+            seen |= event_ids_read(consumer)
+        hung = compose_cluster.service_of(hung_id)
+        compose_cluster.hang(hung)
+        began = time.monotonic()
+        try:
+            i = 10
+            while time.monotonic() - began < HANG_S:
+                publish_ten(i)
+                i += 10
+                read = event_ids_read(consumer)
+                if time.monotonic() - began < HANG_S:
+                    in_ledger_while_hung |= read
+        finally:
+            compose_cluster.resume(hung)
+        compose_cluster.wait_fully_replicated(replicated_topics(Settings.from_env(env)))
+        stop_cleanly(worker)
+    finally:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGKILL)
+            worker.communicate()
+        producer.close()
+        consumer.close()
+    of_moved = {e for e, partition in published.items() if partition in led and e not in first}
+    assert of_moved, f"nothing was published to intake partitions {sorted(led)} while they moved"
+    assert of_moved & in_ledger_while_hung, (
+        f"of {len(of_moved)} facts published to intake partitions {sorted(led)} while their "
+        "leader hung, none reached the ledger before it came back"
     )
 
 
