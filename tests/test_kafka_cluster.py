@@ -109,13 +109,20 @@ class ComposeCluster:
     def start(self, service: str) -> None:
         self.command("start-node", str(self.root), service)
 
-    def hang(self, service: str) -> None:
-        """SIGSTOP the broker: its connections stay open and nothing is answered, as when a
-        process, its disk or its VM freezes."""
-        os.kill(self._pid(service), signal.SIGSTOP)
-
-    def resume(self, service: str) -> None:
-        os.kill(self._pid(service), signal.SIGCONT)
+    @contextlib.contextmanager
+    def hung(self, *services: str) -> Iterator[float]:
+        """SIGSTOP the brokers (their connections stay open and nothing is answered, as when
+        a process, its disk or its VM freezes), and SIGCONT them on leaving, whatever
+        happened; yields when the hang began (`time.monotonic`)."""
+        stopped: list[str] = []
+        try:
+            for service in services:
+                os.kill(self._pid(service), signal.SIGSTOP)
+                stopped.append(service)
+            yield time.monotonic()
+        finally:
+            for service in stopped:
+                os.kill(self._pid(service), signal.SIGCONT)
 
     def _pid(self, service: str) -> int:
         return int((self.root / service / "broker.pid").read_text())
@@ -532,22 +539,20 @@ def test_a_writer_goes_on_while_a_broker_it_writes_to_hangs(
         # markers on their way to the broker as it hangs hold the next transaction until
         # the brokers' own request timeout (30 s), which no client can shorten.
         read_committed(compose_cluster.bootstrap, ledger_topic)
-        compose_cluster.hang(hung)
-        began = time.monotonic()
         try:
-            i = 0
-            while time.monotonic() - began < HANG_S:
-                facts = ten_grants(run, i)
-                start = time.monotonic() - began
-                try:
-                    ledger.record(facts)
-                except LedgerUnavailable as error:
-                    refused.append(f"{start:.1f} s in: {error}")
-                    continue  # the same facts again
-                written.append((start, time.monotonic() - began))
-                i += 10
+            with compose_cluster.hung(hung) as began:
+                i = 0
+                while time.monotonic() - began < HANG_S:
+                    facts = ten_grants(run, i)
+                    start = time.monotonic() - began
+                    try:
+                        ledger.record(facts)
+                    except LedgerUnavailable as error:
+                        refused.append(f"{start:.1f} s in: {error}")
+                        continue  # the same facts again
+                    written.append((start, time.monotonic() - began))
+                    i += 10
         finally:
-            compose_cluster.resume(hung)
             compose_cluster.wait_fully_replicated(replicated_topics(settings))
         assert not refused, refused
         # The first write to wait on the hung broker ends while it still hangs, and others
@@ -612,10 +617,7 @@ def test_a_reader_goes_on_while_the_leader_of_its_partitions_hangs(
         hung_id, led = hung_leader(compose_cluster.bootstrap, ledger_topic)
         consumer = reader_at_end(compose_cluster.bootstrap, ledger_topic)
         try:
-            hung = compose_cluster.service_of(hung_id)
-            compose_cluster.hang(hung)
-            began = time.monotonic()
-            try:
+            with compose_cluster.hung(compose_cluster.service_of(hung_id)) as began:
                 i = 0
                 while time.monotonic() - began < HANG_S:
                     with contextlib.suppress(LedgerUnavailable):  # the same facts again
@@ -626,8 +628,6 @@ def test_a_reader_goes_on_while_the_leader_of_its_partitions_hangs(
                     read = event_ids_read(consumer)
                     if time.monotonic() - began < HANG_S:
                         read_while_hung |= read
-            finally:
-                compose_cluster.resume(hung)
         finally:
             consumer.close()
         compose_cluster.wait_fully_replicated(replicated_topics(settings))
@@ -689,10 +689,7 @@ def test_the_intake_writer_goes_on_while_the_leader_of_intake_partitions_hangs(
         while not first <= seen:  # the worker runs and takes what is published
             assert time.monotonic() < deadline and worker.poll() is None, "the worker took nothing"
             seen |= event_ids_read(consumer)
-        hung = compose_cluster.service_of(hung_id)
-        compose_cluster.hang(hung)
-        began = time.monotonic()
-        try:
+        with compose_cluster.hung(compose_cluster.service_of(hung_id)) as began:
             i = 10
             while time.monotonic() - began < HANG_S:
                 publish_ten(i)
@@ -700,8 +697,6 @@ def test_the_intake_writer_goes_on_while_the_leader_of_intake_partitions_hangs(
                 read = event_ids_read(consumer)
                 if time.monotonic() - began < HANG_S:
                     in_ledger_while_hung |= read
-        finally:
-            compose_cluster.resume(hung)
         compose_cluster.wait_fully_replicated(replicated_topics(Settings.from_env(env)))
         stop_cleanly(worker)
     finally:
@@ -730,20 +725,11 @@ def test_the_quorum_is_not_said_lost_while_its_active_controller_hangs(
     try:
         assert quorum_problem(admin) is None  # learns the voters, as a writer does
         hung = compose_cluster.service_of(quorum_leader(compose_cluster.bootstrap))
-        compose_cluster.hang(hung)
-        try:
+        with compose_cluster.hung(hung):
             said = [quorum_problem(admin) for _ in range(2)]
-        finally:
-            compose_cluster.resume(hung)
         assert said == [None, None], said
-        down = [s for s in compose_cluster.services if s != hung]
-        for service in down:
-            compose_cluster.hang(service)
-        try:
+        with compose_cluster.hung(*[s for s in compose_cluster.services if s != hung]):
             said = [quorum_problem(admin) for _ in range(2)]  # and two of three do lose it
-        finally:
-            for service in down:
-                compose_cluster.resume(service)
         assert [s and s[0] for s in said] == ["kafka_quorum_lost"] * 2, said
     finally:
         admin.close()
