@@ -312,4 +312,16 @@ def kafka_unready(service: Service) -> tuple[str, str] | None:
     if unwritable is not None:
         return unwritable
     # Last: when the quorum is lost the metadata above is a surviving broker's stale cache.
-    return quorum_problem(service.admin)
+    try:
+        return quorum_problem(service.admin)
+    except Exception as exc:
+        # Its answers are checked (`quorum_verdict`); what raises is the client itself: its
+        # network thread stopped under it (another probe's closed the client), say. A
+        # probe answers what it can, never a 500; the next makes a new client.
+        if service.admin is not None:
+            service.admin.close()
+            service.admin = None
+        return (
+            "broker_unreachable",
+            f"the Kafka brokers were not asked about the quorum ({type(exc).__name__})",
+        )

@@ -192,6 +192,34 @@ def test_readyz_reports_an_unreachable_broker(tmp_path: Path, kafka_bootstrap: s
         assert kafka_threads() == threads
 
 
+def test_readyz_answers_a_problem_when_the_quorum_question_itself_fails(
+    tmp_path: Path, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The quorum question's client failing under it (its network thread stopped: another
+    probe, running at the same time, closed the client after a failure of its own) is a
+    503 the probe can read, not a 500; the next probe makes a new client."""
+    from kafka.errors import KafkaConnectionError
+
+    from ledger.kafka import readiness
+
+    def stopped(admin: object) -> None:
+        raise KafkaConnectionError("Event loop stopped")
+
+    settings = kafka_settings(tmp_path / "data", kafka_bootstrap)
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/readyz").status_code == 200
+        service = client.app.state.service  # type: ignore[attr-defined]
+        with monkeypatch.context() as patched:
+            patched.setattr(readiness, "ask_quorum", stopped)
+            answer = client.get("/readyz")
+        assert answer.status_code == 503, answer.text
+        assert answer.headers["content-type"] == "application/problem+json"
+        assert answer.json()["code"] == "broker_unreachable"
+        assert "KafkaConnectionError" in answer.json()["detail"]
+        assert service.admin is None
+        assert client.get("/readyz").status_code == 200
+
+
 def test_readyz_reports_a_topic_deleted_under_it(tmp_path: Path, kafka_bootstrap: str) -> None:
     """The broker answers, a topic the ledger needs is gone: not ready, naming the topic
     (not `broker_unreachable`, which would send an operator to the network)."""
