@@ -258,6 +258,24 @@ def open_requests(service: Service) -> dict[str, int]:
 def kafka_unready(service: Service) -> tuple[str, str] | None:
     """Why the Kafka side cannot serve writes: fenced, writer stopped, broker or topics gone,
     ledger partitions without enough replicas, or the controllers without a quorum."""
+    intake = service.intake
+    fenced = getattr(service.ledger.ledger_recorder, "fenced", False)
+    if fenced or (intake is not None and intake.fenced):
+        return "writer_fenced", "another writer owns the ledger partitions"
+    if intake is not None and intake.failed:
+        return "not_ready", f"the intake writer stopped ({intake.failed})"
+    refused = getattr(service.ledger.ledger_recorder, "access_refused", None)
+    if refused:  # the writer's last append or taking of the partitions: no write can pass
+        return "kafka_access_refused", refused
+    # One probe at a time asks the cluster (probes run in the server's thread pool, side by
+    # side): a probe whose client failed closes it, and another's question on it failed
+    # then, a broker said unreachable that had answered.
+    with service.readiness_lock:
+        return cluster_unready(service)
+
+
+def cluster_unready(service: Service) -> tuple[str, str] | None:
+    """`kafka_unready`'s questions to the cluster, on the service's admin client."""
     from kafka.errors import TopicAuthorizationFailedError
 
     from ledger.kafka.acls import WHERE_LISTED
@@ -269,15 +287,6 @@ def kafka_unready(service: Service) -> tuple[str, str] | None:
         unwritable_partitions,
     )
 
-    intake = service.intake
-    fenced = getattr(service.ledger.ledger_recorder, "fenced", False)
-    if fenced or (intake is not None and intake.fenced):
-        return "writer_fenced", "another writer owns the ledger partitions"
-    if intake is not None and intake.failed:
-        return "not_ready", f"the intake writer stopped ({intake.failed})"
-    refused = getattr(service.ledger.ledger_recorder, "access_refused", None)
-    if refused:  # the writer's last append or taking of the partitions: no write can pass
-        return "kafka_access_refused", refused
     topics = Topics.of(service.settings.topic_prefix)
     try:
         if service.admin is None:

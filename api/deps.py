@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
@@ -37,6 +38,8 @@ class Service:
     intake: Any = None  # Kafka mode: the intake writer thread (ledger.kafka.intake_thread)
     writer_process: Any = None  # embedded mode: where `writer` records (api.writer_process)
     admin: Any = None  # Kafka mode: an admin client kept for readiness checks
+    # Kafka mode: held by the readiness check that uses `admin` (api.app.kafka_unready).
+    readiness_lock: threading.Lock = field(default_factory=threading.Lock)
     refusals: Any = None  # Kafka mode: the intake writer's refusals (ledger.kafka.refusal_index)
     access: AccessLog | None = None  # who read or erased which subject (api.access_log)
 

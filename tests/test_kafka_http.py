@@ -220,6 +220,48 @@ def test_readyz_answers_a_problem_when_the_quorum_question_itself_fails(
         assert client.get("/readyz").status_code == 200
 
 
+def test_readiness_probes_at_once_ask_the_cluster_one_after_the_other(
+    tmp_path: Path, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Probes run side by side in the server's thread pool and share one admin client: one
+    whose client failed closed it, and the question another probe was asking on it failed,
+    a broker said unreachable that had answered. One probe at a time asks: while the first
+    probe's quorum question is held open, nothing of the second reaches the cluster."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ledger.kafka import readiness
+
+    ask_quorum, asked_of_some_broker = readiness.ask_quorum, readiness.asked_of_some_broker
+    inside, go, meanwhile = threading.Event(), threading.Event(), threading.Event()
+
+    def held(admin: Any) -> Any:
+        inside.set()
+        assert go.wait(30)
+        return ask_quorum(admin)
+
+    def described(admin: Any, ask: Any) -> Any:
+        if inside.is_set() and not go.is_set():
+            meanwhile.set()
+        return asked_of_some_broker(admin, ask)
+
+    settings = kafka_settings(tmp_path / "data", kafka_bootstrap)
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/readyz").status_code == 200
+        monkeypatch.setattr(readiness, "ask_quorum", held)
+        monkeypatch.setattr(readiness, "asked_of_some_broker", described)
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(client.get, "/readyz")
+            try:
+                assert inside.wait(30), "the first probe never asked the quorum"
+                second = pool.submit(client.get, "/readyz")
+                # A bounded look for what must not happen: the second probe asking meanwhile.
+                assert not meanwhile.wait(1.0), "the second probe asked while the first did"
+            finally:
+                go.set()
+            assert first.result().status_code == 200, first.result().text
+            assert second.result().status_code == 200, second.result().text
+
+
 def test_readyz_reports_a_topic_deleted_under_it(tmp_path: Path, kafka_bootstrap: str) -> None:
     """The broker answers, a topic the ledger needs is gone: not ready, naming the topic
     (not `broker_unreachable`, which would send an operator to the network)."""
