@@ -170,3 +170,26 @@ def test_a_reader_checks_for_hung_brokers_on_its_network_thread_until_the_check_
             assert all(name.startswith("kafka-io") for name in threads), threads
         finally:
             consumer.close()
+
+
+def test_an_answer_the_check_cannot_read_stops_the_check_and_is_said_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A metadata answer taken as kafka-python 3.0.12 takes it (`FencedBrokers`); read
+    otherwise by another version, the check stops, said once, rather than have
+    kafka-python log the failure of every answer while a request waits."""
+
+    class Cluster:
+        def update_metadata(self, response: object) -> None:
+            raise AttributeError("brokers")
+
+    class Manager:
+        cluster = Cluster()
+
+    fenced = FencedBrokers(Manager())
+    with caplog.at_level("WARNING", logger="consent_ledger.kafka"):
+        for node_id in (1, 2):
+            fenced._brokers_said(node_id, object())
+    assert fenced.unchecked
+    said = [r for r in caplog.records if "left to the request timeout" in r.getMessage()]
+    assert len(said) == 1 and "AttributeError" in said[0].getMessage()

@@ -359,6 +359,17 @@ class FencedBrokers:
 
     def _brokers_said(self, node_id: Any, response: Any) -> None:
         self._asking.discard(node_id)
+        if self.unchecked:
+            return
+        try:
+            self._leave_unlisted(response)
+        except Exception as error:
+            # As in `check`: called back by kafka-python, which would log the failure of
+            # each answer, every `STALLED_CHECK_S` while a request waits.
+            self.unchecked = True
+            _unchecked(error)
+
+    def _leave_unlisted(self, response: Any) -> None:
         manager = self._manager
         cluster = manager.cluster
         cluster.update_metadata(response)
