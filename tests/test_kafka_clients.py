@@ -193,3 +193,24 @@ def test_an_answer_the_check_cannot_read_stops_the_check_and_is_said_once(
     assert fenced.unchecked
     said = [r for r in caplog.records if "left to the request timeout" in r.getMessage()]
     assert len(said) == 1 and "AttributeError" in said[0].getMessage()
+
+
+def test_a_reader_whose_check_cannot_start_is_made_all_the_same(
+    kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The consumer's check reads kafka-python 3.0.12's network internals as it starts;
+    another version keeping them otherwise must not fail the consumer's constructor (which
+    would leave its network thread running): said once, the consumer is made and reads."""
+
+    def fails(self: FencedBrokers, manager: object) -> None:
+        raise AttributeError("_conns")
+
+    monkeypatch.setattr(FencedBrokers, "__init__", fails)
+    with caplog.at_level("WARNING", logger="consent_ledger.kafka"):
+        consumer = Consumer(bootstrap_servers=kafka_bootstrap)
+    try:
+        assert consumer.topics() is not None
+    finally:
+        consumer.close()
+    said = [r for r in caplog.records if "left to the request timeout" in r.getMessage()]
+    assert len(said) == 1 and "AttributeError" in said[0].getMessage()

@@ -208,7 +208,7 @@ class Consumer(_ClosedIfUnreached, KafkaConsumer):  # type: ignore[misc]
 
     def __init__(self, **configs: Any) -> None:
         super().__init__(**configs)
-        _watch_fenced_brokers(self._client._manager)
+        _watch_fenced_brokers(self)
 
 
 class AdminClient(_ClosedIfUnreached, KafkaAdminClient):  # type: ignore[misc]
@@ -338,7 +338,7 @@ class FencedBrokers:
         if now - self._checked_at < STALLED_CHECK_S:
             return
         self._checked_at = now
-        # kafka-python 3.0.12's own; where another keeps them otherwise, `poll` says so once.
+        # kafka-python 3.0.12's own; where another keeps them otherwise, `check` says so once.
         manager = self._manager
         stalled = _stalled(manager, now)
         if not stalled:
@@ -408,19 +408,24 @@ def _unchecked(error: Exception) -> None:
     )
 
 
-def _watch_fenced_brokers(manager: Any) -> None:
-    """`FencedBrokers.check` every `STALLED_CHECK_S`, as a task of the loop of the client's
-    network thread (kafka-python 3.0.12's; where it is otherwise, said once, and the
-    client is left to its request timeout). The task ends with the loop, as the client
-    closes."""
-    fenced = FencedBrokers(manager)
-
-    async def every_check() -> None:
-        while not fenced.unchecked:
-            await manager._net.sleep(STALLED_CHECK_S)
-            fenced.check()
-
+def _watch_fenced_brokers(consumer: KafkaConsumer) -> None:
+    """`FencedBrokers.check` every `STALLED_CHECK_S`, as a task of the loop of the
+    consumer's network thread (kafka-python 3.0.12's; where it is otherwise, said once,
+    and the consumer, made all the same, is left to its request timeout). The task ends
+    with the loop, as the consumer closes."""
     try:
+        manager = consumer._client._manager
+        net = manager._net
+        fenced = FencedBrokers(manager)
+
+        async def every_check() -> None:
+            try:
+                while not fenced.unchecked:
+                    await net.sleep(STALLED_CHECK_S)
+                    fenced.check()
+            except Exception as error:  # the loop's own sleep, say: never its thread's end
+                _unchecked(error)
+
         manager.call_soon(every_check)
     except Exception as error:
         _unchecked(error)
