@@ -18,10 +18,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 SMALL = {
     "ingest": (
-        ["--facts", "2000", "--single", "50"],
+        ["--facts", "2000", "--single", "50", "--grown", "3000"],
         [
             "plain eventsourcing, 1,000 per save",
             "raw sqlite3 executemany",
+            "ledger record(), 1,000/commit, at 3,000",
+            "plain eventsourcing, 1,000/save, at 3,000",
+            "in batches on the grown stores",
             "ledger record(), one subject, 1,000/commit",
             "  then its grants corrected, 1,000/commit",
             "  then voided, 1,000/commit",
