@@ -105,7 +105,7 @@ class Metrics:
                 for state, n in open_requests.items()
             ]
         if intake is not None:  # Kafka mode's intake writer thread
-            lines += intake_lines(intake)
+            lines += intake_lines(intake) + kafka_client_lines()
         if writer_restarts is not None:  # embedded mode's writer process (api.writer_process)
             lines += [
                 "# HELP ledger_writer_restarts_total Writer processes started after one ended.",
@@ -152,6 +152,20 @@ def intake_lines(intake: IntakeStats) -> list[str]:
     return lines
 
 
+def kafka_client_lines() -> list[str]:
+    """What the process's Kafka clients did about brokers the cluster fenced under them."""
+    from ledger.kafka.clients import fenced_broker_connections_closed
+
+    return [
+        "# HELP ledger_kafka_fenced_broker_connections_closed_total Connections of this "
+        "process's Kafka clients closed because their broker left the cluster's metadata "
+        "(fenced: hung or gone) while a request waited on them; each request was retried on "
+        "the live brokers.",
+        "# TYPE ledger_kafka_fenced_broker_connections_closed_total counter",
+        f"ledger_kafka_fenced_broker_connections_closed_total {fenced_broker_connections_closed()}",
+    ]
+
+
 def projection_lag_lines(lag: int) -> list[str]:
     return [
         "# HELP ledger_projection_lag Log entries the consent views have not applied yet.",
@@ -165,4 +179,4 @@ def worker_metrics(projection_lag: int | None, intake: IntakeStats) -> str:
     writer's counts and lag and, unless it runs without projections, the views' lag. It has
     no HTTP API, so none of the service's request and publish counters."""
     lines = [] if projection_lag is None else projection_lag_lines(projection_lag)
-    return "\n".join(lines + intake_lines(intake)) + "\n"
+    return "\n".join(lines + intake_lines(intake) + kafka_client_lines()) + "\n"

@@ -214,3 +214,55 @@ def test_a_reader_whose_check_cannot_start_is_made_all_the_same(
         consumer.close()
     said = [r for r in caplog.records if "left to the request timeout" in r.getMessage()]
     assert len(said) == 1 and "AttributeError" in said[0].getMessage()
+
+
+def test_a_connection_whose_broker_left_the_metadata_is_closed_and_counted() -> None:
+    """Of two connections with a request waiting 5 s, the one whose broker the metadata
+    answer still lists is left to wait, the other closed as `BrokerFenced` (its request
+    then retried by kafka-python) and counted for `/metrics`."""
+    from dataclasses import dataclass, field
+
+    from api.metrics import worker_metrics
+    from ledger.kafka.clients import BrokerFenced, fenced_broker_connections_closed
+    from ledger.kafka.intake import IntakeStats
+
+    @dataclass(frozen=True)
+    class Broker:
+        node_id: int
+        host: str
+        port: int
+
+    @dataclass
+    class Connection:
+        in_flight_requests: list[tuple[int, object, float]]
+        closed: list[Exception] = field(default_factory=list)
+
+        def close(self, error: Exception) -> None:
+            self.closed.append(error)
+
+    brokers = {n: Broker(n, "127.0.0.1", 9000 + n) for n in (1, 2, 3)}
+
+    class Cluster:
+        def update_metadata(self, response: object) -> None:
+            pass  # the answer: brokers 1 and 2 (3 was fenced)
+
+        def brokers(self) -> list[Broker]:
+            return [brokers[1], brokers[2]]
+
+        def broker_metadata(self, node_id: int) -> Broker | None:
+            return brokers.get(node_id)
+
+    waiting = time.monotonic() - 5
+    live, hung = Connection([(7, None, waiting)]), Connection([(8, None, waiting)])
+
+    class Manager:
+        cluster = Cluster()
+        _conns = {2: live, 3: hung}
+
+    before = fenced_broker_connections_closed()
+    FencedBrokers(Manager())._brokers_said(1, object())
+    assert live.closed == []
+    assert [type(e) for e in hung.closed] == [BrokerFenced]
+    assert fenced_broker_connections_closed() == before + 1
+    line = f"ledger_kafka_fenced_broker_connections_closed_total {before + 1}"
+    assert line in worker_metrics(None, IntakeStats()).splitlines()

@@ -51,7 +51,7 @@ from api.app import create_app, keys_path
 from api.keys import ApiKeys
 from ledger.application import ConsentLedger
 from ledger.envelope import Fact, parse_fact
-from ledger.kafka.clients import AdminClient, Producer
+from ledger.kafka.clients import AdminClient, Producer, fenced_broker_connections_closed
 from ledger.kafka.names import Topics
 from ledger.kafka.publish import intake_key
 from ledger.kafka.publish import publish as publish_to_intake
@@ -612,6 +612,7 @@ def test_a_reader_goes_on_while_the_leader_of_its_partitions_hangs(
     run = uuid.uuid4().hex[:6]
     written: dict[str, int] = {}  # event_id -> ledger partition
     read_while_hung: set[str] = set()
+    closed_before = fenced_broker_connections_closed()
     try:
         ledger.init_demo()
         hung_id, led = hung_leader(compose_cluster.bootstrap, ledger_topic)
@@ -639,6 +640,7 @@ def test_a_reader_goes_on_while_the_leader_of_its_partitions_hangs(
         f"of {len(of_moved)} facts written to partitions {sorted(led)} while their leader "
         "hung, none was read before it came back"
     )
+    assert fenced_broker_connections_closed() > closed_before  # what /metrics counts
 
 
 def test_the_intake_writer_goes_on_while_the_leader_of_intake_partitions_hangs(

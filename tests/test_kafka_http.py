@@ -3,6 +3,7 @@ readiness that knows the broker, and a fenced service that refuses writes with a
 
 from __future__ import annotations
 
+import re
 import shutil
 import threading
 import time
@@ -88,6 +89,8 @@ def test_http_on_the_kafka_log(tmp_path: Path, kafka_bootstrap: str) -> None:
         assert marketing["state"] == "granted"
         metrics = client.get("/metrics").text
         assert "\nledger_intake_expired_unread_total 0\n" in metrics
+        # A process-wide count (other tests in this process may have added to it).
+        assert re.search(r"\nledger_kafka_fenced_broker_connections_closed_total \d+\n", metrics)
         # Counted apart from what was published over HTTP.
         for line in [
             "ledger_facts_accepted_total 1",
@@ -227,8 +230,6 @@ def test_readiness_probes_at_once_ask_the_cluster_one_after_the_other(
     whose client failed closed it, and the question another probe was asking on it failed,
     a broker said unreachable that had answered. One probe at a time asks: while the first
     probe's quorum question is held open, nothing of the second reaches the cluster."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from ledger.kafka import readiness
 
     ask_quorum, asked_of_some_broker = readiness.ask_quorum, readiness.asked_of_some_broker

@@ -513,6 +513,7 @@ def test_a_worker_serves_its_metrics_on_the_port_asked(
         assert 'ledger_intake_facts_refused_total{code="unknown_purpose"} 1' in text
         assert "\nledger_projection_lag " in text and "ledger_intake_lag{" in text
         assert "ledger_http_requests_total" not in text  # no HTTP API to count
+        assert "\nledger_kafka_fenced_broker_connections_closed_total 0\n" in text
         assert httpx.get(url.removesuffix("/metrics") + "/healthz").json() == {"status": "ok"}
         assert httpx.get(url.removesuffix("/metrics") + "/other").status_code == 404
     finally:

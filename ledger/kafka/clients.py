@@ -28,6 +28,7 @@ import collections
 import contextlib
 import logging
 import re
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,20 @@ STALLED_S = 2.0
 STALLED_CHECK_S = 0.5
 
 log = logging.getLogger("consent_ledger.kafka")
+
+# Connections this process's clients closed because their broker left the cluster's
+# metadata with a request waiting on it (`FencedBrokers`), for `/metrics`.
+_fenced_closes = 0
+_fenced_closes_lock = threading.Lock()
+
+
+def fenced_broker_connections_closed() -> int:
+    """How many connections this process's Kafka clients closed because their broker left
+    the cluster's metadata (fenced: hung, or gone) while a request waited on them, each
+    request then retried on the live brokers: a count to alert on, where the log says each
+    one."""
+    return _fenced_closes
+
 
 # Per bootstrap list, how the clients made for it reach its brokers (`secured`).
 _SECURITY: dict[str, dict[str, Any]] = {}
@@ -393,11 +408,18 @@ class FencedBrokers:
             conn.close(
                 BrokerFenced(f"no answer in {waited_s:.1f} s from a broker the cluster fenced")
             )
+            _count_fenced_close()
 
 
 class BrokerFenced(KafkaConnectionError):  # type: ignore[misc]
     """A connection closed because its broker left the cluster's metadata while a request
     waited on it (`FencedBrokers`)."""
+
+
+def _count_fenced_close() -> None:
+    global _fenced_closes
+    with _fenced_closes_lock:  # clients' network threads close side by side
+        _fenced_closes += 1
 
 
 def _unchecked(error: Exception) -> None:
