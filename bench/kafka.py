@@ -25,6 +25,12 @@ the machine's speed during the run falls on all three alike, as `bench ingest` d
 by commit; run one after another, the ratio of the same code moved from 0.60 to 0.47
 within an hour (2026-12-01, bench/RESULTS.md).
 
+Below the rows, the CPU each of the three spent a record over its timed rounds: this
+process's (every thread: the writer or the loop, and kafka-python's network threads) and the
+broker's (unless KAFKA_BOOTSTRAP names a broker this run did not start). The writer runs on
+one interpreter, whose lock lets one thread run Python at a time: a process busy about a
+second per second of its rounds is bound by its own CPU, not by waiting for the broker.
+
 The broker is the one deploy/kafka/broker.sh starts (or KAFKA_BOOTSTRAP), on this machine.
 """
 
@@ -41,6 +47,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +72,9 @@ from projections.store import ConsentViews
 
 BROKER = Path(__file__).resolve().parent.parent / "deploy" / "kafka" / "broker.sh"
 
+# The process id of the broker this run started, by its bootstrap address (`broker_cpu`).
+_BROKER_PIDS: dict[str, int] = {}
+
 
 @contextmanager
 def broker(root: Path) -> Iterator[str]:
@@ -76,10 +86,57 @@ def broker(root: Path) -> Iterator[str]:
     out = subprocess.run(
         [str(BROKER), "start", str(run_dir)], capture_output=True, text=True, check=True
     )
+    bootstrap = out.stdout.strip().splitlines()[-1]
+    _BROKER_PIDS[bootstrap] = int((run_dir / "broker.pid").read_text())
     try:
-        yield out.stdout.strip().splitlines()[-1]
+        yield bootstrap
     finally:
+        _BROKER_PIDS.pop(bootstrap, None)
         subprocess.run([str(BROKER), "stop", str(run_dir)], check=False)
+
+
+def broker_cpu(bootstrap: str) -> float | None:
+    """CPU seconds (user and system) the broker at `bootstrap` has spent, if this run
+    started it (its /proc entry); None for one named by KAFKA_BOOTSTRAP."""
+    pid = _BROKER_PIDS.get(bootstrap)
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Spent:
+    """CPU seconds spent over timed parts: this process's (every thread) and the broker's
+    (None once one part could not read it)."""
+
+    own: float = 0.0
+    broker: float | None = 0.0
+
+
+def cpu_of(spent: Spent, records: int, seconds: float) -> str:
+    """`spent` a record, and this process's CPU seconds a second, as the summary says them."""
+    broker = "not measured" if spent.broker is None else f"{spent.broker / records * 1e6:.0f}"
+    return f"{spent.own / records * 1e6:.0f} | {broker} us, {spent.own / seconds:.2f}"
+
+
+@contextmanager
+def cpu_into(spent: Spent | None, bootstrap: str) -> Iterator[None]:
+    """Add the CPU spent inside to `spent` (nothing if it is None)."""
+    if spent is None:
+        yield
+        return
+    own, brokers = time.process_time(), broker_cpu(bootstrap)
+    yield
+    spent.own += time.process_time() - own
+    after = broker_cpu(bootstrap)
+    if brokers is None or after is None or spent.broker is None:
+        spent.broker = None
+    else:
+        spent.broker += after - brokers
 
 
 PARTITIONS = 3  # of every topic of the benchmark
@@ -134,7 +191,11 @@ def ends(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
 
 
 def bench_intake(
-    root: Path, bootstrap: str, stream: list[bytes], name: str = "intake"
+    root: Path,
+    bootstrap: str,
+    stream: list[bytes],
+    name: str = "intake",
+    spent: Spent | None = None,
 ) -> tuple[int, float]:
     settings = settings_for(root, bootstrap, name)
     ledger = ConsentLedger(settings)
@@ -143,9 +204,11 @@ def bench_intake(
     publish(bootstrap, topics.intake, stream)
     writer = IntakeWriter(ledger, batch=500)
     writer.start()
-    t0 = time.perf_counter()
-    wait_until_consumed(writer, ends(bootstrap, topics.intake), 600)
-    seconds = time.perf_counter() - t0
+    until = ends(bootstrap, topics.intake)
+    with cpu_into(spent, bootstrap):
+        t0 = time.perf_counter()
+        wait_until_consumed(writer, until, 600)
+        seconds = time.perf_counter() - t0
     assert writer.stats.accepted == len(stream), writer.stats
     writer.close()
     ledger.close()
@@ -169,7 +232,10 @@ def raw_topics(bootstrap: str, name: str) -> tuple[str, str, str]:
 
 
 def bench_raw_ctp(
-    bootstrap: str, stream: list[bytes], producer_settings: dict[str, object]
+    bootstrap: str,
+    stream: list[bytes],
+    producer_settings: dict[str, object],
+    spent: Spent | None = None,
 ) -> tuple[int, float]:
     prefix, source, sink = raw_topics(bootstrap, "bench-raw")
     publish(bootstrap, source, stream)
@@ -190,13 +256,14 @@ def bench_raw_ctp(
         **producer_settings,
     )
     producer.init_transactions()
-    t0 = time.perf_counter()
-    done = 0
-    while done < len(stream):
-        polled = consumer.poll(timeout_ms=500, max_records=500)
-        records = [r for batch in polled.values() for r in batch]
-        done += copy_in_one_transaction(records, sink, consumer, producer)
-    seconds = time.perf_counter() - t0
+    with cpu_into(spent, bootstrap):
+        t0 = time.perf_counter()
+        done = 0
+        while done < len(stream):
+            polled = consumer.poll(timeout_ms=500, max_records=500)
+            records = [r for batch in polled.values() for r in batch]
+            done += copy_in_one_transaction(records, sink, consumer, producer)
+        seconds = time.perf_counter() - t0
     producer.close()
     consumer.close()
     return done, seconds
@@ -520,11 +587,18 @@ def main(argv: list[str]) -> None:
             part = [orjson.dumps(f) for f in mixed_stream(max(1, args.facts // args.rounds))]
             counts = {"intake": 0, "tuned": 0, "default": 0}
             seconds = {"intake": 0.0, "tuned": 0.0, "default": 0.0}
+            cpu = {"intake": Spent(), "tuned": Spent(), "default": Spent()}
             for r in range(args.rounds):
                 for kind, (n, s) in (
-                    ("intake", bench_intake(root, bootstrap, part, f"intake-{r}")),
-                    ("tuned", bench_raw_ctp(bootstrap, part, PRODUCER_TUNING)),
-                    ("default", bench_raw_ctp(bootstrap, part, DEFAULT_PRODUCER)),
+                    (
+                        "intake",
+                        bench_intake(root, bootstrap, part, f"intake-{r}", cpu["intake"]),
+                    ),
+                    ("tuned", bench_raw_ctp(bootstrap, part, PRODUCER_TUNING, cpu["tuned"])),
+                    (
+                        "default",
+                        bench_raw_ctp(bootstrap, part, DEFAULT_PRODUCER, cpu["default"]),
+                    ),
                 ):
                     counts[kind] += n
                     seconds[kind] += s
@@ -619,6 +693,18 @@ def main(argv: list[str]) -> None:
     print(
         f"end to end p99, ledger worker: {latency[2]:.0f} ms (target: under 250 ms at 2,000 "
         f"facts/s); raw loop {raw_latency[2]:.0f} ms"
+    )
+    print(
+        "CPU a record over the timed rounds, this process (every thread) | the broker, and "
+        "this process's CPU seconds a second: "
+        + "; ".join(
+            f"{label} {cpu_of(cpu[kind], counts[kind], seconds[kind])}"
+            for label, kind in (
+                ("intake writer", "intake"),
+                ("raw loop, writer's settings", "tuned"),
+                ("raw loop, defaults", "default"),
+            )
+        )
     )
     print(
         f"intake writer / raw loop with the same producer settings: {intake / raw_ctp:.2f}, "

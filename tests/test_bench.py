@@ -56,6 +56,7 @@ SMALL = {
             "raw consume-transform-produce, 500/txn",
             "views filled from the replica",
             "consent-ledger replay from the ledger topic",
+            "CPU a record over the timed rounds",
             "intake writer / raw loop",
         ],
     ),
