@@ -19,11 +19,12 @@ Rows:
   Kafka 4's Java producer does by default) and reader, taking turns in `--latency-rounds`
   rounds (each round's pair is printed, and the percentiles of all rounds together).
 
-The intake writer and the two raw loops take turns in `--rounds` rounds, each round its own
-topics and a stream of its own (`--facts` split between the rounds), so that a change in
-the machine's speed during the run falls on all three alike, as `bench ingest` does commit
-by commit; run one after another, the ratio of the same code moved from 0.60 to 0.47
-within an hour (2026-12-01, bench/RESULTS.md).
+After a warm-up (`--warm-up` facts through each of the three, untimed: the broker's JVM
+compiles and sizes its heap meanwhile), the intake writer and the two raw loops take turns
+in `--rounds` rounds, each round its own topics and a stream of its own (`--facts` split
+between the rounds), so that a change in the machine's speed during the run falls on all
+three alike, as `bench ingest` does commit by commit; run one after another, the ratio of
+the same code moved from 0.60 to 0.47 within an hour (2026-12-01, bench/RESULTS.md).
 
 Below the rows, the CPU each of the three spent a record over its timed rounds: this
 process's (every thread: the writer or the loop, and kafka-python's network threads) and the
@@ -558,6 +559,12 @@ def main(argv: list[str]) -> None:
         default=4,
         help="the intake writer and the raw loops take turns in this many rounds",
     )
+    parser.add_argument(
+        "--warm-up",
+        type=int,
+        default=2_000,
+        help="facts each of the three takes once, untimed, before the rounds (0: none)",
+    )
     parser.add_argument("--rate", type=int, default=2_000, help="offered rate, latency run")
     parser.add_argument(
         "--latency-facts",
@@ -585,6 +592,18 @@ def main(argv: list[str]) -> None:
             # Round by round, the three in turn, each round a fresh ledger and topics and a
             # stream of its own (a round's withdrawals name subjects its own grants made).
             part = [orjson.dumps(f) for f in mixed_stream(max(1, args.facts // args.rounds))]
+            # A fresh broker's JVM compiles its produce, fetch and transaction paths, and
+            # grows its heap with concurrent collections, over its first seconds of work:
+            # its compiler threads took 45 us a record and its collector threads 89 during
+            # the writer's first 20,000 facts (after 5,000 untimed), then 25 and 3 during the
+            # next 20,000 (a throwaway probe reading the broker's threads' CPU, 2026-12-06),
+            # all of it on the 2 cores the writer uses. The first round's intake met the
+            # cold broker; each path now takes a stream once first.
+            if args.warm_up > 0:
+                warm = [orjson.dumps(f) for f in mixed_stream(args.warm_up)]
+                bench_intake(root, bootstrap, warm, "warm-up")
+                bench_raw_ctp(bootstrap, warm, PRODUCER_TUNING)
+                bench_raw_ctp(bootstrap, warm, DEFAULT_PRODUCER)
             counts = {"intake": 0, "tuned": 0, "default": 0}
             seconds = {"intake": 0.0, "tuned": 0.0, "default": 0.0}
             cpu = {"intake": Spent(), "tuned": Spent(), "default": Spent()}

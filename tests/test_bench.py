@@ -45,6 +45,8 @@ SMALL = {
             "500",
             "--rounds",
             "1",
+            "--warm-up",
+            "100",
             "--rate",
             "500",
             "--latency-facts",

@@ -264,7 +264,10 @@ class Cluster:
         node = self.node(service)
         jvm = [
             "java",
-            "-Xms256m",
+            # The heap at its maximum from the start, as broker.sh and Kafka's own start
+            # script set it: a growing heap's concurrent collections take the CPU the
+            # ledger's writer needs (broker.sh says how much).
+            "-Xms512m",
             "-Xmx512m",
             "-XX:+UseG1GC",
             "-Djava.awt.headless=true",
