@@ -53,7 +53,14 @@ from ledger.kafka.reading import (
     reader,
     settled_ends,
 )
-from ledger.kafka.records import encode, intake_header, intake_read, partition_of
+from ledger.kafka.record_sends import send_records
+from ledger.kafka.records import (
+    encode,
+    intake_header,
+    intake_read,
+    partition_of,
+    record_size,
+)
 from ledger.kafka.topics import KAFKA_DEFAULT_RECORD_LIMIT, RecordsLost, TopicRefused
 from ledger.kafka.transaction_calls import (
     Begun,
@@ -106,11 +113,6 @@ FALLBACK_TIMEOUT_MS = 60_000
 
 class WriterFenced(RuntimeError):
     """Another writer took ownership of the ledger partitions; this one may never append again."""
-
-
-# What a record batch adds to its one record's key, value and headers (a batch header of 61
-# bytes, the record's own lengths and attributes), rounded up.
-BATCH_OVERHEAD = 128
 
 
 class LedgerUnavailable(RuntimeError):
@@ -834,8 +836,7 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
             for i, s in enumerate(stored_events)
         ]
         for stored, record in zip(stored_events, records, strict=True):
-            size = BATCH_OVERHEAD + len(record.key) + len(record.value)
-            size += sum(len(name) + len(value) for name, value in record.headers)
+            size = record_size(record)
             if size > self.link.record_limit:
                 raise RecordTooLarge(
                     _uuid(stored.originator_id),
@@ -980,16 +981,7 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
             self._know_partitions(producer, records, intake)
             if opened is None:
                 producer.begin_transaction()
-            futures = [
-                producer.send(
-                    topics.ledger,
-                    key=r.key,
-                    value=r.value,
-                    headers=r.headers,
-                    partition=r.partition,
-                )
-                for r in records
-            ]
+            futures = send_records(producer, topics.ledger, records)
             if intake is not None:
                 for key, value, headers in intake.rejects:
                     producer.send(topics.rejected, key=key, value=value, headers=headers)

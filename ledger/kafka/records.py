@@ -100,6 +100,18 @@ class LedgerRecord(NamedTuple):
     partition: int
 
 
+# What a record batch adds to its one record's key, value and headers (a batch header of 61
+# bytes, the record's own lengths and attributes), rounded up.
+BATCH_OVERHEAD = 128
+
+
+def record_size(record: LedgerRecord) -> int:
+    """The record's bytes in a batch of its own: what a topic's `max.message.bytes` and a
+    producer's `max_request_size` are held against."""
+    headers = sum(len(name) + len(value) for name, value in record.headers)
+    return BATCH_OVERHEAD + len(record.key) + len(record.value) + headers
+
+
 @lru_cache(maxsize=1 << 16)
 def partition_of(key: bytes, partitions: int) -> int:
     """Cached: a batch's facts about one subject (and every later fact about it) share a key."""
