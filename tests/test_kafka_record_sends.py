@@ -14,9 +14,13 @@ from kafka.errors import MessageSizeTooLargeError
 
 from ledger.kafka.record_sends import direct, send_records
 from ledger.kafka.records import LedgerRecord
+from ledger.kafka.topics import KAFKA_DEFAULT_RECORD_LIMIT
 from tests.kafka_support import read_committed
 
 pytestmark = pytest.mark.kafka
+
+# What the recorder holds every record to before sending: a topic's `max.message.bytes`.
+LIMIT = KAFKA_DEFAULT_RECORD_LIMIT
 
 
 def _topic(bootstrap: str, partitions: int) -> str:
@@ -78,7 +82,7 @@ def test_the_records_land_in_their_partitions_in_order_as_sent(kafka_bootstrap: 
         assert producer.partitions_for(topic) == {0, 1, 2}  # as the recorder makes sure first
         producer.send = _refuse  # appended directly, or the test fails
         producer.begin_transaction()
-        futures = send_records(producer, topic, records)
+        futures = send_records(producer, topic, records, LIMIT)
         producer.commit_transaction()
         places = [(f.get(timeout=0).partition, f.get(timeout=0).offset) for f in futures]
     finally:
@@ -107,7 +111,7 @@ def test_records_of_a_topic_the_producer_has_not_looked_up_are_sent_and_land(
     producer = _producer(kafka_bootstrap)
     try:
         producer.begin_transaction()
-        send_records(producer, topic, records)
+        send_records(producer, topic, records, LIMIT)
         producer.commit_transaction()
     finally:
         producer.close()
@@ -122,11 +126,11 @@ def test_an_aborted_transaction_leaves_none_of_its_records(kafka_bootstrap: str)
     try:
         producer.partitions_for(topic)
         producer.begin_transaction()
-        send_records(producer, topic, _records(50, 2))
+        send_records(producer, topic, _records(50, 2), LIMIT)
         producer.abort_transaction()
         producer.begin_transaction()
         kept = _records(3, 2)
-        send_records(producer, topic, kept)
+        send_records(producer, topic, kept, LIMIT)
         producer.commit_transaction()
     finally:
         producer.close()
@@ -146,7 +150,7 @@ def test_a_record_larger_than_the_producer_takes_is_refused_as_send_refuses_it(
         small = _records(2, 1)
         large = small[0]._replace(value=b"y" * 5000)
         with pytest.raises(MessageSizeTooLargeError):
-            send_records(producer, topic, [small[1], large])
+            send_records(producer, topic, [small[1], large], 8192)
         producer.abort_transaction()
     finally:
         producer.close()
@@ -168,6 +172,6 @@ class _SendOnly:
 def test_a_producer_without_the_parts_gets_every_record_through_send() -> None:
     producer = _SendOnly()
     records = _records(5, 2)
-    futures = send_records(producer, "t", records)
+    futures = send_records(producer, "t", records, LIMIT)
     assert futures == [("t", n) for n in range(1, 6)]
     assert producer.sent == [("t", r.key, r.value, r.headers, r.partition) for r in records]

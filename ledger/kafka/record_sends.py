@@ -14,8 +14,9 @@ recorder made sure of first (`_know_partitions`), and the recorder held each one
 the topic's `max.message.bytes` before sending. So, once the producer's metadata knows the
 topic's partitions (else `send` is used, which waits for them), each partition is added to the
 transaction once and each record appended to the producer's accumulator directly, which is
-what `send` does once its checks pass. A record larger than the producer's own
-`max_request_size` still goes through `send`, which refuses it as before.
+what `send` does once its checks pass. Where the topic takes records larger than the
+producer's own `max_request_size`, each record's size is looked at again, and one over it
+goes through `send`, which refuses it as before.
 
 This reaches into kafka-python 3.0's producer (`_accumulator`, `_transaction_manager`,
 `_sender`), as `ledger.kafka.transaction_calls` does; where another version keeps them
@@ -46,9 +47,13 @@ def direct(producer: KafkaProducer) -> bool:
     )
 
 
-def send_records(producer: KafkaProducer, topic: str, records: Sequence[LedgerRecord]) -> list[Any]:
+def send_records(
+    producer: KafkaProducer, topic: str, records: Sequence[LedgerRecord], held_to: int
+) -> list[Any]:
     """Each record's future (kafka-python's FutureRecordMetadata), in order, the records
-    added to the producer's open transaction."""
+    added to the producer's open transaction. The caller held each record's `record_size`
+    to `held_to` (the topic's `max.message.bytes`); only where that is more than the
+    producer takes is each record's size looked at again."""
     if not records:
         return []
     if not direct(producer) or getattr(producer, "_closed", False):
@@ -61,12 +66,13 @@ def send_records(producer: KafkaProducer, topic: str, records: Sequence[LedgerRe
     if known is None or any(r.partition not in known for r in records):
         return [_sent(producer, topic, r) for r in records]
     largest = producer.config["max_request_size"]
+    sizes_checked = held_to <= largest
     manager, accumulator = producer._transaction_manager, producer._accumulator
     partitions: dict[int, TopicPartition] = {}
     futures: list[Any] = []
     wake = False
     for record in records:
-        if record_size(record) > largest:
+        if not sizes_checked and record_size(record) > largest:
             futures.append(_sent(producer, topic, record))  # refused there, as it was
             continue
         tp = partitions.get(record.partition)

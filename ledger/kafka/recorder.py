@@ -981,7 +981,7 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
             self._know_partitions(producer, records, intake)
             if opened is None:
                 producer.begin_transaction()
-            futures = send_records(producer, topics.ledger, records)
+            futures = send_records(producer, topics.ledger, records, self.link.record_limit)
             if intake is not None:
                 for key, value, headers in intake.rejects:
                     producer.send(topics.rejected, key=key, value=value, headers=headers)
