@@ -70,6 +70,10 @@ def test_this_kafka_python_takes_the_direct_appends(kafka_bootstrap: str) -> Non
         producer.close()
 
 
+def _committed_values(bootstrap: str, topic: str) -> list[bytes]:
+    return sorted(r.value for r in read_committed(bootstrap, topic))
+
+
 def _refuse(*args: Any, **kwargs: Any) -> Any:
     raise AssertionError("a record of a topic the producer knows went through send")
 
@@ -115,9 +119,7 @@ def test_records_of_a_topic_the_producer_has_not_looked_up_are_sent_and_land(
         producer.commit_transaction()
     finally:
         producer.close()
-    assert sorted(r.value for r in read_committed(kafka_bootstrap, topic)) == sorted(
-        r.value for r in records
-    )
+    assert _committed_values(kafka_bootstrap, topic) == sorted(r.value for r in records)
 
 
 def test_an_aborted_transaction_leaves_none_of_its_records(kafka_bootstrap: str) -> None:
@@ -134,9 +136,7 @@ def test_an_aborted_transaction_leaves_none_of_its_records(kafka_bootstrap: str)
         producer.commit_transaction()
     finally:
         producer.close()
-    assert sorted(r.value for r in read_committed(kafka_bootstrap, topic)) == sorted(
-        r.value for r in kept
-    )
+    assert _committed_values(kafka_bootstrap, topic) == sorted(r.value for r in kept)
 
 
 def test_a_record_larger_than_the_producer_takes_is_refused_as_send_refuses_it(
