@@ -109,7 +109,7 @@ def record_size(record: LedgerRecord) -> int:
     """The record's bytes in a batch of its own: what a topic's `max.message.bytes` and a
     producer's `max_request_size` are held against."""
     size = BATCH_OVERHEAD + len(record.key) + len(record.value)
-    for name, value in record.headers:  # a loop: sum() of a generator cost more, a fact
+    for name, value in record.headers:  # a loop: sum() over a generator cost more a record
         size += len(name) + len(value)
     return size
 
