@@ -17,7 +17,9 @@ Rows:
   read_committed reader seeing it, through the raw loop (`bench.raw_loop`, its own process)
   and through `consent-ledger worker`, with the same schedule, publisher (lingering 5 ms, as
   Kafka 4's Java producer does by default) and reader, taking turns in `--latency-rounds`
-  rounds (each round's pair is printed, and the percentiles of all rounds together).
+  rounds (each round's pair is printed, and the percentiles of all rounds together);
+- idle for `--idle-seconds`: the CPU `consent-ledger worker` (with its projections) and the
+  raw loop's process spend a second with nothing published, and the broker's for each.
 
 After a warm-up (`--warm-up` facts through each of the three, untimed: the broker's JVM
 compiles and sizes its heap meanwhile), the intake writer and the two raw loops take turns
@@ -100,8 +102,11 @@ def broker_cpu(bootstrap: str) -> float | None:
     """CPU seconds (user and system) the broker at `bootstrap` has spent, if this run
     started it (its /proc entry); None for one named by KAFKA_BOOTSTRAP."""
     pid = _BROKER_PIDS.get(bootstrap)
-    if pid is None:
-        return None
+    return None if pid is None else process_cpu(pid)
+
+
+def process_cpu(pid: int) -> float | None:
+    """CPU seconds (user and system, every thread) process `pid` has spent; None if gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
@@ -449,6 +454,81 @@ def bench_raw_latency(
     return timed_flow(bootstrap, worker, dict(os.environ), flow, event_id, facts, rate, warm)[0]
 
 
+# After its first line, a process is given this long before its idle CPU is metered: the
+# worker's projections catch up with the facts `init_demo` wrote, and the first fetches of
+# each consumer find their coordinators and positions.
+IDLE_SETTLE_S = 2.0
+
+
+@dataclass
+class Idle:
+    """CPU seconds a second over an idle spell: the process's, and the broker's (None when
+    this run did not start the broker)."""
+
+    own: float
+    broker: float | None
+
+
+def idle_cpu(bootstrap: str, command: list[str], env: dict[str, str], seconds: float) -> Idle:
+    """Start `command` (it prints a line once it consumes), let it settle, then meter its CPU
+    and the broker's over `seconds` with nothing published; stop it with SIGTERM."""
+    import signal
+
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    assert process.stdout is not None
+    try:
+        process.stdout.readline()
+        time.sleep(IDLE_SETTLE_S)
+        own, broker = process_cpu(process.pid), broker_cpu(bootstrap)
+        time.sleep(seconds)
+        own_after, broker_after = process_cpu(process.pid), broker_cpu(bootstrap)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=60)
+    assert own is not None and own_after is not None, "the process stopped while idle"
+    return Idle(
+        (own_after - own) / seconds,
+        None if broker is None or broker_after is None else (broker_after - broker) / seconds,
+    )
+
+
+def bench_idle(root: Path, bootstrap: str, seconds: float) -> tuple[Idle, Idle]:
+    """What `consent-ledger worker` (its intake writer and its projections, as deployed) and
+    the raw loop process spend with nothing to do, and the broker's CPU for each.
+
+    A worker waits for facts most of its life, and what it and the broker spend meanwhile is
+    paid around the clock. The intake consumer asked the broker for records every 20 ms
+    until 2026-12-06: the idle writer spent about 0.09 s of CPU a second, and the broker 0.16
+    for it (a throwaway probe, the writer's `step` in a loop for 20 s, twice)."""
+    settings = settings_for(root, bootstrap, "idle")
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    ledger.close()
+    env = {
+        **os.environ,
+        "LEDGER_BACKEND": "kafka",
+        "KAFKA_BOOTSTRAP": bootstrap,
+        "LEDGER_TOPIC_PREFIX": settings.topic_prefix,
+        "LEDGER_DATA_DIR": str(settings.data_dir),
+    }
+    worker = idle_cpu(bootstrap, [sys.executable, "-m", "ledger.cli", "worker"], env, seconds)
+    _, source, sink = raw_topics(bootstrap, "bench-raw-idle")
+    raw = idle_cpu(
+        bootstrap,
+        [sys.executable, "-m", "bench.raw_loop", bootstrap, source, sink],
+        dict(os.environ),
+        seconds,
+    )
+    return worker, raw
+
+
+def idle_of(idle: Idle) -> str:
+    broker = "not measured" if idle.broker is None else f"{idle.broker:.3f}"
+    return f"{idle.own:.3f} | {broker}"
+
+
 def reader_from_the_end(bootstrap: str, topic: str, partitions: int) -> KafkaConsumer:
     """A read_committed consumer of every partition of `topic`, positioned at its end now:
     what the latency runs time a record's arrival with."""
@@ -564,6 +644,12 @@ def main(argv: list[str]) -> None:
         type=int,
         default=2_000,
         help="facts each of the three takes once, untimed, before the rounds (0: none)",
+    )
+    parser.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=10.0,
+        help="how long an idle worker and an idle raw loop have their CPU metered (0: not)",
     )
     parser.add_argument("--rate", type=int, default=2_000, help="offered rate, latency run")
     parser.add_argument(
@@ -681,6 +767,7 @@ def main(argv: list[str]) -> None:
                 worker_all += measured["worker"]
                 pairs.append((summary(measured["raw"]), summary(measured["worker"])))
             raw_latency, latency = summary(raw_all), summary(worker_all)
+            idle = bench_idle(root, bootstrap, args.idle_seconds) if args.idle_seconds else None
         shutil.rmtree(root, ignore_errors=True)
     print(
         f"Kafka mode on {platform.node()} ({os.cpu_count()} cores, Python "
@@ -713,6 +800,13 @@ def main(argv: list[str]) -> None:
         f"end to end p99, ledger worker: {latency[2]:.0f} ms (target: under 250 ms at 2,000 "
         f"facts/s); raw loop {raw_latency[2]:.0f} ms"
     )
+    if idle is not None:
+        worker_idle, raw_idle = idle
+        print(
+            f"idle for {args.idle_seconds:g} s, CPU seconds a second, the process | the broker: "
+            f"ledger worker with its projections {idle_of(worker_idle)}; raw "
+            f"consume-transform-produce loop {idle_of(raw_idle)}"
+        )
     print(
         "CPU a record over the timed rounds, this process (every thread) | the broker, and "
         "this process's CPU seconds a second: "
