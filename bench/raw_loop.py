@@ -2,7 +2,7 @@
 end-to-end latency baseline: `python -m bench.raw_loop BOOTSTRAP SOURCE SINK`.
 
 It is what `consent-ledger worker` is to the ledger's latency row, minus the ledger: the
-intake writer's consumer settings (read_committed, `fetch_max_wait_ms=20`, up to 500 records a
+intake writer's consumer settings (read_committed, `fetch_max_wait_ms=500`, up to 500 records a
 poll) and producer settings (`PRODUCER_TUNING`), one transaction per poll carrying the
 records copied to SINK and the consumed offsets. So the two rows differ by what the ledger
 does with a batch, not by how the batch reaches it or leaves it. Prints `ready` once it
@@ -30,7 +30,7 @@ def run(bootstrap: str, source: str, sink: str, stop: threading.Event) -> None:
         isolation_level="read_committed",
         auto_offset_reset="earliest",
         max_poll_records=500,
-        fetch_max_wait_ms=20,
+        fetch_max_wait_ms=500,
     )
     partitions = consumer.partitions_for_topic(source) or set()
     consumer.assign([TopicPartition(source, p) for p in sorted(partitions)])
