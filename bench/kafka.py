@@ -499,9 +499,9 @@ def bench_idle(root: Path, bootstrap: str, seconds: float) -> tuple[Idle, Idle]:
     the raw loop process spend with nothing to do, and the broker's CPU for each.
 
     A worker waits for facts most of its life, and what it and the broker spend meanwhile is
-    paid around the clock. The intake consumer asked the broker for records every 20 ms
-    until 2026-12-06: the idle writer spent about 0.09 s of CPU a second, and the broker 0.16
-    for it (a throwaway probe, the writer's `step` in a loop for 20 s, twice)."""
+    paid around the clock. Until cb1959a (2026-12-07) the intake consumer asked the broker
+    for records every 20 ms: the idle writer spent about 0.09 s of CPU a second, and the
+    broker 0.16 for it (a throwaway probe, the writer's `step` in a loop for 20 s, twice)."""
     settings = settings_for(root, bootstrap, "idle")
     ledger = ConsentLedger(settings)
     ledger.init_demo()
