@@ -400,6 +400,23 @@ def summary(latencies: list[float]) -> Latency:
     return len(ordered), pct(0.50), pct(0.99), ordered[-1]
 
 
+def worker_ledger(root: Path, bootstrap: str, name: str) -> tuple[Settings, dict[str, str]]:
+    """A fresh Kafka-mode ledger with the demo tenant, and the environment a
+    `consent-ledger worker` process runs on it with."""
+    settings = settings_for(root, bootstrap, name)
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    ledger.close()
+    env = {
+        **os.environ,
+        "LEDGER_BACKEND": "kafka",
+        "KAFKA_BOOTSTRAP": bootstrap,
+        "LEDGER_TOPIC_PREFIX": settings.topic_prefix,
+        "LEDGER_DATA_DIR": str(settings.data_dir),
+    }
+    return settings, env
+
+
 def bench_latency(
     root: Path,
     bootstrap: str,
@@ -414,18 +431,8 @@ def bench_latency(
     process publishes on a fixed schedule and reads the ledger topic with read_committed,
     so a fact counts as arrived when a reader can see it.
     """
-    settings = settings_for(root, bootstrap, name)
-    ledger = ConsentLedger(settings)
-    ledger.init_demo()
-    ledger.close()
+    settings, env = worker_ledger(root, bootstrap, name)
     topics = Topics.of(settings.topic_prefix)
-    env = {
-        **os.environ,
-        "LEDGER_BACKEND": "kafka",
-        "KAFKA_BOOTSTRAP": bootstrap,
-        "LEDGER_TOPIC_PREFIX": settings.topic_prefix,
-        "LEDGER_DATA_DIR": str(settings.data_dir),
-    }
     worker = [sys.executable, "-m", "ledger.cli", "worker", "--no-projections"]
 
     def event_id(record: Any) -> str | None:
@@ -484,10 +491,13 @@ def idle_cpu(bootstrap: str, command: list[str], env: dict[str, str], seconds: f
         own, broker = process_cpu(process.pid), broker_cpu(bootstrap)
         time.sleep(seconds)
         own_after, broker_after = process_cpu(process.pid), broker_cpu(bootstrap)
+        # An exited process not yet waited for still has its /proc entry: ask, not read.
+        stopped = process.poll()
     finally:
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=60)
-    assert own is not None and own_after is not None, "the process stopped while idle"
+    assert stopped is None, f"{command[2]} exited while idle (status {stopped})"
+    assert own is not None and own_after is not None
     return Idle(
         (own_after - own) / seconds,
         None if broker is None or broker_after is None else (broker_after - broker) / seconds,
@@ -502,17 +512,7 @@ def bench_idle(root: Path, bootstrap: str, seconds: float) -> tuple[Idle, Idle]:
     paid around the clock. Until cb1959a (2026-12-07) the intake consumer asked the broker
     for records every 20 ms: the idle writer spent about 0.09 s of CPU a second, and the
     broker 0.16 for it (a throwaway probe, the writer's `step` in a loop for 20 s, twice)."""
-    settings = settings_for(root, bootstrap, "idle")
-    ledger = ConsentLedger(settings)
-    ledger.init_demo()
-    ledger.close()
-    env = {
-        **os.environ,
-        "LEDGER_BACKEND": "kafka",
-        "KAFKA_BOOTSTRAP": bootstrap,
-        "LEDGER_TOPIC_PREFIX": settings.topic_prefix,
-        "LEDGER_DATA_DIR": str(settings.data_dir),
-    }
+    _, env = worker_ledger(root, bootstrap, "idle")
     worker = idle_cpu(bootstrap, [sys.executable, "-m", "ledger.cli", "worker"], env, seconds)
     _, source, sink = raw_topics(bootstrap, "bench-raw-idle")
     raw = idle_cpu(

@@ -41,10 +41,9 @@ from bench.kafka import (
     key_of,
     raw_topics,
     reader_from_the_end,
-    settings_for,
     summary,
+    worker_ledger,
 )
-from ledger.application import ConsentLedger
 
 # How long either side may take over one fact before the benchmark gives up.
 ANSWER_TIMEOUT_S = 60.0
@@ -52,17 +51,7 @@ ANSWER_TIMEOUT_S = 60.0
 
 def ledger_round(root: Path, bootstrap: str, facts: list[dict[str, Any]], name: str) -> list[float]:
     """Milliseconds from each fact written to the command's stdin to its answer."""
-    settings = settings_for(root, bootstrap, name)
-    ledger = ConsentLedger(settings)
-    ledger.init_demo()
-    ledger.close()
-    env = {
-        **os.environ,
-        "LEDGER_BACKEND": "kafka",
-        "KAFKA_BOOTSTRAP": bootstrap,
-        "LEDGER_TOPIC_PREFIX": settings.topic_prefix,
-        "LEDGER_DATA_DIR": str(settings.data_dir),
-    }
+    _, env = worker_ledger(root, bootstrap, name)
     worker = subprocess.Popen(
         [sys.executable, "-m", "ledger.cli", "worker", "--no-projections"],
         env=env,
