@@ -1,14 +1,17 @@
 """The Kafka clients the ledger makes (`ledger.kafka.clients`) against an address where no
 broker answers: the real kafka-python clients, which start a network thread before they
 wait for a broker and, failing, left it running; and, against the real broker, how soon they
-refresh their metadata."""
+refresh their metadata, and how one is made through a slow link."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +25,9 @@ from ledger.kafka.clients import (
     FencedBrokers,
     Producer,
 )
+from ledger.kafka.reading import STEP_MS
+from ledger.kafka.topics import admin_client
+from tests.kafka_support import kafka_settings
 
 
 @pytest.fixture
@@ -266,3 +272,88 @@ def test_a_connection_whose_broker_left_the_metadata_is_closed_and_counted() -> 
     assert fenced_broker_connections_closed() == before + 1
     line = f"ledger_kafka_fenced_broker_connections_closed_total {before + 1}"
     assert line in worker_metrics(None, IntakeStats()).splitlines()
+
+
+@contextmanager
+def delaying_proxy(target: str, delay_s: float) -> Iterator[str]:
+    """A TCP proxy to `target` that hands on every chunk `delay_s` after it came, each way,
+    in order: a link whose round trip is twice that (a remote cluster, or a broker whose TLS
+    and SASL handshakes a busy machine makes slow). Its address, while it runs."""
+    host, port = target.rsplit(":", 1)
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    address: list[str] = []
+
+    async def carry(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def take() -> None:
+            while True:
+                data = await reader.read(65_536)
+                await queue.put((loop.time() + delay_s, data))
+                if not data:
+                    return
+
+        async def give() -> None:
+            while True:
+                due, data = await queue.get()
+                await asyncio.sleep(max(0.0, due - loop.time()))
+                if not data:
+                    writer.close()
+                    return
+                writer.write(data)
+                await writer.drain()
+
+        await asyncio.gather(take(), give(), return_exceptions=True)
+
+    async def link(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(host, int(port))
+        except OSError:
+            writer.close()
+            return
+        await asyncio.gather(carry(reader, up_writer), carry(up_reader, writer))
+
+    async def serve() -> None:
+        done.append(asyncio.Event())
+        server = await asyncio.start_server(link, "127.0.0.1", 0)
+        address.append(f"127.0.0.1:{server.sockets[0].getsockname()[1]}")
+        ready.set()
+        async with server:
+            await done[0].wait()
+        links = asyncio.all_tasks() - {asyncio.current_task()}
+        for task in links:
+            task.cancel()
+        await asyncio.gather(*links, return_exceptions=True)
+
+    def run() -> None:
+        loop.run_until_complete(serve())
+        loop.close()
+
+    done: list[asyncio.Event] = []
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    try:
+        yield address[0]
+    finally:
+        loop.call_soon_threadsafe(done[0].set)
+        thread.join(10)
+        assert not thread.is_alive()
+
+
+@pytest.mark.kafka
+def test_a_client_is_made_through_a_link_slower_than_a_step(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Each attempt to make a client starts its bootstrap over, and was cut at STEP_MS:
+    through a link whose round trip is longer, a healthy broker was never reached and the
+    ledger said "no Kafka broker answered" (`ledger.kafka.reading.bootstrapped`)."""
+    delay_s = 0.6
+    assert 2 * delay_s > STEP_MS / 1000
+    with delaying_proxy(kafka_bootstrap, delay_s) as slow:
+        client = admin_client(kafka_settings(tmp_path, slow))
+        try:
+            assert client.describe_cluster()["brokers"]
+        finally:
+            client.close()

@@ -13,10 +13,12 @@ from kafka.errors import KafkaTimeoutError
 
 from ledger.kafka.reading import (
     ANSWER_TIMEOUT_S,
+    MAX_BOOTSTRAP_STEP_MS,
     STEP_MS,
     ReadStopped,
     ReadTimedOut,
     answered,
+    bootstrapped,
     polls_to_end,
 )
 from tests.kafka_support import Stopping
@@ -157,3 +159,67 @@ def test_a_partition_the_broker_does_not_have_is_asked_until_the_read_stops(
     finally:
         consumer.close()
     assert stopping.asked == 3
+
+
+class SlowBootstrap:
+    """A client's constructor whose bootstrap takes `seconds` each attempt (each starts
+    over): it times out when given less, as kafka-python's does."""
+
+    def __init__(self, clock: Clock, seconds: float) -> None:
+        self.clock, self.seconds = clock, seconds
+        self.given: list[int] = []
+
+    def __call__(self, ms: int) -> str:
+        self.given.append(ms)
+        if ms / 1000 < self.seconds:
+            self.clock.now += ms / 1000
+            raise KafkaTimeoutError("bootstrap timed out")
+        self.clock.now += self.seconds
+        return "client"
+
+
+class Watch:
+    """A broker watch that says whether every address refuses, and never that they are
+    away."""
+
+    def __init__(self, refusing: bool) -> None:
+        self.refusing = refusing
+
+    def __call__(self) -> bool:
+        return False
+
+
+def made(make: SlowBootstrap, clock: Clock, watch: Watch, timeout_s: float = 60) -> Any:
+    return bootstrapped(make, timeout_s=timeout_s, clock=clock, away=watch)
+
+
+def test_a_bootstrap_slower_than_a_step_is_given_longer_each_attempt() -> None:
+    """Each attempt to make a client starts over; with each cut at STEP_MS, one whose
+    handshakes took 2.5 s never completed, the cluster healthy."""
+    clock = Clock()
+    make = SlowBootstrap(clock, seconds=2.5)
+    assert made(make, clock, Watch(refusing=False)) == "client"
+    assert make.given == [STEP_MS, 2 * STEP_MS, 4 * STEP_MS]
+    # No longer than MAX_BOOTSTRAP_STEP_MS at a time, so a stop is seen within it.
+    clock.now = 0.0
+    never_done = SlowBootstrap(clock, seconds=60)
+    with pytest.raises(ReadTimedOut):
+        made(never_done, clock, Watch(refusing=False), timeout_s=20)
+    assert max(never_done.given) == MAX_BOOTSTRAP_STEP_MS
+    # Never past the deadline by more than a step of the usual length.
+    assert clock.now <= 20 + STEP_MS / 1000
+    # A plain question keeps its step: asking it again does not start anything over.
+    clock.now = 0.0
+    plain = SlowBootstrap(clock, seconds=2.5)
+    with pytest.raises(ReadTimedOut):
+        answered(plain, timeout_s=5, clock=clock)
+    assert set(plain.given) == {STEP_MS}
+
+
+def test_a_bootstrap_whose_addresses_refuse_keeps_short_steps() -> None:
+    """Nothing is slow where nothing listens: the stop and the watch are asked each second."""
+    clock = Clock()
+    make = SlowBootstrap(clock, seconds=60)
+    with pytest.raises(ReadTimedOut):
+        made(make, clock, Watch(refusing=True), timeout_s=5)
+    assert set(make.given) == {STEP_MS}

@@ -36,7 +36,7 @@ from ledger.errors import Code, FactRejected
 from ledger.kafka.clients import Consumer
 from ledger.kafka.publish import names_the_reference
 from ledger.kafka.reachable import BrokerWatch
-from ledger.kafka.reading import ReadTimedOut, answered, committed_offsets, never
+from ledger.kafka.reading import ReadTimedOut, answered, bootstrapped, committed_offsets, never
 from ledger.kafka.recorder import (
     IntakeCommit,
     KafkaLedgerRecorder,
@@ -152,7 +152,7 @@ class IntakeWriter:
         """
         stopping = never if stop is None else stop.is_set
         try:
-            consumer = answered(
+            consumer = bootstrapped(
                 lambda ms: self._consumer(bootstrap_timeout_ms=ms),
                 timeout_s=self.link.catch_up_timeout_s,
                 stopping=stopping,

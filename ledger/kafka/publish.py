@@ -38,6 +38,7 @@ from ledger.kafka.reading import (
     KeptReaders,
     ReadTimedOut,
     answered,
+    bootstrapped,
     committed_offsets,
     end_offsets,
     polls_to_end,
@@ -128,7 +129,7 @@ class Publisher:
         # Whether the broker confirmed every record sent; if not, the close waits for none.
         self._confirmed = False
         try:
-            self._producer: KafkaProducer = answered(
+            self._producer: KafkaProducer = bootstrapped(
                 lambda ms: Producer(
                     bootstrap_servers=link.bootstrap,
                     acks="all",
@@ -402,7 +403,7 @@ class Outcomes:
         deadline = time.monotonic() + timeout_s
         if self._group is None:
             try:
-                self._group = answered(
+                self._group = bootstrapped(
                     lambda ms: Consumer(
                         bootstrap_servers=link.bootstrap,
                         group_id=link.intake_group,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from eventsourcing.persistence import StoredEvent
 from kafka import KafkaConsumer, TopicPartition
@@ -45,9 +45,14 @@ def never() -> bool:
     return False
 
 
+T = TypeVar("T")
+
 # How long one call to the broker may wait before the reader looks at its clock and at
 # whether it is stopping.
 STEP_MS = 1000
+# The longest one attempt to make a client may wait for its bootstrap (`bootstrapped`):
+# the stop is seen within it, and a supervisor's SIGTERM ends a waiting worker in time.
+MAX_BOOTSTRAP_STEP_MS = 4000
 # How long the broker has to answer one question (a client's first contact, end offsets, a
 # position) however long the read may go on without progress: kafka-python's own request
 # timeout, which bounded these before they were asked a step at a time. An HTTP question
@@ -327,21 +332,49 @@ def answered(
     return _answered(ask, clock() + timeout_s, stopping, clock, away)
 
 
+def bootstrapped(
+    make: Callable[[int], T],
+    *,
+    timeout_s: float,
+    stopping: Callable[[], bool] = never,
+    clock: Callable[[], float] = time.monotonic,
+    away: Callable[[], bool] = never,
+) -> T:
+    """A client `make(ms)` builds (its `bootstrap_timeout_ms`), tried as `answered` tries,
+    each attempt given twice the time of the one before, from `STEP_MS` to
+    `MAX_BOOTSTRAP_STEP_MS`, while the brokers' addresses do not refuse connections.
+
+    Each attempt starts over: a new connection, its TLS and SASL handshakes, the first
+    questions. With every attempt cut at `STEP_MS`, a bootstrap that takes longer never
+    completed, however healthy the cluster: through a link with a round trip of 1.2 s
+    (a throwaway delaying proxy, 2026-12-07) `init` said "no Kafka broker answered" after
+    10 s, and so did a SASL login over TLS that a busy machine took more than a second to
+    refuse, which was to be said as a refused login (tests/test_kafka_security.py, failed
+    once in CI). While every address refuses, nothing is slow: the steps stay short, and
+    the stop and the watch are asked as often as before."""
+    answer: T = _answered(make, clock() + timeout_s, stopping, clock, away, grow=True)
+    return answer
+
+
 def _answered(
     ask: Callable[[int], Any],
     deadline: float,
     stopping: Callable[[], bool],
     clock: Callable[[], float],
     away: Callable[[], bool],
+    grow: bool = False,
 ) -> Any:
     """`ask(STEP_MS)` again until it answers (not None, no timeout), for up to
-    `ANSWER_TIMEOUT_S` or to the `deadline`, whichever comes first."""
+    `ANSWER_TIMEOUT_S` or to the `deadline`, whichever comes first (with `grow`, see
+    `bootstrapped`)."""
     deadline = min(deadline, clock() + ANSWER_TIMEOUT_S)
+    step = STEP_MS
     while True:
         if stopping():
             raise ReadStopped("the read was stopped")
         try:
-            answer = ask(STEP_MS)
+            # Never past the deadline by more than a step of the usual length.
+            answer = ask(min(step, max(STEP_MS, int((deadline - clock()) * 1000))))
         except KafkaTimeoutError:
             answer = None
         if answer is not None:
@@ -350,6 +383,8 @@ def _answered(
             raise ReadTimedOut("the broker did not answer")
         if away():
             raise BrokerAway(REFUSED)
+        refusing = bool(getattr(away, "refusing", False))
+        step = STEP_MS if not grow or refusing else min(step * 2, MAX_BOOTSTRAP_STEP_MS)
 
 
 def reader(
@@ -364,7 +399,7 @@ def reader(
     """A consumer of no group, read_committed unless `committed` is False, made a step at a
     time (`answered`): with no broker, kafka-python's constructor waits 30 s
     (`bootstrap_timeout_ms`), the stop unseen."""
-    return answered(
+    return bootstrapped(
         lambda ms: Consumer(
             bootstrap_servers=bootstrap,
             isolation_level="read_committed" if committed else "read_uncommitted",

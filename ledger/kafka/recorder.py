@@ -46,6 +46,7 @@ from ledger.kafka.reading import (
     KeptReaders,
     ReadTimedOut,
     answered,
+    bootstrapped,
     high_watermarks,
     ledger_events,
     never,
@@ -786,7 +787,7 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
     ) -> KafkaProducer:
         """A transactional producer with `timeout_ms` for its transactions, its id
         registered; closed again if that fails."""
-        producer: KafkaProducer = answered(
+        producer: KafkaProducer = bootstrapped(
             lambda ms: Producer(
                 bootstrap_servers=self.link.bootstrap,
                 transactional_id=self.link.transactional_id,

@@ -28,7 +28,7 @@ from ledger.kafka.acls import WHERE_LISTED
 from ledger.kafka.clients import AdminClient, last_bootstrap_failure, secured
 from ledger.kafka.names import Topics
 from ledger.kafka.reachable import BrokerWatch
-from ledger.kafka.reading import BrokerAway, ReadTimedOut, answered
+from ledger.kafka.reading import BrokerAway, ReadTimedOut, bootstrapped
 from ledger.settings import Settings
 
 # How long one attempt to reach the brokers waits for the first to answer. kafka-python's
@@ -72,7 +72,7 @@ def admin_client(settings: Settings) -> KafkaAdminClient:
     (`ledger.kafka.reachable`), not at the timeout."""
     bootstrap = secured(settings)
     try:
-        client: KafkaAdminClient = answered(
+        client: KafkaAdminClient = bootstrapped(
             lambda ms: AdminClient(
                 bootstrap_servers=bootstrap, client_id="consent-ledger", bootstrap_timeout_ms=ms
             ),
