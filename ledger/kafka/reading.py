@@ -396,9 +396,9 @@ def reader(
     away: Callable[[], bool] = never,
     committed: bool = True,
 ) -> KafkaConsumer:
-    """A consumer of no group, read_committed unless `committed` is False, made a step at a
-    time (`answered`): with no broker, kafka-python's constructor waits 30 s
-    (`bootstrap_timeout_ms`), the stop unseen."""
+    """A consumer of no group, read_committed unless `committed` is False, made in attempts
+    of growing length (`bootstrapped`): with no broker, kafka-python's constructor waits
+    30 s (`bootstrap_timeout_ms`), the stop unseen."""
     return bootstrapped(
         lambda ms: Consumer(
             bootstrap_servers=bootstrap,
