@@ -14,7 +14,8 @@ own, and the data directory is DIR/<service>/data.
 
   deploy/kafka/cluster.py start [DIR]          render, format and start every broker; prints
                                                the bootstrap list once all serve metadata
-  deploy/kafka/cluster.py stop [DIR]           stop them all
+  deploy/kafka/cluster.py stop [DIR]           stop them all (SIGTERM, side by side; with
+                                               --kill, SIGKILL: for data thrown away)
   deploy/kafka/cluster.py stop-node DIR NAME   stop one (SIGTERM; with --kill, SIGKILL)
   deploy/kafka/cluster.py start-node DIR NAME  start it again on its data and ports
 
@@ -202,9 +203,9 @@ class Cluster:
         self.stop()
         raise SystemExit(f"cluster.py: the cluster did not start (logs in {self.root})")
 
-    def stop(self) -> None:
+    def stop(self, kill: bool = False) -> None:
         with ThreadPoolExecutor(max(1, len(self.services))) as pool:
-            list(pool.map(self.stop_node, self.services))
+            list(pool.map(lambda service: self.stop_node(service, kill), self.services))
 
     def stop_node(self, service: str, kill: bool = False) -> None:
         pid = self._running(service)
@@ -356,7 +357,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("command", choices=["start", "stop", "stop-node", "start-node"])
     parser.add_argument("dir", nargs="?", default="./var/cluster")
     parser.add_argument("service", nargs="?")
-    parser.add_argument("--kill", action="store_true", help="stop-node with SIGKILL")
+    parser.add_argument("--kill", action="store_true", help="stop or stop-node with SIGKILL")
     args = parser.parse_args(argv)
     cluster = Cluster(Path(args.dir))
     if args.command in ("stop-node", "start-node") and not args.service:
@@ -364,7 +365,7 @@ def main(argv: list[str]) -> int:
     if args.command == "start":
         print(cluster.start())
     elif args.command == "stop":
-        cluster.stop()
+        cluster.stop(kill=args.kill)
     elif args.command == "stop-node":
         cluster.stop_node(args.service, kill=args.kill)
     else:
