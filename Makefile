@@ -62,11 +62,14 @@ typecheck: install
 kafka-fetch:
 	deploy/kafka/broker.sh fetch
 
-# Two test processes, CI's two cores: run one at a time, the tests left a core idle about
-# half the time (waiting on brokers and subprocesses): 770 s on one, 490 s on two. Each
-# process starts a broker of its own. The schemathesis tests run among the others: each
-# operation's checks its own cases reached behind the key, in whichever process ran it.
-TEST_PROCESSES ?= 2
+# Three test processes on CI's two cores: the tests wait on brokers and subprocesses much of
+# their time. Run one at a time, they left a core idle about half the time: 770 s on one,
+# 490 s on two (an earlier suite). On two, the cores were still idle 23% of a run (vmstat);
+# on three, 9%, and the run took 580 s against 691 s, and 606 s against 657 and 668 s
+# (2026-12-07, 02:20-03:22 UTC, runs taking turns). Each process starts a broker of its own.
+# The schemathesis tests run among the others: each operation's checks its own cases reached
+# behind the key, in whichever process ran it.
+TEST_PROCESSES ?= 3
 
 # The tests' files (every SQLite store, key file and broker log they make) go to memory when
 # the machine has a tmpfs with room (/dev/shm, 24 GiB on this machine kind): real files all
