@@ -65,8 +65,10 @@ kafka-fetch:
 # Three test processes on CI's two cores: the tests wait on brokers and subprocesses much of
 # their time. Run one at a time, they left a core idle about half the time: 770 s on one,
 # 490 s on two (an earlier suite). On two, the cores were still idle 23% of a run (vmstat);
-# on three, 9%, and the run took 580 s against 691 s, and 606 s against 657 and 668 s
-# (2026-12-07, 02:20-03:22 UTC, runs taking turns). Each process starts a broker of its own.
+# on three, 9%. Whole runs one after another (2026-12-07, 02:25-03:57 UTC): 657 and 668 s on
+# two, 606 s on three; with the compose cluster's tests first (tests/conftest.py) 691 s on
+# two, 580 s on three, and 539 and 540 s once its teardown killed it. Each process starts a
+# broker of its own.
 # The schemathesis tests run among the others: each operation's checks its own cases reached
 # behind the key, in whichever process ran it.
 TEST_PROCESSES ?= 3
