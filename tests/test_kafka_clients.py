@@ -222,6 +222,30 @@ def test_a_reader_whose_check_cannot_start_is_made_all_the_same(
     assert len(said) == 1 and "AttributeError" in said[0].getMessage()
 
 
+def test_a_reader_closed_as_its_check_wakes_says_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A consumer closed while its check is due to run: kafka-python's loop runs the
+    ready task as it closes, and the loop, closed, refuses the task's next sleep. That is
+    the consumer's end, not a check that failed; a warning of it on stderr broke the CLI's
+    own message once (`publish --wait` with no worker, CI of 2026-12-07)."""
+    from types import SimpleNamespace
+
+    from kafka.net.manager import KafkaConnectionManager
+    from kafka.net.selector import NetworkSelector
+
+    from ledger.kafka.clients import _watch_fenced_brokers
+
+    net = NetworkSelector()
+    manager = KafkaConnectionManager(net, bootstrap_servers="127.0.0.1:9")
+    consumer = SimpleNamespace(_client=SimpleNamespace(_manager=manager))
+    with caplog.at_level("WARNING", logger="consent_ledger.kafka"):
+        _watch_fenced_brokers(consumer)
+        assert net._ready, "the check is not waiting to run"
+        net.close()  # runs the ready check on a closed loop
+    assert [r.getMessage() for r in caplog.records] == []
+
+
 def test_a_connection_whose_broker_left_the_metadata_is_closed_and_counted() -> None:
     """Of two connections with a request waiting 5 s, the one whose broker the metadata
     answer still lists is left to wait, the other closed as `BrokerFenced` (its request

@@ -444,13 +444,23 @@ def _watch_fenced_brokers(consumer: KafkaConsumer) -> None:
             try:
                 while not fenced.unchecked:
                     await net.sleep(STALLED_CHECK_S)
+                    if _closing(net):
+                        return
                     fenced.check()
             except Exception as error:  # the loop's own sleep, say: never its thread's end
-                _unchecked(error)
+                # A loop closing runs the tasks ready then and refuses their next sleep
+                # (`RuntimeError`): the consumer's end, not a check that failed.
+                if not _closing(net):
+                    _unchecked(error)
 
         manager.call_soon(every_check)
     except Exception as error:
         _unchecked(error)
+
+
+def _closing(net: Any) -> bool:
+    """Whether kafka-python 3.0.12's loop was closed (its consumer closing)."""
+    return bool(getattr(net, "_closed", False))
 
 
 def _stalled(manager: Any, now: float) -> dict[Any, float]:
