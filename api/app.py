@@ -225,6 +225,7 @@ def create_app(
             writer_restarts=None if process is None else process.restarts,
             open_requests=open_requests(service),
             intake=None if service.intake is None else service.intake.writer.stats,
+            intake_restarts=None if service.intake is None else service.intake.restarts,
         )
 
     plain_openapi = app.openapi
@@ -263,7 +264,7 @@ def kafka_unready(service: Service) -> tuple[str, str] | None:
     if fenced or (intake is not None and intake.fenced):
         return "writer_fenced", "another writer owns the ledger partitions"
     if intake is not None and intake.failed:
-        return "not_ready", f"the intake writer stopped ({intake.failed})"
+        return "not_ready", f"the intake writer stopped ({intake.failed}); starting it again"
     refused = getattr(service.ledger.ledger_recorder, "access_refused", None)
     if refused:  # the writer's last append or taking of the partitions: no write can pass
         return "kafka_access_refused", refused

@@ -48,6 +48,7 @@ class Metrics:
         writer_restarts: int | None = None,
         open_requests: dict[str, int] | None = None,
         intake: IntakeStats | None = None,
+        intake_restarts: int | None = None,
     ) -> str:
         lines = [
             "# HELP ledger_http_requests_total HTTP requests by route, method and status.",
@@ -106,6 +107,13 @@ class Metrics:
             ]
         if intake is not None:  # Kafka mode's intake writer thread
             lines += intake_lines(intake) + kafka_client_lines()
+        if intake_restarts is not None:  # the service's intake thread (ledger.kafka.intake_thread)
+            lines += [
+                "# HELP ledger_intake_restarts_total Intake writers the service started again "
+                "after one failed in a way it did not expect.",
+                "# TYPE ledger_intake_restarts_total counter",
+                f"ledger_intake_restarts_total {intake_restarts}",
+            ]
         if writer_restarts is not None:  # embedded mode's writer process (api.writer_process)
             lines += [
                 "# HELP ledger_writer_restarts_total Writer processes started after one ended.",

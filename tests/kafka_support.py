@@ -6,6 +6,7 @@ import base64
 import contextlib
 import hmac
 import os
+import shutil
 import socket
 import subprocess
 import threading
@@ -37,6 +38,24 @@ def kafka_settings(data_dir: Path, bootstrap: str, **overrides: Any) -> Settings
     }
     fields.update(overrides)
     return Settings(**fields)
+
+
+def another_writer(settings: Settings, data_dir: Path) -> Any:
+    """Another writer of the same deployment (its master key and key store copied, the same
+    topics), which has taken the ledger's partitions: the writer of `settings` is fenced.
+    A `ConsentLedger`, for the caller to close."""
+    from ledger.application import ConsentLedger
+
+    data_dir.mkdir()
+    for name in ("master.key", "keys.db", "keys.db-wal"):
+        if (settings.data_dir / name).exists():
+            shutil.copy(settings.data_dir / name, data_dir / name)
+    assert settings.kafka_bootstrap is not None
+    other = ConsentLedger(
+        kafka_settings(data_dir, settings.kafka_bootstrap, topic_prefix=settings.topic_prefix)
+    )
+    other.ledger_recorder.own()  # type: ignore[attr-defined]
+    return other
 
 
 def kafka_env(settings: Settings) -> dict[str, str]:

@@ -4,7 +4,6 @@ readiness that knows the broker, and a fenced service that refuses writes with a
 from __future__ import annotations
 
 import re
-import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +22,7 @@ from ledger.settings import Settings
 from tests.answers_support import conforms
 from tests.facts import grant
 from tests.kafka_support import (
+    another_writer,
     headers,
     kafka_settings,
     no_broker,
@@ -143,14 +143,7 @@ def test_http_on_the_kafka_log(tmp_path: Path, kafka_bootstrap: str) -> None:
 
         # Another writer of the deployment (its master key and key store) takes the
         # partitions: this service is fenced and says so.
-        (tmp_path / "other").mkdir()
-        for name in ("master.key", "keys.db", "keys.db-wal"):
-            if (settings.data_dir / name).exists():
-                shutil.copy(settings.data_dir / name, tmp_path / "other" / name)
-        other = ConsentLedger(
-            kafka_settings(tmp_path / "other", kafka_bootstrap, topic_prefix=settings.topic_prefix)
-        )
-        other.ledger_recorder.own()  # type: ignore[attr-defined]
+        other = another_writer(settings, tmp_path / "other")
         body = grant("http-3", event_id="http-g3")
         del body["tenant"]
         refused = client.post("/v1/facts", json=body, headers=auth)
