@@ -225,7 +225,6 @@ def create_app(
             writer_restarts=None if process is None else process.restarts,
             open_requests=open_requests(service),
             intake=None if service.intake is None else service.intake.writer.stats,
-            intake_restarts=None if service.intake is None else service.intake.restarts,
         )
 
     plain_openapi = app.openapi
@@ -263,6 +262,8 @@ def kafka_unready(service: Service) -> tuple[str, str] | None:
     fenced = getattr(service.ledger.ledger_recorder, "fenced", False)
     if fenced or (intake is not None and intake.fenced):
         return "writer_fenced", "another writer owns the ledger partitions"
+    if intake is not None and intake.ended:
+        return "not_ready", f"the intake writer stopped: {intake.ended}"
     if intake is not None and intake.failed:
         return "not_ready", f"the intake writer stopped ({intake.failed}); starting it again"
     refused = getattr(service.ledger.ledger_recorder, "access_refused", None)

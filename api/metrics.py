@@ -48,7 +48,6 @@ class Metrics:
         writer_restarts: int | None = None,
         open_requests: dict[str, int] | None = None,
         intake: IntakeStats | None = None,
-        intake_restarts: int | None = None,
     ) -> str:
         lines = [
             "# HELP ledger_http_requests_total HTTP requests by route, method and status.",
@@ -107,13 +106,6 @@ class Metrics:
             ]
         if intake is not None:  # Kafka mode's intake writer thread
             lines += intake_lines(intake) + kafka_client_lines()
-        if intake_restarts is not None:  # the service's intake thread (ledger.kafka.intake_thread)
-            lines += [
-                "# HELP ledger_intake_restarts_total Intake writers the service started again "
-                "after one failed in a way it did not expect.",
-                "# TYPE ledger_intake_restarts_total counter",
-                f"ledger_intake_restarts_total {intake_restarts}",
-            ]
         if writer_restarts is not None:  # embedded mode's writer process (api.writer_process)
             lines += [
                 "# HELP ledger_writer_restarts_total Writer processes started after one ended.",
@@ -150,6 +142,10 @@ def intake_lines(intake: IntakeStats) -> list[str]:
         "topic's retention before the writer read them: published facts lost.",
         "# TYPE ledger_intake_expired_unread_total counter",
         f"ledger_intake_expired_unread_total {intake.expired_unread}",
+        "# HELP ledger_intake_restarts_total Intake writers started again after one failed in "
+        "a way it did not expect (its committed batches stand; it reads on from them).",
+        "# TYPE ledger_intake_restarts_total counter",
+        f"ledger_intake_restarts_total {intake.restarts}",
         "# HELP ledger_intake_lag Offsets of the intake topic the writer has not committed "
         "yet, by partition, as of its last poll (records not taken yet, and any transaction "
         "markers among them).",

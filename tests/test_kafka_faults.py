@@ -588,6 +588,41 @@ def test_a_worker_fenced_by_a_cli_write_exits_5_and_resumes_where_it_left_off(
     )
 
 
+def test_a_worker_whose_intake_writer_fails_unexpectedly_starts_it_again(
+    tmp_path: Path, kafka_bootstrap: str, progress_of: list[Progress]
+) -> None:
+    """A failure no code of the ledger expects (a bug; here injected at the third batch,
+    `intake-step:3:raise`) ends neither the worker nor any fact: the intake writer starts
+    again from its committed offsets, and every intake record is once in the ledger or the
+    rejected topic. It used to end the worker with a traceback."""
+    settings = kafka_settings(tmp_path / "data", kafka_bootstrap)
+    topics = Topics.of(settings.topic_prefix)
+    assert kafka_cli(settings, "init").returncode == 0
+    items = intake_stream(valid=100, bad=10, subjects=20, seed=17)
+    publish(kafka_bootstrap, topics.intake, [(i.key, i.value) for i in items])  # type: ignore[misc]
+    progress = Progress(settings)
+    progress_of.append(progress)
+    worker = start_worker(settings, batch=10, failpoint="intake-step:3:raise")
+    try:
+        progress.wait_for(len(items), worker, timeout=120)
+        printed = stop_cleanly(worker)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.communicate()
+    assert "the intake writer stopped (FailpointError); starting it again in 1.0 s" in printed
+    assert (
+        "worker: the intake writer was started again after a failure it did not expect (1 in all"
+        in printed
+    )
+    assert "Traceback" not in printed
+    check_exactly_once(
+        items,
+        read_committed(kafka_bootstrap, topics.ledger),
+        read_committed(kafka_bootstrap, topics.rejected),
+    )
+
+
 @pytest.mark.parametrize("command", ["worker", "serve"])
 def test_a_worker_or_server_waiting_for_its_broker_stops_cleanly_when_asked(
     tmp_path: Path, command: str

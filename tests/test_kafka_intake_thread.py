@@ -21,7 +21,14 @@ from ledger.kafka.names import Topics
 from ledger.kafka.publish import intake_key
 from ledger.settings import Settings
 from tests.facts import grant
-from tests.kafka_support import another_writer, headers, kafka_settings, publish, read_committed
+from tests.kafka_support import (
+    another_writer,
+    headers,
+    kafka_cli,
+    kafka_settings,
+    publish,
+    read_committed,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -87,7 +94,7 @@ def test_a_service_whose_intake_writer_failed_starts_it_again(
     with caplog.at_level(logging.INFO), TestClient(create_app(settings)) as client:
         service = client.app.state.service  # type: ignore[attr-defined]
         _until(lambda: service.intake.writer.stats.accepted > 0, "the fact was not taken")
-        assert len(failed) == 2 and service.intake.restarts == 2
+        assert len(failed) == 2 and service.intake.writer.stats.restarts == 2
         assert service.intake.thread.is_alive() and service.intake.failed is None
         assert client.get("/readyz").status_code == 200
         metrics = client.get("/metrics").text
@@ -141,7 +148,7 @@ def test_a_fenced_intake_writer_stays_stopped_and_leaves_its_record_to_the_new_o
         )
         _until(lambda: service.intake.fenced, "the intake writer was not fenced")
         service.intake.thread.join(30)
-        assert not service.intake.thread.is_alive() and service.intake.restarts == 0
+        assert not service.intake.thread.is_alive() and service.intake.writer.stats.restarts == 0
         unready = client.get("/readyz")
         assert unready.status_code == 503 and unready.json()["code"] == "writer_fenced"
     assert _in_ledger(kafka_bootstrap, topics, "it-g2") == 0
@@ -160,3 +167,35 @@ def test_a_fenced_intake_writer_stays_stopped_and_leaves_its_record_to_the_new_o
         writer.close()
         other.close()
     assert _in_ledger(kafka_bootstrap, topics, "it-g2") == 1
+
+
+def test_a_service_whose_key_store_was_rotated_under_it_stops_its_intake_writer_for_good(
+    tmp_path: Path, kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`master-key rotate` under a running service: its intake writer, on the retired key,
+    stops with nothing of its batch committed or rejected (as `worker` exits 2), and is not
+    started again, which could only fail the same way until the service restarts."""
+    settings, topics = _started(tmp_path, kafka_bootstrap)
+    with caplog.at_level(logging.INFO), TestClient(create_app(settings)) as client:
+        service = client.app.state.service  # type: ignore[attr-defined]
+        rotated = kafka_cli(settings, "master-key", "rotate")
+        assert rotated.returncode == 0, rotated.stderr
+        fact = grant("it-3", event_id="it-g3")
+        publish(
+            kafka_bootstrap,
+            topics.intake,
+            [(intake_key(PUBLISHER_KEY, "demo", "it-3"), orjson.dumps(fact))],
+        )
+        _until(lambda: service.intake.ended is not None, "the intake writer did not stop")
+        service.intake.thread.join(30)
+        assert not service.intake.thread.is_alive()
+        assert service.intake.writer.stats.restarts == 0 and service.intake.failed is None
+        assert client.get("/readyz").status_code == 503
+    said = [r.getMessage() for r in caplog.records if r.name == "consent_ledger.intake"]
+    assert len(said) == 1, said
+    assert said[0].startswith(
+        "the intake writer stopped: the master key does not open the key store"
+    )
+    assert said[0].endswith("; restart the service")
+    assert _in_ledger(kafka_bootstrap, topics, "it-g3") == 0
+    assert read_committed(kafka_bootstrap, topics.rejected) == []

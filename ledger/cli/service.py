@@ -261,6 +261,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 def _work(args: argparse.Namespace, settings: Settings, stop: threading.Event) -> int:
     """The worker until `stop` is set (SIGTERM or SIGINT)."""
     from ledger.kafka.intake import IntakeWriter
+    from ledger.kafka.intake_thread import Supervised
     from ledger.kafka.recorder import WriterFenced
     from projections.views import Views
 
@@ -295,7 +296,7 @@ def _work(args: argparse.Namespace, settings: Settings, stop: threading.Event) -
         say(f"worker: consuming {topics.intake} into {topics.ledger}", flush=True)
         if views is not None:
             project.start()
-        writer.run(stop)
+        Supervised(writer).run(stop)
     except WriterFenced:
         return fail("worker: fenced — another writer owns the ledger partitions", EXIT_FENCED)
     finally:
@@ -319,6 +320,12 @@ def _work(args: argparse.Namespace, settings: Settings, stop: threading.Event) -
         say(
             f"worker: {stats.keyed_by_reference} intake records were keyed by their subject's "
             "reference in the clear (personal data in Kafka keys; the log names where)",
+            flush=True,
+        )
+    if stats.restarts:
+        say(
+            "worker: the intake writer was started again after a failure it did not expect "
+            f"({stats.restarts} in all; the log names each failure's type)",
             flush=True,
         )
     if stats.expired_unread:

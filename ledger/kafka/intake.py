@@ -33,6 +33,7 @@ from kafka.errors import KafkaError, OffsetOutOfRangeError
 from ledger.application import ConsentLedger
 from ledger.envelope import Fact, parse_fact_bytes
 from ledger.errors import Code, FactRejected
+from ledger.failpoints import failpoint
 from ledger.kafka.clients import Consumer
 from ledger.kafka.publish import names_the_reference
 from ledger.kafka.reachable import BrokerWatch
@@ -86,6 +87,8 @@ class IntakeStats:
     duplicates: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
     retries: int = 0
+    # Writers started again after a failure they did not expect (`ledger.kafka.intake_thread`).
+    restarts: int = 0
     # Wall-clock seconds of the batches written, by part: the poll that returned them, and
     # their write, of which the Kafka transaction (sends, the offsets' round trips, the
     # commit); the rest of the write is parsing, the checks, sealing and the replica. A
@@ -299,6 +302,7 @@ class IntakeWriter:
     def step(self, timeout_ms: int = 500) -> int:
         """Poll one batch and commit it; returns how many intake records it consumed."""
         assert self.consumer is not None
+        failpoint("intake-step")
         started = time.perf_counter()
         try:
             polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=self.batch)
