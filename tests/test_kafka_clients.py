@@ -9,12 +9,14 @@ import asyncio
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from kafka import TopicPartition
 from kafka.errors import KafkaTimeoutError
 
 from ledger.kafka.clients import (
@@ -27,7 +29,7 @@ from ledger.kafka.clients import (
 )
 from ledger.kafka.reading import STEP_MS
 from ledger.kafka.topics import admin_client
-from tests.kafka_support import kafka_settings
+from tests.kafka_support import kafka_settings, made_by_hand, publish
 
 
 @pytest.fixture
@@ -381,3 +383,66 @@ def test_a_client_is_made_through_a_link_slower_than_a_step(
             assert client.describe_cluster()["brokers"]
         finally:
             client.close()
+
+
+@pytest.mark.kafka
+def test_a_reader_whose_metadata_names_a_leader_it_does_not_list_asks_again(
+    kafka_bootstrap: str,
+) -> None:
+    """A broker killed under the compose file's cluster leaves, for a moment, a client
+    naming it as a partition's leader after the broker list it learned no longer has it
+    (fenced). kafka-python 3.0.12 then raised `UnknownBrokerIdError` out of a fetch or an
+    offsets question, not retried as an unready broker is: the intake writer took it for an
+    outage and started over ("ledger unavailable (UnknownBrokerIdError: 3)", with two
+    brokers of three up). Made here, a reader takes it as a broker not ready: it refreshes
+    its metadata and asks the leader it names then."""
+    topic = f"unlisted-{uuid.uuid4().hex[:8]}"
+    made_by_hand(kafka_bootstrap, topic, {})
+    publish(kafka_bootstrap, topic, [(None, b"one"), (None, b"two")])
+    consumer = Consumer(bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest")
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        assert consumer.end_offsets([tp], timeout_ms=10_000) == {tp: 2}
+        cluster = consumer._client._manager.cluster
+        unlisted = 1 + max(broker.node_id for broker in cluster.brokers())
+
+        def name_an_unlisted_leader() -> None:
+            cluster._partitions[topic][0].leader_id = unlisted
+            assert cluster.leader_for_partition(tp) == unlisted
+            assert cluster.broker_metadata(unlisted) is None
+
+        name_an_unlisted_leader()
+        assert consumer.beginning_offsets([tp], timeout_ms=10_000) == {tp: 0}
+        name_an_unlisted_leader()
+        read: list[bytes] = []
+        deadline = time.monotonic() + 10
+        while len(read) < 2 and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=200).values():
+                read.extend(r.value for r in records)
+        assert read == [b"one", b"two"]
+    finally:
+        consumer.close()
+
+
+@pytest.mark.kafka
+def test_a_producer_whose_metadata_names_a_leader_it_does_not_list_sends_all_the_same(
+    kafka_bootstrap: str,
+) -> None:
+    """The same moment for the writer's producer: kafka-python 3.0.12's sender raised
+    `UnknownBrokerIdError` on its own thread at every turn of its loop and asked for no
+    metadata, so the record waited there (its 15 s, in a throwaway probe). Made here, the
+    sender takes the leader for one not ready, refreshes, and sends to the leader it names
+    then."""
+    topic = f"unlisted-{uuid.uuid4().hex[:8]}"
+    made_by_hand(kafka_bootstrap, topic, {})
+    producer = Producer(bootstrap_servers=kafka_bootstrap, acks="all", enable_idempotence=True)
+    try:
+        assert producer.send(topic, b"zero").get(timeout=10).offset == 0
+        cluster = producer._metadata
+        unlisted = 1 + max(broker.node_id for broker in cluster.brokers())
+        cluster._partitions[topic][0].leader_id = unlisted
+        assert cluster.broker_metadata(unlisted) is None
+        assert producer.send(topic, b"one").get(timeout=10).offset == 1
+    finally:
+        producer.close(timeout=5)

@@ -35,7 +35,7 @@ from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient
-from kafka.errors import KafkaConnectionError
+from kafka.errors import KafkaConnectionError, NodeNotReadyError, UnknownBrokerIdError
 from kafka.net.compat import KafkaNetClient
 from kafka.net.sasl.oauth import AbstractTokenProvider
 
@@ -206,6 +206,7 @@ class _ClosedIfUnreached:
         cluster = _cluster(self)
         if cluster is not None:
             cluster.config["retry_backoff_ms"] = configs["retry_backoff_ms"]
+        unlisted_brokers_not_ready(getattr(getattr(self, "_client", None), "_manager", None))
 
 
 class Consumer(_ClosedIfUnreached, KafkaConsumer):  # type: ignore[misc]
@@ -252,6 +253,7 @@ class _PacedNetClient(KafkaNetClient):  # type: ignore[misc]
 
     def __init__(self, **configs: Any) -> None:
         super().__init__(**configs)
+        unlisted_brokers_not_ready(self._manager)
         self._idle_poll_ms = float(configs.get("retry_backoff_ms", 100))
         self._sent_since_poll = True
         self._fenced = FencedBrokers(self._manager)
@@ -297,6 +299,43 @@ class _PacedNetClient(KafkaNetClient):  # type: ignore[misc]
         polled = super().poll(timeout_ms=timeout_ms, future=future)
         self._fenced.check()  # the sender's thread drives these connections
         return polled
+
+
+def unlisted_brokers_not_ready(manager: Any) -> None:
+    """Make a request to a broker the client's metadata no longer lists fail as one to a
+    broker not ready yet, which kafka-python retries once it has refreshed its metadata.
+
+    A broker killed under a cluster leaves a client, for a moment, naming it as a
+    partition's leader after the list of brokers it learned last no longer has it (the
+    controller fenced it): the client's offsets questions are sent on tasks of its network
+    loop, each to the leader named when they were grouped, and a metadata refresh between
+    the two is enough. kafka-python 3.0.12 then raises `UnknownBrokerIdError` from its
+    connection manager, which it takes for a fatal error, where the Java client asks the
+    metadata again. Out of a consumer's `beginning_offsets`, `end_offsets` or poll it
+    reaches the caller: the intake writer took it for an outage and started over ("ledger
+    unavailable (UnknownBrokerIdError: UnknownBrokerIdError: 3), retrying", in the compose
+    cluster's test with one broker of three killed, 2026-12-07). A producer's sender raised
+    it at every turn of its loop without asking for the metadata, and the record waited.
+    Here the manager's `get_connection` raises `NodeNotReadyError` for it instead, as it
+    does itself for a broker backing off, and asks for the metadata
+    (`tests/test_kafka_clients.py` makes the moment with a real broker). Where another
+    version keeps no such manager, nothing is changed.
+    """
+    get_connection = getattr(manager, "get_connection", None)
+    cluster = getattr(manager, "cluster", None)
+    if get_connection is None or cluster is None:
+        return
+
+    def connection(node_id: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return get_connection(node_id, *args, **kwargs)
+        except UnknownBrokerIdError as error:
+            cluster.request_update()
+            raise NodeNotReadyError(
+                f"broker {node_id} is not in the cluster's metadata; asking it again"
+            ) from error
+
+    manager.get_connection = connection
 
 
 class FencedBrokers:
