@@ -203,10 +203,11 @@ class _ClosedIfUnreached:
         except BaseException:
             _close_started(self)
             raise
-        cluster = _cluster(self)
+        manager = _manager(self)
+        cluster = getattr(manager, "cluster", None)
         if cluster is not None:
             cluster.config["retry_backoff_ms"] = configs["retry_backoff_ms"]
-        unlisted_brokers_not_ready(getattr(getattr(self, "_client", None), "_manager", None))
+        unlisted_brokers_not_ready(manager)
 
 
 class Consumer(_ClosedIfUnreached, KafkaConsumer):  # type: ignore[misc]
@@ -541,12 +542,11 @@ def _close_started(client: Any) -> None:
         network.close()
 
 
-def _cluster(client: Any) -> Any:
-    """The cluster metadata of the client's network manager (kafka-python 3.0.12), or None
-    where another version keeps it elsewhere: its clients then wait its own 100 ms again,
-    slower but right (tests/test_kafka_clients.py says so)."""
-    manager = getattr(getattr(client, "_client", None), "_manager", None)
-    return getattr(manager, "cluster", None)
+def _manager(client: Any) -> Any:
+    """The client's network manager (kafka-python 3.0.12), or None where another version
+    keeps it elsewhere: its cluster metadata then waits its own 100 ms again, slower but
+    right (tests/test_kafka_clients.py says so), and an unlisted broker stays its error."""
+    return getattr(getattr(client, "_client", None), "_manager", None)
 
 
 def close_producer(producer: KafkaProducer, timeout_s: float) -> None:
