@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ledger import failpoints
 from ledger.vocabulary import REQUEST_KINDS
 
 BACKENDS = ("embedded", "kafka")
@@ -262,6 +263,11 @@ class Settings:
                 "LEDGER_TLS_CERT and LEDGER_TLS_KEY go together: set both or neither"
             )
         kafka_security = _kafka_security(env)
+        if failpoint := env.get("LEDGER_FAILPOINT", "").strip():
+            try:
+                failpoints.parse(failpoint)
+            except ValueError as error:
+                raise SettingsError(str(error)) from None
         telemetry = env.get("LEDGER_HTTP_TELEMETRY", "off").strip().lower() or "off"
         if telemetry not in SWITCHES:
             raise SettingsError(f"LEDGER_HTTP_TELEMETRY must be on or off, not {telemetry!r}")

@@ -25,6 +25,7 @@ from tests.cli_support import (
     lines_until,
     piped,
     run,
+    run_fresh,
     start_with,
     verify_elsewhere,
     written_behind,
@@ -1163,6 +1164,44 @@ def test_a_data_directory_that_cannot_be_one_is_a_configuration_error(tmp_path: 
         assert out.returncode == 2, out.stderr
         assert out.stderr.startswith("consent-ledger: configuration: ") and why in out.stderr
         assert "Traceback" not in out.stderr
+
+
+def test_a_malformed_failpoint_is_a_configuration_error(tmp_path: Path) -> None:
+    """A count that was no number was a ValueError traceback from the import of
+    `ledger.failpoints`; a misspelt crash point armed nothing, and said nothing."""
+    for spec, why in (
+        ("intake-step:x", "count must be a whole number from 1, not 'x'"),
+        ("intake-step:0", "count must be a whole number from 1, not '0'"),
+        ("intake-setp:1", "names no crash point ('intake-setp'); one of erasure.journalled,"),
+        ("intake-step:3:rise", "ends in ':raise' or nothing, not 'rise'"),
+    ):
+        out = run_fresh(tmp_path / "data", "verify", LEDGER_FAILPOINT=spec)
+        assert out.returncode == 2, (spec, out.stderr)
+        assert out.stderr.startswith("consent-ledger: configuration: LEDGER_FAILPOINT"), spec
+        assert why in out.stderr and "Traceback" not in out.stderr, (spec, out.stderr)
+    assert run(tmp_path / "data", "verify", LEDGER_FAILPOINT="intake-step:3:raise").returncode == 0
+
+
+def test_every_crash_point_the_code_passes_can_be_armed() -> None:
+    """`failpoint(name)` with a name `LEDGER_FAILPOINT` refuses could never fire."""
+    import ast
+
+    import ledger.failpoints
+
+    root = Path(__file__).resolve().parents[1]
+    passed = set()
+    for package in ("ledger", "projections", "api"):
+        for source in (root / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(source.read_text())):
+                if (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Name)
+                    and node.func.id == "failpoint"
+                ):
+                    (argument,) = node.args
+                    assert isinstance(argument, ast.Constant), source
+                    passed.add(argument.value)
+    assert passed == ledger.failpoints.NAMES
 
 
 def test_an_error_of_the_kafka_client_is_one_line_and_exit_6(
