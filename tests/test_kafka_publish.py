@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import orjson
 import pytest
 
+from ledger.kafka.topics import RECORD_LIMIT
 from tests.cli_support import (
     Started,
     closed,
@@ -412,6 +413,37 @@ def test_a_fact_larger_than_another_teams_intake_topic_takes_is_refused_alone(
         in (answers[1]["rejected"]["message"])
     )
     assert reference not in out.stdout + out.stderr  # no reference echoed
+
+
+def test_publish_refuses_a_record_larger_than_it_sends_to_a_topic_that_takes_it(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """The other way round: an intake topic made to take records larger than `publish`'s
+    requests carry (`RECORD_LIMIT`). kafka-python's `send` refuses such a record before it
+    sends it; the answer names `publish`'s own limit, and the facts around it are
+    published."""
+    settings = kafka_settings(tmp_path / "data", kafka_bootstrap)
+    env = kafka_env(settings)
+    made_by_hand(
+        kafka_bootstrap, f"{settings.topic_prefix}.intake", {"max.message.bytes": str(8 << 20)}
+    )
+    assert cli(env, "init").returncode == 0
+    lines = [
+        orjson.dumps(grant("ref-before", event_id="large-before")),
+        orjson.dumps({**grant("ref-large"), "evidence": {"x": "y" * 3_000_000}}),
+        orjson.dumps(grant("ref-after", event_id="large-after")),
+    ]
+    out = cli(env, "publish", "--no-wait", stdin=b"\n".join(lines).decode())
+    assert out.returncode == 1, out.stdout + out.stderr
+    answers = [orjson.loads(line) for line in out.stdout.splitlines()]
+    assert [sorted(a) for a in answers] == [
+        ["index", "line", "published"],
+        ["index", "line", "rejected"],
+        ["index", "line", "published"],
+    ], answers
+    assert answers[1]["rejected"]["code"] == "oversize"
+    assert f"than publish sends ({RECORD_LIMIT} bytes)" in answers[1]["rejected"]["message"]
+    assert "ref-large" not in out.stdout + out.stderr
 
 
 def test_publish_gives_the_tenant_to_the_facts_that_name_none(
