@@ -155,9 +155,15 @@ def _secured(run_dir: Path) -> SecuredBroker:
 
 
 @contextlib.contextmanager
-def started_broker(run_dir: Path) -> Iterator[Path]:
+def started_broker(run_dir: Path, properties: str = "") -> Iterator[Path]:
+    """`properties`: lines of key=value the broker is started with besides its own
+    (`KAFKA_BROKER_PROPERTIES` of deploy/kafka/broker.sh)."""
     started = subprocess.run(
-        [str(BROKER), "start", str(run_dir)], capture_output=True, text=True, timeout=300
+        [str(BROKER), "start", str(run_dir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "KAFKA_BROKER_PROPERTIES": properties},
     )
     if started.returncode != 0:
         raise RuntimeError(f"the Kafka broker did not start:\n{started.stderr}")

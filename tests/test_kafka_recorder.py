@@ -34,6 +34,7 @@ from ledger.receipt import Receipt
 from ledger.recorder import FactKey
 from ledger.settings import Settings
 from ledger.verify import verify_ledger
+from tests.conftest import started_broker
 from tests.facts import grant
 from tests.kafka_support import (
     Stopping,
@@ -172,6 +173,54 @@ def test_a_second_writer_fences_the_first(
     assert sorted(values) == [b'{"tenant":"demo","by":"new"}', b'{"tenant":"demo","by":"old"}']
     old.close()
     new.close()
+
+
+def test_a_broker_that_caps_transactions_below_the_writers_timeout_gets_kafkas_default(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broker whose `transaction.max.timeout.ms` is below the writer's 300 s refuses its
+    transactional id (InvalidTransactionTimeout): the writer registers it again with
+    kafka-python's default, 60 s, says what that costs, and appends. Below 60 s too, it is
+    refused, naming the setting to raise. Only brokers started so can show it (the setting
+    is read-only), so this test starts two of its own."""
+    with (
+        started_broker(tmp_path / "capped", "transaction.max.timeout.ms=60000") as capped,
+        started_broker(tmp_path / "below", "transaction.max.timeout.ms=30000") as below,
+    ):
+        bootstrap = (capped / "bootstrap").read_text().strip()
+        settings = kafka_settings(tmp_path / "data", bootstrap)
+        topics = ensure_topics(settings)
+        recorder = new_recorder(tmp_path / "replica.db", bootstrap, settings.topic_prefix)
+        try:
+            with caplog.at_level(logging.WARNING, logger=recorder_module.log.name):
+                recorder.own()
+            said = [r for r in caplog.records if r.name == recorder_module.log.name]
+            assert [r.getMessage() for r in said] == [
+                "the brokers' transaction.max.timeout.ms is below 300000 ms: the writer's "
+                "transactions time out after 60000 ms, and a writer paused longer "
+                "mid-transaction will stop as if fenced"
+            ]
+            assert recorder._producer is not None
+            assert recorder._producer.config["transaction_timeout_ms"] == 60_000
+            subject = uuid.uuid4()
+            recorder.insert_events([_event(subject, 1, b'{"tenant":"demo","by":"capped"}')])
+            assert recorder.versions_of([subject]) == {subject: 1}
+            values = [r.value for r in read_committed(bootstrap, topics.ledger)]
+            assert values == [b'{"tenant":"demo","by":"capped"}']
+        finally:
+            recorder.close()
+
+        bootstrap = (below / "bootstrap").read_text().strip()
+        settings = kafka_settings(tmp_path / "data-below", bootstrap)
+        ensure_topics(settings)
+        refused = kafka_cli(settings, "init")  # its first write: the demo tenant's policy
+        assert refused.returncode == 6, refused.stderr
+        assert (
+            "could not become the ledger writer: the brokers' transaction.max.timeout.ms is "
+            "below 60000 ms, the shortest transaction timeout the writer takes; raise it on "
+            "every broker (KafkaError: "
+        ) in refused.stderr
+        assert "Traceback" not in refused.stderr
 
 
 def test_topics_are_created_with_the_ledger_settings(tmp_path: Path, kafka_bootstrap: str) -> None:

@@ -24,6 +24,9 @@
 # users are not, `acl-ledger` and `acl-publisher` (passwords `<user>-secret`), so that a test
 # can grant them ACLs and see what each needs (tests/test_kafka_acls.py).
 #
+# KAFKA_BROKER_PROPERTIES, if set, is added to the broker's server.properties at `start`
+# (lines of key=value; a key given there wins over the defaults).
+#
 # DIR defaults to ./var/kafka. The jars are cached in $KAFKA_CACHE_DIR
 # (default ~/.cache/consent-ledger/kafka-<version>), so only the first start downloads; so is
 # the broker's class-data-sharing archive, which `fetch` makes once (see build_archive).
@@ -227,6 +230,12 @@ auto.create.topics.enable=false
 authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
 super.users=User:ANONYMOUS;User:ledger;User:CN=ledger
 PROPS
+    # A test's own settings, one `key=value` a line, after the defaults above (the broker
+    # takes the last of a repeated key): a broker's read-only settings, such as
+    # transaction.max.timeout.ms, can be tried no other way.
+    if [ -n "${KAFKA_BROKER_PROPERTIES:-}" ]; then
+        printf '%s\n' "$KAFKA_BROKER_PROPERTIES" >> "$dir/server.properties"
+    fi
     cat > "$dir/log4j2.properties" <<'LOG'
 rootLogger.level=WARN
 rootLogger.appenderRef.file.ref=FILE

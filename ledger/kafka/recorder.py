@@ -744,7 +744,8 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
 
         A broker whose `transaction.max.timeout.ms` is below PRODUCER_TUNING's refuses the
         id (InvalidTransactionTimeout), where it took kafka-python's 60 s default: the
-        writer then runs with that default, and says what it costs.
+        writer then runs with that default, and says what it costs. One below that too is
+        refused with the setting to raise, where it said only kafka-python's error.
 
         Made, and its id registered, a step at a time (`max_block_ms` is the step): with the
         broker away each waited kafka-python's 30 s and 60 s, the stop and the refused
@@ -770,7 +771,15 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                         f"{self.link.transactional_id}): {refused}"
                     )
                     raise AccessRefused(self._access_refused) from error
-                if "InvalidTransactionTimeout" in str(error) and timeout_ms != timeouts[-1]:
+                capped = "InvalidTransactionTimeout" in str(error)
+                if capped and timeout_ms == timeouts[-1]:
+                    raise LedgerUnavailable(
+                        "could not become the ledger writer: the brokers' "
+                        f"transaction.max.timeout.ms is below {timeout_ms} ms, the shortest "
+                        "transaction timeout the writer takes; raise it on every broker "
+                        f"({error})"
+                    ) from error
+                if capped:
                     log.warning(
                         "the brokers' transaction.max.timeout.ms is below %d ms: the writer's "
                         "transactions time out after %d ms, and a writer paused longer "
