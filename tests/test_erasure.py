@@ -26,7 +26,7 @@ from ledger.keystore import KeyStoreBusyError
 from ledger.receipt import ErasureNotOverwritten, Receipt
 from ledger.settings import Settings
 from projections.trail import subject_trail
-from tests.facts import fact, grant, withdraw
+from tests.facts import fact, grant, request, withdraw
 from tests.kafka_support import kafka_env, read_committed
 from tests.keystore_support import reader_holding
 from tests.server_support import serve
@@ -430,7 +430,8 @@ def test_a_log_restored_from_before_an_erasure_takes_no_new_grant_of_the_erased(
     """`ledger.db` alone restored from a backup taken before an erasure: the key store still
     lists the subject as erased. A grant with personal data was refused (no key to seal it
     with) and one without was recorded, a consent given after the person was erased. Both
-    are refused now; a withdrawal is still recorded, as after any erasure."""
+    are refused now; a withdrawal is still recorded, as after any erasure. So is a first
+    fact of a subject the backup never held (granted and erased after it was taken)."""
     ledger = ConsentLedger(settings)
     ledger.init_demo()
     ledger.record([parse_fact(grant(REFERENCE, event_id="g1", personal_data={"full_name": NAME}))])
@@ -438,6 +439,13 @@ def test_a_log_restored_from_before_an_erasure_takes_no_new_grant_of_the_erased(
     backup = settings.log_path.read_bytes()  # closed: the WAL is checkpointed away
     erased = cli(
         settings.data_dir, "erase", REFERENCE, "--tenant", "demo", "--ground", "subject_request"
+    )
+    assert erased.returncode == 0, erased.stderr
+    after = ConsentLedger(settings)
+    assert isinstance(after.record([parse_fact(grant(PHONE, event_id="p1"))])[0], Receipt)
+    after.close()
+    erased = cli(
+        settings.data_dir, "erase", PHONE, "--tenant", "demo", "--ground", "subject_request"
     )
     assert erased.returncode == 0, erased.stderr
     _remove_sqlite(settings.log_path)
@@ -457,6 +465,16 @@ def test_a_log_restored_from_before_an_erasure_takes_no_new_grant_of_the_erased(
     refusals = [o.code for o in outcomes[:2] if not isinstance(o, Receipt)]
     assert refusals == [Code.SUBJECT_ERASED] * 2, outcomes
     assert isinstance(outcomes[2], Receipt)
+    never_held = reopened.record(
+        [
+            parse_fact(grant(PHONE, event_id="p2", occurred_at=later)),
+            parse_fact(
+                grant(PHONE, event_id="p3", occurred_at=later, personal_data={"email": "e"})
+            ),
+            parse_fact(request(PHONE, "r1", "information", later, event_id="p4")),
+        ]
+    )
+    assert [getattr(o, "code", o) for o in never_held] == [Code.SUBJECT_ERASED] * 3
     sid = reopened.sid("demo", REFERENCE)
     trail = subject_trail(reopened, "demo", sid)
     assert trail is not None
