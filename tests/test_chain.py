@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from uuid import uuid4
 
+import pytest
 from eventsourcing.persistence import StoredEvent
 from hypothesis import given
 from hypothesis import strategies as st
@@ -65,6 +66,8 @@ def test_inclusion_proofs_lead_to_the_reference_root_and_nowhere_else(
         if n > 1:
             assert root_from_inclusion(leaf, (i + 1) % n, n, paths[i]) != root
         assert root_from_inclusion(leaf, n, n, paths[i]) is None
+    with pytest.raises(IndexError):
+        inclusion_paths(leaf_level(hashes), [n])
 
 
 @given(st.integers(min_value=0, max_value=200), st.data())
@@ -86,6 +89,12 @@ def test_consistency_proofs_link_every_prefix_and_no_rewritten_one(
         assert not consistent(m, merkle_root(rewritten[:m]), n, root, path)
         assert not consistent(m, old_root, n, root, path[:-1])
         assert not consistent(m + 1, old_root, n, root, path)
+        # Nor does it prove the log shrank (the two checkpoints given the other way round),
+        # nor does no proof at all, whatever the old size.
+        assert not consistent(n, root, m, old_root, path)
+        assert not consistent(m, old_root, n, root, [])
+    with pytest.raises(IndexError):
+        consistency_path(leaf_level(hashes), n + 1)
 
 
 def test_inclusion_proof_of_rfc9162_shape() -> None:
