@@ -29,6 +29,7 @@ from ledger.cli.common import (
     whole,
 )
 from ledger.cli.records import cmd_demo
+from ledger.cli.stopping import SignalStop
 from ledger.settings import Settings, SettingsError
 
 
@@ -437,7 +438,7 @@ def wait_for_brokers(settings: Settings, stop: threading.Event, who: str) -> boo
 def stopped_by_signals() -> Iterator[threading.Event]:
     """An event SIGTERM and SIGINT set, for as long as the block runs (then the handlers
     before it are put back: uvicorn installs its own)."""
-    stop = threading.Event()
+    stop = SignalStop()  # a threading.Event's set could wait for ever in a handler
     signals = (signal.SIGTERM, signal.SIGINT)
     before = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in signals}
     try:

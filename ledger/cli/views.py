@@ -21,6 +21,7 @@ from ledger.cli.common import (
     seconds,
     whole,
 )
+from ledger.cli.stopping import SignalStop
 from ledger.envelope import parse_known_at, parse_time
 from ledger.errors import FactRejected
 from ledger.settings import Settings
@@ -181,14 +182,13 @@ def cmd_requests(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_project(args: argparse.Namespace, settings: Settings) -> int:
     import signal
-    import threading
 
     from api.logs import configure
     from projections.views import Views
 
     # JSON lines on stderr: what the writer skipped or set aside, by partition and offset.
     configure(logging.WARNING, sys.stderr)
-    stop = threading.Event()
+    stop = SignalStop()  # a threading.Event's set could wait for ever in a handler
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     ledger = open_ledger(settings)

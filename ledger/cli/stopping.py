@@ -1,0 +1,65 @@
+"""A stop that a signal handler may set: what SIGTERM and SIGINT set in `worker`, `serve`
+and `project --follow`.
+
+`threading.Event.set` takes the lock of the event's condition, which a thread waiting on the
+event holds for a moment as its wait begins and ends. A signal's Python handler runs in the
+main thread, between two of its bytecodes, so a SIGTERM arriving while the main thread was in
+that moment of its own `stop.wait(...)` waited for a lock its own thread held: for ever. A
+clean-clone CI run (2026-12-07) saw a `worker` waiting for its brokers stay alive 30 s after
+SIGTERM, and a throwaway probe (a main thread waiting on an Event in a loop, another process
+signalling it, the handler setting it) hung the same way within seconds.
+
+Here `set` is a flag and a byte written to a pipe, neither of which takes a lock, and a wait
+polls the pipe: interrupted by the signal, the poll goes on once the handler has run (PEP
+475) and finds the byte at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import select
+import threading
+import weakref
+
+
+class SignalStop(threading.Event):
+    """A `threading.Event` whose `set` is safe in a signal handler; it cannot be cleared."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._stopped = False
+        self._read_end, self._write_end = os.pipe()
+        os.set_blocking(self._write_end, False)
+        weakref.finalize(self, _close, self._read_end, self._write_end)
+
+    def is_set(self) -> bool:
+        return self._stopped
+
+    def set(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        # One byte is enough: nobody reads it, so the pipe stays readable from now on.
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._write_end, b"\0")
+
+    def clear(self) -> None:
+        raise NotImplementedError("a stop is not taken back")
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._stopped:
+            return True
+        if timeout is not None and timeout <= 0:
+            return False  # as threading.Event: a wait of no time only looks
+        poller = select.poll()
+        poller.register(self._read_end, select.POLLIN)
+        poller.poll(None if timeout is None else math.ceil(timeout * 1000))
+        return self._stopped
+
+
+def _close(*fds: int) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
