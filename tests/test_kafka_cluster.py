@@ -701,16 +701,24 @@ def test_the_intake_writer_goes_on_while_the_leader_of_intake_partitions_hangs(
         while not first <= seen:  # the worker runs and takes what is published
             assert time.monotonic() < deadline and worker.poll() is None, "the worker took nothing"
             seen |= event_ids_read(consumer)
+        # What a failure needs to say why: how long each publish took, and when the first
+        # fact of a moved partition reached the ledger (seconds into the hang).
+        publishes: list[tuple[float, float]] = []
+        moved_at: float | None = None
         with compose_cluster.hung(compose_cluster.service_of(hung_id)) as began:
             i = 10
             while time.monotonic() - began < HANG_S:
+                at = time.monotonic()
                 publish_ten(i)
+                publishes.append((at - began, time.monotonic() - at))
                 i += 10
                 read = event_ids_read(consumer)
                 if time.monotonic() - began < HANG_S:
                     in_ledger_while_hung |= read
+                if moved_at is None and any(published.get(e) in led for e in read):
+                    moved_at = time.monotonic() - began
         compose_cluster.wait_fully_replicated(replicated_topics(Settings.from_env(env)))
-        stop_cleanly(worker)
+        said = stop_cleanly(worker)
     finally:
         if worker.poll() is None:
             worker.send_signal(signal.SIGKILL)
@@ -719,9 +727,13 @@ def test_the_intake_writer_goes_on_while_the_leader_of_intake_partitions_hangs(
         consumer.close()
     of_moved = {e for e, partition in published.items() if partition in led and e not in first}
     assert of_moved, f"nothing was published to intake partitions {sorted(led)} while they moved"
+    slowest = [(round(b, 1), round(t, 2)) for b, t in sorted(publishes, key=lambda p: p[1])[-3:]]
+    first_moved = "never" if moved_at is None else f"{moved_at:.1f} s into it"
     assert of_moved & in_ledger_while_hung, (
         f"of {len(of_moved)} facts published to intake partitions {sorted(led)} while their "
-        "leader hung, none reached the ledger before it came back"
+        f"leader hung ({HANG_S} s), none reached the ledger before it came back (the first: "
+        f"{first_moved}); the slowest publishes (began, took s): {slowest}; the worker said:\n"
+        + said[-3000:]
     )
 
 
