@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import orjson
 import pytest
@@ -398,21 +399,25 @@ def test_a_fact_larger_than_another_teams_intake_topic_takes_is_refused_alone(
         orjson.dumps(grant(reference, event_id="small-after")),
         orjson.dumps(grant("someone-else", event_id="small-other")),
     ]
+    refused, said = all_published_but(env, lines, 1)
+    assert refused["code"] == "oversize"
+    assert f"than topic {settings.topic_prefix}.intake takes (65536 bytes)" in refused["message"]
+    assert reference not in said  # no reference echoed
+
+
+def all_published_but(
+    env: dict[str, str], lines: list[bytes], refused: int
+) -> tuple[dict[str, Any], str]:
+    """`publish --no-wait` of `lines`: each answered published but the `refused`th; its
+    refusal, and everything the command printed."""
     out = cli(env, "publish", "--no-wait", stdin=b"\n".join(lines).decode())
     assert out.returncode == 1, out.stdout + out.stderr
     answers = [orjson.loads(line) for line in out.stdout.splitlines()]
     assert [sorted(a) for a in answers] == [
-        ["index", "line", "published"],
-        ["index", "line", "rejected"],
-        ["index", "line", "published"],
-        ["index", "line", "published"],
+        ["index", "line", "rejected" if i == refused else "published"] for i in range(len(lines))
     ], answers
-    assert answers[1]["rejected"]["code"] == "oversize"
-    assert (
-        f"than topic {settings.topic_prefix}.intake takes (65536 bytes)"
-        in (answers[1]["rejected"]["message"])
-    )
-    assert reference not in out.stdout + out.stderr  # no reference echoed
+    rejected: dict[str, Any] = answers[refused]["rejected"]
+    return rejected, out.stdout + out.stderr
 
 
 def test_publish_refuses_a_record_larger_than_it_sends_to_a_topic_that_takes_it(
@@ -433,17 +438,10 @@ def test_publish_refuses_a_record_larger_than_it_sends_to_a_topic_that_takes_it(
         orjson.dumps({**grant("ref-large"), "evidence": {"x": "y" * 3_000_000}}),
         orjson.dumps(grant("ref-after", event_id="large-after")),
     ]
-    out = cli(env, "publish", "--no-wait", stdin=b"\n".join(lines).decode())
-    assert out.returncode == 1, out.stdout + out.stderr
-    answers = [orjson.loads(line) for line in out.stdout.splitlines()]
-    assert [sorted(a) for a in answers] == [
-        ["index", "line", "published"],
-        ["index", "line", "rejected"],
-        ["index", "line", "published"],
-    ], answers
-    assert answers[1]["rejected"]["code"] == "oversize"
-    assert f"than publish sends ({RECORD_LIMIT} bytes)" in answers[1]["rejected"]["message"]
-    assert "ref-large" not in out.stdout + out.stderr
+    refused, said = all_published_but(env, lines, 1)
+    assert refused["code"] == "oversize"
+    assert f"than publish sends ({RECORD_LIMIT} bytes)" in refused["message"]
+    assert "ref-large" not in said
 
 
 def test_publish_gives_the_tenant_to_the_facts_that_name_none(
