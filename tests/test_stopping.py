@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # and then, and the process hung there.
 WAITS_FOR_SIGNALS = """
 import signal, sys
-from ledger.cli.service import stopped_by_signals
+from ledger.cli.stopping import stopped_by_signals
 
 signal.signal(signal.SIGTERM, lambda *_: None)  # between two blocks, a signal is let go
 for _ in range(int(sys.argv[1])):

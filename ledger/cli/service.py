@@ -29,7 +29,7 @@ from ledger.cli.common import (
     whole,
 )
 from ledger.cli.records import cmd_demo
-from ledger.cli.stopping import SignalStop
+from ledger.cli.stopping import stopped_by_signals
 from ledger.settings import Settings, SettingsError
 
 
@@ -432,20 +432,6 @@ def wait_for_brokers(settings: Settings, stop: threading.Event, who: str) -> boo
             break
         pause = min(pause * 2, BROKER_WAIT_MAX_S)
     return False
-
-
-@contextmanager
-def stopped_by_signals() -> Iterator[threading.Event]:
-    """An event SIGTERM and SIGINT set, for as long as the block runs (then the handlers
-    before it are put back: uvicorn installs its own)."""
-    stop = SignalStop()  # a threading.Event's set could wait for ever in a handler
-    signals = (signal.SIGTERM, signal.SIGINT)
-    before = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in signals}
-    try:
-        yield stop
-    finally:
-        for signum, handler in before.items():
-            signal.signal(signum, handler)
 
 
 @contextmanager

@@ -1,5 +1,5 @@
-"""A stop that a signal handler may set: what SIGTERM and SIGINT set in `worker`, `serve`
-and `project --follow`.
+"""The stop that SIGTERM and SIGINT set in `worker`, `serve` and `project`
+(`stopped_by_signals`), made so that a signal handler may set it.
 
 `threading.Event.set` takes the lock of the event's condition, which a thread waiting on the
 event holds for a moment as its wait begins and ends. A signal's Python handler runs in the
@@ -20,8 +20,11 @@ import contextlib
 import math
 import os
 import select
+import signal
 import threading
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class SignalStop(threading.Event):
@@ -57,6 +60,20 @@ class SignalStop(threading.Event):
         poller.register(self._read_end, select.POLLIN)
         poller.poll(None if timeout is None else math.ceil(timeout * 1000))
         return self._stopped
+
+
+@contextmanager
+def stopped_by_signals() -> Iterator[threading.Event]:
+    """An event SIGTERM and SIGINT set, for as long as the block runs (then the handlers
+    before it are put back: uvicorn installs its own)."""
+    stop = SignalStop()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    before = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in signals}
+    try:
+        yield stop
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
 
 
 def _close(*fds: int) -> None:

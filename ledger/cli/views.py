@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -21,7 +22,7 @@ from ledger.cli.common import (
     seconds,
     whole,
 )
-from ledger.cli.stopping import SignalStop
+from ledger.cli.stopping import stopped_by_signals
 from ledger.envelope import parse_known_at, parse_time
 from ledger.errors import FactRejected
 from ledger.settings import Settings
@@ -181,16 +182,18 @@ def cmd_requests(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_project(args: argparse.Namespace, settings: Settings) -> int:
-    import signal
-
     from api.logs import configure
-    from projections.views import Views
 
     # JSON lines on stderr: what the writer skipped or set aside, by partition and offset.
     configure(logging.WARNING, sys.stderr)
-    stop = SignalStop()  # a threading.Event's set could wait for ever in a handler
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    with stopped_by_signals() as stop:
+        return _project(args, settings, stop)
+
+
+def _project(args: argparse.Namespace, settings: Settings, stop: threading.Event) -> int:
+    """The views brought up to date (with --follow: kept so) until `stop` is set."""
+    from projections.views import Views
+
     ledger = open_ledger(settings)
     views = Views(ledger, stopping=stop.is_set)
     total = 0
