@@ -28,7 +28,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import pickle
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from eventsourcing.persistence import Tracking
 
 from ledger.application import ConsentLedger
+from ledger.bug_report import WITHHELD, SaysNoData, named, report
 from ledger.chain import MAPPER
 from ledger.failpoints import failpoint
 from ledger.fsync import fsync_path
@@ -455,9 +455,10 @@ def _build_part(
     _answer(results, work)
 
 
-class WorkerFailure(Exception):
+class WorkerFailure(SaysNoData):
     """The traceback of a replay worker's exception, raised again by the process that
-    started it as its own, as the cause of that."""
+    started it as its own, as the cause of that; its messages withheld (`ledger.bug_report`),
+    so the CLI's report of the replay's failure shows the worker's frames."""
 
 
 @dataclass(frozen=True)
@@ -475,14 +476,14 @@ def _answer(results: Connection, work: Callable[[], int]) -> None:
         try:
             read = work()
         except Exception as error:
-            failed = _Failed(error, traceback.format_exc())
+            failed = _Failed(error, "\n".join(report(error)))
             try:
                 # Sent only if the other end can make it again: an exception whose
                 # constructor takes other arguments than its message pickles, then fails
                 # to unpickle there.
                 pickle.loads(pickle.dumps(failed))
-            except Exception:  # its name and words instead
-                said = RuntimeError(f"{type(error).__name__}: {error}")
+            except Exception:  # its name instead (its words may quote a value)
+                said = RuntimeError(f"{named(error)} {WITHHELD}")
                 failed = _Failed(said, failed.traceback)
             results.send(failed)
         else:

@@ -7,13 +7,17 @@ commands print a human table, or with --json the same JSON the HTTP routes retur
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+from ledger.bug_report import WITHHELD, report, where
 from ledger.cli import admin, erasure, integrity, policies, records, service, subjects, views
 from ledger.cli.common import (
+    EXIT_BUG,
     EXIT_FENCED,
     EXIT_INTERRUPTED,
     EXIT_REJECTED,
@@ -33,6 +37,11 @@ from ledger.storage import storage_failure
 
 def main(argv: Sequence[str] | None = None) -> int:
     _never_unencodable()
+    with _bugs_said_without_messages():
+        return _command(argv)
+
+
+def _command(argv: Sequence[str] | None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
@@ -90,7 +99,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         if failure is not None:
             # Nothing about the input: retrying the same command is safe (ledger.storage).
             return fail(f"storage unavailable: {failure.reason}; retry", EXIT_UNAVAILABLE)
-        raise
+        return _bug(e)
+
+
+def _bug(error: BaseException, within: str = "") -> int:
+    """An error no code expected: one line that says so, then its frames for a bug report,
+    every message withheld (`ledger.bug_report`); Python's own traceback printed them."""
+    fail(f"internal error{within}: {where(error)} {WITHHELD}; the frames follow", EXIT_BUG)
+    for line in report(error):
+        say(line, file=sys.stderr)
+    return EXIT_BUG
+
+
+@contextlib.contextmanager
+def _bugs_said_without_messages() -> Iterator[None]:
+    """A thread of a command that died of an exception, and an exception Python could only
+    ignore (a finaliser's), are printed by Python's hooks message and all, the ignored one
+    with its object's `repr` too: here as `_bug` says a command's, while the command runs
+    (the hooks before it are put back, for a caller that runs commands in its own process).
+    """
+
+    def thread_died(args: threading.ExceptHookArgs) -> None:
+        if args.exc_value is not None and not isinstance(args.exc_value, SystemExit):
+            name = "?" if args.thread is None else args.thread.name
+            _bug(args.exc_value, f" in thread {name!r}")
+
+    def ignored(args: sys.UnraisableHookArgs) -> None:
+        if args.exc_value is not None:
+            # Named by its code's name (a finaliser) or its class: its `repr` may quote data.
+            held = getattr(args.object, "__qualname__", None)
+            _bug(args.exc_value, f" ignored in {held or type(args.object).__qualname__}")
+
+    before = threading.excepthook, sys.unraisablehook
+    threading.excepthook, sys.unraisablehook = thread_died, ignored
+    try:
+        yield
+    finally:
+        threading.excepthook, sys.unraisablehook = before
 
 
 class _Once(argparse.Action):

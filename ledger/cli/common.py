@@ -38,6 +38,9 @@ EXIT_NOT_FOUND = 3
 EXIT_BROKEN = 4
 EXIT_FENCED = 5  # Kafka mode: another writer took the ledger partitions
 EXIT_UNAVAILABLE = 6  # storage failed, key store held open elsewhere; Kafka: broker or topic
+# An error the code did not expect: a bug (sysexits.h's EX_SOFTWARE), said without its
+# message (`ledger.bug_report`).
+EXIT_BUG = 70
 EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C), as shells report a process it ended
 
 # The lines of an input whose first line opens an object or an array looked at to tell JSON
