@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -15,7 +16,7 @@ from typing import TypeVar
 import orjson
 
 from ledger.bug_report import WITHHELD, SaysNoData, named, report, where
-from tests.cli_support import ROOT, run_with
+from tests.cli_support import ROOT, lines_until, run_with
 from tests.facts import grant
 
 # What the personal data of these tests looks like: none of it may be printed.
@@ -212,3 +213,59 @@ def test_a_thread_or_a_finaliser_that_fails_in_a_command_is_said_without_its_mes
         ignored[1],
     )
     assert NAME not in out.stdout + out.stderr
+
+
+def _serve_with_a_bug(tmp_path: Path, patched: str) -> subprocess.Popen[str]:
+    """`consent-ledger serve --port 0` in a process of its own, `api.app.<patched>` raising a
+    ValueError that quotes NAME."""
+    code = textwrap.dedent(
+        f"""
+        import sys
+        import api.app
+
+        def {patched}(*args, **kwargs):
+            raise ValueError("could not open the store of " + {NAME!r})
+
+        api.app.{patched} = {patched}
+        from ledger.cli import main
+        sys.exit(main(["serve", "--port", "0"]))
+        """
+    )
+    env = {**os.environ, "LEDGER_DATA_DIR": str(tmp_path / "data"), "PYTHONPATH": str(ROOT)}
+    assert run_with(env, "init").returncode == 0
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_a_service_that_meets_a_bug_as_it_starts_or_stops_says_it_without_its_message(
+    tmp_path: Path,
+) -> None:
+    """uvicorn printed the traceback of a failed start, message and all, and exited 3 (this
+    CLI's "no such subject")."""
+    started = _serve_with_a_bug(tmp_path / "start", "build_service")
+    said, _ = started.communicate(timeout=120)
+    assert started.returncode == 70, said
+    assert (
+        f"consent-ledger: internal error in the service's start or stop: ValueError at "
+        f"<string>:6 in build_service {WITHHELD}; the frames follow"
+    ) in said.splitlines()
+    assert "consent-ledger: serve: the service did not start" in said
+    assert NAME not in said
+
+    stopped = _serve_with_a_bug(tmp_path / "stop", "close_service")
+    assert stopped.stdout is not None
+    lines = lines_until(stopped.stdout, lambda line: '"listening"' in line)
+    stopped.send_signal(signal.SIGINT)  # (SIGTERM ends it by SIGTERM, as uvicorn does)
+    rest, _ = stopped.communicate(timeout=120)
+    said = "\n".join([*lines, rest])
+    assert stopped.returncode == 70, said
+    assert (
+        f"consent-ledger: internal error in the service's start or stop: ValueError at "
+        f"<string>:6 in close_service {WITHHELD}; the frames follow"
+    ) in said.splitlines()
+    assert NAME not in said

@@ -12,12 +12,14 @@ import socket
 import ssl
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
+from ledger.bug_report import SaysNoData
 from ledger.cli.common import (
+    EXIT_BUG,
     EXIT_FENCED,
     EXIT_UNAVAILABLE,
     CliError,
@@ -28,6 +30,7 @@ from ledger.cli.common import (
     seconds,
     whole,
 )
+from ledger.cli.failures import bug, said
 from ledger.cli.records import cmd_demo
 from ledger.cli.stopping import stopped_by_signals
 from ledger.settings import Settings, SettingsError
@@ -163,9 +166,12 @@ read it back (the sid is in the receipt):
                 for line in banner.splitlines():  # say() keeps each line one line
                     say(line, flush=True)
 
+    app = create_app(settings, stopping=stopping.is_set)
+    bugs: list[BaseException] = []
+    app.router.lifespan_context = _bugs_said_here(app.router.lifespan_context, bugs)
     # uvicorn's own access log would print URLs and client addresses; ours names routes only.
     config = uvicorn.Config(
-        create_app(settings, stopping=stopping.is_set),
+        app,
         host=args.host,
         port=args.port,
         log_level="warning",
@@ -177,11 +183,46 @@ read it back (the sid is in the receipt):
     )
     server = Server(config)
     with stacks_on_sigusr1(), contextlib.suppress(KeyboardInterrupt):  # uvicorn.run's too
-        server.run(sockets=[listening])
+        try:
+            server.run(sockets=[listening])
+        except SystemExit:
+            # uvicorn exits 3 when the application's startup fails: this CLI's "not found".
+            if server.started:
+                raise
     if not server.started:
-        # The application's startup failed (uvicorn printed why); uvicorn.run exits 3.
-        return fail("serve: the service did not start (the lines above say why)", EXIT_UNAVAILABLE)
-    return 0
+        # The application's startup failed (uvicorn printed why): a bug, or what it was
+        # waiting for (the store, the brokers) failed it.
+        status = EXIT_BUG if bugs else EXIT_UNAVAILABLE
+        return fail("serve: the service did not start (the lines above say why)", status)
+    return EXIT_BUG if bugs else 0
+
+
+class ServiceBug(SaysNoData):
+    """What uvicorn is told of a bug in the service's start or stop, once it is said."""
+
+
+def _bugs_said_here(lifespan: Any, bugs: list[BaseException]) -> Any:
+    """The application's lifespan, a bug in its start or stop said as a command's is
+    (`failures.bug`: classes and frames, no message) and kept in `bugs`.
+
+    uvicorn prints a failed lifespan's traceback, message and all (Starlette hands it the
+    text of `traceback.format_exc()`), where a message may quote a value; an error the
+    ledger expects, whose words are its own, still reaches it as it is.
+    """
+
+    @contextlib.asynccontextmanager
+    async def said_here(app: Any) -> AsyncIterator[Any]:
+        try:
+            async with lifespan(app) as state:
+                yield state
+        except Exception as error:
+            if said(error) is not None:
+                raise
+            bugs.append(error)
+            bug(error, " in the service's start or stop")
+            raise ServiceBug("a bug in the service's start or stop, said above") from None
+
+    return said_here
 
 
 def tls_checked(settings: Settings) -> ssl.SSLContext | None:
