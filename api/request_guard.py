@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import problems
 from api.access_log import a_sid, keep
+from ledger.bug_report import WITHHELD, SaysNoData, report, where
 
 log = logging.getLogger("consent_ledger.http")
 
@@ -31,6 +32,11 @@ class BodyTooLarge(StarletteHTTPException):
 
     def __init__(self, limit: int) -> None:
         super().__init__(413, f"a request body may be at most {limit} bytes")
+
+
+class ResponseBrokeOff(SaysNoData):
+    """A bug after a response started, in place of the error itself (its frames, no
+    message), for the server to log."""
 
 
 class RequestGuard:
@@ -96,8 +102,12 @@ class RequestGuard:
                     scope, receive if length is not None else self._counted(receive), watch
                 )
             except Exception as exc:
-                if answered:  # the response is already on its way: nothing else can be sent
-                    raise
+                if answered:
+                    # The response is already on its way: nothing else can be sent, and what
+                    # is raised reaches uvicorn, which logs it message and all; a message may
+                    # quote a value, so it gets the frames alone (`ledger.bug_report`).
+                    said = [f"the response broke off: {where(exc)} {WITHHELD}", *report(exc)]
+                    raise ResponseBrokeOff("\n".join(said)) from None
                 if isinstance(exc, BodyTooLarge):  # read outside the app's own handlers
                     await self._oversize()(scope, receive, watch)
                     return

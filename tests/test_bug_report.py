@@ -3,6 +3,7 @@ of its own, and by a real CLI process with a bug put into it."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -11,10 +12,14 @@ import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TypeVar
 
 import orjson
+import pytest
+from starlette.types import Message, Receive, Scope, Send
 
+from api.request_guard import RequestGuard, ResponseBrokeOff
 from ledger.bug_report import WITHHELD, SaysNoData, named, report, where
 from tests.cli_support import ROOT, lines_until, run_with
 from tests.facts import grant
@@ -269,3 +274,31 @@ def test_a_service_that_meets_a_bug_as_it_starts_or_stops_says_it_without_its_me
         f"<string>:6 in close_service {WITHHELD}; the frames follow"
     ) in said.splitlines()
     assert NAME not in said
+
+
+def test_a_bug_after_a_response_started_reaches_the_server_without_its_message() -> None:
+    """Raised as it was, it reached uvicorn, which logged "Exception in ASGI application"
+    with its traceback, message and all."""
+    sent: list[Message] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        failing_lookup(NAME)
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    # The service's app, as far as the guard's log line reads it: no service, no routes.
+    service_app = SimpleNamespace(state=SimpleNamespace(), routes=[])
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "app": service_app}
+    with pytest.raises(ResponseBrokeOff) as raised:
+        asyncio.run(RequestGuard(app, max_body=1024)(scope, receive, send))
+    said = "\n".join(report(raised.value))
+    assert NAME not in said
+    assert raised.value.__suppress_context__ and raised.value.__cause__ is None
+    assert f"the response broke off: KeyError at {__file__}:" in said
+    assert "in failing_lookup" in said and f"KeyError: {WITHHELD}" in said
+    assert [m["type"] for m in sent] == ["http.response.start"]  # nothing after it
