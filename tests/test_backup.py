@@ -18,6 +18,7 @@ import pytest
 
 from ledger import backup as backup_module
 from ledger.settings import Settings
+from ledger.storage import StorageUnavailable
 from tests.cli_support import BACKEND_ENV, Started, run, start_with
 from tests.facts import grant
 
@@ -195,6 +196,32 @@ def test_a_backup_never_overwrites_and_needs_a_ledger(tmp_path: Path) -> None:
     assert (tmp_path / "full" / "x").read_text() == "keep"
     same = run(data, "backup", "--into", str(data))
     assert same.returncode == 2
+
+
+def test_a_backup_of_a_log_held_locked_gives_up_as_a_storage_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python's backup stepped again every 250 ms for as long as the source was locked: a
+    log another process held in exclusive mode kept `backup` waiting for ever. It gives up
+    after the busy timeout every open of the ledger's files has (30 s; 0.5 s here), leaving
+    nothing behind."""
+    data = tmp_path / "data"
+    assert run(data, "init").returncode == 0
+    monkeypatch.setattr(backup_module, "LOCKED_WAIT_S", 0.5)
+    holder = sqlite3.connect(data / "ledger.db", isolation_level=None)
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    into = tmp_path / "backups" / "b"
+    try:
+        started = time.monotonic()
+        with pytest.raises(StorageUnavailable, match=r"another process holds ledger\.db locked"):
+            backup_module.back_up(Settings(data_dir=data), into)
+        assert time.monotonic() - started < 30
+    finally:
+        holder.close()
+    assert list(into.parent.iterdir()) == []
+    backup_module.back_up(Settings(data_dir=data), into)  # and once it is let go, it is made
+    assert (into / "ledger.db").exists()
 
 
 def log_end(log: Path) -> int:
