@@ -1,20 +1,24 @@
 """The stop SIGTERM and SIGINT set in `worker`, `serve` and `project --follow`
-(`ledger.cli.stopping`): set by a signal at any instant of a wait, it ends the wait."""
+(`ledger.cli.stopping`): set by a signal at any instant of a wait, it ends the wait. And
+SIGTERM or SIGHUP in a one-shot command: raised as Ctrl-C is, so what it made is removed."""
 
 from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+import orjson
 import pytest
 
-from ledger.cli.stopping import SignalStop
-from tests.cli_support import line_within
+from ledger.cli.stopping import SignalStop, Terminated, terminated_as_interrupted
+from tests.cli_support import line_within, lines_until, piped, run_with, start_with
+from tests.facts import grant
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,3 +94,73 @@ def test_a_stop_gives_back_its_pipe() -> None:
         stop.set()
         del stop
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_sigterm_and_sighup_raise_in_a_one_shot_command_unless_ignored_before() -> None:
+    """`nohup` starts a command with SIGHUP ignored: it stays so."""
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        with terminated_as_interrupted():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            with pytest.raises(Terminated) as raised:
+                signal.raise_signal(signal.SIGTERM)
+            assert (raised.value.signum, str(raised.value)) == (signal.SIGTERM, "SIGTERM")
+            assert isinstance(raised.value, KeyboardInterrupt)  # every Ctrl-C path takes it
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, before[0])
+        signal.signal(signal.SIGHUP, before[1])
+
+
+def test_a_backup_ended_by_sigterm_leaves_no_copy_of_the_key_store(tmp_path: Path) -> None:
+    """Killed by SIGTERM, it left its half-made backup (`.NAME.incomplete-PID`) with the key
+    store's copy in it, whose data keys outlive any later erasure; now the copy is removed
+    and the command says why it ended (exit 143, as a shell reports SIGTERM)."""
+    data = tmp_path / "data"
+    env = {**os.environ, "LEDGER_DATA_DIR": str(data)}
+    assert run_with(env, "demo", "--subjects", "20").returncode == 0
+    into = tmp_path / "backups" / "monday"
+    # The log held by another process in exclusive mode: the backup makes its directory,
+    # then waits on the log (its busy timeout, 30 s), its copy half made.
+    holder = sqlite3.connect(data / "ledger.db", isolation_level=None)
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    backup = start_with(env, "backup", "--into", str(into))
+    try:
+        deadline = time.monotonic() + 60
+        while not any(into.parent.glob(".monday.incomplete-*")):
+            assert backup.poll() is None, backup.communicate()
+            assert time.monotonic() < deadline, "the backup never started copying"
+            time.sleep(0.01)
+        backup.send_signal(signal.SIGTERM)
+        _, said = backup.communicate(timeout=60)
+    finally:
+        holder.close()
+        if backup.poll() is None:
+            backup.kill()
+            backup.communicate()
+    assert backup.returncode == 128 + signal.SIGTERM, said
+    assert said.strip() == "consent-ledger: terminated (SIGTERM)"
+    assert list(into.parent.iterdir()) == []
+
+
+def test_record_ended_by_sighup_keeps_what_it_answered_and_says_so(tmp_path: Path) -> None:
+    """A closed terminal (SIGHUP) while `record` waits for more of its pipe: what it answered
+    is recorded, and it ends with one line, not silently by the signal."""
+    data = tmp_path / "data"
+    env = {"LEDGER_DATA_DIR": str(data)}
+    assert run_with({**os.environ, **env}, "init").returncode == 0
+    with piped("record", "-", env=env) as fed:
+        assert fed.stdin is not None and fed.stdout is not None and fed.stderr is not None
+        fed.stdin.write(orjson.dumps(grant("hup-1", event_id="hup-1")) + b"\n")
+        fed.stdin.flush()
+        (answer,) = lines_until(fed.stdout, lambda line: True, timeout=60)
+        assert '"receipt"' in answer, answer
+        fed.send_signal(signal.SIGHUP)
+        assert fed.wait(timeout=60) == 128 + signal.SIGHUP
+        assert fed.stderr.read().strip() == b"consent-ledger: terminated (SIGHUP)"
+    trail = run_with({**os.environ, **env}, "trail", "hup-1", "--tenant", "demo", "--json")
+    assert trail.returncode == 0 and '"hup-1"' in trail.stdout, trail

@@ -15,12 +15,13 @@ from typing import Any
 from ledger.cli import admin, erasure, integrity, policies, records, service, subjects, views
 from ledger.cli.common import EXIT_USAGE, fail, say, subject_from_stdin
 from ledger.cli.failures import bug, bugs_said_without_messages, said
+from ledger.cli.stopping import terminated_as_interrupted
 from ledger.settings import Settings, unknown_variables
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     _never_unencodable()
-    with bugs_said_without_messages():
+    with bugs_said_without_messages(), terminated_as_interrupted():
         return _command(argv)
 
 

@@ -26,6 +26,7 @@ from ledger.cli.common import (
     fail,
     say,
 )
+from ledger.cli.stopping import Terminated
 from ledger.errors import FactRejected
 from ledger.kafka.acls import refused_access
 from ledger.keystore import KeyStoreBusyError
@@ -49,6 +50,9 @@ def said(error: BaseException) -> tuple[str, int] | None:
         return f"{error.code.value}: {error.message}", EXIT_REJECTED
     if isinstance(error, KeyStoreBusyError):
         return f"key store busy: {error}", EXIT_UNAVAILABLE
+    if isinstance(error, Terminated):
+        # As Ctrl-C, by another signal: the shell's status for a process it ended.
+        return f"terminated ({error})", 128 + error.signum
     if isinstance(error, KeyboardInterrupt):
         # Ctrl-C is an answer, not a crash: no traceback. A transaction it cut short was
         # rolled back whole; what committed before it stays.

@@ -25,6 +25,7 @@ import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 
 class SignalStop(threading.Event):
@@ -74,6 +75,43 @@ def stopped_by_signals() -> Iterator[threading.Event]:
     finally:
         for signum, handler in before.items():
             signal.signal(signum, handler)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP ending a one-shot command, raised where the command was, as Ctrl-C's
+    KeyboardInterrupt is: what it was making (a backup's copies, a replay's store) is removed
+    and a transaction it cut short rolled back, on the way out.
+
+    By default either signal ended the process on the spot: `backup` left its half-made copy
+    of the key store behind (`.NAME.incomplete-PID`, the data keys of subjects erased later
+    included), `replay` its `views.db.partial`. Process managers and `timeout` stop with
+    SIGTERM; a closed terminal sends SIGHUP.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def terminated_as_interrupted() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise `Terminated` while the block runs, unless the process was
+    started with the signal ignored (`nohup` ignores SIGHUP); the handlers before are put
+    back after. Commands that run until stopped set their own for their run
+    (`stopped_by_signals`, uvicorn's)."""
+    before: dict[int, Any] = {}
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is signal.SIG_DFL:
+            before[signum] = signal.signal(signum, _raise_terminated)
+    try:
+        yield
+    finally:
+        for restored, handler in before.items():
+            signal.signal(restored, handler)
+
+
+def _raise_terminated(signum: int, _frame: object) -> None:
+    raise Terminated(signum)
 
 
 def _close(*fds: int) -> None:
