@@ -7,6 +7,7 @@ commands print a human table, or with --json the same JSON the HTTP routes retur
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -21,7 +22,7 @@ from ledger.settings import Settings, unknown_variables
 
 def main(argv: Sequence[str] | None = None) -> int:
     _never_unencodable()
-    with bugs_said_without_messages(), terminated_as_interrupted():
+    with bugs_said_without_messages():
         return _command(argv)
 
 
@@ -34,6 +35,15 @@ def _command(argv: Sequence[str] | None) -> int:
     from ledger.runtime import tune
 
     tune()
+    # A command that runs until stopped (`serve`, `worker`, `project --follow`) stops on
+    # SIGTERM its own way, cleanly, with the status it always had (`stopped_by_signals`,
+    # uvicorn's); the others end where they are, as on Ctrl-C.
+    until_stopped = getattr(args, "until_stopped", False) or getattr(args, "follow", False)
+    with contextlib.nullcontext() if until_stopped else terminated_as_interrupted():
+        return _answered(args)
+
+
+def _answered(args: argparse.Namespace) -> int:
     try:
         settings = Settings.from_env()
         for line in unknown_variables(os.environ):

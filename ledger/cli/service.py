@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="serve /metrics (Prometheus) and /healthz on this port (0: any free one)",
     )
     p.add_argument("--metrics-host", default="127.0.0.1", help="the address to serve them on")
-    p.set_defaults(run=cmd_worker)
+    p.set_defaults(run=cmd_worker, until_stopped=True)
 
     p = sub.add_parser("serve", help="the HTTP service (uvicorn)")
     p.add_argument("--host", default="127.0.0.1")
@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--subjects", type=demo_subjects, default=300, help="at least 8, at most 100,000"
     )
-    p.set_defaults(run=cmd_serve)
+    p.set_defaults(run=cmd_serve, until_stopped=True)
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
