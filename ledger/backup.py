@@ -32,8 +32,6 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +39,7 @@ from ledger.backup_manifest import write_manifest
 from ledger.fsync import fsync_path
 from ledger.keystore import KeyStore, load_master_key
 from ledger.settings import Settings, SettingsError
-from ledger.storage import StorageUnavailable
+from ledger.storage import BACKUP_STEP_WAIT_S, given_up_when_locked
 
 
 @dataclass(frozen=True)
@@ -92,47 +90,13 @@ def back_up(settings: Settings, into: Path) -> list[Copied]:
     return copied
 
 
-# How long a copy waits for a file another process holds locked, as every other open of the
-# ledger's files does (their busy timeout); and how long each step of it waits in SQLite,
-# where no signal handler can run.
-LOCKED_WAIT_S = 30.0
-STEP_WAIT_S = 0.1
-
-
-def _given_up_when_locked(source: Path) -> Callable[[int, int, int], None]:
-    """The backup's progress callback, which ends a wait on a locked file.
-
-    Python's `Connection.backup` steps again every 250 ms for as long as the source answers
-    SQLITE_BUSY, with no time limit and no Python code run in between: a log held by another
-    process in exclusive mode (`PRAGMA locking_mode=EXCLUSIVE`) kept `backup` waiting for
-    ever, and a SIGTERM or Ctrl-C could not reach it (a handler waits for the interpreter).
-    Called after each step (each waits at most `STEP_WAIT_S` in SQLite's busy handler), this
-    lets the signal handlers run, and gives up, as a storage failure, once the file has
-    stayed locked for `LOCKED_WAIT_S`.
-    """
-    since: float | None = None
-
-    def progress(status: int, remaining: int, total: int) -> None:
-        nonlocal since
-        if status not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-            since = None
-            return
-        now = time.monotonic()
-        if since is None:
-            since = now
-        elif now - since >= LOCKED_WAIT_S:
-            raise StorageUnavailable(f"another process holds {source.name} locked")
-
-    return progress
-
-
 def _copy(source: Path, target: Path) -> None:
-    src = sqlite3.connect(source, timeout=STEP_WAIT_S)
+    src = sqlite3.connect(source, timeout=BACKUP_STEP_WAIT_S)
     try:
         dst = sqlite3.connect(target)
         try:
             # One step: the whole file from one snapshot, whatever is written meanwhile.
-            src.backup(dst, progress=_given_up_when_locked(source))
+            src.backup(dst, progress=given_up_when_locked(source.name))
             # A copy in WAL mode (the source's) grows -wal and -shm files beside it whenever
             # it is read; a backup is files that stand alone. The ledger sets WAL again on
             # the first open after a restore.

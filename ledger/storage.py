@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import errno
 import sqlite3
+import time
+from collections.abc import Callable
 from uuid import UUID
 
 # SQLite's primary result codes (extended codes start with these) that mean the storage, and
@@ -91,3 +93,38 @@ class RecordTooLarge(RuntimeError):
         self.size = size
         self.limit = limit
         self.limited_by = limited_by  # the setting that says so, for the refusal
+
+
+# How long a copy by SQLite's backup API waits for a database another process holds locked,
+# as every other open of the ledger's files does (their busy timeout); and how long each of
+# its steps waits in SQLite's busy handler, where no signal handler can run.
+LOCKED_WAIT_S = 30.0
+BACKUP_STEP_WAIT_S = 0.1
+
+
+def given_up_when_locked(name: str) -> Callable[[int, int, int], None]:
+    """A progress callback for `sqlite3.Connection.backup` that ends a wait on a locked file.
+
+    Python's `backup` steps again every 250 ms for as long as the source or the target
+    answers SQLITE_BUSY, with no time limit and no Python code run in between: a log held by
+    another process in exclusive mode (`PRAGMA locking_mode=EXCLUSIVE`) kept `backup` waiting
+    for ever, and a SIGTERM or Ctrl-C could not reach it (a handler waits for the
+    interpreter). Called after each step (each waiting at most `BACKUP_STEP_WAIT_S` in
+    SQLite's busy handler, given as the connections' timeout), this lets the signal handlers
+    run, and gives up, as a storage failure naming the file `name`, once it has stayed
+    locked for `LOCKED_WAIT_S`.
+    """
+    since: float | None = None
+
+    def progress(status: int, remaining: int, total: int) -> None:
+        nonlocal since
+        if status not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            since = None
+            return
+        now = time.monotonic()
+        if since is None:
+            since = now
+        elif now - since >= LOCKED_WAIT_S:
+            raise StorageUnavailable(f"another process holds {name} locked")
+
+    return progress

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ledger.application import ConsentLedger
+from ledger.storage import BACKUP_STEP_WAIT_S, given_up_when_locked
 from projections.consent_projection import ConsentProjection
 from projections.rebuild import rebuild, remove_store
 from projections.runner import APPLICATION, catch_up, check_within_log
@@ -303,9 +304,12 @@ def fill_by_replay(ledger: ConsentLedger, path: Path) -> int | None:
                 "kept as they stand"
             )
             return None
-        source, target = sqlite3.connect(replayed), sqlite3.connect(path, timeout=30)
+        source = sqlite3.connect(replayed)
+        target = sqlite3.connect(path, timeout=BACKUP_STEP_WAIT_S)
         try:
-            source.backup(target)
+            # Waiting for the store's write lock a step at a time (`given_up_when_locked`):
+            # Python's backup waited for ever on a store held locked.
+            source.backup(target, progress=given_up_when_locked(path.name))
         finally:
             source.close()
             target.close()

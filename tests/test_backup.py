@@ -17,6 +17,7 @@ import orjson
 import pytest
 
 from ledger import backup as backup_module
+from ledger import storage
 from ledger.settings import Settings
 from ledger.storage import StorageUnavailable
 from tests.cli_support import BACKEND_ENV, Started, run, start_with
@@ -207,7 +208,7 @@ def test_a_backup_of_a_log_held_locked_gives_up_as_a_storage_failure(
     nothing behind."""
     data = tmp_path / "data"
     assert run(data, "init").returncode == 0
-    monkeypatch.setattr(backup_module, "LOCKED_WAIT_S", 0.5)
+    monkeypatch.setattr(storage, "LOCKED_WAIT_S", 0.5)
     holder = sqlite3.connect(data / "ledger.db", isolation_level=None)
     holder.execute("PRAGMA locking_mode=EXCLUSIVE")
     holder.execute("BEGIN EXCLUSIVE")

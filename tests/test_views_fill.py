@@ -13,10 +13,12 @@ from typing import Any
 
 import pytest
 
+from ledger import storage
 from ledger.application import ConsentLedger
 from ledger.demo import demo_stream
 from ledger.envelope import parse_fact
 from ledger.settings import Settings
+from ledger.storage import StorageUnavailable
 from projections import kafka_source
 from projections import rebuild as rebuild_module
 from projections import views as views_module
@@ -173,6 +175,30 @@ def test_a_fill_removes_what_a_killed_fill_left(ledger: ConsentLedger) -> None:
         (path.parent / name).write_bytes(b"left")
     fill_by_replay(ledger, path)
     assert sorted(p.name for p in path.parent.glob(f"{path.name}.replayed-*")) == [running]
+
+
+def test_a_fill_into_a_store_held_locked_gives_up_as_a_storage_failure(
+    ledger: ConsentLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python's backup stepped again every 250 ms for as long as the store was locked: a
+    views store another process held a write transaction open on (readable, so the fill
+    replayed and compared positions, then waited to copy in) kept the fill, and the question
+    that asked for it, waiting for ever. It gives up after the busy timeout (30 s; 0.5 s
+    here), as a storage failure, the replayed store removed."""
+    path = ledger.settings.views_path
+    record(ledger, [grant(p, ("marketing",)) for p in PEOPLE])
+    ConsentViews.open(path).close()
+    monkeypatch.setattr(storage, "LOCKED_WAIT_S", 0.5)
+    holder = sqlite3.connect(path, isolation_level=None)
+    assert holder.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(StorageUnavailable, match=r"another process holds views\.db locked"):
+            fill_by_replay(ledger, path)
+    finally:
+        holder.close()
+    assert list(path.parent.glob(f"{path.name}.replayed-*")) == []
+    assert fill_by_replay(ledger, path) is not None  # once let go, it is filled
 
 
 def marks(views: ConsentViews) -> list[tuple[Any, ...]]:
