@@ -97,8 +97,8 @@ class Terminated(KeyboardInterrupt):
 def terminated_as_interrupted() -> Iterator[None]:
     """SIGTERM and SIGHUP raise `Terminated` while the block runs, unless the process was
     started with the signal ignored (`nohup` ignores SIGHUP); the handlers before are put
-    back after. Commands that run until stopped set their own for their run
-    (`stopped_by_signals`, uvicorn's)."""
+    back after. Commands that run until stopped are run without it (`ledger.cli.main`):
+    SIGTERM stops them cleanly their own way (`stopped_by_signals`, uvicorn's)."""
     before: dict[int, Any] = {}
     for signum in (signal.SIGTERM, signal.SIGHUP):
         if signal.getsignal(signum) is signal.SIG_DFL:
