@@ -1,5 +1,6 @@
-"""An error no code expected is said by its classes and frames, never its message: in a unit
-of its own, and by a real CLI process with a bug put into it."""
+"""An error no code expected is said by its classes and frames, never its message: the
+rendering on its own; a real CLI process, and a real `serve` as it starts and stops, with a
+bug put into them; and the request guard after a response started."""
 
 from __future__ import annotations
 
