@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import problems
 from api.access_log import a_sid, keep
-from ledger.bug_report import WITHHELD, SaysNoData, report, where
+from ledger.bug_report import SaysNoData, report, summary
 
 log = logging.getLogger("consent_ledger.http")
 
@@ -106,7 +106,7 @@ class RequestGuard:
                     # The response is already on its way: nothing else can be sent, and what
                     # is raised reaches uvicorn, which logs it message and all; a message may
                     # quote a value, so it gets the frames alone (`ledger.bug_report`).
-                    said = [f"the response broke off: {where(exc)} {WITHHELD}", *report(exc)]
+                    said = [f"the response broke off: {summary(exc)}", *report(exc)]
                     raise ResponseBrokeOff("\n".join(said)) from None
                 if isinstance(exc, BodyTooLarge):  # read outside the app's own handlers
                     await self._oversize()(scope, receive, watch)

@@ -41,6 +41,11 @@ def where(error: BaseException) -> str:
     return f"{named(error)} at {last.filename}:{last.lineno} in {last.name}"
 
 
+def summary(error: BaseException) -> str:
+    """The one line said before the frames: where the error was raised, its message withheld."""
+    return f"{where(error)} {WITHHELD}"
+
+
 def report(error: BaseException) -> list[str]:
     """Python's traceback of `error` and of the exceptions it was raised from or during,
     oldest first, as lines, with every message withheld but those of `SaysNoData`."""

@@ -14,7 +14,7 @@ import sys
 import threading
 from collections.abc import Iterator
 
-from ledger.bug_report import WITHHELD, report, where
+from ledger.bug_report import report, summary
 from ledger.cli.common import (
     EXIT_BUG,
     EXIT_FENCED,
@@ -85,7 +85,7 @@ def said(error: BaseException) -> tuple[str, int] | None:
 def bug(error: BaseException, within: str = "") -> int:
     """One line that says a bug happened and where, then its frames for a bug report, every
     message withheld; EXIT_BUG."""
-    fail(f"internal error{within}: {where(error)} {WITHHELD}; the frames follow", EXIT_BUG)
+    fail(f"internal error{within}: {summary(error)}; the frames follow", EXIT_BUG)
     for line in report(error):
         say(line, file=sys.stderr)
     return EXIT_BUG
