@@ -164,8 +164,10 @@ def answer_of(kind: str, value: Any) -> list[Outcome]:
 
 def _serve(conn: Connection, settings: Settings) -> None:
     """The child: record each group it is sent until the parent says stop or goes away."""
-    # Ctrl-C reaches the whole process group; the service stops this process itself.
+    # Ctrl-C, and a closed terminal's SIGHUP, reach the whole process group; the service
+    # stops this process itself once its requests in flight are answered.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from api.logs import configure
     from ledger.application import ConsentLedger
     from ledger.runtime import tune

@@ -85,14 +85,18 @@ def start_with(
     stdout: int | None = subprocess.PIPE,
     stderr: int | None = subprocess.PIPE,
     text: bool = True,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> Started:
     """`consent-ledger ARGS` started and left running (a worker, a server, a projection),
     forked where that runs exactly as a fresh process would; its streams as `subprocess.Popen`
-    takes them (PIPE, DEVNULL, a file descriptor, STDOUT for stderr, None for the test's own)."""
+    takes them (PIPE, DEVNULL, a file descriptor, STDOUT for stderr, None for the test's own).
+    With `preexec_fn` (run before the command: only a fresh process can) it starts afresh."""
     warm = forker()
-    if warm is not None and warm.forkable(env):
+    if warm is not None and warm.forkable(env) and preexec_fn is None:
         return warm.start(list(args), env, stdin, stdout, stderr, text)
-    return start_fresh(env, *args, stdin=stdin, stdout=stdout, stderr=stderr, text=text)
+    return start_fresh(
+        env, *args, stdin=stdin, stdout=stdout, stderr=stderr, text=text, preexec_fn=preexec_fn
+    )
 
 
 def start_fresh(
@@ -102,6 +106,7 @@ def start_fresh(
     stdout: int | None = subprocess.PIPE,
     stderr: int | None = subprocess.PIPE,
     text: bool = True,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> subprocess.Popen[Any]:
     """`consent-ledger ARGS` started in a new interpreter and left running, as a user starts
     it; its streams as `start_with` takes them."""
@@ -112,6 +117,7 @@ def start_fresh(
         stdout=stdout,
         stderr=stderr,
         text=text,
+        preexec_fn=preexec_fn,
     )
 
 
@@ -472,5 +478,18 @@ def file_size_limit(size: int) -> Callable[[], None]:
         resource.setrlimit(
             resource.RLIMIT_FSIZE, (size, resource.getrlimit(resource.RLIMIT_FSIZE)[1])
         )
+
+    return apply
+
+
+def from_a_terminal(hangup: bool = True) -> Callable[[], None]:
+    """For `preexec_fn`: the command as a terminal's shell starts it, SIGHUP at its default
+    (a CI job started under `nohup` has it ignored, and so would each command it starts), in
+    a process group of its own, which the test signals as a closing terminal signals its
+    job. `hangup=False`: started under `nohup`, SIGHUP ignored."""
+
+    def apply() -> None:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL if hangup else signal.SIG_IGN)
+        os.setpgrp()
 
     return apply

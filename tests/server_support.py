@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 
@@ -50,17 +49,7 @@ def serve(settings: Settings, preexec_fn: Callable[[], None] | None = None) -> t
         ),
     }
     args = ("serve", "--port", str(port))
-    server: Started
-    if preexec_fn is None:
-        server = start_with(env, *args, stderr=subprocess.STDOUT, text=False)
-    else:  # run before the command: only a fresh process can
-        server = subprocess.Popen(
-            [sys.executable, "-m", "ledger.cli", *args],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            preexec_fn=preexec_fn,
-        )
+    server = start_with(env, *args, stderr=subprocess.STDOUT, text=False, preexec_fn=preexec_fn)
     base = f"http://127.0.0.1:{port}"
     wait_ready(server, base)
     return server, base

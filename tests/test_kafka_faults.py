@@ -36,7 +36,7 @@ from ledger.failpoints import EXIT_STATUS
 from ledger.kafka.names import Topics
 from ledger.kafka.recorder import KafkaLink
 from ledger.settings import Settings
-from tests.cli_support import Started, line_within, start_with
+from tests.cli_support import Started, from_a_terminal, line_within, start_with
 from tests.conftest import BROKER
 from tests.facts import grant
 from tests.kafka_support import (
@@ -623,26 +623,30 @@ def test_a_worker_whose_intake_writer_fails_unexpectedly_starts_it_again(
     )
 
 
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 @pytest.mark.parametrize("command", ["worker", "serve"])
 def test_a_worker_or_server_waiting_for_its_broker_stops_cleanly_when_asked(
-    tmp_path: Path, command: str
+    tmp_path: Path, command: str, stop: signal.Signals
 ) -> None:
     """A supervisor stopping the ledger while its brokers are still down (a compose file
     taken down before Kafka came up): SIGTERM during the wait ends the process within
     seconds (an attempt under way, refused for up to `REFUSED_FOR_S`, ends first) with
-    status 0 and a line saying it never reached a broker, no traceback."""
+    status 0 and a line saying it never reached a broker, no traceback. SIGHUP (the
+    terminal it was started from closed) does the same; until 2026-12-07 it ended the
+    process on the spot, exit -1."""
     from ledger.kafka.reachable import REFUSED_FOR_S
 
     with no_broker() as nowhere:
         settings = kafka_settings(tmp_path / "data", nowhere)
         args = ["worker"] if command == "worker" else ["serve", "--port", str(free_port())]
-        waiting = start_with({**os.environ, **kafka_env(settings)}, *args)
+        hangup = from_a_terminal() if stop == signal.SIGHUP else None
+        waiting = start_with({**os.environ, **kafka_env(settings)}, *args, preexec_fn=hangup)
         try:
             assert waiting.stderr is not None
             said = line_within(waiting.stderr)
             assert f"{command}: trying again in 1 s: no Kafka broker answered at" in said, said
             asked = time.monotonic()
-            waiting.send_signal(signal.SIGTERM)
+            waiting.send_signal(stop)
             out, err = waiting.communicate(timeout=30)
             took = time.monotonic() - asked
         finally:

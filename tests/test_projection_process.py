@@ -12,13 +12,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from ledger.application import ConsentLedger
 from ledger.demo import demo_stream
 from ledger.envelope import parse_fact
 from ledger.settings import Settings
 from projections.store import ConsentViews
 from projections.views import Views
-from tests.cli_support import Started, start_with
+from tests.cli_support import Started, from_a_terminal, start_with
 from tests.views_support import dump
 
 
@@ -76,15 +78,25 @@ def test_sigkill_mid_stream_then_restart_equals_rebuild(tmp_path: Path) -> None:
     ledger.close()
 
 
-def test_sigterm_stops_a_following_projection_cleanly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_following_projection_stops_cleanly_on_sigterm_or_its_terminal_closed(
+    tmp_path: Path, stop: signal.Signals
+) -> None:
+    """SIGHUP (its terminal closed) ended it on the spot until 2026-12-07, exit -1."""
     settings = Settings(data_dir=tmp_path / "data")
     ConsentLedger(settings).init_demo()
-    proc = cli(settings.data_dir, "project", "--follow", "--interval", "0.05")
+    proc = start_with(
+        {**os.environ, "LEDGER_DATA_DIR": str(settings.data_dir)},
+        *("project", "--follow", "--interval", "0.05"),
+        stdout=subprocess.DEVNULL,
+        text=False,
+        preexec_fn=from_a_terminal() if stop == signal.SIGHUP else None,
+    )
     deadline = time.monotonic() + 60
     while position(settings.views_path) == 0:
         assert time.monotonic() < deadline and proc.poll() is None
         time.sleep(0.01)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(stop)
     assert proc.wait(timeout=30) == 0
 
 

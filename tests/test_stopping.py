@@ -1,6 +1,7 @@
-"""The stop SIGTERM and SIGINT set in `worker`, `serve` and `project --follow`
-(`ledger.cli.stopping`): set by a signal at any instant of a wait, it ends the wait. And
-SIGTERM or SIGHUP in a one-shot command: raised as Ctrl-C is, so what it made is removed."""
+"""The stop SIGTERM, SIGINT and SIGHUP set in `worker`, `serve` and `project --follow`
+(`ledger.cli.stopping`): set by a signal at any instant of a wait, it ends the wait; a
+terminal closed under them stops them as SIGTERM does. And SIGTERM or SIGHUP in a one-shot
+command: raised as Ctrl-C is, so what it made is removed."""
 
 from __future__ import annotations
 
@@ -17,7 +18,14 @@ import orjson
 import pytest
 
 from ledger.cli.stopping import SignalStop, Terminated, terminated_as_interrupted
-from tests.cli_support import line_within, lines_until, piped, run_with, start_with
+from tests.cli_support import (
+    from_a_terminal,
+    line_within,
+    lines_until,
+    piped,
+    run_with,
+    start_with,
+)
 from tests.facts import grant
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,3 +177,116 @@ def test_record_ended_by_sigterm_keeps_what_it_answered_and_says_so(tmp_path: Pa
         assert fed.stderr.read().strip() == b"consent-ledger: terminated (SIGTERM)"
     trail = run_with({**os.environ, **env}, "trail", "hup-1", "--tenant", "demo", "--json")
     assert trail.returncode == 0 and '"hup-1"' in trail.stdout, trail
+
+
+def ignored_signals(pid: int) -> set[int]:
+    """The signals process `pid` ignores (its SigIgn mask in /proc)."""
+    with open(f"/proc/{pid}/status") as f:
+        mask = int(next(line for line in f if line.startswith("SigIgn:")).split()[1], 16)
+    return {n for n in range(1, 65) if mask >> (n - 1) & 1}
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def stopped_lines(output: bytes) -> list[dict[str, object]]:
+    logged = [orjson.loads(line) for line in output.splitlines() if line.startswith(b"{")]
+    return [entry for entry in logged if entry.get("message") == "stopped"]
+
+
+def test_a_closed_terminal_stops_serve_as_sigterm_does(tmp_path: Path) -> None:
+    """SIGHUP to the service's process group (its terminal closed): the service stops
+    cleanly, its log says so, and it ends by the signal, as on SIGTERM; its writer process,
+    in the same group, ignores the signal and is stopped by the service. Until 2026-12-07
+    SIGHUP ended both on the spot, requests in flight unanswered."""
+    from ledger.application import ConsentLedger
+    from ledger.settings import Settings
+    from tests.server_support import demo_key, serve
+
+    settings = Settings(data_dir=tmp_path / "data")
+    ConsentLedger(settings).close()
+    key = demo_key(settings, "publisher")
+    server, base = serve(settings, preexec_fn=from_a_terminal())
+    try:
+        import httpx
+
+        published = httpx.post(
+            f"{base}/v1/facts",
+            json=grant("hup-serve", event_id="hup-serve"),
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=30,
+        )
+        assert published.status_code == 201, published.text
+        writers = [
+            pid
+            for pid in children_of(server.pid)
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ]
+        assert len(writers) == 1, writers
+        assert signal.SIGHUP in ignored_signals(writers[0])
+        assert signal.SIGHUP not in ignored_signals(server.pid)
+        os.killpg(server.pid, signal.SIGHUP)
+        assert server.wait(timeout=60) == -signal.SIGHUP
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    assert server.stdout is not None
+    assert [entry["by"] for entry in stopped_lines(server.stdout.read())] == [["SIGHUP"]]
+
+
+def test_serve_started_under_nohup_outlives_its_terminal(tmp_path: Path) -> None:
+    from ledger.application import ConsentLedger
+    from ledger.settings import Settings
+    from tests.server_support import serve
+
+    settings = Settings(data_dir=tmp_path / "data")
+    ConsentLedger(settings).close()
+    server, base = serve(settings, preexec_fn=from_a_terminal(hangup=False))
+    try:
+        import httpx
+
+        assert signal.SIGHUP in ignored_signals(server.pid)
+        os.killpg(server.pid, signal.SIGHUP)
+        # Had it ended the service, nothing would answer; had the service taken it as a
+        # stop, the log would name it below, and the service end by it.
+        assert httpx.get(f"{base}/healthz", timeout=30).status_code == 200
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == -signal.SIGTERM
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    assert server.stdout is not None
+    assert [entry["by"] for entry in stopped_lines(server.stdout.read())] == [["SIGTERM"]]
+
+
+def test_sighup_stops_what_runs_until_stopped_unless_ignored_before() -> None:
+    from ledger.cli.stopping import stopped_by_signals, stopping_signals
+
+    before = signal.getsignal(signal.SIGHUP)
+    try:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        assert signal.SIGHUP in stopping_signals()
+        with stopped_by_signals() as stop:
+            signal.raise_signal(signal.SIGHUP)
+            assert stop.is_set()
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # `nohup`
+        assert stopping_signals() == (signal.SIGTERM, signal.SIGINT)
+        with stopped_by_signals() as stop:
+            signal.raise_signal(signal.SIGHUP)
+            assert not stop.is_set()
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)

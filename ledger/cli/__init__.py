@@ -36,8 +36,9 @@ def _command(argv: Sequence[str] | None) -> int:
 
     tune()
     # A command that runs until stopped (`serve`, `worker`, `project --follow`) stops on
-    # SIGTERM its own way, cleanly, with the status it always had (`stopped_by_signals`,
-    # uvicorn's); the others end where they are, as on Ctrl-C.
+    # SIGTERM or SIGHUP its own way, cleanly, with the status it always had
+    # (`stopped_by_signals`, `serve`'s `Server.capture_signals`); the others end where they
+    # are, as on Ctrl-C.
     until_stopped = getattr(args, "until_stopped", False) or getattr(args, "follow", False)
     with contextlib.nullcontext() if until_stopped else terminated_as_interrupted():
         return _answered(args)

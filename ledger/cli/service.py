@@ -32,7 +32,7 @@ from ledger.cli.common import (
 )
 from ledger.cli.failures import bug, said
 from ledger.cli.records import cmd_demo
-from ledger.cli.stopping import stopped_by_signals
+from ledger.cli.stopping import stopped_by_signals, stopping_signals
 from ledger.settings import Settings, SettingsError
 
 
@@ -146,6 +146,7 @@ read it back (the sid is in the receipt):
 
     configure()
     stopping = threading.Event()
+    captured: list[int] = []  # the stopping signals received, in order
 
     class Server(uvicorn.Server):
         """uvicorn's server, telling the service when a signal asks it to stop: uvicorn
@@ -154,7 +155,32 @@ read it back (the sid is in the receipt):
 
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             stopping.set()
+            if sig not in captured:
+                captured.append(sig)
             super().handle_exit(sig, frame)
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            """uvicorn's, with SIGHUP among the signals that stop the server cleanly
+            (`stopping_signals`); like uvicorn, each signal that stopped it is raised again
+            once it has stopped, with the handler it had before, so the process ends by it
+            (-15 for SIGTERM, -1 for SIGHUP) as it always did. The log says it stopped,
+            and by which signal, once its requests in flight are answered and its writer
+            stopped: the signal's status alone does not tell a clean stop from a kill."""
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            before = {sig: signal.signal(sig, self.handle_exit) for sig in stopping_signals()}
+            try:
+                yield
+            finally:
+                for sig, handler in before.items():
+                    signal.signal(sig, handler)
+            if captured:
+                names = [signal.Signals(sig).name for sig in captured]
+                logging.getLogger("consent_ledger.api").info("stopped", extra={"by": names})
+            for received in reversed(captured):
+                signal.raise_signal(received)
 
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             # Said once the service answers, for whoever waits on it (uvicorn's own line is

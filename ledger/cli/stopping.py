@@ -1,5 +1,6 @@
-"""The stop that SIGTERM and SIGINT set in `worker`, `serve` and `project`
-(`stopped_by_signals`), made so that a signal handler may set it.
+"""The stop that SIGTERM, SIGINT and SIGHUP set in `worker`, `serve` and `project`
+(`stopped_by_signals`), made so that a signal handler may set it; and one-shot commands
+ended by SIGTERM or SIGHUP as by Ctrl-C (`terminated_as_interrupted`).
 
 `threading.Event.set` takes the lock of the event's condition, which a thread waiting on the
 event holds for a moment as its wait begins and ends. A signal's Python handler runs in the
@@ -63,12 +64,25 @@ class SignalStop(threading.Event):
         return self._stopped
 
 
+def stopping_signals() -> tuple[signal.Signals, ...]:
+    """The signals that stop a command that runs until stopped: SIGTERM (process managers,
+    `kill`), SIGINT (Ctrl-C) and SIGHUP (its terminal closed), but SIGHUP not in a process
+    started with it ignored (`nohup`), which asked to outlive its terminal.
+
+    SIGHUP ended `serve`, `worker` and `project --follow` on the spot until 2026-12-07: the
+    requests in flight were cut off unanswered (recorded or not, their publishers could not
+    tell), and `serve`'s writer process, in the terminal's process group, died in its group.
+    """
+    ignored = signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    return (signal.SIGTERM, signal.SIGINT) + (() if ignored else (signal.SIGHUP,))
+
+
 @contextmanager
 def stopped_by_signals() -> Iterator[threading.Event]:
-    """An event SIGTERM and SIGINT set, for as long as the block runs (then the handlers
+    """An event the stopping signals set, for as long as the block runs (then the handlers
     before it are put back: uvicorn installs its own)."""
     stop = SignalStop()
-    signals = (signal.SIGTERM, signal.SIGINT)
+    signals = stopping_signals()
     before = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in signals}
     try:
         yield stop

@@ -35,7 +35,9 @@ log = logging.getLogger("consent_ledger.projections")
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add this module's commands to the parser's subcommands."""
     p = sub.add_parser("project", help="bring the consent views up to date with the log")
-    p.add_argument("--follow", action="store_true", help="keep following until SIGTERM")
+    p.add_argument(
+        "--follow", action="store_true", help="keep following until SIGTERM, SIGINT or SIGHUP"
+    )
     p.add_argument(
         "--page", type=whole(1, 1_000_000), default=5000, help="log entries per transaction"
     )
