@@ -276,7 +276,7 @@ class Settings:
             backend=backend,
             master_key=env.get("LEDGER_MASTER_KEY") or None,
             new_master_key=env.get("LEDGER_NEW_MASTER_KEY") or None,
-            kafka_bootstrap=env.get("KAFKA_BOOTSTRAP") or None,
+            kafka_bootstrap=_bootstrap(env) if backend == "kafka" else env.get("KAFKA_BOOTSTRAP"),
             **kafka_security,
             topic_prefix=topic_prefix,
             max_future_skew_s=_int(env, "LEDGER_MAX_FUTURE_SKEW_S", 300, maximum=86_400),
@@ -343,6 +343,65 @@ class Settings:
     def api_keys_path(self) -> Path:
         """The HTTP service's API keys (hashes only)."""
         return self.data_dir / "api_keys.db"
+
+
+def _bootstrap(env: Mapping[str, str]) -> str | None:
+    """KAFKA_BOOTSTRAP, each address in a form kafka-python takes (`host:port`, `host` for
+    port 9092, `[v6]:port`, `[v6]`, a bare IPv6 address), or one line saying which is not.
+
+    Unchecked, a port that was not a number, a host name no resolver can be asked (an empty
+    label, one past 63 characters, bytes that are not text) or an unclosed bracket failed
+    deep in the client, an internal error (exit 70); an empty address (`a:9092,`) or host
+    (`:9092`) was waited on for 10 s and reported as no broker answering.
+    """
+    bootstrap = env.get("KAFKA_BOOTSTRAP") or None
+    if bootstrap is None:
+        return None
+    for entry in (e.strip() for e in bootstrap.split(",")):
+        problem = _address_problem(entry)
+        if problem is not None:
+            raise SettingsError(
+                f"KAFKA_BOOTSTRAP takes host:port addresses, comma-separated ([v6]:port for "
+                f"an IPv6 address): {problem} in {entry!r}"
+            )
+    return bootstrap
+
+
+def _address_problem(entry: str) -> str | None:
+    import ipaddress
+
+    if not entry:
+        return "an empty address"
+    port = "9092"
+    if entry.startswith("["):
+        host, closed, rest = entry[1:].partition("]")
+        if not closed or (rest and not rest.startswith(":")):
+            return "a bracket not closed before the port"
+        port = rest[1:] if rest else port
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return "no IPv6 address in brackets"
+    elif entry.count(":") > 1:
+        try:
+            ipaddress.IPv6Address(entry)
+        except ValueError:
+            return "an IPv6 address with a port must be in brackets: [v6]:port"
+        return None
+    else:
+        host, _, given = entry.partition(":")
+        port = given if ":" in entry else port
+        if not host:
+            return "no host"
+        try:
+            host.encode("idna")
+        except UnicodeError:
+            return "a host name no resolver takes (an empty label, one past 63 bytes, not text)"
+        if any(c.isspace() for c in host):
+            return "a host name with a space"
+    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        return "a port that is not a number from 1 to 65535"
+    return None
 
 
 def _kafka_security(env: Mapping[str, str]) -> dict[str, Any]:

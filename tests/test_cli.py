@@ -1166,6 +1166,86 @@ def test_a_data_directory_that_cannot_be_one_is_a_configuration_error(tmp_path: 
         assert "Traceback" not in out.stderr
 
 
+def test_a_path_the_os_cannot_use_is_said_in_one_line(tmp_path: Path) -> None:
+    """A name longer than the file system takes (ENAMETOOLONG), given as the data directory
+    or as a directory to make: each was an internal error, exit 70, its reason withheld."""
+    data = tmp_path / "data"
+    assert run(data, "init").returncode == 0
+    long = tmp_path / ("n" * 300)
+    for directory, args in (
+        (long, ("init",)),
+        (data, ("backup", "--into", str(long))),
+        (data, ("replay", "--into", str(long))),
+    ):
+        out = run(directory, *args)
+        assert out.returncode == 2, out.stderr
+        assert out.stderr.startswith("consent-ledger: cannot use "), out.stderr
+        assert out.stderr.endswith(": File name too long\n"), out.stderr
+        assert out.stderr.count("\n") == 1
+
+
+def test_arguments_that_are_not_utf8_text_are_refused_by_name(tmp_path: Path) -> None:
+    """Bytes a terminal or script passed that are not UTF-8 reach Python as lone surrogates:
+    a subject's sid could not be computed from them, an internal error (exit 70). Text
+    arguments refuse them by name, without quoting them; a path may be any bytes."""
+    data = tmp_path / "data"
+    assert run(data, "init").returncode == 0
+    bad = os.fsdecode(b"\xffcontact")
+    for args, name in (
+        (("trail", bad, "--tenant", "demo"), "SUBJECT"),
+        (("trail", "c-1", "--tenant", bad), "--tenant"),
+        (("consents", "c-1", "--tenant", "demo", "--as-of", bad), "--as-of"),
+        (("tenants", "create", bad), "T"),
+        (
+            ("who", "--tenant", "demo", "--purpose", bad, "--at", "2025-01-01T00:00:00Z"),
+            "--purpose",
+        ),
+    ):
+        out = run_fresh(data, *args)
+        assert out.returncode == 2, (args, out.stderr)
+        assert f"error: {name} is not UTF-8 text" in out.stderr, out.stderr
+        assert "contact" not in out.stderr + out.stdout
+    out = run_fresh(data, "record", str(tmp_path / bad))
+    assert out.returncode == 2 and "cannot read" in out.stderr and "No such file" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("bootstrap", "problem"),
+    [
+        (os.fsdecode(b"\xff:9092"), "a host name no resolver takes"),
+        ("a..b:9092", "a host name no resolver takes"),
+        ("k" * 64 + ":9092", "a host name no resolver takes"),
+        ("kafka:nine", "a port that is not a number from 1 to 65535"),
+        ("kafka:65536", "a port that is not a number from 1 to 65535"),
+        (":9092", "no host"),
+        ("kafka-1:9092,", "an empty address"),
+        ("[::1:9092", "a bracket not closed before the port"),
+        ("[kafka]:9092", "no IPv6 address in brackets"),
+        ("::1:9092:x", "an IPv6 address with a port must be in brackets"),
+    ],
+)
+def test_a_malformed_bootstrap_list_is_a_configuration_error(bootstrap: str, problem: str) -> None:
+    """Each failed in the Kafka client (an internal error, exit 70) or was waited on as a
+    broker that did not answer."""
+    from ledger.settings import Settings, SettingsError
+
+    with pytest.raises(SettingsError, match=r"^KAFKA_BOOTSTRAP takes host:port") as refused:
+        Settings.from_env({"LEDGER_BACKEND": "kafka", "KAFKA_BOOTSTRAP": bootstrap})
+    assert problem in str(refused.value)
+
+
+def test_every_form_of_address_the_kafka_client_takes_is_taken(tmp_path: Path) -> None:
+    from ledger.settings import Settings
+
+    given = "kafka-1:9092, kafka_2:9093,10.0.0.3:1,[::1]:9092,[fe80::1],::1,кафка.uz:9092,k"
+    settings = Settings.from_env({"LEDGER_BACKEND": "kafka", "KAFKA_BOOTSTRAP": given})
+    assert settings.bootstrap() == given
+    # Embedded mode does not use it, and does not refuse it.
+    assert Settings.from_env({"KAFKA_BOOTSTRAP": ":"}).backend == "embedded"
+    out = run_fresh(tmp_path / "data", "verify", LEDGER_BACKEND="kafka", KAFKA_BOOTSTRAP="k:x")
+    assert out.returncode == 2 and out.stderr.startswith("consent-ledger: configuration: ")
+
+
 def test_a_malformed_failpoint_is_a_configuration_error(tmp_path: Path) -> None:
     """A count that was no number was a ValueError traceback from the import of
     `ledger.failpoints`; a misspelt crash point armed nothing, and said nothing."""

@@ -61,9 +61,17 @@ def _answered(args: argparse.Namespace) -> int:
         return bug(e) if answer is None else fail(*answer)
 
 
+# An argument that names a file or directory says so by its metavar; it may be any bytes the
+# file system takes. Every other argument is text (a tenant, a subject, a purpose, an
+# instant) and must be UTF-8.
+PATH_METAVARS = frozenset({"FILE", "FILE|-", "DIR"})
+
+
 class _Once(argparse.Action):
     """argparse's `store`, refusing an option given twice: argparse keeps the last, so
-    `consents S --as-of A --as-of B` answered as of B as if asked as written."""
+    `consents S --as-of A --as-of B` answered as of B as if asked as written. And refusing
+    text that is not UTF-8: Python hands such bytes on as lone surrogates, which failed as a
+    subject's sid was computed, an internal error (exit 70)."""
 
     def __call__(
         self,
@@ -73,10 +81,24 @@ class _Once(argparse.Action):
         option_string: str | None = None,
     ) -> None:
         seen: set[str] = namespace.__dict__.setdefault("_given", set())
+        name = option_string or self.metavar or self.dest
         if self.dest in seen:
-            parser.error(f"{option_string or self.dest} is given twice")
+            parser.error(f"{name} is given twice")
+        if self.metavar not in PATH_METAVARS and not _utf8(values):
+            # The value is not quoted back: it may be a subject's name.
+            parser.error(f"{name} is not UTF-8 text (check the terminal's or script's encoding)")
         seen.add(self.dest)
         setattr(namespace, self.dest, values)
+
+
+def _utf8(values: Any) -> bool:
+    for value in values if isinstance(values, list) else [values]:
+        if isinstance(value, str):
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                return False
+    return True
 
 
 class _Parser(argparse.ArgumentParser):

@@ -133,7 +133,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "export", help="every subject's audit trail as JSON Lines (personal data included)"
     )
     p.add_argument("tenant", metavar="T")
-    p.add_argument("--out", help="a new file (mode 0600; default stdout)")
+    p.add_argument("--out", metavar="FILE", help="a new file (mode 0600; default stdout)")
     p.set_defaults(run=cmd_tenants_export)
     p = tenants.add_parser("erase-subjects", help="erase every subject of a tenant")
     p.add_argument("tenant", metavar="T")

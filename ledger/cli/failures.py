@@ -10,6 +10,8 @@ failed on, a subject's name included (`ledger.bug_report`): Python's traceback p
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import sys
 import threading
 from collections.abc import Iterator
@@ -79,7 +81,43 @@ def said(error: BaseException) -> tuple[str, int] | None:
     if failure is not None:
         # Nothing about the input: retrying the same command is safe (ledger.storage).
         return f"storage unavailable: {failure.reason}; retry", EXIT_UNAVAILABLE
+    unusable = unusable_path(error)
+    if unusable is not None:
+        return unusable, EXIT_USAGE
     return None
+
+
+# What the OS says of a path it was given that cannot be used as one: the data directory
+# (LEDGER_DATA_DIR), a directory to make (`backup --into`, `replay --into`), a file named in
+# a setting. Nothing a retry mends; the operator names another path or mends this one.
+_UNUSABLE_PATH = frozenset(
+    {
+        errno.ENAMETOOLONG,
+        errno.ENOENT,
+        errno.ENOTDIR,
+        errno.EISDIR,
+        errno.EACCES,
+        errno.EPERM,
+        errno.ELOOP,
+    }
+)
+
+
+def unusable_path(error: Exception) -> str | None:
+    """`cannot use PATH: REASON`, as the CLI says `cannot read FILE: REASON`, for an error
+    the OS raised about a path it could not use as one; None for any other.
+
+    Each command checks the paths it is given, but not every way the OS can refuse one: a
+    LEDGER_DATA_DIR longer than a file name may be, `backup --into` under a directory that
+    cannot hold one, a data directory the process may not write, were internal errors (exit
+    70) with the reason withheld. A path is the operator's, not personal data (file names
+    hold none: sids and fixed names only), so it is said.
+    """
+    if not isinstance(error, OSError) or error.errno not in _UNUSABLE_PATH:
+        return None
+    if error.filename is None or not error.strerror:
+        return None
+    return f"cannot use {os.fsdecode(error.filename)}: {error.strerror}"
 
 
 def bug(error: BaseException, within: str = "") -> int:

@@ -59,7 +59,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "publish", help="Kafka mode: publish facts to the intake topic and wait for outcomes"
     )
-    p.add_argument("file", nargs="?", default="-", help="JSON or JSON Lines; '-' = stdin")
+    p.add_argument(
+        "file", nargs="?", default="-", metavar="FILE|-", help="JSON or JSON Lines; '-' = stdin"
+    )
     p.add_argument("--tenant", help="tenant of facts that name none")
     p.add_argument(
         "--wait",
