@@ -464,11 +464,37 @@ def test_a_campaign_check_names_each_recipient_by_its_line_in_the_file(tmp_path:
     assert sids.returncode == 2 and "line 4 is not a sid" in sids.stderr, sids.stderr
 
 
-@pytest.mark.parametrize("name", ["", "   ", "a\nb", "tab\there", "x" * 65, " acme", "acme "])
+@pytest.mark.parametrize("name", ["   ", "a\nb", "tab\there", "x" * 65, " acme", "acme "])
 def test_a_tenant_name_no_fact_could_carry_is_refused(tmp_path: Path, name: str) -> None:
     refused = run(tmp_path / "data", "tenants", "create", name)
     assert refused.returncode == 1 and "invalid_field" in refused.stderr, refused.stderr
     assert run(tmp_path / "data", "tenants", "create", "x" * 64).returncode == 0
+
+
+def test_an_empty_value_is_refused_not_taken_as_not_given(tmp_path: Path) -> None:
+    """A script's variable left unset gives an empty argument. Taken as not given, `consents
+    --as-of ""` answered as of now, `erase --event-id ""` made a new erasure on each run (its
+    idempotency key gone), `verify --evidence ""` was an internal error."""
+    data = tmp_path / "data"
+    assert run(data, "init").returncode == 0
+    assert run(data, "record", stdin=orjson.dumps(grant("e-1")).decode()).returncode == 0
+    for args, name in (
+        (("consents", "e-1", "--tenant", "demo", "--as-of", ""), "--as-of"),
+        (
+            ("erase", "e-1", "--tenant", "demo", "--ground", "subject_request", "--event-id", ""),
+            "--event-id",
+        ),
+        (("verify", "--evidence", ""), "--evidence"),
+        (("evidence", "e-1", "--tenant", "demo", "--out", ""), "--out"),
+        (("due", "--tenant", "demo", "--as-of", ""), "--as-of"),
+        (("tenants", "create", ""), "T"),
+        (("record", ""), "FILE|-"),
+    ):
+        refused = run(data, *args)
+        assert refused.returncode == 2, (args, refused.stderr)
+        assert refused.stderr.endswith(f"error: {name} is empty\n"), refused.stderr
+    trail = orjson.loads(run(data, "trail", "e-1", "--tenant", "demo", "--json").stdout)
+    assert [f["type"] for f in trail["facts"]] == ["consent.granted"]  # not erased
 
 
 def _command_groups() -> list[tuple[str, ...]]:

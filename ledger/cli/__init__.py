@@ -70,8 +70,8 @@ PATH_METAVARS = frozenset({"FILE", "FILE|-", "DIR"})
 class _Once(argparse.Action):
     """argparse's `store`, refusing an option given twice: argparse keeps the last, so
     `consents S --as-of A --as-of B` answered as of B as if asked as written. And refusing
-    text that is not UTF-8: Python hands such bytes on as lone surrogates, which failed as a
-    subject's sid was computed, an internal error (exit 70)."""
+    an empty value, and text that is not UTF-8: Python hands such bytes on as lone
+    surrogates, which failed as a subject's sid was computed, an internal error (exit 70)."""
 
     def __call__(
         self,
@@ -84,6 +84,11 @@ class _Once(argparse.Action):
         name = option_string or self.metavar or self.dest
         if self.dest in seen:
             parser.error(f"{name} is given twice")
+        if values == "":
+            # A script's variable left unset: taken as not given, `consents --as-of ""`
+            # answered as of now and `erase --event-id ""` made a new erasure each run; an
+            # empty --evidence or --out path failed deep in the command.
+            parser.error(f"{name} is empty")
         if self.metavar not in PATH_METAVARS and not _utf8(values):
             # The value is not quoted back: it may be a subject's name.
             parser.error(f"{name} is not UTF-8 text (check the terminal's or script's encoding)")

@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
-    event_id = args.event_id or f"erasure-{uuid.uuid4()}"
+    event_id = f"erasure-{uuid.uuid4()}" if args.event_id is None else args.event_id
     ledger = open_ledger(settings)
     try:
         sid = subject_sid(ledger, args)
@@ -77,7 +77,7 @@ def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
             "channel": "api",
             "ground": args.ground,
         }
-        if args.request_id:
+        if args.request_id is not None:
             fact["request_id"] = args.request_id
         outcome = ledger.record([parse_fact(fact)], sids=[sid] if args.sid else None)[0]
     finally:
