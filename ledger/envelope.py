@@ -414,7 +414,9 @@ def _choice(
         return ""
     if value is None:
         raise FactRejected(Code.MISSING_FIELD, f"field {named!r} is required", named)
-    if value not in allowed:
+    # Not a string first: an object or a list asked of a set raised TypeError (unhashable), a
+    # 500 over HTTP and a `processing_failed` refusal in Kafka intake.
+    if not isinstance(value, str) or value not in allowed:
         raise FactRejected(
             Code.INVALID_FIELD, f"{named} must be one of {', '.join(sorted(allowed))}", named
         )

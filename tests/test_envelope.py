@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from datetime import datetime, timedelta, timezone
 from importlib import resources
@@ -348,3 +349,86 @@ def test_a_stray_member_of_a_nested_object_is_not_echoed_unless_named_like_a_fie
         _transfer(recipient={"name": "C", "country": "UZ", "adress": "x"}), Code.UNKNOWN_FIELD
     )
     assert "'adress' is not one of them" in named.message
+
+
+def _every_type_of_fact() -> list[dict[str, Any]]:
+    from ledger.demo import demo_stream
+
+    seen: dict[str, dict[str, Any]] = {}
+    given = [policy("crmpro-2.0"), fact("complaint.lodged", authority="Agency", reference="C-1")]
+    for one in [*demo_stream(40), *given]:
+        seen.setdefault(one["type"], one)
+    return list(seen.values())
+
+
+FACTS_OF_EVERY_TYPE = _every_type_of_fact()
+# A value of each JSON type, and the edges of the ones a field takes.
+ANY_JSON = [
+    None,
+    True,
+    0,
+    -(2**63),
+    2**63 - 1,
+    1.5,
+    "",
+    "x" * 5000,
+    "marketing",
+    [],
+    ["x"],
+    {},
+    {"x": 1},
+]
+
+
+def _members() -> list[tuple[str, str, str | None]]:
+    """Every member each fact type takes, and each member of an object or list in it."""
+    from ledger.envelope import _ALLOWED_FIELDS
+
+    members: list[tuple[str, str, str | None]] = []
+    for base in FACTS_OF_EVERY_TYPE:
+        for name in sorted(_ALLOWED_FIELDS[base["type"]]):
+            members.append((base["type"], name, None))
+            inside = base.get(name)
+            if isinstance(inside, dict):
+                members += [(base["type"], name, key) for key in sorted(inside)]
+            elif isinstance(inside, list) and inside:
+                members.append((base["type"], name, "0"))
+    return members
+
+
+MEMBERS = _members()
+
+
+def _with(kind: str, name: str, inner: str | None, value: Any) -> bytes:
+    changed = json.loads(json.dumps(next(f for f in FACTS_OF_EVERY_TYPE if f["type"] == kind)))
+    if inner is None:
+        changed[name] = value
+    elif isinstance(changed[name], list):
+        changed[name][int(inner)] = value
+    else:
+        changed[name][inner] = value
+    return orjson.dumps(changed)
+
+
+def test_every_member_of_every_fact_type_refuses_any_json_value_with_a_code() -> None:
+    """Each member any fact type takes, top level or one level down, given a value of each
+    JSON type in turn: the fact parses or is refused with a code, and nothing else is raised.
+    An object where a choice belongs (`"ground": {}`) raised TypeError (unhashable), a 500
+    over HTTP; found by a throwaway structure-aware fuzzer (atheris), 2026-12-07."""
+    from ledger.envelope import _ALLOWED_FIELDS
+
+    assert {f["type"] for f in FACTS_OF_EVERY_TYPE} == set(_ALLOWED_FIELDS)
+    assert len(MEMBERS) > 120
+    for kind, name, inner in MEMBERS:
+        for value in ANY_JSON:
+            with contextlib.suppress(FactRejected):  # refused with a code: as it should be
+                parse_fact_bytes(_with(kind, name, inner, value))
+
+
+@given(st.lists(st.tuples(st.sampled_from(MEMBERS), st.sampled_from(ANY_JSON)), max_size=4))
+def test_several_members_changed_at_once_are_parsed_or_refused(
+    changes: list[tuple[tuple[str, str, str | None], Any]],
+) -> None:
+    for (kind, name, inner), value in changes:
+        with contextlib.suppress(FactRejected):
+            parse_fact_bytes(_with(kind, name, inner, value))
