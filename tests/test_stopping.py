@@ -19,6 +19,7 @@ import pytest
 
 from ledger.cli.stopping import SignalStop, Terminated, terminated_as_interrupted
 from tests.cli_support import (
+    children_of,
     from_a_terminal,
     line_within,
     lines_until,
@@ -184,19 +185,6 @@ def ignored_signals(pid: int) -> set[int]:
     with open(f"/proc/{pid}/status") as f:
         mask = int(next(line for line in f if line.startswith("SigIgn:")).split()[1], 16)
     return {n for n in range(1, 65) if mask >> (n - 1) & 1}
-
-
-def children_of(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        found.append(int(entry))
-            except OSError:
-                continue
-    return found
 
 
 def stopped_lines(output: bytes) -> list[dict[str, object]]:

@@ -28,7 +28,7 @@ from ledger.errors import FactRejected
 from ledger.receipt import Outcome, Receipt
 from ledger.settings import Settings, SettingsError
 from ledger.verify import verify_ledger
-from tests.cli_support import start_with
+from tests.cli_support import children_of, start_with
 from tests.facts import grant, withdraw
 
 
@@ -162,20 +162,6 @@ def test_an_error_that_cannot_cross_the_pipe_keeps_its_name_and_not_its_text() -
     assert "_Unpicklable" in str(portable) and "998" not in str(portable)
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry))
-    return found
-
-
 def _running(pid: int) -> bool:
     """Not ended (a zombie has ended: nothing reaps it in some containers)."""
     try:
@@ -219,7 +205,7 @@ def test_the_writer_process_ends_with_the_service(settings: Settings, stop: int)
             timeout=30,
         )
         assert published.status_code == 201
-        children = _children(server.pid)
+        children = children_of(server.pid)
         assert children, "the service runs its writer in a process of its own"
     finally:
         if stop == signal.SIGTERM:
