@@ -6,6 +6,7 @@ Kept in one place so the README's configuration table and the code cannot drift 
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -368,8 +369,6 @@ def _bootstrap(env: Mapping[str, str]) -> str | None:
 
 
 def _address_problem(entry: str) -> str | None:
-    import ipaddress
-
     if not entry:
         return "an empty address"
     port = "9092"
