@@ -502,12 +502,9 @@ def _policy_published(obj: dict[str, Any]) -> dict[str, Any]:
         _holds_only(spec, _TERMS_FIELDS, "a purpose's terms", at)
         basis = _choice(spec, "legal_basis", LEGAL_BASES, required=True, path=f"{at}.legal_basis")
         categories = _names(spec, "categories", required=True, path=f"{at}.categories")
-        retention = spec.get("retention_days")
-        if retention is not None and (
-            not isinstance(retention, int)
-            or isinstance(retention, bool)
-            or not 0 <= retention <= MAX_RETENTION_DAYS
-        ):
+        given = spec.get("retention_days")
+        retention = _whole(given)
+        if given is not None and (retention is None or not 0 <= retention <= MAX_RETENTION_DAYS):
             raise FactRejected(
                 Code.INVALID_FIELD,
                 f"{at}.retention_days must be a whole number of days from 0 to "
@@ -550,8 +547,10 @@ def _request_due_days(obj: dict[str, Any]) -> dict[str, int] | None:
     days = _object(obj, "request_due_days", required=False)
     if days is None:
         return None
-    for kind, value in days.items():
-        if kind not in REQUEST_KINDS or not isinstance(value, int) or isinstance(value, bool):
+    whole: dict[str, int] = {}
+    for kind, given in days.items():
+        value = _whole(given)
+        if kind not in REQUEST_KINDS or value is None:
             raise FactRejected(
                 Code.INVALID_FIELD,
                 "request_due_days maps kinds of request "
@@ -564,7 +563,21 @@ def _request_due_days(obj: dict[str, Any]) -> dict[str, int] | None:
                 f"request_due_days: from 0 to {MAX_REQUEST_DUE_DAYS} days",
                 "request_due_days",
             )
-    return {kind: days[kind] for kind in sorted(days)}
+        whole[kind] = value
+    return {kind: whole[kind] for kind in sorted(whole)}
+
+
+def _whole(value: Any) -> int | None:
+    """A whole number as JSON gives it: `30` or `30.0`, which are one number to JSON Schema
+    (the published schema takes both for an "integer"); None for anything else (`true`
+    included). A `30.0` was refused as not a whole number, a fact the schema took."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
 
 
 def _consent_granted(obj: dict[str, Any]) -> dict[str, Any]:

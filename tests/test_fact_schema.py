@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -73,3 +74,70 @@ def test_malformed_facts_fail_both(bad: dict[str, Any]) -> None:
     with pytest.raises(FactRejected):
         parse_fact(bad)
     assert list(VALIDATOR.iter_errors(bad)), "the schema accepted what the parser refuses"
+
+
+def _one_of_each_type() -> dict[str, dict[str, Any]]:
+    from tests.facts import policy
+
+    kinds: dict[str, dict[str, Any]] = {}
+    given = [policy("crmpro-2.0"), fact("complaint.lodged", authority="Agency", reference="C-1")]
+    for one in [*given, *demo_stream(60)]:
+        kinds.setdefault(one["type"], one)
+    return kinds
+
+
+def test_a_null_member_is_taken_by_both_or_refused_by_both() -> None:
+    """The parser takes a null as the member left out. The schema said null to every
+    optional member, so a schema-driven client (schemathesis, since POST /v1/facts serves
+    this schema) saw each such fact taken that its schema refused."""
+    from ledger.envelope import _ALLOWED_FIELDS
+
+    kinds = _one_of_each_type()
+    assert set(kinds) == set(_ALLOWED_FIELDS)
+    disagree = []
+    for kind, base in sorted(kinds.items()):
+        for name in sorted(_ALLOWED_FIELDS[kind]):
+            nulled = {**base, name: None}
+            try:
+                parse_fact(nulled, "demo")  # over HTTP: the key's tenant
+                taken = True
+            except FactRejected:
+                taken = False
+            if taken != (not list(VALIDATOR.iter_errors(nulled))):
+                disagree.append((kind, name, "parser takes" if taken else "schema takes"))
+    assert disagree == []
+
+
+def test_a_refusal_needs_its_reason_in_both() -> None:
+    closed = fact("request.closed", request_id="R", outcome="refused", reason=None)
+    with pytest.raises(FactRejected):
+        parse_fact(closed)
+    assert list(VALIDATOR.iter_errors(closed))
+
+
+def test_a_whole_number_written_with_a_point_is_a_whole_number_to_both() -> None:
+    """To JSON Schema `30.0` is the integer 30; the parser refused it, a fact the schema
+    took. It is taken as 30, so the same fact with `30` is the same fact (its event_id
+    answered as a duplicate)."""
+    policy_fact = seed_policy_fact()
+    purpose = next(iter(policy_fact["purposes"]))
+    pointed = json.loads(json.dumps(policy_fact))
+    pointed["purposes"][purpose]["retention_days"] = 30.0
+    pointed["request_due_days"] = {"erasure": 10.0}
+    plain = json.loads(json.dumps(policy_fact))
+    plain["purposes"][purpose]["retention_days"] = 30
+    plain["request_due_days"] = {"erasure": 10}
+    assert not list(VALIDATOR.iter_errors(pointed))
+    assert parse_fact(pointed) == parse_fact(plain)
+    pointed["purposes"][purpose]["retention_days"] = 30.5
+    with pytest.raises(FactRejected):
+        parse_fact(pointed)
+    assert list(VALIDATOR.iter_errors(pointed))
+
+
+def test_the_api_document_serves_this_schema_as_the_body_of_a_fact() -> None:
+    document = json.loads(
+        (Path(__file__).resolve().parents[1] / "api" / "openapi.json").read_text()
+    )
+    body = document["paths"]["/v1/facts"]["post"]["requestBody"]["content"]["application/json"]
+    assert body["schema"] == {k: v for k, v in SCHEMA.items() if k not in ("$schema", "$id")}

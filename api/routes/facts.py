@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from importlib import resources
 from typing import Annotated, Any
 
 import orjson
@@ -23,20 +24,18 @@ router = APIRouter(tags=["facts"])
 MAX_BATCH = 1000
 PUBLISHERS = ("publisher", "admin")
 
+# The request body of POST /v1/facts is the envelope's published JSON Schema
+# (`ledger/schema/fact.schema.json`), so that the API's own document tells a publisher every
+# fact type's members, and a schema-driven client or test generates facts of each type (and
+# facts that break it, which the route must refuse). It was a loose object of the common
+# members only, with which schemathesis never sent a transfer's `ground`: an object there was
+# a 500 (a TypeError) until 2026-12-07.
 FACT_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["event_id", "type", "occurred_at", "source"],
-    "properties": {
-        "event_id": {"type": "string", "minLength": 1, "maxLength": 128},
-        "type": {"type": "string"},
-        "tenant": {"type": "string"},
-        "subject": {"type": "string", "minLength": 1, "maxLength": 256},
-        "occurred_at": {"type": "string", "format": "date-time"},
-        "source": {"type": "string"},
-        "channel": {"type": "string"},
-        "evidence": {"type": "object"},
-    },
-    "additionalProperties": True,
+    name: value
+    for name, value in orjson.loads(
+        (resources.files("ledger") / "schema" / "fact.schema.json").read_bytes()
+    ).items()
+    if name not in ("$schema", "$id")  # the document's own dialect (OpenAPI 3.1) and place
 }
 
 
