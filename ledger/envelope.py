@@ -306,6 +306,8 @@ LATEST = datetime(9990, 1, 1, tzinfo=UTC)
 _RFC3339 = re.compile(
     r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
 )
+# The same, for documents that describe an instant (the API's query parameters and bodies).
+INSTANT_PATTERN = _RFC3339.pattern
 _PLUS_AS_SPACE = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})? \d{2}:\d{2}$")
 
 

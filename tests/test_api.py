@@ -547,6 +547,18 @@ def test_query_errors(world: World) -> None:
         f"/v1/subjects/{sid}/consents?as_of=2025-03-01t10:00:00%2B05:00", headers=headers
     )
     assert encoded.status_code == 200, encoded.json()
+    # An empty instant (a script's variable left unset) was taken as not given by the
+    # who-had-consent routes and the register: answered as of now, or for every period.
+    for path in (
+        f"/v1/subjects/{sid}/consents?as_of=",
+        "/v1/purposes/marketing/subjects?as_of=",
+        "/v1/purposes/marketing/summary?as_of=",
+        "/v1/purposes/marketing/subjects?known_at=",
+        "/v1/requests?received_from=",
+        "/v1/requests?received_to=",
+    ):
+        empty = world.client.get(path, headers=headers)
+        assert empty.status_code == 422 and empty.json()["code"] == "invalid_timestamp", path
     # Valid RFC 3339, but past the calendar once in UTC.
     for path in (
         f"/v1/subjects/{sid}/consents?as_of=9999-12-31T23:59:59-14:00",

@@ -10,7 +10,7 @@ from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.answers import answer, answer_or_csv
-from api.deps import Disclosed, Service, disclosed, role, service
+from api.deps import INSTANT_SCHEMA, Disclosed, Service, disclosed, instant_query, role, service
 from api.keys import Principal
 from api.problems import SIZES, Problem, parse_sizes, signing_refusals
 from api.responses import OrjsonResponse
@@ -42,8 +42,8 @@ READERS = ("compliance", "admin")
 class Check(BaseModel):
     model_config = ConfigDict(extra="forbid")
     purpose: str = Field(min_length=1, max_length=64)
-    at: str
-    known_at: str | None = None
+    at: str = Field(json_schema_extra=INSTANT_SCHEMA)
+    known_at: str | None = Field(default=None, json_schema_extra=INSTANT_SCHEMA)
     subjects: list[str] | None = Field(default=None, max_length=10_000)
     sids: list[str] | None = Field(default=None, max_length=10_000)
 
@@ -93,8 +93,8 @@ def subjects_with_consent(
     principal: Annotated[Principal, role(*READERS)],
     svc: Annotated[Service, Depends(service)],
     disclose: Annotated[Disclosed, Depends(disclosed)],
-    as_of: Annotated[str | None, Query()] = None,
-    known_at: Annotated[str | None, Query()] = None,
+    as_of: Annotated[str | None, instant_query()] = None,
+    known_at: Annotated[str | None, instant_query()] = None,
     cursor: Annotated[str | None, Query(max_length=1024)] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     policy_version: Annotated[str | None, Query(max_length=128)] = None,
@@ -110,7 +110,7 @@ def subjects_with_consent(
     `policy_version`. Given with another `as_of`,
     `known_at` or `policy_version` (or of another purpose), a cursor is refused: 422
     `invalid_cursor`."""
-    at = parse_time(as_of, "as_of") if as_of else None
+    at = parse_time(as_of, "as_of") if as_of is not None else None
     known = parse_known_at(known_at, "known_at", svc.ledger.settings.max_future_skew_s)
     _known_purpose(svc, principal.tenant, purpose, 404, None)
     if policy_version is not None:
@@ -144,14 +144,14 @@ def consent_summary_of_purpose(
     purpose: str,
     principal: Annotated[Principal, role(*READERS)],
     svc: Annotated[Service, Depends(service)],
-    as_of: Annotated[str | None, Query()] = None,
-    known_at: Annotated[str | None, Query()] = None,
+    as_of: Annotated[str | None, instant_query()] = None,
+    known_at: Annotated[str | None, instant_query()] = None,
 ) -> dict[str, Any]:
     """How many subjects had consent for the purpose at `as_of` (default now) as known at
     `known_at` (default now), and how many under each policy version: the subjects the
     route above lists, counted, none named. After a new version (§9), how many are still on
     an old one."""
-    at = parse_time(as_of, "as_of") if as_of else datetime.now(UTC)
+    at = parse_time(as_of, "as_of") if as_of is not None else datetime.now(UTC)
     known = parse_known_at(known_at, "known_at", svc.ledger.settings.max_future_skew_s)
     _known_purpose(svc, principal.tenant, purpose, 404, None)
     svc.views.refresh()
@@ -297,8 +297,8 @@ def requests(
     disclose: Annotated[Disclosed, Depends(disclosed)],
     state: Annotated[RequestState | None, Query()] = None,
     kind: Annotated[RequestKind | None, Query()] = None,
-    received_from: Annotated[str | None, Query()] = None,
-    received_to: Annotated[str | None, Query()] = None,
+    received_from: Annotated[str | None, instant_query()] = None,
+    received_to: Annotated[str | None, instant_query()] = None,
     cursor: Annotated[str | None, Query(max_length=1024)] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     format: Annotated[str, Query(pattern="^(json|csv)$")] = "json",
@@ -313,8 +313,8 @@ def requests(
     that is not, or given with another period or kind: 422 `invalid_cursor`); the pages
     after the first answer as of its `as_of`, with its `counts`. `format=csv`: the page as
     CSV, one request a row, its `next` in the `Next-Cursor` header."""
-    start = parse_time(received_from, "received_from") if received_from else None
-    end = parse_time(received_to, "received_to") if received_to else None
+    start = parse_time(received_from, "received_from") if received_from is not None else None
+    end = parse_time(received_to, "received_to") if received_to is not None else None
     if start is not None and end is not None and end < start:
         # An empty page would read as "no requests in that period".
         raise Problem(422, "invalid_field", "received_to is before received_from", "received_to")

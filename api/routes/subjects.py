@@ -12,7 +12,7 @@ from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.answers import answer, answer_or_csv
-from api.deps import Disclosed, Service, disclosed, parse_sid, role, service
+from api.deps import Disclosed, Service, disclosed, instant_query, parse_sid, role, service
 from api.keys import Principal
 from api.problems import SIZES, Problem, parse_sizes, signing_refusals
 from api.responses import OrjsonResponse
@@ -59,8 +59,8 @@ def consents(
     sid: str,
     principal: Annotated[Principal, role("compliance", "admin")],
     svc: Annotated[Service, Depends(service)],
-    as_of: Annotated[str | None, Query()] = None,
-    known_at: Annotated[str | None, Query()] = None,
+    as_of: Annotated[str | None, instant_query()] = None,
+    known_at: Annotated[str | None, instant_query()] = None,
 ) -> dict[str, Any]:
     view = subject_consents(
         svc.ledger,
