@@ -85,6 +85,20 @@ def test_api_conforms(case: Any, answers: set[tuple[int, str]]) -> None:
         answers.add((response.status_code, response.json()["code"] if problem else ""))
 
 
+# POST /v1/facts takes ten types of fact, each with members of its own (the envelope's
+# published schema): six times the examples of the other operations, so that each type is
+# sent, and broken, more than a few times a run.
+FACTS = schema.include(path="/v1/facts", method="POST")
+
+
+@FACTS.parametrize()
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=list(HealthCheck))
+def test_every_type_of_fact_is_answered_as_the_document_says(
+    case: Any, answers: set[tuple[int, str]]
+) -> None:
+    test_api_conforms(case, answers)
+
+
 def test_every_answer_in_csv_is_in_the_document() -> None:
     """A route with `format=csv` answers text/csv; undocumented, a client cannot expect it
     and schemathesis refuses the answer, when its random cases happen to ask for CSV."""
