@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
-from fastapi import Query, Request, Security
+from fastapi import Path, Query, Request, Security
 from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
 from fastapi.security import SecurityScopes
 from fastapi.security.base import SecurityBase
@@ -170,12 +170,22 @@ def authorized(request: Request, allowed: Collection[str]) -> Principal:
     return principal
 
 
+# A sid as the ledger gives it out: 32 hex digits (either case). Documented on every route's
+# `{sid}`, so a client, and schemathesis, knows its shape.
+SID_PATTERN = "^[0-9a-fA-F]{32}$"
+_SID = re.compile(SID_PATTERN)
+
+
+def sid_path() -> Any:
+    return Path(json_schema_extra={"pattern": SID_PATTERN})
+
+
 def parse_sid(sid: str) -> UUID:
-    """A sid in a URL; anything else is simply not a subject of this tenant (404)."""
-    try:
-        return UUID(hex=sid)
-    except ValueError:
-        raise Problem(404, "unknown_subject", "no such subject") from None
+    """A sid in a URL; anything else is simply not a subject of this tenant (404). Only the
+    documented spelling: `UUID(hex=...)` also took braces, `urn:uuid:` and hyphens."""
+    if not _SID.match(sid):
+        raise Problem(404, "unknown_subject", "no such subject")
+    return UUID(hex=sid)
 
 
 # A query parameter's name as a refusal may quote it: only one that looks like a name.

@@ -9,6 +9,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
+from uuid import UUID
 
 import orjson
 import pytest
@@ -531,6 +533,19 @@ def test_every_refused_fact_is_counted_by_its_code_one_that_did_not_parse_too(
     assert [r["status"] for r in batch.json()["results"]] == [422, 422]
     after = refused_total(world, "not_an_object"), refused_total(world, "unknown_purpose")
     assert (after[0] - before[0], after[1] - before[1]) == (2, 1)
+
+
+def test_a_sid_is_taken_only_as_the_ledger_spells_it(world: World) -> None:
+    """32 hex digits, either case, as the document's pattern says. `UUID(hex=...)` also took
+    hyphens, braces and a `urn:uuid:` prefix: one subject under several URLs."""
+    headers = {"Authorization": f"Bearer {world.keys[('demo', 'compliance')]}"}
+    sid = world.sids["demo"]
+    spelled = str(UUID(hex=sid))
+    for other in (spelled, "{" + spelled + "}", "urn:uuid:" + spelled, sid + " ", sid[:-1]):
+        answer = world.client.get(f"/v1/subjects/{quote(other)}/consents", headers=headers)
+        assert answer.status_code == 404 and answer.json()["code"] == "unknown_subject", other
+    for same in (sid, sid.upper()):
+        assert world.client.get(f"/v1/subjects/{same}/consents", headers=headers).status_code == 200
 
 
 def test_query_errors(world: World) -> None:

@@ -12,7 +12,16 @@ from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.answers import answer, answer_or_csv
-from api.deps import Disclosed, Service, disclosed, instant_query, parse_sid, role, service
+from api.deps import (
+    Disclosed,
+    Service,
+    disclosed,
+    instant_query,
+    parse_sid,
+    role,
+    service,
+    sid_path,
+)
 from api.keys import Principal
 from api.problems import SIZES, Problem, parse_sizes, signing_refusals
 from api.responses import OrjsonResponse
@@ -56,7 +65,7 @@ def resolve(
 
 @router.get("/v1/subjects/{sid}/consents", response_model=None, responses={200: answer("Consents")})
 def consents(
-    sid: str,
+    sid: Annotated[str, sid_path()],
     principal: Annotated[Principal, role("compliance", "admin")],
     svc: Annotated[Service, Depends(service)],
     as_of: Annotated[str | None, instant_query()] = None,
@@ -78,7 +87,7 @@ def consents(
     "/v1/subjects/{sid}/trail", response_model=None, responses={200: answer_or_csv("Trail")}
 )
 def trail(
-    sid: str,
+    sid: Annotated[str, sid_path()],
     principal: Annotated[Principal, role("compliance", "admin")],
     svc: Annotated[Service, Depends(service)],
     format: Annotated[str, Query(pattern="^(json|csv)$")] = "json",
@@ -95,7 +104,7 @@ def trail(
     "/v1/subjects/{sid}/evidence", response_model=None, responses={200: answer("EvidencePackage")}
 )
 def evidence(
-    sid: str,
+    sid: Annotated[str, sid_path()],
     principal: Annotated[Principal, role("compliance", "admin")],
     svc: Annotated[Service, Depends(service)],
     since_sizes: Annotated[str | None, Query(max_length=4096, pattern=SIZES)] = None,
@@ -116,7 +125,7 @@ def evidence(
 
 @router.get("/v1/subjects/{sid}/report", response_model=None, responses={200: answer("Report")})
 def report(
-    sid: str,
+    sid: Annotated[str, sid_path()],
     principal: Annotated[Principal, role("compliance", "admin")],
     svc: Annotated[Service, Depends(service)],
 ) -> dict[str, Any]:
@@ -135,7 +144,7 @@ def report(
 
 @router.get("/v1/subjects/{sid}/accesses", response_model=None, responses={200: answer("Accesses")})
 def accesses(
-    sid: str,
+    sid: Annotated[str, sid_path()],
     principal: Annotated[Principal, role("compliance", "admin")],
     svc: Annotated[Service, Depends(service)],
 ) -> dict[str, Any]:
@@ -168,7 +177,7 @@ def accesses(
     },
 )
 def erase(
-    sid: str,
+    sid: Annotated[str, sid_path()],
     body: Erasure,
     principal: Annotated[Principal, role("admin")],
     svc: Annotated[Service, Depends(service)],
