@@ -21,7 +21,7 @@ from api.metrics import Metrics
 from api.problems import Problem
 from api.process_committer import ProcessCommitter
 from ledger.application import ConsentLedger
-from ledger.envelope import INSTANT_PATTERN
+from ledger.envelope import INSTANT_PATTERN, NAME_PATTERN
 from ledger.settings import Settings
 from projections.views import Views
 
@@ -178,6 +178,17 @@ _SID = re.compile(SID_PATTERN)
 
 def sid_path() -> Any:
     return Path(json_schema_extra={"pattern": SID_PATTERN})
+
+
+def purpose_path() -> Any:
+    """A purpose in a URL, documented as the envelope's names are (a name no policy defines
+    is still the route's own 422 `unknown_purpose`)."""
+    return Path(json_schema_extra={"pattern": NAME_PATTERN})
+
+
+def version_path() -> Any:
+    """A policy version in a URL, documented as long as the envelope takes one."""
+    return Path(json_schema_extra={"minLength": 1, "maxLength": 64})
 
 
 def parse_sid(sid: str) -> UUID:

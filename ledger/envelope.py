@@ -38,6 +38,8 @@ MAX_TEXT = 2000
 MAX_RETENTION_DAYS = 36_500
 MAX_REQUEST_DUE_DAYS = 3650  # as LEDGER_REQUEST_DUE_DAYS
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+# The same, for documents that describe a name (a purpose in the API's paths).
+NAME_PATTERN = _NAME.pattern
 
 COMMON_FIELDS = frozenset(
     {"event_id", "type", "tenant", "subject", "occurred_at", "source", "channel", "evidence"}

@@ -111,3 +111,21 @@ def test_every_answer_in_csv_is_in_the_document() -> None:
                 with_csv.append(f"{method.upper()} {path}")
                 assert "text/csv" in operation["responses"]["200"]["content"], path
     assert sorted(with_csv) == ["GET /v1/requests", "GET /v1/subjects/{sid}/trail"]
+
+
+def test_every_parameter_in_a_path_or_an_instant_says_its_shape() -> None:
+    """A sid, a purpose and a policy version in a path, and every instant in a query, were
+    plain strings in the document: a client, or schemathesis, sent words where a sid or an
+    instant belongs, and never an empty instant, which two routes took as not given."""
+    document = app.openapi()
+    loose = []
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            for parameter in operation.get("parameters", []):
+                schema = parameter["schema"]
+                instant = parameter["name"] in {"as_of", "known_at", "received_from", "received_to"}
+                if instant and schema.get("format") != "date-time":
+                    loose.append(f"{method.upper()} {path} {parameter['name']}")
+                if parameter["in"] == "path" and not ({"pattern", "maxLength"} & set(schema)):
+                    loose.append(f"{method.upper()} {path} {parameter['name']}")
+    assert loose == []

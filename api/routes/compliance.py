@@ -10,7 +10,17 @@ from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.answers import answer, answer_or_csv
-from api.deps import INSTANT_SCHEMA, Disclosed, Service, disclosed, instant_query, role, service
+from api.deps import (
+    INSTANT_SCHEMA,
+    Disclosed,
+    Service,
+    disclosed,
+    instant_query,
+    purpose_path,
+    role,
+    service,
+    version_path,
+)
 from api.keys import Principal
 from api.problems import SIZES, Problem, parse_sizes, signing_refusals
 from api.responses import OrjsonResponse
@@ -89,7 +99,7 @@ def check(
     responses={200: answer("SubjectsWithConsent")},
 )
 def subjects_with_consent(
-    purpose: str,
+    purpose: Annotated[str, purpose_path()],
     principal: Annotated[Principal, role(*READERS)],
     svc: Annotated[Service, Depends(service)],
     disclose: Annotated[Disclosed, Depends(disclosed)],
@@ -141,7 +151,7 @@ def subjects_with_consent(
     "/v1/purposes/{purpose}/summary", response_model=None, responses={200: answer("ConsentSummary")}
 )
 def consent_summary_of_purpose(
-    purpose: str,
+    purpose: Annotated[str, purpose_path()],
     principal: Annotated[Principal, role(*READERS)],
     svc: Annotated[Service, Depends(service)],
     as_of: Annotated[str | None, instant_query()] = None,
@@ -179,7 +189,7 @@ def policies(
 
 @router.get("/v1/policies/{version}", response_model=None, responses={200: answer("Policy")})
 def policy(
-    version: str,
+    version: Annotated[str, version_path()],
     principal: Annotated[Principal, role("publisher", *READERS)],
     svc: Annotated[Service, Depends(service)],
 ) -> dict[str, Any]:
@@ -190,7 +200,7 @@ def policy(
     "/v1/policies/{version}/text", response_model=None, responses={200: answer("PolicyText")}
 )
 def policy_version_text(
-    version: str,
+    version: Annotated[str, version_path()],
     principal: Annotated[Principal, role("publisher", *READERS)],
     svc: Annotated[Service, Depends(service)],
 ) -> dict[str, Any]:
@@ -203,7 +213,7 @@ def policy_version_text(
     "/v1/policies/{version}/changes", response_model=None, responses={200: answer("PolicyChanges")}
 )
 def policy_version_changes(
-    version: str,
+    version: Annotated[str, version_path()],
     principal: Annotated[Principal, role("publisher", *READERS)],
     svc: Annotated[Service, Depends(service)],
     since: Annotated[str | None, Query(alias="from", max_length=128)] = None,
