@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+from api.sids import is_sid_spelling
 from ledger.file_identity import OpenedFile, opened_again
 from ledger.settings import ensure_dir
 from ledger.store_format import ACCESS_LOG, refuse_other_format, stamp_format
@@ -55,12 +56,9 @@ def a_sid(text: Any) -> str | None:
     only a sid, which says nothing about the person, is ever written. Read as the routes
     read it (`api.deps.parse_sid`): a sid in capitals, with hyphens or braces is served,
     so it must be recorded too, and under the same sid."""
-    if not isinstance(text, str):
+    if not isinstance(text, str) or not is_sid_spelling(text):
         return None
-    try:
-        return UUID(hex=text).hex
-    except ValueError:
-        return None
+    return UUID(hex=text).hex
 
 
 _TABLES = (

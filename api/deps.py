@@ -20,6 +20,7 @@ from api.keys import ApiKeys, ExpiredKey, Principal
 from api.metrics import Metrics
 from api.problems import Problem
 from api.process_committer import ProcessCommitter
+from api.sids import SID_PATTERN, is_sid_spelling
 from ledger.application import ConsentLedger
 from ledger.envelope import INSTANT_PATTERN, NAME_PATTERN
 from ledger.settings import Settings
@@ -170,12 +171,6 @@ def authorized(request: Request, allowed: Collection[str]) -> Principal:
     return principal
 
 
-# A sid as the ledger gives it out: 32 hex digits (either case). Documented on every route's
-# `{sid}`, so a client, and schemathesis, knows its shape.
-SID_PATTERN = "^[0-9a-fA-F]{32}$"
-_SID = re.compile(SID_PATTERN)
-
-
 def sid_path() -> Any:
     return Path(json_schema_extra={"pattern": SID_PATTERN})
 
@@ -193,8 +188,9 @@ def version_path() -> Any:
 
 def parse_sid(sid: str) -> UUID:
     """A sid in a URL; anything else is simply not a subject of this tenant (404). Only the
-    documented spelling: `UUID(hex=...)` also took braces, `urn:uuid:` and hyphens."""
-    if not _SID.match(sid):
+    documented spellings: `UUID(hex=...)` alone also took a hyphen anywhere, a sign, and
+    digits grouped by underscores."""
+    if not is_sid_spelling(sid):
         raise Problem(404, "unknown_subject", "no such subject")
     return UUID(hex=sid)
 
