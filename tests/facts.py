@@ -88,3 +88,15 @@ def closed(subject: str, request_id: str, outcome: str, occurred_at: str) -> dic
         reason=f"{outcome} as asked",
         occurred_at=occurred_at,
     )
+
+
+def one_of_each_type() -> dict[str, dict[str, Any]]:
+    """A fact of every type the contract defines, by type: the demo stream's first of each,
+    and a policy and a complaint, which it does not tell."""
+    from ledger.demo import demo_stream
+
+    kinds: dict[str, dict[str, Any]] = {}
+    given = [policy("crmpro-2.0"), fact("complaint.lodged", authority="Agency", reference="C-1")]
+    for one in [*given, *demo_stream(60)]:
+        kinds.setdefault(one["type"], one)
+    return kinds

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from ledger.envelope import _RFC3339, MAX_FACT_BYTES, parse_fact, parse_fact_bytes, parse_time
 from ledger.errors import Code, FactRejected
-from tests.facts import fact, grant, policy, terms
+from tests.facts import fact, grant, one_of_each_type, policy, terms
 
 
 def refused(data: Any, code: Code, tenant: str | None = None) -> FactRejected:
@@ -351,17 +351,7 @@ def test_a_stray_member_of_a_nested_object_is_not_echoed_unless_named_like_a_fie
     assert "'adress' is not one of them" in named.message
 
 
-def _every_type_of_fact() -> list[dict[str, Any]]:
-    from ledger.demo import demo_stream
-
-    seen: dict[str, dict[str, Any]] = {}
-    given = [policy("crmpro-2.0"), fact("complaint.lodged", authority="Agency", reference="C-1")]
-    for one in [*demo_stream(40), *given]:
-        seen.setdefault(one["type"], one)
-    return list(seen.values())
-
-
-FACTS_OF_EVERY_TYPE = _every_type_of_fact()
+FACTS_OF_EVERY_TYPE = list(one_of_each_type().values())
 # A value of each JSON type, and the edges of the ones a field takes.
 ANY_JSON = [
     None,

@@ -15,7 +15,7 @@ from ledger.demo import demo_stream
 from ledger.envelope import parse_fact
 from ledger.errors import FactRejected
 from ledger.policy import seed_policy_fact
-from tests.facts import fact, grant
+from tests.facts import fact, grant, one_of_each_type
 
 SCHEMA = json.loads((resources.files("ledger") / "schema" / "fact.schema.json").read_text())
 VALIDATOR = Draft202012Validator(SCHEMA)
@@ -76,23 +76,13 @@ def test_malformed_facts_fail_both(bad: dict[str, Any]) -> None:
     assert list(VALIDATOR.iter_errors(bad)), "the schema accepted what the parser refuses"
 
 
-def _one_of_each_type() -> dict[str, dict[str, Any]]:
-    from tests.facts import policy
-
-    kinds: dict[str, dict[str, Any]] = {}
-    given = [policy("crmpro-2.0"), fact("complaint.lodged", authority="Agency", reference="C-1")]
-    for one in [*given, *demo_stream(60)]:
-        kinds.setdefault(one["type"], one)
-    return kinds
-
-
 def test_a_null_member_is_taken_by_both_or_refused_by_both() -> None:
     """The parser takes a null as the member left out. The schema said null to every
     optional member, so a schema-driven client (schemathesis, since POST /v1/facts serves
     this schema) saw each such fact taken that its schema refused."""
     from ledger.envelope import _ALLOWED_FIELDS
 
-    kinds = _one_of_each_type()
+    kinds = one_of_each_type()
     assert set(kinds) == set(_ALLOWED_FIELDS)
     disagree = []
     for kind, base in sorted(kinds.items()):
