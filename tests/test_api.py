@@ -550,6 +550,36 @@ def test_a_sid_is_taken_in_the_spellings_the_document_gives(world: World) -> Non
         assert answer.status_code == 404 and answer.json()["code"] == "unknown_subject", other
 
 
+def test_a_campaign_check_body_is_refused_exactly_when_its_documented_schema_refuses_it(
+    world: World,
+) -> None:
+    """Exactly one of `subjects` and `sids`, each item in its shape: the document said only
+    that both were optional lists of strings, and the route refused the rest itself."""
+    from jsonschema import Draft202012Validator
+
+    document = world.client.get("/openapi.json").json()
+    validator = Draft202012Validator(document["components"]["schemas"]["Check"])
+    headers = {"Authorization": f"Bearer {world.keys[('demo', 'compliance')]}"}
+    sid = world.sids["demo"]
+    common = {"purpose": "marketing", "at": "2025-03-02T00:00:00Z"}
+    for lists in (
+        {"subjects": ["person-1"]},
+        {"sids": [sid.upper()]},
+        {"subjects": ["person-1"], "sids": [sid]},
+        {},
+        {"subjects": None, "sids": None},
+        {"subjects": None, "sids": [sid]},
+        {"subjects": [""]},
+        {"subjects": ["x" * 257]},
+        {"sids": [sid[:-1]]},
+        {"sids": [str(UUID(hex=sid))]},
+    ):
+        body = {**common, **lists}
+        answer = world.client.post("/v1/consents:check", json=body, headers=headers)
+        assert answer.status_code in (200, 422), answer.text
+        assert validator.is_valid(body) == (answer.status_code == 200), (lists, answer.text)
+
+
 def test_query_errors(world: World) -> None:
     headers = {"Authorization": f"Bearer {world.keys[('demo', 'compliance')]}"}
     sid = world.sids["demo"]
