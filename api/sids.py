@@ -14,6 +14,8 @@ SID_PATTERN = (
     r"-?[0-9a-fA-F]{12}\}?$"
 )
 _SID = re.compile(SID_PATTERN)
+# A sid in a request body (the campaign check's `sids`): as the ledger gives it out only.
+HEX_SID_PATTERN = "^[0-9a-fA-F]{32}$"
 
 
 def is_sid_spelling(text: str) -> bool:

@@ -24,6 +24,7 @@ from api.deps import (
 from api.keys import Principal
 from api.problems import SIZES, Problem, parse_sizes, signing_refusals
 from api.responses import OrjsonResponse
+from api.sids import HEX_SID_PATTERN
 from ledger.checkpoint import checkpoint
 from ledger.envelope import parse_known_at, parse_time
 from ledger.policy import PolicyVersion, policy_changes, policy_text, previous_version
@@ -47,6 +48,9 @@ from projections.requests import (
 
 router = APIRouter(tags=["compliance"])
 READERS = ("compliance", "admin")
+
+
+MAX_SUBJECT = 256  # characters of a subject reference, as the envelope takes one
 
 
 def _given(name: str) -> dict[str, Any]:
@@ -74,12 +78,12 @@ class Check(BaseModel):
     subjects: list[str] | None = Field(
         default=None,
         max_length=10_000,
-        json_schema_extra={"items": {"type": "string", "minLength": 1, "maxLength": 256}},
+        json_schema_extra={"items": {"type": "string", "minLength": 1, "maxLength": MAX_SUBJECT}},
     )
     sids: list[str] | None = Field(
         default=None,
         max_length=10_000,
-        json_schema_extra={"items": {"type": "string", "pattern": "^[0-9a-fA-F]{32}$"}},
+        json_schema_extra={"items": {"type": "string", "pattern": HEX_SID_PATTERN}},
     )
 
 
@@ -101,9 +105,12 @@ def check(
     known_at = parse_known_at(body.known_at, "known_at", svc.ledger.settings.max_future_skew_s)
     if body.subjects is not None:
         for i, reference in enumerate(body.subjects):
-            if not 1 <= len(reference) <= 256:
+            if not 1 <= len(reference) <= MAX_SUBJECT:
                 raise Problem(
-                    422, "invalid_field", "a subject is 1 to 256 characters", f"subjects.{i}"
+                    422,
+                    "invalid_field",
+                    f"a subject is 1 to {MAX_SUBJECT} characters",
+                    f"subjects.{i}",
                 )
         sids = [svc.ledger.sid(principal.tenant, s).hex for s in body.subjects]
     else:
