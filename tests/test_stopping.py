@@ -128,6 +128,27 @@ def test_sigterm_and_sighup_raise_in_a_one_shot_command_unless_ignored_before() 
         signal.signal(signal.SIGHUP, before[1])
 
 
+def test_a_one_shot_command_takes_sigterm_over_from_a_python_handler() -> None:
+    """As `make coverage` runs every command: its measurement's SIGTERM handler (save the
+    data, then end by the signal) was left in place, so a `backup` stopped by SIGTERM died
+    with its half-made copy behind. The command ends its own way, and the handler is put
+    back after."""
+    seen: list[int] = []
+
+    def measuring(signum: int, _frame: object) -> None:
+        seen.append(signum)
+
+    before = signal.signal(signal.SIGTERM, measuring)
+    try:
+        with terminated_as_interrupted(), pytest.raises(Terminated) as raised:
+            signal.raise_signal(signal.SIGTERM)
+        assert raised.value.signum == signal.SIGTERM
+        assert seen == []
+        assert signal.getsignal(signal.SIGTERM) is measuring
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 def test_a_backup_ended_by_sigterm_leaves_no_copy_of_the_key_store(tmp_path: Path) -> None:
     """Killed by SIGTERM, it left its half-made backup (`.NAME.incomplete-PID`) with the key
     store's copy in it, whose data keys outlive any later erasure; now the copy is removed

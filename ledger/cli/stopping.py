@@ -112,10 +112,19 @@ def terminated_as_interrupted() -> Iterator[None]:
     """SIGTERM and SIGHUP raise `Terminated` while the block runs, unless the process was
     started with the signal ignored (`nohup` ignores SIGHUP); the handlers before are put
     back after. Commands that run until stopped are run without it (`ledger.cli.main`):
-    SIGTERM stops them cleanly their own way (`stopped_by_signals`, uvicorn's)."""
+    SIGTERM stops them cleanly their own way (`stopped_by_signals`, uvicorn's).
+
+    A Python handler found in place is taken over too, not only the default: until
+    2026-12-07 it was left, so under `make coverage`, whose measurement installs one in every
+    process (it saves its data, then ends the process by the signal), a `backup` stopped by
+    SIGTERM died with its half-made copy of the key store behind. The command's own end
+    serves such a handler's purpose: it exits normally, and Python's exit runs what was
+    registered for it (coverage saves its data there)."""
     before: dict[int, Any] = {}
     for signum in (signal.SIGTERM, signal.SIGHUP):
-        if signal.getsignal(signum) is signal.SIG_DFL:
+        # SIG_IGN: started to outlive the signal. None: a handler not set from Python,
+        # which this process cannot put back once replaced.
+        if signal.getsignal(signum) not in (signal.SIG_IGN, None):
             before[signum] = signal.signal(signum, _raise_terminated)
     try:
         yield
