@@ -149,10 +149,26 @@ def test_a_one_shot_command_takes_sigterm_over_from_a_python_handler() -> None:
         signal.signal(signal.SIGTERM, before)
 
 
-def test_a_backup_ended_by_sigterm_leaves_no_copy_of_the_key_store(tmp_path: Path) -> None:
+def ctrl_c_as_a_terminal_gives_it() -> None:
+    """For `preexec_fn`: SIGINT at its default, so Python makes it KeyboardInterrupt (a
+    job started in the background of a script has it ignored, and so would its commands)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize(
+    ("signum", "status", "line"),
+    [
+        (signal.SIGTERM, 128 + signal.SIGTERM, "consent-ledger: terminated (SIGTERM)"),
+        (signal.SIGINT, 130, "consent-ledger: interrupted"),
+    ],
+)
+def test_a_backup_ended_by_a_signal_leaves_no_copy_of_the_key_store(
+    tmp_path: Path, signum: signal.Signals, status: int, line: str
+) -> None:
     """Killed by SIGTERM, it left its half-made backup (`.NAME.incomplete-PID`) with the key
     store's copy in it, whose data keys outlive any later erasure; now the copy is removed
-    and the command says why it ended (exit 143, as a shell reports SIGTERM)."""
+    and the command says why it ended (exit 143, as a shell reports SIGTERM). Ctrl-C takes
+    the same way out, with the status and line every command gives it."""
     data = tmp_path / "data"
     env = {**os.environ, "LEDGER_DATA_DIR": str(data)}
     assert run_with(env, "demo", "--subjects", "20").returncode == 0
@@ -162,22 +178,28 @@ def test_a_backup_ended_by_sigterm_leaves_no_copy_of_the_key_store(tmp_path: Pat
     holder = sqlite3.connect(data / "ledger.db", isolation_level=None)
     holder.execute("PRAGMA locking_mode=EXCLUSIVE")
     holder.execute("BEGIN EXCLUSIVE")
-    backup = start_with(env, "backup", "--into", str(into))
+    backup = start_with(
+        env,
+        "backup",
+        "--into",
+        str(into),
+        preexec_fn=ctrl_c_as_a_terminal_gives_it if signum == signal.SIGINT else None,
+    )
     try:
         deadline = time.monotonic() + 60
         while not any(into.parent.glob(".monday.incomplete-*")):
             assert backup.poll() is None, backup.communicate()
             assert time.monotonic() < deadline, "the backup never started copying"
             time.sleep(0.01)
-        backup.send_signal(signal.SIGTERM)
+        backup.send_signal(signum)
         _, said = backup.communicate(timeout=60)
     finally:
         holder.close()
         if backup.poll() is None:
             backup.kill()
             backup.communicate()
-    assert backup.returncode == 128 + signal.SIGTERM, said
-    assert said.strip() == "consent-ledger: terminated (SIGTERM)"
+    assert backup.returncode == status, said
+    assert said.strip() == line
     assert list(into.parent.iterdir()) == []
 
 
