@@ -29,7 +29,7 @@ from ledger.verify import VerifyResult
 if TYPE_CHECKING:
     from ledger.keystore import KeyStore
 
-__all__ = ["BackupBroken", "ManifestMismatch", "Restored", "restore"]
+__all__ = ["BackupBroken", "ManifestMismatch", "Restored", "ViewsNotOfItsLog", "restore"]
 
 # What `backup` writes, in either mode (the master key never).
 BACKED_UP = ("views.db", "ledger.db", "api_keys.db", "access.db", "keys.db")
@@ -42,6 +42,23 @@ class BackupBroken(Exception):
         first = result.problems[0]
         super().__init__(f"the backup's log is BROKEN ({first.kind}) at position {first.position}")
         self.result = result
+
+
+class ViewsNotOfItsLog(Exception):
+    """The backup's views were not built from its log: refused, like a log that does not
+    verify. `backup` copies the views and the log so that this cannot happen (its manifest
+    would refuse a file changed since); a backup made before manifests, or put together by
+    hand, can hold such views.
+
+    Until 2026-12-07 the refusal was the one a ledger gives views beside its log: it named
+    the restore's hidden directory, removed by then, and told the operator to move the views
+    away and run `project` there."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(
+            f"its views.db was not built from its ledger.db: {why}; restore a copy of the "
+            "backup without views.db, whose views are built again from the log"
+        )
 
 
 @dataclass(frozen=True)
@@ -132,11 +149,19 @@ def _checked(settings: Settings, copied: list[Copied], manifest: dict[str, Any] 
         if manifest is not None:
             check_signature(manifest, _signers(ledger.keystore))
         if settings.views_path.exists():
+            from projections.store import ViewsAheadOfLog, ViewsOfAnotherLog
             from projections.views import Views
 
             views = Views(ledger)
             try:
                 views.check()  # no view ahead of the log, nor of another log
+            except ViewsAheadOfLog as ahead:
+                raise ViewsNotOfItsLog(
+                    f"they stand at log position {ahead.position}, where the log ends at "
+                    f"{ahead.end}"
+                ) from None
+            except ViewsOfAnotherLog as another:
+                raise ViewsNotOfItsLog(another.why) from None
             finally:
                 views.close()
         verified = verify_ledger(ledger.ledger_recorder)

@@ -91,8 +91,9 @@ def check_marks(
             raise ViewsOfAnotherLog(
                 str(view.path or "views.db"),
                 f"the ledger topic's record at {tp.topic}/{partition} offset {offset} is not "
-                "the one they applied (views of another ledger topic, or of this one before "
-                "it was deleted and made again?)",
+                "the one they applied",
+                "views of another ledger topic, or of this one before it was deleted and made "
+                "again?",
             )
 
 

@@ -76,8 +76,8 @@ def check_within_log(
     if mark is not None and ledger.ledger_recorder.hash_at(mark[0]) != mark[1]:
         raise ViewsOfAnotherLog(
             path,
-            f"the log's fact at position {mark[0]} is not the one they applied (a ledger.db "
-            "restored from an older backup, without its views, and written to since?)",
+            f"the log's fact at position {mark[0]} is not the one they applied",
+            "a ledger.db restored from an older backup, without its views, and written to since?",
         )
 
 
@@ -96,8 +96,8 @@ def _check_read_only_from(view: ConsentViews, names: set[str]) -> None:
         )
         raise ViewsOfAnotherLog(
             str(view.path or "views.db"),
-            f"they hold facts read from {read}, which this ledger does not read from "
-            "(LEDGER_BACKEND or LEDGER_TOPIC_PREFIX changed?)",
+            f"they hold facts read from {read}, which this ledger does not read from",
+            "LEDGER_BACKEND or LEDGER_TOPIC_PREFIX changed?",
         )
 
 

@@ -142,6 +142,7 @@ class ViewsAheadOfLog(SettingsError):
     """
 
     def __init__(self, path: str = "", position: int = 0, end: int = 0) -> None:
+        self.position, self.end = position, end
         super().__init__(
             f"the views {path} stand at log position {position}, but the log ends at {end}: "
             "they were built from a longer log than this one (a ledger.db restored without "
@@ -165,9 +166,11 @@ class ViewsOfAnotherLog(SettingsError):
     log holds at positions they have passed.
     """
 
-    def __init__(self, path: str, why: str) -> None:
+    def __init__(self, path: str, why: str, guess: str = "") -> None:
+        self.why = why  # what was found, without the guess at how it came about
+        said = f"{why} ({guess})" if guess else why
         super().__init__(
-            f"the views {path} were built from another log: {why}; move them away and run "
+            f"the views {path} were built from another log: {said}; move them away and run "
             "`consent-ledger project` to build this log's"
         )
 

@@ -323,3 +323,67 @@ def test_a_manifest_that_is_not_one_is_refused_in_one_line(
         "manifest `consent-ledger backup` wrote; nothing restored",
     )
     assert not restored.exists() and leftovers(data.parent) == []
+
+
+def _who(data: Path) -> object:
+    out = run(
+        data,
+        "who",
+        "--tenant",
+        "demo",
+        "--purpose",
+        "marketing",
+        "--at",
+        "2026-01-01T00:00:00Z",
+        "--json",
+    )
+    assert out.returncode == 0, out.stderr
+    return orjson.loads(out.stdout)
+
+
+def test_a_backup_restores_its_views_with_its_log(backed_up: tuple[Path, Path]) -> None:
+    """A running service's data directory has views: they come back with the log they were
+    built from, checked against it, and answer as they did."""
+    data, _ = backed_up
+    before = _who(data)  # builds the views
+    backup = data.parent / "with-views"
+    assert run(data, "backup", "--into", str(backup)).returncode == 0
+    manifest = orjson.loads((backup / "manifest.json").read_bytes())
+    assert [f["name"] for f in manifest["files"]] == ["views.db", "ledger.db", "keys.db"]
+    restored = data.parent / "restored"
+    out = run(restored, "restore", str(backup), "--master-key", str(data / "master.key"))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0].split()[0] == "views.db"
+    assert _who(restored) == before
+
+
+@pytest.mark.parametrize("views", ["ahead of its log", "of another log"])
+def test_a_backup_whose_views_are_not_of_its_log_is_refused(
+    backed_up: tuple[Path, Path], views: str
+) -> None:
+    """A backup made before manifests (its files taken as they are), or put together by
+    hand, whose views.db was built from another log than its ledger.db: refused, exit 4,
+    nothing left. The refusal named the restore's hidden directory, gone by then, and told
+    the operator to run `project` there."""
+    data, backup = backed_up
+    if views == "ahead of its log":
+        source = data
+        record(data, grant("later", event_id="g3"))
+        said = "they stand at log position 5, where the log ends at 4"
+    else:
+        source = data.parent / "other"
+        assert run(source, "init").returncode == 0
+        record(source, grant("someone", event_id="o1"), grant("else", event_id="o2"))
+        said = "the log's fact at position 4 is not the one they applied"
+    _who(source)  # builds its views
+    (backup / "views.db").write_bytes((source / "views.db").read_bytes())
+    (backup / "manifest.json").unlink()
+    restored = data.parent / "restored"
+    out = run(restored, "restore", str(backup), "--master-key", str(data / "master.key"))
+    assert (out.returncode, out.stderr.strip()) == (
+        4,
+        "consent-ledger: restore: the backup is not whole: its views.db was not built from "
+        f"its ledger.db: {said}; restore a copy of the backup without views.db, whose views "
+        "are built again from the log; nothing restored",
+    )
+    assert not restored.exists() and leftovers(data.parent) == []

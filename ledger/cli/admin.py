@@ -327,7 +327,7 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
     from pathlib import Path
 
-    from ledger.restore import BackupBroken, ManifestMismatch, restore
+    from ledger.restore import BackupBroken, ManifestMismatch, ViewsNotOfItsLog, restore
 
     master_key = Path(args.master_key) if args.master_key else None
     try:
@@ -339,6 +339,8 @@ def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
             f"restore: the backup is not as it was made: {mismatch}; nothing restored",
             EXIT_BROKEN,
         )
+    except ViewsNotOfItsLog as views:
+        return fail(f"restore: the backup is not whole: {views}; nothing restored", EXIT_BROKEN)
     for copied in restored.copied:
         say(f"{copied.name:<16} {copied.bytes:>14,} bytes")
     if master_key is not None:
