@@ -382,7 +382,16 @@ SCHEMAS: dict[str, Schema] = {
             "first_broken": nullable(
                 obj(
                     {
-                        "position": INTEGER,
+                        "position": {
+                            **INTEGER,
+                            "description": "where the log is broken: the embedded log's "
+                            "position, or in Kafka mode the record's offset in `partition`",
+                        },
+                        "partition": {
+                            **nullable(INTEGER),
+                            "description": "Kafka mode: the ledger topic's partition of the "
+                            "broken record; null in embedded mode",
+                        },
                         "kind": STRING,
                         "sid": STRING,
                         "version": INTEGER,

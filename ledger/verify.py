@@ -8,6 +8,7 @@ the same aggregate, and versions must run 1, 2, 3... in log order.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -30,10 +31,20 @@ class Problem:
     version: int
     event_id: str | None
     message: str
+    # Kafka mode: the ledger topic's partition, and `position` the record's offset in it, a
+    # place Kafka's own tools read. None: `position` is the embedded log's.
+    partition: int | None = None
+
+    @property
+    def place(self) -> str:
+        if self.partition is None:
+            return f"position {self.position}"
+        return f"partition {self.partition} offset {self.position}"
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "position": self.position,
+            "partition": self.partition,
             "kind": self.kind,
             "sid": self.aggregate,
             "version": self.version,
@@ -69,12 +80,31 @@ def verify_ledger(recorder: LedgerSQLiteRecorder) -> VerifyResult:
     holds, the ledger topic itself record by record — the log of record is what must be intact.
     """
     result = verify_log(recorder)
-    if result.ok and recorder.log_is_elsewhere:
-        from ledger.kafka.recorder import KafkaLedgerRecorder
-        from ledger.kafka.verify import verify_topic
+    if not recorder.log_is_elsewhere:
+        return result
+    if not result.ok:
+        return _placed_in_the_topic(recorder, result)
+    from ledger.kafka.recorder import KafkaLedgerRecorder
+    from ledger.kafka.verify import verify_topic
 
-        assert isinstance(recorder, KafkaLedgerRecorder)
-        result = verify_topic(recorder)
+    assert isinstance(recorder, KafkaLedgerRecorder)
+    return verify_topic(recorder)
+
+
+def _placed_in_the_topic(recorder: LedgerSQLiteRecorder, result: VerifyResult) -> VerifyResult:
+    """Problems the replica shows, named by the place of their record in the ledger topic.
+
+    A replica's positions are its own numbering, which nobody outside it can look up: a
+    record the replica took from the topic and that breaks its subject's chain (appended by
+    a holder of the record key) was reported at "position 4", where the operator must find
+    it at partition 0, offset 6. A position the topic has no record for stays as it is."""
+    placed = recorder.log_coordinates([p.position for p in result.problems])
+    result.problems = [
+        dataclasses.replace(p, partition=placed[p.position][0], position=placed[p.position][1])
+        if p.position in placed
+        else p
+        for p in result.problems
+    ]
     return result
 
 

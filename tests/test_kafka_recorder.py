@@ -609,6 +609,66 @@ def test_verify_names_a_forged_record_on_the_ledger_topic(
     ledger.close()
 
 
+def test_verify_names_a_record_out_of_its_chain_though_it_carries_the_ledgers_mac(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """Whoever holds the record key (the key store's) can append a record the MAC takes, in
+    its subject's sequence: its hash chain still shows it does not follow the record before
+    it. The tests above forge records without the key; this one reaches the chain check."""
+    from kafka import KafkaProducer
+
+    from ledger.kafka.records import MAC_HEADER, record_mac
+    from tests.kafka_support import kafka_cli
+
+    settings = kafka_settings(tmp_path / "data", kafka_bootstrap, partitions=1)
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    ledger.record([parse_fact(grant("v-1", event_id="v1"))])
+    recorder = ledger.ledger_recorder
+    assert isinstance(recorder, KafkaLedgerRecorder)
+    key = recorder.link.record_key
+    ledger.close()
+    topic = Topics.of(settings.topic_prefix).ledger
+    [*_, last] = read_committed(kafka_bootstrap, topic)
+    described = orjson.loads(dict(last.headers)["ledger"])
+    state = orjson.loads(last.value)
+    state.update(prev_hash="0" * 64, event_id="forged")
+    value = orjson.dumps(state)
+    described.update(version=described["version"] + 1, event_id="forged")
+    fields = orjson.dumps(described)
+    mac = record_mac(key, last.key, value, {"ledger": fields})
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    forged = producer.send(
+        topic, key=last.key, value=value, headers=[("ledger", fields), (MAC_HEADER, mac)]
+    ).get(30)
+    producer.close()
+
+    # The replica takes the record (in sequence, the MAC good) and its chain shows the break:
+    # named by the record's place in the topic, not by the replica's own numbering.
+    out = kafka_cli(settings, "verify", timeout=120)
+    assert out.returncode == 4, out.stdout + out.stderr
+    assert out.stderr.startswith(
+        f"consent-ledger: verify: BROKEN at partition 0 offset {forged.offset} (altered; sid "
+    ), out.stderr
+    assert "event_id forged): prev_hash does not match the fact before it" in out.stderr
+    # The topic's own check, which verify makes once the replica holds, finds it too.
+    from ledger.kafka.verify import verify_topic
+
+    ledger = ConsentLedger(settings)
+    try:
+        recorder = ledger.ledger_recorder
+        assert isinstance(recorder, KafkaLedgerRecorder)
+        [found] = verify_topic(recorder).problems
+    finally:
+        ledger.close()
+    assert (found.partition, found.position, found.kind, found.message) == (
+        0,
+        forged.offset,
+        "altered",
+        "prev_hash breaks the chain",
+    )
+
+
 def test_verify_reads_the_topic_in_chunks_and_names_a_replica_that_misplaces_facts(
     tmp_path: Path, kafka_bootstrap: str
 ) -> None:
@@ -646,7 +706,7 @@ def test_verify_reads_the_topic_in_chunks_and_names_a_replica_that_misplaces_fac
             (b, "reordered"),
             (a, "reordered"),
         ], chunk
-        assert "partition 0 offset" in result.problems[0].message
+        assert result.problems[0].partition == 0
     ledger.close()
 
 

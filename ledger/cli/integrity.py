@@ -335,7 +335,7 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     if not result.ok:
         first = result.problems[0]
         return fail(
-            f"verify: BROKEN at position {first.position} ({first.kind}; sid {first.aggregate} "
+            f"verify: BROKEN at {first.place} ({first.kind}; sid {first.aggregate} "
             f"version {first.version}; event_id {first.event_id}): {first.message}",
             EXIT_BROKEN,
         )

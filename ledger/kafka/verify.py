@@ -75,10 +75,8 @@ def _check(
     indexed: tuple[UUID, int, str] | None,
     mac_key: bytes,
 ) -> Problem | None:
-    where = f"partition {record.partition} offset {record.offset}"
-
     def problem(kind: str, agg: str, version: int, message: str) -> Problem:
-        return Problem(record.offset, kind, agg, version, None, f"{where}: {message}")
+        return Problem(record.offset, kind, agg, version, None, message, record.partition)
 
     try:
         stored, _ = decode(record.key, record.value, dict(record.headers or []), mac_key)
