@@ -325,18 +325,11 @@ def test_a_manifest_that_is_not_one_is_refused_in_one_line(
     assert not restored.exists() and leftovers(data.parent) == []
 
 
+WHO = ("who", "--tenant", "demo", "--purpose", "marketing", "--at", "2026-01-01T00:00:00Z")
+
+
 def _who(data: Path) -> object:
-    out = run(
-        data,
-        "who",
-        "--tenant",
-        "demo",
-        "--purpose",
-        "marketing",
-        "--at",
-        "2026-01-01T00:00:00Z",
-        "--json",
-    )
+    out = run(data, *WHO, "--json")
     assert out.returncode == 0, out.stderr
     return orjson.loads(out.stdout)
 
