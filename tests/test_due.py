@@ -244,8 +244,9 @@ def test_erasable_subjects_are_those_no_purpose_keeps(ledger: ConsentLedger) -> 
     # `consent-ledger retention --erase`, cut short and run again, repeats no erasure: the
     # same event ids, at the first attempt's instants, answered with the first receipts.
     sids = [f["sid"] for f in found]
-    first = erase_each(ledger, "demo", sids, "retention_expired", "retention-expired-")
-    again = erase_each(ledger, "demo", sids, "retention_expired", "retention-expired-")
+    first, held = erase_each(ledger, "demo", sids, "retention_expired", "retention-expired-")
+    again, _ = erase_each(ledger, "demo", sids, "retention_expired", "retention-expired-")
+    assert held is None
     assert [o.duplicate for o in first] == [False] * 3
     assert [(o.duplicate, o.position) for o in again] == [(True, o.position) for o in first]
 

@@ -330,6 +330,35 @@ def test_record_answers_every_fact_of_a_batch_whose_erasure_the_key_store_held_u
     reopened.close()
 
 
+def test_a_bulk_erasure_with_the_key_store_held_open_says_whom_it_erased(
+    settings: Settings,
+) -> None:
+    """`tenants erase-subjects` (and `retention --erase`, through the same loop) while
+    another process held the key store open: every subject is erased and reported, then the
+    key store's state ends the command (exit 6). It said only that line: not whom it had
+    erased, nor whom it refused."""
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    references = ["bulk-1", "bulk-2"]
+    ledger.record([parse_fact(grant(r, personal_data={"full_name": NAME})) for r in references])
+    sids = [ledger.sid("demo", r) for r in references]
+    ledger.close()
+    with reader_holding(settings.keystore_path):
+        out = cli(
+            settings.data_dir,
+            *("tenants", "erase-subjects", "demo", "--ground", "court_decision"),
+            *("--confirm", "demo"),
+        )
+    assert out.returncode == 6, out.stderr
+    assert out.stdout.splitlines() == [
+        "erased 2 subjects of tenant 'demo' (ground court_decision): data keys destroyed"
+    ]
+    assert out.stderr.startswith("consent-ledger: key store busy: "), out.stderr
+    reopened = ConsentLedger(settings)
+    assert reopened.keystore.open_keys(sids) == {}
+    reopened.close()
+
+
 def test_publishing_an_erasure_with_the_key_store_held_open_over_http(settings: Settings) -> None:
     """Through the service's writer process (the error and the batch's outcomes cross its
     pipe): the request that carries the erasure is told 503 `key_store_busy`, its facts are

@@ -25,7 +25,7 @@ from ledger.cli.common import (
     say,
     whole,
 )
-from ledger.cli.erasure import erase_each
+from ledger.cli.erasure import erase_each, key_store_held
 from ledger.errors import FactRejected
 from ledger.kafka.acls import (
     kafka_acls_commands,
@@ -291,7 +291,7 @@ def cmd_tenants_erase_subjects(args: argparse.Namespace, settings: Settings) -> 
                 tuples=True,
             )
         ]
-        outcomes = erase_each(ledger, args.tenant, sids, args.ground, "tenant-erasure-")
+        outcomes, busy = erase_each(ledger, args.tenant, sids, args.ground, "tenant-erasure-")
     refused = [
         (sid, o) for sid, o in zip(sids, outcomes, strict=True) if isinstance(o, FactRejected)
     ]
@@ -301,7 +301,7 @@ def cmd_tenants_erase_subjects(args: argparse.Namespace, settings: Settings) -> 
     )
     for sid, o in refused:
         say(f"  not erased: sid {sid}: {o.code.value}: {o}")
-    return EXIT_REJECTED if refused else 0
+    return key_store_held(busy) or (EXIT_REJECTED if refused else 0)
 
 
 def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:

@@ -12,8 +12,10 @@ from ledger.application import ConsentLedger
 from ledger.cli.common import (
     EXIT_NOT_FOUND,
     EXIT_REJECTED,
+    EXIT_UNAVAILABLE,
     CliError,
     current_views,
+    fail,
     open_ledger,
     print_json,
     say,
@@ -122,7 +124,7 @@ def cmd_retention(args: argparse.Namespace, settings: Settings) -> int:
     now = parse_time(args.as_of, "--as-of") if args.as_of else datetime.now(UTC)
     with current_views(settings, args.tenant) as (ledger, views, tenant):
         due = erasable_past_retention(views.store, args.tenant, now, tenant.policies)
-        outcomes = (
+        outcomes, busy = (
             erase_each(
                 ledger,
                 args.tenant,
@@ -131,7 +133,7 @@ def cmd_retention(args: argparse.Namespace, settings: Settings) -> int:
                 "retention-expired-",
             )
             if args.erase
-            else []
+            else ([], None)
         )
     refused = [o for o in outcomes if isinstance(o, FactRejected)]
     if args.json:
@@ -157,13 +159,19 @@ def cmd_retention(args: argparse.Namespace, settings: Settings) -> int:
             for d, o in zip(due, outcomes, strict=True):
                 if isinstance(o, FactRejected):
                     say(f"  not erased: sid {d['sid']}: {o.code.value}: {o}")
-    return EXIT_REJECTED if refused else 0
+    return key_store_held(busy) or (EXIT_REJECTED if refused else 0)
 
 
 def erase_each(
     ledger: ConsentLedger, tenant: str, sids: Sequence[str], ground: str, id_prefix: str
-) -> list[Any]:
-    """Erase each subject (by sid), a thousand per commit; an outcome per sid, in order.
+) -> tuple[list[Any], ErasureNotOverwritten | None]:
+    """Erase each subject (by sid), a thousand per commit; an outcome per sid, in order, and
+    what the key store said if another process held it open (every erasure recorded and
+    every key deleted all the same: only the keys' old page images wait in its WAL).
+
+    The caller reports the outcomes either way, then the key store: until 2026-12-07 a held
+    key store was raised from here, and `retention --erase` or `tenants erase-subjects` said
+    only "key store busy", not whom it had erased, nor whom it refused.
 
     Each erasure's event id is `id_prefix` and the sid, at the first attempt's instant on a
     retry (see occurred_at_of): a run cut short and run again erases the rest and answers
@@ -202,6 +210,11 @@ def erase_each(
             # thousands are erased all the same before the key store's state is reported.
             outcomes.extend(held.outcomes)
             busy = held
-    if busy is not None:
-        raise busy
-    return outcomes
+    return outcomes, busy
+
+
+def key_store_held(busy: ErasureNotOverwritten | None) -> int:
+    """After a bulk erasure's report: its exit status, the key store's line if it was held."""
+    if busy is None:
+        return 0
+    return fail(f"key store busy: {busy}", EXIT_UNAVAILABLE)
