@@ -17,8 +17,9 @@ import httpx
 import pytest
 
 from ledger.settings import Settings
+from tests.cli_support import start_with
 from tests.facts import grant
-from tests.server_support import demo_key, free_port, serve
+from tests.server_support import demo_key, free_port, serve, wait_ready
 
 
 def test_publish_query_erase_verify_over_http(backend_settings: Settings) -> None:
@@ -349,3 +350,26 @@ def test_serve_on_an_address_it_cannot_have_says_so_in_one_line(
     assert refused.stdout == ""
     assert refused.stderr.startswith(f"consent-ledger: {said}")
     assert refused.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(("host", "warned"), [("0.0.0.0", True), ("127.0.0.1", False)])
+def test_plain_http_beyond_this_host_is_warned_of(tmp_path: Path, host: str, warned: bool) -> None:
+    """API keys and personal data cross the network in the clear when the service listens
+    beyond this host without TLS: `serve` says so as it starts (and not on loopback)."""
+    port = free_port()
+    server = start_with(
+        {**os.environ, "LEDGER_DATA_DIR": str(tmp_path / "data")},
+        *("serve", "--demo", "--host", host, "--port", str(port)),
+        stderr=subprocess.STDOUT,
+        text=False,
+    )
+    try:
+        wait_ready(server, f"http://127.0.0.1:{port}")
+    finally:
+        server.terminate()
+        output, _ = server.communicate(timeout=60)
+    warning = (
+        f"serve: warning: plain HTTP on {host}: API keys and personal data "
+        "cross the network in the clear"
+    )
+    assert (warning.encode() in output) == warned, output
