@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -250,6 +251,31 @@ def test_checkpoints_over_http_prove_the_log_grew(world: World) -> None:
     assert ahead.status_code == 422 and ahead.json()["field"] == "since_sizes"
     garbled = world.client.get("/v1/checkpoint?since_sizes=1,x", headers=headers)
     assert garbled.status_code == 422 and garbled.json()["code"] == "invalid_field"
+
+
+def test_no_proof_is_signed_over_http_for_a_log_that_does_not_verify(tmp_path: Path) -> None:
+    """A checkpoint and an evidence package vouch for the log with the ledger's key: for a
+    log whose fact index no longer hashes to its recorded root (another subject's row
+    rewritten), each is refused, 503 `log_not_intact`, as the README says, and not signed."""
+    settings = Settings(data_dir=tmp_path / "data")
+    ledger = ConsentLedger(settings)
+    ledger.init_demo()
+    mine, other = ledger.record([parse_fact(grant("mine")), parse_fact(grant("someone-else"))])
+    ledger.close()
+    with contextlib.closing(sqlite3.connect(settings.log_path)) as db, db:
+        db.execute(
+            "UPDATE stored_events_index SET hash = ? WHERE originator_id = ?",
+            ("0" * 64, getattr(other, "sid", None)),
+        )
+    store = ApiKeys(keys_path(settings))
+    headers = {"Authorization": f"Bearer {store.create('demo', {'compliance'})[1]}"}
+    store.close()
+    with TestClient(create_app(settings)) as client:
+        for path in ("/v1/checkpoint", f"/v1/subjects/{getattr(mine, 'sid', None)}/evidence"):
+            refused = client.get(path, headers=headers)
+            assert refused.status_code == 503, (path, refused.text)
+            assert refused.headers["content-type"] == "application/problem+json"
+            assert refused.json()["code"] == "log_not_intact"
 
 
 def test_a_campaign_check_treats_another_tenants_sid_as_unknown(world: World) -> None:
