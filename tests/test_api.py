@@ -23,6 +23,7 @@ from ledger.application import ConsentLedger
 from ledger.checkpoint import verify_checkpoint
 from ledger.envelope import parse_fact
 from ledger.policy import seed_policy_fact
+from ledger.receipt import Receipt
 from ledger.settings import Settings
 from projections.evidence import verify_evidence
 from tests.answers_support import conforms
@@ -262,16 +263,18 @@ def test_no_proof_is_signed_over_http_for_a_log_that_does_not_verify(tmp_path: P
     ledger.init_demo()
     mine, other = ledger.record([parse_fact(grant("mine")), parse_fact(grant("someone-else"))])
     ledger.close()
+    assert isinstance(mine, Receipt) and isinstance(other, Receipt)
     with contextlib.closing(sqlite3.connect(settings.log_path)) as db, db:
-        db.execute(
+        rewritten = db.execute(
             "UPDATE stored_events_index SET hash = ? WHERE originator_id = ?",
-            ("0" * 64, getattr(other, "sid", None)),
+            ("0" * 64, other.sid),
         )
+        assert rewritten.rowcount == 1
     store = ApiKeys(keys_path(settings))
     headers = {"Authorization": f"Bearer {store.create('demo', {'compliance'})[1]}"}
     store.close()
     with TestClient(create_app(settings)) as client:
-        for path in ("/v1/checkpoint", f"/v1/subjects/{getattr(mine, 'sid', None)}/evidence"):
+        for path in ("/v1/checkpoint", f"/v1/subjects/{mine.sid}/evidence"):
             refused = client.get(path, headers=headers)
             assert refused.status_code == 503, (path, refused.text)
             assert refused.headers["content-type"] == "application/problem+json"
