@@ -554,11 +554,12 @@ def answer_or_csv(name: str) -> dict[str, Any]:
     return entry
 
 
-def with_answers(document: dict[str, Any]) -> dict[str, Any]:
-    """The OpenAPI document with SCHEMAS among its components (the `answer` entries refer
-    to them)."""
+def with_answers(document: dict[str, Any], bodies: dict[str, Schema]) -> dict[str, Any]:
+    """The OpenAPI document with SCHEMAS (the `answer` entries refer to them) and the request
+    `bodies` the routes refer to among its components."""
     components = document.setdefault("components", {}).setdefault("schemas", {})
-    clash = set(components) & set(SCHEMAS)
+    added = {**SCHEMAS, **bodies}
+    clash = set(components) & set(added) | set(SCHEMAS) & set(bodies)
     assert not clash, clash
-    components.update(SCHEMAS)
+    components.update(added)
     return document

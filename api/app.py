@@ -231,7 +231,7 @@ def create_app(
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = with_answers(plain_openapi())
+            app.openapi_schema = with_answers(plain_openapi(), {"Fact": facts.FACT_SCHEMA})
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's own way to extend it

@@ -125,9 +125,15 @@ def test_a_whole_number_written_with_a_point_is_a_whole_number_to_both() -> None
     assert list(VALIDATOR.iter_errors(pointed))
 
 
-def test_the_api_document_serves_this_schema_as_the_body_of_a_fact() -> None:
+def test_the_api_document_serves_this_schema_as_the_body_of_a_fact_and_a_batch_item() -> None:
     document = json.loads(
         (Path(__file__).resolve().parents[1] / "api" / "openapi.json").read_text()
     )
+    fact = {"$ref": "#/components/schemas/Fact"}
+    assert document["components"]["schemas"]["Fact"] == {
+        k: v for k, v in SCHEMA.items() if k not in ("$schema", "$id")
+    }
     body = document["paths"]["/v1/facts"]["post"]["requestBody"]["content"]["application/json"]
-    assert body["schema"] == {k: v for k, v in SCHEMA.items() if k not in ("$schema", "$id")}
+    assert body["schema"] == fact
+    batch = document["paths"]["/v1/facts:batch"]["post"]["requestBody"]["content"]
+    assert batch["application/json"]["schema"]["properties"]["facts"]["items"] == fact
