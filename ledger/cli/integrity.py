@@ -287,6 +287,9 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
         # the 6 of a resource to retry). Named without importing Kafka in embedded mode.
         if type(error).__name__ != "RecordsLost":
             raise
+        from ledger.kafka.topics import RecordsLost  # Kafka mode, as it was raised
+
+        assert isinstance(error, RecordsLost)
         if args.json:
             print_json(
                 {
@@ -294,7 +297,17 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
                     "facts_checked": 0,
                     "merkle_root": None,
                     "problems": 1,
-                    "first_broken": {"kind": "removed", "message": str(error)},
+                    "first_broken": {
+                        # The first record lost, with the fields of any broken record
+                        # (those of a fact no longer in the log unknown).
+                        "position": error.offset,
+                        "partition": error.partition,
+                        "kind": "removed",
+                        "sid": None,
+                        "version": None,
+                        "event_id": None,
+                        "message": str(error),
+                    },
                     # Unknown, not zero: they are found by reading the log, which was not.
                     "subjects_without_key": None,
                     "erasures_not_in_log": None,

@@ -577,7 +577,9 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                 raise RecordsLost(
                     f"topic {topic} partition {tp.partition} begins at offset {firsts[tp]}: "
                     "records were deleted from the log of record; restore the topic from a "
-                    "copy of it before any process of the ledger runs on it"
+                    "copy of it before any process of the ledger runs on it",
+                    tp.partition,
+                    0,
                 )
             if tp.partition in read and read[tp.partition] > ends[tp]:
                 raise RecordsLost(
@@ -585,7 +587,9 @@ class KafkaLedgerRecorder(LedgerSQLiteRecorder):
                     f"short of offset {read[tp.partition]} that this replica read it to: records "
                     "were removed from the log of record (was the topic deleted and made "
                     "again?); restore the topic from a copy of it before any process of the "
-                    "ledger runs on it"
+                    "ledger runs on it",
+                    tp.partition,
+                    ends[tp],
                 )
 
     def _not_this_ledgers(self, records: int) -> TopicRefused:

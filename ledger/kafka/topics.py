@@ -43,7 +43,16 @@ class TopicRefused(RuntimeError):
 
 class RecordsLost(TopicRefused):
     """The ledger topic lost records (deleted, or the topic made again): the log of record
-    was altered, which `verify` reports as such (exit 4)."""
+    was altered, which `verify` reports as such (exit 4).
+
+    `partition` and `offset` place the first record lost, so that `verify --json` names it
+    as it names any broken record: by the place Kafka's own tools read.
+    """
+
+    def __init__(self, message: str, partition: int, offset: int) -> None:
+        super().__init__(message)
+        self.partition = partition
+        self.offset = offset
 
 
 class BrokersUnreachable(RuntimeError):
