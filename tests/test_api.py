@@ -469,6 +469,29 @@ def test_evidence_over_its_limit_is_413_oversize_alone_and_in_a_batch(world: Wor
     assert (result["status"], result["problem"]["code"]) == (413, "oversize")
 
 
+def test_a_fact_over_a_mebibyte_is_413_oversize_alone_and_in_a_batch(world: World) -> None:
+    """A policy's text has no limit of its own, only the fact's 1 MiB. A batch's items were
+    not measured: a 2 MB policy refused alone was recorded in a batch."""
+    headers = {"Authorization": f"Bearer {world.keys[('demo', 'admin')]}"}
+
+    def long_policy(version: str) -> dict[str, Any]:
+        made = {**policy(version, text="x" * 2_000_000), "event_id": f"long-{version}"}
+        return {k: v for k, v in made.items() if k != "tenant"}
+
+    single = world.client.post("/v1/facts", json=long_policy("v-long-1"), headers=headers)
+    assert (single.status_code, single.json()["code"]) == (413, "oversize"), single.text
+    good = {k: v for k, v in fresh_grant().items() if k != "tenant"}
+    batch = world.client.post(
+        "/v1/facts:batch", json={"facts": [long_policy("v-long-2"), good]}, headers=headers
+    )
+    assert batch.status_code == 200, batch.text
+    long, other = batch.json()["results"]
+    assert (long["status"], long["problem"]["code"]) == (413, "oversize")
+    assert other["status"] == 201
+    versions = str(world.client.get("/v1/policies", headers=headers).json())
+    assert "crmpro-1.0" in versions and "v-long-2" not in versions
+
+
 def test_batch_results_in_order(world: World) -> None:
     headers = {"Authorization": f"Bearer {world.keys[('demo', 'publisher')]}"}
     good = fresh_grant()

@@ -1072,6 +1072,25 @@ def test_record_a_pretty_printed_object(data: Path, tmp_path: Path) -> None:
     assert orjson.loads(out.stdout)["receipt"]["event_id"] == "pretty"
 
 
+def test_a_document_s_fact_over_a_mebibyte_is_refused_as_oversize(
+    data: Path, tmp_path: Path
+) -> None:
+    """As a line of JSON Lines is: a document's facts were not measured, and a policy of
+    2 MB was recorded from an array (its text has no limit but the fact's 1 MiB)."""
+    path = tmp_path / "facts.json"
+    long = {**policy("v-long", text="x" * 2_000_000), "event_id": "long-policy"}
+    path.write_bytes(orjson.dumps([long, grant("doc-1", event_id="doc-1")]))
+    out = run(data, "record", str(path))
+    assert out.returncode == 1, out.stderr
+    first, second = (orjson.loads(line) for line in out.stdout.splitlines())
+    assert first["rejected"]["code"] == "oversize", first
+    assert second["receipt"]["event_id"] == "doc-1"
+    lines = tmp_path / "facts.jsonl"
+    lines.write_bytes(orjson.dumps({**long, "event_id": "long-line"}) + b"\n")
+    as_line = run(data, "record", str(lines))
+    assert orjson.loads(as_line.stdout)["rejected"]["code"] == "oversize"
+
+
 def test_who_refuses_a_limit_below_one(data: Path) -> None:
     out = run(
         data,

@@ -14,7 +14,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ledger.envelope import _RFC3339, MAX_FACT_BYTES, parse_fact, parse_fact_bytes, parse_time
+from ledger.envelope import (
+    _RFC3339,
+    MAX_FACT_BYTES,
+    parse_fact,
+    parse_fact_bytes,
+    parse_fact_item,
+    parse_time,
+)
 from ledger.errors import Code, FactRejected
 from tests.facts import fact, grant, one_of_each_type, policy, terms
 
@@ -40,6 +47,19 @@ def test_not_json_not_object_oversize() -> None:
     fact = orjson.dumps(given)
     assert parse_fact_bytes(b"\xef\xbb\xbf" + fact).event_id == given["event_id"]
     refused(b" \xef\xbb\xbf" + fact, Code.INVALID_JSON)
+
+
+def test_a_fact_decoded_with_others_is_held_to_the_size_of_one_sent_alone() -> None:
+    """A policy's text has no limit of its own, only the fact's 1 MiB: a batch's item or a
+    CLI document's was not measured, and a 2 MB policy refused alone was recorded in one."""
+    within = policy("v-long", text="x" * (MAX_FACT_BYTES - 2_000))
+    assert len(orjson.dumps(within)) <= MAX_FACT_BYTES
+    assert parse_fact_item(within).event_id == parse_fact_bytes(orjson.dumps(within)).event_id
+    over = policy("v-long", text="x" * MAX_FACT_BYTES)
+    refused(orjson.dumps(over), Code.OVERSIZE)
+    with pytest.raises(FactRejected) as info:
+        parse_fact_item(over)
+    assert info.value.code is Code.OVERSIZE
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,14 @@ from api.deps import SCHEME, Disclosed, Service, authorized, disclosed, role, se
 from api.keys import Principal
 from api.problems import Problem, problem_body, status_of
 from api.responses import OrjsonResponse
-from ledger.envelope import Fact, Received, check_size, named_twice, parse_fact, without_bom
+from ledger.envelope import (
+    Fact,
+    Received,
+    check_size,
+    named_twice,
+    parse_fact_item,
+    without_bom,
+)
 from ledger.errors import FactRejected
 from ledger.json_names import MAX_DEPTH, Repeated, TooDeep, marked, repeats_a_name
 from ledger.receipt import ErasureNotOverwritten, Outcome, Receipt
@@ -131,7 +138,7 @@ async def record_batch(
         try:
             if exact is not None and repeats_a_name(exact["facts"][i]):
                 raise named_twice()
-            parsed.append(parse_fact(item, principal.tenant))
+            parsed.append(parse_fact_item(item, principal.tenant))
         except FactRejected as e:
             parsed.append(e)
     # Items that did not parse keep their places: the writer answers one outcome per item.

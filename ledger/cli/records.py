@@ -29,7 +29,7 @@ from ledger.cli.common import (
     say,
 )
 from ledger.cli.subjects import print_trail
-from ledger.envelope import Fact, parse_fact, parse_fact_bytes
+from ledger.envelope import Fact, parse_fact, parse_fact_bytes, parse_fact_item
 from ledger.errors import FactRejected
 from ledger.receipt import ErasureNotOverwritten, Receipt
 from ledger.settings import Settings
@@ -132,7 +132,7 @@ def cmd_record(args: argparse.Namespace, settings: Settings) -> int:
                     facts.append(
                         parse_fact_bytes(item, args.tenant)
                         if isinstance(item, bytes)
-                        else parse_fact(item, args.tenant)
+                        else parse_fact_item(item, args.tenant)
                     )
                     parsed.append(None)
                 except FactRejected as e:
