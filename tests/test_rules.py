@@ -741,3 +741,14 @@ def test_the_writer_keeps_in_memory_only_as_many_subjects_facts_as_its_bound(
         assert (
             sids["c-a"] in ledger._subjects and ledger.sid("demo", "c-long") not in ledger._subjects
         )
+        # One kept, then grown past the bound by a batch: dropped, its facts no longer
+        # counted, and read back whole when next written to.
+        assert list(ledger._subjects) == [sids["c-c"], sids["c-a"]]
+        accepted(ledger, *history("c-c", 52)[20:])
+        assert list(ledger._subjects) == [sids["c-a"]]
+        assert ledger._cached_facts == 21
+        assert_refused(  # its last fact withdrew marketing
+            ledger,
+            withdraw("c-c", event_id="c-c-again", occurred_at="2025-01-09T10:00:00+05:00"),
+            Code.PURPOSE_NOT_IN_FORCE,
+        )
