@@ -308,6 +308,19 @@ def test_the_due_list_s_pages_make_up_the_whole_list(ledger: ConsentLedger) -> N
             ]
         if i % 2 == 0:
             facts += [grant(f"expiring-{i}", occurred_at=at(-100), expires_at=at(1 + i % 5))]
+    # Open requests received before the due ones and due long after the window: a page of
+    # requests reads past them, chunk after chunk of its own length (`rows_after`).
+    facts += [
+        fact(
+            "request.received",
+            f"waiting-{i}",
+            request_id=f"W{i}",
+            kind="information",
+            occurred_at=at(-60),
+            due_at=at(100),
+        )
+        for i in range(5)
+    ]
     outcomes = ledger.record([parse_fact(f) for f in facts])
     assert all(isinstance(o, Receipt) for o in outcomes), outcomes
     tenant = ledger.tenant("demo")
