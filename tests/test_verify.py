@@ -11,11 +11,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pytest
 from eventsourcing.sqlite import SQLiteDatastore
 
 from ledger.application import ConsentLedger
+from ledger.chain import fact_hash
 from ledger.envelope import parse_fact
 from ledger.receipt import Receipt
 from ledger.recorder import LedgerSQLiteRecorder
@@ -91,6 +93,30 @@ def test_flipping_one_byte_of_any_fact_is_named(pristine: Path, tmp_path: Path) 
         assert not result.ok
         assert result.problems[0].position == position
         assert result.problems[0].kind == "altered"
+
+
+def test_a_fact_cut_short_and_its_hash_made_again_is_named_altered(
+    pristine: Path, tmp_path: Path
+) -> None:
+    """Bytes that are no longer JSON at all, their hash in the index made again to match
+    (the index is in the same file): named as altered, not a crash of the walk."""
+    position = positions(pristine / "ledger.db")[3]
+
+    def cut(c: sqlite3.Connection) -> None:
+        row = c.execute(
+            "SELECT originator_id, originator_version, topic, state FROM stored_events "
+            "WHERE rowid=?",
+            (position,),
+        ).fetchone()
+        short = row[3][: len(row[3]) // 2]
+        digest = fact_hash(UUID(row[0]), row[1], row[2], short)
+        c.execute("UPDATE stored_events SET state=? WHERE rowid=?", (short, position))
+        c.execute("UPDATE stored_events_index SET hash=? WHERE position=?", (digest, position))
+
+    result = tampered(pristine, tmp_path, cut)
+    assert not result.ok
+    assert (result.problems[0].position, result.problems[0].kind) == (position, "altered")
+    assert "not the JSON that was written" in result.problems[0].message
 
 
 def test_deleting_any_fact_is_named(pristine: Path, tmp_path: Path) -> None:
