@@ -12,11 +12,15 @@ from typing import Any
 
 import pytest
 import schemathesis
+from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from api.app import build_service, create_app
 from api.routes.facts import FACT_SCHEMA, MAX_BATCH
+from ledger.demo import contact, demo_stream
+from ledger.policy import seed_policy_fact
 from ledger.settings import Settings
 from tests.examples import examples
 
@@ -30,7 +34,69 @@ app.state.service = build_service(_settings)
 app.state.service.ledger.init_demo()
 KEY = app.state.service.keys.create("demo", {"publisher", "compliance", "admin"})[1]
 
+
+def _recorded_demo() -> dict[str, list[str]]:
+    """The demo's story for a dozen subjects (grants, withdrawals, corrections, a transfer,
+    requests, an erasure), recorded through the API, and the values of it a path or a body
+    names: its sids, policy versions, purposes and subject references."""
+    client = TestClient(app, headers={"Authorization": f"Bearer {KEY}"})
+    sent = client.post("/v1/facts:batch", json={"facts": demo_stream(12)})
+    results = sent.json()["results"]
+    assert sent.status_code == 200 and all(r["status"] == 201 for r in results), sent.text
+    versions = [p["policy_version"] for p in client.get("/v1/policies").json()["policies"]]
+    return {
+        "sid": sorted({r["receipt"]["sid"] for r in results if r["receipt"]["sid"]}),
+        "version": versions,
+        "purpose": sorted(seed_policy_fact()["purposes"]),
+        "subject": [contact(i) for i in range(12)],
+    }
+
+
+# Random sids, versions and purposes name nothing the ledger holds: every route under
+# /v1/subjects/{sid} and /v1/policies/{version} answered 404 to all of them, and the
+# campaign check 422 (an unknown purpose), so schemathesis never held an answer about a real
+# subject, policy or campaign to the document. Half the cases it generates name real ones.
+RECORDED = _recorded_demo()
+
 schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+
+
+@schema.hook
+def flatmap_path_parameters(ctx: Any, parameters: dict[str, Any] | None) -> Any:
+    """A sid, policy version or purpose the ledger holds, in half the cases; in a negative
+    case too, as schemathesis checks a path's values again before it owes a refusal, and a
+    broken query about a real subject is worth asking."""
+    real = {k: st.sampled_from(RECORDED[k]) for k in parameters or {} if k in RECORDED}
+    if not real:
+        return st.just(parameters)
+    given = {k: st.just(v) for k, v in (parameters or {}).items()}
+    return st.just(parameters) | st.fixed_dictionaries({**given, **real})
+
+
+@schema.hook
+def flatmap_case(ctx: Any, case: Any) -> Any:
+    """A campaign check of a purpose and subjects the ledger holds, as half the positive
+    cases; a negative case is left as generated, or its refusal would not be owed."""
+    body = case.body
+    if (
+        case.operation.path != "/v1/consents:check"
+        or case.meta is None
+        or case.meta.generation.mode.is_negative
+        or not isinstance(body, dict)
+    ):
+        return st.just(case)
+    named: dict[str, st.SearchStrategy[Any]] = {"purpose": st.sampled_from(RECORDED["purpose"])}
+    if isinstance(body.get("subjects"), list):
+        named["subjects"] = st.lists(st.sampled_from(RECORDED["subject"]), max_size=12)
+    elif isinstance(body.get("sids"), list):
+        named["sids"] = st.lists(st.sampled_from(RECORDED["sid"]), max_size=12)
+    given = {k: st.just(v) for k, v in body.items()}
+
+    def checking(new: dict[str, Any]) -> Any:
+        case.body = new
+        return case
+
+    return st.just(case) | st.fixed_dictionaries({**given, **named}).map(checking)
 
 
 @schema.auth()
