@@ -832,6 +832,21 @@ def test_a_ledger_topic_that_lost_records_is_refused(tmp_path: Path, kafka_boots
     assert kafka_cli(cut.settings, "trail", "b-1", "--tenant", "demo").returncode == 6
 
 
+def test_records_lost_crosses_a_process_pipe_whole() -> None:
+    """The HTTP writer process sends its errors pickled; one that does not unpickle goes as
+    a RuntimeError of its name, which the routes cannot answer as the ledger's refusal."""
+    import pickle
+
+    from api.writer_process import _portable
+    from ledger.kafka.topics import RecordsLost
+
+    lost = RecordsLost("topic t partition 2 begins at offset 7: ...", 2, 0)
+    again = pickle.loads(pickle.dumps(lost))
+    assert type(again) is RecordsLost
+    assert (str(again), again.partition, again.offset) == (str(lost), 2, 0)
+    assert _portable(lost) is lost
+
+
 def test_a_process_with_another_ledgers_keys_is_refused(
     tmp_path: Path, kafka_bootstrap: str
 ) -> None:

@@ -54,6 +54,11 @@ class RecordsLost(TopicRefused):
         self.partition = partition
         self.offset = offset
 
+    def __reduce__(self) -> tuple[type[RecordsLost], tuple[str, int, int]]:
+        # Whole across a process's pipe (the HTTP writer process's errors are pickled):
+        # by its `args` alone it would be made again without its place.
+        return type(self), (str(self), self.partition, self.offset)
+
 
 class BrokersUnreachable(RuntimeError):
     """No broker of KAFKA_BOOTSTRAP answered: the cluster is down, starting, or misnamed.
