@@ -455,7 +455,8 @@ def test_several_members_changed_at_once_are_read_alike_alone_and_in_a_batch(
 ) -> None:
     """Parsed, or refused with a code, and the same either way a fact comes: as bytes of
     its own (an HTTP body, a CLI line, an intake record) or decoded with others (a batch's
-    item, a CLI document's). A batch's item was not held to the fact's 1 MiB."""
+    item, a CLI document's). A batch's item was not held to the fact's 1 MiB. A fact parsed
+    is one the published schema takes too."""
     kind = data.draw(st.sampled_from(sorted({k for k, _, _ in MEMBERS})))
     ofkind = [(name, inner) for k, name, inner in MEMBERS if k == kind]
     changes = data.draw(
@@ -464,3 +465,10 @@ def test_several_members_changed_at_once_are_read_alike_alone_and_in_a_batch(
     raw = _with(kind, [(name, inner, value) for (name, inner), value in changes])
     alone = _read(lambda: parse_fact_bytes(raw))
     assert _read(lambda: parse_fact_item(orjson.loads(raw))) == alone
+    if isinstance(alone, Fact):  # and a publisher checking it by the published schema sends it
+        assert PUBLISHED.is_valid(orjson.loads(raw)), list(PUBLISHED.iter_errors(orjson.loads(raw)))
+
+
+PUBLISHED = jsonschema.Draft202012Validator(
+    json.loads((resources.files("ledger") / "schema" / "fact.schema.json").read_text())
+)
