@@ -200,6 +200,14 @@ def parse_fact(obj: object, tenant: str | None = None) -> Fact:
             raise FactRejected(
                 Code.UNKNOWN_FIELD, "a policy.published fact has no subject", "subject"
             )
+        if obj.get("evidence") is not None:
+            # As the published schema says; the tenant's own check of it came only as the
+            # fact was recorded, so a fact parsed that the schema refused.
+            raise FactRejected(
+                Code.UNKNOWN_FIELD,
+                "policy.published carries no evidence: it is not about a person",
+                "evidence",
+            )
         subject = None
     else:
         subject = _text(obj, "subject", required=True, max_len=256)

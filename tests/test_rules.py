@@ -21,7 +21,7 @@ from ledger.receipt import Receipt
 from ledger.settings import Settings
 from ledger.subject import Subject
 from projections.trail import subject_trail
-from tests.facts import closed, erase, fact, grant, request, withdraw
+from tests.facts import closed, erase, fact, grant, policy, request, withdraw
 
 
 @pytest.fixture
@@ -50,6 +50,22 @@ def assert_refused(ledger: ConsentLedger, bad: dict[str, Any], code: Code) -> Fa
     assert ledger.ledger_recorder.head() == before, "a refused fact changed the log"
     assert ledger.ledger_recorder.find_facts(bad["tenant"], [bad["event_id"]]) == indexed
     return outcome
+
+
+def test_a_policy_carries_no_evidence(ledger: ConsentLedger) -> None:
+    """Evidence is personal data, sealed by its subject's key, and a policy has no subject.
+    Refused as the fact is read, as the published schema says; and by the tenant, for a
+    fact that reached it without being read (the domain's own invariant)."""
+    for evidence in ({}, {"ip": "203.0.113.7"}):
+        with pytest.raises(FactRejected) as refused:
+            parse_fact(policy("v-ev", evidence=evidence))
+        assert (refused.value.code, refused.value.field) == (Code.UNKNOWN_FIELD, "evidence")
+    unread = parse_fact(policy("v-ev"))._replace(evidence={"ip": "203.0.113.7"})
+    before = ledger.ledger_recorder.head()
+    [outcome] = ledger.record([unread])
+    assert isinstance(outcome, FactRejected) and outcome.code is Code.UNKNOWN_FIELD, outcome
+    assert ledger.ledger_recorder.head() == before
+    assert parse_fact(policy("v-ev", evidence=None)).evidence is None
 
 
 def test_unknown_tenant(ledger: ConsentLedger) -> None:
