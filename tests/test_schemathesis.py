@@ -183,7 +183,10 @@ def test_every_type_of_fact_is_answered_as_the_document_says(
 
 
 FACT = Draft202012Validator(FACT_SCHEMA)
-# The refusals of a fact's form, which the published schema states (all but `oversize`).
+# The refusals of a fact's form, which the published schema states: all but `oversize`,
+# and `invalid_timestamp`, whose form the schema states by the parser's own pattern
+# (`tests/test_envelope.py` holds the two equal) but not the calendar (12:99) or the years
+# the ledger takes (1 to 9989).
 MALFORMED = {
     Code.INVALID_JSON,
     Code.NOT_AN_OBJECT,
@@ -191,7 +194,6 @@ MALFORMED = {
     Code.INVALID_FIELD,
     Code.UNKNOWN_FIELD,
     Code.UNKNOWN_TYPE,
-    Code.INVALID_TIMESTAMP,
     Code.CONTROL_CHARACTER,
 }
 
