@@ -137,3 +137,21 @@ def test_the_api_document_serves_this_schema_as_the_body_of_a_fact_and_a_batch_i
     assert body["schema"] == fact
     batch = document["paths"]["/v1/facts:batch"]["post"]["requestBody"]["content"]
     assert batch["application/json"]["schema"]["properties"]["facts"]["items"] == fact
+
+
+def test_the_erasure_route_states_what_a_fact_of_erasure_takes() -> None:
+    """POST /v1/subjects/{sid}/erasure makes a `subject.erased` fact of its body: its
+    document states that fact's grounds, and that its identifiers hold no control
+    character, as this schema does (it said only "a string" of each)."""
+    document = json.loads(
+        (Path(__file__).resolve().parents[1] / "api" / "openapi.json").read_text()
+    )
+    body = document["components"]["schemas"]["Erasure"]["properties"]
+    [erased] = [
+        rule["then"]
+        for rule in SCHEMA["allOf"]
+        if rule["if"]["properties"]["type"].get("const") == "subject.erased"
+    ]
+    assert set(body["ground"]["enum"]) == set(erased["properties"]["ground"]["enum"])
+    one_line = SCHEMA["properties"]["event_id"]["not"]
+    assert body["event_id"]["not"] == body["request_id"]["not"] == one_line

@@ -25,8 +25,10 @@ from api.deps import (
 from api.keys import Principal
 from api.problems import SIZES, Problem, parse_sizes, signing_refusals
 from api.responses import OrjsonResponse
+from api.routes.facts import FACT_SCHEMA
 from ledger.envelope import parse_fact, parse_known_at, parse_time
 from ledger.errors import FactRejected
+from ledger.vocabulary import ERASURE_GROUNDS
 from projections.consents import subject_consents
 from projections.evidence import evidence_package
 from projections.report import subject_report
@@ -40,11 +42,23 @@ class Resolve(BaseModel):
     subject: str = Field(min_length=1, max_length=256)
 
 
+# As the published fact schema states them for a `subject.erased` fact, which this body
+# becomes: the document said only "a string" of each, and a client learnt the grounds, and
+# that an identifier holds no control character, from the refusals.
+_IN_ONE_LINE: dict[str, Any] = {"not": FACT_SCHEMA["properties"]["event_id"]["not"]}
+_GROUNDS: dict[str, Any] = {"enum": sorted(ERASURE_GROUNDS)}
+
+
 class Erasure(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    ground: str
-    request_id: str | None = Field(default=None, min_length=1, max_length=128)
-    event_id: str | None = Field(default=None, min_length=1, max_length=128)
+    # Checked where the fact is read (`invalid_field` naming them), as a fact's ground is.
+    ground: str = Field(json_schema_extra=_GROUNDS)
+    request_id: str | None = Field(
+        default=None, min_length=1, max_length=128, json_schema_extra=_IN_ONE_LINE
+    )
+    event_id: str | None = Field(
+        default=None, min_length=1, max_length=128, json_schema_extra=_IN_ONE_LINE
+    )
 
 
 def _instant(value: str | None, name: str) -> datetime | None:
