@@ -458,9 +458,9 @@ def test_several_members_changed_at_once_are_read_alike_alone_and_in_a_batch(
     item, a CLI document's). A batch's item was not held to the fact's 1 MiB.
 
     And parsed if and only if the published schema takes it, but for what the schema cannot
-    state: the sizes its description names, and the `tenant` that the key gives over HTTP and
-    Kafka and the CLI need. A policy with evidence parsed, and was refused only as the tenant
-    recorded it (`unknown_field` all the same), where the schema refused it."""
+    state: the sizes its description names, and the `tenant`, which Kafka and the CLI need
+    and an HTTP fact takes from its key. A policy with evidence parsed, and was refused only
+    as the tenant recorded it (`unknown_field` all the same), where the schema refused it."""
     kind = data.draw(st.sampled_from(sorted({k for k, _, _ in MEMBERS})))
     ofkind = [(name, inner) for k, name, inner in MEMBERS if k == kind]
     changes = data.draw(
