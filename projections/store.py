@@ -142,13 +142,18 @@ class ViewsAheadOfLog(SettingsError):
     """
 
     def __init__(self, path: str = "", position: int = 0, end: int = 0) -> None:
-        self.position, self.end = position, end
+        self.path, self.position, self.end = path, position, end
         super().__init__(
             f"the views {path} stand at log position {position}, but the log ends at {end}: "
             "they were built from a longer log than this one (a ledger.db restored without "
             "its views?); move them away and run `consent-ledger project` to build this "
             "log's"
         )
+
+    def __reduce__(self) -> tuple[type[ViewsAheadOfLog], tuple[str, int, int]]:
+        # Made again whole where it is unpickled (a process's errors cross a pipe so): by
+        # its message alone it would take the message for its path and lose its place.
+        return type(self), (self.path, self.position, self.end)
 
 
 _SUBJECTS_TABLE = (
@@ -167,12 +172,17 @@ class ViewsOfAnotherLog(SettingsError):
     """
 
     def __init__(self, path: str, why: str, guess: str = "") -> None:
+        self.path, self.guess = path, guess
         self.why = why  # what was found, without the guess at how it came about
         said = f"{why} ({guess})" if guess else why
         super().__init__(
             f"the views {path} were built from another log: {said}; move them away and run "
             "`consent-ledger project` to build this log's"
         )
+
+    def __reduce__(self) -> tuple[type[ViewsOfAnotherLog], tuple[str, str, str]]:
+        # As ViewsAheadOfLog's: by its message alone it would not unpickle at all.
+        return type(self), (self.path, self.why, self.guess)
 
 
 class ConsentViews(SQLiteTrackingRecorder):

@@ -380,3 +380,23 @@ def test_a_backup_whose_views_are_not_of_its_log_is_refused(
         "are built again from the log; nothing restored",
     )
     assert not restored.exists() and leftovers(data.parent) == []
+
+
+def test_views_not_of_their_log_cross_a_process_pipe_whole() -> None:
+    """What a restore reads of these refusals (a place, what was found) survives pickling,
+    as an error sent by another process is; ViewsOfAnotherLog did not unpickle, and
+    ViewsAheadOfLog took its message for its path and lost its place."""
+    import pickle
+
+    from projections.store import ViewsAheadOfLog, ViewsOfAnotherLog
+
+    ahead = pickle.loads(pickle.dumps(ViewsAheadOfLog("views.db", 9, 4)))
+    assert (str(ahead), ahead.position, ahead.end) == (
+        str(ViewsAheadOfLog("views.db", 9, 4)),
+        9,
+        4,
+    )
+    another = ViewsOfAnotherLog("views.db", "the fact at 3 differs", "restored?")
+    again = pickle.loads(pickle.dumps(another))
+    assert type(again) is ViewsOfAnotherLog
+    assert (str(again), again.why) == (str(another), "the fact at 3 differs")
