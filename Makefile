@@ -57,7 +57,7 @@ lint: install
 
 typecheck: install
 	$(BIN)/mypy
-	$(BIN)/mypy deploy/kafka/cluster.py
+	$(BIN)/mypy deploy/kafka/cluster.py deploy/kafka/make_secrets.py
 
 kafka-fetch:
 	deploy/kafka/broker.sh fetch

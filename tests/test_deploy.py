@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import inspect
 import re
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import pkcs12
 
 from ledger.settings import VARIABLES, Settings, SettingsError, unknown_variables
 from tests.conftest import ROOT
+
+MAKE_SECRETS = ROOT / "deploy" / "kafka" / "make_secrets.py"
 
 NAME = re.compile(
     r"\b(LEDGER_[A-Z_]+|PERSISTENCE_MODULE"
@@ -154,3 +162,54 @@ def test_a_topic_prefix_kafka_would_refuse_is_a_configuration_error() -> None:
             Settings.from_env({**kafka, "LEDGER_TOPIC_PREFIX": bad})
     # Embedded mode makes no topic: the variable is not read.
     assert Settings.from_env({"LEDGER_TOPIC_PREFIX": "a b"}).backend == "embedded"
+
+
+def test_make_secrets_makes_a_key_for_the_names_asked_and_keeps_every_file_private(
+    tmp_path: Path,
+) -> None:
+    """The brokers' keystore opens with the password written beside it, holds a certificate
+    the CA in ca.pem signed for every name clients may use, and no file is readable by
+    another user of the machine. Run as a script, as an operator does."""
+    out = tmp_path / "secrets"
+    made = subprocess.run(
+        [
+            sys.executable,
+            str(MAKE_SECRETS),
+            str(out),
+            "--host",
+            "kafka.example.com",
+            "--ip",
+            "10.0.0.7",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert made.returncode == 0, made.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == 0o700
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["broker-keystore-password", "broker.p12", "ca.pem", "kafka_server_jaas.conf"]
+    assert all(stat.S_IMODE((out / n).stat().st_mode) == 0o600 for n in names)
+    password = (out / "broker-keystore-password").read_bytes()
+    key, certificate, chain = pkcs12.load_key_and_certificates(
+        (out / "broker.p12").read_bytes(), password
+    )
+    assert key is not None and certificate is not None
+    ca = x509.load_pem_x509_certificate((out / "ca.pem").read_bytes())
+    assert [c.fingerprint(hashes.SHA256()) for c in chain] == [ca.fingerprint(hashes.SHA256())]
+    certificate.verify_directly_issued_by(ca)
+    san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["localhost", "kafka.example.com"]
+    assert [str(a) for a in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1", "10.0.0.7"]
+    jaas = (out / "kafka_server_jaas.conf").read_text()
+    assert "ScramLoginModule required;" in jaas and "password" not in jaas
+
+    refused = subprocess.run(
+        [sys.executable, str(MAKE_SECRETS), str(tmp_path / "no"), "--ip", "kafka.example.com"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert refused.returncode == 2
+    assert "does not appear to be an IPv4 or IPv6 address" in refused.stderr
+    assert not (tmp_path / "no").exists()
