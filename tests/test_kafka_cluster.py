@@ -3,6 +3,9 @@ ledger on it with the compose file's own ledger settings.
 
 - The brokers' properties are what the apache/kafka image makes of their environment, moved
   onto this machine and nothing else.
+- A publishing service outside the compose network reaches the brokers' SASL_SSL listener
+  (TLS, SCRAM-SHA-512, the authorizer): refused until granted what `kafka-acls --publisher`
+  lists, then its fact is recorded, and the ledger and rejected topics stay closed to it.
 - The ledger creates its topics as compose configures them: 6 partitions, 3 replicas, at
   least 2 in sync; and checks topics just made whichever broker answers, one that has not
   heard of them yet included.
@@ -46,7 +49,12 @@ import orjson
 import pytest
 import yaml
 from fastapi.testclient import TestClient
-from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import (
+    ClusterAuthorizationFailedError,
+    KafkaTimeoutError,
+    TopicAuthorizationFailedError,
+)
 
 from api.app import create_app, keys_path
 from api.keys import ApiKeys
@@ -62,7 +70,7 @@ from ledger.kafka.recorder import KafkaLedgerRecorder, LedgerUnavailable
 from ledger.kafka.topics import _config, ensure_topics
 from ledger.receipt import Receipt
 from ledger.settings import Settings
-from tests.cli_support import lines_until, run_with, start_with
+from tests.cli_support import line_within, lines_until, run_with, start_with
 from tests.facts import grant
 from tests.kafka_support import (
     OVERSIZE_LIMIT,
@@ -72,12 +80,14 @@ from tests.kafka_support import (
     publish,
     read_committed,
 )
+from tests.test_kafka_acls import granted, listed, taken_all
 from tests.test_kafka_faults import Progress, stop_cleanly, where_it_waits
 
 pytestmark = pytest.mark.kafka
 
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER = ROOT / "deploy" / "kafka" / "cluster.py"
+MAKE_SECRETS = ROOT / "deploy" / "kafka" / "make_secrets.py"
 COMPOSE = ROOT / "deploy" / "compose.yaml"
 
 
@@ -214,21 +224,32 @@ def test_each_broker_s_properties_are_its_compose_environment_moved_onto_this_ma
     tmp_path: Path,
 ) -> None:
     compose = yaml.safe_load(COMPOSE.read_text())
-    services = cluster_py.brokers(compose)
+    services = cluster_py.brokers(compose, {"KAFKA_EXTERNAL_HOST": "kafka.example.com"})
     assert list(services) == ["kafka-1", "kafka-2", "kafka-3"]
     ports = {
         (s, port): 10000 + 10 * i + port % 10
         for i, s in enumerate(services)
         for port in cluster_py.container_ports(services[s])
     }
-    props = cluster_py.render(compose, "kafka-2", ports, tmp_path / "data")
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "broker.p12").write_bytes(b"\x30\x82")
+    (secrets / "broker-keystore-password").write_text("its-password\n\n")
+    props = cluster_py.render(compose, "kafka-2", ports, tmp_path / "data", secrets)
     env = services["kafka-2"]
-    # Every KAFKA_ variable became a property, and nothing else did.
-    assert len(props) == len([v for v in env if v.startswith("KAFKA_")])
+    # Every KAFKA_ variable became a property but KAFKA_OPTS (the JVM's), and nothing else
+    # did but the three the image derives for an SSL listener.
+    derived = {"ssl.keystore.location", "ssl.keystore.password", "ssl.key.password"}
+    assert len(props) == len([v for v in env if v.startswith("KAFKA_")]) - 1 + len(derived)
     assert props["node.id"] == "2"
     assert props["process.roles"] == "broker,controller"
-    assert props["listeners"] == "PLAINTEXT://127.0.0.1:10012,CONTROLLER://127.0.0.1:10013"
-    assert props["advertised.listeners"] == "PLAINTEXT://127.0.0.1:10012"
+    assert props["listeners"] == (
+        "PLAINTEXT://127.0.0.1:10012,CONTROLLER://127.0.0.1:10013,SASL_SSL://127.0.0.1:10014"
+    )
+    # The port it publishes (29094) is its port 9094, whatever name it is advertised by.
+    assert props["advertised.listeners"] == (
+        "PLAINTEXT://127.0.0.1:10012,SASL_SSL://127.0.0.1:10014"
+    )
     assert props["controller.quorum.voters"] == (
         "1@127.0.0.1:10003,2@127.0.0.1:10013,3@127.0.0.1:10023"
     )
@@ -239,6 +260,44 @@ def test_each_broker_s_properties_are_its_compose_environment_moved_onto_this_ma
     assert props["transaction.state.log.min.isr"] == "2"
     assert props["unclean.leader.election.enable"] == "false"
     assert props["auto.create.topics.enable"] == "false"
+    # The SASL_SSL listener's keystore, as the image sets it from /etc/kafka/secrets.
+    assert props["ssl.keystore.location"] == str(secrets / "broker.p12")
+    assert props["ssl.keystore.password"] == props["ssl.key.password"] == "its-password"
+    assert props["authorizer.class.name"].endswith("StandardAuthorizer")
+    assert props["super.users"] == "User:ANONYMOUS"
+    assert cluster_py.jvm_options(compose, "kafka-2", secrets) == [
+        f"-Djava.security.auth.login.config={secrets}/kafka_server_jaas.conf"
+    ]
+
+
+def test_the_image_s_refusals_and_compose_s_variables_are_kept(tmp_path: Path) -> None:
+    """A broker that cluster.py started where the image would refuse to start it would test
+    a deployment that cannot run; and a variable compose would replace must be replaced."""
+    compose = yaml.safe_load(COMPOSE.read_text())
+    ports = {
+        (s, port): 10000 + 10 * i + port % 10
+        for i, s in enumerate(cluster_py.brokers(compose))
+        for port in cluster_py.container_ports(cluster_py.brokers(compose)[s])
+    }
+    with pytest.raises(SystemExit, match=r"/etc/kafka/secrets/broker\.p12 file does not exist"):
+        cluster_py.render(compose, "kafka-1", ports, tmp_path / "data", tmp_path)
+    (tmp_path / "broker.p12").write_bytes(b"")
+    with pytest.raises(SystemExit, match="broker-keystore-password file does not exist"):
+        cluster_py.render(compose, "kafka-1", ports, tmp_path / "data", tmp_path)
+    without = yaml.safe_load(COMPOSE.read_text())
+    del without["services"]["kafka-1"]["environment"]["KAFKA_OPTS"]
+    (tmp_path / "broker-keystore-password").write_text("p")
+    with pytest.raises(SystemExit, match="KAFKA_OPTS environment variable not set"):
+        cluster_py.render(without, "kafka-1", ports, tmp_path / "data", tmp_path)
+
+    given = {"SET": "x", "EMPTY": ""}
+    assert cluster_py.interpolate("${SET:-d}/${EMPTY:-d}/${EMPTY-d}/${UNSET-d}", given) == (
+        "x/d//d"
+    )
+    assert cluster_py.interpolate("$${SET} ${SET}${UNSET}", given) == "${SET} x"
+    with pytest.raises(SystemExit, match="UNSET: say what it is"):
+        cluster_py.interpolate("${UNSET:?say what it is}", given)
+    assert cluster_py.published(compose, "kafka-3") == {39094: 9094}
 
 
 def test_the_ledger_makes_its_topics_as_the_compose_file_configures_them(
@@ -283,6 +342,88 @@ def test_topics_just_made_are_checked_whichever_broker_answers(
     for _ in range(5):
         settings = Settings.from_env(compose_ledger_env(compose_cluster, tmp_path / "data"))
         assert ensure_topics(settings) == Topics.of(settings.topic_prefix)
+
+
+def test_a_publishing_service_elsewhere_reaches_the_intake_topic_and_nothing_else(
+    tmp_path: Path, compose_cluster: ComposeCluster
+) -> None:
+    """The compose file's SASL_SSL listener as a service outside the compose network meets
+    it: TLS under the CA make_secrets.py made, a SCRAM-SHA-512 login added as kafka-configs.sh
+    adds one, and the authorizer granting nothing but what `kafka-acls --publisher` lists.
+    The ledger, on the compose network's PLAINTEXT listener, records what it publishes."""
+    env = {**os.environ, **compose_ledger_env(compose_cluster, tmp_path / "data")}
+    topics = Topics.of(env["LEDGER_TOPIC_PREFIX"])
+    assert run_with(env, "init").returncode == 0
+    user, password = f"crm-{uuid.uuid4().hex[:8]}", base64.b64encode(os.urandom(12)).decode()
+    added = subprocess.run(
+        [sys.executable, str(CLUSTER), "scram-user", str(compose_cluster.root), user],
+        input=password + "\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert added.returncode == 0, added.stderr
+    external = (compose_cluster.root / "bootstrap-external").read_text().strip()
+    assert external and set(external.split(",")).isdisjoint(compose_cluster.bootstrap.split(","))
+
+    def crm(secret: str, wait_ms: int = 30_000, **tls: Any) -> KafkaProducer:
+        return KafkaProducer(
+            bootstrap_servers=external,
+            security_protocol="SASL_SSL",
+            sasl_mechanism="SCRAM-SHA-512",
+            sasl_plain_username=user,
+            sasl_plain_password=secret,
+            acks="all",
+            max_block_ms=wait_ms,
+            bootstrap_timeout_ms=wait_ms,
+            **(tls or {"ssl_cafile": str(compose_cluster.root / "secrets" / "ca.pem")}),
+        )
+
+    fact = grant("compose-crm-1", event_id="compose-crm-g1")
+    key = intake_key(b"crm's own key", "demo", "compose-crm-1")
+    refused = crm(password)
+    try:  # logged in, and refused: no ACL yet
+        with pytest.raises((TopicAuthorizationFailedError, ClusterAuthorizationFailedError)):
+            refused.send(topics.intake, key=key, value=orjson.dumps(fact)).get(timeout=60)
+    finally:
+        refused.close()
+    admin = KafkaAdminClient(bootstrap_servers=compose_cluster.bootstrap)
+    try:
+        granted(admin, f"User:{user}", listed(env, f"User:{user}", "--publisher"))
+    finally:
+        admin.close()
+    producer = crm(password)  # its idempotent producer's id refused, the first one is spent
+    try:
+        producer.send(topics.intake, key=key, value=orjson.dumps(fact)).get(timeout=60)
+        for closed in (topics.ledger, topics.rejected):
+            with pytest.raises(TopicAuthorizationFailedError):
+                producer.send(closed, key=key, value=b"{}").get(timeout=60)
+    finally:
+        producer.close()
+    # A wrong password, or a CA other than the brokers', gets no connection at all.
+    with pytest.raises(KafkaTimeoutError):
+        crm("not-" + password, 5_000)
+    other_ca = tmp_path / "other"
+    made = subprocess.run([sys.executable, str(MAKE_SECRETS), str(other_ca)], capture_output=True)
+    assert made.returncode == 0, made.stderr
+    with pytest.raises(KafkaTimeoutError):
+        crm(password, 5_000, ssl_cafile=str(other_ca / "ca.pem"))
+
+    worker = start_with(env, "worker")
+    try:
+        assert worker.stdout is not None
+        said = line_within(worker.stdout)
+        assert said.startswith("worker: consuming"), said
+        taken_all(compose_cluster.bootstrap, topics)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.communicate(timeout=60)
+    assert worker.returncode == 0
+    answer = run_with(env, "consents", "--tenant", "demo", "compose-crm-1", "--json")
+    assert answer.returncode == 0, answer.stderr
+    purposes = orjson.loads(answer.stdout)["purposes"]
+    marketing = next(c for c in purposes if c["purpose"] == "marketing")
+    assert (marketing["state"], marketing["event_id"]) == ("granted", "compose-crm-g1")
 
 
 def test_a_worker_loses_and_duplicates_nothing_while_each_broker_in_turn_is_killed(
