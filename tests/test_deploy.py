@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from ledger.settings import VARIABLES, Settings, SettingsError, unknown_variables
@@ -213,3 +213,16 @@ def test_make_secrets_makes_a_key_for_the_names_asked_and_keeps_every_file_priva
     assert refused.returncode == 2
     assert "does not appear to be an IPv4 or IPv6 address" in refused.stderr
     assert not (tmp_path / "no").exists()
+
+    # Run again by mistake, it keeps the CA every client trusts; --replace makes a new one.
+    again = subprocess.run(
+        [sys.executable, str(MAKE_SECRETS), str(out)], capture_output=True, text=True, check=False
+    )
+    assert again.returncode == 2
+    assert "already holds broker.p12, broker-keystore-password" in again.stderr, again.stderr
+    assert (out / "ca.pem").read_bytes() == ca.public_bytes(serialization.Encoding.PEM)
+    replaced = subprocess.run(
+        [sys.executable, str(MAKE_SECRETS), str(out), "--replace"], capture_output=True, check=False
+    )
+    assert replaced.returncode == 0, replaced.stderr
+    assert (out / "ca.pem").read_bytes() != ca.public_bytes(serialization.Encoding.PEM)

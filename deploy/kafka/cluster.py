@@ -340,7 +340,9 @@ class Cluster:
 
     def start(self) -> str:
         if not all((self.secrets / name).is_file() for name in _SECRET_FILES):
-            subprocess.run([sys.executable, str(MAKE_SECRETS), str(self.secrets)], check=True)
+            subprocess.run(
+                [sys.executable, str(MAKE_SECRETS), str(self.secrets), "--replace"], check=True
+            )
         for attempt in (1, 2, 3):
             self.stop()
             self._configure()

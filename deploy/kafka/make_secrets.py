@@ -8,7 +8,7 @@ services connect to, and the rest of what the apache/kafka image asks for once a
 is SSL or SASL. The CA's private key is not kept: a name added later means running this
 again (a new CA), and giving publishing services the new `ca.pem`.
 
-  deploy/kafka/make_secrets.py DIR [--host NAME]... [--ip ADDRESS]... [--days N]
+  deploy/kafka/make_secrets.py DIR [--host NAME]... [--ip ADDRESS]... [--days N] [--replace]
 
 writes into DIR (made 0700; each file 0600):
   broker.p12               the brokers' key and certificate (PKCS12) and the CA's certificate
@@ -18,6 +18,10 @@ writes into DIR (made 0700; each file 0600):
                            each SCRAM user lives in the cluster's metadata (kafka-configs.sh)
   ca.pem                   the CA's certificate, for publishing services to trust
                            (KAFKA_SSL_CAFILE, or kafka-python's `ssl_cafile`)
+
+A DIR that already holds any of them is refused unless --replace is given: the brokers and
+every publishing service trust the CA it holds, and a new one breaks their connections
+until each has the new `ca.pem`.
 
 The certificate names `localhost` and 127.0.0.1 besides every --host and --ip: the name in
 each broker's advertised SASL_SSL listener (KAFKA_EXTERNAL_HOST in compose.yaml) must be
@@ -139,14 +143,25 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--host", action="append", default=[], help="a DNS name clients use")
     parser.add_argument("--ip", action="append", default=[], help="an IP address clients use")
     parser.add_argument("--days", type=int, default=825, help="validity (default 825)")
+    parser.add_argument(
+        "--replace", action="store_true", help="make them anew where DIR already holds some"
+    )
     args = parser.parse_args(argv)
     try:
         for address in args.ip:
             ipaddress.ip_address(address)
+        for host in args.host:
+            x509.DNSName(host)  # an A-label: a name of other letters is refused here
     except ValueError as error:
         parser.error(str(error))
     if args.days < 1:
         parser.error("--days must be at least 1")
+    held = [name for name in FILES if (args.dir / name).exists()]
+    if held and not args.replace:
+        parser.error(
+            f"{args.dir} already holds {', '.join(held)}: the brokers and publishing services "
+            "trust its CA; --replace makes a new one, which each of them must then be given"
+        )
     make(args.dir, args.host, args.ip, args.days)
     print(f"wrote {', '.join(FILES)} in {args.dir}")
     return 0
