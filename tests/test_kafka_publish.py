@@ -3,6 +3,7 @@ not fence, with each fact's outcome reported once the worker committed it."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import signal
@@ -17,6 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
+from ledger.kafka.names import Topics
 from ledger.kafka.topics import RECORD_LIMIT
 from tests.cli_support import (
     Started,
@@ -28,7 +30,13 @@ from tests.cli_support import (
     written_behind,
 )
 from tests.facts import grant, withdraw
-from tests.kafka_support import kafka_env, kafka_settings, largest_policy, made_by_hand
+from tests.kafka_support import (
+    kafka_env,
+    kafka_settings,
+    largest_policy,
+    made_by_hand,
+    read_committed,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -130,6 +138,26 @@ def test_publish_through_intake_to_a_running_worker(tmp_path: Path, kafka_bootst
         assert results[3] == {"index": 3, "line": 4, "event_id": "never", "recorded": False}
         told = cli(env, "receipts", "--tenant", "demo", stdin="p2\n").stdout
         assert told.startswith("line 1: p2: not recorded: refused, purpose_not_in_force: ")
+
+
+def test_a_line_that_is_json_but_no_object_reaches_the_rejected_topic_as_written(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """The rejected topic keeps the original bytes of what it refuses. `publish` sent a line
+    that was JSON but not an object re-encoded (`[1,2]` for `[1,  2]`), so the bytes kept
+    were not the ones the publisher wrote, as they were for a line that is not JSON."""
+    settings = kafka_settings(tmp_path / "data", kafka_bootstrap)
+    env = kafka_env(settings)
+    assert cli(env, "init").returncode == 0
+    written = [b"[1,  2]", b' "a string" ', b"{not json"]
+    with running_worker(env):
+        out = cli(env, "publish", "--wait", "120", stdin=b"\n".join(written).decode())
+    assert out.returncode == 1, out.stderr
+    codes = [orjson.loads(line)["rejected"]["code"] for line in out.stdout.splitlines()]
+    assert codes == ["not_an_object", "not_an_object", "invalid_json"]
+    rejected = read_committed(kafka_bootstrap, Topics.of(settings.topic_prefix).rejected)
+    kept = {base64.b64decode(orjson.loads(r.value)["original"]) for r in rejected}
+    assert kept == set(written)
 
 
 def test_publish_reads_sends_and_answers_a_batch_at_a_time(

@@ -272,8 +272,8 @@ def _prepare(
             obj = orjson.loads(item)
         except orjson.JSONDecodeError:
             return item, None, None, None
-    if not isinstance(obj, dict):
-        return orjson.dumps(obj), None, None, None
+    if not isinstance(obj, dict):  # the writer refuses it, keeping the bytes as written
+        return item if isinstance(item, bytes) else orjson.dumps(obj), None, None, None
     value = item if isinstance(item, bytes) else orjson.dumps(obj)
     if tenant is not None and "tenant" not in obj:
         obj = {**obj, "tenant": tenant}
