@@ -256,8 +256,10 @@ def test_input_that_is_not_utf8_is_refused_where_it_is_read(data: Path, tmp_path
         refused = run(data, *args)
         assert refused.returncode == 2 and "is not JSON" in refused.stderr, args
     at = ("--tenant", "demo", "--purpose", "marketing", "--at", "2025-03-01T00:00:00Z")
-    refused = run(data, "check", *at, str(binary))
-    assert refused.returncode == 2 and "is not UTF-8 text" in refused.stderr, refused.stderr
+    for args in (("check", *at, str(binary)), ("receipts", "--tenant", "demo", str(binary))):
+        refused = run(data, *args)
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr == f"consent-ledger: {binary} is not UTF-8 text\n", args
 
 
 def test_a_fact_of_json_lines_is_answered_with_its_line_in_the_file(tmp_path: Path) -> None:
