@@ -306,6 +306,15 @@ def test_policies_from_the_command_line(data: Path) -> None:
     assert same.stdout.splitlines()[-1] == (
         "no consent given under the earlier version needs asking again"
     )
+    first = run(data, "policies", "changes", "crmpro-1.0", "--tenant", "demo")
+    assert first.stdout.splitlines()[0] == (
+        "policy crmpro-1.0 is the tenant's first: every purpose is new"
+    )
+    assert first.stdout.splitlines()[-3:] == [  # none to ask again: nobody held any before
+        "consent to ask for, none given before (the purposes on the consent basis):",
+        "  service_improvement",
+        "  marketing",
+    ]
     missing = run(data, "policies", "changes", "crmpro-9", "--tenant", "demo")
     assert missing.returncode == 3 and "unknown_policy_version" in missing.stderr
     nobody = run(data, "policies", "list", "--tenant", "nobody")

@@ -132,7 +132,12 @@ def changes_lines(changes: dict[str, Any]) -> list[str]:
     if changes["request_due_days"] is not None:
         was, now = changes["request_due_days"]["from"], changes["request_due_days"]["to"]
         lines.append(f"  request deadlines: {_deadlines(was)} -> {_deadlines(now)}")
-    if changes["consent_needed"]:
+    if changes["consent_needed"] and changes["from"] is None:
+        # Nobody can hold consent under a version before the first: "ask again" of whom?
+        lines.append("consent to ask for, none given before (the purposes on the consent basis):")
+        for n in changes["consent_needed"]:
+            lines.append(f"  {n['purpose']}")
+    elif changes["consent_needed"]:
         lines.append("consent to ask again (who --purpose P --policy-version <the old one>):")
         for n in changes["consent_needed"]:
             lines.append(f"  {n['purpose']}: {', '.join(n['reasons'])}")
