@@ -1291,6 +1291,13 @@ def test_every_form_of_address_the_kafka_client_takes_is_taken(tmp_path: Path) -
     assert Settings.from_env({"KAFKA_BOOTSTRAP": ":"}).backend == "embedded"
     out = run_fresh(tmp_path / "data", "verify", LEDGER_BACKEND="kafka", KAFKA_BOOTSTRAP="k:x")
     assert out.returncode == 2 and out.stderr.startswith("consent-ledger: configuration: ")
+    # Left empty (by a script, or unset: the same to the settings, and this process's own
+    # environment may set it), it is said as such.
+    out = run_fresh(tmp_path / "data", "init", LEDGER_BACKEND="kafka", KAFKA_BOOTSTRAP="")
+    assert (out.returncode, out.stderr) == (
+        2,
+        "consent-ledger: configuration: LEDGER_BACKEND=kafka needs KAFKA_BOOTSTRAP (host:port)\n",
+    )
 
 
 def test_a_malformed_failpoint_is_a_configuration_error(tmp_path: Path) -> None:
