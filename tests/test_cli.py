@@ -256,10 +256,14 @@ def test_input_that_is_not_utf8_is_refused_where_it_is_read(data: Path, tmp_path
         refused = run(data, *args)
         assert refused.returncode == 2 and "is not JSON" in refused.stderr, args
     at = ("--tenant", "demo", "--purpose", "marketing", "--at", "2025-03-01T00:00:00Z")
-    for args in (("check", *at, str(binary)), ("receipts", "--tenant", "demo", str(binary))):
-        refused = run(data, *args)
+    reading: tuple[tuple[str, ...], ...] = (
+        ("check", *at, str(binary)),
+        ("receipts", "--tenant", "demo", str(binary)),
+    )
+    for command in reading:
+        refused = run(data, *command)
         assert refused.returncode == 2, refused.stderr
-        assert refused.stderr == f"consent-ledger: {binary} is not UTF-8 text\n", args
+        assert refused.stderr == f"consent-ledger: {binary} is not UTF-8 text\n", command
 
 
 def test_a_fact_of_json_lines_is_answered_with_its_line_in_the_file(tmp_path: Path) -> None:
