@@ -144,6 +144,10 @@ def granted(admin: KafkaAdminClient, principal: str, grants: list[dict[str, Any]
     in_force(admin, principal, lambda held: wanted <= held)
 
 
+PATTERN_LITERAL = ACLResourcePatternType.LITERAL
+WRITE = ACLOperation.WRITE
+
+
 def _key(acl: ACL) -> tuple[Any, str, Any, Any]:
     pattern = acl.resource_pattern
     return (pattern.resource_type, pattern.resource_name, pattern.pattern_type, acl.operation)
@@ -375,6 +379,56 @@ def test_kafka_acls_prints_kafka_acls_commands_and_refuses_a_bad_principal(
         refused = run_with(env, "kafka-acls", "--principal", bad)
         assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
         assert "kafka-acls: principal" in refused.stderr
+
+
+def test_kafka_acls_apply_creates_what_it_lists_where_the_ledger_may(
+    kafka_sasl_ssl: SecuredBroker, admin: KafkaAdminClient, tmp_path: Path
+) -> None:
+    """`--apply` creates exactly the listed ACLs, with the ledger's own principal, and ends
+    once the cluster describes them: a publisher started at once may publish. Where the
+    ledger's principal may not create ACLs, it says so in one line, and creates none."""
+    settings = kafka_settings(tmp_path / "data", kafka_sasl_ssl.plaintext)  # a super user
+    env = {**os.environ, **kafka_env(settings)}
+    assert run_with(env, "init").returncode == 0
+    principal = f"User:{PUBLISHER_USER}"
+    grants = listed(env, principal, "--publisher")
+    applied = run_with(env, "kafka-acls", "--principal", principal, "--publisher", "--apply")
+    assert applied.returncode == 0, applied.stderr
+    intake = Topics.of(settings.topic_prefix).intake
+    assert applied.stdout == f"granted {principal}: Write on topic {intake}\n"
+    held, _ = admin.describe_acls(acls_of(principal))
+    assert sorted(map(_key, held)) == [(ResourceType.TOPIC, intake, PATTERN_LITERAL, WRITE)]
+    assert [g["name"] for g in grants] == [intake]
+    crm = producer(kafka_sasl_ssl, PUBLISHER_USER)
+    try:
+        crm.send(intake, key=b"demo", value=b"{}").get(timeout=60)
+    finally:
+        crm.close()
+    again = run_with(
+        env, "kafka-acls", "--principal", principal, "--publisher", "--apply", "--json"
+    )
+    assert again.returncode == 0, again.stderr  # held already: created again, the same
+    assert orjson.loads(again.stdout) == {"principal": principal, "grants": grants, "applied": True}
+
+    # The restricted user, with no ACL at all (Alter least of all), on the SASL_SSL listener.
+    secured = kafka_settings(tmp_path / "restricted", kafka_sasl_ssl.sasl_ssl)
+    restricted = {
+        **as_ledger(kafka_sasl_ssl, secured),
+        "LEDGER_TOPIC_PREFIX": settings.topic_prefix,
+    }
+    every = sum(len(g["operations"]) for g in listed(restricted, f"User:{LEDGER_USER}"))
+    refused = run_with(restricted, "kafka-acls", "--principal", f"User:{LEDGER_USER}", "--apply")
+    assert refused.returncode == 6, refused.stderr
+    assert refused.stderr == (
+        f"consent-ledger: kafka-acls: the cluster created 0 of {every} ACLs and refused the rest "
+        "(ClusterAuthorizationFailedError): the ledger's principal may not create ACLs (Alter "
+        "on the cluster); an operator grants them with the commands `kafka-acls` prints "
+        "without --apply\n"
+    )
+    assert admin.describe_acls(acls_of(f"User:{LEDGER_USER}"))[0] == []
+    embedded = {**os.environ, "LEDGER_DATA_DIR": str(tmp_path / "embedded")}
+    nowhere = run_with(embedded, "kafka-acls", "--principal", principal, "--apply")
+    assert nowhere.returncode == 2 and "needs LEDGER_BACKEND=kafka" in nowhere.stderr
 
 
 def test_a_topic_whose_settings_the_cluster_does_not_describe_is_said_so(

@@ -16,6 +16,7 @@ from ledger.cli.common import (
     EXIT_BROKEN,
     EXIT_NOT_FOUND,
     EXIT_REJECTED,
+    EXIT_UNAVAILABLE,
     EXIT_USAGE,
     CliError,
     current_views,
@@ -109,6 +110,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="the operator made the three topics: the ledger needs no ACL Create",
     )
+    p.add_argument(
+        "--apply",
+        action="store_true",
+        help="create them on the cluster (Kafka mode) with the ledger's own principal, "
+        "where it may (Alter on the cluster), and wait until the cluster describes them",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_kafka_acls)
 
@@ -143,7 +150,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def cmd_kafka_acls(args: argparse.Namespace, settings: Settings) -> int:
-    """Printed from the lists the tests grant (`ledger.kafka.acls`); asks no broker."""
+    """Printed from the lists the tests grant (`ledger.kafka.acls`), asking no broker; or,
+    with --apply, created on the cluster as listed."""
     wrong = principal_error(args.principal)
     if wrong is not None:
         return fail(f"kafka-acls: {wrong}", EXIT_USAGE)
@@ -156,8 +164,30 @@ def cmd_kafka_acls(args: argparse.Namespace, settings: Settings) -> int:
         grants = publisher_grants(prefix)
     else:
         grants = writer_grants(prefix, create_topics=not args.topics_made)
+    if args.apply:
+        if settings.backend != "kafka":
+            return fail(
+                "kafka-acls: --apply creates them on the cluster: it needs LEDGER_BACKEND=kafka "
+                "and KAFKA_BOOTSTRAP",
+                EXIT_USAGE,
+            )
+        from ledger.kafka.granting import GrantsRefused, apply_grants
+
+        try:
+            apply_grants(settings, args.principal, grants)
+        except GrantsRefused as error:
+            return fail(f"kafka-acls: {error}", EXIT_UNAVAILABLE)
     if args.json:
-        print_json({"principal": args.principal, "grants": [g.as_json() for g in grants]})
+        answer = {"principal": args.principal, "grants": [g.as_json() for g in grants]}
+        print_json({**answer, "applied": True} if args.apply else answer)
+        return 0
+    if args.apply:
+        for grant in grants:
+            pattern = " (prefixed)" if grant.prefixed else ""
+            where = (
+                grant.resource if grant.resource == "cluster" else f"{grant.resource} {grant.name}"
+            )
+            say(f"granted {args.principal}: {', '.join(grant.operations)} on {where}{pattern}")
         return 0
     bootstrap = settings.kafka_bootstrap or "BROKER:9092"
     for grant, command in zip(
