@@ -25,7 +25,6 @@ from kafka.admin import (
     ACLResourcePatternType,
     KafkaAdminClient,
     NewTopic,
-    ResourcePattern,
     ResourcePatternFilter,
     ResourceType,
 )
@@ -34,6 +33,8 @@ from kafka.errors import ClusterAuthorizationFailedError, TopicAuthorizationFail
 from api.app import create_app, keys_path
 from api.keys import ApiKeys
 from ledger.kafka import readiness
+from ledger.kafka.acls import Grant
+from ledger.kafka.granting import acls_of as acls_of_grants
 from ledger.kafka.names import Topics, intake_group
 from ledger.settings import Settings
 from tests.cli_support import line_within, run_with, start_with
@@ -52,20 +53,6 @@ pytestmark = pytest.mark.kafka
 # Users of the development broker that are not super users (`deploy/kafka/broker.sh`).
 LEDGER_USER = "acl-ledger"
 PUBLISHER_USER = "acl-publisher"
-
-_RESOURCE = {
-    "topic": ResourceType.TOPIC,
-    "group": ResourceType.GROUP,
-    "transactional-id": ResourceType.TRANSACTIONAL_ID,
-    "cluster": ResourceType.CLUSTER,
-}
-_OPERATION = {
-    "Create": ACLOperation.CREATE,
-    "Read": ACLOperation.READ,
-    "Write": ACLOperation.WRITE,
-    "DescribeConfigs": ACLOperation.DESCRIBE_CONFIGS,
-    "Describe": ACLOperation.DESCRIBE,
-}
 
 
 def login(user: str) -> dict[str, str]:
@@ -121,23 +108,20 @@ def listed(env: dict[str, str], principal: str, *options: str) -> list[dict[str,
 
 
 def granted(admin: KafkaAdminClient, principal: str, grants: list[dict[str, Any]]) -> None:
-    acls = [
-        ACL(
-            principal,
-            "*",
-            _OPERATION[operation],
-            ACLPermissionType.ALLOW,
-            ResourcePattern(
-                _RESOURCE[g["resource_type"]],
+    """The grants as listed (`--json`), each made an ACL as `kafka-acls --apply` makes it."""
+    acls = acls_of_grants(
+        principal,
+        [
+            Grant(
+                g["resource_type"],
                 g["name"],
-                ACLResourcePatternType.PREFIXED
-                if g["pattern"] == "prefixed"
-                else ACLResourcePatternType.LITERAL,
-            ),
-        )
-        for g in grants
-        for operation in g["operations"]
-    ]
+                g["pattern"] == "prefixed",
+                tuple(g["operations"]),
+                g["why"],
+            )
+            for g in grants
+        ],
+    )
     result = admin.create_acls(acls)
     assert not result["failed"], result["failed"]
     wanted = {_key(acl) for acl in acls}
