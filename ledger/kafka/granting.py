@@ -46,7 +46,8 @@ IN_FORCE_WITHIN_S = 30.0
 
 
 class GrantsRefused(Exception):
-    """The cluster created none or only some of the ACLs; its reason, in one line."""
+    """The cluster created none or only some of the ACLs, or did not describe them all in
+    time; why, in one line."""
 
 
 def acls_of(principal: str, grants: list[Grant]) -> list[ACL]:
