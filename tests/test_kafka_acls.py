@@ -38,7 +38,7 @@ from ledger.kafka.granting import acls_of as acls_of_grants
 from ledger.kafka.names import Topics, intake_group
 from ledger.settings import Settings
 from tests.cli_support import line_within, run_with, start_with
-from tests.conftest import SecuredBroker
+from tests.conftest import SecuredBroker, started_broker
 from tests.facts import grant
 from tests.kafka_support import (
     committed_offsets,
@@ -413,6 +413,23 @@ def test_kafka_acls_apply_creates_what_it_lists_where_the_ledger_may(
     embedded = {**os.environ, "LEDGER_DATA_DIR": str(tmp_path / "embedded")}
     nowhere = run_with(embedded, "kafka-acls", "--principal", principal, "--apply")
     assert nowhere.returncode == 2 and "needs LEDGER_BACKEND=kafka" in nowhere.stderr
+
+
+def test_kafka_acls_apply_on_a_cluster_without_an_authorizer_says_there_is_nothing_to_grant(
+    tmp_path: Path,
+) -> None:
+    """kafka-python's answer was "refused the rest (SecurityDisabledError)", exit 6 as if a
+    retry could mend it."""
+    with started_broker(tmp_path / "open", "authorizer.class.name=") as run_dir:
+        bootstrap = (run_dir / "bootstrap").read_text().strip()
+        env = {**os.environ, **kafka_env(kafka_settings(tmp_path / "data", bootstrap))}
+        out = run_with(env, "kafka-acls", "--principal", "User:crm", "--publisher", "--apply")
+    assert (out.returncode, out.stdout) == (2, "")
+    assert out.stderr == (
+        "consent-ledger: kafka-acls: the cluster runs no authorizer (SecurityDisabledError): "
+        "every client may do anything on it, so there is no ACL to create; set the brokers' "
+        "authorizer.class.name for ACLs to mean anything\n"
+    )
 
 
 def test_a_topic_whose_settings_the_cluster_does_not_describe_is_said_so(

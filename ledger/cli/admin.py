@@ -171,10 +171,12 @@ def cmd_kafka_acls(args: argparse.Namespace, settings: Settings) -> int:
                 "and KAFKA_BOOTSTRAP",
                 EXIT_USAGE,
             )
-        from ledger.kafka.granting import GrantsRefused, apply_grants
+        from ledger.kafka.granting import GrantsRefused, NoAuthorizer, apply_grants
 
         try:
             apply_grants(settings, args.principal, grants)
+        except NoAuthorizer as error:  # nothing a retry mends: the cluster's configuration
+            return fail(f"kafka-acls: {error}", EXIT_USAGE)
         except GrantsRefused as error:
             return fail(f"kafka-acls: {error}", EXIT_UNAVAILABLE)
     if args.json:

@@ -50,6 +50,10 @@ class GrantsRefused(Exception):
     time; why, in one line."""
 
 
+class NoAuthorizer(GrantsRefused):
+    """The cluster runs no authorizer: there is no ACL to create, and none would be kept."""
+
+
 def acls_of(principal: str, grants: list[Grant]) -> list[ACL]:
     """Each grant's operations as allow-ACLs of `principal`, from any host."""
     return [
@@ -81,6 +85,12 @@ def apply_grants(settings: Settings, principal: str, grants: list[Grant]) -> Non
         if result["failed"]:
             error = result["failed"][0]
             name = getattr(error, "__name__", type(error).__name__)
+            if name == "SecurityDisabledError":
+                raise NoAuthorizer(
+                    "the cluster runs no authorizer (SecurityDisabledError): every client may "
+                    "do anything on it, so there is no ACL to create; set the brokers' "
+                    "authorizer.class.name for ACLs to mean anything"
+                )
             hint = ""
             if "Authorization" in name:
                 hint = (
