@@ -365,12 +365,14 @@ def test_kafka_acls_prints_kafka_acls_commands_and_refuses_a_bad_principal(
         assert "kafka-acls: principal" in refused.stderr
 
 
-def test_kafka_acls_apply_creates_what_it_lists_where_the_ledger_may(
+def test_kafka_acls_apply_and_revoke_change_what_it_lists_where_the_ledger_may(
     kafka_sasl_ssl: SecuredBroker, admin: KafkaAdminClient, tmp_path: Path
 ) -> None:
     """`--apply` creates exactly the listed ACLs, with the ledger's own principal, and ends
-    once the cluster describes them: a publisher started at once may publish. Where the
-    ledger's principal may not create ACLs, it says so in one line, and creates none."""
+    once the cluster describes them: a publisher started at once may publish. `--revoke`
+    deletes exactly those, the principal's others kept, and the publisher is refused from
+    then on. Where the ledger's principal may not change ACLs, it says so in one line, and
+    changes none."""
     settings = kafka_settings(tmp_path / "data", kafka_sasl_ssl.plaintext)  # a super user
     env = {**os.environ, **kafka_env(settings)}
     assert run_with(env, "init").returncode == 0
@@ -394,6 +396,28 @@ def test_kafka_acls_apply_creates_what_it_lists_where_the_ledger_may(
     assert again.returncode == 0, again.stderr  # held already: created again, the same
     assert orjson.loads(again.stdout) == {"principal": principal, "grants": grants, "applied": True}
 
+    rejected = Topics.of(settings.topic_prefix).rejected
+    granted(admin, principal, [{**grants[0], "name": rejected, "operations": ["Read"]}])
+    revoked = run_with(env, "kafka-acls", "--principal", principal, "--publisher", "--revoke")
+    assert revoked.returncode == 0, revoked.stderr
+    assert revoked.stdout == f"revoked {principal}: Write on topic {intake}\n"
+    held, _ = admin.describe_acls(acls_of(principal))
+    read = ACLOperation.READ
+    assert sorted(map(_key, held)) == [(ResourceType.TOPIC, rejected, PATTERN_LITERAL, read)]
+    cut_off = producer(kafka_sasl_ssl, PUBLISHER_USER)
+    try:
+        with pytest.raises((TopicAuthorizationFailedError, ClusterAuthorizationFailedError)):
+            cut_off.send(intake, key=b"demo", value=b"{}").get(timeout=60)
+    finally:
+        cut_off.close()
+    gone = run_with(
+        env, "kafka-acls", "--principal", principal, "--publisher", "--revoke", "--json"
+    )
+    assert gone.returncode == 0, gone.stderr  # none held: deleted again, the same
+    assert orjson.loads(gone.stdout) == {"principal": principal, "grants": grants, "revoked": True}
+    both = run_with(env, "kafka-acls", "--principal", principal, "--apply", "--revoke")
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
+
     # The restricted user, with no ACL at all (Alter least of all), on the SASL_SSL listener.
     secured = kafka_settings(tmp_path / "restricted", kafka_sasl_ssl.sasl_ssl)
     restricted = {
@@ -401,14 +425,17 @@ def test_kafka_acls_apply_creates_what_it_lists_where_the_ledger_may(
         "LEDGER_TOPIC_PREFIX": settings.topic_prefix,
     }
     every = sum(len(g["operations"]) for g in listed(restricted, f"User:{LEDGER_USER}"))
-    refused = run_with(restricted, "kafka-acls", "--principal", f"User:{LEDGER_USER}", "--apply")
-    assert refused.returncode == 6, refused.stderr
-    assert refused.stderr == (
-        f"consent-ledger: kafka-acls: the cluster created 0 of {every} ACLs and refused the rest "
-        "(ClusterAuthorizationFailedError): the ledger's principal may not create ACLs (Alter "
-        "on the cluster); an operator grants them with the commands `kafka-acls` prints "
-        "without --apply\n"
-    )
+    for change, done in (("apply", "created"), ("revoke", "deleted")):
+        refused = run_with(
+            restricted, "kafka-acls", "--principal", f"User:{LEDGER_USER}", f"--{change}"
+        )
+        assert refused.returncode == 6, refused.stderr
+        assert refused.stderr == (
+            f"consent-ledger: kafka-acls: the cluster {done} 0 of {every} ACLs and refused the "
+            "rest (ClusterAuthorizationFailedError): the ledger's principal may not change ACLs "
+            "(Alter on the cluster); an operator does it with the commands `kafka-acls` prints "
+            f"without --{change}\n"
+        )
     assert admin.describe_acls(acls_of(f"User:{LEDGER_USER}"))[0] == []
     embedded = {**os.environ, "LEDGER_DATA_DIR": str(tmp_path / "embedded")}
     nowhere = run_with(embedded, "kafka-acls", "--principal", principal, "--apply")
@@ -427,8 +454,8 @@ def test_kafka_acls_apply_on_a_cluster_without_an_authorizer_says_there_is_nothi
     assert (out.returncode, out.stdout) == (2, "")
     assert out.stderr == (
         "consent-ledger: kafka-acls: the cluster runs no authorizer (SecurityDisabledError): "
-        "every client may do anything on it, so there is no ACL to create; set the brokers' "
-        "authorizer.class.name for ACLs to mean anything\n"
+        "every client may do anything on it, so there is no ACL to create or delete; set the "
+        "brokers' authorizer.class.name for ACLs to mean anything\n"
     )
 
 

@@ -110,11 +110,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="the operator made the three topics: the ledger needs no ACL Create",
     )
-    p.add_argument(
+    change = p.add_mutually_exclusive_group()
+    change.add_argument(
         "--apply",
         action="store_true",
         help="create them on the cluster (Kafka mode) with the ledger's own principal, "
         "where it may (Alter on the cluster), and wait until the cluster describes them",
+    )
+    change.add_argument(
+        "--revoke",
+        action="store_true",
+        help="delete them from the cluster, as --apply creates them (a publishing service "
+        "cut off: its other ACLs stay)",
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_kafka_acls)
@@ -151,7 +158,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def cmd_kafka_acls(args: argparse.Namespace, settings: Settings) -> int:
     """Printed from the lists the tests grant (`ledger.kafka.acls`), asking no broker; or,
-    with --apply, created on the cluster as listed."""
+    with --apply (--revoke), created on (deleted from) the cluster as listed."""
     wrong = principal_error(args.principal)
     if wrong is not None:
         return fail(f"kafka-acls: {wrong}", EXIT_USAGE)
@@ -164,32 +171,39 @@ def cmd_kafka_acls(args: argparse.Namespace, settings: Settings) -> int:
         grants = publisher_grants(prefix)
     else:
         grants = writer_grants(prefix, create_topics=not args.topics_made)
-    if args.apply:
+    change = "apply" if args.apply else "revoke" if args.revoke else None
+    if change is not None:
         if settings.backend != "kafka":
             return fail(
-                "kafka-acls: --apply creates them on the cluster: it needs LEDGER_BACKEND=kafka "
-                "and KAFKA_BOOTSTRAP",
+                f"kafka-acls: --{change} changes them on the cluster: it needs "
+                "LEDGER_BACKEND=kafka and KAFKA_BOOTSTRAP",
                 EXIT_USAGE,
             )
-        from ledger.kafka.granting import GrantsRefused, NoAuthorizer, apply_grants
+        from ledger.kafka.granting import GrantsRefused, NoAuthorizer, apply_grants, revoke_grants
 
         try:
-            apply_grants(settings, args.principal, grants)
+            (apply_grants if args.apply else revoke_grants)(settings, args.principal, grants)
         except NoAuthorizer as error:  # nothing a retry mends: the cluster's configuration
             return fail(f"kafka-acls: {error}", EXIT_USAGE)
         except GrantsRefused as error:
             return fail(f"kafka-acls: {error}", EXIT_UNAVAILABLE)
     if args.json:
-        answer = {"principal": args.principal, "grants": [g.as_json() for g in grants]}
-        print_json({**answer, "applied": True} if args.apply else answer)
+        answer: dict[str, object] = {
+            "principal": args.principal,
+            "grants": [g.as_json() for g in grants],
+        }
+        if change is not None:
+            answer["applied" if args.apply else "revoked"] = True
+        print_json(answer)
         return 0
-    if args.apply:
+    if change is not None:
+        said = "granted" if args.apply else "revoked"
         for grant in grants:
             pattern = " (prefixed)" if grant.prefixed else ""
             where = (
                 grant.resource if grant.resource == "cluster" else f"{grant.resource} {grant.name}"
             )
-            say(f"granted {args.principal}: {', '.join(grant.operations)} on {where}{pattern}")
+            say(f"{said} {args.principal}: {', '.join(grant.operations)} on {where}{pattern}")
         return 0
     bootstrap = settings.kafka_bootstrap or "BROKER:9092"
     for grant, command in zip(
