@@ -5,7 +5,8 @@ ledger on it with the compose file's own ledger settings.
   onto this machine and nothing else.
 - A publishing service outside the compose network reaches the brokers' SASL_SSL listener
   (TLS, SCRAM-SHA-512, the authorizer): refused until granted what `kafka-acls --publisher`
-  lists, then its fact is recorded, and the ledger and rejected topics stay closed to it.
+  lists, then its fact is recorded, and the ledger and rejected topics stay closed to it;
+  revoked, it is refused again.
 - The ledger creates its topics as compose configures them: 6 partitions, 3 replicas, at
   least 2 in sync; and checks topics just made whichever broker answers, one that has not
   heard of them yet included.
@@ -423,6 +424,16 @@ def test_a_publishing_service_elsewhere_reaches_the_intake_topic_and_nothing_els
     purposes = orjson.loads(answer.stdout)["purposes"]
     marketing = next(c for c in purposes if c["purpose"] == "marketing")
     assert (marketing["state"], marketing["event_id"]) == ("granted", "compose-crm-g1")
+
+    # Cut off again (its login leaked, say): refused from the next send.
+    revoked = run_with(env, "kafka-acls", "--principal", f"User:{user}", "--publisher", "--revoke")
+    assert revoked.returncode == 0, revoked.stderr
+    cut_off = crm(password)
+    try:
+        with pytest.raises((TopicAuthorizationFailedError, ClusterAuthorizationFailedError)):
+            cut_off.send(topics.intake, key=key, value=orjson.dumps(fact)).get(timeout=60)
+    finally:
+        cut_off.close()
 
 
 def test_a_worker_loses_and_duplicates_nothing_while_each_broker_in_turn_is_killed(
