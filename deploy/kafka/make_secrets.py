@@ -133,10 +133,6 @@ def _write(path: Path, data: bytes) -> None:
     part.replace(path)
 
 
-def complete(out: Path) -> bool:
-    return all((out / name).is_file() for name in FILES)
-
-
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="make_secrets.py", description=__doc__.split("\n")[0])
     parser.add_argument("dir", type=Path)
