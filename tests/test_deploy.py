@@ -212,6 +212,15 @@ def test_make_secrets_makes_a_key_for_the_names_asked_and_keeps_every_file_priva
     )
     assert refused.returncode == 2
     assert "does not appear to be an IPv4 or IPv6 address" in refused.stderr
+    for days in ("0", "100000000"):  # the second was an OverflowError's traceback
+        too_long = subprocess.run(
+            [sys.executable, str(MAKE_SECRETS), str(tmp_path / "no"), "--days", days],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert too_long.returncode == 2, too_long.stderr
+        assert too_long.stderr.endswith("error: --days must be from 1 to 36500\n")
     assert not (tmp_path / "no").exists()
 
     # Run again by mistake, it keeps the CA every client trusts; --replace makes a new one.

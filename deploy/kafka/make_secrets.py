@@ -50,6 +50,8 @@ PASSWORD = "broker-keystore-password"
 JAAS = "kafka_server_jaas.conf"
 CA = "ca.pem"
 FILES = (KEYSTORE, PASSWORD, JAAS, CA)
+# A hundred years: X.509's dates end in 9999, Python's too.
+MAX_DAYS = 36_500
 
 # The brokers' login module for SCRAM: the users and their salted credentials are kept by the
 # cluster (KRaft metadata), so brokers hold no password of a publishing service.
@@ -150,8 +152,8 @@ def main(argv: list[str]) -> int:
             x509.DNSName(host)  # an A-label: a name of other letters is refused here
     except ValueError as error:
         parser.error(str(error))
-    if args.days < 1:
-        parser.error("--days must be at least 1")
+    if not 1 <= args.days <= MAX_DAYS:  # past it, a date beyond what a certificate holds
+        parser.error(f"--days must be from 1 to {MAX_DAYS}")
     held = [name for name in FILES if (args.dir / name).exists()]
     if held and not args.replace:
         parser.error(
