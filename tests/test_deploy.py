@@ -212,15 +212,19 @@ def test_make_secrets_makes_a_key_for_the_names_asked_and_keeps_every_file_priva
     )
     assert refused.returncode == 2
     assert "does not appear to be an IPv4 or IPv6 address" in refused.stderr
-    for days in ("0", "100000000"):  # the second was an OverflowError's traceback
-        too_long = subprocess.run(
-            [sys.executable, str(MAKE_SECRETS), str(tmp_path / "no"), "--days", days],
+    for args, said in (  # the second and third were tracebacks
+        (("--days", "0"), "error: --days must be from 1 to 36500\n"),
+        (("--days", "100000000"), "error: --days must be from 1 to 36500\n"),
+        (("--host", ""), "error: --host '' is no DNS name\n"),
+        (("--host", "a b"), "error: --host 'a b' is no DNS name\n"),
+    ):
+        wrong = subprocess.run(
+            [sys.executable, str(MAKE_SECRETS), str(tmp_path / "no"), *args],
             capture_output=True,
             text=True,
             check=False,
         )
-        assert too_long.returncode == 2, too_long.stderr
-        assert too_long.stderr.endswith("error: --days must be from 1 to 36500\n")
+        assert (wrong.returncode, wrong.stderr.endswith(said)) == (2, True), wrong.stderr
     assert not (tmp_path / "no").exists()
 
     # Run again by mistake, it keeps the CA every client trusts; --replace makes a new one.

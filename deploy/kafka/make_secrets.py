@@ -99,7 +99,7 @@ def make(out: Path, hosts: list[str], ips: list[str], days: int) -> None:
     names += [x509.IPAddress(ipaddress.ip_address(a)) for a in dict.fromkeys(["127.0.0.1", *ips])]
     broker = (
         x509.CertificateBuilder()
-        .subject_name(_name(hosts[0] if hosts else "localhost"))
+        .subject_name(_name("consent-ledger kafka broker"))  # clients check the names below
         .issuer_name(ca_name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -149,6 +149,8 @@ def main(argv: list[str]) -> int:
         for address in args.ip:
             ipaddress.ip_address(address)
         for host in args.host:
+            if not host or any(c.isspace() for c in host):
+                raise ValueError(f"--host {host!r} is no DNS name")
             x509.DNSName(host)  # an A-label: a name of other letters is refused here
     except ValueError as error:
         parser.error(str(error))
