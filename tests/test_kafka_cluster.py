@@ -15,8 +15,9 @@ ledger on it with the compose file's own ledger settings.
   again loses and duplicates nothing, and keeps writing while one broker is down; then two
   at once (the quorum lost): it says so, retries, and goes on once they are back.
 - A broker that hangs (SIGSTOP) and leads ledger partitions: writes go on once the others
-  have fenced it, none refused; while the active controller hangs, the quorum is not said
-  lost (two of three hung, it is).
+  have fenced it, none refused, also when it hangs as a commit's markers reach it (the
+  brokers' `request.timeout.ms` of 5 s); while the active controller hangs, the quorum is
+  not said lost (two of three hung, it is).
 - With one broker of three left, an append is refused, never acknowledged, and the wait
   costs next to no CPU; started again, the same facts land once.
 - `/readyz` stays ready with one broker down, says the quorum lost with two, and ready again
@@ -648,6 +649,19 @@ def described_topics(bootstrap: str, topics: list[str]) -> dict[str, Any]:
         admin.close()
 
 
+def transaction_coordinator(described: dict[str, Any], transactional_id: str) -> int:
+    """The broker coordinating a transactional id: Kafka keeps its state in partition
+    abs(Java hashCode) % 50 of __transaction_state (`described`, with the ledger topic's),
+    whose leader is the coordinator."""
+    java_hash = 0
+    for char in transactional_id:
+        java_hash = (31 * java_hash + ord(char)) & 0xFFFFFFFF
+    states = described["__transaction_state"]["partitions"]
+    state = (java_hash & 0x7FFFFFFF) % len(states)
+    leader: int = next(p["leader_id"] for p in states if p["partition_index"] == state)
+    return leader
+
+
 def ten_grants(run: str, first: int) -> list[Fact]:
     """Ten new subjects' grants, numbered from `first`: the writes made while a broker hangs."""
     return [
@@ -665,7 +679,7 @@ def test_a_writer_goes_on_while_a_broker_it_writes_to_hangs(
     already sent to it until it came back or the request timeout (30 s) passed, after which
     kafka-python failed the transaction of a transactional request:
     `ledger.kafka.clients._PacedNetClient` now lets go of a broker the cluster fenced. The
-    active controller is left running: its hang is the next test's, and the cluster's own
+    active controller is left running: its hang is a later test's, and the cluster's own
     failover from it takes longer."""
     env = compose_ledger_env(compose_cluster, tmp_path / "data")
     settings = Settings.from_env(env)
@@ -681,38 +695,17 @@ def test_a_writer_goes_on_while_a_broker_it_writes_to_hangs(
             compose_cluster.bootstrap, [ledger_topic, "__transaction_state"]
         )
         # The writer's transaction coordinator, unless it is the active controller: then a
-        # broker leading the most ledger partitions. Kafka keeps a transactional id's state
-        # in partition abs(Java hashCode) % 50 of __transaction_state, whose leader is the
-        # coordinator.
-        txn_id = recorder.link.transactional_id
-        java_hash = 0
-        for char in txn_id:
-            java_hash = (31 * java_hash + ord(char)) & 0xFFFFFFFF
-        states = described["__transaction_state"]["partitions"]
-        state = (java_hash & 0x7FFFFFFF) % len(states)
-        coordinator = next(p["leader_id"] for p in states if p["partition_index"] == state)
+        # broker leading the most ledger partitions.
+        coordinator = transaction_coordinator(described, recorder.link.transactional_id)
         leaders = Counter(p["leader_id"] for p in described[ledger_topic]["partitions"])
         candidates = [coordinator] + [n for n, _ in leaders.most_common()]
         hung = compose_cluster.service_of(next(n for n in candidates if n != controller))
-        written: list[tuple[float, float]] = []  # each write's start and end, from the hang
-        refused: list[str] = []
         # Once every transaction's markers are written (read_committed reads to the end):
         # markers on their way to the broker as it hangs hold the next transaction until
-        # the brokers' own request timeout (30 s), which no client can shorten.
+        # they are sent again (the next test's).
         read_committed(compose_cluster.bootstrap, ledger_topic)
         try:
-            with compose_cluster.hung(hung) as began:
-                i = 0
-                while time.monotonic() - began < HANG_S:
-                    facts = ten_grants(run, i)
-                    start = time.monotonic() - began
-                    try:
-                        ledger.record(facts)
-                    except LedgerUnavailable as error:
-                        refused.append(f"{start:.1f} s in: {error}")
-                        continue  # the same facts again
-                    written.append((start, time.monotonic() - began))
-                    i += 10
+            written, refused, count = writes_while_hung(ledger, compose_cluster, hung, run, 0)
         finally:
             compose_cluster.wait_fully_replicated(replicated_topics(settings))
         assert not refused, refused
@@ -723,11 +716,35 @@ def test_a_writer_goes_on_while_a_broker_it_writes_to_hangs(
         assert went_on, f"no write after the stall that ended {first_stall:.1f} s in: {written}"
     finally:
         ledger.close()
-    landed = [
-        headers(r).get("event_id", "")
-        for r in read_committed(compose_cluster.bootstrap, ledger_topic)
-    ]
-    assert len([e for e in landed if e.startswith(run)]) == i  # each once
+    assert_landed_once(compose_cluster.bootstrap, ledger_topic, run, count)
+
+
+def writes_while_hung(
+    ledger: ConsentLedger, cluster: ComposeCluster, service: str, run: str, first: int
+) -> tuple[list[tuple[float, float]], list[str], int]:
+    """Ten grants at a time, numbered from `first`, while `service` hangs for HANG_S: each
+    write's start and end (seconds into the hang), each refusal (its facts written again),
+    and how many facts were recorded."""
+    written: list[tuple[float, float]] = []
+    refused: list[str] = []
+    with cluster.hung(service) as began:
+        i = first
+        while time.monotonic() - began < HANG_S:
+            start = time.monotonic() - began
+            try:
+                ledger.record(ten_grants(run, i))
+            except LedgerUnavailable as error:
+                refused.append(f"{start:.1f} s in: {error}")
+                continue  # the same facts again
+            written.append((start, time.monotonic() - began))
+            i += 10
+    return written, refused, i
+
+
+def assert_landed_once(bootstrap: str, ledger_topic: str, run: str, count: int) -> None:
+    """The run's facts are in the ledger topic, each once."""
+    landed = [headers(r).get("event_id", "") for r in read_committed(bootstrap, ledger_topic)]
+    assert len([e for e in landed if e.startswith(run)]) == count
 
 
 def hung_leader(bootstrap: str, topic: str) -> tuple[int, set[int]]:
@@ -755,6 +772,60 @@ def reader_at_end(bootstrap: str, topic: str) -> KafkaConsumer:
 
 def event_ids_read(consumer: KafkaConsumer) -> set[str]:
     return {headers(r)["event_id"] for b in consumer.poll(timeout_ms=200).values() for r in b}
+
+
+def test_a_write_goes_on_while_a_broker_its_last_commit_marks_hangs(
+    tmp_path: Path, compose_cluster: ComposeCluster
+) -> None:
+    """A commit returns once the coordinator has logged it, and its markers are written on
+    the partitions' leaders after that; the writer's next transaction waits for them. A
+    leader SIGSTOPped as they reach it held them, so the writer waited until the broker came
+    back though the controller had fenced it 9 s in: the coordinator waits out its
+    `request.timeout.ms` (30 s by default) before it sends them again (3 runs of 4 of a
+    throwaway probe, 2026-12-07, hanging a leader the moment a commit returned; the other
+    went on once it was fenced). With the compose file's 5 s, the next commit came 9.4 to
+    13.8 s into the hang in 4 runs, and here 15.6 and 15.7 s in the 2 runs of 3 whose
+    markers the broker held (9.5 s in the third). The hang begins as a write's commit
+    returns, and whether its markers had reached the broker by then is the broker's race:
+    where they had, the writes wait for the fence alone and the test passes either way
+    (without the 5 s, it failed in 3 runs of 3). The broker hung leads ledger partitions
+    and is neither the writer's coordinator (the last test's) nor the active controller
+    (a later test's)."""
+    env = compose_ledger_env(compose_cluster, tmp_path / "data")
+    settings = Settings.from_env(env)
+    ledger = ConsentLedger(settings)
+    ledger_topic = Topics.of(settings.topic_prefix).ledger
+    run = uuid.uuid4().hex[:6]
+    try:
+        ledger.init_demo()
+        recorder = ledger.ledger_recorder
+        assert isinstance(recorder, KafkaLedgerRecorder)
+        described = described_topics(
+            compose_cluster.bootstrap, [ledger_topic, "__transaction_state"]
+        )
+        spared = {
+            quorum_leader(compose_cluster.bootstrap),
+            transaction_coordinator(described, recorder.link.transactional_id),
+        }
+        leaders = Counter(p["leader_id"] for p in described[ledger_topic]["partitions"])
+        hung_id, _ = next((n, c) for n, c in leaders.most_common() if n not in spared)
+        hung = compose_cluster.service_of(hung_id)
+        # Thirty subjects: the hung broker leads a third of the partitions, and a write that
+        # missed all of them would leave it no marker (one in 190,000).
+        ledger.record([f for k in range(0, 30, 10) for f in ten_grants(run, k)])
+        try:
+            written, refused, count = writes_while_hung(ledger, compose_cluster, hung, run, 30)
+        finally:
+            compose_cluster.wait_fully_replicated(replicated_topics(settings))
+        assert not refused, refused
+        # The first write waits for the markers or the fence, and others follow it while
+        # the broker still hangs: held by the markers, it ended as the broker came back.
+        first = written[0][1] if written else HANG_S
+        went_on = [end for start, end in written if first <= start and end < HANG_S]
+        assert went_on, f"no write after the first, which ended {first:.1f} s in: {written}"
+    finally:
+        ledger.close()
+    assert_landed_once(compose_cluster.bootstrap, ledger_topic, run, count)
 
 
 def test_a_reader_goes_on_while_the_leader_of_its_partitions_hangs(
@@ -813,7 +884,11 @@ def test_the_intake_writer_goes_on_while_the_leader_of_intake_partitions_hangs(
     consumer's fetch waited on the hung broker, and the whole intake stalled: facts of
     every partition 23 to 25 s late in a 40 s hang, in 2 runs of a throwaway probe, those
     of the hung broker's partitions not taken until it came back in one; 0.6 s at most in
-    2 runs with `ledger.kafka.clients.Consumer` letting go of a broker the cluster fenced."""
+    2 runs with `ledger.kafka.clients.Consumer` letting go of a broker the cluster fenced.
+    The hang begins as the worker's first batch commits: where that commit's markers were on
+    their way to the broker, the worker's next transaction waited for them until the broker
+    came back (3 clean-clone runs of `make test` of some 40, 2026-12-07), before the brokers'
+    `request.timeout.ms` of 5 s (the last test but one)."""
     env = compose_ledger_env(compose_cluster, tmp_path / "data")
     assert run_with({**os.environ, **env}, "init").returncode == 0
     topics = Topics.of(Settings.from_env(env).topic_prefix)
