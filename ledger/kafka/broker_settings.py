@@ -9,64 +9,20 @@ partitions much sooner (`broker.session.timeout.ms`, 9 s by default), but that d
 the wait. On the compose cluster the writer, and every publish queued behind it, waited
 until the broker came back (deploy/CONFIG.md, "Clients"); the compose file's brokers set
 5 s. The setting is read when a broker starts, and the ledger cannot change it, so the
-writer says so, once, naming the brokers (`warn_of_broker_settings`).
+writer says so, once, naming the brokers.
 """
 
 from __future__ import annotations
 
-import logging
-import threading
 from collections.abc import Mapping
 
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 from kafka.errors import KafkaError
 
-from ledger.kafka.clients import AdminClient
-
-log = logging.getLogger("consent_ledger.kafka")
-
 # Above this, a hung leader holds the writer well past the fence: the next commit came
 # 17.8 to 19.0 s into a hang with 10 s, 9.4 to 13.8 s with 5 s, and as the broker came back
 # with 30 s (a throwaway probe on the compose cluster, 2026-12-07).
 REQUEST_TIMEOUT_WARN_MS = 10_000
-# How long the question waits for each answer: a broker that hangs keeps it that long.
-ANSWER_MS = 3000
-
-_ASKED: set[str] = set()  # bootstrap lists asked in this process, or being asked
-_ASKED_LOCK = threading.Lock()
-
-
-def warn_of_broker_settings(bootstrap: str) -> None:
-    """Log the `request_timeout_warnings` of the cluster at `bootstrap`, once per process,
-    on a thread of its own: a writer starting during an outage, or with a broker hung, must
-    not wait on advice. A cluster that does not answer is asked again at the next call."""
-    with _ASKED_LOCK:
-        if bootstrap in _ASKED:
-            return
-        _ASKED.add(bootstrap)
-    threading.Thread(
-        target=_warn, args=(bootstrap,), name="consent-ledger-broker-settings", daemon=True
-    ).start()
-
-
-def _warn(bootstrap: str) -> None:
-    try:
-        admin = AdminClient(
-            bootstrap_servers=bootstrap,
-            request_timeout_ms=ANSWER_MS,
-            bootstrap_timeout_ms=ANSWER_MS,
-            client_id="consent-ledger-broker-settings",
-        )
-        try:
-            timeouts = request_timeouts(admin)
-        finally:
-            admin.close()
-    except KafkaError:
-        with _ASKED_LOCK:
-            _ASKED.discard(bootstrap)
-        return
-    for warning in request_timeout_warnings(timeouts):
-        log.warning("%s", warning, extra={"error": "KafkaBrokerSettings"})
 
 
 def request_timeouts(admin: KafkaAdminClient) -> dict[str, int]:
@@ -86,6 +42,17 @@ def request_timeouts(admin: KafkaAdminClient) -> dict[str, int]:
         if isinstance(value, str) and value.isdigit():
             timeouts[str(broker)] = int(value)
     return timeouts
+
+
+def broker_warnings(admin: KafkaAdminClient) -> list[str]:
+    """The warning for the brokers whose `request.timeout.ms` is above
+    `REQUEST_TIMEOUT_WARN_MS`, if any. A question the cluster does not answer warns of
+    nothing: this is advice, and the writer starts all the same."""
+    try:
+        timeouts = request_timeouts(admin)
+    except KafkaError:
+        return []
+    return request_timeout_warnings(timeouts)
 
 
 def request_timeout_warnings(timeouts: Mapping[str, int]) -> list[str]:

@@ -34,7 +34,6 @@ from ledger.application import ConsentLedger
 from ledger.envelope import Fact, parse_fact_bytes
 from ledger.errors import Code, FactRejected
 from ledger.failpoints import failpoint
-from ledger.kafka.broker_settings import warn_of_broker_settings
 from ledger.kafka.clients import Consumer
 from ledger.kafka.publish import names_the_reference
 from ledger.kafka.reachable import BrokerWatch
@@ -206,8 +205,7 @@ class IntakeWriter:
         for warning in warnings:
             if warning not in self._warned:
                 self._warned.add(warning)
-                log.warning("%s", warning, extra={"error": "IntakeTopicSettings"})
-        warn_of_broker_settings(self.link.bootstrap)
+                log.warning("%s", warning, extra={"error": "KafkaSettings"})
         if intake_id != self.intake_id:
             # Another topic under the name (deleted and made again): its offsets start over,
             # and what this writer committed of the last one says nothing of it.
