@@ -205,7 +205,7 @@ class IntakeWriter:
         for warning in warnings:
             if warning not in self._warned:
                 self._warned.add(warning)
-                log.warning("%s", warning, extra={"error": "KafkaSettings"})
+                log.warning("%s", warning, extra={"error": "IntakeTopicSettings"})
         if intake_id != self.intake_id:
             # Another topic under the name (deleted and made again): its offsets start over,
             # and what this writer committed of the last one says nothing of it.

@@ -25,7 +25,6 @@ from kafka.errors import (
 from ledger.envelope import MAX_FACT_BYTES
 from ledger.kafka import reachable
 from ledger.kafka.acls import WHERE_LISTED
-from ledger.kafka.broker_settings import broker_warnings
 from ledger.kafka.clients import AdminClient, last_bootstrap_failure, secured
 from ledger.kafka.names import Topics
 from ledger.kafka.reachable import BrokerWatch
@@ -438,8 +437,7 @@ class IntakeTopic(NamedTuple):
 
 
 def intake_topic(settings: Settings, topics: Topics) -> IntakeTopic:
-    """The intake topic's id, and what in its copies or retention, or in the brokers' own
-    settings (`ledger.kafka.broker_settings`), the writer warns of.
+    """The intake topic's id, and what in its copies or retention the writer warns of.
 
     The id tells this topic from an earlier one of the same name, deleted and made again
     (whose offsets start over). The intake topic may be another team's, with its own
@@ -454,11 +452,11 @@ def intake_topic(settings: Settings, topics: Topics) -> IntakeTopic:
         replicas = fewest_replicas(intake)
         configs = _config(admin, topics.intake)
         rejected_ms = int(_config(admin, topics.rejected).get("retention.ms") or "-1")
-        warnings = broker_warnings(admin)
     except (KafkaTimeoutError, KafkaConnectionError) as error:
         raise BrokersUnreachable(settings.bootstrap(), error, "while a topic was read") from None
     finally:
         admin.close()
+    warnings = []
     fewer = durability_refusal(topics.intake, configs, replicas, settings)
     if fewer is not None:
         warnings.append(f"published facts wait in the intake topic until read: {fewer}")
