@@ -15,9 +15,8 @@ ledger on it with the compose file's own ledger settings.
   again loses and duplicates nothing, and keeps writing while one broker is down; then two
   at once (the quorum lost): it says so, retries, and goes on once they are back.
 - A broker that hangs (SIGSTOP) and leads ledger partitions: writes go on once the others
-  have fenced it, none refused, also when it hangs as a commit's markers reach it (the
-  brokers' `request.timeout.ms` of 5 s); while the active controller hangs, the quorum is
-  not said lost (two of three hung, it is).
+  have fenced it, none refused; while the active controller hangs, the quorum is not said
+  lost (two of three hung, it is).
 - With one broker of three left, an append is refused, never acknowledged, and the wait
   costs next to no CPU; started again, the same facts land once.
 - `/readyz` stays ready with one broker down, says the quorum lost with two, and ready again
@@ -63,7 +62,7 @@ from api.keys import ApiKeys
 from ledger.application import ConsentLedger
 from ledger.envelope import Fact, parse_fact
 from ledger.kafka.clients import AdminClient, Producer, fenced_broker_connections_closed
-from ledger.kafka.names import Topics
+from ledger.kafka.names import Topics, intake_group
 from ledger.kafka.publish import intake_key
 from ledger.kafka.publish import publish as publish_to_intake
 from ledger.kafka.readiness import ask_quorum, quorum_problem
@@ -702,7 +701,7 @@ def test_a_writer_goes_on_while_a_broker_it_writes_to_hangs(
         hung = compose_cluster.service_of(next(n for n in candidates if n != controller))
         # Once every transaction's markers are written (read_committed reads to the end):
         # markers on their way to the broker as it hangs hold the next transaction until
-        # they are sent again (the next test's).
+        # the brokers' own request timeout (30 s), which no client can shorten.
         read_committed(compose_cluster.bootstrap, ledger_topic)
         try:
             written, refused, count = writes_while_hung(ledger, compose_cluster, hung, run, 0)
@@ -774,60 +773,6 @@ def event_ids_read(consumer: KafkaConsumer) -> set[str]:
     return {headers(r)["event_id"] for b in consumer.poll(timeout_ms=200).values() for r in b}
 
 
-def test_a_write_goes_on_while_a_broker_its_last_commit_marks_hangs(
-    tmp_path: Path, compose_cluster: ComposeCluster
-) -> None:
-    """A commit returns once the coordinator has logged it, and its markers are written on
-    the partitions' leaders after that; the writer's next transaction waits for them. A
-    leader SIGSTOPped as they reach it held them, so the writer waited until the broker came
-    back though the controller had fenced it 9 s in: the coordinator waits out its
-    `request.timeout.ms` (30 s by default) before it sends them again (3 runs of 4 of a
-    throwaway probe, 2026-12-07, hanging a leader the moment a commit returned; the other
-    went on once it was fenced). With the compose file's 5 s, the next commit came 9.4 to
-    13.8 s into the hang in 4 runs, and here 15.6 and 15.7 s in the 2 runs of 3 whose
-    markers the broker held (9.5 s in the third). The hang begins as a write's commit
-    returns, and whether its markers had reached the broker by then is the broker's race:
-    where they had, the writes wait for the fence alone and the test passes either way
-    (without the 5 s, it failed in 3 runs of 3). The broker hung leads ledger partitions
-    and is neither the writer's coordinator (the last test's) nor the active controller
-    (a later test's)."""
-    env = compose_ledger_env(compose_cluster, tmp_path / "data")
-    settings = Settings.from_env(env)
-    ledger = ConsentLedger(settings)
-    ledger_topic = Topics.of(settings.topic_prefix).ledger
-    run = uuid.uuid4().hex[:6]
-    try:
-        ledger.init_demo()
-        recorder = ledger.ledger_recorder
-        assert isinstance(recorder, KafkaLedgerRecorder)
-        described = described_topics(
-            compose_cluster.bootstrap, [ledger_topic, "__transaction_state"]
-        )
-        spared = {
-            quorum_leader(compose_cluster.bootstrap),
-            transaction_coordinator(described, recorder.link.transactional_id),
-        }
-        leaders = Counter(p["leader_id"] for p in described[ledger_topic]["partitions"])
-        hung_id, _ = next((n, c) for n, c in leaders.most_common() if n not in spared)
-        hung = compose_cluster.service_of(hung_id)
-        # Thirty subjects: the hung broker leads a third of the partitions, and a write that
-        # missed all of them would leave it no marker (one in 190,000).
-        ledger.record([f for k in range(0, 30, 10) for f in ten_grants(run, k)])
-        try:
-            written, refused, count = writes_while_hung(ledger, compose_cluster, hung, run, 30)
-        finally:
-            compose_cluster.wait_fully_replicated(replicated_topics(settings))
-        assert not refused, refused
-        # The first write waits for the markers or the fence, and others follow it while
-        # the broker still hangs: held by the markers, it ended as the broker came back.
-        first = written[0][1] if written else HANG_S
-        went_on = [end for start, end in written if first <= start and end < HANG_S]
-        assert went_on, f"no write after the first, which ended {first:.1f} s in: {written}"
-    finally:
-        ledger.close()
-    assert_landed_once(compose_cluster.bootstrap, ledger_topic, run, count)
-
-
 def test_a_reader_goes_on_while_the_leader_of_its_partitions_hangs(
     tmp_path: Path, compose_cluster: ComposeCluster
 ) -> None:
@@ -875,6 +820,24 @@ def test_a_reader_goes_on_while_the_leader_of_its_partitions_hangs(
     assert fenced_broker_connections_closed() > closed_before  # what /metrics counts
 
 
+def transactions_complete(bootstrap: str, topics: Topics) -> None:
+    """Until the worker's transactions are complete: their markers written on the ledger
+    partitions (read_committed reads to the end) and on the intake group's offsets (a
+    read_committed consumer's committed offsets, which the broker gives only once stable)."""
+    read_committed(bootstrap, topics.ledger)
+    offsets = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=intake_group(topics),
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+    )
+    try:
+        for partition in offsets.partitions_for_topic(topics.intake) or ():
+            offsets.committed(TopicPartition(topics.intake, partition), timeout_ms=60_000)
+    finally:
+        offsets.close()
+
+
 def test_the_intake_writer_goes_on_while_the_leader_of_intake_partitions_hangs(
     tmp_path: Path, compose_cluster: ComposeCluster
 ) -> None:
@@ -885,10 +848,11 @@ def test_the_intake_writer_goes_on_while_the_leader_of_intake_partitions_hangs(
     every partition 23 to 25 s late in a 40 s hang, in 2 runs of a throwaway probe, those
     of the hung broker's partitions not taken until it came back in one; 0.6 s at most in
     2 runs with `ledger.kafka.clients.Consumer` letting go of a broker the cluster fenced.
-    The hang begins as the worker's first batch commits: where that commit's markers were on
+    The hang begins once the worker's first transaction is complete, its markers written on
+    the ledger partitions and on the group's offsets: begun as it committed, with markers on
     their way to the broker, the worker's next transaction waited for them until the broker
-    came back (3 clean-clone runs of `make test` of some 40, 2026-12-07), before the brokers'
-    `request.timeout.ms` of 5 s (the last test but one)."""
+    came back (3 clean-clone runs of `make test` of some 40, 2026-12-07): Kafka's own
+    `request.timeout.ms` (30 s), as in the writer's test."""
     env = compose_ledger_env(compose_cluster, tmp_path / "data")
     assert run_with({**os.environ, **env}, "init").returncode == 0
     topics = Topics.of(Settings.from_env(env).topic_prefix)
@@ -927,6 +891,7 @@ def test_the_intake_writer_goes_on_while_the_leader_of_intake_partitions_hangs(
         while not first <= seen:  # the worker runs and takes what is published
             assert time.monotonic() < deadline and worker.poll() is None, "the worker took nothing"
             seen |= event_ids_read(consumer)
+        transactions_complete(bootstrap, topics)
         # What a failure needs to say why: how long each publish took, and when the first
         # fact of a moved partition reached the ledger (seconds into the hang).
         publishes: list[tuple[float, float]] = []
