@@ -303,14 +303,13 @@ def check_exactly_once(items: list[IntakeItem], ledger: list[Any], rejected: lis
     missing, extra = sorted(set(wanted) - set(landed)), sorted(set(landed) - set(wanted))
     # Which, and where the ledger's rejected records put the missing ones: a bare list
     # comparison of 3,000 facts said only that they differed.
-    refusals = [orjson.loads(r.value) for r in rejected]
-    rejected_as = {body.get("event_id"): body.get("code") for body in refusals}
+    bodies = [orjson.loads(r.value) for r in rejected]
+    rejected_as = {body.get("event_id"): body.get("code") for body in bodies}
     assert not missing and not extra, (
         f"{len(missing)} accepted facts not in the ledger: "
         f"{[(e, rejected_as.get(e)) for e in missing[:20]]}; "
         f"{len(extra)} in it that should not be: {extra[:20]}"
     )
-    bodies = [orjson.loads(r.value) for r in rejected]
     sources = [(b["source"]["partition"], b["source"]["offset"]) for b in bodies]
     assert len(sources) == len(set(sources)), "a rejected record was written twice"
     assert sorted(b["code"] for b in bodies) == sorted(

@@ -648,19 +648,6 @@ def described_topics(bootstrap: str, topics: list[str]) -> dict[str, Any]:
         admin.close()
 
 
-def transaction_coordinator(described: dict[str, Any], transactional_id: str) -> int:
-    """The broker coordinating a transactional id: Kafka keeps its state in partition
-    abs(Java hashCode) % 50 of __transaction_state (`described`, with the ledger topic's),
-    whose leader is the coordinator."""
-    java_hash = 0
-    for char in transactional_id:
-        java_hash = (31 * java_hash + ord(char)) & 0xFFFFFFFF
-    states = described["__transaction_state"]["partitions"]
-    state = (java_hash & 0x7FFFFFFF) % len(states)
-    leader: int = next(p["leader_id"] for p in states if p["partition_index"] == state)
-    return leader
-
-
 def ten_grants(run: str, first: int) -> list[Fact]:
     """Ten new subjects' grants, numbered from `first`: the writes made while a broker hangs."""
     return [
@@ -694,17 +681,38 @@ def test_a_writer_goes_on_while_a_broker_it_writes_to_hangs(
             compose_cluster.bootstrap, [ledger_topic, "__transaction_state"]
         )
         # The writer's transaction coordinator, unless it is the active controller: then a
-        # broker leading the most ledger partitions.
-        coordinator = transaction_coordinator(described, recorder.link.transactional_id)
+        # broker leading the most ledger partitions. Kafka keeps a transactional id's state
+        # in partition abs(Java hashCode) % 50 of __transaction_state, whose leader is the
+        # coordinator.
+        txn_id = recorder.link.transactional_id
+        java_hash = 0
+        for char in txn_id:
+            java_hash = (31 * java_hash + ord(char)) & 0xFFFFFFFF
+        states = described["__transaction_state"]["partitions"]
+        state = (java_hash & 0x7FFFFFFF) % len(states)
+        coordinator = next(p["leader_id"] for p in states if p["partition_index"] == state)
         leaders = Counter(p["leader_id"] for p in described[ledger_topic]["partitions"])
         candidates = [coordinator] + [n for n, _ in leaders.most_common()]
         hung = compose_cluster.service_of(next(n for n in candidates if n != controller))
+        written: list[tuple[float, float]] = []  # each write's start and end, from the hang
+        refused: list[str] = []
         # Once every transaction's markers are written (read_committed reads to the end):
         # markers on their way to the broker as it hangs hold the next transaction until
         # the brokers' own request timeout (30 s), which no client can shorten.
         read_committed(compose_cluster.bootstrap, ledger_topic)
         try:
-            written, refused, count = writes_while_hung(ledger, compose_cluster, hung, run, 0)
+            with compose_cluster.hung(hung) as began:
+                i = 0
+                while time.monotonic() - began < HANG_S:
+                    facts = ten_grants(run, i)
+                    start = time.monotonic() - began
+                    try:
+                        ledger.record(facts)
+                    except LedgerUnavailable as error:
+                        refused.append(f"{start:.1f} s in: {error}")
+                        continue  # the same facts again
+                    written.append((start, time.monotonic() - began))
+                    i += 10
         finally:
             compose_cluster.wait_fully_replicated(replicated_topics(settings))
         assert not refused, refused
@@ -715,35 +723,11 @@ def test_a_writer_goes_on_while_a_broker_it_writes_to_hangs(
         assert went_on, f"no write after the stall that ended {first_stall:.1f} s in: {written}"
     finally:
         ledger.close()
-    assert_landed_once(compose_cluster.bootstrap, ledger_topic, run, count)
-
-
-def writes_while_hung(
-    ledger: ConsentLedger, cluster: ComposeCluster, service: str, run: str, first: int
-) -> tuple[list[tuple[float, float]], list[str], int]:
-    """Ten grants at a time, numbered from `first`, while `service` hangs for HANG_S: each
-    write's start and end (seconds into the hang), each refusal (its facts written again),
-    and how many facts were recorded."""
-    written: list[tuple[float, float]] = []
-    refused: list[str] = []
-    with cluster.hung(service) as began:
-        i = first
-        while time.monotonic() - began < HANG_S:
-            start = time.monotonic() - began
-            try:
-                ledger.record(ten_grants(run, i))
-            except LedgerUnavailable as error:
-                refused.append(f"{start:.1f} s in: {error}")
-                continue  # the same facts again
-            written.append((start, time.monotonic() - began))
-            i += 10
-    return written, refused, i
-
-
-def assert_landed_once(bootstrap: str, ledger_topic: str, run: str, count: int) -> None:
-    """The run's facts are in the ledger topic, each once."""
-    landed = [headers(r).get("event_id", "") for r in read_committed(bootstrap, ledger_topic)]
-    assert len([e for e in landed if e.startswith(run)]) == count
+    landed = [
+        headers(r).get("event_id", "")
+        for r in read_committed(compose_cluster.bootstrap, ledger_topic)
+    ]
+    assert len([e for e in landed if e.startswith(run)]) == i  # each once
 
 
 def hung_leader(bootstrap: str, topic: str) -> tuple[int, set[int]]:
