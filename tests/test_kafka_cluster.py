@@ -513,7 +513,10 @@ def test_a_worker_loses_and_duplicates_nothing_while_each_broker_in_turn_is_kill
         if item.subject is not None:
             assert item.subject not in printed
     check_exactly_once(
-        items, read_committed(bootstrap, topics.ledger), read_committed(bootstrap, topics.rejected)
+        items,
+        read_committed(bootstrap, topics.ledger),
+        read_committed(bootstrap, topics.rejected),
+        said=printed,
     )
     verified = run_with({**os.environ, **env}, "verify", "--json")
     assert verified.returncode == 0, verified.stdout + verified.stderr

@@ -188,12 +188,13 @@ def test_sigkill_at_twenty_random_points(
 
     worker = start_worker(settings)
     progress.wait_for(total, worker, timeout=300)
-    stop_cleanly(worker)
+    printed = stop_cleanly(worker)
 
     check_exactly_once(
         items,
         read_committed(kafka_bootstrap, topics.ledger),
         read_committed(kafka_bootstrap, topics.rejected),
+        said=printed,
     )
     verified = kafka_cli(settings, "verify", "--json")
     assert verified.returncode == 0, verified.stdout + verified.stderr
@@ -263,6 +264,7 @@ def test_broker_restart_mid_stream(tmp_path: Path, progress_of: list[Progress]) 
             items,
             read_committed(bootstrap, topics.ledger),
             read_committed(bootstrap, topics.rejected),
+            said=printed,
         )
     finally:
         if worker is not None:
@@ -620,6 +622,7 @@ def test_a_worker_whose_intake_writer_fails_unexpectedly_starts_it_again(
         items,
         read_committed(kafka_bootstrap, topics.ledger),
         read_committed(kafka_bootstrap, topics.rejected),
+        said=printed,
     )
 
 
