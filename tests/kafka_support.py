@@ -318,7 +318,7 @@ def check_exactly_once(
         if not said:
             raise
         tail = "\n".join(said.splitlines()[-SAID_LINES:])
-        raise AssertionError(f"{failed}\nthe writer's last {SAID_LINES} lines:\n{tail}") from None
+        raise AssertionError(f"{failed}\nthe writer's last {SAID_LINES} lines:\n{tail}") from failed
 
 
 # How much of the writer's output a failed exactly-once check quotes.
