@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import pytest
 from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
+from kafka.producer.transaction_manager import EndTxnHandler
 
 from ledger.application import ConsentLedger
 from ledger.envelope import parse_fact
@@ -180,6 +181,69 @@ def test_a_batch_that_fails_mid_transaction_commits_nothing_of_it(
     check_exactly_once(items, ledger, rejected)
     assert writer.stats.accepted == 200
     assert not kafka_ledger.ledger_recorder.fenced  # type: ignore[attr-defined]
+
+
+def test_a_transactional_call_failed_by_the_client_with_a_runtime_error_rejects_no_fact(
+    kafka_ledger: ConsentLedger,
+    kafka_bootstrap: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """kafka-python's sender fails a transactional call with a RuntimeError, not a
+    KafkaError, when an answer comes that it did not expect ("Detected more than one
+    in-flight transactional request."), and its producer is dead from then on. The writer
+    took that for a record that broke it: it isolated the batch in halves, each half's
+    transaction failed the same way while the fault lasted, and valid facts went to the
+    rejected topic as `processing_failed` (or, once a rejection's own transaction failed
+    too, the writer's step raised the RuntimeError). It is the client's failure: the batch
+    is retried, as the worker retries any LedgerUnavailable, and no fact is rejected.
+
+    Here the answers to the first eight EndTxn requests are failed so, as the sender does:
+    each after the broker committed the transaction, which the writer cannot know until its
+    next `own()` settles it. (A failed AddOffsetsToTxn surfaced as a KafkaError already: the
+    producer's next send refused its fatal state.)"""
+    settings = kafka_ledger.settings
+    topics = Topics.of(settings.topic_prefix)
+    items = intake_stream(valid=60, bad=0)
+    publish(kafka_bootstrap, topics.intake, [(i.key, i.value) for i in items])  # type: ignore[misc]
+    failed: list[int] = []
+    real = EndTxnHandler.on_complete
+
+    def on_complete(handler: Any, correlation_id: int, response: Any) -> None:
+        if len(failed) < 8:
+            failed.append(correlation_id)
+            handler.fatal_error(
+                RuntimeError("Detected more than one in-flight transactional request.")
+            )
+            return
+        real(handler, correlation_id, response)
+
+    monkeypatch.setattr(EndTxnHandler, "on_complete", on_complete)
+    ends = end_offsets(kafka_bootstrap, topics.intake)
+    writer = IntakeWriter(kafka_ledger)
+    writer.start()
+    unavailable = 0
+    try:
+        with caplog.at_level(logging.ERROR, logger="consent_ledger.intake"):
+            while not all(writer.committed.get(tp, 0) >= end for tp, end in ends.items()):
+                try:
+                    if writer.consumer is None:  # as `IntakeWriter.run`, without its pauses
+                        writer.start()
+                    writer.step()
+                except LedgerUnavailable:  # what `run` retries
+                    unavailable += 1
+                assert unavailable <= 8
+    finally:
+        writer.close()
+
+    # Each failure a LedgerUnavailable, retried: the retry found the batch committed (its
+    # offsets with it), so one failed commit may be all there was.
+    assert failed and unavailable == len(failed)
+    assert "isolating" not in caplog.text
+    ledger = read_committed(kafka_bootstrap, topics.ledger)
+    rejected = read_committed(kafka_bootstrap, topics.rejected)
+    assert rejected == []
+    check_exactly_once(items, ledger, rejected)
 
 
 def _started_on(

@@ -99,8 +99,10 @@ def test_a_producer_of_another_kind_is_waited_for_in_a_thread() -> None:
 
     aborting = begin_abort(other)
     _until_done(aborting)
-    with pytest.raises(ValueError, match="refused"):
+    # As kafka-python's own calls fail: a KafkaError, the call's own error its cause.
+    with pytest.raises(KafkaError, match="ValueError: refused") as refused:
         aborting.result()
+    assert isinstance(refused.value.__cause__, ValueError)
 
 
 def _offset(n: int) -> object:

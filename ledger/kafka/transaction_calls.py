@@ -24,6 +24,7 @@ from concurrent.futures import wait as futures_wait
 from typing import Any, Protocol
 
 from kafka import KafkaProducer
+from kafka.errors import KafkaError
 
 
 class Begun(Protocol):
@@ -70,6 +71,26 @@ def held_error(producer: KafkaProducer) -> BaseException | None:
     return error if isinstance(error, BaseException) else None
 
 
+def as_kafka_error(error: BaseException) -> BaseException:
+    """A failed call's error as the KafkaError it stands for.
+
+    kafka-python's sender fails a transactional call with a KafkaError, save where an answer
+    comes that it did not expect: then a `RuntimeError("Detected more than one in-flight
+    transactional request.")`, its producer dead from then on all the same. The writer took
+    that for a bug that one of the batch's records tripped: it isolated the batch in halves,
+    each half's commit failed the same way while the fault lasted, and valid facts were
+    rejected as `processing_failed` (`tests/test_kafka_intake.py`). A transactional call
+    fails for the client or the broker, never for a record, so every failure of one is
+    raised as a KafkaError: the producer is dropped and the batch retried, as for any other
+    refusal.
+    """
+    if isinstance(error, KafkaError) or not isinstance(error, Exception):
+        return error
+    wrapped: BaseException = KafkaError(f"{type(error).__name__}: {error}")
+    wrapped.__cause__ = error
+    return wrapped
+
+
 def _begun(producer: KafkaProducer, begin: str, public: str, *args: Any) -> Begun:
     if direct(producer):
         # What the public call does before it waits: the request enqueued, the sender woken.
@@ -94,7 +115,7 @@ class _Result:
 
     def result(self) -> None:
         if self._result.failed:
-            raise self._result.exception
+            raise as_kafka_error(self._result.exception)
 
 
 class _InThread:
@@ -117,4 +138,7 @@ class _InThread:
         return bool(futures_wait([self._future], timeout=ms / 1000).done)
 
     def result(self) -> None:
-        self._future.result()
+        try:
+            self._future.result()
+        except Exception as error:
+            raise as_kafka_error(error)  # noqa: B904 (its cause is set when it is wrapped)
