@@ -78,7 +78,7 @@ def as_kafka_error(error: BaseException) -> BaseException:
     comes that it did not expect: then a `RuntimeError("Detected more than one in-flight
     transactional request.")`, its producer dead from then on all the same. The writer took
     that for a bug that one of the batch's records tripped: it isolated the batch in halves,
-    each half's commit failed the same way while the fault lasted, and valid facts were
+    each half's transaction failed the same way while the fault lasted, and valid facts were
     rejected as `processing_failed` (`tests/test_kafka_intake.py`). A transactional call
     fails for the client or the broker, never for a record, so every failure of one is
     raised as a KafkaError: the producer is dropped and the batch retried, as for any other
