@@ -364,6 +364,43 @@ def test_an_erasure_retried_with_its_event_id_gets_the_first_receipt(world: Worl
     assert other.status_code == 409 and other.json()["code"] == "event_id_conflict"
 
 
+def test_an_erasure_body_is_refused_exactly_when_its_documented_schema_refuses_it(
+    world: World,
+) -> None:
+    """`event_id` and `request_id` may be null, as not given: the route takes that, and the
+    document said so in an `anyOf`, but beside it a `not` of the control-character pattern
+    that a null fails (a pattern holds of anything but a string, so its `not` of nothing
+    but a string). Schemathesis sent `"event_id": null` as a body the document refuses, and
+    the route recorded the erasure (`TEST_EXAMPLES_SCALE=20`, 2026-12-08)."""
+    from jsonschema import Draft202012Validator
+
+    document = world.client.get("/openapi.json").json()
+    validator = Draft202012Validator(document["components"]["schemas"]["Erasure"])
+    publisher = {"Authorization": f"Bearer {world.keys[('demo', 'publisher')]}"}
+    admin = {"Authorization": f"Bearer {world.keys[('demo', 'admin')]}"}
+    ground = {"ground": "court_decision"}
+    for body in (
+        ground,
+        {**ground, "event_id": None},
+        {**ground, "request_id": None},
+        {**ground, "event_id": None, "request_id": None},
+        {**ground, "event_id": f"erasure-{next(_n)}", "request_id": "req-1"},
+        {**ground, "event_id": "erasure\n1"},
+        {**ground, "request_id": "req\u202e1"},
+        {**ground, "event_id": ""},
+        {**ground, "request_id": "r" * 129},
+        {**ground, "event_id": 7},
+        {"ground": "because"},
+        {"ground": None},
+        {},
+        {**ground, "reason": "asked"},
+    ):
+        sid = world.client.post("/v1/facts", json=fresh_grant(), headers=publisher).json()["sid"]
+        answer = world.client.post(f"/v1/subjects/{sid}/erasure", json=body, headers=admin)
+        assert answer.status_code in (201, 422), answer.text
+        assert validator.is_valid(body) == (answer.status_code == 201), (body, answer.text)
+
+
 def test_publishing_is_idempotent_and_conflicts_are_409(world: World) -> None:
     headers = {"Authorization": f"Bearer {world.keys[('demo', 'publisher')]}"}
     fact = fresh_grant()

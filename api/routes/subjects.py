@@ -44,8 +44,12 @@ class Resolve(BaseModel):
 
 # As the published fact schema states them for a `subject.erased` fact, which this body
 # becomes: the document said only "a string" of each, and a client learnt the grounds, and
-# that an identifier holds no control character, from the refusals.
-_IN_ONE_LINE: dict[str, Any] = {"not": FACT_SCHEMA["properties"]["event_id"]["not"]}
+# that an identifier holds no control character, from the refusals. The identifiers may be
+# null here (not given), and a pattern holds of anything but a string: its bare `not`
+# refused the null the route takes, so the `not` is of a string that matches.
+_IN_ONE_LINE: dict[str, Any] = {
+    "not": {"type": "string", **FACT_SCHEMA["properties"]["event_id"]["not"]}
+}
 _GROUNDS: dict[str, Any] = {"enum": sorted(ERASURE_GROUNDS)}
 
 
