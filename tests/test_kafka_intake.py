@@ -198,10 +198,12 @@ def test_a_transactional_call_failed_by_the_client_with_a_runtime_error_rejects_
     too, the writer's step raised the RuntimeError). It is the client's failure: the batch
     is retried, as the worker retries any LedgerUnavailable, and no fact is rejected.
 
-    Here the answers to the first eight EndTxn requests are failed so, as the sender does:
-    each after the broker committed the transaction, which the writer cannot know until its
-    next `own()` settles it. (A failed AddOffsetsToTxn surfaced as a KafkaError already: the
-    producer's next send refused its fatal state.)"""
+    Here EndTxn answers are failed so, as the sender does (up to eight: the old code's
+    isolating halves sent that many and more), each after the broker committed the
+    transaction, which the writer cannot know until its next `own()` settles it; so the
+    fixed writer meets one, and its retry finds the batch committed. (A failed
+    AddOffsetsToTxn surfaced as a KafkaError already: the producer's next send refused its
+    fatal state.)"""
     settings = kafka_ledger.settings
     topics = Topics.of(settings.topic_prefix)
     items = intake_stream(valid=60, bad=0)
@@ -236,8 +238,7 @@ def test_a_transactional_call_failed_by_the_client_with_a_runtime_error_rejects_
     finally:
         writer.close()
 
-    # Each failure a LedgerUnavailable, retried: the retry found the batch committed (its
-    # offsets with it), so one failed commit may be all there was.
+    # Each failure a LedgerUnavailable, retried.
     assert failed and unavailable == len(failed)
     assert "isolating" not in caplog.text
     ledger = read_committed(kafka_bootstrap, topics.ledger)
